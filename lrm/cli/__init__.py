@@ -1,0 +1,1 @@
+"""The `lrm` command line: a thin typer layer over library functions."""

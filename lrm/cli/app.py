@@ -1,0 +1,26 @@
+"""Entry point of the `lrm` command. Each command group lives in its own module."""
+
+from __future__ import annotations
+
+import typer
+
+from lrm.cli import data, fit, score
+
+app = typer.Typer(
+    name="lrm",
+    help="Latent surrogate rewards for image and video diffusion models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+score.register(app)
+data.register(app)
+fit.register(app)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,189 @@
+"""`lrm encode` (build a latent store), `lrm label` (add reward columns), `lrm store info`.
+
+All three run under torchrun as well: `torchrun --nproc_per_node 2 -m lrm.cli.app encode ...`
+splits the shards across processes (gloo on CPU, nccl on GPU).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from lrm.cli.options import parse_options
+
+console = Console(stderr=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("encode")(encode)
+    app.command("label")(label)
+    store_app = typer.Typer(help="Inspect latent stores.", no_args_is_help=True)
+    store_app.command("info")(info)
+    app.add_typer(store_app, name="store")
+
+
+def _fail(exc: Exception) -> None:
+    message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc  # KeyError's str() adds quotes
+    console.print(f"[red]error:[/] {message}", highlight=False)
+    raise typer.Exit(2)
+
+
+def encode(
+    data: Annotated[str, typer.Argument(help="procedural:N, or a folder (or file) of images / videos.")],
+    out: Annotated[Path, typer.Option("--out", help="Store folder (created, or resumed when it exists).")],
+    codec: Annotated[str, typer.Option(help="Latent space: dct (built in), taef2, diffusers:<path>.")] = "dct",
+    frames: Annotated[Optional[int], typer.Option(help="Frames per clip (default 8; 1 for a folder of images).")] = None,
+    size: Annotated[int, typer.Option(help="Square side after short-side resize and centre crop.")] = 64,
+    text: Annotated[Optional[str], typer.Option(help="Text encoder (lrm.text) for prompt token embeddings.")] = None,
+    text_length: Annotated[int, typer.Option(help="Tokens kept per prompt (padded / truncated).")] = 77,
+    prompts: Annotated[Optional[Path], typer.Option(help="Prompts file for a media folder: one per file, sorted file order.")] = None,
+    shard_size: Annotated[int, typer.Option(help="Source items per shard (unit of commit and resume).")] = 256,
+    seed: Annotated[int, typer.Option(help="Seed of procedural clips.")] = 0,
+    label: Annotated[Optional[list[str]], typer.Option("--label", help="Reward to label with while encoding (repeatable; NAME=REWARD renames).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Clips per codec / reward call.")] = 16,
+    device: Annotated[str, typer.Option(help="Torch device, e.g. cpu or cuda.")] = "cpu",
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+) -> None:
+    """Encode clips into a latent store: latents, prompts, optional text embeddings, provenance.
+
+    Re-running the same command resumes a killed run without redoing finished shards.
+
+    Examples:
+      lrm encode procedural:1024 --out stores/proc --label jpeg-compressibility
+      lrm encode ../shared/data/images/dreambooth --frames 1 --size 256 --codec taef2 --out stores/db
+    """
+    from lrm import distributed
+    from lrm.datasets.build import EncodeConfig, encode as run_encode
+
+    config = EncodeConfig(data=data, codec=codec, frames=frames, size=size, text=text, text_length=text_length,
+                          prompts=str(prompts) if prompts else None, shard_size=shard_size, seed=seed,
+                          labels=tuple(label or ()), batch_size=batch_size, device=device)
+    opened = distributed.init_from_env()
+    try:
+        store = run_encode(config, out, progress=not quiet)
+    except (KeyError, ValueError, FileNotFoundError) as exc:
+        _fail(exc)
+    finally:
+        if opened:
+            distributed.shutdown()
+    if distributed.rank() == 0:
+        m = store.manifest
+        console.print(f"{out}: {len(store)} rows, latents {store.latent_shape} ({store.codec_id}), "
+                      f"{m['skipped']['count']} items skipped")
+
+
+def label(
+    store: Annotated[Path, typer.Argument(help="Store folder made by `lrm encode`.")],
+    rewards: Annotated[list[str], typer.Argument(help="Rewards (see `lrm rewards`), file.py:fn, or NAME=REWARD.")],
+    batch_size: Annotated[int, typer.Option(help="Clips per reward call.")] = 16,
+    device: Annotated[str, typer.Option(help="Torch device, e.g. cpu or cuda.")] = "cpu",
+    option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="Reward option KEY=VALUE for every reward, repeatable.")] = None,
+    media_root: Annotated[Optional[Path], typer.Option(help="Where the store's media files live now, if moved.")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+) -> None:
+    """Add one label column per reward, computed on pixels recomputed from the sources. Resumable.
+
+    Examples:
+      lrm label stores/proc jpeg-compressibility sharpness
+      lrm label stores/proc my=metrics.py:score -o kind=video
+    """
+    from lrm import distributed
+    from lrm.datasets.build import add_labels
+
+    opened = distributed.init_from_env()
+    try:
+        result = add_labels(store, rewards, batch_size=batch_size, device=device, media_root=media_root,
+                            options=parse_options(option), progress=not quiet)
+    except (KeyError, ValueError, FileNotFoundError) as exc:
+        _fail(exc)
+    finally:
+        if opened:
+            distributed.shutdown()
+    if distributed.rank() == 0:
+        for name, entry in result.manifest["labels"].items():
+            s = entry["stats"]
+            console.print(f"{name}: {s['count']} values, mean {_num(s['mean'])}, {s['nan']} NaN")
+
+
+def _num(x) -> str:
+    return "-" if x is None else f"{x:.4g}"
+
+
+def info(
+    store: Annotated[Path, typer.Argument(help="Store folder.")],
+    json_out: Annotated[bool, typer.Option("--json", help="Print the manifest summary as JSON.")] = False,
+    val_fraction: Annotated[float, typer.Option(help="Validation fraction of the group split shown.")] = 0.2,
+    seed: Annotated[int, typer.Option(help="Seed of the group split shown.")] = 0,
+) -> None:
+    """Shapes, codec, text, source, labels with statistics, group split and skipped items of a store."""
+    from lrm.datasets.store import LatentStore, StoreError
+
+    try:
+        s = LatentStore.open(store)
+    except (FileNotFoundError, StoreError) as exc:
+        _fail(exc)
+    m = s.manifest
+    train, val = s.split(val_fraction, seed)
+    groups = len(set(s.groups.tolist()))
+    summary = {
+        "rows": len(s), "complete": s.complete, "shards": f"{len(m['shards'])}/{m['num_shards']}",
+        "codec": s.codec_id, "codec_settings": s.codec_settings, "latent_shape": list(s.latent_shape),
+        "text": m["text"], "source": m["source"]["description"], "groups": groups,
+        "split": {"val_fraction": val_fraction, "seed": seed, "train": len(train), "val": len(val)},
+        "skipped": m["skipped"]["count"],
+        "labels": {k: {**v["stats"], "bad": v["bad"]["count"], "complete": v["complete"]}
+                   for k, v in m["labels"].items()},
+    }
+    if json_out:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    out = Console()
+    head = Table(title=f"latent store {store}", show_header=False)
+    head.add_column("field")
+    head.add_column("value")
+    text = m["text"]
+    for field, value in (
+        ("rows", f"{len(s)}" + ("" if s.complete else f"  [yellow](incomplete: {summary['shards']} shards; "
+                                                      "re-run the same lrm encode)[/]")),
+        ("latents", f"{tuple(s.latent_shape)} float32 per row"),
+        ("codec", f"{s.codec_id}  {s.codec_settings}"),
+        ("text", f"{text['encoder']}: ({text['length']}, {text['dim']}) per row" if text else "none"),
+        ("source", m["source"]["description"]),
+        ("shards", f"{summary['shards']} of {m['shard_size']} items"),
+        ("groups", f"{groups}; split val_fraction={val_fraction} seed={seed}: "
+                   f"{len(train)} train / {len(val)} val rows"),
+        ("skipped", f"{m['skipped']['count']} items"),
+    ):
+        head.add_row(field, value)
+    out.print(head)
+    if m["labels"]:
+        table = Table(title="labels")
+        for column in ("label", "count", "mean", "std", "min", "max", "NaN", "done"):
+            table.add_column(column, overflow="fold")
+        for name, entry in m["labels"].items():
+            st = entry["stats"]
+            shown = name if entry["reward"] == name else f"{name} ({entry['reward']})"
+            table.add_row(shown, str(st["count"]), _num(st["mean"]), _num(st["std"]),
+                          _num(st["min"]), _num(st["max"]), str(st["nan"]),
+                          "yes" if entry["complete"] else f"{entry['shards']} shards")
+        out.print(table)
+    for item in m["skipped"]["items"][:10]:
+        out.print(f"[yellow]skipped[/] {item['source']}: {item['reason']}")
+    if m["skipped"]["count"] > 10:
+        out.print(f"... and {m['skipped']['count'] - 10} more (see {store}/manifest.json)")
+
+
+def _standalone() -> typer.Typer:
+    """These commands alone, for `python -m lrm.cli.data` (used by tests and torchrun)."""
+    app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+    register(app)
+    return app
+
+
+if __name__ == "__main__":
+    _standalone()()

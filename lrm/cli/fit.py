@@ -1,0 +1,182 @@
+"""`lrm fit` (encode -> label -> fit -> report), `lrm report` (evaluate on another store) and
+`lrm predict` (score media through codec + surrogate, the fast path)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Annotated, Optional
+
+import numpy as np
+import typer
+from rich.console import Console
+
+from lrm.cli.options import parse_options
+from lrm.pipeline import FitJob
+
+DEFAULTS = {f.name: f.default for f in dataclasses.fields(FitJob)}  # one source of truth: FitJob
+
+console = Console(stderr=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("fit")(fit)
+    app.command("report")(report)
+    app.command("predict")(predict)
+
+
+def fit(
+    reward: Annotated[str, typer.Argument(help="Reward to imitate: a name from `lrm rewards`, or file.py:fn / pkg.module:fn.")],
+    data: Annotated[Optional[str], typer.Option(help="Media folder or procedural:N (default: procedural clips).")] = None,
+    store: Annotated[Optional[Path], typer.Option(help="Reuse this latent store instead of encoding (labelled if needed).")] = None,
+    codec: Annotated[str, typer.Option(help="Latent space of a new store: dct, taef2 or diffusers:<path>.")] = DEFAULTS["codec"],
+    model: Annotated[Optional[str], typer.Option(help="Surrogate preset (default by reward kind: image-cnn, text-image-xattn, video-3d, text-video-3d-xattn).")] = None,
+    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = DEFAULTS["steps"],
+    out: Annotated[Optional[Path], typer.Option(help="Run directory (default runs/<label>).")] = None,
+    count: Annotated[int, typer.Option(help="Procedural clips when no --data is given.")] = DEFAULTS["count"],
+    frames: Annotated[Optional[int], typer.Option(help="Frames per clip (default 1 for image rewards, 8 for video rewards).")] = None,
+    size: Annotated[int, typer.Option(help="Square clip side in pixels.")] = DEFAULTS["size"],
+    text: Annotated[Optional[str], typer.Option(help="Text encoder of a new store (default minilm-l6-v2 for text rewards).")] = None,
+    label: Annotated[Optional[str], typer.Option(help="Label column name (default: the reward name).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Training batch size.")] = DEFAULTS["batch_size"],
+    lr: Annotated[float, typer.Option(help="Peak AdamW learning rate.")] = DEFAULTS["lr"],
+    loss: Annotated[str, typer.Option(help="mse (DOLLAR Eq. 10) or ranking (Bradley-Terry).")] = DEFAULTS["loss"],
+    noise_aware: Annotated[bool, typer.Option(help="Fit on noised latents x_t with the timestep as input.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of data, split and training.")] = DEFAULTS["seed"],
+    option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="Reward option KEY=VALUE, repeatable.")] = None,
+    kind: Annotated[Optional[str], typer.Option(help="For your own metric: image | text-image | video | text-video.")] = None,
+    input: Annotated[Optional[str], typer.Option(help="For your own metric: tensor or uint8.")] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = DEFAULTS["device"],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved job and exit.")] = False,
+) -> None:
+    """Fit a latent surrogate to a reward and write its fidelity report.
+
+    Encodes the data (or reuses --store), labels it with the reward, fits the surrogate and
+    writes RUN/report.html, RUN/metrics.json and RUN/model/. Re-running resumes every stage.
+
+    Examples:
+      lrm fit jpeg-compressibility                       # embedded default, a few minutes on CPU
+      lrm fit temporal-flickering --data clips/ --codec taef2
+      lrm fit my_metric.py:score --kind image --input uint8
+    """
+    import json
+
+    from lrm.pipeline import run_fit
+    from lrm.rewards import REWARDS
+
+    if data is not None and store is not None:
+        raise typer.BadParameter("give either --data or --store, not both")
+    options = parse_options(option)
+    if reward in REWARDS and (kind or input):
+        raise typer.BadParameter(f"--kind/--input describe your own metric; {reward!r} is built in")
+    options.update({k: v for k, v in (("kind", kind), ("input", input)) if v is not None})
+    job = FitJob(reward=reward, data=data, store=str(store) if store else None, out=str(out) if out else None,
+                 label=label, codec=codec, count=count, frames=frames, size=size, text=text, preset=model,
+                 steps=steps, batch_size=batch_size, lr=lr, loss=loss, noise_aware=noise_aware, seed=seed,
+                 reward_options=options or None, device=device)
+    if dry_run:
+        from lrm.pipeline import DEFAULT_PRESETS, reward_spec
+
+        resolved = {**dataclasses.asdict(job), "run_dir": str(job.run_dir()),
+                    "preset": job.preset or DEFAULT_PRESETS[reward_spec(job).kind]}
+        typer.echo(json.dumps(resolved, indent=2))
+        return
+    outcome = run_fit(job)
+    m = outcome.fidelity.surrogate
+    ridge = outcome.fidelity.baselines["ridge"]
+    console.print(f"held-out Spearman {m['spearman']:.3f}, R² {m['r2']:.3f} "
+                  f"(ridge baseline {ridge['spearman']:.3f}, {ridge['r2']:.3f}) on {m['n']} samples")
+    console.print(f"[bold]{outcome.fidelity.verdict}[/]")
+    for flag in outcome.fidelity.flags:
+        console.print(f"[yellow]warning:[/] {flag}")
+    console.print(f"report: {outcome.report}\nsurrogate: {outcome.run_dir / 'model'}")
+
+
+def report(
+    run: Annotated[Path, typer.Argument(help="Run directory of `lrm fit` (holds model/).")],
+    store: Annotated[Path, typer.Option(help="Latent store to evaluate on (labelled with the run's reward if needed).")],
+    out: Annotated[Optional[Path], typer.Option(help="Where to write the report (default RUN/eval-<store name>).")] = None,
+    val_fraction: Annotated[float, typer.Option(help="Share of the store's groups held out; ridge is fitted on the rest.")] = 0.2,
+) -> None:
+    """Evaluate a fitted surrogate on another store (generalisation).
+
+    The surrogate is scored on a group-held-out part of STORE, next to a ridge baseline fitted
+    on the rest of STORE: a surrogate fitted elsewhere should still beat an in-domain ridge.
+    """
+    from lrm.datasets.build import add_labels
+    from lrm.datasets.store import LatentStore
+    from lrm.models import LatentRewardModel
+    from lrm.pipeline import evaluate
+
+    target = LatentStore.open(store)
+    model = LatentRewardModel.from_pretrained(run / "model", codec_settings=target.codec_settings)
+    label, reward = model.info.extra.get("label") or model.info.reward_name, model.info.reward_name
+    if label not in target.labels:
+        target = add_labels(target.path, [f"{label}={reward}" if label != reward else reward])
+    train_rows, val_rows = target.split(val_fraction=val_fraction)
+    labels = target.label(label)
+    val_rows = val_rows[np.isfinite(labels[val_rows])]
+    out_dir = out or run / f"eval-{target.path.name}"
+    summary = {"reward": reward, "label": label, "units": (model.info.reward_spec or {}).get("units", ""),
+               "codec": target.codec_id, "store": str(target.path), "surrogate": str(run / "model"),
+               "preset": model.preset, "n_train": len(train_rows), "n_val": len(val_rows)}
+    fidelity = evaluate(model, target, label, train_rows, val_rows, out_dir, history=[],
+                        config={"run": str(run), "store": str(store), "val_fraction": val_fraction},
+                        summary=summary, title=f"Surrogate of {reward} on {target.path.name}")
+    m = fidelity.surrogate
+    console.print(f"Spearman {m['spearman']:.3f}, R² {m['r2']:.3f} on {m['n']} samples — {fidelity.verdict}")
+    console.print(f"report: {out_dir / 'report.html'}")
+
+
+def predict(
+    run: Annotated[Path, typer.Argument(help="Run directory of `lrm fit` (holds model/).")],
+    paths: Annotated[list[Path], typer.Argument(help="Images, videos, GIFs or folders of them.")],
+    prompt: Annotated[Optional[str], typer.Option(help="One prompt for every file (text surrogates).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Write scores to a .csv or .json file.")] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = DEFAULTS["device"],
+) -> None:
+    """Score media through codec + surrogate: the fast path, same output as `lrm score`.
+
+    Clips are read at the frame count and size the surrogate was fitted on.
+    """
+    import torch
+    from tqdm import tqdm
+
+    from lrm.cli.score import emit_scores
+    from lrm.codecs import from_settings
+    from lrm.datasets.media import MediaError, list_media, read_clip
+    from lrm.models import LatentRewardModel
+
+    if out is not None and out.suffix not in (".csv", ".json"):
+        raise typer.BadParameter(f"--out must end in .csv or .json, got {out}")
+    model = LatentRewardModel.from_pretrained(run / "model", map_location=device).eval()
+    codec = from_settings(model.info.codec_settings).to(device)
+    text_encoder = None
+    if model.text_dim is not None:
+        if prompt is None:
+            raise typer.BadParameter("this surrogate reads text: pass --prompt TEXT")
+        from lrm.text import load as load_text
+
+        text_encoder = load_text(model.info.text_encoder_id)
+    frames, size = model.info.extra.get("frames"), model.info.extra.get("size")
+    rows, skipped = [], []
+    files = [f for p in paths for f in list_media(p)]
+    for path in tqdm(files, desc="predict", unit="file"):
+        try:
+            clip = read_clip(path, frames=frames, size=size)
+        except MediaError as exc:
+            skipped.append((path, str(exc)))
+            continue
+        with torch.no_grad():
+            latents = codec.encode(clip.pixels.unsqueeze(0).to(device))  # (1, T', c, h, w)
+            text = mask = None
+            if text_encoder is not None:
+                text, mask = text_encoder.encode([prompt])
+            value = model(latents, text, mask).item()
+        rows.append({"path": str(path), "score": value, "frames": clip.pixels.shape[0], "prompt": prompt or ""})
+    for path, reason in skipped:
+        console.print(f"[yellow]skipped[/] {path}: {reason}")
+    emit_scores(rows, out)
+    console.print(f"predicted {len(rows)} file(s), skipped {len(skipped)}")
+    if not rows:
+        raise typer.Exit(1)

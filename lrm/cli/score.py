@@ -1,0 +1,147 @@
+"""`lrm rewards` (what is available here) and `lrm score` (pixel rewards of media files)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from lrm.cli.options import parse_options
+
+console = Console(stderr=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("rewards")(list_rewards)
+    app.command("score")(score)
+
+
+def list_rewards(
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """List every reward adapter: kind, differentiable, and whether it can run here.
+
+    A reward is ready when its Python dependencies import and its weight files are found
+    ($LRM_WEIGHTS, ~/.cache/lrm or the Hugging Face cache). Nothing is downloaded.
+    """
+    from lrm.rewards import REWARDS, availability
+
+    rows = []
+    for name, entry in sorted(REWARDS.items()):
+        avail = availability(name)
+        missing = [f"pip: {m}" for m in avail.missing_modules] + [f"weights: {w}" for w in avail.missing_weights]
+        rows.append({"name": name, "kind": entry.spec.kind, "differentiable": entry.spec.differentiable,
+                     "higher_is_better": entry.spec.higher_is_better, "units": entry.spec.units,
+                     "ready": avail.ready, "missing": missing, "description": entry.spec.description})
+    if json_out:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(title=f"{len(rows)} rewards (descriptions: lrm rewards --json)")
+    table.add_column("name", no_wrap=True)
+    table.add_column("kind", no_wrap=True)
+    for column in ("diff.", "better", "units", "ready here"):
+        table.add_column(column)
+    for r in rows:
+        ready = "[green]yes[/]" if r["ready"] else "[red]no[/] (" + ", ".join(r["missing"]) + ")"
+        table.add_row(r["name"], r["kind"], "yes" if r["differentiable"] else "no",
+                      "higher" if r["higher_is_better"] else "lower", r["units"], ready)
+    Console().print(table)
+
+
+def score(
+    reward: Annotated[str, typer.Argument(help="Reward name (see `lrm rewards`) or your metric as file.py:fn / pkg.module:fn.")],
+    paths: Annotated[list[Path], typer.Argument(help="Images, videos, GIFs or folders of them.")],
+    prompt: Annotated[Optional[str], typer.Option(help="One prompt for every file (text rewards).")] = None,
+    prompts: Annotated[Optional[Path], typer.Option(help="Prompts file (.txt/.csv/.jsonl/.tsv), one per media file in sorted order.")] = None,
+    frames: Annotated[Optional[int], typer.Option(help="Sample K frames uniformly per video (default: the reward's preferred count, else all).")] = None,
+    stride: Annotated[int, typer.Option(help="Take every N-th frame before sampling.")] = 1,
+    size: Annotated[Optional[int], typer.Option(help="Resize the short side to S and centre-crop to S x S (default: the reward's preferred size, else native).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Write scores to a .csv or .json file.")] = None,
+    option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="Reward option KEY=VALUE, repeatable (e.g. -o model=ViT-B-32).")] = None,
+    kind: Annotated[Optional[str], typer.Option(help="For your own metric: image | text-image | video | text-video.")] = None,
+    input: Annotated[Optional[str], typer.Option(help="For your own metric: 'tensor' (torch pixels) or 'uint8' (numpy frames).")] = None,
+    device: Annotated[str, typer.Option(help="Torch device for the reward, e.g. cpu or cuda.")] = "cpu",
+) -> None:
+    """Score media files with a pixel reward.
+
+    Unreadable files are reported by name, skipped and counted; the command exits non-zero
+    when nothing could be scored.
+
+    Examples:
+      lrm score jpeg-compressibility photos/
+      lrm score prompt-color img.png --prompt "a red car"
+      lrm score my_metric.py:score clips/ --kind video --input uint8 --out scores.csv
+    """
+    import torch
+    from tqdm import tqdm
+
+    from lrm.datasets.media import MediaError, list_media, read_clip, read_prompts
+    from lrm.rewards import REWARDS, load
+
+    if prompt is not None and prompts is not None:
+        raise typer.BadParameter("give either --prompt or --prompts, not both")
+    if out is not None and out.suffix not in (".csv", ".json"):
+        raise typer.BadParameter(f"--out must end in .csv or .json, got {out}")
+    options = parse_options(option)
+    if reward not in REWARDS:
+        options.update({k: v for k, v in (("kind", kind), ("input", input)) if v is not None})
+    elif kind or input:
+        raise typer.BadParameter(f"--kind/--input describe your own metric; {reward!r} is built in")
+    rew = load(reward, **options)
+    spec = rew.spec
+
+    files = [f for p in paths for f in list_media(p)]
+    if not files:
+        console.print(f"[red]no images or videos found in {', '.join(map(str, paths))}[/]")
+        raise typer.Exit(2)
+    file_prompts: list[str | None] = [prompt] * len(files)
+    if prompts is not None:
+        file_prompts = read_prompts(prompts)
+        if len(file_prompts) != len(files):
+            raise typer.BadParameter(f"{prompts} holds {len(file_prompts)} prompts for {len(files)} media files; give one per file")
+    if spec.needs_text and file_prompts[0] is None:
+        raise typer.BadParameter(f"{spec.name} is a {spec.kind} reward: pass --prompt TEXT or --prompts FILE")
+
+    k = frames if frames is not None else spec.frames
+    s = size if size is not None else spec.size
+    rows, skipped = [], []
+    for path, text in tqdm(list(zip(files, file_prompts)), desc=f"score {spec.name}", unit="file"):
+        try:
+            clip = read_clip(path, frames=k, stride=stride, size=s)
+            pixels = clip.pixels.unsqueeze(0).to(device)  # (1, T, 3, H, W)
+            with torch.no_grad():
+                value = rew(pixels, [text] if spec.needs_text else None).item()
+        except (MediaError, ValueError, RuntimeError) as exc:
+            skipped.append((path, str(exc)))
+            continue
+        rows.append({"path": str(path), "score": value, "frames": pixels.shape[1], "prompt": text or ""})
+
+    for path, reason in skipped:
+        console.print(f"[yellow]skipped[/] {path}: {reason}")
+    emit_scores(rows, out)
+    console.print(f"{spec.name}: scored {len(rows)} file(s), skipped {len(skipped)}"
+                  f"{f', wrote {out}' if out else ''}")
+    if not rows:
+        raise typer.Exit(1)
+
+
+def emit_scores(rows: list[dict], out: Path | None) -> None:
+    """Print a CSV to stdout, or write .csv / .json atomically."""
+    from lrm.io import atomic_write_json, atomic_write_text
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=["path", "score", "frames", "prompt"])
+    writer.writeheader()
+    writer.writerows(rows)
+    if out is None:
+        typer.echo(buf.getvalue(), nl=False)
+    elif out.suffix == ".json":
+        atomic_write_json(out, rows)
+    else:
+        atomic_write_text(out, buf.getvalue())

@@ -1,0 +1,474 @@
+"""The latent store: an append-only, sharded, on-disk dataset of latents, labels and provenance.
+
+Layout of a store folder:
+
+    manifest.json                      header (codec, shapes, source) + a summary of the records below
+    shards/shard-00000.safetensors     "latents" (n, T', c, h, w) f32 [+ "text" (n, L, D) f32, "text_mask" (n, L) bool]
+    shards/shard-00000.jsonl           one provenance row per latent row: unit, source, frame_indices, group, prompt
+    shards/shard-00000.json            commit record (rows, unit range, skipped items), written last
+    labels/<name>/label.json           which reward produced the column, with its spec
+    labels/<name>/shard-00000.npy      (n,) float32 label values, NaN where the reward failed
+    labels/<name>/shard-00000.json     commit record (bad items, partial statistics), written last
+
+Shard i holds the source units [i * shard_size, (i + 1) * shard_size) in source order, so the content
+of a shard depends only on the source and never on which process or which run produced it.
+Every file is written to a temporary name, fsynced and renamed; a shard (or a label shard) counts
+as committed once its commit record exists. The manifest is rebuilt from the commit records, so a
+run killed at any moment and started again ends with exactly the bytes an uninterrupted run writes.
+Readers see the committed prefix of shards; nothing is ever rewritten once committed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+TMP_SUFFIX = ".tmp"
+# Header keys fixed when a store is created; a later run must agree on all of them.
+HEADER_KEYS = ("format_version", "codec", "latent_shape", "text", "source", "shard_size", "units", "num_shards")
+
+
+class StoreError(ValueError):
+    """A store that cannot be opened, resumed or extended as asked; the message says why and what to do."""
+
+
+# ---------------------------------------------------------------- atomic files
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers see the old file or the whole new one, never a part."""
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _json_bytes(obj) -> bytes:
+    return (json.dumps(obj, indent=1, sort_keys=True, allow_nan=False) + "\n").encode()
+
+
+def _npy_bytes(values: np.ndarray) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(values, dtype=np.float32), allow_pickle=False)
+    return buf.getvalue()
+
+
+def _read_json(path: Path):
+    with open(path) as f:
+        return json.load(f)
+
+
+# ---------------------------------------------------------------- paths
+
+def shard_stem(index: int) -> str:
+    return f"shard-{index:05d}"
+
+
+def shard_paths(root: Path, index: int) -> dict[str, Path]:
+    folder = Path(root) / "shards"
+    stem = shard_stem(index)
+    return {"tensors": folder / f"{stem}.safetensors", "rows": folder / f"{stem}.jsonl",
+            "commit": folder / f"{stem}.json"}
+
+
+def label_folder_name(name: str) -> str:
+    """A file-system-safe folder for a label column ("path/m.py:fn" -> "path_m.py_fn")."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)
+
+
+def label_paths(root: Path, name: str, index: int) -> dict[str, Path]:
+    folder = Path(root) / "labels" / label_folder_name(name)
+    stem = shard_stem(index)
+    return {"values": folder / f"{stem}.npy", "commit": folder / f"{stem}.json"}
+
+
+def clean_orphans(root: Path, shard_indices) -> list[Path]:
+    """Remove temporary files left by a killed run for the given shards (and the manifest)."""
+    root = Path(root)
+    removed = []
+    stems = {shard_stem(i) for i in shard_indices}
+    candidates = list((root / "shards").glob(f"*{TMP_SUFFIX}")) + list((root / "labels").glob(f"*/*{TMP_SUFFIX}"))
+    for tmp in candidates:
+        if tmp.name.split(".")[0] in stems:
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+# ---------------------------------------------------------------- writing
+
+def create_or_check(root: Path, header: dict, write: bool) -> dict:
+    """Return the manifest of `root`, creating it from `header` when absent (if `write`).
+
+    An existing store must have been created with the same header: a different codec or version,
+    latent shape, text encoder, source or sharding raises StoreError naming both sides.
+    """
+    root = Path(root)
+    manifest_path = root / MANIFEST
+    if manifest_path.exists():
+        manifest = _read_json(manifest_path)
+        check_header(manifest, header, root)
+        return manifest
+    leftovers = {"shards", "labels", MANIFEST + TMP_SUFFIX}  # what a run killed while creating the store leaves
+    if root.exists() and any(p.name not in leftovers for p in root.iterdir()):
+        raise StoreError(f"{root} exists and is not a latent store (no {MANIFEST}); choose an empty or new folder")
+    manifest = {**header, "shards": [], "rows": 0, "complete": False, "skipped": {"count": 0, "items": []},
+                "labels": {}}
+    if write:
+        (root / (MANIFEST + TMP_SUFFIX)).unlink(missing_ok=True)
+        (root / "shards").mkdir(parents=True, exist_ok=True)
+        (root / "labels").mkdir(exist_ok=True)
+        write_atomic(manifest_path, _json_bytes(manifest))
+    return manifest
+
+
+def check_header(manifest: dict, header: dict, root: Path) -> None:
+    if manifest.get("format_version") != header["format_version"]:
+        raise StoreError(f"{root} has store format {manifest.get('format_version')}, this lrm writes "
+                         f"{header['format_version']}; encode into a new folder")
+    old, new = manifest["codec"], header["codec"]
+    if old != new:
+        raise StoreError(
+            f"{root} was written by codec {old['name']}-v{old['version']} ({old}), but this run uses codec "
+            f"{new['name']}-v{new['version']} ({new}); encode into a new folder or use --codec {old['name']}"
+        )
+    diffs = [f"{k}: store has {manifest.get(k)!r}, this run has {header[k]!r}"
+             for k in HEADER_KEYS if manifest.get(k) != header[k]]
+    if diffs:
+        raise StoreError(f"{root} was created with other settings; resume with the same command or use a new "
+                         "folder. Differences: " + "; ".join(diffs))
+
+
+def commit_shard(root: Path, index: int, units: tuple[int, int], latents: torch.Tensor,
+                 rows: list[dict], skipped: list[dict], text: torch.Tensor | None = None,
+                 text_mask: torch.Tensor | None = None) -> None:
+    """Write shard `index` atomically: tensors, provenance rows, then the commit record.
+
+    latents (n, T', c, h, w); text (n, L, D) and text_mask (n, L) when the store has text.
+    """
+    from safetensors.torch import save
+
+    if latents.shape[0] != len(rows):
+        raise ValueError(f"shard {index}: {latents.shape[0]} latent rows but {len(rows)} provenance rows")
+    paths = shard_paths(root, index)
+    tensors = {"latents": latents.detach().to("cpu", torch.float32).contiguous()}
+    if text is not None:
+        tensors["text"] = text.detach().to("cpu", torch.float32).contiguous()
+        tensors["text_mask"] = text_mask.detach().to("cpu", torch.bool).contiguous()
+    write_atomic(paths["tensors"], save(tensors))
+    lines = "".join(json.dumps(r, sort_keys=True, allow_nan=False) + "\n" for r in rows)
+    write_atomic(paths["rows"], lines.encode())
+    record = {"index": index, "units": list(units), "rows": len(rows), "skipped": skipped}
+    write_atomic(paths["commit"], _json_bytes(record))
+
+
+def shard_record(root: Path, index: int) -> dict | None:
+    """The commit record of shard `index`, or None when it is not committed."""
+    commit = shard_paths(root, index)["commit"]
+    return _read_json(commit) if commit.exists() else None
+
+
+def write_label_info(root: Path, name: str, info: dict) -> None:
+    """Create labels/<name>/label.json (which reward, its spec); must agree with an existing one."""
+    folder = Path(root) / "labels" / label_folder_name(name)
+    path = folder / "label.json"
+    info = {**info, "name": name}
+    if path.exists():
+        old = _read_json(path)
+        if old != info:
+            raise StoreError(f"label {name!r} of {root} was computed by {old}, not {info}; "
+                             "give the new column another name")
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, _json_bytes(info))
+
+
+def _moments(values: np.ndarray) -> dict:
+    """count, mean, M2 (sum of squared deviations), min, max, nan over finite values; float64."""
+    finite = values[np.isfinite(values)].astype(np.float64)
+    if finite.size == 0:
+        return {"count": 0, "mean": 0.0, "m2": 0.0, "min": None, "max": None, "nan": int(values.size)}
+    mean = float(finite.mean())
+    return {"count": int(finite.size), "mean": mean, "m2": float(((finite - mean) ** 2).sum()),
+            "min": float(finite.min()), "max": float(finite.max()), "nan": int(values.size - finite.size)}
+
+
+def _merge_moments(a: dict, b: dict) -> dict:
+    """Chan et al.'s parallel merge of two partial moment records."""
+    n = a["count"] + b["count"]
+    if n == 0:
+        return {**a, "nan": a["nan"] + b["nan"]}
+    delta = b["mean"] - a["mean"]
+    mean = a["mean"] + delta * b["count"] / n
+    m2 = a["m2"] + b["m2"] + delta ** 2 * a["count"] * b["count"] / n
+    mins = [v for v in (a["min"], b["min"]) if v is not None]
+    maxs = [v for v in (a["max"], b["max"]) if v is not None]
+    return {"count": n, "mean": mean, "m2": m2, "min": min(mins), "max": max(maxs), "nan": a["nan"] + b["nan"]}
+
+
+def commit_label_shard(root: Path, name: str, index: int, values: np.ndarray, bad: list[dict]) -> None:
+    """Write the values (n,) of label `name` for shard `index`, then its commit record.
+
+    Non-finite values are stored as NaN; `bad` lists {row, unit, source, reason} for each of them.
+    """
+    values = np.asarray(values, dtype=np.float32).copy()
+    values[~np.isfinite(values)] = np.nan
+    paths = label_paths(root, name, index)
+    write_atomic(paths["values"], _npy_bytes(values))
+    write_atomic(paths["commit"], _json_bytes({"index": index, "rows": int(values.size), "bad": bad,
+                                               "moments": _moments(values)}))
+
+
+def label_committed(root: Path, name: str, index: int) -> bool:
+    return label_paths(root, name, index)["commit"].exists()
+
+
+def refresh_manifest(root: Path) -> dict:
+    """Rebuild the summary parts of manifest.json from the commit records on disk; write atomically.
+
+    Lists the committed prefix of shards (so row numbers never change once visible), the skipped
+    source items, and for each label its progress, statistics and bad items.
+    """
+    root = Path(root)
+    manifest = _read_json(root / MANIFEST)
+    shards, skipped = [], []
+    for index in range(manifest["num_shards"]):
+        record = shard_record(root, index)
+        if record is None:
+            break
+        shards.append({"index": index, "units": record["units"], "rows": record["rows"]})
+        skipped.extend(record["skipped"])
+    labels = {}
+    for info_path in sorted((root / "labels").glob("*/label.json")):
+        info = _read_json(info_path)
+        name = info["name"]
+        done, bad, moments = 0, [], None
+        for shard in shards:
+            commit = label_paths(root, name, shard["index"])["commit"]
+            if not commit.exists():
+                break
+            record = _read_json(commit)
+            done += 1
+            offset = sum(s["rows"] for s in shards[:done - 1])
+            bad.extend({"row": offset + b["row_in_shard"], **b} for b in record["bad"])
+            moments = record["moments"] if moments is None else _merge_moments(moments, record["moments"])
+        stats = _stats_from_moments(moments)
+        labels[name] = {"reward": info["reward"], "spec": info.get("spec", {}), "folder": info_path.parent.name,
+                        "shards": done, "complete": done == len(shards) and len(shards) == manifest["num_shards"],
+                        "stats": stats, "bad": {"count": len(bad), "items": bad}}
+    manifest.update({"shards": shards, "rows": sum(s["rows"] for s in shards),
+                     "complete": len(shards) == manifest["num_shards"],
+                     "skipped": {"count": len(skipped), "items": skipped}, "labels": labels})
+    write_atomic(root / MANIFEST, _json_bytes(manifest))
+    return manifest
+
+
+def _stats_from_moments(m: dict | None) -> dict:
+    if m is None or m["count"] == 0:
+        nan = 0 if m is None else m["nan"]
+        return {"count": 0, "mean": None, "std": None, "min": None, "max": None, "nan": nan}
+    return {"count": m["count"], "mean": m["mean"], "std": math.sqrt(m["m2"] / m["count"]),
+            "min": m["min"], "max": m["max"], "nan": m["nan"]}
+
+
+# ---------------------------------------------------------------- reading
+
+class LatentStore:
+    """Read access to a store folder. Nothing is loaded until asked for; latents are read per shard
+    through memory-mapped safetensors, so a store larger than memory reads fine."""
+
+    def __init__(self, path: Path, manifest: dict):
+        self.path = Path(path)
+        self.manifest = manifest
+        self._shards = manifest["shards"]
+        counts = np.array([s["rows"] for s in self._shards], dtype=np.int64)
+        self._offsets = np.concatenate([[0], np.cumsum(counts)])  # row offset of each shard, (S + 1,)
+        self._rows: list[dict] | None = None
+
+    @classmethod
+    def open(cls, path) -> "LatentStore":
+        path = Path(path)
+        manifest_path = path / MANIFEST
+        if not manifest_path.exists():
+            hint = " (an encode was started here but never created its manifest)" if path.is_dir() else ""
+            raise FileNotFoundError(f"no latent store at {path}: {MANIFEST} is missing{hint}; "
+                                    "create one with `lrm encode DATA --out STORE`")
+        manifest = _read_json(manifest_path)
+        version = manifest.get("format_version")
+        if version != FORMAT_VERSION:
+            raise StoreError(f"{path} has store format version {version}; this lrm reads version "
+                             f"{FORMAT_VERSION}. Re-encode it with this lrm (lrm encode ...)")
+        return cls(path, manifest)
+
+    # ---- header
+    @property
+    def codec_settings(self) -> dict:
+        return self.manifest["codec"]
+
+    @property
+    def codec_id(self) -> str:
+        return f"{self.codec_settings['name']}-v{self.codec_settings['version']}"
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int, int]:
+        return tuple(self.manifest["latent_shape"])
+
+    @property
+    def text_encoder_id(self) -> str | None:
+        text = self.manifest["text"]
+        return text["encoder"] if text else None
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.manifest["complete"])
+
+    def __len__(self) -> int:
+        return int(self._offsets[-1])
+
+    def __repr__(self) -> str:
+        return (f"LatentStore({str(self.path)!r}, rows={len(self)}, codec={self.codec_id}, "
+                f"latent_shape={self.latent_shape}, labels={self.labels})")
+
+    # ---- labels
+    @property
+    def labels(self) -> list[str]:
+        return list(self.manifest["labels"])
+
+    def _label_entry(self, name: str) -> dict:
+        if name not in self.manifest["labels"]:
+            known = ", ".join(self.labels) or "none yet"
+            raise KeyError(f"store {self.path} has no label {name!r} (labels: {known}); "
+                           f"add it with `lrm label {self.path} {name}`")
+        return self.manifest["labels"][name]
+
+    def label(self, name: str) -> np.ndarray:
+        """(N,) float32 label column, NaN where the reward failed."""
+        entry = self._label_entry(name)
+        if entry["shards"] < len(self._shards):
+            raise StoreError(f"label {name!r} covers {entry['shards']} of {len(self._shards)} shards of "
+                             f"{self.path}; finish it with `lrm label {self.path} {name}`")
+        parts = [np.load(label_paths(self.path, name, s["index"])["values"], allow_pickle=False)
+                 for s in self._shards]
+        return np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)
+
+    def label_stats(self, name: str) -> dict:
+        """count (finite values), mean, std, min, max, nan (count of NaN)."""
+        return dict(self._label_entry(name)["stats"])
+
+    # ---- provenance
+    def rows(self) -> list[dict]:
+        """Provenance per row: unit, source, frame_indices, group, prompt (read once, then cached)."""
+        if self._rows is None:
+            rows = []
+            for s in self._shards:
+                with open(shard_paths(self.path, s["index"])["rows"]) as f:
+                    rows.extend(json.loads(line) for line in f)
+            self._rows = rows
+        return self._rows
+
+    @property
+    def prompts(self) -> list[str] | None:
+        if not self.manifest["text"]:
+            return None
+        return [r["prompt"] for r in self.rows()]
+
+    @property
+    def groups(self) -> np.ndarray:
+        return np.array([r["group"] for r in self.rows()], dtype=str)
+
+    # ---- tensors
+    def _locate(self, indices) -> tuple[np.ndarray, np.ndarray]:
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        n = len(self)
+        if idx.size and (idx.min() < -n or idx.max() >= n):
+            raise IndexError(f"row index out of range for a store of {n} rows")
+        idx = np.where(idx < 0, idx + n, idx)
+        shard_pos = np.searchsorted(self._offsets, idx, side="right") - 1  # position in self._shards
+        return idx, shard_pos
+
+    def _gather(self, indices, keys: tuple[str, ...]) -> list[torch.Tensor]:
+        """Rows `indices` of the tensors `keys`, in the order asked, opening only the shards needed."""
+        from safetensors import safe_open
+
+        idx, shard_pos = self._locate(indices)
+        out: list[torch.Tensor | None] = [None] * len(keys)
+        for pos in np.unique(shard_pos):
+            take = np.nonzero(shard_pos == pos)[0]
+            local = idx[take] - self._offsets[pos]
+            lo, hi = int(local.min()), int(local.max()) + 1
+            path = shard_paths(self.path, self._shards[pos]["index"])["tensors"]
+            with safe_open(path, framework="pt") as f:
+                for k, key in enumerate(keys):
+                    part = f.get_slice(key)[lo:hi][torch.as_tensor(local - lo)]
+                    if out[k] is None:
+                        out[k] = torch.empty((idx.size, *part.shape[1:]), dtype=part.dtype)
+                    out[k][torch.as_tensor(take)] = part
+        if idx.size == 0:
+            return [torch.zeros(0) for _ in keys]
+        return out
+
+    def latents(self, indices) -> torch.Tensor:
+        """(n, T', c, h, w) float32 latents of rows `indices`."""
+        if len(np.asarray(indices).reshape(-1)) == 0:
+            return torch.zeros((0, *self.latent_shape))
+        return self._gather(indices, ("latents",))[0]
+
+    def text_embeddings(self, indices) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(n, L, D) float32 token embeddings and (n, L) bool mask, or None without text."""
+        text = self.manifest["text"]
+        if not text:
+            return None
+        if len(np.asarray(indices).reshape(-1)) == 0:
+            return torch.zeros((0, text["length"], text["dim"])), torch.zeros((0, text["length"]), dtype=torch.bool)
+        emb, mask = self._gather(indices, ("text", "text_mask"))
+        return emb, mask
+
+    # ---- splits
+    def split(self, val_fraction: float = 0.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Seeded split by group: train_idx, val_idx (sorted), no group on both sides.
+
+        Groups are shuffled with `seed` and moved to validation until it holds at least
+        `val_fraction` of the rows; with two or more groups both sides are non-empty.
+        """
+        return group_split(self.groups, val_fraction, seed)
+
+
+def group_split(groups: np.ndarray, val_fraction: float = 0.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Split row indices by group label (see LatentStore.split)."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    groups = np.asarray(groups)
+    names, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
+    order = np.random.default_rng(seed).permutation(len(names))
+    target = val_fraction * len(groups)
+    val_groups, val_rows = [], 0
+    for g in order:
+        if val_rows >= target or len(val_groups) == len(names) - 1:
+            break
+        val_groups.append(g)
+        val_rows += counts[g]
+    in_val = np.isin(inverse, val_groups)
+    return np.nonzero(~in_val)[0], np.nonzero(in_val)[0]

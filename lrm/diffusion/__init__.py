@@ -1,0 +1,1 @@
+"""Diffusion pieces: noise schedule (more to come: v-prediction, DDIM, posteriors, samplers)."""

@@ -1,0 +1,80 @@
+"""torch.distributed helpers for rank-sharded work launched with torchrun.
+
+Without torchrun (no WORLD_SIZE in the environment) everything degrades to one process:
+rank 0 of 1, and `barrier` does nothing. Under torchrun, `init_from_env` opens the process
+group (gloo on CPU, nccl when CUDA is available) from the variables torchrun sets.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def is_initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    """This process's rank: from the process group if open, else $RANK, else 0."""
+    if is_initialized():
+        return dist.get_rank()
+    return int(os.environ.get("RANK", "0"))
+
+
+def world_size() -> int:
+    """Number of processes: from the process group if open, else $WORLD_SIZE, else 1."""
+    if is_initialized():
+        return dist.get_world_size()
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def default_backend() -> str:
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+def init_from_env(backend: str | None = None) -> bool:
+    """Open the process group when launched by torchrun with more than one process.
+
+    Returns True when this call opened it (the caller then closes it with `shutdown`).
+    """
+    if is_initialized() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+    if missing:
+        raise RuntimeError(
+            f"WORLD_SIZE is set but {', '.join(missing)} is not; launch with torchrun "
+            "(e.g. torchrun --nproc_per_node 2 -m lrm.cli.app ...)"
+        )
+    backend = backend or default_backend()
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend=backend)
+    return True
+
+
+def barrier() -> None:
+    """Wait for every rank; a no-op in a single process."""
+    if is_initialized():
+        if dist.get_backend() == "nccl":
+            dist.barrier(device_ids=[torch.cuda.current_device()])
+        else:
+            dist.barrier()
+
+
+def shutdown() -> None:
+    if is_initialized():
+        dist.destroy_process_group()
+
+
+def owned(indices: range | list[int], rank_: int | None = None, world: int | None = None) -> list[int]:
+    """The items of `indices` this rank processes: item % world_size == rank (disjoint, covering)."""
+    rank_ = rank() if rank_ is None else rank_
+    world = world_size() if world is None else world
+    return [i for i in indices if i % world == rank_]

@@ -1,0 +1,206 @@
+"""How far to trust a surrogate: held-out agreement with the pixel reward, next to baselines.
+
+Everything here takes plain arrays so it can score any predictor (a fitted LRM, a baseline, a
+reward computed another way). The two baselines are fitted on the same split as the surrogate:
+a constant (train mean) and ridge regression on pooled latent statistics. A surrogate that does
+not beat ridge learned nothing a handful of channel statistics could not tell, and is flagged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Iterable
+
+import numpy as np
+import torch
+from scipy import stats
+
+PAIR_SAMPLE = 2000  # pairwise accuracy is exact up to this many samples, then on a seeded subsample
+LOW_SPEARMAN = 0.8  # below this a surrogate ranks too poorly to steer a tuner reliably
+CALIBRATION_BINS = 10
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def pairwise_accuracy(pred: np.ndarray, true: np.ndarray, seed: int = 0) -> float:
+    """Fraction of pairs with different true values that the prediction orders the same way.
+
+    Ties in the prediction count one half. Exact for n <= PAIR_SAMPLE, else on a seeded subsample.
+    """
+    pred, true = np.asarray(pred, np.float64), np.asarray(true, np.float64)
+    if len(pred) > PAIR_SAMPLE:
+        keep = np.random.default_rng(seed).choice(len(pred), PAIR_SAMPLE, replace=False)
+        pred, true = pred[keep], true[keep]
+    dt = np.sign(true[:, None] - true[None, :])  # (n, n)
+    dp = np.sign(pred[:, None] - pred[None, :])
+    upper = np.triu(np.ones_like(dt, dtype=bool), k=1) & (dt != 0)
+    if not upper.any():
+        return float("nan")
+    agree = (dt == dp) & upper
+    tie = (dp == 0) & upper
+    return float((agree.sum() + 0.5 * tie.sum()) / upper.sum())
+
+
+def calibration(pred: np.ndarray, true: np.ndarray, bins: int = CALIBRATION_BINS) -> list[dict]:
+    """Quantile bins of the prediction: mean predicted vs mean true reward in each bin."""
+    edges = np.unique(np.quantile(pred, np.linspace(0, 1, bins + 1)))
+    which = np.clip(np.searchsorted(edges, pred, side="right") - 1, 0, max(len(edges) - 2, 0))
+    out = []
+    for b in np.unique(which):
+        sel = which == b
+        out.append({"mean_pred": float(pred[sel].mean()), "mean_true": float(true[sel].mean()),
+                    "count": int(sel.sum())})
+    return out
+
+
+def calibration_error(curve: list[dict]) -> float:
+    """Count-weighted mean |mean_pred - mean_true| over calibration bins (reward units)."""
+    counts = np.array([c["count"] for c in curve], np.float64)
+    gaps = np.array([abs(c["mean_pred"] - c["mean_true"]) for c in curve])
+    return float((counts * gaps).sum() / counts.sum())
+
+
+def _spearman(a, b) -> float:
+    if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan")
+    return float(stats.spearmanr(a, b).statistic)
+
+
+def fidelity_metrics(pred, true, groups=None) -> dict:
+    """Agreement of predictions with the true reward on held-out samples (NaN true values dropped)."""
+    pred = np.asarray(pred, np.float64).reshape(-1)
+    true = np.asarray(true, np.float64).reshape(-1)
+    if pred.shape != true.shape:
+        raise ValueError(f"pred has {pred.shape[0]} values but true has {true.shape[0]}")
+    keep = np.isfinite(true)
+    n_nan = int((~keep).sum())
+    pred, true = pred[keep], true[keep]
+    if len(true) < 2:
+        raise ValueError(f"need at least 2 finite held-out labels to assess fidelity, got {len(true)}")
+    if not np.isfinite(pred).all():
+        raise ValueError("predictions contain NaN or Inf: the surrogate diverged")
+    err = pred - true
+    var = true.var()
+    const_pred = np.ptp(pred) == 0
+    out = {
+        "n": int(len(true)),
+        "n_nan_dropped": n_nan,
+        "true_std": float(np.sqrt(var)),
+        "mse": float(np.mean(err**2)),
+        "rmse": float(np.sqrt(np.mean(err**2))),
+        "mae": float(np.mean(np.abs(err))),
+        "r2": float(1 - np.mean(err**2) / var) if var > 0 else float("nan"),
+        "pearson": float("nan") if const_pred else float(stats.pearsonr(pred, true).statistic),
+        "spearman": float("nan") if const_pred else _spearman(pred, true),
+        "kendall": float("nan") if const_pred else float(stats.kendalltau(pred, true).statistic),
+        "pairwise_accuracy": pairwise_accuracy(pred, true),
+        "calibration": calibration(pred, true),
+    }
+    out["calibration_error"] = calibration_error(out["calibration"])
+    if groups is not None:
+        groups = np.asarray(groups)[keep]
+        out["per_group"] = per_group(pred, true, groups)
+    return out
+
+
+def per_group(pred: np.ndarray, true: np.ndarray, groups: np.ndarray) -> list[dict]:
+    """Per source group: size, MAE and (n >= 3) Spearman, worst MAE first."""
+    rows = []
+    for g in np.unique(groups):
+        sel = groups == g
+        rows.append({"group": str(g), "n": int(sel.sum()), "mae": float(np.abs(pred[sel] - true[sel]).mean()),
+                     "spearman": _spearman(pred[sel], true[sel]) if sel.sum() >= 3 else float("nan")})
+    return sorted(rows, key=lambda r: -r["mae"])
+
+
+def fidelity_by_noise(pred_by_t: dict[int, np.ndarray], true) -> list[dict]:
+    """Spearman, R² and MAE of a noise-aware surrogate at each diffusion timestep t."""
+    rows = []
+    for t in sorted(pred_by_t):
+        m = fidelity_metrics(pred_by_t[t], true)
+        rows.append({"t": int(t), "spearman": m["spearman"], "r2": m["r2"], "mae": m["mae"]})
+    return rows
+
+
+# ---------------------------------------------------------------- baselines
+
+
+def pooled_latent_features(latents: torch.Tensor) -> np.ndarray:
+    """(N, T, c, h, w) -> (N, 3c [+ c]) per-channel mean, std, mean |spatial gradient| [, mean |temporal diff|]."""
+    x = latents.float()
+    feats = [x.mean(dim=(1, 3, 4)), x.std(dim=(1, 3, 4))]  # (N, c) each
+    grad = (x[..., 1:, :] - x[..., :-1, :]).abs().mean(dim=(1, 3, 4)) + \
+           (x[..., :, 1:] - x[..., :, :-1]).abs().mean(dim=(1, 3, 4))
+    feats.append(grad)
+    if x.shape[1] > 1:
+        feats.append((x[:, 1:] - x[:, :-1]).abs().mean(dim=(1, 3, 4)))
+    return torch.cat(feats, dim=1).numpy()
+
+
+def features_of(batches: Iterable[torch.Tensor]) -> np.ndarray:
+    """Pooled features of a stream of latent batches, so a store is never loaded whole."""
+    return np.concatenate([pooled_latent_features(b) for b in batches])
+
+
+def fit_baselines(x_train: np.ndarray, y_train, x_val: np.ndarray, y_val) -> dict[str, dict]:
+    """Constant (train mean) and RidgeCV on standardised pooled features, scored on the val split."""
+    from sklearn.linear_model import RidgeCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    y_train, y_val = np.asarray(y_train, np.float64), np.asarray(y_val, np.float64)
+    tr = np.isfinite(y_train)
+    constant = np.full(len(y_val), y_train[tr].mean())
+    ridge = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 4, 15)))
+    ridge.fit(x_train[tr], y_train[tr])
+    return {"constant": fidelity_metrics(constant, y_val),
+            "ridge": fidelity_metrics(ridge.predict(x_val), y_val)}
+
+
+# ---------------------------------------------------------------- verdict
+
+
+@dataclass
+class FidelityReport:
+    surrogate: dict  # fidelity_metrics of the surrogate on the held-out split
+    baselines: dict  # name -> fidelity_metrics of each baseline on the same split
+    flags: list[str] = field(default_factory=list)  # plain-language warnings
+    verdict: str = ""  # "high / moderate / low trust — why"
+    by_noise: list[dict] | None = None  # fidelity_by_noise rows for noise-aware surrogates
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def assess(surrogate: dict, baselines: dict, by_noise: list[dict] | None = None) -> FidelityReport:
+    """Flag what should worry a user and give a one-line verdict.
+
+    Rule: the surrogate must beat ridge on BOTH Spearman and R² — otherwise pooled channel
+    statistics explain the reward as well, and the surrogate's gradient adds no information.
+    """
+    flags = []
+    s, r2 = surrogate["spearman"], surrogate["r2"]
+    ridge = baselines.get("ridge")
+    beats_ridge = ridge is None or (s > ridge["spearman"] and r2 > ridge["r2"])
+    if not beats_ridge:
+        flags.append(
+            f"does not beat the ridge baseline (Spearman {s:.3f} vs {ridge['spearman']:.3f}, "
+            f"R² {r2:.3f} vs {ridge['r2']:.3f}): pooled latent statistics predict this reward as well"
+        )
+    if not np.isfinite(s) or s < LOW_SPEARMAN:
+        flags.append(f"held-out Spearman {s:.3f} < {LOW_SPEARMAN}: it misorders many samples")
+    if surrogate["calibration_error"] > 0.25 * surrogate["true_std"]:
+        flags.append(f"poorly calibrated: mean bin gap {surrogate['calibration_error']:.3g} "
+                     f"exceeds a quarter of the reward's spread ({surrogate['true_std']:.3g})")
+    if by_noise:
+        worst = min(by_noise, key=lambda r: r["spearman"] if np.isfinite(r["spearman"]) else -1)
+        if not np.isfinite(worst["spearman"]) or worst["spearman"] < LOW_SPEARMAN:
+            flags.append(f"at noise level t={worst['t']} Spearman drops to {worst['spearman']:.3f}")
+    if np.isfinite(s) and s >= 0.95 and beats_ridge and not flags:
+        verdict = f"high trust — held-out Spearman {s:.3f}, R² {r2:.3f}, beats ridge"
+    elif np.isfinite(s) and s >= LOW_SPEARMAN and beats_ridge:
+        verdict = f"moderate trust — Spearman {s:.3f}, R² {r2:.3f}" + (f"; {len(flags)} warning(s)" if flags else "")
+    else:
+        verdict = f"low trust — {flags[0] if flags else f'Spearman {s:.3f}'}"
+    return FidelityReport(surrogate, baselines, flags, verdict, by_noise)

@@ -1,0 +1,561 @@
+"""Fit a latent surrogate to one label column of a latent store (DOLLAR supplementary, Eq. 10).
+
+    result = fit_surrogate(LatentStore.open("store"), "colorfulness", FitConfig(steps=2000), "runs/color")
+    result.model(latents)      # (B, T, c, h, w) -> (B,) in the reward's units
+
+Loss: MSE between the surrogate and the reward on standardised labels (Eq. 10, the default), or
+a pairwise Bradley-Terry ranking loss (logistic loss on prediction differences of every pair in
+the batch, oriented by the true order; ties skipped). With the ranking loss only the order of the
+outputs is fitted: they keep the label's location and scale, not its calibration.
+
+Labels are standardised with the mean and std of the training split (kept in the model's
+buffers); rows whose label is NaN (the reward failed) are dropped and counted. The split is
+group-aware (`store.split`). AdamW with linear warm-up then cosine decay; validation every
+`eval_every` steps (Spearman, Pearson, MSE); early stopping on validation Spearman; the best
+model is saved to out_dir/model and returned.
+
+Data: the training and validation rows are read once into memory when they fit under
+`cache_limit_gb` (the common case: 10k latents of 32 x 32 x 32 are 1.3 GB); otherwise each step
+reads its batch with `store.latents(rows)` (memory-mapped shards).
+
+Repeatability: every random draw derives from `seed`: model init from torch.manual_seed(seed),
+the batch order of epoch e from numpy's generator seeded with (seed, e), the noise of step s from
+(seed, s, rank). So a run resumed from a checkpoint (model, AdamW state, step, history, early-stopping
+state, torch RNG state; the learning rate is a pure function of the step) continues exactly as
+the uninterrupted run would have.
+
+Noise-aware fitting (`noise_aware=True`): train on x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps
+with t ~ U{0..t_max}, t given to the model; validation also reports fidelity at `eval_timesteps`.
+
+Scale-out: under torchrun (WORLD_SIZE > 1) the model is wrapped in DistributedDataParallel
+(gloo on CPU, nccl on GPU); `batch_size` is the global batch and each rank takes its slice, so
+the gradient equals the single-process one for the MSE loss (the ranking loss pairs rows within
+a rank's slice). Rank 0 writes every file.
+
+Run directory (out_dir): config.json (resolved config), metrics.jsonl (one line per log or
+validation step), checkpoints/step-NNNNNNN.{safetensors,json}, model/ (the best surrogate).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lrm import distributed
+from lrm.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from lrm.models import LatentRewardModel, build, needs_text
+
+LOSSES = ("mse", "ranking")
+CHECKPOINTS = "checkpoints"
+MODEL_DIR = "model"
+
+
+@dataclass
+class FitConfig:
+    preset: str = "image-cnn"  # surrogate architecture, a key of lrm.models.SURROGATES
+    steps: int = 3000  # optimizer steps; the paper's LRMs converge within 2,000-3,000
+    batch_size: int = 64  # global batch (split across DDP ranks); capped at the training-set size
+    lr: float = 1e-3  # peak AdamW learning rate
+    weight_decay: float = 1e-2  # AdamW decoupled weight decay
+    warmup_steps: int = 100  # linear warm-up from lr / warmup_steps to lr, then cosine decay
+    min_lr_fraction: float = 0.0  # the cosine ends at lr * min_lr_fraction on the last step
+    grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
+    loss: str = "mse"  # "mse" (Eq. 10 on standardised labels) or "ranking" (pairwise Bradley-Terry)
+    val_fraction: float = 0.2  # share of rows, as whole groups, held out for validation
+    split_seed: int = 0  # seed of the group-aware train/validation split
+    seed: int = 0  # seed of model init, batch order and noise draws
+    eval_every: int = 100  # steps between validations (and after the last step)
+    patience: int = 10  # validations without a better val Spearman before stopping; 0 never stops early
+    checkpoint_every: int = 500  # steps between resumable checkpoints (and after the last step)
+    keep_checkpoints: int = 2  # most recent checkpoints kept on disk
+    log_every: int = 10  # steps between train-loss lines in metrics.jsonl
+    noise_aware: bool = False  # fit on noised latents x_t with the timestep t as model input
+    noise_schedule: str = "linear"  # lrm.diffusion.schedule name (DDPM linear betas, T = 1000)
+    t_max: int = 999  # noise-aware training draws t uniformly from 0..t_max
+    eval_timesteps: tuple[int, ...] = (0, 250, 500, 750)  # noise-aware: fixed t reported by validation
+    cache_limit_gb: float = 2.0  # keep train + val latents in memory when they fit under this size
+    eval_batch_size: int = 256  # rows per forward pass in validation
+    device: str = "cpu"  # "cpu", "cuda" or "cuda:N"; under torchrun with CUDA each rank uses cuda:LOCAL_RANK
+
+
+@dataclass
+class FitResult:
+    model: LatentRewardModel  # the surrogate with the best validation Spearman, in eval mode
+    history: list[dict]  # every metrics.jsonl record (train-loss and validation lines)
+    best_step: int  # step whose validation Spearman was best
+    val_metrics: dict  # validation metrics of the best model: spearman, pearson, mse, rmse, n
+    val_by_timestep: dict[int, dict]  # noise-aware: validation metrics of the best model at each eval t
+    steps: int  # optimizer steps done (fewer than config.steps after early stopping)
+    stopped_early: bool  # True when patience ran out
+    train_indices: np.ndarray  # store rows fitted on (NaN labels removed)
+    val_indices: np.ndarray  # store rows validated on (NaN labels removed)
+    nan_labels: int  # rows dropped because their label is NaN
+    label_mean: float  # training-split label mean (the model's output offset)
+    label_std: float  # training-split label std (the model's output scale)
+    paths: dict[str, Path] = field(default_factory=dict)  # out_dir, config, metrics, checkpoints, model
+
+
+# ---------------------------------------------------------------- pure helpers
+
+def learning_rate(step: int, config: FitConfig) -> float:
+    """Learning rate of update `step` (0-based): linear warm-up, then cosine decay."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return config.lr * (config.min_lr_fraction + (1 - config.min_lr_fraction) * cosine)
+
+
+def batch_positions(step: int, num_rows: int, batch_size: int, seed: int) -> np.ndarray:
+    """Positions (into the training rows) of the global batch of `step`: epoch e is a permutation
+    seeded by (seed, e), cut into num_rows // batch_size batches (the remainder is dropped)."""
+    per_epoch = num_rows // batch_size
+    epoch, k = divmod(step, per_epoch)
+    order = np.random.default_rng([seed, epoch]).permutation(num_rows)
+    return order[k * batch_size:(k + 1) * batch_size]
+
+
+def ranking_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Pairwise Bradley-Terry loss: mean over pairs (i, j) with y_i > y_j of softplus(-(s_i - s_j))."""
+    diff_pred = pred[:, None] - pred[None, :]  # (B, B): s_i - s_j
+    better = target[:, None] > target[None, :]  # (B, B): y_i > y_j, ties excluded
+    if not better.any():
+        return pred.sum() * 0.0
+    return F.softplus(-diff_pred[better]).mean()
+
+
+def regression_metrics(pred: np.ndarray, true: np.ndarray) -> dict:
+    """spearman, pearson, mse, rmse, n (NaN correlations, e.g. constant predictions, become None)."""
+    from scipy import stats
+
+    pred, true = np.asarray(pred, np.float64), np.asarray(true, np.float64)
+    mse = float(np.mean((pred - true) ** 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # constant inputs: scipy warns and returns NaN
+        spearman = float(stats.spearmanr(pred, true).statistic) if len(true) > 1 else float("nan")
+        pearson = float(stats.pearsonr(pred, true).statistic) if len(true) > 1 else float("nan")
+    clean = lambda v: None if not math.isfinite(v) else v  # noqa: E731 - JSON has no NaN
+    return {"spearman": clean(spearman), "pearson": clean(pearson), "mse": mse, "rmse": math.sqrt(mse),
+            "n": int(len(true))}
+
+
+def _seed_of(*parts: int) -> int:
+    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
+
+
+# ---------------------------------------------------------------- data
+
+class RowSource:
+    """Latents (and text embeddings) of store rows: from memory when cached, else read per call."""
+
+    def __init__(self, store, rows: np.ndarray, with_text: bool, cache: bool):
+        self.store = store
+        self.with_text = with_text
+        self.rows = np.unique(rows)  # sorted store rows this source may serve from memory
+        self.latents_cache = self.text_cache = self.mask_cache = None
+        if cache:
+            self.latents_cache = store.latents(self.rows)  # (n, T', c, h, w)
+            if with_text:
+                self.text_cache, self.mask_cache = store.text_embeddings(self.rows)
+
+    def get(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """(latents (n, T', c, h, w), text (n, L, D) or None, text_mask (n, L) or None) of store rows."""
+        if self.latents_cache is None:
+            text, mask = self.store.text_embeddings(rows) if self.with_text else (None, None)
+            return self.store.latents(rows), text, mask
+        pos = torch.as_tensor(np.searchsorted(self.rows, rows))
+        if not self.with_text:
+            return self.latents_cache[pos], None, None
+        return self.latents_cache[pos], self.text_cache[pos], self.mask_cache[pos]
+
+
+def _cache_bytes(store, num_rows: int, with_text: bool) -> int:
+    per_row = int(np.prod(store.latent_shape)) * 4
+    if with_text:
+        emb, mask = store.text_embeddings([0])
+        per_row += emb[0].numel() * 4 + mask[0].numel()
+    return per_row * num_rows
+
+
+@torch.no_grad()
+def _predict_rows(model: LatentRewardModel, source: RowSource, rows: np.ndarray, batch_size: int,
+                  device: torch.device, t: int | None = None, noise_seed: int = 0, abar=None) -> np.ndarray:
+    """Predictions (n,) in reward units for store rows; with t, on latents noised with a fixed seed."""
+    from lrm.diffusion.schedule import add_noise
+
+    was_training = model.training
+    model.eval()
+    out = []
+    generator = torch.Generator().manual_seed(_seed_of(noise_seed, 2, t)) if t is not None else None
+    for start in range(0, len(rows), batch_size):
+        latents, text, mask = source.get(rows[start:start + batch_size])
+        timesteps = None
+        if t is not None:
+            timesteps = torch.full((latents.shape[0],), t, dtype=torch.long)
+            eps = torch.randn(latents.shape, generator=generator)
+            latents = add_noise(latents, eps, timesteps, abar)
+            timesteps = timesteps.to(device)
+        text = text.to(device) if text is not None else None
+        mask = mask.to(device) if mask is not None else None
+        out.append(model(latents.to(device), text, mask, timesteps).float().cpu())
+    model.train(was_training)
+    return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
+
+
+def predict(model: LatentRewardModel, store, indices=None, batch_size: int = 64,
+            t: int | None = None, noise_seed: int = 0) -> np.ndarray:
+    """Surrogate predictions (n,) in reward units for store rows `indices` (None: all rows).
+
+    With `t` (noise-aware surrogates) the latents are noised to timestep t with a fixed seed first.
+    The store must be in the latent space the surrogate was fitted in.
+    """
+    model.check_compatible(store.codec_settings)
+    rows = np.arange(len(store)) if indices is None else np.asarray(indices, dtype=np.int64).reshape(-1)
+    with_text = model.cross_attention is not None
+    if with_text and store.text_embeddings(rows[:1]) is None:
+        raise ValueError(f"surrogate {model.preset!r} reads text but store {store.path} has no text embeddings")
+    abar = None
+    if t is not None:
+        from lrm.diffusion.schedule import alphas_cumprod
+
+        abar = alphas_cumprod(model.info.noise_schedule or "linear")
+    device = next(model.parameters()).device
+    return _predict_rows(model, RowSource(store, rows, with_text, cache=False), rows, batch_size, device,
+                         t=t, noise_seed=noise_seed, abar=abar)
+
+
+# ---------------------------------------------------------------- checkpoints
+
+def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """AdamW state_dict -> (tensors for safetensors, JSON-able rest)."""
+    tensors, scalars = {}, {}
+    for index, values in state["state"].items():
+        for key, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim.{index}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{index}.{key}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], rest: dict) -> dict:
+    state: dict[int, dict] = {}
+    for name, value in tensors.items():
+        if name.startswith("optim."):
+            _, index, key = name.split(".", 2)
+            state.setdefault(int(index), {})[key] = value
+    for name, value in rest["scalars"].items():
+        index, key = name.split(".", 1)
+        state.setdefault(int(index), {})[key] = value
+    groups = [{**g, "betas": tuple(g["betas"])} if "betas" in g else g for g in rest["param_groups"]]
+    return {"state": state, "param_groups": groups}
+
+
+def _checkpoint_paths(folder: Path, step: int) -> tuple[Path, Path]:
+    stem = folder / f"step-{step:07d}"
+    return stem.with_suffix(".safetensors"), stem.with_suffix(".json")
+
+
+def latest_checkpoint(folder: Path) -> tuple[Path, Path] | None:
+    """(tensors, record) of the newest committed checkpoint (its JSON record is written last)."""
+    records = sorted(Path(folder).glob("step-*.json"))
+    for record in reversed(records):
+        tensors = record.with_suffix(".safetensors")
+        if tensors.exists():
+            return tensors, record
+    return None
+
+
+def _save_checkpoint(folder: Path, step: int, model: nn.Module, best_state: dict, optimizer, state: dict,
+                     keep: int) -> None:
+    from safetensors.torch import save
+
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tensors.update({f"best.{k}": v.detach().cpu().contiguous() for k, v in best_state.items()})
+    optim_tensors, optim_rest = _flatten_optimizer(optimizer.state_dict())
+    tensors.update(optim_tensors)
+    tensors["rng.torch"] = torch.get_rng_state()
+    tensors_path, record_path = _checkpoint_paths(folder, step)
+    atomic_write_bytes(tensors_path, save(tensors))
+    atomic_write_json(record_path, {**state, "step": step, "optimizer": optim_rest})
+    for old in sorted(folder.glob("step-*.json"))[:-keep]:
+        old.unlink(missing_ok=True)
+        old.with_suffix(".safetensors").unlink(missing_ok=True)
+
+
+def _load_checkpoint(tensors_path: Path, record_path: Path) -> tuple[dict, dict, dict, dict, torch.Tensor]:
+    """-> (model state, best state, optimizer state_dict, record, torch RNG state)."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(tensors_path)
+    record = json.loads(record_path.read_text())
+    model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    best_state = {k[len("best."):]: v for k, v in tensors.items() if k.startswith("best.")}
+    return model_state, best_state, _unflatten_optimizer(tensors, record["optimizer"]), record, tensors["rng.torch"]
+
+
+# ---------------------------------------------------------------- distributed
+
+def _mean_across_ranks(values: list[float]) -> float:
+    total = torch.tensor([sum(values), float(len(values))], dtype=torch.float64)
+    if distributed.world_size() > 1:
+        torch.distributed.all_reduce(total)
+    return float(total[0] / total[1])
+
+
+# ---------------------------------------------------------------- fitting
+
+def _check_config(config: FitConfig) -> None:
+    if config.loss not in LOSSES:
+        raise ValueError(f"FitConfig.loss must be one of {LOSSES}, got {config.loss!r}")
+    for name in ("steps", "batch_size", "eval_every", "checkpoint_every", "log_every", "keep_checkpoints",
+                 "eval_batch_size"):
+        if getattr(config, name) < 1:
+            raise ValueError(f"FitConfig.{name} must be >= 1, got {getattr(config, name)}")
+    if config.noise_aware:
+        from lrm.diffusion.schedule import NUM_TIMESTEPS, SCHEDULES
+
+        if config.noise_schedule not in SCHEDULES:
+            raise ValueError(f"FitConfig.noise_schedule must be one of {sorted(SCHEDULES)}, got {config.noise_schedule!r}")
+        bad = [t for t in (config.t_max, *config.eval_timesteps) if not 0 <= t < NUM_TIMESTEPS]
+        if bad:
+            raise ValueError(f"timesteps must lie in 0..{NUM_TIMESTEPS - 1}; got t_max/eval_timesteps {bad}")
+
+
+def _split_rows(store, labels: np.ndarray, config: FitConfig) -> tuple[np.ndarray, np.ndarray, int]:
+    train, val = store.split(config.val_fraction, config.split_seed)
+    finite = np.isfinite(labels)
+    nan_count = int((~finite[train]).sum() + (~finite[val]).sum())
+    train, val = train[finite[train]], val[finite[val]]
+    if len(train) < 2 or len(val) < 2:
+        raise ValueError(
+            f"store {store.path} gives {len(train)} training and {len(val)} validation rows with a finite label "
+            f"(val_fraction={config.val_fraction}, {nan_count} NaN labels); a fit needs at least 2 of each: "
+            "use a larger store, more groups, or another val_fraction"
+        )
+    return train, val, nan_count
+
+
+def _resolved_config(config: FitConfig, store, label: str, model: LatentRewardModel, batch_size: int,
+                     sizes: dict) -> dict:
+    from lrm import __version__
+
+    return {"fit": json.loads(json.dumps(asdict(config))), "label": label, "store": str(store.path),
+            "codec": store.codec_settings, "in_channels": model.in_channels, "text_dim": model.text_dim,
+            "text_encoder_id": store.text_encoder_id, "effective_batch_size": batch_size,
+            "world_size": distributed.world_size(), **sizes, "lrm_version": __version__}
+
+
+def _prepare_out_dir(out_dir: Path, resolved: dict) -> None:
+    """Write the resolved config; an existing run (resume) must have been started with the same one."""
+    config_path = out_dir / "config.json"
+    if config_path.exists():
+        old = json.loads(config_path.read_text())
+        keys = ("fit", "label", "store", "codec")
+        diff = [k for k in keys if old.get(k) != resolved.get(k)]
+        if diff:
+            raise ValueError(f"cannot resume {out_dir}: it was started with other settings ({diff}); "
+                             f"saved {[old.get(k) for k in diff]}, now {[resolved.get(k) for k in diff]}")
+    atomic_write_json(config_path, resolved)
+
+
+def _new_surrogate(store, label: str, config: FitConfig, text_dim: int | None, mean: float,
+                   std: float) -> LatentRewardModel:
+    """A fresh surrogate for `store`'s latents, carrying the label statistics and provenance."""
+    model = build(config.preset, store.latent_shape[1], text_dim=text_dim, noise_aware=config.noise_aware)
+    model.set_label_stats(mean, std)
+    entry = store.manifest.get("labels", {}).get(label, {})
+    model.info.codec_settings = dict(store.codec_settings)
+    model.info.reward_name = entry.get("reward", label)
+    model.info.reward_spec = entry.get("spec")
+    model.info.text_encoder_id = store.text_encoder_id
+    model.info.noise_schedule = config.noise_schedule if config.noise_aware else None
+    model.info.extra = {"store": str(store.path), "label": label}
+    return model
+
+
+def _training_inputs(source: RowSource, rows: np.ndarray, config: FitConfig, step: int, rank: int, abar,
+                     device: torch.device):
+    """(latents, text, text_mask, t) of one step on `device`; noise-aware: x_t with noise seeded by (seed, step, rank)."""
+    from lrm.diffusion.schedule import add_noise
+
+    latents, text, mask = source.get(rows)  # (b, T', c, h, w)
+    t = None
+    if config.noise_aware:
+        generator = torch.Generator().manual_seed(_seed_of(config.seed, 1, step, rank))
+        t = torch.randint(0, config.t_max + 1, (latents.shape[0],), generator=generator)
+        latents = add_noise(latents, torch.randn(latents.shape, generator=generator), t, abar)
+        t = t.to(device)
+    text = text.to(device) if text is not None else None
+    mask = mask.to(device) if mask is not None else None
+    return latents.to(device), text, mask, t
+
+
+def fit_surrogate(store, label: str, config: FitConfig, out_dir: str | Path, *, resume: bool = False) -> FitResult:
+    """Fit `config.preset` to label column `label` of `store` (a LatentStore); see the module docstring.
+
+    resume=True continues the run in `out_dir` from its newest checkpoint (or starts it when there is none);
+    without it, an `out_dir` that already holds a run is an error.
+    """
+    from lrm.diffusion.schedule import alphas_cumprod
+
+    _check_config(config)
+    out_dir = Path(out_dir)
+    if (out_dir / "config.json").exists() and not resume:
+        raise FileExistsError(f"{out_dir} already holds a fit run; pass resume=True to continue it "
+                              "or choose a new output folder")
+    labels = store.label(label)  # KeyError listing the store's labels when absent
+    train_rows, val_rows, nan_count = _split_rows(store, labels, config)
+    mean, std = float(labels[train_rows].mean()), float(labels[train_rows].std())
+    if not std > 0:
+        raise ValueError(f"label {label!r} is constant ({mean}) on the {len(train_rows)} training rows of "
+                         f"{store.path}: there is nothing to fit")
+
+    with_text = needs_text(config.preset)
+    text_dim = None
+    if with_text:
+        sample = store.text_embeddings(train_rows[:1])
+        if sample is None:
+            raise ValueError(f"preset {config.preset!r} reads text but store {store.path} has no text embeddings; "
+                             "encode the store with a text encoder or pick an image/video preset")
+        text_dim = sample[0].shape[-1]
+
+    device = torch.device(config.device)
+    created_group = distributed.init_from_env("nccl" if device.type == "cuda" else "gloo")
+    rank, world, is_main = distributed.rank(), distributed.world_size(), distributed.is_main()
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    batch_size = min(config.batch_size, len(train_rows))
+    local_batch = batch_size // world
+    batch_size = local_batch * world
+    if local_batch < (2 if config.loss == "ranking" else 1):
+        raise ValueError(f"{len(train_rows)} training rows are too few for {world} processes "
+                         f"with the {config.loss} loss")
+
+    torch.manual_seed(config.seed)
+    model = _new_surrogate(store, label, config, text_dim, mean, std).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+    sizes = {"train_size": int(len(train_rows)), "val_size": int(len(val_rows)), "nan_labels": nan_count,
+             "label_mean": mean, "label_std": std}
+    resolved = _resolved_config(config, store, label, model, batch_size, sizes)
+    checkpoints = out_dir / CHECKPOINTS
+    metrics_path = out_dir / "metrics.jsonl"
+    distributed.barrier()  # every rank has checked out_dir before rank 0 writes into it
+    if is_main:
+        _prepare_out_dir(out_dir, resolved)
+        checkpoints.mkdir(parents=True, exist_ok=True)
+
+    # ---- state, possibly restored from the newest checkpoint
+    step, history, bad_evals, stopped_early = 0, [], 0, False
+    best = {"spearman": -math.inf, "step": 0, "metrics": {}, "by_t": {}}
+    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    found = latest_checkpoint(checkpoints) if resume else None
+    if found is not None:
+        model_state, best_state, optim_state, record, rng = _load_checkpoint(*found)
+        model.load_state_dict(model_state)
+        optimizer.load_state_dict(optim_state)
+        torch.set_rng_state(rng)
+        step, history, bad_evals = record["step"], record["history"], record["bad_evals"]
+        stopped_early, best = record["stopped_early"], record["best"]
+        best["spearman"] = -math.inf if best["spearman"] is None else best["spearman"]
+    if is_main:
+        lines = "".join(json.dumps(r) + "\n" for r in history)
+        atomic_write_text(metrics_path, lines)  # drops lines a crashed run wrote after its checkpoint
+
+    cache = _cache_bytes(store, len(train_rows) + len(val_rows), with_text) <= config.cache_limit_gb * 2**30
+    source = RowSource(store, np.concatenate([train_rows, val_rows]), with_text, cache)
+    labels_t = torch.as_tensor(labels)
+    abar = alphas_cumprod(config.noise_schedule) if config.noise_aware else None
+
+    net: nn.Module = model
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device] if device.type == "cuda" else None, broadcast_buffers=False)
+
+    def validate() -> tuple[dict, dict]:
+        true = labels[val_rows]
+        metrics = regression_metrics(_predict_rows(model, source, val_rows, config.eval_batch_size, device), true)
+        by_t = {}
+        if config.noise_aware:
+            for t in config.eval_timesteps:
+                pred = _predict_rows(model, source, val_rows, config.eval_batch_size, device, t, config.seed, abar)
+                by_t[int(t)] = regression_metrics(pred, true)
+        return metrics, by_t
+
+    def record_line(entry: dict) -> None:
+        history.append(entry)
+        if is_main:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(entry) + "\n")
+
+    def checkpoint() -> None:
+        if is_main:
+            state = {"history": history, "bad_evals": bad_evals, "stopped_early": stopped_early,
+                     "best": {**best, "spearman": best["spearman"] if math.isfinite(best["spearman"]) else None}}
+            _save_checkpoint(checkpoints, step, model, best_state, optimizer, state, config.keep_checkpoints)
+
+    model.train()
+    losses: list[float] = []
+    started = time.perf_counter() - (history[-1]["elapsed_s"] if history else 0.0)  # cumulative over resumes
+    while step < config.steps and not stopped_early:
+        lr = learning_rate(step, config)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        positions = batch_positions(step, len(train_rows), batch_size, config.seed)
+        rows = train_rows[positions[rank * local_batch:(rank + 1) * local_batch]]
+        latents, text, mask, t = _training_inputs(source, rows, config, step, rank, abar, device)
+        pred = net(latents, text, mask, t)  # (b,) reward units
+        z, z_true = (pred - mean) / std, (labels_t[rows].to(device) - mean) / std  # standardised
+        loss = F.mse_loss(z, z_true) if config.loss == "mse" else ranking_loss(z, z_true)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        step += 1
+        losses.append(loss.item())
+
+        if step % config.log_every == 0 or step == config.steps:
+            record_line({"step": step, "split": "train", "loss": _mean_across_ranks(losses), "lr": lr,
+                         "elapsed_s": round(time.perf_counter() - started, 3)})
+            losses = []
+        if step % config.eval_every == 0 or step == config.steps:
+            metrics, by_t = validate()
+            line = {"step": step, "split": "val", **metrics, "elapsed_s": round(time.perf_counter() - started, 3)}
+            line.update({f"t{t}_{k}": m[k] for t, m in by_t.items() for k in ("spearman", "mse")})
+            record_line(line)
+            score = metrics["spearman"] if metrics["spearman"] is not None else -math.inf
+            if score > best["spearman"]:
+                best = {"spearman": score, "step": step, "metrics": metrics, "by_t": by_t}
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                bad_evals = 0
+            else:
+                bad_evals += 1
+                stopped_early = config.patience > 0 and bad_evals >= config.patience
+        if step % config.checkpoint_every == 0 or step == config.steps or stopped_early:
+            checkpoint()
+
+    model.load_state_dict(best_state)
+    model.eval()
+    if is_main:
+        model.save_pretrained(out_dir / MODEL_DIR)
+    distributed.barrier()
+    if created_group:
+        distributed.shutdown()
+    paths = {"out_dir": out_dir, "config": out_dir / "config.json", "metrics": metrics_path,
+             "checkpoints": checkpoints, "model": out_dir / MODEL_DIR}
+    return FitResult(model=model, history=history, best_step=best["step"], val_metrics=best["metrics"],
+                     val_by_timestep={int(t): m for t, m in best["by_t"].items()}, steps=step,
+                     stopped_early=stopped_early, train_indices=train_rows, val_indices=val_rows,
+                     nan_labels=nan_count, label_mean=mean, label_std=std, paths=paths)

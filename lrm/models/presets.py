@@ -1,0 +1,69 @@
+"""Named surrogate architectures: the paper's two (Tab. 10, Tab. 11), video variants, larger sizes.
+
+Sizes: the base presets are the paper's width 128; "-m" is wider (256) with one extra 3x3
+stage; "-l" is wider and deeper (256 -> 384 x 3). Video: "video-frame-avg" is the 2D image CNN
+per latent frame with predictions averaged (the paper's default for video rewards); "video-3d"
+convolves over time (kernel 3) too. Text presets add Tab. 11's cross-attention on text tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lrm.models.cnn import ConvBackbone
+from lrm.models.surrogate import LatentRewardModel
+from lrm.models.timestep import TimestepEmbedding
+from lrm.models.xattn import TextCrossAttention
+
+TIME_EMBED_DIM = 128  # width of the timestep embedding of noise-aware surrogates
+
+
+@dataclass(frozen=True)
+class Architecture:
+    widths: tuple[int, ...]  # channels per conv stage (stage 0: 4x4 s4, stage 1: 3x3 s2, later: 3x3 s1)
+    feature_dim: int  # channels of the final 1x1 conv = the feature vector the head reads
+    temporal: bool = False  # True: 3D convs over (T, h, w); False: 2D CNN per frame, frame-averaged
+    text: bool = False  # True: Tab. 11 cross-attention on text token embeddings
+    pooled_stats: bool = False  # True: the head also reads per-channel latent mean and log-std
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "image-cnn": Architecture((128, 128), 128),  # Tab. 10, 189,441 params at 12 channels
+    "image-cnn-m": Architecture((256, 256, 256), 256),
+    "image-cnn-l": Architecture((256, 384, 384, 384), 384),
+    "text-image-xattn": Architecture((128, 128), 128, text=True),  # Tab. 11
+    "text-image-xattn-m": Architecture((256, 256, 256), 256, text=True),
+    "text-image-xattn-l": Architecture((256, 384, 384, 384), 384, text=True),
+    "video-frame-avg": Architecture((128, 128), 128),
+    "video-frame-avg-m": Architecture((256, 256, 256), 256),
+    "video-3d": Architecture((128, 128), 128, temporal=True),
+    "video-3d-m": Architecture((256, 256, 256), 256, temporal=True),
+    "text-video-xattn": Architecture((128, 128), 128, text=True),
+    "text-video-3d-xattn": Architecture((128, 128), 128, temporal=True, text=True),
+    # "-stats": the same CNN whose head also reads pooled per-channel statistics. The first
+    # GroupNorm of Tab. 10 normalises away each sample's channel energies, which is what
+    # energy-like rewards (JPEG size, sharpness, flicker) depend on; the extra 2c inputs give it back.
+    "image-cnn-stats": Architecture((128, 128), 128, pooled_stats=True),
+    "text-image-xattn-stats": Architecture((128, 128), 128, text=True, pooled_stats=True),
+    "video-3d-stats": Architecture((128, 128), 128, temporal=True, pooled_stats=True),
+    "text-video-3d-xattn-stats": Architecture((128, 128), 128, temporal=True, text=True, pooled_stats=True),
+}
+
+
+def assemble(preset: str, in_channels: int, text_dim: int | None = None, noise_aware: bool = False) -> LatentRewardModel:
+    """Build the named architecture for `in_channels` latent channels (and `text_dim` text tokens)."""
+    arch = ARCHITECTURES[preset]
+    if in_channels < 1:
+        raise ValueError(f"surrogate {preset!r}: in_channels must be >= 1, got {in_channels}")
+    if arch.text and not text_dim:
+        raise ValueError(
+            f"surrogate {preset!r} reads text: pass text_dim (width D of the text encoder's token embeddings)"
+        )
+    cond_dim = TIME_EMBED_DIM if noise_aware else None
+    backbone = ConvBackbone(in_channels, arch.widths, arch.feature_dim, arch.temporal, cond_dim)
+    return LatentRewardModel(
+        preset, in_channels, backbone, per_frame=not arch.temporal,
+        cross_attention=TextCrossAttention(arch.feature_dim, text_dim) if arch.text else None,
+        time_embedding=TimestepEmbedding(TIME_EMBED_DIM) if noise_aware else None,
+        pooled_stats=arch.pooled_stats,
+    )

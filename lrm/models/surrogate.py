@@ -1,0 +1,231 @@
+"""`LatentRewardModel`: a latent surrogate R^l_phi(latents, text) of a pixel-space reward (DOLLAR Eq. 10).
+
+One forward signature for every preset, so that a trainer can swap a real reward for its surrogate:
+
+    model(latents (B, T, c, h, w), text=None (B, L, D), text_mask=None (B, L), t=None (B,)) -> (B,)
+
+The network predicts a standardised value z; the output is z * label_std + label_mean, in the
+reward's own units (the statistics are buffers, saved with the weights). Per-frame presets run
+the 2D backbone on every latent frame and average the frame predictions (DOLLAR's frame-average
+reward); temporal presets run a 3D backbone over the clip. Noise-aware surrogates take the DDPM
+timestep t of noised latents x_t (t=None means clean latents, t = 0).
+
+Checkpoints are a directory with model.safetensors (weights and label statistics) and
+config.json (preset, geometry, codec settings, reward, text encoder, lrm version); never pickle.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lrm.io import atomic_write_bytes, atomic_write_json
+from lrm.models.cnn import ConvBackbone
+from lrm.models.timestep import TimestepEmbedding
+from lrm.models.xattn import TextCrossAttention
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+FORMAT = "lrm-surrogate"
+FORMAT_VERSION = 1
+CODEC_KEYS = ("name", "version", "channels", "spatial_factor", "temporal_factor", "scale")  # must match to load
+
+
+def channel_stats(x: torch.Tensor) -> torch.Tensor:
+    """Per-channel mean and log-std over space (and time for clips): (N, c, [T,] h, w) -> (N, 2c)."""
+    dims = tuple(range(2, x.ndim))
+    return torch.cat([x.mean(dim=dims), torch.log(x.std(dim=dims) + 1e-4)], dim=1)
+
+
+class CodecMismatchError(ValueError):
+    """A surrogate was fitted in one latent space and is being used in another."""
+
+
+@dataclass
+class SurrogateInfo:
+    """What the surrogate imitates and in which latent space; saved in config.json."""
+
+    codec_settings: dict | None = None  # Codec.settings() of the latent space it was fitted in
+    reward_name: str | None = None  # reward (label column) it imitates
+    reward_spec: dict | None = None  # asdict(RewardSpec) of that reward, when known
+    text_encoder_id: str | None = None  # lrm.text encoder that produced the text embeddings
+    noise_schedule: str | None = None  # lrm.diffusion.schedule name giving t its meaning (noise-aware only)
+    extra: dict = field(default_factory=dict)  # free-form provenance (store path, fit run, ...)
+
+
+class LatentRewardModel(nn.Module):
+    """Backbone (+ text cross-attention) (+ timestep FiLM) -> Linear head -> un-standardise."""
+
+    def __init__(self, preset: str, in_channels: int, backbone: ConvBackbone, per_frame: bool,
+                 cross_attention: TextCrossAttention | None = None,
+                 time_embedding: TimestepEmbedding | None = None, pooled_stats: bool = False):
+        super().__init__()
+        self.preset = preset
+        self.in_channels = in_channels
+        self.per_frame = per_frame
+        self.backbone = backbone
+        self.cross_attention = cross_attention
+        self.time_embedding = time_embedding
+        self.pooled_stats = pooled_stats
+        self.head = nn.Linear(backbone.feature_dim + (2 * in_channels if pooled_stats else 0), 1)
+        self.register_buffer("label_mean", torch.zeros(()))
+        self.register_buffer("label_std", torch.ones(()))
+        self.info = SurrogateInfo()
+
+    # ---------------------------------------------------------------- properties
+    @property
+    def text_dim(self) -> int | None:
+        return self.cross_attention.text_dim if self.cross_attention is not None else None
+
+    @property
+    def noise_aware(self) -> bool:
+        return self.time_embedding is not None
+
+    def set_label_stats(self, mean: float, std: float) -> None:
+        """Label mean and std (of the training split) that map standardised outputs to reward units."""
+        if not std > 0:
+            raise ValueError(f"label std must be positive, got {std}")
+        self.label_mean.fill_(float(mean))
+        self.label_std.fill_(float(std))
+
+    # ---------------------------------------------------------------- forward
+    def forward(self, latents: torch.Tensor, text: torch.Tensor | None = None,
+                text_mask: torch.Tensor | None = None, t: torch.Tensor | None = None) -> torch.Tensor:
+        text, text_mask, t = self._check_inputs(latents, text, text_mask, t)
+        b, frames = latents.shape[:2]
+        cond = self.time_embedding(t) if self.time_embedding is not None else None  # (B, E)
+        if self.per_frame:
+            x = latents.flatten(0, 1)  # (B*T, c, h, w)
+            if cond is not None:
+                cond = cond.repeat_interleave(frames, dim=0)  # (B*T, E)
+            if text is not None:
+                text = text.repeat_interleave(frames, dim=0)  # (B*T, L, D)
+                text_mask = text_mask.repeat_interleave(frames, dim=0)  # (B*T, L)
+        else:
+            x = latents.transpose(1, 2)  # (B, c, T, h, w)
+        features = self.backbone(x, cond)  # (N, F)
+        if self.cross_attention is not None:
+            features = self.cross_attention(features, text, text_mask)
+        if self.pooled_stats:
+            features = torch.cat([features, channel_stats(x)], dim=1)  # (N, F + 2c)
+        z = self.head(features).reshape(b, -1).mean(dim=1)  # (B,) standardised, frame-averaged
+        return z * self.label_std + self.label_mean
+
+    def _check_inputs(self, latents, text, text_mask, t):
+        who = f"surrogate {self.preset!r}"
+        if not isinstance(latents, torch.Tensor) or latents.ndim != 5:
+            shape = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
+            hint = " (images: add a time axis with latents.unsqueeze(1))" if getattr(latents, "ndim", 0) == 4 else ""
+            raise ValueError(f"{who}: latents must have shape (B, T, c, h, w), got {shape}{hint}")
+        b = latents.shape[0]
+        if latents.shape[2] != self.in_channels:
+            raise ValueError(
+                f"{who}: expects {self.in_channels} latent channels, got {latents.shape[2]} "
+                f"(shape {tuple(latents.shape)}); was it fitted in another codec's latent space?"
+            )
+        if self.cross_attention is None:
+            text = text_mask = None  # image/video rewards ignore the prompt, like pixel rewards do
+        else:
+            if text is None:
+                raise ValueError(
+                    f"{who} is a text-conditioned surrogate: pass text (B, L, {self.text_dim}) token embeddings "
+                    "(and text_mask (B, L)) from the text encoder it was fitted with"
+                )
+            if text.ndim != 3 or text.shape[0] != b or text.shape[2] != self.text_dim:
+                raise ValueError(f"{who}: text must have shape ({b}, L, {self.text_dim}), got {tuple(text.shape)}")
+            if text_mask is None:
+                text_mask = torch.ones(text.shape[:2], dtype=torch.bool, device=text.device)
+            if text_mask.shape != text.shape[:2]:
+                raise ValueError(f"{who}: text_mask must have shape {tuple(text.shape[:2])}, got {tuple(text_mask.shape)}")
+            text_mask = text_mask.bool()
+            if not text_mask.any(dim=1).all():
+                raise ValueError(f"{who}: every text_mask row needs at least one True (valid) token")
+        if self.time_embedding is None:
+            if t is not None:
+                raise ValueError(f"{who} was not fitted noise-aware: call it without t, or fit with noise_aware=True")
+        elif t is None:
+            t = torch.zeros(b, dtype=torch.long, device=latents.device)  # clean latents
+        elif t.ndim != 1 or t.shape[0] != b:
+            raise ValueError(f"{who}: t must be integer timesteps of shape ({b},), got {tuple(t.shape)}")
+        return text, text_mask, t
+
+    # ---------------------------------------------------------------- compatibility
+    def check_compatible(self, codec_settings: dict) -> None:
+        """Raise CodecMismatchError when `codec_settings` is not the latent space this surrogate was fitted in."""
+        channels = codec_settings.get("channels")
+        if channels is not None and channels != self.in_channels:
+            raise CodecMismatchError(
+                f"surrogate {self.preset!r} takes {self.in_channels}-channel latents but codec "
+                f"{codec_settings.get('name')!r} makes {channels}-channel latents; refit it in this codec's latent space"
+            )
+        mine = self.info.codec_settings
+        if mine is None:
+            return
+        diff = [k for k in CODEC_KEYS if k in mine and k in codec_settings and mine[k] != codec_settings[k]]
+        if diff:
+            theirs = {k: codec_settings[k] for k in CODEC_KEYS if k in codec_settings}
+            ours = {k: mine[k] for k in CODEC_KEYS if k in mine}
+            raise CodecMismatchError(
+                f"surrogate fitted in codec {ours} cannot read latents of codec {theirs} (differs in {diff}); "
+                "encode with the codec it was fitted in, or refit the surrogate"
+            )
+
+    # ---------------------------------------------------------------- save / load
+    def config(self) -> dict:
+        from lrm import __version__
+
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "lrm_version": __version__,
+            "preset": self.preset,
+            "in_channels": self.in_channels,
+            "text_dim": self.text_dim,
+            "noise_aware": self.noise_aware,
+            "label_stats": {"mean": float(self.label_mean), "std": float(self.label_std)},
+            **asdict(self.info),
+        }
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write model.safetensors + config.json into `directory` (atomic per file); returns the directory."""
+        from safetensors.torch import save
+
+        directory = Path(directory)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        atomic_write_bytes(directory / WEIGHTS_NAME, save(state, metadata={"format": FORMAT}))
+        atomic_write_json(directory / CONFIG_NAME, self.config())
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, codec_settings: dict | None = None,
+                        map_location: str | torch.device = "cpu") -> "LatentRewardModel":
+        """Load a saved surrogate; with `codec_settings`, refuse a latent space it was not fitted in."""
+        from safetensors.torch import load_file
+
+        from lrm.models import build
+
+        directory = Path(directory)
+        config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
+        for path in (config_path, weights_path):
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"{path} not found: a saved surrogate is a folder with {CONFIG_NAME} and {WEIGHTS_NAME} "
+                    "(written by LatentRewardModel.save_pretrained or `lrm fit`)"
+                )
+        config = json.loads(config_path.read_text())
+        if config.get("format") != FORMAT or config.get("format_version") != FORMAT_VERSION:
+            raise ValueError(
+                f"{config_path} is not an lrm surrogate of format {FORMAT} v{FORMAT_VERSION} "
+                f"(got format={config.get('format')!r}, version={config.get('format_version')!r})"
+            )
+        model = build(config["preset"], config["in_channels"], text_dim=config["text_dim"],
+                      noise_aware=config["noise_aware"])
+        model.load_state_dict(load_file(weights_path, device=str(map_location)))
+        model.info = SurrogateInfo(**{k: config.get(k) for k in SurrogateInfo.__dataclass_fields__ if k in config})
+        if codec_settings is not None:
+            model.check_compatible(codec_settings)
+        return model.to(map_location)

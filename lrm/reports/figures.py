@@ -1,0 +1,100 @@
+"""Matplotlib figures of a fit: each function returns PNG bytes, nothing touches the screen."""
+
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def learning_curves(history: list[dict]) -> bytes:
+    """Training loss (standardised units) and held-out Spearman against the step.
+
+    history: lrm.fitting records, {"split": "train", "step", "loss"} and {"split": "val", "step", "spearman"}.
+    """
+    fig, (ax_loss, ax_rho) = plt.subplots(1, 2, figsize=(9, 3.4))
+    train = [(h["step"], h["loss"]) for h in history if h.get("split") == "train"]
+    val = [(h["step"], h["spearman"]) for h in history if h.get("split") == "val"]
+    if train:
+        ax_loss.plot(*zip(*train), color="tab:blue")
+    ax_loss.set(xlabel="step", ylabel="training loss (standardised units)", yscale="log", title="Training loss")
+    if val:
+        ax_rho.plot(*zip(*val), marker="o", ms=3, color="tab:green")
+    ax_rho.set(xlabel="step", ylabel="Spearman", title="Held-out Spearman")
+    ax_rho.set_ylim(top=1.02)
+    ax_rho.grid(alpha=0.3)
+    return _png(fig)
+
+
+def scatter(pred: np.ndarray, true: np.ndarray, units: str = "") -> bytes:
+    """Predicted vs true reward on the held-out split, with the identity line."""
+    fig, ax = plt.subplots(figsize=(4.4, 4.2))
+    ax.scatter(true, pred, s=8, alpha=0.6, edgecolors="none")
+    lo, hi = float(min(true.min(), pred.min())), float(max(true.max(), pred.max()))
+    ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="y = x")
+    ax.set(xlabel=f"true reward {units}".strip(), ylabel=f"predicted {units}".strip(), title="Predicted vs true")
+    ax.legend(loc="upper left")
+    return _png(fig)
+
+
+def calibration_curve(curve: list[dict]) -> bytes:
+    """Mean true reward per quantile bin of the prediction; on the diagonal when calibrated."""
+    fig, ax = plt.subplots(figsize=(4.4, 4.2))
+    mp = [c["mean_pred"] for c in curve]
+    mt = [c["mean_true"] for c in curve]
+    ax.plot(mp, mt, marker="o", label="bins")
+    lo, hi = min(mp + mt), max(mp + mt)
+    ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="perfect calibration")
+    ax.set(xlabel="mean predicted (bin)", ylabel="mean true (bin)", title="Calibration")
+    ax.legend(loc="upper left")
+    return _png(fig)
+
+
+def residuals(pred: np.ndarray, true: np.ndarray) -> bytes:
+    """Residual (pred - true) against the true reward, and its histogram."""
+    res = pred - true
+    fig, (ax_scatter, ax_hist) = plt.subplots(1, 2, figsize=(9, 3.4))
+    ax_scatter.scatter(true, res, s=8, alpha=0.6, edgecolors="none")
+    ax_scatter.axhline(0, color="k", lw=1, ls="--")
+    ax_scatter.set(xlabel="true reward", ylabel="pred - true", title="Residuals")
+    ax_hist.hist(res, bins=40, color="tab:orange")
+    ax_hist.set(xlabel="pred - true", ylabel="count", title="Residual distribution")
+    return _png(fig)
+
+
+def noise_curve(rows: list[dict]) -> bytes:
+    """Held-out Spearman and R² of a noise-aware surrogate against the diffusion timestep."""
+    fig, ax = plt.subplots(figsize=(4.8, 3.4))
+    t = [r["t"] for r in rows]
+    ax.plot(t, [r["spearman"] for r in rows], marker="o", label="Spearman")
+    ax.plot(t, [r["r2"] for r in rows], marker="s", label="R²")
+    ax.set(xlabel="timestep t (0 = clean)", ylabel="score", title="Fidelity by noise level", ylim=(None, 1.02))
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def examples(items: list[tuple[np.ndarray, str, float, float]], title: str) -> bytes:
+    """A row of decoded thumbnails (uint8 HxWx3) with caption, predicted and true reward."""
+    n = max(len(items), 1)
+    fig, axes = plt.subplots(1, n, figsize=(2.2 * n, 2.7), squeeze=False)
+    for ax, (image, caption, pred, true) in zip(axes[0], items):
+        ax.imshow(image)
+        short = caption if len(caption) <= 28 else caption[:26] + "…"
+        ax.set_title(f"pred {pred:.3g} / true {true:.3g}\n{short}", fontsize=7)
+    for ax in axes[0]:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    return _png(fig)

@@ -1,0 +1,115 @@
+"""The fit report: report.html (self-contained, figures inlined), figures/*.png and metrics.json.
+
+Written for someone who did not run the fit: each section says in one sentence what it shows.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from pathlib import Path
+
+import numpy as np
+
+from lrm.fidelity import FidelityReport
+from lrm.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from lrm.reports import figures
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1000px;margin:2em auto;color:#222;padding:0 1em}
+h1{font-size:1.6em;margin-bottom:.2em} h2{font-size:1.2em;margin-top:1.8em;border-bottom:1px solid #ddd;padding-bottom:.2em}
+p.note{color:#555;margin:.3em 0 .8em} img{max-width:100%;border:1px solid #eee}
+table{border-collapse:collapse;font-size:.9em;margin:.5em 0} td,th{border:1px solid #ddd;padding:.25em .6em;text-align:right}
+th{background:#f6f6f6} td:first-child,th:first-child{text-align:left}
+.verdict{font-size:1.1em;padding:.6em .9em;border-radius:6px;margin:1em 0}
+.high{background:#e6f4ea}.moderate{background:#fff4e0}.low{background:#fde8e8}
+ul.flags li{color:#a33}
+"""
+
+METRIC_ROWS = ("spearman", "kendall", "pearson", "r2", "pairwise_accuracy", "mae", "rmse", "calibration_error")
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4g}"
+    return html.escape(str(value))
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_fmt(v)}</td>" for v in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _section(title: str, note: str, content: str) -> str:
+    return f"<h2>{html.escape(title)}</h2><p class='note'>{html.escape(note)}</p>{content}"
+
+
+def _img(png: bytes, alt: str) -> str:
+    return f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
+
+
+def write_report(run_dir: str | Path, *, fidelity: FidelityReport, history: list[dict], pred, true,
+                 config: dict, summary: dict, groups=None, thumbnails=None, title: str = "Surrogate fit") -> Path:
+    """Write report.html, figures/*.png and metrics.json into run_dir; returns the HTML path.
+
+    thumbnails: {"best": [(uint8 HxWx3, caption, pred, true), ...], "worst": [...]} or None.
+    summary: facts shown at the top and stored in metrics.json (reward, label, codec, n_train, ...).
+    """
+    run_dir = Path(run_dir)
+    pred, true = np.asarray(pred, np.float64), np.asarray(true, np.float64)
+    keep = np.isfinite(true)
+    pred, true = pred[keep], true[keep]
+    units = summary.get("units", "")
+
+    pngs = {"learning_curves": figures.learning_curves(history) if history else None,
+            "scatter": figures.scatter(pred, true, units),
+            "calibration": figures.calibration_curve(fidelity.surrogate["calibration"]),
+            "residuals": figures.residuals(pred, true),
+            "noise": figures.noise_curve(fidelity.by_noise) if fidelity.by_noise else None}
+    for which in ("best", "worst"):
+        if thumbnails and thumbnails.get(which):
+            pngs[f"{which}_examples"] = figures.examples(thumbnails[which], f"{which} predicted held-out samples")
+    for name, png in pngs.items():
+        if png is not None:
+            atomic_write_bytes(run_dir / "figures" / f"{name}.png", png)
+
+    metrics = {**summary, "surrogate": {k: v for k, v in fidelity.surrogate.items() if k != "per_group"},
+               "per_group": fidelity.surrogate.get("per_group", []), "baselines": fidelity.baselines,
+               "flags": fidelity.flags, "verdict": fidelity.verdict, "by_noise": fidelity.by_noise}
+    atomic_write_json(run_dir / "metrics.json", metrics)
+
+    level = fidelity.verdict.split(" ", 1)[0]
+    parts = [f"<h1>{html.escape(title)}</h1>",
+             _table(["fact", "value"], [[k, v] for k, v in summary.items()]),
+             f"<div class='verdict {level}'><b>Verdict:</b> {html.escape(fidelity.verdict)}</div>"]
+    if fidelity.flags:
+        parts.append("<ul class='flags'>" + "".join(f"<li>{html.escape(f)}</li>" for f in fidelity.flags) + "</ul>")
+    names = ["surrogate", *fidelity.baselines]
+    rows = [[m, fidelity.surrogate[m], *[fidelity.baselines[b][m] for b in fidelity.baselines]] for m in METRIC_ROWS]
+    parts.append(_section("Held-out fidelity and baselines",
+                          "Agreement with the true reward on samples the surrogate never saw, next to a constant "
+                          "predictor and ridge regression on pooled latent statistics fitted on the same split; "
+                          "the surrogate should beat both.", _table(["metric", *names], rows)))
+    figure_notes = [
+        ("learning_curves", "Learning curves", "Training loss (standardised units) and held-out Spearman over steps; falling training loss with flat or falling Spearman means over-fitting."),
+        ("scatter", "Predicted vs true", "Each dot is a held-out sample; points on the dashed line are predicted exactly."),
+        ("calibration", "Calibration", "Samples binned by predicted reward; the mean true reward of each bin should sit on the diagonal."),
+        ("residuals", "Residuals", "Prediction errors against the true reward; a trend means the surrogate compresses or stretches the reward's range."),
+        ("noise", "Fidelity by noise level", "Held-out agreement on noised latents x_t, for tuning on intermediate or one-step-predicted latents."),
+        ("best_examples", "Best-predicted examples", "Held-out samples with the smallest error, decoded from their latents."),
+        ("worst_examples", "Worst-predicted examples", "Held-out samples with the largest error: what the surrogate gets wrong."),
+    ]
+    for key, heading, note in figure_notes:
+        if pngs.get(key) is not None:
+            parts.append(_section(heading, note, _img(pngs[key], heading)))
+    per_group = fidelity.surrogate.get("per_group") or []
+    if per_group:
+        shown = per_group[:10]
+        parts.append(_section("Worst groups", f"Source groups (of {len(per_group)}) with the largest mean absolute error.",
+                              _table(["group", "n", "MAE", "Spearman"], [[r["group"], r["n"], r["mae"], r["spearman"]] for r in shown])))
+    parts.append(_section("Run configuration", "The resolved options of this run (also in config.json).",
+                          _table(["option", "value"], [[k, v] for k, v in config.items()])))
+    page = f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>"
+    return atomic_write_text(run_dir / "report.html", page)

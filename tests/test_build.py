@@ -1,0 +1,222 @@
+"""Encode and label pipelines: media folders (groups, prompts, bad files), labels added later equal
+labels computed at encode time, text embeddings, the CLI, and resume after `kill -9`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from lrm.codecs.dct import DCTCodec
+from lrm.datasets.build import EncodeConfig, add_labels, encode, file_group, make_source
+from lrm.datasets.media import read_clip
+from lrm.datasets.store import StoreError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tree_bytes(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_file_group_rule(tmp_path):
+    root = tmp_path
+    assert file_group(root / "dog__03.jpg", root) == "dog"
+    assert file_group(root / "pets" / "dog__03.jpg", root) == "pets/dog"
+    assert file_group(root / "walk_video" / "clip_002.png", root) == "walk_video"
+    assert file_group(root / "lonely.png", root) == "lonely.png"
+
+
+@pytest.fixture()
+def media_folder(tmp_path) -> Path:
+    """9 images in 4 groups (DreamBooth-style subjects, a sub-folder of one video's frames, a loner)
+    plus one unreadable file."""
+    root = tmp_path / "media"
+    (root / "walk").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+
+    def image(path: Path, h=20, w=28):
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
+
+    for subject in ("cat", "dog"):
+        for i in range(3):
+            image(root / f"{subject}__{i:02d}.png")
+    for i in range(2):
+        image(root / "walk" / f"frame_{i}.png")
+    image(root / "lonely.jpg", 32, 17)
+    (root / "broken.png").write_bytes(b"this is not a png")
+    return root
+
+
+def test_media_folder_groups_prompts_and_bad_files(media_folder, tmp_path):
+    files = ["broken.png", "cat__00.png", "cat__01.png", "cat__02.png", "dog__00.png", "dog__01.png",
+             "dog__02.png", "lonely.jpg", "walk/frame_0.png", "walk/frame_1.png"]
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("".join(f"prompt for {f}\n" for f in files))
+    config = EncodeConfig(str(media_folder), prompts=str(prompts), size=16, shard_size=4, batch_size=2,
+                          labels=("sharpness",))
+    store = encode(config, tmp_path / "store", codec=DCTCodec(), progress=False)
+
+    assert store.latent_shape == (1, 32, 2, 2)  # a folder of images: T = 1 by default
+    assert len(store) == 9
+    skipped = store.manifest["skipped"]
+    assert skipped["count"] == 1 and skipped["items"][0]["source"].endswith("broken.png")
+    assert "cannot decode" in skipped["items"][0]["reason"]
+    rows = store.rows()
+    assert [Path(r["source"]).relative_to(media_folder).as_posix() for r in rows] == files[1:]
+    assert [r["prompt"] for r in rows] == [f"prompt for {f}" for f in files[1:]]
+    assert store.groups.tolist() == ["cat"] * 3 + ["dog"] * 3 + ["lonely.jpg", "walk", "walk"]
+
+    # Latents equal the codec applied to the same files read directly (units 8, 9: one batch of shard 2).
+    pixels = torch.stack([read_clip(media_folder / "walk" / f"frame_{i}.png", frames=1, size=16).pixels
+                          for i in range(2)])  # (2, 1, 3, 16, 16)
+    torch.testing.assert_close(store.latents([7, 8]), DCTCodec().encode(pixels), rtol=0, atol=0)
+
+    for seed in range(5):
+        train, val = store.split(0.3, seed)
+        assert len(train) and len(val)
+        assert not set(store.groups[train]) & set(store.groups[val])
+
+    # Relabelling re-reads the files: same values as at encode time.
+    again = add_labels(store.path, ["again=sharpness"], batch_size=2, progress=False)
+    np.testing.assert_array_equal(again.label("again"), again.label("sharpness"))
+
+    # Labels are computed from the files by position: a changed folder is refused, not mislabelled.
+    (media_folder / "cat__03.png").write_bytes((media_folder / "cat__00.png").read_bytes())
+    with pytest.raises(StoreError, match="not the files the store was encoded from"):
+        add_labels(store.path, ["colorfulness"], progress=False)
+
+
+def test_label_added_later_equals_label_at_encode_time(tmp_path):
+    config = EncodeConfig("procedural:12", frames=3, size=32, shard_size=5, batch_size=4,
+                          labels=("sharpness", "jpeg-compressibility"))
+    store = encode(config, tmp_path / "store", codec=DCTCodec(), progress=False)
+    later = add_labels(store.path, ["sharp_later=sharpness", "jpeg_later=jpeg-compressibility"],
+                       batch_size=4, progress=False)
+    np.testing.assert_array_equal(later.label("sharp_later"), later.label("sharpness"))
+    np.testing.assert_array_equal(later.label("jpeg_later"), later.label("jpeg-compressibility"))
+    assert np.std(later.label("sharpness")) > 0
+    # Another batch size changes only the batching, not the values.
+    other = add_labels(store.path, ["sharp_b3=sharpness"], batch_size=3, progress=False)
+    np.testing.assert_allclose(other.label("sharp_b3"), other.label("sharpness"), rtol=1e-6)
+    assert other.manifest["labels"]["sharpness"]["stats"] == other.manifest["labels"]["sharp_later"]["stats"]
+
+
+def test_clear_errors(tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a cat\n")
+    with pytest.raises(ValueError, match="holds no pixels"):
+        make_source(EncodeConfig(str(prompts)))
+    with pytest.raises(ValueError, match="procedural:N"):
+        make_source(EncodeConfig("procedural:many"))
+    store = encode(EncodeConfig("procedural:2", frames=1, size=16), tmp_path / "s", codec=DCTCodec(), progress=False)
+    with pytest.raises(KeyError, match="unknown reward 'no-such-reward'"):
+        add_labels(store.path, ["no-such-reward"], progress=False)
+
+
+def cli(*args: str):
+    from lrm.cli.data import _standalone
+
+    return CliRunner().invoke(_standalone(), list(args))
+
+
+def test_cli_encode_label_info(tmp_path):
+    out = tmp_path / "store"
+    result = cli("encode", "procedural:6", "--codec", "dct", "--frames", "2", "--size", "32", "--shard-size", "4",
+                 "--out", str(out), "--quiet")
+    assert result.exit_code == 0, result.output
+    result = cli("label", str(out), "sharpness", "--quiet")
+    assert result.exit_code == 0, result.output
+    result = cli("store", "info", str(out), "--json")
+    assert result.exit_code == 0, result.output
+    import json
+
+    info = json.loads(result.stdout)
+    assert info["rows"] == 6 and info["codec"] == "dct-v1" and info["latent_shape"] == [2, 32, 4, 4]
+    assert info["labels"]["sharpness"]["count"] == 6 and info["labels"]["sharpness"]["nan"] == 0
+    assert info["split"]["train"] + info["split"]["val"] == 6
+    table = cli("store", "info", str(out))
+    assert table.exit_code == 0 and "sharpness" in table.stdout and "dct-v1" in table.stdout
+
+    for args, message in (
+        (("encode", "procedural:6", "--codec", "no-such-codec", "--out", str(tmp_path / "x"), "--quiet"),
+         "unknown codec 'no-such-codec'"),
+        (("label", str(out), "no-such-reward", "--quiet"), "unknown reward"),
+        (("store", "info", str(tmp_path / "nowhere")), "no latent store"),
+        (("encode", "procedural:6", "--codec", "dct", "--size", "64", "--frames", "2", "--shard-size", "4",
+          "--out", str(out), "--quiet"), "other settings"),
+    ):
+        result = cli(*args)
+        assert result.exit_code == 2, result.output
+        assert message in " ".join(result.output.split()), result.output
+
+
+def test_resume_after_kill_9_equals_an_uninterrupted_run(tmp_path):
+    args = ["encode", "procedural:16", "--codec", "dct", "--frames", "4", "--size", "64", "--shard-size", "2",
+            "--batch-size", "2", "--label", "sharpness", "--quiet"]
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "lrm.cli.data", *args, "--out", str(killed)], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    first_commit = killed / "shards" / "shard-00000.json"
+    deadline = time.monotonic() + 120
+    while not first_commit.exists():
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.monotonic() < deadline, "no shard committed within 120 s"
+        time.sleep(0.002)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc.stderr.close()
+    committed = len(list((killed / "shards").glob("shard-*.json")))
+    assert 1 <= committed < 8, "the run finished before it could be killed"
+
+    result = cli(*args, "--out", str(killed))  # the same command again resumes
+    assert result.exit_code == 0, result.output
+    reference = tmp_path / "reference"
+    assert cli(*args, "--out", str(reference)).exit_code == 0
+    assert tree_bytes(killed) == tree_bytes(reference)
+
+
+class WordEncoder:
+    """Fake text encoder: one token per word, embedding = (word length, index of first letter, 1)."""
+
+    id = "test-words"
+
+    def encode(self, prompts):
+        tokens = [p.split() for p in prompts]
+        length = max(len(t) for t in tokens)
+        emb = torch.zeros(len(prompts), length, 3)
+        mask = torch.zeros(len(prompts), length, dtype=torch.bool)
+        for i, words in enumerate(tokens):
+            for j, w in enumerate(words):
+                emb[i, j] = torch.tensor([len(w), ord(w[0]) - 96, 1.0])
+                mask[i, j] = True
+        return emb, mask
+
+
+def test_text_embeddings_are_padded_or_truncated_per_row(tmp_path, monkeypatch):
+    import lrm.text
+
+    monkeypatch.setattr(lrm.text, "load", lambda name: WordEncoder(), raising=False)
+    config = EncodeConfig("procedural:5", frames=1, size=16, text="words", text_length=12, batch_size=2)
+    store = encode(config, tmp_path / "store", codec=DCTCodec(), progress=False)
+    assert store.text_encoder_id == "test-words" and store.manifest["text"]["dim"] == 3
+    prompts = store.prompts
+    assert prompts == [r["prompt"] for r in store.rows()] and all(prompts)
+    emb, mask = store.text_embeddings([4, 0, 2])  # (3, 12, 3), (3, 12)
+    assert emb.shape == (3, 12, 3) and mask.dtype == torch.bool
+    for k, i in enumerate([4, 0, 2]):
+        alone, alone_mask = WordEncoder().encode([prompts[i]])
+        n = min(alone.shape[1], 12)
+        assert mask[k].sum() == n and mask[k, :n].all()
+        torch.testing.assert_close(emb[k, :n], alone[0, :n])
+        assert not emb[k, n:].any()
+    assert any(len(p.split()) > 12 for p in prompts), "some caption should be truncated in this test"

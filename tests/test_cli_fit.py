@@ -1,0 +1,104 @@
+"""End-to-end: `lrm fit` on tiny procedural data, then `lrm report` and `lrm predict` on its run."""
+
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from lrm.cli.app import app
+from lrm.datasets.store import LatentStore
+from lrm.models import LatentRewardModel
+
+runner = CliRunner(env={"COLUMNS": "300"})  # no wrapping of error panels
+TINY = ["--count", "48", "--steps", "12", "--size", "32", "--batch-size", "16"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    torch.set_num_threads(1)
+    run = tmp_path_factory.mktemp("runs") / "jpeg"
+    result = runner.invoke(app, ["fit", "jpeg-incompressibility", *TINY, "--out", str(run)])
+    assert result.exit_code == 0, result.output
+    return run, result.output
+
+
+def test_fit_writes_report_metrics_and_model(fitted):
+    run, output = fitted
+    assert "held-out Spearman" in output and "report:" in output
+    for name in ("report.html", "metrics.json", "config.json", "metrics.jsonl", "model/model.safetensors",
+                 "model/config.json", "figures/scatter.png", "figures/best_examples.png"):
+        assert (run / name).is_file(), name
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["reward"] == "jpeg-incompressibility" and metrics["codec"] == "dct-v1"
+    assert metrics["preset"] == "image-cnn" and set(metrics["baselines"]) == {"constant", "ridge"}
+    assert metrics["n_train"] + metrics["n_val"] == 48
+    model = LatentRewardModel.from_pretrained(run / "model")
+    assert model.info.reward_name == "jpeg-incompressibility"
+    assert model.info.extra["frames"] == 1 and model.info.extra["size"] == 32
+
+
+def test_fit_rerun_resumes_and_reuses_the_store(fitted):
+    run, _ = fitted
+    before = (run / "store" / "manifest.json").read_text()
+    result = runner.invoke(app, ["fit", "jpeg-incompressibility", *TINY, "--out", str(run)])
+    assert result.exit_code == 0, result.output
+    assert (run / "store" / "manifest.json").read_text() == before
+
+
+def test_report_on_another_store_labels_it(fitted, tmp_path):
+    run, _ = fitted
+    encoded = runner.invoke(app, ["encode", "procedural:40", "--frames", "1", "--size", "32", "--seed", "7",
+                                  "--out", str(tmp_path / "other"), "--quiet"])
+    assert encoded.exit_code == 0, encoded.output
+    result = runner.invoke(app, ["report", str(run), "--store", str(tmp_path / "other")])
+    assert result.exit_code == 0, result.output
+    assert "jpeg-incompressibility" in LatentStore.open(tmp_path / "other").labels
+    assert (run / "eval-other" / "report.html").is_file()
+
+
+def test_predict_scores_media_like_score(fitted, tmp_path):
+    run, _ = fitted
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(np.full((40, 40, 3), 100, np.uint8)).save(tmp_path / "b.png")
+    (tmp_path / "bad.png").write_bytes(b"nope")
+    result = runner.invoke(app, ["predict", str(run), str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert [r["path"].rsplit("/", 1)[1] for r in rows] == ["a.png", "b.png"]
+    assert all(np.isfinite(float(r["score"])) for r in rows)
+    assert "skipped 1" in result.output
+
+
+def test_fit_users_metric_and_clear_errors(tmp_path):
+    metric = tmp_path / "metric.py"
+    metric.write_text("def redness(frames):\n    return float(frames[..., 0].mean())\n")
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["fit", f"{metric}:redness", "--kind", "image", "--input", "uint8", *TINY,
+                                 "--out", str(run)])
+    assert result.exit_code == 0, result.output
+    assert "redness" in LatentStore.open(run / "store").labels
+    both = runner.invoke(app, ["fit", "sharpness", "--data", "x", "--store", "y"])
+    assert both.exit_code != 0 and "not both" in both.output
+    builtin_kind = runner.invoke(app, ["fit", "sharpness", "--kind", "video"])
+    assert builtin_kind.exit_code != 0 and "built in" in builtin_kind.output
+
+
+def test_dry_run_prints_resolved_job():
+    result = runner.invoke(app, ["fit", "temporal-flickering", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    job = json.loads(result.stdout)
+    assert job["reward"] == "temporal-flickering" and job["run_dir"] == "runs/temporal-flickering"

@@ -1,0 +1,95 @@
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from lrm.cli.app import app
+from lrm.rewards import REWARDS, load
+
+runner = CliRunner(env={"COLUMNS": "300"})  # no wrapping of error panels
+
+
+@pytest.fixture()
+def media(tmp_path):
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "media"
+    folder.mkdir()
+    Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(folder / "noise.png")
+    Image.fromarray(np.full((48, 64, 3), 128, np.uint8)).save(folder / "flat.png")
+    frames = [Image.fromarray(np.full((32, 32, 3), 40 * i, np.uint8)) for i in range(4)]
+    frames[0].save(folder / "fade.gif", save_all=True, append_images=frames[1:], duration=100)
+    (folder / "broken.png").write_bytes(b"not a png")
+    return folder
+
+
+def _csv(text):
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def test_rewards_json_lists_every_registered_reward():
+    result = runner.invoke(app, ["rewards", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {r["name"]: r for r in json.loads(result.stdout)}
+    assert set(rows) == set(REWARDS)
+    assert rows["jpeg-compressibility"]["ready"] and not rows["jpeg-compressibility"]["differentiable"]
+    assert rows["sharpness"]["differentiable"]
+
+
+def test_score_skips_bad_file_and_matches_library(media, tmp_path):
+    out = tmp_path / "scores.csv"
+    result = runner.invoke(app, ["score", "jpeg-incompressibility", str(media), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "broken.png" in result.output and "skipped 1" in result.output
+    rows = {r["path"].rsplit("/", 1)[1]: float(r["score"]) for r in _csv(out.read_text())}
+    assert set(rows) == {"noise.png", "flat.png", "fade.gif"}
+    pixels = torch.from_numpy(np.array(Image.open(media / "noise.png"))).permute(2, 0, 1).float() / 255
+    expected = load("jpeg-incompressibility")(pixels[None, None]).item()
+    assert rows["noise.png"] == pytest.approx(expected, rel=1e-6)
+    assert rows["noise.png"] > rows["flat.png"]
+
+
+def test_score_json_output_and_frames(media, tmp_path):
+    out = tmp_path / "scores.json"
+    result = runner.invoke(app, ["score", "temporal-flickering", str(media / "fade.gif"), "--frames", "3",
+                                 "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(out.read_text())
+    assert row["frames"] == 3 and 0 < row["score"] < 1
+
+
+def test_score_text_reward_needs_a_prompt(media):
+    result = runner.invoke(app, ["score", "prompt-color", str(media / "flat.png")])
+    assert result.exit_code != 0
+    assert "--prompt" in result.output
+    ok = runner.invoke(app, ["score", "prompt-color", str(media / "flat.png"), "--prompt", "a gray wall"])
+    assert ok.exit_code == 0, ok.output
+
+
+def test_score_exits_nonzero_when_nothing_scored(media):
+    result = runner.invoke(app, ["score", "sharpness", str(media / "broken.png")])
+    assert result.exit_code == 1
+    assert "scored 0" in result.output
+
+
+def test_score_rejects_bad_flags_up_front(media):
+    bad_out = runner.invoke(app, ["score", "sharpness", str(media), "--out", "x.txt"])
+    assert bad_out.exit_code != 0 and ".csv or .json" in bad_out.output
+    both = runner.invoke(app, ["score", "prompt-color", str(media), "--prompt", "red", "--prompts", "p.txt"])
+    assert both.exit_code != 0 and "not both" in both.output
+    unknown = runner.invoke(app, ["score", "no-such-reward", str(media)])
+    assert unknown.exit_code != 0 and "Known rewards" in str(unknown.exception)
+
+
+def test_score_users_metric_file(media, tmp_path):
+    metric = tmp_path / "brightness.py"
+    metric.write_text("import numpy as np\n\ndef mean_level(frames):\n    return float(frames.mean())\n")
+    result = runner.invoke(app, ["score", f"{metric}:mean_level", str(media / "flat.png"), "--kind", "image",
+                                 "--input", "uint8"])
+    assert result.exit_code == 0, result.output
+    (row,) = _csv(result.stdout)
+    assert float(row["score"]) == pytest.approx(128.0)

@@ -1,0 +1,119 @@
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+from sklearn.metrics import r2_score
+
+from lrm.fidelity import (assess, calibration, features_of, fidelity_by_noise, fidelity_metrics, fit_baselines,
+                          pairwise_accuracy, pooled_latent_features)
+
+
+def brute_pairwise(pred, true):
+    good = total = 0.0
+    for i, j in itertools.combinations(range(len(pred)), 2):
+        if true[i] == true[j]:
+            continue
+        total += 1
+        dp = np.sign(pred[i] - pred[j])
+        good += 1.0 if dp == np.sign(true[i] - true[j]) else (0.5 if dp == 0 else 0.0)
+    return good / total
+
+
+def test_metrics_match_independent_references():
+    rng = np.random.default_rng(0)
+    true = rng.normal(size=200)
+    pred = true + 0.5 * rng.normal(size=200)
+    m = fidelity_metrics(pred, true)
+    assert m["r2"] == pytest.approx(r2_score(true, pred), abs=1e-9)
+    assert m["spearman"] == pytest.approx(stats.spearmanr(pred, true).statistic, abs=1e-12)
+    assert m["pearson"] == pytest.approx(np.corrcoef(pred, true)[0, 1], abs=1e-9)
+    assert m["kendall"] == pytest.approx(stats.kendalltau(pred, true).statistic, abs=1e-12)
+    assert m["mse"] == pytest.approx(np.mean((pred - true) ** 2))
+
+
+def test_pairwise_accuracy_equals_brute_force_with_ties():
+    rng = np.random.default_rng(1)
+    true = rng.integers(0, 5, size=40).astype(float)
+    pred = rng.integers(0, 4, size=40).astype(float)
+    assert pairwise_accuracy(pred, true) == pytest.approx(brute_pairwise(pred, true))
+
+
+def test_perfect_and_constant_predictors():
+    true = np.linspace(0, 1, 50)
+    perfect = fidelity_metrics(true.copy(), true)
+    assert perfect["spearman"] == pytest.approx(1.0) and perfect["r2"] == pytest.approx(1.0)
+    assert perfect["pairwise_accuracy"] == pytest.approx(1.0)
+    const = fidelity_metrics(np.full(50, true.mean()), true)
+    assert const["r2"] == pytest.approx(0.0, abs=1e-12)
+    assert np.isnan(const["spearman"])
+    assert const["pairwise_accuracy"] == pytest.approx(0.5)
+
+
+def test_nan_labels_dropped_and_counted():
+    true = np.array([0.0, 1.0, np.nan, 2.0, 3.0])
+    m = fidelity_metrics(np.array([0.0, 1.0, 9.0, 2.0, 3.0]), true)
+    assert m["n"] == 4 and m["n_nan_dropped"] == 1 and m["r2"] == pytest.approx(1.0)
+
+
+def test_calibration_bins_cover_all_samples():
+    rng = np.random.default_rng(2)
+    pred = rng.uniform(size=103)
+    curve = calibration(pred, pred * 2)
+    assert sum(c["count"] for c in curve) == 103
+    assert all(c["mean_true"] == pytest.approx(2 * c["mean_pred"]) for c in curve)
+
+
+def test_per_group_breakdown():
+    true = np.arange(12, dtype=float)
+    pred = true.copy()
+    pred[:4] += 5  # group "a" badly predicted
+    groups = np.array(["a"] * 4 + ["b"] * 4 + ["c"] * 4)
+    rows = fidelity_metrics(pred, true, groups)["per_group"]
+    assert rows[0]["group"] == "a" and rows[0]["mae"] == pytest.approx(5.0)
+    assert {r["group"] for r in rows} == {"a", "b", "c"}
+
+
+def test_pooled_features_shape_and_streaming():
+    lat = torch.randn(6, 3, 4, 5, 5)
+    f = pooled_latent_features(lat)
+    assert f.shape == (6, 4 * 4)  # mean, std, spatial grad, temporal diff per channel
+    assert pooled_latent_features(lat[:, :1]).shape == (6, 12)
+    np.testing.assert_allclose(features_of(lat.split(4)), f, rtol=1e-6)
+
+
+def test_ridge_beats_constant_when_a_pooled_statistic_explains_the_label():
+    g = torch.Generator().manual_seed(0)
+    lat = torch.randn(300, 1, 4, 8, 8, generator=g) * torch.rand(300, 1, 4, 1, 1, generator=g)
+    y = lat[:, :, 0].std(dim=(1, 2, 3)).numpy()  # the label is channel 0's spread
+    x = pooled_latent_features(lat)
+    b = fit_baselines(x[:200], y[:200], x[200:], y[200:])
+    assert b["ridge"]["r2"] > 0.8 > b["constant"]["r2"]
+
+
+def test_flags_a_surrogate_worse_than_ridge():
+    rng = np.random.default_rng(3)
+    true = rng.normal(size=100)
+    good = fidelity_metrics(true + 0.05 * rng.normal(size=100), true)
+    weak = fidelity_metrics(true + 1.0 * rng.normal(size=100), true)
+    base = {"ridge": good}
+    report = assess(weak, base)
+    assert any("ridge" in f for f in report.flags)
+    assert report.verdict.startswith("low trust")
+    report = assess(good, {"ridge": weak})
+    assert report.verdict.startswith("high trust") and not report.flags
+
+
+def test_fidelity_by_noise_and_flag():
+    true = np.linspace(0, 1, 30)
+    rows = fidelity_by_noise({0: true, 500: true[::-1].copy()}, true)
+    assert [r["t"] for r in rows] == [0, 500]
+    assert rows[0]["spearman"] == pytest.approx(1.0) and rows[1]["spearman"] == pytest.approx(-1.0)
+    report = assess(fidelity_metrics(true, true), {}, by_noise=rows)
+    assert any("t=500" in f for f in report.flags)
+
+
+def test_mismatched_lengths_are_a_clear_error():
+    with pytest.raises(ValueError, match="pred has 3 values but true has 2"):
+        fidelity_metrics([1, 2, 3], [1, 2])

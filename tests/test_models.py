@@ -1,0 +1,183 @@
+"""Surrogate architectures: the paper's parameter counts, every preset, the shared forward, save/load."""
+
+import json
+
+import pytest
+import torch
+
+from lrm.models import SURROGATES, CodecMismatchError, LatentRewardModel, build, needs_text
+
+B, C, H, W, L, D = 2, 4, 16, 16, 5, 8
+CODEC = {"name": "dct", "version": "1", "channels": C, "spatial_factor": 8, "temporal_factor": 1, "scale": 1.0}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny convolutions on a shared 2-core machine run far faster on one thread than on two.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def inputs(frames: int = 1, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    latents = torch.randn(B, frames, C, H, W, generator=g)
+    text = torch.randn(B, L, D, generator=g)
+    mask = torch.tensor([[True] * L, [True, True, True, False, False]])
+    return latents, text, mask
+
+
+# ---------------------------------------------------------------- the paper's tables
+
+def test_image_cnn_is_table_10():
+    model = build("image-cnn", in_channels=12)
+    assert n_params(model) == 189_441  # Tab. 10 total (convs + linear + both GroupNorms' affine)
+    stages = model.backbone.stages
+    assert n_params(stages[0].conv) == 24_704 and n_params(stages[1].conv) == 147_584
+    assert n_params(model.backbone.project) == 16_512 and n_params(model.head) == 129
+    x = torch.randn(1, 12, 24, 40)  # 192 x 320 frames at 1/8
+    h1 = stages[0](x)
+    h2 = stages[1](h1)
+    assert h1.shape == (1, 128, 6, 10) and h2.shape == (1, 128, 3, 5)  # Tab. 10 output shapes
+    assert model(torch.randn(3, 1, 12, 24, 40)).shape == (3,)
+
+
+def test_text_image_xattn_parameter_count():
+    # Tab. 11 minus its text MLP (189,441 + 3 x 16,512 for Q, K, V), plus our MLP Linear(D,128)-SiLU-Linear(128,128).
+    for text_dim, expected in ((4096, 779_905), (384, 304_769)):
+        model = build("text-image-xattn", in_channels=12, text_dim=text_dim)
+        assert n_params(model.cross_attention.text_mlp) == 128 * text_dim + 16_640
+        assert n_params(model) == expected
+
+
+# ---------------------------------------------------------------- every preset
+
+@pytest.mark.parametrize("noise_aware", [False, True])
+@pytest.mark.parametrize("preset", list(SURROGATES))
+def test_every_preset_forward_backward(preset, noise_aware):
+    torch.manual_seed(0)
+    model = build(preset, C, text_dim=D if needs_text(preset) else None, noise_aware=noise_aware)
+    for frames in (1, 3):
+        latents, text, mask = inputs(frames)
+        t = torch.tensor([0, 500]) if noise_aware else None
+        out = model(latents, text, mask, t) if needs_text(preset) else model(latents, t=t)
+        assert out.shape == (B,) and torch.isfinite(out).all()
+        model.zero_grad()
+        out.sum().backward()
+        missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+        assert not missing, f"{preset}: no finite gradient for {missing}"
+
+
+def test_frame_average_equals_mean_of_frames():
+    torch.manual_seed(0)
+    model = build("video-frame-avg", C)
+    latents, _, _ = inputs(frames=3)
+    per_frame = torch.stack([model(latents[:, i:i + 1]) for i in range(3)], dim=1)  # (B, 3)
+    torch.testing.assert_close(model(latents), per_frame.mean(dim=1))
+
+
+def test_video_3d_mixes_frames():
+    torch.manual_seed(0)
+    model = build("video-3d", C)
+    latents, _, _ = inputs(frames=3)
+    shuffled = latents[:, [2, 0, 1]]
+    assert not torch.allclose(model(latents), model(shuffled))  # order matters, unlike frame averaging
+
+
+def test_output_is_in_label_units():
+    torch.manual_seed(0)
+    model = build("image-cnn", C)
+    latents, _, _ = inputs()
+    z = model(latents)
+    model.set_label_stats(mean=3.0, std=0.5)
+    torch.testing.assert_close(model(latents), z * 0.5 + 3.0)
+
+
+def test_text_mask_hides_padding_tokens():
+    torch.manual_seed(0)
+    model = build("text-image-xattn", C, text_dim=D)
+    latents, text, mask = inputs()
+    changed = text.clone()
+    changed[1, 3:] = 100.0  # padding positions of sample 1
+    torch.testing.assert_close(model(latents, text, mask), model(latents, changed, mask))
+    assert not torch.allclose(model(latents, text, mask), model(latents, changed))  # unmasked: they count
+
+
+def test_noise_aware_output_depends_on_t():
+    torch.manual_seed(0)
+    model = build("image-cnn", C, noise_aware=True)
+    latents, _, _ = inputs()
+    t0, t1 = torch.tensor([0, 0]), torch.tensor([900, 900])
+    torch.testing.assert_close(model(latents, t=t0), model(latents, t=t1))  # FiLM starts as the identity
+    with torch.no_grad():
+        for stage in model.backbone.stages:
+            stage.film.weight.normal_()
+    assert not torch.allclose(model(latents, t=t0), model(latents, t=t1))
+    torch.testing.assert_close(model(latents), model(latents, t=t0))  # t=None means clean latents
+
+
+def test_input_errors_are_clear():
+    latents, text, _ = inputs()
+    text_model = build("text-image-xattn", C, text_dim=D)
+    with pytest.raises(ValueError, match="text-conditioned"):
+        text_model(latents)
+    with pytest.raises(ValueError, match="channels"):
+        build("image-cnn", C + 1)(latents)
+    with pytest.raises(ValueError, match=r"\(B, T, c, h, w\)"):
+        build("image-cnn", C)(latents[:, 0])
+    with pytest.raises(ValueError, match="noise_aware"):
+        build("image-cnn", C)(latents, t=torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match="text_dim"):
+        build("text-image-xattn", C)
+    with pytest.raises(KeyError, match="image-cnn"):
+        build("no-such-preset", C)
+    mask = torch.zeros(B, L, dtype=torch.bool)
+    with pytest.raises(ValueError, match="at least one True"):
+        text_model(latents, text, mask)
+
+
+# ---------------------------------------------------------------- save / load
+
+@pytest.mark.parametrize("preset,noise_aware", [("image-cnn", False), ("text-video-3d-xattn", True)])
+def test_save_load_round_trip(tmp_path, preset, noise_aware):
+    torch.manual_seed(0)
+    model = build(preset, C, text_dim=D if needs_text(preset) else None, noise_aware=noise_aware)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))  # FiLM weights non-zero too
+    model.set_label_stats(2.5, 0.25)
+    model.info.codec_settings = CODEC
+    model.info.reward_name = "colorfulness"
+    model.info.reward_spec = {"name": "colorfulness", "kind": "image"}
+    model.info.text_encoder_id = "minilm" if needs_text(preset) else None
+    model.save_pretrained(tmp_path / "m")
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors"]
+
+    loaded = LatentRewardModel.from_pretrained(tmp_path / "m", codec_settings=CODEC)
+    latents, text, mask = inputs(frames=3)
+    t = torch.tensor([10, 700]) if noise_aware else None
+    model.eval(), loaded.eval()
+    torch.testing.assert_close(loaded(latents, text, mask, t), model(latents, text, mask, t), rtol=0, atol=0)
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["preset"] == preset and config["label_stats"] == {"mean": 2.5, "std": 0.25}
+    assert config["codec_settings"] == CODEC and config["reward_name"] == "colorfulness"
+    assert loaded.info.reward_spec == {"name": "colorfulness", "kind": "image"}
+    assert loaded.noise_aware == noise_aware and loaded.text_dim == model.text_dim
+
+
+def test_loading_into_another_codec_is_a_clear_error(tmp_path):
+    model = build("image-cnn", C)
+    model.info.codec_settings = CODEC
+    model.save_pretrained(tmp_path / "m")
+    other = {**CODEC, "name": "taef2"}
+    with pytest.raises(CodecMismatchError, match="dct.*taef2"):
+        LatentRewardModel.from_pretrained(tmp_path / "m", codec_settings=other)
+    with pytest.raises(CodecMismatchError, match="4-channel.*32-channel"):
+        LatentRewardModel.from_pretrained(tmp_path / "m", codec_settings={**CODEC, "channels": 32})
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        LatentRewardModel.from_pretrained(tmp_path / "nothing")

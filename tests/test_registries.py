@@ -1,0 +1,64 @@
+"""Every registry entry builds, or fails with an error that names what is missing."""
+
+import pytest
+import torch
+
+import lrm
+from lrm.codecs import CODECS
+from lrm.models import SURROGATES
+from lrm.rewards import REWARDS, availability
+from lrm.weights import WEIGHTS, MissingWeightsError
+
+
+@pytest.fixture()
+def no_weights(tmp_path, monkeypatch):
+    for var in ("LRM_WEIGHTS", "LRM_CACHE", "HF_HOME", "HF_HUB_CACHE"):
+        monkeypatch.setenv(var, str(tmp_path / var))
+    monkeypatch.setenv("LRM_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.mark.parametrize("name", sorted(REWARDS))
+def test_every_reward_builds_or_names_what_is_missing(name, no_weights):
+    entry = REWARDS[name]
+    avail = availability(name)
+    if avail.missing_modules:
+        pytest.skip(f"{name} needs {avail.missing_modules}")
+    if not entry.weights:
+        reward = lrm.load_reward(name)
+        assert reward.spec == entry.spec or reward.spec.name == name
+        return
+    assert avail.missing_weights == entry.weights
+    with pytest.raises(MissingWeightsError) as info:
+        lrm.load_reward(name)
+    message = str(info.value)
+    named = [WEIGHTS[w].filename for w in entry.weights] + [WEIGHTS[w].hf_repo or "" for w in entry.weights]
+    # The first missing piece is named (a weight file, or e.g. the tokenizer of the same model), with a fix.
+    assert any(n and n in message for n in named) or "not found" in message, message
+    assert "Fix" in message or "fix" in message, message
+
+
+def test_weight_free_codecs_build_and_weighted_ones_name_their_file(no_weights):
+    for name in CODECS:
+        if name == "dct":
+            assert lrm.load_codec(name).encode(torch.rand(1, 1, 3, 16, 16)).shape == (1, 1, 32, 2, 2)
+        else:
+            with pytest.raises(MissingWeightsError, match=r"\.pth"):
+                lrm.load_codec(name)
+
+
+@pytest.mark.parametrize("preset", sorted(SURROGATES))
+def test_every_surrogate_preset_runs(preset):
+    from lrm.models import needs_text
+
+    model = SURROGATES[preset](4, text_dim=8 if needs_text(preset) else None)
+    kwargs = {"text": torch.randn(2, 5, 8), "text_mask": torch.ones(2, 5, dtype=torch.bool)} if needs_text(preset) else {}
+    out = model(torch.randn(2, 3, 4, 16, 16), **kwargs)
+    assert out.shape == (2,) and torch.isfinite(out).all()
+
+
+def test_public_api_names():
+    assert callable(lrm.load_reward) and callable(lrm.load_codec) and callable(lrm.fit_surrogate)
+    assert issubclass(lrm.LatentRewardModel, torch.nn.Module)
+    with pytest.raises(AttributeError):
+        lrm.no_such_name

@@ -1,0 +1,67 @@
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from lrm.rewards import InputError, load
+
+
+@pytest.fixture()
+def metric_file(tmp_path):
+    path = tmp_path / "my_metrics.py"
+    path.write_text(
+        "import numpy as np\n"
+        "def brightness(pixels):\n    return pixels.mean(dim=(1, 2, 3, 4))\n"
+        "def motion(frames):\n    return float(np.abs(np.diff(frames.astype(float), axis=0)).mean())\n"
+        "def says_red(frames, prompt):\n    return 1.0 if 'red' in prompt else 0.0\n"
+        "def wrong_count(pixels):\n    return pixels.new_zeros(3)\n"
+        "def too_many(a, b, c):\n    return 0\n"
+    )
+    return path
+
+
+def test_tensor_metric_is_differentiable(metric_file):
+    reward = load(f"{metric_file}:brightness", differentiable=True)
+    pixels = torch.rand(2, 3, 3, 8, 8, requires_grad=True)
+    scores = reward(pixels)
+    assert scores.shape == (2,) and scores.dtype == torch.float32
+    scores.sum().backward()
+    assert pixels.grad is not None and pixels.grad.abs().sum() > 0
+    torch.testing.assert_close(scores, pixels.detach().mean(dim=(1, 2, 3, 4)))
+
+
+def test_uint8_video_metric(metric_file):
+    reward = load(f"{metric_file}:motion", kind="video", input="uint8")
+    static = torch.full((1, 4, 3, 8, 8), 0.5)
+    moving = torch.rand(1, 4, 3, 8, 8)
+    assert reward(static).item() == 0.0 and reward(moving).item() > 10
+
+
+def test_text_metric_gets_each_prompt(metric_file):
+    reward = load(f"{metric_file}:says_red", kind="text-image", input="uint8")
+    scores = reward(torch.rand(2, 1, 3, 8, 8), ["a red car", "a blue car"])
+    assert scores.tolist() == [1.0, 0.0]
+    with pytest.raises(InputError, match="needs prompts"):
+        reward(torch.rand(2, 1, 3, 8, 8))
+
+
+def test_module_reference(metric_file, monkeypatch):
+    monkeypatch.syspath_prepend(str(metric_file.parent))
+    reward = load("my_metrics:brightness")
+    assert reward(torch.full((1, 1, 3, 4, 4), 0.25)).item() == pytest.approx(0.25)
+    sys.modules.pop("my_metrics", None)
+
+
+@pytest.mark.parametrize("reference, options, error, match", [
+    ("{f}:wrong_count", {}, InputError, "returned 3 values for 2 clips"),
+    ("{f}:too_many", {}, TypeError, "requires 3"),
+    ("{f}:nope", {}, AttributeError, "has no function 'nope'"),
+    ("/no/such/file.py:fn", {}, FileNotFoundError, "does not exist"),
+    ("{f}:motion", {"input": "uint8", "differentiable": True}, ValueError, "cannot be differentiable"),
+    ("{f}:motion", {"kind": "audio"}, ValueError, "kind must be one of"),
+])
+def test_bad_metrics_give_clear_errors(metric_file, reference, options, error, match):
+    with pytest.raises(error, match=match):
+        reward = load(reference.format(f=metric_file), **options)
+        reward(torch.rand(2, 1, 3, 4, 4))
