@@ -105,7 +105,7 @@ def write_report(run_dir: str | Path, *, fidelity: FidelityReport, history: list
         if pngs.get(key) is not None:
             parts.append(_section(heading, note, _img(pngs[key], heading)))
     per_group = fidelity.surrogate.get("per_group") or []
-    if per_group:
+    if any(r["n"] >= 3 for r in per_group):  # singleton groups (e.g. procedural clips) say nothing more
         shown = per_group[:10]
         parts.append(_section("Worst groups", f"Source groups (of {len(per_group)}) with the largest mean absolute error.",
                               _table(["group", "n", "MAE", "Spearman"], [[r["group"], r["n"], r["mae"], r["spearman"]] for r in shown])))
