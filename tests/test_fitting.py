@@ -271,8 +271,10 @@ from lrm.fitting import FitConfig, fit_surrogate
 from lrm import distributed
 config = FitConfig(steps=80, batch_size=32, lr=3e-3, warmup_steps=5, eval_every=40, checkpoint_every=40)
 result = fit_surrogate(LatentStore.open(sys.argv[1]), "synth", config, sys.argv[2])
-print("RESULT", json.dumps({"rank": distributed.rank(), "spearman": result.val_metrics["spearman"],
-                            "world": distributed.world_size()}))
+# one file per rank: two ranks printing to one pipe can interleave their lines
+with open(f"{sys.argv[2]}-result-{distributed.rank()}.json", "w") as f:
+    json.dump({"rank": distributed.rank(), "spearman": result.val_metrics["spearman"],
+               "world": distributed.world_size()}, f)
 """
 
 
@@ -285,7 +287,7 @@ def test_two_process_ddp_fit_converges(store, tmp_path):
            str(script), str(store.path), str(tmp_path / "run")]
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    results = [json.loads(line.split("RESULT ", 1)[1]) for line in done.stdout.splitlines() if "RESULT " in line]
+    results = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("run-result-*.json"))]
     assert sorted(r["rank"] for r in results) == [0, 1] and all(r["world"] == 2 for r in results)
     assert results[0]["spearman"] == results[1]["spearman"] > 0.9  # ranks agree: same weights everywhere
     config = json.loads((tmp_path / "run" / "config.json").read_text())
