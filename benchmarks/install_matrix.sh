@@ -68,7 +68,7 @@ smoke_of() {  # row name -> python statements importing the extra's key modules
     base) echo "$base" ;;
     clip|hps) echo "$base; $clip" ;;
     pickscore|imagereward) echo "$base; $hf" ;;
-    vbench) echo "$base; $clip; $hf; $vb" ;;
+    vbench) echo "$base; $clip; $vb" ;;
     video) echo "$base; $video" ;;
     text) echo "$base; $text" ;;
     diffusers) echo "$base; $diff" ;;
