@@ -72,7 +72,7 @@ smoke_of() {  # row name -> python statements importing the extra's key modules
     video) echo "$base; $video" ;;
     text) echo "$base; $text" ;;
     diffusers) echo "$base; $diff" ;;
-    dev|trap-image-reward) echo "$base; import pytest; $clip; $hf; $text; $diff" ;;
+    dev|trap-image-reward) echo "$base; import pytest; $clip; $hf; $vb; $video; $text; $diff" ;;
     all) echo "$base; import pytest; $clip; $hf; $vb; $video; $text; $diff" ;;
     *) echo "unknown row: $1 (choose from: ${ALL_ROWS[*]})" >&2; return 2 ;;
   esac

@@ -40,9 +40,10 @@ ARCHITECTURES: dict[str, Architecture] = {
     "video-3d-m": Architecture((256, 256, 256), 256, temporal=True),
     "text-video-xattn": Architecture((128, 128), 128, text=True),
     "text-video-3d-xattn": Architecture((128, 128), 128, temporal=True, text=True),
-    # "-stats": the same CNN whose head also reads pooled per-channel statistics. The first
-    # GroupNorm of Tab. 10 normalises away each sample's channel energies, which is what
-    # energy-like rewards (JPEG size, sharpness, flicker) depend on; the extra 2c inputs give it back.
+    # "-stats": the same CNN whose head also reads pooled per-channel statistics (mean, log-std,
+    # and for clips the log mean temporal difference). The first GroupNorm of Tab. 10 normalises
+    # away each sample's channel energies, which energy-like rewards (JPEG size, sharpness,
+    # flicker) depend on; the extra inputs give them back.
     "image-cnn-stats": Architecture((128, 128), 128, pooled_stats=True),
     "text-image-xattn-stats": Architecture((128, 128), 128, text=True, pooled_stats=True),
     "video-3d-stats": Architecture((128, 128), 128, temporal=True, pooled_stats=True),

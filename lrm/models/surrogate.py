@@ -36,9 +36,17 @@ CODEC_KEYS = ("name", "version", "channels", "spatial_factor", "temporal_factor"
 
 
 def channel_stats(x: torch.Tensor) -> torch.Tensor:
-    """Per-channel mean and log-std over space (and time for clips): (N, c, [T,] h, w) -> (N, 2c)."""
+    """Per-channel pooled statistics the ridge baseline reads, as extra head inputs.
+
+    (N, c, h, w) frames -> (N, 2c): mean and log-std over space.
+    (N, c, T, h, w) clips -> (N, 3c): mean and log-std over (T, h, w), and log mean |x_{t+1} - x_t|.
+    """
     dims = tuple(range(2, x.ndim))
-    return torch.cat([x.mean(dim=dims), torch.log(x.std(dim=dims) + 1e-4)], dim=1)
+    stats = [x.mean(dim=dims), torch.log(x.std(dim=dims) + 1e-4)]
+    if x.ndim == 5:
+        change = (x[:, :, 1:] - x[:, :, :-1]).abs().mean(dim=dims) if x.shape[2] > 1 else x.new_zeros(x.shape[:2])
+        stats.append(torch.log(change + 1e-4))
+    return torch.cat(stats, dim=1)
 
 
 class CodecMismatchError(ValueError):
@@ -71,7 +79,8 @@ class LatentRewardModel(nn.Module):
         self.cross_attention = cross_attention
         self.time_embedding = time_embedding
         self.pooled_stats = pooled_stats
-        self.head = nn.Linear(backbone.feature_dim + (2 * in_channels if pooled_stats else 0), 1)
+        stats_dim = (2 if per_frame else 3) * in_channels if pooled_stats else 0
+        self.head = nn.Linear(backbone.feature_dim + stats_dim, 1)
         self.register_buffer("label_mean", torch.zeros(()))
         self.register_buffer("label_std", torch.ones(()))
         self.info = SurrogateInfo()
@@ -111,7 +120,7 @@ class LatentRewardModel(nn.Module):
         if self.cross_attention is not None:
             features = self.cross_attention(features, text, text_mask)
         if self.pooled_stats:
-            features = torch.cat([features, channel_stats(x)], dim=1)  # (N, F + 2c)
+            features = torch.cat([features, channel_stats(x)], dim=1)  # (N, F + 2c | 3c)
         z = self.head(features).reshape(b, -1).mean(dim=1)  # (B,) standardised, frame-averaged
         return z * self.label_std + self.label_mean
 
