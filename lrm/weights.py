@@ -207,3 +207,14 @@ def _download(wf: WeightFile) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return target
+
+
+def read_checkpoint(path: Path, what: str, fix: str) -> dict:
+    """torch.load(path) with weights_only semantics (never unpickles code); a file it cannot read
+    raises ValueError naming `what` it should hold and the `fix`."""
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickled objects that weights_only refuses, or a truncated file
+        raise ValueError(f"could not read {what} from {path} with weights_only=True: {exc}. Fix: {fix}") from exc

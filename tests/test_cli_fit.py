@@ -43,7 +43,7 @@ def test_fit_writes_report_metrics_and_model(fitted):
         assert (run / name).is_file(), name
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["reward"] == "jpeg-incompressibility" and metrics["codec"] == "dct-v1"
-    assert metrics["preset"] == "image-cnn" and set(metrics["baselines"]) == {"constant", "ridge"}
+    assert metrics["preset"] == "image-cnn-stats" and set(metrics["baselines"]) == {"constant", "ridge"}
     assert metrics["n_train"] + metrics["n_val"] == 48
     model = LatentRewardModel.from_pretrained(run / "model")
     assert model.info.reward_name == "jpeg-incompressibility"

@@ -433,12 +433,9 @@ def test_open_clip_factory_names_the_missing_weights(no_weights):
 
 
 def test_imaging_quality_factory_explains_what_is_missing(no_weights):
-    if importlib.util.find_spec("pyiqa") is None:
-        with pytest.raises(ModuleNotFoundError, match="pip install pyiqa"):
-            vbench_dims.imaging_quality()
-    else:
-        with pytest.raises(weights.MissingWeightsError, match=r"musiq_spaq_ckpt-358bb6af\.pth"):
-            vbench_dims.imaging_quality()
+    assert REWARDS["imaging-quality"].requires == ()  # lrm's own MUSIQ port: no pyiqa
+    with pytest.raises(weights.MissingWeightsError, match=r"musiq_spaq_ckpt-358bb6af\.pth"):
+        vbench_dims.imaging_quality()
 
 
 def test_middle_indices_pad_short_clips():

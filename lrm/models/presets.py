@@ -24,7 +24,7 @@ class Architecture:
     feature_dim: int  # channels of the final 1x1 conv = the feature vector the head reads
     temporal: bool = False  # True: 3D convs over (T, h, w); False: 2D CNN per frame, frame-averaged
     text: bool = False  # True: Tab. 11 cross-attention on text token embeddings
-    pooled_stats: bool = False  # True: the head also reads per-channel latent mean and log-std
+    pooled_stats: bool = False  # True: the head also reads per-channel pooled statistics (channel_stats)
 
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -40,10 +40,10 @@ ARCHITECTURES: dict[str, Architecture] = {
     "video-3d-m": Architecture((256, 256, 256), 256, temporal=True),
     "text-video-xattn": Architecture((128, 128), 128, text=True),
     "text-video-3d-xattn": Architecture((128, 128), 128, temporal=True, text=True),
-    # "-stats": the same CNN whose head also reads pooled per-channel statistics (mean, log-std,
-    # and for clips the log mean temporal difference). The first GroupNorm of Tab. 10 normalises
-    # away each sample's channel energies, which energy-like rewards (JPEG size, sharpness,
-    # flicker) depend on; the extra inputs give them back.
+    # "-stats": the same CNN whose head also reads pooled per-channel statistics (surrogate.channel_stats:
+    # mean, std, mean |spatial difference|, for clips mean |temporal difference|, and their logs).
+    # The first GroupNorm of Tab. 10 normalises away each sample's channel energies, which
+    # energy-like rewards (JPEG size, sharpness, flicker) depend on; the extra inputs give them back.
     "image-cnn-stats": Architecture((128, 128), 128, pooled_stats=True),
     "text-image-xattn-stats": Architecture((128, 128), 128, text=True, pooled_stats=True),
     "video-3d-stats": Architecture((128, 128), 128, temporal=True, pooled_stats=True),

@@ -36,17 +36,27 @@ CODEC_KEYS = ("name", "version", "channels", "spatial_factor", "temporal_factor"
 
 
 def channel_stats(x: torch.Tensor) -> torch.Tensor:
-    """Per-channel pooled statistics the ridge baseline reads, as extra head inputs.
+    """Per-channel pooled statistics (those the ridge baseline reads), as extra head inputs.
 
-    (N, c, h, w) frames -> (N, 2c): mean and log-std over space.
-    (N, c, T, h, w) clips -> (N, 3c): mean and log-std over (T, h, w), and log mean |x_{t+1} - x_t|.
+    Per channel: mean, std, mean |spatial difference| (neighbours along h and w, summed) and, for
+    clips, mean |x_{t+1} - x_t|; each positive statistic both as is and as its log, so that the
+    linear head can read rewards that are linear in an energy (flicker: mean frame difference)
+    and those that scale with it (JPEG size).
+
+    (N, c, h, w) frames -> (N, 5c);  (N, c, T, h, w) clips -> (N, 7c).
     """
     dims = tuple(range(2, x.ndim))
-    stats = [x.mean(dim=dims), torch.log(x.std(dim=dims) + 1e-4)]
+    spatial = (x[..., 1:, :] - x[..., :-1, :]).abs().mean(dim=dims) + (x[..., :, 1:] - x[..., :, :-1]).abs().mean(dim=dims)
+    positive = [x.std(dim=dims), spatial]  # (N, c) each
     if x.ndim == 5:
         change = (x[:, :, 1:] - x[:, :, :-1]).abs().mean(dim=dims) if x.shape[2] > 1 else x.new_zeros(x.shape[:2])
-        stats.append(torch.log(change + 1e-4))
-    return torch.cat(stats, dim=1)
+        positive.append(change)
+    return torch.cat([x.mean(dim=dims), *positive, *(torch.log(v + 1e-4) for v in positive)], dim=1)
+
+
+def channel_stats_dim(in_channels: int, per_frame: bool) -> int:
+    """Width of channel_stats for `in_channels` latent channels (frames: 5c, clips: 7c)."""
+    return (5 if per_frame else 7) * in_channels
 
 
 class CodecMismatchError(ValueError):
@@ -79,7 +89,7 @@ class LatentRewardModel(nn.Module):
         self.cross_attention = cross_attention
         self.time_embedding = time_embedding
         self.pooled_stats = pooled_stats
-        stats_dim = (2 if per_frame else 3) * in_channels if pooled_stats else 0
+        stats_dim = channel_stats_dim(in_channels, per_frame) if pooled_stats else 0
         self.head = nn.Linear(backbone.feature_dim + stats_dim, 1)
         self.register_buffer("label_mean", torch.zeros(()))
         self.register_buffer("label_std", torch.ones(()))
@@ -120,7 +130,7 @@ class LatentRewardModel(nn.Module):
         if self.cross_attention is not None:
             features = self.cross_attention(features, text, text_mask)
         if self.pooled_stats:
-            features = torch.cat([features, channel_stats(x)], dim=1)  # (N, F + 2c | 3c)
+            features = torch.cat([features, channel_stats(x)], dim=1)  # (N, F + 5c | 7c)
         z = self.head(features).reshape(b, -1).mean(dim=1)  # (B,) standardised, frame-averaged
         return z * self.label_std + self.label_mean
 

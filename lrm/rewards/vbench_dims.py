@@ -8,7 +8,8 @@ reach the pixels (VBench itself scores uint8 frames under no_grad):
     both: mean over frames i >= 1 of (max(0, cos(f_i, f_{i-1})) + max(0, cos(f_i, f_0))) / 2
 - vbench-aesthetic-quality  LAION aesthetic predictor v1 (a linear head on the normalised CLIP
     ViT-L/14 embedding) / 10, averaged over frames (vbench/aesthetic_quality.py)
-- imaging-quality         MUSIQ (SPAQ) from pyiqa / 100, averaged over frames (vbench/imaging_quality.py)
+- imaging-quality         MUSIQ (SPAQ) / 100, averaged over frames (vbench/imaging_quality.py;
+    lrm.rewards.musiq is the model, a port of pyiqa's that loads its checkpoint)
 - viclip-score            cosine of ViCLIP video and text embeddings on 8 frames
     (vbench/overall_consistency.py; lrm.rewards.viclip is the model)
 
@@ -22,8 +23,6 @@ take a built model; the factories load weights (lrm.weights; CLIP through lrm.re
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -31,7 +30,7 @@ from torch import nn
 
 from lrm import weights
 from lrm.frames import uniform_indices
-from lrm.rewards import viclip
+from lrm.rewards import musiq, viclip
 from lrm.rewards.base import FrameReward, InputError, Reward, RewardEntry, RewardSpec
 from lrm.rewards.clip import follow_device, load_open_clip
 from lrm.rewards.preprocess import center_crop, normalize
@@ -203,7 +202,7 @@ class ImagingQuality(FrameReward):
 
     def __init__(self, model: nn.Module, frames: int | None = None, longer_side: int = 512):
         super().__init__(frames)  # frames: uniformly spaced frames per clip (None: all, as VBench)
-        self.model = model  # MUSIQ: (N, 3, H, W) in [0, 1] -> (N, 1) mean opinion score in [0, 100]
+        self.model = model  # lrm.rewards.musiq.MUSIQ: (N, 3, H, W) in [0, 1] -> (N, 1) mean opinion score
         self.longer_side = longer_side  # VBench's 'longer' preprocessing bound
 
     def score_frames(self, frames: torch.Tensor, prompts: list[str] | None) -> torch.Tensor:
@@ -269,17 +268,8 @@ def vbench_aesthetic_quality(frames: int | None = None, pretrained: str = "opena
 
 
 def imaging_quality(frames: int | None = None) -> ImagingQuality:
-    if importlib.util.find_spec("pyiqa") is None:
-        raise ModuleNotFoundError(
-            "imaging-quality scores frames with MUSIQ from pyiqa (IQA-PyTorch), which is not installed. "
-            "Fix: pip install pyiqa. lrm has no port of MUSIQ; the other VBench dimensions work without it.",
-            name="pyiqa",
-        )
-    from pyiqa.archs.musiq_arch import MUSIQ
-
-    path = weights.resolve("musiq_spaq")
-    model = MUSIQ(pretrained_model_path=str(path))  # num_class=1: SPAQ regression head, as in VBench
-    return ImagingQuality(frozen(model), frames)
+    # lrm's MUSIQ port: pyiqa's parameter names, num_class=1 SPAQ regression head, as in VBench
+    return ImagingQuality(frozen(musiq.load_musiq(weights.resolve("musiq_spaq"))), frames)
 
 
 def viclip_score() -> ViCLIPScore:
@@ -303,7 +293,7 @@ ENTRIES: dict[str, RewardEntry] = {
         weights=("laion_aesthetic_linear_l14", "clip_vit_l14_openai"), options={**FRAMES_OPTION, **CLIP_OPTIONS},
     ),
     "imaging-quality": RewardEntry(
-        imaging_quality, ImagingQuality.spec, requires=("pyiqa",), weights=("musiq_spaq",),
+        imaging_quality, ImagingQuality.spec, weights=("musiq_spaq",),
         options=FRAMES_OPTION,
     ),
     "viclip-score": RewardEntry(

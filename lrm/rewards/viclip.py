@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lrm import weights
+
 
 @dataclass(frozen=True)
 class ViCLIPConfig:
@@ -162,13 +164,8 @@ def build_viclip(cfg: ViCLIPConfig) -> ViCLIP:
 
 def load_viclip(path: Path, cfg: ViCLIPConfig = VICLIP_PRESETS["ViCLIP-L/14"]) -> ViCLIP:
     """Build ViCLIP and load a checkpoint saved as {"model": state_dict} (or a bare state dict)."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickled objects that weights_only refuses, or a truncated file
-        raise ValueError(
-            f"could not read ViCLIP weights from {path} with weights_only=True: {exc}. "
-            "Fix: re-download ViClip-InternVid-10M-FLT.pth, or save its 'model' state dict alone with torch.save."
-        ) from exc
+    state = weights.read_checkpoint(path, "ViCLIP weights", "re-download ViClip-InternVid-10M-FLT.pth, or save "
+                                    "its 'model' state dict alone with torch.save.")
     state = state.get("model", state)
     model = build_viclip(cfg)
     model.load_state_dict(state, strict=True)
