@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -181,3 +182,35 @@ def test_loading_into_another_codec_is_a_clear_error(tmp_path):
         LatentRewardModel.from_pretrained(tmp_path / "m", codec_settings={**CODEC, "channels": 32})
     with pytest.raises(FileNotFoundError, match="config.json"):
         LatentRewardModel.from_pretrained(tmp_path / "nothing")
+
+
+def test_channel_stats_match_a_direct_numpy_computation():
+    from lrm.models.surrogate import channel_stats, channel_stats_dim
+
+    rng = np.random.default_rng(0)
+    clip = rng.normal(size=(2, 3, 4, 5, 6))  # (N, c, T, h, w)
+    got = channel_stats(torch.tensor(clip, dtype=torch.float64)).numpy()
+    assert got.shape == (2, channel_stats_dim(3, per_frame=False)) == (2, 21)
+    axes = (2, 3, 4)
+    std = clip.reshape(2, 3, -1).std(axis=2, ddof=1)
+    spatial = np.abs(np.diff(clip, axis=3)).mean(axis=axes) + np.abs(np.diff(clip, axis=4)).mean(axis=axes)
+    temporal = np.abs(np.diff(clip, axis=2)).mean(axis=axes)
+    want = np.concatenate([clip.mean(axis=axes), std, spatial, temporal,
+                           np.log(std + 1e-4), np.log(spatial + 1e-4), np.log(temporal + 1e-4)], axis=1)
+    np.testing.assert_allclose(got, want, rtol=1e-10)
+    frames = torch.tensor(clip[:, :, 0], dtype=torch.float64)  # (N, c, h, w)
+    assert channel_stats(frames).shape == (2, channel_stats_dim(3, per_frame=True)) == (2, 15)
+
+
+def test_stats_head_sees_energy_that_group_norm_removes():
+    # With a bias-free first conv, Tab. 10's first GroupNorm makes the backbone blind to a global
+    # scale of the latents (an energy, e.g. JPEG size or flicker); the -stats head is not.
+    torch.manual_seed(0)
+    latents = torch.randn(2, 1, 8, 16, 16)
+    scaled = latents * 3.0
+    plain, stats = build("image-cnn", 8).eval(), build("image-cnn-stats", 8).eval()
+    with torch.no_grad():
+        for model in (plain, stats):
+            model.backbone.stages[0].conv.bias.zero_()
+        assert torch.allclose(plain.backbone(latents[:, 0]), plain.backbone(scaled[:, 0]), atol=1e-4)
+        assert not torch.allclose(stats(latents), stats(scaled), atol=1e-3)
