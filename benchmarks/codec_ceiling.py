@@ -19,7 +19,6 @@ media), decodes `--rows` rows drawn with a fixed seed, scores them and prints on
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -77,9 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    taesd = real_data.SHARED_DATA / "weights" / "taesd"
-    if taesd.is_dir():
-        os.environ.setdefault("LRM_WEIGHTS", str(taesd))
+    real_data.use_shared_taesd_weights()
     results = [r for path in args.stores for r in ceiling_rows(path, args.rows, args.seed)]
     from lrm.io import atomic_write_json
 

@@ -12,21 +12,20 @@ runs only when a real local model is given with --diffusers (a random tiny one s
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+import real_data
 from photos import load_photos, psnr
 
 import lrm.codecs
 from lrm import weights
+from lrm.io import atomic_write_json
 
-SHARED_TAESD = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "weights" / "taesd"
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "codecs.json"
 
 
@@ -60,14 +59,6 @@ def measure(codec: lrm.codecs.Codec, pixels: torch.Tensor) -> dict:
             "latent_shape": list(latents.shape[1:]), "latent_std": latents.float().std().item()}
 
 
-def write_json(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f, indent=2)
-    os.replace(tmp, path)  # atomic
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256], help="square photo sides in pixels")
@@ -78,8 +69,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    if SHARED_TAESD.is_dir() and not os.environ.get("LRM_WEIGHTS"):
-        os.environ["LRM_WEIGHTS"] = str(SHARED_TAESD)
+    real_data.use_shared_taesd_weights()
 
     rows = []
     for name in available_codecs(args.diffusers):
@@ -97,7 +87,7 @@ def main() -> None:
         lines.append(f"| {r['codec']} | {r['size']} | {r['encode_fps']:.1f} | {r['decode_fps']:.1f} | "
                      f"{r['psnr_mean']:.2f} ({r['psnr_min']:.1f}-{r['psnr_max']:.1f}) | {tuple(r['latent_shape'][1:])} |")
     print("\n".join(lines))
-    write_json(args.out, {
+    atomic_write_json(args.out, {
         "benchmark": "codecs", "device": "cpu", "threads": args.threads, "batch_size": args.batch_size,
         "machine": platform.processor() or platform.machine(), "load_average": os.getloadavg(),
         "torch": torch.__version__, "results": rows,

@@ -48,7 +48,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import real_data  # noqa: E402  (benchmarks/ is a folder of scripts, not a package)
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "fidelity.json"
-TAESD_WEIGHTS = real_data.SHARED_DATA / "weights" / "taesd"
 
 # reward -> (dataset it is fitted on, held-out Spearman goal of issue 4)
 GOALS: dict[str, tuple[str, float]] = {
@@ -299,8 +298,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.table:
         return print_table(args.table)
-    if "taef2" in args.codecs and TAESD_WEIGHTS.is_dir():
-        os.environ.setdefault("LRM_WEIGHTS", str(TAESD_WEIGHTS))
+    if "taef2" in args.codecs:
+        real_data.use_shared_taesd_weights()
     started_cpu, started = time.process_time(), time.perf_counter()
     datasets = {d: [r for r in args.rewards if GOALS[r][0] == d] for d in DATASETS}
     datasets = {d: rs for d, rs in datasets.items() if rs}

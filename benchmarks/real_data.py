@@ -50,6 +50,13 @@ from lrm.io import atomic_write_bytes, atomic_write_json
 # ../shared/data beside the project, or where $LRM_SHARED_DATA points (e.g. a copy on another machine)
 SHARED_DATA = Path(os.environ.get("LRM_SHARED_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
 DREAMBOOTH = SHARED_DATA / "images" / "dreambooth"
+TAESD_WEIGHTS = SHARED_DATA / "weights" / "taesd"  # the taef2 codec's weights
+
+
+def use_shared_taesd_weights() -> None:
+    """Let lrm.weights find the taef2 weights in the shared data when $LRM_WEIGHTS is not set."""
+    if TAESD_WEIGHTS.is_dir():
+        os.environ.setdefault("LRM_WEIGHTS", str(TAESD_WEIGHTS))
 DEFAULT_CACHE = Path(__file__).resolve().parent / ".cache"
 RECIPE = "recipe.json"
 

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from scipy import stats
 
+from lrm.models.surrogate import channel_stats
+
 PAIR_SAMPLE = 2000  # pairwise accuracy is exact up to this many samples, then on a seeded subsample
 LOW_SPEARMAN = 0.8  # below this a surrogate ranks too poorly to steer a tuner reliably
 CALIBRATION_BINS = 10
@@ -127,15 +129,10 @@ def fidelity_by_noise(pred_by_t: dict[int, np.ndarray], true) -> list[dict]:
 
 
 def pooled_latent_features(latents: torch.Tensor) -> np.ndarray:
-    """(N, T, c, h, w) -> (N, 3c [+ c]) per-channel mean, std, mean |spatial gradient| [, mean |temporal diff|]."""
+    """(N, T, c, h, w) -> (N, 3c [+ c]) per-channel mean, std, mean |spatial gradient| [, mean |temporal diff|]:
+    the raw part of the -stats heads' lrm.models.surrogate.channel_stats, over all frames."""
     x = latents.float()
-    feats = [x.mean(dim=(1, 3, 4)), x.std(dim=(1, 3, 4))]  # (N, c) each
-    grad = (x[..., 1:, :] - x[..., :-1, :]).abs().mean(dim=(1, 3, 4)) + \
-           (x[..., :, 1:] - x[..., :, :-1]).abs().mean(dim=(1, 3, 4))
-    feats.append(grad)
-    if x.shape[1] > 1:
-        feats.append((x[:, 1:] - x[:, :-1]).abs().mean(dim=(1, 3, 4)))
-    return torch.cat(feats, dim=1).numpy()
+    return channel_stats(x.transpose(1, 2) if x.shape[1] > 1 else x[:, 0], logs=False).numpy()
 
 
 def features_of(batches: Iterable[torch.Tensor]) -> np.ndarray:

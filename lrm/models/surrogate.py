@@ -35,7 +35,7 @@ FORMAT_VERSION = 1
 CODEC_KEYS = ("name", "version", "channels", "spatial_factor", "temporal_factor", "scale")  # must match to load
 
 
-def channel_stats(x: torch.Tensor) -> torch.Tensor:
+def channel_stats(x: torch.Tensor, logs: bool = True) -> torch.Tensor:
     """Per-channel pooled statistics (those the ridge baseline reads), as extra head inputs.
 
     Per channel: mean, std, mean |spatial difference| (neighbours along h and w, summed) and, for
@@ -44,6 +44,7 @@ def channel_stats(x: torch.Tensor) -> torch.Tensor:
     and those that scale with it (JPEG size).
 
     (N, c, h, w) frames -> (N, 5c);  (N, c, T, h, w) clips -> (N, 7c).
+    logs=False drops the logs: (N, 3c) / (N, 4c), the ridge baseline's features (lrm.fidelity).
     """
     dims = tuple(range(2, x.ndim))
     spatial = (x[..., 1:, :] - x[..., :-1, :]).abs().mean(dim=dims) + (x[..., :, 1:] - x[..., :, :-1]).abs().mean(dim=dims)
@@ -51,7 +52,7 @@ def channel_stats(x: torch.Tensor) -> torch.Tensor:
     if x.ndim == 5:
         change = (x[:, :, 1:] - x[:, :, :-1]).abs().mean(dim=dims) if x.shape[2] > 1 else x.new_zeros(x.shape[:2])
         positive.append(change)
-    return torch.cat([x.mean(dim=dims), *positive, *(torch.log(v + 1e-4) for v in positive)], dim=1)
+    return torch.cat([x.mean(dim=dims), *positive, *(torch.log(v + 1e-4) for v in positive if logs)], dim=1)
 
 
 def channel_stats_dim(in_channels: int, per_frame: bool) -> int:
