@@ -4,8 +4,9 @@ For each codec (dct, taef2) and dataset (perturbed DreamBooth photos; 8-frame cl
 with flicker / frozen / stutter / blur variants; see benchmarks/real_data.py) this encodes a latent
 store once (lrm.datasets.build.encode; an existing store resumes), labels it with the applicable
 rewards (add_labels: image rewards on the photos, video rewards on the clips), fits one surrogate
-per reward and preset (lrm.fitting.fit_surrogate: MSE, AdamW, warm-up + cosine, group-aware
-train/validation split, no early stopping), and reports held-out Spearman and R² against training
+per reward and preset (lrm.fitting.fit_surrogate: MSE on the labels or, where that halves their
+skewness, on log labels (label_transform "auto", the "labels" column), AdamW, warm-up + cosine,
+group-aware train/validation split, no early stopping), and reports held-out Spearman and R² against training
 steps and CPU time, next to the ridge baseline on pooled latent statistics fitted on the same split
 (lrm.fidelity.fit_baselines).
 
@@ -75,6 +76,7 @@ class FitJob:
     store: str  # latent store folder
     reward: str  # label column (= reward name)
     preset: str  # surrogate preset
+    label_transform: str  # FitConfig.label_transform: "auto", "none" or "log"
     codec: str  # codec name, for the result row
     dataset: str  # "images" or "videos"
     run_dir: str  # fit output folder (emptied first: every fit is timed from scratch)
@@ -140,7 +142,8 @@ def run_fit(job: FitJob) -> dict:
     from lrm.fitting import FitConfig, fit_surrogate, predict
 
     store = LatentStore.open(job.store)
-    config = FitConfig(preset=job.preset, steps=job.steps, batch_size=job.batch_size, lr=job.lr,
+    config = FitConfig(preset=job.preset, label_transform=job.label_transform, steps=job.steps,
+                       batch_size=job.batch_size, lr=job.lr,
                        eval_every=job.eval_every, patience=0, checkpoint_every=job.steps, keep_checkpoints=1,
                        log_every=50, seed=job.seed, split_seed=job.seed, device=job.device)
     shutil.rmtree(job.run_dir, ignore_errors=True)
@@ -161,7 +164,8 @@ def run_fit(job: FitJob) -> dict:
 
     groups = store.groups
     best = fidelity_metrics(predict(result.model, store, val), y_val, groups[val])
-    baselines = fit_baselines(pooled_features(store, train), y_train, pooled_features(store, val), y_val)
+    baselines = fit_baselines(pooled_features(store, train), y_train, pooled_features(store, val), y_val,
+                              result.label_transform)  # ridge fits the same (log) labels as the surrogate
     report = assess(best, baselines)
     goal = GOALS[job.reward][1]
     final = curve[-1]
@@ -169,6 +173,7 @@ def run_fit(job: FitJob) -> dict:
     keep = ("n", "spearman", "pearson", "kendall", "r2", "rmse", "pairwise_accuracy", "calibration_error")
     return {
         "reward": job.reward, "codec": job.codec, "dataset": job.dataset, "preset": job.preset,
+        "label_transform": result.label_transform,  # what "auto" chose
         "store": job.store, "n_train": int(len(train)), "n_val": int(len(val)), "nan_labels": result.nan_labels,
         "val_groups": sorted(set(groups[val].tolist())), "steps": result.steps,
         "params": sum(p.numel() for p in result.model.parameters()),
@@ -203,21 +208,26 @@ def fmt(value, digits: int = 3) -> str:
     return "–" if value is None or (isinstance(value, float) and not math.isfinite(value)) else f"{value:.{digits}f}"
 
 
-def markdown_table(rows: list[dict], steps: int, device: str = "cpu") -> str:
-    """The results as a markdown table; fit time is CPU seconds on the CPU, wall seconds on a GPU."""
+def markdown_table(rows: list[dict], steps: int, device: str = "cpu", ceiling: dict | None = None) -> str:
+    """The results as a markdown table; fit time is CPU seconds on the CPU, wall seconds on a GPU.
+    `ceiling` ((store folder name, reward) -> Spearman of the decoded media, benchmarks/codec_ceiling.py)
+    adds a "decoded Spearman" column."""
     marks = milestones(steps)
     time_key, time_head = ("cpu_s", "CPU s") if device == "cpu" else ("wall_s", f"{device} wall s")
-    head = (["reward", "codec", "model", "n train/val"] + [f"Spearman@{m}" for m in marks]
-            + [f"R²@{steps}", "ridge Spearman", "ridge R²", time_head, "goal", "met"])
+    head = (["reward", "codec", "model", "labels", "n train/val"] + [f"Spearman@{m}" for m in marks]
+            + [f"R²@{steps}", "ridge Spearman", "ridge R²"] + (["decoded Spearman"] if ceiling else [])
+            + [time_head, "goal", "met"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     order = {name: i for i, name in enumerate(GOALS)}
     for r in sorted(rows, key=lambda r: (order[r["reward"]], r["codec"], r["preset"])):
         first = r["goal_first_reached"]
         met = ("yes" if r["goal_met"] else "no") + (f" (step {first['step']})" if first else "")
-        cells = ([r["reward"], r["codec"], r["preset"], f"{r['n_train']}/{r['n_val']}"]
+        labels = r.get("label_transform", "none")
+        cells = ([r["reward"], r["codec"], r["preset"], labels, f"{r['n_train']}/{r['n_val']}"]
                  + [fmt(spearman_at(r, m)) for m in marks]
-                 + [fmt(r["final"]["r2"]), fmt(r["ridge"]["spearman"]), fmt(r["ridge"]["r2"]), f"{r[time_key]:.0f}",
-                    f"≥ {r['goal']}", met])
+                 + [fmt(r["final"]["r2"]), fmt(r["ridge"]["spearman"]), fmt(r["ridge"]["r2"])]
+                 + ([fmt(ceiling.get((Path(r["store"]).name, r["reward"])))] if ceiling else [])
+                 + [f"{r[time_key]:.0f}", f"≥ {r['goal']}", met])
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -252,6 +262,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="presets for video rewards (the frame-averaged 2D CNN cannot see motion)")
     parser.add_argument("--video-presets-for", action="append", default=[], metavar="CODEC=PRESET[,PRESET]",
                         help="override --video-presets for one codec, e.g. taef2=video-3d")
+    parser.add_argument("--label-transform", action="append", default=[], metavar="REWARD=none|log|auto",
+                        help="labels a reward is fitted on (default auto: log labels when that halves their skewness)")
     parser.add_argument("--steps", type=int, default=3000, help="optimizer steps per fit (default 3000)")
     parser.add_argument("--eval-every", type=int, default=100, help="steps between validations (default 100)")
     parser.add_argument("--batch-size", type=int, default=32,
@@ -269,6 +281,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results (default: benchmarks/results/fidelity.json)")
     parser.add_argument("--table", nargs="+", type=Path, metavar="JSON",
                         help="fit nothing: print one table of the results in these JSON files (earlier runs)")
+    parser.add_argument("--ceiling", nargs="+", type=Path, default=[], metavar="JSON",
+                        help="with --table: add the decoded-media Spearman from benchmarks/codec_ceiling.py results")
     args = parser.parse_args(argv)
     if args.quick:
         args.steps, args.eval_every = 300, 50
@@ -277,12 +291,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     bad = {c: s for c, s in args.scales.items() if s not in real_data.SCALES or c not in args.codecs}
     if bad:
         parser.error(f"--scale {bad}: give CODEC=SCALE with CODEC in --codecs and SCALE in {sorted(real_data.SCALES)}")
+    args.label_transforms = dict(s.split("=", 1) for s in args.label_transform)
+    bad = {r: t for r, t in args.label_transforms.items() if r not in GOALS or t not in ("none", "log", "auto")}
+    if bad:
+        parser.error(f"--label-transform {bad}: give REWARD=none|log|auto with REWARD in {list(GOALS)}")
     args.video_presets_by_codec = {c: p.split(",") for c, p in (s.split("=", 1) for s in args.video_presets_for)}
     return args
 
 
-def print_table(paths: list[Path]) -> None:
-    """One markdown table of the rows of several result files (all fitted for the same number of steps)."""
+def print_table(paths: list[Path], ceiling_paths: list[Path]) -> None:
+    """One markdown table of the rows of several result files (all fitted for the same number of steps),
+    with the decoded-media Spearman of benchmarks/codec_ceiling.py result files when given."""
     payloads = [json.loads(Path(p).read_text()) for p in paths]
     steps = {d["setup"]["steps"] for d in payloads}
     devices = {d["setup"].get("device", "cpu") for d in payloads}
@@ -291,13 +310,15 @@ def print_table(paths: list[Path]) -> None:
     for path, d in zip(paths, payloads):
         print(f"{path}: {d['setup']['command']}")
     print()
-    print(markdown_table([r for d in payloads for r in d["results"]], steps.pop(), devices.pop()))
+    ceiling = {(r["store"], r["reward"]): r["spearman"]
+               for path in ceiling_paths for r in json.loads(Path(path).read_text())["results"]}
+    print(markdown_table([r for d in payloads for r in d["results"]], steps.pop(), devices.pop(), ceiling))
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.table:
-        return print_table(args.table)
+        return print_table(args.table, args.ceiling)
     if "taef2" in args.codecs:
         real_data.use_shared_taesd_weights()
     started_cpu, started = time.process_time(), time.perf_counter()
@@ -309,7 +330,9 @@ def main(argv: list[str] | None = None) -> None:
                          "device": args.device, "accelerator": accelerator_name(args.device),
                          "scales": {c: args.scales.get(c, "full") for c in args.codecs},
                          "datasets": {d: asdict(DATASETS[d]) for d in datasets},
-                         "goals": {r: GOALS[r][1] for r in args.rewards}, "machine": platform.machine(),
+                         "goals": {r: GOALS[r][1] for r in args.rewards},
+                         "label_transforms": {r: args.label_transforms.get(r, "auto") for r in args.rewards},
+                         "machine": platform.machine(),
                          "cpus": os.cpu_count(), "python": platform.python_version()},
                "stores": [], "results": [], "failures": []}
 
@@ -349,8 +372,9 @@ def main(argv: list[str] | None = None) -> None:
                       f"{value['encode_cpu_s']} CPU s, label {value['label_cpu_s']} CPU s", flush=True)
                 for reward in datasets[dataset]:
                     for preset in presets_for(codec, dataset):
-                        run_dir = args.cache / "runs" / f"{Path(value['store']).name}" / f"{reward}--{preset}"
-                        job = FitJob(value["store"], reward, preset, codec, dataset, str(run_dir), args.steps,
+                        transform = args.label_transforms.get(reward, "auto")
+                        run_dir = args.cache / "runs" / Path(value["store"]).name / f"{reward}--{preset}--{transform}"
+                        job = FitJob(value["store"], reward, preset, transform, codec, dataset, str(run_dir), args.steps,
                                      args.eval_every, args.batch_size, args.lr, args.seed, args.device)
                         pending[pool.submit(run_fit, job)] = ("fit", codec, dataset)
             else:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from scipy import stats
 
+from lrm import labels
 from lrm.models.surrogate import channel_stats
 
 PAIR_SAMPLE = 2000  # pairwise accuracy is exact up to this many samples, then on a seeded subsample
@@ -140,8 +141,12 @@ def features_of(batches: Iterable[torch.Tensor]) -> np.ndarray:
     return np.concatenate([pooled_latent_features(b) for b in batches])
 
 
-def fit_baselines(x_train: np.ndarray, y_train, x_val: np.ndarray, y_val) -> dict[str, dict]:
-    """Constant (train mean) and RidgeCV on standardised pooled features, scored on the val split."""
+def fit_baselines(x_train: np.ndarray, y_train, x_val: np.ndarray, y_val,
+                  label_transform: str = "none") -> dict[str, dict]:
+    """Constant (train mean) and RidgeCV on standardised pooled features, scored on the val split.
+
+    `label_transform` (lrm.labels: "none", "log" or "auto") is the scale ridge is fitted on; pass the
+    surrogate's, so that both fit the same targets."""
     from sklearn.linear_model import RidgeCV
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -149,10 +154,11 @@ def fit_baselines(x_train: np.ndarray, y_train, x_val: np.ndarray, y_val) -> dic
     y_train, y_val = np.asarray(y_train, np.float64), np.asarray(y_val, np.float64)
     tr = np.isfinite(y_train)
     constant = np.full(len(y_val), y_train[tr].mean())
+    transform, _, _, shift = labels.label_statistics(y_train[tr], label_transform)
     ridge = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 4, 15)))
-    ridge.fit(x_train[tr], y_train[tr])
+    ridge.fit(x_train[tr], labels.forward(y_train[tr], transform, shift))
     return {"constant": fidelity_metrics(constant, y_val),
-            "ridge": fidelity_metrics(ridge.predict(x_val), y_val)}
+            "ridge": fidelity_metrics(labels.inverse(ridge.predict(x_val), transform, shift), y_val)}
 
 
 # ---------------------------------------------------------------- verdict

@@ -9,7 +9,12 @@ the batch, oriented by the true order; ties skipped). With the ranking loss only
 outputs is fitted: they keep the label's location and scale, not its calibration.
 
 Labels are standardised with the mean and std of the training split (kept in the model's
-buffers); rows whose label is NaN (the reward failed) are dropped and counted. The split is
+buffers); rows whose label is NaN (the reward failed) are dropped and counted. With
+`label_transform="log"` the network fits standardised log(y - shift) instead, shift lying just
+below the smallest training label (lrm.labels.LOG_SHIFT_FRACTION of the range below it), so that for
+right-skewed rewards (sharpness, dynamic degree: median 6, max 90) the MSE is not ruled by a few
+extreme samples; the surrogate still outputs reward units (exp, then + shift). "auto" (the
+default) picks log when it at least halves the |skewness| of the training labels. The split is
 group-aware (`store.split`). AdamW with linear warm-up then cosine decay; validation every
 `eval_every` steps (Spearman, Pearson, MSE); early stopping on validation Spearman; the best
 model is saved to out_dir/model and returned.
@@ -54,6 +59,7 @@ from torch import nn
 from lrm import distributed
 from lrm.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from lrm.models import LatentRewardModel, build, needs_text
+from lrm.labels import LABEL_TRANSFORMS, label_statistics
 
 LOSSES = ("mse", "ranking")
 CHECKPOINTS = "checkpoints"
@@ -71,6 +77,7 @@ class FitConfig:
     min_lr_fraction: float = 0.0  # the cosine ends at lr * min_lr_fraction on the last step
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
     loss: str = "mse"  # "mse" (Eq. 10 on standardised labels) or "ranking" (pairwise Bradley-Terry)
+    label_transform: str = "auto"  # "none", "log" (fit log(y - shift)) or "auto" (log when it halves |skewness|)
     val_fraction: float = 0.2  # share of rows, as whole groups, held out for validation
     split_seed: int = 0  # seed of the group-aware train/validation split
     seed: int = 0  # seed of model init, batch order and noise draws
@@ -100,8 +107,10 @@ class FitResult:
     train_indices: np.ndarray  # store rows fitted on (NaN labels removed)
     val_indices: np.ndarray  # store rows validated on (NaN labels removed)
     nan_labels: int  # rows dropped because their label is NaN
-    label_mean: float  # training-split label mean (the model's output offset)
-    label_std: float  # training-split label std (the model's output scale)
+    label_mean: float  # mean of the (transformed) training-split labels (the model's output offset)
+    label_std: float  # std of the (transformed) training-split labels (the model's output scale)
+    label_transform: str  # "none" or "log" (what "auto" chose)
+    label_shift: float  # log transform: labels are fitted as log(y - label_shift); 0 otherwise
     paths: dict[str, Path] = field(default_factory=dict)  # out_dir, config, metrics, checkpoints, model
 
 
@@ -318,6 +327,9 @@ def _mean_across_ranks(values: list[float]) -> float:
 def _check_config(config: FitConfig) -> None:
     if config.loss not in LOSSES:
         raise ValueError(f"FitConfig.loss must be one of {LOSSES}, got {config.loss!r}")
+    if config.label_transform not in (*LABEL_TRANSFORMS, "auto"):
+        raise ValueError(f"FitConfig.label_transform must be one of {(*LABEL_TRANSFORMS, 'auto')}, "
+                         f"got {config.label_transform!r}")
     for name in ("steps", "batch_size", "eval_every", "checkpoint_every", "log_every", "keep_checkpoints",
                  "eval_batch_size"):
         if getattr(config, name) < 1:
@@ -369,11 +381,12 @@ def _prepare_out_dir(out_dir: Path, resolved: dict) -> None:
     atomic_write_json(config_path, resolved)
 
 
-def _new_surrogate(store, label: str, config: FitConfig, text_dim: int | None, mean: float,
-                   std: float) -> LatentRewardModel:
+def _new_surrogate(store, label: str, config: FitConfig, text_dim: int | None,
+                   label_stats: tuple[str, float, float, float]) -> LatentRewardModel:
     """A fresh surrogate for `store`'s latents, carrying the label statistics and provenance."""
     model = build(config.preset, store.latent_shape[1], text_dim=text_dim, noise_aware=config.noise_aware)
-    model.set_label_stats(mean, std)
+    transform, mean, std, shift = label_stats
+    model.set_label_stats(mean, std, transform, shift)
     entry = store.manifest.get("labels", {}).get(label, {})
     model.info.codec_settings = dict(store.codec_settings)
     model.info.reward_name = entry.get("reward", label)
@@ -416,10 +429,10 @@ def fit_surrogate(store, label: str, config: FitConfig, out_dir: str | Path, *, 
                               "or choose a new output folder")
     labels = store.label(label)  # KeyError listing the store's labels when absent
     train_rows, val_rows, nan_count = _split_rows(store, labels, config)
-    mean, std = float(labels[train_rows].mean()), float(labels[train_rows].std())
+    transform, mean, std, shift = label_statistics(labels[train_rows], config.label_transform)
     if not std > 0:
-        raise ValueError(f"label {label!r} is constant ({mean}) on the {len(train_rows)} training rows of "
-                         f"{store.path}: there is nothing to fit")
+        raise ValueError(f"label {label!r} is constant ({labels[train_rows[0]]}) on the {len(train_rows)} "
+                         f"training rows of {store.path}: there is nothing to fit")
 
     with_text = needs_text(config.preset)
     text_dim = None
@@ -443,11 +456,11 @@ def fit_surrogate(store, label: str, config: FitConfig, out_dir: str | Path, *, 
                          f"with the {config.loss} loss")
 
     torch.manual_seed(config.seed)
-    model = _new_surrogate(store, label, config, text_dim, mean, std).to(device)
+    model = _new_surrogate(store, label, config, text_dim, (transform, mean, std, shift)).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
     sizes = {"train_size": int(len(train_rows)), "val_size": int(len(val_rows)), "nan_labels": nan_count,
-             "label_mean": mean, "label_std": std}
+             "label_mean": mean, "label_std": std, "label_transform": transform, "label_shift": shift}
     resolved = _resolved_config(config, store, label, model, batch_size, sizes)
     checkpoints = out_dir / CHECKPOINTS
     metrics_path = out_dir / "metrics.jsonl"
@@ -515,8 +528,8 @@ def fit_surrogate(store, label: str, config: FitConfig, out_dir: str | Path, *, 
         positions = batch_positions(step, len(train_rows), batch_size, config.seed)
         rows = train_rows[positions[rank * local_batch:(rank + 1) * local_batch]]
         latents, text, mask, t = _training_inputs(source, rows, config, step, rank, abar, device)
-        pred = net(latents, text, mask, t)  # (b,) reward units
-        z, z_true = (pred - mean) / std, (labels_t[rows].to(device) - mean) / std  # standardised
+        z = net(latents, text, mask, t, standardised=True)  # (b,)
+        z_true = model.standardise(labels_t[rows].to(device))  # (b,)
         loss = F.mse_loss(z, z_true) if config.loss == "mse" else ranking_loss(z, z_true)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -558,4 +571,5 @@ def fit_surrogate(store, label: str, config: FitConfig, out_dir: str | Path, *, 
     return FitResult(model=model, history=history, best_step=best["step"], val_metrics=best["metrics"],
                      val_by_timestep={int(t): m for t, m in best["by_t"].items()}, steps=step,
                      stopped_early=stopped_early, train_indices=train_rows, val_indices=val_rows,
-                     nan_labels=nan_count, label_mean=mean, label_std=std, paths=paths)
+                     nan_labels=nan_count, label_mean=mean, label_std=std,
+                     label_transform=transform, label_shift=shift, paths=paths)

@@ -53,6 +53,7 @@ class FitJob:
     batch_size: int = 64  # training batch
     lr: float = 3e-3  # peak AdamW learning rate (measured better than 1e-3 on procedural data)
     loss: str = "mse"  # "mse" (DOLLAR Eq. 10) or "ranking" (Bradley-Terry)
+    label_transform: str = "auto"  # "none", "log" (fit log labels) or "auto" (log when it halves their skewness)
     noise_aware: bool = False  # fit on noised latents with the timestep as input
     seed: int = 0  # data, split and training seed
     eval_every: int = 100  # steps between validations
@@ -113,7 +114,7 @@ def run_fit(job: FitJob, progress: bool = True, resume: bool = True) -> FitOutco
     store = prepare_store(job, spec, progress)
     preset = job.preset or DEFAULT_PRESETS[spec.kind]
     config = FitConfig(preset=preset, steps=job.steps, batch_size=job.batch_size, lr=job.lr, loss=job.loss,
-                       noise_aware=job.noise_aware, seed=job.seed, split_seed=job.seed,
+                       label_transform=job.label_transform, noise_aware=job.noise_aware, seed=job.seed, split_seed=job.seed,
                        eval_every=job.eval_every, device=job.device)
     started = time.perf_counter()
     result = fit_surrogate(store, job.label_name(), config, run_dir, resume=resume)
@@ -126,6 +127,7 @@ def run_fit(job: FitJob, progress: bool = True, resume: bool = True) -> FitOutco
         "codec": store.codec_id, "store": str(store.path), "data": source.get("description", ""),
         "preset": preset, "parameters": sum(p.numel() for p in result.model.parameters()),
         "n_train": len(result.train_indices), "n_val": len(result.val_indices), "nan_labels": result.nan_labels,
+        "label_transform": result.label_transform,
         "steps": result.steps, "best_step": result.best_step, "stopped_early": result.stopped_early,
         "fit_seconds": round(fit_seconds, 1),
     }
@@ -155,7 +157,7 @@ def evaluate(model, store: LatentStore, label: str, train_rows: np.ndarray, val_
     train_rows = train_rows[np.isfinite(labels[train_rows])]
     x_train = features_of(store.latents(b) for b in _batches(train_rows))
     x_val = features_of(store.latents(b) for b in _batches(val_rows))
-    baselines = fit_baselines(x_train, labels[train_rows], x_val, true)
+    baselines = fit_baselines(x_train, labels[train_rows], x_val, true, model.label_transform)
     by_noise = None
     if noise_timesteps:
         by_noise = fidelity_by_noise({t: predict(model, store, val_rows, t=t) for t in noise_timesteps}, true)

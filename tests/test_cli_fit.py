@@ -95,6 +95,9 @@ def test_fit_users_metric_and_clear_errors(tmp_path):
     assert both.exit_code != 0 and "not both" in both.output
     builtin_kind = runner.invoke(app, ["fit", "sharpness", "--kind", "video"])
     assert builtin_kind.exit_code != 0 and "built in" in builtin_kind.output
+    for flag, value in (("--loss", "l1"), ("--label-transform", "sqrt")):
+        bad = runner.invoke(app, ["fit", "colorfulness", flag, value, "--dry-run"])
+        assert bad.exit_code != 0 and flag in bad.output and value in bad.output  # refused before any encoding
 
 
 def test_dry_run_prints_resolved_job():

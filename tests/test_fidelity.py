@@ -92,6 +92,17 @@ def test_ridge_beats_constant_when_a_pooled_statistic_explains_the_label():
     assert b["ridge"]["r2"] > 0.8 > b["constant"]["r2"]
 
 
+def test_ridge_fits_log_labels_when_told_and_predicts_in_reward_units():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 3))
+    y = np.exp(1.5 * x[:, 0] + 0.5 * x[:, 1])  # log-linear: heavy-tailed in reward units
+    raw = fit_baselines(x[:300], y[:300], x[300:], y[300:])
+    logs = fit_baselines(x[:300], y[:300], x[300:], y[300:], label_transform="log")
+    assert logs["ridge"]["spearman"] > 0.999 > raw["ridge"]["spearman"]
+    assert logs["ridge"]["r2"] > 0.8 > 0.3 > raw["ridge"]["r2"]  # scored in reward units, not in logs
+    assert fit_baselines(x[:300], y[:300], x[300:], y[300:], label_transform="auto")["ridge"] == logs["ridge"]
+
+
 def test_flags_a_surrogate_worse_than_ridge():
     rng = np.random.default_rng(3)
     true = rng.normal(size=100)

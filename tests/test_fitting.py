@@ -18,8 +18,8 @@ from scipy import stats
 
 from lrm.datasets import store as st
 from lrm.diffusion.schedule import add_noise, alphas_cumprod, betas
-from lrm.fitting import (FitConfig, batch_positions, fit_surrogate, latest_checkpoint, learning_rate, predict,
-                         ranking_loss)
+from lrm.fitting import FitConfig, batch_positions, fit_surrogate, latest_checkpoint, learning_rate, predict, ranking_loss
+from lrm.labels import LOG_SHIFT_FRACTION, label_statistics
 from lrm.models import CodecMismatchError, LatentRewardModel
 
 REPO = Path(__file__).resolve().parents[1]
@@ -127,6 +127,23 @@ def test_ddpm_schedule_against_closed_form():
         torch.testing.assert_close(xt[i], math.sqrt(a) * x0[i] + math.sqrt(1 - a) * eps[i])
 
 
+def test_label_statistics_none_and_log_by_hand():
+    y = np.array([0.0, 1.0, 3.0, 96.0])
+    transform, *stats = label_statistics(y, "none")
+    assert transform == "none" and stats == pytest.approx([y.mean(), y.std(), 0.0])
+    shift = 0.0 - LOG_SHIFT_FRACTION * 96.0
+    logs = np.log(y - shift)
+    transform, *stats = label_statistics(y, "log")
+    assert transform == "log" and stats == pytest.approx([logs.mean(), logs.std(), shift])
+
+
+def test_auto_label_transform_picks_log_for_right_skewed_labels():
+    rng = np.random.default_rng(0)
+    assert label_statistics(rng.lognormal(0, 1, 500), "auto")[0] == "log"  # skewness ~ 4, log: ~ 0
+    assert label_statistics(rng.normal(0, 1, 500), "auto")[0] == "none"  # symmetric already
+    assert label_statistics(1 - rng.lognormal(0, 1, 500), "auto")[0] == "none"  # left-skewed: log makes it worse
+
+
 # ---------------------------------------------------------------- fitting on a store
 
 def test_fit_converges_and_writes_its_run(store, tmp_path):
@@ -155,6 +172,25 @@ def test_fit_converges_and_writes_its_run(store, tmp_path):
     assert stats.spearmanr(pred, true).statistic == pytest.approx(result.val_metrics["spearman"])
     assert loaded.info.reward_name == "synth" and loaded.info.codec_settings == CODEC
     assert float(loaded.label_mean) == pytest.approx(store.label("synth")[result.train_indices].mean())
+
+
+def test_auto_label_transform_fits_a_heavy_tailed_label_in_logs(tmp_path):
+    latents, label = synthetic(240)
+    heavy = np.exp(3 * label).astype(np.float32)  # skewed: a few rows are 20x the median
+    store = write_store(tmp_path / "store", latents, {"heavy": heavy})
+    result = fit_surrogate(store, "heavy", quick(steps=150), tmp_path / "run")  # label_transform="auto"
+    assert result.label_transform == "log" and result.label_shift < heavy[result.train_indices].min()
+    assert result.val_metrics["spearman"] > 0.9, result.val_metrics
+    # the network is fitted on standardised log labels; the outputs come back in reward units
+    model = result.model
+    z_train = model.standardise(torch.as_tensor(heavy[result.train_indices]))
+    assert float(z_train.mean()) == pytest.approx(0, abs=1e-5)
+    assert float(z_train.std(unbiased=False)) == pytest.approx(1, abs=1e-4)
+    pred = predict(model, store, result.val_indices)
+    assert (pred > result.label_shift).all()
+    assert result.val_metrics["mse"] == pytest.approx(np.mean((pred - heavy[result.val_indices]) ** 2), rel=1e-5)
+    loaded = LatentRewardModel.from_pretrained(result.paths["model"])
+    np.testing.assert_array_equal(predict(loaded, store, result.val_indices), pred)
 
 
 class CrashingStore:
@@ -247,6 +283,8 @@ def test_clear_errors(store, tmp_path):
         fit_surrogate(store, "synth", quick(preset="text-image-xattn"), tmp_path / "b")
     with pytest.raises(ValueError, match="loss"):
         fit_surrogate(store, "synth", quick(loss="l1"), tmp_path / "c")
+    with pytest.raises(ValueError, match="label_transform must be one of.*auto"):
+        fit_surrogate(store, "synth", quick(label_transform="sqrt"), tmp_path / "e")
     latents, _ = synthetic(40)
     flat = write_store(tmp_path / "flat", latents, {"const": np.ones(40, np.float32)})
     with pytest.raises(ValueError, match="constant"):

@@ -99,6 +99,21 @@ def test_output_is_in_label_units():
     torch.testing.assert_close(model(latents), z * 0.5 + 3.0)
 
 
+def test_log_label_transform_maps_back_to_reward_units():
+    torch.manual_seed(0)
+    model = build("image-cnn", C)
+    latents, _, _ = inputs()
+    z = model(latents, standardised=True)
+    model.set_label_stats(mean=1.5, std=0.8, transform="log", shift=-0.2)
+    y = model(latents)
+    torch.testing.assert_close(y, torch.exp(z * 0.8 + 1.5) - 0.2)
+    torch.testing.assert_close(model(latents, standardised=True), z)  # the network's z is untouched
+    torch.testing.assert_close(model.standardise(y), z, rtol=1e-5, atol=1e-5)
+    assert (y > -0.2).all()  # a log-fitted surrogate never predicts below its shift
+    with pytest.raises(ValueError, match="label transform must be one of"):
+        model.set_label_stats(0.0, 1.0, transform="sqrt")
+
+
 def test_text_mask_hides_padding_tokens():
     torch.manual_seed(0)
     model = build("text-image-xattn", C, text_dim=D)
@@ -165,10 +180,23 @@ def test_save_load_round_trip(tmp_path, preset, noise_aware):
     model.eval(), loaded.eval()
     torch.testing.assert_close(loaded(latents, text, mask, t), model(latents, text, mask, t), rtol=0, atol=0)
     config = json.loads((tmp_path / "m" / "config.json").read_text())
-    assert config["preset"] == preset and config["label_stats"] == {"mean": 2.5, "std": 0.25}
+    assert config["preset"] == preset
+    assert config["label_stats"] == {"mean": 2.5, "std": 0.25, "transform": "none", "shift": 0.0}
     assert config["codec_settings"] == CODEC and config["reward_name"] == "colorfulness"
     assert loaded.info.reward_spec == {"name": "colorfulness", "kind": "image"}
     assert loaded.noise_aware == noise_aware and loaded.text_dim == model.text_dim
+
+
+def test_log_label_transform_survives_save_and_load(tmp_path):
+    torch.manual_seed(0)
+    model = build("image-cnn-stats", C)
+    model.set_label_stats(2.0, 0.5, transform="log", shift=-1.25)
+    model.save_pretrained(tmp_path / "m")
+    loaded = LatentRewardModel.from_pretrained(tmp_path / "m")
+    assert (loaded.label_transform, loaded.label_shift) == ("log", -1.25)
+    latents, _, _ = inputs()
+    model.eval(), loaded.eval()
+    torch.testing.assert_close(loaded(latents), model(latents), rtol=0, atol=0)
 
 
 def test_loading_into_another_codec_is_a_clear_error(tmp_path):

@@ -62,3 +62,13 @@ def test_public_api_names():
     assert issubclass(lrm.LatentRewardModel, torch.nn.Module)
     with pytest.raises(AttributeError):
         lrm.no_such_name
+
+
+def test_damaged_weight_files_name_the_file_and_the_fix(no_weights, tmp_path, monkeypatch):
+    folder = tmp_path / "damaged"
+    folder.mkdir()
+    for name in ("taef2_encoder", "taef2_decoder"):
+        (folder / WEIGHTS[name].filename).write_bytes(b"not a checkpoint")
+    monkeypatch.setenv("LRM_WEIGHTS", str(folder))
+    with pytest.raises(ValueError, match=r"(?s)could not read .*taef2_encoder.* from .*taef2_encoder\.pth.*Fix: re-download"):
+        lrm.load_codec("taef2")

@@ -41,6 +41,9 @@ def fit(
     batch_size: Annotated[int, typer.Option(help="Training batch size.")] = DEFAULTS["batch_size"],
     lr: Annotated[float, typer.Option(help="Peak AdamW learning rate.")] = DEFAULTS["lr"],
     loss: Annotated[str, typer.Option(help="mse (DOLLAR Eq. 10) or ranking (Bradley-Terry).")] = DEFAULTS["loss"],
+    label_transform: Annotated[str, typer.Option(
+        help="none, log (fit log(label - shift), for right-skewed rewards such as sharpness or dynamic-degree) "
+             "or auto: log when that at least halves the training labels' skewness.")] = DEFAULTS["label_transform"],
     noise_aware: Annotated[bool, typer.Option(help="Fit on noised latents x_t with the timestep as input.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of data, split and training.")] = DEFAULTS["seed"],
     option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="Reward option KEY=VALUE, repeatable.")] = None,
@@ -66,13 +69,21 @@ def fit(
 
     if data is not None and store is not None:
         raise typer.BadParameter("give either --data or --store, not both")
+    from lrm.fitting import LOSSES
+    from lrm.labels import LABEL_TRANSFORMS
+
+    if loss not in LOSSES:
+        raise typer.BadParameter(f"--loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+    if label_transform not in (*LABEL_TRANSFORMS, "auto"):
+        raise typer.BadParameter(f"--label-transform must be none, log or auto, got {label_transform!r}")
     options = parse_options(option)
     if reward in REWARDS and (kind or input):
         raise typer.BadParameter(f"--kind/--input describe your own metric; {reward!r} is built in")
     options.update({k: v for k, v in (("kind", kind), ("input", input)) if v is not None})
     job = FitJob(reward=reward, data=data, store=str(store) if store else None, out=str(out) if out else None,
                  label=label, codec=codec, count=count, frames=frames, size=size, text=text, preset=model,
-                 steps=steps, batch_size=batch_size, lr=lr, loss=loss, noise_aware=noise_aware, seed=seed,
+                 steps=steps, batch_size=batch_size, lr=lr, loss=loss, label_transform=label_transform,
+                 noise_aware=noise_aware, seed=seed,
                  reward_options=options or None, device=device)
     if dry_run:
         from lrm.pipeline import DEFAULT_PRESETS, reward_spec

@@ -101,8 +101,8 @@ TINY_AUTOENCODERS: dict[str, TinyAutoencoder] = {
 
 
 def load_state_dict(weight_name: str) -> dict[str, torch.Tensor]:
-    path = weights.resolve(weight_name)
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return weights.read_checkpoint(weights.resolve(weight_name), f"the {weight_name!r} tiny-autoencoder weights",
+                                   f"re-download it from {weights.entry(weight_name).source}")
 
 
 class TAESDCodec(Codec):

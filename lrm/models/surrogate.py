@@ -4,10 +4,13 @@ One forward signature for every preset, so that a trainer can swap a real reward
 
     model(latents (B, T, c, h, w), text=None (B, L, D), text_mask=None (B, L), t=None (B,)) -> (B,)
 
-The network predicts a standardised value z; the output is z * label_std + label_mean, in the
-reward's own units (the statistics are buffers, saved with the weights). Per-frame presets run
-the 2D backbone on every latent frame and average the frame predictions (DOLLAR's frame-average
-reward); temporal presets run a 3D backbone over the clip. Noise-aware surrogates take the DDPM
+The network predicts a standardised value z; the output maps it to the reward's own units with the
+label statistics of the training split: y = z * label_std + label_mean, or, for a surrogate fitted
+on log labels (lrm.labels, label_transform "log", for right-skewed rewards such as sharpness),
+y = exp(z * label_std + label_mean) + label_shift (mean and std are then those of log(y - shift)).
+Mean and std are buffers saved with the weights; transform and shift are saved in config.json.
+Per-frame presets run the 2D backbone on every latent frame and average the frame outputs z
+(DOLLAR's frame-average reward); temporal presets run a 3D backbone over the clip. Noise-aware surrogates take the DDPM
 timestep t of noised latents x_t (t=None means clean latents, t = 0).
 
 Checkpoints are a directory with model.safetensors (weights and label statistics) and
@@ -24,6 +27,7 @@ import torch
 from torch import nn
 
 from lrm.io import atomic_write_bytes, atomic_write_json
+from lrm.labels import LABEL_TRANSFORMS
 from lrm.models.cnn import ConvBackbone
 from lrm.models.timestep import TimestepEmbedding
 from lrm.models.xattn import TextCrossAttention
@@ -94,6 +98,8 @@ class LatentRewardModel(nn.Module):
         self.head = nn.Linear(backbone.feature_dim + stats_dim, 1)
         self.register_buffer("label_mean", torch.zeros(()))
         self.register_buffer("label_std", torch.ones(()))
+        self.label_transform = "none"
+        self.label_shift = 0.0
         self.info = SurrogateInfo()
 
     # ---------------------------------------------------------------- properties
@@ -105,16 +111,34 @@ class LatentRewardModel(nn.Module):
     def noise_aware(self) -> bool:
         return self.time_embedding is not None
 
-    def set_label_stats(self, mean: float, std: float) -> None:
-        """Label mean and std (of the training split) that map standardised outputs to reward units."""
+    def set_label_stats(self, mean: float, std: float, transform: str = "none", shift: float = 0.0) -> None:
+        """Statistics of the (transformed) training labels that map standardised outputs to reward units."""
         if not std > 0:
             raise ValueError(f"label std must be positive, got {std}")
+        if transform not in LABEL_TRANSFORMS:
+            raise ValueError(f"label transform must be one of {LABEL_TRANSFORMS}, got {transform!r}")
         self.label_mean.fill_(float(mean))
         self.label_std.fill_(float(std))
+        self.label_transform = transform
+        self.label_shift = float(shift) if transform == "log" else 0.0
+
+    def to_reward_units(self, z: torch.Tensor) -> torch.Tensor:
+        """Standardised outputs z (B,) -> reward units (B,)."""
+        u = z * self.label_std + self.label_mean
+        return torch.exp(u) + self.label_shift if self.label_transform == "log" else u
+
+    def standardise(self, y: torch.Tensor) -> torch.Tensor:
+        """Rewards y (B,) -> the standardised scale the network is fitted on; inverse of to_reward_units.
+
+        With the log transform, y must exceed label_shift (training labels always do)."""
+        u = torch.log(y - self.label_shift) if self.label_transform == "log" else y
+        return (u - self.label_mean) / self.label_std
 
     # ---------------------------------------------------------------- forward
     def forward(self, latents: torch.Tensor, text: torch.Tensor | None = None,
-                text_mask: torch.Tensor | None = None, t: torch.Tensor | None = None) -> torch.Tensor:
+                text_mask: torch.Tensor | None = None, t: torch.Tensor | None = None,
+                standardised: bool = False) -> torch.Tensor:
+        """(B,) rewards in reward units; standardised=True returns the network's z (what fitting's loss reads)."""
         text, text_mask, t = self._check_inputs(latents, text, text_mask, t)
         b, frames = latents.shape[:2]
         cond = self.time_embedding(t) if self.time_embedding is not None else None  # (B, E)
@@ -133,7 +157,7 @@ class LatentRewardModel(nn.Module):
         if self.pooled_stats:
             features = torch.cat([features, channel_stats(x)], dim=1)  # (N, F + 5c | 7c)
         z = self.head(features).reshape(b, -1).mean(dim=1)  # (B,) standardised, frame-averaged
-        return z * self.label_std + self.label_mean
+        return z if standardised else self.to_reward_units(z)
 
     def _check_inputs(self, latents, text, text_mask, t):
         who = f"surrogate {self.preset!r}"
@@ -206,7 +230,8 @@ class LatentRewardModel(nn.Module):
             "in_channels": self.in_channels,
             "text_dim": self.text_dim,
             "noise_aware": self.noise_aware,
-            "label_stats": {"mean": float(self.label_mean), "std": float(self.label_std)},
+            "label_stats": {"mean": float(self.label_mean), "std": float(self.label_std),
+                            "transform": self.label_transform, "shift": self.label_shift},
             **asdict(self.info),
         }
 
@@ -245,6 +270,9 @@ class LatentRewardModel(nn.Module):
         model = build(config["preset"], config["in_channels"], text_dim=config["text_dim"],
                       noise_aware=config["noise_aware"])
         model.load_state_dict(load_file(weights_path, device=str(map_location)))
+        stats = config.get("label_stats", {})
+        model.set_label_stats(float(model.label_mean), float(model.label_std),
+                              stats.get("transform", "none"), stats.get("shift", 0.0))
         model.info = SurrogateInfo(**{k: config.get(k) for k in SurrogateInfo.__dataclass_fields__ if k in config})
         if codec_settings is not None:
             model.check_compatible(codec_settings)

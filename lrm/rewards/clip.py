@@ -253,7 +253,8 @@ def load_clip_tokenizer(model_name: str) -> Callable:
 
 def load_checkpoint_into(model: nn.Module, path: Path) -> nn.Module:
     """Load a {'state_dict': ...} or plain state dict (tensors only, weights_only) strictly into `model`."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = weights.read_checkpoint(path, "a CLIP state dict", "re-download the checkpoint, or re-save it as a plain "
+                                    "state dict of tensors")
     state = state.get("state_dict", state)
     state = {k.removeprefix("module."): v for k, v in state.items()}  # DDP-saved checkpoints
     model.load_state_dict(state, strict=True)

@@ -209,7 +209,8 @@ def load_imagereward(frames: int | None = None) -> ImageRewardReward:
     med = json.loads(weights.resolve("imagereward_med_config").read_text())
     tokenize = load_tokenizer()
     model = build_model(BlipArch.from_med_config(med))
-    published = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    published = weights.read_checkpoint(checkpoint, "ImageReward weights",
+                                        "re-download ImageReward.pt from THUDM/ImageReward")
     model.load_state_dict(convert_state_dict(published), strict=True)
     return ImageRewardReward(model.eval().requires_grad_(False), tokenize, PREPROCESS, frames)
 

@@ -239,7 +239,8 @@ class ViCLIPScore(Reward):
 
 def load_state(name: str) -> dict:
     """State dict of a registered single-file checkpoint, read with weights_only semantics."""
-    return torch.load(weights.resolve(name), map_location="cpu", weights_only=True)
+    return weights.read_checkpoint(weights.resolve(name), f"the {name!r} state dict",
+                                   f"re-download it from {weights.entry(name).source or weights.entry(name).url}")
 
 
 def frozen(model: nn.Module) -> nn.Module:
