@@ -199,6 +199,20 @@ def test_log_label_transform_survives_save_and_load(tmp_path):
     torch.testing.assert_close(loaded(latents), model(latents), rtol=0, atol=0)
 
 
+def test_surrogates_saved_before_label_transforms_load_as_untransformed(tmp_path):
+    model = build("image-cnn", C)
+    model.set_label_stats(2.0, 0.5)
+    model.save_pretrained(tmp_path / "m")
+    config_path = tmp_path / "m" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["label_stats"] = {"mean": 2.0, "std": 0.5}  # what lrm wrote before label transforms existed
+    config_path.write_text(json.dumps(config))
+    loaded = LatentRewardModel.from_pretrained(tmp_path / "m")
+    assert (loaded.label_transform, loaded.label_shift) == ("none", 0.0)
+    latents, _, _ = inputs()
+    torch.testing.assert_close(loaded.eval()(latents), model.eval()(latents), rtol=0, atol=0)
+
+
 def test_loading_into_another_codec_is_a_clear_error(tmp_path):
     model = build("image-cnn", C)
     model.info.codec_settings = CODEC
