@@ -6,9 +6,9 @@ store once (lrm.datasets.build.encode; an existing store resumes), labels it wit
 rewards (add_labels: image rewards on the photos, video rewards on the clips), fits one surrogate
 per reward and preset (lrm.fitting.fit_surrogate: MSE on the labels or, where that halves their
 skewness, on log labels (label_transform "auto", the "labels" column), AdamW, warm-up + cosine,
-group-aware train/validation split, no early stopping), and reports held-out Spearman and R² against training
-steps and CPU time, next to the ridge baseline on pooled latent statistics fitted on the same split
-(lrm.fidelity.fit_baselines).
+group-aware train/validation split, no early stopping), and reports held-out Spearman and R²
+against training steps and CPU time, next to the ridge baseline on pooled latent statistics fitted
+on the same split and label scale (lrm.fidelity.fit_baselines).
 
 Goal (issue 4, after the paper's LRMs converging in 2,000-3,000 iterations): held-out Spearman
 >= 0.95 for jpeg-incompressibility, sharpness, colorfulness and temporal-flickering, >= 0.9 for
@@ -292,7 +292,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if bad:
         parser.error(f"--scale {bad}: give CODEC=SCALE with CODEC in --codecs and SCALE in {sorted(real_data.SCALES)}")
     args.label_transforms = dict(s.split("=", 1) for s in args.label_transform)
-    bad = {r: t for r, t in args.label_transforms.items() if r not in GOALS or t not in ("none", "log", "auto")}
+    from lrm.labels import LABEL_TRANSFORM_CHOICES
+
+    bad = {r: t for r, t in args.label_transforms.items() if r not in GOALS or t not in LABEL_TRANSFORM_CHOICES}
     if bad:
         parser.error(f"--label-transform {bad}: give REWARD=none|log|auto with REWARD in {list(GOALS)}")
     args.video_presets_by_codec = {c: p.split(",") for c, p in (s.split("=", 1) for s in args.video_presets_for)}
@@ -374,8 +376,8 @@ def main(argv: list[str] | None = None) -> None:
                     for preset in presets_for(codec, dataset):
                         transform = args.label_transforms.get(reward, "auto")
                         run_dir = args.cache / "runs" / Path(value["store"]).name / f"{reward}--{preset}--{transform}"
-                        job = FitJob(value["store"], reward, preset, transform, codec, dataset, str(run_dir), args.steps,
-                                     args.eval_every, args.batch_size, args.lr, args.seed, args.device)
+                        job = FitJob(value["store"], reward, preset, transform, codec, dataset, str(run_dir),
+                                     args.steps, args.eval_every, args.batch_size, args.lr, args.seed, args.device)
                         pending[pool.submit(run_fit, job)] = ("fit", codec, dataset)
             else:
                 payload["results"].append(value)

@@ -59,7 +59,7 @@ from torch import nn
 from lrm import distributed
 from lrm.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from lrm.models import LatentRewardModel, build, needs_text
-from lrm.labels import LABEL_TRANSFORMS, label_statistics
+from lrm.labels import LABEL_TRANSFORM_CHOICES, label_statistics
 
 LOSSES = ("mse", "ranking")
 CHECKPOINTS = "checkpoints"
@@ -327,8 +327,8 @@ def _mean_across_ranks(values: list[float]) -> float:
 def _check_config(config: FitConfig) -> None:
     if config.loss not in LOSSES:
         raise ValueError(f"FitConfig.loss must be one of {LOSSES}, got {config.loss!r}")
-    if config.label_transform not in (*LABEL_TRANSFORMS, "auto"):
-        raise ValueError(f"FitConfig.label_transform must be one of {(*LABEL_TRANSFORMS, 'auto')}, "
+    if config.label_transform not in LABEL_TRANSFORM_CHOICES:
+        raise ValueError(f"FitConfig.label_transform must be one of {LABEL_TRANSFORM_CHOICES}, "
                          f"got {config.label_transform!r}")
     for name in ("steps", "batch_size", "eval_every", "checkpoint_every", "log_every", "keep_checkpoints",
                  "eval_batch_size"):

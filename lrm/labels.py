@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
-LABEL_TRANSFORMS = ("none", "log")  # what a fitted surrogate can carry; "auto" resolves to one of them
+LABEL_TRANSFORMS = ("none", "log")  # what a fitted surrogate can carry
+LABEL_TRANSFORM_CHOICES = (*LABEL_TRANSFORMS, "auto")  # what a fit accepts; "auto" resolves to one of the above
 LOG_SHIFT_FRACTION = 1e-3  # log transform: shift = min - this * (max - min) of the training labels
 
 

@@ -70,12 +70,13 @@ def fit(
     if data is not None and store is not None:
         raise typer.BadParameter("give either --data or --store, not both")
     from lrm.fitting import LOSSES
-    from lrm.labels import LABEL_TRANSFORMS
+    from lrm.labels import LABEL_TRANSFORM_CHOICES
 
     if loss not in LOSSES:
         raise typer.BadParameter(f"--loss must be one of {', '.join(LOSSES)}, got {loss!r}")
-    if label_transform not in (*LABEL_TRANSFORMS, "auto"):
-        raise typer.BadParameter(f"--label-transform must be none, log or auto, got {label_transform!r}")
+    if label_transform not in LABEL_TRANSFORM_CHOICES:
+        raise typer.BadParameter(f"--label-transform must be one of {', '.join(LABEL_TRANSFORM_CHOICES)}, "
+                                 f"got {label_transform!r}")
     options = parse_options(option)
     if reward in REWARDS and (kind or input):
         raise typer.BadParameter(f"--kind/--input describe your own metric; {reward!r} is built in")
