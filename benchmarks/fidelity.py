@@ -47,6 +47,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import real_data  # noqa: E402  (benchmarks/ is a folder of scripts, not a package)
+from lrm.labels import LABEL_TRANSFORM_CHOICES  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "fidelity.json"
 
@@ -292,8 +293,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if bad:
         parser.error(f"--scale {bad}: give CODEC=SCALE with CODEC in --codecs and SCALE in {sorted(real_data.SCALES)}")
     args.label_transforms = dict(s.split("=", 1) for s in args.label_transform)
-    from lrm.labels import LABEL_TRANSFORM_CHOICES
-
     bad = {r: t for r, t in args.label_transforms.items() if r not in GOALS or t not in LABEL_TRANSFORM_CHOICES}
     if bad:
         parser.error(f"--label-transform {bad}: give REWARD=none|log|auto with REWARD in {list(GOALS)}")

@@ -114,8 +114,8 @@ def run_fit(job: FitJob, progress: bool = True, resume: bool = True) -> FitOutco
     store = prepare_store(job, spec, progress)
     preset = job.preset or DEFAULT_PRESETS[spec.kind]
     config = FitConfig(preset=preset, steps=job.steps, batch_size=job.batch_size, lr=job.lr, loss=job.loss,
-                       label_transform=job.label_transform, noise_aware=job.noise_aware, seed=job.seed, split_seed=job.seed,
-                       eval_every=job.eval_every, device=job.device)
+                       label_transform=job.label_transform, noise_aware=job.noise_aware, seed=job.seed,
+                       split_seed=job.seed, eval_every=job.eval_every, device=job.device)
     started = time.perf_counter()
     result = fit_surrogate(store, job.label_name(), config, run_dir, resume=resume)
     fit_seconds = time.perf_counter() - started

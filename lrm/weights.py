@@ -218,3 +218,9 @@ def read_checkpoint(path: Path, what: str, fix: str) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickled objects that weights_only refuses, or a truncated file
         raise ValueError(f"could not read {what} from {path} with weights_only=True: {exc}. Fix: {fix}") from exc
+
+
+def load_registered(name: str) -> dict:
+    """State dict of the registered single-file checkpoint `name`: resolve() it, then read_checkpoint()."""
+    wf = entry(name)
+    return read_checkpoint(resolve(name), f"the {name!r} weights", f"re-download it from {wf.url or wf.source}")

@@ -100,11 +100,6 @@ TINY_AUTOENCODERS: dict[str, TinyAutoencoder] = {
 }
 
 
-def load_state_dict(weight_name: str) -> dict[str, torch.Tensor]:
-    return weights.read_checkpoint(weights.resolve(weight_name), f"the {weight_name!r} tiny-autoencoder weights",
-                                   f"re-download it from {weights.entry(weight_name).source}")
-
-
 class TAESDCodec(Codec):
     """A TAESD-family tiny autoencoder as a codec: 8x spatial, per frame, latents used as emitted."""
 
@@ -123,8 +118,8 @@ class TAESDCodec(Codec):
         self.batch_size = batch_size
         self.encoder = encoder(spec.latent_channels, spec.midblock_norm)
         self.decoder = decoder(spec.latent_channels, spec.midblock_norm)
-        self.encoder.load_state_dict(load_state_dict(spec.encoder_weights), strict=True)
-        self.decoder.load_state_dict(load_state_dict(spec.decoder_weights), strict=True)
+        self.encoder.load_state_dict(weights.load_registered(spec.encoder_weights), strict=True)
+        self.decoder.load_state_dict(weights.load_registered(spec.decoder_weights), strict=True)
         self.requires_grad_(False)  # a frozen latent space; gradients still flow to the inputs
 
     def _encode(self, pixels: torch.Tensor) -> torch.Tensor:

@@ -10,8 +10,8 @@ on log labels (lrm.labels, label_transform "log", for right-skewed rewards such 
 y = exp(z * label_std + label_mean) + label_shift (mean and std are then those of log(y - shift)).
 Mean and std are buffers saved with the weights; transform and shift are saved in config.json.
 Per-frame presets run the 2D backbone on every latent frame and average the frame outputs z
-(DOLLAR's frame-average reward); temporal presets run a 3D backbone over the clip. Noise-aware surrogates take the DDPM
-timestep t of noised latents x_t (t=None means clean latents, t = 0).
+(DOLLAR's frame-average reward); temporal presets run a 3D backbone over the clip. Noise-aware
+surrogates take the DDPM timestep t of noised latents x_t (t=None means clean latents, t = 0).
 
 Checkpoints are a directory with model.safetensors (weights and label statistics) and
 config.json (preset, geometry, codec settings, reward, text encoder, lrm version); never pickle.

@@ -237,12 +237,6 @@ class ViCLIPScore(Reward):
 # ---------------------------------------------------------------- factories (weights loading)
 
 
-def load_state(name: str) -> dict:
-    """State dict of a registered single-file checkpoint, read with weights_only semantics."""
-    return weights.read_checkpoint(weights.resolve(name), f"the {name!r} state dict",
-                                   f"re-download it from {weights.entry(name).source or weights.entry(name).url}")
-
-
 def frozen(model: nn.Module) -> nn.Module:
     """Evaluation mode, no parameter gradients; gradients still flow to the inputs."""
     return model.eval().requires_grad_(False)
@@ -251,7 +245,7 @@ def frozen(model: nn.Module) -> nn.Module:
 def subject_consistency(frames: int | None = None) -> SubjectConsistency:
     import timm
 
-    state = load_state("dino_vitbase16_pretrain")
+    state = weights.load_registered("dino_vitbase16_pretrain")
     model = timm.create_model("vit_base_patch16_224.dino", pretrained=False, num_classes=0)
     model.load_state_dict(state, strict=True)  # DINO's backbone keys are timm's ViT keys
     return SubjectConsistency(frozen(model), frames)
@@ -264,7 +258,7 @@ def background_consistency(frames: int | None = None, pretrained: str = "openai"
 
 def vbench_aesthetic_quality(frames: int | None = None, pretrained: str = "openai") -> VBenchAestheticQuality:
     head = nn.Linear(768, 1)
-    head.load_state_dict(load_state("laion_aesthetic_linear_l14"))  # before the 400M-param backbone: fail fast
+    head.load_state_dict(weights.load_registered("laion_aesthetic_linear_l14"))  # before the 400M-param backbone: fail fast
     return VBenchAestheticQuality(load_open_clip("ViT-L-14", pretrained), frozen(head), frames)
 
 
