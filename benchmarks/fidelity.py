@@ -63,13 +63,7 @@ GOALS: dict[str, tuple[str, float]] = {
 }
 
 
-@dataclass(frozen=True)
-class DatasetShape:
-    frames: int  # frames per clip in the store
-    size: int  # square side in pixels
-
-
-DATASETS = {"images": DatasetShape(frames=1, size=256), "videos": DatasetShape(frames=8, size=128)}
+DATASETS = ("images", "videos")  # frames and size of each come from the scale's recipe (real_data.SCALES)
 
 
 @dataclass(frozen=True)
@@ -109,9 +103,10 @@ def prepare_store(codec: str, dataset: str, scale: str, data: str, cache: str, r
     from lrm.datasets.store import LatentStore
 
     path = Path(cache) / "stores" / f"{dataset}-{scale}-{codec}"
-    shape = DATASETS[dataset]
+    recipe = real_data.dataset_config(dataset, scale)
+    frames = 1 if dataset == "images" else recipe.frames
     cpu, wall = time.process_time(), time.perf_counter()
-    encode(EncodeConfig(data=data, codec=codec, frames=shape.frames, size=shape.size, shard_size=256,
+    encode(EncodeConfig(data=data, codec=codec, frames=frames, size=recipe.size, shard_size=256,
                         batch_size=16, device=device), path, progress=False)
     encode_s = (time.process_time() - cpu, time.perf_counter() - wall)
     store = LatentStore.open(path)
@@ -215,22 +210,28 @@ def markdown_table(rows: list[dict], steps: int, device: str = "cpu", ceiling: d
     adds a "decoded Spearman" column."""
     marks = milestones(steps)
     time_key, time_head = ("cpu_s", "CPU s") if device == "cpu" else ("wall_s", f"{device} wall s")
-    head = (["reward", "codec", "model", "labels", "n train/val"] + [f"Spearman@{m}" for m in marks]
+    head = (["reward", "codec", "data", "model", "labels", "n train/val"] + [f"Spearman@{m}" for m in marks]
             + [f"R²@{steps}", "ridge Spearman", "ridge R²"] + (["decoded Spearman"] if ceiling else [])
             + [time_head, "goal", "met"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     order = {name: i for i, name in enumerate(GOALS)}
-    for r in sorted(rows, key=lambda r: (order[r["reward"]], r["codec"], r["preset"])):
+    for r in sorted(rows, key=lambda r: (order[r["reward"]], r["codec"], data_scale(r), r["preset"])):
         first = r["goal_first_reached"]
         met = ("yes" if r["goal_met"] else "no") + (f" (step {first['step']})" if first else "")
         labels = r.get("label_transform", "none")
-        cells = ([r["reward"], r["codec"], r["preset"], labels, f"{r['n_train']}/{r['n_val']}"]
+        cells = ([r["reward"], r["codec"], data_scale(r), r["preset"], labels, f"{r['n_train']}/{r['n_val']}"]
                  + [fmt(spearman_at(r, m)) for m in marks]
                  + [fmt(r["final"]["r2"]), fmt(r["ridge"]["spearman"]), fmt(r["ridge"]["r2"])]
                  + ([fmt(ceiling.get((Path(r["store"]).name, r["reward"])))] if ceiling else [])
                  + [f"{r[time_key]:.0f}", f"≥ {r['goal']}", met])
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def data_scale(row: dict) -> str:
+    """The real_data scale of a result row's store, named "<dataset>-<scale>-<codec>" by prepare_store."""
+    name = Path(row["store"]).name
+    return name[len(row["dataset"]) + 1: -len(row["codec"]) - 1]
 
 
 def accelerator_name(device: str) -> str | None:
@@ -330,7 +331,8 @@ def main(argv: list[str] | None = None) -> None:
                          "lr": args.lr, "seed": args.seed, "workers": args.workers, "threads": args.threads,
                          "device": args.device, "accelerator": accelerator_name(args.device),
                          "scales": {c: args.scales.get(c, "full") for c in args.codecs},
-                         "datasets": {d: asdict(DATASETS[d]) for d in datasets},
+                         "datasets": {f"{d}-{s}": asdict(real_data.dataset_config(d, s)) for d in datasets
+                                      for s in {args.scales.get(c, "full") for c in args.codecs}},
                          "goals": {r: GOALS[r][1] for r in args.rewards},
                          "label_transforms": {r: args.label_transforms.get(r, "auto") for r in args.rewards},
                          "machine": platform.machine(),

@@ -341,17 +341,24 @@ SCALES: dict[str, tuple[ImageSetConfig, VideoSetConfig]] = {
     "quick": (ImageSetConfig(per_subject=1), VideoSetConfig(clips_per_group=6)),  # 330 images, 180 clips
     # 6,952 images (4 views per photo); 1,080 clips + 1,896 pans over the 158 photos (2 per photo)
     "large": (ImageSetConfig(crops=4), VideoSetConfig(pans_per_photo=2)),
+    # "large" images at 384 px, 4 x 96: NIQE reads whole 96-px patches from the top-left corner, so
+    # at 256 px it sees only the top-left 192 x 192 (4 patches) and a horizontal flip reorders it.
+    "large-384": (ImageSetConfig(size=384, crops=4), VideoSetConfig(pans_per_photo=2)),
 }
 MAKERS = {"images": make_image_set, "videos": make_video_set}
 
 
-def materialise(cache: Path, dataset: str, scale: str = "full") -> Path:
-    """The folder of `dataset` ("images" or "videos") at `scale` under cache/data, built if missing."""
+def dataset_config(dataset: str, scale: str) -> ImageSetConfig | VideoSetConfig:
+    """The recipe of `dataset` ("images" or "videos") at `scale`."""
     if dataset not in MAKERS or scale not in SCALES:
         raise KeyError(f"dataset must be one of {sorted(MAKERS)} and scale one of {sorted(SCALES)}; "
                        f"got {dataset!r}, {scale!r}")
-    config = SCALES[scale][0 if dataset == "images" else 1]
-    return MAKERS[dataset](Path(cache) / "data" / f"{dataset}-{scale}", config)
+    return SCALES[scale][0 if dataset == "images" else 1]
+
+
+def materialise(cache: Path, dataset: str, scale: str = "full") -> Path:
+    """The folder of `dataset` ("images" or "videos") at `scale` under cache/data, built if missing."""
+    return MAKERS[dataset](Path(cache) / "data" / f"{dataset}-{scale}", dataset_config(dataset, scale))
 
 
 def main(argv: list[str] | None = None) -> None:

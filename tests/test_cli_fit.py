@@ -105,3 +105,4 @@ def test_dry_run_prints_resolved_job():
     assert result.exit_code == 0, result.output
     job = json.loads(result.stdout)
     assert job["reward"] == "temporal-flickering" and job["run_dir"] == "runs/temporal-flickering"
+    assert job["preset"] == "video-pair-stats"  # the default preset of video rewards

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from lrm.models import SURROGATES, CodecMismatchError, LatentRewardModel, build, needs_text
+from lrm.models import ARCHITECTURES, SURROGATES, CodecMismatchError, LatentRewardModel, build, needs_text
+from lrm.models.fullres import mean_of_largest
 
 B, C, H, W, L, D = 2, 4, 16, 16, 5, 8
 CODEC = {"name": "dct", "version": "1", "channels": C, "spatial_factor": 8, "temporal_factor": 1, "scale": 1.0}
@@ -63,7 +64,7 @@ def test_text_image_xattn_parameter_count():
 def test_every_preset_forward_backward(preset, noise_aware):
     torch.manual_seed(0)
     model = build(preset, C, text_dim=D if needs_text(preset) else None, noise_aware=noise_aware)
-    for frames in (1, 3):
+    for frames in (2, 3) if (ARCHITECTURES[preset].full_resolution and ARCHITECTURES[preset].temporal) else (1, 3):
         latents, text, mask = inputs(frames)
         t = torch.tensor([0, 500]) if noise_aware else None
         out = model(latents, text, mask, t) if needs_text(preset) else model(latents, t=t)
@@ -88,6 +89,27 @@ def test_video_3d_mixes_frames():
     latents, _, _ = inputs(frames=3)
     shuffled = latents[:, [2, 0, 1]]
     assert not torch.allclose(model(latents), model(shuffled))  # order matters, unlike frame averaging
+
+
+def test_frame_pairs_read_change_between_frames():
+    torch.manual_seed(0)
+    model = build("video-pair-stats", C)
+    latents, _, _ = inputs(frames=3)
+    features = model.backbone(latents.transpose(1, 2))  # (B, 2K): mean and top-5% of 16 change maps
+    assert features.shape == (B, 32)
+    # Two clips of the same frames: pairs (0,1),(1,2) vs (1,0),(0,2) -> different changes, different features.
+    assert not torch.allclose(features, model.backbone(latents[:, [1, 0, 2]].transpose(1, 2)))
+    # A clip's features are the mean of its consecutive pairs' features.
+    per_pair = [model.backbone(latents[:, i:i + 2].transpose(1, 2)) for i in range(2)]
+    torch.testing.assert_close(features, (per_pair[0] + per_pair[1]) / 2)
+    with pytest.raises(ValueError, match="needs T >= 2"):
+        model(latents[:, :1])
+
+
+def test_mean_of_largest_pools_the_top_fraction():
+    values = torch.arange(40.0).reshape(1, 1, 40)  # 0..39; 5% of 40 positions = 2 largest
+    torch.testing.assert_close(mean_of_largest(values, 0.05), torch.tensor([[38.5]]))
+    torch.testing.assert_close(mean_of_largest(values, 0.001), torch.tensor([[39.0]]))  # at least one
 
 
 def test_output_is_in_label_units():

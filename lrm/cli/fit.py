@@ -30,7 +30,7 @@ def fit(
     data: Annotated[Optional[str], typer.Option(help="Media folder or procedural:N (default: procedural clips).")] = None,
     store: Annotated[Optional[Path], typer.Option(help="Reuse this latent store instead of encoding (labelled if needed).")] = None,
     codec: Annotated[str, typer.Option(help="Latent space of a new store: dct, taef2 or diffusers:<path>.")] = DEFAULTS["codec"],
-    model: Annotated[Optional[str], typer.Option(help="Surrogate preset (default by reward kind: image-cnn-stats, text-image-xattn, video-3d-stats, text-video-3d-xattn).")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Surrogate preset (default by reward kind: image-cnn-stats, text-image-xattn, video-pair-stats, text-video-3d-xattn).")] = None,
     steps: Annotated[int, typer.Option(help="Optimizer steps.")] = DEFAULTS["steps"],
     out: Annotated[Optional[Path], typer.Option(help="Run directory (default runs/<label>).")] = None,
     count: Annotated[int, typer.Option(help="Procedural clips when no --data is given.")] = DEFAULTS["count"],

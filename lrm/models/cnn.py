@@ -41,14 +41,15 @@ def _stage_geometry(index: int, temporal: bool) -> tuple[tuple, tuple, tuple]:
 
 
 class ConvStage(nn.Module):
-    """Conv + GroupNorm (+ FiLM from a condition vector) + SiLU."""
+    """Conv + GroupNorm (+ FiLM from a condition vector) + SiLU; norm=False leaves out the GroupNorm."""
 
-    def __init__(self, in_channels: int, out_channels: int, index: int, temporal: bool, cond_dim: int | None):
+    def __init__(self, in_channels: int, out_channels: int, geometry: tuple[tuple, tuple, tuple],
+                 cond_dim: int | None, norm: bool = True):
         super().__init__()
-        conv = nn.Conv3d if temporal else nn.Conv2d
-        kernel, stride, padding = _stage_geometry(index, temporal)
+        kernel, stride, padding = geometry
+        conv = nn.Conv3d if len(kernel) == 3 else nn.Conv2d
         self.conv = conv(in_channels, out_channels, kernel, stride, padding)
-        self.norm = nn.GroupNorm(min(GROUPS, out_channels), out_channels)
+        self.norm = nn.GroupNorm(min(GROUPS, out_channels), out_channels) if norm else nn.Identity()
         self.film = nn.Linear(cond_dim, 2 * out_channels) if cond_dim else None
         if self.film is not None:
             nn.init.zeros_(self.film.weight)
@@ -77,7 +78,8 @@ class ConvBackbone(nn.Module):
         self.feature_dim = feature_dim
         channels = (in_channels, *widths)
         self.stages = nn.ModuleList(
-            ConvStage(channels[i], channels[i + 1], i, temporal, cond_dim) for i in range(len(widths))
+            ConvStage(channels[i], channels[i + 1], _stage_geometry(i, temporal), cond_dim)
+            for i in range(len(widths))
         )
         self.pool = nn.AdaptiveAvgPool3d(1) if temporal else nn.AdaptiveAvgPool2d(1)
         self.project = (nn.Conv3d if temporal else nn.Conv2d)(widths[-1], feature_dim, 1)

@@ -3,7 +3,10 @@
 Sizes: the base presets are the paper's width 128; "-m" is wider (256) with one extra 3x3
 stage; "-l" is wider and deeper (256 -> 384 x 3). Video: "video-frame-avg" is the 2D image CNN
 per latent frame with predictions averaged (the paper's default for video rewards); "video-3d"
-convolves over time (kernel 3) too. Text presets add Tab. 11's cross-attention on text tokens.
+convolves over time (kernel 3) too. "-fullres" and "video-pair" keep the latent resolution
+(lrm.models.fullres): local maps pooled by mean and top 5%, per frame (fine-grained image quality:
+BRISQUE) or per consecutive frame pair (flicker, motion). Text presets add Tab. 11's
+cross-attention on text tokens.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lrm.models.cnn import ConvBackbone
+from lrm.models.fullres import FullResolutionBackbone
 from lrm.models.surrogate import LatentRewardModel
 from lrm.models.timestep import TimestepEmbedding
 from lrm.models.xattn import TextCrossAttention
@@ -21,8 +25,9 @@ TIME_EMBED_DIM = 128  # width of the timestep embedding of noise-aware surrogate
 @dataclass(frozen=True)
 class Architecture:
     widths: tuple[int, ...]  # channels per conv stage (stage 0: 4x4 s4, stage 1: 3x3 s2, later: 3x3 s1)
-    feature_dim: int  # channels of the final 1x1 conv = the feature vector the head reads
-    temporal: bool = False  # True: 3D convs over (T, h, w); False: 2D CNN per frame, frame-averaged
+    feature_dim: int  # channels of the final 1x1 conv = the feature vector the head reads (full resolution: 2x)
+    temporal: bool = False  # True: 3D convs over (T, h, w) / frame pairs; False: 2D per frame, frame-averaged
+    full_resolution: bool = False  # True: FullResolutionBackbone (stride-1 3x3 convs; temporal: frame pairs)
     text: bool = False  # True: Tab. 11 cross-attention on text token embeddings
     pooled_stats: bool = False  # True: the head also reads per-channel pooled statistics (channel_stats)
 
@@ -48,6 +53,9 @@ ARCHITECTURES: dict[str, Architecture] = {
     "text-image-xattn-stats": Architecture((128, 128), 128, text=True, pooled_stats=True),
     "video-3d-stats": Architecture((128, 128), 128, temporal=True, pooled_stats=True),
     "text-video-3d-xattn-stats": Architecture((128, 128), 128, temporal=True, text=True, pooled_stats=True),
+    # Latent resolution throughout, 16 local maps pooled by mean and top 5%, + pooled statistics.
+    "image-fullres-stats": Architecture((64, 64, 64), 16, full_resolution=True, pooled_stats=True),
+    "video-pair-stats": Architecture((32, 32, 32), 16, temporal=True, full_resolution=True, pooled_stats=True),
 }
 
 
@@ -61,10 +69,13 @@ def assemble(preset: str, in_channels: int, text_dim: int | None = None, noise_a
             f"surrogate {preset!r} reads text: pass text_dim (width D of the text encoder's token embeddings)"
         )
     cond_dim = TIME_EMBED_DIM if noise_aware else None
-    backbone = ConvBackbone(in_channels, arch.widths, arch.feature_dim, arch.temporal, cond_dim)
+    if arch.full_resolution:
+        backbone = FullResolutionBackbone(in_channels, arch.widths, arch.feature_dim, arch.temporal, cond_dim)
+    else:
+        backbone = ConvBackbone(in_channels, arch.widths, arch.feature_dim, arch.temporal, cond_dim)
     return LatentRewardModel(
         preset, in_channels, backbone, per_frame=not arch.temporal,
-        cross_attention=TextCrossAttention(arch.feature_dim, text_dim) if arch.text else None,
+        cross_attention=TextCrossAttention(backbone.feature_dim, text_dim) if arch.text else None,
         time_embedding=TimestepEmbedding(TIME_EMBED_DIM) if noise_aware else None,
         pooled_stats=arch.pooled_stats,
     )

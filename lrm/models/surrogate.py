@@ -10,8 +10,9 @@ on log labels (lrm.labels, label_transform "log", for right-skewed rewards such 
 y = exp(z * label_std + label_mean) + label_shift (mean and std are then those of log(y - shift)).
 Mean and std are buffers saved with the weights; transform and shift are saved in config.json.
 Per-frame presets run the 2D backbone on every latent frame and average the frame outputs z
-(DOLLAR's frame-average reward); temporal presets run a 3D backbone over the clip. Noise-aware
-surrogates take the DDPM timestep t of noised latents x_t (t=None means clean latents, t = 0).
+(DOLLAR's frame-average reward); temporal presets run a 3D or frame-pair backbone over the clip.
+Noise-aware surrogates take the DDPM timestep t of noised latents x_t (t=None means clean
+latents, t = 0).
 
 Checkpoints are a directory with model.safetensors (weights and label statistics) and
 config.json (preset, geometry, codec settings, reward, text encoder, lrm version); never pickle.
@@ -29,6 +30,7 @@ from torch import nn
 from lrm.io import atomic_write_bytes, atomic_write_json
 from lrm.labels import LABEL_TRANSFORMS
 from lrm.models.cnn import ConvBackbone
+from lrm.models.fullres import FullResolutionBackbone
 from lrm.models.timestep import TimestepEmbedding
 from lrm.models.xattn import TextCrossAttention
 
@@ -83,8 +85,8 @@ class SurrogateInfo:
 class LatentRewardModel(nn.Module):
     """Backbone (+ text cross-attention) (+ timestep FiLM) -> Linear head -> un-standardise."""
 
-    def __init__(self, preset: str, in_channels: int, backbone: ConvBackbone, per_frame: bool,
-                 cross_attention: TextCrossAttention | None = None,
+    def __init__(self, preset: str, in_channels: int, backbone: ConvBackbone | FullResolutionBackbone,
+                 per_frame: bool, cross_attention: TextCrossAttention | None = None,
                  time_embedding: TimestepEmbedding | None = None, pooled_stats: bool = False):
         super().__init__()
         self.preset = preset
