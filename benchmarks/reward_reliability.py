@@ -4,9 +4,9 @@ For images of the real benchmark data (benchmarks/real_data.py) this scores ever
 mirror image (left-right flip: same content, same quality, same 8-px block grid at these sizes).
 The Spearman correlation between the rewards of the images and of their mirror images is the
 reward's own test-retest reliability. A reward far below 1 here depends on more than content and
-quality, e.g. on which pixels fall into a fixed patch grid; a surrogate reading content and
-quality from latents can learn only the part that an image and its mirror image share, so its
-held-out Spearman is bounded by about this number.
+quality, e.g. on which pixels fall into a fixed patch grid. A surrogate reading content and
+quality from latents learns mainly the part that an image and its mirror image share, so a low
+number warns that a high held-out Spearman is out of reach (a warning, not a proven bound).
 
     python benchmarks/reward_reliability.py                       # full (256 px) and large-384 (384 px)
     python benchmarks/reward_reliability.py --scales full --rewards niqe brisque --images 100
@@ -57,7 +57,8 @@ def measure(folder: Path, rewards: tuple[str, ...], count: int) -> dict:
             for name, reward in scorers.items():
                 scores[name][view].append(float(reward(frames)))
     side = Image.open(files[0]).size[0]
-    return {"folder": str(folder), "side": side, "images": len(files), "cpu_s": round(time.process_time() - started, 1),
+    return {"folder": str(folder), "side": side, "images": len(files),
+            "cpu_s": round(time.process_time() - started, 1),
             "rows": [{"reward": name, "mirror": spearman(s["original"], s["mirror"])} for name, s in scores.items()]}
 
 

@@ -11,8 +11,8 @@ keeps their shape:
         -> len(widths) x (Conv 3x3 stride 1 pad 1 (+ FiLM) + SiLU)          (M, width, h, w)
         -> Conv 1x1 -> `maps` local maps                                    (M, K, h, w)
         -> per map: mean over positions and mean of its largest 5%          (M, 2K)
-    frame pairs are averaged over the T-1 pairs here -> features (N, 2K); single frames are
-    averaged by LatentRewardModel like every per-frame preset.
+    frame pairs are averaged over the T-1 pairs here -> features (N, 2K); for single frames
+    LatentRewardModel averages the per-frame outputs, as for every per-frame preset.
 
 Stride 1 keeps motions of a fraction of a latent pixel (a few pixels) visible, and three 3x3 convs
 see +-3 latent pixels (+-24 px at 8x). There is no GroupNorm: normalising each sample would divide
