@@ -56,8 +56,7 @@ def measure(folder: Path, rewards: tuple[str, ...], count: int) -> dict:
             frames = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).float().div(255)[None, None]
             for name, reward in scorers.items():
                 scores[name][view].append(float(reward(frames)))
-    side = Image.open(files[0]).size[0]
-    return {"folder": str(folder), "side": side, "images": len(files),
+    return {"folder": str(folder), "side": image.shape[1], "images": len(files),
             "cpu_s": round(time.process_time() - started, 1),
             "rows": [{"reward": name, "mirror": spearman(s["original"], s["mirror"])} for name, s in scores.items()]}
 

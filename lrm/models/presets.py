@@ -24,7 +24,8 @@ TIME_EMBED_DIM = 128  # width of the timestep embedding of noise-aware surrogate
 
 @dataclass(frozen=True)
 class Architecture:
-    widths: tuple[int, ...]  # channels per conv stage (stage 0: 4x4 s4, stage 1: 3x3 s2, later: 3x3 s1)
+    widths: tuple[int, ...]  # channels per conv stage (stage 0: 4x4 s4, stage 1: 3x3 s2, later: 3x3 s1;
+    #                          full resolution: every stage 3x3 s1)
     feature_dim: int  # channels of the final 1x1 conv = the feature vector the head reads (full resolution: 2x)
     temporal: bool = False  # True: 3D convs over (T, h, w) / frame pairs; False: 2D per frame, frame-averaged
     full_resolution: bool = False  # True: FullResolutionBackbone (stride-1 3x3 convs; temporal: frame pairs)
