@@ -47,6 +47,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import real_data  # noqa: E402  (benchmarks/ is a folder of scripts, not a package)
+from lrm.fitting import AUGMENTS  # noqa: E402
 from lrm.labels import LABEL_TRANSFORM_CHOICES  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "fidelity.json"
@@ -72,6 +73,7 @@ class FitJob:
     reward: str  # label column (= reward name)
     preset: str  # surrogate preset
     label_transform: str  # FitConfig.label_transform: "auto", "none" or "log"
+    augment: str  # FitConfig.augment: "none" or "hflip"
     codec: str  # codec name, for the result row
     dataset: str  # "images" or "videos"
     run_dir: str  # fit output folder (emptied first: every fit is timed from scratch)
@@ -138,7 +140,7 @@ def run_fit(job: FitJob) -> dict:
     from lrm.fitting import FitConfig, fit_surrogate, predict
 
     store = LatentStore.open(job.store)
-    config = FitConfig(preset=job.preset, label_transform=job.label_transform, steps=job.steps,
+    config = FitConfig(preset=job.preset, label_transform=job.label_transform, augment=job.augment, steps=job.steps,
                        batch_size=job.batch_size, lr=job.lr,
                        eval_every=job.eval_every, patience=0, checkpoint_every=job.steps, keep_checkpoints=1,
                        log_every=50, seed=job.seed, split_seed=job.seed, device=job.device)
@@ -170,6 +172,7 @@ def run_fit(job: FitJob) -> dict:
     return {
         "reward": job.reward, "codec": job.codec, "dataset": job.dataset, "preset": job.preset,
         "label_transform": result.label_transform,  # what "auto" chose
+        "augment": job.augment,
         "store": job.store, "n_train": int(len(train)), "n_val": int(len(val)), "nan_labels": result.nan_labels,
         "val_groups": sorted(set(groups[val].tolist())), "steps": result.steps,
         "params": sum(p.numel() for p in result.model.parameters()),
@@ -215,17 +218,22 @@ def markdown_table(rows: list[dict], steps: int, device: str = "cpu", ceiling: d
             + [time_head, "goal", "met"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     order = {name: i for i, name in enumerate(GOALS)}
-    for r in sorted(rows, key=lambda r: (order[r["reward"]], r["codec"], data_scale(r), r["preset"])):
+    for r in sorted(rows, key=lambda r: (order[r["reward"]], r["codec"], data_scale(r), model_name(r))):
         first = r["goal_first_reached"]
         met = ("yes" if r["goal_met"] else "no") + (f" (step {first['step']})" if first else "")
         labels = r.get("label_transform", "none")
-        cells = ([r["reward"], r["codec"], data_scale(r), r["preset"], labels, f"{r['n_train']}/{r['n_val']}"]
+        cells = ([r["reward"], r["codec"], data_scale(r), model_name(r), labels, f"{r['n_train']}/{r['n_val']}"]
                  + [fmt(spearman_at(r, m)) for m in marks]
                  + [fmt(r["final"]["r2"]), fmt(r["ridge"]["spearman"]), fmt(r["ridge"]["r2"])]
                  + ([fmt(ceiling.get((Path(r["store"]).name, r["reward"])))] if ceiling else [])
                  + [f"{r[time_key]:.0f}", f"≥ {r['goal']}", met])
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def model_name(row: dict) -> str:
+    """The preset, with " + hflip" when the fit mirrored its training latents."""
+    return row["preset"] + (" + hflip" if row.get("augment", "none") == "hflip" else "")
 
 
 def data_scale(row: dict) -> str:
@@ -266,6 +274,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="override --video-presets for one codec, e.g. taef2=video-3d")
     parser.add_argument("--label-transform", action="append", default=[], metavar="REWARD=none|log|auto",
                         help="labels a reward is fitted on (default auto: log labels when that halves their skewness)")
+    parser.add_argument("--augment", choices=AUGMENTS, default="none",
+                        help="training augmentation of every fit: none (default) or hflip (exact latent mirror, "
+                             "dct only; every reward here is mirror-invariant up to its own noise)")
     parser.add_argument("--steps", type=int, default=3000, help="optimizer steps per fit (default 3000)")
     parser.add_argument("--eval-every", type=int, default=100, help="steps between validations (default 100)")
     parser.add_argument("--batch-size", type=int, default=32,
@@ -328,7 +339,8 @@ def main(argv: list[str] | None = None) -> None:
     datasets = {d: rs for d, rs in datasets.items() if rs}
     payload = {"setup": {"command": "python benchmarks/fidelity.py " + " ".join(sys.argv[1:] if argv is None else argv),
                          "steps": args.steps, "eval_every": args.eval_every, "batch_size": args.batch_size,
-                         "lr": args.lr, "seed": args.seed, "workers": args.workers, "threads": args.threads,
+                         "lr": args.lr, "augment": args.augment, "seed": args.seed, "workers": args.workers,
+                         "threads": args.threads,
                          "device": args.device, "accelerator": accelerator_name(args.device),
                          "scales": {c: args.scales.get(c, "full") for c in args.codecs},
                          "datasets": {f"{d}-{s}": asdict(real_data.dataset_config(d, s)) for d in datasets
@@ -376,9 +388,12 @@ def main(argv: list[str] | None = None) -> None:
                 for reward in datasets[dataset]:
                     for preset in presets_for(codec, dataset):
                         transform = args.label_transforms.get(reward, "auto")
-                        run_dir = args.cache / "runs" / Path(value["store"]).name / f"{reward}--{preset}--{transform}"
-                        job = FitJob(value["store"], reward, preset, transform, codec, dataset, str(run_dir),
-                                     args.steps, args.eval_every, args.batch_size, args.lr, args.seed, args.device)
+                        name = f"{reward}--{preset}--{transform}"
+                        name += "" if args.augment == "none" else f"--{args.augment}"
+                        run_dir = args.cache / "runs" / Path(value["store"]).name / name
+                        job = FitJob(value["store"], reward, preset, transform, args.augment, codec, dataset,
+                                     str(run_dir), args.steps, args.eval_every, args.batch_size, args.lr, args.seed,
+                                     args.device)
                         pending[pool.submit(run_fit, job)] = ("fit", codec, dataset)
             else:
                 payload["results"].append(value)

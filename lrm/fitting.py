@@ -29,6 +29,11 @@ the batch order of epoch e from numpy's generator seeded with (seed, e), the noi
 state, torch RNG state; the learning rate is a pure function of the step) continues exactly as
 the uninterrupted run would have.
 
+Augmentation (`augment="hflip"`): each training sample is mirrored left-right with probability
+1/2, in latent space by the codec's exact mirror (`Codec.mirror_latents`; the dct codec has one,
+codecs whose encoder is not flip-equivariant refuse). Only for rewards that a mirror leaves
+unchanged; the flips of step s are drawn from (seed, s, rank) like the noise.
+
 Noise-aware fitting (`noise_aware=True`): train on x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps
 with t ~ U{0..t_max}, t given to the model; validation also reports fidelity at `eval_timesteps`.
 
@@ -62,6 +67,7 @@ from lrm.models import LatentRewardModel, build, needs_text
 from lrm.labels import LABEL_TRANSFORM_CHOICES, label_statistics
 
 LOSSES = ("mse", "ranking")
+AUGMENTS = ("none", "hflip")
 CHECKPOINTS = "checkpoints"
 MODEL_DIR = "model"
 
@@ -78,6 +84,7 @@ class FitConfig:
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
     loss: str = "mse"  # "mse" (Eq. 10 on standardised labels) or "ranking" (pairwise Bradley-Terry)
     label_transform: str = "auto"  # "none", "log" (fit log(y - shift)) or "auto" (log when it halves |skewness|)
+    augment: str = "none"  # "none" or "hflip" (mirror training latents left-right with probability 1/2)
     val_fraction: float = 0.2  # share of rows, as whole groups, held out for validation
     split_seed: int = 0  # seed of the group-aware train/validation split
     seed: int = 0  # seed of model init, batch order and noise draws
@@ -327,6 +334,8 @@ def _mean_across_ranks(values: list[float]) -> float:
 def _check_config(config: FitConfig) -> None:
     if config.loss not in LOSSES:
         raise ValueError(f"FitConfig.loss must be one of {LOSSES}, got {config.loss!r}")
+    if config.augment not in AUGMENTS:
+        raise ValueError(f"FitConfig.augment must be one of {AUGMENTS}, got {config.augment!r}")
     if config.label_transform not in LABEL_TRANSFORM_CHOICES:
         raise ValueError(f"FitConfig.label_transform must be one of {LABEL_TRANSFORM_CHOICES}, "
                          f"got {config.label_transform!r}")
@@ -373,6 +382,9 @@ def _prepare_out_dir(out_dir: Path, resolved: dict) -> None:
     config_path = out_dir / "config.json"
     if config_path.exists():
         old = json.loads(config_path.read_text())
+        # FitConfig fields added after the run started take their defaults, the behaviour it ran with
+        defaults = json.loads(json.dumps(asdict(FitConfig())))
+        old["fit"] = {**defaults, **old.get("fit", {})}
         keys = ("fit", "label", "store", "codec")
         diff = [k for k in keys if old.get(k) != resolved.get(k)]
         if diff:
@@ -397,12 +409,27 @@ def _new_surrogate(store, label: str, config: FitConfig, text_dim: int | None,
     return model
 
 
+def latent_mirror(codec_settings: dict):
+    """The exact mirror (`Codec.mirror_latents`) of the latent space `codec_settings`, for `augment="hflip"`;
+    a ValueError, before any work, when the codec has none."""
+    from lrm import codecs
+
+    codec = codecs.from_settings(codec_settings)
+    codec.mirror_latents(torch.zeros(1, 1, codec.channels, 1, 1))  # codecs without an exact mirror refuse
+    return codec.mirror_latents
+
+
 def _training_inputs(source: RowSource, rows: np.ndarray, config: FitConfig, step: int, rank: int, abar,
-                     device: torch.device):
-    """(latents, text, text_mask, t) of one step on `device`; noise-aware: x_t with noise seeded by (seed, step, rank)."""
+                     mirror, device: torch.device):
+    """(latents, text, text_mask, t) of one step on `device`. hflip: each row mirrored with probability 1/2;
+    noise-aware: x_t. Flips and noise are seeded by (seed, step, rank)."""
     from lrm.diffusion.schedule import add_noise
 
     latents, text, mask = source.get(rows)  # (b, T', c, h, w)
+    if mirror is not None:
+        generator = torch.Generator().manual_seed(_seed_of(config.seed, 3, step, rank))
+        flip = torch.rand(latents.shape[0], generator=generator) < 0.5  # (b,)
+        latents = torch.where(flip[:, None, None, None, None], mirror(latents), latents)
     t = None
     if config.noise_aware:
         generator = torch.Generator().manual_seed(_seed_of(config.seed, 1, step, rank))
@@ -442,6 +469,7 @@ def fit_surrogate(store, label: str, config: FitConfig, out_dir: str | Path, *, 
             raise ValueError(f"preset {config.preset!r} reads text but store {store.path} has no text embeddings; "
                              "encode the store with a text encoder or pick an image/video preset")
         text_dim = sample[0].shape[-1]
+    mirror = latent_mirror(store.codec_settings) if config.augment == "hflip" else None
 
     device = torch.device(config.device)
     created_group = distributed.init_from_env("nccl" if device.type == "cuda" else "gloo")
@@ -527,7 +555,7 @@ def fit_surrogate(store, label: str, config: FitConfig, out_dir: str | Path, *, 
             group["lr"] = lr
         positions = batch_positions(step, len(train_rows), batch_size, config.seed)
         rows = train_rows[positions[rank * local_batch:(rank + 1) * local_batch]]
-        latents, text, mask, t = _training_inputs(source, rows, config, step, rank, abar, device)
+        latents, text, mask, t = _training_inputs(source, rows, config, step, rank, abar, mirror, device)
         z = net(latents, text, mask, t, standardised=True)  # (b,)
         z_true = model.standardise(labels_t[rows].to(device))  # (b,)
         loss = F.mse_loss(z, z_true) if config.loss == "mse" else ranking_loss(z, z_true)

@@ -57,6 +57,7 @@ class FitJob:
     loss: str = "mse"  # "mse" (DOLLAR Eq. 10) or "ranking" (Bradley-Terry)
     label_transform: str = "auto"  # "none", "log" (fit log labels) or "auto" (log when it halves their skewness)
     noise_aware: bool = False  # fit on noised latents with the timestep as input
+    augment: str = "none"  # "none" or "hflip" (exact latent mirror; mirror-invariant rewards only)
     seed: int = 0  # data, split and training seed
     eval_every: int = 100  # steps between validations
     reward_options: dict | None = None  # options of the reward factory (kind/input for user metrics)
@@ -109,15 +110,19 @@ def prepare_store(job: FitJob, spec, progress: bool = True) -> LatentStore:
 
 def run_fit(job: FitJob, progress: bool = True, resume: bool = True) -> FitOutcome:
     """Encode (or reuse) a store, label it, fit a surrogate, and write the fidelity report."""
-    from lrm.fitting import FitConfig, fit_surrogate
+    from lrm.fitting import FitConfig, fit_surrogate, latent_mirror
 
     spec = reward_spec(job)
     run_dir = job.run_dir()
+    if job.augment == "hflip":  # a codec without an exact mirror is refused before encoding and labelling
+        from lrm.codecs import load as load_codec
+
+        latent_mirror(LatentStore.open(job.store).codec_settings if job.store else load_codec(job.codec).settings())
     store = prepare_store(job, spec, progress)
     preset = job.preset or DEFAULT_PRESETS[spec.kind]
     config = FitConfig(preset=preset, steps=job.steps, batch_size=job.batch_size, lr=job.lr, loss=job.loss,
-                       label_transform=job.label_transform, noise_aware=job.noise_aware, seed=job.seed,
-                       split_seed=job.seed, eval_every=job.eval_every, device=job.device)
+                       label_transform=job.label_transform, noise_aware=job.noise_aware, augment=job.augment,
+                       seed=job.seed, split_seed=job.seed, eval_every=job.eval_every, device=job.device)
     started = time.perf_counter()
     result = fit_surrogate(store, job.label_name(), config, run_dir, resume=resume)
     fit_seconds = time.perf_counter() - started

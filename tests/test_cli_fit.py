@@ -95,9 +95,17 @@ def test_fit_users_metric_and_clear_errors(tmp_path):
     assert both.exit_code != 0 and "not both" in both.output
     builtin_kind = runner.invoke(app, ["fit", "sharpness", "--kind", "video"])
     assert builtin_kind.exit_code != 0 and "built in" in builtin_kind.output
-    for flag, value in (("--loss", "l1"), ("--label-transform", "sqrt")):
+    for flag, value in (("--loss", "l1"), ("--label-transform", "sqrt"), ("--augment", "vflip")):
         bad = runner.invoke(app, ["fit", "colorfulness", flag, value, "--dry-run"])
         assert bad.exit_code != 0 and flag in bad.output and value in bad.output  # refused before any encoding
+
+
+def test_hflip_with_a_codec_without_an_exact_mirror_is_refused_before_encoding(tiny_vaes, tmp_path):
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["fit", "colorfulness", *TINY, "--codec", f"diffusers:{tiny_vaes['kl']}",
+                                 "--augment", "hflip", "--out", str(run)])
+    assert result.exit_code != 0 and "no exact latent-space mirror" in str(result.exception)
+    assert not (run / "store").exists()
 
 
 def test_dry_run_prints_resolved_job():
@@ -106,3 +114,6 @@ def test_dry_run_prints_resolved_job():
     job = json.loads(result.stdout)
     assert job["reward"] == "temporal-flickering" and job["run_dir"] == "runs/temporal-flickering"
     assert job["preset"] == "video-pair-stats"  # the default preset of video rewards
+    assert job["augment"] == "none"
+    flipped = runner.invoke(app, ["fit", "brisque", "--augment", "hflip", "--dry-run"])
+    assert json.loads(flipped.stdout)["augment"] == "hflip"

@@ -175,6 +175,21 @@ def test_dct_follows_input_dtype(dtype):
     assert latents.dtype == dtype and codec.decode(latents).dtype == dtype
 
 
+@pytest.mark.parametrize("standardised", [True, False])
+def test_dct_mirror_latents_equal_latents_of_mirrored_pixels(standardised):
+    codec = DCTCodec() if standardised else DCTCodec(mean=None, std=None)
+    pixels = torch.rand(2, 3, 3, 16, 24, dtype=torch.float64)
+    mirrored = codec.mirror_latents(codec.encode(pixels))
+    torch.testing.assert_close(mirrored, codec.encode(pixels.flip(-1)), rtol=0, atol=1e-10)
+    assert not torch.allclose(mirrored, codec.encode(pixels))  # the mirror changes something
+
+
+def test_codecs_without_an_exact_mirror_refuse(tiny_vaes):
+    codec = codecs.load(f"diffusers:{tiny_vaes['kl']}")
+    with pytest.raises(ValueError, match="no exact latent-space mirror"):
+        codec.mirror_latents(torch.zeros(1, 1, 4, 8, 8))
+
+
 def test_batch_chunking_equals_unchunked():
     pixels = torch.rand(5, 2, 3, 16, 16)
     chunked, whole = DCTCodec(batch_size=2), DCTCodec(batch_size=64)
@@ -217,28 +232,6 @@ def test_taef2_round_trip_on_dreambooth(taef2_weights):
 
 
 # ---- diffusers ------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def tiny_vaes(tmp_path_factory):
-    """Random-init tiny diffusers autoencoders saved with save_pretrained: {kind: folder}."""
-    diffusers = pytest.importorskip("diffusers")
-    root = tmp_path_factory.mktemp("vaes")
-    torch.manual_seed(0)
-    diffusers.AutoencoderKL(
-        block_out_channels=[8, 16], down_block_types=["DownEncoderBlock2D"] * 2,
-        up_block_types=["UpDecoderBlock2D"] * 2, latent_channels=4, norm_num_groups=4, layers_per_block=1,
-        scaling_factor=0.5, shift_factor=0.1,
-    ).save_pretrained(root / "kl")
-    diffusers.AutoencoderKLWan(
-        base_dim=4, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True],
-        latents_mean=[0.1, -0.2, 0.3, 0.0], latents_std=[2.0, 1.5, 1.0, 0.5],
-    ).save_pretrained(root / "wan")
-    diffusers.AutoencoderTiny(
-        encoder_block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
-        num_encoder_blocks=(1, 1, 1, 1), num_decoder_blocks=(1, 1, 1, 1), latent_channels=4,
-    ).save_pretrained(root / "tiny")
-    return {kind: root / kind for kind in ("kl", "wan", "tiny")}
 
 
 @pytest.mark.parametrize("kind, factors, frames", [("kl", (2, 1), 3), ("wan", (8, 4), 5), ("tiny", (8, 1), 2)])

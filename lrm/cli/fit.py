@@ -45,6 +45,9 @@ def fit(
         help="none, log (fit log(label - shift), for right-skewed rewards such as sharpness or dynamic-degree) "
              "or auto: log when that at least halves the training labels' skewness.")] = DEFAULTS["label_transform"],
     noise_aware: Annotated[bool, typer.Option(help="Fit on noised latents x_t with the timestep as input.")] = False,
+    augment: Annotated[str, typer.Option(
+        help="none, or hflip: mirror half the training latents left-right (exact, in latent space; dct codec "
+             "only). Only for rewards a mirror leaves unchanged.")] = DEFAULTS["augment"],
     seed: Annotated[int, typer.Option(help="Seed of data, split and training.")] = DEFAULTS["seed"],
     option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="Reward option KEY=VALUE, repeatable.")] = None,
     kind: Annotated[Optional[str], typer.Option(help="For your own metric: image | text-image | video | text-video.")] = None,
@@ -69,7 +72,7 @@ def fit(
 
     if data is not None and store is not None:
         raise typer.BadParameter("give either --data or --store, not both")
-    from lrm.fitting import LOSSES
+    from lrm.fitting import AUGMENTS, LOSSES
     from lrm.labels import LABEL_TRANSFORM_CHOICES
 
     if loss not in LOSSES:
@@ -77,6 +80,8 @@ def fit(
     if label_transform not in LABEL_TRANSFORM_CHOICES:
         raise typer.BadParameter(f"--label-transform must be one of {', '.join(LABEL_TRANSFORM_CHOICES)}, "
                                  f"got {label_transform!r}")
+    if augment not in AUGMENTS:
+        raise typer.BadParameter(f"--augment must be one of {', '.join(AUGMENTS)}, got {augment!r}")
     options = parse_options(option)
     if reward in REWARDS and (kind or input):
         raise typer.BadParameter(f"--kind/--input describe your own metric; {reward!r} is built in")
@@ -84,7 +89,7 @@ def fit(
     job = FitJob(reward=reward, data=data, store=str(store) if store else None, out=str(out) if out else None,
                  label=label, codec=codec, count=count, frames=frames, size=size, text=text, preset=model,
                  steps=steps, batch_size=batch_size, lr=lr, loss=loss, label_transform=label_transform,
-                 noise_aware=noise_aware, seed=seed,
+                 noise_aware=noise_aware, augment=augment, seed=seed,
                  reward_options=options or None, device=device)
     if dry_run:
         from lrm.pipeline import DEFAULT_PRESETS, reward_spec

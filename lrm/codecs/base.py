@@ -69,6 +69,15 @@ class Codec(nn.Module):
             )
         return torch.cat([self._decode(c) for c in latents.split(self.batch_size)])
 
+    def mirror_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """(B, T', c, h, w) -> the latents of the left-right mirrored frames, computed from `latents`
+        alone (the horizontal-flip augmentation of `FitConfig.augment`). Only codecs whose latent
+        space allows an exact mirror implement it; the others refuse."""
+        raise ValueError(
+            f"codec {self.name!r} has no exact latent-space mirror (its encoder is not equivariant to "
+            "flips), so horizontal-flip augmentation is unavailable for it; fit without augmentation"
+        )
+
     def _encode(self, pixels: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 

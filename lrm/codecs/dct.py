@@ -6,6 +6,11 @@ order, become the latent channels (Y first, then Cb, then Cr). Dropped coefficie
 zeros. Every step is linear, so the whole codec is two 1x1 convolutions around a pixel
 (un)shuffle: differentiable, fast, on any device and dtype, and encode(decode(z)) == z exactly.
 
+Mirroring a block left-right maps pixel column j to 7 - j, which multiplies the DCT-II
+coefficient of horizontal frequency v by (-1)^v. So the latents of a mirrored image are the
+latents with their block columns reversed and odd-horizontal-frequency channels negated
+(`mirror_latents`, exact): flip augmentation costs no re-encoding.
+
 Each channel is standardised with fixed constants measured once on real photos
 (CHANNEL_MEAN, CHANNEL_STD below) so that latents have roughly unit variance, like a
 diffusion model's latents. Changing the split or the constants changes the latent space:
@@ -69,6 +74,11 @@ def dct_matrix(n: int = BLOCK) -> torch.Tensor:
     return d
 
 
+def horizontal_parity(split: tuple[int, int, int]) -> torch.Tensor:
+    """(sum(split),) float64: (-1)^v of each kept coefficient, v its horizontal frequency."""
+    return torch.tensor([(-1.0) ** col for kept in split for _, col in zigzag()[:kept]], dtype=torch.float64)
+
+
 def coefficient_basis(split: tuple[int, int, int]) -> torch.Tensor:
     """(sum(split), 3 * 64) float64: kept DCT coefficients of each YCbCr plane from a pixel-unshuffled block.
 
@@ -123,6 +133,10 @@ class DCTCodec(Codec):
         synthesis = to_rgb @ keep.T * std_t[None, :]  # (192, c)
         synthesis_bias = to_rgb @ keep.T @ (mean_t - keep @ offset)  # (192,)
 
+        # mirror: coef -> parity * coef, so z -> parity * z + (parity - 1) * mean / std
+        parity = horizontal_parity(self.split)
+        self.register_buffer("mirror_sign", parity, persistent=False)
+        self.register_buffer("mirror_bias", (parity - 1) * mean_t / std_t, persistent=False)
         self.register_buffer("analysis", analysis[:, :, None, None], persistent=False)
         self.register_buffer("analysis_bias", analysis_bias, persistent=False)
         self.register_buffer("synthesis", synthesis[:, :, None, None], persistent=False)
@@ -130,6 +144,12 @@ class DCTCodec(Codec):
 
     def settings(self) -> dict:
         return {**super().settings(), "split": list(self.split)}
+
+    def mirror_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """(B, T, c, h, w) -> latents of the left-right mirrored frames, exactly (see the module docstring)."""
+        sign = _like(self.mirror_sign, latents)[:, None, None]  # (c, 1, 1)
+        bias = _like(self.mirror_bias, latents)[:, None, None]
+        return latents.flip(-1) * sign + bias
 
     def _encode(self, pixels: torch.Tensor) -> torch.Tensor:
         b, t, _, h, w = pixels.shape
