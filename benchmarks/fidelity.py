@@ -140,8 +140,8 @@ def run_fit(job: FitJob) -> dict:
     from lrm.fitting import FitConfig, fit_surrogate, predict
 
     store = LatentStore.open(job.store)
-    config = FitConfig(preset=job.preset, label_transform=job.label_transform, augment=job.augment, steps=job.steps,
-                       batch_size=job.batch_size, lr=job.lr,
+    config = FitConfig(preset=job.preset, label_transform=job.label_transform, augment=job.augment,
+                       steps=job.steps, batch_size=job.batch_size, lr=job.lr,
                        eval_every=job.eval_every, patience=0, checkpoint_every=job.steps, keep_checkpoints=1,
                        log_every=50, seed=job.seed, split_seed=job.seed, device=job.device)
     shutil.rmtree(job.run_dir, ignore_errors=True)
@@ -340,8 +340,7 @@ def main(argv: list[str] | None = None) -> None:
     payload = {"setup": {"command": "python benchmarks/fidelity.py " + " ".join(sys.argv[1:] if argv is None else argv),
                          "steps": args.steps, "eval_every": args.eval_every, "batch_size": args.batch_size,
                          "lr": args.lr, "augment": args.augment, "seed": args.seed, "workers": args.workers,
-                         "threads": args.threads,
-                         "device": args.device, "accelerator": accelerator_name(args.device),
+                         "threads": args.threads, "device": args.device, "accelerator": accelerator_name(args.device),
                          "scales": {c: args.scales.get(c, "full") for c in args.codecs},
                          "datasets": {f"{d}-{s}": asdict(real_data.dataset_config(d, s)) for d in datasets
                                       for s in {args.scales.get(c, "full") for c in args.codecs}},
