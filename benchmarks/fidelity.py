@@ -23,6 +23,7 @@ codecs encode and surrogates train on the GPU, and the table gives the fits' wal
     python benchmarks/fidelity.py --quick                     # smoke run: small data, 300 steps
     python benchmarks/fidelity.py                             # everything, full data, 3,000 steps
     python benchmarks/fidelity.py --codecs dct --rewards sharpness colorfulness --out /tmp/f.json
+    python benchmarks/fidelity.py --codecs dct --rewards brisque --fit-seeds 0 1 2   # spread of one fit
     python benchmarks/fidelity.py --table benchmarks/results/fidelity*.json   # one table of earlier runs
 
 taef2 needs its weights: $LRM_WEIGHTS (default here: ../shared/data/weights/taesd when present).
@@ -81,7 +82,8 @@ class FitJob:
     eval_every: int  # steps between validations
     batch_size: int  # rows per step
     lr: float  # peak learning rate
-    seed: int  # model / batch-order seed and split seed
+    seed: int  # group-split seed
+    fit_seed: int  # model-init / batch-order seed
     device: str  # where the surrogate trains ("cpu", "cuda")
 
 
@@ -143,7 +145,7 @@ def run_fit(job: FitJob) -> dict:
     config = FitConfig(preset=job.preset, label_transform=job.label_transform, augment=job.augment,
                        steps=job.steps, batch_size=job.batch_size, lr=job.lr,
                        eval_every=job.eval_every, patience=0, checkpoint_every=job.steps, keep_checkpoints=1,
-                       log_every=50, seed=job.seed, split_seed=job.seed, device=job.device)
+                       log_every=50, seed=job.fit_seed, split_seed=job.seed, device=job.device)
     shutil.rmtree(job.run_dir, ignore_errors=True)
     cpu, wall = time.process_time(), time.perf_counter()
     result = fit_surrogate(store, job.reward, config, job.run_dir)
@@ -172,7 +174,7 @@ def run_fit(job: FitJob) -> dict:
     return {
         "reward": job.reward, "codec": job.codec, "dataset": job.dataset, "preset": job.preset,
         "label_transform": result.label_transform,  # what "auto" chose
-        "augment": job.augment,
+        "augment": job.augment, "split_seed": job.seed, "fit_seed": job.fit_seed,
         "store": job.store, "n_train": int(len(train)), "n_val": int(len(val)), "nan_labels": result.nan_labels,
         "val_groups": sorted(set(groups[val].tolist())), "steps": result.steps,
         "params": sum(p.numel() for p in result.model.parameters()),
@@ -232,8 +234,12 @@ def markdown_table(rows: list[dict], steps: int, device: str = "cpu", ceiling: d
 
 
 def model_name(row: dict) -> str:
-    """The preset, with " + hflip" when the fit mirrored its training latents."""
-    return row["preset"] + (" + hflip" if row.get("augment", "none") == "hflip" else "")
+    """The preset, with " + hflip" when the fit mirrored its training latents and the fit seed when it
+    differs from the split seed."""
+    name = row["preset"] + (" + hflip" if row.get("augment", "none") == "hflip" else "")
+    if row.get("fit_seed", row.get("split_seed")) != row.get("split_seed"):
+        name += f" (fit seed {row['fit_seed']})"
+    return name
 
 
 def data_scale(row: dict) -> str:
@@ -282,7 +288,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=32,
                         help="rows per step (default 32; the paper's LRM steps used ~8-16 samples)")
     parser.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate (default 1e-3)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the fits and of the group split")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the group split (and of the fits by default)")
+    parser.add_argument("--fit-seeds", nargs="+", type=int, metavar="SEED",
+                        help="fit every surrogate once per seed (model init and batch order; same split), "
+                             "to see the spread of one fit (default: --seed)")
     parser.add_argument("--workers", type=int, default=2, help="fits run in parallel (default 2)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker (default 1)")
     parser.add_argument("--device", default="cpu",
@@ -308,6 +317,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     bad = {r: t for r, t in args.label_transforms.items() if r not in GOALS or t not in LABEL_TRANSFORM_CHOICES}
     if bad:
         parser.error(f"--label-transform {bad}: give REWARD=none|log|auto with REWARD in {list(GOALS)}")
+    args.fit_seeds = args.fit_seeds or [args.seed]
     args.video_presets_by_codec = {c: p.split(",") for c, p in (s.split("=", 1) for s in args.video_presets_for)}
     return args
 
@@ -339,7 +349,8 @@ def main(argv: list[str] | None = None) -> None:
     datasets = {d: rs for d, rs in datasets.items() if rs}
     payload = {"setup": {"command": "python benchmarks/fidelity.py " + " ".join(sys.argv[1:] if argv is None else argv),
                          "steps": args.steps, "eval_every": args.eval_every, "batch_size": args.batch_size,
-                         "lr": args.lr, "augment": args.augment, "seed": args.seed, "workers": args.workers,
+                         "lr": args.lr, "augment": args.augment, "seed": args.seed, "fit_seeds": args.fit_seeds,
+                         "workers": args.workers,
                          "threads": args.threads, "device": args.device, "accelerator": accelerator_name(args.device),
                          "scales": {c: args.scales.get(c, "full") for c in args.codecs},
                          "datasets": {f"{d}-{s}": asdict(real_data.dataset_config(d, s)) for d in datasets
@@ -385,14 +396,15 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"store {value['store']}: {value['rows']} rows, {value['groups']} groups, encode "
                       f"{value['encode_cpu_s']} CPU s, label {value['label_cpu_s']} CPU s", flush=True)
                 for reward in datasets[dataset]:
-                    for preset in presets_for(codec, dataset):
+                    for preset, fit_seed in ((p, s) for p in presets_for(codec, dataset) for s in args.fit_seeds):
                         transform = args.label_transforms.get(reward, "auto")
                         name = f"{reward}--{preset}--{transform}"
                         name += "" if args.augment == "none" else f"--{args.augment}"
+                        name += "" if fit_seed == args.seed else f"--fit-seed-{fit_seed}"
                         run_dir = args.cache / "runs" / Path(value["store"]).name / name
                         job = FitJob(value["store"], reward, preset, transform, args.augment, codec, dataset,
                                      str(run_dir), args.steps, args.eval_every, args.batch_size, args.lr, args.seed,
-                                     args.device)
+                                     fit_seed, args.device)
                         pending[pool.submit(run_fit, job)] = ("fit", codec, dataset)
             else:
                 payload["results"].append(value)
