@@ -87,7 +87,7 @@ class FitConfig:
     augment: str = "none"  # "none" or "hflip" (mirror training latents left-right with probability 1/2)
     val_fraction: float = 0.2  # share of rows, as whole groups, held out for validation
     split_seed: int = 0  # seed of the group-aware train/validation split
-    seed: int = 0  # seed of model init, batch order and noise draws
+    seed: int = 0  # seed of model init, batch order, noise and mirror-flip draws
     eval_every: int = 100  # steps between validations (and after the last step)
     patience: int = 10  # validations without a better val Spearman before stopping; 0 never stops early
     checkpoint_every: int = 500  # steps between resumable checkpoints (and after the last step)
