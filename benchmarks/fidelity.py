@@ -32,6 +32,7 @@ taef2 needs its weights: $LRM_WEIGHTS (default here: ../shared/data/weights/taes
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -350,8 +351,8 @@ def main(argv: list[str] | None = None) -> None:
     payload = {"setup": {"command": "python benchmarks/fidelity.py " + " ".join(sys.argv[1:] if argv is None else argv),
                          "steps": args.steps, "eval_every": args.eval_every, "batch_size": args.batch_size,
                          "lr": args.lr, "augment": args.augment, "seed": args.seed, "fit_seeds": args.fit_seeds,
-                         "workers": args.workers,
-                         "threads": args.threads, "device": args.device, "accelerator": accelerator_name(args.device),
+                         "workers": args.workers, "threads": args.threads, "device": args.device,
+                         "accelerator": accelerator_name(args.device),
                          "scales": {c: args.scales.get(c, "full") for c in args.codecs},
                          "datasets": {f"{d}-{s}": asdict(real_data.dataset_config(d, s)) for d in datasets
                                       for s in {args.scales.get(c, "full") for c in args.codecs}},
@@ -396,7 +397,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"store {value['store']}: {value['rows']} rows, {value['groups']} groups, encode "
                       f"{value['encode_cpu_s']} CPU s, label {value['label_cpu_s']} CPU s", flush=True)
                 for reward in datasets[dataset]:
-                    for preset, fit_seed in ((p, s) for p in presets_for(codec, dataset) for s in args.fit_seeds):
+                    for preset, fit_seed in itertools.product(presets_for(codec, dataset), args.fit_seeds):
                         transform = args.label_transforms.get(reward, "auto")
                         name = f"{reward}--{preset}--{transform}"
                         name += "" if args.augment == "none" else f"--{args.augment}"

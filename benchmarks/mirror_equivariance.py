@@ -36,8 +36,7 @@ def load_images(folder: Path, count: int):
     import torch
     from PIL import Image
 
-    files = sorted(folder.glob("*.png"))
-    files = [files[i] for i in np.linspace(0, len(files) - 1, min(count, len(files))).round().astype(int)]
+    files = real_data.evenly_spaced_images(folder, count)
     arrays = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])  # (n, H, W, 3)
     return torch.from_numpy(arrays).permute(0, 3, 1, 2)[:, None].float().div(255)
 

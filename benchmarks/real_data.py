@@ -358,6 +358,12 @@ def dataset_config(dataset: str, scale: str) -> ImageSetConfig | VideoSetConfig:
     return SCALES[scale][0 if dataset == "images" else 1]
 
 
+def evenly_spaced_images(folder: Path, count: int) -> list[Path]:
+    """`count` PNGs of `folder`, evenly spaced in sorted order (all of them when there are fewer)."""
+    files = sorted(Path(folder).glob("*.png"))
+    return [files[i] for i in np.linspace(0, len(files) - 1, min(count, len(files))).round().astype(int)]
+
+
 def materialise(cache: Path, dataset: str, scale: str = "full") -> Path:
     """The folder of `dataset` ("images" or "videos") at `scale` under cache/data, built if missing."""
     return MAKERS[dataset](Path(cache) / "data" / f"{dataset}-{scale}", dataset_config(dataset, scale))

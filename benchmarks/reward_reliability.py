@@ -45,8 +45,7 @@ def measure(folder: Path, rewards: tuple[str, ...], count: int) -> dict:
 
     from lrm.rewards import load
 
-    files = sorted(folder.glob("*.png"))
-    files = [files[i] for i in np.linspace(0, len(files) - 1, min(count, len(files))).round().astype(int)]
+    files = real_data.evenly_spaced_images(folder, count)
     scorers = {name: load(name) for name in rewards}
     scores = {name: {"original": [], "mirror": []} for name in rewards}
     started = time.process_time()
