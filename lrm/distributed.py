@@ -2,7 +2,8 @@
 
 Without torchrun (no WORLD_SIZE in the environment) everything degrades to one process:
 rank 0 of 1, and `barrier` does nothing. Under torchrun, `init_from_env` opens the process
-group (gloo on CPU, nccl when CUDA is available) from the variables torchrun sets.
+group from the variables torchrun sets: nccl when the work runs on CUDA (one GPU per process),
+gloo when it runs on the CPU, also on a machine that has GPUs.
 """
 
 from __future__ import annotations
@@ -35,12 +36,9 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def default_backend() -> str:
-    return "nccl" if torch.cuda.is_available() else "gloo"
-
-
-def init_from_env(backend: str | None = None) -> bool:
-    """Open the process group when launched by torchrun with more than one process.
+def init_from_env(device: str | torch.device = "cpu") -> bool:
+    """Open the process group when launched by torchrun with more than one process, for work on
+    `device`: nccl with process LOCAL_RANK on GPU LOCAL_RANK for CUDA, gloo for the CPU.
 
     Returns True when this call opened it (the caller then closes it with `shutdown`).
     """
@@ -52,9 +50,13 @@ def init_from_env(backend: str | None = None) -> bool:
             f"WORLD_SIZE is set but {', '.join(missing)} is not; launch with torchrun "
             "(e.g. torchrun --nproc_per_node 2 -m lrm.cli.app ...)"
         )
-    backend = backend or default_backend()
+    backend = "nccl" if torch.device(device).type == "cuda" else "gloo"
     if backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        local_rank, gpus = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
+        if local_rank >= gpus:
+            raise RuntimeError(f"process {local_rank} of this machine has no GPU of its own ({gpus} visible); "
+                               f"launch at most {gpus} processes per machine on CUDA, or run on --device cpu")
+        torch.cuda.set_device(local_rank)
     dist.init_process_group(backend=backend)
     return True
 

@@ -472,7 +472,7 @@ def fit_surrogate(store, label: str, config: FitConfig, out_dir: str | Path, *, 
     mirror = latent_mirror(store.codec_settings) if config.augment == "hflip" else None
 
     device = torch.device(config.device)
-    created_group = distributed.init_from_env("nccl" if device.type == "cuda" else "gloo")
+    created_group = distributed.init_from_env(device)
     rank, world, is_main = distributed.rank(), distributed.world_size(), distributed.is_main()
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))

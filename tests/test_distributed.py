@@ -33,6 +33,18 @@ def test_rank_and_world_size_from_env(monkeypatch):
         distributed.init_from_env()
 
 
+def test_cuda_work_needs_a_gpu_per_process(monkeypatch):
+    # 16 labelling processes on a one-GPU machine: CPU work opens a gloo group (covered by the
+    # 2-process tests below); CUDA work refuses a process without a GPU of its own.
+    for key, value in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": "29500"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(RuntimeError, match="process 1 of this machine has no GPU of its own"):
+        distributed.init_from_env("cuda")
+    assert not distributed.is_initialized()
+
+
 def test_owned_shards_are_disjoint_and_cover():
     shards = range(11)
     parts = [distributed.owned(shards, r, 3) for r in range(3)]

@@ -1,7 +1,8 @@
 """`lrm encode` (build a latent store), `lrm label` (add reward columns), `lrm store info`.
 
-All three run under torchrun as well: `torchrun --nproc_per_node 2 -m lrm.cli.app encode ...`
-splits the shards across processes (gloo on CPU, nccl on GPU).
+`lrm encode` and `lrm label` run under torchrun as well: `torchrun --nproc_per_node 2 -m lrm.cli.app
+encode ...` splits the shards across processes: gloo for `--device cpu` (also on a GPU machine, so
+CPU rewards can label with one process per core), nccl for `--device cuda` (one GPU per process).
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def encode(
     config = EncodeConfig(data=data, codec=codec, frames=frames, size=size, text=text, text_length=text_length,
                           prompts=str(prompts) if prompts else None, shard_size=shard_size, seed=seed,
                           labels=tuple(label or ()), batch_size=batch_size, device=device)
-    opened = distributed.init_from_env()
+    opened = distributed.init_from_env(device)
     try:
         store = run_encode(config, out, progress=not quiet)
     except (KeyError, ValueError, FileNotFoundError) as exc:
@@ -95,7 +96,7 @@ def label(
     from lrm import distributed
     from lrm.datasets.build import add_labels
 
-    opened = distributed.init_from_env()
+    opened = distributed.init_from_env(device)
     try:
         result = add_labels(store, rewards, batch_size=batch_size, device=device, media_root=media_root,
                             options=parse_options(option), progress=not quiet)
