@@ -75,6 +75,21 @@ def test_every_preset_forward_backward(preset, noise_aware):
         assert not missing, f"{preset}: no finite gradient for {missing}"
 
 
+@pytest.mark.parametrize("preset", ["image-cnn-stats", "video-pair-stats"])
+def test_noise_aware_surrogate_runs_in_any_float_dtype(preset):
+    # The sinusoidal timestep features are float32; the model's dtype must win (float64 here,
+    # bfloat16 or float16 inside a mixed-precision tuning loop).
+    torch.manual_seed(0)
+    model = build(preset, C, noise_aware=True).eval()
+    latents, _, _ = inputs(frames=2)
+    t = torch.tensor([0, 500])
+    with torch.no_grad():
+        single = model(latents, t=t)
+        double = model.double()(latents.double(), t=t)
+    assert double.dtype == torch.float64
+    torch.testing.assert_close(double.float(), single, rtol=1e-4, atol=1e-4)
+
+
 def test_frame_average_equals_mean_of_frames():
     torch.manual_seed(0)
     model = build("video-frame-avg", C)

@@ -19,7 +19,7 @@ def sinusoidal_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 class TimestepEmbedding(nn.Module):
-    """t (N,) -> (N, dim): sinusoids -> Linear -> SiLU -> Linear."""
+    """t (N,) -> (N, dim): sinusoids (computed in float32) -> Linear -> SiLU -> Linear, in the MLP's dtype."""
 
     def __init__(self, dim: int = 128):
         super().__init__()
@@ -27,4 +27,4 @@ class TimestepEmbedding(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return self.mlp(sinusoidal_embedding(t, self.dim))
+        return self.mlp(sinusoidal_embedding(t, self.dim).to(self.mlp[0].weight.dtype))
