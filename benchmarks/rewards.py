@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import math
 import os
 import platform
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from lrm.io import atomic_write_json
 from lrm.rewards import REWARDS
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "rewards.json"
@@ -105,13 +105,6 @@ def format_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def write_json(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON results file (default: {DEFAULT_OUT})")
@@ -128,7 +121,7 @@ def main() -> None:
     pixels = procedural_clips(args.clips, args.frames, args.size)
     rows = [measure(name, pixels, args.repeats) for name in (args.names or sorted(REWARDS))]
     print(format_table(rows))
-    write_json(
+    atomic_write_json(
         args.out,
         {
             "setup": {

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from lrm.datasets import store as st
 from lrm.datasets.build import EncodeConfig, add_labels, encode
 from lrm.datasets.procedural import ProceduralConfig, make_clip
 from lrm.datasets.store import LatentStore, StoreError, group_split
+from lrm.io import atomic_write_bytes
 
 
 class PoolCodec(Codec):
@@ -105,6 +107,21 @@ def test_label_statistics_match_the_column(reference):
     assert (stats["min"], stats["max"]) == (pytest.approx(v.min()), pytest.approx(v.max()))
     with pytest.raises(KeyError, match="sharpness"):
         store.label("hpsv2")
+
+
+def test_concurrent_writers_of_one_file_do_not_collide(tmp_path):
+    # Several benchmark processes refresh one store's manifest at once: each write needs a
+    # temporary file of its own, or one writer's rename takes the file another is about to rename.
+    target = tmp_path / "manifest.json"
+
+    def write_many(writer: int) -> None:
+        for i in range(200):
+            atomic_write_bytes(target, f"{writer} {i}\n".encode())
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(write_many, range(4)))  # re-raises a writer's FileNotFoundError
+    assert target.read_text().split()[1] == "199"
+    assert [p.name for p in tmp_path.iterdir()] == ["manifest.json"]  # no temporary file left
 
 
 class Crash(BaseException):

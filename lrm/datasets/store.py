@@ -22,16 +22,16 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from lrm.io import TMP_SUFFIX, atomic_write_bytes
+
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-TMP_SUFFIX = ".tmp"
 # Header keys fixed when a store is created; a later run must agree on all of them.
 HEADER_KEYS = ("format_version", "codec", "latent_shape", "text", "source", "shard_size", "units", "num_shards")
 
@@ -40,29 +40,7 @@ class StoreError(ValueError):
     """A store that cannot be opened, resumed or extended as asked; the message says why and what to do."""
 
 
-# ---------------------------------------------------------------- atomic files
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that readers see the old file or the whole new one, never a part."""
-    tmp = path.with_name(path.name + TMP_SUFFIX)
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
+# ---------------------------------------------------------------- files
 
 def _json_bytes(obj) -> bytes:
     return (json.dumps(obj, indent=1, sort_keys=True, allow_nan=False) + "\n").encode()
@@ -132,16 +110,20 @@ def create_or_check(root: Path, header: dict, write: bool) -> dict:
         manifest = _read_json(manifest_path)
         check_header(manifest, header, root)
         return manifest
-    leftovers = {"shards", "labels", MANIFEST + TMP_SUFFIX}  # what a run killed while creating the store leaves
-    if root.exists() and any(p.name not in leftovers for p in root.iterdir()):
+
+    def leftover(p: Path) -> bool:  # what a run killed while creating the store leaves
+        return p.name in ("shards", "labels") or (p.name.startswith(MANIFEST) and p.name.endswith(TMP_SUFFIX))
+
+    if root.exists() and not all(leftover(p) for p in root.iterdir()):
         raise StoreError(f"{root} exists and is not a latent store (no {MANIFEST}); choose an empty or new folder")
     manifest = {**header, "shards": [], "rows": 0, "complete": False, "skipped": {"count": 0, "items": []},
                 "labels": {}}
     if write:
-        (root / (MANIFEST + TMP_SUFFIX)).unlink(missing_ok=True)
+        for tmp in root.glob(f"{MANIFEST}.*{TMP_SUFFIX}"):
+            tmp.unlink(missing_ok=True)
         (root / "shards").mkdir(parents=True, exist_ok=True)
         (root / "labels").mkdir(exist_ok=True)
-        write_atomic(manifest_path, _json_bytes(manifest))
+        atomic_write_bytes(manifest_path, _json_bytes(manifest))
     return manifest
 
 
@@ -178,11 +160,11 @@ def commit_shard(root: Path, index: int, units: tuple[int, int], latents: torch.
     if text is not None:
         tensors["text"] = text.detach().to("cpu", torch.float32).contiguous()
         tensors["text_mask"] = text_mask.detach().to("cpu", torch.bool).contiguous()
-    write_atomic(paths["tensors"], save(tensors))
+    atomic_write_bytes(paths["tensors"], save(tensors))
     lines = "".join(json.dumps(r, sort_keys=True, allow_nan=False) + "\n" for r in rows)
-    write_atomic(paths["rows"], lines.encode())
+    atomic_write_bytes(paths["rows"], lines.encode())
     record = {"index": index, "units": list(units), "rows": len(rows), "skipped": skipped}
-    write_atomic(paths["commit"], _json_bytes(record))
+    atomic_write_bytes(paths["commit"], _json_bytes(record))
 
 
 def shard_record(root: Path, index: int) -> dict | None:
@@ -203,7 +185,7 @@ def write_label_info(root: Path, name: str, info: dict) -> None:
                              "give the new column another name")
         return
     folder.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, _json_bytes(info))
+    atomic_write_bytes(path, _json_bytes(info))
 
 
 def _moments(values: np.ndarray) -> dict:
@@ -237,9 +219,9 @@ def commit_label_shard(root: Path, name: str, index: int, values: np.ndarray, ba
     values = np.asarray(values, dtype=np.float32).copy()
     values[~np.isfinite(values)] = np.nan
     paths = label_paths(root, name, index)
-    write_atomic(paths["values"], _npy_bytes(values))
-    write_atomic(paths["commit"], _json_bytes({"index": index, "rows": int(values.size), "bad": bad,
-                                               "moments": _moments(values)}))
+    atomic_write_bytes(paths["values"], _npy_bytes(values))
+    atomic_write_bytes(paths["commit"], _json_bytes({"index": index, "rows": int(values.size), "bad": bad,
+                                                     "moments": _moments(values)}))
 
 
 def label_committed(root: Path, name: str, index: int) -> bool:
@@ -282,7 +264,7 @@ def refresh_manifest(root: Path) -> dict:
     manifest.update({"shards": shards, "rows": sum(s["rows"] for s in shards),
                      "complete": len(shards) == manifest["num_shards"],
                      "skipped": {"count": len(skipped), "items": skipped}, "labels": labels})
-    write_atomic(root / MANIFEST, _json_bytes(manifest))
+    atomic_write_bytes(root / MANIFEST, _json_bytes(manifest))
     return manifest
 
 
