@@ -108,11 +108,14 @@ def fidelity_metrics(pred, true, groups=None) -> dict:
 
 
 def per_group(pred: np.ndarray, true: np.ndarray, groups: np.ndarray) -> list[dict]:
-    """Per source group: size, MAE and (n >= 3) Spearman, worst MAE first."""
+    """Per source group: size, mean true reward, bias (mean of prediction - truth: a group the surrogate
+    under- or over-rates as a whole), MAE and (n >= 3) Spearman within the group; worst MAE first."""
     rows = []
     for g in np.unique(groups):
         sel = groups == g
-        rows.append({"group": str(g), "n": int(sel.sum()), "mae": float(np.abs(pred[sel] - true[sel]).mean()),
+        err = pred[sel] - true[sel]
+        rows.append({"group": str(g), "n": int(sel.sum()), "true_mean": float(true[sel].mean()),
+                     "bias": float(err.mean()), "mae": float(np.abs(err).mean()),
                      "spearman": _spearman(pred[sel], true[sel]) if sel.sum() >= 3 else float("nan")})
     return sorted(rows, key=lambda r: -r["mae"])
 

@@ -72,6 +72,8 @@ def test_per_group_breakdown():
     groups = np.array(["a"] * 4 + ["b"] * 4 + ["c"] * 4)
     rows = fidelity_metrics(pred, true, groups)["per_group"]
     assert rows[0]["group"] == "a" and rows[0]["mae"] == pytest.approx(5.0)
+    assert rows[0]["bias"] == pytest.approx(5.0) and rows[0]["true_mean"] == pytest.approx(1.5)
+    assert rows[1]["bias"] == pytest.approx(0.0)
     assert {r["group"] for r in rows} == {"a", "b", "c"}
 
 

@@ -108,7 +108,8 @@ def write_report(run_dir: str | Path, *, fidelity: FidelityReport, history: list
     if any(r["n"] >= 3 for r in per_group):  # singleton groups (e.g. procedural clips) say nothing more
         shown = per_group[:10]
         parts.append(_section("Worst groups", f"Source groups (of {len(per_group)}) with the largest mean absolute error.",
-                              _table(["group", "n", "MAE", "Spearman"], [[r["group"], r["n"], r["mae"], r["spearman"]] for r in shown])))
+                              _table(["group", "n", "true mean", "bias (pred - true)", "MAE", "Spearman"],
+                                     [[r["group"], r["n"], r["true_mean"], r["bias"], r["mae"], r["spearman"]] for r in shown])))
     parts.append(_section("Run configuration", "The resolved options of this run (also in config.json).",
                           _table(["option", "value"], [[k, v] for k, v in config.items()])))
     page = f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>"
