@@ -19,6 +19,9 @@ returns is reported in the JSON only ("best"), with its full lrm.fidelity metric
 Fits run in `--workers` processes of `--threads` torch threads each; CPU s is the process time
 of the fit alone (encoding and labelling are timed per store in the JSON). With `--device cuda`
 codecs encode and surrogates train on the GPU, and the table gives the fits' wall seconds.
+Settings other than the defaults (`--lr`, `--batch-size`, split `--seed`, `--fit-seeds`) are named
+in the model cell and in the run folder, so several such commands can share one cache at once;
+settings fitted with more than one seed get a second table of mean / min / max Spearman.
 
     python benchmarks/fidelity.py --quick                     # smoke run: small data, 300 steps
     python benchmarks/fidelity.py                             # everything, full data, 3,000 steps
@@ -53,6 +56,8 @@ from lrm.fitting import AUGMENTS  # noqa: E402
 from lrm.labels import LABEL_TRANSFORM_CHOICES  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "fidelity.json"
+DEFAULT_LR = 1e-3  # peak AdamW learning rate of every fit unless --lr says otherwise
+DEFAULT_BATCH = 32  # rows per optimizer step unless --batch-size says otherwise
 
 # reward -> (dataset it is fitted on, held-out Spearman goal of issue 4)
 GOALS: dict[str, tuple[str, float]] = {
@@ -175,7 +180,8 @@ def run_fit(job: FitJob) -> dict:
     return {
         "reward": job.reward, "codec": job.codec, "dataset": job.dataset, "preset": job.preset,
         "label_transform": result.label_transform,  # what "auto" chose
-        "augment": job.augment, "split_seed": job.seed, "fit_seed": job.fit_seed,
+        "augment": job.augment, "split_seed": job.seed, "fit_seed": job.fit_seed, "lr": job.lr,
+        "batch_size": job.batch_size,
         "store": job.store, "n_train": int(len(train)), "n_val": int(len(val)), "nan_labels": result.nan_labels,
         "val_groups": sorted(set(groups[val].tolist())), "steps": result.steps,
         "params": sum(p.numel() for p in result.model.parameters()),
@@ -186,7 +192,7 @@ def run_fit(job: FitJob) -> dict:
         "goal_first_reached": None if reached is None else
         {"step": reached["step"], "cpu_s_est": reached["cpu_s_est"], "wall_s": reached["elapsed_s"]},
         "best": {"step": result.best_step, **{k: best[k] for k in keep}, "verdict": report.verdict,
-                 "flags": report.flags},
+                 "flags": report.flags, "per_group": best["per_group"]},
         "ridge": {k: baselines["ridge"][k] for k in keep},
         "constant_r2": baselines["constant"]["r2"],
         "beats_ridge": bool(final["spearman"] is not None and final["spearman"] > baselines["ridge"]["spearman"]
@@ -234,13 +240,39 @@ def markdown_table(rows: list[dict], steps: int, device: str = "cpu", ceiling: d
     return "\n".join(lines)
 
 
-def model_name(row: dict) -> str:
-    """The preset, with " + hflip" when the fit mirrored its training latents and the fit seed when it
-    differs from the split seed."""
+def seed_summary(rows: list[dict]) -> str | None:
+    """Final held-out Spearman over the fit seeds of each setting (model, learning rate, batch, split) fitted
+    with more than one seed, as a markdown table; None when there is no such setting."""
+    settings: dict[tuple, list[dict]] = {}
+    for r in rows:
+        settings.setdefault((r["reward"], r["codec"], data_scale(r), model_name(r, with_fit_seed=False)), []).append(r)
+    settings = {key: fits for key, fits in settings.items() if len(fits) > 1}
+    if not settings:
+        return None
+    head = ["reward", "codec", "data", "model", "fits", "Spearman mean", "min", "max", "goal", "fits meeting it"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    order = {name: i for i, name in enumerate(GOALS)}
+    for key in sorted(settings, key=lambda k: (order[k[0]], k[1], k[2], settings[k][0].get("split_seed", 0), k[3])):
+        fits = settings[key]
+        spearman = [r["final"]["spearman"] for r in fits if r["final"]["spearman"] is not None] or [float("nan")]
+        cells = [*key, str(len(fits)), fmt(float(np.mean(spearman))), fmt(min(spearman)), fmt(max(spearman)),
+                 f"≥ {fits[0]['goal']}", f"{sum(r['goal_met'] for r in fits)} of {len(fits)}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def model_name(row: dict, with_fit_seed: bool = True) -> str:
+    """The preset, with " + hflip" when the fit mirrored its training latents, and the learning rate,
+    batch size, split seed and fit seed where they differ from the defaults (fit seed: from the split seed)."""
     name = row["preset"] + (" + hflip" if row.get("augment", "none") == "hflip" else "")
-    if row.get("fit_seed", row.get("split_seed")) != row.get("split_seed"):
-        name += f" (fit seed {row['fit_seed']})"
-    return name
+    notes = [f"lr {row['lr']:g}"] if row.get("lr", DEFAULT_LR) != DEFAULT_LR else []
+    if row.get("batch_size", DEFAULT_BATCH) != DEFAULT_BATCH:
+        notes.append(f"batch {row['batch_size']}")
+    if row.get("split_seed", 0) != 0:
+        notes.append(f"split {row['split_seed']}")
+    if with_fit_seed and row.get("fit_seed", row.get("split_seed")) != row.get("split_seed"):
+        notes.append(f"fit seed {row['fit_seed']}")
+    return name + (f" ({', '.join(notes)})" if notes else "")
 
 
 def data_scale(row: dict) -> str:
@@ -286,9 +318,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "dct only; every reward here is mirror-invariant up to its own noise)")
     parser.add_argument("--steps", type=int, default=3000, help="optimizer steps per fit (default 3000)")
     parser.add_argument("--eval-every", type=int, default=100, help="steps between validations (default 100)")
-    parser.add_argument("--batch-size", type=int, default=32,
-                        help="rows per step (default 32; the paper's LRM steps used ~8-16 samples)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate (default 1e-3)")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH,
+                        help=f"rows per step (default {DEFAULT_BATCH}; the paper's LRM steps used ~8-16 samples)")
+    parser.add_argument("--lr", type=float, default=DEFAULT_LR, help=f"peak AdamW learning rate (default {DEFAULT_LR:g})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the group split (and of the fits by default)")
     parser.add_argument("--fit-seeds", nargs="+", type=int, metavar="SEED",
                         help="fit every surrogate once per seed (model init and batch order; same split), "
@@ -336,7 +368,11 @@ def print_table(paths: list[Path], ceiling_paths: list[Path]) -> None:
     print()
     ceiling = {(r["store"], r["reward"]): r["spearman"]
                for path in ceiling_paths for r in json.loads(Path(path).read_text())["results"]}
-    print(markdown_table([r for d in payloads for r in d["results"]], steps.pop(), devices.pop(), ceiling))
+    rows = [r for d in payloads for r in d["results"]]
+    print(markdown_table(rows, steps.pop(), devices.pop(), ceiling))
+    summary = seed_summary(rows)
+    if summary:
+        print("\nOver fit seeds:\n\n" + summary)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -401,7 +437,10 @@ def main(argv: list[str] | None = None) -> None:
                         transform = args.label_transforms.get(reward, "auto")
                         name = f"{reward}--{preset}--{transform}"
                         name += "" if args.augment == "none" else f"--{args.augment}"
+                        name += "" if args.seed == 0 else f"--split-{args.seed}"
                         name += "" if fit_seed == args.seed else f"--fit-seed-{fit_seed}"
+                        name += "" if args.lr == DEFAULT_LR else f"--lr-{args.lr:g}"
+                        name += "" if args.batch_size == DEFAULT_BATCH else f"--batch-{args.batch_size}"
                         run_dir = args.cache / "runs" / Path(value["store"]).name / name
                         job = FitJob(value["store"], reward, preset, transform, args.augment, codec, dataset,
                                      str(run_dir), args.steps, args.eval_every, args.batch_size, args.lr, args.seed,
@@ -418,6 +457,9 @@ def main(argv: list[str] | None = None) -> None:
     payload["setup"]["wall_s"] = round(time.perf_counter() - started, 1)
     payload["setup"]["main_cpu_s"] = round(time.process_time() - started_cpu, 1)
     payload["table"] = markdown_table(payload["results"], args.steps, args.device)
+    summary = seed_summary(payload["results"])
+    if summary:
+        payload["table"] += "\n\nOver fit seeds:\n\n" + summary
     write_json(args.out, payload)
     print()
     print(payload["table"])
