@@ -20,6 +20,7 @@ from lrm.models.surrogate import channel_stats
 
 PAIR_SAMPLE = 2000  # pairwise accuracy is exact up to this many samples, then on a seeded subsample
 LOW_SPEARMAN = 0.8  # below this a surrogate ranks too poorly to steer a tuner reliably
+GROUP_BIAS_STDS = 0.5  # a held-out group whose mean error exceeds this many reward stds is mis-levelled
 CALIBRATION_BINS = 10
 
 
@@ -199,6 +200,13 @@ def assess(surrogate: dict, baselines: dict, by_noise: list[dict] | None = None)
     if surrogate["calibration_error"] > 0.25 * surrogate["true_std"]:
         flags.append(f"poorly calibrated: mean bin gap {surrogate['calibration_error']:.3g} "
                      f"exceeds a quarter of the reward's spread ({surrogate['true_std']:.3g})")
+    mislevelled = [g for g in surrogate.get("per_group", [])
+                   if g["n"] >= 3 and abs(g["bias"]) > GROUP_BIAS_STDS * surrogate["true_std"]]
+    if mislevelled:
+        named = ", ".join(f"{g['group']} {'under' if g['bias'] < 0 else 'over'}-rated by {abs(g['bias']):.3g}"
+                          for g in sorted(mislevelled, key=lambda g: -abs(g["bias"]))[:3])
+        flags.append(f"mis-levels whole held-out groups ({named}; the reward's spread is "
+                     f"{surrogate['true_std']:.3g}): content unlike the training data, so check what it covers")
     if by_noise:
         worst = min(by_noise, key=lambda r: r["spearman"] if np.isfinite(r["spearman"]) else -1)
         if not np.isfinite(worst["spearman"]) or worst["spearman"] < LOW_SPEARMAN:

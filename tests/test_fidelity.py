@@ -118,6 +118,20 @@ def test_flags_a_surrogate_worse_than_ridge():
     assert report.verdict.startswith("high trust") and not report.flags
 
 
+def test_flags_a_held_out_group_the_surrogate_mis_levels():
+    rng = np.random.default_rng(4)
+    true = rng.normal(size=120)
+    groups = np.repeat(["a", "b", "c", "d"], 30)
+    pred = true + 0.05 * rng.normal(size=120)
+    level = assess(fidelity_metrics(pred, true, groups), {})
+    assert not level.flags and level.verdict.startswith("high trust")
+    pred[groups == "c"] -= 1.5  # group "c" under-rated as a whole, still ranked right within it
+    shifted = assess(fidelity_metrics(pred, true, groups), {})
+    assert [f for f in shifted.flags if "mis-levels" in f and "c under-rated by 1.5" in f]
+    assert not any(g in f for f in shifted.flags for g in ("a under", "b under", "d under"))
+    assert not shifted.verdict.startswith("high trust")
+
+
 def test_fidelity_by_noise_and_flag():
     true = np.linspace(0, 1, 30)
     rows = fidelity_by_noise({0: true, 500: true[::-1].copy()}, true)
