@@ -10,6 +10,11 @@ group-aware train/validation split, no early stopping), and reports held-out Spe
 against training steps and CPU time, next to the ridge baseline on pooled latent statistics fitted
 on the same split and label scale (lrm.fidelity.fit_baselines).
 
+Labels score the media themselves by default. `--label-pixels decoded` labels what the store's
+latents decode to instead (columns "REWARD@decoded", lrm.datasets.build.add_labels): the reward a
+generator's latents are judged by, a function of the latents however lossy the codec, so the fit
+measures the surrogate alone rather than surrogate plus codec loss (benchmarks/codec_ceiling.py).
+
 Goal (issue 4, after the paper's LRMs converging in 2,000-3,000 iterations): held-out Spearman
 >= 0.95 for jpeg-incompressibility, sharpness, colorfulness and temporal-flickering, >= 0.9 for
 brisque, niqe and dynamic-degree, within 3,000 steps. "Goal met" is judged at the last step, so
@@ -27,6 +32,7 @@ settings fitted with more than one seed get a second table of mean / min / max S
     python benchmarks/fidelity.py                             # everything, full data, 3,000 steps
     python benchmarks/fidelity.py --codecs dct --rewards sharpness colorfulness --out /tmp/f.json
     python benchmarks/fidelity.py --codecs dct --rewards brisque --fit-seeds 0 1 2   # spread of one fit
+    python benchmarks/fidelity.py --codecs dct --rewards niqe --label-pixels decoded  # the decoded images' NIQE
     python benchmarks/fidelity.py --table benchmarks/results/fidelity*.json   # one table of earlier runs
 
 taef2 needs its weights: $LRM_WEIGHTS (default here: ../shared/data/weights/taesd when present).
@@ -52,6 +58,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import real_data  # noqa: E402  (benchmarks/ is a folder of scripts, not a package)
+from lrm.datasets.build import LABEL_PIXELS  # noqa: E402
 from lrm.fitting import AUGMENTS  # noqa: E402
 from lrm.labels import LABEL_TRANSFORM_CHOICES  # noqa: E402
 
@@ -77,7 +84,8 @@ DATASETS = ("images", "videos")  # frames and size of each come from the scale's
 @dataclass(frozen=True)
 class FitJob:
     store: str  # latent store folder
-    reward: str  # label column (= reward name)
+    reward: str  # reward name
+    label: str  # label column: the reward name, or "REWARD@decoded" for decoded labels
     preset: str  # surrogate preset
     label_transform: str  # FitConfig.label_transform: "auto", "none" or "log"
     augment: str  # FitConfig.augment: "none" or "hflip"
@@ -105,10 +113,18 @@ def init_worker(threads: int) -> None:
     cv2.setNumThreads(threads)
 
 
+def label_column(reward: str, pixels: str) -> str:
+    """The store column of `reward` labelled on `pixels` ("source" or "decoded"), as add_labels names it."""
+    from lrm.datasets.build import DECODED_SUFFIX
+
+    return reward + DECODED_SUFFIX if pixels == "decoded" else reward
+
+
 def prepare_store(codec: str, dataset: str, scale: str, data: str, cache: str, rewards: tuple[str, ...],
-                  device: str = "cpu") -> dict:
-    """Encode the store of media folder `data` on `device` (resumes) and add the missing labels on the
-    CPU (the weight-free rewards are CPU code); times each part."""
+                  device: str = "cpu", pixels: str = "source") -> dict:
+    """Encode the store of media folder `data` on `device` (resumes) and add the missing labels, of the
+    media or of the decoded latents (`pixels`), on the CPU (the weight-free rewards are CPU code); times
+    each part."""
     from lrm.datasets.build import EncodeConfig, add_labels, encode
     from lrm.datasets.store import LatentStore
 
@@ -120,17 +136,19 @@ def prepare_store(codec: str, dataset: str, scale: str, data: str, cache: str, r
                         batch_size=16, device=device), path, progress=False)
     encode_s = (time.process_time() - cpu, time.perf_counter() - wall)
     store = LatentStore.open(path)
-    missing = [r for r in rewards if r not in store.labels or not store.manifest["labels"][r]["complete"]]
+    columns = {r: label_column(r, pixels) for r in rewards}
+    missing = [r for r, column in columns.items()
+               if column not in store.labels or not store.manifest["labels"][column]["complete"]]
     cpu, wall = time.process_time(), time.perf_counter()
     if missing:
-        store = add_labels(path, missing, progress=False)
+        store = add_labels(path, missing, progress=False, pixels=pixels)
     label_s = (time.process_time() - cpu, time.perf_counter() - wall)
     groups = store.groups
     return {"codec": codec, "dataset": dataset, "scale": scale, "store": str(path), "rows": len(store),
             "groups": int(len(np.unique(groups))), "latent_shape": list(store.latent_shape),
             "encode_cpu_s": round(encode_s[0], 1), "encode_wall_s": round(encode_s[1], 1),
             "label_cpu_s": round(label_s[0], 1), "label_wall_s": round(label_s[1], 1), "labelled_now": missing,
-            "labels": {r: store.label_stats(r) for r in rewards},
+            "label_pixels": pixels, "labels": {columns[r]: store.label_stats(columns[r]) for r in rewards},
             "skipped": store.manifest["skipped"]["count"]}
 
 
@@ -154,10 +172,10 @@ def run_fit(job: FitJob) -> dict:
                        log_every=50, seed=job.fit_seed, split_seed=job.seed, device=job.device)
     shutil.rmtree(job.run_dir, ignore_errors=True)
     cpu, wall = time.process_time(), time.perf_counter()
-    result = fit_surrogate(store, job.reward, config, job.run_dir)
+    result = fit_surrogate(store, job.label, config, job.run_dir)
     cpu_s, wall_s = time.process_time() - cpu, time.perf_counter() - wall
 
-    labels = store.label(job.reward)
+    labels = store.label(job.label)
     train, val = result.train_indices, result.val_indices
     y_train, y_val = labels[train], labels[val]
     variance = float(np.var(y_val))
@@ -178,7 +196,8 @@ def run_fit(job: FitJob) -> dict:
     reached = next((p for p in curve if p["spearman"] is not None and p["spearman"] >= goal), None)
     keep = ("n", "spearman", "pearson", "kendall", "r2", "rmse", "pairwise_accuracy", "calibration_error")
     return {
-        "reward": job.reward, "codec": job.codec, "dataset": job.dataset, "preset": job.preset,
+        "reward": job.reward, "label": job.label, "label_pixels": store.label_pixels(job.label),
+        "codec": job.codec, "dataset": job.dataset, "preset": job.preset,
         "label_transform": result.label_transform,  # what "auto" chose
         "augment": job.augment, "split_seed": job.seed, "fit_seed": job.fit_seed, "lr": job.lr,
         "batch_size": job.batch_size,
@@ -234,10 +253,18 @@ def markdown_table(rows: list[dict], steps: int, device: str = "cpu", ceiling: d
         cells = ([r["reward"], r["codec"], data_scale(r), model_name(r), labels, f"{r['n_train']}/{r['n_val']}"]
                  + [fmt(spearman_at(r, m)) for m in marks]
                  + [fmt(r["final"]["r2"]), fmt(r["ridge"]["spearman"]), fmt(r["ridge"]["r2"])]
-                 + ([fmt(ceiling.get((Path(r["store"]).name, r["reward"])))] if ceiling else [])
+                 + ([fmt(ceiling_of(r, ceiling))] if ceiling else [])
                  + [f"{r[time_key]:.0f}", f"≥ {r['goal']}", met])
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def ceiling_of(row: dict, ceiling: dict) -> float | None:
+    """Spearman(reward of the decoded media, reward of the media) of the row's store, a reference for labels
+    of the media; labels of the decoded latents are a function of the latents (reference 1)."""
+    if row.get("label_pixels", "source") == "decoded":
+        return 1.0
+    return ceiling.get((Path(row["store"]).name, row["reward"]))
 
 
 def seed_summary(rows: list[dict]) -> str | None:
@@ -262,10 +289,13 @@ def seed_summary(rows: list[dict]) -> str | None:
 
 
 def model_name(row: dict, with_fit_seed: bool = True) -> str:
-    """The preset, with " + hflip" when the fit mirrored its training latents, and the learning rate,
-    batch size, split seed and fit seed where they differ from the defaults (fit seed: from the split seed)."""
+    """The preset, with " + hflip" when the fit mirrored its training latents, "decoded labels" when the labels
+    score the decoded latents, and the learning rate, batch size, split seed and fit seed where they differ
+    from the defaults (fit seed: from the split seed)."""
     name = row["preset"] + (" + hflip" if row.get("augment", "none") == "hflip" else "")
-    notes = [f"lr {row['lr']:g}"] if row.get("lr", DEFAULT_LR) != DEFAULT_LR else []
+    notes = ["decoded labels"] if row.get("label_pixels", "source") == "decoded" else []
+    if row.get("lr", DEFAULT_LR) != DEFAULT_LR:
+        notes.append(f"lr {row['lr']:g}")
     if row.get("batch_size", DEFAULT_BATCH) != DEFAULT_BATCH:
         notes.append(f"batch {row['batch_size']}")
     if row.get("split_seed", 0) != 0:
@@ -313,6 +343,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="override --video-presets for one codec, e.g. taef2=video-3d")
     parser.add_argument("--label-transform", action="append", default=[], metavar="REWARD=none|log|auto",
                         help="labels a reward is fitted on (default auto: log labels when that halves their skewness)")
+    parser.add_argument("--label-pixels", choices=LABEL_PIXELS, default="source",
+                        help="what the labels score: source (the media, default) or decoded (what the latents "
+                             "decode to; columns REWARD@decoded)")
     parser.add_argument("--augment", choices=AUGMENTS, default="none",
                         help="training augmentation of every fit: none (default) or hflip (exact latent mirror, "
                              "dct only; every reward here is mirror-invariant up to its own noise)")
@@ -386,7 +419,7 @@ def main(argv: list[str] | None = None) -> None:
     datasets = {d: rs for d, rs in datasets.items() if rs}
     payload = {"setup": {"command": "python benchmarks/fidelity.py " + " ".join(sys.argv[1:] if argv is None else argv),
                          "steps": args.steps, "eval_every": args.eval_every, "batch_size": args.batch_size,
-                         "lr": args.lr, "augment": args.augment, "seed": args.seed, "fit_seeds": args.fit_seeds,
+                         "lr": args.lr, "augment": args.augment, "label_pixels": args.label_pixels, "seed": args.seed, "fit_seeds": args.fit_seeds,
                          "workers": args.workers, "threads": args.threads, "device": args.device,
                          "accelerator": accelerator_name(args.device),
                          "scales": {c: args.scales.get(c, "full") for c in args.codecs},
@@ -415,7 +448,7 @@ def main(argv: list[str] | None = None) -> None:
         for codec in args.codecs:
             scale = args.scales.get(codec, "full")
             future = pool.submit(prepare_store, codec, dataset, scale, folders[dataset, scale], str(args.cache),
-                                 tuple(datasets[dataset]), args.device)
+                                 tuple(datasets[dataset]), args.device, args.label_pixels)
             pending[future] = ("store", codec, dataset)
     while pending:
         done, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -437,12 +470,14 @@ def main(argv: list[str] | None = None) -> None:
                         transform = args.label_transforms.get(reward, "auto")
                         name = f"{reward}--{preset}--{transform}"
                         name += "" if args.augment == "none" else f"--{args.augment}"
+                        name += "" if args.label_pixels == "source" else f"--{args.label_pixels}"
                         name += "" if args.seed == 0 else f"--split-{args.seed}"
                         name += "" if fit_seed == args.seed else f"--fit-seed-{fit_seed}"
                         name += "" if args.lr == DEFAULT_LR else f"--lr-{args.lr:g}"
                         name += "" if args.batch_size == DEFAULT_BATCH else f"--batch-{args.batch_size}"
                         run_dir = args.cache / "runs" / Path(value["store"]).name / name
-                        job = FitJob(value["store"], reward, preset, transform, args.augment, codec, dataset,
+                        job = FitJob(value["store"], reward, label_column(reward, args.label_pixels), preset,
+                                     transform, args.augment, codec, dataset,
                                      str(run_dir), args.steps, args.eval_every, args.batch_size, args.lr, args.seed,
                                      fit_seed, args.device)
                         pending[pool.submit(run_fit, job)] = ("fit", codec, dataset)

@@ -405,7 +405,7 @@ def _new_surrogate(store, label: str, config: FitConfig, text_dim: int | None,
     model.info.reward_spec = entry.get("spec")
     model.info.text_encoder_id = store.text_encoder_id
     model.info.noise_schedule = config.noise_schedule if config.noise_aware else None
-    model.info.extra = {"store": str(store.path), "label": label}
+    model.info.extra = {"store": str(store.path), "label": label, "label_pixels": store.label_pixels(label)}
     return model
 
 

@@ -45,6 +45,7 @@ class FitJob:
     store: str | None = None  # existing latent store to reuse instead of encoding
     out: str | None = None  # run directory; default runs/<label>
     label: str | None = None  # label column name; default: the reward name (function name for user metrics)
+    label_pixels: str = "source"  # "source" (score the media) or "decoded" (score what the latents decode to)
     codec: str = "dct"  # latent space for a new store (lrm.codecs name)
     count: int = 4000  # procedural clips when no data is given (fewer over-fit the CNN; see README)
     frames: int | None = None  # frames per clip; default 1 for image rewards, 8 for video rewards
@@ -66,9 +67,12 @@ class FitJob:
     def label_name(self) -> str:
         from lrm.rewards import REWARDS
 
+        from lrm.datasets.build import DECODED_SUFFIX
+
         if self.label:
             return self.label
-        return self.reward if self.reward in REWARDS else self.reward.rsplit(":", 1)[-1]
+        name = self.reward if self.reward in REWARDS else self.reward.rsplit(":", 1)[-1]
+        return name + DECODED_SUFFIX if self.label_pixels == "decoded" else name
 
     def run_dir(self) -> Path:
         return Path(self.out) if self.out else Path("runs") / self.label_name()
@@ -104,7 +108,11 @@ def prepare_store(job: FitJob, spec, progress: bool = True) -> LatentStore:
         store = encode(config, job.run_dir() / "store", progress=progress)
     if label not in store.labels:
         store = add_labels(store.path, [reward_ref], device=job.device, options=job.reward_options,
-                           progress=progress)
+                           progress=progress, pixels=job.label_pixels)
+    scored = store.label_pixels(label)
+    if scored != job.label_pixels:
+        raise ValueError(f"label {label!r} of {store.path} scores the {scored} pixels, not the {job.label_pixels} "
+                         f"ones this job asks for; pick another column with --label")
     return store
 
 
@@ -130,7 +138,8 @@ def run_fit(job: FitJob, progress: bool = True, resume: bool = True) -> FitOutco
     result.model.info.extra.update(frames=source.get("frames"), size=source.get("size"))
     result.model.save_pretrained(result.paths["model"])  # with the clip geometry `lrm predict` needs
     summary = {
-        "reward": job.reward, "label": job.label_name(), "units": spec.units, "kind": spec.kind,
+        "reward": job.reward, "label": job.label_name(), "label_pixels": job.label_pixels,
+        "units": spec.units, "kind": spec.kind,
         "codec": store.codec_id, "store": str(store.path), "data": source.get("description", ""),
         "preset": preset, "parameters": sum(p.numel() for p in result.model.parameters()),
         "n_train": len(result.train_indices), "n_val": len(result.val_indices), "nan_labels": result.nan_labels,

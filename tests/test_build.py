@@ -111,6 +111,29 @@ def test_label_added_later_equals_label_at_encode_time(tmp_path):
     assert other.manifest["labels"]["sharpness"]["stats"] == other.manifest["labels"]["sharp_later"]["stats"]
 
 
+def test_decoded_labels_score_what_the_latents_decode_to(tmp_path):
+    from lrm.rewards import load
+
+    codec = DCTCodec()
+    config = EncodeConfig("procedural:10", frames=2, size=32, shard_size=4, batch_size=3, labels=("sharpness",))
+    store = encode(config, tmp_path / "store", codec=codec, progress=False)
+    store = add_labels(store.path, ["sharpness", "jpeg-compressibility"], batch_size=3, progress=False,
+                       pixels="decoded")
+    assert store.label_pixels("sharpness@decoded") == "decoded" and store.label_pixels("sharpness") == "source"
+    rows = np.arange(len(store))
+    with torch.no_grad():
+        decoded = codec.decode(store.latents(rows)).clamp(0, 1)  # independent of the store's readers
+    for name in ("sharpness", "jpeg-compressibility"):
+        np.testing.assert_allclose(store.label(f"{name}@decoded"), load(name)(decoded).numpy(), rtol=1e-5)
+    # dct keeps 32 of 192 coefficients per block: the decoded images are blurrier than the source ones.
+    assert np.mean(store.label("sharpness@decoded")) < 0.9 * np.mean(store.label("sharpness"))
+    # A column keeps the pixels it was computed on: relabelling it from the source is refused.
+    with pytest.raises(StoreError, match="another name"):
+        add_labels(store.path, ["sharpness@decoded=sharpness"], progress=False)
+    with pytest.raises(ValueError, match="source, decoded"):
+        add_labels(store.path, ["sharpness"], progress=False, pixels="latents")
+
+
 def test_clear_errors(tmp_path):
     prompts = tmp_path / "p.txt"
     prompts.write_text("a cat\n")
@@ -144,8 +167,13 @@ def test_cli_encode_label_info(tmp_path):
     assert info["rows"] == 6 and info["codec"] == "dct-v1" and info["latent_shape"] == [2, 32, 4, 4]
     assert info["labels"]["sharpness"]["count"] == 6 and info["labels"]["sharpness"]["nan"] == 0
     assert info["split"]["train"] + info["split"]["val"] == 6
+    assert info["labels"]["sharpness"]["pixels"] == "source"
     table = cli("store", "info", str(out))
     assert table.exit_code == 0 and "sharpness" in table.stdout and "dct-v1" in table.stdout
+    result = cli("label", str(out), "sharpness", "--pixels", "decoded", "--quiet")
+    assert result.exit_code == 0 and "sharpness@decoded: 6 values" in result.output, result.output
+    info = json.loads(cli("store", "info", str(out), "--json").stdout)
+    assert info["labels"]["sharpness@decoded"]["pixels"] == "decoded"
 
     for args, message in (
         (("encode", "procedural:6", "--codec", "no-such-codec", "--out", str(tmp_path / "x"), "--quiet"),

@@ -69,6 +69,32 @@ def test_report_on_another_store_labels_it(fitted, tmp_path):
     assert (run / "eval-other" / "report.html").is_file()
 
 
+def test_fit_on_decoded_labels_and_report_them_on_another_store(fitted, tmp_path):
+    import shutil
+
+    run, _ = fitted
+    store = shutil.copytree(run / "store", tmp_path / "store")
+    decoded_run = tmp_path / "decoded"
+    result = runner.invoke(app, ["fit", "jpeg-incompressibility", "--label-pixels", "decoded", "--store", str(store),
+                                 "--steps", "12", "--batch-size", "16", "--out", str(decoded_run)])
+    assert result.exit_code == 0, result.output
+    assert LatentStore.open(store).label_pixels("jpeg-incompressibility@decoded") == "decoded"
+    metrics = json.loads((decoded_run / "metrics.json").read_text())
+    assert metrics["label"] == "jpeg-incompressibility@decoded" and metrics["label_pixels"] == "decoded"
+    assert LatentRewardModel.from_pretrained(decoded_run / "model").info.extra["label_pixels"] == "decoded"
+    encoded = runner.invoke(app, ["encode", "procedural:20", "--frames", "1", "--size", "32", "--seed", "7",
+                                  "--out", str(tmp_path / "other"), "--quiet"])
+    assert encoded.exit_code == 0, encoded.output
+    result = runner.invoke(app, ["report", str(decoded_run), "--store", str(tmp_path / "other")])
+    assert result.exit_code == 0, result.output
+    assert LatentStore.open(tmp_path / "other").label_pixels("jpeg-incompressibility@decoded") == "decoded"
+    # A column of source labels is not taken for decoded ones.
+    mixed = runner.invoke(app, ["fit", "jpeg-incompressibility", "--label", "jpeg-incompressibility",
+                                "--label-pixels", "decoded", "--store", str(store), "--steps", "2",
+                                "--out", str(tmp_path / "mixed")])
+    assert mixed.exit_code != 0 and "scores the source pixels" in str(mixed.exception)
+
+
 def test_predict_scores_media_like_score(fitted, tmp_path):
     run, _ = fitted
     rng = np.random.default_rng(0)
@@ -95,7 +121,8 @@ def test_fit_users_metric_and_clear_errors(tmp_path):
     assert both.exit_code != 0 and "not both" in both.output
     builtin_kind = runner.invoke(app, ["fit", "sharpness", "--kind", "video"])
     assert builtin_kind.exit_code != 0 and "built in" in builtin_kind.output
-    for flag, value in (("--loss", "l1"), ("--label-transform", "sqrt"), ("--augment", "vflip")):
+    for flag, value in (("--loss", "l1"), ("--label-transform", "sqrt"), ("--augment", "vflip"),
+                        ("--label-pixels", "latents")):
         bad = runner.invoke(app, ["fit", "colorfulness", flag, value, "--dry-run"])
         assert bad.exit_code != 0 and flag in bad.output and value in bad.output  # refused before any encoding
 

@@ -85,13 +85,17 @@ def label(
     device: Annotated[str, typer.Option(help="Torch device, e.g. cpu or cuda.")] = "cpu",
     option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="Reward option KEY=VALUE for every reward, repeatable.")] = None,
     media_root: Annotated[Optional[Path], typer.Option(help="Where the store's media files live now, if moved.")] = None,
+    pixels: Annotated[str, typer.Option(
+        help="source: score the media (re-read from the sources); decoded: score what the stored latents decode "
+             "to, in a column named REWARD@decoded.")] = "source",
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
-    """Add one label column per reward, computed on pixels recomputed from the sources. Resumable.
+    """Add one label column per reward, computed on the source media or on the decoded latents. Resumable.
 
     Examples:
       lrm label stores/proc jpeg-compressibility sharpness
       lrm label stores/proc my=metrics.py:score -o kind=video
+      lrm label stores/photos niqe --pixels decoded     # column niqe@decoded
     """
     from lrm import distributed
     from lrm.datasets.build import add_labels
@@ -99,7 +103,7 @@ def label(
     opened = distributed.init_from_env(device)
     try:
         result = add_labels(store, rewards, batch_size=batch_size, device=device, media_root=media_root,
-                            options=parse_options(option), progress=not quiet)
+                            options=parse_options(option), progress=not quiet, pixels=pixels)
     except (KeyError, ValueError, FileNotFoundError) as exc:
         _fail(exc)
     finally:
@@ -137,7 +141,7 @@ def info(
         "text": m["text"], "source": m["source"]["description"], "groups": groups,
         "split": {"val_fraction": val_fraction, "seed": seed, "train": len(train), "val": len(val)},
         "skipped": m["skipped"]["count"],
-        "labels": {k: {**v["stats"], "bad": v["bad"]["count"], "complete": v["complete"]}
+        "labels": {k: {**v["stats"], "pixels": s.label_pixels(k), "bad": v["bad"]["count"], "complete": v["complete"]}
                    for k, v in m["labels"].items()},
     }
     if json_out:
@@ -164,12 +168,12 @@ def info(
     out.print(head)
     if m["labels"]:
         table = Table(title="labels")
-        for column in ("label", "count", "mean", "std", "min", "max", "NaN", "done"):
+        for column in ("label", "pixels", "count", "mean", "std", "min", "max", "NaN", "done"):
             table.add_column(column, overflow="fold")
         for name, entry in m["labels"].items():
             st = entry["stats"]
             shown = name if entry["reward"] == name else f"{name} ({entry['reward']})"
-            table.add_row(shown, str(st["count"]), _num(st["mean"]), _num(st["std"]),
+            table.add_row(shown, s.label_pixels(name), str(st["count"]), _num(st["mean"]), _num(st["std"]),
                           _num(st["min"]), _num(st["max"]), str(st["nan"]),
                           "yes" if entry["complete"] else f"{entry['shards']} shards")
         out.print(table)

@@ -37,7 +37,10 @@ def fit(
     frames: Annotated[Optional[int], typer.Option(help="Frames per clip (default 1 for image rewards, 8 for video rewards).")] = None,
     size: Annotated[int, typer.Option(help="Square clip side in pixels.")] = DEFAULTS["size"],
     text: Annotated[Optional[str], typer.Option(help="Text encoder of a new store (default minilm-l6-v2 for text rewards).")] = None,
-    label: Annotated[Optional[str], typer.Option(help="Label column name (default: the reward name).")] = None,
+    label: Annotated[Optional[str], typer.Option(help="Label column name (default: the reward name, + @decoded for decoded labels).")] = None,
+    label_pixels: Annotated[str, typer.Option(
+        help="source: the reward of the media itself; decoded: the reward of what the latents decode to, which is "
+             "what a tuned generator is scored on and what a lossy codec cannot hide from the surrogate.")] = DEFAULTS["label_pixels"],
     batch_size: Annotated[int, typer.Option(help="Training batch size.")] = DEFAULTS["batch_size"],
     lr: Annotated[float, typer.Option(help="Peak AdamW learning rate.")] = DEFAULTS["lr"],
     loss: Annotated[str, typer.Option(help="mse (DOLLAR Eq. 10) or ranking (Bradley-Terry).")] = DEFAULTS["loss"],
@@ -80,6 +83,10 @@ def fit(
     if label_transform not in LABEL_TRANSFORM_CHOICES:
         raise typer.BadParameter(f"--label-transform must be one of {', '.join(LABEL_TRANSFORM_CHOICES)}, "
                                  f"got {label_transform!r}")
+    from lrm.datasets.build import LABEL_PIXELS
+
+    if label_pixels not in LABEL_PIXELS:
+        raise typer.BadParameter(f"--label-pixels must be one of {', '.join(LABEL_PIXELS)}, got {label_pixels!r}")
     if augment not in AUGMENTS:
         raise typer.BadParameter(f"--augment must be one of {', '.join(AUGMENTS)}, got {augment!r}")
     options = parse_options(option)
@@ -87,7 +94,7 @@ def fit(
         raise typer.BadParameter(f"--kind/--input describe your own metric; {reward!r} is built in")
     options.update({k: v for k, v in (("kind", kind), ("input", input)) if v is not None})
     job = FitJob(reward=reward, data=data, store=str(store) if store else None, out=str(out) if out else None,
-                 label=label, codec=codec, count=count, frames=frames, size=size, text=text, preset=model,
+                 label=label, label_pixels=label_pixels, codec=codec, count=count, frames=frames, size=size, text=text, preset=model,
                  steps=steps, batch_size=batch_size, lr=lr, loss=loss, label_transform=label_transform,
                  noise_aware=noise_aware, augment=augment, seed=seed,
                  reward_options=options or None, device=device)
@@ -111,7 +118,7 @@ def fit(
 
 def report(
     run: Annotated[Path, typer.Argument(help="Run directory of `lrm fit` (holds model/).")],
-    store: Annotated[Path, typer.Option(help="Latent store to evaluate on (labelled with the run's reward if needed).")],
+    store: Annotated[Path, typer.Option(help="Latent store to evaluate on (labelled with the run's reward, on the run's label pixels, if needed).")],
     out: Annotated[Optional[Path], typer.Option(help="Where to write the report (default RUN/eval-<store name>).")] = None,
     val_fraction: Annotated[float, typer.Option(help="Share of the store's groups held out; ridge is fitted on the rest.")] = 0.2,
 ) -> None:
@@ -128,13 +135,14 @@ def report(
     target = LatentStore.open(store)
     model = LatentRewardModel.from_pretrained(run / "model", codec_settings=target.codec_settings)
     label, reward = model.info.extra.get("label") or model.info.reward_name, model.info.reward_name
+    pixels = model.info.extra.get("label_pixels", "source")
     if label not in target.labels:
-        target = add_labels(target.path, [f"{label}={reward}" if label != reward else reward])
+        target = add_labels(target.path, [f"{label}={reward}" if label != reward else reward], pixels=pixels)
     train_rows, val_rows = target.split(val_fraction=val_fraction)
     labels = target.label(label)
     val_rows = val_rows[np.isfinite(labels[val_rows])]
     out_dir = out or run / f"eval-{target.path.name}"
-    summary = {"reward": reward, "label": label, "units": (model.info.reward_spec or {}).get("units", ""),
+    summary = {"reward": reward, "label": label, "label_pixels": pixels, "units": (model.info.reward_spec or {}).get("units", ""),
                "codec": target.codec_id, "store": str(target.path), "surrogate": str(run / "model"),
                "preset": model.preset, "n_train": len(train_rows), "n_val": len(val_rows)}
     fidelity = evaluate(model, target, label, train_rows, val_rows, out_dir, history=[],

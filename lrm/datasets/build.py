@@ -34,6 +34,8 @@ from lrm.datasets import store as st
 from lrm.datasets.clip import Clip
 
 PROCEDURAL_PREFIX = "procedural:"
+LABEL_PIXELS = ("source", "decoded")  # what a label scores: the media itself, or what the latents decode to
+DECODED_SUFFIX = "@decoded"  # default name of a decoded label column: "niqe@decoded"
 
 
 @dataclass(frozen=True)
@@ -243,14 +245,20 @@ def parse_label(text: str) -> tuple[str, str]:
     return text, text
 
 
-def load_labeler(text: str, options: dict | None = None):
-    """(label name, reward, label info for labels/<name>/label.json); options go to the reward factory."""
+def load_labeler(text: str, options: dict | None = None, pixels: str = "source"):
+    """(label name, reward, label info for labels/<name>/label.json); options go to the reward factory.
+
+    A "decoded" label is named "REWARD@decoded" unless "NAME=REWARD" names it."""
     from lrm.rewards import load
 
+    if pixels not in LABEL_PIXELS:
+        raise ValueError(f"label pixels must be one of {', '.join(LABEL_PIXELS)}, got {pixels!r}")
     name, reference = parse_label(text)
+    if pixels == "decoded" and name == reference:
+        name = f"{reference}{DECODED_SUFFIX}"
     reward = load(reference, **(options or {}))
     spec = dataclasses.asdict(reward.spec)
-    return name, reward, {"reward": reference, "options": options or {}, "spec": spec}
+    return name, reward, {"reward": reference, "options": options or {}, "spec": spec, "pixels": pixels}
 
 
 def score_batch(reward, pixels: torch.Tensor, prompts: list[str | None],
@@ -348,7 +356,8 @@ def encode(config: EncodeConfig, out: str | Path, codec: Codec | None = None, pr
             st.refresh_manifest(out)
     distributed.barrier()
     if labelers:  # shards committed by an earlier run before their labels were
-        _label_shards(out, source, [(n, r) for n, r, _ in labelers], mine, config.batch_size, config.device, show)
+        _label_shards(out, source_reader(source), [(n, r) for n, r, _ in labelers], mine, config.batch_size,
+                      config.device, show)
     distributed.barrier()
     if rank == 0:
         st.refresh_manifest(out)
@@ -438,26 +447,53 @@ def _read_shard_rows(root: Path, index: int) -> list[dict]:
         return [{**json.loads(line), "_pos": i} for i, line in enumerate(f)]
 
 
-def _label_shards(root: Path, source: Source, labelers: list[tuple[str, object]], shards: list[int],
+# A reader gives the pixels a label scores for a batch of one shard's rows:
+# (shard index, rows) -> ((b, T, 3, H, W) pixels of the readable rows or None, those rows, bad-item records).
+PixelReader = Callable[[int, list[dict]], tuple[torch.Tensor | None, list[dict], list[dict]]]
+
+
+def source_reader(source: Source) -> PixelReader:
+    """Pixels recomputed from each row's source reference; a row whose media fails is a bad item."""
+    def read(index: int, batch: list[dict]):
+        pixels, ok_rows, bad = [], [], []
+        for row in batch:
+            try:
+                pixels.append(source.reread(row))
+                ok_rows.append(row)
+            except Exception as exc:
+                bad.append({"row_in_shard": row["_pos"], "unit": row["unit"], "source": row["source"],
+                            "reason": f"cannot recompute pixels: {type(exc).__name__}: {exc}"})
+        return (torch.stack(pixels) if pixels else None), ok_rows, bad
+    return read
+
+
+def decoded_reader(root: Path, codec: Codec, device: str) -> PixelReader:
+    """What the stored latents decode to, clamped to [0, 1]: the pixels a generator is scored on."""
+    from safetensors import safe_open
+
+    def read(index: int, batch: list[dict]):
+        lo, hi = batch[0]["_pos"], batch[-1]["_pos"] + 1  # a batch is a run of consecutive rows
+        with safe_open(st.shard_paths(root, index)["tensors"], framework="pt") as f:
+            latents = f.get_slice("latents")[lo:hi]  # (b, T', c, h, w)
+        with torch.no_grad():
+            return codec.decode(latents.to(device)).clamp(0, 1), batch, []
+    return read
+
+
+def _label_shards(root: Path, read: PixelReader, labelers: list[tuple[str, object]], shards: list[int],
                   batch_size: int, device: str, show: bool, on_commit: Callable[[], None] | None = None) -> None:
-    """Compute and commit every missing label shard among `shards` from recomputed pixels."""
+    """Compute and commit every missing label shard among `shards` from the pixels `read` gives."""
     for name, reward in labelers:
         todo = [i for i in shards if st.shard_record(root, i) is not None and not st.label_committed(root, name, i)]
         for index in _progress(todo, f"label {name}", show and bool(todo)):
             rows = _read_shard_rows(root, index)
             values, bad = [], []
             for batch in _batches(rows, batch_size):
-                pixels, ok_rows = [], []
-                for row in batch:
-                    try:
-                        pixels.append(source.reread(row))
-                        ok_rows.append(row)
-                    except Exception as exc:
-                        bad.append({"row_in_shard": row["_pos"], "unit": row["unit"], "source": row["source"],
-                                    "reason": f"cannot recompute pixels: {type(exc).__name__}: {exc}"})
+                pixels, ok_rows, unreadable = read(index, batch)
+                bad.extend(unreadable)
                 v = np.full(len(batch), np.nan, np.float32)
                 if ok_rows:
-                    scored, scored_bad = score_batch(reward, torch.stack(pixels).to(device),
+                    scored, scored_bad = score_batch(reward, pixels.to(device),
                                                      [r["prompt"] for r in ok_rows], ok_rows)
                     positions = [r["_pos"] - batch[0]["_pos"] for r in ok_rows]
                     v[positions] = scored
@@ -472,13 +508,16 @@ def _label_shards(root: Path, source: Source, labelers: list[tuple[str, object]]
 
 def add_labels(path: str | Path, rewards: list[str], batch_size: int = 16, device: str = "cpu",
                media_root: str | Path | None = None, options: dict | None = None,
-               progress: bool = True) -> st.LatentStore:
+               progress: bool = True, pixels: str = "source") -> st.LatentStore:
     """Add one label column per reward ("REWARD" or "NAME=REWARD") to a complete store, resumably.
 
-    Pixels are recomputed from each row's source reference; latents are not touched. A reward
-    that fails or returns NaN/Inf for an item stores NaN there and records the item in the manifest.
-    `options` (KEY -> value) go to every reward's factory; `media_root` points at moved media files.
-    Under torchrun each rank labels the shards with index % world_size == rank.
+    pixels="source" scores the media itself, recomputed from each row's source reference.
+    pixels="decoded" scores what the stored latents decode to with the store's codec: the reward a
+    generator's latents are judged by, which a surrogate can match however lossy the codec is. Such
+    a column is named "REWARD@decoded" unless "NAME=REWARD" names it.
+    A reward that fails or returns NaN/Inf for an item stores NaN there and records the item in the
+    manifest. `options` (KEY -> value) go to every reward's factory; `media_root` points at moved
+    media files. Under torchrun each rank labels the shards with index % world_size == rank.
     """
     path = Path(path)
     store = st.LatentStore.open(path)
@@ -487,8 +526,13 @@ def add_labels(path: str | Path, rewards: list[str], batch_size: int = 16, devic
                             f"{store.manifest['num_shards']} shards); finish it by re-running the same `lrm encode`")
     if not rewards:
         raise ValueError("name at least one reward to label with")
-    labelers = [load_labeler(text, options) for text in rewards]
-    source = source_from_spec(store.manifest["source"], media_root)
+    labelers = [load_labeler(text, options, pixels) for text in rewards]
+    if pixels == "decoded":
+        from lrm.codecs import from_settings
+
+        read = decoded_reader(path, from_settings(store.codec_settings).to(device).eval(), device)
+    else:
+        read = source_reader(source_from_spec(store.manifest["source"], media_root))
     rank, world = distributed.rank(), distributed.world_size()
     if rank == 0:
         for name, _, info in labelers:
@@ -497,7 +541,7 @@ def add_labels(path: str | Path, rewards: list[str], batch_size: int = 16, devic
     mine = distributed.owned(range(store.manifest["num_shards"]), rank, world)
     st.clean_orphans(path, mine)
     refresh = (lambda: st.refresh_manifest(path)) if rank == 0 else None
-    _label_shards(path, source, [(n, r) for n, r, _ in labelers], mine, batch_size, device,
+    _label_shards(path, read, [(n, r) for n, r, _ in labelers], mine, batch_size, device,
                   progress and rank == 0, refresh)
     distributed.barrier()
     if rank == 0:

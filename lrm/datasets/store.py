@@ -6,7 +6,8 @@ Layout of a store folder:
     shards/shard-00000.safetensors     "latents" (n, T', c, h, w) f32 [+ "text" (n, L, D) f32, "text_mask" (n, L) bool]
     shards/shard-00000.jsonl           one provenance row per latent row: unit, source, frame_indices, group, prompt
     shards/shard-00000.json            commit record (rows, unit range, skipped items), written last
-    labels/<name>/label.json           which reward produced the column, with its spec
+    labels/<name>/label.json           which reward produced the column, its spec, and the pixels it scored
+                                       ("source": the media; "decoded": what the latents decode to)
     labels/<name>/shard-00000.npy      (n,) float32 label values, NaN where the reward failed
     labels/<name>/shard-00000.json     commit record (bad items, partial statistics), written last
 
@@ -179,7 +180,7 @@ def write_label_info(root: Path, name: str, info: dict) -> None:
     path = folder / "label.json"
     info = {**info, "name": name}
     if path.exists():
-        old = _read_json(path)
+        old = {"pixels": "source", **_read_json(path)}  # stores older than decoded labels scored the source
         if old != info:
             raise StoreError(f"label {name!r} of {root} was computed by {old}, not {info}; "
                              "give the new column another name")
@@ -258,7 +259,8 @@ def refresh_manifest(root: Path) -> dict:
             bad.extend({"row": offset + b["row_in_shard"], **b} for b in record["bad"])
             moments = record["moments"] if moments is None else _merge_moments(moments, record["moments"])
         stats = _stats_from_moments(moments)
-        labels[name] = {"reward": info["reward"], "spec": info.get("spec", {}), "folder": info_path.parent.name,
+        labels[name] = {"reward": info["reward"], "spec": info.get("spec", {}), "pixels": info.get("pixels", "source"),
+                        "folder": info_path.parent.name,
                         "shards": done, "complete": done == len(shards) and len(shards) == manifest["num_shards"],
                         "stats": stats, "bad": {"count": len(bad), "items": bad}}
     manifest.update({"shards": shards, "rows": sum(s["rows"] for s in shards),
@@ -355,6 +357,10 @@ class LatentStore:
         parts = [np.load(label_paths(self.path, name, s["index"])["values"], allow_pickle=False)
                  for s in self._shards]
         return np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)
+
+    def label_pixels(self, name: str) -> str:
+        """What label `name` scored: "source" (the media) or "decoded" (what the latents decode to)."""
+        return self._label_entry(name).get("pixels", "source")  # manifests older than decoded labels: source
 
     def label_stats(self, name: str) -> dict:
         """count (finite values), mean, std, min, max, nan (count of NaN)."""
