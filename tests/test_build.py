@@ -111,14 +111,19 @@ def test_label_added_later_equals_label_at_encode_time(tmp_path):
     assert other.manifest["labels"]["sharpness"]["stats"] == other.manifest["labels"]["sharp_later"]["stats"]
 
 
-def test_decoded_labels_score_what_the_latents_decode_to(tmp_path):
+def test_decoded_labels_score_what_the_latents_decode_to(tmp_path, monkeypatch):
     from lrm.rewards import load
 
     codec = DCTCodec()
     config = EncodeConfig("procedural:10", frames=2, size=32, shard_size=4, batch_size=3, labels=("sharpness",))
     store = encode(config, tmp_path / "store", codec=codec, progress=False)
+    decoded_rows = []
+    decode = DCTCodec.decode
+    monkeypatch.setattr(DCTCodec, "decode", lambda self, z: decoded_rows.append(len(z)) or decode(self, z))
     store = add_labels(store.path, ["sharpness", "jpeg-compressibility"], batch_size=3, progress=False,
                        pixels="decoded")
+    assert decoded_rows == [3, 1, 3, 1, 2]  # each batch of each shard (4, 4, 2 rows) decoded once for both rewards
+    monkeypatch.undo()
     assert store.label_pixels("sharpness@decoded") == "decoded" and store.label_pixels("sharpness") == "source"
     rows = np.arange(len(store))
     with torch.no_grad():

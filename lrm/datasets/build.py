@@ -482,28 +482,37 @@ def decoded_reader(root: Path, codec: Codec, device: str) -> PixelReader:
 
 def _label_shards(root: Path, read: PixelReader, labelers: list[tuple[str, object]], shards: list[int],
                   batch_size: int, device: str, show: bool, on_commit: Callable[[], None] | None = None) -> None:
-    """Compute and commit every missing label shard among `shards` from the pixels `read` gives."""
-    for name, reward in labelers:
-        todo = [i for i in shards if st.shard_record(root, i) is not None and not st.label_committed(root, name, i)]
-        for index in _progress(todo, f"label {name}", show and bool(todo)):
-            rows = _read_shard_rows(root, index)
-            values, bad = [], []
-            for batch in _batches(rows, batch_size):
-                pixels, ok_rows, unreadable = read(index, batch)
-                bad.extend(unreadable)
+    """Compute and commit every missing label shard among `shards` from the pixels `read` gives.
+
+    Each batch is read (media re-read or latents decoded) once for all the rewards still missing there."""
+    def missing(index: int) -> list[tuple[str, object]]:
+        return [(name, reward) for name, reward in labelers if not st.label_committed(root, name, index)]
+
+    todo = [i for i in shards if st.shard_record(root, i) is not None and missing(i)]
+    names = ", ".join(name for name, _ in labelers)
+    for index in _progress(todo, f"label {names}", show and bool(todo)):
+        rows = _read_shard_rows(root, index)
+        rewards = missing(index)
+        values = {name: [] for name, _ in rewards}
+        bad = {name: [] for name, _ in rewards}
+        for batch in _batches(rows, batch_size):
+            pixels, ok_rows, unreadable = read(index, batch)
+            positions = [r["_pos"] - batch[0]["_pos"] for r in ok_rows]
+            for name, reward in rewards:
                 v = np.full(len(batch), np.nan, np.float32)
+                bad[name].extend(unreadable)
                 if ok_rows:
-                    scored, scored_bad = score_batch(reward, pixels.to(device),
-                                                     [r["prompt"] for r in ok_rows], ok_rows)
-                    positions = [r["_pos"] - batch[0]["_pos"] for r in ok_rows]
+                    scored, scored_bad = score_batch(reward, pixels.to(device), [r["prompt"] for r in ok_rows],
+                                                     ok_rows)
                     v[positions] = scored
-                    bad.extend(scored_bad)
-                values.append(v)
-            bad.sort(key=lambda b: b["row_in_shard"])
-            v = np.concatenate(values) if values else np.zeros(0, np.float32)
-            st.commit_label_shard(root, name, index, v, _bad_records(bad, index))
-            if on_commit is not None:
-                on_commit()
+                    bad[name].extend(scored_bad)
+                values[name].append(v)
+        for name, _ in rewards:
+            bad[name].sort(key=lambda b: b["row_in_shard"])
+            v = np.concatenate(values[name]) if values[name] else np.zeros(0, np.float32)
+            st.commit_label_shard(root, name, index, v, _bad_records(bad[name], index))
+        if on_commit is not None:
+            on_commit()
 
 
 def add_labels(path: str | Path, rewards: list[str], batch_size: int = 16, device: str = "cpu",
@@ -513,8 +522,8 @@ def add_labels(path: str | Path, rewards: list[str], batch_size: int = 16, devic
 
     pixels="source" scores the media itself, recomputed from each row's source reference.
     pixels="decoded" scores what the stored latents decode to with the store's codec: the reward a
-    generator's latents are judged by, which a surrogate can match however lossy the codec is. Such
-    a column is named "REWARD@decoded" unless "NAME=REWARD" names it.
+    generator's latents are judged by, a function of the latents however lossy the codec is. Such a
+    column is named "REWARD@decoded" unless "NAME=REWARD" names it.
     A reward that fails or returns NaN/Inf for an item stores NaN there and records the item in the
     manifest. `options` (KEY -> value) go to every reward's factory; `media_root` points at moved
     media files. Under torchrun each rank labels the shards with index % world_size == rank.
