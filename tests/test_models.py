@@ -196,7 +196,8 @@ def test_input_errors_are_clear():
 
 # ---------------------------------------------------------------- save / load
 
-@pytest.mark.parametrize("preset,noise_aware", [("image-cnn", False), ("text-video-3d-xattn", True)])
+@pytest.mark.parametrize("preset,noise_aware", [("image-cnn", False), ("text-video-3d-xattn", True),
+                                                ("image-fullres-log-stats", False)])
 def test_save_load_round_trip(tmp_path, preset, noise_aware):
     torch.manual_seed(0)
     model = build(preset, C, text_dim=D if needs_text(preset) else None, noise_aware=noise_aware)
@@ -293,3 +294,24 @@ def test_stats_head_sees_energy_that_group_norm_removes():
             model.backbone.stages[0].conv.bias.zero_()
         assert torch.allclose(plain.backbone(latents[:, 0]), plain.backbone(scaled[:, 0]), atol=1e-4)
         assert not torch.allclose(stats(latents), stats(scaled), atol=1e-3)
+
+
+def test_log_energy_presets_read_latents_and_their_log_energies():
+    from lrm.models.surrogate import LOG_ENERGY_EPS, channel_stats, with_log_energy
+
+    x = torch.tensor([[[0.0, 0.5], [-2.0, 1e-3]]]).reshape(1, 1, 2, 2).requires_grad_()
+    out = with_log_energy(x)  # (1, 2, 2, 2)
+    expected = np.log(x.detach().numpy() ** 2 + LOG_ENERGY_EPS)
+    np.testing.assert_allclose(out[:, 1].detach().numpy(), expected[:, 0], rtol=1e-6)
+    assert torch.equal(out[:, :1], x)
+    out[:, 1].sum().backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().max() <= 1 / np.sqrt(LOG_ENERGY_EPS)
+    for preset in ("image-cnn-log-stats", "image-fullres-log-stats"):
+        model = build(preset, 8)
+        first = next(m for m in model.backbone.modules() if isinstance(m, torch.nn.Conv2d))
+        assert first.in_channels == 16  # 8 latent channels + their 8 log energies
+        latents = torch.randn(2, 1, 8, 12, 12)
+        with torch.no_grad():  # the same as the plain backbone run on [x, log(x^2 + eps)]
+            direct = model.head(torch.cat([model.backbone(with_log_energy(latents[:, 0])),
+                                           channel_stats(latents[:, 0])], 1))[:, 0]
+            np.testing.assert_allclose(model(latents, standardised=True).numpy(), direct.numpy(), rtol=1e-5)

@@ -5,8 +5,9 @@ stage; "-l" is wider and deeper (256 -> 384 x 3). Video: "video-frame-avg" is th
 per latent frame with predictions averaged (the paper's default for video rewards); "video-3d"
 convolves over time (kernel 3) too. "-fullres" and "video-pair" keep the latent resolution
 (lrm.models.fullres): local maps pooled by mean and top 5%, per frame (fine-grained image quality:
-BRISQUE) or per consecutive frame pair (flicker, motion). Text presets add Tab. 11's
-cross-attention on text tokens.
+BRISQUE) or per consecutive frame pair (flicker, motion). "-log" presets also feed the backbone
+log energies of the latents (natural-scene-statistics rewards: BRISQUE, NIQE). Text presets add
+Tab. 11's cross-attention on text tokens.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class Architecture:
     full_resolution: bool = False  # True: FullResolutionBackbone (stride-1 3x3 convs; temporal: frame pairs)
     text: bool = False  # True: Tab. 11 cross-attention on text token embeddings
     pooled_stats: bool = False  # True: the head also reads per-channel pooled statistics (channel_stats)
+    log_energy: bool = False  # True: the backbone also reads log(x^2 + eps) of every latent channel
 
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -57,6 +59,11 @@ ARCHITECTURES: dict[str, Architecture] = {
     # Latent resolution throughout, 16 local maps pooled by mean and top 5%, + pooled statistics.
     "image-fullres-stats": Architecture((64, 64, 64), 16, full_resolution=True, pooled_stats=True),
     "video-pair-stats": Architecture((32, 32, 32), 16, temporal=True, full_resolution=True, pooled_stats=True),
+    # "-log": the backbone also reads log energies log(x^2 + eps) (surrogate.with_log_energy), for
+    # natural-scene-statistics rewards (BRISQUE, NIQE), which divide local deviations by local contrast.
+    "image-cnn-log-stats": Architecture((128, 128), 128, pooled_stats=True, log_energy=True),
+    "image-fullres-log-stats": Architecture((64, 64, 64), 16, full_resolution=True, pooled_stats=True,
+                                            log_energy=True),
 }
 
 
@@ -70,13 +77,14 @@ def assemble(preset: str, in_channels: int, text_dim: int | None = None, noise_a
             f"surrogate {preset!r} reads text: pass text_dim (width D of the text encoder's token embeddings)"
         )
     cond_dim = TIME_EMBED_DIM if noise_aware else None
+    backbone_channels = 2 * in_channels if arch.log_energy else in_channels
     if arch.full_resolution:
-        backbone = FullResolutionBackbone(in_channels, arch.widths, arch.feature_dim, arch.temporal, cond_dim)
+        backbone = FullResolutionBackbone(backbone_channels, arch.widths, arch.feature_dim, arch.temporal, cond_dim)
     else:
-        backbone = ConvBackbone(in_channels, arch.widths, arch.feature_dim, arch.temporal, cond_dim)
+        backbone = ConvBackbone(backbone_channels, arch.widths, arch.feature_dim, arch.temporal, cond_dim)
     return LatentRewardModel(
         preset, in_channels, backbone, per_frame=not arch.temporal,
         cross_attention=TextCrossAttention(backbone.feature_dim, text_dim) if arch.text else None,
         time_embedding=TimestepEmbedding(TIME_EMBED_DIM) if noise_aware else None,
-        pooled_stats=arch.pooled_stats,
+        pooled_stats=arch.pooled_stats, log_energy=arch.log_energy,
     )

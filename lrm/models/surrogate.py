@@ -9,7 +9,8 @@ label statistics of the training split: y = z * label_std + label_mean, or, for 
 on log labels (lrm.labels, label_transform "log", for right-skewed rewards such as sharpness),
 y = exp(z * label_std + label_mean) + label_shift (mean and std are then those of log(y - shift)).
 Mean and std are buffers saved with the weights; transform and shift are saved in config.json.
-Per-frame presets run the 2D backbone on every latent frame and average the frame outputs z
+"-log" presets feed the backbone log-energy channels log(x^2 + eps) beside the latents x (see
+`with_log_energy`). Per-frame presets run the 2D backbone on every latent frame and average the frame outputs z
 (DOLLAR's frame-average reward); temporal presets run a 3D or frame-pair backbone over the clip.
 Noise-aware surrogates take the DDPM timestep t of noised latents x_t (t=None means clean
 latents, t = 0).
@@ -39,6 +40,18 @@ WEIGHTS_NAME = "model.safetensors"
 FORMAT = "lrm-surrogate"
 FORMAT_VERSION = 1
 CODEC_KEYS = ("name", "version", "channels", "spatial_factor", "temporal_factor", "scale")  # must match to load
+LOG_ENERGY_EPS = 1e-4  # floor added to x^2 in the log-energy channels (bounds their gradient by 1 / sqrt(eps))
+
+
+def with_log_energy(x: torch.Tensor) -> torch.Tensor:
+    """(N, c, ...) latents -> (N, 2c, ...): [x, log(x^2 + eps)].
+
+    Natural-scene-statistics rewards (BRISQUE, NIQE) read locally normalised pixels: deviations
+    divided by the local contrast. A conv over log energies turns that division into a difference
+    of logs, which it can form; over raw latents it cannot. On the real-data benchmark this lifts
+    BRISQUE in dct far more than full latent resolution does (README, "Fidelity on real data").
+    """
+    return torch.cat([x, torch.log(x.square() + LOG_ENERGY_EPS)], dim=1)
 
 
 def channel_stats(x: torch.Tensor, logs: bool = True) -> torch.Tensor:
@@ -87,7 +100,8 @@ class LatentRewardModel(nn.Module):
 
     def __init__(self, preset: str, in_channels: int, backbone: ConvBackbone | FullResolutionBackbone,
                  per_frame: bool, cross_attention: TextCrossAttention | None = None,
-                 time_embedding: TimestepEmbedding | None = None, pooled_stats: bool = False):
+                 time_embedding: TimestepEmbedding | None = None, pooled_stats: bool = False,
+                 log_energy: bool = False):
         super().__init__()
         self.preset = preset
         self.in_channels = in_channels
@@ -96,6 +110,7 @@ class LatentRewardModel(nn.Module):
         self.cross_attention = cross_attention
         self.time_embedding = time_embedding
         self.pooled_stats = pooled_stats
+        self.log_energy = log_energy  # the backbone reads with_log_energy(latents): 2c channels
         stats_dim = channel_stats_dim(in_channels, per_frame) if pooled_stats else 0
         self.head = nn.Linear(backbone.feature_dim + stats_dim, 1)
         self.register_buffer("label_mean", torch.zeros(()))
@@ -153,7 +168,7 @@ class LatentRewardModel(nn.Module):
                 text_mask = text_mask.repeat_interleave(frames, dim=0)  # (B*T, L)
         else:
             x = latents.transpose(1, 2)  # (B, c, T, h, w)
-        features = self.backbone(x, cond)  # (N, F)
+        features = self.backbone(with_log_energy(x) if self.log_energy else x, cond)  # (N, F)
         if self.cross_attention is not None:
             features = self.cross_attention(features, text, text_mask)
         if self.pooled_stats:
