@@ -27,7 +27,8 @@ from lrm.fidelity import FidelityReport, assess, features_of, fidelity_by_noise,
 # and on the main job they beat the plain Tab. 10 CNN (held-out Spearman 0.957 vs 0.911). Video
 # defaults to frame pairs at full latent resolution, which beat the 3D CNN on both measured video
 # rewards (flicker, dynamic degree) in both codecs (README, "Fidelity on real data").
-# Text kinds keep Tab. 11 until a text reward is measured the same way.
+# Text kinds keep Tab. 11 until a text reward is measured the same way. The "-log" image presets
+# are no default: they lift every image reward in dct but lower BRISQUE and colourfulness in taef2.
 DEFAULT_PRESETS = {
     "image": "image-cnn-stats",  # Tab. 10 + pooled channel statistics
     "text-image": "text-image-xattn",  # Tab. 11
