@@ -141,7 +141,8 @@ def info(
         "text": m["text"], "source": m["source"]["description"], "groups": groups,
         "split": {"val_fraction": val_fraction, "seed": seed, "train": len(train), "val": len(val)},
         "skipped": m["skipped"]["count"],
-        "labels": {k: {**v["stats"], "pixels": s.label_pixels(k), "bad": v["bad"]["count"], "complete": v["complete"]}
+        "labels": {k: {**v["stats"], "pixels": s.label_pixels(k), "bad": v["bad"]["count"],
+                       "complete": v["complete"]}
                    for k, v in m["labels"].items()},
     }
     if json_out:

@@ -94,7 +94,8 @@ def fit(
         raise typer.BadParameter(f"--kind/--input describe your own metric; {reward!r} is built in")
     options.update({k: v for k, v in (("kind", kind), ("input", input)) if v is not None})
     job = FitJob(reward=reward, data=data, store=str(store) if store else None, out=str(out) if out else None,
-                 label=label, label_pixels=label_pixels, codec=codec, count=count, frames=frames, size=size, text=text, preset=model,
+                 label=label, label_pixels=label_pixels, codec=codec, count=count, frames=frames, size=size,
+                 text=text, preset=model,
                  steps=steps, batch_size=batch_size, lr=lr, loss=loss, label_transform=label_transform,
                  noise_aware=noise_aware, augment=augment, seed=seed,
                  reward_options=options or None, device=device)
@@ -142,7 +143,8 @@ def report(
     labels = target.label(label)
     val_rows = val_rows[np.isfinite(labels[val_rows])]
     out_dir = out or run / f"eval-{target.path.name}"
-    summary = {"reward": reward, "label": label, "label_pixels": pixels, "units": (model.info.reward_spec or {}).get("units", ""),
+    summary = {"reward": reward, "label": label, "label_pixels": pixels,
+               "units": (model.info.reward_spec or {}).get("units", ""),
                "codec": target.codec_id, "store": str(target.path), "surrogate": str(run / "model"),
                "preset": model.preset, "n_train": len(train_rows), "n_val": len(val_rows)}
     fidelity = evaluate(model, target, label, train_rows, val_rows, out_dir, history=[],

@@ -259,8 +259,8 @@ def refresh_manifest(root: Path) -> dict:
             bad.extend({"row": offset + b["row_in_shard"], **b} for b in record["bad"])
             moments = record["moments"] if moments is None else _merge_moments(moments, record["moments"])
         stats = _stats_from_moments(moments)
-        labels[name] = {"reward": info["reward"], "spec": info.get("spec", {}), "pixels": info.get("pixels", "source"),
-                        "folder": info_path.parent.name,
+        labels[name] = {"reward": info["reward"], "spec": info.get("spec", {}),
+                        "pixels": info.get("pixels", "source"), "folder": info_path.parent.name,
                         "shards": done, "complete": done == len(shards) and len(shards) == manifest["num_shards"],
                         "stats": stats, "bad": {"count": len(bad), "items": bad}}
     manifest.update({"shards": shards, "rows": sum(s["rows"] for s in shards),
