@@ -58,7 +58,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import real_data  # noqa: E402  (benchmarks/ is a folder of scripts, not a package)
-from lrm.datasets.build import LABEL_PIXELS  # noqa: E402
+from lrm.datasets.build import LABEL_PIXELS, label_column  # noqa: E402
 from lrm.fitting import AUGMENTS  # noqa: E402
 from lrm.labels import LABEL_TRANSFORM_CHOICES  # noqa: E402
 
@@ -111,13 +111,6 @@ def init_worker(threads: int) -> None:
 
     torch.set_num_threads(threads)
     cv2.setNumThreads(threads)
-
-
-def label_column(reward: str, pixels: str) -> str:
-    """The store column of `reward` labelled on `pixels` ("source" or "decoded"), as add_labels names it."""
-    from lrm.datasets.build import DECODED_SUFFIX
-
-    return reward + DECODED_SUFFIX if pixels == "decoded" else reward
 
 
 def prepare_store(codec: str, dataset: str, scale: str, data: str, cache: str, rewards: tuple[str, ...],

@@ -68,12 +68,12 @@ class FitJob:
     def label_name(self) -> str:
         from lrm.rewards import REWARDS
 
-        from lrm.datasets.build import DECODED_SUFFIX
+        from lrm.datasets.build import label_column
 
         if self.label:
             return self.label
-        name = self.reward if self.reward in REWARDS else self.reward.rsplit(":", 1)[-1]
-        return name + DECODED_SUFFIX if self.label_pixels == "decoded" else name
+        return label_column(self.reward if self.reward in REWARDS else self.reward.rsplit(":", 1)[-1],
+                            self.label_pixels)
 
     def run_dir(self) -> Path:
         return Path(self.out) if self.out else Path("runs") / self.label_name()

@@ -245,6 +245,11 @@ def parse_label(text: str) -> tuple[str, str]:
     return text, text
 
 
+def label_column(name: str, pixels: str) -> str:
+    """The default column of a label `name` scored on `pixels`: "niqe", or "niqe@decoded"."""
+    return name + DECODED_SUFFIX if pixels == "decoded" else name
+
+
 def load_labeler(text: str, options: dict | None = None, pixels: str = "source"):
     """(label name, reward, label info for labels/<name>/label.json); options go to the reward factory.
 
@@ -254,8 +259,8 @@ def load_labeler(text: str, options: dict | None = None, pixels: str = "source")
     if pixels not in LABEL_PIXELS:
         raise ValueError(f"label pixels must be one of {', '.join(LABEL_PIXELS)}, got {pixels!r}")
     name, reference = parse_label(text)
-    if pixels == "decoded" and name == reference:
-        name = f"{reference}{DECODED_SUFFIX}"
+    if name == reference:
+        name = label_column(reference, pixels)
     reward = load(reference, **(options or {}))
     spec = dataclasses.asdict(reward.spec)
     return name, reward, {"reward": reference, "options": options or {}, "spec": spec, "pixels": pixels}
