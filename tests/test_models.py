@@ -8,6 +8,7 @@ import torch
 
 from lrm.models import ARCHITECTURES, SURROGATES, CodecMismatchError, LatentRewardModel, build, needs_text
 from lrm.models.fullres import mean_of_largest
+from lrm.models.patch_gaussian import COVARIANCE_EPS, NIQE_PATCH_CELLS, gaussian_distance, patch_moments
 
 B, C, H, W, L, D = 2, 4, 16, 16, 5, 8
 CODEC = {"name": "dct", "version": "1", "channels": C, "spatial_factor": 8, "temporal_factor": 1, "scale": 1.0}
@@ -26,9 +27,14 @@ def n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def inputs(frames: int = 1, seed: int = 0):
+def latent_side(preset: str) -> int:
+    """Latent side of the tiny test inputs: patch-Gaussian presets need 2 x 2 patches of 12 cells."""
+    return 2 * NIQE_PATCH_CELLS if ARCHITECTURES[preset].patch_gaussian else H
+
+
+def inputs(frames: int = 1, seed: int = 0, side: int = H):
     g = torch.Generator().manual_seed(seed)
-    latents = torch.randn(B, frames, C, H, W, generator=g)
+    latents = torch.randn(B, frames, C, side, side, generator=g)
     text = torch.randn(B, L, D, generator=g)
     mask = torch.tensor([[True] * L, [True, True, True, False, False]])
     return latents, text, mask
@@ -65,7 +71,7 @@ def test_every_preset_forward_backward(preset, noise_aware):
     torch.manual_seed(0)
     model = build(preset, C, text_dim=D if needs_text(preset) else None, noise_aware=noise_aware)
     for frames in (2, 3) if (ARCHITECTURES[preset].full_resolution and ARCHITECTURES[preset].temporal) else (1, 3):
-        latents, text, mask = inputs(frames)
+        latents, text, mask = inputs(frames, side=latent_side(preset))
         t = torch.tensor([0, 500]) if noise_aware else None
         out = model(latents, text, mask, t) if needs_text(preset) else model(latents, t=t)
         assert out.shape == (B,) and torch.isfinite(out).all()
@@ -315,3 +321,34 @@ def test_log_energy_presets_read_latents_and_their_log_energies():
             direct = model.head(torch.cat([model.backbone(with_log_energy(latents[:, 0])),
                                            channel_stats(latents[:, 0])], 1))[:, 0]
             np.testing.assert_allclose(model(latents, standardised=True).numpy(), direct.numpy(), rtol=1e-5)
+
+
+# ---------------------------------------------------------------- patch-Gaussian (learned NIQE)
+
+def test_patch_gaussian_distance_is_niqes_formula():
+    # NIQE: sqrt((mu - nu)^T ((Sigma + S) / 2)^-1 (mu - nu)), S the covariance over patches; here
+    # Sigma = L L^T, plus the ridge; checked against numpy's cov and inverse.
+    g = torch.Generator().manual_seed(0)
+    features = torch.randn(3, 6, 4, generator=g, dtype=torch.float64)  # (M, P, F)
+    reference_mean = torch.randn(4, generator=g, dtype=torch.float64)
+    factor = torch.randn(4, 4, generator=g, dtype=torch.float64)  # only its lower triangle counts
+    distance, mean = gaussian_distance(features, reference_mean, factor)
+    lower = np.tril(factor.numpy())
+    for i, f in enumerate(features.numpy()):
+        pooled = (lower @ lower.T + np.cov(f.T)) / 2 + COVARIANCE_EPS * np.eye(4)
+        diff = f.mean(axis=0) - reference_mean.numpy()
+        np.testing.assert_allclose(distance[i].item(), np.sqrt(diff @ np.linalg.inv(pooled) @ diff), rtol=1e-6)
+        np.testing.assert_allclose(mean[i].numpy(), f.mean(axis=0), rtol=1e-12)
+
+
+def test_patch_moments_tile_from_the_top_left_and_need_two_patches():
+    maps = torch.rand(1, 2, 25, 13) + 0.1  # (M, K, h, w): 2 x 1 whole 12-cell tiles, the rest dropped
+    moments = patch_moments(maps, 12)  # (M, P, K)
+    assert moments.shape == (1, 2, 2)
+    torch.testing.assert_close(moments[0, 0].exp(), maps[0, :, :12, :12].mean(dim=(1, 2)), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(moments[0, 1].exp(), maps[0, :, 12:24, :12].mean(dim=(1, 2)), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="at least 2 patches of 12x12 latent cells.*got latents of 23x23"):
+        patch_moments(torch.rand(1, 2, 23, 23), 12)
+    model = build("image-patch-gaussian-log-stats", C)
+    with pytest.raises(ValueError, match="at least 2 patches"):
+        model(torch.randn(1, 1, C, 16, 16))

@@ -36,17 +36,22 @@ def mean_of_largest(maps: torch.Tensor, fraction: float) -> torch.Tensor:
     return maps.topk(k, dim=-1).values.mean(dim=-1)
 
 
+def full_resolution_stages(in_channels: int, widths: tuple[int, ...], cond_dim: int | None) -> nn.ModuleList:
+    """len(widths) x (Conv 3x3 stride 1 pad 1 (+ FiLM) + SiLU), no GroupNorm: (M, in, h, w) -> (M, widths[-1], h, w)."""
+    channels = (in_channels, *widths)
+    geometry = ((3, 3), (1, 1), (1, 1))
+    return nn.ModuleList(
+        ConvStage(channels[i], channels[i + 1], geometry, cond_dim, norm=False) for i in range(len(widths))
+    )
+
+
 class FullResolutionBackbone(nn.Module):
     """Frames (M, c, h, w) or, with frame_pairs, clips (N, c, T, h, w), T >= 2 -> features (., 2 * maps)."""
 
     def __init__(self, in_channels: int, widths: tuple[int, ...] = (64, 64, 64), maps: int = 16,
                  frame_pairs: bool = False, cond_dim: int | None = None, top_fraction: float = TOP_FRACTION):
         super().__init__()
-        geometry = ((3, 3), (1, 1), (1, 1))
-        channels = (3 * in_channels if frame_pairs else in_channels, *widths)
-        self.stages = nn.ModuleList(
-            ConvStage(channels[i], channels[i + 1], geometry, cond_dim, norm=False) for i in range(len(widths))
-        )
+        self.stages = full_resolution_stages(3 * in_channels if frame_pairs else in_channels, widths, cond_dim)
         self.maps = nn.Conv2d(widths[-1], maps, 1)
         self.frame_pairs = frame_pairs
         self.top_fraction = top_fraction

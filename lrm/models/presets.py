@@ -5,7 +5,8 @@ stage; "-l" is wider and deeper (256 -> 384 x 3). Video: "video-frame-avg" is th
 per latent frame with predictions averaged (the paper's default for video rewards); "video-3d"
 convolves over time (kernel 3) too. "-fullres" and "video-pair" keep the latent resolution
 (lrm.models.fullres): local maps pooled by mean and top 5%, per frame (fine-grained image quality:
-BRISQUE) or per consecutive frame pair (flicker, motion). "-log" presets also feed the backbone
+BRISQUE) or per consecutive frame pair (flicker, motion). "-patch-gaussian" is NIQE's structure
+(lrm.models.patch_gaussian): per-patch features, their Gaussian, its distance to a learned one. "-log" presets also feed the backbone
 log energies of the latents (natural-scene-statistics rewards: BRISQUE, NIQE). Text presets add
 Tab. 11's cross-attention on text tokens.
 """
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 
 from lrm.models.cnn import ConvBackbone
 from lrm.models.fullres import FullResolutionBackbone
+from lrm.models.patch_gaussian import PatchGaussianBackbone
 from lrm.models.surrogate import LatentRewardModel
 from lrm.models.timestep import TimestepEmbedding
 from lrm.models.xattn import TextCrossAttention
@@ -33,6 +35,7 @@ class Architecture:
     text: bool = False  # True: Tab. 11 cross-attention on text token embeddings
     pooled_stats: bool = False  # True: the head also reads per-channel pooled statistics (channel_stats)
     log_energy: bool = False  # True: the backbone also reads log(x^2 + eps) of every latent channel
+    patch_gaussian: bool = False  # True: PatchGaussianBackbone (feature_dim: its local moment maps)
 
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -64,6 +67,10 @@ ARCHITECTURES: dict[str, Architecture] = {
     "image-cnn-log-stats": Architecture((128, 128), 128, pooled_stats=True, log_energy=True),
     "image-fullres-log-stats": Architecture((64, 64, 64), 16, full_resolution=True, pooled_stats=True,
                                             log_energy=True),
+    # Patch-Gaussian (lrm.models.patch_gaussian): per-96-px-patch features, their Gaussian over the
+    # frame's patches and its distance to a learned reference, NIQE's own structure.
+    "image-patch-gaussian-log-stats": Architecture((64, 64, 64), 32, pooled_stats=True, log_energy=True,
+                                                   patch_gaussian=True),
 }
 
 
@@ -78,7 +85,9 @@ def assemble(preset: str, in_channels: int, text_dim: int | None = None, noise_a
         )
     cond_dim = TIME_EMBED_DIM if noise_aware else None
     backbone_channels = 2 * in_channels if arch.log_energy else in_channels
-    if arch.full_resolution:
+    if arch.patch_gaussian:
+        backbone = PatchGaussianBackbone(backbone_channels, arch.widths, arch.feature_dim, cond_dim=cond_dim)
+    elif arch.full_resolution:
         backbone = FullResolutionBackbone(backbone_channels, arch.widths, arch.feature_dim, arch.temporal, cond_dim)
     else:
         backbone = ConvBackbone(backbone_channels, arch.widths, arch.feature_dim, arch.temporal, cond_dim)
