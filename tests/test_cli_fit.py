@@ -122,7 +122,7 @@ def test_fit_users_metric_and_clear_errors(tmp_path):
     builtin_kind = runner.invoke(app, ["fit", "sharpness", "--kind", "video"])
     assert builtin_kind.exit_code != 0 and "built in" in builtin_kind.output
     for flag, value in (("--loss", "l1"), ("--label-transform", "sqrt"), ("--augment", "vflip"),
-                        ("--label-pixels", "latents")):
+                        ("--label-pixels", "latents"), ("--model", "image-cnn-xl")):
         bad = runner.invoke(app, ["fit", "colorfulness", flag, value, "--dry-run"])
         assert bad.exit_code != 0 and flag in bad.output and value in bad.output  # refused before any encoding
 

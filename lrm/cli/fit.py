@@ -89,6 +89,10 @@ def fit(
         raise typer.BadParameter(f"--label-pixels must be one of {', '.join(LABEL_PIXELS)}, got {label_pixels!r}")
     if augment not in AUGMENTS:
         raise typer.BadParameter(f"--augment must be one of {', '.join(AUGMENTS)}, got {augment!r}")
+    from lrm.models import SURROGATES
+
+    if model is not None and model not in SURROGATES:
+        raise typer.BadParameter(f"--model must be one of {', '.join(SURROGATES)}, got {model!r}")
     options = parse_options(option)
     if reward in REWARDS and (kind or input):
         raise typer.BadParameter(f"--kind/--input describe your own metric; {reward!r} is built in")
