@@ -6,9 +6,9 @@ per latent frame with predictions averaged (the paper's default for video reward
 convolves over time (kernel 3) too. "-fullres" and "video-pair" keep the latent resolution
 (lrm.models.fullres): local maps pooled by mean and top 5%, per frame (fine-grained image quality:
 BRISQUE) or per consecutive frame pair (flicker, motion). "-patch-gaussian" is NIQE's structure
-(lrm.models.patch_gaussian): per-patch features, their Gaussian, its distance to a learned one. "-log" presets also feed the backbone
-log energies of the latents (natural-scene-statistics rewards: BRISQUE, NIQE). Text presets add
-Tab. 11's cross-attention on text tokens.
+(lrm.models.patch_gaussian): per-patch features, their Gaussian, its distance to a learned one.
+"-log" presets also feed the backbone log energies of the latents (natural-scene-statistics
+rewards: BRISQUE, NIQE). Text presets add Tab. 11's cross-attention on text tokens.
 """
 
 from __future__ import annotations

@@ -102,8 +102,9 @@ class SurrogateInfo:
 class LatentRewardModel(nn.Module):
     """Backbone (+ text cross-attention) (+ timestep FiLM) -> Linear head -> un-standardise."""
 
-    def __init__(self, preset: str, in_channels: int, backbone: ConvBackbone | FullResolutionBackbone | PatchGaussianBackbone,
-                 per_frame: bool, cross_attention: TextCrossAttention | None = None,
+    def __init__(self, preset: str, in_channels: int,
+                 backbone: ConvBackbone | FullResolutionBackbone | PatchGaussianBackbone, per_frame: bool,
+                 cross_attention: TextCrossAttention | None = None,
                  time_embedding: TimestepEmbedding | None = None, pooled_stats: bool = False,
                  log_energy: bool = False):
         super().__init__()
