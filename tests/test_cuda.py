@@ -20,6 +20,7 @@ from lrm.codecs import load as load_codec
 from lrm.datasets.build import EncodeConfig, add_labels, encode
 from lrm.fitting import FitConfig, fit_surrogate
 from lrm.models import ARCHITECTURES, SURROGATES, LatentRewardModel, build, needs_text
+from lrm.models.patch_gaussian import NIQE_PATCH_CELLS
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -43,7 +44,7 @@ def test_every_preset_gives_the_cpu_output_and_latent_gradient(preset, noise_awa
     model = build(preset, C, text_dim=D if needs_text(preset) else None, noise_aware=noise_aware).double().eval()
     frames = 3 if ARCHITECTURES[preset].temporal else 1
     g = torch.Generator().manual_seed(1)
-    side = 24 if ARCHITECTURES[preset].patch_gaussian else H  # patch-Gaussian: 2 x 2 patches of 12 cells
+    side = 2 * NIQE_PATCH_CELLS if ARCHITECTURES[preset].patch_gaussian else H  # patch-Gaussian: 2 x 2 patches of 12 cells
     latents = torch.randn(B, frames, C, side, side, generator=g, dtype=torch.float64)  # (B, T, c, h, w)
     text = torch.randn(B, L, D, generator=g, dtype=torch.float64)  # (B, L, D)
     mask = torch.tensor([[True] * L, [True, True, True, False, False]])

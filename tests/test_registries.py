@@ -6,6 +6,7 @@ import torch
 import lrm
 from lrm.codecs import CODECS
 from lrm.models import ARCHITECTURES, SURROGATES
+from lrm.models.patch_gaussian import NIQE_PATCH_CELLS
 from lrm.rewards import REWARDS, availability
 from lrm.weights import WEIGHTS, MissingWeightsError
 
@@ -53,7 +54,7 @@ def test_every_surrogate_preset_runs(preset):
 
     model = SURROGATES[preset](4, text_dim=8 if needs_text(preset) else None)
     kwargs = {"text": torch.randn(2, 5, 8), "text_mask": torch.ones(2, 5, dtype=torch.bool)} if needs_text(preset) else {}
-    side = 24 if ARCHITECTURES[preset].patch_gaussian else 16  # patch-Gaussian: 2 x 2 patches of 12 cells
+    side = 2 * NIQE_PATCH_CELLS if ARCHITECTURES[preset].patch_gaussian else 16  # patch-Gaussian: 2 x 2 patches of 12 cells
     out = model(torch.randn(2, 3, 4, side, side), **kwargs)
     assert out.shape == (2,) and torch.isfinite(out).all()
 
