@@ -24,15 +24,19 @@ returns is reported in the JSON only ("best"), with its full lrm.fidelity metric
 Fits run in `--workers` processes of `--threads` torch threads each; CPU s is the process time
 of the fit alone (encoding and labelling are timed per store in the JSON). With `--device cuda`
 codecs encode and surrogates train on the GPU, and the table gives the fits' wall seconds.
-Settings other than the defaults (`--lr`, `--batch-size`, split `--seed`, `--fit-seeds`) are named
-in the model cell and in the run folder, so several such commands can share one cache at once;
-settings fitted with more than one seed get a second table of mean / min / max Spearman.
+Settings other than the defaults (`--lr`, `--batch-size`, split `--seed`, `--fit-seeds`,
+`--train-groups`) are named in the model cell and in the run folder, so several such commands can
+share one cache at once; settings fitted with more than one seed get a second table of mean / min /
+max Spearman. `--train-groups 6 12` fits on 6 and on 12 of the training groups (subjects or source
+videos; nested, against the same validation rows, chosen with the split seed), and a third table
+gives Spearman against the number of training groups: whether more distinct content would help.
 
     python benchmarks/fidelity.py --quick                     # smoke run: small data, 300 steps
     python benchmarks/fidelity.py                             # everything, full data, 3,000 steps
     python benchmarks/fidelity.py --codecs dct --rewards sharpness colorfulness --out /tmp/f.json
     python benchmarks/fidelity.py --codecs dct --rewards brisque --fit-seeds 0 1 2   # spread of one fit
     python benchmarks/fidelity.py --codecs dct --rewards niqe --label-pixels decoded  # the decoded images' NIQE
+    python benchmarks/fidelity.py --codecs dct --rewards niqe --train-groups 6 12   # data-scaling curve
     python benchmarks/fidelity.py --table benchmarks/results/fidelity*.json   # one table of earlier runs
 
 taef2 needs its weights: $LRM_WEIGHTS (default here: ../shared/data/weights/taesd when present).
@@ -98,6 +102,7 @@ class FitJob:
     lr: float  # peak learning rate
     seed: int  # group-split seed
     fit_seed: int  # model-init / batch-order seed
+    train_groups: int | None  # FitConfig.train_groups: fit on this many training groups (None: all)
     device: str  # where the surrogate trains ("cpu", "cuda")
 
 
@@ -162,7 +167,8 @@ def run_fit(job: FitJob) -> dict:
     config = FitConfig(preset=job.preset, label_transform=job.label_transform, augment=job.augment,
                        steps=job.steps, batch_size=job.batch_size, lr=job.lr,
                        eval_every=job.eval_every, patience=0, checkpoint_every=job.steps, keep_checkpoints=1,
-                       log_every=50, seed=job.fit_seed, split_seed=job.seed, device=job.device)
+                       log_every=50, seed=job.fit_seed, split_seed=job.seed, train_groups=job.train_groups,
+                       device=job.device)
     shutil.rmtree(job.run_dir, ignore_errors=True)
     cpu, wall = time.process_time(), time.perf_counter()
     result = fit_surrogate(store, job.label, config, job.run_dir)
@@ -193,7 +199,8 @@ def run_fit(job: FitJob) -> dict:
         "codec": job.codec, "dataset": job.dataset, "preset": job.preset,
         "label_transform": result.label_transform,  # what "auto" chose
         "augment": job.augment, "split_seed": job.seed, "fit_seed": job.fit_seed, "lr": job.lr,
-        "batch_size": job.batch_size,
+        "batch_size": job.batch_size, "train_groups": job.train_groups,
+        "train_group_count": int(len(np.unique(groups[train]))),
         "store": job.store, "n_train": int(len(train)), "n_val": int(len(val)), "nan_labels": result.nan_labels,
         "val_groups": sorted(set(groups[val].tolist())), "steps": result.steps,
         "params": sum(p.numel() for p in result.model.parameters()),
@@ -239,7 +246,12 @@ def markdown_table(rows: list[dict], steps: int, device: str = "cpu", ceiling: d
             + [time_head, "goal", "met"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     order = {name: i for i, name in enumerate(GOALS)}
-    for r in sorted(rows, key=lambda r: (order[r["reward"]], r["codec"], data_scale(r), model_name(r))):
+    def sort_key(r: dict) -> tuple:  # a data-scaling series in the order of its group counts
+        groups = r.get("train_groups")
+        return (order[r["reward"]], r["codec"], data_scale(r), model_name(r, with_train_groups=False),
+                math.inf if groups is None else groups, model_name(r))
+
+    for r in sorted(rows, key=sort_key):
         first = r["goal_first_reached"]
         met = ("yes" if r["goal_met"] else "no") + (f" (step {first['step']})" if first else "")
         labels = r.get("label_transform", "none")
@@ -281,10 +293,46 @@ def seed_summary(rows: list[dict]) -> str | None:
     return "\n".join(lines)
 
 
-def model_name(row: dict, with_fit_seed: bool = True) -> str:
+def scaling_summary(rows: list[dict], store_groups: dict[str, int]) -> str | None:
+    """Final held-out Spearman against the number of training groups, as a markdown table, for every setting
+    with a `--train-groups` fit (None when there is none); its fits on all groups join the series at their
+    count (rows from before "train_group_count" existed: the store's groups, `store_groups` (store folder
+    -> groups), less the validation ones). Mean / min / max over fit seeds."""
+    def groups_of(row: dict) -> int | None:
+        if "train_group_count" in row:
+            return row["train_group_count"]
+        if row.get("train_groups") is not None:
+            return row["train_groups"]
+        total = store_groups.get(row["store"])
+        return None if total is None else total - len(row["val_groups"])
+
+    settings: dict[tuple, dict[int, list[dict]]] = {}
+    for r in rows:
+        key = (r["reward"], r["codec"], data_scale(r), model_name(r, with_fit_seed=False, with_train_groups=False),
+               r.get("label_transform", "none"))  # "auto" decides on each subset's labels
+        settings.setdefault(key, {}).setdefault(groups_of(r), []).append(r)
+    settings = {key: by_count for key, by_count in settings.items()
+                if any(r.get("train_groups") is not None for fits in by_count.values() for r in fits)}
+    if not settings:
+        return None
+    head = ["reward", "codec", "data", "model", "labels", "train groups", "n train", "fits", "Spearman mean", "min",
+            "max"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    order = {name: i for i, name in enumerate(GOALS)}
+    for key in sorted(settings, key=lambda k: (order[k[0]], k[1], k[2], k[3])):
+        for count in sorted(settings[key], key=lambda c: math.inf if c is None else c):
+            fits = settings[key][count]
+            spearman = [r["final"]["spearman"] for r in fits if r["final"]["spearman"] is not None] or [float("nan")]
+            cells = [*key, "?" if count is None else str(count), f"{np.mean([r['n_train'] for r in fits]):.0f}",
+                     str(len(fits)), fmt(float(np.mean(spearman))), fmt(min(spearman)), fmt(max(spearman))]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def model_name(row: dict, with_fit_seed: bool = True, with_train_groups: bool = True) -> str:
     """The preset, with " + hflip" when the fit mirrored its training latents, "decoded labels" when the labels
-    score the decoded latents, and the learning rate, batch size, split seed and fit seed where they differ
-    from the defaults (fit seed: from the split seed)."""
+    score the decoded latents, and the learning rate, batch size, split seed, training groups and fit seed
+    where they differ from the defaults (fit seed: from the split seed)."""
     name = row["preset"] + (" + hflip" if row.get("augment", "none") == "hflip" else "")
     notes = ["decoded labels"] if row.get("label_pixels", "source") == "decoded" else []
     if row.get("lr", DEFAULT_LR) != DEFAULT_LR:
@@ -293,6 +341,8 @@ def model_name(row: dict, with_fit_seed: bool = True) -> str:
         notes.append(f"batch {row['batch_size']}")
     if row.get("split_seed", 0) != 0:
         notes.append(f"split {row['split_seed']}")
+    if with_train_groups and row.get("train_groups") is not None:
+        notes.append(f"{row['train_groups']} train groups")
     if with_fit_seed and row.get("fit_seed", row.get("split_seed")) != row.get("split_seed"):
         notes.append(f"fit seed {row['fit_seed']}")
     return name + (f" ({', '.join(notes)})" if notes else "")
@@ -351,6 +401,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--fit-seeds", nargs="+", type=int, metavar="SEED",
                         help="fit every surrogate once per seed (model init and batch order; same split), "
                              "to see the spread of one fit (default: --seed)")
+    parser.add_argument("--train-groups", nargs="+", type=int, metavar="N",
+                        help="fit on only N of the training groups (nested subsets, same validation rows), once "
+                             "per N: a data-scaling curve (default: all groups)")
     parser.add_argument("--workers", type=int, default=2, help="fits run in parallel (default 2)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker (default 1)")
     parser.add_argument("--device", default="cpu",
@@ -377,13 +430,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if bad:
         parser.error(f"--label-transform {bad}: give REWARD=none|log|auto with REWARD in {list(GOALS)}")
     args.fit_seeds = args.fit_seeds or [args.seed]
+    if args.train_groups and min(args.train_groups) < 1:
+        parser.error(f"--train-groups {args.train_groups}: every N must be >= 1")
+    args.train_groups = sorted(set(args.train_groups)) if args.train_groups else [None]
     args.video_presets_by_codec = {c: p.split(",") for c, p in (s.split("=", 1) for s in args.video_presets_for)}
     return args
 
 
 def print_table(paths: list[Path], ceiling_paths: list[Path]) -> None:
     """One markdown table of the rows of several result files (all fitted for the same number of steps),
-    with the decoded-media Spearman of benchmarks/codec_ceiling.py result files when given."""
+    with the decoded-media Spearman of benchmarks/codec_ceiling.py result files when given, then the
+    summaries over fit seeds and over training groups where there are such fits."""
     payloads = [json.loads(Path(p).read_text()) for p in paths]
     steps = {d["setup"]["steps"] for d in payloads}
     devices = {d["setup"].get("device", "cpu") for d in payloads}
@@ -399,6 +456,9 @@ def print_table(paths: list[Path], ceiling_paths: list[Path]) -> None:
     summary = seed_summary(rows)
     if summary:
         print("\nOver fit seeds:\n\n" + summary)
+    scaling = scaling_summary(rows, {s["store"]: s["groups"] for d in payloads for s in d["stores"]})
+    if scaling:
+        print("\nOver training groups:\n\n" + scaling)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -412,7 +472,8 @@ def main(argv: list[str] | None = None) -> None:
     datasets = {d: rs for d, rs in datasets.items() if rs}
     payload = {"setup": {"command": "python benchmarks/fidelity.py " + " ".join(sys.argv[1:] if argv is None else argv),
                          "steps": args.steps, "eval_every": args.eval_every, "batch_size": args.batch_size,
-                         "lr": args.lr, "augment": args.augment, "label_pixels": args.label_pixels, "seed": args.seed, "fit_seeds": args.fit_seeds,
+                         "lr": args.lr, "augment": args.augment, "label_pixels": args.label_pixels, "seed": args.seed,
+                         "fit_seeds": args.fit_seeds, "train_groups": args.train_groups,
                          "workers": args.workers, "threads": args.threads, "device": args.device,
                          "accelerator": accelerator_name(args.device),
                          "scales": {c: args.scales.get(c, "full") for c in args.codecs},
@@ -459,7 +520,8 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"store {value['store']}: {value['rows']} rows, {value['groups']} groups, encode "
                       f"{value['encode_cpu_s']} CPU s, label {value['label_cpu_s']} CPU s", flush=True)
                 for reward in datasets[dataset]:
-                    for preset, fit_seed in itertools.product(presets_for(codec, dataset), args.fit_seeds):
+                    for preset, fit_seed, train_groups in itertools.product(presets_for(codec, dataset),
+                                                                             args.fit_seeds, args.train_groups):
                         transform = args.label_transforms.get(reward, "auto")
                         name = f"{reward}--{preset}--{transform}"
                         name += "" if args.augment == "none" else f"--{args.augment}"
@@ -468,11 +530,12 @@ def main(argv: list[str] | None = None) -> None:
                         name += "" if fit_seed == args.seed else f"--fit-seed-{fit_seed}"
                         name += "" if args.lr == DEFAULT_LR else f"--lr-{args.lr:g}"
                         name += "" if args.batch_size == DEFAULT_BATCH else f"--batch-{args.batch_size}"
+                        name += "" if train_groups is None else f"--train-groups-{train_groups}"
                         run_dir = args.cache / "runs" / Path(value["store"]).name / name
                         job = FitJob(value["store"], reward, label_column(reward, args.label_pixels), preset,
                                      transform, args.augment, codec, dataset,
                                      str(run_dir), args.steps, args.eval_every, args.batch_size, args.lr, args.seed,
-                                     fit_seed, args.device)
+                                     fit_seed, train_groups, args.device)
                         pending[pool.submit(run_fit, job)] = ("fit", codec, dataset)
             else:
                 payload["results"].append(value)
@@ -488,6 +551,9 @@ def main(argv: list[str] | None = None) -> None:
     summary = seed_summary(payload["results"])
     if summary:
         payload["table"] += "\n\nOver fit seeds:\n\n" + summary
+    scaling = scaling_summary(payload["results"], {s["store"]: s["groups"] for s in payload["stores"]})
+    if scaling:
+        payload["table"] += "\n\nOver training groups:\n\n" + scaling
     write_json(args.out, payload)
     print()
     print(payload["table"])

@@ -344,6 +344,29 @@ def test_nan_labels_are_dropped_and_counted(tmp_path):
     assert not {3, 10, 50} & (set(result.train_indices) | set(result.val_indices))
 
 
+def test_train_groups_fit_nested_subsets_against_the_same_validation_rows(store, tmp_path):
+    # the store holds 60 groups of 4 rows; validation takes 12 of them (val_fraction 0.2)
+    groups = store.groups
+    full = fit_surrogate(store, "synth", quick(steps=2), tmp_path / "all")
+    subsets = [fit_surrogate(store, "synth", quick(steps=2, train_groups=n), tmp_path / f"n{n}") for n in (5, 20)]
+    for n, result in zip((5, 20), subsets):
+        np.testing.assert_array_equal(result.val_indices, full.val_indices)
+        assert len(np.unique(groups[result.train_indices])) == n and len(result.train_indices) == 4 * n
+        assert set(result.train_indices) <= set(full.train_indices)
+    assert set(subsets[0].train_indices) < set(subsets[1].train_indices)  # nested: 20 groups include the 5
+    with pytest.raises(ValueError, match="train_groups=49, but the training split holds only 48 groups"):
+        fit_surrogate(store, "synth", quick(train_groups=49), tmp_path / "too-many")
+    with pytest.raises(ValueError, match="train_groups must be >= 1"):
+        fit_surrogate(store, "synth", quick(train_groups=0), tmp_path / "zero")
+    latents, label = synthetic(240)
+    label[np.isin(groups, groups[full.train_indices][:8])] = np.nan  # the first 2 training groups: no finite label
+    holed = write_store(tmp_path / "holed", latents, {"synth": label})
+    with pytest.raises(ValueError, match="only 46 groups with a finite label"):
+        fit_surrogate(holed, "synth", quick(train_groups=47), tmp_path / "holed-too-many")
+    result = fit_surrogate(holed, "synth", quick(steps=2, train_groups=46), tmp_path / "holed-all")
+    assert len(np.unique(groups[result.train_indices])) == 46 and result.nan_labels == 8
+
+
 def test_clear_errors(store, tmp_path):
     with pytest.raises(KeyError, match="no label 'jpeg'.*synth"):
         fit_surrogate(store, "jpeg", quick(), tmp_path / "a")
