@@ -28,8 +28,9 @@ Settings other than the defaults (`--lr`, `--batch-size`, split `--seed`, `--fit
 `--train-groups`) are named in the model cell and in the run folder, so several such commands can
 share one cache at once; settings fitted with more than one seed get a second table of mean / min /
 max Spearman. `--train-groups 6 12` fits on 6 and on 12 of the training groups (subjects or source
-videos; nested, against the same validation rows, chosen with the split seed), and a third table
-gives Spearman against the number of training groups: whether more distinct content would help.
+videos; nested, against the same validation rows, chosen with the split seed or, once per seed,
+with `--train-groups-seeds`), and a third table gives Spearman against the number of training
+groups over fit seeds and group choices: whether more distinct content would help.
 
     python benchmarks/fidelity.py --quick                     # smoke run: small data, 300 steps
     python benchmarks/fidelity.py                             # everything, full data, 3,000 steps
@@ -103,6 +104,7 @@ class FitJob:
     seed: int  # group-split seed
     fit_seed: int  # model-init / batch-order seed
     train_groups: int | None  # FitConfig.train_groups: fit on this many training groups (None: all)
+    train_groups_seed: int | None  # FitConfig.train_groups_seed: which groups (None: the split seed)
     device: str  # where the surrogate trains ("cpu", "cuda")
 
 
@@ -168,7 +170,7 @@ def run_fit(job: FitJob) -> dict:
                        steps=job.steps, batch_size=job.batch_size, lr=job.lr,
                        eval_every=job.eval_every, patience=0, checkpoint_every=job.steps, keep_checkpoints=1,
                        log_every=50, seed=job.fit_seed, split_seed=job.seed, train_groups=job.train_groups,
-                       device=job.device)
+                       train_groups_seed=job.train_groups_seed, device=job.device)
     shutil.rmtree(job.run_dir, ignore_errors=True)
     cpu, wall = time.process_time(), time.perf_counter()
     result = fit_surrogate(store, job.label, config, job.run_dir)
@@ -199,7 +201,7 @@ def run_fit(job: FitJob) -> dict:
         "codec": job.codec, "dataset": job.dataset, "preset": job.preset,
         "label_transform": result.label_transform,  # what "auto" chose
         "augment": job.augment, "split_seed": job.seed, "fit_seed": job.fit_seed, "lr": job.lr,
-        "batch_size": job.batch_size, "train_groups": job.train_groups,
+        "batch_size": job.batch_size, "train_groups": job.train_groups, "train_groups_seed": job.train_groups_seed,
         "train_group_count": int(len(np.unique(groups[train]))),
         "store": job.store, "n_train": int(len(train)), "n_val": int(len(val)), "nan_labels": result.nan_labels,
         "val_groups": sorted(set(groups[val].tolist())), "steps": result.steps,
@@ -274,9 +276,10 @@ def ceiling_of(row: dict, ceiling: dict) -> float | None:
 
 def seed_summary(rows: list[dict]) -> str | None:
     """Final held-out Spearman over the fit seeds of each setting (model, learning rate, batch, split) fitted
-    with more than one seed, as a markdown table; None when there is no such setting."""
+    with more than one seed, as a markdown table; None when there is no such setting. Fits on fewer training
+    groups are left to scaling_summary."""
     settings: dict[tuple, list[dict]] = {}
-    for r in rows:
+    for r in (r for r in rows if r.get("train_groups") is None):
         settings.setdefault((r["reward"], r["codec"], data_scale(r), model_name(r, with_fit_seed=False)), []).append(r)
     settings = {key: fits for key, fits in settings.items() if len(fits) > 1}
     if not settings:
@@ -297,7 +300,7 @@ def scaling_summary(rows: list[dict], store_groups: dict[str, int]) -> str | Non
     """Final held-out Spearman against the number of training groups, as a markdown table, for every setting
     with a `--train-groups` fit (None when there is none); its fits on all groups join the series at their
     count (rows from before "train_group_count" existed: the store's groups, `store_groups` (store folder
-    -> groups), less the validation ones). Mean / min / max over fit seeds."""
+    -> groups), less the validation ones). Mean / min / max over fit seeds and group choices."""
     def groups_of(row: dict) -> int | None:
         if "train_group_count" in row:
             return row["train_group_count"]
@@ -343,6 +346,8 @@ def model_name(row: dict, with_fit_seed: bool = True, with_train_groups: bool = 
         notes.append(f"split {row['split_seed']}")
     if with_train_groups and row.get("train_groups") is not None:
         notes.append(f"{row['train_groups']} train groups")
+    if with_fit_seed and row.get("train_groups_seed") is not None:
+        notes.append(f"groups seed {row['train_groups_seed']}")
     if with_fit_seed and row.get("fit_seed", row.get("split_seed")) != row.get("split_seed"):
         notes.append(f"fit seed {row['fit_seed']}")
     return name + (f" ({', '.join(notes)})" if notes else "")
@@ -404,6 +409,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--train-groups", nargs="+", type=int, metavar="N",
                         help="fit on only N of the training groups (nested subsets, same validation rows), once "
                              "per N: a data-scaling curve (default: all groups)")
+    parser.add_argument("--train-groups-seeds", nargs="+", type=int, metavar="SEED",
+                        help="with --train-groups: fit once per seed of which groups are kept, to see the spread "
+                             "over the choice of subjects (default: the split seed)")
     parser.add_argument("--workers", type=int, default=2, help="fits run in parallel (default 2)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker (default 1)")
     parser.add_argument("--device", default="cpu",
@@ -433,6 +441,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.train_groups and min(args.train_groups) < 1:
         parser.error(f"--train-groups {args.train_groups}: every N must be >= 1")
     args.train_groups = sorted(set(args.train_groups)) if args.train_groups else [None]
+    if args.train_groups_seeds and args.train_groups == [None]:
+        parser.error("--train-groups-seeds needs --train-groups")
+    args.train_groups_seeds = sorted(set(args.train_groups_seeds)) if args.train_groups_seeds else [None]
     args.video_presets_by_codec = {c: p.split(",") for c, p in (s.split("=", 1) for s in args.video_presets_for)}
     return args
 
@@ -474,6 +485,7 @@ def main(argv: list[str] | None = None) -> None:
                          "steps": args.steps, "eval_every": args.eval_every, "batch_size": args.batch_size,
                          "lr": args.lr, "augment": args.augment, "label_pixels": args.label_pixels, "seed": args.seed,
                          "fit_seeds": args.fit_seeds, "train_groups": args.train_groups,
+                         "train_groups_seeds": args.train_groups_seeds,
                          "workers": args.workers, "threads": args.threads, "device": args.device,
                          "accelerator": accelerator_name(args.device),
                          "scales": {c: args.scales.get(c, "full") for c in args.codecs},
@@ -520,8 +532,8 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"store {value['store']}: {value['rows']} rows, {value['groups']} groups, encode "
                       f"{value['encode_cpu_s']} CPU s, label {value['label_cpu_s']} CPU s", flush=True)
                 for reward in datasets[dataset]:
-                    for preset, fit_seed, train_groups in itertools.product(presets_for(codec, dataset),
-                                                                             args.fit_seeds, args.train_groups):
+                    for preset, fit_seed, train_groups, groups_seed in itertools.product(
+                            presets_for(codec, dataset), args.fit_seeds, args.train_groups, args.train_groups_seeds):
                         transform = args.label_transforms.get(reward, "auto")
                         name = f"{reward}--{preset}--{transform}"
                         name += "" if args.augment == "none" else f"--{args.augment}"
@@ -531,11 +543,12 @@ def main(argv: list[str] | None = None) -> None:
                         name += "" if args.lr == DEFAULT_LR else f"--lr-{args.lr:g}"
                         name += "" if args.batch_size == DEFAULT_BATCH else f"--batch-{args.batch_size}"
                         name += "" if train_groups is None else f"--train-groups-{train_groups}"
+                        name += "" if groups_seed is None else f"--groups-seed-{groups_seed}"
                         run_dir = args.cache / "runs" / Path(value["store"]).name / name
                         job = FitJob(value["store"], reward, label_column(reward, args.label_pixels), preset,
                                      transform, args.augment, codec, dataset,
                                      str(run_dir), args.steps, args.eval_every, args.batch_size, args.lr, args.seed,
-                                     fit_seed, train_groups, args.device)
+                                     fit_seed, train_groups, groups_seed, args.device)
                         pending[pool.submit(run_fit, job)] = ("fit", codec, dataset)
             else:
                 payload["results"].append(value)

@@ -121,11 +121,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON results (default {DEFAULT_OUT.name})")
     args = parser.parse_args(argv)
     import torch
+    from tqdm import tqdm
 
     from lrm.io import atomic_write_json
 
     torch.set_num_threads(1)
-    results = [run_breakdown(run, args.rows, args.final) for run in args.runs]
+    results = [run_breakdown(run, args.rows, args.final) for run in tqdm(args.runs, desc="runs", unit="run")]
     head = ["run", "model", "split", "rows", "Spearman", "within view", "within variant"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:

@@ -15,10 +15,11 @@ below the smallest training label (lrm.labels.LOG_SHIFT_FRACTION of the range be
 right-skewed rewards (sharpness, dynamic degree: median 6, max 90) the MSE is not ruled by a few
 extreme samples; the surrogate still outputs reward units (exp, then + shift). "auto" (the
 default) picks log when it at least halves the |skewness| of the training labels. The split is
-group-aware (`store.split`); `train_groups=N` then fits on only N of the training groups (a seeded
-choice, nested as N grows) against the same validation rows: a data-scaling curve. AdamW with
-linear warm-up then cosine decay; validation every `eval_every` steps (Spearman, Pearson, MSE);
-early stopping on validation Spearman; the best model is saved to out_dir/model and returned.
+group-aware (`store.split`); `train_groups=N` then fits on only N of the training groups (a choice
+seeded by `train_groups_seed`, nested as N grows) against the same validation rows: a data-scaling
+curve. AdamW with linear warm-up then cosine decay; validation every `eval_every` steps (Spearman,
+Pearson, MSE); early stopping on validation Spearman; the best model is saved to out_dir/model and
+returned.
 
 Data: the training and validation rows are read once into memory when they fit under
 `cache_limit_gb` (the common case: 10k latents of 32 x 32 x 32 are 1.3 GB); otherwise each step
@@ -89,6 +90,7 @@ class FitConfig:
     val_fraction: float = 0.2  # share of rows, as whole groups, held out for validation
     split_seed: int = 0  # seed of the group-aware train/validation split
     train_groups: int | None = None  # fit on only this many training groups (data-scaling studies); None: all
+    train_groups_seed: int | None = None  # seed of which training groups train_groups keeps; None: split_seed
     seed: int = 0  # seed of model init, batch order, noise and mirror-flip draws
     eval_every: int = 100  # steps between validations (and after the last step)
     patience: int = 10  # validations without a better val Spearman before stopping; 0 never stops early
@@ -376,7 +378,8 @@ def split_rows(store, labels: np.ndarray, config: FitConfig) -> tuple[np.ndarray
     nan_count = int((~finite[train]).sum() + (~finite[val]).sum())
     train, val = train[finite[train]], val[finite[val]]
     if config.train_groups is not None:  # among the groups with a finite label
-        train = training_subset(store.groups, train, config.train_groups, config.split_seed)
+        seed = config.split_seed if config.train_groups_seed is None else config.train_groups_seed
+        train = training_subset(store.groups, train, config.train_groups, seed)
     if len(train) < 2 or len(val) < 2:
         raise ValueError(
             f"store {store.path} gives {len(train)} training and {len(val)} validation rows with a finite label "

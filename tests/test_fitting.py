@@ -354,6 +354,9 @@ def test_train_groups_fit_nested_subsets_against_the_same_validation_rows(store,
         assert len(np.unique(groups[result.train_indices])) == n and len(result.train_indices) == 4 * n
         assert set(result.train_indices) <= set(full.train_indices)
     assert set(subsets[0].train_indices) < set(subsets[1].train_indices)  # nested: 20 groups include the 5
+    other = fit_surrogate(store, "synth", quick(steps=2, train_groups=5, train_groups_seed=1), tmp_path / "other")
+    np.testing.assert_array_equal(other.val_indices, full.val_indices)
+    assert set(other.train_indices) != set(subsets[0].train_indices)  # another seed, other groups
     with pytest.raises(ValueError, match="train_groups=49, but the training split holds only 48 groups"):
         fit_surrogate(store, "synth", quick(train_groups=49), tmp_path / "too-many")
     with pytest.raises(ValueError, match="train_groups must be >= 1"):
