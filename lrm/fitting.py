@@ -365,8 +365,7 @@ def training_subset(groups: np.ndarray, train: np.ndarray, count: int, seed: int
     names = np.unique(groups[train])
     if count > len(names):
         raise ValueError(f"train_groups={count}, but the training split holds only {len(names)} groups with a "
-                         f"finite label; "
-                         f"use at most {len(names)} or None (all)")
+                         f"finite label; use at most {len(names)} or None (all)")
     kept = np.random.default_rng(seed).permutation(names)[:count]
     return train[np.isin(groups[train], kept)]
 
