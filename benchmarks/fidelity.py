@@ -274,6 +274,12 @@ def ceiling_of(row: dict, ceiling: dict) -> float | None:
     return ceiling.get((Path(row["store"]).name, row["reward"]))
 
 
+def spearman_spread(fits: list[dict]) -> list[str]:
+    """Mean, min and max of the fits' final held-out Spearman, formatted for a table ("–" when none has one)."""
+    spearman = [r["final"]["spearman"] for r in fits if r["final"]["spearman"] is not None] or [float("nan")]
+    return [fmt(float(np.mean(spearman))), fmt(min(spearman)), fmt(max(spearman))]
+
+
 def seed_summary(rows: list[dict]) -> str | None:
     """Final held-out Spearman over the fit seeds of each setting (model, learning rate, batch, split) fitted
     with more than one seed, as a markdown table; None when there is no such setting. Fits on fewer training
@@ -289,9 +295,7 @@ def seed_summary(rows: list[dict]) -> str | None:
     order = {name: i for i, name in enumerate(GOALS)}
     for key in sorted(settings, key=lambda k: (order[k[0]], k[1], k[2], settings[k][0].get("split_seed", 0), k[3])):
         fits = settings[key]
-        spearman = [r["final"]["spearman"] for r in fits if r["final"]["spearman"] is not None] or [float("nan")]
-        cells = [*key, str(len(fits)), fmt(float(np.mean(spearman))), fmt(min(spearman)), fmt(max(spearman)),
-                 f"≥ {fits[0]['goal']}", f"{sum(r['goal_met'] for r in fits)} of {len(fits)}"]
+        cells = [*key, str(len(fits)), *spearman_spread(fits), f"≥ {fits[0]['goal']}", f"{sum(r['goal_met'] for r in fits)} of {len(fits)}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -325,9 +329,8 @@ def scaling_summary(rows: list[dict], store_groups: dict[str, int]) -> str | Non
     for key in sorted(settings, key=lambda k: (order[k[0]], k[1], k[2], k[3])):
         for count in sorted(settings[key], key=lambda c: math.inf if c is None else c):
             fits = settings[key][count]
-            spearman = [r["final"]["spearman"] for r in fits if r["final"]["spearman"] is not None] or [float("nan")]
             cells = [*key, "?" if count is None else str(count), f"{np.mean([r['n_train'] for r in fits]):.0f}",
-                     str(len(fits)), fmt(float(np.mean(spearman))), fmt(min(spearman)), fmt(max(spearman))]
+                     str(len(fits)), *spearman_spread(fits)]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -68,8 +68,8 @@ def sample_views(rows: np.ndarray, views: np.ndarray, count: int, seed: int = 0)
     return np.sort(rows[np.isin(views[rows], kept)])
 
 
-def breakdown(pred: np.ndarray, true: np.ndarray, sources: list[str]) -> dict:
-    views, variants = view_and_variant(sources)
+def breakdown(pred: np.ndarray, true: np.ndarray, views: np.ndarray, variants: np.ndarray) -> dict:
+    """Overall, within-view and within-variant Spearman of rows with these view and variant names."""
     return {"rows": int(len(true)), "spearman": spearman(pred, true),
             "within_view": mean_spearman_within(pred, true, views),
             "within_variant": mean_spearman_within(pred, true, variants),
@@ -78,9 +78,7 @@ def breakdown(pred: np.ndarray, true: np.ndarray, sources: list[str]) -> dict:
 
 def run_model(run: Path, final: bool):
     """The run's best-validation model, or with `final` the model of its newest checkpoint."""
-    from safetensors.torch import load_file
-
-    from lrm.fitting import latest_checkpoint
+    from lrm.fitting import latest_checkpoint, load_checkpoint
     from lrm.models import LatentRewardModel
 
     model = LatentRewardModel.from_pretrained(run / "model")
@@ -88,8 +86,7 @@ def run_model(run: Path, final: bool):
         found = latest_checkpoint(run / "checkpoints")
         if found is None:
             raise FileNotFoundError(f"{run / 'checkpoints'}: no checkpoint; drop --final to score RUN/model")
-        tensors = load_file(found[0])
-        model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+        model.load_state_dict(load_checkpoint(*found)[0])
     return model.eval()
 
 
@@ -101,14 +98,14 @@ def run_breakdown(run: Path, rows: int, final: bool) -> dict:
     store = LatentStore.open(config["store"])
     labels = store.label(config["label"])
     train, val, _ = split_rows(store, labels, FitConfig(**config["fit"]))
-    sources = [r["source"] for r in store.rows()]
-    train = sample_views(train, view_and_variant(sources)[0], rows)
+    views, variants = view_and_variant([r["source"] for r in store.rows()])  # (n,) each, every store row
+    train = sample_views(train, views, rows)
     model = run_model(run, final)
     out = {"run": str(run), "preset": config["fit"]["preset"], "label": config["label"],
            "model": "last checkpoint" if final else "best validation"}
     for split, picked in (("train", train), ("val", val)):
         pred = predict(model, store, picked, batch_size=128)
-        out[split] = breakdown(pred, labels[picked], [sources[i] for i in picked])
+        out[split] = breakdown(pred, labels[picked], views[picked], variants[picked])
     return out
 
 

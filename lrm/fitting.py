@@ -313,7 +313,7 @@ def _save_checkpoint(folder: Path, step: int, model: nn.Module, best_state: dict
         old.with_suffix(".safetensors").unlink(missing_ok=True)
 
 
-def _load_checkpoint(tensors_path: Path, record_path: Path) -> tuple[dict, dict, dict, dict, torch.Tensor]:
+def load_checkpoint(tensors_path: Path, record_path: Path) -> tuple[dict, dict, dict, dict, torch.Tensor]:
     """-> (model state, best state, optimizer state_dict, record, torch RNG state)."""
     from safetensors.torch import load_file
 
@@ -525,7 +525,7 @@ def fit_surrogate(store, label: str, config: FitConfig, out_dir: str | Path, *, 
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     found = latest_checkpoint(checkpoints) if resume else None
     if found is not None:
-        model_state, best_state, optim_state, record, rng = _load_checkpoint(*found)
+        model_state, best_state, optim_state, record, rng = load_checkpoint(*found)
         model.load_state_dict(model_state)
         optimizer.load_state_dict(optim_state)
         torch.set_rng_state(rng)

@@ -21,8 +21,8 @@ the reference:
 
 nu and the lower-triangular L are learned (L starts as the identity, nu at 0). The distance is
 invariant (up to the small ridge) to any invertible linear map A of the patch features, taking
-nu to A nu and L to A L, as NIQE's is; so the MLP need only span NIQE's features up to such a map. Patches tile the frame from its top-left corner and a
-partial last row or column is dropped, as NIQE crops to multiples of 96 px; `patch` = 12 latent
+nu to A nu and L to A L, as NIQE's is; so the MLP need only span NIQE's features up to such a map.
+Patches tile the frame from its top-left corner and a partial last row or column is dropped, as NIQE crops to multiples of 96 px; `patch` = 12 latent
 cells is NIQE's 96 px at the 8x codecs (dct, taef2). Frames need at least two patches.
 """
 
