@@ -8,7 +8,10 @@ import torch
 
 from lrm.models import ARCHITECTURES, SURROGATES, CodecMismatchError, LatentRewardModel, build, needs_text
 from lrm.models.fullres import mean_of_largest
-from lrm.models.patch_gaussian import COVARIANCE_EPS, NIQE_PATCH_CELLS, gaussian_distance, patch_moments
+from lrm.models.mscn_gaussian import mscn, paired_products, signal_moments
+from lrm.models.patch_gaussian import (COVARIANCE_EPS, NIQE_PATCH_CELLS, check_two_patches, gaussian_distance,
+                                       patch_moments)
+from lrm.rewards import quality
 
 B, C, H, W, L, D = 2, 4, 16, 16, 5, 8
 CODEC = {"name": "dct", "version": "1", "channels": C, "spatial_factor": 8, "temporal_factor": 1, "scale": 1.0}
@@ -348,7 +351,49 @@ def test_patch_moments_tile_from_the_top_left_and_need_two_patches():
     torch.testing.assert_close(moments[0, 0].exp(), maps[0, :, :12, :12].mean(dim=(1, 2)), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(moments[0, 1].exp(), maps[0, :, 12:24, :12].mean(dim=(1, 2)), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="at least 2 patches of 12x12 latent cells.*got latents of 23x23"):
-        patch_moments(torch.rand(1, 2, 23, 23), 12)
-    model = build("image-patch-gaussian-log-stats", C)
-    with pytest.raises(ValueError, match="at least 2 patches"):
-        model(torch.randn(1, 1, C, 16, 16))
+        check_two_patches(torch.rand(1, 2, 23, 23), 12)
+    for preset in ("image-patch-gaussian-log-stats", "image-mscn-gaussian-stats"):
+        with pytest.raises(ValueError, match="at least 2 patches.*got latents of 16x16"):
+            build(preset, C)(torch.randn(1, 1, C, 16, 16))
+
+
+# ---------------------------------------------------------------- MSCN-Gaussian (learned NIQE on pixel planes)
+
+def test_mscn_statistics_match_the_niqe_reward():
+    # The reward's numpy MSCN coefficients and paired products (lrm.rewards.quality, checked against
+    # scikit-video there) are the independent reference; c = 1 is NIQE's stabiliser on 0-255 pixels.
+    gray = np.random.default_rng(0).random((40, 52)) * 255  # odd size: the zero padding at every border
+    coefficients = mscn(torch.tensor(gray)[None, None], torch.ones(1, dtype=torch.float64))  # (1, 1, H, W)
+    np.testing.assert_allclose(coefficients[0, 0].numpy(), quality.mscn(gray), atol=1e-7)
+    for mine, theirs in zip(paired_products(coefficients), quality.paired_products(quality.mscn(gray))):
+        np.testing.assert_allclose(mine[0, 0].numpy(), theirs, atol=1e-6)
+    # Patch moments: s^2, |s|, relu(-s)^2, [s < 0] averaged over each 20-px tile, logged.
+    s = coefficients[..., :40, :40]
+    moments = signal_moments(s, 20).exp() - 1e-6  # (1, 4 tiles, 4)
+    tile = s[0, 0, 20:, :20].numpy()  # third tile: second row, first column
+    expected = [np.mean(tile**2), np.mean(np.abs(tile)), np.mean(np.minimum(tile, 0) ** 2), np.mean(tile < 0)]
+    np.testing.assert_allclose(moments[0, 2].numpy(), expected, rtol=1e-6, atol=1e-9)
+
+
+def test_mscn_gaussian_reads_pixel_planes_at_8x_the_latent_resolution():
+    model = build("image-mscn-gaussian-stats", C)
+    backbone = model.backbone
+    latents = torch.randn(2, C, 24, 36)  # 192 x 288 px: 2 x 3 NIQE patches
+    hidden = latents
+    for stage in backbone.stages:
+        hidden = stage(hidden)
+    planes = backbone.to_pixels(torch.cat([latents, hidden], dim=1))
+    assert planes.shape == (2, 2, 192, 288)
+    # Each latent cell decodes to its own 8x8 pixel block: pixels of block (1, 2) move only with
+    # what the 3x3 convs see around cell (1, 2).
+    moved = latents.clone()
+    moved[:, :, 20, 30] += 1.0
+    hidden_moved = moved
+    for stage in backbone.stages:
+        hidden_moved = stage(hidden_moved)
+    changed = (backbone.to_pixels(torch.cat([moved, hidden_moved], dim=1)) - planes).abs().sum(dim=(0, 1)) > 0
+    rows, cols = changed.nonzero().unbind(1)
+    assert rows.min() >= 8 * (20 - 2) and rows.max() < 8 * (20 + 3)  # two 3x3 convs: +-2 cells
+    assert cols.min() >= 8 * (30 - 2) and cols.max() < 8 * (30 + 3)
+    features = backbone(latents)
+    assert features.shape == (2, backbone.feature_dim) and torch.isfinite(features).all()

@@ -40,16 +40,22 @@ MOMENT_EPS = 1e-6  # floor under the patch moments before their log (softplus un
 COVARIANCE_EPS = 1e-3  # ridge on (L L^T + S) / 2, which keeps the solve well conditioned
 
 
+def check_two_patches(latents: torch.Tensor, patch: int = NIQE_PATCH_CELLS) -> None:
+    """Refuse (..., h, w) latents with fewer than two whole patch x patch tiles: a covariance over
+    patches needs two."""
+    h, w = latents.shape[-2:]
+    if (h // patch) * (w // patch) < 2:
+        raise ValueError(
+            f"a patch-Gaussian surrogate needs at least 2 patches of {patch}x{patch} latent cells per frame "
+            f"(a covariance over patches), got latents of {h}x{w}; use larger frames "
+            "(NIQE itself needs 192 px) or another preset"
+        )
+
+
 def patch_moments(maps: torch.Tensor, patch: int) -> torch.Tensor:
     """(M, K, h, w) positive maps -> (M, P, K) log of their mean over each patch x patch tile;
     P = (h // patch) * (w // patch), tiles from the top-left corner."""
     rows, cols = maps.shape[-2] // patch, maps.shape[-1] // patch
-    if rows * cols < 2:
-        raise ValueError(
-            f"a patch-Gaussian surrogate needs at least 2 patches of {patch}x{patch} latent cells per frame "
-            f"(a covariance over patches), got latents of {maps.shape[-2]}x{maps.shape[-1]}; use larger frames "
-            "(NIQE itself needs 192 px) or another preset"
-        )
     tiles = F.avg_pool2d(maps[..., : rows * patch, : cols * patch], patch)  # (M, K, rows, cols)
     return torch.log(tiles.flatten(2).transpose(1, 2) + MOMENT_EPS)  # (M, P, K)
 
@@ -88,6 +94,7 @@ class PatchGaussianBackbone(nn.Module):
         self.feature_dim = 1 + patch_features
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        check_two_patches(x, self.patch)
         for stage in self.stages:
             x = stage(x, cond)
         maps = F.softplus(self.moments(x))  # (M, K, h, w)

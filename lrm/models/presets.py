@@ -6,7 +6,9 @@ per latent frame with predictions averaged (the paper's default for video reward
 convolves over time (kernel 3) too. "-fullres" and "video-pair" keep the latent resolution
 (lrm.models.fullres): local maps pooled by mean and top 5%, per frame (fine-grained image quality:
 BRISQUE) or per consecutive frame pair (flicker, motion). "-patch-gaussian" is NIQE's structure
-(lrm.models.patch_gaussian): per-patch features, their Gaussian, its distance to a learned one.
+(lrm.models.patch_gaussian): per-patch features, their Gaussian, its distance to a learned one;
+"-mscn-gaussian" (lrm.models.mscn_gaussian) the same on NIQE's own pixel-level MSCN statistics of
+learned pixel planes.
 "-log" presets also feed the backbone log energies of the latents (natural-scene-statistics
 rewards: BRISQUE, NIQE). Text presets add Tab. 11's cross-attention on text tokens.
 """
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 
 from lrm.models.cnn import ConvBackbone
 from lrm.models.fullres import FullResolutionBackbone
+from lrm.models.mscn_gaussian import MSCNGaussianBackbone
 from lrm.models.patch_gaussian import PatchGaussianBackbone
 from lrm.models.surrogate import LatentRewardModel
 from lrm.models.timestep import TimestepEmbedding
@@ -36,6 +39,8 @@ class Architecture:
     pooled_stats: bool = False  # True: the head also reads per-channel pooled statistics (channel_stats)
     log_energy: bool = False  # True: the backbone also reads log(x^2 + eps) of every latent channel
     patch_gaussian: bool = False  # True: PatchGaussianBackbone (feature_dim: its local moment maps)
+    mscn: bool = False  # with patch_gaussian: MSCNGaussianBackbone (feature_dim: its pixel planes)
+    patch_features: int = 16  # patch-Gaussian: features per patch, the Gaussian's dimension (NIQE's: 36)
 
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -71,6 +76,13 @@ ARCHITECTURES: dict[str, Architecture] = {
     # frame's patches and its distance to a learned reference, NIQE's own structure.
     "image-patch-gaussian-log-stats": Architecture((64, 64, 64), 32, pooled_stats=True, log_energy=True,
                                                    patch_gaussian=True),
+    # "-s": half the width (4x fewer conv FLOPs, for fits on larger batches on a CPU) and NIQE's own
+    # 36 features per patch (the 16 above bottleneck the Gaussian: benchmarks/niqe_oracle.py).
+    "image-patch-gaussian-log-stats-s": Architecture((32, 32, 32), 32, pooled_stats=True, log_energy=True,
+                                                     patch_gaussian=True, patch_features=36),
+    # MSCN-Gaussian (lrm.models.mscn_gaussian): the same at pixel resolution, on NIQE's MSCN statistics
+    # of 2 learned pixel planes (its first conv reads the raw latents: no log energies needed).
+    "image-mscn-gaussian-stats": Architecture((64, 64), 2, pooled_stats=True, patch_gaussian=True, mscn=True),
 }
 
 
@@ -85,8 +97,12 @@ def assemble(preset: str, in_channels: int, text_dim: int | None = None, noise_a
         )
     cond_dim = TIME_EMBED_DIM if noise_aware else None
     backbone_channels = 2 * in_channels if arch.log_energy else in_channels
-    if arch.patch_gaussian:
-        backbone = PatchGaussianBackbone(backbone_channels, arch.widths, arch.feature_dim, cond_dim=cond_dim)
+    if arch.mscn:
+        backbone = MSCNGaussianBackbone(backbone_channels, arch.widths, arch.feature_dim, arch.patch_features,
+                                        cond_dim=cond_dim)
+    elif arch.patch_gaussian:
+        backbone = PatchGaussianBackbone(backbone_channels, arch.widths, arch.feature_dim, arch.patch_features,
+                                         cond_dim=cond_dim)
     elif arch.full_resolution:
         backbone = FullResolutionBackbone(backbone_channels, arch.widths, arch.feature_dim, arch.temporal, cond_dim)
     else:

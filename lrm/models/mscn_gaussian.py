@@ -1,0 +1,128 @@
+"""MSCN-Gaussian backbone: the patch-Gaussian NIQE at pixel resolution, on learned pixel planes.
+
+The patch-Gaussian backbone (lrm.models.patch_gaussian) forms its patch statistics at the latent
+resolution, where one cell is an 8x8 pixel block. NIQE's statistics are pixel-level: every pixel
+is divided by the contrast of its 7x7 neighbourhood (MSCN coefficients), and the features are
+moments of those coefficients and of their products with each neighbour, on 96-px patches at full
+and half scale. How a photo's NIQE moves under blur, noise or JPEG is decided there, below the
+latent cell. This backbone upsamples the latents to a few learned pixel planes and computes those
+statistics itself, with NIQE's fixed window; it learns only the planes and the feature map:
+
+    frames (M, c, h, w)
+        -> len(widths) x (Conv 3x3 stride 1 pad 1 (+ FiLM) + SiLU)              (M, width, h, w)
+        -> Conv 1x1 over [latents, hidden] -> PixelShuffle(8): pixel planes     (M, planes, 8h, 8w)
+           (the latents' own linear path spans a linear codec's decoder, as dct's)
+        -> at full scale and at half scale (2x2 mean):
+           MSCN (x - mu) / (sigma + c), 7x7 Gaussian window (sigma 7/6), c learned per plane
+           signals: the coefficients and their products with the H, V, D1, D2 neighbours
+           per signal: mean over each patch (96 px; 48 at half scale) of
+           s^2, |s|, relu(-s)^2, [s < 0], then log                              (M, P, K)
+        -> per-patch MLP K -> 64 -> F, mean mu and covariance S over the P patches,
+           d = sqrt((mu - nu)^T ((L L^T + S) / 2 + eps I)^-1 (mu - nu))            (M,)
+    features (M, 1 + F): [d, mu]
+
+K = planes x 2 scales x 5 signals x 4 moments. The four moments are those NIQE's AGGD fits read
+(variance, mean absolute value, the left side's variance, the share of negative values; the
+right side's variance is the first less the third);
+their logs make the fits' ratios differences, as in the latent patch-Gaussian. Frames need two
+96-px patches (24x12 latent cells at 8x).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lrm.models.fullres import full_resolution_stages
+from lrm.models.patch_gaussian import (NIQE_PATCH_CELLS, PATCH_MLP_WIDTH, check_two_patches, gaussian_distance,
+                                       patch_moments)
+
+PIXELS_PER_CELL = 8  # spatial factor of the 8x codecs (dct, taef2): latent cell -> pixels
+NIQE_PATCH_PIXELS = NIQE_PATCH_CELLS * PIXELS_PER_CELL  # 96
+MSCN_WINDOW, MSCN_SIGMA = 7, 7 / 6  # NIQE's (and BRISQUE's) Gaussian window
+PAIR_SHIFTS = ((0, 1), (1, 0), (1, 1), (-1, 1))  # (dy, dx): horizontal, vertical, main and anti diagonal
+MOMENTS = 4  # per signal: s^2, |s|, relu(-s)^2, [s < 0]
+SIGNALS = 1 + len(PAIR_SHIFTS)
+VARIANCE_EPS = 1e-6  # under the local variance's square root (its gradient at 0 is infinite)
+
+
+def gaussian_window(size: int = MSCN_WINDOW, sigma: float = MSCN_SIGMA) -> tuple[float, ...]:
+    """Normalised 1-D Gaussian; its outer product is MATLAB's fspecial('gaussian', size, sigma)."""
+    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    w = torch.exp(-(x**2) / (2 * sigma**2))
+    return tuple((w / w.sum()).tolist())
+
+
+WINDOW = gaussian_window()
+
+
+def separable_blur(x: torch.Tensor, window: tuple[float, ...]) -> torch.Tensor:
+    """(..., H, W) filtered by the outer product of `window` with itself, zero padding ('same').
+    A weighted sum of shifted views: on CPU several times faster than a depthwise conv."""
+    pad, (h, w) = len(window) // 2, x.shape[-2:]
+    padded = F.pad(x, (pad, pad, pad, pad))
+    rows = sum(weight * padded[..., i : i + h, :] for i, weight in enumerate(window))  # (..., H, W + 2 pad)
+    return sum(weight * rows[..., j : j + w] for j, weight in enumerate(window))
+
+
+def mscn(planes: torch.Tensor, c: torch.Tensor, window: tuple[float, ...] = WINDOW) -> torch.Tensor:
+    """MSCN coefficients (x - mu) / (sigma + c) of (M, C, H, W) planes with a separable window,
+    zero padding ('same'), and a stabiliser c (C,) per plane -> (M, C, H, W)."""
+    mu, second = separable_blur(torch.stack([planes, planes * planes]), window)
+    sigma = torch.sqrt((second - mu * mu).abs() + VARIANCE_EPS)
+    return (planes - mu) / (sigma + c.view(1, -1, 1, 1))
+
+
+def paired_products(coefficients: torch.Tensor) -> list[torch.Tensor]:
+    """Products of (M, C, H, W) coefficients with their 4 neighbours, wrapping around (MATLAB circshift)."""
+    return [coefficients * torch.roll(coefficients, shift, dims=(-2, -1)) for shift in PAIR_SHIFTS]
+
+
+def signal_moments(signal: torch.Tensor, patch: int) -> torch.Tensor:
+    """(M, C, H, W) -> (M, P, 4C) log means over each patch of s^2, |s|, relu(-s)^2 and [s < 0]
+    (the right side's variance is the difference of the first and third)."""
+    maps = torch.cat([signal.square(), signal.abs(), F.relu(-signal).square(), (signal < 0).to(signal.dtype)], dim=1)
+    return patch_moments(maps, patch)  # log(mean + 1e-6): [s < 0] can average to 0
+
+
+def nss_patch_moments(planes: torch.Tensor, c: torch.Tensor, patch: int) -> torch.Tensor:
+    """(M, C, H, W) pixel planes at one scale -> (M, P, 20C) log patch moments of their MSCN
+    coefficients and paired products, on patch x patch tiles from the top-left corner."""
+    coefficients = mscn(planes, c)
+    return torch.cat([signal_moments(s, patch) for s in [coefficients, *paired_products(coefficients)]], dim=2)
+
+
+class MSCNGaussianBackbone(nn.Module):
+    """Frames (M, c, h, w) -> features (M, 1 + F): the learned pixel-level NIQE distance and the patches' mean."""
+
+    def __init__(self, in_channels: int, widths: tuple[int, ...] = (64, 64), planes: int = 2,
+                 patch_features: int = 16, cond_dim: int | None = None):
+        super().__init__()
+        self.stages = full_resolution_stages(in_channels, widths, cond_dim)
+        self.to_pixels = nn.Sequential(
+            nn.Conv2d(in_channels + widths[-1], planes * PIXELS_PER_CELL**2, 1), nn.PixelShuffle(PIXELS_PER_CELL)
+        )
+        self.log_c = nn.Parameter(torch.zeros(planes))  # MSCN stabiliser c = exp(log_c) per plane
+        self.patch_mlp = nn.Sequential(
+            nn.Linear(2 * SIGNALS * MOMENTS * planes, PATCH_MLP_WIDTH), nn.SiLU(),
+            nn.Linear(PATCH_MLP_WIDTH, patch_features),
+        )
+        self.reference_mean = nn.Parameter(torch.zeros(patch_features))
+        self.reference_factor = nn.Parameter(torch.eye(patch_features))
+        self.feature_dim = 1 + patch_features
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        check_two_patches(x)
+        hidden = x
+        for stage in self.stages:
+            hidden = stage(hidden, cond)
+        planes = self.to_pixels(torch.cat([x, hidden], dim=1))  # (M, planes, 8h, 8w)
+        c = self.log_c.exp()
+        moments = torch.cat([
+            nss_patch_moments(planes, c, NIQE_PATCH_PIXELS),  # (M, P, 20 planes)
+            nss_patch_moments(F.avg_pool2d(planes, 2), c, NIQE_PATCH_PIXELS // 2),
+        ], dim=2)  # (M, P, 40 planes)
+        features = self.patch_mlp(moments)  # (M, P, F)
+        distance, mean = gaussian_distance(features, self.reference_mean, self.reference_factor)
+        return torch.cat([distance.unsqueeze(1), mean], dim=1)  # (M, 1 + F)
