@@ -81,7 +81,7 @@ ARCHITECTURES: dict[str, Architecture] = {
     "image-patch-gaussian-log-stats-s": Architecture((32, 32, 32), 32, pooled_stats=True, log_energy=True,
                                                      patch_gaussian=True, patch_features=36),
     # MSCN-Gaussian (lrm.models.mscn_gaussian): the same at pixel resolution, on NIQE's MSCN statistics
-    # of 2 learned pixel planes (its first conv reads the raw latents: no log energies needed).
+    # of 2 learned pixel planes, decoded from the raw latents (a linear path spans dct's exact decoder).
     "image-mscn-gaussian-stats": Architecture((64, 64), 2, pooled_stats=True, patch_gaussian=True, mscn=True),
 }
 
