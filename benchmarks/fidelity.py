@@ -466,13 +466,21 @@ def print_table(paths: list[Path], ceiling_paths: list[Path]) -> None:
     ceiling = {(r["store"], r["reward"]): r["spearman"]
                for path in ceiling_paths for r in json.loads(Path(path).read_text())["results"]}
     rows = [r for d in payloads for r in d["results"]]
-    print(markdown_table(rows, steps.pop(), devices.pop(), ceiling))
+    store_groups = {s["store"]: s["groups"] for d in payloads for s in d["stores"]}
+    print(all_tables(rows, steps.pop(), devices.pop(), store_groups, ceiling))
+
+
+def all_tables(rows: list[dict], steps: int, device: str, store_groups: dict[str, int],
+               ceiling: dict | None = None) -> str:
+    """The main table, then the summaries over fit seeds and over training groups where there are such fits."""
+    table = markdown_table(rows, steps, device, ceiling)
     summary = seed_summary(rows)
     if summary:
-        print("\nOver fit seeds:\n\n" + summary)
-    scaling = scaling_summary(rows, {s["store"]: s["groups"] for d in payloads for s in d["stores"]})
+        table += "\n\nOver fit seeds:\n\n" + summary
+    scaling = scaling_summary(rows, store_groups)
     if scaling:
-        print("\nOver training groups:\n\n" + scaling)
+        table += "\n\nOver training groups:\n\n" + scaling
+    return table
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -563,13 +571,8 @@ def main(argv: list[str] | None = None) -> None:
     pool.shutdown()
     payload["setup"]["wall_s"] = round(time.perf_counter() - started, 1)
     payload["setup"]["main_cpu_s"] = round(time.process_time() - started_cpu, 1)
-    payload["table"] = markdown_table(payload["results"], args.steps, args.device)
-    summary = seed_summary(payload["results"])
-    if summary:
-        payload["table"] += "\n\nOver fit seeds:\n\n" + summary
-    scaling = scaling_summary(payload["results"], {s["store"]: s["groups"] for s in payload["stores"]})
-    if scaling:
-        payload["table"] += "\n\nOver training groups:\n\n" + scaling
+    payload["table"] = all_tables(payload["results"], args.steps, args.device,
+                                  {s["store"]: s["groups"] for s in payload["stores"]})
     write_json(args.out, payload)
     print()
     print(payload["table"])
