@@ -8,17 +8,22 @@ grey), computes per-96-px-patch features of those exact pixels, and fits only th
 head of the surrogates on them (per-patch MLP, the patches' Gaussian and its learned distance, a
 linear head: lrm.models.patch_gaussian), on the same split as benchmarks/fidelity.py:
 
-    mscn-moments    what image-mscn-gaussian-stats computes on its learned pixel planes: log patch
-                    means of s^2, |s|, relu(-s)^2, [s < 0] of the MSCN coefficients and their 4
-                    paired products, at full and half scale (40 per patch)
-    niqe-features   NIQE's own 36 features per patch (AGGD fits; lrm.rewards.quality.niqe_features)
+    nss-moments        the 40 means NIQE's AGGD fits read (lrm.models.aggd): log patch means of
+                       s^2, |s|, relu(-s)^2, [s < 0] of the MSCN coefficients and their 4 paired
+                       products, at full and half scale; what image-mscn-gaussian-stats computes on
+                       its learned pixel planes (with a 2x2 mean for the half scale)
+    aggd(nss-moments)  NIQE's 36 features computed from those moments by lrm.models.aggd's
+                       differentiable AGGD fits (what image-nss-pixels computes)
+    niqe-features      NIQE's own 36 features per patch (grid-search AGGD fits;
+                       lrm.rewards.quality.niqe_features)
 
-The NIQE formula with its pristine model on `niqe-features` gives the labels back (checked: the
-Spearman printed as "formula"), so `niqe-features` shows how much of NIQE the head learns from
-these labels when the features are exact, and `mscn-moments` how much the moments lose. Each set
-is fitted once per number of patch features F (`--patch-features`), `--batch-sizes` entry and
-seed, for `--steps` steps: the head's F and how many rows a fit sees decide how far it gets. Features are cached (benchmarks/.cache/niqe_oracle/STORE.npz,
-about 8 CPU min to make); a fit takes 5-30 CPU s.
+The NIQE formula with its pristine model on `niqe-features`, and on `aggd(nss-moments)`, gives the
+labels back (checked: the Spearman printed as "formula"), so `niqe-features` shows how much of NIQE
+the head learns from these labels when the features are exact, and `nss-moments` how much a head
+loses that must learn the AGGD fits itself. Each set is fitted once per number of patch features
+F (`--patch-features`), `--batch-sizes` entry and seed, for `--steps` steps: the head's F and how
+many rows a fit sees decide how far it gets. Features are cached
+(benchmarks/.cache/niqe_oracle/STORE.npz, about 8 CPU min to make); a fit takes 5-30 CPU s.
 
     python benchmarks/niqe_oracle.py benchmarks/.cache/stores/images-large-384-dct
 """
@@ -41,19 +46,34 @@ from variant_breakdown import breakdown, view_and_variant  # noqa: E402
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "niqe_oracle.json"
 DEFAULT_CACHE = Path(__file__).resolve().parent / ".cache" / "niqe_oracle"
 LABEL = "niqe@decoded"
-FEATURE_SETS = ("mscn-moments", "niqe-features")
+FEATURE_SETS = ("nss-moments", "niqe-features")  # cached per row
+FIT_SETS = ("nss-moments", "aggd(nss-moments)", "niqe-features")  # what the head is fitted on
 
 
 def patch_features(gray: np.ndarray) -> dict[str, np.ndarray]:
-    """(H, W) float32 0-255 grey image -> {feature set: (P, K)} for its 96-px patches."""
+    """(H, W) float32 0-255 grey image -> {"nss-moments": (P, 40) log, "niqe-features": (P, 36)} for
+    its 96-px patches. The moments are NIQE's exactly: MSCN of the cropped image and of its PIL-bicubic
+    half, paired products within each patch."""
+    from PIL import Image
+
     from lrm.models.mscn_gaussian import NIQE_PATCH_PIXELS, nss_patch_moments
     from lrm.rewards.quality import niqe_features
 
-    planes = torch.from_numpy(gray)[None, None].double()  # (1, 1, H, W)
+    h, w = gray.shape
+    full = gray[: h - h % NIQE_PATCH_PIXELS, : w - w % NIQE_PATCH_PIXELS]
+    half = np.asarray(Image.fromarray(full, mode="F").resize((full.shape[1] // 2, full.shape[0] // 2), Image.BICUBIC))
     c = torch.ones(1, dtype=torch.float64)  # NIQE's MSCN stabiliser on 0-255 pixels
-    moments = torch.cat([nss_patch_moments(planes, c, NIQE_PATCH_PIXELS),
-                         nss_patch_moments(nn.functional.avg_pool2d(planes, 2), c, NIQE_PATCH_PIXELS // 2)], dim=2)
-    return {"mscn-moments": moments[0].numpy(), "niqe-features": niqe_features(gray)}
+    moments = torch.cat([nss_patch_moments(torch.tensor(image, dtype=torch.float64)[None, None], c, patch)
+                         for image, patch in ((full, NIQE_PATCH_PIXELS), (half, NIQE_PATCH_PIXELS // 2))], dim=2)
+    return {"nss-moments": moments[0].numpy(), "niqe-features": niqe_features(gray)}
+
+
+def aggd_of_moments(log_moments: np.ndarray) -> np.ndarray:
+    """(..., 40) log patch moments -> (..., 36) NIQE features by the differentiable AGGD fits (lrm.models.aggd)."""
+    from lrm.models.aggd import niqe_patch_features
+    from lrm.models.patch_gaussian import MOMENT_EPS
+
+    return niqe_patch_features(torch.from_numpy(np.exp(log_moments.astype(np.float64)) - MOMENT_EPS)).numpy()
 
 
 def store_features(store_path: Path, cache: Path) -> dict[str, np.ndarray]:
@@ -63,8 +83,7 @@ def store_features(store_path: Path, cache: Path) -> dict[str, np.ndarray]:
     from lrm.codecs import from_settings
     from lrm.datasets.store import LatentStore
     from lrm.io import atomic_write_bytes
-    from lrm.rewards.base import to_uint8_frames
-    from lrm.rewards.quality import SKVIDEO_GRAY
+    from lrm.models.nss_pixels import grey_frames
 
     path = cache / f"{store_path.name}.npz"
     if path.is_file():
@@ -76,9 +95,9 @@ def store_features(store_path: Path, cache: Path) -> dict[str, np.ndarray]:
     for start in tqdm(range(0, len(store), 64), desc=f"features {store_path.name}", unit="batch"):
         with torch.no_grad():
             latents = store.latents(np.arange(start, min(start + 64, len(store))))  # (b, 1, c, h, w)
-            pixels = codec.decode(latents).clamp(0, 1)[:, 0]  # (b, 3, H, W), as decoded labels
-        for rgb in to_uint8_frames(pixels):
-            for k, v in patch_features(rgb.astype(np.float32) @ SKVIDEO_GRAY).items():
+            grey = grey_frames(codec.decode(latents)[:, 0])[:, 0]  # (b, H, W), as the decoded labels saw them
+        for image in grey.numpy():
+            for k, v in patch_features(image).items():
                 out[k].append(v)
     arrays = {k: np.stack(v).astype(np.float32) for k, v in out.items()}
     buffer = io.BytesIO()
@@ -166,6 +185,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="rows per step, one series of fits each (default 32, fidelity.py's default, and 128)")
     parser.add_argument("--lr", type=float, default=3e-3, help="peak AdamW learning rate (default 3e-3)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="fit seeds (default 0 1 2)")
+    parser.add_argument("--feature-sets", nargs="+", choices=FIT_SETS, default=list(FIT_SETS),
+                        help="what the head is fitted on (default: all three)")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="feature cache folder")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON results (default {DEFAULT_OUT.name})")
     args = parser.parse_args(argv)
@@ -185,13 +206,15 @@ def main(argv: list[str] | None = None) -> None:
     features = store_features(args.store, args.cache)
     train, val, _ = split_rows(store, labels, FitConfig())  # fidelity.py's split (seed 0)
     views, variants = view_and_variant([r["source"] for r in store.rows()])
-    formula = formula_scores(features["niqe-features"])
+    features["aggd(nss-moments)"] = aggd_of_moments(features["nss-moments"])
+    formulas = {name: formula_scores(features[name]) for name in ("niqe-features", "aggd(nss-moments)")}
     results = {"command": "python benchmarks/niqe_oracle.py " + " ".join(sys.argv[1:] if argv is None else argv),
                "store": str(args.store), "n_train": int(len(train)), "n_val": int(len(val)), "steps": args.steps,
                "lr": args.lr,
-               "formula_spearman": float(spearmanr(formula, labels)[0]),
-               "formula_max_abs_error": float(np.max(np.abs(formula - labels))), "fits": []}
-    grid = list(itertools.product(FEATURE_SETS, args.patch_features, args.batch_sizes, args.seeds))
+               "formula": {name: {"spearman": float(spearmanr(scores, labels)[0]),
+                                  "max_abs_error": float(np.max(np.abs(scores - labels)))}
+                           for name, scores in formulas.items()}, "fits": []}
+    grid = list(itertools.product(args.feature_sets, args.patch_features, args.batch_sizes, args.seeds))
     for name, patch_features, batch_size, seed in tqdm(grid, desc="fits", unit="fit"):
         model, curve, inputs = fit_head(features[name], labels, train, val, patch_features, args.steps, batch_size,
                                         args.lr, seed)
@@ -229,8 +252,9 @@ def tables(results: dict) -> str:
     summary = [[name, str(features), str(batch), str(len(group)), span(group, "val", "spearman"),
                 span(group, "val", "within_view"), span(group, "train", "spearman")]
                for (name, features, batch), group in series.items()]
-    return "\n".join([f"formula (NIQE's pristine model on niqe-features) vs labels: Spearman "
-                      f"{results['formula_spearman']:.4f}, max |error| {results['formula_max_abs_error']:.2g}", ""]
+    formula = [f"formula (NIQE's pristine model on {name}) vs labels: Spearman {check['spearman']:.4f}, "
+               f"max |error| {check['max_abs_error']:.2g}" for name, check in results["formula"].items()]
+    return "\n".join(formula + [""]
                      + markdown(["features", "F", "batch", "seed", "train Spearman", "train within view",
                                  "val Spearman", "val within view", "val within variant"], per_fit)
                      + ["", "Over seeds (min-max):", ""]

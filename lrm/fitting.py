@@ -44,6 +44,9 @@ Scale-out: under torchrun (WORLD_SIZE > 1) the model is wrapped in DistributedDa
 the gradient equals the single-process one for the MSE loss (the ranking loss pairs rows within
 a rank's slice). Rank 0 writes every file.
 
+Surrogates that decode pixels (preset image-nss-pixels) start from the codec's decoder, fitted
+by least squares before the first step (lrm.decoder_init).
+
 Run directory (out_dir): config.json (resolved config), metrics.jsonl (one line per log or
 validation step), checkpoints/step-NNNNNNN.{safetensors,json}, model/ (the best surrogate).
 """
@@ -64,6 +67,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lrm import distributed
+from lrm.decoder_init import initialise_from_decoder
 from lrm.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from lrm.models import LatentRewardModel, build, needs_text
 from lrm.labels import LABEL_TRANSFORM_CHOICES, label_statistics
@@ -507,6 +511,9 @@ def fit_surrogate(store, label: str, config: FitConfig, out_dir: str | Path, *, 
 
     torch.manual_seed(config.seed)
     model = _new_surrogate(store, label, config, text_dim, (transform, mean, std, shift)).to(device)
+    found = latest_checkpoint(out_dir / CHECKPOINTS) if resume else None
+    if found is None and hasattr(model.backbone, "fit_decoder"):
+        initialise_from_decoder(model, store, train_rows, labels, config.seed)  # lrm.decoder_init
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
     sizes = {"train_size": int(len(train_rows)), "val_size": int(len(val_rows)), "nan_labels": nan_count,
@@ -523,7 +530,6 @@ def fit_surrogate(store, label: str, config: FitConfig, out_dir: str | Path, *, 
     step, history, bad_evals, stopped_early = 0, [], 0, False
     best = {"spearman": -math.inf, "step": 0, "metrics": {}, "by_t": {}}
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    found = latest_checkpoint(checkpoints) if resume else None
     if found is not None:
         model_state, best_state, optim_state, record, rng = load_checkpoint(*found)
         model.load_state_dict(model_state)

@@ -44,7 +44,7 @@ def test_every_preset_gives_the_cpu_output_and_latent_gradient(preset, noise_awa
     model = build(preset, C, text_dim=D if needs_text(preset) else None, noise_aware=noise_aware).double().eval()
     frames = 3 if ARCHITECTURES[preset].temporal else 1
     g = torch.Generator().manual_seed(1)
-    side = 2 * NIQE_PATCH_CELLS if ARCHITECTURES[preset].patch_gaussian else H  # patch-Gaussian: 2 x 2 patches of 12 cells
+    side = 2 * NIQE_PATCH_CELLS if ARCHITECTURES[preset].niqe_patches else H  # NIQE presets: 2 x 2 patches of 12 cells
     latents = torch.randn(B, frames, C, side, side, generator=g, dtype=torch.float64)  # (B, T, c, h, w)
     text = torch.randn(B, L, D, generator=g, dtype=torch.float64)  # (B, L, D)
     mask = torch.tensor([[True] * L, [True, True, True, False, False]])

@@ -7,8 +7,10 @@ import pytest
 import torch
 
 from lrm.models import ARCHITECTURES, SURROGATES, CodecMismatchError, LatentRewardModel, build, needs_text
+from lrm.models.aggd import aggd_shape, niqe_patch_features
 from lrm.models.fullres import mean_of_largest
-from lrm.models.mscn_gaussian import mscn, paired_products, signal_moments
+from lrm.models.mscn_gaussian import mscn, nss_patch_moments, paired_products, patch_tiles, signal_moments
+from lrm.models.nss_pixels import NIQEDistance
 from lrm.models.patch_gaussian import (COVARIANCE_EPS, NIQE_PATCH_CELLS, check_two_patches, gaussian_distance,
                                        patch_moments)
 from lrm.rewards import quality
@@ -31,8 +33,8 @@ def n_params(model: torch.nn.Module) -> int:
 
 
 def latent_side(preset: str) -> int:
-    """Latent side of the tiny test inputs: patch-Gaussian presets need 2 x 2 patches of 12 cells."""
-    return 2 * NIQE_PATCH_CELLS if ARCHITECTURES[preset].patch_gaussian else H
+    """Latent side of the tiny test inputs: NIQE presets need 2 x 2 patches of 12 cells."""
+    return 2 * NIQE_PATCH_CELLS if ARCHITECTURES[preset].niqe_patches else H
 
 
 def inputs(frames: int = 1, seed: int = 0, side: int = H):
@@ -206,7 +208,7 @@ def test_input_errors_are_clear():
 # ---------------------------------------------------------------- save / load
 
 @pytest.mark.parametrize("preset,noise_aware", [("image-cnn", False), ("text-video-3d-xattn", True),
-                                                ("image-fullres-log-stats", False)])
+                                                ("image-fullres-log-stats", False), ("image-nss-pixels", True)])
 def test_save_load_round_trip(tmp_path, preset, noise_aware):
     torch.manual_seed(0)
     model = build(preset, C, text_dim=D if needs_text(preset) else None, noise_aware=noise_aware)
@@ -222,7 +224,7 @@ def test_save_load_round_trip(tmp_path, preset, noise_aware):
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors"]
 
     loaded = LatentRewardModel.from_pretrained(tmp_path / "m", codec_settings=CODEC)
-    latents, text, mask = inputs(frames=3)
+    latents, text, mask = inputs(frames=3, side=latent_side(preset))
     t = torch.tensor([10, 700]) if noise_aware else None
     model.eval(), loaded.eval()
     torch.testing.assert_close(loaded(latents, text, mask, t), model(latents, text, mask, t), rtol=0, atol=0)
@@ -352,7 +354,7 @@ def test_patch_moments_tile_from_the_top_left_and_need_two_patches():
     torch.testing.assert_close(moments[0, 1].exp(), maps[0, :, 12:24, :12].mean(dim=(1, 2)), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="at least 2 patches of 12x12 latent cells.*got latents of 23x23"):
         check_two_patches(torch.rand(1, 2, 23, 23), 12)
-    for preset in ("image-patch-gaussian-log-stats", "image-mscn-gaussian-stats"):
+    for preset in ("image-patch-gaussian-log-stats", "image-mscn-gaussian-stats", "image-nss-pixels"):
         with pytest.raises(ValueError, match="at least 2 patches.*got latents of 16x16"):
             build(preset, C)(torch.randn(1, 1, C, 16, 16))
 
@@ -369,7 +371,7 @@ def test_mscn_statistics_match_the_niqe_reward():
         np.testing.assert_allclose(mine[0, 0].numpy(), theirs, atol=1e-6)
     # Patch moments: s^2, |s|, relu(-s)^2, [s < 0] averaged over each 20-px tile, logged.
     s = coefficients[..., :40, :40]
-    moments = signal_moments(s, 20).exp() - 1e-6  # (1, 4 tiles, 4)
+    moments = signal_moments(patch_tiles(s, 20)).exp() - 1e-6  # (1, 4 tiles, 4)
     tile = s[0, 0, 20:, :20].numpy()  # third tile: second row, first column
     expected = [np.mean(tile**2), np.mean(np.abs(tile)), np.mean(np.minimum(tile, 0) ** 2), np.mean(tile < 0)]
     np.testing.assert_allclose(moments[0, 2].numpy(), expected, rtol=1e-6, atol=1e-9)
@@ -397,3 +399,82 @@ def test_mscn_gaussian_reads_pixel_planes_at_8x_the_latent_resolution():
     assert cols.min() >= 8 * (30 - 2) and cols.max() < 8 * (30 + 3)
     features = backbone(latents)
     assert features.shape == (2, backbone.feature_dim) and torch.isfinite(features).all()
+
+
+# ---------------------------------------------------------------- NIQE itself, differentiable (AGGD fits, NSS pixels)
+
+def textured_gray(seed: int, shape: tuple[int, int] = (192, 288)) -> np.ndarray:
+    """0-255 float64 image with texture at three scales and a vertical edge: 2 x 3 NIQE patches."""
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(seed)
+    x = sum(gaussian_filter(rng.normal(size=shape), s) * s for s in (1, 3, 8))
+    x[:, shape[1] // 2:] += 2.0
+    return (x - x.min()) / (x.max() - x.min()) * 255
+
+
+def niqe_scales(gray: np.ndarray) -> tuple[tuple[np.ndarray, int], tuple[np.ndarray, int]]:
+    """NIQE's two scales of a (H, W) image with their patch sides: the half by PIL bicubic, as the reward."""
+    from PIL import Image
+
+    half = Image.fromarray(gray.astype(np.float32), mode="F").resize((gray.shape[1] // 2, gray.shape[0] // 2),
+                                                                       Image.BICUBIC)
+    return (gray, 96), (np.asarray(half).astype(np.float64), 48)
+
+
+def niqe_moments(gray: np.ndarray) -> torch.Tensor:
+    """(1, P, 40) patch moments at NIQE's two scales."""
+    c = torch.ones(1, dtype=torch.float64)
+    log_means = torch.cat([nss_patch_moments(torch.tensor(image, dtype=torch.float64)[None, None], c, patch)
+                           for image, patch in niqe_scales(gray)], dim=2)
+    return log_means.exp() - 1e-6
+
+
+def test_aggd_shape_inverts_niqes_moment_ratio():
+    alpha = torch.tensor([0.3, 0.8, 1.0, 2.0, 4.5, 9.0], dtype=torch.float64, requires_grad=True)
+    ratio = torch.exp(2 * torch.lgamma(2 / alpha) - torch.lgamma(1 / alpha) - torch.lgamma(3 / alpha))
+    torch.testing.assert_close(aggd_shape(ratio.detach()), alpha.detach(), atol=1e-6, rtol=0)
+    ratio = ratio.detach().requires_grad_()
+    aggd_shape(ratio).sum().backward()
+    assert (ratio.grad > 0).all()  # rho increases with alpha, so alpha with the ratio
+    beyond = aggd_shape(torch.tensor([0.0, 0.99], dtype=torch.float64))
+    torch.testing.assert_close(beyond, torch.tensor([0.2, 10.0], dtype=torch.float64))  # the grid's ends
+
+
+def test_aggd_features_of_patch_moments_match_niqes_grid_search():
+    # Independent reference: lrm.rewards.quality's numpy NIQE features (scikit-video's, grid search).
+    for seed in range(2):
+        gray = textured_gray(seed)
+        mine = niqe_patch_features(niqe_moments(gray))[0].numpy()  # (6, 36)
+        theirs = np.hstack([
+            np.array([quality.niqe_patch_features(quality.mscn(image)[r * p:(r + 1) * p, k * p:(k + 1) * p])
+                      for r in range(2) for k in range(3)])
+            for image, p in niqe_scales(gray)])
+        np.testing.assert_allclose(mine, theirs, atol=1e-3, rtol=2e-3)  # the grid's step is 0.001
+
+
+def test_niqe_distance_starts_as_niqe():
+    # With the exact moments of an image, the untrained distance is NIQE's score of it.
+    distance_of = NIQEDistance()
+    for seed in range(2):
+        gray = np.round(textured_gray(seed))
+        rgb = np.repeat(gray[..., None], 3, axis=2).astype(np.uint8)
+        distance, _ = distance_of(niqe_moments(rgb.astype(np.float32) @ quality.SKVIDEO_GRAY))
+        np.testing.assert_allclose(distance.item(), quality.niqe_score(rgb), rtol=0.02)
+
+
+def test_nss_pixel_decoder_fit_recovers_a_linear_decoder():
+    # Grey pixels that a 3x3 conv and a PixelShuffle(8) make from the latents are fitted back exactly
+    # (the ridge aside), and the backbone then reads them in 8-bit levels.
+    torch.manual_seed(0)
+    backbone = build("image-nss-pixels", C).backbone
+    truth = torch.nn.Conv2d(C, 64, 3, padding=1).double()
+    latents = torch.randn(6, C, 24, 24, dtype=torch.float64)
+    with torch.no_grad():
+        grey = torch.nn.functional.pixel_shuffle(40 * truth(latents) + 128, 8)  # (6, 1, 192, 192), inside 0-255
+    error = backbone.fit_decoder(latents, grey)
+    assert error < 0.05  # grey levels
+    torch.testing.assert_close(backbone.decoder.weight.double(), 40 * truth.weight.detach(), atol=5e-3, rtol=0)
+    decoded = backbone.grey(latents.float())
+    assert decoded.shape == (6, 1, 192, 192) and torch.equal(decoded, decoded.round())
+    assert (decoded - grey).abs().max() <= 0.5 + 0.05

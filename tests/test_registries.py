@@ -54,7 +54,7 @@ def test_every_surrogate_preset_runs(preset):
 
     model = SURROGATES[preset](4, text_dim=8 if needs_text(preset) else None)
     kwargs = {"text": torch.randn(2, 5, 8), "text_mask": torch.ones(2, 5, dtype=torch.bool)} if needs_text(preset) else {}
-    side = 2 * NIQE_PATCH_CELLS if ARCHITECTURES[preset].patch_gaussian else 16  # patch-Gaussian: 2 x 2 patches of 12 cells
+    side = 2 * NIQE_PATCH_CELLS if ARCHITECTURES[preset].niqe_patches else 16  # NIQE presets: 2 x 2 patches of 12 cells
     out = model(torch.randn(2, 3, 4, side, side), **kwargs)
     assert out.shape == (2,) and torch.isfinite(out).all()
 

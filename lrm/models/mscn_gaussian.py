@@ -15,6 +15,7 @@ statistics itself, with NIQE's fixed window; it learns only the planes and the f
         -> at full scale and at half scale (2x2 mean):
            MSCN (x - mu) / (sigma + c), 7x7 Gaussian window (sigma 7/6), c learned per plane
            signals: the coefficients and their products with the H, V, D1, D2 neighbours
+           within each patch (wrapping around it, as NIQE's do)
            per signal: mean over each patch (96 px; 48 at half scale) of
            s^2, |s|, relu(-s)^2, [s < 0], then log                              (M, P, K)
         -> per-patch MLP K -> 64 -> F, mean mu and covariance S over the P patches,
@@ -35,8 +36,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lrm.models.fullres import full_resolution_stages
-from lrm.models.patch_gaussian import (NIQE_PATCH_CELLS, PATCH_MLP_WIDTH, check_two_patches, gaussian_distance,
-                                       patch_moments)
+from lrm.models.patch_gaussian import (MOMENT_EPS, NIQE_PATCH_CELLS, PATCH_MLP_WIDTH, check_two_patches,
+                                       gaussian_distance)
 
 PIXELS_PER_CELL = 8  # spatial factor of the 8x codecs (dct, taef2): latent cell -> pixels
 NIQE_PATCH_PIXELS = NIQE_PATCH_CELLS * PIXELS_PER_CELL  # 96
@@ -75,22 +76,31 @@ def mscn(planes: torch.Tensor, c: torch.Tensor, window: tuple[float, ...] = WIND
 
 
 def paired_products(coefficients: torch.Tensor) -> list[torch.Tensor]:
-    """Products of (M, C, H, W) coefficients with their 4 neighbours, wrapping around (MATLAB circshift)."""
+    """Products of (..., H, W) coefficients with their 4 neighbours, wrapping around (MATLAB circshift)."""
     return [coefficients * torch.roll(coefficients, shift, dims=(-2, -1)) for shift in PAIR_SHIFTS]
 
 
-def signal_moments(signal: torch.Tensor, patch: int) -> torch.Tensor:
-    """(M, C, H, W) -> (M, P, 4C) log means over each patch of s^2, |s|, relu(-s)^2 and [s < 0]
-    (the right side's variance is the difference of the first and third)."""
-    maps = torch.cat([signal.square(), signal.abs(), F.relu(-signal).square(), (signal < 0).to(signal.dtype)], dim=1)
-    return patch_moments(maps, patch)  # log(mean + 1e-6): [s < 0] can average to 0
+def patch_tiles(x: torch.Tensor, patch: int) -> torch.Tensor:
+    """(M, C, H, W) -> (M, C, P, patch, patch): whole patch x patch tiles from the top-left corner,
+    row-major, a partial last row or column dropped (NIQE's crop)."""
+    rows, cols = x.shape[-2] // patch, x.shape[-1] // patch
+    x = x[..., : rows * patch, : cols * patch].unflatten(-1, (cols, patch)).unflatten(-3, (rows, patch))
+    return x.permute(0, 1, 2, 4, 3, 5).flatten(2, 3)  # (M, C, rows, cols, patch, patch) -> (M, C, P, patch, patch)
+
+
+def signal_moments(tiles: torch.Tensor) -> torch.Tensor:
+    """(M, C, P, p, p) tiles of a signal s -> (M, P, 4C) log of each tile's mean of s^2, |s|,
+    relu(-s)^2 and [s < 0] (the right side's variance is the difference of the first and third)."""
+    maps = torch.cat([tiles.square(), tiles.abs(), F.relu(-tiles).square(), (tiles < 0).to(tiles.dtype)], dim=1)
+    return torch.log(maps.mean(dim=(-2, -1)).transpose(1, 2) + MOMENT_EPS)  # [s < 0] can average to 0
 
 
 def nss_patch_moments(planes: torch.Tensor, c: torch.Tensor, patch: int) -> torch.Tensor:
     """(M, C, H, W) pixel planes at one scale -> (M, P, 20C) log patch moments of their MSCN
-    coefficients and paired products, on patch x patch tiles from the top-left corner."""
-    coefficients = mscn(planes, c)
-    return torch.cat([signal_moments(s, patch) for s in [coefficients, *paired_products(coefficients)]], dim=2)
+    coefficients and of the paired products within each patch (which wrap around the patch, as
+    NIQE's do), on patch x patch tiles from the top-left corner."""
+    tiles = patch_tiles(mscn(planes, c), patch)  # (M, C, P, patch, patch)
+    return torch.cat([signal_moments(s) for s in [tiles, *paired_products(tiles)]], dim=2)
 
 
 class MSCNGaussianBackbone(nn.Module):

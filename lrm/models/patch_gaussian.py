@@ -60,18 +60,18 @@ def patch_moments(maps: torch.Tensor, patch: int) -> torch.Tensor:
     return torch.log(tiles.flatten(2).transpose(1, 2) + MOMENT_EPS)  # (M, P, K)
 
 
-def gaussian_distance(features: torch.Tensor, reference_mean: torch.Tensor,
-                      reference_factor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def gaussian_distance(features: torch.Tensor, reference_mean: torch.Tensor, reference_factor: torch.Tensor,
+                      eps: float = COVARIANCE_EPS) -> tuple[torch.Tensor, torch.Tensor]:
     """NIQE's distance of the patches' Gaussian to a reference one.
 
     features (M, P, F), reference mean (F,), lower-triangular factor (F, F) of the reference
-    covariance -> distance (M,) and the patches' mean (M, F)."""
+    covariance, ridge eps -> distance (M,) and the patches' mean (M, F)."""
     mean = features.mean(dim=1)  # (M, F)
     centred = features - mean.unsqueeze(1)
     covariance = centred.transpose(1, 2) @ centred / (features.shape[1] - 1)  # (M, F, F)
     factor = torch.tril(reference_factor)
     eye = torch.eye(features.shape[-1], dtype=features.dtype, device=features.device)
-    pooled = (factor @ factor.T + covariance) / 2 + COVARIANCE_EPS * eye  # (M, F, F), positive definite
+    pooled = (factor @ factor.T + covariance) / 2 + eps * eye  # (M, F, F), positive definite
     diff = mean - reference_mean  # (M, F)
     squared = (diff * torch.linalg.solve(pooled, diff)).sum(dim=1)  # (M,)
     return torch.sqrt(squared + 1e-8), mean

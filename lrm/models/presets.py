@@ -8,7 +8,8 @@ convolves over time (kernel 3) too. "-fullres" and "video-pair" keep the latent 
 BRISQUE) or per consecutive frame pair (flicker, motion). "-patch-gaussian" is NIQE's structure
 (lrm.models.patch_gaussian): per-patch features, their Gaussian, its distance to a learned one;
 "-mscn-gaussian" (lrm.models.mscn_gaussian) the same on NIQE's own pixel-level MSCN statistics of
-learned pixel planes.
+learned pixel planes; "-nss-pixels" (lrm.models.nss_pixels) computes NIQE itself (differentiably)
+on grey pixels decoded by one linear 3x3 conv.
 "-log" presets also feed the backbone log energies of the latents (natural-scene-statistics
 rewards: BRISQUE, NIQE). Text presets add Tab. 11's cross-attention on text tokens.
 """
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from lrm.models.cnn import ConvBackbone
 from lrm.models.fullres import FullResolutionBackbone
 from lrm.models.mscn_gaussian import MSCNGaussianBackbone
+from lrm.models.nss_pixels import NSSPixelBackbone
 from lrm.models.patch_gaussian import PatchGaussianBackbone
 from lrm.models.surrogate import LatentRewardModel
 from lrm.models.timestep import TimestepEmbedding
@@ -41,6 +43,12 @@ class Architecture:
     patch_gaussian: bool = False  # True: PatchGaussianBackbone (feature_dim: its local moment maps)
     mscn: bool = False  # with patch_gaussian: MSCNGaussianBackbone (feature_dim: its pixel planes)
     patch_features: int = 16  # patch-Gaussian: features per patch, the Gaussian's dimension (NIQE's: 36)
+    nss_pixels: bool = False  # True: NSSPixelBackbone (no widths; feature_dim: its 64 grey pixels per cell)
+
+    @property
+    def niqe_patches(self) -> bool:
+        """Frames need two of NIQE's 96-px patches: 12 x 12 latent cells each (lrm.models.patch_gaussian)."""
+        return self.patch_gaussian or self.nss_pixels
 
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -83,6 +91,9 @@ ARCHITECTURES: dict[str, Architecture] = {
     # MSCN-Gaussian (lrm.models.mscn_gaussian): the same at pixel resolution, on NIQE's MSCN statistics
     # of 2 learned pixel planes, decoded from the raw latents (a linear path spans dct's exact decoder).
     "image-mscn-gaussian-stats": Architecture((64, 64), 2, pooled_stats=True, patch_gaussian=True, mscn=True),
+    # NSS pixels (lrm.models.nss_pixels): NIQE itself on grey pixels decoded by one linear 3x3 conv,
+    # which lrm.fitting fits to the codec's decoder by least squares before training.
+    "image-nss-pixels": Architecture((), 64, nss_pixels=True),
 }
 
 
@@ -97,7 +108,9 @@ def assemble(preset: str, in_channels: int, text_dim: int | None = None, noise_a
         )
     cond_dim = TIME_EMBED_DIM if noise_aware else None
     backbone_channels = 2 * in_channels if arch.log_energy else in_channels
-    if arch.mscn:
+    if arch.nss_pixels:
+        backbone = NSSPixelBackbone(backbone_channels, cond_dim=cond_dim)
+    elif arch.mscn:
         backbone = MSCNGaussianBackbone(backbone_channels, arch.widths, arch.feature_dim, arch.patch_features,
                                         cond_dim=cond_dim)
     elif arch.patch_gaussian:

@@ -34,6 +34,7 @@ from lrm.labels import LABEL_TRANSFORMS
 from lrm.models.cnn import ConvBackbone
 from lrm.models.fullres import FullResolutionBackbone
 from lrm.models.mscn_gaussian import MSCNGaussianBackbone
+from lrm.models.nss_pixels import NSSPixelBackbone
 from lrm.models.patch_gaussian import PatchGaussianBackbone
 from lrm.models.timestep import TimestepEmbedding
 from lrm.models.xattn import TextCrossAttention
@@ -104,7 +105,8 @@ class LatentRewardModel(nn.Module):
     """Backbone (+ text cross-attention) (+ timestep FiLM) -> Linear head -> un-standardise."""
 
     def __init__(self, preset: str, in_channels: int,
-                 backbone: ConvBackbone | FullResolutionBackbone | PatchGaussianBackbone | MSCNGaussianBackbone,
+                 backbone: ConvBackbone | FullResolutionBackbone | PatchGaussianBackbone | MSCNGaussianBackbone
+                 | NSSPixelBackbone,
                  per_frame: bool,
                  cross_attention: TextCrossAttention | None = None,
                  time_embedding: TimestepEmbedding | None = None, pooled_stats: bool = False,
