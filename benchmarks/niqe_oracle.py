@@ -57,6 +57,7 @@ def patch_features(gray: np.ndarray) -> dict[str, np.ndarray]:
     from PIL import Image
 
     from lrm.models.mscn_gaussian import NIQE_PATCH_PIXELS, nss_patch_moments
+    from lrm.models.patch_gaussian import MOMENT_EPS
     from lrm.rewards.quality import niqe_features
 
     h, w = gray.shape
@@ -65,7 +66,7 @@ def patch_features(gray: np.ndarray) -> dict[str, np.ndarray]:
     c = torch.ones(1, dtype=torch.float64)  # NIQE's MSCN stabiliser on 0-255 pixels
     moments = torch.cat([nss_patch_moments(torch.tensor(image, dtype=torch.float64)[None, None], c, patch)
                          for image, patch in ((full, NIQE_PATCH_PIXELS), (half, NIQE_PATCH_PIXELS // 2))], dim=2)
-    return {"nss-moments": moments[0].numpy(), "niqe-features": niqe_features(gray)}
+    return {"nss-moments": torch.log(moments[0] + MOMENT_EPS).numpy(), "niqe-features": niqe_features(gray)}
 
 
 def aggd_of_moments(log_moments: np.ndarray) -> np.ndarray:

@@ -369,9 +369,9 @@ def test_mscn_statistics_match_the_niqe_reward():
     np.testing.assert_allclose(coefficients[0, 0].numpy(), quality.mscn(gray), atol=1e-7)
     for mine, theirs in zip(paired_products(coefficients), quality.paired_products(quality.mscn(gray))):
         np.testing.assert_allclose(mine[0, 0].numpy(), theirs, atol=1e-6)
-    # Patch moments: s^2, |s|, relu(-s)^2, [s < 0] averaged over each 20-px tile, logged.
+    # Patch moments: s^2, |s|, relu(-s)^2, [s < 0] averaged over each 20-px tile.
     s = coefficients[..., :40, :40]
-    moments = signal_moments(patch_tiles(s, 20)).exp() - 1e-6  # (1, 4 tiles, 4)
+    moments = signal_moments(patch_tiles(s, 20))  # (1, 4 tiles, 4)
     tile = s[0, 0, 20:, :20].numpy()  # third tile: second row, first column
     expected = [np.mean(tile**2), np.mean(np.abs(tile)), np.mean(np.minimum(tile, 0) ** 2), np.mean(tile < 0)]
     np.testing.assert_allclose(moments[0, 2].numpy(), expected, rtol=1e-6, atol=1e-9)
@@ -425,9 +425,8 @@ def niqe_scales(gray: np.ndarray) -> tuple[tuple[np.ndarray, int], tuple[np.ndar
 def niqe_moments(gray: np.ndarray) -> torch.Tensor:
     """(1, P, 40) patch moments at NIQE's two scales."""
     c = torch.ones(1, dtype=torch.float64)
-    log_means = torch.cat([nss_patch_moments(torch.tensor(image, dtype=torch.float64)[None, None], c, patch)
-                           for image, patch in niqe_scales(gray)], dim=2)
-    return log_means.exp() - 1e-6
+    return torch.cat([nss_patch_moments(torch.tensor(image, dtype=torch.float64)[None, None], c, patch)
+                      for image, patch in niqe_scales(gray)], dim=2)
 
 
 def test_aggd_shape_inverts_niqes_moment_ratio():

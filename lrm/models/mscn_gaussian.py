@@ -89,16 +89,16 @@ def patch_tiles(x: torch.Tensor, patch: int) -> torch.Tensor:
 
 
 def signal_moments(tiles: torch.Tensor) -> torch.Tensor:
-    """(M, C, P, p, p) tiles of a signal s -> (M, P, 4C) log of each tile's mean of s^2, |s|,
-    relu(-s)^2 and [s < 0] (the right side's variance is the difference of the first and third)."""
+    """(M, C, P, p, p) tiles of a signal s -> (M, P, 4C) each tile's mean of s^2, |s|, relu(-s)^2 and
+    [s < 0] (the right side's variance is the difference of the first and third)."""
     maps = torch.cat([tiles.square(), tiles.abs(), F.relu(-tiles).square(), (tiles < 0).to(tiles.dtype)], dim=1)
-    return torch.log(maps.mean(dim=(-2, -1)).transpose(1, 2) + MOMENT_EPS)  # [s < 0] can average to 0
+    return maps.mean(dim=(-2, -1)).transpose(1, 2)
 
 
 def nss_patch_moments(planes: torch.Tensor, c: torch.Tensor, patch: int) -> torch.Tensor:
-    """(M, C, H, W) pixel planes at one scale -> (M, P, 20C) log patch moments of their MSCN
-    coefficients and of the paired products within each patch (which wrap around the patch, as
-    NIQE's do), on patch x patch tiles from the top-left corner."""
+    """(M, C, H, W) pixel planes at one scale -> (M, P, 20C) patch moments of their MSCN coefficients
+    and of the paired products within each patch (which wrap around the patch, as NIQE's do), on
+    patch x patch tiles from the top-left corner."""
     tiles = patch_tiles(mscn(planes, c), patch)  # (M, C, P, patch, patch)
     return torch.cat([signal_moments(s) for s in [tiles, *paired_products(tiles)]], dim=2)
 
@@ -133,6 +133,7 @@ class MSCNGaussianBackbone(nn.Module):
             nss_patch_moments(planes, c, NIQE_PATCH_PIXELS),  # (M, P, 20 planes)
             nss_patch_moments(F.avg_pool2d(planes, 2), c, NIQE_PATCH_PIXELS // 2),
         ], dim=2)  # (M, P, 40 planes)
+        moments = torch.log(moments + MOMENT_EPS)  # [s < 0] can average to 0
         features = self.patch_mlp(moments)  # (M, P, F)
         distance, mean = gaussian_distance(features, self.reference_mean, self.reference_factor)
         return torch.cat([distance.unsqueeze(1), mean], dim=1)  # (M, 1 + F)

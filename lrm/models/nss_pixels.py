@@ -32,7 +32,7 @@ from torch import nn
 
 from lrm.models.aggd import NIQE_FEATURES, niqe_patch_features
 from lrm.models.mscn_gaussian import NIQE_PATCH_PIXELS, PIXELS_PER_CELL, nss_patch_moments
-from lrm.models.patch_gaussian import MOMENT_EPS, NIQE_PATCH_CELLS, check_two_patches, gaussian_distance
+from lrm.models.patch_gaussian import NIQE_PATCH_CELLS, check_two_patches, gaussian_distance
 
 DECODER_RIDGE = 1e-6  # relative to the mean diagonal of the least-squares Gram matrix
 # NIQE inverts the pooled covariance exactly (pinv); the pristine correlation has eigenvalues down to
@@ -118,9 +118,9 @@ class NSSPixelBackbone(nn.Module):
         grey = self.grey(x, cond)
         half = F.interpolate(grey, scale_factor=0.5, mode="bicubic", antialias=True, align_corners=False)
         c = torch.ones(1, dtype=grey.dtype, device=grey.device)  # NIQE's MSCN stabiliser on 0-255 pixels
-        log_means = torch.cat([nss_patch_moments(grey, c, NIQE_PATCH_PIXELS),
-                               nss_patch_moments(half, c, NIQE_PATCH_PIXELS // 2)], dim=2)  # (M, P, 40)
-        distance, mean = self.distance(log_means.exp() - MOMENT_EPS)
+        moments = torch.cat([nss_patch_moments(grey, c, NIQE_PATCH_PIXELS),
+                             nss_patch_moments(half, c, NIQE_PATCH_PIXELS // 2)], dim=2)  # (M, P, 40)
+        distance, mean = self.distance(moments)
         return torch.cat([distance.unsqueeze(1), mean], dim=1)  # (M, 37)
 
     @torch.no_grad()
