@@ -18,9 +18,11 @@ patch moments on them exactly, then NIQE's features (lrm.models.aggd) and distan
 `fit_decoder` sets the conv by ridge least squares to a codec's decoded grey pixels (lrm.fitting
 does so before a fit, on 256 training rows): for a linear codec such as dct it is then its exact
 decoder (up to clamping and 8-bit rounding), and the surrogate starts as NIQE of the decoded
-frames. For a learned decoder (taef2) it is the best linear one of this size. The cost is
-NIQE's own: pixel-level statistics, about 3 s per step of 32 384-px frames on one CPU core, where
-the latent-resolution presets take under 1 s; no VAE decoder is run.
+frames; fitted on NIQE's labels from there at lr 1e-4, it keeps that ranking and calibrates the
+head (README, "NIQE itself on a linear decode"). For a learned decoder (taef2) it is the best
+linear one of this size. The cost is NIQE's own: pixel-level statistics, about 3 s per step of
+32 384-px frames on one CPU core, where the latent-resolution presets take under 1 s; no VAE
+decoder is run.
 """
 
 from __future__ import annotations
