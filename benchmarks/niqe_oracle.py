@@ -108,15 +108,10 @@ def store_features(store_path: Path, cache: Path) -> dict[str, np.ndarray]:
 
 
 def formula_scores(features: np.ndarray) -> np.ndarray:
-    """NIQE of each row from its (P, 36) features with the pristine model (lrm.rewards.quality.niqe_score)."""
-    from lrm.rewards.quality import niqe_model
+    """NIQE of each row from its (P, 36) features with the pristine model (lrm.rewards.quality.niqe_of_features)."""
+    from lrm.rewards.quality import niqe_of_features
 
-    mu, cov = niqe_model()
-    scores = []
-    for f in features.astype(np.float64):
-        diff = f.mean(axis=0) - mu
-        scores.append(np.sqrt(diff @ np.linalg.pinv((cov + np.cov(f.T)) / 2) @ diff))
-    return np.array(scores)
+    return np.array([niqe_of_features(f) for f in features.astype(np.float64)])
 
 
 class PatchGaussianHead(nn.Module):

@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import torch
 
-from lrm.rewards.quality import AGGD_RATIO, SHAPE_GRID
+from lrm.rewards.quality import AGGD_RATIO, PAIR_SHIFTS, SHAPE_GRID
 
-SIGNALS = 5  # MSCN coefficients and their H, V, D1, D2 paired products
+SIGNALS = 1 + len(PAIR_SHIFTS)  # MSCN coefficients and their H, V, D1, D2 paired products
 MOMENTS = 4  # per signal: E[x^2], E[|x|], E[x^2 [x < 0]], E[[x < 0]]
 SCALES = 2
 NIQE_FEATURES = 36

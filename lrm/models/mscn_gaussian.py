@@ -35,27 +35,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lrm.models.aggd import MOMENTS, SIGNALS
 from lrm.models.fullres import full_resolution_stages
 from lrm.models.patch_gaussian import (MOMENT_EPS, NIQE_PATCH_CELLS, PATCH_MLP_WIDTH, check_two_patches,
                                        gaussian_distance)
+from lrm.rewards.quality import PAIR_SHIFTS, gaussian_window
 
 PIXELS_PER_CELL = 8  # spatial factor of the 8x codecs (dct, taef2): latent cell -> pixels
 NIQE_PATCH_PIXELS = NIQE_PATCH_CELLS * PIXELS_PER_CELL  # 96
-MSCN_WINDOW, MSCN_SIGMA = 7, 7 / 6  # NIQE's (and BRISQUE's) Gaussian window
-PAIR_SHIFTS = ((0, 1), (1, 0), (1, 1), (-1, 1))  # (dy, dx): horizontal, vertical, main and anti diagonal
-MOMENTS = 4  # per signal: s^2, |s|, relu(-s)^2, [s < 0]
-SIGNALS = 1 + len(PAIR_SHIFTS)
 VARIANCE_EPS = 1e-6  # under the local variance's square root (its gradient at 0 is infinite)
-
-
-def gaussian_window(size: int = MSCN_WINDOW, sigma: float = MSCN_SIGMA) -> tuple[float, ...]:
-    """Normalised 1-D Gaussian; its outer product is MATLAB's fspecial('gaussian', size, sigma)."""
-    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
-    w = torch.exp(-(x**2) / (2 * sigma**2))
-    return tuple((w / w.sum()).tolist())
-
-
-WINDOW = gaussian_window()
+WINDOW = tuple(gaussian_window().tolist())  # NIQE's (and BRISQUE's) 7-tap Gaussian, sigma 7/6
 
 
 def separable_blur(x: torch.Tensor, window: tuple[float, ...]) -> torch.Tensor:

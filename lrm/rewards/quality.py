@@ -268,8 +268,11 @@ def niqe_model() -> tuple[np.ndarray, np.ndarray]:
 def niqe_score(rgb: np.ndarray) -> float:
     """NIQE of an (H, W, 3) uint8 image: Mahalanobis-like distance between the patch features'
     Gaussian and the pristine one, sqrt((mu_p - mu)^T pinv((cov_p + cov) / 2) (mu_p - mu))."""
-    gray = rgb.astype(np.float32) @ SKVIDEO_GRAY
-    features = niqe_features(gray)
+    return niqe_of_features(niqe_features(rgb.astype(np.float32) @ SKVIDEO_GRAY))
+
+
+def niqe_of_features(features: np.ndarray) -> float:
+    """NIQE from an image's (n_patches, 36) patch features and the pristine model."""
     pristine_mu, pristine_cov = niqe_model()
     diff = features.mean(axis=0) - pristine_mu
     covariance = (pristine_cov + np.cov(features.T)) / 2
