@@ -40,6 +40,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from lrm.models.patch_gaussian import PatchGaussianDistance
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from variant_breakdown import breakdown, view_and_variant  # noqa: E402
 
@@ -114,25 +116,16 @@ def formula_scores(features: np.ndarray) -> np.ndarray:
     return np.array([niqe_of_features(f) for f in features.astype(np.float64)])
 
 
-class PatchGaussianHead(nn.Module):
-    """(M, P, K) patch features -> (M,): the head of the patch-Gaussian backbones and a linear read-out."""
+class PatchGaussianHead(PatchGaussianDistance):
+    """(M, P, K) patch features -> (M,): the patch-Gaussian backbones' end and a linear read-out."""
 
     def __init__(self, inputs: int, patch_features: int = 16):
         super().__init__()
-        from lrm.models.patch_gaussian import PATCH_MLP_WIDTH
-
-        self.patch_mlp = nn.Sequential(nn.Linear(inputs, PATCH_MLP_WIDTH), nn.SiLU(),
-                                       nn.Linear(PATCH_MLP_WIDTH, patch_features))
-        self.reference_mean = nn.Parameter(torch.zeros(patch_features))
-        self.reference_factor = nn.Parameter(torch.eye(patch_features))
-        self.read_out = nn.Linear(1 + patch_features, 1)
+        self.add_distance(inputs, patch_features)
+        self.read_out = nn.Linear(self.feature_dim, 1)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        from lrm.models.patch_gaussian import gaussian_distance
-
-        distance, mean = gaussian_distance(self.patch_mlp(features), self.reference_mean,
-                                           self.reference_factor)
-        return self.read_out(torch.cat([distance.unsqueeze(1), mean], dim=1))[:, 0]
+        return self.read_out(self.distance_features(features))[:, 0]
 
 
 def fit_head(x: np.ndarray, y: np.ndarray, train: np.ndarray, val: np.ndarray, patch_features: int, steps: int,

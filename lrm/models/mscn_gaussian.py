@@ -37,8 +37,7 @@ from torch import nn
 
 from lrm.models.aggd import MOMENTS, SIGNALS
 from lrm.models.fullres import full_resolution_stages
-from lrm.models.patch_gaussian import (MOMENT_EPS, NIQE_PATCH_CELLS, PATCH_MLP_WIDTH, check_two_patches,
-                                       gaussian_distance)
+from lrm.models.patch_gaussian import MOMENT_EPS, NIQE_PATCH_CELLS, PatchGaussianDistance, check_two_patches
 from lrm.rewards.quality import PAIR_SHIFTS, gaussian_window
 
 PIXELS_PER_CELL = 8  # spatial factor of the 8x codecs (dct, taef2): latent cell -> pixels
@@ -92,7 +91,7 @@ def nss_patch_moments(planes: torch.Tensor, c: torch.Tensor, patch: int) -> torc
     return torch.cat([signal_moments(s) for s in [tiles, *paired_products(tiles)]], dim=2)
 
 
-class MSCNGaussianBackbone(nn.Module):
+class MSCNGaussianBackbone(PatchGaussianDistance):
     """Frames (M, c, h, w) -> features (M, 1 + F): the learned pixel-level NIQE distance and the patches' mean."""
 
     def __init__(self, in_channels: int, widths: tuple[int, ...] = (64, 64), planes: int = 2,
@@ -103,13 +102,7 @@ class MSCNGaussianBackbone(nn.Module):
             nn.Conv2d(in_channels + widths[-1], planes * PIXELS_PER_CELL**2, 1), nn.PixelShuffle(PIXELS_PER_CELL)
         )
         self.log_c = nn.Parameter(torch.zeros(planes))  # MSCN stabiliser c = exp(log_c) per plane
-        self.patch_mlp = nn.Sequential(
-            nn.Linear(2 * SIGNALS * MOMENTS * planes, PATCH_MLP_WIDTH), nn.SiLU(),
-            nn.Linear(PATCH_MLP_WIDTH, patch_features),
-        )
-        self.reference_mean = nn.Parameter(torch.zeros(patch_features))
-        self.reference_factor = nn.Parameter(torch.eye(patch_features))
-        self.feature_dim = 1 + patch_features
+        self.add_distance(2 * SIGNALS * MOMENTS * planes, patch_features)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         check_two_patches(x)
@@ -122,7 +115,4 @@ class MSCNGaussianBackbone(nn.Module):
             nss_patch_moments(planes, c, NIQE_PATCH_PIXELS),  # (M, P, 20 planes)
             nss_patch_moments(F.avg_pool2d(planes, 2), c, NIQE_PATCH_PIXELS // 2),
         ], dim=2)  # (M, P, 40 planes)
-        moments = torch.log(moments + MOMENT_EPS)  # [s < 0] can average to 0
-        features = self.patch_mlp(moments)  # (M, P, F)
-        distance, mean = gaussian_distance(features, self.reference_mean, self.reference_factor)
-        return torch.cat([distance.unsqueeze(1), mean], dim=1)  # (M, 1 + F)
+        return self.distance_features(torch.log(moments + MOMENT_EPS))  # (M, 1 + F); [s < 0] can average to 0

@@ -77,7 +77,26 @@ def gaussian_distance(features: torch.Tensor, reference_mean: torch.Tensor, refe
     return torch.sqrt(squared + 1e-8), mean
 
 
-class PatchGaussianBackbone(nn.Module):
+class PatchGaussianDistance(nn.Module):
+    """The shared end of the patch-Gaussian backbones: (M, P, K) patch moments -> features (M, 1 + F), a
+    per-patch MLP K -> 64 -> F, then NIQE's distance of the patches' Gaussian to a learned reference (nu
+    at 0, L at the identity) and the patches' mean. Subclasses compute the moments and call
+    `add_distance` after building their own layers (so parameters keep their order and initial values)."""
+
+    def add_distance(self, moments: int, patch_features: int) -> None:
+        self.patch_mlp = nn.Sequential(
+            nn.Linear(moments, PATCH_MLP_WIDTH), nn.SiLU(), nn.Linear(PATCH_MLP_WIDTH, patch_features)
+        )
+        self.reference_mean = nn.Parameter(torch.zeros(patch_features))
+        self.reference_factor = nn.Parameter(torch.eye(patch_features))
+        self.feature_dim = 1 + patch_features
+
+    def distance_features(self, moments: torch.Tensor) -> torch.Tensor:
+        distance, mean = gaussian_distance(self.patch_mlp(moments), self.reference_mean, self.reference_factor)
+        return torch.cat([distance.unsqueeze(1), mean], dim=1)  # (M, 1 + F)
+
+
+class PatchGaussianBackbone(PatchGaussianDistance):
     """Frames (M, c, h, w) -> features (M, 1 + F): the learned NIQE distance and the patches' mean."""
 
     def __init__(self, in_channels: int, widths: tuple[int, ...] = (64, 64, 64), moments: int = 32,
@@ -85,19 +104,12 @@ class PatchGaussianBackbone(nn.Module):
         super().__init__()
         self.stages = full_resolution_stages(in_channels, widths, cond_dim)
         self.moments = nn.Conv2d(widths[-1], moments, 1)
-        self.patch_mlp = nn.Sequential(
-            nn.Linear(moments, PATCH_MLP_WIDTH), nn.SiLU(), nn.Linear(PATCH_MLP_WIDTH, patch_features)
-        )
-        self.reference_mean = nn.Parameter(torch.zeros(patch_features))
-        self.reference_factor = nn.Parameter(torch.eye(patch_features))
+        self.add_distance(moments, patch_features)
         self.patch = patch
-        self.feature_dim = 1 + patch_features
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         check_two_patches(x, self.patch)
         for stage in self.stages:
             x = stage(x, cond)
         maps = F.softplus(self.moments(x))  # (M, K, h, w)
-        features = self.patch_mlp(patch_moments(maps, self.patch))  # (M, P, F)
-        distance, mean = gaussian_distance(features, self.reference_mean, self.reference_factor)
-        return torch.cat([distance.unsqueeze(1), mean], dim=1)  # (M, 1 + F)
+        return self.distance_features(patch_moments(maps, self.patch))  # (M, 1 + F)
