@@ -1,6 +1,15 @@
 """lrm: latent surrogate rewards for image and video diffusion models.
 
-Heavy submodules are imported lazily so that `import lrm` stays cheap.
+The public API (imported lazily, so that `import lrm` stays cheap):
+
+    load_reward(name, **options)   a pixel reward: (B, T, 3, H, W) in [0, 1] -> (B,) (lrm.rewards.load)
+    load_codec(name)               a latent space: encode / decode pixels (lrm.codecs.load)
+    LatentRewardModel              a fitted surrogate: latents (B, T, c, h, w) -> (B,), differentiable;
+                                   LatentRewardModel.from_pretrained(RUN/model) (lrm.models)
+    fit_surrogate(store, label, config, out_dir)
+                                   fit one on a latent store's label column (lrm.fitting)
+
+`lrm fit REWARD` (lrm.pipeline.run_fit) runs encode -> label -> fit -> report in one command.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ last rename wins.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -27,6 +28,20 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _process_umask() -> int:
+    umask = os.umask(0)  # the only way to read it; set it straight back (at import, before any threads)
+    os.umask(umask)
+    return umask
+
+
+_UMASK = _process_umask()
+
+
+def new_file_mode() -> int:
+    """The permissions open() gives a new file under the process umask (0644 under umask 022)."""
+    return 0o666 & ~_UMASK
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -36,6 +51,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, new_file_mode())  # mkstemp makes files private (0600); give the usual rw-r--r--
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -48,5 +64,21 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_write_json(path: str | Path, obj) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+def atomic_write_json(path: str | Path, obj, strict: bool = False) -> Path:
+    """Write obj as indented JSON; `strict` writes NaN and infinities as null, so that every JSON parser
+    reads the file (Python's json and jq accept NaN, JavaScript's JSON.parse does not)."""
+    if strict:
+        obj = finite_or_null(obj)
+    text = json.dumps(obj, indent=2, sort_keys=False, default=str, allow_nan=not strict)
+    return atomic_write_text(path, text + "\n")
+
+
+def finite_or_null(obj):
+    """obj with every non-finite float (in dicts, lists and tuples, at any depth) replaced by None."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {key: finite_or_null(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_null(value) for value in obj]
+    return obj

@@ -15,6 +15,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from lrm.io import new_file_mode
+
 
 @dataclass(frozen=True)
 class WeightFile:
@@ -202,6 +204,7 @@ def _download(wf: WeightFile) -> Path:
                 out.write(block)
         if wf.sha256 and sha256_of(Path(tmp)) != wf.sha256:
             raise OSError(f"checksum mismatch for {wf.filename}; expected sha256 {wf.sha256}")
+        os.chmod(tmp, new_file_mode())
         os.replace(tmp, target)  # atomic: a partial download never sits under the final name
     finally:
         if os.path.exists(tmp):

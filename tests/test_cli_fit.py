@@ -144,3 +144,10 @@ def test_dry_run_prints_resolved_job():
     assert job["augment"] == "none"
     flipped = runner.invoke(app, ["fit", "brisque", "--augment", "hflip", "--dry-run"])
     assert json.loads(flipped.stdout)["augment"] == "hflip"
+
+
+@pytest.mark.parametrize("flag", ["--steps", "--batch-size", "--count", "--size", "--frames"])
+def test_fit_refuses_counts_below_one_before_any_work(flag, tmp_path):
+    result = runner.invoke(app, ["fit", "colorfulness", flag, "0", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and f"Invalid value for '{flag}'" in result.output
+    assert not (tmp_path / "run").exists()  # refused before encoding

@@ -93,3 +93,28 @@ def test_score_users_metric_file(media, tmp_path):
     assert result.exit_code == 0, result.output
     (row,) = _csv(result.stdout)
     assert float(row["score"]) == pytest.approx(128.0)
+
+
+def test_the_lrm_command_prints_bad_input_as_one_message(media, monkeypatch, capsys):
+    from lrm.cli.app import TRACEBACK_ENV, main
+
+    monkeypatch.delenv(TRACEBACK_ENV, raising=False)
+    monkeypatch.setattr("sys.argv", ["lrm", "score", "no-such-reward", str(media)])
+    with pytest.raises(SystemExit) as stop:
+        main()
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("Error: unknown reward 'no-such-reward'. Known rewards:") and "Traceback" not in err
+    monkeypatch.setenv(TRACEBACK_ENV, "1")
+    with pytest.raises(KeyError, match="Known rewards"):
+        main()
+
+
+def test_named_files_that_are_not_media_are_skipped_and_counted(media, tmp_path):
+    notes = tmp_path / "notes.md"
+    notes.write_text("# not an image\n")
+    result = runner.invoke(app, ["score", "sharpness", str(media / "flat.png"), str(notes), str(media / "broken.png")])
+    assert result.exit_code == 0, result.output
+    assert "scored 1 file(s), skipped 2" in result.output
+    assert f"skipped {notes}: unsupported extension '.md'" in result.output
+    assert f"skipped {media / 'broken.png'}: cannot decode image" in result.output  # the path once, then why

@@ -224,9 +224,10 @@ def test_save_load_round_trip(tmp_path, preset, noise_aware):
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors"]
 
     loaded = LatentRewardModel.from_pretrained(tmp_path / "m", codec_settings=CODEC)
+    assert not loaded.training  # loaded for use, as transformers' from_pretrained does
     latents, text, mask = inputs(frames=3, side=latent_side(preset))
     t = torch.tensor([10, 700]) if noise_aware else None
-    model.eval(), loaded.eval()
+    model.eval()
     torch.testing.assert_close(loaded(latents, text, mask, t), model(latents, text, mask, t), rtol=0, atol=0)
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     assert config["preset"] == preset

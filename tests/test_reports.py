@@ -25,6 +25,10 @@ def _fit_like_inputs():
                 summary={"reward": "sharpness", "label": "sharpness", "codec": "dct-v1", "n_train": 400, "n_val": 120})
 
 
+def _refuse_nan(token: str):
+    raise ValueError(f"metrics.json holds {token}, which JSON parsers other than Python's refuse")
+
+
 def test_report_files_sections_and_metrics_keys(tmp_path):
     html_path = write_report(tmp_path, **_fit_like_inputs())
     page = html_path.read_text()
@@ -35,7 +39,8 @@ def test_report_files_sections_and_metrics_keys(tmp_path):
     # Self-contained: no external resources, every image inlined.
     assert not re.search(r"(src|href)=['\"]https?:", page)
     assert page.count("data:image/png;base64,") == 7
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "metrics.json").read_text(), parse_constant=_refuse_nan)  # strict JSON
+    assert metrics["baselines"]["constant"]["spearman"] is None  # a constant has no rank correlation: null, not NaN
     for key in ("reward", "label", "codec", "n_train", "n_val", "surrogate", "baselines", "flags", "verdict",
                 "per_group", "by_noise"):
         assert key in metrics, key

@@ -55,7 +55,7 @@ def test_module_reference(metric_file, monkeypatch):
 @pytest.mark.parametrize("reference, options, error, match", [
     ("{f}:wrong_count", {}, InputError, "returned 3 values for 2 clips"),
     ("{f}:too_many", {}, TypeError, "requires 3"),
-    ("{f}:nope", {}, AttributeError, "has no function 'nope'"),
+    ("{f}:nope", {}, ValueError, "has no function 'nope'; it defines: "),
     ("/no/such/file.py:fn", {}, FileNotFoundError, "does not exist"),
     ("{f}:motion", {"input": "uint8", "differentiable": True}, ValueError, "cannot be differentiable"),
     ("{f}:motion", {"kind": "audio"}, ValueError, "kind must be one of"),

@@ -124,6 +124,14 @@ def test_concurrent_writers_of_one_file_do_not_collide(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["manifest.json"]  # no temporary file left
 
 
+def test_written_files_get_the_usual_permissions(tmp_path):
+    # mkstemp creates private (0600) files; lrm's reports, models and stores are meant to be shared.
+    umask = os.umask(0)
+    os.umask(umask)
+    path = atomic_write_bytes(tmp_path / "report.html", b"<html></html>")
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # 0644 under the usual umask 022
+
+
 class Crash(BaseException):
     """Stands for kill -9: not an Exception, so nothing in lrm can catch it."""
 

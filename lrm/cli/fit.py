@@ -31,17 +31,17 @@ def fit(
     store: Annotated[Optional[Path], typer.Option(help="Reuse this latent store instead of encoding (labelled if needed).")] = None,
     codec: Annotated[str, typer.Option(help="Latent space of a new store: dct, taef2 or diffusers:<path>.")] = DEFAULTS["codec"],
     model: Annotated[Optional[str], typer.Option(help="Surrogate preset (default by reward kind: image-cnn-stats, text-image-xattn, video-pair-stats, text-video-3d-xattn).")] = None,
-    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = DEFAULTS["steps"],
+    steps: Annotated[int, typer.Option(min=1, help="Optimizer steps.")] = DEFAULTS["steps"],
     out: Annotated[Optional[Path], typer.Option(help="Run directory (default runs/<label>).")] = None,
-    count: Annotated[int, typer.Option(help="Procedural clips when no --data is given.")] = DEFAULTS["count"],
-    frames: Annotated[Optional[int], typer.Option(help="Frames per clip (default 1 for image rewards, 8 for video rewards).")] = None,
-    size: Annotated[int, typer.Option(help="Square clip side in pixels.")] = DEFAULTS["size"],
+    count: Annotated[int, typer.Option(min=1, help="Procedural clips when no --data is given.")] = DEFAULTS["count"],
+    frames: Annotated[Optional[int], typer.Option(min=1, help="Frames per clip (default 1 for image rewards, 8 for video rewards).")] = None,
+    size: Annotated[int, typer.Option(min=1, help="Square clip side in pixels.")] = DEFAULTS["size"],
     text: Annotated[Optional[str], typer.Option(help="Text encoder of a new store (default minilm-l6-v2 for text rewards).")] = None,
     label: Annotated[Optional[str], typer.Option(help="Label column name (default: the reward name, + @decoded for decoded labels).")] = None,
     label_pixels: Annotated[str, typer.Option(
         help="source: the reward of the media itself; decoded: the reward of what the latents decode to, which is "
              "what a tuned generator is scored on and what a lossy codec cannot hide from the surrogate.")] = DEFAULTS["label_pixels"],
-    batch_size: Annotated[int, typer.Option(help="Training batch size.")] = DEFAULTS["batch_size"],
+    batch_size: Annotated[int, typer.Option(min=1, help="Training batch size.")] = DEFAULTS["batch_size"],
     lr: Annotated[float, typer.Option(help="Peak AdamW learning rate.")] = DEFAULTS["lr"],
     loss: Annotated[str, typer.Option(help="mse (DOLLAR Eq. 10) or ranking (Bradley-Terry).")] = DEFAULTS["loss"],
     label_transform: Annotated[str, typer.Option(
@@ -64,7 +64,7 @@ def fit(
     writes RUN/report.html, RUN/metrics.json and RUN/model/. Re-running resumes every stage.
 
     Examples:
-      lrm fit jpeg-compressibility                       # embedded default, a few minutes on CPU
+      lrm fit jpeg-compressibility                       # embedded default, about a minute on CPU
       lrm fit temporal-flickering --data clips/ --codec taef2
       lrm fit my_metric.py:score --kind image --input uint8
     """
@@ -173,14 +173,14 @@ def predict(
     import torch
     from tqdm import tqdm
 
-    from lrm.cli.score import emit_scores
+    from lrm.cli.score import emit_scores, report_skipped
     from lrm.codecs import from_settings
-    from lrm.datasets.media import MediaError, list_media, read_clip
+    from lrm.datasets.media import MediaError, gather_media, read_clip
     from lrm.models import LatentRewardModel
 
     if out is not None and out.suffix not in (".csv", ".json"):
         raise typer.BadParameter(f"--out must end in .csv or .json, got {out}")
-    model = LatentRewardModel.from_pretrained(run / "model", map_location=device).eval()
+    model = LatentRewardModel.from_pretrained(run / "model", map_location=device)
     codec = from_settings(model.info.codec_settings).to(device)
     text_encoder = None
     if model.text_dim is not None:
@@ -190,13 +190,13 @@ def predict(
 
         text_encoder = load_text(model.info.text_encoder_id)
     frames, size = model.info.extra.get("frames"), model.info.extra.get("size")
-    rows, skipped = [], []
-    files = [f for p in paths for f in list_media(p)]
+    rows = []
+    files, skipped = gather_media(paths)
     for path in tqdm(files, desc="predict", unit="file"):
         try:
             clip = read_clip(path, frames=frames, size=size)
         except MediaError as exc:
-            skipped.append((path, str(exc)))
+            skipped.append((path, exc.reason))
             continue
         with torch.no_grad():
             latents = codec.encode(clip.pixels.unsqueeze(0).to(device))  # (1, T', c, h, w)
@@ -205,8 +205,7 @@ def predict(
                 text, mask = text_encoder.encode([prompt])
             value = model(latents, text, mask).item()
         rows.append({"path": str(path), "score": value, "frames": clip.pixels.shape[0], "prompt": prompt or ""})
-    for path, reason in skipped:
-        console.print(f"[yellow]skipped[/] {path}: {reason}")
+    report_skipped(skipped)
     emit_scores(rows, out)
     console.print(f"predicted {len(rows)} file(s), skipped {len(skipped)}")
     if not rows:

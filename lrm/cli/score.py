@@ -81,7 +81,7 @@ def score(
     import torch
     from tqdm import tqdm
 
-    from lrm.datasets.media import MediaError, list_media, read_clip, read_prompts
+    from lrm.datasets.media import MediaError, gather_media, read_clip, read_prompts
     from lrm.rewards import REWARDS, load
 
     if prompt is not None and prompts is not None:
@@ -96,8 +96,9 @@ def score(
     rew = load(reward, **options)
     spec = rew.spec
 
-    files = [f for p in paths for f in list_media(p)]
+    files, skipped = gather_media(paths)
     if not files:
+        report_skipped(skipped)
         console.print(f"[red]no images or videos found in {', '.join(map(str, paths))}[/]")
         raise typer.Exit(2)
     file_prompts: list[str | None] = [prompt] * len(files)
@@ -110,7 +111,7 @@ def score(
 
     k = frames if frames is not None else spec.frames
     s = size if size is not None else spec.size
-    rows, skipped = [], []
+    rows = []
     for path, text in tqdm(list(zip(files, file_prompts)), desc=f"score {spec.name}", unit="file"):
         try:
             clip = read_clip(path, frames=k, stride=stride, size=s)
@@ -118,17 +119,21 @@ def score(
             with torch.no_grad():
                 value = rew(pixels, [text] if spec.needs_text else None).item()
         except (MediaError, ValueError, RuntimeError) as exc:
-            skipped.append((path, str(exc)))
+            skipped.append((path, exc.reason if isinstance(exc, MediaError) else str(exc)))
             continue
         rows.append({"path": str(path), "score": value, "frames": pixels.shape[1], "prompt": text or ""})
 
-    for path, reason in skipped:
-        console.print(f"[yellow]skipped[/] {path}: {reason}")
+    report_skipped(skipped)
     emit_scores(rows, out)
     console.print(f"{spec.name}: scored {len(rows)} file(s), skipped {len(skipped)}"
                   f"{f', wrote {out}' if out else ''}")
     if not rows:
         raise typer.Exit(1)
+
+
+def report_skipped(skipped: list[tuple[Path, str]]) -> None:
+    for path, reason in skipped:
+        console.print(f"[yellow]skipped[/] {path}: {reason}")
 
 
 def emit_scores(rows: list[dict], out: Path | None) -> None:

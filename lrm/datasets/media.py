@@ -91,6 +91,18 @@ def list_media(path: str | os.PathLike, kinds: Sequence[str] = MEDIA_KINDS) -> l
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())
 
 
+def gather_media(paths: Sequence[str | os.PathLike]) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """The media files of every path (list_media), and the named files that are not media as skipped
+    (path, reason) pairs, for commands that skip and count what they cannot read. A missing path raises."""
+    files, skipped = [], []
+    for path in paths:
+        try:
+            files += list_media(path)
+        except MediaError as error:
+            skipped.append((error.path, error.reason))
+    return files, skipped
+
+
 def video_backend(name: str | None = None) -> str:
     """The video decoder to use: `name`, else $LRM_VIDEO_BACKEND, else decord when importable."""
     name = name or os.environ.get("LRM_VIDEO_BACKEND") or None

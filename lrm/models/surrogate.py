@@ -274,7 +274,7 @@ class LatentRewardModel(nn.Module):
     @classmethod
     def from_pretrained(cls, directory: str | Path, codec_settings: dict | None = None,
                         map_location: str | torch.device = "cpu") -> "LatentRewardModel":
-        """Load a saved surrogate; with `codec_settings`, refuse a latent space it was not fitted in."""
+        """Load a saved surrogate, in eval mode; with `codec_settings`, refuse a latent space it was not fitted in."""
         from safetensors.torch import load_file
 
         from lrm.models import build
@@ -302,4 +302,4 @@ class LatentRewardModel(nn.Module):
         model.info = SurrogateInfo(**{k: config.get(k) for k in SurrogateInfo.__dataclass_fields__ if k in config})
         if codec_settings is not None:
             model.check_compatible(codec_settings)
-        return model.to(map_location)
+        return model.to(map_location).eval()

@@ -78,7 +78,7 @@ def write_report(run_dir: str | Path, *, fidelity: FidelityReport, history: list
     metrics = {**summary, "surrogate": {k: v for k, v in fidelity.surrogate.items() if k != "per_group"},
                "per_group": fidelity.surrogate.get("per_group", []), "baselines": fidelity.baselines,
                "flags": fidelity.flags, "verdict": fidelity.verdict, "by_noise": fidelity.by_noise}
-    atomic_write_json(run_dir / "metrics.json", metrics)
+    atomic_write_json(run_dir / "metrics.json", metrics, strict=True)  # NaN (e.g. a constant's Spearman) as null
 
     level = fidelity.verdict.split(" ", 1)[0]
     parts = [f"<h1>{html.escape(title)}</h1>",

@@ -49,7 +49,10 @@ def resolve_function(reference: str) -> Callable:
         module = importlib.import_module(target)
     fn = getattr(module, fn_name, None)
     if not callable(fn):
-        raise AttributeError(f"{reference!r}: {target} has no function {fn_name!r}")
+        defined = sorted(name for name, value in vars(module).items()
+                         if inspect.isfunction(value) and value.__module__ == module.__name__)
+        raise ValueError(f"{reference!r}: {target} has no function {fn_name!r}; it defines: "
+                         f"{', '.join(defined) or 'no functions'}")
     return fn
 
 
