@@ -65,6 +65,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from lrm import distributed
 from lrm.decoder_init import initialise_from_decoder
@@ -467,11 +468,13 @@ def _training_inputs(source: RowSource, rows: np.ndarray, config: FitConfig, ste
     return latents.to(device), text, mask, t
 
 
-def fit_surrogate(store, label: str, config: FitConfig, out_dir: str | Path, *, resume: bool = False) -> FitResult:
+def fit_surrogate(store, label: str, config: FitConfig, out_dir: str | Path, *, resume: bool = False,
+                  progress: bool = False) -> FitResult:
     """Fit `config.preset` to label column `label` of `store` (a LatentStore); see the module docstring.
 
     resume=True continues the run in `out_dir` from its newest checkpoint (or starts it when there is none);
-    without it, an `out_dir` that already holds a run is an error.
+    without it, an `out_dir` that already holds a run is an error. progress=True shows a progress bar of the
+    steps with the latest training loss and held-out Spearman (first process only).
     """
     from lrm.diffusion.schedule import alphas_cumprod
 
@@ -577,6 +580,8 @@ def fit_surrogate(store, label: str, config: FitConfig, out_dir: str | Path, *, 
     model.train()
     losses: list[float] = []
     started = time.perf_counter() - (history[-1]["elapsed_s"] if history else 0.0)  # cumulative over resumes
+    bar = tqdm(total=config.steps, initial=step, desc=f"fit {config.preset}", unit="step", leave=False,
+               dynamic_ncols=True, disable=not (progress and is_main))
     while step < config.steps and not stopped_early:
         lr = learning_rate(step, config)
         for group in optimizer.param_groups:
@@ -594,10 +599,15 @@ def fit_surrogate(store, label: str, config: FitConfig, out_dir: str | Path, *, 
         optimizer.step()
         step += 1
         losses.append(loss.item())
+        bar.update()
 
         if step % config.log_every == 0 or step == config.steps:
             record_line({"step": step, "split": "train", "loss": _mean_across_ranks(losses), "lr": lr,
                          "elapsed_s": round(time.perf_counter() - started, 3)})
+            shown = {"loss": f"{history[-1]['loss']:.3g}"}
+            if math.isfinite(best["spearman"]):
+                shown["best held-out Spearman"] = f"{best['spearman']:.3f}"
+            bar.set_postfix(shown, refresh=False)
             losses = []
         if step % config.eval_every == 0 or step == config.steps:
             metrics, by_t = validate()
@@ -615,6 +625,7 @@ def fit_surrogate(store, label: str, config: FitConfig, out_dir: str | Path, *, 
         if step % config.checkpoint_every == 0 or step == config.steps or stopped_early:
             checkpoint()
 
+    bar.close()
     model.load_state_dict(best_state)
     model.eval()
     if is_main:

@@ -133,7 +133,7 @@ def run_fit(job: FitJob, progress: bool = True, resume: bool = True) -> FitOutco
                        label_transform=job.label_transform, noise_aware=job.noise_aware, augment=job.augment,
                        seed=job.seed, split_seed=job.seed, eval_every=job.eval_every, device=job.device)
     started = time.perf_counter()
-    result = fit_surrogate(store, job.label_name(), config, run_dir, resume=resume)
+    result = fit_surrogate(store, job.label_name(), config, run_dir, resume=resume, progress=progress)
     fit_seconds = time.perf_counter() - started
     source = store.manifest["source"]
     result.model.info.extra.update(frames=source.get("frames"), size=source.get("size"))

@@ -307,6 +307,14 @@ def test_resume_accepts_runs_from_before_a_setting_existed_and_refuses_changed_s
         fit_surrogate(store, "synth", quick(steps=10, checkpoint_every=5, lr=1e-2), tmp_path / "run", resume=True)
 
 
+def test_progress_bar_shows_steps_loss_and_best_spearman(store, tmp_path, capsys):
+    fit_surrogate(store, "synth", quick(steps=20, eval_every=10), tmp_path / "quiet")
+    assert "fit " not in capsys.readouterr().err  # a library call is silent by default
+    fit_surrogate(store, "synth", quick(steps=20, eval_every=10), tmp_path / "shown", progress=True)
+    err = capsys.readouterr().err
+    assert "20/20" in err and "loss=" in err and "best held-out Spearman=" in err
+
+
 def test_early_stopping_on_validation_spearman(store, tmp_path):
     result = fit_surrogate(store, "synth", quick(steps=100, lr=0.0, eval_every=10, patience=2), tmp_path / "run")
     assert result.stopped_early and result.steps == 30 and result.best_step == 10  # lr 0: never improves
