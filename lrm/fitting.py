@@ -582,6 +582,7 @@ def fit_surrogate(store, label: str, config: FitConfig, out_dir: str | Path, *, 
     started = time.perf_counter() - (history[-1]["elapsed_s"] if history else 0.0)  # cumulative over resumes
     bar = tqdm(total=config.steps, initial=step, desc=f"fit {config.preset}", unit="step", leave=False,
                dynamic_ncols=True, disable=not (progress and is_main))
+    shown: dict[str, str] = {}  # the bar's postfix: latest training loss, best held-out Spearman
     while step < config.steps and not stopped_early:
         lr = learning_rate(step, config)
         for group in optimizer.param_groups:
@@ -599,15 +600,11 @@ def fit_surrogate(store, label: str, config: FitConfig, out_dir: str | Path, *, 
         optimizer.step()
         step += 1
         losses.append(loss.item())
-        bar.update()
 
         if step % config.log_every == 0 or step == config.steps:
             record_line({"step": step, "split": "train", "loss": _mean_across_ranks(losses), "lr": lr,
                          "elapsed_s": round(time.perf_counter() - started, 3)})
-            shown = {"loss": f"{history[-1]['loss']:.3g}"}
-            if math.isfinite(best["spearman"]):
-                shown["best held-out Spearman"] = f"{best['spearman']:.3f}"
-            bar.set_postfix(shown, refresh=False)
+            shown["loss"] = f"{history[-1]['loss']:.3g}"
             losses = []
         if step % config.eval_every == 0 or step == config.steps:
             metrics, by_t = validate()
@@ -624,6 +621,10 @@ def fit_surrogate(store, label: str, config: FitConfig, out_dir: str | Path, *, 
                 stopped_early = config.patience > 0 and bad_evals >= config.patience
         if step % config.checkpoint_every == 0 or step == config.steps or stopped_early:
             checkpoint()
+        if math.isfinite(best["spearman"]):
+            shown["best held-out Spearman"] = f"{best['spearman']:.3f}"
+        bar.set_postfix(shown, refresh=False)
+        bar.update()
 
     bar.close()
     model.load_state_dict(best_state)

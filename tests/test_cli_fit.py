@@ -38,6 +38,7 @@ def fitted(tmp_path_factory):
 def test_fit_writes_report_metrics_and_model(fitted):
     run, output = fitted
     assert "held-out Spearman" in output and "report:" in output
+    assert "encode" in output and "fit image-cnn-stats" in output  # progress bars of encoding and fitting
     for name in ("report.html", "metrics.json", "config.json", "metrics.jsonl", "model/model.safetensors",
                  "model/config.json", "figures/scatter.png", "figures/best_examples.png"):
         assert (run / name).is_file(), name
@@ -170,3 +171,10 @@ def test_predict_reads_one_prompt_per_file_for_text_surrogates(tmp_path):
     assert missing.exit_code != 0 and "--prompt TEXT or --prompts FILE" in missing.output
     extra = runner.invoke(app, ["predict", str(run), str(tmp_path / "a.png"), "--prompts", str(tmp_path / "prompts.txt")])
     assert extra.exit_code != 0 and "holds 2 prompts for 1 media files" in extra.output
+
+
+def test_fit_quiet_shows_no_progress_bars(tmp_path):
+    result = runner.invoke(app, ["fit", "colorfulness", *TINY, "--out", str(tmp_path / "run"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "held-out Spearman" in result.output
+    assert "encode" not in result.output and "fit image-cnn-stats" not in result.output

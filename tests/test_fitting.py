@@ -307,12 +307,17 @@ def test_resume_accepts_runs_from_before_a_setting_existed_and_refuses_changed_s
         fit_surrogate(store, "synth", quick(steps=10, checkpoint_every=5, lr=1e-2), tmp_path / "run", resume=True)
 
 
-def test_progress_bar_shows_steps_loss_and_best_spearman(store, tmp_path, capsys):
+def test_progress_bar_shows_steps_loss_and_best_spearman(store, tmp_path, capsys, monkeypatch):
     fit_surrogate(store, "synth", quick(steps=20, eval_every=10), tmp_path / "quiet")
     assert "fit " not in capsys.readouterr().err  # a library call is silent by default
+    from functools import partial
+
+    from tqdm import tqdm
+
+    monkeypatch.setattr("lrm.fitting.tqdm", partial(tqdm, mininterval=0, miniters=1))  # draw every step
     fit_surrogate(store, "synth", quick(steps=20, eval_every=10), tmp_path / "shown", progress=True)
-    err = capsys.readouterr().err
-    assert "20/20" in err and "loss=" in err and "best held-out Spearman=" in err
+    last = [line for line in capsys.readouterr().err.split("\r") if line.strip()][-1]  # before it is cleared
+    assert "20/20" in last and "loss=" in last and "best held-out Spearman=" in last, last
 
 
 def test_early_stopping_on_validation_spearman(store, tmp_path):

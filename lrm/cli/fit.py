@@ -57,6 +57,7 @@ def fit(
     input: Annotated[Optional[str], typer.Option(help="For your own metric: tensor or uint8.")] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = DEFAULTS["device"],
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved job and exit.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
     """Fit a latent surrogate to a reward and write its fidelity report.
 
@@ -110,7 +111,7 @@ def fit(
                     "preset": job.preset or DEFAULT_PRESETS[reward_spec(job).kind]}
         typer.echo(json.dumps(resolved, indent=2))
         return
-    outcome = run_fit(job)
+    outcome = run_fit(job, progress=not quiet)
     m = outcome.fidelity.surrogate
     ridge = outcome.fidelity.baselines["ridge"]
     console.print(f"held-out Spearman {m['spearman']:.3f}, R² {m['r2']:.3f} "
