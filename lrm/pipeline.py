@@ -98,7 +98,8 @@ def prepare_store(job: FitJob, spec, progress: bool = True) -> LatentStore:
     from lrm.datasets.build import EncodeConfig, add_labels, encode
 
     label = job.label_name()
-    reward_ref = f"{label}={job.reward}" if label != job.reward else job.reward
+    # An explicit --label names the column as given (without it, decoded labels would get "@decoded" added).
+    reward_ref = f"{label}={job.reward}" if job.label or label != job.reward else job.reward
     if job.store:
         store = LatentStore.open(job.store)
     else:

@@ -253,3 +253,13 @@ def test_text_embeddings_are_padded_or_truncated_per_row(tmp_path, monkeypatch):
         torch.testing.assert_close(emb[k, :n], alone[0, :n])
         assert not emb[k, n:].any()
     assert any(len(p.split()) > 12 for p in prompts), "some caption should be truncated in this test"
+
+
+def test_label_says_why_rows_failed_and_refuses_an_all_nan_column(tmp_path):
+    out = tmp_path / "small"
+    assert cli("encode", "procedural:4", "--frames", "1", "--size", "64", "--out", str(out), "--quiet").exit_code == 0
+    result = cli("label", str(out), "niqe", "sharpness", "--quiet")  # NIQE needs 192-px frames
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert "niqe: 0 values" in text and "4 rows failed, 4 of them with: InputError: niqe: frames must be at least" in text
+    assert "sharpness: 4 values" in text and "label niqe of" in text and "failed on every row" in text

@@ -96,7 +96,8 @@ def test_score_users_metric_file(media, tmp_path):
 
 
 def test_the_lrm_command_prints_bad_input_as_one_message(media, monkeypatch, capsys):
-    from lrm.cli.app import TRACEBACK_ENV, main
+    from lrm.cli.app import main
+    from lrm.cli.errors import TRACEBACK_ENV
 
     monkeypatch.delenv(TRACEBACK_ENV, raising=False)
     monkeypatch.setattr("sys.argv", ["lrm", "score", "no-such-reward", str(media)])

@@ -8,6 +8,7 @@ CPU rewards can label with one process per core), nccl for `--device cuda` (one 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -15,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from lrm.cli.errors import exit_with_message
 from lrm.cli.options import parse_options
 
 console = Console(stderr=True)
@@ -29,9 +31,7 @@ def register(app: typer.Typer) -> None:
 
 
 def _fail(exc: Exception) -> None:
-    message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc  # KeyError's str() adds quotes
-    console.print(f"[red]error:[/] {message}", highlight=False)
-    raise typer.Exit(2)
+    exit_with_message(exc)  # the same one line as the lrm command's other errors (lrm.cli.errors)
 
 
 def encode(
@@ -110,9 +110,20 @@ def label(
         if opened:
             distributed.shutdown()
     if distributed.rank() == 0:
+        failed = []
         for name, entry in result.manifest["labels"].items():
             s = entry["stats"]
             console.print(f"{name}: {s['count']} values, mean {_num(s['mean'])}, {s['nan']} NaN")
+            reasons = Counter(item["reason"] for item in entry["bad"]["items"])
+            if reasons:
+                reason, times = reasons.most_common(1)[0]
+                console.print(f"  {entry['bad']['count']} rows failed, {times} of them with: {reason}", highlight=False)
+            if s["count"] == 0 and s["nan"] > 0:
+                failed.append(name)
+        if failed:
+            _fail(ValueError(f"label {', '.join(failed)} of {store} failed on every row (reason above); fix the cause "
+                             "(e.g. larger frames, the right --kind/-o options) and label again under a new name "
+                             "(NAME=REWARD)"))
 
 
 def _num(x) -> str:

@@ -1,0 +1,27 @@
+"""How the `lrm` command reports bad input: one line naming the item and the fix, exit code 2.
+
+lrm raises FileNotFoundError, KeyError or ValueError (and subclasses) with such a message for a
+missing file, an unknown name or a value out of range. Set LRM_TRACEBACK=1 to get the traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import NoReturn
+
+USER_ERRORS = (FileNotFoundError, KeyError, ValueError)
+TRACEBACK_ENV = "LRM_TRACEBACK"
+
+
+def user_message(error: Exception) -> str:
+    """The message of an lrm error; a KeyError's without the quotes str(KeyError) adds."""
+    return str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+
+
+def exit_with_message(error: Exception) -> NoReturn:
+    """Print `Error: <message>` and exit 2; re-raise instead when LRM_TRACEBACK is set."""
+    if os.environ.get(TRACEBACK_ENV):
+        raise error
+    print(f"Error: {user_message(error)}\n(set {TRACEBACK_ENV}=1 for the traceback)", file=sys.stderr)
+    sys.exit(2)
