@@ -178,3 +178,15 @@ def test_fit_quiet_shows_no_progress_bars(tmp_path):
     assert result.exit_code == 0, result.output
     assert "held-out Spearman" in result.output
     assert "encode" not in result.output and "fit image-cnn-stats" not in result.output
+
+
+def test_an_explicit_label_names_the_decoded_column_as_given(tmp_path):
+    store = tmp_path / "store"
+    assert runner.invoke(app, ["encode", "procedural:48", "--frames", "1", "--size", "32", "--out", str(store),
+                               "--quiet"]).exit_code == 0
+    result = runner.invoke(app, ["fit", "sharpness", "--store", str(store), "--label", "sharpness",
+                                 "--label-pixels", "decoded", "--steps", "12", "--batch-size", "16",
+                                 "--out", str(tmp_path / "run"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    opened = LatentStore.open(store)
+    assert opened.labels == ["sharpness"] and opened.label_pixels("sharpness") == "decoded"

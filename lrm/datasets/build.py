@@ -259,7 +259,7 @@ def load_labeler(text: str, options: dict | None = None, pixels: str = "source")
     if pixels not in LABEL_PIXELS:
         raise ValueError(f"label pixels must be one of {', '.join(LABEL_PIXELS)}, got {pixels!r}")
     name, reference = parse_label(text)
-    if name == reference:
+    if text == reference:  # not named: "niqe" scored on decoded pixels is the column "niqe@decoded"
         name = label_column(reference, pixels)
     reward = load(reference, **(options or {}))
     spec = dataclasses.asdict(reward.spec)
