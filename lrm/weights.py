@@ -20,11 +20,17 @@ from lrm.io import new_file_mode
 
 @dataclass(frozen=True)
 class WeightFile:
-    filename: str  # file name as published; also the name looked for on disk
+    filename: str  # file name as published (download address, Hugging Face cache)
     sha256: str | None  # checksum of the published file; None where the publisher gives none
     url: str | None  # direct download address
     hf_repo: str | None = None  # Hugging Face repository that hosts the file, if any
     source: str = ""  # project and license, for `lrm rewards` and error messages
+    saved_as: str | None = None  # name in $LRM_WEIGHTS and ~/.cache/lrm where `filename` is shared by several models
+
+    @property
+    def local_name(self) -> str:
+        """The name looked for in $LRM_WEIGHTS and ~/.cache/lrm, and given to downloads."""
+        return self.saved_as or self.filename
 
 
 WEIGHTS: dict[str, WeightFile] = {
@@ -71,6 +77,7 @@ WEIGHTS: dict[str, WeightFile] = {
         "https://huggingface.co/timm/vit_base_patch32_clip_224.openai/resolve/main/open_clip_model.safetensors",
         hf_repo="timm/vit_base_patch32_clip_224.openai",
         source="OpenAI CLIP ViT-B/32 in open_clip format (MIT)",
+        saved_as="clip_vit_b32_openai.safetensors",  # the published name is the same for ViT-L/14
     ),
     "pickscore_v1": WeightFile(  # pickscore: found in the Hugging Face cache by transformers
         "model.safetensors",
@@ -85,6 +92,7 @@ WEIGHTS: dict[str, WeightFile] = {
         "https://huggingface.co/timm/vit_large_patch14_clip_224.openai/resolve/main/open_clip_model.safetensors",
         hf_repo="timm/vit_large_patch14_clip_224.openai",
         source="OpenAI CLIP ViT-L/14 in open_clip format (MIT)",
+        saved_as="clip_vit_l14_openai.safetensors",  # the published name is the same for ViT-B/32
     ),
     "laion_aesthetic_mlp_l14": WeightFile(  # laion-aesthetic: improved predictor, MLP head
         "sac+logos+ava1-l14-linearMSE.pth",
@@ -151,7 +159,7 @@ def find(name: str) -> Path | None:
     """Path of a weight file already on disk, or None. Never downloads."""
     wf = entry(name)
     for folder in search_dirs():
-        candidate = folder / wf.filename
+        candidate = folder / wf.local_name
         if candidate.is_file():
             return candidate
     if wf.hf_repo:
@@ -185,19 +193,20 @@ def resolve(name: str) -> Path:
             return _download(wf)
         except OSError as exc:  # no network, HTTP error, checksum mismatch
             errors = f"\n  download from {wf.url} failed: {exc}"
-    looked = "\n".join(f"  - {d / wf.filename}" for d in search_dirs())
-    hub = f"\n  - Hugging Face cache of {wf.hf_repo}" if wf.hf_repo else ""
+    looked = "\n".join(f"  - {d / wf.local_name}" for d in search_dirs())
+    hub = f"\n  - Hugging Face cache of {wf.hf_repo} ({wf.filename})" if wf.hf_repo else ""
+    rename = f" and save it as {wf.local_name!r}" if wf.saved_as else ""
     raise MissingWeightsError(
-        f"weight file {wf.filename!r} ({name}, {wf.source}) not found. Looked in:\n{looked}{hub}{errors}\n"
-        f"Fix: download it{f' from {wf.url}' if wf.url else ''} and put it in one of those folders "
+        f"weight file {wf.local_name!r} ({name}, {wf.source}) not found. Looked in:\n{looked}{hub}{errors}\n"
+        f"Fix: download it{f' from {wf.url}' if wf.url else ''}{rename} into one of those folders "
         "(or point $LRM_WEIGHTS at its folder)."
     )
 
 
 def _download(wf: WeightFile) -> Path:
-    target = cache_dir() / wf.filename
+    target = cache_dir() / wf.local_name
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{wf.filename}.")
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{wf.local_name}.")
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(wf.url, timeout=30) as response:
             while block := response.read(1 << 20):

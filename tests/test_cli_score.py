@@ -119,3 +119,22 @@ def test_named_files_that_are_not_media_are_skipped_and_counted(media, tmp_path)
     assert "scored 1 file(s), skipped 2" in result.output
     assert f"skipped {notes}: unsupported extension '.md'" in result.output
     assert f"skipped {media / 'broken.png'}: cannot decode image" in result.output  # the path once, then why
+
+
+@pytest.mark.parametrize("command", [["score", "sharpness", "MEDIA"], ["predict", "RUN", "MEDIA"],
+                                     ["encode", "procedural:2", "--out", "STORE"], ["label", "STORE", "sharpness"],
+                                     ["fit", "sharpness", "--dry-run"]])
+def test_a_device_this_machine_lacks_is_refused_before_any_work(command, media, tmp_path, monkeypatch):
+    import torch
+
+    where = {"MEDIA": str(media), "RUN": str(tmp_path / "run"), "STORE": str(tmp_path / "store")}
+    args = [where.get(a, a) for a in command]
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    result = runner.invoke(app, [*args, "--device", "cuda"])
+    assert result.exit_code == 2 and "no CUDA GPU is visible here" in result.output and "--device cpu" in result.output
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    result = runner.invoke(app, [*args, "--device", "cuda:1"])
+    assert result.exit_code == 2 and "1 CUDA GPU(s), cuda:0 to cuda:0" in result.output
+    result = runner.invoke(app, [*args, "--device", "gpu"])
+    assert result.exit_code == 2 and "is not a torch device" in result.output
+    assert not (tmp_path / "store").exists() and not (tmp_path / "run").exists()

@@ -74,3 +74,35 @@ def test_damaged_weight_files_name_the_file_and_the_fix(no_weights, tmp_path, mo
     monkeypatch.setenv("LRM_WEIGHTS", str(folder))
     with pytest.raises(ValueError, match=r"(?s)could not read .*taef2_encoder.* from .*taef2_encoder\.pth.*Fix: re-download"):
         lrm.load_codec("taef2")
+
+
+def test_no_two_weight_files_share_a_name_on_disk():
+    local = [wf.local_name for wf in WEIGHTS.values()]
+    assert len(local) == len(set(local)), sorted(n for n in local if local.count(n) > 1)
+
+
+def test_clip_towers_published_under_one_name_are_found_and_downloaded_apart(no_weights, tmp_path, monkeypatch):
+    import io
+    import urllib.request
+
+    from lrm import weights
+
+    b32, l14 = WEIGHTS["clip_vit_b32_openai"], WEIGHTS["clip_vit_l14_openai"]
+    assert b32.filename == l14.filename  # both repositories publish open_clip_model.safetensors
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / b32.filename).write_bytes(b"which tower?")  # the ambiguous published name is not taken
+    (folder / b32.local_name).write_bytes(b"ViT-B/32")
+    monkeypatch.setenv("LRM_WEIGHTS", str(folder))
+    assert weights.find("clip_vit_b32_openai") == folder / "clip_vit_b32_openai.safetensors"
+    assert weights.find("clip_vit_l14_openai") is None
+    with pytest.raises(MissingWeightsError, match=r"(?s)clip_vit_l14_openai\.safetensors.*save it as 'clip_vit_l14_openai"):
+        weights.resolve("clip_vit_l14_openai")
+
+    monkeypatch.setenv("LRM_OFFLINE", "0")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    asked = []
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: asked.append(url) or io.BytesIO(b"ViT-L/14"))
+    path = weights.resolve("clip_vit_l14_openai")
+    assert asked == [l14.url] and path == weights.cache_dir() / "clip_vit_l14_openai.safetensors"
+    assert path.read_bytes() == b"ViT-L/14" and weights.find("clip_vit_b32_openai").read_bytes() == b"ViT-B/32"

@@ -184,6 +184,21 @@ def test_load_open_clip_rejects_unknown_names():
         clip_rewards.load_open_clip("ViT-L-14", "no-such-tag")
 
 
+@pytest.mark.parametrize("content", ["damaged", "another model"])
+def test_registered_clip_file_that_is_damaged_or_another_model_names_the_file_and_fix(content, tmp_path, monkeypatch):
+    from safetensors.torch import save_file
+
+    path = tmp_path / weights.WEIGHTS["clip_vit_b32_openai"].local_name
+    if content == "damaged":
+        path.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{trunc")
+    else:
+        save_file({"visual.conv1.weight": torch.zeros(1024, 3, 14, 14)}, path)  # a ViT-L/14 stem
+    monkeypatch.setenv("LRM_WEIGHTS", str(tmp_path))
+    with pytest.raises(ValueError, match=r"(?s)clip_vit_b32_openai\.safetensors does not hold open_clip ViT-B-32.*"
+                                         r"Fix: re-download it from https://huggingface\.co/timm/vit_base_patch32"):
+        clip_rewards.load_open_clip("ViT-B-32-quickgelu", "openai")
+
+
 def test_laion_aesthetic_head_loads_published_keys(tiny_clip, tmp_path):
     torch.manual_seed(1)
     sizes = [(16, 1024), (1024, 128), (128, 64), (64, 16), (16, 1)]  # (in, out) of Linear layers 0, 2, 4, 6, 7
@@ -392,7 +407,7 @@ def test_imagereward_arch_from_med_config():
 # registry and offline factories
 # ---------------------------------------------------------------------------------------------
 
-MINE = {"clip-score": "open_clip_model.safetensors", "laion-aesthetic": "sac+logos+ava1-l14-linearMSE.pth",
+MINE = {"clip-score": "clip_vit_l14_openai.safetensors", "laion-aesthetic": "sac+logos+ava1-l14-linearMSE.pth",
         "hpsv2": "HPS_v2_compressed.pt", "hpsv2.1": "HPS_v2.1_compressed.pt", "imagereward": "ImageReward.pt",
         "pickscore": "yuvalkirstain/PickScore_v1|laion/CLIP-ViT-H-14-laion2B-s32B-b79K"}
 

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lrm.cli.errors import exit_with_message
-from lrm.cli.options import parse_options
+from lrm.cli.options import check_device, parse_options
 
 console = Console(stderr=True)
 
@@ -47,7 +47,7 @@ def encode(
     seed: Annotated[int, typer.Option(help="Seed of procedural clips.")] = 0,
     label: Annotated[Optional[list[str]], typer.Option("--label", help="Reward to label with while encoding (repeatable; NAME=REWARD renames).")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Clips per codec / reward call.")] = 16,
-    device: Annotated[str, typer.Option(help="Torch device, e.g. cpu or cuda.")] = "cpu",
+    device: Annotated[str, typer.Option(help="Torch device, e.g. cpu or cuda.", callback=check_device)] = "cpu",
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
     """Encode clips into a latent store: latents, prompts, optional text embeddings, provenance.
@@ -82,7 +82,7 @@ def label(
     store: Annotated[Path, typer.Argument(help="Store folder made by `lrm encode`.")],
     rewards: Annotated[list[str], typer.Argument(help="Rewards (see `lrm rewards`), file.py:fn, or NAME=REWARD.")],
     batch_size: Annotated[int, typer.Option(min=1, help="Clips per reward call.")] = 16,
-    device: Annotated[str, typer.Option(help="Torch device, e.g. cpu or cuda.")] = "cpu",
+    device: Annotated[str, typer.Option(help="Torch device, e.g. cpu or cuda.", callback=check_device)] = "cpu",
     option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="Reward option KEY=VALUE for every reward, repeatable.")] = None,
     media_root: Annotated[Optional[Path], typer.Option(help="Where the store's media files live now, if moved.")] = None,
     pixels: Annotated[str, typer.Option(

@@ -11,7 +11,7 @@ import numpy as np
 import typer
 from rich.console import Console
 
-from lrm.cli.options import parse_options
+from lrm.cli.options import check_device, parse_options
 from lrm.pipeline import FitJob
 
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(FitJob)}  # one source of truth: FitJob
@@ -55,7 +55,7 @@ def fit(
     option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="Reward option KEY=VALUE, repeatable.")] = None,
     kind: Annotated[Optional[str], typer.Option(help="For your own metric: image | text-image | video | text-video.")] = None,
     input: Annotated[Optional[str], typer.Option(help="For your own metric: tensor or uint8.")] = None,
-    device: Annotated[str, typer.Option(help="cpu or cuda.")] = DEFAULTS["device"],
+    device: Annotated[str, typer.Option(help="cpu or cuda.", callback=check_device)] = DEFAULTS["device"],
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved job and exit.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
@@ -166,7 +166,7 @@ def predict(
     prompt: Annotated[Optional[str], typer.Option(help="One prompt for every file (text surrogates).")] = None,
     prompts: Annotated[Optional[Path], typer.Option(help="Prompts file (.txt/.csv/.jsonl/.tsv), one per media file in sorted order.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Write scores to a .csv or .json file.")] = None,
-    device: Annotated[str, typer.Option(help="cpu or cuda.")] = DEFAULTS["device"],
+    device: Annotated[str, typer.Option(help="cpu or cuda.", callback=check_device)] = DEFAULTS["device"],
 ) -> None:
     """Score media through codec + surrogate: the fast path, same output as `lrm score`.
 

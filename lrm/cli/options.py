@@ -1,4 +1,4 @@
-"""Option parsing shared by commands: reward options given as KEY=VALUE pairs."""
+"""Option parsing shared by commands: reward options given as KEY=VALUE pairs, and the torch device."""
 
 from __future__ import annotations
 
@@ -22,3 +22,26 @@ def parse_options(pairs: list[str] | None) -> dict:
         except json.JSONDecodeError:
             options[key] = value
     return options
+
+
+def check_device(value: str) -> str:
+    """Typer callback for --device: refuse, before any work, a device this machine does not have."""
+    import torch
+
+    try:
+        device = torch.device(value)
+    except RuntimeError as exc:
+        raise typer.BadParameter(f"{value!r} is not a torch device; use cpu, cuda or cuda:N") from exc
+    if device.type == "cuda":
+        count = torch.cuda.device_count()  # 0 without a GPU or with a CPU-only torch build
+        if count == 0:
+            build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+            raise typer.BadParameter(f"{value!r}: no CUDA GPU is visible here (torch {torch.__version__}, {build}); "
+                                     "use --device cpu")
+        if device.index is not None and device.index >= count:
+            raise typer.BadParameter(f"{value!r}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise typer.BadParameter(f"{value!r}: MPS is not available here; use --device cpu")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise typer.BadParameter(f"{value!r}: lrm runs on cpu, cuda or mps")
+    return value

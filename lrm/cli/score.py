@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from lrm.cli.options import parse_options
+from lrm.cli.options import check_device, parse_options
 
 console = Console(stderr=True)
 
@@ -66,7 +66,7 @@ def score(
     option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="Reward option KEY=VALUE, repeatable (e.g. -o model=ViT-B-32).")] = None,
     kind: Annotated[Optional[str], typer.Option(help="For your own metric: image | text-image | video | text-video.")] = None,
     input: Annotated[Optional[str], typer.Option(help="For your own metric: 'tensor' (torch pixels) or 'uint8' (numpy frames).")] = None,
-    device: Annotated[str, typer.Option(help="Torch device for the reward, e.g. cpu or cuda.")] = "cpu",
+    device: Annotated[str, typer.Option(help="Torch device for the reward, e.g. cpu or cuda.", callback=check_device)] = "cpu",
 ) -> None:
     """Score media files with a pixel reward.
 

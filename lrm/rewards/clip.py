@@ -199,8 +199,9 @@ def load_open_clip(model_name: str, pretrained: str | None) -> nn.Module:
     if pretrained is None:
         model = open_clip.create_model(model_name, pretrained=None)
     elif (model_name, pretrained) in OPEN_CLIP_WEIGHTS:
-        path = weights.resolve(OPEN_CLIP_WEIGHTS[(model_name, pretrained)])
-        model = _create_from_file(model_name, path, get_pretrained_cfg(model_name, pretrained))
+        name = OPEN_CLIP_WEIGHTS[(model_name, pretrained)]
+        model = _create_from_file(model_name, weights.resolve(name), get_pretrained_cfg(model_name, pretrained),
+                                  weights.entry(name).url)
     elif Path(pretrained).is_file():
         model = open_clip.create_model(model_name, pretrained=pretrained)
     else:
@@ -224,17 +225,24 @@ def load_open_clip(model_name: str, pretrained: str | None) -> nn.Module:
     return model.eval().requires_grad_(False)
 
 
-def _create_from_file(model_name: str, path: Path, tag_cfg: dict) -> nn.Module:
-    """Build from a checkpoint file with the tag's activation and preprocessing settings."""
+def _create_from_file(model_name: str, path: Path, tag_cfg: dict, url: str) -> nn.Module:
+    """Build from a checkpoint file with the tag's activation and preprocessing settings; a file that
+    is damaged or holds another model raises ValueError naming the file, the model and the fix."""
     import open_clip
 
     pp_keys = ("mean", "std", "interpolation", "resize_mode")
-    return open_clip.create_model(
-        model_name,
-        pretrained=str(path),
-        force_quick_gelu=tag_cfg.get("quick_gelu", False),  # OpenAI weights were trained with QuickGELU
-        force_preprocess_cfg={k: tag_cfg[k] for k in pp_keys if k in tag_cfg},
-    )
+    try:
+        return open_clip.create_model(
+            model_name,
+            pretrained=str(path),
+            force_quick_gelu=tag_cfg.get("quick_gelu", False),  # OpenAI weights were trained with QuickGELU
+            force_preprocess_cfg={k: tag_cfg[k] for k in pp_keys if k in tag_cfg},
+        )
+    except Exception as exc:  # safetensors' header error on a damaged file; size mismatch for another model
+        raise ValueError(
+            f"{path} does not hold open_clip {model_name} weights ({type(exc).__name__}: {str(exc)[:300]}). "
+            f"Fix: re-download it from {url} under the name {path.name!r}"
+        ) from exc
 
 
 def load_clip_tokenizer(model_name: str) -> Callable:
