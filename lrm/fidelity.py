@@ -20,6 +20,7 @@ from lrm.models.surrogate import channel_stats
 
 PAIR_SAMPLE = 2000  # pairwise accuracy is exact up to this many samples, then on a seeded subsample
 LOW_SPEARMAN = 0.8  # below this a surrogate ranks too poorly to steer a tuner reliably
+FEW_HELD_OUT = 50  # below this many held-out samples the verdict warns how uncertain Spearman is
 GROUP_BIAS_STDS = 0.5  # a held-out group whose mean error exceeds this many reward stds is mis-levelled
 CALIBRATION_BINS = 10
 
@@ -69,6 +70,15 @@ def _spearman(a, b) -> float:
     if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
         return float("nan")
     return float(stats.spearmanr(a, b).statistic)
+
+
+def spearman_interval(rho: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Approximate 95% interval of a Spearman correlation from n samples: Fisher's z with the
+    standard error 1.06 / sqrt(n - 3) of Fieller, Hartley and Pearson (1957)."""
+    if not np.isfinite(rho) or n < 4:
+        return float("nan"), float("nan")
+    centre, half = np.arctanh(np.clip(rho, -0.999999, 0.999999)), z * 1.06 / np.sqrt(n - 3)
+    return float(np.tanh(centre - half)), float(np.tanh(centre + half))
 
 
 def fidelity_metrics(pred, true, groups=None) -> dict:
@@ -189,12 +199,19 @@ def assess(surrogate: dict, baselines: dict, by_noise: list[dict] | None = None)
     flags = []
     s, r2 = surrogate["spearman"], surrogate["r2"]
     ridge = baselines.get("ridge")
-    beats_ridge = ridge is None or (s > ridge["spearman"] and r2 > ridge["r2"])
+    lost_on = [] if ridge is None else [name for name, key in (("Spearman", "spearman"), ("R²", "r2"))
+                                        if not surrogate[key] > ridge[key]]
+    beats_ridge = not lost_on
     if not beats_ridge:
         flags.append(
-            f"does not beat the ridge baseline (Spearman {s:.3f} vs {ridge['spearman']:.3f}, "
-            f"R² {r2:.3f} vs {ridge['r2']:.3f}): pooled latent statistics predict this reward as well"
+            f"does not beat the ridge baseline on {' or '.join(lost_on)} (Spearman {s:.3f} vs "
+            f"{ridge['spearman']:.3f}, R² {r2:.3f} vs {ridge['r2']:.3f}): pooled latent statistics "
+            f"{'predict this reward as well' if len(lost_on) == 2 else 'rival it'}"
         )
+    if surrogate["n"] < FEW_HELD_OUT:
+        low, high = spearman_interval(s, surrogate["n"])
+        flags.append(f"only {surrogate['n']} held-out samples: Spearman's 95% interval is about "
+                     f"{low:.2f} to {high:.2f}; hold out at least {FEW_HELD_OUT} for a firm verdict")
     if not np.isfinite(s) or s < LOW_SPEARMAN:
         flags.append(f"held-out Spearman {s:.3f} < {LOW_SPEARMAN}: it misorders many samples")
     if surrogate["calibration_error"] > 0.25 * surrogate["true_std"]:

@@ -7,7 +7,7 @@ from scipy import stats
 from sklearn.metrics import r2_score
 
 from lrm.fidelity import (assess, calibration, features_of, fidelity_by_noise, fidelity_metrics, fit_baselines,
-                          pairwise_accuracy, pooled_latent_features)
+                          pairwise_accuracy, pooled_latent_features, spearman_interval)
 
 
 def brute_pairwise(pred, true):
@@ -116,6 +116,38 @@ def test_flags_a_surrogate_worse_than_ridge():
     assert report.verdict.startswith("low trust")
     report = assess(good, {"ridge": weak})
     assert report.verdict.startswith("high trust") and not report.flags
+
+
+def test_ridge_flag_names_the_metric_ridge_wins_on():
+    rng = np.random.default_rng(5)
+    true = rng.normal(size=100)
+    surrogate = fidelity_metrics(true + 0.3 * rng.normal(size=100), true)
+    ranks_better = dict(surrogate, spearman=surrogate["spearman"] + 0.01, r2=surrogate["r2"] - 0.5)
+    flag = [f for f in assess(surrogate, {"ridge": ranks_better}).flags if "ridge" in f]
+    assert flag and "on Spearman (" in flag[0] and "rival it" in flag[0]
+    both = dict(surrogate, spearman=surrogate["spearman"] + 0.01, r2=surrogate["r2"] + 0.01)
+    assert "on Spearman or R² (" in assess(surrogate, {"ridge": both}).flags[0]
+
+
+def test_few_held_out_samples_are_flagged_with_an_interval():
+    rng = np.random.default_rng(6)
+    true = rng.normal(size=12)
+    report = assess(fidelity_metrics(true + 0.05 * rng.normal(size=12), true), {})
+    assert len(report.flags) == 1 and report.flags[0].startswith("only 12 held-out samples")
+    assert not report.verdict.startswith("high trust")
+
+
+def test_spearman_interval_matches_simulated_sampling_spread():
+    # Independent reference: Spearman's spread over 4,000 samples of 30 bivariate normal pairs.
+    rng = np.random.default_rng(7)
+    r, n = 0.6, 30
+    x = rng.normal(size=(4000, n))
+    y = r * x + np.sqrt(1 - r**2) * rng.normal(size=(4000, n))
+    rhos = np.array([stats.spearmanr(a, b).statistic for a, b in zip(x, y)])
+    population = 6 / np.pi * np.arcsin(r / 2)  # Spearman of a bivariate normal
+    low, high = spearman_interval(population, n)
+    q_low, q_high = np.quantile(rhos, [0.025, 0.975])
+    assert abs(low - q_low) < 0.03 and abs(high - q_high) < 0.03, (low, q_low, high, q_high)
 
 
 def test_flags_a_held_out_group_the_surrogate_mis_levels():
