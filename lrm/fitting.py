@@ -69,6 +69,7 @@ from tqdm.auto import tqdm
 
 from lrm import distributed
 from lrm.decoder_init import initialise_from_decoder
+from lrm.config_diff import differences
 from lrm.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from lrm.models import LatentRewardModel, build, needs_text
 from lrm.labels import LABEL_TRANSFORM_CHOICES, label_statistics
@@ -413,10 +414,10 @@ def _prepare_out_dir(out_dir: Path, resolved: dict) -> None:
         defaults = json.loads(json.dumps(asdict(FitConfig())))
         old["fit"] = {**defaults, **old.get("fit", {})}
         keys = ("fit", "label", "store", "codec")
-        diff = [k for k in keys if old.get(k) != resolved.get(k)]
+        diff = differences({k: old.get(k) for k in keys}, {k: resolved.get(k) for k in keys})
         if diff:
-            raise ValueError(f"cannot resume {out_dir}: it was started with other settings ({diff}); "
-                             f"saved {[old.get(k) for k in diff]}, now {[resolved.get(k) for k in diff]}")
+            raise ValueError(f"cannot resume {out_dir}: it was started with other settings ({'; '.join(diff)}). "
+                             "Fix: re-run with the same settings, or write to a new --out folder")
     atomic_write_json(config_path, resolved)
 
 

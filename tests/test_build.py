@@ -187,6 +187,8 @@ def test_cli_encode_label_info(tmp_path):
         (("store", "info", str(tmp_path / "nowhere")), "no latent store"),
         (("encode", "procedural:6", "--codec", "dct", "--size", "64", "--frames", "2", "--shard-size", "4",
           "--out", str(out), "--quiet"), "other settings"),
+        (("encode", "procedural:6", "--codec", "dct", "--size", "64", "--frames", "2", "--shard-size", "4",
+          "--out", str(out), "--quiet"), "latent_shape: saved [2, 32, 4, 4], now [2, 32, 8, 8]"),
     ):
         result = cli(*args)
         assert result.exit_code == 2, result.output

@@ -250,7 +250,7 @@ def test_other_codec_or_settings_refused_with_both_named(reference, tmp_path):
     class PoolV2(PoolCodec):
         version = "2"
 
-    with pytest.raises(StoreError, match=r"pool4-v1.*pool4-v2"):
+    with pytest.raises(StoreError, match=r"pool4-v1.*pool4-v2 \(codec\.version: saved '1', now '2'\)"):
         encode(CONFIG, out, codec=PoolV2(), progress=False)
     with pytest.raises(StoreError, match="shard_size"):
         encode(CONFIG.__class__(**{**CONFIG.__dict__, "shard_size": 5}), out, codec=PoolCodec(), progress=False)

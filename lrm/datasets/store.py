@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lrm.config_diff import differences
 from lrm.io import TMP_SUFFIX, atomic_write_bytes
 
 FORMAT_VERSION = 1
@@ -135,11 +136,11 @@ def check_header(manifest: dict, header: dict, root: Path) -> None:
     old, new = manifest["codec"], header["codec"]
     if old != new:
         raise StoreError(
-            f"{root} was written by codec {old['name']}-v{old['version']} ({old}), but this run uses codec "
-            f"{new['name']}-v{new['version']} ({new}); encode into a new folder or use --codec {old['name']}"
+            f"{root} was written by codec {old['name']}-v{old['version']}, but this run uses codec "
+            f"{new['name']}-v{new['version']} ({'; '.join(differences(old, new, 'codec'))}); encode into a new "
+            f"folder or use --codec {old['name']} with the store's settings (lrm store info {root})"
         )
-    diffs = [f"{k}: store has {manifest.get(k)!r}, this run has {header[k]!r}"
-             for k in HEADER_KEYS if manifest.get(k) != header[k]]
+    diffs = differences({k: manifest.get(k) for k in HEADER_KEYS}, {k: header[k] for k in HEADER_KEYS})
     if diffs:
         raise StoreError(f"{root} was created with other settings; resume with the same command or use a new "
                          "folder. Differences: " + "; ".join(diffs))
