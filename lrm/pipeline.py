@@ -93,9 +93,42 @@ def reward_spec(job: FitJob):
     return load(job.reward, **(job.reward_options or {})).spec
 
 
+ENCODE_FIELDS = ("data", "codec", "count", "frames", "size", "text")  # settings of a new store only
+
+
+def resolved_job(job: FitJob) -> dict:
+    """What `run_fit(job)` would do, as `lrm fit --dry-run` prints it: the job with its defaults
+    filled in. With a store, its own codec, latent shape, rows and labels replace the settings of
+    a new store, which the job would not use; `label_to_add` says whether the column is missing."""
+    spec = reward_spec(job)
+    resolved = {**asdict(job), "run_dir": str(job.run_dir()), "label": job.label_name(),
+                "preset": job.preset or DEFAULT_PRESETS[spec.kind]}
+    if job.store:
+        store = LatentStore.open(job.store)
+        for key in ENCODE_FIELDS:
+            del resolved[key]
+        resolved["store_has"] = {"rows": len(store), "codec": store.codec_id, "latent_shape": list(store.latent_shape),
+                                 "text": store.text_encoder_id, "labels": store.labels}
+        resolved["label_to_add"] = job.label_name() not in store.labels
+    else:
+        config = new_store_config(job, spec)
+        resolved.update(data=config.data, frames=config.frames, text=config.text)
+    return resolved
+
+
+def new_store_config(job: FitJob, spec):
+    """EncodeConfig of the store a job without --store encodes (frames and text encoder by reward kind)."""
+    from lrm.datasets.build import EncodeConfig
+
+    frames = job.frames if job.frames is not None else (8 if spec.is_video else 1)
+    text = job.text or (DEFAULT_TEXT_ENCODER if spec.needs_text else None)
+    return EncodeConfig(data=job.data or f"procedural:{job.count}", codec=job.codec, frames=frames,
+                        size=job.size, text=text, seed=job.seed, device=job.device)
+
+
 def prepare_store(job: FitJob, spec, progress: bool = True) -> LatentStore:
     """Open or encode the store, then make sure it holds the job's label column."""
-    from lrm.datasets.build import EncodeConfig, add_labels, encode
+    from lrm.datasets.build import add_labels, encode
 
     label = job.label_name()
     # An explicit --label names the column as given (without it, decoded labels would get "@decoded" added).
@@ -103,11 +136,7 @@ def prepare_store(job: FitJob, spec, progress: bool = True) -> LatentStore:
     if job.store:
         store = LatentStore.open(job.store)
     else:
-        frames = job.frames if job.frames is not None else (8 if spec.is_video else 1)
-        text = job.text or (DEFAULT_TEXT_ENCODER if spec.needs_text else None)
-        config = EncodeConfig(data=job.data or f"procedural:{job.count}", codec=job.codec, frames=frames,
-                              size=job.size, text=text, seed=job.seed, device=job.device)
-        store = encode(config, job.run_dir() / "store", progress=progress)
+        store = encode(new_store_config(job, spec), job.run_dir() / "store", progress=progress)
     if label not in store.labels:
         store = add_labels(store.path, [reward_ref], device=job.device, options=job.reward_options,
                            progress=progress, pixels=job.label_pixels)

@@ -143,8 +143,26 @@ def test_dry_run_prints_resolved_job():
     assert job["reward"] == "temporal-flickering" and job["run_dir"] == "runs/temporal-flickering"
     assert job["preset"] == "video-pair-stats"  # the default preset of video rewards
     assert job["augment"] == "none"
+    assert job["frames"] == 8 and job["data"] == "procedural:4000" and job["codec"] == "dct"
     flipped = runner.invoke(app, ["fit", "brisque", "--augment", "hflip", "--dry-run"])
     assert json.loads(flipped.stdout)["augment"] == "hflip"
+
+
+def test_dry_run_with_a_store_shows_the_store_not_the_settings_of_a_new_one(tmp_path):
+    store = tmp_path / "store"
+    made = runner.invoke(app, ["encode", "procedural:6", "--size", "32", "--frames", "1", "--out", str(store),
+                               "--label", "sharpness", "--quiet"])
+    assert made.exit_code == 0, made.output
+    result = runner.invoke(app, ["fit", "sharpness", "--store", str(store), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    job = json.loads(result.stdout)
+    assert not {"data", "codec", "count", "frames", "size", "text"} & set(job)
+    assert job["store_has"] == {"rows": 6, "codec": "dct-v1", "latent_shape": [1, 32, 4, 4], "text": None,
+                                "labels": ["sharpness"]}
+    assert job["label_to_add"] is False and job["label"] == "sharpness"
+    decoded = json.loads(runner.invoke(app, ["fit", "sharpness", "--store", str(store), "--label-pixels", "decoded",
+                                             "--dry-run"]).stdout)
+    assert decoded["label"] == "sharpness@decoded" and decoded["label_to_add"] is True
 
 
 @pytest.mark.parametrize("flag", ["--steps", "--batch-size", "--count", "--size", "--frames"])

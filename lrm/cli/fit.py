@@ -105,11 +105,9 @@ def fit(
                  noise_aware=noise_aware, augment=augment, seed=seed,
                  reward_options=options or None, device=device)
     if dry_run:
-        from lrm.pipeline import DEFAULT_PRESETS, reward_spec
+        from lrm.pipeline import resolved_job
 
-        resolved = {**dataclasses.asdict(job), "run_dir": str(job.run_dir()),
-                    "preset": job.preset or DEFAULT_PRESETS[reward_spec(job).kind]}
-        typer.echo(json.dumps(resolved, indent=2))
+        typer.echo(json.dumps(resolved_job(job), indent=2))
         return
     outcome = run_fit(job, progress=not quiet)
     m = outcome.fidelity.surrogate
