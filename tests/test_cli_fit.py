@@ -110,6 +110,27 @@ def test_predict_scores_media_like_score(fitted, tmp_path):
     assert "skipped 1" in result.output
 
 
+def test_predict_averages_an_image_surrogate_over_a_videos_frames_as_score_does(fitted, tmp_path):
+    from lrm.datasets.media import read_clip
+
+    run, _ = fitted
+    rng = np.random.default_rng(1)
+    gif = tmp_path / "clip.gif"
+    frames = [Image.fromarray(rng.choice([0, 255], (40, 40, 3)).astype(np.uint8) * (i % 2)) for i in range(3)]
+    frames[0].save(gif, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    for i, frame in enumerate(read_clip(gif).pixels):  # the GIF's own decoded frames, one PNG each
+        Image.fromarray((frame.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(tmp_path / f"f{i}.png")
+    result = runner.invoke(app, ["predict", str(run), str(tmp_path), "--out", str(tmp_path / "p.json")])
+    assert result.exit_code == 0, result.output
+    rows = {r["path"].rsplit("/", 1)[1]: r for r in json.loads((tmp_path / "p.json").read_text())}
+    assert rows["clip.gif"]["frames"] == 3
+    per_frame = [rows[f"f{i}.png"]["score"] for i in range(3)]
+    assert rows["clip.gif"]["score"] == pytest.approx(np.mean(per_frame), rel=1e-5)
+    assert max(per_frame) - min(per_frame) > 1e-3  # the frames differ, so averaging is what is tested
+    one = runner.invoke(app, ["predict", str(run), str(gif), "--frames", "1", "--out", str(tmp_path / "one.json")])
+    assert one.exit_code == 0 and json.loads((tmp_path / "one.json").read_text())[0]["frames"] == 1
+
+
 def test_fit_users_metric_and_clear_errors(tmp_path):
     metric = tmp_path / "metric.py"
     metric.write_text("def redness(frames):\n    return float(frames[..., 0].mean())\n")

@@ -164,11 +164,15 @@ def predict(
     prompt: Annotated[Optional[str], typer.Option(help="One prompt for every file (text surrogates).")] = None,
     prompts: Annotated[Optional[Path], typer.Option(help="Prompts file (.txt/.csv/.jsonl/.tsv), one per media file in sorted order.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Write scores to a .csv or .json file.")] = None,
+    frames: Annotated[Optional[int], typer.Option(min=1, help="Frames sampled uniformly per video (default: see below).")] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.", callback=check_device)] = DEFAULTS["device"],
 ) -> None:
     """Score media through codec + surrogate: the fast path, same output as `lrm score`.
 
-    Clips are read at the frame count and size the surrogate was fitted on.
+    Clips are read at the size the surrogate was fitted on. A surrogate of an image reward
+    averages its prediction over a video's frames, as `lrm score` averages the reward: by default
+    over the frames `lrm score` would read (every frame). Other surrogates read the frame count
+    they were fitted on.
     """
     import torch
     from tqdm import tqdm
@@ -191,7 +195,11 @@ def predict(
         from lrm.text import load as load_text
 
         text_encoder = load_text(model.info.text_encoder_id)
-    frames, size = model.info.extra.get("frames"), model.info.extra.get("size")
+    size = model.info.extra.get("size")
+    if frames is None:
+        spec = model.info.reward_spec or {}
+        averages_frames = model.per_frame and spec.get("kind") in ("image", "text-image")
+        frames = spec.get("frames") if averages_frames else model.info.extra.get("frames")
     rows = []
     for path, text_prompt in tqdm(list(zip(files, file_prompts)), desc="predict", unit="file"):
         try:
