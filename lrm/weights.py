@@ -203,6 +203,23 @@ def resolve(name: str) -> Path:
     )
 
 
+def require(*names: str) -> list[Path]:
+    """resolve() every name; when some are missing, one MissingWeightsError names all of them, so a
+    reward that needs two files does not reveal the second only after the first is fixed."""
+    paths, missing = [], []
+    for name in names:
+        try:
+            paths.append(resolve(name))
+        except MissingWeightsError as exc:
+            missing.append(str(exc))
+    if len(missing) == 1:
+        raise MissingWeightsError(missing[0])
+    if missing:
+        raise MissingWeightsError(f"{len(missing)} weight files are missing:\n" +
+                                  "\n".join(f"{i}. {m}" for i, m in enumerate(missing, 1)))
+    return paths
+
+
 def _download(wf: WeightFile) -> Path:
     target = cache_dir() / wf.local_name
     target.parent.mkdir(parents=True, exist_ok=True)

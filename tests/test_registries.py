@@ -39,6 +39,16 @@ def test_every_reward_builds_or_names_what_is_missing(name, no_weights):
     assert "Fix" in message or "fix" in message, message
 
 
+@pytest.mark.parametrize("name", sorted(n for n, e in REWARDS.items() if len(e.weights) > 1))
+def test_a_reward_missing_several_weight_files_names_them_all_at_once(name, no_weights):
+    if availability(name).missing_modules:
+        pytest.skip(f"{name} needs {availability(name).missing_modules}")
+    with pytest.raises(MissingWeightsError, match=f"{len(REWARDS[name].weights)} weight files are missing") as info:
+        lrm.load_reward(name)
+    for weight in REWARDS[name].weights:
+        assert WEIGHTS[weight].local_name in str(info.value)
+
+
 def test_weight_free_codecs_build_and_weighted_ones_name_their_file(no_weights):
     for name in CODECS:
         if name == "dct":

@@ -275,7 +275,8 @@ def load_clip_score(model: str = "ViT-L-14", pretrained: str = "openai", frames:
 
 
 def load_laion_aesthetic(frames: int | None = None) -> LaionAestheticReward:
-    head_path = weights.resolve("laion_aesthetic_mlp_l14")  # before the 400M-param backbone: fail fast
+    # both files, before the 400M-param backbone is built: fail fast, naming every missing file
+    head_path, _ = weights.require("laion_aesthetic_mlp_l14", OPEN_CLIP_WEIGHTS[("ViT-L-14", "openai")])
     head = load_checkpoint_into(ScoreMLP(768), head_path).eval().requires_grad_(False)
     clip_model = load_open_clip("ViT-L-14", "openai")
     return LaionAestheticReward(clip_model, head, open_clip_preprocess(clip_model), frames)

@@ -205,8 +205,8 @@ def load_tokenizer(repo: str = TOKENIZER_REPO) -> Tokenize:
 
 
 def load_imagereward(frames: int | None = None) -> ImageRewardReward:
-    checkpoint = weights.resolve("imagereward")
-    med = json.loads(weights.resolve("imagereward_med_config").read_text())
+    checkpoint, med_config = weights.require("imagereward", "imagereward_med_config")
+    med = json.loads(med_config.read_text())
     tokenize = load_tokenizer()
     model = build_model(BlipArch.from_med_config(med))
     published = weights.read_checkpoint(checkpoint, "ImageReward weights",

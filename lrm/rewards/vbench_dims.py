@@ -32,7 +32,7 @@ from lrm import weights
 from lrm.frames import uniform_indices
 from lrm.rewards import musiq, viclip
 from lrm.rewards.base import FrameReward, InputError, Reward, RewardEntry, RewardSpec
-from lrm.rewards.clip import follow_device, load_open_clip
+from lrm.rewards.clip import OPEN_CLIP_WEIGHTS, follow_device, load_open_clip
 from lrm.rewards.preprocess import center_crop, normalize
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # dino_transform's Normalize
@@ -257,8 +257,10 @@ def background_consistency(frames: int | None = None, pretrained: str = "openai"
 
 
 def vbench_aesthetic_quality(frames: int | None = None, pretrained: str = "openai") -> VBenchAestheticQuality:
+    backbone = [OPEN_CLIP_WEIGHTS[("ViT-L-14", pretrained)]] if ("ViT-L-14", pretrained) in OPEN_CLIP_WEIGHTS else []
+    weights.require("laion_aesthetic_linear_l14", *backbone)  # before the 400M-param backbone: fail fast, naming all
     head = nn.Linear(768, 1)
-    head.load_state_dict(weights.load_registered("laion_aesthetic_linear_l14"))  # before the 400M-param backbone: fail fast
+    head.load_state_dict(weights.load_registered("laion_aesthetic_linear_l14"))
     return VBenchAestheticQuality(load_open_clip("ViT-L-14", pretrained), frozen(head), frames)
 
 
