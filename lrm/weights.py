@@ -8,9 +8,12 @@ fail, `MissingWeightsError` names the file and the folders it looked in.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
+import socket
 import tempfile
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,6 +150,24 @@ def cache_dir() -> Path:
 
 def offline() -> bool:
     return os.environ.get("LRM_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
+
+
+def hub_offline() -> bool:
+    """True when Hugging Face loaders should read only their cache: offline(), or the hub's host
+    cannot be reached. Without this, transformers and diffusers retry an unreachable hub for about
+    a minute before reporting a missing file."""
+    return offline() or not _hub_reachable(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+
+
+@functools.lru_cache(maxsize=None)
+def _hub_reachable(endpoint: str) -> bool:
+    """One TCP connection to the hub's host, 3 s at most, checked once per process and endpoint."""
+    url = urllib.parse.urlparse(endpoint)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=3).close()
+        return True
+    except OSError:  # no DNS, no route, refused, timed out
+        return False
 
 
 def entry(name: str) -> WeightFile:

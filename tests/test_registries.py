@@ -116,3 +116,27 @@ def test_clip_towers_published_under_one_name_are_found_and_downloaded_apart(no_
     path = weights.resolve("clip_vit_l14_openai")
     assert asked == [l14.url] and path == weights.cache_dir() / "clip_vit_l14_openai.safetensors"
     assert path.read_bytes() == b"ViT-L/14" and weights.find("clip_vit_b32_openai").read_bytes() == b"ViT-B/32"
+
+
+def test_hub_loaders_read_only_the_cache_when_the_hub_cannot_be_reached(monkeypatch):
+    import socket
+
+    from lrm import weights
+
+    monkeypatch.delenv("LRM_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.invalid")  # a fresh endpoint: not in the per-process cache
+    dialled = []
+
+    def unreachable(address, timeout):
+        dialled.append((address, timeout))
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    assert weights.hub_offline() and weights.hub_offline()
+    assert dialled == [(("hub.invalid", 443), 3)]  # checked once per process and endpoint
+    monkeypatch.setenv("HF_ENDPOINT", "http://mirror.invalid:8080")
+    monkeypatch.setattr(socket, "create_connection", lambda address, timeout: socket.socket())
+    assert not weights.hub_offline()
+    monkeypatch.setenv("LRM_OFFLINE", "1")
+    assert weights.hub_offline()

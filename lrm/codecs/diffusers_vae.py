@@ -17,7 +17,8 @@ The raw latent is the posterior mode (deterministic). decode inverts the scaling
 
 Name forms: a local folder (`diffusers:/models/sd-vae`), a hub id (`diffusers:stabilityai/sd-vae-ft-mse`),
 or a hub id with a subfolder (`diffusers:black-forest-labs/FLUX.1-dev/vae`). Hub models come from
-the Hugging Face cache only when LRM_OFFLINE=1 or HF_HUB_OFFLINE=1.
+the Hugging Face cache only when LRM_OFFLINE=1 or HF_HUB_OFFLINE=1, or when the hub cannot be
+reached (lrm.weights.hub_offline).
 """
 
 from __future__ import annotations
@@ -56,11 +57,11 @@ def load_model(source: str, dtype: torch.dtype | None) -> nn.Module:
     from diffusers import AutoModel
 
     path, subfolder = split_source(source)
-    local_only = weights.offline() or Path(path).exists()
+    local_only = weights.hub_offline() or Path(path).exists()
     try:
         model = AutoModel.from_pretrained(path, subfolder=subfolder, torch_dtype=dtype, local_files_only=local_only)
     except (OSError, ValueError) as exc:
-        where = "the Hugging Face cache (offline)" if local_only and not Path(path).exists() else path
+        where = "the Hugging Face cache; the hub is offline or unreachable" if local_only and not Path(path).exists() else path
         raise weights.MissingWeightsError(
             f"diffusers codec: cannot load an autoencoder from {source!r} ({where}): {exc}\n"
             "Fix: pass a folder written by save_pretrained (with config.json), or a hub id of an "

@@ -187,7 +187,7 @@ def load_tokenizer(repo: str = TOKENIZER_REPO) -> Tokenize:
     from transformers import BertTokenizer
 
     try:
-        tokenizer = BertTokenizer.from_pretrained(repo)
+        tokenizer = BertTokenizer.from_pretrained(repo, local_files_only=weights.hub_offline())
     except OSError as exc:
         raise weights.MissingWeightsError(
             f"tokenizer files of {repo} (vocab.txt, tokenizer_config.json) not found. Fix: on a machine with network "

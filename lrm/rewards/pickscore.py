@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from lrm import weights
 from lrm.rewards.base import FrameReward, RewardEntry, RewardSpec
 from lrm.rewards.clip import CLIP_VOCAB_SIZE, encode_unique, follow_device
 from lrm.rewards.preprocess import ImagePreprocess
@@ -84,7 +85,7 @@ def load_tokenizer(repo: str = PROCESSOR_REPO) -> Tokenize:
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(repo)
+        tokenizer = AutoTokenizer.from_pretrained(repo, local_files_only=weights.hub_offline())
     except OSError as exc:
         raise MissingWeightsError(
             f"tokenizer files of {repo} (tokenizer.json or vocab.json + merges.txt) not found. "
@@ -103,7 +104,7 @@ def load_preprocess(repo: str = PROCESSOR_REPO) -> ImagePreprocess:
     from transformers import CLIPImageProcessor
 
     try:
-        proc = CLIPImageProcessor.from_pretrained(repo)
+        proc = CLIPImageProcessor.from_pretrained(repo, local_files_only=weights.hub_offline())
     except OSError as exc:
         raise MissingWeightsError(
             f"preprocessor_config.json of {repo} not found. {_fix(repo, 'preprocessor_config.json')}"
@@ -127,7 +128,7 @@ def load_pickscore(frames: int | None = None) -> PickScoreReward:
     tokenize = load_tokenizer()
     preprocess = load_preprocess()
     try:
-        model = CLIPModel.from_pretrained(MODEL_REPO)
+        model = CLIPModel.from_pretrained(MODEL_REPO, local_files_only=weights.hub_offline())
     except OSError as exc:
         raise MissingWeightsError(
             f"PickScore weights {MODEL_REPO} (config.json + model.safetensors / pytorch_model.bin) not found. "
