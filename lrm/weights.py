@@ -31,6 +31,11 @@ class WeightFile:
     saved_as: str | None = None  # name in $LRM_WEIGHTS and ~/.cache/lrm where `filename` is shared by several models
 
     @property
+    def hub_only(self) -> bool:
+        """Read by transformers from the Hugging Face cache, so looked for nowhere else."""
+        return self.url is None and self.hf_repo is not None
+
+    @property
     def local_name(self) -> str:
         """The name looked for in $LRM_WEIGHTS and ~/.cache/lrm, and given to downloads."""
         return self.saved_as or self.filename
@@ -88,6 +93,27 @@ WEIGHTS: dict[str, WeightFile] = {
         None,
         hf_repo="yuvalkirstain/PickScore_v1",
         source="yuvalkirstain/PickScore_v1 (MIT)",
+    ),
+    "clip_h14_laion_tokenizer": WeightFile(  # pickscore's tokenizer (with merges.txt beside it)
+        "vocab.json",
+        None,
+        None,
+        hf_repo="laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
+        source="LAION CLIP ViT-H/14 tokenizer, used by PickScore (MIT)",
+    ),
+    "clip_h14_laion_preprocessor": WeightFile(  # pickscore's image preprocessing
+        "preprocessor_config.json",
+        None,
+        None,
+        hf_repo="laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
+        source="LAION CLIP ViT-H/14 image processor, used by PickScore (MIT)",
+    ),
+    "bert_base_uncased_vocab": WeightFile(  # imagereward's text tokenizer
+        "vocab.txt",
+        None,
+        None,
+        hf_repo="bert-base-uncased",
+        source="google-bert/bert-base-uncased tokenizer, used by ImageReward (Apache-2.0)",
     ),
     "clip_vit_l14_openai": WeightFile(  # clip-score, laion-aesthetic backbone (open_clip ViT-L-14 'openai')
         "open_clip_model.safetensors",
@@ -179,7 +205,7 @@ def entry(name: str) -> WeightFile:
 def find(name: str) -> Path | None:
     """Path of a weight file already on disk, or None. Never downloads."""
     wf = entry(name)
-    for folder in search_dirs():
+    for folder in [] if wf.hub_only else search_dirs():
         candidate = folder / wf.local_name
         if candidate.is_file():
             return candidate
@@ -208,6 +234,12 @@ def resolve(name: str) -> Path:
     if found is not None:
         return found
     wf = entry(name)
+    if wf.hub_only:
+        raise MissingWeightsError(
+            f"{wf.filename!r} of {wf.hf_repo} ({name}, {wf.source}) is not in the Hugging Face cache. Fix: on a "
+            f"machine with network run `hf download {wf.hf_repo}` and copy its Hugging Face cache here (set $HF_HOME "
+            "to it), or run once with network."
+        )
     errors = ""
     if not offline() and wf.url:
         try:

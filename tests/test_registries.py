@@ -39,14 +39,33 @@ def test_every_reward_builds_or_names_what_is_missing(name, no_weights):
     assert "Fix" in message or "fix" in message, message
 
 
-@pytest.mark.parametrize("name", sorted(n for n, e in REWARDS.items() if len(e.weights) > 1))
+def lrm_managed(reward: str) -> list[str]:
+    """The weight files of `reward` that lrm itself finds or downloads (not transformers' hub files)."""
+    return [w for w in REWARDS[reward].weights if not WEIGHTS[w].hub_only]
+
+
+@pytest.mark.parametrize("name", sorted(n for n in REWARDS if len(lrm_managed(n)) > 1))
 def test_a_reward_missing_several_weight_files_names_them_all_at_once(name, no_weights):
     if availability(name).missing_modules:
         pytest.skip(f"{name} needs {availability(name).missing_modules}")
-    with pytest.raises(MissingWeightsError, match=f"{len(REWARDS[name].weights)} weight files are missing") as info:
+    with pytest.raises(MissingWeightsError, match=f"{len(lrm_managed(name))} weight files are missing") as info:
         lrm.load_reward(name)
-    for weight in REWARDS[name].weights:
+    for weight in lrm_managed(name):
         assert WEIGHTS[weight].local_name in str(info.value)
+
+
+def test_files_read_from_the_hugging_face_cache_are_looked_for_only_there(no_weights, tmp_path, monkeypatch):
+    from lrm import weights
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "vocab.txt").write_text("[PAD]\n")  # a stray file of the same name is not bert's vocabulary
+    monkeypatch.setenv("LRM_WEIGHTS", str(folder))
+    assert WEIGHTS["bert_base_uncased_vocab"].hub_only and weights.find("bert_base_uncased_vocab") is None
+    assert "bert_base_uncased_vocab" in availability("imagereward").missing_weights
+    with pytest.raises(MissingWeightsError, match=r"'vocab\.txt' of bert-base-uncased .* not in the Hugging Face "
+                                                  r"cache\. Fix: .*hf download bert-base-uncased"):
+        weights.resolve("bert_base_uncased_vocab")
 
 
 def test_weight_free_codecs_build_and_weighted_ones_name_their_file(no_weights):
@@ -87,7 +106,7 @@ def test_damaged_weight_files_name_the_file_and_the_fix(no_weights, tmp_path, mo
 
 
 def test_no_two_weight_files_share_a_name_on_disk():
-    local = [wf.local_name for wf in WEIGHTS.values()]
+    local = [wf.local_name for wf in WEIGHTS.values() if not wf.hub_only]
     assert len(local) == len(set(local)), sorted(n for n in local if local.count(n) > 1)
 
 
@@ -140,3 +159,17 @@ def test_hub_loaders_read_only_the_cache_when_the_hub_cannot_be_reached(monkeypa
     assert not weights.hub_offline()
     monkeypatch.setenv("LRM_OFFLINE", "1")
     assert weights.hub_offline()
+
+
+def test_a_file_in_the_hugging_face_cache_is_found_there(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    from lrm import weights
+
+    snapshot = tmp_path / "hub" / "models--bert-base-uncased" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "vocab.txt").write_text("[PAD]\n")
+    (tmp_path / "hub" / "models--bert-base-uncased" / "refs").mkdir()
+    (tmp_path / "hub" / "models--bert-base-uncased" / "refs" / "main").write_text("abc123")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert weights.find("bert_base_uncased_vocab") == snapshot / "vocab.txt"

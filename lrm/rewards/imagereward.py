@@ -220,7 +220,7 @@ ENTRIES: dict[str, RewardEntry] = {
         load_imagereward,
         SPEC,
         requires=("transformers", "timm"),
-        weights=("imagereward", "imagereward_med_config"),
+        weights=("imagereward", "imagereward_med_config", "bert_base_uncased_vocab"),
         options={"frames": "frames sampled uniformly per video (None: all)"},
     ),
 }

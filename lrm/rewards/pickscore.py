@@ -142,7 +142,7 @@ ENTRIES: dict[str, RewardEntry] = {
         load_pickscore,
         SPEC,
         requires=("transformers",),
-        weights=("pickscore_v1",),
+        weights=("pickscore_v1", "clip_h14_laion_tokenizer", "clip_h14_laion_preprocessor"),
         options={"frames": "frames sampled uniformly per video (None: all)"},
     ),
 }
