@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from lrm.codecs.dct import DCTCodec
 from lrm.datasets.build import EncodeConfig, add_labels, encode, file_group, make_source
 from lrm.datasets.media import read_clip
-from lrm.datasets.store import StoreError
+from lrm.datasets.store import LatentStore, StoreError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -265,3 +265,23 @@ def test_label_says_why_rows_failed_and_refuses_an_all_nan_column(tmp_path):
     text = " ".join(result.output.split())
     assert "niqe: 0 values" in text and "4 rows failed, 4 of them with: InputError: niqe: frames must be at least" in text
     assert "sharpness: 4 values" in text and "label niqe of" in text and "failed on every row" in text
+    assert f"lrm store drop-label {out} niqe" in text
+
+
+def test_drop_label_removes_one_column_so_it_can_be_computed_again(tmp_path):
+    out = tmp_path / "store"
+    assert cli("encode", "procedural:4", "--frames", "1", "--size", "32", "--out", str(out), "--label", "sharpness",
+               "--label", "q=colorfulness", "--quiet").exit_code == 0
+    sharp = LatentStore.open(out).label("sharpness")
+    again = cli("label", str(out), "q=jpeg-compressibility", "--quiet")
+    assert again.exit_code == 2 and "drop-label" in " ".join(again.output.split())  # q was computed by another reward
+    (out / ".dropped-old").mkdir()  # what a drop killed between its rename and its removal leaves
+    dropped = cli("store", "drop-label", str(out), "q")
+    assert dropped.exit_code == 0 and "removed label q" in " ".join(dropped.output.split())
+    store = LatentStore.open(out)
+    assert store.labels == ["sharpness"] and not (out / "labels" / "q").exists() and not (out / ".dropped-old").exists()
+    np.testing.assert_array_equal(store.label("sharpness"), sharp)
+    assert cli("label", str(out), "q=jpeg-compressibility", "--quiet").exit_code == 0
+    assert LatentStore.open(out).label_stats("q")["count"] == 4
+    unknown = cli("store", "drop-label", str(out), "nope")
+    assert unknown.exit_code == 2 and "has no label 'nope' (labels: q, sharpness)" in " ".join(unknown.output.split())

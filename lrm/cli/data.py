@@ -25,8 +25,9 @@ console = Console(stderr=True)
 def register(app: typer.Typer) -> None:
     app.command("encode")(encode)
     app.command("label")(label)
-    store_app = typer.Typer(help="Inspect latent stores.", no_args_is_help=True)
+    store_app = typer.Typer(help="Inspect latent stores and remove label columns.", no_args_is_help=True)
     store_app.command("info")(info)
+    store_app.command("drop-label")(drop_label)
     app.add_typer(store_app, name="store")
 
 
@@ -122,12 +123,32 @@ def label(
                 failed.append(name)
         if failed:
             _fail(ValueError(f"label {', '.join(failed)} of {store} failed on every row (reason above); fix the cause "
-                             "(e.g. larger frames, the right --kind/-o options) and label again under a new name "
-                             "(NAME=REWARD)"))
+                             "(e.g. larger frames, the right --kind/-o options), remove the column with "
+                             f"`lrm store drop-label {store} {' '.join(failed)}` and label again"))
 
 
 def _num(x) -> str:
     return "-" if x is None else f"{x:.4g}"
+
+
+def drop_label(
+    store: Annotated[Path, typer.Argument(help="Store folder.")],
+    names: Annotated[list[str], typer.Argument(help="Label columns to remove (see `lrm store info`).")],
+) -> None:
+    """Remove label columns, e.g. one computed with the wrong options, so `lrm label` can compute it again.
+
+    Latents and other columns are untouched. Example:
+      lrm store drop-label stores/photos niqe@decoded
+    """
+    from lrm.datasets.store import LatentStore, StoreError, drop_label as drop
+
+    try:
+        LatentStore.open(store)
+        for name in names:
+            drop(store, name)
+            console.print(f"{store}: removed label {name}")
+    except (FileNotFoundError, KeyError, StoreError) as exc:
+        _fail(exc)
 
 
 def info(

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -184,7 +185,8 @@ def write_label_info(root: Path, name: str, info: dict) -> None:
         old = {"pixels": "source", **_read_json(path)}  # stores older than decoded labels scored the source
         if old != info:
             raise StoreError(f"label {name!r} of {root} was computed by {old}, not {info}; "
-                             "give the new column another name")
+                             f"give the new column another name (NAME=REWARD), or remove the old one with "
+                             f"`lrm store drop-label {root} {name}`")
         return
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, _json_bytes(info))
@@ -269,6 +271,25 @@ def refresh_manifest(root: Path) -> dict:
                      "skipped": {"count": len(skipped), "items": skipped}, "labels": labels})
     atomic_write_bytes(root / MANIFEST, _json_bytes(manifest))
     return manifest
+
+
+def drop_label(root: Path, name: str) -> dict:
+    """Remove the label column `name` and return the rebuilt manifest.
+
+    The column's folder is first renamed out of labels/, so a run killed midway leaves the whole
+    column or none of it; what such a run left behind is removed the next time.
+    """
+    root = Path(root)
+    folder = root / "labels" / label_folder_name(name)
+    for stale in root.glob(".dropped-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    if not (folder / "label.json").exists():
+        known = ", ".join(_read_json(root / MANIFEST)["labels"]) or "none"
+        raise KeyError(f"store {root} has no label {name!r} (labels: {known})")
+    aside = root / f".dropped-{folder.name}"
+    folder.rename(aside)
+    shutil.rmtree(aside)
+    return refresh_manifest(root)
 
 
 def _stats_from_moments(m: dict | None) -> dict:
