@@ -173,3 +173,13 @@ def test_a_file_in_the_hugging_face_cache_is_found_there(tmp_path, monkeypatch):
     (tmp_path / "hub" / "models--bert-base-uncased" / "refs" / "main").write_text("abc123")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     assert weights.find("bert_base_uncased_vocab") == snapshot / "vocab.txt"
+
+
+def test_the_readme_names_every_reward_and_every_surrogate_preset():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    rewards = readme.split("## Rewards", 1)[1].split("\n## ", 1)[0]
+    surrogates = readme.split("## Surrogates", 1)[1].split("\n## ", 1)[0]
+    assert [r for r in REWARDS if f"| `{r}` |" not in rewards] == []
+    assert [p for p in SURROGATES if f"`{p}`" not in surrogates] == []
