@@ -285,3 +285,9 @@ def test_drop_label_removes_one_column_so_it_can_be_computed_again(tmp_path):
     assert LatentStore.open(out).label_stats("q")["count"] == 4
     unknown = cli("store", "drop-label", str(out), "nope")
     assert unknown.exit_code == 2 and "has no label 'nope' (labels: q, sharpness)" in " ".join(unknown.output.split())
+
+
+def test_encode_makes_stores_of_the_size_lrm_fit_makes():
+    from lrm.pipeline import FitJob
+
+    assert EncodeConfig("procedural:4").size == FitJob("sharpness").size == 128

@@ -1,4 +1,4 @@
-"""`lrm encode` (build a latent store), `lrm label` (add reward columns), `lrm store info`.
+"""`lrm encode` (build a latent store), `lrm label` (add reward columns), `lrm store info | drop-label`.
 
 `lrm encode` and `lrm label` run under torchrun as well: `torchrun --nproc_per_node 2 -m lrm.cli.app
 encode ...` splits the shards across processes: gloo for `--device cpu` (also on a GPU machine, so
@@ -40,7 +40,7 @@ def encode(
     out: Annotated[Path, typer.Option("--out", help="Store folder (created, or resumed when it exists).")],
     codec: Annotated[str, typer.Option(help="Latent space: dct (built in), taef2, diffusers:<path>.")] = "dct",
     frames: Annotated[Optional[int], typer.Option(min=1, help="Frames per clip (default 8; 1 for a folder of images).")] = None,
-    size: Annotated[int, typer.Option(min=1, help="Square side after short-side resize and centre crop.")] = 64,
+    size: Annotated[int, typer.Option(min=1, help="Square side after short-side resize and centre crop (lrm fit's default too).")] = 128,
     text: Annotated[Optional[str], typer.Option(help="Text encoder (lrm.text) for prompt token embeddings.")] = None,
     text_length: Annotated[int, typer.Option(help="Tokens kept per prompt (padded / truncated).")] = 77,
     prompts: Annotated[Optional[Path], typer.Option(help="Prompts file for a media folder: one per file, sorted file order.")] = None,

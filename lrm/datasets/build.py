@@ -43,7 +43,7 @@ class EncodeConfig:
     data: str  # "procedural:N" (N seeded clips) or a folder / file of images and videos
     codec: str = "dct"  # lrm.codecs registry name (or "diffusers:<path>")
     frames: int | None = None  # frames per clip; None: 8 for procedural clips and videos, 1 for images
-    size: int = 64  # square side in pixels after short-side resize and centre crop
+    size: int = 128  # square side in pixels after short-side resize and centre crop (as `lrm fit`'s default)
     text: str | None = None  # lrm.text encoder name for token embeddings; None stores no text
     text_length: int = 77  # tokens kept per prompt (padded or truncated), fixed for the store
     prompts: str | None = None  # prompts file for a media folder: one prompt per file, in sorted file order
