@@ -291,3 +291,18 @@ def test_encode_makes_stores_of_the_size_lrm_fit_makes():
     from lrm.pipeline import FitJob
 
     assert EncodeConfig("procedural:4").size == FitJob("sharpness").size == 128
+
+
+def test_label_takes_kind_and_input_for_your_own_metric_as_score_and_fit_do(tmp_path):
+    out = tmp_path / "store"
+    assert cli("encode", "procedural:4", "--frames", "2", "--size", "32", "--out", str(out), "--quiet").exit_code == 0
+    metric = tmp_path / "metric.py"
+    metric.write_text("def motion(frames):\n    return float(abs(frames[1:].astype(float) - frames[:-1]).mean())\n")
+    result = cli("label", str(out), f"m={metric}:motion", "--kind", "video", "--input", "uint8", "--quiet")
+    assert result.exit_code == 0, result.output
+    store = LatentStore.open(out)
+    assert store.manifest["labels"]["m"]["spec"]["kind"] == "video" and store.label_stats("m")["count"] == 4
+    mixed = cli("label", str(out), "sharpness", f"{metric}:motion", "--kind", "video", "--quiet")
+    assert mixed.exit_code == 2 and "sharpness built in" in " ".join(mixed.output.split())
+    alias = cli("label", str(out), "sharpness", "--label-pixels", "decoded", "--quiet")  # lrm fit's spelling
+    assert alias.exit_code == 0 and "sharpness@decoded" in LatentStore.open(out).labels

@@ -85,8 +85,11 @@ def label(
     batch_size: Annotated[int, typer.Option(min=1, help="Clips per reward call.")] = 16,
     device: Annotated[str, typer.Option(help="Torch device, e.g. cpu or cuda.", callback=check_device)] = "cpu",
     option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="Reward option KEY=VALUE for every reward, repeatable.")] = None,
+    kind: Annotated[Optional[str], typer.Option(help="For your own metric: image | text-image | video | text-video.")] = None,
+    input: Annotated[Optional[str], typer.Option(help="For your own metric: tensor or uint8.")] = None,
     media_root: Annotated[Optional[Path], typer.Option(help="Where the store's media files live now, if moved.")] = None,
     pixels: Annotated[str, typer.Option(
+        "--pixels", "--label-pixels",
         help="source: score the media (re-read from the sources); decoded: score what the stored latents decode "
              "to, in a column named REWARD@decoded.")] = "source",
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
@@ -95,16 +98,24 @@ def label(
 
     Examples:
       lrm label stores/proc jpeg-compressibility sharpness
-      lrm label stores/proc my=metrics.py:score -o kind=video
+      lrm label stores/proc my=metrics.py:score --kind video
       lrm label stores/photos niqe --pixels decoded     # column niqe@decoded
     """
     from lrm import distributed
-    from lrm.datasets.build import add_labels
+    from lrm.datasets.build import add_labels, parse_label
+    from lrm.rewards import REWARDS
 
+    options = parse_options(option)
+    if kind or input:
+        built_in = [r for r in rewards if parse_label(r)[1] in REWARDS]
+        if built_in:
+            raise typer.BadParameter(f"--kind/--input describe your own metric; {', '.join(built_in)} built in: "
+                                     "label them in a separate command")
+        options.update({k: v for k, v in (("kind", kind), ("input", input)) if v is not None})
     opened = distributed.init_from_env(device)
     try:
         result = add_labels(store, rewards, batch_size=batch_size, device=device, media_root=media_root,
-                            options=parse_options(option), progress=not quiet, pixels=pixels)
+                            options=options, progress=not quiet, pixels=pixels)
     except (KeyError, ValueError, FileNotFoundError) as exc:
         _fail(exc)
     finally:
