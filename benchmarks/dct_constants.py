@@ -2,7 +2,8 @@
 
 For every split (Y, Cb, Cr) of `--channels` coefficients in the searched range, round-trips real
 photos at 256 px through the raw (unstandardised) block-DCT codec and reports the mean PSNR; then
-prints CHANNEL_MEAN / CHANNEL_STD for the chosen split, ready to paste into lrm/codecs/dct.py.
+prints CHANNEL_MEAN / CHANNEL_STD for the chosen split, ready to paste into lrm/codecs/dct.py,
+and writes the PSNRs and constants as JSON (--out).
 
     python benchmarks/dct_constants.py                 # search splits, measure the best one
     python benchmarks/dct_constants.py --split 26 3 3  # measure one split
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import torch
 
@@ -48,11 +50,13 @@ def main() -> None:
     parser.add_argument("--channels", type=int, default=32, help="total kept coefficients per block")
     parser.add_argument("--min-luma", type=int, default=12, help="smallest luma count searched")
     parser.add_argument("--split", type=int, nargs=3, metavar=("Y", "CB", "CR"), help="measure this split only")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/dct_constants.json"), help="JSON results")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
     pixels, source = load_photos(args.size)
     print(f"photos: {source} at {args.size} px")
+    ranked = []
     if args.split:
         best = tuple(args.split)
     else:
@@ -62,9 +66,16 @@ def main() -> None:
             print(f"  split Y/Cb/Cr {split}: mean PSNR {score:.3f} dB")
         best = ranked[0][0]
     mean, std = channel_constants(pixels, best)
-    print(f"split {best}: mean PSNR {mean_psnr(pixels, best):.3f} dB")
+    best_psnr = mean_psnr(pixels, best)
+    print(f"split {best}: mean PSNR {best_psnr:.3f} dB")
     print("CHANNEL_MEAN =", json.dumps(mean))
     print("CHANNEL_STD =", json.dumps(std))
+    report = {"photos": source, "count": int(pixels.shape[0]), "size": args.size, "split": list(best),
+              "mean_psnr_db": round(best_psnr, 3), "channel_mean": mean, "channel_std": std,
+              "searched": [{"split": list(s), "mean_psnr_db": round(p, 3)} for s, p in ranked]}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
