@@ -210,8 +210,10 @@ def assess(surrogate: dict, baselines: dict, by_noise: list[dict] | None = None)
         )
     if surrogate["n"] < FEW_HELD_OUT:
         low, high = spearman_interval(s, surrogate["n"])
-        flags.append(f"only {surrogate['n']} held-out samples: Spearman's 95% interval is about "
-                     f"{low:.2f} to {high:.2f}; hold out at least {FEW_HELD_OUT} for a firm verdict")
+        spread = (f"Spearman's 95% interval is about {low:.2f} to {high:.2f}" if np.isfinite(low)
+                  else "too few to estimate Spearman's uncertainty")
+        flags.append(f"only {surrogate['n']} held-out samples: {spread}; hold out at least {FEW_HELD_OUT} "
+                     "for a firm verdict")
     if not np.isfinite(s) or s < LOW_SPEARMAN:
         flags.append(f"held-out Spearman {s:.3f} < {LOW_SPEARMAN}: it misorders many samples")
     if surrogate["calibration_error"] > 0.25 * surrogate["true_std"]:

@@ -399,7 +399,7 @@ def _resolved_config(config: FitConfig, store, label: str, model: LatentRewardMo
                      sizes: dict) -> dict:
     from lrm import __version__
 
-    return {"fit": json.loads(json.dumps(asdict(config))), "label": label, "store": str(store.path),
+    return {"fit": json.loads(json.dumps(asdict(config))), "label": label, "store": str(store.path.resolve()),
             "codec": store.codec_settings, "in_channels": model.in_channels, "text_dim": model.text_dim,
             "text_encoder_id": store.text_encoder_id, "effective_batch_size": batch_size,
             "world_size": distributed.world_size(), **sizes, "lrm_version": __version__}
@@ -413,8 +413,11 @@ def _prepare_out_dir(out_dir: Path, resolved: dict) -> None:
         # FitConfig fields added after the run started take their defaults, the behaviour it ran with
         defaults = json.loads(json.dumps(asdict(FitConfig())))
         old["fit"] = {**defaults, **old.get("fit", {})}
+        # A run may move between devices; a store path may be given relative or absolute.
+        old["store"] = str(Path(old.get("store", "")).resolve())
         keys = ("fit", "label", "store", "codec")
         diff = differences({k: old.get(k) for k in keys}, {k: resolved.get(k) for k in keys})
+        diff = [d for d in diff if not d.startswith("fit.device:")]
         if diff:
             raise ValueError(f"cannot resume {out_dir}: it was started with other settings ({'; '.join(diff)}). "
                              "Fix: re-run with the same settings, or write to a new --out folder")

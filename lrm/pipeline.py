@@ -66,14 +66,9 @@ class FitJob:
     device: str = "cpu"  # where encoding, labelling and fitting run
 
     def label_name(self) -> str:
-        from lrm.rewards import REWARDS
+        from lrm.datasets.build import column_name
 
-        from lrm.datasets.build import label_column
-
-        if self.label:
-            return self.label
-        return label_column(self.reward if self.reward in REWARDS else self.reward.rsplit(":", 1)[-1],
-                            self.label_pixels)
+        return self.label or column_name(self.reward, self.label_pixels)
 
     def run_dir(self) -> Path:
         return Path(self.out) if self.out else Path("runs") / self.label_name()
@@ -110,6 +105,8 @@ def resolved_job(job: FitJob) -> dict:
         resolved["store_has"] = {"rows": len(store), "codec": store.codec_id, "latent_shape": list(store.latent_shape),
                                  "text": store.text_encoder_id, "labels": store.labels}
         resolved["label_to_add"] = job.label_name() not in store.labels
+        if not resolved["label_to_add"]:
+            check_label_column(store, job.label_name(), job)  # what the real run would refuse
     else:
         config = new_store_config(job, spec)
         resolved.update(data=config.data, frames=config.frames, text=config.text)
@@ -140,11 +137,45 @@ def prepare_store(job: FitJob, spec, progress: bool = True) -> LatentStore:
     if label not in store.labels:
         store = add_labels(store.path, [reward_ref], device=job.device, options=job.reward_options,
                            progress=progress, pixels=job.label_pixels)
-    scored = store.label_pixels(label)
-    if scored != job.label_pixels:
-        raise ValueError(f"label {label!r} of {store.path} scores the {scored} pixels, not the {job.label_pixels} "
-                         f"ones this job asks for; pick another column with --label")
+    check_label_column(store, label, job)
     return store
+
+
+def check_label_column(store: LatentStore, label: str, job: FitJob) -> None:
+    """The column `label` must hold what this job asks for: its reward, options and pixels, with at
+    least one value; else a ValueError that says what differs or why every row failed."""
+    from lrm.config_diff import differences
+    from lrm.datasets.build import most_common_failure
+
+    info = store.label_info(label)
+    asked = {"reward": job.reward, "options": job.reward_options or {}, "pixels": job.label_pixels}
+    changed = differences({k: info.get(k, {} if k == "options" else None) for k in asked}, asked)
+    if changed:
+        raise ValueError(f"column {label!r} of {store.path} was computed otherwise ({'; '.join(changed)}); pick "
+                         f"another column with --label, or remove it with `lrm store drop-label {store.path} {label}`")
+    entry = store.manifest["labels"][label]
+    if entry["stats"]["count"] == 0:
+        raise ValueError(f"column {label!r} of {store.path} failed on every row ({most_common_failure(entry)}); fix "
+                         f"the cause, remove it with `lrm store drop-label {store.path} {label}` and fit again")
+
+
+def check_run_fits_job(job: FitJob, run_dir: Path) -> None:
+    """Before any encoding or labelling: an existing run in `run_dir` must fit the same column of the
+    same store (fit_surrogate checks the rest of its settings when it resumes)."""
+    import json
+
+    from lrm.config_diff import differences
+
+    saved = run_dir / "config.json"
+    if not saved.exists():
+        return
+    old = json.loads(saved.read_text())
+    store = Path(job.store) if job.store else run_dir / "store"
+    changed = differences({"label": old.get("label"), "store": str(Path(old.get("store", "")).resolve())},
+                          {"label": job.label_name(), "store": str(store.resolve())})
+    if changed:
+        raise ValueError(f"cannot resume {run_dir}: it was started with other settings ({'; '.join(changed)}). "
+                         "Fix: re-run with the same settings, or write to a new --out folder")
 
 
 def run_fit(job: FitJob, progress: bool = True, resume: bool = True) -> FitOutcome:
@@ -157,6 +188,8 @@ def run_fit(job: FitJob, progress: bool = True, resume: bool = True) -> FitOutco
         from lrm.codecs import load as load_codec
 
         latent_mirror(LatentStore.open(job.store).codec_settings if job.store else load_codec(job.codec).settings())
+    if resume:
+        check_run_fits_job(job, run_dir)
     store = prepare_store(job, spec, progress)
     preset = job.preset or DEFAULT_PRESETS[spec.kind]
     config = FitConfig(preset=preset, steps=job.steps, batch_size=job.batch_size, lr=job.lr, loss=job.loss,

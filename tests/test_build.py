@@ -306,3 +306,46 @@ def test_label_takes_kind_and_input_for_your_own_metric_as_score_and_fit_do(tmp_
     assert mixed.exit_code == 2 and "sharpness built in" in " ".join(mixed.output.split())
     alias = cli("label", str(out), "sharpness", "--label-pixels", "decoded", "--quiet")  # lrm fit's spelling
     assert alias.exit_code == 0 and "sharpness@decoded" in LatentStore.open(out).labels
+
+
+def test_a_column_named_twice_is_refused_before_anything_is_written(tmp_path):
+    out = tmp_path / "store"
+    twice = cli("encode", "procedural:4", "--frames", "1", "--size", "32", "--out", str(out), "--label", "sharpness",
+                "--label", "sharpness", "--quiet")
+    assert twice.exit_code == 2 and "column sharpness is named more than once" in " ".join(twice.output.split())
+    assert cli("encode", "procedural:4", "--frames", "1", "--size", "32", "--out", str(out), "--quiet").exit_code == 0
+    for args in (["colorfulness", "colorfulness"], ["x=colorfulness", "x=sharpness"]):
+        result = cli("label", str(out), *args, "--quiet")
+        assert result.exit_code == 2 and "is named more than once" in " ".join(result.output.split())
+    assert LatentStore.open(out).labels == [] and not any((out / "labels").iterdir())
+
+
+def test_drop_label_checks_every_name_first_and_finds_columns_by_name_not_folder(tmp_path):
+    out = tmp_path / "store"
+    assert cli("encode", "procedural:4", "--frames", "1", "--size", "32", "--out", str(out), "--label", "sharpness",
+               "--quiet").exit_code == 0
+    assert cli("label", str(out), "sharpness", "--pixels", "decoded", "--quiet").exit_code == 0
+    typo = cli("store", "drop-label", str(out), "sharpness", "sharpnes")
+    assert typo.exit_code == 2 and "nothing was removed" in " ".join(typo.output.split())
+    folder_name = cli("store", "drop-label", str(out), "sharpness_decoded")  # the folder of sharpness@decoded
+    assert folder_name.exit_code == 2
+    assert LatentStore.open(out).labels == ["sharpness", "sharpness@decoded"]
+    clash = cli("label", str(out), "sharpness_decoded=colorfulness", "--quiet")
+    assert clash.exit_code == 2 and "would share the folder" in " ".join(clash.output.split())
+    twice = cli("store", "drop-label", str(out), "sharpness@decoded", "sharpness@decoded")
+    assert twice.exit_code == 0 and LatentStore.open(out).labels == ["sharpness"]
+
+
+def test_label_judges_only_the_columns_it_was_asked_for_and_names_user_metrics_by_function(tmp_path):
+    out = tmp_path / "store"
+    assert cli("encode", "procedural:4", "--frames", "1", "--size", "32", "--out", str(out), "--quiet").exit_code == 0
+    metric = tmp_path / "m.py"
+    metric.write_text("def boom(frames):\n    raise RuntimeError('no')\n\n"
+                      "def mean_level(frames):\n    return float(frames.mean())\n\n"
+                      "def two(frames, extra):\n    return 0.0\n")
+    assert cli("label", str(out), f"{metric}:boom", "--kind", "image", "--quiet").exit_code == 2
+    later = cli("label", str(out), f"{metric}:mean_level", "--kind", "image", "--input", "uint8", "--quiet")
+    assert later.exit_code == 0, later.output
+    assert set(LatentStore.open(out).labels) == {"boom", "mean_level"}  # a user metric's column: its function
+    arity = cli("label", str(out), f"{metric}:two", "--kind", "image", "--quiet")
+    assert arity.exit_code == 2 and "is called with 1 argument(s) (pixels), but it requires 2" in arity.output

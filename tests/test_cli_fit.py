@@ -93,7 +93,7 @@ def test_fit_on_decoded_labels_and_report_them_on_another_store(fitted, tmp_path
     mixed = runner.invoke(app, ["fit", "jpeg-incompressibility", "--label", "jpeg-incompressibility",
                                 "--label-pixels", "decoded", "--store", str(store), "--steps", "2",
                                 "--out", str(tmp_path / "mixed")])
-    assert mixed.exit_code != 0 and "scores the source pixels" in str(mixed.exception)
+    assert mixed.exit_code != 0 and "was computed otherwise (pixels: saved 'source', now 'decoded')" in str(mixed.exception)
 
 
 def test_predict_scores_media_like_score(fitted, tmp_path):
@@ -229,3 +229,63 @@ def test_an_explicit_label_names_the_decoded_column_as_given(tmp_path):
     assert result.exit_code == 0, result.output
     opened = LatentStore.open(store)
     assert opened.labels == ["sharpness"] and opened.label_pixels("sharpness") == "decoded"
+
+
+def small_store(path, *extra: str) -> str:
+    made = runner.invoke(app, ["encode", "procedural:24", "--frames", "1", "--size", "32", "--out", str(path),
+                               "--quiet", *extra])
+    assert made.exit_code == 0, made.output
+    return str(path)
+
+
+def test_fit_on_a_store_checks_the_column_it_reuses(tmp_path):
+    metric = tmp_path / "m.py"
+    metric.write_text("def level(frames):\n    return float(frames.mean())\n\ndef boom(frames):\n    assert False, 'nope'\n")
+    store = small_store(tmp_path / "store")
+    assert runner.invoke(app, ["label", store, f"mine={metric}:level", "--kind", "image", "--quiet"]).exit_code == 0
+    other = runner.invoke(app, ["fit", "colorfulness", "--store", store, "--label", "mine", "--steps", "2",
+                                "--out", str(tmp_path / "run")])
+    assert other.exit_code != 0 and "was computed otherwise (reward: saved" in str(other.exception)
+    options = runner.invoke(app, ["fit", f"{metric}:level", "--kind", "image", "--input", "uint8", "--store", store,
+                                  "--label", "mine", "--dry-run"])  # the dry run refuses what the run would
+    assert options.exit_code != 0 and "options.input: saved None, now 'uint8'" in str(options.exception)
+    failing = runner.invoke(app, ["fit", f"{metric}:boom", "--kind", "image", "--input", "uint8", "--store", store,
+                                  "--steps", "2", "--out", str(tmp_path / "run")])
+    assert failing.exit_code != 0 and "failed on every row (24 rows failed" in str(failing.exception)
+    assert "AssertionError: nope" in str(failing.exception) and not (tmp_path / "run").exists()
+    flags = runner.invoke(app, ["fit", "colorfulness", "--store", store, "--size", "64", "--frames", "2", "--dry-run"])
+    assert flags.exit_code == 2 and "--size, --frames describe a new store" in flags.output
+
+
+def test_resume_takes_the_store_path_in_any_spelling_and_refuses_another_column_before_labelling(tmp_path,
+                                                                                                 monkeypatch):
+    store = small_store(tmp_path / "store", "--label", "colorfulness")
+    run = str(tmp_path / "run")
+    args = ["--steps", "4", "--batch-size", "8", "--out", run, "--quiet"]
+    assert runner.invoke(app, ["fit", "colorfulness", "--store", store, *args]).exit_code == 0
+    monkeypatch.chdir(tmp_path)
+    again = runner.invoke(app, ["fit", "colorfulness", "--store", "store", *args, "--device", "cpu:0"])
+    assert again.exit_code == 0, again.exception
+    other = runner.invoke(app, ["fit", "sharpness", "--store", "store", *args])
+    assert other.exit_code != 0 and "label: saved 'colorfulness', now 'sharpness'" in str(other.exception)
+    assert LatentStore.open(store).labels == ["colorfulness"]  # refused before labelling the store
+
+
+def test_predict_skips_a_still_image_for_a_video_surrogate_and_score_refuses_zero_counts(tmp_path):
+    run = tmp_path / "video"
+    fitted = runner.invoke(app, ["fit", "temporal-flickering", "--count", "24", "--frames", "3", "--size", "32",
+                                 "--steps", "2", "--batch-size", "8", "--out", str(run), "--quiet"])
+    assert fitted.exit_code == 0, fitted.output
+    frames = [Image.fromarray(np.full((32, 32, 3), 40 * i, np.uint8)) for i in range(4)]
+    frames[0].save(tmp_path / "clip.gif", save_all=True, append_images=frames[1:], duration=100)
+    frames[0].save(tmp_path / "still.png")
+    result = runner.invoke(app, ["predict", str(run), str(tmp_path / "clip.gif"), str(tmp_path / "still.png")])
+    assert result.exit_code == 0, result.output
+    assert [r["path"].rsplit("/", 1)[1] for r in csv.DictReader(io.StringIO(result.stdout))] == ["clip.gif"]
+    assert "skipped" in result.output and "still.png" in result.output
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert runner.invoke(app, ["predict", str(run), str(empty)]).exit_code == 2
+    for flag in ("--frames", "--stride", "--size"):
+        zero = runner.invoke(app, ["score", "sharpness", str(tmp_path / "still.png"), flag, "0"])
+        assert zero.exit_code == 2 and f"Invalid value for '{flag}'" in zero.output

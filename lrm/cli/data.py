@@ -8,12 +8,12 @@ CPU rewards can label with one process per core), nccl for `--device cuda` (one 
 from __future__ import annotations
 
 import json
-from collections import Counter
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from lrm.cli.errors import exit_with_message
@@ -102,7 +102,7 @@ def label(
       lrm label stores/photos niqe --pixels decoded     # column niqe@decoded
     """
     from lrm import distributed
-    from lrm.datasets.build import add_labels, parse_label
+    from lrm.datasets.build import add_labels, column_name, most_common_failure, parse_label
     from lrm.rewards import REWARDS
 
     options = parse_options(option)
@@ -123,13 +123,13 @@ def label(
             distributed.shutdown()
     if distributed.rank() == 0:
         failed = []
-        for name, entry in result.manifest["labels"].items():
+        for name in dict.fromkeys(column_name(text, pixels) for text in rewards):  # this command's columns
+            entry = result.manifest["labels"][name]
             s = entry["stats"]
-            console.print(f"{name}: {s['count']} values, mean {_num(s['mean'])}, {s['nan']} NaN")
-            reasons = Counter(item["reason"] for item in entry["bad"]["items"])
-            if reasons:
-                reason, times = reasons.most_common(1)[0]
-                console.print(f"  {entry['bad']['count']} rows failed, {times} of them with: {reason}", highlight=False)
+            console.print(escape(f"{name}: {s['count']} values, mean {_num(s['mean'])}, {s['nan']} NaN"))
+            failure = most_common_failure(entry)
+            if failure:
+                console.print(escape(f"  {failure}"), highlight=False)
             if s["count"] == 0 and s["nan"] > 0:
                 failed.append(name)
         if failed:
@@ -151,15 +151,14 @@ def drop_label(
     Latents and other columns are untouched. Example:
       lrm store drop-label stores/photos niqe@decoded
     """
-    from lrm.datasets.store import LatentStore, StoreError, drop_label as drop
+    from lrm.datasets.store import LatentStore, StoreError, drop_labels
 
     try:
         LatentStore.open(store)
-        for name in names:
-            drop(store, name)
-            console.print(f"{store}: removed label {name}")
+        drop_labels(store, names)
     except (FileNotFoundError, KeyError, StoreError) as exc:
         _fail(exc)
+    console.print(escape(f"{store}: removed label {', '.join(dict.fromkeys(names))}"))
 
 
 def info(

@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 import numpy as np
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from lrm.cli.options import check_device, parse_options
 from lrm.pipeline import FitJob
@@ -76,6 +77,12 @@ def fit(
 
     if data is not None and store is not None:
         raise typer.BadParameter("give either --data or --store, not both")
+    if store is not None:
+        new_store_flags = [f"--{k}" for k, v in (("codec", codec), ("count", count), ("size", size)) if v != DEFAULTS[k]]
+        new_store_flags += [f"--{k}" for k, v in (("frames", frames), ("text", text)) if v is not None]
+        if new_store_flags:
+            raise typer.BadParameter(f"{', '.join(new_store_flags)} describe a new store; --store {store} has its "
+                                     f"own settings (see `lrm store info {store}`)")
     from lrm.fitting import AUGMENTS, LOSSES
     from lrm.labels import LABEL_TRANSFORM_CHOICES
 
@@ -114,9 +121,9 @@ def fit(
     ridge = outcome.fidelity.baselines["ridge"]
     console.print(f"held-out Spearman {m['spearman']:.3f}, R² {m['r2']:.3f} "
                   f"(ridge baseline {ridge['spearman']:.3f}, {ridge['r2']:.3f}) on {m['n']} samples")
-    console.print(f"[bold]{outcome.fidelity.verdict}[/]")
+    console.print(f"[bold]{escape(outcome.fidelity.verdict)}[/]")
     for flag in outcome.fidelity.flags:
-        console.print(f"[yellow]warning:[/] {flag}")
+        console.print(f"[yellow]warning:[/] {escape(flag)}")
     console.print(f"report: {outcome.report}\nsurrogate: {outcome.run_dir / 'model'}")
 
 
@@ -201,18 +208,22 @@ def predict(
         averages_frames = model.per_frame and spec.get("kind") in ("image", "text-image")
         frames = spec.get("frames") if averages_frames else model.info.extra.get("frames")
     rows = []
+    if not files:
+        report_skipped(skipped)
+        console.print(f"[red]no images or videos found in {escape(', '.join(map(str, paths)))}[/]")
+        raise typer.Exit(2)
     for path, text_prompt in tqdm(list(zip(files, file_prompts)), desc="predict", unit="file"):
         try:
             clip = read_clip(path, frames=frames, size=size)
-        except MediaError as exc:
-            skipped.append((path, exc.reason))
+            with torch.no_grad():
+                latents = codec.encode(clip.pixels.unsqueeze(0).to(device))  # (1, T', c, h, w)
+                text = mask = None
+                if text_encoder is not None:
+                    text, mask = text_encoder.encode([text_prompt])
+                value = model(latents, text, mask).item()
+        except (MediaError, ValueError, RuntimeError) as exc:  # unreadable, or e.g. a still image for a video surrogate
+            skipped.append((path, exc.reason if isinstance(exc, MediaError) else str(exc)))
             continue
-        with torch.no_grad():
-            latents = codec.encode(clip.pixels.unsqueeze(0).to(device))  # (1, T', c, h, w)
-            text = mask = None
-            if text_encoder is not None:
-                text, mask = text_encoder.encode([text_prompt])
-            value = model(latents, text, mask).item()
         rows.append({"path": str(path), "score": value, "frames": clip.pixels.shape[0],
                      "prompt": text_prompt if text_encoder is not None else ""})
     report_skipped(skipped)

@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from lrm.cli.options import check_device, parse_options
@@ -59,9 +60,9 @@ def score(
     paths: Annotated[list[Path], typer.Argument(help="Images, videos, GIFs or folders of them.")],
     prompt: Annotated[Optional[str], typer.Option(help="One prompt for every file (text rewards).")] = None,
     prompts: Annotated[Optional[Path], typer.Option(help="Prompts file (.txt/.csv/.jsonl/.tsv), one per media file in sorted order.")] = None,
-    frames: Annotated[Optional[int], typer.Option(help="Sample K frames uniformly per video (default: the reward's preferred count, else all).")] = None,
-    stride: Annotated[int, typer.Option(help="Take every N-th frame before sampling.")] = 1,
-    size: Annotated[Optional[int], typer.Option(help="Resize the short side to S and centre-crop to S x S (default: the reward's preferred size, else native).")] = None,
+    frames: Annotated[Optional[int], typer.Option(min=1, help="Sample K frames uniformly per video (default: the reward's preferred count, else all).")] = None,
+    stride: Annotated[int, typer.Option(min=1, help="Take every N-th frame before sampling.")] = 1,
+    size: Annotated[Optional[int], typer.Option(min=1, help="Resize the short side to S and centre-crop to S x S (default: the reward's preferred size, else native).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Write scores to a .csv or .json file.")] = None,
     option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="Reward option KEY=VALUE, repeatable (e.g. -o model=ViT-B-32).")] = None,
     kind: Annotated[Optional[str], typer.Option(help="For your own metric: image | text-image | video | text-video.")] = None,
@@ -97,7 +98,7 @@ def score(
     files, skipped = gather_media(paths)
     if not files:
         report_skipped(skipped)
-        console.print(f"[red]no images or videos found in {', '.join(map(str, paths))}[/]")
+        console.print(f"[red]no images or videos found in {escape(', '.join(map(str, paths)))}[/]")
         raise typer.Exit(2)
     file_prompts = prompts_per_file(files, prompt, prompts)
     if spec.needs_text and file_prompts[0] is None:
@@ -119,8 +120,8 @@ def score(
 
     report_skipped(skipped)
     emit_scores(rows, out)
-    console.print(f"{spec.name}: scored {len(rows)} file(s), skipped {len(skipped)}"
-                  f"{f', wrote {out}' if out else ''}")
+    console.print(escape(f"{spec.name}: scored {len(rows)} file(s), skipped {len(skipped)}"
+                         f"{f', wrote {out}' if out else ''}"))
     if not rows:
         raise typer.Exit(1)
 
@@ -142,7 +143,7 @@ def prompts_per_file(files: list[Path], prompt: str | None, prompts: Path | None
 
 def report_skipped(skipped: list[tuple[Path, str]]) -> None:
     for path, reason in skipped:
-        console.print(f"[yellow]skipped[/] {path}: {reason}")
+        console.print(f"[yellow]skipped[/] {escape(f'{path}: {reason}')}")
 
 
 def emit_scores(rows: list[dict], out: Path | None) -> None:

@@ -20,6 +20,7 @@ import dataclasses
 import hashlib
 import json
 import math
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -250,6 +251,35 @@ def label_column(name: str, pixels: str) -> str:
     return name + DECODED_SUFFIX if pixels == "decoded" else name
 
 
+def column_name(text: str, pixels: str) -> str:
+    """The column a label argument fills: NAME of "NAME=REWARD"; else the reward's name (a user
+    metric "path/m.py:fn" by its function "fn"), with "@decoded" for decoded pixels."""
+    name, reference = parse_label(text)
+    if text != reference:
+        return name
+    from lrm.rewards import REWARDS
+
+    return label_column(reference if reference in REWARDS else reference.rsplit(":", 1)[-1], pixels)
+
+
+def most_common_failure(entry: dict) -> str | None:
+    """"N rows failed, K of them with: REASON" for a manifest label entry; None when no row failed."""
+    reasons = Counter(item["reason"] for item in entry["bad"]["items"])
+    if not reasons:
+        return None
+    reason, times = reasons.most_common(1)[0]
+    return f"{entry['bad']['count']} rows failed, {times} of them with: {reason}"
+
+
+def check_distinct_columns(texts, pixels: str) -> None:
+    """Refuse label arguments that would fill one column twice ("sharpness sharpness", "x=a x=b")."""
+    names = [column_name(text, pixels) for text in texts]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"column {', '.join(repeated)} is named more than once in {list(texts)}; name each "
+                         "column once (NAME=REWARD gives another name)")
+
+
 def load_labeler(text: str, options: dict | None = None, pixels: str = "source"):
     """(label name, reward, label info for labels/<name>/label.json); options go to the reward factory.
 
@@ -258,9 +288,7 @@ def load_labeler(text: str, options: dict | None = None, pixels: str = "source")
 
     if pixels not in LABEL_PIXELS:
         raise ValueError(f"label pixels must be one of {', '.join(LABEL_PIXELS)}, got {pixels!r}")
-    name, reference = parse_label(text)
-    if text == reference:  # not named: "niqe" scored on decoded pixels is the column "niqe@decoded"
-        name = label_column(reference, pixels)
+    name, reference = column_name(text, pixels), parse_label(text)[1]
     reward = load(reference, **(options or {}))
     spec = dataclasses.asdict(reward.spec)
     return name, reward, {"reward": reference, "options": options or {}, "spec": spec, "pixels": pixels}
@@ -333,6 +361,7 @@ def encode(config: EncodeConfig, out: str | Path, codec: Codec | None = None, pr
         with torch.no_grad():
             probe, _ = text_encoder.encode(["a"])  # (1, L', D)
         text_header = {"encoder": text_encoder.id, "length": config.text_length, "dim": int(probe.shape[-1])}
+    check_distinct_columns(config.labels, "source")
     labelers = [load_labeler(text) for text in config.labels]
 
     num_shards = math.ceil(len(source) / config.shard_size)
@@ -540,6 +569,7 @@ def add_labels(path: str | Path, rewards: list[str], batch_size: int = 16, devic
                             f"{store.manifest['num_shards']} shards); finish it by re-running the same `lrm encode`")
     if not rewards:
         raise ValueError("name at least one reward to label with")
+    check_distinct_columns(rewards, pixels)
     labelers = [load_labeler(text, options, pixels) for text in rewards]
     if pixels == "decoded":
         from lrm.codecs import from_settings

@@ -183,9 +183,13 @@ def write_label_info(root: Path, name: str, info: dict) -> None:
     info = {**info, "name": name}
     if path.exists():
         old = {"pixels": "source", **_read_json(path)}  # stores older than decoded labels scored the source
+        if old["name"] != name:
+            raise StoreError(f"label {name!r} would share the folder {folder} with the column {old['name']!r}; "
+                             "give the new column another name (NAME=REWARD)")
         if old != info:
-            raise StoreError(f"label {name!r} of {root} was computed by {old}, not {info}; "
-                             f"give the new column another name (NAME=REWARD), or remove the old one with "
+            changed = "; ".join(differences(old, info))
+            raise StoreError(f"label {name!r} of {root} was computed otherwise ({changed}); give the new column "
+                             f"another name (NAME=REWARD), or remove the old one with "
                              f"`lrm store drop-label {root} {name}`")
         return
     folder.mkdir(parents=True, exist_ok=True)
@@ -273,22 +277,26 @@ def refresh_manifest(root: Path) -> dict:
     return manifest
 
 
-def drop_label(root: Path, name: str) -> dict:
-    """Remove the label column `name` and return the rebuilt manifest.
+def drop_labels(root: Path, names: list[str]) -> dict:
+    """Remove the label columns `names` and return the rebuilt manifest. Every name is checked
+    before anything is removed, so a typo removes nothing.
 
-    The column's folder is first renamed out of labels/, so a run killed midway leaves the whole
+    Each column's folder is first renamed out of labels/, so a run killed midway leaves the whole
     column or none of it; what such a run left behind is removed the next time.
     """
     root = Path(root)
-    folder = root / "labels" / label_folder_name(name)
+    labels = refresh_manifest(root)["labels"]
+    unknown = [n for n in names if n not in labels]
+    if unknown:
+        raise KeyError(f"store {root} has no label {', '.join(map(repr, unknown))} "
+                       f"(labels: {', '.join(labels) or 'none'}); nothing was removed")
     for stale in root.glob(".dropped-*"):
         shutil.rmtree(stale, ignore_errors=True)
-    if not (folder / "label.json").exists():
-        known = ", ".join(_read_json(root / MANIFEST)["labels"]) or "none"
-        raise KeyError(f"store {root} has no label {name!r} (labels: {known})")
-    aside = root / f".dropped-{folder.name}"
-    folder.rename(aside)
-    shutil.rmtree(aside)
+    for name in dict.fromkeys(names):
+        folder = root / "labels" / labels[name]["folder"]
+        aside = root / f".dropped-{folder.name}"
+        folder.rename(aside)
+        shutil.rmtree(aside)
     return refresh_manifest(root)
 
 
@@ -379,6 +387,11 @@ class LatentStore:
         parts = [np.load(label_paths(self.path, name, s["index"])["values"], allow_pickle=False)
                  for s in self._shards]
         return np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)
+
+    def label_info(self, name: str) -> dict:
+        """labels/<name>/label.json: the reward, its options and spec, and the pixels it scored."""
+        folder = self.path / "labels" / self._label_entry(name).get("folder", label_folder_name(name))
+        return {"pixels": "source", **_read_json(folder / "label.json")}
 
     def label_pixels(self, name: str) -> str:
         """What label `name` scored: "source" (the media) or "decoded" (what the latents decode to)."""

@@ -96,7 +96,7 @@ def load_metric(reference: str, kind: str = "image", input: str = "tensor", diff
     params = [p for p in inspect.signature(fn).parameters.values()
               if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     if len(params) > expected:
-        raise TypeError(
+        raise ValueError(
             f"{reference}: a {kind} metric is called with {expected} argument(s) "
             f"({'pixels, prompts' if expected == 2 else 'pixels'}), but it requires {len(params)}"
         )
