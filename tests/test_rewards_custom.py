@@ -54,7 +54,7 @@ def test_module_reference(metric_file, monkeypatch):
 
 @pytest.mark.parametrize("reference, options, error, match", [
     ("{f}:wrong_count", {}, InputError, "returned 3 values for 2 clips"),
-    ("{f}:too_many", {}, TypeError, "requires 3"),
+    ("{f}:too_many", {}, ValueError, "requires 3"),
     ("{f}:nope", {}, ValueError, "has no function 'nope'; it defines: "),
     ("/no/such/file.py:fn", {}, FileNotFoundError, "does not exist"),
     ("{f}:motion", {"input": "uint8", "differentiable": True}, ValueError, "cannot be differentiable"),
