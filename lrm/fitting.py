@@ -412,12 +412,12 @@ def _prepare_out_dir(out_dir: Path, resolved: dict) -> None:
         old = json.loads(config_path.read_text())
         # FitConfig fields added after the run started take their defaults, the behaviour it ran with
         defaults = json.loads(json.dumps(asdict(FitConfig())))
-        old["fit"] = {**defaults, **old.get("fit", {})}
-        # A run may move between devices; a store path may be given relative or absolute.
+        # A run may move between devices (the device is not compared); a store path may be given
+        # relative or absolute.
+        old["fit"] = {**defaults, **old.get("fit", {}), "device": resolved["fit"]["device"]}
         old["store"] = str(Path(old.get("store", "")).resolve())
         keys = ("fit", "label", "store", "codec")
         diff = differences({k: old.get(k) for k in keys}, {k: resolved.get(k) for k in keys})
-        diff = [d for d in diff if not d.startswith("fit.device:")]
         if diff:
             raise ValueError(f"cannot resume {out_dir}: it was started with other settings ({'; '.join(diff)}). "
                              "Fix: re-run with the same settings, or write to a new --out folder")

@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from lrm.cli.errors import exit_with_message
-from lrm.cli.options import check_device, parse_options
+from lrm.cli.options import check_device, parse_options, with_metric_options
 
 console = Console(stderr=True)
 
@@ -103,15 +103,8 @@ def label(
     """
     from lrm import distributed
     from lrm.datasets.build import add_labels, column_name, most_common_failure, parse_label
-    from lrm.rewards import REWARDS
 
-    options = parse_options(option)
-    if kind or input:
-        built_in = [r for r in rewards if parse_label(r)[1] in REWARDS]
-        if built_in:
-            raise typer.BadParameter(f"--kind/--input describe your own metric; {', '.join(built_in)} built in: "
-                                     "label them in a separate command")
-        options.update({k: v for k, v in (("kind", kind), ("input", input)) if v is not None})
+    options = with_metric_options(parse_options(option), [parse_label(r)[1] for r in rewards], kind, input)
     opened = distributed.init_from_env(device)
     try:
         result = add_labels(store, rewards, batch_size=batch_size, device=device, media_root=media_root,

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from lrm.cli.options import check_device, parse_options
+from lrm.cli.options import check_device, parse_options, with_metric_options
 from lrm.pipeline import FitJob
 
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(FitJob)}  # one source of truth: FitJob
@@ -73,7 +73,6 @@ def fit(
     import json
 
     from lrm.pipeline import run_fit
-    from lrm.rewards import REWARDS
 
     if data is not None and store is not None:
         raise typer.BadParameter("give either --data or --store, not both")
@@ -101,10 +100,7 @@ def fit(
 
     if model is not None and model not in SURROGATES:
         raise typer.BadParameter(f"--model must be one of {', '.join(SURROGATES)}, got {model!r}")
-    options = parse_options(option)
-    if reward in REWARDS and (kind or input):
-        raise typer.BadParameter(f"--kind/--input describe your own metric; {reward!r} is built in")
-    options.update({k: v for k, v in (("kind", kind), ("input", input)) if v is not None})
+    options = with_metric_options(parse_options(option), [reward], kind, input)
     job = FitJob(reward=reward, data=data, store=str(store) if store else None, out=str(out) if out else None,
                  label=label, label_pixels=label_pixels, codec=codec, count=count, frames=frames, size=size,
                  text=text, preset=model,
@@ -184,20 +180,20 @@ def predict(
     import torch
     from tqdm import tqdm
 
-    from lrm.cli.score import emit_scores, prompts_per_file, report_skipped
+    from lrm.cli.score import emit_scores, media_or_exit, prompts_per_file, report_skipped
     from lrm.codecs import from_settings
-    from lrm.datasets.media import MediaError, gather_media, read_clip
+    from lrm.datasets.media import MediaError, read_clip
     from lrm.models import LatentRewardModel
 
     if out is not None and out.suffix not in (".csv", ".json"):
         raise typer.BadParameter(f"--out must end in .csv or .json, got {out}")
     model = LatentRewardModel.from_pretrained(run / "model", map_location=device)
     codec = from_settings(model.info.codec_settings).to(device)
-    files, skipped = gather_media(paths)
+    files, skipped = media_or_exit(paths)
     file_prompts = prompts_per_file(files, prompt, prompts)
     text_encoder = None
     if model.text_dim is not None:
-        if files and file_prompts[0] is None:
+        if file_prompts[0] is None:
             raise typer.BadParameter("this surrogate reads text: pass --prompt TEXT or --prompts FILE")
         from lrm.text import load as load_text
 
@@ -208,10 +204,6 @@ def predict(
         averages_frames = model.per_frame and spec.get("kind") in ("image", "text-image")
         frames = spec.get("frames") if averages_frames else model.info.extra.get("frames")
     rows = []
-    if not files:
-        report_skipped(skipped)
-        console.print(f"[red]no images or videos found in {escape(', '.join(map(str, paths)))}[/]")
-        raise typer.Exit(2)
     for path, text_prompt in tqdm(list(zip(files, file_prompts)), desc="predict", unit="file"):
         try:
             clip = read_clip(path, frames=frames, size=size)

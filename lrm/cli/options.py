@@ -1,4 +1,4 @@
-"""Option parsing shared by commands: reward options given as KEY=VALUE pairs, and the torch device."""
+"""Option parsing shared by commands: reward options (KEY=VALUE pairs, --kind/--input) and the torch device."""
 
 from __future__ import annotations
 
@@ -22,6 +22,19 @@ def parse_options(pairs: list[str] | None) -> dict:
         except json.JSONDecodeError:
             options[key] = value
     return options
+
+
+def with_metric_options(options: dict, rewards: list[str], kind: str | None, input: str | None) -> dict:
+    """`options` plus --kind/--input, which describe a user's own metric: refused for built-in rewards."""
+    if not (kind or input):
+        return options
+    from lrm.rewards import REWARDS
+
+    built_in = [r for r in rewards if r in REWARDS]
+    if built_in:
+        raise typer.BadParameter(f"--kind/--input describe your own metric; {', '.join(built_in)} built in: "
+                                 "leave them out for built-in rewards")
+    return {**options, **{k: v for k, v in (("kind", kind), ("input", input)) if v is not None}}
 
 
 def check_device(value: str) -> str:

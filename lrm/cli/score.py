@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from lrm.cli.options import check_device, parse_options
+from lrm.cli.options import check_device, parse_options, with_metric_options
 
 console = Console(stderr=True)
 
@@ -82,24 +82,15 @@ def score(
     import torch
     from tqdm import tqdm
 
-    from lrm.datasets.media import MediaError, gather_media, read_clip
-    from lrm.rewards import REWARDS, load
+    from lrm.datasets.media import MediaError, read_clip
+    from lrm.rewards import load
 
     if out is not None and out.suffix not in (".csv", ".json"):
         raise typer.BadParameter(f"--out must end in .csv or .json, got {out}")
-    options = parse_options(option)
-    if reward not in REWARDS:
-        options.update({k: v for k, v in (("kind", kind), ("input", input)) if v is not None})
-    elif kind or input:
-        raise typer.BadParameter(f"--kind/--input describe your own metric; {reward!r} is built in")
-    rew = load(reward, **options)
+    rew = load(reward, **with_metric_options(parse_options(option), [reward], kind, input))
     spec = rew.spec
 
-    files, skipped = gather_media(paths)
-    if not files:
-        report_skipped(skipped)
-        console.print(f"[red]no images or videos found in {escape(', '.join(map(str, paths)))}[/]")
-        raise typer.Exit(2)
+    files, skipped = media_or_exit(paths)
     file_prompts = prompts_per_file(files, prompt, prompts)
     if spec.needs_text and file_prompts[0] is None:
         raise typer.BadParameter(f"{spec.name} is a {spec.kind} reward: pass --prompt TEXT or --prompts FILE")
@@ -139,6 +130,19 @@ def prompts_per_file(files: list[Path], prompt: str | None, prompts: Path | None
         raise typer.BadParameter(f"{prompts} holds {len(file_prompts)} prompts for {len(files)} media files; "
                                  "give one per file")
     return file_prompts
+
+
+def media_or_exit(paths: list[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """gather_media(paths): the media files and the skipped ones; when there is no media file,
+    report what was skipped and exit with code 2."""
+    from lrm.datasets.media import gather_media
+
+    files, skipped = gather_media(paths)
+    if not files:
+        report_skipped(skipped)
+        console.print(f"[red]no images or videos found in {escape(', '.join(map(str, paths)))}[/]")
+        raise typer.Exit(2)
+    return files, skipped
 
 
 def report_skipped(skipped: list[tuple[Path, str]]) -> None:
