@@ -1,12 +1,14 @@
 """Start pixel-decoding surrogates from the codec's decoder (lrm.models.nss_pixels).
 
-A surrogate whose backbone decodes grey pixels with one linear conv (NSSPixelBackbone) computes
-the reward itself on them, so before any gradient step lrm.fitting sets that conv to the codec's
-decoder by ridge least squares on a sample of training rows (their decoded frames, rounded to 8
-bits and greyed as NIQE sees them), and the linear head to the least-squares line from the
-backbone's distance to the standardised labels of the same rows, every other input at 0. In dct
-the fitted decoder is exact up to clamping and 8-bit rounding; the surrogate then starts as
-NIQE of the decoded frames.
+A surrogate that computes NIQE on decoded grey pixels starts, before any gradient step, as NIQE of
+the codec's decoded frames:
+- NSSPixelBackbone (image-nss-pixels) decodes with one linear conv, which is set to the codec's
+  decoder by ridge least squares on a sample of training rows (their decoded frames, rounded to 8
+  bits and greyed as NIQE sees them). In dct the fitted decoder is exact up to clamping and 8-bit
+  rounding.
+- CodecNIQEBackbone (image-nss-codec) runs the codec's own decoder, so there is nothing to fit.
+Then the linear head is set to the least-squares line from the backbone's distance to the
+standardised labels of the same rows, every other input at 0.
 """
 
 from __future__ import annotations
@@ -15,31 +17,30 @@ import numpy as np
 import torch
 
 from lrm.models import LatentRewardModel
+from lrm.models.nss_pixels import CodecNIQEBackbone, NSSPixelBackbone
 
 SAMPLE_ROWS = 256  # training rows the decoder and the head's line are fitted on
 CHUNK = 16  # rows decoded at a time
 
 
+def starts_from_decoder(model: LatentRewardModel) -> bool:
+    """True for surrogates that `initialise_from_decoder` starts."""
+    return isinstance(model.backbone, (NSSPixelBackbone, CodecNIQEBackbone))
+
+
 def initialise_from_decoder(model: LatentRewardModel, store, train_rows: np.ndarray, labels: np.ndarray,
                             seed: int) -> dict:
-    """Fit `model.backbone.fit_decoder` to the codec's decoded grey frames of up to SAMPLE_ROWS training rows,
-    then the head's line on them. Returns {"decoder_rows", "decoder_mae"} (grey levels), also kept in
-    model.info.extra."""
-    from lrm import codecs
-    from lrm.models.nss_pixels import grey_frames
-
+    """On up to SAMPLE_ROWS training rows: fit an NSSPixelBackbone's conv to the codec's decoded grey frames,
+    then the head's line. Returns {"decoder_rows"} and, for a fitted conv, "decoder_mae" (grey levels),
+    also kept in model.info.extra."""
     rng = np.random.default_rng(seed)
     sample = np.sort(rng.choice(train_rows, size=min(SAMPLE_ROWS, len(train_rows)), replace=False))
-    codec = codecs.from_settings(store.codec_settings).eval()
     device = next(model.parameters()).device
-    latents, grey = [], []
-    with torch.no_grad():
-        for start in range(0, len(sample), CHUNK):
-            chunk = store.latents(sample[start:start + CHUNK])  # (b, T, c, h, w)
-            latents.append(chunk.flatten(0, 1).float())  # (b*T, c, h, w)
-            grey.append(grey_frames(codec.decode(chunk).flatten(0, 1)))  # (b*T, 1, H, W)
-    latents, grey = torch.cat(latents).to(device), torch.cat(grey).to(device)
-    error = model.backbone.fit_decoder(latents, grey)
+    latents = torch.cat([store.latents(sample[i:i + CHUNK]).flatten(0, 1).float()  # (b*T, c, h, w)
+                         for i in range(0, len(sample), CHUNK)]).to(device)
+    fitted = {"decoder_rows": int(len(sample))}
+    if isinstance(model.backbone, NSSPixelBackbone):
+        fitted["decoder_mae"] = model.backbone.fit_decoder(latents, decoded_grey(store, sample).to(device))
     with torch.no_grad():
         distance = torch.cat([model.backbone(latents[i:i + CHUNK])[:, 0] for i in range(0, len(latents), CHUNK)])
         distance = distance.reshape(len(sample), -1).mean(dim=1).double()  # per row: mean over frames
@@ -49,6 +50,16 @@ def initialise_from_decoder(model: LatentRewardModel, store, train_rows: np.ndar
         model.head.weight.zero_()
         model.head.weight[0, 0] = slope
         model.head.bias.fill_(float(intercept))
-    fitted = {"decoder_rows": int(len(sample)), "decoder_mae": float(error)}
     model.info.extra.update(fitted)
     return fitted
+
+
+def decoded_grey(store, rows: np.ndarray) -> torch.Tensor:
+    """(N*T, 1, H, W) the codec's decoded frames of `rows`, in grey as NIQE sees them (0-255, 8-bit levels)."""
+    from lrm import codecs
+    from lrm.models.nss_pixels import grey_frames
+
+    codec = codecs.from_settings(store.codec_settings).eval()
+    with torch.no_grad():
+        return torch.cat([grey_frames(codec.decode(store.latents(rows[i:i + CHUNK])).flatten(0, 1))
+                          for i in range(0, len(rows), CHUNK)])

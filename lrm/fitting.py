@@ -44,8 +44,9 @@ Scale-out: under torchrun (WORLD_SIZE > 1) the model is wrapped in DistributedDa
 the gradient equals the single-process one for the MSE loss (the ranking loss pairs rows within
 a rank's slice). Rank 0 writes every file.
 
-Surrogates that decode pixels (preset image-nss-pixels) start from the codec's decoder, fitted
-by least squares before the first step (lrm.decoder_init).
+Surrogates that decode pixels start from the codec's decoder before the first step
+(lrm.decoder_init): image-nss-pixels fits its conv to it by least squares, image-nss-codec runs it;
+both then fit the head's line from NIQE's distance to the labels.
 
 Run directory (out_dir): config.json (resolved config), metrics.jsonl (one line per log or
 validation step), checkpoints/step-NNNNNNN.{safetensors,json}, model/ (the best surrogate).
@@ -68,7 +69,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lrm import distributed
-from lrm.decoder_init import initialise_from_decoder
+from lrm.decoder_init import initialise_from_decoder, starts_from_decoder
 from lrm.config_diff import differences
 from lrm.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from lrm.models import LatentRewardModel, build, needs_text
@@ -427,7 +428,8 @@ def _prepare_out_dir(out_dir: Path, resolved: dict) -> None:
 def _new_surrogate(store, label: str, config: FitConfig, text_dim: int | None,
                    label_stats: tuple[str, float, float, float]) -> LatentRewardModel:
     """A fresh surrogate for `store`'s latents, carrying the label statistics and provenance."""
-    model = build(config.preset, store.latent_shape[1], text_dim=text_dim, noise_aware=config.noise_aware)
+    model = build(config.preset, store.latent_shape[1], text_dim=text_dim, noise_aware=config.noise_aware,
+                  codec_settings=store.codec_settings)
     transform, mean, std, shift = label_stats
     model.set_label_stats(mean, std, transform, shift)
     entry = store.manifest.get("labels", {}).get(label, {})
@@ -519,7 +521,7 @@ def fit_surrogate(store, label: str, config: FitConfig, out_dir: str | Path, *, 
     torch.manual_seed(config.seed)
     model = _new_surrogate(store, label, config, text_dim, (transform, mean, std, shift)).to(device)
     found = latest_checkpoint(out_dir / CHECKPOINTS) if resume else None
-    if found is None and hasattr(model.backbone, "fit_decoder"):
+    if found is None and starts_from_decoder(model):
         initialise_from_decoder(model, store, train_rows, labels, config.seed)  # lrm.decoder_init
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 

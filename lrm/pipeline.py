@@ -181,6 +181,7 @@ def check_run_fits_job(job: FitJob, run_dir: Path) -> None:
 def run_fit(job: FitJob, progress: bool = True, resume: bool = True) -> FitOutcome:
     """Encode (or reuse) a store, label it, fit a surrogate, and write the fidelity report."""
     from lrm.fitting import FitConfig, fit_surrogate, latent_mirror
+    from lrm.models import needs_codec
 
     spec = reward_spec(job)
     run_dir = job.run_dir()
@@ -206,6 +207,7 @@ def run_fit(job: FitJob, progress: bool = True, resume: bool = True) -> FitOutco
         "units": spec.units, "kind": spec.kind,
         "codec": store.codec_id, "store": str(store.path), "data": source.get("description", ""),
         "preset": preset, "parameters": sum(p.numel() for p in result.model.parameters()),
+        **({"runs_codec_decoder": store.codec_id} if needs_codec(preset) else {}),  # frozen, not counted above
         "n_train": len(result.train_indices), "n_val": len(result.val_indices), "nan_labels": result.nan_labels,
         "label_transform": result.label_transform,
         "steps": result.steps, "best_step": result.best_step, "stopped_early": result.stopped_early,

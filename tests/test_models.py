@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from lrm.models import ARCHITECTURES, SURROGATES, CodecMismatchError, LatentRewardModel, build, needs_text
+from lrm import codecs
+from lrm.models import (ARCHITECTURES, SURROGATES, CodecMismatchError, LatentRewardModel, build, needs_codec,
+                        needs_text)
 from lrm.models.aggd import aggd_shape, niqe_patch_features
 from lrm.models.fullres import mean_of_largest
 from lrm.models.mscn_gaussian import mscn, nss_patch_moments, paired_products, patch_tiles, signal_moments
@@ -17,6 +19,7 @@ from lrm.rewards import quality
 
 B, C, H, W, L, D = 2, 4, 16, 16, 5, 8
 CODEC = {"name": "dct", "version": "1", "channels": C, "spatial_factor": 8, "temporal_factor": 1, "scale": 1.0}
+LATENT_PRESETS = [p for p in SURROGATES if not needs_codec(p)]  # those that run no codec (tested on C channels)
 
 
 @pytest.fixture(autouse=True)
@@ -71,7 +74,7 @@ def test_text_image_xattn_parameter_count():
 # ---------------------------------------------------------------- every preset
 
 @pytest.mark.parametrize("noise_aware", [False, True])
-@pytest.mark.parametrize("preset", list(SURROGATES))
+@pytest.mark.parametrize("preset", LATENT_PRESETS)
 def test_every_preset_forward_backward(preset, noise_aware):
     torch.manual_seed(0)
     model = build(preset, C, text_dim=D if needs_text(preset) else None, noise_aware=noise_aware)
@@ -478,3 +481,56 @@ def test_nss_pixel_decoder_fit_recovers_a_linear_decoder():
     decoded = backbone.grey(latents.float())
     assert decoded.shape == (6, 1, 192, 192) and torch.equal(decoded, decoded.round())
     assert (decoded - grey).abs().max() <= 0.5 + 0.05
+
+
+# ---------------------------------------------------------------- NIQE on the codec's own decode
+
+def dct_images(count: int = 4) -> tuple[torch.nn.Module, torch.Tensor]:
+    """The dct codec and the latents (count, 1, 32, 24, 36) of textured 192 x 288 images of growing noise."""
+    codec = codecs.load("dct")
+    gray = np.stack([textured_gray(seed) for seed in range(count)])  # (N, 192, 288)
+    rng = np.random.default_rng(0)
+    noisy = gray + rng.normal(size=gray.shape) * np.arange(count)[:, None, None] * 2
+    rgb = torch.tensor(np.clip(noisy, 0, 255) / 255, dtype=torch.float32)[:, None, None].expand(-1, 1, 3, -1, -1)
+    return codec, codec.encode(rgb.contiguous())
+
+
+def test_nss_codec_surrogate_is_niqe_of_the_codecs_decoded_frames():
+    # Independent reference: lrm.rewards.quality's numpy NIQE (scikit-video's) of the decoded 8-bit frames.
+    codec, latents = dct_images()
+    model = build("image-nss-codec", codec.channels, codec_settings=codec.settings()).eval()
+    with torch.no_grad():
+        distance = model.backbone(latents[:, 0])[:, 0]
+    frames = (codec.decode(latents)[:, 0].clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+    np.testing.assert_allclose(distance.numpy(), [quality.niqe_score(f) for f in frames], rtol=0.02)
+
+
+def test_nss_codec_surrogate_trains_only_its_head_and_saves_no_codec_weights(tmp_path):
+    codec, latents = dct_images(2)
+    model = build("image-nss-codec", codec.channels, codec_settings=codec.settings())
+    names = [n for n, _ in model.named_parameters()]
+    assert names == ["backbone.distance.reference_mean", "backbone.distance.reference_factor", "head.weight",
+                     "head.bias"]
+    assert not any("codec" in k or "synthesis" in k for k in model.state_dict())
+    x = latents.clone().requires_grad_(True)
+    model(x).sum().backward()  # the reward-tuning gradient reaches the latents through the decoder
+    assert x.grad.abs().sum() > 0 and all(torch.isfinite(p.grad).all() for p in model.parameters())
+    # dtype moves reach the frozen codec, and a saved surrogate rebuilds it from its codec settings
+    assert model.double().backbone.codec.synthesis.dtype == torch.float64
+    model.float().info.codec_settings = codec.settings()
+    model.save_pretrained(tmp_path / "m")
+    loaded = LatentRewardModel.from_pretrained(tmp_path / "m", codec_settings=codec.settings())
+    model.eval()
+    torch.testing.assert_close(loaded(latents), model(latents), rtol=0, atol=0)
+
+
+def test_nss_codec_surrogate_refuses_what_it_cannot_decode():
+    settings = codecs.load("dct").settings()
+    with pytest.raises(ValueError, match="runs the codec's own decoder: pass codec_settings"):
+        build("image-nss-codec", 32)
+    with pytest.raises(ValueError, match="no noise-aware variant"):
+        build("image-nss-codec", 32, noise_aware=True, codec_settings=settings)
+    with pytest.raises(ValueError, match="makes 32-channel latents, not 4"):
+        build("image-nss-codec", 4, codec_settings=settings)
+    with pytest.raises(ValueError, match="at least 2 patches.*got latents of 16x16"):
+        build("image-nss-codec", 32, codec_settings=settings)(torch.randn(1, 1, 32, 16, 16))

@@ -79,12 +79,15 @@ def test_weight_free_codecs_build_and_weighted_ones_name_their_file(no_weights):
 
 @pytest.mark.parametrize("preset", sorted(SURROGATES))
 def test_every_surrogate_preset_runs(preset):
-    from lrm.models import needs_text
+    from lrm.models import needs_codec, needs_text
 
-    model = SURROGATES[preset](4, text_dim=8 if needs_text(preset) else None)
+    codec = lrm.load_codec("dct") if needs_codec(preset) else None  # presets that run a codec's decoder: dct's
+    channels = codec.channels if codec else 4
+    model = SURROGATES[preset](channels, text_dim=8 if needs_text(preset) else None,
+                               codec_settings=codec.settings() if codec else None)
     kwargs = {"text": torch.randn(2, 5, 8), "text_mask": torch.ones(2, 5, dtype=torch.bool)} if needs_text(preset) else {}
     side = 2 * NIQE_PATCH_CELLS if ARCHITECTURES[preset].niqe_patches else 16  # NIQE presets: 2 x 2 patches of 12 cells
-    out = model(torch.randn(2, 3, 4, side, side), **kwargs)
+    out = model(torch.randn(2, 3, channels, side, side), **kwargs)
     assert out.shape == (2,) and torch.isfinite(out).all()
 
 

@@ -4,7 +4,7 @@
     model = build("image-cnn", in_channels=32)          # Tab. 10 of the DOLLAR supplementary
     scores = model(latents)                              # (B, T, c, h, w) -> (B,) in reward units
 
-`SURROGATES` maps preset name -> factory(in_channels, text_dim=None, noise_aware=False).
+`SURROGATES` maps preset name -> factory(in_channels, text_dim=None, noise_aware=False, codec_settings=None).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from lrm.models.surrogate import CodecMismatchError, LatentRewardModel, Surrogat
 
 SURROGATES: dict[str, Callable[..., LatentRewardModel]] = {name: partial(assemble, name) for name in ARCHITECTURES}
 
-__all__ = ["SURROGATES", "ARCHITECTURES", "Architecture", "build", "needs_text", "LatentRewardModel",
+__all__ = ["SURROGATES", "ARCHITECTURES", "Architecture", "build", "needs_text", "needs_codec", "LatentRewardModel",
            "SurrogateInfo", "CodecMismatchError"]
 
 
@@ -26,10 +26,17 @@ def needs_text(preset: str) -> bool:
     return _architecture(preset).text
 
 
-def build(preset: str, in_channels: int, text_dim: int | None = None, noise_aware: bool = False) -> LatentRewardModel:
-    """A freshly initialised surrogate of a named preset."""
+def build(preset: str, in_channels: int, text_dim: int | None = None, noise_aware: bool = False,
+          codec_settings: dict | None = None) -> LatentRewardModel:
+    """A freshly initialised surrogate of a named preset; `codec_settings` (Codec.settings() of the latent
+    space) are needed by presets that run the codec's decoder (`needs_codec`)."""
     _architecture(preset)
-    return SURROGATES[preset](in_channels, text_dim=text_dim, noise_aware=noise_aware)
+    return SURROGATES[preset](in_channels, text_dim=text_dim, noise_aware=noise_aware, codec_settings=codec_settings)
+
+
+def needs_codec(preset: str) -> bool:
+    """True when the preset runs the codec's own decoder (build it with codec_settings)."""
+    return _architecture(preset).codec_decoder
 
 
 def _architecture(preset: str) -> Architecture:

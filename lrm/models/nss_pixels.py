@@ -1,4 +1,4 @@
-"""NSS-pixel backbone: NIQE itself on a grey image decoded from the latents by one linear conv.
+"""NSS-pixel backbones: NIQE itself on grey frames decoded from the latents by one linear conv, or by the codec.
 
 NIQE is a fixed computation on the grey pixels of a frame (lrm.rewards.quality): MSCN
 coefficients, their AGGD fits per 96-px patch, a Gaussian over patches, its distance to a pristine
@@ -23,6 +23,10 @@ head (README, "NIQE itself on a linear decode"). For a learned decoder (taef2) i
 linear one of this size. The cost is NIQE's own: pixel-level statistics, about 3 s per step of
 32 384-px frames on one CPU core, where the latent-resolution presets take under 1 s; no VAE
 decoder is run.
+
+`CodecNIQEBackbone` (preset image-nss-codec) computes the same on the codec's own decode instead:
+for a learned decoder, which no linear conv matches, the surrogate then starts as NIQE of the
+decoded frames, at the cost of running the frozen decoder per frame.
 """
 
 from __future__ import annotations
@@ -76,12 +80,27 @@ class NIQEDistance(nn.Module):
 
 def grey_frames(pixels: torch.Tensor) -> torch.Tensor:
     """(N, 3, H, W) RGB in [0, 1] -> (N, 1, H, W) float 0-255 grey, as NIQE sees a frame: rounded to 8
-    bits (lrm.rewards.base.to_uint8_frames), then scikit-video's grey weights."""
+    bits (lrm.rewards.base.to_uint8_frames; the gradient passes straight through), then scikit-video's
+    grey weights."""
     from lrm.rewards.quality import SKVIDEO_GRAY
 
-    rgb = (pixels.float().clamp(0, 1) * 255).round()
+    rgb = pixels.clamp(0, 1) * 255
+    rgb = rgb + (rgb.round() - rgb).detach()
     weights = torch.tensor(SKVIDEO_GRAY, dtype=rgb.dtype, device=rgb.device)
     return torch.einsum("nchw,c->nhw", rgb, weights).unsqueeze(1)
+
+
+def niqe_of_grey(grey: torch.Tensor, distance: NIQEDistance) -> torch.Tensor:
+    """(M, 1, H, W) 0-255 grey frames -> (M, 37): NIQE's distance and the patches' standardised feature mean.
+    At full and half scale (bicubic with antialiasing, as NIQE's PIL resize): the 20 patch moments of the
+    MSCN coefficients and their 4 paired products (stabiliser 1, as NIQE's), then NIQE's features and
+    distance."""
+    half = F.interpolate(grey, scale_factor=0.5, mode="bicubic", antialias=True, align_corners=False)
+    c = torch.ones(1, dtype=grey.dtype, device=grey.device)  # NIQE's MSCN stabiliser on 0-255 pixels
+    moments = torch.cat([nss_patch_moments(grey, c, NIQE_PATCH_PIXELS),
+                         nss_patch_moments(half, c, NIQE_PATCH_PIXELS // 2)], dim=2)  # (M, P, 40)
+    d, mean = distance(moments)
+    return torch.cat([d.unsqueeze(1), mean], dim=1)  # (M, 37)
 
 
 def cell_neighbourhoods(x: torch.Tensor) -> torch.Tensor:
@@ -117,13 +136,7 @@ class NSSPixelBackbone(nn.Module):
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         check_two_patches(x, NIQE_PATCH_CELLS)
-        grey = self.grey(x, cond)
-        half = F.interpolate(grey, scale_factor=0.5, mode="bicubic", antialias=True, align_corners=False)
-        c = torch.ones(1, dtype=grey.dtype, device=grey.device)  # NIQE's MSCN stabiliser on 0-255 pixels
-        moments = torch.cat([nss_patch_moments(grey, c, NIQE_PATCH_PIXELS),
-                             nss_patch_moments(half, c, NIQE_PATCH_PIXELS // 2)], dim=2)  # (M, P, 40)
-        distance, mean = self.distance(moments)
-        return torch.cat([distance.unsqueeze(1), mean], dim=1)  # (M, 37)
+        return niqe_of_grey(self.grey(x, cond), self.distance)
 
     @torch.no_grad()
     def fit_decoder(self, latents: torch.Tensor, grey: torch.Tensor) -> float:
@@ -137,3 +150,41 @@ class NSSPixelBackbone(nn.Module):
         self.decoder.weight.copy_(solution[:-1].T.reshape(self.decoder.weight.shape))
         self.decoder.bias.copy_(solution[-1])
         return (x @ solution - y).abs().mean().item()
+
+
+class CodecNIQEBackbone(nn.Module):
+    """Frames (M, c, h, w) -> features (M, 37): NIQE's distance on the codec's own decode of the frames, and
+    the patches' standardised feature mean.
+
+        frames (M, c, h, w) -> codec.decode, rounded to 8 bits (straight-through), grey  (M, 1, H, W)
+            -> niqe_of_grey                                                             (M, 37)
+
+    The codec is frozen and is not a submodule: its weights are neither trained nor saved with the
+    surrogate (it is rebuilt from the recorded codec settings on loading), but it moves with the
+    surrogate across devices and dtypes. The surrogate learns only NIQE's reference Gaussian and the
+    head, so in any latent space it starts as NIQE of the decoded frames (lrm.decoder_init fits the
+    head's line). The cost is the codec decoder's: for taef2, 1.2M parameters run per frame.
+    """
+
+    def __init__(self, codec):
+        super().__init__()
+        self._codec = (codec.requires_grad_(False).eval(),)  # in a tuple: not registered as a submodule
+        self.distance = NIQEDistance()
+        self.feature_dim = 1 + NIQE_FEATURES
+        self.patch_cells = NIQE_PATCH_PIXELS // codec.spatial_factor
+
+    @property
+    def codec(self):
+        return self._codec[0]
+
+    def _apply(self, fn, recurse=True):
+        self.codec._apply(fn, recurse)  # .to(device), .double(), ... reach the frozen codec too
+        return super()._apply(fn, recurse)
+
+    def grey(self, x: torch.Tensor) -> torch.Tensor:
+        """(M, c, h, w) -> (M, 1, H, W) the codec's decoded frames in grey, 0-255 in 8-bit levels."""
+        return grey_frames(self.codec.decode(x.unsqueeze(1))[:, 0])  # decode reads (B, T, c, h, w)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        check_two_patches(x, self.patch_cells)
+        return niqe_of_grey(self.grey(x), self.distance)

@@ -9,7 +9,8 @@ BRISQUE) or per consecutive frame pair (flicker, motion). "-patch-gaussian" is N
 (lrm.models.patch_gaussian): per-patch features, their Gaussian, its distance to a learned one;
 "-mscn-gaussian" (lrm.models.mscn_gaussian) the same on NIQE's own pixel-level MSCN statistics of
 learned pixel planes; "-nss-pixels" (lrm.models.nss_pixels) computes NIQE itself (differentiably)
-on grey pixels decoded by one linear 3x3 conv.
+on grey pixels decoded by one linear 3x3 conv, "-nss-codec" on the codec's own decode (its decoder run
+frozen inside the surrogate).
 "-log" presets also feed the backbone log energies of the latents (natural-scene-statistics
 rewards: BRISQUE, NIQE). Text presets add Tab. 11's cross-attention on text tokens.
 """
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from lrm.models.cnn import ConvBackbone
 from lrm.models.fullres import FullResolutionBackbone
 from lrm.models.mscn_gaussian import MSCNGaussianBackbone
-from lrm.models.nss_pixels import NSSPixelBackbone
+from lrm.models.nss_pixels import CodecNIQEBackbone, NSSPixelBackbone
 from lrm.models.patch_gaussian import PatchGaussianBackbone
 from lrm.models.surrogate import LatentRewardModel
 from lrm.models.timestep import TimestepEmbedding
@@ -44,6 +45,8 @@ class Architecture:
     mscn: bool = False  # with patch_gaussian: MSCNGaussianBackbone (feature_dim: its pixel planes)
     patch_features: int = 16  # patch-Gaussian: features per patch, the Gaussian's dimension (NIQE's: 36)
     nss_pixels: bool = False  # True: NSSPixelBackbone (no widths; feature_dim: its 64 grey pixels per cell)
+    codec_decoder: bool = False  # with nss_pixels: CodecNIQEBackbone, the codec's own decoder (no widths, no
+    #                              feature_dim: it reads NIQE's distance and 36 features)
 
     @property
     def niqe_patches(self) -> bool:
@@ -94,11 +97,16 @@ ARCHITECTURES: dict[str, Architecture] = {
     # NSS pixels (lrm.models.nss_pixels): NIQE itself on grey pixels decoded by one linear 3x3 conv,
     # which lrm.fitting fits to the codec's decoder by least squares before training.
     "image-nss-pixels": Architecture((), 64, nss_pixels=True),
+    # NSS codec (lrm.models.nss_pixels): NIQE itself on the codec's own decode, the decoder run frozen
+    # inside the surrogate; for learned decoders no linear conv matches (taef2: 16.9 grey levels off).
+    "image-nss-codec": Architecture((), 0, nss_pixels=True, codec_decoder=True),
 }
 
 
-def assemble(preset: str, in_channels: int, text_dim: int | None = None, noise_aware: bool = False) -> LatentRewardModel:
-    """Build the named architecture for `in_channels` latent channels (and `text_dim` text tokens)."""
+def assemble(preset: str, in_channels: int, text_dim: int | None = None, noise_aware: bool = False,
+             codec_settings: dict | None = None) -> LatentRewardModel:
+    """Build the named architecture for `in_channels` latent channels (and `text_dim` text tokens);
+    `codec_settings` (Codec.settings()) name the latent space, which "-nss-codec" presets decode."""
     arch = ARCHITECTURES[preset]
     if in_channels < 1:
         raise ValueError(f"surrogate {preset!r}: in_channels must be >= 1, got {in_channels}")
@@ -108,7 +116,9 @@ def assemble(preset: str, in_channels: int, text_dim: int | None = None, noise_a
         )
     cond_dim = TIME_EMBED_DIM if noise_aware else None
     backbone_channels = 2 * in_channels if arch.log_energy else in_channels
-    if arch.nss_pixels:
+    if arch.codec_decoder:
+        backbone = CodecNIQEBackbone(frame_codec(preset, in_channels, codec_settings, noise_aware))
+    elif arch.nss_pixels:
         backbone = NSSPixelBackbone(backbone_channels, cond_dim=cond_dim)
     elif arch.mscn:
         backbone = MSCNGaussianBackbone(backbone_channels, arch.widths, arch.feature_dim, arch.patch_features,
@@ -126,3 +136,24 @@ def assemble(preset: str, in_channels: int, text_dim: int | None = None, noise_a
         time_embedding=TimestepEmbedding(TIME_EMBED_DIM) if noise_aware else None,
         pooled_stats=arch.pooled_stats, log_energy=arch.log_energy,
     )
+
+
+def frame_codec(preset: str, in_channels: int, codec_settings: dict | None, noise_aware: bool):
+    """The codec a "-nss-codec" surrogate decodes with, rebuilt from `codec_settings`; a ValueError naming the
+    fix when it cannot serve: no settings given, another channel count, a video codec, noise-aware."""
+    from lrm import codecs
+
+    who = f"surrogate {preset!r}"
+    if noise_aware:
+        raise ValueError(f"{who} decodes clean latents with the codec's own decoder and has no noise-aware "
+                         "variant; fit it without --noise-aware")
+    if codec_settings is None:
+        raise ValueError(f"{who} runs the codec's own decoder: pass codec_settings (Codec.settings() of the "
+                         "latent space; `lrm fit` passes the store's)")
+    codec = codecs.from_settings(codec_settings)
+    if codec.channels != in_channels:
+        raise ValueError(f"{who}: codec {codec.name!r} makes {codec.channels}-channel latents, not {in_channels}")
+    if codec.temporal_factor != 1:
+        raise ValueError(f"{who} decodes frame by frame, but codec {codec.name!r} decodes "
+                         f"{codec.temporal_factor} frames per latent frame; use image-nss-pixels")
+    return codec

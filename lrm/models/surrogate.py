@@ -34,7 +34,7 @@ from lrm.labels import LABEL_TRANSFORMS
 from lrm.models.cnn import ConvBackbone
 from lrm.models.fullres import FullResolutionBackbone
 from lrm.models.mscn_gaussian import MSCNGaussianBackbone
-from lrm.models.nss_pixels import NSSPixelBackbone
+from lrm.models.nss_pixels import CodecNIQEBackbone, NSSPixelBackbone
 from lrm.models.patch_gaussian import PatchGaussianBackbone
 from lrm.models.timestep import TimestepEmbedding
 from lrm.models.xattn import TextCrossAttention
@@ -106,7 +106,7 @@ class LatentRewardModel(nn.Module):
 
     def __init__(self, preset: str, in_channels: int,
                  backbone: ConvBackbone | FullResolutionBackbone | PatchGaussianBackbone | MSCNGaussianBackbone
-                 | NSSPixelBackbone,
+                 | NSSPixelBackbone | CodecNIQEBackbone,
                  per_frame: bool,
                  cross_attention: TextCrossAttention | None = None,
                  time_embedding: TimestepEmbedding | None = None, pooled_stats: bool = False,
@@ -294,7 +294,7 @@ class LatentRewardModel(nn.Module):
                 f"(got format={config.get('format')!r}, version={config.get('format_version')!r})"
             )
         model = build(config["preset"], config["in_channels"], text_dim=config["text_dim"],
-                      noise_aware=config["noise_aware"])
+                      noise_aware=config["noise_aware"], codec_settings=config.get("codec_settings"))
         model.load_state_dict(load_file(weights_path, device=str(map_location)))
         stats = config.get("label_stats", {})
         model.set_label_stats(float(model.label_mean), float(model.label_std),

@@ -1,0 +1,145 @@
+"""What a surrogate costs per frame, next to the pixel path it replaces (decode + reward).
+
+For each image preset (default: all that read no text), build it for a codec's latents of
+`--size`-px frames, then time on a batch of procedural frames (benchmarks/rewards.py) encoded by
+that codec:
+- "forward": a prediction without gradients (scoring, validation);
+- "forward + backward": a prediction and the gradient with respect to the latents and the
+  surrogate's weights (a fitting step; reward fine-tuning needs the latent gradient).
+Beside them, the pixel path for `--rewards`: the codec's decoder, then the pixel reward (no
+gradient: NIQE and BRISQUE are not differentiable). Seconds per frame are the best of `--repeats`
+timed calls after one warm-up call, on `--threads` CPU threads. Prints a table, writes JSON.
+
+    python benchmarks/surrogate_cost.py                                   # dct, 384 px, every image preset
+    LRM_WEIGHTS=../shared/data/weights/taesd python benchmarks/surrogate_cost.py --codec taef2 \\
+        --out benchmarks/results/surrogate_cost_taef2.json
+    python benchmarks/surrogate_cost.py --presets image-cnn image-nss-pixels --out /tmp/cost.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from rewards import procedural_clips  # noqa: E402  (benchmarks/ is a folder of scripts, not a package)
+from lrm import codecs  # noqa: E402
+from lrm.io import atomic_write_json  # noqa: E402
+from lrm.models import ARCHITECTURES, build, needs_text  # noqa: E402
+from lrm.rewards import REWARDS  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+IMAGE_PRESETS = [name for name, arch in ARCHITECTURES.items()
+                 if not arch.temporal and not needs_text(name) and not name.startswith("video-")]
+
+
+@dataclass
+class Row:
+    what: str  # preset name, or "decode + REWARD" for the pixel path
+    trainable_parameters: int | None  # the surrogate's trained weights (None: the pixel path)
+    forward_s: float = math.nan  # seconds per frame, no gradient
+    forward_backward_s: float = math.nan  # seconds per frame, gradient to the latents and the weights
+    status: str = "ok"
+
+
+def best_time(call, repeats: int) -> float:
+    """Best wall seconds of `repeats` calls of `call()`, after one warm-up call."""
+    call()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def measure_preset(preset: str, latents: torch.Tensor, codec_settings: dict, repeats: int) -> Row:
+    """latents (N, 1, c, h, w): the surrogate's seconds per frame without and with gradients."""
+    frames = latents.shape[0]
+    try:
+        model = build(preset, latents.shape[2], codec_settings=codec_settings)
+    except ValueError as error:  # e.g. a preset whose patches do not fit the frames
+        return Row(preset, None, status=f"not built: {error}")
+    row = Row(preset, sum(p.numel() for p in model.parameters() if p.requires_grad))
+
+    def forward():
+        with torch.no_grad():
+            model(latents)
+
+    def forward_backward():
+        x = latents.clone().requires_grad_(True)
+        model.zero_grad()
+        model(x).sum().backward()
+
+    row.forward_s = best_time(forward, repeats) / frames
+    row.forward_backward_s = best_time(forward_backward, repeats) / frames
+    return row
+
+
+def measure_pixel_path(reward: str, codec, latents: torch.Tensor, repeats: int) -> Row:
+    """Seconds per frame of the codec's decoder followed by the pixel reward, without gradients."""
+    score = REWARDS[reward].factory()
+
+    def decode_and_score():
+        with torch.no_grad():
+            score(codec.decode(latents))
+
+    return Row(f"decode + {reward}", None, forward_s=best_time(decode_and_score, repeats) / latents.shape[0])
+
+
+def format_table(rows: list[Row]) -> str:
+    lines = [f"{'surrogate / pixel path':34s} {'trained params':>14s} {'forward s/frame':>16s} "
+             f"{'fwd+bwd s/frame':>16s}  status"]
+    for r in rows:
+        params = "-" if r.trainable_parameters is None else f"{r.trainable_parameters:,}"
+        lines.append(f"{r.what:34s} {params:>14s} {r.forward_s:16.4f} {r.forward_backward_s:16.4f}  {r.status}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--codec", default="dct", help="lrm.codecs name (default: dct; taef2 needs $LRM_WEIGHTS)")
+    parser.add_argument("--presets", nargs="+", choices=IMAGE_PRESETS, default=IMAGE_PRESETS,
+                        help="image presets to time (default: all that read no text)")
+    parser.add_argument("--rewards", nargs="*", default=["niqe"], choices=sorted(REWARDS),
+                        help="pixel rewards timed after the codec's decoder (default: niqe)")
+    parser.add_argument("--frames", type=int, default=4, help="frames per batch")
+    parser.add_argument("--size", type=int, default=384, help="frame side in pixels (NIQE presets need 192+)")
+    parser.add_argument("--repeats", type=int, default=2, help="timed calls per measurement; the best is kept")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: comparable on shared machines)")
+    parser.add_argument("--out", type=Path, help="JSON results file (default: benchmarks/results/surrogate_cost.json, "
+                                                 "or surrogate_cost_CODEC.json for another codec)")
+    args = parser.parse_args()
+    for name in ("frames", "size", "repeats", "threads"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1")
+    out = args.out or RESULTS / ("surrogate_cost.json" if args.codec == "dct" else f"surrogate_cost_{args.codec}.json")
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    torch.set_num_threads(args.threads)
+    codec = codecs.load(args.codec).eval()
+    with torch.no_grad():
+        latents = codec.encode(procedural_clips(args.frames, 1, args.size))  # (N, 1, c, h, w)
+    rows = [measure_preset(p, latents, codec.settings(), args.repeats) for p in args.presets]
+    rows += [measure_pixel_path(r, codec, latents, args.repeats) for r in args.rewards]
+    print(format_table(rows))
+    atomic_write_json(out, {
+        "setup": {"codec": codec.codec_id, "frames": args.frames, "size": args.size, "latent_shape":
+                  list(latents.shape[1:]), "repeats": args.repeats, "threads": args.threads, "device": "cpu",
+                  "torch": torch.__version__, "machine": platform.machine(), "processor": platform.processor()},
+        "rows": [{k: None if isinstance(v, float) and v != v else v for k, v in asdict(r).items()} for r in rows],
+    })
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
