@@ -4,15 +4,16 @@ For each image preset (default: all that read no text), build it for a codec's l
 `--size`-px frames, then time on a batch of procedural frames (benchmarks/rewards.py) encoded by
 that codec:
 - "forward": a prediction without gradients (scoring, validation);
-- "forward + backward": a prediction and the gradient with respect to the latents and the
-  surrogate's weights (a fitting step; reward fine-tuning needs the latent gradient).
+- "fit step": forward and the gradient to the surrogate's weights, the latents fixed (a fitting
+  step without the optimiser);
+- "tuning step": forward and the gradient to the latents and the weights (what reward fine-tuning
+  backpropagates through the surrogate).
 Beside them, the pixel path for `--rewards`: the codec's decoder, then the pixel reward (no
 gradient: NIQE and BRISQUE are not differentiable). Seconds per frame are the best of `--repeats`
 timed calls after one warm-up call, on `--threads` CPU threads. Prints a table, writes JSON.
 
     python benchmarks/surrogate_cost.py                                   # dct, 384 px, every image preset
-    LRM_WEIGHTS=../shared/data/weights/taesd python benchmarks/surrogate_cost.py --codec taef2 \\
-        --out benchmarks/results/surrogate_cost_taef2.json
+    LRM_WEIGHTS=../shared/data/weights/taesd python benchmarks/surrogate_cost.py --codec taef2
     python benchmarks/surrogate_cost.py --presets image-cnn image-nss-pixels --out /tmp/cost.json
 """
 
@@ -22,6 +23,7 @@ import argparse
 import math
 import os
 import platform
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -37,6 +39,7 @@ from lrm.models import ARCHITECTURES, build, needs_text  # noqa: E402
 from lrm.rewards import REWARDS  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
+IMAGE_REWARDS = sorted(name for name, entry in REWARDS.items() if entry.spec.kind == "image")
 IMAGE_PRESETS = [name for name, arch in ARCHITECTURES.items()
                  if not arch.temporal and not needs_text(name) and not name.startswith("video-")]
 
@@ -46,7 +49,8 @@ class Row:
     what: str  # preset name, or "decode + REWARD" for the pixel path
     trainable_parameters: int | None  # the surrogate's trained weights (None: the pixel path)
     forward_s: float = math.nan  # seconds per frame, no gradient
-    forward_backward_s: float = math.nan  # seconds per frame, gradient to the latents and the weights
+    fit_step_s: float = math.nan  # seconds per frame, gradient to the weights
+    tuning_step_s: float = math.nan  # seconds per frame, gradient to the latents and the weights
     status: str = "ok"
 
 
@@ -66,21 +70,22 @@ def measure_preset(preset: str, latents: torch.Tensor, codec_settings: dict, rep
     frames = latents.shape[0]
     try:
         model = build(preset, latents.shape[2], codec_settings=codec_settings)
-    except ValueError as error:  # e.g. a preset whose patches do not fit the frames
-        return Row(preset, None, status=f"not built: {error}")
-    row = Row(preset, sum(p.numel() for p in model.parameters() if p.requires_grad))
+        row = Row(preset, sum(p.numel() for p in model.parameters() if p.requires_grad))
 
-    def forward():
-        with torch.no_grad():
-            model(latents)
+        def forward():
+            with torch.no_grad():
+                model(latents)
 
-    def forward_backward():
-        x = latents.clone().requires_grad_(True)
-        model.zero_grad()
-        model(x).sum().backward()
+        def step(to_latents: bool):
+            x = latents.clone().requires_grad_(to_latents)
+            model.zero_grad()
+            model(x).sum().backward()
 
-    row.forward_s = best_time(forward, repeats) / frames
-    row.forward_backward_s = best_time(forward_backward, repeats) / frames
+        row.forward_s = best_time(forward, repeats) / frames
+        row.fit_step_s = best_time(lambda: step(False), repeats) / frames
+        row.tuning_step_s = best_time(lambda: step(True), repeats) / frames
+    except ValueError as error:  # e.g. frames too small for NIQE's two patches
+        return Row(preset, None, status=f"not measured: {error}")
     return row
 
 
@@ -92,15 +97,21 @@ def measure_pixel_path(reward: str, codec, latents: torch.Tensor, repeats: int) 
         with torch.no_grad():
             score(codec.decode(latents))
 
-    return Row(f"decode + {reward}", None, forward_s=best_time(decode_and_score, repeats) / latents.shape[0])
+    row = Row(f"decode + {reward}", None)
+    try:
+        row.forward_s = best_time(decode_and_score, repeats) / latents.shape[0]
+    except ValueError as error:  # e.g. frames too small for the reward (InputError)
+        row.status = f"not measured: {error}"
+    return row
 
 
 def format_table(rows: list[Row]) -> str:
     lines = [f"{'surrogate / pixel path':34s} {'trained params':>14s} {'forward s/frame':>16s} "
-             f"{'fwd+bwd s/frame':>16s}  status"]
+             f"{'fit step s/frame':>17s} {'tuning step s/frame':>20s}  status"]
     for r in rows:
         params = "-" if r.trainable_parameters is None else f"{r.trainable_parameters:,}"
-        lines.append(f"{r.what:34s} {params:>14s} {r.forward_s:16.4f} {r.forward_backward_s:16.4f}  {r.status}")
+        lines.append(f"{r.what:34s} {params:>14s} {r.forward_s:16.4f} {r.fit_step_s:17.4f} "
+                     f"{r.tuning_step_s:20.4f}  {r.status}")
     return "\n".join(lines)
 
 
@@ -110,19 +121,20 @@ def main() -> None:
     parser.add_argument("--codec", default="dct", help="lrm.codecs name (default: dct; taef2 needs $LRM_WEIGHTS)")
     parser.add_argument("--presets", nargs="+", choices=IMAGE_PRESETS, default=IMAGE_PRESETS,
                         help="image presets to time (default: all that read no text)")
-    parser.add_argument("--rewards", nargs="*", default=["niqe"], choices=sorted(REWARDS),
-                        help="pixel rewards timed after the codec's decoder (default: niqe)")
+    parser.add_argument("--rewards", nargs="*", default=["niqe"], choices=IMAGE_REWARDS,
+                        help="image rewards timed after the codec's decoder (default: niqe)")
     parser.add_argument("--frames", type=int, default=4, help="frames per batch")
     parser.add_argument("--size", type=int, default=384, help="frame side in pixels (NIQE presets need 192+)")
     parser.add_argument("--repeats", type=int, default=2, help="timed calls per measurement; the best is kept")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: comparable on shared machines)")
     parser.add_argument("--out", type=Path, help="JSON results file (default: benchmarks/results/surrogate_cost.json, "
-                                                 "or surrogate_cost_CODEC.json for another codec)")
+                                                 "or surrogate_cost_taef2.json for taef2)")
     args = parser.parse_args()
     for name in ("frames", "size", "repeats", "threads"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
-    out = args.out or RESULTS / ("surrogate_cost.json" if args.codec == "dct" else f"surrogate_cost_{args.codec}.json")
+    tag = "" if args.codec == "dct" else "_" + re.sub(r"[^A-Za-z0-9.-]+", "-", args.codec)  # diffusers:org/x -> safe
+    out = args.out or RESULTS / f"surrogate_cost{tag}.json"
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.threads)

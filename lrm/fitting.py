@@ -546,6 +546,7 @@ def fit_surrogate(store, label: str, config: FitConfig, out_dir: str | Path, *, 
         torch.set_rng_state(rng)
         step, history, bad_evals = record["step"], record["history"], record["bad_evals"]
         stopped_early, best = record["stopped_early"], record["best"]
+        model.info.extra.update(record.get("model_extra", {}))
         best["spearman"] = -math.inf if best["spearman"] is None else best["spearman"]
     if is_main:
         lines = "".join(json.dumps(r) + "\n" for r in history)
@@ -580,7 +581,8 @@ def fit_surrogate(store, label: str, config: FitConfig, out_dir: str | Path, *, 
     def checkpoint() -> None:
         if is_main:
             state = {"history": history, "bad_evals": bad_evals, "stopped_early": stopped_early,
-                     "best": {**best, "spearman": best["spearman"] if math.isfinite(best["spearman"]) else None}}
+                     "best": {**best, "spearman": best["spearman"] if math.isfinite(best["spearman"]) else None},
+                     "model_extra": model.info.extra}  # with what initialise_from_decoder recorded
             _save_checkpoint(checkpoints, step, model, best_state, optimizer, state, config.keep_checkpoints)
 
     model.train()

@@ -21,6 +21,7 @@ import torch
 
 from lrm.datasets.store import LatentStore
 from lrm.fidelity import FidelityReport, assess, features_of, fidelity_by_noise, fidelity_metrics, fit_baselines
+from lrm.models import ARCHITECTURES, needs_codec
 
 # reward kind -> surrogate preset (temporal rewards need a temporal backbone). Image and video
 # default to the "-stats" heads: the real-data benchmark (benchmarks/fidelity.py) measures them,
@@ -178,21 +179,49 @@ def check_run_fits_job(job: FitJob, run_dir: Path) -> None:
                          "Fix: re-run with the same settings, or write to a new --out folder")
 
 
+def latent_space(job: FitJob) -> tuple[dict, tuple[int, int]]:
+    """The codec settings and latent (h, w) of the job's store, or of the store it would encode."""
+    if job.store:
+        store = LatentStore.open(job.store)
+        return store.codec_settings, tuple(store.latent_shape[-2:])
+    from lrm.codecs import load as load_codec
+
+    settings = load_codec(job.codec).settings()
+    return settings, (job.size // settings["spatial_factor"],) * 2
+
+
+def check_preset_fits(preset: str, codec_settings: dict, latent_side: tuple[int, int], noise_aware: bool) -> None:
+    """Refuse, with the fix, a preset that latents of `codec_settings` at `latent_side` (h, w) cannot feed:
+    NIQE's structure needs two 96-px patches per frame; presets that run the codec's decoder need a
+    per-frame codec and clean latents."""
+    from lrm.models.mscn_gaussian import NIQE_PATCH_PIXELS
+    from lrm.models.patch_gaussian import check_two_patches
+    from lrm.models.presets import frame_codec
+
+    arch = ARCHITECTURES[preset]
+    if arch.codec_decoder:
+        frame_codec(preset, codec_settings["channels"], codec_settings, noise_aware)
+    if arch.niqe_patches:
+        check_two_patches(torch.empty(latent_side), NIQE_PATCH_PIXELS // codec_settings["spatial_factor"])
+
+
 def run_fit(job: FitJob, progress: bool = True, resume: bool = True) -> FitOutcome:
     """Encode (or reuse) a store, label it, fit a surrogate, and write the fidelity report."""
     from lrm.fitting import FitConfig, fit_surrogate, latent_mirror
-    from lrm.models import needs_codec
 
     spec = reward_spec(job)
     run_dir = job.run_dir()
-    if job.augment == "hflip":  # a codec without an exact mirror is refused before encoding and labelling
-        from lrm.codecs import load as load_codec
-
-        latent_mirror(LatentStore.open(job.store).codec_settings if job.store else load_codec(job.codec).settings())
+    preset = job.preset or DEFAULT_PRESETS[spec.kind]
+    arch = ARCHITECTURES[preset]
+    if job.augment == "hflip" or arch.codec_decoder or arch.niqe_patches:  # the codec is loaded only for these
+        # refused before encoding and labelling: a codec without an exact mirror, a preset these latents cannot feed
+        codec_settings, latent_side = latent_space(job)
+        if job.augment == "hflip":
+            latent_mirror(codec_settings)
+        check_preset_fits(preset, codec_settings, latent_side, job.noise_aware)
     if resume:
         check_run_fits_job(job, run_dir)
     store = prepare_store(job, spec, progress)
-    preset = job.preset or DEFAULT_PRESETS[spec.kind]
     config = FitConfig(preset=preset, steps=job.steps, batch_size=job.batch_size, lr=job.lr, loss=job.loss,
                        label_transform=job.label_transform, noise_aware=job.noise_aware, augment=job.augment,
                        seed=job.seed, split_seed=job.seed, eval_every=job.eval_every, device=job.device)

@@ -291,3 +291,11 @@ def test_predict_skips_a_still_image_for_a_video_surrogate_and_score_refuses_zer
     for flag in ("--frames", "--stride", "--size"):
         zero = runner.invoke(app, ["score", "sharpness", str(tmp_path / "still.png"), flag, "0"])
         assert zero.exit_code == 2 and f"Invalid value for '{flag}'" in zero.output
+
+
+def test_a_preset_the_latents_cannot_feed_is_refused_before_encoding(tmp_path):
+    # NIQE's structure needs two 96-px patches per frame: the default 128-px frames have one.
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["fit", "niqe", "--model", "image-nss-codec", "--out", str(run)])
+    assert result.exit_code != 0 and "at least 2 patches" in str(result.exception)
+    assert not (run / "store").exists()

@@ -505,3 +505,4 @@ def test_nss_surrogates_start_from_the_codecs_decoder_as_niqe(tmp_path, monkeypa
     monkeypatch.setattr(lrm.fitting, "initialise_from_decoder", lambda *args: pytest.fail("decoder refitted"))
     resumed = fit_surrogate(store, "niqe@decoded", config, tmp_path / "run", resume=True)
     assert resumed.history == result.history
+    assert resumed.model.info.extra == result.model.info.extra  # decoder_rows (and decoder_mae) kept

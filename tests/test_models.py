@@ -1,5 +1,6 @@
 """Surrogate architectures: the paper's parameter counts, every preset, the shared forward, save/load."""
 
+import copy
 import json
 
 import numpy as np
@@ -515,13 +516,19 @@ def test_nss_codec_surrogate_trains_only_its_head_and_saves_no_codec_weights(tmp
     x = latents.clone().requires_grad_(True)
     model(x).sum().backward()  # the reward-tuning gradient reaches the latents through the decoder
     assert x.grad.abs().sum() > 0 and all(torch.isfinite(p.grad).all() for p in model.parameters())
-    # dtype moves reach the frozen codec, and a saved surrogate rebuilds it from its codec settings
-    assert model.double().backbone.codec.synthesis.dtype == torch.float64
-    model.float().info.codec_settings = codec.settings()
+    # the frozen codec follows the surrogate's device, keeps its own dtype (dct's float64 constants), and
+    # the surrogate's output keeps the input's
+    assert model.double()(latents.double()).dtype == torch.float64
+    assert model.float().backbone.codec.synthesis.dtype == torch.float64
+    meta = copy.deepcopy(model).to("meta")
+    assert meta.backbone.codec.synthesis.device.type == "meta" and model.backbone.codec.synthesis.device.type == "cpu"
+    # a saved surrogate rebuilds the codec from the settings it was built with
     model.save_pretrained(tmp_path / "m")
-    loaded = LatentRewardModel.from_pretrained(tmp_path / "m", codec_settings=codec.settings())
+    loaded = LatentRewardModel.from_pretrained(tmp_path / "m")
     model.eval()
     torch.testing.assert_close(loaded(latents), model(latents), rtol=0, atol=0)
+    with pytest.raises(CodecMismatchError, match="differs in"):  # checked before the codec is built
+        LatentRewardModel.from_pretrained(tmp_path / "m", codec_settings={**codec.settings(), "version": "0"})
 
 
 def test_nss_codec_surrogate_refuses_what_it_cannot_decode():

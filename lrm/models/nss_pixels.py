@@ -20,9 +20,9 @@ does so before a fit, on 256 training rows): for a linear codec such as dct it i
 decoder (up to clamping and 8-bit rounding), and the surrogate starts as NIQE of the decoded
 frames; fitted on NIQE's labels from there at lr 1e-4, it keeps that ranking and calibrates the
 head (README, "NIQE itself on a linear decode"). For a learned decoder (taef2) it is the best
-linear one of this size. The cost is NIQE's own: pixel-level statistics, about 3 s per step of
-32 384-px frames on one CPU core, where the latent-resolution presets take under 1 s; no VAE
-decoder is run.
+linear one of this size. The cost is NIQE's own: pixel-level statistics, a fit step of 0.034 s
+per 384-px frame on one CPU thread, 14 times `image-cnn-stats` (benchmarks/surrogate_cost.py);
+no VAE decoder is run.
 
 `CodecNIQEBackbone` (preset image-nss-codec) computes the same on the codec's own decode instead:
 for a learned decoder, which no linear conv matches, the surrogate then starts as NIQE of the
@@ -84,7 +84,7 @@ def grey_frames(pixels: torch.Tensor) -> torch.Tensor:
     grey weights."""
     from lrm.rewards.quality import SKVIDEO_GRAY
 
-    rgb = pixels.clamp(0, 1) * 255
+    rgb = pixels.to(torch.promote_types(pixels.dtype, torch.float32)).clamp(0, 1) * 255  # float32 or float64
     rgb = rgb + (rgb.round() - rgb).detach()
     weights = torch.tensor(SKVIDEO_GRAY, dtype=rgb.dtype, device=rgb.device)
     return torch.einsum("nchw,c->nhw", rgb, weights).unsqueeze(1)
@@ -156,14 +156,17 @@ class CodecNIQEBackbone(nn.Module):
     """Frames (M, c, h, w) -> features (M, 37): NIQE's distance on the codec's own decode of the frames, and
     the patches' standardised feature mean.
 
-        frames (M, c, h, w) -> codec.decode, rounded to 8 bits (straight-through), grey  (M, 1, H, W)
-            -> niqe_of_grey                                                             (M, 37)
+        frames (M, c, h, w), in chunks of the codec's batch size
+            -> codec.decode, rounded to 8 bits (straight-through), grey                 (m, 1, H, W)
+            -> niqe_of_grey                                                             (m, 37)
 
     The codec is frozen and is not a submodule: its weights are neither trained nor saved with the
-    surrogate (it is rebuilt from the recorded codec settings on loading), but it moves with the
-    surrogate across devices and dtypes. The surrogate learns only NIQE's reference Gaussian and the
-    head, so in any latent space it starts as NIQE of the decoded frames (lrm.decoder_init fits the
-    head's line). The cost is the codec decoder's: for taef2, 1.2M parameters run per frame.
+    surrogate (it is rebuilt from the recorded codec settings on loading). It follows the surrogate to
+    other devices but keeps its own dtype (codecs cast their inputs to it; the grey frames are at
+    least float32). The surrogate learns only NIQE's reference Gaussian and the head, so in any latent
+    space it starts as NIQE of the decoded frames (lrm.decoder_init fits the head's line). The cost is
+    the codec decoder's: for taef2, 1.34M parameters run per frame, and a gradient to the latents keeps
+    the decoder's activations (benchmarks/surrogate_cost.py).
     """
 
     def __init__(self, codec):
@@ -178,8 +181,9 @@ class CodecNIQEBackbone(nn.Module):
         return self._codec[0]
 
     def _apply(self, fn, recurse=True):
-        self.codec._apply(fn, recurse)  # .to(device), .double(), ... reach the frozen codec too
-        return super()._apply(fn, recurse)
+        moved = super()._apply(fn, recurse)
+        self.codec.to(self.distance.reference_mean.device)  # devices follow the surrogate, dtypes do not
+        return moved
 
     def grey(self, x: torch.Tensor) -> torch.Tensor:
         """(M, c, h, w) -> (M, 1, H, W) the codec's decoded frames in grey, 0-255 in 8-bit levels."""
@@ -187,4 +191,5 @@ class CodecNIQEBackbone(nn.Module):
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         check_two_patches(x, self.patch_cells)
-        return niqe_of_grey(self.grey(x), self.distance)
+        features = [niqe_of_grey(self.grey(chunk), self.distance) for chunk in x.split(self.codec.batch_size)]
+        return torch.cat(features).to(x.dtype)  # (M, 37)

@@ -130,12 +130,14 @@ def assemble(preset: str, in_channels: int, text_dim: int | None = None, noise_a
         backbone = FullResolutionBackbone(backbone_channels, arch.widths, arch.feature_dim, arch.temporal, cond_dim)
     else:
         backbone = ConvBackbone(backbone_channels, arch.widths, arch.feature_dim, arch.temporal, cond_dim)
-    return LatentRewardModel(
+    model = LatentRewardModel(
         preset, in_channels, backbone, per_frame=not arch.temporal,
         cross_attention=TextCrossAttention(backbone.feature_dim, text_dim) if arch.text else None,
         time_embedding=TimestepEmbedding(TIME_EMBED_DIM) if noise_aware else None,
         pooled_stats=arch.pooled_stats, log_energy=arch.log_energy,
     )
+    model.info.codec_settings = dict(codec_settings) if codec_settings is not None else None
+    return model
 
 
 def frame_codec(preset: str, in_channels: int, codec_settings: dict | None, noise_aware: bool):
@@ -146,7 +148,7 @@ def frame_codec(preset: str, in_channels: int, codec_settings: dict | None, nois
     who = f"surrogate {preset!r}"
     if noise_aware:
         raise ValueError(f"{who} decodes clean latents with the codec's own decoder and has no noise-aware "
-                         "variant; fit it without --noise-aware")
+                         "variant; fit it without noise awareness (drop --noise-aware, or noise_aware=False)")
     if codec_settings is None:
         raise ValueError(f"{who} runs the codec's own decoder: pass codec_settings (Codec.settings() of the "
                          "latent space; `lrm fit` passes the store's)")

@@ -89,6 +89,27 @@ class CodecMismatchError(ValueError):
     """A surrogate was fitted in one latent space and is being used in another."""
 
 
+def check_codec(preset: str, in_channels: int, fitted_in: dict | None, codec_settings: dict) -> None:
+    """Raise CodecMismatchError when latents of `codec_settings` cannot feed a surrogate of `preset` for
+    `in_channels` channels fitted in the latent space `fitted_in` (None: unknown, only channels checked)."""
+    channels = codec_settings.get("channels")
+    if channels is not None and channels != in_channels:
+        raise CodecMismatchError(
+            f"surrogate {preset!r} takes {in_channels}-channel latents but codec "
+            f"{codec_settings.get('name')!r} makes {channels}-channel latents; refit it in this codec's latent space"
+        )
+    if fitted_in is None:
+        return
+    diff = [k for k in CODEC_KEYS if k in fitted_in and k in codec_settings and fitted_in[k] != codec_settings[k]]
+    if diff:
+        theirs = {k: codec_settings[k] for k in CODEC_KEYS if k in codec_settings}
+        ours = {k: fitted_in[k] for k in CODEC_KEYS if k in fitted_in}
+        raise CodecMismatchError(
+            f"surrogate fitted in codec {ours} cannot read latents of codec {theirs} (differs in {diff}); "
+            "encode with the codec it was fitted in, or refit the surrogate"
+        )
+
+
 @dataclass
 class SurrogateInfo:
     """What the surrogate imitates and in which latent space; saved in config.json."""
@@ -226,23 +247,7 @@ class LatentRewardModel(nn.Module):
     # ---------------------------------------------------------------- compatibility
     def check_compatible(self, codec_settings: dict) -> None:
         """Raise CodecMismatchError when `codec_settings` is not the latent space this surrogate was fitted in."""
-        channels = codec_settings.get("channels")
-        if channels is not None and channels != self.in_channels:
-            raise CodecMismatchError(
-                f"surrogate {self.preset!r} takes {self.in_channels}-channel latents but codec "
-                f"{codec_settings.get('name')!r} makes {channels}-channel latents; refit it in this codec's latent space"
-            )
-        mine = self.info.codec_settings
-        if mine is None:
-            return
-        diff = [k for k in CODEC_KEYS if k in mine and k in codec_settings and mine[k] != codec_settings[k]]
-        if diff:
-            theirs = {k: codec_settings[k] for k in CODEC_KEYS if k in codec_settings}
-            ours = {k: mine[k] for k in CODEC_KEYS if k in mine}
-            raise CodecMismatchError(
-                f"surrogate fitted in codec {ours} cannot read latents of codec {theirs} (differs in {diff}); "
-                "encode with the codec it was fitted in, or refit the surrogate"
-            )
+        check_codec(self.preset, self.in_channels, self.info.codec_settings, codec_settings)
 
     # ---------------------------------------------------------------- save / load
     def config(self) -> dict:
@@ -293,13 +298,13 @@ class LatentRewardModel(nn.Module):
                 f"{config_path} is not an lrm surrogate of format {FORMAT} v{FORMAT_VERSION} "
                 f"(got format={config.get('format')!r}, version={config.get('format_version')!r})"
             )
+        if codec_settings is not None:  # before building: a preset that runs the codec would load its weights
+            check_codec(config["preset"], config["in_channels"], config.get("codec_settings"), codec_settings)
         model = build(config["preset"], config["in_channels"], text_dim=config["text_dim"],
-                      noise_aware=config["noise_aware"], codec_settings=config.get("codec_settings"))
+                      noise_aware=config["noise_aware"], codec_settings=config.get("codec_settings") or codec_settings)
         model.load_state_dict(load_file(weights_path, device=str(map_location)))
         stats = config.get("label_stats", {})
         model.set_label_stats(float(model.label_mean), float(model.label_std),
                               stats.get("transform", "none"), stats.get("shift", 0.0))
         model.info = SurrogateInfo(**{k: config.get(k) for k in SurrogateInfo.__dataclass_fields__ if k in config})
-        if codec_settings is not None:
-            model.check_compatible(codec_settings)
         return model.to(map_location).eval()
