@@ -40,7 +40,7 @@ def initialise_from_decoder(model: LatentRewardModel, store, train_rows: np.ndar
                          for i in range(0, len(sample), CHUNK)]).to(device)
     fitted = {"decoder_rows": int(len(sample))}
     if isinstance(model.backbone, NSSPixelBackbone):
-        fitted["decoder_mae"] = model.backbone.fit_decoder(latents, decoded_grey(store, sample).to(device))
+        fitted["decoder_mae"] = model.backbone.fit_decoder(latents, decoded_grey(store.codec_settings, latents))
     with torch.no_grad():
         distance = torch.cat([model.backbone(latents[i:i + CHUNK])[:, 0] for i in range(0, len(latents), CHUNK)])
         distance = distance.reshape(len(sample), -1).mean(dim=1).double()  # per row: mean over frames
@@ -54,12 +54,12 @@ def initialise_from_decoder(model: LatentRewardModel, store, train_rows: np.ndar
     return fitted
 
 
-def decoded_grey(store, rows: np.ndarray) -> torch.Tensor:
-    """(N*T, 1, H, W) the codec's decoded frames of `rows`, in grey as NIQE sees them (0-255, 8-bit levels)."""
+def decoded_grey(codec_settings: dict, frames: torch.Tensor) -> torch.Tensor:
+    """Latent frames (N, c, h, w) -> (N, 1, H, W) the codec's decode of them, in grey as NIQE sees them
+    (0-255, 8-bit levels), on the frames' device."""
     from lrm import codecs
     from lrm.models.nss_pixels import grey_frames
 
-    codec = codecs.from_settings(store.codec_settings).eval()
+    codec = codecs.from_settings(codec_settings).to(frames.device).eval()
     with torch.no_grad():
-        return torch.cat([grey_frames(codec.decode(store.latents(rows[i:i + CHUNK])).flatten(0, 1))
-                          for i in range(0, len(rows), CHUNK)])
+        return torch.cat([grey_frames(codec.decode(chunk.unsqueeze(1))[:, 0]) for chunk in frames.split(CHUNK)])

@@ -99,6 +99,7 @@ def resolved_job(job: FitJob) -> dict:
     spec = reward_spec(job)
     resolved = {**asdict(job), "run_dir": str(job.run_dir()), "label": job.label_name(),
                 "preset": job.preset or DEFAULT_PRESETS[spec.kind]}
+    check_job_fits_latents(job, resolved["preset"])  # what the real run would refuse before encoding
     if job.store:
         store = LatentStore.open(job.store)
         for key in ENCODE_FIELDS:
@@ -190,35 +191,36 @@ def latent_space(job: FitJob) -> tuple[dict, tuple[int, int]]:
     return settings, (job.size // settings["spatial_factor"],) * 2
 
 
-def check_preset_fits(preset: str, codec_settings: dict, latent_side: tuple[int, int], noise_aware: bool) -> None:
-    """Refuse, with the fix, a preset that latents of `codec_settings` at `latent_side` (h, w) cannot feed:
-    NIQE's structure needs two 96-px patches per frame; presets that run the codec's decoder need a
-    per-frame codec and clean latents."""
+def check_job_fits_latents(job: FitJob, preset: str) -> None:
+    """Before any encoding or labelling (run_fit, and `lrm fit --dry-run`): refuse, with the fix, hflip in a
+    codec without an exact mirror, and a preset the job's latents cannot feed: NIQE's structure needs two
+    96-px patches per frame; presets that run the codec's decoder need a per-frame codec and clean latents.
+    The codec is loaded only when one of these applies."""
+    from lrm.fitting import latent_mirror
     from lrm.models.mscn_gaussian import NIQE_PATCH_PIXELS
     from lrm.models.patch_gaussian import check_two_patches
-    from lrm.models.presets import frame_codec
+    from lrm.models.presets import check_frame_codec
 
     arch = ARCHITECTURES[preset]
+    if not (job.augment == "hflip" or arch.codec_decoder or arch.niqe_patches):
+        return
+    codec_settings, latent_side = latent_space(job)
+    if job.augment == "hflip":
+        latent_mirror(codec_settings)
     if arch.codec_decoder:
-        frame_codec(preset, codec_settings["channels"], codec_settings, noise_aware)
+        check_frame_codec(preset, codec_settings["channels"], codec_settings, job.noise_aware)
     if arch.niqe_patches:
         check_two_patches(torch.empty(latent_side), NIQE_PATCH_PIXELS // codec_settings["spatial_factor"])
 
 
 def run_fit(job: FitJob, progress: bool = True, resume: bool = True) -> FitOutcome:
     """Encode (or reuse) a store, label it, fit a surrogate, and write the fidelity report."""
-    from lrm.fitting import FitConfig, fit_surrogate, latent_mirror
+    from lrm.fitting import FitConfig, fit_surrogate
 
     spec = reward_spec(job)
     run_dir = job.run_dir()
     preset = job.preset or DEFAULT_PRESETS[spec.kind]
-    arch = ARCHITECTURES[preset]
-    if job.augment == "hflip" or arch.codec_decoder or arch.niqe_patches:  # the codec is loaded only for these
-        # refused before encoding and labelling: a codec without an exact mirror, a preset these latents cannot feed
-        codec_settings, latent_side = latent_space(job)
-        if job.augment == "hflip":
-            latent_mirror(codec_settings)
-        check_preset_fits(preset, codec_settings, latent_side, job.noise_aware)
+    check_job_fits_latents(job, preset)
     if resume:
         check_run_fits_job(job, run_dir)
     store = prepare_store(job, spec, progress)

@@ -96,13 +96,10 @@ def fit(
         raise typer.BadParameter(f"--label-pixels must be one of {', '.join(LABEL_PIXELS)}, got {label_pixels!r}")
     if augment not in AUGMENTS:
         raise typer.BadParameter(f"--augment must be one of {', '.join(AUGMENTS)}, got {augment!r}")
-    from lrm.models import SURROGATES, needs_codec
+    from lrm.models import SURROGATES
 
     if model is not None and model not in SURROGATES:
         raise typer.BadParameter(f"--model must be one of {', '.join(SURROGATES)}, got {model!r}")
-    if model is not None and needs_codec(model) and noise_aware:
-        raise typer.BadParameter(f"--model {model} decodes clean latents with the codec's own decoder and has no "
-                                 "noise-aware variant; drop --noise-aware")
     options = with_metric_options(parse_options(option), [reward], kind, input)
     job = FitJob(reward=reward, data=data, store=str(store) if store else None, out=str(out) if out else None,
                  label=label, label_pixels=label_pixels, codec=codec, count=count, frames=frames, size=size,

@@ -140,11 +140,10 @@ def assemble(preset: str, in_channels: int, text_dim: int | None = None, noise_a
     return model
 
 
-def frame_codec(preset: str, in_channels: int, codec_settings: dict | None, noise_aware: bool):
-    """The codec a "-nss-codec" surrogate decodes with, rebuilt from `codec_settings`; a ValueError naming the
-    fix when it cannot serve: no settings given, another channel count, a video codec, noise-aware."""
-    from lrm import codecs
-
+def check_frame_codec(preset: str, in_channels: int, codec_settings: dict | None, noise_aware: bool) -> None:
+    """A ValueError naming the fix when the latent space `codec_settings` cannot serve a "-nss-codec"
+    surrogate: no settings given, another channel count, a video codec, noise-aware. Reads the settings
+    only; the codec is not loaded."""
     who = f"surrogate {preset!r}"
     if noise_aware:
         raise ValueError(f"{who} decodes clean latents with the codec's own decoder and has no noise-aware "
@@ -152,10 +151,18 @@ def frame_codec(preset: str, in_channels: int, codec_settings: dict | None, nois
     if codec_settings is None:
         raise ValueError(f"{who} runs the codec's own decoder: pass codec_settings (Codec.settings() of the "
                          "latent space; `lrm fit` passes the store's)")
-    codec = codecs.from_settings(codec_settings)
-    if codec.channels != in_channels:
-        raise ValueError(f"{who}: codec {codec.name!r} makes {codec.channels}-channel latents, not {in_channels}")
-    if codec.temporal_factor != 1:
-        raise ValueError(f"{who} decodes frame by frame, but codec {codec.name!r} decodes "
-                         f"{codec.temporal_factor} frames per latent frame; use image-nss-pixels")
-    return codec
+    name = codec_settings.get("name")
+    if codec_settings["channels"] != in_channels:
+        raise ValueError(f"{who}: codec {name!r} makes {codec_settings['channels']}-channel latents, not {in_channels}")
+    if codec_settings.get("temporal_factor", 1) != 1:
+        raise ValueError(f"{who} decodes frame by frame, but codec {name!r} decodes "
+                         f"{codec_settings['temporal_factor']} frames per latent frame; use image-nss-pixels")
+
+
+def frame_codec(preset: str, in_channels: int, codec_settings: dict | None, noise_aware: bool):
+    """The codec a "-nss-codec" surrogate decodes with, rebuilt from `codec_settings` once they pass
+    `check_frame_codec`."""
+    from lrm import codecs
+
+    check_frame_codec(preset, in_channels, codec_settings, noise_aware)
+    return codecs.from_settings(codec_settings)
