@@ -6,8 +6,9 @@ and samplers work on x0/eps and never branch on the model:
   name          the model predicts               x0 from output o                     eps
   "eps"         eps                              (x_t - sigma o) / alpha              o
   "x0"          x0                               o                                    (x_t - alpha o) / sigma
-  "v"           alpha eps - sigma x0             (alpha x_t - sigma o) / (alpha^2+sigma^2)   (sigma x_t + alpha o) / (alpha^2+sigma^2)
-                (Salimans & Ho 2022; diffusers "v_prediction"; alpha^2 + sigma^2 = 1 on VP)
+  "v"           alpha eps - sigma x0             (alpha x_t - sigma o) / n            (sigma x_t + alpha o) / n
+                (n = alpha^2 + sigma^2, 1 on VP)
+                (Salimans & Ho 2022; diffusers "v_prediction")
   "conjugate-v" x0 - eps (DOLLAR Eq. 13)         (x_t + sigma o) / (alpha + sigma)    x0 - o
   "flow"        eps - x0 (rectified flow:        (x_t - sigma o) / (alpha + sigma)    x0 + o
                 d x_t / d sigma when alpha = 1 - sigma; SD3, FLUX, Wan)

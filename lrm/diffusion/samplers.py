@@ -26,10 +26,12 @@ from lrm.diffusion.schedules import CLEAN, Schedule, trailing_timesteps
 
 Noise = torch.Generator | Callable[[torch.Tensor], torch.Tensor] | None
 DenoiseFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t (B, ...), t (B,)) -> model output
+Coef = torch.Tensor | float  # alpha or sigma: a scalar or (B, 1, ..., 1) from `Schedule.alpha_sigma(t, x)`
 
 # DOLLAR supplementary Sec. 7.3, in sampling order (noisiest first), T = 1000:
 TEACHER_TIMESTEPS = tuple(trailing_timesteps(50).tolist())  # DDIM 50 steps: 999, 979, ..., 19
-STUDENT_TIMESTEPS = {n: tuple(trailing_timesteps(n).tolist()) for n in (1, 2, 4)}  # [999]; [999, 499]; [999, 749, 499, 249]
+# steps -> grid: 1 [999]; 2 [999, 499]; 4 [999, 749, 499, 249]
+STUDENT_TIMESTEPS = {n: tuple(trailing_timesteps(n).tolist()) for n in (1, 2, 4)}
 
 
 def randn_like(x: torch.Tensor, noise: Noise = None) -> torch.Tensor:
@@ -53,24 +55,25 @@ class Posterior(NamedTuple):
     std: torch.Tensor  # broadcastable to mean
 
 
-def posterior_std(alpha_t, sigma_t, alpha_s, sigma_s):
+def posterior_std(alpha_t: Coef, sigma_t: Coef, alpha_s: Coef, sigma_s: Coef) -> torch.Tensor:
     """Std of q(x_s | x_t, x0) for s < t: sqrt(sigma_{t|s}^2 sigma_s^2 / sigma_t^2) with
     alpha_{t|s} = alpha_t / alpha_s, sigma_{t|s}^2 = sigma_t^2 - alpha_{t|s}^2 sigma_s^2 (Kingma et al.
     2021, VDM Eq. 8). On VP with s = t - 1 it is DOLLAR's sigma_t = sqrt((1 - a_t)(1 - abar_{t-1}) /
     (1 - abar_t)), Eq. 25 (a_t = abar_t / abar_{t-1}; on a coarser grid a_t is that ratio too)."""
     alpha_ts = alpha_t / alpha_s
-    var_ts = (sigma_t**2 - alpha_ts**2 * sigma_s**2).clamp(min=0)
+    var_ts = torch.as_tensor(sigma_t**2 - alpha_ts**2 * sigma_s**2).clamp(min=0)
     return (var_ts * sigma_s**2 / sigma_t**2).sqrt()
 
 
-def ddpm_posterior(x_t: torch.Tensor, x0_hat: torch.Tensor, alpha_t, sigma_t, alpha_s, sigma_s) -> Posterior:
+def ddpm_posterior(x_t: torch.Tensor, x0_hat: torch.Tensor, alpha_t: Coef, sigma_t: Coef, alpha_s: Coef,
+                   sigma_s: Coef) -> Posterior:
     """q(x_s | x_t, x0 = x0_hat): mean = (alpha_{t|s} sigma_s^2 / sigma_t^2) x_t +
     (alpha_s sigma_{t|s}^2 / sigma_t^2) x0_hat, std = `posterior_std`. On VP with s = t - 1 this is
     DDPM's posterior (Ho et al. 2020, Eq. 7) and DOLLAR's Eq. 25, whose x0 coefficient should read
     sqrt(abar_{t-1}) (1 - a_t) / (1 - abar_t): the supplementary prints sqrt(abar_t), a typo (with it the
     mean of a noiseless x_t = x0 would not be x0)."""
     alpha_ts = alpha_t / alpha_s
-    var_ts = (sigma_t**2 - alpha_ts**2 * sigma_s**2).clamp(min=0)
+    var_ts = torch.as_tensor(sigma_t**2 - alpha_ts**2 * sigma_s**2).clamp(min=0)
     mean = (alpha_ts * sigma_s**2 / sigma_t**2) * x_t + (alpha_s * var_ts / sigma_t**2) * x0_hat
     return Posterior(mean, posterior_std(alpha_t, sigma_t, alpha_s, sigma_s))
 
@@ -91,7 +94,7 @@ def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) ->
 # single steps
 # ---------------------------------------------------------------------------------------------------
 
-def ddim_step(x0_hat: torch.Tensor, eps_hat: torch.Tensor, alpha_t, sigma_t, alpha_s, sigma_s,
+def ddim_step(x0_hat: torch.Tensor, eps_hat: torch.Tensor, alpha_t: Coef, sigma_t: Coef, alpha_s: Coef, sigma_s: Coef,
               eta: float = 0.0, noise: Noise = None) -> torch.Tensor:
     """DDIM from t to s (DOLLAR Eq. 14): x_s = alpha_s x0_hat + sqrt(sigma_s^2 - std^2) eps_hat + std z,
     std = eta * `posterior_std`. With eps_hat = (x_t - alpha_t x0_hat) / sigma_t (any prediction type
@@ -106,13 +109,13 @@ def ddim_step(x0_hat: torch.Tensor, eps_hat: torch.Tensor, alpha_t, sigma_t, alp
     return x_s
 
 
-def euler_step(x_t: torch.Tensor, velocity: torch.Tensor, sigma_t, sigma_s) -> torch.Tensor:
+def euler_step(x_t: torch.Tensor, velocity: torch.Tensor, sigma_t: Coef, sigma_s: Coef) -> torch.Tensor:
     """Rectified-flow Euler step: x_s = x_t + (sigma_s - sigma_t) velocity, velocity = eps - x0 (the
     "flow" prediction, d x / d sigma on alpha = 1 - sigma)."""
     return x_t + (sigma_s - sigma_t) * velocity
 
 
-def renoise(x0_hat: torch.Tensor, alpha_s, sigma_s, noise: Noise = None) -> torch.Tensor:
+def renoise(x0_hat: torch.Tensor, alpha_s: Coef, sigma_s: Coef, noise: Noise = None) -> torch.Tensor:
     """x_s = alpha_s x0_hat + sigma_s z with fresh z: forward diffusion of a prediction (few-step
     students, DMD2 / consistency models)."""
     return alpha_s * x0_hat + sigma_s * randn_like(x0_hat, noise)
@@ -153,8 +156,9 @@ def sample(denoise_fn: DenoiseFn, x_T: torch.Tensor, timesteps, schedule: Schedu
            eta: float = 0.0, noise: Noise = None) -> torch.Tensor:
     """DDIM sampling (`ddim_step`) from x_T (B, ...) through `timesteps` (noisiest first, e.g.
     `TEACHER_TIMESTEPS` or `schedule.timesteps(n)`) to clean data; returns x0 (B, ...).
-    denoise_fn(x_t, t (B,)) -> output in `prediction`'s parameterisation (wrap it with `cfg` for
-    guidance). eta = 0: deterministic DDIM (Euler on flow); eta = 1: DDPM ancestral sampling."""
+    denoise_fn(x_t, t (B,) in the schedule's own timesteps: int64 on VP, float32 on flow) -> output in
+    `prediction`'s parameterisation (wrap it with `cfg` for guidance). eta = 0: deterministic DDIM (Euler
+    on flow); eta = 1: DDPM ancestral sampling (the posterior of Eq. 25 at every step)."""
     check_prediction(prediction)
     x = x_T
     for t, (a_t, s_t), (a_s, s_s) in _steps(_check_grid(timesteps), schedule, x_T):

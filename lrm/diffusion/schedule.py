@@ -5,6 +5,7 @@ Two beta schedules with T = 1000 steps, as plain named entries:
   paper states "DDPM schedule, T = 1000";
 - "scaled-linear": Stable Diffusion's latent schedule, betas linear in sqrt from 0.00085 to 0.012.
 Timesteps are integers 0 .. T-1; t = 0 is the least noisy (abar_0 = 1 - beta_0).
+lrm.diffusion.schedules wraps these as VPSchedule, next to rectified flow, behind one (alpha, sigma) interface.
 """
 
 from __future__ import annotations
