@@ -210,7 +210,8 @@ def test_cfg_commutes_with_conversion(prediction):
 @pytest.mark.parametrize("eta", [0.0, 1.0])
 @pytest.mark.parametrize("betas", ["linear", "scaled-linear"])
 def test_ddim_step_equals_diffusers(prediction, eta, betas):
-    ref = _in_float64(diffusers.DDIMScheduler(**DIFFUSERS_BETAS[betas], prediction_type=DIFFUSERS_PREDICTION[prediction],
+    ref = _in_float64(diffusers.DDIMScheduler(**DIFFUSERS_BETAS[betas],
+                                              prediction_type=DIFFUSERS_PREDICTION[prediction],
                                               set_alpha_to_one=True, timestep_spacing="trailing",
                                               clip_sample=False))
     ref.set_timesteps(50)
@@ -277,6 +278,12 @@ def test_log_prob_equals_normal_summed_over_non_batch_dims():
         got = gaussian_log_prob(x, mean, std)
         assert got.shape == (3,)
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-9)
+    # ddpo-pytorch's per-element formula, averaged over non-batch dims, is ours divided by D
+    std = torch.tensor(0.3, dtype=torch.float64)
+    log_sqrt_2pi = torch.log(torch.sqrt(torch.tensor(2 * torch.pi, dtype=torch.float64)))
+    ddpo = -((x - mean) ** 2) / (2 * std**2) - torch.log(std) - log_sqrt_2pi
+    torch.testing.assert_close(ddpo.mean(dim=(1, 2, 3, 4)), gaussian_log_prob(x, mean, std) / x[0].numel(),
+                               rtol=0, atol=1e-12)
     with pytest.raises(ValueError, match="std > 0"):
         gaussian_log_prob(x, mean, torch.tensor(0.0))
 

@@ -122,7 +122,7 @@ def renoise(x0_hat: torch.Tensor, alpha_s: Coef, sigma_s: Coef, noise: Noise = N
 
 
 def cfg(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
-    """Classifier-free guidance (Ho & Salimans 2022; DOLLAR Eq. 6): uncond + scale (cond - uncond);
+    """Classifier-free guidance (Ho & Salimans 2022; DOLLAR main paper Eq. 6): uncond + scale (cond - uncond);
     scale = 1 is the conditional output alone (DOLLAR: 7.5 in CD, 3.5 for VSD's real score)."""
     return uncond + scale * (cond - uncond)
 
