@@ -123,7 +123,9 @@ def test_schedule_configs_round_trip_and_refuse_bad_input():
         schedule_from_config({"type": "vp", "shift": 3.0})
     with pytest.raises(ValueError, match="beta schedule"):
         schedule_from_config({"type": "vp", "betas": "cosine"})
-    with pytest.raises(ValueError, match="0..999"):
+    with pytest.raises(ValueError, match="integer >= 1"):
+        schedule_from_config({"type": "flow", "num_timesteps": "1000"})
+    with pytest.raises(ValueError, match="0..999, got 1000..1000"):
         VPSchedule().alpha_sigma(torch.tensor([1000]))
     with pytest.raises(ValueError, match="integers"):
         VPSchedule().alpha_sigma(torch.tensor([3.5]))

@@ -80,8 +80,8 @@ class VPSchedule:
     def __post_init__(self) -> None:
         if self.betas not in SCHEDULES:
             raise ValueError(f"unknown beta schedule {self.betas!r}; choose one of {sorted(SCHEDULES)}")
-        if self.num_timesteps < 1:
-            raise ValueError(f"num_timesteps must be >= 1, got {self.num_timesteps}")
+        if not isinstance(self.num_timesteps, int) or self.num_timesteps < 1:
+            raise ValueError(f"num_timesteps must be an integer >= 1, got {self.num_timesteps!r}")
         object.__setattr__(self, "_abar", alphas_cumprod(self.betas, self.num_timesteps))  # (T,) float64
 
     def alpha_sigma(self, t: torch.Tensor | int | float,
@@ -93,7 +93,8 @@ class VPSchedule:
             raise ValueError("VP timesteps must be integers 0..T-1; got fractional values")
         t = t.long()
         if t.numel() and (t.min() < 0 or t.max() >= self.num_timesteps):
-            raise ValueError(f"VP timesteps must lie in 0..{self.num_timesteps - 1}, got {t.min()}..{t.max()}")
+            raise ValueError(f"VP timesteps must lie in 0..{self.num_timesteps - 1}, "
+                             f"got {int(t.min())}..{int(t.max())}")
         abar = self._abar.to(t.device)[t]
         return _shaped(abar.sqrt(), x), _shaped((1 - abar).sqrt(), x)
 
@@ -126,10 +127,10 @@ class FlowSchedule:
     num_timesteps: int = NUM_TIMESTEPS  # T: the model's timestep is sigma * T (diffusers' convention)
 
     def __post_init__(self) -> None:
-        if not self.shift > 0:
+        if not isinstance(self.shift, (int, float)) or not self.shift > 0:
             raise ValueError(f"flow shift must be > 0, got {self.shift}")
-        if self.num_timesteps < 1:
-            raise ValueError(f"num_timesteps must be >= 1, got {self.num_timesteps}")
+        if not isinstance(self.num_timesteps, int) or self.num_timesteps < 1:
+            raise ValueError(f"num_timesteps must be an integer >= 1, got {self.num_timesteps!r}")
 
     def alpha_sigma(self, t: torch.Tensor | int | float,
                     x: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -137,7 +138,8 @@ class FlowSchedule:
         like t; with x (B, ...) given, shaped (B, 1, ..., 1) in x's dtype and device."""
         t = torch.as_tensor(t)
         if t.numel() and (t.min() < 0 or t.max() > self.num_timesteps):
-            raise ValueError(f"flow timesteps must lie in [0, {self.num_timesteps}], got {t.min()}..{t.max()}")
+            raise ValueError(f"flow timesteps must lie in [0, {self.num_timesteps}], "
+                             f"got {float(t.min())}..{float(t.max())}")
         sigma = t.to(torch.float64) / self.num_timesteps
         return _shaped(1 - sigma, x), _shaped(sigma, x)
 
