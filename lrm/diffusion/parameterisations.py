@@ -18,7 +18,8 @@ x_theta = (x_t + sqrt(1 - abar_t) v) / (sqrt(abar_t) + sqrt(1 - abar_t)); it is 
 flipped, on the VP trajectory. "flow" on the flow schedule (alpha + sigma = 1) gives x0 = x_t - sigma o,
 as diffusers' FlowMatchEulerDiscreteScheduler. Every conversion is affine in the output, so
 classifier-free guidance gives the same (x0_hat, eps_hat) whether applied to outputs or to x0/eps.
-Arguments alpha, sigma broadcast against x (`Schedule.alpha_sigma(t, x)`).
+Arguments alpha, sigma broadcast against x (`Schedule.alpha_sigma(t, x)`). "eps" cannot give x0 where
+alpha = 0 (flow at sigma = 1) and "x0" cannot give eps where sigma = 0: pick the prediction for the schedule.
 """
 
 from __future__ import annotations
