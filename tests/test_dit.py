@@ -201,6 +201,10 @@ def test_bad_inputs_get_clear_errors():
         model(x, t[:1], text, mask)
     with pytest.raises(KeyError, match="unknown DiT preset 'dit-xl'"):
         build_dit("dit-xl", C, D)
+    with pytest.raises(ValueError, match="width 36 must be a multiple of heads 5"):
+        LatentDiT(C, D, depth=1, width=36, heads=5, patch=2)
+    with pytest.raises(ValueError, match="depth must be a positive integer, got 0"):
+        LatentDiT(C, D, depth=0, width=32, heads=2, patch=2)
 
 
 def test_preset_parameter_counts_are_pinned():

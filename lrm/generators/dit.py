@@ -163,8 +163,8 @@ class DiTBlock(nn.Module):
 class LatentDiT(nn.Module):
     """Text-conditioned latent DiT; see the module docstring."""
 
-    def __init__(self, in_channels: int, text_dim: int, frames: int = 1, depth: int = 6, width: int = 192,
-                 heads: int = 3, patch: int = 2, mlp_ratio: float = 4.0, prediction: str = DEFAULT_PREDICTION,
+    def __init__(self, in_channels: int, text_dim: int, frames: int = 1, *, depth: int, width: int, heads: int,
+                 patch: int, mlp_ratio: float = 4.0, prediction: str = DEFAULT_PREDICTION,
                  schedule_config: dict | None = None, gradient_checkpointing: bool = False):
         super().__init__()
         for name, value in (("in_channels", in_channels), ("text_dim", text_dim), ("frames", frames),
