@@ -215,3 +215,14 @@ def test_preset_parameter_counts_are_pinned():
                               for frames in (1, 8)) for name in DIT_PRESETS}
     assert counts == {"dit-xs": (286_464, 344_704), "dit-s": (2_672_640, 3_366_144),
                       "dit-m": (13_711_872, 17_396_224), "dit-b": (180_793_856, 230_403_584)}
+
+
+def test_real_codec_settings_survive_the_json_round_trip(tmp_path):
+    import lrm.codecs
+
+    model = build_dit("dit-xs", 32, 384)
+    model.codec_settings = lrm.codecs.load("dct").settings()  # holds a list (its channel split)
+    save_denoiser(model, tmp_path / "m")
+    load_denoiser(tmp_path / "m", codec_settings=lrm.codecs.load("dct").settings())
+    with pytest.raises(DenoiserMismatchError, match="differs in: split"):
+        load_denoiser(tmp_path / "m", codec_settings=lrm.codecs.load("dct", split=(16, 8, 8)).settings())
