@@ -14,8 +14,8 @@ from __future__ import annotations
 from lrm.models.presets import DEFAULT_PRESETS, PRESETS, REMOVED_PRESETS, Preset, build, check_preset
 from lrm.models.surrogate import CodecMismatchError, LatentRewardModel, SurrogateInfo
 
-__all__ = ["PRESETS", "DEFAULT_PRESETS", "REMOVED_PRESETS", "Preset", "build", "needs_text", "LatentRewardModel",
-           "SurrogateInfo", "CodecMismatchError"]
+__all__ = ["PRESETS", "DEFAULT_PRESETS", "REMOVED_PRESETS", "Preset", "build", "check_preset", "needs_text",
+           "LatentRewardModel", "SurrogateInfo", "CodecMismatchError"]
 
 
 def needs_text(preset: str) -> bool:
