@@ -353,3 +353,12 @@ def test_a_surrogate_saved_with_a_removed_preset_is_refused_by_name(tmp_path, re
     assert REMOVED_PRESETS[removed] in message and "image-cnn-stats" in message
     with pytest.raises(KeyError, match=f"{removed!r} was removed"):
         build(removed, C)
+
+
+def test_the_models_import_no_reward():
+    # Surrogates know latents only; NIQE and the other pixel rewards live in lrm.rewards (the pixel path joins them).
+    import subprocess
+    import sys
+
+    code = "import sys, lrm.models; print(sorted(m for m in sys.modules if m.startswith('lrm.rewards')))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"

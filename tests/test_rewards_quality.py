@@ -191,6 +191,14 @@ def test_niqe_matches_scikit_video_on_photos(tmp_path):
         assert niqe_of(gray) == pytest.approx(expected, rel=3e-3)
 
 
+def test_niqe_mscn_and_products_equal_the_numpy_ones_brisque_uses():
+    gray = np.random.default_rng(0).random((40, 52)) * 255  # odd size: the zero padding at every border
+    coefficients = niqe.mscn(torch.tensor(gray)[None])[0]
+    np.testing.assert_allclose(coefficients.numpy(), quality.mscn(gray), rtol=0, atol=1e-10)
+    for mine, theirs in zip(niqe.paired_products(coefficients), quality.paired_products(quality.mscn(gray))):
+        np.testing.assert_allclose(mine.numpy(), theirs, rtol=0, atol=1e-10)
+
+
 def test_niqe_reward_scores_8bit_frames():
     # The reward rounds frames to 8 bits, as a uint8 image reaches scikit-video; its gradient passes through.
     rgb = skimage.data.astronaut()[:256, :256]

@@ -68,12 +68,13 @@ def safe_sqrt(x: torch.Tensor) -> torch.Tensor:
 def mscn(grey: torch.Tensor) -> torch.Tensor:
     """(N, H, W) 0-255 -> (N, H, W) MSCN coefficients (I - mu) / (sigma + 1): 7x7 Gaussian window
     (sigma 7/6), zero padding, as MATLAB's filter2 'same' (lrm.rewards.quality.mscn, in numpy for BRISQUE)."""
-    window = torch.as_tensor(gaussian_window(), dtype=grey.dtype, device=grey.device)
-    pad = len(window) // 2
+    window = gaussian_window().tolist()
+    pad, (h, w) = len(window) // 2, grey.shape[-2:]
 
-    def blur(x):  # (N, 2, H, W) separable correlation
-        x = F.conv2d(x, window.view(1, 1, -1, 1).repeat(2, 1, 1, 1), padding=(pad, 0), groups=2)
-        return F.conv2d(x, window.view(1, 1, 1, -1).repeat(2, 1, 1, 1), padding=(0, pad), groups=2)
+    def blur(x):  # (..., H, W) separable correlation as a weighted sum of shifted views (float64 convs are slow)
+        x = F.pad(x, (pad, pad, pad, pad))
+        rows = sum(weight * x[..., i:i + h, :] for i, weight in enumerate(window))  # (..., H, W + 2 pad)
+        return sum(weight * rows[..., j:j + w] for j, weight in enumerate(window))
 
     mu, second = blur(torch.stack([grey, grey * grey], dim=1)).unbind(1)
     sigma = safe_sqrt((second - mu * mu).abs())
