@@ -8,13 +8,14 @@ that codec:
   step without the optimiser);
 - "tuning step": forward and the gradient to the latents and the weights (what reward fine-tuning
   backpropagates through the surrogate).
-Beside them, the pixel path for `--rewards`: the codec's decoder, then the pixel reward (no
-gradient: NIQE and BRISQUE are not differentiable). Seconds per frame are the best of `--repeats`
+Beside them, the pixel path for `--rewards` (lrm.pixel_path.PixelPathReward: the codec's decoder,
+then the pixel reward): "forward" without gradients and, for differentiable rewards (NIQE is),
+"tuning step" with the gradient to the latents. Seconds per frame are the best of `--repeats`
 timed calls after one warm-up call, on `--threads` CPU threads. Prints a table, writes JSON.
 
     python benchmarks/surrogate_cost.py                                   # dct, 384 px, every image preset
     LRM_WEIGHTS=../shared/data/weights/taesd python benchmarks/surrogate_cost.py --codec taef2
-    python benchmarks/surrogate_cost.py --presets image-cnn image-nss-pixels --out /tmp/cost.json
+    python benchmarks/surrogate_cost.py --presets image-cnn image-fullres-stats --out /tmp/cost.json
 """
 
 from __future__ import annotations
@@ -35,13 +36,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from rewards import procedural_clips  # noqa: E402  (benchmarks/ is a folder of scripts, not a package)
 from lrm import codecs  # noqa: E402
 from lrm.io import atomic_write_json  # noqa: E402
-from lrm.models import ARCHITECTURES, build, needs_text  # noqa: E402
+from lrm.models import PRESETS, build  # noqa: E402
+from lrm.pixel_path import PixelPathReward  # noqa: E402
 from lrm.rewards import REWARDS  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 IMAGE_REWARDS = sorted(name for name, entry in REWARDS.items() if entry.spec.kind == "image")
-IMAGE_PRESETS = [name for name, arch in ARCHITECTURES.items()
-                 if not arch.temporal and not needs_text(name) and not name.startswith("video-")]
+IMAGE_PRESETS = [name for name, preset in PRESETS.items() if preset.kind == "image"]
 
 
 @dataclass
@@ -65,11 +66,11 @@ def best_time(call, repeats: int) -> float:
     return min(times)
 
 
-def measure_preset(preset: str, latents: torch.Tensor, codec_settings: dict, repeats: int) -> Row:
+def measure_preset(preset: str, latents: torch.Tensor, repeats: int) -> Row:
     """latents (N, 1, c, h, w): the surrogate's seconds per frame without and with gradients."""
     frames = latents.shape[0]
     try:
-        model = build(preset, latents.shape[2], codec_settings=codec_settings)
+        model = build(preset, latents.shape[2])
         row = Row(preset, sum(p.numel() for p in model.parameters() if p.requires_grad))
 
         def forward():
@@ -84,22 +85,29 @@ def measure_preset(preset: str, latents: torch.Tensor, codec_settings: dict, rep
         row.forward_s = best_time(forward, repeats) / frames
         row.fit_step_s = best_time(lambda: step(False), repeats) / frames
         row.tuning_step_s = best_time(lambda: step(True), repeats) / frames
-    except ValueError as error:  # e.g. frames too small for NIQE's two patches
+    except ValueError as error:  # e.g. frames too small for a preset
         return Row(preset, None, status=f"not measured: {error}")
     return row
 
 
 def measure_pixel_path(reward: str, codec, latents: torch.Tensor, repeats: int) -> Row:
-    """Seconds per frame of the codec's decoder followed by the pixel reward, without gradients."""
-    score = REWARDS[reward].factory()
+    """Seconds per frame of the codec's decoder followed by the pixel reward, without gradients and, for a
+    differentiable reward, with the gradient to the latents (a direct pixel-gradient tuning step)."""
+    path = PixelPathReward(codec, REWARDS[reward].factory())
 
-    def decode_and_score():
+    def forward():
         with torch.no_grad():
-            score(codec.decode(latents))
+            path(latents)
+
+    def tuning_step():
+        x = latents.clone().requires_grad_(True)
+        path(x).sum().backward()
 
     row = Row(f"decode + {reward}", None)
     try:
-        row.forward_s = best_time(decode_and_score, repeats) / latents.shape[0]
+        row.forward_s = best_time(forward, repeats) / latents.shape[0]
+        if path.differentiable:
+            row.tuning_step_s = best_time(tuning_step, repeats) / latents.shape[0]
     except ValueError as error:  # e.g. frames too small for the reward (InputError)
         row.status = f"not measured: {error}"
     return row
@@ -124,7 +132,7 @@ def main() -> None:
     parser.add_argument("--rewards", nargs="*", default=["niqe"], choices=IMAGE_REWARDS,
                         help="image rewards timed after the codec's decoder (default: niqe)")
     parser.add_argument("--frames", type=int, default=4, help="frames per batch")
-    parser.add_argument("--size", type=int, default=384, help="frame side in pixels (NIQE presets need 192+)")
+    parser.add_argument("--size", type=int, default=384, help="frame side in pixels (NIQE needs 192+)")
     parser.add_argument("--repeats", type=int, default=2, help="timed calls per measurement; the best is kept")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: comparable on shared machines)")
     parser.add_argument("--out", type=Path, help="JSON results file (default: benchmarks/results/surrogate_cost.json, "
@@ -141,7 +149,7 @@ def main() -> None:
     codec = codecs.load(args.codec).eval()
     with torch.no_grad():
         latents = codec.encode(procedural_clips(args.frames, 1, args.size))  # (N, 1, c, h, w)
-    rows = [measure_preset(p, latents, codec.settings(), args.repeats) for p in args.presets]
+    rows = [measure_preset(p, latents, args.repeats) for p in args.presets]
     rows += [measure_pixel_path(r, codec, latents, args.repeats) for r in args.rewards]
     print(format_table(rows))
     atomic_write_json(out, {

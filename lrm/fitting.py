@@ -44,10 +44,6 @@ Scale-out: under torchrun (WORLD_SIZE > 1) the model is wrapped in DistributedDa
 the gradient equals the single-process one for the MSE loss (the ranking loss pairs rows within
 a rank's slice). Rank 0 writes every file.
 
-Surrogates that decode pixels start from the codec's decoder before the first step
-(lrm.decoder_init): image-nss-pixels fits its conv to it by least squares, image-nss-codec runs it;
-both then fit the head's line from NIQE's distance to the labels.
-
 Run directory (out_dir): config.json (resolved config), metrics.jsonl (one line per log or
 validation step), checkpoints/step-NNNNNNN.{safetensors,json}, model/ (the best surrogate).
 """
@@ -69,7 +65,6 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lrm import distributed
-from lrm.decoder_init import initialise_from_decoder, starts_from_decoder
 from lrm.config_diff import differences
 from lrm.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from lrm.models import LatentRewardModel, build, needs_text
@@ -83,7 +78,7 @@ MODEL_DIR = "model"
 
 @dataclass
 class FitConfig:
-    preset: str = "image-cnn"  # surrogate architecture, a key of lrm.models.SURROGATES
+    preset: str = "image-cnn"  # surrogate architecture, a key of lrm.models.PRESETS
     steps: int = 3000  # optimizer steps; the paper's LRMs converge within 2,000-3,000
     batch_size: int = 64  # global batch (split across DDP ranks); capped at the training-set size
     lr: float = 1e-3  # peak AdamW learning rate
@@ -428,8 +423,7 @@ def _prepare_out_dir(out_dir: Path, resolved: dict) -> None:
 def _new_surrogate(store, label: str, config: FitConfig, text_dim: int | None,
                    label_stats: tuple[str, float, float, float]) -> LatentRewardModel:
     """A fresh surrogate for `store`'s latents, carrying the label statistics and provenance."""
-    model = build(config.preset, store.latent_shape[1], text_dim=text_dim, noise_aware=config.noise_aware,
-                  codec_settings=store.codec_settings)
+    model = build(config.preset, store.latent_shape[1], text_dim=text_dim, noise_aware=config.noise_aware)
     transform, mean, std, shift = label_stats
     model.set_label_stats(mean, std, transform, shift)
     entry = store.manifest.get("labels", {}).get(label, {})
@@ -521,8 +515,6 @@ def fit_surrogate(store, label: str, config: FitConfig, out_dir: str | Path, *, 
     torch.manual_seed(config.seed)
     model = _new_surrogate(store, label, config, text_dim, (transform, mean, std, shift)).to(device)
     found = latest_checkpoint(out_dir / CHECKPOINTS) if resume else None
-    if found is None and starts_from_decoder(model):
-        initialise_from_decoder(model, store, train_rows, labels, config.seed)  # lrm.decoder_init
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
     sizes = {"train_size": int(len(train_rows)), "val_size": int(len(val_rows)), "nan_labels": nan_count,
@@ -582,7 +574,7 @@ def fit_surrogate(store, label: str, config: FitConfig, out_dir: str | Path, *, 
         if is_main:
             state = {"history": history, "bad_evals": bad_evals, "stopped_early": stopped_early,
                      "best": {**best, "spearman": best["spearman"] if math.isfinite(best["spearman"]) else None},
-                     "model_extra": model.info.extra}  # with what initialise_from_decoder recorded
+                     "model_extra": model.info.extra}
             _save_checkpoint(checkpoints, step, model, best_state, optimizer, state, config.keep_checkpoints)
 
     model.train()

@@ -21,21 +21,8 @@ import torch
 
 from lrm.datasets.store import LatentStore
 from lrm.fidelity import FidelityReport, assess, features_of, fidelity_by_noise, fidelity_metrics, fit_baselines
-from lrm.models import ARCHITECTURES, needs_codec
+from lrm.models import DEFAULT_PRESETS  # reward kind -> recommended surrogate preset
 
-# reward kind -> surrogate preset (temporal rewards need a temporal backbone). Image and video
-# default to the "-stats" heads: the real-data benchmark (benchmarks/fidelity.py) measures them,
-# and on the main job they beat the plain Tab. 10 CNN (held-out Spearman 0.957 vs 0.911). Video
-# defaults to frame pairs at full latent resolution, which beat the 3D CNN on both measured video
-# rewards (flicker, dynamic degree) in both codecs (README, "Fidelity on real data").
-# Text kinds keep Tab. 11 until a text reward is measured the same way. The "-log" image presets
-# are no default: they lift every image reward in dct but lower BRISQUE and colourfulness in taef2.
-DEFAULT_PRESETS = {
-    "image": "image-cnn-stats",  # Tab. 10 + pooled channel statistics
-    "text-image": "text-image-xattn",  # Tab. 11
-    "video": "video-pair-stats",  # consecutive latent frame pairs, mean + top-5% pooled change maps
-    "text-video": "text-video-3d-xattn",
-}
 DEFAULT_TEXT_ENCODER = "minilm-l6-v2"  # offline sentence encoder shipped in a wheel
 THUMBNAILS = 4  # best- and worst-predicted held-out examples shown in the report
 
@@ -192,25 +179,17 @@ def latent_space(job: FitJob) -> tuple[dict, tuple[int, int]]:
 
 
 def check_job_fits_latents(job: FitJob, preset: str) -> None:
-    """Before any encoding or labelling (run_fit, and `lrm fit --dry-run`): refuse, with the fix, hflip in a
-    codec without an exact mirror, and a preset the job's latents cannot feed: NIQE's structure needs two
-    96-px patches per frame; presets that run the codec's decoder need a per-frame codec and clean latents.
-    The codec is loaded only when one of these applies."""
+    """Before any encoding or labelling (run_fit, and `lrm fit --dry-run`): refuse, with the fix, a preset
+    lrm does not have, and hflip in a codec without an exact mirror (the codec is loaded only then)."""
     from lrm.fitting import latent_mirror
-    from lrm.models.mscn_gaussian import NIQE_PATCH_PIXELS
-    from lrm.models.patch_gaussian import check_two_patches
-    from lrm.models.presets import check_frame_codec
+    from lrm.models import check_preset
 
-    arch = ARCHITECTURES[preset]
-    if not (job.augment == "hflip" or arch.codec_decoder or arch.niqe_patches):
-        return
-    codec_settings, latent_side = latent_space(job)
+    try:
+        check_preset(preset)
+    except KeyError as error:
+        raise ValueError(error.args[0]) from None
     if job.augment == "hflip":
-        latent_mirror(codec_settings)
-    if arch.codec_decoder:
-        check_frame_codec(preset, codec_settings["channels"], codec_settings, job.noise_aware)
-    if arch.niqe_patches:
-        check_two_patches(torch.empty(latent_side), NIQE_PATCH_PIXELS // codec_settings["spatial_factor"])
+        latent_mirror(latent_space(job)[0])
 
 
 def run_fit(job: FitJob, progress: bool = True, resume: bool = True) -> FitOutcome:
@@ -238,7 +217,6 @@ def run_fit(job: FitJob, progress: bool = True, resume: bool = True) -> FitOutco
         "units": spec.units, "kind": spec.kind,
         "codec": store.codec_id, "store": str(store.path), "data": source.get("description", ""),
         "preset": preset, "parameters": sum(p.numel() for p in result.model.parameters()),
-        **({"runs_codec_decoder": store.codec_id} if needs_codec(preset) else {}),  # frozen, not counted above
         "n_train": len(result.train_indices), "n_val": len(result.val_indices), "nan_labels": result.nan_labels,
         "label_transform": result.label_transform,
         "steps": result.steps, "best_step": result.best_step, "stopped_early": result.stopped_early,

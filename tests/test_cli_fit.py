@@ -147,8 +147,8 @@ def test_fit_users_metric_and_clear_errors(tmp_path):
                         ("--label-pixels", "latents"), ("--model", "image-cnn-xl")):
         bad = runner.invoke(app, ["fit", "colorfulness", flag, value, "--dry-run"])
         assert bad.exit_code != 0 and flag in bad.output and value in bad.output  # refused before any encoding
-    clean_only = runner.invoke(app, ["fit", "niqe", "--model", "image-nss-codec", "--noise-aware", "--dry-run"])
-    assert clean_only.exit_code != 0 and "no noise-aware variant" in str(clean_only.exception)
+    removed = runner.invoke(app, ["fit", "niqe", "--model", "image-nss-codec", "--dry-run"])  # a removed preset
+    assert removed.exit_code == 2 and "image-cnn-stats" in removed.output  # the choices are named
 
 
 def test_hflip_with_a_codec_without_an_exact_mirror_is_refused_before_encoding(tiny_vaes, tmp_path):
@@ -293,9 +293,8 @@ def test_predict_skips_a_still_image_for_a_video_surrogate_and_score_refuses_zer
         assert zero.exit_code == 2 and f"Invalid value for '{flag}'" in zero.output
 
 
-def test_a_preset_the_latents_cannot_feed_is_refused_before_encoding(tmp_path):
-    # NIQE's structure needs two 96-px patches per frame: the default 128-px frames have one.
-    run = tmp_path / "run"
-    result = runner.invoke(app, ["fit", "niqe", "--model", "image-nss-codec", "--out", str(run)])
-    assert result.exit_code != 0 and "at least 2 patches" in str(result.exception)
-    assert not (run / "store").exists()
+def test_fit_help_names_the_recommended_preset_per_reward_kind():
+    from lrm.models import DEFAULT_PRESETS
+
+    text = " ".join(runner.invoke(app, ["fit", "--help"]).output.replace("│", " ").split())
+    assert [kind for kind, preset in DEFAULT_PRESETS.items() if f"{preset} ({kind})" not in text] == []

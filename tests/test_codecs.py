@@ -232,19 +232,19 @@ def test_taef2_round_trip_on_dreambooth(taef2_weights):
 
 
 @pytest.mark.data
-def test_nss_codec_surrogate_is_niqe_of_taef2_decoded_photos(taef2_weights):
-    # image-nss-codec runs taef2's own decoder (no linear conv comes within 16 grey levels of it), so it
-    # starts as NIQE of the decoded photos; reference: lrm.rewards.quality's numpy NIQE (scikit-video's).
-    from lrm.models import build
-    from lrm.rewards.quality import niqe_score
+def test_pixel_path_runs_niqe_on_taef2_decoded_photos_with_a_gradient_to_the_latents(taef2_weights):
+    from lrm.pixel_path import PixelPathReward
+    from lrm.rewards import load
 
     codec = codecs.load("taef2")
     with torch.no_grad():
         latents = codec.encode(dreambooth(192, step=53))  # (3, 1, 32, 24, 24)
-        model = build("image-nss-codec", codec.channels, codec_settings=codec.settings()).eval()
-        distance = model.backbone(latents[:, 0])[:, 0]
-        frames = (codec.decode(latents)[:, 0] * 255).round().byte().permute(0, 2, 3, 1).numpy()
-    np.testing.assert_allclose(distance.numpy(), [niqe_score(f) for f in frames], rtol=0.02)
+        expected = load("niqe")(codec.decode(latents))
+    latents.requires_grad_()
+    scores = PixelPathReward(codec, load("niqe"))(latents)
+    torch.testing.assert_close(scores.detach(), expected)
+    scores.sum().backward()
+    assert torch.isfinite(latents.grad).all() and (latents.grad.flatten(1).abs().sum(1) > 0).all()
 
 
 # ---- diffusers ------------------------------------------------------------------------------

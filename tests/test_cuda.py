@@ -19,8 +19,9 @@ from lrm.cli.app import app
 from lrm.codecs import load as load_codec
 from lrm.datasets.build import EncodeConfig, add_labels, encode
 from lrm.fitting import FitConfig, fit_surrogate
-from lrm.models import ARCHITECTURES, SURROGATES, LatentRewardModel, build, needs_codec, needs_text
-from lrm.models.patch_gaussian import NIQE_PATCH_CELLS
+from lrm.models import PRESETS, LatentRewardModel, build, needs_text
+from lrm.pixel_path import PixelPathReward
+from lrm.rewards import load as load_reward
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -38,19 +39,13 @@ def exact_float32():
 
 
 @pytest.mark.parametrize("noise_aware", [False, True])
-@pytest.mark.parametrize("preset", list(SURROGATES))
+@pytest.mark.parametrize("preset", list(PRESETS))
 def test_every_preset_gives_the_cpu_output_and_latent_gradient(preset, noise_aware):
     torch.manual_seed(0)
-    if needs_codec(preset) and noise_aware:
-        pytest.skip(f"{preset} has no noise-aware variant")
-    codec = load_codec("dct") if needs_codec(preset) else None  # codec presets decode with dct's 32 channels
-    channels = codec.channels if codec else C
-    model = build(preset, channels, text_dim=D if needs_text(preset) else None, noise_aware=noise_aware,
-                  codec_settings=codec.settings() if codec else None).double().eval()
-    frames = 3 if ARCHITECTURES[preset].temporal else 1
+    model = build(preset, C, text_dim=D if needs_text(preset) else None, noise_aware=noise_aware).double().eval()
+    frames = 3 if PRESETS[preset].temporal else 1
     g = torch.Generator().manual_seed(1)
-    side = 2 * NIQE_PATCH_CELLS if ARCHITECTURES[preset].niqe_patches else H  # NIQE presets: 2 x 2 patches of 12 cells
-    latents = torch.randn(B, frames, channels, side, side, generator=g, dtype=torch.float64)  # (B, T, c, h, w)
+    latents = torch.randn(B, frames, C, H, W, generator=g, dtype=torch.float64)  # (B, T, c, h, w)
     text = torch.randn(B, L, D, generator=g, dtype=torch.float64)  # (B, L, D)
     mask = torch.tensor([[True] * L, [True, True, True, False, False]])
     t = torch.tensor([0, 500]) if noise_aware else None
@@ -67,6 +62,27 @@ def test_every_preset_gives_the_cpu_output_and_latent_gradient(preset, noise_awa
     gpu_out, gpu_grad = output_and_gradient("cuda")
     torch.testing.assert_close(gpu_out, cpu_out, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(gpu_grad, cpu_grad, rtol=1e-9, atol=1e-9)
+
+
+def test_pixel_path_niqe_gives_the_cpu_score_and_gradient_on_the_latents_device():
+    # The differentiable NIQE through dct's decoder: the codec moves to the latents' device.
+    codec = load_codec("dct")
+    pixels = torch.rand(2, 1, 3, 192, 192, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        latents = codec.encode(pixels).double()  # (2, 1, 32, 24, 24)
+    path = PixelPathReward(codec, load_reward("niqe"))
+
+    def score_and_gradient(device: str):
+        x = latents.to(device).requires_grad_(True)
+        out = path(x)
+        (grad,) = torch.autograd.grad(out.sum(), x)
+        assert out.device.type == grad.device.type == device
+        return out.detach().cpu(), grad.cpu()
+
+    cpu_out, cpu_grad = score_and_gradient("cpu")
+    gpu_out, gpu_grad = score_and_gradient("cuda")
+    torch.testing.assert_close(gpu_out, cpu_out, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gpu_grad, cpu_grad, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("codec_name", ["dct", "taef2"])

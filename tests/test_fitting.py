@@ -478,31 +478,3 @@ def test_frame_pair_surrogate_learns_dynamic_degree(tmp_path):
     config = FitConfig(steps=400, batch_size=32, lr=3e-3, warmup_steps=20, eval_every=50, preset="video-pair-stats")
     result = fit_surrogate(store, "dynamic-degree", config, tmp_path / "run")
     assert result.val_metrics["spearman"] > 0.8, result.val_metrics
-
-
-@pytest.mark.parametrize("preset", ["image-nss-pixels", "image-nss-codec"])
-def test_nss_surrogates_start_from_the_codecs_decoder_as_niqe(tmp_path, monkeypatch, preset):
-    # The real pipeline: 48 procedural images at 192 px -> dct latents labelled by NIQE of their decoded
-    # frames. image-nss-pixels fits its linear decoder to dct's decoder by least squares before the first
-    # step (exact up to clamping and 8-bit rounding), image-nss-codec runs dct's decoder; both compute
-    # NIQE itself on the decoded frames, so their very first validation already ranks the held-out labels.
-    from lrm.datasets.build import EncodeConfig, add_labels, encode
-
-    store = encode(EncodeConfig(data="procedural:48", codec="dct", frames=1, size=192, shard_size=48, batch_size=16),
-                   tmp_path / "store", progress=False)
-    store = add_labels(tmp_path / "store", ["niqe"], pixels="decoded", progress=False)
-    config = FitConfig(steps=2, batch_size=8, lr=1e-5, warmup_steps=1, eval_every=1, preset=preset)
-    result = fit_surrogate(store, "niqe@decoded", config, tmp_path / "run")
-    if preset == "image-nss-pixels":
-        assert result.model.info.extra["decoder_mae"] < 1.0  # grey levels
-    else:
-        assert "decoder_mae" not in result.model.info.extra and result.model.info.extra["decoder_rows"] == 38
-    first = next(h for h in result.history if h["split"] == "val")
-    assert first["step"] == 1 and first["spearman"] > 0.9, first
-    # resuming restores the run's weights instead of fitting the decoder again
-    import lrm.fitting
-
-    monkeypatch.setattr(lrm.fitting, "initialise_from_decoder", lambda *args: pytest.fail("decoder refitted"))
-    resumed = fit_surrogate(store, "niqe@decoded", config, tmp_path / "run", resume=True)
-    assert resumed.history == result.history
-    assert resumed.model.info.extra == result.model.info.extra  # decoder_rows (and decoder_mae) kept

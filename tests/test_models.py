@@ -1,26 +1,17 @@
 """Surrogate architectures: the paper's parameter counts, every preset, the shared forward, save/load."""
 
-import copy
 import json
 
 import numpy as np
 import pytest
 import torch
 
-from lrm import codecs
-from lrm.models import (ARCHITECTURES, SURROGATES, CodecMismatchError, LatentRewardModel, build, needs_codec,
+from lrm.models import (DEFAULT_PRESETS, PRESETS, REMOVED_PRESETS, CodecMismatchError, LatentRewardModel, build,
                         needs_text)
-from lrm.models.aggd import aggd_shape, niqe_patch_features
 from lrm.models.fullres import mean_of_largest
-from lrm.models.mscn_gaussian import mscn, nss_patch_moments, paired_products, patch_tiles, signal_moments
-from lrm.models.nss_pixels import NIQEDistance
-from lrm.models.patch_gaussian import (COVARIANCE_EPS, NIQE_PATCH_CELLS, check_two_patches, gaussian_distance,
-                                       patch_moments)
-from lrm.rewards import quality
 
 B, C, H, W, L, D = 2, 4, 16, 16, 5, 8
 CODEC = {"name": "dct", "version": "1", "channels": C, "spatial_factor": 8, "temporal_factor": 1, "scale": 1.0}
-LATENT_PRESETS = [p for p in SURROGATES if not needs_codec(p)]  # those that run no codec (tested on C channels)
 
 
 @pytest.fixture(autouse=True)
@@ -34,11 +25,6 @@ def one_thread():
 
 def n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def latent_side(preset: str) -> int:
-    """Latent side of the tiny test inputs: NIQE presets need 2 x 2 patches of 12 cells."""
-    return 2 * NIQE_PATCH_CELLS if ARCHITECTURES[preset].niqe_patches else H
 
 
 def inputs(frames: int = 1, seed: int = 0, side: int = H):
@@ -75,12 +61,13 @@ def test_text_image_xattn_parameter_count():
 # ---------------------------------------------------------------- every preset
 
 @pytest.mark.parametrize("noise_aware", [False, True])
-@pytest.mark.parametrize("preset", LATENT_PRESETS)
+@pytest.mark.parametrize("preset", list(PRESETS))
 def test_every_preset_forward_backward(preset, noise_aware):
     torch.manual_seed(0)
     model = build(preset, C, text_dim=D if needs_text(preset) else None, noise_aware=noise_aware)
-    for frames in (2, 3) if (ARCHITECTURES[preset].full_resolution and ARCHITECTURES[preset].temporal) else (1, 3):
-        latents, text, mask = inputs(frames, side=latent_side(preset))
+    pairs = PRESETS[preset].backbone == "fullres" and PRESETS[preset].temporal
+    for frames in (2, 3) if pairs else (1, 3):
+        latents, text, mask = inputs(frames)
         t = torch.tensor([0, 500]) if noise_aware else None
         out = model(latents, text, mask, t) if needs_text(preset) else model(latents, t=t)
         assert out.shape == (B,) and torch.isfinite(out).all()
@@ -212,10 +199,10 @@ def test_input_errors_are_clear():
 # ---------------------------------------------------------------- save / load
 
 @pytest.mark.parametrize("preset,noise_aware", [("image-cnn", False), ("text-video-3d-xattn", True),
-                                                ("image-fullres-log-stats", False), ("image-nss-pixels", True)])
+                                                ("image-fullres-log-stats", False), ("video-pair-stats", True)])
 def test_save_load_round_trip(tmp_path, preset, noise_aware):
     torch.manual_seed(0)
-    model = build(preset, C, text_dim=D if needs_text(preset) else None, noise_aware=noise_aware)
+    model = build(preset, C, text_dim=D if needs_text(preset) else None, noise_aware=noise_aware, width=0.5)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.01 * torch.randn_like(p))  # FiLM weights non-zero too
@@ -229,12 +216,12 @@ def test_save_load_round_trip(tmp_path, preset, noise_aware):
 
     loaded = LatentRewardModel.from_pretrained(tmp_path / "m", codec_settings=CODEC)
     assert not loaded.training  # loaded for use, as transformers' from_pretrained does
-    latents, text, mask = inputs(frames=3, side=latent_side(preset))
+    latents, text, mask = inputs(frames=3)
     t = torch.tensor([10, 700]) if noise_aware else None
     model.eval()
     torch.testing.assert_close(loaded(latents, text, mask, t), model(latents, text, mask, t), rtol=0, atol=0)
     config = json.loads((tmp_path / "m" / "config.json").read_text())
-    assert config["preset"] == preset
+    assert config["preset"] == preset and config["width"] == 0.5 == loaded.width
     assert config["label_stats"] == {"mean": 2.5, "std": 0.25, "transform": "none", "shift": 0.0}
     assert config["codec_settings"] == CODEC and config["reward_name"] == "colorfulness"
     assert loaded.info.reward_spec == {"name": "colorfulness", "kind": "image"}
@@ -333,211 +320,45 @@ def test_log_energy_presets_read_latents_and_their_log_energies():
             np.testing.assert_allclose(model(latents, standardised=True).numpy(), direct.numpy(), rtol=1e-5)
 
 
-# ---------------------------------------------------------------- patch-Gaussian (learned NIQE)
+# ---------------------------------------------------------------- the preset table
 
-def test_patch_gaussian_distance_is_niqes_formula():
-    # NIQE: sqrt((mu - nu)^T ((Sigma + S) / 2)^-1 (mu - nu)), S the covariance over patches; here
-    # Sigma = L L^T, plus the ridge; checked against numpy's cov and inverse.
-    g = torch.Generator().manual_seed(0)
-    features = torch.randn(3, 6, 4, generator=g, dtype=torch.float64)  # (M, P, F)
-    reference_mean = torch.randn(4, generator=g, dtype=torch.float64)
-    factor = torch.randn(4, 4, generator=g, dtype=torch.float64)  # only its lower triangle counts
-    distance, mean = gaussian_distance(features, reference_mean, factor)
-    lower = np.tril(factor.numpy())
-    for i, f in enumerate(features.numpy()):
-        pooled = (lower @ lower.T + np.cov(f.T)) / 2 + COVARIANCE_EPS * np.eye(4)
-        diff = f.mean(axis=0) - reference_mean.numpy()
-        np.testing.assert_allclose(distance[i].item(), np.sqrt(diff @ np.linalg.inv(pooled) @ diff), rtol=1e-6)
-        np.testing.assert_allclose(mean[i].numpy(), f.mean(axis=0), rtol=1e-12)
+def test_default_presets_serve_their_reward_kind():
+    from lrm.rewards.base import KINDS
+
+    assert sorted(DEFAULT_PRESETS) == sorted(KINDS)
+    assert all(PRESETS[preset].kind == kind for kind, preset in DEFAULT_PRESETS.items())
+    assert all(preset.what for preset in PRESETS.values())  # the table names what each one is
 
 
-def test_patch_moments_tile_from_the_top_left_and_need_two_patches():
-    maps = torch.rand(1, 2, 25, 13) + 0.1  # (M, K, h, w): 2 x 1 whole 12-cell tiles, the rest dropped
-    moments = patch_moments(maps, 12)  # (M, P, K)
-    assert moments.shape == (1, 2, 2)
-    torch.testing.assert_close(moments[0, 0].exp(), maps[0, :, :12, :12].mean(dim=(1, 2)), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(moments[0, 1].exp(), maps[0, :, 12:24, :12].mean(dim=(1, 2)), rtol=1e-5, atol=1e-5)
-    with pytest.raises(ValueError, match="at least 2 patches of 12x12 latent cells.*got latents of 23x23"):
-        check_two_patches(torch.rand(1, 2, 23, 23), 12)
-    for preset in ("image-patch-gaussian-log-stats", "image-mscn-gaussian-stats", "image-nss-pixels"):
-        with pytest.raises(ValueError, match="at least 2 patches.*got latents of 16x16"):
-            build(preset, C)(torch.randn(1, 1, C, 16, 16))
+def test_width_scales_the_conv_channels():
+    base, wide = build("image-cnn", C), build("image-cnn", C, width=2.0)
+    assert [s.conv.out_channels for s in wide.backbone.stages] == [256, 256] and wide.backbone.feature_dim == 256
+    assert 3.5 < n_params(wide.backbone) / n_params(base.backbone) < 4.5  # convs grow with width squared
+    narrow = build("image-fullres-stats", C, width=0.4)  # 64 * 0.4 = 25.6 -> 24 channels (a multiple of 8)
+    assert [s.conv.out_channels for s in narrow.backbone.stages] == [24, 24, 24]
+    assert build("image-cnn", C, width=0.3)(inputs()[0]).shape == (B,)  # GroupNorm groups divide 40 channels
+    with pytest.raises(ValueError, match="width must be a positive multiplier"):
+        build("image-cnn", C, width=0)
 
 
-# ---------------------------------------------------------------- MSCN-Gaussian (learned NIQE on pixel planes)
-
-def test_mscn_statistics_match_the_niqe_reward():
-    # The reward's numpy MSCN coefficients and paired products (lrm.rewards.quality, checked against
-    # scikit-video there) are the independent reference; c = 1 is NIQE's stabiliser on 0-255 pixels.
-    gray = np.random.default_rng(0).random((40, 52)) * 255  # odd size: the zero padding at every border
-    coefficients = mscn(torch.tensor(gray)[None, None], torch.ones(1, dtype=torch.float64))  # (1, 1, H, W)
-    np.testing.assert_allclose(coefficients[0, 0].numpy(), quality.mscn(gray), atol=1e-7)
-    for mine, theirs in zip(paired_products(coefficients), quality.paired_products(quality.mscn(gray))):
-        np.testing.assert_allclose(mine[0, 0].numpy(), theirs, atol=1e-6)
-    # Patch moments: s^2, |s|, relu(-s)^2, [s < 0] averaged over each 20-px tile.
-    s = coefficients[..., :40, :40]
-    moments = signal_moments(patch_tiles(s, 20))  # (1, 4 tiles, 4)
-    tile = s[0, 0, 20:, :20].numpy()  # third tile: second row, first column
-    expected = [np.mean(tile**2), np.mean(np.abs(tile)), np.mean(np.minimum(tile, 0) ** 2), np.mean(tile < 0)]
-    np.testing.assert_allclose(moments[0, 2].numpy(), expected, rtol=1e-6, atol=1e-9)
+@pytest.mark.parametrize("removed", ["image-cnn-m", "image-patch-gaussian-log-stats", "image-nss-codec"])
+def test_a_surrogate_saved_with_a_removed_preset_is_refused_by_name(tmp_path, removed):
+    build("image-cnn", C).save_pretrained(tmp_path / "m")
+    config_path = tmp_path / "m" / "config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "preset": removed}))
+    with pytest.raises(ValueError) as error:
+        LatentRewardModel.from_pretrained(tmp_path / "m")
+    message = str(error.value)
+    assert "\n" not in message and f"preset {removed!r}" in message and "refit it" in message
+    assert REMOVED_PRESETS[removed] in message and "image-cnn-stats" in message
+    with pytest.raises(KeyError, match=f"{removed!r} was removed"):
+        build(removed, C)
 
 
-def test_mscn_gaussian_reads_pixel_planes_at_8x_the_latent_resolution():
-    model = build("image-mscn-gaussian-stats", C)
-    backbone = model.backbone
-    latents = torch.randn(2, C, 24, 36)  # 192 x 288 px: 2 x 3 NIQE patches
-    hidden = latents
-    for stage in backbone.stages:
-        hidden = stage(hidden)
-    planes = backbone.to_pixels(torch.cat([latents, hidden], dim=1))
-    assert planes.shape == (2, 2, 192, 288)
-    # Each latent cell decodes to its own 8x8 pixel block: pixels of block (1, 2) move only with
-    # what the 3x3 convs see around cell (1, 2).
-    moved = latents.clone()
-    moved[:, :, 20, 30] += 1.0
-    hidden_moved = moved
-    for stage in backbone.stages:
-        hidden_moved = stage(hidden_moved)
-    changed = (backbone.to_pixels(torch.cat([moved, hidden_moved], dim=1)) - planes).abs().sum(dim=(0, 1)) > 0
-    rows, cols = changed.nonzero().unbind(1)
-    assert rows.min() >= 8 * (20 - 2) and rows.max() < 8 * (20 + 3)  # two 3x3 convs: +-2 cells
-    assert cols.min() >= 8 * (30 - 2) and cols.max() < 8 * (30 + 3)
-    features = backbone(latents)
-    assert features.shape == (2, backbone.feature_dim) and torch.isfinite(features).all()
+def test_the_models_import_no_reward():
+    # Surrogates know latents only; NIQE and the other pixel rewards live in lrm.rewards (the pixel path joins them).
+    import subprocess
+    import sys
 
-
-# ---------------------------------------------------------------- NIQE itself, differentiable (AGGD fits, NSS pixels)
-
-def textured_gray(seed: int, shape: tuple[int, int] = (192, 288)) -> np.ndarray:
-    """0-255 float64 image with texture at three scales and a vertical edge: 2 x 3 NIQE patches."""
-    from scipy.ndimage import gaussian_filter
-
-    rng = np.random.default_rng(seed)
-    x = sum(gaussian_filter(rng.normal(size=shape), s) * s for s in (1, 3, 8))
-    x[:, shape[1] // 2:] += 2.0
-    return (x - x.min()) / (x.max() - x.min()) * 255
-
-
-def niqe_scales(gray: np.ndarray) -> tuple[tuple[np.ndarray, int], tuple[np.ndarray, int]]:
-    """NIQE's two scales of a (H, W) image with their patch sides: the half by PIL bicubic, as the reward."""
-    from PIL import Image
-
-    half = Image.fromarray(gray.astype(np.float32), mode="F").resize((gray.shape[1] // 2, gray.shape[0] // 2),
-                                                                       Image.BICUBIC)
-    return (gray, 96), (np.asarray(half).astype(np.float64), 48)
-
-
-def niqe_moments(gray: np.ndarray) -> torch.Tensor:
-    """(1, P, 40) patch moments at NIQE's two scales."""
-    c = torch.ones(1, dtype=torch.float64)
-    return torch.cat([nss_patch_moments(torch.tensor(image, dtype=torch.float64)[None, None], c, patch)
-                      for image, patch in niqe_scales(gray)], dim=2)
-
-
-def test_aggd_shape_inverts_niqes_moment_ratio():
-    alpha = torch.tensor([0.3, 0.8, 1.0, 2.0, 4.5, 9.0], dtype=torch.float64, requires_grad=True)
-    ratio = torch.exp(2 * torch.lgamma(2 / alpha) - torch.lgamma(1 / alpha) - torch.lgamma(3 / alpha))
-    torch.testing.assert_close(aggd_shape(ratio.detach()), alpha.detach(), atol=1e-6, rtol=0)
-    ratio = ratio.detach().requires_grad_()
-    aggd_shape(ratio).sum().backward()
-    assert (ratio.grad > 0).all()  # rho increases with alpha, so alpha with the ratio
-    beyond = aggd_shape(torch.tensor([0.0, 0.99], dtype=torch.float64))
-    torch.testing.assert_close(beyond, torch.tensor([0.2, 10.0], dtype=torch.float64))  # the grid's ends
-
-
-def test_aggd_features_of_patch_moments_match_niqes_grid_search():
-    # Independent reference: lrm.rewards.quality's numpy NIQE features (scikit-video's, grid search).
-    for seed in range(2):
-        gray = textured_gray(seed)
-        mine = niqe_patch_features(niqe_moments(gray))[0].numpy()  # (6, 36)
-        theirs = np.hstack([
-            np.array([quality.niqe_patch_features(quality.mscn(image)[r * p:(r + 1) * p, k * p:(k + 1) * p])
-                      for r in range(2) for k in range(3)])
-            for image, p in niqe_scales(gray)])
-        np.testing.assert_allclose(mine, theirs, atol=1e-3, rtol=2e-3)  # the grid's step is 0.001
-
-
-def test_niqe_distance_starts_as_niqe():
-    # With the exact moments of an image, the untrained distance is NIQE's score of it.
-    distance_of = NIQEDistance()
-    for seed in range(2):
-        gray = np.round(textured_gray(seed))
-        rgb = np.repeat(gray[..., None], 3, axis=2).astype(np.uint8)
-        distance, _ = distance_of(niqe_moments(rgb.astype(np.float32) @ quality.SKVIDEO_GRAY))
-        np.testing.assert_allclose(distance.item(), quality.niqe_score(rgb), rtol=0.02)
-
-
-def test_nss_pixel_decoder_fit_recovers_a_linear_decoder():
-    # Grey pixels that a 3x3 conv and a PixelShuffle(8) make from the latents are fitted back exactly
-    # (the ridge aside), and the backbone then reads them in 8-bit levels.
-    torch.manual_seed(0)
-    backbone = build("image-nss-pixels", C).backbone
-    truth = torch.nn.Conv2d(C, 64, 3, padding=1).double()
-    latents = torch.randn(6, C, 24, 24, dtype=torch.float64)
-    with torch.no_grad():
-        grey = torch.nn.functional.pixel_shuffle(40 * truth(latents) + 128, 8)  # (6, 1, 192, 192), inside 0-255
-    error = backbone.fit_decoder(latents, grey)
-    assert error < 0.05  # grey levels
-    torch.testing.assert_close(backbone.decoder.weight.double(), 40 * truth.weight.detach(), atol=5e-3, rtol=0)
-    decoded = backbone.grey(latents.float())
-    assert decoded.shape == (6, 1, 192, 192) and torch.equal(decoded, decoded.round())
-    assert (decoded - grey).abs().max() <= 0.5 + 0.05
-
-
-# ---------------------------------------------------------------- NIQE on the codec's own decode
-
-def dct_images(count: int = 4) -> tuple[torch.nn.Module, torch.Tensor]:
-    """The dct codec and the latents (count, 1, 32, 24, 36) of textured 192 x 288 images of growing noise."""
-    codec = codecs.load("dct")
-    gray = np.stack([textured_gray(seed) for seed in range(count)])  # (N, 192, 288)
-    rng = np.random.default_rng(0)
-    noisy = gray + rng.normal(size=gray.shape) * np.arange(count)[:, None, None] * 2
-    rgb = torch.tensor(np.clip(noisy, 0, 255) / 255, dtype=torch.float32)[:, None, None].expand(-1, 1, 3, -1, -1)
-    return codec, codec.encode(rgb.contiguous())
-
-
-def test_nss_codec_surrogate_is_niqe_of_the_codecs_decoded_frames():
-    # Independent reference: lrm.rewards.quality's numpy NIQE (scikit-video's) of the decoded 8-bit frames.
-    codec, latents = dct_images()
-    model = build("image-nss-codec", codec.channels, codec_settings=codec.settings()).eval()
-    with torch.no_grad():
-        distance = model.backbone(latents[:, 0])[:, 0]
-    frames = (codec.decode(latents)[:, 0].clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
-    np.testing.assert_allclose(distance.numpy(), [quality.niqe_score(f) for f in frames], rtol=0.02)
-
-
-def test_nss_codec_surrogate_trains_only_its_head_and_saves_no_codec_weights(tmp_path):
-    codec, latents = dct_images(2)
-    model = build("image-nss-codec", codec.channels, codec_settings=codec.settings())
-    names = [n for n, _ in model.named_parameters()]
-    assert names == ["backbone.distance.reference_mean", "backbone.distance.reference_factor", "head.weight",
-                     "head.bias"]
-    assert not any("codec" in k or "synthesis" in k for k in model.state_dict())
-    x = latents.clone().requires_grad_(True)
-    model(x).sum().backward()  # the reward-tuning gradient reaches the latents through the decoder
-    assert x.grad.abs().sum() > 0 and all(torch.isfinite(p.grad).all() for p in model.parameters())
-    # the frozen codec follows the surrogate's device, keeps its own dtype (dct's float64 constants), and
-    # the surrogate's output keeps the input's
-    assert model.double()(latents.double()).dtype == torch.float64
-    assert model.float().backbone.codec.synthesis.dtype == torch.float64
-    meta = copy.deepcopy(model).to("meta")
-    assert meta.backbone.codec.synthesis.device.type == "meta" and model.backbone.codec.synthesis.device.type == "cpu"
-    # a saved surrogate rebuilds the codec from the settings it was built with
-    model.save_pretrained(tmp_path / "m")
-    loaded = LatentRewardModel.from_pretrained(tmp_path / "m")
-    model.eval()
-    torch.testing.assert_close(loaded(latents), model(latents), rtol=0, atol=0)
-    with pytest.raises(CodecMismatchError, match="differs in"):  # checked before the codec is built
-        LatentRewardModel.from_pretrained(tmp_path / "m", codec_settings={**codec.settings(), "version": "0"})
-
-
-def test_nss_codec_surrogate_refuses_what_it_cannot_decode():
-    settings = codecs.load("dct").settings()
-    with pytest.raises(ValueError, match="runs the codec's own decoder: pass codec_settings"):
-        build("image-nss-codec", 32)
-    with pytest.raises(ValueError, match="no noise-aware variant"):
-        build("image-nss-codec", 32, noise_aware=True, codec_settings=settings)
-    with pytest.raises(ValueError, match="makes 32-channel latents, not 4"):
-        build("image-nss-codec", 4, codec_settings=settings)
-    with pytest.raises(ValueError, match="at least 2 patches.*got latents of 16x16"):
-        build("image-nss-codec", 32, codec_settings=settings)(torch.randn(1, 1, 32, 16, 16))
+    code = "import sys, lrm.models; print(sorted(m for m in sys.modules if m.startswith('lrm.rewards')))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"

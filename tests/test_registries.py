@@ -5,8 +5,7 @@ import torch
 
 import lrm
 from lrm.codecs import CODECS
-from lrm.models import ARCHITECTURES, SURROGATES
-from lrm.models.patch_gaussian import NIQE_PATCH_CELLS
+from lrm.models import PRESETS
 from lrm.rewards import REWARDS, availability
 from lrm.weights import WEIGHTS, MissingWeightsError
 
@@ -77,17 +76,13 @@ def test_weight_free_codecs_build_and_weighted_ones_name_their_file(no_weights):
                 lrm.load_codec(name)
 
 
-@pytest.mark.parametrize("preset", sorted(SURROGATES))
+@pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_every_surrogate_preset_runs(preset):
-    from lrm.models import needs_codec, needs_text
+    from lrm.models import build, needs_text
 
-    codec = lrm.load_codec("dct") if needs_codec(preset) else None  # presets that run a codec's decoder: dct's
-    channels = codec.channels if codec else 4
-    model = SURROGATES[preset](channels, text_dim=8 if needs_text(preset) else None,
-                               codec_settings=codec.settings() if codec else None)
+    model = build(preset, 4, text_dim=8 if needs_text(preset) else None)
     kwargs = {"text": torch.randn(2, 5, 8), "text_mask": torch.ones(2, 5, dtype=torch.bool)} if needs_text(preset) else {}
-    side = 2 * NIQE_PATCH_CELLS if ARCHITECTURES[preset].niqe_patches else 16  # NIQE presets: 2 x 2 patches of 12 cells
-    out = model(torch.randn(2, 3, channels, side, side), **kwargs)
+    out = model(torch.randn(2, 3, 4, 16, 16), **kwargs)
     assert out.shape == (2,) and torch.isfinite(out).all()
 
 
@@ -185,4 +180,4 @@ def test_the_readme_names_every_reward_and_every_surrogate_preset():
     rewards = readme.split("## Rewards", 1)[1].split("\n## ", 1)[0]
     surrogates = readme.split("## Surrogates", 1)[1].split("\n## ", 1)[0]
     assert [r for r in REWARDS if f"| `{r}` |" not in rewards] == []
-    assert [p for p in SURROGATES if f"`{p}`" not in surrogates] == []
+    assert [p for p in PRESETS if f"`{p}`" not in surrogates] == []

@@ -31,7 +31,7 @@ def fit(
     data: Annotated[Optional[str], typer.Option(help="Media folder or procedural:N (default: procedural clips).")] = None,
     store: Annotated[Optional[Path], typer.Option(help="Reuse this latent store instead of encoding (labelled if needed).")] = None,
     codec: Annotated[str, typer.Option(help="Latent space of a new store: dct, taef2 or diffusers:<path>.")] = DEFAULTS["codec"],
-    model: Annotated[Optional[str], typer.Option(help="Surrogate preset (default by reward kind: image-cnn-stats, text-image-xattn, video-pair-stats, text-video-3d-xattn).")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Surrogate preset (lrm.models.PRESETS). Default, the recommended one per reward kind: image-cnn-stats (image), text-image-xattn (text-image), video-pair-stats (video), text-video-3d-xattn (text-video).")] = None,
     steps: Annotated[int, typer.Option(min=1, help="Optimizer steps.")] = DEFAULTS["steps"],
     out: Annotated[Optional[Path], typer.Option(help="Run directory (default runs/<label>).")] = None,
     count: Annotated[int, typer.Option(min=1, help="Procedural clips when no --data is given.")] = DEFAULTS["count"],
@@ -96,10 +96,10 @@ def fit(
         raise typer.BadParameter(f"--label-pixels must be one of {', '.join(LABEL_PIXELS)}, got {label_pixels!r}")
     if augment not in AUGMENTS:
         raise typer.BadParameter(f"--augment must be one of {', '.join(AUGMENTS)}, got {augment!r}")
-    from lrm.models import SURROGATES
+    from lrm.models import PRESETS
 
-    if model is not None and model not in SURROGATES:
-        raise typer.BadParameter(f"--model must be one of {', '.join(SURROGATES)}, got {model!r}")
+    if model is not None and model not in PRESETS:
+        raise typer.BadParameter(f"--model must be one of {', '.join(PRESETS)}, got {model!r}")
     options = with_metric_options(parse_options(option), [reward], kind, input)
     job = FitJob(reward=reward, data=data, store=str(store) if store else None, out=str(out) if out else None,
                  label=label, label_pixels=label_pixels, codec=codec, count=count, frames=frames, size=size,

@@ -19,11 +19,13 @@ U-Nets), zero-initialised so that conditioning starts as the identity.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-GROUPS = 32  # GroupNorm groups per stage (capped at the stage width)
+GROUPS = 32  # GroupNorm groups per stage (fewer when they do not divide the width: gcd(32, width))
 
 
 def _stage_geometry(index: int, temporal: bool) -> tuple[tuple, tuple, tuple]:
@@ -49,7 +51,7 @@ class ConvStage(nn.Module):
         kernel, stride, padding = geometry
         conv = nn.Conv3d if len(kernel) == 3 else nn.Conv2d
         self.conv = conv(in_channels, out_channels, kernel, stride, padding)
-        self.norm = nn.GroupNorm(min(GROUPS, out_channels), out_channels) if norm else nn.Identity()
+        self.norm = nn.GroupNorm(math.gcd(GROUPS, out_channels), out_channels) if norm else nn.Identity()
         self.film = nn.Linear(cond_dim, 2 * out_channels) if cond_dim else None
         if self.film is not None:
             nn.init.zeros_(self.film.weight)

@@ -33,9 +33,6 @@ from lrm.io import atomic_write_bytes, atomic_write_json
 from lrm.labels import LABEL_TRANSFORMS
 from lrm.models.cnn import ConvBackbone
 from lrm.models.fullres import FullResolutionBackbone
-from lrm.models.mscn_gaussian import MSCNGaussianBackbone
-from lrm.models.nss_pixels import CodecNIQEBackbone, NSSPixelBackbone
-from lrm.models.patch_gaussian import PatchGaussianBackbone
 from lrm.models.timestep import TimestepEmbedding
 from lrm.models.xattn import TextCrossAttention
 
@@ -126,14 +123,14 @@ class LatentRewardModel(nn.Module):
     """Backbone (+ text cross-attention) (+ timestep FiLM) -> Linear head -> un-standardise."""
 
     def __init__(self, preset: str, in_channels: int,
-                 backbone: ConvBackbone | FullResolutionBackbone | PatchGaussianBackbone | MSCNGaussianBackbone
-                 | NSSPixelBackbone | CodecNIQEBackbone,
+                 backbone: ConvBackbone | FullResolutionBackbone,
                  per_frame: bool,
                  cross_attention: TextCrossAttention | None = None,
                  time_embedding: TimestepEmbedding | None = None, pooled_stats: bool = False,
-                 log_energy: bool = False):
+                 log_energy: bool = False, width: float = 1.0):
         super().__init__()
         self.preset = preset
+        self.width = width  # the preset's conv width multiplier (lrm.models.presets.build)
         self.in_channels = in_channels
         self.per_frame = per_frame
         self.backbone = backbone
@@ -258,6 +255,7 @@ class LatentRewardModel(nn.Module):
             "format_version": FORMAT_VERSION,
             "lrm_version": __version__,
             "preset": self.preset,
+            "width": self.width,
             "in_channels": self.in_channels,
             "text_dim": self.text_dim,
             "noise_aware": self.noise_aware,
@@ -282,7 +280,7 @@ class LatentRewardModel(nn.Module):
         """Load a saved surrogate, in eval mode; with `codec_settings`, refuse a latent space it was not fitted in."""
         from safetensors.torch import load_file
 
-        from lrm.models import build
+        from lrm.models.presets import PRESETS, REMOVED_PRESETS, build
 
         directory = Path(directory)
         config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
@@ -298,10 +296,15 @@ class LatentRewardModel(nn.Module):
                 f"{config_path} is not an lrm surrogate of format {FORMAT} v{FORMAT_VERSION} "
                 f"(got format={config.get('format')!r}, version={config.get('format_version')!r})"
             )
-        if codec_settings is not None:  # before building: a preset that runs the codec would load its weights
+        removed = REMOVED_PRESETS.get(config["preset"])
+        if removed is not None:
+            raise ValueError(f"{directory} holds a surrogate of preset {config['preset']!r}, which lrm no longer has "
+                             f"(use {removed}); refit it with `lrm fit REWARD --model PRESET`, PRESET one of "
+                             f"{', '.join(PRESETS)}")
+        if codec_settings is not None:
             check_codec(config["preset"], config["in_channels"], config.get("codec_settings"), codec_settings)
         model = build(config["preset"], config["in_channels"], text_dim=config["text_dim"],
-                      noise_aware=config["noise_aware"], codec_settings=config.get("codec_settings") or codec_settings)
+                      noise_aware=config["noise_aware"], width=config.get("width", 1.0))
         model.load_state_dict(load_file(weights_path, device=str(map_location)))
         stats = config.get("label_stats", {})
         model.set_label_stats(float(model.label_mean), float(model.label_std),

