@@ -292,7 +292,7 @@ def assess(surrogate: dict, baselines: dict, by_noise: list[dict] | None = None)
     versus = f", ridge {ridge['spearman']:.3f}" if ridge is not None else ""
     failed = [checks[k] for k in ("level", "range") if checks[k]]
     if checks["ranking"]:
-        trust, why = "low", checks["ranking"] + (f"; also {failed[0].split(':')[0]}" if failed else "")
+        trust, why = "low", checks["ranking"] + (f"; also {' and '.join(p.split(':')[0] for p in failed)}" if failed else "")
     elif s < HIGH_SPEARMAN:
         trust, why = "moderate", (f"ranks fairly (Spearman {s:.3f} < {HIGH_SPEARMAN}{versus})"
                                   + (f" and {'; '.join(failed)}" if failed else "; level and range right"))

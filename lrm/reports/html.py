@@ -43,7 +43,9 @@ def _fmt(value) -> str:
     if value is None or (isinstance(value, (str, list, tuple, dict)) and not value):
         return "none"
     if isinstance(value, float):
-        return MISSING if not math.isfinite(value) else f"{value:.4g}"
+        if not math.isfinite(value):
+            return MISSING
+        return f"{value:,.0f}" if 1e4 <= abs(value) < 1e15 else f"{value:.4g}"  # 75,503 rather than 7.55e+04
     if isinstance(value, dict):
         return html.escape(", ".join(f"{k}={v}" for k, v in value.items()))
     if isinstance(value, (list, tuple)):
