@@ -265,7 +265,7 @@ def evaluate(model, store: LatentStore, label: str, train_rows: np.ndarray, val_
     `scope` is the report's sentence on which rows were scored and where the baselines were fitted."""
     from lrm.fitting import predict
     from lrm.reports import write_report
-    from lrm.reports.html import IN_DISTRIBUTION
+    from lrm.reports.html import in_distribution
 
     train_store = train_store or store
     true = store.label(label)[val_rows]
@@ -282,7 +282,8 @@ def evaluate(model, store: LatentStore, label: str, train_rows: np.ndarray, val_
     fidelity = assess(fidelity_metrics(pred, true, groups), baselines, by_noise)
     write_report(out_dir, fidelity=fidelity, history=history, pred=pred, true=true, config=config,
                  summary=summary, groups=groups, thumbnails=_thumbnails(store, val_rows, pred, true),
-                 title=title or f"Latent surrogate of {summary['reward']}", scope=scope or IN_DISTRIBUTION)
+                 title=title or f"Latent surrogate of {summary['reward']}",
+                 scope=scope or in_distribution(len(val_rows), len(train_rows), store.path))
     return fidelity
 
 

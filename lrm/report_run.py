@@ -59,6 +59,11 @@ def open_run(run_dir: str | Path) -> FittedRun:
     known = {f.name for f in dataclasses.fields(FitConfig)}
     split_config = dataclasses.replace(FitConfig(), **{k: v for k, v in fit.items() if k in known})
     train_rows, val_rows, _ = split_rows(store, store.label(label), split_config)
+    recorded = (config.get("train_size"), config.get("val_size"))
+    if None not in recorded and recorded != (len(train_rows), len(val_rows)):
+        raise ValueError(f"store {store_path} no longer gives the split run {run_dir} was fitted on ({recorded[0]} "
+                         f"training and {recorded[1]} held-out rows recorded, {len(train_rows)} and {len(val_rows)} "
+                         "now): its rows or label changed; report on the store the run was fitted on")
     return FittedRun(run_dir, config, store, label, train_rows, val_rows)
 
 
@@ -78,17 +83,15 @@ def label_other_store(run: FittedRun, target: LatentStore, progress: bool = True
     return target
 
 
-REPORT_KEYS = ("scope", "verdict", "trust", "checks", "flags", "surrogate", "baselines", "per_group",
-               "per_group_note", "by_noise")  # what write_report adds to the run's facts in metrics.json
-
-
 def _fit_facts(run: FittedRun) -> dict:
     """The facts `lrm fit` showed at the top of its report (metrics.json less the results)."""
+    from lrm.reports.html import RESULT_KEYS
+
     try:
         saved = json.loads((run.run_dir / "metrics.json").read_text())
     except (OSError, json.JSONDecodeError):
         return {}
-    return {k: v for k, v in saved.items() if k not in REPORT_KEYS} if isinstance(saved, dict) else {}
+    return {k: v for k, v in saved.items() if k not in RESULT_KEYS} if isinstance(saved, dict) else {}
 
 
 def _history(run: FittedRun) -> list[dict]:
@@ -115,6 +118,7 @@ def report_run(run_dir: str | Path, store: str | Path | None = None, out: str | 
     """
     from lrm.models import LatentRewardModel
     from lrm.pipeline import evaluate
+    from lrm.reports.html import in_distribution
 
     run = open_run(run_dir)
     fit = run.config["fit"]
@@ -122,9 +126,7 @@ def report_run(run_dir: str | Path, store: str | Path | None = None, out: str | 
     if store is None:
         model = LatentRewardModel.from_pretrained(run.run_dir / "model", codec_settings=run.store.codec_settings)
         out_dir = Path(out) if out else run.run_dir
-        scope = (f"In distribution: scored on the {len(run.val_rows)} held-out rows of {run.store.path} (groups the "
-                 f"fit never saw); the constant and ridge baselines were fitted on its {len(run.train_rows)} "
-                 "training rows, the surrogate's own.")
+        scope = in_distribution(len(run.val_rows), len(run.train_rows), run.store.path)
         summary = {**_fit_facts(run), "n_train": len(run.train_rows), "n_val": len(run.val_rows)}
         summary.setdefault("reward", model.info.reward_name)
         fidelity = evaluate(model, run.store, run.label, run.train_rows, run.val_rows, out_dir,

@@ -5,7 +5,9 @@ import numpy as np
 
 from lrm.fidelity import assess, fidelity_by_noise, fidelity_metrics, fit_baselines
 from lrm.reports import figures, write_report
-from lrm.reports.html import GROUPS_IN_METRICS, IN_DISTRIBUTION
+from lrm.reports.html import GROUPS_IN_METRICS, RESULT_KEYS, in_distribution
+
+SCOPE = in_distribution(120, 400, "stores/proc")
 
 
 def _fit_like_inputs():
@@ -23,7 +25,7 @@ def _fit_like_inputs():
     return dict(fidelity=fidelity, history=history, pred=pred, true=true, groups=groups,
                 thumbnails={"best": [thumb] * 3, "worst": [thumb] * 2},
                 config={"steps": 100, "model": "image-cnn"},
-                summary={"reward": "sharpness", "label": "sharpness", "codec": "dct-v1", "n_train": 400, "n_val": 120})
+                scope=SCOPE, summary={"reward": "sharpness", "label": "sharpness", "codec": "dct-v1", "n_train": 400, "n_val": 120})
 
 
 def _refuse_nan(token: str):
@@ -31,7 +33,8 @@ def _refuse_nan(token: str):
 
 
 def test_report_files_sections_and_metrics_keys(tmp_path):
-    html_path = write_report(tmp_path, **_fit_like_inputs())
+    inputs = _fit_like_inputs()
+    html_path = write_report(tmp_path, **inputs)
     page = html_path.read_text()
     for heading in ("Fidelity and baselines", "Learning curves", "Predicted vs true", "Calibration",
                     "Residuals", "Fidelity by noise level", "Best-predicted examples", "Worst-predicted examples",
@@ -46,6 +49,7 @@ def test_report_files_sections_and_metrics_keys(tmp_path):
                 "per_group", "by_noise"):
         assert key in metrics, key
     assert set(metrics["baselines"]) == {"constant", "ridge"}
+    assert set(metrics) == set(inputs["summary"]) | set(RESULT_KEYS)  # what `lrm report` strips to keep the facts
     for key in ("spearman", "r2", "kendall", "pearson", "pairwise_accuracy", "calibration", "mse"):
         assert key in metrics["surrogate"], key
     pngs = sorted(p.name for p in (tmp_path / "figures").glob("*.png"))
@@ -71,10 +75,10 @@ def _text(page: str) -> str:
 
 def test_verdict_comes_first_then_scope_then_facts(tmp_path):
     page = write_report(tmp_path, **_fit_like_inputs()).read_text()
-    verdict, scope, facts = page.index("Verdict:"), page.index(IN_DISTRIBUTION[:40]), page.index("<th>fact</th>")
+    verdict, scope, facts = page.index("Verdict:"), page.index("In distribution: scored on the 120 held-out rows of stores/proc"), page.index("<th>fact</th>")
     assert page.index("<h1>") < verdict < scope < facts
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert metrics["scope"] == IN_DISTRIBUTION and metrics["trust"] in ("high", "moderate", "low")
+    assert metrics["scope"] == SCOPE and metrics["trust"] in ("high", "moderate", "low")
     assert set(metrics["checks"]) == {"ranking", "level", "range"}
     assert f"class='verdict {metrics['trust']}'" in page
 

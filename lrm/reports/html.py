@@ -34,6 +34,8 @@ METRIC_ROWS = ("spearman", "kendall", "pearson", "r2", "pairwise_accuracy", "mae
 MISSING = "—"  # a metric that does not exist (a constant predictor's Spearman), never "nan"
 GROUPS_IN_METRICS = 50  # worst groups kept in metrics.json; the rest are counted, not listed
 GROUPS_ON_PAGE = 10  # worst groups shown in report.html
+RESULT_KEYS = ("scope", "verdict", "trust", "checks", "flags", "surrogate", "baselines", "per_group",
+               "per_group_note", "by_noise")  # what write_report adds to the summary's facts in metrics.json
 
 
 def _fmt(value) -> str:
@@ -78,13 +80,15 @@ def _img(png: bytes, alt: str) -> str:
     return f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
 
 
-IN_DISTRIBUTION = ("Scored on held-out rows of the store the surrogate was fitted on (groups it never saw); "
-                   "the constant and ridge baselines were fitted on the surrogate's own training rows.")
+def in_distribution(n_scored: int, n_train: int, store) -> str:
+    """The report's scope sentence for a surrogate scored on its own store's held-out rows."""
+    return (f"In distribution: scored on the {n_scored} held-out rows of {store} (groups the fit never saw); the "
+            f"constant and ridge baselines were fitted on its {n_train} training rows, the surrogate's own.")
 
 
 def write_report(run_dir: str | Path, *, fidelity: FidelityReport, history: list[dict], pred, true,
-                 config: dict, summary: dict, groups=None, thumbnails=None, title: str = "Surrogate fit",
-                 scope: str = IN_DISTRIBUTION) -> Path:
+                 config: dict, summary: dict, scope: str, groups=None, thumbnails=None,
+                 title: str = "Surrogate fit") -> Path:
     """Write report.html, figures/*.png and metrics.json into run_dir; returns the HTML path.
 
     thumbnails: {"best": [(uint8 HxWx3, caption, pred, true), ...], "worst": [...]} or None.
