@@ -280,10 +280,10 @@ def assess(surrogate: dict, baselines: dict, by_noise: list[dict] | None = None)
     mislevelled = [g for g in surrogate.get("per_group", [])
                    if g["n"] >= 3 and abs(g["bias"]) > GROUP_BIAS_STDS * surrogate["true_std"]]
     if mislevelled:
-        named = ", ".join(f"{g['group']} {'under' if g['bias'] < 0 else 'over'}-rated by {abs(g['bias']):.3g}"
+        named = ", ".join(f"{g['group']} {'under' if g['bias'] < 0 else 'over'}-rated by {_num(abs(g['bias']))}"
                           for g in sorted(mislevelled, key=lambda g: -abs(g["bias"]))[:3])
         flags.append(f"mis-levels whole groups ({named}; the reward's spread is "
-                     f"{surrogate['true_std']:.3g}): content unlike the training data, so check what it covers")
+                     f"{_num(surrogate['true_std'])}): content unlike the training data, so check what it covers")
     if by_noise:
         worst = min(by_noise, key=lambda r: r["spearman"] if np.isfinite(r["spearman"]) else -1)
         if not np.isfinite(worst["spearman"]) or worst["spearman"] < LOW_SPEARMAN:
