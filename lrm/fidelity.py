@@ -241,7 +241,7 @@ def level_problem(surrogate: dict, baselines: dict) -> str | None:
     if constant is not None and cal > CALIBRATION_SHARE * constant["mae"]:
         return (f"mis-levelled: calibration error {_num(cal)} is {cal / constant['mae']:.0%} of the constant "
                 f"predictor's mean error ({_num(constant['mae'])}; at most {CALIBRATION_SHARE:.0%})")
-    if ridge is not None and cal > RIDGE_CALIBRATION_FACTOR * ridge["calibration_error"]:
+    if ridge is not None and 0 < RIDGE_CALIBRATION_FACTOR * ridge["calibration_error"] < cal:
         return (f"mis-levelled: calibration error {_num(cal)} is {cal / ridge['calibration_error']:.1f}x "
                 f"ridge's ({_num(ridge['calibration_error'])})")
     return None
