@@ -139,6 +139,10 @@ def report_run(run_dir: str | Path, store: str | Path | None = None, out: str | 
         raise ValueError(f"--store {store} is the store {run.run_dir} was fitted on, so every row would include its "
                          f"training rows; run `lrm report {run.run_dir}` without --store for its held-out report")
     model = LatentRewardModel.from_pretrained(run.run_dir / "model", codec_settings=target.codec_settings)
+    if model.text_dim is not None and target.text_encoder_id != model.info.text_encoder_id:
+        raise ValueError(f"surrogate {run.run_dir / 'model'} reads prompts embedded by {model.info.text_encoder_id}, "
+                         f"but store {target.path} holds {target.text_encoder_id or 'no'} text embeddings; encode it "
+                         f"again with `lrm encode ... --text {model.info.text_encoder_id}`")
     target = label_other_store(run, target, progress)
     labels = target.label(run.label)
     rows = np.flatnonzero(np.isfinite(labels))

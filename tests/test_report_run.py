@@ -115,3 +115,20 @@ def test_the_runs_own_store_and_a_folder_that_is_no_run_are_refused(run, tmp_pat
     (moved / "config.json").write_text(json.dumps(config))
     gone = runner.invoke(app, ["report", str(moved), "--quiet"])
     assert isinstance(gone.exception, FileNotFoundError) and "put it back at that path" in str(gone.exception)
+
+
+def test_a_text_surrogate_is_refused_on_a_store_without_its_text_embeddings(run, tmp_path):
+    from lrm.models import build
+
+    texty = tmp_path / "texty"
+    shutil.copytree(run, texty, ignore=shutil.ignore_patterns("store", "eval-*"))
+    saved = LatentRewardModel.from_pretrained(run / "model")
+    model = build("text-image-xattn", saved.in_channels, text_dim=8, codec_settings=saved.info.codec_settings)
+    model.info.codec_settings, model.info.reward_name = saved.info.codec_settings, saved.info.reward_name
+    model.info.text_encoder_id = "minilm-l6-v2"
+    model.save_pretrained(texty / "model")
+    other = _encode(tmp_path / "plain", 4, seed=5)  # no --text
+    result = runner.invoke(app, ["report", str(texty), "--store", str(other), "--quiet"])
+    message = str(result.exception)
+    assert isinstance(result.exception, ValueError) and "reads prompts embedded by minilm-l6-v2" in message
+    assert f"store {other} holds no text embeddings" in message and "--text minilm-l6-v2" in message
