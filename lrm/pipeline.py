@@ -267,7 +267,7 @@ def evaluate(model, store: LatentStore, label: str, train_rows: np.ndarray, val_
     from lrm.reports import write_report
     from lrm.reports.html import in_distribution
 
-    train_store = train_store or store
+    train_store = store if train_store is None else train_store
     true = store.label(label)[val_rows]
     pred = predict(model, store, val_rows)
     groups = store.groups[val_rows]
