@@ -1,9 +1,10 @@
 """How far to trust a surrogate: held-out agreement with the pixel reward, next to baselines.
 
 Everything here takes plain arrays so it can score any predictor (a fitted LRM, a baseline, a
-reward computed another way). The two baselines are fitted on the same split as the surrogate:
-a constant (train mean) and ridge regression on pooled latent statistics. A surrogate that does
-not beat ridge learned nothing a handful of channel statistics could not tell, and is flagged.
+reward computed another way). The two baselines are fitted on the surrogate's own training rows
+and scored on the same rows as the surrogate: a constant (train mean) and ridge regression on pooled
+latent statistics. A surrogate that does not beat ridge learned nothing a handful of channel
+statistics could not tell. The verdict judges ranking, level and range together (`assess`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,12 @@ from lrm.models.surrogate import channel_stats
 
 PAIR_SAMPLE = 2000  # pairwise accuracy is exact up to this many samples, then on a seeded subsample
 LOW_SPEARMAN = 0.8  # below this a surrogate ranks too poorly to steer a tuner reliably
+HIGH_SPEARMAN = 0.95  # at or above this about 9 pairs in 10 are ordered right (main job: 0.957, pairwise 0.916)
+MIN_R2 = 0.8  # below this its RMSE exceeds 45% of the reward's spread: its values are not the reward's values
+CALIBRATION_SHARE = 0.25  # calibration bins may miss by at most this share of the constant predictor's mean error
+RIDGE_CALIBRATION_FACTOR = 2.0  # calibrated more than this many times worse than ridge: mis-levelled where ridge is not
+RANGE_OVERSHOOT = 0.25  # predictions beyond the true range by more than this share of its span are values the
+#                         reward never takes, which a tuner climbing the surrogate would chase
 FEW_HELD_OUT = 50  # below this many held-out samples the verdict warns how uncertain Spearman is
 GROUP_BIAS_STDS = 0.5  # a held-out group whose mean error exceeds this many reward stds is mis-levelled
 CALIBRATION_BINS = 10
@@ -112,10 +119,20 @@ def fidelity_metrics(pred, true, groups=None) -> dict:
         "calibration": calibration(pred, true),
     }
     out["calibration_error"] = calibration_error(out["calibration"])
+    out.update(range_of(pred, true))
     if groups is not None:
         groups = np.asarray(groups)[keep]
         out["per_group"] = per_group(pred, true, groups)
     return out
+
+
+def range_of(pred: np.ndarray, true: np.ndarray) -> dict:
+    """Ranges of prediction and truth, and how far the prediction leaves the true range (range_overshoot:
+    the larger overshoot at either end, as a share of the true span; NaN when the truth is constant)."""
+    span = float(np.ptp(true))
+    beyond = max(float(pred.max() - true.max()), float(true.min() - pred.min()), 0.0)
+    return {"pred_min": float(pred.min()), "pred_max": float(pred.max()), "true_min": float(true.min()),
+            "true_max": float(true.max()), "range_overshoot": beyond / span if span > 0 else float("nan")}
 
 
 def per_group(pred: np.ndarray, true: np.ndarray, groups: np.ndarray) -> list[dict]:
@@ -180,60 +197,111 @@ def fit_baselines(x_train: np.ndarray, y_train, x_val: np.ndarray, y_val,
 
 @dataclass
 class FidelityReport:
-    surrogate: dict  # fidelity_metrics of the surrogate on the held-out split
-    baselines: dict  # name -> fidelity_metrics of each baseline on the same split
-    flags: list[str] = field(default_factory=list)  # plain-language warnings
-    verdict: str = ""  # "high / moderate / low trust — why"
+    surrogate: dict  # fidelity_metrics of the surrogate on the scored rows
+    baselines: dict  # name -> fidelity_metrics of each baseline on the same rows
+    flags: list[str] = field(default_factory=list)  # plain-language warnings, one sentence each
+    verdict: str = ""  # one line: "high / moderate / low trust — what passed and what failed"
     by_noise: list[dict] | None = None  # fidelity_by_noise rows for noise-aware surrogates
+    trust: str = ""  # "high", "moderate" or "low": the verdict's first words, for styling and scripts
+    checks: dict = field(default_factory=dict)  # "ranking", "level", "range" -> why it failed, or None
 
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def other_warnings(self) -> list[str]:
+        """The flags the verdict line does not already say, to list beneath it."""
+        return [f for f in self.flags if f not in self.verdict]
+
+
+def _num(value: float) -> str:
+    """A reward value for a sentence: 3 significant digits, thousands separated."""
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}"
+
+
+def ranking_problem(surrogate: dict, ridge: dict | None) -> str | None:
+    """Why the surrogate cannot be trusted to order samples (what a tuner climbs), or None."""
+    s = surrogate["spearman"]
+    if not np.isfinite(s) or s < LOW_SPEARMAN:
+        return f"misranks: Spearman {s:.3f} < {LOW_SPEARMAN}"
+    if ridge is not None and np.isfinite(ridge["spearman"]) and not s > ridge["spearman"]:
+        return (f"ranks no better than ridge on pooled latent statistics (Spearman {s:.3f} vs "
+                f"{ridge['spearman']:.3f}): its gradient adds nothing a handful of channel statistics could not tell")
+    return None
+
+
+def level_problem(surrogate: dict, baselines: dict) -> str | None:
+    """Why the surrogate's values are not the reward's values (R², and calibration against the constant
+    predictor's error and ridge's calibration), or None."""
+    r2, cal = surrogate["r2"], surrogate["calibration_error"]
+    ridge, constant = baselines.get("ridge"), baselines.get("constant")
+    if not np.isfinite(r2) or r2 < MIN_R2:
+        return f"mis-levelled: R² {r2:.3f} < {MIN_R2}"
+    if ridge is not None and np.isfinite(ridge["r2"]) and not r2 > ridge["r2"]:
+        return f"mis-levelled: R² {r2:.3f} not above ridge's {ridge['r2']:.3f}"
+    if constant is not None and cal > CALIBRATION_SHARE * constant["mae"]:
+        return (f"mis-levelled: calibration error {_num(cal)} is {cal / constant['mae']:.0%} of the constant "
+                f"predictor's mean error ({_num(constant['mae'])}; at most {CALIBRATION_SHARE:.0%})")
+    if ridge is not None and 0 < RIDGE_CALIBRATION_FACTOR * ridge["calibration_error"] < cal:
+        return (f"mis-levelled: calibration error {_num(cal)} is {cal / ridge['calibration_error']:.1f}x "
+                f"ridge's ({_num(ridge['calibration_error'])})")
+    return None
+
+
+def range_problem(surrogate: dict) -> str | None:
+    """Why the surrogate's predictions leave the reward's range (values a tuner could chase), or None."""
+    over = surrogate["range_overshoot"]
+    if not np.isfinite(over) or over <= RANGE_OVERSHOOT:
+        return None
+    low, high = surrogate["true_min"], surrogate["true_max"]
+    side = "reach" if surrogate["pred_max"] - high >= low - surrogate["pred_min"] else "fall to"
+    end = surrogate["pred_max"] if side == "reach" else surrogate["pred_min"]
+    return (f"out of range: predictions {side} {_num(end)} where true values span {_num(low)} to {_num(high)} "
+            f"({over:.0%} of that span beyond it; at most {RANGE_OVERSHOOT:.0%})")
+
 
 def assess(surrogate: dict, baselines: dict, by_noise: list[dict] | None = None) -> FidelityReport:
-    """Flag what should worry a user and give a one-line verdict.
+    """Judge ranking, level and range together; flag what should worry a user; one-line verdict.
 
-    Rule: the surrogate must beat ridge on BOTH Spearman and R² — otherwise pooled channel
-    statistics explain the reward as well, and the surrogate's gradient adds no information.
+    low: it misorders samples (Spearman below LOW_SPEARMAN or not above ridge's). moderate: it ranks,
+    but its level or range is off, its Spearman is short of HIGH_SPEARMAN, or a warning stands
+    (few scored rows, mis-levelled groups, a noise level it cannot read). high: none of these.
     """
-    flags = []
     s, r2 = surrogate["spearman"], surrogate["r2"]
     ridge = baselines.get("ridge")
-    lost_on = [] if ridge is None else [name for name, key in (("Spearman", "spearman"), ("R²", "r2"))
-                                        if not surrogate[key] > ridge[key]]
-    beats_ridge = not lost_on
-    if not beats_ridge:
-        flags.append(
-            f"does not beat the ridge baseline on {' or '.join(lost_on)} (Spearman {s:.3f} vs "
-            f"{ridge['spearman']:.3f}, R² {r2:.3f} vs {ridge['r2']:.3f}): pooled latent statistics "
-            f"{'predict this reward as well' if len(lost_on) == 2 else 'rival it'}"
-        )
+    checks = {"ranking": ranking_problem(surrogate, ridge), "level": level_problem(surrogate, baselines),
+              "range": range_problem(surrogate)}
+    flags = [problem for problem in checks.values() if problem]
     if surrogate["n"] < FEW_HELD_OUT:
         low, high = spearman_interval(s, surrogate["n"])
         spread = (f"Spearman's 95% interval is about {low:.2f} to {high:.2f}" if np.isfinite(low)
                   else "too few to estimate Spearman's uncertainty")
-        flags.append(f"only {surrogate['n']} held-out samples: {spread}; hold out at least {FEW_HELD_OUT} "
+        flags.append(f"only {surrogate['n']} scored samples: {spread}; score at least {FEW_HELD_OUT} "
                      "for a firm verdict")
-    if not np.isfinite(s) or s < LOW_SPEARMAN:
-        flags.append(f"held-out Spearman {s:.3f} < {LOW_SPEARMAN}: it misorders many samples")
-    if surrogate["calibration_error"] > 0.25 * surrogate["true_std"]:
-        flags.append(f"poorly calibrated: mean bin gap {surrogate['calibration_error']:.3g} "
-                     f"exceeds a quarter of the reward's spread ({surrogate['true_std']:.3g})")
     mislevelled = [g for g in surrogate.get("per_group", [])
                    if g["n"] >= 3 and abs(g["bias"]) > GROUP_BIAS_STDS * surrogate["true_std"]]
     if mislevelled:
-        named = ", ".join(f"{g['group']} {'under' if g['bias'] < 0 else 'over'}-rated by {abs(g['bias']):.3g}"
+        named = ", ".join(f"{g['group']} {'under' if g['bias'] < 0 else 'over'}-rated by {_num(abs(g['bias']))}"
                           for g in sorted(mislevelled, key=lambda g: -abs(g["bias"]))[:3])
-        flags.append(f"mis-levels whole held-out groups ({named}; the reward's spread is "
-                     f"{surrogate['true_std']:.3g}): content unlike the training data, so check what it covers")
+        flags.append(f"mis-levels whole groups ({named}; the reward's spread is "
+                     f"{_num(surrogate['true_std'])}): content unlike the training data, so check what it covers")
     if by_noise:
         worst = min(by_noise, key=lambda r: r["spearman"] if np.isfinite(r["spearman"]) else -1)
         if not np.isfinite(worst["spearman"]) or worst["spearman"] < LOW_SPEARMAN:
             flags.append(f"at noise level t={worst['t']} Spearman drops to {worst['spearman']:.3f}")
-    if np.isfinite(s) and s >= 0.95 and beats_ridge and not flags:
-        verdict = f"high trust — held-out Spearman {s:.3f}, R² {r2:.3f}, beats ridge"
-    elif np.isfinite(s) and s >= LOW_SPEARMAN and beats_ridge:
-        verdict = f"moderate trust — Spearman {s:.3f}, R² {r2:.3f}" + (f"; {len(flags)} warning(s)" if flags else "")
+
+    versus = f", ridge {ridge['spearman']:.3f}" if ridge is not None else ""
+    failed = [checks[k] for k in ("level", "range") if checks[k]]
+    if checks["ranking"]:
+        trust, why = "low", checks["ranking"] + (f"; also {' and '.join(p.split(':')[0] for p in failed)}" if failed else "")
+    elif s < HIGH_SPEARMAN:
+        trust, why = "moderate", (f"ranks fairly (Spearman {s:.3f} < {HIGH_SPEARMAN}{versus})"
+                                  + (f" and {'; '.join(failed)}" if failed else "; level and range right"))
+    elif failed:
+        trust, why = "moderate", f"ranks well (Spearman {s:.3f}{versus}) but {'; '.join(failed)}"
+    elif flags:
+        trust, why = "moderate", f"ranks well, right level and range (Spearman {s:.3f}, R² {r2:.3f}), but {flags[0]}"
     else:
-        verdict = f"low trust — {flags[0] if flags else f'Spearman {s:.3f}'}"
-    return FidelityReport(surrogate, baselines, flags, verdict, by_noise)
+        trust = "high"
+        why = (f"ranks well (Spearman {s:.3f}{versus}), right level (R² {r2:.3f}"
+               + (f", ridge {ridge['r2']:.3f}" if ridge is not None else "") + ") and range")
+    return FidelityReport(surrogate, baselines, flags, f"{trust} trust — {why}", by_noise, trust, checks)

@@ -236,26 +236,32 @@ def _batches(rows: np.ndarray, size: int = 256):
 
 def evaluate(model, store: LatentStore, label: str, train_rows: np.ndarray, val_rows: np.ndarray,
              out_dir: str | Path, *, history: list[dict], config: dict, summary: dict,
-             noise_timesteps=(), title: str | None = None) -> FidelityReport:
-    """Score `model` on the held-out rows next to baselines fitted on the training rows; write the report."""
+             noise_timesteps=(), title: str | None = None, train_store: LatentStore | None = None,
+             scope: str | None = None) -> FidelityReport:
+    """Score `model` on `val_rows` of `store` next to baselines fitted on `train_rows` of `train_store`
+    (default: `store` itself; the surrogate's own training rows); write the report into `out_dir`.
+    `scope` is the report's sentence on which rows were scored and where the baselines were fitted."""
     from lrm.fitting import predict
     from lrm.reports import write_report
+    from lrm.reports.html import in_distribution
 
-    labels = store.label(label)
-    true = labels[val_rows]
+    train_store = store if train_store is None else train_store
+    true = store.label(label)[val_rows]
     pred = predict(model, store, val_rows)
     groups = store.groups[val_rows]
-    train_rows = train_rows[np.isfinite(labels[train_rows])]
-    x_train = features_of(store.latents(b) for b in _batches(train_rows))
+    train_labels = train_store.label(label)
+    train_rows = train_rows[np.isfinite(train_labels[train_rows])]
+    x_train = features_of(train_store.latents(b) for b in _batches(train_rows))
     x_val = features_of(store.latents(b) for b in _batches(val_rows))
-    baselines = fit_baselines(x_train, labels[train_rows], x_val, true, model.label_transform)
+    baselines = fit_baselines(x_train, train_labels[train_rows], x_val, true, model.label_transform)
     by_noise = None
     if noise_timesteps:
         by_noise = fidelity_by_noise({t: predict(model, store, val_rows, t=t) for t in noise_timesteps}, true)
     fidelity = assess(fidelity_metrics(pred, true, groups), baselines, by_noise)
     write_report(out_dir, fidelity=fidelity, history=history, pred=pred, true=true, config=config,
                  summary=summary, groups=groups, thumbnails=_thumbnails(store, val_rows, pred, true),
-                 title=title or f"Latent surrogate of {summary['reward']}")
+                 title=title or f"Latent surrogate of {summary['reward']}",
+                 scope=scope or in_distribution(len(val_rows), len(train_rows), store.path))
     return fidelity
 
 

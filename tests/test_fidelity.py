@@ -6,8 +6,9 @@ import torch
 from scipy import stats
 from sklearn.metrics import r2_score
 
-from lrm.fidelity import (assess, calibration, features_of, fidelity_by_noise, fidelity_metrics, fit_baselines,
-                          pairwise_accuracy, pooled_latent_features, spearman_interval)
+from lrm.fidelity import (CALIBRATION_SHARE, HIGH_SPEARMAN, LOW_SPEARMAN, MIN_R2, assess, calibration, features_of,
+                          fidelity_by_noise, fidelity_metrics, fit_baselines, pairwise_accuracy,
+                          pooled_latent_features, range_of, spearman_interval)
 
 
 def brute_pairwise(pred, true):
@@ -105,36 +106,110 @@ def test_ridge_fits_log_labels_when_told_and_predicts_in_reward_units():
     assert fit_baselines(x[:300], y[:300], x[300:], y[300:], label_transform="auto")["ridge"] == logs["ridge"]
 
 
-def test_flags_a_surrogate_worse_than_ridge():
-    rng = np.random.default_rng(3)
-    true = rng.normal(size=100)
-    good = fidelity_metrics(true + 0.05 * rng.normal(size=100), true)
-    weak = fidelity_metrics(true + 1.0 * rng.normal(size=100), true)
-    base = {"ridge": good}
-    report = assess(weak, base)
-    assert any("ridge" in f for f in report.flags)
-    assert report.verdict.startswith("low trust")
-    report = assess(good, {"ridge": weak})
-    assert report.verdict.startswith("high trust") and not report.flags
+def _judged(pred, true, ridge_pred):
+    """assess() with the two baselines as lrm fits them: a constant (here the true mean) and a ridge."""
+    constant = fidelity_metrics(np.full(len(true), true.mean()), true)
+    return assess(fidelity_metrics(pred, true), {"constant": constant, "ridge": fidelity_metrics(ridge_pred, true)})
 
 
-def test_ridge_flag_names_the_metric_ridge_wins_on():
-    rng = np.random.default_rng(5)
-    true = rng.normal(size=100)
-    surrogate = fidelity_metrics(true + 0.3 * rng.normal(size=100), true)
-    ranks_better = dict(surrogate, spearman=surrogate["spearman"] + 0.01, r2=surrogate["r2"] - 0.5)
-    flag = [f for f in assess(surrogate, {"ridge": ranks_better}).flags if "ridge" in f]
-    assert flag and "on Spearman (" in flag[0] and "rival it" in flag[0]
-    both = dict(surrogate, spearman=surrogate["spearman"] + 0.01, r2=surrogate["r2"] + 0.01)
-    assert "on Spearman or R² (" in assess(surrogate, {"ridge": both}).flags[0]
+@pytest.fixture
+def reward():
+    """400 true values and two independent noise draws (seeded)."""
+    rng = np.random.default_rng(0)
+    return rng.normal(size=400), rng.normal(size=400), rng.normal(size=400)
+
+
+def test_good_on_ranking_level_and_range_is_high_trust(reward):
+    # The main job's kind of result: Spearman ~0.96 and R² ~0.93, ridge clearly behind on both.
+    true, noise, other = reward
+    report = _judged(true + 0.25 * noise, true, true + 0.5 * other)
+    assert report.trust == "high" and report.verdict.startswith("high trust — ranks well (Spearman 0.96")
+    assert report.checks == {"ranking": None, "level": None, "range": None} and not report.flags
+
+
+def test_misranking_is_low_trust_and_names_what_else_failed(reward):
+    true, noise, other = reward
+    report = _judged(true + 2 * noise, true, true + 3 * other)
+    assert report.trust == "low"
+    assert report.verdict.startswith(f"low trust — misranks: Spearman 0.4") and f"< {LOW_SPEARMAN}" in report.verdict
+    assert "also mis-levelled and out of range" in report.verdict
+    assert report.checks["level"].startswith("mis-levelled: R² -") and report.checks["range"] in report.flags
+
+
+def test_ranking_no_better_than_ridge_is_low_trust(reward):
+    true, noise, other = reward
+    report = _judged(true + 0.25 * noise, true, true + 0.2 * other)
+    assert report.trust == "low" and "ranks no better than ridge" in report.verdict
+    assert "R² 0.93" in report.checks["level"] and "not above ridge's 0.96" in report.checks["level"]
+
+
+def test_ranks_well_but_low_r2_is_moderate_and_says_so(reward):
+    true, noise, other = reward
+    report = _judged(true + 0.6 + 0.1 * noise, true, true + 0.5 * other)  # every value 0.6 std too high
+    assert report.verdict.startswith("moderate trust — ranks well (Spearman 0.99")
+    assert f"but mis-levelled: R² 0.6" in report.verdict and f"< {MIN_R2}" in report.verdict
+    assert report.checks["range"] is None and "out of range" not in report.verdict
+
+
+def test_calibration_worse_than_the_constants_error_allows_is_mis_levelled(reward):
+    true, noise, other = reward
+    report = _judged(true + 0.3 + 0.1 * noise, true, true + 0.5 * other)  # R² 0.9, but bins miss by 0.3 std
+    assert report.surrogate["r2"] > MIN_R2 and report.trust == "moderate"
+    assert "mis-levelled: calibration error 0.29" in report.verdict and "of the constant predictor's mean error" in report.verdict
+
+
+def test_calibration_far_worse_than_ridges_is_mis_levelled(reward):
+    true, noise, other = reward
+    ridge = 0.8 * (true + 0.5 * other)  # the conditional mean given a noisy feature: calibrated, R² ~0.8
+    report = _judged(true + 0.15 + 0.1 * noise, true, ridge)
+    assert report.surrogate["calibration_error"] < CALIBRATION_SHARE * 0.79  # within the constant's allowance
+    assert report.trust == "moderate" and "x ridge's" in report.checks["level"]
+    assert report.checks["level"] in report.verdict
+
+
+def test_predictions_far_outside_the_true_range_are_out_of_range(reward):
+    true, noise, other = reward
+    pred = true + 0.1 * noise
+    pred[np.argmax(true)] += 6  # one prediction a span above the largest true value
+    report = _judged(pred, true, true + 0.5 * other)
+    assert report.checks["ranking"] is None and report.checks["level"] is None
+    assert report.verdict.startswith("moderate trust — ranks well") and "but out of range: predictions reach 9.2" in report.verdict
+    assert report.surrogate["range_overshoot"] == pytest.approx((pred.max() - true.max()) / np.ptp(true))
+
+
+def test_sharpness_like_surrogate_is_not_high_trust():
+    # `lrm fit sharpness --steps 300` (issue 21): a heavy-tailed reward fitted in logs ranks as well as ridge
+    # and better, but exp() of its log-errors puts predictions far above the largest true value.
+    rng = np.random.default_rng(1)
+    log_true = rng.normal(5, 2, size=800)
+    true = np.exp(log_true)
+    pred = np.exp(log_true + 0.25 * rng.normal(size=800) + 0.1 * np.maximum(log_true - 7, 0) ** 2)
+    ridge = np.exp(log_true + 0.4 * rng.normal(size=800))
+    report = _judged(pred, true, ridge)
+    assert report.trust == "moderate" and report.surrogate["spearman"] > HIGH_SPEARMAN
+    assert report.checks["level"] and report.checks["range"]
+    assert "but mis-levelled" in report.verdict and "out of range: predictions reach" in report.verdict
+
+
+def test_range_of_reports_both_ends_and_the_larger_overshoot():
+    r = range_of(np.array([-1.0, 0.5, 2.0]), np.array([0.0, 1.0, 2.0]))
+    assert (r["pred_min"], r["pred_max"], r["true_min"], r["true_max"]) == (-1.0, 2.0, 0.0, 2.0)
+    assert r["range_overshoot"] == pytest.approx(0.5)
+    assert np.isnan(range_of(np.array([1.0, 2.0]), np.array([3.0, 3.0]))["range_overshoot"])
+
+
+def test_warnings_beyond_the_verdict_are_not_repeated(reward):
+    true, noise, other = reward
+    report = _judged(true + 0.6 + 0.1 * noise, true, true + 0.5 * other)
+    assert report.checks["level"] in report.flags and report.other_warnings() == []
 
 
 def test_few_held_out_samples_are_flagged_with_an_interval():
     rng = np.random.default_rng(6)
     true = rng.normal(size=12)
     report = assess(fidelity_metrics(true + 0.05 * rng.normal(size=12), true), {})
-    assert len(report.flags) == 1 and report.flags[0].startswith("only 12 held-out samples")
-    assert not report.verdict.startswith("high trust")
+    assert len(report.flags) == 1 and report.flags[0].startswith("only 12 scored samples")
+    assert report.verdict.startswith("moderate trust — ranks well, right level and range") and "but only 12 scored" in report.verdict
 
 
 def test_spearman_interval_matches_simulated_sampling_spread():

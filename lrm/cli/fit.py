@@ -118,47 +118,41 @@ def fit(
     console.print(f"held-out Spearman {m['spearman']:.3f}, R² {m['r2']:.3f} "
                   f"(ridge baseline {ridge['spearman']:.3f}, {ridge['r2']:.3f}) on {m['n']} samples")
     console.print(f"[bold]{escape(outcome.fidelity.verdict)}[/]")
-    for flag in outcome.fidelity.flags:
+    for flag in outcome.fidelity.other_warnings():
         console.print(f"[yellow]warning:[/] {escape(flag)}")
     console.print(f"report: {outcome.report}\nsurrogate: {outcome.run_dir / 'model'}")
 
 
 def report(
-    run: Annotated[Path, typer.Argument(help="Run directory of `lrm fit` (holds model/).")],
-    store: Annotated[Path, typer.Option(help="Latent store to evaluate on (labelled with the run's reward, on the run's label pixels, if needed).")],
-    out: Annotated[Optional[Path], typer.Option(help="Where to write the report (default RUN/eval-<store name>).")] = None,
-    val_fraction: Annotated[float, typer.Option(help="Share of the store's groups held out; ridge is fitted on the rest.")] = 0.2,
+    run: Annotated[Path, typer.Argument(help="Run directory of `lrm fit` (holds model/ and config.json).")],
+    store: Annotated[Optional[Path], typer.Option(
+        help="Score every row of this other latent store (labelled as the run's label was, if needed); "
+             "without it, the run's own held-out rows.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Where to write the report (default: RUN itself without "
+                                                     "--store, RUN/eval-<store name> with it).")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
-    """Evaluate a fitted surrogate on another store (generalisation).
+    """Judge a fitted surrogate again: in distribution, or out of distribution on another store.
 
-    The surrogate is scored on a group-held-out part of STORE, next to a ridge baseline fitted
-    on the rest of STORE: a surrogate fitted elsewhere should still beat an in-domain ridge.
+    Without --store, re-scores the run's held-out rows and rewrites RUN/report.html (as `lrm fit`
+    wrote it, with this version's verdict). With --store, scores every row of that store. Either
+    way the constant and ridge baselines are fitted on the surrogate's own training rows, so all
+    three are judged on the same rows.
+
+    Examples:
+      lrm report runs/colorfulness
+      lrm report runs/brisque --store stores/held-out-photos
     """
-    from lrm.datasets.build import add_labels
-    from lrm.datasets.store import LatentStore
-    from lrm.models import LatentRewardModel
-    from lrm.pipeline import evaluate
+    from lrm.report_run import report_run
 
-    target = LatentStore.open(store)
-    model = LatentRewardModel.from_pretrained(run / "model", codec_settings=target.codec_settings)
-    label, reward = model.info.extra.get("label") or model.info.reward_name, model.info.reward_name
-    pixels = model.info.extra.get("label_pixels", "source")
-    if label not in target.labels:
-        target = add_labels(target.path, [f"{label}={reward}" if label != reward else reward], pixels=pixels)
-    train_rows, val_rows = target.split(val_fraction=val_fraction)
-    labels = target.label(label)
-    val_rows = val_rows[np.isfinite(labels[val_rows])]
-    out_dir = out or run / f"eval-{target.path.name}"
-    summary = {"reward": reward, "label": label, "label_pixels": pixels,
-               "units": (model.info.reward_spec or {}).get("units", ""),
-               "codec": target.codec_id, "store": str(target.path), "surrogate": str(run / "model"),
-               "preset": model.preset, "n_train": len(train_rows), "n_val": len(val_rows)}
-    fidelity = evaluate(model, target, label, train_rows, val_rows, out_dir, history=[],
-                        config={"run": str(run), "store": str(store), "val_fraction": val_fraction},
-                        summary=summary, title=f"Surrogate of {reward} on {target.path.name}")
-    m = fidelity.surrogate
-    console.print(f"Spearman {m['spearman']:.3f}, R² {m['r2']:.3f} on {m['n']} samples — {fidelity.verdict}")
-    console.print(f"report: {out_dir / 'report.html'}")
+    outcome = report_run(run, store=store, out=out, progress=not quiet)
+    m = outcome.fidelity.surrogate
+    console.print(f"Spearman {m['spearman']:.3f}, R² {m['r2']:.3f} on {m['n']} samples")
+    console.print(f"[bold]{escape(outcome.fidelity.verdict)}[/]")
+    for flag in outcome.fidelity.other_warnings():
+        console.print(f"[yellow]warning:[/] {escape(flag)}")
+    console.print(escape(outcome.scope))
+    console.print(f"report: {outcome.out_dir / 'report.html'}")
 
 
 def predict(

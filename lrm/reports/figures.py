@@ -13,7 +13,8 @@ import numpy as np  # noqa: E402
 
 def _png(fig) -> bytes:
     buf = io.BytesIO()
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     return buf.getvalue()
@@ -86,14 +87,25 @@ def noise_curve(rows: list[dict]) -> bytes:
     return _png(fig)
 
 
+def _value(x: float) -> str:
+    return f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.3g}"  # 5,580 rather than 5.58e+03
+
+
+CAPTION_CHARS = 30  # characters per caption line under a 2.2-inch thumbnail at 7 pt
+
+
 def examples(items: list[tuple[np.ndarray, str, float, float]], title: str) -> bytes:
-    """A row of decoded thumbnails (uint8 HxWx3) with caption, predicted and true reward."""
+    """A row of decoded thumbnails (uint8 HxWx3) with predicted and true reward and the whole caption,
+    wrapped (long paths and prompts are broken into lines, never cut)."""
+    import textwrap
+
     n = max(len(items), 1)
-    fig, axes = plt.subplots(1, n, figsize=(2.2 * n, 2.7), squeeze=False)
-    for ax, (image, caption, pred, true) in zip(axes[0], items):
+    captions = [textwrap.wrap(caption, CAPTION_CHARS) or [""] for _, caption, _, _ in items]
+    lines = max((len(c) for c in captions), default=1) + 1  # + the pred / true line
+    fig, axes = plt.subplots(1, n, figsize=(2.2 * n, 2.5 + 0.13 * lines), squeeze=False, layout="constrained")
+    for ax, (image, _, pred, true), caption in zip(axes[0], items, captions):
         ax.imshow(image)
-        short = caption if len(caption) <= 28 else caption[:26] + "…"
-        ax.set_title(f"pred {pred:.3g} / true {true:.3g}\n{short}", fontsize=7)
+        ax.set_title("\n".join([f"pred {_value(pred)} / true {_value(true)}", *caption]), fontsize=7)
     for ax in axes[0]:
         ax.axis("off")
     fig.suptitle(title, fontsize=9)

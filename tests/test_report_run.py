@@ -1,0 +1,134 @@
+"""`lrm report`: in distribution (the run's held-out rows) and out of distribution (every row of another
+store), with the baselines fitted on the surrogate's own training rows; columns computed otherwise refused."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from lrm.cli.app import app
+from lrm.datasets.store import LatentStore
+from lrm.fidelity import features_of, fidelity_metrics, fit_baselines
+from lrm.fitting import predict
+from lrm.models import LatentRewardModel
+from lrm.report_run import open_run
+
+runner = CliRunner(env={"COLUMNS": "300"})
+TINY = ["--count", "48", "--steps", "12", "--size", "32", "--batch-size", "16"]
+REWARD = "jpeg-incompressibility"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _encode(path, count, seed):
+    result = runner.invoke(app, ["encode", f"procedural:{count}", "--frames", "1", "--size", "32", "--seed", str(seed),
+                                 "--out", str(path), "--quiet"])
+    assert result.exit_code == 0, result.output
+    return path
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    torch.set_num_threads(1)
+    run = tmp_path_factory.mktemp("runs") / "jpeg"
+    result = runner.invoke(app, ["fit", REWARD, *TINY, "--out", str(run), "--quiet"])
+    assert result.exit_code == 0, result.output
+    return run
+
+
+def test_other_store_is_scored_on_every_row_with_baselines_from_the_runs_training_rows(run, tmp_path):
+    other = _encode(tmp_path / "other", 30, seed=7)
+    result = runner.invoke(app, ["report", str(run), "--store", str(other), "--quiet"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((run / "eval-other" / "metrics.json").read_text())
+    fitted = open_run(run)
+    assert metrics["n_val"] == metrics["surrogate"]["n"] == 30  # every row, not a split of it
+    assert metrics["n_train"] == len(fitted.train_rows) == json.loads((run / "metrics.json").read_text())["n_train"]
+    assert metrics["fitted_on"] == str(fitted.store.path) and metrics["store"] == str(other)
+    assert metrics["scope"].startswith(f"Out of distribution: scored on every row of {other} (30 rows)")
+    assert "Out of distribution" in result.output and "trust —" in result.output
+
+    # Independent wiring of the same judgement: ridge fitted on the run's training rows, scored on all 30 rows.
+    target = LatentStore.open(other)
+    true = target.label(REWARD)
+    train_labels = fitted.store.label(REWARD)[fitted.train_rows]
+    x_train = features_of([fitted.store.latents(fitted.train_rows)])
+    x_other = features_of([target.latents(np.arange(len(target)))])
+    model = LatentRewardModel.from_pretrained(run / "model")
+    expected = fit_baselines(x_train, train_labels, x_other, true, model.label_transform)
+    assert metrics["baselines"]["ridge"]["r2"] == pytest.approx(expected["ridge"]["r2"], rel=1e-6)
+    assert metrics["baselines"]["constant"]["mae"] == pytest.approx(np.abs(true - train_labels.mean()).mean(), rel=1e-5)
+    surrogate = fidelity_metrics(predict(model, target, np.arange(len(target))), true)
+    assert metrics["surrogate"]["spearman"] == pytest.approx(surrogate["spearman"], abs=1e-9)
+    page = (run / "eval-other" / "report.html").read_text()
+    assert page.index("Verdict:") < page.index("Out of distribution") < page.index("<th>fact</th>")
+
+
+def test_without_a_store_the_report_is_the_fits_own_held_out_report(run, tmp_path):
+    before = json.loads((run / "metrics.json").read_text())
+    result = runner.invoke(app, ["report", str(run), "--out", str(tmp_path / "again"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    again = json.loads((tmp_path / "again" / "metrics.json").read_text())
+    assert again["n_val"] == before["n_val"] and again["n_train"] == before["n_train"]
+    assert again["surrogate"]["spearman"] == pytest.approx(before["surrogate"]["spearman"], abs=1e-9)
+    assert again["baselines"]["ridge"]["r2"] == pytest.approx(before["baselines"]["ridge"]["r2"], abs=1e-9)
+    assert again["preset"] == before["preset"] and again["steps"] == before["steps"]  # the fit's facts are kept
+    assert again["scope"].startswith("In distribution: scored on the")
+    assert (tmp_path / "again" / "figures" / "learning_curves.png").is_file()  # history read from metrics.jsonl
+
+
+@pytest.mark.parametrize("label_args, differs", [
+    (["jpeg-incompressibility=colorfulness"], "reward: saved 'colorfulness', now 'jpeg-incompressibility'"),
+    (["jpeg-incompressibility=jpeg-incompressibility", "-o", "frames=1"], "options.frames: saved 1, now None"),
+    (["jpeg-incompressibility=jpeg-incompressibility", "--pixels", "decoded"], "pixels: saved 'decoded', now 'source'"),
+])
+def test_a_column_computed_otherwise_is_refused_with_the_fix(run, tmp_path, label_args, differs):
+    other = _encode(tmp_path / "refused", 8, seed=3)
+    labelled = runner.invoke(app, ["label", str(other), *label_args])
+    assert labelled.exit_code == 0, labelled.output
+    result = runner.invoke(app, ["report", str(run), "--store", str(other), "--quiet"])
+    assert result.exit_code != 0 and isinstance(result.exception, ValueError)
+    message = str(result.exception)
+    assert f"column '{REWARD}' of {other} was computed otherwise" in message and differs in message
+    assert f"lrm store drop-label {other} {REWARD}" in message and "\n" not in message
+    assert not (run / "eval-refused").exists()
+
+
+def test_the_runs_own_store_and_a_folder_that_is_no_run_are_refused(run, tmp_path):
+    own = runner.invoke(app, ["report", str(run), "--store", str(run / "store")])
+    assert own.exit_code != 0 and "is the store" in str(own.exception) and "without --store" in str(own.exception)
+    missing = runner.invoke(app, ["report", str(tmp_path), "--quiet"])
+    assert isinstance(missing.exception, FileNotFoundError) and "not a run of `lrm fit`" in str(missing.exception)
+    moved = tmp_path / "moved"
+    shutil.copytree(run, moved, ignore=shutil.ignore_patterns("store"))
+    config = json.loads((moved / "config.json").read_text())
+    config["store"] = str(tmp_path / "gone")
+    (moved / "config.json").write_text(json.dumps(config))
+    gone = runner.invoke(app, ["report", str(moved), "--quiet"])
+    assert isinstance(gone.exception, FileNotFoundError) and "put it back at that path" in str(gone.exception)
+
+
+def test_a_text_surrogate_is_refused_on_a_store_without_its_text_embeddings(run, tmp_path):
+    from lrm.models import build
+
+    texty = tmp_path / "texty"
+    shutil.copytree(run, texty, ignore=shutil.ignore_patterns("store", "eval-*"))
+    saved = LatentRewardModel.from_pretrained(run / "model")
+    model = build("text-image-xattn", saved.in_channels, text_dim=8, codec_settings=saved.info.codec_settings)
+    model.info.codec_settings, model.info.reward_name = saved.info.codec_settings, saved.info.reward_name
+    model.info.text_encoder_id = "minilm-l6-v2"
+    model.save_pretrained(texty / "model")
+    other = _encode(tmp_path / "plain", 4, seed=5)  # no --text
+    result = runner.invoke(app, ["report", str(texty), "--store", str(other), "--quiet"])
+    message = str(result.exception)
+    assert isinstance(result.exception, ValueError) and "reads prompts embedded by minilm-l6-v2" in message
+    assert f"store {other} holds no text embeddings" in message and "--text minilm-l6-v2" in message
