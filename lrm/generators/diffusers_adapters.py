@@ -75,14 +75,27 @@ BETA_SCHEDULES = {"linear": "linear", "scaled_linear": "scaled-linear"}  # diffu
 DYNAMIC_SHIFT_DEFAULTS = {"base_image_seq_len": 256, "max_image_seq_len": 4096, "base_shift": 0.5, "max_shift": 1.15}
 
 
+def scheduler_dict(scheduler) -> dict:
+    """A scheduler's config as a dict with its _class_name: from scheduler_config.json (a dict) or a
+    scheduler object (whose in-memory config lacks the class name that tells flow from VP)."""
+    if hasattr(scheduler, "config") and hasattr(scheduler, "set_timesteps"):
+        return {**scheduler.config, "_class_name": type(scheduler).__name__}
+    cfg = dict(scheduler)
+    if "_class_name" not in cfg and "beta_schedule" not in cfg:
+        raise ValueError("scheduler config has neither _class_name nor beta_schedule, so flow and VP cannot be "
+                         "told apart; pass the scheduler object or its scheduler_config.json")
+    return cfg
+
+
 def is_flow_scheduler(cfg: dict) -> bool:
     """Rectified flow: FlowMatch* schedulers, or flow sigmas / flow prediction in another solver (Wan's UniPC)."""
     return ("FlowMatch" in str(cfg.get("_class_name", "")) or bool(cfg.get("use_flow_sigmas"))
             or cfg.get("prediction_type") == "flow_prediction")
 
 
-def prediction_from_scheduler(cfg: dict) -> str:
-    """The lrm prediction type of a model trained with this scheduler config."""
+def prediction_from_scheduler(scheduler) -> str:
+    """The lrm prediction type of a model trained with this scheduler (object or config dict)."""
+    cfg = scheduler_dict(scheduler)
     if is_flow_scheduler(cfg):
         return "flow"
     name = cfg.get("prediction_type", "epsilon")
@@ -106,17 +119,21 @@ def flow_shift(cfg: dict, image_tokens: int | None = None) -> float:
     return math.exp(mu)
 
 
-def schedule_config_from_scheduler(cfg: dict, image_tokens: int | None = None) -> dict:
-    """lrm schedule config ({"type": "vp", ...} / {"type": "flow", ...}) of a diffusers scheduler config."""
+def schedule_config_from_scheduler(scheduler, image_tokens: int | None = None) -> dict:
+    """lrm schedule config ({"type": "vp", ...} / {"type": "flow", ...}) of a diffusers scheduler (object or
+    config dict); image_tokens: packed latent tokens, for resolution-dependent shifting."""
+    cfg = scheduler_dict(scheduler)
     num_timesteps = int(cfg.get("num_train_timesteps", 1000))
     if is_flow_scheduler(cfg):
         return {"type": "flow", "shift": flow_shift(cfg, image_tokens), "num_timesteps": num_timesteps}
     if cfg.get("trained_betas") is not None or cfg.get("rescale_betas_zero_snr"):
-        raise ValueError("scheduler uses trained_betas or rescale_betas_zero_snr; lrm's VP schedules cannot represent them")
+        raise ValueError("scheduler uses trained_betas or rescale_betas_zero_snr; "
+                         "lrm's VP schedules cannot represent them")
     diffusers_name = cfg.get("beta_schedule", "linear")
     name = BETA_SCHEDULES.get(diffusers_name)
     if name is None:
-        raise ValueError(f"scheduler beta_schedule {diffusers_name!r} is not supported; known: {sorted(BETA_SCHEDULES)}")
+        raise ValueError(f"scheduler beta_schedule {diffusers_name!r} is not supported; "
+                         f"known: {sorted(BETA_SCHEDULES)}")
     start, end, _ = SCHEDULES[name]
     got = (float(cfg.get("beta_start", 0.0001)), float(cfg.get("beta_end", 0.02)))
     if not (math.isclose(got[0], start, rel_tol=1e-6) and math.isclose(got[1], end, rel_tol=1e-6)):
@@ -151,12 +168,14 @@ class DiffusersDenoiser(nn.Module):
     model_class: str  # the diffusers class it wraps
     video = False  # True: the model takes clips; False: clips are denoised frame by frame
 
-    def __init__(self, model: nn.Module, scheduler_config: dict, null_text: torch.Tensor | None = None):
+    def __init__(self, model: nn.Module, scheduler, null_text: torch.Tensor | None = None):
+        """model: the diffusers denoiser; scheduler: its pipeline's scheduler object, or the dict of its
+        scheduler_config.json; null_text: (1, L, D) unconditional text (see the module doc)."""
         super().__init__()
         if type(model).__name__ != self.model_class:
             raise TypeError(f"{type(self).__name__} wraps a {self.model_class}, got {type(model).__name__}")
         self.model = model
-        self.scheduler_config = dict(scheduler_config)
+        self.scheduler_config = scheduler_dict(scheduler)
         self.prediction = prediction_from_scheduler(self.scheduler_config)  # what the model outputs
         self.schedule_config = schedule_config_from_scheduler(self.scheduler_config, self._image_tokens())
         self.schedule = schedule_from_config(self.schedule_config)
@@ -203,7 +222,8 @@ class DiffusersDenoiser(nn.Module):
         who = f"{type(self).__name__}"
         if text is None:
             if text_mask is not None:
-                raise ValueError(f"{who}: text_mask given without text; pass both, or neither for the unconditional branch")
+                raise ValueError(f"{who}: text_mask given without text; "
+                                 "pass both, or neither for the unconditional branch")
             return self._null(who).expand(b, -1, -1)
         if text.ndim != 3 or text.shape[0] != b or text.shape[2] != self.text_dim:
             raise ValueError(f"{who}: text must be (B={b}, L, D={self.text_dim}) from this model's prompt encoder "
@@ -263,14 +283,16 @@ class SDXLDenoiser(UNetDenoiser):
     family = "sdxl"
     TIME_IDS = 6  # original (h, w), crop top-left (y, x), target (h, w)
 
-    def __init__(self, model: nn.Module, scheduler_config: dict, null_text: torch.Tensor | None = None,
+    def __init__(self, model: nn.Module, scheduler, null_text: torch.Tensor | None = None,
                  vae_scale_factor: int = 8):
-        super().__init__(model, scheduler_config, null_text)
+        super().__init__(model, scheduler, null_text)
         cfg = model.config
         if cfg.addition_embed_type != "text_time":
-            raise ValueError(f"SDXLDenoiser needs a UNet with addition_embed_type 'text_time', got {cfg.addition_embed_type!r}")
+            raise ValueError("SDXLDenoiser needs a UNet with addition_embed_type 'text_time', "
+                             f"got {cfg.addition_embed_type!r}")
         self.vae_scale_factor = vae_scale_factor  # latent -> pixel size, for the size time ids
-        self.pooled_dim = int(cfg.projection_class_embeddings_input_dim) - self.TIME_IDS * int(cfg.addition_time_embed_dim)
+        time_width = self.TIME_IDS * int(cfg.addition_time_embed_dim)
+        self.pooled_dim = int(cfg.projection_class_embeddings_input_dim) - time_width
         if not 0 < self.pooled_dim <= self.text_dim:
             raise ValueError(f"SDXLDenoiser: pooled width {self.pooled_dim} from the UNet config is not in "
                              f"1..{self.text_dim}; is this an SDXL refiner (aesthetic score ids)? It is not supported")
@@ -315,10 +337,10 @@ class FluxDenoiser(DiffusersDenoiser):
     model_class = "FluxTransformer2DModel"
     DEFAULT_LATENT_SIZE = (128, 128)  # FluxPipeline's default 1024 x 1024 px at the VAE's factor 8
 
-    def __init__(self, model: nn.Module, scheduler_config: dict, null_text: torch.Tensor | None = None,
+    def __init__(self, model: nn.Module, scheduler, null_text: torch.Tensor | None = None,
                  latent_size: tuple[int, int] = DEFAULT_LATENT_SIZE, guidance_scale: float = 3.5):
-        self.latent_size = tuple(latent_size)  # (h, w) the dynamic shift is computed for
-        super().__init__(model, scheduler_config, null_text)
+        self.latent_size = tuple(latent_size)  # (h, w) the dynamic shift is computed for; set first: the base reads it
+        super().__init__(model, scheduler, null_text)
         self.guidance_scale = guidance_scale  # embedded guidance of guidance-distilled models (FLUX.1-dev)
 
     @property
@@ -381,9 +403,9 @@ class WanDenoiser(DiffusersDenoiser):
     model_class = "WanTransformer3DModel"
     video = True
 
-    def __init__(self, model: nn.Module, scheduler_config: dict, null_text: torch.Tensor | None = None,
+    def __init__(self, model: nn.Module, scheduler, null_text: torch.Tensor | None = None,
                  text_length: int = 512):
-        super().__init__(model, scheduler_config, null_text)
+        super().__init__(model, scheduler, null_text)
         self.text_length = text_length  # WanPipeline's max_sequence_length: tokens are zero-padded to it
 
     @property
@@ -420,7 +442,7 @@ def family_of(model_config: dict) -> str:
 # ---------------------------------------------------------------- files: local pipeline folder or HF cache
 
 
-class Pipeline:
+class PipelineFiles:
     """A diffusers pipeline: a local folder written by save_pretrained, or a hub id read from the HF cache
     (or downloaded where the hub is reachable, LRM_OFFLINE / HF_HUB_OFFLINE unset)."""
 
@@ -434,7 +456,8 @@ class Pipeline:
         if not self.local and (source.startswith(("/", ".", "~")) or path.exists() or source.count("/") != 1):
             raise weights.MissingWeightsError(
                 f"diffusers pipeline: no folder at {source!r}; pass a folder written by the pipeline's "
-                "save_pretrained (with unet/ or transformer/, scheduler/, text_encoder/, tokenizer/) or an org/name hub id")
+                "save_pretrained (with unet/ or transformer/, scheduler/, text_encoder/, tokenizer/) "
+                "or an org/name hub id")
         self.root = str(path) if self.local else source
         self.local_only = self.local or weights.hub_offline()
 
@@ -485,24 +508,29 @@ class Pipeline:
             if self.has(f"{folder}/config.json"):
                 return folder
         raise weights.MissingWeightsError(
-            f"diffusers pipeline {self.source!r}: neither unet/config.json nor transformer/config.json in {self.where()}; "
+            f"diffusers pipeline {self.source!r}: neither unet/config.json nor transformer/config.json "
+            f"in {self.where()}; "
             "pass the pipeline's root folder (written by save_pretrained), or subfolder= naming the denoiser's folder")
 
     def load(self, cls, subfolder: str, dtype: torch.dtype | None = None):
-        """cls.from_pretrained on one component folder, with the loader's error turned into a one-line fix."""
-        root = self.root
+        """cls.from_pretrained on one component folder; missing files become a one-line fix."""
+        key = "torch_dtype" if cls.__module__.startswith("diffusers") else "dtype"  # transformers 5 names it dtype
+        kwargs = {key: dtype} if dtype is not None else {}
         try:
-            key = "torch_dtype" if cls.__module__.startswith("diffusers") else "dtype"  # transformers 5 names it dtype
-            kwargs = {key: dtype} if dtype is not None else {}
-            return cls.from_pretrained(root, subfolder=subfolder, local_files_only=self.local_only, **kwargs)
-        except (OSError, ValueError) as exc:
+            return cls.from_pretrained(self.root, subfolder=subfolder, local_files_only=self.local_only, **kwargs)
+        except OSError as exc:  # what diffusers and transformers raise for absent folders and files
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise weights.MissingWeightsError(
                 f"diffusers pipeline {self.source!r}: cannot load {cls.__name__} from {subfolder}/ in {self.where()} "
                 f"({first}); save the component there with save_pretrained") from exc
+        except ValueError as exc:
+            if "low_cpu_mem_usage" in str(exc):  # diffusers needs accelerate for models that keep fp32 modules (Wan)
+                raise ImportError(f"loading {cls.__name__} needs the accelerate package (diffusers keeps some of its "
+                                  "modules in float32 through it): pip install accelerate") from exc
+            raise
 
 
-def scheduler_config(pipeline: Pipeline) -> dict:
+def scheduler_config(pipeline: PipelineFiles) -> dict:
     return pipeline.json("scheduler/scheduler_config.json")
 
 
@@ -517,7 +545,7 @@ def load_diffusers_denoiser(source: str, family: str | None = None, subfolder: s
     left unset: load_diffusers sets it from the prompt encoder."""
     import diffusers
 
-    pipeline = Pipeline(source)
+    pipeline = PipelineFiles(source)
     folder = pipeline.denoiser_folder(subfolder)
     detected = family_of(pipeline.json(f"{folder}/config.json"))
     if family is not None and family != detected:
@@ -653,7 +681,7 @@ def load_diffusers_prompt_encoder(source: str, family: str | None = None, dtype:
     import transformers
     from transformers import AutoTokenizer
 
-    pipeline = Pipeline(source)
+    pipeline = PipelineFiles(source)
     if family is None:
         family = family_of(pipeline.json(f"{pipeline.denoiser_folder(None)}/config.json"))
     if family not in TEXT_ENCODER_FOLDERS:
@@ -674,7 +702,8 @@ def load_diffusers_prompt_encoder(source: str, family: str | None = None, dtype:
 
 
 def load_diffusers(source: str, family: str | None = None, dtype: torch.dtype | None = None,
-                   max_sequence_length: int | None = None, **options) -> tuple[DiffusersDenoiser, DiffusersPromptEncoder]:
+                   max_sequence_length: int | None = None,
+                   **options) -> tuple[DiffusersDenoiser, DiffusersPromptEncoder]:
     """(denoiser, prompt encoder) of one pipeline, the denoiser's null_text set from the encoder."""
     denoiser = load_diffusers_denoiser(source, family, dtype=dtype, **options)
     encoder = load_diffusers_prompt_encoder(source, denoiser.family, dtype, max_sequence_length)
