@@ -166,7 +166,6 @@ class DiffusersDenoiser(nn.Module):
 
     family: str
     model_class: str  # the diffusers class it wraps
-    video = False  # True: the model takes clips; False: clips are denoised frame by frame
 
     def __init__(self, model: nn.Module, scheduler, null_text: torch.Tensor | None = None):
         """model: the diffusers denoiser; scheduler: its pipeline's scheduler object, or the dict of its
@@ -401,7 +400,6 @@ class WanDenoiser(DiffusersDenoiser):
 
     family = "wan"
     model_class = "WanTransformer3DModel"
-    video = True
 
     def __init__(self, model: nn.Module, scheduler, null_text: torch.Tensor | None = None,
                  text_length: int = 512):
@@ -628,8 +626,9 @@ class DiffusersPromptEncoder(TextEncoder):
         """CLIP encoder `index` -> tokens (b, 77, d) (last or penultimate hidden state), pooled (b, p):
         text_embeds of a projection model, else pooler_output."""
         encoder, tokenizer = self.encoders[index], self.tokenizers[index]
-        ids, _ = self._ids(tokenizer, prompts, _clip_length(tokenizer))
-        out = encoder(ids, output_hidden_states=True)
+        ids, mask = self._ids(tokenizer, prompts, _clip_length(tokenizer))
+        use_mask = getattr(encoder.config, "use_attention_mask", False)  # as StableDiffusionPipeline; usually unset
+        out = encoder(ids, attention_mask=mask if use_mask else None, output_hidden_states=True)
         tokens = out.hidden_states[-2] if penultimate else out.last_hidden_state
         pooled = out.text_embeds if hasattr(out, "text_embeds") else out.pooler_output
         return tokens, pooled
@@ -707,6 +706,8 @@ def load_diffusers(source: str, family: str | None = None, dtype: torch.dtype | 
     """(denoiser, prompt encoder) of one pipeline, the denoiser's null_text set from the encoder."""
     denoiser = load_diffusers_denoiser(source, family, dtype=dtype, **options)
     encoder = load_diffusers_prompt_encoder(source, denoiser.family, dtype, max_sequence_length)
+    if isinstance(denoiser, WanDenoiser) and "text_length" not in options:
+        denoiser.text_length = encoder.t5_length  # zero-pad to the length the encoder tokenises to
     denoiser.null_text = encoder.unconditional()
     return denoiser, encoder
 
