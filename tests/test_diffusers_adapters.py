@@ -332,6 +332,24 @@ def test_forward_equals_the_diffusers_model_and_converts_to_x0_eps(pipelines, fa
     torch.testing.assert_close(training_target(den.prediction, x0_hat, eps_hat, alpha, sigma), out, rtol=0, atol=1e-5)
 
 
+def test_flux_without_guidance_embedding(pipelines):
+    """FLUX.1-schnell's config: no guidance embedding, a static shift."""
+    pipe = pipelines("flux")
+    torch.manual_seed(0)
+    model = FluxTransformer2DModel.from_config({**pipe.transformer.config, "guidance_embeds": False})
+    den = FAMILIES["flux"](model, FlowMatchEulerDiscreteScheduler(shift=1.0))
+    assert den.schedule == FlowSchedule(1.0)
+    x, t = inputs(den)
+    text, (tokens, pooled) = reference_text(pipe, "flux")
+    packed = FluxPipeline._pack_latents(x[:, 0], 2, C, SIZE, SIZE)
+    img_ids = FluxPipeline._prepare_latent_image_ids(2, SIZE // 2, SIZE // 2, "cpu", x.dtype)
+    with torch.no_grad():
+        out = den(x, t, text)
+        expected = model(hidden_states=packed, timestep=t / 1000, guidance=None, pooled_projections=pooled,
+                         encoder_hidden_states=tokens, txt_ids=torch.zeros(tokens.shape[1], 3), img_ids=img_ids).sample
+    torch.testing.assert_close(out[:, 0], FluxPipeline._unpack_latents(expected, 64, 64, 8), rtol=0, atol=1e-6)
+
+
 def test_schedules_per_family(pipelines):
     assert adapter(pipelines("sd"), "sd").schedule == VPSchedule("scaled-linear")
     assert adapter(pipelines("sd3"), "sd3").schedule == FlowSchedule(3.0)
