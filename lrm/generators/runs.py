@@ -29,6 +29,11 @@ class GeneratorRun:
     config: dict  # model_dir/config.json
     run_config: dict  # RUN/config.json of the trainer ({} when absent)
 
+    @property
+    def run_dir(self) -> Path:
+        """RUN: where outputs go by default (the folder above model/, or a bare denoiser folder itself)."""
+        return self.model_dir.parent if self.model_dir.name == "model" else self.model_dir
+
     def setting(self, key: str):
         """A sampling setting from the denoiser's "extra", else from the trainer's RUN/config.json (None if absent)."""
         extra = self.config.get("extra") or {}
@@ -97,3 +102,27 @@ def open_generator_run(path: str | Path) -> GeneratorRun:
     run_config_path = model_dir.parent / CONFIG_NAME  # the trainer's config beside RUN/model
     run_config = _read_json(run_config_path) if model_dir.name == "model" and run_config_path.is_file() else {}
     return GeneratorRun(path, model_dir, config, run_config)
+
+
+def sample_run(run: GeneratorRun, model, prompts: list[str], seeds: list[int], latent_shape, *,
+               steps: int | None = None, cfg: float | None = None, batch_size: int | None = None,
+               progress: bool = False):
+    """Samples of a run's model with the sampler the run calls for: a distilled student (run.student_steps set)
+    samples few-step (default: its own steps, cfg 1), a teacher DDIM (default 50 steps, cfg 7.5).
+    Returns (Samples, settings): settings name the sampler, steps and cfg used, for index.json / metrics.json."""
+    from lrm.generators import sampling
+
+    student = run.student_steps
+    options = {"latent_shape": latent_shape, "progress": progress}
+    if batch_size is not None:
+        options["batch_size"] = batch_size
+    if student is not None:
+        steps, cfg = student if steps is None else steps, 1.0 if cfg is None else cfg
+        samples = sampling.generate_few_step(model, prompts, seeds, steps=steps, cfg=cfg, **options)
+        sampler = "few-step"
+    else:
+        steps = sampling.DEFAULT_STEPS if steps is None else steps
+        cfg = sampling.DEFAULT_CFG if cfg is None else cfg
+        samples = sampling.generate(model, prompts, seeds, steps=steps, cfg=cfg, **options)
+        sampler = "ddim"
+    return samples, {"run": str(run.path), "sampler": sampler, "steps": steps, "cfg": cfg}
