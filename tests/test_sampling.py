@@ -201,6 +201,14 @@ def test_open_generator_run_accepts_run_or_model_and_refuses_other_folders(run, 
         assert opened.student_steps is None
     (run / "config.json").write_text(json.dumps({"student_steps": 2}))  # the trainer's run config
     assert open_generator_run(run).student_steps == 2
+    # an EMA snapshot RUN/snapshots/step-N records no latent shape: the trainer's RUN/config.json does
+    snapshot = run / "snapshots" / "step-0000010"
+    save_denoiser(tiny(), snapshot)
+    (run / "config.json").write_text(json.dumps({"latent_shape": [1, 32, 4, 4]}))
+    assert open_generator_run(snapshot).latent_shape() == (1, 32, 4, 4) and open_generator_run(snapshot).run_dir == snapshot
+    (run / "config.json").unlink()
+    with pytest.raises(ValueError, match="records no latent_shape .* pass the pixel size"):
+        open_generator_run(snapshot).latent_shape()
     surrogate = tmp_path / "fit" / "model"
     surrogate.mkdir(parents=True)
     (surrogate / "config.json").write_text(json.dumps({"format": "lrm-surrogate", "format_version": 1}))

@@ -3,6 +3,7 @@ quality: true rewards, Vendi, Frechet distance, prompt alignment, in a report)."
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -10,6 +11,10 @@ import typer
 
 from lrm.cli.errors import USER_ERRORS, exit_with_message
 from lrm.cli.options import check_device
+from lrm.evaluation.report import EvaluationConfig
+from lrm.generators.sampling import DEFAULT_BATCH_SIZE, DEFAULT_PER_PROMPT
+
+EVAL = {f.name: f.default for f in dataclasses.fields(EvaluationConfig)}  # one source of truth: EvaluationConfig
 
 RUN_HELP = "Generator run folder (from `lrm teacher train`; holds model/) or its model/ folder."
 STEPS_HELP = "Sampling steps (default 50 for a teacher: DOLLAR's DDIM grid 999..19; a student's own steps)."
@@ -50,13 +55,13 @@ def sample(
     steps: Annotated[Optional[int], typer.Option(min=1, help=STEPS_HELP)] = None,
     cfg: Annotated[Optional[float], typer.Option(min=0.0, help=CFG_HELP)] = None,
     seed: Annotated[int, typer.Option(help="Sample k of every prompt uses seed + k.")] = 0,
-    per_prompt: Annotated[int, typer.Option(min=1, help="Samples (seeds) per prompt: the grid's columns.")] = 4,
+    per_prompt: Annotated[int, typer.Option(min=1, help="Samples (seeds) per prompt: the grid's columns.")] = DEFAULT_PER_PROMPT,
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default RUN/samples).")] = None,
     video_format: Annotated[str, typer.Option(help="File format of clips: gif or mp4 (images are PNG).")] = "gif",
     size: Annotated[Optional[int], typer.Option(min=1, help=SIZE_HELP)] = None,
     frames: Annotated[Optional[int], typer.Option(min=1, help=FRAMES_HELP)] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Samples per denoiser call.")] = 16,
-    device: Annotated[str, typer.Option(help="cpu or cuda.", callback=check_device)] = "cpu",
+    batch_size: Annotated[int, typer.Option(min=1, help="Samples per denoiser call.")] = DEFAULT_BATCH_SIZE,
+    device: Annotated[str, typer.Option(help="cpu or cuda.", callback=check_device)] = EVAL["device"],
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
     """Sample a generator run: decoded PNG / GIF / MP4 per sample, a captioned grid, latents and index.json.
@@ -96,20 +101,20 @@ def sample(
 def evaluate(
     run: Annotated[Path, typer.Argument(help=RUN_HELP)],
     prompts: Annotated[Optional[Path], typer.Option(help="Prompts file (default: procedural captions).")] = None,
-    procedural: Annotated[Optional[int], typer.Option(min=1, help="Procedural captions to sample (default 8).")] = None,
-    samples_per_prompt: Annotated[int, typer.Option(min=1, help="Samples (seeds) per prompt; Vendi needs >= 2.")] = 4,
+    procedural: Annotated[Optional[int], typer.Option(min=1, help=f"Procedural captions to sample (default {EVAL['procedural']}).")] = None,
+    samples_per_prompt: Annotated[int, typer.Option(min=1, help="Samples (seeds) per prompt; Vendi needs >= 2.")] = EVAL["samples_per_prompt"],
     reference: Annotated[Optional[Path], typer.Option(help="Latent store of reference latents for the Frechet distance "
                                                            "(default: procedural clips in the run's codec).")] = None,
-    reference_count: Annotated[int, typer.Option(min=2, help="Reference latents used.")] = 128,
-    rewards: Annotated[Optional[str], typer.Option(help="True rewards, comma-separated (default prompt-color,jpeg-compressibility).")] = None,
+    reference_count: Annotated[int, typer.Option(min=2, help="Reference latents used.")] = EVAL["reference_count"],
+    rewards: Annotated[str, typer.Option(help="True rewards of the decoded samples, comma-separated.")] = ",".join(EVAL["rewards"]),
     steps: Annotated[Optional[int], typer.Option(min=1, help=STEPS_HELP)] = None,
     cfg: Annotated[Optional[float], typer.Option(min=0.0, help=CFG_HELP)] = None,
-    seed: Annotated[int, typer.Option(help="Sample k of every prompt uses seed + k.")] = 0,
+    seed: Annotated[int, typer.Option(help="Sample k of every prompt uses seed + k.")] = EVAL["seed"],
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default RUN/eval).")] = None,
     size: Annotated[Optional[int], typer.Option(min=1, help=SIZE_HELP)] = None,
     frames: Annotated[Optional[int], typer.Option(min=1, help=FRAMES_HELP)] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Samples per denoiser call.")] = 16,
-    device: Annotated[str, typer.Option(help="cpu or cuda.", callback=check_device)] = "cpu",
+    batch_size: Annotated[int, typer.Option(min=1, help="Samples per denoiser call.")] = EVAL["batch_size"],
+    device: Annotated[str, typer.Option(help="cpu or cuda.", callback=check_device)] = EVAL["device"],
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
     """Evaluate a generator run's samples: true rewards, Vendi diversity, Frechet distance, prompt alignment.
@@ -122,13 +127,11 @@ def evaluate(
       lrm evaluate runs/teacher                           # 8 procedural captions x 4 seeds
       lrm evaluate runs/teacher --prompts prompts.txt --rewards jpeg-compressibility,sharpness
     """
-    from lrm.evaluation.report import DEFAULT_REWARDS, EvaluationConfig
-
     if prompts is not None and procedural is not None:
         raise typer.BadParameter("give --prompts or --procedural, not both")
     if prompts is not None:
         _prompts(None, prompts)  # an unreadable or empty file is refused here, before loading anything
-    names = tuple(r.strip() for r in rewards.split(",") if r.strip()) if rewards is not None else DEFAULT_REWARDS
+    names = tuple(r.strip() for r in rewards.split(",") if r.strip())
     if not names:
         raise typer.BadParameter("name at least one reward, e.g. --rewards prompt-color", param_hint="--rewards")
     config_options = {"procedural": procedural} if procedural is not None else {}

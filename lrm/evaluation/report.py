@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lrm.generators.sampling import DEFAULT_BATCH_SIZE, DEFAULT_PER_PROMPT
 from lrm.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 DEFAULT_REWARDS = ("prompt-color", "jpeg-compressibility")  # weight-free, offline, read every frame
@@ -48,7 +49,7 @@ VENDI_FEATURES = "raw pixels (lrm.evaluation.vendi.pixel_features), every frame"
 class EvaluationConfig:
     prompts_file: str | None = None  # prompts file (.txt/.csv/.jsonl/.json); None: procedural captions
     procedural: int = 8  # procedural captions to sample when no prompts file is given
-    samples_per_prompt: int = 4  # samples (seeds) per prompt; Vendi needs at least 2
+    samples_per_prompt: int = DEFAULT_PER_PROMPT  # samples (seeds) per prompt; Vendi needs at least 2
     seed: int = 0  # sample k of every prompt uses seed + k
     steps: int | None = None  # sampling steps; None: 50 for a teacher, the student's own for a student
     cfg: float | None = None  # guidance scale; None: 7.5 for a teacher, 1 for a student
@@ -57,7 +58,7 @@ class EvaluationConfig:
     reference_count: int = 128  # reference latents used (procedural clips made, or store rows read)
     size: int | None = None  # pixel size to sample at; None: the run's recorded latent shape
     frames: int | None = None  # frames per sample; None: the run's recorded latent shape
-    batch_size: int = 16  # samples per denoiser call
+    batch_size: int = DEFAULT_BATCH_SIZE  # samples per denoiser call
     device: str = "cpu"  # where the denoiser runs (cpu, cuda)
 
     def __post_init__(self):

@@ -2,8 +2,9 @@
 
 A generator run is what `lrm teacher train` (and the distillation trainer) writes: RUN/model/ in the
 save_denoiser format (config.json + model.safetensors), and optionally RUN/config.json with the
-resolved training config. What sampling needs beyond the weights is read from the denoiser's
-config.json "extra" (written by the trainer), falling back to RUN/config.json:
+resolved training config; EMA snapshots may sit in RUN/snapshots/step-N/. What sampling needs beyond
+the weights is read from the denoiser's config.json "extra", falling back to the trainer's config.json
+of the run folder above it (RUN/config.json, found up to two levels above the denoiser folder):
 - "latent_shape": [T, c, h, w] of the latents it was trained on (else pass the pixel size);
 - "student_steps": the number of steps of a distilled few-step student (absent for a teacher).
 
@@ -99,9 +100,19 @@ def open_generator_run(path: str | Path) -> GeneratorRun:
     if kind != FORMAT:
         raise ValueError(f"{config_path} is not a saved denoiser (format {kind!r}, expected {FORMAT!r}); {fix}")
     config = read_config(model_dir)
-    run_config_path = model_dir.parent / CONFIG_NAME  # the trainer's config beside RUN/model
-    run_config = _read_json(run_config_path) if model_dir.name == "model" and run_config_path.is_file() else {}
-    return GeneratorRun(path, model_dir, config, run_config)
+    return GeneratorRun(path, model_dir, config, _trainer_config(model_dir))
+
+
+def _trainer_config(model_dir: Path) -> dict:
+    """The trainer's config.json nearest above a denoiser folder (RUN/model, RUN/snapshots/step-N), {} if none:
+    the first one that is not itself a saved model (those carry a "format")."""
+    for folder in (model_dir.parent, model_dir.parent.parent):
+        path = folder / CONFIG_NAME
+        if path.is_file():
+            config = _read_json(path)
+            if "format" not in config:
+                return config
+    return {}
 
 
 def sample_run(run: GeneratorRun, model, prompts: list[str], seeds: list[int], latent_shape, *,
