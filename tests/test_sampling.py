@@ -281,6 +281,19 @@ def test_cli_sample_writes_files_and_is_deterministic(app, run, tmp_path):
     assert (run / "samples" / "index.json").is_file()  # default out: RUN/samples
 
 
+
+def test_cli_samples_a_student_with_its_few_step_sampler(app, run, tmp_path):
+    from safetensors.torch import load_file
+
+    (run / "config.json").write_text(json.dumps({"student_steps": 2}))  # a distillation run's config
+    result = runner.invoke(app, ["sample", str(run), "--prompt", PROMPTS[0], "--per-prompt", "2", "--quiet"])
+    assert result.exit_code == 0, result.output
+    index = json.loads((run / "samples" / "index.json").read_text())
+    assert (index["sampler"], index["steps"], index["cfg"], index["timesteps"]) == ("few-step", 2, 1.0, [999, 499])
+    expected = generate_few_step(open_generator_run(run).load(), [PROMPTS[0]] * 2, [0, 1], latent_shape=SHAPE,
+                                 steps=2, text_encoder=Words())
+    assert torch.allclose(load_file(run / "samples" / "latents.safetensors")["latents"], expected.latents, atol=1e-5)
+
 def test_cli_evaluate_writes_strict_metrics_and_a_self_contained_report(app, run, tmp_path):
     from lrm.evaluation.report import METRIC_KEYS
 
