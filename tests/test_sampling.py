@@ -205,7 +205,8 @@ def test_open_generator_run_accepts_run_or_model_and_refuses_other_folders(run, 
     snapshot = run / "snapshots" / "step-0000010"
     save_denoiser(tiny(), snapshot)
     (run / "config.json").write_text(json.dumps({"latent_shape": [1, 32, 4, 4]}))
-    assert open_generator_run(snapshot).latent_shape() == (1, 32, 4, 4) and open_generator_run(snapshot).run_dir == snapshot
+    opened = open_generator_run(snapshot)
+    assert opened.latent_shape() == (1, 32, 4, 4) and opened.run_dir == snapshot
     (run / "config.json").unlink()
     with pytest.raises(ValueError, match="records no latent_shape .* pass the pixel size"):
         open_generator_run(snapshot).latent_shape()
@@ -242,7 +243,8 @@ def test_evaluate_run_metrics_match_independent_computations(run, tmp_path):
                        cfg=7.5)
     jpeg = load_reward("jpeg-compressibility")(samples.pixels)
     assert metrics["rewards"]["jpeg-compressibility"]["mean"] == pytest.approx(float(jpeg.mean()), rel=1e-5)
-    assert metrics["diversity"]["mean"] == pytest.approx(diversity(pixel_features(samples.pixels), samples.prompts).mean)
+    vendi = diversity(pixel_features(samples.pixels), samples.prompts)
+    assert metrics["diversity"]["mean"] == pytest.approx(vendi.mean)
     reference = procedural_reference(load_codec("dct"), SHAPE, 6)
     assert metrics["frechet"]["value"] == pytest.approx(latent_frechet_distance(samples.latents, reference), rel=1e-4)
     assert metrics["frechet"]["n_reference"] == 6 and "pooled latent statistics" in metrics["frechet"]["features"]
@@ -272,7 +274,7 @@ def test_cli_sample_writes_files_and_is_deterministic(app, run, tmp_path):
     a, b = (load_file(tmp_path / d / "latents.safetensors")["latents"] for d in "ab")
     assert a.shape == (4, *SHAPE) and torch.allclose(a, b, atol=1e-5)
     index = json.loads((tmp_path / "a" / "index.json").read_text())
-    assert index["sampler"] == "ddim" and index["steps"] == 2 and index["cfg"] == 7.5 and index["timesteps"] == [999, 499]
+    assert (index["sampler"], index["steps"], index["cfg"], index["timesteps"]) == ("ddim", 2, 7.5, [999, 499])
     assert all((tmp_path / "a" / e["file"]).is_file() for e in index["samples"])
     assert (tmp_path / "a" / "grid.png").is_file()
     default = runner.invoke(app, ["sample", str(run / "model"), "--prompt", "a red ring", "--per-prompt", "1",

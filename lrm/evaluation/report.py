@@ -193,7 +193,8 @@ def evaluate_run(run_path: str | Path, config: EvaluationConfig, out_dir: str | 
     if config.prompts_file is not None:
         distinct = list(dict.fromkeys(read_prompts(config.prompts_file)))
     else:
-        distinct = procedural_prompts(config.procedural, _pixel_frames(latent_shape[0], run.config["codec_settings"] or {}))
+        frames = _pixel_frames(latent_shape[0], run.config["codec_settings"] or {})
+        distinct = procedural_prompts(config.procedural, frames)
     built = {name: load_reward(name) for name in config.rewards}  # unknown names fail before any sampling
     model = run.load(map_location=config.device)
     codec = from_settings(model.codec_settings).to(config.device)
@@ -208,11 +209,12 @@ def evaluate_run(run_path: str | Path, config: EvaluationConfig, out_dir: str | 
     prompts, seeds = expand_requests(distinct, config.samples_per_prompt, config.seed)
     samples, settings = sample_run(run, model, prompts, seeds, latent_shape, steps=config.steps, cfg=config.cfg,
                                    batch_size=config.batch_size, progress=progress)
-    sampling_seconds = time.perf_counter() - start
+    sampled = time.perf_counter()
     measured = sample_metrics(samples, reference, built, reference_name)
+    seconds = {"sampling": sampled - start, "metrics": time.perf_counter() - sampled}
     metrics = {**settings, "seed": config.seed, "timesteps": samples.timesteps, "latent_shape": list(latent_shape),
                "prompts": distinct, "samples_per_prompt": config.samples_per_prompt, "n_samples": len(prompts),
-               **measured, "seconds": {"sampling": sampling_seconds, "metrics": time.perf_counter() - start - sampling_seconds}}
+               **measured, "seconds": seconds}
     write_evaluation(out_dir, metrics, samples, config)
     return metrics
 
@@ -252,23 +254,25 @@ def report_html(metrics: dict, grid: bytes, config: EvaluationConfig) -> str:
     f = metrics["frechet"]
     rows.append(["Frechet distance", _value(f["value"]), "—", f"{f['n_generated']} vs {f['n_reference']}"])
     a = metrics["alignment"]
-    rows.append(["alignment: colour", _value(a and a["color"]), "—", "procedural captions" if a else "not procedural"])
-    rows.append(["alignment: shape", _value(a and a["shape"]), "—", "procedural captions" if a else "not procedural"])
+    over = "procedural captions" if a else "not procedural"
+    rows.append(["alignment: colour", _value(a and a["color"]), "—", over])
+    rows.append(["alignment: shape", _value(a and a["shape"]), "—", over])
     reward_names = list(metrics["rewards"])
     per_prompt = [[p["prompt"], _value(p["vendi"]), _value(p.get("alignment_color")),
                    *[_value(p[name]) for name in reward_names]] for p in metrics["per_prompt"]]
     parts = [f"<h1>{html.escape(title)}</h1>", _table(["fact", "value"], facts),
              _section("Sample quality",
-                      "True rewards of the decoded samples (mean and std over samples), Vendi diversity (DOLLAR Eq. 27: "
-                      "the effective number of distinct samples per prompt, 1 to samples per prompt), the Frechet "
-                      "distance to the reference (lower is closer) and prompt alignment (share of frames whose "
-                      "object colour / shape the caption names).",
+                      "True rewards of the decoded samples (mean and std over samples), Vendi diversity "
+                      "(DOLLAR Eq. 27: the effective number of distinct samples per prompt, 1 to samples per "
+                      "prompt), the Frechet distance to the reference (lower is closer) and prompt alignment "
+                      "(share of frames whose object colour / shape the caption names).",
                       _table(["metric", "mean", "std", "over"], rows)),
              _section("Frechet distance features", f"Features: {f['features']}. Reference: {f['reference']}. "
                       "Not FID: no Inception network, values compare only with other runs measured the same way.", ""),
              _section("Per prompt", "Each distinct prompt: Vendi over its samples, colour alignment, mean rewards.",
                       _table(["prompt", "Vendi", "alignment colour", *reward_names], per_prompt)),
-             _section("Samples", "Rows are prompts, columns seeds (a clip shows its middle frame).", _img(grid, "samples")),
+             _section("Samples", "Rows are prompts, columns seeds (a clip shows its middle frame).",
+                      _img(grid, "samples")),
              _section("Configuration", "The evaluation's options.",
                       _table(["option", "value"], [[k, str(v)] for k, v in asdict(config).items()]))]
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
