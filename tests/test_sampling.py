@@ -160,6 +160,17 @@ def test_bad_requests_are_refused(model):
         gen(model, PROMPTS, 0, latent_shape=(1, 4, 8, 8))
     with pytest.raises(TypeError, match="not a single string"):
         gen(model, PROMPTS[0], 0)
+    from lrm.codecs.dct import DCTCodec
+
+    other_split = DCTCodec(split=(24, 4, 4), mean=None, std=None)  # 32 channels, another latent space
+    with pytest.raises(ValueError, match="not the latent space the denoiser was trained in"):
+        gen(model, PROMPTS, 0, codec=other_split)
+
+    class OtherWords(Words):
+        id = "other-words"
+
+    with pytest.raises(ValueError, match="not the one the denoiser was trained on"):
+        gen(model, PROMPTS, 0, text_encoder=OtherWords())
 
 
 # --------------------------------------------------------------------------- library: files and runs
@@ -345,6 +356,7 @@ def test_cli_bad_input_gets_one_line_and_exit_2(app, run, tmp_path, command):
         cases.append(([str(run)], "pass --prompt TEXT (repeatable) or --prompts FILE"))
     else:
         cases.append(([str(run), "--rewards", "no-such-reward"], "unknown reward 'no-such-reward'"))
+        cases.append(([str(run), "--rewards", "temporal-flickering"], "scores videos but this run samples images"))
     for args, message in cases:
         result = runner.invoke(app, [command, *args, "--quiet"])
         assert result.exit_code == 2, (args, result.output)

@@ -107,8 +107,8 @@ def procedural_reference(codec, latent_shape, count: int, seed: int = REFERENCE_
 
 
 def store_reference(path: str | Path, codec_settings: dict, latent_shape, count: int) -> torch.Tensor:
-    """(n, T, c, h, w) latents of the first `count` rows of a latent store, refused unless they share the run's
-    latent space and shape."""
+    """(n, T, c, h, w) latents of `count` rows spread evenly over a latent store (all rows if it has fewer),
+    refused unless they share the run's latent space and shape."""
     from lrm.datasets.store import LatentStore
 
     store = LatentStore.open(path)
@@ -121,7 +121,8 @@ def store_reference(path: str | Path, codec_settings: dict, latent_shape, count:
                          f"{tuple(latent_shape)}; encode the reference at the run's size and frames")
     if len(store) < 2:
         raise ValueError(f"reference store {path} has {len(store)} rows; the Frechet distance needs at least 2")
-    return store.latents(np.arange(min(count, len(store))))
+    rows = np.unique(np.linspace(0, len(store) - 1, min(count, len(store))).round().astype(np.int64))
+    return store.latents(rows)  # rows spread evenly over the store, not just its first shard
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -196,6 +197,10 @@ def evaluate_run(run_path: str | Path, config: EvaluationConfig, out_dir: str | 
         frames = _pixel_frames(latent_shape[0], run.config["codec_settings"] or {})
         distinct = procedural_prompts(config.procedural, frames)
     built = {name: load_reward(name) for name in config.rewards}  # unknown names fail before any sampling
+    video_rewards = [name for name, reward in built.items() if reward.spec.is_video]
+    if latent_shape[0] == 1 and video_rewards:
+        raise ValueError(f"reward {video_rewards[0]} scores videos but this run samples images; choose image "
+                         "rewards (see `lrm rewards`)")
     model = run.load(map_location=config.device)
     codec = from_settings(model.codec_settings).to(config.device)
     if config.reference is not None:

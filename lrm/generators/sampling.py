@@ -146,6 +146,9 @@ def _check_requests(prompts: Sequence[str], seeds: Sequence[int] | int, latent_s
 
 def _resolve_codec(codec, denoiser):
     if codec is not None:
+        if denoiser.codec_settings is not None and codec.settings() != denoiser.codec_settings:
+            raise ValueError(f"codec {codec.codec_id} is not the latent space the denoiser was trained in "
+                             f"({denoiser.codec_settings}); pass that codec, or codec=None to rebuild it")
         return codec
     if denoiser.codec_settings is None:
         raise ValueError("the denoiser records no codec settings, so its samples cannot be decoded; pass codec=")
@@ -156,6 +159,9 @@ def _resolve_codec(codec, denoiser):
 
 def _resolve_text_encoder(text_encoder, denoiser):
     if text_encoder is not None:
+        if denoiser.text_encoder_id is not None and text_encoder.id != denoiser.text_encoder_id:
+            raise ValueError(f"text encoder {text_encoder.id!r} is not the one the denoiser was trained on "
+                             f"({denoiser.text_encoder_id!r}); pass that encoder, or text_encoder=None to load it")
         return text_encoder
     if denoiser.text_encoder_id is None:
         raise ValueError("the denoiser records no text encoder id, so prompts cannot be encoded; pass text_encoder=")
