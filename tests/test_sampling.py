@@ -400,3 +400,17 @@ def test_a_briefly_trained_teacher_samples_the_image_it_memorised_for_each_promp
         own = (samples.latents - x0.repeat(2, 1, 1, 1, 1)).square().flatten(1).mean(1)
         other = (samples.latents - x0.flip(0).repeat(2, 1, 1, 1, 1)).square().flatten(1).mean(1)
         assert bool((own < other / 3).all()), (cfg, own, other)
+
+
+def test_store_reference_is_read_in_the_runs_latent_space_or_refused(tmp_path):
+    from lrm.datasets.build import EncodeConfig, encode
+    from lrm.evaluation.report import store_reference
+
+    dct = load_codec("dct").settings()
+    store = encode(EncodeConfig("procedural:6", frames=1, size=64, shard_size=4), tmp_path / "store", progress=False)
+    assert torch.equal(store_reference(store.path, dct, SHAPE, 100), store.latents(list(range(6))))
+    assert torch.equal(store_reference(store.path, dct, SHAPE, 3), store.latents([0, 2, 5]))  # spread over shards
+    with pytest.raises(ValueError, match=r"holds latents \(1, 32, 8, 8\), the run samples \(1, 32, 4, 4\)"):
+        store_reference(store.path, dct, (1, 32, 4, 4), 10)
+    with pytest.raises(ValueError, match="is in codec dct-v1, the run samples in taef2"):
+        store_reference(store.path, {**dct, "name": "taef2"}, SHAPE, 10)
