@@ -3,6 +3,7 @@ and the `lrm sample` / `lrm evaluate` commands, on a tiny dit-xs at 8 x 8 dct la
 
 import json
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -414,3 +415,25 @@ def test_store_reference_is_read_in_the_runs_latent_space_or_refused(tmp_path):
         store_reference(store.path, dct, (1, 32, 4, 4), 10)
     with pytest.raises(ValueError, match="is in codec dct-v1, the run samples in taef2"):
         store_reference(store.path, {**dct, "name": "taef2"}, SHAPE, 10)
+
+
+def test_cli_defaults_equal_the_librarys_and_the_module_imports_no_torch(app):
+    import dataclasses
+    import subprocess
+    import sys
+
+    from lrm.cli import generate as cli
+    from lrm.evaluation.report import EvaluationConfig
+    from lrm.generators import sampling
+
+    library = {f.name: f.default for f in dataclasses.fields(EvaluationConfig)}
+    assert cli.EVAL == {name: library[name] for name in cli.EVAL}
+    assert (cli.DEFAULT_PER_PROMPT, cli.DEFAULT_BATCH_SIZE) == (sampling.DEFAULT_PER_PROMPT, sampling.DEFAULT_BATCH_SIZE)
+    commands = typer.main.get_group(app).commands
+    defaults = {p.name: p.default for p in commands["evaluate"].params}
+    assert defaults["rewards"] == ",".join(library["rewards"]) and defaults["reference_count"] == 128
+    repo = str(Path(__file__).resolve().parents[1])
+    code = "import sys, lrm.cli.generate; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=repo, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": repo},
+                         capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "False"
