@@ -428,7 +428,8 @@ def test_cli_defaults_equal_the_librarys_and_the_module_imports_no_torch(app):
 
     library = {f.name: f.default for f in dataclasses.fields(EvaluationConfig)}
     assert cli.EVAL == {name: library[name] for name in cli.EVAL}
-    assert (cli.DEFAULT_PER_PROMPT, cli.DEFAULT_BATCH_SIZE) == (sampling.DEFAULT_PER_PROMPT, sampling.DEFAULT_BATCH_SIZE)
+    assert (cli.DEFAULT_PER_PROMPT, cli.DEFAULT_BATCH_SIZE) == (sampling.DEFAULT_PER_PROMPT,
+                                                           sampling.DEFAULT_BATCH_SIZE)
     commands = typer.main.get_group(app).commands
     defaults = {p.name: p.default for p in commands["evaluate"].params}
     assert defaults["rewards"] == ",".join(library["rewards"]) and defaults["reference_count"] == 128
