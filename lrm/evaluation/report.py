@@ -1,0 +1,284 @@
+"""Evaluate a generator run: samples at fixed seeds -> true rewards, Vendi, Frechet distance, alignment ->
+metrics.json (strict JSON: NaN as null) and a self-contained report.html with the sample grid.
+
+    metrics = evaluate_run("runs/teacher", EvaluationConfig(procedural=8, samples_per_prompt=4), "runs/teacher/eval")
+
+metrics.json keys (METRIC_KEYS):
+- run, sampler ("ddim" | "few-step"), steps, cfg, seed, timesteps, latent_shape: how the samples were made
+  (sample k of every prompt uses seed + k);
+- prompts (the distinct prompts), samples_per_prompt, n_samples;
+- rewards: {name: {mean, std, scored}}: true rewards (lrm.rewards) of the decoded samples, over the
+  samples a reward could score (prompt-color cannot score a prompt naming no colour);
+- diversity: {mean, std, features}: Vendi score per prompt over its samples (DOLLAR Eq. 27) on raw
+  pixel features, mean and std over prompts (null with fewer than 2 samples per prompt);
+- frechet: {value, features, reference, n_generated, n_reference}: Frechet distance between pooled
+  latent statistics (lrm.fidelity.pooled_latent_features: per latent channel mean, std, mean |spatial
+  gradient| [+ mean |frame difference| for clips]) of the generated latents and of reference latents:
+  a store's (--reference) or procedural clips encoded with the run's codec at the run's latent shape;
+- alignment: {color, shape}: object colour and shape named by procedural captions, read from the
+  pixels (lrm.evaluation.alignment; null when a prompt is not a procedural caption);
+- per_prompt: [{prompt, vendi, alignment_color, alignment_shape, <reward>...}] per distinct prompt;
+- seconds: wall time of sampling and of the metrics.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lrm.generators.sampling import DEFAULT_BATCH_SIZE, DEFAULT_PER_PROMPT
+from lrm.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+DEFAULT_REWARDS = ("prompt-color", "jpeg-compressibility")  # weight-free, offline, read every frame
+PROMPT_SEED = 7  # procedural prompts: captions of clips of this seed (the training default draws seed 0)
+REFERENCE_SEED = 11  # procedural reference clips, disjoint from prompts and from training's seed 0
+METRIC_KEYS = ("run", "sampler", "steps", "cfg", "seed", "timesteps", "latent_shape", "prompts", "samples_per_prompt",
+               "n_samples", "rewards", "diversity", "frechet", "alignment", "per_prompt", "seconds")
+FRECHET_FEATURES = ("pooled latent statistics (lrm.fidelity.pooled_latent_features): per latent channel mean, std and "
+                    "mean |spatial gradient|, + mean |frame difference| for clips")
+VENDI_FEATURES = "raw pixels (lrm.evaluation.vendi.pixel_features), every frame"
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    prompts_file: str | None = None  # prompts file (.txt/.csv/.jsonl/.json); None: procedural captions
+    procedural: int = 8  # procedural captions to sample when no prompts file is given
+    samples_per_prompt: int = DEFAULT_PER_PROMPT  # samples (seeds) per prompt; Vendi needs at least 2
+    seed: int = 0  # sample k of every prompt uses seed + k
+    steps: int | None = None  # sampling steps; None: 50 for a teacher, the student's own for a student
+    cfg: float | None = None  # guidance scale; None: 7.5 for a teacher, 1 for a student
+    rewards: tuple[str, ...] = DEFAULT_REWARDS  # true rewards of the decoded samples (names in lrm.rewards)
+    reference: str | None = None  # latent store of reference latents for the Frechet distance; None: procedural
+    reference_count: int = 128  # reference latents used (procedural clips made, or store rows read)
+    size: int | None = None  # pixel size to sample at; None: the run's recorded latent shape
+    frames: int | None = None  # frames per sample; None: the run's recorded latent shape
+    batch_size: int = DEFAULT_BATCH_SIZE  # samples per denoiser call
+    device: str = "cpu"  # where the denoiser runs (cpu, cuda)
+
+    def __post_init__(self):
+        for name, low in (("procedural", 1), ("samples_per_prompt", 1), ("reference_count", 2), ("batch_size", 1)):
+            if getattr(self, name) < low:
+                raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.cfg is not None and not self.cfg >= 0:
+            raise ValueError(f"cfg must be >= 0, got {self.cfg}")
+        if not self.rewards:
+            raise ValueError("rewards is empty; name at least one reward (e.g. prompt-color)")
+
+
+# ---------------------------------------------------------------------------------------------------
+# inputs: prompts and reference latents
+# ---------------------------------------------------------------------------------------------------
+
+def _pixel_frames(latent_frames: int, codec_settings: dict) -> int:
+    factor = int(codec_settings.get("temporal_factor", 1))
+    return latent_frames if factor == 1 else 1 + (latent_frames - 1) * factor
+
+
+def procedural_prompts(count: int, frames: int, seed: int = PROMPT_SEED) -> list[str]:
+    """Captions of `count` procedural clips of `frames` frames (seeded; motion words only when frames > 1)."""
+    from lrm.datasets.procedural import ProceduralConfig, caption, sample_attributes
+
+    config = ProceduralConfig(seed=seed, frames=frames, size=64)
+    return [caption(sample_attributes(config, np.random.default_rng((seed, i)))) for i in range(count)]
+
+
+def procedural_reference(codec, latent_shape, count: int, seed: int = REFERENCE_SEED,
+                         device: str | torch.device = "cpu") -> torch.Tensor:
+    """(count, T, c, h, w) latents of procedural clips rendered at the pixel size of `latent_shape` and encoded
+    with `codec`."""
+    from lrm.datasets.procedural import ProceduralClips, ProceduralConfig
+
+    t, _, h, w = latent_shape
+    f = codec.spatial_factor
+    config = ProceduralConfig(seed=seed, frames=_pixel_frames(t, codec.settings()), size=(h * f, w * f))
+    clips = ProceduralClips(config, count)
+    with torch.no_grad():
+        chunks = [codec.encode(torch.stack([c.pixels for c in clips[s : s + 32]]).to(device)).cpu()
+                  for s in range(0, count, 32)]
+    return torch.cat(chunks)
+
+
+def store_reference(path: str | Path, codec_settings: dict, latent_shape, count: int) -> torch.Tensor:
+    """(n, T, c, h, w) latents of `count` rows spread evenly over a latent store (all rows if it has fewer),
+    refused unless they share the run's latent space and shape."""
+    from lrm.datasets.store import LatentStore
+
+    store = LatentStore.open(path)
+    if store.codec_settings != codec_settings:
+        raise ValueError(f"reference store {path} is in codec {store.codec_id}, the run samples in "
+                         f"{codec_settings.get('name')}-v{codec_settings.get('version')}; encode the reference "
+                         "with the run's codec (lrm encode --codec ...)")
+    if tuple(store.latent_shape) != tuple(latent_shape):
+        raise ValueError(f"reference store {path} holds latents {tuple(store.latent_shape)}, the run samples "
+                         f"{tuple(latent_shape)}; encode the reference at the run's size and frames")
+    if len(store) < 2:
+        raise ValueError(f"reference store {path} has {len(store)} rows; the Frechet distance needs at least 2")
+    rows = np.unique(np.linspace(0, len(store) - 1, min(count, len(store))).round().astype(np.int64))
+    return store.latents(rows)  # rows spread evenly over the store, not just its first shard
+
+
+# ---------------------------------------------------------------------------------------------------
+# metrics
+# ---------------------------------------------------------------------------------------------------
+
+def sample_metrics(samples, reference: torch.Tensor, rewards, reference_name: str) -> dict:
+    """The metrics of `samples` (lrm.generators.sampling.Samples) against `reference` latents (n, T, c, h, w):
+    the rewards, diversity, frechet, alignment and per_prompt entries of metrics.json."""
+    from lrm.evaluation.alignment import alignment, caption_objects
+    from lrm.evaluation.frechet import latent_frechet_distance
+    from lrm.evaluation.rewards import sample_rewards
+    from lrm.evaluation.vendi import diversity, pixel_features
+
+    prompts = samples.prompts
+    distinct = list(dict.fromkeys(prompts))
+    rows = {p: [i for i, q in enumerate(prompts) if q == p] for p in distinct}
+    scores = sample_rewards(samples.pixels, prompts, rewards)
+    out = {"rewards": {name: {"mean": s.mean, "std": s.std, "scored": s.scored} for name, s in scores.items()}}
+
+    if min(len(r) for r in rows.values()) >= 2:
+        vendi = diversity(pixel_features(samples.pixels), prompts)
+        out["diversity"] = {"mean": vendi.mean, "std": vendi.std, "features": VENDI_FEATURES}
+        per_prompt_vendi = vendi.per_prompt
+    else:
+        out["diversity"] = None  # Vendi of one sample is 1 by definition: nothing measured
+        per_prompt_vendi = {}
+
+    frechet = None
+    if samples.latents.shape[0] >= 2:
+        frechet = latent_frechet_distance(samples.latents, reference)
+    out["frechet"] = {"value": frechet, "features": FRECHET_FEATURES, "reference": reference_name,
+                      "n_generated": samples.latents.shape[0], "n_reference": reference.shape[0]}
+
+    procedural = all(caption_objects(p) for p in distinct)
+    aligned = alignment(samples.pixels, prompts) if procedural else None
+    out["alignment"] = {"color": aligned.color, "shape": aligned.shape} if aligned else None
+
+    per_prompt = []
+    for prompt, index in rows.items():
+        entry = {"prompt": prompt, "vendi": per_prompt_vendi.get(prompt)}
+        if aligned is not None:
+            entry["alignment_color"] = float(np.mean([aligned.per_sample_color[i] for i in index]))
+            entry["alignment_shape"] = float(np.mean([aligned.per_sample_shape[i] for i in index]))
+        for name, s in scores.items():
+            values = np.array([s.values[i] for i in index], dtype=np.float64)
+            entry[name] = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+        per_prompt.append(entry)
+    out["per_prompt"] = per_prompt
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# the whole evaluation
+# ---------------------------------------------------------------------------------------------------
+
+def evaluate_run(run_path: str | Path, config: EvaluationConfig, out_dir: str | Path,
+                 progress: bool = False) -> dict:
+    """Sample the run at fixed seeds, measure, write out_dir/metrics.json, report.html and grid.png; returns the
+    metrics (the content of metrics.json before NaN -> null)."""
+    from lrm.codecs import from_settings
+    from lrm.datasets.media import read_prompts
+    from lrm.rewards import load as load_reward
+    from lrm.generators.runs import open_generator_run, sample_run
+    from lrm.generators.sampling import expand_requests
+
+    run = open_generator_run(run_path)
+    latent_shape = run.latent_shape(config.size, config.frames)
+    if config.prompts_file is not None:
+        distinct = list(dict.fromkeys(read_prompts(config.prompts_file)))
+    else:
+        frames = _pixel_frames(latent_shape[0], run.config["codec_settings"] or {})
+        distinct = procedural_prompts(config.procedural, frames)
+    built = {name: load_reward(name) for name in config.rewards}  # unknown names fail before any sampling
+    video_rewards = [name for name, reward in built.items() if reward.spec.is_video]
+    if latent_shape[0] == 1 and video_rewards:
+        raise ValueError(f"reward {video_rewards[0]} scores videos but this run samples images; choose image "
+                         "rewards (see `lrm rewards`)")
+    model = run.load(map_location=config.device)
+    codec = from_settings(model.codec_settings).to(config.device)
+    if config.reference is not None:
+        reference = store_reference(config.reference, model.codec_settings, latent_shape, config.reference_count)
+        reference_name = f"store {config.reference}"
+    else:
+        reference = procedural_reference(codec, latent_shape, config.reference_count, device=config.device)
+        reference_name = f"procedural clips (seed {REFERENCE_SEED}, {config.reference_count} clips) in {codec.codec_id}"
+
+    start = time.perf_counter()
+    prompts, seeds = expand_requests(distinct, config.samples_per_prompt, config.seed)
+    samples, settings = sample_run(run, model, prompts, seeds, latent_shape, steps=config.steps, cfg=config.cfg,
+                                   batch_size=config.batch_size, progress=progress)
+    sampled = time.perf_counter()
+    measured = sample_metrics(samples, reference, built, reference_name)
+    seconds = {"sampling": sampled - start, "metrics": time.perf_counter() - sampled}
+    metrics = {**settings, "seed": config.seed, "timesteps": samples.timesteps, "latent_shape": list(latent_shape),
+               "prompts": distinct, "samples_per_prompt": config.samples_per_prompt, "n_samples": len(prompts),
+               **measured, "seconds": seconds}
+    write_evaluation(out_dir, metrics, samples, config)
+    return metrics
+
+
+def write_evaluation(out_dir: str | Path, metrics: dict, samples, config: EvaluationConfig) -> Path:
+    """metrics.json (strict), grid.png and report.html in out_dir; returns the report's path."""
+    from lrm.generators.writing import grid_png
+
+    out_dir = Path(out_dir)
+    atomic_write_json(out_dir / "metrics.json", {k: metrics[k] for k in METRIC_KEYS}, strict=True)
+    grid = grid_png(samples.pixels, samples.prompts, samples.seeds)
+    atomic_write_bytes(out_dir / "grid.png", grid)
+    return atomic_write_text(out_dir / "report.html", report_html(metrics, grid, config))
+
+
+def _value(x) -> str | float:
+    """A metric for a table cell: missing (None, NaN) as an em dash."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "—"
+    return x
+
+
+def report_html(metrics: dict, grid: bytes, config: EvaluationConfig) -> str:
+    """The self-contained page: facts, metrics, per-prompt table, the sample grid (inlined PNG)."""
+    from lrm.reports.html import CSS, _img, _section, _table
+
+    title = f"Generator evaluation: {metrics['run']}"
+    facts = [["sampler", metrics["sampler"]], ["steps", metrics["steps"]], ["cfg", metrics["cfg"]],
+             ["seeds", f"{metrics['seed']} .. {metrics['seed'] + metrics['samples_per_prompt'] - 1} per prompt"],
+             ["prompts", len(metrics["prompts"])], ["samples", metrics["n_samples"]],
+             ["latent shape", str(tuple(metrics["latent_shape"]))]]
+    rows = [[f"reward: {name}", _value(r["mean"]), _value(r["std"]), f"{r['scored']} scored"]
+            for name, r in metrics["rewards"].items()]
+    d = metrics["diversity"]
+    rows.append(["Vendi diversity (per prompt)", _value(d and d["mean"]), _value(d and d["std"]),
+                 "pixels" if d else "needs >= 2 samples per prompt"])
+    f = metrics["frechet"]
+    rows.append(["Frechet distance", _value(f["value"]), "—", f"{f['n_generated']} vs {f['n_reference']}"])
+    a = metrics["alignment"]
+    over = "procedural captions" if a else "not procedural"
+    rows.append(["alignment: colour", _value(a and a["color"]), "—", over])
+    rows.append(["alignment: shape", _value(a and a["shape"]), "—", over])
+    reward_names = list(metrics["rewards"])
+    per_prompt = [[p["prompt"], _value(p["vendi"]), _value(p.get("alignment_color")),
+                   *[_value(p[name]) for name in reward_names]] for p in metrics["per_prompt"]]
+    parts = [f"<h1>{html.escape(title)}</h1>", _table(["fact", "value"], facts),
+             _section("Sample quality",
+                      "True rewards of the decoded samples (mean and std over samples), Vendi diversity "
+                      "(DOLLAR Eq. 27: the effective number of distinct samples per prompt, 1 to samples per "
+                      "prompt), the Frechet distance to the reference (lower is closer) and prompt alignment "
+                      "(share of frames whose object colour / shape the caption names).",
+                      _table(["metric", "mean", "std", "over"], rows)),
+             _section("Frechet distance features", f"Features: {f['features']}. Reference: {f['reference']}. "
+                      "Not FID: no Inception network, values compare only with other runs measured the same way.", ""),
+             _section("Per prompt", "Each distinct prompt: Vendi over its samples, colour alignment, mean rewards.",
+                      _table(["prompt", "Vendi", "alignment colour", *reward_names], per_prompt)),
+             _section("Samples", "Rows are prompts, columns seeds (a clip shows its middle frame).",
+                      _img(grid, "samples")),
+             _section("Configuration", "The evaluation's options.",
+                      _table(["option", "value"], [[k, str(v)] for k, v in asdict(config).items()]))]
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{CSS}</style></head><body>{''.join(parts)}</body></html>")

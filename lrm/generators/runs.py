@@ -1,0 +1,139 @@
+"""Open a generator run folder for sampling: RUN (holding model/) or RUN/model itself.
+
+A generator run is what `lrm teacher train` (and the distillation trainer) writes: RUN/model/ in the
+save_denoiser format (config.json + model.safetensors), and optionally RUN/config.json with the
+resolved training config; EMA snapshots may sit in RUN/snapshots/step-N/. What sampling needs beyond
+the weights is read from the denoiser's config.json "extra", falling back to the trainer's config.json
+of the run folder above it (RUN/config.json, found up to two levels above the denoiser folder):
+- "latent_shape": [T, c, h, w] of the latents it was trained on (else pass the pixel size);
+- "student_steps": the number of steps of a distilled few-step student (absent for a teacher).
+
+A folder of another kind (a surrogate run of `lrm fit`, whose model/config.json is an
+"lrm-surrogate") is refused with a message saying what it is.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from lrm.generators.io import CONFIG_NAME, FORMAT, load_denoiser, read_config
+
+SURROGATE_FORMAT = "lrm-surrogate"  # lrm.models.surrogate.FORMAT, compared without importing the models
+
+
+@dataclass(frozen=True)
+class GeneratorRun:
+    path: Path  # the folder the user named (RUN or RUN/model)
+    model_dir: Path  # the denoiser folder (save_denoiser format)
+    config: dict  # model_dir/config.json
+    run_config: dict  # RUN/config.json of the trainer ({} when absent)
+
+    @property
+    def run_dir(self) -> Path:
+        """RUN: where outputs go by default (the folder above model/, or a bare denoiser folder itself)."""
+        return self.model_dir.parent if self.model_dir.name == "model" else self.model_dir
+
+    def setting(self, key: str):
+        """A sampling setting from the denoiser's "extra", else from the trainer's RUN/config.json (None if absent)."""
+        extra = self.config.get("extra") or {}
+        return extra[key] if key in extra else self.run_config.get(key)
+
+    @property
+    def student_steps(self) -> int | None:
+        """Steps of a distilled few-step student; None for a teacher."""
+        steps = self.setting("student_steps")
+        return None if steps is None else int(steps)
+
+    def latent_shape(self, size: int | None = None, frames: int | None = None) -> tuple[int, int, int, int]:
+        """(T, c, h, w) to sample: from `size` (pixels, square) and `frames` when given, else the recorded
+        "latent_shape"."""
+        dims, codec = self.config["dimensions"], self.config.get("codec_settings") or {}
+        recorded = self.setting("latent_shape")
+        if size is None and recorded is None:
+            raise ValueError(f"{self.model_dir / CONFIG_NAME} records no latent_shape (extra.latent_shape); "
+                             "pass the pixel size to sample at (--size)")
+        if size is None:
+            shape = tuple(int(n) for n in recorded)
+            if frames is not None:
+                shape = (_latent_frames(frames, codec), *shape[1:])
+            return shape
+        factor = int(codec.get("spatial_factor", 1))
+        if size % factor or size < factor:
+            raise ValueError(f"size {size} must be a positive multiple of the codec's spatial factor {factor}")
+        t = _latent_frames(frames, codec) if frames is not None else (int(recorded[0]) if recorded else dims["frames"])
+        return (t, dims["in_channels"], size // factor, size // factor)
+
+    def load(self, map_location="cpu"):
+        return load_denoiser(self.model_dir, map_location=map_location)
+
+
+def _latent_frames(frames: int, codec: dict) -> int:
+    if frames < 1:
+        raise ValueError(f"frames must be >= 1, got {frames}")
+    factor = int(codec.get("temporal_factor", 1))
+    return frames if factor == 1 else 1 + (frames - 1) // factor
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+    return data if isinstance(data, dict) else {}
+
+
+def open_generator_run(path: str | Path) -> GeneratorRun:
+    """The generator run at `path` (RUN or RUN/model); refuses folders of another kind with the fix."""
+    path = Path(path)
+    fix = "pass a run folder of `lrm teacher train` (it holds model/) or its model/ folder"
+    if not path.is_dir():
+        raise FileNotFoundError(f"run folder {path} not found; {fix}")
+    model_dir = path / "model" if (path / "model" / CONFIG_NAME).is_file() else path
+    config_path = model_dir / CONFIG_NAME
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{path} holds no model/{CONFIG_NAME} nor {CONFIG_NAME}; {fix}")
+    kind = _read_json(config_path).get("format")
+    if kind == SURROGATE_FORMAT:
+        raise ValueError(f"{path} is a surrogate run (lrm fit), not a generator; {fix}")
+    if kind != FORMAT:
+        raise ValueError(f"{config_path} is not a saved denoiser (format {kind!r}, expected {FORMAT!r}); {fix}")
+    config = read_config(model_dir)
+    return GeneratorRun(path, model_dir, config, _trainer_config(model_dir))
+
+
+def _trainer_config(model_dir: Path) -> dict:
+    """The trainer's config.json nearest above a denoiser folder (RUN/model, RUN/snapshots/step-N), {} if none:
+    the first one that is not itself a saved model (those carry a "format")."""
+    for folder in (model_dir.parent, model_dir.parent.parent):
+        path = folder / CONFIG_NAME
+        if path.is_file():
+            config = _read_json(path)
+            if "format" not in config:
+                return config
+    return {}
+
+
+def sample_run(run: GeneratorRun, model, prompts: list[str], seeds: list[int], latent_shape, *,
+               steps: int | None = None, cfg: float | None = None, batch_size: int | None = None,
+               progress: bool = False):
+    """Samples of a run's model with the sampler the run calls for: a distilled student (run.student_steps set)
+    samples few-step (default: its own steps, cfg 1), a teacher DDIM (default 50 steps, cfg 7.5).
+    Returns (Samples, settings): settings name the sampler, steps and cfg used, for index.json / metrics.json."""
+    from lrm.generators import sampling
+
+    student = run.student_steps
+    options = {"latent_shape": latent_shape, "progress": progress}
+    if batch_size is not None:
+        options["batch_size"] = batch_size
+    if student is not None:
+        steps, cfg = student if steps is None else steps, 1.0 if cfg is None else cfg
+        samples = sampling.generate_few_step(model, prompts, seeds, steps=steps, cfg=cfg, **options)
+        sampler = "few-step"
+    else:
+        steps = sampling.DEFAULT_STEPS if steps is None else steps
+        cfg = sampling.DEFAULT_CFG if cfg is None else cfg
+        samples = sampling.generate(model, prompts, seeds, steps=steps, cfg=cfg, **options)
+        sampler = "ddim"
+    return samples, {"run": str(run.path), "sampler": sampler, "steps": steps, "cfg": cfg}
