@@ -67,7 +67,7 @@ class FitJob:
     device: str = "cpu"  # where encoding, labelling and fitting run
 
     def label_name(self) -> str:
-        from lrm.datasets.build import column_name
+        from lrm.datasets.label_names import column_name
 
         return self.label or column_name(self.reward, self.label_pixels)
 
@@ -117,7 +117,7 @@ def resolved_job(job: FitJob) -> dict:
 
 def new_store_config(job: FitJob, spec):
     """EncodeConfig of the store a job without --store encodes (frames and text encoder by reward kind)."""
-    from lrm.datasets.build import EncodeConfig
+    from lrm.datasets.encoding import EncodeConfig
 
     frames = job.frames if job.frames is not None else (8 if spec.is_video else 1)
     text = job.text or (DEFAULT_TEXT_ENCODER if spec.needs_text else None)
@@ -127,7 +127,8 @@ def new_store_config(job: FitJob, spec):
 
 def prepare_store(job: FitJob, spec, progress: bool = True) -> LatentStore:
     """Open or encode the store, then make sure it holds the job's label column."""
-    from lrm.datasets.build import add_labels, encode
+    from lrm.datasets.encoding import encode
+    from lrm.datasets.labelling import add_labels
 
     label = job.label_name()
     # An explicit --label names the column as given (without it, decoded labels would get "@decoded" added).
@@ -147,7 +148,7 @@ def check_label_column(store: LatentStore, label: str, job: FitJob) -> None:
     """The column `label` must hold what this job asks for: its reward, options and pixels, with at
     least one value; else a ValueError that says what differs or why every row failed."""
     from lrm.config_diff import differences
-    from lrm.datasets.build import most_common_failure
+    from lrm.datasets.label_names import most_common_failure
 
     info = store.label_info(label)
     asked = {"reward": job.reward, "options": job.reward_options or {}, "pixels": job.label_pixels}
@@ -283,11 +284,10 @@ def evaluate(model, store: LatentStore, label: str, train_rows: np.ndarray, val_
 
 def _thumbnails(store: LatentStore, rows: np.ndarray, pred: np.ndarray, true: np.ndarray) -> dict | None:
     """Best- and worst-predicted rows, decoded back to pixels with the store's codec (first frame)."""
-    from lrm.codecs import from_settings
     from lrm.weights import MissingWeightsError
 
     try:
-        codec = from_settings(store.codec_settings)
+        codec = store.codec()
     except (MissingWeightsError, OSError, ValueError):
         return None  # e.g. the codec's weights are not on this machine: the report goes without pictures
     order = np.argsort(np.abs(pred - true))

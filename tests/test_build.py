@@ -17,7 +17,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from lrm.codecs.dct import DCTCodec
-from lrm.datasets.build import EncodeConfig, add_labels, encode, file_group, make_source
+from lrm.datasets.encoding import EncodeConfig, encode
+from lrm.datasets.labelling import add_labels
+from lrm.datasets.sources import file_group, make_source
 from lrm.datasets.media import read_clip
 from lrm.datasets.store import LatentStore, StoreError
 
@@ -150,9 +152,9 @@ def test_clear_errors(tmp_path):
     prompts = tmp_path / "p.txt"
     prompts.write_text("a cat\n")
     with pytest.raises(ValueError, match="holds no pixels"):
-        make_source(EncodeConfig(str(prompts)))
+        make_source(EncodeConfig(str(prompts)), 8)
     with pytest.raises(ValueError, match="procedural:N"):
-        make_source(EncodeConfig("procedural:many"))
+        make_source(EncodeConfig("procedural:many"), 8)
     store = encode(EncodeConfig("procedural:2", frames=1, size=16), tmp_path / "s", codec=DCTCodec(), progress=False)
     with pytest.raises(KeyError, match="unknown reward 'no-such-reward'"):
         add_labels(store.path, ["no-such-reward"], progress=False)

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 
 from lrm.codecs.base import Codec
 from lrm.datasets import store as st
-from lrm.datasets.build import EncodeConfig, add_labels, encode
+from lrm.datasets.encoding import EncodeConfig, encode
+from lrm.datasets.labelling import add_labels
 from lrm.datasets.procedural import ProceduralConfig, make_clip
 from lrm.datasets.store import LatentStore, StoreError, group_split
 from lrm.io import atomic_write_bytes

@@ -60,7 +60,7 @@ def encode(
       lrm encode ../shared/data/images/dreambooth --frames 1 --size 256 --codec taef2 --out stores/db
     """
     from lrm import distributed
-    from lrm.datasets.build import EncodeConfig, encode as run_encode
+    from lrm.datasets.encoding import EncodeConfig, encode as run_encode
 
     config = EncodeConfig(data=data, codec=codec, frames=frames, size=size, text=text, text_length=text_length,
                           prompts=str(prompts) if prompts else None, shard_size=shard_size, seed=seed,
@@ -102,7 +102,8 @@ def label(
       lrm label stores/photos niqe --pixels decoded     # column niqe@decoded
     """
     from lrm import distributed
-    from lrm.datasets.build import add_labels, column_name, most_common_failure, parse_label
+    from lrm.datasets.label_names import column_name, most_common_failure, parse_label
+    from lrm.datasets.labelling import add_labels
 
     options = with_metric_options(parse_options(option), [parse_label(r)[1] for r in rewards], kind, input)
     opened = distributed.init_from_env(device)

@@ -90,7 +90,7 @@ def fit(
     if label_transform not in LABEL_TRANSFORM_CHOICES:
         raise typer.BadParameter(f"--label-transform must be one of {', '.join(LABEL_TRANSFORM_CHOICES)}, "
                                  f"got {label_transform!r}")
-    from lrm.datasets.build import LABEL_PIXELS
+    from lrm.datasets.label_names import LABEL_PIXELS
 
     if label_pixels not in LABEL_PIXELS:
         raise typer.BadParameter(f"--label-pixels must be one of {', '.join(LABEL_PIXELS)}, got {label_pixels!r}")
@@ -134,7 +134,7 @@ def report(
     The surrogate is scored on a group-held-out part of STORE, next to a ridge baseline fitted
     on the rest of STORE: a surrogate fitted elsewhere should still beat an in-domain ridge.
     """
-    from lrm.datasets.build import add_labels
+    from lrm.datasets.labelling import add_labels
     from lrm.datasets.store import LatentStore
     from lrm.models import LatentRewardModel
     from lrm.pipeline import evaluate

@@ -176,6 +176,20 @@ def shard_record(root: Path, index: int) -> dict | None:
     return _read_json(commit) if commit.exists() else None
 
 
+def read_shard_rows(root: Path, index: int) -> list[dict]:
+    """The provenance rows of committed shard `index`, in row order."""
+    with open(shard_paths(root, index)["rows"]) as f:
+        return [json.loads(line) for line in f]
+
+
+def read_shard_latents(root: Path, index: int, lo: int, hi: int) -> torch.Tensor:
+    """Rows lo..hi-1 of committed shard `index`: latents (hi - lo, T', c, h, w) float32."""
+    from safetensors import safe_open
+
+    with safe_open(shard_paths(root, index)["tensors"], framework="pt") as f:
+        return f.get_slice("latents")[lo:hi]
+
+
 def write_label_info(root: Path, name: str, info: dict) -> None:
     """Create labels/<name>/label.json (which reward, its spec); must agree with an existing one."""
     folder = Path(root) / "labels" / label_folder_name(name)
@@ -346,6 +360,13 @@ class LatentStore:
     def codec_id(self) -> str:
         return f"{self.codec_settings['name']}-v{self.codec_settings['version']}"
 
+    def codec(self):
+        """The codec of this store's latent space, rebuilt from its recorded settings (lrm.codecs.from_settings:
+        a codec whose weights or options differ is refused)."""
+        from lrm.codecs import from_settings
+
+        return from_settings(self.codec_settings)
+
     @property
     def latent_shape(self) -> tuple[int, int, int, int]:
         return tuple(self.manifest["latent_shape"])
@@ -405,11 +426,7 @@ class LatentStore:
     def rows(self) -> list[dict]:
         """Provenance per row: unit, source, frame_indices, group, prompt (read once, then cached)."""
         if self._rows is None:
-            rows = []
-            for s in self._shards:
-                with open(shard_paths(self.path, s["index"])["rows"]) as f:
-                    rows.extend(json.loads(line) for line in f)
-            self._rows = rows
+            self._rows = [row for s in self._shards for row in read_shard_rows(self.path, s["index"])]
         return self._rows
 
     @property
