@@ -296,12 +296,6 @@ def test_drop_label_removes_one_column_so_it_can_be_computed_again(tmp_path):
     assert unknown.exit_code == 2 and "has no label 'nope' (labels: q, sharpness)" in " ".join(unknown.output.split())
 
 
-def test_encode_makes_stores_of_the_size_lrm_fit_makes():
-    from lrm.pipeline import FitJob
-
-    assert EncodeConfig("procedural:4").size == FitJob("sharpness").size == 128
-
-
 def test_label_takes_kind_and_input_for_your_own_metric_as_score_and_fit_do(tmp_path):
     out = tmp_path / "store"
     assert cli("encode", "procedural:4", "--frames", "2", "--size", "32", "--out", str(out), "--quiet").exit_code == 0

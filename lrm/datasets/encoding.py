@@ -10,15 +10,15 @@ merges the commit records into the manifest after a barrier.
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import logging
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from lrm import distributed
 from lrm.codecs.base import Codec
@@ -26,10 +26,7 @@ from lrm.datasets import store as st
 from lrm.datasets.label_names import check_distinct_columns
 from lrm.datasets.labelling import (bad_records, batches, label_shards, load_labeler, progress_bar, score_batch,
                                     source_reader)
-from lrm.datasets.sources import FrameSize, Source, choose_frame_size, make_source
-
-log = logging.getLogger(__name__)
-
+from lrm.datasets.sources import Source, make_source
 
 @dataclass(frozen=True)
 class EncodeConfig:
@@ -47,13 +44,6 @@ class EncodeConfig:
     labels: tuple[str, ...] = ()  # rewards computed at encode time (same as `lrm label` afterwards)
     batch_size: int = 16  # clips per codec / text / reward call
     device: str = "cpu"  # where the codec, text encoder and rewards run
-
-
-def with_frame_size(config: EncodeConfig, spatial_factor: int,
-                    preferred: int | None = None) -> tuple[EncodeConfig, FrameSize]:
-    """`config` with its frame size filled in (see choose_frame_size), and why that size."""
-    chosen = choose_frame_size(config.data, config.size, spatial_factor, preferred)
-    return dataclasses.replace(config, size=chosen.size), chosen
 
 
 def _fit_length(emb: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,8 +76,8 @@ def encode(config: EncodeConfig, out: str | Path, codec: Codec | None = None, pr
         codec = codecs.load(config.codec)
     codec = codec.to(config.device).eval()
     source = make_source(config, codec.spatial_factor)
-    if config.size is None:
-        log.info("%s: frames of %s", config.data, source.frame_size.reason)
+    if config.size is None and progress and distributed.rank() == 0:  # the log: which size, and why
+        tqdm.write(f"{config.data}: frames of {source.frame_size.reason}", file=sys.stderr)
     text_encoder, text_header = None, None
     if config.text:
         from lrm import text as lrm_text
