@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from lrm.datasets.encoding import EncodeConfig
 from lrm.datasets.store import LatentStore
 from lrm.fidelity import FidelityReport, assess, features_of, fidelity_by_noise, fidelity_metrics, fit_baselines
-from lrm.fitting import DEFAULT_PRESETS, FitConfig, default_preset  # noqa: F401 - DEFAULT_PRESETS: lrm.pipeline's name
+from lrm.fitting import DEFAULT_PRESETS, FitConfig, default_preset  # noqa: F401 - DEFAULT_PRESETS: for its old callers
 from lrm.models import ARCHITECTURES, needs_codec
 
 DEFAULT_TEXT_ENCODER = "minilm-l6-v2"  # offline sentence encoder shipped in a wheel
@@ -238,7 +238,7 @@ def fit_config(job: FitJob, preset: str) -> FitConfig:
 
 def run_fit(job: FitJob, progress: bool = True, resume: bool = True) -> FitOutcome:
     """Encode (or reuse) a store, label it, fit a surrogate, and write the fidelity report."""
-    from lrm.fitting import FitConfig, fit_surrogate
+    from lrm.fitting import fit_surrogate
 
     spec = reward_spec(job)
     run_dir = job.run_dir()

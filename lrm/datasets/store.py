@@ -26,12 +26,16 @@ import math
 import re
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from lrm.config_diff import differences
 from lrm.io import TMP_SUFFIX, atomic_write_bytes
+
+if TYPE_CHECKING:
+    from lrm.codecs.base import Codec
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -360,7 +364,7 @@ class LatentStore:
     def codec_id(self) -> str:
         return f"{self.codec_settings['name']}-v{self.codec_settings['version']}"
 
-    def codec(self):
+    def codec(self) -> Codec:
         """The codec of this store's latent space, rebuilt from its recorded settings (lrm.codecs.from_settings:
         a codec whose weights or options differ is refused)."""
         from lrm.codecs import from_settings
@@ -426,7 +430,11 @@ class LatentStore:
     def rows(self) -> list[dict]:
         """Provenance per row: unit, source, frame_indices, group, prompt (read once, then cached)."""
         if self._rows is None:
-            self._rows = [row for s in self._shards for row in read_shard_rows(self.path, s["index"])]
+            rows = []
+            for s in self._shards:
+                with open(shard_paths(self.path, s["index"])["rows"]) as f:
+                    rows.extend(json.loads(line) for line in f)
+            self._rows = rows
         return self._rows
 
     @property
