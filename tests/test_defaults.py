@@ -156,3 +156,28 @@ def test_lrm_fit_on_a_media_folder_says_which_size_and_why(folder_96x160, tmp_pa
     metrics = json.loads((outcome.run_dir / "metrics.json").read_text())
     assert json.dumps(metrics).count("size 96: the media's short side (cap 512)") >= 1
     assert LatentStore.open(outcome.store).manifest["source"]["size"] == 96
+
+
+def test_frame_size_reads_headers_of_images_gifs_and_videos(tmp_path):
+    from lrm.datasets.media import MediaError, frame_size
+
+    image = images(tmp_path, [(96, 160)]) / "img0.png"
+    assert frame_size(image) == (96, 160)
+    frames = [Image.new("RGB", (40, 24), (i * 40, 0, 0)) for i in range(3)]
+    frames[0].save(tmp_path / "a.gif", save_all=True, append_images=frames[1:])
+    assert frame_size(tmp_path / "a.gif") == (24, 40)
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(MediaError, match="broken.png"):
+        frame_size(tmp_path / "broken.png")
+    av = pytest.importorskip("av")
+    with av.open(str(tmp_path / "v.mp4"), mode="w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for _ in range(3):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    assert frame_size(tmp_path / "v.mp4", backend="pyav") == (48, 64)
+    # Of the image (96), GIF (24) and video (48), the smallest short side decides; the broken file is skipped.
+    assert choose_frame_size(str(tmp_path), None, 8) == (24, "size 24: the smallest short side of 3 files (cap 512)")
