@@ -74,59 +74,12 @@ from lrm.config_diff import differences
 from lrm.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from lrm.models import LatentRewardModel, build, needs_text
 from lrm.labels import LABEL_TRANSFORM_CHOICES, label_statistics
+from lrm.configs import FitConfig  # noqa: F401 - lrm.fitting.FitConfig, as before
 
 LOSSES = ("mse", "ranking")
 AUGMENTS = ("none", "hflip")
 CHECKPOINTS = "checkpoints"
 MODEL_DIR = "model"
-
-
-# reward kind -> surrogate preset (temporal rewards need a temporal backbone). Image and video
-# default to the "-stats" heads: the real-data benchmark (benchmarks/fidelity.py) measures them,
-# and on the main job they beat the plain Tab. 10 CNN (held-out Spearman 0.957 vs 0.911). Video
-# defaults to frame pairs at full latent resolution, which beat the 3D CNN on both measured video
-# rewards (flicker, dynamic degree) in both codecs (README, "Fidelity on real data").
-# Text kinds keep Tab. 11 until a text reward is measured the same way. The "-log" image presets
-# are no default: they lift every image reward in dct but lower BRISQUE and colourfulness in taef2.
-DEFAULT_PRESETS = {
-    "image": "image-cnn-stats",  # Tab. 10 + pooled channel statistics
-    "text-image": "text-image-xattn",  # Tab. 11
-    "video": "video-pair-stats",  # consecutive latent frame pairs, mean + top-5% pooled change maps
-    "text-video": "text-video-3d-xattn",
-}
-
-
-# The one default of every fitting option: `lrm fit` (lrm.pipeline.FitJob) reads these defaults too.
-@dataclass
-class FitConfig:
-    preset: str | None = None  # surrogate architecture (lrm.models.SURROGATES); None: DEFAULT_PRESETS[reward kind]
-    steps: int = 2000  # optimizer steps; the paper's LRMs converge within 2,000-3,000
-    batch_size: int = 64  # global batch (split across DDP ranks); capped at the training-set size
-    lr: float = 3e-3  # peak AdamW learning rate (measured better than 1e-3 on procedural data)
-    weight_decay: float = 1e-2  # AdamW decoupled weight decay
-    warmup_steps: int = 100  # linear warm-up from lr / warmup_steps to lr, then cosine decay
-    min_lr_fraction: float = 0.0  # the cosine ends at lr * min_lr_fraction on the last step
-    grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
-    loss: str = "mse"  # "mse" (Eq. 10 on standardised labels) or "ranking" (pairwise Bradley-Terry)
-    label_transform: str = "auto"  # "none", "log" (fit log(y - shift)) or "auto" (log when it halves |skewness|)
-    augment: str = "none"  # "none" or "hflip" (mirror training latents left-right with probability 1/2)
-    val_fraction: float = 0.2  # share of rows, as whole groups, held out for validation
-    split_seed: int = 0  # seed of the group-aware train/validation split
-    train_groups: int | None = None  # fit on only this many training groups (data-scaling studies); None: all
-    train_groups_seed: int | None = None  # seed of which training groups train_groups keeps; None: split_seed
-    seed: int = 0  # seed of model init, batch order, noise and mirror-flip draws
-    eval_every: int = 100  # steps between validations (and after the last step)
-    patience: int = 10  # validations without a better val Spearman before stopping; 0 never stops early
-    checkpoint_every: int = 500  # steps between resumable checkpoints (and after the last step)
-    keep_checkpoints: int = 2  # most recent checkpoints kept on disk
-    log_every: int = 10  # steps between train-loss lines in metrics.jsonl
-    noise_aware: bool = False  # fit on noised latents x_t with the timestep t as model input
-    noise_schedule: str = "linear"  # lrm.diffusion.schedule name (DDPM linear betas, T = 1000)
-    t_max: int = 999  # noise-aware training draws t uniformly from 0..t_max
-    eval_timesteps: tuple[int, ...] = (0, 250, 500, 750)  # noise-aware: fixed t reported by validation
-    cache_limit_gb: float = 2.0  # keep train + val latents in memory when they fit under this size
-    eval_batch_size: int = 256  # rows per forward pass in validation
-    device: str = "cpu"  # "cpu", "cuda" or "cuda:N"; under torchrun with CUDA each rank uses cuda:LOCAL_RANK
 
 
 @dataclass
@@ -491,7 +444,9 @@ def _training_inputs(source: RowSource, rows: np.ndarray, config: FitConfig, ste
 
 
 def default_preset(kind: str) -> str:
-    """The surrogate preset a reward of `kind` gets when none is asked for (DEFAULT_PRESETS)."""
+    """The surrogate preset a reward of `kind` gets when none is asked for (lrm.models.presets.DEFAULT_PRESETS)."""
+    from lrm.models.presets import DEFAULT_PRESETS
+
     if kind not in DEFAULT_PRESETS:
         raise ValueError(f"no default surrogate preset for reward kind {kind!r}; kinds: {', '.join(DEFAULT_PRESETS)}")
     return DEFAULT_PRESETS[kind]

@@ -21,54 +21,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from lrm.datasets.encoding import EncodeConfig
+from lrm.configs import EncodeConfig, FitConfig, FitJob
 from lrm.datasets.store import LatentStore
 from lrm.fidelity import FidelityReport, assess, features_of, fidelity_by_noise, fidelity_metrics, fit_baselines
-from lrm.fitting import DEFAULT_PRESETS, FitConfig, default_preset  # noqa: F401 - DEFAULT_PRESETS: for its old callers
+from lrm.fitting import default_preset
 from lrm.models import ARCHITECTURES, needs_codec
 
 DEFAULT_TEXT_ENCODER = "minilm-l6-v2"  # offline sentence encoder shipped in a wheel
 THUMBNAILS = 4  # best- and worst-predicted held-out examples shown in the report
-
-
-# One default per option: the options FitJob shares with FitConfig (fitting) and EncodeConfig (a new store)
-# take their defaults from there, so `lrm fit`, run_fit and fit_surrogate with a default FitConfig agree
-# (test_defaults checks it). Flat fields, not nested configs: `lrm fit` maps one flag to one field.
-@dataclass
-class FitJob:
-    reward: str  # registry name or a user's metric "file.py:fn" / "pkg.module:fn"
-    data: str | None = None  # media folder or "procedural:N"; None with no store: procedural:{count}
-    store: str | None = None  # existing latent store to reuse instead of encoding
-    out: str | None = None  # run directory; default runs/<label>
-    label: str | None = None  # label column name; default: the reward name (function name for user metrics)
-    label_pixels: str = "source"  # "source" (score the media) or "decoded" (score what the latents decode to)
-    codec: str = EncodeConfig.codec  # latent space for a new store (lrm.codecs name)
-    count: int = 4000  # procedural clips when no data is given (fewer over-fit the CNN; see README)
-    frames: int | None = None  # frames per clip; default 1 for image rewards, 8 for video rewards
-    # square side in pixels of a new store; None: 128 for procedural clips (16 x 16 dct latents), for a media
-    # folder the reward's preferred size, else the media's short side up to 512 (lrm.datasets.sources)
-    size: int | None = EncodeConfig.size
-    text: str | None = None  # text encoder of a new store; default minilm-l6-v2 for text rewards
-    preset: str | None = FitConfig.preset  # surrogate preset; None: by the reward's kind (DEFAULT_PRESETS)
-    steps: int = FitConfig.steps  # optimizer steps
-    batch_size: int = FitConfig.batch_size  # training batch
-    lr: float = FitConfig.lr  # peak AdamW learning rate
-    loss: str = FitConfig.loss  # "mse" (DOLLAR Eq. 10) or "ranking" (Bradley-Terry)
-    label_transform: str = FitConfig.label_transform  # "none", "log" or "auto" (log when it halves the skewness)
-    noise_aware: bool = FitConfig.noise_aware  # fit on noised latents with the timestep as input
-    augment: str = FitConfig.augment  # "none" or "hflip" (exact latent mirror; mirror-invariant rewards only)
-    seed: int = FitConfig.seed  # data, split and training seed
-    eval_every: int = FitConfig.eval_every  # steps between validations
-    reward_options: dict | None = None  # options of the reward factory (kind/input for user metrics)
-    device: str = FitConfig.device  # where encoding, labelling and fitting run
-
-    def label_name(self) -> str:
-        from lrm.datasets.label_names import column_name
-
-        return self.label or column_name(self.reward, self.label_pixels)
-
-    def run_dir(self) -> Path:
-        return Path(self.out) if self.out else Path("runs") / self.label_name()
 
 
 @dataclass

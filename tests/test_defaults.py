@@ -22,7 +22,8 @@ from lrm.cli.app import app
 from lrm.datasets.encoding import EncodeConfig
 from lrm.datasets.sources import MEDIA_SIZE_CAP, PROCEDURAL_SIZE, choose_frame_size
 from lrm.datasets.store import LatentStore
-from lrm.fitting import DEFAULT_PRESETS, FitConfig, with_preset
+from lrm.fitting import FitConfig, with_preset
+from lrm.models.presets import DEFAULT_PRESETS
 from lrm.pipeline import FitJob, new_store_size, resolved_job, run_fit
 
 runner = CliRunner(env={"COLUMNS": "300"})
@@ -69,6 +70,19 @@ def test_lrm_encode_defaults_are_encodeconfigs():
     assert {"codec", "frames", "size", "text", "text_length", "prompts", "shard_size", "seed", "batch_size",
             "device"} <= shared
     assert {k: cli[k] for k in shared} == {k: config[k] for k in shared}
+
+
+def test_the_configs_and_the_commands_reading_them_import_no_torch():
+    """The CLI reads its defaults from lrm.configs at start-up: that must stay cheap (no torch, pipeline, fitting)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, lrm.configs, lrm.cli.fit, lrm.cli.data; "
+            "print([m for m in ('torch', 'scipy', 'lrm.pipeline', 'lrm.fitting', 'lrm.models') if m in sys.modules])")
+    repo = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, check=True,
+                         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(repo)}, timeout=120).stdout
+    assert out.strip() == "[]"
 
 
 def test_fit_surrogate_with_a_default_config_trains_what_lrm_fit_trains(tmp_path, monkeypatch):

@@ -19,7 +19,7 @@ from rich.table import Table
 
 from lrm.cli.errors import exit_with_message
 from lrm.cli.options import check_device, parse_options, with_metric_options
-from lrm.datasets.encoding import EncodeConfig
+from lrm.configs import EncodeConfig
 
 console = Console(stderr=True)
 ENCODE = {f.name: f.default for f in dataclasses.fields(EncodeConfig)}  # one source of truth: EncodeConfig

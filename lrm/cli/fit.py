@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from lrm.cli.options import check_device, parse_options, with_metric_options
-from lrm.pipeline import FitJob
+from lrm.configs import FitJob
 
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(FitJob)}  # one source of truth: FitJob
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,29 +21,12 @@ from tqdm.auto import tqdm
 
 from lrm import distributed
 from lrm.codecs.base import Codec
+from lrm.configs import EncodeConfig  # noqa: F401 - lrm.datasets.encoding.EncodeConfig
 from lrm.datasets import store as st
 from lrm.datasets.label_names import check_distinct_columns
 from lrm.datasets.labelling import (bad_records, batches, label_shards, load_labeler, progress_bar, score_batch,
                                     source_reader)
 from lrm.datasets.sources import Source, make_source
-
-@dataclass(frozen=True)
-class EncodeConfig:
-    data: str  # "procedural:N" (N seeded clips) or a folder / file of images and videos
-    codec: str = "dct"  # lrm.codecs registry name (or "diffusers:<path>")
-    frames: int | None = None  # frames per clip; None: 8 for procedural clips and videos, 1 for images
-    # square side in pixels after short-side resize and centre crop; None: 128 for procedural clips, a media
-    # folder's own short side up to 512 (lrm.datasets.sources.choose_frame_size)
-    size: int | None = None
-    text: str | None = None  # lrm.text encoder name for token embeddings; None stores no text
-    text_length: int = 77  # tokens kept per prompt (padded or truncated), fixed for the store
-    prompts: str | None = None  # prompts file for a media folder: one prompt per file, in sorted file order
-    shard_size: int = 256  # units per shard: the unit of atomic commit, resume and rank sharding
-    seed: int = 0  # seed of procedural clips
-    labels: tuple[str, ...] = ()  # rewards computed at encode time (same as `lrm label` afterwards)
-    batch_size: int = 16  # clips per codec / text / reward call
-    device: str = "cpu"  # where the codec, text encoder and rewards run
-
 
 def _fit_length(emb: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Pad with zeros / truncate token axis to `length`: (B, L', D) -> (B, L, D), (B, L') -> (B, L)."""
