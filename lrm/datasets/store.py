@@ -11,6 +11,10 @@ Layout of a store folder:
     labels/<name>/shard-00000.npy      (n,) float32 label values, NaN where the reward failed
     labels/<name>/shard-00000.json     commit record (bad items, partial statistics), written last
 
+Only this module knows these paths: encoding and labelling write and read shards through its functions
+(commit_shard, read_shard_rows, read_shard_latents, commit_label_shard, ...), everything else through
+LatentStore, which also hands out the store's codec (LatentStore.codec()).
+
 Shard i holds the source units [i * shard_size, (i + 1) * shard_size) in source order, so the content
 of a shard depends only on the source and never on which process or which run produced it.
 Every file is written to a temporary name, fsynced and renamed; a shard (or a label shard) counts
