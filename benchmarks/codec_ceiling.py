@@ -34,9 +34,7 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "codec_ceiling.json"
 
 def decoded_pixels(store, rows: np.ndarray, batch: int = 16) -> torch.Tensor:
     """(n, T, 3, H, W) in [0, 1]: store rows decoded by the codec they were encoded with."""
-    from lrm.codecs import from_settings
-
-    codec = from_settings(store.codec_settings).eval()
+    codec = store.codec().eval()
     with torch.no_grad():
         return torch.cat([codec.decode(store.latents(rows[i:i + batch])).clamp(0, 1)
                           for i in range(0, len(rows), batch)])

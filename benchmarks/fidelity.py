@@ -2,7 +2,7 @@
 
 For each codec (dct, taef2) and dataset (perturbed DreamBooth photos; 8-frame clips of real videos
 with flicker / frozen / stutter / blur variants; see benchmarks/real_data.py) this encodes a latent
-store once (lrm.datasets.build.encode; an existing store resumes), labels it with the applicable
+store once (lrm.datasets.encoding.encode; an existing store resumes), labels it with the applicable
 rewards (add_labels: image rewards on the photos, video rewards on the clips), fits one surrogate
 per reward and preset (lrm.fitting.fit_surrogate: MSE on the labels or, where that halves their
 skewness, on log labels (label_transform "auto", the "labels" column), AdamW, warm-up + cosine,
@@ -11,7 +11,7 @@ against training steps and CPU time, next to the ridge baseline on pooled latent
 on the same split and label scale (lrm.fidelity.fit_baselines).
 
 Labels score the media themselves by default. `--label-pixels decoded` labels what the store's
-latents decode to instead (columns "REWARD@decoded", lrm.datasets.build.add_labels): the reward a
+latents decode to instead (columns "REWARD@decoded", lrm.datasets.labelling.add_labels): the reward a
 generator's latents are judged by, a function of the latents however lossy the codec, so the fit
 measures the surrogate alone rather than surrogate plus codec loss (benchmarks/codec_ceiling.py).
 
@@ -63,7 +63,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import real_data  # noqa: E402  (benchmarks/ is a folder of scripts, not a package)
-from lrm.datasets.build import LABEL_PIXELS, label_column  # noqa: E402
+from lrm.datasets.label_names import LABEL_PIXELS, label_column  # noqa: E402
 from lrm.fitting import AUGMENTS  # noqa: E402
 from lrm.labels import LABEL_TRANSFORM_CHOICES  # noqa: E402
 
@@ -125,7 +125,8 @@ def prepare_store(codec: str, dataset: str, scale: str, data: str, cache: str, r
     """Encode the store of media folder `data` on `device` (resumes) and add the missing labels, of the
     media or of the decoded latents (`pixels`), on the CPU (the weight-free rewards are CPU code); times
     each part."""
-    from lrm.datasets.build import EncodeConfig, add_labels, encode
+    from lrm.datasets.encoding import EncodeConfig, encode
+    from lrm.datasets.labelling import add_labels
     from lrm.datasets.store import LatentStore
 
     path = Path(cache) / "stores" / f"{dataset}-{scale}-{codec}"

@@ -7,7 +7,7 @@ Materialises two folders the media reader (lrm.datasets.media) reads, determinis
            gaussian blur (sigma 1, 2, 4), JPEG re-compression (quality 10, 30, 60), gaussian noise
            (sigma 4 and 12 gray levels), saturation x0.3 and x1.7; PNG (lossless), named
            "<subject>__<index>__<variant>.png" so that the store's file-group rule
-           (lrm.datasets.build.file_group: the name up to the first "__") keeps every variant of
+           (lrm.datasets.sources.file_group: the name up to the first "__") keeps every variant of
            a subject on one side of a train/validation split. With `crops` > 1 each photo gives
            that many views (the centre square, then random squares of 50-100% of the short
            side), named "<subject>__<index>-v<k>__<variant>.png".

@@ -26,7 +26,7 @@ import torch
 
 from lrm.codecs.dct import DCTCodec
 from lrm.datasets import store as st
-from lrm.datasets.build import EncodeConfig, encode
+from lrm.datasets.encoding import EncodeConfig, encode
 
 
 def timed(fn) -> float:

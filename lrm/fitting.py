@@ -55,7 +55,7 @@ import math
 import os
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -69,43 +69,12 @@ from lrm.config_diff import differences
 from lrm.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from lrm.models import LatentRewardModel, build, needs_text
 from lrm.labels import LABEL_TRANSFORM_CHOICES, label_statistics
+from lrm.configs import FitConfig  # noqa: F401 - lrm.fitting.FitConfig, as before
 
 LOSSES = ("mse", "ranking")
 AUGMENTS = ("none", "hflip")
 CHECKPOINTS = "checkpoints"
 MODEL_DIR = "model"
-
-
-@dataclass
-class FitConfig:
-    preset: str = "image-cnn"  # surrogate architecture, a key of lrm.models.PRESETS
-    steps: int = 3000  # optimizer steps; the paper's LRMs converge within 2,000-3,000
-    batch_size: int = 64  # global batch (split across DDP ranks); capped at the training-set size
-    lr: float = 1e-3  # peak AdamW learning rate
-    weight_decay: float = 1e-2  # AdamW decoupled weight decay
-    warmup_steps: int = 100  # linear warm-up from lr / warmup_steps to lr, then cosine decay
-    min_lr_fraction: float = 0.0  # the cosine ends at lr * min_lr_fraction on the last step
-    grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
-    loss: str = "mse"  # "mse" (Eq. 10 on standardised labels) or "ranking" (pairwise Bradley-Terry)
-    label_transform: str = "auto"  # "none", "log" (fit log(y - shift)) or "auto" (log when it halves |skewness|)
-    augment: str = "none"  # "none" or "hflip" (mirror training latents left-right with probability 1/2)
-    val_fraction: float = 0.2  # share of rows, as whole groups, held out for validation
-    split_seed: int = 0  # seed of the group-aware train/validation split
-    train_groups: int | None = None  # fit on only this many training groups (data-scaling studies); None: all
-    train_groups_seed: int | None = None  # seed of which training groups train_groups keeps; None: split_seed
-    seed: int = 0  # seed of model init, batch order, noise and mirror-flip draws
-    eval_every: int = 100  # steps between validations (and after the last step)
-    patience: int = 10  # validations without a better val Spearman before stopping; 0 never stops early
-    checkpoint_every: int = 500  # steps between resumable checkpoints (and after the last step)
-    keep_checkpoints: int = 2  # most recent checkpoints kept on disk
-    log_every: int = 10  # steps between train-loss lines in metrics.jsonl
-    noise_aware: bool = False  # fit on noised latents x_t with the timestep t as model input
-    noise_schedule: str = "linear"  # lrm.diffusion.schedule name (DDPM linear betas, T = 1000)
-    t_max: int = 999  # noise-aware training draws t uniformly from 0..t_max
-    eval_timesteps: tuple[int, ...] = (0, 250, 500, 750)  # noise-aware: fixed t reported by validation
-    cache_limit_gb: float = 2.0  # keep train + val latents in memory when they fit under this size
-    eval_batch_size: int = 256  # rows per forward pass in validation
-    device: str = "cpu"  # "cpu", "cuda" or "cuda:N"; under torchrun with CUDA each rank uses cuda:LOCAL_RANK
 
 
 @dataclass
@@ -468,22 +437,84 @@ def _training_inputs(source: RowSource, rows: np.ndarray, config: FitConfig, ste
     return latents.to(device), text, mask, t
 
 
-def fit_surrogate(store, label: str, config: FitConfig, out_dir: str | Path, *, resume: bool = False,
-                  progress: bool = False) -> FitResult:
-    """Fit `config.preset` to label column `label` of `store` (a LatentStore); see the module docstring.
+def default_preset(kind: str) -> str:
+    """The surrogate preset a reward of `kind` gets when none is asked for (lrm.models.presets.DEFAULT_PRESETS)."""
+    from lrm.models.presets import DEFAULT_PRESETS
 
-    resume=True continues the run in `out_dir` from its newest checkpoint (or starts it when there is none);
-    without it, an `out_dir` that already holds a run is an error. progress=True shows a progress bar of the
-    steps with the latest training loss and held-out Spearman (first process only).
-    """
+    if kind not in DEFAULT_PRESETS:
+        raise ValueError(f"no default surrogate preset for reward kind {kind!r}; kinds: {', '.join(DEFAULT_PRESETS)}")
+    return DEFAULT_PRESETS[kind]
+
+
+def with_preset(config: FitConfig, store, label: str) -> FitConfig:
+    """`config` with its preset filled in: the default of the reward kind recorded for column `label`."""
+    if config.preset is not None:
+        return config
+    kind = (store.manifest["labels"][label].get("spec") or {}).get("kind")
+    if kind is None:
+        raise ValueError(f"column {label!r} of {store.path} records no reward kind, so no default surrogate fits "
+                         "it; pass FitConfig(preset=...) (see lrm.models.SURROGATES)")
+    return replace(config, preset=default_preset(kind))
+
+
+# ---------------------------------------------------------------- one fit, job by job
+
+@dataclass
+class _Fit:
+    """The fixed parts of one fit: data, rows, model, optimizer, process layout, run files."""
+    config: FitConfig  # with its preset filled in
+    store: object  # the LatentStore fitted on
+    labels: np.ndarray  # (N,) the label column, NaN where the reward failed
+    train_rows: np.ndarray  # store rows fitted on (finite labels)
+    val_rows: np.ndarray  # store rows validated on (finite labels)
+    nan_count: int  # rows dropped because their label is NaN
+    label_stats: tuple[str, float, float, float]  # (transform, mean, std, shift) of the training labels
+    model: LatentRewardModel
+    net: nn.Module  # the model, wrapped in DistributedDataParallel under torchrun
+    optimizer: torch.optim.Optimizer
+    source: RowSource  # latents (and text) of the train + val rows
+    mirror: object  # the codec's exact latent mirror for augment="hflip", else None
+    abar: torch.Tensor | None  # noise-aware: the schedule's cumulative alphas
+    device: torch.device
+    rank: int
+    world: int
+    is_main: bool
+    created_group: bool  # this fit opened the process group and closes it
+    batch_size: int  # global batch (a multiple of world)
+    local_batch: int  # this rank's slice of the batch
+    out_dir: Path
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.out_dir / CHECKPOINTS
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.out_dir / "metrics.jsonl"
+
+
+@dataclass
+class _State:
+    """What changes as the fit goes on; a checkpoint keeps all of it (with the AdamW state and torch RNG)."""
+    step: int = 0
+    history: list[dict] = field(default_factory=list)  # every metrics.jsonl record so far
+    bad_evals: int = 0  # validations since the last better held-out Spearman
+    stopped_early: bool = False
+    best: dict = field(default_factory=lambda: {"spearman": -math.inf, "step": 0, "metrics": {}, "by_t": {}})
+    best_state: dict = field(default_factory=dict)  # weights of the best validation so far
+
+
+def _set_up(store, label: str, config: FitConfig, out_dir: Path, resume: bool) -> tuple[_Fit, tuple | None]:
+    """Check the inputs, split the rows, build model and optimizer, and write (or check) the run's config.json.
+    Returns the fit and the newest checkpoint to resume from (None: start fresh)."""
     from lrm.diffusion.schedule import alphas_cumprod
 
     _check_config(config)
-    out_dir = Path(out_dir)
     if (out_dir / "config.json").exists() and not resume:
         raise FileExistsError(f"{out_dir} already holds a fit run; pass resume=True to continue it "
                               "or choose a new output folder")
     labels = store.label(label)  # KeyError listing the store's labels when absent
+    config = with_preset(config, store, label)
     train_rows, val_rows, nan_count = split_rows(store, labels, config)
     transform, mean, std, shift = label_statistics(labels[train_rows], config.label_transform)
     if not std > 0:
@@ -520,124 +551,176 @@ def fit_surrogate(store, label: str, config: FitConfig, out_dir: str | Path, *, 
     sizes = {"train_size": int(len(train_rows)), "val_size": int(len(val_rows)), "nan_labels": nan_count,
              "label_mean": mean, "label_std": std, "label_transform": transform, "label_shift": shift}
     resolved = _resolved_config(config, store, label, model, batch_size, sizes)
-    checkpoints = out_dir / CHECKPOINTS
-    metrics_path = out_dir / "metrics.jsonl"
     distributed.barrier()  # every rank has checked out_dir before rank 0 writes into it
     if is_main:
         _prepare_out_dir(out_dir, resolved)
-        checkpoints.mkdir(parents=True, exist_ok=True)
-
-    # ---- state, possibly restored from the newest checkpoint
-    step, history, bad_evals, stopped_early = 0, [], 0, False
-    best = {"spearman": -math.inf, "step": 0, "metrics": {}, "by_t": {}}
-    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    if found is not None:
-        model_state, best_state, optim_state, record, rng = load_checkpoint(*found)
-        model.load_state_dict(model_state)
-        optimizer.load_state_dict(optim_state)
-        torch.set_rng_state(rng)
-        step, history, bad_evals = record["step"], record["history"], record["bad_evals"]
-        stopped_early, best = record["stopped_early"], record["best"]
-        model.info.extra.update(record.get("model_extra", {}))
-        best["spearman"] = -math.inf if best["spearman"] is None else best["spearman"]
-    if is_main:
-        lines = "".join(json.dumps(r) + "\n" for r in history)
-        atomic_write_text(metrics_path, lines)  # drops lines a crashed run wrote after its checkpoint
+        (out_dir / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
 
     cache = _cache_bytes(store, len(train_rows) + len(val_rows), with_text) <= config.cache_limit_gb * 2**30
-    source = RowSource(store, np.concatenate([train_rows, val_rows]), with_text, cache)
-    labels_t = torch.as_tensor(labels)
-    abar = alphas_cumprod(config.noise_schedule) if config.noise_aware else None
-
     net: nn.Module = model
     if world > 1:
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[device] if device.type == "cuda" else None, broadcast_buffers=False)
+    fit = _Fit(config=config, store=store, labels=labels, train_rows=train_rows, val_rows=val_rows,
+               nan_count=nan_count, label_stats=(transform, mean, std, shift), model=model, net=net,
+               optimizer=optimizer, mirror=mirror,
+               source=RowSource(store, np.concatenate([train_rows, val_rows]), with_text, cache),
+               abar=alphas_cumprod(config.noise_schedule) if config.noise_aware else None, device=device,
+               rank=rank, world=world, is_main=is_main, created_group=created_group, batch_size=batch_size,
+               local_batch=local_batch, out_dir=out_dir)
+    return fit, found
 
-    def validate() -> tuple[dict, dict]:
-        true = labels[val_rows]
-        metrics = regression_metrics(_predict_rows(model, source, val_rows, config.eval_batch_size, device), true)
-        by_t = {}
-        if config.noise_aware:
-            for t in config.eval_timesteps:
-                pred = _predict_rows(model, source, val_rows, config.eval_batch_size, device, t, config.seed, abar)
-                by_t[int(t)] = regression_metrics(pred, true)
-        return metrics, by_t
 
-    def record_line(entry: dict) -> None:
-        history.append(entry)
-        if is_main:
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(entry) + "\n")
+def _start_state(fit: _Fit, found: tuple | None) -> _State:
+    """A fresh state, or the one the newest checkpoint holds (model, optimizer and torch RNG restored too).
+    metrics.jsonl is rewritten from the state's history, dropping lines a crashed run wrote after it."""
+    state = _State(best_state={k: v.detach().clone() for k, v in fit.model.state_dict().items()})
+    if found is not None:
+        model_state, best_state, optim_state, record, rng = load_checkpoint(*found)
+        fit.model.load_state_dict(model_state)
+        fit.optimizer.load_state_dict(optim_state)
+        torch.set_rng_state(rng)
+        best = record["best"]
+        best["spearman"] = -math.inf if best["spearman"] is None else best["spearman"]
+        state = _State(step=record["step"], history=record["history"], bad_evals=record["bad_evals"],
+                       stopped_early=record["stopped_early"], best=best, best_state=best_state)
+        fit.model.info.extra.update(record.get("model_extra", {}))
+    if fit.is_main:
+        atomic_write_text(fit.metrics_path, "".join(json.dumps(r) + "\n" for r in state.history))
+    return state
 
-    def checkpoint() -> None:
-        if is_main:
-            state = {"history": history, "bad_evals": bad_evals, "stopped_early": stopped_early,
-                     "best": {**best, "spearman": best["spearman"] if math.isfinite(best["spearman"]) else None},
-                     "model_extra": model.info.extra}
-            _save_checkpoint(checkpoints, step, model, best_state, optimizer, state, config.keep_checkpoints)
 
-    model.train()
+def _train_step(fit: _Fit, step: int) -> tuple[float, float]:
+    """One optimizer update at `step` on this rank's slice of the global batch; -> (loss, learning rate)."""
+    config, model = fit.config, fit.model
+    lr = learning_rate(step, config)
+    for group in fit.optimizer.param_groups:
+        group["lr"] = lr
+    positions = batch_positions(step, len(fit.train_rows), fit.batch_size, config.seed)
+    rows = fit.train_rows[positions[fit.rank * fit.local_batch:(fit.rank + 1) * fit.local_batch]]
+    latents, text, mask, t = _training_inputs(fit.source, rows, config, step, fit.rank, fit.abar, fit.mirror,
+                                              fit.device)
+    z = fit.net(latents, text, mask, t, standardised=True)  # (b,)
+    z_true = model.standardise(torch.as_tensor(fit.labels[rows]).to(fit.device))  # (b,)
+    loss = F.mse_loss(z, z_true) if config.loss == "mse" else ranking_loss(z, z_true)
+    fit.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if config.grad_clip > 0:
+        nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+    fit.optimizer.step()
+    return loss.item(), lr
+
+
+def _validate(fit: _Fit) -> tuple[dict, dict]:
+    """Held-out metrics of the current model, and (noise-aware) at each of config.eval_timesteps."""
+    config = fit.config
+    true = fit.labels[fit.val_rows]
+    predict_val = lambda *noise: _predict_rows(fit.model, fit.source, fit.val_rows,  # noqa: E731
+                                               config.eval_batch_size, fit.device, *noise)
+    metrics = regression_metrics(predict_val(), true)
+    by_t = {}
+    if config.noise_aware:
+        for t in config.eval_timesteps:
+            by_t[int(t)] = regression_metrics(predict_val(t, config.seed, fit.abar), true)
+    return metrics, by_t
+
+
+def _record(fit: _Fit, state: _State, entry: dict) -> None:
+    """Add a metrics line to the history and (first process) to metrics.jsonl."""
+    state.history.append(entry)
+    if fit.is_main:
+        with open(fit.metrics_path, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+
+
+def _validation_step(fit: _Fit, state: _State, elapsed: float) -> None:
+    """Validate, record the line, keep the best weights, and count down the patience of early stopping."""
+    metrics, by_t = _validate(fit)
+    line = {"step": state.step, "split": "val", **metrics, "elapsed_s": round(elapsed, 3)}
+    line.update({f"t{t}_{k}": m[k] for t, m in by_t.items() for k in ("spearman", "mse")})
+    _record(fit, state, line)
+    score = metrics["spearman"] if metrics["spearman"] is not None else -math.inf
+    if score > state.best["spearman"]:
+        state.best = {"spearman": score, "step": state.step, "metrics": metrics, "by_t": by_t}
+        state.best_state = {k: v.detach().clone() for k, v in fit.model.state_dict().items()}
+        state.bad_evals = 0
+    else:
+        state.bad_evals += 1
+        state.stopped_early = fit.config.patience > 0 and state.bad_evals >= fit.config.patience
+
+
+def _checkpoint(fit: _Fit, state: _State) -> None:
+    """Save a resumable checkpoint of the state (first process), keeping the newest config.keep_checkpoints."""
+    if not fit.is_main:
+        return
+    best = state.best
+    record = {"history": state.history, "bad_evals": state.bad_evals, "stopped_early": state.stopped_early,
+              "best": {**best, "spearman": best["spearman"] if math.isfinite(best["spearman"]) else None},
+              "model_extra": fit.model.info.extra}
+    _save_checkpoint(fit.checkpoints, state.step, fit.model, state.best_state, fit.optimizer, record,
+                     fit.config.keep_checkpoints)
+
+
+def _train(fit: _Fit, state: _State, progress: bool) -> None:
+    """The loop: steps, training-loss lines, validations and checkpoints, until config.steps or early stopping."""
+    config = fit.config
+    fit.model.train()
     losses: list[float] = []
-    started = time.perf_counter() - (history[-1]["elapsed_s"] if history else 0.0)  # cumulative over resumes
-    bar = tqdm(total=config.steps, initial=step, desc=f"fit {config.preset}", unit="step", leave=False,
-               dynamic_ncols=True, disable=not (progress and is_main))
+    started = time.perf_counter() - (state.history[-1]["elapsed_s"] if state.history else 0.0)  # over resumes
+    bar = tqdm(total=config.steps, initial=state.step, desc=f"fit {config.preset}", unit="step", leave=False,
+               dynamic_ncols=True, disable=not (progress and fit.is_main))
     shown: dict[str, str] = {}  # the bar's postfix: latest training loss, best held-out Spearman
-    while step < config.steps and not stopped_early:
-        lr = learning_rate(step, config)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        positions = batch_positions(step, len(train_rows), batch_size, config.seed)
-        rows = train_rows[positions[rank * local_batch:(rank + 1) * local_batch]]
-        latents, text, mask, t = _training_inputs(source, rows, config, step, rank, abar, mirror, device)
-        z = net(latents, text, mask, t, standardised=True)  # (b,)
-        z_true = model.standardise(labels_t[rows].to(device))  # (b,)
-        loss = F.mse_loss(z, z_true) if config.loss == "mse" else ranking_loss(z, z_true)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.grad_clip > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
-        step += 1
-        losses.append(loss.item())
-
-        if step % config.log_every == 0 or step == config.steps:
-            record_line({"step": step, "split": "train", "loss": _mean_across_ranks(losses), "lr": lr,
-                         "elapsed_s": round(time.perf_counter() - started, 3)})
-            shown["loss"] = f"{history[-1]['loss']:.3g}"
+    while state.step < config.steps and not state.stopped_early:
+        loss, lr = _train_step(fit, state.step)
+        state.step += 1
+        losses.append(loss)
+        last = state.step == config.steps
+        if state.step % config.log_every == 0 or last:
+            _record(fit, state, {"step": state.step, "split": "train", "loss": _mean_across_ranks(losses), "lr": lr,
+                                 "elapsed_s": round(time.perf_counter() - started, 3)})
+            shown["loss"] = f"{state.history[-1]['loss']:.3g}"
             losses = []
-        if step % config.eval_every == 0 or step == config.steps:
-            metrics, by_t = validate()
-            line = {"step": step, "split": "val", **metrics, "elapsed_s": round(time.perf_counter() - started, 3)}
-            line.update({f"t{t}_{k}": m[k] for t, m in by_t.items() for k in ("spearman", "mse")})
-            record_line(line)
-            score = metrics["spearman"] if metrics["spearman"] is not None else -math.inf
-            if score > best["spearman"]:
-                best = {"spearman": score, "step": step, "metrics": metrics, "by_t": by_t}
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                bad_evals = 0
-            else:
-                bad_evals += 1
-                stopped_early = config.patience > 0 and bad_evals >= config.patience
-        if step % config.checkpoint_every == 0 or step == config.steps or stopped_early:
-            checkpoint()
-        if math.isfinite(best["spearman"]):
-            shown["best held-out Spearman"] = f"{best['spearman']:.3f}"
+        if state.step % config.eval_every == 0 or last:
+            _validation_step(fit, state, time.perf_counter() - started)
+        if state.step % config.checkpoint_every == 0 or last or state.stopped_early:
+            _checkpoint(fit, state)
+        if math.isfinite(state.best["spearman"]):
+            shown["best held-out Spearman"] = f"{state.best['spearman']:.3f}"
         bar.set_postfix(shown, refresh=False)
         bar.update()
-
     bar.close()
-    model.load_state_dict(best_state)
-    model.eval()
-    if is_main:
-        model.save_pretrained(out_dir / MODEL_DIR)
+
+
+def _finish(fit: _Fit, state: _State) -> FitResult:
+    """Load the best weights, save them to out_dir/model (first process), close the process group we opened."""
+    fit.model.load_state_dict(state.best_state)
+    fit.model.eval()
+    if fit.is_main:
+        fit.model.save_pretrained(fit.out_dir / MODEL_DIR)
     distributed.barrier()
-    if created_group:
+    if fit.created_group:
         distributed.shutdown()
-    paths = {"out_dir": out_dir, "config": out_dir / "config.json", "metrics": metrics_path,
-             "checkpoints": checkpoints, "model": out_dir / MODEL_DIR}
-    return FitResult(model=model, history=history, best_step=best["step"], val_metrics=best["metrics"],
-                     val_by_timestep={int(t): m for t, m in best["by_t"].items()}, steps=step,
-                     stopped_early=stopped_early, train_indices=train_rows, val_indices=val_rows,
-                     nan_labels=nan_count, label_mean=mean, label_std=std,
+    out_dir = fit.out_dir
+    paths = {"out_dir": out_dir, "config": out_dir / "config.json", "metrics": fit.metrics_path,
+             "checkpoints": fit.checkpoints, "model": out_dir / MODEL_DIR}
+    transform, mean, std, shift = fit.label_stats
+    return FitResult(model=fit.model, history=state.history, best_step=state.best["step"],
+                     val_metrics=state.best["metrics"],
+                     val_by_timestep={int(t): m for t, m in state.best["by_t"].items()}, steps=state.step,
+                     stopped_early=state.stopped_early, train_indices=fit.train_rows, val_indices=fit.val_rows,
+                     nan_labels=fit.nan_count, label_mean=mean, label_std=std,
                      label_transform=transform, label_shift=shift, paths=paths)
+
+
+def fit_surrogate(store, label: str, config: FitConfig, out_dir: str | Path, *, resume: bool = False,
+                  progress: bool = False) -> FitResult:
+    """Fit `config.preset` to label column `label` of `store` (a LatentStore); see the module docstring.
+
+    resume=True continues the run in `out_dir` from its newest checkpoint (or starts it when there is none);
+    without it, an `out_dir` that already holds a run is an error. progress=True shows a progress bar of the
+    steps with the latest training loss and held-out Spearman (first process only).
+    """
+    fit, found = _set_up(store, label, config, Path(out_dir), resume)
+    state = _start_state(fit, found)
+    _train(fit, state, progress)
+    return _finish(fit, state)

@@ -12,54 +12,22 @@ fitting where they stopped.
 
 from __future__ import annotations
 
+import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
+from lrm.configs import EncodeConfig, FitConfig, FitJob
 from lrm.datasets.store import LatentStore
 from lrm.fidelity import FidelityReport, assess, features_of, fidelity_by_noise, fidelity_metrics, fit_baselines
-from lrm.models import DEFAULT_PRESETS  # reward kind -> recommended surrogate preset
+from lrm.fitting import default_preset
 
 DEFAULT_TEXT_ENCODER = "minilm-l6-v2"  # offline sentence encoder shipped in a wheel
 THUMBNAILS = 4  # best- and worst-predicted held-out examples shown in the report
-
-
-@dataclass
-class FitJob:
-    reward: str  # registry name or a user's metric "file.py:fn" / "pkg.module:fn"
-    data: str | None = None  # media folder or "procedural:N"; None with no store: procedural:{count}
-    store: str | None = None  # existing latent store to reuse instead of encoding
-    out: str | None = None  # run directory; default runs/<label>
-    label: str | None = None  # label column name; default: the reward name (function name for user metrics)
-    label_pixels: str = "source"  # "source" (score the media) or "decoded" (score what the latents decode to)
-    codec: str = "dct"  # latent space for a new store (lrm.codecs name)
-    count: int = 4000  # procedural clips when no data is given (fewer over-fit the CNN; see README)
-    frames: int | None = None  # frames per clip; default 1 for image rewards, 8 for video rewards
-    size: int = 128  # square side in pixels of a new store (16 x 16 dct latents)
-    text: str | None = None  # text encoder of a new store; default minilm-l6-v2 for text rewards
-    preset: str | None = None  # surrogate preset; default by the reward's kind (DEFAULT_PRESETS)
-    steps: int = 2000  # optimizer steps
-    batch_size: int = 64  # training batch
-    lr: float = 3e-3  # peak AdamW learning rate (measured better than 1e-3 on procedural data)
-    loss: str = "mse"  # "mse" (DOLLAR Eq. 10) or "ranking" (Bradley-Terry)
-    label_transform: str = "auto"  # "none", "log" (fit log labels) or "auto" (log when it halves their skewness)
-    noise_aware: bool = False  # fit on noised latents with the timestep as input
-    augment: str = "none"  # "none" or "hflip" (exact latent mirror; mirror-invariant rewards only)
-    seed: int = 0  # data, split and training seed
-    eval_every: int = 100  # steps between validations
-    reward_options: dict | None = None  # options of the reward factory (kind/input for user metrics)
-    device: str = "cpu"  # where encoding, labelling and fitting run
-
-    def label_name(self) -> str:
-        from lrm.datasets.build import column_name
-
-        return self.label or column_name(self.reward, self.label_pixels)
-
-    def run_dir(self) -> Path:
-        return Path(self.out) if self.out else Path("runs") / self.label_name()
 
 
 @dataclass
@@ -82,10 +50,11 @@ ENCODE_FIELDS = ("data", "codec", "count", "frames", "size", "text")  # settings
 def resolved_job(job: FitJob) -> dict:
     """What `run_fit(job)` would do, as `lrm fit --dry-run` prints it: the job with its defaults
     filled in. With a store, its own codec, latent shape, rows and labels replace the settings of
-    a new store, which the job would not use; `label_to_add` says whether the column is missing."""
+    a new store, which the job would not use; `label_to_add` says whether the column is missing.
+    Without one, `size_reason` says why the new store gets its frame size."""
     spec = reward_spec(job)
     resolved = {**asdict(job), "run_dir": str(job.run_dir()), "label": job.label_name(),
-                "preset": job.preset or DEFAULT_PRESETS[spec.kind]}
+                "preset": job.preset or default_preset(spec.kind)}
     check_job_fits_latents(job, resolved["preset"])  # what the real run would refuse before encoding
     if job.store:
         store = LatentStore.open(job.store)
@@ -97,44 +66,62 @@ def resolved_job(job: FitJob) -> dict:
         if not resolved["label_to_add"]:
             check_label_column(store, job.label_name(), job)  # what the real run would refuse
     else:
-        config = new_store_config(job, spec)
-        resolved.update(data=config.data, frames=config.frames, text=config.text)
+        config, size = new_store_config(job, spec)
+        resolved.update(data=config.data, frames=config.frames, size=config.size, size_reason=size.reason,
+                        text=config.text)
     return resolved
 
 
-def new_store_config(job: FitJob, spec):
-    """EncodeConfig of the store a job without --store encodes (frames and text encoder by reward kind)."""
-    from lrm.datasets.build import EncodeConfig
+def new_store_size(job: FitJob, spec=None):
+    """FrameSize (side, and why) of the store a job without --store encodes; with the reward's `spec`, a media
+    folder takes the reward's preferred size when it has one."""
+    from lrm.codecs import load as load_codec
+    from lrm.datasets.sources import choose_frame_size
 
+    data = job.data or f"procedural:{job.count}"
+    return choose_frame_size(data, job.size, load_codec(job.codec).spatial_factor, spec.size if spec else None)
+
+
+def new_store_config(job: FitJob, spec):
+    """(EncodeConfig, FrameSize) of the store a job without --store encodes: frames and text encoder by
+    reward kind, the frame size and why (see new_store_size)."""
     frames = job.frames if job.frames is not None else (8 if spec.is_video else 1)
     text = job.text or (DEFAULT_TEXT_ENCODER if spec.needs_text else None)
-    return EncodeConfig(data=job.data or f"procedural:{job.count}", codec=job.codec, frames=frames,
-                        size=job.size, text=text, seed=job.seed, device=job.device)
+    size = new_store_size(job, spec)
+    config = EncodeConfig(data=job.data or f"procedural:{job.count}", codec=job.codec, frames=frames,
+                          size=size.size, text=text, seed=job.seed, device=job.device)
+    return config, size
 
 
-def prepare_store(job: FitJob, spec, progress: bool = True) -> LatentStore:
-    """Open or encode the store, then make sure it holds the job's label column."""
-    from lrm.datasets.build import add_labels, encode
+def prepare_store(job: FitJob, spec, progress: bool = True) -> tuple[LatentStore, str]:
+    """Open or encode the store, then make sure it holds the job's label column; -> (store, why its frame size)."""
+    from lrm.datasets.encoding import encode
+    from lrm.datasets.labelling import add_labels
 
     label = job.label_name()
     # An explicit --label names the column as given (without it, decoded labels would get "@decoded" added).
     reward_ref = f"{label}={job.reward}" if job.label or label != job.reward else job.reward
     if job.store:
         store = LatentStore.open(job.store)
+        size_reason = f"size {store.manifest['source'].get('size')}: the store's own (--store)"
     else:
-        store = encode(new_store_config(job, spec), job.run_dir() / "store", progress=progress)
+        config, size = new_store_config(job, spec)
+        size_reason = size.reason
+        if progress:  # the log, next to the progress bars: which size, and why
+            tqdm.write(f"new store of {config.data}: frames of {size_reason}", file=sys.stderr)
+        store = encode(config, job.run_dir() / "store", progress=progress)
     if label not in store.labels:
         store = add_labels(store.path, [reward_ref], device=job.device, options=job.reward_options,
                            progress=progress, pixels=job.label_pixels)
     check_label_column(store, label, job)
-    return store
+    return store, size_reason
 
 
 def check_label_column(store: LatentStore, label: str, job: FitJob) -> None:
     """The column `label` must hold what this job asks for: its reward, options and pixels, with at
     least one value; else a ValueError that says what differs or why every row failed."""
     from lrm.config_diff import differences
-    from lrm.datasets.build import most_common_failure
+    from lrm.datasets.label_names import most_common_failure
 
     info = store.label_info(label)
     asked = {"reward": job.reward, "options": job.reward_options or {}, "pixels": job.label_pixels}
@@ -175,7 +162,7 @@ def latent_space(job: FitJob) -> tuple[dict, tuple[int, int]]:
     from lrm.codecs import load as load_codec
 
     settings = load_codec(job.codec).settings()
-    return settings, (job.size // settings["spatial_factor"],) * 2
+    return settings, (new_store_size(job).size // settings["spatial_factor"],) * 2
 
 
 def check_job_fits_latents(job: FitJob, preset: str) -> None:
@@ -192,20 +179,26 @@ def check_job_fits_latents(job: FitJob, preset: str) -> None:
         latent_mirror(latent_space(job)[0])
 
 
+FIT_FIELDS = tuple(f.name for f in fields(FitJob) if f.name in {g.name for g in fields(FitConfig)})
+
+
+def fit_config(job: FitJob, preset: str) -> FitConfig:
+    """The FitConfig of a job: every option the two share, the resolved preset, the job's seed for the split."""
+    return FitConfig(**{**{name: getattr(job, name) for name in FIT_FIELDS}, "preset": preset, "split_seed": job.seed})
+
+
 def run_fit(job: FitJob, progress: bool = True, resume: bool = True) -> FitOutcome:
     """Encode (or reuse) a store, label it, fit a surrogate, and write the fidelity report."""
-    from lrm.fitting import FitConfig, fit_surrogate
+    from lrm.fitting import fit_surrogate
 
     spec = reward_spec(job)
     run_dir = job.run_dir()
-    preset = job.preset or DEFAULT_PRESETS[spec.kind]
+    preset = job.preset or default_preset(spec.kind)
     check_job_fits_latents(job, preset)
     if resume:
         check_run_fits_job(job, run_dir)
-    store = prepare_store(job, spec, progress)
-    config = FitConfig(preset=preset, steps=job.steps, batch_size=job.batch_size, lr=job.lr, loss=job.loss,
-                       label_transform=job.label_transform, noise_aware=job.noise_aware, augment=job.augment,
-                       seed=job.seed, split_seed=job.seed, eval_every=job.eval_every, device=job.device)
+    store, size_reason = prepare_store(job, spec, progress)
+    config = fit_config(job, preset)
     started = time.perf_counter()
     result = fit_surrogate(store, job.label_name(), config, run_dir, resume=resume, progress=progress)
     fit_seconds = time.perf_counter() - started
@@ -216,13 +209,15 @@ def run_fit(job: FitJob, progress: bool = True, resume: bool = True) -> FitOutco
         "reward": job.reward, "label": job.label_name(), "label_pixels": job.label_pixels,
         "units": spec.units, "kind": spec.kind,
         "codec": store.codec_id, "store": str(store.path), "data": source.get("description", ""),
+        "size": source.get("size"), "size_reason": size_reason,
         "preset": preset, "parameters": sum(p.numel() for p in result.model.parameters()),
         "n_train": len(result.train_indices), "n_val": len(result.val_indices), "nan_labels": result.nan_labels,
         "label_transform": result.label_transform,
         "steps": result.steps, "best_step": result.best_step, "stopped_early": result.stopped_early,
         "fit_seconds": round(fit_seconds, 1),
     }
-    resolved = {**asdict(job), "preset": preset, "label": job.label_name(), "out": str(run_dir)}
+    resolved = {**asdict(job), "preset": preset, "label": job.label_name(), "out": str(run_dir),
+                "size": source.get("size"), "size_reason": size_reason}
     fidelity = evaluate(result.model, store, job.label_name(), result.train_indices, result.val_indices,
                         run_dir, history=result.history, config=resolved, summary=summary,
                         noise_timesteps=config.eval_timesteps if job.noise_aware else ())
@@ -267,11 +262,10 @@ def evaluate(model, store: LatentStore, label: str, train_rows: np.ndarray, val_
 
 def _thumbnails(store: LatentStore, rows: np.ndarray, pred: np.ndarray, true: np.ndarray) -> dict | None:
     """Best- and worst-predicted rows, decoded back to pixels with the store's codec (first frame)."""
-    from lrm.codecs import from_settings
     from lrm.weights import MissingWeightsError
 
     try:
-        codec = from_settings(store.codec_settings)
+        codec = store.codec()
     except (MissingWeightsError, OSError, ValueError):
         return None  # e.g. the codec's weights are not on this machine: the report goes without pictures
     order = np.argsort(np.abs(pred - true))

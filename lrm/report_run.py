@@ -70,7 +70,7 @@ def open_run(run_dir: str | Path) -> FittedRun:
 def label_other_store(run: FittedRun, target: LatentStore, progress: bool = True) -> LatentStore:
     """Make sure `target` holds the run's label column, computed as the run's was (reward, options and
     pixels); label it when missing, refuse a column computed otherwise (lrm.pipeline.check_label_column)."""
-    from lrm.datasets.build import add_labels
+    from lrm.datasets.labelling import add_labels
     from lrm.pipeline import FitJob, check_label_column
 
     info = run.store.label_info(run.label)

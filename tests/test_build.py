@@ -17,11 +17,17 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from lrm.codecs.dct import DCTCodec
-from lrm.datasets.build import EncodeConfig, add_labels, encode, file_group, make_source
+from lrm.datasets.encoding import EncodeConfig, encode
+from lrm.datasets.labelling import add_labels
+from lrm.datasets.sources import file_group, make_source
 from lrm.datasets.media import read_clip
 from lrm.datasets.store import LatentStore, StoreError
 
 REPO = Path(__file__).resolve().parents[1]
+# Labels computed in other batch groupings agree to this relative tolerance, not bit for bit: a batched
+# convolution or reduction may add float32 terms in another order for another batch shape (the kernel
+# chosen depends on the shape, the thread count and the CPU), which moves the last bits of a sum.
+LABEL_RTOL = 1e-5
 
 
 def tree_bytes(root: Path) -> dict[str, bytes]:
@@ -86,9 +92,11 @@ def test_media_folder_groups_prompts_and_bad_files(media_folder, tmp_path):
         assert len(train) and len(val)
         assert not set(store.groups[train]) & set(store.groups[val])
 
-    # Relabelling re-reads the files: same values as at encode time.
+    # Relabelling re-reads the files: the values of encode time. Not bit for bit: the unreadable file made
+    # encode-time batches of 1 and 2 clips where relabelling batches 2 rows, and batched convolutions and
+    # reductions may sum in another order for another batch shape (float32 rounding, machine dependent).
     again = add_labels(store.path, ["again=sharpness"], batch_size=2, progress=False)
-    np.testing.assert_array_equal(again.label("again"), again.label("sharpness"))
+    np.testing.assert_allclose(again.label("again"), again.label("sharpness"), rtol=LABEL_RTOL)
 
     # Labels are computed from the files by position: a changed folder is refused, not mislabelled.
     (media_folder / "cat__03.png").write_bytes((media_folder / "cat__00.png").read_bytes())
@@ -102,12 +110,13 @@ def test_label_added_later_equals_label_at_encode_time(tmp_path):
     store = encode(config, tmp_path / "store", codec=DCTCodec(), progress=False)
     later = add_labels(store.path, ["sharp_later=sharpness", "jpeg_later=jpeg-compressibility"],
                        batch_size=4, progress=False)
+    # Same batches as at encode time (4 + 1 rows per shard of 5): the same float operations, bit for bit.
     np.testing.assert_array_equal(later.label("sharp_later"), later.label("sharpness"))
     np.testing.assert_array_equal(later.label("jpeg_later"), later.label("jpeg-compressibility"))
     assert np.std(later.label("sharpness")) > 0
-    # Another batch size changes only the batching, not the values.
+    # Another batch size changes only the batching, not the values (up to float32 summation order, LABEL_RTOL).
     other = add_labels(store.path, ["sharp_b3=sharpness"], batch_size=3, progress=False)
-    np.testing.assert_allclose(other.label("sharp_b3"), other.label("sharpness"), rtol=1e-6)
+    np.testing.assert_allclose(other.label("sharp_b3"), other.label("sharpness"), rtol=LABEL_RTOL)
     assert other.manifest["labels"]["sharpness"]["stats"] == other.manifest["labels"]["sharp_later"]["stats"]
 
 
@@ -143,9 +152,9 @@ def test_clear_errors(tmp_path):
     prompts = tmp_path / "p.txt"
     prompts.write_text("a cat\n")
     with pytest.raises(ValueError, match="holds no pixels"):
-        make_source(EncodeConfig(str(prompts)))
+        make_source(EncodeConfig(str(prompts)), 8)
     with pytest.raises(ValueError, match="procedural:N"):
-        make_source(EncodeConfig("procedural:many"))
+        make_source(EncodeConfig("procedural:many"), 8)
     store = encode(EncodeConfig("procedural:2", frames=1, size=16), tmp_path / "s", codec=DCTCodec(), progress=False)
     with pytest.raises(KeyError, match="unknown reward 'no-such-reward'"):
         add_labels(store.path, ["no-such-reward"], progress=False)
@@ -285,12 +294,6 @@ def test_drop_label_removes_one_column_so_it_can_be_computed_again(tmp_path):
     assert LatentStore.open(out).label_stats("q")["count"] == 4
     unknown = cli("store", "drop-label", str(out), "nope")
     assert unknown.exit_code == 2 and "has no label 'nope' (labels: q, sharpness)" in " ".join(unknown.output.split())
-
-
-def test_encode_makes_stores_of_the_size_lrm_fit_makes():
-    from lrm.pipeline import FitJob
-
-    assert EncodeConfig("procedural:4").size == FitJob("sharpness").size == 128
 
 
 def test_label_takes_kind_and_input_for_your_own_metric_as_score_and_fit_do(tmp_path):

@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 
 from lrm.cli.app import app
 from lrm.codecs import load as load_codec
-from lrm.datasets.build import EncodeConfig, add_labels, encode
+from lrm.datasets.encoding import EncodeConfig, encode
+from lrm.datasets.labelling import add_labels
 from lrm.fitting import FitConfig, fit_surrogate
 from lrm.models import PRESETS, LatentRewardModel, build, needs_text
 from lrm.pixel_path import PixelPathReward

@@ -14,7 +14,8 @@ import torch
 
 from lrm import distributed
 from lrm.codecs.dct import DCTCodec
-from lrm.datasets.build import EncodeConfig, add_labels, encode
+from lrm.datasets.encoding import EncodeConfig, encode
+from lrm.datasets.labelling import add_labels
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -455,7 +455,7 @@ def test_two_process_ddp_fit_converges(store, tmp_path):
 def test_real_store_colorfulness_reaches_spearman_09(tmp_path):
     # The real pipeline: 2,000 procedural still images at 192 px -> dct latents (32 x 24 x 24, the
     # paper's latent size class) labelled by colorfulness; ~15 s to encode, ~15 s to fit on one core.
-    from lrm.datasets.build import EncodeConfig, encode
+    from lrm.datasets.encoding import EncodeConfig, encode
 
     store = encode(EncodeConfig(data="procedural:2000", codec="dct", frames=1, size=192, labels=("colorfulness",),
                                 shard_size=500, batch_size=50), tmp_path / "store", progress=False)
@@ -471,7 +471,7 @@ def test_frame_pair_surrogate_learns_dynamic_degree(tmp_path):
     # (8 x 32 x 8 x 8) labelled by dynamic degree (DIS flow). The frame-pair preset compares
     # consecutive latent frames at full latent resolution; 400 steps reach held-out Spearman 0.86
     # (video-3d-stats: 0.79 with the same budget). ~15 s to encode, ~25 s to fit on one core.
-    from lrm.datasets.build import EncodeConfig, encode
+    from lrm.datasets.encoding import EncodeConfig, encode
 
     store = encode(EncodeConfig(data="procedural:800", codec="dct", frames=8, size=64, labels=("dynamic-degree",),
                                 shard_size=200, batch_size=50), tmp_path / "store", progress=False)

@@ -404,7 +404,7 @@ def test_a_briefly_trained_teacher_samples_the_image_it_memorised_for_each_promp
 
 
 def test_store_reference_is_read_in_the_runs_latent_space_or_refused(tmp_path):
-    from lrm.datasets.build import EncodeConfig, encode
+    from lrm.datasets.encoding import EncodeConfig, encode
     from lrm.evaluation.report import store_reference
 
     dct = load_codec("dct").settings()

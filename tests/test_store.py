@@ -15,7 +15,8 @@ import torch.nn.functional as F
 
 from lrm.codecs.base import Codec
 from lrm.datasets import store as st
-from lrm.datasets.build import EncodeConfig, add_labels, encode
+from lrm.datasets.encoding import EncodeConfig, encode
+from lrm.datasets.labelling import add_labels
 from lrm.datasets.procedural import ProceduralConfig, make_clip
 from lrm.datasets.store import LatentStore, StoreError, group_split
 from lrm.io import atomic_write_bytes
@@ -77,6 +78,20 @@ def test_rows_keep_provenance(reference):
     manifest = store.manifest
     assert manifest["source"]["description"] == "procedural:seed=0,frames=2,size=16"
     assert [s["units"] for s in manifest["shards"]] == [[0, 4], [4, 8], [8, 10]]
+
+
+def test_the_store_reads_its_shards_and_hands_out_its_codec(reference, tmp_path):
+    store = LatentStore.open(reference)
+    assert st.read_shard_rows(reference, 1) == store.rows()[4:8]  # shard 1 holds rows 4..7
+    torch.testing.assert_close(st.read_shard_latents(reference, 1, 1, 3), store.latents([5, 6]), rtol=0, atol=0)
+    with pytest.raises(KeyError, match="unknown codec 'pool4'"):  # a codec lrm cannot rebuild is named
+        store.codec()
+    dct = encode(EncodeConfig("procedural:2", frames=1, size=16), tmp_path / "dct", progress=False)
+    codec = dct.codec()
+    assert codec.settings() == dct.codec_settings
+    config = ProceduralConfig(seed=0, frames=1, size=16)
+    pixels = torch.stack([make_clip(config, i).pixels for i in range(2)])  # (2, 1, 3, 16, 16), one batch as encoded
+    torch.testing.assert_close(codec.encode(pixels), dct.latents([0, 1]), rtol=0, atol=0)
 
 
 def test_latents_read_only_the_needed_shards(reference, monkeypatch):

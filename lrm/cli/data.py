@@ -7,6 +7,7 @@ CPU rewards can label with one process per core), nccl for `--device cuda` (one 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Annotated, Optional
@@ -18,8 +19,10 @@ from rich.table import Table
 
 from lrm.cli.errors import exit_with_message
 from lrm.cli.options import check_device, parse_options, with_metric_options
+from lrm.configs import EncodeConfig
 
 console = Console(stderr=True)
+ENCODE = {f.name: f.default for f in dataclasses.fields(EncodeConfig)}  # one source of truth: EncodeConfig
 
 
 def register(app: typer.Typer) -> None:
@@ -38,17 +41,19 @@ def _fail(exc: Exception) -> None:
 def encode(
     data: Annotated[str, typer.Argument(help="procedural:N, or a folder (or file) of images / videos.")],
     out: Annotated[Path, typer.Option("--out", help="Store folder (created, or resumed when it exists).")],
-    codec: Annotated[str, typer.Option(help="Latent space: dct (built in), taef2, diffusers:<path>.")] = "dct",
-    frames: Annotated[Optional[int], typer.Option(min=1, help="Frames per clip (default 8; 1 for a folder of images).")] = None,
-    size: Annotated[int, typer.Option(min=1, help="Square side after short-side resize and centre crop (lrm fit's default too).")] = 128,
-    text: Annotated[Optional[str], typer.Option(help="Text encoder (lrm.text) for prompt token embeddings.")] = None,
-    text_length: Annotated[int, typer.Option(help="Tokens kept per prompt (padded / truncated).")] = 77,
-    prompts: Annotated[Optional[Path], typer.Option(help="Prompts file for a media folder: one per file, sorted file order.")] = None,
-    shard_size: Annotated[int, typer.Option(min=1, help="Source items per shard (unit of commit and resume).")] = 256,
-    seed: Annotated[int, typer.Option(help="Seed of procedural clips.")] = 0,
+    codec: Annotated[str, typer.Option(help="Latent space: dct (built in), taef2, diffusers:<path>.")] = ENCODE["codec"],
+    frames: Annotated[Optional[int], typer.Option(min=1, help="Frames per clip (default 8; 1 for a folder of images).")] = ENCODE["frames"],
+    size: Annotated[Optional[int], typer.Option(min=1, help=(
+        "Square side after short-side resize and centre crop (default: 128 for procedural clips, a media "
+        "folder's own short side up to 512)."))] = ENCODE["size"],
+    text: Annotated[Optional[str], typer.Option(help="Text encoder (lrm.text) for prompt token embeddings.")] = ENCODE["text"],
+    text_length: Annotated[int, typer.Option(help="Tokens kept per prompt (padded / truncated).")] = ENCODE["text_length"],
+    prompts: Annotated[Optional[Path], typer.Option(help="Prompts file for a media folder: one per file, sorted file order.")] = ENCODE["prompts"],
+    shard_size: Annotated[int, typer.Option(min=1, help="Source items per shard (unit of commit and resume).")] = ENCODE["shard_size"],
+    seed: Annotated[int, typer.Option(help="Seed of procedural clips.")] = ENCODE["seed"],
     label: Annotated[Optional[list[str]], typer.Option("--label", help="Reward to label with while encoding (repeatable; NAME=REWARD renames).")] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Clips per codec / reward call.")] = 16,
-    device: Annotated[str, typer.Option(help="Torch device, e.g. cpu or cuda.", callback=check_device)] = "cpu",
+    batch_size: Annotated[int, typer.Option(min=1, help="Clips per codec / reward call.")] = ENCODE["batch_size"],
+    device: Annotated[str, typer.Option(help="Torch device, e.g. cpu or cuda.", callback=check_device)] = ENCODE["device"],
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
     """Encode clips into a latent store: latents, prompts, optional text embeddings, provenance.
@@ -60,7 +65,7 @@ def encode(
       lrm encode ../shared/data/images/dreambooth --frames 1 --size 256 --codec taef2 --out stores/db
     """
     from lrm import distributed
-    from lrm.datasets.build import EncodeConfig, encode as run_encode
+    from lrm.datasets.encoding import encode as run_encode
 
     config = EncodeConfig(data=data, codec=codec, frames=frames, size=size, text=text, text_length=text_length,
                           prompts=str(prompts) if prompts else None, shard_size=shard_size, seed=seed,
@@ -102,7 +107,8 @@ def label(
       lrm label stores/photos niqe --pixels decoded     # column niqe@decoded
     """
     from lrm import distributed
-    from lrm.datasets.build import add_labels, column_name, most_common_failure, parse_label
+    from lrm.datasets.label_names import column_name, most_common_failure, parse_label
+    from lrm.datasets.labelling import add_labels
 
     options = with_metric_options(parse_options(option), [parse_label(r)[1] for r in rewards], kind, input)
     opened = distributed.init_from_env(device)

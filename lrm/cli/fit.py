@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from lrm.cli.options import check_device, parse_options, with_metric_options
-from lrm.pipeline import FitJob
+from lrm.configs import FitJob
 
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(FitJob)}  # one source of truth: FitJob
 
@@ -31,12 +31,14 @@ def fit(
     data: Annotated[Optional[str], typer.Option(help="Media folder or procedural:N (default: procedural clips).")] = None,
     store: Annotated[Optional[Path], typer.Option(help="Reuse this latent store instead of encoding (labelled if needed).")] = None,
     codec: Annotated[str, typer.Option(help="Latent space of a new store: dct, taef2 or diffusers:<path>.")] = DEFAULTS["codec"],
-    model: Annotated[Optional[str], typer.Option(help="Surrogate preset (lrm.models.PRESETS). Default, the recommended one per reward kind: image-cnn-stats (image), text-image-xattn (text-image), video-pair-stats (video), text-video-3d-xattn (text-video).")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Surrogate preset (lrm.models.PRESETS). Default, the recommended one per reward kind: image-cnn-stats (image), text-image-xattn (text-image), video-pair-stats (video), text-video-3d-xattn (text-video).")] = DEFAULTS["preset"],
     steps: Annotated[int, typer.Option(min=1, help="Optimizer steps.")] = DEFAULTS["steps"],
     out: Annotated[Optional[Path], typer.Option(help="Run directory (default runs/<label>).")] = None,
     count: Annotated[int, typer.Option(min=1, help="Procedural clips when no --data is given.")] = DEFAULTS["count"],
     frames: Annotated[Optional[int], typer.Option(min=1, help="Frames per clip (default 1 for image rewards, 8 for video rewards).")] = None,
-    size: Annotated[int, typer.Option(min=1, help="Square clip side in pixels.")] = DEFAULTS["size"],
+    size: Annotated[Optional[int], typer.Option(min=1, help=(
+        "Square clip side in pixels of a new store (default: 128 for procedural clips; for a media folder the "
+        "reward's preferred size, else the media's short side up to 512). --dry-run says which and why."))] = DEFAULTS["size"],
     text: Annotated[Optional[str], typer.Option(help="Text encoder of a new store (default minilm-l6-v2 for text rewards).")] = None,
     label: Annotated[Optional[str], typer.Option(help="Label column name (default: the reward name, + @decoded for decoded labels).")] = None,
     label_pixels: Annotated[str, typer.Option(
@@ -48,7 +50,7 @@ def fit(
     label_transform: Annotated[str, typer.Option(
         help="none, log (fit log(label - shift), for right-skewed rewards such as sharpness or dynamic-degree) "
              "or auto: log when that at least halves the training labels' skewness.")] = DEFAULTS["label_transform"],
-    noise_aware: Annotated[bool, typer.Option(help="Fit on noised latents x_t with the timestep as input.")] = False,
+    noise_aware: Annotated[bool, typer.Option(help="Fit on noised latents x_t with the timestep as input.")] = DEFAULTS["noise_aware"],
     augment: Annotated[str, typer.Option(
         help="none, or hflip: mirror half the training latents left-right (exact, in latent space; dct codec "
              "only). Only for rewards a mirror leaves unchanged.")] = DEFAULTS["augment"],
@@ -90,7 +92,7 @@ def fit(
     if label_transform not in LABEL_TRANSFORM_CHOICES:
         raise typer.BadParameter(f"--label-transform must be one of {', '.join(LABEL_TRANSFORM_CHOICES)}, "
                                  f"got {label_transform!r}")
-    from lrm.datasets.build import LABEL_PIXELS
+    from lrm.datasets.label_names import LABEL_PIXELS
 
     if label_pixels not in LABEL_PIXELS:
         raise typer.BadParameter(f"--label-pixels must be one of {', '.join(LABEL_PIXELS)}, got {label_pixels!r}")

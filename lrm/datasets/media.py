@@ -178,6 +178,35 @@ def read_clip(
     )
 
 
+def frame_size(path: str | os.PathLike, backend: str | None = None) -> tuple[int, int]:
+    """(H, W) of the frames of an image, GIF or video, read from its header (nothing is decoded).
+
+    Raises MediaError naming the file when it cannot be read."""
+    path = Path(path)
+    kind = media_kind(path)
+    try:
+        if kind in ("image", "gif"):
+            with Image.open(path) as img:
+                width, height = img.size  # EXIF rotation may swap them; the short side stays the same
+        elif video_backend(backend) == "decord":
+            import decord
+
+            height, width = decord.VideoReader(str(path), ctx=decord.cpu(0))[0].shape[:2]
+        else:
+            import av
+
+            with av.open(str(path)) as container:
+                if not container.streams.video:
+                    raise MediaError(path, "file has no video stream")
+                context = container.streams.video[0].codec_context
+                height, width = context.height, context.width
+    except MediaError:
+        raise
+    except Exception as exc:
+        raise MediaError(path, f"cannot read the {kind}'s size ({type(exc).__name__}: {exc})") from exc
+    return int(height), int(width)
+
+
 def resize_center_crop(pixels: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
     """(..., C, H, W) float -> (..., C, h, w): scale so the image covers (h, w), then centre-crop.
 

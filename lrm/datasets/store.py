@@ -11,6 +11,10 @@ Layout of a store folder:
     labels/<name>/shard-00000.npy      (n,) float32 label values, NaN where the reward failed
     labels/<name>/shard-00000.json     commit record (bad items, partial statistics), written last
 
+Only this module knows these paths: encoding and labelling write and read shards through its functions
+(commit_shard, read_shard_rows, read_shard_latents, commit_label_shard, ...), everything else through
+LatentStore, which also hands out the store's codec (LatentStore.codec()).
+
 Shard i holds the source units [i * shard_size, (i + 1) * shard_size) in source order, so the content
 of a shard depends only on the source and never on which process or which run produced it.
 Every file is written to a temporary name, fsynced and renamed; a shard (or a label shard) counts
@@ -26,12 +30,16 @@ import math
 import re
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from lrm.config_diff import differences
 from lrm.io import TMP_SUFFIX, atomic_write_bytes
+
+if TYPE_CHECKING:
+    from lrm.codecs.base import Codec
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -174,6 +182,20 @@ def shard_record(root: Path, index: int) -> dict | None:
     """The commit record of shard `index`, or None when it is not committed."""
     commit = shard_paths(root, index)["commit"]
     return _read_json(commit) if commit.exists() else None
+
+
+def read_shard_rows(root: Path, index: int) -> list[dict]:
+    """The provenance rows of committed shard `index`, in row order."""
+    with open(shard_paths(root, index)["rows"]) as f:
+        return [json.loads(line) for line in f]
+
+
+def read_shard_latents(root: Path, index: int, lo: int, hi: int) -> torch.Tensor:
+    """Rows lo..hi-1 of committed shard `index`: latents (hi - lo, T', c, h, w) float32."""
+    from safetensors import safe_open
+
+    with safe_open(shard_paths(root, index)["tensors"], framework="pt") as f:
+        return f.get_slice("latents")[lo:hi]
 
 
 def write_label_info(root: Path, name: str, info: dict) -> None:
@@ -345,6 +367,13 @@ class LatentStore:
     @property
     def codec_id(self) -> str:
         return f"{self.codec_settings['name']}-v{self.codec_settings['version']}"
+
+    def codec(self) -> Codec:
+        """The codec of this store's latent space, rebuilt from its recorded settings (lrm.codecs.from_settings:
+        a codec whose weights or options differ is refused)."""
+        from lrm.codecs import from_settings
+
+        return from_settings(self.codec_settings)
 
     @property
     def latent_shape(self) -> tuple[int, int, int, int]:

@@ -1,0 +1,105 @@
+"""The configs of lrm's entry points, one default per option, importable without torch so that the
+command line reads its option defaults from them at start-up.
+
+    FitConfig      lrm.fitting.fit_surrogate: fit a surrogate to a label column of a store
+    EncodeConfig   lrm.datasets.encoding.encode: encode a source into a latent store
+    FitJob         lrm.pipeline.run_fit, `lrm fit`: encode -> label -> fit -> report; the options it
+                   shares with the two above take their defaults from them
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class FitConfig:
+    # surrogate architecture (lrm.models.SURROGATES); None: the recommended one of the label's reward kind
+    # (lrm.models.presets.DEFAULT_PRESETS)
+    preset: str | None = None
+    steps: int = 2000  # optimizer steps; the paper's LRMs converge within 2,000-3,000
+    batch_size: int = 64  # global batch (split across DDP ranks); capped at the training-set size
+    lr: float = 3e-3  # peak AdamW learning rate (measured better than 1e-3 on procedural data)
+    weight_decay: float = 1e-2  # AdamW decoupled weight decay
+    warmup_steps: int = 100  # linear warm-up from lr / warmup_steps to lr, then cosine decay
+    min_lr_fraction: float = 0.0  # the cosine ends at lr * min_lr_fraction on the last step
+    grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
+    loss: str = "mse"  # "mse" (Eq. 10 on standardised labels) or "ranking" (pairwise Bradley-Terry)
+    label_transform: str = "auto"  # "none", "log" (fit log(y - shift)) or "auto" (log when it halves |skewness|)
+    augment: str = "none"  # "none" or "hflip" (mirror training latents left-right with probability 1/2)
+    val_fraction: float = 0.2  # share of rows, as whole groups, held out for validation
+    split_seed: int = 0  # seed of the group-aware train/validation split
+    train_groups: int | None = None  # fit on only this many training groups (data-scaling studies); None: all
+    train_groups_seed: int | None = None  # seed of which training groups train_groups keeps; None: split_seed
+    seed: int = 0  # seed of model init, batch order, noise and mirror-flip draws
+    eval_every: int = 100  # steps between validations (and after the last step)
+    patience: int = 10  # validations without a better val Spearman before stopping; 0 never stops early
+    checkpoint_every: int = 500  # steps between resumable checkpoints (and after the last step)
+    keep_checkpoints: int = 2  # most recent checkpoints kept on disk
+    log_every: int = 10  # steps between train-loss lines in metrics.jsonl
+    noise_aware: bool = False  # fit on noised latents x_t with the timestep t as model input
+    noise_schedule: str = "linear"  # lrm.diffusion.schedule name (DDPM linear betas, T = 1000)
+    t_max: int = 999  # noise-aware training draws t uniformly from 0..t_max
+    eval_timesteps: tuple[int, ...] = (0, 250, 500, 750)  # noise-aware: fixed t reported by validation
+    cache_limit_gb: float = 2.0  # keep train + val latents in memory when they fit under this size
+    eval_batch_size: int = 256  # rows per forward pass in validation
+    device: str = "cpu"  # "cpu", "cuda" or "cuda:N"; under torchrun with CUDA each rank uses cuda:LOCAL_RANK
+
+
+@dataclass(frozen=True)
+class EncodeConfig:
+    data: str  # "procedural:N" (N seeded clips) or a folder / file of images and videos
+    codec: str = "dct"  # lrm.codecs registry name (or "diffusers:<path>")
+    frames: int | None = None  # frames per clip; None: 8 for procedural clips and videos, 1 for images
+    # square side in pixels after short-side resize and centre crop; None: 128 for procedural clips, a media
+    # folder's own short side up to 512 (lrm.datasets.sources.choose_frame_size)
+    size: int | None = None
+    text: str | None = None  # lrm.text encoder name for token embeddings; None stores no text
+    text_length: int = 77  # tokens kept per prompt (padded or truncated), fixed for the store
+    prompts: str | None = None  # prompts file for a media folder: one prompt per file, in sorted file order
+    shard_size: int = 256  # units per shard: the unit of atomic commit, resume and rank sharding
+    seed: int = 0  # seed of procedural clips
+    labels: tuple[str, ...] = ()  # rewards computed at encode time (same as `lrm label` afterwards)
+    batch_size: int = 16  # clips per codec / text / reward call
+    device: str = "cpu"  # where the codec, text encoder and rewards run
+
+
+# One default per option: the options FitJob shares with FitConfig (fitting) and EncodeConfig (a new store)
+# take their defaults from there, so `lrm fit`, run_fit and fit_surrogate with a default FitConfig agree
+# (tests/test_defaults.py checks it). Flat fields, not nested configs: `lrm fit` maps one flag to one field.
+@dataclass
+class FitJob:
+    reward: str  # registry name or a user's metric "file.py:fn" / "pkg.module:fn"
+    data: str | None = None  # media folder or "procedural:N"; None with no store: procedural:{count}
+    store: str | None = None  # existing latent store to reuse instead of encoding
+    out: str | None = None  # run directory; default runs/<label>
+    label: str | None = None  # label column name; default: the reward name (function name for user metrics)
+    label_pixels: str = "source"  # "source" (score the media) or "decoded" (score what the latents decode to)
+    codec: str = EncodeConfig.codec  # latent space for a new store (lrm.codecs name)
+    count: int = 4000  # procedural clips when no data is given (fewer over-fit the CNN; see README)
+    frames: int | None = None  # frames per clip; default 1 for image rewards, 8 for video rewards
+    # square side in pixels of a new store; None: 128 for procedural clips (16 x 16 dct latents), for a media
+    # folder the reward's preferred size, else the media's short side up to 512 (lrm.datasets.sources)
+    size: int | None = EncodeConfig.size
+    text: str | None = None  # text encoder of a new store; default minilm-l6-v2 for text rewards
+    preset: str | None = FitConfig.preset  # surrogate preset; None: by the reward's kind (DEFAULT_PRESETS)
+    steps: int = FitConfig.steps  # optimizer steps
+    batch_size: int = FitConfig.batch_size  # training batch
+    lr: float = FitConfig.lr  # peak AdamW learning rate
+    loss: str = FitConfig.loss  # "mse" (DOLLAR Eq. 10) or "ranking" (Bradley-Terry)
+    label_transform: str = FitConfig.label_transform  # "none", "log" or "auto" (log when it halves the skewness)
+    noise_aware: bool = FitConfig.noise_aware  # fit on noised latents with the timestep as input
+    augment: str = FitConfig.augment  # "none" or "hflip" (exact latent mirror; mirror-invariant rewards only)
+    seed: int = FitConfig.seed  # data, split and training seed
+    eval_every: int = FitConfig.eval_every  # steps between validations
+    reward_options: dict | None = None  # options of the reward factory (kind/input for user metrics)
+    device: str = FitConfig.device  # where encoding, labelling and fitting run
+
+    def label_name(self) -> str:
+        from lrm.datasets.label_names import column_name
+
+        return self.label or column_name(self.reward, self.label_pixels)
+
+    def run_dir(self) -> Path:
+        return Path(self.out) if self.out else Path("runs") / self.label_name()

@@ -1,0 +1,180 @@
+"""Encode a source into a latent store: sources -> pixels -> latents (+ text embeddings, + labels
+computed from the same pixels) -> shards committed through lrm.datasets.store.
+
+Shard i holds units [i * shard_size, (i + 1) * shard_size) of the source, so any process can produce
+any shard alone: under torchrun, rank r handles the shards with index % world_size == r, and rank 0
+merges the commit records into the manifest after a barrier.
+
+    store = encode(EncodeConfig("photos/", codec="taef2"), "stores/photos")
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from lrm import distributed
+from lrm.codecs.base import Codec
+from lrm.configs import EncodeConfig  # noqa: F401 - lrm.datasets.encoding.EncodeConfig
+from lrm.datasets import store as st
+from lrm.datasets.label_names import check_distinct_columns
+from lrm.datasets.labelling import (bad_records, batches, label_shards, load_labeler, progress_bar, score_batch,
+                                    source_reader)
+from lrm.datasets.sources import Source, make_source
+
+def _fit_length(emb: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad with zeros / truncate token axis to `length`: (B, L', D) -> (B, L, D), (B, L') -> (B, L)."""
+    b, l, d = emb.shape
+    if l >= length:
+        return emb[:, :length], mask[:, :length].bool()
+    pad = length - l
+    return (torch.cat([emb, emb.new_zeros(b, pad, d)], 1),
+            torch.cat([mask.bool(), mask.new_zeros(b, pad).bool()], 1))
+
+
+
+def shard_units(index: int, shard_size: int, units: int) -> tuple[int, int]:
+    return index * shard_size, min((index + 1) * shard_size, units)
+
+
+def encode(config: EncodeConfig, out: str | Path, codec: Codec | None = None, progress: bool = True) -> st.LatentStore:
+    """Encode the source of `config` into the store at `out`, resuming a killed run.
+
+    `codec`: an already built codec (e.g. with non-default options) instead of `config.codec`.
+    Under torchrun (process group open, see lrm.distributed) each rank encodes its own shards.
+    """
+    out = Path(out)
+    if config.shard_size < 1 or config.batch_size < 1:
+        raise ValueError("shard_size and batch_size must be >= 1")
+    if codec is None:
+        from lrm import codecs
+
+        codec = codecs.load(config.codec)
+    codec = codec.to(config.device).eval()
+    source = make_source(config, codec.spatial_factor)
+    if config.size is None and progress and distributed.rank() == 0:  # the log: which size, and why
+        tqdm.write(f"{config.data}: frames of {source.frame_size.reason}", file=sys.stderr)
+    text_encoder, text_header = None, None
+    if config.text:
+        from lrm import text as lrm_text
+
+        text_encoder = lrm_text.load(config.text)
+        if hasattr(text_encoder, "to"):
+            text_encoder = text_encoder.to(config.device)
+        with torch.no_grad():
+            probe, _ = text_encoder.encode(["a"])  # (1, L', D)
+        text_header = {"encoder": text_encoder.id, "length": config.text_length, "dim": int(probe.shape[-1])}
+    check_distinct_columns(config.labels, "source")
+    labelers = [load_labeler(text) for text in config.labels]
+
+    num_shards = math.ceil(len(source) / config.shard_size)
+    header = _jsonable({"format_version": st.FORMAT_VERSION, "codec": codec.settings(),
+                        "latent_shape": list(codec.latent_shape(source.frames, source.size, source.size)),
+                        "text": text_header, "source": source.spec, "shard_size": config.shard_size,
+                        "units": len(source), "num_shards": num_shards})
+    rank, world = distributed.rank(), distributed.world_size()
+    show = progress and rank == 0
+    # Every rank checks an existing store first (so all fail alike), rank 0 creates it, then all re-check.
+    st.create_or_check(out, header, write=False)
+    if rank == 0:
+        st.create_or_check(out, header, write=True)
+        for name, _, info in labelers:
+            st.write_label_info(out, name, info)
+    distributed.barrier()
+    st.create_or_check(out, header, write=False)
+
+    mine = distributed.owned(range(num_shards), rank, world)
+    st.clean_orphans(out, mine)
+    expected = (source.frames, 3, source.size, source.size)
+    for index in progress_bar(mine, f"encode {out.name}", show):
+        if st.shard_record(out, index) is None:
+            _encode_shard(out, index, source, config, codec, text_encoder, text_header, labelers, expected)
+        if rank == 0:
+            st.refresh_manifest(out)
+    distributed.barrier()
+    if labelers:  # shards committed by an earlier run before their labels were
+        label_shards(out, source_reader(source), [(n, r) for n, r, _ in labelers], mine, config.batch_size,
+                     config.device, show)
+    distributed.barrier()
+    if rank == 0:
+        st.refresh_manifest(out)
+    distributed.barrier()
+    return st.LatentStore.open(out)
+
+
+def _read_units(source: Source, units: list[int], expected: tuple, needs_prompt: bool, index: int):
+    """Clips and provenance rows of `units`; unreadable or misshapen items go to `skipped` instead."""
+    clips, rows, skipped = [], [], []
+    for unit in units:
+        try:
+            clip = source.read(unit)
+            if tuple(clip.pixels.shape) != expected:
+                raise ValueError(f"pixels {tuple(clip.pixels.shape)}, the store holds {expected}; "
+                                 "encode clips of another length into another store (--frames)")
+            if not torch.isfinite(clip.pixels).all():
+                raise ValueError("pixels contain NaN or Inf")
+            prompt = source.prompt(unit, clip)
+            if needs_prompt and prompt is None:
+                raise ValueError("no prompt for this item, but the store holds text embeddings")
+        except Exception as exc:
+            skipped.append({"shard": index, "unit": unit, "source": source.describe(unit),
+                            "reason": f"{type(exc).__name__}: {exc}"})
+            continue
+        clips.append(clip)
+        rows.append({"unit": unit, "source": clip.source, "frame_indices": list(clip.frame_indices),
+                     "group": source.group(unit, clip), "prompt": prompt})
+    return clips, rows, skipped
+
+
+def _encode_shard(out: Path, index: int, source: Source, config: EncodeConfig, codec: Codec, text_encoder,
+                  text_header: dict | None, labelers: list, expected: tuple) -> None:
+    """Read, encode and commit shard `index`; with labelers, commit its label shards from the same pixels."""
+    start, stop = shard_units(index, config.shard_size, len(source))
+    rows, skipped, latents, texts, masks = [], [], [], [], []
+    values = {name: [] for name, _, _ in labelers}
+    bad = {name: [] for name, _, _ in labelers}
+    for units in batches(list(range(start, stop)), config.batch_size):
+        clips, batch_rows, batch_skipped = _read_units(source, units, expected, text_encoder is not None, index)
+        skipped.extend(batch_skipped)
+        if not clips:
+            continue
+        for row in batch_rows:
+            row["_pos"] = len(rows)  # position in the shard, for bad-item records
+            rows.append(row)
+        pixels = torch.stack([c.pixels for c in clips]).to(config.device)  # (b, T, 3, H, W)
+        prompts = [r["prompt"] for r in batch_rows]
+        with torch.no_grad():
+            latents.append(codec.encode(pixels).float().cpu())  # (b, T', c, h, w)
+            if text_encoder is not None:
+                emb, mask = text_encoder.encode(prompts)  # (b, L', D), (b, L')
+                emb, mask = _fit_length(emb.float().cpu(), mask.cpu(), config.text_length)
+                texts.append(emb)
+                masks.append(mask)
+        for name, reward, _ in labelers:
+            v, b = score_batch(reward, pixels, prompts, batch_rows)
+            values[name].append(v)
+            bad[name].extend(b)
+    latent_shape = codec.latent_shape(expected[0], expected[2], expected[3])
+    all_latents = torch.cat(latents) if latents else torch.zeros((0, *latent_shape))
+    text = mask = None
+    if text_header is not None:
+        length, dim = text_header["length"], text_header["dim"]
+        text = torch.cat(texts) if texts else torch.zeros((0, length, dim))
+        mask = torch.cat(masks) if masks else torch.zeros((0, length), dtype=torch.bool)
+    clean_rows = [{k: v for k, v in r.items() if k != "_pos"} for r in rows]
+    st.commit_shard(out, index, (start, stop), all_latents, clean_rows, skipped, text, mask)
+    for name, _, _ in labelers:
+        v = np.concatenate(values[name]) if values[name] else np.zeros(0, np.float32)
+        st.commit_label_shard(out, name, index, v, bad_records(bad[name], index))
+
+
+def _jsonable(obj):
+    """`obj` as it reads back from JSON (tuples become lists), so headers compare equal to manifests."""
+    return json.loads(json.dumps(obj))
+
