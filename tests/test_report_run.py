@@ -123,7 +123,7 @@ def test_a_text_surrogate_is_refused_on_a_store_without_its_text_embeddings(run,
     texty = tmp_path / "texty"
     shutil.copytree(run, texty, ignore=shutil.ignore_patterns("store", "eval-*"))
     saved = LatentRewardModel.from_pretrained(run / "model")
-    model = build("text-image-xattn", saved.in_channels, text_dim=8, codec_settings=saved.info.codec_settings)
+    model = build("text-image-xattn", saved.in_channels, text_dim=8)
     model.info.codec_settings, model.info.reward_name = saved.info.codec_settings, saved.info.reward_name
     model.info.text_encoder_id = "minilm-l6-v2"
     model.save_pretrained(texty / "model")
