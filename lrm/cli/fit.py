@@ -7,13 +7,12 @@ import dataclasses
 from pathlib import Path
 from typing import Annotated, Optional
 
-import numpy as np
 import typer
 from rich.console import Console
 from rich.markup import escape
 
 from lrm.cli.options import check_device, parse_options, with_metric_options
-from lrm.pipeline import FitJob
+from lrm.pipeline import FitJob  # the one heavy import here: option defaults (lrm.cli.app loads this module lazily)
 
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(FitJob)}  # one source of truth: FitJob
 
@@ -134,6 +133,8 @@ def report(
     The surrogate is scored on a group-held-out part of STORE, next to a ridge baseline fitted
     on the rest of STORE: a surrogate fitted elsewhere should still beat an in-domain ridge.
     """
+    import numpy as np
+
     from lrm.datasets.build import add_labels
     from lrm.datasets.store import LatentStore
     from lrm.models import LatentRewardModel
