@@ -66,6 +66,12 @@ class LazyCommands(TyperGroup):
         finally:
             self._listing = False
 
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except USER_ERRORS as error:  # bad input: one line and exit code 2, the same under CliRunner
+            exit_with_message(error)
+
     def resolve_command(self, ctx: click.Context, args: list[str]):
         if args and args[0] not in COMMANDS and not args[0].startswith("-"):
             ctx.fail(unknown_name("command", args[0], COMMANDS))
@@ -87,10 +93,7 @@ def lrm() -> None:
 
 
 def main() -> None:
-    try:
-        app()
-    except USER_ERRORS as error:
-        exit_with_message(error)
+    app()
 
 
 if __name__ == "__main__":

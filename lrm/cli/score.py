@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import shutil
 import textwrap
 from pathlib import Path
@@ -124,6 +125,9 @@ def score(
                 value = rew(pixels, [text] if spec.needs_text else None).item()
         except (MediaError, ValueError, RuntimeError) as exc:
             skipped.append((path, exc.reason if isinstance(exc, MediaError) else str(exc)))
+            continue
+        if not math.isfinite(value):  # a failed score is a skipped item, never a value in the output
+            skipped.append((path, f"{spec.name} gave {value}, not a score"))
             continue
         rows.append({"path": str(path), "score": value, "frames": pixels.shape[1], "prompt": text or ""})
 
