@@ -75,8 +75,21 @@ def encode(
             distributed.shutdown()
     if distributed.rank() == 0:
         m = store.manifest
-        console.print(f"{out}: {len(store)} rows, latents {store.latent_shape} ({store.codec_id}), "
-                      f"{m['skipped']['count']} items skipped")
+        console.print(escape(f"{out}: {len(store)} rows, latents {store.latent_shape} ({store.codec_id}), "
+                             f"{m['skipped']['count']} items skipped"))
+        print_skipped(console, m, out)
+
+
+SKIPPED_SHOWN = 10  # skipped items named in a summary; manifest.json lists them all
+
+
+def print_skipped(to: Console, manifest: dict, store: Path) -> None:
+    """Name the first skipped source items with their reasons, and count the rest."""
+    skipped = manifest["skipped"]
+    for item in skipped["items"][:SKIPPED_SHOWN]:
+        to.print(f"[yellow]skipped[/] {escape(str(item['source']))}: {escape(str(item['reason']))}")
+    if skipped["count"] > SKIPPED_SHOWN:
+        to.print(escape(f"... and {skipped['count'] - SKIPPED_SHOWN} more (see {store}/manifest.json)"))
 
 
 def label(
@@ -213,10 +226,7 @@ def info(
                           _num(st["min"]), _num(st["max"]), str(st["nan"]),
                           "yes" if entry["complete"] else f"{entry['shards']} shards")
         out.print(table)
-    for item in m["skipped"]["items"][:10]:
-        out.print(f"[yellow]skipped[/] {item['source']}: {item['reason']}")
-    if m["skipped"]["count"] > 10:
-        out.print(f"... and {m['skipped']['count'] - 10} more (see {store}/manifest.json)")
+    print_skipped(out, m, store)
 
 
 def _standalone() -> typer.Typer:

@@ -149,6 +149,12 @@ def report(
         target = add_labels(target.path, [f"{label}={reward}" if label != reward else reward], pixels=pixels)
     train_rows, val_rows = target.split(val_fraction=val_fraction)
     labels = target.label(label)
+    if not np.isfinite(labels).any():
+        from lrm.datasets.build import most_common_failure
+
+        raise ValueError(f"column {label!r} of {target.path} has no finite value to judge the surrogate on "
+                         f"({most_common_failure(target.manifest['labels'][label]) or 'every row is NaN'}); remove it "
+                         f"with `lrm store drop-label {target.path} {label}` and run lrm report again to relabel it")
     val_rows = val_rows[np.isfinite(labels[val_rows])]
     out_dir = out or run / f"eval-{target.path.name}"
     summary = {"reward": reward, "label": label, "label_pixels": pixels,

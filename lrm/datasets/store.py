@@ -51,8 +51,8 @@ def damaged(path: Path, problem: str, column: str | None = None) -> StoreError:
     """A StoreError naming a damaged file of a store, what is wrong with it and the fix for that kind of file
     (`column`: the label column the file belongs to)."""
     path = Path(path)
-    if column is not None:  # labels/<folder>/...
-        root = path.parent.parent.parent
+    if column is not None or path.parent.parent.name == "labels":  # labels/<folder>/...
+        root, column = path.parent.parent.parent, column or path.parent.name
         problem = f"(label {column!r}) {problem}"
         fix = f"remove the column with `lrm store drop-label {root} {column}` and label it again"
     elif path.parent.name == "shards":  # shards/shard-00003.{safetensors,jsonl,json}
@@ -337,6 +337,28 @@ def _stats_from_moments(m: dict | None) -> dict:
 
 
 # ---------------------------------------------------------------- reading
+
+SKIPPED_SHOWN = 5  # skipped items an error message names (all of them: manifest.json, lrm store info)
+
+
+def _short_reason(item: dict) -> str:
+    """A skipped item's reason without the "MediaError: <source>: " its record repeats."""
+    return item["reason"].removeprefix(f"MediaError: {item['source']}: ")
+
+
+def check_has_rows(store: "LatentStore") -> None:
+    """A complete store into which no source item could be read is a StoreError naming the skipped items
+    and why they were skipped (rather than an empty store that fails later, or a success with 0 rows)."""
+    skipped = store.manifest["skipped"]
+    if len(store) or not store.complete or not skipped["count"]:
+        return
+    named = "; ".join(f"{item['source']}: {_short_reason(item)}" for item in skipped["items"][:SKIPPED_SHOWN])
+    more = skipped["count"] - min(len(skipped["items"]), SKIPPED_SHOWN)
+    raise StoreError(f"none of the {skipped['count']} items of {store.manifest['source']['description']} could be "
+                     f"read, so {store.path} holds no rows: {named}" + (f"; and {more} more" if more else "")
+                     + f"; fix or remove those files (all listed in lrm store info {store.path}), or encode another "
+                       "folder")
+
 
 def check_files(root: Path, manifest: dict) -> None:
     """Every file the manifest counts on is there and whole: each listed shard's tensors (header read),
