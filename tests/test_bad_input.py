@@ -323,7 +323,21 @@ def test_label_counts_and_names_the_rows_a_metric_fails_on(store, metrics):
     assert entry["bad"]["count"] == int(np.isnan(values).sum()) > 0  # every failure is counted and NaN...
     assert np.isfinite(values).sum() == entry["stats"]["count"] > 0  # ...and only finite values are counted
     assert all("returned None" in item["reason"] and item["source"] for item in entry["bad"]["items"])
-    assert "returned None" in result.stderr
+    named = [line for line in result.stderr.splitlines() if line.strip().startswith("row ")]
+    assert len(named) == entry["bad"]["count"]  # each failed row named with its source and reason
+    assert all("procedural:" in line and "returned None" in line for line in named), result.stderr
+
+
+def test_encode_names_the_rows_a_label_fails_on(metrics, tmp_path):  # tensor input: None for the batch
+    result = run("encode", "procedural:4", "--size", 32, "--frames", 1, "--label", f"dark={metrics}:none_if_dark",
+                 "--out", tmp_path / "s", "--quiet", code=2)
+    assert "dark: 0 values" in result.stderr
+    assert sum(line.strip().startswith("row ") and "returned None" in line for line in result.stderr.splitlines()) == 4
+
+
+def test_encode_with_a_label_that_fails_on_every_row(metrics, tmp_path):
+    fails("encode", "procedural:4", "--size", 32, "--frames", 1, "--label", f"bad={metrics}:always_raises",
+          "--out", tmp_path / "s", "--quiet", names="label bad", fix="lrm store drop-label")
 
 
 @pytest.mark.parametrize("fn, reason", [("always_nan", "non-finite reward value nan"),
