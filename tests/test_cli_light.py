@@ -46,6 +46,7 @@ def test_importing_the_cli_and_the_reward_registry_imports_nothing_heavy():
     ["score", "colorfulness"],  # usage error: no paths
     ["encode", "procedural:4"],  # usage error: no --out
     ["scroe"],  # unknown command
+    ["score", "colourfulness", "."],  # unknown reward
 ], ids=" ".join)
 def test_help_rewards_and_usage_errors_import_nothing_heavy(argv):
     heavy, proc = heavy_modules_after(*argv)

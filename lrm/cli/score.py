@@ -98,16 +98,17 @@ def score(
       lrm score prompt-color img.png --prompt "a red car"
       lrm score my_metric.py:score clips/ --kind video --input uint8 --out scores.csv
     """
-    import torch
-    from tqdm import tqdm
-
-    from lrm.datasets.media import MediaError, read_clip
     from lrm.rewards import load
 
     if out is not None and out.suffix not in (".csv", ".json"):
         raise typer.BadParameter(f"--out must end in .csv or .json, got {out}")
-    rew = load(reward, **with_metric_options(parse_options(option), [reward], kind, input))
+    rew = load(reward, **with_metric_options(parse_options(option), [reward], kind, input))  # a bad name: no torch
     spec = rew.spec
+
+    import torch
+    from tqdm import tqdm
+
+    from lrm.datasets.media import MediaError, read_clip
 
     files, skipped = media_or_exit(paths)
     file_prompts = prompts_per_file(files, prompt, prompts)
