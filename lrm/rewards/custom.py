@@ -115,15 +115,13 @@ class MetricReward(Reward):
 
         if self.input == "tensor":
             out = self._call(pixels, prompts) if self.spec.needs_text else self._call(pixels)
-            if isinstance(out, (int, float)) and not isinstance(out, bool) and pixels.shape[0] == 1:
-                out = [out]
             try:
                 out = torch.as_tensor(out, device=pixels.device)
-            except (TypeError, ValueError, RuntimeError) as exc:
+            except (TypeError, ValueError, RuntimeError) as exc:  # None, strings, ragged lists
                 raise MetricError(f"{self.spec.name} returned {_shown(out)}; return a tensor of one score per "
                                   "clip, shape (B,)") from exc
-            if not (out.is_floating_point() or out.dtype in (torch.int32, torch.int64, torch.int16, torch.uint8)):
-                raise MetricError(f"{self.spec.name} returned a {out.dtype} tensor; return float scores, shape (B,)")
+            if out.dtype == torch.bool or out.is_complex():
+                raise MetricError(f"{self.spec.name} returned a {out.dtype} tensor; return real scores, shape (B,)")
         else:
             values = []
             for i, clip in enumerate(pixels):
