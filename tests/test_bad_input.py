@@ -388,7 +388,7 @@ def test_prompts_file_without_prompts(media, tmp_path):
 
 
 def test_score_a_path_that_does_not_exist(tmp_path):
-    run("score", "colorfulness", tmp_path / "nowhere", code=2)
+    fails("score", "colorfulness", tmp_path / "nowhere", names=tmp_path / "nowhere", fix="no such file or folder")
 
 
 def test_score_folder_of_unreadable_images(broken_media):
@@ -399,6 +399,50 @@ def test_score_folder_of_unreadable_images(broken_media):
 def test_predict_folder_of_unreadable_images(base_run, broken_media):
     result = run("predict", base_run, broken_media, code=1)
     assert "a.png" in result.stderr and "b.jpg" in result.stderr and "skipped 2" in result.stderr
+
+
+def test_score_an_empty_folder(tmp_path):
+    (tmp_path / "empty").mkdir()
+    fails("score", "colorfulness", tmp_path / "empty", names=tmp_path / "empty", fix="pass images, videos or GIFs")
+
+
+def test_score_skips_an_empty_file_and_a_truncated_gif(media, tmp_path):
+    folder = Path(shutil.copytree(media, tmp_path / "m"))
+    (folder / "empty.png").write_bytes(b"")
+    frames = [Image.fromarray(np.full((16, 16, 3), 60 * i, np.uint8)) for i in range(4)]
+    frames[0].save(folder / "cut.gif", save_all=True, append_images=frames[1:])
+    (folder / "cut.gif").write_bytes((folder / "cut.gif").read_bytes()[:30])
+    result = run("score", "colorfulness", folder, code=0)
+    assert sorted(Path(r["path"]).name for r in scores(result)) == ["black.png", "white.png"]
+    skipped = [line for line in result.stderr.splitlines() if line.startswith("skipped")]
+    assert len(skipped) == 2 and any("empty.png" in s for s in skipped) and any("cut.gif" in s for s in skipped)
+
+
+def test_score_skips_an_image_too_small_for_the_reward(tmp_path):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(folder / "noise.png")
+    Image.fromarray(np.full((4, 4, 3), 90, np.uint8)).save(folder / "tiny.png")
+    result = run("score", "brisque", folder, code=0)
+    skipped = [line for line in result.stderr.splitlines() if line.startswith("skipped")]
+    assert len(skipped) == 1 and "tiny.png" in skipped[0] and "at least 14x14" in skipped[0]
+    assert [Path(r["path"]).name for r in scores(result)] == ["noise.png"]
+
+
+def test_label_a_store_whose_media_moved(media, tmp_path):
+    store = tmp_path / "s"
+    run("encode", media, "--size", 32, "--out", store, "--quiet", code=0)
+    fails("label", store, "sharpness", "--media-root", tmp_path / "moved", names="moved", fix="no such file or folder")
+    (tmp_path / "moved").mkdir()
+    Image.fromarray(np.full((32, 32, 3), 90, np.uint8)).save(tmp_path / "moved" / "other.png")
+    fails("label", store, "sharpness", "--media-root", tmp_path / "moved", names="moved",
+          fix="point --media-root at a copy")
+    shutil.rmtree(tmp_path / "moved")
+    shutil.copytree(media, tmp_path / "moved")  # the same files, one of them damaged since: that row is named
+    (tmp_path / "moved" / "white.png").write_bytes(b"damaged")
+    result = run("label", store, "sharpness", "--media-root", tmp_path / "moved", "--quiet", code=0)
+    named = [line for line in result.stderr.splitlines() if line.strip().startswith("row ")]
+    assert len(named) == 1 and "white.png" in named[0] and "cannot recompute pixels" in named[0], result.stderr
 
 
 def test_encode_where_no_file_can_be_read(broken_media, tmp_path):
@@ -420,6 +464,11 @@ def test_encode_names_the_files_it_skips(media, broken_media, tmp_path):
     assert "2 rows" in result.stderr and "1 items skipped" in result.stderr
     assert any(line.startswith("skipped") and "a.png" in line and "cannot decode" in line
                for line in result.stderr.splitlines()), result.stderr
+
+
+@pytest.mark.parametrize("data", ["procedural:many", "procedural:0"])
+def test_encode_a_bad_procedural_count(data, tmp_path):
+    run("encode", data, "--out", tmp_path / "s", code=2)
 
 
 def test_encode_data_that_does_not_exist(tmp_path):
@@ -576,6 +625,21 @@ def test_rows_file_that_is_not_json(store):
     fails("store", "info", store, names=path, fix=FIX["shards"])
 
 
+@pytest.mark.parametrize("relative", ["labels/colorfulness/label.json", "labels/colorfulness/shard-00001.json",
+                                      "shards/shard-00000.json"])
+def test_a_json_record_cut_short_is_named_when_the_store_is_rebuilt(store, relative):
+    path = store / relative
+    path.write_text(path.read_text()[:10])
+    fails("label", store, "sharpness", "--quiet", names=path, fix=fix_for(path))
+
+
+def test_fit_on_a_store_whose_label_record_is_damaged(store, tmp_path):
+    path = store / "labels" / "colorfulness" / "label.json"
+    path.write_bytes(b"\xff\xfe")
+    fails("fit", "colorfulness", "--store", store, "--out", tmp_path / "r", "--quiet", names=path,
+          fix="lrm store drop-label")
+
+
 def test_drop_label_of_a_column_the_store_lacks(store):
     fails("store", "drop-label", store, "colourfulness", names="'colourfulness'", fix="nothing was removed")
 
@@ -621,7 +685,18 @@ def missing_model(run_dir):
     return run_dir / "model" / "config.json", "not found"
 
 
-RUN_DAMAGE = [truncated_weights, foreign_weights, corrupt_config, config_without_keys, missing_model]
+def nan_weights(run_dir):
+    from safetensors.torch import load_file, save_file
+
+    path = run_dir / "model" / "model.safetensors"
+    weights = load_file(path)
+    name = next(k for k, v in weights.items() if v.is_floating_point())
+    weights[name] = torch.full_like(weights[name], float("nan"))
+    save_file(weights, path)
+    return path, "holds NaN or infinite values"
+
+
+RUN_DAMAGE = [truncated_weights, foreign_weights, corrupt_config, config_without_keys, missing_model, nan_weights]
 
 
 @pytest.mark.parametrize("damage", RUN_DAMAGE, ids=lambda d: d.__name__)

@@ -157,14 +157,15 @@ def prompts_per_file(files: list[Path], prompt: str | None, prompts: Path | None
 
 def media_or_exit(paths: list[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
     """gather_media(paths): the media files and the skipped ones; when there is no media file,
-    report what was skipped and exit with code 2."""
+    report what was skipped and raise FileNotFoundError (exit code 2)."""
     from lrm.datasets.media import gather_media
 
     files, skipped = gather_media(paths)
     if not files:
         report_skipped(skipped)
-        console.print(f"[red]no images or videos found in {escape(', '.join(map(str, paths)))}[/]")
-        raise typer.Exit(2)
+        raise FileNotFoundError(f"no images or videos found in {', '.join(map(str, paths))}"
+                                f"{' (reasons above)' if skipped else ''}; pass images, videos or GIFs, or folders "
+                                "holding them")
     return files, skipped
 
 

@@ -315,6 +315,10 @@ class LatentRewardModel(nn.Module):
             weights = load_file(weights_path, device=str(map_location))
         except Exception as exc:  # safetensors' own SafetensorError: a truncated or foreign file
             raise ValueError(f"{weights_path} cannot be read as safetensors ({exc}); {refit}") from exc
+        non_finite = [k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if non_finite:  # e.g. a fit that diverged: every prediction would be NaN
+            raise ValueError(f"{weights_path} holds NaN or infinite values (in {', '.join(non_finite[:3])}"
+                             f"{', ...' if len(non_finite) > 3 else ''}); {refit}, e.g. with a lower --lr")
         try:
             model.load_state_dict(weights)
         except RuntimeError as exc:  # missing / unexpected keys, or shapes of another model
