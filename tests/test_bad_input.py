@@ -90,6 +90,9 @@ def scores(result) -> list[dict]:
 # fixtures: built once per module, copied before damage
 # ---------------------------------------------------------------------------------------------
 
+ENCODE_BASE = ("encode", "procedural:8", "--size", 32, "--frames", 1, "--shard-size", 4, "--label", "colorfulness",
+               "--quiet")
+
 @pytest.fixture(autouse=True)
 def one_thread():
     threads = torch.get_num_threads()
@@ -102,8 +105,7 @@ def one_thread():
 def base(tmp_path_factory) -> Path:
     """A tiny procedural store (8 images, 32 px) with a colorfulness column."""
     out = tmp_path_factory.mktemp("stores") / "base"
-    run("encode", "procedural:8", "--size", 32, "--frames", 1, "--shard-size", 4, "--label", "colorfulness",
-        "--out", out, "--quiet", code=0)
+    run(*ENCODE_BASE, "--out", out, code=0)
     return out
 
 
@@ -586,11 +588,11 @@ def test_store_info_names_the_damaged_file(store, damage):
     fails("store", "info", store, names=path, fix=fix_for(path))
 
 
-@pytest.mark.parametrize("damage", [deleted_commit_record, deleted_tensors, truncated_label_values],
+@pytest.mark.parametrize("damage", [deleted_commit_record, deleted_tensors, corrupt_manifest],
                          ids=lambda d: d.__name__)
 def test_drop_label_and_label_refuse_a_damaged_store_without_shrinking_it(store, damage):
-    manifest = (store / "manifest.json").read_text()
     path = damage(store)
+    manifest = (store / "manifest.json").read_text()
     fails("store", "drop-label", store, "colorfulness", names=path, fix=fix_for(path))
     fails("label", store, "sharpness", "--quiet", names=path, fix=fix_for(path))
     assert (store / "manifest.json").read_text() == manifest  # nothing rebuilt from what is left
@@ -601,6 +603,33 @@ def test_fit_and_report_refuse_a_damaged_store(store, base_run, damage, tmp_path
     path = damage(store)
     fails("fit", "colorfulness", "--store", store, "--out", tmp_path / "r", "--quiet", names=path, fix=fix_for(path))
     fails("report", base_run, "--store", store, "--out", tmp_path / "e", names=path, fix=fix_for(path))
+
+
+def test_following_the_fix_for_a_damaged_shard_restores_the_store(base, store):
+    from lrm.datasets.store import LatentStore
+
+    path = truncated_tensors(store)
+    line = fails("store", "info", store, names=path, fix=FIX["shards"])
+    assert f"remove {store / 'shards' / 'shard-00001'}.*" in line
+    for leftover in (store / "shards").glob("shard-00001.*"):
+        leftover.unlink()
+    run(*ENCODE_BASE, "--out", store, code=0)  # the command that made the store, again
+    run("store", "info", store, code=0)
+    torch.testing.assert_close(LatentStore.open(store).latents(range(8)), LatentStore.open(base).latents(range(8)))
+    np.testing.assert_array_equal(LatentStore.open(store).label("colorfulness"),
+                                  LatentStore.open(base).label("colorfulness"))
+
+
+def test_following_the_fix_for_a_damaged_label_restores_the_column(base, store):
+    from lrm.datasets.store import LatentStore
+
+    path = truncated_label_values(store)
+    fails("store", "info", store, names=path, fix=f"lrm store drop-label {store} colorfulness")
+    run("store", "drop-label", store, "colorfulness", code=0)  # the damage is inside the column it drops
+    run("label", store, "colorfulness", "--quiet", code=0)
+    # the same reward on the same pixels; only summation order may differ between batchings (float32 rounding)
+    np.testing.assert_allclose(LatentStore.open(store).label("colorfulness"),
+                               LatentStore.open(base).label("colorfulness"), rtol=1e-5)
 
 
 def test_store_info_on_a_missing_store(tmp_path):

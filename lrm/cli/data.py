@@ -176,11 +176,10 @@ def drop_label(
     Latents and other columns are untouched. Example:
       lrm store drop-label stores/photos niqe@decoded
     """
-    from lrm.datasets.store import LatentStore, StoreError, drop_labels
+    from lrm.datasets.store import StoreError, drop_labels
 
     try:
-        LatentStore.open(store)
-        drop_labels(store, names)
+        drop_labels(store, names)  # checks the store first; damage inside the dropped columns is what it repairs
     except (FileNotFoundError, KeyError, StoreError) as exc:
         _fail(exc)
     console.print(escape(f"{store}: removed label {', '.join(dict.fromkeys(names))}"))

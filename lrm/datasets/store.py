@@ -310,10 +310,15 @@ def drop_labels(root: Path, names: list[str]) -> dict:
     before anything is removed, so a typo removes nothing.
 
     Each column's folder is first renamed out of labels/, so a run killed midway leaves the whole
-    column or none of it; what such a run left behind is removed the next time.
+    column or none of it; what such a run left behind is removed the next time. The rest of the store
+    must be whole (check_files); damage inside the dropped columns is what dropping them repairs.
     """
     root = Path(root)
-    labels = refresh_manifest(root)["labels"]
+    manifest = read_manifest(root)
+    check_files(root, {**manifest, "labels": {k: v for k, v in manifest["labels"].items() if k not in names}})
+    labels = manifest["labels"]
+    if any(name not in labels for name in names):  # a column a killed run wrote but the manifest does not list yet
+        labels = refresh_manifest(root)["labels"]
     unknown = [n for n in names if n not in labels]
     if unknown:
         raise KeyError(f"store {root} has no label {', '.join(map(repr, unknown))} "
@@ -321,7 +326,7 @@ def drop_labels(root: Path, names: list[str]) -> dict:
     for stale in root.glob(".dropped-*"):
         shutil.rmtree(stale, ignore_errors=True)
     for name in dict.fromkeys(names):
-        folder = root / "labels" / labels[name]["folder"]
+        folder = root / "labels" / labels[name].get("folder", label_folder_name(name))
         aside = root / f".dropped-{folder.name}"
         folder.rename(aside)
         shutil.rmtree(aside)
@@ -337,6 +342,27 @@ def _stats_from_moments(m: dict | None) -> dict:
 
 
 # ---------------------------------------------------------------- reading
+
+def read_manifest(root: Path) -> dict:
+    """manifest.json of the store at `root`: JSON, of this lrm's format version, with every key."""
+    root = Path(root)
+    manifest_path = root / MANIFEST
+    if not manifest_path.exists():
+        hint = " (an encode was started here but never created its manifest)" if root.is_dir() else ""
+        raise FileNotFoundError(f"no latent store at {root}: {MANIFEST} is missing{hint}; "
+                                "create one with `lrm encode DATA --out STORE`")
+    manifest = _read_json(manifest_path)
+    if not isinstance(manifest, dict):
+        raise damaged(manifest_path, f"holds a {type(manifest).__name__}, not a manifest object")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise StoreError(f"{root} has store format version {version}; this lrm reads version "
+                         f"{FORMAT_VERSION}. Re-encode it with this lrm (lrm encode ...)")
+    missing = [key for key in MANIFEST_KEYS if key not in manifest]
+    if missing:
+        raise damaged(manifest_path, f"lacks the key(s) {', '.join(missing)}")
+    return manifest
+
 
 SKIPPED_SHOWN = 5  # skipped items an error message names (all of them: manifest.json, lrm store info)
 
@@ -422,6 +448,7 @@ def read_label_values(path: Path, rows: int, name: str, mmap: bool = True) -> np
         raise damaged(path, f"holds shape {values.shape} where the shard has {rows} rows", column=name)
     return values
 
+
 class LatentStore:
     """Read access to a store folder. Nothing is loaded until asked for; latents are read per shard
     through memory-mapped safetensors, so a store larger than memory reads fine."""
@@ -436,22 +463,8 @@ class LatentStore:
 
     @classmethod
     def open(cls, path) -> "LatentStore":
-        path = Path(path)
-        manifest_path = path / MANIFEST
-        if not manifest_path.exists():
-            hint = " (an encode was started here but never created its manifest)" if path.is_dir() else ""
-            raise FileNotFoundError(f"no latent store at {path}: {MANIFEST} is missing{hint}; "
-                                    "create one with `lrm encode DATA --out STORE`")
-        manifest = _read_json(manifest_path)
-        if not isinstance(manifest, dict):
-            raise damaged(manifest_path, f"holds a {type(manifest).__name__}, not a manifest object")
-        version = manifest.get("format_version")
-        if version != FORMAT_VERSION:
-            raise StoreError(f"{path} has store format version {version}; this lrm reads version "
-                             f"{FORMAT_VERSION}. Re-encode it with this lrm (lrm encode ...)")
-        missing = [key for key in MANIFEST_KEYS if key not in manifest]
-        if missing:
-            raise damaged(manifest_path, f"lacks the key(s) {', '.join(missing)}")
+        """The store at `path`, after checking its manifest and that every file it lists is whole."""
+        manifest = read_manifest(path)
         check_files(path, manifest)
         return cls(path, manifest)
 
