@@ -81,7 +81,7 @@ def encode(
         report_labels(m, list(m["labels"]), out)
 
 
-SKIPPED_SHOWN = 10  # skipped items named in a summary; manifest.json lists them all
+SKIPPED_SHOWN = 10  # skipped items (and failed rows) a summary names; manifest.json lists them all
 
 
 def print_skipped(to: Console, manifest: dict, store: Path) -> None:

@@ -364,7 +364,7 @@ def read_manifest(root: Path) -> dict:
     return manifest
 
 
-SKIPPED_SHOWN = 5  # skipped items an error message names (all of them: manifest.json, lrm store info)
+SKIPPED_IN_ERROR = 5  # skipped items an error message names (all of them: manifest.json, lrm store info)
 
 
 def _short_reason(item: dict) -> str:
@@ -378,8 +378,8 @@ def check_has_rows(store: "LatentStore") -> None:
     skipped = store.manifest["skipped"]
     if len(store) or not store.complete or not skipped["count"]:
         return
-    named = "; ".join(f"{item['source']}: {_short_reason(item)}" for item in skipped["items"][:SKIPPED_SHOWN])
-    more = skipped["count"] - min(len(skipped["items"]), SKIPPED_SHOWN)
+    named = "; ".join(f"{item['source']}: {_short_reason(item)}" for item in skipped["items"][:SKIPPED_IN_ERROR])
+    more = skipped["count"] - min(len(skipped["items"]), SKIPPED_IN_ERROR)
     raise StoreError(f"none of the {skipped['count']} items of {store.manifest['source']['description']} could be "
                      f"read, so {store.path} holds no rows: {named}" + (f"; and {more} more" if more else "")
                      + f"; fix or remove those files (all listed in lrm store info {store.path}), or encode another "
