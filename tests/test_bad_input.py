@@ -195,6 +195,11 @@ def test_encode_unknown_codec_suggests_the_closest(tmp_path):
           fix="did you mean 'taef2'?")
 
 
+@pytest.mark.parametrize("argv, named", [(["rewards", "--jsn"], "--jsn"), (["rewards", "colorfulness"], "colorfulness")])
+def test_rewards_with_an_unknown_option_or_argument(argv, named):
+    assert named in message(run(*argv, code=2))
+
+
 def test_unknown_command_names_the_known_ones():
     line = message(run("scroe", code=2))
     assert "'scroe'" in line and "score" in line
