@@ -146,6 +146,13 @@ def report_run(run_dir: str | Path, store: str | Path | None = None, out: str | 
     target = label_other_store(run, target, progress)
     labels = target.label(run.label)
     rows = np.flatnonzero(np.isfinite(labels))
+    if not len(rows):
+        from lrm.datasets.label_names import most_common_failure
+
+        failure = most_common_failure(target.manifest["labels"][run.label]) or "every row is NaN"
+        raise ValueError(f"column {run.label!r} of {target.path} has no finite value to judge the surrogate on "
+                         f"({failure}); remove it with `lrm store drop-label {target.path} {run.label}` and run "
+                         "lrm report again to relabel it")
     unlabelled = len(target) - len(rows)
     scope = (f"Out of distribution: scored on every row of {target.path} ({len(rows)} rows"
              + (f"; {unlabelled} whose reward failed skipped" if unlabelled else "")

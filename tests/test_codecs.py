@@ -89,8 +89,10 @@ def test_registry_builds_every_entry(monkeypatch):
 
 
 def test_unknown_codec_lists_known_names():
-    with pytest.raises(KeyError, match="known: dct, taef2, diffusers:"):
+    with pytest.raises(KeyError, match="Known codecs: dct, taef2. Or diffusers:"):
         codecs.load("jpeg")
+    with pytest.raises(KeyError, match="unknown codec 'tae2f'; did you mean 'taef2'"):
+        codecs.load("tae2f")
 
 
 def test_from_settings_round_trip_and_refusal():

@@ -64,3 +64,43 @@ def test_bad_metrics_give_clear_errors(metric_file, reference, options, error, m
     with pytest.raises(error, match=match):
         reward = load(reference.format(f=metric_file), **options)
         reward(torch.rand(2, 1, 3, 4, 4))
+
+
+@pytest.mark.parametrize("body, match", [
+    ("return None", "returned None for a clip; return one number per clip"),
+    ("return 'high'", "returned 'high' for a clip"),
+    ("return [1.0, 2.0]", r"returned \[1.0, 2.0\] for a clip"),
+    ("raise KeyError('weights')", "raised KeyError: 'weights'"),
+])
+def test_a_uint8_metric_that_returns_no_number_or_raises_is_a_metric_error(tmp_path, body, match):
+    from lrm.rewards.custom import MetricError
+
+    path = tmp_path / "odd.py"
+    path.write_text(f"def score(frames):\n    {body}\n")
+    with pytest.raises(MetricError, match=match):
+        load(f"{path}:score", input="uint8")(torch.rand(1, 1, 3, 8, 8))
+
+
+@pytest.mark.parametrize("body, match", [
+    ("return None", "returned None; return a tensor of one score per clip"),
+    ("return pixels.mean() > 0.5", "returned a torch.bool tensor"),
+])
+def test_a_tensor_metric_that_returns_no_scores_is_a_metric_error(tmp_path, body, match):
+    from lrm.rewards.custom import MetricError
+
+    path = tmp_path / "odd.py"
+    path.write_text(f"def score(pixels):\n    {body}\n")
+    with pytest.raises(MetricError, match=match):
+        load(f"{path}:score")(torch.rand(1, 1, 3, 8, 8))
+
+
+def test_a_metric_may_return_numpy_scalars_nan_and_one_element_tensors(tmp_path):
+    path = tmp_path / "ok.py"
+    path.write_text("import numpy as np, torch\n"
+                    "def np_scalar(frames):\n    return np.float32(frames.mean())\n"
+                    "def nan(frames):\n    return float('nan')\n"
+                    "def one(pixels):\n    return pixels.mean()\n")
+    pixels = torch.full((1, 1, 3, 4, 4), 0.5)
+    assert load(f"{path}:np_scalar", input="uint8")(pixels).item() == pytest.approx(128.0)
+    assert torch.isnan(load(f"{path}:nan", input="uint8")(pixels)).all()  # NaN passes: callers skip and count it
+    assert load(f"{path}:one")(pixels).item() == pytest.approx(0.5)

@@ -1,29 +1,104 @@
-"""Entry point of the `lrm` command. Each command group lives in its own module."""
+"""Entry point of the `lrm` command. Each command group lives in its own module.
+
+A command's module (and torch, scipy, the pipeline it imports) is loaded only when that command
+runs, so `lrm --help`, `lrm rewards` and usage errors answer at once.
+"""
 
 from __future__ import annotations
 
-import typer
+import importlib
+from typing import NamedTuple
 
-from lrm.cli import data, fit, score
+import click
+import typer
+from typer.core import TyperGroup
+
 from lrm.cli.errors import USER_ERRORS, exit_with_message
+from lrm.names import unknown_name
+
+
+class Command(NamedTuple):
+    module: str  # lrm.cli module whose register(app) adds the command
+    summary: str  # the first line of the command's help, shown by `lrm --help` (a test keeps them equal)
+
+
+COMMANDS = {
+    "rewards": Command("lrm.cli.score", "List every reward adapter: kind, differentiable, and whether it can run here."),
+    "score": Command("lrm.cli.score", "Score media files with a pixel reward."),
+    "encode": Command("lrm.cli.data", "Encode clips into a latent store: latents, prompts, optional text embeddings, "
+                                      "provenance."),
+    "label": Command("lrm.cli.data", "Add one label column per reward, computed on the source media or on the "
+                                     "decoded latents. Resumable."),
+    "store": Command("lrm.cli.data", "Inspect latent stores and remove label columns."),
+    "fit": Command("lrm.cli.fit", "Fit a latent surrogate to a reward and write its fidelity report."),
+    "report": Command("lrm.cli.fit", "Judge a fitted surrogate again: in distribution, or out of distribution on "
+                                     "another store."),
+    "predict": Command("lrm.cli.fit", "Score media through codec + surrogate: the fast path, same output as "
+                                      "`lrm score`."),
+    "sample": Command("lrm.cli.generate", "Sample a generator run: decoded PNG / GIF / MP4 per sample, a captioned "
+                                          "grid, latents and index.json."),
+    "evaluate": Command("lrm.cli.generate", "Evaluate a generator run's samples: true rewards, Vendi diversity, "
+                                            "Frechet distance, prompt alignment."),
+}
+
+
+def load_command(name: str) -> click.Command:
+    """The click command `name`, built from its module's register(app)."""
+    group = typer.Typer()
+    importlib.import_module(COMMANDS[name].module).register(group)
+    return typer.main.get_group(group).commands[name]
+
+
+class LazyCommands(TyperGroup):
+    """The top-level group: lists commands from COMMANDS and loads one only when it runs."""
+
+    _listing = False  # True while the help page lists commands: summaries only, no module imported
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        if self._listing:
+            return click.Command(name, help=COMMANDS[name].summary)
+        return load_command(name)
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        self._listing = True
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            self._listing = False
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except USER_ERRORS as error:  # bad input: one line and exit code 2, the same under CliRunner
+            exit_with_message(error)
+
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        if args and args[0] not in COMMANDS and not args[0].startswith("-"):
+            ctx.fail(unknown_name("command", args[0], COMMANDS))
+        return super().resolve_command(ctx, args)
+
 
 app = typer.Typer(
     name="lrm",
-    help="Latent surrogate rewards for image and video diffusion models.",
+    cls=LazyCommands,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-score.register(app)
-data.register(app)
-fit.register(app)
+
+
+@app.callback()
+def lrm() -> None:
+    """Latent surrogate rewards for image and video diffusion models."""
 
 
 def main() -> None:
-    try:
-        app()
-    except USER_ERRORS as error:
-        exit_with_message(error)
+    app()
 
 
 if __name__ == "__main__":

@@ -80,8 +80,22 @@ def encode(
             distributed.shutdown()
     if distributed.rank() == 0:
         m = store.manifest
-        console.print(f"{out}: {len(store)} rows, latents {store.latent_shape} ({store.codec_id}), "
-                      f"{m['skipped']['count']} items skipped")
+        console.print(escape(f"{out}: {len(store)} rows, latents {store.latent_shape} ({store.codec_id}), "
+                             f"{m['skipped']['count']} items skipped"))
+        print_skipped(console, m, out)
+        report_labels(m, list(m["labels"]), out)
+
+
+SKIPPED_SHOWN = 10  # skipped items (and failed rows) a summary names; manifest.json lists them all
+
+
+def print_skipped(to: Console, manifest: dict, store: Path) -> None:
+    """Name the first skipped source items with their reasons, and count the rest."""
+    skipped = manifest["skipped"]
+    for item in skipped["items"][:SKIPPED_SHOWN]:
+        to.print(f"[yellow]skipped[/] {escape(str(item['source']))}: {escape(str(item['reason']))}", soft_wrap=True)
+    if skipped["count"] > SKIPPED_SHOWN:
+        to.print(escape(f"... and {skipped['count'] - SKIPPED_SHOWN} more (see {store}/manifest.json)"))
 
 
 def label(
@@ -107,7 +121,7 @@ def label(
       lrm label stores/photos niqe --pixels decoded     # column niqe@decoded
     """
     from lrm import distributed
-    from lrm.datasets.label_names import column_name, most_common_failure, parse_label
+    from lrm.datasets.label_names import column_name, parse_label
     from lrm.datasets.labelling import add_labels
 
     options = with_metric_options(parse_options(option), [parse_label(r)[1] for r in rewards], kind, input)
@@ -121,20 +135,38 @@ def label(
         if opened:
             distributed.shutdown()
     if distributed.rank() == 0:
-        failed = []
-        for name in dict.fromkeys(column_name(text, pixels) for text in rewards):  # this command's columns
-            entry = result.manifest["labels"][name]
-            s = entry["stats"]
-            console.print(escape(f"{name}: {s['count']} values, mean {_num(s['mean'])}, {s['nan']} NaN"))
-            failure = most_common_failure(entry)
-            if failure:
-                console.print(escape(f"  {failure}"), highlight=False)
-            if s["count"] == 0 and s["nan"] > 0:
-                failed.append(name)
-        if failed:
-            _fail(ValueError(f"label {', '.join(failed)} of {store} failed on every row (reason above); fix the cause "
-                             "(e.g. larger frames, the right --kind/-o options), remove the column with "
-                             f"`lrm store drop-label {store} {' '.join(failed)}` and label again"))
+        report_labels(result.manifest, list(dict.fromkeys(column_name(text, pixels) for text in rewards)), store)
+
+
+def report_labels(manifest: dict, names: list[str], store: Path) -> None:
+    """Print each column's count, mean and NaN, naming the rows it failed on; exit 2 when a column
+    failed on every row (an all-NaN column is no label)."""
+    from lrm.datasets.label_names import most_common_failure
+
+    failed = []
+    for name in names:
+        entry = manifest["labels"][name]
+        s = entry["stats"]
+        console.print(escape(f"{name}: {s['count']} values, mean {_num(s['mean'])}, {s['nan']} NaN"))
+        failure = most_common_failure(entry)
+        if failure:
+            console.print(escape(f"  {failure}"), highlight=False)
+            print_bad_rows(console, entry, store)
+        if s["count"] == 0 and s["nan"] > 0:
+            failed.append(name)
+    if failed:
+        _fail(ValueError(f"label {', '.join(failed)} of {store} failed on every row (reason above); fix the cause "
+                         "(e.g. larger frames, the right --kind/-o options), remove the column with "
+                         f"`lrm store drop-label {store} {' '.join(failed)}` and label again"))
+
+
+def print_bad_rows(to: Console, entry: dict, store: Path) -> None:
+    """Name the first rows a reward failed on (NaN in the column) with their source and reason."""
+    bad = entry["bad"]
+    for item in bad["items"][:SKIPPED_SHOWN]:
+        to.print(escape(f"  row {item['row']} ({item['source']}): {item['reason']}"), highlight=False, soft_wrap=True)
+    if bad["count"] > SKIPPED_SHOWN:
+        to.print(escape(f"  ... and {bad['count'] - SKIPPED_SHOWN} more (see {store}/manifest.json)"), highlight=False)
 
 
 def _num(x) -> str:
@@ -150,11 +182,10 @@ def drop_label(
     Latents and other columns are untouched. Example:
       lrm store drop-label stores/photos niqe@decoded
     """
-    from lrm.datasets.store import LatentStore, StoreError, drop_labels
+    from lrm.datasets.store import StoreError, drop_labels
 
     try:
-        LatentStore.open(store)
-        drop_labels(store, names)
+        drop_labels(store, names)  # checks the store first; damage inside the dropped columns is what it repairs
     except (FileNotFoundError, KeyError, StoreError) as exc:
         _fail(exc)
     console.print(escape(f"{store}: removed label {', '.join(dict.fromkeys(names))}"))
@@ -219,10 +250,7 @@ def info(
                           _num(st["min"]), _num(st["max"]), str(st["nan"]),
                           "yes" if entry["complete"] else f"{entry['shards']} shards")
         out.print(table)
-    for item in m["skipped"]["items"][:10]:
-        out.print(f"[yellow]skipped[/] {item['source']}: {item['reason']}")
-    if m["skipped"]["count"] > 10:
-        out.print(f"... and {m['skipped']['count'] - 10} more (see {store}/manifest.json)")
+    print_skipped(out, m, store)
 
 
 def _standalone() -> typer.Typer:

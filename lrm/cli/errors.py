@@ -1,7 +1,10 @@
 """How the `lrm` command reports bad input: one line naming the item and the fix, exit code 2.
 
-lrm raises FileNotFoundError, KeyError or ValueError (and subclasses) with such a message for a
-missing file, an unknown name or a value out of range. Set LRM_TRACEBACK=1 to get the traceback.
+lrm raises FileNotFoundError, KeyError or ValueError (and subclasses, e.g. StoreError) with such a
+message for a missing file, an unknown name, a value out of range or a damaged file; other OSErrors
+(permission denied, a folder where a file was expected) name their path. Every `lrm` command reports
+them so (lrm.cli.app); anything else is a bug and keeps its traceback. Set LRM_TRACEBACK=1 to get the
+traceback of these too.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ import os
 import sys
 from typing import NoReturn
 
-USER_ERRORS = (FileNotFoundError, KeyError, ValueError)
+USER_ERRORS = (OSError, KeyError, ValueError)
 TRACEBACK_ENV = "LRM_TRACEBACK"
 
 

@@ -4,10 +4,10 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Annotated, Optional
 
-import numpy as np
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -211,6 +211,9 @@ def predict(
                 value = model(latents, text, mask).item()
         except (MediaError, ValueError, RuntimeError) as exc:  # unreadable, or e.g. a still image for a video surrogate
             skipped.append((path, exc.reason if isinstance(exc, MediaError) else str(exc)))
+            continue
+        if not math.isfinite(value):  # a failed prediction is a skipped item, never a value in the output
+            skipped.append((path, f"the surrogate gave {value}, not a score"))
             continue
         rows.append({"path": str(path), "score": value, "frames": clip.pixels.shape[0],
                      "prompt": text_prompt if text_encoder is not None else ""})

@@ -5,13 +5,15 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
+import shutil
+import textwrap
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 from lrm.cli.options import check_device, parse_options, with_metric_options
 
@@ -39,20 +41,37 @@ def list_rewards(
         missing = [f"pip: {m}" for m in avail.missing_modules] + [f"weights: {w}" for w in avail.missing_weights]
         rows.append({"name": name, "kind": entry.spec.kind, "differentiable": entry.spec.differentiable,
                      "higher_is_better": entry.spec.higher_is_better, "units": entry.spec.units,
-                     "ready": avail.ready, "missing": missing, "description": entry.spec.description})
+                     "ready": avail.ready, "missing": missing, "description": entry.spec.description,
+                     "options": entry.options})
     if json_out:
         typer.echo(json.dumps(rows, indent=2))
         return
-    table = Table(title=f"{len(rows)} rewards (descriptions: lrm rewards --json)")
-    table.add_column("name", no_wrap=True)
-    table.add_column("kind", no_wrap=True)
-    for column in ("diff.", "better", "units", "ready here"):
-        table.add_column(column)
+    typer.echo(rewards_text(rows, shutil.get_terminal_size().columns))
+
+
+def rewards_text(rows: list[dict], width: int) -> str:
+    """`lrm rewards` as plain text: one line per reward (52 columns), then what the rewards that are not
+    ready still need, wrapped to `width`; the same in a terminal, a pipe or a log file."""
+    name_width = max(len(r["name"]) for r in rows)
+    line = f"{{:<{name_width}}}  {{:<10}}  {{:<4}}  {{:<6}}  {{}}".format
+    lines = [f"{len(rows)} rewards (units, descriptions and options: lrm rewards --json)", "",
+             line("name", "kind", "grad", "better", "ready here")]
     for r in rows:
-        ready = "[green]yes[/]" if r["ready"] else "[red]no[/] (" + ", ".join(r["missing"]) + ")"
-        table.add_row(r["name"], r["kind"], "yes" if r["differentiable"] else "no",
-                      "higher" if r["higher_is_better"] else "lower", r["units"], ready)
-    Console().print(table)
+        lines.append(line(r["name"], r["kind"], "yes" if r["differentiable"] else "no",
+                          "higher" if r["higher_is_better"] else "lower", "yes" if r["ready"] else "no"))
+    not_ready = [r for r in rows if not r["ready"]]
+    if not_ready:
+        wrap = dict(width=max(width, 40) - 1, break_on_hyphens=False)
+        lines += ["", *textwrap.wrap("Not ready here, and what they miss (weight files are looked for in "
+                                     "$LRM_WEIGHTS, ~/.cache/lrm and the Hugging Face cache):", **wrap)]
+        for r in not_ready:
+            kinds = {}  # "pip" / "weights" -> names, from ["weights: a", "weights: b"]
+            for item in r["missing"]:
+                kind, _, what = item.partition(": ")
+                kinds.setdefault(kind, []).append(what)
+            needs = "; ".join(f"{kind} {', '.join(names)}" for kind, names in kinds.items())
+            lines += textwrap.wrap(f"{r['name']}: {needs}", initial_indent="  ", subsequent_indent="    ", **wrap)
+    return "\n".join(lines)
 
 
 def score(
@@ -79,16 +98,17 @@ def score(
       lrm score prompt-color img.png --prompt "a red car"
       lrm score my_metric.py:score clips/ --kind video --input uint8 --out scores.csv
     """
-    import torch
-    from tqdm import tqdm
-
-    from lrm.datasets.media import MediaError, read_clip
     from lrm.rewards import load
 
     if out is not None and out.suffix not in (".csv", ".json"):
         raise typer.BadParameter(f"--out must end in .csv or .json, got {out}")
-    rew = load(reward, **with_metric_options(parse_options(option), [reward], kind, input))
+    rew = load(reward, **with_metric_options(parse_options(option), [reward], kind, input))  # a bad name: no torch
     spec = rew.spec
+
+    import torch
+    from tqdm import tqdm
+
+    from lrm.datasets.media import MediaError, read_clip
 
     files, skipped = media_or_exit(paths)
     file_prompts = prompts_per_file(files, prompt, prompts)
@@ -106,6 +126,9 @@ def score(
                 value = rew(pixels, [text] if spec.needs_text else None).item()
         except (MediaError, ValueError, RuntimeError) as exc:
             skipped.append((path, exc.reason if isinstance(exc, MediaError) else str(exc)))
+            continue
+        if not math.isfinite(value):  # a failed score is a skipped item, never a value in the output
+            skipped.append((path, f"{spec.name} gave {value}, not a score"))
             continue
         rows.append({"path": str(path), "score": value, "frames": pixels.shape[1], "prompt": text or ""})
 
@@ -134,14 +157,15 @@ def prompts_per_file(files: list[Path], prompt: str | None, prompts: Path | None
 
 def media_or_exit(paths: list[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
     """gather_media(paths): the media files and the skipped ones; when there is no media file,
-    report what was skipped and exit with code 2."""
+    report what was skipped and raise FileNotFoundError (exit code 2)."""
     from lrm.datasets.media import gather_media
 
     files, skipped = gather_media(paths)
     if not files:
         report_skipped(skipped)
-        console.print(f"[red]no images or videos found in {escape(', '.join(map(str, paths)))}[/]")
-        raise typer.Exit(2)
+        raise FileNotFoundError(f"no images or videos found in {', '.join(map(str, paths))}"
+                                f"{' (reasons above)' if skipped else ''}; pass images, videos or GIFs, or folders "
+                                "holding them")
     return files, skipped
 
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from lrm.codecs.base import Codec
 from lrm.codecs.diffusers_vae import PREFIX as DIFFUSERS_PREFIX
+from lrm.names import unknown_name
 
 
 def _dct(**options) -> Codec:
@@ -40,16 +41,12 @@ CODECS: dict[str, Callable[..., Codec]] = {
 }
 
 
-def known_names() -> str:
-    return ", ".join([*CODECS, f"{DIFFUSERS_PREFIX}<local folder or hub id>"])
-
-
 def load(name: str, **options) -> Codec:
     """The codec called `name` ("dct", "taef2", "diffusers:<path-or-id>"); options go to its constructor."""
     if name.startswith(DIFFUSERS_PREFIX):
         return _diffusers(name[len(DIFFUSERS_PREFIX):], **options)
     if name not in CODECS:
-        raise KeyError(f"unknown codec {name!r}; known: {known_names()}")
+        raise KeyError(unknown_name("codec", name, CODECS, hint=f"Or {DIFFUSERS_PREFIX}<local folder or hub id>."))
     return CODECS[name](**options)
 
 

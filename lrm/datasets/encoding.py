@@ -105,7 +105,9 @@ def encode(config: EncodeConfig, out: str | Path, codec: Codec | None = None, pr
     if rank == 0:
         st.refresh_manifest(out)
     distributed.barrier()
-    return st.LatentStore.open(out)
+    store = st.LatentStore.open(out)
+    st.check_has_rows(store)  # every item unreadable: say which and why, here rather than at labelling
+    return store
 
 
 def _read_units(source: Source, units: list[int], expected: tuple, needs_prompt: bool, index: int):

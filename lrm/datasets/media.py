@@ -386,7 +386,10 @@ def read_prompts(path: str | os.PathLike, column: str | None = None) -> list[str
         raise MediaError(path, f"unsupported prompt file extension {suffix!r}; use {' '.join(PROMPT_EXTENSIONS)}")
     if column is not None and suffix not in (".csv", ".tsv"):
         raise ValueError(f"column= applies to .csv/.tsv prompt files, not {suffix}")
-    text = path.read_text(encoding="utf-8-sig")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise MediaError(path, f"not UTF-8 text (byte {exc.start}: {exc.reason}); save the file as UTF-8") from exc
     if suffix in (".csv", ".tsv"):
         prompts = _prompts_table(path, text, column)
     elif suffix == ".jsonl":

@@ -51,6 +51,28 @@ class StoreError(ValueError):
     """A store that cannot be opened, resumed or extended as asked; the message says why and what to do."""
 
 
+# Keys every manifest has (HEADER_KEYS plus the summary refresh_manifest writes).
+MANIFEST_KEYS = (*HEADER_KEYS, "shards", "rows", "complete", "skipped", "labels")
+
+
+def damaged(path: Path, problem: str, column: str | None = None) -> StoreError:
+    """A StoreError naming a damaged file of a store, what is wrong with it and the fix for that kind of file
+    (`column`: the label column the file belongs to)."""
+    path = Path(path)
+    if column is not None or path.parent.parent.name == "labels":  # labels/<folder>/...
+        root, column = path.parent.parent.parent, column or path.parent.name
+        problem = f"(label {column!r}) {problem}"
+        fix = f"remove the column with `lrm store drop-label {root} {column}` and label it again"
+    elif path.parent.name == "shards":  # shards/shard-00003.{safetensors,jsonl,json}
+        root, stem = path.parent.parent, path.name.split(".")[0]
+        fix = (f"remove {root / 'shards' / stem}.* and run the `lrm encode` command that made the store again: "
+               "it rewrites that shard (labels are kept)")
+    else:  # manifest.json holds the store's header: it cannot be rebuilt from the shards alone
+        root = path.parent
+        fix = "restore it from a copy, or encode the data again into a new folder (lrm encode ... --out NEW)"
+    return StoreError(f"latent store {root} is damaged: {path} {problem}; {fix}")
+
+
 # ---------------------------------------------------------------- files
 
 def _json_bytes(obj) -> bytes:
@@ -66,8 +88,14 @@ def _npy_bytes(values: np.ndarray) -> bytes:
 
 
 def _read_json(path: Path):
-    with open(path) as f:
-        return json.load(f)
+    """A store's JSON file; a missing, unreadable or truncated one is a StoreError naming it (see `damaged`)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError as exc:
+        raise damaged(path, "is missing") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise damaged(path, f"is not valid JSON ({exc})") from exc
 
 
 # ---------------------------------------------------------------- paths
@@ -304,10 +332,15 @@ def drop_labels(root: Path, names: list[str]) -> dict:
     before anything is removed, so a typo removes nothing.
 
     Each column's folder is first renamed out of labels/, so a run killed midway leaves the whole
-    column or none of it; what such a run left behind is removed the next time.
+    column or none of it; what such a run left behind is removed the next time. The rest of the store
+    must be whole (check_files); damage inside the dropped columns is what dropping them repairs.
     """
     root = Path(root)
-    labels = refresh_manifest(root)["labels"]
+    manifest = read_manifest(root)
+    check_files(root, {**manifest, "labels": {k: v for k, v in manifest["labels"].items() if k not in names}})
+    labels = manifest["labels"]
+    if any(name not in labels for name in names):  # a column a killed run wrote but the manifest does not list yet
+        labels = refresh_manifest(root)["labels"]
     unknown = [n for n in names if n not in labels]
     if unknown:
         raise KeyError(f"store {root} has no label {', '.join(map(repr, unknown))} "
@@ -315,7 +348,7 @@ def drop_labels(root: Path, names: list[str]) -> dict:
     for stale in root.glob(".dropped-*"):
         shutil.rmtree(stale, ignore_errors=True)
     for name in dict.fromkeys(names):
-        folder = root / "labels" / labels[name]["folder"]
+        folder = root / "labels" / labels[name].get("folder", label_folder_name(name))
         aside = root / f".dropped-{folder.name}"
         folder.rename(aside)
         shutil.rmtree(aside)
@@ -332,6 +365,112 @@ def _stats_from_moments(m: dict | None) -> dict:
 
 # ---------------------------------------------------------------- reading
 
+def read_manifest(root: Path) -> dict:
+    """manifest.json of the store at `root`: JSON, of this lrm's format version, with every key."""
+    root = Path(root)
+    manifest_path = root / MANIFEST
+    if not manifest_path.exists():
+        hint = " (an encode was started here but never created its manifest)" if root.is_dir() else ""
+        raise FileNotFoundError(f"no latent store at {root}: {MANIFEST} is missing{hint}; "
+                                "create one with `lrm encode DATA --out STORE`")
+    manifest = _read_json(manifest_path)
+    if not isinstance(manifest, dict):
+        raise damaged(manifest_path, f"holds a {type(manifest).__name__}, not a manifest object")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise StoreError(f"{root} has store format version {version}; this lrm reads version "
+                         f"{FORMAT_VERSION}. Re-encode it with this lrm (lrm encode ...)")
+    missing = [key for key in MANIFEST_KEYS if key not in manifest]
+    if missing:
+        raise damaged(manifest_path, f"lacks the key(s) {', '.join(missing)}")
+    return manifest
+
+
+SKIPPED_IN_ERROR = 5  # skipped items an error message names (all of them: manifest.json, lrm store info)
+
+
+def _short_reason(item: dict) -> str:
+    """A skipped item's reason without the "MediaError: <source>: " its record repeats."""
+    return item["reason"].removeprefix(f"MediaError: {item['source']}: ")
+
+
+def check_has_rows(store: "LatentStore") -> None:
+    """A complete store into which no source item could be read is a StoreError naming the skipped items
+    and why they were skipped (rather than an empty store that fails later, or a success with 0 rows)."""
+    skipped = store.manifest["skipped"]
+    if len(store) or not store.complete or not skipped["count"]:
+        return
+    named = "; ".join(f"{item['source']}: {_short_reason(item)}" for item in skipped["items"][:SKIPPED_IN_ERROR])
+    more = skipped["count"] - min(len(skipped["items"]), SKIPPED_IN_ERROR)
+    raise StoreError(f"none of the {skipped['count']} items of {store.manifest['source']['description']} could be "
+                     f"read, so {store.path} holds no rows: {named}" + (f"; and {more} more" if more else "")
+                     + f"; fix or remove those files (all listed in lrm store info {store.path}), or encode another "
+                       "folder")
+
+
+def check_files(root: Path, manifest: dict) -> None:
+    """Every file the manifest counts on is there and whole: each listed shard's tensors (header read),
+    rows and commit record, and each label column's values (header and length read) and commit records.
+    A missing or truncated file is a StoreError naming it and the fix, so that no command goes on with
+    (or, by rebuilding the manifest, silently drops) what the store has lost."""
+    root = Path(root)
+    try:
+        listed = [(int(s["index"]), int(s["rows"])) for s in manifest["shards"]]
+        columns = {name: int(entry["shards"]) for name, entry in manifest["labels"].items()}
+    except (TypeError, KeyError, ValueError) as exc:
+        raise damaged(root / MANIFEST, f"has a malformed shard or label entry ({type(exc).__name__}: {exc})") from exc
+    for index, rows in listed:
+        paths = shard_paths(root, index)
+        for path in paths.values():
+            if not path.is_file():
+                raise damaged(path, "is missing")
+        shape = _latents_shape(paths["tensors"])
+        if shape[0] != rows:
+            raise damaged(paths["tensors"], f"holds {shape[0]} latent rows where its commit record says {rows}")
+    for name, done in columns.items():
+        info = root / "labels" / label_folder_name(name) / "label.json"
+        if not info.is_file():
+            raise damaged(info, "is missing", column=name)
+        for index, rows in listed[:done]:
+            paths = label_paths(root, name, index)
+            if not paths["commit"].is_file():
+                raise damaged(paths["commit"], "is missing", column=name)
+            read_label_values(paths["values"], rows, name)
+
+
+def _latents_shape(path: Path) -> list[int]:
+    """The shape of the "latents" tensor of a shard file, from its safetensors header (8-byte little-endian
+    length, then JSON), after checking that the file holds every byte the header points to."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            length = int.from_bytes(f.read(8), "little")
+            if size < 8 or length > size - 8:
+                raise ValueError("the header is cut off")
+            header = json.loads(f.read(length))
+        end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+        if 8 + length + end > size:
+            raise ValueError(f"it is truncated: {size} bytes where the header needs {8 + length + end}")
+        return list(header["latents"]["shape"])
+    except KeyError as exc:
+        raise damaged(path, "holds no 'latents' tensor (not a shard of this store)") from exc
+    except (ValueError, TypeError, AttributeError) as exc:  # incl. JSONDecodeError / UnicodeDecodeError
+        raise damaged(path, f"is not a whole safetensors file ({exc})") from exc
+
+
+def read_label_values(path: Path, rows: int, name: str, mmap: bool = True) -> np.ndarray:
+    """(rows,) float32 values of one label shard; a missing, truncated or misshapen file is a StoreError."""
+    try:
+        values = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except FileNotFoundError as exc:
+        raise damaged(path, "is missing", column=name) from exc
+    except (ValueError, OSError, EOFError) as exc:  # numpy's messages for a truncated or foreign .npy
+        raise damaged(path, f"cannot be read ({exc})", column=name) from exc
+    if values.shape != (rows,):
+        raise damaged(path, f"holds shape {values.shape} where the shard has {rows} rows", column=name)
+    return values
+
+
 class LatentStore:
     """Read access to a store folder. Nothing is loaded until asked for; latents are read per shard
     through memory-mapped safetensors, so a store larger than memory reads fine."""
@@ -346,17 +485,9 @@ class LatentStore:
 
     @classmethod
     def open(cls, path) -> "LatentStore":
-        path = Path(path)
-        manifest_path = path / MANIFEST
-        if not manifest_path.exists():
-            hint = " (an encode was started here but never created its manifest)" if path.is_dir() else ""
-            raise FileNotFoundError(f"no latent store at {path}: {MANIFEST} is missing{hint}; "
-                                    "create one with `lrm encode DATA --out STORE`")
-        manifest = _read_json(manifest_path)
-        version = manifest.get("format_version")
-        if version != FORMAT_VERSION:
-            raise StoreError(f"{path} has store format version {version}; this lrm reads version "
-                             f"{FORMAT_VERSION}. Re-encode it with this lrm (lrm encode ...)")
+        """The store at `path`, after checking its manifest and that every file it lists is whole."""
+        manifest = read_manifest(path)
+        check_files(path, manifest)
         return cls(path, manifest)
 
     # ---- header
@@ -413,7 +544,7 @@ class LatentStore:
         if entry["shards"] < len(self._shards):
             raise StoreError(f"label {name!r} covers {entry['shards']} of {len(self._shards)} shards of "
                              f"{self.path}; finish it with `lrm label {self.path} {name}`")
-        parts = [np.load(label_paths(self.path, name, s["index"])["values"], allow_pickle=False)
+        parts = [read_label_values(label_paths(self.path, name, s["index"])["values"], s["rows"], name, mmap=False)
                  for s in self._shards]
         return np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)
 
@@ -436,8 +567,15 @@ class LatentStore:
         if self._rows is None:
             rows = []
             for s in self._shards:
-                with open(shard_paths(self.path, s["index"])["rows"]) as f:
-                    rows.extend(json.loads(line) for line in f)
+                path = shard_paths(self.path, s["index"])["rows"]
+                try:
+                    with open(path, encoding="utf-8") as f:
+                        shard_rows = [json.loads(line) for line in f]
+                except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                    raise damaged(path, f"is not valid JSON lines ({exc})") from exc
+                if len(shard_rows) != s["rows"]:
+                    raise damaged(path, f"holds {len(shard_rows)} rows where its commit record says {s['rows']}")
+                rows.extend(shard_rows)
             self._rows = rows
         return self._rows
 
@@ -472,12 +610,15 @@ class LatentStore:
             local = idx[take] - self._offsets[pos]
             lo, hi = int(local.min()), int(local.max()) + 1
             path = shard_paths(self.path, self._shards[pos]["index"])["tensors"]
-            with safe_open(path, framework="pt") as f:
-                for k, key in enumerate(keys):
-                    part = f.get_slice(key)[lo:hi][torch.as_tensor(local - lo)]
-                    if out[k] is None:
-                        out[k] = torch.empty((idx.size, *part.shape[1:]), dtype=part.dtype)
-                    out[k][torch.as_tensor(take)] = part
+            try:
+                with safe_open(path, framework="pt") as f:
+                    parts = [f.get_slice(key)[lo:hi][torch.as_tensor(local - lo)] for key in keys]
+            except Exception as exc:  # SafetensorError: truncated, foreign, or a tensor missing
+                raise damaged(path, f"cannot be read ({exc})") from exc
+            for k, part in enumerate(parts):
+                if out[k] is None:
+                    out[k] = torch.empty((idx.size, *part.shape[1:]), dtype=part.dtype)
+                out[k][torch.as_tensor(take)] = part
         if idx.size == 0:
             return [torch.zeros(0) for _ in keys]
         return out

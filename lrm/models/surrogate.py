@@ -290,12 +290,21 @@ class LatentRewardModel(nn.Module):
                     f"{path} not found: a saved surrogate is a folder with {CONFIG_NAME} and {WEIGHTS_NAME} "
                     "(written by LatentRewardModel.save_pretrained or `lrm fit`)"
                 )
-        config = json.loads(config_path.read_text())
+        refit = "fit the surrogate again (lrm fit ... --out RUN) or restore the file"
+        try:
+            config = json.loads(config_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{config_path} is damaged: not valid JSON ({exc}); {refit}") from exc
+        if not isinstance(config, dict):
+            raise ValueError(f"{config_path} is damaged: it holds a {type(config).__name__}, not an object; {refit}")
         if config.get("format") != FORMAT or config.get("format_version") != FORMAT_VERSION:
             raise ValueError(
                 f"{config_path} is not an lrm surrogate of format {FORMAT} v{FORMAT_VERSION} "
                 f"(got format={config.get('format')!r}, version={config.get('format_version')!r})"
             )
+        missing = [key for key in ("preset", "in_channels", "text_dim", "noise_aware") if key not in config]
+        if missing:
+            raise ValueError(f"{config_path} is damaged: it lacks {', '.join(missing)}; {refit}")
         removed = REMOVED_PRESETS.get(config["preset"])
         if removed is not None:
             raise ValueError(f"{directory} holds a surrogate of preset {config['preset']!r}, which lrm no longer has "
@@ -305,7 +314,20 @@ class LatentRewardModel(nn.Module):
             check_codec(config["preset"], config["in_channels"], config.get("codec_settings"), codec_settings)
         model = build(config["preset"], config["in_channels"], text_dim=config["text_dim"],
                       noise_aware=config["noise_aware"], width=config.get("width", 1.0))
-        model.load_state_dict(load_file(weights_path, device=str(map_location)))
+        try:
+            weights = load_file(weights_path, device=str(map_location))
+        except Exception as exc:  # safetensors' own SafetensorError: a truncated or foreign file
+            raise ValueError(f"{weights_path} cannot be read as safetensors ({exc}); {refit}") from exc
+        non_finite = [k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if non_finite:  # e.g. a fit that diverged: every prediction would be NaN
+            raise ValueError(f"{weights_path} holds NaN or infinite values (in {', '.join(non_finite[:3])}"
+                             f"{', ...' if len(non_finite) > 3 else ''}); {refit}, e.g. with a lower --lr")
+        try:
+            model.load_state_dict(weights)
+        except RuntimeError as exc:  # missing / unexpected keys, or shapes of another model
+            first = str(exc).strip().splitlines()[:2]
+            raise ValueError(f"{weights_path} does not hold the weights of this {config['preset']} surrogate "
+                             f"({' '.join(line.strip() for line in first)}); {refit}") from exc
         stats = config.get("label_stats", {})
         model.set_label_stats(float(model.label_mean), float(model.label_std),
                               stats.get("transform", "none"), stats.get("shift", 0.0))

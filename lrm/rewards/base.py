@@ -4,17 +4,19 @@ Pixels are float tensors in [0, 1] of shape (B, T, 3, H, W); an image is T = 1.
 Every reward validates its inputs the same way, chunks large batches, and returns float32
 scores on the pixels' device. Image rewards score videos by averaging over (sampled) frames,
 DOLLAR's frame-average video reward.
+
+Import-light: specs and registry entries are read without torch (`lrm rewards`); torch is imported
+where pixels are handled.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import numpy as np
-import torch
-
-from lrm.frames import uniform_indices
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
 
 KINDS = ("image", "text-image", "video", "text-video")
 
@@ -49,6 +51,8 @@ class InputError(ValueError):
 
 def check_pixels(pixels: torch.Tensor, who: str, atol: float = 1e-3) -> torch.Tensor:
     """Validate (B, T, 3, H, W) float pixels in [0, 1]; returns them unchanged."""
+    import torch
+
     if not isinstance(pixels, torch.Tensor):
         raise InputError(f"{who}: pixels must be a torch.Tensor (B, T, 3, H, W), got {type(pixels).__name__}")
     if not pixels.is_floating_point():
@@ -96,6 +100,8 @@ def check_prompts(prompts: Sequence[str] | None, batch: int, spec: RewardSpec) -
 
 def to_uint8_frames(pixels: torch.Tensor) -> np.ndarray:
     """(N, 3, H, W) float in [0, 1] -> (N, H, W, 3) uint8 numpy, rounding like PIL's ToPILImage."""
+    import torch
+
     arr = (pixels.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
     return arr.permute(0, 2, 3, 1).cpu().numpy()
 
@@ -110,6 +116,8 @@ class Reward:
     batch_size: int = 16  # samples per chunk: bounds peak memory of large batches
 
     def __call__(self, pixels: torch.Tensor, prompts: Sequence[str] | None = None) -> torch.Tensor:
+        import torch
+
         pixels = check_pixels(pixels, self.spec.name)
         prompt_list = check_prompts(prompts, pixels.shape[0], self.spec)
         chunks = []
@@ -137,6 +145,10 @@ class FrameReward(Reward):
         self.frames = frames
 
     def score(self, pixels: torch.Tensor, prompts: list[str] | None) -> torch.Tensor:
+        import torch
+
+        from lrm.frames import uniform_indices
+
         b, t = pixels.shape[:2]
         idx = torch.as_tensor(uniform_indices(t, self.frames), device=pixels.device)
         pixels = pixels.index_select(1, idx)  # (b, k, 3, H, W)

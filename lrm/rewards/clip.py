@@ -23,8 +23,9 @@ import torch
 from torch import nn
 
 from lrm import weights
-from lrm.rewards.base import FrameReward, RewardEntry, RewardSpec
+from lrm.rewards.base import FrameReward
 from lrm.rewards.preprocess import ImagePreprocess
+from lrm.rewards.registry import spec_of
 
 CLIP_VOCAB_SIZE = 49408  # BPE vocabulary of every OpenAI / open_clip text tower
 
@@ -33,24 +34,8 @@ OPEN_CLIP_WEIGHTS = {("ViT-L-14", "openai"): "clip_vit_l14_openai", ("ViT-B-32-q
 HPS_WEIGHTS = {"hpsv2": "hpsv2", "hpsv2.1": "hpsv2_1"}  # reward name -> lrm.weights name
 HPS_ARCH = "ViT-H-14"  # open_clip architecture the HPS checkpoints fine-tune
 
-SPECS = {  # one spec per reward; the built reward copies it with its model's input size
-    "clip-score": RewardSpec(
-        "clip-score", "text-image", differentiable=True, size=224, units="100 x cosine",
-        description="CLIP image-text agreement, 100 * cos clipped at 0 (torchmetrics CLIPScore)",
-    ),
-    "laion-aesthetic": RewardSpec(
-        "laion-aesthetic", "image", differentiable=True, size=224, units="aesthetic score (~1..10)",
-        description="LAION improved aesthetic predictor (MLP on CLIP ViT-L/14 image embeddings)",
-    ),
-    "hpsv2": RewardSpec(
-        "hpsv2", "text-image", differentiable=True, size=224, units="cosine (published HPS units)",
-        description="Human Preference Score v2 (open_clip ViT-H-14 tuned on HPD v2)",
-    ),
-    "hpsv2.1": RewardSpec(
-        "hpsv2.1", "text-image", differentiable=True, size=224, units="cosine (published HPS units)",
-        description="Human Preference Score v2.1 (open_clip ViT-H-14 tuned on HPD v2)",
-    ),
-}
+# one spec per reward (lrm.rewards.registry); the built reward copies it with its model's input size
+SPECS = {name: spec_of(name) for name in ("clip-score", "laion-aesthetic", "hpsv2", "hpsv2.1")}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -298,38 +283,3 @@ def load_hpsv2(frames: int | None = None) -> HPSReward:
 
 def load_hpsv21(frames: int | None = None) -> HPSReward:
     return load_hps("hpsv2.1", frames)
-
-
-_FRAMES_HELP = "frames sampled uniformly per video (None: all)"
-
-ENTRIES: dict[str, RewardEntry] = {
-    "clip-score": RewardEntry(
-        load_clip_score,
-        SPECS["clip-score"],
-        requires=("open_clip",),
-        weights=("clip_vit_l14_openai",),
-        options={"model": "open_clip architecture (default ViT-L-14)",
-                 "pretrained": "open_clip tag or checkpoint path (default openai)", "frames": _FRAMES_HELP},
-    ),
-    "laion-aesthetic": RewardEntry(
-        load_laion_aesthetic,
-        SPECS["laion-aesthetic"],
-        requires=("open_clip",),
-        weights=("laion_aesthetic_mlp_l14", "clip_vit_l14_openai"),
-        options={"frames": _FRAMES_HELP},
-    ),
-    "hpsv2": RewardEntry(
-        load_hpsv2,
-        SPECS["hpsv2"],
-        requires=("open_clip",),
-        weights=("hpsv2",),
-        options={"frames": _FRAMES_HELP},
-    ),
-    "hpsv2.1": RewardEntry(
-        load_hpsv21,
-        SPECS["hpsv2.1"],
-        requires=("open_clip",),
-        weights=("hpsv2_1",),
-        options={"frames": _FRAMES_HELP},
-    ),
-}

@@ -2,7 +2,8 @@
 
 The function receives either the pixel tensor (input="tensor": (B, T, 3, H, W) float in [0, 1],
 plus prompts for text kinds) or uint8 frames (input="uint8": one (T, H, W, 3) numpy array per
-clip, plus its prompt for text kinds) and returns one score per clip. No code inside lrm needed:
+clip, plus its prompt for text kinds) and returns one score per clip (a number; NaN or infinity
+marks a clip it cannot score). No code inside lrm needed:
 
     def sharpness(frames):                 # input="uint8", kind="video"
         return float(np.abs(np.diff(frames.astype(float), axis=0)).mean())
@@ -13,14 +14,16 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import math
 import re
 import sys
 from pathlib import Path
-from typing import Callable
-
-import torch
+from typing import TYPE_CHECKING, Callable
 
 from lrm.rewards.base import KINDS, InputError, Reward, RewardSpec, to_uint8_frames
+
+if TYPE_CHECKING:
+    import torch
 
 INPUTS = ("tensor", "uint8")
 _REFERENCE = re.compile(r"^(?P<target>[^:]+(?:\.py)?):(?P<fn>[A-Za-z_][A-Za-z0-9_]*)$")
@@ -44,9 +47,25 @@ def resolve_function(reference: str) -> Callable:
         spec = importlib.util.spec_from_file_location(module_name, path)
         module = importlib.util.module_from_spec(spec)
         sys.modules[module_name] = module
-        spec.loader.exec_module(module)
+        try:
+            spec.loader.exec_module(module)
+        except SyntaxError as exc:
+            sys.modules.pop(module_name, None)
+            raise ValueError(f"metric file {path} has a syntax error at line {exc.lineno}: {exc.msg}; "
+                             "fix the file (python -m py_compile shows it)") from exc
+        except Exception as exc:  # the user's module failed while importing: name it, not lrm
+            sys.modules.pop(module_name, None)
+            raise ValueError(f"metric file {path} failed to import: {type(exc).__name__}: {exc}; "
+                             f"fix the file (python {path} shows the traceback)") from exc
     else:
-        module = importlib.import_module(target)
+        try:
+            module = importlib.import_module(target)
+        except ModuleNotFoundError as exc:
+            raise ValueError(f"{reference!r}: no module named {exc.name!r}; give a path ending in .py, or make "
+                             f"{target} importable (pip install it, or add its folder to PYTHONPATH)") from exc
+        except SyntaxError as exc:
+            raise ValueError(f"metric module {target} has a syntax error in {exc.filename} at line {exc.lineno}: "
+                             f"{exc.msg}; fix the file") from exc
     fn = getattr(module, fn_name, None)
     if not callable(fn):
         defined = sorted(name for name, value in vars(module).items()
@@ -56,8 +75,27 @@ def resolve_function(reference: str) -> Callable:
     return fn
 
 
+class MetricError(InputError):
+    """A user's metric raised, or returned something that is not one number per clip."""
+
+
+def _number(value, who: str) -> float:
+    """A user metric's value for one clip as a float; NaN / infinity pass through (callers skip them)."""
+    if hasattr(value, "item") and hasattr(value, "shape") and math.prod(value.shape) == 1:
+        value = value.item()  # a numpy scalar, or a one-element array / tensor
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise MetricError(f"{who} returned {_shown(value)} for a clip; return one number per clip")
+    return float(value)
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else f"{type(value).__name__} {text[:50]}..."
+
+
 class MetricReward(Reward):
-    """Wraps a user's function behind the reward protocol."""
+    """Wraps a user's function behind the reward protocol: what it raises or returns wrong is a MetricError
+    (an InputError) naming the metric, so callers skip and count the clip instead of crashing."""
 
     def __init__(self, fn: Callable, spec: RewardSpec, input: str):
         if input not in INPUTS:
@@ -66,15 +104,30 @@ class MetricReward(Reward):
             raise ValueError("a metric of uint8 frames cannot be differentiable; use input='tensor'")
         self.fn, self.spec, self.input = fn, spec, input
 
+    def _call(self, *args):
+        try:
+            return self.fn(*args)
+        except Exception as exc:  # the user's code failed on this input
+            raise MetricError(f"{self.spec.name} raised {type(exc).__name__}: {exc}") from exc
+
     def score(self, pixels: torch.Tensor, prompts: list[str] | None) -> torch.Tensor:
+        import torch
+
         if self.input == "tensor":
-            out = self.fn(pixels, prompts) if self.spec.needs_text else self.fn(pixels)
-            out = torch.as_tensor(out, device=pixels.device)
+            out = self._call(pixels, prompts) if self.spec.needs_text else self._call(pixels)
+            try:
+                out = torch.as_tensor(out, device=pixels.device)
+            except (TypeError, ValueError, RuntimeError) as exc:  # None, strings, ragged lists
+                raise MetricError(f"{self.spec.name} returned {_shown(out)}; return a tensor of one score per "
+                                  "clip, shape (B,)") from exc
+            if out.dtype == torch.bool or out.is_complex():
+                raise MetricError(f"{self.spec.name} returned a {out.dtype} tensor; return real scores, shape (B,)")
         else:
             values = []
             for i, clip in enumerate(pixels):
                 frames = to_uint8_frames(clip)  # (T, H, W, 3) uint8
-                values.append(float(self.fn(frames, prompts[i]) if self.spec.needs_text else self.fn(frames)))
+                value = self._call(frames, prompts[i]) if self.spec.needs_text else self._call(frames)
+                values.append(_number(value, self.spec.name))
             out = torch.tensor(values)
         out = out.reshape(-1).float()
         if out.numel() != pixels.shape[0]:

@@ -19,9 +19,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from lrm.rewards.base import FrameReward, RewardEntry, RewardSpec, to_uint8_frames
-
-FRAMES_OPTION = {"frames": "score K uniformly spaced frames per clip (default: every frame)"}
+from lrm.rewards.base import FrameReward, to_uint8_frames
+from lrm.rewards.registry import spec_of
 
 # ITU-R BT.601 luma weights, the ones cv2.cvtColor(RGB2GRAY) and PIL's "L" mode use.
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
@@ -48,14 +47,7 @@ class JpegIncompressibility(FrameReward):
 
     quality = 95  # DDPO's JPEG quality
 
-    spec = RewardSpec(
-        name="jpeg-incompressibility",
-        kind="image",
-        differentiable=False,
-        higher_is_better=True,
-        units="kB",
-        description="JPEG size at quality 95 in kB (DDPO); larger files mean more detail",
-    )
+    spec = spec_of("jpeg-incompressibility")
 
     def score_frames(self, frames: torch.Tensor, prompts: list[str] | None) -> torch.Tensor:
         sizes = []
@@ -69,14 +61,7 @@ class JpegIncompressibility(FrameReward):
 class JpegCompressibility(FrameReward):
     """Negated JPEG size (DDPO's `jpeg_compressibility`, which wraps `jpeg_incompressibility`)."""
 
-    spec = RewardSpec(
-        name="jpeg-compressibility",
-        kind="image",
-        differentiable=False,
-        higher_is_better=True,
-        units="-kB",
-        description="negated JPEG size at quality 95 in kB (DDPO); higher means more compressible",
-    )
+    spec = spec_of("jpeg-compressibility")
 
     def __init__(self, frames: int | None = None):
         super().__init__(frames)
@@ -99,14 +84,7 @@ class Sharpness(FrameReward):
     so gradients reach the pixels.
     """
 
-    spec = RewardSpec(
-        name="sharpness",
-        kind="image",
-        differentiable=True,
-        higher_is_better=True,
-        units="gray level^2 (0-255)",
-        description="variance of the Laplacian of the grayscale frame; higher is sharper",
-    )
+    spec = spec_of("sharpness")
 
     def score_frames(self, frames: torch.Tensor, prompts: list[str] | None) -> torch.Tensor:
         gray = luma_255(frames).unsqueeze(1)  # (N, 1, H, W)
@@ -125,14 +103,7 @@ class Colorfulness(FrameReward):
     """Hasler & Suesstrunk's M: rg = R - G, yb = (R + G) / 2 - B on the 0-255 scale,
     M = sqrt(var(rg) + var(yb)) + 0.3 sqrt(mean(rg)^2 + mean(yb)^2). A gray frame scores 0."""
 
-    spec = RewardSpec(
-        name="colorfulness",
-        kind="image",
-        differentiable=True,
-        higher_is_better=True,
-        units="M (0-255 scale)",
-        description="Hasler-Suesstrunk colorfulness M; 0 for gray, ~100+ for vivid images",
-    )
+    spec = spec_of("colorfulness")
 
     def score_frames(self, frames: torch.Tensor, prompts: list[str] | None) -> torch.Tensor:
         r, g, b = (frames * 255).flatten(2).unbind(dim=1)  # each (N, H*W)
@@ -141,9 +112,3 @@ class Colorfulness(FrameReward):
         sigma = safe_sqrt(rg.var(dim=1, unbiased=False) + yb.var(dim=1, unbiased=False))
         mu = safe_sqrt(rg.mean(dim=1) ** 2 + yb.mean(dim=1) ** 2)
         return sigma + 0.3 * mu
-
-
-ENTRIES: dict[str, RewardEntry] = {
-    reward.spec.name: RewardEntry(factory=reward, spec=reward.spec, options=FRAMES_OPTION)
-    for reward in (JpegIncompressibility, JpegCompressibility, Sharpness, Colorfulness)
-}

@@ -21,10 +21,11 @@ import torch
 from torch import nn
 
 from lrm import weights
-from lrm.rewards.base import FrameReward, RewardEntry, RewardSpec
+from lrm.rewards.base import FrameReward
 from lrm.rewards.clip import ScoreMLP, follow_device
 from lrm.rewards.pickscore import Tokenize, hf_tokenize
 from lrm.rewards.preprocess import ImagePreprocess
+from lrm.rewards.registry import spec_of
 
 REWARD_MEAN = 0.16717362830052426  # ImageReward.mean: raw MLP output mean on the authors' set
 REWARD_STD = 1.0333394966054072  # ImageReward.std
@@ -35,10 +36,7 @@ PREPROCESS = ImagePreprocess(  # ImageReward._transform(224): CLIP statistics, b
     224, (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711), "shortest", "bicubic"
 )
 
-SPEC = RewardSpec(
-    "imagereward", "text-image", differentiable=True, size=224, units="normalised reward (z-score)",
-    description="ImageReward v1.0: BLIP ViT-L + cross-attention BERT tuned on human rankings",
-)
+SPEC = spec_of("imagereward")
 
 
 @dataclass(frozen=True)
@@ -213,14 +211,3 @@ def load_imagereward(frames: int | None = None) -> ImageRewardReward:
                                         "re-download ImageReward.pt from THUDM/ImageReward")
     model.load_state_dict(convert_state_dict(published), strict=True)
     return ImageRewardReward(model.eval().requires_grad_(False), tokenize, PREPROCESS, frames)
-
-
-ENTRIES: dict[str, RewardEntry] = {
-    "imagereward": RewardEntry(
-        load_imagereward,
-        SPEC,
-        requires=("transformers", "timm"),
-        weights=("imagereward", "imagereward_med_config", "bert_base_uncased_vocab"),
-        options={"frames": "frames sampled uniformly per video (None: all)"},
-    ),
-}

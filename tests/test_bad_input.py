@@ -1,0 +1,762 @@
+"""A corpus of damaged and unusual inputs, across every command.
+
+Each case makes its damaged input in tmp_path and checks what a user sees: exit code 2 with a
+one-line message that names the item and the fix, or a skipped item that is named, counted and
+never written as a value; never a traceback, never a success on a store that silently lost rows.
+"""
+
+import csv
+import io
+import json
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from lrm.cli.app import app
+
+runner = CliRunner(env={"COLUMNS": "400"})  # error panels on one line
+
+# A user's metric file: one function per way a metric goes wrong. uint8 frames (T, H, W, 3) in, one value out.
+METRICS = """
+import math
+def mean(frames):
+    return float(frames.mean())
+def nan_if_dark(frames):
+    return float("nan") if frames.mean() < 128 else float(frames.mean())
+def inf_if_dark(frames):
+    return math.inf if frames.mean() < 128 else 1.0
+def none_if_dark(frames):
+    return None if frames.mean() < 128 else 1.0
+def text_if_dark(frames):
+    return "dark" if frames.mean() < 128 else 1.0
+def raises_if_dark(frames):
+    if frames.mean() < 128:
+        raise ZeroDivisionError("dark frame")
+    return 1.0
+def always_nan(frames):
+    return float("nan")
+def always_raises(frames):
+    raise RuntimeError("model not loaded")
+def three_values(pixels):
+    return pixels.new_zeros(3)
+"""
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+
+def run(*args, code: int = 2):
+    """Invoke `lrm ARGS`; no crash, no traceback, the expected exit code."""
+    result = runner.invoke(app, [str(a) for a in args])
+    crashed = result.exception is not None and not isinstance(result.exception, SystemExit)
+    assert not crashed, f"{type(result.exception).__name__}: {result.exception}\n{result.output}"
+    assert "Traceback" not in result.output
+    assert result.exit_code == code, result.output
+    return result
+
+
+def message(result) -> str:
+    """The one line that reports the error: `Error: ...`, or the line in typer's error panel."""
+    lines = [line.strip().strip("│").strip() for line in result.output.splitlines()]
+    errors = [line for line in lines if line.startswith("Error: ")]
+    if errors:
+        return errors[0]
+    panel = lines.index(next(line for line in lines if line.startswith("╭─ Error")))
+    body = lines[panel + 1:lines.index(next(line for line in lines[panel:] if line.startswith("╰")))]
+    assert len(body) == 1, f"the error takes {len(body)} lines:\n{result.output}"
+    return body[0]
+
+
+def fails(*args, names: str | Path, fix: str):
+    """Exit 2 with one line naming `names` and saying `fix`."""
+    line = message(run(*args, code=2))
+    assert str(names) in line, line
+    assert fix in line, line
+    return line
+
+
+def scores(result) -> list[dict]:
+    return list(csv.DictReader(io.StringIO(result.stdout)))
+
+
+# ---------------------------------------------------------------------------------------------
+# fixtures: built once per module, copied before damage
+# ---------------------------------------------------------------------------------------------
+
+ENCODE_BASE = ("encode", "procedural:8", "--size", 32, "--frames", 1, "--shard-size", 4, "--label", "colorfulness",
+               "--quiet")
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    """A tiny procedural store (8 images, 32 px) with a colorfulness column."""
+    out = tmp_path_factory.mktemp("stores") / "base"
+    run(*ENCODE_BASE, "--out", out, code=0)
+    return out
+
+
+@pytest.fixture()
+def store(base, tmp_path) -> Path:
+    """A copy of the base store, to damage."""
+    return Path(shutil.copytree(base, tmp_path / "store"))
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory) -> Path:
+    """A white and a black image (a metric fails on the dark one) and nothing else."""
+    folder = tmp_path_factory.mktemp("media")
+    Image.fromarray(np.full((32, 32, 3), 250, np.uint8)).save(folder / "white.png")
+    Image.fromarray(np.full((32, 32, 3), 5, np.uint8)).save(folder / "black.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def metrics(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("metrics") / "metrics.py"
+    path.write_text(METRICS)
+    return path
+
+
+@pytest.fixture(scope="module")
+def broken_media(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("broken")
+    (folder / "a.png").write_bytes(b"not a png")
+    (folder / "b.jpg").write_bytes(b"\xff\xd8 cut short")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def base_run(base, tmp_path_factory) -> Path:
+    """A run folder with a small (untrained) surrogate of colorfulness in the base store's latent space."""
+    from lrm.datasets.store import LatentStore
+    from lrm.models import SurrogateInfo, build
+    from lrm.rewards import REWARDS
+
+    settings = LatentStore.open(base).codec_settings
+    torch.manual_seed(0)
+    model = build("image-cnn", settings["channels"])
+    model.info = SurrogateInfo(codec_settings=settings, reward_name="colorfulness",
+                               reward_spec=asdict(REWARDS["colorfulness"].spec),
+                               extra={"label": "colorfulness", "label_pixels": "source", "frames": 1, "size": 32})
+    run_dir = tmp_path_factory.mktemp("runs") / "run"
+    model.save_pretrained(run_dir / "model")
+    return run_dir
+
+
+@pytest.fixture()
+def damaged_run(base_run, tmp_path) -> Path:
+    return Path(shutil.copytree(base_run, tmp_path / "run"))
+
+
+def non_utf8_prompts(tmp_path) -> Path:
+    path = tmp_path / "prompts.txt"
+    path.write_bytes("a caf\u00e9\nthe sea\n".encode("latin-1"))
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# names and options: the closest name, the options a reward takes
+# ---------------------------------------------------------------------------------------------
+
+def test_score_unknown_reward_suggests_the_closest(media):
+    fails("score", "colourfulness", media, names="colourfulness", fix="did you mean 'colorfulness'?")
+
+
+def test_label_unknown_reward_suggests_the_closest(store):
+    fails("label", store, "sharpnes", names="sharpnes", fix="did you mean 'sharpness'?")
+
+
+def test_fit_unknown_reward_suggests_the_closest(tmp_path):
+    fails("fit", "jpeg-compresibility", "--out", tmp_path / "r", names="jpeg-compresibility",
+          fix="did you mean 'jpeg-compressibility'?")
+
+
+def test_encode_unknown_label_reward(tmp_path):
+    fails("encode", "procedural:4", "--size", 32, "--frames", 1, "--label", "brisq", "--out", tmp_path / "s",
+          names="brisq", fix="did you mean 'brisque'?")
+
+
+def test_encode_unknown_codec_suggests_the_closest(tmp_path):
+    fails("encode", "procedural:4", "--codec", "tae2f", "--out", tmp_path / "s", names="tae2f",
+          fix="did you mean 'taef2'?")
+
+
+@pytest.mark.parametrize("argv, named", [(["rewards", "--jsn"], "--jsn"), (["rewards", "colorfulness"], "colorfulness")])
+def test_rewards_with_an_unknown_option_or_argument(argv, named):
+    assert named in message(run(*argv, code=2))
+
+
+def test_unknown_command_names_the_known_ones():
+    line = message(run("scroe", code=2))
+    assert "'scroe'" in line and "score" in line
+
+
+def test_score_unknown_option_names_the_reward_and_its_options(media):
+    fails("score", "colorfulness", media, "-o", "frame=2", names="colorfulness has no option 'frame'",
+          fix="did you mean 'frames'?")
+
+
+def test_score_option_for_a_reward_without_options(tmp_path):
+    clip = tmp_path / "clip.gif"
+    frames = [Image.fromarray(np.full((16, 16, 3), 30 * i, np.uint8)) for i in range(3)]
+    frames[0].save(clip, save_all=True, append_images=frames[1:])
+    fails("score", "temporal-flickering", clip, "-o", "fps=8", names="temporal-flickering has no option 'fps'",
+          fix="leave out -o")
+
+
+def test_label_unknown_option(store):
+    fails("label", store, "sharpness", "-o", "size=3", names="sharpness has no option 'size'", fix="Its options: frames")
+
+
+def test_fit_unknown_option_before_any_work(tmp_path):
+    fails("fit", "colorfulness", "-o", "colour=1", "--out", tmp_path / "r", names="colorfulness has no option 'colour'",
+          fix="Its options")
+    assert not (tmp_path / "r").exists()
+
+
+def test_option_that_is_not_key_value(media):
+    fails("score", "colorfulness", media, "-o", "frames", names="'frames' is not KEY=VALUE", fix="--option frames=8")
+
+
+def test_metric_options_on_a_built_in_reward(media):
+    fails("score", "sharpness", media, "--kind", "video", names="sharpness", fix="leave them out for built-in rewards")
+
+
+def test_metric_with_an_unknown_kind(media, metrics):
+    fails("score", f"{metrics}:mean", media, "--kind", "picture", names="'picture'", fix="kind must be one of")
+
+
+def test_metric_with_an_unknown_input(media, metrics):
+    fails("score", f"{metrics}:mean", media, "--input", "float", names="'float'", fix="input must be one of")
+
+
+# ---------------------------------------------------------------------------------------------
+# a user's metric: syntax errors, failures at import, missing functions
+# ---------------------------------------------------------------------------------------------
+
+def test_metric_file_with_a_syntax_error(media, tmp_path):
+    path = tmp_path / "typo.py"
+    path.write_text("def score(frames):\n    return frames.mean(\n")
+    fails("score", f"{path}:score", media, "--input", "uint8", names=path, fix="syntax error at line")
+
+
+def test_metric_file_that_fails_at_import(media, tmp_path):
+    path = tmp_path / "needs.py"
+    path.write_text("import no_such_module_here\ndef score(frames):\n    return 0.0\n")
+    fails("score", f"{path}:score", media, names=path, fix="ModuleNotFoundError")
+
+
+def test_metric_file_without_the_function(media, metrics):
+    fails("score", f"{metrics}:missing", media, names="has no function 'missing'", fix="it defines: ")
+
+
+def test_metric_file_that_does_not_exist(media, tmp_path):
+    fails("score", f"{tmp_path / 'nope.py'}:fn", media, names="nope.py", fix="does not exist")
+
+
+def test_metric_module_that_does_not_exist(media):
+    fails("score", "no_such_pkg.metrics:fn", media, names="no_such_pkg", fix="PYTHONPATH")
+
+
+def test_label_with_a_metric_file_with_a_syntax_error(store, tmp_path):
+    path = tmp_path / "typo.py"
+    path.write_text("def score(frames) return 1\n")
+    fails("label", store, f"{path}:score", "--input", "uint8", names=path, fix="syntax error")
+
+
+def test_fit_with_a_metric_file_with_a_syntax_error(tmp_path):
+    path = tmp_path / "typo.py"
+    path.write_text("def score(frames):\n  return (\n")
+    fails("fit", f"{path}:score", "--out", tmp_path / "r", names=path, fix="syntax error")
+
+
+# ---------------------------------------------------------------------------------------------
+# a metric's bad values: skipped, counted and named, never written as scores
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fn, reason", [
+    ("nan_if_dark", "gave nan, not a score"),
+    ("inf_if_dark", "gave inf, not a score"),
+    ("none_if_dark", "returned None for a clip; return one number per clip"),
+    ("text_if_dark", "returned 'dark' for a clip"),
+    ("raises_if_dark", "raised ZeroDivisionError: dark frame"),
+])
+def test_score_skips_and_names_a_clip_the_metric_cannot_score(media, metrics, fn, reason):
+    result = run("score", f"{metrics}:{fn}", media, "--input", "uint8", code=0)
+    rows = scores(result)
+    assert [Path(r["path"]).name for r in rows] == ["white.png"]  # the dark one is not written
+    assert all(np.isfinite(float(r["score"])) for r in rows)
+    skipped = [line for line in result.stderr.splitlines() if line.startswith("skipped")]
+    assert len(skipped) == 1 and "black.png" in skipped[0] and reason in skipped[0], result.stderr
+    assert "scored 1 file(s), skipped 1" in result.stderr
+
+
+def test_score_json_output_holds_no_nan(media, metrics, tmp_path):
+    out = tmp_path / "scores.json"
+    run("score", f"{metrics}:nan_if_dark", media, "--input", "uint8", "--out", out, code=0)
+    assert [Path(r["path"]).name for r in json.loads(out.read_text())] == ["white.png"]
+
+
+def test_score_exits_1_when_the_metric_scores_nothing(media, metrics):
+    result = run("score", f"{metrics}:always_raises", media, "--input", "uint8", code=1)
+    assert result.stderr.count("raised RuntimeError: model not loaded") == 2
+    assert "scored 0 file(s), skipped 2" in result.stderr
+
+
+def test_score_tensor_metric_with_the_wrong_count(media, metrics):
+    result = run("score", f"{metrics}:three_values", media, code=1)
+    assert "returned 3 values for 1 clips" in result.stderr
+
+
+def test_label_counts_and_names_the_rows_a_metric_fails_on(store, metrics):
+    result = run("label", store, f"dark={metrics}:none_if_dark", "--input", "uint8", "--quiet", code=0)
+    manifest = json.loads((store / "manifest.json").read_text())
+    entry = manifest["labels"]["dark"]
+    values = np.concatenate([np.load(p) for p in sorted((store / "labels" / "dark").glob("*.npy"))])
+    assert entry["bad"]["count"] == int(np.isnan(values).sum()) > 0  # every failure is counted and NaN...
+    assert np.isfinite(values).sum() == entry["stats"]["count"] > 0  # ...and only finite values are counted
+    assert all("returned None" in item["reason"] and item["source"] for item in entry["bad"]["items"])
+    named = [line for line in result.stderr.splitlines() if line.strip().startswith("row ")]
+    assert len(named) == entry["bad"]["count"]  # each failed row named with its source and reason
+    assert all("procedural:" in line and "returned None" in line for line in named), result.stderr
+
+
+def test_encode_names_the_rows_a_label_fails_on(metrics, tmp_path):  # tensor input: None for the batch
+    result = run("encode", "procedural:4", "--size", 32, "--frames", 1, "--label", f"dark={metrics}:none_if_dark",
+                 "--out", tmp_path / "s", "--quiet", code=2)
+    assert "dark: 0 values" in result.stderr
+    assert sum(line.strip().startswith("row ") and "returned None" in line for line in result.stderr.splitlines()) == 4
+
+
+def test_encode_with_a_label_that_fails_on_every_row(metrics, tmp_path):
+    fails("encode", "procedural:4", "--size", 32, "--frames", 1, "--label", f"bad={metrics}:always_raises",
+          "--out", tmp_path / "s", "--quiet", names="label bad", fix="lrm store drop-label")
+
+
+@pytest.mark.parametrize("fn, reason", [("always_nan", "non-finite reward value nan"),
+                                        ("always_raises", "RuntimeError: model not loaded")])
+def test_label_that_fails_on_every_row(store, metrics, fn, reason):
+    line = fails("label", store, f"bad={metrics}:{fn}", "--input", "uint8", "--quiet", names="label bad",
+                 fix=f"lrm store drop-label {store} bad")
+    assert "failed on every row" in line
+
+
+def test_fit_on_a_metric_that_fails_on_every_row(base, metrics, tmp_path):
+    store = Path(shutil.copytree(base, tmp_path / "store"))
+    line = fails("fit", f"{metrics}:always_nan", "--input", "uint8", "--store", store, "--out", tmp_path / "r",
+                 "--quiet", names="always_nan", fix="drop-label")
+    assert "non-finite reward value nan" in line
+
+
+# ---------------------------------------------------------------------------------------------
+# media and prompt files
+# ---------------------------------------------------------------------------------------------
+
+def test_score_prompts_file_not_utf8(media, tmp_path):
+    path = non_utf8_prompts(tmp_path)
+    fails("score", "prompt-color", media, "--prompts", path, names=path, fix="save the file as UTF-8")
+
+
+def test_predict_prompts_file_not_utf8(base_run, media, tmp_path):
+    path = non_utf8_prompts(tmp_path)
+    fails("predict", base_run, media, "--prompts", path, names=path, fix="save the file as UTF-8")
+
+
+def test_encode_prompts_file_not_utf8(media, tmp_path):
+    path = non_utf8_prompts(tmp_path)
+    fails("encode", media, "--prompts", path, "--size", 32, "--out", tmp_path / "s", names=path,
+          fix="save the file as UTF-8")
+
+
+def test_prompts_file_with_another_count(media, tmp_path):
+    path = tmp_path / "prompts.txt"
+    path.write_text("a red car\n")
+    fails("score", "prompt-color", media, "--prompts", path, names=path, fix="give one per file")
+
+
+def test_prompts_file_without_prompts(media, tmp_path):
+    path = tmp_path / "prompts.txt"
+    path.write_text("\n  \n")
+    fails("score", "prompt-color", media, "--prompts", path, names=path, fix="contains no prompts")
+
+
+def test_score_a_path_that_does_not_exist(tmp_path):
+    fails("score", "colorfulness", tmp_path / "nowhere", names=tmp_path / "nowhere", fix="no such file or folder")
+
+
+def test_score_folder_of_unreadable_images(broken_media):
+    result = run("score", "colorfulness", broken_media, code=1)
+    assert "a.png" in result.stderr and "b.jpg" in result.stderr and "skipped 2" in result.stderr
+
+
+def test_predict_folder_of_unreadable_images(base_run, broken_media):
+    result = run("predict", base_run, broken_media, code=1)
+    assert "a.png" in result.stderr and "b.jpg" in result.stderr and "skipped 2" in result.stderr
+
+
+def test_score_an_empty_folder(tmp_path):
+    (tmp_path / "empty").mkdir()
+    fails("score", "colorfulness", tmp_path / "empty", names=tmp_path / "empty", fix="pass images, videos or GIFs")
+
+
+def test_score_skips_an_empty_file_and_a_truncated_gif(media, tmp_path):
+    folder = Path(shutil.copytree(media, tmp_path / "m"))
+    (folder / "empty.png").write_bytes(b"")
+    frames = [Image.fromarray(np.full((16, 16, 3), 60 * i, np.uint8)) for i in range(4)]
+    frames[0].save(folder / "cut.gif", save_all=True, append_images=frames[1:])
+    (folder / "cut.gif").write_bytes((folder / "cut.gif").read_bytes()[:30])
+    result = run("score", "colorfulness", folder, code=0)
+    assert sorted(Path(r["path"]).name for r in scores(result)) == ["black.png", "white.png"]
+    skipped = [line for line in result.stderr.splitlines() if line.startswith("skipped")]
+    assert len(skipped) == 2 and any("empty.png" in s for s in skipped) and any("cut.gif" in s for s in skipped)
+
+
+def test_score_skips_an_image_too_small_for_the_reward(tmp_path):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(folder / "noise.png")
+    Image.fromarray(np.full((4, 4, 3), 90, np.uint8)).save(folder / "tiny.png")
+    result = run("score", "brisque", folder, code=0)
+    skipped = [line for line in result.stderr.splitlines() if line.startswith("skipped")]
+    assert len(skipped) == 1 and "tiny.png" in skipped[0] and "at least 14x14" in skipped[0]
+    assert [Path(r["path"]).name for r in scores(result)] == ["noise.png"]
+
+
+def test_label_a_store_whose_media_moved(media, tmp_path):
+    store = tmp_path / "s"
+    run("encode", media, "--size", 32, "--out", store, "--quiet", code=0)
+    fails("label", store, "sharpness", "--media-root", tmp_path / "moved", names="moved", fix="no such file or folder")
+    (tmp_path / "moved").mkdir()
+    Image.fromarray(np.full((32, 32, 3), 90, np.uint8)).save(tmp_path / "moved" / "other.png")
+    fails("label", store, "sharpness", "--media-root", tmp_path / "moved", names="moved",
+          fix="point --media-root at a copy")
+    shutil.rmtree(tmp_path / "moved")
+    shutil.copytree(media, tmp_path / "moved")  # the same files, one of them damaged since: that row is named
+    (tmp_path / "moved" / "white.png").write_bytes(b"damaged")
+    result = run("label", store, "sharpness", "--media-root", tmp_path / "moved", "--quiet", code=0)
+    named = [line for line in result.stderr.splitlines() if line.strip().startswith("row ")]
+    assert len(named) == 1 and "white.png" in named[0] and "cannot recompute pixels" in named[0], result.stderr
+
+
+def test_encode_where_no_file_can_be_read(broken_media, tmp_path):
+    line = fails("encode", broken_media, "--size", 32, "--out", tmp_path / "s", "--quiet",
+                 names=broken_media / "a.png", fix="fix or remove those files")
+    assert "b.jpg" in line and "none of the 2 items" in line
+
+
+def test_fit_where_no_file_can_be_read(broken_media, tmp_path):
+    line = fails("fit", "colorfulness", "--data", broken_media, "--size", 32, "--out", tmp_path / "r", "--quiet",
+                 names=broken_media / "a.png", fix="fix or remove those files")
+    assert "label" not in line.split("could be read")[0]  # the files are blamed, not the label column
+
+
+def test_encode_names_the_files_it_skips(media, broken_media, tmp_path):
+    folder = Path(shutil.copytree(media, tmp_path / "mixed"))
+    shutil.copy(broken_media / "a.png", folder / "a.png")
+    result = run("encode", folder, "--size", 32, "--out", tmp_path / "s", "--quiet", code=0)
+    assert "2 rows" in result.stderr and "1 items skipped" in result.stderr
+    assert any(line.startswith("skipped") and "a.png" in line and "cannot decode" in line
+               for line in result.stderr.splitlines()), result.stderr
+
+
+@pytest.mark.parametrize("data", ["procedural:many", "procedural:0"])
+def test_encode_a_bad_procedural_count(data, tmp_path):
+    run("encode", data, "--out", tmp_path / "s", code=2)
+
+
+def test_encode_data_that_does_not_exist(tmp_path):
+    run("encode", tmp_path / "nowhere", "--out", tmp_path / "s", code=2)
+
+
+def test_encode_into_a_folder_that_is_not_a_store(tmp_path):
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "notes.txt").write_text("mine")
+    fails("encode", "procedural:4", "--out", tmp_path / "s", names=tmp_path / "s", fix="choose an empty or new folder")
+
+
+def test_encode_resumed_with_other_settings(store):
+    fails("encode", "procedural:8", "--size", 64, "--frames", 1, "--shard-size", 4, "--out", store, names=store,
+          fix="resume with the same command or use a new folder")
+
+
+# ---------------------------------------------------------------------------------------------
+# damaged stores: every command refuses them by file, and none shrinks them
+# ---------------------------------------------------------------------------------------------
+
+def corrupt_manifest(store):
+    path = store / "manifest.json"
+    path.write_text(path.read_text()[:40])
+    return path
+
+
+def manifest_without_keys(store):
+    path = store / "manifest.json"
+    manifest = json.loads(path.read_text())
+    del manifest["shards"], manifest["latent_shape"]
+    path.write_text(json.dumps(manifest))
+    return path
+
+
+def manifest_not_an_object(store):
+    path = store / "manifest.json"
+    path.write_text("[]")
+    return path
+
+
+def manifest_with_a_bad_shard_entry(store):
+    path = store / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["shards"][1] = {"index": 1}
+    path.write_text(json.dumps(manifest))
+    return path
+
+
+def deleted_tensors(store):
+    path = store / "shards" / "shard-00001.safetensors"
+    path.unlink()
+    return path
+
+
+def truncated_tensors(store):
+    path = store / "shards" / "shard-00001.safetensors"
+    path.write_bytes(path.read_bytes()[:-100])
+    return path
+
+
+def foreign_tensors(store):
+    from safetensors.torch import save_file
+
+    path = store / "shards" / "shard-00000.safetensors"
+    save_file({"weights": torch.zeros(4, 3)}, path)
+    return path
+
+
+def deleted_commit_record(store):
+    path = store / "shards" / "shard-00001.json"
+    path.unlink()
+    return path
+
+
+def deleted_rows(store):
+    path = store / "shards" / "shard-00000.jsonl"
+    path.unlink()
+    return path
+
+
+def truncated_label_values(store):
+    path = store / "labels" / "colorfulness" / "shard-00001.npy"
+    path.write_bytes(path.read_bytes()[:-6])
+    return path
+
+
+def deleted_label_values(store):
+    path = store / "labels" / "colorfulness" / "shard-00000.npy"
+    path.unlink()
+    return path
+
+
+def deleted_label_info(store):
+    path = store / "labels" / "colorfulness" / "label.json"
+    path.unlink()
+    return path
+
+
+DAMAGE = [corrupt_manifest, manifest_without_keys, manifest_not_an_object, manifest_with_a_bad_shard_entry,
+          deleted_tensors, truncated_tensors, foreign_tensors, deleted_commit_record, deleted_rows,
+          truncated_label_values, deleted_label_values, deleted_label_info]
+FIX = {"shards": "run the `lrm encode` command that made the store again", "labels": "lrm store drop-label",
+       "manifest.json": "encode the data again into a new folder"}
+
+
+def fix_for(path: Path) -> str:
+    return FIX[path.name] if path.name == "manifest.json" else FIX[path.parent.name if path.parent.name == "shards"
+                                                                  else "labels"]
+
+
+@pytest.mark.parametrize("damage", DAMAGE, ids=lambda d: d.__name__)
+def test_store_info_names_the_damaged_file(store, damage):
+    path = damage(store)
+    fails("store", "info", store, names=path, fix=fix_for(path))
+
+
+@pytest.mark.parametrize("damage", [deleted_commit_record, deleted_tensors, corrupt_manifest],
+                         ids=lambda d: d.__name__)
+def test_drop_label_and_label_refuse_a_damaged_store_without_shrinking_it(store, damage):
+    path = damage(store)
+    manifest = (store / "manifest.json").read_text()
+    fails("store", "drop-label", store, "colorfulness", names=path, fix=fix_for(path))
+    fails("label", store, "sharpness", "--quiet", names=path, fix=fix_for(path))
+    assert (store / "manifest.json").read_text() == manifest  # nothing rebuilt from what is left
+
+
+@pytest.mark.parametrize("damage", [corrupt_manifest, truncated_tensors, deleted_rows], ids=lambda d: d.__name__)
+def test_fit_and_report_refuse_a_damaged_store(store, base_run, damage, tmp_path):
+    path = damage(store)
+    fails("fit", "colorfulness", "--store", store, "--out", tmp_path / "r", "--quiet", names=path, fix=fix_for(path))
+    fails("report", base_run, "--store", store, "--out", tmp_path / "e", names=path, fix=fix_for(path))
+
+
+def test_following_the_fix_for_a_damaged_shard_restores_the_store(base, store):
+    from lrm.datasets.store import LatentStore
+
+    path = truncated_tensors(store)
+    line = fails("store", "info", store, names=path, fix=FIX["shards"])
+    assert f"remove {store / 'shards' / 'shard-00001'}.*" in line
+    for leftover in (store / "shards").glob("shard-00001.*"):
+        leftover.unlink()
+    run(*ENCODE_BASE, "--out", store, code=0)  # the command that made the store, again
+    run("store", "info", store, code=0)
+    torch.testing.assert_close(LatentStore.open(store).latents(range(8)), LatentStore.open(base).latents(range(8)))
+    np.testing.assert_array_equal(LatentStore.open(store).label("colorfulness"),
+                                  LatentStore.open(base).label("colorfulness"))
+
+
+def test_following_the_fix_for_a_damaged_label_restores_the_column(base, store):
+    from lrm.datasets.store import LatentStore
+
+    path = truncated_label_values(store)
+    fails("store", "info", store, names=path, fix=f"lrm store drop-label {store} colorfulness")
+    run("store", "drop-label", store, "colorfulness", code=0)  # the damage is inside the column it drops
+    run("label", store, "colorfulness", "--quiet", code=0)
+    # the same reward on the same pixels; only summation order may differ between batchings (float32 rounding)
+    np.testing.assert_allclose(LatentStore.open(store).label("colorfulness"),
+                               LatentStore.open(base).label("colorfulness"), rtol=1e-5)
+
+
+def test_store_info_on_a_missing_store(tmp_path):
+    fails("store", "info", tmp_path / "nowhere", names="manifest.json is missing", fix="lrm encode DATA --out STORE")
+
+
+def test_store_of_another_format_version(store):
+    path = store / "manifest.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "format_version": 99}))
+    fails("store", "info", store, names="format version 99", fix="Re-encode it")
+
+
+def test_rows_file_with_a_line_missing(store):
+    path = store / "shards" / "shard-00000.jsonl"
+    path.write_text("".join(path.read_text().splitlines(keepends=True)[:-1]))
+    fails("store", "info", store, names=path, fix=FIX["shards"])
+
+
+def test_rows_file_that_is_not_json(store):
+    path = store / "shards" / "shard-00001.jsonl"
+    path.write_bytes(b"\x00\xff garbage\n" * 4)
+    fails("store", "info", store, names=path, fix=FIX["shards"])
+
+
+@pytest.mark.parametrize("relative", ["labels/colorfulness/label.json", "labels/colorfulness/shard-00001.json",
+                                      "shards/shard-00000.json"])
+def test_a_json_record_cut_short_is_named_when_the_store_is_rebuilt(store, relative):
+    path = store / relative
+    path.write_text(path.read_text()[:10])
+    fails("label", store, "sharpness", "--quiet", names=path, fix=fix_for(path))
+
+
+def test_fit_on_a_store_whose_label_record_is_damaged(store, tmp_path):
+    path = store / "labels" / "colorfulness" / "label.json"
+    path.write_bytes(b"\xff\xfe")
+    fails("fit", "colorfulness", "--store", store, "--out", tmp_path / "r", "--quiet", names=path,
+          fix="lrm store drop-label")
+
+
+def test_drop_label_of_a_column_the_store_lacks(store):
+    fails("store", "drop-label", store, "colourfulness", names="'colourfulness'", fix="nothing was removed")
+
+
+def test_label_with_unknown_pixels(store):
+    run("label", store, "sharpness", "--pixels", "raw", code=2)
+
+
+# ---------------------------------------------------------------------------------------------
+# damaged runs: predict and report name the file
+# ---------------------------------------------------------------------------------------------
+
+def truncated_weights(run_dir):
+    path = run_dir / "model" / "model.safetensors"
+    path.write_bytes(path.read_bytes()[:1000])
+    return path, "cannot be read as safetensors"
+
+
+def foreign_weights(run_dir):
+    from safetensors.torch import save_file
+
+    path = run_dir / "model" / "model.safetensors"
+    save_file({"encoder.weight": torch.zeros(3, 3)}, path)
+    return path, "does not hold the weights of this image-cnn surrogate"
+
+
+def corrupt_config(run_dir):
+    path = run_dir / "model" / "config.json"
+    path.write_text(path.read_text()[:-30])
+    return path, "not valid JSON"
+
+
+def config_without_keys(run_dir):
+    path = run_dir / "model" / "config.json"
+    config = json.loads(path.read_text())
+    del config["in_channels"]
+    path.write_text(json.dumps(config))
+    return path, "lacks in_channels"
+
+
+def missing_model(run_dir):
+    shutil.rmtree(run_dir / "model")
+    return run_dir / "model" / "config.json", "not found"
+
+
+def nan_weights(run_dir):
+    from safetensors.torch import load_file, save_file
+
+    path = run_dir / "model" / "model.safetensors"
+    weights = load_file(path)
+    name = next(k for k, v in weights.items() if v.is_floating_point())
+    weights[name] = torch.full_like(weights[name], float("nan"))
+    save_file(weights, path)
+    return path, "holds NaN or infinite values"
+
+
+RUN_DAMAGE = [truncated_weights, foreign_weights, corrupt_config, config_without_keys, missing_model, nan_weights]
+
+
+@pytest.mark.parametrize("damage", RUN_DAMAGE, ids=lambda d: d.__name__)
+def test_predict_names_the_damaged_run_file(damaged_run, media, damage):
+    path, problem = damage(damaged_run)
+    fails("predict", damaged_run, media, names=path, fix=problem)
+
+
+@pytest.mark.parametrize("damage", [truncated_weights, corrupt_config], ids=lambda d: d.__name__)
+def test_report_names_the_damaged_run_file(damaged_run, base, damage, tmp_path):
+    path, problem = damage(damaged_run)
+    fails("report", damaged_run, "--store", base, "--out", tmp_path / "e", names=path, fix=problem)
+
+
+def test_a_run_saved_with_a_preset_this_lrm_lacks(damaged_run, media):
+    path = damaged_run / "model" / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "preset": "patch-gaussian-retired"}))
+    fails("predict", damaged_run, media, names="patch-gaussian-retired", fix="image-cnn")
+
+
+def test_report_on_a_column_that_is_all_nan(store, base_run, tmp_path):
+    for path in (store / "labels" / "colorfulness").glob("*.npy"):
+        np.save(path, np.full(4, np.nan, np.float32))
+    fails("report", base_run, "--store", store, "--out", tmp_path / "e", names="column 'colorfulness'",
+          fix=f"lrm store drop-label {store} colorfulness")
+
+
+def test_predict_with_a_bad_output_suffix(base_run, media, tmp_path):
+    fails("predict", base_run, media, "--out", tmp_path / "scores.txt", names="scores.txt", fix=".csv or .json")
