@@ -162,6 +162,22 @@ def damaged_run(base_run, tmp_path) -> Path:
     return Path(shutil.copytree(base_run, tmp_path / "run"))
 
 
+@pytest.fixture(scope="module")
+def fitted_run(base, tmp_path_factory) -> Path:
+    """A real `lrm fit` run (config.json, its own store, a 2-step surrogate): what `lrm report` judges. Fitted on
+    a copy of the base store, so that the base store and its copies are other stores to report on."""
+    folder = tmp_path_factory.mktemp("fitted")
+    own = Path(shutil.copytree(base, folder / "store"))
+    run("fit", "colorfulness", "--store", own, "--steps", 2, "--batch-size", 4, "--out", folder / "run", "--quiet",
+        code=0)
+    return folder / "run"
+
+
+@pytest.fixture()
+def damaged_fitted_run(fitted_run, tmp_path) -> Path:
+    return Path(shutil.copytree(fitted_run, tmp_path / "run"))
+
+
 def non_utf8_prompts(tmp_path) -> Path:
     path = tmp_path / "prompts.txt"
     path.write_bytes("a caf\u00e9\nthe sea\n".encode("latin-1"))
@@ -604,10 +620,10 @@ def test_drop_label_and_label_refuse_a_damaged_store_without_shrinking_it(store,
 
 
 @pytest.mark.parametrize("damage", [corrupt_manifest, truncated_tensors, deleted_rows], ids=lambda d: d.__name__)
-def test_fit_and_report_refuse_a_damaged_store(store, base_run, damage, tmp_path):
+def test_fit_and_report_refuse_a_damaged_store(store, fitted_run, damage, tmp_path):
     path = damage(store)
     fails("fit", "colorfulness", "--store", store, "--out", tmp_path / "r", "--quiet", names=path, fix=fix_for(path))
-    fails("report", base_run, "--store", store, "--out", tmp_path / "e", names=path, fix=fix_for(path))
+    fails("report", fitted_run, "--store", store, "--out", tmp_path / "e", names=path, fix=fix_for(path))
 
 
 def test_following_the_fix_for_a_damaged_shard_restores_the_store(base, store):
@@ -740,9 +756,9 @@ def test_predict_names_the_damaged_run_file(damaged_run, media, damage):
 
 
 @pytest.mark.parametrize("damage", [truncated_weights, corrupt_config], ids=lambda d: d.__name__)
-def test_report_names_the_damaged_run_file(damaged_run, base, damage, tmp_path):
-    path, problem = damage(damaged_run)
-    fails("report", damaged_run, "--store", base, "--out", tmp_path / "e", names=path, fix=problem)
+def test_report_names_the_damaged_run_file(damaged_fitted_run, base, damage, tmp_path):
+    path, problem = damage(damaged_fitted_run)
+    fails("report", damaged_fitted_run, "--store", base, "--out", tmp_path / "e", names=path, fix=problem)
 
 
 def test_a_run_saved_with_a_preset_this_lrm_lacks(damaged_run, media):
@@ -751,10 +767,10 @@ def test_a_run_saved_with_a_preset_this_lrm_lacks(damaged_run, media):
     fails("predict", damaged_run, media, names="patch-gaussian-retired", fix="image-cnn")
 
 
-def test_report_on_a_column_that_is_all_nan(store, base_run, tmp_path):
+def test_report_on_a_column_that_is_all_nan(store, fitted_run, tmp_path):
     for path in (store / "labels" / "colorfulness").glob("*.npy"):
         np.save(path, np.full(4, np.nan, np.float32))
-    fails("report", base_run, "--store", store, "--out", tmp_path / "e", names="column 'colorfulness'",
+    fails("report", fitted_run, "--store", store, "--out", tmp_path / "e", names="column 'colorfulness'",
           fix=f"lrm store drop-label {store} colorfulness")
 
 
