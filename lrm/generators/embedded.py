@@ -1,0 +1,91 @@
+"""The embedded-default teachers: lrm's DiT trained on procedural captioned clips in the dct latent space.
+
+    run = embedded_teacher()              # image teacher; trains it (~12 min on a 2-core CPU) if not cached
+    model = load_denoiser(run / "model")
+    run = embedded_teacher(video=True)    # 8-frame clips with motion
+
+Each entry of EMBEDDED fixes the store (procedural clips, dct codec, all-MiniLM-L6-v2 tokens) and the
+training settings. Sizes chosen for the 15-minute CPU budget (measured on one thread of this project's
+2-core CPU, batch 32 unless said): dit-s on 8x8 latents (64 px) 0.34 s/step; on 16x16 latents (128 px)
+0.71 s/step; 8-frame 64-px clips at batch 16 0.72 s/step (128-px clips: 3.1 s/step, too slow). 64 px
+gives twice the steps of 128 px in the same time, which matters more to a small teacher than the
+alignment ceiling it gives up (0.92 / 0.78 colour / shape on real 64-px frames vs 0.94 / 0.85 at 128 px).
+
+The run folder lives under the cache, `$LRM_CACHE/teachers/<name>` (default ~/.cache/lrm/teachers), with
+<name> = "<kind>-<preset>-<size>px-<hash of the store and training settings>", so that changing a
+setting trains a new teacher instead of reusing a stale one; the store is written inside it. A run
+that was interrupted resumes from its newest checkpoint (store encoding resumes per shard).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from lrm.datasets.build import EncodeConfig
+from lrm.generators.training import TeacherConfig, is_finished, training_settings
+
+CACHE_ENV = "LRM_CACHE"
+TEXT_ENCODER = "minilm-l6-v2"  # the embedded default's text encoder (DESIGN.md)
+TEXT_LENGTH = 32  # tokens kept per caption: procedural captions take at most 29 MiniLM tokens
+
+
+@dataclass(frozen=True)
+class EmbeddedTeacher:
+    store: EncodeConfig  # the procedural store it trains on
+    teacher: TeacherConfig  # its training settings
+
+
+EMBEDDED: dict[str, EmbeddedTeacher] = {
+    # 2,048 images of 64 px (8x8x32 latents): ~80 s to encode; 1,500 steps of 32 = 23 epochs
+    "image": EmbeddedTeacher(
+        EncodeConfig("procedural:2048", codec="dct", frames=1, size=64, text=TEXT_ENCODER, text_length=TEXT_LENGTH),
+        TeacherConfig()),
+    # 1,024 clips of 8 frames at 64 px (8x8x8x32 latents), moving shapes; batch 16, 800 steps at ~0.72 s
+    "video": EmbeddedTeacher(
+        EncodeConfig("procedural:1024", codec="dct", frames=8, size=64, text=TEXT_ENCODER, text_length=TEXT_LENGTH),
+        TeacherConfig(steps=800, batch_size=16, checkpoint_every=80)),
+}
+
+
+def cache_root() -> Path:
+    """$LRM_CACHE, else ~/.cache/lrm."""
+    return Path(os.environ.get(CACHE_ENV) or "~/.cache/lrm").expanduser()
+
+
+def embedded_name(kind: str, entry: EmbeddedTeacher) -> str:
+    """<kind>-<preset>-<size>px-<8 hex of the store and training settings>."""
+    settings = {"store": json.loads(json.dumps(asdict(replace(entry.store, device="cpu")))),
+                "teacher": training_settings(entry.teacher)}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+    return f"{kind}-{entry.teacher.preset}-{entry.store.size}px-{digest}"
+
+
+def embedded_run_dir(video: bool = False) -> Path:
+    kind = "video" if video else "image"
+    return cache_root() / "teachers" / embedded_name(kind, EMBEDDED[kind])
+
+
+def embedded_teacher(video: bool = False, train_if_missing: bool = True, progress: bool = False,
+                     device: str = "cpu") -> Path:
+    """The run folder of the embedded-default teacher (its model in RUN/model), training or resuming it
+    when it is not finished; with train_if_missing=False a missing teacher is a FileNotFoundError naming
+    the command that trains it."""
+    from lrm.datasets.build import encode
+    from lrm.generators.training import train_teacher
+
+    kind = "video" if video else "image"
+    entry = EMBEDDED[kind]
+    run = embedded_run_dir(video)
+    if is_finished(run, entry.teacher):
+        return run
+    if not train_if_missing:
+        flag = " --video" if video else ""
+        raise FileNotFoundError(f"the embedded {kind} teacher is not trained yet ({run}); train it with "
+                                f"`lrm teacher train{flag}` (about 12 minutes on a CPU)")
+    store = encode(replace(entry.store, device=device), run / "store", progress=progress)
+    train_teacher(store, replace(entry.teacher, device=device), run, resume=True, progress=progress)
+    return run
