@@ -13,8 +13,9 @@ alignment ceiling it gives up (0.92 / 0.78 colour / shape on real 64-px frames v
 
 The run folder lives under the cache, `$LRM_CACHE/teachers/<name>` (default ~/.cache/lrm/teachers), with
 <name> = "<kind>-<preset>-<size>px-<hash of the store and training settings>", so that changing a
-setting trains a new teacher instead of reusing a stale one; the store is written inside it. A run
-that was interrupted resumes from its newest checkpoint (store encoding resumes per shard).
+setting trains a new teacher instead of reusing a stale one; the store goes to
+`$LRM_CACHE/stores/<kind>-<size>px-<hash of its settings>`, shared by teachers of other training settings.
+A run that was interrupted resumes from its newest checkpoint (store encoding resumes per shard).
 """
 
 from __future__ import annotations
@@ -56,17 +57,35 @@ def cache_root() -> Path:
     return Path(os.environ.get(CACHE_ENV) or "~/.cache/lrm").expanduser()
 
 
-def embedded_name(kind: str, entry: EmbeddedTeacher) -> str:
-    """<kind>-<preset>-<size>px-<8 hex of the store and training settings>."""
-    settings = {"store": json.loads(json.dumps(asdict(replace(entry.store, device="cpu")))),
-                "teacher": training_settings(entry.teacher)}
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
-    return f"{kind}-{entry.teacher.preset}-{entry.store.size}px-{digest}"
+def _digest(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def _store_settings(entry: EmbeddedTeacher) -> dict:
+    return json.loads(json.dumps(asdict(replace(entry.store, device="cpu"))))  # the device changes no latent
 
 
 def embedded_run_dir(video: bool = False) -> Path:
+    """$LRM_CACHE/teachers/<kind>-<preset>-<size>px-<8 hex of the store and training settings>."""
     kind = "video" if video else "image"
-    return cache_root() / "teachers" / embedded_name(kind, EMBEDDED[kind])
+    entry = EMBEDDED[kind]
+    digest = _digest({"store": _store_settings(entry), "teacher": training_settings(entry.teacher)})
+    return cache_root() / "teachers" / f"{kind}-{entry.teacher.preset}-{entry.store.size}px-{digest}"
+
+
+def embedded_store_dir(video: bool = False) -> Path:
+    """$LRM_CACHE/stores/<kind>-<size>px-<8 hex of the store settings>."""
+    kind = "video" if video else "image"
+    entry = EMBEDDED[kind]
+    return cache_root() / "stores" / f"{kind}-{entry.store.size}px-{_digest(_store_settings(entry))}"
+
+
+def embedded_store(video: bool = False, progress: bool = False, device: str = "cpu"):
+    """The embedded default's procedural store (a LatentStore), encoded on first use (resumes per shard)."""
+    from lrm.datasets.build import encode
+
+    entry = EMBEDDED["video" if video else "image"]
+    return encode(replace(entry.store, device=device), embedded_store_dir(video), progress=progress)
 
 
 def embedded_teacher(video: bool = False, train_if_missing: bool = True, progress: bool = False,
@@ -74,7 +93,6 @@ def embedded_teacher(video: bool = False, train_if_missing: bool = True, progres
     """The run folder of the embedded-default teacher (its model in RUN/model), training or resuming it
     when it is not finished; with train_if_missing=False a missing teacher is a FileNotFoundError naming
     the command that trains it."""
-    from lrm.datasets.build import encode
     from lrm.generators.training import train_teacher
 
     kind = "video" if video else "image"
@@ -86,6 +104,6 @@ def embedded_teacher(video: bool = False, train_if_missing: bool = True, progres
         flag = " --video" if video else ""
         raise FileNotFoundError(f"the embedded {kind} teacher is not trained yet ({run}); train it with "
                                 f"`lrm teacher train{flag}` (about 12 minutes on a CPU)")
-    store = encode(replace(entry.store, device=device), run / "store", progress=progress)
+    store = embedded_store(video, progress, device)
     train_teacher(store, replace(entry.teacher, device=device), run, resume=True, progress=progress)
     return run

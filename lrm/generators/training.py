@@ -235,19 +235,19 @@ def _prepare_out_dir(out_dir: Path, resolved: dict) -> None:
     atomic_write_json(path, resolved)
 
 
-def check_store(store, frames: int | None = None) -> None:
-    """A store a teacher can train on: text embeddings present and, with `frames`, clips of that many
-    latent frames (1: images). One-line ValueError with the fix otherwise."""
+def check_store(store, video: bool | None = None) -> None:
+    """A store a teacher can train on: text embeddings present and, with `video` given, clips (True) or
+    images (False). One-line ValueError with the fix otherwise."""
     if store.text_encoder_id is None:
         raise ValueError(f"store {store.path} has no text embeddings; a teacher learns from prompts: encode it with "
                          "a text encoder (lrm encode DATA --text minilm-l6-v2 --out STORE)")
     if len(store) < 1:
         raise ValueError(f"store {store.path} holds no rows")
-    if frames is not None and store.latent_shape[0] != frames:
-        kind = "images" if store.latent_shape[0] == 1 else f"{store.latent_shape[0]}-frame clips"
-        want = "an image store (frames = 1)" if frames == 1 else f"a store of {frames}-frame clips"
-        raise ValueError(f"store {store.path} holds {kind}, but this teacher needs {want}; "
-                         "pass a matching store (or drop/add --video)")
+    frames = store.latent_shape[0]
+    if video is not None and video != (frames > 1):
+        held = "images" if frames == 1 else f"{frames}-frame clips"
+        fix = "add --video for a video teacher" if frames > 1 else "drop --video, or pass a store of clips"
+        raise ValueError(f"store {store.path} holds {held}, not {'clips' if video else 'images'}: {fix}")
 
 
 # ---------------------------------------------------------------- training
