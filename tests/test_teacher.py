@@ -21,7 +21,7 @@ from lrm.diffusion.parameterisations import training_target
 from lrm.diffusion.schedules import schedule_from_config
 from lrm.generators import DenoiserMismatchError, build_dit, load_denoiser
 from lrm.generators.training import (TeacherConfig, denoising_batch, drop_text, ema_decay, learning_rate,
-                                     snapshot_path, snapshot_steps, train_teacher)
+                                     sample_latents, snapshot_path, snapshot_steps, train_teacher)
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = TeacherConfig(preset="dit-xs", steps=20, batch_size=8, warmup_steps=5, log_every=5, checkpoint_every=10,
@@ -97,6 +97,18 @@ def test_resume_equals_the_uninterrupted_run(store, trained, tmp_path):
     strip = lambda lines: [{k: v for k, v in json.loads(x).items() if k != "elapsed_s"} for x in lines]  # noqa: E731
     assert strip((out / "metrics.jsonl").read_text().splitlines()) == strip(
         (uninterrupted / "metrics.jsonl").read_text().splitlines())
+
+
+def test_a_video_teacher_trains_on_clips_and_samples_them(tmp_path):
+    clips = encode(EncodeConfig("procedural:4", frames=4, size=32, text="minilm-l6-v2", text_length=32),
+                   tmp_path / "clips", progress=False)
+    result = train_teacher(clips, replace(TINY, steps=2, batch_size=2, snapshots=0, report_samples=1), tmp_path / "run")
+    assert result.model.frames == 4 and result.model.temporal
+    text, mask = clips.text_embeddings([0])
+    x = sample_latents(result.model, text, mask, tuple(clips.latent_shape), guidance=2.0, steps=3, seed=0)
+    assert x.shape == (1, 4, 32, 4, 4) and torch.isfinite(x).all()
+    assert torch.equal(x, sample_latents(result.model, text, mask, tuple(clips.latent_shape), 2.0, 3, seed=0))
+    assert (tmp_path / "run" / "figures" / "samples.png").exists()
 
 
 def test_resume_with_other_settings_is_refused(store, trained):
