@@ -207,12 +207,15 @@ def test_cli_trains_on_a_store_and_prints_where(store, tmp_path):
 
 
 def test_cli_embedded_dry_run_uses_the_cache(tmp_path, monkeypatch):
+    from lrm.generators import embedded
+
     monkeypatch.setenv("LRM_CACHE", str(tmp_path))
     result = runner.invoke(cli_app(), ["teacher", "train", "--video", "--dry-run"])
     assert result.exit_code == 0, result.output
     plan = json.loads(result.output)
     assert plan["embedded"] and plan["run"].startswith(str(tmp_path / "teachers" / "video-dit-s-64px-"))
-    assert plan["teacher"]["steps"] == 800 and plan["teacher"]["batch_size"] == 16
+    video = embedded.EMBEDDED["video"].teacher
+    assert plan["teacher"]["steps"] == video.steps and plan["teacher"]["batch_size"] == video.batch_size == 16
 
 
 def test_cli_bad_input_is_one_line(store, tmp_path):

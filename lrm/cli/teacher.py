@@ -82,7 +82,7 @@ def train(
     """Train lrm's latent DiT teacher (conjugate-v, DOLLAR Eq. 13) with CFG dropout, EMA and checkpoints.
 
     Without --store or --data it trains the embedded default on procedural captioned images (or clips
-    with --video) in the dct latent space, about 12 minutes on a 2-core CPU, cached so that later
+    with --video) in the dct latent space, 9 to 13 minutes on a 2-core CPU, cached so that later
     commands reuse it. Writes RUN/model (the EMA teacher), RUN/report.html, RUN/metrics.jsonl and
     RUN/checkpoints; re-running resumes. Under torchrun it trains with DDP.
 

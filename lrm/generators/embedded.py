@@ -1,15 +1,20 @@
 """The embedded-default teachers: lrm's DiT trained on procedural captioned clips in the dct latent space.
 
-    run = embedded_teacher()              # image teacher; trains it (~12 min on a 2-core CPU) if not cached
+    run = embedded_teacher()              # image teacher; trains it (~9 min on a 2-core CPU) if not cached
     model = load_denoiser(run / "model")
     run = embedded_teacher(video=True)    # 8-frame clips with motion
 
 Each entry of EMBEDDED fixes the store (procedural clips, dct codec, all-MiniLM-L6-v2 tokens) and the
-training settings. Sizes chosen for the 15-minute CPU budget (measured on one thread of this project's
-2-core CPU, batch 32 unless said): dit-s on 8x8 latents (64 px) 0.34 s/step; on 16x16 latents (128 px)
-0.71 s/step; 8-frame 64-px clips at batch 16 0.72 s/step (128-px clips: 3.1 s/step, too slow). 64 px
-gives twice the steps of 128 px in the same time, which matters more to a small teacher than the
-alignment ceiling it gives up (0.92 / 0.78 colour / shape on real 64-px frames vs 0.94 / 0.85 at 128 px).
+training settings, chosen for the 15-minute budget on this project's 2-core CPU (one torch thread, the
+CPU shared with other jobs). Per-step costs measured first: dit-s at batch 32 on 8x8 latents (64 px)
+0.34 s; on 16x16 latents (128 px) 0.71 s; dit-xs on 8x8 latents 0.044 s; 8-frame 64-px clips at batch 16
+0.47 s (128-px clips: 3.1 s at dit-s, too slow). 64 px gives twice the steps of 128 px in the same time, which a
+small teacher needs more than the alignment ceiling it gives up (0.92 / 0.78 colour / shape on real 64-px
+frames vs 0.94 / 0.85 at 128 px); dit-xs, at 3,000 steps in 2 minutes, reached a higher loss (2.46 vs
+2.09) and no better alignment than dit-s at 1,500. Measured end to end (benchmarks/teacher.py,
+docs/teacher.md): the image teacher takes 528 s (store 38 s, 1,500 steps 474 s, report 11 s), peak RSS
+1.3 GB. The video teacher's full run was not timed: 1,024 clips encode in ~35 s, 1,400 steps at 0.47 s
+make ~11 minutes.
 
 The run folder lives under the cache, `$LRM_CACHE/teachers/<name>` (default ~/.cache/lrm/teachers), with
 <name> = "<kind>-<preset>-<size>px-<hash of the store and training settings>", so that changing a
@@ -41,14 +46,14 @@ class EmbeddedTeacher:
 
 
 EMBEDDED: dict[str, EmbeddedTeacher] = {
-    # 2,048 images of 64 px (8x8x32 latents): ~80 s to encode; 1,500 steps of 32 = 23 epochs
+    # 2,048 images of 64 px (8x8x32 latents): 38 s to encode; 1,500 steps of 32 = 23 epochs
     "image": EmbeddedTeacher(
         EncodeConfig("procedural:2048", codec="dct", frames=1, size=64, text=TEXT_ENCODER, text_length=TEXT_LENGTH),
         TeacherConfig()),
-    # 1,024 clips of 8 frames at 64 px (8x8x8x32 latents), moving shapes; batch 16, 800 steps at ~0.72 s
+    # 1,024 clips of 8 frames at 64 px (8x8x8x32 latents), moving shapes; 1,400 steps of 16 at ~0.47 s
     "video": EmbeddedTeacher(
         EncodeConfig("procedural:1024", codec="dct", frames=8, size=64, text=TEXT_ENCODER, text_length=TEXT_LENGTH),
-        TeacherConfig(steps=800, batch_size=16, checkpoint_every=80)),
+        TeacherConfig(steps=1400, batch_size=16, checkpoint_every=140)),
 }
 
 
@@ -103,7 +108,7 @@ def embedded_teacher(video: bool = False, train_if_missing: bool = True, progres
     if not train_if_missing:
         flag = " --video" if video else ""
         raise FileNotFoundError(f"the embedded {kind} teacher is not trained yet ({run}); train it with "
-                                f"`lrm teacher train{flag}` (about 12 minutes on a CPU)")
+                                f"`lrm teacher train{flag}` (10-15 minutes on a 2-core CPU)")
     store = embedded_store(video, progress, device)
     train_teacher(store, replace(entry.teacher, device=device), run, resume=True, progress=progress)
     return run
