@@ -181,6 +181,27 @@ def test_embedded_teacher_is_cached_by_settings(tmp_path, monkeypatch):
     assert embedded.embedded_run_dir() == run  # logging and checkpoint cadence do not change the weights
 
 
+def test_embedded_teacher_trains_once_then_reuses_or_resumes(tmp_path, monkeypatch):
+    from lrm.generators import embedded
+
+    monkeypatch.setenv("LRM_CACHE", str(tmp_path))
+    tiny = embedded.EmbeddedTeacher(EncodeConfig("procedural:8", frames=1, size=32, text="minilm-l6-v2",
+                                                 text_length=32), replace(TINY, steps=4, checkpoint_every=2))
+    monkeypatch.setitem(embedded.EMBEDDED, "image", tiny)
+    run = embedded.embedded_teacher()
+    assert run == embedded.embedded_run_dir() and load_denoiser(run / "model").preset == "dit-xs"
+    assert (embedded.embedded_store_dir() / "manifest.json").exists()
+    saved = (run / "model" / "model.safetensors").stat().st_mtime_ns
+    assert embedded.embedded_teacher(train_if_missing=False) == run  # cached: nothing retrained
+    assert (run / "model" / "model.safetensors").stat().st_mtime_ns == saved
+    # a cached teacher killed after its step-2 checkpoint resumes from it
+    for path in [run / "checkpoints" / "step-0000004.json", run / "model" / "config.json"]:
+        path.unlink()
+    assert embedded.embedded_teacher() == run
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [4] and (run / "model" / "config.json").exists()
+
+
 # ---------------------------------------------------------------- CLI
 
 def cli_app() -> typer.Typer:

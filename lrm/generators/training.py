@@ -57,7 +57,7 @@ MODEL_DIR = "model"
 
 @dataclass
 class TeacherConfig:
-    preset: str = "dit-s"  # DiT size, a key of lrm.generators.DIT_PRESETS (dit-s: 2.7M params, ~0.35 s/step on a CPU thread at 8x8 latents)
+    preset: str = "dit-s"  # DiT size, a key of DIT_PRESETS (dit-s: 2.7M params, 0.34 s/step on a CPU thread at 8x8)
     steps: int = 1500  # optimizer steps; the embedded default's fit to the 15-minute CPU budget
     batch_size: int = 32  # global batch (split across DDP ranks); capped at the store's size
     lr: float = 1e-3  # AdamW learning rate after warm-up (high for short runs; the EMA smooths it)
@@ -94,7 +94,7 @@ class TeacherResult:
     history: list[dict]  # every metrics.jsonl record
     steps: int  # optimizer steps done
     seconds: float  # training wall time, summed over resumes
-    paths: dict[str, Path] = field(default_factory=dict)  # out_dir, config, metrics, checkpoints, snapshots, model, report
+    paths: dict[str, Path] = field(default_factory=dict)  # what the run wrote: out_dir, model, report, ...
 
 
 def check_config(config: TeacherConfig) -> None:
