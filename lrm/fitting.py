@@ -267,7 +267,7 @@ def latest_checkpoint(folder: Path) -> tuple[Path, Path] | None:
     return None
 
 
-def _save_checkpoint(folder: Path, step: int, model: nn.Module, best_state: dict, optimizer, state: dict,
+def save_checkpoint(folder: Path, step: int, model: nn.Module, best_state: dict, optimizer, state: dict,
                      keep: int) -> None:
     from safetensors.torch import save
 
@@ -297,7 +297,7 @@ def load_checkpoint(tensors_path: Path, record_path: Path) -> tuple[dict, dict, 
 
 # ---------------------------------------------------------------- distributed
 
-def _mean_across_ranks(values: list[float]) -> float:
+def mean_across_ranks(values: list[float]) -> float:
     total = torch.tensor([sum(values), float(len(values))], dtype=torch.float64)
     if distributed.world_size() > 1:
         torch.distributed.all_reduce(total)
@@ -657,7 +657,7 @@ def _checkpoint(fit: _Fit, state: _State) -> None:
     record = {"history": state.history, "bad_evals": state.bad_evals, "stopped_early": state.stopped_early,
               "best": {**best, "spearman": best["spearman"] if math.isfinite(best["spearman"]) else None},
               "model_extra": fit.model.info.extra}
-    _save_checkpoint(fit.checkpoints, state.step, fit.model, state.best_state, fit.optimizer, record,
+    save_checkpoint(fit.checkpoints, state.step, fit.model, state.best_state, fit.optimizer, record,
                      fit.config.keep_checkpoints)
 
 
@@ -676,7 +676,7 @@ def _train(fit: _Fit, state: _State, progress: bool) -> None:
         losses.append(loss)
         last = state.step == config.steps
         if state.step % config.log_every == 0 or last:
-            _record(fit, state, {"step": state.step, "split": "train", "loss": _mean_across_ranks(losses), "lr": lr,
+            _record(fit, state, {"step": state.step, "split": "train", "loss": mean_across_ranks(losses), "lr": lr,
                                  "elapsed_s": round(time.perf_counter() - started, 3)})
             shown["loss"] = f"{state.history[-1]['loss']:.3g}"
             losses = []

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from lrm.diffusion.schedules import Schedule, schedule_from_config
 from lrm.models.timestep import sinusoidal_embedding
 
 DEFAULT_PREDICTION = "conjugate-v"  # DOLLAR Eq. 13: the network regresses x0 - eps
@@ -214,6 +215,11 @@ class LatentDiT(nn.Module):
     @property
     def temporal(self) -> bool:
         return self.frames > 1
+
+    @property
+    def schedule(self) -> Schedule:
+        """The lrm.diffusion Schedule of `schedule_config` (DESIGN.md: a denoiser has its schedule)."""
+        return schedule_from_config(self.schedule_config)
 
     def dimensions(self) -> dict:
         """The constructor's arguments (what config.json records to rebuild the model)."""

@@ -1,0 +1,186 @@
+"""The embedded-default teacher: training cost, and sample quality next to an untrained model and to the
+same run at 10% of its training.
+
+Trains (or, when already cached, reuses) `lrm.generators.embedded_teacher()` and records the wall time of
+encoding the store and of training, and the process's peak resident memory. Then samples, with the
+teacher's 50-step DDIM grid at CFG 4, prompts the teacher never saw (procedural captions of seed 1):
+  untrained   the same DiT at initialisation (outputs 0: its samples are x_T / (alpha + sigma) pushed to x0)
+  10%         the EMA snapshot of the same run at 10% of its steps (snapshots/)
+  teacher     the finished EMA teacher, also at CFG 1 and 7.5
+and measures
+  FD          Frechet distance of pooled latent statistics (lrm.evaluation.latent_frechet_distance) to real
+              held-out procedural latents; "real" is a second real set, the floor
+  alignment   colour / shape named by the caption, read from decoded pixels (lrm.evaluation.alignment);
+              "real" is the real images with their captions (the ceiling), "shuffled" with others' captions
+  Vendi       per-prompt Vendi of pixel features (DOLLAR Eq. 27), 4 seeds per prompt (range 1..4)
+Writes benchmarks/results/teacher.json, benchmarks/results/teacher_grid.png and prints a table.
+
+    LRM_CACHE=/tmp/lrm-bench OMP_NUM_THREADS=1 python benchmarks/teacher.py   # fresh cache: trains from scratch
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lrm.datasets.encoding import EncodeConfig, encode
+from lrm.datasets.store import LatentStore
+from lrm.evaluation import alignment, diversity, latent_frechet_distance, pixel_features
+from lrm.generators import build_dit, load_denoiser
+from lrm.generators.embedded import EMBEDDED, embedded_run_dir, embedded_teacher
+from lrm.generators.training import sample_latents, snapshot_path, snapshot_steps
+from lrm.io import atomic_write_bytes, atomic_write_json
+
+RESULTS = Path(__file__).resolve().parent / "results"
+EVAL_SEED = 1  # procedural seed of the held-out prompts and real latents (the teacher trains on seed 0)
+GRID_PROMPTS = 6
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def train(video: bool) -> dict:
+    """Train (or find) the embedded teacher; time its store and training stages, and the peak memory."""
+    run = embedded_run_dir(video)
+    cached = (run / "model" / "config.json").exists()
+    started = time.perf_counter()
+    embedded_teacher(video=video, progress=True)
+    total = time.perf_counter() - started
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train_s = history[-1]["elapsed_s"]
+    return {"run": str(run), "cached": cached, "total_s": round(total, 1), "train_s": train_s,
+            "store_and_report_s": round(total - train_s, 1) if not cached else None,
+            "peak_rss_mb": round(peak_rss_mb(), 1), "steps": history[-1]["step"],
+            "final_loss": history[-1]["loss"], "first_loss": history[0]["loss"],
+            "torch_threads": torch.get_num_threads()}
+
+
+def evaluate(name: str, model, prompts: list[str], text, mask, shape, guidance: float, seeds: int, reference,
+             codec) -> tuple[dict, torch.Tensor]:
+    """Sample `seeds` samples per prompt; FD, alignment and Vendi. Returns (metrics, decoded pixels)."""
+    started = time.perf_counter()
+    latents = torch.stack([sample_latents(model, text, mask, shape, guidance, 50, seed) for seed in range(seeds)], 1)
+    latents = latents.flatten(0, 1)  # (P * S, T, c, h, w), prompt-major
+    sample_s = time.perf_counter() - started
+    with torch.no_grad():
+        pixels = codec.decode(latents).clamp(0, 1)  # (N, T, 3, H, W)
+    captions = [p for p in prompts for _ in range(seeds)]
+    aligned = alignment(pixels, captions)
+    vendi = diversity(pixel_features(pixels), captions)
+    return {"model": name, "guidance": guidance, "samples": len(captions), "fd": latent_frechet_distance(latents, reference),
+            "color": aligned.color, "shape": aligned.shape, "vendi": vendi.mean, "vendi_std": vendi.std,
+            "sample_s": round(sample_s, 1)}, pixels
+
+
+def grid_png(rows: list[tuple[str, torch.Tensor]], prompts: list[str]) -> bytes:
+    """Columns: one per (label, pixels (P, 3, H, W)); rows: prompts."""
+    import textwrap
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lrm.reports.figures import _png
+
+    cols = len(rows)
+    fig, axes = plt.subplots(len(prompts), cols, figsize=(1.7 * cols + 2.4, 1.75 * len(prompts)), squeeze=False)
+    for r, prompt in enumerate(prompts):
+        for c, (label, pixels) in enumerate(rows):
+            ax = axes[r, c]
+            ax.imshow(pixels[r].permute(1, 2, 0).numpy(), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(label, fontsize=8)
+        axes[r, 0].set_ylabel("\n".join(textwrap.wrap(prompt, 30)[:4]), fontsize=5.5, rotation=0, ha="right",
+                              va="center")
+    return _png(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--video", action="store_true", help="the embedded video teacher instead of the image one")
+    parser.add_argument("--prompts", type=int, default=48, help="held-out prompts sampled (each with --seeds seeds)")
+    parser.add_argument("--seeds", type=int, default=4, help="samples per prompt (Vendi ranges 1..seeds)")
+    parser.add_argument("--reference", type=int, default=256, help="real held-out latents for FD")
+    parser.add_argument("--out", type=Path, default=RESULTS / "teacher.json")
+    args = parser.parse_args()
+
+    kind = "video" if args.video else "image"
+    entry = EMBEDDED[kind]
+    training = train(args.video)
+    print(json.dumps(training, indent=1), flush=True)
+    run = Path(training["run"])
+
+    # held-out real data: prompts, their token embeddings, and real latents (FD reference; floor; ceiling)
+    work = run.parent / f"eval-{run.name}"
+    count = max(args.prompts, 2 * args.reference)
+    held_out = encode(EncodeConfig(f"procedural:{count}", codec=entry.store.codec, frames=entry.store.frames,
+                                   size=entry.store.size, text=entry.store.text, text_length=entry.store.text_length,
+                                   seed=EVAL_SEED), work, progress=False)
+    prompt_rows = np.arange(args.prompts)
+    prompts = [held_out.prompts[i] for i in prompt_rows]
+    text, mask = held_out.text_embeddings(prompt_rows)
+    reference = held_out.latents(np.arange(count - args.reference, count))
+    second_real = held_out.latents(np.arange(args.reference))
+    shape = tuple(held_out.latent_shape)
+
+    from lrm.codecs import from_settings
+
+    codec = from_settings(held_out.codec_settings)
+    with torch.no_grad():
+        real_pixels = codec.decode(held_out.latents(prompt_rows)).clamp(0, 1)
+    shuffled = [prompts[(i + 1) % len(prompts)] for i in range(len(prompts))]
+    real_aligned, shuffled_aligned = alignment(real_pixels, prompts), alignment(real_pixels, shuffled)
+    rows = [{"model": "real (held-out, decoded)", "guidance": None, "samples": args.reference,
+             "fd": latent_frechet_distance(second_real, reference), "color": real_aligned.color,
+             "shape": real_aligned.shape, "vendi": None},
+            {"model": "real, shuffled captions", "guidance": None, "samples": args.prompts, "fd": None,
+             "color": shuffled_aligned.color, "shape": shuffled_aligned.shape, "vendi": None}]
+
+    teacher = load_denoiser(run / "model")
+    ten_percent = snapshot_steps(entry.teacher)[0]
+    early = load_denoiser(snapshot_path(run, ten_percent))
+    torch.manual_seed(entry.teacher.seed)
+    untrained = build_dit(entry.teacher.preset, shape[1], text.shape[-1], frames=shape[0]).eval()
+    grid = [("real", real_pixels[:GRID_PROMPTS, 0])]
+    for name, model, guidance in (("untrained", untrained, 4.0), (f"10% ({ten_percent} steps)", early, 4.0),
+                                  ("teacher", teacher, 4.0), ("teacher", teacher, 1.0), ("teacher", teacher, 7.5)):
+        metrics, pixels = evaluate(name, model, prompts, text, mask, shape, guidance, args.seeds, reference, codec)
+        rows.append(metrics)
+        print(json.dumps(metrics), flush=True)
+        if guidance == 4.0:
+            for seed in range(2):
+                grid.append((f"{name} s{seed}", pixels[seed::args.seeds][:GRID_PROMPTS, 0]))
+
+    result = {"kind": kind, "store": json.loads(json.dumps(entry.store.__dict__)),
+              "teacher": json.loads(json.dumps(entry.teacher.__dict__)), "training": training,
+              "evaluation": {"prompts": args.prompts, "seeds": args.seeds, "reference": args.reference,
+                             "eval_seed": EVAL_SEED, "sampler": "DDIM eta 0, 50 steps (999..19)",
+                             "fd_features": "pooled latent statistics (lrm.fidelity.pooled_latent_features)"},
+              "rows": rows, "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                                         "torch": torch.__version__}}
+    atomic_write_json(args.out, result, strict=True)
+    atomic_write_bytes(args.out.with_name(args.out.stem + "_grid.png"), grid_png(grid, prompts[:GRID_PROMPTS]))
+
+    fmt = lambda v, p=3: "-" if v is None else f"{v:.{p}f}"  # noqa: E731
+    print(f"\n{'model':28s} {'cfg':>4s} {'FD':>8s} {'colour':>7s} {'shape':>6s} {'Vendi':>6s}")
+    for r in rows:
+        print(f"{r['model']:28s} {fmt(r['guidance'], 1):>4s} {fmt(r['fd'], 2):>8s} {fmt(r['color']):>7s} "
+              f"{fmt(r['shape']):>6s} {fmt(r['vendi'], 2):>6s}")
+    print(f"training: {training['train_s']:.0f} s for {training['steps']} steps, total {training['total_s']:.0f} s, "
+          f"peak RSS {training['peak_rss_mb']:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""The embedded-default teachers: lrm's DiT trained on procedural captioned clips in the dct latent space.
+
+    run = embedded_teacher()              # image teacher; trains it (~9 min on a 2-core CPU) if not cached
+    model = load_denoiser(run / "model")
+    run = embedded_teacher(video=True)    # 8-frame clips with motion
+
+Each entry of EMBEDDED fixes the store (procedural clips, dct codec, all-MiniLM-L6-v2 tokens) and the
+training settings, chosen for the 15-minute budget on this project's 2-core CPU (one torch thread, the
+CPU shared with other jobs). Per-step costs measured first: dit-s at batch 32 on 8x8 latents (64 px)
+0.34 s; on 16x16 latents (128 px) 0.71 s; dit-xs on 8x8 latents 0.044 s; 8-frame 64-px clips at batch 16
+0.47 s (128-px clips: 3.1 s at dit-s, too slow). 64 px gives twice the steps of 128 px in the same time, which a
+small teacher needs more than the alignment ceiling it gives up (0.92 / 0.78 colour / shape on real 64-px
+frames vs 0.94 / 0.85 at 128 px); dit-xs, at 3,000 steps in 2 minutes, reached a higher loss (2.46 vs
+2.09) and no better alignment than dit-s at 1,500. Measured end to end (benchmarks/teacher.py,
+docs/teacher.md): the image teacher takes 528 s (store 38 s, 1,500 steps 474 s, report 11 s), peak RSS
+1.3 GB. The video teacher's full run was not timed: 1,024 clips encode in ~35 s, 1,400 steps at 0.47 s
+make ~11 minutes.
+
+The run folder lives under the cache, `$LRM_CACHE/teachers/<name>` (default ~/.cache/lrm/teachers), with
+<name> = "<kind>-<preset>-<size>px-<hash of the store and training settings>", so that changing a
+setting trains a new teacher instead of reusing a stale one; the store goes to
+`$LRM_CACHE/stores/<kind>-<size>px-<hash of its settings>`, shared by teachers of other training settings.
+A run that was interrupted resumes from its newest checkpoint (store encoding resumes per shard).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from lrm.configs import EncodeConfig
+from lrm.generators.training import TeacherConfig, is_finished, training_settings
+
+CACHE_ENV = "LRM_CACHE"
+TEXT_ENCODER = "minilm-l6-v2"  # the embedded default's text encoder (DESIGN.md)
+TEXT_LENGTH = 32  # tokens kept per caption: procedural captions take at most 29 MiniLM tokens
+
+
+@dataclass(frozen=True)
+class EmbeddedTeacher:
+    store: EncodeConfig  # the procedural store it trains on
+    teacher: TeacherConfig  # its training settings
+
+
+EMBEDDED: dict[str, EmbeddedTeacher] = {
+    # 2,048 images of 64 px (8x8x32 latents): 38 s to encode; 1,500 steps of 32 = 23 epochs
+    "image": EmbeddedTeacher(
+        EncodeConfig("procedural:2048", codec="dct", frames=1, size=64, text=TEXT_ENCODER, text_length=TEXT_LENGTH),
+        TeacherConfig()),
+    # 1,024 clips of 8 frames at 64 px (8x8x8x32 latents), moving shapes; 1,400 steps of 16 at ~0.47 s
+    "video": EmbeddedTeacher(
+        EncodeConfig("procedural:1024", codec="dct", frames=8, size=64, text=TEXT_ENCODER, text_length=TEXT_LENGTH),
+        TeacherConfig(steps=1400, batch_size=16, checkpoint_every=140)),
+}
+
+
+def cache_root() -> Path:
+    """$LRM_CACHE, else ~/.cache/lrm."""
+    return Path(os.environ.get(CACHE_ENV) or "~/.cache/lrm").expanduser()
+
+
+def _digest(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def _store_settings(entry: EmbeddedTeacher) -> dict:
+    return json.loads(json.dumps(asdict(replace(entry.store, device="cpu"))))  # the device changes no latent
+
+
+def embedded_run_dir(video: bool = False) -> Path:
+    """$LRM_CACHE/teachers/<kind>-<preset>-<size>px-<8 hex of the store and training settings>."""
+    kind = "video" if video else "image"
+    entry = EMBEDDED[kind]
+    digest = _digest({"store": _store_settings(entry), "teacher": training_settings(entry.teacher)})
+    return cache_root() / "teachers" / f"{kind}-{entry.teacher.preset}-{entry.store.size}px-{digest}"
+
+
+def embedded_store_dir(video: bool = False) -> Path:
+    """$LRM_CACHE/stores/<kind>-<size>px-<8 hex of the store settings>."""
+    kind = "video" if video else "image"
+    entry = EMBEDDED[kind]
+    return cache_root() / "stores" / f"{kind}-{entry.store.size}px-{_digest(_store_settings(entry))}"
+
+
+def embedded_store(video: bool = False, progress: bool = False, device: str = "cpu"):
+    """The embedded default's procedural store (a LatentStore), encoded on first use (resumes per shard)."""
+    from lrm.datasets.encoding import encode
+
+    entry = EMBEDDED["video" if video else "image"]
+    return encode(replace(entry.store, device=device), embedded_store_dir(video), progress=progress)
+
+
+def embedded_teacher(video: bool = False, train_if_missing: bool = True, progress: bool = False,
+                     device: str = "cpu") -> Path:
+    """The run folder of the embedded-default teacher (its model in RUN/model), training or resuming it
+    when it is not finished; with train_if_missing=False a missing teacher is a FileNotFoundError naming
+    the command that trains it."""
+    from lrm.generators.training import train_teacher
+
+    kind = "video" if video else "image"
+    entry = EMBEDDED[kind]
+    run = embedded_run_dir(video)
+    if is_finished(run, entry.teacher):
+        return run
+    if not train_if_missing:
+        flag = " --video" if video else ""
+        raise FileNotFoundError(f"the embedded {kind} teacher is not trained yet ({run}); train it with "
+                                f"`lrm teacher train{flag}` (10-15 minutes on a 2-core CPU)")
+    store = embedded_store(video, progress, device)
+    train_teacher(store, replace(entry.teacher, device=device), run, resume=True, progress=progress)
+    return run

@@ -1,0 +1,273 @@
+"""Teacher training (lrm.generators.training, lrm.generators.embedded, `lrm teacher train`): a tiny dit-xs on
+8x8 dct latents of 16 procedural 64-px images with MiniLM tokens."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+import typer
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from lrm.datasets.encoding import EncodeConfig, encode
+from lrm.diffusion.parameterisations import training_target
+from lrm.diffusion.schedules import schedule_from_config
+from lrm.generators import DenoiserMismatchError, build_dit, load_denoiser
+from lrm.generators.training import (TeacherConfig, denoising_batch, drop_text, ema_decay, learning_rate,
+                                     sample_latents, snapshot_path, snapshot_steps, train_teacher)
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = TeacherConfig(preset="dit-xs", steps=20, batch_size=8, warmup_steps=5, log_every=5, checkpoint_every=10,
+                     snapshots=2, report_samples=2)
+runner = CliRunner(env={"COLUMNS": "300"})
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("teacher")
+    return encode(EncodeConfig("procedural:16", frames=1, size=64, text="minilm-l6-v2", text_length=32), root / "store",
+                  progress=False)
+
+
+@pytest.fixture(scope="module")
+def trained(store, tmp_path_factory):
+    """One uninterrupted tiny run (20 steps)."""
+    out = tmp_path_factory.mktemp("run") / "run"
+    return train_teacher(store, TINY, out), out
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(folder / "model.safetensors")
+
+
+def test_loss_decreases_over_a_short_fit(store, tmp_path):
+    result = train_teacher(store, replace(TINY, steps=80, checkpoint_every=80, snapshots=0, lr=2e-3), tmp_path / "run")
+    losses = [h["loss"] for h in result.history]
+    assert len(losses) == 16
+    assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3, losses
+
+
+def test_run_folder_layout_and_saved_teacher_loads_back(store, trained):
+    result, out = trained
+    assert {p.name for p in out.iterdir()} >= {"config.json", "metrics.jsonl", "checkpoints", "snapshots", "model",
+                                               "report.html", "figures"}
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [5, 10, 15, 20] and lines == result.history
+    assert snapshot_steps(TINY) == [10, 20] and (snapshot_path(out, 10) / "model.safetensors").exists()
+    assert "data:image/png;base64," in (out / "report.html").read_text()
+
+    loaded = load_denoiser(out / "model", codec_settings=store.codec_settings, text_encoder_id=store.text_encoder_id)
+    assert loaded.preset == "dit-xs" and loaded.prediction == "conjugate-v" and loaded.frames == 1
+    x = torch.randn(2, 1, 32, 8, 8)
+    t = torch.tensor([10, 900])
+    text, mask = store.text_embeddings([0, 1])
+    with torch.no_grad():
+        assert torch.equal(loaded(x, t, text, mask), result.model(x, t, text, mask))
+    with pytest.raises(DenoiserMismatchError, match="text encoder"):
+        load_denoiser(out / "model", text_encoder_id="clip-vit-b-32")
+    assert torch.equal(weights(out / "model")["final.weight"], result.model.final.weight)  # the EMA is the teacher
+
+
+def test_resume_equals_the_uninterrupted_run(store, trained, tmp_path):
+    _, uninterrupted = trained
+    out = tmp_path / "run"
+    train_teacher(store, TINY, out)
+    # a run killed after its step-10 checkpoint: later checkpoints, snapshot and model never written
+    for path in [out / "checkpoints" / "step-0000020.json", out / "checkpoints" / "step-0000020.safetensors"]:
+        path.unlink()
+    for folder in (out / "model", snapshot_path(out, 20)):
+        for path in folder.iterdir():
+            path.unlink()
+        folder.rmdir()
+    resumed = train_teacher(store, TINY, out)
+    assert resumed.steps == 20
+    for name in ("model", "snapshots/step-0000020", "snapshots/step-0000010"):
+        a, b = weights(uninterrupted / name), weights(out / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    a = load_file(uninterrupted / "checkpoints" / "step-0000020.safetensors")
+    b = load_file(out / "checkpoints" / "step-0000020.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)  # weights, EMA, AdamW moments, RNG state
+    strip = lambda lines: [{k: v for k, v in json.loads(x).items() if k != "elapsed_s"} for x in lines]  # noqa: E731
+    assert strip((out / "metrics.jsonl").read_text().splitlines()) == strip(
+        (uninterrupted / "metrics.jsonl").read_text().splitlines())
+
+
+def test_a_video_teacher_trains_on_clips_and_samples_them(tmp_path):
+    clips = encode(EncodeConfig("procedural:4", frames=4, size=32, text="minilm-l6-v2", text_length=32),
+                   tmp_path / "clips", progress=False)
+    result = train_teacher(clips, replace(TINY, steps=2, batch_size=2, snapshots=0, report_samples=1), tmp_path / "run")
+    assert result.model.frames == 4 and result.model.temporal
+    text, mask = clips.text_embeddings([0])
+    x = sample_latents(result.model, text, mask, tuple(clips.latent_shape), guidance=2.0, steps=3, seed=0)
+    assert x.shape == (1, 4, 32, 4, 4) and torch.isfinite(x).all()
+    assert torch.equal(x, sample_latents(result.model, text, mask, tuple(clips.latent_shape), 2.0, 3, seed=0))
+    assert (tmp_path / "run" / "figures" / "samples.png").exists()
+
+
+def test_resume_with_other_settings_is_refused(store, trained):
+    _, out = trained
+    with pytest.raises(ValueError, match="cannot resume .*teacher.lr: saved 0.001, now 0.01"):
+        train_teacher(store, replace(TINY, lr=1e-2), out)
+    with pytest.raises(FileExistsError, match="already holds a teacher run"):
+        train_teacher(store, TINY, out, resume=False)
+
+
+def test_cfg_dropout_clears_the_drawn_rows():
+    mask = torch.ones(6, 4, dtype=torch.bool)
+    mask[:, 3] = False
+    drop = torch.tensor([True, False, False, True, False, False])
+    dropped = drop_text(mask, drop)
+    assert not dropped[drop].any() and torch.equal(dropped[~drop], mask[~drop])
+
+    # denoising_batch draws t, eps, then the dropout from its generator: replay the same draws
+    model = build_dit("dit-xs", 32, 384)
+    x0 = torch.randn(64, 1, 32, 4, 4)
+    x_t, t, out_mask, target = denoising_batch(model, x0, torch.ones(64, 5, dtype=torch.bool), 0.25,
+                                               torch.Generator().manual_seed(3))
+    replay = torch.Generator().manual_seed(3)
+    t_ref = torch.randint(0, 1000, (64,), generator=replay)
+    eps = torch.randn(x0.shape, generator=replay)
+    expected_drop = torch.rand(64, generator=replay) < 0.25
+    assert torch.equal(t, t_ref) and 0 < int(expected_drop.sum()) < 64
+    assert torch.equal(out_mask.any(dim=1), ~expected_drop)
+    alpha, sigma = model.schedule.alpha_sigma(t, x0)
+    assert torch.equal(x_t, alpha * x0 + sigma * eps)
+    assert torch.equal(target, training_target("conjugate-v", x0, eps, alpha, sigma))
+    assert torch.allclose(target, x0 - eps)  # DOLLAR Eq. 13
+    _, _, kept, _ = denoising_batch(model, x0, torch.ones(64, 5, dtype=torch.bool), 0.0, torch.Generator())
+    assert kept.all()
+
+
+def test_schedule_property_learning_rate_and_ema_decay():
+    model = build_dit("dit-xs", 32, 384, schedule_config={"type": "flow", "shift": 3.0})
+    assert model.schedule == schedule_from_config({"type": "flow", "shift": 3.0})
+    assert build_dit("dit-xs", 32, 384).schedule.config() == {"type": "vp", "betas": "linear", "num_timesteps": 1000}
+    config = TeacherConfig(lr=1e-3, warmup_steps=10)
+    assert [learning_rate(s, config) for s in (0, 4, 9, 10, 5000)] == pytest.approx([1e-4, 5e-4, 1e-3, 1e-3, 1e-3])
+    assert ema_decay(1, 0.995) == pytest.approx(2 / 11) and ema_decay(10_000, 0.995) == 0.995
+
+
+@pytest.mark.parametrize("bad, message", [(dict(steps=-3), "steps must be a positive integer"),
+                                          (dict(preset="dit-xxl"), "unknown DiT preset"),
+                                          (dict(cfg_dropout=1.0), "cfg_dropout must be in"),
+                                          (dict(prediction="score"), "unknown prediction type")])
+def test_bad_settings_are_refused_before_any_work(store, tmp_path, bad, message):
+    with pytest.raises(ValueError, match=message):
+        train_teacher(store, replace(TINY, **bad), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_embedded_teacher_is_cached_by_settings(tmp_path, monkeypatch):
+    from lrm.generators import embedded
+
+    monkeypatch.setenv("LRM_CACHE", str(tmp_path))
+    run = embedded.embedded_run_dir()
+    assert run.parent == tmp_path / "teachers" and run.name.startswith("image-dit-s-64px-")
+    assert embedded.embedded_run_dir(video=True).name.startswith("video-dit-s-64px-")
+    with pytest.raises(FileNotFoundError, match="lrm teacher train --video"):
+        embedded.embedded_teacher(video=True, train_if_missing=False)
+    monkeypatch.setitem(embedded.EMBEDDED, "image", replace(embedded.EMBEDDED["image"],
+                                                            teacher=replace(TeacherConfig(), steps=10)))
+    assert embedded.embedded_run_dir() != run  # another setting, another cached teacher
+    monkeypatch.setitem(embedded.EMBEDDED, "image", replace(embedded.EMBEDDED["image"],
+                                                            teacher=replace(TeacherConfig(), keep_checkpoints=5)))
+    assert embedded.embedded_run_dir() == run  # logging and checkpoint cadence do not change the weights
+
+
+def test_embedded_teacher_trains_once_then_reuses_or_resumes(tmp_path, monkeypatch):
+    from lrm.generators import embedded
+
+    monkeypatch.setenv("LRM_CACHE", str(tmp_path))
+    tiny = embedded.EmbeddedTeacher(EncodeConfig("procedural:8", frames=1, size=32, text="minilm-l6-v2",
+                                                 text_length=32), replace(TINY, steps=4, checkpoint_every=2))
+    monkeypatch.setitem(embedded.EMBEDDED, "image", tiny)
+    run = embedded.embedded_teacher()
+    assert run == embedded.embedded_run_dir() and load_denoiser(run / "model").preset == "dit-xs"
+    assert (embedded.embedded_store_dir() / "manifest.json").exists()
+    saved = (run / "model" / "model.safetensors").stat().st_mtime_ns
+    assert embedded.embedded_teacher(train_if_missing=False) == run  # cached: nothing retrained
+    assert (run / "model" / "model.safetensors").stat().st_mtime_ns == saved
+    # a cached teacher killed after its step-2 checkpoint resumes from it
+    for path in [run / "checkpoints" / "step-0000004.json", run / "model" / "config.json"]:
+        path.unlink()
+    assert embedded.embedded_teacher() == run
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [4] and (run / "model" / "config.json").exists()
+
+
+# ---------------------------------------------------------------- CLI
+
+def cli_app() -> typer.Typer:
+    from lrm.cli.teacher import register
+
+    app = typer.Typer()
+    register(app)
+    return app
+
+
+def test_cli_trains_on_a_store_and_prints_where(store, tmp_path):
+    out = tmp_path / "run"
+    args = ["teacher", "train", "--store", str(store.path), "--steps", "3", "--batch-size", "4", "--preset", "dit-xs",
+            "--out", str(out), "--quiet"]
+    plan = runner.invoke(cli_app(), args + ["--dry-run"])
+    assert plan.exit_code == 0, plan.output
+    resolved = json.loads(plan.output)
+    assert resolved["run"] == str(out) and resolved["teacher"]["steps"] == 3 and resolved["teacher"]["lr"] == 1e-3
+    assert not out.exists()
+    result = runner.invoke(cli_app(), args)
+    assert result.exit_code == 0, result.output
+    assert f"teacher: {out / 'model'}" in result.output
+    assert load_denoiser(out / "model").preset == "dit-xs"
+
+
+def test_cli_embedded_dry_run_uses_the_cache(tmp_path, monkeypatch):
+    from lrm.generators import embedded
+
+    monkeypatch.setenv("LRM_CACHE", str(tmp_path))
+    result = runner.invoke(cli_app(), ["teacher", "train", "--video", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.output)
+    assert plan["embedded"] and plan["run"].startswith(str(tmp_path / "teachers" / "video-dit-s-64px-"))
+    video = embedded.EMBEDDED["video"].teacher
+    assert plan["teacher"]["steps"] == video.steps and plan["teacher"]["batch_size"] == video.batch_size == 16
+
+
+def test_cli_bad_input_is_one_line(store, tmp_path):
+    no_text = encode(EncodeConfig("procedural:2", frames=1, size=32), tmp_path / "no_text", progress=False)
+    cases = [
+        (["--steps", "-5"], "teacher steps must be a positive integer"),
+        (["--store", str(tmp_path / "missing")], "no latent store at"),
+        (["--store", str(store.path), "--video"], "holds images, not clips: drop --video"),
+        (["--store", str(no_text.path)], "has no text embeddings"),
+        (["--store", str(store.path), "--data", "procedural:4"], "either --store or --data"),
+        (["--size", "128"], "pass --data FOLDER"),
+    ]
+    for args, message in cases:
+        result = runner.invoke(cli_app(), ["teacher", "train", *args, "--out", str(tmp_path / "r"), "--dry-run"])
+        assert result.exit_code == 2, (args, result.output)
+        first = result.output.strip().splitlines()[0]
+        assert first.startswith("Error: ") and message in first, (args, result.output)
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_train_with_ddp(store, tmp_path):
+    """Real torchrun, 2 CPU processes (gloo), through `python -m lrm.cli.teacher`."""
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "lrm.cli.teacher", "teacher", "train", "--store", str(store.path), "--steps", "6", "--batch-size", "8",
+           "--preset", "dit-xs", "--out", str(out), "--quiet"]
+    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    config = json.loads((out / "config.json").read_text())
+    assert config["world_size"] == 2 and config["effective_batch_size"] == 8
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert history[-1]["step"] == 6 and all(torch.isfinite(torch.tensor(h["loss"])) for h in history)
+    assert load_denoiser(out / "model").preset == "dit-xs"
