@@ -35,8 +35,7 @@ COMMANDS = {
                                      "another store."),
     "predict": Command("lrm.cli.fit", "Score media through codec + surrogate: the fast path, same output as "
                                       "`lrm score`."),
-    "teacher": Command("lrm.cli.teacher", "Train lrm's own latent DiT teacher (embedded default, a store or a "
-                                          "media folder)."),
+    "teacher": Command("lrm.cli.teacher", "Train lrm's own latent DiT teacher (the generator tuning starts from)."),
     "sample": Command("lrm.cli.generate", "Sample a generator run: decoded PNG / GIF / MP4 per sample, a captioned "
                                           "grid, latents and index.json."),
     "evaluate": Command("lrm.cli.generate", "Evaluate a generator run's samples: true rewards, Vendi diversity, "
