@@ -103,7 +103,7 @@ class Roles:
 
     def require(self, names, who: str) -> None:
         """A one-line error naming the missing roles that `who` (a loss term) needs."""
-        missing = [n for n in names if n not in self.roles]
+        missing = list(dict.fromkeys(n for n in names if n not in self.roles))
         if missing:
             raise ValueError(f"{who} needs the roles {missing}, which this run lacks (have {sorted(self.roles)})")
 

@@ -152,7 +152,7 @@ class Distiller:
                 return False
             (total / len(batches)).backward()
             for name, value in losses.items():
-                totals[name] = totals.get(name, 0.0) + float(value) / len(batches)
+                totals[name] = totals.get(name, 0.0) + float(value.detach()) / len(batches)
         if self.config.clip_norm is not None:
             torch.nn.utils.clip_grad_norm_(role.parameters(), self.config.clip_norm)
         optimizer.step()
