@@ -118,7 +118,8 @@ def test_cd_with_one_teacher_step_equals_the_plain_cd_target_by_hand():
         for p in roles.module(EMA).parameters():
             p.add_(0.05 * torch.randn_like(p))
     b = batch()
-    loss = CD(teacher_steps=1, guidance=7.5).generator_loss(Step(roles, b, torch.empty(0), torch.Generator().manual_seed(5)))
+    step = Step(roles, b, torch.empty(0), torch.Generator().manual_seed(5))
+    loss = CD(teacher_steps=1, guidance=7.5).generator_loss(step)
 
     g = torch.Generator().manual_seed(5)
     ascending = torch.arange(19, 1000, 20)  # DOLLAR's 50-step grid t_1 < ... < t_50
@@ -187,7 +188,8 @@ def test_student_samples_on_dollars_timesteps(steps):
 # ---------------------------------------------------------------- gradients reach only their roles
 
 
-TERMS = {"vsd": lambda: VSD(), "cd": lambda: CD(teacher_steps=2), "adm": lambda: ADM(), "sdm2d": lambda: SDM2D(frames=2)}
+TERMS = {"vsd": lambda: VSD(), "cd": lambda: CD(teacher_steps=2), "adm": lambda: ADM(),
+         "sdm2d": lambda: SDM2D(frames=2)}
 
 
 @pytest.mark.parametrize("name", list(TERMS))
@@ -316,7 +318,10 @@ def test_adm_each_side_of_the_game_lowers_its_loss_against_a_fixed_opponent(side
                         student_lr=3e-4 if side == "student" else 0.0,
                         discriminator_lr=3e-3 if side == "discriminator" else 0.0)
     perturbed_student(roles)
-    loss = (lambda: eval_losses(roles)[DISCRIMINATOR]) if side == "discriminator" else (lambda: adm_generator_loss(roles))
+    if side == "discriminator":
+        loss = lambda: eval_losses(roles)[DISCRIMINATOR]  # noqa: E731
+    else:
+        loss = lambda: adm_generator_loss(roles)  # noqa: E731
     before = loss()
     Distiller(roles, [ADM()], DistillConfig(latent_shape=(1, C, H, W), student_steps=1)).fit(
         lambda step: [batch(b=4, seed=step)], num_steps=12)
@@ -385,6 +390,27 @@ def test_a_non_finite_loss_skips_the_step_and_is_counted():
     distiller.train_step([batch(seed=2)])
     assert distiller.updates[STUDENT] == 2 and distiller.updates[FAKE_SCORE] == 15  # the fake score kept going
     assert adam_steps(roles[STUDENT]) == {2}
+
+
+class InfGradientAt(NaNAt):
+    """A finite loss (0) whose gradient is not finite (d sqrt(u) / du at u = 0) at the given steps."""
+
+    def generator_loss(self, step):
+        if self.distiller.step in self.at:
+            return torch.sqrt((step.x_hat * 0).abs()).flatten(1).mean(1)
+        return (step.x_hat ** 2).flatten(1).mean(1)
+
+
+def test_a_non_finite_gradient_skips_the_step_too():
+    roles = build_roles(tiny_dit(), student_lr=1e-3, fake_score=False)
+    term = InfGradientAt({0})
+    distiller = Distiller(roles, [term], DistillConfig(latent_shape=(1, C, H, W)))
+    term.distiller = distiller
+    before = copy.deepcopy(roles.module(STUDENT).state_dict())
+    log = distiller.train_step([batch()])
+    assert log.skipped == [STUDENT] and distiller.updates[STUDENT] == 0
+    assert all(torch.equal(v, roles.module(STUDENT).state_dict()[k]) for k, v in before.items())
+    assert not distiller.train_step([batch()]).skipped
 
 
 def test_bf16_autocast_runs_and_fp16_is_refused():

@@ -266,7 +266,7 @@ class LatentDiT(nn.Module):
         finally:
             for hook in hooks:
                 hook.remove()
-        return features[: self.depth]  # gradient checkpointing re-runs blocks only in backward
+        return features
 
     def _context(self, b: int, text, text_mask, dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
         """Projected [null token, prompt tokens] (B, 1 + L, W) and their validity (B, 1 + L) bool."""

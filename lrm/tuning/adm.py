@@ -48,7 +48,8 @@ class DiscriminatorHead(nn.Module):
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         """[(B, T, N, W)] * levels (the last `levels` of the encoder's blocks) -> (B,) logits."""
         if len(features) < self.levels:
-            raise ValueError(f"discriminator head needs {self.levels} feature levels, the encoder gives {len(features)}")
+            raise ValueError(f"discriminator head needs {self.levels} feature levels, "
+                             f"the encoder gives {len(features)}")
         chosen = features[-self.levels:]
         dtype = self.out.weight.dtype
         h = torch.cat([branch(f.to(dtype)) for branch, f in zip(self.branches, chosen)], dim=-1)  # (B, T, N, L*H)

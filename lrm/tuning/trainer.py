@@ -8,7 +8,8 @@ Each generator step:
   2. each auxiliary role a term trains (fake score, discriminator head, 2D fake score, later the LRM)
      takes `updates_per_step` updates (Alg. 1 line 13; DOLLAR 5:1, AVDM2 2:1), each on fresh detached
      student samples with the sum of the losses of the terms that train it.
-A non-finite loss skips that role's update (no optimiser step, gradients dropped) and is counted.
+A non-finite loss or gradient norm skips that role's update (no optimiser step, gradients dropped) and
+is counted.
 Compute may run under bf16 autocast (never fp16: its range overflows in distillation).
 Randomness (sampler noise, timesteps, frames) comes from one CPU torch.Generator saved in checkpoints,
 so with a deterministic data function `batches(step)` a resumed run equals an uninterrupted one.
@@ -146,20 +147,25 @@ class Distiller:
                 losses = losses_of(batch)  # name -> weighted scalar
             total = sum(losses.values())
             if not torch.isfinite(total):
-                optimizer.zero_grad(set_to_none=True)
-                self.skipped[role_name] += 1
-                log.skipped.append(role_name)
-                return False
+                return self._skip(role_name, log)
             (total / len(batches)).backward()
             for name, value in losses.items():
                 totals[name] = totals.get(name, 0.0) + float(value.detach()) / len(batches)
-        if self.config.clip_norm is not None:
-            torch.nn.utils.clip_grad_norm_(role.parameters(), self.config.clip_norm)
+        max_norm = self.config.clip_norm if self.config.clip_norm is not None else float("inf")  # inf: measure only
+        norm = torch.nn.utils.clip_grad_norm_(role.parameters(), max_norm)
+        if not torch.isfinite(norm):  # a finite loss whose backward overflowed
+            return self._skip(role_name, log)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         self.updates[role_name] += 1
         log.losses.update(totals)  # an auxiliary role updated several times logs its last update
         return True
+
+    def _skip(self, role_name: str, log: StepLog) -> bool:
+        self.roles[role_name].optimizer.zero_grad(set_to_none=True)
+        self.skipped[role_name] += 1
+        log.skipped.append(role_name)
+        return False
 
     @torch.no_grad()
     def _update_ema(self) -> None:
