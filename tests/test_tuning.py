@@ -438,3 +438,57 @@ def test_bad_setups_fail_before_any_work():
         SDM2D(frames=2).generator_loss(Step(other_codec, b, b.x0, torch.Generator()))
     with pytest.raises(ValueError, match="needs real latents"):
         CD().generator_loss(Step(build_roles(tiny_dit()), Batch(b.text, b.text_mask), b.x0, torch.Generator()))
+
+
+# ---------------------------------------------------------------- data parallel
+
+DDP_WORKER = '''
+import sys, torch
+sys.path.insert(0, {tests!r})
+from safetensors.torch import save_file
+from lrm import distributed
+from test_tuning import C, H, W, batch, build_roles, tiny_dit, VSD, CD, Distiller, DistillConfig, STUDENT
+distributed.init_from_env("cpu")
+rank = distributed.rank()
+roles = build_roles(tiny_dit(seed=4), student_lr=1e-3, fake_lr=1e-3)
+distiller = Distiller(roles, [VSD(), CD()], DistillConfig(latent_shape=(1, C, H, W), seed=3))
+logs = distiller.fit(lambda step: [batch(seed=10 * step + rank)], num_steps=2, run_dir={run!r})
+save_file(dict(roles.module(STUDENT).state_dict()), {run!r} + f"/student.rank{{rank}}.safetensors")
+print("losses", rank, logs[-1].losses["cd"], flush=True)
+distributed.shutdown()
+'''
+
+
+def test_two_gloo_processes_keep_every_role_in_sync(tmp_path):
+    """2 CPU processes (gloo): each draws its own batches and noise, gradients are averaged, so the student
+    ends identical on both ranks and different from its start; the checkpoint keeps both ranks' RNG."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    script = tmp_path / "worker.py"
+    script.write_text(DDP_WORKER.format(tests=str(Path(__file__).parent), run=str(tmp_path / "run")))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    procs = []
+    for rank in range(2):
+        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
+        procs.append(subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+    outputs = [p.communicate(timeout=120)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outputs
+    losses = [line.split()[2] for out in outputs for line in out.splitlines() if line.startswith("losses")]
+    assert len(losses) == 2 and losses[0] != losses[1]  # the ranks saw different batches and draws
+    a, b = (load_file(tmp_path / "run" / f"student.rank{r}.safetensors") for r in range(2))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    start = build_roles(tiny_dit(seed=4)).module(STUDENT).state_dict()
+    assert any(not torch.equal(a[k], start[k]) for k in a)
+    rng = load_file(tmp_path / "run" / "checkpoints" / "step-00000002" / "rng.safetensors")
+    assert {"trainer.rank0", "trainer.rank1"} <= set(rng)
+    assert not torch.equal(rng["trainer.rank0"], rng["trainer.rank1"])

@@ -26,6 +26,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from lrm import distributed
 from lrm.tuning.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from lrm.tuning.denoise import Batch, student_sample
 from lrm.tuning.roles import EMA, STUDENT, Roles
@@ -92,7 +93,7 @@ class Distiller:
         self.roles, self.terms, self.config = roles, list(terms), config
         self.weights = {t.name: (weights or {}).get(t.name, DEFAULT_WEIGHTS.get(t.name, 1.0)) for t in terms}
         self.auxiliary = list(dict.fromkeys(r for t in terms for r in t.trains))  # in term order, unique
-        self.generator = torch.Generator().manual_seed(config.seed)
+        self.generator = torch.Generator().manual_seed(config.seed + distributed.rank())  # other draws per rank
         self.step = 0
         self.updates = {r.name: 0 for r in roles.trainable()}  # optimiser steps taken per role
         self.skipped = {r.name: 0 for r in roles.trainable()}  # updates skipped for a non-finite loss
@@ -137,23 +138,29 @@ class Distiller:
         return torch.autocast(device_type=device.type, dtype=dtype)
 
     def _update(self, role_name: str, batches: Sequence[Batch], losses_of: Callable, log: StepLog) -> bool:
-        """Accumulate the role's loss over the micro-batches and take one optimiser step; False when skipped."""
+        """Accumulate the role's loss over the micro-batches (and, under torchrun, average the gradient over
+        the ranks) and take one optimiser step; False when skipped (on every rank alike)."""
         role = self.roles[role_name]
         optimizer = role.optimizer
         optimizer.zero_grad(set_to_none=True)
         totals: dict[str, float] = {}
+        finite_loss = True
         for batch in batches:
             with self._autocast():
                 losses = losses_of(batch)  # name -> weighted scalar
             total = sum(losses.values())
             if not torch.isfinite(total):
-                return self._skip(role_name, log)
+                finite_loss = False
+                break
             (total / len(batches)).backward()
             for name, value in losses.items():
                 totals[name] = totals.get(name, 0.0) + float(value.detach()) / len(batches)
+        if not all_ranks_agree(finite_loss):
+            return self._skip(role_name, log)
+        average_gradients(role.parameters())
         max_norm = self.config.clip_norm if self.config.clip_norm is not None else float("inf")  # inf: measure only
         norm = torch.nn.utils.clip_grad_norm_(role.parameters(), max_norm)
-        if not torch.isfinite(norm):  # a finite loss whose backward overflowed
+        if not torch.isfinite(norm):  # a finite loss whose backward overflowed (the same on every rank)
             return self._skip(role_name, log)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -199,17 +206,25 @@ class Distiller:
         return {"step": self.step, "updates": self.updates, "skipped": self.skipped,
                 "config": asdict(self.config), "weights": self.weights, "terms": [t.name for t in self.terms]}
 
-    def save(self, run_dir: str | Path) -> Path:
+    def save(self, run_dir: str | Path) -> Path | None:
+        """Checkpoint into run_dir (rank 0 writes; every rank's RNG streams are gathered into it)."""
         rng = {"trainer": self.generator.get_state(), "torch_cpu": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng.update({f"cuda_{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
-        modules = {name: self.roles.module(name) for name in self.roles.names()}
-        optimizers = {r.name: r.optimizer for r in self.roles.trainable()}
-        return save_checkpoint(run_dir, self.step, modules, optimizers, rng, self._state())
+        ranks = gather_to_main(rng)
+        folder = None
+        if distributed.is_main():
+            rng_all = {f"{name}.rank{r}": state for r, states in enumerate(ranks) for name, state in states.items()}
+            modules = {name: self.roles.module(name) for name in self.roles.names()}
+            optimizers = {r.name: r.optimizer for r in self.roles.trainable()}
+            state = {**self._state(), "world_size": distributed.world_size()}
+            folder = save_checkpoint(run_dir, self.step, modules, optimizers, rng_all, state)
+        distributed.barrier()
+        return folder
 
     def resume(self, run_dir: str | Path) -> bool:
         """Load the run's latest checkpoint if it has one (True), after checking it was written by a run with
-        the same terms; otherwise leave everything as is (False)."""
+        the same terms and number of processes; otherwise leave everything as is (False)."""
         folder = latest_checkpoint(run_dir)
         if folder is None:
             return False
@@ -217,13 +232,52 @@ class Distiller:
         if saved["terms"] != [t.name for t in self.terms]:
             raise ValueError(f"checkpoint {folder} was written with terms {saved['terms']}, this run has "
                              f"{[t.name for t in self.terms]}; use another run folder")
+        if saved["world_size"] != distributed.world_size():
+            raise ValueError(f"checkpoint {folder} was written by {saved['world_size']} processes, this run has "
+                             f"{distributed.world_size()}; resume with the same torchrun --nproc_per_node")
         modules = {name: self.roles.module(name) for name in self.roles.names()}
         optimizers = {r.name: r.optimizer for r in self.roles.trainable()}
         rng, state = load_checkpoint(folder, modules, optimizers)
-        self.generator.set_state(rng["trainer"])
-        torch.set_rng_state(rng["torch_cpu"])
-        cuda = [rng[k] for k in sorted(rng) if k.startswith("cuda_")]
+        suffix = f".rank{distributed.rank()}"
+        self.generator.set_state(rng["trainer" + suffix])
+        torch.set_rng_state(rng["torch_cpu" + suffix])
+        cuda = [rng[k] for k in sorted(rng) if k.startswith("cuda_") and k.endswith(suffix)]
         if cuda and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(cuda)
         self.step, self.updates, self.skipped = state["step"], state["updates"], state["skipped"]
         return True
+
+
+# ---------------------------------------------------------------- data parallel (torchrun)
+# Gradients are averaged by hand after accumulation rather than through a DistributedDataParallel wrapper,
+# so every role stays the plain module the loss terms call (its prediction type, schedule and features).
+
+
+def all_ranks_agree(ok: bool) -> bool:
+    """True when `ok` holds on every rank (one process: ok itself)."""
+    if distributed.world_size() <= 1 or not distributed.is_initialized():
+        return ok
+    flag = torch.tensor([1.0 if ok else 0.0])
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+    return bool(flag.item() == 1.0)
+
+
+def average_gradients(params: list[torch.nn.Parameter]) -> None:
+    """Average .grad over the ranks (a parameter without a gradient counts as zeros)."""
+    world = distributed.world_size()
+    if world <= 1 or not distributed.is_initialized():
+        return
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        torch.distributed.all_reduce(p.grad, op=torch.distributed.ReduceOp.SUM)
+        p.grad.div_(world)
+
+
+def gather_to_main(states: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    """Every rank's `states` (on rank 0; other ranks get their own only)."""
+    if distributed.world_size() <= 1 or not distributed.is_initialized():
+        return [states]
+    gathered: list = [None] * distributed.world_size()
+    torch.distributed.all_gather_object(gathered, {k: v.cpu() for k, v in states.items()})
+    return gathered
