@@ -492,3 +492,28 @@ def test_two_gloo_processes_keep_every_role_in_sync(tmp_path):
     rng = load_file(tmp_path / "run" / "checkpoints" / "step-00000002" / "rng.safetensors")
     assert {"trainer.rank0", "trainer.rank1"} <= set(rng)
     assert not torch.equal(rng["trainer.rank0"], rng["trainer.rank1"])
+
+
+# ---------------------------------------------------------------- another model family
+
+
+def test_a_diffusers_flow_teacher_distils_through_the_same_terms():
+    """SD3 (rectified flow, shift 3, "flow" prediction) through lrm's adapter: the terms only see
+    (x0_hat, eps_hat) on (alpha, sigma), so VSD and CD run unchanged; ADM needs forward_features."""
+    pytest.importorskip("diffusers")
+    from test_diffusers_adapters import C as SD3_C, SIZE, adapter, build_pipeline
+
+    teacher = adapter(build_pipeline("sd3"), "sd3")
+    teacher.null_text = torch.zeros(1, 4, teacher.text_dim)  # the unconditional branch of CFG
+    assert teacher.prediction == "flow" and teacher.schedule_config["type"] == "flow"
+    g = torch.Generator().manual_seed(0)
+    b = Batch(torch.randn(2, 4, teacher.text_dim, generator=g), torch.ones(2, 4, dtype=torch.bool),
+              torch.randn(2, 1, SD3_C, SIZE, SIZE, generator=g))
+    roles = build_roles(teacher, student_lr=1e-3)
+    start = copy.deepcopy(roles.module(STUDENT).state_dict())
+    distiller = Distiller(roles, [VSD(), CD()], DistillConfig(latent_shape=(1, SD3_C, SIZE, SIZE), student_steps=2))
+    log = distiller.train_step([b])
+    assert not log.skipped and set(log.losses) == {"vsd", "cd", FAKE_SCORE}
+    assert any(not torch.equal(v, roles.module(STUDENT).state_dict()[k]) for k, v in start.items())
+    with pytest.raises(ValueError, match="has no forward_features"):
+        discriminator_for(teacher)
