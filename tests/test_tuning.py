@@ -298,6 +298,30 @@ def test_short_distillation_lowers_the_losses_and_changes_the_student(case):
         assert torch.equal(p, q)
 
 
+def test_a_video_student_distils_with_adm_and_sdm2d():
+    """AVDM2 (Eq. 9): ADM + SDM-2D on a 3-frame video student with an image teacher; the 2D fake score
+    learns the student's frames and the student moves."""
+    teacher = tiny_dit(frames=3, seed=1)
+    roles = build_roles(teacher, discriminator=discriminator_for(teacher, levels=2, hidden=16),
+                        teacher_2d=tiny_dit(frames=1, seed=2), fake_score=False, student_lr=3e-4, fake_2d_lr=1e-3)
+    perturbed_student(roles)
+
+    def fake_2d_loss():
+        b = batch(b=4, frames=3, seed=99)
+        g = torch.Generator().manual_seed(123)
+        with torch.no_grad():
+            x_hat = student_sample(roles.module(STUDENT), b, (3, C, H, W), 1, g, grad=False)
+            return float(SDM2D(frames=2).auxiliary_loss(FAKE_2D, Step(roles, b, x_hat, g)).mean())
+
+    before, student0 = fake_2d_loss(), copy.deepcopy(roles.module(STUDENT).state_dict())
+    distiller = Distiller(roles, [ADM(), SDM2D(frames=2)], DistillConfig(latent_shape=(3, C, H, W), student_steps=1))
+    logs = distiller.fit(lambda step: [batch(b=4, frames=3, seed=step)], num_steps=8)
+    assert all(set(log.losses) == {"adm", "sdm2d", DISCRIMINATOR, FAKE_2D} for log in logs)
+    after = fake_2d_loss()
+    assert after < before
+    assert any(not torch.equal(v, roles.module(STUDENT).state_dict()[k]) for k, v in student0.items())
+
+
 def adm_generator_loss(roles):
     b = batch(b=4, seed=99)
     g = torch.Generator().manual_seed(123)
@@ -356,6 +380,18 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
     assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step-00000002"
     assert not list((tmp_path / "checkpoints").glob(".*"))  # no temporary folders left
     assert not list(tmp_path.rglob("*.pt")) and not list(tmp_path.rglob("*.pkl"))
+
+
+def test_the_student_exports_as_a_few_step_generator_run(tmp_path):
+    from lrm.generators.runs import open_generator_run
+
+    distiller = make_distiller()
+    distiller.train_step(micro_batches(0))
+    distiller.export_student(tmp_path / "student")
+    run = open_generator_run(tmp_path / "student")
+    assert run.student_steps == 2 and run.latent_shape() == (1, C, H, W)
+    loaded, student = run.load().state_dict(), distiller.roles.module(STUDENT).state_dict()
+    assert all(torch.equal(loaded[k], student[k]) for k in student)
 
 
 class NaNAt:

@@ -202,6 +202,25 @@ class Distiller:
             self.save(run_dir)
         return logs
 
+    def export_student(self, run_dir: str | Path) -> Path:
+        """Write the student as a generator run, RUN/model in lrm.generators.io's format, with the settings its
+        few-step sampler needs in "extra" (student_steps, latent_shape), so `lrm sample` / `lrm evaluate` and
+        lrm.generators.runs open it as a student. The student itself is exported (DMD2 samples from the
+        generator, not an EMA). Rank 0 writes."""
+        from lrm.generators.io import save_denoiser
+
+        student = self.roles.module(STUDENT)
+        if not hasattr(student, "dimensions"):
+            raise ValueError(f"exporting a {type(student).__name__} student is not supported (only lrm's LatentDiT); "
+                             "save its weights from the checkpoint instead")
+        extra = {"student_steps": self.config.student_steps, "latent_shape": list(self.config.latent_shape),
+                 "distilled_with": self.weights, "step": self.step}
+        folder = Path(run_dir) / "model"
+        if distributed.is_main():
+            save_denoiser(student, folder, extra=extra)
+        distributed.barrier()
+        return folder
+
     def _state(self) -> dict:
         return {"step": self.step, "updates": self.updates, "skipped": self.skipped,
                 "config": asdict(self.config), "weights": self.weights, "terms": [t.name for t in self.terms]}
