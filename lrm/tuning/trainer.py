@@ -53,6 +53,9 @@ class DistillConfig:
         if self.autocast not in AUTOCAST:
             raise ValueError(f"autocast must be one of {list(AUTOCAST)}, got {self.autocast!r} (fp16 is not "
                              "supported: use bf16)")
+        if not isinstance(self.student_steps, int) or self.student_steps < 1:
+            raise ValueError(f"student_steps must be a positive integer (DOLLAR: 1, 2 or 4), "
+                             f"got {self.student_steps!r}")
         if not isinstance(self.accumulation, int) or self.accumulation < 1:
             raise ValueError(f"accumulation must be a positive integer, got {self.accumulation!r}")
         if not 0.0 <= self.ema_decay < 1.0:
@@ -122,13 +125,13 @@ class Distiller:
                  if needs_sample else torch.empty(0))
         return Step(self.roles, batch, x_hat, self.generator)
 
-    def _generator_losses(self, batch: Batch) -> dict[str, torch.Tensor]:
+    def _generator_losses(self, batch: Batch) -> dict[str, tuple[float, torch.Tensor]]:
         step = self._step_for(batch, grad=True)
-        return {t.name: self.weights[t.name] * t.generator_loss(step).mean() for t in self.terms}
+        return {t.name: (self.weights[t.name], t.generator_loss(step).mean()) for t in self.terms}
 
-    def _auxiliary_losses(self, role: str, batch: Batch) -> dict[str, torch.Tensor]:
+    def _auxiliary_losses(self, role: str, batch: Batch) -> dict[str, tuple[float, torch.Tensor]]:
         step = self._step_for(batch, grad=False)
-        return {role: sum(t.auxiliary_loss(role, step).mean() for t in self.terms if role in t.trains)}
+        return {role: (1.0, sum(t.auxiliary_loss(role, step).mean() for t in self.terms if role in t.trains))}
 
     def _autocast(self):
         dtype = AUTOCAST[self.config.autocast]
@@ -147,14 +150,14 @@ class Distiller:
         finite_loss = True
         for batch in batches:
             with self._autocast():
-                losses = losses_of(batch)  # name -> weighted scalar
-            total = sum(losses.values())
+                losses = losses_of(batch)  # name -> (weight, mean loss)
+            total = sum(weight * loss for weight, loss in losses.values())
             if not torch.isfinite(total):
                 finite_loss = False
                 break
             (total / len(batches)).backward()
-            for name, value in losses.items():
-                totals[name] = totals.get(name, 0.0) + float(value.detach()) / len(batches)
+            for name, (_, loss) in losses.items():  # logged unweighted
+                totals[name] = totals.get(name, 0.0) + float(loss.detach()) / len(batches)
         if not all_ranks_agree(finite_loss):
             return self._skip(role_name, log)
         average_gradients(role.parameters())
@@ -187,9 +190,9 @@ class Distiller:
 
     def fit(self, batches: Callable[[int], Sequence[Batch]], num_steps: int, run_dir: str | Path | None = None,
             checkpoint_every: int = 0, on_step: Callable[[StepLog], None] | None = None) -> list[StepLog]:
-        """Train from the current step up to `num_steps`; batches(step) gives that step's micro-batches
-        (deterministic in step for exact resume). With run_dir, checkpoints every `checkpoint_every` steps
-        and at the end."""
+        """Train from the current step up to `num_steps`; batches(step) gives that step's micro-batches, this
+        rank's share under torchrun (deterministic in step for exact resume). With run_dir, checkpoints
+        every `checkpoint_every` steps and at the end."""
         logs = []
         while self.step < num_steps:
             log = self.train_step(batches(self.step))
