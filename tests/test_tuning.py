@@ -456,6 +456,8 @@ def test_bf16_autocast_runs_and_fp16_is_refused():
     assert not log.skipped and all(torch.isfinite(torch.tensor(v)) for v in log.losses.values())
     with pytest.raises(ValueError, match="fp16 is not supported"):
         DistillConfig(latent_shape=(1, C, H, W), autocast="fp16")
+    with pytest.raises(ValueError, match="float16 weights are not supported"):
+        build_roles(tiny_dit(), dtype=torch.float16)
 
 
 def test_bad_setups_fail_before_any_work():

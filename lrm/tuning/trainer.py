@@ -70,6 +70,7 @@ class StepLog:
     losses: dict[str, float] = field(default_factory=dict)  # "vsd", "cd", ... and "<role>" for auxiliary roles
     skipped: list[str] = field(default_factory=list)  # roles whose update was skipped (non-finite loss)
     seconds: float = 0.0
+    peak_memory_mb: float | None = None  # CUDA peak allocated during the step (None on the CPU)
 
 
 class Distiller:
@@ -108,6 +109,9 @@ class Distiller:
         if len(batches) != self.config.accumulation:
             raise ValueError(f"train_step needs {self.config.accumulation} micro-batches, got {len(batches)}")
         start = time.perf_counter()
+        device = next(self.roles.module(STUDENT).parameters()).device
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
         log = StepLog(self.step)
         if self._update(STUDENT, batches, self._generator_losses, log) and EMA in self.roles:
             self._update_ema()
@@ -116,6 +120,8 @@ class Distiller:
                 self._update(role, batches, lambda batch, r=role: self._auxiliary_losses(r, batch), log)
         self.step += 1
         log.seconds = time.perf_counter() - start
+        if device.type == "cuda":
+            log.peak_memory_mb = torch.cuda.max_memory_allocated(device) / 2**20
         return log
 
     def _step_for(self, batch: Batch, grad: bool) -> Step:
