@@ -60,7 +60,8 @@ class Role:
             raise ValueError(f"role {self.name}: float16 weights are not supported (they overflow in "
                              "distillation); use torch.bfloat16 or torch.float32")
         self.module.to(self.dtype)
-        self.module.requires_grad_(self.trainable)
+        if not self.trainable:  # a trainable module keeps its own requires_grad flags (e.g. a frozen LoRA base)
+            self.module.requires_grad_(False)
         self.module.train(self.trainable)
 
     @property
