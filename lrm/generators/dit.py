@@ -260,6 +260,20 @@ class LatentDiT(nn.Module):
         out = out.reshape(b, frames, rows, cols, p, p, c).permute(0, 1, 6, 2, 4, 3, 5)  # (B, T, c, h/p, p, w/p, p)
         return out.reshape(b, frames, c, h, w).to(x_t.dtype)
 
+    def forward_features(self, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor | None = None,
+                         text_mask: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """The tokens after each block, [(B, T, N, W)] * depth (N = h/p * w/p patches), for a discriminator
+        head on this model as a frozen encoder (AVDM2 Sec. 4.1). Collected by forward hooks on the blocks
+        during an ordinary `forward`, so the outputs and the weights are untouched."""
+        features: list[torch.Tensor] = []
+        hooks = [block.register_forward_hook(lambda _m, _i, out: features.append(out)) for block in self.blocks]
+        try:
+            self.forward(x_t, t, text, text_mask)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return features
+
     def _context(self, b: int, text, text_mask, dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
         """Projected [null token, prompt tokens] (B, 1 + L, W) and their validity (B, 1 + L) bool."""
         null = self.null_text.to(dtype)[None].expand(b, 1, self.text_dim)  # (B, 1, D)

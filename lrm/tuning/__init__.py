@@ -1,0 +1,24 @@
+"""Distillation of few-step students (DESIGN.md, "The tuning half"; DOLLAR Alg. 1, AVDM2 Alg. 1).
+
+    from lrm.tuning import ADM, CD, VSD, DistillConfig, Distiller, build_roles
+    roles = build_roles(teacher)                         # teacher, student, ema, fake_score
+    distiller = Distiller(roles, [VSD(), CD(teacher_steps=5)], DistillConfig(latent_shape=(1, 4, 8, 8)))
+    distiller.fit(lambda step: [batch_for(step)], num_steps=1000, run_dir="runs/student", checkpoint_every=100)
+
+- roles: the networks (teacher, student, EMA, fake score, discriminator head, 2D teacher / fake score);
+- denoise: predictions on (x0_hat, eps_hat) with CFG, noising, timesteps, the student's backward simulation;
+- terms: the term interface; vsd, cd, adm, sdm2d: one loss per file;
+- trainer: the loop, EMA, accumulation, clipping, non-finite skips, bf16 autocast, checkpoints (checkpoint).
+"""
+
+from lrm.tuning.adm import ADM, DiscriminatorHead, discriminator_for
+from lrm.tuning.cd import CD
+from lrm.tuning.denoise import Batch, predict, student_sample
+from lrm.tuning.roles import Role, Roles, build_roles
+from lrm.tuning.sdm2d import SDM2D
+from lrm.tuning.terms import Step, Term
+from lrm.tuning.trainer import DistillConfig, Distiller, StepLog
+from lrm.tuning.vsd import VSD
+
+__all__ = ["ADM", "CD", "SDM2D", "VSD", "Batch", "DiscriminatorHead", "DistillConfig", "Distiller", "Role",
+           "Roles", "Step", "StepLog", "Term", "build_roles", "discriminator_for", "predict", "student_sample"]

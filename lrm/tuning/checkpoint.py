@@ -1,0 +1,107 @@
+"""Checkpoints of a distillation run: every role's weights and optimiser, the RNG streams and the trainer's
+counters, as safetensors + JSON (never pickle, so loading runs no code).
+
+Layout of one checkpoint, written into a temporary folder and renamed into place (atomic: a reader sees
+a whole checkpoint or none), then `latest` (a text file naming it) is replaced atomically:
+
+    <run>/checkpoints/step-00000100/
+        <role>.safetensors            module state_dict
+        <role>.optimizer.safetensors  optimiser tensors, keyed "<param index>.<name>"
+        rng.safetensors               the trainer's generator, torch's CPU (and CUDA) RNG states
+        trainer.json                  step, counters, optimiser param_groups and scalar state
+    <run>/checkpoints/latest          "step-00000100"
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from lrm.io import atomic_write_text
+
+LATEST = "latest"
+
+
+def _tensors_and_scalars_of_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, entries in state["state"].items():
+        for key, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{index}.{key}"] = value.detach().contiguous().clone()
+            else:
+                scalars[f"{index}.{key}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _optimizer_state(tensors: dict, meta: dict) -> dict:
+    state: dict[int, dict] = {}
+    for flat, value in [*tensors.items(), *meta["scalars"].items()]:
+        index, key = flat.split(".", 1)
+        state.setdefault(int(index), {})[key] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_checkpoint(run_dir: str | Path, step: int, modules: dict, optimizers: dict, rng: dict[str, torch.Tensor],
+                    trainer_state: dict) -> Path:
+    """Write checkpoint `step` under run_dir/checkpoints and point `latest` at it; returns its folder.
+    modules / optimizers: role name -> nn.Module / Optimizer; rng: name -> uint8 state tensor."""
+    root = Path(run_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"step-{step:08d}"
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}."))
+    try:
+        optim_meta = {}
+        for role, module in modules.items():
+            save_file({k: v.detach().contiguous().clone() for k, v in module.state_dict().items()},
+                      tmp / f"{role}.safetensors")
+        for role, optimizer in optimizers.items():
+            tensors, optim_meta[role] = _tensors_and_scalars_of_optimizer(optimizer)
+            save_file(tensors, tmp / f"{role}.optimizer.safetensors")
+        save_file({k: v.contiguous() for k, v in rng.items()}, tmp / "rng.safetensors")
+        (tmp / "trainer.json").write_text(json.dumps({**trainer_state, "optimizers": optim_meta}, indent=2))
+        final = root / name
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    atomic_write_text(root / LATEST, name + "\n")
+    return final
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The folder `latest` names, or None when the run has no checkpoint yet."""
+    pointer = Path(run_dir) / "checkpoints" / LATEST
+    if not pointer.is_file():
+        return None
+    folder = pointer.parent / pointer.read_text().strip()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{pointer} names {folder.name}, which is missing; delete {pointer} to start over")
+    return folder
+
+
+def load_checkpoint(folder: str | Path, modules: dict, optimizers: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """Load weights and optimiser states into the given modules / optimizers (in place, strict);
+    returns (rng states, trainer state)."""
+    folder = Path(folder)
+    state = json.loads((folder / "trainer.json").read_text())
+    for role, module in modules.items():
+        path = folder / f"{role}.safetensors"
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint {folder} has no weights for role {role!r}; was it written by a "
+                                    "run with other roles?")
+        weights = load_file(path)
+        device = next(iter(module.state_dict().values())).device if module.state_dict() else "cpu"
+        module.load_state_dict({k: v.to(device) for k, v in weights.items()}, strict=True)
+    for role, optimizer in optimizers.items():
+        tensors = load_file(folder / f"{role}.optimizer.safetensors")
+        optimizer.load_state_dict(_optimizer_state(tensors, state["optimizers"][role]))
+    return load_file(folder / "rng.safetensors"), state
