@@ -8,17 +8,24 @@
 - roles: the networks (teacher, student, EMA, fake score, discriminator head, 2D teacher / fake score);
 - denoise: predictions on (x0_hat, eps_hat) with CFG, noising, timesteps, the student's backward simulation;
 - terms: the term interface; vsd, cd, adm, sdm2d: one loss per file;
-- trainer: the loop, EMA, accumulation, clipping, non-finite skips, bf16 autocast, checkpoints (checkpoint).
+- trainer: the loop, EMA, accumulation, clipping, non-finite skips, bf16 autocast, checkpoints (checkpoint);
+- reward hooks, terms of the same loop: lrm_ft (Eq. 11, a frozen or concurrent latent surrogate), ddpo
+  (DDPO-SF, Alg. 2), direct (ReFL / DRaFT-K); true_reward: the decoded pixel reward they share.
 """
 
 from lrm.tuning.adm import ADM, DiscriminatorHead, discriminator_for
 from lrm.tuning.cd import CD
+from lrm.tuning.ddpo import DDPO
 from lrm.tuning.denoise import Batch, predict, student_sample
+from lrm.tuning.direct import DirectReward
+from lrm.tuning.lrm_ft import LRM, LRMFineTune, surrogate_role
 from lrm.tuning.roles import Role, Roles, build_roles
 from lrm.tuning.sdm2d import SDM2D
 from lrm.tuning.terms import Step, Term
 from lrm.tuning.trainer import DistillConfig, Distiller, StepLog
+from lrm.tuning.true_reward import TrueReward
 from lrm.tuning.vsd import VSD
 
 __all__ = ["ADM", "CD", "SDM2D", "VSD", "Batch", "DiscriminatorHead", "DistillConfig", "Distiller", "Role",
-           "Roles", "Step", "StepLog", "Term", "build_roles", "discriminator_for", "predict", "student_sample"]
+           "Roles", "Step", "StepLog", "Term", "build_roles", "discriminator_for", "predict", "student_sample",
+           "DDPO", "DirectReward", "LRM", "LRMFineTune", "TrueReward", "surrogate_role"]
