@@ -42,7 +42,7 @@ from lrm.tuning.roles import STUDENT
 from lrm.tuning.terms import Step, no_auxiliary
 from lrm.tuning.true_reward import TrueReward
 
-GRAD_STEPS = 2  # DOLLAR Sec. 8.5: "gradient tracking for a maximum of N = 2 steps"
+GRAD_STEPS = 2  # DOLLAR Sec. 8.5: "gradient tracking for a maximum of N = 2 steps" (the default, capped at steps)
 ADVANTAGE_EPS = 1e-6
 
 
@@ -130,9 +130,10 @@ class DDPO:
     reads = (STUDENT,)
     trains = ()
 
-    def __init__(self, true_reward: TrueReward, latent_shape, steps: int = 4, grad_steps: int = GRAD_STEPS,
+    def __init__(self, true_reward: TrueReward, latent_shape, steps: int = 4, grad_steps: int | None = None,
                  clip_range: float | None = None, reuse: int = 1):
         true_reward.check_generator(latent_shape, self.name)
+        grad_steps = min(GRAD_STEPS, steps) if grad_steps is None else grad_steps
         if not 1 <= grad_steps <= steps:
             raise ValueError(f"DDPO-SF: grad_steps must be in 1..{steps} (the student's steps), got {grad_steps}")
         if clip_range is not None and not clip_range > 0:

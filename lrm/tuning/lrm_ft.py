@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from scipy import stats
 from torch import nn
@@ -87,7 +88,7 @@ def surrogate_role(surrogate: LatentRewardModel, student: nn.Module, latent_shap
 def spearman(pred: torch.Tensor, true: torch.Tensor) -> float:
     """Rank correlation of two (N,) tensors; NaN with fewer than 3 values or a constant one."""
     a, b = pred.detach().double().cpu().numpy(), true.detach().double().cpu().numpy()
-    if len(a) < 3 or a.ptp() == 0 or b.ptp() == 0:
+    if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
         return float("nan")
     return float(stats.spearmanr(a, b).statistic)
 
