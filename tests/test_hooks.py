@@ -156,6 +156,41 @@ def test_concurrent_lrm_steps_on_the_merged_batch_labelled_by_the_true_reward():
     assert len(term.fidelities) == 2 and np.isfinite(term.fidelities).all() and np.isfinite(term.true_mean)
 
 
+def test_concurrent_lrm_counts_and_skips_nan_labels():
+    roles = student_roles()
+    lrm = surrogate()
+    roles.add(surrogate_role(lrm, roles.module(STUDENT), SHAPE, concurrent=True))
+    true = TrueReward(codec(), Recording(Brightness(), nan_rows=[0, 4]))  # one real and one student sample
+    term = LRMFineTune(true)
+    b, g = batch(b=3), torch.Generator().manual_seed(0)
+    x_hat = student_sample(roles.module(STUDENT), b, SHAPE, 1, g, grad=False)
+    loss = term.auxiliary_loss(LRM, Step(roles, b, x_hat, g))
+    assert loss.shape == (4,) and torch.isfinite(loss).all() and true.nonfinite == 2
+    loss.mean().backward()
+    assert has_grad(lrm)
+    # every label non-finite: nothing to train on, so the trainer skips the surrogate's update and counts it
+    roles = student_roles()
+    roles.add(surrogate_role(surrogate(), roles.module(STUDENT), SHAPE, concurrent=True))
+    nan_everywhere = LRMFineTune(TrueReward(codec(), Recording(Brightness(), nan_rows=range(6))))
+    distiller = Distiller(roles, [nan_everywhere], DistillConfig(latent_shape=SHAPE, student_steps=1))
+    log = distiller.train_step([batch(b=3)])
+    assert log.skipped == [LRM] and distiller.skipped[LRM] == 1 and distiller.updates[STUDENT] == 1
+
+
+def test_lrm_ft_joins_vsd_and_cd_as_in_dollar():
+    """DOLLAR's VSD + CD + LRM (Alg. 1): one trainer step updates student, fake score and surrogate."""
+    from lrm.tuning import CD, VSD
+    from lrm.tuning.roles import FAKE_SCORE
+
+    roles = build_roles(tiny_dit(seed=4), student_lr=1e-3)
+    roles.add(surrogate_role(surrogate(), roles.module(STUDENT), SHAPE, concurrent=True))
+    distiller = Distiller(roles, [VSD(), CD(), LRMFineTune(TrueReward(codec(), Brightness()))],
+                          DistillConfig(latent_shape=SHAPE, student_steps=4))
+    log = distiller.train_step([batch()])
+    assert not log.skipped and set(log.losses) == {"vsd", "cd", "lrm_ft", FAKE_SCORE, LRM}
+    assert distiller.updates == {STUDENT: 1, FAKE_SCORE: 5, LRM: 1}
+
+
 def test_lrm_ft_refuses_a_surrogate_that_does_not_fit_the_generator():
     student = tiny_dit()
     student.codec_settings = codec().settings()
