@@ -364,7 +364,8 @@ def test_refusals_before_any_work():
     with pytest.raises(ValueError, match="'jpeg-incompressibility' is not .*surrogate .* or with DDPO"):
         DirectReward(TrueReward(codec(), load_reward("jpeg-incompressibility")), SHAPE)
     video = TrueReward(codec(), VideoReward())
-    for make in (lambda: DirectReward(video, SHAPE), lambda: DDPO(video, SHAPE)):
+    for make in (lambda: DirectReward(video, SHAPE), lambda: DDPO(video, SHAPE),
+                 lambda: LRMFineTune(video, latent_shape=SHAPE)):
         with pytest.raises(ValueError, match="'video-brightness' is a video reward and this generator makes images"):
             make()
     with pytest.raises(ValueError, match="grad_steps"):

@@ -30,6 +30,7 @@ accumulation 1) and is not checkpointed, so a resumed run with reuse > 1 re-samp
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -121,6 +122,10 @@ def advantages(rewards: torch.Tensor, groups: list[int], keep: torch.Tensor) -> 
     return out
 
 
+class DDPOLoss(NamedTuple):
+    generator: torch.Tensor  # (B',) the student's loss on the samples with a finite reward
+
+
 class DDPO:
     """DDPO-SF (Alg. 2) as a loss term on the student; reads the student only and trains no other role."""
 
@@ -142,6 +147,7 @@ class DDPO:
             raise ValueError(f"DDPO-SF: reuse must be a positive integer, got {reuse!r}")
         self.true_reward, self.latent_shape = true_reward, tuple(int(v) for v in latent_shape)
         self.steps, self.grad_steps, self.clip_range, self.reuse = steps, grad_steps, clip_range, reuse
+        self.elements = math.prod(self.latent_shape)  # D: Eq. 26's log-density is divided by it
         self.samples = 0  # decoded and scored samples so far (the cost DDPO pays in rewards)
         self.rewards: list[float] = []  # mean finite true reward of each fresh batch
         self._stored: tuple | None = None  # (trajectory pieces, batch, advantages, keep, old lp) for reuse
@@ -152,11 +158,10 @@ class DDPO:
         if self._stored is None or self._uses >= self.reuse:
             self._stored, self._uses = self._sample(student, step), 0
             trajectory, batch, adv, keep, old = self._stored
-            lp = trajectory.log_probs / self._elements()  # (B, N)
+            lp = trajectory.log_probs / self.elements  # (B, N)
         else:
             trajectory, batch, adv, keep, old = self._stored
-            lp = torch.stack([gaussian_log_prob(x_s, *posterior(student, x_t, t, s, batch)) for x_t, x_s, (t, s)
-                              in zip(trajectory.inputs, trajectory.outputs, trajectory.timesteps)], 1) / self._elements()
+            lp = self._log_probs(student, trajectory, batch)
         self._uses += 1
         a = adv[:, None]  # (B, 1)
         if self.clip_range is None:
@@ -167,11 +172,11 @@ class DDPO:
             loss = torch.maximum(-a * ratio, -a * clipped).sum(1)
         return loss[keep]
 
-    def _elements(self) -> int:
-        n = 1
-        for v in self.latent_shape:
-            n *= v
-        return n
+    def _log_probs(self, student: nn.Module, trajectory: Trajectory, batch: Batch) -> torch.Tensor:
+        """(B, N) lp_n of the stored steps under the current student (a reused trajectory)."""
+        steps = zip(trajectory.inputs, trajectory.outputs, trajectory.timesteps)
+        lp = [gaussian_log_prob(x_s, *posterior(student, x_t, t, s, batch)) for x_t, x_s, (t, s) in steps]
+        return torch.stack(lp, dim=1) / self.elements
 
     def _sample(self, student: nn.Module, step: Step):
         batch, true = step.batch, self.true_reward
@@ -184,8 +189,11 @@ class DDPO:
         if bool(keep.any()):
             self.rewards.append(float(rewards[keep].mean()))
         adv = advantages(true.sign * torch.where(keep, rewards, torch.zeros_like(rewards)), prompt_groups(batch), keep)
-        old = (trajectory.log_probs / self._elements()).detach()
+        old = (trajectory.log_probs / self.elements).detach()
         return trajectory, batch, adv.detach(), keep, old
 
     def auxiliary_loss(self, role: str, step: Step) -> torch.Tensor:
         no_auxiliary(self, role)
+
+    def __call__(self, step: Step) -> DDPOLoss:
+        return DDPOLoss(self.generator_loss(step))

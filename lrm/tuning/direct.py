@@ -17,6 +17,8 @@ and those samples skipped.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch.utils.checkpoint import checkpoint
 
@@ -24,6 +26,10 @@ from lrm.tuning.denoise import predict, randn, schedule_of
 from lrm.tuning.roles import STUDENT
 from lrm.tuning.terms import Step, no_auxiliary
 from lrm.tuning.true_reward import TrueReward
+
+
+class DirectLoss(NamedTuple):
+    generator: torch.Tensor  # (B',) the student's loss on the samples with a finite reward
 
 
 class DirectReward:
@@ -91,3 +97,6 @@ class DirectReward:
 
     def auxiliary_loss(self, role: str, step: Step) -> torch.Tensor:
         no_auxiliary(self, role)
+
+    def __call__(self, step: Step) -> DirectLoss:
+        return DirectLoss(self.generator_loss(step))

@@ -28,6 +28,7 @@ instead of x_hat (and is trained on noised merged batches likewise).
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -45,6 +46,11 @@ from lrm.tuning.true_reward import TrueReward
 LRM = "lrm"  # the surrogate's role
 FIDELITY_WINDOW = 10  # updates averaged in LRMFineTune.fidelity
 NOISE_T_MAX = 0.5  # noise-aware scoring: t ~ U{0..0.5 T} (the range a noise-aware fit covers by default)
+
+
+class LRMFTLoss(NamedTuple):
+    generator: torch.Tensor  # (B,) -s z(x_hat)
+    lrm: torch.Tensor | None  # (N,) the concurrent surrogate's squared errors on x | x_hat; None when frozen
 
 
 def check_surrogate(surrogate: LatentRewardModel, student: nn.Module, latent_shape) -> None:
@@ -100,7 +106,11 @@ class LRMFineTune:
     needs_sample = True
 
     def __init__(self, true_reward: TrueReward | None = None, real: bool = True, noise_aware: bool = False,
-                 t_max: float = NOISE_T_MAX, role: str = LRM):
+                 t_max: float = NOISE_T_MAX, role: str = LRM, latent_shape=None):
+        """latent_shape: the student's (T', c, h, w); with a true reward, one of the wrong kind for it (a video
+        reward for an image generator) is refused here."""
+        if true_reward is not None and latent_shape is not None:
+            true_reward.check_generator(latent_shape, self.name)
         self.true_reward, self.noise_aware, self.t_max, self.role = true_reward, noise_aware, t_max, role
         self.concurrent = true_reward is not None
         self.needs_real = self.concurrent and real
@@ -163,8 +173,8 @@ class LRMFineTune:
         self.fidelities.append(spearman(z[keep], labels[keep]))
         return (z[keep] - target[keep]) ** 2
 
-    def __call__(self, step: Step):
-        return self.generator_loss(step), (self.auxiliary_loss(self.role, step) if self.concurrent else None)
+    def __call__(self, step: Step) -> LRMFTLoss:
+        return LRMFTLoss(self.generator_loss(step), self.auxiliary_loss(self.role, step) if self.concurrent else None)
 
 
 def _unfitted(surrogate: LatentRewardModel) -> bool:
