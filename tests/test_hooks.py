@@ -461,3 +461,40 @@ def test_ddpo_tuning_raises_a_non_differentiable_reward():
     tune(roles, [term], steps=15, micro=32)
     after = true_reward_at_fixed_seeds(policy, true)
     assert after > before + 0.1, (before, after, term.rewards)
+
+
+# ---------------------------------------------------------------- the monitor
+
+
+def test_the_monitor_records_gold_proxy_diversity_and_distance_at_fixed_seeds():
+    from lrm.generators import build_dit
+    from lrm.tuning.monitor import TuningMonitor
+    from test_sampling import Words
+
+    torch.manual_seed(0)
+    student = build_dit("dit-xs", C, Words.dim)
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    roles = build_roles(student, student_lr=3e-3, fake_score=False, ema=False)
+    true = TrueReward(codec(), Brightness())
+    lrm = surrogate()
+    monitor = TuningMonitor(roles.module(STUDENT), true, ["a red circle", "a blue square"], Words(),
+                            latent_shape=SHAPE, steps=2, per_prompt=3, surrogate=lrm)
+    first, again = monitor(0), monitor(0)
+    assert first == again  # fixed prompts and seeds
+    assert first.distance == 0.0 and first.nonfinite == 0
+    assert 1.0 <= first.diversity <= 3.0 and np.isfinite(first.proxy)
+    assert monitor.last.pixels.shape == (6, 1, 3, 8 * H, 8 * W)
+    assert first.gold == pytest.approx(float(Brightness()(codec().decode(monitor.last.latents)).mean()), rel=1e-5)
+    with torch.no_grad():
+        assert first.proxy == pytest.approx(float(lrm(monitor.last.latents).mean()), rel=1e-5)
+
+    def prompt_batch(step):
+        text = Words().encode(["a red circle", "a blue square"] * 2)
+        return [Batch(text.emb, text.mask)]
+
+    Distiller(roles, [DirectReward(true, SHAPE, steps=2)], DistillConfig(latent_shape=SHAPE, student_steps=2)
+              ).fit(prompt_batch, num_steps=5)
+    after = monitor(5)
+    assert after.gold > first.gold and after.distance > 0 and len(monitor.records) == 3

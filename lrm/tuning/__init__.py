@@ -10,7 +10,8 @@
 - terms: the term interface; vsd, cd, adm, sdm2d: one loss per file;
 - trainer: the loop, EMA, accumulation, clipping, non-finite skips, bf16 autocast, checkpoints (checkpoint);
 - reward hooks, terms of the same loop: lrm_ft (Eq. 11, a frozen or concurrent latent surrogate), ddpo
-  (DDPO-SF, Alg. 2), direct (ReFL / DRaFT-K); true_reward: the decoded pixel reward they share.
+  (DDPO-SF, Alg. 2), direct (ReFL / DRaFT-K); true_reward: the decoded pixel reward they share; monitor:
+  gold / proxy reward, diversity and distance from the start at fixed prompts and seeds.
 """
 
 from lrm.tuning.adm import ADM, DiscriminatorHead, discriminator_for
@@ -19,6 +20,7 @@ from lrm.tuning.ddpo import DDPO
 from lrm.tuning.denoise import Batch, predict, student_sample
 from lrm.tuning.direct import DirectReward
 from lrm.tuning.lrm_ft import LRM, LRMFineTune, surrogate_role
+from lrm.tuning.monitor import TuningMonitor, TuningRecord
 from lrm.tuning.roles import Role, Roles, build_roles
 from lrm.tuning.sdm2d import SDM2D
 from lrm.tuning.terms import Step, Term
@@ -28,4 +30,5 @@ from lrm.tuning.vsd import VSD
 
 __all__ = ["ADM", "CD", "SDM2D", "VSD", "Batch", "DiscriminatorHead", "DistillConfig", "Distiller", "Role",
            "Roles", "Step", "StepLog", "Term", "build_roles", "discriminator_for", "predict", "student_sample",
-           "DDPO", "DirectReward", "LRM", "LRMFineTune", "TrueReward", "surrogate_role"]
+           "DDPO", "DirectReward", "LRM", "LRMFineTune", "TrueReward", "TuningMonitor", "TuningRecord",
+           "surrogate_role"]
