@@ -55,7 +55,8 @@ class TuningMonitor:
             raise ValueError(f"TuningMonitor: per_prompt must be >= 2 (diversity compares a prompt's samples), "
                              f"got {per_prompt}")
         true_reward.check_generator(latent_shape, "TuningMonitor")
-        self.student, self.true_reward, self.text_encoder, self.surrogate = student, true_reward, text_encoder, surrogate
+        self.student, self.true_reward, self.surrogate = student, true_reward, surrogate
+        self.text_encoder = text_encoder
         self.latent_shape, self.steps = tuple(int(v) for v in latent_shape), steps
         self.prompts, self.seeds = expand_requests(list(prompts), per_prompt, seed)
         self.start = {k: v.detach().clone() for k, v in student.state_dict().items()}
