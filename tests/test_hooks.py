@@ -498,3 +498,54 @@ def test_the_monitor_records_gold_proxy_diversity_and_distance_at_fixed_seeds():
               ).fit(prompt_batch, num_steps=5)
     after = monitor(5)
     assert after.gold > first.gold and after.distance > 0 and len(monitor.records) == 3
+
+
+# ---------------------------------------------------------------- the library runner
+
+
+def words_student():
+    from lrm.generators import build_dit
+    from test_sampling import Words
+
+    torch.manual_seed(0)
+    student = build_dit("dit-xs", C, Words.dim)
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return student, Words()
+
+
+@pytest.mark.parametrize("method,concurrent", [("lrm", True), ("lrm", False), ("ddpo", False), ("direct", False)])
+def test_tune_runs_each_method_and_records_at_fixed_seeds(method, concurrent):
+    from lrm.tuning.tune import TuneConfig, tune
+
+    student, words = words_student()
+    reward = Brightness() if method == "direct" else BrightFraction()
+    config = TuneConfig(method=method, concurrent=concurrent, steps=4, student_steps=2, batch_size=4, lr=1e-3,
+                        eval_every=2, per_prompt=2, eval_prompts=2)
+    fitted = surrogate() if method == "lrm" and not concurrent else None
+    result = tune(student, TrueReward(codec(), reward), ["a red circle", "a blue square", "a green dot"], words,
+                  config, latent_shape=SHAPE, surrogate=fitted)
+    assert [r.step for r in result.records] == [0, 2, 4] and len(result.logs) == 4
+    assert result.records[0].distance == 0 and result.records[-1].distance > 0
+    assert np.isfinite(result.records[-1].proxy) == (method == "lrm")
+    assert result.seconds_per_step > 0 and result.peak_memory_mb is None
+    if concurrent:
+        assert len(result.term.fidelities) == 4
+
+
+def test_tune_refuses_bad_setups_before_any_work():
+    from lrm.tuning.tune import TuneConfig, tune
+
+    student, words = words_student()
+    start = copy.deepcopy(student.state_dict())
+    with pytest.raises(ValueError, match="needs a fitted surrogate"):
+        tune(student, TrueReward(codec(), Brightness()), ["a"], words, TuneConfig(), latent_shape=SHAPE)
+    with pytest.raises(ValueError, match="'bright-fraction' is not"):
+        tune(student, TrueReward(codec(), BrightFraction()), ["a"], words, TuneConfig(method="direct"),
+             latent_shape=SHAPE)
+    with pytest.raises(ValueError, match="only method 'lrm' uses"):
+        TuneConfig(method="ddpo", concurrent=True)
+    with pytest.raises(ValueError, match="method must be one of"):
+        TuneConfig(method="ppo")
+    assert all(torch.equal(v, student.state_dict()[k]) for k, v in start.items())

@@ -1,0 +1,135 @@
+"""Reward tuning of a few-step student with one hook, as a library call (what `lrm tune` runs).
+
+    result = tune(student, TrueReward(codec, rewards.load("jpeg-compressibility")), prompts, encoder,
+                  TuneConfig(method="lrm", concurrent=True, steps=200))
+    result.records   # TuningMonitor records at fixed prompts and seeds: before, every eval_every steps, at the end
+
+The student is tuned alone (no distillation terms; combine hooks with VSD / CD through Distiller directly)
+with one method:
+- "lrm": LRM fine-tuning (Eq. 11) through `surrogate` (a fitted one, frozen), or, with `concurrent`, through
+  a surrogate trained alongside on the true reward of the student's samples (the given one warm-starts it;
+  none: a fresh DEFAULT_PRESETS one for the reward's kind). Batches carry no real latents here, so the
+  concurrent surrogate labels the student's samples only;
+- "ddpo": DDPO-SF (Alg. 2) on the true reward;
+- "direct": ReFL / DRaFT-K through the decoder and a differentiable reward.
+Each step draws `batch_size` prompts (seeded by the step, so a run is reproducible). The result also holds
+the trainer's step logs, the mean seconds per step and the peak memory (CUDA: max allocated; CPU: None).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from lrm.tuning.ddpo import DDPO
+from lrm.tuning.denoise import Batch
+from lrm.tuning.direct import DirectReward
+from lrm.tuning.lrm_ft import LRMFineTune, surrogate_role
+from lrm.tuning.monitor import TuningMonitor, TuningRecord
+from lrm.tuning.roles import STUDENT, Role, Roles, adamw
+from lrm.tuning.trainer import DistillConfig, Distiller, StepLog
+from lrm.tuning.true_reward import TrueReward
+
+METHODS = ("lrm", "ddpo", "direct")
+
+
+@dataclass
+class TuneConfig:
+    method: str = "lrm"  # one of METHODS
+    steps: int = 200  # generator updates
+    student_steps: int = 4  # the student's sampling grid (DOLLAR: 4 steps [999, 749, 499, 249])
+    batch_size: int = 8  # prompts per update
+    lr: float = 1e-5  # the student's AdamW (DOLLAR's distillation rate)
+    concurrent: bool = False  # "lrm": train the surrogate alongside (Alg. 1 lines 15-17)
+    surrogate_lr: float = 1e-4  # the concurrent surrogate's AdamW
+    grad_steps: int | None = None  # "ddpo": N (default 2); "direct": K (default 1)
+    eval_every: int = 20  # steps between monitor records
+    per_prompt: int = 4  # monitor samples per prompt
+    eval_prompts: int = 4  # monitor prompts (the first of `prompts`)
+    seed: int = 0  # of the trainer's draws and the monitor's seeds
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {list(METHODS)}, got {self.method!r}")
+        if self.concurrent and self.method != "lrm":
+            raise ValueError(f"concurrent trains a latent surrogate, which only method 'lrm' uses (got {self.method!r})")
+        for name in ("steps", "batch_size", "eval_every", "eval_prompts", "student_steps"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+
+
+@dataclass
+class TuneResult:
+    records: list[TuningRecord]
+    logs: list[StepLog]
+    seconds_per_step: float
+    peak_memory_mb: float | None  # CUDA max allocated during tuning; None on CPU
+    term: object  # the hook (its counters: nonfinite rewards, samples, surrogate fidelity)
+
+
+def build_term(config: TuneConfig, true_reward: TrueReward, latent_shape):
+    """The hook of config.method, checked against the reward and the latent shape before any work."""
+    if config.method == "ddpo":
+        return DDPO(true_reward, latent_shape, steps=config.student_steps, grad_steps=config.grad_steps)
+    if config.method == "direct":
+        return DirectReward(true_reward, latent_shape, steps=config.student_steps, grad_steps=config.grad_steps or 1)
+    return LRMFineTune(true_reward if config.concurrent else None, real=False, latent_shape=latent_shape)
+
+
+def tuning_roles(student: nn.Module, config: TuneConfig, latent_shape, surrogate: nn.Module | None,
+                 true_reward: TrueReward) -> Roles:
+    """The student (trained in place) and, for "lrm", the surrogate role (checked against the student)."""
+    roles = Roles()
+    roles.add(Role(STUDENT, student, adamw(config.lr)(list(student.parameters()))))
+    if config.method != "lrm":
+        return roles
+    if surrogate is None:
+        if not config.concurrent:
+            raise ValueError("method 'lrm' needs a fitted surrogate (`lrm fit REWARD`), or concurrent=True to train "
+                             "one alongside")
+        from lrm.models import DEFAULT_PRESETS, build
+
+        surrogate = build(DEFAULT_PRESETS[true_reward.spec.kind], int(latent_shape[1]),
+                          text_dim=getattr(student, "text_dim", None) if true_reward.spec.needs_text else None)
+    roles.add(surrogate_role(surrogate, student, latent_shape, concurrent=config.concurrent, lr=config.surrogate_lr))
+    return roles
+
+
+def tune(student: nn.Module, true_reward: TrueReward, prompts: Sequence[str], text_encoder, config: TuneConfig,
+         *, latent_shape: Sequence[int], surrogate: nn.Module | None = None) -> TuneResult:
+    """Tune `student` in place toward `true_reward` (module docstring); every check runs before any work."""
+    prompts = list(prompts)
+    if not prompts:
+        raise ValueError("tune needs at least one prompt")
+    latent_shape = tuple(int(v) for v in latent_shape)
+    term = build_term(config, true_reward, latent_shape)
+    roles = tuning_roles(student, config, latent_shape, surrogate, true_reward)
+    lrm = roles.module("lrm") if "lrm" in roles else None
+    monitor = TuningMonitor(student, true_reward, prompts[: config.eval_prompts], text_encoder,
+                            latent_shape=latent_shape, steps=config.student_steps, per_prompt=config.per_prompt,
+                            seed=config.seed, surrogate=lrm)
+    distiller = Distiller(roles, [term], DistillConfig(latent_shape=latent_shape, student_steps=config.student_steps,
+                                                       seed=config.seed))
+
+    def batches(step: int) -> list[Batch]:
+        pick = torch.randint(len(prompts), (config.batch_size,), generator=torch.Generator().manual_seed(step))
+        chosen = [prompts[i] for i in pick.tolist()]
+        text = text_encoder.encode(chosen)
+        device = next(student.parameters()).device
+        return [Batch(text.emb.to(device), text.mask.to(device), prompts=chosen)]
+
+    cuda = torch.cuda.is_available() and next(student.parameters()).is_cuda
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    monitor(0)
+    logs: list[StepLog] = []
+    while distiller.step < config.steps:
+        logs.append(distiller.train_step(batches(distiller.step)))
+        if distiller.step % config.eval_every == 0 or distiller.step == config.steps:
+            monitor(distiller.step)
+    seconds = sum(log.seconds for log in logs) / len(logs)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
+    return TuneResult(monitor.records, logs, seconds, peak, term)
