@@ -55,7 +55,8 @@ class TuneConfig:
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {list(METHODS)}, got {self.method!r}")
         if self.concurrent and self.method != "lrm":
-            raise ValueError(f"concurrent trains a latent surrogate, which only method 'lrm' uses (got {self.method!r})")
+            raise ValueError(f"concurrent trains a latent surrogate, which only method 'lrm' uses "
+                             f"(got {self.method!r})")
         for name in ("steps", "batch_size", "eval_every", "eval_prompts", "student_steps"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
