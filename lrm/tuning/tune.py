@@ -67,7 +67,7 @@ class TuneResult:
     records: list[TuningRecord]
     logs: list[StepLog]
     seconds_per_step: float
-    peak_memory_mb: float | None  # CUDA max allocated during tuning; None on CPU
+    peak_memory_mb: float | None  # CUDA max allocated over the training steps; None on CPU
     term: object  # the hook (its counters: nonfinite rewards, samples, surrogate fidelity)
 
 
@@ -119,18 +119,19 @@ def tune(student: nn.Module, true_reward: TrueReward, prompts: Sequence[str], te
         pick = torch.randint(len(prompts), (config.batch_size,), generator=torch.Generator().manual_seed(step))
         chosen = [prompts[i] for i in pick.tolist()]
         text = text_encoder.encode(chosen)
-        device = next(student.parameters()).device
         return [Batch(text.emb.to(device), text.mask.to(device), prompts=chosen)]
 
-    cuda = torch.cuda.is_available() and next(student.parameters()).is_cuda
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
+    device = next(student.parameters()).device
+    peak = 0.0  # max over the training steps of CUDA's peak allocation (reset before each step)
     monitor(0)
     logs: list[StepLog] = []
     while distiller.step < config.steps:
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
         logs.append(distiller.train_step(batches(distiller.step)))
+        if device.type == "cuda":
+            peak = max(peak, torch.cuda.max_memory_allocated(device) / 2**20)
         if distiller.step % config.eval_every == 0 or distiller.step == config.steps:
             monitor(distiller.step)
     seconds = sum(log.seconds for log in logs) / len(logs)
-    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
-    return TuneResult(monitor.records, logs, seconds, peak, term)
+    return TuneResult(monitor.records, logs, seconds, peak if device.type == "cuda" else None, term)
