@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import numpy as np
 import pytest
@@ -549,3 +550,92 @@ def test_tune_refuses_bad_setups_before_any_work():
     with pytest.raises(ValueError, match="method must be one of"):
         TuneConfig(method="ppo")
     assert all(torch.equal(v, student.state_dict()[k]) for k, v in start.items())
+
+
+# ---------------------------------------------------------------- lrm tune
+
+
+def cli_app():
+    import typer
+
+    from lrm.cli.tune import register
+
+    app = typer.Typer()
+    app.callback()(lambda: None)  # a group, so that `tune` is a subcommand
+    register(app)
+    return app
+
+
+@pytest.fixture
+def words_runs(tmp_path, monkeypatch):
+    """A tiny distilled student run (dct latents, the test-words encoder) and a teacher run."""
+    from lrm import text as text_registry
+    from lrm.codecs import load as load_codec
+    from lrm.generators import build_dit, save_denoiser
+    from test_sampling import Words
+
+    monkeypatch.setitem(text_registry.ENCODERS, Words.id, Words)
+    torch.manual_seed(0)
+    model = build_dit("dit-xs", 32, Words.dim)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    model.codec_settings, model.text_encoder_id = load_codec("dct").settings(), Words.id
+    save_denoiser(model, tmp_path / "student" / "model", extra={"student_steps": 1, "latent_shape": [1, 32, 8, 8]})
+    save_denoiser(model, tmp_path / "teacher" / "model", extra={"latent_shape": [1, 32, 8, 8]})
+    return tmp_path
+
+
+TUNE_ARGS = ["--prompt", "a red circle", "--prompt", "a blue square", "--steps", "2", "--eval-every", "1",
+             "--batch-size", "2", "--per-prompt", "2", "--lr", "1e-3"]
+
+
+@pytest.mark.parametrize("reward,method", [("colorfulness", ["--method", "direct"]),
+                                           ("jpeg-incompressibility", ["--concurrent"])])
+def test_lrm_tune_writes_the_tuned_student_records_and_grids(words_runs, reward, method):
+    from typer.testing import CliRunner
+
+    from lrm.generators.runs import open_generator_run
+
+    out = words_runs / "tuned"
+    result = CliRunner().invoke(cli_app(), ["tune", reward, "--student", str(words_runs / "student"), *method,
+                                            *TUNE_ARGS, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert f"{reward}: gold" in result.output
+    facts = json.loads((out / "records.json").read_text())
+    assert [r["step"] for r in facts["records"]] == [0, 1, 2] and facts["records"][-1]["distance"] > 0
+    assert facts["nonfinite_rewards"] == 0 and facts["config"]["steps"] == 2
+    assert (out / "before" / "grid.png").is_file() and (out / "after" / "grid.png").is_file()
+    tuned = open_generator_run(out)
+    assert tuned.student_steps == 1 and tuned.latent_shape() == (1, 32, 8, 8)
+
+
+def test_lrm_tune_refuses_bad_input_with_one_line(words_runs):
+    from typer.testing import CliRunner
+
+    other = build_surrogate("image-cnn-stats", C)
+    other.info.codec_settings = codec().settings()
+    other.save_pretrained(words_runs / "other-lrm")
+    student = ["--student", str(words_runs / "student")]
+    cases = [
+        (["colorfulness", "--student", str(words_runs / "teacher"), "--method", "direct"], "is a teacher run"),
+        (["jpeg-incompressibility", *student, "--method", "direct"], "'jpeg-incompressibility' is not"),
+        (["colorfulness", *student], "needs --surrogate DIR"),
+        (["colorfulness", *student, "--surrogate", str(words_runs / "other-lrm")], "4-channel latents"),
+        (["colorfulness", *student, "--method", "ddpo", "--concurrent"], "belong to --method lrm"),
+        (["no-such-reward", *student, "--concurrent"], "unknown reward"),
+    ]
+    for args, message in cases:
+        result = CliRunner().invoke(cli_app(), ["tune", *args, *TUNE_ARGS])
+        assert result.exit_code == 2, (args, result.output)
+        assert message in result.output, (args, result.output)
+        assert "Traceback" not in result.output
+
+
+def test_lrm_tune_defaults_restate_the_library():
+    from lrm.cli import tune as cli
+    from lrm.tuning import tune as library
+
+    assert cli.METHODS == library.METHODS
+    config = library.TuneConfig()
+    assert cli.DEFAULTS == {k: getattr(config, k) for k in cli.DEFAULTS}

@@ -12,7 +12,7 @@
 - reward hooks, terms of the same loop: lrm_ft (Eq. 11, a frozen or concurrent latent surrogate), ddpo
   (DDPO-SF, Alg. 2), direct (ReFL / DRaFT-K); true_reward: the decoded pixel reward they share; monitor:
   gold / proxy reward, diversity and distance from the start at fixed prompts and seeds; tune: one hook on
-  a student alone, with monitor records (what `lrm tune` runs).
+  a student alone, with monitor records (lrm.tuning.tune.tune, what `lrm tune` runs).
 """
 
 from lrm.tuning.adm import ADM, DiscriminatorHead, discriminator_for
@@ -27,10 +27,10 @@ from lrm.tuning.sdm2d import SDM2D
 from lrm.tuning.terms import Step, Term
 from lrm.tuning.trainer import DistillConfig, Distiller, StepLog
 from lrm.tuning.true_reward import TrueReward
-from lrm.tuning.tune import TuneConfig, TuneResult, tune
+from lrm.tuning.tune import TuneConfig, TuneResult
 from lrm.tuning.vsd import VSD
 
 __all__ = ["ADM", "CD", "SDM2D", "VSD", "Batch", "DiscriminatorHead", "DistillConfig", "Distiller", "Role",
            "Roles", "Step", "StepLog", "Term", "build_roles", "discriminator_for", "predict", "student_sample",
            "DDPO", "DirectReward", "LRM", "LRMFineTune", "TrueReward", "TuningMonitor", "TuningRecord",
-           "TuneConfig", "TuneResult", "surrogate_role", "tune"]
+           "TuneConfig", "TuneResult", "surrogate_role"]

@@ -9,7 +9,8 @@ same prompts and seeds, decodes once, and records the gold reward (the true pixe
 samples), the proxy reward (the surrogate's score of the same latents, when there is one: the gap between
 the two is over-optimisation), the diversity (DOLLAR Eq. 27: Vendi score of the pixels per prompt, averaged
 over prompts) and the student's distance from its start (relative L2 of all parameters). The samples of the
-last call stay in `last` for grids. Non-finite gold rewards are left out of the mean and counted.
+first and the latest call stay in `first` and `last` for grids. Non-finite gold rewards are left out of the
+mean and counted.
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ class TuningMonitor:
         self.prompts, self.seeds = expand_requests(list(prompts), per_prompt, seed)
         self.start = {k: v.detach().clone() for k, v in student.state_dict().items()}
         self.records: list[TuningRecord] = []
-        self.last: Samples | None = None
+        self.first: Samples | None = None  # the samples of the first call (before tuning)
+        self.last: Samples | None = None  # the samples of the latest call
 
     @torch.no_grad()
     def __call__(self, step: int) -> TuningRecord:
@@ -80,6 +82,8 @@ class TuningMonitor:
             distance=relative_distance(self.student, self.start),
             nonfinite=int((~finite).sum()),
         )
+        if self.first is None:
+            self.first = samples
         self.last = samples
         self.records.append(record)
         return record

@@ -24,6 +24,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from lrm.generators.sampling import Samples
 from lrm.tuning.ddpo import DDPO
 from lrm.tuning.denoise import Batch
 from lrm.tuning.direct import DirectReward
@@ -69,6 +70,8 @@ class TuneResult:
     seconds_per_step: float
     peak_memory_mb: float | None  # CUDA max allocated over the training steps; None on CPU
     term: object  # the hook (its counters: nonfinite rewards, samples, surrogate fidelity)
+    samples_before: Samples  # the monitor's samples before tuning (for grids)
+    samples_after: Samples  # and after
 
 
 def build_term(config: TuneConfig, true_reward: TrueReward, latent_shape):
@@ -134,4 +137,5 @@ def tune(student: nn.Module, true_reward: TrueReward, prompts: Sequence[str], te
         if distiller.step % config.eval_every == 0 or distiller.step == config.steps:
             monitor(distiller.step)
     seconds = sum(log.seconds for log in logs) / len(logs)
-    return TuneResult(monitor.records, logs, seconds, peak if device.type == "cuda" else None, term)
+    return TuneResult(monitor.records, logs, seconds, peak if device.type == "cuda" else None, term, monitor.first,
+                      monitor.last)
