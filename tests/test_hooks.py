@@ -464,6 +464,33 @@ def test_ddpo_tuning_raises_a_non_differentiable_reward():
     assert after > before + 0.1, (before, after, term.rewards)
 
 
+# ---------------------------------------------------------------- resume
+
+
+def hooks_distiller():
+    roles = student_roles(lr=1e-3)
+    roles.add(surrogate_role(surrogate(), roles.module(STUDENT), SHAPE, concurrent=True, lr=1e-3))
+    terms = [LRMFineTune(TrueReward(codec(), BrightFraction())),
+             DDPO(TrueReward(codec(), Brightness()), SHAPE, steps=2),
+             DirectReward(TrueReward(codec(), Brightness()), SHAPE, steps=2)]
+    return Distiller(roles, terms, DistillConfig(latent_shape=SHAPE, student_steps=2, seed=5))
+
+
+def test_a_resumed_tuning_equals_an_uninterrupted_one(tmp_path):
+    """The concurrent surrogate (weights, label statistics, optimiser) and the draws are checkpointed."""
+    data = lambda step: [batch(b=3, seed=50 + step)]  # noqa: E731
+    straight = hooks_distiller()
+    straight.fit(data, 4)
+    hooks_distiller().fit(data, 2, run_dir=tmp_path)
+    resumed = hooks_distiller()
+    assert resumed.resume(tmp_path) and resumed.step == 2
+    resumed.fit(data, 4)
+    for name in straight.roles.names():
+        a, b = straight.roles.module(name).state_dict(), resumed.roles.module(name).state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    assert straight.updates == resumed.updates == {STUDENT: 4, LRM: 4}
+
+
 # ---------------------------------------------------------------- the monitor
 
 
