@@ -562,6 +562,26 @@ def test_tune_runs_each_method_and_records_at_fixed_seeds(method, concurrent):
         assert len(result.term.fidelities) == 4
 
 
+@pytest.mark.parametrize("method", ["lrm", "direct"])
+def test_tune_a_video_student_toward_a_video_reward(method):
+    from lrm.generators import build_dit
+    from lrm.tuning.tune import TuneConfig, tune
+    from test_sampling import Words
+
+    torch.manual_seed(0)
+    student = build_dit("dit-xs", C, Words.dim, frames=3)
+    config = TuneConfig(method=method, concurrent=method == "lrm", steps=2, student_steps=1, batch_size=2,
+                        eval_every=2, per_prompt=3, eval_prompts=1, frames=2 if method == "direct" else None)
+    recording = Recording(VideoReward())
+    result = tune(student, TrueReward(codec(), recording), ["a red circle"], Words(), config,
+                  latent_shape=(3, C, H, W))
+    assert [r.step for r in result.records] == [0, 2] and result.records[-1].distance > 0
+    # (samples, frames) scored: training batches of 2 (direct decodes 2 of the 3 frames), the monitor's 3 clips
+    assert {tuple(p.shape[:2]) for p in recording.seen} == {(2, 2 if method == "direct" else 3), (3, 3)}
+    if method == "lrm":
+        assert result.term.trains == (LRM,) and len(result.term.fidelities) == 2
+
+
 def test_tune_refuses_bad_setups_before_any_work():
     from lrm.tuning.tune import TuneConfig, tune
 
@@ -576,6 +596,8 @@ def test_tune_refuses_bad_setups_before_any_work():
         TuneConfig(method="ddpo", concurrent=True)
     with pytest.raises(ValueError, match="method must be one of"):
         TuneConfig(method="ppo")
+    with pytest.raises(ValueError, match="frames selects the frames that method 'direct' decodes"):
+        TuneConfig(method="ddpo", frames=2)
     assert all(torch.equal(v, student.state_dict()[k]) for k, v in start.items())
 
 

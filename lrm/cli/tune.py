@@ -45,6 +45,8 @@ def tune(
     = DEFAULTS["surrogate_lr"],
     grad_steps: Annotated[Optional[int], typer.Option(min=1, help="ddpo: N steps with log-probs (default 2); "
                                                                   "direct: K steps with gradient (default 1).")] = None,
+    frames: Annotated[Optional[int], typer.Option(min=1, help="direct on video: latent frames decoded per sample "
+                                                              "(default: all).")] = None,
     eval_every: Annotated[int, typer.Option(min=1, help="Steps between evaluations at fixed seeds.")]
     = DEFAULTS["eval_every"],
     per_prompt: Annotated[int, typer.Option(min=2, help="Evaluation samples per prompt.")] = DEFAULTS["per_prompt"],
@@ -77,7 +79,8 @@ def tune(
     reward_options = parse_options(option)
     try:
         summary, out_dir = _run(reward, reward_options, student, method, surrogate, concurrent, texts, steps,
-                                batch_size, lr, surrogate_lr, grad_steps, eval_every, per_prompt, seed, out, device)
+                                batch_size, lr, surrogate_lr, grad_steps, frames, eval_every, per_prompt, seed, out,
+                                device)
     except USER_ERRORS as error:
         exit_with_message(error)
     typer.echo(summary, err=True)
@@ -85,7 +88,7 @@ def tune(
 
 
 def _run(reward_name, reward_options, student_path, method, surrogate_path, concurrent, texts, steps, batch_size,
-         lr, surrogate_lr, grad_steps, eval_every, per_prompt, seed, out, device):
+         lr, surrogate_lr, grad_steps, frames, eval_every, per_prompt, seed, out, device):
     from dataclasses import asdict
 
     from lrm.codecs import from_settings
@@ -107,7 +110,7 @@ def _run(reward_name, reward_options, student_path, method, surrogate_path, conc
     latent_shape = run.latent_shape()
     config = TuneConfig(method=method, concurrent=concurrent, steps=steps, student_steps=run.student_steps,
                         batch_size=batch_size, lr=lr, surrogate_lr=surrogate_lr, grad_steps=grad_steps,
-                        eval_every=eval_every, per_prompt=per_prompt, seed=seed)  # checked before loading models
+                        frames=frames, eval_every=eval_every, per_prompt=per_prompt, seed=seed)  # checked first
     model = run.load(map_location=device)
     if model.codec_settings is None or model.text_encoder_id is None:
         raise ValueError(f"{student_path} records no codec or text encoder, so its samples cannot be decoded and "

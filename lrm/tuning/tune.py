@@ -47,6 +47,7 @@ class TuneConfig:
     concurrent: bool = False  # "lrm": train the surrogate alongside (Alg. 1 lines 15-17)
     surrogate_lr: float = 1e-4  # the concurrent surrogate's AdamW
     grad_steps: int | None = None  # "ddpo": N (default 2); "direct": K (default 1)
+    frames: int | None = None  # "direct" on video: latent frames decoded per sample (None: all)
     eval_every: int = 20  # steps between monitor records
     per_prompt: int = 4  # monitor samples per prompt
     eval_prompts: int = 4  # monitor prompts (the first of `prompts`)
@@ -55,6 +56,8 @@ class TuneConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {list(METHODS)}, got {self.method!r}")
+        if self.frames is not None and self.method != "direct":
+            raise ValueError(f"frames selects the frames that method 'direct' decodes (got {self.method!r})")
         if self.concurrent and self.method != "lrm":
             raise ValueError(f"concurrent trains a latent surrogate, which only method 'lrm' uses "
                              f"(got {self.method!r})")
@@ -79,7 +82,8 @@ def build_term(config: TuneConfig, true_reward: TrueReward, latent_shape):
     if config.method == "ddpo":
         return DDPO(true_reward, latent_shape, steps=config.student_steps, grad_steps=config.grad_steps)
     if config.method == "direct":
-        return DirectReward(true_reward, latent_shape, steps=config.student_steps, grad_steps=config.grad_steps or 1)
+        return DirectReward(true_reward, latent_shape, steps=config.student_steps, grad_steps=config.grad_steps or 1,
+                            frames=config.frames)
     return LRMFineTune(true_reward if config.concurrent else None, real=False, latent_shape=latent_shape)
 
 
