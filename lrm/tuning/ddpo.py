@@ -156,9 +156,11 @@ class DDPO:
     def generator_loss(self, step: Step) -> torch.Tensor:
         student = step.roles.module(STUDENT)
         if self._stored is None or self._uses >= self.reuse:
-            self._stored, self._uses = self._sample(student, step), 0
-            trajectory, batch, adv, keep, old = self._stored
+            trajectory, batch, adv, keep, old = self._sample(student, step)
             lp = trajectory.log_probs / self.elements  # (B, N)
+            # kept for reuse without its graph (the means are recomputed under the then current student)
+            stored = trajectory._replace(posteriors=[], log_probs=trajectory.log_probs.detach())
+            self._stored, self._uses = ((stored, batch, adv, keep, old) if self.reuse > 1 else None), 0
         else:
             trajectory, batch, adv, keep, old = self._stored
             lp = self._log_probs(student, trajectory, batch)
