@@ -640,15 +640,18 @@ TUNE_ARGS = ["--prompt", "a red circle", "--prompt", "a blue square", "--steps",
 
 
 @pytest.mark.parametrize("reward,method", [("colorfulness", ["--method", "direct"]),
-                                           ("jpeg-incompressibility", ["--concurrent"])])
+                                           ("jpeg-incompressibility", ["--concurrent"]),
+                                           ("jpeg-incompressibility", ["--concurrent", "--teacher"])])
 def test_lrm_tune_writes_the_tuned_student_records_and_grids(words_runs, reward, method):
     from typer.testing import CliRunner
 
     from lrm.generators.runs import open_generator_run
 
     out = words_runs / "tuned"
-    result = CliRunner().invoke(cli_app(), ["tune", reward, "--student", str(words_runs / "student"), *method,
-                                            *TUNE_ARGS, "--out", str(out)])
+    start = ["--teacher", str(words_runs / "teacher"), "--student-steps", "1"] if "--teacher" in method else \
+        ["--student", str(words_runs / "student")]
+    method = [m for m in method if m != "--teacher"]
+    result = CliRunner().invoke(cli_app(), ["tune", reward, *start, *method, *TUNE_ARGS, "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert f"{reward}: gold" in result.output
     facts = json.loads((out / "records.json").read_text())
@@ -657,6 +660,8 @@ def test_lrm_tune_writes_the_tuned_student_records_and_grids(words_runs, reward,
     assert (out / "before" / "grid.png").is_file() and (out / "after" / "grid.png").is_file()
     tuned = open_generator_run(out)
     assert tuned.student_steps == 1 and tuned.latent_shape() == (1, 32, 8, 8)
+    if "--teacher" in start:  # DOLLAR's VSD + LRM: the fake score and the surrogate train beside the student
+        assert set(facts["losses"][0]) == {"vsd", "fake_score", "lrm_ft", "lrm"}
 
 
 def test_lrm_tune_refuses_bad_input_with_one_line(words_runs):
@@ -666,8 +671,12 @@ def test_lrm_tune_refuses_bad_input_with_one_line(words_runs):
     other.info.codec_settings = codec().settings()
     other.save_pretrained(words_runs / "other-lrm")
     student = ["--student", str(words_runs / "student")]
+    teacher = ["--teacher", str(words_runs / "teacher")]
     cases = [
         (["colorfulness", "--student", str(words_runs / "teacher"), "--method", "direct"], "is a teacher run"),
+        (["colorfulness", "--teacher", str(words_runs / "student"), "--method", "direct"], "is a distilled student"),
+        (["colorfulness", *student, *teacher, "--method", "direct"], "give --student RUN"),
+        (["colorfulness", *teacher, "--method", "direct", "--losses", "vsd,cd"], "CD needs real latents"),
         (["jpeg-incompressibility", *student, "--method", "direct"], "'jpeg-incompressibility' is not"),
         (["colorfulness", *student], "needs --surrogate DIR"),
         (["colorfulness", *student, "--surrogate", str(words_runs / "other-lrm")], "4-channel latents"),

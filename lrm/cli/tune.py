@@ -28,7 +28,11 @@ def register(app: typer.Typer) -> None:
 
 def tune(
     reward: Annotated[str, typer.Argument(help="Reward name (`lrm rewards`) or your metric as path/to/file.py:fn.")],
-    student: Annotated[Path, typer.Option(help="Distilled student run (its model/ records student_steps).")],
+    student: Annotated[Optional[Path], typer.Option(help="Distilled student run (its model/ records student_steps).")]
+    = None,
+    teacher: Annotated[Optional[Path], typer.Option(help="Teacher run to distil while tuning (with --losses).")] = None,
+    losses: Annotated[str, typer.Option(help="With --teacher: distillation terms alongside the hook (vsd).")] = "vsd",
+    student_steps: Annotated[int, typer.Option(min=1, help="With --teacher: the student's sampling steps.")] = 4,
     method: Annotated[str, typer.Option(help="lrm (latent surrogate), ddpo (DDPO-SF) or direct (ReFL / DRaFT-K).")]
     = DEFAULTS["method"],
     surrogate: Annotated[Optional[Path], typer.Option(help="Fitted surrogate folder (`lrm fit`) for --method lrm.")]
@@ -52,21 +56,25 @@ def tune(
     per_prompt: Annotated[int, typer.Option(min=2, help="Evaluation samples per prompt.")] = DEFAULTS["per_prompt"],
     seed: Annotated[int, typer.Option(help="Seed of the trainer's draws and the evaluation samples.")]
     = DEFAULTS["seed"],
-    out: Annotated[Optional[Path], typer.Option(help="Output folder (default STUDENT/tune-REWARD-METHOD).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (default RUN/tune-REWARD-METHOD).")] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.", callback=check_device)] = "cpu",
 ) -> None:
     """Reward-tune a distilled student with LRM fine-tuning, DDPO-SF or direct reward gradients.
 
-    Writes OUT/model (the tuned student, a generator run), OUT/records.json (gold and proxy reward,
-    diversity and distance from the start at fixed seeds, seconds per step, peak memory) and sample
-    grids OUT/before and OUT/after.
+    Starts from a distilled --student, or from a --teacher whose copy is distilled (VSD) while it is
+    tuned (DOLLAR's VSD + LRM). Writes OUT/model (the tuned student, a generator run),
+    OUT/records.json (gold and proxy reward, diversity and distance from the start at fixed seeds,
+    seconds per step, peak memory) and sample grids OUT/before and OUT/after.
 
     Examples:
       lrm tune jpeg-compressibility --student runs/student --surrogate runs/jpeg-lrm
       lrm tune jpeg-compressibility --student runs/student --concurrent --steps 100
       lrm tune colorfulness --student runs/student --method direct
+      lrm tune jpeg-compressibility --teacher runs/teacher --losses vsd --concurrent
       lrm tune my_metric.py:score --student runs/student --method ddpo --option differentiable=false
     """
+    if (student is None) == (teacher is None):
+        raise typer.BadParameter("give --student RUN (a distilled student) or --teacher RUN (distil while tuning)")
     if method not in METHODS:
         raise typer.BadParameter(f"must be one of {', '.join(METHODS)}, got {method!r}", param_hint="--method")
     if method != "lrm" and (surrogate is not None or concurrent):
@@ -78,7 +86,9 @@ def tune(
     texts = _prompts(prompt, prompts) if (prompt or prompts is not None) else None
     reward_options = parse_options(option)
     try:
-        summary, out_dir = _run(reward, reward_options, student, method, surrogate, concurrent, texts, steps,
+        distill = tuple(n.strip() for n in losses.split(",") if n.strip()) if teacher is not None else ()
+        summary, out_dir = _run(reward, reward_options, student or teacher, distill, student_steps, method, surrogate,
+                                concurrent, texts, steps,
                                 batch_size, lr, surrogate_lr, grad_steps, frames, eval_every, per_prompt, seed, out,
                                 device)
     except USER_ERRORS as error:
@@ -87,8 +97,8 @@ def tune(
     typer.echo(f"tuned student, records and grids in {out_dir}", err=True)
 
 
-def _run(reward_name, reward_options, student_path, method, surrogate_path, concurrent, texts, steps, batch_size,
-         lr, surrogate_lr, grad_steps, frames, eval_every, per_prompt, seed, out, device):
+def _run(reward_name, reward_options, run_path, distill, student_steps, method, surrogate_path, concurrent, texts,
+         steps, batch_size, lr, surrogate_lr, grad_steps, frames, eval_every, per_prompt, seed, out, device):
     from dataclasses import asdict
 
     from lrm.codecs import from_settings
@@ -103,17 +113,21 @@ def _run(reward_name, reward_options, student_path, method, surrogate_path, conc
     from lrm.tuning.tune import TuneConfig
     from lrm.tuning.tune import tune as run_tuning
 
-    run = open_generator_run(student_path)
-    if run.student_steps is None:
-        raise ValueError(f"{student_path} is a teacher run (its model records no student_steps); distil a student "
-                         "first and pass its run")
+    run = open_generator_run(run_path)
+    if not distill and run.student_steps is None:
+        raise ValueError(f"{run_path} is a teacher run (its model records no student_steps); pass it as --teacher "
+                         "to distil while tuning, or a distilled student as --student")
+    if distill and run.student_steps is not None:
+        raise ValueError(f"{run_path} is a distilled student; pass it as --student")
     latent_shape = run.latent_shape()
-    config = TuneConfig(method=method, concurrent=concurrent, steps=steps, student_steps=run.student_steps,
+    student_steps = run.student_steps or student_steps
+    config = TuneConfig(method=method, concurrent=concurrent, steps=steps, student_steps=student_steps,
                         batch_size=batch_size, lr=lr, surrogate_lr=surrogate_lr, grad_steps=grad_steps,
-                        frames=frames, eval_every=eval_every, per_prompt=per_prompt, seed=seed)  # checked first
+                        frames=frames, distill=distill, eval_every=eval_every, per_prompt=per_prompt,
+                        seed=seed)  # checked first
     model = run.load(map_location=device)
     if model.codec_settings is None or model.text_encoder_id is None:
-        raise ValueError(f"{student_path} records no codec or text encoder, so its samples cannot be decoded and "
+        raise ValueError(f"{run_path} records no codec or text encoder, so its samples cannot be decoded and "
                          "scored; tune a run written by lrm")
     codec = from_settings(model.codec_settings).to(device)
     true_reward = TrueReward(codec, load_reward(reward_name, **reward_options))
@@ -128,11 +142,12 @@ def _run(reward_name, reward_options, student_path, method, surrogate_path, conc
     result = run_tuning(model, true_reward, texts, encoder, config, latent_shape=latent_shape, surrogate=surrogate)
 
     out_dir = Path(out) if out is not None else run.run_dir / f"tune-{Path(reward_name).stem}-{method}"
-    extra = {"student_steps": run.student_steps, "latent_shape": list(latent_shape),
-             "tuned_with": {"reward": reward_name, "method": method, "steps": steps, "from": str(student_path)}}
-    save_denoiser(model, out_dir / "model", extra=extra)
+    extra = {"student_steps": student_steps, "latent_shape": list(latent_shape),
+             "tuned_with": {"reward": reward_name, "method": method, "distill": list(distill), "steps": steps,
+                            "from": str(run_path)}}
+    save_denoiser(result.student, out_dir / "model", extra=extra)
     term = result.term
-    facts = {"reward": reward_name, "method": method, "concurrent": concurrent, "student": str(student_path),
+    facts = {"reward": reward_name, "method": method, "concurrent": concurrent, "from": str(run_path),
              "config": asdict(config), "records": [asdict(r) for r in result.records],
              "seconds_per_step": result.seconds_per_step, "peak_memory_mb": result.peak_memory_mb,
              "nonfinite_rewards": true_reward.nonfinite,
@@ -141,7 +156,7 @@ def _run(reward_name, reward_options, student_path, method, surrogate_path, conc
     atomic_write_json(out_dir / "records.json", json.loads(json.dumps(facts, default=float)))
     for name, samples in (("before", result.samples_before), ("after", result.samples_after)):
         save_samples(samples, out_dir / name, {"run": str(out_dir / "model"), "sampler": "few-step",
-                                               "steps": run.student_steps, "cfg": 1.0})
+                                               "steps": student_steps, "cfg": 1.0})
     first, last = result.records[0], result.records[-1]
     summary = (f"{true_reward.name}: gold {first.gold:.4g} -> {last.gold:.4g}, proxy {first.proxy:.4g} -> "
                f"{last.proxy:.4g}, diversity {first.diversity:.3f} -> {last.diversity:.3f}, distance "

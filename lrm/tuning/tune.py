@@ -4,8 +4,8 @@
                   TuneConfig(method="lrm", concurrent=True, steps=200))
     result.records   # TuningMonitor records at fixed prompts and seeds: before, every eval_every steps, at the end
 
-The student is tuned alone (no distillation terms; combine hooks with VSD / CD through Distiller directly)
-with one method:
+The student is tuned alone, or, from a teacher, distilled alongside with the DISTILL_TERMS that need no data
+(VSD; combine hooks with CD through Distiller and a data function). One method:
 - "lrm": LRM fine-tuning (Eq. 11) through `surrogate` (a fitted one, frozen), or, with `concurrent`, through
   a surrogate trained alongside on the true reward of the student's samples (the given one warm-starts it;
   none: a fresh DEFAULT_PRESETS one for the reward's kind). Batches carry no real latents here, so the
@@ -30,11 +30,13 @@ from lrm.tuning.denoise import Batch
 from lrm.tuning.direct import DirectReward
 from lrm.tuning.lrm_ft import LRMFineTune, surrogate_role
 from lrm.tuning.monitor import TuningMonitor, TuningRecord
-from lrm.tuning.roles import STUDENT, Role, Roles, adamw
+from lrm.tuning.roles import STUDENT, Role, Roles, adamw, build_roles
 from lrm.tuning.trainer import DistillConfig, Distiller, StepLog
 from lrm.tuning.true_reward import TrueReward
+from lrm.tuning.vsd import VSD
 
 METHODS = ("lrm", "ddpo", "direct")
+DISTILL_TERMS = {"vsd": VSD}  # distillation terms that need no real data (VSD: DOLLAR Eq. 8)
 
 
 @dataclass
@@ -48,6 +50,7 @@ class TuneConfig:
     surrogate_lr: float = 1e-4  # the concurrent surrogate's AdamW
     grad_steps: int | None = None  # "ddpo": N (default 2); "direct": K (default 1)
     frames: int | None = None  # "direct" on video: latent frames decoded per sample (None: all)
+    distill: tuple[str, ...] = ()  # start from a teacher and distil alongside: DISTILL_TERMS names (DOLLAR: VSD)
     eval_every: int = 20  # steps between monitor records
     per_prompt: int = 4  # monitor samples per prompt
     eval_prompts: int = 4  # monitor prompts (the first of `prompts`)
@@ -58,6 +61,12 @@ class TuneConfig:
             raise ValueError(f"method must be one of {list(METHODS)}, got {self.method!r}")
         if self.frames is not None and self.method != "direct":
             raise ValueError(f"frames selects the frames that method 'direct' decodes (got {self.method!r})")
+        self.distill = tuple(self.distill)
+        unknown = [name for name in self.distill if name not in DISTILL_TERMS]
+        if unknown:
+            hint = (" (CD needs real latents, which tune does not draw: distil with lrm.tuning.Distiller and a data "
+                    "function)") if "cd" in unknown else ""
+            raise ValueError(f"distill terms {unknown} are not available here; choose from {list(DISTILL_TERMS)}{hint}")
         if self.concurrent and self.method != "lrm":
             raise ValueError(f"concurrent trains a latent surrogate, which only method 'lrm' uses "
                              f"(got {self.method!r})")
@@ -68,6 +77,7 @@ class TuneConfig:
 
 @dataclass
 class TuneResult:
+    student: nn.Module  # the tuned student
     records: list[TuningRecord]
     logs: list[StepLog]
     seconds_per_step: float
@@ -87,11 +97,16 @@ def build_term(config: TuneConfig, true_reward: TrueReward, latent_shape):
     return LRMFineTune(true_reward if config.concurrent else None, real=False, latent_shape=latent_shape)
 
 
-def tuning_roles(student: nn.Module, config: TuneConfig, latent_shape, surrogate: nn.Module | None,
+def tuning_roles(generator: nn.Module, config: TuneConfig, latent_shape, surrogate: nn.Module | None,
                  true_reward: TrueReward) -> Roles:
-    """The student (trained in place) and, for "lrm", the surrogate role (checked against the student)."""
-    roles = Roles()
-    roles.add(Role(STUDENT, student, adamw(config.lr)(list(student.parameters()))))
+    """The student (`generator` itself, trained in place; with config.distill a copy of the teacher `generator`,
+    with a fake score for VSD) and, for "lrm", the surrogate role (checked against the student)."""
+    if config.distill:
+        roles = build_roles(generator, student_lr=config.lr, fake_lr=config.lr, ema=False)
+    else:
+        roles = Roles()
+        roles.add(Role(STUDENT, generator, adamw(config.lr)(list(generator.parameters()))))
+    student = roles.module(STUDENT)
     if config.method != "lrm":
         return roles
     if surrogate is None:
@@ -106,21 +121,25 @@ def tuning_roles(student: nn.Module, config: TuneConfig, latent_shape, surrogate
     return roles
 
 
-def tune(student: nn.Module, true_reward: TrueReward, prompts: Sequence[str], text_encoder, config: TuneConfig,
+def tune(generator: nn.Module, true_reward: TrueReward, prompts: Sequence[str], text_encoder, config: TuneConfig,
          *, latent_shape: Sequence[int], surrogate: nn.Module | None = None) -> TuneResult:
-    """Tune `student` in place toward `true_reward` (module docstring); every check runs before any work."""
+    """Tune the student `generator` in place toward `true_reward` (module docstring); with config.distill,
+    `generator` is a teacher, left unchanged, and the student is its copy (DOLLAR's VSD + LRM from the start).
+    Every check runs before any work; the tuned student is result.student."""
     prompts = list(prompts)
     if not prompts:
         raise ValueError("tune needs at least one prompt")
     latent_shape = tuple(int(v) for v in latent_shape)
     term = build_term(config, true_reward, latent_shape)
-    roles = tuning_roles(student, config, latent_shape, surrogate, true_reward)
+    roles = tuning_roles(generator, config, latent_shape, surrogate, true_reward)
+    student = roles.module(STUDENT)
     lrm = roles.module("lrm") if "lrm" in roles else None
     monitor = TuningMonitor(student, true_reward, prompts[: config.eval_prompts], text_encoder,
                             latent_shape=latent_shape, steps=config.student_steps, per_prompt=config.per_prompt,
                             seed=config.seed, surrogate=lrm)
-    distiller = Distiller(roles, [term], DistillConfig(latent_shape=latent_shape, student_steps=config.student_steps,
-                                                       seed=config.seed))
+    terms = [DISTILL_TERMS[name]() for name in config.distill] + [term]
+    distiller = Distiller(roles, terms, DistillConfig(latent_shape=latent_shape, student_steps=config.student_steps,
+                                                      seed=config.seed))
 
     def batches(step: int) -> list[Batch]:
         pick = torch.randint(len(prompts), (config.batch_size,), generator=torch.Generator().manual_seed(step))
@@ -141,5 +160,5 @@ def tune(student: nn.Module, true_reward: TrueReward, prompts: Sequence[str], te
         if distiller.step % config.eval_every == 0 or distiller.step == config.steps:
             monitor(distiller.step)
     seconds = sum(log.seconds for log in logs) / len(logs)
-    return TuneResult(monitor.records, logs, seconds, peak if device.type == "cuda" else None, term, monitor.first,
-                      monitor.last)
+    return TuneResult(student, monitor.records, logs, seconds, peak if device.type == "cuda" else None, term,
+                      monitor.first, monitor.last)
