@@ -28,7 +28,7 @@ from lrm.generators.sampling import Samples
 from lrm.tuning.ddpo import DDPO
 from lrm.tuning.denoise import Batch
 from lrm.tuning.direct import DirectReward
-from lrm.tuning.lrm_ft import LRMFineTune, surrogate_role
+from lrm.tuning.lrm_ft import LRM, LRMFineTune, surrogate_role
 from lrm.tuning.monitor import TuningMonitor, TuningRecord
 from lrm.tuning.roles import STUDENT, Role, Roles, adamw, build_roles
 from lrm.tuning.trainer import DistillConfig, Distiller, StepLog
@@ -45,7 +45,7 @@ class TuneConfig:
     steps: int = 200  # generator updates
     student_steps: int = 4  # the student's sampling grid (DOLLAR: 4 steps [999, 749, 499, 249])
     batch_size: int = 8  # prompts per update
-    lr: float = 1e-5  # the student's AdamW (DOLLAR's distillation rate)
+    lr: float = 1e-5  # the student's AdamW (build_roles' default student rate)
     concurrent: bool = False  # "lrm": train the surrogate alongside (Alg. 1 lines 15-17)
     surrogate_lr: float = 1e-4  # the concurrent surrogate's AdamW
     grad_steps: int | None = None  # "ddpo": N (default 2); "direct": K (default 1)
@@ -133,7 +133,7 @@ def tune(generator: nn.Module, true_reward: TrueReward, prompts: Sequence[str], 
     term = build_term(config, true_reward, latent_shape)
     roles = tuning_roles(generator, config, latent_shape, surrogate, true_reward)
     student = roles.module(STUDENT)
-    lrm = roles.module("lrm") if "lrm" in roles else None
+    lrm = roles.module(LRM) if LRM in roles else None
     monitor = TuningMonitor(student, true_reward, prompts[: config.eval_prompts], text_encoder,
                             latent_shape=latent_shape, steps=config.student_steps, per_prompt=config.per_prompt,
                             seed=config.seed, surrogate=lrm)
