@@ -8,17 +8,29 @@
 - roles: the networks (teacher, student, EMA, fake score, discriminator head, 2D teacher / fake score);
 - denoise: predictions on (x0_hat, eps_hat) with CFG, noising, timesteps, the student's backward simulation;
 - terms: the term interface; vsd, cd, adm, sdm2d: one loss per file;
-- trainer: the loop, EMA, accumulation, clipping, non-finite skips, bf16 autocast, checkpoints (checkpoint).
+- trainer: the loop, EMA, accumulation, clipping, non-finite skips, bf16 autocast, checkpoints (checkpoint);
+- reward hooks, terms of the same loop: lrm_ft (Eq. 11, a frozen or concurrent latent surrogate), ddpo
+  (DDPO-SF, Alg. 2), direct (ReFL / DRaFT-K); true_reward: the decoded pixel reward they share; monitor:
+  gold / proxy reward, diversity and distance from the start at fixed prompts and seeds; tune: one hook on
+  a student alone, with monitor records (lrm.tuning.tune.tune, what `lrm tune` runs).
 """
 
 from lrm.tuning.adm import ADM, DiscriminatorHead, discriminator_for
 from lrm.tuning.cd import CD
+from lrm.tuning.ddpo import DDPO
 from lrm.tuning.denoise import Batch, predict, student_sample
+from lrm.tuning.direct import DirectReward
+from lrm.tuning.lrm_ft import LRM, LRMFineTune, surrogate_role
+from lrm.tuning.monitor import TuningMonitor, TuningRecord
 from lrm.tuning.roles import Role, Roles, build_roles
 from lrm.tuning.sdm2d import SDM2D
 from lrm.tuning.terms import Step, Term
 from lrm.tuning.trainer import DistillConfig, Distiller, StepLog
+from lrm.tuning.true_reward import TrueReward
+from lrm.tuning.tune import TuneConfig, TuneResult
 from lrm.tuning.vsd import VSD
 
 __all__ = ["ADM", "CD", "SDM2D", "VSD", "Batch", "DiscriminatorHead", "DistillConfig", "Distiller", "Role",
-           "Roles", "Step", "StepLog", "Term", "build_roles", "discriminator_for", "predict", "student_sample"]
+           "Roles", "Step", "StepLog", "Term", "build_roles", "discriminator_for", "predict", "student_sample",
+           "DDPO", "DirectReward", "LRM", "LRMFineTune", "TrueReward", "TuningMonitor", "TuningRecord",
+           "TuneConfig", "TuneResult", "surrogate_role"]

@@ -25,6 +25,7 @@ class Batch:
     text: torch.Tensor  # (B, L, D) text-encoder tokens
     text_mask: torch.Tensor  # (B, L) bool
     x0: torch.Tensor | None = None  # (B, T, c, h, w) real latents, or None when no term needs data
+    prompts: list[str] | None = None  # (B,) the prompts as text, for rewards that read them (reward hooks)
 
     @property
     def size(self) -> int:

@@ -1,0 +1,164 @@
+"""`lrm tune`: reward-tune a distilled student with one hook (lrm.tuning.tune): LRM fine-tuning through a fitted
+or concurrently trained latent surrogate, DDPO-SF, or direct reward gradients.
+
+Importing this module imports no torch: the library is imported inside the command, and the defaults below
+restate lrm.tuning.tune.TuneConfig's (tests/test_hooks.py keeps them equal).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from lrm.cli.errors import USER_ERRORS, exit_with_message
+from lrm.cli.options import check_device, parse_options
+
+METHODS = ("lrm", "ddpo", "direct")  # lrm.tuning.tune.METHODS
+DEFAULTS = {"method": "lrm", "steps": 200, "batch_size": 8, "lr": 1e-5, "surrogate_lr": 1e-4, "eval_every": 20,
+            "per_prompt": 4, "eval_prompts": 4, "seed": 0}  # lrm.tuning.tune.TuneConfig
+PROCEDURAL_PROMPTS = 16  # procedural captions tuned on when no prompts are given
+
+
+def register(app: typer.Typer) -> None:
+    app.command("tune")(tune)
+
+
+def tune(
+    reward: Annotated[str, typer.Argument(help="Reward name (`lrm rewards`) or your metric as path/to/file.py:fn.")],
+    student: Annotated[Optional[Path], typer.Option(help="Distilled student run (its model/ records student_steps).")]
+    = None,
+    teacher: Annotated[Optional[Path], typer.Option(help="Teacher run to distil while tuning (with --losses).")] = None,
+    losses: Annotated[str, typer.Option(help="With --teacher: distillation terms alongside the hook (vsd).")] = "vsd",
+    student_steps: Annotated[int, typer.Option(min=1, help="With --teacher: the student's sampling steps.")] = 4,
+    method: Annotated[str, typer.Option(help="lrm (latent surrogate), ddpo (DDPO-SF) or direct (ReFL / DRaFT-K).")]
+    = DEFAULTS["method"],
+    surrogate: Annotated[Optional[Path], typer.Option(help="Fitted surrogate folder (`lrm fit`) for --method lrm.")]
+    = None,
+    concurrent: Annotated[bool, typer.Option(help="--method lrm: train the surrogate alongside on the true reward "
+                                                  "of the student's samples (warm-started from --surrogate).")] = False,
+    option: Annotated[Optional[list[str]], typer.Option(help="Reward option KEY=VALUE; repeatable.")] = None,
+    prompt: Annotated[Optional[list[str]], typer.Option(help="A prompt to tune on; repeatable.")] = None,
+    prompts: Annotated[Optional[Path], typer.Option(help="Prompts file (default: procedural captions).")] = None,
+    steps: Annotated[int, typer.Option(min=1, help="Generator updates.")] = DEFAULTS["steps"],
+    batch_size: Annotated[int, typer.Option(min=1, help="Prompts per update.")] = DEFAULTS["batch_size"],
+    lr: Annotated[float, typer.Option(min=0.0, help="The student's AdamW learning rate.")] = DEFAULTS["lr"],
+    surrogate_lr: Annotated[float, typer.Option(min=0.0, help="The concurrent surrogate's learning rate.")]
+    = DEFAULTS["surrogate_lr"],
+    grad_steps: Annotated[Optional[int], typer.Option(min=1, help="ddpo: N steps with log-probs (default 2); "
+                                                                  "direct: K steps with gradient (default 1).")] = None,
+    frames: Annotated[Optional[int], typer.Option(min=1, help="direct on video: latent frames decoded per sample "
+                                                              "(default: all).")] = None,
+    eval_every: Annotated[int, typer.Option(min=1, help="Steps between evaluations at fixed seeds.")]
+    = DEFAULTS["eval_every"],
+    per_prompt: Annotated[int, typer.Option(min=2, help="Evaluation samples per prompt.")] = DEFAULTS["per_prompt"],
+    seed: Annotated[int, typer.Option(help="Seed of the trainer's draws and the evaluation samples.")]
+    = DEFAULTS["seed"],
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (default RUN/tune-REWARD-METHOD).")] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda.", callback=check_device)] = "cpu",
+) -> None:
+    """Reward-tune a distilled student with LRM fine-tuning, DDPO-SF or direct reward gradients.
+
+    Starts from a distilled --student, or from a --teacher whose copy is distilled (VSD) while it is
+    tuned (DOLLAR's VSD + LRM). Writes OUT/model (the tuned student, a generator run),
+    OUT/records.json (gold and proxy reward, diversity and distance from the start at fixed seeds,
+    seconds per step, peak memory) and sample grids OUT/before and OUT/after.
+
+    Examples:
+      lrm tune jpeg-compressibility --student runs/student --surrogate runs/jpeg-lrm
+      lrm tune jpeg-compressibility --student runs/student --concurrent --steps 100
+      lrm tune colorfulness --student runs/student --method direct
+      lrm tune jpeg-compressibility --teacher runs/teacher --losses vsd --concurrent
+      lrm tune my_metric.py:score --student runs/student --method ddpo --option differentiable=false
+    """
+    if (student is None) == (teacher is None):
+        raise typer.BadParameter("give --student RUN (a distilled student) or --teacher RUN (distil while tuning)")
+    if method not in METHODS:
+        raise typer.BadParameter(f"must be one of {', '.join(METHODS)}, got {method!r}", param_hint="--method")
+    if method != "lrm" and (surrogate is not None or concurrent):
+        raise typer.BadParameter(f"--surrogate and --concurrent belong to --method lrm, not {method}")
+    if method == "lrm" and surrogate is None and not concurrent:
+        raise typer.BadParameter("--method lrm needs --surrogate DIR (fitted by `lrm fit`) or --concurrent")
+    from lrm.cli.generate import _prompts
+
+    texts = _prompts(prompt, prompts) if (prompt or prompts is not None) else None
+    reward_options = parse_options(option)
+    try:
+        distill = tuple(n.strip() for n in losses.split(",") if n.strip()) if teacher is not None else ()
+        summary, out_dir = _run(reward, reward_options, student or teacher, distill, student_steps, method, surrogate,
+                                concurrent, texts, steps,
+                                batch_size, lr, surrogate_lr, grad_steps, frames, eval_every, per_prompt, seed, out,
+                                device)
+    except USER_ERRORS as error:
+        exit_with_message(error)
+    typer.echo(summary, err=True)
+    typer.echo(f"tuned student, records and grids in {out_dir}", err=True)
+
+
+def _run(reward_name, reward_options, run_path, distill, student_steps, method, surrogate_path, concurrent, texts,
+         steps, batch_size, lr, surrogate_lr, grad_steps, frames, eval_every, per_prompt, seed, out, device):
+    from dataclasses import asdict
+
+    from lrm.codecs import from_settings
+    from lrm.evaluation.report import procedural_prompts
+    from lrm.generators.io import save_denoiser
+    from lrm.generators.runs import open_generator_run
+    from lrm.generators.writing import save_samples
+    from lrm.io import atomic_write_json
+    from lrm.rewards import load as load_reward
+    from lrm.text import load as load_text
+    from lrm.tuning.true_reward import TrueReward
+    from lrm.tuning.tune import TuneConfig
+    from lrm.tuning.tune import tune as run_tuning
+
+    run = open_generator_run(run_path)
+    if not distill and run.student_steps is None:
+        raise ValueError(f"{run_path} is a teacher run (its model records no student_steps); pass it as --teacher "
+                         "to distil while tuning, or a distilled student as --student")
+    if distill and run.student_steps is not None:
+        raise ValueError(f"{run_path} is a distilled student; pass it as --student")
+    latent_shape = run.latent_shape()
+    student_steps = run.student_steps or student_steps
+    config = TuneConfig(method=method, concurrent=concurrent, steps=steps, student_steps=student_steps,
+                        batch_size=batch_size, lr=lr, surrogate_lr=surrogate_lr, grad_steps=grad_steps,
+                        frames=frames, distill=distill, eval_every=eval_every, per_prompt=per_prompt,
+                        seed=seed)  # checked first
+    model = run.load(map_location=device)
+    if model.codec_settings is None or model.text_encoder_id is None:
+        raise ValueError(f"{run_path} records no codec or text encoder, so its samples cannot be decoded and "
+                         "scored; tune a run written by lrm")
+    codec = from_settings(model.codec_settings).to(device)
+    true_reward = TrueReward(codec, load_reward(reward_name, **reward_options))
+    surrogate = None
+    if surrogate_path is not None:
+        from lrm.models import LatentRewardModel
+
+        surrogate = LatentRewardModel.from_pretrained(surrogate_path, codec_settings=model.codec_settings,
+                                                      map_location=device)
+    encoder = load_text(model.text_encoder_id)
+    texts = texts or procedural_prompts(PROCEDURAL_PROMPTS, latent_shape[0])
+    result = run_tuning(model, true_reward, texts, encoder, config, latent_shape=latent_shape, surrogate=surrogate)
+
+    out_dir = Path(out) if out is not None else run.run_dir / f"tune-{Path(reward_name).stem}-{method}"
+    extra = {"student_steps": student_steps, "latent_shape": list(latent_shape),
+             "tuned_with": {"reward": reward_name, "method": method, "distill": list(distill), "steps": steps,
+                            "from": str(run_path)}}
+    save_denoiser(result.student, out_dir / "model", extra=extra)
+    term = result.term
+    facts = {"reward": reward_name, "method": method, "concurrent": concurrent, "from": str(run_path),
+             "config": asdict(config), "records": [asdict(r) for r in result.records],
+             "seconds_per_step": result.seconds_per_step, "peak_memory_mb": result.peak_memory_mb,
+             "nonfinite_rewards": true_reward.nonfinite,
+             "skipped_updates": sum(len(log.skipped) for log in result.logs),
+             "surrogate_fidelity": getattr(term, "fidelity", None), "losses": [log.losses for log in result.logs]}
+    atomic_write_json(out_dir / "records.json", json.loads(json.dumps(facts, default=float)))
+    for name, samples in (("before", result.samples_before), ("after", result.samples_after)):
+        save_samples(samples, out_dir / name, {"run": str(out_dir / "model"), "sampler": "few-step",
+                                               "steps": student_steps, "cfg": 1.0})
+    first, last = result.records[0], result.records[-1]
+    summary = (f"{true_reward.name}: gold {first.gold:.4g} -> {last.gold:.4g}, proxy {first.proxy:.4g} -> "
+               f"{last.proxy:.4g}, diversity {first.diversity:.3f} -> {last.diversity:.3f}, distance "
+               f"{last.distance:.3g}; {result.seconds_per_step:.3g} s/step")
+    return summary, out_dir

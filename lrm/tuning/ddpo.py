@@ -1,0 +1,201 @@
+"""DDPO-SF: REINFORCE on the student's own sampling policy (DOLLAR Sec. 8.5, Alg. 2, Eq. 25-26).
+
+Each call samples the student's trajectory on its grid (DOLLAR: [999, 749, 499, 249]) with the DDPM
+posterior (Eq. 25): at each t_n the student's x0 prediction (Eq. 15 for conjugate-v) gives
+N(mu_theta(x_{t_n}), std_n^2 I) and x_{t_{n+1}} is drawn from it; the last step goes to t = 0
+(alpha_0, sigma_0 = sqrt(beta_1), std > 0), whose sample the reward reads as the clean image. Only the
+last `grad_steps` (DOLLAR: N = 2, "log-probs at [249, 499]") steps are run with gradient; earlier ones
+without (truncation). The true reward R of the decoded sample (any reward, differentiable or not,
+read under no_grad) becomes an advantage per prompt:
+
+    A_i = (R_i - mean_g) / (std_g + 1e-6)   over the samples g of the batch with sample i's prompt
+
+(the prompt's text when the batch has `prompts`, else its text tokens), falling back to the batch's mean
+and std for a prompt with a single finite-reward sample (ddpo-pytorch's per-prompt tracker likewise falls
+back to global statistics below its minimum count). Non-finite rewards are counted (TrueReward.nonfinite)
+and those samples skipped. The per-sample loss is Alg. 2's
+
+    L = -A * sum_n lp_n,    lp_n = log p_theta(x_{t_{n+1}} | x_{t_n}, c) / D
+
+with Eq. 26's log-density divided by the D elements of a sample (ddpo-pytorch's per-element mean, which
+only rescales the gradient and keeps ratios below finite).
+
+Ratio clipping (PPO, ddpo-pytorch's `clip_range`, default 1e-4 there): with `reuse` = k > 1 a sampled
+trajectory serves k consecutive calls (ddpo-pytorch's inner epochs); calls after the first recompute lp_n
+under the current student on the stored (x_{t_n}, x_{t_{n+1}}) pairs and, with `clip_range` c, minimise
+sum_n max(-A r_n, -A clip(r_n, 1 - c, 1 + c)), r_n = exp(lp_n - lp_n^old), lp^old at sampling. On the
+first call r_n = 1 and the gradient is REINFORCE's. The stored trajectory is the last call's (meant for
+accumulation 1) and is not checkpointed, so a resumed run with reuse > 1 re-samples.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from lrm.diffusion.samplers import Posterior, ddpm_posterior, gaussian_log_prob
+from lrm.diffusion.schedules import VPSchedule
+from lrm.tuning.denoise import Batch, predict, randn, schedule_of
+from lrm.tuning.roles import STUDENT
+from lrm.tuning.terms import Step, no_auxiliary
+from lrm.tuning.true_reward import TrueReward
+
+GRAD_STEPS = 2  # DOLLAR Sec. 8.5: "gradient tracking for a maximum of N = 2 steps" (the default, capped at steps)
+ADVANTAGE_EPS = 1e-6
+
+
+class Trajectory(NamedTuple):
+    sample: torch.Tensor  # (B, T', c, h, w) x at t = 0, detached
+    inputs: list[torch.Tensor]  # x_{t_n} (B, ...) of the steps with gradient, detached
+    outputs: list[torch.Tensor]  # x_{t_{n+1}} drawn at those steps, detached
+    timesteps: list[tuple[int, int]]  # (t_n, t_{n+1}) of those steps
+    posteriors: list[Posterior]  # their (mean, std), mean with gradient
+    log_probs: torch.Tensor  # (B, N) Eq. 26 summed over elements, with gradient
+
+
+def posterior(student: nn.Module, x_t: torch.Tensor, t: int, s: int, batch: Batch) -> Posterior:
+    """The student's policy at x_t: q(x_s | x_t, x0 = x0_theta(x_t, t)) (Eq. 25) on its schedule."""
+    schedule, b = schedule_of(student), x_t.shape[0]
+    t_b, s_b = torch.full((b,), t, device=x_t.device), torch.full((b,), s, device=x_t.device)
+    x0 = predict(student, x_t, t_b, batch.text, batch.text_mask).x0
+    return ddpm_posterior(x_t, x0, *schedule.alpha_sigma(t_b, x_t), *schedule.alpha_sigma(s_b, x_t))
+
+
+def sample_trajectory(student: nn.Module, batch: Batch, latent_shape, steps: int, grad_steps: int,
+                      generator: torch.Generator) -> Trajectory:
+    """Alg. 2 lines 4-9: x_T ~ N(0, I), then `steps` posterior draws down the student's grid to t = 0, the
+    last `grad_steps` with gradient on their means (the inputs x_{t_n} are always detached)."""
+    schedule = schedule_of(student)
+    if not isinstance(schedule, VPSchedule):
+        raise ValueError("DDPO-SF needs a VP (DDPM) student schedule: on a flow schedule the last step lands on "
+                         "clean data (sigma = 0), which has no log-probability; use LRM fine-tuning or direct")
+    if not 1 <= grad_steps <= steps:
+        raise ValueError(f"DDPO-SF: grad_steps must be in 1..{steps} (the student's steps), got {grad_steps}")
+    grid = [int(t) for t in schedule.timesteps(steps)] + [0]
+    if grid[-2] == 0:
+        raise ValueError(f"DDPO-SF: the student's grid {grid[:-1]} already ends at t = 0")
+    like = next(student.parameters())
+    x = randn((batch.size, *latent_shape), generator, like)
+    inputs, outputs, timesteps, posteriors, log_probs = [], [], [], [], []
+    for i in range(steps):
+        tracked = i >= steps - grad_steps
+        with torch.set_grad_enabled(tracked and torch.is_grad_enabled()):
+            post = posterior(student, x, grid[i], grid[i + 1], batch)
+        x_next = (post.mean + post.std * randn(x.shape, generator, x)).detach()
+        if tracked:
+            inputs.append(x)
+            outputs.append(x_next)
+            timesteps.append((grid[i], grid[i + 1]))
+            posteriors.append(post)
+            log_probs.append(gaussian_log_prob(x_next, post.mean, post.std))
+        x = x_next
+    return Trajectory(x, inputs, outputs, timesteps, posteriors, torch.stack(log_probs, dim=1))
+
+
+def prompt_groups(batch: Batch) -> list[int]:
+    """(B,) group ids: samples with the same prompt (text, else the same valid text tokens) share one."""
+    if batch.prompts is not None:
+        keys = list(batch.prompts)
+    else:
+        tokens = (batch.text * batch.text_mask[..., None]).detach().float().cpu()
+        keys = [tokens[i].numpy().tobytes() + batch.text_mask[i].cpu().numpy().tobytes() for i in range(batch.size)]
+    ids: dict = {}
+    return [ids.setdefault(k, len(ids)) for k in keys]
+
+
+def advantages(rewards: torch.Tensor, groups: list[int], keep: torch.Tensor) -> torch.Tensor:
+    """(B,) per-prompt normalised rewards (module docstring); 0 where `keep` is False."""
+    out = torch.zeros_like(rewards)
+    finite = rewards[keep]
+    if finite.numel() == 0:
+        return out
+    batch_mean, batch_std = finite.mean(), finite.std(unbiased=False)
+    ids = torch.tensor(groups, device=rewards.device)
+    for g in set(groups):
+        members = (ids == g) & keep
+        r = rewards[members]
+        mean, std = (r.mean(), r.std(unbiased=False)) if r.numel() >= 2 else (batch_mean, batch_std)
+        out[members] = (r - mean) / (std + ADVANTAGE_EPS)
+    return out
+
+
+class DDPOLoss(NamedTuple):
+    generator: torch.Tensor  # (B',) the student's loss on the samples with a finite reward
+
+
+class DDPO:
+    """DDPO-SF (Alg. 2) as a loss term on the student; reads the student only and trains no other role."""
+
+    name = "ddpo"
+    needs_real = False
+    needs_sample = False  # it samples its own trajectory
+    reads = (STUDENT,)
+    trains = ()
+
+    def __init__(self, true_reward: TrueReward, latent_shape, steps: int = 4, grad_steps: int | None = None,
+                 clip_range: float | None = None, reuse: int = 1):
+        true_reward.check_generator(latent_shape, self.name)
+        grad_steps = min(GRAD_STEPS, steps) if grad_steps is None else grad_steps
+        if not 1 <= grad_steps <= steps:
+            raise ValueError(f"DDPO-SF: grad_steps must be in 1..{steps} (the student's steps), got {grad_steps}")
+        if clip_range is not None and not clip_range > 0:
+            raise ValueError(f"DDPO-SF: clip_range must be > 0 or None, got {clip_range}")
+        if not isinstance(reuse, int) or reuse < 1:
+            raise ValueError(f"DDPO-SF: reuse must be a positive integer, got {reuse!r}")
+        self.true_reward, self.latent_shape = true_reward, tuple(int(v) for v in latent_shape)
+        self.steps, self.grad_steps, self.clip_range, self.reuse = steps, grad_steps, clip_range, reuse
+        self.elements = math.prod(self.latent_shape)  # D: Eq. 26's log-density is divided by it
+        self.samples = 0  # decoded and scored samples so far (the cost DDPO pays in rewards)
+        self.rewards: list[float] = []  # mean finite true reward of each fresh batch
+        self._stored: tuple | None = None  # (trajectory pieces, batch, advantages, keep, old lp) for reuse
+        self._uses = 0
+
+    def generator_loss(self, step: Step) -> torch.Tensor:
+        student = step.roles.module(STUDENT)
+        if self._stored is None or self._uses >= self.reuse:
+            trajectory, batch, adv, keep, old = self._sample(student, step)
+            lp = trajectory.log_probs / self.elements  # (B, N)
+            # kept for reuse without its graph (the means are recomputed under the then current student)
+            stored = trajectory._replace(posteriors=[], log_probs=trajectory.log_probs.detach())
+            self._stored, self._uses = ((stored, batch, adv, keep, old) if self.reuse > 1 else None), 0
+        else:
+            trajectory, batch, adv, keep, old = self._stored
+            lp = self._log_probs(student, trajectory, batch)
+        self._uses += 1
+        a = adv[:, None]  # (B, 1)
+        if self.clip_range is None:
+            loss = (-a * lp).sum(1)
+        else:
+            ratio = torch.exp(lp - old)
+            clipped = ratio.clamp(1 - self.clip_range, 1 + self.clip_range)
+            loss = torch.maximum(-a * ratio, -a * clipped).sum(1)
+        return loss[keep]
+
+    def _log_probs(self, student: nn.Module, trajectory: Trajectory, batch: Batch) -> torch.Tensor:
+        """(B, N) lp_n of the stored steps under the current student (a reused trajectory)."""
+        steps = zip(trajectory.inputs, trajectory.outputs, trajectory.timesteps)
+        lp = [gaussian_log_prob(x_s, *posterior(student, x_t, t, s, batch)) for x_t, x_s, (t, s) in steps]
+        return torch.stack(lp, dim=1) / self.elements
+
+    def _sample(self, student: nn.Module, step: Step):
+        batch, true = step.batch, self.true_reward
+        trajectory = sample_trajectory(student, batch, self.latent_shape, self.steps, self.grad_steps,
+                                       step.generator)
+        with torch.no_grad():
+            rewards = true(trajectory.sample, true.prompts(batch, self.name)).float()  # (B,)
+        keep = true.finite(rewards)
+        self.samples += batch.size
+        if bool(keep.any()):
+            self.rewards.append(float(rewards[keep].mean()))
+        adv = advantages(true.sign * torch.where(keep, rewards, torch.zeros_like(rewards)), prompt_groups(batch), keep)
+        old = (trajectory.log_probs / self.elements).detach()
+        return trajectory, batch, adv.detach(), keep, old
+
+    def auxiliary_loss(self, role: str, step: Step) -> torch.Tensor:
+        no_auxiliary(self, role)
+
+    def __call__(self, step: Step) -> DDPOLoss:
+        return DDPOLoss(self.generator_loss(step))

@@ -1,0 +1,182 @@
+"""Latent reward model fine-tuning (DOLLAR Sec. 3.4, Eq. 11; Alg. 1 lines 15-18).
+
+The student is pushed up a latent surrogate R^l of a pixel reward on its one-step x0 prediction x_hat,
+in latent space, with no decoder and no pixel reward in the graph:
+
+    L_FT = -beta_FT * s * z(x_hat, c)      (B,)
+
+z is the surrogate's standardised output, an increasing affine map of R^l (z = (R^l - mean) / std with
+the label statistics it was fitted on; for a surrogate fitted on log labels, of log(R^l - shift)), so
+beta_FT (the trainer's weight of this term, DOLLAR's 1.0) is in standard deviations of the reward and not
+in its units; s = +1 when higher rewards are better, -1 otherwise. The gradient reaches the student through
+x_hat only; the surrogate's parameters never get one.
+
+The surrogate (role "lrm") is either
+- frozen: a fitted `lrm fit` run; `surrogate_role` refuses, before any work, one whose codec, channels,
+  text encoder or reward kind does not fit the generator; or
+- trained concurrently (pass `true_reward`): each of its updates labels the merged batch x | x_hat (real
+  latents, when `real`, and detached student samples) with the true reward of the decoded latents and
+  takes a step on the MSE between its standardised prediction and the standardised labels (Eq. 10), so it
+  follows the student's moving distribution. Non-finite labels are counted and masked out. Its fidelity
+  (Spearman of its predictions against the labels of each fresh batch, before its update) is kept in
+  `fidelities`; `fidelity` is the mean of the last FIDELITY_WINDOW. A surrogate that was never fitted
+  (label statistics mean 0, std 1) takes its label statistics from its first labelled batch.
+With `noise_aware`, a noise-aware surrogate scores x_t = alpha_t x_hat + sigma_t eps, t ~ U{0..t_max T},
+instead of x_hat (and is trained on noised merged batches likewise).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from scipy import stats
+from torch import nn
+
+from lrm.diffusion.schedules import VPSchedule
+from lrm.models.presets import check_preset
+from lrm.models.surrogate import CodecMismatchError, LatentRewardModel
+from lrm.tuning.denoise import no_param_grad, randn, timesteps_between
+from lrm.tuning.roles import Role, adamw
+from lrm.tuning.terms import Step, no_auxiliary
+from lrm.tuning.true_reward import TrueReward
+
+LRM = "lrm"  # the surrogate's role
+FIDELITY_WINDOW = 10  # updates averaged in LRMFineTune.fidelity
+NOISE_T_MAX = 0.5  # noise-aware scoring: t ~ U{0..0.5 T} (the range a noise-aware fit covers by default)
+
+
+class LRMFTLoss(NamedTuple):
+    generator: torch.Tensor  # (B,) -s z(x_hat)
+    lrm: torch.Tensor | None  # (N,) the concurrent surrogate's squared errors on x | x_hat; None when frozen
+
+
+def check_surrogate(surrogate: LatentRewardModel, student: nn.Module, latent_shape) -> None:
+    """Refuse a surrogate that cannot read the student's samples (T', c, h, w), with one line naming what
+    differs: latent channels, codec settings, text encoder (width or id) or reward kind."""
+    who = f"LRM fine-tuning: surrogate {surrogate.preset!r}"
+    channels = int(tuple(latent_shape)[1])
+    if surrogate.in_channels != channels:
+        raise CodecMismatchError(f"{who} reads {surrogate.in_channels}-channel latents and the generator makes "
+                                 f"{channels}-channel latents; fit a surrogate in the generator's latent space")
+    generator_codec = getattr(student, "codec_settings", None)
+    if generator_codec is not None and surrogate.info.codec_settings is not None:
+        try:
+            surrogate.check_compatible(generator_codec)
+        except CodecMismatchError as err:
+            raise CodecMismatchError(f"{who} does not fit the generator: {err}") from None
+    if surrogate.text_dim is not None:
+        width = getattr(student, "text_dim", None)
+        if width is not None and width != surrogate.text_dim:
+            raise ValueError(f"{who} reads {surrogate.text_dim}-wide text tokens and the generator's text encoder "
+                             f"makes {width}-wide ones; fit the surrogate with the generator's text encoder")
+        theirs, ours = getattr(student, "text_encoder_id", None), surrogate.info.text_encoder_id
+        if theirs is not None and ours is not None and theirs != ours:
+            raise ValueError(f"{who} was fitted on text encoder {ours!r} tokens and the generator reads "
+                             f"{theirs!r} tokens; fit the surrogate with {theirs!r}")
+    kind = (surrogate.info.reward_spec or {}).get("kind") or check_preset(surrogate.preset).kind
+    if kind.endswith("video") and int(tuple(latent_shape)[0]) == 1:
+        raise ValueError(f"{who} imitates a {kind} reward and the generator makes images (1 latent frame); "
+                         "use an image surrogate or tune a video generator")
+
+
+def surrogate_role(surrogate: LatentRewardModel, student: nn.Module, latent_shape, concurrent: bool = False,
+                   lr: float = 1e-4) -> Role:
+    """The "lrm" role: frozen (a fitted surrogate) or with its own AdamW (trained concurrently), after
+    `check_surrogate`."""
+    check_surrogate(surrogate, student, latent_shape)
+    optimizer = adamw(lr)(list(surrogate.parameters())) if concurrent else None
+    return Role(LRM, surrogate, optimizer)
+
+
+def spearman(pred: torch.Tensor, true: torch.Tensor) -> float:
+    """Rank correlation of two (N,) tensors; NaN with fewer than 3 values or a constant one."""
+    a, b = pred.detach().double().cpu().numpy(), true.detach().double().cpu().numpy()
+    if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan")
+    return float(stats.spearmanr(a, b).statistic)
+
+
+class LRMFineTune:
+    """DOLLAR's L_FT (Eq. 11): reads the "lrm" role; trains it too when given a true reward (concurrent)."""
+
+    name = "lrm_ft"
+    needs_sample = True
+
+    def __init__(self, true_reward: TrueReward | None = None, real: bool = True, noise_aware: bool = False,
+                 t_max: float = NOISE_T_MAX, role: str = LRM, latent_shape=None):
+        """latent_shape: the student's (T', c, h, w); with a true reward, one of the wrong kind for it (a video
+        reward for an image generator) is refused here."""
+        if true_reward is not None and latent_shape is not None:
+            true_reward.check_generator(latent_shape, self.name)
+        self.true_reward, self.noise_aware, self.t_max, self.role = true_reward, noise_aware, t_max, role
+        self.concurrent = true_reward is not None
+        self.needs_real = self.concurrent and real
+        self.reads = (role,)
+        self.trains = (role,) if self.concurrent else ()
+        self.fidelities: list[float] = []  # Spearman per labelled batch, before the surrogate's update
+        self.true_mean = float("nan")  # mean true reward of the student samples of the last labelled batch
+
+    @property
+    def fidelity(self) -> float:
+        recent = [f for f in self.fidelities[-FIDELITY_WINDOW:] if math.isfinite(f)]
+        return sum(recent) / len(recent) if recent else float("nan")
+
+    def _sign(self, surrogate: LatentRewardModel) -> float:
+        if self.true_reward is not None:
+            return self.true_reward.sign
+        return 1.0 if (surrogate.info.reward_spec or {}).get("higher_is_better", True) else -1.0
+
+    def _noised(self, surrogate: LatentRewardModel, x: torch.Tensor, generator: torch.Generator):
+        """(x_t, t) with t ~ U{0..t_max T} on the surrogate's noise schedule, or (x, None) without noise_aware."""
+        if not self.noise_aware:
+            return x, None
+        if not surrogate.noise_aware:
+            raise ValueError(f"{self.name}: noise_aware scoring needs a noise-aware surrogate (fit it with "
+                             f"noise_aware=True); {surrogate.preset!r} reads clean latents only")
+        schedule = VPSchedule(surrogate.info.noise_schedule or "linear")
+        t = timesteps_between(schedule, 0.0, self.t_max, x.shape[0], generator).to(x.device)
+        alpha, sigma = schedule.alpha_sigma(t, x)
+        return alpha * x + sigma * randn(x.shape, generator, x), t
+
+    def generator_loss(self, step: Step) -> torch.Tensor:
+        surrogate = step.roles.module(self.role)
+        x, t = self._noised(surrogate, step.x_hat, step.generator)
+        with no_param_grad(surrogate):
+            z = surrogate(x, step.batch.text, step.batch.text_mask, t=t, standardised=True)  # (B,)
+        return -self._sign(surrogate) * z.float()
+
+    def auxiliary_loss(self, role: str, step: Step) -> torch.Tensor:
+        """(N,) squared errors on the finite-labelled samples of the merged batch x | x_hat (Alg. 1 line 16)."""
+        if role not in self.trains:
+            no_auxiliary(self, role)
+        surrogate, batch, true = step.roles.module(role), step.batch, self.true_reward
+        x_hat = step.x_hat.detach()
+        parts = [batch.real(self.name), x_hat] if self.needs_real else [x_hat]
+        merged = torch.cat(parts)  # (k B, T', c, h, w)
+        prompts = true.prompts(batch, self.name)
+        with torch.no_grad():
+            labels = true(merged, prompts * len(parts) if prompts is not None else None).float()  # (k B,)
+        keep = true.finite(labels)
+        student_labels = labels[-x_hat.shape[0]:][keep[-x_hat.shape[0]:]]
+        self.true_mean = float(student_labels.mean()) if student_labels.numel() else float("nan")
+        if _unfitted(surrogate) and int(keep.sum()) >= 2 and float(labels[keep].std()) > 0:
+            surrogate.set_label_stats(float(labels[keep].mean()), float(labels[keep].std()))
+        target = surrogate.standardise(labels)
+        keep = keep & torch.isfinite(target)
+        repeat = len(parts)
+        text, mask = batch.text.repeat(repeat, 1, 1), batch.text_mask.repeat(repeat, 1)
+        x, t = self._noised(surrogate, merged, step.generator)
+        z = surrogate(x, text, mask, t=t, standardised=True).float()  # (k B,)
+        self.fidelities.append(spearman(z[keep], labels[keep]))
+        return (z[keep] - target[keep]) ** 2
+
+    def __call__(self, step: Step) -> LRMFTLoss:
+        return LRMFTLoss(self.generator_loss(step), self.auxiliary_loss(self.role, step) if self.concurrent else None)
+
+
+def _unfitted(surrogate: LatentRewardModel) -> bool:
+    """True for a surrogate still at its initial label statistics (mean 0, std 1): never fitted."""
+    return float(surrogate.label_mean) == 0.0 and float(surrogate.label_std) == 1.0

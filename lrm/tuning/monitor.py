@@ -1,0 +1,109 @@
+"""What a reward-tuning run logs at fixed prompts and seeds (DESIGN.md, "The tuning half"; DOLLAR Fig. 11-12).
+
+    monitor = TuningMonitor(student, true_reward, prompts, encoder, latent_shape=(1, 32, 8, 8), steps=4,
+                            surrogate=lrm)
+    record = monitor(step)     # before tuning, then every few steps
+
+Each call samples the student with its few-step sampler (lrm.generators.sampling.generate_few_step) for the
+same prompts and seeds, decodes once, and records the gold reward (the true pixel reward of the decoded
+samples), the proxy reward (the surrogate's score of the same latents, when there is one: the gap between
+the two is over-optimisation), the diversity (DOLLAR Eq. 27: Vendi score of the pixels per prompt, averaged
+over prompts) and the student's distance from its start (relative L2 of all parameters). The samples of the
+first and the latest call stay in `first` and `last` for grids. Non-finite gold rewards are left out of the
+mean and counted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+from torch import nn
+
+from lrm.evaluation.vendi import diversity, pixel_features
+from lrm.generators.sampling import DEFAULT_PER_PROMPT, Samples, expand_requests, generate_few_step
+from lrm.tuning.true_reward import TrueReward
+
+
+@dataclass(frozen=True)
+class TuningRecord:
+    step: int
+    gold: float  # mean true reward of the fixed-seed samples, in the reward's units
+    proxy: float  # mean surrogate score of the same latents (reward units); NaN without a surrogate
+    diversity: float  # DOLLAR Eq. 27: mean over prompts of the Vendi score of that prompt's decoded samples
+    distance: float  # ||theta - theta_0|| / ||theta_0|| over the student's parameters
+    nonfinite: int  # samples whose gold reward was NaN or Inf (left out of `gold`)
+
+
+def relative_distance(module: nn.Module, start: dict[str, torch.Tensor]) -> float:
+    """||theta - theta_0|| / ||theta_0|| over the floating-point entries of `start` (a state_dict copy)."""
+    state = module.state_dict()
+    moved = sum(float((state[k].float() - v.float()).pow(2).sum()) for k, v in start.items() if v.is_floating_point())
+    norm = sum(float(v.float().pow(2).sum()) for v in start.values() if v.is_floating_point())
+    return math.sqrt(moved / norm) if norm > 0 else float("nan")
+
+
+class TuningMonitor:
+    """Gold and proxy reward, diversity and distance of a student at fixed prompts and seeds."""
+
+    def __init__(self, student: nn.Module, true_reward: TrueReward, prompts: Sequence[str], text_encoder, *,
+                 latent_shape: Sequence[int], steps: int = 4, per_prompt: int = DEFAULT_PER_PROMPT, seed: int = 0,
+                 surrogate: nn.Module | None = None):
+        if per_prompt < 2:
+            raise ValueError(f"TuningMonitor: per_prompt must be >= 2 (diversity compares a prompt's samples), "
+                             f"got {per_prompt}")
+        true_reward.check_generator(latent_shape, "TuningMonitor")
+        self.student, self.true_reward, self.surrogate = student, true_reward, surrogate
+        self.text_encoder = text_encoder
+        self.latent_shape, self.steps = tuple(int(v) for v in latent_shape), steps
+        self.prompts, self.seeds = expand_requests(list(prompts), per_prompt, seed)
+        self.start = {k: v.detach().clone() for k, v in student.state_dict().items()}
+        self.records: list[TuningRecord] = []
+        self.first: Samples | None = None  # the samples of the first call (before tuning)
+        self.last: Samples | None = None  # the samples of the latest call
+
+    @torch.no_grad()
+    def __call__(self, step: int) -> TuningRecord:
+        with evaluating(self.student):
+            samples = generate_few_step(self.student, self.prompts, self.seeds, latent_shape=self.latent_shape,
+                                        steps=self.steps, codec=self.true_reward.path.codec,
+                                        text_encoder=self.text_encoder)
+        spec = self.true_reward.spec
+        gold = self.true_reward.path.reward(samples.pixels, self.prompts if spec.needs_text else None)  # (N,)
+        finite = torch.isfinite(gold)
+        record = TuningRecord(
+            step=step,
+            gold=float(gold[finite].mean()) if bool(finite.any()) else float("nan"),
+            proxy=self._proxy(samples),
+            diversity=diversity(pixel_features(samples.pixels), samples.prompts).mean,
+            distance=relative_distance(self.student, self.start),
+            nonfinite=int((~finite).sum()),
+        )
+        if self.first is None:
+            self.first = samples
+        self.last = samples
+        self.records.append(record)
+        return record
+
+    def _proxy(self, samples: Samples) -> float:
+        if self.surrogate is None:
+            return float("nan")
+        device = next(self.surrogate.parameters()).device
+        text = self.text_encoder.encode(samples.prompts)
+        with evaluating(self.surrogate):
+            scores = self.surrogate(samples.latents.to(device), text.emb.to(device), text.mask.to(device))  # (N,)
+        return float(scores.float().mean())
+
+
+@contextlib.contextmanager
+def evaluating(module: nn.Module) -> Iterator[None]:
+    """Eval mode for the duration (no dropout or norm-statistics updates), then the mode it had."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)

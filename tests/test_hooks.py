@@ -1,0 +1,699 @@
+"""lrm.tuning's reward hooks (LRM fine-tuning, DDPO-SF, direct) on tiny in-process models (CPU, offline)."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from lrm.codecs.dct import DCTCodec
+from lrm.diffusion.samplers import sample_few_step
+from lrm.models import CodecMismatchError
+from lrm.models import build as build_surrogate
+from lrm.rewards import load as load_reward
+from lrm.rewards.base import Reward, RewardSpec
+from lrm.tuning import (DDPO, LRM, Batch, DirectReward, DistillConfig, Distiller, LRMFineTune, Step, TrueReward,
+                        build_roles, student_sample, surrogate_role)
+from lrm.tuning.ddpo import advantages, prompt_groups, sample_trajectory
+from lrm.tuning.denoise import schedule_of
+from lrm.tuning.roles import STUDENT
+from test_tuning import C, D, H, W, Recorder, batch, tiny_dit
+
+SHAPE = (1, C, H, W)  # one latent frame of 4 dct channels at 8x8: 64x64 pixels
+
+
+def codec() -> DCTCodec:
+    """The dct latent space cut to 4 channels (Y: DC and one AC; Cb, Cr: DC), raw coefficients."""
+    return DCTCodec(split=(2, 1, 1), mean=None, std=None)
+
+
+class Brightness(Reward):
+    """A user-style differentiable metric: mean pixel value."""
+
+    spec = RewardSpec("mean-brightness", "image", differentiable=True)
+
+    def score(self, pixels, prompts):
+        return pixels.mean(dim=(1, 2, 3, 4))
+
+
+class BrightFraction(Reward):
+    """A non-differentiable metric (numpy on uint8 frames): the fraction of pixels brighter than mid-grey."""
+
+    spec = RewardSpec("bright-fraction", "image", differentiable=False)
+
+    def score(self, pixels, prompts):
+        frames = (pixels.detach().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+        return torch.tensor((frames > 128).reshape(len(frames), -1).mean(1), dtype=torch.float32)
+
+
+class Recording(Reward):
+    """Wraps a reward, keeping every pixel batch it scores; NaN for the samples in `nan_rows`."""
+
+    def __init__(self, inner, nan_rows=()):
+        self.inner, self.nan_rows, self.seen = inner, set(nan_rows), []
+        self.spec = inner.spec
+
+    def score(self, pixels, prompts):
+        self.seen.append(pixels.detach().clone())
+        out = self.inner.score(pixels, prompts).float()
+        for i in self.nan_rows:
+            if i < len(out):
+                out = out.clone()
+                out[i] = float("nan")
+        return out
+
+
+class VideoReward(Brightness):
+    spec = RewardSpec("video-brightness", "video", differentiable=True)
+
+
+class CountingCodec(DCTCodec):
+    def __init__(self):
+        super().__init__(split=(2, 1, 1), mean=None, std=None)
+        self.decodes = 0
+
+    def decode(self, latents):
+        self.decodes += 1
+        return super().decode(latents)
+
+
+def surrogate(preset="image-cnn-stats", seed=0):
+    torch.manual_seed(seed)
+    return build_surrogate(preset, C)
+
+
+def student_roles(lr=1e-3, seed=4):
+    return build_roles(tiny_dit(seed=seed), student_lr=lr, fake_score=False, ema=False)
+
+
+def grads(module):
+    return [p.grad for p in module.parameters()]
+
+
+def has_grad(module) -> bool:
+    return any(g is not None and bool(torch.count_nonzero(g)) for g in grads(module))
+
+
+@torch.no_grad()
+def true_reward_at_fixed_seeds(student, reward, n=16, steps=1) -> float:
+    """Mean true reward of n student samples from fixed noise and prompts (the evaluation of a tuning)."""
+    b = batch(b=n, seed=1234)
+    x_T = torch.randn((n, *SHAPE), generator=torch.Generator().manual_seed(99))
+    x0 = sample_few_step(lambda x, t: student(x, t, b.text, b.text_mask), x_T,
+                         schedule_of(student).timesteps(steps), schedule_of(student), student.prediction,
+                         noise=torch.Generator().manual_seed(7))
+    return float(reward(x0, None).mean())
+
+
+# ---------------------------------------------------------------- LRM fine-tuning
+
+
+@pytest.mark.parametrize("concurrent", [False, True])
+def test_lrm_ft_gradient_reaches_the_student_only_and_no_decoder(concurrent):
+    roles = student_roles()
+    lrm = surrogate()
+    roles.add(surrogate_role(lrm, roles.module(STUDENT), SHAPE, concurrent=concurrent))
+    counting = CountingCodec()
+    term = LRMFineTune(TrueReward(counting, Brightness()) if concurrent else None)
+    b = batch()
+    g = torch.Generator().manual_seed(0)
+    x_hat = student_sample(roles.module(STUDENT), b, SHAPE, 4, g)
+    loss = term.generator_loss(Step(roles, b, x_hat, g))
+    assert loss.shape == (2,)
+    loss.sum().backward()
+    assert has_grad(roles.module(STUDENT))
+    assert all(p is None for p in grads(lrm))  # trainable or not, the surrogate gets no generator gradient
+    assert counting.decodes == 0  # L_FT is computed in latent space
+    assert term.trains == ((LRM,) if concurrent else ())
+    # Eq. 11 by hand: -z(x_hat), the surrogate's standardised score
+    torch.testing.assert_close(loss, -lrm(x_hat.detach(), standardised=True))
+
+
+def test_concurrent_lrm_steps_on_the_merged_batch_labelled_by_the_true_reward():
+    roles = student_roles()
+    lrm = surrogate()
+    roles.add(surrogate_role(lrm, roles.module(STUDENT), SHAPE, concurrent=True, lr=1e-3))
+    recording = Recording(Brightness())
+    term = LRMFineTune(TrueReward(codec(), recording))
+    start = copy.deepcopy(lrm.state_dict())
+    distiller = Distiller(roles, [term], DistillConfig(latent_shape=SHAPE, student_steps=1))
+    batches = [batch(b=3, seed=s) for s in range(2)]
+    logs = [distiller.train_step([batches[s]]) for s in range(2)]
+    assert distiller.updates == {STUDENT: 2, LRM: 2}
+    assert all(set(log.losses) == {"lrm_ft", LRM} for log in logs)
+    assert any(not torch.equal(v, lrm.state_dict()[k]) for k, v in start.items())
+    # each labelled batch is x | x_hat: the real latents decoded first, then 3 student samples
+    assert [p.shape[0] for p in recording.seen] == [6, 6]
+    for pixels, b in zip(recording.seen, batches):
+        torch.testing.assert_close(pixels[:3], codec().decode(b.x0))
+        assert not torch.allclose(pixels[3:], codec().decode(b.x0))
+    # a never-fitted surrogate took its label statistics from the first labelled batch
+    first = recording.seen[0].mean(dim=(1, 2, 3, 4))
+    assert float(lrm.label_mean) == pytest.approx(float(first.mean()), rel=1e-5)
+    assert float(lrm.label_std) == pytest.approx(float(first.std()), rel=1e-4)
+    assert len(term.fidelities) == 2 and np.isfinite(term.fidelities).all() and np.isfinite(term.true_mean)
+
+
+def test_concurrent_lrm_counts_and_skips_nan_labels():
+    roles = student_roles()
+    lrm = surrogate()
+    roles.add(surrogate_role(lrm, roles.module(STUDENT), SHAPE, concurrent=True))
+    true = TrueReward(codec(), Recording(Brightness(), nan_rows=[0, 4]))  # one real and one student sample
+    term = LRMFineTune(true)
+    b, g = batch(b=3), torch.Generator().manual_seed(0)
+    x_hat = student_sample(roles.module(STUDENT), b, SHAPE, 1, g, grad=False)
+    loss = term.auxiliary_loss(LRM, Step(roles, b, x_hat, g))
+    assert loss.shape == (4,) and torch.isfinite(loss).all() and true.nonfinite == 2
+    loss.mean().backward()
+    assert has_grad(lrm)
+    # every label non-finite: nothing to train on, so the trainer skips the surrogate's update and counts it
+    roles = student_roles()
+    roles.add(surrogate_role(surrogate(), roles.module(STUDENT), SHAPE, concurrent=True))
+    nan_everywhere = LRMFineTune(TrueReward(codec(), Recording(Brightness(), nan_rows=range(6))))
+    distiller = Distiller(roles, [nan_everywhere], DistillConfig(latent_shape=SHAPE, student_steps=1))
+    log = distiller.train_step([batch(b=3)])
+    assert log.skipped == [LRM] and distiller.skipped[LRM] == 1 and distiller.updates[STUDENT] == 1
+
+
+def test_lrm_ft_joins_vsd_and_cd_as_in_dollar():
+    """DOLLAR's VSD + CD + LRM (Alg. 1): one trainer step updates student, fake score and surrogate."""
+    from lrm.tuning import CD, VSD
+    from lrm.tuning.roles import FAKE_SCORE
+
+    roles = build_roles(tiny_dit(seed=4), student_lr=1e-3)
+    roles.add(surrogate_role(surrogate(), roles.module(STUDENT), SHAPE, concurrent=True))
+    distiller = Distiller(roles, [VSD(), CD(), LRMFineTune(TrueReward(codec(), Brightness()))],
+                          DistillConfig(latent_shape=SHAPE, student_steps=4))
+    log = distiller.train_step([batch()])
+    assert not log.skipped and set(log.losses) == {"vsd", "cd", "lrm_ft", FAKE_SCORE, LRM}
+    assert distiller.updates == {STUDENT: 1, FAKE_SCORE: 5, LRM: 1}
+
+
+def test_lrm_ft_refuses_a_surrogate_that_does_not_fit_the_generator():
+    student = tiny_dit()
+    student.codec_settings = codec().settings()
+    with pytest.raises(CodecMismatchError, match="reads 32-channel latents and the generator makes 4-channel"):
+        surrogate_role(build_surrogate("image-cnn-stats", 32), student, SHAPE)
+    other = surrogate()
+    other.info.codec_settings = {**codec().settings(), "name": "taef2"}
+    with pytest.raises(CodecMismatchError, match=r"does not fit the generator: .*differs in \['name'\]"):
+        surrogate_role(other, student, SHAPE)
+    texty = build_surrogate("text-image-xattn", C, text_dim=2 * D)
+    with pytest.raises(ValueError, match=f"reads {2 * D}-wide text tokens and the generator's text encoder makes {D}"):
+        surrogate_role(texty, student, SHAPE)
+    same_width = build_surrogate("text-image-xattn", C, text_dim=D)
+    same_width.info.text_encoder_id = "clip-l"
+    student.text_encoder_id = "t5-small"
+    with pytest.raises(ValueError, match="fitted on text encoder 'clip-l' tokens and the generator reads 't5-small'"):
+        surrogate_role(same_width, student, SHAPE)
+    with pytest.raises(ValueError, match="imitates a video reward and the generator makes images"):
+        surrogate_role(build_surrogate("video-3d", C), student, SHAPE)
+    surrogate_role(surrogate(), student, SHAPE)  # a fitting one passes
+
+
+def test_noise_aware_lrm_ft_scores_noised_samples():
+    roles = student_roles()
+    lrm = build_surrogate("image-cnn-stats", C, noise_aware=True)
+    roles.add(surrogate_role(lrm, roles.module(STUDENT), SHAPE))
+    b, g = batch(), torch.Generator().manual_seed(0)
+    x_hat = student_sample(roles.module(STUDENT), b, SHAPE, 1, g)
+    loss = LRMFineTune(noise_aware=True).generator_loss(Step(roles, b, x_hat, torch.Generator().manual_seed(1)))
+    loss.sum().backward()
+    assert has_grad(roles.module(STUDENT))
+    clean = -lrm(x_hat.detach(), standardised=True)
+    assert not torch.allclose(loss.detach(), clean)
+    with pytest.raises(ValueError, match="needs a noise-aware surrogate"):
+        plain = student_roles()
+        plain.add(surrogate_role(surrogate(), plain.module(STUDENT), SHAPE))
+        LRMFineTune(noise_aware=True).generator_loss(Step(plain, b, x_hat, g))
+
+
+# ---------------------------------------------------------------- DDPO-SF
+
+
+class GradRecorder(Recorder):
+    """Records (t, whether the call carries gradient) per denoiser call."""
+
+    def forward(self, x_t, t, text, text_mask):
+        out = super().forward(x_t, t, text, text_mask)
+        self.calls[-1] = (self.calls[-1], out.requires_grad)
+        return out
+
+
+def test_ddpo_log_probs_are_normal_log_densities_of_the_last_n_steps():
+    student = GradRecorder(tiny_dit())
+    b = batch()
+    trajectory = sample_trajectory(student, b, SHAPE, steps=4, grad_steps=2, generator=torch.Generator().manual_seed(0))
+    assert student.calls == [(999, False), (749, False), (499, True), (249, True)]
+    assert trajectory.timesteps == [(499, 249), (249, 0)]  # DOLLAR: log-probs at [499, 249], the last to t = 0
+    assert trajectory.log_probs.shape == (2, 2) and trajectory.log_probs.requires_grad
+    for n, (post, x_s) in enumerate(zip(trajectory.posteriors, trajectory.outputs)):
+        normal = torch.distributions.Normal(post.mean.detach(), post.std.expand_as(post.mean))
+        torch.testing.assert_close(trajectory.log_probs[:, n].detach(), normal.log_prob(x_s).flatten(1).sum(1))
+        assert not x_s.requires_grad and not trajectory.inputs[n].requires_grad
+    assert torch.equal(trajectory.sample, trajectory.outputs[-1])
+    trajectory.log_probs.sum().backward()
+    assert has_grad(student.model)
+
+
+def test_ddpo_advantages_are_normalised_per_prompt_with_a_batch_fallback():
+    r = torch.tensor([1.0, 3.0, 10.0, 5.0, float("nan")])
+    keep = torch.isfinite(r)
+    b = Batch(torch.zeros(5, 3, D), torch.ones(5, 3, dtype=torch.bool), prompts=["a", "a", "b", "b", "c"])
+    b.prompts[3] = "d"  # "b" and "d" have one finite sample each; "c" has none
+    groups = prompt_groups(b)
+    assert groups == [0, 0, 1, 2, 3]
+    adv = advantages(torch.where(keep, r, torch.zeros_like(r)), groups, keep)
+    finite = r[:4]
+    batch_mean, batch_std = finite.mean(), finite.std(unbiased=False)
+    expected = torch.tensor([-1.0, 1.0, float((10 - batch_mean) / batch_std), float((5 - batch_mean) / batch_std), 0.0])
+    torch.testing.assert_close(adv, expected, rtol=1e-5, atol=1e-5)
+    tokens = batch(b=3)  # without prompt strings, equal text tokens make a group
+    tokens.text[2], tokens.text_mask[2] = tokens.text[0], tokens.text_mask[0]
+    assert prompt_groups(tokens) == [0, 1, 0]
+
+
+def test_ddpo_term_is_reinforce_on_the_true_reward_and_skips_nan_rewards():
+    roles = student_roles()
+    true = TrueReward(codec(), Recording(BrightFraction(), nan_rows=[1]))
+    term = DDPO(true, SHAPE, steps=4)
+    b = batch(b=4)
+    b.prompts = ["p", "p", "p", "p"]
+    loss = term.generator_loss(Step(roles, b, torch.empty(0), torch.Generator().manual_seed(0)))
+    assert loss.shape == (3,) and true.nonfinite == 1 and term.samples == 4
+    loss.sum().backward()
+    assert has_grad(roles.module(STUDENT))
+    # the same draws by hand: loss = -A * sum_n lp_n / D with A from the finite rewards of the one prompt
+    trajectory = sample_trajectory(roles.module(STUDENT), b, SHAPE, 4, 2, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        r = BrightFraction()(codec().decode(trajectory.sample))[[0, 2, 3]]
+    adv = (r - r.mean()) / (r.std(unbiased=False) + 1e-6)
+    lp = trajectory.log_probs.detach()[[0, 2, 3]] / (C * H * W)
+    torch.testing.assert_close(loss.detach(), -(adv[:, None] * lp).sum(1), rtol=1e-4, atol=1e-4)
+
+
+def test_ddpo_ratio_clipping_on_reused_samples():
+    roles = student_roles(lr=1e-2)
+    true = TrueReward(codec(), Brightness())
+    term = DDPO(true, SHAPE, steps=2, grad_steps=1, clip_range=1e-4, reuse=2)
+    distiller = Distiller(roles, [term], DistillConfig(latent_shape=SHAPE, student_steps=2, clip_norm=None))
+    distiller.train_step([batch(b=4)])  # samples, ratio 1
+    assert term.samples == 4
+    student = roles.module(STUDENT)
+    loss = term.generator_loss(Step(roles, batch(b=4), torch.empty(0), distiller.generator))  # reuses them
+    assert term.samples == 4  # no new samples
+    loss.sum().backward()
+    # with the student moved by lr 1e-2, every ratio leaves [1 - 1e-4, 1 + 1e-4] on the side the advantage
+    # favours, so the clipped objective has no gradient (PPO) ...
+    assert not has_grad(student)
+    # ... where the unclipped one has
+    student.zero_grad(set_to_none=True)
+    term.clip_range, term._uses = None, 1
+    term.generator_loss(Step(roles, batch(b=4), torch.empty(0), distiller.generator)).sum().backward()
+    assert has_grad(student)
+
+
+# ---------------------------------------------------------------- direct (ReFL / DRaFT-K)
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_direct_backpropagates_through_exactly_k_student_calls(k):
+    roles = student_roles()
+    recorder = GradRecorder(roles.module(STUDENT))
+    roles.roles[STUDENT].module = recorder
+    term = DirectReward(TrueReward(codec(), Brightness()), SHAPE, steps=4, grad_steps=k)
+    loss = term.generator_loss(Step(roles, batch(), torch.empty(0), torch.Generator().manual_seed(0)))
+    assert [with_grad for _, with_grad in recorder.calls] == [False] * (4 - k) + [True] * k
+    assert [t for t, _ in recorder.calls] == [999, 749, 499, 249]
+    recorder.calls = []
+    loss.sum().backward()
+    assert len(recorder.calls) == k  # gradient checkpointing recomputes exactly the K calls in backward
+    assert has_grad(recorder.model)
+
+
+def test_direct_gradient_checkpointing_gives_the_same_gradient():
+    got = []
+    for checkpointing in (True, False):
+        roles = student_roles()
+        term = DirectReward(TrueReward(codec(), Brightness()), SHAPE, steps=2, grad_steps=2,
+                            gradient_checkpointing=checkpointing)
+        term.generator_loss(Step(roles, batch(), torch.empty(0), torch.Generator().manual_seed(0))).sum().backward()
+        got.append(torch.cat([p.grad.flatten() for p in roles.module(STUDENT).parameters() if p.grad is not None]))
+    torch.testing.assert_close(got[0], got[1])
+
+
+def test_direct_decodes_selected_frames_of_a_video_and_skips_nan_rewards():
+    teacher = tiny_dit(frames=3)
+    roles = build_roles(teacher, fake_score=False, ema=False)
+    recording = Recording(VideoReward(), nan_rows=[0])
+    true = TrueReward(codec(), recording)
+    term = DirectReward(true, (3, C, H, W), steps=1, frames=2)
+    loss = term.generator_loss(Step(roles, batch(b=3, frames=3), torch.empty(0), torch.Generator().manual_seed(0)))
+    assert recording.seen[0].shape == (3, 2, 3, 8 * H, 8 * W)  # 2 of the 3 frames decoded
+    assert loss.shape == (2,) and true.nonfinite == 1
+    loss.sum().backward()
+    assert has_grad(roles.module(STUDENT))
+
+
+# ---------------------------------------------------------------- refusals
+
+
+def test_refusals_before_any_work():
+    with pytest.raises(ValueError, match="'jpeg-incompressibility' is not .*surrogate .* or with DDPO"):
+        DirectReward(TrueReward(codec(), load_reward("jpeg-incompressibility")), SHAPE)
+    video = TrueReward(codec(), VideoReward())
+    for make in (lambda: DirectReward(video, SHAPE), lambda: DDPO(video, SHAPE),
+                 lambda: LRMFineTune(video, latent_shape=SHAPE)):
+        with pytest.raises(ValueError, match="'video-brightness' is a video reward and this generator makes images"):
+            make()
+    with pytest.raises(ValueError, match="grad_steps"):
+        DDPO(TrueReward(codec(), Brightness()), SHAPE, steps=4, grad_steps=5)
+    texty = TrueReward(codec(), load_reward("prompt-color"))
+    roles = student_roles()
+    with pytest.raises(ValueError, match=r"reads prompts; give Batch\(prompts=\[...\]\)"):
+        DDPO(texty, SHAPE, steps=1).generator_loss(Step(roles, batch(), torch.empty(0), torch.Generator()))
+    flow = build_roles(tiny_dit_flow(), fake_score=False, ema=False)
+    with pytest.raises(ValueError, match="DDPO-SF needs a VP"):
+        DDPO(TrueReward(codec(), Brightness()), SHAPE).generator_loss(Step(flow, batch(), torch.empty(0),
+                                                                           torch.Generator()))
+
+
+def tiny_dit_flow():
+    from lrm.generators import build_dit
+
+    return build_dit("dit-xs", in_channels=C, text_dim=D, prediction="flow",
+                     schedule_config={"type": "flow", "shift": 1.0, "num_timesteps": 1000})
+
+
+# ---------------------------------------------------------------- short tunings raise the true reward
+
+
+def tune(roles, terms, steps, micro=4):
+    distiller = Distiller(roles, terms, DistillConfig(latent_shape=SHAPE, student_steps=1, seed=3))
+    distiller.fit(lambda step: [batch(b=micro, seed=100 + step)], num_steps=steps)
+    return distiller
+
+
+def test_direct_tuning_raises_a_differentiable_reward():
+    roles = student_roles(lr=3e-3)
+    true = TrueReward(codec(), Brightness())
+    before = true_reward_at_fixed_seeds(roles.module(STUDENT), true)
+    tune(roles, [DirectReward(true, SHAPE, steps=1)], steps=10)
+    after = true_reward_at_fixed_seeds(roles.module(STUDENT), true)
+    assert after > before + 0.05, (before, after)
+
+
+def test_concurrent_lrm_tuning_raises_a_non_differentiable_reward():
+    roles = student_roles(lr=1e-3)
+    true = TrueReward(codec(), BrightFraction())
+    before = true_reward_at_fixed_seeds(roles.module(STUDENT), true)
+    roles.add(surrogate_role(surrogate(), roles.module(STUDENT), SHAPE, concurrent=True, lr=3e-3))
+    term = LRMFineTune(true)
+    tune(roles, [term], steps=30, micro=8)
+    after = true_reward_at_fixed_seeds(roles.module(STUDENT), true)
+    assert after > before + 0.08, (before, after, term.fidelities)
+    assert term.fidelity > 0.5  # the surrogate follows the student's samples
+
+
+class ConstantPolicy(torch.nn.Module):
+    """A denoiser whose x0 prediction is a learnt per-channel constant: DDPO's policy mean is a parameter."""
+
+    prediction = "x0"
+    schedule_config = {"type": "vp", "betas": "linear", "num_timesteps": 1000}
+
+    def __init__(self):
+        super().__init__()
+        self.theta = torch.nn.Parameter(torch.zeros(C))
+
+    def forward(self, x_t, t, text, text_mask):
+        return self.theta.view(1, 1, C, 1, 1).expand_as(x_t)
+
+
+def constant_policy_roles(lr):
+    from lrm.tuning.roles import Role, Roles, adamw
+
+    policy = ConstantPolicy()
+    roles = Roles()
+    roles.add(Role(STUDENT, policy, adamw(lr)(list(policy.parameters()))))
+    return roles, policy
+
+
+def test_ddpo_gradient_agrees_with_the_pathwise_gradient():
+    """On a policy whose mean is a parameter, REINFORCE's expected gradient is the pathwise gradient of the
+    reward (an independent reference: backpropagation through the differentiable reward and decoder)."""
+    roles, policy = constant_policy_roles(1e-2)
+    term = DDPO(TrueReward(codec(), Brightness()), SHAPE, steps=4)
+    term.generator_loss(Step(roles, batch(b=1024, seed=1), torch.empty(0), torch.Generator().manual_seed(0))
+                        ).mean().backward()
+    x0 = torch.zeros(1, *SHAPE, requires_grad=True)
+    (-Brightness()(codec().decode(x0))).sum().backward()
+    pathwise = x0.grad.sum(dim=(0, 1, 3, 4))  # (C,) d(-R)/d theta
+    assert torch.nn.functional.cosine_similarity(policy.theta.grad, pathwise, dim=0) > 0.95
+
+
+def test_ddpo_tuning_raises_a_non_differentiable_reward():
+    roles, policy = constant_policy_roles(3e-2)
+    true = TrueReward(codec(), BrightFraction())
+    before = true_reward_at_fixed_seeds(policy, true)
+    term = DDPO(true, SHAPE, steps=4)
+    tune(roles, [term], steps=15, micro=32)
+    after = true_reward_at_fixed_seeds(policy, true)
+    assert after > before + 0.1, (before, after, term.rewards)
+
+
+# ---------------------------------------------------------------- resume
+
+
+def hooks_distiller():
+    roles = student_roles(lr=1e-3)
+    roles.add(surrogate_role(surrogate(), roles.module(STUDENT), SHAPE, concurrent=True, lr=1e-3))
+    terms = [LRMFineTune(TrueReward(codec(), BrightFraction())),
+             DDPO(TrueReward(codec(), Brightness()), SHAPE, steps=2),
+             DirectReward(TrueReward(codec(), Brightness()), SHAPE, steps=2)]
+    return Distiller(roles, terms, DistillConfig(latent_shape=SHAPE, student_steps=2, seed=5))
+
+
+def test_a_resumed_tuning_equals_an_uninterrupted_one(tmp_path):
+    """The concurrent surrogate (weights, label statistics, optimiser) and the draws are checkpointed."""
+    data = lambda step: [batch(b=3, seed=50 + step)]  # noqa: E731
+    straight = hooks_distiller()
+    straight.fit(data, 4)
+    hooks_distiller().fit(data, 2, run_dir=tmp_path)
+    resumed = hooks_distiller()
+    assert resumed.resume(tmp_path) and resumed.step == 2
+    resumed.fit(data, 4)
+    for name in straight.roles.names():
+        a, b = straight.roles.module(name).state_dict(), resumed.roles.module(name).state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    assert straight.updates == resumed.updates == {STUDENT: 4, LRM: 4}
+
+
+# ---------------------------------------------------------------- the monitor
+
+
+def test_the_monitor_records_gold_proxy_diversity_and_distance_at_fixed_seeds():
+    from lrm.generators import build_dit
+    from lrm.tuning.monitor import TuningMonitor
+    from test_sampling import Words
+
+    torch.manual_seed(0)
+    student = build_dit("dit-xs", C, Words.dim)
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    roles = build_roles(student, student_lr=3e-3, fake_score=False, ema=False)
+    true = TrueReward(codec(), Brightness())
+    lrm = surrogate()
+    monitor = TuningMonitor(roles.module(STUDENT), true, ["a red circle", "a blue square"], Words(),
+                            latent_shape=SHAPE, steps=2, per_prompt=3, surrogate=lrm)
+    first, again = monitor(0), monitor(0)
+    assert first == again  # fixed prompts and seeds
+    assert first.distance == 0.0 and first.nonfinite == 0
+    assert 1.0 <= first.diversity <= 3.0 and np.isfinite(first.proxy)
+    assert monitor.last.pixels.shape == (6, 1, 3, 8 * H, 8 * W)
+    assert first.gold == pytest.approx(float(Brightness()(codec().decode(monitor.last.latents)).mean()), rel=1e-5)
+    with torch.no_grad():
+        assert first.proxy == pytest.approx(float(lrm(monitor.last.latents).mean()), rel=1e-5)
+
+    def prompt_batch(step):
+        text = Words().encode(["a red circle", "a blue square"] * 2)
+        return [Batch(text.emb, text.mask)]
+
+    Distiller(roles, [DirectReward(true, SHAPE, steps=2)], DistillConfig(latent_shape=SHAPE, student_steps=2)
+              ).fit(prompt_batch, num_steps=5)
+    after = monitor(5)
+    assert after.gold > first.gold and after.distance > 0 and len(monitor.records) == 3
+
+
+# ---------------------------------------------------------------- the library runner
+
+
+def words_student():
+    from lrm.generators import build_dit
+    from test_sampling import Words
+
+    torch.manual_seed(0)
+    student = build_dit("dit-xs", C, Words.dim)
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return student, Words()
+
+
+@pytest.mark.parametrize("method,concurrent", [("lrm", True), ("lrm", False), ("ddpo", False), ("direct", False)])
+def test_tune_runs_each_method_and_records_at_fixed_seeds(method, concurrent):
+    from lrm.tuning.tune import TuneConfig, tune
+
+    student, words = words_student()
+    reward = Brightness() if method == "direct" else BrightFraction()
+    config = TuneConfig(method=method, concurrent=concurrent, steps=4, student_steps=2, batch_size=4, lr=1e-3,
+                        eval_every=2, per_prompt=2, eval_prompts=2)
+    fitted = surrogate() if method == "lrm" and not concurrent else None
+    result = tune(student, TrueReward(codec(), reward), ["a red circle", "a blue square", "a green dot"], words,
+                  config, latent_shape=SHAPE, surrogate=fitted)
+    assert [r.step for r in result.records] == [0, 2, 4] and len(result.logs) == 4
+    assert result.records[0].distance == 0 and result.records[-1].distance > 0
+    assert np.isfinite(result.records[-1].proxy) == (method == "lrm")
+    assert result.seconds_per_step > 0 and result.peak_memory_mb is None
+    if concurrent:
+        assert len(result.term.fidelities) == 4
+
+
+@pytest.mark.parametrize("method", ["lrm", "direct"])
+def test_tune_a_video_student_toward_a_video_reward(method):
+    from lrm.generators import build_dit
+    from lrm.tuning.tune import TuneConfig, tune
+    from test_sampling import Words
+
+    torch.manual_seed(0)
+    student = build_dit("dit-xs", C, Words.dim, frames=3)
+    config = TuneConfig(method=method, concurrent=method == "lrm", steps=2, student_steps=1, batch_size=2,
+                        eval_every=2, per_prompt=3, eval_prompts=1, frames=2 if method == "direct" else None)
+    recording = Recording(VideoReward())
+    result = tune(student, TrueReward(codec(), recording), ["a red circle"], Words(), config,
+                  latent_shape=(3, C, H, W))
+    assert [r.step for r in result.records] == [0, 2] and result.records[-1].distance > 0
+    # (samples, frames) scored: training batches of 2 (direct decodes 2 of the 3 frames), the monitor's 3 clips
+    assert {tuple(p.shape[:2]) for p in recording.seen} == {(2, 2 if method == "direct" else 3), (3, 3)}
+    if method == "lrm":
+        assert result.term.trains == (LRM,) and len(result.term.fidelities) == 2
+
+
+def test_tune_refuses_bad_setups_before_any_work():
+    from lrm.tuning.tune import TuneConfig, tune
+
+    student, words = words_student()
+    start = copy.deepcopy(student.state_dict())
+    with pytest.raises(ValueError, match="needs a fitted surrogate"):
+        tune(student, TrueReward(codec(), Brightness()), ["a"], words, TuneConfig(), latent_shape=SHAPE)
+    with pytest.raises(ValueError, match="'bright-fraction' is not"):
+        tune(student, TrueReward(codec(), BrightFraction()), ["a"], words, TuneConfig(method="direct"),
+             latent_shape=SHAPE)
+    with pytest.raises(ValueError, match="only method 'lrm' uses"):
+        TuneConfig(method="ddpo", concurrent=True)
+    with pytest.raises(ValueError, match="method must be one of"):
+        TuneConfig(method="ppo")
+    with pytest.raises(ValueError, match="frames selects the frames that method 'direct' decodes"):
+        TuneConfig(method="ddpo", frames=2)
+    assert all(torch.equal(v, student.state_dict()[k]) for k, v in start.items())
+
+
+# ---------------------------------------------------------------- lrm tune
+
+
+def cli_app():
+    import typer
+
+    from lrm.cli.tune import register
+
+    app = typer.Typer()
+    app.callback()(lambda: None)  # a group, so that `tune` is a subcommand
+    register(app)
+    return app
+
+
+@pytest.fixture
+def words_runs(tmp_path, monkeypatch):
+    """A tiny distilled student run (dct latents, the test-words encoder) and a teacher run."""
+    from lrm import text as text_registry
+    from lrm.codecs import load as load_codec
+    from lrm.generators import build_dit, save_denoiser
+    from test_sampling import Words
+
+    monkeypatch.setitem(text_registry.ENCODERS, Words.id, Words)
+    torch.manual_seed(0)
+    model = build_dit("dit-xs", 32, Words.dim)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    model.codec_settings, model.text_encoder_id = load_codec("dct").settings(), Words.id
+    save_denoiser(model, tmp_path / "student" / "model", extra={"student_steps": 1, "latent_shape": [1, 32, 8, 8]})
+    save_denoiser(model, tmp_path / "teacher" / "model", extra={"latent_shape": [1, 32, 8, 8]})
+    return tmp_path
+
+
+TUNE_ARGS = ["--prompt", "a red circle", "--prompt", "a blue square", "--steps", "2", "--eval-every", "1",
+             "--batch-size", "2", "--per-prompt", "2", "--lr", "1e-3"]
+
+
+@pytest.mark.parametrize("reward,method", [("colorfulness", ["--method", "direct"]),
+                                           ("jpeg-incompressibility", ["--concurrent"]),
+                                           ("jpeg-incompressibility", ["--concurrent", "--teacher"])])
+def test_lrm_tune_writes_the_tuned_student_records_and_grids(words_runs, reward, method):
+    from typer.testing import CliRunner
+
+    from lrm.generators.runs import open_generator_run
+
+    out = words_runs / "tuned"
+    start = ["--teacher", str(words_runs / "teacher"), "--student-steps", "1"] if "--teacher" in method else \
+        ["--student", str(words_runs / "student")]
+    method = [m for m in method if m != "--teacher"]
+    result = CliRunner().invoke(cli_app(), ["tune", reward, *start, *method, *TUNE_ARGS, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert f"{reward}: gold" in result.output
+    facts = json.loads((out / "records.json").read_text())
+    assert [r["step"] for r in facts["records"]] == [0, 1, 2] and facts["records"][-1]["distance"] > 0
+    assert facts["nonfinite_rewards"] == 0 and facts["config"]["steps"] == 2
+    assert (out / "before" / "grid.png").is_file() and (out / "after" / "grid.png").is_file()
+    tuned = open_generator_run(out)
+    assert tuned.student_steps == 1 and tuned.latent_shape() == (1, 32, 8, 8)
+    if "--teacher" in start:  # DOLLAR's VSD + LRM: the fake score and the surrogate train beside the student
+        assert set(facts["losses"][0]) == {"vsd", "fake_score", "lrm_ft", "lrm"}
+
+
+def test_lrm_tune_refuses_bad_input_with_one_line(words_runs):
+    from typer.testing import CliRunner
+
+    other = build_surrogate("image-cnn-stats", C)
+    other.info.codec_settings = codec().settings()
+    other.save_pretrained(words_runs / "other-lrm")
+    student = ["--student", str(words_runs / "student")]
+    teacher = ["--teacher", str(words_runs / "teacher")]
+    cases = [
+        (["colorfulness", "--student", str(words_runs / "teacher"), "--method", "direct"], "is a teacher run"),
+        (["colorfulness", "--teacher", str(words_runs / "student"), "--method", "direct"], "is a distilled student"),
+        (["colorfulness", *student, *teacher, "--method", "direct"], "give --student RUN"),
+        (["colorfulness", *teacher, "--method", "direct", "--losses", "vsd,cd"], "CD needs real latents"),
+        (["jpeg-incompressibility", *student, "--method", "direct"], "'jpeg-incompressibility' is not"),
+        (["colorfulness", *student], "needs --surrogate DIR"),
+        (["colorfulness", *student, "--surrogate", str(words_runs / "other-lrm")], "4-channel latents"),
+        (["colorfulness", *student, "--method", "ddpo", "--concurrent"], "belong to --method lrm"),
+        (["no-such-reward", *student, "--concurrent"], "unknown reward"),
+    ]
+    for args, message in cases:
+        result = CliRunner().invoke(cli_app(), ["tune", *args, *TUNE_ARGS])
+        assert result.exit_code == 2, (args, result.output)
+        assert message in result.output, (args, result.output)
+        assert "Traceback" not in result.output
+
+
+def test_lrm_tune_defaults_restate_the_library():
+    from lrm.cli import tune as cli
+    from lrm.tuning import tune as library
+
+    assert cli.METHODS == library.METHODS
+    config = library.TuneConfig()
+    assert cli.DEFAULTS == {k: getattr(config, k) for k in cli.DEFAULTS}
