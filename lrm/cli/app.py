@@ -36,6 +36,8 @@ COMMANDS = {
     "predict": Command("lrm.cli.fit", "Score media through codec + surrogate: the fast path, same output as "
                                       "`lrm score`."),
     "teacher": Command("lrm.cli.teacher", "Train lrm's own latent DiT teacher (the generator tuning starts from)."),
+    "tune": Command("lrm.cli.tune", "Reward-tune a distilled student with LRM fine-tuning, DDPO-SF or direct reward "
+                                    "gradients."),
     "sample": Command("lrm.cli.generate", "Sample a generator run: decoded PNG / GIF / MP4 per sample, a captioned "
                                           "grid, latents and index.json."),
     "evaluate": Command("lrm.cli.generate", "Evaluate a generator run's samples: true rewards, Vendi diversity, "
