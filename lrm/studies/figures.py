@@ -1,0 +1,53 @@
+"""Figures of an over-optimisation study: each function returns PNG bytes (lrm.reports.figures' conventions)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lrm.reports.figures import _png, plt
+from lrm.studies.overopt import Curves, GaoFit, Peak
+
+
+def rewards_by_step(curves: Curves, peak: Peak, stops: dict[str, int]) -> bytes:
+    """Gold and proxy (reward units) against the step; the gold peak marked, each rule's stop a dashed line."""
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    ax.plot(curves.steps, curves.gold, "o-", label="gold (pixel reward)")
+    if np.isfinite(curves.proxy).any():
+        ax.plot(curves.steps, curves.proxy, "s-", label="proxy (surrogate)")
+    ax.plot([peak.step], [peak.gold], "*", markersize=14, color="k", label=f"gold peak (step {peak.step})")
+    for i, (rule, step) in enumerate(stops.items()):
+        ax.axvline(step, linestyle="--", color=f"C{i + 2}", label=f"stop: {rule} (step {step})")
+    ax.set_xlabel("step")
+    ax.set_ylabel("reward")
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def gold_by_distance(curves: Curves, fit: GaoFit) -> bytes:
+    """Measured gold against the distance from the initial student, with Gao et al.'s fitted curve."""
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    ax.plot(curves.distance, curves.gold, "o", label="gold (measured)")
+    if np.isfinite(curves.proxy).any():
+        ax.plot(curves.distance, curves.proxy, "s", alpha=0.6, label="proxy (measured)")
+    if np.isfinite(fit.fitted).any():
+        ax.plot(fit.d, fit.fitted, "-", color="k",
+                label=f"fit: d ({fit.alpha:.3g} - {fit.beta:.3g} log d)")
+    ax.set_xlabel(f"d: {fit.distance}")
+    ax.set_ylabel("reward")
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def fidelity_and_diversity(curves: Curves) -> bytes:
+    """Surrogate fidelity (Spearman vs gold, when recorded) and Vendi diversity against the step."""
+    fig, (ax_fid, ax_div) = plt.subplots(1, 2, figsize=(9, 3.4))
+    if np.isfinite(curves.fidelity).any():
+        ax_fid.plot(curves.steps, curves.fidelity, "o-")
+    else:
+        ax_fid.text(0.5, 0.5, "not recorded per evaluation", ha="center", va="center", transform=ax_fid.transAxes)
+    ax_fid.set_xlabel("step")
+    ax_fid.set_ylabel("surrogate Spearman vs gold")
+    ax_div.plot(curves.steps, curves.diversity, "o-")
+    ax_div.set_xlabel("step")
+    ax_div.set_ylabel("Vendi diversity")
+    return _png(fig)

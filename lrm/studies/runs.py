@@ -1,0 +1,56 @@
+"""Read a tuning run folder (`lrm tune` / lrm.tuning.tune: OUT/records.json, OUT/before, OUT/after) for a study,
+refusing, with one line naming the fix, a folder without records or one tuned toward another reward."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from lrm.studies.overopt import Curves
+
+RECORDS = "records.json"  # what `lrm tune` writes beside the tuned student
+
+
+@dataclass(frozen=True)
+class TuningRun:
+    path: Path
+    reward: str  # the reward the run was tuned toward (its records.json "reward")
+    method: str  # lrm, ddpo or direct
+    higher_is_better: bool  # from the reward's registry spec; True for a user's metric (path.py:fn)
+    curves: Curves
+    surrogate_fidelity: float | None  # the concurrent surrogate's running fidelity at the end (lrm_ft), if any
+    facts: dict  # records.json as read
+
+
+def read_run(path: str | Path, reward: str | None = None) -> TuningRun:
+    """The tuning run at `path`; with `reward`, refuse a run tuned toward another one."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} is not a folder; pass a tuning run written by `lrm tune` (its --out)")
+    records = path / RECORDS
+    if not records.is_file():
+        raise FileNotFoundError(f"{path} holds no {RECORDS}, so it is not a tuning run; pass the --out folder of "
+                                "`lrm tune`")
+    try:
+        facts = json.loads(records.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{records} is not valid JSON ({error.msg}); write it again with `lrm tune`") from None
+    tuned = facts.get("reward") if isinstance(facts, dict) else None
+    if not isinstance(tuned, str):
+        raise ValueError(f"{records} names no reward; write it with `lrm tune`")
+    if reward is not None and reward != tuned:
+        raise ValueError(f"{path} was tuned toward {tuned!r}, not {reward!r}; study it as {tuned!r} or pass a run "
+                         f"tuned toward {reward!r}")
+    curves = Curves.from_records(facts)
+    fidelity = facts.get("surrogate_fidelity")
+    return TuningRun(path, tuned, str(facts.get("method", "")), higher_is_better(tuned), curves,
+                     float(fidelity) if isinstance(fidelity, (int, float)) else None, facts)
+
+
+def higher_is_better(reward: str) -> bool:
+    """The registry spec's direction (reading the registry imports no torch); a user's metric counts as higher
+    is better, as lrm.rewards.custom's default."""
+    from lrm.rewards.registry import REWARDS
+
+    return REWARDS[reward].spec.higher_is_better if reward in REWARDS else True

@@ -1,0 +1,233 @@
+"""Over-optimisation studies (lrm.studies, `lrm study overopt`): the Gao fit, the peak, the stopping rules, the
+KL-like distance, and the study of a tiny tuning run."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from test_hooks import TUNE_ARGS, words_runs  # noqa: F401  (words_runs: a pytest fixture)
+from typer.testing import CliRunner
+
+from lrm.studies.overopt import RULES, Curves, StudyConfig, analyse, gao_curve, gao_fit, gold_peak
+
+
+def synthetic(n: int = 16, fidelity_drop: bool = True) -> Curves:
+    """Gold on Gao's curve (alpha 2, beta 1.5: peak at d* = exp(1/3) ~ 1.40), the proxy rising with d, the
+    fidelity falling linearly from 0.95 to 0.30; one evaluation every 20 steps."""
+    d = np.linspace(0.0, 3.0, n)
+    gold = 0.5 + gao_curve(d, 2.0, 1.5)
+    fidelity = np.linspace(0.95, 0.30, n) if fidelity_drop else np.full(n, np.nan)
+    return Curves(np.arange(n) * 20, gold, 0.5 + 3.0 * d, d, np.linspace(5.0, 2.0, n), fidelity)
+
+
+# ---------------------------------------------------------------- analysis
+
+
+@pytest.mark.parametrize("alpha,beta", [(2.0, 1.5), (0.3, 0.1), (-0.5, 0.2)])
+def test_gao_fit_recovers_alpha_and_beta(alpha, beta):
+    rng = np.random.default_rng(0)
+    d = np.concatenate([[0.0], np.sort(rng.uniform(0.05, 4.0, 40))])
+    gold = 1.0 + gao_curve(d, alpha, beta) + rng.normal(0, 1e-3, d.size)
+    fit = gao_fit(d, gold)
+    assert fit.alpha == pytest.approx(alpha, abs=5e-3) and fit.beta == pytest.approx(beta, abs=5e-3)
+    assert fit.points == 40 and fit.rmse < 3e-3
+    assert fit.d_star == pytest.approx(math.exp(alpha / beta - 1), rel=0.05)
+    assert fit.fitted[0] == pytest.approx(gold[0]) and fit.d[-1] == pytest.approx(d.max())
+
+
+def test_gao_fit_of_a_lower_is_better_reward_and_of_too_few_points():
+    d = np.linspace(0, 2, 9)
+    fit = gao_fit(d, 3.0 - gao_curve(d, 1.0, 0.8), higher_is_better=False)  # the gold falls: it improves
+    assert fit.alpha == pytest.approx(1.0) and fit.beta == pytest.approx(0.8)
+    assert np.allclose(fit.fitted, 3.0 - gao_curve(fit.d, 1.0, 0.8))
+    few = gao_fit(np.array([0.0, 0.1]), np.array([1.0, 1.2]))
+    assert few.points == 1 and math.isnan(few.alpha) and np.isnan(few.fitted).all()
+
+
+def test_the_peak_and_each_stopping_rule_on_a_synthetic_curve():
+    curves = synthetic()
+    study = analyse(curves, StudyConfig(fidelity_threshold=0.7, distance_budget=1.0))
+    # the gold peaks at the evaluation nearest d* = 1.40: d = 1.4 (index 7, step 140)
+    assert (study.peak.index, study.peak.step) == (7, 140)
+    assert study.peak.gold == pytest.approx(curves.gold.max())
+    assert study.proxy_keeps_rising is True
+    stops = {s.rule: s for s in study.stops}
+    assert list(stops) == list(RULES)
+    # (a) fidelity 0.95 - 0.65 i / 15 < 0.7 first at i = 6 (0.69)
+    assert stops["fidelity"].step == 120 and stops["fidelity"].fired
+    # (b) gold falls from index 8 on; against 2 measurements before, the first fall is at index 9 (vs 7)
+    assert stops["divergence"].step == 180
+    # (c) d = 0.2 i reaches 1.0 at i = 5
+    assert stops["distance"].step == 100
+    for stop in study.stops:
+        gold = curves.gold[stop.step // 20]
+        assert stop.gold == pytest.approx(gold)
+        assert stop.share_of_gain == pytest.approx((gold - curves.gold[0]) / (curves.gold.max() - curves.gold[0]))
+        assert stop.share_of_peak == pytest.approx(gold / curves.gold.max())
+        assert stop.steps_saved == 300 - stop.step
+    best = max(study.stops, key=lambda s: s.share_of_gain)
+    assert study.verdict.startswith("gold peaks at step 140")
+    assert "proxy keeps rising" in study.verdict and f"{best.share_of_gain:.0%} of the peak" in study.verdict
+    assert best.condition in study.verdict
+
+
+def test_rules_that_never_fire_or_cannot_apply():
+    curves = synthetic(fidelity_drop=False)
+    rising = Curves(curves.steps, curves.distance.copy(), np.full_like(curves.gold, np.nan), curves.distance,
+                    curves.diversity, curves.fidelity)  # gold rises to the end, no proxy, no fidelity
+    study = analyse(rising, StudyConfig(distance_budget=99.0))
+    assert study.peak.index == len(rising.steps) - 1 and study.proxy_keeps_rising is None
+    stops = {s.rule: s for s in study.stops}
+    assert not stops["fidelity"].applied and "no per-evaluation surrogate fidelity" in stops["fidelity"].note
+    assert not stops["divergence"].applied and "no proxy" in stops["divergence"].note
+    assert stops["distance"].applied and not stops["distance"].fired
+    assert stops["distance"].step == 300 and stops["distance"].steps_saved == 0
+    assert "no peak within the run" in study.verdict and "no stopping rule fired" in study.verdict
+    no_budget = {s.rule: s for s in analyse(rising).stops}["distance"]
+    assert not no_budget.applied and no_budget.step is None
+
+
+def test_a_lower_is_better_reward_peaks_at_its_lowest_gold():
+    curves = synthetic()
+    flipped = Curves(curves.steps, -curves.gold, -curves.proxy, curves.distance, curves.diversity, curves.fidelity)
+    assert gold_peak(flipped, higher_is_better=False).index == gold_peak(curves).index
+    a, b = analyse(curves, StudyConfig()), analyse(flipped, StudyConfig(higher_is_better=False))
+    assert [s.step for s in a.stops] == [s.step for s in b.stops]
+    assert b.proxy_keeps_rising is True
+
+
+def test_curves_from_records_sort_steps_and_read_missing_values_as_nan():
+    facts = {"records": [{"step": 2, "gold": 1.0, "proxy": None, "distance": 0.1, "diversity": 2.0},
+                         {"step": 0, "gold": 0.5, "proxy": float("nan"), "distance": 0.0, "diversity": 3.0,
+                          "fidelity": 0.9}]}
+    curves = Curves.from_records(facts)
+    assert curves.steps.tolist() == [0, 2] and curves.gold.tolist() == [0.5, 1.0]
+    assert np.isnan(curves.proxy).all() and curves.fidelity[0] == 0.9 and np.isnan(curves.fidelity[1])
+    with pytest.raises(ValueError, match="no evaluation records"):
+        Curves.from_records({"records": []})
+
+
+# ---------------------------------------------------------------- distance
+
+
+def test_eps_distance_is_zero_for_the_initial_model_and_grows_with_a_perturbation():
+    from lrm.generators import build_dit
+    from lrm.studies.distance import eps_distance
+
+    torch.manual_seed(0)
+    initial = build_dit("dit-xs", 4, 8)
+    with torch.no_grad():
+        for p in initial.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    text, mask = torch.randn(2, 3, 8), torch.ones(2, 3, dtype=torch.bool)
+    shape = (1, 4, 8, 8)
+    copy = build_dit("dit-xs", 4, 8)
+    copy.load_state_dict(initial.state_dict())
+    assert eps_distance(initial, initial, text, mask, latent_shape=shape) == 0.0
+    assert eps_distance(copy, initial, text, mask, latent_shape=shape) == 0.0
+    distances = []
+    for scale in (1e-3, 1e-2):
+        moved = build_dit("dit-xs", 4, 8)
+        moved.load_state_dict(initial.state_dict())
+        with torch.no_grad():
+            for p in moved.parameters():
+                p.add_(scale * torch.randn_like(p, generator=None))
+        distances.append(eps_distance(moved, initial, text, mask, latent_shape=shape))
+    assert 0 < distances[0] < distances[1]
+    # the same shared latents whatever the model: the distance is symmetric
+    assert eps_distance(initial, moved, text, mask, latent_shape=shape) == pytest.approx(distances[1], rel=1e-5)
+
+
+# ---------------------------------------------------------------- lrm study overopt
+
+
+def cli_app():
+    import typer
+
+    from lrm.cli.study import register
+    from lrm.cli.tune import register as register_tune
+
+    app = typer.Typer()
+    app.callback()(lambda: None)
+    register(app)
+    register_tune(app)
+    return app
+
+
+@pytest.fixture
+def tuned(words_runs):  # noqa: F811
+    """A 3-step concurrent LRM tuning run of the tiny student (records at steps 0..3)."""
+    out = words_runs / "tuned"
+    args = [*TUNE_ARGS, "--steps", "3"]  # the last --steps counts
+    result = CliRunner().invoke(cli_app(), ["tune", "jpeg-incompressibility", "--student",
+                                            str(words_runs / "student"), "--concurrent", *args, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_lrm_study_overopt_writes_the_report_and_metrics_with_the_documented_keys(tuned):
+    from lrm.studies.report import METRIC_KEYS, STOP_COLUMNS
+
+    out = tuned / "study"
+    result = CliRunner().invoke(cli_app(), ["study", "overopt", "jpeg-incompressibility", "--run", str(tuned),
+                                            "--out", str(out), "--distance-budget", "1e-9"])
+    assert result.exit_code == 0, result.output
+    text = (out / "metrics.json").read_text()
+    assert "NaN" not in text  # strict JSON
+    metrics = json.loads(text)
+    assert tuple(metrics) == METRIC_KEYS
+    records = json.loads((tuned / "records.json").read_text())["records"]
+    assert metrics["curves"]["steps"] == [r["step"] for r in records] == [0, 1, 2, 3]
+    assert metrics["reward"] == "jpeg-incompressibility" and metrics["method"] == "lrm"
+    golds = [r["gold"] for r in records]
+    assert metrics["peak"]["gold"] == pytest.approx(max(golds))
+    assert metrics["peak"]["step"] == records[int(np.argmax(golds))]["step"]
+    assert [s["rule"] for s in metrics["stops"]] == list(RULES)
+    assert all(tuple(s) == STOP_COLUMNS for s in metrics["stops"])
+    distance = {s["rule"]: s for s in metrics["stops"]}["distance"]
+    assert distance["applied"] and distance["step"] == 1  # the first update moves the student past 1e-9
+    assert metrics["distance_measure"] == "relative parameter distance"
+    assert metrics["verdict"] in result.output
+    page = (out / "report.html").read_text()
+    assert page.index(metrics["verdict"].split(";")[0]) < page.index("Early stopping")  # the verdict first
+    assert page.count("data:image/png;base64,") == 5  # three figures and the before/after grids
+    default = CliRunner().invoke(cli_app(), ["study", "overopt", "--run", str(tuned)])
+    assert default.exit_code == 0 and (tuned / "study-overopt" / "metrics.json").is_file()
+
+
+def test_lrm_study_overopt_refuses_a_folder_without_records_or_of_another_reward(tuned, tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "records.json").write_text("{not json")
+    cases = [
+        (["--run", str(tmp_path / "empty")], "holds no records.json"),
+        (["--run", str(tmp_path / "missing")], "is not a folder"),
+        (["--run", str(tmp_path / "broken")], "is not valid JSON"),
+        (["jpeg-compressibility", "--run", str(tuned)], "tuned toward 'jpeg-incompressibility', not "
+                                                         "'jpeg-compressibility'"),
+    ]
+    for args, message in cases:
+        result = CliRunner().invoke(cli_app(), ["study", "overopt", *args])
+        assert result.exit_code == 2, (args, result.output)
+        assert message in result.output and "Traceback" not in result.output, (args, result.output)
+
+
+def test_lrm_study_defaults_restate_the_library_and_import_no_torch():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from lrm.cli import study as cli
+
+    config = StudyConfig()
+    assert cli.DEFAULTS == {k: getattr(config, k) for k in cli.DEFAULTS}
+    code = "import sys, lrm.cli.study; print(any(m in sys.modules for m in ('torch', 'numpy', 'matplotlib')))"
+    root = str(Path(__file__).resolve().parents[1])
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          env={"PYTHONPATH": root, "PATH": os.environ.get("PATH", "")})
+    assert done.stdout.strip() == "False"
