@@ -16,8 +16,8 @@ saved models. Rewards where lower is better are analysed on sign * gold, so "pea
   evaluations with d > 0 (in sign * gold units); the fitted gold peaks at d* = exp(alpha / beta - 1) when
   beta > 0;
 - early-stopping rules, each giving the step it stops at, the gold there as a share of the peak gain
-  ((gold_stop - gold_0) / (gold_peak - gold_0)) and of the peak itself (gold_stop / gold_peak), and the steps
-  saved against running to the end (a rule that never fires runs to the end):
+  ((gold_stop - gold_0) / (gold_peak - gold_0)) and of the peak itself (gold_stop / gold_peak; its inverse when
+  lower is better), and the steps saved against running to the end (a rule that never fires runs to the end):
   (a) "fidelity": the surrogate's fidelity on fresh samples (Spearman vs gold), averaged over the last
       `fidelity_window` evaluations, falls below `fidelity_threshold`;
   (b) "divergence": over the last `divergence_window` measurements, taken every `every` evaluations, the proxy
@@ -124,7 +124,7 @@ class Stop:
     step: int | None  # where training stops
     gold: float  # gold at that step, reward units
     share_of_gain: float  # (gold_stop - gold_0) / (gold_peak - gold_0); NaN when the peak is the start
-    share_of_peak: float  # gold_stop / gold_peak; NaN unless both are positive
+    share_of_peak: float  # gold_stop / gold_peak (lower is better: gold_peak / gold_stop); NaN unless both > 0
     steps_saved: int | None  # last step - stop step
     note: str  # why the rule was not applied, or ""
 
@@ -238,15 +238,15 @@ def analyse(curves: Curves, config: StudyConfig = StudyConfig()) -> Study:
                      f"distance >= {config.distance_budget:g}" if config.distance_budget is not None
                      else "distance budget"),
     }
-    stops = [_stop(curves, peak, rule, trigger, condition) for rule, (trigger, condition) in found.items()]
+    stops = [_stop(curves, peak, rule, trigger, condition, hib) for rule, (trigger, condition) in found.items()]
     signed_proxy = _signed(curves.proxy, hib)
     rising = None
     if math.isfinite(signed_proxy[peak.index]) and math.isfinite(signed_proxy[-1]):
         rising = bool(signed_proxy[-1] > signed_proxy[peak.index])
-    return Study(peak, rising, fit, stops, _verdict(curves, peak, rising, stops))
+    return Study(peak, rising, fit, stops, _verdict(curves, peak, rising, stops, hib))
 
 
-def _stop(curves: Curves, peak: Peak, rule: str, trigger: Trigger, condition: str) -> Stop:
+def _stop(curves: Curves, peak: Peak, rule: str, trigger: Trigger, condition: str, higher_is_better: bool) -> Stop:
     if not trigger.applied:
         nan = float("nan")
         return Stop(rule, condition, False, False, None, nan, nan, nan, None, trigger.note)
@@ -255,7 +255,8 @@ def _stop(curves: Curves, peak: Peak, rule: str, trigger: Trigger, condition: st
     gold, start = float(curves.gold[index]), float(curves.gold[0])
     gain = peak.gold - start
     share_of_gain = (gold - start) / gain if gain != 0 and math.isfinite(gain) else float("nan")
-    share_of_peak = gold / peak.gold if gold > 0 and peak.gold > 0 else float("nan")
+    ratio = gold / peak.gold if higher_is_better else peak.gold / gold
+    share_of_peak = ratio if gold > 0 and peak.gold > 0 else float("nan")
     return Stop(rule, condition, True, trigger.index is not None, int(curves.steps[index]), gold, share_of_gain, share_of_peak,
                 int(curves.steps[last] - curves.steps[index]), trigger.note)
 
@@ -264,7 +265,8 @@ def _signed(values: np.ndarray, higher_is_better: bool) -> np.ndarray:
     return np.asarray(values, float) * (1.0 if higher_is_better else -1.0)
 
 
-def _verdict(curves: Curves, peak: Peak, rising: bool | None, stops: list[Stop]) -> str:
+def _verdict(curves: Curves, peak: Peak, rising: bool | None, stops: list[Stop], higher_is_better: bool) -> str:
+    """One line: the peak, whether the proxy keeps rising, and the fired rule that keeps the most gold."""
     last = len(curves.steps) - 1
     if peak.index == last:
         head = f"gold still improving at the last evaluation (step {peak.step}, {peak.gold:.4g}): no peak within the run"
@@ -274,9 +276,12 @@ def _verdict(curves: Curves, peak: Peak, rising: bool | None, stops: list[Stop])
         head += ", proxy keeps rising"
     elif rising is False:
         head += ", proxy does not keep rising"
-    applied = [s for s in stops if s.applied and s.fired and math.isfinite(s.share_of_gain)]
-    if not applied:
+    fired = [s for s in stops if s.fired and math.isfinite(s.gold)]
+    if not fired:
         return head + "; no stopping rule fired before the end"
-    best = max(applied, key=lambda s: (s.share_of_gain, s.steps_saved))
-    return (f"{head}; stop when {best.condition} keeps {best.share_of_gain:.0%} of the peak gold gain "
-            f"(step {best.step}, {best.steps_saved} steps saved)")
+    sign = 1.0 if higher_is_better else -1.0
+    best = max(fired, key=lambda s: (sign * s.gold, s.steps_saved))
+    kept = (f"{best.share_of_peak:.0%} of the peak gold" if math.isfinite(best.share_of_peak)
+            else f"gold {best.gold:.4g} against the peak's {peak.gold:.4g}")
+    gain = f", {best.share_of_gain:.0%} of its gain over the start" if math.isfinite(best.share_of_gain) else ""
+    return f"{head}; stop when {best.condition} keeps {kept}{gain} (step {best.step}, {best.steps_saved} steps saved)"
