@@ -112,6 +112,21 @@ def test_curves_from_records_sort_steps_and_read_missing_values_as_nan():
         Curves.from_records({"records": []})
 
 
+def test_read_run_takes_the_direction_from_the_reward_spec(tmp_path):
+    from lrm.studies.runs import read_run
+
+    records = [{"step": s, "gold": g, "proxy": p, "distance": 0.1 * s, "diversity": 2.0, "nonfinite": 0}
+               for s, g, p in [(0, 40.0, 40.0), (10, 30.0, 25.0), (20, 35.0, 10.0)]]
+    (tmp_path / "records.json").write_text(json.dumps({"reward": "brisque", "method": "ddpo", "records": records,
+                                                       "surrogate_fidelity": None}))
+    run = read_run(tmp_path, "brisque")
+    assert run.higher_is_better is False and run.surrogate_fidelity is None
+    study = analyse(run.curves, StudyConfig(higher_is_better=False))
+    assert study.peak.step == 10 and study.proxy_keeps_rising is True  # BRISQUE: lower is better
+    stops = {s.rule: s for s in study.stops}
+    assert stops["divergence"].step is not None and stops["divergence"].share_of_peak == pytest.approx(30 / 35)
+
+
 # ---------------------------------------------------------------- distance
 
 
@@ -210,6 +225,7 @@ def test_lrm_study_overopt_refuses_a_folder_without_records_or_of_another_reward
         (["--run", str(tmp_path / "broken")], "is not valid JSON"),
         (["jpeg-compressibility", "--run", str(tuned)], "tuned toward 'jpeg-incompressibility', not "
                                                          "'jpeg-compressibility'"),
+        (["--run", str(tuned), "--distance-budget", "0"], "must be positive, got 0.0"),
     ]
     for args, message in cases:
         result = CliRunner().invoke(cli_app(), ["study", "overopt", *args])

@@ -13,7 +13,7 @@ import typer
 
 from lrm.cli.errors import USER_ERRORS, exit_with_message
 
-DEFAULTS = {"fidelity_threshold": 0.7, "every": 1, "divergence_window": 2}  # lrm.studies.overopt.StudyConfig
+DEFAULTS = {"fidelity_threshold": 0.7, "fidelity_window": 1, "every": 1, "divergence_window": 2}  # lrm.studies.overopt.StudyConfig
 HELP = "Over-optimisation studies of reward-tuning runs: proxy vs gold, the gold peak, early stopping."
 
 
@@ -31,6 +31,8 @@ def overopt(
     fidelity_threshold: Annotated[float, typer.Option(help="Rule (a): stop when the surrogate's fidelity "
                                                            "(Spearman vs gold) falls below this.")]
     = DEFAULTS["fidelity_threshold"],
+    fidelity_window: Annotated[int, typer.Option(min=1, help="Rule (a): evaluations averaged into the running "
+                                                            "fidelity.")] = DEFAULTS["fidelity_window"],
     every: Annotated[int, typer.Option(min=1, help="Rule (b): compare proxy and gold every N evaluations.")]
     = DEFAULTS["every"],
     divergence_window: Annotated[int, typer.Option(min=1, help="Rule (b): measurements over which the proxy "
@@ -53,21 +55,25 @@ def overopt(
       lrm study overopt --run runs/student/tune-jpeg-compressibility-lrm
       lrm study overopt jpeg-compressibility --run runs/tuned --distance-budget 0.05 --out runs/study
     """
+    if distance_budget is not None and not distance_budget > 0:
+        raise typer.BadParameter(f"must be positive, got {distance_budget}",
+                                 param_hint="--distance-budget")
     try:
-        summary, out_dir = _run(reward, run, out, fidelity_threshold, every, divergence_window, distance_budget)
+        summary, out_dir = _run(reward, run, out, fidelity_threshold, fidelity_window, every, divergence_window,
+                                distance_budget)
     except USER_ERRORS as error:
         exit_with_message(error)
     typer.echo(summary, err=True)
     typer.echo(f"report.html and metrics.json in {out_dir}", err=True)
 
 
-def _run(reward, run_path, out, fidelity_threshold, every, divergence_window, distance_budget):
+def _run(reward, run_path, out, fidelity_threshold, fidelity_window, every, divergence_window, distance_budget):
     from lrm.studies.overopt import StudyConfig, analyse
     from lrm.studies.report import write_study
     from lrm.studies.runs import read_run
 
     run = read_run(run_path, reward)
-    config = StudyConfig(fidelity_threshold=fidelity_threshold, every=every, divergence_window=divergence_window,
+    config = StudyConfig(fidelity_threshold=fidelity_threshold, fidelity_window=fidelity_window, every=every, divergence_window=divergence_window,
                          distance_budget=distance_budget, higher_is_better=run.higher_is_better)
     study = analyse(run.curves, config)
     out_dir = write_study(out if out is not None else run.path / "study-overopt", run, study, config)

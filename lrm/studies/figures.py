@@ -11,30 +11,37 @@ from lrm.studies.overopt import Curves, GaoFit, Peak
 def rewards_by_step(curves: Curves, peak: Peak, stops: dict[str, int]) -> bytes:
     """Gold and proxy (reward units) against the step; the gold peak marked, each rule's stop a dashed line."""
     fig, ax = plt.subplots(figsize=(7, 3.6))
-    ax.plot(curves.steps, curves.gold, "o-", label="gold (pixel reward)")
-    if np.isfinite(curves.proxy).any():
-        ax.plot(curves.steps, curves.proxy, "s-", label="proxy (surrogate)")
+    ax.plot(curves.steps, curves.gold, "o-", color="C0", label="gold (pixel reward)")
     ax.plot([peak.step], [peak.gold], "*", markersize=14, color="k", label=f"gold peak (step {peak.step})")
     for i, (rule, step) in enumerate(stops.items()):
         ax.axvline(step, linestyle="--", color=f"C{i + 2}", label=f"stop: {rule} (step {step})")
     ax.set_xlabel("step")
-    ax.set_ylabel("reward")
-    ax.legend(fontsize=8)
+    ax.set_ylabel("gold reward", color="C0")
+    _proxy_axis(ax, curves.steps, curves.proxy)
+    ax.legend(fontsize=8, loc="best")
     return _png(fig)
+
+
+def _proxy_axis(ax, x: np.ndarray, proxy: np.ndarray) -> None:
+    """The proxy on its own right-hand axis (same units, but it can run far beyond the gold)."""
+    if not np.isfinite(proxy).any():
+        return
+    right = ax.twinx()
+    right.plot(x, proxy, "s-", color="C1", alpha=0.8)
+    right.set_ylabel("proxy (surrogate) reward", color="C1")
 
 
 def gold_by_distance(curves: Curves, fit: GaoFit) -> bytes:
     """Measured gold against the distance from the initial student, with Gao et al.'s fitted curve."""
     fig, ax = plt.subplots(figsize=(7, 3.6))
-    ax.plot(curves.distance, curves.gold, "o", label="gold (measured)")
-    if np.isfinite(curves.proxy).any():
-        ax.plot(curves.distance, curves.proxy, "s", alpha=0.6, label="proxy (measured)")
+    ax.plot(curves.distance, curves.gold, "o", color="C0", label="gold (measured)")
     if np.isfinite(fit.fitted).any():
         ax.plot(fit.d, fit.fitted, "-", color="k",
-                label=f"fit: d ({fit.alpha:.3g} - {fit.beta:.3g} log d)")
+                label=f"gold(0) + d ({fit.alpha:.3g} - {fit.beta:.3g} log d)")
     ax.set_xlabel(f"d: {fit.distance}")
-    ax.set_ylabel("reward")
-    ax.legend(fontsize=8)
+    ax.set_ylabel("gold reward", color="C0")
+    _proxy_axis(ax, curves.distance, curves.proxy)
+    ax.legend(fontsize=8, loc="best")
     return _png(fig)
 
 
