@@ -13,7 +13,8 @@ import typer
 
 from lrm.cli.errors import USER_ERRORS, exit_with_message
 
-DEFAULTS = {"fidelity_threshold": 0.7, "fidelity_window": 1, "every": 1, "divergence_window": 2}  # lrm.studies.overopt.StudyConfig
+# lrm.studies.overopt.StudyConfig's defaults
+DEFAULTS = {"fidelity_threshold": 0.7, "fidelity_window": 1, "every": 1, "divergence_window": 2}
 HELP = "Over-optimisation studies of reward-tuning runs: proxy vs gold, the gold peak, early stopping."
 
 
@@ -73,8 +74,9 @@ def _run(reward, run_path, out, fidelity_threshold, fidelity_window, every, dive
     from lrm.studies.runs import read_run
 
     run = read_run(run_path, reward)
-    config = StudyConfig(fidelity_threshold=fidelity_threshold, fidelity_window=fidelity_window, every=every, divergence_window=divergence_window,
-                         distance_budget=distance_budget, higher_is_better=run.higher_is_better)
+    config = StudyConfig(fidelity_threshold=fidelity_threshold, fidelity_window=fidelity_window, every=every,
+                         divergence_window=divergence_window, distance_budget=distance_budget,
+                         higher_is_better=run.higher_is_better)
     study = analyse(run.curves, config)
     out_dir = write_study(out if out is not None else run.path / "study-overopt", run, study, config)
     return study.verdict, out_dir

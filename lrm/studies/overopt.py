@@ -257,8 +257,8 @@ def _stop(curves: Curves, peak: Peak, rule: str, trigger: Trigger, condition: st
     share_of_gain = (gold - start) / gain if gain != 0 and math.isfinite(gain) else float("nan")
     ratio = gold / peak.gold if higher_is_better else peak.gold / gold
     share_of_peak = ratio if gold > 0 and peak.gold > 0 else float("nan")
-    return Stop(rule, condition, True, trigger.index is not None, int(curves.steps[index]), gold, share_of_gain, share_of_peak,
-                int(curves.steps[last] - curves.steps[index]), trigger.note)
+    return Stop(rule, condition, True, trigger.index is not None, int(curves.steps[index]), gold, share_of_gain,
+                share_of_peak, int(curves.steps[last] - curves.steps[index]), trigger.note)
 
 
 def _signed(values: np.ndarray, higher_is_better: bool) -> np.ndarray:
@@ -269,7 +269,8 @@ def _verdict(curves: Curves, peak: Peak, rising: bool | None, stops: list[Stop],
     """One line: the peak, whether the proxy keeps rising, and the fired rule that keeps the most gold."""
     last = len(curves.steps) - 1
     if peak.index == last:
-        head = f"gold still improving at the last evaluation (step {peak.step}, {peak.gold:.4g}): no peak within the run"
+        head = (f"gold still improving at the last evaluation (step {peak.step}, {peak.gold:.4g}): no peak within "
+                "the run")
     else:
         head = f"gold peaks at step {peak.step} ({peak.gold:.4g}) of {int(curves.steps[last])}"
     if rising is True:
