@@ -185,12 +185,12 @@ def tuned(words_runs):  # noqa: F811
     return out
 
 
-def test_lrm_study_overopt_writes_the_report_and_metrics_with_the_documented_keys(tuned):
+def test_lrm_study_overopt_writes_the_report_and_metrics_with_the_documented_keys(tuned, monkeypatch):
     from lrm.studies.report import METRIC_KEYS, STOP_COLUMNS
 
     out = tuned / "study"
     result = CliRunner().invoke(cli_app(), ["study", "overopt", "jpeg-incompressibility", "--run", str(tuned),
-                                            "--out", str(out), "--distance-budget", "1e-9"])
+                                            "--out", str(out), "--distance-budget", "1e-9", "--eps-distance"])
     assert result.exit_code == 0, result.output
     text = (out / "metrics.json").read_text()
     assert "NaN" not in text  # strict JSON
@@ -207,12 +207,19 @@ def test_lrm_study_overopt_writes_the_report_and_metrics_with_the_documented_key
     distance = {s["rule"]: s for s in metrics["stops"]}["distance"]
     assert distance["applied"] and distance["step"] == 1  # the first update moves the student past 1e-9
     assert metrics["distance_measure"] == "relative parameter distance"
+    assert metrics["eps_distance_end"] > 0  # the tuned student's noise predictions left its start's
     assert metrics["verdict"] in result.output
     page = (out / "report.html").read_text()
     assert page.index(metrics["verdict"].split(";")[0]) < page.index("Early stopping")  # the verdict first
     assert page.count("data:image/png;base64,") == 5  # three figures and the before/after grids
-    default = CliRunner().invoke(cli_app(), ["study", "overopt", "--run", str(tuned)])
-    assert default.exit_code == 0 and (tuned / "study-overopt" / "metrics.json").is_file()
+
+    from lrm.cli import app as lazy  # through `lrm`'s lazy command table, as the lead registers it
+    from lrm.cli.study import HELP
+
+    monkeypatch.setitem(lazy.COMMANDS, "study", lazy.Command("lrm.cli.study", HELP))
+    default = CliRunner().invoke(lazy.app, ["study", "overopt", "--run", str(tuned)])
+    assert default.exit_code == 0, default.output
+    assert json.loads((tuned / "study-overopt" / "metrics.json").read_text())["eps_distance_end"] is None
 
 
 def test_lrm_study_overopt_refuses_a_folder_without_records_or_of_another_reward(tuned, tmp_path):

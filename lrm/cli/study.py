@@ -12,6 +12,7 @@ from typing import Annotated, Optional
 import typer
 
 from lrm.cli.errors import USER_ERRORS, exit_with_message
+from lrm.cli.options import check_device
 
 # lrm.studies.overopt.StudyConfig's defaults
 DEFAULTS = {"fidelity_threshold": 0.7, "fidelity_window": 1, "every": 1, "divergence_window": 2}
@@ -42,6 +43,9 @@ def overopt(
     distance_budget: Annotated[Optional[float], typer.Option(
                                                              help="Rule (c): stop at this relative parameter "
                                                                   "distance from the initial student.")] = None,
+    eps_distance: Annotated[bool, typer.Option("--eps-distance", help="Also measure the KL-like distance of the "
+                                               "tuned student from its start (loads both models).")] = False,
+    device: Annotated[str, typer.Option(help="cpu or cuda (for --eps-distance).", callback=check_device)] = "cpu",
 ) -> None:
     """Analyse an existing tuning run for over-optimisation.
 
@@ -61,14 +65,15 @@ def overopt(
                                  param_hint="--distance-budget")
     try:
         summary, out_dir = _run(reward, run, out, fidelity_threshold, fidelity_window, every, divergence_window,
-                                distance_budget)
+                                distance_budget, eps_distance, device)
     except USER_ERRORS as error:
         exit_with_message(error)
     typer.echo(summary, err=True)
     typer.echo(f"report.html and metrics.json in {out_dir}", err=True)
 
 
-def _run(reward, run_path, out, fidelity_threshold, fidelity_window, every, divergence_window, distance_budget):
+def _run(reward, run_path, out, fidelity_threshold, fidelity_window, every, divergence_window, distance_budget,
+         eps_distance, device):
     from lrm.studies.overopt import StudyConfig, analyse
     from lrm.studies.report import write_study
     from lrm.studies.runs import read_run
@@ -78,5 +83,13 @@ def _run(reward, run_path, out, fidelity_threshold, fidelity_window, every, dive
                          divergence_window=divergence_window, distance_budget=distance_budget,
                          higher_is_better=run.higher_is_better)
     study = analyse(run.curves, config)
-    out_dir = write_study(out if out is not None else run.path / "study-overopt", run, study, config)
+    end = None
+    if eps_distance:
+        from lrm.studies.distance import run_eps_distance
+
+        start = run.facts.get("from")
+        if not isinstance(start, str):
+            raise ValueError(f"{run.path}/records.json names no starting run ('from'); leave out --eps-distance")
+        end = run_eps_distance(run.path, start, device=device)
+    out_dir = write_study(out if out is not None else run.path / "study-overopt", run, study, config, end)
     return study.verdict, out_dir

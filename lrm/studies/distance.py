@@ -43,3 +43,24 @@ def eps_distance(model: nn.Module, initial: nn.Module, text: torch.Tensor, text_
         eps_model = predict(model, x_t, t, text, text_mask).eps
         eps_init = predict(initial, x_t, t, text, text_mask).eps
     return float((eps_model.float() - eps_init.float()).pow(2).mean())
+
+
+def run_eps_distance(tuned_dir, start_dir, *, prompts: int = 8, samples_per_text: int = 4, seed: int = 0,
+                     device: str = "cpu") -> float:
+    """eps_distance between the tuned student saved in `tuned_dir` (a generator run: `lrm tune`'s OUT) and the
+    model it started from in `start_dir` (its records.json "from": a distilled student, or the teacher whose copy
+    was distilled and tuned), on `prompts` procedural captions (lrm tune's default prompts) and the tuned run's
+    latent shape."""
+    from lrm.evaluation.report import procedural_prompts
+    from lrm.generators.runs import open_generator_run
+    from lrm.text import load as load_text
+
+    tuned_run, start_run = open_generator_run(tuned_dir), open_generator_run(start_dir)
+    latent_shape = tuned_run.latent_shape()
+    tuned, start = tuned_run.load(map_location=device), start_run.load(map_location=device)
+    if tuned.text_encoder_id is None:
+        raise ValueError(f"{tuned_dir} records no text encoder, so its text tokens cannot be made; tune a run "
+                         "written by lrm")
+    text = load_text(tuned.text_encoder_id).encode(procedural_prompts(prompts, latent_shape[0]))
+    return eps_distance(tuned, start, text.emb, text.mask, latent_shape=latent_shape,
+                        samples_per_text=samples_per_text, seed=seed)

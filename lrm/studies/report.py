@@ -14,6 +14,8 @@ and OUT/metrics.json (strict JSON: NaN and infinities written as null) with the 
                          "step", "gold", "share_of_gain", "share_of_peak", "steps_saved", "note"}
     diversity            {"start", "at_peak", "end"}: Vendi diversity (DOLLAR Eq. 27)
     surrogate_fidelity   the concurrent surrogate's running fidelity at the end of the run (null if none)
+    eps_distance_end     KL-like distance of the tuned student from its start (lrm.studies.distance: mean
+                         ||eps_theta - eps_init||^2 on shared noisy latents); null unless measured (--eps-distance)
     curves               {"steps", "gold", "proxy", "distance", "diversity", "fidelity"}: per evaluation
     config               the StudyConfig the rules ran with
 """
@@ -32,12 +34,13 @@ from lrm.studies.overopt import Study, StudyConfig
 from lrm.studies.runs import TuningRun
 
 METRIC_KEYS = ("run", "reward", "method", "higher_is_better", "distance_measure", "verdict", "peak",
-               "proxy_keeps_rising", "gao_fit", "stops", "diversity", "surrogate_fidelity", "curves", "config")
+               "proxy_keeps_rising", "gao_fit", "stops", "diversity", "surrogate_fidelity", "eps_distance_end", "curves",
+               "config")
 STOP_COLUMNS = ("rule", "condition", "applied", "fired", "step", "gold", "share_of_gain", "share_of_peak",
                 "steps_saved", "note")
 
 
-def study_metrics(run: TuningRun, study: Study, config: StudyConfig) -> dict:
+def study_metrics(run: TuningRun, study: Study, config: StudyConfig, eps_distance_end: float | None = None) -> dict:
     """The metrics.json dict (module docstring), in METRIC_KEYS order; NaN stays NaN until written."""
     curves, fit, peak = run.curves, study.fit, study.peak
     return {
@@ -55,6 +58,7 @@ def study_metrics(run: TuningRun, study: Study, config: StudyConfig) -> dict:
         "diversity": {"start": float(curves.diversity[0]), "at_peak": float(curves.diversity[peak.index]),
                       "end": float(curves.diversity[-1])},
         "surrogate_fidelity": run.surrogate_fidelity,
+        "eps_distance_end": eps_distance_end,
         "curves": {"steps": curves.steps.tolist(), "gold": curves.gold.tolist(), "proxy": curves.proxy.tolist(),
                    "distance": curves.distance.tolist(), "diversity": curves.diversity.tolist(),
                    "fidelity": curves.fidelity.tolist()},
@@ -62,20 +66,21 @@ def study_metrics(run: TuningRun, study: Study, config: StudyConfig) -> dict:
     }
 
 
-def write_study(out: str | Path, run: TuningRun, study: Study, config: StudyConfig) -> Path:
+def write_study(out: str | Path, run: TuningRun, study: Study, config: StudyConfig,
+                eps_distance_end: float | None = None) -> Path:
     """Write OUT/report.html and OUT/metrics.json; returns OUT."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    metrics = study_metrics(run, study, config)
+    metrics = study_metrics(run, study, config, eps_distance_end)
     atomic_write_json(out / "metrics.json", metrics, strict=True)
-    atomic_write_text(out / "report.html", _page(run, study))
+    atomic_write_text(out / "report.html", _page(run, study, eps_distance_end))
     return out
 
 
 # ---------------------------------------------------------------- page
 
 
-def _page(run: TuningRun, study: Study) -> str:
+def _page(run: TuningRun, study: Study, eps_distance_end: float | None) -> str:
     from lrm.reports.html import CSS, _fmt, _img, _section, _table
     from lrm.studies import figures
 
@@ -87,6 +92,9 @@ def _page(run: TuningRun, study: Study) -> str:
     fit_note = (f"gold(d) - gold(0) = d (alpha - beta log d) with d the {fit.distance}; alpha {_fmt(fit.alpha)}, "
                 f"beta {_fmt(fit.beta)}, RMSE {_fmt(fit.rmse)} over {fit.points} evaluations with d > 0; the fitted "
                 f"gold peaks at d* = {_fmt(fit.d_star)}.")
+    if eps_distance_end is not None:
+        fit_note += (f" At the end, the KL-like distance mean ||eps_theta - eps_init||^2 on shared noisy latents is "
+                     f"{_fmt(eps_distance_end)}.")
     fidelity_note = ("Spearman of the surrogate against the gold reward on each evaluation's samples."
                      if np.isfinite(curves.fidelity).any() else
                      "The records hold no per-evaluation fidelity; the run's running fidelity at the end "
