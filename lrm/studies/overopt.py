@@ -34,6 +34,7 @@ from typing import NamedTuple
 import numpy as np
 
 RULES = ("fidelity", "divergence", "distance")  # the early-stopping rules, in table order
+DISTANCE_MEASURE = "relative parameter distance ||theta - theta_0|| / ||theta_0||"  # the monitor's d
 
 
 # ---------------------------------------------------------------- inputs
@@ -159,7 +160,7 @@ def gold_peak(curves: Curves, higher_is_better: bool = True) -> Peak:
 
 
 def gao_fit(distance: np.ndarray, gold: np.ndarray, *, higher_is_better: bool = True,
-            distance_name: str = "relative parameter distance", grid: int = 100) -> GaoFit:
+            distance_name: str = DISTANCE_MEASURE, grid: int = 100) -> GaoFit:
     """Least squares of y = sign (gold - gold(0)) on the design [d, -d log d] over the points with d > 0 and finite
     gold; gold(0) is the gold where d == 0 (the first such point), else the first point's gold."""
     distance, gold = np.asarray(distance, float), np.asarray(gold, float)

@@ -34,13 +34,14 @@ from lrm.studies.overopt import Study, StudyConfig
 from lrm.studies.runs import TuningRun
 
 METRIC_KEYS = ("run", "reward", "method", "higher_is_better", "distance_measure", "verdict", "peak",
-               "proxy_keeps_rising", "gao_fit", "stops", "diversity", "surrogate_fidelity", "eps_distance_end", "curves",
-               "config")
+               "proxy_keeps_rising", "gao_fit", "stops", "diversity", "surrogate_fidelity", "eps_distance_end",
+               "curves", "config")
 STOP_COLUMNS = ("rule", "condition", "applied", "fired", "step", "gold", "share_of_gain", "share_of_peak",
                 "steps_saved", "note")
 
 
-def study_metrics(run: TuningRun, study: Study, config: StudyConfig, eps_distance_end: float | None = None) -> dict:
+def study_metrics(run: TuningRun, study: Study, config: StudyConfig,
+                  eps_distance_end: float | None = None) -> dict:
     """The metrics.json dict (module docstring), in METRIC_KEYS order; NaN stays NaN until written."""
     curves, fit, peak = run.curves, study.fit, study.peak
     return {
