@@ -59,6 +59,8 @@ def test_the_peak_and_each_stopping_rule_on_a_synthetic_curve():
     assert list(stops) == list(RULES)
     # (a) fidelity 0.95 - 0.65 i / 15 < 0.7 first at i = 6 (0.69)
     assert stops["fidelity"].step == 120 and stops["fidelity"].fired
+    # averaged over 3 evaluations: 0.95 - 0.65 (i - 1) / 15 < 0.7 first at i = 7
+    assert {s.rule: s for s in analyse(curves, StudyConfig(fidelity_window=3)).stops}["fidelity"].step == 140
     # (b) gold falls from index 8 on; against 2 measurements before, the first fall is at index 9 (vs 7)
     assert stops["divergence"].step == 180
     # (c) d = 0.2 i reaches 1.0 at i = 5
