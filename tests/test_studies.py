@@ -112,6 +112,8 @@ def test_curves_from_records_sort_steps_and_read_missing_values_as_nan():
     assert np.isnan(curves.proxy).all() and curves.fidelity[0] == 0.9 and np.isnan(curves.fidelity[1])
     with pytest.raises(ValueError, match="no evaluation records"):
         Curves.from_records({"records": []})
+    with pytest.raises(ValueError, match="integer 'step'"):
+        Curves.from_records({"records": [{"gold": 1.0}, 3]})
 
 
 def test_read_run_takes_the_direction_from_the_reward_spec(tmp_path):

@@ -58,15 +58,14 @@ class Curves:
         records = facts.get("records") if isinstance(facts, dict) else None
         if not records:
             raise ValueError("records.json holds no evaluation records; write it with `lrm tune`")
+        if not all(isinstance(r, dict) and isinstance(r.get("step"), int) for r in records):
+            raise ValueError("records.json: every record needs an integer 'step'; write it with `lrm tune`")
         records = sorted(records, key=lambda r: r["step"])
 
         def column(key: str) -> np.ndarray:
             return np.array([_number(r.get(key)) for r in records], dtype=float)
 
-        try:
-            steps = np.array([int(r["step"]) for r in records])
-        except (KeyError, TypeError, ValueError):
-            raise ValueError("records.json: every record needs an integer 'step'; write it with `lrm tune`") from None
+        steps = np.array([r["step"] for r in records])
         return cls(steps, column("gold"), column("proxy"), column("distance"), column("diversity"),
                    column("fidelity"))
 
