@@ -202,6 +202,8 @@ def test_lrm_study_overopt_writes_the_report_and_metrics_with_the_documented_key
     assert tuple(metrics) == METRIC_KEYS
     records = json.loads((tuned / "records.json").read_text())["records"]
     assert metrics["curves"]["steps"] == [r["step"] for r in records] == [0, 1, 2, 3]
+    # the monitor records the surrogate's fidelity on its own samples (Spearman vs gold), which the fidelity rule reads
+    assert all(-1.0 <= r["fidelity"] <= 1.0 for r in records), records
     assert metrics["reward"] == "jpeg-incompressibility" and metrics["method"] == "lrm"
     golds = [r["gold"] for r in records]
     assert metrics["peak"]["gold"] == pytest.approx(max(golds))

@@ -38,6 +38,8 @@ COMMANDS = {
     "teacher": Command("lrm.cli.teacher", "Train lrm's own latent DiT teacher (the generator tuning starts from)."),
     "tune": Command("lrm.cli.tune", "Reward-tune a distilled student with LRM fine-tuning, DDPO-SF or direct reward "
                                     "gradients."),
+    "study": Command("lrm.cli.study", "Over-optimisation studies of reward-tuning runs: proxy vs gold, the gold "
+                                      "peak, early stopping."),
     "sample": Command("lrm.cli.generate", "Sample a generator run: decoded PNG / GIF / MP4 per sample, a captioned "
                                           "grid, latents and index.json."),
     "evaluate": Command("lrm.cli.generate", "Evaluate a generator run's samples: true rewards, Vendi diversity, "

@@ -25,6 +25,7 @@ from torch import nn
 
 from lrm.evaluation.vendi import diversity, pixel_features
 from lrm.generators.sampling import DEFAULT_PER_PROMPT, Samples, expand_requests, generate_few_step
+from lrm.tuning.lrm_ft import spearman
 from lrm.tuning.true_reward import TrueReward
 
 
@@ -36,6 +37,7 @@ class TuningRecord:
     diversity: float  # DOLLAR Eq. 27: mean over prompts of the Vendi score of that prompt's decoded samples
     distance: float  # ||theta - theta_0|| / ||theta_0|| over the student's parameters
     nonfinite: int  # samples whose gold reward was NaN or Inf (left out of `gold`)
+    fidelity: float = float("nan")  # Spearman of the surrogate's scores vs the gold of the same samples; NaN without one
 
 
 def relative_distance(module: nn.Module, start: dict[str, torch.Tensor]) -> float:
@@ -74,13 +76,15 @@ class TuningMonitor:
         spec = self.true_reward.spec
         gold = self.true_reward.path.reward(samples.pixels, self.prompts if spec.needs_text else None)  # (N,)
         finite = torch.isfinite(gold)
+        scores = self._scores(samples)  # (N,) or None
         record = TuningRecord(
             step=step,
             gold=float(gold[finite].mean()) if bool(finite.any()) else float("nan"),
-            proxy=self._proxy(samples),
+            proxy=float(scores.float().mean()) if scores is not None else float("nan"),
             diversity=diversity(pixel_features(samples.pixels), samples.prompts).mean,
             distance=relative_distance(self.student, self.start),
             nonfinite=int((~finite).sum()),
+            fidelity=spearman(scores[finite.to(scores.device)], gold[finite]) if scores is not None else float("nan"),
         )
         if self.first is None:
             self.first = samples
@@ -88,14 +92,15 @@ class TuningMonitor:
         self.records.append(record)
         return record
 
-    def _proxy(self, samples: Samples) -> float:
+    def _scores(self, samples: Samples) -> torch.Tensor | None:
+        """The surrogate's scores (N,) of the samples' latents, or None without a surrogate."""
         if self.surrogate is None:
-            return float("nan")
+            return None
         device = next(self.surrogate.parameters()).device
         text = self.text_encoder.encode(samples.prompts)
         with evaluating(self.surrogate):
             scores = self.surrogate(samples.latents.to(device), text.emb.to(device), text.mask.to(device))  # (N,)
-        return float(scores.float().mean())
+        return scores
 
 
 @contextlib.contextmanager
