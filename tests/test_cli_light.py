@@ -92,3 +92,14 @@ def test_rewards_json_keeps_units_descriptions_and_options():
 def test_fit_help_imports_nothing_heavy():
     heavy, proc = heavy_modules_after("fit", "--help")
     assert heavy == [], heavy
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["fit", "--help"], ["rewards"]], ids=" ".join)
+def test_the_cli_runs_without_click_installed(argv):
+    # recent typer releases carry their own click and do not install it: `make demo` on a fresh clone
+    # failed with "No module named 'click'" when lrm.cli.app imported click itself
+    code = ("import sys\nsys.modules['click'] = None  # as if not installed: importing it raises\n"
+            "from lrm.cli.app import main\nsys.argv = ['lrm', *sys.argv[1:]]\nmain()")
+    proc = subprocess.run([sys.executable, "-c", code, *argv], cwd=REPO, capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "COLUMNS": "80"}, timeout=120)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]

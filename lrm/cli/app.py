@@ -1,7 +1,8 @@
 """Entry point of the `lrm` command. Each command group lives in its own module.
 
 A command's module (and torch, scipy, the pipeline it imports) is loaded only when that command
-runs, so `lrm --help`, `lrm rewards` and usage errors answer at once.
+runs, so `lrm --help`, `lrm rewards` and usage errors answer at once. Click is reached through typer
+only: recent typer releases ship their own copy of click and no longer install it.
 """
 
 from __future__ import annotations
@@ -9,9 +10,8 @@ from __future__ import annotations
 import importlib
 from typing import NamedTuple
 
-import click
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from lrm.cli.errors import USER_ERRORS, exit_with_message
 from lrm.names import unknown_name
@@ -43,7 +43,7 @@ COMMANDS = {
 }
 
 
-def load_command(name: str) -> click.Command:
+def load_command(name: str) -> TyperCommand | TyperGroup:
     """The click command `name`, built from its module's register(app)."""
     group = typer.Typer()
     importlib.import_module(COMMANDS[name].module).register(group)
@@ -55,30 +55,30 @@ class LazyCommands(TyperGroup):
 
     _listing = False  # True while the help page lists commands: summaries only, no module imported
 
-    def list_commands(self, ctx: click.Context) -> list[str]:
+    def list_commands(self, ctx: typer.Context) -> list[str]:
         return list(COMMANDS)
 
-    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+    def get_command(self, ctx: typer.Context, name: str) -> TyperCommand | TyperGroup | None:
         if name not in COMMANDS:
             return None
         if self._listing:
-            return click.Command(name, help=COMMANDS[name].summary)
+            return TyperCommand(name, help=COMMANDS[name].summary)
         return load_command(name)
 
-    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+    def format_help(self, ctx: typer.Context, formatter) -> None:
         self._listing = True
         try:
             super().format_help(ctx, formatter)
         finally:
             self._listing = False
 
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx: typer.Context):
         try:
             return super().invoke(ctx)
         except USER_ERRORS as error:  # bad input: one line and exit code 2, the same under CliRunner
             exit_with_message(error)
 
-    def resolve_command(self, ctx: click.Context, args: list[str]):
+    def resolve_command(self, ctx: typer.Context, args: list[str]):
         if args and args[0] not in COMMANDS and not args[0].startswith("-"):
             ctx.fail(unknown_name("command", args[0], COMMANDS))
         return super().resolve_command(ctx, args)
