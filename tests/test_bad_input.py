@@ -211,6 +211,18 @@ def test_encode_unknown_codec_suggests_the_closest(tmp_path):
           fix="did you mean 'taef2'?")
 
 
+def test_fit_unknown_preset_suggests_the_closest(tmp_path):
+    fails("fit", "colorfulness", "--model", "image-cnn-stat", "--out", tmp_path / "r", names="image-cnn-stat",
+          fix="did you mean 'image-cnn-stats'?")
+
+
+@pytest.mark.parametrize("preset, replacement", [("image-cnn-m", "image-cnn with width=2.0"),
+                                                 ("image-nss-pixels", "the pixel path")])
+def test_fit_removed_preset_names_its_replacement(preset, replacement, tmp_path):
+    fails("fit", "colorfulness", "--model", preset, "--out", tmp_path / "r", names=f"{preset!r} was removed",
+          fix=f"use {replacement}")
+
+
 @pytest.mark.parametrize("argv, named", [(["rewards", "--jsn"], "--jsn"), (["rewards", "colorfulness"], "colorfulness")])
 def test_rewards_with_an_unknown_option_or_argument(argv, named):
     assert named in message(run(*argv, code=2))

@@ -98,10 +98,13 @@ def fit(
         raise typer.BadParameter(f"--label-pixels must be one of {', '.join(LABEL_PIXELS)}, got {label_pixels!r}")
     if augment not in AUGMENTS:
         raise typer.BadParameter(f"--augment must be one of {', '.join(AUGMENTS)}, got {augment!r}")
-    from lrm.models import PRESETS
+    from lrm.models import check_preset
 
-    if model is not None and model not in PRESETS:
-        raise typer.BadParameter(f"--model must be one of {', '.join(PRESETS)}, got {model!r}")
+    if model is not None:
+        try:
+            check_preset(model)  # an unknown name gets the closest one, a removed one its replacement
+        except KeyError as error:
+            raise typer.BadParameter(error.args[0], param_hint="--model") from None
     options = with_metric_options(parse_options(option), [reward], kind, input)
     job = FitJob(reward=reward, data=data, store=str(store) if store else None, out=str(out) if out else None,
                  label=label, label_pixels=label_pixels, codec=codec, count=count, frames=frames, size=size,
