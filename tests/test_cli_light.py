@@ -103,3 +103,13 @@ def test_the_cli_runs_without_click_installed(argv):
     proc = subprocess.run([sys.executable, "-c", code, *argv], cwd=REPO, capture_output=True, text=True,
                           env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "COLUMNS": "80"}, timeout=120)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+
+
+
+def test_a_closed_pipe_ends_the_command_quietly(capsys):
+    # `lrm fit --help | head -60` ended in "Error: [Errno 32] Broken pipe": the reader left, nothing failed
+    from lrm.cli.errors import exit_with_message
+
+    with pytest.raises(SystemExit) as exit:
+        exit_with_message(BrokenPipeError(32, "Broken pipe"))
+    assert exit.value.code == 1 and capsys.readouterr().err == ""
