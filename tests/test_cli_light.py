@@ -113,3 +113,17 @@ def test_a_closed_pipe_ends_the_command_quietly(capsys):
     with pytest.raises(SystemExit) as exit:
         exit_with_message(BrokenPipeError(32, "Broken pipe"))
     assert exit.value.code == 1 and capsys.readouterr().err == ""
+
+
+def test_every_help_reads_well_in_80_columns():
+    # typer keeps a docstring's single line breaks: prose wrapped at 100 columns came out as alternating
+    # long and short lines; examples longer than the terminal broke in the middle of a command
+    for name in COMMANDS:
+        command = load_command(name)
+        for each in [command, *getattr(command, "commands", {}).values()]:
+            for paragraph in (each.help or "").split("\n\n"):
+                lines = paragraph.splitlines()
+                if any(line[:1].isspace() for line in lines):  # examples: each line fits 80 columns
+                    assert all(len(line) <= 76 for line in lines), (each.name, paragraph)
+                else:
+                    assert len(lines) == 1, (each.name, paragraph)  # prose: one line, wrapped by the terminal

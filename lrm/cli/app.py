@@ -8,6 +8,7 @@ only: recent typer releases ship their own copy of click and no longer install i
 from __future__ import annotations
 
 import importlib
+import inspect
 from typing import NamedTuple
 
 import typer
@@ -44,10 +45,27 @@ COMMANDS = {
 
 
 def load_command(name: str) -> TyperCommand | TyperGroup:
-    """The click command `name`, built from its module's register(app)."""
+    """The click command `name`, built from its module's register(app), its help reflowed."""
     group = typer.Typer()
     importlib.import_module(COMMANDS[name].module).register(group)
-    return typer.main.get_group(group).commands[name]
+    command = typer.main.get_group(group).commands[name]
+    for each in [command, *getattr(command, "commands", {}).values()]:
+        each.help = reflow(each.help)
+    return command
+
+
+def reflow(help: str | None) -> str | None:
+    """A docstring's prose paragraphs joined into one line each, so the terminal wraps them once.
+
+    Typer keeps single line breaks after the first paragraph: text wrapped at 100 columns in the source
+    came out as alternating long and short lines in an 80-column terminal. Paragraphs with an indented
+    line (examples, lists) keep their lines.
+    """
+    if not help:
+        return help
+    paragraphs = inspect.cleandoc(help).split("\n\n")
+    return "\n\n".join(p if any(line[:1].isspace() for line in p.splitlines()) else " ".join(p.split("\n"))
+                       for p in paragraphs)
 
 
 class LazyCommands(TyperGroup):

@@ -62,7 +62,7 @@ def encode(
 
     Examples:
       lrm encode procedural:1024 --out stores/proc --label jpeg-compressibility
-      lrm encode ../shared/data/images/dreambooth --frames 1 --size 256 --codec taef2 --out stores/db
+      lrm encode photos/ --frames 1 --size 256 --codec taef2 --out stores/photos
     """
     from lrm import distributed
     from lrm.datasets.encoding import encode as run_encode

@@ -68,7 +68,7 @@ def fit(
     writes RUN/report.html, RUN/metrics.json and RUN/model/. Re-running resumes every stage.
 
     Examples:
-      lrm fit jpeg-compressibility                       # embedded default, about a minute on CPU
+      lrm fit jpeg-compressibility    # embedded default, a minute or two on CPU
       lrm fit temporal-flickering --data clips/ --codec taef2
       lrm fit my_metric.py:score --kind image --input uint8
     """

@@ -21,7 +21,7 @@ DEFAULT_BATCH_SIZE = 16  # lrm.generators.sampling.DEFAULT_BATCH_SIZE
 EVAL = {"procedural": 8, "samples_per_prompt": 4, "seed": 0, "rewards": ("prompt-color", "jpeg-compressibility"),
         "reference_count": 128, "batch_size": 16, "device": "cpu"}  # lrm.evaluation.report.EvaluationConfig
 
-RUN_HELP = "Generator run folder (from `lrm teacher train`; holds model/) or its model/ folder."
+RUN_HELP = ("Generator run folder (the one `lrm teacher train` prints; holds model/) or its model/ folder.")
 STEPS_HELP = "Sampling steps (default 50 for a teacher: DOLLAR's DDIM grid 999..19; a student's own steps)."
 CFG_HELP = "Classifier-free guidance scale, >= 0 (default 7.5 for a teacher, 1 for a student; 1: no guidance)."
 SIZE_HELP = "Pixel size (square) to sample at (default: the latent shape the run records)."
@@ -75,8 +75,8 @@ def sample(
     reproduce it exactly. A distilled student samples few-step, a teacher with DDIM.
 
     Examples:
-      lrm sample runs/teacher --prompt "a large red circle over a blue plain background"
-      lrm sample runs/teacher --prompts prompts.txt --per-prompt 8 --steps 25 --cfg 5 --out grid/
+      lrm sample RUN --prompt "a large red circle over a blue plain background"
+      lrm sample RUN --prompts prompts.txt --per-prompt 8 --steps 25 --cfg 5
     """
     from lrm.generators.writing import VIDEO_FORMATS
 
@@ -129,8 +129,8 @@ def evaluate(
     (per-channel mean, std, detail) with the reference, not Inception features.
 
     Examples:
-      lrm evaluate runs/teacher                           # 8 procedural captions x 4 seeds
-      lrm evaluate runs/teacher --prompts prompts.txt --rewards jpeg-compressibility,sharpness
+      lrm evaluate RUN                # 8 procedural captions x 4 seeds
+      lrm evaluate RUN --prompts prompts.txt --rewards jpeg-compressibility,niqe
     """
     if prompts is not None and procedural is not None:
         raise typer.BadParameter("give --prompts or --procedural, not both")

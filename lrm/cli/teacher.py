@@ -87,9 +87,9 @@ def train(
     RUN/checkpoints; re-running resumes. Under torchrun it trains with DDP.
 
     Examples:
-      lrm teacher train                                  # the embedded image teacher
+      lrm teacher train                       # the embedded image teacher
       lrm teacher train --video
-      lrm teacher train --store my_store --steps 20000 --preset dit-m --device cuda
+      lrm teacher train --store my_store --steps 20000 --preset dit-m
     """
     try:
         plan = resolve(video, store, data, prompts, codec, size, steps, preset, batch_size, out, device)
