@@ -223,6 +223,15 @@ def test_fit_removed_preset_names_its_replacement(preset, replacement, tmp_path)
           fix=f"use {replacement}")
 
 
+@pytest.mark.parametrize("flag", ["--steps", "--batch-size", "--size"])
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_teacher_train_refuses_counts_below_one(flag, value, tmp_path):
+    # --size 0 passed --dry-run as a plan to encode 0-pixel frames
+    extra = ["--data", "procedural:4"] if flag == "--size" else []
+    fails("teacher", "train", flag, value, *extra, "--out", tmp_path / "t", "--dry-run", names=flag,
+          fix="greater than or equal to 1")
+
+
 @pytest.mark.parametrize("argv, named", [(["rewards", "--jsn"], "--jsn"), (["rewards", "colorfulness"], "colorfulness")])
 def test_rewards_with_an_unknown_option_or_argument(argv, named):
     assert named in message(run(*argv, code=2))
