@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -240,8 +241,9 @@ def info(
         head.add_row(field, value)
     out.print(head)
     if m["labels"]:
-        table = Table(title="labels")
-        for column in ("label", "pixels", "count", "mean", "std", "min", "max", "NaN", "done"):
+        table = Table(title="labels", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
+        table.add_column("label", no_wrap=True)
+        for column in ("pixels", "count", "mean", "std", "min", "max", "NaN", "done"):
             table.add_column(column, overflow="fold")
         for name, entry in m["labels"].items():
             st = entry["stats"]
