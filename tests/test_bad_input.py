@@ -797,3 +797,10 @@ def test_report_on_a_column_that_is_all_nan(store, fitted_run, tmp_path):
 
 def test_predict_with_a_bad_output_suffix(base_run, media, tmp_path):
     fails("predict", base_run, media, "--out", tmp_path / "scores.txt", names="scores.txt", fix=".csv or .json")
+
+
+@pytest.mark.parametrize("value, shown", [("abc", "'abc'"), ("true", "True"), ("1.5", "1.5")])
+def test_option_of_the_wrong_type_is_refused_by_name(media, value, shown):
+    # -o frames=abc failed with a TypeError traceback from inside the frame sampler
+    fails("score", "colorfulness", media, "-o", f"frames={value}", names=f"option 'frames' takes int, got {shown}",
+          fix="e.g. -o frames=8")
