@@ -804,3 +804,12 @@ def test_option_of_the_wrong_type_is_refused_by_name(media, value, shown):
     # -o frames=abc failed with a TypeError traceback from inside the frame sampler
     fails("score", "colorfulness", media, "-o", f"frames={value}", names=f"option 'frames' takes int, got {shown}",
           fix="e.g. -o frames=8")
+
+
+def test_store_info_on_a_run_folder_says_it_is_a_run(tmp_path):
+    # a run folder (model/, config.json) was reported as "an encode was started here"
+    run_dir = tmp_path / "run"
+    (run_dir / "model").mkdir(parents=True)
+    (run_dir / "config.json").write_text("{}")
+    line = fails("store", "info", run_dir, names="it is a run folder", fix="its store is named in its config.json")
+    assert "encode was started" not in line
