@@ -298,3 +298,16 @@ def test_fit_help_names_the_recommended_preset_per_reward_kind():
 
     text = " ".join(runner.invoke(app, ["fit", "--help"]).output.replace("│", " ").split())
     assert [kind for kind, preset in DEFAULT_PRESETS.items() if f"{preset} ({kind})" not in text] == []
+
+
+def test_ctrl_c_says_how_to_resume(monkeypatch, tmp_path):
+    # Ctrl-C mid `lrm fit` ended with exit 130 and no word; re-running resumes, and the user should know
+    import lrm.pipeline
+    from lrm.cli.app import INTERRUPTED, app
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lrm.pipeline, "run_fit", interrupted)
+    result = CliRunner().invoke(app, ["fit", "colorfulness", "--out", str(tmp_path / "r"), "--quiet"])
+    assert result.exit_code == 130 and INTERRUPTED in result.output, result.output

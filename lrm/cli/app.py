@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import sys
 from typing import NamedTuple
 
 import typer
@@ -42,6 +43,10 @@ COMMANDS = {
     "evaluate": Command("lrm.cli.generate", "Evaluate a generator run's samples: true rewards, Vendi diversity, "
                                             "Frechet distance, prompt alignment."),
 }
+
+
+INTERRUPTED = ("Interrupted. Re-run the same command to resume: encode, label, fit and teacher train pick up "
+               "where they stopped.")
 
 
 def load_command(name: str) -> TyperCommand | TyperGroup:
@@ -95,6 +100,9 @@ class LazyCommands(TyperGroup):
             return super().invoke(ctx)
         except USER_ERRORS as error:  # bad input: one line and exit code 2, the same under CliRunner
             exit_with_message(error)
+        except KeyboardInterrupt:  # Ctrl-C: say how to go on (the work done so far is kept), exit 130
+            print(INTERRUPTED, file=sys.stderr)
+            sys.exit(130)
 
     def resolve_command(self, ctx: typer.Context, args: list[str]):
         if args and args[0] not in COMMANDS and not args[0].startswith("-"):
