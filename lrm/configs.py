@@ -77,7 +77,7 @@ class FitJob:
     label: str | None = None  # label column name; default: the reward name (function name for user metrics)
     label_pixels: str = "source"  # "source" (score the media) or "decoded" (score what the latents decode to)
     codec: str = EncodeConfig.codec  # latent space for a new store (lrm.codecs name)
-    count: int = 4000  # procedural clips when no data is given (fewer over-fit the CNN; see README)
+    count: int = 4000  # procedural clips when no data is given (the main job measured in docs/main_job.md)
     frames: int | None = None  # frames per clip; default 1 for image rewards, 8 for video rewards
     # square side in pixels of a new store; None: 128 for procedural clips (16 x 16 dct latents), for a media
     # folder the reward's preferred size, else the media's short side up to 512 (lrm.datasets.sources)
