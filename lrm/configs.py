@@ -15,7 +15,7 @@ from pathlib import Path
 
 @dataclass
 class FitConfig:
-    # surrogate architecture (lrm.models.SURROGATES); None: the recommended one of the label's reward kind
+    # surrogate architecture (lrm.models.PRESETS); None: the recommended one of the label's reward kind
     # (lrm.models.presets.DEFAULT_PRESETS)
     preset: str | None = None
     steps: int = 2000  # optimizer steps; the paper's LRMs converge within 2,000-3,000

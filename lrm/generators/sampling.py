@@ -4,10 +4,10 @@
                        latent_shape=(1, 32, 8, 8), steps=50, cfg=7.5)
     samples.latents   # (N, T, c, h, w)     samples.pixels   # (N, T', 3, H, W) in [0, 1]
 
-- `generate`: the teacher's sampler: deterministic DDIM (lrm.diffusion.sample, eta = 0) on the
+- `generate`: the teacher's sampler: deterministic DDIM (lrm.diffusion.samplers.sample, eta = 0) on the
   schedule's trailing grid of `steps` steps; for 50 steps on VP-DDPM that is DOLLAR's teacher grid
   [999, 979, ..., 19] (`TEACHER_TIMESTEPS`).
-- `generate_few_step`: a distilled student's sampler (lrm.diffusion.sample_few_step): predict x0, re-noise
+- `generate_few_step`: a distilled student's sampler (lrm.diffusion.samplers.sample_few_step): predict x0, re-noise
   to the next timestep, on DOLLAR's student grids (1: [999]; 2: [999, 499]; 4: [999, 749, 499, 249]).
   Students carry the guidance they were distilled with, so its cfg defaults to 1 (no guidance).
 
