@@ -93,12 +93,7 @@ def scores(result) -> list[dict]:
 ENCODE_BASE = ("encode", "procedural:8", "--size", 32, "--frames", 1, "--shard-size", 4, "--label", "colorfulness",
                "--quiet")
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

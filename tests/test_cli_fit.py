@@ -18,12 +18,7 @@ runner = CliRunner(env={"COLUMNS": "300"})  # no wrapping of error panels
 TINY = ["--count", "48", "--steps", "12", "--size", "32", "--batch-size", "16"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
