@@ -25,13 +25,10 @@ from dataclasses import dataclass
 
 import torch
 
+from lrm.configs import DEFAULT_BATCH_SIZE, DEFAULT_CFG, DEFAULT_STEPS
 from lrm.diffusion import samplers
 from lrm.diffusion.schedules import schedule_from_config
 
-DEFAULT_STEPS = 50  # DOLLAR's teacher: DDIM 50 steps on [19, 39, ..., 999]
-DEFAULT_CFG = 7.5  # DOLLAR: the teacher's guidance scale in CD
-DEFAULT_BATCH_SIZE = 16  # samples per denoiser call (twice that under guidance)
-DEFAULT_PER_PROMPT = 4  # seeds per prompt in `lrm sample`: the columns of its grid
 
 
 @dataclass(frozen=True)
