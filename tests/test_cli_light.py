@@ -127,3 +127,12 @@ def test_every_help_reads_well_in_80_columns():
                     assert all(len(line) <= 76 for line in lines), (each.name, paragraph)
                 else:
                     assert len(lines) == 1, (each.name, paragraph)  # prose: one line, wrapped by the terminal
+
+
+def test_off_by_default_flags_have_no_negative_twin():
+    # `--quiet --no-quiet` and `--noise-aware --no-noise-aware` took a third of an 80-column help page
+    for name in COMMANDS:
+        command = load_command(name)
+        for each in [command, *getattr(command, "commands", {}).values()]:
+            for param in each.params:
+                assert not any(opt.startswith("--no-") for opt in param.secondary_opts), (each.name, param.name)

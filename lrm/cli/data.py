@@ -55,7 +55,7 @@ def encode(
     label: Annotated[Optional[list[str]], typer.Option("--label", help="Reward to label with while encoding (repeatable; NAME=REWARD renames).")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Clips per codec / reward call.")] = ENCODE["batch_size"],
     device: Annotated[str, typer.Option(help="Torch device, e.g. cpu or cuda.", callback=check_device)] = ENCODE["device"],
-    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """Encode clips into a latent store: latents, prompts, optional text embeddings, provenance.
 
@@ -112,7 +112,7 @@ def label(
         "--pixels", "--label-pixels",
         help="source: score the media (re-read from the sources); decoded: score what the stored latents decode "
              "to, in a column named REWARD@decoded.")] = "source",
-    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """Add one label column per reward, computed on the source media or on the decoded latents. Resumable.
 

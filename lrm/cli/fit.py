@@ -50,7 +50,7 @@ def fit(
     label_transform: Annotated[str, typer.Option(
         help="none, log (fit log(label - shift), for right-skewed rewards such as sharpness or dynamic-degree) "
              "or auto: log when that at least halves the training labels' skewness.")] = DEFAULTS["label_transform"],
-    noise_aware: Annotated[bool, typer.Option(help="Fit on noised latents x_t with the timestep as input.")] = DEFAULTS["noise_aware"],
+    noise_aware: Annotated[bool, typer.Option("--noise-aware", help="Fit on noised latents x_t with the timestep as input.")] = DEFAULTS["noise_aware"],
     augment: Annotated[str, typer.Option(
         help="none, or hflip: mirror half the training latents left-right (exact, in latent space; dct codec "
              "only). Only for rewards a mirror leaves unchanged.")] = DEFAULTS["augment"],
@@ -60,7 +60,7 @@ def fit(
     input: Annotated[Optional[str], typer.Option(help="For your own metric: tensor or uint8.")] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.", callback=check_device)] = DEFAULTS["device"],
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved job and exit.")] = False,
-    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """Fit a latent surrogate to a reward and write its fidelity report.
 
@@ -135,7 +135,7 @@ def report(
              "without it, the run's own held-out rows.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Where to write the report (default: RUN itself without "
                                                      "--store, RUN/eval-<store name> with it).")] = None,
-    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """Judge a fitted surrogate again: in distribution, or out of distribution on another store.
 

@@ -68,7 +68,7 @@ def sample(
     frames: Annotated[Optional[int], typer.Option(min=1, help=FRAMES_HELP)] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Samples per denoiser call.")] = DEFAULT_BATCH_SIZE,
     device: Annotated[str, typer.Option(help="cpu or cuda.", callback=check_device)] = EVAL["device"],
-    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
 ) -> None:
     """Sample a generator run: decoded PNG / GIF / MP4 per sample, a captioned grid, latents and index.json.
 
@@ -121,7 +121,7 @@ def evaluate(
     frames: Annotated[Optional[int], typer.Option(min=1, help=FRAMES_HELP)] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Samples per denoiser call.")] = EVAL["batch_size"],
     device: Annotated[str, typer.Option(help="cpu or cuda.", callback=check_device)] = EVAL["device"],
-    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
 ) -> None:
     """Evaluate a generator run's samples: true rewards, Vendi diversity, Frechet distance, prompt alignment.
 

@@ -77,7 +77,7 @@ def train(
         help="Run folder (default: the embedded teacher's cache folder, else runs/teacher-<data>).")] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.", callback=check_device)] = DEFAULTS["device"],
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved run and exit.")] = False,
-    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """Train lrm's latent DiT teacher (conjugate-v, DOLLAR Eq. 13) with CFG dropout, EMA and checkpoints.
 
