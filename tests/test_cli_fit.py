@@ -49,9 +49,13 @@ def test_fit_writes_report_metrics_and_model(fitted):
 def test_fit_rerun_resumes_and_reuses_the_store(fitted):
     run, _ = fitted
     before = (run / "store" / "manifest.json").read_text()
+    fit_seconds = json.loads((run / "metrics.json").read_text())["fit_seconds"]
     result = runner.invoke(app, ["fit", "jpeg-incompressibility", *TINY, "--out", str(run)])
     assert result.exit_code == 0, result.output
     assert (run / "store" / "manifest.json").read_text() == before
+    # the fit's own training time, from its log, not the seconds of the re-run that found it done
+    logged = max(json.loads(line).get("elapsed_s", 0.0) for line in (run / "metrics.jsonl").read_text().splitlines())
+    assert json.loads((run / "metrics.json").read_text())["fit_seconds"] == fit_seconds == round(logged, 1)
 
 
 def test_report_on_another_store_labels_it(fitted, tmp_path):
