@@ -227,6 +227,17 @@ def test_teacher_train_refuses_counts_below_one(flag, value, tmp_path):
           fix="greater than or equal to 1")
 
 
+@pytest.mark.parametrize("flag, value, guess", [("--loss", "rank", "ranking"), ("--label-transform", "logg", "log"),
+                                                ("--label-pixels", "decode", "decoded"), ("--augment", "hflp", "hflip")])
+def test_fit_choice_typo_suggests_the_closest(flag, value, guess, tmp_path):
+    fails("fit", "colorfulness", flag, value, "--out", tmp_path / "r", names=f"got {value!r}",
+          fix=f"did you mean {guess!r}?")
+
+
+def test_label_pixels_typo_suggests_the_closest(store):
+    fails("label", store, "sharpness", "--pixels", "decode", names="got 'decode'", fix="did you mean 'decoded'?")
+
+
 @pytest.mark.parametrize("argv, named", [(["rewards", "--jsn"], "--jsn"), (["rewards", "colorfulness"], "colorfulness")])
 def test_rewards_with_an_unknown_option_or_argument(argv, named):
     assert named in message(run(*argv, code=2))

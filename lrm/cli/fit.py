@@ -14,6 +14,7 @@ from rich.markup import escape
 
 from lrm.cli.options import check_device, parse_options, with_metric_options
 from lrm.configs import FitJob
+from lrm.names import not_one_of
 
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(FitJob)}  # one source of truth: FitJob
 
@@ -88,16 +89,15 @@ def fit(
     from lrm.labels import LABEL_TRANSFORM_CHOICES
 
     if loss not in LOSSES:
-        raise typer.BadParameter(f"--loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+        raise typer.BadParameter(not_one_of("--loss", loss, LOSSES))
     if label_transform not in LABEL_TRANSFORM_CHOICES:
-        raise typer.BadParameter(f"--label-transform must be one of {', '.join(LABEL_TRANSFORM_CHOICES)}, "
-                                 f"got {label_transform!r}")
+        raise typer.BadParameter(not_one_of("--label-transform", label_transform, LABEL_TRANSFORM_CHOICES))
     from lrm.datasets.label_names import LABEL_PIXELS
 
     if label_pixels not in LABEL_PIXELS:
-        raise typer.BadParameter(f"--label-pixels must be one of {', '.join(LABEL_PIXELS)}, got {label_pixels!r}")
+        raise typer.BadParameter(not_one_of("--label-pixels", label_pixels, LABEL_PIXELS))
     if augment not in AUGMENTS:
-        raise typer.BadParameter(f"--augment must be one of {', '.join(AUGMENTS)}, got {augment!r}")
+        raise typer.BadParameter(not_one_of("--augment", augment, AUGMENTS))
     from lrm.models import check_preset
 
     if model is not None:

@@ -17,6 +17,7 @@ import typer
 from lrm.cli.errors import USER_ERRORS, exit_with_message
 from lrm.cli.options import check_device
 from lrm.configs import DEFAULT_BATCH_SIZE, DEFAULT_CFG, DEFAULT_PER_PROMPT, DEFAULT_STEPS, EvaluationConfig
+from lrm.names import not_one_of
 
 EVAL = {f.name: f.default for f in dataclasses.fields(EvaluationConfig)}  # one source of truth: EvaluationConfig
 
@@ -82,8 +83,7 @@ def sample(
     from lrm.generators.writing import VIDEO_FORMATS
 
     if video_format not in VIDEO_FORMATS:
-        raise typer.BadParameter(f"must be one of {', '.join(VIDEO_FORMATS)}, got {video_format!r}",
-                                 param_hint="--video-format")
+        raise typer.BadParameter(not_one_of("--video-format", video_format, VIDEO_FORMATS))
     texts = _prompts(prompt, prompts)
     try:
         from lrm.generators.runs import open_generator_run, sample_run
