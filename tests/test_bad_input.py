@@ -218,13 +218,14 @@ def test_fit_removed_preset_names_its_replacement(preset, replacement, tmp_path)
           fix=f"use {replacement}")
 
 
-@pytest.mark.parametrize("flag", ["--steps", "--batch-size", "--size"])
+@pytest.mark.parametrize("flag, fix", [("--steps", "steps must be a positive integer"),
+                                       ("--batch-size", "batch_size must be a positive integer"),
+                                       ("--size", "greater than or equal to 1")])
 @pytest.mark.parametrize("value", ["0", "-1"])
-def test_teacher_train_refuses_counts_below_one(flag, value, tmp_path):
+def test_teacher_train_refuses_counts_below_one(flag, fix, value, tmp_path):
     # --size 0 passed --dry-run as a plan to encode 0-pixel frames
     extra = ["--data", "procedural:4"] if flag == "--size" else []
-    fails("teacher", "train", flag, value, *extra, "--out", tmp_path / "t", "--dry-run", names=flag,
-          fix="greater than or equal to 1")
+    fails("teacher", "train", flag, value, *extra, "--out", tmp_path / "t", "--dry-run", names=value, fix=fix)
 
 
 @pytest.mark.parametrize("flag, value, guess", [("--loss", "rank", "ranking"), ("--label-transform", "logg", "log"),

@@ -69,10 +69,10 @@ def train(
     codec: Annotated[str, typer.Option(help="With --data: latent space (dct, taef2, diffusers:<path>).")] = IMAGE.store.codec,
     size: Annotated[Optional[int], typer.Option(min=1, help=f"With --data: square side in pixels (default {IMAGE.store.size}).")] = None,
     steps: Annotated[Optional[int], typer.Option(
-        min=1, help=f"Optimizer steps (default {IMAGE.teacher.steps} for images, {VIDEO.teacher.steps} for --video).")] = None,
+        help=f"Optimizer steps (default {IMAGE.teacher.steps} for images, {VIDEO.teacher.steps} for --video).")] = None,
     preset: Annotated[Optional[str], typer.Option(help=f"DiT size: dit-xs, dit-s, dit-m, dit-b (default {DEFAULTS['preset']}).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(
-        min=1, help=f"Global batch (default {IMAGE.teacher.batch_size} for images, {VIDEO.teacher.batch_size} for --video).")] = None,
+        help=f"Global batch (default {IMAGE.teacher.batch_size} for images, {VIDEO.teacher.batch_size} for --video).")] = None,
     out: Annotated[Optional[Path], typer.Option(
         help="Run folder (default: the embedded teacher's cache folder, else runs/teacher-<data>).")] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.", callback=check_device)] = DEFAULTS["device"],
