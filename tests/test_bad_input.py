@@ -225,7 +225,8 @@ def test_fit_removed_preset_names_its_replacement(preset, replacement, tmp_path)
 def test_teacher_train_refuses_counts_below_one(flag, fix, value, tmp_path):
     # --size 0 passed --dry-run as a plan to encode 0-pixel frames
     extra = ["--data", "procedural:4"] if flag == "--size" else []
-    fails("teacher", "train", flag, value, *extra, "--out", tmp_path / "t", "--dry-run", names=value, fix=fix)
+    fails("teacher", "train", flag, value, *extra, "--out", tmp_path / "t", "--dry-run",
+          names="--size" if flag == "--size" else f"got {value}", fix=fix)
 
 
 @pytest.mark.parametrize("flag, value, guess", [("--loss", "rank", "ranking"), ("--label-transform", "logg", "log"),
