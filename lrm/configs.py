@@ -5,6 +5,8 @@ command line reads its option defaults from them at start-up.
     EncodeConfig   lrm.datasets.encoding.encode: encode a source into a latent store
     FitJob         lrm.pipeline.run_fit, `lrm fit`: encode -> label -> fit -> report; the options it
                    shares with the two above take their defaults from them
+    EvaluationConfig  lrm.evaluation.report.evaluate_run, `lrm evaluate`: sample a generator run and score it
+    DEFAULT_*      the sampling defaults of lrm.generators.sampling and `lrm sample`
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 
 @dataclass
 class FitConfig:
-    # surrogate architecture (lrm.models.SURROGATES); None: the recommended one of the label's reward kind
+    # surrogate architecture (lrm.models.PRESETS); None: the recommended one of the label's reward kind
     # (lrm.models.presets.DEFAULT_PRESETS)
     preset: str | None = None
     steps: int = 2000  # optimizer steps; the paper's LRMs converge within 2,000-3,000
@@ -77,7 +79,7 @@ class FitJob:
     label: str | None = None  # label column name; default: the reward name (function name for user metrics)
     label_pixels: str = "source"  # "source" (score the media) or "decoded" (score what the latents decode to)
     codec: str = EncodeConfig.codec  # latent space for a new store (lrm.codecs name)
-    count: int = 4000  # procedural clips when no data is given (fewer over-fit the CNN; see README)
+    count: int = 4000  # procedural clips when no data is given (the main job measured in docs/main_job.md)
     frames: int | None = None  # frames per clip; default 1 for image rewards, 8 for video rewards
     # square side in pixels of a new store; None: 128 for procedural clips (16 x 16 dct latents), for a media
     # folder the reward's preferred size, else the media's short side up to 512 (lrm.datasets.sources)
@@ -103,3 +105,38 @@ class FitJob:
 
     def run_dir(self) -> Path:
         return Path(self.out) if self.out else Path("runs") / self.label_name()
+
+
+DEFAULT_STEPS = 50  # DOLLAR's teacher: DDIM 50 steps on [19, 39, ..., 999]
+DEFAULT_CFG = 7.5  # DOLLAR: the teacher's guidance scale in CD
+DEFAULT_BATCH_SIZE = 16  # samples per denoiser call (twice that under guidance)
+DEFAULT_PER_PROMPT = 4  # seeds per prompt in `lrm sample`: the columns of its grid
+DEFAULT_REWARDS = ("prompt-color", "jpeg-compressibility")  # weight-free, offline, read every frame
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    prompts_file: str | None = None  # prompts file (.txt/.csv/.jsonl/.json); None: procedural captions
+    procedural: int = 8  # procedural captions to sample when no prompts file is given
+    samples_per_prompt: int = DEFAULT_PER_PROMPT  # samples (seeds) per prompt; Vendi needs at least 2
+    seed: int = 0  # sample k of every prompt uses seed + k
+    steps: int | None = None  # sampling steps; None: 50 for a teacher, the student's own for a student
+    cfg: float | None = None  # guidance scale; None: 7.5 for a teacher, 1 for a student
+    rewards: tuple[str, ...] = DEFAULT_REWARDS  # true rewards of the decoded samples (names in lrm.rewards)
+    reference: str | None = None  # latent store of reference latents for the Frechet distance; None: procedural
+    reference_count: int = 128  # reference latents used (procedural clips made, or store rows read)
+    size: int | None = None  # pixel size to sample at; None: the run's recorded latent shape
+    frames: int | None = None  # frames per sample; None: the run's recorded latent shape
+    batch_size: int = DEFAULT_BATCH_SIZE  # samples per denoiser call
+    device: str = "cpu"  # where the denoiser runs (cpu, cuda)
+
+    def __post_init__(self):
+        for name, low in (("procedural", 1), ("samples_per_prompt", 1), ("reference_count", 2), ("batch_size", 1)):
+            if getattr(self, name) < low:
+                raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.cfg is not None and not self.cfg >= 0:
+            raise ValueError(f"cfg must be >= 0, got {self.cfg}")
+        if not self.rewards:
+            raise ValueError("rewards is empty; name at least one reward (e.g. prompt-color)")

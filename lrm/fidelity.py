@@ -9,7 +9,7 @@ statistics could not tell. The verdict judges ranking, level and range together 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Iterable
 
 import numpy as np
@@ -204,9 +204,6 @@ class FidelityReport:
     by_noise: list[dict] | None = None  # fidelity_by_noise rows for noise-aware surrogates
     trust: str = ""  # "high", "moderate" or "low": the verdict's first words, for styling and scripts
     checks: dict = field(default_factory=dict)  # "ranking", "level", "range" -> why it failed, or None
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
     def other_warnings(self) -> list[str]:
         """The flags the verdict line does not already say, to list beneath it."""

@@ -453,7 +453,7 @@ def with_preset(config: FitConfig, store, label: str) -> FitConfig:
     kind = (store.manifest["labels"][label].get("spec") or {}).get("kind")
     if kind is None:
         raise ValueError(f"column {label!r} of {store.path} records no reward kind, so no default surrogate fits "
-                         "it; pass FitConfig(preset=...) (see lrm.models.SURROGATES)")
+                         "it; pass FitConfig(preset=...) (see lrm.models.PRESETS)")
     return replace(config, preset=default_preset(kind))
 
 

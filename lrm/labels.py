@@ -28,7 +28,7 @@ def log_shift(train_labels: np.ndarray) -> float:
 def choose_label_transform(train_labels: np.ndarray) -> str:
     """"log" when log(y - shift) has at most half the |skewness| of y, else "none".
 
-    On the real-data benchmark (README, "Fidelity on real data") log labels lift the strongly
+    On the real-data benchmark (docs/fidelity.md) log labels lift the strongly
     right-skewed rewards (sharpness, dynamic degree) and change little on mildly skewed ones
     (colourfulness, JPEG size), which the margin keeps raw."""
     from scipy.stats import skew

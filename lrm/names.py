@@ -27,3 +27,11 @@ def unknown_name(kind: str, name: str, choices: Iterable[str], hint: str = "") -
     suggestion = f"; did you mean {guess!r}?" if guess else "."
     known = f" Known {kind}s: {', '.join(choices)}." if choices else f" There are no {kind}s."
     return f"unknown {kind} {name!r}{suggestion}{known}{f' {hint}' if hint else ''}"
+
+
+def not_one_of(what: str, value: str, choices: Iterable[str]) -> str:
+    """'WHAT must be one of a, b, c, got 'x'; did you mean 'b'?' for a value outside a short fixed list."""
+    choices = list(choices)
+    guess = closest(str(value), choices)
+    return (f"{what} must be one of {', '.join(choices)}, got {value!r}"
+            + (f"; did you mean {guess!r}?" if guess else ""))

@@ -11,6 +11,15 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("LRM_OFFLINE", "1")
 
 
+@pytest.fixture()
+def one_thread():
+    """torch on one thread for the test: tiny convolutions on a shared 2-core machine run far faster so."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_vaes(tmp_path_factory):
     """Random-init tiny diffusers autoencoders saved with save_pretrained: {kind: folder}."""

@@ -93,12 +93,7 @@ def scores(result) -> list[dict]:
 ENCODE_BASE = ("encode", "procedural:8", "--size", 32, "--frames", 1, "--shard-size", 4, "--label", "colorfulness",
                "--quiet")
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -209,6 +204,40 @@ def test_encode_unknown_label_reward(tmp_path):
 def test_encode_unknown_codec_suggests_the_closest(tmp_path):
     fails("encode", "procedural:4", "--codec", "tae2f", "--out", tmp_path / "s", names="tae2f",
           fix="did you mean 'taef2'?")
+
+
+def test_fit_unknown_preset_suggests_the_closest(tmp_path):
+    fails("fit", "colorfulness", "--model", "image-cnn-stat", "--out", tmp_path / "r", names="image-cnn-stat",
+          fix="did you mean 'image-cnn-stats'?")
+
+
+@pytest.mark.parametrize("preset, replacement", [("image-cnn-m", "image-cnn with width=2.0"),
+                                                 ("image-nss-pixels", "the pixel path")])
+def test_fit_removed_preset_names_its_replacement(preset, replacement, tmp_path):
+    fails("fit", "colorfulness", "--model", preset, "--out", tmp_path / "r", names=f"{preset!r} was removed",
+          fix=f"use {replacement}")
+
+
+@pytest.mark.parametrize("flag, fix", [("--steps", "steps must be a positive integer"),
+                                       ("--batch-size", "batch_size must be a positive integer"),
+                                       ("--size", "greater than or equal to 1")])
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_teacher_train_refuses_counts_below_one(flag, fix, value, tmp_path):
+    # --size 0 passed --dry-run as a plan to encode 0-pixel frames
+    extra = ["--data", "procedural:4"] if flag == "--size" else []
+    fails("teacher", "train", flag, value, *extra, "--out", tmp_path / "t", "--dry-run",
+          names="--size" if flag == "--size" else f"got {value}", fix=fix)
+
+
+@pytest.mark.parametrize("flag, value, guess", [("--loss", "rank", "ranking"), ("--label-transform", "logg", "log"),
+                                                ("--label-pixels", "decode", "decoded"), ("--augment", "hflp", "hflip")])
+def test_fit_choice_typo_suggests_the_closest(flag, value, guess, tmp_path):
+    fails("fit", "colorfulness", flag, value, "--out", tmp_path / "r", names=f"got {value!r}",
+          fix=f"did you mean {guess!r}?")
+
+
+def test_label_pixels_typo_suggests_the_closest(store):
+    fails("label", store, "sharpness", "--pixels", "decode", names="got 'decode'", fix="did you mean 'decoded'?")
 
 
 @pytest.mark.parametrize("argv, named", [(["rewards", "--jsn"], "--jsn"), (["rewards", "colorfulness"], "colorfulness")])
@@ -776,3 +805,19 @@ def test_report_on_a_column_that_is_all_nan(store, fitted_run, tmp_path):
 
 def test_predict_with_a_bad_output_suffix(base_run, media, tmp_path):
     fails("predict", base_run, media, "--out", tmp_path / "scores.txt", names="scores.txt", fix=".csv or .json")
+
+
+@pytest.mark.parametrize("value, shown", [("abc", "'abc'"), ("true", "True"), ("1.5", "1.5")])
+def test_option_of_the_wrong_type_is_refused_by_name(media, value, shown):
+    # -o frames=abc failed with a TypeError traceback from inside the frame sampler
+    fails("score", "colorfulness", media, "-o", f"frames={value}", names=f"option 'frames' takes int, got {shown}",
+          fix="e.g. -o frames=8")
+
+
+def test_store_info_on_a_run_folder_says_it_is_a_run(tmp_path):
+    # a run folder (model/, config.json) was reported as "an encode was started here"
+    run_dir = tmp_path / "run"
+    (run_dir / "model").mkdir(parents=True)
+    (run_dir / "config.json").write_text("{}")
+    line = fails("store", "info", run_dir, names="it is a run folder", fix="its store is named in its config.json")
+    assert "encode was started" not in line

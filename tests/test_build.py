@@ -160,10 +160,14 @@ def test_clear_errors(tmp_path):
         add_labels(store.path, ["no-such-reward"], progress=False)
 
 
-def cli(*args: str):
+def _data_app():
     from lrm.cli.data import _standalone
 
-    return CliRunner().invoke(_standalone(), list(args))
+    return _standalone()
+
+
+def cli(*args: str):
+    return CliRunner().invoke(_data_app(), list(args))
 
 
 def test_cli_encode_label_info(tmp_path):
@@ -182,8 +186,11 @@ def test_cli_encode_label_info(tmp_path):
     assert info["labels"]["sharpness"]["count"] == 6 and info["labels"]["sharpness"]["nan"] == 0
     assert info["split"]["train"] + info["split"]["val"] == 6
     assert info["labels"]["sharpness"]["pixels"] == "source"
-    table = cli("store", "info", str(out))
-    assert table.exit_code == 0 and "sharpness" in table.stdout and "dct-v1" in table.stdout
+    table = CliRunner(env={"COLUMNS": "80"}).invoke(_data_app(), ["store", "info", str(out)])
+    assert table.exit_code == 0 and "dct-v1" in table.stdout
+    row = next(line for line in table.stdout.splitlines() if "sharpness" in line)  # unfolded in 80 columns
+    stats = info["labels"]["sharpness"]
+    assert len(row) <= 80 and all(f"{stats[k]:.4g}" in row for k in ("mean", "std", "min", "max")), table.stdout
     result = cli("label", str(out), "sharpness", "--pixels", "decoded", "--quiet")
     assert result.exit_code == 0 and "sharpness@decoded: 6 values" in result.output, result.output
     info = json.loads(cli("store", "info", str(out), "--json").stdout)

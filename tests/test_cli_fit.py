@@ -18,12 +18,7 @@ runner = CliRunner(env={"COLUMNS": "300"})  # no wrapping of error panels
 TINY = ["--count", "48", "--steps", "12", "--size", "32", "--batch-size", "16"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -54,9 +49,13 @@ def test_fit_writes_report_metrics_and_model(fitted):
 def test_fit_rerun_resumes_and_reuses_the_store(fitted):
     run, _ = fitted
     before = (run / "store" / "manifest.json").read_text()
+    fit_seconds = json.loads((run / "metrics.json").read_text())["fit_seconds"]
     result = runner.invoke(app, ["fit", "jpeg-incompressibility", *TINY, "--out", str(run)])
     assert result.exit_code == 0, result.output
     assert (run / "store" / "manifest.json").read_text() == before
+    # the fit's own training time, from its log, not the seconds of the re-run that found it done
+    logged = max(json.loads(line).get("elapsed_s", 0.0) for line in (run / "metrics.jsonl").read_text().splitlines())
+    assert json.loads((run / "metrics.json").read_text())["fit_seconds"] == fit_seconds == round(logged, 1)
 
 
 def test_report_on_another_store_labels_it(fitted, tmp_path):
@@ -298,3 +297,16 @@ def test_fit_help_names_the_recommended_preset_per_reward_kind():
 
     text = " ".join(runner.invoke(app, ["fit", "--help"]).output.replace("│", " ").split())
     assert [kind for kind, preset in DEFAULT_PRESETS.items() if f"{preset} ({kind})" not in text] == []
+
+
+def test_ctrl_c_says_how_to_resume(monkeypatch, tmp_path):
+    # Ctrl-C mid `lrm fit` ended with exit 130 and no word; re-running resumes, and the user should know
+    import lrm.pipeline
+    from lrm.cli.app import INTERRUPTED, app
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lrm.pipeline, "run_fit", interrupted)
+    result = CliRunner().invoke(app, ["fit", "colorfulness", "--out", str(tmp_path / "r"), "--quiet"])
+    assert result.exit_code == 130 and INTERRUPTED in result.output, result.output

@@ -92,3 +92,47 @@ def test_rewards_json_keeps_units_descriptions_and_options():
 def test_fit_help_imports_nothing_heavy():
     heavy, proc = heavy_modules_after("fit", "--help")
     assert heavy == [], heavy
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["fit", "--help"], ["rewards"]], ids=" ".join)
+def test_the_cli_runs_without_click_installed(argv):
+    # recent typer releases carry their own click and do not install it: `make demo` on a fresh clone
+    # failed with "No module named 'click'" when lrm.cli.app imported click itself
+    code = ("import sys\nsys.modules['click'] = None  # as if not installed: importing it raises\n"
+            "from lrm.cli.app import main\nsys.argv = ['lrm', *sys.argv[1:]]\nmain()")
+    proc = subprocess.run([sys.executable, "-c", code, *argv], cwd=REPO, capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "COLUMNS": "80"}, timeout=120)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+
+
+
+def test_a_closed_pipe_ends_the_command_quietly(capsys):
+    # `lrm fit --help | head -60` ended in "Error: [Errno 32] Broken pipe": the reader left, nothing failed
+    from lrm.cli.errors import exit_with_message
+
+    with pytest.raises(SystemExit) as exit:
+        exit_with_message(BrokenPipeError(32, "Broken pipe"))
+    assert exit.value.code == 1 and capsys.readouterr().err == ""
+
+
+def test_every_help_reads_well_in_80_columns():
+    # typer keeps a docstring's single line breaks: prose wrapped at 100 columns came out as alternating
+    # long and short lines; examples longer than the terminal broke in the middle of a command
+    for name in COMMANDS:
+        command = load_command(name)
+        for each in [command, *getattr(command, "commands", {}).values()]:
+            for paragraph in (each.help or "").split("\n\n"):
+                lines = paragraph.splitlines()
+                if any(line[:1].isspace() for line in lines):  # examples: each line fits 80 columns
+                    assert all(len(line) <= 76 for line in lines), (each.name, paragraph)
+                else:
+                    assert len(lines) == 1, (each.name, paragraph)  # prose: one line, wrapped by the terminal
+
+
+def test_off_by_default_flags_have_no_negative_twin():
+    # `--quiet --no-quiet` and `--noise-aware --no-noise-aware` took a third of an 80-column help page
+    for name in COMMANDS:
+        command = load_command(name)
+        for each in [command, *getattr(command, "commands", {}).values()]:
+            for param in each.params:
+                assert not any(opt.startswith("--no-") for opt in param.secondary_opts), (each.name, param.name)

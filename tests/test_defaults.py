@@ -12,7 +12,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -30,12 +29,7 @@ runner = CliRunner(env={"COLUMNS": "300"})
 CLI_FIT_NAMES = {"model": "preset", "option": "reward_options"}  # `lrm fit` parameter -> FitJob field
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def defaults(cls) -> dict:

@@ -28,13 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 CODEC = {"name": "fake", "version": "1", "channels": 4, "spatial_factor": 8, "temporal_factor": 1, "scale": 1.0}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny convolutions on a shared 2-core machine run ~20x faster on one thread than on two.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 # ---------------------------------------------------------------- a tiny real store on disk

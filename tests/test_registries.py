@@ -180,4 +180,11 @@ def test_the_readme_names_every_reward_and_every_surrogate_preset():
     rewards = readme.split("## Rewards", 1)[1].split("\n## ", 1)[0]
     surrogates = readme.split("## Surrogates", 1)[1].split("\n## ", 1)[0]
     assert [r for r in REWARDS if f"| `{r}` |" not in rewards] == []
+    # the table's kind, differentiable and better columns are the specs' (niqe read "no" after it became
+    # differentiable)
+    for name, factory in REWARDS.items():
+        spec = factory.spec
+        row = f"| `{name}` | {spec.kind} | {'yes' if spec.differentiable else 'no'} | " \
+              f"{'higher' if spec.higher_is_better else 'lower'} |"
+        assert row in rewards, row
     assert [p for p in PRESETS if f"`{p}`" not in surrogates] == []

@@ -115,7 +115,7 @@ def test_one_row_groups_are_not_listed_and_many_groups_are_capped(tmp_path):
 
 def test_example_captions_are_wrapped_whole(monkeypatch):
     shown = {}
-    monkeypatch.setattr(figures, "_png", lambda fig: shown.setdefault("fig", fig))
+    monkeypatch.setattr(figures, "_png", lambda fig, **_: shown.setdefault("fig", fig))
     caption = "/data/photos/holiday-2019/a-very-long-file-name-of-a-photo-from-the-beach.jpg"
     prompt = "a small red circle moving slowly to the left over a striped blue background at dusk"
     thumb = np.zeros((8, 8, 3), np.uint8)
@@ -124,3 +124,22 @@ def test_example_captions_are_wrapped_whole(monkeypatch):
     assert titles[0].split("\n", 1)[1].replace("\n", "") == caption  # a path is broken, not cut
     assert titles[1].split("\n", 1)[1].replace("\n", " ") == prompt
     assert all(len(line) <= figures.CAPTION_CHARS for t in titles for line in t.split("\n")[1:])
+
+
+def test_a_tall_example_caption_stays_below_the_title_and_inside_the_figure(monkeypatch):
+    # a six-line caption next to a two-line one ran into the figure's title (main job, worst examples)
+    shown = {}
+    monkeypatch.setattr(figures, "_png", lambda fig, **_: shown.setdefault("fig", fig))
+    long = "a medium gray triangle and a small green triangle over a white gradient background, blurry, noisy, JPEG"
+    thumb = np.zeros((8, 8, 3), np.uint8)
+    figures.examples([(thumb, long, 1.0, 2.0), (thumb, "short", 3.0, 4.0), (thumb, long, 5.0, 6.0)], "worst")
+    fig = shown["fig"]
+    renderer = fig.canvas.get_renderer()
+    title = fig._suptitle.get_window_extent(renderer)
+    figure = fig.bbox
+    for ax in fig.axes:
+        caption = ax.title.get_window_extent(renderer)
+        assert caption.y1 <= title.y0, (caption, title)  # below the figure's title
+        assert caption.y0 >= ax.get_window_extent(renderer).y1 - 1  # above its thumbnail
+        assert figure.x0 <= caption.x0 and caption.x1 <= figure.x1  # not cut at the sides
+    assert title.y1 <= figure.y1

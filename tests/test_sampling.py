@@ -422,19 +422,27 @@ def test_cli_defaults_equal_the_librarys_and_the_module_imports_no_torch(app):
     import subprocess
     import sys
 
-    from lrm.cli import generate as cli
+    from lrm.configs import DEFAULT_BATCH_SIZE, DEFAULT_PER_PROMPT
     from lrm.evaluation.report import EvaluationConfig
-    from lrm.generators import sampling
 
-    library = {f.name: f.default for f in dataclasses.fields(EvaluationConfig)}
-    assert cli.EVAL == {name: library[name] for name in cli.EVAL}
-    assert (cli.DEFAULT_PER_PROMPT, cli.DEFAULT_BATCH_SIZE) == (sampling.DEFAULT_PER_PROMPT,
-                                                           sampling.DEFAULT_BATCH_SIZE)
+    library = {f.name: f.default for f in dataclasses.fields(EvaluationConfig)}  # the library's, read by the CLI
     commands = typer.main.get_group(app).commands
-    defaults = {p.name: p.default for p in commands["evaluate"].params}
-    assert defaults["rewards"] == ",".join(library["rewards"]) and defaults["reference_count"] == 128
+    evaluate = {p.name: p.default for p in commands["evaluate"].params}
+    assert evaluate["rewards"] == ",".join(library["rewards"])
+    for name in ("samples_per_prompt", "reference_count", "seed", "batch_size", "device"):
+        assert evaluate[name] == library[name], name
+    sample = {p.name: p.default for p in commands["sample"].params}
+    assert (sample["per_prompt"], sample["batch_size"]) == (DEFAULT_PER_PROMPT, DEFAULT_BATCH_SIZE)
+    assert sampling_signature_defaults() == {"steps": 50, "cfg": 7.5, "batch_size": DEFAULT_BATCH_SIZE}
     repo = str(Path(__file__).resolve().parents[1])
     code = "import sys, lrm.cli.generate; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=repo, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": repo},
                          capture_output=True, text=True, check=True, timeout=120)
     assert out.stdout.strip() == "False"
+
+
+def sampling_signature_defaults() -> dict:
+    import inspect
+
+    parameters = inspect.signature(generate).parameters
+    return {name: parameters[name].default for name in ("steps", "cfg", "batch_size")}

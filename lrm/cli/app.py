@@ -1,17 +1,19 @@
 """Entry point of the `lrm` command. Each command group lives in its own module.
 
 A command's module (and torch, scipy, the pipeline it imports) is loaded only when that command
-runs, so `lrm --help`, `lrm rewards` and usage errors answer at once.
+runs, so `lrm --help`, `lrm rewards` and usage errors answer at once. Click is reached through typer
+only: recent typer releases ship their own copy of click and no longer install it.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
+import sys
 from typing import NamedTuple
 
-import click
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from lrm.cli.errors import USER_ERRORS, exit_with_message
 from lrm.names import unknown_name
@@ -47,11 +49,32 @@ COMMANDS = {
 }
 
 
-def load_command(name: str) -> click.Command:
-    """The click command `name`, built from its module's register(app)."""
+INTERRUPTED = ("Interrupted. Re-run the same command to resume: encode, label, fit and teacher train pick up "
+               "where they stopped.")
+
+
+def load_command(name: str) -> TyperCommand | TyperGroup:
+    """The click command `name`, built from its module's register(app), its help reflowed."""
     group = typer.Typer()
     importlib.import_module(COMMANDS[name].module).register(group)
-    return typer.main.get_group(group).commands[name]
+    command = typer.main.get_group(group).commands[name]
+    for each in [command, *getattr(command, "commands", {}).values()]:
+        each.help = reflow(each.help)
+    return command
+
+
+def reflow(help: str | None) -> str | None:
+    """A docstring's prose paragraphs joined into one line each, so the terminal wraps them once.
+
+    Typer keeps single line breaks after the first paragraph: text wrapped at 100 columns in the source
+    came out as alternating long and short lines in an 80-column terminal. Paragraphs with an indented
+    line (examples, lists) keep their lines.
+    """
+    if not help:
+        return help
+    paragraphs = inspect.cleandoc(help).split("\n\n")
+    return "\n\n".join(p if any(line[:1].isspace() for line in p.splitlines()) else " ".join(p.split("\n"))
+                       for p in paragraphs)
 
 
 class LazyCommands(TyperGroup):
@@ -59,30 +82,33 @@ class LazyCommands(TyperGroup):
 
     _listing = False  # True while the help page lists commands: summaries only, no module imported
 
-    def list_commands(self, ctx: click.Context) -> list[str]:
+    def list_commands(self, ctx: typer.Context) -> list[str]:
         return list(COMMANDS)
 
-    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+    def get_command(self, ctx: typer.Context, name: str) -> TyperCommand | TyperGroup | None:
         if name not in COMMANDS:
             return None
         if self._listing:
-            return click.Command(name, help=COMMANDS[name].summary)
+            return TyperCommand(name, help=COMMANDS[name].summary)
         return load_command(name)
 
-    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+    def format_help(self, ctx: typer.Context, formatter) -> None:
         self._listing = True
         try:
             super().format_help(ctx, formatter)
         finally:
             self._listing = False
 
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx: typer.Context):
         try:
             return super().invoke(ctx)
         except USER_ERRORS as error:  # bad input: one line and exit code 2, the same under CliRunner
             exit_with_message(error)
+        except KeyboardInterrupt:  # Ctrl-C: say how to go on (the work done so far is kept), exit 130
+            print(INTERRUPTED, file=sys.stderr)
+            sys.exit(130)
 
-    def resolve_command(self, ctx: click.Context, args: list[str]):
+    def resolve_command(self, ctx: typer.Context, args: list[str]):
         if args and args[0] not in COMMANDS and not args[0].startswith("-"):
             ctx.fail(unknown_name("command", args[0], COMMANDS))
         return super().resolve_command(ctx, args)

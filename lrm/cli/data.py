@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -54,7 +55,7 @@ def encode(
     label: Annotated[Optional[list[str]], typer.Option("--label", help="Reward to label with while encoding (repeatable; NAME=REWARD renames).")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Clips per codec / reward call.")] = ENCODE["batch_size"],
     device: Annotated[str, typer.Option(help="Torch device, e.g. cpu or cuda.", callback=check_device)] = ENCODE["device"],
-    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """Encode clips into a latent store: latents, prompts, optional text embeddings, provenance.
 
@@ -62,7 +63,7 @@ def encode(
 
     Examples:
       lrm encode procedural:1024 --out stores/proc --label jpeg-compressibility
-      lrm encode ../shared/data/images/dreambooth --frames 1 --size 256 --codec taef2 --out stores/db
+      lrm encode photos/ --frames 1 --size 256 --codec taef2 --out stores/photos
     """
     from lrm import distributed
     from lrm.datasets.encoding import encode as run_encode
@@ -111,7 +112,7 @@ def label(
         "--pixels", "--label-pixels",
         help="source: score the media (re-read from the sources); decoded: score what the stored latents decode "
              "to, in a column named REWARD@decoded.")] = "source",
-    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """Add one label column per reward, computed on the source media or on the decoded latents. Resumable.
 
@@ -240,8 +241,9 @@ def info(
         head.add_row(field, value)
     out.print(head)
     if m["labels"]:
-        table = Table(title="labels")
-        for column in ("label", "pixels", "count", "mean", "std", "min", "max", "NaN", "done"):
+        table = Table(title="labels", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
+        table.add_column("label", no_wrap=True)
+        for column in ("pixels", "count", "mean", "std", "min", "max", "NaN", "done"):
             table.add_column(column, overflow="fold")
         for name, entry in m["labels"].items():
             st = entry["stats"]

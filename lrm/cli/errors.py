@@ -23,7 +23,16 @@ def user_message(error: Exception) -> str:
 
 
 def exit_with_message(error: Exception) -> NoReturn:
-    """Print `Error: <message>` and exit 2; re-raise instead when LRM_TRACEBACK is set."""
+    """Print `Error: <message>` and exit 2; re-raise instead when LRM_TRACEBACK is set.
+
+    A closed pipe (`lrm fit --help | head`) is no error of the user's: exit quietly, as other Unix tools do.
+    """
+    if isinstance(error, BrokenPipeError):
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at Python's flush
+        except (OSError, ValueError):  # a stdout without a file descriptor (e.g. captured in tests)
+            pass
+        sys.exit(1)
     if os.environ.get(TRACEBACK_ENV):
         raise error
     print(f"Error: {user_message(error)}\n(set {TRACEBACK_ENV}=1 for the traceback)", file=sys.stderr)

@@ -14,6 +14,7 @@ from rich.markup import escape
 
 from lrm.cli.options import check_device, parse_options, with_metric_options
 from lrm.configs import FitJob
+from lrm.names import not_one_of
 
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(FitJob)}  # one source of truth: FitJob
 
@@ -50,7 +51,7 @@ def fit(
     label_transform: Annotated[str, typer.Option(
         help="none, log (fit log(label - shift), for right-skewed rewards such as sharpness or dynamic-degree) "
              "or auto: log when that at least halves the training labels' skewness.")] = DEFAULTS["label_transform"],
-    noise_aware: Annotated[bool, typer.Option(help="Fit on noised latents x_t with the timestep as input.")] = DEFAULTS["noise_aware"],
+    noise_aware: Annotated[bool, typer.Option("--noise-aware", help="Fit on noised latents x_t with the timestep as input.")] = DEFAULTS["noise_aware"],
     augment: Annotated[str, typer.Option(
         help="none, or hflip: mirror half the training latents left-right (exact, in latent space; dct codec "
              "only). Only for rewards a mirror leaves unchanged.")] = DEFAULTS["augment"],
@@ -60,7 +61,7 @@ def fit(
     input: Annotated[Optional[str], typer.Option(help="For your own metric: tensor or uint8.")] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.", callback=check_device)] = DEFAULTS["device"],
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved job and exit.")] = False,
-    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """Fit a latent surrogate to a reward and write its fidelity report.
 
@@ -68,7 +69,7 @@ def fit(
     writes RUN/report.html, RUN/metrics.json and RUN/model/. Re-running resumes every stage.
 
     Examples:
-      lrm fit jpeg-compressibility                       # embedded default, about a minute on CPU
+      lrm fit jpeg-compressibility    # embedded default, a minute or two on CPU
       lrm fit temporal-flickering --data clips/ --codec taef2
       lrm fit my_metric.py:score --kind image --input uint8
     """
@@ -88,20 +89,22 @@ def fit(
     from lrm.labels import LABEL_TRANSFORM_CHOICES
 
     if loss not in LOSSES:
-        raise typer.BadParameter(f"--loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+        raise typer.BadParameter(not_one_of("--loss", loss, LOSSES))
     if label_transform not in LABEL_TRANSFORM_CHOICES:
-        raise typer.BadParameter(f"--label-transform must be one of {', '.join(LABEL_TRANSFORM_CHOICES)}, "
-                                 f"got {label_transform!r}")
+        raise typer.BadParameter(not_one_of("--label-transform", label_transform, LABEL_TRANSFORM_CHOICES))
     from lrm.datasets.label_names import LABEL_PIXELS
 
     if label_pixels not in LABEL_PIXELS:
-        raise typer.BadParameter(f"--label-pixels must be one of {', '.join(LABEL_PIXELS)}, got {label_pixels!r}")
+        raise typer.BadParameter(not_one_of("--label-pixels", label_pixels, LABEL_PIXELS))
     if augment not in AUGMENTS:
-        raise typer.BadParameter(f"--augment must be one of {', '.join(AUGMENTS)}, got {augment!r}")
-    from lrm.models import PRESETS
+        raise typer.BadParameter(not_one_of("--augment", augment, AUGMENTS))
+    from lrm.models import check_preset
 
-    if model is not None and model not in PRESETS:
-        raise typer.BadParameter(f"--model must be one of {', '.join(PRESETS)}, got {model!r}")
+    if model is not None:
+        try:
+            check_preset(model)  # an unknown name gets the closest one, a removed one its replacement
+        except KeyError as error:
+            raise typer.BadParameter(error.args[0], param_hint="--model") from None
     options = with_metric_options(parse_options(option), [reward], kind, input)
     job = FitJob(reward=reward, data=data, store=str(store) if store else None, out=str(out) if out else None,
                  label=label, label_pixels=label_pixels, codec=codec, count=count, frames=frames, size=size,
@@ -132,7 +135,7 @@ def report(
              "without it, the run's own held-out rows.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Where to write the report (default: RUN itself without "
                                                      "--store, RUN/eval-<store name> with it).")] = None,
-    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """Judge a fitted surrogate again: in distribution, or out of distribution on another store.
 

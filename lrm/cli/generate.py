@@ -2,12 +2,13 @@
 quality: true rewards, Vendi, Frechet distance, prompt alignment, in a report).
 
 Importing this module imports no torch (so `lrm sample --help` answers at once): the library is imported
-inside the commands, and the defaults below restate the library's (tests/test_sampling.py keeps them equal
-to lrm.generators.sampling's DEFAULT_* and lrm.evaluation.report.EvaluationConfig's fields).
+inside the commands, and the defaults are read from lrm.configs (EvaluationConfig, DEFAULT_*), which the
+library reads too.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -15,15 +16,16 @@ import typer
 
 from lrm.cli.errors import USER_ERRORS, exit_with_message
 from lrm.cli.options import check_device
+from lrm.configs import DEFAULT_BATCH_SIZE, DEFAULT_CFG, DEFAULT_PER_PROMPT, DEFAULT_STEPS, EvaluationConfig
+from lrm.names import not_one_of
 
-DEFAULT_PER_PROMPT = 4  # lrm.generators.sampling.DEFAULT_PER_PROMPT
-DEFAULT_BATCH_SIZE = 16  # lrm.generators.sampling.DEFAULT_BATCH_SIZE
-EVAL = {"procedural": 8, "samples_per_prompt": 4, "seed": 0, "rewards": ("prompt-color", "jpeg-compressibility"),
-        "reference_count": 128, "batch_size": 16, "device": "cpu"}  # lrm.evaluation.report.EvaluationConfig
+EVAL = {f.name: f.default for f in dataclasses.fields(EvaluationConfig)}  # one source of truth: EvaluationConfig
 
-RUN_HELP = "Generator run folder (from `lrm teacher train`; holds model/) or its model/ folder."
-STEPS_HELP = "Sampling steps (default 50 for a teacher: DOLLAR's DDIM grid 999..19; a student's own steps)."
-CFG_HELP = "Classifier-free guidance scale, >= 0 (default 7.5 for a teacher, 1 for a student; 1: no guidance)."
+RUN_HELP = ("Generator run folder (the one `lrm teacher train` prints; holds model/) or its model/ folder.")
+STEPS_HELP = (f"Sampling steps (default {DEFAULT_STEPS} for a teacher: DOLLAR's DDIM grid 999..19; "
+              "a student's own steps).")
+CFG_HELP = (f"Classifier-free guidance scale, >= 0 (default {DEFAULT_CFG:g} for a teacher, 1 for a student; "
+            "1: no guidance).")
 SIZE_HELP = "Pixel size (square) to sample at (default: the latent shape the run records)."
 FRAMES_HELP = "Frames per sample (default: the latent shape the run records)."
 
@@ -67,7 +69,7 @@ def sample(
     frames: Annotated[Optional[int], typer.Option(min=1, help=FRAMES_HELP)] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Samples per denoiser call.")] = DEFAULT_BATCH_SIZE,
     device: Annotated[str, typer.Option(help="cpu or cuda.", callback=check_device)] = EVAL["device"],
-    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
 ) -> None:
     """Sample a generator run: decoded PNG / GIF / MP4 per sample, a captioned grid, latents and index.json.
 
@@ -75,14 +77,13 @@ def sample(
     reproduce it exactly. A distilled student samples few-step, a teacher with DDIM.
 
     Examples:
-      lrm sample runs/teacher --prompt "a large red circle over a blue plain background"
-      lrm sample runs/teacher --prompts prompts.txt --per-prompt 8 --steps 25 --cfg 5 --out grid/
+      lrm sample RUN --prompt "a large red circle over a blue plain background"
+      lrm sample RUN --prompts prompts.txt --per-prompt 8 --steps 25 --cfg 5
     """
     from lrm.generators.writing import VIDEO_FORMATS
 
     if video_format not in VIDEO_FORMATS:
-        raise typer.BadParameter(f"must be one of {', '.join(VIDEO_FORMATS)}, got {video_format!r}",
-                                 param_hint="--video-format")
+        raise typer.BadParameter(not_one_of("--video-format", video_format, VIDEO_FORMATS))
     texts = _prompts(prompt, prompts)
     try:
         from lrm.generators.runs import open_generator_run, sample_run
@@ -120,7 +121,7 @@ def evaluate(
     frames: Annotated[Optional[int], typer.Option(min=1, help=FRAMES_HELP)] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Samples per denoiser call.")] = EVAL["batch_size"],
     device: Annotated[str, typer.Option(help="cpu or cuda.", callback=check_device)] = EVAL["device"],
-    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
 ) -> None:
     """Evaluate a generator run's samples: true rewards, Vendi diversity, Frechet distance, prompt alignment.
 
@@ -129,8 +130,8 @@ def evaluate(
     (per-channel mean, std, detail) with the reference, not Inception features.
 
     Examples:
-      lrm evaluate runs/teacher                           # 8 procedural captions x 4 seeds
-      lrm evaluate runs/teacher --prompts prompts.txt --rewards jpeg-compressibility,sharpness
+      lrm evaluate RUN                # 8 procedural captions x 4 seeds
+      lrm evaluate RUN --prompts prompts.txt --rewards jpeg-compressibility,niqe
     """
     if prompts is not None and procedural is not None:
         raise typer.BadParameter("give --prompts or --procedural, not both")
@@ -141,7 +142,7 @@ def evaluate(
         raise typer.BadParameter("name at least one reward, e.g. --rewards prompt-color", param_hint="--rewards")
     config_options = {"procedural": procedural} if procedural is not None else {}
     try:
-        from lrm.evaluation.report import EvaluationConfig, evaluate_run
+        from lrm.evaluation.report import evaluate_run
         from lrm.generators.runs import open_generator_run
 
         config = EvaluationConfig(prompts_file=str(prompts) if prompts else None, samples_per_prompt=samples_per_prompt,

@@ -96,7 +96,7 @@ def score(
     Examples:
       lrm score jpeg-compressibility photos/
       lrm score prompt-color img.png --prompt "a red car"
-      lrm score my_metric.py:score clips/ --kind video --input uint8 --out scores.csv
+      lrm score my_metric.py:score clips/ --kind video --input uint8
     """
     from lrm.rewards import load
 

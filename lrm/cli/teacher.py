@@ -67,7 +67,7 @@ def train(
     data: Annotated[Optional[str], typer.Option(help="Media folder (or procedural:N) to encode into RUN/store first.")] = None,
     prompts: Annotated[Optional[Path], typer.Option(help="With --data: prompts file, one line per media file in sorted order.")] = None,
     codec: Annotated[str, typer.Option(help="With --data: latent space (dct, taef2, diffusers:<path>).")] = IMAGE.store.codec,
-    size: Annotated[Optional[int], typer.Option(help=f"With --data: square side in pixels (default {IMAGE.store.size}).")] = None,
+    size: Annotated[Optional[int], typer.Option(min=1, help=f"With --data: square side in pixels (default {IMAGE.store.size}).")] = None,
     steps: Annotated[Optional[int], typer.Option(
         help=f"Optimizer steps (default {IMAGE.teacher.steps} for images, {VIDEO.teacher.steps} for --video).")] = None,
     preset: Annotated[Optional[str], typer.Option(help=f"DiT size: dit-xs, dit-s, dit-m, dit-b (default {DEFAULTS['preset']}).")] = None,
@@ -77,7 +77,7 @@ def train(
         help="Run folder (default: the embedded teacher's cache folder, else runs/teacher-<data>).")] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.", callback=check_device)] = DEFAULTS["device"],
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved run and exit.")] = False,
-    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """Train lrm's latent DiT teacher (conjugate-v, DOLLAR Eq. 13) with CFG dropout, EMA and checkpoints.
 
@@ -87,9 +87,9 @@ def train(
     RUN/checkpoints; re-running resumes. Under torchrun it trains with DDP.
 
     Examples:
-      lrm teacher train                                  # the embedded image teacher
+      lrm teacher train                       # the embedded image teacher
       lrm teacher train --video
-      lrm teacher train --store my_store --steps 20000 --preset dit-m --device cuda
+      lrm teacher train --store my_store --steps 20000 --preset dit-m
     """
     try:
         plan = resolve(video, store, data, prompts, codec, size, steps, preset, batch_size, out, device)

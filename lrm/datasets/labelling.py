@@ -19,6 +19,7 @@ from lrm.codecs.base import Codec
 from lrm.datasets import store as st
 from lrm.datasets.label_names import LABEL_PIXELS, check_distinct_columns, column_name, parse_label
 from lrm.datasets.sources import Source, source_from_spec
+from lrm.names import not_one_of
 
 
 def batches(items: list, size: int):
@@ -44,7 +45,7 @@ def load_labeler(text: str, options: dict | None = None, pixels: str = "source")
     from lrm.rewards import load
 
     if pixels not in LABEL_PIXELS:
-        raise ValueError(f"label pixels must be one of {', '.join(LABEL_PIXELS)}, got {pixels!r}")
+        raise ValueError(not_one_of("label pixels (--pixels)", pixels, LABEL_PIXELS))
     name, reference = column_name(text, pixels), parse_label(text)[1]
     reward = load(reference, **(options or {}))
     spec = dataclasses.asdict(reward.spec)

@@ -370,7 +370,11 @@ def read_manifest(root: Path) -> dict:
     root = Path(root)
     manifest_path = root / MANIFEST
     if not manifest_path.exists():
-        hint = " (an encode was started here but never created its manifest)" if root.is_dir() else ""
+        hint = ""
+        if (root / "model").is_dir():  # `lrm store info runs/x`: a run, whose store lies elsewhere
+            hint = " (it is a run folder: its store is named in its config.json, or RUN/store)"
+        elif (root / "shards").is_dir() or (root / "labels").is_dir():
+            hint = " (an encode was started here but never created its manifest)"
         raise FileNotFoundError(f"no latent store at {root}: {MANIFEST} is missing{hint}; "
                                 "create one with `lrm encode DATA --out STORE`")
     manifest = _read_json(manifest_path)

@@ -26,16 +26,15 @@ from __future__ import annotations
 import html
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from lrm.generators.sampling import DEFAULT_BATCH_SIZE, DEFAULT_PER_PROMPT
+from lrm.configs import EvaluationConfig  # defined there, torch-free, so `lrm evaluate` reads its defaults
 from lrm.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
-DEFAULT_REWARDS = ("prompt-color", "jpeg-compressibility")  # weight-free, offline, read every frame
 PROMPT_SEED = 7  # procedural prompts: captions of clips of this seed (the training default draws seed 0)
 REFERENCE_SEED = 11  # procedural reference clips, disjoint from prompts and from training's seed 0
 METRIC_KEYS = ("run", "sampler", "steps", "cfg", "seed", "timesteps", "latent_shape", "prompts", "samples_per_prompt",
@@ -45,32 +44,6 @@ FRECHET_FEATURES = ("pooled latent statistics (lrm.fidelity.pooled_latent_featur
 VENDI_FEATURES = "raw pixels (lrm.evaluation.vendi.pixel_features), every frame"
 
 
-@dataclass(frozen=True)
-class EvaluationConfig:
-    prompts_file: str | None = None  # prompts file (.txt/.csv/.jsonl/.json); None: procedural captions
-    procedural: int = 8  # procedural captions to sample when no prompts file is given
-    samples_per_prompt: int = DEFAULT_PER_PROMPT  # samples (seeds) per prompt; Vendi needs at least 2
-    seed: int = 0  # sample k of every prompt uses seed + k
-    steps: int | None = None  # sampling steps; None: 50 for a teacher, the student's own for a student
-    cfg: float | None = None  # guidance scale; None: 7.5 for a teacher, 1 for a student
-    rewards: tuple[str, ...] = DEFAULT_REWARDS  # true rewards of the decoded samples (names in lrm.rewards)
-    reference: str | None = None  # latent store of reference latents for the Frechet distance; None: procedural
-    reference_count: int = 128  # reference latents used (procedural clips made, or store rows read)
-    size: int | None = None  # pixel size to sample at; None: the run's recorded latent shape
-    frames: int | None = None  # frames per sample; None: the run's recorded latent shape
-    batch_size: int = DEFAULT_BATCH_SIZE  # samples per denoiser call
-    device: str = "cpu"  # where the denoiser runs (cpu, cuda)
-
-    def __post_init__(self):
-        for name, low in (("procedural", 1), ("samples_per_prompt", 1), ("reference_count", 2), ("batch_size", 1)):
-            if getattr(self, name) < low:
-                raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
-        if self.steps is not None and self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
-        if self.cfg is not None and not self.cfg >= 0:
-            raise ValueError(f"cfg must be >= 0, got {self.cfg}")
-        if not self.rewards:
-            raise ValueError("rewards is empty; name at least one reward (e.g. prompt-color)")
 
 
 # ---------------------------------------------------------------------------------------------------

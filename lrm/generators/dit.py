@@ -180,7 +180,7 @@ class LatentDiT(nn.Module):
         self.frames = frames  # latent frames of the clips it is made for; 1: an image model (no temporal layers)
         self.depth, self.width, self.heads, self.patch, self.mlp_ratio = depth, width, heads, patch, mlp_ratio
         self.prediction = prediction  # what the network outputs (a parameterisation lrm.diffusion knows)
-        self.schedule_config = dict(schedule_config or DEFAULT_SCHEDULE)  # lrm.diffusion.schedule_from_config reads it
+        self.schedule_config = dict(schedule_config or DEFAULT_SCHEDULE)  # lrm.diffusion.schedules.schedule_from_config reads it
         self.gradient_checkpointing = gradient_checkpointing  # recompute blocks in backward (less memory, ~30% slower)
         self.codec_settings: dict | None = None  # Codec.settings() of the latents it was trained on (set by the trainer)
         self.text_encoder_id: str | None = None  # lrm.text id of the tokens it was trained on (set by the trainer)

@@ -4,10 +4,10 @@
                        latent_shape=(1, 32, 8, 8), steps=50, cfg=7.5)
     samples.latents   # (N, T, c, h, w)     samples.pixels   # (N, T', 3, H, W) in [0, 1]
 
-- `generate`: the teacher's sampler: deterministic DDIM (lrm.diffusion.sample, eta = 0) on the
+- `generate`: the teacher's sampler: deterministic DDIM (lrm.diffusion.samplers.sample, eta = 0) on the
   schedule's trailing grid of `steps` steps; for 50 steps on VP-DDPM that is DOLLAR's teacher grid
   [999, 979, ..., 19] (`TEACHER_TIMESTEPS`).
-- `generate_few_step`: a distilled student's sampler (lrm.diffusion.sample_few_step): predict x0, re-noise
+- `generate_few_step`: a distilled student's sampler (lrm.diffusion.samplers.sample_few_step): predict x0, re-noise
   to the next timestep, on DOLLAR's student grids (1: [999]; 2: [999, 499]; 4: [999, 749, 499, 249]).
   Students carry the guidance they were distilled with, so its cfg defaults to 1 (no guidance).
 
@@ -25,13 +25,10 @@ from dataclasses import dataclass
 
 import torch
 
+from lrm.configs import DEFAULT_BATCH_SIZE, DEFAULT_CFG, DEFAULT_STEPS
 from lrm.diffusion import samplers
 from lrm.diffusion.schedules import schedule_from_config
 
-DEFAULT_STEPS = 50  # DOLLAR's teacher: DDIM 50 steps on [19, 39, ..., 999]
-DEFAULT_CFG = 7.5  # DOLLAR: the teacher's guidance scale in CD
-DEFAULT_BATCH_SIZE = 16  # samples per denoiser call (twice that under guidance)
-DEFAULT_PER_PROMPT = 4  # seeds per prompt in `lrm sample`: the columns of its grid
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from lrm.models.fullres import FullResolutionBackbone
 from lrm.models.surrogate import LatentRewardModel
 from lrm.models.timestep import TimestepEmbedding
 from lrm.models.xattn import TextCrossAttention
+from lrm.names import unknown_name
 
 TIME_EMBED_DIM = 128  # width of the timestep embedding of noise-aware surrogates
 CHANNEL_MULTIPLE = 8  # scaled conv widths are rounded to a multiple of this
@@ -112,7 +113,7 @@ def check_preset(name: str) -> Preset:
         return PRESETS[name]
     if name in REMOVED_PRESETS:
         raise KeyError(f"surrogate preset {name!r} was removed from lrm; use {REMOVED_PRESETS[name]}")
-    raise KeyError(f"unknown surrogate preset {name!r}; choose one of {', '.join(PRESETS)}")
+    raise KeyError(unknown_name("surrogate preset", name, PRESETS))
 
 
 def build(name: str, in_channels: int, text_dim: int | None = None, noise_aware: bool = False,

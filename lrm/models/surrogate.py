@@ -51,7 +51,7 @@ def with_log_energy(x: torch.Tensor) -> torch.Tensor:
     divided by the local contrast. A conv over log energies turns that division into a difference
     of logs, which it can form; over raw latents it cannot. On the real-data benchmark this lifts
     every image reward in dct, whose latents are DCT coefficients (BRISQUE 0.710 -> 0.890 with the
-    strided CNN), and lowers most in taef2, whose latents are learned features (README, "Why log
+    strided CNN), and lowers most in taef2, whose latents are learned features (docs/surrogates.md, "Why log
     energies").
     """
     return torch.cat([x, torch.log(x.square() + LOG_ENERGY_EPS)], dim=1)

@@ -11,9 +11,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def _png(fig) -> bytes:
+def _png(fig, tight: bool = True) -> bytes:
+    """`fig` as PNG bytes; `tight`: lay it out with tight_layout unless it has a layout engine."""
     buf = io.BytesIO()
-    if fig.get_layout_engine() is None:
+    if tight and fig.get_layout_engine() is None:
         fig.tight_layout()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
@@ -92,6 +93,8 @@ def _value(x: float) -> str:
 
 
 CAPTION_CHARS = 30  # characters per caption line under a 2.2-inch thumbnail at 7 pt
+CAPTION_POINTS = 7  # caption font size
+SUPTITLE_INCHES = 0.3  # room for the figure's title above the captions
 
 
 def examples(items: list[tuple[np.ndarray, str, float, float]], title: str) -> bytes:
@@ -102,11 +105,19 @@ def examples(items: list[tuple[np.ndarray, str, float, float]], title: str) -> b
     n = max(len(items), 1)
     captions = [textwrap.wrap(caption, CAPTION_CHARS) or [""] for _, caption, _, _ in items]
     lines = max((len(c) for c in captions), default=1) + 1  # + the pred / true line
-    fig, axes = plt.subplots(1, n, figsize=(2.2 * n, 2.5 + 0.13 * lines), squeeze=False, layout="constrained")
+    # Laid out by hand, in inches: constrained and tight layout both let a tall caption run into the
+    # suptitle, since square thumbnails cannot shrink in height alone.
+    width, margin, gap = 2.2 * n, 0.05, 0.1
+    side = (width - 2 * margin - (n - 1) * gap) / n  # square thumbnail
+    caption_height = lines * CAPTION_POINTS * 1.3 / 72 + 0.05
+    height = margin + side + caption_height + SUPTITLE_INCHES
+    fig, axes = plt.subplots(1, n, figsize=(width, height), squeeze=False, gridspec_kw=dict(
+        left=margin / width, right=1 - margin / width, bottom=margin / height, top=(margin + side) / height,
+        wspace=gap / side))
     for ax, (image, _, pred, true), caption in zip(axes[0], items, captions):
         ax.imshow(image)
-        ax.set_title("\n".join([f"pred {_value(pred)} / true {_value(true)}", *caption]), fontsize=7)
+        ax.set_title("\n".join([f"pred {_value(pred)} / true {_value(true)}", *caption]), fontsize=CAPTION_POINTS)
     for ax in axes[0]:
         ax.axis("off")
-    fig.suptitle(title, fontsize=9)
-    return _png(fig)
+    fig.suptitle(title, fontsize=9, y=1 - 0.04 / height, va="top")
+    return _png(fig, tight=False)

@@ -45,12 +45,34 @@ def check_options(name: str, factory, options: dict, fixed: tuple[str, ...] = ()
     if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
         return
     known = [p for p in parameters if p not in fixed]
-    for key in options:
+    for key, value in options.items():
         if key not in known:
             guess = closest(key, known)
             raise ValueError(f"{name} has no option {key!r}" + (f"; did you mean {guess!r}?" if guess else ".")
                              + (f" Its options: {', '.join(known)} (-o KEY=VALUE)." if known
                                 else " It takes no options; leave out -o."))
+        check_option_type(name, key, value, parameters[key])
+
+
+OPTION_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}  # annotation -> accepted
+OPTION_EXAMPLES = {"int": 8, "float": 0.5, "str": "text", "bool": "true"}
+
+
+def check_option_type(name: str, key: str, value, parameter: inspect.Parameter) -> None:
+    """Refuse an option value of another type than the factory's annotation ("int | None", "float", "str"),
+    by name (`-o frames=abc` failed deep inside the reward with a TypeError). Annotations this check does
+    not know are let through."""
+    types = [t.strip() for t in str(parameter.annotation).split("|")]
+    if value is None and "None" in types:
+        return
+    wanted = [t for t in types if t != "None"]
+    if not wanted or any(t not in OPTION_TYPES for t in wanted):
+        return
+    if any(isinstance(value, OPTION_TYPES[t]) and (t == "bool" or not isinstance(value, bool)) for t in wanted):
+        return
+    default = parameter.default
+    example = default if default not in (None, inspect.Parameter.empty) else OPTION_EXAMPLES[wanted[0]]
+    raise ValueError(f"{name} option {key!r} takes {' or '.join(wanted)}, got {value!r}; e.g. -o {key}={example}")
 
 
 @dataclass(frozen=True)
