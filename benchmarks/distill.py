@@ -101,8 +101,8 @@ def main() -> None:
     for row in rows.values():
         row["speedup"] = base / row["sampling_s"]
 
-    header = f"{'model':<11}{'sampler':>16}{'time (s)':>10}{'speed-up':>10}{'FD':>9}{'colour':>8}{'shape':>7}{'Vendi':>7}"
-    print(header)
+    print(f"{'model':<11}{'sampler':>16}{'time (s)':>10}{'speed-up':>10}{'FD':>9}{'colour':>8}{'shape':>7}"
+          f"{'Vendi':>7}")
     for name, r in rows.items():
         sampler = f"{r['sampler']} {r['steps']} cfg {r['cfg']:g}"
         print(f"{name:<11}{sampler:>16}{r['sampling_s']:>10.3f}{r['speedup']:>9.1f}x{r['frechet']:>9.2f}"

@@ -128,4 +128,5 @@ class DistillJob:
     out: str | None = None  # run folder; None: runs/student-<losses>-<student_steps>step
 
     def run_dir(self) -> Path:
-        return Path(self.out) if self.out else Path("runs") / f"student-{'-'.join(self.losses)}-{self.student_steps}step"
+        name = f"student-{'-'.join(self.losses)}-{self.student_steps}step"
+        return Path(self.out) if self.out else Path("runs") / name

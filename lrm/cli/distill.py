@@ -30,8 +30,10 @@ def distill(
              "trained first if absent.")] = None,
     video: Annotated[bool, typer.Option("--video", help="With no --teacher: the embedded video teacher.")] = False,
     losses: Annotated[str, typer.Option(
-        help="Loss terms, comma-separated: vsd, cd (DOLLAR), adm, sdm2d (AVDM2 video).")] = ",".join(DEFAULTS["losses"]),
-    student_steps: Annotated[int, typer.Option(help="The student's sampling steps: 1, 2 or 4.")] = DEFAULTS["student_steps"],
+        help="Loss terms, comma-separated: vsd, cd (DOLLAR), adm, sdm2d (AVDM2 video).")
+    ] = ",".join(DEFAULTS["losses"]),
+    student_steps: Annotated[int, typer.Option(
+        help="The student's sampling steps: 1, 2 or 4.")] = DEFAULTS["student_steps"],
     steps: Annotated[int, typer.Option(help="Generator steps; a rerun with more steps resumes.")] = DEFAULTS["steps"],
     batch_size: Annotated[int, typer.Option(help="Prompts and real latents per step.")] = DEFAULTS["batch_size"],
     cd_teacher_steps: Annotated[int, typer.Option(
