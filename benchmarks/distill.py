@@ -11,8 +11,9 @@ teacher and every student are measured the same way:
   alignment   colour / shape named by the caption, read from the decoded pixels (procedural captions)
   Vendi       per-prompt Vendi of pixel features over --samples-per-prompt seeds
 through `lrm.evaluation.evaluate_run` (the students with their own few-step sampler at cfg 1). Each student's
-own fixed-seed log (metrics.jsonl) also gives its FD at step 0 (the teacher's weights under the few-step
-sampler, before distillation) and after training.
+starting point, the teacher's weights under the same k-step sampler (a 0-step `distill`), is measured
+too ("untrained-k"; its time is the student's). Each student's fixed-seed log (metrics.jsonl) gives its
+own FD at step 0 and after training on the store's prompts.
 Writes benchmarks/results/distill.json and prints a table.
 
     OMP_NUM_THREADS=1 python benchmarks/distill.py --steps 200
@@ -27,6 +28,7 @@ import platform
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -110,15 +112,19 @@ def main() -> None:
             "sampling_s": sampling_seconds(run, prompts, seeds, args.repeats),
             "distill_steps": len(train), "distill_s": round(sum(r["seconds"] for r in train), 1),  # steps only
             "log_frechet_first_last": [logs[0]["frechet"], logs[-1]["frechet"]] if logs else None}
+        untrained = args.runs / f"untrained-{k}"  # the teacher's weights under the k-step sampler: the start
+        distill(replace(job, steps=0, eval_every=0), untrained, progress=False)
+        rows[f"untrained-{k}"] = {"run": str(untrained), **quality(untrained, untrained / "eval", args),
+                                  "sampling_s": rows[f"student-{k}"]["sampling_s"]}  # same network, same sampler
     base = rows["teacher"]["sampling_s"]
     for row in rows.values():
         row["speedup"] = base / row["sampling_s"]
 
-    print(f"{'model':<11}{'sampler':>16}{'time (s)':>10}{'speed-up':>10}{'FD':>9}{'colour':>8}{'shape':>7}"
+    print(f"{'model':<13}{'sampler':>16}{'time (s)':>10}{'speed-up':>10}{'FD':>9}{'colour':>8}{'shape':>7}"
           f"{'Vendi':>7}")
     for name, r in rows.items():
         sampler = f"{r['sampler']} {r['steps']} cfg {r['cfg']:g}"
-        print(f"{name:<11}{sampler:>16}{r['sampling_s']:>10.3f}{r['speedup']:>9.1f}x{r['frechet']:>9.2f}"
+        print(f"{name:<13}{sampler:>16}{r['sampling_s']:>10.3f}{r['speedup']:>9.1f}x{r['frechet']:>9.2f}"
               f"{r['alignment_color']:>8.3f}{r['alignment_shape']:>7.3f}{r['vendi']:>7.3f}")
     result = {"command": "OMP_NUM_THREADS=1 python " + " ".join(sys.argv), "settings": vars(args) | {
                   "runs": str(args.runs), "out": str(args.out)},
