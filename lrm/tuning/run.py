@@ -189,15 +189,18 @@ def store_batches(store, batch_size: int, seed: int, device):
 
 
 def _write_config(run_dir: Path, resolved: dict) -> None:
-    """RUN/config.json; a rerun (resume) must keep the training fields."""
+    """RUN/config.json; a rerun (resume) must keep the training fields and the teacher run (the embedded one
+    changes folder when its settings change)."""
     from lrm.config_diff import differences
     from lrm.io import atomic_write_json
 
+    def training(config: dict) -> dict:
+        job = config.get("job", {})
+        return {"job": {k: job.get(k) for k in TRAINING_FIELDS}, "teacher_run": config.get("teacher_run")}
+
     path = run_dir / "config.json"
     if path.is_file():
-        saved = json.loads(path.read_text()).get("job", {})
-        diff = differences({k: saved.get(k) for k in TRAINING_FIELDS},
-                           {k: resolved["job"][k] for k in TRAINING_FIELDS})
+        diff = differences(training(json.loads(path.read_text())), training(resolved))
         if diff:
             raise ValueError(f"cannot resume student run {run_dir}: it was started with other settings "
                              f"({'; '.join(diff)}). Fix: re-run with the same settings, or pass a new --out")
