@@ -140,3 +140,30 @@ class EvaluationConfig:
             raise ValueError(f"cfg must be >= 0, got {self.cfg}")
         if not self.rewards:
             raise ValueError("rewards is empty; name at least one reward (e.g. prompt-color)")
+
+
+# `lrm distill` and lrm.tuning.run.distill: one default per option. Flat fields, one flag per field.
+@dataclass
+class DistillJob:
+    teacher: str | None = None  # generator run (RUN or RUN/model); None: the cached embedded teacher
+    video: bool = False  # with no teacher: the embedded video teacher instead of the image one
+    losses: tuple[str, ...] = ("vsd", "cd")  # loss terms by name (lrm.tuning.run.LOSSES); DOLLAR: VSD + CD
+    student_steps: int = 4  # the student's sampling steps: 1, 2 or 4 (DOLLAR's grids)
+    steps: int = 500  # generator steps (each also takes the auxiliary roles' updates); 0: export the copy
+    batch_size: int = 8  # prompts (and real latents) per generator step
+    cd_teacher_steps: int = 1  # m of multi-step CD (1: plain CD; the paper's 5 costs 5x the teacher calls)
+    image_teacher: str | None = None  # image generator run for sdm2d (same codec and text encoder)
+    student_lr: float = 1e-4  # AdamW lr of the student; DOLLAR's 1e-5 barely moves a small DiT in 500 steps
+    fake_lr: float = 1e-4  # AdamW lr of the fake score / discriminator / 2D fake score
+    seed: int = 0  # trainer draws (noise, timesteps, frames) and the batch order
+    eval_every: int = 100  # steps between fixed-seed logs (samples, FD, alignment, Vendi); 0: none
+    eval_prompts: int = 4  # the teacher store's first distinct prompts sampled at each log
+    eval_seeds: int = 2  # seeds per prompt at each log (Vendi needs >= 2)
+    reference_count: int = 128  # reference latents (spread over the store) for the Frechet distance
+    checkpoint_every: int = 100  # steps between checkpoints (and after the last step)
+    device: str = "cpu"  # where every role runs (cpu, cuda)
+    out: str | None = None  # run folder; None: runs/student-<losses>-<student_steps>step
+
+    def run_dir(self) -> Path:
+        name = f"student-{'-'.join(self.losses)}-{self.student_steps}step"
+        return Path(self.out) if self.out else Path("runs") / name

@@ -38,6 +38,8 @@ COMMANDS = {
     "predict": Command("lrm.cli.fit", "Score media through codec + surrogate: the fast path, same output as "
                                       "`lrm score`."),
     "teacher": Command("lrm.cli.teacher", "Train lrm's own latent DiT teacher (the generator tuning starts from)."),
+    "distill": Command("lrm.cli.distill", "Distil a teacher into a few-step student (VSD, CD, ADM, SDM-2D); its run "
+                                          "samples with `lrm sample`."),
     "tune": Command("lrm.cli.tune", "Reward-tune a distilled student with LRM fine-tuning, DDPO-SF or direct reward "
                                     "gradients."),
     "study": Command("lrm.cli.study", "Over-optimisation studies of reward-tuning runs: proxy vs gold, the gold "

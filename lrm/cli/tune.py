@@ -37,7 +37,7 @@ def tune(
     = DEFAULTS["method"],
     surrogate: Annotated[Optional[Path], typer.Option(help="Fitted surrogate folder (`lrm fit`) for --method lrm.")]
     = None,
-    concurrent: Annotated[bool, typer.Option(help="--method lrm: train the surrogate alongside on the true reward "
+    concurrent: Annotated[bool, typer.Option("--concurrent", help="--method lrm: train the surrogate alongside on the true reward "
                                                   "of the student's samples (warm-started from --surrogate).")] = False,
     option: Annotated[Optional[list[str]], typer.Option(help="Reward option KEY=VALUE; repeatable.")] = None,
     prompt: Annotated[Optional[list[str]], typer.Option(help="A prompt to tune on; repeatable.")] = None,
@@ -67,11 +67,11 @@ def tune(
     seconds per step, peak memory) and sample grids OUT/before and OUT/after.
 
     Examples:
-      lrm tune jpeg-compressibility --student runs/student --surrogate runs/jpeg-lrm
-      lrm tune jpeg-compressibility --student runs/student --concurrent --steps 100
-      lrm tune colorfulness --student runs/student --method direct
-      lrm tune jpeg-compressibility --teacher runs/teacher --losses vsd --concurrent
-      lrm tune my_metric.py:score --student runs/student --method ddpo --option differentiable=false
+      lrm tune jpeg-compressibility --student runs/st --surrogate runs/jpeg
+      lrm tune jpeg-compressibility --student runs/st --concurrent --steps 100
+      lrm tune colorfulness --student runs/st --method direct
+      lrm tune jpeg-compressibility --teacher runs/teacher --concurrent
+      lrm tune my_metric.py:score --student runs/st --method ddpo
     """
     if (student is None) == (teacher is None):
         raise typer.BadParameter("give --student RUN (a distilled student) or --teacher RUN (distil while tuning)")

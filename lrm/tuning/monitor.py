@@ -24,7 +24,8 @@ import torch
 from torch import nn
 
 from lrm.evaluation.vendi import diversity, pixel_features
-from lrm.generators.sampling import DEFAULT_PER_PROMPT, Samples, expand_requests, generate_few_step
+from lrm.configs import DEFAULT_PER_PROMPT
+from lrm.generators.sampling import Samples, expand_requests, generate_few_step
 from lrm.tuning.lrm_ft import spearman
 from lrm.tuning.true_reward import TrueReward
 

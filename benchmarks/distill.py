@@ -1,0 +1,140 @@
+"""Few-step speed and quality (DOLLAR Tab. 4 / 12): 1-, 2- and 4-step students distilled from the embedded
+image teacher with VSD + CD, against that teacher's 50-step DDIM sampler at CFG 7.5 (DOLLAR's teacher
+guidance; also at CFG 4, the guidance of the teacher's own report).
+
+For each student `lrm.tuning.run.distill` trains (or resumes) RUNS/student-<k> for --steps steps; then the
+teacher and every student are measured the same way:
+  time        end-to-end sampling wall time, prompts -> decoded pixels (text encoding, the sampler, the dct
+              decode; models loaded beforehand), for the same prompts and seeds, batch 16, one torch thread;
+              median of --repeats after a warm-up call; "speed-up" is the teacher's time over the model's
+  FD          Frechet distance of pooled latent statistics to procedural reference latents (lrm evaluate's)
+  alignment   colour / shape named by the caption, read from the decoded pixels (procedural captions)
+  Vendi       per-prompt Vendi of pixel features over --samples-per-prompt seeds
+through `lrm.evaluation.evaluate_run` (the students with their own few-step sampler at cfg 1). Each student's
+starting point, the teacher's weights under the same k-step sampler (a 0-step `distill`), is measured
+too ("untrained-k"; its time is the student's). Each student's fixed-seed log (metrics.jsonl) gives its
+own FD at step 0 and after training on the store's prompts.
+Writes benchmarks/results/distill.json and prints a table.
+
+    OMP_NUM_THREADS=1 python benchmarks/distill.py --steps 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from lrm.configs import DistillJob
+from lrm.evaluation.report import EvaluationConfig, evaluate_run, procedural_prompts
+from lrm.generators.embedded import embedded_teacher
+from lrm.generators.runs import open_generator_run
+from lrm.configs import DEFAULT_CFG
+from lrm.generators.sampling import expand_requests, generate, generate_few_step
+from lrm.io import atomic_write_json
+from lrm.tuning.run import distill
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def sampling_seconds(run_path: Path, prompts: list[str], seeds: list[int], repeats: int,
+                     cfg: float | None = None) -> float:
+    """Median wall time of sampling (prompts, seeds) end to end with the run's own sampler: text encoding (the
+    encoder's prompt cache cleared before each call), the sampler and the decode, with the denoiser, text
+    encoder and codec loaded once (their loading is not timed); after one warm-up call."""
+    from lrm.codecs import from_settings
+    from lrm.text import load as load_text
+
+    run = open_generator_run(run_path)
+    model = run.load()
+    options = {"latent_shape": run.latent_shape(), "codec": from_settings(model.codec_settings),
+               "text_encoder": load_text(model.text_encoder_id), "batch_size": 16}
+
+    def once() -> float:
+        options["text_encoder"].clear_cache()
+        start = time.perf_counter()
+        if run.student_steps is not None:
+            generate_few_step(model, prompts, seeds, steps=run.student_steps, **options)
+        else:
+            generate(model, prompts, seeds, cfg=DEFAULT_CFG if cfg is None else cfg, **options)
+        return time.perf_counter() - start
+
+    once()
+    return statistics.median(once() for _ in range(repeats))
+
+
+def quality(run_path: Path, out: Path, args, cfg: float | None = None) -> dict:
+    config = EvaluationConfig(procedural=args.prompts, samples_per_prompt=args.samples_per_prompt,
+                              rewards=("prompt-color",), cfg=cfg)
+    m = evaluate_run(run_path, config, out)
+    return {"sampler": m["sampler"], "steps": m["steps"], "cfg": m["cfg"], "frechet": m["frechet"]["value"],
+            "alignment_color": m["alignment"]["color"], "alignment_shape": m["alignment"]["shape"],
+            "vendi": m["diversity"]["mean"], "prompt_color": m["rewards"]["prompt-color"]["mean"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=200, help="distillation steps per student")
+    parser.add_argument("--students", default="1,2,4", help="student step counts")
+    parser.add_argument("--losses", default="vsd,cd")
+    parser.add_argument("--batch-size", type=int, default=DistillJob.batch_size)
+    parser.add_argument("--prompts", type=int, default=16, help="procedural prompts evaluated")
+    parser.add_argument("--samples-per-prompt", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=5, help="timed sampling calls per model (median)")
+    parser.add_argument("--runs", type=Path, default=Path("runs/bench-distill"))
+    parser.add_argument("--out", type=Path, default=RESULTS / "distill.json")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    teacher = embedded_teacher(progress=True)
+    prompts, seeds = expand_requests(procedural_prompts(args.prompts, 1), args.samples_per_prompt)
+    rows = {"teacher": {"run": str(teacher), **quality(teacher, args.runs / "teacher-eval", args),
+                        "sampling_s": sampling_seconds(teacher, prompts, seeds, args.repeats)},
+            "teacher-cfg4": {"run": str(teacher), **quality(teacher, args.runs / "teacher-eval-cfg4", args, 4.0),
+                             "sampling_s": sampling_seconds(teacher, prompts, seeds, args.repeats, 4.0)}}
+    for k in (int(s) for s in args.students.split(",")):
+        run = args.runs / f"student-{k}"
+        job = DistillJob(losses=tuple(args.losses.split(",")), student_steps=k, steps=args.steps,
+                         batch_size=args.batch_size, eval_every=max(1, args.steps // 4))
+        distill(job, run, progress=False)  # a finished run is only re-exported
+        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        train = [r for r in records if r["split"] == "train"]
+        logs = [r for r in records if r["split"] == "eval"]
+        rows[f"student-{k}"] = {
+            "run": str(run), **quality(run, run / "eval", args),
+            "sampling_s": sampling_seconds(run, prompts, seeds, args.repeats),
+            "distill_steps": len(train), "distill_s": round(sum(r["seconds"] for r in train), 1),  # steps only
+            "log_frechet_first_last": [logs[0]["frechet"], logs[-1]["frechet"]] if logs else None}
+        untrained = args.runs / f"untrained-{k}"  # the teacher's weights under the k-step sampler: the start
+        distill(replace(job, steps=0, eval_every=0), untrained, progress=False)
+        rows[f"untrained-{k}"] = {"run": str(untrained), **quality(untrained, untrained / "eval", args),
+                                  "sampling_s": rows[f"student-{k}"]["sampling_s"]}  # same network, same sampler
+    base = rows["teacher"]["sampling_s"]
+    for row in rows.values():
+        row["speedup"] = base / row["sampling_s"]
+
+    print(f"{'model':<13}{'sampler':>16}{'time (s)':>10}{'speed-up':>10}{'FD':>9}{'colour':>8}{'shape':>7}"
+          f"{'Vendi':>7}")
+    for name, r in rows.items():
+        sampler = f"{r['sampler']} {r['steps']} cfg {r['cfg']:g}"
+        print(f"{name:<13}{sampler:>16}{r['sampling_s']:>10.3f}{r['speedup']:>9.1f}x{r['frechet']:>9.2f}"
+              f"{r['alignment_color']:>8.3f}{r['alignment_shape']:>7.3f}{r['vendi']:>7.3f}")
+    result = {"command": "OMP_NUM_THREADS=1 python " + " ".join(sys.argv), "settings": vars(args) | {
+                  "runs": str(args.runs), "out": str(args.out)},
+              "samples": len(prompts), "host": {"machine": platform.machine(), "cpus": os.cpu_count(),
+                                                "torch_threads": torch.get_num_threads()},
+              "rows": rows}
+    atomic_write_json(args.out, result)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,249 @@
+"""`lrm distill` as a library call: a teacher run -> a few-step student run (DOLLAR Alg. 1, AVDM2 Alg. 1).
+
+    result = distill(DistillJob(losses=("vsd", "cd"), student_steps=4, steps=500), "runs/student")
+    result.model_dir    # runs/student/model: `lrm sample runs/student` uses its few-step sampler
+
+The teacher is a generator run (`lrm teacher train`) or, with none given, the cached embedded teacher (trained
+first when absent). Training batches come from the teacher's own latent store (its RUN/config.json records
+it): the batch of step s is a seeded permutation's slice (lrm.fitting.batch_positions), latents + text
+embeddings, so a rerun of the same folder resumes from its newest checkpoint and equals an uninterrupted run.
+
+Run folder: config.json (the resolved job; "student_steps" and "latent_shape" mark it a student run),
+checkpoints/, metrics.jsonl and grids/ (lrm.tuning.distill_log), report.html, model/ (the exported student).
+
+Every check on the job and on the runs it names (`resolve`) happens before any work: loading, training the
+embedded teacher, writing.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from lrm.configs import DistillJob
+from lrm.names import unknown_name
+from lrm.tuning.adm import ADM
+from lrm.tuning.cd import CD, GRID_STEPS
+from lrm.tuning.sdm2d import FRAMES as SDM2D_FRAMES, SDM2D
+from lrm.tuning.vsd import VSD
+
+LOSSES = {"vsd": VSD, "cd": CD, "adm": ADM, "sdm2d": SDM2D}
+STUDENT_STEPS = (1, 2, 4)  # DOLLAR's student grids (lrm.diffusion.samplers.STUDENT_TIMESTEPS)
+# Job fields that change the trained weights: a rerun of a folder must keep them (steps may grow: resume).
+TRAINING_FIELDS = ("teacher", "video", "losses", "student_steps", "batch_size", "cd_teacher_steps", "image_teacher",
+                   "student_lr", "fake_lr", "seed")
+CACHE_BYTES = 2**31  # a teacher store smaller than this is read into memory once
+
+
+@dataclass(frozen=True)
+class DistillResult:
+    run_dir: Path
+    model_dir: Path  # the exported student (RUN/model)
+    steps: int  # generator steps done
+    report: Path  # RUN/report.html
+
+
+# ---------------------------------------------------------------- checks before any work
+
+
+def check_job(job: DistillJob) -> None:
+    """One-line ValueError naming the bad option and the fix (no file is read)."""
+    if not job.losses:
+        raise ValueError(f"--losses is empty; name loss terms, e.g. vsd,cd (known: {', '.join(LOSSES)})")
+    for name in job.losses:
+        if name not in LOSSES:
+            raise KeyError(unknown_name("loss", name, LOSSES, "Pass them comma-separated, e.g. --losses vsd,cd."))
+    if len(set(job.losses)) != len(job.losses):
+        raise ValueError(f"--losses names a term twice ({','.join(job.losses)}); name each once")
+    if job.student_steps not in STUDENT_STEPS:
+        raise ValueError(f"--student-steps must be 1, 2 or 4 (DOLLAR's student grids), got {job.student_steps}")
+    if not isinstance(job.steps, int) or job.steps < 0:
+        raise ValueError(f"--steps must be >= 0 (0 exports the untrained student), got {job.steps}")
+    for name in ("batch_size", "eval_prompts", "checkpoint_every"):
+        if getattr(job, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(job, name)}")
+    if job.eval_every < 0:
+        raise ValueError(f"--eval-every must be >= 0 (0: no fixed-seed logs), got {job.eval_every}")
+    if job.eval_seeds < 2:
+        raise ValueError(f"--eval-seeds must be >= 2 (Vendi compares a prompt's samples), got {job.eval_seeds}")
+    if job.reference_count < 2:
+        raise ValueError(f"reference_count must be >= 2 for the Frechet distance, got {job.reference_count}")
+    if not 1 <= job.cd_teacher_steps < GRID_STEPS:
+        raise ValueError(f"--cd-teacher-steps must be in 1..{GRID_STEPS - 1} (teacher DDIM steps per CD target), "
+                         f"got {job.cd_teacher_steps}")
+    if not (job.student_lr > 0 and job.fake_lr > 0):
+        raise ValueError("learning rates must be > 0")
+    if "sdm2d" in job.losses and job.image_teacher is None:
+        raise ValueError("loss sdm2d needs an image teacher in the student's latent space: pass --image-teacher RUN")
+    if job.image_teacher is not None and "sdm2d" not in job.losses:
+        raise ValueError("--image-teacher is read only by sdm2d; add sdm2d to --losses or drop --image-teacher")
+
+
+def _open_teacher(path: str, flag: str):
+    """The generator run at `path`, refused when it is a distilled student."""
+    from lrm.generators.runs import open_generator_run
+
+    run = open_generator_run(path)
+    if run.student_steps is not None:
+        raise ValueError(f"{flag} {path} is a distilled {run.student_steps}-step student, not a teacher; pass the "
+                         "teacher run it was distilled from (a run of `lrm teacher train`)")
+    return run
+
+
+def resolve(job: DistillJob) -> dict:
+    """Check the job and the runs it names; return the plan (JSON-able) that `distill` follows and
+    `lrm distill --dry-run` prints. The embedded teacher is named, not trained."""
+    from lrm.generators.embedded import EMBEDDED, embedded_run_dir
+
+    check_job(job)
+    plan = {"job": asdict(job), "run": str(Path(job.run_dir()))}
+    if job.teacher is not None:
+        teacher = _open_teacher(job.teacher, "--teacher")
+        frames = teacher.config["dimensions"]["frames"]
+        if job.video and frames == 1:
+            raise ValueError(f"--video: teacher {job.teacher} is an image model; drop --video or pass a video teacher")
+        store = teacher.setting("store")
+        if store is None:
+            raise ValueError(f"teacher {job.teacher} records no latent store (\"store\" in its config.json), so there "
+                             "is no data to distil on; pass a run of `lrm teacher train`")
+        if not Path(store).is_dir():
+            raise FileNotFoundError(f"the store of teacher {job.teacher} is gone ({store}); restore it or retrain "
+                                    "the teacher")
+        codec, text_id = teacher.config.get("codec_settings"), teacher.config.get("text_encoder_id")
+        plan.update(teacher=str(teacher.run_dir), store=str(store))
+    else:
+        from lrm.codecs import load as load_codec
+
+        entry = EMBEDDED["video" if job.video else "image"]
+        frames = entry.store.frames
+        codec, text_id = load_codec(entry.store.codec).settings(), entry.store.text
+        run = embedded_run_dir(job.video)
+        plan.update(teacher=str(run), embedded=True, trained=(run / "model" / "config.json").is_file())
+    if "sdm2d" in job.losses:
+        _check_image_teacher(job.image_teacher, frames, codec, text_id)
+        plan["image_teacher"] = job.image_teacher
+    return plan
+
+
+def _check_image_teacher(path: str, frames: int, codec: dict | None, text_id: str | None) -> None:
+    image = _open_teacher(path, "--image-teacher")
+    if frames == 1:
+        raise ValueError("sdm2d distils a video student with an image teacher, but the teacher is an image model; "
+                         "use vsd for an image student, or pass a video --teacher")
+    if image.config["dimensions"]["frames"] != 1:
+        raise ValueError(f"--image-teacher {path} is a {image.config['dimensions']['frames']}-frame video model; "
+                         "sdm2d needs an image teacher (1 frame)")
+    other = image.config.get("codec_settings")
+    if codec is not None and other is not None and dict(other) != dict(codec):
+        raise ValueError(f"--image-teacher {path} works in codec {other.get('name')!r} ({other}), the video teacher "
+                         f"in {codec.get('name')!r} ({codec}); sdm2d needs an image teacher of the same codec")
+    other_text = image.config.get("text_encoder_id")
+    if text_id is not None and other_text is not None and other_text != text_id:
+        raise ValueError(f"--image-teacher {path} reads {other_text!r} text tokens, the video teacher {text_id!r}; "
+                         "sdm2d needs an image teacher trained on the same text encoder")
+
+
+# ---------------------------------------------------------------- building the run
+
+
+def build_terms(job: DistillJob, latent_frames: int) -> list:
+    """The loss terms of `job.losses`, in order, from LOSSES; CD with m = cd_teacher_steps, SDM-2D on at most
+    the clip's frames."""
+    options = {"cd": {"teacher_steps": job.cd_teacher_steps}, "sdm2d": {"frames": min(SDM2D_FRAMES, latent_frames)}}
+    return [LOSSES[name](**options.get(name, {})) for name in job.losses]
+
+
+def build_distiller(job: DistillJob, teacher, latent_shape, image_teacher=None):
+    """Roles (DOLLAR Alg. 1 line 4; AVDM2's head and 2D roles when their terms are asked for), terms, trainer."""
+    from lrm.tuning.adm import discriminator_for
+    from lrm.tuning.roles import build_roles
+    from lrm.tuning.trainer import DistillConfig, Distiller
+
+    roles = build_roles(teacher, student_lr=job.student_lr, fake_lr=job.fake_lr, fake_score="vsd" in job.losses,
+                        discriminator=discriminator_for(teacher) if "adm" in job.losses else None,
+                        discriminator_lr=job.fake_lr, teacher_2d=image_teacher, fake_2d_lr=job.fake_lr)
+    config = DistillConfig(latent_shape=tuple(latent_shape), student_steps=job.student_steps, seed=job.seed)
+    return Distiller(roles, build_terms(job, latent_shape[0]), config)
+
+
+def store_batches(store, batch_size: int, seed: int, device):
+    """batches(step) -> [Batch] of the store's rows for `step`: latents (B, T, c, h, w) and text embeddings,
+    the same for the same step on every call (exact resume)."""
+    import numpy as np
+
+    from lrm.fitting import RowSource, batch_positions
+    from lrm.tuning.denoise import Batch
+
+    rows = np.arange(len(store))
+    size = min(batch_size, len(store))
+    text, _ = store.text_embeddings([0])
+    per_row = 4 * (int(np.prod(store.latent_shape)) + text[0].numel())  # float32 latents + tokens
+    source = RowSource(store, rows, with_text=True, cache=per_row * len(store) < CACHE_BYTES)
+
+    def batches(step: int) -> list:
+        x0, text, mask = source.get(rows[batch_positions(step, len(store), size, seed)])
+        return [Batch(text.to(device), mask.to(device).bool(), x0.to(device))]
+
+    return batches
+
+
+def _write_config(run_dir: Path, resolved: dict) -> None:
+    """RUN/config.json; a rerun (resume) must keep the training fields and the teacher run (the embedded one
+    changes folder when its settings change)."""
+    from lrm.config_diff import differences
+    from lrm.io import atomic_write_json
+
+    def training(config: dict) -> dict:
+        job = config.get("job", {})
+        return {"job": {k: job.get(k) for k in TRAINING_FIELDS}, "teacher_run": config.get("teacher_run")}
+
+    path = run_dir / "config.json"
+    if path.is_file():
+        diff = differences(training(json.loads(path.read_text())), training(resolved))
+        if diff:
+            raise ValueError(f"cannot resume student run {run_dir}: it was started with other settings "
+                             f"({'; '.join(diff)}). Fix: re-run with the same settings, or pass a new --out")
+    atomic_write_json(path, resolved)
+
+
+def distill(job: DistillJob, out_dir: str | Path | None = None, progress: bool = False) -> DistillResult:
+    """Run `job` into out_dir (default job.run_dir()): resume it if it holds a checkpoint, train up to
+    job.steps, log at fixed seeds every job.eval_every steps, export the student to out_dir/model."""
+    import torch
+
+    from lrm.datasets.store import LatentStore
+    from lrm.generators.embedded import embedded_teacher
+    from lrm.tuning.distill_log import Monitor
+
+    job = replace(job, losses=tuple(job.losses), out=str(out_dir) if out_dir is not None else job.out)
+    plan = resolve(job)
+    run_dir = Path(plan["run"])
+    device = torch.device(job.device)
+    teacher_path = job.teacher or embedded_teacher(job.video, progress=progress, device=job.device)
+    teacher_run = _open_teacher(str(teacher_path), "--teacher")
+    store = LatentStore.open(teacher_run.setting("store"))
+    teacher = teacher_run.load(map_location=device)
+    latent_shape = tuple(store.latent_shape)
+    if latent_shape[1] != teacher.in_channels:
+        raise ValueError(f"store {store.path} holds {latent_shape[1]}-channel latents, teacher {teacher_path} takes "
+                         f"{teacher.in_channels}; the teacher's config.json names another store")
+    image_teacher = None
+    if job.image_teacher is not None:
+        image_teacher = _open_teacher(job.image_teacher, "--image-teacher").load(map_location=device)
+    distiller = build_distiller(job, teacher, latent_shape, image_teacher)
+
+    resolved = {"job": {**asdict(job), "losses": list(job.losses)}, "teacher_run": str(teacher_run.run_dir),
+                "store": str(store.path), "codec": store.codec_settings, "text_encoder_id": store.text_encoder_id,
+                "student_steps": job.student_steps, "latent_shape": list(latent_shape),
+                "roles": distiller.roles.names(), "weights": distiller.weights}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_config(run_dir, resolved)
+    distiller.resume(run_dir)
+    monitor = Monitor(run_dir, distiller, store, job, progress=progress)
+    monitor.start()
+    distiller.fit(store_batches(store, job.batch_size, job.seed, device), job.steps, run_dir,
+                  job.checkpoint_every, on_step=monitor)
+    monitor.finish()
+    model_dir = distiller.export_student(run_dir)
+    return DistillResult(run_dir, model_dir, distiller.step, run_dir / "report.html")

@@ -1,0 +1,207 @@
+"""`lrm distill` (lrm.cli.distill, lrm.tuning.run, lrm.tuning.distill_log) end to end on tiny dit-xs teachers trained
+a few steps on tiny procedural stores (8x8 dct latents, MiniLM tokens): an image student (VSD + CD), a video
+student (ADM + SDM-2D with an image teacher), exact resume, sampling the exported student, bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+import typer
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from lrm.datasets.encoding import EncodeConfig, encode
+from lrm.generators import build_dit, load_denoiser, save_denoiser
+from lrm.generators.training import TeacherConfig, train_teacher
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = TeacherConfig(preset="dit-xs", steps=3, batch_size=4, warmup_steps=1, log_every=1, checkpoint_every=3,
+                     snapshots=0, report_samples=1)
+runner = CliRunner(env={"COLUMNS": "300"})
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def teachers(tmp_path_factory):
+    """{"image": RUN, "video": RUN}: dit-xs trained 3 steps on 8 procedural 64-px images / 4 clips of 3 frames."""
+    root = tmp_path_factory.mktemp("teachers")
+    runs = {}
+    for kind, data, frames in (("image", "procedural:8", 1), ("video", "procedural:4", 3)):
+        store = encode(EncodeConfig(data, frames=frames, size=64, text="minilm-l6-v2", text_length=32),
+                       root / f"{kind}-store", progress=False)
+        train_teacher(store, TINY, root / kind)
+        runs[kind] = root / kind
+    return runs
+
+
+def cli() -> typer.Typer:
+    from lrm.cli.distill import register
+    from lrm.cli.generate import register as register_generate
+
+    app = typer.Typer()
+    register(app)
+    register_generate(app)
+    return app
+
+
+def distill(*args: str):
+    return runner.invoke(cli(), ["distill", *args, "--quiet"])
+
+
+def records(run: Path, split: str) -> list[dict]:
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["split"] == split]
+
+
+# ---------------------------------------------------------------- students
+
+
+def test_an_image_student_distils_logs_and_exports(teachers, tmp_path):
+    out = tmp_path / "student"
+    result = distill("--teacher", str(teachers["image"]), "--losses", "vsd,cd", "--student-steps", "2", "--steps",
+                     "3", "--eval-every", "2", "--batch-size", "2", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert f"student: {out / 'model'}" in result.output
+    train = records(out, "train")
+    assert [r["step"] for r in train] == [1, 2, 3]
+    assert all(set(r["losses"]) == {"vsd", "cd", "fake_score"} for r in train)
+    assert all(r["seconds"] > 0 and r["peak_rss_mb"] > 0 and r["peak_memory_mb"] is None for r in train)
+    evals = records(out, "eval")
+    assert [r["step"] for r in evals] == [0, 2, 3]  # the initial student, every 2 steps, the last
+    for r in evals:
+        assert r["frechet"] >= 0 and 1 <= r["vendi"] <= 2 and 0 <= r["alignment"]["color"] <= 1
+        assert (out / r["grid"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert evals[0]["frechet"] != evals[-1]["frechet"]  # the student moved
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 2 + 3 and "Samples over training" in page
+    saved = json.loads((out / "model" / "config.json").read_text())["extra"]
+    assert saved["student_steps"] == 2 and saved["latent_shape"] == [1, 32, 8, 8] and saved["step"] == 3
+    student, teacher = (load_file(p / "model" / "model.safetensors") for p in (out, teachers["image"]))
+    assert any(not torch.equal(student[k], teacher[k]) for k in teacher)
+
+
+def test_the_exported_student_samples_through_lrm_sample_as_the_log_did(teachers, tmp_path):
+    from lrm.text import load as load_text
+    from lrm.tuning.distill_log import student_latents
+
+    out = tmp_path / "student"
+    assert distill("--teacher", str(teachers["image"]), "--student-steps", "4", "--steps", "1", "--eval-every", "0",
+                   "--batch-size", "2", "--out", str(out)).exit_code == 0
+    prompt = "a large red circle over a blue plain background"
+    result = runner.invoke(cli(), ["sample", str(out), "--prompt", prompt, "--per-prompt", "2", "--quiet"])
+    assert result.exit_code == 0, result.output
+    index = json.loads((out / "samples" / "index.json").read_text())
+    assert (index["sampler"], index["steps"], index["cfg"], index["timesteps"]) == ("few-step", 4, 1.0,
+                                                                                  [999, 749, 499, 249])
+    model = load_denoiser(out / "model")
+    text, mask = load_text(model.text_encoder_id).encode([prompt, prompt])
+    expected = student_latents(model, text, mask, [0, 1], (1, 32, 8, 8), 4)
+    torch.testing.assert_close(load_file(out / "samples" / "latents.safetensors")["latents"], expected)
+
+
+def test_a_video_student_distils_with_adm_and_sdm2d(teachers, tmp_path):
+    out = tmp_path / "video"
+    result = distill("--teacher", str(teachers["video"]), "--losses", "adm,sdm2d", "--image-teacher",
+                     str(teachers["image"]), "--student-steps", "1", "--steps", "2", "--eval-every", "1",
+                     "--batch-size", "2", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert all(set(r["losses"]) == {"adm", "sdm2d", "discriminator", "fake_2d"} for r in records(out, "train"))
+    assert [r["step"] for r in records(out, "eval")] == [0, 1, 2]
+    config = json.loads((out / "config.json").read_text())
+    assert config["latent_shape"] == [3, 32, 8, 8] and "teacher_2d" in config["roles"]
+    assert load_denoiser(out / "model").frames == 3
+
+
+def test_a_rerun_resumes_and_equals_the_uninterrupted_run(teachers, tmp_path):
+    common = ["--teacher", str(teachers["image"]), "--losses", "vsd,cd", "--student-steps", "2", "--batch-size", "2",
+              "--eval-every", "2", "--checkpoint-every", "1"]
+    assert distill(*common, "--steps", "4", "--out", str(tmp_path / "straight")).exit_code == 0
+    assert distill(*common, "--steps", "2", "--out", str(tmp_path / "resumed")).exit_code == 0
+    # a run killed after its step-2 checkpoint left a line for step 3: the rerun drops it
+    with open(tmp_path / "resumed" / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"split": "train", "step": 3, "losses": {}}) + "\n")
+    result = distill(*common, "--steps", "4", "--out", str(tmp_path / "resumed"))
+    assert result.exit_code == 0, result.output
+    a, b = (load_file(tmp_path / run / "model" / "model.safetensors") for run in ("straight", "resumed"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    straight, resumed = (records(tmp_path / run, "train") for run in ("straight", "resumed"))
+    assert [r["losses"] for r in straight] == [r["losses"] for r in resumed] and len(resumed) == 4
+    assert [r["frechet"] for r in records(tmp_path / "straight", "eval")] == \
+           [r["frechet"] for r in records(tmp_path / "resumed", "eval")]
+    changed = distill(*common, "--steps", "5", "--batch-size", "3", "--out", str(tmp_path / "resumed"))
+    assert changed.exit_code == 2 and "cannot resume student run" in changed.output and "batch_size" in changed.output
+
+
+# ---------------------------------------------------------------- before any work
+
+
+def test_dry_run_names_the_embedded_teacher_without_training_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("LRM_CACHE", str(tmp_path / "cache"))
+    result = runner.invoke(cli(), ["distill", "--dry-run", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.output)
+    assert plan["embedded"] and not plan["trained"] and plan["teacher"].startswith(str(tmp_path / "cache"))
+    assert plan["job"]["losses"] == ["vsd", "cd"] and plan["job"]["student_steps"] == 4
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "run").exists()
+
+
+def test_bad_input_gets_one_line_and_exit_2_before_any_work(teachers, tmp_path):
+    student = tmp_path / "student"
+    (student / "model").mkdir(parents=True)
+    save_denoiser(load_denoiser(teachers["image"] / "model"), student / "model",
+                  extra={"student_steps": 2, "latent_shape": [1, 32, 8, 8]})
+    surrogate = tmp_path / "fit"
+    (surrogate / "model").mkdir(parents=True)
+    (surrogate / "model" / "config.json").write_text(json.dumps({"format": "lrm-surrogate", "format_version": 1}))
+    other = build_dit("dit-xs", 32, 384, frames=1)
+    other.codec_settings = {"name": "taesd", "version": "1", "channels": 32}
+    other.text_encoder_id = "minilm-l6-v2"
+    save_denoiser(other, tmp_path / "other" / "model")
+    image, video = str(teachers["image"]), str(teachers["video"])
+    cases = [
+        (["--teacher", str(student)], "is a distilled 2-step student, not a teacher"),
+        (["--teacher", image, "--losses", "vsd,vds"], "unknown loss 'vds'; did you mean 'vsd'?"),
+        (["--teacher", image, "--student-steps", "3"], "--student-steps must be 1, 2 or 4"),
+        (["--teacher", video, "--losses", "adm,sdm2d"], "loss sdm2d needs an image teacher"),
+        (["--teacher", video, "--losses", "adm,sdm2d", "--image-teacher", str(tmp_path / "other")],
+         "sdm2d needs an image teacher of the same codec"),
+        (["--teacher", video, "--losses", "sdm2d", "--image-teacher", video], "sdm2d needs an image teacher (1 frame)"),
+        (["--teacher", image, "--losses", "sdm2d", "--image-teacher", image], "the teacher is an image model"),
+        (["--teacher", image, "--image-teacher", image], "--image-teacher is read only by sdm2d"),
+        (["--teacher", str(surrogate)], "is a surrogate run (lrm fit), not a generator"),
+        (["--teacher", image, "--steps", "-1"], "--steps must be >= 0"),
+        (["--teacher", image, "--video"], "drop --video"),
+        (["--teacher", str(tmp_path / "nowhere")], "not found"),
+    ]
+    for args, message in cases:
+        result = distill(*args, "--out", str(tmp_path / "run"))
+        assert result.exit_code == 2, (args, result.output)
+        first = result.output.strip().splitlines()[0]
+        assert first.startswith("Error: ") and message in first, (args, result.output)
+        assert not (tmp_path / "run").exists(), args
+
+
+def test_the_command_module_imports_no_torch_and_its_defaults_are_the_configs():
+    from lrm.cli.distill import DEFAULTS
+    from lrm.configs import DistillJob
+
+    code = "import sys, lrm.cli.distill; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+    assert DEFAULTS == {f: getattr(DistillJob(), f) for f in DEFAULTS}
+    from lrm.tuning.run import LOSSES, build_terms
+
+    terms = build_terms(replace(DistillJob(), losses=tuple(LOSSES), cd_teacher_steps=3), latent_frames=2)
+    assert [t.name for t in terms] == list(LOSSES) and terms[1].teacher_steps == 3 and terms[3].frames == 2
