@@ -214,6 +214,7 @@ def test_preset_parameter_counts_are_pinned():
         counts = {name: tuple(sum(p.numel() for p in build_dit(name, 32, 384, frames).parameters())
                               for frames in (1, 8)) for name in DIT_PRESETS}
     assert counts == {"dit-xs": (286_464, 344_704), "dit-s": (2_672_640, 3_366_144),
+                      "dit-s1": (2_647_968, 3_341_472),
                       "dit-m": (13_711_872, 17_396_224), "dit-b": (180_793_856, 230_403_584)}
 
 

@@ -168,16 +168,16 @@ def test_embedded_teacher_is_cached_by_settings(tmp_path, monkeypatch):
     from lrm.generators import embedded
 
     monkeypatch.setenv("LRM_CACHE", str(tmp_path))
-    run = embedded.embedded_run_dir()
-    assert run.parent == tmp_path / "teachers" and run.name.startswith("image-dit-s-64px-")
+    run, default = embedded.embedded_run_dir(), embedded.EMBEDDED["image"].teacher
+    assert run.parent == tmp_path / "teachers" and run.name.startswith("image-dit-s1-64px-")
     assert embedded.embedded_run_dir(video=True).name.startswith("video-dit-s-64px-")
     with pytest.raises(FileNotFoundError, match="lrm teacher train --video"):
         embedded.embedded_teacher(video=True, train_if_missing=False)
     monkeypatch.setitem(embedded.EMBEDDED, "image", replace(embedded.EMBEDDED["image"],
-                                                            teacher=replace(TeacherConfig(), steps=10)))
+                                                            teacher=replace(default, steps=10)))
     assert embedded.embedded_run_dir() != run  # another setting, another cached teacher
     monkeypatch.setitem(embedded.EMBEDDED, "image", replace(embedded.EMBEDDED["image"],
-                                                            teacher=replace(TeacherConfig(), keep_checkpoints=5)))
+                                                            teacher=replace(default, keep_checkpoints=5)))
     assert embedded.embedded_run_dir() == run  # logging and checkpoint cadence do not change the weights
 
 

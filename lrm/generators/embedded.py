@@ -1,6 +1,6 @@
 """The embedded-default teachers: lrm's DiT trained on procedural captioned clips in the dct latent space.
 
-    run = embedded_teacher()              # image teacher; trains it (~9 min on a 2-core CPU) if not cached
+    run = embedded_teacher()              # image teacher; trains it (~13 min on a 2-core CPU) if not cached
     model = load_denoiser(run / "model")
     run = embedded_teacher(video=True)    # 8-frame clips with motion
 
@@ -10,11 +10,12 @@ CPU shared with other jobs). Per-step costs measured first: dit-s at batch 32 on
 0.34 s; on 16x16 latents (128 px) 0.71 s; dit-xs on 8x8 latents 0.044 s; 8-frame 64-px clips at batch 16
 0.47 s (128-px clips: 3.1 s at dit-s, too slow). 64 px gives twice the steps of 128 px in the same time, which a
 small teacher needs more than the alignment ceiling it gives up (0.92 / 0.78 colour / shape on real 64-px
-frames vs 0.94 / 0.85 at 128 px); dit-xs, at 3,000 steps in 2 minutes, reached a higher loss (2.46 vs
-2.09) and no better alignment than dit-s at 1,500. Measured end to end (benchmarks/teacher.py,
-docs/teacher.md): the image teacher takes 528 s (store 38 s, 1,500 steps 474 s, report 11 s), peak RSS
-1.3 GB. The video teacher's full run was not timed: 1,024 clips encode in ~35 s, 1,400 steps at 0.47 s
-make ~11 minutes.
+frames vs 0.94 / 0.85 at 128 px). The image teacher is dit-s1 (patch 1, one token per 8x8 dct block):
+2.65x the cost of dit-s per step, but at 500 steps it already drew the objects' colours better than
+dit-s at 1,500 (colour alignment 0.37 vs 0.23 at CFG 4; docs/teacher.md has the probes). Measured end to
+end (benchmarks/teacher.py, docs/teacher.md, load average ~3.7 on the 2 cores): the image teacher takes
+751 s (1,000 steps 700 s, store and report 52 s), peak RSS 1.5 GB. The video teacher's full run was not
+timed: 1,024 clips encode in ~35 s, 1,400 steps at 0.47 s make ~11 minutes.
 
 The run folder lives under the cache, `$LRM_CACHE/teachers/<name>` (default ~/.cache/lrm/teachers), with
 <name> = "<kind>-<preset>-<size>px-<hash of the store and training settings>", so that changing a
@@ -46,10 +47,11 @@ class EmbeddedTeacher:
 
 
 EMBEDDED: dict[str, EmbeddedTeacher] = {
-    # 2,048 images of 64 px (8x8x32 latents): 38 s to encode; 1,500 steps of 32 = 23 epochs
+    # 2,048 images of 64 px (8x8x32 latents): 38 s to encode; dit-s1 (one token per 8x8 dct block),
+    # 1,000 steps of 32 = 16 epochs
     "image": EmbeddedTeacher(
         EncodeConfig("procedural:2048", codec="dct", frames=1, size=64, text=TEXT_ENCODER, text_length=TEXT_LENGTH),
-        TeacherConfig()),
+        TeacherConfig(preset="dit-s1", steps=1000)),
     # 1,024 clips of 8 frames at 64 px (8x8x8x32 latents), moving shapes; 1,400 steps of 16 at ~0.47 s
     "video": EmbeddedTeacher(
         EncodeConfig("procedural:1024", codec="dct", frames=8, size=64, text=TEXT_ENCODER, text_length=TEXT_LENGTH),
