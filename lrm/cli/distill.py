@@ -62,7 +62,7 @@ def distill(
 
     Examples:
       lrm distill --losses vsd,cd --student-steps 4 --out runs/student4
-      lrm distill --teacher runs/video --losses adm,sdm2d --image-teacher runs/image
+      lrm distill --teacher runs/vid --losses adm,sdm2d --image-teacher runs/img
     """
     job = DistillJob(teacher=teacher, video=video, losses=tuple(n.strip() for n in losses.split(",") if n.strip()),
                      student_steps=student_steps, steps=steps, batch_size=batch_size, cd_teacher_steps=cd_teacher_steps,

@@ -58,7 +58,7 @@ def overopt(
 
     Examples:
       lrm study overopt --run runs/student/tune-jpeg-compressibility-lrm
-      lrm study overopt jpeg-compressibility --run runs/tuned --distance-budget 0.05
+      lrm study overopt colorfulness --run runs/tuned --fidelity-threshold 0.8
     """
     if distance_budget is not None and not distance_budget > 0:
         raise typer.BadParameter(f"must be positive, got {distance_budget}",
