@@ -43,6 +43,11 @@ def test_importing_the_cli_and_the_reward_registry_imports_nothing_heavy():
     ["encode", "--help"],
     ["label", "--help"],
     ["store", "info", "--help"],
+    ["teacher", "train", "--help"],
+    ["sample", "--help"],
+    ["distill", "--help"],
+    ["tune", "--help"],
+    ["study", "overopt", "--help"],
     ["score", "colorfulness"],  # usage error: no paths
     ["encode", "procedural:4"],  # usage error: no --out
     ["scroe"],  # unknown command

@@ -12,7 +12,7 @@ import typer
 from lrm.cli.errors import USER_ERRORS, exit_with_message
 from lrm.cli.options import check_device
 from lrm.generators.embedded import EMBEDDED
-from lrm.generators.training import TeacherConfig
+from lrm.configs import TeacherConfig
 
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(TeacherConfig)}  # one source of truth: TeacherConfig
 IMAGE, VIDEO = EMBEDDED["image"], EMBEDDED["video"]
@@ -70,7 +70,7 @@ def train(
     size: Annotated[Optional[int], typer.Option(min=1, help=f"With --data: square side in pixels (default {IMAGE.store.size}).")] = None,
     steps: Annotated[Optional[int], typer.Option(
         help=f"Optimizer steps (default {IMAGE.teacher.steps} for images, {VIDEO.teacher.steps} for --video).")] = None,
-    preset: Annotated[Optional[str], typer.Option(help=f"DiT size: dit-xs, dit-s, dit-m, dit-b (default {DEFAULTS['preset']}).")] = None,
+    preset: Annotated[Optional[str], typer.Option(help=f"DiT size: dit-xs, dit-s, dit-s1, dit-m, dit-b (default {DEFAULTS['preset']}).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(
         help=f"Global batch (default {IMAGE.teacher.batch_size} for images, {VIDEO.teacher.batch_size} for --video).")] = None,
     out: Annotated[Optional[Path], typer.Option(

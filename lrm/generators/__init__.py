@@ -14,19 +14,27 @@ lrm.generators.diffusers_adapters.
     denoiser, prompts = load_diffusers("/models/stable-diffusion-v1-5")   # local folder or HF cache
 """
 
-from lrm.generators.dit import DIT_PRESETS, LatentDiT, build_dit
-from lrm.generators.diffusers_adapters import (
-    FAMILIES as DIFFUSERS_FAMILIES,
-    DiffusersDenoiser,
-    DiffusersPromptEncoder,
-    load_diffusers,
-    load_diffusers_denoiser,
-    load_diffusers_prompt_encoder,
-)
-from lrm.generators.io import DenoiserMismatchError, load_denoiser, save_denoiser
-from lrm.generators.training import TeacherConfig, TeacherResult, sample_latents, train_teacher
+from __future__ import annotations
 
-__all__ = ["DIT_PRESETS", "LatentDiT", "build_dit", "save_denoiser", "load_denoiser", "DenoiserMismatchError",
-           "DIFFUSERS_FAMILIES", "DiffusersDenoiser", "DiffusersPromptEncoder", "load_diffusers",
-           "load_diffusers_denoiser", "load_diffusers_prompt_encoder",
-           "TeacherConfig", "TeacherResult", "sample_latents", "train_teacher"]
+import importlib
+
+# name -> the submodule that defines it; imported on first use, so that `import lrm.generators.embedded`
+# (the CLI's option defaults) does not import torch
+_EXPORTS = {
+    "DIT_PRESETS": "dit", "LatentDiT": "dit", "build_dit": "dit",
+    "DiffusersDenoiser": "diffusers_adapters", "DiffusersPromptEncoder": "diffusers_adapters",
+    "load_diffusers": "diffusers_adapters", "load_diffusers_denoiser": "diffusers_adapters",
+    "load_diffusers_prompt_encoder": "diffusers_adapters",
+    "DenoiserMismatchError": "io", "load_denoiser": "io", "save_denoiser": "io",
+    "TeacherConfig": "training", "TeacherResult": "training", "sample_latents": "training",
+    "train_teacher": "training",
+}
+__all__ = [*_EXPORTS, "DIFFUSERS_FAMILIES"]
+
+
+def __getattr__(name: str):
+    if name == "DIFFUSERS_FAMILIES":
+        return importlib.import_module("lrm.generators.diffusers_adapters").FAMILIES
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"lrm.generators.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'lrm.generators' has no attribute {name!r}")

@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from lrm.configs import EncodeConfig
-from lrm.generators.training import TeacherConfig, is_finished, training_settings
+from lrm.configs import TeacherConfig, training_settings
 
 CACHE_ENV = "LRM_CACHE"
 TEXT_ENCODER = "minilm-l6-v2"  # the embedded default's text encoder (DESIGN.md)
@@ -100,7 +100,7 @@ def embedded_teacher(video: bool = False, train_if_missing: bool = True, progres
     """The run folder of the embedded-default teacher (its model in RUN/model), training or resuming it
     when it is not finished; with train_if_missing=False a missing teacher is a FileNotFoundError naming
     the command that trains it."""
-    from lrm.generators.training import train_teacher
+    from lrm.generators.training import is_finished, train_teacher
 
     kind = "video" if video else "image"
     entry = EMBEDDED[kind]

@@ -44,6 +44,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lrm import distributed
+from lrm.configs import RUN_ONLY_FIELDS, TeacherConfig, training_settings  # noqa: F401 (re-exported)
 from lrm.diffusion import samplers
 from lrm.diffusion.parameterisations import check_prediction, training_target
 from lrm.generators.dit import DIT_PRESETS, LatentDiT, build_dit
@@ -53,39 +54,6 @@ from lrm.io import atomic_write_json, atomic_write_text
 CHECKPOINTS = "checkpoints"
 SNAPSHOTS = "snapshots"
 MODEL_DIR = "model"
-
-
-@dataclass
-class TeacherConfig:
-    preset: str = "dit-s"  # DiT size, a key of DIT_PRESETS (dit-s: 2.7M params, 0.34 s/step on a CPU thread at 8x8)
-    steps: int = 1500  # optimizer steps; the embedded default's fit to the 15-minute CPU budget
-    batch_size: int = 32  # global batch (split across DDP ranks); capped at the store's size
-    lr: float = 1e-3  # AdamW learning rate after warm-up (high for short runs; the EMA smooths it)
-    weight_decay: float = 0.0  # AdamW decoupled weight decay (DiT trains without)
-    warmup_steps: int = 100  # linear warm-up from lr / warmup_steps to lr, then constant
-    grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
-    ema_decay: float = 0.995  # EMA of the weights (the teacher): a ~200-step horizon suits runs of ~1k steps
-    cfg_dropout: float = 0.1  # share of samples trained without their prompt (the CFG unconditional branch)
-    prediction: str = "conjugate-v"  # what the DiT outputs; DOLLAR Eq. 13 (target x0 - eps)
-    seed: int = 0  # seed of model init, batch order, timesteps, noise and dropout
-    log_every: int = 10  # steps between training-loss lines in metrics.jsonl
-    checkpoint_every: int = 150  # steps between resumable checkpoints (and after the last step)
-    keep_checkpoints: int = 2  # most recent checkpoints kept on disk
-    snapshots: int = 10  # EMA models kept at every 1/snapshots of training (0: none); the 10% teacher of benchmarks
-    report_guidance: float = 4.0  # CFG scale of the report's samples
-    report_samples: int = 8  # prompts (the store's first distinct ones) shown in the report, 2 seeds each
-    device: str = "cpu"  # "cpu", "cuda" or "cuda:N"; under torchrun with CUDA each rank uses cuda:LOCAL_RANK
-
-
-# Fields that change how a run is logged or shown, not the weights it trains: left out of resume checks
-# and of the embedded teacher's cache key.
-RUN_ONLY_FIELDS = ("log_every", "checkpoint_every", "keep_checkpoints", "snapshots", "report_guidance",
-                   "report_samples", "device")
-
-
-def training_settings(config: TeacherConfig) -> dict:
-    """The fields of `config` that determine the trained weights (JSON-able)."""
-    return {k: v for k, v in json.loads(json.dumps(asdict(config))).items() if k not in RUN_ONLY_FIELDS}
 
 
 @dataclass
