@@ -49,6 +49,7 @@ from lrm.diffusion import samplers
 from lrm.diffusion.parameterisations import check_prediction, training_target
 from lrm.generators.dit import DIT_PRESETS, LatentDiT, build_dit
 from lrm.generators.io import save_denoiser
+from lrm.generators.sampling import guided
 from lrm.io import atomic_write_json, atomic_write_text
 
 CHECKPOINTS = "checkpoints"
@@ -148,16 +149,9 @@ def sample_latents(model: LatentDiT, text: torch.Tensor, text_mask: torch.Tensor
     x_T = torch.randn((n, *shape), generator=torch.Generator().manual_seed(seed)).to(device)
     text, text_mask = text.to(device), text_mask.to(device).bool()
 
-    def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if guidance == 1:
-            return model(x, t, text, text_mask)
-        both = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([text, text]),
-                     torch.cat([text_mask, torch.zeros_like(text_mask)]))
-        cond, uncond = both.chunk(2)
-        return samplers.cfg(cond, uncond, guidance)
-
     schedule = model.schedule
-    return samplers.sample(denoise, x_T, schedule.timesteps(steps), schedule, model.prediction)
+    return samplers.sample(guided(model, text, text_mask, guidance), x_T, schedule.timesteps(steps), schedule,
+                           model.prediction)
 
 
 # ---------------------------------------------------------------- run directory
