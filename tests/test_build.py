@@ -161,9 +161,10 @@ def test_clear_errors(tmp_path):
 
 
 def _data_app():
-    from lrm.cli.data import _standalone
+    from lrm.cli.data import register
+    from lrm.cli.options import standalone_app
 
-    return _standalone()
+    return standalone_app(register)
 
 
 def cli(*args: str):

@@ -19,7 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from lrm.cli.errors import exit_with_message
-from lrm.cli.options import check_device, parse_options, with_metric_options
+from lrm.cli.options import check_device, parse_options, standalone_app, with_metric_options
 from lrm.configs import EncodeConfig
 
 console = Console(stderr=True)
@@ -255,12 +255,6 @@ def info(
     print_skipped(out, m, store)
 
 
-def _standalone() -> typer.Typer:
-    """These commands alone, for `python -m lrm.cli.data` (used by tests and torchrun)."""
-    app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-    register(app)
-    return app
-
 
 if __name__ == "__main__":
-    _standalone()()
+    standalone_app(register)()

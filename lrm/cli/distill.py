@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 import typer
 
 from lrm.cli.errors import USER_ERRORS, exit_with_message
-from lrm.cli.options import check_device
+from lrm.cli.options import check_device, standalone_app
 from lrm.configs import DistillJob
 
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(DistillJob)}  # one source of truth: DistillJob
@@ -82,12 +82,5 @@ def distill(
                f"report: {result.report}")
 
 
-def _standalone() -> typer.Typer:
-    """This command alone, for `python -m lrm.cli.distill` (tests and torchrun)."""
-    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-    register(app)
-    return app
-
-
 if __name__ == "__main__":
-    _standalone()()
+    standalone_app(register, no_args_is_help=False)()

@@ -60,3 +60,12 @@ def check_device(value: str) -> str:
     elif device.type not in ("cpu", "cuda", "mps"):
         raise typer.BadParameter(f"{value!r}: lrm runs on cpu, cuda or mps")
     return value
+
+
+def standalone_app(register, no_args_is_help: bool = True) -> typer.Typer:
+    """One command module's commands alone, for `python -m lrm.cli.MODULE` (tests and torchrun):
+    `register(app)` adds them to a fresh app. A module with one command that runs with no arguments
+    (`lrm distill`) passes no_args_is_help=False."""
+    app = typer.Typer(no_args_is_help=no_args_is_help, add_completion=False, pretty_exceptions_enable=False)
+    register(app)
+    return app

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from lrm.cli.errors import USER_ERRORS, exit_with_message
-from lrm.cli.options import check_device
+from lrm.cli.options import check_device, standalone_app
 from lrm.generators.embedded import EMBEDDED
 from lrm.configs import TeacherConfig
 
@@ -124,12 +124,6 @@ def _run(plan: dict, video: bool, progress: bool) -> Path:
     return run
 
 
-def _standalone() -> typer.Typer:
-    """This command group alone, for `python -m lrm.cli.teacher` (tests and torchrun)."""
-    app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-    register(app)
-    return app
-
 
 if __name__ == "__main__":
-    _standalone()()
+    standalone_app(register)()
