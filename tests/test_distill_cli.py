@@ -26,12 +26,7 @@ TINY = TeacherConfig(preset="dit-xs", steps=3, batch_size=4, warmup_steps=1, log
 runner = CliRunner(env={"COLUMNS": "300"})
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
