@@ -19,6 +19,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -49,9 +50,10 @@ def _optimizer_state(tensors: dict, meta: dict) -> dict:
 
 
 def save_checkpoint(run_dir: str | Path, step: int, modules: dict, optimizers: dict, rng: dict[str, torch.Tensor],
-                    trainer_state: dict) -> Path:
+                    trainer_state: dict, extra: Callable[[Path], None] | None = None) -> Path:
     """Write checkpoint `step` under run_dir/checkpoints and point `latest` at it; returns its folder.
-    modules / optimizers: role name -> nn.Module / Optimizer; rng: name -> uint8 state tensor."""
+    modules / optimizers: role name -> nn.Module / Optimizer; rng: name -> uint8 state tensor;
+    extra(folder): writes the caller's own files into the checkpoint before it is renamed into place."""
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     name = f"step-{step:08d}"
@@ -66,6 +68,8 @@ def save_checkpoint(run_dir: str | Path, step: int, modules: dict, optimizers: d
             save_file(tensors, tmp / f"{role}.optimizer.safetensors")
         save_file({k: v.contiguous() for k, v in rng.items()}, tmp / "rng.safetensors")
         (tmp / "trainer.json").write_text(json.dumps({**trainer_state, "optimizers": optim_meta}, indent=2))
+        if extra is not None:
+            extra(tmp)
         final = root / name
         if final.exists():
             shutil.rmtree(final)

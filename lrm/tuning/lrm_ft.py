@@ -17,7 +17,8 @@ The surrogate (role "lrm") is either
 - trained concurrently (pass `true_reward`): each of its updates labels the merged batch x | x_hat (real
   latents, when `real`, and detached student samples) with the true reward of the decoded latents and
   takes a step on the MSE between its standardised prediction and the standardised labels (Eq. 10), so it
-  follows the student's moving distribution. Non-finite labels are counted and masked out. Its fidelity
+  follows the student's moving distribution (`real_rows` counts the real latents it trained on). Non-finite
+  labels are counted and masked out. Its fidelity
   (Spearman of its predictions against the labels of each fresh batch, before its update) is kept in
   `fidelities`; `fidelity` is the mean of the last FIDELITY_WINDOW. A surrogate that was never fitted
   (label statistics mean 0, std 1) takes its label statistics from its first labelled batch.
@@ -118,6 +119,7 @@ class LRMFineTune:
         self.trains = (role,) if self.concurrent else ()
         self.fidelities: list[float] = []  # Spearman per labelled batch, before the surrogate's update
         self.true_mean = float("nan")  # mean true reward of the student samples of the last labelled batch
+        self.real_rows = 0  # real latents (finite labels) the concurrent surrogate trained on so far
 
     @property
     def fidelity(self) -> float:
@@ -166,6 +168,8 @@ class LRMFineTune:
             surrogate.set_label_stats(float(labels[keep].mean()), float(labels[keep].std()))
         target = surrogate.standardise(labels)
         keep = keep & torch.isfinite(target)
+        if self.needs_real:
+            self.real_rows += int(keep[: parts[0].shape[0]].sum())
         repeat = len(parts)
         text, mask = batch.text.repeat(repeat, 1, 1), batch.text_mask.repeat(repeat, 1)
         x, t = self._noised(surrogate, merged, step.generator)

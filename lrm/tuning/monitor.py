@@ -69,11 +69,15 @@ class TuningMonitor:
         self.last: Samples | None = None  # the samples of the latest call
 
     @torch.no_grad()
-    def __call__(self, step: int) -> TuningRecord:
+    def samples(self) -> Samples:
+        """The student's samples at the fixed prompts and seeds, decoded (what each record scores)."""
         with evaluating(self.student):
-            samples = generate_few_step(self.student, self.prompts, self.seeds, latent_shape=self.latent_shape,
-                                        steps=self.steps, codec=self.true_reward.path.codec,
-                                        text_encoder=self.text_encoder)
+            return generate_few_step(self.student, self.prompts, self.seeds, latent_shape=self.latent_shape,
+                                     steps=self.steps, codec=self.true_reward.path.codec, text_encoder=self.text_encoder)
+
+    @torch.no_grad()
+    def __call__(self, step: int) -> TuningRecord:
+        samples = self.samples()
         spec = self.true_reward.spec
         gold = self.true_reward.path.reward(samples.pixels, self.prompts if spec.needs_text else None)  # (N,)
         finite = torch.isfinite(gold)

@@ -167,9 +167,10 @@ def build_distiller(job: DistillJob, teacher, latent_shape, image_teacher=None):
     return Distiller(roles, build_terms(job, latent_shape[0]), config)
 
 
-def store_batches(store, batch_size: int, seed: int, device):
-    """batches(step) -> [Batch] of the store's rows for `step`: latents (B, T, c, h, w) and text embeddings,
-    the same for the same step on every call (exact resume)."""
+def store_batches(store, batch_size: int, seed: int, device, with_prompts: bool = False):
+    """batches(step) -> [Batch] of the store's rows for `step`: latents (B, T, c, h, w) and text embeddings
+    (with_prompts: and the rows' captions, for rewards that read them), the same for the same step on every call
+    (exact resume)."""
     import numpy as np
 
     from lrm.fitting import RowSource, batch_positions
@@ -180,10 +181,16 @@ def store_batches(store, batch_size: int, seed: int, device):
     text, _ = store.text_embeddings([0])
     per_row = 4 * (int(np.prod(store.latent_shape)) + text[0].numel())  # float32 latents + tokens
     source = RowSource(store, rows, with_text=True, cache=per_row * len(store) < CACHE_BYTES)
+    captions = store.prompts if with_prompts else None
+    if with_prompts and captions is None:
+        raise ValueError(f"store {store.path} holds no captions, and the reward reads prompts; use a store encoded "
+                         "with captions")
 
     def batches(step: int) -> list:
-        x0, text, mask = source.get(rows[batch_positions(step, len(store), size, seed)])
-        return [Batch(text.to(device), mask.to(device).bool(), x0.to(device))]
+        chosen = rows[batch_positions(step, len(store), size, seed)]
+        x0, text, mask = source.get(chosen)
+        prompts = [captions[i] for i in chosen] if captions is not None else None
+        return [Batch(text.to(device), mask.to(device).bool(), x0.to(device), prompts)]
 
     return batches
 

@@ -234,8 +234,9 @@ class Distiller:
         return {"step": self.step, "updates": self.updates, "skipped": self.skipped,
                 "config": asdict(self.config), "weights": self.weights, "terms": [t.name for t in self.terms]}
 
-    def save(self, run_dir: str | Path) -> Path | None:
-        """Checkpoint into run_dir (rank 0 writes; every rank's RNG streams are gathered into it)."""
+    def save(self, run_dir: str | Path, extra: Callable[[Path], None] | None = None) -> Path | None:
+        """Checkpoint into run_dir (rank 0 writes; every rank's RNG streams are gathered into it); extra(folder)
+        adds the caller's files to the checkpoint atomically (lrm.tuning.checkpoint.save_checkpoint)."""
         rng = {"trainer": self.generator.get_state(), "torch_cpu": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng.update({f"cuda_{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
@@ -246,7 +247,7 @@ class Distiller:
             modules = {name: self.roles.module(name) for name in self.roles.names()}
             optimizers = {r.name: r.optimizer for r in self.roles.trainable()}
             state = {**self._state(), "world_size": distributed.world_size()}
-            folder = save_checkpoint(run_dir, self.step, modules, optimizers, rng_all, state)
+            folder = save_checkpoint(run_dir, self.step, modules, optimizers, rng_all, state, extra)
         distributed.barrier()
         return folder
 

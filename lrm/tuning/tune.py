@@ -4,27 +4,35 @@
                   TuneConfig(method="lrm", concurrent=True, steps=200))
     result.records   # TuningMonitor records at fixed prompts and seeds: before, every eval_every steps, at the end
 
-The student is tuned alone, or, from a teacher, distilled alongside with the DISTILL_TERMS that need no data
-(VSD; combine hooks with CD through Distiller and a data function). One method:
+The student is tuned alone, or, from a teacher, distilled alongside with DISTILL_TERMS (VSD; CD, which needs
+real data). One method:
 - "lrm": LRM fine-tuning (Eq. 11) through `surrogate` (a fitted one, frozen), or, with `concurrent`, through
   a surrogate trained alongside on the true reward of the student's samples (the given one warm-starts it;
-  none: a fresh DEFAULT_PRESETS one for the reward's kind). Batches carry no real latents here, so the
-  concurrent surrogate labels the student's samples only;
+  none: a fresh DEFAULT_PRESETS one for the reward's kind). With a `store`, its real latents join the student's
+  samples in the merged batch x | x_hat the surrogate trains on (Alg. 1 lines 15-17), each labelled by the true
+  reward of its decoded pixels; without one it labels the student's samples only;
 - "ddpo": DDPO-SF (Alg. 2) on the true reward;
 - "direct": ReFL / DRaFT-K through the decoder and a differentiable reward.
-Each step draws `batch_size` prompts (seeded by the step, so a run is reproducible). The result also holds
-the trainer's step logs, the mean seconds per step and the peak memory (CUDA: max allocated; CPU: None).
+Each step draws `batch_size` prompts (seeded by the step, so a run is reproducible); with a `store` (real
+latents of the generator's latent space and text encoder), each step's batch is instead `batch_size` of its rows:
+latents, text tokens and captions (Alg. 1 line 6: (x, c) from the data), and `prompts` serve the evaluations only.
+With `run_dir`, the run checkpoints at every evaluation and resumes exactly when rerun (lrm.tuning.tune_run).
+The result also holds the trainer's step logs, the mean seconds per step and the peak memory (CUDA: max
+allocated; CPU: None).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Sequence
 
 import torch
 from torch import nn
 
 from lrm.generators.sampling import Samples
+from lrm.tuning import tune_run
+from lrm.tuning.cd import CD
 from lrm.tuning.ddpo import DDPO
 from lrm.tuning.denoise import Batch
 from lrm.tuning.direct import DirectReward
@@ -36,7 +44,7 @@ from lrm.tuning.true_reward import TrueReward
 from lrm.tuning.vsd import VSD
 
 METHODS = ("lrm", "ddpo", "direct")
-DISTILL_TERMS = {"vsd": VSD}  # distillation terms that need no real data (VSD: DOLLAR Eq. 8)
+DISTILL_TERMS = {"vsd": VSD, "cd": CD}  # distilled alongside from a teacher (DOLLAR: VSD Eq. 8, CD Eq. 4 on real data)
 
 
 @dataclass
@@ -64,9 +72,7 @@ class TuneConfig:
         self.distill = tuple(self.distill)
         unknown = [name for name in self.distill if name not in DISTILL_TERMS]
         if unknown:
-            hint = (" (CD needs real latents, which tune does not draw: distil with lrm.tuning.Distiller and a data "
-                    "function)") if "cd" in unknown else ""
-            raise ValueError(f"distill terms {unknown} are not available here; choose from {list(DISTILL_TERMS)}{hint}")
+            raise ValueError(f"distill terms {unknown} are not available here; choose from {list(DISTILL_TERMS)}")
         if self.concurrent and self.method != "lrm":
             raise ValueError(f"concurrent trains a latent surrogate, which only method 'lrm' uses "
                              f"(got {self.method!r})")
@@ -87,22 +93,25 @@ class TuneResult:
     samples_after: Samples  # and after
 
 
-def build_term(config: TuneConfig, true_reward: TrueReward, latent_shape):
-    """The hook of config.method, checked against the reward and the latent shape before any work."""
+def build_term(config: TuneConfig, true_reward: TrueReward, latent_shape, real: bool = False):
+    """The hook of config.method, checked against the reward and the latent shape before any work; real: the
+    concurrent surrogate also trains on the batches' real latents."""
     if config.method == "ddpo":
         return DDPO(true_reward, latent_shape, steps=config.student_steps, grad_steps=config.grad_steps)
     if config.method == "direct":
         return DirectReward(true_reward, latent_shape, steps=config.student_steps, grad_steps=config.grad_steps or 1,
                             frames=config.frames)
-    return LRMFineTune(true_reward if config.concurrent else None, real=False, latent_shape=latent_shape)
+    return LRMFineTune(true_reward if config.concurrent else None, real=real, latent_shape=latent_shape)
 
 
 def tuning_roles(generator: nn.Module, config: TuneConfig, latent_shape, surrogate: nn.Module | None,
                  true_reward: TrueReward) -> Roles:
     """The student (`generator` itself, trained in place; with config.distill a copy of the teacher `generator`,
-    with a fake score for VSD) and, for "lrm", the surrogate role (checked against the student)."""
+    with a fake score for VSD and an EMA student for CD) and, for "lrm", the surrogate role (checked against the
+    student)."""
     if config.distill:
-        roles = build_roles(generator, student_lr=config.lr, fake_lr=config.lr, ema=False)
+        roles = build_roles(generator, student_lr=config.lr, fake_lr=config.lr, fake_score="vsd" in config.distill,
+                            ema="cd" in config.distill)
     else:
         roles = Roles()
         roles.add(Role(STUDENT, generator, adamw(config.lr)(list(generator.parameters()))))
@@ -121,16 +130,40 @@ def tuning_roles(generator: nn.Module, config: TuneConfig, latent_shape, surroga
     return roles
 
 
+def check_store(store, generator: nn.Module, latent_shape) -> None:
+    """Refuse real data the student cannot be trained beside, with one line naming what differs."""
+    if tuple(store.latent_shape) != tuple(latent_shape):
+        raise ValueError(f"store {store.path} holds latents of shape {tuple(store.latent_shape)} and the generator "
+                         f"makes {tuple(latent_shape)}; use a store of the generator's latent space and size")
+    codec = getattr(generator, "codec_settings", None)
+    if codec is not None and dict(store.codec_settings) != dict(codec):
+        raise ValueError(f"store {store.path} was encoded with codec {store.codec_settings}, the generator works in "
+                         f"{codec}; use a store of the generator's codec")
+    text_id = getattr(generator, "text_encoder_id", None)
+    if text_id is not None and store.text_encoder_id != text_id:
+        raise ValueError(f"store {store.path} holds {store.text_encoder_id!r} text tokens and the generator reads "
+                         f"{text_id!r}; use a store encoded with {text_id!r}")
+
+
 def tune(generator: nn.Module, true_reward: TrueReward, prompts: Sequence[str], text_encoder, config: TuneConfig,
-         *, latent_shape: Sequence[int], surrogate: nn.Module | None = None) -> TuneResult:
+         *, latent_shape: Sequence[int], surrogate: nn.Module | None = None, store=None,
+         run_dir: str | Path | None = None, settings: dict | None = None) -> TuneResult:
     """Tune the student `generator` in place toward `true_reward` (module docstring); with config.distill,
     `generator` is a teacher, left unchanged, and the student is its copy (DOLLAR's VSD + LRM from the start).
+    store: a LatentStore of real latents (needed by CD; joins the concurrent surrogate's batches). run_dir:
+    checkpoint there at every evaluation and resume from its newest checkpoint; settings: what else identifies
+    the run beside `config` (reward, start run, prompts), which a rerun must keep (lrm.tuning.tune_run).
     Every check runs before any work; the tuned student is result.student."""
     prompts = list(prompts)
     if not prompts:
         raise ValueError("tune needs at least one prompt")
     latent_shape = tuple(int(v) for v in latent_shape)
-    term = build_term(config, true_reward, latent_shape)
+    if "cd" in config.distill and store is None:
+        raise ValueError("distill term 'cd': CD needs real latents; give a store of the teacher's latent space "
+                         "(--store STORE, or a teacher whose config.json records its store)")
+    if store is not None:
+        check_store(store, generator, latent_shape)
+    term = build_term(config, true_reward, latent_shape, real=store is not None)
     roles = tuning_roles(generator, config, latent_shape, surrogate, true_reward)
     student = roles.module(STUDENT)
     lrm = roles.module(LRM) if LRM in roles else None
@@ -140,17 +173,30 @@ def tune(generator: nn.Module, true_reward: TrueReward, prompts: Sequence[str], 
     terms = [DISTILL_TERMS[name]() for name in config.distill] + [term]
     distiller = Distiller(roles, terms, DistillConfig(latent_shape=latent_shape, student_steps=config.student_steps,
                                                       seed=config.seed))
-
-    def batches(step: int) -> list[Batch]:
-        pick = torch.randint(len(prompts), (config.batch_size,), generator=torch.Generator().manual_seed(step))
-        chosen = [prompts[i] for i in pick.tolist()]
-        text = text_encoder.encode(chosen)
-        return [Batch(text.emb.to(device), text.mask.to(device), prompts=chosen)]
-
     device = next(student.parameters()).device
+    if store is not None:
+        from lrm.tuning.run import store_batches
+
+        batches = store_batches(store, config.batch_size, config.seed, device, with_prompts=true_reward.spec.needs_text)
+    else:
+        def batches(step: int) -> list[Batch]:
+            pick = torch.randint(len(prompts), (config.batch_size,), generator=torch.Generator().manual_seed(step))
+            chosen = [prompts[i] for i in pick.tolist()]
+            text = text_encoder.encode(chosen)
+            return [Batch(text.emb.to(device), text.mask.to(device), prompts=chosen)]
+
+    if run_dir is not None:
+        run_dir = Path(run_dir)
+        tune_run.check_settings(run_dir, {"tune": asdict(config), **(settings or {})}, asdict(TuneConfig()))
+    student_extra = {"student_steps": config.student_steps, "latent_shape": list(latent_shape)}
     peak = 0.0  # max over the training steps of CUDA's peak allocation (reset before each step)
-    monitor(0)
+    monitor(0)  # the starting student's samples (the "before" grid); a resumed run takes its records from the checkpoint
     logs: list[StepLog] = []
+    resumed = tune_run.resume(run_dir, distiller, term, true_reward) if run_dir is not None else None
+    if resumed is not None:
+        monitor.records, logs = resumed
+    elif run_dir is not None:
+        tune_run.save(run_dir, distiller, monitor.records, logs, term, true_reward, student_extra)
     while distiller.step < config.steps:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -159,6 +205,10 @@ def tune(generator: nn.Module, true_reward: TrueReward, prompts: Sequence[str], 
             peak = max(peak, torch.cuda.max_memory_allocated(device) / 2**20)
         if distiller.step % config.eval_every == 0 or distiller.step == config.steps:
             monitor(distiller.step)
-    seconds = sum(log.seconds for log in logs) / len(logs)
+            if run_dir is not None:
+                tune_run.save(run_dir, distiller, monitor.records, logs, term, true_reward, student_extra)
+    if monitor.last is monitor.first and distiller.step > 0:  # resumed at the end: the final samples again
+        monitor.last = monitor.samples()
+    seconds = sum(log.seconds for log in logs) / len(logs) if logs else float("nan")
     return TuneResult(student, monitor.records, logs, seconds, peak if device.type == "cuda" else None, term,
                       monitor.first, monitor.last)

@@ -1,0 +1,103 @@
+"""A reward-tuning run folder (lrm.tuning.tune with run_dir): its settings, checkpoints and exact resume.
+
+    RUN/config.json               the run's settings: {"tune": TuneConfig fields, **the caller's (reward, start run,
+                                  store, prompts)}; a rerun must keep all of them except `steps` (which may grow)
+    RUN/checkpoints/step-N/       at every evaluation (eval_every steps) and at the end, written atomically:
+        <role>.safetensors ...    the Distiller's checkpoint (every role, optimisers, RNG streams, step)
+        tune.json                 the evaluation records, step logs and hook counters so far
+        config.json, model.safetensors   the student as a denoiser: load_denoiser(RUN/checkpoints/step-N) and
+                                  open_generator_run read it (the over-optimisation study's "each saved checkpoint")
+
+Rerunning the same command on the same folder loads the newest checkpoint and continues; the result equals an
+uninterrupted run's, records included (tests/test_tune_run.py).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from torch import nn
+
+from lrm.tuning.checkpoint import latest_checkpoint
+from lrm.tuning.monitor import TuningRecord
+from lrm.tuning.trainer import Distiller, StepLog
+
+CONFIG = "config.json"
+STATE = "tune.json"  # the tuning state a checkpoint adds to the Distiller's
+GROWABLE = ("steps",)  # settings a rerun may change: more steps continue the run
+COUNTERS = ("fidelities", "true_mean", "real_rows", "samples", "rewards")  # hook counters kept across a resume
+
+
+def _json(obj):
+    return json.loads(json.dumps(obj, default=float))
+
+
+def check_settings(run_dir: Path, settings: dict, defaults: dict) -> None:
+    """Write RUN/config.json, or, when the folder already holds a run, refuse other settings with one line naming
+    each that differs. settings["tune"]: the TuneConfig fields; defaults: TuneConfig()'s, which fill fields an
+    older run did not record."""
+    from lrm.config_diff import differences
+    from lrm.io import atomic_write_json
+
+    settings = _json(settings)
+    path = run_dir / CONFIG
+    if path.is_file():
+        saved = json.loads(path.read_text())
+
+        def fixed(record: dict) -> dict:
+            tune = {**_json(defaults), **record.get("tune", {})}
+            return {**record, "tune": {k: v for k, v in tune.items() if k not in GROWABLE}}
+
+        diff = differences(fixed(saved), fixed(settings))
+        if diff:
+            raise ValueError(f"cannot resume tune run {run_dir}: it was started with other settings "
+                             f"({'; '.join(diff)}). Fix: re-run with the same settings, or pass a new --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, settings)
+
+
+def save(run_dir: Path, distiller: Distiller, records: list[TuningRecord], logs: list[StepLog], term, true_reward,
+         student_extra: dict) -> Path | None:
+    """Checkpoint the run at distiller.step: the Distiller's checkpoint plus tune.json and the student as a
+    denoiser (when it is lrm's DiT, the only kind save_denoiser writes)."""
+    from lrm.generators.io import save_denoiser
+    from lrm.tuning.roles import STUDENT
+
+    state = {"records": [asdict(r) for r in records], "logs": [asdict(log) for log in logs],
+             "nonfinite_rewards": true_reward.nonfinite,
+             "counters": {name: getattr(term, name) for name in COUNTERS if hasattr(term, name)}}
+    student: nn.Module = distiller.roles.module(STUDENT)
+
+    def extra(folder: Path) -> None:
+        (folder / STATE).write_text(json.dumps(_json(state), indent=1))
+        if hasattr(student, "dimensions"):
+            save_denoiser(student, folder, extra={**student_extra, "step": distiller.step})
+
+    return distiller.save(run_dir, extra)
+
+
+def resume(run_dir: Path, distiller: Distiller, term, true_reward) -> tuple[list[TuningRecord], list[StepLog]] | None:
+    """Load the run's newest checkpoint into the distiller's roles, the hook's counters and the true reward's
+    non-finite count; returns (records, logs) so far, or None when the run has no checkpoint yet."""
+    if not distiller.resume(run_dir):
+        return None
+    folder = latest_checkpoint(run_dir)
+    path = folder / STATE
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {folder} has no {STATE}: it was not written by `lrm tune`; pass a new "
+                                "--out")
+    state = json.loads(path.read_text())
+    true_reward.nonfinite = state["nonfinite_rewards"]
+    for name, value in state["counters"].items():
+        setattr(term, name, value)
+    records = [TuningRecord(**r) for r in state["records"]]
+    logs = [StepLog(**log) for log in state["logs"]]
+    return records, logs
+
+
+def checkpoint_steps(run_dir: Path) -> list[int]:
+    """The steps of the run's saved checkpoints, ascending (each holds a loadable student)."""
+    root = Path(run_dir) / "checkpoints"
+    return sorted(int(p.name.split("-")[1]) for p in root.glob("step-*") if p.is_dir()) if root.is_dir() else []
