@@ -28,11 +28,16 @@ def register(app: typer.Typer) -> None:
 
 def tune(
     reward: Annotated[str, typer.Argument(help="Reward name (`lrm rewards`) or your metric as path/to/file.py:fn.")],
-    student: Annotated[Optional[Path], typer.Option(help="Distilled student run (its model/ records student_steps).")]
+    student: Annotated[Optional[Path], typer.Option(help="Distilled student run (its model/ records student_steps); "
+                                                         "neither this nor --teacher: the cached embedded student.")]
     = None,
     teacher: Annotated[Optional[Path], typer.Option(help="Teacher run to distil while tuning (with --losses).")] = None,
-    losses: Annotated[str, typer.Option(help="With --teacher: distillation terms alongside the hook (vsd).")] = "vsd",
-    student_steps: Annotated[int, typer.Option(min=1, help="With --teacher: the student's sampling steps.")] = 4,
+    losses: Annotated[str, typer.Option(help="With --teacher: distillation terms alongside the hook (vsd, cd).")]
+    = "vsd",
+    student_steps: Annotated[int, typer.Option(min=1, help="With --teacher or the embedded student: the student's "
+                                                           "sampling steps.")] = 4,
+    store: Annotated[Optional[Path], typer.Option(help="Real latents for CD and the concurrent surrogate (default: "
+                                                       "the store the start run's config.json records).")] = None,
     method: Annotated[str, typer.Option(help="lrm (latent surrogate), ddpo (DDPO-SF) or direct (ReFL / DRaFT-K).")]
     = DEFAULTS["method"],
     surrogate: Annotated[Optional[Path], typer.Option(help="Fitted surrogate folder (`lrm fit`) for --method lrm.")]
@@ -61,20 +66,24 @@ def tune(
 ) -> None:
     """Reward-tune a distilled student with LRM fine-tuning, DDPO-SF or direct reward gradients.
 
-    Starts from a distilled --student, or from a --teacher whose copy is distilled (VSD) while it is
-    tuned (DOLLAR's VSD + LRM). Writes OUT/model (the tuned student, a generator run),
+    Starts from a distilled --student, from a --teacher whose copy is distilled (VSD, CD) while it is
+    tuned (DOLLAR's VSD + LRM), or, with neither, from the embedded teacher's distilled student
+    (cached; distilled first, a few minutes). Writes OUT/model (the tuned student, a generator run),
     OUT/records.json (gold and proxy reward, diversity and distance from the start at fixed seeds,
-    seconds per step, peak memory) and sample grids OUT/before and OUT/after.
+    seconds per step, peak memory), OUT/checkpoints/step-N (at every evaluation: a rerun of the same
+    command resumes there) and sample grids OUT/before and OUT/after.
 
     Examples:
+      lrm tune jpeg-compressibility --concurrent
       lrm tune jpeg-compressibility --student runs/st --surrogate runs/jpeg
       lrm tune jpeg-compressibility --student runs/st --concurrent --steps 100
       lrm tune colorfulness --student runs/st --method direct
-      lrm tune jpeg-compressibility --teacher runs/teacher --concurrent
+      lrm tune jpeg-compressibility --teacher runs/teacher --losses vsd,cd --concurrent
       lrm tune my_metric.py:score --student runs/st --method ddpo
     """
-    if (student is None) == (teacher is None):
-        raise typer.BadParameter("give --student RUN (a distilled student) or --teacher RUN (distil while tuning)")
+    if student is not None and teacher is not None:
+        raise typer.BadParameter("give --student RUN (a distilled student) or --teacher RUN (distil while tuning), "
+                                 "not both")
     if method not in METHODS:
         raise typer.BadParameter(f"must be one of {', '.join(METHODS)}, got {method!r}", param_hint="--method")
     if method != "lrm" and (surrogate is not None or concurrent):
@@ -87,8 +96,8 @@ def tune(
     reward_options = parse_options(option)
     try:
         distill = tuple(n.strip() for n in losses.split(",") if n.strip()) if teacher is not None else ()
-        summary, out_dir = _run(reward, reward_options, student or teacher, distill, student_steps, method, surrogate,
-                                concurrent, texts, steps,
+        summary, out_dir = _run(reward, reward_options, student or teacher, distill, student_steps, store, method,
+                                surrogate, concurrent, texts, steps,
                                 batch_size, lr, surrogate_lr, grad_steps, frames, eval_every, per_prompt, seed, out,
                                 device)
     except USER_ERRORS as error:
@@ -97,8 +106,31 @@ def tune(
     typer.echo(f"tuned student, records and grids in {out_dir}", err=True)
 
 
-def _run(reward_name, reward_options, run_path, distill, student_steps, method, surrogate_path, concurrent, texts,
-         steps, batch_size, lr, surrogate_lr, grad_steps, frames, eval_every, per_prompt, seed, out, device):
+def _real_store(run, store_path, distill, concurrent):
+    """The LatentStore of real latents, or None: --store, else the store the run's config.json records; needed by
+    CD (an error without one), used by the concurrent surrogate when there is one."""
+    from lrm.datasets.store import LatentStore
+
+    wanted = "cd" in distill or concurrent
+    if store_path is not None:
+        if not wanted:
+            raise ValueError("--store feeds CD (--losses cd) and the concurrent surrogate (--concurrent); add one of "
+                             "them or drop --store")
+        return LatentStore.open(store_path)
+    recorded = run.setting("store")
+    if wanted and recorded is not None and Path(recorded).is_dir():
+        return LatentStore.open(recorded)
+    if "cd" in distill:
+        where = f"its store {recorded} is gone" if recorded is not None else "its config.json records no store"
+        raise ValueError(f"--losses cd: CD needs real latents and teacher {run.run_dir}: {where}; pass --store STORE "
+                         "(latents of the teacher's codec and text encoder)")
+    return None
+
+
+def _run(reward_name, reward_options, run_path, distill, student_steps, store_path, method, surrogate_path,
+         concurrent, texts, steps, batch_size, lr, surrogate_lr, grad_steps, frames, eval_every, per_prompt, seed,
+         out, device):
+    import hashlib
     from dataclasses import asdict
 
     from lrm.codecs import from_settings
@@ -112,7 +144,22 @@ def _run(reward_name, reward_options, run_path, distill, student_steps, method, 
     from lrm.tuning.true_reward import TrueReward
     from lrm.tuning.tune import TuneConfig
     from lrm.tuning.tune import tune as run_tuning
+    from lrm.tuning.tune_run import checkpoint_steps
 
+    def tune_config(student_steps: int) -> TuneConfig:  # checks the options
+        return TuneConfig(method=method, concurrent=concurrent, steps=steps, student_steps=student_steps,
+                          batch_size=batch_size, lr=lr, surrogate_lr=surrogate_lr, grad_steps=grad_steps,
+                          frames=frames, distill=distill, eval_every=eval_every, per_prompt=per_prompt, seed=seed)
+
+    pixel_reward = load_reward(reward_name, **reward_options)
+    embedded = run_path is None
+    if embedded:  # the cached embedded student, distilled first when missing (every check before)
+        from lrm.tuning.embedded import embedded_student
+
+        tune_config(student_steps)
+        if store_path is not None:
+            _real_store(None, store_path, distill, concurrent)
+        run_path = embedded_student(student_steps, device=device)
     run = open_generator_run(run_path)
     if not distill and run.student_steps is None:
         raise ValueError(f"{run_path} is a teacher run (its model records no student_steps); pass it as --teacher "
@@ -121,16 +168,14 @@ def _run(reward_name, reward_options, run_path, distill, student_steps, method, 
         raise ValueError(f"{run_path} is a distilled student; pass it as --student")
     latent_shape = run.latent_shape()
     student_steps = run.student_steps or student_steps
-    config = TuneConfig(method=method, concurrent=concurrent, steps=steps, student_steps=student_steps,
-                        batch_size=batch_size, lr=lr, surrogate_lr=surrogate_lr, grad_steps=grad_steps,
-                        frames=frames, distill=distill, eval_every=eval_every, per_prompt=per_prompt,
-                        seed=seed)  # checked first
+    config = tune_config(student_steps)
+    real = _real_store(run, store_path, distill, concurrent)
     model = run.load(map_location=device)
     if model.codec_settings is None or model.text_encoder_id is None:
         raise ValueError(f"{run_path} records no codec or text encoder, so its samples cannot be decoded and "
                          "scored; tune a run written by lrm")
     codec = from_settings(model.codec_settings).to(device)
-    true_reward = TrueReward(codec, load_reward(reward_name, **reward_options))
+    true_reward = TrueReward(codec, pixel_reward)
     surrogate = None
     if surrogate_path is not None:
         from lrm.models import LatentRewardModel
@@ -139,9 +184,14 @@ def _run(reward_name, reward_options, run_path, distill, student_steps, method, 
                                                       map_location=device)
     encoder = load_text(model.text_encoder_id)
     texts = texts or procedural_prompts(PROCEDURAL_PROMPTS, latent_shape[0])
-    result = run_tuning(model, true_reward, texts, encoder, config, latent_shape=latent_shape, surrogate=surrogate)
-
-    out_dir = Path(out) if out is not None else run.run_dir / f"tune-{Path(reward_name).stem}-{method}"
+    default_parent = Path("runs") if embedded else run.run_dir
+    out_dir = Path(out) if out is not None else default_parent / f"tune-{Path(reward_name).stem}-{method}"
+    settings = {"reward": reward_name, "reward_options": reward_options, "from": str(run.run_dir),
+                "store": str(real.path) if real is not None else None,
+                "surrogate": str(surrogate_path) if surrogate_path is not None else None,
+                "prompts": hashlib.sha256("\n".join(texts).encode()).hexdigest()[:12]}
+    result = run_tuning(model, true_reward, texts, encoder, config, latent_shape=latent_shape, surrogate=surrogate,
+                        store=real, run_dir=out_dir, settings=settings)
     extra = {"student_steps": student_steps, "latent_shape": list(latent_shape),
              "tuned_with": {"reward": reward_name, "method": method, "distill": list(distill), "steps": steps,
                             "from": str(run_path)}}
@@ -152,7 +202,9 @@ def _run(reward_name, reward_options, run_path, distill, student_steps, method, 
              "seconds_per_step": result.seconds_per_step, "peak_memory_mb": result.peak_memory_mb,
              "nonfinite_rewards": true_reward.nonfinite,
              "skipped_updates": sum(len(log.skipped) for log in result.logs),
-             "surrogate_fidelity": getattr(term, "fidelity", None), "losses": [log.losses for log in result.logs]}
+             "surrogate_fidelity": getattr(term, "fidelity", None), "losses": [log.losses for log in result.logs],
+             "store": settings["store"], "real_rows": getattr(term, "real_rows", 0),
+             "checkpoints": [f"checkpoints/step-{s:08d}" for s in checkpoint_steps(out_dir)]}
     atomic_write_json(out_dir / "records.json", json.loads(json.dumps(facts, default=float)))
     for name, samples in (("before", result.samples_before), ("after", result.samples_after)):
         save_samples(samples, out_dir / name, {"run": str(out_dir / "model"), "sampler": "few-step",
@@ -161,4 +213,6 @@ def _run(reward_name, reward_options, run_path, distill, student_steps, method, 
     summary = (f"{true_reward.name}: gold {first.gold:.4g} -> {last.gold:.4g}, proxy {first.proxy:.4g} -> "
                f"{last.proxy:.4g}, diversity {first.diversity:.3f} -> {last.diversity:.3f}, distance "
                f"{last.distance:.3g}; {result.seconds_per_step:.3g} s/step")
+    if real is not None and concurrent:
+        summary += f"; the surrogate trained on {facts['real_rows']} real latents of {real.path}"
     return summary, out_dir

@@ -124,8 +124,10 @@ def tuning_roles(generator: nn.Module, config: TuneConfig, latent_shape, surroga
                              "one alongside")
         from lrm.models import DEFAULT_PRESETS, build
 
-        surrogate = build(DEFAULT_PRESETS[true_reward.spec.kind], int(latent_shape[1]),
-                          text_dim=getattr(student, "text_dim", None) if true_reward.spec.needs_text else None)
+        with torch.random.fork_rng(devices=[]):  # its initial weights from config.seed: a rerun builds the same one
+            torch.manual_seed(config.seed)
+            surrogate = build(DEFAULT_PRESETS[true_reward.spec.kind], int(latent_shape[1]),
+                              text_dim=getattr(student, "text_dim", None) if true_reward.spec.needs_text else None)
     roles.add(surrogate_role(surrogate, student, latent_shape, concurrent=config.concurrent, lr=config.surrogate_lr))
     return roles
 

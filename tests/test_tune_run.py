@@ -1,0 +1,214 @@
+"""Resumable `lrm tune` runs and their real data (lrm.tuning.tune_run, lrm.tuning.embedded, lrm.cli.tune): a tiny
+dit-xs teacher trained 3 steps on 8 procedural 64-px images (dct latents, MiniLM tokens), its store as real data."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, replace
+
+import pytest
+import torch
+import typer
+from typer.testing import CliRunner
+
+from lrm.codecs import from_settings
+from lrm.datasets.encoding import EncodeConfig, encode
+from lrm.datasets.store import LatentStore
+from lrm.generators import load_denoiser
+from lrm.generators.training import TeacherConfig, train_teacher
+from lrm.rewards import load as load_reward
+from lrm.tuning import TrueReward
+from lrm.tuning.trainer import Distiller
+from lrm.tuning.tune import TuneConfig, tune
+
+TINY = TeacherConfig(preset="dit-xs", steps=3, batch_size=4, warmup_steps=1, log_every=1, checkpoint_every=3,
+                     snapshots=0, report_samples=1)
+PROMPTS = ["a red circle on a blue background", "a green square on a white background"]
+runner = CliRunner(env={"COLUMNS": "300"})
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    """A teacher run whose config.json records its store (8 procedural images)."""
+    root = tmp_path_factory.mktemp("teacher")
+    store = encode(EncodeConfig("procedural:8", frames=1, size=64, text="minilm-l6-v2", text_length=32),
+                   root / "store", progress=False)
+    train_teacher(store, TINY, root / "run")
+    return root / "run"
+
+
+def reward(model, name="jpeg-incompressibility"):
+    return TrueReward(from_settings(model.codec_settings), load_reward(name))
+
+
+def config(**changes) -> TuneConfig:
+    base = TuneConfig(method="lrm", concurrent=True, distill=("vsd", "cd"), steps=4, student_steps=1, batch_size=2,
+                      lr=1e-3, eval_every=2, per_prompt=2, eval_prompts=1)
+    return replace(base, **changes)
+
+
+def run_tune(teacher, run_dir, cfg, store=True):
+    from lrm.text import load as load_text
+
+    model = load_denoiser(teacher / "model")
+    real = LatentStore.open(teacher.parent / "store") if store else None
+    return tune(model, reward(model), PROMPTS, load_text(model.text_encoder_id), cfg, latent_shape=(1, 32, 8, 8),
+                store=real, run_dir=run_dir, settings={"reward": "jpeg-incompressibility"})
+
+
+def same(a, b) -> bool:
+    """Equal, NaN equal to NaN (records hold NaN where a quantity is undefined)."""
+    if isinstance(a, float) and isinstance(b, float):
+        return a == b or (math.isnan(a) and math.isnan(b))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+# ---------------------------------------------------------------- resume
+
+
+def test_an_interrupted_tune_resumes_and_equals_the_uninterrupted_run(teacher, tmp_path, monkeypatch):
+    straight = run_tune(teacher, tmp_path / "straight", config())
+    train_step = Distiller.train_step
+
+    def killed_at_step_3(self, batches):
+        if self.step == 3:
+            raise KeyboardInterrupt
+        return train_step(self, batches)
+
+    monkeypatch.setattr(Distiller, "train_step", killed_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        run_tune(teacher, tmp_path / "resumed", config())
+    monkeypatch.setattr(Distiller, "train_step", train_step)
+    resumed = run_tune(teacher, tmp_path / "resumed", config())  # the same command again
+    assert [r.step for r in resumed.records] == [0, 2, 4]
+    assert same([asdict(r) for r in straight.records], [asdict(r) for r in resumed.records])
+    assert same([log.losses for log in straight.logs], [log.losses for log in resumed.logs]) and len(resumed.logs) == 4
+    a, b = straight.student.state_dict(), resumed.student.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert same(straight.term.fidelities, resumed.term.fidelities)
+    # the concurrent surrogate trained on the store's real latents beside the student's samples: 2 per update
+    assert straight.term.real_rows == resumed.term.real_rows == 4 * 2
+    # each evaluation left a checkpoint whose student loads as a denoiser; the last is the tuned student
+    steps = sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").glob("step-*"))
+    assert steps == ["step-00000000", "step-00000002", "step-00000004"]
+    last = load_denoiser(tmp_path / "resumed" / "checkpoints" / "step-00000004").state_dict()
+    assert all(torch.equal(last[k], b[k]) for k in b)
+    start = load_denoiser(tmp_path / "resumed" / "checkpoints" / "step-00000000").state_dict()
+    assert not all(torch.equal(start[k], b[k]) for k in b)
+
+
+def test_a_rerun_with_another_setting_is_refused_and_more_steps_continue(teacher, tmp_path):
+    run_tune(teacher, tmp_path / "run", config(steps=2, distill=("vsd",)))
+    with pytest.raises(ValueError, match=r"cannot resume tune run .*\(tune.lr: saved 0.001, now 0.01\)"):
+        run_tune(teacher, tmp_path / "run", config(steps=2, distill=("vsd",), lr=1e-2))
+    more = run_tune(teacher, tmp_path / "run", config(steps=4, distill=("vsd",)))
+    assert [r.step for r in more.records] == [0, 2, 4] and len(more.logs) == 4
+
+
+def test_cd_needs_real_latents_and_no_store_means_no_real_rows(teacher, tmp_path):
+    with pytest.raises(ValueError, match="CD needs real latents"):
+        run_tune(teacher, tmp_path / "cd", config(), store=False)
+    assert not (tmp_path / "cd").exists()  # refused before any work
+    alone = run_tune(teacher, None, config(distill=("vsd",), steps=2), store=False)
+    assert alone.term.real_rows == 0 and len(alone.term.fidelities) == 2
+
+
+# ---------------------------------------------------------------- the embedded student
+
+
+@pytest.fixture
+def tiny_embedded(tmp_path, monkeypatch):
+    """$LRM_CACHE in tmp_path, a 32-px dit-xs embedded teacher (4 steps) and a 2-step distillation of it."""
+    from lrm.generators import embedded
+    from lrm.tuning import embedded as students
+
+    monkeypatch.setenv("LRM_CACHE", str(tmp_path / "cache"))
+    tiny = embedded.EmbeddedTeacher(EncodeConfig("procedural:8", frames=1, size=32, text="minilm-l6-v2",
+                                                 text_length=32), replace(TINY, steps=4, checkpoint_every=2))
+    monkeypatch.setitem(embedded.EMBEDDED, "image", tiny)
+    monkeypatch.setattr(students, "STUDENT_JOB", replace(students.STUDENT_JOB, steps=2, batch_size=2, eval_every=0,
+                                                         checkpoint_every=1))
+    return tmp_path / "cache"
+
+
+def test_the_embedded_student_is_distilled_once_and_keyed_on_its_teacher(tiny_embedded, monkeypatch):
+    from lrm.generators import embedded
+    from lrm.tuning.embedded import embedded_student, embedded_student_dir
+
+    with pytest.raises(FileNotFoundError, match="not distilled yet"):
+        embedded_student(train_if_missing=False)
+    run = embedded_student()
+    assert run.parent == tiny_embedded / "students" and run.name.startswith("image-4step-")
+    config = json.loads((run / "config.json").read_text())
+    assert config["teacher_run"] == str(embedded.embedded_run_dir()) and set(config["job"]["losses"]) == {"vsd", "cd"}
+    weights = load_denoiser(run / "model").state_dict()
+    saved = (run / "model" / "model.safetensors").stat().st_mtime_ns
+    assert embedded_student(train_if_missing=False) == run  # cached: nothing distilled again
+    assert (run / "model" / "model.safetensors").stat().st_mtime_ns == saved
+    # killed after its last checkpoint, before the export: the rerun resumes and exports the same student
+    (run / "model" / "config.json").unlink()
+    assert embedded_student() == run
+    again = load_denoiser(run / "model").state_dict()
+    assert all(torch.equal(weights[k], again[k]) for k in weights)
+    assert embedded_student_dir(embedded.embedded_run_dir(), 2) != run  # another grid, another student
+    entry = embedded.EMBEDDED["image"]
+    monkeypatch.setitem(embedded.EMBEDDED, "image", replace(entry, teacher=replace(entry.teacher, steps=5)))
+    assert embedded_student_dir(embedded.embedded_run_dir()) != run  # a retrained teacher, a new student
+
+
+# ---------------------------------------------------------------- lrm tune
+
+
+def cli_app() -> typer.Typer:
+    from lrm.cli.tune import register
+
+    app = typer.Typer()
+    app.callback()(lambda: None)
+    register(app)
+    return app
+
+
+ARGS = ["--steps", "2", "--eval-every", "1", "--batch-size", "2", "--per-prompt", "2", "--lr", "1e-3", "--prompt",
+        PROMPTS[0]]
+
+
+def test_lrm_tune_with_no_generator_starts_from_the_embedded_student_and_resumes(tiny_embedded, tmp_path):
+    from lrm.generators import embedded
+
+    out = tmp_path / "tuned"
+    command = ["tune", "jpeg-compressibility", "--concurrent", *ARGS, "--out", str(out)]
+    result = runner.invoke(cli_app(), command)
+    assert result.exit_code == 0, result.output
+    assert "the surrogate trained on 4 real latents" in result.output
+    facts = json.loads((out / "records.json").read_text())
+    assert facts["from"].startswith(str(tiny_embedded / "students" / "image-4step-"))
+    assert facts["store"] == str(embedded.embedded_store_dir()) and facts["real_rows"] == 4
+    assert facts["checkpoints"] == ["checkpoints/step-00000000", "checkpoints/step-00000001",
+                                    "checkpoints/step-00000002"]
+    again = runner.invoke(cli_app(), command)  # finished: the rerun resumes at the end and rewrites the same facts
+    assert again.exit_code == 0, again.output
+    assert same(json.loads((out / "records.json").read_text())["records"], facts["records"])
+    changed = runner.invoke(cli_app(), [*command, "--seed", "3"])
+    assert changed.exit_code == 2 and "cannot resume tune run" in changed.output
+    assert "tune.seed: saved 0, now 3" in changed.output and "Traceback" not in changed.output
+
+
+def test_lrm_tune_cd_takes_real_latents_from_the_teacher_store_or_store(teacher, tmp_path):
+    out = tmp_path / "cd"
+    start = ["tune", "jpeg-incompressibility", "--teacher", str(teacher), "--losses", "vsd,cd", "--student-steps", "1"]
+    result = runner.invoke(cli_app(), [*start, "--concurrent", *ARGS, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    facts = json.loads((out / "records.json").read_text())
+    assert set(facts["losses"][0]) == {"vsd", "cd", "fake_score", "lrm_ft", "lrm"} and facts["real_rows"] == 4
+    other = encode(EncodeConfig("procedural:4", frames=1, size=32, text="minilm-l6-v2", text_length=32),
+                   tmp_path / "store-32px", progress=False)
+    wrong = runner.invoke(cli_app(), [*start, "--concurrent", *ARGS, "--store", str(other.path)])
+    assert wrong.exit_code == 2 and "--store feeds CD" not in wrong.output
+    assert "holds latents of shape (1, 32, 4, 4)" in wrong.output and "Traceback" not in wrong.output
