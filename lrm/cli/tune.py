@@ -78,7 +78,7 @@ def tune(
       lrm tune jpeg-compressibility --student runs/st --surrogate runs/jpeg
       lrm tune jpeg-compressibility --student runs/st --concurrent --steps 100
       lrm tune colorfulness --student runs/st --method direct
-      lrm tune jpeg-compressibility --teacher runs/teacher --losses vsd,cd --concurrent
+      lrm tune colorfulness --teacher runs/t --losses vsd,cd --concurrent
       lrm tune my_metric.py:score --student runs/st --method ddpo
     """
     if student is not None and teacher is not None:
