@@ -102,6 +102,10 @@ def test_an_interrupted_tune_resumes_and_equals_the_uninterrupted_run(teacher, t
     assert all(torch.equal(last[k], b[k]) for k in b)
     start = load_denoiser(tmp_path / "resumed" / "checkpoints" / "step-00000000").state_dict()
     assert not all(torch.equal(start[k], b[k]) for k in b)
+    # only the newest keeps the trainer's state; the older ones keep their student and records
+    older = {p.name for p in (tmp_path / "resumed" / "checkpoints" / "step-00000002").iterdir()}
+    assert older == {"config.json", "model.safetensors", "tune.json"}
+    assert (tmp_path / "resumed" / "checkpoints" / "step-00000004" / "fake_score.optimizer.safetensors").is_file()
 
 
 def test_a_rerun_with_another_setting_is_refused_and_more_steps_continue(teacher, tmp_path):
@@ -149,6 +153,7 @@ def test_the_embedded_student_is_distilled_once_and_keyed_on_its_teacher(tiny_em
     config = json.loads((run / "config.json").read_text())
     assert config["teacher_run"] == str(embedded.embedded_run_dir()) and set(config["job"]["losses"]) == {"vsd", "cd"}
     weights = load_denoiser(run / "model").state_dict()
+    assert [p.name for p in (run / "checkpoints").glob("step-*")] == ["step-00000002"]  # the newest suffices
     saved = (run / "model" / "model.safetensors").stat().st_mtime_ns
     assert embedded_student(train_if_missing=False) == run  # cached: nothing distilled again
     assert (run / "model" / "model.safetensors").stat().st_mtime_ns == saved

@@ -127,6 +127,17 @@ def _real_store(run, store_path, distill, concurrent):
     return None
 
 
+def _embedded_student(student_steps: int, device: str) -> Path:
+    """The cached embedded student's run, distilled first (saying so) when missing."""
+    from lrm.generators.embedded import embedded_run_dir
+    from lrm.tuning.embedded import STUDENT_JOB, embedded_student, embedded_student_dir, is_finished
+
+    where = embedded_student_dir(embedded_run_dir(), student_steps)
+    if not is_finished(where, STUDENT_JOB.steps):
+        typer.echo(f"distilling the embedded {student_steps}-step student into {where} (a few minutes, once)", err=True)
+    return embedded_student(student_steps, device=device)
+
+
 def _run(reward_name, reward_options, run_path, distill, student_steps, store_path, method, surrogate_path,
          concurrent, texts, steps, batch_size, lr, surrogate_lr, grad_steps, frames, eval_every, per_prompt, seed,
          out, device):
@@ -154,12 +165,10 @@ def _run(reward_name, reward_options, run_path, distill, student_steps, store_pa
     pixel_reward = load_reward(reward_name, **reward_options)
     embedded = run_path is None
     if embedded:  # the cached embedded student, distilled first when missing (every check before)
-        from lrm.tuning.embedded import embedded_student
-
         tune_config(student_steps)
         if store_path is not None:
             _real_store(None, store_path, distill, concurrent)
-        run_path = embedded_student(student_steps, device=device)
+        run_path = _embedded_student(student_steps, device)
     run = open_generator_run(run_path)
     if not distill and run.student_steps is None:
         raise ValueError(f"{run_path} is a teacher run (its model records no student_steps); pass it as --teacher "

@@ -18,10 +18,12 @@ of `distill` timed in /tmp, 9.3 s for 4 steps after set-up), so 100 steps take ~
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict, replace
 from pathlib import Path
 
 from lrm.configs import DistillJob
+from lrm.tuning.checkpoint import latest_checkpoint
 
 # VSD + CD (DOLLAR), 100 steps of 8 (~4 min at 2.3 s/step); fixed-seed logs at 0, 50 and 100; checkpoints every 25
 STUDENT_JOB = DistillJob(losses=("vsd", "cd"), steps=100, batch_size=8, eval_every=50, checkpoint_every=25)
@@ -69,4 +71,8 @@ def embedded_student(student_steps: int = 4, train_if_missing: bool = True, prog
     teacher = embedded_teacher(progress=progress, device=device)
     job = replace(STUDENT_JOB, teacher=str(teacher), student_steps=student_steps, device=device, out=str(run))
     distill(job, run, progress=progress)
+    latest = latest_checkpoint(run)
+    for older in (run / "checkpoints").glob("step-*"):  # resumable while it runs; the newest suffices once done
+        if older.is_dir() and older != latest:
+            shutil.rmtree(older)
     return run

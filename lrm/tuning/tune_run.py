@@ -7,6 +7,8 @@
         tune.json                 the evaluation records, step logs and hook counters so far
         config.json, model.safetensors   the student as a denoiser: load_denoiser(RUN/checkpoints/step-N) and
                                   open_generator_run read it (the over-optimisation study's "each saved checkpoint")
+    Only the newest checkpoint keeps the trainer's state (resume needs no other); the older ones keep the student
+    and tune.json (a checkpoint of the embedded student with VSD + CD roles holds ~80 MB, its student ~10 MB).
 
 Rerunning the same command on the same folder loads the newest checkpoint and continues; the result equals an
 uninterrupted run's, records included (tests/test_tune_run.py).
@@ -75,7 +77,22 @@ def save(run_dir: Path, distiller: Distiller, records: list[TuningRecord], logs:
         if hasattr(student, "dimensions"):
             save_denoiser(student, folder, extra={**student_extra, "step": distiller.step})
 
-    return distiller.save(run_dir, extra)
+    folder = distiller.save(run_dir, extra)
+    if folder is not None and (folder / "config.json").is_file():
+        for older in (run_dir / "checkpoints").glob("step-*"):
+            if older.is_dir() and older != folder:
+                slim(older)
+    return folder
+
+
+def slim(folder: Path) -> None:
+    """Keep only the student (as a denoiser) and tune.json of an older checkpoint."""
+    keep = {"config.json", "model.safetensors", STATE}
+    if not {"config.json", "model.safetensors"} <= {p.name for p in folder.iterdir()}:
+        return  # no denoiser copy of the student: keep the checkpoint whole
+    for path in folder.iterdir():
+        if path.name not in keep:
+            path.unlink()
 
 
 def resume(run_dir: Path, distiller: Distiller, term, true_reward) -> tuple[list[TuningRecord], list[StepLog]] | None:
