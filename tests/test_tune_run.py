@@ -217,3 +217,6 @@ def test_lrm_tune_cd_takes_real_latents_from_the_teacher_store_or_store(teacher,
     wrong = runner.invoke(cli_app(), [*start, "--concurrent", *ARGS, "--store", str(other.path)])
     assert wrong.exit_code == 2 and "--store feeds CD" not in wrong.output
     assert "holds latents of shape (1, 32, 4, 4)" in wrong.output and "Traceback" not in wrong.output
+    unread = runner.invoke(cli_app(), ["tune", "colorfulness", "--teacher", str(teacher), "--method", "direct", *ARGS,
+                                       "--store", str(other.path)])
+    assert unread.exit_code == 2 and "--store feeds CD (--losses cd) and the concurrent surrogate" in unread.output
