@@ -200,6 +200,8 @@ def test_lrm_tune_with_no_generator_starts_from_the_embedded_student_and_resumes
     again = runner.invoke(cli_app(), command)  # finished: the rerun resumes at the end and rewrites the same facts
     assert again.exit_code == 0, again.output
     assert same(json.loads((out / "records.json").read_text())["records"], facts["records"])
+    video = runner.invoke(cli_app(), ["tune", "temporal-flickering", "--concurrent", *ARGS])
+    assert video.exit_code == 2 and "the embedded student is an image model" in video.output
     changed = runner.invoke(cli_app(), [*command, "--seed", "3"])
     assert changed.exit_code == 2 and "cannot resume tune run" in changed.output
     assert "tune.seed: saved 0, now 3" in changed.output and "Traceback" not in changed.output

@@ -166,6 +166,9 @@ def _run(reward_name, reward_options, run_path, distill, student_steps, store_pa
     embedded = run_path is None
     if embedded:  # the cached embedded student, distilled first when missing (every check before)
         tune_config(student_steps)
+        if pixel_reward.spec.is_video:
+            raise ValueError(f"reward {reward_name!r} scores videos and the embedded student is an image model; tune "
+                             "a video student: `lrm distill --video`, then --student runs/student-...")
         if store_path is not None:
             _real_store(None, store_path, distill, concurrent)
         run_path = _embedded_student(student_steps, device)
