@@ -73,7 +73,8 @@ class TuningMonitor:
         """The student's samples at the fixed prompts and seeds, decoded (what each record scores)."""
         with evaluating(self.student):
             return generate_few_step(self.student, self.prompts, self.seeds, latent_shape=self.latent_shape,
-                                     steps=self.steps, codec=self.true_reward.path.codec, text_encoder=self.text_encoder)
+                                     steps=self.steps, codec=self.true_reward.path.codec,
+                                     text_encoder=self.text_encoder)
 
     @torch.no_grad()
     def __call__(self, step: int) -> TuningRecord:

@@ -192,7 +192,7 @@ def tune(generator: nn.Module, true_reward: TrueReward, prompts: Sequence[str], 
         tune_run.check_settings(run_dir, {"tune": asdict(config), **(settings or {})}, asdict(TuneConfig()))
     student_extra = {"student_steps": config.student_steps, "latent_shape": list(latent_shape)}
     peak = 0.0  # max over the training steps of CUDA's peak allocation (reset before each step)
-    monitor(0)  # the starting student's samples (the "before" grid); a resumed run takes its records from the checkpoint
+    monitor(0)  # the starting student's samples (the "before" grid); a resumed run's records come from its checkpoint
     logs: list[StepLog] = []
     resumed = tune_run.resume(run_dir, distiller, term, true_reward) if run_dir is not None else None
     if resumed is not None:
