@@ -12,13 +12,17 @@ The student is tuned alone, or, from a teacher, distilled alongside with the DIS
   concurrent surrogate labels the student's samples only;
 - "ddpo": DDPO-SF (Alg. 2) on the true reward;
 - "direct": ReFL / DRaFT-K through the decoder and a differentiable reward.
+Regularisers (DOLLAR Sec. 9.3's over-optimisation, lrm.studies): `kl_weight` > 0 adds the KL-to-initial penalty
+(lrm.tuning.kl_penalty, against a frozen copy of the starting student); several surrogates (a list) form an
+ensemble (lrm.tuning.ensemble): LRM fine-tuning follows their mean and `disagreement_weight` penalises their
+spread; `concurrent` refreshes the surrogate on the student's current samples.
 Each step draws `batch_size` prompts (seeded by the step, so a run is reproducible). The result also holds
 the trainer's step logs, the mean seconds per step and the peak memory (CUDA: max allocated; CPU: None).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
@@ -28,9 +32,11 @@ from lrm.generators.sampling import Samples
 from lrm.tuning.ddpo import DDPO
 from lrm.tuning.denoise import Batch
 from lrm.tuning.direct import DirectReward
+from lrm.tuning.ensemble import Disagreement, SurrogateEnsemble
+from lrm.tuning.kl_penalty import INITIAL, KLPenalty
 from lrm.tuning.lrm_ft import LRM, LRMFineTune, surrogate_role
 from lrm.tuning.monitor import TuningMonitor, TuningRecord
-from lrm.tuning.roles import STUDENT, Role, Roles, adamw, build_roles
+from lrm.tuning.roles import STUDENT, Role, Roles, adamw, build_roles, frozen_copy
 from lrm.tuning.trainer import DistillConfig, Distiller, StepLog
 from lrm.tuning.true_reward import TrueReward
 from lrm.tuning.vsd import VSD
@@ -55,6 +61,8 @@ class TuneConfig:
     per_prompt: int = 4  # monitor samples per prompt
     eval_prompts: int = 4  # monitor prompts (the first of `prompts`)
     seed: int = 0  # of the trainer's draws and the monitor's seeds
+    kl_weight: float = 0.0  # lambda of the KL-to-initial penalty (lrm.tuning.kl_penalty); 0: no penalty
+    disagreement_weight: float = 1.0  # with an ensemble of surrogates: weight of their disagreement (std) penalty
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -70,6 +78,9 @@ class TuneConfig:
         if self.concurrent and self.method != "lrm":
             raise ValueError(f"concurrent trains a latent surrogate, which only method 'lrm' uses "
                              f"(got {self.method!r})")
+        if not self.kl_weight >= 0 or not self.disagreement_weight >= 0:
+            raise ValueError(f"kl_weight and disagreement_weight must be >= 0, got {self.kl_weight!r} and "
+                             f"{self.disagreement_weight!r}")
         for name in ("steps", "batch_size", "eval_every", "eval_prompts", "student_steps"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
@@ -85,6 +96,7 @@ class TuneResult:
     term: object  # the hook (its counters: nonfinite rewards, samples, surrogate fidelity)
     samples_before: Samples  # the monitor's samples before tuning (for grids)
     samples_after: Samples  # and after
+    samples: dict[int, Samples] = field(default_factory=dict)  # the monitor's samples at every evaluation, by step
 
 
 def build_term(config: TuneConfig, true_reward: TrueReward, latent_shape):
@@ -97,17 +109,29 @@ def build_term(config: TuneConfig, true_reward: TrueReward, latent_shape):
     return LRMFineTune(true_reward if config.concurrent else None, real=False, latent_shape=latent_shape)
 
 
-def tuning_roles(generator: nn.Module, config: TuneConfig, latent_shape, surrogate: nn.Module | None,
+def tuning_roles(generator: nn.Module, config: TuneConfig, latent_shape, surrogate,
                  true_reward: TrueReward) -> Roles:
     """The student (`generator` itself, trained in place; with config.distill a copy of the teacher `generator`,
-    with a fake score for VSD) and, for "lrm", the surrogate role (checked against the student)."""
+    with a fake score for VSD), its frozen initial copy for a KL penalty, and, for "lrm", the surrogate role
+    (checked against the student; a list of surrogates: their ensemble)."""
     if config.distill:
         roles = build_roles(generator, student_lr=config.lr, fake_lr=config.lr, ema=False)
     else:
         roles = Roles()
         roles.add(Role(STUDENT, generator, adamw(config.lr)(list(generator.parameters()))))
     student = roles.module(STUDENT)
+    if config.kl_weight > 0:
+        roles.add(Role(INITIAL, frozen_copy(student)))
     if config.method != "lrm":
+        if isinstance(surrogate, (list, tuple)):
+            raise ValueError(f"an ensemble of surrogates belongs to method 'lrm', not {config.method!r}")
+        return roles
+    if isinstance(surrogate, (list, tuple)):
+        if config.concurrent:
+            raise ValueError("an ensemble of surrogates is frozen; leave out concurrent, or give one surrogate")
+        for member in surrogate:
+            surrogate_role(member, student, latent_shape)  # checks each member against the student
+        roles.add(Role(LRM, SurrogateEnsemble(list(surrogate))))
         return roles
     if surrogate is None:
         if not config.concurrent:
@@ -122,9 +146,10 @@ def tuning_roles(generator: nn.Module, config: TuneConfig, latent_shape, surroga
 
 
 def tune(generator: nn.Module, true_reward: TrueReward, prompts: Sequence[str], text_encoder, config: TuneConfig,
-         *, latent_shape: Sequence[int], surrogate: nn.Module | None = None) -> TuneResult:
+         *, latent_shape: Sequence[int], surrogate: nn.Module | Sequence[nn.Module] | None = None) -> TuneResult:
     """Tune the student `generator` in place toward `true_reward` (module docstring); with config.distill,
     `generator` is a teacher, left unchanged, and the student is its copy (DOLLAR's VSD + LRM from the start).
+    `surrogate`: one fitted surrogate, or a list of two or more (an ensemble).
     Every check runs before any work; the tuned student is result.student."""
     prompts = list(prompts)
     if not prompts:
@@ -136,10 +161,13 @@ def tune(generator: nn.Module, true_reward: TrueReward, prompts: Sequence[str], 
     lrm = roles.module(LRM) if LRM in roles else None
     monitor = TuningMonitor(student, true_reward, prompts[: config.eval_prompts], text_encoder,
                             latent_shape=latent_shape, steps=config.student_steps, per_prompt=config.per_prompt,
-                            seed=config.seed, surrogate=lrm)
-    terms = [DISTILL_TERMS[name]() for name in config.distill] + [term]
+                            seed=config.seed, surrogate=lrm,
+                            initial=roles.module(INITIAL) if INITIAL in roles else None)
+    terms = [DISTILL_TERMS[name]() for name in config.distill] + [term] + regularisers(config, lrm)
+    weights = {KLPenalty.name: config.kl_weight, Disagreement.name: config.disagreement_weight}
     distiller = Distiller(roles, terms, DistillConfig(latent_shape=latent_shape, student_steps=config.student_steps,
-                                                      seed=config.seed))
+                                                      seed=config.seed),
+                          weights={t.name: weights[t.name] for t in terms if t.name in weights})
 
     def batches(step: int) -> list[Batch]:
         pick = torch.randint(len(prompts), (config.batch_size,), generator=torch.Generator().manual_seed(step))
@@ -161,4 +189,11 @@ def tune(generator: nn.Module, true_reward: TrueReward, prompts: Sequence[str], 
             monitor(distiller.step)
     seconds = sum(log.seconds for log in logs) / len(logs)
     return TuneResult(student, monitor.records, logs, seconds, peak if device.type == "cuda" else None, term,
-                      monitor.first, monitor.last)
+                      monitor.first, monitor.last, monitor.samples)
+
+
+def regularisers(config: TuneConfig, lrm: nn.Module | None) -> list:
+    """The regularising terms of the run: the KL penalty when kl_weight > 0, the disagreement penalty with an
+    ensemble of surrogates."""
+    terms = [KLPenalty()] if config.kl_weight > 0 else []
+    return terms + ([Disagreement()] if isinstance(lrm, SurrogateEnsemble) else [])
