@@ -13,7 +13,7 @@ from lrm.tuning.ensemble import Disagreement, SurrogateEnsemble, spread
 from lrm.tuning.kl_penalty import INITIAL, KLPenalty
 from lrm.tuning.lrm_ft import LRM
 from lrm.tuning.roles import STUDENT, Role, Roles, build_roles, frozen_copy
-from test_hooks import SHAPE, BrightFraction, codec, has_grad, surrogate, words_student
+from test_hooks import SHAPE, BrightFraction, codec, has_grad, surrogate, words_runs, words_student  # noqa: F401
 from test_tuning import batch, tiny_dit
 
 
@@ -141,3 +141,47 @@ def test_tune_refuses_bad_regulariser_setups():
     with pytest.raises(ValueError, match="an ensemble of surrogates is frozen"):
         tune(student, reward, ["a"], words, TuneConfig(concurrent=True), latent_shape=SHAPE,
              surrogate=[surrogate(), surrogate(seed=1)])
+
+
+# ---------------------------------------------------------------- lrm tune flags
+
+
+def saved_surrogates(folder, seeds=(0, 1)) -> list[str]:
+    """Surrogates of the words runs' 32-channel dct latents, saved as `lrm fit` writes them."""
+    from lrm.codecs import load as load_codec
+    from lrm.models import build as build_surrogate
+
+    paths = []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        model = build_surrogate("image-cnn-stats", 32)
+        model.info.codec_settings = load_codec("dct").settings()
+        paths.append(str(model.save_pretrained(folder / f"lrm-{seed}")))
+    return paths
+
+
+def test_lrm_tune_with_an_ensemble_and_a_kl_penalty_writes_every_evaluation(words_runs):  # noqa: F811
+    import json
+
+    from typer.testing import CliRunner
+
+    from test_hooks import TUNE_ARGS, cli_app
+
+    a, b = saved_surrogates(words_runs)
+    out = words_runs / "tuned"
+    result = CliRunner().invoke(cli_app(), ["tune", "jpeg-incompressibility", "--student", str(words_runs / "student"),
+                                            "--ensemble", a, "--ensemble", b, "--kl-weight", "0.1", *TUNE_ARGS,
+                                            "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    facts = json.loads((out / "records.json").read_text())
+    assert facts["config"]["kl_weight"] == 0.1 and facts["ensemble"] == [a, b]
+    assert set(facts["losses"][0]) == {"lrm_ft", "kl", "disagreement"}
+    assert all(r["disagreement"] > 0 for r in facts["records"])
+    assert facts["records"][-1]["eps_distance"] > 0 and facts["records"][-1]["frechet"] > 0
+    for step in (0, 1, 2):
+        assert (out / "evals" / f"step-{step}" / "grid.png").is_file()
+        assert (out / "evals" / f"step-{step}" / "latents.safetensors").is_file()
+    for args in (["--ensemble", a], ["--ensemble", a, "--ensemble", b, "--concurrent"]):
+        bad = CliRunner().invoke(cli_app(), ["tune", "jpeg-incompressibility", "--student",
+                                             str(words_runs / "student"), *args, *TUNE_ARGS])
+        assert bad.exit_code == 2 and "give two or more fitted surrogates" in bad.output, bad.output

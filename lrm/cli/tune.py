@@ -18,7 +18,8 @@ from lrm.cli.options import check_device, parse_options
 
 METHODS = ("lrm", "ddpo", "direct")  # lrm.tuning.tune.METHODS
 DEFAULTS = {"method": "lrm", "steps": 200, "batch_size": 8, "lr": 1e-5, "surrogate_lr": 1e-4, "eval_every": 20,
-            "per_prompt": 4, "eval_prompts": 4, "seed": 0}  # lrm.tuning.tune.TuneConfig
+            "per_prompt": 4, "eval_prompts": 4, "seed": 0, "kl_weight": 0.0,
+            "disagreement_weight": 1.0}  # lrm.tuning.tune.TuneConfig
 PROCEDURAL_PROMPTS = 16  # procedural captions tuned on when no prompts are given
 
 
@@ -58,13 +59,23 @@ def tune(
     = DEFAULTS["seed"],
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default RUN/tune-REWARD-METHOD).")] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.", callback=check_device)] = "cpu",
+    kl_weight: Annotated[float, typer.Option(min=0.0, help="Regulariser: weight of the KL-to-initial penalty "
+                                                           "||eps_theta - eps_init||^2 (0: none).")]
+    = DEFAULTS["kl_weight"],
+    ensemble: Annotated[Optional[list[Path]], typer.Option(help="Regulariser, --method lrm: a fitted surrogate of "
+                                                                "an ensemble; repeat for each (2 or more).")] = None,
+    disagreement_weight: Annotated[float, typer.Option(min=0.0, help="With --ensemble: weight of the members' "
+                                                                     "disagreement (std) penalty.")]
+    = DEFAULTS["disagreement_weight"],
 ) -> None:
     """Reward-tune a distilled student with LRM fine-tuning, DDPO-SF or direct reward gradients.
 
     Starts from a distilled --student, or from a --teacher whose copy is distilled (VSD) while it is
     tuned (DOLLAR's VSD + LRM). Writes OUT/model (the tuned student, a generator run),
     OUT/records.json (gold and proxy reward, diversity and distance from the start at fixed seeds,
-    seconds per step, peak memory) and sample grids OUT/before and OUT/after.
+    seconds per step, peak memory), sample grids OUT/before and OUT/after, and each evaluation's
+    samples in OUT/evals/step-N. Regularisers: --kl-weight (KL-to-initial penalty), --ensemble
+    (two or more fitted surrogates: their mean is tuned on, their disagreement penalised).
 
     Examples:
       lrm tune jpeg-compressibility --student runs/st --surrogate runs/jpeg
@@ -72,6 +83,8 @@ def tune(
       lrm tune colorfulness --student runs/st --method direct
       lrm tune jpeg-compressibility --teacher runs/teacher --concurrent
       lrm tune my_metric.py:score --student runs/st --method ddpo
+      lrm tune jpeg-compressibility --student runs/st --surrogate runs/jpeg --kl-weight 0.1
+      lrm tune jpeg-compressibility --student runs/st --ensemble runs/jpeg-a --ensemble runs/jpeg-b
     """
     if (student is None) == (teacher is None):
         raise typer.BadParameter("give --student RUN (a distilled student) or --teacher RUN (distil while tuning)")
@@ -79,7 +92,10 @@ def tune(
         raise typer.BadParameter(f"must be one of {', '.join(METHODS)}, got {method!r}", param_hint="--method")
     if method != "lrm" and (surrogate is not None or concurrent):
         raise typer.BadParameter(f"--surrogate and --concurrent belong to --method lrm, not {method}")
-    if method == "lrm" and surrogate is None and not concurrent:
+    if ensemble and (surrogate is not None or concurrent or method != "lrm" or len(ensemble) < 2):
+        raise typer.BadParameter("give two or more fitted surrogates, with --method lrm and without --surrogate or "
+                                 "--concurrent", param_hint="--ensemble")
+    if method == "lrm" and surrogate is None and not concurrent and not ensemble:
         raise typer.BadParameter("--method lrm needs --surrogate DIR (fitted by `lrm fit`) or --concurrent")
     from lrm.cli.generate import _prompts
 
@@ -90,7 +106,7 @@ def tune(
         summary, out_dir = _run(reward, reward_options, student or teacher, distill, student_steps, method, surrogate,
                                 concurrent, texts, steps,
                                 batch_size, lr, surrogate_lr, grad_steps, frames, eval_every, per_prompt, seed, out,
-                                device)
+                                device, kl_weight=kl_weight, ensemble=ensemble, disagreement_weight=disagreement_weight)
     except USER_ERRORS as error:
         exit_with_message(error)
     typer.echo(summary, err=True)
@@ -98,7 +114,8 @@ def tune(
 
 
 def _run(reward_name, reward_options, run_path, distill, student_steps, method, surrogate_path, concurrent, texts,
-         steps, batch_size, lr, surrogate_lr, grad_steps, frames, eval_every, per_prompt, seed, out, device):
+         steps, batch_size, lr, surrogate_lr, grad_steps, frames, eval_every, per_prompt, seed, out, device, *,
+         kl_weight=DEFAULTS["kl_weight"], ensemble=None, disagreement_weight=DEFAULTS["disagreement_weight"]):
     from dataclasses import asdict
 
     from lrm.codecs import from_settings
@@ -124,7 +141,7 @@ def _run(reward_name, reward_options, run_path, distill, student_steps, method, 
     config = TuneConfig(method=method, concurrent=concurrent, steps=steps, student_steps=student_steps,
                         batch_size=batch_size, lr=lr, surrogate_lr=surrogate_lr, grad_steps=grad_steps,
                         frames=frames, distill=distill, eval_every=eval_every, per_prompt=per_prompt,
-                        seed=seed)  # checked first
+                        seed=seed, kl_weight=kl_weight, disagreement_weight=disagreement_weight)  # checked first
     model = run.load(map_location=device)
     if model.codec_settings is None or model.text_encoder_id is None:
         raise ValueError(f"{run_path} records no codec or text encoder, so its samples cannot be decoded and "
@@ -137,6 +154,11 @@ def _run(reward_name, reward_options, run_path, distill, student_steps, method, 
 
         surrogate = LatentRewardModel.from_pretrained(surrogate_path, codec_settings=model.codec_settings,
                                                       map_location=device)
+    if ensemble:
+        from lrm.models import LatentRewardModel
+
+        surrogate = [LatentRewardModel.from_pretrained(path, codec_settings=model.codec_settings, map_location=device)
+                     for path in ensemble]
     encoder = load_text(model.text_encoder_id)
     texts = texts or procedural_prompts(PROCEDURAL_PROMPTS, latent_shape[0])
     result = run_tuning(model, true_reward, texts, encoder, config, latent_shape=latent_shape, surrogate=surrogate)
@@ -148,13 +170,15 @@ def _run(reward_name, reward_options, run_path, distill, student_steps, method, 
     save_denoiser(result.student, out_dir / "model", extra=extra)
     term = result.term
     facts = {"reward": reward_name, "method": method, "concurrent": concurrent, "from": str(run_path),
+             "ensemble": [str(path) for path in ensemble or ()],
              "config": asdict(config), "records": [asdict(r) for r in result.records],
              "seconds_per_step": result.seconds_per_step, "peak_memory_mb": result.peak_memory_mb,
              "nonfinite_rewards": true_reward.nonfinite,
              "skipped_updates": sum(len(log.skipped) for log in result.logs),
              "surrogate_fidelity": getattr(term, "fidelity", None), "losses": [log.losses for log in result.logs]}
     atomic_write_json(out_dir / "records.json", json.loads(json.dumps(facts, default=float)))
-    for name, samples in (("before", result.samples_before), ("after", result.samples_after)):
+    evals = {f"evals/step-{step}": samples for step, samples in result.samples.items()}
+    for name, samples in (("before", result.samples_before), ("after", result.samples_after), *evals.items()):
         save_samples(samples, out_dir / name, {"run": str(out_dir / "model"), "sampler": "few-step",
                                                "steps": student_steps, "cfg": 1.0})
     first, last = result.records[0], result.records[-1]
