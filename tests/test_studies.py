@@ -217,7 +217,8 @@ def test_lrm_study_overopt_writes_the_report_and_metrics_with_the_documented_key
     assert metrics["verdict"] in result.output
     page = (out / "report.html").read_text()
     assert page.index(metrics["verdict"].split(";")[0]) < page.index("Early stopping")  # the verdict first
-    assert page.count("data:image/png;base64,") == 5  # three figures and the before/after grids
+    assert page.count("data:image/png;base64,") == 6  # three figures and the start / gold peak / end grids
+    assert f"gold peak (step {metrics['peak']['step']})" in page
 
     from lrm.cli import app as lazy  # through `lrm`'s lazy command table, as the lead registers it
     from lrm.cli.study import HELP

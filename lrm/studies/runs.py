@@ -48,6 +48,21 @@ def read_run(path: str | Path, reward: str | None = None) -> TuningRun:
                      float(fidelity) if isinstance(fidelity, (int, float)) else None, facts)
 
 
+def sample_grids(run: TuningRun, peak_step: int) -> dict[str, Path]:
+    """The grids of the run's fixed-seed samples at the start, the gold peak and the end ("start", "peak", "end"),
+    those that exist: OUT/evals/step-N/grid.png (every evaluation, `lrm tune`), else OUT/before and OUT/after."""
+    last = int(run.curves.steps[-1])
+    found = {"start": [run.path / "evals" / "step-0", run.path / "before"],
+             "peak": [run.path / "evals" / f"step-{peak_step}"],
+             "end": [run.path / "evals" / f"step-{last}", run.path / "after"]}
+    grids = {}
+    for when, folders in found.items():
+        path = next((f / "grid.png" for f in folders if (f / "grid.png").is_file()), None)
+        if path is not None:
+            grids[when] = path
+    return grids
+
+
 def higher_is_better(reward: str) -> bool:
     """The registry spec's direction (reading the registry imports no torch); a user's metric counts as higher
     is better, as lrm.rewards.custom's default."""
