@@ -21,7 +21,8 @@ def synthetic(n: int = 16, fidelity_drop: bool = True) -> Curves:
     d = np.linspace(0.0, 3.0, n)
     gold = 0.5 + gao_curve(d, 2.0, 1.5)
     fidelity = np.linspace(0.95, 0.30, n) if fidelity_drop else np.full(n, np.nan)
-    return Curves(np.arange(n) * 20, gold, 0.5 + 3.0 * d, d, np.linspace(5.0, 2.0, n), fidelity)
+    disagreement = np.linspace(0.1, 0.4, n)  # an ensemble parting as the student moves: 0.1 + 0.02 i
+    return Curves(np.arange(n) * 20, gold, 0.5 + 3.0 * d, d, np.linspace(5.0, 2.0, n), fidelity, disagreement)
 
 
 # ---------------------------------------------------------------- analysis
@@ -65,6 +66,9 @@ def test_the_peak_and_each_stopping_rule_on_a_synthetic_curve():
     assert stops["divergence"].step == 180
     # (c) d = 0.2 i reaches 1.0 at i = 5
     assert stops["distance"].step == 100
+    # (d) 0.1 + 0.02 i reaches 1.5 x 0.1 at i = 3 (i = 2.5 exactly); 3 x 0.1 at i = 10
+    assert stops["disagreement"].step == 60
+    assert {s.rule: s for s in analyse(curves, StudyConfig(disagreement_factor=3)).stops}["disagreement"].step == 200
     for stop in study.stops:
         gold = curves.gold[stop.step // 20]
         assert stop.gold == pytest.approx(gold)
@@ -89,6 +93,7 @@ def test_rules_that_never_fire_or_cannot_apply():
     assert not stops["divergence"].applied and "no proxy" in stops["divergence"].note
     assert stops["distance"].applied and not stops["distance"].fired
     assert stops["distance"].step == 300 and stops["distance"].steps_saved == 0
+    assert not stops["disagreement"].applied and "no ensemble" in stops["disagreement"].note
     assert "no peak within the run" in study.verdict and "no stopping rule fired" in study.verdict
     no_budget = {s.rule: s for s in analyse(rising).stops}["distance"]
     assert not no_budget.applied and no_budget.step is None
@@ -96,7 +101,8 @@ def test_rules_that_never_fire_or_cannot_apply():
 
 def test_a_lower_is_better_reward_peaks_at_its_lowest_gold():
     curves = synthetic()
-    flipped = Curves(curves.steps, -curves.gold, -curves.proxy, curves.distance, curves.diversity, curves.fidelity)
+    flipped = Curves(curves.steps, -curves.gold, -curves.proxy, curves.distance, curves.diversity, curves.fidelity,
+                     curves.disagreement)
     assert gold_peak(flipped, higher_is_better=False).index == gold_peak(curves).index
     a, b = analyse(curves, StudyConfig()), analyse(flipped, StudyConfig(higher_is_better=False))
     assert [s.step for s in a.stops] == [s.step for s in b.stops]

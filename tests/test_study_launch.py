@@ -52,6 +52,9 @@ def test_launch_two_regularisers_writes_each_run_its_study_and_one_comparison(wo
         assert set(values["grids"]) == {"start", "peak", "end"}
     assert metrics["arms"]["ensemble"]["curves"]["disagreement"][0] > 0
     assert metrics["arms"]["kl"]["curves"]["disagreement"] == [None, None, None]  # no ensemble: not measured
+    # the disagreement rule reads the ensemble arm's recorded disagreement and is not applied without one
+    rule = {arm: {s["rule"]: s for s in values["stops"]}["disagreement"] for arm, values in metrics["arms"].items()}
+    assert rule["ensemble"]["applied"] and not rule["kl"]["applied"]
     assert metrics["verdict"].startswith("best gold peak: ") and metrics["verdict"] in result.output
     page = (out / "report.html").read_text()
     assert page.index("best gold peak") < page.index("Early stopping by regulariser")

@@ -16,7 +16,8 @@ from lrm.cli.errors import USER_ERRORS, exit_with_message
 from lrm.cli.options import check_device
 
 # lrm.studies.overopt.StudyConfig's defaults
-DEFAULTS = {"fidelity_threshold": 0.7, "fidelity_window": 1, "every": 1, "divergence_window": 2}
+DEFAULTS = {"fidelity_threshold": 0.7, "fidelity_window": 1, "every": 1, "divergence_window": 2,
+            "disagreement_factor": 1.5}
 # lrm.studies.launch.LaunchConfig's defaults (tests/test_study_launch.py keeps them equal)
 LAUNCH_DEFAULTS = {"regularisers": "none,kl,concurrent,ensemble", "seeds": "0,1,2", "kl_weight": 0.1,
                    "disagreement_weight": 1.0}
@@ -50,6 +51,9 @@ def overopt(
     distance_budget: Annotated[Optional[float], typer.Option(
                                                              help="Rule (c): stop at this relative parameter "
                                                                   "distance from the initial student.")] = None,
+    disagreement_factor: Annotated[float, typer.Option(help="Rule (d): stop when an "
+                                                       "ensemble's disagreement reaches this times its start.")]
+    = DEFAULTS["disagreement_factor"],
     eps_distance: Annotated[bool, typer.Option("--eps-distance", help="Also measure the KL-like distance of the "
                                                "tuned student from its start (loads both models).")] = False,
     device: Annotated[str, typer.Option(help="cpu or cuda (for --eps-distance and --launch).",
@@ -91,8 +95,8 @@ def overopt(
 
     Reads RUN/records.json (gold and proxy reward, diversity and distance from the start at fixed seeds, written
     by `lrm tune`) and writes OUT/report.html and OUT/metrics.json: the gold peak, gold against the distance
-    with Gao et al.'s fit d (alpha - beta log d), and three early-stopping rules (fidelity threshold, proxy/gold
-    divergence, distance budget) with the gold each keeps and the steps each saves. Launching the runs a study
+    with Gao et al.'s fit d (alpha - beta log d), and four early-stopping rules (fidelity threshold, proxy/gold
+    divergence, distance budget, ensemble disagreement) with the gold each keeps and the steps each saves. Launching the runs a study
     compares: --launch.
 
     Examples:
@@ -104,6 +108,8 @@ def overopt(
     if distance_budget is not None and not distance_budget > 0:
         raise typer.BadParameter(f"must be positive, got {distance_budget}",
                                  param_hint="--distance-budget")
+    if not disagreement_factor > 0:
+        raise typer.BadParameter(f"must be positive, got {disagreement_factor}", param_hint="--disagreement-factor")
     if launch and run is not None:
         raise typer.BadParameter("--run analyses an existing run; --launch runs new ones: give one of them")
     if not launch and run is None:
@@ -115,7 +121,8 @@ def overopt(
     if launch and (reward is None or out is None):
         raise typer.BadParameter("--launch needs the REWARD to tune toward and --out DIR for the runs and the report")
     config = dict(fidelity_threshold=fidelity_threshold, fidelity_window=fidelity_window, every=every,
-                  divergence_window=divergence_window, distance_budget=distance_budget)
+                  divergence_window=divergence_window, distance_budget=distance_budget,
+                  disagreement_factor=disagreement_factor)
     try:
         if launch:
             tune_args = {"student": student, "teacher": teacher, "steps": steps, "eval_every": eval_every,
@@ -124,24 +131,20 @@ def overopt(
             summary, out_dir = _launch(reward, out, config, regularisers, seeds, kl_weight, disagreement_weight,
                                        surrogate, ensemble or [], tune_args)
         else:
-            summary, out_dir = _run(reward, run, out, fidelity_threshold, fidelity_window, every, divergence_window,
-                                    distance_budget, eps_distance, device)
+            summary, out_dir = _run(reward, run, out, config, eps_distance, device)
     except USER_ERRORS as error:
         exit_with_message(error)
     typer.echo(summary, err=True)
     typer.echo(f"report.html and metrics.json in {out_dir}", err=True)
 
 
-def _run(reward, run_path, out, fidelity_threshold, fidelity_window, every, divergence_window, distance_budget,
-         eps_distance, device):
+def _run(reward, run_path, out, study_options, eps_distance, device):
     from lrm.studies.overopt import StudyConfig, analyse
     from lrm.studies.report import write_study
     from lrm.studies.runs import read_run
 
     run = read_run(run_path, reward)
-    config = StudyConfig(fidelity_threshold=fidelity_threshold, fidelity_window=fidelity_window, every=every,
-                         divergence_window=divergence_window, distance_budget=distance_budget,
-                         higher_is_better=run.higher_is_better)
+    config = StudyConfig(**study_options, higher_is_better=run.higher_is_better)
     study = analyse(run.curves, config)
     end = None
     if eps_distance:

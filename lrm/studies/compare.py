@@ -42,7 +42,7 @@ from lrm.studies.runs import TuningRun, sample_grids
 COMPARE_KEYS = ("reward", "method", "higher_is_better", "regularisers", "seeds", "distance_measure", "verdict", "arms",
                 "launch", "config")
 ARM_KEYS = ("runs", "peak", "seed_peaks", "proxy_keeps_rising", "gao_fit", "stops", "curves", "grids")
-EXTRA = ("eps_distance", "latent_l2", "frechet", "disagreement")  # monitor columns beyond Curves'
+EXTRA = ("eps_distance", "latent_l2", "frechet")  # monitor columns beyond Curves'
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ def build_arm(regulariser: str, runs: list[TuningRun], seeds: list[int], config:
         if not np.array_equal(run.curves.steps, steps):
             raise ValueError(f"{run.path} and {runs[0].path} evaluate at different steps; launch them with the same "
                              "--steps and --eval-every")
-    fields = ("gold", "proxy", "distance", "diversity", "fidelity")
+    fields = ("gold", "proxy", "distance", "diversity", "fidelity", "disagreement")
     means = {f: _nanmean(np.stack([getattr(r.curves, f) for r in runs])) for f in fields}
     curves = Curves(steps, **means)
     gold_std = np.stack([r.curves.gold for r in runs]).std(0)
@@ -135,7 +135,7 @@ def _arm_metrics(arm: Arm) -> dict:
         "curves": {"steps": curves.steps.tolist(), "gold": curves.gold.tolist(), "gold_std": arm.gold_std.tolist(),
                    "proxy": curves.proxy.tolist(), "distance": curves.distance.tolist(),
                    "diversity": curves.diversity.tolist(), "fidelity": curves.fidelity.tolist(),
-                   **{key: arm.extra[key].tolist() for key in EXTRA}},
+                   "disagreement": curves.disagreement.tolist(), **{key: arm.extra[key].tolist() for key in EXTRA}},
         "grids": {when: str(path) for when, path in sample_grids(arm.runs[0], study.peak.step).items()},
     }
     return {key: values[key] for key in ARM_KEYS}
@@ -163,7 +163,7 @@ def _page(arms: list[Arm], metrics: dict) -> str:
     peak_rows = [[a.regulariser, ", ".join(map(str, a.seeds)), a.study.peak.step, a.study.peak.gold,
                   a.curves.gold[-1], a.study.proxy_keeps_rising,
                   "; ".join(f"seed {s}: {_fmt(p.gold)} at {p.step}" for s, p in zip(a.seeds, a.seed_peaks)),
-                  a.extra["eps_distance"][-1], a.extra["disagreement"][-1]] for a in arms]
+                  a.extra["eps_distance"][-1], a.curves.disagreement[-1]] for a in arms]
     stop_rows = [[a.regulariser, s.rule, s.condition, s.fired, s.step, s.gold, _percent(s.share_of_gain),
                   _percent(s.share_of_peak), s.steps_saved, s.note] for a in arms for s in a.study.stops]
     grids = "".join(f"<h3>{html.escape(a.regulariser)} (seed {a.seeds[0]})</h3>"
@@ -173,7 +173,7 @@ def _page(arms: list[Arm], metrics: dict) -> str:
         f"<h1>Over-optimisation by regulariser: {html.escape(metrics['reward'])} ({html.escape(metrics['method'])})"
         "</h1>",
         f"<div class='verdict moderate'>{html.escape(metrics['verdict'])}</div>",
-        f"<p class='note'>{len(arms)} regularisers x seeds {html.escape(str(metrics['seeds']))}; {direction}. Each "
+        f"<p class='note'>{len(arms)} regularisers x seeds {', '.join(map(str, arms[0].seeds))}; {direction}. Each "
         "arm's curves are the mean over its seeds at fixed prompts and seeds; gold: the pixel reward of decoded "
         "samples, proxy: the surrogate's score of the same latents.</p>",
         _section("Gold peak by regulariser", "Peak and end of the seed-mean gold; each seed's own peak; the KL-like "

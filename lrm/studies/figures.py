@@ -87,7 +87,7 @@ def regularisers_distances(arms) -> bytes:
               ("disagreement", "ensemble disagreement (std, reward units)")]
     for ax, (key, title) in zip(axes.flat, panels):
         for i, arm in enumerate(arms):
-            y = arm.extra[key]
+            y = arm.curves.disagreement if key == "disagreement" else arm.extra[key]
             if key == "eps_distance":
                 ax.plot(y, arm.curves.gold, "o-", color=f"C{i}", label=arm.regulariser)
             elif np.isfinite(y).any():
