@@ -8,9 +8,9 @@ Regularisers (REGULARISERS), all LRM fine-tuning (DOLLAR Eq. 11) of the same sta
   --surrogate when given, else fresh);
 - "ensemble": two or more fitted surrogates (--ensemble), tuned on their mean with their disagreement penalised
   (lrm.tuning.ensemble).
-The surrogates come from `lrm fit` (the user fits them on the reward's store, or on the student's own samples
-labelled with `lrm label`); the study does not fit them itself. Every input an arm needs is checked before the
-first run.
+The surrogates are given, fitted beforehand by `lrm fit REWARD` in the student's latent space (an ensemble: the
+same command with other --seed values); the study does not fit them itself, so every arm starts from the same
+surrogate and the study's runs are the tuning runs only. Every input an arm needs is checked before the first run.
 """
 
 from __future__ import annotations
