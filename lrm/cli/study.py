@@ -102,8 +102,8 @@ def overopt(
     Examples:
       lrm study overopt --run runs/student/tune-jpeg-compressibility-lrm
       lrm study overopt colorfulness --run runs/tuned --fidelity-threshold 0.8
-      lrm study overopt jpeg-compressibility --launch --student runs/st --surrogate runs/jpeg \
-          --ensemble runs/jpeg-a --ensemble runs/jpeg-b --steps 200 --eval-every 20 --out runs/overopt
+      lrm study overopt colorfulness --launch --student runs/st --out study \\
+          --surrogate c0 --ensemble c0 --ensemble c1 --steps 200 --seeds 0,1
     """
     if distance_budget is not None and not distance_budget > 0:
         raise typer.BadParameter(f"must be positive, got {distance_budget}",
@@ -203,3 +203,4 @@ def _reusable(folder: Path, given: dict, seed: int) -> bool:
         return False
     saved = json.loads(records.read_text()).get("config", {})
     return saved.get("seed") == seed and all(saved.get(k) == given[k] for k in ("steps", "eval_every") if k in given)
+

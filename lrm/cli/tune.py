@@ -83,8 +83,8 @@ def tune(
       lrm tune colorfulness --student runs/st --method direct
       lrm tune jpeg-compressibility --teacher runs/teacher --concurrent
       lrm tune my_metric.py:score --student runs/st --method ddpo
-      lrm tune jpeg-compressibility --student runs/st --surrogate runs/jpeg --kl-weight 0.1
-      lrm tune jpeg-compressibility --student runs/st --ensemble runs/jpeg-a --ensemble runs/jpeg-b
+      lrm tune colorfulness --student runs/st --surrogate c0 --kl-weight 0.1
+      lrm tune colorfulness --student runs/st --ensemble c0 --ensemble c1
     """
     if (student is None) == (teacher is None):
         raise typer.BadParameter("give --student RUN (a distilled student) or --teacher RUN (distil while tuning)")
