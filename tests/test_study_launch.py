@@ -62,6 +62,9 @@ def test_launch_two_regularisers_writes_each_run_its_study_and_one_comparison(wo
     # a second launch reuses the finished runs
     again = CliRunner().invoke(cli_app(), args)
     assert again.exit_code == 0 and "lrm tune" not in again.output, again.output
+    # and refuses one of other settings instead of mixing it in
+    other = CliRunner().invoke(cli_app(), [*args, "--steps", "3"])
+    assert other.exit_code == 2 and "holds a tuning run with steps 2, not 3" in other.output, other.output
 
 
 def test_launch_refuses_bad_input_with_one_line(words_runs, tmp_path):  # noqa: F811

@@ -21,6 +21,8 @@ DEFAULTS = {"fidelity_threshold": 0.7, "fidelity_window": 1, "every": 1, "diverg
 # lrm.studies.launch.LaunchConfig's defaults (tests/test_study_launch.py keeps them equal)
 LAUNCH_DEFAULTS = {"regularisers": "none,kl,concurrent,ensemble", "seeds": "0,1,2", "kl_weight": 0.1,
                    "disagreement_weight": 1.0}
+# TuneConfig values a finished run must share to be reused by --launch
+COMPARED = ("steps", "eval_every", "batch_size", "per_prompt", "lr", "kl_weight", "disagreement_weight")
 HELP = "Over-optimisation studies of reward-tuning runs: proxy vs gold, the gold peak, early stopping."
 
 
@@ -86,18 +88,17 @@ def overopt(
 ) -> None:
     """Analyse a tuning run for over-optimisation, or (--launch) run and compare one per regulariser.
 
+    Reads RUN/records.json (gold and proxy reward, diversity and distance from the start at fixed seeds, written
+    by `lrm tune`) and writes OUT/report.html and OUT/metrics.json: the gold peak, gold against the distance
+    with Gao et al.'s fit d (alpha - beta log d), and four early-stopping rules (fidelity threshold, proxy/gold
+    divergence, distance budget, ensemble disagreement) with the gold each keeps and the steps each saves.
+
     With --launch, runs `lrm tune REWARD` (method lrm) for each regulariser and seed into
     OUT/runs/<regulariser>-seed<S> (none: a frozen --surrogate; kl: plus the KL-to-initial penalty;
     concurrent: the surrogate trained alongside; ensemble: two or more --ensemble surrogates with a
     disagreement penalty), analyses each (its study-overopt/), and writes OUT/report.html and
     OUT/metrics.json comparing the regularisers side by side. A run folder that already holds
-    records.json of the same steps, evaluations and seed is reused.
-
-    Reads RUN/records.json (gold and proxy reward, diversity and distance from the start at fixed seeds, written
-    by `lrm tune`) and writes OUT/report.html and OUT/metrics.json: the gold peak, gold against the distance
-    with Gao et al.'s fit d (alpha - beta log d), and four early-stopping rules (fidelity threshold, proxy/gold
-    divergence, distance budget, ensemble disagreement) with the gold each keeps and the steps each saves. Launching the runs a study
-    compares: --launch.
+    records.json of the same steps, evaluations, seed and weights is reused.
 
     Examples:
       lrm study overopt --run runs/student/tune-jpeg-compressibility-lrm
@@ -179,10 +180,12 @@ def _launch(reward, out, study_options, regularisers, seeds, kl_weight, disagree
         runs = []
         for seed in config.seeds:
             folder = plan.run_folder(out, regulariser, seed)
-            if not _reusable(folder, given, seed):
+            options = plan.tune_options(regulariser, config, surrogate, ensemble)
+            expected = {**{k: v for k, v in {**tune_cli.DEFAULTS, **given, **options}.items() if k in COMPARED},
+                        "seed": seed}
+            if not _reusable(folder, expected):
                 typer.echo(f"[{regulariser}, seed {seed}] lrm tune {reward} -> {folder}", err=True)
-                tune_cli.tune(reward=reward, method="lrm", seed=seed, out=folder, **given,
-                              **plan.tune_options(regulariser, config, surrogate, ensemble))
+                tune_cli.tune(reward=reward, method="lrm", seed=seed, out=folder, **given, **options)
             run = read_run(folder, reward)
             write_study(folder / "study-overopt", run, analyse(run.curves, study_config), study_config)
             runs.append(run)
@@ -196,11 +199,15 @@ def _launch(reward, out, study_options, regularisers, seeds, kl_weight, disagree
     return json.loads((out_dir / "metrics.json").read_text())["verdict"], out_dir
 
 
-def _reusable(folder: Path, given: dict, seed: int) -> bool:
-    """True when `folder` already holds the records of a run with these steps, evaluations and seed."""
+def _reusable(folder: Path, expected: dict) -> bool:
+    """True when `folder` already holds the records of a run with the `expected` TuneConfig values; False when it
+    holds none; a run with other values is refused (one line naming the first difference)."""
     records = folder / "records.json"
     if not records.is_file():
         return False
     saved = json.loads(records.read_text()).get("config", {})
-    return saved.get("seed") == seed and all(saved.get(k) == given[k] for k in ("steps", "eval_every") if k in given)
-
+    for key, value in expected.items():
+        if saved.get(key) != value:
+            raise ValueError(f"{folder} holds a tuning run with {key} {saved.get(key)!r}, not {value!r}; remove it or "
+                             "choose another --out")
+    return True
