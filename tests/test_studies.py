@@ -220,6 +220,8 @@ def test_lrm_study_overopt_writes_the_report_and_metrics_with_the_documented_key
     assert distance["applied"] and distance["step"] == 1  # the first update moves the student past 1e-9
     assert metrics["distance_measure"] == DISTANCE_MEASURE
     assert metrics["eps_distance_end"] > 0  # the tuned student's noise predictions left its start's
+    for key in ("eps_distance", "latent_l2", "frechet"):  # and the monitor measured it along the way
+        assert metrics["curves"][key][0] == pytest.approx(0, abs=1e-6) and metrics["curves"][key][-1] > 0, key
     assert metrics["verdict"] in result.output
     page = (out / "report.html").read_text()
     assert page.index(metrics["verdict"].split(";")[0]) < page.index("Early stopping")  # the verdict first

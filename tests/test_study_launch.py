@@ -7,9 +7,9 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from lrm.studies.compare import ARM_KEYS, COMPARE_KEYS, EXTRA
+from lrm.studies.compare import ARM_KEYS, COMPARE_KEYS
 from lrm.studies.launch import REGULARISERS, LaunchConfig, parse_seeds
-from lrm.studies.report import STOP_COLUMNS
+from lrm.studies.report import MONITOR_DISTANCES, STOP_COLUMNS
 from test_hooks import words_runs  # noqa: F401  (a pytest fixture)
 from test_regularisers import saved_surrogates
 from test_studies import cli_app
@@ -46,7 +46,7 @@ def test_launch_two_regularisers_writes_each_run_its_study_and_one_comparison(wo
         assert values["curves"]["gold"] == pytest.approx(golds) and values["curves"]["steps"] == [0, 1, 2]
         assert values["peak"]["gold"] == pytest.approx(max(golds)) == values["seed_peaks"][0]["gold"]
         assert values["curves"]["gold_std"] == [0.0, 0.0, 0.0]
-        assert set(EXTRA) <= set(values["curves"]) and values["curves"]["eps_distance"][0] == 0
+        assert set(MONITOR_DISTANCES) <= set(values["curves"]) and values["curves"]["eps_distance"][0] == 0
         assert values["curves"]["eps_distance"][-1] > 0
         assert all(tuple(s) == STOP_COLUMNS for s in values["stops"])
         assert set(values["grids"]) == {"start", "peak", "end"}

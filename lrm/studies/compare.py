@@ -36,13 +36,12 @@ import numpy as np
 
 from lrm.io import atomic_write_json, atomic_write_text
 from lrm.studies.overopt import Curves, Peak, Study, StudyConfig, analyse, gold_peak
-from lrm.studies.report import STOP_COLUMNS, grid_figures
-from lrm.studies.runs import TuningRun, sample_grids
+from lrm.studies.report import MONITOR_DISTANCES, STOP_COLUMNS, grid_figures
+from lrm.studies.runs import TuningRun, record_column, sample_grids
 
 COMPARE_KEYS = ("reward", "method", "higher_is_better", "regularisers", "seeds", "distance_measure", "verdict", "arms",
                 "launch", "config")
 ARM_KEYS = ("runs", "peak", "seed_peaks", "proxy_keeps_rising", "gao_fit", "stops", "curves", "grids")
-EXTRA = ("eps_distance", "latent_l2", "frechet")  # monitor columns beyond Curves'
 
 
 @dataclass(frozen=True)
@@ -52,7 +51,7 @@ class Arm:
     seeds: list[int]
     curves: Curves  # (E,) columns: the mean over the seeds
     gold_std: np.ndarray  # (E,) std of the gold over the seeds (0 with one seed)
-    extra: dict[str, np.ndarray]  # EXTRA columns (E,), mean over the seeds; NaN where unrecorded
+    extra: dict[str, np.ndarray]  # MONITOR_DISTANCES columns (E,), mean over the seeds; NaN where unrecorded
     study: Study  # of the mean curves
     seed_peaks: list[Peak]  # each seed's own gold peak
 
@@ -62,12 +61,6 @@ def _nanmean(stack: np.ndarray) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         return np.nanmean(stack, axis=0)
-
-
-def _column(run: TuningRun, key: str) -> np.ndarray:
-    records = sorted(run.facts["records"], key=lambda r: r["step"])
-    values = [r.get(key) for r in records]
-    return np.array([float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else np.nan for v in values])
 
 
 def build_arm(regulariser: str, runs: list[TuningRun], seeds: list[int], config: StudyConfig) -> Arm:
@@ -83,7 +76,7 @@ def build_arm(regulariser: str, runs: list[TuningRun], seeds: list[int], config:
     means = {f: _nanmean(np.stack([getattr(r.curves, f) for r in runs])) for f in fields}
     curves = Curves(steps, **means)
     gold_std = np.stack([r.curves.gold for r in runs]).std(0)
-    extra = {key: _nanmean(np.stack([_column(r, key) for r in runs])) for key in EXTRA}
+    extra = {key: _nanmean(np.stack([record_column(r, key) for r in runs])) for key in MONITOR_DISTANCES}
     peaks = [gold_peak(r.curves, config.higher_is_better) for r in runs]
     return Arm(regulariser, runs, list(seeds), curves, gold_std, extra, analyse(curves, config), peaks)
 
@@ -135,7 +128,7 @@ def _arm_metrics(arm: Arm) -> dict:
         "curves": {"steps": curves.steps.tolist(), "gold": curves.gold.tolist(), "gold_std": arm.gold_std.tolist(),
                    "proxy": curves.proxy.tolist(), "distance": curves.distance.tolist(),
                    "diversity": curves.diversity.tolist(), "fidelity": curves.fidelity.tolist(),
-                   "disagreement": curves.disagreement.tolist(), **{key: arm.extra[key].tolist() for key in EXTRA}},
+                   "disagreement": curves.disagreement.tolist(), **{key: arm.extra[key].tolist() for key in MONITOR_DISTANCES}},
         "grids": {when: str(path) for when, path in sample_grids(arm.runs[0], study.peak.step).items()},
     }
     return {key: values[key] for key in ARM_KEYS}

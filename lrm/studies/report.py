@@ -16,7 +16,8 @@ and OUT/metrics.json (strict JSON: NaN and infinities written as null) with the 
     surrogate_fidelity   the concurrent surrogate's running fidelity at the end of the run (null if none)
     eps_distance_end     KL-like distance of the tuned student from its start (lrm.studies.distance: mean
                          ||eps_theta - eps_init||^2 on shared noisy latents); null unless measured (--eps-distance)
-    curves               {"steps", "gold", "proxy", "distance", "diversity", "fidelity"}: per evaluation
+    curves               {"steps", "gold", "proxy", "distance", "diversity", "fidelity", "disagreement",
+                         "eps_distance", "latent_l2", "frechet"}: per evaluation (null where not recorded)
     config               the StudyConfig the rules ran with
 """
 
@@ -31,11 +32,12 @@ import numpy as np
 
 from lrm.io import atomic_write_json, atomic_write_text
 from lrm.studies.overopt import Study, StudyConfig
-from lrm.studies.runs import TuningRun, sample_grids
+from lrm.studies.runs import TuningRun, record_column, sample_grids
 
 METRIC_KEYS = ("run", "reward", "method", "higher_is_better", "distance_measure", "verdict", "peak",
                "proxy_keeps_rising", "gao_fit", "stops", "diversity", "surrogate_fidelity", "eps_distance_end",
                "curves", "config")
+MONITOR_DISTANCES = ("eps_distance", "latent_l2", "frechet")  # the monitor's distances beyond Curves' own
 STOP_COLUMNS = ("rule", "condition", "applied", "fired", "step", "gold", "share_of_gain", "share_of_peak",
                 "steps_saved", "note")
 
@@ -62,7 +64,8 @@ def study_metrics(run: TuningRun, study: Study, config: StudyConfig,
         "eps_distance_end": eps_distance_end,
         "curves": {"steps": curves.steps.tolist(), "gold": curves.gold.tolist(), "proxy": curves.proxy.tolist(),
                    "distance": curves.distance.tolist(), "diversity": curves.diversity.tolist(),
-                   "fidelity": curves.fidelity.tolist()},
+                   "fidelity": curves.fidelity.tolist(), "disagreement": curves.disagreement.tolist(),
+                   **{key: record_column(run, key).tolist() for key in MONITOR_DISTANCES}},
         "config": asdict(config),
     }
 

@@ -7,6 +7,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from lrm.studies.overopt import Curves
 
 RECORDS = "records.json"  # what `lrm tune` writes beside the tuned student
@@ -46,6 +48,14 @@ def read_run(path: str | Path, reward: str | None = None) -> TuningRun:
     fidelity = facts.get("surrogate_fidelity")
     return TuningRun(path, tuned, str(facts.get("method", "")), higher_is_better(tuned), curves,
                      float(fidelity) if isinstance(fidelity, (int, float)) else None, facts)
+
+
+def record_column(run: TuningRun, key: str) -> np.ndarray:
+    """(E,) one key of the run's records in step order (the monitor's eps_distance, latent_l2, frechet, ...);
+    NaN where a record lacks it."""
+    records = sorted(run.facts["records"], key=lambda r: r["step"])
+    values = [r.get(key) for r in records]
+    return np.array([float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else np.nan for v in values])
 
 
 def sample_grids(run: TuningRun, peak_step: int) -> dict[str, Path]:
