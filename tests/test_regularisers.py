@@ -114,14 +114,15 @@ def test_tune_with_a_kl_penalty_and_an_ensemble_records_every_distance_and_the_d
     members = [surrogate(seed=s) for s in range(2)]
     config = TuneConfig(method="lrm", steps=3, student_steps=2, batch_size=2, lr=3e-3, eval_every=1, per_prompt=2,
                         eval_prompts=2, kl_weight=0.5, disagreement_weight=2.0)
+    evaluated = {}
     result = tune(student, TrueReward(codec(), BrightFraction()), ["a red circle", "a blue square"], words, config,
-                  latent_shape=SHAPE, surrogate=members)
+                  latent_shape=SHAPE, surrogate=members, on_evaluation=lambda step, s: evaluated.setdefault(step, s))
     assert set(result.logs[0].losses) == {"lrm_ft", "kl", "disagreement"}
     first, last = result.records[0], result.records[-1]
     assert first.eps_distance == 0 and first.latent_l2 == 0 and first.frechet == pytest.approx(0, abs=1e-6)
     assert last.eps_distance > 0 and last.latent_l2 > 0 and last.frechet > 0
     assert first.disagreement > 0 and np.isfinite(last.disagreement)
-    assert sorted(result.samples) == [0, 1, 2, 3] and result.samples[3] is result.samples_after
+    assert sorted(evaluated) == [0, 1, 2, 3] and evaluated[3] is result.samples_after  # every evaluation's samples
     # the monitor's KL-like distance is lrm.studies.distance's measure, on its samples' prompts and its seed
     from lrm.studies.distance import eps_distance
 

@@ -161,9 +161,14 @@ def _run(reward_name, reward_options, run_path, distill, student_steps, method, 
                      for path in ensemble]
     encoder = load_text(model.text_encoder_id)
     texts = texts or procedural_prompts(PROCEDURAL_PROMPTS, latent_shape[0])
-    result = run_tuning(model, true_reward, texts, encoder, config, latent_shape=latent_shape, surrogate=surrogate)
-
     out_dir = Path(out) if out is not None else run.run_dir / f"tune-{Path(reward_name).stem}-{method}"
+    grid_settings = {"run": str(out_dir / "model"), "sampler": "few-step", "steps": student_steps, "cfg": 1.0}
+
+    def write_evaluation(step, samples):  # every evaluation's samples, as they come (a study's grid at its peak)
+        save_samples(samples, out_dir / "evals" / f"step-{step}", grid_settings)
+
+    result = run_tuning(model, true_reward, texts, encoder, config, latent_shape=latent_shape, surrogate=surrogate,
+                        on_evaluation=write_evaluation)
     extra = {"student_steps": student_steps, "latent_shape": list(latent_shape),
              "tuned_with": {"reward": reward_name, "method": method, "distill": list(distill), "steps": steps,
                             "from": str(run_path)}}
@@ -177,10 +182,8 @@ def _run(reward_name, reward_options, run_path, distill, student_steps, method, 
              "skipped_updates": sum(len(log.skipped) for log in result.logs),
              "surrogate_fidelity": getattr(term, "fidelity", None), "losses": [log.losses for log in result.logs]}
     atomic_write_json(out_dir / "records.json", json.loads(json.dumps(facts, default=float)))
-    evals = {f"evals/step-{step}": samples for step, samples in result.samples.items()}
-    for name, samples in (("before", result.samples_before), ("after", result.samples_after), *evals.items()):
-        save_samples(samples, out_dir / name, {"run": str(out_dir / "model"), "sampler": "few-step",
-                                               "steps": student_steps, "cfg": 1.0})
+    for name, samples in (("before", result.samples_before), ("after", result.samples_after)):
+        save_samples(samples, out_dir / name, grid_settings)
     first, last = result.records[0], result.records[-1]
     summary = (f"{true_reward.name}: gold {first.gold:.4g} -> {last.gold:.4g}, proxy {first.proxy:.4g} -> "
                f"{last.proxy:.4g}, diversity {first.diversity:.3f} -> {last.diversity:.3f}, distance "

@@ -10,11 +10,11 @@ samples), the proxy reward (the surrogate's score of the same latents, when ther
 the two is over-optimisation), the diversity (DOLLAR Eq. 27: Vendi score of the pixels per prompt, averaged
 over prompts) and the student's distance from its start, three ways: the relative L2 of all parameters; the
 KL-like distance mean ||eps_theta - eps_init||^2 of the student against a frozen copy of its start on shared
-noisy latents at a fixed seed (lrm.tuning.kl_penalty.eps_gap, DRaFT+); and, of the samples themselves, their
+noisy latents at a fixed seed (lrm.tuning.kl_penalty.eps_distance, DRaFT+); and, of the samples themselves, their
 latent RMS distance from the first call's samples at the same seeds and the Frechet distance of their pooled
 latent statistics to the first call's (lrm.evaluation.frechet). With an ensemble of surrogates it also records
-the members' disagreement. Every call's samples stay in `samples` (step -> Samples; `first` and `last` for
-grids). Non-finite gold rewards are left out of the mean and counted.
+the members' disagreement. The samples of the first and the latest call stay in `first` and `last` for grids
+(a caller that keeps every call's, as lrm.tuning.tune's on_evaluation, reads `last` after each). Non-finite gold rewards are left out of the mean and counted.
 """
 
 from __future__ import annotations
@@ -81,7 +81,6 @@ class TuningMonitor:
         self.initial = initial if initial is not None else frozen_copy(student)
         self.seed = seed
         self.records: list[TuningRecord] = []
-        self.samples: dict[int, Samples] = {}  # step -> that call's samples (for grids at any evaluation)
         self.first: Samples | None = None  # the samples of the first call (before tuning)
         self.last: Samples | None = None  # the samples of the latest call
 
@@ -110,7 +109,7 @@ class TuningMonitor:
             disagreement=float(members.float().std(0, correction=0).mean()) if members is not None else float("nan"),
         )
         self.first = first
-        self.last = self.samples[step] = samples
+        self.last = samples
         self.records.append(record)
         return record
 

@@ -22,8 +22,8 @@ the trainer's step logs, the mean seconds per step and the peak memory (CUDA: ma
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -96,7 +96,6 @@ class TuneResult:
     term: object  # the hook (its counters: nonfinite rewards, samples, surrogate fidelity)
     samples_before: Samples  # the monitor's samples before tuning (for grids)
     samples_after: Samples  # and after
-    samples: dict[int, Samples] = field(default_factory=dict)  # the monitor's samples at every evaluation, by step
 
 
 def build_term(config: TuneConfig, true_reward: TrueReward, latent_shape):
@@ -146,10 +145,13 @@ def tuning_roles(generator: nn.Module, config: TuneConfig, latent_shape, surroga
 
 
 def tune(generator: nn.Module, true_reward: TrueReward, prompts: Sequence[str], text_encoder, config: TuneConfig,
-         *, latent_shape: Sequence[int], surrogate: nn.Module | Sequence[nn.Module] | None = None) -> TuneResult:
+         *, latent_shape: Sequence[int], surrogate: nn.Module | Sequence[nn.Module] | None = None,
+         on_evaluation: Callable[[int, Samples], None] | None = None) -> TuneResult:
     """Tune the student `generator` in place toward `true_reward` (module docstring); with config.distill,
     `generator` is a teacher, left unchanged, and the student is its copy (DOLLAR's VSD + LRM from the start).
-    `surrogate`: one fitted surrogate, or a list of two or more (an ensemble).
+    `surrogate`: one fitted surrogate, or a list of two or more (an ensemble). `on_evaluation(step, samples)`
+    is called after each monitor evaluation with its samples (to write them; none are kept beyond the first and
+    the last, which a video run could not hold).
     Every check runs before any work; the tuned student is result.student."""
     prompts = list(prompts)
     if not prompts:
@@ -177,7 +179,12 @@ def tune(generator: nn.Module, true_reward: TrueReward, prompts: Sequence[str], 
 
     device = next(student.parameters()).device
     peak = 0.0  # max over the training steps of CUDA's peak allocation (reset before each step)
-    monitor(0)
+    def evaluate(step: int) -> None:
+        monitor(step)
+        if on_evaluation is not None:
+            on_evaluation(step, monitor.last)
+
+    evaluate(0)
     logs: list[StepLog] = []
     while distiller.step < config.steps:
         if device.type == "cuda":
@@ -186,10 +193,10 @@ def tune(generator: nn.Module, true_reward: TrueReward, prompts: Sequence[str], 
         if device.type == "cuda":
             peak = max(peak, torch.cuda.max_memory_allocated(device) / 2**20)
         if distiller.step % config.eval_every == 0 or distiller.step == config.steps:
-            monitor(distiller.step)
+            evaluate(distiller.step)
     seconds = sum(log.seconds for log in logs) / len(logs)
     return TuneResult(student, monitor.records, logs, seconds, peak if device.type == "cuda" else None, term,
-                      monitor.first, monitor.last, monitor.samples)
+                      monitor.first, monitor.last)
 
 
 def regularisers(config: TuneConfig, lrm: nn.Module | None) -> list:
