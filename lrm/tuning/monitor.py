@@ -14,7 +14,9 @@ noisy latents at a fixed seed (lrm.tuning.kl_penalty.eps_distance, DRaFT+); and,
 latent RMS distance from the first call's samples at the same seeds and the Frechet distance of their pooled
 latent statistics to the first call's (lrm.evaluation.frechet). With an ensemble of surrogates it also records
 the members' disagreement. The samples of the first and the latest call stay in `first` and `last` for grids
-(a caller that keeps every call's, as lrm.tuning.tune's on_evaluation, reads `last` after each). Non-finite gold rewards are left out of the mean and counted.
+(a caller that keeps every call's, as lrm.tuning.tune's on_evaluation, reads `last` after each). Non-finite
+gold rewards are left out of the mean and counted. The frozen copy of the start costs one more copy of the
+student's weights.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from lrm.evaluation.vendi import diversity, pixel_features
 from lrm.configs import DEFAULT_PER_PROMPT
 from lrm.generators.sampling import Samples, expand_requests, generate_few_step
 from lrm.tuning.denoise import evaluating
+from lrm.tuning.ensemble import SurrogateEnsemble
 from lrm.tuning.kl_penalty import eps_distance
 from lrm.tuning.lrm_ft import spearman
 from lrm.tuning.roles import frozen_copy
@@ -122,7 +125,7 @@ class TuningMonitor:
         text = self.text_encoder.encode(samples.prompts)
         latents, emb, mask = samples.latents.to(device), text.emb.to(device), text.mask.to(device)
         with evaluating(self.surrogate):
-            if hasattr(self.surrogate, "member_scores"):  # lrm.tuning.ensemble.SurrogateEnsemble
+            if isinstance(self.surrogate, SurrogateEnsemble):
                 members = self.surrogate.member_scores(latents, emb, mask)  # (K, N)
                 return members.mean(0), members
             return self.surrogate(latents, emb, mask), None  # (N,)
