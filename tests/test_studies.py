@@ -21,7 +21,8 @@ def synthetic(n: int = 16, fidelity_drop: bool = True) -> Curves:
     d = np.linspace(0.0, 3.0, n)
     gold = 0.5 + gao_curve(d, 2.0, 1.5)
     fidelity = np.linspace(0.95, 0.30, n) if fidelity_drop else np.full(n, np.nan)
-    return Curves(np.arange(n) * 20, gold, 0.5 + 3.0 * d, d, np.linspace(5.0, 2.0, n), fidelity)
+    disagreement = np.linspace(0.1, 0.4, n)  # an ensemble parting as the student moves: 0.1 + 0.02 i
+    return Curves(np.arange(n) * 20, gold, 0.5 + 3.0 * d, d, np.linspace(5.0, 2.0, n), fidelity, disagreement)
 
 
 # ---------------------------------------------------------------- analysis
@@ -65,6 +66,9 @@ def test_the_peak_and_each_stopping_rule_on_a_synthetic_curve():
     assert stops["divergence"].step == 180
     # (c) d = 0.2 i reaches 1.0 at i = 5
     assert stops["distance"].step == 100
+    # (d) 0.1 + 0.02 i reaches 1.5 x 0.1 at i = 3 (i = 2.5 exactly); 3 x 0.1 at i = 10
+    assert stops["disagreement"].step == 60
+    assert {s.rule: s for s in analyse(curves, StudyConfig(disagreement_factor=3)).stops}["disagreement"].step == 200
     for stop in study.stops:
         gold = curves.gold[stop.step // 20]
         assert stop.gold == pytest.approx(gold)
@@ -89,6 +93,7 @@ def test_rules_that_never_fire_or_cannot_apply():
     assert not stops["divergence"].applied and "no proxy" in stops["divergence"].note
     assert stops["distance"].applied and not stops["distance"].fired
     assert stops["distance"].step == 300 and stops["distance"].steps_saved == 0
+    assert not stops["disagreement"].applied and "no ensemble" in stops["disagreement"].note
     assert "no peak within the run" in study.verdict and "no stopping rule fired" in study.verdict
     no_budget = {s.rule: s for s in analyse(rising).stops}["distance"]
     assert not no_budget.applied and no_budget.step is None
@@ -96,7 +101,8 @@ def test_rules_that_never_fire_or_cannot_apply():
 
 def test_a_lower_is_better_reward_peaks_at_its_lowest_gold():
     curves = synthetic()
-    flipped = Curves(curves.steps, -curves.gold, -curves.proxy, curves.distance, curves.diversity, curves.fidelity)
+    flipped = Curves(curves.steps, -curves.gold, -curves.proxy, curves.distance, curves.diversity, curves.fidelity,
+                     curves.disagreement)
     assert gold_peak(flipped, higher_is_better=False).index == gold_peak(curves).index
     a, b = analyse(curves, StudyConfig()), analyse(flipped, StudyConfig(higher_is_better=False))
     assert [s.step for s in a.stops] == [s.step for s in b.stops]
@@ -214,10 +220,13 @@ def test_lrm_study_overopt_writes_the_report_and_metrics_with_the_documented_key
     assert distance["applied"] and distance["step"] == 1  # the first update moves the student past 1e-9
     assert metrics["distance_measure"] == DISTANCE_MEASURE
     assert metrics["eps_distance_end"] > 0  # the tuned student's noise predictions left its start's
+    for key in ("eps_distance", "latent_l2", "frechet"):  # and the monitor measured it along the way
+        assert metrics["curves"][key][0] == pytest.approx(0, abs=1e-6) and metrics["curves"][key][-1] > 0, key
     assert metrics["verdict"] in result.output
     page = (out / "report.html").read_text()
     assert page.index(metrics["verdict"].split(";")[0]) < page.index("Early stopping")  # the verdict first
-    assert page.count("data:image/png;base64,") == 5  # three figures and the before/after grids
+    assert page.count("data:image/png;base64,") == 6  # three figures and the start / gold peak / end grids
+    assert f"gold peak (step {metrics['peak']['step']})" in page
 
     from lrm.cli import app as lazy  # through `lrm`'s lazy command table, as the lead registers it
     from lrm.cli.study import HELP

@@ -6,6 +6,7 @@ defaults below restate lrm.studies.overopt.StudyConfig's (tests/test_studies.py 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -15,7 +16,13 @@ from lrm.cli.errors import USER_ERRORS, exit_with_message
 from lrm.cli.options import check_device
 
 # lrm.studies.overopt.StudyConfig's defaults
-DEFAULTS = {"fidelity_threshold": 0.7, "fidelity_window": 1, "every": 1, "divergence_window": 2}
+DEFAULTS = {"fidelity_threshold": 0.7, "fidelity_window": 1, "every": 1, "divergence_window": 2,
+            "disagreement_factor": 1.5}
+# lrm.studies.launch.LaunchConfig's defaults (tests/test_study_launch.py keeps them equal)
+LAUNCH_DEFAULTS = {"regularisers": "none,kl,concurrent,ensemble", "seeds": "0,1,2", "kl_weight": 0.1,
+                   "disagreement_weight": 1.0}
+# TuneConfig values a finished run must share to be reused by --launch
+COMPARED = ("steps", "eval_every", "batch_size", "per_prompt", "lr", "kl_weight", "disagreement_weight")
 HELP = "Over-optimisation studies of reward-tuning runs: proxy vs gold, the gold peak, early stopping."
 
 
@@ -26,10 +33,13 @@ def register(app: typer.Typer) -> None:
 
 
 def overopt(
-    run: Annotated[Path, typer.Option(help="Tuning run folder (the --out of `lrm tune`, with records.json).")],
     reward: Annotated[Optional[str], typer.Argument(help="The reward the run was tuned toward; checked against "
-                                                         "the run when given.")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Output folder (default RUN/study-overopt).")] = None,
+                                                         "the run when given. With --launch: the reward to tune.")]
+    = None,
+    run: Annotated[Optional[Path], typer.Option(help="Tuning run folder (the --out of `lrm tune`, with "
+                                                     "records.json) to analyse.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (default RUN/study-overopt; with --launch, "
+                                                     "required).")] = None,
     fidelity_threshold: Annotated[float, typer.Option(help="Rule (a): stop when the surrogate's fidelity "
                                                            "(Spearman vs gold) falls below this.")]
     = DEFAULTS["fidelity_threshold"],
@@ -43,45 +53,99 @@ def overopt(
     distance_budget: Annotated[Optional[float], typer.Option(
                                                              help="Rule (c): stop at this relative parameter "
                                                                   "distance from the initial student.")] = None,
+    disagreement_factor: Annotated[float, typer.Option(help="Rule (d): stop when an "
+                                                       "ensemble's disagreement reaches this times its start.")]
+    = DEFAULTS["disagreement_factor"],
     eps_distance: Annotated[bool, typer.Option("--eps-distance", help="Also measure the KL-like distance of the "
                                                "tuned student from its start (loads both models).")] = False,
-    device: Annotated[str, typer.Option(help="cpu or cuda (for --eps-distance).", callback=check_device)] = "cpu",
+    device: Annotated[str, typer.Option(help="cpu or cuda (for --eps-distance and --launch).",
+                                        callback=check_device)] = "cpu",
+    launch: Annotated[bool, typer.Option("--launch", help="Run the tuning runs the study compares, one per "
+                                         "regulariser and seed, then compare them.")] = False,
+    student: Annotated[Optional[Path], typer.Option(help="--launch: the distilled student run to tune.")] = None,
+    teacher: Annotated[Optional[Path], typer.Option(help="--launch: a teacher run to distil (VSD) while tuning.")]
+    = None,
+    regularisers: Annotated[str, typer.Option(help="--launch: arms among none,kl,concurrent,ensemble.")]
+    = LAUNCH_DEFAULTS["regularisers"],
+    seeds: Annotated[str, typer.Option(help="--launch: seeds, one run per seed and arm.")] = LAUNCH_DEFAULTS["seeds"],
+    steps: Annotated[Optional[int], typer.Option(min=1, help="--launch: generator updates per run (default: "
+                                                            "`lrm tune`'s).")] = None,
+    eval_every: Annotated[Optional[int], typer.Option(min=1, help="--launch: steps between evaluations (default: "
+                                                                  "`lrm tune`'s).")] = None,
+    surrogate: Annotated[Optional[Path], typer.Option(help="--launch: fitted surrogate (`lrm fit`) of the none and "
+                                                           "kl arms; warm-starts the concurrent one.")] = None,
+    ensemble: Annotated[Optional[list[Path]], typer.Option(help="--launch: a fitted surrogate of the ensemble arm; "
+                                                                "repeat (2 or more).")] = None,
+    kl_weight: Annotated[float, typer.Option(help="--launch: the kl arm's penalty weight.")]
+    = LAUNCH_DEFAULTS["kl_weight"],
+    disagreement_weight: Annotated[float, typer.Option(help="--launch: the ensemble arm's disagreement weight.")]
+    = LAUNCH_DEFAULTS["disagreement_weight"],
+    prompt: Annotated[Optional[list[str]], typer.Option(help="--launch: a prompt to tune on; repeatable (default: "
+                                                             "procedural captions).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, help="--launch: prompts per update.")] = None,
+    per_prompt: Annotated[Optional[int], typer.Option(min=2, help="--launch: evaluation samples per prompt.")] = None,
+    lr: Annotated[Optional[float], typer.Option(min=0.0, help="--launch: the student's learning rate.")] = None,
 ) -> None:
-    """Analyse an existing tuning run for over-optimisation.
+    """Analyse a tuning run for over-optimisation, or (--launch) run and compare one per regulariser.
 
     Reads RUN/records.json (gold and proxy reward, diversity and distance from the start at fixed seeds, written
     by `lrm tune`) and writes OUT/report.html and OUT/metrics.json: the gold peak, gold against the distance
-    with Gao et al.'s fit d (alpha - beta log d), and three early-stopping rules (fidelity threshold, proxy/gold
-    divergence, distance budget) with the gold each keeps and the steps each saves. Launching the runs a study
-    compares (no regulariser, KL penalty, concurrent surrogate, ensembles) is a later step: tune them with
-    `lrm tune` and study each.
+    with Gao et al.'s fit d (alpha - beta log d), and four early-stopping rules (fidelity threshold, proxy/gold
+    divergence, distance budget, ensemble disagreement) with the gold each keeps and the steps each saves.
+
+    With --launch, runs `lrm tune REWARD` (method lrm) for each regulariser and seed into
+    OUT/runs/<regulariser>-seed<S> (none: a frozen --surrogate; kl: plus the KL-to-initial penalty;
+    concurrent: the surrogate trained alongside; ensemble: two or more --ensemble surrogates with a
+    disagreement penalty), analyses each (its study-overopt/), and writes OUT/report.html and
+    OUT/metrics.json comparing the regularisers side by side. A run folder that already holds
+    records.json of the same steps, evaluations, seed and weights is reused.
 
     Examples:
       lrm study overopt --run runs/student/tune-jpeg-compressibility-lrm
       lrm study overopt colorfulness --run runs/tuned --fidelity-threshold 0.8
+      lrm study overopt colorfulness --launch --student runs/st --out study \\
+          --surrogate c0 --ensemble c0 --ensemble c1 --steps 200 --seeds 0,1
     """
     if distance_budget is not None and not distance_budget > 0:
         raise typer.BadParameter(f"must be positive, got {distance_budget}",
                                  param_hint="--distance-budget")
+    if not disagreement_factor > 0:
+        raise typer.BadParameter(f"must be positive, got {disagreement_factor}", param_hint="--disagreement-factor")
+    if launch and run is not None:
+        raise typer.BadParameter("--run analyses an existing run; --launch runs new ones: give one of them")
+    if not launch and run is None:
+        raise typer.BadParameter("give --run RUN (a tuning run to analyse) or --launch (run the regularisers and "
+                                 "compare them)")
+    if launch and (student is None) == (teacher is None):
+        raise typer.BadParameter("--launch needs a generator to tune: give --student RUN (a distilled student) or "
+                                 "--teacher RUN (distil while tuning)")
+    if launch and (reward is None or out is None):
+        raise typer.BadParameter("--launch needs the REWARD to tune toward and --out DIR for the runs and the report")
+    config = dict(fidelity_threshold=fidelity_threshold, fidelity_window=fidelity_window, every=every,
+                  divergence_window=divergence_window, distance_budget=distance_budget,
+                  disagreement_factor=disagreement_factor)
     try:
-        summary, out_dir = _run(reward, run, out, fidelity_threshold, fidelity_window, every, divergence_window,
-                                distance_budget, eps_distance, device)
+        if launch:
+            tune_args = {"student": student, "teacher": teacher, "steps": steps, "eval_every": eval_every,
+                         "prompt": prompt, "batch_size": batch_size, "per_prompt": per_prompt, "lr": lr,
+                         "device": device}
+            summary, out_dir = _launch(reward, out, config, regularisers, seeds, kl_weight, disagreement_weight,
+                                       surrogate, ensemble or [], tune_args)
+        else:
+            summary, out_dir = _run(reward, run, out, config, eps_distance, device)
     except USER_ERRORS as error:
         exit_with_message(error)
     typer.echo(summary, err=True)
     typer.echo(f"report.html and metrics.json in {out_dir}", err=True)
 
 
-def _run(reward, run_path, out, fidelity_threshold, fidelity_window, every, divergence_window, distance_budget,
-         eps_distance, device):
+def _run(reward, run_path, out, study_options, eps_distance, device):
     from lrm.studies.overopt import StudyConfig, analyse
     from lrm.studies.report import write_study
     from lrm.studies.runs import read_run
 
     run = read_run(run_path, reward)
-    config = StudyConfig(fidelity_threshold=fidelity_threshold, fidelity_window=fidelity_window, every=every,
-                         divergence_window=divergence_window, distance_budget=distance_budget,
-                         higher_is_better=run.higher_is_better)
+    config = StudyConfig(**study_options, higher_is_better=run.higher_is_better)
     study = analyse(run.curves, config)
     end = None
     if eps_distance:
@@ -93,3 +157,57 @@ def _run(reward, run_path, out, fidelity_threshold, fidelity_window, every, dive
         end = run_eps_distance(run.path, start, device=device)
     out_dir = write_study(out if out is not None else run.path / "study-overopt", run, study, config, end)
     return study.verdict, out_dir
+
+
+def _launch(reward, out, study_options, regularisers, seeds, kl_weight, disagreement_weight, surrogate, ensemble,
+            tune_args):
+    """Each arm's `lrm tune` runs (sequentially), each run's study, then the comparison; every input checked
+    before the first run."""
+    from lrm.cli import tune as tune_cli
+    from lrm.studies import launch as plan
+    from lrm.studies.compare import build_arm, write_comparison
+    from lrm.studies.overopt import StudyConfig, analyse
+    from lrm.studies.report import write_study
+    from lrm.studies.runs import higher_is_better, read_run
+
+    config = plan.LaunchConfig(plan.parse_names(regularisers), plan.parse_seeds(seeds), kl_weight,
+                               disagreement_weight)
+    plan.check_inputs(config, surrogate, ensemble)
+    study_config = StudyConfig(**study_options, higher_is_better=higher_is_better(reward))
+    given = {k: v for k, v in tune_args.items() if v is not None}  # the rest: `lrm tune`'s defaults
+    arms = []
+    for regulariser in config.regularisers:
+        runs = []
+        for seed in config.seeds:
+            folder = plan.run_folder(out, regulariser, seed)
+            options = plan.tune_options(regulariser, config, surrogate, ensemble)
+            expected = {**{k: v for k, v in {**tune_cli.DEFAULTS, **given, **options}.items() if k in COMPARED},
+                        "seed": seed}
+            if not _reusable(folder, expected):
+                typer.echo(f"[{regulariser}, seed {seed}] lrm tune {reward} -> {folder}", err=True)
+                tune_cli.tune(reward=reward, method="lrm", seed=seed, out=folder, **given, **options)
+            run = read_run(folder, reward)
+            write_study(folder / "study-overopt", run, analyse(run.curves, study_config), study_config)
+            runs.append(run)
+        arms.append(build_arm(regulariser, runs, list(config.seeds), study_config))
+    launch = {"student": str(tune_args["student"]) if tune_args["student"] else None,
+              "teacher": str(tune_args["teacher"]) if tune_args["teacher"] else None,
+              "surrogate": str(surrogate) if surrogate else None, "ensemble": [str(p) for p in ensemble],
+              "kl_weight": config.kl_weight, "disagreement_weight": config.disagreement_weight,
+              "tune_options": {k: (str(v) if isinstance(v, Path) else v) for k, v in given.items()}}
+    out_dir = write_comparison(out, arms, study_config, launch)
+    return json.loads((out_dir / "metrics.json").read_text())["verdict"], out_dir
+
+
+def _reusable(folder: Path, expected: dict) -> bool:
+    """True when `folder` already holds the records of a run with the `expected` TuneConfig values; False when it
+    holds none; a run with other values is refused (one line naming the first difference)."""
+    records = folder / "records.json"
+    if not records.is_file():
+        return False
+    saved = json.loads(records.read_text()).get("config", {})
+    for key, value in expected.items():
+        if saved.get(key) != value:
+            raise ValueError(f"{folder} holds a tuning run with {key} {saved.get(key)!r}, not {value!r}; remove it or "
+                             "choose another --out")
+    return True

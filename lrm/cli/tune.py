@@ -18,7 +18,8 @@ from lrm.cli.options import check_device, parse_options
 
 METHODS = ("lrm", "ddpo", "direct")  # lrm.tuning.tune.METHODS
 DEFAULTS = {"method": "lrm", "steps": 200, "batch_size": 8, "lr": 1e-5, "surrogate_lr": 1e-4, "eval_every": 20,
-            "per_prompt": 4, "eval_prompts": 4, "seed": 0}  # lrm.tuning.tune.TuneConfig
+            "per_prompt": 4, "eval_prompts": 4, "seed": 0, "kl_weight": 0.0,
+            "disagreement_weight": 1.0}  # lrm.tuning.tune.TuneConfig
 PROCEDURAL_PROMPTS = 16  # procedural captions tuned on when no prompts are given
 
 
@@ -63,6 +64,14 @@ def tune(
     = DEFAULTS["seed"],
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default RUN/tune-REWARD-METHOD).")] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.", callback=check_device)] = "cpu",
+    kl_weight: Annotated[float, typer.Option(min=0.0, help="Regulariser: weight of the KL-to-initial penalty "
+                                                           "||eps_theta - eps_init||^2 (0: none).")]
+    = DEFAULTS["kl_weight"],
+    ensemble: Annotated[Optional[list[Path]], typer.Option(help="Regulariser, --method lrm: a fitted surrogate of "
+                                                                "an ensemble; repeat for each (2 or more).")] = None,
+    disagreement_weight: Annotated[float, typer.Option(min=0.0, help="With --ensemble: weight of the members' "
+                                                                     "disagreement (std) penalty.")]
+    = DEFAULTS["disagreement_weight"],
 ) -> None:
     """Reward-tune a distilled student with LRM fine-tuning, DDPO-SF or direct reward gradients.
 
@@ -71,7 +80,9 @@ def tune(
     (cached; distilled first, a few minutes). Writes OUT/model (the tuned student, a generator run),
     OUT/records.json (gold and proxy reward, diversity and distance from the start at fixed seeds,
     seconds per step, peak memory), OUT/checkpoints/step-N (at every evaluation: a rerun of the same
-    command resumes there) and sample grids OUT/before and OUT/after.
+    command resumes there), sample grids OUT/before and OUT/after, and each evaluation's samples in
+    OUT/evals/step-N. Regularisers: --kl-weight (KL-to-initial penalty), --ensemble (two or more fitted
+    surrogates: their mean is tuned on, their disagreement penalised).
 
     Examples:
       lrm tune jpeg-compressibility --concurrent
@@ -80,6 +91,8 @@ def tune(
       lrm tune colorfulness --student runs/st --method direct
       lrm tune colorfulness --teacher runs/t --losses vsd,cd --concurrent
       lrm tune my_metric.py:score --student runs/st --method ddpo
+      lrm tune colorfulness --student runs/st --surrogate c0 --kl-weight 0.1
+      lrm tune colorfulness --student runs/st --ensemble c0 --ensemble c1
     """
     if student is not None and teacher is not None:
         raise typer.BadParameter("give --student RUN (a distilled student) or --teacher RUN (distil while tuning), "
@@ -88,7 +101,10 @@ def tune(
         raise typer.BadParameter(f"must be one of {', '.join(METHODS)}, got {method!r}", param_hint="--method")
     if method != "lrm" and (surrogate is not None or concurrent):
         raise typer.BadParameter(f"--surrogate and --concurrent belong to --method lrm, not {method}")
-    if method == "lrm" and surrogate is None and not concurrent:
+    if ensemble and (surrogate is not None or concurrent or method != "lrm" or len(ensemble) < 2):
+        raise typer.BadParameter("give two or more fitted surrogates, with --method lrm and without --surrogate or "
+                                 "--concurrent", param_hint="--ensemble")
+    if method == "lrm" and surrogate is None and not concurrent and not ensemble:
         raise typer.BadParameter("--method lrm needs --surrogate DIR (fitted by `lrm fit`) or --concurrent")
     from lrm.cli.generate import _prompts
 
@@ -99,7 +115,7 @@ def tune(
         summary, out_dir = _run(reward, reward_options, student or teacher, distill, student_steps, store, method,
                                 surrogate, concurrent, texts, steps,
                                 batch_size, lr, surrogate_lr, grad_steps, frames, eval_every, per_prompt, seed, out,
-                                device)
+                                device, kl_weight=kl_weight, ensemble=ensemble, disagreement_weight=disagreement_weight)
     except USER_ERRORS as error:
         exit_with_message(error)
     typer.echo(summary, err=True)
@@ -140,7 +156,8 @@ def _embedded_student(student_steps: int, device: str) -> Path:
 
 def _run(reward_name, reward_options, run_path, distill, student_steps, store_path, method, surrogate_path,
          concurrent, texts, steps, batch_size, lr, surrogate_lr, grad_steps, frames, eval_every, per_prompt, seed,
-         out, device):
+         out, device, *, kl_weight=DEFAULTS["kl_weight"], ensemble=None,
+         disagreement_weight=DEFAULTS["disagreement_weight"]):
     import hashlib
     from dataclasses import asdict
 
@@ -160,7 +177,8 @@ def _run(reward_name, reward_options, run_path, distill, student_steps, store_pa
     def tune_config(student_steps: int) -> TuneConfig:  # checks the options
         return TuneConfig(method=method, concurrent=concurrent, steps=steps, student_steps=student_steps,
                           batch_size=batch_size, lr=lr, surrogate_lr=surrogate_lr, grad_steps=grad_steps,
-                          frames=frames, distill=distill, eval_every=eval_every, per_prompt=per_prompt, seed=seed)
+                          frames=frames, distill=distill, eval_every=eval_every, per_prompt=per_prompt, seed=seed,
+                          kl_weight=kl_weight, disagreement_weight=disagreement_weight)
 
     pixel_reward = load_reward(reward_name, **reward_options)
     embedded = run_path is None
@@ -194,22 +212,34 @@ def _run(reward_name, reward_options, run_path, distill, student_steps, store_pa
 
         surrogate = LatentRewardModel.from_pretrained(surrogate_path, codec_settings=model.codec_settings,
                                                       map_location=device)
+    if ensemble:
+        from lrm.models import LatentRewardModel
+
+        surrogate = [LatentRewardModel.from_pretrained(path, codec_settings=model.codec_settings, map_location=device)
+                     for path in ensemble]
     encoder = load_text(model.text_encoder_id)
     texts = texts or procedural_prompts(PROCEDURAL_PROMPTS, latent_shape[0])
     default_parent = Path("runs") if embedded else run.run_dir
     out_dir = Path(out) if out is not None else default_parent / f"tune-{Path(reward_name).stem}-{method}"
+    grid_settings = {"run": str(out_dir / "model"), "sampler": "few-step", "steps": student_steps, "cfg": 1.0}
+
+    def write_evaluation(step, samples):  # every evaluation's samples, as they come (a study's grid at its peak)
+        save_samples(samples, out_dir / "evals" / f"step-{step}", grid_settings)
+
     settings = {"reward": reward_name, "reward_options": reward_options, "from": str(run.run_dir),
                 "store": str(real.path) if real is not None else None,
                 "surrogate": str(surrogate_path) if surrogate_path is not None else None,
+                "ensemble": [str(path) for path in ensemble or ()],
                 "prompts": hashlib.sha256("\n".join(texts).encode()).hexdigest()[:12]}
     result = run_tuning(model, true_reward, texts, encoder, config, latent_shape=latent_shape, surrogate=surrogate,
-                        store=real, run_dir=out_dir, settings=settings)
+                        store=real, run_dir=out_dir, settings=settings, on_evaluation=write_evaluation)
     extra = {"student_steps": student_steps, "latent_shape": list(latent_shape),
              "tuned_with": {"reward": reward_name, "method": method, "distill": list(distill), "steps": steps,
                             "from": str(run_path)}}
     save_denoiser(result.student, out_dir / "model", extra=extra)
     term = result.term
     facts = {"reward": reward_name, "method": method, "concurrent": concurrent, "from": str(run_path),
+             "ensemble": [str(path) for path in ensemble or ()],
              "config": asdict(config), "records": [asdict(r) for r in result.records],
              "seconds_per_step": result.seconds_per_step, "peak_memory_mb": result.peak_memory_mb,
              "nonfinite_rewards": true_reward.nonfinite,
@@ -219,8 +249,7 @@ def _run(reward_name, reward_options, run_path, distill, student_steps, store_pa
              "checkpoints": [f"checkpoints/step-{s:08d}" for s in checkpoint_steps(out_dir)]}
     atomic_write_json(out_dir / "records.json", json.loads(json.dumps(facts, default=float)))
     for name, samples in (("before", result.samples_before), ("after", result.samples_after)):
-        save_samples(samples, out_dir / name, {"run": str(out_dir / "model"), "sampler": "few-step",
-                                               "steps": student_steps, "cfg": 1.0})
+        save_samples(samples, out_dir / name, grid_settings)
     first, last = result.records[0], result.records[-1]
     summary = (f"{true_reward.name}: gold {first.gold:.4g} -> {last.gold:.4g}, proxy {first.proxy:.4g} -> "
                f"{last.proxy:.4g}, diversity {first.diversity:.3f} -> {last.diversity:.3f}, distance "

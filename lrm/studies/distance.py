@@ -11,38 +11,9 @@ variance by their codec) and t drawn from the schedule's training distribution, 
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+from lrm.tuning.kl_penalty import eps_distance  # the measure lives beside the KL penalty built on it
 
-from lrm.tuning.denoise import predict, randn, schedule_of
-from lrm.tuning.monitor import evaluating
-
-
-@torch.no_grad()
-def eps_distance(model: nn.Module, initial: nn.Module, text: torch.Tensor, text_mask: torch.Tensor, *,
-                 latent_shape, samples_per_text: int = 4, seed: int = 0) -> float:
-    """D above for `model` against `initial` (same parameterisation family: each output is converted to eps_hat
-    through its own prediction type), averaged over `samples_per_text` shared noisy latents per text row.
-
-    text: (B, L, D) text tokens, text_mask: (B, L) bool; latent_shape: (T', c, h, w)."""
-    if samples_per_text < 1:
-        raise ValueError(f"eps_distance: samples_per_text must be >= 1, got {samples_per_text}")
-    device = next(model.parameters()).device
-    generator = torch.Generator().manual_seed(seed)
-    text = text.repeat_interleave(samples_per_text, 0).to(device)  # (N, L, D)
-    text_mask = text_mask.repeat_interleave(samples_per_text, 0).to(device)  # (N, L)
-    n = text.shape[0]
-    like = torch.empty(0, device=device)
-    x0 = randn((n, *latent_shape), generator, like)  # (N, T', c, h, w)
-    eps = randn((n, *latent_shape), generator, like)
-    schedule = schedule_of(initial)
-    t = schedule.sample_timesteps(n, generator=generator).to(device)  # (N,)
-    alpha, sigma = schedule.alpha_sigma(t, x0)
-    x_t = alpha * x0 + sigma * eps
-    with evaluating(model), evaluating(initial):
-        eps_model = predict(model, x_t, t, text, text_mask).eps
-        eps_init = predict(initial, x_t, t, text, text_mask).eps
-    return float((eps_model.float() - eps_init.float()).pow(2).mean())
+__all__ = ["eps_distance", "run_eps_distance"]
 
 
 def run_eps_distance(tuned_dir, start_dir, *, prompts: int = 8, samples_per_text: int = 4, seed: int = 0,

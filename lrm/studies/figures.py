@@ -58,3 +58,42 @@ def fidelity_and_diversity(curves: Curves) -> bytes:
     ax_div.set_xlabel("step")
     ax_div.set_ylabel("Vendi diversity")
     return _png(fig)
+
+
+def regularisers_by_step(arms) -> bytes:
+    """Seed-mean gold (with a +- std band) and proxy of each regulariser (lrm.studies.compare.Arm) against the step."""
+    fig, (ax_gold, ax_proxy) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for i, arm in enumerate(arms):
+        c = arm.curves
+        ax_gold.plot(c.steps, c.gold, "o-", color=f"C{i}", label=arm.regulariser)
+        ax_gold.fill_between(c.steps, c.gold - arm.gold_std, c.gold + arm.gold_std, color=f"C{i}", alpha=0.2)
+        ax_gold.plot([arm.study.peak.step], [arm.study.peak.gold], "*", markersize=12, color=f"C{i}")
+        if np.isfinite(c.proxy).any():
+            ax_proxy.plot(c.steps, c.proxy, "s-", color=f"C{i}", label=arm.regulariser)
+    ax_gold.set_title("gold (pixel reward); *: peak")
+    ax_proxy.set_title("proxy (surrogate)")
+    for ax in (ax_gold, ax_proxy):
+        ax.set_xlabel("step")
+        ax.legend(fontsize=8, loc="best")
+    return _png(fig)
+
+
+def regularisers_distances(arms) -> bytes:
+    """Per regulariser: gold against the KL-like eps distance, and latent L2, latent FD and disagreement by step."""
+    fig, axes = plt.subplots(2, 2, figsize=(10, 6.4))
+    panels = [("eps_distance", "gold against mean ||eps_theta - eps_init||^2"),
+              ("latent_l2", "latent RMS distance to the start's samples"),
+              ("frechet", "latent Frechet distance to the start's samples"),
+              ("disagreement", "ensemble disagreement (std, reward units)")]
+    for ax, (key, title) in zip(axes.flat, panels):
+        for i, arm in enumerate(arms):
+            y = arm.curves.disagreement if key == "disagreement" else arm.extra[key]
+            if key == "eps_distance":
+                ax.plot(y, arm.curves.gold, "o-", color=f"C{i}", label=arm.regulariser)
+            elif np.isfinite(y).any():
+                ax.plot(arm.curves.steps, y, "o-", color=f"C{i}", label=arm.regulariser)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("eps distance" if key == "eps_distance" else "step")
+        if ax.lines:
+            ax.legend(fontsize=8, loc="best")
+    return _png(fig)

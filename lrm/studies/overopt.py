@@ -22,7 +22,10 @@ saved models. Rewards where lower is better are analysed on sign * gold, so "pea
       `fidelity_window` evaluations, falls below `fidelity_threshold`;
   (b) "divergence": over the last `divergence_window` measurements, taken every `every` evaluations, the proxy
       rises while the gold falls;
-  (c) "distance": the distance reaches `distance_budget`.
+  (c) "distance": the distance reaches `distance_budget`;
+  (d) "disagreement": an ensemble of surrogates (lrm.tuning.ensemble) disagrees, on the fixed-seed samples, by
+      `disagreement_factor` times its disagreement at the start (the members agree on what they were fitted on
+      and part where the student leaves it).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-RULES = ("fidelity", "divergence", "distance")  # the early-stopping rules, in table order
+RULES = ("fidelity", "divergence", "distance", "disagreement")  # the early-stopping rules, in table order
 DISTANCE_MEASURE = "relative parameter distance ||theta - theta_0|| / ||theta_0||"  # the monitor's d
 
 
@@ -50,6 +53,11 @@ class Curves:
     distance: np.ndarray  # (E,) relative parameter distance from the initial student (monitor's measure)
     diversity: np.ndarray  # (E,) DOLLAR Eq. 27 Vendi diversity
     fidelity: np.ndarray  # (E,) surrogate Spearman vs gold on that evaluation's samples; NaN where unrecorded
+    disagreement: np.ndarray | None = None  # (E,) an ensemble's std of member scores; None: all NaN (no ensemble)
+
+    def __post_init__(self) -> None:
+        if self.disagreement is None:
+            object.__setattr__(self, "disagreement", np.full(len(self.steps), np.nan))
 
     @classmethod
     def from_records(cls, facts: dict) -> "Curves":
@@ -67,7 +75,7 @@ class Curves:
 
         steps = np.array([r["step"] for r in records])
         return cls(steps, column("gold"), column("proxy"), column("distance"), column("diversity"),
-                   column("fidelity"))
+                   column("fidelity"), column("disagreement"))
 
 
 def _number(value) -> float:
@@ -81,12 +89,15 @@ class StudyConfig:
     every: int = 1  # rule (b): measure proxy and gold every N evaluations
     divergence_window: int = 2  # rule (b): measurements the proxy must rise and the gold fall over
     distance_budget: float | None = None  # rule (c): the largest distance allowed; None: rule not applied
+    disagreement_factor: float = 1.5  # rule (d): stop when an ensemble's disagreement reaches this x its start
     higher_is_better: bool = True  # the reward's direction (its spec)
 
     def __post_init__(self) -> None:
         for name in ("fidelity_window", "every", "divergence_window"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if not self.disagreement_factor > 0:
+            raise ValueError(f"disagreement_factor must be positive, got {self.disagreement_factor!r}")
         if self.distance_budget is not None and not self.distance_budget > 0:
             raise ValueError(f"distance_budget must be positive, got {self.distance_budget!r}")
 
@@ -223,6 +234,15 @@ def stop_on_distance(curves: Curves, budget: float | None) -> Trigger:
     return Trigger(int(reached[0]) if reached.size else None, True)
 
 
+def stop_on_disagreement(curves: Curves, factor: float) -> Trigger:
+    """First evaluation (after the start) whose ensemble disagreement reaches `factor` times the start's."""
+    start = curves.disagreement[0]
+    if not (math.isfinite(start) and start > 0):
+        return Trigger(None, False, "the run has no ensemble of surrogates (no disagreement at the start)")
+    reached = np.flatnonzero(np.nan_to_num(curves.disagreement[1:], nan=-np.inf) >= factor * start)
+    return Trigger(int(reached[0]) + 1 if reached.size else None, True)
+
+
 def analyse(curves: Curves, config: StudyConfig = StudyConfig()) -> Study:
     """Peak, Gao fit, the three stopping rules and the verdict of one run."""
     hib = config.higher_is_better
@@ -237,6 +257,8 @@ def analyse(curves: Curves, config: StudyConfig = StudyConfig()) -> Study:
         "distance": (stop_on_distance(curves, config.distance_budget),
                      f"distance >= {config.distance_budget:g}" if config.distance_budget is not None
                      else "distance budget"),
+        "disagreement": (stop_on_disagreement(curves, config.disagreement_factor),
+                         f"ensemble disagreement >= {config.disagreement_factor:g} x its start"),
     }
     stops = [_stop(curves, peak, rule, trigger, condition, hib) for rule, (trigger, condition) in found.items()]
     signed_proxy = _signed(curves.proxy, hib)

@@ -16,7 +16,8 @@ and OUT/metrics.json (strict JSON: NaN and infinities written as null) with the 
     surrogate_fidelity   the concurrent surrogate's running fidelity at the end of the run (null if none)
     eps_distance_end     KL-like distance of the tuned student from its start (lrm.studies.distance: mean
                          ||eps_theta - eps_init||^2 on shared noisy latents); null unless measured (--eps-distance)
-    curves               {"steps", "gold", "proxy", "distance", "diversity", "fidelity"}: per evaluation
+    curves               {"steps", "gold", "proxy", "distance", "diversity", "fidelity", "disagreement",
+                         "eps_distance", "latent_l2", "frechet"}: per evaluation (null where not recorded)
     config               the StudyConfig the rules ran with
 """
 
@@ -31,11 +32,12 @@ import numpy as np
 
 from lrm.io import atomic_write_json, atomic_write_text
 from lrm.studies.overopt import Study, StudyConfig
-from lrm.studies.runs import TuningRun
+from lrm.studies.runs import TuningRun, record_column, sample_grids
 
 METRIC_KEYS = ("run", "reward", "method", "higher_is_better", "distance_measure", "verdict", "peak",
                "proxy_keeps_rising", "gao_fit", "stops", "diversity", "surrogate_fidelity", "eps_distance_end",
                "curves", "config")
+MONITOR_DISTANCES = ("eps_distance", "latent_l2", "frechet")  # the monitor's distances beyond Curves' own
 STOP_COLUMNS = ("rule", "condition", "applied", "fired", "step", "gold", "share_of_gain", "share_of_peak",
                 "steps_saved", "note")
 
@@ -62,7 +64,8 @@ def study_metrics(run: TuningRun, study: Study, config: StudyConfig,
         "eps_distance_end": eps_distance_end,
         "curves": {"steps": curves.steps.tolist(), "gold": curves.gold.tolist(), "proxy": curves.proxy.tolist(),
                    "distance": curves.distance.tolist(), "diversity": curves.diversity.tolist(),
-                   "fidelity": curves.fidelity.tolist()},
+                   "fidelity": curves.fidelity.tolist(), "disagreement": curves.disagreement.tolist(),
+                   **{key: record_column(run, key).tolist() for key in MONITOR_DISTANCES}},
         "config": asdict(config),
     }
 
@@ -100,8 +103,7 @@ def _page(run: TuningRun, study: Study, eps_distance_end: float | None) -> str:
                      if np.isfinite(curves.fidelity).any() else
                      "The records hold no per-evaluation fidelity; the run's running fidelity at the end "
                      f"(concurrent surrogate, on its fresh training batches) was {_fmt(run.surrogate_fidelity)}.")
-    grids = "".join(f"<figure>{_img(path.read_bytes(), name)}<figcaption>{name}</figcaption></figure>"
-                    for name in ("before", "after") if (path := run.path / name / "grid.png").is_file())
+    grids = grid_figures(sample_grids(run, study.peak.step), study.peak.step, int(curves.steps[-1]))
     body = [
         f"<h1>Over-optimisation: {html.escape(run.reward)} ({html.escape(run.method)})</h1>",
         f"<div class='verdict moderate'>{html.escape(study.verdict)}</div>",
@@ -122,9 +124,19 @@ def _page(run: TuningRun, study: Study, eps_distance_end: float | None) -> str:
                  "(DOLLAR Eq. 27).", _img(figures.fidelity_and_diversity(curves), "fidelity and diversity")),
     ]
     if grids:
-        body.append(_section("Samples", "At fixed seeds before and after tuning.", grids))
+        body.append(_section("Samples", "At fixed prompts and seeds: at the start, at the gold peak and at the end.",
+                             grids))
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>lrm study overopt: {html.escape(run.reward)}"
             f"</title><style>{CSS}</style></head><body>{''.join(body)}</body></html>")
+
+
+def grid_figures(grids: dict[str, Path], peak_step: int, last_step: int) -> str:
+    """HTML figures of the start / peak / end grids (lrm.studies.runs.sample_grids), captioned with their steps."""
+    from lrm.reports.html import _img
+
+    captions = {"start": "start (step 0)", "peak": f"gold peak (step {peak_step})", "end": f"end (step {last_step})"}
+    return "".join(f"<figure>{_img(path.read_bytes(), captions[when])}<figcaption>{captions[when]}</figcaption>"
+                   "</figure>" for when, path in grids.items())
 
 
 def _percent(share: float) -> str:

@@ -7,6 +7,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from lrm.studies.overopt import Curves
 
 RECORDS = "records.json"  # what `lrm tune` writes beside the tuned student
@@ -46,6 +48,29 @@ def read_run(path: str | Path, reward: str | None = None) -> TuningRun:
     fidelity = facts.get("surrogate_fidelity")
     return TuningRun(path, tuned, str(facts.get("method", "")), higher_is_better(tuned), curves,
                      float(fidelity) if isinstance(fidelity, (int, float)) else None, facts)
+
+
+def record_column(run: TuningRun, key: str) -> np.ndarray:
+    """(E,) one key of the run's records in step order (the monitor's eps_distance, latent_l2, frechet, ...);
+    NaN where a record lacks it."""
+    records = sorted(run.facts["records"], key=lambda r: r["step"])
+    values = [r.get(key) for r in records]
+    return np.array([float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else np.nan for v in values])
+
+
+def sample_grids(run: TuningRun, peak_step: int) -> dict[str, Path]:
+    """The grids of the run's fixed-seed samples at the start, the gold peak and the end ("start", "peak", "end"),
+    those that exist: OUT/evals/step-N/grid.png (every evaluation, `lrm tune`), else OUT/before and OUT/after."""
+    last = int(run.curves.steps[-1])
+    found = {"start": [run.path / "evals" / "step-0", run.path / "before"],
+             "peak": [run.path / "evals" / f"step-{peak_step}"],
+             "end": [run.path / "evals" / f"step-{last}", run.path / "after"]}
+    grids = {}
+    for when, folders in found.items():
+        path = next((f / "grid.png" for f in folders if (f / "grid.png").is_file()), None)
+        if path is not None:
+            grids[when] = path
+    return grids
 
 
 def higher_is_better(reward: str) -> bool:

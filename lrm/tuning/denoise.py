@@ -138,3 +138,14 @@ def student_sample(student: nn.Module, batch: Batch, latent_shape, steps: int, g
     t = grid[stop].expand(batch.size).to(device)
     with torch.set_grad_enabled(grad):
         return predict(student, x, t, batch.text, batch.text_mask).x0
+
+
+@contextlib.contextmanager
+def evaluating(module: nn.Module) -> Iterator[None]:
+    """Eval mode for the duration (no dropout or norm-statistics updates), then the mode it had."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)

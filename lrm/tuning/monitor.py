@@ -8,25 +8,35 @@ Each call samples the student with its few-step sampler (lrm.generators.sampling
 same prompts and seeds, decodes once, and records the gold reward (the true pixel reward of the decoded
 samples), the proxy reward (the surrogate's score of the same latents, when there is one: the gap between
 the two is over-optimisation), the diversity (DOLLAR Eq. 27: Vendi score of the pixels per prompt, averaged
-over prompts) and the student's distance from its start (relative L2 of all parameters). The samples of the
-first and the latest call stay in `first` and `last` for grids. Non-finite gold rewards are left out of the
-mean and counted.
+over prompts) and the student's distance from its start, three ways: the relative L2 of all parameters; the
+KL-like distance mean ||eps_theta - eps_init||^2 of the student against a frozen copy of its start on shared
+noisy latents at a fixed seed (lrm.tuning.kl_penalty.eps_distance, DRaFT+); and, of the samples themselves, their
+latent RMS distance from the first call's samples at the same seeds and the Frechet distance of their pooled
+latent statistics to the first call's (lrm.evaluation.frechet). With an ensemble of surrogates it also records
+the members' disagreement. The samples of the first and the latest call stay in `first` and `last` for grids
+(a caller that keeps every call's, as lrm.tuning.tune's on_evaluation, reads `last` after each). Non-finite
+gold rewards are left out of the mean and counted. The frozen copy of the start costs one more copy of the
+student's weights.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
 
+from lrm.evaluation.frechet import latent_frechet_distance
 from lrm.evaluation.vendi import diversity, pixel_features
 from lrm.configs import DEFAULT_PER_PROMPT
 from lrm.generators.sampling import Samples, expand_requests, generate_few_step
+from lrm.tuning.denoise import evaluating
+from lrm.tuning.ensemble import SurrogateEnsemble
+from lrm.tuning.kl_penalty import eps_distance
 from lrm.tuning.lrm_ft import spearman
+from lrm.tuning.roles import frozen_copy
 from lrm.tuning.true_reward import TrueReward
 
 
@@ -39,6 +49,11 @@ class TuningRecord:
     distance: float  # ||theta - theta_0|| / ||theta_0|| over the student's parameters
     nonfinite: int  # samples whose gold reward was NaN or Inf (left out of `gold`)
     fidelity: float = float("nan")  # Spearman of the surrogate's scores vs the gold of the same samples; NaN without one
+    eps_distance: float = float("nan")  # KL-like: mean ||eps_theta - eps_init||^2 on shared noisy latents (DRaFT+)
+    latent_l2: float = float("nan")  # mean over samples of the RMS latent difference from the first call's samples
+    frechet: float = float("nan")  # Frechet distance of pooled latent statistics to the first call's samples
+    disagreement: float = float("nan")  # mean std over an ensemble's members of their scores (reward units); NaN
+    #                                     without an ensemble
 
 
 def relative_distance(module: nn.Module, start: dict[str, torch.Tensor]) -> float:
@@ -54,7 +69,9 @@ class TuningMonitor:
 
     def __init__(self, student: nn.Module, true_reward: TrueReward, prompts: Sequence[str], text_encoder, *,
                  latent_shape: Sequence[int], steps: int = 4, per_prompt: int = DEFAULT_PER_PROMPT, seed: int = 0,
-                 surrogate: nn.Module | None = None):
+                 surrogate: nn.Module | None = None, initial: nn.Module | None = None):
+        """initial: a frozen copy of the student at its start (made here when not given), for the KL-like
+        distance; a run with a KL penalty passes the copy the penalty reads."""
         if per_prompt < 2:
             raise ValueError(f"TuningMonitor: per_prompt must be >= 2 (diversity compares a prompt's samples), "
                              f"got {per_prompt}")
@@ -64,6 +81,8 @@ class TuningMonitor:
         self.latent_shape, self.steps = tuple(int(v) for v in latent_shape), steps
         self.prompts, self.seeds = expand_requests(list(prompts), per_prompt, seed)
         self.start = {k: v.detach().clone() for k, v in student.state_dict().items()}
+        self.initial = initial if initial is not None else frozen_copy(student)
+        self.seed = seed
         self.records: list[TuningRecord] = []
         self.first: Samples | None = None  # the samples of the first call (before tuning)
         self.last: Samples | None = None  # the samples of the latest call
@@ -82,7 +101,8 @@ class TuningMonitor:
         spec = self.true_reward.spec
         gold = self.true_reward.path.reward(samples.pixels, self.prompts if spec.needs_text else None)  # (N,)
         finite = torch.isfinite(gold)
-        scores = self._scores(samples)  # (N,) or None
+        scores, members = self._scores(samples)  # (N,) or None; (K, N) with an ensemble, else None
+        first = self.first if self.first is not None else samples
         record = TuningRecord(
             step=step,
             gold=float(gold[finite].mean()) if bool(finite.any()) else float("nan"),
@@ -91,30 +111,33 @@ class TuningMonitor:
             distance=relative_distance(self.student, self.start),
             nonfinite=int((~finite).sum()),
             fidelity=spearman(scores[finite.to(scores.device)], gold[finite]) if scores is not None else float("nan"),
+            eps_distance=self._eps_distance(),
+            latent_l2=float((samples.latents - first.latents).flatten(1).pow(2).mean(1).sqrt().mean()),
+            frechet=latent_frechet_distance(samples.latents, first.latents),
+            disagreement=float(members.float().std(0, correction=0).mean()) if members is not None else float("nan"),
         )
-        if self.first is None:
-            self.first = samples
+        self.first = first
         self.last = samples
         self.records.append(record)
         return record
 
-    def _scores(self, samples: Samples) -> torch.Tensor | None:
-        """The surrogate's scores (N,) of the samples' latents, or None without a surrogate."""
+    def _scores(self, samples: Samples) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The surrogate's scores (N,) of the samples' latents and, for an ensemble, each member's (K, N);
+        None without a surrogate."""
         if self.surrogate is None:
-            return None
+            return None, None
         device = next(self.surrogate.parameters()).device
         text = self.text_encoder.encode(samples.prompts)
+        latents, emb, mask = samples.latents.to(device), text.emb.to(device), text.mask.to(device)
         with evaluating(self.surrogate):
-            scores = self.surrogate(samples.latents.to(device), text.emb.to(device), text.mask.to(device))  # (N,)
-        return scores
+            if isinstance(self.surrogate, SurrogateEnsemble):
+                members = self.surrogate.member_scores(latents, emb, mask)  # (K, N)
+                return members.mean(0), members
+            return self.surrogate(latents, emb, mask), None  # (N,)
 
-
-@contextlib.contextmanager
-def evaluating(module: nn.Module) -> Iterator[None]:
-    """Eval mode for the duration (no dropout or norm-statistics updates), then the mode it had."""
-    was_training = module.training
-    module.eval()
-    try:
-        yield
-    finally:
-        module.train(was_training)
+    def _eps_distance(self) -> float:
+        """lrm.tuning.kl_penalty.eps_distance of the student from its initial copy, one shared noisy latent per
+        monitor sample, from the monitor's seed (the same latents at every call)."""
+        text = self.text_encoder.encode(self.prompts)
+        return eps_distance(self.student, self.initial, text.emb, text.mask, latent_shape=self.latent_shape,
+                            samples_per_text=1, seed=self.seed)

@@ -19,13 +19,17 @@ latents, text tokens and captions (Alg. 1 line 6: (x, c) from the data), and `pr
 With `run_dir`, the run checkpoints at every evaluation and resumes exactly when rerun (lrm.tuning.tune_run).
 The result also holds the trainer's step logs, the mean seconds per step and the peak memory (CUDA: max
 allocated; CPU: None).
+Regularisers (DOLLAR Sec. 9.3's over-optimisation, lrm.studies): `kl_weight` > 0 adds the KL-to-initial penalty
+(lrm.tuning.kl_penalty, against a frozen copy of the starting student); several surrogates (a list) form an
+ensemble (lrm.tuning.ensemble): LRM fine-tuning follows their mean and `disagreement_weight` penalises their
+spread; `concurrent` refreshes the surrogate on the student's current samples.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -36,9 +40,11 @@ from lrm.tuning.cd import CD
 from lrm.tuning.ddpo import DDPO
 from lrm.tuning.denoise import Batch
 from lrm.tuning.direct import DirectReward
+from lrm.tuning.ensemble import Disagreement, SurrogateEnsemble
+from lrm.tuning.kl_penalty import INITIAL, KLPenalty
 from lrm.tuning.lrm_ft import LRM, LRMFineTune, surrogate_role
 from lrm.tuning.monitor import TuningMonitor, TuningRecord
-from lrm.tuning.roles import STUDENT, Role, Roles, adamw, build_roles
+from lrm.tuning.roles import STUDENT, Role, Roles, adamw, build_roles, frozen_copy
 from lrm.tuning.trainer import DistillConfig, Distiller, StepLog
 from lrm.tuning.true_reward import TrueReward
 from lrm.tuning.vsd import VSD
@@ -63,6 +69,8 @@ class TuneConfig:
     per_prompt: int = 4  # monitor samples per prompt
     eval_prompts: int = 4  # monitor prompts (the first of `prompts`)
     seed: int = 0  # of the trainer's draws and the monitor's seeds
+    kl_weight: float = 0.0  # lambda of the KL-to-initial penalty (lrm.tuning.kl_penalty); 0: no penalty
+    disagreement_weight: float = 1.0  # with an ensemble of surrogates: weight of their disagreement (std) penalty
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -76,6 +84,9 @@ class TuneConfig:
         if self.concurrent and self.method != "lrm":
             raise ValueError(f"concurrent trains a latent surrogate, which only method 'lrm' uses "
                              f"(got {self.method!r})")
+        if not self.kl_weight >= 0 or not self.disagreement_weight >= 0:
+            raise ValueError(f"kl_weight and disagreement_weight must be >= 0, got {self.kl_weight!r} and "
+                             f"{self.disagreement_weight!r}")
         for name in ("steps", "batch_size", "eval_every", "eval_prompts", "student_steps"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
@@ -104,11 +115,11 @@ def build_term(config: TuneConfig, true_reward: TrueReward, latent_shape, real: 
     return LRMFineTune(true_reward if config.concurrent else None, real=real, latent_shape=latent_shape)
 
 
-def tuning_roles(generator: nn.Module, config: TuneConfig, latent_shape, surrogate: nn.Module | None,
+def tuning_roles(generator: nn.Module, config: TuneConfig, latent_shape, surrogate,
                  true_reward: TrueReward) -> Roles:
     """The student (`generator` itself, trained in place; with config.distill a copy of the teacher `generator`,
-    with a fake score for VSD and an EMA student for CD) and, for "lrm", the surrogate role (checked against the
-    student)."""
+    with a fake score for VSD and an EMA student for CD), its frozen initial copy for a KL penalty, and, for "lrm", the surrogate role
+    (checked against the student; a list of surrogates: their ensemble)."""
     if config.distill:
         roles = build_roles(generator, student_lr=config.lr, fake_lr=config.lr, fake_score="vsd" in config.distill,
                             ema="cd" in config.distill)
@@ -116,7 +127,18 @@ def tuning_roles(generator: nn.Module, config: TuneConfig, latent_shape, surroga
         roles = Roles()
         roles.add(Role(STUDENT, generator, adamw(config.lr)(list(generator.parameters()))))
     student = roles.module(STUDENT)
+    if config.kl_weight > 0:
+        roles.add(Role(INITIAL, frozen_copy(student)))
     if config.method != "lrm":
+        if isinstance(surrogate, (list, tuple)):
+            raise ValueError(f"an ensemble of surrogates belongs to method 'lrm', not {config.method!r}")
+        return roles
+    if isinstance(surrogate, (list, tuple)):
+        if config.concurrent:
+            raise ValueError("an ensemble of surrogates is frozen; leave out concurrent, or give one surrogate")
+        for member in surrogate:
+            surrogate_role(member, student, latent_shape)  # checks each member against the student
+        roles.add(Role(LRM, SurrogateEnsemble(list(surrogate))))
         return roles
     if surrogate is None:
         if not config.concurrent:
@@ -148,13 +170,17 @@ def check_store(store, generator: nn.Module, latent_shape) -> None:
 
 
 def tune(generator: nn.Module, true_reward: TrueReward, prompts: Sequence[str], text_encoder, config: TuneConfig,
-         *, latent_shape: Sequence[int], surrogate: nn.Module | None = None, store=None,
-         run_dir: str | Path | None = None, settings: dict | None = None) -> TuneResult:
+         *, latent_shape: Sequence[int], surrogate: nn.Module | Sequence[nn.Module] | None = None, store=None,
+         run_dir: str | Path | None = None, settings: dict | None = None,
+         on_evaluation: Callable[[int, Samples], None] | None = None) -> TuneResult:
     """Tune the student `generator` in place toward `true_reward` (module docstring); with config.distill,
     `generator` is a teacher, left unchanged, and the student is its copy (DOLLAR's VSD + LRM from the start).
-    store: a LatentStore of real latents (needed by CD; joins the concurrent surrogate's batches). run_dir:
-    checkpoint there at every evaluation and resume from its newest checkpoint; settings: what else identifies
-    the run beside `config` (reward, start run, prompts), which a rerun must keep (lrm.tuning.tune_run).
+    `surrogate`: one fitted surrogate, or a list of two or more (an ensemble). store: a LatentStore of real
+    latents (needed by CD; joins the concurrent surrogate's batches). run_dir: checkpoint there at every
+    evaluation and resume from its newest checkpoint; settings: what else identifies the run beside `config`
+    (reward, start run, prompts), which a rerun must keep (lrm.tuning.tune_run). `on_evaluation(step, samples)`
+    is called after each monitor evaluation with its samples (to write them; none are kept beyond the first and
+    the last, which a video run could not hold).
     Every check runs before any work; the tuned student is result.student."""
     prompts = list(prompts)
     if not prompts:
@@ -171,10 +197,13 @@ def tune(generator: nn.Module, true_reward: TrueReward, prompts: Sequence[str], 
     lrm = roles.module(LRM) if LRM in roles else None
     monitor = TuningMonitor(student, true_reward, prompts[: config.eval_prompts], text_encoder,
                             latent_shape=latent_shape, steps=config.student_steps, per_prompt=config.per_prompt,
-                            seed=config.seed, surrogate=lrm)
-    terms = [DISTILL_TERMS[name]() for name in config.distill] + [term]
+                            seed=config.seed, surrogate=lrm,
+                            initial=roles.module(INITIAL) if INITIAL in roles else None)
+    terms = [DISTILL_TERMS[name]() for name in config.distill] + [term] + regularisers(config, lrm)
+    weights = {KLPenalty.name: config.kl_weight, Disagreement.name: config.disagreement_weight}
     distiller = Distiller(roles, terms, DistillConfig(latent_shape=latent_shape, student_steps=config.student_steps,
-                                                      seed=config.seed))
+                                                      seed=config.seed),
+                          weights={t.name: weights[t.name] for t in terms if t.name in weights})
     device = next(student.parameters()).device
     if store is not None:
         from lrm.tuning.run import store_batches
@@ -192,7 +221,13 @@ def tune(generator: nn.Module, true_reward: TrueReward, prompts: Sequence[str], 
         tune_run.check_settings(run_dir, {"tune": asdict(config), **(settings or {})}, asdict(TuneConfig()))
     student_extra = {"student_steps": config.student_steps, "latent_shape": list(latent_shape)}
     peak = 0.0  # max over the training steps of CUDA's peak allocation (reset before each step)
-    monitor(0)  # the starting student's samples (the "before" grid); a resumed run's records come from its checkpoint
+
+    def evaluate(step: int) -> None:
+        monitor(step)
+        if on_evaluation is not None:
+            on_evaluation(step, monitor.last)
+
+    evaluate(0)  # the starting student's samples (the "before" grid); a resumed run's records come from its checkpoint
     logs: list[StepLog] = []
     resumed = tune_run.resume(run_dir, distiller, term, true_reward) if run_dir is not None else None
     if resumed is not None:
@@ -206,7 +241,7 @@ def tune(generator: nn.Module, true_reward: TrueReward, prompts: Sequence[str], 
         if device.type == "cuda":
             peak = max(peak, torch.cuda.max_memory_allocated(device) / 2**20)
         if distiller.step % config.eval_every == 0 or distiller.step == config.steps:
-            monitor(distiller.step)
+            evaluate(distiller.step)
             if run_dir is not None:
                 tune_run.save(run_dir, distiller, monitor.records, logs, term, true_reward, student_extra)
     if monitor.last is monitor.first and distiller.step > 0:  # resumed at the end: the final samples again
@@ -214,3 +249,10 @@ def tune(generator: nn.Module, true_reward: TrueReward, prompts: Sequence[str], 
     seconds = sum(log.seconds for log in logs) / len(logs) if logs else float("nan")
     return TuneResult(student, monitor.records, logs, seconds, peak if device.type == "cuda" else None, term,
                       monitor.first, monitor.last)
+
+
+def regularisers(config: TuneConfig, lrm: nn.Module | None) -> list:
+    """The regularising terms of the run: the KL penalty when kl_weight > 0, the disagreement penalty with an
+    ensemble of surrogates."""
+    terms = [KLPenalty()] if config.kl_weight > 0 else []
+    return terms + ([Disagreement()] if isinstance(lrm, SurrogateEnsemble) else [])
