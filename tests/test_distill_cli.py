@@ -5,6 +5,7 @@ student (ADM + SDM-2D with an image teacher), exact resume, sampling the exporte
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from dataclasses import replace
@@ -138,6 +139,86 @@ def test_a_rerun_resumes_and_equals_the_uninterrupted_run(teachers, tmp_path):
            [r["frechet"] for r in records(tmp_path / "resumed", "eval")]
     changed = distill(*common, "--steps", "5", "--batch-size", "3", "--out", str(tmp_path / "resumed"))
     assert changed.exit_code == 2 and "cannot resume student run" in changed.output and "batch_size" in changed.output
+
+
+# ---------------------------------------------------------------- data parallel (torchrun)
+
+
+def test_ranks_read_disjoint_slices_that_make_up_the_one_process_batch(teachers):
+    from lrm.datasets.store import LatentStore
+    from lrm.generators.runs import open_generator_run
+    from lrm.tuning.run import store_batches
+
+    store = LatentStore.open(open_generator_run(teachers["image"]).setting("store"))
+    one = store_batches(store, 4, seed=3, device="cpu", rank=0, world=1)
+    ranks = [store_batches(store, 4, seed=3, device="cpu", rank=r, world=2) for r in range(2)]
+    for step in range(3):
+        whole = one(step)[0]
+        parts = [batches(step)[0] for batches in ranks]
+        assert all(p.x0.shape[0] == 2 for p in parts)
+        assert torch.equal(torch.cat([p.x0 for p in parts]), whole.x0)
+        assert torch.equal(torch.cat([p.text for p in parts]), whole.text)
+        assert not torch.equal(parts[0].x0, parts[1].x0)
+    with pytest.raises(ValueError, match="does not split evenly over 2 processes; pass a multiple of 2"):
+        store_batches(store, 3, seed=3, device="cpu", rank=0, world=2)
+
+
+DDP_WORKER = '''
+import sys
+from safetensors.torch import save_file
+from lrm import distributed
+from lrm.configs import DistillJob
+from lrm.tuning import trainer
+from lrm.tuning.roles import STUDENT
+from lrm.tuning.run import distill
+
+export = trainer.Distiller.export_student
+
+
+def export_and_dump(self, run_dir):  # every rank's student, to compare the ranks
+    for role in (STUDENT, "fake_score", "ema"):
+        save_file(dict(self.roles.module(role).state_dict()), f"{{run_dir}}/{{role}}.rank{{distributed.rank()}}.safetensors")
+    return export(self, run_dir)
+
+
+trainer.Distiller.export_student = export_and_dump
+job = DistillJob(teacher={teacher!r}, losses=("vsd", "cd"), student_steps=2, steps=2, batch_size=4, eval_every=1,
+                 checkpoint_every=1, out={out!r})
+result = distill(job)
+print("done", distributed.rank(), result.steps, flush=True)
+'''
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_distil_in_sync_and_rank_0_writes(teachers, tmp_path):
+    """Real torchrun, 2 CPU processes (gloo), through the library call (about 40 s on 2 shared cores): each
+    rank takes half of the global batch, gradients are averaged, so every trained role ends identical on both
+    ranks; files are written once."""
+    out = tmp_path / "ddp"
+    script = tmp_path / "worker.py"
+    script.write_text(DDP_WORKER.format(teacher=str(teachers["image"]), out=str(out)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
+    result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert sorted(line for line in result.stdout.splitlines() if line.startswith("done")) == ["done 0 2", "done 1 2"]
+    for role in ("student", "fake_score", "ema"):
+        a, b = (load_file(out / f"{role}.rank{r}.safetensors") for r in range(2))
+        assert all(torch.equal(a[k], b[k]) for k in a), role
+    student = load_file(out / "student.rank0.safetensors")
+    teacher = load_file(teachers["image"] / "model" / "model.safetensors")
+    assert any(not torch.equal(student[k], teacher[k]) for k in teacher)  # it trained
+    exported = load_file(out / "model" / "model.safetensors")
+    assert all(torch.equal(exported[k], student[k]) for k in exported)
+    config = json.loads((out / "config.json").read_text())
+    assert config["world_size"] == 2 and config["job"]["batch_size"] == 4
+    assert [r["step"] for r in records(out, "train")] == [1, 2]  # one line per step: rank 0 alone writes
+    assert [r["step"] for r in records(out, "eval")] == [0, 1, 2]
+    rng = load_file(out / "checkpoints" / "step-00000002" / "rng.safetensors")
+    assert not torch.equal(rng["trainer.rank0"], rng["trainer.rank1"])  # each rank its own noise
+    one = distill("--teacher", str(teachers["image"]), "--losses", "vsd,cd", "--student-steps", "2", "--steps", "2",
+                  "--batch-size", "4", "--eval-every", "0", "--out", str(out))
+    assert one.exit_code == 2 and "written by 2 processes" in one.output  # resume needs the same process count
 
 
 # ---------------------------------------------------------------- before any work

@@ -167,22 +167,30 @@ def build_distiller(job: DistillJob, teacher, latent_shape, image_teacher=None):
     return Distiller(roles, build_terms(job, latent_shape[0]), config)
 
 
-def store_batches(store, batch_size: int, seed: int, device):
-    """batches(step) -> [Batch] of the store's rows for `step`: latents (B, T, c, h, w) and text embeddings,
-    the same for the same step on every call (exact resume)."""
+def store_batches(store, batch_size: int, seed: int, device, rank: int | None = None, world: int | None = None):
+    """batches(step) -> [Batch] of this rank's share of the store's rows for `step`: latents (B, T, c, h, w) and
+    text embeddings, the same for the same step on every call (exact resume). batch_size is the global batch
+    (capped at the store's rows); under torchrun rank r of `world` takes the r-th of `world` equal slices of it,
+    so the ranks together read exactly the rows one process reads."""
     import numpy as np
 
+    from lrm import distributed
     from lrm.fitting import RowSource, batch_positions
     from lrm.tuning.denoise import Batch
 
     rows = np.arange(len(store))
     size = min(batch_size, len(store))
+    world = distributed.world_size() if world is None else world
+    if size % world:
+        raise ValueError(f"--batch-size {batch_size} (the global batch, capped at the store's {len(store)} rows: "
+                         f"{size}) does not split evenly over {world} processes; pass a multiple of {world}")
+    share = distributed.local_slice(size, rank, world)
     text, _ = store.text_embeddings([0])
     per_row = 4 * (int(np.prod(store.latent_shape)) + text[0].numel())  # float32 latents + tokens
     source = RowSource(store, rows, with_text=True, cache=per_row * len(store) < CACHE_BYTES)
 
     def batches(step: int) -> list:
-        x0, text, mask = source.get(rows[batch_positions(step, len(store), size, seed)])
+        x0, text, mask = source.get(rows[batch_positions(step, len(store), size, seed)[share]])
         return [Batch(text.to(device), mask.to(device).bool(), x0.to(device))]
 
     return batches
@@ -190,7 +198,8 @@ def store_batches(store, batch_size: int, seed: int, device):
 
 def _write_config(run_dir: Path, resolved: dict) -> None:
     """RUN/config.json; a rerun (resume) must keep the training fields and the teacher run (the embedded one
-    changes folder when its settings change)."""
+    changes folder when its settings change). Every rank checks, rank 0 writes."""
+    from lrm import distributed
     from lrm.config_diff import differences
     from lrm.io import atomic_write_json
 
@@ -204,22 +213,39 @@ def _write_config(run_dir: Path, resolved: dict) -> None:
         if diff:
             raise ValueError(f"cannot resume student run {run_dir}: it was started with other settings "
                              f"({'; '.join(diff)}). Fix: re-run with the same settings, or pass a new --out")
-    atomic_write_json(path, resolved)
+    distributed.barrier()  # every rank has read the old config.json before rank 0 replaces it
+    if distributed.is_main():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, resolved)
+    distributed.barrier()
 
 
 def distill(job: DistillJob, out_dir: str | Path | None = None, progress: bool = False) -> DistillResult:
     """Run `job` into out_dir (default job.run_dir()): resume it if it holds a checkpoint, train up to
-    job.steps, log at fixed seeds every job.eval_every steps, export the student to out_dir/model."""
-    import torch
+    job.steps, log at fixed seeds every job.eval_every steps, export the student to out_dir/model.
 
+    Under torchrun (gloo processes on the CPU, one process per GPU with nccl) the ranks split each step's
+    global batch (store_batches), the trainer averages their gradients so every role stays the same on every
+    rank, and rank 0 writes every file (config.json, metrics, grids, report, checkpoints, model/)."""
+    from lrm import distributed
+
+    job = replace(job, losses=tuple(job.losses), out=str(out_dir) if out_dir is not None else job.out)
+    plan = resolve(job)
+    created_group = distributed.init_from_env(job.device)
+    try:
+        return _distill(job, Path(plan["run"]), progress)
+    finally:
+        if created_group:
+            distributed.shutdown()
+
+
+def _distill(job: DistillJob, run_dir: Path, progress: bool) -> DistillResult:
+    from lrm import distributed
     from lrm.datasets.store import LatentStore
     from lrm.generators.embedded import embedded_teacher
     from lrm.tuning.distill_log import Monitor
 
-    job = replace(job, losses=tuple(job.losses), out=str(out_dir) if out_dir is not None else job.out)
-    plan = resolve(job)
-    run_dir = Path(plan["run"])
-    device = torch.device(job.device)
+    device = distributed.process_device(job.device)
     teacher_path = job.teacher or embedded_teacher(job.video, progress=progress, device=job.device)
     teacher_run = _open_teacher(str(teacher_path), "--teacher")
     store = LatentStore.open(teacher_run.setting("store"))
@@ -228,6 +254,7 @@ def distill(job: DistillJob, out_dir: str | Path | None = None, progress: bool =
     if latent_shape[1] != teacher.in_channels:
         raise ValueError(f"store {store.path} holds {latent_shape[1]}-channel latents, teacher {teacher_path} takes "
                          f"{teacher.in_channels}; the teacher's config.json names another store")
+    batches = store_batches(store, job.batch_size, job.seed, device)  # this rank's share of each step's batch
     image_teacher = None
     if job.image_teacher is not None:
         image_teacher = _open_teacher(job.image_teacher, "--image-teacher").load(map_location=device)
@@ -236,14 +263,15 @@ def distill(job: DistillJob, out_dir: str | Path | None = None, progress: bool =
     resolved = {"job": {**asdict(job), "losses": list(job.losses)}, "teacher_run": str(teacher_run.run_dir),
                 "store": str(store.path), "codec": store.codec_settings, "text_encoder_id": store.text_encoder_id,
                 "student_steps": job.student_steps, "latent_shape": list(latent_shape),
-                "roles": distiller.roles.names(), "weights": distiller.weights}
-    run_dir.mkdir(parents=True, exist_ok=True)
+                "roles": distiller.roles.names(), "weights": distiller.weights,
+                "world_size": distributed.world_size()}
     _write_config(run_dir, resolved)
     distiller.resume(run_dir)
-    monitor = Monitor(run_dir, distiller, store, job, progress=progress)
-    monitor.start()
-    distiller.fit(store_batches(store, job.batch_size, job.seed, device), job.steps, run_dir,
-                  job.checkpoint_every, on_step=monitor)
-    monitor.finish()
+    monitor = Monitor(run_dir, distiller, store, job, progress=progress) if distributed.is_main() else None
+    if monitor is not None:
+        monitor.start()
+    distiller.fit(batches, job.steps, run_dir, job.checkpoint_every, on_step=monitor)
+    if monitor is not None:
+        monitor.finish()
     model_dir = distiller.export_student(run_dir)
     return DistillResult(run_dir, model_dir, distiller.step, run_dir / "report.html")

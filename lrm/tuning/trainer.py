@@ -166,6 +166,7 @@ class Distiller:
                 totals[name] = totals.get(name, 0.0) + float(loss.detach()) / len(batches)
         if not all_ranks_agree(finite_loss):
             return self._skip(role_name, log)
+        totals = mean_over_ranks(totals)  # the losses of the global batch
         average_gradients(role.parameters())
         max_norm = self.config.clip_norm if self.config.clip_norm is not None else float("inf")  # inf: measure only
         norm = torch.nn.utils.clip_grad_norm_(role.parameters(), max_norm)
@@ -285,9 +286,19 @@ def all_ranks_agree(ok: bool) -> bool:
     """True when `ok` holds on every rank (one process: ok itself)."""
     if distributed.world_size() <= 1 or not distributed.is_initialized():
         return ok
-    flag = torch.tensor([1.0 if ok else 0.0])
+    flag = torch.tensor([1.0 if ok else 0.0], device=distributed.collective_device())
     torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
     return bool(flag.item() == 1.0)
+
+
+def mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
+    """Each value averaged over the ranks (the same keys on every rank; one process: values itself)."""
+    if distributed.world_size() <= 1 or not distributed.is_initialized() or not values:
+        return values
+    names = sorted(values)
+    total = torch.tensor([values[n] for n in names], dtype=torch.float64, device=distributed.collective_device())
+    torch.distributed.all_reduce(total, op=torch.distributed.ReduceOp.SUM)
+    return {n: float(v) / distributed.world_size() for n, v in zip(names, total.tolist())}
 
 
 def average_gradients(params: list[torch.nn.Parameter]) -> None:
