@@ -141,6 +141,37 @@ def test_a_rerun_resumes_and_equals_the_uninterrupted_run(teachers, tmp_path):
     assert changed.exit_code == 2 and "cannot resume student run" in changed.output and "batch_size" in changed.output
 
 
+def test_a_lora_student_trains_adapters_and_exports_merged_weights_that_lrm_sample_reads(teachers, tmp_path):
+    pytest.importorskip("peft")
+    out = tmp_path / "lora"
+    common = ["--teacher", str(teachers["image"]), "--losses", "vsd,cd", "--student-steps", "2", "--batch-size", "2",
+              "--eval-every", "0", "--lr", "1e-2", "--out", str(out)]
+    result = distill(*common, "--steps", "2", "--lora-rank", "2")
+    assert result.exit_code == 0, result.output
+    checkpoint = load_file(out / "checkpoints" / "step-00000002" / "student.safetensors")
+    assert checkpoint and all(".lora_" in k for k in checkpoint)  # the adapters alone
+    student, teacher = (load_file(p / "model" / "model.safetensors") for p in (out, teachers["image"]))
+    assert set(student) == set(teacher)  # merged: the plain DiT's weights
+    attention = [k for k in teacher if k.split(".")[-2:-1] in (["query"], ["key_value"], ["out"])]
+    assert attention and any(not torch.equal(student[k], teacher[k]) for k in attention)
+    assert all(torch.equal(student[k], teacher[k]) for k in teacher if k not in attention)
+    assert json.loads((out / "config.json").read_text())["job"]["lora_rank"] == 2
+    sampled = runner.invoke(cli(), ["sample", str(out), "--prompt", "a red circle", "--per-prompt", "2", "--quiet"])
+    assert sampled.exit_code == 0, sampled.output
+    again = distill(*common, "--steps", "3", "--lora-rank", "4")
+    assert again.exit_code == 2 and "cannot resume student run" in again.output and "lora_rank" in again.output
+
+
+def test_lora_without_peft_is_refused_before_any_work(teachers, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "peft", None)  # `import peft` now raises ImportError
+    for args, message in ((["--lora-rank", "2"], "needs the peft package: pip install peft"),
+                          (["--lora-rank", "0"], "--lora-rank must be a positive integer")):
+        result = distill("--teacher", str(teachers["image"]), *args, "--out", str(tmp_path / "run"))
+        assert result.exit_code == 2, result.output
+        assert result.output.strip().splitlines()[0].startswith("Error: ") and message in result.output
+        assert not (tmp_path / "run").exists()
+
+
 # ---------------------------------------------------------------- data parallel (torchrun)
 
 

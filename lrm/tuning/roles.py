@@ -120,25 +120,39 @@ def build_roles(teacher: nn.Module, *, student_lr: float = 1e-5, fake_lr: float 
                 fake_score: bool = True, ema: bool = True, discriminator: nn.Module | None = None,
                 discriminator_lr: float = 2e-5, teacher_2d: nn.Module | None = None,
                 fake_2d_lr: float = 2e-5, dtype: torch.dtype = torch.float32,
-                teacher_dtype: torch.dtype | None = None) -> Roles:
+                teacher_dtype: torch.dtype | None = None, lora_rank: int | None = None) -> Roles:
     """The roles of DOLLAR Alg. 1 line 4 (student and fake score initialised from the teacher) and, when
     given, AVDM2's discriminator head and 2D teacher (whose copy becomes the 2D fake score). The teacher
-    and the 2D teacher are deep-copied and frozen, so the caller's modules are never changed."""
+    and the 2D teacher are deep-copied and frozen, so the caller's modules are never changed. lora_rank:
+    the student, fake score and 2D fake score train LoRA adapters of that rank on their attention
+    projections (lrm.tuning.lora), their base weights frozen at the teacher's; None trains every weight."""
     teacher_dtype = teacher_dtype or dtype
+
+    def copy_of(module: nn.Module, seed: int) -> nn.Module:  # initialised from a teacher; LoRA-adapted when asked
+        twin = copy.deepcopy(module)
+        if lora_rank is not None:
+            from lrm.tuning.lora import add_lora
+
+            add_lora(twin, lora_rank, seed=seed)
+        return twin
+
+    def trained(module: nn.Module) -> list[nn.Parameter]:
+        return [p for p in module.parameters() if p.requires_grad]
+
     roles = Roles()
     roles.add(Role(TEACHER, frozen_copy(teacher), dtype=teacher_dtype))
-    student = copy.deepcopy(teacher)  # homogeneous parameterisation: same network, same prediction type
-    roles.add(Role(STUDENT, student, adamw(student_lr)(list(student.parameters())), dtype=dtype))
+    student = copy_of(teacher, seed=0)  # homogeneous parameterisation: same network, same prediction type
+    roles.add(Role(STUDENT, student, adamw(student_lr)(trained(student)), dtype=dtype))
     if ema:
         roles.add(Role(EMA, frozen_copy(student), dtype=dtype))
     if fake_score:
-        fake = copy.deepcopy(teacher)
-        roles.add(Role(FAKE_SCORE, fake, adamw(fake_lr)(list(fake.parameters())), FAKE_SCORE_UPDATES, dtype))
+        fake = copy_of(teacher, seed=1)
+        roles.add(Role(FAKE_SCORE, fake, adamw(fake_lr)(trained(fake)), FAKE_SCORE_UPDATES, dtype))
     if discriminator is not None:
         roles.add(Role(DISCRIMINATOR, discriminator, adamw(discriminator_lr)(list(discriminator.parameters())),
                        DISCRIMINATOR_UPDATES, dtype))
     if teacher_2d is not None:
         roles.add(Role(TEACHER_2D, frozen_copy(teacher_2d), dtype=teacher_dtype))
-        fake_2d = copy.deepcopy(teacher_2d)
-        roles.add(Role(FAKE_2D, fake_2d, adamw(fake_2d_lr)(list(fake_2d.parameters())), FAKE_2D_UPDATES, dtype))
+        fake_2d = copy_of(teacher_2d, seed=2)
+        roles.add(Role(FAKE_2D, fake_2d, adamw(fake_2d_lr)(trained(fake_2d)), FAKE_2D_UPDATES, dtype))
     return roles

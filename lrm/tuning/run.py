@@ -32,7 +32,7 @@ LOSSES = {"vsd": VSD, "cd": CD, "adm": ADM, "sdm2d": SDM2D}
 STUDENT_STEPS = (1, 2, 4)  # DOLLAR's student grids (lrm.diffusion.samplers.STUDENT_TIMESTEPS)
 # Job fields that change the trained weights: a rerun of a folder must keep them (steps may grow: resume).
 TRAINING_FIELDS = ("teacher", "video", "losses", "student_steps", "batch_size", "cd_teacher_steps", "image_teacher",
-                   "student_lr", "fake_lr", "seed")
+                   "student_lr", "fake_lr", "seed", "lora_rank")
 CACHE_BYTES = 2**31  # a teacher store smaller than this is read into memory once
 
 
@@ -72,6 +72,9 @@ def check_job(job: DistillJob) -> None:
     if not 1 <= job.cd_teacher_steps < GRID_STEPS:
         raise ValueError(f"--cd-teacher-steps must be in 1..{GRID_STEPS - 1} (teacher DDIM steps per CD target), "
                          f"got {job.cd_teacher_steps}")
+    if job.lora_rank is not None and (not isinstance(job.lora_rank, int) or job.lora_rank < 1):
+        raise ValueError(f"--lora-rank must be a positive integer (or left out to train every weight), "
+                         f"got {job.lora_rank!r}")
     if not (job.student_lr > 0 and job.fake_lr > 0):
         raise ValueError("learning rates must be > 0")
     if "sdm2d" in job.losses and job.image_teacher is None:
@@ -97,6 +100,10 @@ def resolve(job: DistillJob) -> dict:
     from lrm.generators.embedded import EMBEDDED, embedded_run_dir
 
     check_job(job)
+    if job.lora_rank is not None:
+        from lrm.tuning.lora import require_peft
+
+        require_peft()
     plan = {"job": asdict(job), "run": str(Path(job.run_dir()))}
     if job.teacher is not None:
         teacher = _open_teacher(job.teacher, "--teacher")
@@ -162,7 +169,8 @@ def build_distiller(job: DistillJob, teacher, latent_shape, image_teacher=None):
 
     roles = build_roles(teacher, student_lr=job.student_lr, fake_lr=job.fake_lr, fake_score="vsd" in job.losses,
                         discriminator=discriminator_for(teacher) if "adm" in job.losses else None,
-                        discriminator_lr=job.fake_lr, teacher_2d=image_teacher, fake_2d_lr=job.fake_lr)
+                        discriminator_lr=job.fake_lr, teacher_2d=image_teacher, fake_2d_lr=job.fake_lr,
+                        lora_rank=job.lora_rank)
     config = DistillConfig(latent_shape=tuple(latent_shape), student_steps=job.student_steps, seed=job.seed)
     return Distiller(roles, build_terms(job, latent_shape[0]), config)
 

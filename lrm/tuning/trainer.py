@@ -189,7 +189,8 @@ class Distiller:
         decay = self.config.ema_decay
         student, ema = self.roles.module(STUDENT), self.roles.module(EMA)
         for p_ema, p in zip(ema.parameters(), student.parameters()):
-            p_ema.lerp_(p.to(p_ema.dtype), 1.0 - decay)
+            if p.requires_grad:  # the rest (a LoRA student's frozen base) never moves
+                p_ema.lerp_(p.to(p_ema.dtype), 1.0 - decay)
         for b_ema, b in zip(ema.buffers(), student.buffers()):
             b_ema.copy_(b)
 
@@ -216,10 +217,13 @@ class Distiller:
         """Write the student as a generator run, RUN/model in lrm.generators.io's format, with the settings its
         few-step sampler needs in "extra" (student_steps, latent_shape), so `lrm sample` / `lrm evaluate` and
         lrm.generators.runs open it as a student. The student itself is exported (DMD2 samples from the
-        generator, not an EMA). Rank 0 writes."""
+        generator, not an EMA); a LoRA student with its adapters merged into the weights. Rank 0 writes."""
         from lrm.generators.io import save_denoiser
+        from lrm.tuning.lora import has_lora, merged_copy
 
         student = self.roles.module(STUDENT)
+        if has_lora(student):
+            student = merged_copy(student)
         if not hasattr(student, "dimensions"):
             raise ValueError(f"exporting a {type(student).__name__} student is not supported (only lrm's LatentDiT); "
                              "save its weights from the checkpoint instead")
@@ -235,6 +239,12 @@ class Distiller:
         return {"step": self.step, "updates": self.updates, "skipped": self.skipped,
                 "config": asdict(self.config), "weights": self.weights, "terms": [t.name for t in self.terms]}
 
+    def _checkpointed(self) -> dict:
+        """The modules a checkpoint keeps: those training changes (trainable roles, the EMA). Frozen roles (the
+        teachers) are rebuilt from their runs, so a checkpoint does not copy them."""
+        return {name: self.roles.module(name) for name in self.roles.names()
+                if self.roles[name].trainable or name == EMA}
+
     def save(self, run_dir: str | Path) -> Path | None:
         """Checkpoint into run_dir (rank 0 writes; every rank's RNG streams are gathered into it)."""
         rng = {"trainer": self.generator.get_state(), "torch_cpu": torch.get_rng_state()}
@@ -244,7 +254,7 @@ class Distiller:
         folder = None
         if distributed.is_main():
             rng_all = {f"{name}.rank{r}": state for r, states in enumerate(ranks) for name, state in states.items()}
-            modules = {name: self.roles.module(name) for name in self.roles.names()}
+            modules = self._checkpointed()
             optimizers = {r.name: r.optimizer for r in self.roles.trainable()}
             state = {**self._state(), "world_size": distributed.world_size()}
             folder = save_checkpoint(run_dir, self.step, modules, optimizers, rng_all, state)
@@ -264,7 +274,7 @@ class Distiller:
         if saved["world_size"] != distributed.world_size():
             raise ValueError(f"checkpoint {folder} was written by {saved['world_size']} processes, this run has "
                              f"{distributed.world_size()}; resume with the same torchrun --nproc_per_node")
-        modules = {name: self.roles.module(name) for name in self.roles.names()}
+        modules = self._checkpointed()
         optimizers = {r.name: r.optimizer for r in self.roles.trainable()}
         rng, state = load_checkpoint(folder, modules, optimizers)
         suffix = f".rank{distributed.rank()}"
