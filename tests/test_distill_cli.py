@@ -278,6 +278,10 @@ def test_bad_input_gets_one_line_and_exit_2_before_any_work(teachers, tmp_path):
     other.text_encoder_id = "minilm-l6-v2"
     save_denoiser(other, tmp_path / "other" / "model")
     image, video = str(teachers["image"]), str(teachers["video"])
+    pipeline = tmp_path / "sd"  # the layout of a diffusers save_pretrained folder
+    (pipeline / "unet").mkdir(parents=True)
+    (pipeline / "unet" / "config.json").write_text(json.dumps({"_class_name": "UNet2DConditionModel"}))
+    (pipeline / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
     cases = [
         (["--teacher", str(student)], "is a distilled 2-step student, not a teacher"),
         (["--teacher", image, "--losses", "vsd,vds"], "unknown loss 'vds'; did you mean 'vsd'?"),
@@ -292,6 +296,7 @@ def test_bad_input_gets_one_line_and_exit_2_before_any_work(teachers, tmp_path):
         (["--teacher", image, "--steps", "-1"], "--steps must be >= 0"),
         (["--teacher", image, "--video"], "drop --video"),
         (["--teacher", str(tmp_path / "nowhere")], "not found"),
+        (["--teacher", str(pipeline)], "is a diffusers pipeline folder; `lrm distill` takes runs of `lrm teacher"),
     ]
     for args, message in cases:
         result = distill(*args, "--out", str(tmp_path / "run"))

@@ -178,3 +178,49 @@ def test_checkpoints_hold_the_adapters_alone_and_resume_exactly(tmp_path):
 def _full_checkpoint(distiller, b, run_dir):
     distiller.fit(lambda step: [b], num_steps=1, run_dir=run_dir)
     return run_dir
+
+
+# ---------------------------------------------------------------- a diffusers student exported as diffusers files
+
+
+def test_a_distilled_diffusers_student_exports_as_a_diffusers_folder(tmp_path):
+    """Teacher loaded from a save_pretrained folder as a user would; the LoRA student, after one step, is written
+    as unet/ + scheduler/ that diffusers' from_pretrained and lrm's load_diffusers_denoiser read back."""
+    import json
+
+    from diffusers import UNet2DConditionModel
+    from test_diffusers_adapters import build_pipeline
+
+    from lrm.generators.diffusers_adapters import load_diffusers_denoiser
+
+    pipe = build_pipeline("sd")
+    pipe.save_pretrained(tmp_path / "teacher")
+    teacher = load_diffusers_denoiser(str(tmp_path / "teacher"))
+    teacher.null_text = torch.zeros(1, 4, teacher.text_dim)
+    b, shape = batch_for(teacher)
+    distiller = distiller_of(teacher, shape)
+    distiller.train_step([b])
+    folder = distiller.export_student(tmp_path / "run")
+    assert folder == tmp_path / "run" / "model"
+    assert sorted(p.name for p in folder.iterdir()) == ["lrm.json", "scheduler", "unet"]
+
+    student = distiller.roles.module(STUDENT)
+    t = torch.tensor([999, 499])
+    expected = student(b.x0, t, b.text, b.text_mask)
+    unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet")  # plain diffusers, no peft layers
+    assert not has_lora(unet)
+    direct = unet(b.x0[:, 0], t, encoder_hidden_states=b.text).sample[:, None]
+    torch.testing.assert_close(direct, expected, rtol=1e-4, atol=1e-5)
+    back = load_diffusers_denoiser(str(folder))
+    back.null_text = teacher.null_text
+    assert (back.prediction, back.schedule_config) == (teacher.prediction, teacher.schedule_config)
+    torch.testing.assert_close(back(b.x0, t, b.text, b.text_mask), expected, rtol=1e-4, atol=1e-5)
+
+    exported, original = unet.state_dict(), pipe.unet.state_dict()
+    attention = [k for k in original if any(f".{n}." in k for n in ("to_q", "to_k", "to_v", "to_out"))]
+    assert any(not torch.equal(exported[k], original[k]) for k in attention)
+    assert all(torch.equal(exported[k], original[k]) for k in original if k not in attention)
+    extra = json.loads((folder / "lrm.json").read_text())["extra"]
+    assert extra["student_steps"] == 2 and extra["timesteps"] == [999, 499] and extra["step"] == 1
+    assert json.loads((folder / "scheduler" / "scheduler_config.json").read_text()) == \
+        json.loads((tmp_path / "teacher" / "scheduler" / "scheduler_config.json").read_text())

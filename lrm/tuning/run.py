@@ -33,7 +33,8 @@ STUDENT_STEPS = (1, 2, 4)  # DOLLAR's student grids (lrm.diffusion.samplers.STUD
 # Job fields that change the trained weights: a rerun of a folder must keep them (steps may grow: resume).
 TRAINING_FIELDS = ("teacher", "video", "losses", "student_steps", "batch_size", "cd_teacher_steps", "image_teacher",
                    "student_lr", "fake_lr", "seed", "lora_rank")
-CACHE_BYTES = 2**31  # a teacher store smaller than this is read into memory once
+CACHE_BYTES = 2**31
+DIFFUSERS_FOLDERS = ("unet", "transformer")  # where a diffusers pipeline folder keeps its denoiser  # a teacher store smaller than this is read into memory once
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,11 @@ def _open_teacher(path: str, flag: str):
     """The generator run at `path`, refused when it is a distilled student."""
     from lrm.generators.runs import open_generator_run
 
+    folder = Path(path)
+    if (folder / "model_index.json").is_file() or any((folder / f / "config.json").is_file() for f in DIFFUSERS_FOLDERS):
+        raise ValueError(f"{flag} {path} is a diffusers pipeline folder; `lrm distill` takes runs of `lrm teacher "
+                         "train`. Distil a diffusers denoiser through the library (docs/distill.md, \"diffusers "
+                         "teachers\")")
     run = open_generator_run(path)
     if run.student_steps is not None:
         raise ValueError(f"{flag} {path} is a distilled {run.student_steps}-step student, not a teacher; pass the "

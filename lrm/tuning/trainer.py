@@ -214,30 +214,35 @@ class Distiller:
         return logs
 
     def export_student(self, run_dir: str | Path) -> Path:
-        """Write the student as a generator run, RUN/model in lrm.generators.io's format, with the settings its
-        few-step sampler needs in "extra" (student_steps, latent_shape), so `lrm sample` / `lrm evaluate` and
-        lrm.generators.runs open it as a student. The student itself is exported (DMD2 samples from the
+        """Write the student to RUN/model, with the settings its few-step sampler needs (student_steps,
+        latent_shape) in its "extra". lrm's DiT: a generator run in lrm.generators.io's format, so `lrm sample` /
+        `lrm evaluate` and lrm.generators.runs open it as a student. A diffusers denoiser: diffusers files
+        (lrm.generators.diffusers_export: unet/ or transformer/, scheduler/), which diffusers' from_pretrained
+        and lrm's load_diffusers_denoiser read. The student itself is exported (DMD2 samples from the
         generator, not an EMA); a LoRA student with its adapters merged into the weights. Rank 0 writes."""
+        from lrm.generators.diffusers_adapters import DiffusersDenoiser
+        from lrm.generators.diffusers_export import save_diffusers_denoiser
         from lrm.generators.io import save_denoiser
         from lrm.tuning.lora import has_lora, merged_copy
 
         student = self.roles.module(STUDENT)
         if has_lora(student):
             student = merged_copy(student)
-        if not hasattr(student, "dimensions"):
-            raise ValueError(f"exporting a {type(student).__name__} student is not supported (only lrm's LatentDiT); "
-                             "save its weights from the checkpoint instead")
-        extra = {"student_steps": self.config.student_steps, "latent_shape": list(self.config.latent_shape),
-                 "distilled_with": self.weights, "step": self.step}
+        if isinstance(student, DiffusersDenoiser):
+            save = save_diffusers_denoiser
+        elif hasattr(student, "dimensions"):
+            save = save_denoiser
+        else:
+            raise ValueError(f"exporting a {type(student).__name__} student is not supported (lrm's LatentDiT or a "
+                             "diffusers denoiser); save its weights from the checkpoint instead")
+        timesteps = student.schedule.timesteps(self.config.student_steps).tolist()  # the few-step sampler's grid
+        extra = {"student_steps": self.config.student_steps, "timesteps": timesteps,
+                 "latent_shape": list(self.config.latent_shape), "distilled_with": self.weights, "step": self.step}
         folder = Path(run_dir) / "model"
         if distributed.is_main():
-            save_denoiser(student, folder, extra=extra)
+            save(student, folder, extra=extra)
         distributed.barrier()
         return folder
-
-    def _state(self) -> dict:
-        return {"step": self.step, "updates": self.updates, "skipped": self.skipped,
-                "config": asdict(self.config), "weights": self.weights, "terms": [t.name for t in self.terms]}
 
     def _checkpointed(self) -> dict:
         """The modules a checkpoint keeps: those training changes (trainable roles, the EMA). Frozen roles (the
