@@ -244,6 +244,10 @@ class Distiller:
         distributed.barrier()
         return folder
 
+    def _state(self) -> dict:
+        return {"step": self.step, "updates": self.updates, "skipped": self.skipped,
+                "config": asdict(self.config), "weights": self.weights, "terms": [t.name for t in self.terms]}
+
     def _checkpointed(self) -> dict:
         """The modules a checkpoint keeps: those training changes (trainable roles, the EMA). Frozen roles (the
         teachers) are rebuilt from their runs, so a checkpoint does not copy them."""
