@@ -145,7 +145,7 @@ def test_a_lora_student_trains_adapters_and_exports_merged_weights_that_lrm_samp
     pytest.importorskip("peft")
     out = tmp_path / "lora"
     common = ["--teacher", str(teachers["image"]), "--losses", "vsd,cd", "--student-steps", "2", "--batch-size", "2",
-              "--eval-every", "0", "--lr", "1e-2", "--out", str(out)]
+              "--eval-every", "2", "--lr", "1e-2", "--out", str(out)]
     result = distill(*common, "--steps", "2", "--lora-rank", "2")
     assert result.exit_code == 0, result.output
     checkpoint = load_file(out / "checkpoints" / "step-00000002" / "student.safetensors")

@@ -195,10 +195,11 @@ def store_batches(store, batch_size: int, seed: int, device, rank: int | None = 
     rows = np.arange(len(store))
     size = min(batch_size, len(store))
     world = distributed.world_size() if world is None else world
-    if size % world:
+    try:
+        share = distributed.local_slice(size, rank, world)
+    except ValueError:
         raise ValueError(f"--batch-size {batch_size} (the global batch, capped at the store's {len(store)} rows: "
-                         f"{size}) does not split evenly over {world} processes; pass a multiple of {world}")
-    share = distributed.local_slice(size, rank, world)
+                         f"{size}) does not split evenly over {world} processes; pass a multiple of {world}") from None
     text, _ = store.text_embeddings([0])
     per_row = 4 * (int(np.prod(store.latent_shape)) + text[0].numel())  # float32 latents + tokens
     source = RowSource(store, rows, with_text=True, cache=per_row * len(store) < CACHE_BYTES)
