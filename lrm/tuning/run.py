@@ -211,12 +211,10 @@ def store_batches(store, batch_size: int, seed: int, device, rank: int | None = 
     return batches
 
 
-def _write_config(run_dir: Path, resolved: dict) -> None:
-    """RUN/config.json; a rerun (resume) must keep the training fields and the teacher run (the embedded one
-    changes folder when its settings change). Every rank checks, rank 0 writes."""
-    from lrm import distributed
+def _check_resumable(run_dir: Path, resolved: dict) -> None:
+    """A rerun of a run folder (resume) must keep the training fields and the teacher run (the embedded one
+    changes folder when its settings change); read by every rank, nothing written."""
     from lrm.config_diff import differences
-    from lrm.io import atomic_write_json
 
     def training(config: dict) -> dict:
         job = config.get("job", {})
@@ -228,10 +226,17 @@ def _write_config(run_dir: Path, resolved: dict) -> None:
         if diff:
             raise ValueError(f"cannot resume student run {run_dir}: it was started with other settings "
                              f"({'; '.join(diff)}). Fix: re-run with the same settings, or pass a new --out")
-    distributed.barrier()  # every rank has read the old config.json before rank 0 replaces it
+
+
+def _write_config(run_dir: Path, resolved: dict) -> None:
+    """RUN/config.json, written by rank 0 once every rank has read the old one."""
+    from lrm import distributed
+    from lrm.io import atomic_write_json
+
+    distributed.barrier()
     if distributed.is_main():
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(path, resolved)
+        atomic_write_json(run_dir / "config.json", resolved)
     distributed.barrier()
 
 
@@ -280,8 +285,9 @@ def _distill(job: DistillJob, run_dir: Path, progress: bool) -> DistillResult:
                 "student_steps": job.student_steps, "latent_shape": list(latent_shape),
                 "roles": distiller.roles.names(), "weights": distiller.weights,
                 "world_size": distributed.world_size()}
-    _write_config(run_dir, resolved)
-    distiller.resume(run_dir)
+    _check_resumable(run_dir, resolved)
+    distiller.resume(run_dir)  # refuses a checkpoint of another number of processes or other terms
+    _write_config(run_dir, resolved)  # only now: a refused rerun leaves the run folder as it was
     monitor = Monitor(run_dir, distiller, store, job, progress=progress) if distributed.is_main() else None
     if monitor is not None:
         monitor.start()
