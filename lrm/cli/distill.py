@@ -84,8 +84,11 @@ def distill(
         result = run_distill(job, progress=not quiet)
     except (*USER_ERRORS, ImportError) as error:  # ImportError: an optional package (peft) is missing
         exit_with_message(error)
-    typer.echo(f"student: {result.model_dir} ({job.student_steps}-step, {result.steps} steps)\n"
-               f"report: {result.report}")
+    from lrm import distributed
+
+    if distributed.is_main():  # under torchrun: one line, not one per process
+        typer.echo(f"student: {result.model_dir} ({job.student_steps}-step, {result.steps} steps)\n"
+                   f"report: {result.report}")
 
 
 if __name__ == "__main__":
