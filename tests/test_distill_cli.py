@@ -208,7 +208,8 @@ export = trainer.Distiller.export_student
 
 def export_and_dump(self, run_dir):  # every rank's student, to compare the ranks
     for role in (STUDENT, "fake_score", "ema"):
-        save_file(dict(self.roles.module(role).state_dict()), f"{{run_dir}}/{{role}}.rank{{distributed.rank()}}.safetensors")
+        path = f"{{run_dir}}/{{role}}.rank{{distributed.rank()}}.safetensors"
+        save_file(dict(self.roles.module(role).state_dict()), path)
     return export(self, run_dir)
 
 

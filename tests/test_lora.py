@@ -82,7 +82,8 @@ def test_only_adapters_of_the_attention_projections_train_on_a_diffusers_student
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in student.named_parameters() if "lora_B" in n)
     student.zero_grad(set_to_none=True)
 
-    start = {name: {k: v.clone() for k, v in adapter_state(roles.module(name)).items()} for name in (STUDENT, FAKE_SCORE)}
+    start = {name: {k: v.clone() for k, v in adapter_state(roles.module(name)).items()}
+             for name in (STUDENT, FAKE_SCORE)}
     teacher_state = roles.module(TEACHER).state_dict()
     log = distiller.train_step([b])
     assert not log.skipped and set(log.losses) == {"vsd", "cd", FAKE_SCORE}

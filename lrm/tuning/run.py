@@ -33,8 +33,8 @@ STUDENT_STEPS = (1, 2, 4)  # DOLLAR's student grids (lrm.diffusion.samplers.STUD
 # Job fields that change the trained weights: a rerun of a folder must keep them (steps may grow: resume).
 TRAINING_FIELDS = ("teacher", "video", "losses", "student_steps", "batch_size", "cd_teacher_steps", "image_teacher",
                    "student_lr", "fake_lr", "seed", "lora_rank")
-CACHE_BYTES = 2**31
-DIFFUSERS_FOLDERS = ("unet", "transformer")  # where a diffusers pipeline folder keeps its denoiser  # a teacher store smaller than this is read into memory once
+CACHE_BYTES = 2**31  # a teacher store smaller than this is read into memory once
+DIFFUSERS_FOLDERS = ("unet", "transformer")  # where a diffusers pipeline folder keeps its denoiser
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,8 @@ def _open_teacher(path: str, flag: str):
     from lrm.generators.runs import open_generator_run
 
     folder = Path(path)
-    if (folder / "model_index.json").is_file() or any((folder / f / "config.json").is_file() for f in DIFFUSERS_FOLDERS):
+    denoiser_configs = [folder / name / "config.json" for name in DIFFUSERS_FOLDERS]
+    if (folder / "model_index.json").is_file() or any(config.is_file() for config in denoiser_configs):
         raise ValueError(f"{flag} {path} is a diffusers pipeline folder; `lrm distill` takes runs of `lrm teacher "
                          "train`. Distil a diffusers denoiser through the library (docs/distill.md, \"diffusers "
                          "teachers\")")
