@@ -67,7 +67,7 @@ def distill(
       lrm distill --losses vsd,cd --student-steps 4 --out runs/student4
       lrm distill --teacher runs/vid --losses adm,sdm2d --image-teacher runs/img
       lrm distill --lora-rank 16 --out runs/student-lora
-      torchrun --nproc_per_node 2 -m lrm.cli.app distill --batch-size 16 --out runs/student-ddp
+      torchrun --nproc_per_node 2 -m lrm.cli.app distill --batch-size 16
     """
     job = DistillJob(teacher=teacher, video=video, losses=tuple(n.strip() for n in losses.split(",") if n.strip()),
                      student_steps=student_steps, steps=steps, batch_size=batch_size, cd_teacher_steps=cd_teacher_steps,
