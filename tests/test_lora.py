@@ -75,6 +75,14 @@ def test_only_adapters_of_the_attention_projections_train_on_a_diffusers_student
         assert roles[name].optimizer.param_groups[0]["params"] == [p for p in roles.module(name).parameters()
                                                                    if p.requires_grad]
     assert not has_lora(roles.module(TEACHER))
+    # one copy of the base weights in memory: student, EMA and fake score hold the frozen teacher's tensors
+    teacher_tensors = {p.data_ptr() for p in roles.module(TEACHER).parameters()}
+    for name in (STUDENT, EMA, FAKE_SCORE):
+        base = [p for n, p in roles.module(name).named_parameters() if "lora_" not in n]
+        assert len(base) == len(teacher_tensors) and {p.data_ptr() for p in base} == teacher_tensors, name
+    full = build_roles(teacher)  # without LoRA every role has its own weights
+    full_teacher = {p.data_ptr() for p in full.module(TEACHER).parameters()}
+    assert full_teacher.isdisjoint(p.data_ptr() for p in full.module(STUDENT).parameters())
     # gradients of the generator loss reach the adapters alone
     student = roles.module(STUDENT)
     sum(w * loss for w, loss in distiller._generator_losses(b).values()).backward()
