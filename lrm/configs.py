@@ -158,6 +158,7 @@ class DistillJob:
     student_lr: float = 1e-4  # AdamW lr of the student; DOLLAR's 1e-5 barely moves a small DiT in 500 steps
     fake_lr: float = 1e-4  # AdamW lr of the fake score / discriminator / 2D fake score
     seed: int = 0  # trainer draws (noise, timesteps, frames) and the batch order
+    lora_rank: int | None = None  # peft LoRA rank on the student's / fake scores' attention; None: all weights train
     eval_every: int = 100  # steps between fixed-seed logs (samples, FD, alignment, Vendi); 0: none
     eval_prompts: int = 4  # the teacher store's first distinct prompts sampled at each log
     eval_seeds: int = 2  # seeds per prompt at each log (Vendi needs >= 2)

@@ -80,3 +80,32 @@ def owned(indices: range | list[int], rank_: int | None = None, world: int | Non
     rank_ = rank() if rank_ is None else rank_
     world = world_size() if world is None else world
     return [i for i in indices if i % world == rank_]
+
+
+def process_device(device: str | torch.device) -> torch.device:
+    """The device this process works on: `device`, except CUDA under torchrun with more than one process,
+    where process LOCAL_RANK takes GPU LOCAL_RANK (as init_from_env set it)."""
+    device = torch.device(device)
+    if device.type == "cuda" and world_size() > 1:
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
+
+
+def local_slice(global_size: int, rank_: int | None = None, world: int | None = None) -> slice:
+    """This rank's share of a global batch of `global_size` items: rank r takes [r * b, (r + 1) * b) with
+    b = global_size / world (ValueError unless it splits evenly)."""
+    rank_ = rank() if rank_ is None else rank_
+    world = world_size() if world is None else world
+    if global_size % world:
+        raise ValueError(f"a global batch of {global_size} does not split evenly over {world} processes; "
+                         f"pass a batch size that is a multiple of {world}")
+    local = global_size // world
+    return slice(rank_ * local, (rank_ + 1) * local)
+
+
+def collective_device() -> torch.device:
+    """Where small tensors for collectives must live: the current GPU under nccl (it reduces CUDA tensors
+    only), else the CPU."""
+    if is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")

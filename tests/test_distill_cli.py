@@ -5,6 +5,7 @@ student (ADM + SDM-2D with an image teacher), exact resume, sampling the exporte
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from dataclasses import replace
@@ -140,6 +141,120 @@ def test_a_rerun_resumes_and_equals_the_uninterrupted_run(teachers, tmp_path):
     assert changed.exit_code == 2 and "cannot resume student run" in changed.output and "batch_size" in changed.output
 
 
+def test_a_lora_student_trains_adapters_and_exports_merged_weights_that_lrm_sample_reads(teachers, tmp_path):
+    pytest.importorskip("peft")
+    out = tmp_path / "lora"
+    common = ["--teacher", str(teachers["image"]), "--losses", "vsd,cd", "--student-steps", "2", "--batch-size", "2",
+              "--eval-every", "2", "--lr", "1e-2", "--out", str(out)]
+    result = distill(*common, "--steps", "2", "--lora-rank", "2")
+    assert result.exit_code == 0, result.output
+    checkpoint = load_file(out / "checkpoints" / "step-00000002" / "student.safetensors")
+    assert checkpoint and all(".lora_" in k for k in checkpoint)  # the adapters alone
+    student, teacher = (load_file(p / "model" / "model.safetensors") for p in (out, teachers["image"]))
+    assert set(student) == set(teacher)  # merged: the plain DiT's weights
+    attention = [k for k in teacher if k.split(".")[-2:-1] in (["query"], ["key_value"], ["out"])]
+    assert attention and any(not torch.equal(student[k], teacher[k]) for k in attention)
+    assert all(torch.equal(student[k], teacher[k]) for k in teacher if k not in attention)
+    assert json.loads((out / "config.json").read_text())["job"]["lora_rank"] == 2
+    sampled = runner.invoke(cli(), ["sample", str(out), "--prompt", "a red circle", "--per-prompt", "2", "--quiet"])
+    assert sampled.exit_code == 0, sampled.output
+    again = distill(*common, "--steps", "3", "--lora-rank", "4")
+    assert again.exit_code == 2 and "cannot resume student run" in again.output and "lora_rank" in again.output
+
+
+def test_lora_without_peft_is_refused_before_any_work(teachers, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "peft", None)  # `import peft` now raises ImportError
+    for args, message in ((["--lora-rank", "2"], "needs the peft package: pip install peft"),
+                          (["--lora-rank", "0"], "--lora-rank must be a positive integer")):
+        result = distill("--teacher", str(teachers["image"]), *args, "--out", str(tmp_path / "run"))
+        assert result.exit_code == 2, result.output
+        assert result.output.strip().splitlines()[0].startswith("Error: ") and message in result.output
+        assert not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------- data parallel (torchrun)
+
+
+def test_ranks_read_disjoint_slices_that_make_up_the_one_process_batch(teachers):
+    from lrm.datasets.store import LatentStore
+    from lrm.generators.runs import open_generator_run
+    from lrm.tuning.run import store_batches
+
+    store = LatentStore.open(open_generator_run(teachers["image"]).setting("store"))
+    one = store_batches(store, 4, seed=3, device="cpu", rank=0, world=1)
+    ranks = [store_batches(store, 4, seed=3, device="cpu", rank=r, world=2) for r in range(2)]
+    for step in range(3):
+        whole = one(step)[0]
+        parts = [batches(step)[0] for batches in ranks]
+        assert all(p.x0.shape[0] == 2 for p in parts)
+        assert torch.equal(torch.cat([p.x0 for p in parts]), whole.x0)
+        assert torch.equal(torch.cat([p.text for p in parts]), whole.text)
+        assert not torch.equal(parts[0].x0, parts[1].x0)
+    with pytest.raises(ValueError, match="does not split evenly over 2 processes; pass a multiple of 2"):
+        store_batches(store, 3, seed=3, device="cpu", rank=0, world=2)
+
+
+DDP_WORKER = '''
+import sys
+from safetensors.torch import save_file
+from lrm import distributed
+from lrm.configs import DistillJob
+from lrm.tuning import trainer
+from lrm.tuning.roles import STUDENT
+from lrm.tuning.run import distill
+
+export = trainer.Distiller.export_student
+
+
+def export_and_dump(self, run_dir):  # every rank's student, to compare the ranks
+    for role in (STUDENT, "fake_score", "ema"):
+        path = f"{{run_dir}}/{{role}}.rank{{distributed.rank()}}.safetensors"
+        save_file(dict(self.roles.module(role).state_dict()), path)
+    return export(self, run_dir)
+
+
+trainer.Distiller.export_student = export_and_dump
+job = DistillJob(teacher={teacher!r}, losses=("vsd", "cd"), student_steps=2, steps=2, batch_size=4, eval_every=1,
+                 checkpoint_every=1, out={out!r})
+result = distill(job)
+with open(f"{{result.run_dir}}/done.rank{{distributed.rank()}}", "w") as f:  # a file: stdout lines of ranks interleave
+    f.write(str(result.steps))
+'''
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_distil_in_sync_and_rank_0_writes(teachers, tmp_path):
+    """Real torchrun, 2 CPU processes (gloo), through the library call (about 40 s on 2 shared cores): each
+    rank takes half of the global batch, gradients are averaged, so every trained role ends identical on both
+    ranks; files are written once."""
+    out = tmp_path / "ddp"
+    script = tmp_path / "worker.py"
+    script.write_text(DDP_WORKER.format(teacher=str(teachers["image"]), out=str(out)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
+    result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert [(out / f"done.rank{r}").read_text() for r in range(2)] == ["2", "2"]
+    for role in ("student", "fake_score", "ema"):
+        a, b = (load_file(out / f"{role}.rank{r}.safetensors") for r in range(2))
+        assert all(torch.equal(a[k], b[k]) for k in a), role
+    student = load_file(out / "student.rank0.safetensors")
+    teacher = load_file(teachers["image"] / "model" / "model.safetensors")
+    assert any(not torch.equal(student[k], teacher[k]) for k in teacher)  # it trained
+    exported = load_file(out / "model" / "model.safetensors")
+    assert all(torch.equal(exported[k], student[k]) for k in exported)
+    config = json.loads((out / "config.json").read_text())
+    assert config["world_size"] == 2 and config["job"]["batch_size"] == 4
+    assert [r["step"] for r in records(out, "train")] == [1, 2]  # one line per step: rank 0 alone writes
+    assert [r["step"] for r in records(out, "eval")] == [0, 1, 2]
+    rng = load_file(out / "checkpoints" / "step-00000002" / "rng.safetensors")
+    assert not torch.equal(rng["trainer.rank0"], rng["trainer.rank1"])  # each rank its own noise
+    one = distill("--teacher", str(teachers["image"]), "--losses", "vsd,cd", "--student-steps", "2", "--steps", "2",
+                  "--batch-size", "4", "--eval-every", "0", "--out", str(out))
+    assert one.exit_code == 2 and "written by 2 processes" in one.output  # resume needs the same process count
+    assert json.loads((out / "config.json").read_text()) == config  # the refused rerun changed nothing
+
+
 # ---------------------------------------------------------------- before any work
 
 
@@ -166,6 +281,10 @@ def test_bad_input_gets_one_line_and_exit_2_before_any_work(teachers, tmp_path):
     other.text_encoder_id = "minilm-l6-v2"
     save_denoiser(other, tmp_path / "other" / "model")
     image, video = str(teachers["image"]), str(teachers["video"])
+    pipeline = tmp_path / "sd"  # the layout of a diffusers save_pretrained folder
+    (pipeline / "unet").mkdir(parents=True)
+    (pipeline / "unet" / "config.json").write_text(json.dumps({"_class_name": "UNet2DConditionModel"}))
+    (pipeline / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
     cases = [
         (["--teacher", str(student)], "is a distilled 2-step student, not a teacher"),
         (["--teacher", image, "--losses", "vsd,vds"], "unknown loss 'vds'; did you mean 'vsd'?"),
@@ -180,6 +299,7 @@ def test_bad_input_gets_one_line_and_exit_2_before_any_work(teachers, tmp_path):
         (["--teacher", image, "--steps", "-1"], "--steps must be >= 0"),
         (["--teacher", image, "--video"], "drop --video"),
         (["--teacher", str(tmp_path / "nowhere")], "not found"),
+        (["--teacher", str(pipeline)], "is a diffusers pipeline folder; `lrm distill` takes runs of `lrm teacher"),
     ]
     for args, message in cases:
         result = distill(*args, "--out", str(tmp_path / "run"))

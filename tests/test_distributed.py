@@ -107,3 +107,11 @@ def test_two_gloo_processes_under_torchrun_write_the_same_store_as_one(tmp_path)
     expected = tree_bytes(one)
     assert "shards/shard-00003.safetensors" in expected and "labels/colorfulness/shard-00003.npy" in expected
     assert tree_bytes(two) == expected
+
+
+def test_local_slices_cover_a_global_batch_once():
+    assert [distributed.local_slice(6, r, 3) for r in range(3)] == [slice(0, 2), slice(2, 4), slice(4, 6)]
+    assert distributed.local_slice(5, 0, 1) == slice(0, 5)
+    with pytest.raises(ValueError, match="does not split evenly over 2 processes"):
+        distributed.local_slice(5, 0, 2)
+    assert distributed.process_device("cpu") == torch.device("cpu")

@@ -44,6 +44,9 @@ def distill(
     fake_lr: Annotated[float, typer.Option(
         help="Learning rate of the fake score, discriminator head and 2D fake score.")] = DEFAULTS["fake_lr"],
     seed: Annotated[int, typer.Option(help="Seed of the trainer's draws and the batch order.")] = DEFAULTS["seed"],
+    lora_rank: Annotated[Optional[int], typer.Option(
+        help="Train LoRA adapters of this rank (peft) on the attention projections of the student and fake "
+             "scores, base weights frozen; default: every weight trains.")] = DEFAULTS["lora_rank"],
     eval_every: Annotated[int, typer.Option(
         help="Steps between fixed-seed logs: samples, FD, alignment, Vendi (0: none).")] = DEFAULTS["eval_every"],
     checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = DEFAULTS["checkpoint_every"],
@@ -63,11 +66,14 @@ def distill(
     Examples:
       lrm distill --losses vsd,cd --student-steps 4 --out runs/student4
       lrm distill --teacher runs/vid --losses adm,sdm2d --image-teacher runs/img
+      lrm distill --lora-rank 16 --out runs/student-lora
+      torchrun --nproc_per_node 2 -m lrm.cli.app distill --batch-size 16
     """
     job = DistillJob(teacher=teacher, video=video, losses=tuple(n.strip() for n in losses.split(",") if n.strip()),
                      student_steps=student_steps, steps=steps, batch_size=batch_size, cd_teacher_steps=cd_teacher_steps,
-                     image_teacher=image_teacher, student_lr=lr, fake_lr=fake_lr, seed=seed, eval_every=eval_every,
-                     checkpoint_every=checkpoint_every, device=device, out=str(out) if out else None)
+                     image_teacher=image_teacher, student_lr=lr, fake_lr=fake_lr, seed=seed, lora_rank=lora_rank,
+                     eval_every=eval_every, checkpoint_every=checkpoint_every, device=device,
+                     out=str(out) if out else None)
     try:
         from lrm.tuning.run import distill as run_distill, resolve
 
@@ -76,10 +82,13 @@ def distill(
             typer.echo(json.dumps(plan, indent=2))
             return
         result = run_distill(job, progress=not quiet)
-    except USER_ERRORS as error:
+    except (*USER_ERRORS, ImportError) as error:  # ImportError: an optional package (peft) is missing
         exit_with_message(error)
-    typer.echo(f"student: {result.model_dir} ({job.student_steps}-step, {result.steps} steps)\n"
-               f"report: {result.report}")
+    from lrm import distributed
+
+    if distributed.is_main():  # under torchrun: one line, not one per process
+        typer.echo(f"student: {result.model_dir} ({job.student_steps}-step, {result.steps} steps)\n"
+                   f"report: {result.report}")
 
 
 if __name__ == "__main__":

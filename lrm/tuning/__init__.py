@@ -9,6 +9,7 @@
 - denoise: predictions on (x0_hat, eps_hat) with CFG, noising, timesteps, the student's backward simulation;
 - terms: the term interface; vsd, cd, adm, sdm2d: one loss per file;
 - trainer: the loop, EMA, accumulation, clipping, non-finite skips, bf16 autocast, checkpoints (checkpoint);
+- lora: LoRA adapters (peft) on the attention projections, for students that train only them;
 - reward hooks, terms of the same loop: lrm_ft (Eq. 11, a frozen or concurrent latent surrogate), ddpo
   (DDPO-SF, Alg. 2), direct (ReFL / DRaFT-K); true_reward: the decoded pixel reward they share; monitor:
   gold / proxy reward, diversity and distance from the start at fixed prompts and seeds; tune: one hook on

@@ -1,11 +1,14 @@
-"""Checkpoints of a distillation run: every role's weights and optimiser, the RNG streams and the trainer's
-counters, as safetensors + JSON (never pickle, so loading runs no code).
+"""Checkpoints of a distillation run: the weights of every role that training changes and their optimisers, the
+RNG streams and the trainer's counters, as safetensors + JSON (never pickle, so loading runs no code). The
+caller passes the modules to keep (the trainer: its trainable roles and the EMA; frozen teachers are rebuilt
+from their runs). A module with LoRA adapters (lrm.tuning.lora) keeps only the adapter weights: its base is
+the frozen teacher's.
 
 Layout of one checkpoint, written into a temporary folder and renamed into place (atomic: a reader sees
 a whole checkpoint or none), then `latest` (a text file naming it) is replaced atomically:
 
     <run>/checkpoints/step-00000100/
-        <role>.safetensors            module state_dict
+        <role>.safetensors            module state_dict (LoRA adapters only, for an adapted module)
         <role>.optimizer.safetensors  optimiser tensors, keyed "<param index>.<name>"
         rng.safetensors               the trainer's generator, torch's CPU (and CUDA) RNG states
         trainer.json                  step, counters, optimiser param_groups and scalar state
@@ -25,6 +28,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lrm.io import atomic_write_text
+from lrm.tuning.lora import adapter_state, load_adapter_state
 
 LATEST = "latest"
 
@@ -61,7 +65,7 @@ def save_checkpoint(run_dir: str | Path, step: int, modules: dict, optimizers: d
     try:
         optim_meta = {}
         for role, module in modules.items():
-            save_file({k: v.detach().contiguous().clone() for k, v in module.state_dict().items()},
+            save_file({k: v.detach().contiguous().clone() for k, v in adapter_state(module).items()},
                       tmp / f"{role}.safetensors")
         for role, optimizer in optimizers.items():
             tensors, optim_meta[role] = _tensors_and_scalars_of_optimizer(optimizer)
@@ -104,7 +108,7 @@ def load_checkpoint(folder: str | Path, modules: dict, optimizers: dict) -> tupl
                                     "run with other roles?")
         weights = load_file(path)
         device = next(iter(module.state_dict().values())).device if module.state_dict() else "cpu"
-        module.load_state_dict({k: v.to(device) for k, v in weights.items()}, strict=True)
+        load_adapter_state(module, {k: v.to(device) for k, v in weights.items()}, str(path))
     for role, optimizer in optimizers.items():
         tensors = load_file(folder / f"{role}.optimizer.safetensors")
         optimizer.load_state_dict(_optimizer_state(tensors, state["optimizers"][role]))

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lrm import distributed
 from lrm.io import atomic_write_bytes, atomic_write_text
 
 METRICS = "metrics.jsonl"
@@ -169,7 +170,9 @@ class Monitor:
         last = train[-1] if train else {}
         facts = [["losses", ", ".join(job.losses)], ["weights", self.distiller.weights],
                  ["student steps", config.student_steps], ["steps done", self.distiller.step],
-                 ["batch size", job.batch_size], ["latent shape", str(self.latent_shape)],
+                 ["batch size (global)", job.batch_size], ["processes", distributed.world_size()],
+                 ["LoRA rank", job.lora_rank if job.lora_rank is not None else "none: every weight trains"],
+                 ["latent shape", str(self.latent_shape)],
                  ["updates per role", self.distiller.updates], ["skipped updates", self.distiller.skipped],
                  ["mean seconds per step", float(np.mean([r["seconds"] for r in train])) if train else None],
                  ["peak RSS (MB)", last.get("peak_rss_mb")], ["peak CUDA memory (MB)", last.get("peak_memory_mb")]]

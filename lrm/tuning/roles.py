@@ -109,9 +109,10 @@ class Roles:
             raise ValueError(f"{who} needs the roles {missing}, which this run lacks (have {sorted(self.roles)})")
 
 
-def frozen_copy(module: nn.Module) -> nn.Module:
-    """A deep copy with requires_grad False everywhere, in eval mode."""
-    twin = copy.deepcopy(module)
+def frozen_copy(module: nn.Module, shared=()) -> nn.Module:
+    """A deep copy with requires_grad False everywhere, in eval mode; the parameters in `shared` are not
+    copied: the copy holds those very tensors."""
+    twin = copy.deepcopy(module, memo={id(p): p for p in shared})
     twin.requires_grad_(False)
     return twin.eval()
 
@@ -120,25 +121,47 @@ def build_roles(teacher: nn.Module, *, student_lr: float = 1e-5, fake_lr: float 
                 fake_score: bool = True, ema: bool = True, discriminator: nn.Module | None = None,
                 discriminator_lr: float = 2e-5, teacher_2d: nn.Module | None = None,
                 fake_2d_lr: float = 2e-5, dtype: torch.dtype = torch.float32,
-                teacher_dtype: torch.dtype | None = None) -> Roles:
+                teacher_dtype: torch.dtype | None = None, lora_rank: int | None = None) -> Roles:
     """The roles of DOLLAR Alg. 1 line 4 (student and fake score initialised from the teacher) and, when
     given, AVDM2's discriminator head and 2D teacher (whose copy becomes the 2D fake score). The teacher
-    and the 2D teacher are deep-copied and frozen, so the caller's modules are never changed."""
+    and the 2D teacher are deep-copied and frozen, so the caller's modules are never changed. lora_rank:
+    the student, fake score and 2D fake score train LoRA adapters of that rank on their attention
+    projections (lrm.tuning.lora), their base weights frozen at the teacher's and shared with the frozen
+    teacher (one copy in memory, when dtype == teacher_dtype); None trains every weight."""
     teacher_dtype = teacher_dtype or dtype
+    lora = lora_rank is not None
+
+    def copy_of(original: nn.Module, frozen: nn.Module, seed: int) -> nn.Module:  # initialised from a teacher
+        if not lora:
+            return copy.deepcopy(original)
+        from lrm.tuning.lora import add_lora
+
+        # the base weights stay the teacher's: shared with the frozen teacher role, not copied, where the
+        # dtypes agree; else a copy of the caller's module (in its own precision)
+        shared = base_of(frozen)
+        twin = copy.deepcopy(frozen if shared else original, memo={id(p): p for p in shared})
+        return add_lora(twin, lora_rank, seed=seed)
+
+    def base_of(frozen: nn.Module) -> list[nn.Parameter]:
+        return list(frozen.parameters()) if lora and dtype == teacher_dtype else []
+
+    def trained(module: nn.Module) -> list[nn.Parameter]:
+        return [p for p in module.parameters() if p.requires_grad]
+
     roles = Roles()
-    roles.add(Role(TEACHER, frozen_copy(teacher), dtype=teacher_dtype))
-    student = copy.deepcopy(teacher)  # homogeneous parameterisation: same network, same prediction type
-    roles.add(Role(STUDENT, student, adamw(student_lr)(list(student.parameters())), dtype=dtype))
+    frozen = roles.add(Role(TEACHER, frozen_copy(teacher), dtype=teacher_dtype)).module
+    student = copy_of(teacher, frozen, seed=0)  # homogeneous parameterisation: same network, same prediction type
+    roles.add(Role(STUDENT, student, adamw(student_lr)(trained(student)), dtype=dtype))
     if ema:
-        roles.add(Role(EMA, frozen_copy(student), dtype=dtype))
+        roles.add(Role(EMA, frozen_copy(student, shared=base_of(frozen)), dtype=dtype))
     if fake_score:
-        fake = copy.deepcopy(teacher)
-        roles.add(Role(FAKE_SCORE, fake, adamw(fake_lr)(list(fake.parameters())), FAKE_SCORE_UPDATES, dtype))
+        fake = copy_of(teacher, frozen, seed=1)
+        roles.add(Role(FAKE_SCORE, fake, adamw(fake_lr)(trained(fake)), FAKE_SCORE_UPDATES, dtype))
     if discriminator is not None:
         roles.add(Role(DISCRIMINATOR, discriminator, adamw(discriminator_lr)(list(discriminator.parameters())),
                        DISCRIMINATOR_UPDATES, dtype))
     if teacher_2d is not None:
-        roles.add(Role(TEACHER_2D, frozen_copy(teacher_2d), dtype=teacher_dtype))
-        fake_2d = copy.deepcopy(teacher_2d)
-        roles.add(Role(FAKE_2D, fake_2d, adamw(fake_2d_lr)(list(fake_2d.parameters())), FAKE_2D_UPDATES, dtype))
+        frozen_2d = roles.add(Role(TEACHER_2D, frozen_copy(teacher_2d), dtype=teacher_dtype)).module
+        fake_2d = copy_of(teacher_2d, frozen_2d, seed=2)
+        roles.add(Role(FAKE_2D, fake_2d, adamw(fake_2d_lr)(trained(fake_2d)), FAKE_2D_UPDATES, dtype))
     return roles

@@ -32,8 +32,9 @@ LOSSES = {"vsd": VSD, "cd": CD, "adm": ADM, "sdm2d": SDM2D}
 STUDENT_STEPS = (1, 2, 4)  # DOLLAR's student grids (lrm.diffusion.samplers.STUDENT_TIMESTEPS)
 # Job fields that change the trained weights: a rerun of a folder must keep them (steps may grow: resume).
 TRAINING_FIELDS = ("teacher", "video", "losses", "student_steps", "batch_size", "cd_teacher_steps", "image_teacher",
-                   "student_lr", "fake_lr", "seed")
+                   "student_lr", "fake_lr", "seed", "lora_rank")
 CACHE_BYTES = 2**31  # a teacher store smaller than this is read into memory once
+DIFFUSERS_FOLDERS = ("unet", "transformer")  # where a diffusers pipeline folder keeps its denoiser
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,9 @@ def check_job(job: DistillJob) -> None:
     if not 1 <= job.cd_teacher_steps < GRID_STEPS:
         raise ValueError(f"--cd-teacher-steps must be in 1..{GRID_STEPS - 1} (teacher DDIM steps per CD target), "
                          f"got {job.cd_teacher_steps}")
+    if job.lora_rank is not None and (not isinstance(job.lora_rank, int) or job.lora_rank < 1):
+        raise ValueError(f"--lora-rank must be a positive integer (or left out to train every weight), "
+                         f"got {job.lora_rank!r}")
     if not (job.student_lr > 0 and job.fake_lr > 0):
         raise ValueError("learning rates must be > 0")
     if "sdm2d" in job.losses and job.image_teacher is None:
@@ -84,6 +88,12 @@ def _open_teacher(path: str, flag: str):
     """The generator run at `path`, refused when it is a distilled student."""
     from lrm.generators.runs import open_generator_run
 
+    folder = Path(path)
+    denoiser_configs = [folder / name / "config.json" for name in DIFFUSERS_FOLDERS]
+    if (folder / "model_index.json").is_file() or any(config.is_file() for config in denoiser_configs):
+        raise ValueError(f"{flag} {path} is a diffusers pipeline folder; `lrm distill` takes runs of `lrm teacher "
+                         "train`. Distil a diffusers denoiser through the library (docs/distill.md, \"diffusers "
+                         "teachers\")")
     run = open_generator_run(path)
     if run.student_steps is not None:
         raise ValueError(f"{flag} {path} is a distilled {run.student_steps}-step student, not a teacher; pass the "
@@ -97,6 +107,10 @@ def resolve(job: DistillJob) -> dict:
     from lrm.generators.embedded import EMBEDDED, embedded_run_dir
 
     check_job(job)
+    if job.lora_rank is not None:
+        from lrm.tuning.lora import require_peft
+
+        require_peft()
     plan = {"job": asdict(job), "run": str(Path(job.run_dir()))}
     if job.teacher is not None:
         teacher = _open_teacher(job.teacher, "--teacher")
@@ -162,22 +176,33 @@ def build_distiller(job: DistillJob, teacher, latent_shape, image_teacher=None):
 
     roles = build_roles(teacher, student_lr=job.student_lr, fake_lr=job.fake_lr, fake_score="vsd" in job.losses,
                         discriminator=discriminator_for(teacher) if "adm" in job.losses else None,
-                        discriminator_lr=job.fake_lr, teacher_2d=image_teacher, fake_2d_lr=job.fake_lr)
+                        discriminator_lr=job.fake_lr, teacher_2d=image_teacher, fake_2d_lr=job.fake_lr,
+                        lora_rank=job.lora_rank)
     config = DistillConfig(latent_shape=tuple(latent_shape), student_steps=job.student_steps, seed=job.seed)
     return Distiller(roles, build_terms(job, latent_shape[0]), config)
 
 
-def store_batches(store, batch_size: int, seed: int, device, with_prompts: bool = False):
-    """batches(step) -> [Batch] of the store's rows for `step`: latents (B, T, c, h, w) and text embeddings
-    (with_prompts: and the rows' captions, for rewards that read them), the same for the same step on every call
-    (exact resume)."""
+def store_batches(store, batch_size: int, seed: int, device, with_prompts: bool = False, rank: int | None = None,
+                  world: int | None = None):
+    """batches(step) -> [Batch] of this rank's share of the store's rows for `step`: latents (B, T, c, h, w) and
+    text embeddings (with_prompts: and the rows' captions, for rewards that read them), the same for the same
+    step on every call (exact resume). batch_size is the global batch (capped at the store's rows); under
+    torchrun rank r of `world` takes the r-th of `world` equal slices of it, so the ranks together read exactly
+    the rows one process reads."""
     import numpy as np
 
+    from lrm import distributed
     from lrm.fitting import RowSource, batch_positions
     from lrm.tuning.denoise import Batch
 
     rows = np.arange(len(store))
     size = min(batch_size, len(store))
+    world = distributed.world_size() if world is None else world
+    try:
+        share = distributed.local_slice(size, rank, world)
+    except ValueError:
+        raise ValueError(f"--batch-size {batch_size} (the global batch, capped at the store's {len(store)} rows: "
+                         f"{size}) does not split evenly over {world} processes; pass a multiple of {world}") from None
     text, _ = store.text_embeddings([0])
     per_row = 4 * (int(np.prod(store.latent_shape)) + text[0].numel())  # float32 latents + tokens
     source = RowSource(store, rows, with_text=True, cache=per_row * len(store) < CACHE_BYTES)
@@ -187,7 +212,7 @@ def store_batches(store, batch_size: int, seed: int, device, with_prompts: bool 
                          "with captions")
 
     def batches(step: int) -> list:
-        chosen = rows[batch_positions(step, len(store), size, seed)]
+        chosen = rows[batch_positions(step, len(store), size, seed)[share]]
         x0, text, mask = source.get(chosen)
         prompts = [captions[i] for i in chosen] if captions is not None else None
         return [Batch(text.to(device), mask.to(device).bool(), x0.to(device), prompts)]
@@ -195,11 +220,10 @@ def store_batches(store, batch_size: int, seed: int, device, with_prompts: bool 
     return batches
 
 
-def _write_config(run_dir: Path, resolved: dict) -> None:
-    """RUN/config.json; a rerun (resume) must keep the training fields and the teacher run (the embedded one
-    changes folder when its settings change)."""
+def _check_resumable(run_dir: Path, resolved: dict) -> None:
+    """A rerun of a run folder (resume) must keep the training fields and the teacher run (the embedded one
+    changes folder when its settings change); read by every rank, nothing written."""
     from lrm.config_diff import differences
-    from lrm.io import atomic_write_json
 
     def training(config: dict) -> dict:
         job = config.get("job", {})
@@ -211,22 +235,46 @@ def _write_config(run_dir: Path, resolved: dict) -> None:
         if diff:
             raise ValueError(f"cannot resume student run {run_dir}: it was started with other settings "
                              f"({'; '.join(diff)}). Fix: re-run with the same settings, or pass a new --out")
-    atomic_write_json(path, resolved)
+
+
+def _write_config(run_dir: Path, resolved: dict) -> None:
+    """RUN/config.json, written by rank 0 once every rank has read the old one."""
+    from lrm import distributed
+    from lrm.io import atomic_write_json
+
+    distributed.barrier()
+    if distributed.is_main():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(run_dir / "config.json", resolved)
+    distributed.barrier()
 
 
 def distill(job: DistillJob, out_dir: str | Path | None = None, progress: bool = False) -> DistillResult:
     """Run `job` into out_dir (default job.run_dir()): resume it if it holds a checkpoint, train up to
-    job.steps, log at fixed seeds every job.eval_every steps, export the student to out_dir/model."""
-    import torch
+    job.steps, log at fixed seeds every job.eval_every steps, export the student to out_dir/model.
 
+    Under torchrun (gloo processes on the CPU, one process per GPU with nccl) the ranks split each step's
+    global batch (store_batches), the trainer averages their gradients so every role stays the same on every
+    rank, and rank 0 writes every file (config.json, metrics, grids, report, checkpoints, model/)."""
+    from lrm import distributed
+
+    job = replace(job, losses=tuple(job.losses), out=str(out_dir) if out_dir is not None else job.out)
+    plan = resolve(job)
+    created_group = distributed.init_from_env(job.device)
+    try:
+        return _distill(job, Path(plan["run"]), progress)
+    finally:
+        if created_group:
+            distributed.shutdown()
+
+
+def _distill(job: DistillJob, run_dir: Path, progress: bool) -> DistillResult:
+    from lrm import distributed
     from lrm.datasets.store import LatentStore
     from lrm.generators.embedded import embedded_teacher
     from lrm.tuning.distill_log import Monitor
 
-    job = replace(job, losses=tuple(job.losses), out=str(out_dir) if out_dir is not None else job.out)
-    plan = resolve(job)
-    run_dir = Path(plan["run"])
-    device = torch.device(job.device)
+    device = distributed.process_device(job.device)
     teacher_path = job.teacher or embedded_teacher(job.video, progress=progress, device=job.device)
     teacher_run = _open_teacher(str(teacher_path), "--teacher")
     store = LatentStore.open(teacher_run.setting("store"))
@@ -235,6 +283,7 @@ def distill(job: DistillJob, out_dir: str | Path | None = None, progress: bool =
     if latent_shape[1] != teacher.in_channels:
         raise ValueError(f"store {store.path} holds {latent_shape[1]}-channel latents, teacher {teacher_path} takes "
                          f"{teacher.in_channels}; the teacher's config.json names another store")
+    batches = store_batches(store, job.batch_size, job.seed, device)  # this rank's share of each step's batch
     image_teacher = None
     if job.image_teacher is not None:
         image_teacher = _open_teacher(job.image_teacher, "--image-teacher").load(map_location=device)
@@ -243,14 +292,16 @@ def distill(job: DistillJob, out_dir: str | Path | None = None, progress: bool =
     resolved = {"job": {**asdict(job), "losses": list(job.losses)}, "teacher_run": str(teacher_run.run_dir),
                 "store": str(store.path), "codec": store.codec_settings, "text_encoder_id": store.text_encoder_id,
                 "student_steps": job.student_steps, "latent_shape": list(latent_shape),
-                "roles": distiller.roles.names(), "weights": distiller.weights}
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _write_config(run_dir, resolved)
-    distiller.resume(run_dir)
-    monitor = Monitor(run_dir, distiller, store, job, progress=progress)
-    monitor.start()
-    distiller.fit(store_batches(store, job.batch_size, job.seed, device), job.steps, run_dir,
-                  job.checkpoint_every, on_step=monitor)
-    monitor.finish()
+                "roles": distiller.roles.names(), "weights": distiller.weights,
+                "world_size": distributed.world_size()}
+    _check_resumable(run_dir, resolved)
+    distiller.resume(run_dir)  # refuses a checkpoint of another number of processes or other terms
+    _write_config(run_dir, resolved)  # only now: a refused rerun leaves the run folder as it was
+    monitor = Monitor(run_dir, distiller, store, job, progress=progress) if distributed.is_main() else None
+    if monitor is not None:
+        monitor.start()
+    distiller.fit(batches, job.steps, run_dir, job.checkpoint_every, on_step=monitor)
+    if monitor is not None:
+        monitor.finish()
     model_dir = distiller.export_student(run_dir)
     return DistillResult(run_dir, model_dir, distiller.step, run_dir / "report.html")

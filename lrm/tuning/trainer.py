@@ -166,6 +166,7 @@ class Distiller:
                 totals[name] = totals.get(name, 0.0) + float(loss.detach()) / len(batches)
         if not all_ranks_agree(finite_loss):
             return self._skip(role_name, log)
+        totals = mean_over_ranks(totals)  # the losses of the global batch
         average_gradients(role.parameters())
         max_norm = self.config.clip_norm if self.config.clip_norm is not None else float("inf")  # inf: measure only
         norm = torch.nn.utils.clip_grad_norm_(role.parameters(), max_norm)
@@ -188,7 +189,8 @@ class Distiller:
         decay = self.config.ema_decay
         student, ema = self.roles.module(STUDENT), self.roles.module(EMA)
         for p_ema, p in zip(ema.parameters(), student.parameters()):
-            p_ema.lerp_(p.to(p_ema.dtype), 1.0 - decay)
+            if p.requires_grad:  # the rest (a LoRA student's frozen base) never moves
+                p_ema.lerp_(p.to(p_ema.dtype), 1.0 - decay)
         for b_ema, b in zip(ema.buffers(), student.buffers()):
             b_ema.copy_(b)
 
@@ -212,27 +214,45 @@ class Distiller:
         return logs
 
     def export_student(self, run_dir: str | Path) -> Path:
-        """Write the student as a generator run, RUN/model in lrm.generators.io's format, with the settings its
-        few-step sampler needs in "extra" (student_steps, latent_shape), so `lrm sample` / `lrm evaluate` and
-        lrm.generators.runs open it as a student. The student itself is exported (DMD2 samples from the
-        generator, not an EMA). Rank 0 writes."""
+        """Write the student to RUN/model, with the settings its few-step sampler needs (student_steps,
+        latent_shape) in its "extra". lrm's DiT: a generator run in lrm.generators.io's format, so `lrm sample` /
+        `lrm evaluate` and lrm.generators.runs open it as a student. A diffusers denoiser: diffusers files
+        (lrm.generators.diffusers_export: unet/ or transformer/, scheduler/), which diffusers' from_pretrained
+        and lrm's load_diffusers_denoiser read. The student itself is exported (DMD2 samples from the
+        generator, not an EMA); a LoRA student with its adapters merged into the weights. Rank 0 writes."""
+        from lrm.generators.diffusers_adapters import DiffusersDenoiser
+        from lrm.generators.diffusers_export import save_diffusers_denoiser
         from lrm.generators.io import save_denoiser
+        from lrm.tuning.lora import has_lora, merged_copy
 
         student = self.roles.module(STUDENT)
-        if not hasattr(student, "dimensions"):
-            raise ValueError(f"exporting a {type(student).__name__} student is not supported (only lrm's LatentDiT); "
-                             "save its weights from the checkpoint instead")
-        extra = {"student_steps": self.config.student_steps, "latent_shape": list(self.config.latent_shape),
-                 "distilled_with": self.weights, "step": self.step}
+        if has_lora(student):
+            student = merged_copy(student)
+        if isinstance(student, DiffusersDenoiser):
+            save = save_diffusers_denoiser
+        elif hasattr(student, "dimensions"):
+            save = save_denoiser
+        else:
+            raise ValueError(f"exporting a {type(student).__name__} student is not supported (lrm's LatentDiT or a "
+                             "diffusers denoiser); save its weights from the checkpoint instead")
+        timesteps = student.schedule.timesteps(self.config.student_steps).tolist()  # the few-step sampler's grid
+        extra = {"student_steps": self.config.student_steps, "timesteps": timesteps,
+                 "latent_shape": list(self.config.latent_shape), "distilled_with": self.weights, "step": self.step}
         folder = Path(run_dir) / "model"
         if distributed.is_main():
-            save_denoiser(student, folder, extra=extra)
+            save(student, folder, extra=extra)
         distributed.barrier()
         return folder
 
     def _state(self) -> dict:
         return {"step": self.step, "updates": self.updates, "skipped": self.skipped,
                 "config": asdict(self.config), "weights": self.weights, "terms": [t.name for t in self.terms]}
+
+    def _checkpointed(self) -> dict:
+        """The modules a checkpoint keeps: those training changes (trainable roles, the EMA). Frozen roles (the
+        teachers) are rebuilt from their runs, so a checkpoint does not copy them."""
+        return {name: self.roles.module(name) for name in self.roles.names()
+                if self.roles[name].trainable or name == EMA}
 
     def save(self, run_dir: str | Path, extra: Callable[[Path], None] | None = None) -> Path | None:
         """Checkpoint into run_dir (rank 0 writes; every rank's RNG streams are gathered into it); extra(folder)
@@ -244,7 +264,7 @@ class Distiller:
         folder = None
         if distributed.is_main():
             rng_all = {f"{name}.rank{r}": state for r, states in enumerate(ranks) for name, state in states.items()}
-            modules = {name: self.roles.module(name) for name in self.roles.names()}
+            modules = self._checkpointed()
             optimizers = {r.name: r.optimizer for r in self.roles.trainable()}
             state = {**self._state(), "world_size": distributed.world_size()}
             folder = save_checkpoint(run_dir, self.step, modules, optimizers, rng_all, state, extra)
@@ -264,7 +284,7 @@ class Distiller:
         if saved["world_size"] != distributed.world_size():
             raise ValueError(f"checkpoint {folder} was written by {saved['world_size']} processes, this run has "
                              f"{distributed.world_size()}; resume with the same torchrun --nproc_per_node")
-        modules = {name: self.roles.module(name) for name in self.roles.names()}
+        modules = self._checkpointed()
         optimizers = {r.name: r.optimizer for r in self.roles.trainable()}
         rng, state = load_checkpoint(folder, modules, optimizers)
         suffix = f".rank{distributed.rank()}"
@@ -286,9 +306,19 @@ def all_ranks_agree(ok: bool) -> bool:
     """True when `ok` holds on every rank (one process: ok itself)."""
     if distributed.world_size() <= 1 or not distributed.is_initialized():
         return ok
-    flag = torch.tensor([1.0 if ok else 0.0])
+    flag = torch.tensor([1.0 if ok else 0.0], device=distributed.collective_device())
     torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
     return bool(flag.item() == 1.0)
+
+
+def mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
+    """Each value averaged over the ranks (the same keys on every rank; one process: values itself)."""
+    if distributed.world_size() <= 1 or not distributed.is_initialized() or not values:
+        return values
+    names = sorted(values)
+    total = torch.tensor([values[n] for n in names], dtype=torch.float64, device=distributed.collective_device())
+    torch.distributed.all_reduce(total, op=torch.distributed.ReduceOp.SUM)
+    return {n: float(v) / distributed.world_size() for n, v in zip(names, total.tolist())}
 
 
 def average_gradients(params: list[torch.nn.Parameter]) -> None:
