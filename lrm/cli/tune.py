@@ -109,6 +109,7 @@ def _run(reward_name, reward_options, run_path, distill, student_steps, method, 
     from lrm.io import atomic_write_json
     from lrm.rewards import load as load_reward
     from lrm.text import load as load_text
+    from lrm.tuning.report import write_tune_report
     from lrm.tuning.true_reward import TrueReward
     from lrm.tuning.tune import TuneConfig
     from lrm.tuning.tune import tune as run_tuning
@@ -157,6 +158,7 @@ def _run(reward_name, reward_options, run_path, distill, student_steps, method, 
     for name, samples in (("before", result.samples_before), ("after", result.samples_after)):
         save_samples(samples, out_dir / name, {"run": str(out_dir / "model"), "sampler": "few-step",
                                                "steps": student_steps, "cfg": 1.0})
+    write_tune_report(out_dir)
     first, last = result.records[0], result.records[-1]
     summary = (f"{true_reward.name}: gold {first.gold:.4g} -> {last.gold:.4g}, proxy {first.proxy:.4g} -> "
                f"{last.proxy:.4g}, diversity {first.diversity:.3f} -> {last.diversity:.3f}, distance "
