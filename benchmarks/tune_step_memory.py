@@ -15,14 +15,14 @@ penultimate features (H, c, 24, 40); its output is x0 and its weight and bias re
 models and decoder are frozen (no parameter gradients), as in tuning.
 
 Each (path, H) runs in a fresh subprocess: it imports everything both paths need, records its resident memory
-(the idle baseline), builds its models, takes one warm-up step and `--steps` timed steps. Peak memory on CPU is
+(the idle baseline), builds its models, takes one warm-up step and the timed steps. Peak memory on CPU is
 the child's getrusage(RUSAGE_SELF).ru_maxrss minus that baseline (weights, activations and allocator caches);
 on CUDA torch.cuda.max_memory_allocated (weights and activations). Time is the median of the timed steps
-(`--lrm-steps`, `--pixel-steps`). A child is capped at `--memory-cap-gb` of data (RLIMIT_DATA, so an allocation past it fails inside the child,
-which then reports the config as out of memory instead of the machine's OOM killer choosing a victim). A
-config whose predicted wall time (that of the path's largest H measured so far, scaled by the frame ratio) would
-overrun what is left of `--time-budget-s` is skipped and recorded as such; `--frames` may come in any order, so
-the H that matters most can run first. Prints a table, writes JSON.
+(`--lrm-steps`, `--pixel-steps`). A CPU child is capped at `--memory-cap-gb` of data (RLIMIT_DATA, so an
+allocation past it fails inside the child, which then reports the config as out of memory instead of the machine's
+OOM killer choosing a victim). A config whose predicted wall time (that of the path's largest H measured so far,
+scaled by the frame ratio) would overrun what is left of `--time-budget-s` is skipped and recorded as such;
+`--frames` may come in any order, so the H that matters most can run first. Prints a table, writes JSON.
 
     LRM_WEIGHTS=../shared/data/weights/taesd OMP_NUM_THREADS=1 python benchmarks/tune_step_memory.py
     python benchmarks/tune_step_memory.py --frames 1 2 --pixel-steps 1 --out /tmp/tab8.json     # a quick look
@@ -94,7 +94,7 @@ def build_pixel_reward(decoder: str, device):
     import torch.nn.functional as F
     from open_clip import get_model_config
     from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
-    from open_clip.model import _build_vision_tower  # the image tower alone: create_model would build the text tower too
+    from open_clip.model import _build_vision_tower  # the image tower alone (create_model builds the text tower)
 
     decode, channels, decoder_module = build_decoder(decoder)
     decoder_module.to(device)
@@ -133,8 +133,8 @@ def build_lrm_reward(channels: int, frames: int, device):
     return surrogate, channels, sum(p.numel() for p in surrogate.parameters())
 
 
-def measure(path: str, frames: int, decoder: str, device_name: str, steps: int, threads: int) -> dict:
-    """One config: build, one warm-up step, `steps` timed steps; the facts as a dict."""
+def measure(path: str, frames: int, decoder: str, device_name: str, warmup: int, steps: int, threads: int) -> dict:
+    """One config: build, `warmup` untimed steps, `steps` timed steps; the facts as a dict."""
     import torch
     import open_clip  # noqa: F401  (imported by both paths, so both baselines hold the same modules)
     import diffusers  # noqa: F401
@@ -155,19 +155,20 @@ def measure(path: str, frames: int, decoder: str, device_name: str, steps: int, 
     student = torch.nn.Conv2d(channels, channels, 1).to(device)  # stand-in for the student's last layer
     features = torch.randn(frames, channels, h, w, device=device)  # its fixed input (the penultimate features)
 
-    def step() -> float:
+    def step() -> tuple[float, float]:
+        """One step's (wall seconds, this process's CPU seconds)."""
         student.zero_grad(set_to_none=True)
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         x0 = student(features).unsqueeze(0)  # (1, H, c, h, w): the student's x0 latents
         loss = -reward(x0).sum()  # L_FT = -R (DOLLAR Eq. 11; the pixel path: ReFL's -R(decode(x0)))
         loss.backward()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, time.process_time() - start_cpu
         assert student.weight.grad is not None and torch.isfinite(student.weight.grad).all()
-        return seconds
+        return seconds, cpu
 
-    warm = step()
+    warm = [step() for _ in range(warmup)]
     times = [step() for _ in range(steps)]
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device)
@@ -176,17 +177,19 @@ def measure(path: str, frames: int, decoder: str, device_name: str, steps: int, 
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - baseline  # ru_maxrss in KiB on Linux
         measured = "ru_maxrss - idle baseline"
     return {"status": "ok", "peak_mb": peak / 2**20, "memory_measure": measured, "baseline_mb": baseline / 2**20,
-            "step_s": statistics.median(times), "steps_s": times, "warmup_s": warm, "latent_shape":
+            "step_s": statistics.median(t for t, _ in times), "step_cpu_s": statistics.median(c for _, c in times),
+            "steps_s": [t for t, _ in times], "steps_cpu_s": [c for _, c in times], "warmup_s": [t for t, _ in warm],
+            "latent_shape":
             [1, frames, channels, h, w], "frozen_parameters": frozen,
             "model": surrogate_preset(frames) if path == "lrm" else f"{decoder} decoder + {TOWER} image tower"}
 
 
 def child_main(args) -> None:
-    if args.memory_cap_gb:
+    if args.memory_cap_gb and args.device == "cpu":  # CUDA reports its own out-of-memory error
         cap = int(args.memory_cap_gb * 2**30)
         resource.setrlimit(resource.RLIMIT_DATA, (cap, cap))
     try:
-        facts = measure(args.path, args.child, args.decoder, args.device, args.steps, args.threads)
+        facts = measure(args.path, args.child, args.decoder, args.device, args.warmup, args.steps, args.threads)
     except (MemoryError, RuntimeError) as error:  # CPU: "DefaultCPUAllocator: can't allocate memory"
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         if not isinstance(error, MemoryError) and "memory" not in message.lower():
@@ -201,6 +204,7 @@ def child_main(args) -> None:
 def run_child(path: str, frames: int, args) -> dict:
     command = [sys.executable, __file__, "--child", str(frames), "--path", path, "--decoder", args.decoder,
                "--device", args.device, "--steps", str(args.lrm_steps if path == "lrm" else args.pixel_steps),
+               "--warmup", str(args.lrm_warmup if path == "lrm" else args.pixel_warmup),
                "--threads", str(args.threads),
                "--memory-cap-gb", str(args.memory_cap_gb)]
     start = time.perf_counter()
@@ -251,38 +255,48 @@ def sweep(args) -> list[dict]:
 def format_row(row: dict) -> str:
     if row["status"] != "ok":
         return f"{row['path']:>5}  H={row['frames']:<3} {row['status']}: {row.get('error', '')}"
-    return (f"{row['path']:>5}  H={row['frames']:<3} peak {row['peak_mb']:10.1f} MB  step {row['step_s']:9.3f} s  "
-            f"(wall {row['wall_s']:.0f} s)")
+    return (f"{row['path']:>5}  H={row['frames']:<3} peak {row['peak_mb']:10.1f} MB  step {row['step_s']:9.3f} s wall, "
+            f"{row['step_cpu_s']:9.3f} s CPU  (child {row['wall_s']:.0f} s)")
 
 
 def ratio_table(rows: list[dict]) -> list[dict]:
-    """Per H: the LRM step's peak memory and time as a share of the pixel path's (None where either is missing)."""
+    """Per H: each path's peak memory and step time (median wall and CPU seconds), and the LRM step's as a share
+    of the pixel path's (None where either is missing)."""
     by = {(r["path"], r["frames"]): r for r in rows}
     table = []
     for frames in sorted({r["frames"] for r in rows}):
         lrm, pixel = by.get(("lrm", frames), {}), by.get(("pixel", frames), {})
         both = lrm.get("status") == "ok" and pixel.get("status") == "ok"
-        table.append({"frames": frames, "lrm_peak_mb": lrm.get("peak_mb"), "pixel_peak_mb": pixel.get("peak_mb"),
-                      "lrm_step_s": lrm.get("step_s"), "pixel_step_s": pixel.get("step_s"),
-                      "pixel_status": pixel.get("status"), "lrm_status": lrm.get("status"),
-                      "memory_share": lrm["peak_mb"] / pixel["peak_mb"] if both else None,
-                      "time_share": lrm["step_s"] / pixel["step_s"] if both else None})
+        entry = {"frames": frames, "lrm_status": lrm.get("status"), "pixel_status": pixel.get("status")}
+        for key in ("peak_mb", "step_s", "step_cpu_s"):
+            entry[f"lrm_{key}"], entry[f"pixel_{key}"] = lrm.get(key), pixel.get(key)
+        entry["memory_share"] = lrm["peak_mb"] / pixel["peak_mb"] if both else None
+        entry["time_share_wall"] = lrm["step_s"] / pixel["step_s"] if both else None
+        entry["time_share_cpu"] = lrm["step_cpu_s"] / pixel["step_cpu_s"] if both else None
+        table.append(entry)
     return table
 
 
-def markdown(table: list[dict]) -> str:
-    def cell(value, fmt):
-        return format(value, fmt) if isinstance(value, (int, float)) else "—"
+def markdown(table: list[dict], device: str) -> str:
+    """The table of docs/tuning.md. CPU: step times in CPU seconds of the (one-thread) child, which other jobs on a
+    shared machine do not inflate as they do wall time; CUDA: wall seconds."""
+    clock, unit = ("step_cpu_s", "CPU s") if device == "cpu" else ("step_s", "s")
+    share = "time_share_cpu" if device == "cpu" else "time_share_wall"
 
-    lines = ["| H | LRM peak (MB) | pixel peak (MB) | LRM / pixel memory | LRM step (s) | pixel step (s) | "
+    def cell(entry: dict, path: str, key: str, fmt: str) -> str:
+        if entry[f"{path}_status"] != "ok":
+            return entry[f"{path}_status"] or "—"
+        return format(entry[f"{path}_{key}"], fmt)
+
+    def percent(value) -> str:
+        return f"{value:.3%}" if value is not None else "—"
+
+    lines = [f"| H | LRM peak (MB) | pixel peak (MB) | LRM / pixel memory | LRM step ({unit}) | pixel step ({unit}) | "
              "LRM / pixel time |", "|---|---|---|---|---|---|---|"]
     for r in table:
-        pixel_peak = cell(r["pixel_peak_mb"], ",.0f") if r["pixel_status"] == "ok" else r["pixel_status"] or "—"
-        pixel_step = cell(r["pixel_step_s"], ".3g") if r["pixel_status"] == "ok" else r["pixel_status"] or "—"
-        share_m = f"{r['memory_share']:.2%}" if r["memory_share"] is not None else "—"
-        share_t = f"{r['time_share']:.2%}" if r["time_share"] is not None else "—"
-        lines.append(f"| {r['frames']} | {cell(r['lrm_peak_mb'], ',.1f')} | {pixel_peak} | {share_m} | "
-                     f"{cell(r['lrm_step_s'], '.3g')} | {pixel_step} | {share_t} |")
+        memory = f"{cell(r, 'lrm', 'peak_mb', ',.1f')} | {cell(r, 'pixel', 'peak_mb', ',.0f')}"
+        time_ = f"{cell(r, 'lrm', clock, '.3g')} | {cell(r, 'pixel', clock, '.3g')}"
+        lines.append(f"| {r['frames']} | {memory} | {percent(r['memory_share'])} | {time_} | {percent(r[share])} |")
     return "\n".join(lines)
 
 
@@ -294,11 +308,15 @@ def main() -> None:
     parser.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS), help="which paths to measure")
     parser.add_argument("--decoder", choices=("auto", *DECODERS), default="auto",
                         help="auto: taef2 when its weights are found (LRM_WEIGHTS), else a random-init SD VAE")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (peak: torch.cuda.max_memory_allocated)")
     parser.add_argument("--lrm-steps", type=int, default=10, help="the LRM path's timed steps after one warm-up "
                         "(median reported)")
-    parser.add_argument("--pixel-steps", type=int, default=3, help="the pixel path's timed steps after one warm-up")
+    parser.add_argument("--lrm-warmup", type=int, default=1, help="the LRM path's untimed steps first")
+    parser.add_argument("--pixel-steps", type=int, default=3, help="the pixel path's timed steps")
+    parser.add_argument("--pixel-warmup", type=int, default=1, help="the pixel path's untimed steps first (0 on a "
+                        "busy CPU: its first step costs what the others do, 22.5 s vs 22.8 s at H = 1)")
     parser.add_argument("--steps", type=int, help=argparse.SUPPRESS)  # internal: a child's timed steps
+    parser.add_argument("--warmup", type=int, help=argparse.SUPPRESS)  # internal: a child's untimed steps
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: comparable on shared machines)")
     parser.add_argument("--memory-cap-gb", type=float, default=16.0,
                         help="data limit of each child (CPU); a config past it is recorded as out of memory "
@@ -313,14 +331,21 @@ def main() -> None:
         return child_main(args)
     if min(args.frames) < 1 or len(set(args.frames)) != len(args.frames):
         parser.error("--frames must be distinct positive clip lengths")
-    if min(args.lrm_steps, args.pixel_steps) < 1:
-        parser.error("--lrm-steps and --pixel-steps must be at least 1")
+    if min(args.lrm_steps, args.pixel_steps) < 1 or min(args.lrm_warmup, args.pixel_warmup) < 0:
+        parser.error("--lrm-steps and --pixel-steps must be at least 1, the warm-ups at least 0")
+    if args.device not in ("cpu", "cuda"):
+        parser.error(f"--device must be cpu or cuda, got {args.device!r}")
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            parser.error("--device cuda: torch sees no CUDA device here; run on a GPU machine or use --device cpu")
     args.decoder = resolve_decoder(args.decoder)
-    print(f"decoder {args.decoder}, device {args.device}, {args.threads} thread(s), timed steps: lrm "
-          f"{args.lrm_steps}, pixel {args.pixel_steps}", flush=True)
+    print(f"decoder {args.decoder}, device {args.device}, {args.threads} thread(s), warm-up + timed steps: lrm "
+          f"{args.lrm_warmup} + {args.lrm_steps}, pixel {args.pixel_warmup} + {args.pixel_steps}", flush=True)
     rows = sweep(args)
     table = ratio_table(rows)
-    print(markdown(table))
+    print(markdown(table, args.device))
     import torch
 
     from lrm.io import atomic_write_json
@@ -328,9 +353,11 @@ def main() -> None:
 
     atomic_write_json(args.out, {
         "benchmark": "one tuning step (DOLLAR Tab. 8)", "frame_size": [HEIGHT, WIDTH], "decoder": args.decoder,
-        "surrogate": f"{DEFAULT_PRESETS['video']} (H = 1: {DEFAULT_PRESETS['image']})", "reward_tower": f"{TOWER} image tower (open_clip config, random init)",
+        "surrogate": f"{DEFAULT_PRESETS['video']} (H = 1: {DEFAULT_PRESETS['image']})",
+        "reward_tower": f"{TOWER} image tower (open_clip config, random init)",
         "student": "1x1 conv stand-in for the student's last layer", "device": args.device,
         "threads": args.threads, "timed_steps": {"lrm": args.lrm_steps, "pixel": args.pixel_steps},
+        "warmup_steps": {"lrm": args.lrm_warmup, "pixel": args.pixel_warmup},
         "frames_order": args.frames, "memory_cap_gb": args.memory_cap_gb,
         "time_budget_s": args.time_budget_s, "torch": torch.__version__, "python": platform.python_version(),
         "machine": platform.machine(), "cpu_count": os.cpu_count(), "rows": rows, "table": table})

@@ -65,13 +65,14 @@ def write_tune_report(run_dir: str | Path) -> Path:
             _section("Diversity and distance", "Diversity: Vendi score of each prompt's decoded samples, averaged "
                      "over prompts (DOLLAR Eq. 27). Distance: ||theta - theta_0|| / ||theta_0|| of the student's "
                      "parameters from the start.", _img(pngs["diversity_distance"], "diversity and distance"))]
-    running = run.surrogate_fidelity
+    running = run.surrogate_fidelity if run.surrogate_fidelity is not None and math.isfinite(run.surrogate_fidelity) \
+        else None  # the concurrent surrogate's running fidelity at the end; NaN before its first scored batch
     if has_fidelity or running is not None:
         note = ("Spearman of the surrogate's scores against the gold reward of the same fixed-seed samples."
                 if has_fidelity else "No per-evaluation fidelity was recorded.")
         if running is not None:
             note += (f" The concurrent surrogate's running fidelity (Spearman on its fresh training batch before "
-                     f"each update) at the end: {_fmt(float(running))}.")
+                     f"each update) at the end: {_fmt(running)}.")
         body.append(_section("Surrogate fidelity", note,
                              _img(pngs["fidelity"], "surrogate fidelity against the step") if has_fidelity else ""))
     if losses:
