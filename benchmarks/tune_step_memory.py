@@ -314,7 +314,7 @@ def main() -> None:
     parser.add_argument("--lrm-warmup", type=int, default=1, help="the LRM path's untimed steps first")
     parser.add_argument("--pixel-steps", type=int, default=3, help="the pixel path's timed steps")
     parser.add_argument("--pixel-warmup", type=int, default=1, help="the pixel path's untimed steps first (0 on a "
-                        "busy CPU: its first step costs what the others do, 22.5 s vs 22.8 s at H = 1)")
+                        "busy CPU: in a trial its first step cost what the next did, 22.5 s vs 22.8 s wall at H = 1)")
     parser.add_argument("--steps", type=int, help=argparse.SUPPRESS)  # internal: a child's timed steps
     parser.add_argument("--warmup", type=int, help=argparse.SUPPRESS)  # internal: a child's untimed steps
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: comparable on shared machines)")

@@ -138,7 +138,7 @@ def report(
                                                      "--store, RUN/eval-<store name> with it).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
-    """Judge a fitted surrogate again: in distribution, or out of distribution on another store.
+    """Judge a fitted surrogate again (in distribution or on another store), or rewrite a tuning run's report.
 
     Without --store, re-scores the run's held-out rows and rewrites RUN/report.html (as `lrm fit`
     wrote it, with this version's verdict). With --store, scores every row of that store. Either
