@@ -87,3 +87,18 @@ def test_a_folder_without_records_is_refused_with_one_line(tmp_path):
     result = CliRunner().invoke(lazy_app(), ["report", str(tmp_path / "empty")])
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
     assert len([line for line in result.output.splitlines() if line.startswith("Error:")]) == 1
+
+
+def test_only_the_running_fidelity_is_shown_without_a_figure(tuned, tmp_path):
+    from lrm.tuning.report import write_tune_report
+
+    run = tmp_path / "running"
+    shutil.copytree(tuned, run)
+    facts = json.loads((run / "records.json").read_text())
+    for record in facts["records"]:
+        record.pop("fidelity")  # records of a run that logged only the concurrent surrogate's running fidelity
+    facts["surrogate_fidelity"] = 0.75
+    (run / "records.json").write_text(json.dumps(facts))
+    page = write_tune_report(run).read_text()
+    assert "No per-evaluation fidelity was recorded" in page and "at the end: 0.75." in page
+    assert page.count("data:image/png;base64,") == 5  # rewards, diversity, losses and the two grids

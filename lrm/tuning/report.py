@@ -26,56 +26,31 @@ GRIDS = ("before", "after")  # sample folders `lrm tune` writes, each with grid.
 
 def write_tune_report(run_dir: str | Path) -> Path:
     """Write RUN/report.html and RUN/figures/*.png for the tuning run at `run_dir`; returns the HTML path."""
-    from lrm.reports.html import CSS, _fmt, _img, _section, _table
+    from lrm.reports.html import CSS, _img, _section, _table
     from lrm.studies.runs import read_run
 
     run = read_run(run_dir)
-    facts, curves = run.facts, run.curves
-    pngs = {"rewards": rewards_figure(curves.steps, curves.gold, curves.proxy, run.reward),
-            "diversity_distance": diversity_distance_figure(curves.steps, curves.diversity, curves.distance)}
-    has_fidelity = bool(np.isfinite(curves.fidelity).any())
-    if has_fidelity:
-        pngs["fidelity"] = fidelity_figure(curves.steps, curves.fidelity)
-    losses = [step for step in facts.get("losses") or [] if isinstance(step, dict)]
-    if losses:
-        pngs["losses"] = losses_figure(losses)
+    pngs = figures_of(run)
     for name, png in pngs.items():
         atomic_write_bytes(run.path / "figures" / f"{name}.png", png)
-
-    direction = "higher is better" if run.higher_is_better else "lower is better"
-    config = facts.get("config") if isinstance(facts.get("config"), dict) else {}
-    peak = facts.get("peak_memory_mb")
-    rows = [["reward", f"{run.reward} ({direction})"], ["method", run.method],
-            ["concurrent surrogate", facts.get("concurrent")], ["started from", facts.get("from")],
-            ["steps", config.get("steps")], ["batch size", config.get("batch_size")],
-            ["learning rate", config.get("lr")], ["student sampling steps", config.get("student_steps")],
-            ["evaluations", len(curves.steps)], ["seconds per step", facts.get("seconds_per_step")],
-            ["peak memory (MB)", peak if peak is not None else "not recorded (lrm.tuning.tune records CUDA's max "
-                                                               "allocated; none on CPU)"],
-            ["non-finite rewards", facts.get("nonfinite_rewards")], ["skipped updates", facts.get("skipped_updates")]]
+    config = run.facts.get("config") if isinstance(run.facts.get("config"), dict) else {}
     body = [f"<h1>Reward tuning: {html.escape(run.reward)} ({html.escape(run.method)})</h1>",
-            f"<div class='verdict moderate'>{html.escape(summary(curves, run.reward))}</div>",
+            f"<div class='verdict moderate'>{html.escape(summary(run.curves, run.reward))}</div>",
             f"<p class='note'>Run {html.escape(str(run.path))}. Every evaluation samples the student at the same "
             "prompts and seeds. Gold: the pixel reward of the decoded samples; proxy: the surrogate's score of the "
             "same latents (only a run through a surrogate has one).</p>",
-            _table(["fact", "value"], rows),
+            _table(["fact", "value"], facts_rows(run, config)),
             _section("Gold and proxy reward", "Mean over the fixed-seed samples at each evaluation, in the reward's "
                      "units; the proxy on its own axis, since it can run far from the gold (over-optimisation).",
                      _img(pngs["rewards"], "gold and proxy reward against the step")),
             _section("Diversity and distance", "Diversity: Vendi score of each prompt's decoded samples, averaged "
                      "over prompts (DOLLAR Eq. 27). Distance: ||theta - theta_0|| / ||theta_0|| of the student's "
                      "parameters from the start.", _img(pngs["diversity_distance"], "diversity and distance"))]
-    running = run.surrogate_fidelity if run.surrogate_fidelity is not None and math.isfinite(run.surrogate_fidelity) \
-        else None  # the concurrent surrogate's running fidelity at the end; NaN before its first scored batch
-    if has_fidelity or running is not None:
-        note = ("Spearman of the surrogate's scores against the gold reward of the same fixed-seed samples."
-                if has_fidelity else "No per-evaluation fidelity was recorded.")
-        if running is not None:
-            note += (f" The concurrent surrogate's running fidelity (Spearman on its fresh training batch before "
-                     f"each update) at the end: {_fmt(running)}.")
-        body.append(_section("Surrogate fidelity", note,
-                             _img(pngs["fidelity"], "surrogate fidelity against the step") if has_fidelity else ""))
-    if losses:
+    note = fidelity_note(run)
+    if note:
+        figure = _img(pngs["fidelity"], "surrogate fidelity against the step") if "fidelity" in pngs else ""
+        body.append(_section("Surrogate fidelity", note, figure))
+    if "losses" in pngs:
         body.append(_section("Losses per term", "Each term's generator loss and each auxiliary role's loss at every "
                              "step (unweighted).", _img(pngs["losses"], "loss per term against the step")))
     grids = "".join(f"<figure>{_img(path.read_bytes(), f'samples {name} tuning')}<figcaption>{name}</figcaption>"
@@ -89,6 +64,51 @@ def write_tune_report(run_dir: str | Path) -> Path:
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>lrm tune: {html.escape(run.reward)}</title>"
             f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>")
     return atomic_write_text(run.path / REPORT, page)
+
+
+def figures_of(run) -> dict[str, bytes]:
+    """PNGs by name: rewards and diversity_distance always; fidelity and losses when the run recorded them."""
+    curves = run.curves
+    pngs = {"rewards": rewards_figure(curves.steps, curves.gold, curves.proxy, run.reward),
+            "diversity_distance": diversity_distance_figure(curves.steps, curves.diversity, curves.distance)}
+    if np.isfinite(curves.fidelity).any():
+        pngs["fidelity"] = fidelity_figure(curves.steps, curves.fidelity)
+    losses = [step for step in run.facts.get("losses") or [] if isinstance(step, dict)]
+    if losses:
+        pngs["losses"] = losses_figure(losses)
+    return pngs
+
+
+def facts_rows(run, config: dict) -> list[list]:
+    """The facts table: reward and direction, method, the run's size, seconds per step, peak memory, counters."""
+    facts = run.facts
+    peak = facts.get("peak_memory_mb")
+    return [["reward", f"{run.reward} ({'higher' if run.higher_is_better else 'lower'} is better)"],
+            ["method", run.method], ["concurrent surrogate", facts.get("concurrent")],
+            ["started from", facts.get("from")], ["steps", config.get("steps")],
+            ["batch size", config.get("batch_size")], ["learning rate", config.get("lr")],
+            ["student sampling steps", config.get("student_steps")], ["evaluations", len(run.curves.steps)],
+            ["seconds per step", facts.get("seconds_per_step")],
+            ["peak memory (MB)", peak if peak is not None else "not recorded (lrm.tuning.tune records CUDA's max "
+                                                               "allocated; none on CPU)"],
+            ["non-finite rewards", facts.get("nonfinite_rewards")], ["skipped updates", facts.get("skipped_updates")]]
+
+
+def fidelity_note(run) -> str:
+    """What the fidelity section says, or "" when the run recorded no fidelity (no surrogate)."""
+    from lrm.reports.html import _fmt
+
+    per_eval = bool(np.isfinite(run.curves.fidelity).any())
+    running = run.surrogate_fidelity  # the concurrent surrogate's at the end; NaN before its first scored batch
+    running = running if running is not None and math.isfinite(running) else None
+    if not per_eval and running is None:
+        return ""
+    note = ("Spearman of the surrogate's scores against the gold reward of the same fixed-seed samples."
+            if per_eval else "No per-evaluation fidelity was recorded.")
+    if running is not None:
+        note += (" The concurrent surrogate's running fidelity (Spearman on its fresh training batch before each "
+                 f"update) at the end: {_fmt(running)}.")
+    return note
 
 
 def summary(curves, reward: str) -> str:
