@@ -67,8 +67,6 @@ def rss_bytes() -> int:
 
 def build_decoder(name: str):
     """(decode: latents (1, H, c, h, w) -> pixels (1, H, 3, 8h, 8w) in [0, 1], latent channels, module)."""
-    import torch
-
     if name == "taef2":
         from lrm import codecs
 
@@ -77,13 +75,13 @@ def build_decoder(name: str):
     from diffusers import AutoencoderKL
 
     vae = AutoencoderKL(**SD_VAE_CONFIG).requires_grad_(False).eval()
+    del vae.encoder, vae.quant_conv  # the decoder alone is the pixel path (freed before any step, so uncounted)
 
     def decode(latents):
         b, t = latents.shape[:2]
         pixels = vae.decode(latents.flatten(0, 1) / vae.config.scaling_factor).sample  # (B*T, 3, H, W) in [-1, 1]
         return ((pixels + 1) / 2).clamp(0, 1).reshape(b, t, *pixels.shape[1:])
 
-    torch.manual_seed(0)
     return decode, SD_VAE_CONFIG["latent_channels"], vae
 
 
@@ -96,6 +94,7 @@ def build_pixel_reward(decoder: str, device):
     from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
     from open_clip.model import _build_vision_tower  # the image tower alone (create_model builds the text tower)
 
+    torch.manual_seed(0)  # random init: the weights' values do not change the cost
     decode, channels, decoder_module = build_decoder(decoder)
     decoder_module.to(device)
     config = get_model_config(TOWER)
