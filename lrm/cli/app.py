@@ -33,8 +33,8 @@ COMMANDS = {
                                      "decoded latents. Resumable."),
     "store": Command("lrm.cli.data", "Inspect latent stores and remove label columns."),
     "fit": Command("lrm.cli.fit", "Fit a latent surrogate to a reward and write its fidelity report."),
-    "report": Command("lrm.cli.fit", "Judge a fitted surrogate again: in distribution, or out of distribution on "
-                                     "another store."),
+    "report": Command("lrm.cli.fit", "Judge a fitted surrogate again (in distribution or on another store), or "
+                                     "rewrite a tuning run's report."),
     "predict": Command("lrm.cli.fit", "Score media through codec + surrogate: the fast path, same output as "
                                       "`lrm score`."),
     "teacher": Command("lrm.cli.teacher", "Train lrm's own latent DiT teacher (the generator tuning starts from)."),

@@ -129,7 +129,8 @@ def fit(
 
 
 def report(
-    run: Annotated[Path, typer.Argument(help="Run directory of `lrm fit` (holds model/ and config.json).")],
+    run: Annotated[Path, typer.Argument(help="Run directory of `lrm fit` (holds model/ and config.json), or of "
+                                             "`lrm tune` (holds records.json).")],
     store: Annotated[Optional[Path], typer.Option(
         help="Score every row of this other latent store (labelled as the run's label was, if needed); "
              "without it, the run's own held-out rows.")] = None,
@@ -137,18 +138,30 @@ def report(
                                                      "--store, RUN/eval-<store name> with it).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
-    """Judge a fitted surrogate again: in distribution, or out of distribution on another store.
+    """Judge a fitted surrogate again (in distribution or on another store), or rewrite a tuning run's report.
 
     Without --store, re-scores the run's held-out rows and rewrites RUN/report.html (as `lrm fit`
     wrote it, with this version's verdict). With --store, scores every row of that store. Either
     way the constant and ridge baselines are fitted on the surrogate's own training rows, so all
-    three are judged on the same rows.
+    three are judged on the same rows. A tuning run (`lrm tune`'s --out) gets its report.html
+    written again from its records.json and sample grids.
 
     Examples:
       lrm report runs/colorfulness
       lrm report runs/brisque --store stores/held-out-photos
+      lrm report runs/student/tune-colorfulness-lrm
     """
     from lrm.report_run import report_run
+    from lrm.studies.runs import RECORDS
+
+    if (run / RECORDS).is_file():  # a tuning run (`lrm fit` writes no records.json)
+        if store is not None or out is not None:
+            raise ValueError(f"{run} is a tuning run (it holds {RECORDS}); --store and --out belong to "
+                                     "runs of `lrm fit`: run `lrm report RUN` alone")
+        from lrm.tuning.report import write_tune_report
+
+        console.print(f"report: {write_tune_report(run)}")
+        return
 
     outcome = report_run(run, store=store, out=out, progress=not quiet)
     m = outcome.fidelity.surrogate

@@ -169,6 +169,7 @@ def _run(reward_name, reward_options, run_path, distill, student_steps, store_pa
     from lrm.io import atomic_write_json
     from lrm.rewards import load as load_reward
     from lrm.text import load as load_text
+    from lrm.tuning.report import write_tune_report
     from lrm.tuning.true_reward import TrueReward
     from lrm.tuning.tune import TuneConfig
     from lrm.tuning.tune import tune as run_tuning
@@ -250,6 +251,7 @@ def _run(reward_name, reward_options, run_path, distill, student_steps, store_pa
     atomic_write_json(out_dir / "records.json", json.loads(json.dumps(facts, default=float)))
     for name, samples in (("before", result.samples_before), ("after", result.samples_after)):
         save_samples(samples, out_dir / name, grid_settings)
+    write_tune_report(out_dir)
     first, last = result.records[0], result.records[-1]
     summary = (f"{true_reward.name}: gold {first.gold:.4g} -> {last.gold:.4g}, proxy {first.proxy:.4g} -> "
                f"{last.proxy:.4g}, diversity {first.diversity:.3f} -> {last.diversity:.3f}, distance "
