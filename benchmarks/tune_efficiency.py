@@ -67,7 +67,7 @@ def worker(args) -> None:
     prompts = procedural_prompts(PROMPTS, latent_shape[0])
     config = TuneConfig(method=args.method, concurrent=args.method == "lrm", steps=args.steps,
                         student_steps=run.student_steps, batch_size=args.batch_size, lr=args.lr,
-                        surrogate_lr=args.surrogate_lr, eval_every=args.eval_every, per_prompt=args.per_prompt,
+                        surrogate_lr=args.surrogate_lr[0], eval_every=args.eval_every, per_prompt=args.per_prompt,
                         eval_prompts=args.eval_prompts, seed=args.seed)
     settings = {"reward": args.reward, "from": str(run.run_dir), "prompts": prompts}
     start = time.perf_counter()
@@ -107,18 +107,36 @@ def refusal(reward: str, method: str) -> str | None:
     return None
 
 
-def run_one(reward: str, method: str, seed: int, args, root: Path) -> dict:
+def variants(methods: list[str], surrogate_lrs: list[float]) -> list[tuple[str, str, float]]:
+    """(label, method, surrogate lr): one "lrm-slr<lr>" per concurrent surrogate learning rate, the others once."""
+    return [row for method in methods for row in
+            ([(f"lrm-slr{lr:g}", method, lr) for lr in surrogate_lrs] if method == "lrm" else [(method, method, None)])]
+
+
+def finished(run_dir: Path, method: str, seed: int, surrogate_lr: float | None, args) -> bool:
+    """True when run_dir holds a finished run with these settings (a ddpo or direct run ignores the surrogate lr)."""
+    if not ((run_dir / RESULT).is_file() and (run_dir / PROCESS).is_file()):
+        return False
+    saved = json.loads((run_dir / RESULT).read_text())["config"]
+    wanted = {"method": method, "seed": seed, "steps": args.steps, "eval_every": args.eval_every,
+              "batch_size": args.batch_size, "lr": args.lr, "per_prompt": args.per_prompt,
+              "eval_prompts": args.eval_prompts, "student_steps": args.student_steps}
+    if surrogate_lr is not None:
+        wanted["surrogate_lr"] = surrogate_lr
+    return all(saved[k] == v for k, v in wanted.items())
+
+
+def run_one(reward: str, label: str, method: str, surrogate_lr: float | None, seed: int, args, root: Path) -> dict:
     """The finished run's RESULT and PROCESS, running the worker first unless its folder already finished."""
-    run_dir = root / f"{reward}-{method}-s{seed}"
+    run_dir = root / f"{reward}-{label}-s{seed}"
     result_path, process_path = run_dir / RESULT, run_dir / PROCESS
-    if result_path.is_file() and process_path.is_file():
-        result = json.loads(result_path.read_text())
-        if result["config"]["steps"] == args.steps:
-            print(f"  {run_dir.name}: finished earlier, reused", flush=True)
-            return {**result, **json.loads(process_path.read_text())}
+    if finished(run_dir, method, seed, surrogate_lr, args):
+        print(f"  {run_dir.name}: finished earlier, reused", flush=True)
+        return {**json.loads(result_path.read_text()), **json.loads(process_path.read_text())}
     command = [sys.executable, __file__, "--worker", "--reward", reward, "--method", method, "--seed", str(seed),
                "--run-dir", str(run_dir), "--steps", str(args.steps), "--eval-every", str(args.eval_every),
-               "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--surrogate-lr", str(args.surrogate_lr),
+               "--batch-size", str(args.batch_size), "--lr", str(args.lr),
+               "--surrogate-lr", str(surrogate_lr if surrogate_lr is not None else args.surrogate_lr[0]),
                "--per-prompt", str(args.per_prompt), "--eval-prompts", str(args.eval_prompts),
                "--student-steps", str(args.student_steps), "--device", args.device]
     print(f"  {run_dir.name}: running ({args.steps} steps)", flush=True)
@@ -172,7 +190,7 @@ def goal(lrm: dict, ddpo: dict) -> dict:
             "time_goal_met": (time_ratio is not None and time_ratio <= 0.2) if target > 0 else None, "memory_goal_met": memory_ratio <= 1 / 3}
 
 
-def plot(rows: dict, path: Path) -> None:
+def plot(rows: dict, units: dict, path: Path) -> None:
     """Gold gain against training seconds and against generated samples, one line per method, seed min-max
     shaded; one row of panels per reward."""
     import matplotlib
@@ -187,8 +205,9 @@ def plot(rows: dict, path: Path) -> None:
             for ax, x in zip(row, (summary["seconds_curve_mean"], summary["samples"])):
                 ax.plot(x, summary["gain_curve_mean"], marker="o", ms=3, label=method)
                 ax.fill_between(x, summary["gain_curve_min"], summary["gain_curve_max"], alpha=0.2)
-        row[0].set(xlabel="training wall time (s)", ylabel=f"{reward}: gold gain", title=f"{reward} vs time")
-        row[1].set(xlabel="student samples generated", ylabel=f"{reward}: gold gain", title=f"{reward} vs samples")
+        label = f"gold gain ({units[reward]})" if units[reward] else "gold gain"
+        row[0].set(xlabel="training wall time (s)", ylabel=label, title=f"{reward} vs time")
+        row[1].set(xlabel="student samples generated", ylabel=label, title=f"{reward} vs samples")
         for ax in row:
             ax.axhline(0, color="grey", lw=0.5)
             ax.legend()
@@ -206,7 +225,8 @@ def parse(argv=None):
     parser.add_argument("--eval-every", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-5, help="the student's AdamW (lrm tune's default)")
-    parser.add_argument("--surrogate-lr", type=float, default=1e-4, help="the concurrent surrogate's (lrm tune's)")
+    parser.add_argument("--surrogate-lr", type=float, nargs="+", default=[1e-4],
+                        help="the concurrent surrogate's AdamW (lrm tune's default 1e-4); one lrm row per value")
     parser.add_argument("--per-prompt", type=int, default=4, help="monitor samples per prompt")
     parser.add_argument("--eval-prompts", type=int, default=4, help="monitor prompts")
     parser.add_argument("--student-steps", type=int, default=4)
@@ -237,17 +257,17 @@ def main() -> None:
             skipped.append({"reward": reward, "method": "all", "reason": why})
             print(f"{reward}: not run: {why}", flush=True)
             continue
-        for method in args.methods:
+        for label, method, surrogate_lr in variants(args.methods, args.surrogate_lr):
             why = refusal(reward, method)
             if why is not None:
                 skipped.append({"reward": reward, "method": method, "reason": why})
                 print(f"{reward} / {method}: not run: {why}", flush=True)
                 continue
-            print(f"{reward} / {method}: seeds {args.seeds}", flush=True)
-            runs = [run_one(reward, method, seed, args, root) for seed in args.seeds]
-            rows.setdefault(reward, {})[method] = summarise(runs)
-    goals = {reward: goal(methods["lrm"], methods["ddpo"]) for reward, methods in rows.items()
-             if {"lrm", "ddpo"} <= set(methods)}
+            print(f"{reward} / {label}: seeds {args.seeds}", flush=True)
+            runs = [run_one(reward, label, method, surrogate_lr, seed, args, root) for seed in args.seeds]
+            rows.setdefault(reward, {})[label] = summarise(runs)
+    goals = {f"{reward} / {label}": goal(methods[label], methods["ddpo"]) for reward, methods in rows.items()
+             if "ddpo" in methods for label in methods if label.startswith("lrm")}
     print(f"\n| reward | method | gold start | gold gain (mean ± sd, {len(args.seeds)} seeds) | training s | "
           "samples | peak RSS MB | Vendi before -> after |")
     print("|---|---|---|---|---|---|---|---|")
@@ -258,9 +278,9 @@ def main() -> None:
                   f"{s['diversity_before']:.3f} -> {s['diversity_after']:.3f} |")
     for item in skipped:
         print(f"| {item['reward']} | {item['method']} | not run: {item['reason']} |")
-    for reward, g in goals.items():
+    for name, g in goals.items():
         when = "never" if g["lrm_seconds_to_ddpo_gain"] is None else f"{g['lrm_seconds_to_ddpo_gain']:.0f} s"
-        print(f"goal {reward}: DDPO-SF final gain {g['ddpo_final_gain']:+.3g}; LRM-FT reaches it at {when} "
+        print(f"goal {name}: DDPO-SF final gain {g['ddpo_final_gain']:+.3g}; LRM-FT reaches it at {when} "
               f"(time ratio {g['time_ratio'] if g['time_ratio'] is None else round(g['time_ratio'], 3)}, goal <= 0.2: "
               f"{'undecided, DDPO-SF gained nothing' if g['time_goal_met'] is None else g['time_goal_met']}); memory ratio {g['memory_ratio']:.2f} (goal <= 0.33: {g['memory_goal_met']})")
     settings = {k: v for k, v in vars(args).items() if k not in ("worker", "reward", "method", "seed", "run_dir", "runs")}
@@ -270,7 +290,9 @@ def main() -> None:
     out.write_text(json.dumps({"command": command, "settings": settings, "rows": rows, "not_run": skipped,
                                "goal": goals}, indent=1, default=float))
     if rows:
-        plot(rows, out.with_suffix(".png"))
+        from lrm.rewards import load as load_reward
+
+        plot(rows, {reward: load_reward(reward).spec.units for reward in rows}, out.with_suffix(".png"))
     print(f"wrote {out}" + (f" and {out.with_suffix('.png')}" if rows else ""))
 
 
