@@ -162,7 +162,8 @@ def summarise(runs: list[dict]) -> dict:
     return {"seeds": [run["seed"] for run in runs], "steps": [r["step"] for r in runs[0]["records"]],
             "samples": runs[0]["samples"], "gain_curve_mean": gains.mean(0).tolist(),
             "gain_curve_min": gains.min(0).tolist(), "gain_curve_max": gains.max(0).tolist(),
-            "seconds_curve_mean": seconds.mean(0).tolist(), "gold_start": float(np.mean([r["records"][0]["gold"] for r in runs])),
+            "seconds_curve_mean": seconds.mean(0).tolist(),
+            "gold_start": float(np.mean([r["records"][0]["gold"] for r in runs])),
             "gain_mean": float(final.mean()), "gain_sd": float(final.std()), "gains": final.tolist(),
             "train_s_mean": float(seconds[:, -1].mean()), "wall_s_mean": float(np.mean([r["wall_s"] for r in runs])),
             "peak_rss_mb_mean": float(np.mean([r["peak_rss_mb"] for r in runs])),
@@ -187,7 +188,8 @@ def goal(lrm: dict, ddpo: dict) -> dict:
     return {"ddpo_final_gain": target, "ddpo_gain_positive": target > 0, "lrm_seconds_to_ddpo_gain": seconds,
             "lrm_samples_to_ddpo_gain": lrm["samples"][reached[0]] if reached.size else None,
             "time_ratio": time_ratio, "memory": memory, "memory_ratio": memory_ratio,
-            "time_goal_met": (time_ratio is not None and time_ratio <= 0.2) if target > 0 else None, "memory_goal_met": memory_ratio <= 1 / 3}
+            "time_goal_met": (time_ratio is not None and time_ratio <= 0.2) if target > 0 else None,
+            "memory_goal_met": memory_ratio <= 1 / 3}
 
 
 def plot(rows: dict, units: dict, path: Path) -> None:
@@ -280,10 +282,13 @@ def main() -> None:
         print(f"| {item['reward']} | {item['method']} | not run: {item['reason']} |")
     for name, g in goals.items():
         when = "never" if g["lrm_seconds_to_ddpo_gain"] is None else f"{g['lrm_seconds_to_ddpo_gain']:.0f} s"
+        ratio = g["time_ratio"] if g["time_ratio"] is None else round(g["time_ratio"], 3)
+        met = "undecided, DDPO-SF gained nothing" if g["time_goal_met"] is None else g["time_goal_met"]
         print(f"goal {name}: DDPO-SF final gain {g['ddpo_final_gain']:+.3g}; LRM-FT reaches it at {when} "
-              f"(time ratio {g['time_ratio'] if g['time_ratio'] is None else round(g['time_ratio'], 3)}, goal <= 0.2: "
-              f"{'undecided, DDPO-SF gained nothing' if g['time_goal_met'] is None else g['time_goal_met']}); memory ratio {g['memory_ratio']:.2f} (goal <= 0.33: {g['memory_goal_met']})")
-    settings = {k: v for k, v in vars(args).items() if k not in ("worker", "reward", "method", "seed", "run_dir", "runs")}
+              f"(time ratio {ratio}, goal <= 0.2: {met}); memory ratio {g['memory_ratio']:.2f} "
+              f"(goal <= 0.33: {g['memory_goal_met']})")
+    hidden = ("worker", "reward", "method", "seed", "run_dir", "runs")
+    settings = {k: v for k, v in vars(args).items() if k not in hidden}
     command = "python benchmarks/tune_efficiency.py " + " ".join(
         f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in settings.items())
     out.parent.mkdir(parents=True, exist_ok=True)
