@@ -529,6 +529,17 @@ def test_the_monitor_records_gold_proxy_diversity_and_distance_at_fixed_seeds():
     assert after.gold > first.gold and after.distance > 0 and len(monitor.records) == 3
 
 
+def test_the_monitors_diversity_is_nan_for_an_all_black_sample_instead_of_stopping_the_run():
+    from lrm.evaluation.vendi import diversity, pixel_features
+    from lrm.tuning.monitor import sample_diversity
+
+    pixels = torch.rand(4, 1, 3, 8, 8)  # (N, T, 3, H, W)
+    prompts = ["a", "a", "b", "b"]
+    assert sample_diversity(pixels, prompts) == pytest.approx(diversity(pixel_features(pixels), prompts).mean)
+    pixels[2] = 0.0  # a student collapsed to black
+    assert np.isnan(sample_diversity(pixels, prompts))
+
+
 # ---------------------------------------------------------------- the library runner
 
 

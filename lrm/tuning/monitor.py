@@ -45,7 +45,8 @@ class TuningRecord:
     step: int
     gold: float  # mean true reward of the fixed-seed samples, in the reward's units
     proxy: float  # mean surrogate score of the same latents (reward units); NaN without a surrogate
-    diversity: float  # DOLLAR Eq. 27: mean over prompts of the Vendi score of that prompt's decoded samples
+    diversity: float  # DOLLAR Eq. 27: mean over prompts of the Vendi score of that prompt's decoded samples (NaN: a
+    # sample is all black)
     distance: float  # ||theta - theta_0|| / ||theta_0|| over the student's parameters
     nonfinite: int  # samples whose gold reward was NaN or Inf (left out of `gold`)
     fidelity: float = float("nan")  # Spearman of the surrogate's scores vs the gold of the same samples; NaN without one
@@ -107,7 +108,7 @@ class TuningMonitor:
             step=step,
             gold=float(gold[finite].mean()) if bool(finite.any()) else float("nan"),
             proxy=float(scores.float().mean()) if scores is not None else float("nan"),
-            diversity=diversity(pixel_features(samples.pixels), samples.prompts).mean,
+            diversity=sample_diversity(samples.pixels, samples.prompts),
             distance=relative_distance(self.student, self.start),
             nonfinite=int((~finite).sum()),
             fidelity=spearman(scores[finite.to(scores.device)], gold[finite]) if scores is not None else float("nan"),
@@ -141,3 +142,11 @@ class TuningMonitor:
         text = self.text_encoder.encode(self.prompts)
         return eps_distance(self.student, self.initial, text.emb, text.mask, latent_shape=self.latent_shape,
                             samples_per_text=1, seed=self.seed)
+
+def sample_diversity(pixels: torch.Tensor, prompts: Sequence[str]) -> float:
+    """DOLLAR Eq. 27 on (N, T, 3, H, W) pixels; NaN when a sample is all black (a student collapsed to black has no
+    defined cosine similarity, and a tuning run records that instead of stopping)."""
+    features = pixel_features(pixels)  # (N, K, 3 H W)
+    if not bool((features.abs().amax(dim=-1) > 0).all()):
+        return float("nan")
+    return diversity(features, prompts).mean
