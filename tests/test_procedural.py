@@ -217,3 +217,28 @@ def test_rewards_follow_the_perturbations_that_drive_them():
         checked += 1
     assert checked, "none of sharpness, dynamic-degree, temporal-flickering is registered"
 
+
+
+def test_simple_world_keeps_one_large_shape_over_a_plain_background():
+    from lrm.datasets.procedural import world_config
+
+    config = world_config("simple", seed=2, frames=4)
+    for index in range(40):
+        attributes = make_clip(config, index).attributes
+        assert len(attributes["shapes"]) == 1
+        assert attributes["shapes"][0]["size"] in ("medium", "large")
+        assert attributes["background"]["kind"] in ("flat", "gradient")
+        assert (attributes["blur_sigma"], attributes["noise_std"], attributes["flicker"]) == (0.0, 0.0, 0.0)
+        assert attributes["jpeg_quality"] is None
+    assert world_config("full", seed=2) == ProceduralConfig(seed=2)
+
+
+def test_unknown_world_and_bad_subsets_are_refused_by_name():
+    from lrm.datasets.procedural import world_config
+
+    with pytest.raises(ValueError, match="unknown procedural world 'tiny'; choose one of full, simple"):
+        world_config("tiny")
+    with pytest.raises(ValueError, match="ProceduralConfig.sizes must be a non-empty subset"):
+        ProceduralConfig(sizes=("huge",))
+    with pytest.raises(ValueError, match="ProceduralConfig.backgrounds must be a non-empty subset"):
+        ProceduralConfig(backgrounds=())

@@ -94,6 +94,30 @@ def test_the_store_reads_its_shards_and_hands_out_its_codec(reference, tmp_path)
     torch.testing.assert_close(codec.encode(pixels), dct.latents([0, 1]), rtol=0, atol=0)
 
 
+def test_a_store_of_a_named_world_keeps_it_and_reopens(tmp_path):
+    from lrm.datasets.procedural import world_config
+    from lrm.datasets.sources import source_from_spec
+
+    store = encode(EncodeConfig("procedural:3:simple", frames=1, size=16), tmp_path / "simple", progress=False)
+    assert store.procedural_world == "simple"
+    assert store.manifest["source"]["description"] == "procedural:seed=0,frames=1,size=16,world=simple"
+    config = world_config("simple", seed=0, frames=1, size=16)
+    assert store.rows()[2]["prompt"] == make_clip(config, 2).caption
+    assert source_from_spec(store.manifest["source"]).config == config
+    with pytest.raises(ValueError, match="unknown procedural world 'tiny'"):
+        encode(EncodeConfig("procedural:3:tiny", frames=1, size=16), tmp_path / "tiny", progress=False)
+
+
+def test_a_store_written_before_worlds_existed_still_opens(reference):
+    from lrm.datasets.sources import source_from_spec
+
+    spec = json.loads(json.dumps(LatentStore.open(reference).manifest["source"]))
+    for added in ("sizes", "backgrounds"):  # fields ProceduralConfig gained with worlds
+        del spec["config"][added]
+    assert source_from_spec(spec).config == ProceduralConfig(seed=0, frames=2, size=16)
+    assert LatentStore.open(reference).procedural_world == "full"
+
+
 def test_latents_read_only_the_needed_shards(reference, monkeypatch):
     import safetensors
 

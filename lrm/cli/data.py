@@ -40,7 +40,7 @@ def _fail(exc: Exception) -> None:
 
 
 def encode(
-    data: Annotated[str, typer.Argument(help="procedural:N, or a folder (or file) of images / videos.")],
+    data: Annotated[str, typer.Argument(help="procedural:N (procedural:N:simple for the simple world), or a folder (or file) of images / videos.")],
     out: Annotated[Path, typer.Option("--out", help="Store folder (created, or resumed when it exists).")],
     codec: Annotated[str, typer.Option(help="Latent space: dct (built in), taef2, diffusers:<path>.")] = ENCODE["codec"],
     frames: Annotated[Optional[int], typer.Option(min=1, help="Frames per clip (default 8; 1 for a folder of images).")] = ENCODE["frames"],

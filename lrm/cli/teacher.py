@@ -64,7 +64,7 @@ def resolve(video: bool, store: Path | None, data: str | None, prompts: Path | N
 def train(
     video: Annotated[bool, typer.Option("--video", help="A video teacher (8-frame clips) instead of an image one.")] = False,
     store: Annotated[Optional[Path], typer.Option(help="Latent store with text embeddings to train on.")] = None,
-    data: Annotated[Optional[str], typer.Option(help="Media folder (or procedural:N) to encode into RUN/store first.")] = None,
+    data: Annotated[Optional[str], typer.Option(help="Media folder (or procedural:N[:simple]) to encode into RUN/store first.")] = None,
     prompts: Annotated[Optional[Path], typer.Option(help="With --data: prompts file, one line per media file in sorted order.")] = None,
     codec: Annotated[str, typer.Option(help="With --data: latent space (dct, taef2, diffusers:<path>).")] = IMAGE.store.codec,
     size: Annotated[Optional[int], typer.Option(min=1, help=f"With --data: square side in pixels (default {IMAGE.store.size}).")] = None,

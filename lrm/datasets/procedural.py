@@ -9,6 +9,11 @@ reward (JPEG size, sharpness, colorfulness, BRISQUE/NIQE, temporal flicker, dyna
 smoothness, prompt colour) spreads over a wide range. Captions are built from the attributes, with
 colour words from PALETTE, the main shape's colour first (the prompt-color reward reads the first).
 
+WORLDS names variants of that mix. "full" (the default) is all of it, for fitting surrogates of quality
+rewards. "simple" keeps one medium or large shape over a plain or gradient background, with no blur, noise,
+flicker or JPEG: what a teacher small enough to train on a CPU in minutes can learn to draw, shape included
+(lrm.generators.embedded; docs/teacher.md has the measurements).
+
     clips = ProceduralClips(ProceduralConfig(seed=0, frames=8, size=64), count=1000)
     clip = clips[3]   # Clip: pixels (8, 3, 64, 64) float32 in [0, 1], caption, attributes, group
 """
@@ -69,6 +74,8 @@ class ProceduralConfig:
     max_flicker: float = 0.15  # strongest per-frame brightness offset (std, [0, 1] pixel units)
     jpeg_probability: float = 0.35  # share of clips passed through JPEG
     jpeg_quality: tuple[int, int] = (5, 95)  # PIL quality range for JPEG artifacts, inclusive
+    sizes: tuple[str, ...] = tuple(SIZES)  # size words a shape may take
+    backgrounds: tuple[str, ...] = tuple(BACKGROUNDS)  # background kinds a clip may take
 
     def __post_init__(self):
         if self.frames < 1:
@@ -85,6 +92,11 @@ class ProceduralConfig:
                 raise ValueError(f"ProceduralConfig.{name} must be in [0, 1], got {getattr(self, name)}")
         if self.static_probability + self.shaking_probability > 1.0:
             raise ValueError("ProceduralConfig: static_probability + shaking_probability must be <= 1")
+        for name, allowed in (("sizes", SIZES), ("backgrounds", BACKGROUNDS)):
+            chosen = getattr(self, name)
+            if not chosen or any(c not in allowed for c in chosen):
+                raise ValueError(f"ProceduralConfig.{name} must be a non-empty subset of {', '.join(allowed)}, "
+                                 f"got {chosen!r}")
         lo, hi = self.jpeg_quality
         if not 1 <= lo <= hi <= 95:
             raise ValueError(f"ProceduralConfig.jpeg_quality must satisfy 1 <= low <= high <= 95, got {(lo, hi)}")
@@ -92,6 +104,22 @@ class ProceduralConfig:
     @property
     def hw(self) -> tuple[int, int]:
         return (self.size, self.size) if isinstance(self.size, int) else (int(self.size[0]), int(self.size[1]))
+
+
+# Named variants of the clip mix: ProceduralConfig fields that differ from its defaults.
+WORLDS: dict[str, dict] = {
+    "full": {},
+    "simple": {"max_shapes": 1, "sizes": ("medium", "large"), "backgrounds": ("flat", "gradient"),
+               "blur_probability": 0.0, "noise_probability": 0.0, "flicker_probability": 0.0,
+               "jpeg_probability": 0.0},
+}
+
+
+def world_config(world: str = "full", **fields) -> ProceduralConfig:
+    """ProceduralConfig of the named world (WORLDS), with `fields` (seed, frames, size, ...) on top."""
+    if world not in WORLDS:
+        raise ValueError(f"unknown procedural world {world!r}; choose one of {', '.join(WORLDS)}")
+    return ProceduralConfig(**{**WORLDS[world], **fields})
 
 
 class ProceduralClips(Sequence):
@@ -157,7 +185,7 @@ def sample_attributes(config: ProceduralConfig, rng: np.random.Generator) -> dic
         motion = "linear"
     shapes = []
     for color in colors[:count]:
-        size_word = str(rng.choice(list(SIZES)))
+        size_word = str(rng.choice(list(config.sizes)))
         direction = str(rng.choice(list(DIRECTIONS)))
         speed = float(rng.uniform(0.1, 1.0) * config.max_speed) if motion == "linear" else 0.0
         shake = float(rng.uniform(0.02, 0.08)) if motion == "shaking" else 0.0
@@ -173,7 +201,7 @@ def sample_attributes(config: ProceduralConfig, rng: np.random.Generator) -> dic
             "shake": shake,  # std of per-frame jumps, in short sides
         })
     background = {
-        "kind": str(rng.choice(list(BACKGROUNDS))),
+        "kind": str(rng.choice(list(config.backgrounds))),
         "color": str(colors[count]),
         "angle": float(rng.uniform(0, np.pi)),  # gradient / stripe direction, radians
         "period": float(rng.uniform(0.06, 0.3) * short),  # stripe / checker period, pixels

@@ -106,17 +106,20 @@ class Source:
 
 
 class ProceduralSource(Source):
-    def __init__(self, count: int, seed: int, frames: int, size: int):
-        from lrm.datasets.procedural import ProceduralConfig
+    def __init__(self, count: int, seed: int, frames: int, size: int, world: str = "full"):
+        from lrm.datasets.procedural import world_config
 
         if count < 1:
             raise ValueError(f"procedural:N needs N >= 1, got {count}")
         self.count, self.frames, self.size = count, frames, size
-        self.config = ProceduralConfig(seed=seed, frames=frames, size=size)
+        self.config = world_config(world, seed=seed, frames=frames, size=size)
         settings = json.loads(json.dumps(dataclasses.asdict(self.config)))  # tuples -> lists, as stored
         described = ",".join(f"{k}={settings[k]}" for k in ("seed", "frames", "size"))
         self.spec = {"kind": "procedural", "count": count, "frames": frames, "size": size, "config": settings,
                      "description": f"procedural:{described}"}
+        if world != "full":  # stores of the full world keep the spec they had before worlds existed
+            self.spec["world"] = world
+            self.spec["description"] += f",world={world}"
 
     def __len__(self) -> int:
         return self.count
@@ -208,13 +211,14 @@ def make_source(config: EncodeConfig, spatial_factor: int, preferred_size: int |
     """The source of `config`; its clips get `choose_frame_size(...)` (kept as `source.frame_size`)."""
     data = config.data
     if data.startswith(PROCEDURAL_PREFIX):
-        count = data[len(PROCEDURAL_PREFIX):]
+        count, _, world = data[len(PROCEDURAL_PREFIX):].partition(":")
         if not count.isdigit():
-            raise ValueError(f"{data!r}: expected procedural:N with N a positive integer, e.g. procedural:256")
+            raise ValueError(f"{data!r}: expected procedural:N with N a positive integer, e.g. procedural:256 "
+                             "(or procedural:N:WORLD, e.g. procedural:256:simple)")
         if config.prompts:
             raise ValueError("--prompts applies to media folders; procedural clips bring their own captions")
         size = choose_frame_size(data, config.size, spatial_factor)
-        source = ProceduralSource(int(count), config.seed, config.frames or 8, size.size)
+        source = ProceduralSource(int(count), config.seed, config.frames or 8, size.size, world or "full")
     else:
         path = Path(data)
         if path.suffix.lower() in (".txt", ".csv", ".tsv", ".jsonl", ".json"):
@@ -229,9 +233,13 @@ def make_source(config: EncodeConfig, spatial_factor: int, preferred_size: int |
 def source_from_spec(spec: dict, media_root: str | Path | None = None) -> Source:
     """Rebuild the source a store was encoded from (media_root: where the files live now)."""
     if spec["kind"] == "procedural":
+        from lrm.datasets.procedural import ProceduralConfig
+
         c = spec["config"]
-        source = ProceduralSource(spec["count"], c["seed"], c["frames"], c["size"])
-        if source.spec != spec:
+        source = ProceduralSource(spec["count"], c["seed"], c["frames"], c["size"], spec.get("world", "full"))
+        # fields added to ProceduralConfig after a store was written read at their defaults
+        defaults = json.loads(json.dumps(dataclasses.asdict(ProceduralConfig())))
+        if source.spec != {**spec, "config": {**defaults, **c}}:
             raise st.StoreError(f"procedural clips changed since this store was written: store has {spec}, "
                                 f"this lrm makes {source.spec}")
         return source

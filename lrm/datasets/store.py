@@ -515,6 +515,12 @@ class LatentStore:
         return tuple(self.manifest["latent_shape"])
 
     @property
+    def procedural_world(self) -> str | None:
+        """The procedural world (lrm.datasets.procedural.WORLDS) of its clips; None for a store of media."""
+        source = self.manifest.get("source") or {}
+        return source.get("world", "full") if source.get("kind") == "procedural" else None
+
+    @property
     def text_encoder_id(self) -> str | None:
         text = self.manifest["text"]
         return text["encoder"] if text else None

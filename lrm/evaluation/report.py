@@ -55,23 +55,24 @@ def _pixel_frames(latent_frames: int, codec_settings: dict) -> int:
     return latent_frames if factor == 1 else 1 + (latent_frames - 1) * factor
 
 
-def procedural_prompts(count: int, frames: int, seed: int = PROMPT_SEED) -> list[str]:
-    """Captions of `count` procedural clips of `frames` frames (seeded; motion words only when frames > 1)."""
-    from lrm.datasets.procedural import ProceduralConfig, caption, sample_attributes
+def procedural_prompts(count: int, frames: int, seed: int = PROMPT_SEED, world: str = "full") -> list[str]:
+    """Captions of `count` procedural clips of `frames` frames of `world` (lrm.datasets.procedural.WORLDS;
+    seeded; motion words only when frames > 1)."""
+    from lrm.datasets.procedural import caption, sample_attributes, world_config
 
-    config = ProceduralConfig(seed=seed, frames=frames, size=64)
+    config = world_config(world, seed=seed, frames=frames, size=64)
     return [caption(sample_attributes(config, np.random.default_rng((seed, i)))) for i in range(count)]
 
 
 def procedural_reference(codec, latent_shape, count: int, seed: int = REFERENCE_SEED,
-                         device: str | torch.device = "cpu") -> torch.Tensor:
-    """(count, T, c, h, w) latents of procedural clips rendered at the pixel size of `latent_shape` and encoded
-    with `codec`."""
-    from lrm.datasets.procedural import ProceduralClips, ProceduralConfig
+                         device: str | torch.device = "cpu", world: str = "full") -> torch.Tensor:
+    """(count, T, c, h, w) latents of procedural clips of `world` rendered at the pixel size of `latent_shape` and
+    encoded with `codec`."""
+    from lrm.datasets.procedural import ProceduralClips, world_config
 
     t, _, h, w = latent_shape
     f = codec.spatial_factor
-    config = ProceduralConfig(seed=seed, frames=_pixel_frames(t, codec.settings()), size=(h * f, w * f))
+    config = world_config(world, seed=seed, frames=_pixel_frames(t, codec.settings()), size=(h * f, w * f))
     clips = ProceduralClips(config, count)
     with torch.no_grad():
         chunks = [codec.encode(torch.stack([c.pixels for c in clips[s : s + 32]]).to(device)).cpu()
@@ -168,7 +169,7 @@ def evaluate_run(run_path: str | Path, config: EvaluationConfig, out_dir: str | 
         distinct = list(dict.fromkeys(read_prompts(config.prompts_file)))
     else:
         frames = _pixel_frames(latent_shape[0], run.config["codec_settings"] or {})
-        distinct = procedural_prompts(config.procedural, frames)
+        distinct = procedural_prompts(config.procedural, frames, world=run.procedural_world)
     built = {name: load_reward(name) for name in config.rewards}  # unknown names fail before any sampling
     video_rewards = [name for name, reward in built.items() if reward.spec.is_video]
     if latent_shape[0] == 1 and video_rewards:
@@ -180,8 +181,10 @@ def evaluate_run(run_path: str | Path, config: EvaluationConfig, out_dir: str | 
         reference = store_reference(config.reference, model.codec_settings, latent_shape, config.reference_count)
         reference_name = f"store {config.reference}"
     else:
-        reference = procedural_reference(codec, latent_shape, config.reference_count, device=config.device)
-        reference_name = f"procedural clips (seed {REFERENCE_SEED}, {config.reference_count} clips) in {codec.codec_id}"
+        reference = procedural_reference(codec, latent_shape, config.reference_count, device=config.device,
+                                         world=run.procedural_world)
+        reference_name = (f"procedural clips ({run.procedural_world} world, seed {REFERENCE_SEED}, "
+                          f"{config.reference_count} clips) in {codec.codec_id}")
 
     start = time.perf_counter()
     prompts, seeds = expand_requests(distinct, config.samples_per_prompt, config.seed)

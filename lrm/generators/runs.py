@@ -6,7 +6,9 @@ resolved training config; EMA snapshots may sit in RUN/snapshots/step-N/. What s
 the weights is read from the denoiser's config.json "extra", falling back to the trainer's config.json
 of the run folder above it (RUN/config.json, found up to two levels above the denoiser folder):
 - "latent_shape": [T, c, h, w] of the latents it was trained on (else pass the pixel size);
-- "student_steps": the number of steps of a distilled few-step student (absent for a teacher).
+- "student_steps": the number of steps of a distilled few-step student (absent for a teacher);
+- "procedural_world" (or "store", whose manifest says it): the procedural world it was trained on, whose
+  captions `lrm evaluate` and the tuning monitor prompt it with.
 
 A folder of another kind (a surrogate run of `lrm fit`, whose model/config.json is an
 "lrm-surrogate") is refused with a message saying what it is.
@@ -45,6 +47,17 @@ class GeneratorRun:
         """Steps of a distilled few-step student; None for a teacher."""
         steps = self.setting("student_steps")
         return None if steps is None else int(steps)
+
+    @property
+    def procedural_world(self) -> str:
+        """The procedural world (lrm.datasets.procedural.WORLDS) of the clips it was trained on, from its recorded
+        setting or its store's manifest; "full" when neither says (media, or a store that is gone)."""
+        world = self.setting("procedural_world")
+        store = self.setting("store")
+        if world is None and store is not None and (Path(store) / "manifest.json").is_file():
+            source = _read_json(Path(store) / "manifest.json").get("source") or {}
+            world = source.get("world") if source.get("kind") == "procedural" else None
+        return world or "full"
 
     def latent_shape(self, size: int | None = None, frames: int | None = None) -> tuple[int, int, int, int]:
         """(T, c, h, w) to sample: from `size` (pixels, square) and `frames` when given, else the recorded

@@ -329,6 +329,7 @@ def train_teacher(store, config: TeacherConfig, out_dir: str | Path, *, resume: 
              "report": out_dir / "report.html"}
     if is_main:
         save_denoiser(ema, paths["model"], extra={"steps": step, "store": str(Path(store.path).resolve()),
+                                                  "procedural_world": store.procedural_world,
                                                   "train_seconds": seconds, "run": str(out_dir)})
         from lrm.generators.report import write_teacher_report
 
