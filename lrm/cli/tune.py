@@ -219,7 +219,7 @@ def _run(reward_name, reward_options, run_path, distill, student_steps, store_pa
         surrogate = [LatentRewardModel.from_pretrained(path, codec_settings=model.codec_settings, map_location=device)
                      for path in ensemble]
     encoder = load_text(model.text_encoder_id)
-    texts = texts or procedural_prompts(PROCEDURAL_PROMPTS, latent_shape[0])
+    texts = texts or procedural_prompts(PROCEDURAL_PROMPTS, latent_shape[0], world=run.procedural_world)
     default_parent = Path("runs") if embedded else run.run_dir
     out_dir = Path(out) if out is not None else default_parent / f"tune-{Path(reward_name).stem}-{method}"
     grid_settings = {"run": str(out_dir / "model"), "sampler": "few-step", "steps": student_steps, "cfg": 1.0}
@@ -235,6 +235,7 @@ def _run(reward_name, reward_options, run_path, distill, student_steps, store_pa
     result = run_tuning(model, true_reward, texts, encoder, config, latent_shape=latent_shape, surrogate=surrogate,
                         store=real, run_dir=out_dir, settings=settings, on_evaluation=write_evaluation)
     extra = {"student_steps": student_steps, "latent_shape": list(latent_shape),
+             "procedural_world": run.procedural_world,
              "tuned_with": {"reward": reward_name, "method": method, "distill": list(distill), "steps": steps,
                             "from": str(run_path)}}
     save_denoiser(result.student, out_dir / "model", extra=extra)

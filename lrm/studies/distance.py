@@ -32,6 +32,7 @@ def run_eps_distance(tuned_dir, start_dir, *, prompts: int = 8, samples_per_text
     if tuned.text_encoder_id is None:
         raise ValueError(f"{tuned_dir} records no text encoder, so its text tokens cannot be made; tune a run "
                          "written by lrm")
-    text = load_text(tuned.text_encoder_id).encode(procedural_prompts(prompts, latent_shape[0]))
+    captions = procedural_prompts(prompts, latent_shape[0], world=start_run.procedural_world)
+    text = load_text(tuned.text_encoder_id).encode(captions)
     return eps_distance(tuned, start, text.emb, text.mask, latent_shape=latent_shape,
                         samples_per_text=samples_per_text, seed=seed)
