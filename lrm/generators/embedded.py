@@ -14,8 +14,12 @@ frames vs 0.94 / 0.85 at 128 px). The image teacher is dit-s1 (patch 1, one toke
 2.65x the cost of dit-s per step, but at 500 steps it already drew the objects' colours better than
 dit-s at 1,500 (colour alignment 0.37 vs 0.23 at CFG 4; docs/teacher.md has the probes). Measured end to
 end (benchmarks/teacher.py, docs/teacher.md, load average ~3.7 on the 2 cores): the image teacher takes
-751 s (1,000 steps 700 s, store and report 52 s), peak RSS 1.5 GB. The video teacher's full run was not
-timed: 1,024 clips encode in ~35 s, 1,400 steps at 0.47 s make ~11 minutes.
+751 s (1,000 steps 700 s, store and report 52 s), peak RSS 1.5 GB (on the full world; the simple world costs the
+same per step). Both teachers train on the "simple" procedural world (lrm.datasets.procedural.WORLDS: one medium or
+large shape over a plain or gradient background, no blur, noise, flicker or JPEG): the same dit-s1 run reached
+colour alignment 0.92 at CFG 4 on it against 0.56 on the full world (docs/teacher.md). The video teacher's one
+full run took 3,034 s for 1,400 steps with the CPU shared by five other jobs (load 5 to 7); 0.47 s per step
+measured alone makes ~11 minutes.
 
 The run folder lives under the cache, `$LRM_CACHE/teachers/<name>` (default ~/.cache/lrm/teachers), with
 <name> = "<kind>-<preset>-<size>px-<hash of the store and training settings>", so that changing a
@@ -47,14 +51,14 @@ class EmbeddedTeacher:
 
 
 EMBEDDED: dict[str, EmbeddedTeacher] = {
-    # 2,048 images of 64 px (8x8x32 latents): 38 s to encode; dit-s1 (one token per 8x8 dct block),
-    # 1,000 steps of 32 = 16 epochs
+    # 2,048 images of the simple world at 64 px (8x8x32 latents): 38 s to encode; dit-s1 (one token per 8x8 dct
+    # block), 1,000 steps of 32 = 16 epochs
     "image": EmbeddedTeacher(
-        EncodeConfig("procedural:2048", codec="dct", frames=1, size=64, text=TEXT_ENCODER, text_length=TEXT_LENGTH),
+        EncodeConfig("procedural:2048:simple", codec="dct", frames=1, size=64, text=TEXT_ENCODER, text_length=TEXT_LENGTH),
         TeacherConfig(preset="dit-s1", steps=1000)),
-    # 1,024 clips of 8 frames at 64 px (8x8x8x32 latents), moving shapes; 1,400 steps of 16 at ~0.47 s
+    # 1,024 clips of the simple world, 8 frames at 64 px (8x8x8x32 latents), moving shapes; dit-s, 1,400 steps of 16
     "video": EmbeddedTeacher(
-        EncodeConfig("procedural:1024", codec="dct", frames=8, size=64, text=TEXT_ENCODER, text_length=TEXT_LENGTH),
+        EncodeConfig("procedural:1024:simple", codec="dct", frames=8, size=64, text=TEXT_ENCODER, text_length=TEXT_LENGTH),
         TeacherConfig(steps=1400, batch_size=16, checkpoint_every=140)),
 }
 
