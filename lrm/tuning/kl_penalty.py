@@ -40,8 +40,9 @@ def eps_gap(model: nn.Module, initial: nn.Module, x_t: torch.Tensor, t: torch.Te
 @torch.no_grad()
 def eps_distance(model: nn.Module, initial: nn.Module, text: torch.Tensor, text_mask: torch.Tensor, *,
                  latent_shape, samples_per_text: int = 4, seed: int = 0) -> float:
-    """mean ||eps_model - eps_initial||^2 (DRaFT+'s KL-like distance) for `model` against `initial` (same parameterisation family: each output is converted to eps_hat
-    through its own prediction type), averaged over `samples_per_text` shared noisy latents per text row.
+    """mean ||eps_model - eps_initial||^2 (DRaFT+'s KL-like distance) for `model` against `initial` (each output
+    converted to eps_hat through its own prediction type), averaged over `samples_per_text` shared noisy latents
+    per text row.
 
     text: (B, L, D) text tokens, text_mask: (B, L) bool; latent_shape: (T', c, h, w)."""
     if samples_per_text < 1:
@@ -60,7 +61,6 @@ def eps_distance(model: nn.Module, initial: nn.Module, text: torch.Tensor, text_
     x_t = alpha * x0 + sigma * eps
     with evaluating(model), evaluating(initial):
         return float(eps_gap(model, initial, x_t, t, text, text_mask).mean())  # every sample has the same size
-
 
 
 class KLPenalty:

@@ -81,7 +81,6 @@ class TuningMonitor:
         self.text_encoder = text_encoder
         self.latent_shape, self.steps = tuple(int(v) for v in latent_shape), steps
         self.prompts, self.seeds = expand_requests(list(prompts), per_prompt, seed)
-        self.start = {k: v.detach().clone() for k, v in student.state_dict().items()}
         self.initial = initial if initial is not None else frozen_copy(student)
         self.seed = seed
         self.records: list[TuningRecord] = []
@@ -109,7 +108,7 @@ class TuningMonitor:
             gold=float(gold[finite].mean()) if bool(finite.any()) else float("nan"),
             proxy=float(scores.float().mean()) if scores is not None else float("nan"),
             diversity=sample_diversity(samples.pixels, samples.prompts),
-            distance=relative_distance(self.student, self.start),
+            distance=relative_distance(self.student, self.initial.state_dict()),
             nonfinite=int((~finite).sum()),
             fidelity=spearman(scores[finite.to(scores.device)], gold[finite]) if scores is not None else float("nan"),
             eps_distance=self._eps_distance(),
@@ -142,6 +141,7 @@ class TuningMonitor:
         text = self.text_encoder.encode(self.prompts)
         return eps_distance(self.student, self.initial, text.emb, text.mask, latent_shape=self.latent_shape,
                             samples_per_text=1, seed=self.seed)
+
 
 def sample_diversity(pixels: torch.Tensor, prompts: Sequence[str]) -> float:
     """DOLLAR Eq. 27 on (N, T, 3, H, W) pixels; NaN when a sample is all black (a student collapsed to black has no
