@@ -34,8 +34,8 @@ import torch
 from lrm.datasets.encoding import EncodeConfig, encode
 from lrm.datasets.store import LatentStore
 from lrm.evaluation import alignment, diversity, latent_frechet_distance, pixel_features
-from lrm.generators import build_dit, load_denoiser
-from lrm.generators.embedded import EMBEDDED, embedded_run_dir, embedded_teacher
+from lrm.generators import build_dit, inflate, load_denoiser
+from lrm.generators.embedded import EMBEDDED, embedded_config, embedded_run_dir, embedded_store_dir, embedded_teacher
 from lrm.generators.training import sample_latents, snapshot_path, snapshot_steps
 from lrm.io import atomic_write_bytes, atomic_write_json
 
@@ -125,7 +125,8 @@ def main() -> None:
     # held-out real data: prompts, their token embeddings, and real latents (FD reference; floor; ceiling)
     work = run.parent / f"eval-{run.name}"
     count = max(args.prompts, 2 * args.reference)
-    held_out = encode(EncodeConfig(f"procedural:{count}", codec=entry.store.codec, frames=entry.store.frames,
+    world = LatentStore.open(embedded_store_dir(args.video)).procedural_world  # the world the teacher learnt
+    held_out = encode(EncodeConfig(f"procedural:{count}:{world}", codec=entry.store.codec, frames=entry.store.frames,
                                    size=entry.store.size, text=entry.store.text, text_length=entry.store.text_length,
                                    seed=EVAL_SEED), work, progress=False)
     prompt_rows = np.arange(args.prompts)
@@ -154,8 +155,13 @@ def main() -> None:
     torch.manual_seed(entry.teacher.seed)
     untrained = build_dit(entry.teacher.preset, shape[1], text.shape[-1], frames=shape[0]).eval()
     grid = [("real", real_pixels[:GRID_PROMPTS, 0])]
-    for name, model, guidance in (("untrained", untrained, 4.0), (f"10% ({ten_percent} steps)", early, 4.0),
-                                  ("teacher", teacher, 4.0), ("teacher", teacher, 1.0), ("teacher", teacher, 7.5)):
+    candidates = [("untrained", untrained, 4.0)]
+    init = embedded_config(args.video).init
+    if init is not None:  # the video teacher's step 0: the image teacher inflated, frame by frame
+        candidates.append(("image teacher, inflated", inflate(load_denoiser(init), shape[0]).eval(), 4.0))
+    candidates += [(f"10% ({ten_percent} steps)", early, 4.0), ("teacher", teacher, 4.0), ("teacher", teacher, 1.0),
+                   ("teacher", teacher, 7.5)]
+    for name, model, guidance in candidates:
         metrics, pixels = evaluate(name, model, prompts, text, mask, shape, guidance, args.seeds, reference, codec)
         rows.append(metrics)
         print(json.dumps(metrics), flush=True)
@@ -164,7 +170,7 @@ def main() -> None:
                 grid.append((f"{name} s{seed}", pixels[seed::args.seeds][:GRID_PROMPTS, 0]))
 
     result = {"kind": kind, "store": json.loads(json.dumps(entry.store.__dict__)),
-              "teacher": json.loads(json.dumps(entry.teacher.__dict__)), "training": training,
+              "teacher": json.loads(json.dumps(embedded_config(args.video).__dict__)), "training": training,
               "evaluation": {"prompts": args.prompts, "seeds": args.seeds, "reference": args.reference,
                              "eval_seed": EVAL_SEED, "sampler": "DDIM eta 0, 50 steps (999..19)",
                              "fd_features": "pooled latent statistics (lrm.fidelity.pooled_latent_features)"},

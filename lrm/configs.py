@@ -184,6 +184,7 @@ class TeacherConfig:
     ema_decay: float = 0.995  # EMA of the weights (the teacher): a ~200-step horizon suits runs of ~1k steps
     cfg_dropout: float = 0.1  # share of samples trained without their prompt (the CFG unconditional branch)
     prediction: str = "conjugate-v"  # what the DiT outputs; DOLLAR Eq. 13 (target x0 - eps)
+    init: str | None = None  # teacher run (or its model folder) to start from; an image teacher starts a video one inflated
     seed: int = 0  # seed of model init, batch order, timesteps, noise and dropout
     log_every: int = 10  # steps between training-loss lines in metrics.jsonl
     checkpoint_every: int = 150  # steps between resumable checkpoints (and after the last step)

@@ -5,7 +5,9 @@ import json
 import pytest
 import torch
 
-from lrm.generators import DIT_PRESETS, DenoiserMismatchError, LatentDiT, build_dit, load_denoiser, save_denoiser
+from torch import nn
+
+from lrm.generators import DIT_PRESETS, DenoiserMismatchError, LatentDiT, build_dit, inflate, load_denoiser, save_denoiser
 
 C, D = 8, 12  # latent channels, text width: tiny, so every test runs in a second or two
 DCT = {"name": "dct", "version": "1", "channels": C, "spatial_factor": 8, "temporal_factor": 1, "scale": 1.0}
@@ -227,3 +229,25 @@ def test_real_codec_settings_survive_the_json_round_trip(tmp_path):
     load_denoiser(tmp_path / "m", codec_settings=lrm.codecs.load("dct").settings())
     with pytest.raises(DenoiserMismatchError, match="differs in: split"):
         load_denoiser(tmp_path / "m", codec_settings=lrm.codecs.load("dct", split=(16, 8, 8)).settings())
+
+
+def test_inflate_starts_as_the_image_model_frame_by_frame():
+    """The inflated video model equals its image model on every frame (temporal gates at zero) and, once its
+    temporal gates open, mixes frames; errors for a video model or too few frames."""
+    image = randomise(tiny(frames=1))
+    image.codec_settings, image.text_encoder_id = dict(DCT), "minilm-l6-v2"
+    video = inflate(image, 3)
+    assert video.temporal and video.frames == 3
+    assert (video.preset, video.codec_settings, video.text_encoder_id) == (image.preset, DCT, "minilm-l6-v2")
+    x, t, text, mask = inputs(frames=3)
+    assert torch.allclose(video(x, t, text, mask), image(x, t, text, mask), atol=1e-5)
+    for block in video.blocks:  # open the temporal gates: the frames now inform each other
+        nn.init.normal_(block.modulation[1].weight, std=0.05)
+    mixed = video(x, t, text, mask)
+    x_other = x.clone()
+    x_other[:, 0] = torch.randn_like(x_other[:, 0])  # change frame 0 only
+    assert not torch.allclose(video(x_other, t, text, mask)[:, 1:], mixed[:, 1:], atol=1e-4)
+    with pytest.raises(ValueError, match="already a video model"):
+        inflate(video, 3)
+    with pytest.raises(ValueError, match="frames >= 2"):
+        inflate(image, 1)

@@ -20,8 +20,8 @@ from lrm.datasets.encoding import EncodeConfig, encode
 from lrm.diffusion.parameterisations import training_target
 from lrm.diffusion.schedules import schedule_from_config
 from lrm.generators import DenoiserMismatchError, build_dit, load_denoiser
-from lrm.generators.training import (TeacherConfig, denoising_batch, drop_text, ema_decay, learning_rate,
-                                     sample_latents, snapshot_path, snapshot_steps, train_teacher)
+from lrm.generators.training import (TeacherConfig, denoising_batch, drop_text, ema_decay, initial_model,
+                                     learning_rate, sample_latents, snapshot_path, snapshot_steps, train_teacher)
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = TeacherConfig(preset="dit-xs", steps=20, batch_size=8, warmup_steps=5, log_every=5, checkpoint_every=10,
@@ -109,6 +109,29 @@ def test_a_video_teacher_trains_on_clips_and_samples_them(tmp_path):
     assert x.shape == (1, 4, 32, 4, 4) and torch.isfinite(x).all()
     assert torch.equal(x, sample_latents(result.model, text, mask, tuple(clips.latent_shape), 2.0, 3, seed=0))
     assert (tmp_path / "run" / "figures" / "samples.png").exists()
+
+
+def test_a_video_teacher_starts_from_an_image_teacher(store, trained, tmp_path):
+    """--init: the image teacher, inflated, is the video run's step 0 (equal to it on every frame); the run trains
+    from there and records where it started. Refusals: another preset, a video model on images."""
+    _, image_run = trained
+    clips = encode(EncodeConfig("procedural:4", frames=4, size=64, text="minilm-l6-v2", text_length=32),
+                   tmp_path / "clips", progress=False)
+    image = load_denoiser(image_run / "model")
+    video = initial_model(image_run, clips, TINY)
+    assert video.frames == 4 and video.temporal and video.preset == "dit-xs"
+    x, t = torch.randn(2, 4, 32, 8, 8), torch.tensor([100, 700])
+    text, mask = clips.text_embeddings([0, 1])
+    with torch.no_grad():
+        assert torch.allclose(video(x, t, text, mask), image(x, t, text, mask), atol=1e-5)
+    config = replace(TINY, steps=2, batch_size=2, snapshots=0, report_samples=1, init=str(image_run))
+    result = train_teacher(clips, config, tmp_path / "run")
+    assert result.model.temporal
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["teacher"]["init"] == str(image_run)
+    with pytest.raises(ValueError, match="is not a dit-s .*pass --preset dit-xs"):
+        initial_model(image_run, clips, replace(TINY, preset="dit-s"))
+    with pytest.raises(ValueError, match="is a 4-frame model and store .* holds 1-frame latents"):
+        initial_model(tmp_path / "run", store, TINY)
 
 
 def test_resume_with_other_settings_is_refused(store, trained):

@@ -21,7 +21,7 @@ import importlib
 # name -> the submodule that defines it; imported on first use, so that `import lrm.generators.embedded`
 # (the CLI's option defaults) does not import torch
 _EXPORTS = {
-    "DIT_PRESETS": "dit", "LatentDiT": "dit", "build_dit": "dit",
+    "DIT_PRESETS": "dit", "LatentDiT": "dit", "build_dit": "dit", "inflate": "dit",
     "DiffusersDenoiser": "diffusers_adapters", "DiffusersPromptEncoder": "diffusers_adapters",
     "load_diffusers": "diffusers_adapters", "load_diffusers_denoiser": "diffusers_adapters",
     "load_diffusers_prompt_encoder": "diffusers_adapters",

@@ -10,8 +10,9 @@ default). Downstream code converts outputs to (x0_hat, eps_hat) and never branch
 
 Structure, per DiT:
 - Patchify: each latent frame is cut into p x p patches, one token each (a stride-p conv), plus a
-  fixed 2D sin-cos position over (h/p, w/p) and, for clips (T > 1), a fixed 1D sin-cos position
-  over frames. Fixed positions make the model resolution- and length-agnostic.
+  fixed 2D sin-cos position over (h/p, w/p). For clips (T > 1) a fixed 1D sin-cos position over frames
+  is added to the temporal attention's input only, so the spatial path of a video model sees exactly
+  what an image model sees. Fixed positions make the model resolution- and length-agnostic.
 - Conditioning vector: sinusoidal timestep features -> MLP, plus the mean of the projected text
   context (a pooled prompt), feeding adaLN-zero in every block: each sub-layer is
   x + gate * f(norm(x) * (1 + scale) + shift), with the modulation Linear zero-initialised, so
@@ -24,7 +25,10 @@ Structure, per DiT:
   the context is the null token alone. A row of text_mask that is all False is the same thing, so
   a trainer drops text for CFG per sample by clearing its mask row.
 - An image model (frames = 1) has no temporal layers and denoises a clip frame by frame (an image
-  teacher on a video's frames, AVDM2's SDM-2D).
+  teacher on a video's frames, AVDM2's SDM-2D). `inflate` turns an image model into a video model
+  that starts as exactly that: every weight copied, temporal attention added behind a zero adaLN gate
+  (the image-to-video warm start of VideoLDM / AnimateDiff), so a video teacher inherits what the image
+  teacher binds to the prompt and only has to learn time.
 
 Sizes are the named presets in DIT_PRESETS; `build_dit` makes one, `LatentDiT` takes explicit
 dimensions. Weights save as safetensors + config.json (lrm.generators.io).
@@ -67,6 +71,31 @@ def build_dit(name: str, in_channels: int, text_dim: int, frames: int = 1, **ove
     model = LatentDiT(in_channels, text_dim, frames, **{**DIT_PRESETS[name], **overrides})
     model.preset = name
     return model
+
+
+def inflate(image: LatentDiT, frames: int) -> LatentDiT:
+    """A video DiT for clips of `frames` latent frames that equals the image DiT `image` applied frame by frame:
+    every weight copied, each block's temporal attention fresh behind a zero adaLN gate (its modulation rows
+    zero), so only training opens it. Codec settings, text encoder id and preset carry over."""
+    if image.temporal:
+        raise ValueError(f"inflate: the DiT is already a video model ({image.frames} frames); pass an image model")
+    if not isinstance(frames, int) or frames < 2:
+        raise ValueError(f"inflate: a video model needs frames >= 2, got {frames!r}")
+    video = LatentDiT(**{**image.dimensions(), "frames": frames},
+                      gradient_checkpointing=image.gradient_checkpointing).to(image.null_text)
+    state = image.state_dict()
+    width = image.width
+    for i, block in enumerate(video.blocks):  # modulation rows: image (spatial, cross, mlp) -> video (spatial, temporal, cross, mlp)
+        for kind in ("weight", "bias"):
+            rows = state.pop(f"blocks.{i}.modulation.1.{kind}").unflatten(0, (3, 3 * width))  # (sublayer, 3W, ...)
+            merged = torch.zeros_like(block.modulation[1].get_parameter(kind)).unflatten(0, (4, 3 * width))
+            merged[[0, 2, 3]] = rows  # the temporal sub-layer's shift, scale and gate stay zero
+            state[f"blocks.{i}.modulation.1.{kind}"] = merged.flatten(0, 1)
+    missing, unexpected = video.load_state_dict(state, strict=False)
+    if unexpected or any(".temporal_attention." not in name for name in missing):
+        raise RuntimeError(f"inflate: weights did not map (missing {missing}, unexpected {unexpected})")
+    video.preset, video.codec_settings, video.text_encoder_id = image.preset, image.codec_settings, image.text_encoder_id
+    return video
 
 
 # ---------------------------------------------------------------- positions
@@ -133,9 +162,10 @@ class DiTBlock(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, width))
         self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 3 * len(self.sublayers) * width))  # zeroed by LatentDiT
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor, context: torch.Tensor,
-                context_mask: torch.Tensor) -> torch.Tensor:
-        """x (B, T, N, W) tokens, cond (B, W), context (B, K, W), context_mask (B, K) -> (B, T, N, W)."""
+    def forward(self, x: torch.Tensor, cond: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor,
+                time_position: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, T, N, W) tokens, cond (B, W), context (B, K, W), context_mask (B, K), time_position (T, W)
+        added to the temporal attention's input (None: no temporal attention) -> (B, T, N, W)."""
         b, frames, n, w = x.shape
         chunks = self.modulation(cond).chunk(3 * len(self.sublayers), dim=1)  # each (B, W)
         mods = {name: chunks[3 * i : 3 * i + 3] for i, name in enumerate(self.sublayers)}  # (shift, scale, gate)
@@ -148,11 +178,11 @@ class DiTBlock(nn.Module):
             return self.spatial_attention(h.reshape(b * frames, n, w)).reshape(b, frames * n, w)
 
         def across_frames(h):  # (B, T*N, W): attention over the T frames at each of the B*N patch positions
-            h = h.reshape(b, frames, n, w).transpose(1, 2).reshape(b * n, frames, w)
+            h = (h.reshape(b, frames, n, w) + time_position[None, :, None]).transpose(1, 2).reshape(b * n, frames, w)
             return self.temporal_attention(h).reshape(b, n, frames, w).transpose(1, 2).reshape(b, frames * n, w)
 
         tokens = residual(x.reshape(b, frames * n, w), "spatial", within_frames)
-        if self.temporal and frames > 1:  # a video model given an image (T = 1) skips it
+        if time_position is not None:  # a video model given a clip (an image, T = 1, skips it)
             tokens = residual(tokens, "temporal", across_frames)
         tokens = residual(tokens, "cross", lambda h: self.cross_attention(h, context, context_mask))
         tokens = residual(tokens, "mlp", self.mlp)
@@ -241,8 +271,7 @@ class LatentDiT(nn.Module):
         x = self.patch_embed(x_t.reshape(b * frames, c, h, w).to(dtype))  # (B*T, W, h/p, w/p)
         x = x.flatten(2).transpose(1, 2).reshape(b, frames, rows * cols, self.width)  # (B, T, N, W)
         x = x + sincos_2d(rows, cols, self.width).to(x)[None, None]  # space
-        if frames > 1 and self.temporal:
-            x = x + sincos_1d(torch.arange(frames), self.width).to(x)[None, :, None]  # time
+        time_position = sincos_1d(torch.arange(frames), self.width).to(x) if frames > 1 and self.temporal else None
 
         context, context_mask = self._context(b, text, text_mask, dtype, x.device)  # (B, K, W), (B, K)
         pooled = (context * context_mask[..., None]).sum(1) / context_mask.sum(1, keepdim=True)  # (B, W)
@@ -251,9 +280,9 @@ class LatentDiT(nn.Module):
 
         for block in self.blocks:
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(block, x, cond, context, context_mask, use_reentrant=False)
+                x = checkpoint(block, x, cond, context, context_mask, time_position, use_reentrant=False)
             else:
-                x = block(x, cond, context, context_mask)
+                x = block(x, cond, context, context_mask, time_position)
 
         shift, scale = self.final_modulation(cond).chunk(2, dim=1)  # (B, W) each
         tokens = modulate(self.final_norm(x.reshape(b, frames * rows * cols, self.width)), shift, scale)

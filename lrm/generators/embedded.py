@@ -48,6 +48,7 @@ TEXT_LENGTH = 32  # tokens kept per caption: procedural captions take at most 29
 class EmbeddedTeacher:
     store: EncodeConfig  # the procedural store it trains on
     teacher: TeacherConfig  # its training settings
+    starts_from: str | None = None  # "image": training starts from the embedded image teacher, inflated to clips
 
 
 EMBEDDED: dict[str, EmbeddedTeacher] = {
@@ -77,11 +78,22 @@ def _store_settings(entry: EmbeddedTeacher) -> dict:
 
 
 def embedded_run_dir(video: bool = False) -> Path:
-    """$LRM_CACHE/teachers/<kind>-<preset>-<size>px-<8 hex of the store and training settings>."""
+    """$LRM_CACHE/teachers/<kind>-<preset>-<size>px-<8 hex of the store and training settings, and of the
+    teacher it starts from>."""
     kind = "video" if video else "image"
     entry = EMBEDDED[kind]
-    digest = _digest({"store": _store_settings(entry), "teacher": training_settings(entry.teacher)})
-    return cache_root() / "teachers" / f"{kind}-{entry.teacher.preset}-{entry.store.size}px-{digest}"
+    settings = {"store": _store_settings(entry), "teacher": training_settings(entry.teacher)}
+    if entry.starts_from is not None:  # its run name carries that teacher's own settings
+        settings["starts_from"] = embedded_run_dir(entry.starts_from == "video").name
+    return cache_root() / "teachers" / f"{kind}-{entry.teacher.preset}-{entry.store.size}px-{_digest(settings)}"
+
+
+def embedded_config(video: bool = False) -> TeacherConfig:
+    """The embedded teacher's training settings, `init` set to the model folder of the teacher it starts from."""
+    entry = EMBEDDED["video" if video else "image"]
+    if entry.starts_from is None:
+        return entry.teacher
+    return replace(entry.teacher, init=str(embedded_run_dir(entry.starts_from == "video") / "model"))
 
 
 def embedded_store_dir(video: bool = False) -> Path:
@@ -108,13 +120,15 @@ def embedded_teacher(video: bool = False, train_if_missing: bool = True, progres
 
     kind = "video" if video else "image"
     entry = EMBEDDED[kind]
-    run = embedded_run_dir(video)
-    if is_finished(run, entry.teacher):
+    run, config = embedded_run_dir(video), embedded_config(video)
+    if is_finished(run, config):
         return run
     if not train_if_missing:
         flag = " --video" if video else ""
         raise FileNotFoundError(f"the embedded {kind} teacher is not trained yet ({run}); train it with "
                                 f"`lrm teacher train{flag}` (10-15 minutes on a 2-core CPU)")
+    if entry.starts_from is not None:
+        embedded_teacher(entry.starts_from == "video", progress=progress, device=device)
     store = embedded_store(video, progress, device)
-    train_teacher(store, replace(entry.teacher, device=device), run, resume=True, progress=progress)
+    train_teacher(store, replace(config, device=device), run, resume=True, progress=progress)
     return run

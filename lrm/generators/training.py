@@ -47,8 +47,8 @@ from lrm import distributed
 from lrm.configs import RUN_ONLY_FIELDS, TeacherConfig, training_settings  # noqa: F401 (re-exported)
 from lrm.diffusion import samplers
 from lrm.diffusion.parameterisations import check_prediction, training_target
-from lrm.generators.dit import DIT_PRESETS, LatentDiT, build_dit
-from lrm.generators.io import save_denoiser
+from lrm.generators.dit import DIT_PRESETS, LatentDiT, build_dit, inflate
+from lrm.generators.io import check_compatible, load_denoiser, read_config, save_denoiser
 from lrm.generators.sampling import guided
 from lrm.io import atomic_write_json, atomic_write_text
 
@@ -212,6 +212,33 @@ def check_store(store, video: bool | None = None) -> None:
         raise ValueError(f"store {store.path} holds {held}, not {'clips' if video else 'images'}: {fix}")
 
 
+def initial_model(init: str | Path, store, config: TeacherConfig) -> LatentDiT:
+    """The DiT a run with `config.init` starts from: the teacher saved in `init` (a teacher run or its model
+    folder), inflated (lrm.generators.dit.inflate) when it is an image model and `store` holds clips. It must
+    be `config.preset` with `config.prediction`, in the store's latent space and text encoder (one-line
+    ValueError naming the difference otherwise)."""
+    folder = Path(init)
+    if (folder / MODEL_DIR).is_dir():
+        folder = folder / MODEL_DIR
+    saved = read_config(folder)
+    check_compatible(saved, store.codec_settings, store.text_encoder_id, f"--init {init}")
+    model = load_denoiser(folder)
+    dims, want = model.dimensions(), DIT_PRESETS[config.preset]
+    differs = [f"{k} {dims[k]} vs {v}" for k, v in want.items() if dims.get(k) != v]
+    if differs:
+        raise ValueError(f"--init {init} is not a {config.preset} ({', '.join(differs)}); pass --preset "
+                         f"{model.preset or 'matching its dimensions'}")
+    if model.prediction != config.prediction:
+        raise ValueError(f"--init {init} predicts {model.prediction}, the run trains {config.prediction}")
+    frames = store.latent_shape[0]
+    if model.frames == frames:
+        return model.train()
+    if model.frames == 1 and frames > 1:
+        return inflate(model, frames).train()
+    raise ValueError(f"--init {init} is a {model.frames}-frame model and store {store.path} holds {frames}-frame "
+                     "latents; start from an image teacher or one of the same frames")
+
+
 # ---------------------------------------------------------------- training
 
 def train_teacher(store, config: TeacherConfig, out_dir: str | Path, *, resume: bool = True,
@@ -244,14 +271,17 @@ def train_teacher(store, config: TeacherConfig, out_dir: str | Path, *, resume: 
 
     frames, channels = store.latent_shape[0], store.latent_shape[1]
     text_dim = store.text_embeddings([0])[0].shape[-1]
+    checkpoints, metrics_path = out_dir / CHECKPOINTS, out_dir / "metrics.jsonl"
+    found = latest_checkpoint(checkpoints) if resume else None
     torch.manual_seed(config.seed)
-    model = build_dit(config.preset, channels, text_dim, frames=frames, prediction=config.prediction).to(device)
+    if config.init is not None and found is None:
+        model = initial_model(config.init, store, config).to(device)
+    else:  # a fresh model, or the shape a checkpoint's weights are loaded into
+        model = build_dit(config.preset, channels, text_dim, frames=frames, prediction=config.prediction).to(device)
     model.codec_settings, model.text_encoder_id = dict(store.codec_settings), store.text_encoder_id
     ema = copy.deepcopy(model).requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
-    checkpoints, metrics_path = out_dir / CHECKPOINTS, out_dir / "metrics.jsonl"
-    found = latest_checkpoint(checkpoints) if resume else None
     distributed.barrier()  # every rank has looked at out_dir before rank 0 writes into it
     if is_main:
         _prepare_out_dir(out_dir, _resolved_config(config, store, model, batch_size))
