@@ -51,8 +51,9 @@ def overopt(
                                                               "rises while the gold falls.")]
     = DEFAULTS["divergence_window"],
     distance_budget: Annotated[Optional[float], typer.Option(
-                                                             help="Rule (c): stop at this relative parameter "
-                                                                  "distance from the initial student.")] = None,
+        help="Rule (c): stop when d, the distance from the initial student, reaches this; d is sqrt of the KL-like "
+             "eps distance (Gao et al.'s sqrt(KL)), or the relative parameter distance for runs that did not record "
+             "it (metrics.json's distance_measure says which).")] = None,
     disagreement_factor: Annotated[float, typer.Option(help="Rule (d): stop when an "
                                                        "ensemble's disagreement reaches this times its start.")]
     = DEFAULTS["disagreement_factor"],
@@ -90,7 +91,7 @@ def overopt(
 
     Reads RUN/records.json (gold and proxy reward, diversity and distance from the start at fixed seeds, written
     by `lrm tune`) and writes OUT/report.html and OUT/metrics.json: the gold peak, gold against the distance
-    with Gao et al.'s fit d (alpha - beta log d), and four early-stopping rules (fidelity threshold, proxy/gold
+    d = sqrt(eps distance) with Gao et al.'s fit d (alpha - beta log d), and four early-stopping rules (fidelity threshold, proxy/gold
     divergence, distance budget, ensemble disagreement) with the gold each keeps and the steps each saves.
 
     With --launch, runs `lrm tune REWARD` (method lrm) for each regulariser and seed into
