@@ -115,9 +115,10 @@ def overopt(
     Examples:
       lrm study overopt --run runs/student/tune-jpeg-compressibility-lrm
       lrm study overopt colorfulness --run runs/tuned --fidelity-threshold 0.8
-      lrm study overopt colorfulness --launch --student runs/st --out study --steps 200 --seeds 0,1
       lrm study overopt colorfulness --launch --student runs/st --out study \\
-          --surrogate c0/model --ensemble c0/model --ensemble c1/model --steps 200 --seeds 0,1
+          --steps 200 --seeds 0,1
+      lrm study overopt colorfulness --launch --student runs/st --out study \\
+          --surrogate c0/model --ensemble c0/model --ensemble c1/model
     """
     if distance_budget is not None and not distance_budget > 0:
         raise typer.BadParameter(f"must be positive, got {distance_budget}",
