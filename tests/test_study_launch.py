@@ -183,3 +183,21 @@ def test_launch_refuses_a_reward_that_cannot_label_the_store(student_with_store)
         flat = " ".join(result.output.split())
         assert result.exit_code == 2 and message in flat and "Traceback" not in result.output, result.output
     assert not (root / "study" / "surrogates").exists()  # refused before any fit
+
+
+def test_the_store_to_fit_on_is_found_where_recorded_or_in_a_moved_cache(words_runs, tmp_path, monkeypatch):  # noqa: F811
+    from lrm.studies.surrogates import generator_store
+
+    config_path = words_runs / "student" / "model" / "config.json"
+    config = json.loads(config_path.read_text())
+    recorded = words_runs / "stores" / "image-64px-abc"
+    config["extra"]["store"] = str(recorded)
+    config_path.write_text(json.dumps(config))
+    monkeypatch.setenv("LRM_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(FileNotFoundError, match=f"its store {recorded} is gone; pass --surrogate DIR"):
+        generator_store(words_runs / "student")
+    moved = tmp_path / "cache" / "stores" / "image-64px-abc"  # the cache moved under another $LRM_CACHE
+    moved.mkdir(parents=True)
+    assert generator_store(words_runs / "student") == moved
+    recorded.mkdir(parents=True)  # where the run recorded it comes first
+    assert generator_store(words_runs / "student") == recorded

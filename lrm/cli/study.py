@@ -99,8 +99,9 @@ def overopt(
 
     Reads RUN/records.json (gold and proxy reward, diversity and distance from the start at fixed seeds, written
     by `lrm tune`) and writes OUT/report.html and OUT/metrics.json: the gold peak, gold against the distance
-    d = sqrt(eps distance) with Gao et al.'s fit d (alpha - beta log d), and four early-stopping rules (fidelity threshold, proxy/gold
-    divergence, distance budget, ensemble disagreement) with the gold each keeps and the steps each saves.
+    d = sqrt(eps distance) with Gao et al.'s fit d (alpha - beta log d), and four early-stopping rules
+    (fidelity threshold, proxy/gold divergence, distance budget, ensemble disagreement) with the gold each
+    keeps and the steps each saves.
 
     With --launch, runs `lrm tune REWARD` (method lrm) for each regulariser and seed into
     OUT/runs/<regulariser>-seed<S> (none: a frozen --surrogate; kl: plus the KL-to-initial penalty;

@@ -77,7 +77,8 @@ def check_inputs(surrogate: Path | None, ensemble: Sequence[Path]) -> None:
                          "none and the study fits --ensemble-size of them")
     for path in [*([surrogate] if surrogate is not None else []), *ensemble]:
         if not Path(path).is_dir():
-            raise FileNotFoundError(f"surrogate folder {path} does not exist; pass the --out folder of `lrm fit`")
+            raise FileNotFoundError(f"surrogate folder {path} does not exist; pass the model/ folder of an `lrm fit` "
+                                    "run (RUN/model), or leave it out and the study fits one")
 
 
 def seeds_to_fit(config: LaunchConfig, surrogate: Path | None, ensemble: Sequence[Path]) -> list[int]:

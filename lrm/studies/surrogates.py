@@ -5,7 +5,7 @@
                              say=print)   # study/surrogates/seed0, study/surrogates/seed1
 
 The store is the one the generator run records (its config.json "store": the teacher's training store, which a
-distilled student records too), else its teacher run's (a student whose recorded store moved). Each surrogate is
+distilled student records too), else its teacher run's, found where recorded or under the lrm cache's stores/. Each surrogate is
 `lrm fit`'s job (lrm.pipeline.run_fit) with that store, its seed and `lrm fit`'s defaults otherwise: the reward's
 default preset (image-cnn-stats for an image reward, ~0.2M parameters), up to FitConfig.steps steps with early
 stopping, labels of the decoded latents (`--label-pixels decoded`: what a tuned generator is scored on). The store
@@ -30,7 +30,9 @@ def surrogate_folder(out: str | Path, seed: int) -> Path:
 
 def generator_store(generator: str | Path) -> Path:
     """The latent store the generator run (a distilled student or a teacher) was trained on: its recorded store,
-    else its teacher run's; a one-line error naming the fix when neither exists."""
+    else its teacher run's, each also looked for by folder name in the lrm cache's stores/ (a cache moved to
+    another $LRM_CACHE keeps its folder names); a one-line error naming the fix when none exists."""
+    from lrm.generators.embedded import cache_root
     from lrm.generators.runs import open_generator_run
 
     run = open_generator_run(generator)
@@ -38,9 +40,10 @@ def generator_store(generator: str | Path) -> Path:
     teacher = run.setting("teacher_run")
     if teacher is not None and Path(teacher).is_dir():
         recorded.append(open_generator_run(teacher).setting("store"))
-    for store in recorded:
-        if store is not None and Path(store).is_dir():
-            return Path(store)
+    for store in filter(None, recorded):
+        for candidate in (Path(store), cache_root() / "stores" / Path(store).name):
+            if candidate.is_dir():
+                return candidate
     where = f"its store {recorded[0]} is gone" if recorded[0] is not None else "it records no latent store"
     raise FileNotFoundError(f"cannot fit the study's surrogates on the latents of {run.run_dir}: {where}; pass "
                             "--surrogate DIR and --ensemble DIR (repeat) fitted by `lrm fit REWARD`")
