@@ -12,7 +12,8 @@ import torch
 from test_hooks import TUNE_ARGS, words_runs  # noqa: F401  (words_runs: a pytest fixture)
 from typer.testing import CliRunner
 
-from lrm.studies.overopt import DISTANCE_MEASURE, RULES, Curves, StudyConfig, analyse, gao_curve, gao_fit, gold_peak
+from lrm.studies.overopt import (EPS_DISTANCE, PARAMETER_DISTANCE, RULES, Curves, StudyConfig, analyse, distance_axis,
+                                 gao_curve, gao_fit, gold_peak)
 
 
 def synthetic(n: int = 16, fidelity_drop: bool = True) -> Curves:
@@ -33,19 +34,66 @@ def test_gao_fit_recovers_alpha_and_beta(alpha, beta):
     rng = np.random.default_rng(0)
     d = np.concatenate([[0.0], np.sort(rng.uniform(0.05, 4.0, 40))])
     gold = 1.0 + gao_curve(d, alpha, beta) + rng.normal(0, 1e-3, d.size)
-    fit = gao_fit(d, gold)
+    fit = gao_fit(d, gold, distance_name="d")
     assert fit.alpha == pytest.approx(alpha, abs=5e-3) and fit.beta == pytest.approx(beta, abs=5e-3)
     assert fit.points == 40 and fit.rmse < 3e-3
     assert fit.d_star == pytest.approx(math.exp(alpha / beta - 1), rel=0.05)
     assert fit.fitted[0] == pytest.approx(gold[0]) and fit.d[-1] == pytest.approx(d.max())
 
 
+def gao_records(alpha: float, beta: float, with_eps: bool = True) -> dict:
+    """records.json facts of 21 evaluations whose gold lies on Gao's curve in d = sqrt(eps_distance) (with_eps) or,
+    for records written before the monitor measured eps_distance, in the parameter distance."""
+    steps = np.arange(21) * 10
+    d = np.linspace(0.0, 3.0, 21)  # the d the gold follows
+    records = []
+    for step, dd in zip(steps, d):
+        record = {"step": int(step), "gold": 1.0 + float(gao_curve(np.array([dd]), alpha, beta)[0]), "proxy": 1.0,
+                  "diversity": 2.0, "nonfinite": 0}
+        if with_eps:  # the parameter distance grows otherwise (linearly in the step, not as d)
+            record.update(distance=float(1e-4 * step), eps_distance=float(dd ** 2))
+        else:
+            record.update(distance=float(dd))
+        records.append(record)
+    return {"reward": "colorfulness", "method": "lrm", "records": records}
+
+
+@pytest.mark.parametrize("alpha,beta", [(2.0, 1.5), (0.4, 0.3)])
+def test_the_study_fits_gold_against_the_square_root_of_the_eps_distance(alpha, beta):
+    curves = Curves.from_records(gao_records(alpha, beta))
+    axis = distance_axis(curves)
+    assert axis.measure == EPS_DISTANCE and np.allclose(axis.values, np.linspace(0.0, 3.0, 21))
+    study = analyse(curves, StudyConfig(distance_budget=1.5))
+    fit = study.fit
+    assert fit.distance == EPS_DISTANCE and fit.points == 20
+    assert fit.alpha == pytest.approx(alpha, abs=1e-6) and fit.beta == pytest.approx(beta, abs=1e-6)
+    assert fit.d_star == pytest.approx(math.exp(alpha / beta - 1), rel=1e-6)
+    # the distance rule reads the same d: sqrt(eps) = 0.15 i reaches 1.5 at i = 10 (step 100); the parameter
+    # distance (1e-3 i) never would
+    stop = {s.rule: s for s in study.stops}["distance"]
+    assert stop.fired and stop.step == 100 and stop.condition == "distance d >= 1.5"
+
+
+def test_records_without_eps_distance_fall_back_to_the_parameter_distance():
+    old = Curves.from_records(gao_records(2.0, 1.5, with_eps=False))
+    assert np.isnan(old.eps_distance).all() and distance_axis(old).measure == PARAMETER_DISTANCE
+    fit = analyse(old).fit
+    assert fit.distance == PARAMETER_DISTANCE
+    assert fit.alpha == pytest.approx(2.0, abs=1e-6) and fit.beta == pytest.approx(1.5, abs=1e-6)
+    # an evaluation without eps_distance among ones with it: one measure for the whole curve, the parameter one
+    facts = gao_records(2.0, 1.5)
+    del facts["records"][3]["eps_distance"]
+    mixed = Curves.from_records(facts)
+    assert distance_axis(mixed).measure == PARAMETER_DISTANCE
+    assert np.array_equal(distance_axis(mixed).values, mixed.distance)
+
+
 def test_gao_fit_of_a_lower_is_better_reward_and_of_too_few_points():
     d = np.linspace(0, 2, 9)
-    fit = gao_fit(d, 3.0 - gao_curve(d, 1.0, 0.8), higher_is_better=False)  # the gold falls: it improves
+    fit = gao_fit(d, 3.0 - gao_curve(d, 1.0, 0.8), distance_name="d", higher_is_better=False)  # the gold falls: it improves
     assert fit.alpha == pytest.approx(1.0) and fit.beta == pytest.approx(0.8)
     assert np.allclose(fit.fitted, 3.0 - gao_curve(fit.d, 1.0, 0.8))
-    few = gao_fit(np.array([0.0, 0.1]), np.array([1.0, 1.2]))
+    few = gao_fit(np.array([0.0, 0.1]), np.array([1.0, 1.2]), distance_name="d")
     assert few.points == 1 and math.isnan(few.alpha) and np.isnan(few.fitted).all()
 
 
@@ -218,7 +266,8 @@ def test_lrm_study_overopt_writes_the_report_and_metrics_with_the_documented_key
     assert all(tuple(s) == STOP_COLUMNS for s in metrics["stops"])
     distance = {s["rule"]: s for s in metrics["stops"]}["distance"]
     assert distance["applied"] and distance["step"] == 1  # the first update moves the student past 1e-9
-    assert metrics["distance_measure"] == DISTANCE_MEASURE
+    assert metrics["distance_measure"] == EPS_DISTANCE  # the monitor recorded eps_distance at every evaluation
+    assert metrics["curves"]["d"] == pytest.approx([math.sqrt(r["eps_distance"]) for r in records])
     assert metrics["eps_distance_end"] > 0  # the tuned student's noise predictions left its start's
     for key in ("eps_distance", "latent_l2", "frechet"):  # and the monitor measured it along the way
         assert metrics["curves"][key][0] == pytest.approx(0, abs=1e-6) and metrics["curves"][key][-1] > 0, key

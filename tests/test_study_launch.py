@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 from lrm.studies.compare import ARM_KEYS, COMPARE_KEYS
 from lrm.studies.launch import REGULARISERS, LaunchConfig, parse_seeds
+from lrm.studies.overopt import EPS_DISTANCE
 from lrm.studies.report import MONITOR_DISTANCES, STOP_COLUMNS
 from test_hooks import words_runs  # noqa: F401  (a pytest fixture)
 from test_regularisers import saved_surrogates
@@ -50,6 +51,10 @@ def test_launch_two_regularisers_writes_each_run_its_study_and_one_comparison(wo
         assert values["curves"]["eps_distance"][-1] > 0
         assert all(tuple(s) == STOP_COLUMNS for s in values["stops"])
         assert set(values["grids"]) == {"start", "peak", "end"}
+    # every run recorded the eps distance, so the Gao fit's d is its square root
+    assert metrics["distance_measure"] == EPS_DISTANCE
+    assert metrics["arms"]["kl"]["curves"]["d"] == pytest.approx([e ** 0.5 for e in
+                                                                  metrics["arms"]["kl"]["curves"]["eps_distance"]])
     assert metrics["arms"]["ensemble"]["curves"]["disagreement"][0] > 0
     assert metrics["arms"]["kl"]["curves"]["disagreement"] == [None, None, None]  # no ensemble: not measured
     # the disagreement rule reads the ensemble arm's recorded disagreement and is not applied without one
@@ -74,12 +79,15 @@ def test_launch_refuses_bad_input_with_one_line(words_runs, tmp_path):  # noqa: 
     cases = [
         ([*base, *student, "--regularisers", "none,l2", "--surrogate", a, "--out", str(tmp_path)],
          "unknown regulariser(s) ['l2']; choose from none,kl,concurrent,ensemble"),
-        ([*base, "--out", str(tmp_path)], "--launch needs a generator to tune: give --student RUN"),
         ([*base, *student, "--teacher", str(words_runs / "teacher"), "--out", str(tmp_path)],
-         "--launch needs a generator to tune"),
-        ([*base, *student, "--regularisers", "none", "--out", str(tmp_path)], "give --surrogate DIR"),
+         "--launch tunes one generator: give --student RUN"),
+        # no --surrogate: the study would fit one on the student's store, and this student records none
+        ([*base, *student, "--regularisers", "none", "--out", str(tmp_path)],
+         f"the latents of {words_runs / 'student'}: it records no latent store; pass --surrogate DIR"),
         ([*base, *student, "--regularisers", "ensemble", "--ensemble", a, "--out", str(tmp_path)],
          "two or more fitted surrogates"),
+        ([*base, *student, "--regularisers", "ensemble", "--ensemble-size", "1", "--out", str(tmp_path)],
+         "--ensemble-size"),
         ([*base, *student, "--regularisers", "concurrent", "--seeds", "0,x", "--out", str(tmp_path)],
          "seeds must be integers"),
         ([*base, *student, "--regularisers", "concurrent"], "--out DIR"),
@@ -100,7 +108,96 @@ def test_launch_config_and_cli_defaults_agree():
     config = LaunchConfig()
     assert cli.LAUNCH_DEFAULTS == {"regularisers": ",".join(config.regularisers),
                                    "seeds": ",".join(map(str, config.seeds)), "kl_weight": config.kl_weight,
-                                   "disagreement_weight": config.disagreement_weight}
+                                   "disagreement_weight": config.disagreement_weight,
+                                   "ensemble_size": config.ensemble_size, "fit_steps": config.fit_steps}
     assert config.regularisers == REGULARISERS and parse_seeds(" 0, 2 ") == (0, 2)
     with pytest.raises(ValueError, match="must not repeat"):
         LaunchConfig(seeds=(1, 1))
+
+
+# ---------------------------------------------------------------- surrogates fitted by the study
+
+
+@pytest.fixture
+def student_with_store(words_runs):  # noqa: F811
+    """The words student, recording (as a distilled student does) a small store of 64-px procedural images in its
+    dct latent space."""
+    from lrm.configs import EncodeConfig
+    from lrm.datasets.encoding import encode
+
+    store = encode(EncodeConfig("procedural:40", codec="dct", frames=1, size=64, shard_size=20), words_runs / "store",
+                   progress=False)
+    config_path = words_runs / "student" / "model" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["extra"]["store"] = str(store.path)
+    config_path.write_text(json.dumps(config))
+    return words_runs
+
+
+def test_launch_without_surrogates_fits_them_on_the_student_store_once(student_with_store):
+    from lrm.datasets.store import LatentStore
+
+    root = student_with_store
+    out = root / "study"
+    args = ["study", "overopt", "jpeg-incompressibility", "--launch", "--student", str(root / "student"),
+            "--regularisers", "none,ensemble", "--seeds", "0", "--fit-steps", "3", *TINY, "--out", str(out)]
+    result = CliRunner().invoke(cli_app(), args)
+    assert result.exit_code == 0, result.output
+    fitted = [out / "surrogates" / f"seed{s}" for s in (0, 1)]  # seed 0: the none arm and member 0; seed 1: member 1
+    for seed, folder in enumerate(fitted):
+        assert f"[surrogate seed {seed}] lrm fit jpeg-incompressibility --store {root / 'store'}" in result.output
+        assert f"[surrogate seed {seed}] held-out Spearman" in result.output
+        config = json.loads((folder / "config.json").read_text())
+        assert config["label"] == "jpeg-incompressibility@decoded" and config["fit"]["seed"] == seed
+        assert config["fit"]["steps"] == 3 and (folder / "model" / "model.safetensors").is_file()
+    assert not (out / "surrogates" / "seed2").exists()
+    # the store was labelled with the reward of its decoded latents
+    assert "jpeg-incompressibility@decoded" in LatentStore.open(root / "store").labels
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["launch"]["surrogate"] == str(fitted[0] / "model")
+    assert metrics["launch"]["ensemble"] == [str(f / "model") for f in fitted]
+    assert metrics["launch"]["fitted_seeds"] == [0, 1]
+    assert json.loads((out / "runs" / "ensemble-seed0" / "records.json").read_text())["ensemble"] == \
+        [str(f / "model") for f in fitted]
+    # a second launch reuses the fitted surrogates (and the runs): nothing is fitted or written again
+    weights = [f / "model" / "model.safetensors" for f in fitted]
+    stamps = [w.stat().st_mtime_ns for w in weights]
+    again = CliRunner().invoke(cli_app(), args)
+    assert again.exit_code == 0, again.output
+    assert "lrm fit" not in again.output and "lrm tune" not in again.output, again.output
+    assert "[surrogate seed 0] reusing" in again.output and "[surrogate seed 1] reusing" in again.output
+    assert [w.stat().st_mtime_ns for w in weights] == stamps
+    # a fitted surrogate of other settings is refused instead of being mixed in
+    other = CliRunner().invoke(cli_app(), [*args, "--fit-steps", "4"])
+    assert other.exit_code == 2 and "holds a surrogate fitted with steps 3, not 4" in other.output, other.output
+
+
+def test_launch_refuses_a_reward_that_cannot_label_the_store(student_with_store):
+    root = student_with_store
+    base = ["study", "overopt", "--launch", "--student", str(root / "student"), "--regularisers", "none",
+            "--out", str(root / "study")]
+    cases = [("no-such-reward", "'no-such-reward' is no pixel reward that can label"),
+             ("temporal-flickering", "scores videos and store")]
+    for reward, message in cases:
+        result = CliRunner().invoke(cli_app(), [base[0], base[1], reward, *base[2:]])
+        flat = " ".join(result.output.split())
+        assert result.exit_code == 2 and message in flat and "Traceback" not in result.output, result.output
+    assert not (root / "study" / "surrogates").exists()  # refused before any fit
+
+
+def test_the_store_to_fit_on_is_found_where_recorded_or_in_a_moved_cache(words_runs, tmp_path, monkeypatch):  # noqa: F811
+    from lrm.studies.surrogates import generator_store
+
+    config_path = words_runs / "student" / "model" / "config.json"
+    config = json.loads(config_path.read_text())
+    recorded = words_runs / "stores" / "image-64px-abc"
+    config["extra"]["store"] = str(recorded)
+    config_path.write_text(json.dumps(config))
+    monkeypatch.setenv("LRM_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(FileNotFoundError, match=f"its store {recorded} is gone; pass --surrogate DIR"):
+        generator_store(words_runs / "student")
+    moved = tmp_path / "cache" / "stores" / "image-64px-abc"  # the cache moved under another $LRM_CACHE
+    moved.mkdir(parents=True)
+    assert generator_store(words_runs / "student") == moved
+    recorded.mkdir(parents=True)  # where the run recorded it comes first
+    assert generator_store(words_runs / "student") == recorded

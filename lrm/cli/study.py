@@ -20,7 +20,7 @@ DEFAULTS = {"fidelity_threshold": 0.7, "fidelity_window": 1, "every": 1, "diverg
             "disagreement_factor": 1.5}
 # lrm.studies.launch.LaunchConfig's defaults (tests/test_study_launch.py keeps them equal)
 LAUNCH_DEFAULTS = {"regularisers": "none,kl,concurrent,ensemble", "seeds": "0,1,2", "kl_weight": 0.1,
-                   "disagreement_weight": 1.0}
+                   "disagreement_weight": 1.0, "ensemble_size": 2, "fit_steps": None}
 # TuneConfig values a finished run must share to be reused by --launch
 COMPARED = ("steps", "eval_every", "batch_size", "per_prompt", "lr", "kl_weight", "disagreement_weight")
 HELP = "Over-optimisation studies of reward-tuning runs: proxy vs gold, the gold peak, early stopping."
@@ -51,8 +51,9 @@ def overopt(
                                                               "rises while the gold falls.")]
     = DEFAULTS["divergence_window"],
     distance_budget: Annotated[Optional[float], typer.Option(
-                                                             help="Rule (c): stop at this relative parameter "
-                                                                  "distance from the initial student.")] = None,
+        help="Rule (c): stop when d, the distance from the initial student, reaches this; d is sqrt of the KL-like "
+             "eps distance (Gao et al.'s sqrt(KL)), or the relative parameter distance for runs that did not record "
+             "it (metrics.json's distance_measure says which).")] = None,
     disagreement_factor: Annotated[float, typer.Option(help="Rule (d): stop when an "
                                                        "ensemble's disagreement reaches this times its start.")]
     = DEFAULTS["disagreement_factor"],
@@ -62,7 +63,8 @@ def overopt(
                                         callback=check_device)] = "cpu",
     launch: Annotated[bool, typer.Option("--launch", help="Run the tuning runs the study compares, one per "
                                          "regulariser and seed, then compare them.")] = False,
-    student: Annotated[Optional[Path], typer.Option(help="--launch: the distilled student run to tune.")] = None,
+    student: Annotated[Optional[Path], typer.Option(help="--launch: the distilled student run to tune (default, "
+                                                         "without --teacher: the cached embedded student).")] = None,
     teacher: Annotated[Optional[Path], typer.Option(help="--launch: a teacher run to distil (VSD) while tuning.")]
     = None,
     regularisers: Annotated[str, typer.Option(help="--launch: arms among none,kl,concurrent,ensemble.")]
@@ -72,10 +74,17 @@ def overopt(
                                                             "`lrm tune`'s).")] = None,
     eval_every: Annotated[Optional[int], typer.Option(min=1, help="--launch: steps between evaluations (default: "
                                                                   "`lrm tune`'s).")] = None,
-    surrogate: Annotated[Optional[Path], typer.Option(help="--launch: fitted surrogate (`lrm fit`) of the none and "
-                                                           "kl arms; warm-starts the concurrent one.")] = None,
+    surrogate: Annotated[Optional[Path], typer.Option(help="--launch: fitted surrogate (`lrm fit`'s RUN/model) of "
+                                                           "the none and kl arms, warm-starting the concurrent one "
+                                                           "(default: fitted by the study, seed 0).")] = None,
     ensemble: Annotated[Optional[list[Path]], typer.Option(help="--launch: a fitted surrogate of the ensemble arm; "
-                                                                "repeat (2 or more).")] = None,
+                                                                "repeat (2 or more; default: fitted by the study, "
+                                                                "seeds 0..--ensemble-size - 1).")] = None,
+    ensemble_size: Annotated[int, typer.Option(min=2, help="--launch without --ensemble: members the study fits.")]
+    = LAUNCH_DEFAULTS["ensemble_size"],
+    fit_steps: Annotated[Optional[int], typer.Option(min=1, help="--launch: optimizer steps of each surrogate the "
+                                                                 "study fits (default: `lrm fit`'s).")]
+    = LAUNCH_DEFAULTS["fit_steps"],
     kl_weight: Annotated[float, typer.Option(help="--launch: the kl arm's penalty weight.")]
     = LAUNCH_DEFAULTS["kl_weight"],
     disagreement_weight: Annotated[float, typer.Option(help="--launch: the ensemble arm's disagreement weight.")]
@@ -90,21 +99,27 @@ def overopt(
 
     Reads RUN/records.json (gold and proxy reward, diversity and distance from the start at fixed seeds, written
     by `lrm tune`) and writes OUT/report.html and OUT/metrics.json: the gold peak, gold against the distance
-    with Gao et al.'s fit d (alpha - beta log d), and four early-stopping rules (fidelity threshold, proxy/gold
-    divergence, distance budget, ensemble disagreement) with the gold each keeps and the steps each saves.
+    d = sqrt(eps distance) with Gao et al.'s fit d (alpha - beta log d), and four early-stopping rules
+    (fidelity threshold, proxy/gold divergence, distance budget, ensemble disagreement) with the gold each
+    keeps and the steps each saves.
 
     With --launch, runs `lrm tune REWARD` (method lrm) for each regulariser and seed into
     OUT/runs/<regulariser>-seed<S> (none: a frozen --surrogate; kl: plus the KL-to-initial penalty;
     concurrent: the surrogate trained alongside; ensemble: two or more --ensemble surrogates with a
     disagreement penalty), analyses each (its study-overopt/), and writes OUT/report.html and
     OUT/metrics.json comparing the regularisers side by side. A run folder that already holds
-    records.json of the same steps, evaluations, seed and weights is reused.
+    records.json of the same steps, evaluations, seed and weights is reused. Surrogates not given are
+    fitted first (`lrm fit REWARD --label-pixels decoded` on the generator's latent store) into
+    OUT/surrogates/seed<S> and reused by later launches. Without --student or --teacher it tunes the
+    cached embedded student (distilled first when missing).
 
     Examples:
       lrm study overopt --run runs/student/tune-jpeg-compressibility-lrm
       lrm study overopt colorfulness --run runs/tuned --fidelity-threshold 0.8
       lrm study overopt colorfulness --launch --student runs/st --out study \\
-          --surrogate c0 --ensemble c0 --ensemble c1 --steps 200 --seeds 0,1
+          --steps 200 --seeds 0,1
+      lrm study overopt colorfulness --launch --student runs/st --out study \\
+          --surrogate c0/model --ensemble c0/model --ensemble c1/model
     """
     if distance_budget is not None and not distance_budget > 0:
         raise typer.BadParameter(f"must be positive, got {distance_budget}",
@@ -116,9 +131,9 @@ def overopt(
     if not launch and run is None:
         raise typer.BadParameter("give --run RUN (a tuning run to analyse) or --launch (run the regularisers and "
                                  "compare them)")
-    if launch and (student is None) == (teacher is None):
-        raise typer.BadParameter("--launch needs a generator to tune: give --student RUN (a distilled student) or "
-                                 "--teacher RUN (distil while tuning)")
+    if launch and student is not None and teacher is not None:
+        raise typer.BadParameter("--launch tunes one generator: give --student RUN (a distilled student) or "
+                                 "--teacher RUN (distil while tuning), not both")
     if launch and (reward is None or out is None):
         raise typer.BadParameter("--launch needs the REWARD to tune toward and --out DIR for the runs and the report")
     config = dict(fidelity_threshold=fidelity_threshold, fidelity_window=fidelity_window, every=every,
@@ -129,8 +144,10 @@ def overopt(
             tune_args = {"student": student, "teacher": teacher, "steps": steps, "eval_every": eval_every,
                          "prompt": prompt, "batch_size": batch_size, "per_prompt": per_prompt, "lr": lr,
                          "device": device}
-            summary, out_dir = _launch(reward, out, config, regularisers, seeds, kl_weight, disagreement_weight,
-                                       surrogate, ensemble or [], tune_args)
+            launch_options = dict(kl_weight=kl_weight, disagreement_weight=disagreement_weight,
+                                  ensemble_size=ensemble_size, fit_steps=fit_steps)
+            summary, out_dir = _launch(reward, out, config, regularisers, seeds, launch_options, surrogate,
+                                       ensemble or [], tune_args)
         else:
             summary, out_dir = _run(reward, run, out, config, eps_distance, device)
     except USER_ERRORS as error:
@@ -159,10 +176,9 @@ def _run(reward, run_path, out, study_options, eps_distance, device):
     return study.verdict, out_dir
 
 
-def _launch(reward, out, study_options, regularisers, seeds, kl_weight, disagreement_weight, surrogate, ensemble,
-            tune_args):
-    """Each arm's `lrm tune` runs (sequentially), each run's study, then the comparison; every input checked
-    before the first run."""
+def _launch(reward, out, study_options, regularisers, seeds, launch_options, surrogate, ensemble, tune_args):
+    """The surrogates not given (fitted or reused), each arm's `lrm tune` runs (sequentially), each run's study,
+    then the comparison; every input checked before the first fit or run."""
     from lrm.cli import tune as tune_cli
     from lrm.studies import launch as plan
     from lrm.studies.compare import build_arm, write_comparison
@@ -170,10 +186,24 @@ def _launch(reward, out, study_options, regularisers, seeds, kl_weight, disagree
     from lrm.studies.report import write_study
     from lrm.studies.runs import higher_is_better, read_run
 
-    config = plan.LaunchConfig(plan.parse_names(regularisers), plan.parse_seeds(seeds), kl_weight,
-                               disagreement_weight)
-    plan.check_inputs(config, surrogate, ensemble)
+    config = plan.LaunchConfig(plan.parse_names(regularisers), plan.parse_seeds(seeds), **launch_options)
+    plan.check_inputs(surrogate, ensemble)
     study_config = StudyConfig(**study_options, higher_is_better=higher_is_better(reward))
+    if tune_args["student"] is None and tune_args["teacher"] is None:  # the embedded student, as `lrm tune`'s
+        from lrm.tuning.embedded import STUDENT_JOB
+
+        student = tune_cli._embedded_student(STUDENT_JOB.student_steps, tune_args["device"])
+        tune_args = {**tune_args, "student": student}
+    fit_seeds = plan.seeds_to_fit(config, surrogate, ensemble)
+    if fit_seeds:
+        from lrm.studies.surrogates import study_surrogates
+
+        fitted = study_surrogates(reward, tune_args["student"] or tune_args["teacher"], out, fit_seeds,
+                                  steps=config.fit_steps, device=tune_args["device"],
+                                  say=lambda line: typer.echo(line, err=True))
+        by_seed = dict(zip(fit_seeds, fitted))
+        surrogate = surrogate if surrogate is not None else by_seed.get(0)
+        ensemble = ensemble or [by_seed[s] for s in range(config.ensemble_size) if s in by_seed]
     given = {k: v for k, v in tune_args.items() if v is not None}  # the rest: `lrm tune`'s defaults
     arms = []
     for regulariser in config.regularisers:
@@ -193,6 +223,7 @@ def _launch(reward, out, study_options, regularisers, seeds, kl_weight, disagree
     launch = {"student": str(tune_args["student"]) if tune_args["student"] else None,
               "teacher": str(tune_args["teacher"]) if tune_args["teacher"] else None,
               "surrogate": str(surrogate) if surrogate else None, "ensemble": [str(p) for p in ensemble],
+              "fitted_seeds": fit_seeds,
               "kl_weight": config.kl_weight, "disagreement_weight": config.disagreement_weight,
               "tune_options": {k: (str(v) if isinstance(v, Path) else v) for k, v in given.items()}}
     out_dir = write_comparison(out, arms, study_config, launch)

@@ -12,12 +12,14 @@ averaged likewise. metrics.json (strict JSON) holds COMPARE_KEYS:
 
     reward, method, higher_is_better   what the runs were tuned toward and how; the reward's direction
     regularisers, seeds                the arms in launch order and the seeds of each
-    distance_measure                   the d of the Gao fit and the distance rule (the monitor's parameter distance)
+    distance_measure                   the d of the Gao fit and the distance rule (lrm.studies.overopt.distance_axis:
+                                       sqrt of the eps distance, or the parameter distance for older records;
+                                       "<arm>: <measure>; ..." when the arms differ)
     verdict                            the one-line summary
     arms                               {regulariser: ARM_KEYS}: runs (folders), peak {"step", "gold"},
                                        seed_peaks [{"seed", "step", "gold"}], proxy_keeps_rising, gao_fit
                                        {"alpha", "beta", "rmse", "d_star"}, stops (lrm.studies.report.STOP_COLUMNS
-                                       rows), curves {"steps", "gold", "gold_std", "proxy", "distance",
+                                       rows), curves {"steps", "gold", "gold_std", "proxy", "d", "distance",
                                        "diversity", "fidelity", "eps_distance", "latent_l2", "frechet",
                                        "disagreement"} (means over seeds), grids {"start", "peak", "end"} (paths)
     launch                             how the runs were launched (steps, eval_every, weights, surrogates)
@@ -35,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from lrm.io import atomic_write_json, atomic_write_text
-from lrm.studies.overopt import Curves, Peak, Study, StudyConfig, analyse, gold_peak
+from lrm.studies.overopt import Curves, Peak, Study, StudyConfig, analyse, distance_axis, gold_peak
 from lrm.studies.report import MONITOR_DISTANCES, STOP_COLUMNS, grid_figures
 from lrm.studies.runs import TuningRun, record_column, sample_grids
 
@@ -74,7 +76,9 @@ def build_arm(regulariser: str, runs: list[TuningRun], seeds: list[int], config:
                              "--steps and --eval-every")
     fields = ("gold", "proxy", "distance", "diversity", "fidelity", "disagreement")
     means = {f: _nanmean(np.stack([getattr(r.curves, f) for r in runs])) for f in fields}
-    curves = Curves(steps, **means)
+    # a plain mean: NaN where a seed lacks it, so an arm mixing older records falls back to the parameter distance
+    eps = np.stack([r.curves.eps_distance for r in runs]).mean(0)  # (E,)
+    curves = Curves(steps, **means, eps_distance=eps)
     gold_std = np.stack([r.curves.gold for r in runs]).std(0)
     extra = {key: _nanmean(np.stack([record_column(r, key) for r in runs])) for key in MONITOR_DISTANCES}
     peaks = [gold_peak(r.curves, config.higher_is_better) for r in runs]
@@ -108,12 +112,20 @@ def comparison_metrics(arms: list[Arm], config: StudyConfig, launch: dict) -> di
         "higher_is_better": first.higher_is_better,
         "regularisers": [a.regulariser for a in arms],
         "seeds": {a.regulariser: a.seeds for a in arms},
-        "distance_measure": arms[0].study.fit.distance,
+        "distance_measure": _distance_measure(arms),
         "verdict": comparison_verdict(arms, config.higher_is_better),
         "arms": {a.regulariser: _arm_metrics(a) for a in arms},
         "launch": launch,
         "config": asdict(config),
     }
+
+
+def _distance_measure(arms: list[Arm]) -> str:
+    """The arms' shared d (their Gao fits' measure), or each arm's when they differ."""
+    measures = {a.regulariser: a.study.fit.distance for a in arms}
+    if len(set(measures.values())) == 1:
+        return next(iter(measures.values()))
+    return "; ".join(f"{arm}: {measure}" for arm, measure in measures.items())
 
 
 def _arm_metrics(arm: Arm) -> dict:
@@ -126,7 +138,8 @@ def _arm_metrics(arm: Arm) -> dict:
         "gao_fit": {"alpha": fit.alpha, "beta": fit.beta, "rmse": fit.rmse, "d_star": fit.d_star},
         "stops": [{k: getattr(stop, k) for k in STOP_COLUMNS} for stop in study.stops],
         "curves": {"steps": curves.steps.tolist(), "gold": curves.gold.tolist(), "gold_std": arm.gold_std.tolist(),
-                   "proxy": curves.proxy.tolist(), "distance": curves.distance.tolist(),
+                   "proxy": curves.proxy.tolist(), "d": distance_axis(curves).values.tolist(),
+                   "distance": curves.distance.tolist(),
                    "diversity": curves.diversity.tolist(), "fidelity": curves.fidelity.tolist(),
                    "disagreement": curves.disagreement.tolist(), **{key: arm.extra[key].tolist() for key in MONITOR_DISTANCES}},
         "grids": {when: str(path) for when, path in sample_grids(arm.runs[0], study.peak.step).items()},
@@ -179,8 +192,9 @@ def _page(arms: list[Arm], metrics: dict) -> str:
                          "share of peak", "steps saved", "note"], stop_rows)),
         _section("Gold and proxy over training", "Seed means; the band is +- one std of the gold over the seeds.",
                  _img(figures.regularisers_by_step(arms), "gold and proxy by regulariser")),
-        _section("Distance from the initial student", "Gold against the KL-like eps distance; latent RMS distance "
-                 "and latent Frechet distance of the fixed-seed samples to the start's; ensemble disagreement.",
+        _section("Distance from the initial student", f"Gold against d ({html.escape(metrics['distance_measure'])}) "
+                 "with each arm's Gao fit; latent RMS distance and latent Frechet distance of the fixed-seed samples "
+                 "to the start's; ensemble disagreement.",
                  _img(figures.regularisers_distances(arms), "distances by regulariser")),
         _section("Samples", "The first seed of each regulariser at fixed prompts and seeds: start, gold peak, end.",
                  grids),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from lrm.reports.figures import _png, plt
-from lrm.studies.overopt import Curves, GaoFit, Peak
+from lrm.studies.overopt import Curves, GaoFit, Peak, distance_axis
 
 
 def rewards_by_step(curves: Curves, peak: Peak, stops: dict[str, int]) -> bytes:
@@ -32,15 +32,17 @@ def _proxy_axis(ax, x: np.ndarray, proxy: np.ndarray) -> None:
 
 
 def gold_by_distance(curves: Curves, fit: GaoFit) -> bytes:
-    """Measured gold against the distance from the initial student, with Gao et al.'s fitted curve."""
+    """Measured gold against the distance d from the initial student (distance_axis), with Gao et al.'s fitted
+    curve."""
+    d = distance_axis(curves).values  # (E,)
     fig, ax = plt.subplots(figsize=(7, 3.6))
-    ax.plot(curves.distance, curves.gold, "o", color="C0", label="gold (measured)")
+    ax.plot(d, curves.gold, "o", color="C0", label="gold (measured)")
     if np.isfinite(fit.fitted).any():
         ax.plot(fit.d, fit.fitted, "-", color="k",
                 label=f"gold(0) + d ({fit.alpha:.3g} - {fit.beta:.3g} log d)")
     ax.set_xlabel(f"d: {fit.distance}")
     ax.set_ylabel("gold reward", color="C0")
-    _proxy_axis(ax, curves.distance, curves.proxy)
+    _proxy_axis(ax, d, curves.proxy)
     ax.legend(fontsize=8, loc="best")
     return _png(fig)
 
@@ -79,21 +81,25 @@ def regularisers_by_step(arms) -> bytes:
 
 
 def regularisers_distances(arms) -> bytes:
-    """Per regulariser: gold against the KL-like eps distance, and latent L2, latent FD and disagreement by step."""
+    """Per regulariser: gold against d (distance_axis) with its Gao fit dashed, and latent L2, latent FD and
+    disagreement by step."""
     fig, axes = plt.subplots(2, 2, figsize=(10, 6.4))
-    panels = [("eps_distance", "gold against mean ||eps_theta - eps_init||^2"),
+    panels = [("d", "gold against d, Gao fit dashed"),
               ("latent_l2", "latent RMS distance to the start's samples"),
               ("frechet", "latent Frechet distance to the start's samples"),
               ("disagreement", "ensemble disagreement (std, reward units)")]
     for ax, (key, title) in zip(axes.flat, panels):
         for i, arm in enumerate(arms):
+            if key == "d":
+                ax.plot(distance_axis(arm.curves).values, arm.curves.gold, "o", color=f"C{i}", label=arm.regulariser)
+                if np.isfinite(arm.study.fit.fitted).any():
+                    ax.plot(arm.study.fit.d, arm.study.fit.fitted, "--", color=f"C{i}")
+                continue
             y = arm.curves.disagreement if key == "disagreement" else arm.extra[key]
-            if key == "eps_distance":
-                ax.plot(y, arm.curves.gold, "o-", color=f"C{i}", label=arm.regulariser)
-            elif np.isfinite(y).any():
+            if np.isfinite(y).any():
                 ax.plot(arm.curves.steps, y, "o-", color=f"C{i}", label=arm.regulariser)
         ax.set_title(title, fontsize=9)
-        ax.set_xlabel("eps distance" if key == "eps_distance" else "step")
+        ax.set_xlabel(f"d: {arms[0].study.fit.distance}" if key == "d" else "step", fontsize=7)
         if ax.lines:
             ax.legend(fontsize=8, loc="best")
     return _png(fig)

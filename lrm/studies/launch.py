@@ -4,13 +4,13 @@ regulariser and seed, each in DIR/runs/<regulariser>-seed<S>, all with the same 
 Regularisers (REGULARISERS), all LRM fine-tuning (DOLLAR Eq. 11) of the same start:
 - "none": through a fitted surrogate, frozen (--surrogate);
 - "kl": the same, plus the KL-to-initial penalty lambda ||eps_theta - eps_init||^2 (lrm.tuning.kl_penalty);
-- "concurrent": the surrogate trained alongside on the true reward of the student's samples (warm-started from
-  --surrogate when given, else fresh);
+- "concurrent": the same surrogate, trained alongside on the true reward of the student's samples;
 - "ensemble": two or more fitted surrogates (--ensemble), tuned on their mean with their disagreement penalised
   (lrm.tuning.ensemble).
-The surrogates are given, fitted beforehand by `lrm fit REWARD` in the student's latent space (an ensemble: the
-same command with other --seed values); the study does not fit them itself, so every arm starts from the same
-surrogate and the study's runs are the tuning runs only. Every input an arm needs is checked before the first run.
+Surrogates that are not given are fitted by the study itself (lrm.studies.surrogates: `lrm fit REWARD` on the
+generator's latent store, cached in DIR/surrogates/seed<S>): seed 0 stands in for --surrogate, seeds
+0..ensemble_size-1 for the ensemble's members, so every arm starts from the same surrogate. Every input an arm needs
+is checked before the first fit or run.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ class LaunchConfig:
     seeds: tuple[int, ...] = (0, 1, 2)  # one run per seed and arm (issue 25's benchmark: 3 seeds)
     kl_weight: float = 0.1  # the "kl" arm's lambda (in the units of mean ||eps gap||^2 against L_FT's std units)
     disagreement_weight: float = 1.0  # the "ensemble" arm's weight of the members' std (reward std units)
+    ensemble_size: int = 2  # members the study fits for the "ensemble" arm when none are given (seeds 0..K-1)
+    fit_steps: int | None = None  # optimizer steps of each surrogate the study fits; None: `lrm fit`'s default
 
     def __post_init__(self) -> None:
         unknown = [r for r in self.regularisers if r not in REGULARISERS]
@@ -44,6 +46,10 @@ class LaunchConfig:
             raise ValueError(f"the kl arm needs a positive --kl-weight, got {self.kl_weight}")
         if not self.disagreement_weight >= 0:
             raise ValueError(f"--disagreement-weight must be >= 0, got {self.disagreement_weight}")
+        if self.ensemble_size < 2:
+            raise ValueError(f"an ensemble needs two or more members: --ensemble-size >= 2, got {self.ensemble_size}")
+        if self.fit_steps is not None and self.fit_steps < 1:
+            raise ValueError(f"--fit-steps must be a positive integer, got {self.fit_steps}")
 
 
 def parse_names(text: str) -> tuple[str, ...]:
@@ -63,17 +69,27 @@ def run_folder(out: str | Path, regulariser: str, seed: int) -> Path:
     return Path(out) / RUNS / f"{regulariser}-seed{seed}"
 
 
-def check_inputs(config: LaunchConfig, surrogate: Path | None, ensemble: Sequence[Path]) -> None:
-    """Refuse, before any run, an arm whose surrogates are missing (one line naming the flag)."""
-    for arm in ("none", "kl"):
-        if arm in config.regularisers and surrogate is None:
-            raise ValueError(f"regulariser {arm!r} tunes through a fitted surrogate: give --surrogate DIR (fitted by "
-                             "`lrm fit REWARD`)")
-    if "ensemble" in config.regularisers and len(ensemble) < 2:
-        raise ValueError("regulariser 'ensemble' needs two or more fitted surrogates: repeat --ensemble DIR")
+def check_inputs(surrogate: Path | None, ensemble: Sequence[Path]) -> None:
+    """Refuse, before any fit or run, surrogates that are given but missing, and an ensemble of one (one line
+    naming the flag)."""
+    if len(ensemble) == 1:
+        raise ValueError("regulariser 'ensemble' needs two or more fitted surrogates: repeat --ensemble DIR, or give "
+                         "none and the study fits --ensemble-size of them")
     for path in [*([surrogate] if surrogate is not None else []), *ensemble]:
         if not Path(path).is_dir():
-            raise FileNotFoundError(f"surrogate folder {path} does not exist; pass the --out folder of `lrm fit`")
+            raise FileNotFoundError(f"surrogate folder {path} does not exist; pass the model/ folder of an `lrm fit` "
+                                    "run (RUN/model), or leave it out and the study fits one")
+
+
+def seeds_to_fit(config: LaunchConfig, surrogate: Path | None, ensemble: Sequence[Path]) -> list[int]:
+    """The seeds of the surrogates the study fits itself: 0 in place of a missing --surrogate (arms none, kl,
+    concurrent), 0..ensemble_size-1 in place of missing --ensemble members."""
+    seeds = set()
+    if surrogate is None and {"none", "kl", "concurrent"} & set(config.regularisers):
+        seeds.add(0)
+    if not ensemble and "ensemble" in config.regularisers:
+        seeds.update(range(config.ensemble_size))
+    return sorted(seeds)
 
 
 def tune_options(regulariser: str, config: LaunchConfig, surrogate: Path | None,

@@ -6,10 +6,13 @@
 
 A tuning run (lrm.tuning.tune, `lrm tune`) records at fixed prompts and seeds, every eval_every steps: the gold
 reward (the pixel reward of the decoded samples), the proxy reward (the surrogate's score of the same latents),
-the diversity (Vendi, DOLLAR Eq. 27) and the student's distance from its start. The distance d used here is
-the monitor's: the relative parameter distance ||theta - theta_0|| / ||theta_0|| (lrm.tuning.monitor), the only
-distance recorded at every evaluation; lrm.studies.distance gives a DRaFT+-style KL-like distance between two
-saved models. Rewards where lower is better are analysed on sign * gold, so "peak" is always the best gold.
+the diversity (Vendi, DOLLAR Eq. 27) and the student's distance from its start, among them the relative parameter
+distance ||theta - theta_0|| / ||theta_0|| and the DRaFT+-style KL-like eps distance mean ||eps_theta - eps_init||^2
+(lrm.tuning.monitor). The distance d of the Gao fit and of the distance rule is Gao et al.'s d = sqrt(KL): the
+square root of the eps distance, when every evaluation recorded one (every run of `lrm tune` since the monitor
+measures it); older records fall back to the parameter distance. `distance_axis` makes that choice, and names
+the measure it used (EPS_DISTANCE or PARAMETER_DISTANCE) for the report. Rewards where lower is better are
+analysed on sign * gold, so "peak" is always the best gold.
 
 - the gold peak: the evaluation with the best gold;
 - Gao et al.'s fit: gold(d) - gold(0) = d (alpha - beta log d), linear least squares in (alpha, beta) on the
@@ -22,7 +25,7 @@ saved models. Rewards where lower is better are analysed on sign * gold, so "pea
       `fidelity_window` evaluations, falls below `fidelity_threshold`;
   (b) "divergence": over the last `divergence_window` measurements, taken every `every` evaluations, the proxy
       rises while the gold falls;
-  (c) "distance": the distance reaches `distance_budget`;
+  (c) "distance": d reaches `distance_budget` (in d's units: sqrt of the eps distance, or the parameter distance);
   (d) "disagreement": an ensemble of surrogates (lrm.tuning.ensemble) disagrees, on the fixed-seed samples, by
       `disagreement_factor` times its disagreement at the start (the members agree on what they were fitted on
       and part where the student leaves it).
@@ -37,7 +40,9 @@ from typing import NamedTuple
 import numpy as np
 
 RULES = ("fidelity", "divergence", "distance", "disagreement")  # the early-stopping rules, in table order
-DISTANCE_MEASURE = "relative parameter distance ||theta - theta_0|| / ||theta_0||"  # the monitor's d
+# the two measures d can be (distance_axis): Gao et al.'s sqrt(KL) where recorded, else the parameter distance
+EPS_DISTANCE = "sqrt of the KL-like eps distance, sqrt(mean ||eps_theta - eps_init||^2) (Gao et al.'s d = sqrt(KL))"
+PARAMETER_DISTANCE = "relative parameter distance ||theta - theta_0|| / ||theta_0|| (records without eps_distance)"
 
 
 # ---------------------------------------------------------------- inputs
@@ -50,14 +55,16 @@ class Curves:
     steps: np.ndarray  # (E,) int, the generator step of each evaluation (0: before tuning)
     gold: np.ndarray  # (E,) mean true reward at fixed seeds, reward units
     proxy: np.ndarray  # (E,) mean surrogate score of the same latents; NaN without a surrogate
-    distance: np.ndarray  # (E,) relative parameter distance from the initial student (monitor's measure)
+    distance: np.ndarray  # (E,) relative parameter distance ||theta - theta_0|| / ||theta_0|| from the initial student
     diversity: np.ndarray  # (E,) DOLLAR Eq. 27 Vendi diversity
     fidelity: np.ndarray  # (E,) surrogate Spearman vs gold on that evaluation's samples; NaN where unrecorded
     disagreement: np.ndarray | None = None  # (E,) an ensemble's std of member scores; None: all NaN (no ensemble)
+    eps_distance: np.ndarray | None = None  # (E,) KL-like mean ||eps_theta - eps_init||^2; None: all NaN (older runs)
 
     def __post_init__(self) -> None:
-        if self.disagreement is None:
-            object.__setattr__(self, "disagreement", np.full(len(self.steps), np.nan))
+        for name in ("disagreement", "eps_distance"):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, np.full(len(self.steps), np.nan))
 
     @classmethod
     def from_records(cls, facts: dict) -> "Curves":
@@ -75,7 +82,7 @@ class Curves:
 
         steps = np.array([r["step"] for r in records])
         return cls(steps, column("gold"), column("proxy"), column("distance"), column("diversity"),
-                   column("fidelity"), column("disagreement"))
+                   column("fidelity"), column("disagreement"), column("eps_distance"))
 
 
 def _number(value) -> float:
@@ -88,7 +95,7 @@ class StudyConfig:
     fidelity_window: int = 1  # rule (a): evaluations averaged into the running fidelity
     every: int = 1  # rule (b): measure proxy and gold every N evaluations
     divergence_window: int = 2  # rule (b): measurements the proxy must rise and the gold fall over
-    distance_budget: float | None = None  # rule (c): the largest distance allowed; None: rule not applied
+    distance_budget: float | None = None  # rule (c): the largest d allowed (distance_axis' units); None: not applied
     disagreement_factor: float = 1.5  # rule (d): stop when an ensemble's disagreement reaches this x its start
     higher_is_better: bool = True  # the reward's direction (its spec)
 
@@ -160,6 +167,22 @@ class Trigger(NamedTuple):
     note: str = ""  # why it was not applied
 
 
+class DistanceAxis(NamedTuple):
+    """The d of the Gao fit and of the distance rule."""
+
+    values: np.ndarray  # (E,) d at each evaluation
+    measure: str  # EPS_DISTANCE or PARAMETER_DISTANCE
+
+
+def distance_axis(curves: Curves) -> DistanceAxis:
+    """d = sqrt(eps distance) (Gao et al.'s sqrt(KL)) when every evaluation recorded a finite eps distance, else
+    the relative parameter distance (records written before the monitor measured the eps distance)."""
+    eps = curves.eps_distance
+    if eps.size and np.isfinite(eps).all():
+        return DistanceAxis(np.sqrt(np.clip(eps, 0.0, None)), EPS_DISTANCE)
+    return DistanceAxis(curves.distance, PARAMETER_DISTANCE)
+
+
 def gold_peak(curves: Curves, higher_is_better: bool = True) -> Peak:
     """The evaluation with the best finite gold (the first of ties)."""
     signed = _signed(curves.gold, higher_is_better)
@@ -169,8 +192,8 @@ def gold_peak(curves: Curves, higher_is_better: bool = True) -> Peak:
     return Peak(index, int(curves.steps[index]), float(curves.gold[index]))
 
 
-def gao_fit(distance: np.ndarray, gold: np.ndarray, *, higher_is_better: bool = True,
-            distance_name: str = DISTANCE_MEASURE, grid: int = 100) -> GaoFit:
+def gao_fit(distance: np.ndarray, gold: np.ndarray, *, distance_name: str, higher_is_better: bool = True,
+            grid: int = 100) -> GaoFit:
     """Least squares of y = sign (gold - gold(0)) on the design [d, -d log d] over the points with d > 0 and finite
     gold; gold(0) is the gold where d == 0 (the first such point), else the first point's gold."""
     distance, gold = np.asarray(distance, float), np.asarray(gold, float)
@@ -227,10 +250,10 @@ def stop_on_divergence(curves: Curves, every: int = 1, window: int = 2,
 
 
 def stop_on_distance(curves: Curves, budget: float | None) -> Trigger:
-    """First evaluation whose distance reaches `budget`."""
+    """First evaluation whose d (distance_axis) reaches `budget`."""
     if budget is None:
         return Trigger(None, False, "no distance budget given")
-    reached = np.flatnonzero(np.nan_to_num(curves.distance, nan=-np.inf) >= budget)
+    reached = np.flatnonzero(np.nan_to_num(distance_axis(curves).values, nan=-np.inf) >= budget)
     return Trigger(int(reached[0]) if reached.size else None, True)
 
 
@@ -247,7 +270,8 @@ def analyse(curves: Curves, config: StudyConfig = StudyConfig()) -> Study:
     """Peak, Gao fit, the three stopping rules and the verdict of one run."""
     hib = config.higher_is_better
     peak = gold_peak(curves, hib)
-    fit = gao_fit(curves.distance, curves.gold, higher_is_better=hib)
+    axis = distance_axis(curves)
+    fit = gao_fit(axis.values, curves.gold, distance_name=axis.measure, higher_is_better=hib)
     found = {
         "fidelity": (stop_on_fidelity(curves, config.fidelity_threshold, config.fidelity_window),
                      f"running fidelity < {config.fidelity_threshold:g}"),
@@ -255,7 +279,7 @@ def analyse(curves: Curves, config: StudyConfig = StudyConfig()) -> Study:
                        f"proxy up, gold down over {config.divergence_window} measurement(s) every "
                        f"{config.every} evaluation(s)"),
         "distance": (stop_on_distance(curves, config.distance_budget),
-                     f"distance >= {config.distance_budget:g}" if config.distance_budget is not None
+                     f"distance d >= {config.distance_budget:g}" if config.distance_budget is not None
                      else "distance budget"),
         "disagreement": (stop_on_disagreement(curves, config.disagreement_factor),
                          f"ensemble disagreement >= {config.disagreement_factor:g} x its start"),

@@ -4,7 +4,8 @@ and OUT/metrics.json (strict JSON: NaN and infinities written as null) with the 
     run                  the tuning run folder
     reward, method       what the run was tuned toward and how (its records.json)
     higher_is_better     the reward's direction; "peak" and "gain" are in that direction
-    distance_measure     the d of the curves and the fit (the monitor's relative parameter distance)
+    distance_measure     the d of the Gao fit and the distance rule (lrm.studies.overopt.distance_axis: sqrt of
+                         the monitor's eps distance, Gao et al.'s sqrt(KL); the parameter distance for older records)
     verdict              the one-line summary
     peak                 {"step", "gold"}: the evaluation with the best gold
     proxy_keeps_rising   proxy at the end beyond its value at the gold peak (null without a proxy)
@@ -16,8 +17,9 @@ and OUT/metrics.json (strict JSON: NaN and infinities written as null) with the 
     surrogate_fidelity   the concurrent surrogate's running fidelity at the end of the run (null if none)
     eps_distance_end     KL-like distance of the tuned student from its start (lrm.studies.distance: mean
                          ||eps_theta - eps_init||^2 on shared noisy latents); null unless measured (--eps-distance)
-    curves               {"steps", "gold", "proxy", "distance", "diversity", "fidelity", "disagreement",
-                         "eps_distance", "latent_l2", "frechet"}: per evaluation (null where not recorded)
+    curves               {"steps", "gold", "proxy", "d", "distance", "diversity", "fidelity", "disagreement",
+                         "eps_distance", "latent_l2", "frechet"}: per evaluation (null where not recorded); d: the
+                         x of the Gao fit, distance: the relative parameter distance
     config               the StudyConfig the rules ran with
 """
 
@@ -31,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from lrm.io import atomic_write_json, atomic_write_text
-from lrm.studies.overopt import Study, StudyConfig
+from lrm.studies.overopt import Study, StudyConfig, distance_axis
 from lrm.studies.runs import TuningRun, record_column, sample_grids
 
 METRIC_KEYS = ("run", "reward", "method", "higher_is_better", "distance_measure", "verdict", "peak",
@@ -63,7 +65,7 @@ def study_metrics(run: TuningRun, study: Study, config: StudyConfig,
         "surrogate_fidelity": run.surrogate_fidelity,
         "eps_distance_end": eps_distance_end,
         "curves": {"steps": curves.steps.tolist(), "gold": curves.gold.tolist(), "proxy": curves.proxy.tolist(),
-                   "distance": curves.distance.tolist(), "diversity": curves.diversity.tolist(),
+                   "d": distance_axis(curves).values.tolist(), "distance": curves.distance.tolist(), "diversity": curves.diversity.tolist(),
                    "fidelity": curves.fidelity.tolist(), "disagreement": curves.disagreement.tolist(),
                    **{key: record_column(run, key).tolist() for key in MONITOR_DISTANCES}},
         "config": asdict(config),
