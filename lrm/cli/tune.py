@@ -164,7 +164,7 @@ def _run(reward_name, reward_options, run_path, distill, student_steps, store_pa
     from lrm.codecs import from_settings
     from lrm.evaluation.report import procedural_prompts
     from lrm.generators.io import save_denoiser
-    from lrm.generators.runs import open_generator_run
+    from lrm.generators.runs import LRM, open_generator_run
     from lrm.generators.writing import save_samples
     from lrm.io import atomic_write_json
     from lrm.rewards import load as load_reward
@@ -192,6 +192,9 @@ def _run(reward_name, reward_options, run_path, distill, student_steps, store_pa
             _real_store(None, store_path, distill, concurrent)
         run_path = _embedded_student(student_steps, device)
     run = open_generator_run(run_path)
+    if run.kind != LRM:
+        raise ValueError(f"{run_path} is a diffusers student exported by lrm; `lrm tune` tunes runs of lrm's DiT "
+                         "(sample or evaluate this one with `lrm sample` / `lrm evaluate`)")
     if not distill and run.student_steps is None:
         raise ValueError(f"{run_path} is a teacher run (its model records no student_steps); pass it as --teacher "
                          "to distil while tuning, or a distilled student as --student")

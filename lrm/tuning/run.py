@@ -86,7 +86,7 @@ def check_job(job: DistillJob) -> None:
 
 def _open_teacher(path: str, flag: str):
     """The generator run at `path`, refused when it is a distilled student."""
-    from lrm.generators.runs import open_generator_run
+    from lrm.generators.runs import LRM, open_generator_run
 
     folder = Path(path)
     denoiser_configs = [folder / name / "config.json" for name in DIFFUSERS_FOLDERS]
@@ -98,6 +98,9 @@ def _open_teacher(path: str, flag: str):
     if run.student_steps is not None:
         raise ValueError(f"{flag} {path} is a distilled {run.student_steps}-step student, not a teacher; pass the "
                          "teacher run it was distilled from (a run of `lrm teacher train`)")
+    if run.kind != LRM:
+        raise ValueError(f"{flag} {path} is a diffusers denoiser exported by lrm; `lrm distill` takes runs of `lrm "
+                         "teacher train`. Distil a diffusers denoiser through the library (docs/distill.md)")
     return run
 
 
