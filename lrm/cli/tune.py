@@ -247,6 +247,7 @@ def _run(reward_name, reward_options, run_path, distill, student_steps, store_pa
              "ensemble": [str(path) for path in ensemble or ()],
              "config": asdict(config), "records": [asdict(r) for r in result.records],
              "seconds_per_step": result.seconds_per_step, "peak_memory_mb": result.peak_memory_mb,
+             "peak_rss_mb": result.peak_rss_mb,
              "nonfinite_rewards": true_reward.nonfinite,
              "skipped_updates": sum(len(log.skipped) for log in result.logs),
              "surrogate_fidelity": getattr(term, "fidelity", None), "losses": [log.losses for log in result.logs],
@@ -259,7 +260,7 @@ def _run(reward_name, reward_options, run_path, distill, student_steps, store_pa
     first, last = result.records[0], result.records[-1]
     summary = (f"{true_reward.name}: gold {first.gold:.4g} -> {last.gold:.4g}, proxy {first.proxy:.4g} -> "
                f"{last.proxy:.4g}, diversity {first.diversity:.3f} -> {last.diversity:.3f}, distance "
-               f"{last.distance:.3g}; {result.seconds_per_step:.3g} s/step")
+               f"{last.distance:.3g}; {result.seconds_per_step:.3g} s/step, peak RSS {result.peak_rss_mb:.0f} MB")
     if real is not None and concurrent:
         summary += f"; the surrogate trained on {facts['real_rows']} real latents of {real.path}"
     return summary, out_dir
