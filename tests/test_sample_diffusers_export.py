@@ -164,3 +164,30 @@ def test_the_prompt_encoder_id_rebuilds_the_encoder(exported):
     assert prompt_encoder_id("/p", "sd", 6) == "diffusers:/p"  # CLIP only: no T5 length
     assert prompt_encoder_id("/p", "sd3", 6) == "diffusers:/p@6"
     assert prompt_encoder_id("/p", "sd3", 256) == prompt_encoder_id("/p", "sd3") == "diffusers:/p"
+
+
+@pytest.mark.parametrize("family", ["sdxl", "sd3", "flux"])
+def test_an_export_loads_back_with_its_options_codec_and_prompt_encoder(family, tmp_path):
+    """The adapter's family options (FLUX's latent_size, which sets its dynamic shift; SDXL's vae_scale_factor)
+    come back from lrm.json, and with them the schedule and the outputs."""
+    from test_diffusers_adapters import OPTIONS, adapter, inputs
+
+    from lrm.generators.diffusers_adapters import load_diffusers_denoiser
+    from lrm.generators.diffusers_export import save_diffusers_denoiser
+
+    original = adapter(build_pipeline(family), family)
+    if family == "sdxl":
+        original.vae_scale_factor = 4
+    original.codec_settings, original.text_encoder_id = {"name": "a codec", "channels": C}, "diffusers:/a/pipeline"
+    save_diffusers_denoiser(original, tmp_path)
+    back = load_diffusers_denoiser(str(tmp_path))
+    assert back.options() == original.options() and back.in_channels == original.in_channels == C
+    assert back.schedule_config == original.schedule_config
+    assert (back.codec_settings, back.text_encoder_id) == (original.codec_settings, original.text_encoder_id)
+    if family == "flux":
+        assert back.options()["latent_size"] == list(OPTIONS["flux"]["latent_size"])
+        assert load_diffusers_denoiser(str(tmp_path), latent_size=(64, 64)).schedule_config != back.schedule_config
+    x, t = inputs(original)
+    text = torch.randn(x.shape[0], 5, original.text_dim, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(back(x, t, text), original(x, t, text), rtol=0, atol=1e-6)

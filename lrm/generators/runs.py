@@ -5,9 +5,9 @@ save_denoiser format (config.json + model.safetensors), and optionally RUN/confi
 resolved training config; EMA snapshots may sit in RUN/snapshots/step-N/. A diffusers student the
 trainer exported (lrm.generators.diffusers_export: unet/ or transformer/, scheduler/, lrm.json) opens
 the same way (kind "diffusers"): its lrm.json names the codec and the prompt encoder (the teacher
-pipeline's text encoders) and holds the "extra" below. What sampling needs beyond
-the weights is read from the denoiser's config.json (lrm.json) "extra", falling back to the trainer's config.json
-of the run folder above it (RUN/config.json, found up to two levels above the denoiser folder):
+pipeline's text encoders) and holds the "extra" below. What sampling needs beyond the weights is read
+from the denoiser's config.json (lrm.json) "extra", falling back to the trainer's config.json of the
+run folder above it (RUN/config.json, found up to two levels above the denoiser folder):
 - "latent_shape": [T, c, h, w] of the latents it was trained on (else pass the pixel size);
 - "student_steps": the number of steps of a distilled few-step student (absent for a teacher);
 - "procedural_world" (or "store", whose manifest says it): the procedural world it was trained on, whose
@@ -82,7 +82,8 @@ class GeneratorRun:
         codec = self.codec_settings or {}
         recorded = self.setting("latent_shape")
         if size is None and recorded is None:
-            raise ValueError(f"{self.model_dir / CONFIG_NAME} records no latent_shape (extra.latent_shape); "
+            config_file = diffusers_export.PROVENANCE if self.kind == DIFFUSERS else CONFIG_NAME
+            raise ValueError(f"{self.model_dir / config_file} records no latent_shape (extra.latent_shape); "
                              "pass the pixel size to sample at (--size)")
         if size is None:
             shape = tuple(int(n) for n in recorded)
