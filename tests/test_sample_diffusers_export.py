@@ -191,3 +191,26 @@ def test_an_export_loads_back_with_its_options_codec_and_prompt_encoder(family, 
     text = torch.randn(x.shape[0], 5, original.text_dim, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(back(x, t, text), original(x, t, text), rtol=0, atol=1e-6)
+
+
+def test_lrm_tune_and_lrm_distill_refuse_an_exported_diffusers_denoiser(exported, tmp_path):
+    from lrm.cli import app as lazy
+
+    def error(*args) -> str:
+        result = runner.invoke(lazy.app, list(args))
+        assert result.exit_code == 2, result.output
+        errors = [line for line in result.output.splitlines() if line.startswith("Error: ")]
+        assert len(errors) == 1, result.output
+        return errors[0]
+
+    run = exported[3]
+    assert "diffusers student exported by lrm" in error("tune", "jpeg-compressibility", "--concurrent", "--student", str(run),
+                                                        "--out", str(tmp_path / "tuned"))
+    assert "distilled 2-step student" in error("distill", "--teacher", str(run), "--out", str(tmp_path / "d"))
+    no_steps = tmp_path / "no-steps"
+    shutil.copytree(run, no_steps)
+    record = json.loads((no_steps / "model" / "lrm.json").read_text())
+    (no_steps / "model" / "lrm.json").write_text(json.dumps({**record, "extra": {}}))
+    assert "diffusers denoiser exported by lrm" in error("distill", "--teacher", str(no_steps), "--out",
+                                                         str(tmp_path / "d"))
+    assert not (tmp_path / "tuned").exists() and not (tmp_path / "d").exists()
