@@ -37,13 +37,13 @@ from torch import nn
 from lrm.generators.sampling import Samples
 from lrm.tuning import tune_run
 from lrm.tuning.cd import CD
-from lrm.tuning.memory import peak_rss_mb
 from lrm.tuning.ddpo import DDPO
 from lrm.tuning.denoise import Batch
 from lrm.tuning.direct import DirectReward
 from lrm.tuning.ensemble import Disagreement, SurrogateEnsemble
 from lrm.tuning.kl_penalty import INITIAL, KLPenalty
 from lrm.tuning.lrm_ft import LRM, LRMFineTune, surrogate_role
+from lrm.tuning.memory import peak_rss_mb
 from lrm.tuning.monitor import TuningMonitor, TuningRecord
 from lrm.tuning.roles import STUDENT, Role, Roles, adamw, build_roles, frozen_copy
 from lrm.tuning.trainer import DistillConfig, Distiller, StepLog
