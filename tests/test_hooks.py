@@ -569,7 +569,7 @@ def test_tune_runs_each_method_and_records_at_fixed_seeds(method, concurrent):
     assert [r.step for r in result.records] == [0, 2, 4] and len(result.logs) == 4
     assert result.records[0].distance == 0 and result.records[-1].distance > 0
     assert np.isfinite(result.records[-1].proxy) == (method == "lrm")
-    assert result.seconds_per_step > 0 and result.peak_memory_mb is None
+    assert result.seconds_per_step > 0 and result.peak_memory_mb is None and result.peak_rss_mb > 0
     if concurrent:
         assert len(result.term.fidelities) == 4
 

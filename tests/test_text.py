@@ -221,6 +221,6 @@ def test_openclip_errors_name_the_fix(tmp_path):
 
 def test_registry_names_and_unknown_encoder():
     assert text.DEFAULT_ENCODER in text.ENCODERS
-    assert set(text.PREFIXED) == {"t5", "openclip"}
+    assert set(text.PREFIXED) == {"t5", "openclip", "diffusers"}
     with pytest.raises(KeyError, match="unknown text encoder 'bert'.*minilm-l6-v2"):
         load("bert")

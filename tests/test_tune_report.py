@@ -9,6 +9,7 @@ import shutil
 import pytest
 from typer.testing import CliRunner
 
+from lrm.reports.html import _fmt
 from test_hooks import TUNE_ARGS, cli_app, words_runs  # noqa: F401  (words_runs: a pytest fixture)
 
 SECTIONS = ("Gold and proxy reward", "Diversity and distance", "Surrogate fidelity", "Losses per term",
@@ -43,7 +44,8 @@ def test_lrm_tune_writes_a_report_with_every_section(tuned):
     assert f"proxy {first['proxy']:.4g} -&gt; {last['proxy']:.4g}" in page
     assert f"distance {last['distance']:.3g} after step 2" in page
     assert "seconds per step" in page and f"{facts['seconds_per_step']:.4g}" in page
-    assert "peak memory (MB)" in page and "not recorded" in page  # a CPU run records no peak memory
+    assert "peak memory (MB)" in page and "not recorded" in page  # a CPU run records no CUDA peak memory
+    assert facts["peak_rss_mb"] > 0 and f"<td>peak RSS (MB)</td><td>{_fmt(facts['peak_rss_mb'])}</td>" in page
     # four figures and the two grids, inline: the page stands alone
     assert page.count("data:image/png;base64,") == 6
     assert "src='figures/" not in page and "src=\"figures/" not in page

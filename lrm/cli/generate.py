@@ -21,7 +21,8 @@ from lrm.names import not_one_of
 
 EVAL = {f.name: f.default for f in dataclasses.fields(EvaluationConfig)}  # one source of truth: EvaluationConfig
 
-RUN_HELP = ("Generator run folder (the one `lrm teacher train` prints; holds model/) or its model/ folder.")
+RUN_HELP = ("Generator run folder (the one `lrm teacher train` or `lrm distill` prints; holds model/), its model/ "
+            "folder, or a diffusers student exported by lrm (unet/ or transformer/, scheduler/, lrm.json).")
 STEPS_HELP = (f"Sampling steps (default {DEFAULT_STEPS} for a teacher: DOLLAR's DDIM grid 999..19; "
               "a student's own steps).")
 CFG_HELP = (f"Classifier-free guidance scale, >= 0 (default {DEFAULT_CFG:g} for a teacher, 1 for a student; "

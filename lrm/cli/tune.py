@@ -164,7 +164,7 @@ def _run(reward_name, reward_options, run_path, distill, student_steps, store_pa
     from lrm.codecs import from_settings
     from lrm.evaluation.report import procedural_prompts
     from lrm.generators.io import save_denoiser
-    from lrm.generators.runs import open_generator_run
+    from lrm.generators.runs import LRM, open_generator_run
     from lrm.generators.writing import save_samples
     from lrm.io import atomic_write_json
     from lrm.rewards import load as load_reward
@@ -192,6 +192,9 @@ def _run(reward_name, reward_options, run_path, distill, student_steps, store_pa
             _real_store(None, store_path, distill, concurrent)
         run_path = _embedded_student(student_steps, device)
     run = open_generator_run(run_path)
+    if run.kind != LRM:
+        raise ValueError(f"{run_path} is a diffusers student exported by lrm; `lrm tune` tunes runs of lrm's DiT "
+                         "(sample or evaluate this one with `lrm sample` / `lrm evaluate`)")
     if not distill and run.student_steps is None:
         raise ValueError(f"{run_path} is a teacher run (its model records no student_steps); pass it as --teacher "
                          "to distil while tuning, or a distilled student as --student")
@@ -244,6 +247,7 @@ def _run(reward_name, reward_options, run_path, distill, student_steps, store_pa
              "ensemble": [str(path) for path in ensemble or ()],
              "config": asdict(config), "records": [asdict(r) for r in result.records],
              "seconds_per_step": result.seconds_per_step, "peak_memory_mb": result.peak_memory_mb,
+             "peak_rss_mb": result.peak_rss_mb,
              "nonfinite_rewards": true_reward.nonfinite,
              "skipped_updates": sum(len(log.skipped) for log in result.logs),
              "surrogate_fidelity": getattr(term, "fidelity", None), "losses": [log.losses for log in result.logs],
@@ -256,7 +260,7 @@ def _run(reward_name, reward_options, run_path, distill, student_steps, store_pa
     first, last = result.records[0], result.records[-1]
     summary = (f"{true_reward.name}: gold {first.gold:.4g} -> {last.gold:.4g}, proxy {first.proxy:.4g} -> "
                f"{last.proxy:.4g}, diversity {first.diversity:.3f} -> {last.diversity:.3f}, distance "
-               f"{last.distance:.3g}; {result.seconds_per_step:.3g} s/step")
+               f"{last.distance:.3g}; {result.seconds_per_step:.3g} s/step, peak RSS {result.peak_rss_mb:.0f} MB")
     if real is not None and concurrent:
         summary += f"; the surrogate trained on {facts['real_rows']} real latents of {real.path}"
     return summary, out_dir

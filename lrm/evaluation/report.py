@@ -168,7 +168,7 @@ def evaluate_run(run_path: str | Path, config: EvaluationConfig, out_dir: str | 
     if config.prompts_file is not None:
         distinct = list(dict.fromkeys(read_prompts(config.prompts_file)))
     else:
-        frames = _pixel_frames(latent_shape[0], run.config["codec_settings"] or {})
+        frames = _pixel_frames(latent_shape[0], run.codec_settings or {})
         distinct = procedural_prompts(config.procedural, frames, world=run.procedural_world)
     built = {name: load_reward(name) for name in config.rewards}  # unknown names fail before any sampling
     video_rewards = [name for name, reward in built.items() if reward.spec.is_video]

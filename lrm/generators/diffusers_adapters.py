@@ -179,11 +179,24 @@ class DiffusersDenoiser(nn.Module):
         self.schedule_config = schedule_config_from_scheduler(self.scheduler_config, self._image_tokens())
         self.schedule = schedule_from_config(self.schedule_config)
         self.null_text = null_text  # (1, L, D): the negative-prompt conditioning of CFG's unconditional branch
+        # what sampling needs beyond the weights (as lrm's DiT records them): the latent space (Codec.settings())
+        # and the lrm.text id of the prompt encoder whose tokens it reads; load_diffusers sets the text id
+        self.codec_settings: dict | None = None
+        self.text_encoder_id: str | None = None
 
     # what the model reads from `text`
     @property
     def text_dim(self) -> int:
         raise NotImplementedError
+
+    @property
+    def in_channels(self) -> int:
+        """c of the latents (B, T, c, h, w) it denoises."""
+        return int(self.model.config.in_channels)
+
+    def options(self) -> dict:
+        """The family's constructor extras, as JSON (what an exported student records to be rebuilt the same)."""
+        return {}
 
     pooled_dim = 0  # width of the pooled vector carried as text's first token (0: none)
 
@@ -296,6 +309,9 @@ class SDXLDenoiser(UNetDenoiser):
             raise ValueError(f"SDXLDenoiser: pooled width {self.pooled_dim} from the UNet config is not in "
                              f"1..{self.text_dim}; is this an SDXL refiner (aesthetic score ids)? It is not supported")
 
+    def options(self) -> dict:
+        return {"vae_scale_factor": self.vae_scale_factor}
+
     def time_ids(self, b: int, h: int, w: int, device, dtype) -> torch.Tensor:
         """(B, 6): the pipeline's default size conditioning, original = target = pixel size, crop (0, 0)."""
         size = [h * self.vae_scale_factor, w * self.vae_scale_factor]
@@ -345,6 +361,13 @@ class FluxDenoiser(DiffusersDenoiser):
     @property
     def text_dim(self) -> int:
         return int(self.model.config.joint_attention_dim)
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.model.config.in_channels) // 4  # the transformer reads 2x2-packed latents
+
+    def options(self) -> dict:
+        return {"latent_size": list(self.latent_size), "guidance_scale": self.guidance_scale}
 
     @property
     def pooled_dim(self) -> int:
@@ -405,6 +428,9 @@ class WanDenoiser(DiffusersDenoiser):
                  text_length: int = 512):
         super().__init__(model, scheduler, null_text)
         self.text_length = text_length  # WanPipeline's max_sequence_length: tokens are zero-padded to it
+
+    def options(self) -> dict:
+        return {"text_length": self.text_length}
 
     @property
     def text_dim(self) -> int:
@@ -540,7 +566,10 @@ def load_diffusers_denoiser(source: str, family: str | None = None, subfolder: s
     denoiser's folder (default unet/ or transformer/; e.g. "transformer_2" for Wan 2.2's low-noise
     expert); options: the family's extras (FLUX latent_size, guidance_scale; SDXL vae_scale_factor;
     Wan text_length). The scheduler config comes from scheduler/scheduler_config.json. null_text is
-    left unset: load_diffusers sets it from the prompt encoder."""
+    left unset: load_diffusers sets it from the prompt encoder.
+
+    A student exported by lrm (lrm.generators.diffusers_export: the folder holds lrm.json) comes back as it was
+    saved: its recorded options are the defaults, and its codec_settings and text_encoder_id are restored."""
     import diffusers
 
     pipeline = PipelineFiles(source)
@@ -553,10 +582,21 @@ def load_diffusers_denoiser(source: str, family: str | None = None, subfolder: s
                          f"pass family={detected!r} or leave it out")
     cls = FAMILIES[detected]
     sched = scheduler_config(pipeline)
+    recorded = exported_record(pipeline)
+    options = {**recorded.get("options", {}), **options}
     model = pipeline.load(getattr(diffusers, cls.model_class), folder, dtype)
     if detected == "sdxl" and "vae_scale_factor" not in options and pipeline.has("vae/config.json"):
         options["vae_scale_factor"] = 2 ** (len(pipeline.json("vae/config.json")["block_out_channels"]) - 1)
-    return cls(model, sched, **options)
+    denoiser = cls(model, sched, **options)
+    denoiser.codec_settings, denoiser.text_encoder_id = recorded.get("codec_settings"), recorded.get("text_encoder_id")
+    return denoiser
+
+
+def exported_record(pipeline: PipelineFiles) -> dict:
+    """lrm.json of a folder lrm exported (lrm.generators.diffusers_export), {} for a diffusers pipeline."""
+    from lrm.generators.diffusers_export import PROVENANCE
+
+    return pipeline.json(PROVENANCE) if pipeline.local and pipeline.has(PROVENANCE) else {}
 
 
 # ---------------------------------------------------------------- prompt encoders: the pipeline's own text encoders
@@ -672,6 +712,22 @@ class DiffusersPromptEncoder(TextEncoder):
         return torch.zeros_like(emb) if self.force_zeros else emb
 
 
+def prompt_encoder_id(source: str, family: str, max_sequence_length: int | None = None) -> str:
+    """The lrm.text id that rebuilds this prompt encoder: "diffusers:<source>", with "@<T5 tokens>" when
+    max_sequence_length is not the family's default (T5_LENGTHS)."""
+    length = max_sequence_length if family in T5_LENGTHS else None
+    suffix = f"@{length}" if length is not None and length != T5_LENGTHS[family] else ""
+    return f"diffusers:{source}{suffix}"
+
+
+def load_prompt_encoder_by_id(argument: str, **options) -> DiffusersPromptEncoder:
+    """lrm.text.load("diffusers:<argument>"): argument is "<source>" or "<source>@<T5 tokens>" (prompt_encoder_id)."""
+    source, at, length = argument.rpartition("@")
+    if not (at and length.isdigit()):
+        source, length = argument, None
+    return load_diffusers_prompt_encoder(source, max_sequence_length=int(length) if length else None, **options)
+
+
 def load_diffusers_prompt_encoder(source: str, family: str | None = None, dtype: torch.dtype | None = None,
                                   max_sequence_length: int | None = None, cache_size: int = 4096,
                                   batch_size: int = 16) -> DiffusersPromptEncoder:
@@ -695,7 +751,8 @@ def load_diffusers_prompt_encoder(source: str, family: str | None = None, dtype:
         tokenizers.append(pipeline.load(AutoTokenizer, folder.replace("text_encoder", "tokenizer")))
     index = pipeline.index()
     return DiffusersPromptEncoder(
-        family, encoders, tokenizers, id=f"diffusers:{source}", max_sequence_length=max_sequence_length,
+        family, encoders, tokenizers, id=prompt_encoder_id(source, family, max_sequence_length),
+        max_sequence_length=max_sequence_length,
         force_zeros_for_empty_prompt=family == "sdxl" and index.get("force_zeros_for_empty_prompt", True),
         cache_size=cache_size, batch_size=batch_size)
 
@@ -709,6 +766,7 @@ def load_diffusers(source: str, family: str | None = None, dtype: torch.dtype | 
     if isinstance(denoiser, WanDenoiser) and "text_length" not in options:
         denoiser.text_length = encoder.t5_length  # zero-pad to the length the encoder tokenises to
     denoiser.null_text = encoder.unconditional()
+    denoiser.text_encoder_id = encoder.id
     return denoiser, encoder
 
 

@@ -2,9 +2,12 @@
 
 A generator run is what `lrm teacher train` (and the distillation trainer) writes: RUN/model/ in the
 save_denoiser format (config.json + model.safetensors), and optionally RUN/config.json with the
-resolved training config; EMA snapshots may sit in RUN/snapshots/step-N/. What sampling needs beyond
-the weights is read from the denoiser's config.json "extra", falling back to the trainer's config.json
-of the run folder above it (RUN/config.json, found up to two levels above the denoiser folder):
+resolved training config; EMA snapshots may sit in RUN/snapshots/step-N/. A diffusers student the
+trainer exported (lrm.generators.diffusers_export: unet/ or transformer/, scheduler/, lrm.json) opens
+the same way (kind "diffusers"): its lrm.json names the codec and the prompt encoder (the teacher
+pipeline's text encoders) and holds the "extra" below. What sampling needs beyond the weights is read
+from the denoiser's config.json (lrm.json) "extra", falling back to the trainer's config.json of the
+run folder above it (RUN/config.json, found up to two levels above the denoiser folder):
 - "latent_shape": [T, c, h, w] of the latents it was trained on (else pass the pixel size);
 - "student_steps": the number of steps of a distilled few-step student (absent for a teacher);
 - "procedural_world" (or "store", whose manifest says it): the procedural world it was trained on, whose
@@ -20,17 +23,31 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from lrm.generators import diffusers_export
 from lrm.generators.io import CONFIG_NAME, FORMAT, load_denoiser, read_config
 
 SURROGATE_FORMAT = "lrm-surrogate"  # lrm.models.surrogate.FORMAT, compared without importing the models
+LRM, DIFFUSERS = "lrm", "diffusers"  # GeneratorRun.kind: lrm's DiT (save_denoiser), a diffusers export (lrm.json)
+DENOISER_FOLDERS = ("unet", "transformer")  # where a diffusers folder keeps its denoiser
 
 
 @dataclass(frozen=True)
 class GeneratorRun:
     path: Path  # the folder the user named (RUN or RUN/model)
-    model_dir: Path  # the denoiser folder (save_denoiser format)
-    config: dict  # model_dir/config.json
+    model_dir: Path  # the denoiser folder (save_denoiser format, or a diffusers export)
+    config: dict  # model_dir/config.json (lrm.json of a diffusers export)
     run_config: dict  # RUN/config.json of the trainer ({} when absent)
+    kind: str = LRM  # LRM or DIFFUSERS
+
+    @property
+    def in_channels(self) -> int:
+        """c of the latents (T, c, h, w) it denoises."""
+        return int(self.config["in_channels"] if self.kind == DIFFUSERS else self.config["dimensions"]["in_channels"])
+
+    @property
+    def codec_settings(self) -> dict | None:
+        """The latent space its samples decode in (Codec.settings()); None when unrecorded."""
+        return self.config.get("codec_settings")
 
     @property
     def run_dir(self) -> Path:
@@ -62,10 +79,11 @@ class GeneratorRun:
     def latent_shape(self, size: int | None = None, frames: int | None = None) -> tuple[int, int, int, int]:
         """(T, c, h, w) to sample: from `size` (pixels, square) and `frames` when given, else the recorded
         "latent_shape"."""
-        dims, codec = self.config["dimensions"], self.config.get("codec_settings") or {}
+        codec = self.codec_settings or {}
         recorded = self.setting("latent_shape")
         if size is None and recorded is None:
-            raise ValueError(f"{self.model_dir / CONFIG_NAME} records no latent_shape (extra.latent_shape); "
+            config_file = diffusers_export.PROVENANCE if self.kind == DIFFUSERS else CONFIG_NAME
+            raise ValueError(f"{self.model_dir / config_file} records no latent_shape (extra.latent_shape); "
                              "pass the pixel size to sample at (--size)")
         if size is None:
             shape = tuple(int(n) for n in recorded)
@@ -75,10 +93,17 @@ class GeneratorRun:
         factor = int(codec.get("spatial_factor", 1))
         if size % factor or size < factor:
             raise ValueError(f"size {size} must be a positive multiple of the codec's spatial factor {factor}")
-        t = _latent_frames(frames, codec) if frames is not None else (int(recorded[0]) if recorded else dims["frames"])
-        return (t, dims["in_channels"], size // factor, size // factor)
+        default_frames = 1 if self.kind == DIFFUSERS else self.config["dimensions"]["frames"]
+        t = _latent_frames(frames, codec) if frames is not None else (int(recorded[0]) if recorded else default_frames)
+        return (t, self.in_channels, size // factor, size // factor)
 
     def load(self, map_location="cpu"):
+        """The denoiser in eval mode on map_location; a diffusers export behind lrm's adapter (its codec_settings
+        and text_encoder_id restored from lrm.json; null_text is set by sample_run from the prompt encoder)."""
+        if self.kind == DIFFUSERS:
+            from lrm.generators.diffusers_adapters import load_diffusers_denoiser
+
+            return load_diffusers_denoiser(str(self.model_dir)).to(map_location).eval()
         return load_denoiser(self.model_dir, map_location=map_location)
 
 
@@ -98,15 +123,25 @@ def _read_json(path: Path) -> dict:
 
 
 def open_generator_run(path: str | Path) -> GeneratorRun:
-    """The generator run at `path` (RUN or RUN/model); refuses folders of another kind with the fix."""
+    """The generator run at `path` (RUN or RUN/model, of lrm's DiT or a diffusers export); refuses folders of
+    another kind with the fix."""
     path = Path(path)
-    fix = "pass a run folder of `lrm teacher train` (it holds model/) or its model/ folder"
+    fix = ("pass a run folder of `lrm teacher train` or `lrm distill` (it holds model/), its model/ folder, or a "
+           f"diffusers student exported by lrm (unet/ or transformer/, scheduler/, {diffusers_export.PROVENANCE})")
     if not path.is_dir():
         raise FileNotFoundError(f"run folder {path} not found; {fix}")
-    model_dir = path / "model" if (path / "model" / CONFIG_NAME).is_file() else path
+    model_dir = next((folder for folder in (path / "model", path)
+                      if (folder / CONFIG_NAME).is_file() or (folder / diffusers_export.PROVENANCE).is_file()), path)
+    if (model_dir / diffusers_export.PROVENANCE).is_file():
+        return _open_diffusers_export(path, model_dir, fix)
     config_path = model_dir / CONFIG_NAME
     if not config_path.is_file():
-        raise FileNotFoundError(f"{path} holds no model/{CONFIG_NAME} nor {CONFIG_NAME}; {fix}")
+        if (path / "model_index.json").is_file() or any((path / f / CONFIG_NAME).is_file() for f in DENOISER_FOLDERS):
+            raise ValueError(f"{path} is a diffusers pipeline folder without {diffusers_export.PROVENANCE}, so lrm "
+                             "does not know its codec, prompt encoder and sampler; sample it with diffusers, or "
+                             "distil it through lrm's library and pass the exported student (docs/distill.md)")
+        raise FileNotFoundError(f"{path} holds no model/{CONFIG_NAME}, {CONFIG_NAME} nor "
+                                f"{diffusers_export.PROVENANCE}; {fix}")
     kind = _read_json(config_path).get("format")
     if kind == SURROGATE_FORMAT:
         raise ValueError(f"{path} is a surrogate run (lrm fit), not a generator; {fix}")
@@ -114,6 +149,29 @@ def open_generator_run(path: str | Path) -> GeneratorRun:
         raise ValueError(f"{config_path} is not a saved denoiser (format {kind!r}, expected {FORMAT!r}); {fix}")
     config = read_config(model_dir)
     return GeneratorRun(path, model_dir, config, _trainer_config(model_dir))
+
+
+def _open_diffusers_export(path: Path, model_dir: Path, fix: str) -> GeneratorRun:
+    """A diffusers export, after checking its lrm.json, denoiser folder and scheduler config are there and that it
+    records what sampling needs (the codec and the prompt encoder)."""
+    where = model_dir / diffusers_export.PROVENANCE
+    config = _read_json(where)
+    if config.get("format") != diffusers_export.FORMAT:
+        raise ValueError(f"{where} is not an lrm diffusers export (format {config.get('format')!r}, expected "
+                         f"{diffusers_export.FORMAT!r}); {fix}")
+    if not any((model_dir / folder / CONFIG_NAME).is_file() for folder in DENOISER_FOLDERS):
+        raise FileNotFoundError(f"{model_dir} holds {diffusers_export.PROVENANCE} but neither unet/{CONFIG_NAME} nor "
+                                f"transformer/{CONFIG_NAME}; export the student again (Distiller.export_student)")
+    if not (model_dir / "scheduler" / "scheduler_config.json").is_file():
+        raise FileNotFoundError(f"{model_dir / 'scheduler' / 'scheduler_config.json'} is missing; copy the teacher "
+                                "pipeline's scheduler/ folder there or export the student again")
+    missing = [key for key in ("codec_settings", "text_encoder_id", "in_channels") if config.get(key) is None]
+    if missing:
+        raise ValueError(f"{where} records no {' nor '.join(missing)}, so its samples cannot be made and decoded; "
+                         "export it again from a teacher loaded with lrm.generators.load_diffusers (the text encoder) "
+                         "whose codec_settings were set (teacher.codec_settings = lrm.codecs.load("
+                         "'diffusers:<pipeline>/vae').settings()), or add them to it")
+    return GeneratorRun(path, model_dir, config, _trainer_config(model_dir), kind=DIFFUSERS)
 
 
 def _trainer_config(model_dir: Path) -> dict:
@@ -137,7 +195,7 @@ def sample_run(run: GeneratorRun, model, prompts: list[str], seeds: list[int], l
     from lrm.generators import sampling
 
     student = run.student_steps
-    options = {"latent_shape": latent_shape, "progress": progress}
+    options = {"latent_shape": latent_shape, "progress": progress, "text_encoder": prompt_encoder(run, model)}
     if batch_size is not None:
         options["batch_size"] = batch_size
     if student is not None:
@@ -150,3 +208,17 @@ def sample_run(run: GeneratorRun, model, prompts: list[str], seeds: list[int], l
         samples = sampling.generate(model, prompts, seeds, steps=steps, cfg=cfg, **options)
         sampler = "ddim"
     return samples, {"run": str(run.path), "sampler": sampler, "steps": steps, "cfg": cfg}
+
+
+def prompt_encoder(run: GeneratorRun, model):
+    """The text encoder whose tokens `model` reads (lrm.text, by the id it records). A diffusers denoiser's CFG
+    unconditional branch (null_text) is set from it, as load_diffusers does."""
+    from lrm.text import load
+
+    if model.text_encoder_id is None:
+        raise ValueError(f"{run.model_dir} records no text encoder id, so prompts cannot be encoded; "
+                         "sample a run written by lrm")
+    encoder = load(model.text_encoder_id)
+    if run.kind == DIFFUSERS and model.null_text is None:
+        model.null_text = encoder.unconditional()
+    return encoder

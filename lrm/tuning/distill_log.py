@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import html
 import json
-import resource
-import sys
 import time
 from pathlib import Path
 
@@ -29,16 +27,11 @@ import torch
 
 from lrm import distributed
 from lrm.io import atomic_write_bytes, atomic_write_text
+from lrm.tuning.memory import peak_rss_mb
 
 METRICS = "metrics.jsonl"
 GRIDS = "grids"
 GRIDS_SHOWN = 8  # grids in report.html: spread over training, the last included
-
-
-def peak_rss_mb() -> float:
-    """Peak resident set of this process so far (ru_maxrss: KiB on Linux, bytes on macOS)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
 @torch.no_grad()

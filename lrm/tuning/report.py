@@ -91,6 +91,7 @@ def facts_rows(run, config: dict) -> list[list]:
             ["seconds per step", facts.get("seconds_per_step")],
             ["peak memory (MB)", peak if peak is not None else "not recorded (lrm.tuning.tune records CUDA's max "
                                                                "allocated; none on CPU)"],
+            ["peak RSS (MB)", facts.get("peak_rss_mb", "not recorded (a run of an earlier lrm)")],
             ["non-finite rewards", facts.get("nonfinite_rewards")], ["skipped updates", facts.get("skipped_updates")]]
 
 

@@ -34,7 +34,6 @@ STUDENT_STEPS = (1, 2, 4)  # DOLLAR's student grids (lrm.diffusion.samplers.STUD
 TRAINING_FIELDS = ("teacher", "video", "losses", "student_steps", "batch_size", "cd_teacher_steps", "image_teacher",
                    "student_lr", "fake_lr", "seed", "lora_rank")
 CACHE_BYTES = 2**31  # a teacher store smaller than this is read into memory once
-DIFFUSERS_FOLDERS = ("unet", "transformer")  # where a diffusers pipeline folder keeps its denoiser
 
 
 @dataclass(frozen=True)
@@ -85,11 +84,11 @@ def check_job(job: DistillJob) -> None:
 
 
 def _open_teacher(path: str, flag: str):
-    """The generator run at `path`, refused when it is a distilled student."""
-    from lrm.generators.runs import open_generator_run
+    """The generator run at `path`, refused when it is a distilled student or a diffusers denoiser."""
+    from lrm.generators.runs import DENOISER_FOLDERS, LRM, open_generator_run
 
     folder = Path(path)
-    denoiser_configs = [folder / name / "config.json" for name in DIFFUSERS_FOLDERS]
+    denoiser_configs = [folder / name / "config.json" for name in DENOISER_FOLDERS]
     if (folder / "model_index.json").is_file() or any(config.is_file() for config in denoiser_configs):
         raise ValueError(f"{flag} {path} is a diffusers pipeline folder; `lrm distill` takes runs of `lrm teacher "
                          "train`. Distil a diffusers denoiser through the library (docs/distill.md, \"diffusers "
@@ -98,6 +97,9 @@ def _open_teacher(path: str, flag: str):
     if run.student_steps is not None:
         raise ValueError(f"{flag} {path} is a distilled {run.student_steps}-step student, not a teacher; pass the "
                          "teacher run it was distilled from (a run of `lrm teacher train`)")
+    if run.kind != LRM:
+        raise ValueError(f"{flag} {path} is a diffusers denoiser exported by lrm; `lrm distill` takes runs of `lrm "
+                         "teacher train`. Distil a diffusers denoiser through the library (docs/distill.md)")
     return run
 
 

@@ -18,7 +18,7 @@ latents of the generator's latent space and text encoder), each step's batch is 
 latents, text tokens and captions (Alg. 1 line 6: (x, c) from the data), and `prompts` serve the evaluations only.
 With `run_dir`, the run checkpoints at every evaluation and resumes exactly when rerun (lrm.tuning.tune_run).
 The result also holds the trainer's step logs, the mean seconds per step and the peak memory (CUDA: max
-allocated; CPU: None).
+allocated, None on the CPU; on every device the process's peak resident set, lrm.tuning.memory).
 Regularisers (DOLLAR Sec. 9.3's over-optimisation, lrm.studies): `kl_weight` > 0 adds the KL-to-initial penalty
 (lrm.tuning.kl_penalty, against a frozen copy of the starting student); several surrogates (a list) form an
 ensemble (lrm.tuning.ensemble): LRM fine-tuning follows their mean and `disagreement_weight` penalises their
@@ -43,6 +43,7 @@ from lrm.tuning.direct import DirectReward
 from lrm.tuning.ensemble import Disagreement, SurrogateEnsemble
 from lrm.tuning.kl_penalty import INITIAL, KLPenalty
 from lrm.tuning.lrm_ft import LRM, LRMFineTune, surrogate_role
+from lrm.tuning.memory import peak_rss_mb
 from lrm.tuning.monitor import TuningMonitor, TuningRecord
 from lrm.tuning.roles import STUDENT, Role, Roles, adamw, build_roles, frozen_copy
 from lrm.tuning.trainer import DistillConfig, Distiller, StepLog
@@ -99,6 +100,7 @@ class TuneResult:
     logs: list[StepLog]
     seconds_per_step: float
     peak_memory_mb: float | None  # CUDA max allocated over the training steps; None on CPU
+    peak_rss_mb: float  # the process's peak resident set after tuning (MiB; loading included)
     term: object  # the hook (its counters: nonfinite rewards, samples, surrogate fidelity)
     samples_before: Samples  # the monitor's samples before tuning (for grids)
     samples_after: Samples  # and after
@@ -247,8 +249,8 @@ def tune(generator: nn.Module, true_reward: TrueReward, prompts: Sequence[str], 
     if monitor.last is monitor.first and distiller.step > 0:  # resumed at the end: the final samples again
         monitor.last = monitor.samples()
     seconds = sum(log.seconds for log in logs) / len(logs) if logs else float("nan")
-    return TuneResult(student, monitor.records, logs, seconds, peak if device.type == "cuda" else None, term,
-                      monitor.first, monitor.last)
+    return TuneResult(student, monitor.records, logs, seconds, peak if device.type == "cuda" else None,
+                      peak_rss_mb(), term, monitor.first, monitor.last)
 
 
 def regularisers(config: TuneConfig, lrm: nn.Module | None) -> list:
