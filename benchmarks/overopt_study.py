@@ -3,7 +3,7 @@
 For each reward (default: jpeg-incompressibility, non-differentiable, and prompt-color, text-image) it runs
 
     lrm study overopt REWARD --launch --regularisers none,kl,concurrent,ensemble --seeds 0,1,2 \\
-        --steps 60 --eval-every 10 --batch-size 8 --lr 1e-4 --out RUNS/REWARD
+        --steps 100 --eval-every 10 --batch-size 8 --lr 1e-4 --out RUNS/REWARD
 
 in a subprocess (the surrogates fitted on the student's store, one `lrm tune` run per regulariser and seed; a
 second invocation reuses every finished fit and run, so an interrupted benchmark resumes), then collects from each
@@ -255,14 +255,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", default=",".join(map(str, launch.seeds)), help="seeds, comma-separated")
     parser.add_argument("--student", type=Path, default=None,
                         help="student run to tune (default: the cached embedded student, distilled when missing)")
-    # sizes: ~60 s per run on the embedded student, see docs/studies.md "Benchmark" for the estimate
-    parser.add_argument("--steps", type=int, default=60, help="generator updates per run")
+    # sizes: ~25 CPU minutes for 2 rewards x 4 arms x 3 seeds plus 4 fits (docs/studies.md "Benchmark": how estimated)
+    parser.add_argument("--steps", type=int, default=100, help="generator updates per run")
     parser.add_argument("--eval-every", type=int, default=10, help="steps between evaluations")
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per update")
     parser.add_argument("--per-prompt", type=int, default=None, help="evaluation samples per prompt (None: tune's)")
     parser.add_argument("--lr", type=float, default=1e-4,
-                        help="the student's learning rate (1e-4: the jpeg gold peaked then fell within 60 updates "
-                             "in benchmarks/tune_efficiency.py)")
+                        help="the student's learning rate (1e-4: tune_efficiency.py's, at which a jpeg gold peaked "
+                             "after 30 updates and then fell, docs/tuning.md)")
     parser.add_argument("--fit-steps", type=int, default=None, help="steps per fitted surrogate (None: lrm fit's)")
     parser.add_argument("--fidelity-threshold", type=float, default=None, help="rule (a) (None: the study's)")
     parser.add_argument("--distance-budget", type=float, default=None, help="rule (c) (None: the rule is not applied)")
