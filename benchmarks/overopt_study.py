@@ -26,7 +26,7 @@ the embedded teacher's training when that is missing too). For a smoke run in mi
 
     python benchmarks/tiny_student.py --out /tmp/tiny_student
     python benchmarks/overopt_study.py --student /tmp/tiny_student --rewards jpeg-incompressibility \\
-        --regularisers none,kl --seeds 0 --steps 2 --eval-every 1 --batch-size 2 --fit-steps 3 \\
+        --regularisers none,kl --seeds 0 --steps 3 --eval-every 1 --batch-size 2 --per-prompt 2 --fit-steps 3 \\
         --runs /tmp/overopt_smoke --out /tmp/overopt_smoke/overopt_study.json
 """
 
