@@ -199,9 +199,10 @@ def goal_lines(rows: list[dict]) -> list[str]:
         goal, best = row["goal"], row["best_stop"]
         kept = (f"best rule {best} keeps {_pct(row['stops'][best]['share_of_peak'])} of the peak" if best
                 else "no rule fired with a defined share of the peak")
-        lines.append(f"- {row['reward']}, {row['regulariser']}: gold peaks within the run while the proxy keeps rising: "
-                     f"{'yes' if goal['peak_within_run_proxy_rising'] else 'no'} (peak at step {row['peak']['step']} of "
-                     f"{row['steps']}); {kept}: {'met' if goal['best_stop_keeps_90pct'] else 'not met'}")
+        inside = "yes" if goal["peak_within_run_proxy_rising"] else "no"
+        lines.append(f"- {row['reward']}, {row['regulariser']}: gold peaks within the run while the proxy keeps "
+                     f"rising: {inside} (peak at step {row['peak']['step']} of {row['steps']}); {kept}: "
+                     f"{'met' if goal['best_stop_keeps_90pct'] else 'not met'}")
     return lines
 
 
@@ -261,8 +262,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per update")
     parser.add_argument("--per-prompt", type=int, default=None, help="evaluation samples per prompt (None: tune's)")
     parser.add_argument("--lr", type=float, default=1e-4,
-                        help="the student's learning rate (1e-4: tune_efficiency.py's, at which a jpeg gold peaked "
-                             "after 30 updates and then fell, docs/tuning.md)")
+                        help="the student's learning rate (1e-4: tune_efficiency.py's, at which a jpeg-compressibility "
+                             "gold peaked after 30 updates and then fell, docs/tuning.md)")
     parser.add_argument("--fit-steps", type=int, default=None, help="steps per fitted surrogate (None: lrm fit's)")
     parser.add_argument("--fidelity-threshold", type=float, default=None, help="rule (a) (None: the study's)")
     parser.add_argument("--distance-budget", type=float, default=None, help="rule (c) (None: the rule is not applied)")

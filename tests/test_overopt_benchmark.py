@@ -65,7 +65,7 @@ def test_collect_reads_peak_ends_stops_and_fit_of_each_arm(bench):
     assert none["gold_start"] == {"mean": 2.0, "std": 0.1} and none["gold_end"] == {"mean": 3.0, "std": 0.5}
     assert none["peak"] == {"step": 20, "gold": 4.0, "std": 0.4}  # the std over seeds at the peak's evaluation
     assert none["seed_peaks"]["steps"] == [20, 30]
-    assert none["seed_peaks"]["gold_mean"] == pytest.approx(4.0) and none["seed_peaks"]["gold_std"] == pytest.approx(0.2)
+    assert (none["seed_peaks"]["gold_mean"], none["seed_peaks"]["gold_std"]) == pytest.approx((4.0, 0.2))
     assert (none["proxy_start"], none["proxy_end"], none["proxy_keeps_rising"]) == (2.0, 9.0, True)
     assert none["seeds"] == [0, 1] and none["steps"] == 40
     assert none["stops"]["divergence"] == {"applied": True, "fired": True, "step": 30, "gold": 3.5,
