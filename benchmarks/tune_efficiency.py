@@ -429,10 +429,10 @@ def table(rows: dict, skipped: list[dict], fits: dict, goals: dict, seeds: int) 
                   "fit s (labelling + fit) | of which training s | process wall s | peak RSS MB | "
                   "held-out Spearman | shared by runs |", "|---|---|---|---|---|---|---|---|---|---|"]
         for reward, f in fits.items():
-            fit_s = "unknown (fitted earlier)" if f["fit_s"] is None else f"{f['fit_s']:.0f}"
+            fit_s = "unknown (fitted earlier)" if f["fit_s"] is None else f"{f['fit_s']:.1f}"
             lines.append(f"| {reward} | {f['preset']} ({f['parameters']} parameters), {f['steps']} steps | "
-                         f"{f['rows']} | {f['labelled_store']} | {fit_s} | {f['fit_train_s']:.0f} | "
-                         f"{f['wall_s']:.0f} | {f['peak_rss_mb']:.0f} | {f['spearman']:.3f} | {f['shared_by']} |")
+                         f"{f['rows']} | {f['labelled_store']} | {fit_s} | {f['fit_train_s']:.1f} | "
+                         f"{f['wall_s']:.1f} | {f['peak_rss_mb']:.0f} | {f['spearman']:.3f} | {f['shared_by']} |")
     for name, g in goals.items():
         when = "never" if g["lrm_seconds_to_ddpo_gain"] is None else f"{g['lrm_seconds_to_ddpo_gain']:.0f} s"
         ratio = g["time_ratio"] if g["time_ratio"] is None else round(g["time_ratio"], 3)

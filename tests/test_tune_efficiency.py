@@ -154,5 +154,5 @@ def test_the_table_shows_the_fit_as_its_own_row_and_the_fitted_times_with_and_wi
     assert text[2].split(" | ")[5] == "no fit"
     assert text[3].split(" | ")[4:6] == ["10", "40 / 15 (n = 6)"]
     assert text[4] == "| temporal-flickering | all | not run: no video student |"
-    assert "| image-cnn-stats (230561 parameters), 2000 steps | 2048 | True | 30 | 25 | 41 | 700 | 0.912 | 6 |" \
+    assert "| image-cnn-stats (230561 parameters), 2000 steps | 2048 | True | 30.0 | 25.0 | 41.0 | 700 | 0.912 | 6 |" \
         in text[-1]
