@@ -13,7 +13,9 @@ Every method gets the same prompts (the CLI's 16 procedural captions of the stud
 student learning rate. Each run is one fresh subprocess (this script with --worker) writing
 --runs/<reward>-<label>-s<seed>/ (a `lrm tune` run folder: checkpoints, resumable); a finished run folder is reused.
 The surrogate of "lrm-frozen" and "lrm-warm" is fitted once per reward, in its own subprocess (--fit-worker), into
---runs/surrogates/<reward>/ (reused when finished), and serves every seed and row of both methods. Per run:
+--runs/surrogates/<reward>/ (reused when finished), and serves every seed and row of both methods; the first fit
+of a reward writes the label column REWARD@decoded into the student's store (for the embedded student, the store in
+the lrm cache), which later fits read instead of labelling again. Per run:
 - the gold (true) reward gain at fixed prompts and seeds (lrm.tuning.monitor) every --eval-every steps, against
   the training wall time (sum of the trainer's step seconds, evaluations excluded) and against the student
   samples generated for training (batch size x steps);
