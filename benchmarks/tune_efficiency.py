@@ -1,20 +1,34 @@
 """Tuning efficiency of the reward hooks on the embedded default student (DOLLAR Tab. 17, Fig. 11-12).
 
-The cached embedded 4-step student (lrm.tuning.embedded) is tuned toward each reward with each method that can
-run it: LRM fine-tuning through a surrogate trained concurrently on the true reward of the student's samples
-("lrm", Alg. 1 lines 15-17), DDPO-SF ("ddpo", Alg. 2) and direct reward gradients ("direct", ReFL / DRaFT-K;
-differentiable rewards only). Every method gets the same prompts (the CLI's 16 procedural captions), steps,
-batch size and student learning rate. Each run is one fresh subprocess (this script with --worker) writing
---runs/<reward>-<method>-s<seed>/ (a `lrm tune` run folder: checkpoints, resumable); a finished run
-folder is reused. Per run:
+The cached embedded 4-step student (lrm.tuning.embedded; --student RUN for another distilled student) is tuned
+toward each reward with each method that can run it (METHOD_NOTES):
+- "lrm": LRM fine-tuning through a surrogate trained concurrently from scratch on the true reward of the student's
+  samples (Alg. 1 lines 15-17), one row per --surrogate-lr ("lrm-slr<lr>");
+- "lrm-frozen": LRM fine-tuning through a surrogate fitted beforehand (`lrm fit REWARD --label-pixels decoded` on the
+  student's latent store, lrm.studies.surrogates) and frozen while tuning (`lrm tune --surrogate RUN/model`);
+- "lrm-warm": that fitted surrogate as the start of the concurrent one (`lrm tune --surrogate RUN/model
+  --concurrent`, DOLLAR's pretrained-then-concurrent LRM), one row per --surrogate-lr ("lrm-warm-slr<lr>");
+- "ddpo": DDPO-SF (Alg. 2); "direct": direct reward gradients (ReFL / DRaFT-K; differentiable rewards only).
+Every method gets the same prompts (the CLI's 16 procedural captions of the student's world), steps, batch size and
+student learning rate. Each run is one fresh subprocess (this script with --worker) writing
+--runs/<reward>-<label>-s<seed>/ (a `lrm tune` run folder: checkpoints, resumable); a finished run folder is reused.
+The surrogate of "lrm-frozen" and "lrm-warm" is fitted once per reward, in its own subprocess (--fit-worker), into
+--runs/surrogates/<reward>/ (reused when finished), and serves every seed and row of both methods; the first fit
+of a reward writes the label column REWARD@decoded into the student's store (for the embedded student, the store in
+the lrm cache), which later fits read instead of labelling again. Per run:
 - the gold (true) reward gain at fixed prompts and seeds (lrm.tuning.monitor) every --eval-every steps, against
   the training wall time (sum of the trainer's step seconds, evaluations excluded) and against the student
   samples generated for training (batch size x steps);
 - peak memory: the worker process's peak RSS (os.wait4; CUDA max allocated too with --device cuda);
 - diversity after tuning (DOLLAR Eq. 27, Vendi of the decoded pixels per prompt).
+The surrogate fit's cost is its own row: seconds of labelling the store with the reward of its decoded latents (only
+when the store lacked that column) plus fitting and validating, the fit process's peak RSS, and its held-out
+fidelity. The fitted rows report their training time without the fit, with the whole fit added ("+ fit"), and with
+the fit's share when it is amortised over the runs that read it ("+ fit / n").
 Goal (issue 24): LRM-FT reaches DDPO-SF's final mean gain in <= 1/5 of DDPO-SF's wall time at <= 1/3 of its
-peak memory. Video rewards need a video student, which the embedded default has only when the embedded video
-teacher is cached (otherwise the row says why it did not run).
+peak memory (checked for every lrm row; for the fitted rows also with the fit's time and memory counted). Video
+rewards need a video student (--student; the embedded student is image-only, and the row then says why it did not
+run).
 
     python benchmarks/tune_efficiency.py --steps 40 --eval-every 10 --seeds 0 1 2 \
         --out benchmarks/results/tune_efficiency.json
@@ -33,17 +47,39 @@ from pathlib import Path
 import numpy as np
 
 REWARDS = ("jpeg-compressibility", "prompt-color", "temporal-flickering")  # non-differentiable, text-image, video
-METHODS = ("lrm", "ddpo", "direct")
+METHODS = ("lrm", "lrm-frozen", "lrm-warm", "ddpo", "direct")
+FITTED = ("lrm-frozen", "lrm-warm")  # start from the surrogate fitted beforehand
+CONCURRENT = ("lrm", "lrm-warm")  # train the surrogate alongside the student
+METHOD_NOTES = {
+    "lrm": "LRM-FT, surrogate trained concurrently from scratch (lrm tune --concurrent)",
+    "lrm-frozen": "LRM-FT, surrogate fitted beforehand and frozen (lrm tune --surrogate RUN/model)",
+    "lrm-warm": "LRM-FT, surrogate fitted beforehand, then trained concurrently (lrm tune --surrogate RUN/model "
+                "--concurrent)",
+    "ddpo": "DDPO-SF (Alg. 2) on the true reward",
+    "direct": "direct reward gradients through the decoder (ReFL / DRaFT-K, K = 1)",
+}
 PROMPTS = 16  # procedural captions tuned on (lrm.cli.tune.PROCEDURAL_PROMPTS)
 RESULT = "result.json"  # what a finished worker leaves in its run folder
 PROCESS = "process.json"  # the parent's measurement of the worker process (peak RSS, wall)
+SURROGATE_FITS = "surrogates"  # --runs/surrogates/<reward>/: the fitted surrogate of "lrm-frozen" and "lrm-warm"
+FIT_RESULT = "fit_result.json"  # what a finished fit worker leaves in its folder
 
 
-# ---------------------------------------------------------------- worker: one tuning run in this process
+# ---------------------------------------------------------------- workers: one tuning run or one fit in this process
+
+
+def student_run(args) -> Path:
+    """The student run tuned: --student, else the cached embedded student (never distilled here)."""
+    if args.student:
+        return Path(args.student)
+    from lrm.tuning.embedded import embedded_student
+
+    return Path(embedded_student(args.student_steps, train_if_missing=False))
 
 
 def worker(args) -> None:
-    """Tune the embedded student with one (reward, method, seed) in args.run_dir; write RESULT there."""
+    """Tune the student with one (reward, method, seed) in args.run_dir; write RESULT there. args.surrogate: the
+    fitted surrogate (RUN/model) that "lrm-frozen" keeps frozen and "lrm-warm" starts its concurrent one from."""
     from dataclasses import asdict
 
     import torch
@@ -51,32 +87,38 @@ def worker(args) -> None:
     from lrm.codecs import from_settings
     from lrm.evaluation.report import procedural_prompts
     from lrm.generators.runs import open_generator_run
+    from lrm.models import LatentRewardModel
     from lrm.rewards import load as load_reward
     from lrm.text import load as load_text
-    from lrm.tuning.embedded import embedded_student
     from lrm.tuning.true_reward import TrueReward
     from lrm.tuning.tune import TuneConfig, tune
 
+    if (args.method in FITTED) != (args.surrogate is not None):
+        raise ValueError(f"method {args.method!r}: a fitted --surrogate is for {list(FITTED)} only, and they need one")
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    run = open_generator_run(embedded_student(args.student_steps, train_if_missing=False))
+    run = open_generator_run(student_run(args))
     model = run.load(map_location=args.device)
     latent_shape = run.latent_shape()
     codec = from_settings(model.codec_settings).to(args.device)
     true_reward = TrueReward(codec, load_reward(args.reward))
     encoder = load_text(model.text_encoder_id)
-    prompts = procedural_prompts(PROMPTS, latent_shape[0])
-    config = TuneConfig(method=args.method, concurrent=args.method == "lrm", steps=args.steps,
-                        student_steps=run.student_steps, batch_size=args.batch_size, lr=args.lr,
-                        surrogate_lr=args.surrogate_lr[0], eval_every=args.eval_every, per_prompt=args.per_prompt,
-                        eval_prompts=args.eval_prompts, seed=args.seed)
-    settings = {"reward": args.reward, "from": str(run.run_dir), "prompts": prompts}
+    prompts = procedural_prompts(PROMPTS, latent_shape[0], world=run.procedural_world)
+    surrogate = None if args.surrogate is None else LatentRewardModel.from_pretrained(
+        args.surrogate, codec_settings=model.codec_settings, map_location=args.device)
+    config = TuneConfig(method="lrm" if args.method.startswith("lrm") else args.method,
+                        concurrent=args.method in CONCURRENT, steps=args.steps, student_steps=run.student_steps,
+                        batch_size=args.batch_size, lr=args.lr, surrogate_lr=args.surrogate_lr[0],
+                        eval_every=args.eval_every, per_prompt=args.per_prompt, eval_prompts=args.eval_prompts,
+                        seed=args.seed)
+    settings = {"reward": args.reward, "from": str(run.run_dir), "prompts": prompts,
+                **({} if surrogate is None else {"surrogate": args.surrogate})}
     start = time.perf_counter()
-    result = tune(model, true_reward, prompts, encoder, config, latent_shape=latent_shape,
+    result = tune(model, true_reward, prompts, encoder, config, latent_shape=latent_shape, surrogate=surrogate,
                   run_dir=Path(args.run_dir), settings=settings)
     seconds = np.cumsum([0.0] + [log.seconds for log in result.logs])  # (steps + 1,) training seconds after step s
     records = [asdict(r) for r in result.records]
     out = {"reward": args.reward, "method": args.method, "seed": args.seed, "config": asdict(config),
-           "student": str(run.run_dir), "records": records,
+           "student": str(run.run_dir), "surrogate": args.surrogate, "records": records,
            "train_seconds": [float(seconds[r["step"]]) for r in records],
            "samples": [r["step"] * args.batch_size for r in records],
            "seconds_per_step": result.seconds_per_step, "cuda_peak_mb": result.peak_memory_mb,
@@ -84,17 +126,47 @@ def worker(args) -> None:
     (Path(args.run_dir) / RESULT).write_text(json.dumps(out, indent=1, default=float))
 
 
+def fit_worker(args) -> None:
+    """Fit the surrogate of args.reward on the student's store into args.run_dir with lrm.studies.surrogates (the
+    fitter of `lrm study overopt --launch`: `lrm fit REWARD --label-pixels decoded`); write FIT_RESULT there with
+    its seconds (labelling included when this fit labelled the store), held-out fidelity and size. A folder that
+    already holds a finished fit is reused, and its cost is then unknown (None)."""
+    from lrm.configs import FitJob
+    from lrm.datasets.store import LatentStore
+    from lrm.studies.surrogates import LABEL_PIXELS, generator_store, study_surrogates, surrogate_folder
+
+    student = student_run(args)
+    store = generator_store(student)
+    column = FitJob(reward=args.reward, label_pixels=LABEL_PIXELS).label_name()
+    labelled_before = column in LatentStore.open(store).labels
+    fitted_before = (surrogate_folder(args.run_dir, args.fit_seed) / "report.html").is_file()
+    start = time.perf_counter()
+    [model] = study_surrogates(args.reward, student, args.run_dir, [args.fit_seed], steps=args.fit_steps,
+                               device=args.device, say=lambda line: print(line, flush=True))
+    seconds = time.perf_counter() - start
+    metrics = json.loads((model.parent / "metrics.json").read_text())  # the fit's report (lrm.reports)
+    out = {"reward": args.reward, "student": str(student), "store": str(store), "rows": len(LatentStore.open(store)),
+           "label": column, "labelled_store": not labelled_before, "seed": args.fit_seed,
+           "fit_steps": args.fit_steps, "surrogate": str(model), "preset": metrics["preset"],
+           "parameters": metrics["parameters"], "steps": metrics["steps"], "stopped_early": metrics["stopped_early"],
+           "spearman": metrics["surrogate"]["spearman"], "trust": metrics["trust"],
+           "fit_s": None if fitted_before else seconds, "fit_train_s": metrics["fit_seconds"],
+           "fitted_before": fitted_before}
+    (Path(args.run_dir) / FIT_RESULT).write_text(json.dumps(out, indent=1, default=float))
+
+
 # ---------------------------------------------------------------- parent: runs, table, figure
 
 
-def no_student(reward: str) -> str | None:
-    """Why the embedded default has no student for `reward` (a video reward without a cached video teacher)."""
-    from lrm.generators.embedded import embedded_run_dir
+def no_student(reward: str, student: Path) -> str | None:
+    """Why the student cannot be tuned toward `reward`: a video reward for an image student (the embedded student
+    is image-only), or None when it can."""
+    from lrm.generators.runs import open_generator_run
     from lrm.rewards import load as load_reward
 
-    if load_reward(reward).spec.is_video and not (embedded_run_dir(video=True) / "model").is_dir():
-        return ("the embedded student is image-only and the embedded video teacher is not cached "
-                f"({embedded_run_dir(video=True)}), so there is no video student to tune")
+    if load_reward(reward).spec.is_video and open_generator_run(student).latent_shape()[0] == 1:
+        return (f"{reward} scores videos and the student {student} makes images (the embedded student is "
+                "image-only); pass a video student with --student")
     return None
 
 
@@ -107,45 +179,101 @@ def refusal(reward: str, method: str) -> str | None:
     return None
 
 
-def variants(methods: list[str], surrogate_lrs: list[float]) -> list[tuple[str, str, float]]:
-    """(label, method, surrogate lr): one "lrm-slr<lr>" per concurrent surrogate learning rate, the others once."""
+def no_fit(reward: str, student: Path) -> str | None:
+    """Why no surrogate of `reward` can be fitted on the student's store (none recorded, or a reward that cannot
+    label it), or None when one can."""
+    from lrm.studies.surrogates import check_can_label, generator_store
+
+    try:
+        check_can_label(reward, generator_store(student))
+    except (ValueError, FileNotFoundError) as error:
+        return str(error)
+    return None
+
+
+def variants(methods: list[str], surrogate_lrs: list[float]) -> list[tuple[str, str, float | None]]:
+    """(label, method, surrogate lr): one "<method>-slr<lr>" per concurrent surrogate learning rate for the
+    concurrent methods ("lrm-slr1e-4", "lrm-warm-slr1e-4"), the others once."""
     return [row for method in methods for row in
-            ([(f"lrm-slr{lr:g}", method, lr) for lr in surrogate_lrs] if method == "lrm" else [(method, method, None)])]
+            ([(f"{method}-slr{lr:g}", method, lr) for lr in surrogate_lrs] if method in CONCURRENT
+             else [(method, method, None)])]
 
 
-def finished(run_dir: Path, method: str, seed: int, surrogate_lr: float | None, args) -> bool:
-    """True when run_dir holds a finished run with these settings (a ddpo or direct run ignores the surrogate lr)."""
+def finished(run_dir: Path, method: str, seed: int, surrogate_lr: float | None, surrogate: str | None,
+             student: Path, args) -> bool:
+    """True when run_dir holds a finished run with these settings (a run without a concurrent surrogate ignores
+    the surrogate lr; a run of an older version of this script recorded no fitted surrogate)."""
     if not ((run_dir / RESULT).is_file() and (run_dir / PROCESS).is_file()):
         return False
-    saved = json.loads((run_dir / RESULT).read_text())["config"]
-    wanted = {"method": method, "seed": seed, "steps": args.steps, "eval_every": args.eval_every,
-              "batch_size": args.batch_size, "lr": args.lr, "per_prompt": args.per_prompt,
-              "eval_prompts": args.eval_prompts, "student_steps": args.student_steps}
+    result = json.loads((run_dir / RESULT).read_text())
+    saved = result["config"]
+    wanted = {"method": "lrm" if method.startswith("lrm") else method, "concurrent": method in CONCURRENT,
+              "seed": seed, "steps": args.steps, "eval_every": args.eval_every, "batch_size": args.batch_size,
+              "lr": args.lr, "per_prompt": args.per_prompt, "eval_prompts": args.eval_prompts,
+              "student_steps": args.student_steps}
     if surrogate_lr is not None:
         wanted["surrogate_lr"] = surrogate_lr
-    return all(saved[k] == v for k, v in wanted.items())
+    return (all(saved[k] == v for k, v in wanted.items()) and result.get("surrogate") == surrogate
+            and Path(result["student"]).resolve() == student.resolve())
 
 
-def run_one(reward: str, label: str, method: str, surrogate_lr: float | None, seed: int, args, root: Path) -> dict:
+def measure(command: list[str], what: str) -> dict:
+    """Run `command` as a child process; its peak RSS (MiB, os.wait4) and wall seconds; exit on failure."""
+    start = time.perf_counter()
+    process = subprocess.Popen(command)
+    _, status, usage = os.wait4(process.pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise SystemExit(f"{what} failed (exit {code}); rerun to resume it")
+    return {"peak_rss_mb": usage.ru_maxrss / 1024, "wall_s": time.perf_counter() - start}
+
+
+def common_flags(args) -> list[str]:
+    return ["--student-steps", str(args.student_steps), "--device", args.device,
+            *(["--student", str(args.student)] if args.student else [])]
+
+
+def fit_surrogate(reward: str, student: Path, args, root: Path) -> dict:
+    """The surrogate fit of `reward` shared by the fitted rows: FIT_RESULT and the fit process's peak RSS and wall,
+    running the fit worker first unless --runs/surrogates/<reward> holds a finished fit of these settings."""
+    folder = root / SURROGATE_FITS / reward
+    result_path, process_path = folder / FIT_RESULT, folder / PROCESS
+    if result_path.is_file() and process_path.is_file():
+        saved = json.loads(result_path.read_text())
+        if (saved["fit_steps"], saved["seed"], Path(saved["student"]).resolve()) == \
+                (args.fit_steps, args.fit_seed, student.resolve()):
+            print(f"  surrogate of {reward}: fitted earlier, reused ({saved['surrogate']})", flush=True)
+            return {**saved, **json.loads(process_path.read_text())}
+    command = [sys.executable, __file__, "--fit-worker", "--reward", reward, "--run-dir", str(folder),
+               "--fit-seed", str(args.fit_seed), *common_flags(args),
+               *(["--fit-steps", str(args.fit_steps)] if args.fit_steps is not None else [])]
+    print(f"  surrogate of {reward}: fitting on the student's store into {folder}", flush=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    measured = measure(command, f"surrogate fit {folder}")
+    process_path.write_text(json.dumps(measured))
+    result = json.loads(result_path.read_text())
+    spent = "cost unknown (fitted earlier)" if result["fit_s"] is None else f"{result['fit_s']:.0f} s"
+    print(f"  surrogate of {reward}: {result['preset']}, {result['steps']} steps, held-out Spearman "
+          f"{result['spearman']:.3f}, {spent}, peak RSS {measured['peak_rss_mb']:.0f} MB", flush=True)
+    return {**result, **measured}
+
+
+def run_one(reward: str, label: str, method: str, surrogate_lr: float | None, seed: int, student: Path, args,
+            root: Path, surrogate: str | None = None) -> dict:
     """The finished run's RESULT and PROCESS, running the worker first unless its folder already finished."""
     run_dir = root / f"{reward}-{label}-s{seed}"
     result_path, process_path = run_dir / RESULT, run_dir / PROCESS
-    if finished(run_dir, method, seed, surrogate_lr, args):
+    if finished(run_dir, method, seed, surrogate_lr, surrogate, student, args):
         print(f"  {run_dir.name}: finished earlier, reused", flush=True)
         return {**json.loads(result_path.read_text()), **json.loads(process_path.read_text())}
     command = [sys.executable, __file__, "--worker", "--reward", reward, "--method", method, "--seed", str(seed),
                "--run-dir", str(run_dir), "--steps", str(args.steps), "--eval-every", str(args.eval_every),
                "--batch-size", str(args.batch_size), "--lr", str(args.lr),
                "--surrogate-lr", str(surrogate_lr if surrogate_lr is not None else args.surrogate_lr[0]),
-               "--per-prompt", str(args.per_prompt), "--eval-prompts", str(args.eval_prompts),
-               "--student-steps", str(args.student_steps), "--device", args.device]
+               "--per-prompt", str(args.per_prompt), "--eval-prompts", str(args.eval_prompts), *common_flags(args),
+               *(["--surrogate", surrogate] if surrogate is not None else [])]
     print(f"  {run_dir.name}: running ({args.steps} steps)", flush=True)
-    start = time.perf_counter()
-    process = subprocess.Popen(command)
-    _, status, usage = os.wait4(process.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"run {run_dir} failed (exit {os.waitstatus_to_exitcode(status)}); rerun to resume it")
-    measured = {"peak_rss_mb": usage.ru_maxrss / 1024, "wall_s": time.perf_counter() - start}
+    measured = measure(command, f"run {run_dir}")
     process_path.write_text(json.dumps(measured))
     result = json.loads(result_path.read_text())
     gains = [r["gold"] - result["records"][0]["gold"] for r in result["records"]]
@@ -174,9 +302,20 @@ def summarise(runs: list[dict]) -> dict:
             "nonfinite_rewards": int(sum(r["nonfinite_rewards"] for r in runs))}
 
 
+def with_fit(summary: dict, fit: dict, shared_by: int) -> dict:
+    """A fitted row's summary with the fit's cost: its training time with the whole fit added ("+ fit"), and with
+    the fit amortised over the `shared_by` runs that read it ("+ fit / n"); None where the fit's cost is unknown."""
+    fit_s = fit["fit_s"]
+    return {**summary, "surrogate": fit["surrogate"], "fit_s": fit_s, "fit_shared_by": shared_by,
+            "fit_peak_rss_mb": fit["peak_rss_mb"],
+            "train_s_with_fit": None if fit_s is None else summary["train_s_mean"] + fit_s,
+            "train_s_with_fit_share": None if fit_s is None else summary["train_s_mean"] + fit_s / shared_by}
+
+
 def goal(lrm: dict, ddpo: dict) -> dict:
     """Issue 24's goal: LRM-FT's mean curve reaches DDPO-SF's final mean gain within 1/5 of DDPO-SF's training
-    time, at <= 1/3 of its peak memory."""
+    time, at <= 1/3 of its peak memory; for a row with a fitted surrogate also with the whole fit's seconds added
+    and the larger of the fit's and the tuning's peak RSS."""
     target = ddpo["gain_mean"]
     curve = np.array(lrm["gain_curve_mean"])
     reached = np.flatnonzero(curve >= target)
@@ -185,16 +324,29 @@ def goal(lrm: dict, ddpo: dict) -> dict:
     memory = "cuda_peak_mb" if ddpo["cuda_peak_mb"] else "peak_rss_mb_mean"
     memory_ratio = lrm[memory] / ddpo[memory]
     # a DDPO-SF run that gained nothing sets no bar: the time goal is then undecided (None), not met
-    return {"ddpo_final_gain": target, "ddpo_gain_positive": target > 0, "lrm_seconds_to_ddpo_gain": seconds,
-            "lrm_samples_to_ddpo_gain": lrm["samples"][reached[0]] if reached.size else None,
-            "time_ratio": time_ratio, "memory": memory, "memory_ratio": memory_ratio,
-            "time_goal_met": (time_ratio is not None and time_ratio <= 0.2) if target > 0 else None,
-            "memory_goal_met": memory_ratio <= 1 / 3}
+    out = {"ddpo_final_gain": target, "ddpo_gain_positive": target > 0, "lrm_seconds_to_ddpo_gain": seconds,
+           "lrm_samples_to_ddpo_gain": lrm["samples"][reached[0]] if reached.size else None,
+           "time_ratio": time_ratio, "memory": memory, "memory_ratio": memory_ratio,
+           "time_goal_met": (time_ratio is not None and time_ratio <= 0.2) if target > 0 else None,
+           "memory_goal_met": memory_ratio <= 1 / 3}
+    if "fit_s" in lrm:
+        fit_s = lrm["fit_s"]
+        with_fit_ratio = None if seconds is None or fit_s is None else (seconds + fit_s) / ddpo["train_s_mean"]
+        # the fit's CUDA peak is not measured: with --device cuda the memory ratio with the fit stays unknown
+        fit_memory = (max(lrm[memory], lrm["fit_peak_rss_mb"]) / ddpo[memory]) if memory == "peak_rss_mb_mean" \
+            else None
+        out.update({"time_ratio_with_fit": with_fit_ratio,
+                    "time_goal_met_with_fit": (with_fit_ratio is not None and with_fit_ratio <= 0.2)
+                    if target > 0 and fit_s is not None else None,
+                    "memory_ratio_with_fit": fit_memory,
+                    "memory_goal_met_with_fit": None if fit_memory is None else fit_memory <= 1 / 3})
+    return out
 
 
 def plot(rows: dict, units: dict, path: Path) -> None:
     """Gold gain against training seconds and against generated samples, one line per method, seed min-max
-    shaded; one row of panels per reward."""
+    shaded; a fitted row also dashed against training seconds after its whole surrogate fit; one row of panels
+    per reward."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -205,14 +357,17 @@ def plot(rows: dict, units: dict, path: Path) -> None:
     for row, reward in zip(axes, rewards):
         for method, summary in rows[reward].items():
             for ax, x in zip(row, (summary["seconds_curve_mean"], summary["samples"])):
-                ax.plot(x, summary["gain_curve_mean"], marker="o", ms=3, label=method)
+                line, = ax.plot(x, summary["gain_curve_mean"], marker="o", ms=3, label=method)
                 ax.fill_between(x, summary["gain_curve_min"], summary["gain_curve_max"], alpha=0.2)
+            if summary.get("fit_s") is not None:
+                row[0].plot(np.array(summary["seconds_curve_mean"]) + summary["fit_s"], summary["gain_curve_mean"],
+                            ls="--", color=line.get_color(), label=f"{method} + fit")
         label = f"gold gain ({units[reward]})" if units[reward] else "gold gain"
         row[0].set(xlabel="training wall time (s)", ylabel=label, title=f"{reward} vs time")
         row[1].set(xlabel="student samples generated", ylabel=label, title=f"{reward} vs samples")
         for ax in row:
             ax.axhline(0, color="grey", lw=0.5)
-            ax.legend()
+            ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -228,21 +383,74 @@ def parse(argv=None):
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-5, help="the student's AdamW (lrm tune's default)")
     parser.add_argument("--surrogate-lr", type=float, nargs="+", default=[1e-4],
-                        help="the concurrent surrogate's AdamW (lrm tune's default 1e-4); one lrm row per value")
+                        help="the concurrent surrogate's AdamW (lrm tune's default 1e-4); one row per value for "
+                             "lrm and lrm-warm")
+    parser.add_argument("--fit-steps", type=int, default=None,
+                        help="optimizer steps of the surrogate fit of lrm-frozen / lrm-warm (default: lrm fit's)")
+    parser.add_argument("--fit-seed", type=int, default=0, help="seed of that fit (one fit per reward)")
     parser.add_argument("--per-prompt", type=int, default=4, help="monitor samples per prompt")
     parser.add_argument("--eval-prompts", type=int, default=4, help="monitor prompts")
     parser.add_argument("--student-steps", type=int, default=4)
+    parser.add_argument("--student", default=None, help="a distilled student run (default: the embedded one)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default="benchmarks/results/tune_efficiency.json",
                         help="JSON; the figure goes beside it (.png)")
     parser.add_argument("--runs", default="runs/tune_efficiency",
-                        help="run folders (checkpoints, ~10 MB per evaluation; a finished one is reused)")
+                        help="run folders (checkpoints, ~10 MB per evaluation; a finished one is reused) and "
+                             "surrogates/<reward> (the fitted surrogates)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--fit-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--reward", help=argparse.SUPPRESS)
     parser.add_argument("--method", help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--run-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--surrogate", default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
+
+
+def table(rows: dict, skipped: list[dict], fits: dict, goals: dict, seeds: int) -> str:
+    """The markdown tables of the measured rows, the rows not run, the surrogate fits, and the goal lines."""
+    lines = [f"| reward | method | gold start | gold gain (mean ± sd, {seeds} seeds) | training s | "
+             "training s + fit / + fit per run | samples | peak RSS MB | Vendi before -> after |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for reward, methods in rows.items():
+        for method, s in methods.items():
+            if "fit_s" not in s:
+                plus = "no fit"
+            elif s["fit_s"] is None:
+                plus = "fit cost unknown (fitted earlier)"
+            else:
+                plus = f"{s['train_s_with_fit']:.0f} / {s['train_s_with_fit_share']:.0f} (n = {s['fit_shared_by']})"
+            lines.append(f"| {reward} | {method} | {s['gold_start']:.4g} | {s['gain_mean']:+.3g} ± {s['gain_sd']:.2g} "
+                         f"| {s['train_s_mean']:.0f} | {plus} | {s['samples'][-1]} | {s['peak_rss_mb_mean']:.0f} | "
+                         f"{s['diversity_before']:.3f} -> {s['diversity_after']:.3f} |")
+    for item in skipped:
+        lines.append(f"| {item['reward']} | {item['method']} | not run: {item['reason']} |")
+    if fits:
+        lines += ["", "| reward | surrogate fit (lrm fit --label-pixels decoded) | store rows | labelled the store | "
+                  "fit s (labelling + fit) | of which training s | process wall s | peak RSS MB | "
+                  "held-out Spearman | shared by runs |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for reward, f in fits.items():
+            fit_s = "unknown (fitted earlier)" if f["fit_s"] is None else f"{f['fit_s']:.1f}"
+            lines.append(f"| {reward} | {f['preset']} ({f['parameters']} parameters), {f['steps']} steps | "
+                         f"{f['rows']} | {f['labelled_store']} | {fit_s} | {f['fit_train_s']:.1f} | "
+                         f"{f['wall_s']:.1f} | {f['peak_rss_mb']:.0f} | {f['spearman']:.3f} | {f['shared_by']} |")
+    for name, g in goals.items():
+        when = "never" if g["lrm_seconds_to_ddpo_gain"] is None else f"{g['lrm_seconds_to_ddpo_gain']:.0f} s"
+        ratio = g["time_ratio"] if g["time_ratio"] is None else round(g["time_ratio"], 3)
+        met = "undecided, DDPO-SF gained nothing" if g["time_goal_met"] is None else g["time_goal_met"]
+        line = (f"goal {name}: DDPO-SF final gain {g['ddpo_final_gain']:+.3g}; LRM-FT reaches it at {when} "
+                f"(time ratio {ratio}, goal <= 0.2: {met}); memory ratio {g['memory_ratio']:.2f} "
+                f"(goal <= 0.33: {g['memory_goal_met']})")
+        if "time_ratio_with_fit" in g:
+            fit_ratio = g["time_ratio_with_fit"] if g["time_ratio_with_fit"] is None else \
+                round(g["time_ratio_with_fit"], 3)
+            fit_memory = g["memory_ratio_with_fit"] if g["memory_ratio_with_fit"] is None else \
+                round(g["memory_ratio_with_fit"], 2)
+            line += (f"; with the whole fit: time ratio {fit_ratio} (goal met: {g['time_goal_met_with_fit']}), "
+                     f"memory ratio {fit_memory} (goal met: {g['memory_goal_met_with_fit']})")
+        lines.append(line)
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -250,50 +458,57 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
+    if args.fit_worker:
+        try:
+            fit_worker(args)
+        except (ValueError, FileNotFoundError) as error:  # lrm.studies.surrogates' one-line refusals
+            raise SystemExit(f"error: {error}") from None
+        return
     out = Path(args.out)
     root = Path(args.runs)
-    rows, skipped = {}, []
+    try:
+        student = student_run(args)
+    except FileNotFoundError as error:  # the embedded student is not distilled yet
+        raise SystemExit(f"error: {error}") from None
+    rows, skipped, fits = {}, [], {}
     for reward in args.rewards:
-        why = no_student(reward)
+        why = no_student(reward, student)
         if why is not None:
             skipped.append({"reward": reward, "method": "all", "reason": why})
             print(f"{reward}: not run: {why}", flush=True)
             continue
-        for label, method, surrogate_lr in variants(args.methods, args.surrogate_lr):
-            why = refusal(reward, method)
+        chosen = variants(args.methods, args.surrogate_lr)
+        fitted = [label for label, method, _ in chosen if method in FITTED]
+        fit_refused = no_fit(reward, student) if fitted else None
+        for label, method, surrogate_lr in chosen:
+            why = refusal(reward, method) or (fit_refused if method in FITTED else None)
             if why is not None:
-                skipped.append({"reward": reward, "method": method, "reason": why})
-                print(f"{reward} / {method}: not run: {why}", flush=True)
+                skipped.append({"reward": reward, "method": label, "reason": why})
+                print(f"{reward} / {label}: not run: {why}", flush=True)
                 continue
+            if method in FITTED and reward not in fits:
+                fits[reward] = {**fit_surrogate(reward, student, args, root),
+                                "shared_by": len(fitted) * len(args.seeds)}
+            surrogate = fits[reward]["surrogate"] if method in FITTED else None
             print(f"{reward} / {label}: seeds {args.seeds}", flush=True)
-            runs = [run_one(reward, label, method, surrogate_lr, seed, args, root) for seed in args.seeds]
-            rows.setdefault(reward, {})[label] = summarise(runs)
+            runs = [run_one(reward, label, method, surrogate_lr, seed, student, args, root, surrogate)
+                    for seed in args.seeds]
+            summary = summarise(runs)
+            if method in FITTED:
+                summary = with_fit(summary, fits[reward], fits[reward]["shared_by"])
+            rows.setdefault(reward, {})[label] = summary
     goals = {f"{reward} / {label}": goal(methods[label], methods["ddpo"]) for reward, methods in rows.items()
              if "ddpo" in methods for label in methods if label.startswith("lrm")}
-    print(f"\n| reward | method | gold start | gold gain (mean ± sd, {len(args.seeds)} seeds) | training s | "
-          "samples | peak RSS MB | Vendi before -> after |")
-    print("|---|---|---|---|---|---|---|---|")
-    for reward, methods in rows.items():
-        for method, s in methods.items():
-            print(f"| {reward} | {method} | {s['gold_start']:.4g} | {s['gain_mean']:+.3g} ± {s['gain_sd']:.2g} | "
-                  f"{s['train_s_mean']:.0f} | {s['samples'][-1]} | {s['peak_rss_mb_mean']:.0f} | "
-                  f"{s['diversity_before']:.3f} -> {s['diversity_after']:.3f} |")
-    for item in skipped:
-        print(f"| {item['reward']} | {item['method']} | not run: {item['reason']} |")
-    for name, g in goals.items():
-        when = "never" if g["lrm_seconds_to_ddpo_gain"] is None else f"{g['lrm_seconds_to_ddpo_gain']:.0f} s"
-        ratio = g["time_ratio"] if g["time_ratio"] is None else round(g["time_ratio"], 3)
-        met = "undecided, DDPO-SF gained nothing" if g["time_goal_met"] is None else g["time_goal_met"]
-        print(f"goal {name}: DDPO-SF final gain {g['ddpo_final_gain']:+.3g}; LRM-FT reaches it at {when} "
-              f"(time ratio {ratio}, goal <= 0.2: {met}); memory ratio {g['memory_ratio']:.2f} "
-              f"(goal <= 0.33: {g['memory_goal_met']})")
-    hidden = ("worker", "reward", "method", "seed", "run_dir", "runs")
+    print("\n" + table(rows, skipped, fits, goals, len(args.seeds)))
+    hidden = ("worker", "fit_worker", "reward", "method", "seed", "run_dir", "runs", "surrogate")
     settings = {k: v for k, v in vars(args).items() if k not in hidden}
     command = "python benchmarks/tune_efficiency.py " + " ".join(
-        f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in settings.items())
+        f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in settings.items()
+        if v is not None)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"command": command, "settings": settings, "rows": rows, "not_run": skipped,
-                               "goal": goals}, indent=1, default=float))
+    out.write_text(json.dumps({"command": command, "settings": settings, "student": str(student),
+                               "methods": {m: METHOD_NOTES[m] for m in args.methods}, "rows": rows,
+                               "surrogate_fits": fits, "not_run": skipped, "goal": goals}, indent=1, default=float))
     if rows:
         from lrm.rewards import load as load_reward
 

@@ -1,0 +1,158 @@
+"""benchmarks/tune_efficiency.py (DOLLAR Tab. 17): the surrogate fitted once per reward on the student's store, the
+rows that read it ("lrm-frozen": frozen; "lrm-warm": the start of the concurrent surrogate) and the fit's cost in
+the table. The script's workers run in this process on a tiny student (its test-words text encoder exists only
+here, so no subprocess could load it)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from test_hooks import words_runs  # noqa: F401  (a pytest fixture)
+from test_study_launch import student_with_store  # noqa: F401  (a pytest fixture)
+
+REWARD = "jpeg-incompressibility"
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "tune_efficiency.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("tune_efficiency", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def tiny_args(bench, root: Path, *extra: str):
+    return bench.parse(["--student", str(root / "student"), "--student-steps", "1", "--steps", "2",
+                        "--eval-every", "1", "--batch-size", "2", "--per-prompt", "2", "--eval-prompts", "2",
+                        "--lr", "1e-3", "--surrogate-lr", "1e-3", "--fit-steps", "3", "--runs", str(root / "bench"),
+                        *extra])
+
+
+def tune(bench, root: Path, method: str, surrogate: str | None = None) -> tuple[dict, Path]:
+    run_dir = root / "bench" / f"{REWARD}-{method}-s0"
+    args = tiny_args(bench, root, "--worker", "--reward", REWARD, "--method", method, "--seed", "0",
+                     "--run-dir", str(run_dir), *(["--surrogate", surrogate] if surrogate else []))
+    bench.worker(args)
+    return json.loads((run_dir / bench.RESULT).read_text()), run_dir
+
+
+def latest_checkpoint(run_dir: Path) -> Path:
+    return run_dir / "checkpoints" / (run_dir / "checkpoints" / "latest").read_text().strip()
+
+
+def test_the_fitted_surrogate_is_frozen_or_warm_starts_the_concurrent_one(bench, student_with_store):  # noqa: F811
+    from lrm.datasets.store import LatentStore
+
+    root = student_with_store
+    folder = root / "bench" / bench.SURROGATE_FITS / REWARD
+    bench.fit_worker(tiny_args(bench, root, "--fit-worker", "--reward", REWARD, "--run-dir", str(folder)))
+    fit = json.loads((folder / bench.FIT_RESULT).read_text())
+    assert fit["surrogate"] == str(folder / "surrogates" / "seed0" / "model")  # lrm.studies.surrogates' layout
+    assert Path(fit["surrogate"], "model.safetensors").is_file()
+    assert fit["store"] == str(root / "store") and fit["rows"] == 40 and fit["steps"] == 3
+    assert fit["label"] == f"{REWARD}@decoded" and fit["label"] in LatentStore.open(root / "store").labels
+    assert fit["labelled_store"] and not fit["fitted_before"] and fit["fit_s"] > 0
+    assert fit["preset"] == "image-cnn-stats" and fit["parameters"] > 0 and -1 <= fit["spearman"] <= 1
+
+    # the parent reuses a finished fit of the same settings (no subprocess) and records who shares it
+    (folder / bench.PROCESS).write_text(json.dumps({"peak_rss_mb": 500.0, "wall_s": 9.0}))
+    again = bench.fit_surrogate(REWARD, root / "student", tiny_args(bench, root), root / "bench")
+    assert again == {**fit, "peak_rss_mb": 500.0, "wall_s": 9.0}
+    # a fit worker on a folder that holds the fit refits nothing and does not pass the reuse off as a fit's cost
+    bench.fit_worker(tiny_args(bench, root, "--fit-worker", "--reward", REWARD, "--run-dir", str(folder)))
+    reused = json.loads((folder / bench.FIT_RESULT).read_text())
+    assert reused["fitted_before"] and reused["fit_s"] is None and not reused["labelled_store"]
+
+    frozen, frozen_dir = tune(bench, root, "lrm-frozen", fit["surrogate"])
+    warm, warm_dir = tune(bench, root, "lrm-warm", fit["surrogate"])
+    scratch, scratch_dir = tune(bench, root, "lrm")
+    assert (frozen["config"]["concurrent"], warm["config"]["concurrent"], scratch["config"]["concurrent"]) == \
+        (False, True, True)
+    assert frozen["surrogate"] == warm["surrogate"] == fit["surrogate"] and scratch["surrogate"] is None
+    assert [r["step"] for r in frozen["records"]] == [0, 1, 2] and frozen["train_seconds"][-1] > 0
+    # at step 0 the monitor scores the same starting samples: the warm run's surrogate is the fitted one, the
+    # scratch run's a fresh one
+    assert warm["records"][0]["proxy"] == pytest.approx(frozen["records"][0]["proxy"], rel=1e-6)
+    assert scratch["records"][0]["proxy"] != pytest.approx(frozen["records"][0]["proxy"], rel=1e-3)
+    # the frozen surrogate is no trained role (not checkpointed); the warm one trained away from the fitted weights
+    assert not (latest_checkpoint(frozen_dir) / "lrm.safetensors").exists()
+    fitted = load_file(Path(fit["surrogate"]) / "model.safetensors")
+    trained = load_file(latest_checkpoint(warm_dir) / "lrm.safetensors")
+    shared = set(fitted) & set(trained)
+    assert shared and any(not torch.equal(fitted[k], trained[k]) for k in shared)
+
+    # a finished run is reused only with its own method, surrogate and student
+    args = tiny_args(bench, root)
+    for run_dir in (frozen_dir, warm_dir):
+        (run_dir / bench.PROCESS).write_text(json.dumps({"peak_rss_mb": 1.0, "wall_s": 1.0}))
+    student = root / "student"
+    assert bench.finished(frozen_dir, "lrm-frozen", 0, None, fit["surrogate"], student, args)
+    assert bench.finished(warm_dir, "lrm-warm", 0, 1e-3, fit["surrogate"], student, args)
+    assert not bench.finished(frozen_dir, "lrm-warm", 0, 1e-3, fit["surrogate"], student, args)
+    assert not bench.finished(frozen_dir, "lrm-frozen", 0, None, str(root / "other"), student, args)
+    assert not bench.finished(frozen_dir, "lrm-frozen", 0, None, fit["surrogate"], root / "teacher", args)
+
+
+def test_a_worker_refuses_a_surrogate_the_method_does_not_read(bench, words_runs):  # noqa: F811
+    for method, surrogate in (("lrm-frozen", None), ("lrm", str(words_runs / "lrm")), ("ddpo", "x")):
+        args = tiny_args(bench, words_runs, "--worker", "--reward", REWARD, "--method", method, "--seed", "0",
+                         "--run-dir", str(words_runs / "run"), *(["--surrogate", surrogate] if surrogate else []))
+        with pytest.raises(ValueError, match="a fitted --surrogate is for"):
+            bench.worker(args)
+    assert not (words_runs / "run").exists()
+
+
+def test_rows_that_cannot_run_say_why(bench, words_runs):  # noqa: F811
+    student = words_runs / "student"  # records no latent store
+    assert "it records no latent store" in bench.no_fit(REWARD, student)
+    assert "scores videos and the student" in bench.no_student("temporal-flickering", student)
+    assert bench.no_student(REWARD, student) is None
+
+
+def test_variants_fit_cost_and_goal_arithmetic(bench):
+    assert bench.variants(["lrm", "lrm-frozen", "lrm-warm", "ddpo"], [1e-4, 1e-3]) == [
+        ("lrm-slr0.0001", "lrm", 1e-4), ("lrm-slr0.001", "lrm", 1e-3), ("lrm-frozen", "lrm-frozen", None),
+        ("lrm-warm-slr0.0001", "lrm-warm", 1e-4), ("lrm-warm-slr0.001", "lrm-warm", 1e-3), ("ddpo", "ddpo", None)]
+    summary = {"gain_curve_mean": [0.0, 0.5, 1.0], "seconds_curve_mean": [0.0, 5.0, 10.0], "samples": [0, 8, 16],
+               "train_s_mean": 10.0, "peak_rss_mb_mean": 100.0, "cuda_peak_mb": None, "gain_mean": 1.0}
+    fit = {"surrogate": "s/model", "fit_s": 30.0, "peak_rss_mb": 500.0}
+    row = bench.with_fit(summary, fit, shared_by=6)
+    assert (row["train_s_with_fit"], row["train_s_with_fit_share"], row["fit_shared_by"]) == (40.0, 15.0, 6)
+    ddpo = {"gain_mean": 0.8, "train_s_mean": 100.0, "peak_rss_mb_mean": 1000.0, "cuda_peak_mb": None}
+    g = bench.goal(row, ddpo)
+    # the curve first reaches 0.8 at step 2 (10 s); with the whole 30 s fit: 40 s of DDPO-SF's 100 s
+    assert g["lrm_seconds_to_ddpo_gain"] == 10.0 and g["lrm_samples_to_ddpo_gain"] == 16
+    assert g["time_ratio"] == pytest.approx(0.1) and g["time_goal_met"]
+    assert g["time_ratio_with_fit"] == pytest.approx(0.4) and g["time_goal_met_with_fit"] is False
+    assert g["memory_ratio"] == pytest.approx(0.1) and g["memory_ratio_with_fit"] == pytest.approx(0.5)
+    assert g["memory_goal_met"] and g["memory_goal_met_with_fit"] is False
+    assert "time_ratio_with_fit" not in bench.goal(summary, ddpo)  # no fit, no fit columns
+    unknown = bench.with_fit(summary, {**fit, "fit_s": None}, shared_by=6)
+    assert unknown["train_s_with_fit"] is None and bench.goal(unknown, ddpo)["time_goal_met_with_fit"] is None
+    nothing = bench.goal(row, {**ddpo, "gain_mean": -0.1})  # DDPO-SF gained nothing: undecided either way
+    assert nothing["time_goal_met"] is None and nothing["time_goal_met_with_fit"] is None
+
+
+def test_the_table_shows_the_fit_as_its_own_row_and_the_fitted_times_with_and_without_it(bench):
+    base = {"gold_start": 1.0, "gain_mean": 0.5, "gain_sd": 0.1, "train_s_mean": 10.0, "samples": [0, 16],
+            "peak_rss_mb_mean": 900.0, "diversity_before": 1.2, "diversity_after": 1.1}
+    rows = {REWARD: {"lrm-slr0.0001": base,
+                     "lrm-frozen": {**base, "fit_s": 30.0, "train_s_with_fit": 40.0, "train_s_with_fit_share": 15.0,
+                                    "fit_shared_by": 6}}}
+    fits = {REWARD: {"preset": "image-cnn-stats", "parameters": 230561, "steps": 2000, "rows": 2048,
+                     "labelled_store": True, "fit_s": 30.0, "fit_train_s": 25.0, "wall_s": 41.0,
+                     "peak_rss_mb": 700.0, "spearman": 0.9123, "shared_by": 6}}
+    skipped = [{"reward": "temporal-flickering", "method": "all", "reason": "no video student"}]
+    text = bench.table(rows, skipped, fits, {}, 3).splitlines()
+    assert text[2].split(" | ")[5] == "no fit"
+    assert text[3].split(" | ")[4:6] == ["10", "40 / 15 (n = 6)"]
+    assert text[4] == "| temporal-flickering | all | not run: no video student |"
+    assert "| image-cnn-stats (230561 parameters), 2000 steps | 2048 | True | 30.0 | 25.0 | 41.0 | 700 | 0.912 | 6 |" \
+        in text[-1]
