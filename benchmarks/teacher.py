@@ -34,6 +34,7 @@ import torch
 from lrm.datasets.encoding import EncodeConfig, encode
 from lrm.datasets.store import LatentStore
 from lrm.evaluation import alignment, diversity, latent_frechet_distance, pixel_features
+from lrm.evaluation.rewards import sample_rewards
 from lrm.generators import build_dit, inflate, load_denoiser
 from lrm.generators.embedded import EMBEDDED, embedded_config, embedded_run_dir, embedded_store_dir, embedded_teacher
 from lrm.generators.training import sample_latents, snapshot_path, snapshot_steps
@@ -78,7 +79,14 @@ def evaluate(name: str, model, prompts: list[str], text, mask, shape, guidance: 
     vendi = diversity(pixel_features(pixels), captions)
     return {"model": name, "guidance": guidance, "samples": len(captions), "fd": latent_frechet_distance(latents, reference),
             "color": aligned.color, "shape": aligned.shape, "vendi": vendi.mean, "vendi_std": vendi.std,
-            "sample_s": round(sample_s, 1)}, pixels
+            "flicker": temporal_flickering(pixels), "sample_s": round(sample_s, 1)}, pixels
+
+
+def temporal_flickering(pixels: torch.Tensor) -> float | None:
+    """Mean temporal-flickering reward (1: frames change smoothly) of clips (N, T, 3, H, W); None for images."""
+    if pixels.shape[1] == 1:
+        return None
+    return sample_rewards(pixels, None, ["temporal-flickering"])["temporal-flickering"].mean
 
 
 def grid_png(rows: list[tuple[str, torch.Tensor]], prompts: list[str]) -> bytes:
@@ -145,7 +153,7 @@ def main() -> None:
     real_aligned, shuffled_aligned = alignment(real_pixels, prompts), alignment(real_pixels, shuffled)
     rows = [{"model": "real (held-out, decoded)", "guidance": None, "samples": args.reference,
              "fd": latent_frechet_distance(second_real, reference), "color": real_aligned.color,
-             "shape": real_aligned.shape, "vendi": None},
+             "shape": real_aligned.shape, "vendi": None, "flicker": temporal_flickering(real_pixels)},
             {"model": "real, shuffled captions", "guidance": None, "samples": args.prompts, "fd": None,
              "color": shuffled_aligned.color, "shape": shuffled_aligned.shape, "vendi": None}]
 
@@ -180,10 +188,10 @@ def main() -> None:
     atomic_write_bytes(args.out.with_name(args.out.stem + "_grid.png"), grid_png(grid, prompts[:GRID_PROMPTS]))
 
     fmt = lambda v, p=3: "-" if v is None else f"{v:.{p}f}"  # noqa: E731
-    print(f"\n{'model':28s} {'cfg':>4s} {'FD':>8s} {'colour':>7s} {'shape':>6s} {'Vendi':>6s}")
+    print(f"\n{'model':28s} {'cfg':>4s} {'FD':>8s} {'colour':>7s} {'shape':>6s} {'Vendi':>6s} {'flicker':>7s}")
     for r in rows:
         print(f"{r['model']:28s} {fmt(r['guidance'], 1):>4s} {fmt(r['fd'], 2):>8s} {fmt(r['color']):>7s} "
-              f"{fmt(r['shape']):>6s} {fmt(r['vendi'], 2):>6s}")
+              f"{fmt(r['shape']):>6s} {fmt(r['vendi'], 2):>6s} {fmt(r.get('flicker')):>7s}")
     print(f"training: {training['train_s']:.0f} s for {training['steps']} steps, total {training['total_s']:.0f} s, "
           f"peak RSS {training['peak_rss_mb']:.0f} MB")
 

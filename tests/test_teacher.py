@@ -193,12 +193,15 @@ def test_embedded_teacher_is_cached_by_settings(tmp_path, monkeypatch):
     monkeypatch.setenv("LRM_CACHE", str(tmp_path))
     run, default = embedded.embedded_run_dir(), embedded.EMBEDDED["image"].teacher
     assert run.parent == tmp_path / "teachers" and run.name.startswith("image-dit-s1-64px-")
-    assert embedded.embedded_run_dir(video=True).name.startswith("video-dit-s-64px-")
+    video_run = embedded.embedded_run_dir(video=True)
+    assert video_run.name.startswith("video-dit-s1-64px-")
+    assert embedded.embedded_config(video=True).init == str(run / "model")  # it starts from the image teacher
     with pytest.raises(FileNotFoundError, match="lrm teacher train --video"):
         embedded.embedded_teacher(video=True, train_if_missing=False)
     monkeypatch.setitem(embedded.EMBEDDED, "image", replace(embedded.EMBEDDED["image"],
                                                             teacher=replace(default, steps=10)))
     assert embedded.embedded_run_dir() != run  # another setting, another cached teacher
+    assert embedded.embedded_run_dir(video=True) != video_run  # ... and another video teacher started from it
     monkeypatch.setitem(embedded.EMBEDDED, "image", replace(embedded.EMBEDDED["image"],
                                                             teacher=replace(default, keep_checkpoints=5)))
     assert embedded.embedded_run_dir() == run  # logging and checkpoint cadence do not change the weights
@@ -257,9 +260,10 @@ def test_cli_embedded_dry_run_uses_the_cache(tmp_path, monkeypatch):
     result = runner.invoke(cli_app(), ["teacher", "train", "--video", "--dry-run"])
     assert result.exit_code == 0, result.output
     plan = json.loads(result.output)
-    assert plan["embedded"] and plan["run"].startswith(str(tmp_path / "teachers" / "video-dit-s-64px-"))
+    assert plan["embedded"] and plan["run"].startswith(str(tmp_path / "teachers" / "video-dit-s1-64px-"))
     video = embedded.EMBEDDED["video"].teacher
-    assert plan["teacher"]["steps"] == video.steps and plan["teacher"]["batch_size"] == video.batch_size == 16
+    assert plan["teacher"]["steps"] == video.steps and plan["teacher"]["batch_size"] == video.batch_size == 8
+    assert plan["teacher"]["init"] == str(embedded.embedded_run_dir() / "model")
 
 
 def test_cli_bad_input_is_one_line(store, tmp_path):

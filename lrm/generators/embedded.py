@@ -53,14 +53,15 @@ class EmbeddedTeacher:
 
 EMBEDDED: dict[str, EmbeddedTeacher] = {
     # 2,048 images of the simple world at 64 px (8x8x32 latents): 38 s to encode; dit-s1 (one token per 8x8 dct
-    # block), 1,000 steps of 32 = 16 epochs
+    # block), 2,250 steps of 32 = 35 epochs
     "image": EmbeddedTeacher(
         EncodeConfig("procedural:2048:simple", codec="dct", frames=1, size=64, text=TEXT_ENCODER, text_length=TEXT_LENGTH),
-        TeacherConfig(preset="dit-s1", steps=1000)),
-    # 1,024 clips of the simple world, 8 frames at 64 px (8x8x8x32 latents), moving shapes; dit-s, 1,400 steps of 16
+        TeacherConfig(preset="dit-s1", steps=2250)),
+    # 1,024 clips of the simple world, 8 frames at 64 px (8x8x8x32 latents), moving shapes; dit-s1 started from the
+    # image teacher (inflated: lrm.generators.dit.inflate), 540 steps of 8
     "video": EmbeddedTeacher(
         EncodeConfig("procedural:1024:simple", codec="dct", frames=8, size=64, text=TEXT_ENCODER, text_length=TEXT_LENGTH),
-        TeacherConfig(steps=1400, batch_size=16, checkpoint_every=140)),
+        TeacherConfig(preset="dit-s1", steps=540, batch_size=8, checkpoint_every=60), starts_from="image"),
 }
 
 
