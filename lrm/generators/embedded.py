@@ -1,25 +1,19 @@
 """The embedded-default teachers: lrm's DiT trained on procedural captioned clips in the dct latent space.
 
-    run = embedded_teacher()              # image teacher; trains it (~13 min on a 2-core CPU) if not cached
+    run = embedded_teacher()              # image teacher; trains it (~14 min on a 2-core CPU) if not cached
     model = load_denoiser(run / "model")
-    run = embedded_teacher(video=True)    # 8-frame clips with motion
+    run = embedded_teacher(video=True)    # 8-frame clips with motion, started from the image teacher
 
-Each entry of EMBEDDED fixes the store (procedural clips, dct codec, all-MiniLM-L6-v2 tokens) and the
-training settings, chosen for the 15-minute budget on this project's 2-core CPU (one torch thread, the
-CPU shared with other jobs). Per-step costs measured first: dit-s at batch 32 on 8x8 latents (64 px)
-0.34 s; on 16x16 latents (128 px) 0.71 s; dit-xs on 8x8 latents 0.044 s; 8-frame 64-px clips at batch 16
-0.47 s (128-px clips: 3.1 s at dit-s, too slow). 64 px gives twice the steps of 128 px in the same time, which a
-small teacher needs more than the alignment ceiling it gives up (0.92 / 0.78 colour / shape on real 64-px
-frames vs 0.94 / 0.85 at 128 px). The image teacher is dit-s1 (patch 1, one token per 8x8 dct block):
-2.65x the cost of dit-s per step, but at 500 steps it already drew the objects' colours better than
-dit-s at 1,500 (colour alignment 0.37 vs 0.23 at CFG 4; docs/teacher.md has the probes). Measured end to
-end (benchmarks/teacher.py, docs/teacher.md, load average ~3.7 on the 2 cores): the image teacher takes
-751 s (1,000 steps 700 s, store and report 52 s), peak RSS 1.5 GB (on the full world; the simple world costs the
-same per step). Both teachers train on the "simple" procedural world (lrm.datasets.procedural.WORLDS: one medium or
-large shape over a plain or gradient background, no blur, noise, flicker or JPEG): the same dit-s1 run reached
-colour alignment 0.92 at CFG 4 on it against 0.56 on the full world (docs/teacher.md). The video teacher's one
-full run took 3,034 s for 1,400 steps with the CPU shared by five other jobs (load 5 to 7); 0.47 s per step
-measured alone makes ~11 minutes.
+Each entry of EMBEDDED fixes the store (procedural clips of the "simple" world, dct codec, all-MiniLM-L6-v2
+tokens) and the training settings, chosen for the 15-minute budget on this project's 2-core CPU. The simple
+world (lrm.datasets.procedural.WORLDS: one medium or large shape over a plain or gradient background, no blur,
+noise, flicker or JPEG) is what a teacher this small learns in minutes (colour alignment 0.92 against 0.56 on
+the full world at the same settings, docs/teacher.md). The image teacher is dit-s1 (patch 1: one token per 8x8
+dct block), which binds object colours where patch 2 did not. The video teacher is the same dit-s1 started
+from the image teacher (lrm.generators.dit.inflate: the image model frame by frame, temporal attention behind a
+zero gate), so it inherits the image teacher's binding and spends its budget on time; its cache key includes
+the image teacher's run name, and training it trains the image teacher first when that is missing.
+Measured end to end by benchmarks/teacher.py (docs/teacher.md has the tables and the machine's load).
 
 The run folder lives under the cache, `$LRM_CACHE/teachers/<name>` (default ~/.cache/lrm/teachers), with
 <name> = "<kind>-<preset>-<size>px-<hash of the store and training settings>", so that changing a
