@@ -333,8 +333,9 @@ def goal(lrm: dict, ddpo: dict) -> dict:
         fit_s = lrm["fit_s"]
         with_fit_ratio = None if seconds is None or fit_s is None else (seconds + fit_s) / ddpo["train_s_mean"]
         # the fit's CUDA peak is not measured: with --device cuda the memory ratio with the fit stays unknown
-        fit_memory = (max(lrm[memory], lrm["fit_peak_rss_mb"]) / ddpo[memory]) if memory == "peak_rss_mb_mean" \
-            else None
+        # ... and a reused fit (fit_s None) measured no fit: its process's RSS is not the fit's
+        fit_memory = (max(lrm[memory], lrm["fit_peak_rss_mb"]) / ddpo[memory]) \
+            if memory == "peak_rss_mb_mean" and fit_s is not None else None
         out.update({"time_ratio_with_fit": with_fit_ratio,
                     "time_goal_met_with_fit": (with_fit_ratio is not None and with_fit_ratio <= 0.2)
                     if target > 0 and fit_s is not None else None,

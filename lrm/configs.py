@@ -195,10 +195,11 @@ class TeacherConfig:
     device: str = "cpu"  # "cpu", "cuda" or "cuda:N"; under torchrun with CUDA each rank uses cuda:LOCAL_RANK
 
 
-# Fields that change how a run is logged or shown, not the weights it trains: left out of resume checks
-# and of the embedded teacher's cache key.
+# Fields left out of resume checks and of the embedded teacher's cache key: how a run is logged or shown, and
+# `init`, a path that only sets step 0 (a resumed run loads its checkpoint; the embedded video teacher's key
+# names its image teacher's run), so a moved cache or another spelling of the path still resumes.
 RUN_ONLY_FIELDS = ("log_every", "checkpoint_every", "keep_checkpoints", "snapshots", "report_guidance",
-                   "report_samples", "device")
+                   "report_samples", "device", "init")
 
 
 def training_settings(config: TeacherConfig) -> dict:

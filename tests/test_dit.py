@@ -177,6 +177,17 @@ def test_load_refuses_another_codec_or_text_encoder(tmp_path):
     assert "\n" not in str(caught.value) and "differs in: scale" in str(caught.value)
 
 
+def test_format_v1_video_models_are_refused_and_v1_image_models_load(tmp_path):
+    """Format v1 added a video DiT's frame positions to every token; v2 adds them inside temporal attention."""
+    for frames in (1, 2):
+        folder = save_denoiser(tiny(frames=frames), tmp_path / f"m{frames}")
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**config, "format_version": 1}))
+    assert load_denoiser(tmp_path / "m1").frames == 1
+    with pytest.raises(ValueError, match="video DiT of format v1.*retrain it"):
+        load_denoiser(tmp_path / "m2")
+
+
 def test_missing_folder_or_file_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="denoiser folder .*nowhere not found"):
         load_denoiser(tmp_path / "nowhere")

@@ -70,6 +70,11 @@ def test_launch_two_regularisers_writes_each_run_its_study_and_one_comparison(wo
     # and refuses one of other settings instead of mixing it in
     other = CliRunner().invoke(cli_app(), [*args, "--steps", "3"])
     assert other.exit_code == 2 and "holds a tuning run with steps 2, not 3" in other.output, other.output
+    # ... or one tuned from another generator
+    records = out / "runs" / "kl-seed3" / "records.json"
+    records.write_text(json.dumps({**json.loads(records.read_text()), "from": "elsewhere"}))
+    moved = CliRunner().invoke(cli_app(), args)
+    assert moved.exit_code == 2 and "holds a tuning run with from 'elsewhere'" in moved.output, moved.output
 
 
 def test_launch_refuses_bad_input_with_one_line(words_runs, tmp_path):  # noqa: F811

@@ -21,7 +21,8 @@ from lrm.diffusion.parameterisations import training_target
 from lrm.diffusion.schedules import schedule_from_config
 from lrm.generators import DenoiserMismatchError, build_dit, load_denoiser
 from lrm.generators.training import (TeacherConfig, denoising_batch, drop_text, ema_decay, initial_model,
-                                     learning_rate, sample_latents, snapshot_path, snapshot_steps, train_teacher)
+                                     is_finished, learning_rate, sample_latents, snapshot_path, snapshot_steps,
+                                     train_teacher)
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = TeacherConfig(preset="dit-xs", steps=20, batch_size=8, warmup_steps=5, log_every=5, checkpoint_every=10,
@@ -128,6 +129,8 @@ def test_a_video_teacher_starts_from_an_image_teacher(store, trained, tmp_path):
     result = train_teacher(clips, config, tmp_path / "run")
     assert result.model.temporal
     assert json.loads((tmp_path / "run" / "config.json").read_text())["teacher"]["init"] == str(image_run)
+    moved = replace(config, init=str(tmp_path / "elsewhere"))  # init only sets step 0: a moved cache still resumes
+    assert train_teacher(clips, moved, tmp_path / "run").steps == 2 and is_finished(tmp_path / "run", moved)
     with pytest.raises(ValueError, match="is not a dit-s .*pass --preset dit-xs"):
         initial_model(image_run, clips, replace(TINY, preset="dit-s"))
     with pytest.raises(ValueError, match="is a 4-frame model and store .* holds 1-frame latents"):
@@ -266,9 +269,12 @@ def test_cli_embedded_dry_run_uses_the_cache(tmp_path, monkeypatch):
     assert plan["teacher"]["init"] == str(embedded.embedded_run_dir() / "model")
 
 
-def test_cli_bad_input_is_one_line(store, tmp_path):
+def test_cli_bad_input_is_one_line(store, trained, tmp_path):
     no_text = encode(EncodeConfig("procedural:2", frames=1, size=32), tmp_path / "no_text", progress=False)
     cases = [
+        (["--video", "--preset", "dit-s"], "starts from the embedded image teacher (dit-s1); with --preset dit-s pass"),
+        (["--store", str(store.path), "--init", str(trained[1]), "--preset", "dit-s"], "is not a dit-s (depth 2 vs 6"),
+        (["--store", str(store.path), "--init", str(tmp_path / "nowhere")], "--init"),
         (["--steps", "-5"], "teacher steps must be a positive integer"),
         (["--store", str(tmp_path / "missing")], "no latent store at"),
         (["--store", str(store.path), "--video"], "holds images, not clips: drop --video"),

@@ -190,7 +190,11 @@ def _launch(reward, out, study_options, regularisers, seeds, launch_options, sur
     plan.check_inputs(surrogate, ensemble)
     study_config = StudyConfig(**study_options, higher_is_better=higher_is_better(reward))
     if tune_args["student"] is None and tune_args["teacher"] is None:  # the embedded student, as `lrm tune`'s
+        from lrm.studies.surrogates import check_reward
         from lrm.tuning.embedded import STUDENT_JOB
+
+        if plan.seeds_to_fit(config, surrogate, ensemble):  # before the minutes of distilling the student
+            check_reward(reward, video=False, what="the embedded student")
 
         student = tune_cli._embedded_student(STUDENT_JOB.student_steps, tune_args["device"])
         tune_args = {**tune_args, "student": student}
@@ -213,7 +217,10 @@ def _launch(reward, out, study_options, regularisers, seeds, launch_options, sur
             options = plan.tune_options(regulariser, config, surrogate, ensemble)
             expected = {**{k: v for k, v in {**tune_cli.DEFAULTS, **given, **options}.items() if k in COMPARED},
                         "seed": seed}
-            if not _reusable(folder, expected):
+            inputs = {"from": str(tune_args["student"] or tune_args["teacher"]),
+                      "surrogate": str(options["surrogate"]) if options.get("surrogate") else None,
+                      "ensemble": [str(p) for p in options.get("ensemble") or ()]}
+            if not _reusable(folder, expected, inputs):
                 typer.echo(f"[{regulariser}, seed {seed}] lrm tune {reward} -> {folder}", err=True)
                 tune_cli.tune(reward=reward, method="lrm", seed=seed, out=folder, **given, **options)
             run = read_run(folder, reward)
@@ -230,14 +237,16 @@ def _launch(reward, out, study_options, regularisers, seeds, launch_options, sur
     return json.loads((out_dir / "metrics.json").read_text())["verdict"], out_dir
 
 
-def _reusable(folder: Path, expected: dict) -> bool:
-    """True when `folder` already holds the records of a run with the `expected` TuneConfig values; False when it
-    holds none; a run with other values is refused (one line naming the first difference)."""
+def _reusable(folder: Path, expected: dict, inputs: dict) -> bool:
+    """True when `folder` already holds the records of a run with the `expected` TuneConfig values, tuned from the
+    same generator with the same surrogate and ensemble (`inputs`, as records.json names them; a key older records
+    lack is not compared); False when it holds none; another run is refused (one line naming the difference)."""
     records = folder / "records.json"
     if not records.is_file():
         return False
-    saved = json.loads(records.read_text()).get("config", {})
-    for key, value in expected.items():
+    facts = json.loads(records.read_text())
+    saved = {**facts.get("config", {}), **{k: facts[k] for k in inputs if k in facts}}
+    for key, value in {**expected, **{k: v for k, v in inputs.items() if k in facts}}.items():
         if saved.get(key) != value:
             raise ValueError(f"{folder} holds a tuning run with {key} {saved.get(key)!r}, not {value!r}; remove it or "
                              "choose another --out")

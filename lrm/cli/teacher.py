@@ -31,7 +31,7 @@ def resolve(video: bool, store: Path | None, data: str | None, prompts: Path | N
     """What `lrm teacher train` will do: the run folder, where its store comes from, the teacher settings."""
     from lrm.configs import EncodeConfig
     from lrm.generators.embedded import embedded_config, embedded_run_dir, embedded_store_dir
-    from lrm.generators.training import check_config
+    from lrm.generators.training import check_config, check_init
 
     if store is not None and data is not None:
         raise ValueError("give either --store or --data, not both")
@@ -43,9 +43,16 @@ def resolve(video: bool, store: Path | None, data: str | None, prompts: Path | N
     entry = EMBEDDED[kind]
     overrides = {k: v for k, v in (("steps", steps), ("preset", preset), ("batch_size", batch_size),
                                    ("init", None if init is None else str(init))) if v is not None}
-    base = embedded_config(video) if store is None and data is None else entry.teacher  # the embedded video
-    config = dataclasses.replace(base, device=device, **overrides)  # teacher starts from the image one
+    # the embedded video teacher starts from the embedded image teacher; a teacher of the user's data from scratch
+    base = embedded_config(video) if store is None and data is None else entry.teacher
+    if base.init is not None and init is None and preset not in (None, base.preset):
+        raise ValueError(f"the embedded video teacher starts from the embedded image teacher ({base.preset}); with "
+                         f"--preset {preset} pass --init RUN of a {preset} image teacher, or train from scratch "
+                         "with --data procedural:1024:simple")
+    config = dataclasses.replace(base, device=device, **overrides)
     check_config(config)
+    if init is not None:
+        check_init(init, config.preset)
     plan = {"kind": kind, "teacher": dataclasses.asdict(config)}
     if store is not None:
         from lrm.datasets.store import LatentStore
@@ -79,7 +86,8 @@ def train(
     batch_size: Annotated[Optional[int], typer.Option(
         help=f"Global batch (default {IMAGE.teacher.batch_size} for images, {VIDEO.teacher.batch_size} for --video).")] = None,
     init: Annotated[Optional[Path], typer.Option(
-        help="Teacher run to start from; an image teacher starts a video one (--video default: the embedded image teacher).")] = None,
+        help="Teacher run to start from; an image teacher starts a video one. Default: the embedded image teacher "
+             "for the embedded --video teacher, none (from scratch) with --store or --data.")] = None,
     out: Annotated[Optional[Path], typer.Option(
         help="Run folder (default: the embedded teacher's cache folder, else runs/teacher-<data>).")] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.", callback=check_device)] = DEFAULTS["device"],
@@ -89,14 +97,15 @@ def train(
     """Train lrm's latent DiT teacher (conjugate-v, DOLLAR Eq. 13) with CFG dropout, EMA and checkpoints.
 
     Without --store or --data it trains the embedded default on procedural captioned images (or clips
-    with --video, starting from the embedded image teacher) in the dct latent space, about 15 minutes
-    each on a 2-core CPU, cached so that later commands reuse it. Writes RUN/model (the EMA teacher), RUN/report.html, RUN/metrics.jsonl and
+    with --video, starting from the embedded image teacher) in the dct latent space: ~11 minutes on a
+    2-core CPU for images, ~5 more for --video, cached so that later commands reuse it. Writes RUN/model (the EMA teacher), RUN/report.html, RUN/metrics.jsonl and
     RUN/checkpoints; re-running resumes. Under torchrun it trains with DDP.
 
     Examples:
       lrm teacher train                       # the embedded image teacher
       lrm teacher train --video
       lrm teacher train --store my_store --steps 20000 --preset dit-m
+      lrm teacher train --video --store clips --init runs/teacher-img
     """
     try:
         plan = resolve(video, store, data, prompts, codec, size, steps, preset, batch_size, init, out, device)
@@ -118,10 +127,8 @@ def _run(plan: dict, video: bool, progress: bool) -> Path:
     run = Path(plan["run"])
     if plan.get("embedded") and run == embedded_run_dir(video):
         return embedded_teacher(video, progress=progress, device=config.device)
-    embedded_init = embedded_config(video).init
-    if embedded_init is not None and config.init == embedded_init:  # the embedded image teacher, trained if missing
-        embedded_teacher(EMBEDDED["video" if video else "image"].starts_from == "video", progress=progress,
-                         device=config.device)
+    if config.init is not None and config.init == embedded_config(video).init:  # trained first if missing
+        embedded_teacher(video=False, progress=progress, device=config.device)
     if plan.get("embedded"):
         store = embedded_store(video, progress, config.device)
     elif "encode" in plan:

@@ -244,7 +244,7 @@ def _run(reward_name, reward_options, run_path, distill, student_steps, store_pa
     save_denoiser(result.student, out_dir / "model", extra=extra)
     term = result.term
     facts = {"reward": reward_name, "method": method, "concurrent": concurrent, "from": str(run_path),
-             "ensemble": [str(path) for path in ensemble or ()],
+             "surrogate": settings["surrogate"], "ensemble": settings["ensemble"],
              "config": asdict(config), "records": [asdict(r) for r in result.records],
              "seconds_per_step": result.seconds_per_step, "peak_memory_mb": result.peak_memory_mb,
              "peak_rss_mb": result.peak_rss_mb,

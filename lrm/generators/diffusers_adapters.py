@@ -717,6 +717,9 @@ def prompt_encoder_id(source: str, family: str, max_sequence_length: int | None 
     max_sequence_length is not the family's default (T5_LENGTHS)."""
     length = max_sequence_length if family in T5_LENGTHS else None
     suffix = f"@{length}" if length is not None and length != T5_LENGTHS[family] else ""
+    local = Path(source).expanduser()
+    if local.is_dir():  # a local pipeline by absolute path: a relative one would read as a hub id elsewhere
+        source = str(local.resolve())
     return f"diffusers:{source}{suffix}"
 
 

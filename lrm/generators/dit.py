@@ -55,8 +55,8 @@ MAX_PERIOD = 10_000  # longest wavelength of the sin-cos positions
 # (all-MiniLM-L6-v2); a video model (frames > 1) adds temporal attention + its modulation per block.
 DIT_PRESETS: dict[str, dict] = {
     "dit-xs": dict(depth=2, width=64, heads=2, patch=2),  # 286,464 image / 344,704 video: tests
-    "dit-s": dict(depth=6, width=128, heads=4, patch=2),  # 2,672,640 image / 3,366,144 video: CPU embedded video default
-    "dit-s1": dict(depth=6, width=128, heads=4, patch=1),  # 2,647,968 image / 3,341,472 video: CPU embedded image default
+    "dit-s": dict(depth=6, width=128, heads=4, patch=2),  # 2,672,640 image / 3,366,144 video
+    "dit-s1": dict(depth=6, width=128, heads=4, patch=1),  # 2,647,968 image / 3,341,472 video: the embedded teachers
     "dit-m": dict(depth=8, width=256, heads=4, patch=2),  # 13,711,872 image / 17,396,224 video: a bigger CPU/GPU teacher
     "dit-b": dict(depth=12, width=768, heads=12, patch=2),  # 180,793,856 image / 230,403,584 video: GPUs (DiT-B width)
 }

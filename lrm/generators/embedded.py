@@ -1,6 +1,6 @@
 """The embedded-default teachers: lrm's DiT trained on procedural captioned clips in the dct latent space.
 
-    run = embedded_teacher()              # image teacher; trains it (~14 min on a 2-core CPU) if not cached
+    run = embedded_teacher()              # image teacher; trains it (~11 min on a 2-core CPU) if not cached
     model = load_denoiser(run / "model")
     run = embedded_teacher(video=True)    # 8-frame clips with motion, started from the image teacher
 
@@ -42,7 +42,7 @@ TEXT_LENGTH = 32  # tokens kept per caption: procedural captions take at most 29
 class EmbeddedTeacher:
     store: EncodeConfig  # the procedural store it trains on
     teacher: TeacherConfig  # its training settings
-    starts_from: str | None = None  # "image": training starts from the embedded image teacher, inflated to clips
+    from_image_teacher: bool = False  # training starts from the embedded image teacher, inflated to clips
 
 
 EMBEDDED: dict[str, EmbeddedTeacher] = {
@@ -55,7 +55,7 @@ EMBEDDED: dict[str, EmbeddedTeacher] = {
     # image teacher (inflated: lrm.generators.dit.inflate), 540 steps of 8
     "video": EmbeddedTeacher(
         EncodeConfig("procedural:1024:simple", codec="dct", frames=8, size=64, text=TEXT_ENCODER, text_length=TEXT_LENGTH),
-        TeacherConfig(preset="dit-s1", steps=540, batch_size=8, checkpoint_every=60), starts_from="image"),
+        TeacherConfig(preset="dit-s1", steps=540, batch_size=8, checkpoint_every=60), from_image_teacher=True),
 }
 
 
@@ -78,17 +78,17 @@ def embedded_run_dir(video: bool = False) -> Path:
     kind = "video" if video else "image"
     entry = EMBEDDED[kind]
     settings = {"store": _store_settings(entry), "teacher": training_settings(entry.teacher)}
-    if entry.starts_from is not None:  # its run name carries that teacher's own settings
-        settings["starts_from"] = embedded_run_dir(entry.starts_from == "video").name
+    if entry.from_image_teacher:  # its run name carries that teacher's own settings
+        settings["starts_from"] = embedded_run_dir(video=False).name
     return cache_root() / "teachers" / f"{kind}-{entry.teacher.preset}-{entry.store.size}px-{_digest(settings)}"
 
 
 def embedded_config(video: bool = False) -> TeacherConfig:
     """The embedded teacher's training settings, `init` set to the model folder of the teacher it starts from."""
     entry = EMBEDDED["video" if video else "image"]
-    if entry.starts_from is None:
+    if not entry.from_image_teacher:
         return entry.teacher
-    return replace(entry.teacher, init=str(embedded_run_dir(entry.starts_from == "video") / "model"))
+    return replace(entry.teacher, init=str(embedded_run_dir(video=False) / "model"))
 
 
 def embedded_store_dir(video: bool = False) -> Path:
@@ -121,9 +121,9 @@ def embedded_teacher(video: bool = False, train_if_missing: bool = True, progres
     if not train_if_missing:
         flag = " --video" if video else ""
         raise FileNotFoundError(f"the embedded {kind} teacher is not trained yet ({run}); train it with "
-                                f"`lrm teacher train{flag}` (10-15 minutes on a 2-core CPU)")
-    if entry.starts_from is not None:
-        embedded_teacher(entry.starts_from == "video", progress=progress, device=device)
+                                f"`lrm teacher train{flag}` (~11 minutes on a 2-core CPU for images, ~5 more for --video)")
+    if entry.from_image_teacher:
+        embedded_teacher(video=False, progress=progress, device=device)
     store = embedded_store(video, progress, device)
     train_teacher(store, replace(config, device=device), run, resume=True, progress=progress)
     return run

@@ -22,7 +22,7 @@ from lrm.io import atomic_write_bytes, atomic_write_json
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 FORMAT = "lrm-denoiser"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: a video DiT adds its frame positions inside temporal attention only (1: to every token)
 ARCHITECTURE = "latent-dit"  # the only architecture this format holds so far
 
 
@@ -71,9 +71,13 @@ def read_config(directory: str | Path) -> dict:
             raise FileNotFoundError(f"{directory / name} not found: a saved denoiser is a folder with {CONFIG_NAME} "
                                     f"and {WEIGHTS_NAME} (written by save_denoiser)")
     config = json.loads((directory / CONFIG_NAME).read_text())
-    if config.get("format") != FORMAT or config.get("format_version") != FORMAT_VERSION:
+    version = config.get("format_version")
+    if config.get("format") != FORMAT or version not in (1, FORMAT_VERSION):
         raise ValueError(f"{directory / CONFIG_NAME} is not an lrm denoiser of format {FORMAT} v{FORMAT_VERSION} "
-                         f"(got format={config.get('format')!r}, version={config.get('format_version')!r})")
+                         f"(got format={config.get('format')!r}, version={version!r})")
+    if version == 1 and config.get("frames", 1) > 1:  # v1 image models compute what v2 ones do
+        raise ValueError(f"{directory} is a video DiT of format v1, which added frame positions to every token; this "
+                         "lrm adds them inside temporal attention, so its weights no longer fit: retrain it")
     return config
 
 

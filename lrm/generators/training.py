@@ -212,22 +212,29 @@ def check_store(store, video: bool | None = None) -> None:
         raise ValueError(f"store {store.path} holds {held}, not {'clips' if video else 'images'}: {fix}")
 
 
+def check_init(init: str | Path, preset: str) -> Path:
+    """The model folder of `init` (a teacher run or its model folder), read from its config.json alone: it must
+    be a `preset` DiT (one-line ValueError naming the difference otherwise)."""
+    folder = Path(init)
+    if (folder / MODEL_DIR).is_dir():
+        folder = folder / MODEL_DIR
+    saved = read_config(folder)
+    dims = saved.get("dimensions", {})
+    differs = [f"{k} {dims.get(k)} vs {v}" for k, v in DIT_PRESETS[preset].items() if dims.get(k) != v]
+    if differs:
+        raise ValueError(f"--init {init} is not a {preset} ({', '.join(differs)}); pass --preset "
+                         f"{saved.get('preset') or 'matching its dimensions'}")
+    return folder
+
+
 def initial_model(init: str | Path, store, config: TeacherConfig) -> LatentDiT:
     """The DiT a run with `config.init` starts from: the teacher saved in `init` (a teacher run or its model
     folder), inflated (lrm.generators.dit.inflate) when it is an image model and `store` holds clips. It must
     be `config.preset` with `config.prediction`, in the store's latent space and text encoder (one-line
     ValueError naming the difference otherwise)."""
-    folder = Path(init)
-    if (folder / MODEL_DIR).is_dir():
-        folder = folder / MODEL_DIR
-    saved = read_config(folder)
-    check_compatible(saved, store.codec_settings, store.text_encoder_id, f"--init {init}")
+    folder = check_init(init, config.preset)
+    check_compatible(read_config(folder), store.codec_settings, store.text_encoder_id, f"--init {init}")
     model = load_denoiser(folder)
-    dims, want = model.dimensions(), DIT_PRESETS[config.preset]
-    differs = [f"{k} {dims[k]} vs {v}" for k, v in want.items() if dims.get(k) != v]
-    if differs:
-        raise ValueError(f"--init {init} is not a {config.preset} ({', '.join(differs)}); pass --preset "
-                         f"{model.preset or 'matching its dimensions'}")
     if model.prediction != config.prediction:
         raise ValueError(f"--init {init} predicts {model.prediction}, the run trains {config.prediction}")
     frames = store.latent_shape[0]

@@ -53,6 +53,13 @@ def check_can_label(reward: str, store: Path) -> None:
     """Refuse, in one line, a REWARD that is no pixel reward lrm can load, or one that scores videos for a store of
     images: neither can label the store's decoded latents."""
     from lrm.datasets.store import LatentStore
+
+    check_reward(reward, LatentStore.open(store).latent_shape[0] > 1, f"store {store}")
+
+
+def check_reward(reward: str, video: bool, what: str) -> None:
+    """Refuse, in one line, a REWARD that is no pixel reward lrm can load, or a video reward when `what` (the
+    store, or the generator, named in the message) holds images."""
     from lrm.rewards import load
 
     fix = "pass --surrogate DIR and --ensemble DIR (repeat) fitted by `lrm fit`"
@@ -61,10 +68,9 @@ def check_can_label(reward: str, store: Path) -> None:
     except (KeyError, ValueError, OSError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)  # no KeyError quotes
         raise ValueError(f"cannot fit the study's surrogates: {reward!r} is no pixel reward that can label "
-                         f"{store} ({message}); {fix}") from None
-    frames = LatentStore.open(store).latent_shape[0]
-    if spec.is_video and frames == 1:
-        raise ValueError(f"cannot fit the study's surrogates: reward {reward!r} scores videos and store {store} holds "
+                         f"{what} ({message}); {fix}") from None
+    if spec.is_video and not video:
+        raise ValueError(f"cannot fit the study's surrogates: reward {reward!r} scores videos and {what} holds "
                          f"images, so it cannot label them; tune a video generator or {fix}")
 
 
