@@ -18,7 +18,7 @@ goal check, curves) and OUT with .png (seed-mean gold +- std and proxy against t
 Goal (issue 25, DOLLAR's observation in direction): the gold peaks within the run while the proxy keeps rising,
 and the best early-stopping rule keeps >= 90% of the peak gold.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/overopt_study.py --runs runs/overopt_study \\
+    PYTHONPATH=. python benchmarks/overopt_study.py --runs runs/overopt_study \\
         --out benchmarks/results/overopt_study.json
 
 Without --student it tunes the cached embedded 4-step student (distilled first when missing, ~4-8 minutes, plus
@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import shlex
 import subprocess
 import sys
@@ -293,7 +294,9 @@ def main(argv: list[str] | None = None) -> None:
     rows = collect(metrics)
     settings = {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()}
     settings["student"] = settings["student"] or f"embedded ({metrics[args.rewards[0]]['launch']['student']})"
-    command = "OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/overopt_study.py " + shlex.join(
+    environment = "".join(f"{name}={os.environ[name]} " for name in ("LRM_CACHE", "OMP_NUM_THREADS")
+                          if name in os.environ)
+    command = environment + "PYTHONPATH=. python benchmarks/overopt_study.py " + shlex.join(
         sys.argv[1:] if argv is None else argv)
     result = {"command": command.strip(), "settings": settings, "studies": studies, "rows": rows}
     print(table(rows))

@@ -3,22 +3,18 @@ on synthetic dicts written the way lrm.studies.compare writes them) and the laun
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "overopt_study.py"
+from benchmark_scripts import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("overopt_study", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("overopt_study")
 
 
 def stop(rule, *, applied=True, fired=False, step=40, gold=1.0, gain=1.0, peak=1.0, saved=0):

@@ -5,7 +5,6 @@ here, so no subprocess could load it)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -13,19 +12,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from benchmark_scripts import load_benchmark
 from test_hooks import words_runs  # noqa: F401  (a pytest fixture)
 from test_study_launch import student_with_store  # noqa: F401  (a pytest fixture)
 
 REWARD = "jpeg-incompressibility"
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "tune_efficiency.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("tune_efficiency", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("tune_efficiency")
 
 
 def tiny_args(bench, root: Path, *extra: str):
