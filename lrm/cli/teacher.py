@@ -98,8 +98,9 @@ def train(
 
     Without --store or --data it trains the embedded default on procedural captioned images (or clips
     with --video, starting from the embedded image teacher) in the dct latent space: ~11 minutes on a
-    2-core CPU for images, ~5 more for --video, cached so that later commands reuse it. Writes RUN/model (the EMA teacher), RUN/report.html, RUN/metrics.jsonl and
-    RUN/checkpoints; re-running resumes. Under torchrun it trains with DDP.
+    2-core CPU for images, ~5 more for --video, cached so that later commands reuse it. Writes
+    RUN/model (the EMA teacher), RUN/report.html, RUN/metrics.jsonl and RUN/checkpoints; re-running
+    resumes. Under torchrun it trains with DDP.
 
     Examples:
       lrm teacher train                       # the embedded image teacher

@@ -85,7 +85,7 @@ def inflate(image: LatentDiT, frames: int) -> LatentDiT:
                       gradient_checkpointing=image.gradient_checkpointing).to(image.null_text)
     state = image.state_dict()
     width = image.width
-    for i, block in enumerate(video.blocks):  # modulation rows: image (spatial, cross, mlp) -> video (spatial, temporal, cross, mlp)
+    for i, block in enumerate(video.blocks):  # modulation rows (spatial, cross, mlp) -> (spatial, temporal, cross, mlp)
         for kind in ("weight", "bias"):
             rows = state.pop(f"blocks.{i}.modulation.1.{kind}").unflatten(0, (3, 3 * width))  # (sublayer, 3W, ...)
             merged = torch.zeros_like(block.modulation[1].get_parameter(kind)).unflatten(0, (4, 3 * width))
@@ -182,7 +182,7 @@ class DiTBlock(nn.Module):
             return self.temporal_attention(h).reshape(b, n, frames, w).transpose(1, 2).reshape(b, frames * n, w)
 
         tokens = residual(x.reshape(b, frames * n, w), "spatial", within_frames)
-        if time_position is not None:  # a video model given a clip (an image, T = 1, skips it)
+        if time_position is not None:  # a video model given a clip (T > 1); given an image it skips this
             tokens = residual(tokens, "temporal", across_frames)
         tokens = residual(tokens, "cross", lambda h: self.cross_attention(h, context, context_mask))
         tokens = residual(tokens, "mlp", self.mlp)
