@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import time
 from pathlib import Path
 
@@ -39,14 +38,11 @@ from lrm.generators import build_dit, inflate, load_denoiser
 from lrm.generators.embedded import EMBEDDED, embedded_config, embedded_run_dir, embedded_store_dir, embedded_teacher
 from lrm.generators.training import sample_latents, snapshot_path, snapshot_steps
 from lrm.io import atomic_write_bytes, atomic_write_json
+from lrm.tuning.memory import peak_rss_mb
 
 RESULTS = Path(__file__).resolve().parent / "results"
 EVAL_SEED = 1  # procedural seed of the held-out prompts and real latents (the teacher trains on seed 0)
 GRID_PROMPTS = 6
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 def train(video: bool) -> dict:

@@ -196,7 +196,7 @@ def _launch(reward, out, study_options, regularisers, seeds, launch_options, sur
         if plan.seeds_to_fit(config, surrogate, ensemble):  # before the minutes of distilling the student
             check_reward(reward, video=False, what="the embedded student")
 
-        student = tune_cli._embedded_student(STUDENT_JOB.student_steps, tune_args["device"])
+        student = tune_cli.embedded_student_run(STUDENT_JOB.student_steps, tune_args["device"])
         tune_args = {**tune_args, "student": student}
     fit_seeds = plan.seeds_to_fit(config, surrogate, ensemble)
     if fit_seeds:

@@ -143,7 +143,7 @@ def _real_store(run, store_path, distill, concurrent):
     return None
 
 
-def _embedded_student(student_steps: int, device: str) -> Path:
+def embedded_student_run(student_steps: int, device: str) -> Path:
     """The cached embedded student's run, distilled first (saying so) when missing."""
     from lrm.generators.embedded import embedded_run_dir
     from lrm.tuning.embedded import STUDENT_JOB, embedded_student, embedded_student_dir, is_finished
@@ -190,7 +190,7 @@ def _run(reward_name, reward_options, run_path, distill, student_steps, store_pa
                              "a video student: `lrm distill --video`, then --student runs/student-...")
         if store_path is not None:
             _real_store(None, store_path, distill, concurrent)
-        run_path = _embedded_student(student_steps, device)
+        run_path = embedded_student_run(student_steps, device)
     run = open_generator_run(run_path)
     if run.kind != LRM:
         raise ValueError(f"{run_path} is a diffusers student exported by lrm; `lrm tune` tunes runs of lrm's DiT "
