@@ -322,6 +322,28 @@ def test_a_video_student_distils_with_adm_and_sdm2d():
     assert any(not torch.equal(v, roles.module(STUDENT).state_dict()[k]) for k, v in student0.items())
 
 
+def test_the_distill_jobs_discriminator_head_is_drawn_from_its_seed_not_the_global_rng():
+    """lrm.tuning.run.build_distiller: the same job.seed builds the same head whatever the caller's RNG did
+    before (benchmarks rerun over seeds in one process), another seed another head; the global RNG is untouched."""
+    from lrm.configs import DistillJob
+    from lrm.tuning.run import build_distiller
+
+    teacher = tiny_dit(frames=3, seed=1)
+
+    def head(seed: int) -> list[torch.Tensor]:
+        distiller = build_distiller(DistillJob(losses=("adm",), seed=seed), teacher, (3, C, H, W))
+        return [p.detach().clone() for p in distiller.roles.module(DISCRIMINATOR).parameters()]
+
+    torch.manual_seed(5)
+    first = head(0)
+    torch.randn(100)  # the global RNG moves on, as it does between runs of a benchmark
+    state = torch.get_rng_state()
+    again, other = head(0), head(1)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not all(torch.equal(a, b) for a, b in zip(first, other))
+
+
 def adm_generator_loss(roles):
     b = batch(b=4, seed=99)
     g = torch.Generator().manual_seed(123)

@@ -171,13 +171,21 @@ def build_terms(job: DistillJob, latent_frames: int) -> list:
 
 
 def build_distiller(job: DistillJob, teacher, latent_shape, image_teacher=None):
-    """Roles (DOLLAR Alg. 1 line 4; AVDM2's head and 2D roles when their terms are asked for), terms, trainer."""
+    """Roles (DOLLAR Alg. 1 line 4; AVDM2's head and 2D roles when their terms are asked for), terms, trainer.
+    The one role not copied from a teacher, ADM's discriminator head, draws its initial weights from job.seed."""
+    import torch
+
     from lrm.tuning.adm import discriminator_for
     from lrm.tuning.roles import build_roles
     from lrm.tuning.trainer import DistillConfig, Distiller
 
+    discriminator = None
+    if "adm" in job.losses:
+        with torch.random.fork_rng(devices=[]):  # not the caller's global RNG: a rerun of the job builds the same head
+            torch.manual_seed(job.seed)
+            discriminator = discriminator_for(teacher)
     roles = build_roles(teacher, student_lr=job.student_lr, fake_lr=job.fake_lr, fake_score="vsd" in job.losses,
-                        discriminator=discriminator_for(teacher) if "adm" in job.losses else None,
+                        discriminator=discriminator,
                         discriminator_lr=job.fake_lr, teacher_2d=image_teacher, fake_2d_lr=job.fake_lr,
                         lora_rank=job.lora_rank)
     config = DistillConfig(latent_shape=tuple(latent_shape), student_steps=job.student_steps, seed=job.seed)
