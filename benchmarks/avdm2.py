@@ -99,10 +99,11 @@ def _cell(s: dict) -> str:
 
 def format_table(rows: list[dict]) -> str:
     """The rows of `collect` as a fixed-width text table: mean +- std over seeds (a single value: its mean)."""
-    width = max(len(_cell(r[k])) for r in rows for k in METRICS) + 2
-    lines = [f"{'model':<11}{'seeds':>6}" + "".join(f"{h:>{width}}" for h in METRICS.values())]
+    width = {k: max(len(h), *(len(_cell(r[k])) for r in rows)) + 2 for k, h in METRICS.items()}
+    lines = [f"{'model':<11}{'seeds':>6}" + "".join(f"{h:>{width[k]}}" for k, h in METRICS.items())]
     for r in rows:
-        lines.append(f"{r['model']:<11}{len(r['seeds']) or '-':>6}" + "".join(f"{_cell(r[k]):>{width}}" for k in METRICS))
+        lines.append(f"{r['model']:<11}{len(r['seeds']) or '-':>6}"
+                     + "".join(f"{_cell(r[k]):>{width[k]}}" for k in METRICS))
     return "\n".join(lines)
 
 
