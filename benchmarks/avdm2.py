@@ -55,11 +55,11 @@ METRICS = {"frechet": "clip FD", "alignment_color": "colour", "alignment_shape":
 # pure parts: one run's metrics, the table rows over seeds, the printed table
 # ---------------------------------------------------------------------------------------------------
 
-def run_metrics(evaluation: dict, train_records: list[dict] | None) -> dict:
+def run_metrics(evaluation: dict, train_log: list[dict] | None) -> dict:
     """The METRICS of one model from its evaluate_run metrics and, for a student, the "train" records of its
     metrics.jsonl (None for the teacher: no training step); a metric that could not be measured is None."""
     diversity = evaluation["diversity"]
-    seconds = [r["seconds"] for r in train_records or []]
+    seconds = [r["seconds"] for r in train_log or []]
     return {"sampler": evaluation["sampler"], "steps": evaluation["steps"], "cfg": evaluation["cfg"],
             "frechet": evaluation["frechet"]["value"],
             "alignment_color": evaluation["alignment"]["color"], "alignment_shape": evaluation["alignment"]["shape"],

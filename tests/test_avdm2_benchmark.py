@@ -46,7 +46,8 @@ def test_run_metrics_reads_each_metric_and_the_median_seconds_per_step(bench):
 
 
 def test_collect_gives_mean_and_sample_std_over_seeds_per_arm_then_the_teacher(bench):
-    adm = [(54.0, 0.80, 0.30, 0.96, 0.25, 2.5), (58.0, 0.86, 0.26, 0.97, 0.27, 2.7), (50.0, 0.84, 0.29, 0.95, 0.20, 2.6)]
+    adm = [(54.0, 0.80, 0.30, 0.96, 0.25, 2.5), (58.0, 0.86, 0.26, 0.97, 0.27, 2.7),
+           (50.0, 0.84, 0.29, 0.95, 0.20, 2.6)]
     both = [(29.0, 0.98, 0.25, 0.95, 0.50, 4.2), (31.0, 0.99, 0.24, 0.96, 0.49, 4.1)]
     per_run = {}
     for arm, runs in (("adm-sdm2d", both), ("adm", adm)):  # arms in any order, seeds out of order
