@@ -4,8 +4,8 @@ over trainer seeds, against the teacher's 50-step DDIM at CFG 4.
 For each seed of --seeds and each arm (`adm`; `adm,sdm2d` with the embedded IMAGE teacher as the 2D teacher),
 `lrm.tuning.run.distill` trains a 4-step student from the embedded video teacher into RUNS/<arm>-seed<k> (a
 finished run is only re-exported, an unfinished one resumed), batch --batch-size clips per step. The seed is
-DistillJob.seed: the trainer's noise, timesteps, SDM-2D frames and the batch order (every student starts from
-the teacher's weights). Then every student (its own 4-step sampler, cfg 1) and the teacher (50-step DDIM, CFG
+DistillJob.seed: the trainer's noise, timesteps, SDM-2D frames, the batch order and the initial weights of ADM's
+discriminator head (every student starts from the teacher's weights). Then every student (its own 4-step sampler, cfg 1) and the teacher (50-step DDIM, CFG
 4) are evaluated by `lrm.evaluation.evaluate_run` on the same --prompts held-out procedural captions x
 --samples-per-prompt seeds:
   clip FD     Frechet distance of pooled latent statistics of whole clips (per latent channel mean, std, mean
