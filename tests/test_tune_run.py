@@ -193,6 +193,14 @@ def test_the_embedded_video_student_is_avdm2s_distillation_of_the_video_teacher(
     saved = (run / "model" / "model.safetensors").stat().st_mtime_ns
     assert embedded_student(video=True, train_if_missing=False) == run  # cached: nothing distilled again
     assert (run / "model" / "model.safetensors").stat().st_mtime_ns == saved
+    # `lrm tune` with a video reward and no generator tunes it, the video teacher's store as real data
+    out = run.parent / "tuned"
+    result = runner.invoke(cli_app(), ["tune", "temporal-flickering", "--concurrent", *ARGS, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "distilling" not in result.output and "temporal-flickering: gold" in result.output
+    facts = json.loads((out / "records.json").read_text())
+    assert facts["from"] == str(run) and facts["store"] == str(embedded.embedded_store_dir(video=True))
+    assert load_denoiser(out / "model").frames == 2
 
 
 def test_the_embedded_video_job_and_its_cache_name(tmp_path, monkeypatch):
@@ -268,11 +276,32 @@ def test_lrm_tune_with_no_generator_starts_from_the_embedded_student_and_resumes
     again = runner.invoke(cli_app(), command)  # finished: the rerun resumes at the end and rewrites the same facts
     assert again.exit_code == 0, again.output
     assert same(json.loads((out / "records.json").read_text())["records"], facts["records"])
-    video = runner.invoke(cli_app(), ["tune", "temporal-flickering", "--concurrent", *ARGS])
-    assert video.exit_code == 2 and "the embedded student is an image model" in video.output
     changed = runner.invoke(cli_app(), [*command, "--seed", "3"])
     assert changed.exit_code == 2 and "cannot resume tune run" in changed.output
     assert "tune.seed: saved 0, now 3" in changed.output and "Traceback" not in changed.output
+
+
+def test_lrm_tune_with_no_generator_takes_the_embedded_student_that_makes_what_the_reward_scores(tmp_path,
+                                                                                               monkeypatch):
+    from lrm.tuning import embedded as students
+
+    monkeypatch.setenv("LRM_CACHE", str(tmp_path))
+    asked = []
+
+    def not_distilled(student_steps=4, video=False, **options):  # the minutes of distilling, left out
+        asked.append((student_steps, video))
+        raise FileNotFoundError("stopped before distilling")
+
+    monkeypatch.setattr(students, "embedded_student", not_distilled)
+    for reward, video, steps in (("temporal-flickering", True, "4"), ("jpeg-compressibility", False, "2"),
+                                 ("colorfulness", False, "4")):
+        result = runner.invoke(cli_app(), ["tune", reward, "--concurrent", *ARGS, "--student-steps", steps])
+        assert result.exit_code == 2 and "stopped before distilling" in result.output, result.output
+        assert asked.pop() == (int(steps), video) and not asked
+        kind = "video" if video else "image"
+        where = students.embedded_student_dir(int(steps), video)
+        assert f"distilling the embedded {steps}-step {kind} student into {where}" in " ".join(result.output.split())
+        assert "image model" not in result.output  # the old refusal of video rewards is gone
 
 
 def test_lrm_tune_cd_takes_real_latents_from_the_teacher_store_or_store(teacher, tmp_path):
