@@ -178,8 +178,11 @@ def test_the_embedded_video_student_is_avdm2s_distillation_of_the_video_teacher(
     from lrm.generators import embedded
     from lrm.tuning.embedded import embedded_student, embedded_student_dir
 
-    with pytest.raises(FileNotFoundError, match="4-step video student is not distilled yet.*lrm tune temporal-"):
+    with pytest.raises(FileNotFoundError, match="4-step video student is not distilled yet.*lrm tune temporal-"
+                                                "flickering --concurrent` once"):
         embedded_student(video=True, train_if_missing=False)
+    with pytest.raises(FileNotFoundError, match="`lrm tune temporal-flickering --concurrent --student-steps 2`"):
+        embedded_student(2, video=True, train_if_missing=False)
     run = embedded_student(video=True)  # trains the image teacher, the video teacher from it, then distils
     assert run == embedded_student_dir(video=True) and run.name.startswith("video-4step-")
     config = json.loads((run / "config.json").read_text())

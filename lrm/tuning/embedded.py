@@ -51,6 +51,7 @@ STUDENT_JOBS: dict[str, DistillJob] = {
 
 
 def kind(video: bool) -> str:
+    """The key of STUDENT_JOBS (and of lrm.generators.embedded.EMBEDDED) for a student of clips or of images."""
     return "video" if video else "image"
 
 
@@ -104,9 +105,10 @@ def embedded_student(student_steps: int = 4, video: bool = False, train_if_missi
         return run
     if not train_if_missing:
         example = "temporal-flickering" if video else "jpeg-compressibility"
+        grid = "" if student_steps == STUDENT_JOBS[kind(video)].student_steps else f" --student-steps {student_steps}"
         raise FileNotFoundError(f"the embedded {student_steps}-step {kind(video)} student is not distilled yet "
-                                f"({run}); run `lrm tune {example} --concurrent` once to distil it (a few minutes "
-                                "on a 2-core CPU, after the embedded teachers it needs)")
+                                f"({run}); run `lrm tune {example} --concurrent{grid}` once to distil it (a few "
+                                "minutes on a 2-core CPU, after the embedded teachers it needs)")
     teacher = embedded_teacher(video=video, progress=progress, device=device)
     if "sdm2d" in job.losses:
         job = replace(job, image_teacher=str(embedded_teacher(video=False, progress=progress, device=device)))
