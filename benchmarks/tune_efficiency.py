@@ -1,7 +1,11 @@
-"""Tuning efficiency of the reward hooks on the embedded default student (DOLLAR Tab. 17, Fig. 11-12).
+"""Tuning efficiency of the reward hooks on the embedded default students (DOLLAR Tab. 17, Fig. 11-12).
 
-The cached embedded 4-step student (lrm.tuning.embedded; --student RUN for another distilled student) is tuned
-toward each reward with each method that can run it (METHOD_NOTES):
+Each reward's student is the cached embedded 4-step student that makes what it scores (lrm.tuning.embedded): the
+video student (AVDM2's ADM + SDM-2D distillation of the embedded video teacher) for a video reward, the image
+student (VSD + CD) otherwise; --student RUN tunes that one distilled student toward every reward instead (a video
+reward is then not run on an image student, and the row says why). The embedded students are never distilled
+here: a missing one stops the script before any run, naming the `lrm tune` command that distils it. The student
+is tuned toward each reward with each method that can run it (METHOD_NOTES):
 - "lrm": LRM fine-tuning through a surrogate trained concurrently from scratch on the true reward of the student's
   samples (Alg. 1 lines 15-17), one row per --surrogate-lr ("lrm-slr<lr>");
 - "lrm-frozen": LRM fine-tuning through a surrogate fitted beforehand (`lrm fit REWARD --label-pixels decoded` on the
@@ -26,9 +30,7 @@ when the store lacked that column) plus fitting and validating, the fit process'
 fidelity. The fitted rows report their training time without the fit, with the whole fit added ("+ fit"), and with
 the fit's share when it is amortised over the runs that read it ("+ fit / n").
 Goal (issue 24): LRM-FT reaches DDPO-SF's final mean gain in <= 1/5 of DDPO-SF's wall time at <= 1/3 of its
-peak memory (checked for every lrm row; for the fitted rows also with the fit's time and memory counted). Video
-rewards need a video student (--student; the embedded student is image-only, and the row then says why it did not
-run).
+peak memory (checked for every lrm row; for the fitted rows also with the fit's time and memory counted).
 
     python benchmarks/tune_efficiency.py --steps 40 --eval-every 10 --seeds 0 1 2 \
         --out benchmarks/results/tune_efficiency.json
@@ -68,13 +70,16 @@ FIT_RESULT = "fit_result.json"  # what a finished fit worker leaves in its folde
 # ---------------------------------------------------------------- workers: one tuning run or one fit in this process
 
 
-def student_run(args) -> Path:
-    """The student run tuned: --student, else the cached embedded student (never distilled here)."""
+def student_run(reward: str, args) -> Path:
+    """The student run tuned toward `reward`: --student for every reward, else the cached embedded student of clips
+    for a video reward and of images otherwise (never distilled here: a FileNotFoundError naming the fix)."""
     if args.student:
         return Path(args.student)
+    from lrm.rewards import load as load_reward
     from lrm.tuning.embedded import embedded_student
 
-    return Path(embedded_student(args.student_steps, train_if_missing=False))
+    video = load_reward(reward).spec.is_video
+    return Path(embedded_student(args.student_steps, video=video, train_if_missing=False))
 
 
 def worker(args) -> None:
@@ -96,7 +101,7 @@ def worker(args) -> None:
     if (args.method in FITTED) != (args.surrogate is not None):
         raise ValueError(f"method {args.method!r}: a fitted --surrogate is for {list(FITTED)} only, and they need one")
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    run = open_generator_run(student_run(args))
+    run = open_generator_run(student_run(args.reward, args))
     model = run.load(map_location=args.device)
     latent_shape = run.latent_shape()
     codec = from_settings(model.codec_settings).to(args.device)
@@ -135,7 +140,7 @@ def fit_worker(args) -> None:
     from lrm.datasets.store import LatentStore
     from lrm.studies.surrogates import LABEL_PIXELS, generator_store, study_surrogates, surrogate_folder
 
-    student = student_run(args)
+    student = student_run(args.reward, args)
     store = generator_store(student)
     column = FitJob(reward=args.reward, label_pixels=LABEL_PIXELS).label_name()
     labelled_before = column in LatentStore.open(store).labels
@@ -159,14 +164,14 @@ def fit_worker(args) -> None:
 
 
 def no_student(reward: str, student: Path) -> str | None:
-    """Why the student cannot be tuned toward `reward`: a video reward for an image student (the embedded student
-    is image-only), or None when it can."""
+    """Why the student cannot be tuned toward `reward`: a video reward for an image --student, or None when it
+    can."""
     from lrm.generators.runs import open_generator_run
     from lrm.rewards import load as load_reward
 
     if load_reward(reward).spec.is_video and open_generator_run(student).latent_shape()[0] == 1:
-        return (f"{reward} scores videos and the student {student} makes images (the embedded student is "
-                "image-only); pass a video student with --student")
+        return (f"{reward} scores videos and the student {student} makes images; leave out --student (a video "
+                "reward then gets the embedded video student) or pass a video student")
     return None
 
 
@@ -392,7 +397,9 @@ def parse(argv=None):
     parser.add_argument("--per-prompt", type=int, default=4, help="monitor samples per prompt")
     parser.add_argument("--eval-prompts", type=int, default=4, help="monitor prompts")
     parser.add_argument("--student-steps", type=int, default=4)
-    parser.add_argument("--student", default=None, help="a distilled student run (default: the embedded one)")
+    parser.add_argument("--student", default=None, help="a distilled student run tuned toward every reward "
+                        "(default: the embedded video student for a video reward, the embedded image student "
+                        "otherwise)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default="benchmarks/results/tune_efficiency.json",
                         help="JSON; the figure goes beside it (.png)")
@@ -467,12 +474,13 @@ def main() -> None:
         return
     out = Path(args.out)
     root = Path(args.runs)
-    try:
-        student = student_run(args)
-    except FileNotFoundError as error:  # the embedded student is not distilled yet
+    try:  # every reward's student before the first run
+        students = {reward: student_run(reward, args) for reward in args.rewards}
+    except FileNotFoundError as error:  # an embedded student is not distilled yet
         raise SystemExit(f"error: {error}") from None
     rows, skipped, fits = {}, [], {}
     for reward in args.rewards:
+        student = students[reward]
         why = no_student(reward, student)
         if why is not None:
             skipped.append({"reward": reward, "method": "all", "reason": why})
@@ -507,7 +515,8 @@ def main() -> None:
         f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in settings.items()
         if v is not None)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"command": command, "settings": settings, "student": str(student),
+    out.write_text(json.dumps({"command": command, "settings": settings,
+                               "students": {reward: str(path) for reward, path in students.items()},
                                "methods": {m: METHOD_NOTES[m] for m in args.methods}, "rows": rows,
                                "surrogate_fits": fits, "not_run": skipped, "goal": goals}, indent=1, default=float))
     if rows:

@@ -206,3 +206,25 @@ def test_the_store_to_fit_on_is_found_where_recorded_or_in_a_moved_cache(words_r
     assert generator_store(words_runs / "student") == moved
     recorded.mkdir(parents=True)  # where the run recorded it comes first
     assert generator_store(words_runs / "student") == recorded
+
+
+def test_launch_without_a_generator_takes_the_embedded_student_that_makes_what_the_reward_scores(tmp_path,
+                                                                                                 monkeypatch):
+    from lrm.cli import tune as tune_cli
+
+    asked = []
+
+    def not_distilled(student_steps, device, video=False):  # the minutes of distilling, left out
+        asked.append((student_steps, device, video))
+        raise FileNotFoundError("stopped before distilling")
+
+    monkeypatch.setattr(tune_cli, "embedded_student_run", not_distilled)
+    for reward, video in (("temporal-flickering", True), ("jpeg-incompressibility", False)):
+        result = CliRunner().invoke(cli_app(), ["study", "overopt", reward, "--launch", "--regularisers", "none",
+                                                "--out", str(tmp_path / "study")])
+        assert result.exit_code == 2 and "stopped before distilling" in result.output, result.output
+        assert asked.pop() == (4, "cpu", video) and not asked
+    unknown = CliRunner().invoke(cli_app(), ["study", "overopt", "no-such-reward", "--launch", "--out",
+                                             str(tmp_path / "study")])
+    assert unknown.exit_code == 2 and "no-such-reward" in unknown.output and not asked  # refused before distilling
+    assert "Traceback" not in unknown.output

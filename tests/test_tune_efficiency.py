@@ -109,7 +109,41 @@ def test_rows_that_cannot_run_say_why(bench, words_runs):  # noqa: F811
     student = words_runs / "student"  # records no latent store
     assert "it records no latent store" in bench.no_fit(REWARD, student)
     assert "scores videos and the student" in bench.no_student("temporal-flickering", student)
+    assert "leave out --student (a video reward then gets the embedded video student)" in \
+        bench.no_student("temporal-flickering", student)
     assert bench.no_student(REWARD, student) is None
+
+
+def test_each_reward_gets_the_embedded_student_of_its_kind_unless_student_is_given(bench, tmp_path, monkeypatch):
+    from lrm.tuning import embedded as students
+
+    asked = []
+
+    def cached(student_steps=4, video=False, train_if_missing=True, **options):
+        asked.append((student_steps, video, train_if_missing))
+        return tmp_path / ("video" if video else "image")
+
+    monkeypatch.setattr(students, "embedded_student", cached)
+    args = bench.parse(["--student-steps", "2"])
+    assert bench.student_run("temporal-flickering", args) == tmp_path / "video"
+    assert bench.student_run("jpeg-compressibility", args) == tmp_path / "image"
+    assert bench.student_run("prompt-color", args) == tmp_path / "image"
+    assert asked == [(2, True, False), (2, False, False), (2, False, False)]  # never distilled by the benchmark
+    given = bench.parse(["--student", str(tmp_path / "mine")])
+    for reward in ("temporal-flickering", "jpeg-compressibility"):
+        assert bench.student_run(reward, given) == tmp_path / "mine"
+    assert len(asked) == 3
+
+
+def test_a_missing_embedded_student_stops_the_script_before_any_run(bench, tmp_path, monkeypatch):
+    monkeypatch.setenv("LRM_CACHE", str(tmp_path / "cache"))  # no student distilled there
+    out, runs = tmp_path / "result.json", tmp_path / "runs"
+    monkeypatch.setattr("sys.argv", ["tune_efficiency.py", "--rewards", "temporal-flickering", "--out", str(out),
+                                     "--runs", str(runs)])
+    with pytest.raises(SystemExit, match=r"4-step video student is not distilled yet .*`lrm tune temporal-flickering "
+                                         r"--concurrent`"):
+        bench.main()
+    assert not out.exists() and not runs.exists()
 
 
 def test_variants_fit_cost_and_goal_arithmetic(bench):

@@ -129,16 +129,22 @@ def test_cd_needs_real_latents_and_no_store_means_no_real_rows(teacher, tmp_path
 
 @pytest.fixture
 def tiny_embedded(tmp_path, monkeypatch):
-    """$LRM_CACHE in tmp_path, a 32-px dit-xs embedded teacher (4 steps) and a 2-step distillation of it."""
+    """$LRM_CACHE in tmp_path, 32-px dit-xs embedded teachers (images: 4 steps; 2-frame clips: 2 steps from the
+    image teacher) and 2-step distillations of them (the jobs' losses and teachers as they are)."""
     from lrm.generators import embedded
     from lrm.tuning import embedded as students
 
     monkeypatch.setenv("LRM_CACHE", str(tmp_path / "cache"))
     tiny = embedded.EmbeddedTeacher(EncodeConfig("procedural:8", frames=1, size=32, text="minilm-l6-v2",
                                                  text_length=32), replace(TINY, steps=4, checkpoint_every=2))
+    clips = embedded.EmbeddedTeacher(EncodeConfig("procedural:4", frames=2, size=32, text="minilm-l6-v2",
+                                                  text_length=32), replace(TINY, steps=2, batch_size=2,
+                                                                           checkpoint_every=2), from_image_teacher=True)
     monkeypatch.setitem(embedded.EMBEDDED, "image", tiny)
-    monkeypatch.setattr(students, "STUDENT_JOB", replace(students.STUDENT_JOB, steps=2, batch_size=2, eval_every=0,
-                                                         checkpoint_every=1))
+    monkeypatch.setitem(embedded.EMBEDDED, "video", clips)
+    for kind, job in students.STUDENT_JOBS.items():
+        monkeypatch.setitem(students.STUDENT_JOBS, kind, replace(job, steps=2, batch_size=2, eval_every=0,
+                                                                 checkpoint_every=1))
     return tmp_path / "cache"
 
 
@@ -162,10 +168,83 @@ def test_the_embedded_student_is_distilled_once_and_keyed_on_its_teacher(tiny_em
     assert embedded_student() == run
     again = load_denoiser(run / "model").state_dict()
     assert all(torch.equal(weights[k], again[k]) for k in weights)
-    assert embedded_student_dir(embedded.embedded_run_dir(), 2) != run  # another grid, another student
+    assert embedded_student_dir(2) != run  # another grid, another student
     entry = embedded.EMBEDDED["image"]
     monkeypatch.setitem(embedded.EMBEDDED, "image", replace(entry, teacher=replace(entry.teacher, steps=5)))
-    assert embedded_student_dir(embedded.embedded_run_dir()) != run  # a retrained teacher, a new student
+    assert embedded_student_dir() != run  # a retrained teacher, a new student
+
+
+def test_the_embedded_video_student_is_avdm2s_distillation_of_the_video_teacher(tiny_embedded):
+    from lrm.generators import embedded
+    from lrm.tuning.embedded import embedded_student, embedded_student_dir
+
+    with pytest.raises(FileNotFoundError, match="4-step video student is not distilled yet.*lrm tune temporal-"
+                                                "flickering --concurrent` once"):
+        embedded_student(video=True, train_if_missing=False)
+    with pytest.raises(FileNotFoundError, match="`lrm tune temporal-flickering --concurrent --student-steps 2`"):
+        embedded_student(2, video=True, train_if_missing=False)
+    run = embedded_student(video=True)  # trains the image teacher, the video teacher from it, then distils
+    assert run == embedded_student_dir(video=True) and run.name.startswith("video-4step-")
+    config = json.loads((run / "config.json").read_text())
+    assert config["teacher_run"] == str(embedded.embedded_run_dir(video=True))
+    assert config["job"]["image_teacher"] == str(embedded.embedded_run_dir())  # SDM-2D's image teacher
+    assert config["job"]["losses"] == ["adm", "sdm2d"] and config["latent_shape"] == [2, 32, 4, 4]
+    assert {"discriminator", "teacher_2d", "fake_2d"} <= set(config["roles"]) and "fake_score" not in config["roles"]
+    student = load_denoiser(run / "model")
+    assert student.frames == 2 and student.temporal
+    assert [p.name for p in (run / "checkpoints").glob("step-*")] == ["step-00000002"]
+    saved = (run / "model" / "model.safetensors").stat().st_mtime_ns
+    assert embedded_student(video=True, train_if_missing=False) == run  # cached: nothing distilled again
+    assert (run / "model" / "model.safetensors").stat().st_mtime_ns == saved
+    # `lrm tune` with a video reward and no generator tunes it, the video teacher's store as real data
+    out = run.parent / "tuned"
+    result = runner.invoke(cli_app(), ["tune", "temporal-flickering", "--concurrent", *ARGS, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "distilling" not in result.output and "temporal-flickering: gold" in result.output
+    facts = json.loads((out / "records.json").read_text())
+    assert facts["from"] == str(run) and facts["store"] == str(embedded.embedded_store_dir(video=True))
+    assert load_denoiser(out / "model").frames == 2
+
+
+def test_the_embedded_video_job_and_its_cache_name(tmp_path, monkeypatch):
+    """The video job is AVDM2's (docs/distill.md's settings); its folder name changes with every setting that
+    changes the weights, with either teacher, and with nothing else."""
+    import re
+
+    from lrm.generators import embedded
+    from lrm.tuning import embedded as students
+    from lrm.tuning.run import TRAINING_FIELDS
+
+    monkeypatch.setenv("LRM_CACHE", str(tmp_path))
+    video, image = students.STUDENT_JOBS["video"], students.STUDENT_JOBS["image"]
+    assert video.video and video.losses == ("adm", "sdm2d") and (video.steps, video.batch_size) == (60, 8)
+    assert not image.video and image.losses == ("vsd", "cd") and (image.steps, image.batch_size) == (100, 8)
+    assert video.teacher is None and video.image_teacher is None  # filled in when the job runs
+    assert video.student_steps == image.student_steps == 4
+    run = students.embedded_student_dir(video=True)
+    assert run.parent == tmp_path / "students" and re.fullmatch(r"video-4step-[0-9a-f]{8}", run.name)
+    assert students.embedded_student_dir(video=True) == run
+    assert students.embedded_student_dir(2, video=True).name.startswith("video-2step-")
+    assert students.embedded_student_dir(2, video=True).name[-8:] != run.name[-8:]
+    assert students.embedded_student_dir().name.startswith("image-4step-")
+    changed = {"steps": 61, "batch_size": 4, "student_lr": 2e-4, "fake_lr": 2e-4, "seed": 1, "losses": ("adm",),
+               "cd_teacher_steps": 2, "lora_rank": 4}
+    assert set(changed) | {"teacher", "video", "student_steps", "image_teacher"} >= set(TRAINING_FIELDS)
+    names = {run.name}
+    for field, value in changed.items():
+        monkeypatch.setitem(students.STUDENT_JOBS, "video", replace(video, **{field: value}))
+        names.add(students.embedded_student_dir(video=True).name)
+    assert len(names) == 1 + len(changed)  # every setting that changes the weights: a new name
+    monkeypatch.setitem(students.STUDENT_JOBS, "video", replace(video, eval_every=10, checkpoint_every=5,
+                                                                 device="cuda", eval_prompts=2))
+    assert students.embedded_student_dir(video=True) == run  # how it is logged or where it runs: the same
+    monkeypatch.setitem(students.STUDENT_JOBS, "video", video)
+    for kind in ("video", "image"):  # a retrained video teacher, or image teacher (SDM-2D's and the video one's start)
+        entry = embedded.EMBEDDED[kind]
+        monkeypatch.setitem(embedded.EMBEDDED, kind, replace(entry, teacher=replace(entry.teacher, lr=5e-4)))
+        assert students.embedded_student_dir(video=True).name not in names
+        monkeypatch.setitem(embedded.EMBEDDED, kind, entry)
+    assert students.embedded_student_dir(video=True) == run
 
 
 # ---------------------------------------------------------------- lrm tune
@@ -200,11 +279,32 @@ def test_lrm_tune_with_no_generator_starts_from_the_embedded_student_and_resumes
     again = runner.invoke(cli_app(), command)  # finished: the rerun resumes at the end and rewrites the same facts
     assert again.exit_code == 0, again.output
     assert same(json.loads((out / "records.json").read_text())["records"], facts["records"])
-    video = runner.invoke(cli_app(), ["tune", "temporal-flickering", "--concurrent", *ARGS])
-    assert video.exit_code == 2 and "the embedded student is an image model" in video.output
     changed = runner.invoke(cli_app(), [*command, "--seed", "3"])
     assert changed.exit_code == 2 and "cannot resume tune run" in changed.output
     assert "tune.seed: saved 0, now 3" in changed.output and "Traceback" not in changed.output
+
+
+def test_lrm_tune_with_no_generator_takes_the_embedded_student_that_makes_what_the_reward_scores(tmp_path,
+                                                                                               monkeypatch):
+    from lrm.tuning import embedded as students
+
+    monkeypatch.setenv("LRM_CACHE", str(tmp_path))
+    asked = []
+
+    def not_distilled(student_steps=4, video=False, **options):  # the minutes of distilling, left out
+        asked.append((student_steps, video))
+        raise FileNotFoundError("stopped before distilling")
+
+    monkeypatch.setattr(students, "embedded_student", not_distilled)
+    for reward, video, steps in (("temporal-flickering", True, "4"), ("jpeg-compressibility", False, "2"),
+                                 ("colorfulness", False, "4")):
+        result = runner.invoke(cli_app(), ["tune", reward, "--concurrent", *ARGS, "--student-steps", steps])
+        assert result.exit_code == 2 and "stopped before distilling" in result.output, result.output
+        assert asked.pop() == (int(steps), video) and not asked
+        kind = "video" if video else "image"
+        where = students.embedded_student_dir(int(steps), video)
+        assert f"distilling the embedded {steps}-step {kind} student into {where}" in " ".join(result.output.split())
+        assert "image model" not in result.output  # the old refusal of video rewards is gone
 
 
 def test_lrm_tune_cd_takes_real_latents_from_the_teacher_store_or_store(teacher, tmp_path):

@@ -111,7 +111,7 @@ def overopt(
     records.json of the same steps, evaluations, seed and weights is reused. Surrogates not given are
     fitted first (`lrm fit REWARD --label-pixels decoded` on the generator's latent store) into
     OUT/surrogates/seed<S> and reused by later launches. Without --student or --teacher it tunes the
-    cached embedded student (distilled first when missing).
+    cached embedded student, of clips for a video reward (distilled first when missing).
 
     Examples:
       lrm study overopt --run runs/student/tune-jpeg-compressibility-lrm
@@ -189,14 +189,13 @@ def _launch(reward, out, study_options, regularisers, seeds, launch_options, sur
     config = plan.LaunchConfig(plan.parse_names(regularisers), plan.parse_seeds(seeds), **launch_options)
     plan.check_inputs(surrogate, ensemble)
     study_config = StudyConfig(**study_options, higher_is_better=higher_is_better(reward))
-    if tune_args["student"] is None and tune_args["teacher"] is None:  # the embedded student, as `lrm tune`'s
-        from lrm.studies.surrogates import check_reward
-        from lrm.tuning.embedded import STUDENT_JOB
+    if tune_args["student"] is None and tune_args["teacher"] is None:  # the embedded student, as `lrm tune`'s: of
+        from lrm.rewards import load as load_reward  # clips for a video reward, else of images
+        from lrm.tuning.embedded import STUDENT_JOBS
 
-        if plan.seeds_to_fit(config, surrogate, ensemble):  # before the minutes of distilling the student
-            check_reward(reward, video=False, what="the embedded student")
-
-        student = tune_cli.embedded_student_run(STUDENT_JOB.student_steps, tune_args["device"])
+        video = load_reward(reward).spec.is_video  # an unknown reward: one line, before the minutes of distilling
+        student_steps = STUDENT_JOBS["video" if video else "image"].student_steps
+        student = tune_cli.embedded_student_run(student_steps, tune_args["device"], video=video)
         tune_args = {**tune_args, "student": student}
     fit_seeds = plan.seeds_to_fit(config, surrogate, ensemble)
     if fit_seeds:

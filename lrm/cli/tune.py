@@ -30,7 +30,8 @@ def register(app: typer.Typer) -> None:
 def tune(
     reward: Annotated[str, typer.Argument(help="Reward name (`lrm rewards`) or your metric as path/to/file.py:fn.")],
     student: Annotated[Optional[Path], typer.Option(help="Distilled student run (its model/ records student_steps); "
-                                                         "neither this nor --teacher: the cached embedded student.")]
+                                                         "neither this nor --teacher: the cached embedded student "
+                                                         "(of clips for a video reward).")]
     = None,
     teacher: Annotated[Optional[Path], typer.Option(help="Teacher run to distil while tuning (with --losses).")] = None,
     losses: Annotated[str, typer.Option(help="With --teacher: distillation terms alongside the hook (vsd, cd).")]
@@ -77,7 +78,8 @@ def tune(
 
     Starts from a distilled --student, from a --teacher whose copy is distilled (VSD, CD) while it is
     tuned (DOLLAR's VSD + LRM), or, with neither, from the embedded teacher's distilled student
-    (cached; distilled first, a few minutes). Writes OUT/model (the tuned student, a generator run),
+    (cached; distilled first, a few minutes): for a video reward the embedded video teacher's (AVDM2's
+    ADM + SDM-2D), else the image teacher's (VSD + CD). Writes OUT/model (the tuned student, a generator run),
     OUT/records.json (gold and proxy reward, diversity and distance from the start at fixed seeds,
     seconds per step, peak memory), OUT/checkpoints/step-N (at every evaluation: a rerun of the same
     command resumes there), sample grids OUT/before and OUT/after, and each evaluation's samples in
@@ -86,6 +88,7 @@ def tune(
 
     Examples:
       lrm tune jpeg-compressibility --concurrent
+      lrm tune temporal-flickering --concurrent
       lrm tune jpeg-compressibility --student runs/st --surrogate runs/jpeg
       lrm tune jpeg-compressibility --student runs/st --concurrent --steps 100
       lrm tune colorfulness --student runs/st --method direct
@@ -143,15 +146,16 @@ def _real_store(run, store_path, distill, concurrent):
     return None
 
 
-def embedded_student_run(student_steps: int, device: str) -> Path:
-    """The cached embedded student's run, distilled first (saying so) when missing."""
-    from lrm.generators.embedded import embedded_run_dir
-    from lrm.tuning.embedded import STUDENT_JOB, embedded_student, embedded_student_dir, is_finished
+def embedded_student_run(student_steps: int, device: str, video: bool = False) -> Path:
+    """The cached embedded student's run, of clips for a video reward (video=True), else of images; distilled first
+    (saying so) when missing."""
+    from lrm.tuning.embedded import embedded_student, embedded_student_dir, is_cached, kind
 
-    where = embedded_student_dir(embedded_run_dir(), student_steps)
-    if not is_finished(where, STUDENT_JOB.steps):
-        typer.echo(f"distilling the embedded {student_steps}-step student into {where} (a few minutes, once)", err=True)
-    return embedded_student(student_steps, device=device)
+    if not is_cached(student_steps, video):
+        where = embedded_student_dir(student_steps, video)
+        typer.echo(f"distilling the embedded {student_steps}-step {kind(video)} student into {where} (a few minutes, "
+                   "once)", err=True)
+    return embedded_student(student_steps, video=video, device=device)
 
 
 def _run(reward_name, reward_options, run_path, distill, student_steps, store_path, method, surrogate_path,
@@ -183,14 +187,11 @@ def _run(reward_name, reward_options, run_path, distill, student_steps, store_pa
 
     pixel_reward = load_reward(reward_name, **reward_options)
     embedded = run_path is None
-    if embedded:  # the cached embedded student, distilled first when missing (every check before)
-        tune_config(student_steps)
-        if pixel_reward.spec.is_video:
-            raise ValueError(f"reward {reward_name!r} scores videos and the embedded student is an image model; tune "
-                             "a video student: `lrm distill --video`, then --student runs/student-...")
+    if embedded:  # the cached embedded student of clips or images, as the reward scores; distilled first when
+        tune_config(student_steps)  # missing (every check before)
         if store_path is not None:
             _real_store(None, store_path, distill, concurrent)
-        run_path = embedded_student_run(student_steps, device)
+        run_path = embedded_student_run(student_steps, device, video=pixel_reward.spec.is_video)
     run = open_generator_run(run_path)
     if run.kind != LRM:
         raise ValueError(f"{run_path} is a diffusers student exported by lrm; `lrm tune` tunes runs of lrm's DiT "
