@@ -8,9 +8,11 @@ DistillJob.seed: the trainer's noise, timesteps, SDM-2D frames, the batch order 
 discriminator head (every student starts from the teacher's weights). Then every student (its own 4-step sampler, cfg 1) and the teacher (50-step DDIM, CFG
 4) are evaluated by `lrm.evaluation.evaluate_run` on the same --prompts held-out procedural captions x
 --samples-per-prompt seeds:
-  clip FD     Frechet distance of pooled latent statistics of whole clips (per latent channel mean, std, mean
-              |spatial gradient| and mean |frame difference|) to 128 procedural reference clips: a clip-level
-              distance in the dct latent space, not a per-frame FD and not FID / FVD
+  frame FD    Frechet distance of pooled latent statistics of single frames (per latent channel mean, std and
+              mean |spatial gradient|; every frame of every clip a sample) to the reference clips' frames:
+              AVDM2's per-frame quality, in the dct latent space (not FID)
+  clip FD     the same of whole clips (+ mean |frame difference|) to 128 procedural reference clips: a clip-level
+              distance, not FVD
   colour      share of frames whose object colour is the caption's (shape likewise; per frame, pixels)
   flicker     the temporal-flickering reward of the decoded clips (VBench's definition; 1: no flicker)
   prompt-color, Vendi (per prompt, 1 .. samples per prompt)
@@ -46,7 +48,7 @@ STUDENT_STEPS = 4  # AVDM2 Fig. 4: 4-step generation
 TEACHER_CFG = 4.0  # the guidance of the teacher's own report (docs/teacher.md)
 REWARDS = ("prompt-color", "temporal-flickering")
 # metric key -> table header, in table order
-METRICS = {"frechet": "clip FD", "alignment_color": "colour", "alignment_shape": "shape",
+METRICS = {"frame_frechet": "frame FD", "frechet": "clip FD", "alignment_color": "colour", "alignment_shape": "shape",
            "temporal_flickering": "flicker", "prompt_color": "prompt-color", "vendi": "Vendi",
            "train_s_per_step": "s/step"}
 
@@ -61,7 +63,7 @@ def run_metrics(evaluation: dict, train_log: list[dict] | None) -> dict:
     diversity = evaluation["diversity"]
     seconds = [r["seconds"] for r in train_log or []]
     return {"sampler": evaluation["sampler"], "steps": evaluation["steps"], "cfg": evaluation["cfg"],
-            "frechet": evaluation["frechet"]["value"],
+            "frechet": evaluation["frechet"]["value"], "frame_frechet": evaluation["frechet"].get("per_frame"),
             "alignment_color": evaluation["alignment"]["color"], "alignment_shape": evaluation["alignment"]["shape"],
             "temporal_flickering": evaluation["rewards"]["temporal-flickering"]["mean"],
             "prompt_color": evaluation["rewards"]["prompt-color"]["mean"],

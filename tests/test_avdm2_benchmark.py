@@ -21,8 +21,8 @@ def bench():
 def evaluation(frechet, color, shape, flicker, prompt_color, vendi=1.5, sampler="few-step", steps=4, cfg=1.0):
     """The keys of evaluate_run's metrics that the benchmark reads, as metrics.json holds them."""
     return {"sampler": sampler, "steps": steps, "cfg": cfg,
-            "frechet": {"value": frechet, "features": "pooled", "reference": "procedural", "n_generated": 24,
-                        "n_reference": 128},
+            "frechet": {"value": frechet, "per_frame": frechet / 2, "features": "pooled", "reference": "procedural",
+                        "n_generated": 24, "n_reference": 128},
             "alignment": {"color": color, "shape": shape},
             "rewards": {"prompt-color": {"mean": prompt_color, "std": 0.1, "scored": 24},
                         "temporal-flickering": {"mean": flicker, "std": 0.01, "scored": 24}},
@@ -36,7 +36,7 @@ def train(*seconds):
 
 def test_run_metrics_reads_each_metric_and_the_median_seconds_per_step(bench):
     m = bench.run_metrics(evaluation(50.0, 0.8, 0.3, 0.96, 0.25, vendi=1.1), train(2.0, 9.0, 3.0, 2.5))
-    assert m == {"sampler": "few-step", "steps": 4, "cfg": 1.0, "frechet": 50.0, "alignment_color": 0.8,
+    assert m == {"sampler": "few-step", "steps": 4, "cfg": 1.0, "frechet": 50.0, "frame_frechet": 25.0, "alignment_color": 0.8,
                  "alignment_shape": 0.3, "temporal_flickering": 0.96, "prompt_color": 0.25, "vendi": 1.1,
                  "train_s_per_step": 2.75}  # the median: a slow first step does not count double
     teacher = bench.run_metrics(evaluation(20.0, 0.99, 0.28, 0.95, 0.45, vendi=None, sampler="ddim", steps=50,

@@ -260,8 +260,23 @@ def test_evaluate_run_metrics_match_independent_computations(run, tmp_path):
     reference = procedural_reference(load_codec("dct"), SHAPE, 6)
     assert metrics["frechet"]["value"] == pytest.approx(latent_frechet_distance(samples.latents, reference), rel=1e-4)
     assert metrics["frechet"]["n_reference"] == 6 and "pooled latent statistics" in metrics["frechet"]["features"]
+    assert metrics["frechet"]["per_frame"] is None  # images: the FD above is already per frame
     assert metrics["alignment"]["color"] == pytest.approx(alignment(samples.pixels, samples.prompts).color)
     assert [p["prompt"] for p in metrics["per_prompt"]] == prompts
+
+
+def test_clips_also_get_a_per_frame_frechet_distance_over_every_frame():
+    from lrm.evaluation import latent_frechet_distance
+    from lrm.evaluation.report import sample_metrics
+    from lrm.generators.sampling import Samples
+
+    g = torch.Generator().manual_seed(0)
+    latents = torch.randn(6, 3, 4, 2, 2, generator=g)  # (N, T, c, h, w) clips
+    reference = torch.randn(8, 3, 4, 2, 2, generator=g) * 1.5
+    samples = Samples(latents, torch.rand(6, 3, 3, 16, 16, generator=g), ["a photo"] * 6, list(range(6)), [999], 1.0)
+    frechet = sample_metrics(samples, reference, [], "reference")["frechet"]
+    by_frame = latent_frechet_distance(latents.reshape(18, 1, 4, 2, 2), reference.reshape(24, 1, 4, 2, 2))
+    assert frechet["per_frame"] == pytest.approx(by_frame) and frechet["per_frame"] != frechet["value"]
 
 
 # --------------------------------------------------------------------------- CLI

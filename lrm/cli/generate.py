@@ -161,6 +161,8 @@ def evaluate(
         typer.echo(f"Vendi per prompt: {metrics['diversity']['mean']:.3f}", err=True)
     if metrics["frechet"]["value"] is not None:
         typer.echo(f"Frechet distance (pooled latent statistics): {metrics['frechet']['value']:.4g}", err=True)
+    if metrics["frechet"].get("per_frame") is not None:
+        typer.echo(f"Frechet distance per frame: {metrics['frechet']['per_frame']:.4g}", err=True)
     if metrics["alignment"]:
         typer.echo(f"alignment: colour {metrics['alignment']['color']:.3f}, shape {metrics['alignment']['shape']:.3f}",
                    err=True)

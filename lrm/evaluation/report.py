@@ -41,6 +41,7 @@ METRIC_KEYS = ("run", "sampler", "steps", "cfg", "seed", "timesteps", "latent_sh
                "n_samples", "rewards", "diversity", "frechet", "alignment", "per_prompt", "seconds")
 FRECHET_FEATURES = ("pooled latent statistics (lrm.fidelity.pooled_latent_features): per latent channel mean, std and "
                     "mean |spatial gradient|, + mean |frame difference| for clips")
+# clips also get a per-frame FD (AVDM2's frame quality): every latent frame a sample, without the frame difference
 VENDI_FEATURES = "raw pixels (lrm.evaluation.vendi.pixel_features), every frame"
 
 
@@ -103,6 +104,11 @@ def store_reference(path: str | Path, codec_settings: dict, latent_shape, count:
 # metrics
 # ---------------------------------------------------------------------------------------------------
 
+def as_frames(latents: torch.Tensor) -> torch.Tensor:
+    """Clips (n, T, c, h, w) -> their frames as one-frame samples (n * T, 1, c, h, w)."""
+    return latents.flatten(0, 1)[:, None]
+
+
 def sample_metrics(samples, reference: torch.Tensor, rewards, reference_name: str) -> dict:
     """The metrics of `samples` (lrm.generators.sampling.Samples) against `reference` latents (n, T, c, h, w):
     the rewards, diversity, frechet, alignment and per_prompt entries of metrics.json."""
@@ -125,11 +131,14 @@ def sample_metrics(samples, reference: torch.Tensor, rewards, reference_name: st
         out["diversity"] = None  # Vendi of one sample is 1 by definition: nothing measured
         per_prompt_vendi = {}
 
-    frechet = None
+    frechet = per_frame = None
     if samples.latents.shape[0] >= 2:
         frechet = latent_frechet_distance(samples.latents, reference)
-    out["frechet"] = {"value": frechet, "features": FRECHET_FEATURES, "reference": reference_name,
-                      "n_generated": samples.latents.shape[0], "n_reference": reference.shape[0]}
+        if samples.latents.shape[1] > 1:
+            per_frame = latent_frechet_distance(as_frames(samples.latents), as_frames(reference))
+    out["frechet"] = {"value": frechet, "per_frame": per_frame, "features": FRECHET_FEATURES,
+                      "reference": reference_name, "n_generated": samples.latents.shape[0],
+                      "n_reference": reference.shape[0]}
 
     procedural = all(caption_objects(p) for p in distinct)
     aligned = alignment(samples.pixels, prompts) if procedural else None
@@ -234,6 +243,8 @@ def report_html(metrics: dict, grid: bytes, config: EvaluationConfig) -> str:
                  "pixels" if d else "needs >= 2 samples per prompt"])
     f = metrics["frechet"]
     rows.append(["Frechet distance", _value(f["value"]), "—", f"{f['n_generated']} vs {f['n_reference']}"])
+    if f.get("per_frame") is not None:
+        rows.append(["Frechet distance per frame", _value(f["per_frame"]), "—", "every frame a sample"])
     a = metrics["alignment"]
     over = "procedural captions" if a else "not procedural"
     rows.append(["alignment: colour", _value(a and a["color"]), "—", over])
