@@ -89,7 +89,7 @@ def test_the_table_shows_mean_and_std_per_arm_and_a_single_value_for_the_teacher
     assert len(lines) == 3 and all(h in lines[0] for h in ("clip FD", "colour", "flicker", "s/step"))
     assert lines[1].split()[:8] == ["adm", "2", "25.500", "+-", "0.707", "51.000", "+-", "1.414"]  # frame FD, clip FD
     teacher_cells = lines[2].split()
-    assert teacher_cells[:3] == ["teacher", "-", "19.900"] and "+-" not in teacher_cells
+    assert teacher_cells[:4] == ["teacher", "-", "9.950", "19.900"] and "+-" not in teacher_cells
     assert teacher_cells[-2:] == ["-", "-"]  # no Vendi (one sample per prompt), no training step
 
 
