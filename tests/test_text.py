@@ -9,6 +9,7 @@ import torch
 
 from lrm import text
 from lrm.text import TextEmbeddings, TextEncoder, load
+from lrm.text.base import pad_rows
 from lrm.text.encoders import MINILM_VOCAB, check_tokenizer
 
 PROMPTS = ["a red circle moving left", "a small blue square over a white striped background", "dog"]
@@ -109,6 +110,28 @@ def test_cache_is_least_recently_used_and_bounded():
         enc.encode("a")
     with pytest.raises(ValueError, match="empty list"):
         enc.encode([])
+
+
+def test_token_rows_padded_are_what_encode_returns():
+    class Lengths(TextEncoder):
+        id, dim, max_length = "lengths", 3, 8
+
+        def __init__(self):
+            super().__init__(cache_size=0)
+            self.calls: list[list[str]] = []
+
+        def embed_tokens(self, prompts):
+            self.calls.append(list(prompts))
+            return [torch.arange(len(p) * 3, dtype=torch.float64).reshape(len(p), 3) + 0.5 for p in prompts]
+
+    enc = Lengths()
+    rows = enc.token_rows(["bb", "a", "bb", "cccc"])
+    assert list(rows) == ["bb", "a", "cccc"] and enc.calls == [["bb", "a", "cccc"]]  # distinct, one pass
+    assert all(row.dtype == torch.float32 and row.shape == (len(p), 3) for p, row in rows.items())
+    order = ["a", "cccc", "bb", "a"]
+    padded, expected = pad_rows([rows[p] for p in order]), enc.encode(order)
+    assert torch.equal(padded.emb, expected.emb) and torch.equal(padded.mask, expected.mask)
+    assert padded.emb.shape == (4, 4, 3) and padded.mask.sum(1).tolist() == [1, 4, 2, 1]
 
 
 # --------------------------------------------------------------------------- tokenizer checks

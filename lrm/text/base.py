@@ -39,16 +39,26 @@ class TextEncoder:
     def encode(self, prompts: Sequence[str]) -> TextEmbeddings:
         """prompts (B,) -> embeddings (B, L, D) float32 and mask (B, L) bool, L = longest prompt."""
         prompts = _check_prompts(prompts, self.id)
+        rows = self.token_rows(prompts)
+        return pad_rows([rows[p] for p in prompts])
+
+    def token_rows(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Each distinct prompt -> its real (unpadded) token embeddings (L_i, D) float32: from the cache, or
+        embedded `batch_size` prompts per forward pass. `pad_rows` of them gives what `encode` returns, so a
+        caller that pads several batches from one call embeds their prompts together (fewer, larger passes)."""
+        prompts = _check_prompts(prompts, self.id)
         fresh: dict[str, torch.Tensor] = {}
         missing = [p for p in dict.fromkeys(prompts) if p not in self._cache]  # unique, first-seen order
         with torch.no_grad():
             for start in range(0, len(missing), self.batch_size):
                 chunk = missing[start : start + self.batch_size]
                 fresh.update(zip(chunk, (row.detach().float() for row in self.embed_tokens(chunk))))
-        rows = [fresh[p] if p in fresh else self._cached(p) for p in prompts]
+        rows = {}
+        for p in prompts:  # every occurrence refreshes its cache entry, as a lookup of the padded batch would
+            rows[p] = fresh[p] if p in fresh else self._cached(p)
         for prompt, row in fresh.items():
             self._remember(prompt, row)
-        return _pad(rows)
+        return rows
 
     def clear_cache(self) -> None:
         self._cache.clear()
@@ -80,7 +90,7 @@ def _check_prompts(prompts: Sequence[str], who: str) -> list[str]:
     return prompts
 
 
-def _pad(rows: list[torch.Tensor]) -> TextEmbeddings:
+def pad_rows(rows: Sequence[torch.Tensor]) -> TextEmbeddings:
     """Stack (L_i, D) rows into (B, L, D) with zeros after each row's end, and the (B, L) mask."""
     length = max(row.shape[0] for row in rows)
     first = rows[0]
