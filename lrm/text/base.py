@@ -7,6 +7,7 @@ the prompt string, so labelling and training loops that repeat prompts pay for e
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from typing import NamedTuple, Sequence
 
@@ -100,3 +101,23 @@ def pad_rows(rows: Sequence[torch.Tensor]) -> TextEmbeddings:
         emb[i, : row.shape[0]] = row.to(first.device)
         mask[i, : row.shape[0]] = True
     return TextEmbeddings(emb, mask)
+
+
+def length_passes(lengths: Sequence[int], pass_cost: float) -> list[range]:
+    """Split prompts sorted by token length (ascending) into consecutive forward passes, minimising the tokens
+    computed: each pass costs (its prompts x its longest length), padding included, plus `pass_cost` tokens' worth
+    of fixed cost (streaming the weights once). Exact dynamic programme, O(n^2) for n prompts."""
+    if any(later < earlier for earlier, later in zip(lengths, lengths[1:])):
+        raise ValueError("length_passes needs the lengths sorted ascending")
+    n = len(lengths)
+    best, start = [0.0] + [math.inf] * n, [0] * (n + 1)  # cheapest split of the first j prompts; its last pass's start
+    for j in range(1, n + 1):
+        for i in range(j):
+            cost = best[i] + pass_cost + lengths[j - 1] * (j - i)
+            if cost < best[j]:
+                best[j], start[j] = cost, i
+    passes, j = [], n
+    while j:
+        passes.append(range(start[j], j))
+        j = start[j]
+    return passes[::-1]
