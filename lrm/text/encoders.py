@@ -151,14 +151,17 @@ class OpenCLIPTextEncoder(TextEncoder):
     def embed_tokens(self, prompts: list[str]) -> list[torch.Tensor]:
         model = self.model
         ids = self.tokenizer(prompts).to(model.token_embedding.weight.device)  # (b, 77)
-        cast = model.transformer.get_cast_dtype()
-        x = model.token_embedding(ids).to(cast) + model.positional_embedding.to(cast)  # (b, 77, width)
-        x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask))  # (b, 77, width)
         if self.eot_token_id is None:
             eot = ids.argmax(dim=-1)
         else:
             eot = (ids == self.eot_token_id).int().argmax(dim=-1)  # (b,) position of the first EOT
-        return [x[i, : int(e) + 1] for i, e in enumerate(eot)]  # causal: tokens after EOT are padding
+        # causal attention: positions after the pass's last EOT never reach those kept, so they are not computed
+        keep = int(eot.max()) + 1 if model.attn_mask is not None else ids.shape[1]
+        mask = None if model.attn_mask is None else model.attn_mask[:keep, :keep]
+        cast = model.transformer.get_cast_dtype()
+        x = model.token_embedding(ids[:, :keep]).to(cast) + model.positional_embedding[:keep].to(cast)  # (b, L, width)
+        x = model.ln_final(model.transformer(x, attn_mask=mask))  # (b, L, width)
+        return [x[i, : int(e) + 1] for i, e in enumerate(eot)]  # tokens after EOT are padding
 
 
 def load_openclip(spec: str, cache_size: int = 4096, batch_size: int = 64) -> OpenCLIPTextEncoder:
