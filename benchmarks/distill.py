@@ -17,6 +17,11 @@ own FD at step 0 and after training on the store's prompts.
 Writes benchmarks/results/distill.json and prints a table.
 
     OMP_NUM_THREADS=1 python benchmarks/distill.py --steps 200
+
+--speed-only times the teacher (cfg 7.5 and 4) and the finished students already in RUNS, and nothing else (no
+training, no quality metrics); it writes benchmarks/results/distill_speed.json unless --out is given:
+
+    OMP_NUM_THREADS=1 python benchmarks/distill.py --speed-only --runs /tmp/bench-distill
 """
 
 from __future__ import annotations
@@ -90,12 +95,39 @@ def main() -> None:
     parser.add_argument("--samples-per-prompt", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=5, help="timed sampling calls per model (median)")
     parser.add_argument("--runs", type=Path, default=Path("runs/bench-distill"))
-    parser.add_argument("--out", type=Path, default=RESULTS / "distill.json")
+    parser.add_argument("--out", type=Path, default=None, help="default: results/distill.json "
+                        "(results/distill_speed.json with --speed-only)")
+    parser.add_argument("--speed-only", action="store_true",
+                        help="only time the teacher and the finished students in --runs (no training, no quality)")
     args = parser.parse_args()
+    args.out = args.out or RESULTS / ("distill_speed.json" if args.speed_only else "distill.json")
     torch.set_num_threads(1)
 
-    teacher = embedded_teacher(progress=True)
     prompts, seeds = expand_requests(procedural_prompts(args.prompts, 1), args.samples_per_prompt)
+    if args.speed_only:
+        students = {k: args.runs / f"student-{k}" for k in (int(s) for s in args.students.split(","))}
+        missing = [str(run) for run in students.values() if not (run / "model").is_dir()]
+        if missing:
+            parser.error(f"--speed-only times finished students, but {', '.join(missing)} has no model/; "
+                         "train them first (the same command without --speed-only), or pass their --runs folder")
+        try:
+            teacher = embedded_teacher(train_if_missing=False)
+        except FileNotFoundError as exc:
+            parser.error(str(exc))
+        rows = {"teacher": {"run": str(teacher), "sampling_s": sampling_seconds(teacher, prompts, seeds, args.repeats)},
+                "teacher-cfg4": {"run": str(teacher),
+                                 "sampling_s": sampling_seconds(teacher, prompts, seeds, args.repeats, 4.0)}}
+        for k, run in students.items():
+            rows[f"student-{k}"] = {"run": str(run), "sampling_s": sampling_seconds(run, prompts, seeds, args.repeats)}
+        for row in rows.values():
+            row["speedup"] = rows["teacher"]["sampling_s"] / row["sampling_s"]
+        print(f"{'model':<13}{'time (s)':>10}{'speed-up':>10}")
+        for name, r in rows.items():
+            print(f"{name:<13}{r['sampling_s']:>10.3f}{r['speedup']:>9.1f}x")
+        write(args, rows, len(prompts))
+        return
+
+    teacher = embedded_teacher(progress=True)
     rows = {"teacher": {"run": str(teacher), **quality(teacher, args.runs / "teacher-eval", args),
                         "sampling_s": sampling_seconds(teacher, prompts, seeds, args.repeats)},
             "teacher-cfg4": {"run": str(teacher), **quality(teacher, args.runs / "teacher-eval-cfg4", args, 4.0),
@@ -127,10 +159,14 @@ def main() -> None:
         sampler = f"{r['sampler']} {r['steps']} cfg {r['cfg']:g}"
         print(f"{name:<13}{sampler:>16}{r['sampling_s']:>10.3f}{r['speedup']:>9.1f}x{r['frechet']:>9.2f}"
               f"{r['alignment_color']:>8.3f}{r['alignment_shape']:>7.3f}{r['vendi']:>7.3f}")
+    write(args, rows, len(prompts))
+
+
+def write(args, rows: dict, samples: int) -> None:
     result = {"command": "OMP_NUM_THREADS=1 python " + " ".join(sys.argv), "settings": vars(args) | {
                   "runs": str(args.runs), "out": str(args.out)},
-              "samples": len(prompts), "host": {"machine": platform.machine(), "cpus": os.cpu_count(),
-                                                "torch_threads": torch.get_num_threads()},
+              "samples": samples, "host": {"machine": platform.machine(), "cpus": os.cpu_count(),
+                                           "torch_threads": torch.get_num_threads()},
               "rows": rows}
     atomic_write_json(args.out, result)
     print(f"wrote {args.out}")

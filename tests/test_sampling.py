@@ -19,7 +19,7 @@ from lrm.diffusion import samplers
 from lrm.diffusion.schedules import schedule_from_config
 from lrm.generators import build_dit, save_denoiser
 from lrm.generators.runs import open_generator_run
-from lrm.generators.sampling import expand_requests, generate, generate_few_step
+from lrm.generators.sampling import expand_requests, generate, generate_few_step, guided, text_windows
 from lrm.generators.writing import save_samples
 from lrm.text import TextEncoder
 
@@ -148,6 +148,49 @@ def test_few_step_student_sampler(model):
     assert torch.allclose(samples.latents[1:], expected, atol=1e-5)
     alone = generate_few_step(model, PROMPTS[1:], [2], latent_shape=SHAPE, steps=2, text_encoder=Words())
     assert torch.allclose(alone.latents, samples.latents[1:], atol=1e-5)
+
+
+class CountingWords(Words):
+    """Words that records the prompts of every forward pass."""
+
+    def __init__(self, batch_size=64):
+        super().__init__(batch_size=batch_size)
+        self.passes: list[list[str]] = []
+
+    def embed_tokens(self, prompts):
+        self.passes.append(list(prompts))
+        return super().embed_tokens(prompts)
+
+
+def test_text_windows_are_whole_batches_whose_prompts_fit_one_pass():
+    prompts = ["a"] * 3 + ["b"] * 3 + ["c"] * 3 + ["d"] * 3  # batches of 4: {a, b}, {b, c}, {c, d}
+    assert text_windows(prompts, 4, 64) == [range(0, 12)]
+    assert text_windows(prompts, 4, 3) == [range(0, 8), range(8, 12)]
+    assert text_windows(prompts, 4, 2) == [range(0, 4), range(4, 8), range(8, 12)]
+    assert text_windows(prompts, 4, 1) == [range(0, 4), range(4, 8), range(8, 12)]  # a batch is never split
+    assert text_windows(prompts[:5], 16, 1) == [range(0, 5)]
+
+
+@pytest.mark.parametrize("per_pass", [64, 2])
+def test_prompts_are_embedded_per_window_and_samples_equal_a_per_batch_loop(model, per_pass):
+    prompts, seeds = expand_requests(PROMPTS + ["a blue ring", "a tiny gray cross over a red plain background"], 3)
+    encoder = CountingWords(batch_size=per_pass)
+    samples = gen(model, prompts, seeds, batch_size=4, text_encoder=encoder)
+    # every distinct prompt embedded once, in passes of at most per_pass prompts: one pass of 4, not one per batch
+    assert sorted(p for chunk in encoder.passes for p in chunk) == sorted(set(prompts))
+    assert len(encoder.passes) == (1 if per_pass == 64 else 3) and max(map(len, encoder.passes)) <= per_pass
+    # reference: the loop encoding each batch on its own (padded to that batch's longest prompt), bit for bit
+    schedule = schedule_from_config(model.schedule_config)
+    latents, pixels = [], []
+    with torch.no_grad():
+        for start in range(0, len(prompts), 4):
+            text, mask = Words().encode(prompts[start : start + 4])
+            x_T = torch.stack([torch.randn(SHAPE, generator=torch.Generator().manual_seed(s))
+                               for s in seeds[start : start + 4]])
+            latents.append(samplers.sample(guided(model, text, mask, 3.0), x_T, schedule.timesteps(3), schedule,
+                                           model.prediction))
+            pixels.append(load_codec("dct").decode(latents[-1]).clamp(0, 1))
+    assert torch.equal(samples.latents, torch.cat(latents)) and torch.equal(samples.pixels, torch.cat(pixels))
 
 
 def test_bad_requests_are_refused(model):

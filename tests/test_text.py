@@ -9,6 +9,7 @@ import torch
 
 from lrm import text
 from lrm.text import TextEmbeddings, TextEncoder, load
+from lrm.text.base import length_passes, pad_rows
 from lrm.text.encoders import MINILM_VOCAB, check_tokenizer
 
 PROMPTS = ["a red circle moving left", "a small blue square over a white striped background", "dog"]
@@ -63,6 +64,29 @@ def test_minilm_is_deterministic_padding_invariant_and_discriminative(minilm):
     assert red.shape == blue.shape and (red - blue).abs().max() > 0.1
 
 
+def test_minilm_groups_prompts_by_token_length_into_passes(minilm, monkeypatch):
+    prompts = ["dog", "a small blue square over a white striped background", "a red car", "cat",
+               "a red circle moving left"]
+    lengths = [len(minilm.tokenizer(p)["input_ids"]) for p in prompts]
+    shapes: list[tuple[int, int]] = []
+    hook = minilm.model.register_forward_pre_hook(lambda _m, _a, kw: shapes.append(tuple(kw["input_ids"].shape)),
+                                                  with_kwargs=True)
+    try:
+        with torch.no_grad():
+            monkeypatch.setattr(minilm, "pass_cost_tokens", 10**6)  # passes dear: one padded pass
+            one = minilm.embed_tokens(prompts)
+            assert shapes == [(5, max(lengths))]
+            shapes.clear()
+            monkeypatch.setattr(minilm, "pass_cost_tokens", 0)  # passes free: no padding at all
+            grouped = minilm.embed_tokens(prompts)
+    finally:
+        hook.remove()
+    assert sorted(shapes) == sorted((lengths.count(n), n) for n in set(lengths))  # one pass per distinct length
+    for prompt, n, a, b in zip(prompts, lengths, one, grouped):  # rows come back in the prompts' order
+        assert a.shape == b.shape == (n, 384), prompt
+        assert torch.allclose(a, b, atol=1e-5)
+
+
 def test_duplicates_are_encoded_once_and_give_identical_rows(minilm):
     minilm.clear_cache()
     seen: list[str] = []
@@ -109,6 +133,50 @@ def test_cache_is_least_recently_used_and_bounded():
         enc.encode("a")
     with pytest.raises(ValueError, match="empty list"):
         enc.encode([])
+
+
+def test_token_rows_padded_are_what_encode_returns():
+    class Lengths(TextEncoder):
+        id, dim, max_length = "lengths", 3, 8
+
+        def __init__(self):
+            super().__init__(cache_size=0)
+            self.calls: list[list[str]] = []
+
+        def embed_tokens(self, prompts):
+            self.calls.append(list(prompts))
+            return [torch.arange(len(p) * 3, dtype=torch.float64).reshape(len(p), 3) + 0.5 for p in prompts]
+
+    enc = Lengths()
+    rows = enc.token_rows(["bb", "a", "bb", "cccc"])
+    assert list(rows) == ["bb", "a", "cccc"] and enc.calls == [["bb", "a", "cccc"]]  # distinct, one pass
+    assert all(row.dtype == torch.float32 and row.shape == (len(p), 3) for p, row in rows.items())
+    order = ["a", "cccc", "bb", "a"]
+    padded, expected = pad_rows([rows[p] for p in order]), enc.encode(order)
+    assert torch.equal(padded.emb, expected.emb) and torch.equal(padded.mask, expected.mask)
+    assert padded.emb.shape == (4, 4, 3) and padded.mask.sum(1).tolist() == [1, 4, 2, 1]
+
+
+def test_length_passes_is_the_cheapest_split_into_consecutive_passes():
+    import itertools
+    import random
+
+    def cost(lengths, passes, pass_cost):
+        return sum(pass_cost + lengths[r.stop - 1] * len(r) for r in passes)
+
+    rng = random.Random(0)
+    for _ in range(200):
+        lengths = sorted(rng.randint(1, 40) for _ in range(rng.randint(1, 8)))
+        pass_cost = rng.choice([0, 5, 32, 1000])
+        passes = length_passes(lengths, pass_cost)
+        assert [i for r in passes for i in r] == list(range(len(lengths)))  # consecutive, covering, in order
+        splits = [[range(a, b) for a, b in zip((0, *cuts), (*cuts, len(lengths)))]
+                  for k in range(len(lengths)) for cuts in itertools.combinations(range(1, len(lengths)), k)]
+        assert cost(lengths, passes, pass_cost) == min(cost(lengths, split, pass_cost) for split in splits)
+    assert length_passes([11, 13, 16, 17, 17, 18, 19, 20, 27], 1000) == [range(0, 9)]
+    assert length_passes([], 32) == []
+    with pytest.raises(ValueError, match="sorted ascending"):
+        length_passes([3, 2], 32)
 
 
 # --------------------------------------------------------------------------- tokenizer checks

@@ -28,6 +28,7 @@ import torch
 from lrm.configs import DEFAULT_BATCH_SIZE, DEFAULT_CFG, DEFAULT_STEPS
 from lrm.diffusion import samplers
 from lrm.diffusion.schedules import schedule_from_config
+from lrm.text.base import pad_rows
 
 
 
@@ -123,6 +124,21 @@ def per_sample_noise(generators: list[torch.Generator]) -> Callable[[torch.Tenso
     return randn_like
 
 
+def text_windows(prompts: Sequence[str], batch_size: int, per_pass: int) -> list[range]:
+    """Split the requests into consecutive ranges of whole batches whose distinct prompts fit one forward pass of
+    the text encoder (`per_pass` prompts; always at least one batch), so the prompts of many small batches are
+    embedded together: e.g. 16 prompts x 4 seeds in batches of 16 make one pass of 16 prompts, not 4 of 4."""
+    windows, start, seen = [], 0, set()
+    for first in range(0, len(prompts), batch_size):
+        batch = set(prompts[first : first + batch_size])
+        if seen and len(seen | batch) > per_pass:
+            windows.append(range(start, first))
+            start, seen = first, set()
+        seen |= batch
+    windows.append(range(start, len(prompts)))
+    return windows
+
+
 def _check_requests(prompts: Sequence[str], seeds: Sequence[int] | int, latent_shape: Sequence[int],
                     denoiser) -> tuple[list[str], list[int], tuple[int, ...]]:
     if isinstance(prompts, str):
@@ -184,16 +200,19 @@ def _generate(denoiser, loop, grid: torch.Tensor, prompts, seeds, latent_shape, 
     latents, pixels = [], []
     try:
         with torch.no_grad():
-            for start in range(0, len(prompts), batch_size):
-                part_prompts, part_seeds = prompts[start : start + batch_size], seeds[start : start + batch_size]
-                generators = [torch.Generator().manual_seed(s) for s in part_seeds]
-                x_T = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device)  # (b, T, c, h, w)
-                text, mask = text_encoder.encode(part_prompts)  # (b, L, D), (b, L); cached per prompt
-                on_call = (lambda n=len(part_prompts): bar.update(n)) if bar is not None else None
-                denoise_fn = guided(denoiser, text.to(device), mask.to(device), cfg, on_call)
-                x0 = loop(denoise_fn, x_T, per_sample_noise(generators)).float()
-                latents.append(x0.cpu())
-                pixels.append(codec.decode(x0).clamp(0, 1).float().cpu())
+            for window in text_windows(prompts, batch_size, text_encoder.batch_size):
+                rows = text_encoder.token_rows(prompts[window.start : window.stop])  # prompt -> (L_i, D)
+                for start in range(window.start, window.stop, batch_size):
+                    part_prompts, part_seeds = prompts[start : start + batch_size], seeds[start : start + batch_size]
+                    generators = [torch.Generator().manual_seed(s) for s in part_seeds]
+                    x_T = torch.stack([torch.randn(shape, generator=g) for g in generators])  # (b, T, c, h, w)
+                    x_T = x_T.to(device)
+                    text, mask = pad_rows([rows[p] for p in part_prompts])  # (b, L, D), (b, L); L: longest here
+                    on_call = (lambda n=len(part_prompts): bar.update(n)) if bar is not None else None
+                    denoise_fn = guided(denoiser, text.to(device), mask.to(device), cfg, on_call)
+                    x0 = loop(denoise_fn, x_T, per_sample_noise(generators)).float()
+                    latents.append(x0.cpu())
+                    pixels.append(codec.decode(x0).clamp(0, 1).float().cpu())
     finally:
         if bar is not None:
             bar.close()

@@ -7,6 +7,7 @@ the prompt string, so labelling and training loops that repeat prompts pay for e
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from typing import NamedTuple, Sequence
 
@@ -39,16 +40,26 @@ class TextEncoder:
     def encode(self, prompts: Sequence[str]) -> TextEmbeddings:
         """prompts (B,) -> embeddings (B, L, D) float32 and mask (B, L) bool, L = longest prompt."""
         prompts = _check_prompts(prompts, self.id)
+        rows = self.token_rows(prompts)
+        return pad_rows([rows[p] for p in prompts])
+
+    def token_rows(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Each distinct prompt -> its real (unpadded) token embeddings (L_i, D) float32: from the cache, or
+        embedded `batch_size` prompts per forward pass. `pad_rows` of them gives what `encode` returns, so a
+        caller that pads several batches from one call embeds their prompts together (fewer, larger passes)."""
+        prompts = _check_prompts(prompts, self.id)
         fresh: dict[str, torch.Tensor] = {}
         missing = [p for p in dict.fromkeys(prompts) if p not in self._cache]  # unique, first-seen order
         with torch.no_grad():
             for start in range(0, len(missing), self.batch_size):
                 chunk = missing[start : start + self.batch_size]
                 fresh.update(zip(chunk, (row.detach().float() for row in self.embed_tokens(chunk))))
-        rows = [fresh[p] if p in fresh else self._cached(p) for p in prompts]
+        rows = {}
+        for p in prompts:  # every occurrence refreshes its cache entry, as a lookup of the padded batch would
+            rows[p] = fresh[p] if p in fresh else self._cached(p)
         for prompt, row in fresh.items():
             self._remember(prompt, row)
-        return _pad(rows)
+        return rows
 
     def clear_cache(self) -> None:
         self._cache.clear()
@@ -80,7 +91,7 @@ def _check_prompts(prompts: Sequence[str], who: str) -> list[str]:
     return prompts
 
 
-def _pad(rows: list[torch.Tensor]) -> TextEmbeddings:
+def pad_rows(rows: Sequence[torch.Tensor]) -> TextEmbeddings:
     """Stack (L_i, D) rows into (B, L, D) with zeros after each row's end, and the (B, L) mask."""
     length = max(row.shape[0] for row in rows)
     first = rows[0]
@@ -90,3 +101,23 @@ def _pad(rows: list[torch.Tensor]) -> TextEmbeddings:
         emb[i, : row.shape[0]] = row.to(first.device)
         mask[i, : row.shape[0]] = True
     return TextEmbeddings(emb, mask)
+
+
+def length_passes(lengths: Sequence[int], pass_cost: float) -> list[range]:
+    """Split prompts sorted by token length (ascending) into consecutive forward passes, minimising the tokens
+    computed: each pass costs (its prompts x its longest length), padding included, plus `pass_cost` tokens' worth
+    of fixed cost (streaming the weights once). Exact dynamic programme, O(n^2) for n prompts."""
+    if any(later < earlier for earlier, later in zip(lengths, lengths[1:])):
+        raise ValueError("length_passes needs the lengths sorted ascending")
+    n = len(lengths)
+    best, start = [0.0] + [math.inf] * n, [0] * (n + 1)  # cheapest split of the first j prompts; its last pass's start
+    for j in range(1, n + 1):
+        for i in range(j):
+            cost = best[i] + pass_cost + lengths[j - 1] * (j - i)
+            if cost < best[j]:
+                best[j], start[j] = cost, i
+    passes, j = [], n
+    while j:
+        passes.append(range(start[j], j))
+        j = start[j]
+    return passes[::-1]
