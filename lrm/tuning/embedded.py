@@ -17,17 +17,16 @@ each teacher's folder name carries the hash of its own settings (lrm.generators.
 (or, for the video student, a retrained image teacher) with other settings gives a new student instead of a stale
 one. A distillation that was interrupted resumes from its newest checkpoint (lrm.tuning.run.distill).
 
-Cost on this project's 2-core CPU (one torch thread, the other core busy with other jobs):
-- image: one VSD + CD step of the dit-s1 teacher at batch 8 took 2.3 s (probe: steps 2 -> 8 of `distill` timed in
+Cost on this project's 2-core CPU:
+- image: one VSD + CD step of the dit-s1 teacher at batch 8 took 2.3 s (one torch thread, another job on the other core; probe: steps 2 -> 8 of `distill` timed in
   /tmp, 9.3 s for 4 steps after set-up), so 100 steps take ~4 minutes. The one full run (`lrm tune
   jpeg-compressibility --concurrent --steps 20`, load average ~7 on the 2 cores) distilled in 8 min 20 s wall
   (5.3 s per step under that load), then tuned at 0.75 s per step; 195 s of CPU time for both.
 - video: one ADM + SDM-2D step of the dit-s1 video teacher (8 frames) at batch 8, the image teacher and its 2D fake
-  score on every frame, took a median 4.2 s in docs/distill.md's AVDM2 runs (CPU partly shared), so 60 steps take
-  ~4 minutes there. Under heavier load it is slower: a niced probe of this job (steps cut to 6, no fixed-seed logs;
-  the cached teachers of /tmp/lrm-bench, another training job taking ~1.4 of the 2 cores, load average ~4) took
-  9.5-20.6 s per step, median 14.2 s, 96 s wall with set-up, peak RSS 2.1 GB: ~15 minutes for the 60 steps then.
-  60 steps are kept because they are what docs/distill.md measured the quality of.
+  score on every frame, took a median 7.7-8.6 s in benchmarks/avdm2.py's three seeds (two torch threads, the CPU
+  partly shared at first), so 60 steps take ~8 minutes; a niced probe under heavier load (another training job on
+  ~1.4 of the 2 cores) took a median 14.2 s per step, peak RSS 2.1 GB. 60 steps are what docs/distill.md's AVDM2
+  benchmark measured the quality of (its seed-0 run is this student).
 """
 
 from __future__ import annotations
@@ -44,7 +43,7 @@ STUDENT_JOBS: dict[str, DistillJob] = {
     # VSD + CD (DOLLAR), 100 steps of 8 (~4 min at 2.3 s/step); fixed-seed logs at 0, 50 and 100; checkpoints every 25
     "image": DistillJob(losses=("vsd", "cd"), steps=100, batch_size=8, eval_every=50, checkpoint_every=25),
     # ADM + SDM-2D (AVDM2) on 8-frame clips, the settings of docs/distill.md's AVDM2 comparison: 60 steps of 8
-    # (~4 min at 4.2 s/step, ~15 min under load); fixed-seed logs at 0, 30 and 60; checkpoints every 15
+    # (~8 min at 8 s/step); fixed-seed logs at 0, 30 and 60; checkpoints every 15
     "video": DistillJob(video=True, losses=("adm", "sdm2d"), steps=60, batch_size=8, eval_every=30,
                         checkpoint_every=15),
 }
