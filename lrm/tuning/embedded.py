@@ -19,9 +19,9 @@ one. A distillation that was interrupted resumes from its newest checkpoint (lrm
 
 Cost on this project's 2-core CPU:
 - image: one VSD + CD step of the dit-s1 teacher at batch 8 took 2.3 s (one torch thread, another job on the other
-  core; probe: steps 2 -> 8 of `distill` timed in /tmp, 9.3 s for 4 steps after set-up), so 100 steps take ~4 minutes. The one full run (`lrm tune
-  jpeg-compressibility --concurrent --steps 20`, load average ~7 on the 2 cores) distilled in 8 min 20 s wall
-  (5.3 s per step under that load), then tuned at 0.75 s per step; 195 s of CPU time for both.
+  core; probe: steps 2 -> 8 of `distill` timed in /tmp, 9.3 s for 4 steps after set-up), so 100 steps take ~4
+  minutes. The one full run (`lrm tune jpeg-compressibility --concurrent --steps 20`, load average ~7 on the 2
+  cores) distilled in 8 min 20 s wall (5.3 s per step under that load), then tuned at 0.75 s per step; 195 s of CPU time for both.
 - video: one ADM + SDM-2D step of the dit-s1 video teacher (8 frames) at batch 8, the image teacher and its 2D fake
   score on every frame, took a median 7.7-8.6 s in benchmarks/avdm2.py's three seeds (two torch threads, the CPU
   partly shared at first), so 60 steps take ~8 minutes; a niced probe under heavier load (another training job on
