@@ -293,7 +293,8 @@ def main(argv: list[str] | None = None) -> None:
                            "launch": metrics[reward]["launch"], "distance_measure": metrics[reward]["distance_measure"]}
     rows = collect(metrics)
     settings = {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()}
-    settings["student"] = settings["student"] or f"embedded ({metrics[args.rewards[0]]['launch']['student']})"
+    settings["student"] = settings["student"] or {reward: f"embedded ({metrics[reward]['launch']['student']})"
+                                                  for reward in args.rewards}
     environment = "".join(f"{name}={os.environ[name]} " for name in ("LRM_CACHE", "OMP_NUM_THREADS")
                           if name in os.environ)
     command = environment + "PYTHONPATH=. python benchmarks/overopt_study.py " + shlex.join(

@@ -4,7 +4,8 @@ Each reward's student is the cached embedded 4-step student that makes what it s
 video student (AVDM2's ADM + SDM-2D distillation of the embedded video teacher) for a video reward, the image
 student (VSD + CD) otherwise; --student RUN tunes that one distilled student toward every reward instead (a video
 reward is then not run on an image student, and the row says why). The embedded students are never distilled
-here: a missing one stops the script before any run, naming the `lrm tune` command that distils it. The student
+here: a reward whose embedded student is missing is not run (its row names the `lrm tune` command that distils
+it), and the script stops before any run when no reward has its student. The student
 is tuned toward each reward with each method that can run it (METHOD_NOTES):
 - "lrm": LRM fine-tuning through a surrogate trained concurrently from scratch on the true reward of the student's
   samples (Alg. 1 lines 15-17), one row per --surrogate-lr ("lrm-slr<lr>");
@@ -474,12 +475,20 @@ def main() -> None:
         return
     out = Path(args.out)
     root = Path(args.runs)
-    try:  # every reward's student before the first run
-        students = {reward: student_run(reward, args) for reward in args.rewards}
-    except FileNotFoundError as error:  # an embedded student is not distilled yet
-        raise SystemExit(f"error: {error}") from None
+    students, missing = {}, {}  # every reward's student before the first run
+    for reward in args.rewards:
+        try:
+            students[reward] = student_run(reward, args)
+        except FileNotFoundError as error:  # its embedded student is not distilled yet: that reward is not run
+            missing[reward] = str(error)
+    if not students:
+        raise SystemExit(f"error: {next(iter(missing.values()))}")
     rows, skipped, fits = {}, [], {}
     for reward in args.rewards:
+        if reward in missing:
+            skipped.append({"reward": reward, "method": "all", "reason": missing[reward]})
+            print(f"{reward}: not run: {missing[reward]}", flush=True)
+            continue
         student = students[reward]
         why = no_student(reward, student)
         if why is not None:

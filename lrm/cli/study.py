@@ -64,7 +64,7 @@ def overopt(
     launch: Annotated[bool, typer.Option("--launch", help="Run the tuning runs the study compares, one per "
                                          "regulariser and seed, then compare them.")] = False,
     student: Annotated[Optional[Path], typer.Option(help="--launch: the distilled student run to tune (default, "
-                                                         "without --teacher: the cached embedded student).")] = None,
+                                                         "without --teacher: the cached embedded student, of clips for a video reward).")] = None,
     teacher: Annotated[Optional[Path], typer.Option(help="--launch: a teacher run to distil (VSD) while tuning.")]
     = None,
     regularisers: Annotated[str, typer.Option(help="--launch: arms among none,kl,concurrent,ensemble.")]
@@ -191,10 +191,10 @@ def _launch(reward, out, study_options, regularisers, seeds, launch_options, sur
     study_config = StudyConfig(**study_options, higher_is_better=higher_is_better(reward))
     if tune_args["student"] is None and tune_args["teacher"] is None:  # the embedded student, as `lrm tune`'s: of
         from lrm.rewards import load as load_reward  # clips for a video reward, else of images
-        from lrm.tuning.embedded import STUDENT_JOBS
+        from lrm.tuning.embedded import student_job
 
         video = load_reward(reward).spec.is_video  # an unknown reward: one line, before the minutes of distilling
-        student_steps = STUDENT_JOBS["video" if video else "image"].student_steps
+        student_steps = student_job(video=video).student_steps
         student = tune_cli.embedded_student_run(student_steps, tune_args["device"], video=video)
         tune_args = {**tune_args, "student": student}
     fit_seeds = plan.seeds_to_fit(config, surrogate, ensemble)

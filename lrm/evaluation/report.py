@@ -41,7 +41,7 @@ METRIC_KEYS = ("run", "sampler", "steps", "cfg", "seed", "timesteps", "latent_sh
                "n_samples", "rewards", "diversity", "frechet", "alignment", "per_prompt", "seconds")
 FRECHET_FEATURES = ("pooled latent statistics (lrm.fidelity.pooled_latent_features): per latent channel mean, std and "
                     "mean |spatial gradient|, + mean |frame difference| for clips")
-# clips also get a per-frame FD (AVDM2's frame quality): every latent frame a sample, without the frame difference
+PER_FRAME_FEATURES = "the same of single latent frames (clips only): every frame a sample, no frame difference"
 VENDI_FEATURES = "raw pixels (lrm.evaluation.vendi.pixel_features), every frame"
 
 
@@ -137,6 +137,7 @@ def sample_metrics(samples, reference: torch.Tensor, rewards, reference_name: st
         if samples.latents.shape[1] > 1:
             per_frame = latent_frechet_distance(as_frames(samples.latents), as_frames(reference))
     out["frechet"] = {"value": frechet, "per_frame": per_frame, "features": FRECHET_FEATURES,
+                      "per_frame_features": PER_FRAME_FEATURES if per_frame is not None else None,
                       "reference": reference_name, "n_generated": samples.latents.shape[0],
                       "n_reference": reference.shape[0]}
 

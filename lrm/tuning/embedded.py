@@ -9,7 +9,8 @@ STUDENT_JOBS holds both distillations (one DistillJob per kind, the teachers fil
 - "image": the embedded image teacher with DOLLAR's VSD + CD on the teacher's own store;
 - "video": the embedded video teacher with AVDM2's ADM (denoising GAN on the video teacher's features) + SDM-2D
   (frame-level VSD with the embedded image teacher as image teacher), the pair that beat ADM alone in
-  docs/distill.md (AVDM2 section: FD 29.4 vs 54.4, colour 0.984 vs 0.833, at the same temporal flickering).
+  docs/distill.md (AVDM2 benchmark, 3 seeds: frame FD 26.5 ± 5.8 vs 34.5 ± 10.0, colour 0.991 vs 0.705, at the
+  same temporal flickering).
 
 The run folder is `$LRM_CACHE/students/<name>` (default ~/.cache/lrm/students), with
 <name> = "<kind>-<student_steps>step-<8 hex of the teacher runs' folder names and the distillation settings>":
@@ -23,10 +24,10 @@ Cost on this project's 2-core CPU:
   minutes. The one full run (`lrm tune jpeg-compressibility --concurrent --steps 20`, load average ~7 on the 2
   cores) distilled in 8 min 20 s wall (5.3 s per step under that load), then tuned at 0.75 s per step; 195 s of CPU time for both.
 - video: one ADM + SDM-2D step of the dit-s1 video teacher (8 frames) at batch 8, the image teacher and its 2D fake
-  score on every frame, took a median 7.7-8.6 s in benchmarks/avdm2.py's three seeds (two torch threads, the CPU
-  partly shared at first), so 60 steps take ~8 minutes; a niced probe under heavier load (another training job on
-  ~1.4 of the 2 cores) took a median 14.2 s per step, peak RSS 2.1 GB. 60 steps are what docs/distill.md's AVDM2
-  benchmark measured the quality of (its seed-0 run is this student).
+  score on every frame, took a median 7.7-8.6 s in benchmarks/avdm2.py's three seeds (one torch thread, the CPU
+  partly shared with other work), so 60 steps take ~8 minutes; a niced probe under heavier load (another training
+  job on ~1.4 of the 2 cores) took a median 14.2 s per step, peak RSS 2.1 GB. 60 steps are what docs/distill.md's
+  AVDM2 benchmark measured the quality of (this is the same job as its seed-0 run).
 """
 
 from __future__ import annotations

@@ -181,8 +181,9 @@ def build_distiller(job: DistillJob, teacher, latent_shape, image_teacher=None):
 
     discriminator = None
     if "adm" in job.losses:
-        with torch.random.fork_rng(devices=[]):  # not the caller's global RNG: a rerun of the job builds the same head
-            torch.manual_seed(job.seed)
+        with torch.random.fork_rng(devices=[]):  # the head is built on the CPU: only the CPU RNG is forked and seeded,
+            torch.random.default_generator.manual_seed(job.seed)  # so a rerun builds the same head, the caller's RNGs
+            # (CPU and accelerators) stay as they were
             discriminator = discriminator_for(teacher)
     roles = build_roles(teacher, student_lr=job.student_lr, fake_lr=job.fake_lr, fake_score="vsd" in job.losses,
                         discriminator=discriminator,
