@@ -45,7 +45,7 @@ from lrm.generators.runs import open_generator_run
 from lrm.configs import DEFAULT_CFG
 from lrm.generators.sampling import expand_requests, generate, generate_few_step
 from lrm.io import atomic_write_json
-from lrm.tuning.run import distill
+from lrm.tuning.run import STUDENT_STEPS, distill
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -101,11 +101,15 @@ def main() -> None:
                         help="only time the teacher and the finished students in --runs (no training, no quality)")
     args = parser.parse_args()
     args.out = args.out or RESULTS / ("distill_speed.json" if args.speed_only else "distill.json")
+    student_steps = [s.strip() for s in args.students.split(",")]
+    if not all(s in {str(k) for k in STUDENT_STEPS} for s in student_steps):
+        parser.error(f"--students takes step counts among {STUDENT_STEPS}, comma-separated, got {args.students!r}")
+    student_steps = [int(s) for s in student_steps]
     torch.set_num_threads(1)
 
     prompts, seeds = expand_requests(procedural_prompts(args.prompts, 1), args.samples_per_prompt)
     if args.speed_only:
-        students = {k: args.runs / f"student-{k}" for k in (int(s) for s in args.students.split(","))}
+        students = {k: args.runs / f"student-{k}" for k in student_steps}
         missing = [str(run) for run in students.values() if not (run / "model").is_dir()]
         if missing:
             parser.error(f"--speed-only times finished students, but {', '.join(missing)} has no model/; "
@@ -132,7 +136,7 @@ def main() -> None:
                         "sampling_s": sampling_seconds(teacher, prompts, seeds, args.repeats)},
             "teacher-cfg4": {"run": str(teacher), **quality(teacher, args.runs / "teacher-eval-cfg4", args, 4.0),
                              "sampling_s": sampling_seconds(teacher, prompts, seeds, args.repeats, 4.0)}}
-    for k in (int(s) for s in args.students.split(",")):
+    for k in student_steps:
         run = args.runs / f"student-{k}"
         job = DistillJob(losses=tuple(args.losses.split(",")), student_steps=k, steps=args.steps,
                          batch_size=args.batch_size, eval_every=max(1, args.steps // 4))
