@@ -6,7 +6,10 @@ For each student `lrm.tuning.run.distill` trains (or resumes) RUNS/student-<k> f
 teacher and every student are measured the same way:
   time        end-to-end sampling wall time, prompts -> decoded pixels (text encoding, the sampler, the dct
               decode; models loaded beforehand), for the same prompts and seeds, batch 16, one torch thread;
-              median of --repeats after a warm-up call; "speed-up" is the teacher's time over the model's
+              after a warm-up call of each model, --repeats interleaved rounds time every model once (`timings`);
+              times are medians over rounds, "speed-up" is the median over rounds of the teacher's time over
+              the model's, with its range; also the same with every prompt's embedding already cached ("cached
+              prompts": the sampler and the decode) and the text encoding of the distinct prompts ("text")
   FD          Frechet distance of pooled latent statistics to procedural reference latents (lrm evaluate's)
   alignment   colour / shape named by the caption, read from the decoded pixels (procedural captions)
   Vendi       per-prompt Vendi of pixel features over --samples-per-prompt seeds
@@ -50,30 +53,72 @@ from lrm.tuning.run import STUDENT_STEPS, distill
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def sampling_seconds(run_path: Path, prompts: list[str], seeds: list[int], repeats: int,
-                     cfg: float | None = None) -> float:
-    """Median wall time of sampling (prompts, seeds) end to end with the run's own sampler: text encoding (the
-    encoder's prompt cache cleared before each call), the sampler and the decode, with the denoiser, text
-    encoder and codec loaded once (their loading is not timed); after one warm-up call."""
-    from lrm.codecs import from_settings
-    from lrm.text import load as load_text
+class TimedSampler:
+    """One model's end-to-end sampling call on fixed (prompts, seeds) with the run's own sampler (the teacher at
+    `cfg`), its denoiser, text encoder and codec loaded once (loading is not timed)."""
 
-    run = open_generator_run(run_path)
-    model = run.load()
-    options = {"latent_shape": run.latent_shape(), "codec": from_settings(model.codec_settings),
-               "text_encoder": load_text(model.text_encoder_id), "batch_size": 16}
+    def __init__(self, run_path: Path, prompts: list[str], seeds: list[int], encoders: dict,
+                 cfg: float | None = None):
+        from lrm.codecs import from_settings
+        from lrm.text import load as load_text
 
-    def once() -> float:
-        options["text_encoder"].clear_cache()
-        start = time.perf_counter()
-        if run.student_steps is not None:
-            generate_few_step(model, prompts, seeds, steps=run.student_steps, **options)
+        self.run = open_generator_run(run_path)
+        self.model = self.run.load()
+        self.prompts, self.seeds, self.cfg = prompts, seeds, DEFAULT_CFG if cfg is None else cfg
+        if self.model.text_encoder_id not in encoders:  # shared by the models of one encoder
+            encoders[self.model.text_encoder_id] = load_text(self.model.text_encoder_id)
+        self.encoder = encoders[self.model.text_encoder_id]
+        self.options = {"latent_shape": self.run.latent_shape(), "codec": from_settings(self.model.codec_settings),
+                        "text_encoder": self.encoder, "batch_size": 16}
+
+    def sample(self) -> None:
+        if self.run.student_steps is not None:
+            generate_few_step(self.model, self.prompts, self.seeds, steps=self.run.student_steps, **self.options)
         else:
-            generate(model, prompts, seeds, cfg=DEFAULT_CFG if cfg is None else cfg, **options)
+            generate(self.model, self.prompts, self.seeds, cfg=self.cfg, **self.options)
+
+    def seconds(self, cached: bool) -> float:
+        """One timed call: text encoding (unless `cached`: every prompt's embedding already in the encoder's
+        cache), the sampler and the decode."""
+        if not cached:
+            self.encoder.clear_cache()
+        else:
+            self.encoder.token_rows(self.prompts)
+        start = time.perf_counter()
+        self.sample()
         return time.perf_counter() - start
 
-    once()
-    return statistics.median(once() for _ in range(repeats))
+    def text_seconds(self) -> float:
+        """Encoding the distinct prompts alone, on a cleared cache."""
+        self.encoder.clear_cache()
+        start = time.perf_counter()
+        self.encoder.token_rows(self.prompts)
+        return time.perf_counter() - start
+
+
+def timings(samplers: dict[str, TimedSampler], repeats: int) -> dict[str, dict]:
+    """After one warm-up call of each sampler, `repeats` interleaved rounds that time every sampler once end to end
+    ("sampling_s": prompt cache cleared first), once with every prompt's embedding cached ("sampling_cached_s": a
+    training loop's fixed evaluation prompts, a prompt sampled again) and its text encoding alone ("text_s").
+    Interleaving makes each round's ratios share the machine's state of the moment: the speed-ups over "teacher"
+    are medians of per-round ratios, with their range over rounds. Times are medians over rounds."""
+    for sampler in samplers.values():
+        sampler.sample()
+    rounds = {name: {"sampling_s": [], "sampling_cached_s": [], "text_s": []} for name in samplers}
+    for _ in range(repeats):
+        for name, sampler in samplers.items():
+            rounds[name]["sampling_s"].append(sampler.seconds(cached=False))
+            rounds[name]["sampling_cached_s"].append(sampler.seconds(cached=True))
+            rounds[name]["text_s"].append(sampler.text_seconds())
+    rows = {}
+    for name, times in rounds.items():
+        rows[name] = {key: statistics.median(values) for key, values in times.items()}
+        for key, speedup in (("sampling_s", "speedup"), ("sampling_cached_s", "speedup_cached")):
+            ratios = [t / m for t, m in zip(rounds["teacher"][key], times[key])]
+            rows[name][speedup] = statistics.median(ratios)
+            rows[name][f"{speedup}_range"] = [min(ratios), max(ratios)]
+        rows[name]["rounds"] = times
+    return rows
 
 
 def quality(run_path: Path, out: Path, args, cfg: float | None = None) -> dict:
@@ -93,7 +138,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=DistillJob.batch_size)
     parser.add_argument("--prompts", type=int, default=16, help="procedural prompts evaluated")
     parser.add_argument("--samples-per-prompt", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=5, help="timed sampling calls per model (median)")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved timing rounds (each times every model once)")
     parser.add_argument("--runs", type=Path, default=Path("runs/bench-distill"))
     parser.add_argument("--out", type=Path, default=None, help="default: results/distill.json "
                         "(results/distill_speed.json with --speed-only)")
@@ -118,24 +163,21 @@ def main() -> None:
             teacher = embedded_teacher(train_if_missing=False)
         except FileNotFoundError as exc:
             parser.error(str(exc))
-        rows = {"teacher": {"run": str(teacher), "sampling_s": sampling_seconds(teacher, prompts, seeds, args.repeats)},
-                "teacher-cfg4": {"run": str(teacher),
-                                 "sampling_s": sampling_seconds(teacher, prompts, seeds, args.repeats, 4.0)}}
-        for k, run in students.items():
-            rows[f"student-{k}"] = {"run": str(run), "sampling_s": sampling_seconds(run, prompts, seeds, args.repeats)}
-        for row in rows.values():
-            row["speedup"] = rows["teacher"]["sampling_s"] / row["sampling_s"]
-        print(f"{'model':<13}{'time (s)':>10}{'speed-up':>10}")
+        models = {"teacher": (teacher, None), "teacher-cfg4": (teacher, 4.0),
+                  **{f"student-{k}": (run, None) for k, run in students.items()}}
+        rows = speed_rows(models, prompts, seeds, args.repeats)
+        print(f"{'model':<13}{'time (s)':>10}{'speed-up':>10}{'range':>16}{'cached prompts (s)':>20}{'speed-up':>10}"
+              f"{'text (s)':>10}")
         for name, r in rows.items():
-            print(f"{name:<13}{r['sampling_s']:>10.3f}{r['speedup']:>9.1f}x")
+            low, high = r["speedup_range"]
+            print(f"{name:<13}{r['sampling_s']:>10.3f}{r['speedup']:>9.1f}x{f'{low:.1f}-{high:.1f}x':>16}"
+                  f"{r['sampling_cached_s']:>20.3f}{r['speedup_cached']:>9.1f}x{r['text_s']:>10.3f}")
         write(args, rows, len(prompts))
         return
 
     teacher = embedded_teacher(progress=True)
-    rows = {"teacher": {"run": str(teacher), **quality(teacher, args.runs / "teacher-eval", args),
-                        "sampling_s": sampling_seconds(teacher, prompts, seeds, args.repeats)},
-            "teacher-cfg4": {"run": str(teacher), **quality(teacher, args.runs / "teacher-eval-cfg4", args, 4.0),
-                             "sampling_s": sampling_seconds(teacher, prompts, seeds, args.repeats, 4.0)}}
+    rows = {"teacher": quality(teacher, args.runs / "teacher-eval", args),
+            "teacher-cfg4": quality(teacher, args.runs / "teacher-eval-cfg4", args, 4.0)}
     for k in student_steps:
         run = args.runs / f"student-{k}"
         job = DistillJob(losses=tuple(args.losses.split(",")), student_steps=k, steps=args.steps,
@@ -145,17 +187,18 @@ def main() -> None:
         train = [r for r in records if r["split"] == "train"]
         logs = [r for r in records if r["split"] == "eval"]
         rows[f"student-{k}"] = {
-            "run": str(run), **quality(run, run / "eval", args),
-            "sampling_s": sampling_seconds(run, prompts, seeds, args.repeats),
+            **quality(run, run / "eval", args),
             "distill_steps": len(train), "distill_s": round(sum(r["seconds"] for r in train), 1),  # steps only
             "log_frechet_first_last": [logs[0]["frechet"], logs[-1]["frechet"]] if logs else None}
         untrained = args.runs / f"untrained-{k}"  # the teacher's weights under the k-step sampler: the start
         distill(replace(job, steps=0, eval_every=0), untrained, progress=False)
-        rows[f"untrained-{k}"] = {"run": str(untrained), **quality(untrained, untrained / "eval", args),
-                                  "sampling_s": rows[f"student-{k}"]["sampling_s"]}  # same network, same sampler
-    base = rows["teacher"]["sampling_s"]
-    for row in rows.values():
-        row["speedup"] = base / row["sampling_s"]
+        rows[f"untrained-{k}"] = {"run": str(untrained), **quality(untrained, untrained / "eval", args)}
+    models = {"teacher": (teacher, None), "teacher-cfg4": (teacher, 4.0),
+              **{f"student-{k}": (args.runs / f"student-{k}", None) for k in student_steps}}
+    for name, timed in speed_rows(models, prompts, seeds, args.repeats).items():
+        rows[name].update(timed)
+    for k in student_steps:  # the untrained student: the same network under the same sampler, so the same time
+        rows[f"untrained-{k}"].update({key: rows[f"student-{k}"][key] for key in ("sampling_s", "speedup")})
 
     print(f"{'model':<13}{'sampler':>16}{'time (s)':>10}{'speed-up':>10}{'FD':>9}{'colour':>8}{'shape':>7}"
           f"{'Vendi':>7}")
@@ -164,6 +207,15 @@ def main() -> None:
         print(f"{name:<13}{sampler:>16}{r['sampling_s']:>10.3f}{r['speedup']:>9.1f}x{r['frechet']:>9.2f}"
               f"{r['alignment_color']:>8.3f}{r['alignment_shape']:>7.3f}{r['vendi']:>7.3f}")
     write(args, rows, len(prompts))
+
+
+def speed_rows(models: dict[str, tuple[Path, float | None]], prompts: list[str], seeds: list[int],
+               repeats: int) -> dict[str, dict]:
+    """name -> (run, teacher cfg or None) -> `timings` of each, with its run; "teacher" is the reference."""
+    encoders: dict = {}
+    samplers = {name: TimedSampler(run, prompts, seeds, encoders, cfg) for name, (run, cfg) in models.items()}
+    measured = timings(samplers, repeats)
+    return {name: {"run": str(run), **measured[name]} for name, (run, _) in models.items()}
 
 
 def write(args, rows: dict, samples: int) -> None:

@@ -305,7 +305,16 @@ def summarise(runs: list[dict]) -> dict:
             "cuda_peak_mb": runs[0]["cuda_peak_mb"],
             "diversity_before": float(np.mean([r["records"][0]["diversity"] for r in runs])),
             "diversity_after": float(np.mean([r["records"][-1]["diversity"] for r in runs])),
+            # the monitor's gradient alignment (NaN: no surrogate, a non-differentiable reward, a run of an older lrm)
+            "gradient_alignment_before": nan_mean([r["records"][0].get("gradient_alignment") for r in runs]),
+            "gradient_alignment_after": nan_mean([r["records"][-1].get("gradient_alignment") for r in runs]),
             "nonfinite_rewards": int(sum(r["nonfinite_rewards"] for r in runs))}
+
+
+def nan_mean(values: list) -> float:
+    """Mean of the finite numbers among `values` (None and NaN left out); NaN when there is none."""
+    finite = [float(v) for v in values if isinstance(v, (int, float)) and np.isfinite(v)]
+    return float(np.mean(finite)) if finite else float("nan")
 
 
 def with_fit(summary: dict, fit: dict, shared_by: int) -> dict:
@@ -417,11 +426,20 @@ def parse(argv=None):
     return parser.parse_args(argv)
 
 
+def cosines(summary: dict) -> str:
+    """The gradient alignment before -> after of a row, or "-" where none was recorded."""
+    before, after = summary.get("gradient_alignment_before"), summary.get("gradient_alignment_after")
+    if before is None or not (np.isfinite(before) or np.isfinite(after)):
+        return "-"
+    return f"{before:+.3f} -> {after:+.3f}"
+
+
 def table(rows: dict, skipped: list[dict], fits: dict, goals: dict, seeds: int) -> str:
     """The markdown tables of the measured rows, the rows not run, the surrogate fits, and the goal lines."""
     lines = [f"| reward | method | gold start | gold gain (mean ± sd, {seeds} seeds) | training s | "
-             "training s + fit / + fit per run | samples | peak RSS MB | Vendi before -> after |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "training s + fit / + fit per run | samples | peak RSS MB | Vendi before -> after | "
+             "gradient cosine before -> after |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for reward, methods in rows.items():
         for method, s in methods.items():
             if "fit_s" not in s:
@@ -432,7 +450,7 @@ def table(rows: dict, skipped: list[dict], fits: dict, goals: dict, seeds: int) 
                 plus = f"{s['train_s_with_fit']:.0f} / {s['train_s_with_fit_share']:.0f} (n = {s['fit_shared_by']})"
             lines.append(f"| {reward} | {method} | {s['gold_start']:.4g} | {s['gain_mean']:+.3g} ± {s['gain_sd']:.2g} "
                          f"| {s['train_s_mean']:.0f} | {plus} | {s['samples'][-1]} | {s['peak_rss_mb_mean']:.0f} | "
-                         f"{s['diversity_before']:.3f} -> {s['diversity_after']:.3f} |")
+                         f"{s['diversity_before']:.3f} -> {s['diversity_after']:.3f} | {cosines(s)} |")
     for item in skipped:
         lines.append(f"| {item['reward']} | {item['method']} | not run: {item['reason']} |")
     if fits:

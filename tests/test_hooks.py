@@ -14,6 +14,7 @@ from lrm.codecs.dct import DCTCodec
 from lrm.diffusion.samplers import sample_few_step
 from lrm.models import CodecMismatchError
 from lrm.models import build as build_surrogate
+from lrm.pixel_path import PixelPathReward
 from lrm.rewards import load as load_reward
 from lrm.rewards.base import Reward, RewardSpec
 from lrm.tuning import (DDPO, LRM, Batch, DirectReward, DistillConfig, Distiller, LRMFineTune, Step, TrueReward,
@@ -527,6 +528,46 @@ def test_the_monitor_records_gold_proxy_diversity_and_distance_at_fixed_seeds():
               ).fit(prompt_batch, num_steps=5)
     after = monitor(5)
     assert after.gold > first.gold and after.distance > 0 and len(monitor.records) == 3
+
+
+class PixelSurrogate(torch.nn.Module):
+    """A "surrogate" that is `sign` times the pixel reward itself: its latent gradient is the gold's, times sign."""
+
+    def __init__(self, reward, sign: float):
+        super().__init__()
+        self.path, self.sign = PixelPathReward(codec(), reward), sign
+        self.weight = torch.nn.Parameter(torch.ones(()))  # the monitor finds the surrogate's device from it
+
+    def forward(self, latents, text=None, text_mask=None):
+        return self.sign * self.weight * self.path(latents)
+
+
+def test_the_monitors_gradient_alignment_is_the_cosine_of_the_surrogate_and_gold_gradients():
+    from lrm.tuning.monitor import TuningMonitor
+    from test_sampling import Words
+
+    student, words = words_student()
+    prompts = ["a red circle", "a blue square"]
+
+    def alignment(reward, lrm):
+        monitor = TuningMonitor(student, TrueReward(codec(), reward), prompts, words, latent_shape=SHAPE, steps=2,
+                                per_prompt=2, surrogate=lrm)
+        return monitor(0).gradient_alignment, monitor
+
+    assert alignment(Brightness(), PixelSurrogate(Brightness(), 1.0))[0] == pytest.approx(1.0, abs=1e-5)
+    assert alignment(Brightness(), PixelSurrogate(Brightness(), -1.0))[0] == pytest.approx(-1.0, abs=1e-5)
+    cnn = surrogate()
+    value, monitor = alignment(Brightness(), cnn)
+    x = monitor.last.latents.clone().requires_grad_(True)
+    (a,) = torch.autograd.grad(cnn(x).sum(), x)
+    x = x.detach().requires_grad_(True)
+    (b,) = torch.autograd.grad(TrueReward(codec(), Brightness())(x, None).sum(), x)
+    expected = torch.nn.functional.cosine_similarity(a.flatten(1), b.flatten(1), dim=1).mean()
+    assert value == pytest.approx(float(expected), abs=1e-5) and abs(value) < 1
+    assert not monitor.last.latents.requires_grad  # the samples are left as they were
+    assert all(p.grad is None for p in [*cnn.parameters(), *student.parameters()])  # no parameter gets a gradient
+    assert np.isnan(alignment(BrightFraction(), cnn)[0])  # a non-differentiable reward has no gradient to compare
+    assert np.isnan(alignment(Brightness(), None)[0])  # no surrogate
 
 
 def test_the_monitors_diversity_is_nan_for_an_all_black_sample_instead_of_stopping_the_run():

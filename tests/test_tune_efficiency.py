@@ -6,6 +6,7 @@ here, so no subprocess could load it)."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -175,7 +176,8 @@ def test_the_table_shows_the_fit_as_its_own_row_and_the_fitted_times_with_and_wi
             "peak_rss_mb_mean": 900.0, "diversity_before": 1.2, "diversity_after": 1.1}
     rows = {REWARD: {"lrm-slr0.0001": base,
                      "lrm-frozen": {**base, "fit_s": 30.0, "train_s_with_fit": 40.0, "train_s_with_fit_share": 15.0,
-                                    "fit_shared_by": 6}}}
+                                    "fit_shared_by": 6, "gradient_alignment_before": 0.1,
+                                    "gradient_alignment_after": -0.05}}}
     fits = {REWARD: {"preset": "image-cnn-stats", "parameters": 230561, "steps": 2000, "rows": 2048,
                      "labelled_store": True, "fit_s": 30.0, "fit_train_s": 25.0, "wall_s": 41.0,
                      "peak_rss_mb": 700.0, "spearman": 0.9123, "shared_by": 6}}
@@ -183,6 +185,13 @@ def test_the_table_shows_the_fit_as_its_own_row_and_the_fitted_times_with_and_wi
     text = bench.table(rows, skipped, fits, {}, 3).splitlines()
     assert text[2].split(" | ")[5] == "no fit"
     assert text[3].split(" | ")[4:6] == ["10", "40 / 15 (n = 6)"]
+    assert text[2].endswith("| 1.200 -> 1.100 | - |")  # no gradient alignment recorded
+    assert text[3].endswith("| 1.200 -> 1.100 | +0.100 -> -0.050 |")
     assert text[4] == "| temporal-flickering | all | not run: no video student |"
     assert "| image-cnn-stats (230561 parameters), 2000 steps | 2048 | True | 30.0 | 25.0 | 41.0 | 700 | 0.912 | 6 |" \
         in text[-1]
+
+
+def test_gradient_alignment_means_leave_out_runs_that_recorded_none(bench):
+    assert bench.nan_mean([None, float("nan"), 0.2, 0.4]) == pytest.approx(0.3)
+    assert math.isnan(bench.nan_mean([None, float("nan")]))

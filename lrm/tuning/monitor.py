@@ -13,7 +13,10 @@ KL-like distance mean ||eps_theta - eps_init||^2 of the student against a frozen
 noisy latents at a fixed seed (lrm.tuning.kl_penalty.eps_distance, DRaFT+); and, of the samples themselves, their
 latent RMS distance from the first call's samples at the same seeds and the Frechet distance of their pooled
 latent statistics to the first call's (lrm.evaluation.frechet). With an ensemble of surrogates it also records
-the members' disagreement. The samples of the first and the latest call stay in `first` and `last` for grids
+the members' disagreement. With a surrogate and a differentiable reward it records the gradient alignment: the
+cosine between the surrogate's latent gradient and the true reward's (through the decoder) at each sample,
+averaged. A surrogate can rank samples well while its gradient is orthogonal to the reward's (near 0): LRM
+fine-tuning then moves the proxy and not the gold. The samples of the first and the latest call stay in `first` and `last` for grids
 (a caller that keeps every call's, as lrm.tuning.tune's on_evaluation, reads `last` after each). Non-finite
 gold rewards are left out of the mean and counted. The frozen copy of the start costs one more copy of the
 student's weights.
@@ -55,6 +58,8 @@ class TuningRecord:
     frechet: float = float("nan")  # Frechet distance of pooled latent statistics to the first call's samples
     disagreement: float = float("nan")  # mean std over an ensemble's members of their scores (reward units); NaN
     #                                     without an ensemble
+    gradient_alignment: float = float("nan")  # mean over samples of cos(d surrogate / dx, d gold / dx) at the samples'
+    #                                           latents x; NaN without a surrogate or with a non-differentiable reward
 
 
 def relative_distance(module: nn.Module, start: dict[str, torch.Tensor]) -> float:
@@ -115,6 +120,7 @@ class TuningMonitor:
             latent_l2=float((samples.latents - first.latents).flatten(1).pow(2).mean(1).sqrt().mean()),
             frechet=latent_frechet_distance(samples.latents, first.latents),
             disagreement=float(members.float().std(0, correction=0).mean()) if members is not None else float("nan"),
+            gradient_alignment=self._gradient_alignment(samples),
         )
         self.first = first
         self.last = samples
@@ -134,6 +140,27 @@ class TuningMonitor:
                 members = self.surrogate.member_scores(latents, emb, mask)  # (K, N)
                 return members.mean(0), members
             return self.surrogate(latents, emb, mask), None  # (N,)
+
+    def _gradient_alignment(self, samples: Samples) -> float:
+        """Mean over the samples of the cosine between the surrogate's gradient and the true reward's (decoded,
+        then scored) with respect to the samples' latents; NaN without a surrogate or with a reward whose spec
+        says it is not differentiable. Neither model's parameters get a gradient."""
+        if self.surrogate is None or not self.true_reward.path.differentiable:
+            return float("nan")
+        device = next(self.surrogate.parameters()).device
+        text = self.text_encoder.encode(samples.prompts)
+        prompts = samples.prompts if self.true_reward.spec.needs_text else None
+        with torch.enable_grad():
+            x = samples.latents.detach().to(device).requires_grad_(True)  # (N, T', c, h, w): a new leaf
+            with evaluating(self.surrogate):
+                scores = self.surrogate(x, text.emb.to(device), text.mask.to(device))  # (N,)
+            (surrogate_grad,) = torch.autograd.grad(scores.sum(), x)
+            x = samples.latents.detach().to(device).requires_grad_(True)
+            (gold_grad,) = torch.autograd.grad(self.true_reward(x, prompts).sum(), x)
+        a, b = surrogate_grad.flatten(1).float(), gold_grad.flatten(1).float()  # (N, D)
+        cosine = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))  # (N,); NaN where either gradient is 0
+        defined = torch.isfinite(cosine)
+        return float(cosine[defined].mean()) if bool(defined.any()) else float("nan")
 
     def _eps_distance(self) -> float:
         """lrm.tuning.kl_penalty.eps_distance of the student from its initial copy, one shared noisy latent per

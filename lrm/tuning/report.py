@@ -71,8 +71,9 @@ def figures_of(run) -> dict[str, bytes]:
     curves = run.curves
     pngs = {"rewards": rewards_figure(curves.steps, curves.gold, curves.proxy, run.reward),
             "diversity_distance": diversity_distance_figure(curves.steps, curves.diversity, curves.distance)}
-    if np.isfinite(curves.fidelity).any():
-        pngs["fidelity"] = fidelity_figure(curves.steps, curves.fidelity)
+    alignment = gradient_alignment(run)
+    if np.isfinite(curves.fidelity).any() or np.isfinite(alignment).any():
+        pngs["fidelity"] = fidelity_figure(curves.steps, curves.fidelity, alignment)
     losses = [step for step in run.facts.get("losses") or [] if isinstance(step, dict)]
     if losses:
         pngs["losses"] = losses_figure(losses)
@@ -95,20 +96,34 @@ def facts_rows(run, config: dict) -> list[list]:
             ["non-finite rewards", facts.get("nonfinite_rewards")], ["skipped updates", facts.get("skipped_updates")]]
 
 
+def gradient_alignment(run) -> np.ndarray:
+    """(E,) the monitor's gradient alignment per evaluation (NaN where not recorded: no surrogate, a
+    non-differentiable reward, or a run of an earlier lrm)."""
+    from lrm.studies.runs import record_column
+
+    return record_column(run, "gradient_alignment")
+
+
 def fidelity_note(run) -> str:
     """What the fidelity section says, or "" when the run recorded no fidelity (no surrogate)."""
     from lrm.reports.html import _fmt
 
     per_eval = bool(np.isfinite(run.curves.fidelity).any())
+    alignment = gradient_alignment(run)
     running = run.surrogate_fidelity  # the concurrent surrogate's at the end; NaN before its first scored batch
     running = running if running is not None and math.isfinite(running) else None
-    if not per_eval and running is None:
+    if not per_eval and running is None and not np.isfinite(alignment).any():
         return ""
     note = ("Spearman of the surrogate's scores against the gold reward of the same fixed-seed samples."
             if per_eval else "No per-evaluation fidelity was recorded.")
     if running is not None:
         note += (" The concurrent surrogate's running fidelity (Spearman on its fresh training batch before each "
                  f"update) at the end: {_fmt(running)}.")
+    if np.isfinite(alignment).any():
+        first, last = (float(alignment[np.isfinite(alignment)][i]) for i in (0, -1))
+        note += (" Gradient alignment: the cosine between the surrogate's and the gold reward's gradients with respect "
+                 f"to each sample's latents, averaged ({_fmt(first)} at the first evaluation, {_fmt(last)} at the last). "
+                 "Near 0, following the surrogate does not move the gold reward, however well it ranks the samples.")
     return note
 
 
@@ -172,12 +187,16 @@ def diversity_distance_figure(steps: np.ndarray, diversity: np.ndarray, distance
     return _png(fig)
 
 
-def fidelity_figure(steps: np.ndarray, fidelity: np.ndarray) -> bytes:
+def fidelity_figure(steps: np.ndarray, fidelity: np.ndarray, alignment: np.ndarray) -> bytes:
+    """Spearman (ranking) and gradient cosine of the surrogate against the gold, per evaluation (NaN: not drawn)."""
     from lrm.reports.figures import _png, plt
 
     fig, ax = plt.subplots(figsize=(6, 3.0))
-    ax.plot(steps, fidelity, "o-", color="C4")
-    ax.set(xlabel="step", ylabel="Spearman", title="Surrogate vs gold on the fixed-seed samples", ylim=(-1.05, 1.05))
+    for values, label, color in ((fidelity, "Spearman of the scores", "C4"), (alignment, "cosine of the gradients", "C2")):
+        if np.isfinite(values).any():
+            ax.plot(steps, values, "o-", color=color, label=label)
+    ax.legend(fontsize=8)
+    ax.set(xlabel="step", ylabel="agreement", title="Surrogate vs gold on the fixed-seed samples", ylim=(-1.05, 1.05))
     ax.axhline(0, color="k", lw=0.8)
     _step_axis(ax)
     return _png(fig)
