@@ -693,6 +693,7 @@ TUNE_ARGS = ["--prompt", "a red circle", "--prompt", "a blue square", "--steps",
 
 
 @pytest.mark.parametrize("reward,method", [("colorfulness", ["--method", "direct"]),
+                                           ("colorfulness", ["--concurrent"]),
                                            ("jpeg-incompressibility", ["--concurrent"]),
                                            ("jpeg-incompressibility", ["--concurrent", "--teacher"])])
 def test_lrm_tune_writes_the_tuned_student_records_and_grids(words_runs, reward, method):
@@ -715,6 +716,11 @@ def test_lrm_tune_writes_the_tuned_student_records_and_grids(words_runs, reward,
     assert tuned.student_steps == 1 and tuned.latent_shape() == (1, 32, 8, 8)
     if "--teacher" in start:  # DOLLAR's VSD + LRM: the fake score and the surrogate train beside the student
         assert set(facts["losses"][0]) == {"vsd", "fake_score", "lrm_ft", "lrm"}
+    alignment = [r["gradient_alignment"] for r in facts["records"]]
+    if reward == "colorfulness" and "--concurrent" in method:  # a surrogate and a differentiable reward
+        assert all(-1 <= a <= 1 for a in alignment) and "gradient alignment" in result.output
+    else:  # no surrogate (direct), or a reward with no gradient (jpeg size)
+        assert all(np.isnan(a) for a in alignment) and "gradient alignment" not in result.output
 
 
 def test_lrm_tune_refuses_bad_input_with_one_line(words_runs):

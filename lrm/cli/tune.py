@@ -8,6 +8,7 @@ restate lrm.tuning.tune.TuneConfig's (tests/test_hooks.py keeps them equal).
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -80,8 +81,8 @@ def tune(
     tuned (DOLLAR's VSD + LRM), or, with neither, from the embedded teacher's distilled student
     (cached; distilled first, a few minutes): for a video reward the embedded video teacher's (AVDM2's
     ADM + SDM-2D), else the image teacher's (VSD + CD). Writes OUT/model (the tuned student, a generator run),
-    OUT/records.json (gold and proxy reward, diversity and distance from the start at fixed seeds,
-    seconds per step, peak memory), OUT/checkpoints/step-N (at every evaluation: a rerun of the same
+    OUT/records.json (gold and proxy reward, the surrogate's fidelity and, for a differentiable reward, its
+    gradient alignment, diversity and distance from the start at fixed seeds, seconds per step, peak memory), OUT/checkpoints/step-N (at every evaluation: a rerun of the same
     command resumes there), sample grids OUT/before and OUT/after, and each evaluation's samples in
     OUT/evals/step-N. Regularisers: --kl-weight (KL-to-initial penalty), --ensemble (two or more fitted
     surrogates: their mean is tuned on, their disagreement penalised).
@@ -262,6 +263,9 @@ def _run(reward_name, reward_options, run_path, distill, student_steps, store_pa
     summary = (f"{true_reward.name}: gold {first.gold:.4g} -> {last.gold:.4g}, proxy {first.proxy:.4g} -> "
                f"{last.proxy:.4g}, diversity {first.diversity:.3f} -> {last.diversity:.3f}, distance "
                f"{last.distance:.3g}; {result.seconds_per_step:.3g} s/step, peak RSS {result.peak_rss_mb:.0f} MB")
+    if math.isfinite(first.gradient_alignment) or math.isfinite(last.gradient_alignment):
+        summary += (f"; gradient alignment {first.gradient_alignment:.3f} -> {last.gradient_alignment:.3f} (cosine of "
+                    "the surrogate's and the gold's latent gradients)")
     if real is not None and concurrent:
         summary += f"; the surrogate trained on {facts['real_rows']} real latents of {real.path}"
     return summary, out_dir
