@@ -51,6 +51,8 @@ from lrm.io import atomic_write_json
 from lrm.tuning.run import STUDENT_STEPS, distill
 
 RESULTS = Path(__file__).resolve().parent / "results"
+TIMING_KEYS = ("sampling_s", "sampling_cached_s", "text_s", "speedup", "speedup_range", "speedup_cached",
+               "speedup_cached_range")  # what `timings` gives each model besides its rounds
 
 
 class TimedSampler:
@@ -138,7 +140,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=DistillJob.batch_size)
     parser.add_argument("--prompts", type=int, default=16, help="procedural prompts evaluated")
     parser.add_argument("--samples-per-prompt", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=5, help="interleaved timing rounds (each times every model once)")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="interleaved timing rounds (each times every model once)")
     parser.add_argument("--runs", type=Path, default=Path("runs/bench-distill"))
     parser.add_argument("--out", type=Path, default=None, help="default: results/distill.json "
                         "(results/distill_speed.json with --speed-only)")
@@ -197,8 +200,9 @@ def main() -> None:
               **{f"student-{k}": (args.runs / f"student-{k}", None) for k in student_steps}}
     for name, timed in speed_rows(models, prompts, seeds, args.repeats).items():
         rows[name].update(timed)
-    for k in student_steps:  # the untrained student: the same network under the same sampler, so the same time
-        rows[f"untrained-{k}"].update({key: rows[f"student-{k}"][key] for key in ("sampling_s", "speedup")})
+    for k in student_steps:  # the untrained student: the same network under the same sampler, so the same times
+        timed = rows[f"student-{k}"]
+        rows[f"untrained-{k}"].update({key: timed[key] for key in TIMING_KEYS})
 
     print(f"{'model':<13}{'sampler':>16}{'time (s)':>10}{'speed-up':>10}{'FD':>9}{'colour':>8}{'shape':>7}"
           f"{'Vendi':>7}")

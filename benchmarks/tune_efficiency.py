@@ -428,10 +428,10 @@ def parse(argv=None):
 
 def cosines(summary: dict) -> str:
     """The gradient alignment before -> after of a row, or "-" where none was recorded."""
-    before, after = summary.get("gradient_alignment_before"), summary.get("gradient_alignment_after")
-    if before is None or not (np.isfinite(before) or np.isfinite(after)):
+    ends = [summary.get(f"gradient_alignment_{when}") for when in ("before", "after")]
+    if not any(isinstance(v, float) and np.isfinite(v) for v in ends):
         return "-"
-    return f"{before:+.3f} -> {after:+.3f}"
+    return " -> ".join(f"{v:+.3f}" if isinstance(v, float) and np.isfinite(v) else "-" for v in ends)
 
 
 def table(rows: dict, skipped: list[dict], fits: dict, goals: dict, seeds: int) -> str:

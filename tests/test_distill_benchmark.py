@@ -49,3 +49,30 @@ def test_speed_rounds_interleave_the_models_and_take_medians_of_per_round_ratios
     assert s["speedup"] == pytest.approx(100.0) and s["speedup_range"] == pytest.approx([66.0, 100.0])
     assert s["speedup_cached"] == pytest.approx(145.0) and s["speedup_cached_range"] == pytest.approx([128.0, 145.0])
     assert rows["teacher"]["speedup"] == 1.0 and rows["teacher"]["rounds"]["sampling_s"] == [30.0, 60.0, 33.0]
+
+
+def test_a_cached_call_encodes_no_text_inside_the_timed_call_and_a_cold_one_does(bench):
+    from test_sampling import Words
+
+    class CountingWords(Words):
+        embedded = 0
+
+        def embed_tokens(self, prompts):
+            self.embedded += len(prompts)
+            return super().embed_tokens(prompts)
+
+    sampler = object.__new__(bench.TimedSampler)  # its timing logic, without loading a run
+    sampler.encoder, sampler.prompts = CountingWords(), ["a red circle", "a blue square", "a red circle"]
+    inside = []
+
+    def sample():  # what generate does with the prompts: token_rows through the encoder's cache
+        before = sampler.encoder.embedded
+        sampler.encoder.token_rows(sampler.prompts)
+        inside.append(sampler.encoder.embedded - before)
+
+    sampler.sample = sample
+    sampler.seconds(cached=False)
+    sampler.seconds(cached=True)
+    assert inside == [2, 0]  # the cold call embeds both distinct prompts; the cached call none
+    sampler.text_seconds()
+    assert sampler.encoder.embedded == 2 + 0 + 2  # the cold call; the cached one (already warm); text alone, cold

@@ -549,9 +549,9 @@ def test_the_monitors_gradient_alignment_is_the_cosine_of_the_surrogate_and_gold
     student, words = words_student()
     prompts = ["a red circle", "a blue square"]
 
-    def alignment(reward, lrm):
+    def alignment(reward, lrm, **options):
         monitor = TuningMonitor(student, TrueReward(codec(), reward), prompts, words, latent_shape=SHAPE, steps=2,
-                                per_prompt=2, surrogate=lrm)
+                                per_prompt=2, surrogate=lrm, **options)
         return monitor(0).gradient_alignment, monitor
 
     assert alignment(Brightness(), PixelSurrogate(Brightness(), 1.0))[0] == pytest.approx(1.0, abs=1e-5)
@@ -568,6 +568,15 @@ def test_the_monitors_gradient_alignment_is_the_cosine_of_the_surrogate_and_gold
     assert all(p.grad is None for p in [*cnn.parameters(), *student.parameters()])  # no parameter gets a gradient
     assert np.isnan(alignment(BrightFraction(), cnn)[0])  # a non-differentiable reward has no gradient to compare
     assert np.isnan(alignment(Brightness(), None)[0])  # no surrogate
+    assert np.isnan(alignment(Brightness(), cnn, gradient_alignment=False)[0])  # switched off
+    assert np.isnan(alignment(DetachedBrightness(), cnn)[0])  # says differentiable, but no gradient flows: no crash
+
+
+class DetachedBrightness(Brightness):
+    """A metric whose spec says differentiable while its code detaches (a user's mistake)."""
+
+    def score(self, pixels, prompts):
+        return super().score(pixels.detach(), prompts)
 
 
 def test_the_monitors_diversity_is_nan_for_an_all_black_sample_instead_of_stopping_the_run():
@@ -629,8 +638,10 @@ def test_tune_a_video_student_toward_a_video_reward(method):
     result = tune(student, TrueReward(codec(), recording), ["a red circle"], Words(), config,
                   latent_shape=(3, C, H, W))
     assert [r.step for r in result.records] == [0, 2] and result.records[-1].distance > 0
-    # (samples, frames) scored: training batches of 2 (direct decodes 2 of the 3 frames), the monitor's 3 clips
-    assert {tuple(p.shape[:2]) for p in recording.seen} == {(2, 2 if method == "direct" else 3), (3, 3)}
+    # (samples, frames) scored: training batches of 2 (direct decodes 2 of the 3 frames), the monitor's 3 clips and,
+    # with a surrogate, its gradient alignment's clips one at a time
+    expected = {(2, 2), (3, 3)} if method == "direct" else {(2, 3), (3, 3), (1, 3)}
+    assert {tuple(p.shape[:2]) for p in recording.seen} == expected
     if method == "lrm":
         assert result.term.trains == (LRM,) and len(result.term.fidelities) == 2
 

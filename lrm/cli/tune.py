@@ -20,7 +20,7 @@ from lrm.cli.options import check_device, parse_options
 METHODS = ("lrm", "ddpo", "direct")  # lrm.tuning.tune.METHODS
 DEFAULTS = {"method": "lrm", "steps": 200, "batch_size": 8, "lr": 1e-5, "surrogate_lr": 1e-4, "eval_every": 20,
             "per_prompt": 4, "eval_prompts": 4, "seed": 0, "kl_weight": 0.0,
-            "disagreement_weight": 1.0}  # lrm.tuning.tune.TuneConfig
+            "disagreement_weight": 1.0, "gradient_alignment": True}  # lrm.tuning.tune.TuneConfig
 PROCEDURAL_PROMPTS = 16  # procedural captions tuned on when no prompts are given
 
 
@@ -74,6 +74,11 @@ def tune(
     disagreement_weight: Annotated[float, typer.Option(min=0.0, help="With --ensemble: weight of the members' "
                                                                      "disagreement (std) penalty.")]
     = DEFAULTS["disagreement_weight"],
+    gradient_alignment: Annotated[bool, typer.Option(
+        "--gradient-alignment/--no-gradient-alignment",
+        help="With a surrogate and a differentiable reward: record at every evaluation the cosine of the surrogate's "
+             "and the gold reward's latent gradients (a backward pass of the pixel reward per evaluation sample; "
+             "switch off for large pixel rewards).")] = DEFAULTS["gradient_alignment"],
 ) -> None:
     """Reward-tune a distilled student with LRM fine-tuning, DDPO-SF or direct reward gradients.
 
@@ -81,9 +86,9 @@ def tune(
     tuned (DOLLAR's VSD + LRM), or, with neither, from the embedded teacher's distilled student
     (cached; distilled first, a few minutes): for a video reward the embedded video teacher's (AVDM2's
     ADM + SDM-2D), else the image teacher's (VSD + CD). Writes OUT/model (the tuned student, a generator run),
-    OUT/records.json (gold and proxy reward, the surrogate's fidelity and, for a differentiable reward, its
-    gradient alignment, diversity and distance from the start at fixed seeds, seconds per step, peak memory), OUT/checkpoints/step-N (at every evaluation: a rerun of the same
-    command resumes there), sample grids OUT/before and OUT/after, and each evaluation's samples in
+    OUT/records.json (gold and proxy reward, the surrogate's fidelity and, for a differentiable reward,
+    gradient alignment, diversity and distance from the start at fixed seeds, seconds per step, peak
+    memory), OUT/checkpoints/step-N (at every evaluation: a rerun of the same command resumes there), sample grids OUT/before and OUT/after, and each evaluation's samples in
     OUT/evals/step-N. Regularisers: --kl-weight (KL-to-initial penalty), --ensemble (two or more fitted
     surrogates: their mean is tuned on, their disagreement penalised).
 
@@ -119,7 +124,8 @@ def tune(
         summary, out_dir = _run(reward, reward_options, student or teacher, distill, student_steps, store, method,
                                 surrogate, concurrent, texts, steps,
                                 batch_size, lr, surrogate_lr, grad_steps, frames, eval_every, per_prompt, seed, out,
-                                device, kl_weight=kl_weight, ensemble=ensemble, disagreement_weight=disagreement_weight)
+                                device, kl_weight=kl_weight, ensemble=ensemble, disagreement_weight=disagreement_weight,
+                                gradient_alignment=gradient_alignment)
     except USER_ERRORS as error:
         exit_with_message(error)
     typer.echo(summary, err=True)
@@ -162,7 +168,7 @@ def embedded_student_run(student_steps: int, device: str, video: bool = False) -
 def _run(reward_name, reward_options, run_path, distill, student_steps, store_path, method, surrogate_path,
          concurrent, texts, steps, batch_size, lr, surrogate_lr, grad_steps, frames, eval_every, per_prompt, seed,
          out, device, *, kl_weight=DEFAULTS["kl_weight"], ensemble=None,
-         disagreement_weight=DEFAULTS["disagreement_weight"]):
+         disagreement_weight=DEFAULTS["disagreement_weight"], gradient_alignment=DEFAULTS["gradient_alignment"]):
     import hashlib
     from dataclasses import asdict
 
@@ -184,7 +190,8 @@ def _run(reward_name, reward_options, run_path, distill, student_steps, store_pa
         return TuneConfig(method=method, concurrent=concurrent, steps=steps, student_steps=student_steps,
                           batch_size=batch_size, lr=lr, surrogate_lr=surrogate_lr, grad_steps=grad_steps,
                           frames=frames, distill=distill, eval_every=eval_every, per_prompt=per_prompt, seed=seed,
-                          kl_weight=kl_weight, disagreement_weight=disagreement_weight)
+                          kl_weight=kl_weight, disagreement_weight=disagreement_weight,
+                          gradient_alignment=gradient_alignment)
 
     pixel_reward = load_reward(reward_name, **reward_options)
     embedded = run_path is None
@@ -264,8 +271,9 @@ def _run(reward_name, reward_options, run_path, distill, student_steps, store_pa
                f"{last.proxy:.4g}, diversity {first.diversity:.3f} -> {last.diversity:.3f}, distance "
                f"{last.distance:.3g}; {result.seconds_per_step:.3g} s/step, peak RSS {result.peak_rss_mb:.0f} MB")
     if math.isfinite(first.gradient_alignment) or math.isfinite(last.gradient_alignment):
-        summary += (f"; gradient alignment {first.gradient_alignment:.3f} -> {last.gradient_alignment:.3f} (cosine of "
-                    "the surrogate's and the gold's latent gradients)")
+        ends = " -> ".join(f"{a:.3f}" if math.isfinite(a) else "-" for a in (first.gradient_alignment,
+                                                                              last.gradient_alignment))
+        summary += f"; gradient alignment {ends} (cosine of the surrogate's and the gold's latent gradients)"
     if real is not None and concurrent:
         summary += f"; the surrogate trained on {facts['real_rows']} real latents of {real.path}"
     return summary, out_dir

@@ -16,8 +16,11 @@ latent statistics to the first call's (lrm.evaluation.frechet). With an ensemble
 the members' disagreement. With a surrogate and a differentiable reward it records the gradient alignment: the
 cosine between the surrogate's latent gradient and the true reward's (through the decoder) at each sample,
 averaged. A surrogate can rank samples well while its gradient is orthogonal to the reward's (near 0): LRM
-fine-tuning then moves the proxy and not the gold. The samples of the first and the latest call stay in `first` and `last` for grids
-(a caller that keeps every call's, as lrm.tuning.tune's on_evaluation, reads `last` after each). Non-finite
+fine-tuning then moves the proxy and not the gold. It costs one backward pass through the decoder and the
+pixel reward per sample and evaluation (one sample's graph at a time, counted in the run's peak memory);
+`gradient_alignment=False` skips it (large pixel rewards, long clips). The samples of the first and the latest
+call stay in `first` and `last` for grids (a caller that keeps every call's, as lrm.tuning.tune's on_evaluation,
+reads `last` after each). Non-finite
 gold rewards are left out of the mean and counted. The frozen copy of the start costs one more copy of the
 student's weights.
 """
@@ -59,7 +62,8 @@ class TuningRecord:
     disagreement: float = float("nan")  # mean std over an ensemble's members of their scores (reward units); NaN
     #                                     without an ensemble
     gradient_alignment: float = float("nan")  # mean over samples of cos(d surrogate / dx, d gold / dx) at the samples'
-    #                                           latents x; NaN without a surrogate or with a non-differentiable reward
+    # latents x, leaving out samples where either gradient is 0 (e.g. a flat sample); NaN without a surrogate, with a
+    # non-differentiable reward, when switched off, or when no sample has both gradients
 
 
 def relative_distance(module: nn.Module, start: dict[str, torch.Tensor]) -> float:
@@ -75,14 +79,17 @@ class TuningMonitor:
 
     def __init__(self, student: nn.Module, true_reward: TrueReward, prompts: Sequence[str], text_encoder, *,
                  latent_shape: Sequence[int], steps: int = 4, per_prompt: int = DEFAULT_PER_PROMPT, seed: int = 0,
-                 surrogate: nn.Module | None = None, initial: nn.Module | None = None):
+                 surrogate: nn.Module | None = None, initial: nn.Module | None = None,
+                 gradient_alignment: bool = True):
         """initial: a frozen copy of the student at its start (made here when not given), for the KL-like
-        distance; a run with a KL penalty passes the copy the penalty reads."""
+        distance; a run with a KL penalty passes the copy the penalty reads. gradient_alignment: record it
+        (with a surrogate and a differentiable reward)."""
         if per_prompt < 2:
             raise ValueError(f"TuningMonitor: per_prompt must be >= 2 (diversity compares a prompt's samples), "
                              f"got {per_prompt}")
         true_reward.check_generator(latent_shape, "TuningMonitor")
         self.student, self.true_reward, self.surrogate = student, true_reward, surrogate
+        self.gradient_alignment = gradient_alignment
         self.text_encoder = text_encoder
         self.latent_shape, self.steps = tuple(int(v) for v in latent_shape), steps
         self.prompts, self.seeds = expand_requests(list(prompts), per_prompt, seed)
@@ -143,24 +150,27 @@ class TuningMonitor:
 
     def _gradient_alignment(self, samples: Samples) -> float:
         """Mean over the samples of the cosine between the surrogate's gradient and the true reward's (decoded,
-        then scored) with respect to the samples' latents; NaN without a surrogate or with a reward whose spec
-        says it is not differentiable. Neither model's parameters get a gradient."""
-        if self.surrogate is None or not self.true_reward.path.differentiable:
+        then scored) with respect to the sample's latents, one sample at a time (one pixel graph in memory); NaN
+        when switched off, without a surrogate, with a reward whose spec says it is not differentiable, or where
+        no sample has two nonzero gradients. Neither model's parameters get a gradient."""
+        if not self.gradient_alignment or self.surrogate is None or not self.true_reward.path.differentiable:
             return float("nan")
         device = next(self.surrogate.parameters()).device
         text = self.text_encoder.encode(samples.prompts)
-        prompts = samples.prompts if self.true_reward.spec.needs_text else None
-        with torch.enable_grad():
-            x = samples.latents.detach().to(device).requires_grad_(True)  # (N, T', c, h, w): a new leaf
-            with evaluating(self.surrogate):
-                scores = self.surrogate(x, text.emb.to(device), text.mask.to(device))  # (N,)
-            (surrogate_grad,) = torch.autograd.grad(scores.sum(), x)
-            x = samples.latents.detach().to(device).requires_grad_(True)
-            (gold_grad,) = torch.autograd.grad(self.true_reward(x, prompts).sum(), x)
-        a, b = surrogate_grad.flatten(1).float(), gold_grad.flatten(1).float()  # (N, D)
-        cosine = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))  # (N,); NaN where either gradient is 0
-        defined = torch.isfinite(cosine)
-        return float(cosine[defined].mean()) if bool(defined.any()) else float("nan")
+        cosines = []
+        for i, prompt in enumerate(samples.prompts):
+            x = samples.latents[i : i + 1].detach().to(device)  # (1, T', c, h, w): a new leaf below
+            surrogate_grad = _input_gradient(
+                lambda v: self.surrogate(v, text.emb[i : i + 1].to(device), text.mask[i : i + 1].to(device)), x,
+                self.surrogate)
+            gold_grad = _input_gradient(lambda v: self.true_reward(v, [prompt] if self.true_reward.spec.needs_text
+                                                                   else None), x)
+            if surrogate_grad is None or gold_grad is None:
+                continue
+            a, b = surrogate_grad.flatten().float(), gold_grad.flatten().float()
+            if bool(a.any()) and bool(b.any()):
+                cosines.append(float(torch.dot(a / a.norm(), b / b.norm())))
+        return sum(cosines) / len(cosines) if cosines else float("nan")
 
     def _eps_distance(self) -> float:
         """lrm.tuning.kl_penalty.eps_distance of the student from its initial copy, one shared noisy latent per
@@ -168,6 +178,22 @@ class TuningMonitor:
         text = self.text_encoder.encode(self.prompts)
         return eps_distance(self.student, self.initial, text.emb, text.mask, latent_shape=self.latent_shape,
                             samples_per_text=1, seed=self.seed)
+
+
+def _input_gradient(score, x: torch.Tensor, module: nn.Module | None = None) -> torch.Tensor | None:
+    """d score(x).sum() / dx for x (1, ...), evaluating `module` (if given) in eval mode; None when the score does
+    not depend on x through autograd (a metric that detaches, a constant)."""
+    with torch.enable_grad():
+        x = x.requires_grad_(True)
+        if module is None:
+            value = score(x)
+        else:
+            with evaluating(module):
+                value = score(x)
+        if not value.requires_grad:
+            return None
+        (grad,) = torch.autograd.grad(value.sum(), x, allow_unused=True)
+    return grad
 
 
 def sample_diversity(pixels: torch.Tensor, prompts: Sequence[str]) -> float:

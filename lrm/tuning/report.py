@@ -120,10 +120,13 @@ def fidelity_note(run) -> str:
         note += (" The concurrent surrogate's running fidelity (Spearman on its fresh training batch before each "
                  f"update) at the end: {_fmt(running)}.")
     if np.isfinite(alignment).any():
-        first, last = (float(alignment[np.isfinite(alignment)][i]) for i in (0, -1))
-        note += (" Gradient alignment: the cosine between the surrogate's and the gold reward's gradients with respect "
-                 f"to each sample's latents, averaged ({_fmt(first)} at the first evaluation, {_fmt(last)} at the last). "
-                 "Near 0, following the surrogate does not move the gold reward, however well it ranks the samples.")
+        recorded = np.flatnonzero(np.isfinite(alignment))
+        first, last = (recorded[0], recorded[-1])
+        note += (" Gradient alignment: the cosine between the surrogate's and the gold reward's gradients with "
+                 f"respect to each sample's latents, averaged ({_fmt(float(alignment[first]))} at step "
+                 f"{int(run.curves.steps[first])}, {_fmt(float(alignment[last]))} at step "
+                 f"{int(run.curves.steps[last])}). Near 0, following the surrogate does not move the gold reward, "
+                 "however well it ranks the samples.")
     return note
 
 
@@ -192,7 +195,8 @@ def fidelity_figure(steps: np.ndarray, fidelity: np.ndarray, alignment: np.ndarr
     from lrm.reports.figures import _png, plt
 
     fig, ax = plt.subplots(figsize=(6, 3.0))
-    for values, label, color in ((fidelity, "Spearman of the scores", "C4"), (alignment, "cosine of the gradients", "C2")):
+    for values, label, color in ((fidelity, "Spearman of the scores", "C4"),
+                                 (alignment, "cosine of the gradients", "C2")):
         if np.isfinite(values).any():
             ax.plot(steps, values, "o-", color=color, label=label)
     ax.legend(fontsize=8)

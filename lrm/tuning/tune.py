@@ -72,6 +72,8 @@ class TuneConfig:
     seed: int = 0  # of the trainer's draws and the monitor's seeds
     kl_weight: float = 0.0  # lambda of the KL-to-initial penalty (lrm.tuning.kl_penalty); 0: no penalty
     disagreement_weight: float = 1.0  # with an ensemble of surrogates: weight of their disagreement (std) penalty
+    gradient_alignment: bool = True  # monitor: record the surrogate's gradient alignment with a differentiable reward
+    #                                  (a backward pass of the pixel reward per monitor sample and evaluation)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -200,7 +202,8 @@ def tune(generator: nn.Module, true_reward: TrueReward, prompts: Sequence[str], 
     monitor = TuningMonitor(student, true_reward, prompts[: config.eval_prompts], text_encoder,
                             latent_shape=latent_shape, steps=config.student_steps, per_prompt=config.per_prompt,
                             seed=config.seed, surrogate=lrm,
-                            initial=roles.module(INITIAL) if INITIAL in roles else None)
+                            initial=roles.module(INITIAL) if INITIAL in roles else None,
+                            gradient_alignment=config.gradient_alignment)
     terms = [DISTILL_TERMS[name]() for name in config.distill] + [term] + regularisers(config, lrm)
     weights = {KLPenalty.name: config.kl_weight, Disagreement.name: config.disagreement_weight}
     distiller = Distiller(roles, terms, DistillConfig(latent_shape=latent_shape, student_steps=config.student_steps,
