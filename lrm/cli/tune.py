@@ -74,11 +74,12 @@ def tune(
     disagreement_weight: Annotated[float, typer.Option(min=0.0, help="With --ensemble: weight of the members' "
                                                                      "disagreement (std) penalty.")]
     = DEFAULTS["disagreement_weight"],
-    gradient_alignment: Annotated[bool, typer.Option(
-        "--gradient-alignment/--no-gradient-alignment",
-        help="With a surrogate and a differentiable reward: record at every evaluation the cosine of the surrogate's "
-             "and the gold reward's latent gradients (a backward pass of the pixel reward per evaluation sample; "
-             "switch off for large pixel rewards).")] = DEFAULTS["gradient_alignment"],
+    no_gradient_alignment: Annotated[bool, typer.Option(
+        "--no-gradient-alignment",
+        help="Do not record the gradient alignment (with a surrogate and a differentiable reward, every evaluation "
+             "records the cosine of the surrogate's and the gold reward's latent gradients: a backward pass of the "
+             "pixel reward per evaluation sample, costly for large pixel rewards).")]
+    = not DEFAULTS["gradient_alignment"],
 ) -> None:
     """Reward-tune a distilled student with LRM fine-tuning, DDPO-SF or direct reward gradients.
 
@@ -125,7 +126,7 @@ def tune(
                                 surrogate, concurrent, texts, steps,
                                 batch_size, lr, surrogate_lr, grad_steps, frames, eval_every, per_prompt, seed, out,
                                 device, kl_weight=kl_weight, ensemble=ensemble, disagreement_weight=disagreement_weight,
-                                gradient_alignment=gradient_alignment)
+                                gradient_alignment=not no_gradient_alignment)
     except USER_ERRORS as error:
         exit_with_message(error)
     typer.echo(summary, err=True)
