@@ -104,3 +104,17 @@ def test_only_the_running_fidelity_is_shown_without_a_figure(tuned, tmp_path):
     page = write_tune_report(run).read_text()
     assert "No per-evaluation fidelity was recorded" in page and "at the end: 0.75." in page
     assert page.count("data:image/png;base64,") == 5  # rewards, diversity, losses and the two grids
+
+
+def test_the_gradient_alignment_joins_the_fidelity_section(tuned, tmp_path):
+    from lrm.tuning.report import write_tune_report
+
+    run = tmp_path / "aligned"
+    shutil.copytree(tuned, run)
+    facts = json.loads((run / "records.json").read_text())
+    for record, cosine in zip(facts["records"], [float("nan"), 0.25, -0.125]):  # not recorded at step 0
+        record["gradient_alignment"] = cosine
+    (run / "records.json").write_text(json.dumps(facts))
+    page = write_tune_report(run).read_text()
+    assert f"averaged ({_fmt(0.25)} at step 1, {_fmt(-0.125)} at step 2)" in page
+    assert "Gradient alignment" not in write_tune_report(tuned).read_text()  # jpeg size has no gradient: none recorded

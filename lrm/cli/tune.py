@@ -89,9 +89,10 @@ def tune(
     ADM + SDM-2D), else the image teacher's (VSD + CD). Writes OUT/model (the tuned student, a generator run),
     OUT/records.json (gold and proxy reward, the surrogate's fidelity and, for a differentiable reward,
     gradient alignment, diversity and distance from the start at fixed seeds, seconds per step, peak
-    memory), OUT/checkpoints/step-N (at every evaluation: a rerun of the same command resumes there), sample grids OUT/before and OUT/after, and each evaluation's samples in
-    OUT/evals/step-N. Regularisers: --kl-weight (KL-to-initial penalty), --ensemble (two or more fitted
-    surrogates: their mean is tuned on, their disagreement penalised).
+    memory), OUT/checkpoints/step-N (at every evaluation: a rerun of the same command resumes there),
+    sample grids OUT/before and OUT/after, and each evaluation's samples in OUT/evals/step-N. Regularisers:
+    --kl-weight (KL-to-initial penalty), --ensemble (two or more fitted surrogates: their mean is tuned on,
+    their disagreement penalised).
 
     Examples:
       lrm tune jpeg-compressibility --concurrent

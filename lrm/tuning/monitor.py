@@ -20,9 +20,8 @@ fine-tuning then moves the proxy and not the gold. It costs one backward pass th
 pixel reward per sample and evaluation (one sample's graph at a time, counted in the run's peak memory);
 `gradient_alignment=False` skips it (large pixel rewards, long clips). The samples of the first and the latest
 call stay in `first` and `last` for grids (a caller that keeps every call's, as lrm.tuning.tune's on_evaluation,
-reads `last` after each). Non-finite
-gold rewards are left out of the mean and counted. The frozen copy of the start costs one more copy of the
-student's weights.
+reads `last` after each). Non-finite gold rewards are left out of the mean and counted. The frozen copy of the
+start costs one more copy of the student's weights.
 """
 
 from __future__ import annotations
@@ -61,9 +60,9 @@ class TuningRecord:
     frechet: float = float("nan")  # Frechet distance of pooled latent statistics to the first call's samples
     disagreement: float = float("nan")  # mean std over an ensemble's members of their scores (reward units); NaN
     #                                     without an ensemble
-    gradient_alignment: float = float("nan")  # mean over samples of cos(d surrogate / dx, d gold / dx) at the samples'
-    # latents x, leaving out samples where either gradient is 0 (e.g. a flat sample); NaN without a surrogate, with a
-    # non-differentiable reward, when switched off, or when no sample has both gradients
+    gradient_alignment: float = float("nan")  # mean over samples of cos(d surrogate / dx, d gold / dx) at the
+    # samples' latents x, leaving out samples where either gradient is 0 (e.g. a flat sample); NaN without a
+    # surrogate, with a non-differentiable reward, when switched off, or when no sample has both gradients
 
 
 def relative_distance(module: nn.Module, start: dict[str, torch.Tensor]) -> float:
