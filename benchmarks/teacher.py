@@ -10,8 +10,9 @@ teacher's 50-step DDIM grid at CFG 4, prompts the teacher never saw (procedural 
 and measures
   FD          Frechet distance of pooled latent statistics (lrm.evaluation.latent_frechet_distance) to real
               held-out procedural latents; "real" is a second real set, the floor
-  alignment   colour / shape named by the caption, read from decoded pixels (lrm.evaluation.alignment);
-              "real" is the real images with their captions (the ceiling), "shuffled" with others' captions
+  alignment   colour / shape named by the caption, read from decoded pixels, and for clips the direction of the
+              motion it names (lrm.evaluation.alignment); "real" is the real images with their captions (the
+              ceiling), "shuffled" with others' captions
   Vendi       per-prompt Vendi of pixel features (DOLLAR Eq. 27), 4 seeds per prompt (range 1..4)
 Writes benchmarks/results/teacher.json, benchmarks/results/teacher_grid.png and prints a table.
 
@@ -74,8 +75,8 @@ def evaluate(name: str, model, prompts: list[str], text, mask, shape, guidance: 
     aligned = alignment(pixels, captions)
     vendi = diversity(pixel_features(pixels), captions)
     return {"model": name, "guidance": guidance, "samples": len(captions), "fd": latent_frechet_distance(latents, reference),
-            "color": aligned.color, "shape": aligned.shape, "vendi": vendi.mean, "vendi_std": vendi.std,
-            "flicker": temporal_flickering(pixels), "sample_s": round(sample_s, 1)}, pixels
+            "color": aligned.color, "shape": aligned.shape, "motion": aligned.motion, "vendi": vendi.mean,
+            "vendi_std": vendi.std, "flicker": temporal_flickering(pixels), "sample_s": round(sample_s, 1)}, pixels
 
 
 def temporal_flickering(pixels: torch.Tensor) -> float | None:
@@ -149,9 +150,11 @@ def main() -> None:
     real_aligned, shuffled_aligned = alignment(real_pixels, prompts), alignment(real_pixels, shuffled)
     rows = [{"model": "real (held-out, decoded)", "guidance": None, "samples": args.reference,
              "fd": latent_frechet_distance(second_real, reference), "color": real_aligned.color,
-             "shape": real_aligned.shape, "vendi": None, "flicker": temporal_flickering(real_pixels)},
+             "shape": real_aligned.shape, "motion": real_aligned.motion, "vendi": None,
+             "flicker": temporal_flickering(real_pixels)},
             {"model": "real, shuffled captions", "guidance": None, "samples": args.prompts, "fd": None,
-             "color": shuffled_aligned.color, "shape": shuffled_aligned.shape, "vendi": None}]
+             "color": shuffled_aligned.color, "shape": shuffled_aligned.shape, "motion": shuffled_aligned.motion,
+             "vendi": None}]
 
     teacher = load_denoiser(run / "model")
     ten_percent = snapshot_steps(entry.teacher)[0]
@@ -184,10 +187,11 @@ def main() -> None:
     atomic_write_bytes(args.out.with_name(args.out.stem + "_grid.png"), grid_png(grid, prompts[:GRID_PROMPTS]))
 
     fmt = lambda v, p=3: "-" if v is None else f"{v:.{p}f}"  # noqa: E731
-    print(f"\n{'model':28s} {'cfg':>4s} {'FD':>8s} {'colour':>7s} {'shape':>6s} {'Vendi':>6s} {'flicker':>7s}")
+    print(f"\n{'model':28s} {'cfg':>4s} {'FD':>8s} {'colour':>7s} {'shape':>6s} {'motion':>6s} {'Vendi':>6s} "
+          f"{'flicker':>7s}")
     for r in rows:
         print(f"{r['model']:28s} {fmt(r['guidance'], 1):>4s} {fmt(r['fd'], 2):>8s} {fmt(r['color']):>7s} "
-              f"{fmt(r['shape']):>6s} {fmt(r['vendi'], 2):>6s} {fmt(r.get('flicker')):>7s}")
+              f"{fmt(r['shape']):>6s} {fmt(r.get('motion')):>6s} {fmt(r['vendi'], 2):>6s} {fmt(r.get('flicker')):>7s}")
     print(f"training: {training['train_s']:.0f} s for {training['steps']} steps, total {training['total_s']:.0f} s, "
           f"peak RSS {training['peak_rss_mb']:.0f} MB")
 

@@ -79,9 +79,11 @@ def test_an_image_student_distils_logs_and_exports(teachers, tmp_path):
     assert [r["step"] for r in evals] == [0, 2, 3]  # the initial student, every 2 steps, the last
     for r in evals:
         assert r["frechet"] >= 0 and 1 <= r["vendi"] <= 2 and 0 <= r["alignment"]["color"] <= 1
+        assert r["alignment"]["motion"] is None  # images: no motion to read
         assert (out / r["grid"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert evals[0]["frechet"] != evals[-1]["frechet"]  # the student moved
     page = (out / "report.html").read_text()
+    assert "alignment shape" in page and "alignment motion" not in page
     assert page.count("data:image/png;base64,") == 2 + 3 and "Samples over training" in page
     saved = json.loads((out / "model" / "config.json").read_text())["extra"]
     assert saved["student_steps"] == 2 and saved["latent_shape"] == [1, 32, 8, 8] and saved["step"] == 3
@@ -115,7 +117,10 @@ def test_a_video_student_distils_with_adm_and_sdm2d(teachers, tmp_path):
                      "--batch-size", "2", "--out", str(out))
     assert result.exit_code == 0, result.output
     assert all(set(r["losses"]) == {"adm", "sdm2d", "discriminator", "fake_2d"} for r in records(out, "train"))
-    assert [r["step"] for r in records(out, "eval")] == [0, 1, 2]
+    evals = records(out, "eval")
+    assert [r["step"] for r in evals] == [0, 1, 2]
+    assert all(0 <= r["alignment"]["motion"] <= 1 for r in evals)  # a caption names "pink square moving left"
+    assert "alignment motion" in (out / "report.html").read_text()
     config = json.loads((out / "config.json").read_text())
     assert config["latent_shape"] == [3, 32, 8, 8] and "teacher_2d" in config["roles"]
     assert load_denoiser(out / "model").frames == 3
@@ -246,7 +251,10 @@ def test_two_gloo_processes_distil_in_sync_and_rank_0_writes(teachers, tmp_path)
     config = json.loads((out / "config.json").read_text())
     assert config["world_size"] == 2 and config["job"]["batch_size"] == 4
     assert [r["step"] for r in records(out, "train")] == [1, 2]  # one line per step: rank 0 alone writes
-    assert [r["step"] for r in records(out, "eval")] == [0, 1, 2]
+    evals = records(out, "eval")
+    assert [r["step"] for r in evals] == [0, 1, 2]
+    assert all(0 <= r["alignment"]["motion"] <= 1 for r in evals)  # a caption names "pink square moving left"
+    assert "alignment motion" in (out / "report.html").read_text()
     rng = load_file(out / "checkpoints" / "step-00000002" / "rng.safetensors")
     assert not torch.equal(rng["trainer.rank0"], rng["trainer.rank1"])  # each rank its own noise
     one = distill("--teacher", str(teachers["image"]), "--losses", "vsd,cd", "--student-steps", "2", "--steps", "2",

@@ -305,6 +305,7 @@ def test_evaluate_run_metrics_match_independent_computations(run, tmp_path):
     assert metrics["frechet"]["n_reference"] == 6 and "pooled latent statistics" in metrics["frechet"]["features"]
     assert metrics["frechet"]["per_frame"] is None  # images: the FD above is already per frame
     assert metrics["alignment"]["color"] == pytest.approx(alignment(samples.pixels, samples.prompts).color)
+    assert metrics["alignment"]["motion"] is None  # images name no motion
     assert [p["prompt"] for p in metrics["per_prompt"]] == prompts
 
 
@@ -320,6 +321,21 @@ def test_clips_also_get_a_per_frame_frechet_distance_over_every_frame():
     frechet = sample_metrics(samples, reference, [], "reference")["frechet"]
     by_frame = latent_frechet_distance(latents.reshape(18, 1, 4, 2, 2), reference.reshape(24, 1, 4, 2, 2))
     assert frechet["per_frame"] == pytest.approx(by_frame) and frechet["per_frame"] != frechet["value"]
+
+
+def test_clips_of_moving_objects_get_a_motion_alignment():
+    from lrm.datasets.procedural import ProceduralClips, world_config
+    from lrm.evaluation import alignment
+    from lrm.evaluation.report import sample_metrics
+    from lrm.generators.sampling import Samples
+
+    clips = [c for c in ProceduralClips(world_config("simple", seed=5, frames=8, size=64), count=12)
+             if " moving " in c.caption]
+    pixels, prompts = torch.stack([c.pixels for c in clips]), [c.caption for c in clips]
+    latents = torch.randn(len(clips), 8, 4, 2, 2)  # any latents: alignment reads the pixels
+    samples = Samples(latents, pixels, prompts, list(range(len(clips))), [999], 1.0)
+    aligned = sample_metrics(samples, latents, [], "reference")["alignment"]
+    assert aligned["motion"] == alignment(pixels, prompts).motion and aligned["motion"] >= 0.8
 
 
 # --------------------------------------------------------------------------- CLI

@@ -163,7 +163,8 @@ def evaluate(
         typer.echo(f"Frechet distance (pooled latent statistics): {metrics['frechet']['value']:.4g}", err=True)
     if metrics["frechet"].get("per_frame") is not None:
         typer.echo(f"Frechet distance per frame: {metrics['frechet']['per_frame']:.4g}", err=True)
-    if metrics["alignment"]:
-        typer.echo(f"alignment: colour {metrics['alignment']['color']:.3f}, shape {metrics['alignment']['shape']:.3f}",
-                   err=True)
+    aligned = metrics["alignment"]
+    if aligned:
+        motion = "" if aligned.get("motion") is None else f", motion {aligned['motion']:.3f}"
+        typer.echo(f"alignment: colour {aligned['color']:.3f}, shape {aligned['shape']:.3f}{motion}", err=True)
     typer.echo(f"report: {out_dir / 'report.html'}", err=True)

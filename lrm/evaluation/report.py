@@ -15,8 +15,10 @@ metrics.json keys (METRIC_KEYS):
   latent statistics (lrm.fidelity.pooled_latent_features: per latent channel mean, std, mean |spatial
   gradient| [+ mean |frame difference| for clips]) of the generated latents and of reference latents:
   a store's (--reference) or procedural clips encoded with the run's codec at the run's latent shape;
-- alignment: {color, shape}: object colour and shape named by procedural captions, read from the
-  pixels (lrm.evaluation.alignment; null when a prompt is not a procedural caption);
+- alignment: {color, shape, motion}: object colour and shape named by procedural captions, read from the
+  pixels, and for clips the direction of the motion they name (lrm.evaluation.alignment; motion is null for
+  images and for captions that name no motion; the whole entry is null when a prompt is not a procedural
+  caption);
 - per_prompt: [{prompt, vendi, alignment_color, alignment_shape, <reward>...}] per distinct prompt;
 - seconds: wall time of sampling and of the metrics.
 """
@@ -143,7 +145,7 @@ def sample_metrics(samples, reference: torch.Tensor, rewards, reference_name: st
 
     procedural = all(caption_objects(p) for p in distinct)
     aligned = alignment(samples.pixels, prompts) if procedural else None
-    out["alignment"] = {"color": aligned.color, "shape": aligned.shape} if aligned else None
+    out["alignment"] = {"color": aligned.color, "shape": aligned.shape, "motion": aligned.motion} if aligned else None
 
     per_prompt = []
     for prompt, index in rows.items():
@@ -250,6 +252,8 @@ def report_html(metrics: dict, grid: bytes, config: EvaluationConfig) -> str:
     over = "procedural captions" if a else "not procedural"
     rows.append(["alignment: colour", _value(a and a["color"]), "—", over])
     rows.append(["alignment: shape", _value(a and a["shape"]), "—", over])
+    if a and a.get("motion") is not None:
+        rows.append(["alignment: motion", _value(a["motion"]), "—", "clips whose caption names a direction"])
     reward_names = list(metrics["rewards"])
     per_prompt = [[p["prompt"], _value(p["vendi"]), _value(p.get("alignment_color")),
                    *[_value(p[name]) for name in reward_names]] for p in metrics["per_prompt"]]

@@ -4,15 +4,17 @@ RUN/metrics.jsonl gets one record per generator step and one per fixed-seed log:
 
     {"split": "train", "step", "losses": {term or role: unweighted loss}, "skipped", "seconds",
      "peak_memory_mb" (CUDA peak of the step, null on the CPU), "peak_rss_mb" (the process's peak resident set)}
-    {"split": "eval", "step", "frechet", "alignment": {color, shape} | null, "vendi" | null, "grid", "seconds"}
+    {"split": "eval", "step", "frechet", "alignment": {color, shape, motion} | null, "vendi" | null, "grid",
+     "seconds"}
 
 A log (at step 0 of a fresh run, every `eval_every` steps and after the last) samples the student with its
 few-step sampler (cfg 1) for the teacher store's first `eval_prompts` distinct prompts (their stored text
 embeddings) at seeds 0 .. eval_seeds - 1, decodes them into RUN/grids/step-NNNNNNN.png and measures
 (lrm.evaluation): the Frechet distance of pooled latent statistics to reference latents spread over the
-store, prompt alignment (procedural captions only) and Vendi per prompt over the decoded pixels. The
-same seeds, prompts and sampler at every log, so the curves and grids compare across training. Logging
-draws from its own generators only, so it does not change the run (exact resume holds).
+store, prompt alignment (procedural captions only; motion only for clips whose captions name a direction,
+else null) and Vendi per prompt over the decoded pixels. The same seeds, prompts and sampler at every log,
+so the curves and grids compare across training. Logging draws from its own generators only, so it does
+not change the run (exact resume holds).
 """
 
 from __future__ import annotations
@@ -144,7 +146,8 @@ class Monitor:
         aligned = alignment(pixels, self.prompts) if self.procedural else None
         record = {"split": "eval", "step": step,
                   "frechet": latent_frechet_distance(latents, self.reference),
-                  "alignment": {"color": aligned.color, "shape": aligned.shape} if aligned else None,
+                  "alignment": ({"color": aligned.color, "shape": aligned.shape, "motion": aligned.motion}
+                                if aligned else None),
                   "vendi": diversity(pixel_features(pixels), self.prompts).mean,
                   "grid": str(grid), "seconds": time.perf_counter() - start}
         self._append(record)
@@ -175,15 +178,18 @@ class Monitor:
                                   "(unweighted, its last update of the step), and seconds per step.",
                                   _img(loss_curves(train), "loss curves")))
         if evals:
-            rows = [[r["step"], r["frechet"], (r["alignment"] or {}).get("color"),
-                     (r["alignment"] or {}).get("shape"), r["vendi"]] for r in evals]
+            motion = any((r["alignment"] or {}).get("motion") is not None for r in evals)
+            rows = [[r["step"], r["frechet"], (r["alignment"] or {}).get("color"), (r["alignment"] or {}).get("shape"),
+                     *([(r["alignment"] or {}).get("motion")] if motion else []), r["vendi"]] for r in evals]
             parts.append(_section(
                 "Fixed-seed quality", f"The student's {config.student_steps}-step samples (cfg 1) of "
                 f"{len(set(self.prompts))} prompts x {job.eval_seeds} seeds at each log: Frechet distance of pooled "
                 f"latent statistics to {self.reference_name} (lower is closer; not FID), prompt alignment (share "
-                "of frames whose object colour / shape the caption names) and Vendi per prompt (pixels).",
+                "of frames whose object colour / shape the caption names" + ("; motion: share of the clips whose "
+                "object moves the way the caption says" if motion else "") + ") and Vendi per prompt (pixels).",
                 _img(eval_curves(evals), "quality curves") + _table(
-                    ["step", "Frechet distance", "alignment colour", "alignment shape", "Vendi"], rows)))
+                    ["step", "Frechet distance", "alignment colour", "alignment shape",
+                     *(["alignment motion"] if motion else []), "Vendi"], rows)))
             shown = spread(evals, GRIDS_SHOWN)
             grids = "".join(f"<h3>step {r['step']}</h3>" + _img((self.run_dir / r["grid"]).read_bytes(),
                                                                   f"samples at step {r['step']}") for r in shown)
@@ -222,7 +228,7 @@ def loss_curves(train: list[dict]) -> bytes:
 
 
 def eval_curves(evals: list[dict]) -> bytes:
-    """PNG: Frechet distance, alignment (colour, shape) and Vendi against the step."""
+    """PNG: Frechet distance, alignment (colour, shape; motion when measured) and Vendi against the step."""
     import matplotlib.pyplot as plt
 
     from lrm.reports.figures import _png
@@ -232,9 +238,10 @@ def eval_curves(evals: list[dict]) -> bytes:
     fd.plot(steps, [r["frechet"] for r in evals], marker="o", color="tab:red")
     fd.set(title="Frechet distance (lower is closer)", xlabel="step")
     if any(r["alignment"] for r in evals):
-        for key, color in (("color", "tab:green"), ("shape", "tab:purple")):
-            al.plot(steps, [(r["alignment"] or {}).get(key, np.nan) for r in evals], marker="o", color=color,
-                    label=key)
+        for key, color in (("color", "tab:green"), ("shape", "tab:purple"), ("motion", "tab:orange")):
+            values = [(r["alignment"] or {}).get(key) for r in evals]
+            if any(v is not None for v in values):
+                al.plot(steps, [np.nan if v is None else v for v in values], marker="o", color=color, label=key)
         al.legend(fontsize=7)
     al.set(title="prompt alignment", xlabel="step", ylim=(-0.02, 1.02))
     ve.plot(steps, [r["vendi"] for r in evals], marker="o", color="tab:blue")
