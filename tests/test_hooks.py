@@ -624,6 +624,32 @@ def test_tune_runs_each_method_and_records_at_fixed_seeds(method, concurrent):
         assert len(result.term.fidelities) == 4
 
 
+@pytest.mark.parametrize("concurrent", [False, True])
+def test_noise_aware_tuning_scores_the_students_samples_noised_and_the_monitor_clean(concurrent, monkeypatch):
+    from lrm.models.surrogate import LatentRewardModel
+    from lrm.tuning.tune import TuneConfig, tune
+
+    seen = []  # (batch, t or None) per surrogate call
+    forward = LatentRewardModel.forward
+
+    def spy(self, latents, text=None, text_mask=None, t=None, standardised=False):
+        seen.append((latents.shape[0], None if t is None else t.tolist()))
+        return forward(self, latents, text, text_mask, t=t, standardised=standardised)
+
+    monkeypatch.setattr(LatentRewardModel, "forward", spy)
+    student, words = words_student()
+    torch.manual_seed(0)
+    fitted = None if concurrent else build_surrogate("image-cnn-stats", C, noise_aware=True)
+    config = TuneConfig(concurrent=concurrent, noise_aware=True, steps=2, student_steps=2, batch_size=4, lr=1e-3,
+                        eval_every=2, per_prompt=2, eval_prompts=1)
+    tune(student, TrueReward(codec(), BrightFraction()), ["a red circle", "a blue square"], words, config,
+         latent_shape=SHAPE, surrogate=fitted)
+    training = [t for b, t in seen if b == 4]  # the student's batches (and the concurrent surrogate's)
+    assert len(training) == (4 if concurrent else 2)
+    assert all(t is not None and all(0 <= v <= 500 for v in t) for t in training) and any(any(t) for t in training)
+    assert all(t is None for b, t in seen if b == 2)  # the monitor's proxy: clean x0 (t = 0)
+
+
 @pytest.mark.parametrize("method", ["lrm", "direct"])
 def test_tune_a_video_student_toward_a_video_reward(method):
     from lrm.generators import build_dit
@@ -658,6 +684,11 @@ def test_tune_refuses_bad_setups_before_any_work():
              latent_shape=SHAPE)
     with pytest.raises(ValueError, match="only method 'lrm' uses"):
         TuneConfig(method="ddpo", concurrent=True)
+    with pytest.raises(ValueError, match="noise_aware is about the latent surrogate"):
+        TuneConfig(method="direct", noise_aware=True)
+    with pytest.raises(ValueError, match="needs a noise-aware surrogate: fit it with `lrm fit REWARD --noise-aware`"):
+        tune(student, TrueReward(codec(), BrightFraction()), ["a"], words, TuneConfig(noise_aware=True),
+             latent_shape=SHAPE, surrogate=surrogate())
     with pytest.raises(ValueError, match="method must be one of"):
         TuneConfig(method="ppo")
     with pytest.raises(ValueError, match="frames selects the frames that method 'direct' decodes"):
@@ -706,6 +737,7 @@ TUNE_ARGS = ["--prompt", "a red circle", "--prompt", "a blue square", "--steps",
 @pytest.mark.parametrize("reward,method", [("colorfulness", ["--method", "direct"]),
                                            ("colorfulness", ["--concurrent"]),
                                            ("jpeg-incompressibility", ["--concurrent"]),
+                                           ("jpeg-incompressibility", ["--concurrent", "--noise-aware"]),
                                            ("jpeg-incompressibility", ["--concurrent", "--teacher"])])
 def test_lrm_tune_writes_the_tuned_student_records_and_grids(words_runs, reward, method):
     from typer.testing import CliRunner
@@ -722,6 +754,7 @@ def test_lrm_tune_writes_the_tuned_student_records_and_grids(words_runs, reward,
     facts = json.loads((out / "records.json").read_text())
     assert [r["step"] for r in facts["records"]] == [0, 1, 2] and facts["records"][-1]["distance"] > 0
     assert facts["nonfinite_rewards"] == 0 and facts["config"]["steps"] == 2
+    assert facts["config"]["noise_aware"] == ("--noise-aware" in method)
     assert (out / "before" / "grid.png").is_file() and (out / "after" / "grid.png").is_file()
     tuned = open_generator_run(out)
     assert tuned.student_steps == 1 and tuned.latent_shape() == (1, 32, 8, 8)
@@ -750,7 +783,8 @@ def test_lrm_tune_refuses_bad_input_with_one_line(words_runs):
         (["jpeg-incompressibility", *student, "--method", "direct"], "'jpeg-incompressibility' is not"),
         (["colorfulness", *student], "needs --surrogate DIR"),
         (["colorfulness", *student, "--surrogate", str(words_runs / "other-lrm")], "4-channel latents"),
-        (["colorfulness", *student, "--method", "ddpo", "--concurrent"], "belong to --method lrm"),
+        (["colorfulness", *student, "--method", "ddpo", "--concurrent"], "--concurrent: for --method lrm, not ddpo"),
+        (["colorfulness", *student, "--method", "direct", "--noise-aware"], "--noise-aware: for --method lrm"),
         (["no-such-reward", *student, "--concurrent"], "unknown reward"),
     ]
     for args, message in cases:

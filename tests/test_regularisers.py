@@ -13,7 +13,8 @@ from lrm.tuning.ensemble import Disagreement, SurrogateEnsemble, spread
 from lrm.tuning.kl_penalty import INITIAL, KLPenalty
 from lrm.tuning.lrm_ft import LRM
 from lrm.tuning.roles import STUDENT, Role, Roles, build_roles, frozen_copy
-from test_hooks import SHAPE, BrightFraction, codec, has_grad, surrogate, words_runs, words_student  # noqa: F401
+from test_hooks import (C, SHAPE, BrightFraction, build_surrogate, codec, has_grad, surrogate, words_runs,  # noqa: F401
+                        words_student)
 from test_tuning import batch, tiny_dit
 
 
@@ -142,6 +143,9 @@ def test_tune_refuses_bad_regulariser_setups():
     with pytest.raises(ValueError, match="an ensemble of surrogates is frozen"):
         tune(student, reward, ["a"], words, TuneConfig(concurrent=True), latent_shape=SHAPE,
              surrogate=[surrogate(), surrogate(seed=1)])
+    noisy = [build_surrogate("image-cnn-stats", C, noise_aware=True) for _ in range(2)]
+    with pytest.raises(ValueError, match="disagreement penalty scores clean samples; leave out noise_aware"):
+        tune(student, reward, ["a"], words, TuneConfig(noise_aware=True), latent_shape=SHAPE, surrogate=noisy)
 
 
 # ---------------------------------------------------------------- lrm tune flags

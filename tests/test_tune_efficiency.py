@@ -169,12 +169,15 @@ def test_variants_fit_cost_and_goal_arithmetic(bench):
     assert unknown["train_s_with_fit"] is None and bench.goal(unknown, ddpo)["time_goal_met_with_fit"] is None
     nothing = bench.goal(row, {**ddpo, "gain_mean": -0.1})  # DDPO-SF gained nothing: undecided either way
     assert nothing["time_goal_met"] is None and nothing["time_goal_met_with_fit"] is None
+    assert g["added_memory_ratio"] is None  # the steps' share of the memory was not measured
+    parts = bench.goal({**row, "added_rss_mb_mean": 30.0}, {**ddpo, "added_rss_mb_mean": 600.0})
+    assert parts["added_memory_ratio"] == pytest.approx(0.05) and parts["memory_ratio"] == g["memory_ratio"]
 
 
 def test_the_table_shows_the_fit_as_its_own_row_and_the_fitted_times_with_and_without_it(bench):
     base = {"gold_start": 1.0, "gain_mean": 0.5, "gain_sd": 0.1, "train_s_mean": 10.0, "samples": [0, 16],
             "peak_rss_mb_mean": 900.0, "diversity_before": 1.2, "diversity_after": 1.1}
-    rows = {REWARD: {"lrm-slr0.0001": base,
+    rows = {REWARD: {"lrm-slr0.0001": {**base, "loaded_rss_mb_mean": 850.0, "added_rss_mb_mean": 42.4},
                      "lrm-frozen": {**base, "fit_s": 30.0, "train_s_with_fit": 40.0, "train_s_with_fit_share": 15.0,
                                     "fit_shared_by": 6, "gradient_alignment_before": 0.1,
                                     "gradient_alignment_after": -0.05}}}
@@ -185,8 +188,8 @@ def test_the_table_shows_the_fit_as_its_own_row_and_the_fitted_times_with_and_wi
     text = bench.table(rows, skipped, fits, {}, 3).splitlines()
     assert text[2].split(" | ")[5] == "no fit"
     assert text[3].split(" | ")[4:6] == ["10", "40 / 15 (n = 6)"]
-    assert text[2].endswith("| 1.200 -> 1.100 | - |")  # no gradient alignment recorded
-    assert text[3].endswith("| 1.200 -> 1.100 | +0.100 -> -0.050 |")
+    assert text[2].endswith("| 900 | 850 + 42 | 1.200 -> 1.100 | - |")  # no gradient alignment recorded
+    assert text[3].endswith("| 900 | - | 1.200 -> 1.100 | +0.100 -> -0.050 |")  # nor the memory's parts
     assert text[4] == "| temporal-flickering | all | not run: no video student |"
     assert "| image-cnn-stats (230561 parameters), 2000 steps | 2048 | True | 30.0 | 25.0 | 41.0 | 700 | 0.912 | 6 |" \
         in text[-1]

@@ -432,6 +432,38 @@ class NaNAt:
         raise AssertionError("trains nothing")
 
 
+def test_training_memory_counts_what_the_steps_add_and_leaves_evaluations_out():
+    from lrm.tuning.memory import TrainingMemory, peak_rss_mb
+
+    mib = 2**20 // 4  # float32 elements per MiB
+    memory = TrainingMemory()
+    memory.start()
+    if not memory.supported:
+        pytest.skip("needs Linux's /proc/self/status and /proc/self/clear_refs")
+    kept = torch.ones(64 * mib)  # a step keeps 64 MiB (an optimiser's state) ...
+    activations = torch.ones(128 * mib)  # ... and frees 128 MiB before it ends
+    del activations
+    memory.update()
+    memory.pause()
+    evaluation = torch.ones(512 * mib)  # an evaluation between steps: left out ...
+    samples = torch.ones(32 * mib)  # ... with what it keeps (its samples)
+    del evaluation
+    memory.resume()
+    step = torch.ones(16 * mib)  # a later step: its peak is loaded + 64 + 32 + 16, of which 32 is the evaluation's
+    del step
+    memory.update()
+    assert 64 + 128 - 4 <= memory.added_mb < 64 + 128 + 32  # allocator slack; a few MiB of resident-set jitter
+    assert peak_rss_mb() >= memory.loaded_mb + 64 + 512  # the whole process's peak keeps the evaluation
+    assert kept.sum() == 64 * mib and samples.sum() == 32 * mib
+    memory.pause()
+    samples = torch.ones(256 * mib)  # an evaluation that leaves 256 MiB more behind ...
+    memory.resume()
+    step = torch.ones(150 * mib)  # ... does not count in a later step's 64 + 150 MiB
+    del step
+    memory.update()
+    assert 64 + 150 - 4 <= memory.added_mb < 64 + 150 + 32
+
+
 def test_a_non_finite_loss_skips_the_step_and_is_counted():
     roles = build_roles(tiny_dit(), student_lr=1e-3)
     term = NaNAt({1})

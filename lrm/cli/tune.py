@@ -20,7 +20,7 @@ from lrm.cli.options import check_device, parse_options
 METHODS = ("lrm", "ddpo", "direct")  # lrm.tuning.tune.METHODS
 DEFAULTS = {"method": "lrm", "steps": 200, "batch_size": 8, "lr": 1e-5, "surrogate_lr": 1e-4, "eval_every": 20,
             "per_prompt": 4, "eval_prompts": 4, "seed": 0, "kl_weight": 0.0,
-            "disagreement_weight": 1.0, "gradient_alignment": True}  # lrm.tuning.tune.TuneConfig
+            "disagreement_weight": 1.0, "gradient_alignment": True, "noise_aware": False}  # lrm.tuning.tune.TuneConfig
 PROCEDURAL_PROMPTS = 16  # procedural captions tuned on when no prompts are given
 
 
@@ -47,6 +47,10 @@ def tune(
     = None,
     concurrent: Annotated[bool, typer.Option("--concurrent", help="--method lrm: train the surrogate alongside on the true reward "
                                                   "of the student's samples (warm-started from --surrogate).")] = False,
+    noise_aware: Annotated[bool, typer.Option(
+        "--noise-aware", help="--method lrm: the surrogate scores the student's samples noised to x_t, t ~ U{0..0.5 "
+                              "T}, instead of x0 (a surrogate fitted with `lrm fit --noise-aware`; a concurrent one "
+                              "from scratch is built noise-aware).")] = DEFAULTS["noise_aware"],
     option: Annotated[Optional[list[str]], typer.Option(help="Reward option KEY=VALUE; repeatable.")] = None,
     prompt: Annotated[Optional[list[str]], typer.Option(help="A prompt to tune on; repeatable.")] = None,
     prompts: Annotated[Optional[Path], typer.Option(help="Prompts file (default: procedural captions).")] = None,
@@ -97,7 +101,8 @@ def tune(
     Examples:
       lrm tune jpeg-compressibility --concurrent
       lrm tune temporal-flickering --concurrent
-      lrm tune jpeg-compressibility --student runs/st --surrogate runs/jpeg
+      lrm tune jpeg-compressibility --student runs/st --surrogate runs/jpeg/model
+      lrm tune prompt-color --student runs/st --surrogate runs/pc-noisy/model --noise-aware
       lrm tune jpeg-compressibility --student runs/st --concurrent --steps 100
       lrm tune colorfulness --student runs/st --method direct
       lrm tune colorfulness --teacher runs/t --losses vsd,cd --concurrent
@@ -110,8 +115,10 @@ def tune(
                                  "not both")
     if method not in METHODS:
         raise typer.BadParameter(f"must be one of {', '.join(METHODS)}, got {method!r}", param_hint="--method")
-    if method != "lrm" and (surrogate is not None or concurrent):
-        raise typer.BadParameter(f"--surrogate and --concurrent belong to --method lrm, not {method}")
+    surrogate_flags = [flag for flag, given in (("--surrogate", surrogate is not None), ("--concurrent", concurrent),
+                                                ("--noise-aware", noise_aware)) if given]
+    if method != "lrm" and surrogate_flags:
+        raise typer.BadParameter(f"{' and '.join(surrogate_flags)}: for --method lrm, not {method}")
     if ensemble and (surrogate is not None or concurrent or method != "lrm" or len(ensemble) < 2):
         raise typer.BadParameter("give two or more fitted surrogates, with --method lrm and without --surrogate or "
                                  "--concurrent", param_hint="--ensemble")
@@ -127,7 +134,7 @@ def tune(
                                 surrogate, concurrent, texts, steps,
                                 batch_size, lr, surrogate_lr, grad_steps, frames, eval_every, per_prompt, seed, out,
                                 device, kl_weight=kl_weight, ensemble=ensemble, disagreement_weight=disagreement_weight,
-                                gradient_alignment=not no_gradient_alignment)
+                                gradient_alignment=not no_gradient_alignment, noise_aware=noise_aware)
     except USER_ERRORS as error:
         exit_with_message(error)
     typer.echo(summary, err=True)
@@ -170,7 +177,8 @@ def embedded_student_run(student_steps: int, device: str, video: bool = False) -
 def _run(reward_name, reward_options, run_path, distill, student_steps, store_path, method, surrogate_path,
          concurrent, texts, steps, batch_size, lr, surrogate_lr, grad_steps, frames, eval_every, per_prompt, seed,
          out, device, *, kl_weight=DEFAULTS["kl_weight"], ensemble=None,
-         disagreement_weight=DEFAULTS["disagreement_weight"], gradient_alignment=DEFAULTS["gradient_alignment"]):
+         disagreement_weight=DEFAULTS["disagreement_weight"], gradient_alignment=DEFAULTS["gradient_alignment"],
+         noise_aware=DEFAULTS["noise_aware"]):
     import hashlib
     from dataclasses import asdict
 
@@ -193,7 +201,7 @@ def _run(reward_name, reward_options, run_path, distill, student_steps, store_pa
                           batch_size=batch_size, lr=lr, surrogate_lr=surrogate_lr, grad_steps=grad_steps,
                           frames=frames, distill=distill, eval_every=eval_every, per_prompt=per_prompt, seed=seed,
                           kl_weight=kl_weight, disagreement_weight=disagreement_weight,
-                          gradient_alignment=gradient_alignment)
+                          gradient_alignment=gradient_alignment, noise_aware=noise_aware)
 
     pixel_reward = load_reward(reward_name, **reward_options)
     embedded = run_path is None
@@ -258,7 +266,8 @@ def _run(reward_name, reward_options, run_path, distill, student_steps, store_pa
              "surrogate": settings["surrogate"], "ensemble": settings["ensemble"],
              "config": asdict(config), "records": [asdict(r) for r in result.records],
              "seconds_per_step": result.seconds_per_step, "peak_memory_mb": result.peak_memory_mb,
-             "peak_rss_mb": result.peak_rss_mb,
+             "peak_rss_mb": result.peak_rss_mb, "loaded_rss_mb": result.loaded_rss_mb,
+             "added_rss_mb": result.added_rss_mb,
              "nonfinite_rewards": true_reward.nonfinite,
              "skipped_updates": sum(len(log.skipped) for log in result.logs),
              "surrogate_fidelity": getattr(term, "fidelity", None), "losses": [log.losses for log in result.logs],
@@ -272,6 +281,8 @@ def _run(reward_name, reward_options, run_path, distill, student_steps, store_pa
     summary = (f"{true_reward.name}: gold {first.gold:.4g} -> {last.gold:.4g}, proxy {first.proxy:.4g} -> "
                f"{last.proxy:.4g}, diversity {first.diversity:.3f} -> {last.diversity:.3f}, distance "
                f"{last.distance:.3g}; {result.seconds_per_step:.3g} s/step, peak RSS {result.peak_rss_mb:.0f} MB")
+    if result.added_rss_mb is not None:
+        summary += f" (loaded {result.loaded_rss_mb:.0f} MB, the steps added {result.added_rss_mb:.0f} MB)"
     if math.isfinite(first.gradient_alignment) or math.isfinite(last.gradient_alignment):
         ends = " -> ".join(f"{a:.3f}" if math.isfinite(a) else "-" for a in (first.gradient_alignment,
                                                                               last.gradient_alignment))

@@ -93,7 +93,17 @@ def facts_rows(run, config: dict) -> list[list]:
             ["peak memory (MB)", peak if peak is not None else "not recorded (lrm.tuning.tune records CUDA's max "
                                                                "allocated; none on CPU)"],
             ["peak RSS (MB)", facts.get("peak_rss_mb", "not recorded (a run of an earlier lrm)")],
+            ["resident before the first step (MB)", _recorded(facts, "loaded_rss_mb")],
+            ["added by the training steps at their peak (MB)", _recorded(facts, "added_rss_mb")],
             ["non-finite rewards", facts.get("nonfinite_rewards")], ["skipped updates", facts.get("skipped_updates")]]
+
+
+def _recorded(facts: dict, key: str):
+    """facts[key], or why it is missing: a run of an earlier lrm, or a system without /proc (not Linux)."""
+    if key not in facts:
+        return "not recorded (a run of an earlier lrm)"
+    return facts[key] if facts[key] is not None else "not measured (no training step in this process, or no " \
+        "/proc/self: not Linux)"
 
 
 def gradient_alignment(run) -> np.ndarray:

@@ -8,9 +8,11 @@ The student is tuned alone, or, from a teacher, distilled alongside with DISTILL
 real data). One method:
 - "lrm": LRM fine-tuning (Eq. 11) through `surrogate` (a fitted one, frozen), or, with `concurrent`, through
   a surrogate trained alongside on the true reward of the student's samples (the given one warm-starts it;
-  none: a fresh DEFAULT_PRESETS one for the reward's kind). With a `store`, its real latents join the student's
-  samples in the merged batch x | x_hat the surrogate trains on (Alg. 1 lines 15-17), each labelled by the true
-  reward of its decoded pixels; without one it labels the student's samples only;
+  none: a fresh DEFAULT_PRESETS one for the reward's kind); with `noise_aware` the surrogate scores the
+  student's samples noised to x_t, t ~ U{0..0.5 T} (a noise-aware surrogate), instead of x0. With a `store`,
+  its real latents join the student's samples in the merged batch x | x_hat the surrogate trains on (Alg. 1
+  lines 15-17), each labelled by the true reward of its decoded pixels; without one it labels the student's
+  samples only;
 - "ddpo": DDPO-SF (Alg. 2) on the true reward;
 - "direct": ReFL / DRaFT-K through the decoder and a differentiable reward.
 Each step draws `batch_size` prompts (seeded by the step, so a run is reproducible); with a `store` (real
@@ -18,7 +20,8 @@ latents of the generator's latent space and text encoder), each step's batch is 
 latents, text tokens and captions (Alg. 1 line 6: (x, c) from the data), and `prompts` serve the evaluations only.
 With `run_dir`, the run checkpoints at every evaluation and resumes exactly when rerun (lrm.tuning.tune_run).
 The result also holds the trainer's step logs, the mean seconds per step and the peak memory (CUDA: max
-allocated, None on the CPU; on every device the process's peak resident set, lrm.tuning.memory).
+allocated, None on the CPU; on every device the process's peak resident set and, on Linux, its parts: what was
+resident before the first step and what the steps added; lrm.tuning.memory).
 Regularisers (DOLLAR Sec. 9.3's over-optimisation, lrm.studies): `kl_weight` > 0 adds the KL-to-initial penalty
 (lrm.tuning.kl_penalty, against a frozen copy of the starting student); several surrogates (a list) form an
 ensemble (lrm.tuning.ensemble): LRM fine-tuning follows their mean and `disagreement_weight` penalises their
@@ -43,7 +46,7 @@ from lrm.tuning.direct import DirectReward
 from lrm.tuning.ensemble import Disagreement, SurrogateEnsemble
 from lrm.tuning.kl_penalty import INITIAL, KLPenalty
 from lrm.tuning.lrm_ft import LRM, LRMFineTune, surrogate_role
-from lrm.tuning.memory import peak_rss_mb
+from lrm.tuning.memory import TrainingMemory, peak_rss_mb
 from lrm.tuning.monitor import TuningMonitor, TuningRecord
 from lrm.tuning.roles import STUDENT, Role, Roles, adamw, build_roles, frozen_copy
 from lrm.tuning.trainer import DistillConfig, Distiller, StepLog
@@ -62,6 +65,8 @@ class TuneConfig:
     batch_size: int = 8  # prompts per update
     lr: float = 1e-5  # the student's AdamW (build_roles' default student rate)
     concurrent: bool = False  # "lrm": train the surrogate alongside (Alg. 1 lines 15-17)
+    noise_aware: bool = False  # "lrm": the surrogate scores x_t = alpha_t x0 + sigma_t eps, t ~ U{0..0.5 T}, not x0
+    #                            (lrm.tuning.lrm_ft; a noise-aware surrogate, fitted so or built so when concurrent)
     surrogate_lr: float = 1e-4  # the concurrent surrogate's AdamW
     grad_steps: int | None = None  # "ddpo": N (default 2); "direct": K (default 1)
     frames: int | None = None  # "direct" on video: latent frames decoded per sample (None: all)
@@ -84,9 +89,10 @@ class TuneConfig:
         unknown = [name for name in self.distill if name not in DISTILL_TERMS]
         if unknown:
             raise ValueError(f"distill terms {unknown} are not available here; choose from {list(DISTILL_TERMS)}")
-        if self.concurrent and self.method != "lrm":
-            raise ValueError(f"concurrent trains a latent surrogate, which only method 'lrm' uses "
-                             f"(got {self.method!r})")
+        for name in ("concurrent", "noise_aware"):
+            if getattr(self, name) and self.method != "lrm":
+                raise ValueError(f"{name} is about the latent surrogate, which only method 'lrm' uses "
+                                 f"(got {self.method!r})")
         if not self.kl_weight >= 0 or not self.disagreement_weight >= 0:
             raise ValueError(f"kl_weight and disagreement_weight must be >= 0, got {self.kl_weight!r} and "
                              f"{self.disagreement_weight!r}")
@@ -103,6 +109,9 @@ class TuneResult:
     seconds_per_step: float
     peak_memory_mb: float | None  # CUDA max allocated over the training steps; None on CPU
     peak_rss_mb: float  # the process's peak resident set after tuning (MiB; loading included)
+    loaded_rss_mb: float | None  # resident set before the first step (lrm.tuning.memory.TrainingMemory; None: not
+    #                              Linux, or no step run)
+    added_rss_mb: float | None  # what the training steps added to it at their peak (evaluations left out)
     term: object  # the hook (its counters: nonfinite rewards, samples, surrogate fidelity)
     samples_before: Samples  # the monitor's samples before tuning (for grids)
     samples_after: Samples  # and after
@@ -116,14 +125,15 @@ def build_term(config: TuneConfig, true_reward: TrueReward, latent_shape, real: 
     if config.method == "direct":
         return DirectReward(true_reward, latent_shape, steps=config.student_steps, grad_steps=config.grad_steps or 1,
                             frames=config.frames)
-    return LRMFineTune(true_reward if config.concurrent else None, real=real, latent_shape=latent_shape)
+    return LRMFineTune(true_reward if config.concurrent else None, real=real, noise_aware=config.noise_aware,
+                       latent_shape=latent_shape)
 
 
 def tuning_roles(generator: nn.Module, config: TuneConfig, latent_shape, surrogate,
                  true_reward: TrueReward) -> Roles:
     """The student (`generator` itself, trained in place; with config.distill a copy of the teacher `generator`,
-    with a fake score for VSD and an EMA student for CD), its frozen initial copy for a KL penalty, and, for "lrm", the surrogate role
-    (checked against the student; a list of surrogates: their ensemble)."""
+    with a fake score for VSD and an EMA student for CD), its frozen initial copy for a KL penalty, and, for "lrm",
+    the surrogate role (checked against the student; a list of surrogates: their ensemble)."""
     if config.distill:
         roles = build_roles(generator, student_lr=config.lr, fake_lr=config.lr, fake_score="vsd" in config.distill,
                             ema="cd" in config.distill)
@@ -137,9 +147,16 @@ def tuning_roles(generator: nn.Module, config: TuneConfig, latent_shape, surroga
         if isinstance(surrogate, (list, tuple)):
             raise ValueError(f"an ensemble of surrogates belongs to method 'lrm', not {config.method!r}")
         return roles
+    fitted = list(surrogate) if isinstance(surrogate, (list, tuple)) else [surrogate] if surrogate is not None else []
+    if config.noise_aware and not all(member.noise_aware for member in fitted):
+        raise ValueError("noise_aware scoring needs a noise-aware surrogate: fit it with `lrm fit REWARD "
+                         "--noise-aware`, or leave out noise_aware")
     if isinstance(surrogate, (list, tuple)):
         if config.concurrent:
             raise ValueError("an ensemble of surrogates is frozen; leave out concurrent, or give one surrogate")
+        if config.noise_aware:
+            raise ValueError("an ensemble's disagreement penalty scores clean samples; leave out noise_aware, or give "
+                             "one surrogate")
         for member in surrogate:
             surrogate_role(member, student, latent_shape)  # checks each member against the student
         roles.add(Role(LRM, SurrogateEnsemble(list(surrogate))))
@@ -153,7 +170,8 @@ def tuning_roles(generator: nn.Module, config: TuneConfig, latent_shape, surroga
         with torch.random.fork_rng(devices=[]):  # its initial weights from config.seed: a rerun builds the same one
             torch.manual_seed(config.seed)
             surrogate = build(DEFAULT_PRESETS[true_reward.spec.kind], int(latent_shape[1]),
-                              text_dim=getattr(student, "text_dim", None) if true_reward.spec.needs_text else None)
+                              text_dim=getattr(student, "text_dim", None) if true_reward.spec.needs_text else None,
+                              noise_aware=config.noise_aware)
     roles.add(surrogate_role(surrogate, student, latent_shape, concurrent=config.concurrent, lr=config.surrogate_lr))
     return roles
 
@@ -239,21 +257,27 @@ def tune(generator: nn.Module, true_reward: TrueReward, prompts: Sequence[str], 
         monitor.records, logs = resumed
     elif run_dir is not None:
         tune_run.save(run_dir, distiller, monitor.records, logs, term, true_reward, student_extra)
+    memory = TrainingMemory()
+    memory.start()
     while distiller.step < config.steps:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         logs.append(distiller.train_step(batches(distiller.step)))
+        memory.update()
         if device.type == "cuda":
             peak = max(peak, torch.cuda.max_memory_allocated(device) / 2**20)
         if distiller.step % config.eval_every == 0 or distiller.step == config.steps:
+            memory.pause()
             evaluate(distiller.step)
             if run_dir is not None:
                 tune_run.save(run_dir, distiller, monitor.records, logs, term, true_reward, student_extra)
+            memory.resume()
     if monitor.last is monitor.first and distiller.step > 0:  # resumed at the end: the final samples again
         monitor.last = monitor.samples()
     seconds = sum(log.seconds for log in logs) / len(logs) if logs else float("nan")
     return TuneResult(student, monitor.records, logs, seconds, peak if device.type == "cuda" else None,
-                      peak_rss_mb(), term, monitor.first, monitor.last)
+                      peak_rss_mb(), memory.loaded_mb if memory.added_mb is not None else None, memory.added_mb,
+                      term, monitor.first, monitor.last)
 
 
 def regularisers(config: TuneConfig, lrm: nn.Module | None) -> list:
