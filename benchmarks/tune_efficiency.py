@@ -155,12 +155,14 @@ def fit_worker(args) -> None:
     fitted_before = (surrogate_folder(args.run_dir, args.fit_seed) / "report.html").is_file()
     start = time.perf_counter()
     [model] = study_surrogates(args.reward, student, args.run_dir, [args.fit_seed], steps=args.fit_steps,
-                               device=args.device, say=lambda line: print(line, flush=True))
+                               gradient_weight=args.fit_gradient_weight, device=args.device,
+                               say=lambda line: print(line, flush=True))
     seconds = time.perf_counter() - start
     metrics = json.loads((model.parent / "metrics.json").read_text())  # the fit's report (lrm.reports)
     out = {"reward": args.reward, "student": str(student), "store": str(store), "rows": len(LatentStore.open(store)),
            "label": column, "labelled_store": not labelled_before, "seed": args.fit_seed,
-           "fit_steps": args.fit_steps, "surrogate": str(model), "preset": metrics["preset"],
+           "fit_steps": args.fit_steps, "gradient_weight": args.fit_gradient_weight,
+           "gradient_cosine": metrics.get("gradient_cosine"), "surrogate": str(model), "preset": metrics["preset"],
            "parameters": metrics["parameters"], "steps": metrics["steps"], "stopped_early": metrics["stopped_early"],
            "spearman": metrics["surrogate"]["spearman"], "trust": metrics["trust"],
            "fit_s": None if fitted_before else seconds, "fit_train_s": metrics["fit_seconds"],
@@ -192,10 +194,14 @@ def refusal(reward: str, method: str) -> str | None:
     return None
 
 
-def no_fit(reward: str, student: Path) -> str | None:
-    """Why no surrogate of `reward` can be fitted on the student's store (none recorded, or a reward that cannot
-    label it), or None when one can."""
+def no_fit(reward: str, student: Path, gradient_weight: float = 0.0) -> str | None:
+    """Why no surrogate of `reward` can be fitted on the student's store (none recorded, a reward that cannot
+    label it, or gradient matching of a reward with no gradient), or None when one can."""
+    from lrm.rewards import load as load_reward
     from lrm.studies.surrogates import check_can_label, generator_store
+
+    if gradient_weight > 0 and not load_reward(reward).spec.differentiable:
+        return f"{reward} is not differentiable (--fit-gradient-weight matches the reward's gradient)"
 
     try:
         check_can_label(reward, generator_store(student))
@@ -253,12 +259,13 @@ def fit_surrogate(reward: str, student: Path, args, root: Path) -> dict:
     result_path, process_path = folder / FIT_RESULT, folder / PROCESS
     if result_path.is_file() and process_path.is_file():
         saved = json.loads(result_path.read_text())
-        if (saved["fit_steps"], saved["seed"], Path(saved["student"]).resolve()) == \
-                (args.fit_steps, args.fit_seed, student.resolve()):
+        if (saved["fit_steps"], saved["seed"], saved.get("gradient_weight", 0.0), Path(saved["student"]).resolve()) \
+                == (args.fit_steps, args.fit_seed, args.fit_gradient_weight, student.resolve()):
             print(f"  surrogate of {reward}: fitted earlier, reused ({saved['surrogate']})", flush=True)
             return {**saved, **json.loads(process_path.read_text())}
     command = [sys.executable, __file__, "--fit-worker", "--reward", reward, "--run-dir", str(folder),
                "--fit-seed", str(args.fit_seed), *common_flags(args),
+               "--fit-gradient-weight", str(args.fit_gradient_weight),
                *(["--fit-steps", str(args.fit_steps)] if args.fit_steps is not None else [])]
     print(f"  surrogate of {reward}: fitting on the student's store into {folder}", flush=True)
     folder.mkdir(parents=True, exist_ok=True)
@@ -426,6 +433,8 @@ def parse(argv=None):
     parser.add_argument("--fit-steps", type=int, default=None,
                         help="optimizer steps of the surrogate fit of lrm-frozen / lrm-warm (default: lrm fit's)")
     parser.add_argument("--fit-seed", type=int, default=0, help="seed of that fit (one fit per reward)")
+    parser.add_argument("--fit-gradient-weight", type=float, default=0.0,
+                        help="that fit's `lrm fit --gradient-weight` (0: off; differentiable rewards only)")
     parser.add_argument("--per-prompt", type=int, default=4, help="monitor samples per prompt")
     parser.add_argument("--eval-prompts", type=int, default=4, help="monitor prompts")
     parser.add_argument("--student-steps", type=int, default=4)
@@ -489,7 +498,9 @@ def table(rows: dict, skipped: list[dict], fits: dict, goals: dict, seeds: int) 
                   "held-out Spearman | shared by runs |", "|---|---|---|---|---|---|---|---|---|---|"]
         for reward, f in fits.items():
             fit_s = "unknown (fitted earlier)" if f["fit_s"] is None else f"{f['fit_s']:.1f}"
-            lines.append(f"| {reward} | {f['preset']} ({f['parameters']} parameters), {f['steps']} steps | "
+            matched = "" if not f.get("gradient_weight") else \
+                f", gradient weight {f['gradient_weight']:g} (held-out gradient cosine {f['gradient_cosine']:.3f})"
+            lines.append(f"| {reward} | {f['preset']} ({f['parameters']} parameters), {f['steps']} steps{matched} | "
                          f"{f['rows']} | {f['labelled_store']} | {fit_s} | {f['fit_train_s']:.1f} | "
                          f"{f['wall_s']:.1f} | {f['peak_rss_mb']:.0f} | {f['spearman']:.3f} | {f['shared_by']} |")
     for name, g in goals.items():
@@ -547,7 +558,7 @@ def main() -> None:
             continue
         chosen = variants(args.methods, args.surrogate_lr)
         fitted = [label for label, method, _ in chosen if method in FITTED]
-        fit_refused = no_fit(reward, student) if fitted else None
+        fit_refused = no_fit(reward, student, args.fit_gradient_weight) if fitted else None
         for label, method, surrogate_lr in chosen:
             why = refusal(reward, method) or (fit_refused if method in FITTED else None)
             if why is not None:

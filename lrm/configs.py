@@ -43,6 +43,9 @@ class FitConfig:
     keep_checkpoints: int = 2  # most recent checkpoints kept on disk
     log_every: int = 10  # steps between train-loss lines in metrics.jsonl
     noise_aware: bool = False  # fit on noised latents x_t with the timestep t as model input
+    # weight of the gradient-matching term (lrm.fitting, "Gradient matching"): 1 - cos(surrogate's latent gradient,
+    # the reward's through the decoder), batch mean; 0: off. Needs a differentiable reward of decoded latents
+    gradient_weight: float = 0.0
     noise_schedule: str = "linear"  # lrm.diffusion.schedule name (DDPM linear betas, T = 1000)
     t_max: int = 999  # noise-aware training draws t uniformly from 0..t_max
     eval_timesteps: tuple[int, ...] = (0, 250, 500, 750)  # noise-aware: fixed t reported by validation
@@ -94,6 +97,7 @@ class FitJob:
     loss: str = FitConfig.loss  # "mse" (DOLLAR Eq. 10) or "ranking" (Bradley-Terry)
     label_transform: str = FitConfig.label_transform  # "none", "log" or "auto" (log when it halves the skewness)
     noise_aware: bool = FitConfig.noise_aware  # fit on noised latents with the timestep as input
+    gradient_weight: float = FitConfig.gradient_weight  # match the reward's latent gradient too (0: off)
     augment: str = FitConfig.augment  # "none" or "hflip" (exact latent mirror; mirror-invariant rewards only)
     seed: int = FitConfig.seed  # data, split and training seed
     eval_every: int = FitConfig.eval_every  # steps between validations

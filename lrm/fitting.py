@@ -39,6 +39,18 @@ unchanged; the flips of step s are drawn from (seed, s, rank) like the noise.
 Noise-aware fitting (`noise_aware=True`): train on x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps
 with t ~ U{0..t_max}, t given to the model; validation also reports fidelity at `eval_timesteps`.
 
+Gradient matching (`gradient_weight` > 0; Sobolev training, Czarnecki et al. 2017): a surrogate can rank
+samples well while its gradient with respect to the latents is orthogonal to the reward's, and LRM fine-tuning
+follows that gradient (lrm.tuning.monitor's gradient alignment measures it). With `gradients(latents, prompts)`
+giving the reward's gradient with respect to the latents (through the codec's decoder: lrm.pipeline passes it
+for a differentiable reward of decoded latents), each step adds gradient_weight * mean over the batch of
+1 - cos(d z / d x, gradients(x)), rows whose reward gradient is zero left out; double backpropagation, so a
+step costs about three plain ones. The reward's gradient of each row is computed once and kept in memory (or,
+with augment="hflip", whose mirrored latents change from step to step, computed for every batch: a decode and
+the reward's backward pass per step). Whenever `gradients` is given,
+validation also reports `gradient_cosine`, the mean of that cosine over the held-out rows. Single process, clean
+latents only (not with noise_aware).
+
 Scale-out: under torchrun (WORLD_SIZE > 1) the model is wrapped in DistributedDataParallel
 (gloo on CPU, nccl on GPU); `batch_size` is the global batch and each rank takes its slice, so
 the gradient equals the single-process one for the MSE loss (the ranking loss pairs rows within
@@ -318,6 +330,10 @@ def _check_config(config: FitConfig) -> None:
                  "eval_batch_size"):
         if getattr(config, name) < 1:
             raise ValueError(f"FitConfig.{name} must be >= 1, got {getattr(config, name)}")
+    if not config.gradient_weight >= 0:
+        raise ValueError(f"FitConfig.gradient_weight must be >= 0, got {config.gradient_weight}")
+    if config.gradient_weight > 0 and config.noise_aware:
+        raise ValueError("gradient matching fits clean latents; leave out gradient_weight or noise_aware")
     if config.train_groups is not None and config.train_groups < 1:
         raise ValueError(f"FitConfig.train_groups must be >= 1 or None (all groups), got {config.train_groups}")
     if config.noise_aware:
@@ -483,6 +499,9 @@ class _Fit:
     batch_size: int  # global batch (a multiple of world)
     local_batch: int  # this rank's slice of the batch
     out_dir: Path
+    gradients: object = None  # gradients(latents, prompts) -> the reward's latent gradient, or None
+    prompts: list | None = None  # the store's prompts per row (for gradients of a text reward)
+    gradient_cache: dict = field(default_factory=dict)  # store row -> its reward gradient (no augmentation)
 
     @property
     def checkpoints(self) -> Path:
@@ -504,12 +523,16 @@ class _State:
     best_state: dict = field(default_factory=dict)  # weights of the best validation so far
 
 
-def _set_up(store, label: str, config: FitConfig, out_dir: Path, resume: bool) -> tuple[_Fit, tuple | None]:
+def _set_up(store, label: str, config: FitConfig, out_dir: Path, resume: bool,
+            gradients=None) -> tuple[_Fit, tuple | None]:
     """Check the inputs, split the rows, build model and optimizer, and write (or check) the run's config.json.
     Returns the fit and the newest checkpoint to resume from (None: start fresh)."""
     from lrm.diffusion.schedule import alphas_cumprod
 
     _check_config(config)
+    if config.gradient_weight > 0 and gradients is None:
+        raise ValueError("gradient_weight > 0 matches the reward's latent gradient: pass gradients=, the function "
+                         "that gives it (lrm fit does for a differentiable reward with --label-pixels decoded)")
     if (out_dir / "config.json").exists() and not resume:
         raise FileExistsError(f"{out_dir} already holds a fit run; pass resume=True to continue it "
                               "or choose a new output folder")
@@ -532,6 +555,9 @@ def _set_up(store, label: str, config: FitConfig, out_dir: Path, resume: bool) -
     mirror = latent_mirror(store.codec_settings) if config.augment == "hflip" else None
 
     device = torch.device(config.device)
+    if config.gradient_weight > 0 and distributed.world_size() > 1:
+        raise ValueError("gradient matching runs in one process (double backpropagation under DDP is not "
+                         "supported here); run without torchrun, or leave out gradient_weight")
     created_group = distributed.init_from_env(device)
     rank, world, is_main = distributed.rank(), distributed.world_size(), distributed.is_main()
     if device.type == "cuda" and world > 1:
@@ -567,7 +593,8 @@ def _set_up(store, label: str, config: FitConfig, out_dir: Path, resume: bool) -
                source=RowSource(store, np.concatenate([train_rows, val_rows]), with_text, cache),
                abar=alphas_cumprod(config.noise_schedule) if config.noise_aware else None, device=device,
                rank=rank, world=world, is_main=is_main, created_group=created_group, batch_size=batch_size,
-               local_batch=local_batch, out_dir=out_dir)
+               local_batch=local_batch, out_dir=out_dir, gradients=gradients,
+               prompts=store.prompts if gradients is not None else None)
     return fit, found
 
 
@@ -600,9 +627,16 @@ def _train_step(fit: _Fit, step: int) -> tuple[float, float]:
     rows = fit.train_rows[positions[fit.rank * fit.local_batch:(fit.rank + 1) * fit.local_batch]]
     latents, text, mask, t = _training_inputs(fit.source, rows, config, step, fit.rank, fit.abar, fit.mirror,
                                               fit.device)
+    matching = config.gradient_weight > 0
+    latents.requires_grad_(matching)
     z = fit.net(latents, text, mask, t, standardised=True)  # (b,)
     z_true = model.standardise(torch.as_tensor(fit.labels[rows]).to(fit.device))  # (b,)
     loss = F.mse_loss(z, z_true) if config.loss == "mse" else ranking_loss(z, z_true)
+    if matching:
+        (grad,) = torch.autograd.grad(z.sum(), latents, create_graph=True)  # (b, T', c, h, w)
+        cosine, kept = _gradient_cosines(grad, _reward_gradients(fit, rows, latents.detach(), fit.mirror is None))
+        if kept.any():
+            loss = loss + config.gradient_weight * (1 - cosine[kept]).mean()
     fit.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if config.grad_clip > 0:
@@ -611,13 +645,61 @@ def _train_step(fit: _Fit, step: int) -> tuple[float, float]:
     return loss.item(), lr
 
 
+def _prompts(fit: _Fit, rows: np.ndarray) -> list[str] | None:
+    return None if fit.prompts is None else [fit.prompts[i] for i in rows]
+
+
+def _reward_gradients(fit: _Fit, rows: np.ndarray, latents: torch.Tensor, cache: bool) -> torch.Tensor:
+    """The reward's latent gradients (b, T', c, h, w) of store rows `rows` at `latents` (their latents as fitted);
+    with `cache` (the latents are the rows' own), each row's is computed once and kept (on the CPU)."""
+    if not cache:
+        return fit.gradients(latents, _prompts(fit, rows))
+    missing = [i for i, row in enumerate(rows) if int(row) not in fit.gradient_cache]
+    if missing:
+        computed = fit.gradients(latents[missing], _prompts(fit, rows[missing])).detach().cpu()
+        fit.gradient_cache.update({int(rows[i]): g for i, g in zip(missing, computed)})
+    return torch.stack([fit.gradient_cache[int(row)] for row in rows])
+
+
+def _gradient_cosines(grad: torch.Tensor, reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row cos(grad, reference) (b,), and which rows count (b,): those whose reference gradient is finite and
+    not zero (the others get a zero reference, so that no NaN reaches the backward pass)."""
+    grad, reference = grad.flatten(1).float(), reference.to(grad.device).flatten(1).float()
+    finite = torch.isfinite(reference).all(dim=1)
+    reference = torch.where(finite[:, None], reference, torch.zeros_like(reference))
+    kept = finite & (reference.norm(dim=1) > 0)
+    return F.cosine_similarity(grad, reference, dim=1, eps=1e-12), kept
+
+
+def held_out_gradient_cosine(fit: _Fit) -> float | None:
+    """Mean over the validation rows of cos(the surrogate's latent gradient, the reward's); None when no row has a
+    nonzero reward gradient."""
+    was_training = fit.model.training
+    fit.model.eval()
+    cosines = []
+    for start in range(0, len(fit.val_rows), fit.config.eval_batch_size):
+        rows = fit.val_rows[start:start + fit.config.eval_batch_size]
+        latents, text, mask = fit.source.get(rows)
+        latents = latents.to(fit.device).requires_grad_(True)
+        text = text.to(fit.device) if text is not None else None
+        mask = mask.to(fit.device) if mask is not None else None
+        (grad,) = torch.autograd.grad(fit.model(latents, text, mask, standardised=True).sum(), latents)
+        cosine, kept = _gradient_cosines(grad, _reward_gradients(fit, rows, latents.detach(), cache=True))
+        cosines += cosine[kept].tolist()
+    fit.model.train(was_training)
+    return float(np.mean(cosines)) if cosines else None
+
+
 def _validate(fit: _Fit) -> tuple[dict, dict]:
-    """Held-out metrics of the current model, and (noise-aware) at each of config.eval_timesteps."""
+    """Held-out metrics of the current model (with `gradients`, its held-out gradient cosine too), and
+    (noise-aware) at each of config.eval_timesteps."""
     config = fit.config
     true = fit.labels[fit.val_rows]
     predict_val = lambda *noise: _predict_rows(fit.model, fit.source, fit.val_rows,  # noqa: E731
                                                config.eval_batch_size, fit.device, *noise)
     metrics = regression_metrics(predict_val(), true)
+    if fit.gradients is not None:
+        metrics["gradient_cosine"] = held_out_gradient_cosine(fit)
     by_t = {}
     if config.noise_aware:
         for t in config.eval_timesteps:
@@ -713,14 +795,17 @@ def _finish(fit: _Fit, state: _State) -> FitResult:
 
 
 def fit_surrogate(store, label: str, config: FitConfig, out_dir: str | Path, *, resume: bool = False,
-                  progress: bool = False) -> FitResult:
+                  progress: bool = False, gradients=None) -> FitResult:
     """Fit `config.preset` to label column `label` of `store` (a LatentStore); see the module docstring.
+    gradients(latents (b, T', c, h, w), prompts (b,) or None) -> the reward's gradient with respect to the
+    latents, same shape: needed by config.gradient_weight > 0; when given, validation reports the held-out
+    gradient cosine.
 
     resume=True continues the run in `out_dir` from its newest checkpoint (or starts it when there is none);
     without it, an `out_dir` that already holds a run is an error. progress=True shows a progress bar of the
     steps with the latest training loss and held-out Spearman (first process only).
     """
-    fit, found = _set_up(store, label, config, Path(out_dir), resume)
+    fit, found = _set_up(store, label, config, Path(out_dir), resume, gradients)
     state = _start_state(fit, found)
     _train(fit, state, progress)
     return _finish(fit, state)

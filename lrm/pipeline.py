@@ -166,7 +166,8 @@ def latent_space(job: FitJob) -> tuple[dict, tuple[int, int]]:
 
 def check_job_fits_latents(job: FitJob, preset: str) -> None:
     """Before any encoding or labelling (run_fit, and `lrm fit --dry-run`): refuse, with the fix, a preset
-    lrm does not have, and hflip in a codec without an exact mirror (the codec is loaded only then)."""
+    lrm does not have, hflip in a codec without an exact mirror (the codec is loaded only then), and gradient
+    matching where the reward has no gradient to match."""
     from lrm.fitting import latent_mirror
     from lrm.models import check_preset
 
@@ -176,6 +177,30 @@ def check_job_fits_latents(job: FitJob, preset: str) -> None:
         raise ValueError(error.args[0]) from None
     if job.augment == "hflip":
         latent_mirror(latent_space(job)[0])
+    if job.gradient_weight > 0:
+        if not reward_spec(job).differentiable:
+            raise ValueError(f"--gradient-weight matches the reward's gradient, and {job.reward} is not "
+                             "differentiable; leave out --gradient-weight")
+        if job.label_pixels != "decoded":
+            raise ValueError("--gradient-weight matches the gradient of the reward of the decoded latents; add "
+                             "--label-pixels decoded")
+
+
+def reward_gradients(job: FitJob, store: LatentStore):
+    """gradients(latents, prompts) -> d reward(decode(latents)) / d latents, for fit_surrogate: the job's reward
+    through the store's codec (lrm.pixel_path.PixelPathReward), on the job's device."""
+    from lrm.pixel_path import PixelPathReward
+    from lrm.rewards import load
+
+    reward = PixelPathReward(store.codec().to(job.device), load(job.reward, **(job.reward_options or {})))
+
+    def gradients(latents, prompts):
+        with torch.enable_grad():
+            x = latents.detach().to(job.device).requires_grad_(True)
+            (grad,) = torch.autograd.grad(reward(x, prompts if reward.spec.needs_text else None).sum(), x)
+        return grad
+
+    return gradients
 
 
 FIT_FIELDS = tuple(f.name for f in fields(FitJob) if f.name in {g.name for g in fields(FitConfig)})
@@ -198,7 +223,9 @@ def run_fit(job: FitJob, progress: bool = True, resume: bool = True) -> FitOutco
         check_run_fits_job(job, run_dir)
     store, size_reason = prepare_store(job, spec, progress)
     config = fit_config(job, preset)
-    result = fit_surrogate(store, job.label_name(), config, run_dir, resume=resume, progress=progress)
+    gradients = reward_gradients(job, store) if job.gradient_weight > 0 else None
+    result = fit_surrogate(store, job.label_name(), config, run_dir, resume=resume, progress=progress,
+                           gradients=gradients)
     # training time over every session of the run, from its log: a re-run that finds the fit done (or
     # resumes it) reported only its own seconds, e.g. 4.3 for a 73-second fit
     fit_seconds = max((record.get("elapsed_s", 0.0) for record in result.history), default=0.0)
@@ -215,6 +242,8 @@ def run_fit(job: FitJob, progress: bool = True, resume: bool = True) -> FitOutco
         "label_transform": result.label_transform,
         "steps": result.steps, "best_step": result.best_step, "stopped_early": result.stopped_early,
         "fit_seconds": round(fit_seconds, 1),
+        **({"gradient_weight": job.gradient_weight,
+            "gradient_cosine": result.val_metrics.get("gradient_cosine")} if gradients is not None else {}),
     }
     resolved = {**asdict(job), "preset": preset, "label": job.label_name(), "out": str(run_dir),
                 "size": source.get("size"), "size_reason": size_reason}

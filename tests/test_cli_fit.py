@@ -95,6 +95,24 @@ def test_fit_on_decoded_labels_and_report_them_on_another_store(fitted, tmp_path
     assert mixed.exit_code != 0 and "was computed otherwise (pixels: saved 'source', now 'decoded')" in mixed.output
 
 
+def test_fit_matches_the_gradient_of_a_differentiable_reward_of_decoded_latents(fitted, tmp_path):
+    import shutil
+
+    run, _ = fitted
+    store = shutil.copytree(run / "store", tmp_path / "store")
+    out = tmp_path / "matched"
+    result = runner.invoke(app, ["fit", "colorfulness", "--label-pixels", "decoded", "--gradient-weight", "1",
+                                 "--store", str(store), "--steps", "12", "--batch-size", "16", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["gradient_weight"] == 1.0 and -1 <= metrics["gradient_cosine"] <= 1
+    assert f"held-out gradient cosine {metrics['gradient_cosine']:.3f}" in result.output
+    for args, message in ((["jpeg-incompressibility", "--label-pixels", "decoded"], "is not differentiable"),
+                          (["colorfulness"], "add --label-pixels decoded")):
+        refused = runner.invoke(app, ["fit", *args, "--gradient-weight", "1", "--store", str(store), "--dry-run"])
+        assert refused.exit_code == 2 and message in refused.output and "Traceback" not in refused.output
+
+
 def test_predict_scores_media_like_score(fitted, tmp_path):
     run, _ = fitted
     rng = np.random.default_rng(0)

@@ -51,7 +51,8 @@ def test_lrm_fit_defaults_are_fitjobs_and_fitjobs_are_fitconfigs():
     assert {k: cli[k] for k in shared} == {k: job[k] for k in shared}
     fit = defaults(FitConfig)
     both = set(job) & set(fit)
-    assert len(both) == 11  # preset steps batch_size lr loss label_transform noise_aware augment seed eval_every device
+    assert len(both) == 12  # preset steps batch_size lr loss label_transform noise_aware gradient_weight augment seed
+    #                         eval_every device
     assert {k: job[k] for k in both} == {k: fit[k] for k in both}
     encode = defaults(EncodeConfig)
     assert {k: job[k] for k in ("codec", "size")} == {k: encode[k] for k in ("codec", "size")}

@@ -8,6 +8,7 @@ import math
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -330,6 +331,44 @@ def test_noise_aware_fit_reports_fidelity_by_timestep(store, tmp_path):
     pred = predict(result.model, store, result.val_indices, t=100)
     true = store.label("synth")[result.val_indices]
     assert np.mean((pred - true) ** 2) == pytest.approx(result.val_by_timestep[100]["mse"], rel=1e-5)
+
+
+def offset_gradients(latents: torch.Tensor, prompts) -> torch.Tensor:
+    """The latent gradient of the synthetic label a + 0.5 b^2, with a and b read as the means of channels 0 and 1."""
+    x = latents.detach().requires_grad_(True)
+    a, b = x[:, :, 0].mean(dim=(1, 2, 3)), x[:, :, 1].mean(dim=(1, 2, 3))
+    (grad,) = torch.autograd.grad((a + 0.5 * b**2).sum(), x)
+    return grad
+
+
+def test_gradient_matching_aligns_the_surrogates_latent_gradient_with_the_rewards(store, tmp_path):
+    config = quick(steps=150, eval_every=50, checkpoint_every=50)
+    plain = fit_surrogate(store, "synth", config, tmp_path / "plain", gradients=offset_gradients)
+    computed = []  # rows whose reward gradient was computed: each once, then kept
+
+    def counted(latents, prompts):
+        computed.append(latents.shape[0])
+        return offset_gradients(latents, prompts)
+
+    matched = fit_surrogate(store, "synth", replace(config, gradient_weight=1.0), tmp_path / "matched",
+                            gradients=counted)
+    assert sum(computed) == len(matched.train_indices) + len(matched.val_indices)
+    val = [h for h in matched.history if h["split"] == "val"]
+    assert len(val) == 3 and all(-1 <= h["gradient_cosine"] <= 1 for h in val)
+    assert matched.val_metrics["gradient_cosine"] > plain.val_metrics["gradient_cosine"] + 0.2, \
+        (plain.val_metrics, matched.val_metrics)
+    assert matched.val_metrics["spearman"] > 0.8  # it still ranks
+    assert "gradient_cosine" not in fit_surrogate(store, "synth", replace(config, steps=20), tmp_path / "none").val_metrics
+
+
+def test_gradient_matching_refuses_what_it_cannot_match(store, tmp_path):
+    with pytest.raises(ValueError, match="pass gradients="):
+        fit_surrogate(store, "synth", quick(gradient_weight=1.0), tmp_path / "a")
+    with pytest.raises(ValueError, match="leave out gradient_weight or noise_aware"):
+        fit_surrogate(store, "synth", quick(gradient_weight=1.0, noise_aware=True), tmp_path / "b",
+                      gradients=offset_gradients)
+    with pytest.raises(ValueError, match="gradient_weight must be >= 0"):
+        fit_surrogate(store, "synth", quick(gradient_weight=-1.0), tmp_path / "c")
 
 
 def test_text_preset_fits_on_a_store_with_text(tmp_path):

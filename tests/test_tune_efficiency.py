@@ -109,6 +109,7 @@ def test_a_worker_refuses_a_surrogate_the_method_does_not_read(bench, words_runs
 def test_rows_that_cannot_run_say_why(bench, words_runs):  # noqa: F811
     student = words_runs / "student"  # records no latent store
     assert "it records no latent store" in bench.no_fit(REWARD, student)
+    assert "is not differentiable (--fit-gradient-weight" in bench.no_fit(REWARD, student, gradient_weight=1.0)
     assert "scores videos and the student" in bench.no_student("temporal-flickering", student)
     assert "leave out --student (a video reward then gets the embedded video student)" in \
         bench.no_student("temporal-flickering", student)
@@ -183,7 +184,11 @@ def test_the_table_shows_the_fit_as_its_own_row_and_the_fitted_times_with_and_wi
                                     "gradient_alignment_after": -0.05}}}
     fits = {REWARD: {"preset": "image-cnn-stats", "parameters": 230561, "steps": 2000, "rows": 2048,
                      "labelled_store": True, "fit_s": 30.0, "fit_train_s": 25.0, "wall_s": 41.0,
-                     "peak_rss_mb": 700.0, "spearman": 0.9123, "shared_by": 6}}
+                     "peak_rss_mb": 700.0, "spearman": 0.9123, "shared_by": 6},
+            "prompt-color": {"preset": "text-image-xattn", "parameters": 1000, "steps": 900, "rows": 2048,
+                             "labelled_store": False, "fit_s": 60.0, "fit_train_s": 55.0, "wall_s": 70.0,
+                             "peak_rss_mb": 800.0, "spearman": 0.92, "shared_by": 3, "gradient_weight": 1.0,
+                             "gradient_cosine": 0.2497}}
     skipped = [{"reward": "temporal-flickering", "method": "all", "reason": "no video student"}]
     text = bench.table(rows, skipped, fits, {}, 3).splitlines()
     assert text[2].split(" | ")[5] == "no fit"
@@ -192,6 +197,8 @@ def test_the_table_shows_the_fit_as_its_own_row_and_the_fitted_times_with_and_wi
     assert text[3].endswith("| 900 | - | 1.200 -> 1.100 | +0.100 -> -0.050 |")  # nor the memory's parts
     assert text[4] == "| temporal-flickering | all | not run: no video student |"
     assert "| image-cnn-stats (230561 parameters), 2000 steps | 2048 | True | 30.0 | 25.0 | 41.0 | 700 | 0.912 | 6 |" \
+        in text[-2]
+    assert "| text-image-xattn (1000 parameters), 900 steps, gradient weight 1 (held-out gradient cosine 0.250) |" \
         in text[-1]
 
 

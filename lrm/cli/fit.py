@@ -52,6 +52,10 @@ def fit(
         help="none, log (fit log(label - shift), for right-skewed rewards such as sharpness or dynamic-degree) "
              "or auto: log when that at least halves the training labels' skewness.")] = DEFAULTS["label_transform"],
     noise_aware: Annotated[bool, typer.Option("--noise-aware", help="Fit on noised latents x_t with the timestep as input.")] = DEFAULTS["noise_aware"],
+    gradient_weight: Annotated[float, typer.Option(
+        min=0.0, help="Also match the reward's gradient with respect to the latents (through the decoder), with "
+                      "this weight on 1 - cosine: for LRM fine-tuning, which follows the surrogate's gradient. A "
+                      "differentiable reward with --label-pixels decoded; 0: off.")] = DEFAULTS["gradient_weight"],
     augment: Annotated[str, typer.Option(
         help="none, or hflip: mirror half the training latents left-right (exact, in latent space; dct codec "
              "only). Only for rewards a mirror leaves unchanged.")] = DEFAULTS["augment"],
@@ -72,6 +76,7 @@ def fit(
       lrm fit jpeg-compressibility    # embedded default, a minute or two on CPU
       lrm fit temporal-flickering --data clips/ --codec taef2
       lrm fit my_metric.py:score --kind image --input uint8
+      lrm fit prompt-color --label-pixels decoded --gradient-weight 1
     """
     import json
 
@@ -110,7 +115,7 @@ def fit(
                  label=label, label_pixels=label_pixels, codec=codec, count=count, frames=frames, size=size,
                  text=text, preset=model,
                  steps=steps, batch_size=batch_size, lr=lr, loss=loss, label_transform=label_transform,
-                 noise_aware=noise_aware, augment=augment, seed=seed,
+                 noise_aware=noise_aware, gradient_weight=gradient_weight, augment=augment, seed=seed,
                  reward_options=options or None, device=device)
     if dry_run:
         from lrm.pipeline import resolved_job
@@ -122,6 +127,11 @@ def fit(
     ridge = outcome.fidelity.baselines["ridge"]
     console.print(f"held-out Spearman {m['spearman']:.3f}, R² {m['r2']:.3f} "
                   f"(ridge baseline {ridge['spearman']:.3f}, {ridge['r2']:.3f}) on {m['n']} samples")
+    if gradient_weight > 0:
+        cosine = json.loads((outcome.run_dir / "metrics.json").read_text()).get("gradient_cosine")
+        if cosine is not None:
+            console.print(f"held-out gradient cosine {cosine:.3f} (the surrogate's latent gradient against the "
+                          "reward's)")
     console.print(f"[bold]{escape(outcome.fidelity.verdict)}[/]")
     for flag in outcome.fidelity.other_warnings():
         console.print(f"[yellow]warning:[/] {escape(flag)}")

@@ -101,8 +101,8 @@ def tune(
     Examples:
       lrm tune jpeg-compressibility --concurrent
       lrm tune temporal-flickering --concurrent
-      lrm tune jpeg-compressibility --student runs/st --surrogate runs/jpeg/model
-      lrm tune prompt-color --student runs/st --surrogate runs/pc-noisy/model --noise-aware
+      lrm tune jpeg-compressibility --student runs/st --surrogate jpeg/model
+      lrm tune prompt-color --student runs/st --surrogate pc/model --noise-aware
       lrm tune jpeg-compressibility --student runs/st --concurrent --steps 100
       lrm tune colorfulness --student runs/st --method direct
       lrm tune colorfulness --teacher runs/t --losses vsd,cd --concurrent

@@ -75,11 +75,12 @@ def check_reward(reward: str, video: bool, what: str) -> None:
 
 
 def study_surrogates(reward: str, generator: str | Path, out: str | Path, seeds: Sequence[int], *,
-                     steps: int | None = None, device: str = "cpu",
+                     steps: int | None = None, gradient_weight: float = 0.0, device: str = "cpu",
                      say: Callable[[str], None] = lambda line: None) -> list[Path]:
     """The saved surrogates (RUN/model of `lrm fit` runs: what `lrm tune --surrogate` reads) of REWARD on the
     generator's store, one per seed, fitted into OUT/surrogates/seed<S> or reused from there; one line to `say`
-    per surrogate. steps: optimizer steps of each fit (None: `lrm fit`'s default)."""
+    per surrogate. steps: optimizer steps of each fit (None: `lrm fit`'s default); gradient_weight: `lrm fit
+    --gradient-weight` (0: off)."""
     from lrm.configs import FitJob
     from lrm.fitting import MODEL_DIR
     from lrm.pipeline import run_fit
@@ -90,7 +91,7 @@ def study_surrogates(reward: str, generator: str | Path, out: str | Path, seeds:
     for seed in seeds:
         folder = surrogate_folder(out, seed)
         job = FitJob(reward=reward, store=str(store), out=str(folder), label_pixels=LABEL_PIXELS, seed=seed,
-                     device=device, **({} if steps is None else {"steps": steps}))
+                     gradient_weight=gradient_weight, device=device, **({} if steps is None else {"steps": steps}))
         if finished_fit(folder, job):
             say(f"[surrogate seed {seed}] reusing {folder}")
         else:
@@ -103,8 +104,8 @@ def study_surrogates(reward: str, generator: str | Path, out: str | Path, seeds:
 
 
 def finished_fit(folder: Path, job) -> bool:
-    """True when `folder` holds a finished `lrm fit` run (report.html, model/) of the job's store, label, seed and
-    steps; False when it holds none or an unfinished one (run_fit resumes it); a finished run of other settings is
+    """True when `folder` holds a finished `lrm fit` run (report.html, model/) of the job's store, label, seed,
+    steps and gradient weight; False when it holds none or an unfinished one (run_fit resumes it); a finished run of other settings is
     refused (one line naming the first difference)."""
     config = folder / "config.json"
     if not ((folder / "report.html").is_file() and (folder / "model").is_dir() and config.is_file()):
@@ -112,9 +113,9 @@ def finished_fit(folder: Path, job) -> bool:
     saved = json.loads(config.read_text())
     fit = saved.get("fit") or {}
     found = {"store": str(Path(saved.get("store", "")).resolve()), "label": saved.get("label"),
-             "seed": fit.get("seed"), "steps": fit.get("steps")}
+             "seed": fit.get("seed"), "steps": fit.get("steps"), "gradient_weight": fit.get("gradient_weight", 0.0)}
     expected = {"store": str(Path(job.store).resolve()), "label": job.label_name(), "seed": job.seed,
-                "steps": job.steps}
+                "steps": job.steps, "gradient_weight": job.gradient_weight}
     for key, value in expected.items():
         if found[key] != value:
             raise ValueError(f"{folder} holds a surrogate fitted with {key} {found[key]!r}, not {value!r}; remove it "
