@@ -18,7 +18,8 @@ Every method gets the same prompts (the CLI's 16 procedural captions of the stud
 student learning rate. Each run is one fresh subprocess (this script with --worker) writing
 --runs/<reward>-<label>-s<seed>/ (a `lrm tune` run folder: checkpoints, resumable); a finished run folder is reused.
 The surrogate of "lrm-frozen" and "lrm-warm" is fitted once per reward, in its own subprocess (--fit-worker), into
---runs/surrogates/<reward>/ (reused when finished), and serves every seed and row of both methods; the first fit
+--runs/surrogates/<reward>/ (<reward>-gw<W> with --fit-gradient-weight W: `lrm fit --gradient-weight W`, for a
+differentiable reward; reused when finished), and serves every seed and row of both methods; the first fit
 of a reward writes the label column REWARD@decoded into the student's store (for the embedded student, the store in
 the lrm cache), which later fits read instead of labelling again. Per run:
 - the gold (true) reward gain at fixed prompts and seeds (lrm.tuning.monitor) every --eval-every steps, against
@@ -69,7 +70,7 @@ METHOD_NOTES = {
 PROMPTS = 16  # procedural captions tuned on (lrm.cli.tune.PROCEDURAL_PROMPTS)
 RESULT = "result.json"  # what a finished worker leaves in its run folder
 PROCESS = "process.json"  # the parent's measurement of the worker process (peak RSS, wall)
-SURROGATE_FITS = "surrogates"  # --runs/surrogates/<reward>/: the fitted surrogate of "lrm-frozen" and "lrm-warm"
+SURROGATE_FITS = "surrogates"  # --runs/surrogates/<fit_name>/: the fitted surrogate of "lrm-frozen" and "lrm-warm"
 FIT_RESULT = "fit_result.json"  # what a finished fit worker leaves in its folder
 
 
@@ -252,10 +253,16 @@ def common_flags(args) -> list[str]:
             *(["--student", str(args.student)] if args.student else [])]
 
 
+def fit_name(reward: str, gradient_weight: float) -> str:
+    """The fit's folder under --runs/surrogates: the reward, and "-gw<weight>" for a gradient-matched fit (so the
+    runs tuned with it, which record its path, are told apart from those tuned with a plain fit)."""
+    return reward if not gradient_weight else f"{reward}-gw{gradient_weight:g}"
+
+
 def fit_surrogate(reward: str, student: Path, args, root: Path) -> dict:
     """The surrogate fit of `reward` shared by the fitted rows: FIT_RESULT and the fit process's peak RSS and wall,
-    running the fit worker first unless --runs/surrogates/<reward> holds a finished fit of these settings."""
-    folder = root / SURROGATE_FITS / reward
+    running the fit worker first unless --runs/surrogates/<fit_name> holds a finished fit of these settings."""
+    folder = root / SURROGATE_FITS / fit_name(reward, args.fit_gradient_weight)
     result_path, process_path = folder / FIT_RESULT, folder / PROCESS
     if result_path.is_file() and process_path.is_file():
         saved = json.loads(result_path.read_text())
@@ -498,8 +505,9 @@ def table(rows: dict, skipped: list[dict], fits: dict, goals: dict, seeds: int) 
                   "held-out Spearman | shared by runs |", "|---|---|---|---|---|---|---|---|---|---|"]
         for reward, f in fits.items():
             fit_s = "unknown (fitted earlier)" if f["fit_s"] is None else f"{f['fit_s']:.1f}"
+            cosine = "n/a" if f.get("gradient_cosine") is None else f"{f['gradient_cosine']:.3f}"
             matched = "" if not f.get("gradient_weight") else \
-                f", gradient weight {f['gradient_weight']:g} (held-out gradient cosine {f['gradient_cosine']:.3f})"
+                f", gradient weight {f['gradient_weight']:g} (held-out gradient cosine {cosine})"
             lines.append(f"| {reward} | {f['preset']} ({f['parameters']} parameters), {f['steps']} steps{matched} | "
                          f"{f['rows']} | {f['labelled_store']} | {fit_s} | {f['fit_train_s']:.1f} | "
                          f"{f['wall_s']:.1f} | {f['peak_rss_mb']:.0f} | {f['spearman']:.3f} | {f['shared_by']} |")

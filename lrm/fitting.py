@@ -44,10 +44,12 @@ samples well while its gradient with respect to the latents is orthogonal to the
 follows that gradient (lrm.tuning.monitor's gradient alignment measures it). With `gradients(latents, prompts)`
 giving the reward's gradient with respect to the latents (through the codec's decoder: lrm.pipeline passes it
 for a differentiable reward of decoded latents), each step adds gradient_weight * mean over the batch of
-1 - cos(d z / d x, gradients(x)), rows whose reward gradient is zero left out; double backpropagation, so a
-step costs about three plain ones. The reward's gradient of each row is computed once and kept in memory (or,
-with augment="hflip", whose mirrored latents change from step to step, computed for every batch: a decode and
-the reward's backward pass per step). Whenever `gradients` is given,
+1 - cos(d z / d x, gradients(x)), rows whose reward gradient is (near) zero left out; double backpropagation, so
+a step costs about three plain ones. The reward's gradient of each row is computed once and kept in memory when
+the rows' latents are (or, with augment="hflip", whose mirrored latents change from step to step, or a store too
+large to cache, computed for every batch: a decode and the reward's backward pass per step). The training lines
+of metrics.jsonl log the fit's loss ("loss") and the mean 1 - cos ("gradient_loss") apart. Whenever `gradients`
+is given,
 validation also reports `gradient_cosine`, the mean of that cosine over the held-out rows. Single process, clean
 latents only (not with noise_aware).
 
@@ -87,6 +89,7 @@ LOSSES = ("mse", "ranking")
 AUGMENTS = ("none", "hflip")
 CHECKPOINTS = "checkpoints"
 MODEL_DIR = "model"
+MIN_GRADIENT_NORM = 1e-8  # gradient matching: smaller gradients (a flat sample) have no direction to match
 
 
 @dataclass
@@ -504,6 +507,11 @@ class _Fit:
     gradient_cache: dict = field(default_factory=dict)  # store row -> its reward gradient (no augmentation)
 
     @property
+    def caches_gradients(self) -> bool:
+        """Keep each row's reward gradient: the latents are the rows' own (no mirror) and held in memory too."""
+        return self.mirror is None and self.source.latents_cache is not None
+
+    @property
     def checkpoints(self) -> Path:
         return self.out_dir / CHECKPOINTS
 
@@ -594,7 +602,7 @@ def _set_up(store, label: str, config: FitConfig, out_dir: Path, resume: bool,
                abar=alphas_cumprod(config.noise_schedule) if config.noise_aware else None, device=device,
                rank=rank, world=world, is_main=is_main, created_group=created_group, batch_size=batch_size,
                local_batch=local_batch, out_dir=out_dir, gradients=gradients,
-               prompts=store.prompts if gradients is not None else None)
+               prompts=[r.get("prompt") for r in store.rows()] if gradients is not None else None)
     return fit, found
 
 
@@ -617,8 +625,9 @@ def _start_state(fit: _Fit, found: tuple | None) -> _State:
     return state
 
 
-def _train_step(fit: _Fit, step: int) -> tuple[float, float]:
-    """One optimizer update at `step` on this rank's slice of the global batch; -> (loss, learning rate)."""
+def _train_step(fit: _Fit, step: int) -> tuple[float, float, float | None]:
+    """One optimizer update at `step` on this rank's slice of the global batch; -> (the fit's loss, learning rate,
+    gradient matching's mean 1 - cos or None)."""
     config, model = fit.config, fit.model
     lr = learning_rate(step, config)
     for group in fit.optimizer.param_groups:
@@ -632,17 +641,19 @@ def _train_step(fit: _Fit, step: int) -> tuple[float, float]:
     z = fit.net(latents, text, mask, t, standardised=True)  # (b,)
     z_true = model.standardise(torch.as_tensor(fit.labels[rows]).to(fit.device))  # (b,)
     loss = F.mse_loss(z, z_true) if config.loss == "mse" else ranking_loss(z, z_true)
+    total, mismatch = loss, None
     if matching:
         (grad,) = torch.autograd.grad(z.sum(), latents, create_graph=True)  # (b, T', c, h, w)
-        cosine, kept = _gradient_cosines(grad, _reward_gradients(fit, rows, latents.detach(), fit.mirror is None))
+        cosine, kept = _gradient_cosines(grad, _reward_gradients(fit, rows, latents.detach(), fit.caches_gradients))
         if kept.any():
-            loss = loss + config.gradient_weight * (1 - cosine[kept]).mean()
+            mismatch = (1 - cosine[kept]).mean()
+            total = loss + config.gradient_weight * mismatch
     fit.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    total.backward()
     if config.grad_clip > 0:
         nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
     fit.optimizer.step()
-    return loss.item(), lr
+    return loss.item(), lr, None if mismatch is None else mismatch.item()
 
 
 def _prompts(fit: _Fit, rows: np.ndarray) -> list[str] | None:
@@ -663,12 +674,12 @@ def _reward_gradients(fit: _Fit, rows: np.ndarray, latents: torch.Tensor, cache:
 
 def _gradient_cosines(grad: torch.Tensor, reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row cos(grad, reference) (b,), and which rows count (b,): those whose reference gradient is finite and
-    not zero (the others get a zero reference, so that no NaN reaches the backward pass)."""
+    of norm above MIN_GRADIENT_NORM (the others get a zero reference, so that no NaN reaches the backward pass)."""
     grad, reference = grad.flatten(1).float(), reference.to(grad.device).flatten(1).float()
     finite = torch.isfinite(reference).all(dim=1)
     reference = torch.where(finite[:, None], reference, torch.zeros_like(reference))
-    kept = finite & (reference.norm(dim=1) > 0)
-    return F.cosine_similarity(grad, reference, dim=1, eps=1e-12), kept
+    kept = finite & (reference.norm(dim=1) > MIN_GRADIENT_NORM)
+    return F.cosine_similarity(grad, reference, dim=1, eps=MIN_GRADIENT_NORM), kept
 
 
 def held_out_gradient_cosine(fit: _Fit) -> float | None:
@@ -684,7 +695,8 @@ def held_out_gradient_cosine(fit: _Fit) -> float | None:
         text = text.to(fit.device) if text is not None else None
         mask = mask.to(fit.device) if mask is not None else None
         (grad,) = torch.autograd.grad(fit.model(latents, text, mask, standardised=True).sum(), latents)
-        cosine, kept = _gradient_cosines(grad, _reward_gradients(fit, rows, latents.detach(), cache=True))
+        cosine, kept = _gradient_cosines(grad, _reward_gradients(fit, rows, latents.detach(),
+                                                                 fit.source.latents_cache is not None))
         cosines += cosine[kept].tolist()
     fit.model.train(was_training)
     return float(np.mean(cosines)) if cosines else None
@@ -748,20 +760,26 @@ def _train(fit: _Fit, state: _State, progress: bool) -> None:
     config = fit.config
     fit.model.train()
     losses: list[float] = []
+    mismatches: list[float] = []  # gradient matching's 1 - cos per step
     started = time.perf_counter() - (state.history[-1]["elapsed_s"] if state.history else 0.0)  # over resumes
     bar = tqdm(total=config.steps, initial=state.step, desc=f"fit {config.preset}", unit="step", leave=False,
                dynamic_ncols=True, disable=not (progress and fit.is_main))
     shown: dict[str, str] = {}  # the bar's postfix: latest training loss, best held-out Spearman
     while state.step < config.steps and not state.stopped_early:
-        loss, lr = _train_step(fit, state.step)
+        loss, lr, mismatch = _train_step(fit, state.step)
         state.step += 1
         losses.append(loss)
+        if mismatch is not None:
+            mismatches.append(mismatch)
         last = state.step == config.steps
         if state.step % config.log_every == 0 or last:
-            _record(fit, state, {"step": state.step, "split": "train", "loss": mean_across_ranks(losses), "lr": lr,
-                                 "elapsed_s": round(time.perf_counter() - started, 3)})
+            line = {"step": state.step, "split": "train", "loss": mean_across_ranks(losses), "lr": lr,
+                    "elapsed_s": round(time.perf_counter() - started, 3)}
+            if mismatches:
+                line["gradient_loss"] = float(np.mean(mismatches))
+            _record(fit, state, line)
             shown["loss"] = f"{state.history[-1]['loss']:.3g}"
-            losses = []
+            losses, mismatches = [], []
         if state.step % config.eval_every == 0 or last:
             _validation_step(fit, state, time.perf_counter() - started)
         if state.step % config.checkpoint_every == 0 or last or state.stopped_early:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from lrm import distributed
 from lrm.configs import EncodeConfig, FitConfig, FitJob
 from lrm.datasets.store import LatentStore
 from lrm.fidelity import FidelityReport, assess, features_of, fidelity_by_noise, fidelity_metrics, fit_baselines
@@ -184,21 +185,32 @@ def check_job_fits_latents(job: FitJob, preset: str) -> None:
         if job.label_pixels != "decoded":
             raise ValueError("--gradient-weight matches the gradient of the reward of the decoded latents; add "
                              "--label-pixels decoded")
+        if job.noise_aware:
+            raise ValueError("--gradient-weight fits clean latents; leave out --noise-aware or --gradient-weight")
+        if distributed.world_size() > 1:
+            raise ValueError("--gradient-weight runs in one process; run lrm fit without torchrun")
 
 
 def reward_gradients(job: FitJob, store: LatentStore):
     """gradients(latents, prompts) -> d reward(decode(latents)) / d latents, for fit_surrogate: the job's reward
-    through the store's codec (lrm.pixel_path.PixelPathReward), on the job's device."""
+    through the store's codec (lrm.pixel_path.PixelPathReward), on the job's device, in chunks of the codec's
+    batch size (one pixel graph in memory at a time; the rows are independent)."""
     from lrm.pixel_path import PixelPathReward
     from lrm.rewards import load
 
-    reward = PixelPathReward(store.codec().to(job.device), load(job.reward, **(job.reward_options or {})))
+    codec = store.codec().to(job.device)
+    reward = PixelPathReward(codec, load(job.reward, **(job.reward_options or {})))
+    chunk = codec.batch_size  # clips per decode
 
     def gradients(latents, prompts):
-        with torch.enable_grad():
-            x = latents.detach().to(job.device).requires_grad_(True)
-            (grad,) = torch.autograd.grad(reward(x, prompts if reward.spec.needs_text else None).sum(), x)
-        return grad
+        grads = []
+        for start in range(0, latents.shape[0], chunk):
+            with torch.enable_grad():
+                x = latents[start:start + chunk].detach().to(job.device).requires_grad_(True)
+                texts = prompts[start:start + chunk] if reward.spec.needs_text else None
+                (grad,) = torch.autograd.grad(reward(x, texts).sum(), x)
+            grads.append(grad)
+        return torch.cat(grads)
 
     return gradients
 

@@ -108,7 +108,8 @@ def test_fit_matches_the_gradient_of_a_differentiable_reward_of_decoded_latents(
     assert metrics["gradient_weight"] == 1.0 and -1 <= metrics["gradient_cosine"] <= 1
     assert f"held-out gradient cosine {metrics['gradient_cosine']:.3f}" in result.output
     for args, message in ((["jpeg-incompressibility", "--label-pixels", "decoded"], "is not differentiable"),
-                          (["colorfulness"], "add --label-pixels decoded")):
+                          (["colorfulness"], "add --label-pixels decoded"),
+                          (["colorfulness", "--label-pixels", "decoded", "--noise-aware"], "leave out --noise-aware")):
         refused = runner.invoke(app, ["fit", *args, "--gradient-weight", "1", "--store", str(store), "--dry-run"])
         assert refused.exit_code == 2 and message in refused.output and "Traceback" not in refused.output
 

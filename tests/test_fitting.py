@@ -361,6 +361,33 @@ def test_gradient_matching_aligns_the_surrogates_latent_gradient_with_the_reward
     assert "gradient_cosine" not in fit_surrogate(store, "synth", replace(config, steps=20), tmp_path / "none").val_metrics
 
 
+def test_gradient_matching_hands_each_rows_own_prompt_and_recomputes_mirrored_batches(dct_store, tmp_path):
+    latents, label = synthetic(64)
+    store = write_store(tmp_path / "text", latents, {"synth": label}, text=torch.randn(64, 3, 8),
+                        mask=torch.ones(64, 3, dtype=torch.bool))
+    seen = []
+
+    def by_prompt(latents, prompts):  # "prompt {unit}": each row must come with its own prompt
+        for row, prompt in zip(latents, prompts):
+            seen.append(torch.equal(row, store.latents([int(prompt.split()[1])])[0]))
+        return offset_gradients(latents, prompts)
+
+    fit_surrogate(store, "synth", quick(steps=10, preset="text-image-xattn", gradient_weight=1.0), tmp_path / "t",
+                  gradients=by_prompt)
+    assert seen and all(seen)
+    computed = []
+
+    def mirrored(latents, prompts):
+        computed.append(latents.shape[0])
+        x = latents.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(x[:, :, 1].mean(dim=(1, 2, 3)).sum(), x)
+        return grad
+
+    result = fit_surrogate(dct_store, "odd", quick(steps=20, augment="hflip", gradient_weight=1.0), tmp_path / "m",
+                           gradients=mirrored)
+    assert sum(computed) == 20 * 16 + len(result.val_indices)  # every training batch anew; validation rows once
+
+
 def test_gradient_matching_refuses_what_it_cannot_match(store, tmp_path):
     with pytest.raises(ValueError, match="pass gradients="):
         fit_surrogate(store, "synth", quick(gradient_weight=1.0), tmp_path / "a")

@@ -200,6 +200,9 @@ def test_the_table_shows_the_fit_as_its_own_row_and_the_fitted_times_with_and_wi
         in text[-2]
     assert "| text-image-xattn (1000 parameters), 900 steps, gradient weight 1 (held-out gradient cosine 0.250) |" \
         in text[-1]
+    fits["prompt-color"]["gradient_cosine"] = None  # no held-out row had a reward gradient
+    assert "gradient weight 1 (held-out gradient cosine n/a) |" in bench.table(rows, skipped, fits, {}, 3)
+    assert bench.fit_name("prompt-color", 1.0) == "prompt-color-gw1" and bench.fit_name(REWARD, 0.0) == REWARD
 
 
 def test_gradient_alignment_means_leave_out_runs_that_recorded_none(bench):

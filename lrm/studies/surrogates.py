@@ -95,8 +95,9 @@ def study_surrogates(reward: str, generator: str | Path, out: str | Path, seeds:
         if finished_fit(folder, job):
             say(f"[surrogate seed {seed}] reusing {folder}")
         else:
+            matched = f" --gradient-weight {gradient_weight:g}" if gradient_weight else ""
             say(f"[surrogate seed {seed}] lrm fit {reward} --store {store} --label-pixels {LABEL_PIXELS} --seed {seed} "
-                f"--steps {job.steps} -> {folder}")
+                f"--steps {job.steps}{matched} -> {folder}")
             fidelity = run_fit(job, progress=False).fidelity
             say(f"[surrogate seed {seed}] held-out Spearman {fidelity.surrogate['spearman']:.3f}: {fidelity.verdict}")
         folders.append(folder / MODEL_DIR)
