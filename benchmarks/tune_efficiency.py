@@ -253,6 +253,11 @@ def common_flags(args) -> list[str]:
             *(["--student", str(args.student)] if args.student else [])]
 
 
+def matched_label(label: str, method: str, gradient_weight: float) -> str:
+    """A row's label, with "-gw<weight>" for a fitted method whose fit matches gradients (its runs' folders too)."""
+    return f"{label}-gw{gradient_weight:g}" if method in FITTED and gradient_weight else label
+
+
 def fit_name(reward: str, gradient_weight: float) -> str:
     """The fit's folder under --runs/surrogates: the reward, and "-gw<weight>" for a gradient-matched fit (so the
     runs tuned with it, which record its path, are told apart from those tuned with a plain fit)."""
@@ -564,7 +569,8 @@ def main() -> None:
             skipped.append({"reward": reward, "method": "all", "reason": why})
             print(f"{reward}: not run: {why}", flush=True)
             continue
-        chosen = variants(args.methods, args.surrogate_lr)
+        chosen = [(matched_label(label, method, args.fit_gradient_weight), method, lr)
+                  for label, method, lr in variants(args.methods, args.surrogate_lr)]
         fitted = [label for label, method, _ in chosen if method in FITTED]
         fit_refused = no_fit(reward, student, args.fit_gradient_weight) if fitted else None
         for label, method, surrogate_lr in chosen:

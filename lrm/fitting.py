@@ -45,7 +45,7 @@ follows that gradient (lrm.tuning.monitor's gradient alignment measures it). Wit
 giving the reward's gradient with respect to the latents (through the codec's decoder: lrm.pipeline passes it
 for a differentiable reward of decoded latents), each step adds gradient_weight * mean over the batch of
 1 - cos(d z / d x, gradients(x)), rows whose reward gradient is (near) zero left out; double backpropagation, so
-a step costs about three plain ones. The reward's gradient of each row is computed once and kept in memory when
+a step costs about twice a plain one (docs/surrogates.md). The reward's gradient of each row is computed once and kept in memory when
 the rows' latents are (or, with augment="hflip", whose mirrored latents change from step to step, or a store too
 large to cache, computed for every batch: a decode and the reward's backward pass per step). The training lines
 of metrics.jsonl log the fit's loss ("loss") and the mean 1 - cos ("gradient_loss") apart. Whenever `gradients`

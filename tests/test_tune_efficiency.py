@@ -203,6 +203,10 @@ def test_the_table_shows_the_fit_as_its_own_row_and_the_fitted_times_with_and_wi
     fits["prompt-color"]["gradient_cosine"] = None  # no held-out row had a reward gradient
     assert "gradient weight 1 (held-out gradient cosine n/a) |" in bench.table(rows, skipped, fits, {}, 3)
     assert bench.fit_name("prompt-color", 1.0) == "prompt-color-gw1" and bench.fit_name(REWARD, 0.0) == REWARD
+    assert [bench.matched_label(label, method, 1.0) for label, method in
+            (("lrm-frozen", "lrm-frozen"), ("lrm-warm-slr0.001", "lrm-warm"), ("ddpo", "ddpo"))] == \
+        ["lrm-frozen-gw1", "lrm-warm-slr0.001-gw1", "ddpo"]
+    assert bench.matched_label("lrm-frozen", "lrm-frozen", 0.0) == "lrm-frozen"
 
 
 def test_gradient_alignment_means_leave_out_runs_that_recorded_none(bench):
