@@ -45,13 +45,12 @@ follows that gradient (lrm.tuning.monitor's gradient alignment measures it). Wit
 giving the reward's gradient with respect to the latents (through the codec's decoder: lrm.pipeline passes it
 for a differentiable reward of decoded latents), each step adds gradient_weight * mean over the batch of
 1 - cos(d z / d x, gradients(x)), rows whose reward gradient is (near) zero left out; double backpropagation, so
-a step costs about twice a plain one (docs/surrogates.md). The reward's gradient of each row is computed once and kept in memory when
-the rows' latents are (or, with augment="hflip", whose mirrored latents change from step to step, or a store too
-large to cache, computed for every batch: a decode and the reward's backward pass per step). The training lines
-of metrics.jsonl log the fit's loss ("loss") and the mean 1 - cos ("gradient_loss") apart. Whenever `gradients`
-is given,
-validation also reports `gradient_cosine`, the mean of that cosine over the held-out rows. Single process, clean
-latents only (not with noise_aware).
+a step costs about twice a plain one (docs/surrogates.md). The reward's gradient of each row is computed once
+and kept in memory when the rows' latents are; with augment="hflip" (mirrored latents change from step to
+step) or a store too large to cache, it is computed for every batch (a decode and the reward's backward pass
+per step). The training lines of metrics.jsonl log the fit's loss ("loss") and the mean 1 - cos
+("gradient_loss") apart. Whenever `gradients` is given, validation also reports `gradient_cosine`, the mean of
+that cosine over the held-out rows. Single process, clean latents only (not with noise_aware).
 
 Scale-out: under torchrun (WORLD_SIZE > 1) the model is wrapped in DistributedDataParallel
 (gloo on CPU, nccl on GPU); `batch_size` is the global batch and each rank takes its slice, so

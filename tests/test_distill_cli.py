@@ -251,10 +251,7 @@ def test_two_gloo_processes_distil_in_sync_and_rank_0_writes(teachers, tmp_path)
     config = json.loads((out / "config.json").read_text())
     assert config["world_size"] == 2 and config["job"]["batch_size"] == 4
     assert [r["step"] for r in records(out, "train")] == [1, 2]  # one line per step: rank 0 alone writes
-    evals = records(out, "eval")
-    assert [r["step"] for r in evals] == [0, 1, 2]
-    assert all(0 <= r["alignment"]["motion"] <= 1 for r in evals)  # a caption names "pink square moving left"
-    assert "alignment motion" in (out / "report.html").read_text()
+    assert [r["step"] for r in records(out, "eval")] == [0, 1, 2]
     rng = load_file(out / "checkpoints" / "step-00000002" / "rng.safetensors")
     assert not torch.equal(rng["trainer.rank0"], rng["trainer.rank1"])  # each rank its own noise
     one = distill("--teacher", str(teachers["image"]), "--losses", "vsd,cd", "--student-steps", "2", "--steps", "2",
