@@ -106,8 +106,8 @@ def study_surrogates(reward: str, generator: str | Path, out: str | Path, seeds:
 
 def finished_fit(folder: Path, job) -> bool:
     """True when `folder` holds a finished `lrm fit` run (report.html, model/) of the job's store, label, seed,
-    steps and gradient weight; False when it holds none or an unfinished one (run_fit resumes it); a finished run of other settings is
-    refused (one line naming the first difference)."""
+    steps and gradient weight; False when it holds none or an unfinished one (run_fit resumes it); a finished run
+    of other settings is refused (one line naming the first difference)."""
     config = folder / "config.json"
     if not ((folder / "report.html").is_file() and (folder / "model").is_dir() and config.is_file()):
         return False
