@@ -332,8 +332,8 @@ def _check_config(config: FitConfig) -> None:
                  "eval_batch_size"):
         if getattr(config, name) < 1:
             raise ValueError(f"FitConfig.{name} must be >= 1, got {getattr(config, name)}")
-    if not config.gradient_weight >= 0:
-        raise ValueError(f"FitConfig.gradient_weight must be >= 0, got {config.gradient_weight}")
+    if not 0 <= config.gradient_weight < math.inf:
+        raise ValueError(f"FitConfig.gradient_weight must be >= 0 and finite, got {config.gradient_weight}")
     if config.gradient_weight > 0 and config.noise_aware:
         raise ValueError("gradient matching fits clean latents; leave out gradient_weight or noise_aware")
     if config.train_groups is not None and config.train_groups < 1:

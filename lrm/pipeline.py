@@ -12,6 +12,7 @@ fitting where they stopped.
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -178,6 +179,8 @@ def check_job_fits_latents(job: FitJob, preset: str) -> None:
         raise ValueError(error.args[0]) from None
     if job.augment == "hflip":
         latent_mirror(latent_space(job)[0])
+    if not 0 <= job.gradient_weight < math.inf:
+        raise ValueError(f"--gradient-weight must be >= 0 and finite, got {job.gradient_weight}")
     if job.gradient_weight > 0:
         if not reward_spec(job).differentiable:
             raise ValueError(f"--gradient-weight matches the reward's gradient, and {job.reward} is not "
@@ -193,24 +196,18 @@ def check_job_fits_latents(job: FitJob, preset: str) -> None:
 
 def reward_gradients(job: FitJob, store: LatentStore):
     """gradients(latents, prompts) -> d reward(decode(latents)) / d latents, for fit_surrogate: the job's reward
-    through the store's codec (lrm.pixel_path.PixelPathReward), on the job's device, in chunks of the codec's
-    batch size (one pixel graph in memory at a time; the rows are independent)."""
+    through the store's codec (lrm.pixel_path.PixelPathReward.latent_gradient), on the job's device."""
     from lrm.pixel_path import PixelPathReward
     from lrm.rewards import load
 
-    codec = store.codec().to(job.device)
-    reward = PixelPathReward(codec, load(job.reward, **(job.reward_options or {})))
-    chunk = codec.batch_size  # clips per decode
+    path = PixelPathReward(store.codec().to(job.device), load(job.reward, **(job.reward_options or {})))
 
     def gradients(latents, prompts):
-        grads = []
-        for start in range(0, latents.shape[0], chunk):
-            with torch.enable_grad():
-                x = latents[start:start + chunk].detach().to(job.device).requires_grad_(True)
-                texts = prompts[start:start + chunk] if reward.spec.needs_text else None
-                (grad,) = torch.autograd.grad(reward(x, texts).sum(), x)
-            grads.append(grad)
-        return torch.cat(grads)
+        grad = path.latent_gradient(latents.to(job.device), prompts if path.spec.needs_text else None)
+        if grad is None:
+            raise ValueError(f"reward {job.reward!r} says it is differentiable but its scores carry no gradient; "
+                             "leave out --gradient-weight")
+        return grad
 
     return gradients
 

@@ -65,5 +65,21 @@ class PixelPathReward:
             scores.append(self.reward(pixels, part))  # (b,)
         return torch.cat(scores)
 
+    def latent_gradient(self, latents: torch.Tensor, prompts: Sequence[str] | None = None) -> torch.Tensor | None:
+        """d score / d latents (B, T', c, h, w), a chunk of the codec's `batch_size` clips at a time (the rows are
+        independent, so one chunk's pixel graph is in memory at once); None when the score carries no gradient
+        (a reward that detaches its pixels)."""
+        step = self.codec.batch_size
+        grads = []
+        for start in range(0, latents.shape[0], step):
+            with torch.enable_grad():
+                x = latents[start:start + step].detach().requires_grad_(True)
+                score = self(x, list(prompts[start:start + step]) if prompts is not None else None)
+                if not score.requires_grad:
+                    return None
+                (grad,) = torch.autograd.grad(score.sum(), x)
+            grads.append(grad)
+        return torch.cat(grads)
+
     def __repr__(self) -> str:
         return f"PixelPathReward(codec={getattr(self.codec, 'name', self.codec)!r}, reward={self.reward.spec.name!r})"

@@ -76,3 +76,21 @@ def test_prompts_are_chunked_with_the_latents_and_bad_input_is_named():
     with pytest.raises(ValueError, match=r"latents must have shape \(B, T', c, h, w\)"):
         path(latents_of(codec, count=2)[:, 0])
 
+
+
+def test_latent_gradient_is_the_whole_batchs_gradient_chunk_by_chunk_and_none_for_a_detaching_reward():
+    codec = codecs.load("dct")
+    codec.batch_size = 2  # 5 clips: chunks of 2, 2, 1
+    latents = latents_of(codec)
+    path = PixelPathReward(codec, load("colorfulness"))
+    whole = latents.clone().requires_grad_()
+    path(whole).sum().backward()
+    torch.testing.assert_close(path.latent_gradient(latents), whole.grad)
+
+    class Detached:  # says differentiable, but scores pixels it has detached
+        spec = load("colorfulness").spec
+
+        def __call__(self, pixels, prompts=None):
+            return pixels.detach().mean(dim=(1, 2, 3, 4))
+
+    assert PixelPathReward(codec, Detached()).latent_gradient(latents) is None

@@ -162,8 +162,8 @@ class TuningMonitor:
             surrogate_grad = _input_gradient(
                 lambda v: self.surrogate(v, text.emb[i : i + 1].to(device), text.mask[i : i + 1].to(device)), x,
                 self.surrogate)
-            gold_grad = _input_gradient(lambda v: self.true_reward(v, [prompt] if self.true_reward.spec.needs_text
-                                                                   else None), x)
+            gold_grad = self.true_reward.path.latent_gradient(x, [prompt] if self.true_reward.spec.needs_text
+                                                              else None)
             if surrogate_grad is None or gold_grad is None:
                 continue
             a, b = surrogate_grad.flatten().float(), gold_grad.flatten().float()
@@ -179,16 +179,13 @@ class TuningMonitor:
                             samples_per_text=1, seed=self.seed)
 
 
-def _input_gradient(score, x: torch.Tensor, module: nn.Module | None = None) -> torch.Tensor | None:
-    """d score(x).sum() / dx for x (1, ...), evaluating `module` (if given) in eval mode; None when the score does
-    not depend on x through autograd (a metric that detaches, a constant)."""
+def _input_gradient(score, x: torch.Tensor, module: nn.Module) -> torch.Tensor | None:
+    """d score(x).sum() / dx for x (1, ...), evaluating `module` in eval mode; None when the score does not depend
+    on x through autograd (a constant)."""
     with torch.enable_grad():
         x = x.requires_grad_(True)
-        if module is None:
+        with evaluating(module):
             value = score(x)
-        else:
-            with evaluating(module):
-                value = score(x)
         if not value.requires_grad:
             return None
         (grad,) = torch.autograd.grad(value.sum(), x, allow_unused=True)
