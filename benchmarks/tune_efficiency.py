@@ -12,7 +12,8 @@ is tuned toward each reward with each method that can run it (METHOD_NOTES):
 - "lrm-frozen": LRM fine-tuning through a surrogate fitted beforehand (`lrm fit REWARD --label-pixels decoded` on the
   student's latent store, lrm.studies.surrogates) and frozen while tuning (`lrm tune --surrogate RUN/model`);
 - "lrm-warm": that fitted surrogate as the start of the concurrent one (`lrm tune --surrogate RUN/model
-  --concurrent`, DOLLAR's pretrained-then-concurrent LRM), one row per --surrogate-lr ("lrm-warm-slr<lr>");
+  --concurrent`, DOLLAR's pretrained-then-concurrent LRM), one row per --surrogate-lr ("lrm-warm-slr<lr>"; with
+  --surrogate-gradient-weight W the concurrent surrogate's updates match the reward's gradient too, rows "-cgw<W>");
 - "ddpo": DDPO-SF (Alg. 2); "direct": direct reward gradients (ReFL / DRaFT-K; differentiable rewards only).
 Every method gets the same prompts (the CLI's 16 procedural captions of the student's world), steps, batch size and
 student learning rate. Each run is one fresh subprocess (this script with --worker) writing
@@ -121,7 +122,8 @@ def worker(args) -> None:
                         concurrent=args.method in CONCURRENT, steps=args.steps, student_steps=run.student_steps,
                         batch_size=args.batch_size, lr=args.lr, surrogate_lr=args.surrogate_lr[0],
                         eval_every=args.eval_every, per_prompt=args.per_prompt, eval_prompts=args.eval_prompts,
-                        seed=args.seed)
+                        seed=args.seed,
+                        gradient_weight=args.surrogate_gradient_weight if args.method in CONCURRENT else 0.0)
     settings = {"reward": args.reward, "from": str(run.run_dir), "prompts": prompts,
                 **({} if surrogate is None else {"surrogate": args.surrogate})}
     start = time.perf_counter()
@@ -136,7 +138,9 @@ def worker(args) -> None:
            "seconds_per_step": result.seconds_per_step, "cuda_peak_mb": result.peak_memory_mb,
            "worker_peak_rss_mb": result.peak_rss_mb, "loaded_rss_mb": result.loaded_rss_mb,
            "added_rss_mb": result.added_rss_mb,
-           "nonfinite_rewards": true_reward.nonfinite, "process_seconds": time.perf_counter() - start}
+           "nonfinite_rewards": true_reward.nonfinite, "process_seconds": time.perf_counter() - start,
+           "surrogate_fidelity": getattr(result.term, "fidelity", None),  # a concurrent surrogate's, last updates
+           "surrogate_gradient_cosine": getattr(result.term, "gradient_cosine", None)}
     (Path(args.run_dir) / RESULT).write_text(json.dumps(out, indent=1, default=float))
 
 
@@ -186,12 +190,15 @@ def no_student(reward: str, student: Path) -> str | None:
     return None
 
 
-def refusal(reward: str, method: str) -> str | None:
+def refusal(reward: str, method: str, surrogate_gradient_weight: float = 0.0) -> str | None:
     """Why `method` cannot tune toward `reward`, or None when it can."""
     from lrm.rewards import load as load_reward
 
-    if method == "direct" and not load_reward(reward).spec.differentiable:
+    differentiable = load_reward(reward).spec.differentiable
+    if method == "direct" and not differentiable:
         return f"{reward} is not differentiable (direct backpropagates the pixel reward)"
+    if method in CONCURRENT and surrogate_gradient_weight and not differentiable:
+        return f"{reward} is not differentiable (--surrogate-gradient-weight matches the reward's gradient)"
     return None
 
 
@@ -233,7 +240,8 @@ def finished(run_dir: Path, method: str, seed: int, surrogate_lr: float | None, 
               "student_steps": args.student_steps}
     if surrogate_lr is not None:
         wanted["surrogate_lr"] = surrogate_lr
-    return (all(saved[k] == v for k, v in wanted.items()) and result.get("surrogate") == surrogate
+    weight = args.surrogate_gradient_weight if method in CONCURRENT else 0.0
+    return (all(saved[k] == v for k, v in wanted.items()) and saved.get("gradient_weight", 0.0) == weight and result.get("surrogate") == surrogate
             and Path(result["student"]).resolve() == student.resolve())
 
 
@@ -253,9 +261,14 @@ def common_flags(args) -> list[str]:
             *(["--student", str(args.student)] if args.student else [])]
 
 
-def matched_label(label: str, method: str, gradient_weight: float) -> str:
-    """A row's label, with "-gw<weight>" for a fitted method whose fit matches gradients (its runs' folders too)."""
-    return f"{label}-gw{gradient_weight:g}" if method in FITTED and gradient_weight else label
+def matched_label(label: str, method: str, gradient_weight: float, surrogate_gradient_weight: float = 0.0) -> str:
+    """A row's label (its runs' folders too), with "-gw<weight>" for a fitted method whose fit matches gradients
+    and "-cgw<weight>" for a concurrent method whose surrogate's updates do."""
+    if method in FITTED and gradient_weight:
+        label = f"{label}-gw{gradient_weight:g}"
+    if method in CONCURRENT and surrogate_gradient_weight:
+        label = f"{label}-cgw{surrogate_gradient_weight:g}"
+    return label
 
 
 def fit_name(reward: str, gradient_weight: float) -> str:
@@ -303,6 +316,7 @@ def run_one(reward: str, label: str, method: str, surrogate_lr: float | None, se
                "--batch-size", str(args.batch_size), "--lr", str(args.lr),
                "--surrogate-lr", str(surrogate_lr if surrogate_lr is not None else args.surrogate_lr[0]),
                "--per-prompt", str(args.per_prompt), "--eval-prompts", str(args.eval_prompts), *common_flags(args),
+               "--surrogate-gradient-weight", str(args.surrogate_gradient_weight),
                *(["--surrogate", surrogate] if surrogate is not None else [])]
     print(f"  {run_dir.name}: running ({args.steps} steps)", flush=True)
     measured = measure(command, f"run {run_dir}")
@@ -339,6 +353,9 @@ def summarise(runs: list[dict]) -> dict:
             # the monitor's gradient alignment (NaN: no surrogate, a non-differentiable reward, a run of an older lrm)
             "gradient_alignment_before": nan_mean([r["records"][0].get("gradient_alignment") for r in runs]),
             "gradient_alignment_after": nan_mean([r["records"][-1].get("gradient_alignment") for r in runs]),
+            # a concurrent surrogate's own running fidelity and gradient cosine (lrm.tuning.lrm_ft; NaN: none)
+            "surrogate_fidelity": nan_mean([r.get("surrogate_fidelity") for r in runs]),
+            "surrogate_gradient_cosine": nan_mean([r.get("surrogate_gradient_cosine") for r in runs]),
             "nonfinite_rewards": int(sum(r["nonfinite_rewards"] for r in runs))}
 
 
@@ -447,6 +464,9 @@ def parse(argv=None):
     parser.add_argument("--fit-seed", type=int, default=0, help="seed of that fit (one fit per reward)")
     parser.add_argument("--fit-gradient-weight", type=float, default=0.0,
                         help="that fit's `lrm fit --gradient-weight` (0: off; differentiable rewards only)")
+    parser.add_argument("--surrogate-gradient-weight", type=float, default=0.0,
+                        help="lrm and lrm-warm: the concurrent surrogate's `lrm tune --gradient-weight` (0: off; "
+                             "differentiable rewards only); rows labelled -cgw<W>")
     parser.add_argument("--per-prompt", type=int, default=4, help="monitor samples per prompt")
     parser.add_argument("--eval-prompts", type=int, default=4, help="monitor prompts")
     parser.add_argument("--student-steps", type=int, default=4)
@@ -569,12 +589,13 @@ def main() -> None:
             skipped.append({"reward": reward, "method": "all", "reason": why})
             print(f"{reward}: not run: {why}", flush=True)
             continue
-        chosen = [(matched_label(label, method, args.fit_gradient_weight), method, lr)
+        chosen = [(matched_label(label, method, args.fit_gradient_weight, args.surrogate_gradient_weight), method, lr)
                   for label, method, lr in variants(args.methods, args.surrogate_lr)]
         fitted = [label for label, method, _ in chosen if method in FITTED]
         fit_refused = no_fit(reward, student, args.fit_gradient_weight) if fitted else None
         for label, method, surrogate_lr in chosen:
-            why = refusal(reward, method) or (fit_refused if method in FITTED else None)
+            why = (refusal(reward, method, args.surrogate_gradient_weight)
+                   or (fit_refused if method in FITTED else None))
             if why is not None:
                 skipped.append({"reward": reward, "method": label, "reason": why})
                 print(f"{reward} / {label}: not run: {why}", flush=True)

@@ -643,7 +643,7 @@ def _train_step(fit: _Fit, step: int) -> tuple[float, float, float | None]:
     total, mismatch = loss, None
     if matching:
         (grad,) = torch.autograd.grad(z.sum(), latents, create_graph=True)  # (b, T', c, h, w)
-        cosine, kept = _gradient_cosines(grad, _reward_gradients(fit, rows, latents.detach(), fit.caches_gradients))
+        cosine, kept = gradient_cosines(grad, _reward_gradients(fit, rows, latents.detach(), fit.caches_gradients))
         if kept.any():
             mismatch = (1 - cosine[kept]).mean()
             total = loss + config.gradient_weight * mismatch
@@ -671,7 +671,7 @@ def _reward_gradients(fit: _Fit, rows: np.ndarray, latents: torch.Tensor, cache:
     return torch.stack([fit.gradient_cache[int(row)] for row in rows])
 
 
-def _gradient_cosines(grad: torch.Tensor, reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def gradient_cosines(grad: torch.Tensor, reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row cos(grad, reference) (b,), and which rows count (b,): those whose reference gradient is finite and
     of norm above MIN_GRADIENT_NORM (the others get a zero reference, so that no NaN reaches the backward pass)."""
     grad, reference = grad.flatten(1).float(), reference.to(grad.device).flatten(1).float()
@@ -694,7 +694,7 @@ def held_out_gradient_cosine(fit: _Fit) -> float | None:
         text = text.to(fit.device) if text is not None else None
         mask = mask.to(fit.device) if mask is not None else None
         (grad,) = torch.autograd.grad(fit.model(latents, text, mask, standardised=True).sum(), latents)
-        cosine, kept = _gradient_cosines(grad, _reward_gradients(fit, rows, latents.detach(),
+        cosine, kept = gradient_cosines(grad, _reward_gradients(fit, rows, latents.detach(),
                                                                  fit.source.latents_cache is not None))
         cosines += cosine[kept].tolist()
     fit.model.train(was_training)

@@ -180,6 +180,68 @@ def test_concurrent_lrm_counts_and_skips_nan_labels():
     assert log.skipped == [LRM] and distiller.skipped[LRM] == 1 and distiller.updates[STUDENT] == 1
 
 
+def test_concurrent_gradient_matching_adds_one_minus_the_gradient_cosine_per_row():
+    roles = student_roles()
+    lrm = surrogate()
+    roles.add(surrogate_role(lrm, roles.module(STUDENT), SHAPE, concurrent=True))
+    true = TrueReward(codec(), Brightness())
+    b, g = batch(b=3), torch.Generator().manual_seed(0)
+    x_hat = student_sample(roles.module(STUDENT), b, SHAPE, 1, g, grad=False)
+    plain = LRMFineTune(true).auxiliary_loss(LRM, Step(roles, b, x_hat, g))  # (6,): real 3 | student 3
+    matched = LRMFineTune(true, gradient_weight=2.0)
+    loss = matched.auxiliary_loss(LRM, Step(roles, b, x_hat, g))
+    merged = torch.cat([b.x0, x_hat]).requires_grad_(True)  # the cosines, computed independently
+    (ours,) = torch.autograd.grad(lrm(merged, standardised=True).sum(), merged)
+    merged = merged.detach().requires_grad_(True)
+    (gold,) = torch.autograd.grad(true(merged, None).sum(), merged)
+    cosine = torch.nn.functional.cosine_similarity(ours.flatten(1), gold.flatten(1), dim=1)
+    torch.testing.assert_close(loss.detach(), plain.detach() + 2.0 * (1 - cosine), atol=1e-5, rtol=1e-5)
+    assert matched.gradient_cosines == [pytest.approx(float(cosine.mean()), abs=1e-5)]
+    loss.mean().backward()  # double backpropagation reaches the surrogate's parameters, never the student's
+    assert has_grad(lrm) and not has_grad(roles.module(STUDENT))
+
+
+def test_concurrent_gradient_matching_turns_the_surrogates_gradient_toward_the_rewards():
+    def cosines(weight):
+        roles = build_roles(tiny_dit(seed=4), student_lr=0.0, fake_score=False, ema=False)  # a still student
+        roles.add(surrogate_role(surrogate(), roles.module(STUDENT), SHAPE, concurrent=True, lr=3e-3))
+        term = LRMFineTune(TrueReward(codec(), Brightness()), gradient_weight=weight)
+        distiller = Distiller(roles, [term], DistillConfig(latent_shape=SHAPE, student_steps=1))
+        for s in range(40):
+            distiller.train_step([batch(b=4, seed=s)])
+        return term
+
+    matched, plain = cosines(3.0), cosines(0.0)
+    assert plain.gradient_cosines == [] and np.isnan(plain.gradient_cosine)
+    first, last = np.mean(matched.gradient_cosines[:5]), matched.gradient_cosine
+    assert last > first + 0.2 and last > 0.5, (first, last)
+
+
+def test_concurrent_gradient_matching_is_refused_where_it_cannot_run():
+    true = TrueReward(codec(), Brightness())
+    cases = [(dict(true_reward=None, gradient_weight=1.0), "add concurrent"),
+             (dict(true_reward=TrueReward(codec(), BrightFraction()), gradient_weight=1.0), "not differentiable"),
+             (dict(true_reward=true, gradient_weight=1.0, noise_aware=True), "leave out gradient_weight or noise"),
+             (dict(true_reward=true, gradient_weight=-1.0), ">= 0 and finite"),
+             (dict(true_reward=true, gradient_weight=float("inf")), ">= 0 and finite")]
+    for kwargs, message in cases:
+        with pytest.raises(ValueError, match=message):
+            LRMFineTune(**kwargs)
+    from lrm.tuning.tune import TuneConfig
+
+    with pytest.raises(ValueError, match="only method 'lrm' uses"):
+        TuneConfig(method="ddpo", gradient_weight=1.0)
+    with pytest.raises(ValueError, match="add concurrent"):
+        TuneConfig(gradient_weight=1.0)
+    roles = student_roles()  # a reward that says differentiable but detaches: one line at its first update
+    roles.add(surrogate_role(surrogate(), roles.module(STUDENT), SHAPE, concurrent=True))
+    b, g = batch(b=2), torch.Generator().manual_seed(0)
+    x_hat = student_sample(roles.module(STUDENT), b, SHAPE, 1, g, grad=False)
+    with pytest.raises(ValueError, match="carry no gradient"):
+        LRMFineTune(TrueReward(codec(), DetachedBrightness()), gradient_weight=1.0).auxiliary_loss(
+            LRM, Step(roles, b, x_hat, g))
+
+
 def test_lrm_ft_joins_vsd_and_cd_as_in_dollar():
     """DOLLAR's VSD + CD + LRM (Alg. 1): one trainer step updates student, fake score and surrogate."""
     from lrm.tuning import CD, VSD
@@ -785,6 +847,10 @@ def test_lrm_tune_refuses_bad_input_with_one_line(words_runs):
         (["colorfulness", *student, "--surrogate", str(words_runs / "other-lrm")], "4-channel latents"),
         (["colorfulness", *student, "--method", "ddpo", "--concurrent"], "--concurrent: for --method lrm, not ddpo"),
         (["colorfulness", *student, "--method", "direct", "--noise-aware"], "--noise-aware: for --method lrm"),
+        (["colorfulness", *student, "--method", "ddpo", "--gradient-weight", "1"], "--gradient-weight: for --meth"),
+        (["colorfulness", *student, "--surrogate", str(words_runs / "other-lrm"), "--gradient-weight", "1"],
+         "add concurrent"),
+        (["jpeg-compressibility", *student, "--concurrent", "--gradient-weight", "1"], "not differentiable"),
         (["no-such-reward", *student, "--concurrent"], "unknown reward"),
     ]
     for args, message in cases:

@@ -121,3 +121,17 @@ def test_the_gradient_alignment_joins_the_fidelity_section(tuned, tmp_path):
     page = write_tune_report(run).read_text()
     assert f"averaged ({_fmt(0.25)} at step 1, {_fmt(-0.125)} at step 2)" in page
     assert "Gradient alignment" not in write_tune_report(tuned).read_text()  # jpeg size has no gradient: none recorded
+
+
+def test_a_concurrent_surrogate_matching_gradients_records_and_reports_its_running_cosine(words_runs):  # noqa: F811
+    out = words_runs / "matched"
+    result = CliRunner().invoke(cli_app(), ["tune", "colorfulness", "--student", str(words_runs / "student"),
+                                            "--concurrent", "--gradient-weight", "2", *TUNE_ARGS, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    facts = json.loads((out / "records.json").read_text())
+    cosine = facts["surrogate_gradient_cosine"]
+    assert facts["config"]["gradient_weight"] == 2.0 and -1 <= cosine <= 1
+    assert f"the concurrent surrogate's gradient cosine {cosine:.3f}" in result.output
+    page = (out / "report.html").read_text()
+    assert f"latent gradient (gradient weight {_fmt(2.0)}); their running gradient cosine" in page
+    assert f"at the end: {_fmt(cosine)}." in page

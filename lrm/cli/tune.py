@@ -20,7 +20,8 @@ from lrm.cli.options import check_device, parse_options
 METHODS = ("lrm", "ddpo", "direct")  # lrm.tuning.tune.METHODS
 DEFAULTS = {"method": "lrm", "steps": 200, "batch_size": 8, "lr": 1e-5, "surrogate_lr": 1e-4, "eval_every": 20,
             "per_prompt": 4, "eval_prompts": 4, "seed": 0, "kl_weight": 0.0,
-            "disagreement_weight": 1.0, "gradient_alignment": True, "noise_aware": False}  # lrm.tuning.tune.TuneConfig
+            "disagreement_weight": 1.0, "gradient_alignment": True, "noise_aware": False,
+            "gradient_weight": 0.0}  # lrm.tuning.tune.TuneConfig
 PROCEDURAL_PROMPTS = 16  # procedural captions tuned on when no prompts are given
 
 
@@ -51,6 +52,9 @@ def tune(
         "--noise-aware", help="--method lrm: the surrogate scores the student's samples noised to x_t, t ~ U{0..0.5 "
                               "T}, instead of x0 (a surrogate fitted with `lrm fit --noise-aware`; a concurrent one "
                               "from scratch is built noise-aware).")] = DEFAULTS["noise_aware"],
+    gradient_weight: Annotated[float, typer.Option(
+        min=0.0, help="--concurrent: the surrogate's updates also match the reward's latent gradient, weight of "
+                      "1 - cos (a differentiable reward; 0: off).")] = DEFAULTS["gradient_weight"],
     option: Annotated[Optional[list[str]], typer.Option(help="Reward option KEY=VALUE; repeatable.")] = None,
     prompt: Annotated[Optional[list[str]], typer.Option(help="A prompt to tune on; repeatable.")] = None,
     prompts: Annotated[Optional[Path], typer.Option(help="Prompts file (default: procedural captions).")] = None,
@@ -104,6 +108,7 @@ def tune(
       lrm tune jpeg-compressibility --student runs/st --surrogate jpeg/model
       lrm tune prompt-color --student runs/st --surrogate pc/model --noise-aware
       lrm tune jpeg-compressibility --student runs/st --concurrent --steps 100
+      lrm tune prompt-color --student runs/st --concurrent --gradient-weight 3
       lrm tune colorfulness --student runs/st --method direct
       lrm tune colorfulness --teacher runs/t --losses vsd,cd --concurrent
       lrm tune my_metric.py:score --student runs/st --method ddpo
@@ -116,7 +121,8 @@ def tune(
     if method not in METHODS:
         raise typer.BadParameter(f"must be one of {', '.join(METHODS)}, got {method!r}", param_hint="--method")
     surrogate_flags = [flag for flag, given in (("--surrogate", surrogate is not None), ("--concurrent", concurrent),
-                                                ("--noise-aware", noise_aware)) if given]
+                                                ("--noise-aware", noise_aware),
+                                                ("--gradient-weight", gradient_weight > 0)) if given]
     if method != "lrm" and surrogate_flags:
         raise typer.BadParameter(f"{' and '.join(surrogate_flags)}: for --method lrm, not {method}")
     if ensemble and (surrogate is not None or concurrent or method != "lrm" or len(ensemble) < 2):
@@ -134,7 +140,8 @@ def tune(
                                 surrogate, concurrent, texts, steps,
                                 batch_size, lr, surrogate_lr, grad_steps, frames, eval_every, per_prompt, seed, out,
                                 device, kl_weight=kl_weight, ensemble=ensemble, disagreement_weight=disagreement_weight,
-                                gradient_alignment=not no_gradient_alignment, noise_aware=noise_aware)
+                                gradient_alignment=not no_gradient_alignment, noise_aware=noise_aware,
+                                gradient_weight=gradient_weight)
     except USER_ERRORS as error:
         exit_with_message(error)
     typer.echo(summary, err=True)
@@ -178,7 +185,7 @@ def _run(reward_name, reward_options, run_path, distill, student_steps, store_pa
          concurrent, texts, steps, batch_size, lr, surrogate_lr, grad_steps, frames, eval_every, per_prompt, seed,
          out, device, *, kl_weight=DEFAULTS["kl_weight"], ensemble=None,
          disagreement_weight=DEFAULTS["disagreement_weight"], gradient_alignment=DEFAULTS["gradient_alignment"],
-         noise_aware=DEFAULTS["noise_aware"]):
+         noise_aware=DEFAULTS["noise_aware"], gradient_weight=DEFAULTS["gradient_weight"]):
     import hashlib
     from dataclasses import asdict
 
@@ -201,7 +208,8 @@ def _run(reward_name, reward_options, run_path, distill, student_steps, store_pa
                           batch_size=batch_size, lr=lr, surrogate_lr=surrogate_lr, grad_steps=grad_steps,
                           frames=frames, distill=distill, eval_every=eval_every, per_prompt=per_prompt, seed=seed,
                           kl_weight=kl_weight, disagreement_weight=disagreement_weight,
-                          gradient_alignment=gradient_alignment, noise_aware=noise_aware)
+                          gradient_alignment=gradient_alignment, noise_aware=noise_aware,
+                          gradient_weight=gradient_weight)
 
     pixel_reward = load_reward(reward_name, **reward_options)
     embedded = run_path is None
@@ -270,7 +278,9 @@ def _run(reward_name, reward_options, run_path, distill, student_steps, store_pa
              "added_rss_mb": result.added_rss_mb,
              "nonfinite_rewards": true_reward.nonfinite,
              "skipped_updates": sum(len(log.skipped) for log in result.logs),
-             "surrogate_fidelity": getattr(term, "fidelity", None), "losses": [log.losses for log in result.logs],
+             "surrogate_fidelity": getattr(term, "fidelity", None),
+             "surrogate_gradient_cosine": getattr(term, "gradient_cosine", None),
+             "losses": [log.losses for log in result.logs],
              "store": settings["store"], "real_rows": getattr(term, "real_rows", 0),
              "checkpoints": [f"checkpoints/step-{s:08d}" for s in checkpoint_steps(out_dir)]}
     atomic_write_json(out_dir / "records.json", json.loads(json.dumps(facts, default=float)))
@@ -287,6 +297,9 @@ def _run(reward_name, reward_options, run_path, distill, student_steps, store_pa
         ends = " -> ".join(f"{a:.3f}" if math.isfinite(a) else "-" for a in (first.gradient_alignment,
                                                                               last.gradient_alignment))
         summary += f"; gradient alignment {ends} (cosine of the surrogate's and the gold's latent gradients)"
+    if gradient_weight > 0:
+        summary += (f"; the concurrent surrogate's gradient cosine {term.gradient_cosine:.3f} (last updates, before "
+                    "each)")
     if real is not None and concurrent:
         summary += f"; the surrogate trained on {facts['real_rows']} real latents of {real.path}"
     return summary, out_dir

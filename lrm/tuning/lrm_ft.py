@@ -21,7 +21,12 @@ The surrogate (role "lrm") is either
   labels are counted and masked out. Its fidelity
   (Spearman of its predictions against the labels of each fresh batch, before its update) is kept in
   `fidelities`; `fidelity` is the mean of the last FIDELITY_WINDOW. A surrogate that was never fitted
-  (label statistics mean 0, std 1) takes its label statistics from its first labelled batch.
+  (label statistics mean 0, std 1) takes its label statistics from its first labelled batch. With
+  `gradient_weight` > 0 (a differentiable reward) each update also matches the reward's latent gradient
+  on the merged batch, as `lrm fit --gradient-weight` does (lrm.fitting, Sobolev training): + gradient_weight
+  * (1 - cos(d z / d x, d R / d x)) per row, the reward's gradient taken through the decoder; the cosines
+  before each update are kept in `gradient_cosines`. Value-only updates let the surrogate's gradient drift
+  away from the reward's while the student follows it; matching holds it closer (docs/tuning.md).
 With `noise_aware`, a noise-aware surrogate scores x_t = alpha_t x_hat + sigma_t eps, t ~ U{0..t_max T},
 instead of x_hat (and is trained on noised merged batches likewise).
 """
@@ -37,6 +42,7 @@ from scipy import stats
 from torch import nn
 
 from lrm.diffusion.schedules import VPSchedule
+from lrm.fitting import gradient_cosines
 from lrm.models.presets import check_preset
 from lrm.models.surrogate import CodecMismatchError, LatentRewardModel
 from lrm.tuning.denoise import no_param_grad, randn, timesteps_between
@@ -107,11 +113,15 @@ class LRMFineTune:
     needs_sample = True
 
     def __init__(self, true_reward: TrueReward | None = None, real: bool = True, noise_aware: bool = False,
-                 t_max: float = NOISE_T_MAX, role: str = LRM, latent_shape=None):
+                 t_max: float = NOISE_T_MAX, role: str = LRM, latent_shape=None, gradient_weight: float = 0.0):
         """latent_shape: the student's (T', c, h, w); with a true reward, one of the wrong kind for it (a video
-        reward for an image generator) is refused here."""
+        reward for an image generator) is refused here, and so is gradient matching without one."""
         if true_reward is not None and latent_shape is not None:
             true_reward.check_generator(latent_shape, self.name)
+        check_gradient_weight(gradient_weight, true_reward is not None, noise_aware,
+                              true_reward.spec if true_reward is not None else None)
+        self.gradient_weight = float(gradient_weight)
+        self.gradient_cosines: list[float] = []  # mean cosine per update, before it (NaN: no row had a gradient)
         self.true_reward, self.noise_aware, self.t_max, self.role = true_reward, noise_aware, t_max, role
         self.concurrent = true_reward is not None
         self.needs_real = self.concurrent and real
@@ -123,8 +133,12 @@ class LRMFineTune:
 
     @property
     def fidelity(self) -> float:
-        recent = [f for f in self.fidelities[-FIDELITY_WINDOW:] if math.isfinite(f)]
-        return sum(recent) / len(recent) if recent else float("nan")
+        return _recent_mean(self.fidelities)
+
+    @property
+    def gradient_cosine(self) -> float:
+        """Mean of the last FIDELITY_WINDOW updates' gradient cosines (NaN without gradient matching)."""
+        return _recent_mean(self.gradient_cosines)
 
     def _sign(self, surrogate: LatentRewardModel) -> float:
         if self.true_reward is not None:
@@ -173,12 +187,48 @@ class LRMFineTune:
         repeat = len(parts)
         text, mask = batch.text.repeat(repeat, 1, 1), batch.text_mask.repeat(repeat, 1)
         x, t = self._noised(surrogate, merged, step.generator)
+        matching = self.gradient_weight > 0
+        x = x.detach().requires_grad_(True) if matching else x
         z = surrogate(x, text, mask, t=t, standardised=True).float()  # (k B,)
         self.fidelities.append(spearman(z[keep], labels[keep]))
-        return (z[keep] - target[keep]) ** 2
+        loss = (z[keep] - target[keep]) ** 2  # rows with a finite label only: a NaN one would reach the backward
+        if matching:
+            reference = true.path.latent_gradient(merged, prompts * len(parts) if prompts is not None else None)
+            if reference is None:
+                raise ValueError(f"reward {true.name!r} says it is differentiable but its scores carry no gradient; "
+                                 "leave out gradient_weight")
+            (grad,) = torch.autograd.grad(z.sum(), x, create_graph=True)  # (k B, T', c, h, w)
+            cosine, kept = gradient_cosines(grad, reference)  # (k B,) each
+            self.gradient_cosines.append(float(cosine.detach()[kept].mean()) if kept.any() else float("nan"))
+            loss = loss + self.gradient_weight * torch.where(kept, 1 - cosine, torch.zeros_like(cosine))[keep]
+        return loss
 
     def __call__(self, step: Step) -> LRMFTLoss:
         return LRMFTLoss(self.generator_loss(step), self.auxiliary_loss(self.role, step) if self.concurrent else None)
+
+
+def check_gradient_weight(weight: float, concurrent: bool, noise_aware: bool, reward_spec=None) -> None:
+    """Refuse gradient matching that cannot run, before any work: it needs a concurrent surrogate (a fitted one
+    is matched by `lrm fit --gradient-weight`), clean latents and a differentiable reward (checked when
+    `reward_spec` is given)."""
+    if not 0 <= weight < math.inf:
+        raise ValueError(f"gradient_weight must be >= 0 and finite, got {weight!r}")
+    if weight == 0:
+        return
+    if not concurrent:
+        raise ValueError("gradient_weight matches the reward's gradient in the concurrent surrogate's updates; add "
+                         "concurrent, or fit the surrogate with `lrm fit --gradient-weight`")
+    if reward_spec is not None and not reward_spec.differentiable:
+        raise ValueError(f"gradient_weight: reward {reward_spec.name!r} is not differentiable, so it has no latent "
+                         "gradient to match; leave out gradient_weight")
+    if noise_aware:
+        raise ValueError("gradient matching compares gradients at clean latents; leave out gradient_weight or "
+                         "noise_aware")
+
+
+def _recent_mean(values: list[float]) -> float:
+    recent = [v for v in values[-FIDELITY_WINDOW:] if math.isfinite(v)]
+    return sum(recent) / len(recent) if recent else float("nan")
 
 
 def _unfitted(surrogate: LatentRewardModel) -> bool:

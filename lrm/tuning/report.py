@@ -129,6 +129,11 @@ def fidelity_note(run) -> str:
     if running is not None:
         note += (" The concurrent surrogate's running fidelity (Spearman on its fresh training batch before each "
                  f"update) at the end: {_fmt(running)}.")
+    matched = run.facts.get("surrogate_gradient_cosine")  # with `lrm tune --concurrent --gradient-weight`
+    if matched is not None and math.isfinite(matched):
+        note += (f" Its updates matched the reward's latent gradient (gradient weight "
+                 f"{_fmt((run.facts.get('config') or {}).get('gradient_weight'))}); their running gradient cosine "
+                 f"(on the fresh batch, before each update) at the end: {_fmt(matched)}.")
     if np.isfinite(alignment).any():
         recorded = np.flatnonzero(np.isfinite(alignment))
         first, last = (recorded[0], recorded[-1])

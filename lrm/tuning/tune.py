@@ -45,7 +45,7 @@ from lrm.tuning.denoise import Batch
 from lrm.tuning.direct import DirectReward
 from lrm.tuning.ensemble import Disagreement, SurrogateEnsemble
 from lrm.tuning.kl_penalty import INITIAL, KLPenalty
-from lrm.tuning.lrm_ft import LRM, LRMFineTune, surrogate_role
+from lrm.tuning.lrm_ft import LRM, LRMFineTune, check_gradient_weight, surrogate_role
 from lrm.tuning.memory import TrainingMemory, peak_rss_mb
 from lrm.tuning.monitor import TuningMonitor, TuningRecord
 from lrm.tuning.roles import STUDENT, Role, Roles, adamw, build_roles, frozen_copy
@@ -68,6 +68,7 @@ class TuneConfig:
     noise_aware: bool = False  # "lrm": the surrogate scores x_t = alpha_t x0 + sigma_t eps, t ~ U{0..0.5 T}, not x0
     #                            (lrm.tuning.lrm_ft; a noise-aware surrogate, fitted so or built so when concurrent)
     surrogate_lr: float = 1e-4  # the concurrent surrogate's AdamW
+    gradient_weight: float = 0.0  # "lrm", concurrent: its updates also match the reward's latent gradient (lrm_ft)
     grad_steps: int | None = None  # "ddpo": N (default 2); "direct": K (default 1)
     frames: int | None = None  # "direct" on video: latent frames decoded per sample (None: all)
     distill: tuple[str, ...] = ()  # start from a teacher and distil alongside: DISTILL_TERMS names (DOLLAR: VSD)
@@ -89,10 +90,12 @@ class TuneConfig:
         unknown = [name for name in self.distill if name not in DISTILL_TERMS]
         if unknown:
             raise ValueError(f"distill terms {unknown} are not available here; choose from {list(DISTILL_TERMS)}")
-        for name in ("concurrent", "noise_aware"):
+        for name in ("concurrent", "noise_aware", "gradient_weight"):
             if getattr(self, name) and self.method != "lrm":
                 raise ValueError(f"{name} is about the latent surrogate, which only method 'lrm' uses "
                                  f"(got {self.method!r})")
+        if self.method == "lrm":
+            check_gradient_weight(self.gradient_weight, self.concurrent, self.noise_aware)
         if not self.kl_weight >= 0 or not self.disagreement_weight >= 0:
             raise ValueError(f"kl_weight and disagreement_weight must be >= 0, got {self.kl_weight!r} and "
                              f"{self.disagreement_weight!r}")
@@ -126,7 +129,7 @@ def build_term(config: TuneConfig, true_reward: TrueReward, latent_shape, real: 
         return DirectReward(true_reward, latent_shape, steps=config.student_steps, grad_steps=config.grad_steps or 1,
                             frames=config.frames)
     return LRMFineTune(true_reward if config.concurrent else None, real=real, noise_aware=config.noise_aware,
-                       latent_shape=latent_shape)
+                       latent_shape=latent_shape, gradient_weight=config.gradient_weight)
 
 
 def tuning_roles(generator: nn.Module, config: TuneConfig, latent_shape, surrogate,
