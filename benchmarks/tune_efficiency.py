@@ -241,8 +241,8 @@ def finished(run_dir: Path, method: str, seed: int, surrogate_lr: float | None, 
     if surrogate_lr is not None:
         wanted["surrogate_lr"] = surrogate_lr
     weight = args.surrogate_gradient_weight if method in CONCURRENT else 0.0
-    return (all(saved[k] == v for k, v in wanted.items()) and saved.get("gradient_weight", 0.0) == weight and result.get("surrogate") == surrogate
-            and Path(result["student"]).resolve() == student.resolve())
+    return (all(saved[k] == v for k, v in wanted.items()) and saved.get("gradient_weight", 0.0) == weight
+            and result.get("surrogate") == surrogate and Path(result["student"]).resolve() == student.resolve())
 
 
 def measure(command: list[str], what: str) -> dict:

@@ -197,6 +197,7 @@ def _run(reward_name, reward_options, run_path, distill, student_steps, store_pa
     from lrm.io import atomic_write_json
     from lrm.rewards import load as load_reward
     from lrm.text import load as load_text
+    from lrm.tuning.lrm_ft import check_gradient_weight
     from lrm.tuning.report import write_tune_report
     from lrm.tuning.true_reward import TrueReward
     from lrm.tuning.tune import TuneConfig
@@ -212,6 +213,7 @@ def _run(reward_name, reward_options, run_path, distill, student_steps, store_pa
                           gradient_weight=gradient_weight)
 
     pixel_reward = load_reward(reward_name, **reward_options)
+    check_gradient_weight(gradient_weight, concurrent, noise_aware, pixel_reward.spec)  # before a distillation
     embedded = run_path is None
     if embedded:  # the cached embedded student of clips or images, as the reward scores; distilled first when
         tune_config(student_steps)  # missing (every check before)

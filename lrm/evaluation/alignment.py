@@ -144,10 +144,10 @@ class Alignment:
     #                              when no sample is such a clip
 
 
-def moving_direction(names: np.ndarray, color: str) -> str | None:
-    """names (T, h, w): a clip's most likely colour per pixel (read_frames) -> the direction in DIRECTIONS closest
-    to the least-squares velocity of the centroid of `color`'s largest region, or None when it is found in fewer
-    than 2 frames or moves slower than MIN_SPEED short sides per frame."""
+def centroid_velocity(names: np.ndarray, color: str) -> np.ndarray | None:
+    """names (T, h, w): a clip's most likely colour per pixel (read_frames) -> the least-squares velocity (dx, dy) of
+    the centroid of `color`'s largest region, in short sides per frame; None when it is found in fewer than 2
+    frames."""
     index = COLOR_NAMES.index(color)
     steps, centers = [], []
     for t, frame in enumerate(names):
@@ -158,8 +158,16 @@ def moving_direction(names: np.ndarray, color: str) -> str | None:
             centers.append(centroids[1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))])
     if len(steps) < 2:
         return None
-    velocity = np.polyfit(np.asarray(steps, dtype=np.float64), np.asarray(centers), 1)[0]  # (2,) (dx, dy) per frame
-    if np.linalg.norm(velocity) < MIN_SPEED * min(names.shape[1:]):
+    velocity = np.polyfit(np.asarray(steps, dtype=np.float64), np.asarray(centers), 1)[0]  # (2,) pixels per frame
+    return velocity / min(names.shape[1:])
+
+
+def moving_direction(names: np.ndarray, color: str) -> str | None:
+    """names (T, h, w): a clip's most likely colour per pixel (read_frames) -> the direction in DIRECTIONS closest
+    to the centroid velocity of `color`'s largest region (centroid_velocity), or None when it is found in fewer
+    than 2 frames or moves slower than MIN_SPEED short sides per frame."""
+    velocity = centroid_velocity(names, color)
+    if velocity is None or np.linalg.norm(velocity) < MIN_SPEED:
         return None
     return max(DIRECTIONS, key=lambda name: float(np.dot(DIRECTIONS[name], velocity)))
 

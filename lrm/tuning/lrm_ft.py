@@ -24,8 +24,8 @@ The surrogate (role "lrm") is either
   (label statistics mean 0, std 1) takes its label statistics from its first labelled batch. With
   `gradient_weight` > 0 (a differentiable reward) each update also matches the reward's latent gradient
   on the merged batch, as `lrm fit --gradient-weight` does (lrm.fitting, Sobolev training): + gradient_weight
-  * (1 - cos(d z / d x, d R / d x)) per row, the reward's gradient taken through the decoder; the cosines
-  before each update are kept in `gradient_cosines`. Value-only updates let the surrogate's gradient drift
+  * the mean of 1 - cos(d z / d x, d R / d x) over the rows with a label and a reward gradient, the reward's
+  gradient taken through the decoder; the mean cosines before each update are kept in `gradient_cosines`. Value-only updates let the surrogate's gradient drift
   away from the reward's while the student follows it; matching holds it closer (docs/tuning.md).
 With `noise_aware`, a noise-aware surrogate scores x_t = alpha_t x_hat + sigma_t eps, t ~ U{0..t_max T},
 instead of x_hat (and is trained on noised merged batches likewise).
@@ -199,8 +199,13 @@ class LRMFineTune:
                                  "leave out gradient_weight")
             (grad,) = torch.autograd.grad(z.sum(), x, create_graph=True)  # (k B, T', c, h, w)
             cosine, kept = gradient_cosines(grad, reference)  # (k B,) each
-            self.gradient_cosines.append(float(cosine.detach()[kept].mean()) if kept.any() else float("nan"))
-            loss = loss + self.gradient_weight * torch.where(kept, 1 - cosine, torch.zeros_like(cosine))[keep]
+            matched = kept & keep  # rows with a label and a reward gradient
+            count = int(matched.sum())
+            self.gradient_cosines.append(float(cosine.detach()[matched].mean()) if count else float("nan"))
+            # the trainer averages over the labelled rows; scaled so that the term is the weight times the mean
+            # 1 - cos over the matched rows, as in lrm.fitting
+            scale = int(keep.sum()) / max(count, 1)
+            loss = loss + self.gradient_weight * scale * torch.where(matched, 1 - cosine, torch.zeros_like(cosine))[keep]
         return loss
 
     def __call__(self, step: Step) -> LRMFTLoss:

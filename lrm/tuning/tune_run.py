@@ -29,7 +29,7 @@ from lrm.tuning.trainer import Distiller, StepLog
 CONFIG = "config.json"
 STATE = "tune.json"  # the tuning state a checkpoint adds to the Distiller's
 GROWABLE = ("steps",)  # settings a rerun may change: more steps continue the run
-COUNTERS = ("fidelities", "true_mean", "real_rows", "samples", "rewards")  # hook counters kept across a resume
+COUNTERS = ("fidelities", "gradient_cosines", "true_mean", "real_rows", "samples", "rewards")  # hook counters kept across a resume
 
 
 def _json(obj):
