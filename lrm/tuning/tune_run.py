@@ -29,7 +29,8 @@ from lrm.tuning.trainer import Distiller, StepLog
 CONFIG = "config.json"
 STATE = "tune.json"  # the tuning state a checkpoint adds to the Distiller's
 GROWABLE = ("steps",)  # settings a rerun may change: more steps continue the run
-COUNTERS = ("fidelities", "gradient_cosines", "true_mean", "real_rows", "samples", "rewards")  # hook counters kept across a resume
+# hook counters kept across a resume
+COUNTERS = ("fidelities", "gradient_cosines", "true_mean", "real_rows", "samples", "rewards")
 
 
 def _json(obj):
