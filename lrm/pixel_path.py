@@ -65,21 +65,24 @@ class PixelPathReward:
             scores.append(self.reward(pixels, part))  # (b,)
         return torch.cat(scores)
 
-    def latent_gradient(self, latents: torch.Tensor, prompts: Sequence[str] | None = None) -> torch.Tensor | None:
-        """d score / d latents (B, T', c, h, w), a chunk of the codec's `batch_size` clips at a time (the rows are
-        independent, so one chunk's pixel graph is in memory at once); None when the score carries no gradient
-        (a reward that detaches its pixels)."""
+    def scored_gradient(self, latents: torch.Tensor, prompts: Sequence[str] | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(scores (B,), detached; d score / d latents (B, T', c, h, w), or None when the score carries no gradient:
+        a reward that detaches its pixels) from one decode, a chunk of the codec's `batch_size` clips at a time
+        (the rows are independent, so one chunk's pixel graph is in memory at once)."""
         step = self.codec.batch_size
-        grads = []
+        scores, grads = [], []
         for start in range(0, latents.shape[0], step):
             with torch.enable_grad():
                 x = latents[start:start + step].detach().requires_grad_(True)
                 score = self(x, list(prompts[start:start + step]) if prompts is not None else None)
-                if not score.requires_grad:
-                    return None
-                (grad,) = torch.autograd.grad(score.sum(), x)
-            grads.append(grad)
-        return torch.cat(grads)
+                grads.append(torch.autograd.grad(score.sum(), x)[0] if score.requires_grad else None)
+            scores.append(score.detach())
+        return torch.cat(scores), None if any(g is None for g in grads) else torch.cat(grads)
+
+    def latent_gradient(self, latents: torch.Tensor, prompts: Sequence[str] | None = None) -> torch.Tensor | None:
+        """d score / d latents (B, T', c, h, w) (scored_gradient); None when the score carries no gradient."""
+        return self.scored_gradient(latents, prompts)[1]
 
     def __repr__(self) -> str:
         return f"PixelPathReward(codec={getattr(self.codec, 'name', self.codec)!r}, reward={self.reward.spec.name!r})"

@@ -25,8 +25,9 @@ The surrogate (role "lrm") is either
   `gradient_weight` > 0 (a differentiable reward) each update also matches the reward's latent gradient
   on the merged batch, as `lrm fit --gradient-weight` does (lrm.fitting, Sobolev training): + gradient_weight
   * the mean of 1 - cos(d z / d x, d R / d x) over the rows with a label and a reward gradient, the reward's
-  gradient taken through the decoder; the mean cosines before each update are kept in `gradient_cosines`. Value-only updates let the surrogate's gradient drift
-  away from the reward's while the student follows it; matching holds it closer (docs/tuning.md).
+  gradient taken through the decoder in the same decode that labels the batch; the mean cosines before each
+  update are kept in `gradient_cosines`. Value-only updates let the surrogate's gradient drift away from the
+  reward's while the student follows it; matching holds it closer (docs/tuning.md).
 With `noise_aware`, a noise-aware surrogate scores x_t = alpha_t x_hat + sigma_t eps, t ~ U{0..t_max T},
 instead of x_hat (and is trained on noised merged batches likewise).
 """
@@ -173,8 +174,17 @@ class LRMFineTune:
         parts = [batch.real(self.name), x_hat] if self.needs_real else [x_hat]
         merged = torch.cat(parts)  # (k B, T', c, h, w)
         prompts = true.prompts(batch, self.name)
-        with torch.no_grad():
-            labels = true(merged, prompts * len(parts) if prompts is not None else None).float()  # (k B,)
+        prompts = prompts * len(parts) if prompts is not None else None
+        matching = self.gradient_weight > 0
+        if matching:  # labels and the reward's latent gradient from one decode
+            labels, reference = true.path.scored_gradient(merged, prompts)
+            if reference is None:
+                raise ValueError(f"reward {true.name!r} says it is differentiable but its scores carry no gradient; "
+                                 "leave out gradient_weight")
+        else:
+            with torch.no_grad():
+                labels = true(merged, prompts)
+        labels = labels.float()  # (k B,)
         keep = true.finite(labels)
         student_labels = labels[-x_hat.shape[0]:][keep[-x_hat.shape[0]:]]
         self.true_mean = float(student_labels.mean()) if student_labels.numel() else float("nan")
@@ -187,16 +197,11 @@ class LRMFineTune:
         repeat = len(parts)
         text, mask = batch.text.repeat(repeat, 1, 1), batch.text_mask.repeat(repeat, 1)
         x, t = self._noised(surrogate, merged, step.generator)
-        matching = self.gradient_weight > 0
         x = x.detach().requires_grad_(True) if matching else x
         z = surrogate(x, text, mask, t=t, standardised=True).float()  # (k B,)
         self.fidelities.append(spearman(z[keep], labels[keep]))
         loss = (z[keep] - target[keep]) ** 2  # rows with a finite label only: a NaN one would reach the backward
         if matching:
-            reference = true.path.latent_gradient(merged, prompts * len(parts) if prompts is not None else None)
-            if reference is None:
-                raise ValueError(f"reward {true.name!r} says it is differentiable but its scores carry no gradient; "
-                                 "leave out gradient_weight")
             (grad,) = torch.autograd.grad(z.sum(), x, create_graph=True)  # (k B, T', c, h, w)
             cosine, kept = gradient_cosines(grad, reference)  # (k B,) each
             matched = kept & keep  # rows with a label and a reward gradient
@@ -205,7 +210,7 @@ class LRMFineTune:
             # the trainer averages over the labelled rows; scaled so that the term is the weight times the mean
             # 1 - cos over the matched rows, as in lrm.fitting
             scale = int(keep.sum()) / max(count, 1)
-            loss = loss + self.gradient_weight * scale * torch.where(matched, 1 - cosine, torch.zeros_like(cosine))[keep]
+            loss = loss + self.gradient_weight * scale * (1 - cosine).masked_fill(~matched, 0.0)[keep]
         return loss
 
     def __call__(self, step: Step) -> LRMFTLoss:
