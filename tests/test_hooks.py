@@ -611,7 +611,10 @@ def test_the_monitor_records_gold_proxy_diversity_and_distance_at_fixed_seeds():
     monitor = TuningMonitor(roles.module(STUDENT), true, ["a red circle", "a blue square"], Words(),
                             latent_shape=SHAPE, steps=2, per_prompt=3, surrogate=lrm)
     first, again = monitor(0), monitor(0)
-    np.testing.assert_equal(asdict(first), asdict(again))  # fixed prompts and seeds (NaN: no ensemble disagreement)
+    # fixed prompts and seeds (NaN: no ensemble disagreement); the gradient alignment sums a backward pass in
+    # multi-threaded reductions whose order varies, so it repeats to float precision only
+    assert again.gradient_alignment == pytest.approx(first.gradient_alignment, rel=1e-5)
+    np.testing.assert_equal({**asdict(first), "gradient_alignment": None}, {**asdict(again), "gradient_alignment": None})
     assert first.distance == 0.0 and first.nonfinite == 0
     assert 1.0 <= first.diversity <= 3.0 and np.isfinite(first.proxy)
     assert monitor.last.pixels.shape == (6, 1, 3, 8 * H, 8 * W)
