@@ -118,9 +118,10 @@ def worker(args) -> None:
     prompts = procedural_prompts(PROMPTS, latent_shape[0], world=run.procedural_world)
     surrogate = None if args.surrogate is None else LatentRewardModel.from_pretrained(
         args.surrogate, codec_settings=model.codec_settings, map_location=args.device)
+    surrogate_lr = args.surrogate_lr[0] if args.method in CONCURRENT else TuneConfig.surrogate_lr  # only it trains
     config = TuneConfig(method="lrm" if args.method.startswith("lrm") else args.method,
                         concurrent=args.method in CONCURRENT, steps=args.steps, student_steps=run.student_steps,
-                        batch_size=args.batch_size, lr=args.lr, surrogate_lr=args.surrogate_lr[0],
+                        batch_size=args.batch_size, lr=args.lr, surrogate_lr=surrogate_lr,
                         eval_every=args.eval_every, per_prompt=args.per_prompt, eval_prompts=args.eval_prompts,
                         seed=args.seed,
                         gradient_weight=args.surrogate_gradient_weight if args.method in CONCURRENT else 0.0)

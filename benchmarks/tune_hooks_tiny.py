@@ -54,8 +54,9 @@ def student(seed: int):
 
 
 def run(reward: str, method: str, seed: int, args) -> dict:
+    surrogate_lr = args.surrogate_lr if method == "lrm" else TuneConfig.surrogate_lr  # only the concurrent one trains
     config = TuneConfig(method=method, concurrent=method == "lrm", steps=args.steps, student_steps=4,
-                        batch_size=args.batch_size, lr=args.lr, surrogate_lr=args.surrogate_lr,
+                        batch_size=args.batch_size, lr=args.lr, surrogate_lr=surrogate_lr,
                         eval_every=args.eval_every, per_prompt=4, eval_prompts=len(PROMPTS), seed=seed)
     true = TrueReward(load_codec("dct"), load_reward(reward))
     start = time.perf_counter()

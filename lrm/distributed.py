@@ -70,6 +70,15 @@ def barrier() -> None:
             dist.barrier()
 
 
+def gather_objects(obj) -> list:
+    """[rank 0's obj, rank 1's, ...] on every rank (picklable objects); [obj] in a single process."""
+    if world_size() <= 1 or not is_initialized():
+        return [obj]
+    gathered = [None] * world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
 def shutdown() -> None:
     if is_initialized():
         dist.destroy_process_group()

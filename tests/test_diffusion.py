@@ -97,6 +97,18 @@ def test_grids_are_dollars_and_diffusers_trailing():
         trailing_timesteps(0)
 
 
+def test_trailing_grid_has_num_steps_valid_timesteps_for_every_count():
+    # the float stride makes arange one entry too long for 62 counts (61, 103, ...): diffusers then ends at -1
+    for n in range(1, 1001):
+        grid = trailing_timesteps(n).tolist()
+        assert len(grid) == n and grid[0] == 999 and grid[-1] >= 0, n
+        assert all(a > b for a, b in zip(grid, grid[1:])), n
+    ddim = diffusers.DDIMScheduler(timestep_spacing="trailing")
+    ddim.set_timesteps(61)
+    assert ddim.timesteps.tolist()[-1] == -1  # the reference's rounding bug this grid avoids
+    assert trailing_timesteps(61).tolist() == ddim.timesteps.tolist()[:61]
+
+
 @pytest.mark.parametrize("shift", [1.0, 3.0, 5.0])
 def test_flow_shift_and_grid_equal_diffusers(shift):
     ref = diffusers.FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)

@@ -130,18 +130,21 @@ def test_a_rerun_resumes_and_equals_the_uninterrupted_run(teachers, tmp_path):
     common = ["--teacher", str(teachers["image"]), "--losses", "vsd,cd", "--student-steps", "2", "--batch-size", "2",
               "--eval-every", "2", "--checkpoint-every", "1"]
     assert distill(*common, "--steps", "4", "--out", str(tmp_path / "straight")).exit_code == 0
-    assert distill(*common, "--steps", "2", "--out", str(tmp_path / "resumed")).exit_code == 0
-    # a run killed after its step-2 checkpoint left a line for step 3: the rerun drops it
-    with open(tmp_path / "resumed" / "metrics.jsonl", "a") as f:
-        f.write(json.dumps({"split": "train", "step": 3, "losses": {}}) + "\n")
+    assert distill(*common, "--steps", "3", "--out", str(tmp_path / "resumed")).exit_code == 0
+    # as if killed after its step-3 checkpoint, before the final evaluation, having logged a line for step 4: the
+    # rerun drops that line and does not evaluate at step 3, which the uninterrupted run (eval every 2) never does
+    metrics = tmp_path / "resumed" / "metrics.jsonl"
+    lines = [line for line in metrics.read_text().splitlines() if json.loads(line)["step"] != 3
+             or json.loads(line)["split"] != "eval"]
+    metrics.write_text("\n".join(lines + [json.dumps({"split": "train", "step": 4, "losses": {}})]) + "\n")
     result = distill(*common, "--steps", "4", "--out", str(tmp_path / "resumed"))
     assert result.exit_code == 0, result.output
     a, b = (load_file(tmp_path / run / "model" / "model.safetensors") for run in ("straight", "resumed"))
     assert all(torch.equal(a[k], b[k]) for k in a)
     straight, resumed = (records(tmp_path / run, "train") for run in ("straight", "resumed"))
     assert [r["losses"] for r in straight] == [r["losses"] for r in resumed] and len(resumed) == 4
-    assert [r["frechet"] for r in records(tmp_path / "straight", "eval")] == \
-           [r["frechet"] for r in records(tmp_path / "resumed", "eval")]
+    assert [(r["step"], r["frechet"]) for r in records(tmp_path / "straight", "eval")] == \
+           [(r["step"], r["frechet"]) for r in records(tmp_path / "resumed", "eval")]
     changed = distill(*common, "--steps", "5", "--batch-size", "3", "--out", str(tmp_path / "resumed"))
     assert changed.exit_code == 2 and "cannot resume student run" in changed.output and "batch_size" in changed.output
 

@@ -19,7 +19,7 @@ from lrm.rewards import load as load_reward
 from lrm.rewards.base import Reward, RewardSpec
 from lrm.tuning import (DDPO, LRM, Batch, DirectReward, DistillConfig, Distiller, LRMFineTune, Step, TrueReward,
                         build_roles, student_sample, surrogate_role)
-from lrm.tuning.ddpo import advantages, prompt_groups, sample_trajectory
+from lrm.tuning.ddpo import advantages, group_ids, prompt_keys, sample_trajectory
 from lrm.tuning.denoise import schedule_of
 from lrm.tuning.roles import STUDENT
 from test_tuning import C, D, H, W, Recorder, batch, tiny_dit
@@ -365,7 +365,7 @@ def test_ddpo_advantages_are_normalised_per_prompt_with_a_batch_fallback():
     keep = torch.isfinite(r)
     b = Batch(torch.zeros(5, 3, D), torch.ones(5, 3, dtype=torch.bool), prompts=["a", "a", "b", "b", "c"])
     b.prompts[3] = "d"  # "b" and "d" have one finite sample each; "c" has none
-    groups = prompt_groups(b)
+    groups = group_ids(prompt_keys(b))
     assert groups == [0, 0, 1, 2, 3]
     adv = advantages(torch.where(keep, r, torch.zeros_like(r)), groups, keep)
     finite = r[:4]
@@ -374,7 +374,7 @@ def test_ddpo_advantages_are_normalised_per_prompt_with_a_batch_fallback():
     torch.testing.assert_close(adv, expected, rtol=1e-5, atol=1e-5)
     tokens = batch(b=3)  # without prompt strings, equal text tokens make a group
     tokens.text[2], tokens.text_mask[2] = tokens.text[0], tokens.text_mask[0]
-    assert prompt_groups(tokens) == [0, 1, 0]
+    assert group_ids(prompt_keys(tokens)) == [0, 1, 0]
 
 
 def test_ddpo_term_is_reinforce_on_the_true_reward_and_skips_nan_rewards():
@@ -446,17 +446,46 @@ def test_direct_gradient_checkpointing_gives_the_same_gradient():
     torch.testing.assert_close(got[0], got[1])
 
 
+class NaNForBadPrompt(Reward):
+    """Mean brightness times a weight that is NaN for the prompt "bad": its gradient there is NaN too, as a
+    reward's is when it fails on an input (a division by zero), so masking the score alone would still put
+    0 x NaN into the backward pass."""
+
+    spec = RewardSpec("brightness-unless-bad", "text-video", differentiable=True)
+
+    def score(self, pixels, prompts):
+        weight = torch.tensor([float("nan") if p == "bad" else 1.0 for p in prompts])
+        return pixels.mean(dim=(1, 2, 3, 4)) * weight
+
+
 def test_direct_decodes_selected_frames_of_a_video_and_skips_nan_rewards():
     teacher = tiny_dit(frames=3)
     roles = build_roles(teacher, fake_score=False, ema=False)
-    recording = Recording(VideoReward(), nan_rows=[0])
+    recording = Recording(NaNForBadPrompt())
     true = TrueReward(codec(), recording)
     term = DirectReward(true, (3, C, H, W), steps=1, frames=2)
-    loss = term.generator_loss(Step(roles, batch(b=3, frames=3), torch.empty(0), torch.Generator().manual_seed(0)))
+    b = batch(b=3, frames=3)
+    b.prompts = ["bad", "good", "fine"]
+    loss = term.generator_loss(Step(roles, b, torch.empty(0), torch.Generator().manual_seed(0)))
     assert recording.seen[0].shape == (3, 2, 3, 8 * H, 8 * W)  # 2 of the 3 frames decoded
-    assert loss.shape == (2,) and true.nonfinite == 1
+    assert recording.seen[1].shape == (2, 2, 3, 8 * H, 8 * W)  # the finite rows scored again, alone
+    torch.testing.assert_close(recording.seen[1], recording.seen[0][1:])
+    assert loss.shape == (2,) and torch.isfinite(loss).all() and true.nonfinite == 1
     loss.sum().backward()
+    grads = [p.grad for p in roles.module(STUDENT).parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)  # the bad row's NaN gradient is kept out
     assert has_grad(roles.module(STUDENT))
+
+
+def test_direct_and_ddpo_with_no_finite_reward_give_a_zero_loss_not_nan():
+    b = batch(b=2, frames=3)
+    b.prompts = ["bad", "bad"]
+    roles = build_roles(tiny_dit(frames=3), fake_score=False, ema=False)
+    true = TrueReward(codec(), NaNForBadPrompt())
+    for term in (DirectReward(true, (3, C, H, W), steps=1), DDPO(true, (3, C, H, W), steps=2)):
+        loss = term.generator_loss(Step(roles, b, torch.empty(0), torch.Generator().manual_seed(0)))
+        assert loss.numel() > 0 and float(loss.mean()) == 0.0 and loss.requires_grad  # the trainer's mean stays finite
+    assert true.nonfinite == 4
 
 
 # ---------------------------------------------------------------- refusals
@@ -795,6 +824,17 @@ def test_tune_refuses_bad_setups_before_any_work():
         TuneConfig(method="ppo")
     with pytest.raises(ValueError, match="frames selects the frames that method 'direct' decodes"):
         TuneConfig(method="ddpo", frames=2)
+    # options the method would ignore
+    with pytest.raises(ValueError, match="surrogate_lr 0.001 trains a concurrent surrogate: add concurrent"):
+        TuneConfig(surrogate_lr=1e-3)
+    with pytest.raises(ValueError, match="surrogate_lr 0.001 trains a concurrent surrogate"):
+        TuneConfig(method="ddpo", surrogate_lr=1e-3)
+    with pytest.raises(ValueError, match="method 'lrm' has none, got grad_steps=7"):
+        TuneConfig(grad_steps=7)
+    with pytest.raises(ValueError, match="grad_steps must be a positive integer, got 0"):
+        TuneConfig(method="direct", grad_steps=0)
+    assert TuneConfig(concurrent=True, surrogate_lr=1e-3).surrogate_lr == 1e-3
+    assert TuneConfig(method="ddpo", grad_steps=1).grad_steps == 1
     assert all(torch.equal(v, student.state_dict()[k]) for k, v in start.items())
 
 
@@ -907,3 +947,51 @@ def test_lrm_tune_defaults_restate_the_library():
     assert cli.METHODS == library.METHODS
     config = library.TuneConfig()
     assert cli.DEFAULTS == {k: getattr(config, k) for k in cli.DEFAULTS}
+
+
+# ---------------------------------------------------------------- under torchrun
+RANKS_WORKER = '''
+import json, sys
+import torch
+from lrm import distributed
+from lrm.models import build
+from lrm.tuning.ddpo import advantages_over_ranks
+from lrm.tuning.lrm_ft import initial_label_stats
+
+distributed.init_from_env()
+rank = distributed.rank()
+rewards = [torch.tensor([1.0, 2.0, 0.0]), torch.tensor([4.0, 8.0, 5.0])][rank]  # rank 1's last row not kept
+keys = [["a", "b", "b"], ["a", "b", "c"]][rank]
+keep = [torch.tensor([True, True, True]), torch.tensor([True, True, False])][rank]
+adv = advantages_over_ranks(rewards, keys, keep)
+surrogate = build("image-cnn", 4)
+initial_label_stats(surrogate, [torch.tensor([1.0, 2.0]), torch.tensor([3.0, 10.0, 4.0])][rank])
+with open(sys.argv[1] + f"/rank{{rank}}.json", "w") as f:
+    json.dump({{"adv": adv.tolist(), "stats": [float(surrogate.label_mean), float(surrogate.label_std)]}}, f)
+distributed.shutdown()
+'''
+
+
+def test_ddpo_advantages_and_the_concurrent_surrogates_label_stats_are_global_under_torchrun(tmp_path):
+    """Real torchrun, 2 CPU processes (gloo): a prompt's advantage statistics count its samples on both ranks, and
+    both ranks standardise a fresh concurrent surrogate's labels alike (about 7 s)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "worker.py"
+    script.write_text(RANKS_WORKER.format())
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+           str(tmp_path)]
+    result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    # the same as one process with the global batch of 6
+    every = advantages(torch.tensor([1.0, 2.0, 0.0, 4.0, 8.0, 5.0]), group_ids(["a", "b", "b", "a", "b", "c"]),
+                       torch.tensor([True, True, True, True, True, False]))
+    torch.testing.assert_close(torch.tensor(ranks[0]["adv"] + ranks[1]["adv"]), every)
+    labels = torch.tensor([1.0, 2.0, 3.0, 10.0, 4.0])
+    for rank in ranks:
+        assert rank["stats"] == pytest.approx([float(labels.mean()), float(labels.std())])

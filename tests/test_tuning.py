@@ -404,6 +404,32 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
     assert not list(tmp_path.rglob("*.pt")) and not list(tmp_path.rglob("*.pkl"))
 
 
+def test_each_checkpoint_is_written_once(tmp_path, monkeypatch):
+    written = []
+    original = Distiller.save
+    monkeypatch.setattr(Distiller, "save", lambda self, run_dir, extra=None: written.append(self.step)
+                        or original(self, run_dir, extra))
+    distiller = make_distiller()
+    distiller.fit(micro_batches, 2, run_dir=tmp_path, checkpoint_every=1)
+    assert written == [1, 2]  # step 2 was saved in the loop: not again at the end
+    distiller.fit(micro_batches, 3, run_dir=tmp_path, checkpoint_every=2)
+    assert written == [1, 2, 3]  # the end, which no checkpoint_every reached
+    finished = make_distiller()
+    assert finished.resume(tmp_path) and finished.step == 3
+    finished.fit(micro_batches, 3, run_dir=tmp_path, checkpoint_every=2)
+    assert written == [1, 2, 3]  # a finished run re-run trains nothing and rewrites nothing
+    make_distiller().fit(micro_batches, 0, run_dir=tmp_path / "untrained")
+    assert written == [1, 2, 3, 0] and (tmp_path / "untrained" / "checkpoints" / "step-00000000").is_dir()
+
+
+def test_a_checkpoint_written_again_replaces_the_old_one_and_leaves_no_folder_behind(tmp_path):
+    distiller = make_distiller()
+    distiller.fit(micro_batches, 0, run_dir=tmp_path)
+    distiller.fit(micro_batches, 0, run_dir=tmp_path)  # step 0 again: the untrained student saved twice
+    root = tmp_path / "checkpoints"
+    assert sorted(p.name for p in root.iterdir()) == ["latest", "step-00000000"]
+
+
 def test_the_student_exports_as_a_few_step_generator_run(tmp_path):
     from lrm.generators.runs import open_generator_run
 

@@ -62,11 +62,13 @@ def _shaped(values: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor:
 def trailing_timesteps(num_steps: int, num_timesteps: int = NUM_TIMESTEPS) -> torch.Tensor:
     """(num_steps,) int64 grid, noisiest first, ending at T/num_steps - 1 ("trailing" spacing of
     Lin et al. 2024, Table 2; diffusers' timestep_spacing="trailing"). For T = 1000 it gives DOLLAR's
-    grids: 50 -> [999, 979, ..., 19]; 4 -> [999, 749, 499, 249]; 2 -> [999, 499]; 1 -> [999]."""
+    grids: 50 -> [999, 979, ..., 19]; 4 -> [999, 749, 499, 249]; 2 -> [999, 499]; 1 -> [999]. For 62 values of
+    num_steps (61, 103, 121, ...) the float stride makes arange yield one entry too many, ending at -1; diffusers
+    returns that grid, here it is cut to num_steps."""
     if not 1 <= num_steps <= num_timesteps:
         raise ValueError(f"num_steps must be in 1..{num_timesteps}, got {num_steps}")
     grid = torch.arange(num_timesteps, 0, -num_timesteps / num_steps, dtype=torch.float64).round() - 1
-    return grid.to(torch.int64)
+    return grid[:num_steps].to(torch.int64)
 
 
 @dataclass(frozen=True)

@@ -74,14 +74,17 @@ def save_checkpoint(run_dir: str | Path, step: int, modules: dict, optimizers: d
         (tmp / "trainer.json").write_text(json.dumps({**trainer_state, "optimizers": optim_meta}, indent=2))
         if extra is not None:
             extra(tmp)
-        final = root / name
-        if final.exists():
-            shutil.rmtree(final)
+        final, replaced = root / name, None
+        if final.exists():  # the same step again: set the old folder aside until `latest` is rewritten
+            replaced = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}.replaced."))
+            os.replace(final, replaced)
         os.replace(tmp, final)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
     atomic_write_text(root / LATEST, name + "\n")
+    if replaced is not None:
+        shutil.rmtree(replaced)
     return final
 
 

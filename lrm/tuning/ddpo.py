@@ -10,7 +10,8 @@ read under no_grad) becomes an advantage per prompt:
 
     A_i = (R_i - mean_g) / (std_g + 1e-6)   over the samples g of the batch with sample i's prompt
 
-(the prompt's text when the batch has `prompts`, else its text tokens), falling back to the batch's mean
+(the prompt's text when the batch has `prompts`, else its text tokens; under torchrun the batch is the global one,
+gathered from every rank: `advantages_over_ranks`), falling back to the batch's mean
 and std for a prompt with a single finite-reward sample (ddpo-pytorch's per-prompt tracker likewise falls
 back to global statistics below its minimum count). Non-finite rewards are counted (TrueReward.nonfinite)
 and those samples skipped. The per-sample loss is Alg. 2's
@@ -36,6 +37,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from lrm import distributed
 from lrm.diffusion.samplers import Posterior, ddpm_posterior, gaussian_log_prob
 from lrm.diffusion.schedules import VPSchedule
 from lrm.tuning.denoise import Batch, predict, randn, schedule_of
@@ -95,13 +97,16 @@ def sample_trajectory(student: nn.Module, batch: Batch, latent_shape, steps: int
     return Trajectory(x, inputs, outputs, timesteps, posteriors, torch.stack(log_probs, dim=1))
 
 
-def prompt_groups(batch: Batch) -> list[int]:
-    """(B,) group ids: samples with the same prompt (text, else the same valid text tokens) share one."""
+def prompt_keys(batch: Batch) -> list:
+    """(B,) what identifies each sample's prompt: its text, else its valid text tokens (bytes)."""
     if batch.prompts is not None:
-        keys = list(batch.prompts)
-    else:
-        tokens = (batch.text * batch.text_mask[..., None]).detach().float().cpu()
-        keys = [tokens[i].numpy().tobytes() + batch.text_mask[i].cpu().numpy().tobytes() for i in range(batch.size)]
+        return list(batch.prompts)
+    tokens = (batch.text * batch.text_mask[..., None]).detach().float().cpu()
+    return [tokens[i].numpy().tobytes() + batch.text_mask[i].cpu().numpy().tobytes() for i in range(batch.size)]
+
+
+def group_ids(keys: list) -> list[int]:
+    """(B,) group ids: equal keys share one."""
     ids: dict = {}
     return [ids.setdefault(k, len(ids)) for k in keys]
 
@@ -120,6 +125,20 @@ def advantages(rewards: torch.Tensor, groups: list[int], keep: torch.Tensor) -> 
         mean, std = (r.mean(), r.std(unbiased=False)) if r.numel() >= 2 else (batch_mean, batch_std)
         out[members] = (r - mean) / (std + ADVANTAGE_EPS)
     return out
+
+
+def advantages_over_ranks(rewards: torch.Tensor, keys: list, keep: torch.Tensor) -> torch.Tensor:
+    """`advantages` of this rank's samples (B,) computed over the global batch under torchrun: the rewards, prompt
+    keys and keep masks of every rank gathered first, as ddpo-pytorch gathers rewards and prompts across
+    processes, so a prompt's statistics count its samples on every rank. One process: advantages of the batch."""
+    parts = distributed.gather_objects((rewards.tolist(), keys, keep.tolist()))
+    if len(parts) == 1:
+        return advantages(rewards, group_ids(keys), keep)
+    every = advantages(torch.tensor([r for part in parts for r in part[0]], dtype=rewards.dtype),
+                       group_ids([k for part in parts for k in part[1]]),
+                       torch.tensor([k for part in parts for k in part[2]], dtype=torch.bool))
+    start = sum(len(part[0]) for part in parts[:distributed.rank()])
+    return every[start:start + len(rewards)].to(rewards.device)
 
 
 class DDPOLoss(NamedTuple):
@@ -172,6 +191,8 @@ class DDPO:
             ratio = torch.exp(lp - old)
             clipped = ratio.clamp(1 - self.clip_range, 1 + self.clip_range)
             loss = torch.maximum(-a * ratio, -a * clipped).sum(1)
+        if not bool(keep.any()):  # no finite reward: a zero loss (mean of nothing would be NaN and skip every term)
+            return loss * 0
         return loss[keep]
 
     def _log_probs(self, student: nn.Module, trajectory: Trajectory, batch: Batch) -> torch.Tensor:
@@ -190,7 +211,8 @@ class DDPO:
         self.samples += batch.size
         if bool(keep.any()):
             self.rewards.append(float(rewards[keep].mean()))
-        adv = advantages(true.sign * torch.where(keep, rewards, torch.zeros_like(rewards)), prompt_groups(batch), keep)
+        signed = true.sign * torch.where(keep, rewards, torch.zeros_like(rewards))
+        adv = advantages_over_ranks(signed, prompt_keys(batch), keep)
         old = (trajectory.log_probs / self.elements).detach()
         return trajectory, batch, adv.detach(), keep, old
 

@@ -90,10 +90,16 @@ class DirectReward:
     def generator_loss(self, step: Step) -> torch.Tensor:
         true = self.true_reward
         x0 = self.select_frames(self.sample(step.roles.module(STUDENT), step), step.generator)
-        scores = true(x0, true.prompts(step.batch, self.name))  # (B,) with gradient
+        prompts = true.prompts(step.batch, self.name)
+        scores = true(x0, prompts)  # (B,) with gradient
         self.samples += step.batch.size
         keep = true.finite(scores)
-        return -true.sign * scores[keep]
+        if not bool(keep.any()):  # nothing to learn from: a zero loss, so the other terms still update
+            return x0.flatten(1).sum(1) * 0
+        if not bool(keep.all()):  # masking the scores would still backpropagate 0 x inf = NaN through the bad rows
+            rows = keep.nonzero().squeeze(1)
+            scores = true(x0[rows], None if prompts is None else [prompts[i] for i in rows.tolist()])
+        return -true.sign * scores  # (B',) the samples with a finite reward
 
     def auxiliary_loss(self, role: str, step: Step) -> torch.Tensor:
         no_auxiliary(self, role)

@@ -89,13 +89,15 @@ class Monitor:
 
     def start(self) -> None:
         """Keep the records up to the trainer's step (a resumed run drops what a killed run wrote after its last
-        checkpoint); log the initial student of a fresh run."""
+        checkpoint); log the initial student of a fresh run, and a resumed run's evaluation at its step when that
+        step is one the uninterrupted run evaluates (step 0 or a multiple of eval_every) and its record is missing."""
         path = self.run_dir / METRICS
         if path.is_file():
             old = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
             self.records = [r for r in old if r["step"] <= self.distiller.step]
         atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in self.records))
-        if self.job.eval_every and not self._evaluated(self.distiller.step):
+        step = self.distiller.step
+        if self.job.eval_every and step % self.job.eval_every == 0 and not self._evaluated(step):
             self.evaluate()
 
     def __call__(self, log) -> None:

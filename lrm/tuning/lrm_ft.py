@@ -42,6 +42,7 @@ import torch
 from scipy import stats
 from torch import nn
 
+from lrm import distributed
 from lrm.diffusion.schedules import VPSchedule
 from lrm.fitting import gradient_cosines
 from lrm.models.presets import check_preset
@@ -188,8 +189,8 @@ class LRMFineTune:
         keep = true.finite(labels)
         student_labels = labels[-x_hat.shape[0]:][keep[-x_hat.shape[0]:]]
         self.true_mean = float(student_labels.mean()) if student_labels.numel() else float("nan")
-        if _unfitted(surrogate) and int(keep.sum()) >= 2 and float(labels[keep].std()) > 0:
-            surrogate.set_label_stats(float(labels[keep].mean()), float(labels[keep].std()))
+        if _unfitted(surrogate):
+            initial_label_stats(surrogate, labels[keep])
         target = surrogate.standardise(labels)
         keep = keep & torch.isfinite(target)
         if self.needs_real:
@@ -239,6 +240,14 @@ def check_gradient_weight(weight: float, concurrent: bool, noise_aware: bool, re
 def _recent_mean(values: list[float]) -> float:
     recent = [v for v in values[-FIDELITY_WINDOW:] if math.isfinite(v)]
     return sum(recent) / len(recent) if recent else float("nan")
+
+
+def initial_label_stats(surrogate: LatentRewardModel, finite: torch.Tensor) -> None:
+    """Set a fresh surrogate's label mean and std from the finite labels (n,) of its first batch, gathered over the
+    ranks under torchrun so that every rank standardises alike; left unset below 2 labels or with no spread."""
+    labels = torch.tensor([v for part in distributed.gather_objects(finite.tolist()) for v in part], dtype=finite.dtype)
+    if labels.numel() >= 2 and float(labels.std()) > 0:
+        surrogate.set_label_stats(float(labels.mean()), float(labels.std()))
 
 
 def _unfitted(surrogate: LatentRewardModel) -> bool:

@@ -201,7 +201,7 @@ class Distiller:
         """Train from the current step up to `num_steps`; batches(step) gives that step's micro-batches, this
         rank's share under torchrun (deterministic in step for exact resume). With run_dir, checkpoints
         every `checkpoint_every` steps and at the end."""
-        logs = []
+        logs, saved = [], None  # saved: the step of the last checkpoint written here
         while self.step < num_steps:
             log = self.train_step(batches(self.step))
             logs.append(log)
@@ -209,7 +209,9 @@ class Distiller:
                 on_step(log)
             if run_dir is not None and checkpoint_every and self.step % checkpoint_every == 0:
                 self.save(run_dir)
-        if run_dir is not None:
+                saved = self.step
+        # the end: unless that step was just saved, or nothing was trained on a resumed (finished) run
+        if run_dir is not None and saved != self.step and (logs or self.step == 0):
             self.save(run_dir)
         return logs
 
@@ -290,7 +292,9 @@ class Distiller:
         suffix = f".rank{distributed.rank()}"
         self.generator.set_state(rng["trainer" + suffix])
         torch.set_rng_state(rng["torch_cpu" + suffix])
-        cuda = [rng[k] for k in sorted(rng) if k.startswith("cuda_") and k.endswith(suffix)]
+        devices = sorted((k for k in rng if k.startswith("cuda_") and k.endswith(suffix)),
+                         key=lambda k: int(k[len("cuda_"):-len(suffix)]))  # cuda_2 before cuda_10
+        cuda = [rng[k] for k in devices]
         if cuda and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(cuda)
         self.step, self.updates, self.skipped = state["step"], state["updates"], state["skipped"]

@@ -96,6 +96,15 @@ class TuneConfig:
                                  f"(got {self.method!r})")
         if self.method == "lrm":
             check_gradient_weight(self.gradient_weight, self.concurrent, self.noise_aware)
+        if self.surrogate_lr != TuneConfig.surrogate_lr and not self.concurrent:
+            raise ValueError(f"surrogate_lr {self.surrogate_lr!r} trains a concurrent surrogate: add concurrent "
+                             "(--concurrent), or leave it out (a fitted surrogate stays frozen)")
+        if self.grad_steps is not None:
+            if self.method == "lrm":
+                raise ValueError(f"grad_steps sets DDPO's N or direct's K (the sampling steps with gradient); method "
+                                 f"'lrm' has none, got grad_steps={self.grad_steps!r}")
+            if int(self.grad_steps) < 1:
+                raise ValueError(f"grad_steps must be a positive integer, got {self.grad_steps!r}")
         if not self.kl_weight >= 0 or not self.disagreement_weight >= 0:
             raise ValueError(f"kl_weight and disagreement_weight must be >= 0, got {self.kl_weight!r} and "
                              f"{self.disagreement_weight!r}")
