@@ -1,6 +1,36 @@
-"""Which settings differ between a saved run or store and the command resuming it, by key path."""
+"""Which settings differ between a saved run or store and the command resuming it, by key path; and whether a
+folder holds another command's run."""
 
 from __future__ import annotations
+
+# the key of each command's settings in its run's config.json -> what such a run is
+RUN_KINDS = {"fit": "a surrogate run of `lrm fit`", "teacher": "a teacher run of `lrm teacher train`",
+             "job": "a student run of `lrm distill`", "tune": "a tuning run of `lrm tune`"}
+
+
+def refuse_run_folder(folder, writes: str) -> None:
+    """One-line ValueError when `folder` holds a run of any command (its config.json names one): a command that
+    writes `writes` (its report, metrics.json, ...) there would overwrite that run's own files."""
+    import json
+    from pathlib import Path
+
+    try:
+        saved = json.loads((Path(folder) / "config.json").read_text())
+    except (OSError, ValueError):
+        return
+    what = next((kind for name, kind in RUN_KINDS.items() if name in saved), None) if isinstance(saved, dict) else None
+    if what is not None:
+        raise ValueError(f"--out {folder} holds {what}: {writes} would overwrite its files; pass another --out")
+
+
+def refuse_other_run(folder, saved, key: str) -> None:
+    """One-line ValueError when `saved` (a run folder's config.json) is another command's run than the one whose
+    settings live under `key`: resuming it would compare unrelated settings."""
+    if not isinstance(saved, dict) or key in saved:
+        return
+    what = next((kind for name, kind in RUN_KINDS.items() if name in saved), None)
+    if what is not None:
+        raise ValueError(f"{folder} holds {what}, not {RUN_KINDS[key]}; pass a new --out")
 
 
 def differences(saved, now, path: str = "") -> list[str]:

@@ -78,7 +78,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lrm import distributed
-from lrm.config_diff import differences
+from lrm.config_diff import differences, refuse_other_run
 from lrm.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from lrm.models import LatentRewardModel, build, needs_text
 from lrm.labels import LABEL_TRANSFORM_CHOICES, label_statistics
@@ -393,6 +393,7 @@ def _prepare_out_dir(out_dir: Path, resolved: dict) -> None:
     config_path = out_dir / "config.json"
     if config_path.exists():
         old = json.loads(config_path.read_text())
+        refuse_other_run(out_dir, old, "fit")
         # FitConfig fields added after the run started take their defaults, the behaviour it ran with
         defaults = json.loads(json.dumps(asdict(FitConfig())))
         # A run may move between devices (the device is not compared); a store path may be given

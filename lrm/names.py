@@ -25,7 +25,8 @@ def unknown_name(kind: str, name: str, choices: Iterable[str], hint: str = "") -
     choices = sorted(choices)
     guess = closest(name, choices)
     suggestion = f"; did you mean {guess!r}?" if guess else "."
-    known = f" Known {kind}s: {', '.join(choices)}." if choices else f" There are no {kind}s."
+    kinds = f"{kind}es" if kind.endswith("s") else f"{kind}s"  # losses, rewards
+    known = f" Known {kinds}: {', '.join(choices)}." if choices else f" There are no {kinds}."
     return f"unknown {kind} {name!r}{suggestion}{known}{f' {hint}' if hint else ''}"
 
 

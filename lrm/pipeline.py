@@ -141,12 +141,13 @@ def check_run_fits_job(job: FitJob, run_dir: Path) -> None:
     same store (fit_surrogate checks the rest of its settings when it resumes)."""
     import json
 
-    from lrm.config_diff import differences
+    from lrm.config_diff import differences, refuse_other_run
 
     saved = run_dir / "config.json"
     if not saved.exists():
         return
     old = json.loads(saved.read_text())
+    refuse_other_run(run_dir, old, "fit")
     store = Path(job.store) if job.store else run_dir / "store"
     changed = differences({"label": old.get("label"), "store": str(Path(old.get("store", "")).resolve())},
                           {"label": job.label_name(), "store": str(store.resolve())})

@@ -141,3 +141,12 @@ def test_off_by_default_flags_have_no_negative_twin():
         for each in [command, *getattr(command, "commands", {}).values()]:
             for param in each.params:
                 assert not any(opt.startswith("--no-") for opt in param.secondary_opts), (each.name, param.name)
+
+
+@pytest.mark.parametrize("argv", [["tune", "jpeg-compressibility", "--lr", "inf"], ["distill", "--fake-lr", "-inf"],
+                                  ["fit", "sharpness", "--lr", "nan"], ["sample", "RUN", "--cfg", "inf"],
+                                  ["study", "overopt", "--fidelity-threshold", "nan"]], ids=" ".join)
+def test_number_options_refuse_inf_and_nan_before_any_work(argv):
+    # `--lr inf` passed min=0, trained to NaN weights and exited 0; `--fidelity-threshold nan` never fired
+    result = CliRunner(env={"COLUMNS": "200"}).invoke(app, argv)
+    assert result.exit_code == 2 and "is not a finite number" in result.output, result.output

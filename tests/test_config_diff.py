@@ -1,3 +1,7 @@
+import json
+
+import pytest
+
 from lrm.config_diff import differences
 
 
@@ -12,3 +16,17 @@ def test_differences_name_changed_leaves_only():
         "codec: saved {'name': 'dct'}, now 'dct'",
     ]
     assert differences(saved, saved) == [] and differences(1, 2) == ["value: saved 1, now 2"]
+
+
+def test_a_folder_holding_another_commands_run_is_named_not_diffed(tmp_path):
+    from lrm.config_diff import refuse_other_run
+    from lrm.tuning.tune_run import check_settings
+
+    refuse_other_run(tmp_path, {"tune": {"steps": 3}}, "tune")  # its own kind: the settings are compared after
+    refuse_other_run(tmp_path, {"something": 1}, "tune")  # unknown: left to the settings check
+    with pytest.raises(ValueError, match=r"holds a surrogate run of `lrm fit`, not a tuning run of `lrm tune`; "
+                                         r"pass a new --out"):
+        refuse_other_run(tmp_path, {"fit": {"steps": 3}, "label": "x"}, "tune")
+    (tmp_path / "config.json").write_text(json.dumps({"job": {"losses": ["vsd"]}, "teacher_run": "t"}))
+    with pytest.raises(ValueError, match=r"holds a student run of `lrm distill`, not a tuning run"):
+        check_settings(tmp_path, {"tune": {"steps": 3}}, {"steps": 200})

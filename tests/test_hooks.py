@@ -833,6 +833,10 @@ def test_tune_refuses_bad_setups_before_any_work():
         TuneConfig(grad_steps=7)
     with pytest.raises(ValueError, match="grad_steps must be a positive integer, got 0"):
         TuneConfig(method="direct", grad_steps=0)
+    with pytest.raises(ValueError, match="with batch_size 1 every advantage is 0"):
+        TuneConfig(method="ddpo", batch_size=1)
+    with pytest.raises(ValueError, match="lr must be a finite number > 0, got inf"):
+        TuneConfig(lr=float("inf"))
     assert TuneConfig(concurrent=True, surrogate_lr=1e-3).surrogate_lr == 1e-3
     assert TuneConfig(method="ddpo", grad_steps=1).grad_steps == 1
     assert all(torch.equal(v, student.state_dict()[k]) for k, v in start.items())
@@ -932,6 +936,12 @@ def test_lrm_tune_refuses_bad_input_with_one_line(words_runs):
          "add concurrent"),
         (["jpeg-compressibility", *student, "--concurrent", "--gradient-weight", "1"], "not differentiable"),
         (["no-such-reward", *student, "--concurrent"], "unknown reward"),
+        # options the run would ignore
+        (["colorfulness", *student, "--concurrent", "--losses", "cd"], "Invalid value for --losses"),
+        (["colorfulness", "--concurrent", "--losses", "vsd"], "Invalid value for --losses"),
+        (["colorfulness", *student, "--concurrent", "--student-steps", "2"], "--student-steps: --student"),
+        (["colorfulness", *teacher, "--concurrent", "--student-steps", "3"], "must be 1, 2 or 4"),
+        (["colorfulness", *student, "--method", "ddpo", "--surrogate-lr", "1e-3"], "trains a concurrent surrogate"),
     ]
     for args, message in cases:
         result = CliRunner().invoke(cli_app(), ["tune", *args, *TUNE_ARGS])

@@ -261,6 +261,21 @@ def test_loading_into_another_codec_is_a_clear_error(tmp_path):
         LatentRewardModel.from_pretrained(tmp_path / "nothing")
 
 
+def test_a_fit_run_folder_or_a_generator_run_given_as_a_surrogate_says_what_it_is(tmp_path):
+    from lrm.generators import build_dit, save_denoiser
+    from lrm.generators.io import FORMAT
+    from lrm.models.surrogate import GENERATOR_FORMAT
+
+    assert GENERATOR_FORMAT == FORMAT
+    build("image-cnn", C).save_pretrained(tmp_path / "fit-run" / "model")
+    with pytest.raises(FileNotFoundError, match=r"is a run folder of `lrm fit`; pass its surrogate: .*fit-run/model"):
+        LatentRewardModel.from_pretrained(tmp_path / "fit-run")
+    save_denoiser(build_dit("dit-xs", C, 8), tmp_path / "student" / "model")
+    for folder in (tmp_path / "student", tmp_path / "student" / "model"):
+        with pytest.raises(ValueError, match="is a generator run .* not a surrogate"):
+            LatentRewardModel.from_pretrained(folder)
+
+
 def test_channel_stats_match_a_direct_numpy_computation():
     from lrm.models.surrogate import channel_stats, channel_stats_dim
 

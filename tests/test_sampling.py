@@ -416,6 +416,7 @@ def test_cli_bad_input_gets_one_line_and_exit_2(app, run, tmp_path, command):
     surrogate = tmp_path / "fit"
     (surrogate / "model").mkdir(parents=True)
     (surrogate / "model" / "config.json").write_text(json.dumps({"format": "lrm-surrogate", "format_version": 1}))
+    (surrogate / "config.json").write_text(json.dumps({"fit": {"steps": 3}, "label": "x"}))  # a run of `lrm fit`
     empty = tmp_path / "empty.txt"
     empty.write_text("\n \n")
     prompt = ["--prompt", "a red circle"] if command == "sample" else []
@@ -426,6 +427,7 @@ def test_cli_bad_input_gets_one_line_and_exit_2(app, run, tmp_path, command):
         ([str(run), *prompt, "--steps", "-3"], "Invalid value for '--steps'"),
         ([str(run), *prompt, "--cfg", "-1"], "Invalid value for '--cfg'"),
         ([str(tmp_path / "nowhere"), *prompt], "not found"),
+        ([str(run), *prompt, "--out", str(surrogate)], "holds a surrogate run of `lrm fit`: the"),
     ]
     if command == "sample":
         cases.append(([str(run)], "pass --prompt TEXT (repeatable) or --prompts FILE"))

@@ -290,6 +290,9 @@ def test_lrm_study_overopt_refuses_a_folder_without_records_or_of_another_reward
     (tmp_path / "empty").mkdir()
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "records.json").write_text("{not json")
+    for step in (0, 20, 40):  # a run of `lrm tune` stopped (Ctrl-C) before it wrote records.json
+        (tmp_path / "stopped" / "checkpoints" / f"step-{step:08d}").mkdir(parents=True)
+    (tmp_path / "stopped" / "config.json").write_text(json.dumps({"tune": {"steps": 300}, "reward": "jpeg-size"}))
     cases = [
         (["--run", str(tmp_path / "empty")], "holds no records.json"),
         (["--run", str(tmp_path / "missing")], "is not a folder"),
@@ -297,6 +300,11 @@ def test_lrm_study_overopt_refuses_a_folder_without_records_or_of_another_reward
         (["jpeg-compressibility", "--run", str(tuned)], "tuned toward 'jpeg-incompressibility', not "
                                                          "'jpeg-compressibility'"),
         (["--run", str(tuned), "--distance-budget", "0"], "must be positive, got 0.0"),
+        (["--run", str(tuned), "--fidelity-threshold", "5"], "give one in [-1, 1], got 5.0"),
+        (["--run", str(tuned), "--out", str(tuned)], "holds a tuning run of `lrm tune`: the study would overwrite"),
+        (["--run", str(tmp_path / "stopped")], "is an unfinished `lrm tune` run (newest checkpoint: step 40); finish "
+                                               "it by re-running its `lrm tune` command, or end it there with the "
+                                               "same command and --steps 40"),
     ]
     for args, message in cases:
         result = CliRunner().invoke(cli_app(), ["study", "overopt", *args])

@@ -304,3 +304,18 @@ def test_two_gloo_processes_train_with_ddp(store, tmp_path):
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert history[-1]["step"] == 6 and all(torch.isfinite(torch.tensor(h["loss"])) for h in history)
     assert load_denoiser(out / "model").preset == "dit-xs"
+
+
+def test_the_benchmarks_standardised_variant_trains_on_unit_channels_and_maps_samples_back(store, tmp_path):
+    from benchmark_scripts import load_benchmark
+
+    bench = load_benchmark("teacher")
+    scaled = bench.StandardisedStore(store)
+    z, raw = scaled.latents(list(range(len(store)))), store.latents(list(range(len(store))))
+    torch.testing.assert_close(z.mean(dim=(0, 1, 3, 4)), torch.zeros(z.shape[2]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(z.std(dim=(0, 1, 3, 4)), torch.ones(z.shape[2]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(scaled.to_codec(z), raw, atol=1e-5, rtol=1e-5)
+    assert len(scaled) == len(store) and scaled.codec_settings == store.codec_settings  # the rest: the store's
+    result = train_teacher(scaled, replace(TINY, steps=2, snapshots=0), tmp_path / "run")
+    assert result.steps == 2
+    assert bench.variant_name(None, False) is None and bench.variant_name(4500, True) == "standardised-steps4500"

@@ -108,6 +108,38 @@ def test_an_interrupted_tune_resumes_and_equals_the_uninterrupted_run(teacher, t
     assert (tmp_path / "resumed" / "checkpoints" / "step-00000004" / "fake_score.optimizer.safetensors").is_file()
 
 
+def test_a_resumed_run_on_prompts_alone_equals_the_uninterrupted_run(teacher, tmp_path, monkeypatch):
+    """Without a store the batches' prompts are embedded by the run: a prompt's embedding moves by ~1e-6 with the
+    prompts it is padded with, so the run embeds every prompt once before its first step."""
+    from lrm.text import load as load_text
+
+    prompts = ["a red circle", "a green square on a white background",
+               "a large blue triangle moving left quickly over a pink gradient background"]
+    cfg = config(distill=("vsd",), steps=4, eval_prompts=1)
+
+    def run(run_dir):
+        model = load_denoiser(teacher / "model")
+        return tune(model, reward(model), prompts, load_text(model.text_encoder_id), cfg, latent_shape=(1, 32, 8, 8),
+                    run_dir=run_dir, settings={"reward": "jpeg-incompressibility"})
+
+    straight = run(tmp_path / "straight")
+    train_step = Distiller.train_step
+
+    def killed_at_step_3(self, batches):
+        if self.step == 3:
+            raise KeyboardInterrupt
+        return train_step(self, batches)
+
+    monkeypatch.setattr(Distiller, "train_step", killed_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "resumed")
+    monkeypatch.setattr(Distiller, "train_step", train_step)
+    resumed = run(tmp_path / "resumed")
+    a, b = straight.student.state_dict(), resumed.student.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert same([log.losses for log in straight.logs], [log.losses for log in resumed.logs])
+
+
 def test_a_rerun_with_another_setting_is_refused_and_more_steps_continue(teacher, tmp_path):
     run_tune(teacher, tmp_path / "run", config(steps=2, distill=("vsd",)))
     with pytest.raises(ValueError, match=r"cannot resume tune run .*\(tune.lr: saved 0.001, now 0.01\)"):

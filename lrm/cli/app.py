@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import math
 import sys
 from typing import NamedTuple
 
@@ -51,8 +52,8 @@ COMMANDS = {
 }
 
 
-INTERRUPTED = ("Interrupted. Re-run the same command to resume: encode, label, fit and teacher train pick up "
-               "where they stopped.")
+INTERRUPTED = ("Interrupted. Re-run the same command to resume: encode, label, fit, teacher train, distill and tune "
+               "pick up where they stopped.")
 
 
 def load_command(name: str) -> TyperCommand | TyperGroup:
@@ -62,7 +63,23 @@ def load_command(name: str) -> TyperCommand | TyperGroup:
     command = typer.main.get_group(group).commands[name]
     for each in [command, *getattr(command, "commands", {}).values()]:
         each.help = reflow(each.help)
+        for param in each.params:
+            refuse_non_finite(param)
     return command
+
+
+def refuse_non_finite(param) -> None:
+    """The option refuses inf and nan numbers: a number range such as min=0 lets `--lr inf` through, and the run
+    then trains to NaN weights or fails far from the option. Checked in the option's callback, before the user's."""
+    user = param.callback
+
+    def checked(ctx, option, value):
+        for number in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(number, float) and not math.isfinite(number):
+                raise typer.BadParameter(f"{number} is not a finite number.", ctx=ctx, param=option)
+        return value if user is None else user(ctx, option, value)
+
+    param.callback = checked
 
 
 def reflow(help: str | None) -> str | None:

@@ -16,6 +16,7 @@ import typer
 
 from lrm.cli.errors import USER_ERRORS, exit_with_message
 from lrm.cli.options import check_device
+from lrm.config_diff import refuse_run_folder
 from lrm.configs import DEFAULT_BATCH_SIZE, DEFAULT_CFG, DEFAULT_PER_PROMPT, DEFAULT_STEPS, EvaluationConfig
 from lrm.names import not_one_of
 
@@ -74,8 +75,9 @@ def sample(
 ) -> None:
     """Sample a generator run: decoded PNG / GIF / MP4 per sample, a captioned grid, latents and index.json.
 
-    Each sample depends only on its prompt, seed, steps and cfg (not on the batch), so reruns
-    reproduce it exactly. A distilled student samples few-step, a teacher with DDIM.
+    A sample's noise depends only on its seed, so reruns of the same command reproduce it
+    exactly; the same prompt and seed in another prompt list can differ by ~1e-5 (prompts are
+    embedded together, padded). A distilled student samples few-step, a teacher with DDIM.
 
     Examples:
       lrm sample RUN --prompt "a large red circle over a blue plain background"
@@ -92,12 +94,13 @@ def sample(
         from lrm.generators.writing import save_samples
 
         generator_run = open_generator_run(run)
+        out_dir = out or generator_run.run_dir / "samples"
+        refuse_run_folder(out_dir, "the samples")
         latent_shape = generator_run.latent_shape(size, frames)
         model = generator_run.load(map_location=device)
         requests = expand_requests(texts, per_prompt, seed)
         samples, settings = sample_run(generator_run, model, *requests, latent_shape, steps=steps, cfg=cfg,
                                        batch_size=batch_size, progress=not quiet)
-        out_dir = out or generator_run.run_dir / "samples"
         save_samples(samples, out_dir, {**settings, "seed": seed, "per_prompt": per_prompt}, video_format)
     except USER_ERRORS as error:
         exit_with_message(error)
@@ -152,6 +155,7 @@ def evaluate(
                                   size=size, frames=frames, batch_size=batch_size, device=device, **config_options)
         generator_run = open_generator_run(run)
         out_dir = out or generator_run.run_dir / "eval"
+        refuse_run_folder(out_dir, "the evaluation")
         metrics = evaluate_run(run, config, out_dir, progress=not quiet)
     except USER_ERRORS as error:
         exit_with_message(error)

@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 import typer
 
 from lrm.cli.errors import USER_ERRORS, exit_with_message
+from lrm.config_diff import refuse_run_folder
 from lrm.cli.options import check_device
 
 # lrm.studies.overopt.StudyConfig's defaults
@@ -162,6 +163,8 @@ def _run(reward, run_path, out, study_options, eps_distance, device):
     from lrm.studies.runs import read_run
 
     run = read_run(run_path, reward)
+    out = out if out is not None else run.path / "study-overopt"
+    refuse_run_folder(out, "the study")
     config = StudyConfig(**study_options, higher_is_better=run.higher_is_better)
     study = analyse(run.curves, config)
     end = None
@@ -172,7 +175,7 @@ def _run(reward, run_path, out, study_options, eps_distance, device):
         if not isinstance(start, str):
             raise ValueError(f"{run.path}/records.json names no starting run ('from'); leave out --eps-distance")
         end = run_eps_distance(run.path, start, device=device)
-    out_dir = write_study(out if out is not None else run.path / "study-overopt", run, study, config, end)
+    out_dir = write_study(out, run, study, config, end)
     return study.verdict, out_dir
 
 
@@ -188,6 +191,7 @@ def _launch(reward, out, study_options, regularisers, seeds, launch_options, sur
 
     config = plan.LaunchConfig(plan.parse_names(regularisers), plan.parse_seeds(seeds), **launch_options)
     plan.check_inputs(surrogate, ensemble)
+    refuse_run_folder(out, "the study")
     study_config = StudyConfig(**study_options, higher_is_better=higher_is_better(reward))
     if tune_args["student"] is None and tune_args["teacher"] is None:  # the embedded student, as `lrm tune`'s: of
         from lrm.rewards import load as load_reward  # clips for a video reward, else of images

@@ -36,10 +36,11 @@ def tune(
                                                          "(of clips for a video reward).")]
     = None,
     teacher: Annotated[Optional[Path], typer.Option(help="Teacher run to distil while tuning (with --losses).")] = None,
-    losses: Annotated[str, typer.Option(help="With --teacher: distillation terms alongside the hook (vsd, cd).")]
-    = "vsd",
-    student_steps: Annotated[int, typer.Option(min=1, help="With --teacher or the embedded student: the student's "
-                                                           "sampling steps.")] = 4,
+    losses: Annotated[Optional[str], typer.Option(help="With --teacher: distillation terms alongside the hook (vsd, "
+                                                       "cd; default vsd).")] = None,
+    student_steps: Annotated[Optional[int], typer.Option(min=1, help="With --teacher or the embedded student: the "
+                                                                     "student's sampling steps, 1, 2 or 4 (default "
+                                                                     "4).")] = None,
     store: Annotated[Optional[Path], typer.Option(help="Real latents for CD and the concurrent surrogate (default: "
                                                        "the store the start run's config.json records).")] = None,
     method: Annotated[str, typer.Option(help="lrm (latent surrogate), ddpo (DDPO-SF) or direct (ReFL / DRaFT-K).")]
@@ -55,7 +56,8 @@ def tune(
     gradient_weight: Annotated[float, typer.Option(
         min=0.0, help="--concurrent: the surrogate's updates also match the reward's latent gradient, weight of "
                       "1 - cos (a differentiable reward; 0: off).")] = DEFAULTS["gradient_weight"],
-    option: Annotated[Optional[list[str]], typer.Option(help="Reward option KEY=VALUE; repeatable.")] = None,
+    option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="Reward option KEY=VALUE; "
+                                                                                "repeatable.")] = None,
     prompt: Annotated[Optional[list[str]], typer.Option(help="A prompt to tune on; repeatable.")] = None,
     prompts: Annotated[Optional[Path], typer.Option(help="Prompts file (default: procedural captions).")] = None,
     steps: Annotated[int, typer.Option(min=1, help="Generator updates.")] = DEFAULTS["steps"],
@@ -120,6 +122,15 @@ def tune(
                                  "not both")
     if method not in METHODS:
         raise typer.BadParameter(f"must be one of {', '.join(METHODS)}, got {method!r}", param_hint="--method")
+    if losses is not None and teacher is None:
+        raise typer.BadParameter("distillation terms alongside the hook need --teacher RUN; a --student (or the "
+                                 "embedded student) is already distilled", param_hint="--losses")
+    if student_steps is not None and student is not None:
+        raise typer.BadParameter(f"--student {student} is already distilled and samples on its own grid; drop it",
+                                 param_hint="--student-steps")
+    if student_steps is not None and student_steps not in (1, 2, 4):  # lrm.tuning.run.STUDENT_STEPS, as lrm distill
+        raise typer.BadParameter(f"must be 1, 2 or 4 (DOLLAR's student grids), got {student_steps}",
+                                 param_hint="--student-steps")
     surrogate_flags = [flag for flag, given in (("--surrogate", surrogate is not None), ("--concurrent", concurrent),
                                                 ("--noise-aware", noise_aware),
                                                 ("--gradient-weight", gradient_weight > 0)) if given]
@@ -135,8 +146,8 @@ def tune(
     texts = _prompts(prompt, prompts) if (prompt or prompts is not None) else None
     reward_options = parse_options(option)
     try:
-        distill = tuple(n.strip() for n in losses.split(",") if n.strip()) if teacher is not None else ()
-        summary, out_dir = _run(reward, reward_options, student or teacher, distill, student_steps, store, method,
+        distill = tuple(n.strip() for n in (losses or "vsd").split(",") if n.strip()) if teacher is not None else ()
+        summary, out_dir = _run(reward, reward_options, student or teacher, distill, student_steps or 4, store, method,
                                 surrogate, concurrent, texts, steps,
                                 batch_size, lr, surrogate_lr, grad_steps, frames, eval_every, per_prompt, seed, out,
                                 device, kl_weight=kl_weight, ensemble=ensemble, disagreement_weight=disagreement_weight,

@@ -180,11 +180,12 @@ def _resolved_config(config: TeacherConfig, store, model: LatentDiT, batch_size:
 
 def _prepare_out_dir(out_dir: Path, resolved: dict) -> None:
     """Write config.json; an existing run (resume) must have been started with the same training settings."""
-    from lrm.config_diff import differences
+    from lrm.config_diff import differences, refuse_other_run
 
     path = out_dir / "config.json"
     if path.exists():
         old = json.loads(path.read_text())
+        refuse_other_run(out_dir, old, "teacher")
         defaults = training_settings(TeacherConfig())
         saved = {"teacher": {**defaults, **{k: v for k, v in old.get("teacher", {}).items() if k in defaults}},
                  "store": old.get("store"), "codec": old.get("codec")}

@@ -40,6 +40,7 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 FORMAT = "lrm-surrogate"
 FORMAT_VERSION = 1
+GENERATOR_FORMAT = "lrm-denoiser"  # lrm.generators.io.FORMAT: a teacher's or student's model/config.json
 CODEC_KEYS = ("name", "version", "channels", "spatial_factor", "temporal_factor", "scale")  # must match to load
 LOG_ENERGY_EPS = 1e-4  # floor added to x^2 in the log-energy channels (bounds their gradient by 1 / sqrt(eps))
 
@@ -117,6 +118,20 @@ class SurrogateInfo:
     text_encoder_id: str | None = None  # lrm.text encoder that produced the text embeddings
     noise_schedule: str | None = None  # lrm.diffusion.schedule name giving t its meaning (noise-aware only)
     extra: dict = field(default_factory=dict)  # free-form provenance (store path, fit run, ...)
+
+
+def not_a_surrogate(run: Path) -> str:
+    return (f"{run} is a generator run (`lrm teacher train` / `lrm distill`), not a surrogate; pass the model folder "
+            "of an `lrm fit` run")
+
+
+def _saved_format(config_path: Path) -> str | None:
+    """The "format" a saved config.json declares (lrm-surrogate, lrm-denoiser, ...); None when unreadable."""
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return config.get("format") if isinstance(config, dict) else None
 
 
 class LatentRewardModel(nn.Module):
@@ -286,6 +301,12 @@ class LatentRewardModel(nn.Module):
         config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
         for path in (config_path, weights_path):
             if not path.is_file():
+                inner = _saved_format(directory / "model" / CONFIG_NAME)
+                if inner == FORMAT:  # the run folder of `lrm fit`
+                    raise FileNotFoundError(f"{directory} is a run folder of `lrm fit`; pass its surrogate: "
+                                            f"{directory / 'model'}")
+                if inner == GENERATOR_FORMAT:
+                    raise ValueError(not_a_surrogate(directory))
                 raise FileNotFoundError(
                     f"{path} not found: a saved surrogate is a folder with {CONFIG_NAME} and {WEIGHTS_NAME} "
                     "(written by LatentRewardModel.save_pretrained or `lrm fit`)"
@@ -297,6 +318,8 @@ class LatentRewardModel(nn.Module):
             raise ValueError(f"{config_path} is damaged: not valid JSON ({exc}); {refit}") from exc
         if not isinstance(config, dict):
             raise ValueError(f"{config_path} is damaged: it holds a {type(config).__name__}, not an object; {refit}")
+        if config.get("format") == GENERATOR_FORMAT:
+            raise ValueError(not_a_surrogate(directory.parent if directory.name == "model" else directory))
         if config.get("format") != FORMAT or config.get("format_version") != FORMAT_VERSION:
             raise ValueError(
                 f"{config_path} is not an lrm surrogate of format {FORMAT} v{FORMAT_VERSION} "

@@ -103,6 +103,9 @@ class StudyConfig:
         for name in ("fidelity_window", "every", "divergence_window"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if not -1 <= self.fidelity_threshold <= 1:
+            raise ValueError(f"fidelity_threshold is a Spearman correlation: give one in [-1, 1], got "
+                             f"{self.fidelity_threshold!r}")
         if not self.disagreement_factor > 0:
             raise ValueError(f"disagreement_factor must be positive, got {self.disagreement_factor!r}")
         if self.distance_budget is not None and not self.distance_budget > 0:

@@ -31,6 +31,11 @@ def read_run(path: str | Path, reward: str | None = None) -> TuningRun:
     if not path.is_dir():
         raise FileNotFoundError(f"{path} is not a folder; pass a tuning run written by `lrm tune` (its --out)")
     records = path / RECORDS
+    if not records.is_file() and unfinished_tune_step(path) is not None:
+        step = unfinished_tune_step(path)
+        raise FileNotFoundError(f"{path} is an unfinished `lrm tune` run (newest checkpoint: step {step}); finish it "
+                                f"by re-running its `lrm tune` command, or end it there with the same command and "
+                                f"--steps {step}, then study it")
     if not records.is_file():
         raise FileNotFoundError(f"{path} holds no {RECORDS}, so it is not a tuning run; pass the --out folder of "
                                 "`lrm tune`")
@@ -48,6 +53,17 @@ def read_run(path: str | Path, reward: str | None = None) -> TuningRun:
     fidelity = facts.get("surrogate_fidelity")
     return TuningRun(path, tuned, str(facts.get("method", "")), higher_is_better(tuned), curves,
                      float(fidelity) if isinstance(fidelity, (int, float)) else None, facts)
+
+
+def unfinished_tune_step(path: Path) -> int | None:
+    """The newest checkpoint step of a `lrm tune` run stopped before it wrote records.json (its config.json holds the
+    "tune" settings); None for any other folder."""
+    try:
+        settings = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    steps = [int(p.name.split("-")[1]) for p in (path / "checkpoints").glob("step-*") if p.is_dir()]
+    return max(steps) if isinstance(settings, dict) and "tune" in settings and steps else None
 
 
 def record_column(run: TuningRun, key: str) -> np.ndarray:

@@ -18,6 +18,7 @@ embedded teacher, writing.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -75,8 +76,9 @@ def check_job(job: DistillJob) -> None:
     if job.lora_rank is not None and (not isinstance(job.lora_rank, int) or job.lora_rank < 1):
         raise ValueError(f"--lora-rank must be a positive integer (or left out to train every weight), "
                          f"got {job.lora_rank!r}")
-    if not (job.student_lr > 0 and job.fake_lr > 0):
-        raise ValueError("learning rates must be > 0")
+    for flag, value in (("--lr", job.student_lr), ("--fake-lr", job.fake_lr)):
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{flag} must be a finite number > 0, got {value}")
     if "sdm2d" in job.losses and job.image_teacher is None:
         raise ValueError("loss sdm2d needs an image teacher in the student's latent space: pass --image-teacher RUN")
     if job.image_teacher is not None and "sdm2d" not in job.losses:
@@ -234,7 +236,7 @@ def store_batches(store, batch_size: int, seed: int, device, with_prompts: bool 
 def _check_resumable(run_dir: Path, resolved: dict) -> None:
     """A rerun of a run folder (resume) must keep the training fields and the teacher run (the embedded one
     changes folder when its settings change); read by every rank, nothing written."""
-    from lrm.config_diff import differences
+    from lrm.config_diff import differences, refuse_other_run
 
     def training(config: dict) -> dict:
         job = config.get("job", {})
@@ -242,7 +244,9 @@ def _check_resumable(run_dir: Path, resolved: dict) -> None:
 
     path = run_dir / "config.json"
     if path.is_file():
-        diff = differences(training(json.loads(path.read_text())), training(resolved))
+        saved = json.loads(path.read_text())
+        refuse_other_run(run_dir, saved, "job")
+        diff = differences(training(saved), training(resolved))
         if diff:
             raise ValueError(f"cannot resume student run {run_dir}: it was started with other settings "
                              f"({'; '.join(diff)}). Fix: re-run with the same settings, or pass a new --out")

@@ -30,6 +30,7 @@ spread; `concurrent` refreshes the surrogate on the student's current samples.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -38,6 +39,7 @@ import torch
 from torch import nn
 
 from lrm.generators.sampling import Samples
+from lrm.text.base import pad_rows
 from lrm.tuning import tune_run
 from lrm.tuning.cd import CD
 from lrm.tuning.ddpo import DDPO
@@ -96,6 +98,9 @@ class TuneConfig:
                                  f"(got {self.method!r})")
         if self.method == "lrm":
             check_gradient_weight(self.gradient_weight, self.concurrent, self.noise_aware)
+        for name in ("lr", "surrogate_lr"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {getattr(self, name)!r}")
         if self.surrogate_lr != TuneConfig.surrogate_lr and not self.concurrent:
             raise ValueError(f"surrogate_lr {self.surrogate_lr!r} trains a concurrent surrogate: add concurrent "
                              "(--concurrent), or leave it out (a fitted surrogate stays frozen)")
@@ -111,6 +116,9 @@ class TuneConfig:
         for name in ("steps", "batch_size", "eval_every", "eval_prompts", "student_steps"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.method == "ddpo" and self.batch_size < 2:
+            raise ValueError("ddpo normalises each reward by its batch's (per prompt, else the whole batch's): with "
+                             f"batch_size {self.batch_size} every advantage is 0 and nothing is learnt; use 2 or more")
 
 
 @dataclass
@@ -245,10 +253,14 @@ def tune(generator: nn.Module, true_reward: TrueReward, prompts: Sequence[str], 
 
         batches = store_batches(store, config.batch_size, config.seed, device, with_prompts=true_reward.spec.needs_text)
     else:
+        # every prompt embedded once, here: a resumed run conditions on the same embeddings (a prompt's embedding
+        # moves by ~1e-6 with the prompts it is padded with, so embedding each step's batch would not resume exactly)
+        rows = text_encoder.token_rows(prompts)
+
         def batches(step: int) -> list[Batch]:
             pick = torch.randint(len(prompts), (config.batch_size,), generator=torch.Generator().manual_seed(step))
             chosen = [prompts[i] for i in pick.tolist()]
-            text = text_encoder.encode(chosen)
+            text = pad_rows([rows[p] for p in chosen])
             return [Batch(text.emb.to(device), text.mask.to(device), prompts=chosen)]
 
     if run_dir is not None:

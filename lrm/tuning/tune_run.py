@@ -41,13 +41,14 @@ def check_settings(run_dir: Path, settings: dict, defaults: dict) -> None:
     """Write RUN/config.json, or, when the folder already holds a run, refuse other settings with one line naming
     each that differs. settings["tune"]: the TuneConfig fields; defaults: TuneConfig()'s, which fill fields an
     older run did not record."""
-    from lrm.config_diff import differences
+    from lrm.config_diff import differences, refuse_other_run
     from lrm.io import atomic_write_json
 
     settings = _json(settings)
     path = run_dir / CONFIG
     if path.is_file():
         saved = json.loads(path.read_text())
+        refuse_other_run(run_dir, saved, "tune")
 
         def fixed(record: dict) -> dict:
             tune = {**_json(defaults), **record.get("tune", {})}
