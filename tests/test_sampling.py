@@ -428,6 +428,7 @@ def test_cli_bad_input_gets_one_line_and_exit_2(app, run, tmp_path, command):
         ([str(run), *prompt, "--cfg", "-1"], "Invalid value for '--cfg'"),
         ([str(tmp_path / "nowhere"), *prompt], "not found"),
         ([str(run), *prompt, "--out", str(surrogate)], "holds a surrogate run of `lrm fit`: the"),
+        ([str(run), *prompt, "--frames", "8"], "is an image model, which would draw each frame"),
     ]
     if command == "sample":
         cases.append(([str(run)], "pass --prompt TEXT (repeatable) or --prompts FILE"))

@@ -81,6 +81,9 @@ class GeneratorRun:
         "latent_shape"."""
         codec = self.codec_settings or {}
         recorded = self.setting("latent_shape")
+        if frames is not None and frames > 1 and self.kind != DIFFUSERS and self.config["dimensions"]["frames"] == 1:
+            raise ValueError(f"--frames {frames}: {self.run_dir} is an image model, which would draw each frame as an "
+                             "independent image, not a clip; sample a video run (`lrm teacher train --video`)")
         if size is None and recorded is None:
             config_file = diffusers_export.PROVENANCE if self.kind == DIFFUSERS else CONFIG_NAME
             raise ValueError(f"{self.model_dir / config_file} records no latent_shape (extra.latent_shape); "

@@ -227,8 +227,9 @@ def check_gradient_weight(weight: float, concurrent: bool, noise_aware: bool, re
     if weight == 0:
         return
     if not concurrent:
-        raise ValueError("gradient_weight matches the reward's gradient in the concurrent surrogate's updates; add "
-                         "concurrent, or fit the surrogate with `lrm fit --gradient-weight`")
+        raise ValueError("gradient_weight (--gradient-weight) matches the reward's gradient in the concurrent "
+                         "surrogate's updates; add concurrent (--concurrent), or fit the surrogate with `lrm fit "
+                         "--gradient-weight`")
     if reward_spec is not None and not reward_spec.differentiable:
         raise ValueError(f"gradient_weight: reward {reward_spec.name!r} is not differentiable, so it has no latent "
                          "gradient to match; leave out gradient_weight")
