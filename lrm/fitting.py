@@ -529,6 +529,9 @@ class _State:
     stopped_early: bool = False
     best: dict = field(default_factory=lambda: {"spearman": -math.inf, "step": 0, "metrics": {}, "by_t": {}})
     best_state: dict = field(default_factory=dict)  # weights of the best validation so far
+    losses: list[float] = field(default_factory=list)  # training losses since the last train line (this process)
+    mismatches: list[float] = field(default_factory=list)  # and gradient matching's 1 - cos
+    elapsed_s: float = 0.0  # training seconds at the last checkpoint, summed over resumes
 
 
 def _set_up(store, label: str, config: FitConfig, out_dir: Path, resume: bool,
@@ -618,7 +621,9 @@ def _start_state(fit: _Fit, found: tuple | None) -> _State:
         best = record["best"]
         best["spearman"] = -math.inf if best["spearman"] is None else best["spearman"]
         state = _State(step=record["step"], history=record["history"], bad_evals=record["bad_evals"],
-                       stopped_early=record["stopped_early"], best=best, best_state=best_state)
+                       stopped_early=record["stopped_early"], best=best, best_state=best_state,
+                       losses=record.get("pending_losses", []), mismatches=record.get("pending_mismatches", []),
+                       elapsed_s=record.get("elapsed_s", (record["history"] or [{"elapsed_s": 0.0}])[-1]["elapsed_s"]))
         fit.model.info.extra.update(record.get("model_extra", {}))
     if fit.is_main:
         atomic_write_text(fit.metrics_path, "".join(json.dumps(r) + "\n" for r in state.history))
@@ -750,7 +755,9 @@ def _checkpoint(fit: _Fit, state: _State) -> None:
     best = state.best
     record = {"history": state.history, "bad_evals": state.bad_evals, "stopped_early": state.stopped_early,
               "best": {**best, "spearman": best["spearman"] if math.isfinite(best["spearman"]) else None},
-              "model_extra": fit.model.info.extra}
+              "model_extra": fit.model.info.extra,
+              # what the next train line averages, so a resumed run logs what the uninterrupted one does
+              "pending_losses": state.losses, "pending_mismatches": state.mismatches, "elapsed_s": state.elapsed_s}
     save_checkpoint(fit.checkpoints, state.step, fit.model, state.best_state, fit.optimizer, record,
                      fit.config.keep_checkpoints)
 
@@ -759,30 +766,33 @@ def _train(fit: _Fit, state: _State, progress: bool) -> None:
     """The loop: steps, training-loss lines, validations and checkpoints, until config.steps or early stopping."""
     config = fit.config
     fit.model.train()
-    losses: list[float] = []
-    mismatches: list[float] = []  # gradient matching's 1 - cos per step
-    started = time.perf_counter() - (state.history[-1]["elapsed_s"] if state.history else 0.0)  # over resumes
+    started = time.perf_counter() - state.elapsed_s  # training seconds summed over resumes
     bar = tqdm(total=config.steps, initial=state.step, desc=f"fit {config.preset}", unit="step", leave=False,
                dynamic_ncols=True, disable=not (progress and fit.is_main))
     shown: dict[str, str] = {}  # the bar's postfix: latest training loss, best held-out Spearman
     while state.step < config.steps and not state.stopped_early:
         loss, lr, mismatch = _train_step(fit, state.step)
+        if not math.isfinite(mean_across_ranks([loss])):  # every rank stops alike
+            raise ValueError(f"fit {fit.out_dir}: the training loss is not finite at step {state.step + 1}: a row of "
+                             "that batch holds NaN or inf latents or labels, or the learning rate is too high "
+                             "(--lr); the checkpoints before this step are kept")
         state.step += 1
-        losses.append(loss)
+        state.losses.append(loss)
         if mismatch is not None:
-            mismatches.append(mismatch)
+            state.mismatches.append(mismatch)
         last = state.step == config.steps
         if state.step % config.log_every == 0 or last:
-            line = {"step": state.step, "split": "train", "loss": mean_across_ranks(losses), "lr": lr,
+            line = {"step": state.step, "split": "train", "loss": mean_across_ranks(state.losses), "lr": lr,
                     "elapsed_s": round(time.perf_counter() - started, 3)}
-            if mismatches:
-                line["gradient_loss"] = float(np.mean(mismatches))
+            if state.mismatches:
+                line["gradient_loss"] = float(np.mean(state.mismatches))
             _record(fit, state, line)
             shown["loss"] = f"{state.history[-1]['loss']:.3g}"
-            losses, mismatches = [], []
+            state.losses, state.mismatches = [], []
         if state.step % config.eval_every == 0 or last:
             _validation_step(fit, state, time.perf_counter() - started)
         if state.step % config.checkpoint_every == 0 or last or state.stopped_early:
+            state.elapsed_s = time.perf_counter() - started
             _checkpoint(fit, state)
         if math.isfinite(state.best["spearman"]):
             shown["best held-out Spearman"] = f"{state.best['spearman']:.3f}"

@@ -33,6 +33,9 @@ def test_vendi_closed_forms():
     assert vendi_score(torch.tensor([[1.0, 0.0], [2.0, 0.0], [0.0, 1.0], [0.0, 5.0]])) == pytest.approx(2.0)
     with pytest.raises(ValueError, match="all zeros"):
         vendi_score(np.zeros((3, 2)))
+    for bad in (np.nan, np.inf):  # NaN read as "all zeros", inf as 1.0
+        with pytest.raises(ValueError, match="NaN or inf"):
+            vendi_score(np.array([[bad, 1.0], [1.0, 2.0]]))
 
 
 def test_diversity_is_the_mean_over_prompts_of_keyframe_averaged_vendi():

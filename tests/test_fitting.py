@@ -218,7 +218,7 @@ class CrashingStore:
 
 
 @pytest.mark.parametrize("store_name, label, options", [
-    ("store", "synth", dict()),
+    ("store", "synth", dict(log_every=4)),  # the resume at step 10 falls inside a loss line's window (9-12)
     ("store", "synth", dict(noise_aware=True, loss="ranking", t_max=500)),
     ("dct_store", "odd", dict(augment="hflip")),
 ])
@@ -250,6 +250,16 @@ def test_resume_equals_uninterrupted(request, tmp_path, store_name, label, optio
     assert strip(resumed.history) == strip(straight.history)
     metrics = [json.loads(x) for x in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
     assert strip(metrics) == strip(straight.history)  # lines past the checkpoint were not duplicated
+
+
+def test_a_nan_latent_stops_the_fit_with_one_line_instead_of_returning_untrained_weights(store, tmp_path):
+    class NaNLatents(CrashingStore):  # a codec that failed on the store's rows
+        def latents(self, indices):
+            return self.store.latents(indices) * float("nan")
+
+    with pytest.raises(ValueError, match=r"the training loss is not finite at step 1: a row of that batch holds NaN"):
+        fit_surrogate(NaNLatents(store, tmp_path / "never"), "synth", quick(steps=5), tmp_path / "run")
+    assert not (tmp_path / "run" / "model").exists()
 
 
 def test_hflip_mirrors_about_half_of_each_batch_exactly(dct_store):

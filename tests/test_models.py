@@ -222,6 +222,18 @@ def test_save_load_round_trip(tmp_path, preset, noise_aware):
     assert loaded.noise_aware == noise_aware and loaded.text_dim == model.text_dim
 
 
+def test_the_log_transform_keeps_labels_far_from_zero_with_a_small_span():
+    # labels near 1e7 spanning 200: in float32, y - shift rounded to 0 for the smallest label and log gave -inf
+    model = build("image-cnn", C)
+    labels = torch.tensor([1e7, 1e7 + 50, 1e7 + 200], dtype=torch.float64)
+    shift = float(labels.min()) - 0.5
+    logs = torch.log(labels - shift)
+    model.set_label_stats(float(logs.mean()), float(logs.std()), "log", shift)
+    z = model.standardise(labels.float())
+    assert torch.isfinite(z).all()
+    torch.testing.assert_close(model.to_reward_units(z).double(), labels, rtol=0, atol=2.0)  # float32 spacing: 1
+
+
 def test_log_label_transform_survives_save_and_load(tmp_path):
     torch.manual_seed(0)
     model = build("image-cnn-stats", C)

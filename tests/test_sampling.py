@@ -323,6 +323,19 @@ def test_clips_also_get_a_per_frame_frechet_distance_over_every_frame():
     assert frechet["per_frame"] == pytest.approx(by_frame) and frechet["per_frame"] != frechet["value"]
 
 
+def test_an_all_black_sample_leaves_diversity_unmeasured_and_the_rest_measured():
+    # a generator collapsed to black (what jpeg-compressibility pushes toward) stopped `lrm evaluate` with a Vendi error
+    from lrm.evaluation.report import sample_metrics
+    from lrm.generators.sampling import Samples
+
+    g = torch.Generator().manual_seed(0)
+    pixels = torch.rand(4, 1, 3, 16, 16, generator=g)
+    pixels[1] = 0.0
+    samples = Samples(torch.randn(4, 1, 4, 2, 2, generator=g), pixels, ["a", "a", "b", "b"], [0, 1, 0, 1], [999], 1.0)
+    metrics = sample_metrics(samples, torch.randn(8, 1, 4, 2, 2, generator=g), [], "reference")
+    assert metrics["diversity"] is None and metrics["frechet"]["value"] >= 0
+
+
 def test_clips_of_moving_objects_get_a_motion_alignment():
     from lrm.datasets.procedural import ProceduralClips, world_config
     from lrm.evaluation import alignment

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from lrm.datasets.encoding import EncodeConfig, encode
 from lrm.diffusion.parameterisations import training_target
 from lrm.diffusion.schedules import schedule_from_config
-from lrm.generators import DenoiserMismatchError, build_dit, load_denoiser
+from lrm.generators import DenoiserMismatchError, build_dit, load_denoiser, save_denoiser
 from lrm.generators.training import (TeacherConfig, denoising_batch, drop_text, ema_decay, initial_model,
                                      is_finished, learning_rate, sample_latents, snapshot_path, snapshot_steps,
                                      train_teacher)
@@ -100,6 +100,47 @@ def test_resume_equals_the_uninterrupted_run(store, trained, tmp_path):
         (uninterrupted / "metrics.jsonl").read_text().splitlines())
 
 
+def test_a_resumed_run_logs_what_the_uninterrupted_one_does_between_checkpoints_and_loss_lines(store, tmp_path):
+    # checkpoints every 6 steps, loss lines every 4: the step-8 line averages steps 5-8, two of them before the kill
+    config = replace(TINY, steps=12, log_every=4, checkpoint_every=6, snapshots=0)
+    train_teacher(store, config, tmp_path / "straight")
+    out = tmp_path / "resumed"
+    train_teacher(store, config, out)
+    for path in [out / "checkpoints" / "step-0000012.json", out / "checkpoints" / "step-0000012.safetensors"]:
+        path.unlink()  # killed after its step-6 checkpoint
+    resumed = train_teacher(store, config, out)
+    assert resumed.steps == 12
+    strip = lambda run: [{k: v for k, v in json.loads(x).items() if k != "elapsed_s"}  # noqa: E731
+                         for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert strip(out) == strip(tmp_path / "straight") and len(strip(out)) == 3
+
+
+class PoisonedStore:
+    """A store whose row 0 has a NaN latent (a codec that failed on it)."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def latents(self, indices):
+        z = self.store.latents(indices).clone()
+        z[[i for i, row in enumerate(indices) if row == 0]] = float("nan")
+        return z
+
+    def __len__(self):
+        return len(self.store)
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+
+def test_a_nan_latent_or_an_infinite_lr_stops_training_with_one_line_and_no_nan_teacher(store, tmp_path):
+    with pytest.raises(ValueError, match=r"the loss is not finite at step \d+: a row of that batch holds NaN"):
+        train_teacher(PoisonedStore(store), replace(TINY, snapshots=0), tmp_path / "poisoned")
+    assert not (tmp_path / "poisoned" / "model").exists()  # no teacher with NaN weights to reuse
+    with pytest.raises(ValueError, match="teacher lr must be a finite number > 0"):
+        train_teacher(store, replace(TINY, lr=float("inf")), tmp_path / "inf")
+
+
 def test_a_video_teacher_trains_on_clips_and_samples_them(tmp_path):
     clips = encode(EncodeConfig("procedural:4", frames=4, size=32, text="minilm-l6-v2", text_length=32),
                    tmp_path / "clips", progress=False)
@@ -131,6 +172,16 @@ def test_a_video_teacher_starts_from_an_image_teacher(store, trained, tmp_path):
     assert json.loads((tmp_path / "run" / "config.json").read_text())["teacher"]["init"] == str(image_run)
     moved = replace(config, init=str(tmp_path / "elsewhere"))  # init only sets step 0: a moved cache still resumes
     assert train_teacher(clips, moved, tmp_path / "run").steps == 2 and is_finished(tmp_path / "run", moved)
+    # an init of another schedule: a resumed run keeps it (it was rebuilt from the preset's default schedule)
+    flow = build_dit("dit-xs", 32, image.text_dim, schedule_config={"type": "flow", "shift": 3.0})
+    flow.codec_settings, flow.text_encoder_id = image.codec_settings, image.text_encoder_id
+    save_denoiser(flow, tmp_path / "flow" / "model")
+    flowing = replace(config, steps=4, checkpoint_every=2, init=str(tmp_path / "flow"))
+    train_teacher(clips, flowing, tmp_path / "flow-run")
+    for name in ("step-0000004.json", "step-0000004.safetensors"):
+        (tmp_path / "flow-run" / "checkpoints" / name).unlink()  # killed after its step-2 checkpoint
+    train_teacher(clips, flowing, tmp_path / "flow-run")
+    assert load_denoiser(tmp_path / "flow-run" / "model").schedule_config == {"type": "flow", "shift": 3.0}
     with pytest.raises(ValueError, match="is not a dit-s .*pass --preset dit-xs"):
         initial_model(image_run, clips, replace(TINY, preset="dit-s"))
     with pytest.raises(ValueError, match="is a 4-frame model and store .* holds 1-frame latents"):

@@ -10,7 +10,7 @@
 from lrm.evaluation.alignment import Alignment, alignment
 from lrm.evaluation.frechet import frechet_distance, latent_frechet_distance
 from lrm.evaluation.rewards import RewardSummary, decoded_rewards, sample_rewards
-from lrm.evaluation.vendi import Diversity, diversity, pixel_features, vendi_score
+from lrm.evaluation.vendi import Diversity, diversity, pixel_diversity, pixel_features, vendi_score
 
 __all__ = ["Alignment", "alignment", "frechet_distance", "latent_frechet_distance", "RewardSummary",
-           "decoded_rewards", "sample_rewards", "Diversity", "diversity", "pixel_features", "vendi_score"]
+           "decoded_rewards", "sample_rewards", "Diversity", "diversity", "pixel_diversity", "pixel_features", "vendi_score"]

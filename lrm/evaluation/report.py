@@ -117,7 +117,7 @@ def sample_metrics(samples, reference: torch.Tensor, rewards, reference_name: st
     from lrm.evaluation.alignment import alignment, caption_objects
     from lrm.evaluation.frechet import latent_frechet_distance
     from lrm.evaluation.rewards import sample_rewards
-    from lrm.evaluation.vendi import diversity, pixel_features
+    from lrm.evaluation.vendi import pixel_diversity
 
     prompts = samples.prompts
     distinct = list(dict.fromkeys(prompts))
@@ -125,12 +125,12 @@ def sample_metrics(samples, reference: torch.Tensor, rewards, reference_name: st
     scores = sample_rewards(samples.pixels, prompts, rewards)
     out = {"rewards": {name: {"mean": s.mean, "std": s.std, "scored": s.scored} for name, s in scores.items()}}
 
-    if min(len(r) for r in rows.values()) >= 2:
-        vendi = diversity(pixel_features(samples.pixels), prompts)
+    vendi = pixel_diversity(samples.pixels, prompts) if min(len(r) for r in rows.values()) >= 2 else None
+    if vendi is not None:
         out["diversity"] = {"mean": vendi.mean, "std": vendi.std, "features": VENDI_FEATURES}
         per_prompt_vendi = vendi.per_prompt
-    else:
-        out["diversity"] = None  # Vendi of one sample is 1 by definition: nothing measured
+    else:  # one sample per prompt (its Vendi is 1 by definition), or an all-black sample: nothing measured
+        out["diversity"] = None
         per_prompt_vendi = {}
 
     frechet = per_frame = None

@@ -24,6 +24,8 @@ def vendi_score(features: np.ndarray | torch.Tensor) -> float:
     x = np.asarray(features.detach().cpu() if isinstance(features, torch.Tensor) else features, dtype=np.float64)
     if x.ndim != 2 or x.shape[0] == 0:
         raise ValueError(f"vendi_score: features must have shape (n, d) with n >= 1, got {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError("vendi_score: features contain NaN or inf")
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     if not np.all(norms > 0):
         raise ValueError("vendi_score: a feature vector is all zeros, so its cosine similarity is undefined")
@@ -59,6 +61,15 @@ class Diversity:
     std: float  # spread over prompts (population std)
     per_prompt: dict[str, float]  # prompt -> its Vendi score (averaged over keyframes)
     samples_per_prompt: int  # fewest samples any prompt had (Vendi is at most this)
+
+
+def pixel_diversity(pixels: torch.Tensor, prompts: Sequence[str]) -> Diversity | None:
+    """Diversity of (N, T, 3, H, W) pixels' raw pixel vectors; None when a sample is all black (its zero vector has
+    no cosine similarity): a generator collapsed to black is recorded so, instead of stopping the evaluation."""
+    features = pixel_features(pixels)  # (N, K, 3 H W)
+    if not bool((features.abs().amax(dim=-1) > 0).all()):
+        return None
+    return diversity(features, prompts)
 
 
 def diversity(features: np.ndarray | torch.Tensor, prompts: Sequence[str]) -> Diversity:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -81,8 +82,10 @@ def check_config(config: TeacherConfig) -> None:
         raise ValueError(f"teacher ema_decay must be in [0, 1), got {config.ema_decay}")
     if not 0 <= config.cfg_dropout < 1:
         raise ValueError(f"teacher cfg_dropout must be in [0, 1), got {config.cfg_dropout}")
-    if config.lr <= 0 or config.grad_clip < 0 or config.weight_decay < 0:
-        raise ValueError("teacher lr must be > 0, grad_clip and weight_decay >= 0")
+    finite = all(math.isfinite(v) for v in (config.lr, config.grad_clip, config.weight_decay))
+    if not finite or config.lr <= 0 or config.grad_clip < 0 or config.weight_decay < 0:
+        raise ValueError(f"teacher lr must be a finite number > 0, grad_clip and weight_decay finite and >= 0; got "
+                         f"{config.lr}, {config.grad_clip}, {config.weight_decay}")
 
 
 # ---------------------------------------------------------------- pure helpers
@@ -284,6 +287,9 @@ def train_teacher(store, config: TeacherConfig, out_dir: str | Path, *, resume: 
     torch.manual_seed(config.seed)
     if config.init is not None and found is None:
         model = initial_model(config.init, store, config).to(device)
+    elif config.init is not None:  # resumed: the architecture and schedule the run recorded (the init may be gone)
+        model = LatentDiT(**json.loads((out_dir / "config.json").read_text())["dimensions"]).to(device)
+        model.preset = config.preset
     else:  # a fresh model, or the shape a checkpoint's weights are loaded into
         model = build_dit(config.preset, channels, text_dim, frames=frames, prediction=config.prediction).to(device)
     model.codec_settings, model.text_encoder_id = dict(store.codec_settings), store.text_encoder_id
@@ -295,7 +301,7 @@ def train_teacher(store, config: TeacherConfig, out_dir: str | Path, *, resume: 
         _prepare_out_dir(out_dir, _resolved_config(config, store, model, batch_size))
         checkpoints.mkdir(parents=True, exist_ok=True)
 
-    step, history = 0, []
+    step, history, pending, elapsed = 0, [], [], 0.0
     if found is not None:
         model_state, ema_state, optim_state, record, rng = load_checkpoint(*found)
         model.load_state_dict(model_state)
@@ -303,6 +309,8 @@ def train_teacher(store, config: TeacherConfig, out_dir: str | Path, *, resume: 
         optimizer.load_state_dict(optim_state)
         torch.set_rng_state(rng)
         step, history = record["step"], record["history"]
+        pending = record.get("pending_losses", [])  # what the next loss line averages, as in the uninterrupted run
+        elapsed = record.get("elapsed_s", history[-1]["elapsed_s"] if history else 0.0)
     if is_main:  # drops lines a killed run wrote after its last checkpoint
         atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in history))
 
@@ -316,12 +324,12 @@ def train_teacher(store, config: TeacherConfig, out_dir: str | Path, *, resume: 
 
     def checkpoint() -> None:
         if is_main:
-            save_checkpoint(checkpoints, step, model, ema.state_dict(), optimizer, {"history": history},
-                             config.keep_checkpoints)
+            record = {"history": history, "pending_losses": losses, "elapsed_s": time.perf_counter() - started}
+            save_checkpoint(checkpoints, step, model, ema.state_dict(), optimizer, record, config.keep_checkpoints)
 
     model.train()
-    losses: list[float] = []
-    started = time.perf_counter() - (history[-1]["elapsed_s"] if history else 0.0)  # cumulative over resumes
+    losses: list[float] = list(pending)  # since the last loss line
+    started = time.perf_counter() - elapsed  # cumulative over resumes
     bar = tqdm(total=config.steps, initial=step, desc=f"teacher {config.preset}", unit="step", leave=False,
                dynamic_ncols=True, disable=not (progress and is_main))
     while step < config.steps:
@@ -335,6 +343,10 @@ def train_teacher(store, config: TeacherConfig, out_dir: str | Path, *, resume: 
         x0, text, mask = x0.to(device), text.to(device), mask.to(device).bool()
         x_t, t, mask, target = denoising_batch(model, x0, mask, config.cfg_dropout, generator)
         loss = F.mse_loss(net(x_t, t, text, mask).float(), target.float())
+        if not math.isfinite(mean_across_ranks([loss.item()])):  # before the update: the weights stay finite
+            raise ValueError(f"teacher run {out_dir}: the loss is not finite at step {step + 1}: a row of that batch "
+                             "holds NaN or inf latents, or the learning rate is too high (--lr); the checkpoints "
+                             "before this step are kept")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip > 0:

@@ -183,15 +183,20 @@ class LatentRewardModel(nn.Module):
 
     def to_reward_units(self, z: torch.Tensor) -> torch.Tensor:
         """Standardised outputs z (B,) -> reward units (B,)."""
-        u = z * self.label_std + self.label_mean
-        return torch.exp(u) + self.label_shift if self.label_transform == "log" else u
+        if self.label_transform != "log":
+            return z * self.label_std + self.label_mean
+        u = z.double() * self.label_std.double() + self.label_mean.double()  # float64: the shift can dwarf the span
+        return (torch.exp(u) + self.label_shift).to(z.dtype)
 
     def standardise(self, y: torch.Tensor) -> torch.Tensor:
         """Rewards y (B,) -> the standardised scale the network is fitted on; inverse of to_reward_units.
 
-        With the log transform, y must exceed label_shift (training labels always do)."""
-        u = torch.log(y - self.label_shift) if self.label_transform == "log" else y
-        return (u - self.label_mean) / self.label_std
+        With the log transform, y must exceed label_shift (training labels always do). It is computed in float64:
+        labels near 1e7 with a span of 200 have y - shift rounded to 0 in float32 (log 0 = -inf)."""
+        if self.label_transform != "log":
+            return (y - self.label_mean) / self.label_std
+        u = torch.log(y.double() - self.label_shift)
+        return ((u - self.label_mean.double()) / self.label_std.double()).to(y.dtype)
 
     # ---------------------------------------------------------------- forward
     def forward(self, latents: torch.Tensor, text: torch.Tensor | None = None,

@@ -132,7 +132,7 @@ class Monitor:
         """Sample, decode, measure and log the student now; returns the eval record."""
         from lrm.evaluation.alignment import alignment
         from lrm.evaluation.frechet import latent_frechet_distance
-        from lrm.evaluation.vendi import diversity, pixel_features
+        from lrm.evaluation.vendi import pixel_diversity
         from lrm.generators.writing import grid_png
         from lrm.tuning.roles import STUDENT
 
@@ -146,11 +146,12 @@ class Monitor:
         grid = Path(GRIDS) / f"step-{step:07d}.png"
         atomic_write_bytes(self.run_dir / grid, grid_png(pixels, self.prompts, self.seeds))
         aligned = alignment(pixels, self.prompts) if self.procedural else None
+        vendi = pixel_diversity(pixels, self.prompts)
         record = {"split": "eval", "step": step,
                   "frechet": latent_frechet_distance(latents, self.reference),
                   "alignment": ({"color": aligned.color, "shape": aligned.shape, "motion": aligned.motion}
                                 if aligned else None),
-                  "vendi": diversity(pixel_features(pixels), self.prompts).mean,
+                  "vendi": None if vendi is None else vendi.mean,  # None: a sample is all black
                   "grid": str(grid), "seconds": time.perf_counter() - start}
         self._append(record)
         if step:  # the page follows the run

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from lrm.evaluation.frechet import latent_frechet_distance
-from lrm.evaluation.vendi import diversity, pixel_features
+from lrm.evaluation.vendi import pixel_diversity
 from lrm.configs import DEFAULT_PER_PROMPT
 from lrm.generators.sampling import Samples, expand_requests, generate_few_step
 from lrm.tuning.denoise import evaluating
@@ -195,7 +195,5 @@ def _input_gradient(score, x: torch.Tensor, module: nn.Module) -> torch.Tensor |
 def sample_diversity(pixels: torch.Tensor, prompts: Sequence[str]) -> float:
     """DOLLAR Eq. 27 on (N, T, 3, H, W) pixels; NaN when a sample is all black (a student collapsed to black has no
     defined cosine similarity, and a tuning run records that instead of stopping)."""
-    features = pixel_features(pixels)  # (N, K, 3 H W)
-    if not bool((features.abs().amax(dim=-1) > 0).all()):
-        return float("nan")
-    return diversity(features, prompts).mean
+    measured = pixel_diversity(pixels, prompts)
+    return float("nan") if measured is None else measured.mean
