@@ -338,6 +338,11 @@ def _check_config(config: FitConfig) -> None:
         raise ValueError("gradient matching fits clean latents; leave out gradient_weight or noise_aware")
     if config.train_groups is not None and config.train_groups < 1:
         raise ValueError(f"FitConfig.train_groups must be >= 1 or None (all groups), got {config.train_groups}")
+    if config.train_groups_seed is not None and config.train_groups is None:
+        raise ValueError("FitConfig.train_groups_seed picks the groups of train_groups; set train_groups or leave "
+                         "train_groups_seed out")
+    if config.patience < 0:
+        raise ValueError(f"FitConfig.patience must be >= 0 (0: never stop early), got {config.patience}")
     if config.noise_aware:
         from lrm.diffusion.schedule import NUM_TIMESTEPS, SCHEDULES
 

@@ -36,7 +36,8 @@ class FitOutcome:
     run_dir: Path  # everything the job wrote
     store: Path  # the latent store fitted on
     report: Path  # report.html
-    fidelity: FidelityReport  # held-out metrics, baselines, flags, verdict
+    fidelity: FidelityReport | None  # held-out metrics, baselines, flags, verdict; None on the other processes of
+    #                                  a torchrun launch (the first one judges the fit and writes the report)
 
 
 def reward_spec(job: FitJob):
@@ -222,7 +223,21 @@ def fit_config(job: FitJob, preset: str) -> FitConfig:
 
 
 def run_fit(job: FitJob, progress: bool = True, resume: bool = True) -> FitOutcome:
-    """Encode (or reuse) a store, label it, fit a surrogate, and write the fidelity report."""
+    """Encode (or reuse) a store, label it, fit a surrogate, and write the fidelity report. Under torchrun one
+    process group serves all of it: the ranks share the encoding and labelling, train together, and the first
+    writes the model and the report."""
+    from lrm import distributed
+
+    opened = distributed.init_from_env(job.device)
+    try:
+        return _run_fit(job, progress, resume)
+    finally:
+        if opened:
+            distributed.shutdown()
+
+
+def _run_fit(job: FitJob, progress: bool, resume: bool) -> FitOutcome:
+    from lrm import distributed
     from lrm.fitting import fit_surrogate
 
     spec = reward_spec(job)
@@ -241,6 +256,9 @@ def run_fit(job: FitJob, progress: bool = True, resume: bool = True) -> FitOutco
     fit_seconds = max((record.get("elapsed_s", 0.0) for record in result.history), default=0.0)
     source = store.manifest["source"]
     result.model.info.extra.update(frames=source.get("frames"), size=source.get("size"))
+    if not distributed.is_main():
+        distributed.barrier()  # the first process saves the model and writes the report
+        return FitOutcome(run_dir, store.path, run_dir / "report.html", None)
     result.model.save_pretrained(result.paths["model"])  # with the clip geometry `lrm predict` needs
     summary = {
         "reward": job.reward, "label": job.label_name(), "label_pixels": job.label_pixels,
@@ -259,7 +277,8 @@ def run_fit(job: FitJob, progress: bool = True, resume: bool = True) -> FitOutco
                 "size": source.get("size"), "size_reason": size_reason}
     fidelity = evaluate(result.model, store, job.label_name(), result.train_indices, result.val_indices,
                         run_dir, history=result.history, config=resolved, summary=summary,
-                        noise_timesteps=config.eval_timesteps if job.noise_aware else ())
+                        noise_timesteps=config.eval_timesteps if job.noise_aware else (), noise_seed=config.seed)
+    distributed.barrier()
     return FitOutcome(run_dir, store.path, run_dir / "report.html", fidelity)
 
 
@@ -270,7 +289,8 @@ def _batches(rows: np.ndarray, size: int = 256):
 
 def evaluate(model, store: LatentStore, label: str, train_rows: np.ndarray, val_rows: np.ndarray,
              out_dir: str | Path, *, history: list[dict], config: dict, summary: dict,
-             noise_timesteps=(), title: str | None = None, train_store: LatentStore | None = None,
+             noise_timesteps=(), noise_seed: int = 0, title: str | None = None,
+             train_store: LatentStore | None = None,
              scope: str | None = None) -> FidelityReport:
     """Score `model` on `val_rows` of `store` next to baselines fitted on `train_rows` of `train_store`
     (default: `store` itself; the surrogate's own training rows); write the report into `out_dir`.
@@ -290,7 +310,9 @@ def evaluate(model, store: LatentStore, label: str, train_rows: np.ndarray, val_
     baselines = fit_baselines(x_train, train_labels[train_rows], x_val, true, model.label_transform)
     by_noise = None
     if noise_timesteps:
-        by_noise = fidelity_by_noise({t: predict(model, store, val_rows, t=t) for t in noise_timesteps}, true)
+        # the noise the fit's validations drew (its seed), so the report's per-t numbers are metrics.jsonl's
+        by_noise = fidelity_by_noise({t: predict(model, store, val_rows, t=t, noise_seed=noise_seed)
+                                      for t in noise_timesteps}, true)
     fidelity = assess(fidelity_metrics(pred, true, groups), baselines, by_noise)
     write_report(out_dir, fidelity=fidelity, history=history, pred=pred, true=true, config=config,
                  summary=summary, groups=groups, thumbnails=_thumbnails(store, val_rows, pred, true),

@@ -131,7 +131,8 @@ def report_run(run_dir: str | Path, store: str | Path | None = None, out: str | 
         summary.setdefault("reward", model.info.reward_name)
         fidelity = evaluate(model, run.store, run.label, run.train_rows, run.val_rows, out_dir,
                             history=_history(run), config={**fit, "label": run.label, "store": str(run.store.path)},
-                            summary=summary, noise_timesteps=timesteps, scope=scope)
+                            summary=summary, noise_timesteps=timesteps, noise_seed=int(fit.get("seed", 0)),
+                            scope=scope)
         return ReportOutcome(out_dir, fidelity, scope)
 
     target = LatentStore.open(store)
@@ -166,6 +167,7 @@ def report_run(run_dir: str | Path, store: str | Path | None = None, out: str | 
     out_dir = Path(out) if out else run.run_dir / f"eval-{target.path.name}"
     fidelity = evaluate(model, target, run.label, run.train_rows, rows, out_dir, history=[],
                         config={"run": str(run.run_dir), "store": str(target.path), "rows": "every row with a label"},
-                        summary=summary, noise_timesteps=timesteps, train_store=run.store, scope=scope,
+                        summary=summary, noise_timesteps=timesteps, noise_seed=int(fit.get("seed", 0)),
+                        train_store=run.store, scope=scope,
                         title=f"Surrogate of {model.info.reward_name} on {target.path.name}")
     return ReportOutcome(out_dir, fidelity, scope)

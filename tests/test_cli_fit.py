@@ -332,3 +332,25 @@ def test_ctrl_c_says_how_to_resume(monkeypatch, tmp_path):
     monkeypatch.setattr(lrm.pipeline, "run_fit", interrupted)
     result = CliRunner().invoke(app, ["fit", "colorfulness", "--out", str(tmp_path / "r"), "--quiet"])
     assert result.exit_code == 130 and INTERRUPTED in result.output, result.output
+
+
+def test_lrm_fit_under_torchrun_encodes_labels_and_fits_a_new_store_with_two_processes(tmp_path):
+    """Real torchrun, 2 gloo processes, a store that does not exist yet (about 10 s): the ranks share the encoding
+    and the labels (rank 1 reached the labelling before rank 0 had encoded, and failed), train together, and the
+    first one alone writes the model, the report and the verdict."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+           "lrm.cli.app", "fit", "colorfulness", "--data", "procedural:64", "--size", "32", "--steps", "20",
+           "--out", str(out), "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert (done.stdout + done.stderr).count("report:") == 1  # one process reports
+    assert len(LatentStore.open(out / "store")) == 64 and "colorfulness" in LatentStore.open(out / "store").labels
+    assert json.loads((out / "config.json").read_text())["world_size"] == 2
+    assert (out / "model" / "model.safetensors").is_file() and (out / "report.html").is_file()

@@ -123,6 +123,8 @@ def fit(
         typer.echo(json.dumps(resolved_job(job), indent=2))
         return
     outcome = run_fit(job, progress=not quiet)
+    if outcome.fidelity is None:  # another process of a torchrun launch: the first one reports
+        return
     m = outcome.fidelity.surrogate
     ridge = outcome.fidelity.baselines["ridge"]
     console.print(f"held-out Spearman {m['spearman']:.3f}, R² {m['r2']:.3f} "
