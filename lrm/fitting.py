@@ -312,7 +312,8 @@ def load_checkpoint(tensors_path: Path, record_path: Path) -> tuple[dict, dict, 
 # ---------------------------------------------------------------- distributed
 
 def mean_across_ranks(values: list[float]) -> float:
-    total = torch.tensor([sum(values), float(len(values))], dtype=torch.float64)
+    total = torch.tensor([sum(values), float(len(values))], dtype=torch.float64,
+                         device=distributed.collective_device())  # nccl reduces CUDA tensors only
     if distributed.world_size() > 1:
         torch.distributed.all_reduce(total)
     return float(total[0] / total[1])
@@ -627,12 +628,18 @@ def _start_state(fit: _Fit, found: tuple | None) -> _State:
         best["spearman"] = -math.inf if best["spearman"] is None else best["spearman"]
         state = _State(step=record["step"], history=record["history"], bad_evals=record["bad_evals"],
                        stopped_early=record["stopped_early"], best=best, best_state=best_state,
-                       losses=record.get("pending_losses", []), mismatches=record.get("pending_mismatches", []),
+                       **_own_pending(record.get("pending_by_rank", []), fit.rank),
                        elapsed_s=record.get("elapsed_s", (record["history"] or [{"elapsed_s": 0.0}])[-1]["elapsed_s"]))
         fit.model.info.extra.update(record.get("model_extra", {}))
     if fit.is_main:
         atomic_write_text(fit.metrics_path, "".join(json.dumps(r) + "\n" for r in state.history))
     return state
+
+
+def _own_pending(by_rank: list, rank: int) -> dict:
+    """This rank's training losses and 1 - cos since the last train line, from a checkpoint (none in older ones)."""
+    losses, mismatches = by_rank[rank] if rank < len(by_rank) else ([], [])
+    return {"losses": list(losses), "mismatches": list(mismatches)}
 
 
 def _train_step(fit: _Fit, step: int) -> tuple[float, float, float | None]:
@@ -755,6 +762,7 @@ def _validation_step(fit: _Fit, state: _State, elapsed: float) -> None:
 
 def _checkpoint(fit: _Fit, state: _State) -> None:
     """Save a resumable checkpoint of the state (first process), keeping the newest config.keep_checkpoints."""
+    pending = distributed.gather_objects((state.losses, state.mismatches))  # every rank's own, in rank order
     if not fit.is_main:
         return
     best = state.best
@@ -762,7 +770,7 @@ def _checkpoint(fit: _Fit, state: _State) -> None:
               "best": {**best, "spearman": best["spearman"] if math.isfinite(best["spearman"]) else None},
               "model_extra": fit.model.info.extra,
               # what the next train line averages, so a resumed run logs what the uninterrupted one does
-              "pending_losses": state.losses, "pending_mismatches": state.mismatches, "elapsed_s": state.elapsed_s}
+              "pending_by_rank": pending, "elapsed_s": state.elapsed_s}
     save_checkpoint(fit.checkpoints, state.step, fit.model, state.best_state, fit.optimizer, record,
                      fit.config.keep_checkpoints)
 

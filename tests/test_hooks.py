@@ -941,6 +941,7 @@ def test_lrm_tune_refuses_bad_input_with_one_line(words_runs):
         (["colorfulness", "--concurrent", "--losses", "vsd"], "Invalid value for --losses"),
         (["colorfulness", *student, "--concurrent", "--student-steps", "2"], "--student-steps: --student"),
         (["colorfulness", *teacher, "--concurrent", "--student-steps", "3"], "must be 1, 2 or 4"),
+        (["colorfulness", *teacher, "--concurrent", "--losses", ""], "--losses is empty"),
         (["colorfulness", *student, "--method", "ddpo", "--surrogate-lr", "1e-3"], "trains a concurrent surrogate"),
     ]
     for args, message in cases:

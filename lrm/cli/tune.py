@@ -146,7 +146,10 @@ def tune(
     texts = _prompts(prompt, prompts) if (prompt or prompts is not None) else None
     reward_options = parse_options(option)
     try:
-        distill = tuple(n.strip() for n in (losses or "vsd").split(",") if n.strip()) if teacher is not None else ()
+        names = losses if losses is not None else "vsd"
+        distill = tuple(n.strip() for n in names.split(",") if n.strip()) if teacher is not None else ()
+        if teacher is not None and not distill:
+            raise ValueError("--losses is empty; name the distillation terms, e.g. --losses vsd or vsd,cd")
         summary, out_dir = _run(reward, reward_options, student or teacher, distill, student_steps or 4, store, method,
                                 surrogate, concurrent, texts, steps,
                                 batch_size, lr, surrogate_lr, grad_steps, frames, eval_every, per_prompt, seed, out,

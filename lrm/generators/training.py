@@ -117,6 +117,11 @@ def drop_text(text_mask: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
     return text_mask & ~drop[:, None]
 
 
+def own_pending(by_rank: list, rank: int) -> list[float]:
+    """This rank's losses since the last loss line, from a checkpoint's per-rank lists (none in older ones)."""
+    return list(by_rank[rank]) if rank < len(by_rank) and isinstance(by_rank[rank], list) else []
+
+
 def step_seed(seed: int, step: int, rank: int) -> int:
     """Seed of the timesteps, noise and dropout of `step` on `rank`."""
     return int(np.random.SeedSequence([seed, 7, step, rank]).generate_state(1)[0])
@@ -288,7 +293,11 @@ def train_teacher(store, config: TeacherConfig, out_dir: str | Path, *, resume: 
     if config.init is not None and found is None:
         model = initial_model(config.init, store, config).to(device)
     elif config.init is not None:  # resumed: the architecture and schedule the run recorded (the init may be gone)
-        model = LatentDiT(**json.loads((out_dir / "config.json").read_text())["dimensions"]).to(device)
+        from lrm.config_diff import refuse_other_run
+
+        saved = json.loads((out_dir / "config.json").read_text())
+        refuse_other_run(out_dir, saved, "teacher")  # before reading a teacher's fields from another run's file
+        model = LatentDiT(**saved["dimensions"]).to(device)
         model.preset = config.preset
     else:  # a fresh model, or the shape a checkpoint's weights are loaded into
         model = build_dit(config.preset, channels, text_dim, frames=frames, prediction=config.prediction).to(device)
@@ -309,7 +318,7 @@ def train_teacher(store, config: TeacherConfig, out_dir: str | Path, *, resume: 
         optimizer.load_state_dict(optim_state)
         torch.set_rng_state(rng)
         step, history = record["step"], record["history"]
-        pending = record.get("pending_losses", [])  # what the next loss line averages, as in the uninterrupted run
+        pending = own_pending(record.get("pending_losses", []), rank)  # what the next loss line averages
         elapsed = record.get("elapsed_s", history[-1]["elapsed_s"] if history else 0.0)
     if is_main:  # drops lines a killed run wrote after its last checkpoint
         atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in history))
@@ -323,8 +332,10 @@ def train_teacher(store, config: TeacherConfig, out_dir: str | Path, *, resume: 
     snapshot_at = set(snapshot_steps(config))
 
     def checkpoint() -> None:
+        pending_by_rank = distributed.gather_objects(losses)  # each rank's own: the next line averages them all
         if is_main:
-            record = {"history": history, "pending_losses": losses, "elapsed_s": time.perf_counter() - started}
+            record = {"history": history, "pending_losses": pending_by_rank,
+                      "elapsed_s": time.perf_counter() - started}
             save_checkpoint(checkpoints, step, model, ema.state_dict(), optimizer, record, config.keep_checkpoints)
 
     model.train()

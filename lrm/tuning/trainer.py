@@ -158,13 +158,15 @@ class Distiller:
             with self._autocast():
                 losses = losses_of(batch)  # name -> (weight, mean loss)
             total = sum(weight * loss for weight, loss in losses.values())
-            if not torch.isfinite(total):
+            # every rank stops at the same micro-batch: the terms of the next one may hold collectives (DDPO's
+            # gathered advantages), which a rank that stopped alone would never join
+            if not all_ranks_agree(bool(torch.isfinite(total))):
                 finite_loss = False
                 break
             (total / len(batches)).backward()
             for name, (_, loss) in losses.items():  # logged unweighted
                 totals[name] = totals.get(name, 0.0) + float(loss.detach()) / len(batches)
-        if not all_ranks_agree(finite_loss):
+        if not finite_loss:
             return self._skip(role_name, log)
         totals = mean_over_ranks(totals)  # the losses of the global batch
         average_gradients(role.parameters())
