@@ -24,7 +24,8 @@ and evaluated the same way (results/teacher_<variant>.json):
                    trained on the store's latents standardised per channel ((z - mean) / std over the store: the
                    luma AC channels' std is 0.3-0.8, the chroma channels' ~2): every channel, or the dct codec's
                    luma channels only (the chroma ones, which carry the layout, keep their scale); samples are
-                   mapped back to the codec's latents before FD and decoding
+                   mapped back to the codec's latents before FD and decoding (here only: its run folder records
+                   the plain codec, so `lrm sample` on it decodes standardised latents as they are)
 
     LRM_CACHE=/tmp/lrm-bench OMP_NUM_THREADS=1 python benchmarks/teacher.py   # fresh cache: trains from scratch
     LRM_CACHE=/tmp/lrm-bench python benchmarks/teacher.py --steps 4500        # a variant

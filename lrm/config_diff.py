@@ -8,6 +8,11 @@ RUN_KINDS = {"fit": "a surrogate run of `lrm fit`", "teacher": "a teacher run of
              "job": "a student run of `lrm distill`", "tune": "a tuning run of `lrm tune`"}
 
 
+def run_kind(saved) -> str | None:
+    """What run a config.json's content (`saved`) belongs to (RUN_KINDS' wording); None for anything else."""
+    return next((kind for name, kind in RUN_KINDS.items() if name in saved), None) if isinstance(saved, dict) else None
+
+
 def refuse_run_folder(folder, writes: str) -> None:
     """One-line ValueError when `folder` holds a run of any command (its config.json names one): a command that
     writes `writes` (its report, metrics.json, ...) there would overwrite that run's own files."""
@@ -18,7 +23,7 @@ def refuse_run_folder(folder, writes: str) -> None:
         saved = json.loads((Path(folder) / "config.json").read_text())
     except (OSError, ValueError):
         return
-    what = next((kind for name, kind in RUN_KINDS.items() if name in saved), None) if isinstance(saved, dict) else None
+    what = run_kind(saved)
     if what is not None:
         raise ValueError(f"--out {folder} holds {what}: {writes} would overwrite its files; pass another --out")
 
@@ -28,7 +33,7 @@ def refuse_other_run(folder, saved, key: str) -> None:
     settings live under `key`: resuming it would compare unrelated settings."""
     if not isinstance(saved, dict) or key in saved:
         return
-    what = next((kind for name, kind in RUN_KINDS.items() if name in saved), None)
+    what = run_kind(saved)
     if what is not None:
         raise ValueError(f"{folder} holds {what}, not {RUN_KINDS[key]}; pass a new --out")
 

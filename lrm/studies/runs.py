@@ -31,8 +31,8 @@ def read_run(path: str | Path, reward: str | None = None) -> TuningRun:
     if not path.is_dir():
         raise FileNotFoundError(f"{path} is not a folder; pass a tuning run written by `lrm tune` (its --out)")
     records = path / RECORDS
-    if not records.is_file() and unfinished_tune_step(path) is not None:
-        step = unfinished_tune_step(path)
+    step = None if records.is_file() else unfinished_tune_step(path)
+    if step is not None:
         raise FileNotFoundError(f"{path} is an unfinished `lrm tune` run (newest checkpoint: step {step}); finish it "
                                 f"by re-running its `lrm tune` command, or end it there with the same command and "
                                 f"--steps {step}, then study it")
