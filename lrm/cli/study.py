@@ -13,8 +13,8 @@ from typing import Annotated, Optional
 import typer
 
 from lrm.cli.errors import USER_ERRORS, exit_with_message
-from lrm.config_diff import refuse_run_folder
 from lrm.cli.options import check_device
+from lrm.config_diff import refuse_run_folder
 
 # lrm.studies.overopt.StudyConfig's defaults
 DEFAULTS = {"fidelity_threshold": 0.7, "fidelity_window": 1, "every": 1, "divergence_window": 2,
