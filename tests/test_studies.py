@@ -130,6 +130,17 @@ def test_the_peak_and_each_stopping_rule_on_a_synthetic_curve():
     assert best.condition in study.verdict
 
 
+def test_a_stop_below_the_start_is_said_so_not_as_a_huge_negative_share_of_a_tiny_gain():
+    # a 3-step run gained 1e-4 and the verdict read "-2899% of its gain over the start"
+    steps = np.array([0, 10, 20, 30])
+    curves = Curves(steps, np.array([1.0, 1.0001, 0.5, 0.4]), np.array([1.0, 2.0, 3.0, 4.0]),
+                    np.array([0.0, 0.1, 0.2, 0.3]), np.full(4, 2.0), np.array([0.9, 0.9, 0.5, 0.4]))
+    study = analyse(curves, StudyConfig())
+    fired = [s for s in study.stops if s.fired]
+    assert fired and all(s.share_of_gain < -1000 for s in fired)
+    assert "below the start" in study.verdict and "of its gain" not in study.verdict
+
+
 def test_rules_that_never_fire_or_cannot_apply():
     curves = synthetic(fidelity_drop=False)
     rising = Curves(curves.steps, curves.distance.copy(), np.full_like(curves.gold, np.nan), curves.distance,

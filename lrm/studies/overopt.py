@@ -333,5 +333,7 @@ def _verdict(curves: Curves, peak: Peak, rising: bool | None, stops: list[Stop],
     best = max(fired, key=lambda s: (sign * s.gold, s.steps_saved))
     kept = (f"{best.share_of_peak:.0%} of the peak gold" if math.isfinite(best.share_of_peak)
             else f"gold {best.gold:.4g} against the peak's {peak.gold:.4g}")
-    gain = f", {best.share_of_gain:.0%} of its gain over the start" if math.isfinite(best.share_of_gain) else ""
+    share = best.share_of_gain
+    gain = ("" if not math.isfinite(share) else f", {share:.0%} of its gain over the start" if share >= 0
+            else ", below the start")  # a share under 0 says only that: the gain may be noise-sized
     return f"{head}; stop when {best.condition} keeps {kept}{gain} (step {best.step}, {best.steps_saved} steps saved)"
