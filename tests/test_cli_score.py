@@ -62,6 +62,18 @@ def test_score_json_output_and_frames(media, tmp_path):
     assert row["frames"] == 3 and 0 < row["score"] < 1
 
 
+def test_a_clip_too_small_for_optical_flow_is_skipped_by_name_and_the_others_scored(media, tmp_path):
+    # OpenCV's DIS raised cv2.error (not a ValueError) on a 6x6 GIF: a traceback, and every other file's score lost
+    tiny = [Image.fromarray(np.full((6, 6, 3), 60 * i, np.uint8)) for i in range(3)]
+    tiny[0].save(tmp_path / "tiny.gif", save_all=True, append_images=tiny[1:], duration=100)
+    out = tmp_path / "scores.csv"
+    result = runner.invoke(app, ["score", "dynamic-degree", str(media / "fade.gif"), str(tmp_path / "tiny.gif"),
+                                 "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "tiny.gif" in result.output and "at least 12 pixels" in result.output and "skipped 1" in result.output
+    assert [r["path"].rsplit("/", 1)[1] for r in _csv(out.read_text())] == ["fade.gif"]
+
+
 def test_score_text_reward_needs_a_prompt(media):
     result = runner.invoke(app, ["score", "prompt-color", str(media / "flat.png")])
     assert result.exit_code != 0

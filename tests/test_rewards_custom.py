@@ -50,6 +50,9 @@ def test_module_reference(metric_file, monkeypatch):
     reward = load("my_metrics:brightness")
     assert reward(torch.full((1, 1, 3, 4, 4), 0.25)).item() == pytest.approx(0.25)
     sys.modules.pop("my_metrics", None)
+    (metric_file.parent / "broken_metrics.py").write_text("from os import no_such_name\ndef f(pixels):\n    return 0\n")
+    with pytest.raises(ValueError, match="metric module broken_metrics failed to import: ImportError"):
+        load("broken_metrics:f")  # an ImportError inside the user's module: one line, not a traceback
 
 
 @pytest.mark.parametrize("reference, options, error, match", [
@@ -59,6 +62,8 @@ def test_module_reference(metric_file, monkeypatch):
     ("/no/such/file.py:fn", {}, FileNotFoundError, "does not exist"),
     ("{f}:motion", {"input": "uint8", "differentiable": True}, ValueError, "cannot be differentiable"),
     ("{f}:motion", {"kind": "audio"}, ValueError, "kind must be one of"),
+    ("{f}:motion", {"kind": "text-video"}, ValueError, "called with the pixels and the prompts, but it takes 1"),
+    ("./my_metrics:brightness", {}, ValueError, "looks like a file path; give the file with its .py ending"),
 ])
 def test_bad_metrics_give_clear_errors(metric_file, reference, options, error, match):
     with pytest.raises(error, match=match):

@@ -311,3 +311,23 @@ def test_quality_specs_and_frame_average():
         per_frame = [load(name)(clip[:, i : i + 1]).item() for i in range(3)]
         assert load(name)(clip).item() == pytest.approx(np.mean(per_frame), rel=1e-5)
         assert load(name, frames=1)(clip).item() == pytest.approx(per_frame[1], rel=1e-6)
+
+
+def test_a_flat_frame_leaves_a_clips_brisque_to_its_other_frames():
+    # BRISQUE is NaN for a textureless frame; a clip that fades in from black scored NaN as a whole
+    reward = load("brisque")
+    rng = np.random.default_rng(0)
+    clip = torch.from_numpy(rng.random((1, 3, 3, 96, 96), dtype=np.float32))
+    faded = torch.cat([torch.zeros(1, 1, 3, 96, 96), clip], dim=1)  # (1, 4, 3, 96, 96): a black first frame
+    assert torch.isnan(reward(faded[:, :1])).all()
+    torch.testing.assert_close(reward(faded), reward(clip))
+    assert torch.isnan(reward(torch.zeros(1, 2, 3, 96, 96))).all()  # no frame with a score: NaN
+
+
+def test_sharpness_and_colorfulness_of_half_precision_pixels_do_not_overflow():
+    pixels = torch.zeros(1, 1, 3, 32, 32)
+    pixels[..., ::2, :] = 1.0  # high contrast stripes
+    for name in ("sharpness", "colorfulness"):
+        reward = load(name)
+        full, half = reward(pixels), reward(pixels.half())
+        assert torch.isfinite(half).all() and half.item() == pytest.approx(full.item(), rel=1e-2), name

@@ -124,8 +124,8 @@ def score(
             pixels = clip.pixels.unsqueeze(0).to(device)  # (1, T, 3, H, W)
             with torch.no_grad():
                 value = rew(pixels, [text] if spec.needs_text else None).item()
-        except (MediaError, ValueError, RuntimeError) as exc:
-            skipped.append((path, exc.reason if isinstance(exc, MediaError) else str(exc)))
+        except Exception as exc:  # noqa: BLE001 - one file's failure (a reward's own library too) is skipped, counted
+            skipped.append((path, _reason(exc)))
             continue
         if not math.isfinite(value):  # a failed score is a skipped item, never a value in the output
             skipped.append((path, f"{spec.name} gave {value}, not a score"))
@@ -188,3 +188,12 @@ def emit_scores(rows: list[dict], out: Path | None) -> None:
         atomic_write_json(out, rows)
     else:
         atomic_write_text(out, buf.getvalue())
+
+
+def _reason(exc: Exception) -> str:
+    """Why a file was skipped, in one line: lrm's own errors as they read, others with their type (cv2.error...)."""
+    from lrm.datasets.media import MediaError
+
+    if isinstance(exc, MediaError):
+        return exc.reason
+    return str(exc) if isinstance(exc, (ValueError, RuntimeError)) else f"{type(exc).__name__}: {exc}"

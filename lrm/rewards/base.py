@@ -155,7 +155,9 @@ class FrameReward(Reward):
         k = pixels.shape[1]
         frame_prompts = [p for p in prompts for _ in range(k)] if prompts is not None else None
         per_frame = self.score_frames(pixels.flatten(0, 1), frame_prompts)  # (b*k,)
-        return per_frame.reshape(b, k).float().mean(dim=1)
+        # a frame the reward cannot score (BRISQUE's NaN for a flat frame: a fade-in) leaves the clip's other
+        # frames to score it; NaN only when no frame has a score
+        return per_frame.reshape(b, k).float().nanmean(dim=1)
 
     def score_frames(self, frames: torch.Tensor, prompts: list[str] | None) -> torch.Tensor:
         raise NotImplementedError

@@ -58,6 +58,9 @@ def resolve_function(reference: str) -> Callable:
             raise ValueError(f"metric file {path} failed to import: {type(exc).__name__}: {exc}; "
                              f"fix the file (python {path} shows the traceback)") from exc
     else:
+        if "/" in target or "\\" in target or target.startswith("."):
+            raise ValueError(f"{reference!r}: {target} looks like a file path; give the file with its .py ending "
+                             f"({target}.py:{fn_name}) or a module name (package.module:{fn_name})")
         try:
             module = importlib.import_module(target)
         except ModuleNotFoundError as exc:
@@ -66,6 +69,9 @@ def resolve_function(reference: str) -> Callable:
         except SyntaxError as exc:
             raise ValueError(f"metric module {target} has a syntax error in {exc.filename} at line {exc.lineno}: "
                              f"{exc.msg}; fix the file") from exc
+        except Exception as exc:  # the user's module failed while importing (an ImportError inside it, ...)
+            raise ValueError(f"metric module {target} failed to import: {type(exc).__name__}: {exc}; fix it "
+                             f"(python -c 'import {target}' shows the traceback)") from exc
     fn = getattr(module, fn_name, None)
     if not callable(fn):
         defined = sorted(name for name, value in vars(module).items()
@@ -153,6 +159,12 @@ def load_metric(reference: str, kind: str = "image", input: str = "tensor", diff
             f"{reference}: a {kind} metric is called with {expected} argument(s) "
             f"({'pixels, prompts' if expected == 2 else 'pixels'}), but it requires {len(params)}"
         )
+    positional = [p for p in inspect.signature(fn).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)]
+    if expected == 2 and len(positional) < 2 and not any(p.kind is p.VAR_POSITIONAL for p in positional):
+        raise ValueError(f"{reference}: a {kind} metric is called with the pixels and the prompts, but it takes "
+                         f"{len(positional)} argument(s); add the prompts argument, or use --kind "
+                         f"{kind.removeprefix('text-')}")
     spec = RewardSpec(name=name or reference, kind=kind, differentiable=differentiable,
                       higher_is_better=higher_is_better, frames=frames,
                       description=f"user metric {reference} ({input} input)")

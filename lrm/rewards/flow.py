@@ -11,6 +11,10 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from lrm.rewards.base import InputError
+
+DIS_MIN_SIDE = 12  # OpenCV's DIS refuses frames whose width and height are both smaller (cv2.error)
+
 # DIS presets by name; MEDIUM is OpenCV's recommended balance (coarse-to-fine down to 1/2^k scale,
 # variational refinement) and handles displacements of tens of pixels at 256 px.
 DIS_PRESETS = {
@@ -33,6 +37,9 @@ def to_gray(frame: np.ndarray) -> np.ndarray:
 
 def dis_flow(first: np.ndarray, second: np.ndarray, preset: str = "medium") -> np.ndarray:
     """Dense flow from `first` to `second` (H, W, 3) uint8: second(x + flow(x)) ~ first(x). -> (H, W, 2)."""
+    if max(first.shape[:2]) < DIS_MIN_SIDE:
+        raise InputError(f"optical flow needs frames of at least {DIS_MIN_SIDE} pixels on one side, got "
+                         f"{first.shape[0]}x{first.shape[1]}; resize the clip up first")
     dis = cv2.DISOpticalFlow_create(DIS_PRESETS[preset])  # one per call: DIS objects keep state
     return dis.calc(to_gray(first), to_gray(second), None)
 

@@ -87,7 +87,7 @@ class Sharpness(FrameReward):
     spec = spec_of("sharpness")
 
     def score_frames(self, frames: torch.Tensor, prompts: list[str] | None) -> torch.Tensor:
-        gray = luma_255(frames).unsqueeze(1)  # (N, 1, H, W)
+        gray = luma_255(at_least_float32(frames)).unsqueeze(1)  # (N, 1, H, W); half precision overflows to inf
         kernel = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]], dtype=gray.dtype, device=gray.device)
         padded = F.pad(gray, (1, 1, 1, 1), mode="reflect")  # torch "reflect" is OpenCV's BORDER_REFLECT_101
         laplacian = F.conv2d(padded, kernel.view(1, 1, 3, 3))  # (N, 1, H, W)
@@ -99,6 +99,11 @@ class Sharpness(FrameReward):
 # ---------------------------------------------------------------------------------------------
 
 
+def at_least_float32(frames: torch.Tensor) -> torch.Tensor:
+    """float16 / bfloat16 frames in float32 (squared 0-255 values overflow half precision); float64 stays."""
+    return frames.to(torch.promote_types(frames.dtype, torch.float32))
+
+
 class Colorfulness(FrameReward):
     """Hasler & Suesstrunk's M: rg = R - G, yb = (R + G) / 2 - B on the 0-255 scale,
     M = sqrt(var(rg) + var(yb)) + 0.3 sqrt(mean(rg)^2 + mean(yb)^2). A gray frame scores 0."""
@@ -106,7 +111,7 @@ class Colorfulness(FrameReward):
     spec = spec_of("colorfulness")
 
     def score_frames(self, frames: torch.Tensor, prompts: list[str] | None) -> torch.Tensor:
-        r, g, b = (frames * 255).flatten(2).unbind(dim=1)  # each (N, H*W)
+        r, g, b = (at_least_float32(frames) * 255).flatten(2).unbind(dim=1)  # each (N, H*W)
         rg = r - g
         yb = (r + g) / 2 - b
         sigma = safe_sqrt(rg.var(dim=1, unbiased=False) + yb.var(dim=1, unbiased=False))

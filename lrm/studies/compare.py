@@ -79,7 +79,7 @@ def build_arm(regulariser: str, runs: list[TuningRun], seeds: list[int], config:
     # a plain mean: NaN where a seed lacks it, so an arm mixing older records falls back to the parameter distance
     eps = np.stack([r.curves.eps_distance for r in runs]).mean(0)  # (E,)
     curves = Curves(steps, **means, eps_distance=eps)
-    gold_std = np.stack([r.curves.gold for r in runs]).std(0)
+    gold_std = np.nanstd(np.stack([r.curves.gold for r in runs]), axis=0)  # as the mean: a seed's NaN left out
     extra = {key: _nanmean(np.stack([record_column(r, key) for r in runs])) for key in MONITOR_DISTANCES}
     peaks = [gold_peak(r.curves, config.higher_is_better) for r in runs]
     return Arm(regulariser, runs, list(seeds), curves, gold_std, extra, analyse(curves, config), peaks)
@@ -95,11 +95,12 @@ def comparison_verdict(arms: list[Arm], higher_is_better: bool = True) -> str:
                       + (" (proxy keeps rising)" if a.study.proxy_keeps_rising else "") for a in arms)
     line = f"best gold peak: {best.regulariser} ({best.study.peak.gold:.4g} at step {best.study.peak.step} of {last})"
     line += f"; peaks by regulariser: {peaks}"
-    fired = [s for s in best.study.stops if s.fired and math.isfinite(s.share_of_peak)]
-    if fired:
-        rule = max(fired, key=lambda s: (s.share_of_peak, s.steps_saved))
-        line += (f"; in {best.regulariser}, stop when {rule.condition} keeps {rule.share_of_peak:.0%} of the peak "
-                 f"(step {rule.step})")
+    fired = [s for s in best.study.stops if s.fired and math.isfinite(s.gold)]
+    if fired:  # chosen as a single run's verdict chooses it: the best gold, then the most steps saved
+        rule = max(fired, key=lambda s: (sign * s.gold, s.steps_saved))
+        kept = (f"{rule.share_of_peak:.0%} of the peak" if math.isfinite(rule.share_of_peak)
+                else f"gold {rule.gold:.4g} against the peak's {best.study.peak.gold:.4g}")  # gold <= 0: no share
+        line += f"; in {best.regulariser}, stop when {rule.condition} keeps {kept} (step {rule.step})"
     return line
 
 
@@ -142,7 +143,8 @@ def _arm_metrics(arm: Arm) -> dict:
                    "distance": curves.distance.tolist(),
                    "diversity": curves.diversity.tolist(), "fidelity": curves.fidelity.tolist(),
                    "disagreement": curves.disagreement.tolist(), **{key: arm.extra[key].tolist() for key in MONITOR_DISTANCES}},
-        "grids": {when: str(path) for when, path in sample_grids(arm.runs[0], study.peak.step).items()},
+        # the first seed's own samples, at its own gold peak
+        "grids": {when: str(path) for when, path in sample_grids(arm.runs[0], arm.seed_peaks[0].step).items()},
     }
     return {key: values[key] for key in ARM_KEYS}
 

@@ -9,8 +9,9 @@ Regularisers (REGULARISERS), all LRM fine-tuning (DOLLAR Eq. 11) of the same sta
   (lrm.tuning.ensemble).
 Surrogates that are not given are fitted by the study itself (lrm.studies.surrogates: `lrm fit REWARD` on the
 generator's latent store, cached in DIR/surrogates/seed<S>): seed 0 stands in for --surrogate, seeds
-0..ensemble_size-1 for the ensemble's members, so every arm starts from the same surrogate. Every input an arm needs
-is checked before the first fit or run.
+0..ensemble_size-1 for the ensemble's members, so when the study fits both, every arm starts from the same seed-0
+surrogate; a given --surrogate or --ensemble is used as given (the other arms' surrogates are then other fits).
+Every input an arm needs is checked before the first fit or run.
 """
 
 from __future__ import annotations

@@ -17,10 +17,12 @@ the members' disagreement. With a surrogate and a differentiable reward it recor
 cosine between the surrogate's latent gradient and the true reward's (through the decoder) at each sample,
 averaged. A surrogate can rank samples well while its gradient is orthogonal to the reward's (near 0): LRM
 fine-tuning then moves the proxy and not the gold. It costs one backward pass through the decoder and the
-pixel reward per sample and evaluation (one sample's graph at a time, counted in the run's peak memory);
+pixel reward per sample and evaluation (one sample's graph at a time; in the process's peak RSS, not in the
+training steps' added memory or CUDA peak, which leave evaluations out);
 `gradient_alignment=False` skips it (large pixel rewards, long clips). The samples of the first and the latest
 call stay in `first` and `last` for grids (a caller that keeps every call's, as lrm.tuning.tune's on_evaluation,
-reads `last` after each). Non-finite gold rewards are left out of the mean and counted. The frozen copy of the
+reads `last` after each). Non-finite gold rewards are left out of the mean (and the proxy's, so that both
+average the same samples) and counted; non-finite latents leave the Frechet distance NaN. The frozen copy of the
 start costs one more copy of the student's weights.
 """
 
@@ -117,14 +119,17 @@ class TuningMonitor:
         record = TuningRecord(
             step=step,
             gold=float(gold[finite].mean()) if bool(finite.any()) else float("nan"),
-            proxy=float(scores.float().mean()) if scores is not None else float("nan"),
+            # the samples gold averages (finite rewards), so the proxy - gold gap compares the same samples
+            proxy=float(scores.float()[finite.to(scores.device)].mean()) if scores is not None and bool(finite.any())
+            else float("nan"),
             diversity=sample_diversity(samples.pixels, samples.prompts),
             distance=relative_distance(self.student, self.initial.state_dict()),
             nonfinite=int((~finite).sum()),
             fidelity=spearman(scores[finite.to(scores.device)], gold[finite]) if scores is not None else float("nan"),
             eps_distance=self._eps_distance(),
             latent_l2=float((samples.latents - first.latents).flatten(1).pow(2).mean(1).sqrt().mean()),
-            frechet=latent_frechet_distance(samples.latents, first.latents),
+            frechet=(latent_frechet_distance(samples.latents, first.latents)
+                     if bool(torch.isfinite(samples.latents).all()) else float("nan")),  # recorded, not raised
             disagreement=float(members.float().std(0, correction=0).mean()) if members is not None else float("nan"),
             gradient_alignment=self._gradient_alignment(samples),
         )
