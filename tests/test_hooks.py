@@ -661,6 +661,22 @@ def test_the_monitor_records_gold_proxy_diversity_and_distance_at_fixed_seeds():
     assert after.gold > first.gold and after.distance > 0 and len(monitor.records) == 3
 
 
+def test_the_monitors_proxy_averages_the_samples_whose_gold_is_finite():
+    # the proxy - gold gap (over-optimisation's signal) compared the proxy of N samples with the gold of fewer
+    from lrm.tuning.monitor import TuningMonitor
+
+    student, words = words_student()
+    lrm = surrogate()
+    monitor = TuningMonitor(student, TrueReward(codec(), Recording(Brightness(), nan_rows=[1])), ["a", "b"], words,
+                            latent_shape=SHAPE, steps=2, per_prompt=2, surrogate=lrm, gradient_alignment=False)
+    record = monitor(0)
+    with torch.no_grad():
+        scores = lrm(monitor.last.latents)  # (4,)
+    assert record.nonfinite == 1
+    assert record.proxy == pytest.approx(float(scores[[0, 2, 3]].mean()), rel=1e-5)
+    assert record.proxy != pytest.approx(float(scores.mean()), rel=1e-5)
+
+
 class PixelSurrogate(torch.nn.Module):
     """A "surrogate" that is `sign` times the pixel reward itself: its latent gradient is the gold's, times sign."""
 

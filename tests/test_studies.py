@@ -141,6 +141,19 @@ def test_a_stop_below_the_start_is_said_so_not_as_a_huge_negative_share_of_a_tin
     assert "below the start" in study.verdict and "of its gain" not in study.verdict
 
 
+def test_the_comparison_verdict_names_a_stopping_rule_for_a_reward_below_zero():
+    # shares of the peak are undefined for gold <= 0 (ImageReward): the verdict named no rule
+    from lrm.studies.compare import Arm, comparison_verdict
+
+    curves = synthetic()
+    shifted = Curves(curves.steps, curves.gold - 5.0, curves.proxy, curves.distance, curves.diversity,
+                     curves.fidelity)
+    study = analyse(shifted, StudyConfig())
+    arm = Arm("none", [], [0], shifted, np.zeros_like(shifted.gold), {}, study, [study.peak])
+    verdict = comparison_verdict([arm])
+    assert "stop when" in verdict and "against the peak's" in verdict
+
+
 def test_rules_that_never_fire_or_cannot_apply():
     curves = synthetic(fidelity_drop=False)
     rising = Curves(curves.steps, curves.distance.copy(), np.full_like(curves.gold, np.nan), curves.distance,
