@@ -182,6 +182,14 @@ def test_a_video_teacher_starts_from_an_image_teacher(store, trained, tmp_path):
         (tmp_path / "flow-run" / "checkpoints" / name).unlink()  # killed after its step-2 checkpoint
     train_teacher(clips, flowing, tmp_path / "flow-run")
     assert load_denoiser(tmp_path / "flow-run" / "model").schedule_config == {"type": "flow", "shift": 3.0}
+    # --out holding another command's run (with checkpoints): named before its config is read as a teacher's
+    fit_run = tmp_path / "fit-run"
+    (fit_run / "checkpoints").mkdir(parents=True)
+    (fit_run / "config.json").write_text(json.dumps({"fit": {"steps": 3}, "label": "x"}))
+    for suffix in (".json", ".safetensors"):
+        (fit_run / "checkpoints" / f"step-0000002{suffix}").write_text("{}")
+    with pytest.raises(ValueError, match="holds a surrogate run of `lrm fit`, not a teacher run"):
+        train_teacher(clips, flowing, fit_run)
     with pytest.raises(ValueError, match="is not a dit-s .*pass --preset dit-xs"):
         initial_model(image_run, clips, replace(TINY, preset="dit-s"))
     with pytest.raises(ValueError, match="is a 4-frame model and store .* holds 1-frame latents"):
