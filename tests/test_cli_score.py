@@ -74,6 +74,18 @@ def test_a_clip_too_small_for_optical_flow_is_skipped_by_name_and_the_others_sco
     assert [r["path"].rsplit("/", 1)[1] for r in _csv(out.read_text())] == ["fade.gif"]
 
 
+def test_dynamic_degree_notes_media_read_at_another_frame_rate_than_its_fps_option(media, tmp_path):
+    # VBench keeps every round(fps / 8)-th frame; a 25-fps clip scored as 8 fps compared consecutive frames
+    frames = [Image.fromarray(np.full((32, 32, 3), 20 * i, np.uint8)) for i in range(8)]
+    frames[0].save(tmp_path / "fast.gif", save_all=True, append_images=frames[1:], duration=40)  # 25 fps
+    result = runner.invoke(app, ["score", "dynamic-degree", str(tmp_path / "fast.gif"), str(media / "fade.gif")])
+    assert result.exit_code == 0, result.output
+    assert "note: dynamic-degree assumed 8 fps, but 1 file(s) were read at 25 fps; pass -o fps=25" in result.output
+    # fade.gif (10 fps) keeps every frame at 8 fps too; with -o fps=25 the 25-fps clip keeps every 3rd
+    quiet = runner.invoke(app, ["score", "dynamic-degree", str(tmp_path / "fast.gif"), "-o", "fps=25"])
+    assert quiet.exit_code == 0 and "note:" not in quiet.output, quiet.output
+
+
 def test_score_text_reward_needs_a_prompt(media):
     result = runner.invoke(app, ["score", "prompt-color", str(media / "flat.png")])
     assert result.exit_code != 0

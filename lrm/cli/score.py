@@ -117,7 +117,7 @@ def score(
 
     k = frames if frames is not None else spec.frames
     s = size if size is not None else spec.size
-    rows = []
+    rows, other_rates = [], {}  # other_rates: frame rate -> files read at it, when it is not the reward's fps
     for path, text in tqdm(list(zip(files, file_prompts)), desc=f"score {spec.name}", unit="file"):
         try:
             clip = read_clip(path, frames=k, stride=stride, size=s)
@@ -131,11 +131,17 @@ def score(
             skipped.append((path, f"{spec.name} gave {value}, not a score"))
             continue
         rows.append({"path": str(path), "score": value, "frames": pixels.shape[1], "prompt": text or ""})
+        rate = read_rate(clip.fps, stride, k)
+        if rate is not None and hasattr(rew, "target_fps") and max(1, round(rate / rew.target_fps)) != rew.stride:
+            other_rates[round(rate)] = other_rates.get(round(rate), 0) + 1  # VBench would keep other frames
 
     report_skipped(skipped)
     emit_scores(rows, out)
     console.print(escape(f"{spec.name}: scored {len(rows)} file(s), skipped {len(skipped)}"
                          f"{f', wrote {out}' if out else ''}"))
+    for rate, count in sorted(other_rates.items()):  # the reward's frame interval comes from its fps option
+        console.print(escape(f"note: {spec.name} assumed {rew.fps:g} fps, but {count} file(s) were read at {rate:g} "
+                             f"fps; pass -o fps={rate:g} to score them as VBench does"))
     if not rows:
         raise typer.Exit(1)
 
@@ -197,3 +203,9 @@ def _reason(exc: Exception) -> str:
     if isinstance(exc, MediaError):
         return exc.reason
     return str(exc) if isinstance(exc, (ValueError, RuntimeError)) else f"{type(exc).__name__}: {exc}"
+
+
+def read_rate(fps: float | None, stride: int, frames: int | None) -> float | None:
+    """The frame rate of the frames read from media at `fps` with every `stride`-th frame kept; None when unknown,
+    or when `frames` uniformly spaced frames were sampled (their rate depends on the clip's length)."""
+    return None if fps is None or frames is not None else fps / stride
