@@ -39,4 +39,9 @@ def tiny_vaes(tmp_path_factory):
         encoder_block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
         num_encoder_blocks=(1, 1, 1, 1), num_decoder_blocks=(1, 1, 1, 1), latent_channels=4,
     ).save_pretrained(root / "tiny")
-    return {kind: root / kind for kind in ("kl", "wan", "tiny")}
+    diffusers.AutoencoderDC(  # encode() returns .latent (AutoencoderTiny: .latents, AutoencoderKL: .latent_dist)
+        latent_channels=4, attention_head_dim=8, encoder_block_out_channels=(8, 8), decoder_block_out_channels=(8, 8),
+        encoder_layers_per_block=(1, 1), decoder_layers_per_block=(1, 1), encoder_qkv_multiscales=((), ()),
+        decoder_qkv_multiscales=((), ()),
+    ).save_pretrained(root / "dc")
+    return {kind: root / kind for kind in ("kl", "wan", "tiny", "dc")}

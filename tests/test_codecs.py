@@ -252,7 +252,8 @@ def test_pixel_path_runs_niqe_on_taef2_decoded_photos_with_a_gradient_to_the_lat
 # ---- diffusers ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind, factors, frames", [("kl", (2, 1), 3), ("wan", (8, 4), 5), ("tiny", (8, 1), 2)])
+@pytest.mark.parametrize("kind, factors, frames", [("kl", (2, 1), 3), ("wan", (8, 4), 5), ("tiny", (8, 1), 2),
+                                                  ("dc", (2, 1), 2)])
 def test_diffusers_codec_geometry_gradients_settings(tiny_vaes, kind, factors, frames):
     codec = codecs.load(f"diffusers:{tiny_vaes[kind]}", batch_size=1)
     assert (codec.spatial_factor, codec.temporal_factor, codec.channels) == (*factors, 4)

@@ -70,8 +70,11 @@ def test_only_adapters_of_the_attention_projections_train_on_a_diffusers_student
     for name in (STUDENT, FAKE_SCORE):
         trained = [n for n, p in roles.module(name).named_parameters() if p.requires_grad]
         assert trained and all("lora_" in n for n in trained), name
-        assert {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in trained} <= {"to_q", "to_k", "to_v", "0"}
+        allowed = {"to_q", "to_k", "to_v", "0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"}
+        assert {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in trained} <= allowed
         assert any(".to_out.0.lora_" in n for n in trained) and any(".to_q.lora_" in n for n in trained)
+        if family == "sd3":  # the joint blocks' text stream as well, as diffusers' SD3 LoRA script adapts it
+            assert any(".add_q_proj.lora_" in n for n in trained) and any(".add_v_proj.lora_" in n for n in trained)
         assert roles[name].optimizer.param_groups[0]["params"] == [p for p in roles.module(name).parameters()
                                                                    if p.requires_grad]
     assert not has_lora(roles.module(TEACHER))

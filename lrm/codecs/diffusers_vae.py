@@ -122,7 +122,9 @@ class DiffusersCodec(Codec):
 
     def _raw_encode(self, x: torch.Tensor) -> torch.Tensor:
         out = self.model.encode(x)
-        return out.latent_dist.mode() if hasattr(out, "latent_dist") else out.latents
+        if hasattr(out, "latent_dist"):  # AutoencoderKL and its video variants
+            return out.latent_dist.mode()
+        return out.latents if hasattr(out, "latents") else out.latent  # AutoencoderTiny; AutoencoderDC
 
     def _probe(self) -> tuple[int, int, int]:
         """(channels, spatial factor, temporal factor) from one blank probe through the encoder."""
