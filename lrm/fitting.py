@@ -626,20 +626,22 @@ def _start_state(fit: _Fit, found: tuple | None) -> _State:
         torch.set_rng_state(rng)
         best = record["best"]
         best["spearman"] = -math.inf if best["spearman"] is None else best["spearman"]
-        state = _State(step=record["step"], history=record["history"], bad_evals=record["bad_evals"],
+        losses, mismatches = rank_share(record.get("pending_by_rank", []), fit.rank, ([], []))
+        history = record["history"]
+        state = _State(step=record["step"], history=history, bad_evals=record["bad_evals"],
                        stopped_early=record["stopped_early"], best=best, best_state=best_state,
-                       **_own_pending(record.get("pending_by_rank", []), fit.rank),
-                       elapsed_s=record.get("elapsed_s", (record["history"] or [{"elapsed_s": 0.0}])[-1]["elapsed_s"]))
+                       losses=list(losses), mismatches=list(mismatches),
+                       elapsed_s=record.get("elapsed_s", history[-1]["elapsed_s"] if history else 0.0))
         fit.model.info.extra.update(record.get("model_extra", {}))
     if fit.is_main:
         atomic_write_text(fit.metrics_path, "".join(json.dumps(r) + "\n" for r in state.history))
     return state
 
 
-def _own_pending(by_rank: list, rank: int) -> dict:
-    """This rank's training losses and 1 - cos since the last train line, from a checkpoint (none in older ones)."""
-    losses, mismatches = by_rank[rank] if rank < len(by_rank) else ([], [])
-    return {"losses": list(losses), "mismatches": list(mismatches)}
+def rank_share(by_rank: list, rank: int, empty):
+    """This process's entry of a checkpoint's per-rank list (what each rank had pending when it was written, in
+    rank order: lrm.distributed.gather_objects); `empty` for a checkpoint written without it."""
+    return by_rank[rank] if rank < len(by_rank) else empty
 
 
 def _train_step(fit: _Fit, step: int) -> tuple[float, float, float | None]:

@@ -45,6 +45,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lrm import distributed
+from lrm.config_diff import refuse_other_run
 from lrm.configs import RUN_ONLY_FIELDS, TeacherConfig, training_settings  # noqa: F401 (re-exported)
 from lrm.diffusion import samplers
 from lrm.diffusion.parameterisations import check_prediction, training_target
@@ -117,11 +118,6 @@ def drop_text(text_mask: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
     return text_mask & ~drop[:, None]
 
 
-def own_pending(by_rank: list, rank: int) -> list[float]:
-    """This rank's losses since the last loss line, from a checkpoint's per-rank lists (none in older ones)."""
-    return list(by_rank[rank]) if rank < len(by_rank) and isinstance(by_rank[rank], list) else []
-
-
 def step_seed(seed: int, step: int, rank: int) -> int:
     """Seed of the timesteps, noise and dropout of `step` on `rank`."""
     return int(np.random.SeedSequence([seed, 7, step, rank]).generate_state(1)[0])
@@ -188,12 +184,11 @@ def _resolved_config(config: TeacherConfig, store, model: LatentDiT, batch_size:
 
 def _prepare_out_dir(out_dir: Path, resolved: dict) -> None:
     """Write config.json; an existing run (resume) must have been started with the same training settings."""
-    from lrm.config_diff import differences, refuse_other_run
+    from lrm.config_diff import differences
 
     path = out_dir / "config.json"
     if path.exists():
         old = json.loads(path.read_text())
-        refuse_other_run(out_dir, old, "teacher")
         defaults = training_settings(TeacherConfig())
         saved = {"teacher": {**defaults, **{k: v for k, v in old.get("teacher", {}).items() if k in defaults}},
                  "store": old.get("store"), "codec": old.get("codec")}
@@ -264,7 +259,8 @@ def train_teacher(store, config: TeacherConfig, out_dir: str | Path, *, resume: 
     resume=True continues the run in `out_dir` from its newest checkpoint (or starts it); without it an
     `out_dir` that already holds a run is an error. progress=True shows a progress bar with the loss
     (first process only)."""
-    from lrm.fitting import RowSource, mean_across_ranks, save_checkpoint, batch_positions, latest_checkpoint
+    from lrm.fitting import (RowSource, batch_positions, latest_checkpoint, mean_across_ranks, rank_share,
+                             save_checkpoint)
     from lrm.fitting import load_checkpoint
 
     check_config(config)
@@ -288,15 +284,13 @@ def train_teacher(store, config: TeacherConfig, out_dir: str | Path, *, resume: 
     frames, channels = store.latent_shape[0], store.latent_shape[1]
     text_dim = store.text_embeddings([0])[0].shape[-1]
     checkpoints, metrics_path = out_dir / CHECKPOINTS, out_dir / "metrics.jsonl"
+    saved = json.loads((out_dir / "config.json").read_text()) if (out_dir / "config.json").is_file() else None
+    refuse_other_run(out_dir, saved, "teacher")  # before any of its fields is read as a teacher's
     found = latest_checkpoint(checkpoints) if resume else None
     torch.manual_seed(config.seed)
     if config.init is not None and found is None:
         model = initial_model(config.init, store, config).to(device)
     elif config.init is not None:  # resumed: the architecture and schedule the run recorded (the init may be gone)
-        from lrm.config_diff import refuse_other_run
-
-        saved = json.loads((out_dir / "config.json").read_text())
-        refuse_other_run(out_dir, saved, "teacher")  # before reading a teacher's fields from another run's file
         model = LatentDiT(**saved["dimensions"]).to(device)
         model.preset = config.preset
     else:  # a fresh model, or the shape a checkpoint's weights are loaded into
@@ -318,7 +312,7 @@ def train_teacher(store, config: TeacherConfig, out_dir: str | Path, *, resume: 
         optimizer.load_state_dict(optim_state)
         torch.set_rng_state(rng)
         step, history = record["step"], record["history"]
-        pending = own_pending(record.get("pending_losses", []), rank)  # what the next loss line averages
+        pending = rank_share(record.get("pending_losses", []), rank, [])  # what the next loss line averages
         elapsed = record.get("elapsed_s", history[-1]["elapsed_s"] if history else 0.0)
     if is_main:  # drops lines a killed run wrote after its last checkpoint
         atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in history))

@@ -29,7 +29,6 @@ averaged likewise. metrics.json (strict JSON) holds COMPARE_KEYS:
 from __future__ import annotations
 
 import html
-import math
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,7 +36,8 @@ from pathlib import Path
 import numpy as np
 
 from lrm.io import atomic_write_json, atomic_write_text
-from lrm.studies.overopt import Curves, Peak, Study, StudyConfig, analyse, distance_axis, gold_peak
+from lrm.studies.overopt import (Curves, Peak, Study, StudyConfig, analyse, best_stop, distance_axis, gold_peak,
+                                 kept_gold)
 from lrm.studies.report import MONITOR_DISTANCES, STOP_COLUMNS, grid_figures
 from lrm.studies.runs import TuningRun, record_column, sample_grids
 
@@ -58,11 +58,11 @@ class Arm:
     seed_peaks: list[Peak]  # each seed's own gold peak
 
 
-def _nanmean(stack: np.ndarray) -> np.ndarray:
-    """(S, E) -> (E,) mean over the finite values; NaN where none is (quietly)."""
+def _over_seeds(stat, stack: np.ndarray) -> np.ndarray:
+    """(S, E) -> (E,) np.nanmean / np.nanstd over the seeds' finite values; NaN where none is (quietly)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nanmean(stack, axis=0)
+        return stat(stack, axis=0)
 
 
 def build_arm(regulariser: str, runs: list[TuningRun], seeds: list[int], config: StudyConfig) -> Arm:
@@ -75,12 +75,12 @@ def build_arm(regulariser: str, runs: list[TuningRun], seeds: list[int], config:
             raise ValueError(f"{run.path} and {runs[0].path} evaluate at different steps; launch them with the same "
                              "--steps and --eval-every")
     fields = ("gold", "proxy", "distance", "diversity", "fidelity", "disagreement")
-    means = {f: _nanmean(np.stack([getattr(r.curves, f) for r in runs])) for f in fields}
+    means = {f: _over_seeds(np.nanmean, np.stack([getattr(r.curves, f) for r in runs])) for f in fields}
     # a plain mean: NaN where a seed lacks it, so an arm mixing older records falls back to the parameter distance
     eps = np.stack([r.curves.eps_distance for r in runs]).mean(0)  # (E,)
     curves = Curves(steps, **means, eps_distance=eps)
-    gold_std = np.nanstd(np.stack([r.curves.gold for r in runs]), axis=0)  # as the mean: a seed's NaN left out
-    extra = {key: _nanmean(np.stack([record_column(r, key) for r in runs])) for key in MONITOR_DISTANCES}
+    gold_std = _over_seeds(np.nanstd, np.stack([r.curves.gold for r in runs]))  # as the mean
+    extra = {key: _over_seeds(np.nanmean, np.stack([record_column(r, key) for r in runs])) for key in MONITOR_DISTANCES}
     peaks = [gold_peak(r.curves, config.higher_is_better) for r in runs]
     return Arm(regulariser, runs, list(seeds), curves, gold_std, extra, analyse(curves, config), peaks)
 
@@ -95,12 +95,10 @@ def comparison_verdict(arms: list[Arm], higher_is_better: bool = True) -> str:
                       + (" (proxy keeps rising)" if a.study.proxy_keeps_rising else "") for a in arms)
     line = f"best gold peak: {best.regulariser} ({best.study.peak.gold:.4g} at step {best.study.peak.step} of {last})"
     line += f"; peaks by regulariser: {peaks}"
-    fired = [s for s in best.study.stops if s.fired and math.isfinite(s.gold)]
-    if fired:  # chosen as a single run's verdict chooses it: the best gold, then the most steps saved
-        rule = max(fired, key=lambda s: (sign * s.gold, s.steps_saved))
-        kept = (f"{rule.share_of_peak:.0%} of the peak" if math.isfinite(rule.share_of_peak)
-                else f"gold {rule.gold:.4g} against the peak's {best.study.peak.gold:.4g}")  # gold <= 0: no share
-        line += f"; in {best.regulariser}, stop when {rule.condition} keeps {kept} (step {rule.step})"
+    rule = best_stop(best.study.stops, higher_is_better)  # as a single run's verdict chooses it
+    if rule is not None:
+        line += (f"; in {best.regulariser}, stop when {rule.condition} keeps {kept_gold(rule, best.study.peak)} "
+                 f"(step {rule.step})")
     return line
 
 

@@ -314,6 +314,19 @@ def _signed(values: np.ndarray, higher_is_better: bool) -> np.ndarray:
     return np.asarray(values, float) * (1.0 if higher_is_better else -1.0)
 
 
+def best_stop(stops: list[Stop], higher_is_better: bool = True) -> Stop | None:
+    """The fired rule that keeps the most gold (then saves the most steps); None when none fired at a finite gold."""
+    fired = [s for s in stops if s.fired and math.isfinite(s.gold)]
+    sign = 1.0 if higher_is_better else -1.0
+    return max(fired, key=lambda s: (sign * s.gold, s.steps_saved)) if fired else None
+
+
+def kept_gold(stop: Stop, peak: Peak) -> str:
+    """What stopping there keeps: its share of the peak gold, or both golds where a share is undefined (gold <= 0)."""
+    return (f"{stop.share_of_peak:.0%} of the peak gold" if math.isfinite(stop.share_of_peak)
+            else f"gold {stop.gold:.4g} against the peak's {peak.gold:.4g}")
+
+
 def _verdict(curves: Curves, peak: Peak, rising: bool | None, stops: list[Stop], higher_is_better: bool) -> str:
     """One line: the peak, whether the proxy keeps rising, and the fired rule that keeps the most gold."""
     last = len(curves.steps) - 1
@@ -326,13 +339,10 @@ def _verdict(curves: Curves, peak: Peak, rising: bool | None, stops: list[Stop],
         head += ", proxy keeps rising"
     elif rising is False:
         head += ", proxy does not keep rising"
-    fired = [s for s in stops if s.fired and math.isfinite(s.gold)]
-    if not fired:
+    best = best_stop(stops, higher_is_better)
+    if best is None:
         return head + "; no stopping rule fired before the end"
-    sign = 1.0 if higher_is_better else -1.0
-    best = max(fired, key=lambda s: (sign * s.gold, s.steps_saved))
-    kept = (f"{best.share_of_peak:.0%} of the peak gold" if math.isfinite(best.share_of_peak)
-            else f"gold {best.gold:.4g} against the peak's {peak.gold:.4g}")
+    kept = kept_gold(best, peak)
     share = best.share_of_gain
     gain = ("" if not math.isfinite(share) else f", {share:.0%} of its gain over the start" if share >= 0
             else ", below the start")  # a share under 0 says only that: the gain may be noise-sized
