@@ -338,3 +338,18 @@ def test_minilm_token_embeddings_are_stored_per_row(tmp_path):
         assert 3 < n <= 24 and int(mask[k].sum()) == n
         torch.testing.assert_close(emb[k, :n], alone[0, :n], atol=1e-5, rtol=1e-4)
         assert not emb[k, n:].any()
+
+
+def test_orphans_of_a_killed_run_include_a_manifest_rewrite_for_the_process_that_writes_it(tmp_path):
+    # a kill -9 during a manifest rewrite left manifest.json.<random>.tmp, which a resumed run kept
+    for folder in ("shards", "labels/sharpness"):
+        (tmp_path / folder).mkdir(parents=True)
+    orphans = [tmp_path / "manifest.json.x1y2.tmp", tmp_path / "shards" / "shard-00001.pt.ab.tmp",
+               tmp_path / "labels" / "sharpness" / "shard-00001.npy.cd.tmp"]
+    other = tmp_path / "shards" / "shard-00002.pt.ef.tmp"  # another rank's shard
+    for path in [*orphans, other]:
+        path.write_bytes(b"")
+    assert sorted(st.clean_orphans(tmp_path, [1])) == sorted(orphans[1:])  # not the manifest's: another rank
+    assert orphans[0].exists()
+    assert st.clean_orphans(tmp_path, [1], manifest=True) == [orphans[0]]
+    assert not any(p.exists() for p in orphans) and other.exists()

@@ -90,7 +90,7 @@ def encode(config: EncodeConfig, out: str | Path, codec: Codec | None = None, pr
     st.create_or_check(out, header, write=False)
 
     mine = distributed.owned(range(num_shards), rank, world)
-    st.clean_orphans(out, mine)
+    st.clean_orphans(out, mine, manifest=rank == 0)
     expected = (source.frames, 3, source.size, source.size)
     for index in progress_bar(mine, f"encode {out.name}", show):
         if st.shard_record(out, index) is None:

@@ -189,7 +189,7 @@ def add_labels(path: str | Path, rewards: list[str], batch_size: int = 16, devic
             st.write_label_info(path, name, info)
     distributed.barrier()
     mine = distributed.owned(range(store.manifest["num_shards"]), rank, world)
-    st.clean_orphans(path, mine)
+    st.clean_orphans(path, mine, manifest=rank == 0)
     refresh = (lambda: st.refresh_manifest(path)) if rank == 0 else None
     label_shards(path, read, [(n, r) for n, r, _ in labelers], mine, batch_size, device,
                  progress and rank == 0, refresh)

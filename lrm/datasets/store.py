@@ -122,8 +122,9 @@ def label_paths(root: Path, name: str, index: int) -> dict[str, Path]:
     return {"values": folder / f"{stem}.npy", "commit": folder / f"{stem}.json"}
 
 
-def clean_orphans(root: Path, shard_indices) -> list[Path]:
-    """Remove temporary files left by a killed run for the given shards (and the manifest)."""
+def clean_orphans(root: Path, shard_indices, manifest: bool = False) -> list[Path]:
+    """Remove temporary files left by a killed run for the given shards, and with `manifest` (the process that
+    writes it: rank 0) those of the manifest, which a kill during a manifest rewrite leaves."""
     root = Path(root)
     removed = []
     stems = {shard_stem(i) for i in shard_indices}
@@ -132,6 +133,9 @@ def clean_orphans(root: Path, shard_indices) -> list[Path]:
         if tmp.name.split(".")[0] in stems:
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
+    for tmp in root.glob(f"{MANIFEST}.*{TMP_SUFFIX}") if manifest else ():
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
     return removed
 
 
