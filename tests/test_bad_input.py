@@ -201,6 +201,13 @@ def test_encode_unknown_label_reward(tmp_path):
           names="brisq", fix="did you mean 'brisque'?")
 
 
+@pytest.mark.parametrize("command", [("encode", "procedural:4"), ("teacher", "train", "--data", "procedural:4")])
+def test_a_size_whose_pixels_cannot_fit_is_refused_before_any_work(command, tmp_path):
+    # 16 clips of 8 frames at 100000 px: 11 PiB of pixels; it used to run out of memory
+    fails(*command, "--size", 100000, "--out", tmp_path / "s", names="--size 100000", fix="lower --size")
+    assert not (tmp_path / "s").exists()
+
+
 def test_encode_unknown_codec_suggests_the_closest(tmp_path):
     fails("encode", "procedural:4", "--codec", "tae2f", "--out", tmp_path / "s", names="tae2f",
           fix="did you mean 'taef2'?")
@@ -218,8 +225,8 @@ def test_fit_removed_preset_names_its_replacement(preset, replacement, tmp_path)
           fix=f"use {replacement}")
 
 
-@pytest.mark.parametrize("flag, fix", [("--steps", "steps must be a positive integer"),
-                                       ("--batch-size", "batch_size must be a positive integer"),
+@pytest.mark.parametrize("flag, fix", [("--steps", "teacher --steps must be a positive integer"),
+                                       ("--batch-size", "teacher --batch-size must be a positive integer"),
                                        ("--size", "greater than or equal to 1")])
 @pytest.mark.parametrize("value", ["0", "-1"])
 def test_teacher_train_refuses_counts_below_one(flag, fix, value, tmp_path):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -39,6 +40,32 @@ def _fit_length(emb: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[tor
 
 
 
+def available_memory_bytes() -> int | None:
+    """Memory the system can give this process now: /proc/meminfo's MemAvailable on Linux, the physical
+    memory elsewhere; None where neither can be read."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def refuse_oversized_batch(frames: int, size: int, batch_size: int) -> None:
+    """ValueError, before any work, when one batch's float32 pixels alone (a lower bound on what encoding it
+    needs) would not fit in the memory available; e.g. --size 100000 would otherwise die out of memory."""
+    need = batch_size * frames * 3 * size * size * 4  # bytes of (B, T, 3, S, S) float32
+    free = available_memory_bytes()
+    if free is not None and need > free:
+        raise ValueError(f"--size {size}: one batch of {batch_size} clip(s) of {frames} frame(s) at {size}x{size} "
+                         f"holds {need / 2**30:,.1f} GiB of pixels, more than the {free / 2**30:.1f} GiB of memory "
+                         f"available; lower --size (or --batch-size)")
+
+
 def shard_units(index: int, shard_size: int, units: int) -> tuple[int, int]:
     return index * shard_size, min((index + 1) * shard_size, units)
 
@@ -58,6 +85,7 @@ def encode(config: EncodeConfig, out: str | Path, codec: Codec | None = None, pr
         codec = codecs.load(config.codec)
     codec = codec.to(config.device).eval()
     source = make_source(config, codec.spatial_factor)
+    refuse_oversized_batch(source.frames, source.size, config.batch_size)
     if config.size is None and progress and distributed.rank() == 0:  # the log: which size, and why
         tqdm.write(f"{config.data}: frames of {source.frame_size.reason}", file=sys.stderr)
     text_encoder, text_header = None, None
