@@ -308,7 +308,8 @@ def _run(reward_name, reward_options, run_path, distill, student_steps, store_pa
              if math.isfinite(first.proxy) or math.isfinite(last.proxy) else "")
     summary = (f"{true_reward.name}: gold {first.gold:.4g} -> {last.gold:.4g}{proxy}, "
                f"diversity {first.diversity:.3f} -> {last.diversity:.3f}, distance "
-               f"{last.distance:.3g}; {result.seconds_per_step:.3g} s/step, peak RSS {result.peak_rss_mb:.0f} MB")
+               f"{last.distance:.3g}; {result.seconds_per_step:.3g} s/step, "
+               f"process peak RSS {result.peak_rss_mb:.0f} MB")
     if result.added_rss_mb is not None:
         summary += f" (loaded {result.loaded_rss_mb:.0f} MB, the steps added {result.added_rss_mb:.0f} MB)"
     if math.isfinite(first.gradient_alignment) or math.isfinite(last.gradient_alignment):

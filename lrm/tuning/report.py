@@ -92,7 +92,8 @@ def facts_rows(run, config: dict) -> list[list]:
             ["seconds per step", facts.get("seconds_per_step")],
             ["peak memory (MB)", peak if peak is not None else "not recorded (lrm.tuning.tune records CUDA's max "
                                                                "allocated; none on CPU)"],
-            ["peak RSS (MB)", facts.get("peak_rss_mb", "not recorded (a run of an earlier lrm)")],
+            ["peak RSS of the process (MB; in a launched study it includes the earlier runs and fits: compare the "
+             "runs' added memory)", facts.get("peak_rss_mb", "not recorded (a run of an earlier lrm)")],
             ["resident before the first step (MB)", _recorded(facts, "loaded_rss_mb")],
             ["added by the training steps at their peak (MB)", _recorded(facts, "added_rss_mb")],
             ["non-finite rewards", facts.get("nonfinite_rewards")], ["skipped updates", facts.get("skipped_updates")]]
