@@ -137,7 +137,7 @@ def test_a_nan_latent_or_an_infinite_lr_stops_training_with_one_line_and_no_nan_
     with pytest.raises(ValueError, match=r"the loss is not finite at step \d+: a row of that batch holds NaN"):
         train_teacher(PoisonedStore(store), replace(TINY, snapshots=0), tmp_path / "poisoned")
     assert not (tmp_path / "poisoned" / "model").exists()  # no teacher with NaN weights to reuse
-    with pytest.raises(ValueError, match="teacher lr must be a finite number > 0"):
+    with pytest.raises(ValueError, match="TeacherConfig.lr must be a finite number > 0"):
         train_teacher(store, replace(TINY, lr=float("inf")), tmp_path / "inf")
 
 
@@ -334,7 +334,7 @@ def test_cli_bad_input_is_one_line(store, trained, tmp_path):
         (["--video", "--preset", "dit-s"], "starts from the embedded image teacher (dit-s1); with --preset dit-s pass"),
         (["--store", str(store.path), "--init", str(trained[1]), "--preset", "dit-s"], "is not a dit-s (depth 2 vs 6"),
         (["--store", str(store.path), "--init", str(tmp_path / "nowhere")], "--init"),
-        (["--steps", "-5"], "teacher steps must be a positive integer"),
+        (["--steps", "-5"], "teacher --steps must be a positive integer"),
         (["--store", str(tmp_path / "missing")], "no latent store at"),
         (["--store", str(store.path), "--video"], "holds images, not clips: drop --video"),
         (["--store", str(no_text.path)], "has no text embeddings"),

@@ -76,17 +76,18 @@ def check_config(config: TeacherConfig) -> None:
     for name in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints", "report_samples"):
         value = getattr(config, name)
         if not isinstance(value, int) or value < 1:
-            raise ValueError(f"teacher {name} must be a positive integer, got {value!r}")
+            what = f"--{name.replace('_', '-')}" if name in ("steps", "batch_size") else f"TeacherConfig.{name}"
+            raise ValueError(f"teacher {what} must be a positive integer, got {value!r}")
     if config.warmup_steps < 0 or config.snapshots < 0:
-        raise ValueError("teacher warmup_steps and snapshots must be >= 0")
+        raise ValueError("TeacherConfig.warmup_steps and snapshots must be >= 0")
     if not 0 <= config.ema_decay < 1:
-        raise ValueError(f"teacher ema_decay must be in [0, 1), got {config.ema_decay}")
+        raise ValueError(f"TeacherConfig.ema_decay must be in [0, 1), got {config.ema_decay}")
     if not 0 <= config.cfg_dropout < 1:
-        raise ValueError(f"teacher cfg_dropout must be in [0, 1), got {config.cfg_dropout}")
+        raise ValueError(f"TeacherConfig.cfg_dropout must be in [0, 1), got {config.cfg_dropout}")
     finite = all(math.isfinite(v) for v in (config.lr, config.grad_clip, config.weight_decay))
     if not finite or config.lr <= 0 or config.grad_clip < 0 or config.weight_decay < 0:
-        raise ValueError(f"teacher lr must be a finite number > 0, grad_clip and weight_decay finite and >= 0; got "
-                         f"{config.lr}, {config.grad_clip}, {config.weight_decay}")
+        raise ValueError(f"TeacherConfig.lr must be a finite number > 0, grad_clip and weight_decay finite and >= 0; "
+                         f"got {config.lr}, {config.grad_clip}, {config.weight_decay}")
 
 
 # ---------------------------------------------------------------- pure helpers
