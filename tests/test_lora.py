@@ -61,6 +61,16 @@ def distiller_of(teacher, shape, seed=0):
 # ---------------------------------------------------------------- what trains
 
 
+def test_flux_adapters_cover_both_block_kinds_and_not_the_output_layer():
+    student = add_lora(diffusers_teacher("flux"), RANK)
+    adapted = {n.split(".lora_")[0] for n, _ in student.named_parameters() if "lora_" in n}
+    for kind in ("transformer_blocks", "single_transformer_blocks"):
+        for proj in ("to_q", "to_k", "to_v"):
+            assert any(f".{kind}.0.attn.{proj}" in name for name in adapted), (kind, proj)
+    assert any(".transformer_blocks.0.attn.add_q_proj" in name for name in adapted)
+    assert not any(name.endswith("proj_out") or "proj_mlp" in name for name in adapted)  # diffusers' script too
+
+
 @pytest.mark.parametrize("family", ["sd", "sd3", "wan"])
 def test_only_adapters_of_the_attention_projections_train_on_a_diffusers_student(family):
     teacher = diffusers_teacher(family)

@@ -8,7 +8,9 @@ The adapters go where diffusers' own LoRA training scripts put them, on the atte
 - diffusers denoisers (lrm.generators.diffusers_adapters: UNet2DConditionModel, SD3, FLUX and Wan
   transformers): to_q, to_k, to_v, to_out.0 of every attention block (self- and cross-attention), and in SD3's
   and FLUX's joint blocks the text stream's add_q_proj, add_k_proj, add_v_proj, to_add_out too (diffusers'
-  SD3 / FLUX DreamBooth LoRA scripts adapt them; without them the text tokens' attention cannot be tuned);
+  SD3 / FLUX DreamBooth LoRA scripts adapt them; without them the text tokens' attention cannot be tuned); FLUX's
+  single blocks: to_q, to_k, to_v only (their attention output is fused with the MLP in proj_out, which those
+  scripts leave out too; a "proj_out" suffix would also catch the model's final output layer);
 - lrm's LatentDiT: query, key_value and out of every Attention (spatial, temporal, cross).
 peft's defaults: B = 0 at the start (the adapted model equals its base exactly), A Kaiming-uniform;
 alpha = rank (scale 1, diffusers' scripts). peft wraps each target Linear in place (its weight becomes
