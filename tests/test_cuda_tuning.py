@@ -1,0 +1,133 @@
+"""The tuning half gives the CPU's results on a GPU: teacher training, sampling, distillation (image and video
+terms, bf16 autocast) and the three tuning methods, each run through the CLI on CUDA and on the CPU from the same
+tiny runs (dit-xs, 64-px procedural images, dct latents, MiniLM tokens) and compared.
+
+Skipped without CUDA (CI has none); run on a GPU machine with `python -m pytest tests/test_cuda_tuning.py`.
+LRM_TEST_DEVICE=cpu runs the same comparisons CPU against CPU, which checks the tests themselves where there is no
+GPU. TF32 is off so that the devices differ only by summation order; every random draw of lrm's trainers comes
+from CPU generators, so both devices see the same noise, timesteps and batches.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from lrm.cli.app import app
+
+DEVICE = os.environ.get("LRM_TEST_DEVICE", "cuda")
+pytestmark = [pytest.mark.skipif(DEVICE == "cuda" and not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+              pytest.mark.usefixtures("one_thread")]  # tests/conftest.py
+runner = CliRunner(env={"COLUMNS": "300"})
+TEACHER = ("--preset", "dit-xs", "--size", "64", "--steps", "4", "--batch-size", "4")
+
+
+@pytest.fixture(autouse=True)
+def no_tf32():
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def lrm(*args) -> None:
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+
+
+def close(a, b, rel: float = 1e-3, abs_: float = 1e-5) -> bool:
+    """Numbers, lists and dicts of them equal up to summation order; NaN equals NaN, None equals None."""
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(close(a[k], b[k], rel, abs_) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(close(x, y, rel, abs_) for x, y in zip(a, b))
+    if isinstance(a, float) and isinstance(b, float):
+        return (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=rel, abs_tol=abs_)
+    return a == b
+
+
+def train_losses(run: Path) -> list[dict]:
+    records = map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+    return [r["losses"] for r in records if r["split"] == "train"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """CPU runs every comparison starts from: image and video teachers, a 1-step student."""
+    root = tmp_path_factory.mktemp("cpu")
+    lrm("teacher", "train", "--data", "procedural:8", *TEACHER, "--device", "cpu", "--out", root / "image", "--quiet")
+    lrm("teacher", "train", "--video", "--data", "procedural:4", *TEACHER, "--device", "cpu", "--out", root / "video",
+        "--quiet")
+    lrm("distill", "--teacher", root / "image", "--student-steps", "1", "--steps", "2", "--batch-size", "2",
+        "--device", "cpu", "--out", root / "student", "--quiet")
+    return {"image": root / "image", "video": root / "video", "student": root / "student"}
+
+
+def test_teacher_training_on_the_device_gives_the_cpu_teacher(runs, tmp_path):
+    lrm("teacher", "train", "--data", "procedural:8", *TEACHER, "--device", DEVICE, "--out", tmp_path / "t", "--quiet")
+    cpu, dev = load_file(runs["image"] / "model" / "model.safetensors"), load_file(tmp_path / "t" / "model" /
+                                                                                    "model.safetensors")
+    assert cpu.keys() == dev.keys()
+    assert all(torch.allclose(cpu[k], dev[k], rtol=1e-3, atol=1e-4) for k in cpu)  # 4 AdamW steps at lr 1e-3
+
+
+def test_sampling_on_the_device_gives_the_cpu_latents(runs, tmp_path):
+    for device in ("cpu", DEVICE):
+        lrm("sample", runs["image"], "--prompt", "a red circle on a blue background", "--steps", "5",
+            "--per-prompt", "2", "--device", device, "--out", tmp_path / device, "--quiet")
+    cpu, dev = (load_file(tmp_path / d / "latents.safetensors") for d in ("cpu", DEVICE))
+    assert cpu.keys() == dev.keys() and all(torch.allclose(cpu[k], dev[k], rtol=1e-4, atol=1e-4) for k in cpu)
+
+
+@pytest.mark.parametrize("kind, losses", [("image", "vsd,cd"), ("video", "adm,sdm2d")])
+def test_distillation_on_the_device_logs_the_cpu_losses(runs, kind, losses, tmp_path):
+    extra = ("--video", "--image-teacher", runs["image"]) if kind == "video" else ()
+    for device in ("cpu", DEVICE):
+        lrm("distill", "--teacher", runs[kind], *extra, "--losses", losses, "--student-steps", "2", "--steps", "2",
+            "--batch-size", "2", "--eval-every", "2", "--device", device, "--out", tmp_path / device, "--quiet")
+    cpu, dev = train_losses(tmp_path / "cpu"), train_losses(tmp_path / DEVICE)
+    assert len(cpu) == 2 and close(cpu, dev), (cpu, dev)
+    records = [json.loads(line) for line in (tmp_path / DEVICE / "metrics.jsonl").read_text().splitlines()]
+    peaks = [r["peak_memory_mb"] for r in records if r["split"] == "train"]
+    assert all(p > 0 for p in peaks) if DEVICE.startswith("cuda") else all(p is None for p in peaks)
+
+
+@pytest.mark.parametrize("method", [("--method", "lrm", "--concurrent"), ("--method", "ddpo"),
+                                    ("--method", "direct")], ids=["lrm", "ddpo", "direct"])
+def test_each_tuning_method_on_the_device_gives_the_cpu_run(runs, method, tmp_path):
+    for device in ("cpu", DEVICE):
+        lrm("tune", "colorfulness", "--student", runs["student"], *method, "--steps", "2", "--batch-size", "2",
+            "--lr", "1e-3", "--eval-every", "2", "--per-prompt", "2", "--device", device, "--out", tmp_path / device)
+    cpu, dev = (json.loads((tmp_path / d / "records.json").read_text()) for d in ("cpu", DEVICE))
+    assert close(cpu["losses"], dev["losses"]), (cpu["losses"], dev["losses"])
+    keys = ("step", "gold", "proxy", "diversity", "nonfinite")
+    assert close([{k: r[k] for k in keys} for r in cpu["records"]], [{k: r[k] for k in keys} for r in dev["records"]])
+    assert dev["records"][-1]["distance"] > 0  # the student moved
+    assert (dev["peak_memory_mb"] > 0) if DEVICE.startswith("cuda") else dev["peak_memory_mb"] is None
+
+
+def test_bf16_autocast_distils_with_finite_losses_on_the_device():
+    """bf16 autocast is the trainer's mixed-precision option (fp16 is refused): on the device it runs every term."""
+    from test_tuning import batch, tiny_dit
+
+    from lrm.tuning import CD, VSD, DistillConfig, Distiller, build_roles
+
+    device = torch.device(DEVICE)
+    roles = build_roles(tiny_dit().to(device), student_lr=1e-3, fake_lr=1e-3)
+    distiller = Distiller(roles, [VSD(), CD(teacher_steps=2)],
+                          DistillConfig(latent_shape=(1, 4, 8, 8), student_steps=2, autocast="bf16"))
+
+    def on_device(step):
+        b = batch(seed=step)
+        return [type(b)(b.text.to(device), b.text_mask.to(device), b.x0.to(device))]
+
+    logs = distiller.fit(on_device, 2)
+    assert all(math.isfinite(v) for log in logs for v in log.losses.values()), [log.losses for log in logs]
+    assert distiller.skipped == {name: 0 for name in distiller.skipped} and distiller.updates["student"] == 2
