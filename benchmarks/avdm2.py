@@ -6,7 +6,7 @@ For each seed of --seeds and each arm (`adm`; `adm,sdm2d` with the embedded IMAG
 finished run is only re-exported, an unfinished one resumed), batch --batch-size clips per step. The seed is
 DistillJob.seed: the trainer's noise, timesteps, SDM-2D frames, the batch order and the initial weights of ADM's
 discriminator head (every student starts from the teacher's weights). Then every student (its own 4-step sampler, cfg 1) and the teacher (50-step DDIM, CFG
-4) are evaluated by `lrm.evaluation.evaluate_run` on the same --prompts held-out procedural captions x
+4) are evaluated by `lrm.evaluation.report.evaluate_run` on the same --prompts held-out procedural captions x
 --samples-per-prompt seeds:
   frame FD    Frechet distance of pooled latent statistics of single frames (per latent channel mean, std and
               mean |spatial gradient|; every frame of every clip a sample) to the reference clips' frames:

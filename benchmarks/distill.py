@@ -13,7 +13,7 @@ teacher and every student are measured the same way:
   FD          Frechet distance of pooled latent statistics to procedural reference latents (lrm evaluate's)
   alignment   colour / shape named by the caption, read from the decoded pixels (procedural captions)
   Vendi       per-prompt Vendi of pixel features over --samples-per-prompt seeds
-through `lrm.evaluation.evaluate_run` (the students with their own few-step sampler at cfg 1). Each student's
+through `lrm.evaluation.report.evaluate_run` (the students with their own few-step sampler at cfg 1). Each student's
 starting point, the teacher's weights under the same k-step sampler (a 0-step `distill`), is measured
 too ("untrained-k"; its time is the student's). Each student's fixed-seed log (metrics.jsonl) gives its
 own FD at step 0 and after training on the store's prompts.

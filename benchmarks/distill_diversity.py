@@ -2,7 +2,7 @@
 
 Distils the embedded image teacher into --student-steps students with `--losses vsd` and `--losses vsd,cd`,
 each with --seeds trainer seeds (noise, timesteps and batch order; every student starts from the teacher),
-then evaluates each with `lrm.evaluation.evaluate_run` (its few-step sampler, cfg 1) on --prompts procedural
+then evaluates each with `lrm.evaluation.report.evaluate_run` (its few-step sampler, cfg 1) on --prompts procedural
 captions x --samples-per-prompt seeds: Vendi per prompt (pixels), Frechet distance of pooled latent
 statistics to procedural reference latents, colour / shape alignment. Prints mean and std over the
 trainer seeds and the ratio of the Vendi means; writes benchmarks/results/distill_diversity.json.

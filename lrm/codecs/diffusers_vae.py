@@ -4,7 +4,7 @@ Image VAEs (AutoencoderKL, AutoencoderTiny, AutoencoderDC, ...) encode each fram
 VAEs (AutoencoderKLWan and other 3D-convolution VAEs) take the clip (B, 3, T, H, W) and compress
 time causally: T' = 1 + (T - 1) / temporal_factor.
 
-Latents come out the way the diffusion model sees them (DESIGN.md: "already scaled"), following
+Latents come out the way the diffusion model sees them ("already scaled"), following
 the diffusers pipelines:
 - AutoencoderKL / AutoencoderTiny: z = (raw - shift_factor) * scaling_factor
   (SD: scale 0.18215; FLUX.1: shift 0.1159, scale 0.3611; Tiny: 1 and 0);

@@ -1,4 +1,4 @@
-"""Diffusion math on (alpha_t, sigma_t), no nn.Modules (DESIGN.md, "The tuning half").
+"""Diffusion math on (alpha_t, sigma_t), no nn.Modules (docs/generators.md).
 
 - schedule: the DDPM beta schedules (T = 1000; "linear", "scaled-linear") and add_noise, also used by
   noise-aware surrogates;

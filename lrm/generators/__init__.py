@@ -1,4 +1,4 @@
-"""Denoisers behind one forward signature (DESIGN.md, "A denoiser"): lrm's own latent DiT and its
+"""Denoisers behind one forward signature (docs/generators.md): lrm's own latent DiT and its
 training, and diffusers denoisers (SD 1.x/2.x, SDXL, SD3, FLUX, Wan) through
 lrm.generators.diffusers_adapters.
 

@@ -1,4 +1,4 @@
-"""diffusers denoisers behind lrm's denoiser signature (DESIGN.md, "A denoiser").
+"""diffusers denoisers behind lrm's denoiser signature (docs/generators.md).
 
     from lrm.generators import load_diffusers
     denoiser, prompts = load_diffusers("/models/stable-diffusion-v1-5")   # or a hub id in the HF cache

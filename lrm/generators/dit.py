@@ -1,6 +1,6 @@
 """lrm's own text-conditioned latent DiT (Peebles & Xie 2023) for images and videos.
 
-A denoiser (DESIGN.md, "A denoiser"):
+A denoiser (docs/generators.md):
 
     model(x_t (B, T, c, h, w), t (B,), text (B, L, D) | None, text_mask (B, L) | None) -> (B, T, c, h, w)
 
@@ -249,7 +249,7 @@ class LatentDiT(nn.Module):
 
     @property
     def schedule(self) -> Schedule:
-        """The lrm.diffusion Schedule of `schedule_config` (DESIGN.md: a denoiser has its schedule)."""
+        """The lrm.diffusion Schedule of `schedule_config` (a denoiser carries its schedule)."""
         return schedule_from_config(self.schedule_config)
 
     def dimensions(self) -> dict:

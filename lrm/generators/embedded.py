@@ -34,7 +34,7 @@ from lrm.configs import EncodeConfig
 from lrm.configs import TeacherConfig, training_settings
 
 CACHE_ENV = "LRM_CACHE"
-TEXT_ENCODER = "minilm-l6-v2"  # the embedded default's text encoder (DESIGN.md)
+TEXT_ENCODER = "minilm-l6-v2"  # the embedded default's text encoder (docs/teacher.md)
 TEXT_LENGTH = 32  # tokens kept per caption: procedural captions take at most 29 MiniLM tokens
 
 
@@ -50,12 +50,12 @@ EMBEDDED: dict[str, EmbeddedTeacher] = {
     # block), 2,250 steps of 32 = 35 epochs
     "image": EmbeddedTeacher(
         EncodeConfig("procedural:2048:simple", codec="dct", frames=1, size=64, text=TEXT_ENCODER, text_length=TEXT_LENGTH),
-        TeacherConfig(preset="dit-s1", steps=2250)),
+        TeacherConfig()),
     # 1,024 clips of the simple world, 8 frames at 64 px (8x8x8x32 latents), moving shapes; dit-s1 started from the
     # image teacher (inflated: lrm.generators.dit.inflate), 540 steps of 8
     "video": EmbeddedTeacher(
         EncodeConfig("procedural:1024:simple", codec="dct", frames=8, size=64, text=TEXT_ENCODER, text_length=TEXT_LENGTH),
-        TeacherConfig(preset="dit-s1", steps=540, batch_size=8, checkpoint_every=60), from_image_teacher=True),
+        TeacherConfig(steps=540, batch_size=8, checkpoint_every=60), from_image_teacher=True),
 }
 
 

@@ -1,4 +1,4 @@
-"""Distillation of few-step students (DESIGN.md, "The tuning half"; DOLLAR Alg. 1, AVDM2 Alg. 1).
+"""Distillation of few-step students (docs/distill.md; DOLLAR Alg. 1, AVDM2 Alg. 1).
 
     from lrm.tuning import ADM, CD, VSD, DistillConfig, Distiller, build_roles
     roles = build_roles(teacher)                         # teacher, student, ema, fake_score

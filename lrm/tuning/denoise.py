@@ -1,5 +1,5 @@
-"""What every loss term does with a denoiser, on (alpha, sigma) and (x0_hat, eps_hat) only (DESIGN.md,
-"The tuning half"): predict under classifier-free guidance, noise a clean latent, draw timesteps from a
+"""What every loss term does with a denoiser, on (alpha, sigma) and (x0_hat, eps_hat) only (docs/distill.md):
+predict under classifier-free guidance, noise a clean latent, draw timesteps from a
 fraction of the schedule, and sample the few-step student. Any model with the denoiser signature
 model(x_t, t, text, text_mask) and `prediction` / `schedule_config` attributes works.
 """

@@ -1,4 +1,4 @@
-"""What a reward-tuning run logs at fixed prompts and seeds (DESIGN.md, "The tuning half"; DOLLAR Fig. 11-12).
+"""What a reward-tuning run logs at fixed prompts and seeds (docs/tuning.md; DOLLAR Fig. 11-12).
 
     monitor = TuningMonitor(student, true_reward, prompts, encoder, latent_shape=(1, 32, 8, 8), steps=4,
                             surrogate=lrm)

@@ -32,7 +32,7 @@ from lrm.tuning.denoise import Batch, student_sample
 from lrm.tuning.roles import EMA, STUDENT, Roles
 from lrm.tuning.terms import Step, Term
 
-DEFAULT_WEIGHTS = {"cd": 0.5}  # beta_CD (DESIGN.md "Key equations"); every other term 1.0 (AVDM2 Eq. 9 lambdas)
+DEFAULT_WEIGHTS = {"cd": 0.5}  # beta_CD (DOLLAR Sec. 7.3); every other term 1.0 (AVDM2 Eq. 9 lambdas)
 AUTOCAST = {None: None, "bf16": torch.bfloat16}
 
 
