@@ -1,11 +1,12 @@
 import csv
 import io
+import itertools
 import json
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageSequence
 from typer.testing import CliRunner
 
 from lrm.cli.app import app
@@ -162,3 +163,119 @@ def test_a_device_this_machine_lacks_is_refused_before_any_work(command, media, 
     result = runner.invoke(app, [*args, "--device", "gpu"])
     assert result.exit_code == 2 and "is not a torch device" in result.output
     assert not (tmp_path / "store").exists() and not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------- VBench adapters read files as VBench does
+
+
+def vbench_middle_indices(num_frames: int, k: int = 8) -> list[int]:
+    """vbench.utils.get_frame_indices(k, num_frames, sample="middle"), written out: split [0, T) at
+    int(i * T / n) for n = min(k, T) intervals, take (start + end - 1) // 2 of each, pad with the last."""
+    n = min(k, num_frames)
+    edges = [i * num_frames // n for i in range(n + 1)]  # np.linspace(0, T, n + 1).astype(int); T / 8 is exact
+    middle = [(start + end - 1) // 2 for start, end in itertools.pairwise(edges)]
+    return middle + [middle[-1]] * (k - n)
+
+
+def flat_frames_gif(path, num_frames: int, h: int = 40, w: int = 56):
+    """A GIF whose frame i is the flat grey level 10 + 3 i, so a frame's level names its index."""
+    frames = [Image.fromarray(np.full((h, w, 3), 10 + 3 * i, np.uint8)) for i in range(num_frames)]
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=40)
+    return path
+
+
+@pytest.mark.parametrize("num_frames", [5, 8, 16, 17, 33, 64])
+def test_score_viclip_score_sees_the_frames_vbench_samples(num_frames, tmp_path, monkeypatch):
+    # `lrm score` pre-sampled the reward's 8 frames with lrm's uniform_indices (frames 1, 3, .. 15 of 16);
+    # VBench's overall_consistency reads get_frame_indices(8, T, "middle") (0, 2, .. 14)
+    from lrm.rewards import vbench_dims, viclip
+    from lrm.rewards.vbench_dims import CLIP_MEAN, CLIP_STD
+
+    torch.manual_seed(0)
+    model = viclip.build_viclip(viclip.ViCLIPConfig(
+        image_size=224, patch_size=32, frames=8, vision_width=32, vision_layers=1, vision_heads=2,
+        text_width=32, text_layers=1, text_heads=2, embed_dim=16, context_length=32)).requires_grad_(False)
+    seen = []
+    encode_video = model.encode_video
+    model.encode_video = lambda x: seen.append(x) or encode_video(x)  # x (1, 8, 3, 224, 224) CLIP-normalised
+    monkeypatch.setattr("lrm.rewards.load", lambda name, **options: vbench_dims.ViCLIPScore(model))
+    clip = flat_frames_gif(tmp_path / "clip.gif", num_frames)
+    result = runner.invoke(app, ["score", "viclip-score", str(clip), "--prompt", "a grey wall"])
+    assert result.exit_code == 0, result.output
+    (x,) = seen
+    levels = (x[0, :, 0].mean(dim=(-2, -1)) * CLIP_STD[0] + CLIP_MEAN[0]) * 255  # (8,) grey level per frame
+    assert [round((v - 10) / 3) for v in levels.tolist()] == vbench_middle_indices(num_frames)
+
+
+def test_score_subject_consistency_keeps_the_aspect_ratio_like_vbench(tmp_path, monkeypatch):
+    # `lrm score` centre-cropped every file to the spec's 224 x 224; VBench's dino_transform resizes the short side
+    # to 224 and keeps the whole frame (a 60 x 100 video: 224 x 373)
+    from timm.models.vision_transformer import VisionTransformer
+
+    from lrm.rewards import vbench_dims
+
+    vbench_utils = pytest.importorskip("vbench.utils")
+    torch.manual_seed(0)
+    vit = VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=0)
+    vit = vit.eval().requires_grad_(False)
+    shapes = []
+    vit.patch_embed.proj.register_forward_hook(lambda module, args, out: shapes.append(tuple(args[0].shape)))
+    monkeypatch.setattr("lrm.rewards.load", lambda name, **options: vbench_dims.SubjectConsistency(vit))
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 200, (60, 100, 3))
+    frames = [Image.fromarray((base + 20 * i).astype(np.uint8)) for i in range(3)]
+    frames[0].save(tmp_path / "wide.gif", save_all=True, append_images=frames[1:], duration=125)
+    result = runner.invoke(app, ["score", "subject-consistency", str(tmp_path / "wide.gif")])
+    assert result.exit_code == 0, result.output
+    assert shapes == [(3, 3, 224, 373)]
+    # VBench's subject_consistency loop on dino_transform(224) of the GIF's uint8 frames (T, C, H, W)
+    with Image.open(tmp_path / "wide.gif") as gif:  # VBench's load_video reads a GIF's frames as RGB uint8
+        raw = np.stack([np.asarray(frame.convert("RGB")) for frame in ImageSequence.Iterator(gif)])
+    images = vbench_utils.dino_transform(224)(torch.from_numpy(raw).permute(0, 3, 1, 2))
+    with torch.no_grad():
+        features = torch.nn.functional.normalize(vbench_dims.dino_cls_features(vit, images), dim=-1)
+    sims = [(max(0.0, float(features[i] @ features[i - 1])) + max(0.0, float(features[i] @ features[0]))) / 2
+            for i in range(1, len(features))]
+    (row,) = _csv(result.stdout)
+    assert float(row["score"]) == pytest.approx(sum(sims) / len(sims), abs=1e-3)  # VBench rounds to uint8 first
+
+
+def test_frame_rate_notes_name_files_and_store_clips_whose_frames_vbench_would_not_keep():
+    # shared by `lrm score` and `lrm label`: dynamic-degree keeps every round(fps_option / 8)-th frame it is given,
+    # VBench every round(fps / 8)-th frame of the whole file
+    from lrm.cli.score import frame_rate_notes
+    from lrm.frames import uniform_indices
+
+    reward = load("dynamic-degree")
+    reads = [(25.0, 8, tuple(range(8))), (10.0, 4, tuple(range(4))), (None, 8, tuple(range(8))),
+             (24.0, 48, tuple(uniform_indices(48, 8))), (25.0, 16, tuple(range(16)))]
+    assert frame_rate_notes(reward, reads, "clip(s)", "FIX") == [
+        ("note: dynamic-degree assumed 8 fps, but 2 clip(s) were read at 25 fps; pass -o fps=25 to score them as "
+         "VBench does"),
+        ("note: dynamic-degree was given a sample of the frames of 1 clip(s); VBench keeps every round(fps / 8)-th "
+         "frame of the whole file, so these values are not VBench's (FIX)")]
+    assert frame_rate_notes(load("dynamic-degree", fps=25.0), reads[:2], "clip(s)", "FIX") == [
+        ("note: dynamic-degree assumed 25 fps, but 1 clip(s) were read at 10 fps; pass -o fps=10 to score them as "
+         "VBench does")]
+    assert frame_rate_notes(load("temporal-flickering"), reads, "clip(s)", "FIX") == []
+
+
+def test_label_notes_store_clips_whose_frames_vbench_would_not_keep(tmp_path):
+    # `lrm label` wrote dynamic-degree columns silently, whatever the files' frame rate
+    media = tmp_path / "media"
+    media.mkdir()
+    for name, count, ms in [("fast", 8, 40), ("slow", 8, 100), ("long", 16, 40)]:  # 25 fps, 10 fps, 25 fps
+        frames = [Image.fromarray(np.full((32, 32, 3), 12 * i, np.uint8)) for i in range(count)]
+        frames[0].save(media / f"{name}.gif", save_all=True, append_images=frames[1:], duration=ms)
+    store = tmp_path / "store"
+    encoded = runner.invoke(app, ["encode", str(media), "--size", "32", "--out", str(store), "--quiet"])
+    assert encoded.exit_code == 0, encoded.output
+    result = runner.invoke(app, ["label", str(store), "dynamic-degree", "--quiet"])
+    assert result.exit_code == 0, result.output
+    # fast.gif: its 8 frames, at 25 fps; long.gif: 8 of its 16 frames; slow.gif: VBench keeps its 8 frames too
+    assert "note: dynamic-degree assumed 8 fps, but 1 clip(s) were read at 25 fps; pass -o fps=25" in result.output
+    assert "was given a sample of the frames of 1 clip(s)" in result.output
+    quiet = runner.invoke(app, ["label", str(store), "dd25=dynamic-degree", "-o", "fps=25", "--quiet"])
+    assert quiet.exit_code == 0, quiet.output
+    assert "read at 25 fps" not in quiet.output and "assumed 25 fps, but 1 clip(s) were read at 10 fps" in quiet.output
+    assert "sample of the frames of 1 clip(s)" in quiet.output

@@ -184,6 +184,72 @@ def test_load_open_clip_rejects_unknown_names():
         clip_rewards.load_open_clip("ViT-L-14", "no-such-tag")
 
 
+TINY_OPEN_CLIP = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16,
+                                                  "patch_size": 16},
+                  "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1}}
+
+
+@pytest.fixture()
+def tiny_open_clip_files(tmp_path, monkeypatch):
+    """A tiny open_clip architecture "lrm-tiny" (plain GELU config, as ViT-L-14) and its random weights saved as a
+    state dict and as a TorchScript archive (the format of OpenAI's ViT-L-14.pt, which VBench loads)."""
+    from open_clip import factory
+
+    monkeypatch.setitem(factory._MODEL_CONFIGS, "lrm-tiny", TINY_OPEN_CLIP)
+    torch.manual_seed(0)
+    model = open_clip.create_model("lrm-tiny", pretrained=None).eval()
+    state_path, archive_path = tmp_path / "tiny_state.pt", tmp_path / "tiny_openai.pt"
+    torch.save(model.state_dict(), state_path)
+    inputs = (torch.rand(1, 3, 32, 32), torch.zeros(1, 8, dtype=torch.long))
+    torch.jit.trace(model, inputs, check_trace=False).save(str(archive_path))
+    return model, state_path, archive_path
+
+
+def activation(model) -> str:
+    return type(model.visual.transformer.resblocks[0].mlp.gelu).__name__
+
+
+def test_clip_checkpoint_path_gets_quick_gelu_when_asked_or_an_openai_archive(tiny_open_clip_files):
+    # a path was built with the config's plain GELU: OpenAI's weights (QuickGELU-trained) silently gave other
+    # embeddings, and OpenAI's own TorchScript .pt (VBench's file) did not load at all (torch.load weights_only)
+    model, state_path, archive_path = tiny_open_clip_files
+    x = torch.rand(2, 3, 32, 32)
+    plain = clip_rewards.load_open_clip("lrm-tiny", str(state_path))
+    assert activation(plain) == "GELU"  # what the model name implies
+    forced = clip_rewards.load_open_clip("lrm-tiny", str(state_path), quick_gelu=True)
+    assert activation(forced) == "QuickGELU"
+    torch.testing.assert_close(forced.visual.conv1.weight, model.visual.conv1.weight)
+    assert not torch.allclose(forced.encode_image(x), plain.encode_image(x))
+    archive = clip_rewards.load_open_clip("lrm-tiny", str(archive_path))
+    assert clip_rewards.is_torchscript_archive(archive_path) and not clip_rewards.is_torchscript_archive(state_path)
+    assert activation(archive) == "QuickGELU"  # OpenAI released every CLIP as TorchScript, all QuickGELU-trained
+    torch.testing.assert_close(archive.encode_image(x), forced.encode_image(x))
+    assert activation(clip_rewards.load_open_clip("lrm-tiny", str(archive_path), quick_gelu=False)) == "GELU"
+    with pytest.raises(ValueError, match="QuickGELU configuration"):
+        clip_rewards.load_open_clip("ViT-B-32-quickgelu", None, quick_gelu=False)
+
+
+def test_clip_rewards_take_a_quick_gelu_option(tiny_open_clip_files, monkeypatch):
+    from lrm.rewards import vbench_dims
+
+    _, state_path, _ = tiny_open_clip_files
+    built = []
+    monkeypatch.setattr(clip_rewards, "load_clip_tokenizer", lambda name: None)
+    monkeypatch.setattr(clip_rewards, "load_open_clip", lambda *args: built.append(args) or torch.nn.Linear(1, 1))
+    monkeypatch.setattr(clip_rewards, "open_clip_preprocess", lambda model: ImagePreprocess(32, MEAN, STD))
+    load("clip-score", model="lrm-tiny", pretrained=str(state_path), quick_gelu=True)
+    assert built[-1] == ("lrm-tiny", str(state_path), True)
+    # vbench-aesthetic-quality: VBench's backbone is OpenAI's ViT-L/14, so a checkpoint file defaults to QuickGELU
+    monkeypatch.setattr(vbench_dims, "load_open_clip", lambda *args: built.append(args) or torch.nn.Linear(1, 1))
+    monkeypatch.setattr(vbench_dims.weights, "require", lambda *names: None)
+    monkeypatch.setattr(vbench_dims.weights, "load_registered",
+                        lambda name: {"weight": torch.zeros(1, 768), "bias": torch.zeros(1)})
+    vbench_dims.vbench_aesthetic_quality(pretrained=str(state_path))
+    assert built[-1] == ("ViT-L-14", str(state_path), True)
+    vbench_dims.vbench_aesthetic_quality(pretrained=str(state_path), quick_gelu=False)
+    assert built[-1] == ("ViT-L-14", str(state_path), False)
+
+
 @pytest.mark.parametrize("content", ["damaged", "another model"])
 def test_registered_clip_file_that_is_damaged_or_another_model_names_the_file_and_fix(content, tmp_path, monkeypatch):
     from safetensors.torch import save_file

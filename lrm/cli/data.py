@@ -137,6 +137,33 @@ def label(
             distributed.shutdown()
     if distributed.rank() == 0:
         report_labels(result.manifest, list(dict.fromkeys(column_name(text, pixels) for text in rewards)), store)
+        for reference in dict.fromkeys(parse_label(text)[1] for text in rewards):
+            for note in frame_rate_notes_of_store(result, reference, options, media_root):
+                console.print(escape(note))
+
+
+def frame_rate_notes_of_store(store, reference: str, options: dict, media_root: Path | None) -> list[str]:
+    """`lrm score`'s frame-rate notes (lrm.cli.score.frame_rate_notes) for a reward whose fps option sets which
+    frames it keeps (dynamic-degree), on the frames a media store holds per clip; [] for other rewards and for
+    procedural stores. Reads each file's frame rate and length (one decoded frame per file)."""
+    from lrm.cli.score import frame_rate_notes
+    from lrm.datasets.media import read_clip
+    from lrm.datasets.sources import source_from_spec
+    from lrm.rewards import REWARDS, load
+
+    entry = REWARDS.get(reference)
+    if entry is None or "fps" not in entry.options or store.manifest["source"]["kind"] != "media":
+        return []
+    source = source_from_spec(store.manifest["source"], media_root)
+    reads = []
+    for row in store.rows():
+        try:
+            clip = read_clip(source.describe(row["unit"]), frames=1)
+        except ValueError:  # MediaError: labelling named it already
+            continue
+        reads.append((clip.fps, clip.num_frames, row["frame_indices"]))
+    return frame_rate_notes(load(reference, **options), reads, "clip(s)",
+                            "a store keeps the frames it was encoded with; score the files themselves with `lrm score`")
 
 
 def report_labels(manifest: dict, names: list[str], store: Path) -> None:

@@ -79,9 +79,9 @@ def score(
     paths: Annotated[list[Path], typer.Argument(help="Images, videos, GIFs or folders of them.")],
     prompt: Annotated[Optional[str], typer.Option(help="One prompt for every file (text rewards).")] = None,
     prompts: Annotated[Optional[Path], typer.Option(help="Prompts file (.txt/.csv/.jsonl/.tsv), one per media file in sorted order.")] = None,
-    frames: Annotated[Optional[int], typer.Option(min=1, help="Sample K frames uniformly per video (default: the reward's preferred count, else all).")] = None,
+    frames: Annotated[Optional[int], typer.Option(min=1, help="Sample K frames uniformly per video (default: the reward's preferred count, else all; VBench's adapters: all, they pick their own).")] = None,
     stride: Annotated[int, typer.Option(min=1, help="Take every N-th frame before sampling.")] = 1,
-    size: Annotated[Optional[int], typer.Option(min=1, help="Resize the short side to S and centre-crop to S x S (default: the reward's preferred size, else native).")] = None,
+    size: Annotated[Optional[int], typer.Option(min=1, help="Resize the short side to S and centre-crop to S x S (default: the reward's preferred size, else native; VBench's adapters: native, they resize as VBench does).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Write scores to a .csv or .json file.")] = None,
     option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="Reward option KEY=VALUE, repeatable (e.g. -o model=ViT-B-32).")] = None,
     kind: Annotated[Optional[str], typer.Option(help="For your own metric: image | text-image | video | text-video.")] = None,
@@ -115,9 +115,8 @@ def score(
     if spec.needs_text and file_prompts[0] is None:
         raise typer.BadParameter(f"{spec.name} is a {spec.kind} reward: pass --prompt TEXT or --prompts FILE")
 
-    k = frames if frames is not None else spec.frames
-    s = size if size is not None else spec.size
-    rows, other_rates = [], {}  # other_rates: frame rate -> files read at it, when it is not the reward's fps
+    k, s = read_settings(rew, frames, size)
+    rows, reads = [], []  # reads: (fps, frame count, frame indices) of each scored file, for frame_rate_notes
     for path, text in tqdm(list(zip(files, file_prompts)), desc=f"score {spec.name}", unit="file"):
         try:
             clip = read_clip(path, frames=k, stride=stride, size=s)
@@ -131,17 +130,14 @@ def score(
             skipped.append((path, f"{spec.name} gave {value}, not a score"))
             continue
         rows.append({"path": str(path), "score": value, "frames": pixels.shape[1], "prompt": text or ""})
-        rate = read_rate(clip.fps, stride, k)
-        if rate is not None and hasattr(rew, "target_fps") and max(1, round(rate / rew.target_fps)) != rew.stride:
-            other_rates[round(rate)] = other_rates.get(round(rate), 0) + 1  # VBench would keep other frames
+        reads.append((clip.fps, clip.num_frames, clip.frame_indices))
 
     report_skipped(skipped)
     emit_scores(rows, out)
     console.print(escape(f"{spec.name}: scored {len(rows)} file(s), skipped {len(skipped)}"
                          f"{f', wrote {out}' if out else ''}"))
-    for rate, count in sorted(other_rates.items()):  # the reward's frame interval comes from its fps option
-        console.print(escape(f"note: {spec.name} assumed {rew.fps:g} fps, but {count} file(s) were read at {rate:g} "
-                             f"fps; pass -o fps={rate:g} to score them as VBench does"))
+    for note in frame_rate_notes(rew, reads, "file(s)", "leave out --frames"):
+        console.print(escape(note))
     if not rows:
         raise typer.Exit(1)
 
@@ -205,7 +201,38 @@ def _reason(exc: Exception) -> str:
     return str(exc) if isinstance(exc, (ValueError, RuntimeError)) else f"{type(exc).__name__}: {exc}"
 
 
-def read_rate(fps: float | None, stride: int, frames: int | None) -> float | None:
-    """The frame rate of the frames read from media at `fps` with every `stride`-th frame kept; None when unknown,
-    or when `frames` uniformly spaced frames were sampled (their rate depends on the clip's length)."""
-    return None if fps is None or frames is not None else fps / stride
+def read_settings(rew, frames: int | None, size: int | None) -> tuple[int | None, int | None]:
+    """(frames, size) `lrm score` reads each file with: as asked, else the reward's preferred ones (spec.frames,
+    spec.size); a reward that reads the whole media (VBench's adapters resize, and viclip-score samples, the
+    file's own frames) gets every frame at the file's own size."""
+    if getattr(rew, "reads_whole_media", False):
+        return frames, size
+    return (frames if frames is not None else rew.spec.frames), (size if size is not None else rew.spec.size)
+
+
+def frame_rate_notes(rew, reads: list[tuple[float | None, int, tuple[int, ...]]], items: str,
+                     fix_sampled: str) -> list[str]:
+    """Notes for a reward that keeps every `rew.stride`-th frame it is given, its stride set by its fps option
+    (dynamic-degree), where VBench keeps every max(1, round(fps / 8))-th frame of the whole file; shared by
+    `lrm score` and `lrm label`. `reads`: (the file's frame rate or None, its frame count, the indices of the frames
+    the reward was given) per item; `items` names them ("file(s)"); `fix_sampled` says how to give it every frame.
+    Items of unknown frame rate, and those on which the reward keeps VBench's frames, give no note."""
+    if not hasattr(rew, "target_fps"):
+        return []
+    other_rates, sampled = {}, 0  # other_rates: rate of the frames read -> items, when it is not the reward's fps
+    for fps, num_frames, indices in reads:
+        indices = [int(i) for i in indices]
+        if fps is None or indices[:: rew.stride] == list(range(0, num_frames, max(1, round(fps / rew.target_fps)))):
+            continue
+        step = indices[1] - indices[0] if len(indices) > 1 else 1
+        if indices == list(range(0, num_frames, step)):  # every step-th frame of the file, from its first
+            other_rates[round(fps / step)] = other_rates.get(round(fps / step), 0) + 1
+        else:
+            sampled += 1
+    notes = [f"note: {rew.spec.name} assumed {rew.fps:g} fps, but {count} {items} were read at {rate:g} fps; "
+             f"pass -o fps={rate:g} to score them as VBench does" for rate, count in sorted(other_rates.items())]
+    if sampled:
+        notes.append(f"note: {rew.spec.name} was given a sample of the frames of {sampled} {items}; VBench keeps "
+                     f"every round(fps / 8)-th frame of the whole file, so these values are not VBench's "
+                     f"({fix_sampled})")
+    return notes

@@ -114,6 +114,10 @@ class Reward:
 
     spec: RewardSpec
     batch_size: int = 16  # samples per chunk: bounds peak memory of large batches
+    # True: the reward resizes (and, where its reference samples frames, picks them) itself, as its reference
+    # metric does from the media file (VBench's adapters); `lrm score` then reads files at their own size with
+    # every frame instead of pre-resizing to spec.size and pre-sampling spec.frames (--size / --frames still do)
+    reads_whole_media: bool = False
 
     def __call__(self, pixels: torch.Tensor, prompts: Sequence[str] | None = None) -> torch.Tensor:
         import torch

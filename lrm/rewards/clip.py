@@ -15,6 +15,7 @@ pretrained tags; when absent the error names the file and where to put it.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Sequence
@@ -169,26 +170,37 @@ def open_clip_features(model, tokenizer, preprocess, frames, prompts):
 # ---------------------------------------------------------------------------------------------
 
 
-def load_open_clip(model_name: str, pretrained: str | None) -> nn.Module:
+def load_open_clip(model_name: str, pretrained: str | None, quick_gelu: bool | None = None) -> nn.Module:
     """An eval-mode, frozen open_clip model.
 
     `pretrained`: None (random init), an open_clip tag (files found through lrm.weights where
     registered in OPEN_CLIP_WEIGHTS, else open_clip's Hugging Face cache / download), or a path
-    to a checkpoint file.
+    to a checkpoint file: a state dict (open_clip's, or OpenAI's converted), or one of OpenAI's own
+    TorchScript archives (ViT-L-14.pt, what VBench loads with `clip.load`).
+    `quick_gelu`: the towers' activation. None: a tag's own (OpenAI-trained towers use QuickGELU); for
+    a file, QuickGELU when it is an OpenAI TorchScript archive (OpenAI released every CLIP that way, all
+    trained with QuickGELU), else what `model_name` implies (open_clip's "-quickgelu" configs): a
+    converted OpenAI state dict under a plain name (ViT-L-14) needs quick_gelu=True. True / False force it.
     """
     import open_clip
     from open_clip.pretrained import get_pretrained_cfg, list_pretrained_tags_by_model
 
     if model_name not in open_clip.list_models():
         raise ValueError(f"unknown open_clip model {model_name!r}; see open_clip.list_models()")
+    if quick_gelu is False and open_clip.get_model_config(model_name).get("quick_gelu", False):
+        raise ValueError(f"open_clip model {model_name!r} is a QuickGELU configuration; for GELU name the "
+                         f"architecture without '-quickgelu', or leave out quick_gelu")
     if pretrained is None:
-        model = open_clip.create_model(model_name, pretrained=None)
+        model = open_clip.create_model(model_name, pretrained=None, force_quick_gelu=bool(quick_gelu))
     elif (model_name, pretrained) in OPEN_CLIP_WEIGHTS:
         name = OPEN_CLIP_WEIGHTS[(model_name, pretrained)]
         model = _create_from_file(model_name, weights.resolve(name), get_pretrained_cfg(model_name, pretrained),
-                                  weights.entry(name).url)
+                                  weights.entry(name).url, quick_gelu)
     elif Path(pretrained).is_file():
-        model = open_clip.create_model(model_name, pretrained=pretrained)
+        if is_torchscript_archive(pretrained):  # OpenAI's release format, which torch.load(weights_only) refuses
+            model = _create_from_openai_archive(model_name, Path(pretrained), quick_gelu is not False)
+        else:
+            model = open_clip.create_model(model_name, pretrained=pretrained, force_quick_gelu=bool(quick_gelu))
     else:
         cfg = get_pretrained_cfg(model_name, pretrained)
         if not cfg:
@@ -198,7 +210,8 @@ def load_open_clip(model_name: str, pretrained: str | None) -> nn.Module:
             )
         try:  # the tag's quick_gelu flag: OpenAI-trained towers are wrong with plain GELU
             model = open_clip.create_model(model_name, pretrained=pretrained,
-                                           force_quick_gelu=cfg.get("quick_gelu", False))
+                                           force_quick_gelu=cfg.get("quick_gelu", False) if quick_gelu is None
+                                           else quick_gelu)
         except RuntimeError as exc:  # open_clip wraps hub / download failures in RuntimeError
             where = cfg.get("hf_hub") or cfg.get("url")
             raise weights.MissingWeightsError(
@@ -210,9 +223,40 @@ def load_open_clip(model_name: str, pretrained: str | None) -> nn.Module:
     return model.eval().requires_grad_(False)
 
 
-def _create_from_file(model_name: str, path: Path, tag_cfg: dict, url: str) -> nn.Module:
-    """Build from a checkpoint file with the tag's activation and preprocessing settings; a file that
-    is damaged or holds another model raises ValueError naming the file, the model and the fix."""
+def is_torchscript_archive(path: str | Path) -> bool:
+    """True for a TorchScript archive (torch.jit.save; OpenAI's CLIP .pt files): a zip with constants.pkl."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.rsplit("/", 1)[-1] == "constants.pkl" for name in archive.namelist())
+
+
+def _create_from_openai_archive(model_name: str, path: Path, quick_gelu: bool) -> nn.Module:
+    """open_clip `model_name` with the weights of an OpenAI TorchScript archive (its state dict, as
+    open_clip.load_openai_model reads it), QuickGELU unless told otherwise."""
+    import open_clip
+
+    model = open_clip.create_model(model_name, pretrained=None, force_quick_gelu=quick_gelu)
+    try:
+        with warnings.catch_warnings():  # torch's deprecation of torch.jit: the archive's format is OpenAI's
+            warnings.simplefilter("ignore", FutureWarning)
+            state = torch.jit.load(str(path), map_location="cpu").state_dict()
+        unsaved = {name for name, _ in model.named_buffers()} - set(model.state_dict())  # attn_mask
+        for key in ("input_resolution", "context_length", "vocab_size", *unsaved):  # attributes, not weights
+            state.pop(key, None)
+        model.load_state_dict(state, strict=True)
+    except Exception as exc:  # another model's archive: missing keys or size mismatch
+        raise ValueError(f"{path} does not hold open_clip {model_name} weights ({type(exc).__name__}: "
+                         f"{str(exc)[:300]})") from exc
+    return model
+
+
+def _create_from_file(model_name: str, path: Path, tag_cfg: dict, url: str,
+                      quick_gelu: bool | None = None) -> nn.Module:
+    """Build from a checkpoint file with the tag's activation (unless `quick_gelu` says) and preprocessing
+    settings; a file that is damaged or holds another model raises ValueError naming the file, the model and the fix."""
     import open_clip
 
     pp_keys = ("mean", "std", "interpolation", "resize_mode")
@@ -220,7 +264,8 @@ def _create_from_file(model_name: str, path: Path, tag_cfg: dict, url: str) -> n
         return open_clip.create_model(
             model_name,
             pretrained=str(path),
-            force_quick_gelu=tag_cfg.get("quick_gelu", False),  # OpenAI weights were trained with QuickGELU
+            # OpenAI weights were trained with QuickGELU
+            force_quick_gelu=tag_cfg.get("quick_gelu", False) if quick_gelu is None else quick_gelu,
             force_preprocess_cfg={k: tag_cfg[k] for k in pp_keys if k in tag_cfg},
         )
     except Exception as exc:  # safetensors' header error on a damaged file; size mismatch for another model
@@ -254,8 +299,10 @@ def load_checkpoint_into(model: nn.Module, path: Path) -> nn.Module:
     return model
 
 
-def load_clip_score(model: str = "ViT-L-14", pretrained: str = "openai", frames: int | None = None) -> ClipScoreReward:
-    clip_model = load_open_clip(model, pretrained)
+def load_clip_score(model: str = "ViT-L-14", pretrained: str = "openai", frames: int | None = None,
+                    quick_gelu: bool | None = None) -> ClipScoreReward:
+    # quick_gelu: see load_open_clip; a converted OpenAI state dict given as a path needs it (or a -quickgelu model)
+    clip_model = load_open_clip(model, pretrained, quick_gelu)
     return ClipScoreReward(clip_model, load_clip_tokenizer(model), open_clip_preprocess(clip_model), frames)
 
 

@@ -29,6 +29,8 @@ class Factory:
 
 FRAMES = {"frames": "score K uniformly spaced frames per clip (default: every frame)"}
 OPEN_CLIP_PRETRAINED = {"pretrained": "open_clip pretrained tag or a local checkpoint path (default: openai)"}
+QUICK_GELU = {"quick_gelu": "true/false: QuickGELU towers for a checkpoint path (default: detected for OpenAI's "
+                            "TorchScript .pt, else what the model name implies)"}
 FLOW_PRESET = {"preset": "DIS optical-flow preset: ultrafast | fast | medium (default)"}
 FPS = {"fps": "frame rate of the clips; every round(fps / 8)-th frame is kept (default 8: all)"}
 
@@ -89,7 +91,7 @@ REWARDS: dict[str, RewardEntry] = dict([
         description="CLIP image-text agreement, 100 * cos clipped at 0 (torchmetrics CLIPScore)"),
         requires=("open_clip",), weights=("clip_vit_l14_openai",),
         options={"model": "open_clip architecture (default ViT-L-14)",
-                 "pretrained": "open_clip tag or checkpoint path (default openai)", **FRAMES}),
+                 "pretrained": "open_clip tag or checkpoint path (default openai)", **FRAMES, **QUICK_GELU}),
     _entry("clip", "load_laion_aesthetic", RewardSpec(
         "laion-aesthetic", "image", differentiable=True, size=224, units="aesthetic score (~1..10)",
         description="LAION improved aesthetic predictor (MLP on CLIP ViT-L/14 image embeddings)"),
@@ -125,7 +127,7 @@ REWARDS: dict[str, RewardEntry] = dict([
         "vbench-aesthetic-quality", "video", differentiable=True, size=224, units="score / 10",
         description="VBench aesthetic quality: LAION aesthetic predictor v1 (linear, CLIP ViT-L/14) / 10 per frame"),
         requires=("open_clip",), weights=("laion_aesthetic_linear_l14", "clip_vit_l14_openai"),
-        options={**FRAMES, **OPEN_CLIP_PRETRAINED}),
+        options={**FRAMES, **OPEN_CLIP_PRETRAINED, **QUICK_GELU}),
     _entry("vbench_dims", "imaging_quality", RewardSpec(
         "imaging-quality", "video", differentiable=True, units="MUSIQ / 100",
         description="VBench imaging quality: MUSIQ (SPAQ) per frame / 100, longer side at most 512"),

@@ -19,9 +19,15 @@ statistics), both with antialias=False, which is why the resize here is not lrm.
 antialiased one (crop and normalisation are shared). VBench resizes uint8 frames, so its inputs
 carry an extra rounding of at most half a grey level that these float versions skip. Scoring cores
 take a built model; the factories load weights (lrm.weights; CLIP through lrm.rewards.clip).
+
+They resize (and viclip-score samples its frames) from the pixels they are given, so they set
+`reads_whole_media`: `lrm score` hands them each file's own frames at its own size, as VBench reads
+them, rather than a centre crop at spec.size or spec.frames frames picked by lrm's uniform_indices.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -142,6 +148,7 @@ def dino_pos_embed(pos_embed: torch.Tensor, h: int, w: int, square: bool) -> tor
 
 class SubjectConsistency(Reward):
     spec = spec_of("subject-consistency")
+    reads_whole_media = True  # VBench resizes the file's own frames (see Reward.reads_whole_media)
     batch_size = 4  # clips per chunk: every frame goes through a ViT-B
 
     def __init__(self, model: nn.Module, frames: int | None = None):
@@ -157,6 +164,7 @@ class SubjectConsistency(Reward):
 
 class BackgroundConsistency(Reward):
     spec = spec_of("background-consistency")
+    reads_whole_media = True  # VBench resizes the file's own frames (see Reward.reads_whole_media)
     batch_size = 4  # clips per chunk
 
     def __init__(self, model: nn.Module, frames: int | None = None):
@@ -172,6 +180,7 @@ class BackgroundConsistency(Reward):
 
 class VBenchAestheticQuality(FrameReward):
     spec = spec_of("vbench-aesthetic-quality")
+    reads_whole_media = True  # VBench resizes the file's own frames (see Reward.reads_whole_media)
     batch_size = 4  # clips per chunk
 
     def __init__(self, clip_model: nn.Module, head: nn.Module, frames: int | None = None):
@@ -187,6 +196,7 @@ class VBenchAestheticQuality(FrameReward):
 
 class ImagingQuality(FrameReward):
     spec = spec_of("imaging-quality")
+    reads_whole_media = True  # VBench resizes the file's own frames (see Reward.reads_whole_media)
     batch_size = 4  # clips per chunk
 
     def __init__(self, model: nn.Module, frames: int | None = None, longer_side: int = 512):
@@ -201,6 +211,7 @@ class ImagingQuality(FrameReward):
 
 class ViCLIPScore(Reward):
     spec = spec_of("viclip-score")
+    reads_whole_media = True  # VBench picks its 8 frames of the whole file and resizes them (Reward.reads_whole_media)
     batch_size = 4  # clips per chunk: ViT-L over 8 x 256 joint tokens
 
     def __init__(self, model: viclip.ViCLIP):
@@ -242,12 +253,18 @@ def background_consistency(frames: int | None = None, pretrained: str = "openai"
     return BackgroundConsistency(load_open_clip("ViT-B-32-quickgelu", pretrained), frames)
 
 
-def vbench_aesthetic_quality(frames: int | None = None, pretrained: str = "openai") -> VBenchAestheticQuality:
-    backbone = [OPEN_CLIP_WEIGHTS[("ViT-L-14", pretrained)]] if ("ViT-L-14", pretrained) in OPEN_CLIP_WEIGHTS else []
+def vbench_aesthetic_quality(frames: int | None = None, pretrained: str = "openai",
+                             quick_gelu: bool | None = None) -> VBenchAestheticQuality:
+    registered = ("ViT-L-14", pretrained) in OPEN_CLIP_WEIGHTS
+    if quick_gelu is None and not registered and Path(pretrained).is_file():
+        # VBench's backbone is OpenAI's ViT-L/14 (clip.load), trained with QuickGELU, which a converted state
+        # dict cannot tell from a GELU model's (an OpenAI TorchScript archive would be detected anyway)
+        quick_gelu = True
+    backbone = [OPEN_CLIP_WEIGHTS[("ViT-L-14", pretrained)]] if registered else []
     weights.require("laion_aesthetic_linear_l14", *backbone)  # before the 400M-param backbone: fail fast, naming all
     head = nn.Linear(768, 1)
     head.load_state_dict(weights.load_registered("laion_aesthetic_linear_l14"))
-    return VBenchAestheticQuality(load_open_clip("ViT-L-14", pretrained), frozen(head), frames)
+    return VBenchAestheticQuality(load_open_clip("ViT-L-14", pretrained, quick_gelu), frozen(head), frames)
 
 
 def imaging_quality(frames: int | None = None) -> ImagingQuality:
