@@ -147,6 +147,9 @@ def test_a_rerun_resumes_and_equals_the_uninterrupted_run(teachers, tmp_path):
            [(r["step"], r["frechet"]) for r in records(tmp_path / "resumed", "eval")]
     changed = distill(*common, "--steps", "5", "--batch-size", "3", "--out", str(tmp_path / "resumed"))
     assert changed.exit_code == 2 and "cannot resume student run" in changed.output and "batch_size" in changed.output
+    # fewer steps than the run holds: it used to export the 4-step student as a 2-step run's
+    fewer = distill(*common, "--steps", "2", "--out", str(tmp_path / "resumed"))
+    assert fewer.exit_code == 2 and "has already trained 4 steps" in fewer.output and "--steps 4 or" in fewer.output
 
 
 def test_a_lora_student_trains_adapters_and_exports_merged_weights_that_lrm_sample_reads(teachers, tmp_path):

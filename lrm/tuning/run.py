@@ -312,6 +312,9 @@ def _distill(job: DistillJob, run_dir: Path, progress: bool) -> DistillResult:
                 "world_size": distributed.world_size()}
     _check_resumable(run_dir, resolved)
     distiller.resume(run_dir)  # refuses a checkpoint of another number of processes or other terms
+    if distiller.step > job.steps:  # fit would do nothing and export the longer-trained student as this job's
+        raise ValueError(f"student run {run_dir} has already trained {distiller.step} steps, more than --steps "
+                         f"{job.steps}; pass --steps {distiller.step} or more to reuse or continue it, or another --out")
     _write_config(run_dir, resolved)  # only now: a refused rerun leaves the run folder as it was
     monitor = Monitor(run_dir, distiller, store, job, progress=progress) if distributed.is_main() else None
     if monitor is not None:
