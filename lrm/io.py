@@ -69,12 +69,20 @@ def atomic_write_json(path: str | Path, obj, strict: bool = False) -> Path:
     reads the file (Python's json and jq accept NaN, JavaScript's JSON.parse does not)."""
     if strict:
         obj = finite_or_null(obj)
-    text = json.dumps(obj, indent=2, sort_keys=False, default=str, allow_nan=not strict)
+    text = json.dumps(obj, indent=2, sort_keys=False, default=_json_default, allow_nan=not strict)
     return atomic_write_text(path, text + "\n")
 
 
+def _json_default(obj):
+    """What json.dumps does not know: numpy scalars and 0-d tensors as numbers, anything else (paths) as text."""
+    return obj.item() if getattr(obj, "shape", None) == () and hasattr(obj, "item") else str(obj)
+
+
 def finite_or_null(obj):
-    """obj with every non-finite float (in dicts, lists and tuples, at any depth) replaced by None."""
+    """obj with every non-finite float (in dicts, lists and tuples, at any depth) replaced by None; numpy
+    scalars and 0-d tensors become Python numbers first (json.dumps would write them as strings)."""
+    if getattr(obj, "shape", None) == () and hasattr(obj, "item"):
+        obj = obj.item()
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):

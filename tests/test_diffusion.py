@@ -284,6 +284,27 @@ def test_ddpm_posterior_is_dollar_eq_25_on_unit_steps():
     torch.testing.assert_close(got.std, std, rtol=0, atol=1e-12)
 
 
+def test_bf16_inputs_keep_float32_precision_where_small_differences_matter():
+    # log-probs: DDPO's likelihood ratios are differences of these sums (a bf16 sum rounded a 1e-3 shift away)
+    x = _randn(2, 8, 4, 16, 16, seed=3)
+    mean = torch.zeros_like(x)
+    low = gaussian_log_prob(x.bfloat16(), mean.bfloat16(), 0.5)
+    assert low.dtype == torch.float32
+    torch.testing.assert_close(low, gaussian_log_prob(x.bfloat16().float(), mean, 0.5))
+    assert bool((gaussian_log_prob(x.bfloat16(), (mean + 1e-3).bfloat16(), 0.5) != low).all())
+    # add_noise: 1 - abar at small t, cast to bf16 before its square root, lost the noise entirely
+    abar = legacy.alphas_cumprod()
+    t = torch.tensor([0, 5, 10, 20])
+    noised = legacy.add_noise(torch.zeros(4, 8).bfloat16(), torch.ones(4, 8).bfloat16(), t, abar)[:, 0].float()
+    torch.testing.assert_close(noised, (1 - abar[t]).sqrt().float(), rtol=1e-2, atol=0)
+
+
+def test_ddim_refuses_eta_above_one():
+    a, s = torch.tensor(0.5), torch.tensor(0.8)
+    with pytest.raises(ValueError, match=r"eta must be in \[0, 1\]"):
+        ddim_step(torch.zeros(1), torch.zeros(1), a, s, a, s, eta=2.0)
+
+
 def test_log_prob_equals_normal_summed_over_non_batch_dims():
     x, mean = _randn(*SHAPE, seed=14, dtype=torch.float64), _randn(*SHAPE, seed=15, dtype=torch.float64)
     for std in (torch.tensor([0.1, 0.5, 2.0], dtype=torch.float64).reshape(-1, 1, 1, 1, 1),

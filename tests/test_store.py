@@ -353,3 +353,15 @@ def test_orphans_of_a_killed_run_include_a_manifest_rewrite_for_the_process_that
     assert orphans[0].exists()
     assert st.clean_orphans(tmp_path, [1], manifest=True) == [orphans[0]]
     assert not any(p.exists() for p in orphans) and other.exists()
+
+
+def test_json_files_write_numpy_and_tensor_scalars_as_numbers(tmp_path):
+    # json.dumps(default=str) wrote them as strings ("0.5"), and strict mode missed a numpy NaN
+    from lrm.io import atomic_write_json
+
+    path = atomic_write_json(tmp_path / "a.json", {"nan": np.float32("nan"), "half": np.float32(0.5),
+                                                   "count": np.int64(3), "tensor": torch.tensor(2.0),
+                                                   "path": tmp_path}, strict=True)
+    assert json.loads(path.read_text()) == {"nan": None, "half": 0.5, "count": 3, "tensor": 2.0, "path": str(tmp_path)}
+    atomic_write_json(path, {"half": np.float32(0.5), "count": np.int64(3)})
+    assert json.loads(path.read_text()) == {"half": 0.5, "count": 3}

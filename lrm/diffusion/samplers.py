@@ -82,8 +82,11 @@ def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) ->
     """(B,) log N(x; mean, std^2 I) (DOLLAR Eq. 26), summed over all non-batch dims: the exact
     log-density of x (B, ...). ddpo-pytorch averages the same per-element terms instead (sum / D, D =
     x[0].numel()), which only rescales the policy gradient. std must be > 0 (a step to clean data is
-    deterministic and has no density)."""
-    std = torch.as_tensor(std, dtype=x.dtype, device=x.device)
+    deterministic and has no density). Computed in at least float32: a bf16 sum over a latent rounds away the
+    differences DDPO's likelihood ratios are made of."""
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    x, mean = x.to(dtype), torch.as_tensor(mean).to(dtype)
+    std = torch.as_tensor(std, device=x.device).to(dtype)
     if bool((std <= 0).any()):
         raise ValueError("gaussian_log_prob needs std > 0; a step to clean data (sigma_s = 0) has no density")
     per_element = -0.5 * ((x - mean) ** 2 / std**2 + torch.log(2 * math.pi * std**2))
@@ -100,8 +103,8 @@ def ddim_step(x0_hat: torch.Tensor, eps_hat: torch.Tensor, alpha_t: Coef, sigma_
     std = eta * `posterior_std`. With eps_hat = (x_t - alpha_t x0_hat) / sigma_t (any prediction type
     via `to_x0_eps`) this is Eq. 14's ((sqrt(abar_s) - sqrt(1 - abar_s - std^2) sqrt(abar_t) /
     sqrt(1 - abar_t)) x0_hat + sqrt(1 - abar_s - std^2) / sqrt(1 - abar_t) x_t + std z) on VP."""
-    if eta < 0:
-        raise ValueError(f"DDIM eta must be >= 0, got {eta}")
+    if not 0 <= eta <= 1:  # above 1 the noise exceeds sigma_s and eps_hat's share would be clamped to 0
+        raise ValueError(f"DDIM eta must be in [0, 1] (0: deterministic, 1: DDPM), got {eta}")
     std = eta * posterior_std(alpha_t, sigma_t, alpha_s, sigma_s)
     x_s = alpha_s * x0_hat + (sigma_s**2 - std**2).clamp(min=0).sqrt() * eps_hat
     if eta > 0:
