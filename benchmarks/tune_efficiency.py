@@ -68,7 +68,7 @@ METHOD_NOTES = {
     "ddpo": "DDPO-SF (Alg. 2) on the true reward",
     "direct": "direct reward gradients through the decoder (ReFL / DRaFT-K, K = 1)",
 }
-PROMPTS = 16  # procedural captions tuned on (lrm.cli.tune.PROCEDURAL_PROMPTS)
+PROMPTS = 16  # procedural captions tuned on (lrm.evaluation.report.TUNING_PROMPTS)
 RESULT = "result.json"  # what a finished worker leaves in its run folder
 PROCESS = "process.json"  # the parent's measurement of the worker process (peak RSS, wall)
 SURROGATE_FITS = "surrogates"  # --runs/surrogates/<fit_name>/: the fitted surrogate of "lrm-frozen" and "lrm-warm"

@@ -281,6 +281,29 @@ def test_open_generator_run_accepts_run_or_model_and_refuses_other_folders(run, 
 # --------------------------------------------------------------------------- library: evaluation
 
 
+def test_evaluation_prompts_are_distinct_captions_the_model_never_trained_on(tmp_path):
+    """A small world repeats captions: clips of a fresh seed alone shared half their captions with training."""
+    from lrm.datasets.encoding import EncodeConfig, encode
+    from lrm.evaluation.report import HELD_OUT_SEED, held_out_prompts, procedural_prompts
+
+    store = encode(EncodeConfig("procedural:64:simple", frames=1, size=32, text="minilm-l6-v2", text_length=8),
+                   tmp_path / "store", progress=False)
+    save_denoiser(tiny(), tmp_path / "teacher" / "model", extra={"latent_shape": list(SHAPE)})
+    (tmp_path / "teacher" / "config.json").write_text(json.dumps({"store": str(store.path)}))
+    (tmp_path / "tuned" / "model").mkdir(parents=True)  # a run tuned from it records where it started
+    save_denoiser(tiny(), tmp_path / "tuned" / "model", extra={"latent_shape": list(SHAPE)})
+    (tmp_path / "tuned" / "config.json").write_text(json.dumps({"from": str(tmp_path / "teacher")}))
+    seen = set(store.prompts)
+    assert open_generator_run(tmp_path / "tuned").training_captions() == seen
+    fresh = procedural_prompts(200, 1, seed=HELD_OUT_SEED, world="simple")
+    assert set(fresh) & seen  # the test can fail: the fresh seed repeats training captions
+    chosen = held_out_prompts(24, 1, "simple", seen)
+    assert len(set(chosen)) == 24 and not set(chosen) & seen
+    assert chosen == list(dict.fromkeys(c for c in fresh if c not in seen))[:24]  # the first such, in order
+    with pytest.raises(ValueError, match="--procedural 5000: only"):
+        held_out_prompts(5000, 1, "simple", seen)
+
+
 def test_evaluate_run_metrics_match_independent_computations(run, tmp_path):
     from lrm.evaluation import alignment, diversity, latent_frechet_distance, pixel_features
     from lrm.evaluation.report import METRIC_KEYS, EvaluationConfig, evaluate_run, procedural_prompts, \
@@ -291,8 +314,9 @@ def test_evaluate_run_metrics_match_independent_computations(run, tmp_path):
                               rewards=("jpeg-compressibility", "prompt-color"))
     metrics = evaluate_run(run, config, tmp_path / "eval")
     assert set(metrics) == set(METRIC_KEYS)
-    prompts = procedural_prompts(2, frames=1)
-    assert metrics["prompts"] == prompts and metrics["n_samples"] == 4 and metrics["sampler"] == "ddim"
+    prompts = metrics["prompts"]  # held out: distinct, none among `lrm tune`'s default prompts (no store recorded)
+    assert len(set(prompts)) == 2 and not set(prompts) & set(procedural_prompts(16, frames=1))
+    assert metrics["n_samples"] == 4 and metrics["sampler"] == "ddim"
     # the same samples made directly, and each metric recomputed from them
     samples = generate(open_generator_run(run).load(), *expand_requests(prompts, 2), latent_shape=SHAPE, steps=2,
                        cfg=7.5)

@@ -111,7 +111,7 @@ def sample(
 def evaluate(
     run: Annotated[Path, typer.Argument(help=RUN_HELP)],
     prompts: Annotated[Optional[Path], typer.Option(help="Prompts file (default: procedural captions).")] = None,
-    procedural: Annotated[Optional[int], typer.Option(min=1, help=f"Procedural captions to sample (default {EVAL['procedural']}).")] = None,
+    procedural: Annotated[Optional[int], typer.Option(min=1, help=f"Procedural captions to sample, distinct and none among the model's training or `lrm tune` captions (default {EVAL['procedural']}).")] = None,
     samples_per_prompt: Annotated[int, typer.Option(min=1, help="Samples (seeds) per prompt; Vendi needs >= 2.")] = EVAL["samples_per_prompt"],
     reference: Annotated[Optional[Path], typer.Option(help="Latent store of reference latents for the Frechet distance "
                                                            "(default: procedural clips in the run's codec).")] = None,

@@ -22,7 +22,6 @@ DEFAULTS = {"method": "lrm", "steps": 200, "batch_size": 8, "lr": 1e-5, "surroga
             "per_prompt": 4, "eval_prompts": 4, "seed": 0, "kl_weight": 0.0,
             "disagreement_weight": 1.0, "gradient_alignment": True, "noise_aware": False,
             "gradient_weight": 0.0}  # lrm.tuning.tune.TuneConfig
-PROCEDURAL_PROMPTS = 16  # procedural captions tuned on when no prompts are given
 
 
 def register(app: typer.Typer) -> None:
@@ -204,7 +203,7 @@ def _run(reward_name, reward_options, run_path, distill, student_steps, store_pa
     from dataclasses import asdict
 
     from lrm.codecs import from_settings
-    from lrm.evaluation.report import procedural_prompts
+    from lrm.evaluation.report import TUNING_PROMPTS, procedural_prompts
     from lrm.generators.io import save_denoiser
     from lrm.generators.runs import LRM, open_generator_run
     from lrm.generators.writing import save_samples
@@ -265,7 +264,7 @@ def _run(reward_name, reward_options, run_path, distill, student_steps, store_pa
         surrogate = [LatentRewardModel.from_pretrained(path, codec_settings=model.codec_settings, map_location=device)
                      for path in ensemble]
     encoder = load_text(model.text_encoder_id)
-    texts = texts or procedural_prompts(PROCEDURAL_PROMPTS, latent_shape[0], world=run.procedural_world)
+    texts = texts or procedural_prompts(TUNING_PROMPTS, latent_shape[0], world=run.procedural_world)
     default_parent = Path("runs") if embedded else run.run_dir
     out_dir = Path(out) if out is not None else default_parent / f"tune-{Path(reward_name).stem}-{method}"
     grid_settings = {"run": str(out_dir / "model"), "sampler": "few-step", "steps": student_steps, "cfg": 1.0}

@@ -37,7 +37,9 @@ import torch
 from lrm.configs import EvaluationConfig  # defined there, torch-free, so `lrm evaluate` reads its defaults
 from lrm.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
-PROMPT_SEED = 7  # procedural prompts: captions of clips of this seed (the training default draws seed 0)
+PROMPT_SEED = 7  # procedural prompts `lrm tune` tunes on: captions of clips of this seed (training draws seed 0)
+TUNING_PROMPTS = 16  # how many of them `lrm tune` takes when no prompts are given
+HELD_OUT_SEED = 13  # `lrm evaluate`'s procedural prompts: a seed no training or tuning default draws
 REFERENCE_SEED = 11  # procedural reference clips, disjoint from prompts and from training's seed 0
 METRIC_KEYS = ("run", "sampler", "steps", "cfg", "seed", "timesteps", "latent_shape", "prompts", "samples_per_prompt",
                "n_samples", "rewards", "diversity", "frechet", "alignment", "per_prompt", "seconds")
@@ -65,6 +67,23 @@ def procedural_prompts(count: int, frames: int, seed: int = PROMPT_SEED, world: 
 
     config = world_config(world, seed=seed, frames=frames, size=64)
     return [caption(sample_attributes(config, np.random.default_rng((seed, i)))) for i in range(count)]
+
+
+def held_out_prompts(count: int, frames: int, world: str, exclude: set[str]) -> list[str]:
+    """`count` distinct captions of procedural clips of seed HELD_OUT_SEED that are not in `exclude` (what the model
+    trained on): a small world repeats captions, so clips of another seed alone would share many with training."""
+    from lrm.datasets.procedural import caption, sample_attributes, world_config
+
+    config = world_config(world, seed=HELD_OUT_SEED, frames=frames, size=64)
+    chosen: dict[str, None] = {}
+    for i in range(100 * count):
+        text = caption(sample_attributes(config, np.random.default_rng((HELD_OUT_SEED, i))))
+        if text not in exclude:
+            chosen.setdefault(text)
+            if len(chosen) == count:
+                return list(chosen)
+    raise ValueError(f"--procedural {count}: only {len(chosen)} distinct captions of the {world} world are not among "
+                     f"the {len(exclude)} the model trained or was tuned on; ask for fewer, or pass --prompts FILE")
 
 
 def procedural_reference(codec, latent_shape, count: int, seed: int = REFERENCE_SEED,
@@ -181,7 +200,9 @@ def evaluate_run(run_path: str | Path, config: EvaluationConfig, out_dir: str | 
         distinct = list(dict.fromkeys(read_prompts(config.prompts_file)))
     else:
         frames = _pixel_frames(latent_shape[0], run.codec_settings or {})
-        distinct = procedural_prompts(config.procedural, frames, world=run.procedural_world)
+        tuned_on = procedural_prompts(TUNING_PROMPTS, frames, world=run.procedural_world)  # `lrm tune`'s default
+        distinct = held_out_prompts(config.procedural, frames, run.procedural_world,
+                                    run.training_captions() | set(tuned_on))
     built = {name: load_reward(name) for name in config.rewards}  # unknown names fail before any sampling
     video_rewards = [name for name, reward in built.items() if reward.spec.is_video]
     if latent_shape[0] == 1 and video_rewards:

@@ -76,6 +76,20 @@ class GeneratorRun:
             world = source.get("world") if source.get("kind") == "procedural" else None
         return world or "full"
 
+    def training_captions(self, _depth: int = 0) -> set[str]:
+        """Captions of the stores this model trained on: its run's recorded "store" and, for a run started from
+        another (a tuned student's "from"), that run's; empty where none is recorded or a store is gone."""
+        captions: set[str] = set()
+        store = self.setting("store")
+        if store is not None and (Path(store) / "manifest.json").is_file():
+            from lrm.datasets.store import LatentStore
+
+            captions |= set(LatentStore.open(store).prompts)
+        start = self.run_config.get("from")
+        if start is not None and _depth < 4 and Path(start).exists():
+            captions |= open_generator_run(start).training_captions(_depth + 1)
+        return captions
+
     def latent_shape(self, size: int | None = None, frames: int | None = None) -> tuple[int, int, int, int]:
         """(T, c, h, w) to sample: from `size` (pixels, square) and `frames` when given, else the recorded
         "latent_shape"."""
