@@ -5,7 +5,7 @@ guidance; also at CFG 4, the guidance of the teacher's own report).
 For each student `lrm.tuning.run.distill` trains (or resumes) RUNS/student-<k> for --steps steps; then the
 teacher and every student are measured the same way:
   time        end-to-end sampling wall time, prompts -> decoded pixels (text encoding, the sampler, the dct
-              decode; models loaded beforehand), for the same prompts and seeds, batch 16, one torch thread;
+              decode; models loaded beforehand), for the prompts and seeds quality is measured on, batch 16, one thread;
               after a warm-up call of each model, --repeats interleaved rounds time every model once (`timings`);
               times are medians over rounds, "speed-up" is the median over rounds of the teacher's time over
               the model's, with its range; also the same with every prompt's embedding already cached ("cached
@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 
 from lrm.configs import DistillJob
-from lrm.evaluation.report import EvaluationConfig, evaluate_run, procedural_prompts
+from lrm.evaluation.report import EvaluationConfig, evaluate_run, evaluation_prompts
 from lrm.generators.embedded import embedded_teacher
 from lrm.generators.runs import open_generator_run
 from lrm.configs import DEFAULT_CFG
@@ -155,7 +155,6 @@ def main() -> None:
     student_steps = [int(s) for s in student_steps]
     torch.set_num_threads(1)
 
-    prompts, seeds = expand_requests(procedural_prompts(args.prompts, 1), args.samples_per_prompt)
     if args.speed_only:
         students = {k: args.runs / f"student-{k}" for k in student_steps}
         missing = [str(run) for run in students.values() if not (run / "model").is_dir()]
@@ -168,6 +167,7 @@ def main() -> None:
             parser.error(str(exc))
         models = {"teacher": (teacher, None), "teacher-cfg4": (teacher, 4.0),
                   **{f"student-{k}": (run, None) for k, run in students.items()}}
+        prompts, seeds = timed_requests(teacher, args)
         rows = speed_rows(models, prompts, seeds, args.repeats)
         print(f"{'model':<13}{'time (s)':>10}{'speed-up':>10}{'range':>16}{'cached prompts (s)':>20}{'speed-up':>10}"
               f"{'text (s)':>10}")
@@ -198,6 +198,7 @@ def main() -> None:
         rows[f"untrained-{k}"] = {"run": str(untrained), **quality(untrained, untrained / "eval", args)}
     models = {"teacher": (teacher, None), "teacher-cfg4": (teacher, 4.0),
               **{f"student-{k}": (args.runs / f"student-{k}", None) for k in student_steps}}
+    prompts, seeds = timed_requests(teacher, args)
     for name, timed in speed_rows(models, prompts, seeds, args.repeats).items():
         rows[name].update(timed)
     for k in student_steps:  # the untrained student: the same network under the same sampler, so the same times
@@ -211,6 +212,13 @@ def main() -> None:
         print(f"{name:<13}{sampler:>16}{r['sampling_s']:>10.3f}{r['speedup']:>9.1f}x{r['frechet']:>9.2f}"
               f"{r['alignment_color']:>8.3f}{r['alignment_shape']:>7.3f}{r['vendi']:>7.3f}")
     write(args, rows, len(prompts))
+
+
+def timed_requests(teacher: Path, args) -> tuple[list[str], list[int]]:
+    """The (prompt, seed) pairs every model is timed on: the prompts its quality is measured on (`lrm evaluate`'s
+    held-out captions of the teacher's world) x --samples-per-prompt seeds."""
+    prompts = evaluation_prompts(open_generator_run(teacher), args.prompts, 1)
+    return expand_requests(prompts, args.samples_per_prompt)
 
 
 def speed_rows(models: dict[str, tuple[Path, float | None]], prompts: list[str], seeds: list[int],

@@ -108,7 +108,7 @@ def worker(args) -> None:
 
     if (args.method in FITTED) != (args.surrogate is not None):
         raise ValueError(f"method {args.method!r}: a fitted --surrogate is for {list(FITTED)} only, and they need one")
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    torch.set_num_threads(worker_threads())
     run = open_generator_run(student_run(args.reward, args))
     model = run.load(map_location=args.device)
     latent_shape = run.latent_shape()
@@ -133,6 +133,7 @@ def worker(args) -> None:
     seconds = np.cumsum([0.0] + [log.seconds for log in result.logs])  # (steps + 1,) training seconds after step s
     records = [asdict(r) for r in result.records]
     out = {"reward": args.reward, "method": args.method, "seed": args.seed, "config": asdict(config),
+           "device": args.device, "torch_threads": torch.get_num_threads(),
            "student": str(run.run_dir), "surrogate": args.surrogate, "records": records,
            "train_seconds": [float(seconds[r["step"]]) for r in records],
            "samples": [r["step"] * args.batch_size for r in records],
@@ -167,7 +168,7 @@ def fit_worker(args) -> None:
     metrics = json.loads((model.parent / "metrics.json").read_text())  # the fit's report (lrm.reports)
     out = {"reward": args.reward, "student": str(student), "store": str(store), "rows": len(LatentStore.open(store)),
            "label": column, "labelled_store": not labelled_before, "seed": args.fit_seed,
-           "fit_steps": args.fit_steps, "gradient_weight": args.fit_gradient_weight,
+           "fit_steps": args.fit_steps, "gradient_weight": args.fit_gradient_weight, "device": args.device,
            "gradient_cosine": metrics.get("gradient_cosine"), "surrogate": str(model), "preset": metrics["preset"],
            "parameters": metrics["parameters"], "steps": metrics["steps"], "stopped_early": metrics["stopped_early"],
            "spearman": metrics["surrogate"]["spearman"], "trust": metrics["trust"],
@@ -227,10 +228,16 @@ def variants(methods: list[str], surrogate_lrs: list[float]) -> list[tuple[str, 
              else [(method, method, None)])]
 
 
+def worker_threads() -> int:
+    """torch threads of a tuning worker: OMP_NUM_THREADS, default 1."""
+    return int(os.environ.get("OMP_NUM_THREADS", "1"))
+
+
 def finished(run_dir: Path, method: str, seed: int, surrogate_lr: float | None, surrogate: str | None,
              student: Path, args) -> bool:
-    """True when run_dir holds a finished run with these settings (a run without a concurrent surrogate ignores
-    the surrogate lr; a run of an older version of this script recorded no fitted surrogate)."""
+    """True when run_dir holds a finished run with these settings, on this device and thread count (its times and
+    memory are compared with the other runs'; a run without a concurrent surrogate ignores the surrogate lr; a run
+    of an older version of this script recorded no fitted surrogate)."""
     if not ((run_dir / RESULT).is_file() and (run_dir / PROCESS).is_file()):
         return False
     result = json.loads((run_dir / RESULT).read_text())
@@ -242,7 +249,9 @@ def finished(run_dir: Path, method: str, seed: int, surrogate_lr: float | None, 
     if surrogate_lr is not None:
         wanted["surrogate_lr"] = surrogate_lr
     weight = args.surrogate_gradient_weight if method in CONCURRENT else 0.0
-    return (all(saved[k] == v for k, v in wanted.items()) and saved.get("gradient_weight", 0.0) == weight
+    same_machine = (result.get("device"), result.get("torch_threads")) == (args.device, worker_threads())
+    return (same_machine and all(saved[k] == v for k, v in wanted.items())
+            and saved.get("gradient_weight", 0.0) == weight
             and result.get("surrogate") == surrogate and Path(result["student"]).resolve() == student.resolve())
 
 
@@ -285,8 +294,9 @@ def fit_surrogate(reward: str, student: Path, args, root: Path) -> dict:
     result_path, process_path = folder / FIT_RESULT, folder / PROCESS
     if result_path.is_file() and process_path.is_file():
         saved = json.loads(result_path.read_text())
-        if (saved["fit_steps"], saved["seed"], saved.get("gradient_weight", 0.0), Path(saved["student"]).resolve()) \
-                == (args.fit_steps, args.fit_seed, args.fit_gradient_weight, student.resolve()):
+        if (saved["fit_steps"], saved["seed"], saved.get("gradient_weight", 0.0), Path(saved["student"]).resolve(),
+                saved.get("device")) == (args.fit_steps, args.fit_seed, args.fit_gradient_weight, student.resolve(),
+                                         args.device):
             print(f"  surrogate of {reward}: fitted earlier, reused ({saved['surrogate']})", flush=True)
             return {**saved, **json.loads(process_path.read_text())}
     command = [sys.executable, __file__, "--fit-worker", "--reward", reward, "--run-dir", str(folder),

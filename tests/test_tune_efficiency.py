@@ -5,6 +5,7 @@ here, so no subprocess could load it)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 from pathlib import Path
@@ -44,7 +45,8 @@ def latest_checkpoint(run_dir: Path) -> Path:
     return run_dir / "checkpoints" / (run_dir / "checkpoints" / "latest").read_text().strip()
 
 
-def test_the_fitted_surrogate_is_frozen_or_warm_starts_the_concurrent_one(bench, student_with_store):  # noqa: F811
+def test_the_fitted_surrogate_is_frozen_or_warm_starts_the_concurrent_one(bench, student_with_store,  # noqa: F811
+                                                                            monkeypatch):
     from lrm.datasets.store import LatentStore
 
     root = student_with_store
@@ -95,6 +97,11 @@ def test_the_fitted_surrogate_is_frozen_or_warm_starts_the_concurrent_one(bench,
     assert not bench.finished(frozen_dir, "lrm-warm", 0, 1e-3, fit["surrogate"], student, args)
     assert not bench.finished(frozen_dir, "lrm-frozen", 0, None, str(root / "other"), student, args)
     assert not bench.finished(frozen_dir, "lrm-frozen", 0, None, fit["surrogate"], root / "teacher", args)
+    # nor on another device or thread count: its time and memory sit beside the other runs'
+    assert not bench.finished(frozen_dir, "lrm-frozen", 0, None, fit["surrogate"], student,
+                              argparse.Namespace(**{**vars(args), "device": "cuda"}))
+    monkeypatch.setenv("OMP_NUM_THREADS", str(bench.worker_threads() + 1))
+    assert not bench.finished(frozen_dir, "lrm-frozen", 0, None, fit["surrogate"], student, args)
 
 
 def test_a_worker_refuses_a_surrogate_the_method_does_not_read(bench, words_runs):  # noqa: F811
