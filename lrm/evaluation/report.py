@@ -86,6 +86,13 @@ def held_out_prompts(count: int, frames: int, world: str, exclude: set[str]) -> 
                      f"the {len(exclude)} the model trained or was tuned on; ask for fewer, or pass --prompts FILE")
 
 
+def evaluation_prompts(run, count: int, frames: int) -> list[str]:
+    """`lrm evaluate`'s procedural prompts for a GeneratorRun: held out from its training captions and from the
+    prompts `lrm tune` tunes on by default."""
+    tuned_on = procedural_prompts(TUNING_PROMPTS, frames, world=run.procedural_world)
+    return held_out_prompts(count, frames, run.procedural_world, run.training_captions() | set(tuned_on))
+
+
 def procedural_reference(codec, latent_shape, count: int, seed: int = REFERENCE_SEED,
                          device: str | torch.device = "cpu", world: str = "full") -> torch.Tensor:
     """(count, T, c, h, w) latents of procedural clips of `world` rendered at the pixel size of `latent_shape` and
@@ -200,9 +207,7 @@ def evaluate_run(run_path: str | Path, config: EvaluationConfig, out_dir: str | 
         distinct = list(dict.fromkeys(read_prompts(config.prompts_file)))
     else:
         frames = _pixel_frames(latent_shape[0], run.codec_settings or {})
-        tuned_on = procedural_prompts(TUNING_PROMPTS, frames, world=run.procedural_world)  # `lrm tune`'s default
-        distinct = held_out_prompts(config.procedural, frames, run.procedural_world,
-                                    run.training_captions() | set(tuned_on))
+        distinct = evaluation_prompts(run, config.procedural, frames)
     built = {name: load_reward(name) for name in config.rewards}  # unknown names fail before any sampling
     video_rewards = [name for name, reward in built.items() if reward.spec.is_video]
     if latent_shape[0] == 1 and video_rewards:
