@@ -525,13 +525,15 @@ def test_encode_names_the_files_it_skips(media, broken_media, tmp_path):
                for line in result.stderr.splitlines()), result.stderr
 
 
-@pytest.mark.parametrize("data", ["procedural:many", "procedural:0"])
-def test_encode_a_bad_procedural_count(data, tmp_path):
-    run("encode", data, "--out", tmp_path / "s", code=2)
+@pytest.mark.parametrize("data, names, fix", [("procedural:many", "'procedural:many'", "e.g. procedural:256"),
+                                               ("procedural:0", "got 0", "procedural:N needs N >= 1")])
+def test_encode_a_bad_procedural_count(data, names, fix, tmp_path):
+    fails("encode", data, "--out", tmp_path / "s", names=names, fix=fix)
 
 
 def test_encode_data_that_does_not_exist(tmp_path):
-    run("encode", tmp_path / "nowhere", "--out", tmp_path / "s", code=2)
+    fails("encode", tmp_path / "nowhere", "--out", tmp_path / "s", names=tmp_path / "nowhere",
+          fix="no such file or folder")
 
 
 def test_encode_into_a_folder_that_is_not_a_store(tmp_path):
@@ -731,7 +733,7 @@ def test_drop_label_of_a_column_the_store_lacks(store):
 
 
 def test_label_with_unknown_pixels(store):
-    run("label", store, "sharpness", "--pixels", "raw", code=2)
+    fails("label", store, "sharpness", "--pixels", "raw", names="'raw'", fix="must be one of source, decoded")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -129,6 +129,17 @@ def test_predict_scores_media_like_score(fitted, tmp_path):
     assert [r["path"].rsplit("/", 1)[1] for r in rows] == ["a.png", "b.png"]
     assert all(np.isfinite(float(r["score"])) for r in rows)
     assert "skipped 1" in result.output
+    # each value is the surrogate's own: codec + model on the file read at the size the surrogate was fitted on
+    from lrm.codecs import from_settings
+    from lrm.datasets.media import read_clip
+
+    model = LatentRewardModel.from_pretrained(run / "model")
+    codec = from_settings(model.info.codec_settings)
+    for row in rows:
+        with torch.no_grad():
+            expected = model(codec.encode(read_clip(row["path"], size=32).pixels.unsqueeze(0))).item()
+        assert float(row["score"]) == pytest.approx(expected, rel=1e-5, abs=1e-5), row["path"]
+    assert abs(float(rows[0]["score"]) - float(rows[1]["score"])) > 1e-4  # two files, two values
 
 
 def test_predict_averages_an_image_surrogate_over_a_videos_frames_as_score_does(fitted, tmp_path):

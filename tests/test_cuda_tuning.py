@@ -37,6 +37,21 @@ def no_tf32():
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
+@pytest.fixture
+def denoiser_devices(monkeypatch) -> list[str]:
+    """The device type of every call of lrm's DiT during the test: where the work ran, not only what was asked."""
+    from lrm.generators.dit import LatentDiT
+
+    seen, forward = [], LatentDiT.forward
+
+    def spy(self, x_t, *args, **kwargs):
+        seen.append(x_t.device.type)
+        return forward(self, x_t, *args, **kwargs)
+
+    monkeypatch.setattr(LatentDiT, "forward", spy)
+    return seen
+
+
 def lrm(*args) -> None:
     result = runner.invoke(app, [str(a) for a in args])
     assert result.exit_code == 0, result.output
@@ -70,20 +85,29 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     return {"image": root / "image", "video": root / "video", "student": root / "student"}
 
 
-def test_teacher_training_on_the_device_gives_the_cpu_teacher(runs, tmp_path):
+def test_teacher_training_on_the_device_gives_the_cpu_teacher(runs, tmp_path, denoiser_devices):
+    denoiser_devices.clear()
     lrm("teacher", "train", "--data", "procedural:8", *TEACHER, "--device", DEVICE, "--out", tmp_path / "t", "--quiet")
+    assert denoiser_devices and set(denoiser_devices) == {torch.device(DEVICE).type}  # it trained there
+    assert json.loads((tmp_path / "t" / "config.json").read_text())["teacher"]["device"] == DEVICE
+    logged = [[json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+              for run in (runs["image"], tmp_path / "t")]
+    assert len(logged[0]) == 1 and close(*logged), logged
     cpu, dev = load_file(runs["image"] / "model" / "model.safetensors"), load_file(tmp_path / "t" / "model" /
                                                                                     "model.safetensors")
     assert cpu.keys() == dev.keys()
     assert all(torch.allclose(cpu[k], dev[k], rtol=1e-3, atol=1e-4) for k in cpu)  # 4 AdamW steps at lr 1e-3
 
 
-def test_sampling_on_the_device_gives_the_cpu_latents(runs, tmp_path):
-    for device in ("cpu", DEVICE):
+def test_sampling_on_the_device_gives_the_cpu_latents(runs, tmp_path, denoiser_devices):
+    for device in ("cpu", DEVICE):  # index.json does not record the device: the DiT's inputs show where it ran
+        denoiser_devices.clear()
         lrm("sample", runs["image"], "--prompt", "a red circle on a blue background", "--steps", "5",
             "--per-prompt", "2", "--device", device, "--out", tmp_path / device, "--quiet")
+        assert denoiser_devices and set(denoiser_devices) == {torch.device(device).type}, device
     cpu, dev = (load_file(tmp_path / d / "latents.safetensors") for d in ("cpu", DEVICE))
-    assert cpu.keys() == dev.keys() and all(torch.allclose(cpu[k], dev[k], rtol=1e-4, atol=1e-4) for k in cpu)
+    assert cpu.keys() and cpu.keys() == dev.keys()
+    assert all(torch.allclose(cpu[k], dev[k], rtol=1e-4, atol=1e-4) for k in cpu)
 
 
 @pytest.mark.parametrize("kind, losses", [("image", "vsd,cd"), ("video", "adm,sdm2d")])
@@ -106,6 +130,7 @@ def test_each_tuning_method_on_the_device_gives_the_cpu_run(runs, method, tmp_pa
         lrm("tune", "colorfulness", "--student", runs["student"], *method, "--steps", "2", "--batch-size", "2",
             "--lr", "1e-3", "--eval-every", "2", "--per-prompt", "2", "--device", device, "--out", tmp_path / device)
     cpu, dev = (json.loads((tmp_path / d / "records.json").read_text()) for d in ("cpu", DEVICE))
+    assert len(cpu["losses"]) == 2 and len(cpu["records"]) == 2  # so that close() compares something
     assert close(cpu["losses"], dev["losses"]), (cpu["losses"], dev["losses"])
     keys = ("step", "gold", "proxy", "diversity", "nonfinite")
     assert close([{k: r[k] for k in keys} for r in cpu["records"]], [{k: r[k] for k in keys} for r in dev["records"]])

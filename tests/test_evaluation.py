@@ -173,7 +173,9 @@ def test_sample_rewards_summarise_lrm_rewards():
     assert summaries["colorfulness"].std == pytest.approx(float(direct.std(unbiased=False)))
     color = summaries["prompt-color"]  # "a dog" names no colour: NaN, left out of the statistics
     assert color.scored == 4 and np.isnan(color.values[2])
-    assert color.mean == pytest.approx(np.nanmean(color.values))
+    direct_color = lrm.rewards.load("prompt-color")(pixels, prompts).double().numpy()
+    np.testing.assert_allclose(color.values, direct_color, rtol=1e-6, equal_nan=True)  # each sample's own value
+    assert color.mean == pytest.approx(np.nanmean(direct_color))
 
 
 def test_decoded_rewards_decode_in_chunks():

@@ -326,6 +326,18 @@ def test_noise_aware_lrm_ft_scores_noised_samples():
     assert has_grad(roles.module(STUDENT))
     clean = -lrm(x_hat.detach(), standardised=True)
     assert not torch.allclose(loss.detach(), clean)
+    # the loss is -lrm(x_t, t) with t ~ U{0..NOISE_T_MAX T} and x_t = alpha_t x_hat + sigma_t eps, both drawn
+    # (t first) from the step's generator, rebuilt here from a generator of the same seed
+    from lrm.diffusion.schedules import VPSchedule
+    from lrm.tuning.lrm_ft import NOISE_T_MAX
+
+    schedule, g1 = VPSchedule(lrm.info.noise_schedule or "linear"), torch.Generator().manual_seed(1)
+    t = torch.randint(0, round(NOISE_T_MAX * schedule.num_timesteps) + 1, (x_hat.shape[0],), generator=g1)
+    alpha, sigma = schedule.alpha_sigma(t, x_hat)
+    x_t = alpha * x_hat.detach() + sigma * torch.randn(x_hat.shape, generator=g1)
+    with torch.no_grad():
+        noised = -lrm(x_t, b.text, b.text_mask, t=t, standardised=True)
+    torch.testing.assert_close(loss.detach(), noised.float(), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="needs a noise-aware surrogate"):
         plain = student_roles()
         plain.add(surrogate_role(surrogate(), plain.module(STUDENT), SHAPE))

@@ -50,15 +50,27 @@ def test_different_index_or_seed_gives_different_clips():
     assert len(captions) == 20
 
 
+def _global_states():
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return (kind, keys.copy(), pos, has_gauss, gauss), torch.get_rng_state()
+
+
+def _same_states(a, b) -> bool:
+    (np_a, torch_a), (np_b, torch_b) = a, b
+    return (np_a[0] == np_b[0] and np.array_equal(np_a[1], np_b[1]) and np_a[2:] == np_b[2:]
+            and torch.equal(torch_a, torch_b))
+
+
 def test_global_random_state_is_neither_used_nor_changed():
     np.random.seed(0)
-    before = np.random.get_state()[1].copy()
+    torch.manual_seed(0)
+    before = _global_states()
     a = make_clip(ProceduralConfig(), 5)
+    assert _same_states(_global_states(), before)  # not reseeded in between: any draw from numpy/torch shows
     np.random.seed(123)  # a different global state must not change the clip
+    torch.manual_seed(123)
     b = make_clip(ProceduralConfig(), 5)
     assert torch.equal(a.pixels, b.pixels)
-    np.random.seed(0)
-    assert np.array_equal(np.random.get_state()[1], before)
 
 
 @pytest.mark.parametrize("frames, size", [(8, 64), (1, 48), (5, (32, 80))])

@@ -43,10 +43,11 @@ def distortions(rgb: np.ndarray) -> list[np.ndarray]:
     return [rgb, np.asarray(image.filter(ImageFilter.GaussianBlur(1))), np.asarray(Image.open(buffer).convert("RGB"))]
 
 
-def photos() -> list[np.ndarray]:
+def photos(required: bool = True) -> list[np.ndarray]:
+    """The real photos found under DATA; none found skips the test, or (required=False) gives []."""
     folder = DATA / "images" / "dreambooth"
     found = [np.asarray(Image.open(folder / name).convert("RGB")) for name in PHOTOS if (folder / name).exists()]
-    if not found:
+    if not found and required:
         pytest.skip(f"real photos not found under {folder}")
     return found
 
@@ -166,8 +167,7 @@ def skvideo_niqe(grays: list[np.ndarray], tmp_path: Path) -> list[float]:
         [sys.executable, "-c", SKVIDEO_NIQE, *map(str, paths)],
         capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONWARNINGS": "ignore"},
     )
-    if run.returncode != 0:
-        pytest.skip(f"scikit-video's niqe does not run here: {run.stderr.strip().splitlines()[-1:]}")
+    assert run.returncode == 0, f"scikit-video's niqe failed: {run.stderr.strip()[-2000:]}"  # installed: it must run
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
@@ -266,14 +266,14 @@ def test_shipped_niqe_model_equals_scikit_video_file():
 
 def test_brisque_orders_clean_blurred_compressed():
     reward = load("brisque")
-    for rgb in [skimage.data.astronaut(), *photos()]:
+    for rgb in [skimage.data.astronaut(), *photos(required=False)]:  # the photos only where present
         clean, blurred, compressed = (reward(as_pixels(x)).item() for x in distortions(rgb))
         assert clean < blurred < compressed
 
 
 def test_niqe_ranks_distorted_photos_worse_than_clean():
     reward = load("niqe")
-    for rgb in [skimage.data.astronaut(), *photos()]:
+    for rgb in [skimage.data.astronaut(), *photos(required=False)]:  # the photos only where present
         clean, blurred, compressed = (reward(as_pixels(x)).item() for x in distortions(rgb))
         assert clean < blurred and clean < compressed
 

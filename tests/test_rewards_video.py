@@ -57,6 +57,26 @@ def test_temporal_flickering_equals_vbench_on_real_video(start, monkeypatch):
     assert abs(got.item() - expected) < 1e-6, (got.item(), expected)  # float32 rounding only
 
 
+def made_clips() -> list[np.ndarray]:
+    """(T, H, W, 3) uint8 clips of known content, no data needed: a pan, a flickering texture, noise."""
+    base = texture(40, 56, seed=2).astype(np.int16)
+    flicker = np.stack([np.clip(base + level, 0, 255) for level in (0, 30, -20, 45, 0, -60)]).astype(np.uint8)
+    noise = np.random.default_rng(3).integers(0, 256, (5, 37, 53, 3), dtype=np.uint8)  # odd sizes, saturated diffs
+    return [pan(8, 64, step=3), flicker, noise]
+
+
+@pytest.mark.parametrize("index", [0, 1, 2], ids=["pan", "flicker", "noise"])
+def test_temporal_flickering_equals_vbench_on_made_clips(index, monkeypatch):
+    vbench_flicker = pytest.importorskip("vbench.temporal_flickering")
+    rgb = made_clips()[index]
+    bgr = [cv2.cvtColor(frame, cv2.COLOR_RGB2BGR) for frame in rgb]  # what vbench's cv2 reader would give
+    monkeypatch.setattr(vbench_flicker, "get_frames", lambda path: bgr)
+    expected = vbench_flicker.cal_score("made.mp4")
+    got = video.TemporalFlickering()(as_pixels(rgb)).item()
+    assert 0.0 < expected < 0.999  # the clip changes: the comparison is not of two 1.0s
+    assert abs(got - expected) < 1e-6, (got, expected)
+
+
 def test_temporal_flickering_extremes():
     static = np.repeat(texture(32, 48)[None], 4, axis=0)
     strobe = np.zeros((4, 32, 48, 3), np.uint8)

@@ -73,7 +73,11 @@ def test_run_folder_layout_and_saved_teacher_loads_back(store, trained):
         assert torch.equal(loaded(x, t, text, mask), result.model(x, t, text, mask))
     with pytest.raises(DenoiserMismatchError, match="text encoder"):
         load_denoiser(out / "model", text_encoder_id="clip-vit-b-32")
-    assert torch.equal(weights(out / "model")["final.weight"], result.model.final.weight)  # the EMA is the teacher
+    assert torch.equal(weights(out / "model")["final.weight"], result.model.final.weight)
+    # the EMA is the teacher: the saved model is the last checkpoint's EMA ("best."), not its raw weights ("model.")
+    saved, last = weights(out / "model"), load_file(out / "checkpoints" / "step-0000020.safetensors")
+    assert saved and all(torch.equal(saved[k], last[f"best.{k}"]) for k in saved)
+    assert any(not torch.equal(saved[k], last[f"model.{k}"]) for k in saved)  # 20 steps: EMA and raw differ
 
 
 def test_resume_equals_the_uninterrupted_run(store, trained, tmp_path):

@@ -303,8 +303,10 @@ def test_lrm_tune_with_no_generator_starts_from_the_embedded_student_and_resumes
     assert facts["store"] == str(embedded.embedded_store_dir()) and facts["real_rows"] == 4
     assert facts["checkpoints"] == ["checkpoints/step-00000000", "checkpoints/step-00000001",
                                     "checkpoints/step-00000002"]
+    written = {p: p.stat().st_mtime_ns for p in (out / "checkpoints").rglob("*") if p.is_file()}
     again = runner.invoke(cli_app(), command)  # finished: the rerun resumes at the end and rewrites the same facts
     assert again.exit_code == 0, again.output
+    assert written and {p: p.stat().st_mtime_ns for p in (out / "checkpoints").rglob("*") if p.is_file()} == written
     assert same(json.loads((out / "records.json").read_text())["records"], facts["records"])
     changed = runner.invoke(cli_app(), [*command, "--seed", "3"])
     assert changed.exit_code == 2 and "cannot resume tune run" in changed.output
