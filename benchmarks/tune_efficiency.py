@@ -68,7 +68,6 @@ METHOD_NOTES = {
     "ddpo": "DDPO-SF (Alg. 2) on the true reward",
     "direct": "direct reward gradients through the decoder (ReFL / DRaFT-K, K = 1)",
 }
-PROMPTS = 16  # procedural captions tuned on (lrm.evaluation.report.TUNING_PROMPTS)
 RESULT = "result.json"  # what a finished worker leaves in its run folder
 PROCESS = "process.json"  # the parent's measurement of the worker process (peak RSS, wall)
 SURROGATE_FITS = "surrogates"  # --runs/surrogates/<fit_name>/: the fitted surrogate of "lrm-frozen" and "lrm-warm"
@@ -98,7 +97,7 @@ def worker(args) -> None:
     import torch
 
     from lrm.codecs import from_settings
-    from lrm.evaluation.report import procedural_prompts
+    from lrm.evaluation.report import TUNING_PROMPTS, procedural_prompts
     from lrm.generators.runs import open_generator_run
     from lrm.models import LatentRewardModel
     from lrm.rewards import load as load_reward
@@ -115,7 +114,7 @@ def worker(args) -> None:
     codec = from_settings(model.codec_settings).to(args.device)
     true_reward = TrueReward(codec, load_reward(args.reward))
     encoder = load_text(model.text_encoder_id)
-    prompts = procedural_prompts(PROMPTS, latent_shape[0], world=run.procedural_world)
+    prompts = procedural_prompts(TUNING_PROMPTS, latent_shape[0], world=run.procedural_world)
     surrogate = None if args.surrogate is None else LatentRewardModel.from_pretrained(
         args.surrogate, codec_settings=model.codec_settings, map_location=args.device)
     surrogate_lr = args.surrogate_lr[0] if args.method in CONCURRENT else TuneConfig.surrogate_lr  # only it trains
@@ -236,8 +235,9 @@ def worker_threads() -> int:
 def finished(run_dir: Path, method: str, seed: int, surrogate_lr: float | None, surrogate: str | None,
              student: Path, args) -> bool:
     """True when run_dir holds a finished run with these settings, on this device and thread count (its times and
-    memory are compared with the other runs'; a run without a concurrent surrogate ignores the surrogate lr; a run
-    of an older version of this script recorded no fitted surrogate)."""
+    memory are compared with the other runs'; results of earlier versions of this script, which recorded neither,
+    are reused as before; a run without a concurrent surrogate ignores the surrogate lr; a run of an older version
+    of this script recorded no fitted surrogate)."""
     if not ((run_dir / RESULT).is_file() and (run_dir / PROCESS).is_file()):
         return False
     result = json.loads((run_dir / RESULT).read_text())
@@ -249,7 +249,8 @@ def finished(run_dir: Path, method: str, seed: int, surrogate_lr: float | None, 
     if surrogate_lr is not None:
         wanted["surrogate_lr"] = surrogate_lr
     weight = args.surrogate_gradient_weight if method in CONCURRENT else 0.0
-    same_machine = (result.get("device"), result.get("torch_threads")) == (args.device, worker_threads())
+    recorded = "device" in result  # results of earlier versions recorded neither: reused as before
+    same_machine = not recorded or (result["device"], result["torch_threads"]) == (args.device, worker_threads())
     return (same_machine and all(saved[k] == v for k, v in wanted.items())
             and saved.get("gradient_weight", 0.0) == weight
             and result.get("surrogate") == surrogate and Path(result["student"]).resolve() == student.resolve())
@@ -295,7 +296,7 @@ def fit_surrogate(reward: str, student: Path, args, root: Path) -> dict:
     if result_path.is_file() and process_path.is_file():
         saved = json.loads(result_path.read_text())
         if (saved["fit_steps"], saved["seed"], saved.get("gradient_weight", 0.0), Path(saved["student"]).resolve(),
-                saved.get("device")) == (args.fit_steps, args.fit_seed, args.fit_gradient_weight, student.resolve(),
+                saved.get("device", args.device)) == (args.fit_steps, args.fit_seed, args.fit_gradient_weight, student.resolve(),
                                          args.device):
             print(f"  surrogate of {reward}: fitted earlier, reused ({saved['surrogate']})", flush=True)
             return {**saved, **json.loads(process_path.read_text())}

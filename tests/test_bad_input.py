@@ -203,9 +203,18 @@ def test_encode_unknown_label_reward(tmp_path):
 
 @pytest.mark.parametrize("command", [("encode", "procedural:4"), ("teacher", "train", "--data", "procedural:4")])
 def test_a_size_whose_pixels_cannot_fit_is_refused_before_any_work(command, tmp_path):
-    # 16 clips of 8 frames at 100000 px: 11 PiB of pixels; it used to run out of memory
+    # 4 clips at 100000 px: 447 GiB of pixels or more; it used to run out of memory
     fails(*command, "--size", 100000, "--out", tmp_path / "s", names="--size 100000", fix="lower --size")
     assert not (tmp_path / "s").exists()
+
+
+def test_the_size_check_counts_only_the_clips_a_batch_can_hold(monkeypatch):
+    from lrm.datasets import encoding
+
+    monkeypatch.setattr(encoding, "available_memory_bytes", lambda: 4 * 2**30)
+    encoding.refuse_oversized_batch(frames=1, size=16384, batch_size=1)  # one 3 GiB image fits
+    with pytest.raises(ValueError, match="--size 16384: one batch of 2 clip"):
+        encoding.refuse_oversized_batch(frames=1, size=16384, batch_size=2)
 
 
 def test_encode_unknown_codec_suggests_the_closest(tmp_path):

@@ -205,6 +205,8 @@ def test_score_viclip_score_sees_the_frames_vbench_samples(num_frames, tmp_path,
     (x,) = seen
     levels = (x[0, :, 0].mean(dim=(-2, -1)) * CLIP_STD[0] + CLIP_MEAN[0]) * 255  # (8,) grey level per frame
     assert [round((v - 10) / 3) for v in levels.tolist()] == vbench_middle_indices(num_frames)
+    (row,) = _csv(result.stdout)
+    assert row["frames"] == "8"  # only VBench's 8 frames were decoded, not the whole file
 
 
 def test_score_subject_consistency_keeps_the_aspect_ratio_like_vbench(tmp_path, monkeypatch):
@@ -249,11 +251,17 @@ def test_frame_rate_notes_name_files_and_store_clips_whose_frames_vbench_would_n
     reward = load("dynamic-degree")
     reads = [(25.0, 8, tuple(range(8))), (10.0, 4, tuple(range(4))), (None, 8, tuple(range(8))),
              (24.0, 48, tuple(uniform_indices(48, 8))), (25.0, 16, tuple(range(16)))]
+    sampled = ("note: dynamic-degree was given other frames than VBench keeps (every round(fps / 8)-th frame of the "
+               "whole file) for 1 clip(s), and no fps option gives VBench's; these values are not VBench's (FIX)")
     assert frame_rate_notes(reward, reads, "clip(s)", "FIX") == [
         ("note: dynamic-degree assumed 8 fps, but 2 clip(s) were read at 25 fps; pass -o fps=25 to score them as "
-         "VBench does"),
-        ("note: dynamic-degree was given a sample of the frames of 1 clip(s); VBench keeps every round(fps / 8)-th "
-         "frame of the whole file, so these values are not VBench's (FIX)")]
+         "VBench does"), sampled]
+    # every 2nd frame of a 25-fps file (--stride 2): VBench keeps every 3rd, which no fps option gives from them;
+    # every frame of a 20.4-fps file: the rate to pass keeps its decimals (fps=20 would keep every 2nd, not 3rd)
+    assert frame_rate_notes(reward, [(25.0, 24, tuple(range(0, 24, 2)))], "clip(s)", "FIX") == [sampled]
+    assert frame_rate_notes(reward, [(20.4, 24, tuple(range(24)))], "clip(s)", "FIX") == [
+        ("note: dynamic-degree assumed 8 fps, but 1 clip(s) were read at 20.4 fps; pass -o fps=20.4 to score them "
+         "as VBench does")]
     assert frame_rate_notes(load("dynamic-degree", fps=25.0), reads[:2], "clip(s)", "FIX") == [
         ("note: dynamic-degree assumed 25 fps, but 1 clip(s) were read at 10 fps; pass -o fps=10 to score them as "
          "VBench does")]
@@ -274,8 +282,13 @@ def test_label_notes_store_clips_whose_frames_vbench_would_not_keep(tmp_path):
     assert result.exit_code == 0, result.output
     # fast.gif: its 8 frames, at 25 fps; long.gif: 8 of its 16 frames; slow.gif: VBench keeps its 8 frames too
     assert "note: dynamic-degree assumed 8 fps, but 1 clip(s) were read at 25 fps; pass -o fps=25" in result.output
-    assert "was given a sample of the frames of 1 clip(s)" in result.output
+    assert "was given other frames than VBench keeps (every round(fps / 8)-th frame of the whole file) for 1 clip(s)" \
+        in result.output
     quiet = runner.invoke(app, ["label", str(store), "dd25=dynamic-degree", "-o", "fps=25", "--quiet"])
     assert quiet.exit_code == 0, quiet.output
     assert "read at 25 fps" not in quiet.output and "assumed 25 fps, but 1 clip(s) were read at 10 fps" in quiet.output
-    assert "sample of the frames of 1 clip(s)" in quiet.output
+    assert "whole file) for 1 clip(s)" in quiet.output
+    # the media moved away: the labels of decoded latents are written, the notes (which read the files) left out
+    media.rename(tmp_path / "moved")
+    moved = runner.invoke(app, ["label", str(store), "dd@decoded=dynamic-degree", "--pixels", "decoded", "--quiet"])
+    assert moved.exit_code == 0 and "note:" not in moved.output, moved.output

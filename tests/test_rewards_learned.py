@@ -250,6 +250,25 @@ def test_clip_rewards_take_a_quick_gelu_option(tiny_open_clip_files, monkeypatch
     assert built[-1] == ("ViT-L-14", str(state_path), False)
 
 
+def test_quick_gelu_option_values_read_as_flags(tmp_path):
+    # `-o quick_gelu=False` gave the string "False", which bool() read as True
+    from lrm.cli.options import parse_options
+
+    given = parse_options(["a=true", "b=False", "c=0", "d=1", "e=TRUE"])
+    assert [clip_rewards.as_flag(v, k) for k, v in given.items()] == [True, False, False, True, True]
+    assert clip_rewards.as_flag(None, "quick_gelu") is None
+    with pytest.raises(ValueError, match="option quick_gelu takes true or false, got 'yes'"):
+        clip_rewards.as_flag("yes", "quick_gelu")
+    import zipfile
+
+    damaged = tmp_path / "damaged.pt"
+    with zipfile.ZipFile(damaged, "w") as archive:
+        archive.writestr("archive/constants.pkl", b"x")
+    damaged.write_bytes(damaged.read_bytes().replace(b"PK\x01\x02", b"XX\x01\x02"))  # its central directory
+    assert zipfile.is_zipfile(damaged)
+    assert not clip_rewards.is_torchscript_archive(damaged)  # it raised BadZipFile
+
+
 @pytest.mark.parametrize("content", ["damaged", "another model"])
 def test_registered_clip_file_that_is_damaged_or_another_model_names_the_file_and_fix(content, tmp_path, monkeypatch):
     from safetensors.torch import save_file

@@ -281,7 +281,7 @@ def test_open_generator_run_accepts_run_or_model_and_refuses_other_folders(run, 
 # --------------------------------------------------------------------------- library: evaluation
 
 
-def test_evaluation_prompts_are_distinct_captions_the_model_never_trained_on(tmp_path):
+def test_evaluation_prompts_are_distinct_captions_the_model_never_trained_on(tmp_path, monkeypatch):
     """A small world repeats captions: clips of a fresh seed alone shared half their captions with training."""
     from lrm.datasets.encoding import EncodeConfig, encode
     from lrm.evaluation.report import HELD_OUT_SEED, held_out_prompts, procedural_prompts
@@ -292,7 +292,9 @@ def test_evaluation_prompts_are_distinct_captions_the_model_never_trained_on(tmp
     (tmp_path / "teacher" / "config.json").write_text(json.dumps({"store": str(store.path)}))
     (tmp_path / "tuned" / "model").mkdir(parents=True)  # a run tuned from it records where it started
     save_denoiser(tiny(), tmp_path / "tuned" / "model", extra={"latent_shape": list(SHAPE)})
-    (tmp_path / "tuned" / "config.json").write_text(json.dumps({"from": str(tmp_path / "teacher")}))
+    # recorded as typed in the folder the command ran in (tmp_path); read from elsewhere
+    (tmp_path / "tuned" / "config.json").write_text(json.dumps({"from": "teacher"}))
+    monkeypatch.chdir(tmp_path / "tuned")
     seen = set(store.prompts)
     assert open_generator_run(tmp_path / "tuned").training_captions() == seen
     fresh = procedural_prompts(200, 1, seed=HELD_OUT_SEED, world="simple")
@@ -300,7 +302,7 @@ def test_evaluation_prompts_are_distinct_captions_the_model_never_trained_on(tmp
     chosen = held_out_prompts(24, 1, "simple", seen)
     assert len(set(chosen)) == 24 and not set(chosen) & seen
     assert chosen == list(dict.fromkeys(c for c in fresh if c not in seen))[:24]  # the first such, in order
-    with pytest.raises(ValueError, match="--procedural 5000: only"):
+    with pytest.raises(ValueError, match="5000 held-out prompts asked: only"):
         held_out_prompts(5000, 1, "simple", seen)
 
 

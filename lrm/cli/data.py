@@ -145,7 +145,8 @@ def label(
 def frame_rate_notes_of_store(store, reference: str, options: dict, media_root: Path | None) -> list[str]:
     """`lrm score`'s frame-rate notes (lrm.cli.score.frame_rate_notes) for a reward whose fps option sets which
     frames it keeps (dynamic-degree), on the frames a media store holds per clip; [] for other rewards and for
-    procedural stores. Reads each file's frame rate and length (one decoded frame per file)."""
+    procedural stores, and when the media are gone or changed (the labels are written already: the notes are
+    advice). Reads each file's frame rate and length (one decoded frame per file)."""
     from lrm.cli.score import frame_rate_notes
     from lrm.datasets.media import read_clip
     from lrm.datasets.sources import source_from_spec
@@ -154,7 +155,10 @@ def frame_rate_notes_of_store(store, reference: str, options: dict, media_root: 
     entry = REWARDS.get(reference)
     if entry is None or "fps" not in entry.options or store.manifest["source"]["kind"] != "media":
         return []
-    source = source_from_spec(store.manifest["source"], media_root)
+    try:
+        source = source_from_spec(store.manifest["source"], media_root)
+    except (OSError, ValueError):  # moved or changed media (StoreError is a ValueError): no frame rates to read
+        return []
     reads = []
     for row in store.rows():
         try:

@@ -115,11 +115,11 @@ def score(
     if spec.needs_text and file_prompts[0] is None:
         raise typer.BadParameter(f"{spec.name} is a {spec.kind} reward: pass --prompt TEXT or --prompts FILE")
 
-    k, s = read_settings(rew, frames, size)
+    k, s, pick = read_settings(rew, frames, size, stride)
     rows, reads = [], []  # reads: (fps, frame count, frame indices) of each scored file, for frame_rate_notes
     for path, text in tqdm(list(zip(files, file_prompts)), desc=f"score {spec.name}", unit="file"):
         try:
-            clip = read_clip(path, frames=k, stride=stride, size=s)
+            clip = read_clip(path, frames=k, stride=stride, size=s, pick=pick)
             pixels = clip.pixels.unsqueeze(0).to(device)  # (1, T, 3, H, W)
             with torch.no_grad():
                 value = rew(pixels, [text] if spec.needs_text else None).item()
@@ -136,7 +136,7 @@ def score(
     emit_scores(rows, out)
     console.print(escape(f"{spec.name}: scored {len(rows)} file(s), skipped {len(skipped)}"
                          f"{f', wrote {out}' if out else ''}"))
-    for note in frame_rate_notes(rew, reads, "file(s)", "leave out --frames"):
+    for note in frame_rate_notes(rew, reads, "file(s)", "leave out --frames and --stride"):
         console.print(escape(note))
     if not rows:
         raise typer.Exit(1)
@@ -201,13 +201,15 @@ def _reason(exc: Exception) -> str:
     return str(exc) if isinstance(exc, (ValueError, RuntimeError)) else f"{type(exc).__name__}: {exc}"
 
 
-def read_settings(rew, frames: int | None, size: int | None) -> tuple[int | None, int | None]:
-    """(frames, size) `lrm score` reads each file with: as asked, else the reward's preferred ones (spec.frames,
-    spec.size); a reward that reads the whole media (VBench's adapters resize, and viclip-score samples, the
-    file's own frames) gets every frame at the file's own size."""
+def read_settings(rew, frames: int | None, size: int | None, stride: int = 1):
+    """(frames, size, pick) `lrm score` reads each file with: as asked, else the reward's preferred ones
+    (spec.frames, spec.size); a reward that reads the whole media (VBench's adapters resize the file's own frames)
+    gets them at the file's own size, every frame, or those its `source_frames` picks (viclip-score: VBench's 8)
+    unless --frames or --stride say otherwise."""
     if getattr(rew, "reads_whole_media", False):
-        return frames, size
-    return (frames if frames is not None else rew.spec.frames), (size if size is not None else rew.spec.size)
+        asked = frames is not None or stride != 1
+        return frames, size, None if asked else getattr(rew, "source_frames", None)
+    return (frames if frames is not None else rew.spec.frames), (size if size is not None else rew.spec.size), None
 
 
 def frame_rate_notes(rew, reads: list[tuple[float | None, int, tuple[int, ...]]], items: str,
@@ -219,20 +221,27 @@ def frame_rate_notes(rew, reads: list[tuple[float | None, int, tuple[int, ...]]]
     Items of unknown frame rate, and those on which the reward keeps VBench's frames, give no note."""
     if not hasattr(rew, "target_fps"):
         return []
-    other_rates, sampled = {}, 0  # other_rates: rate of the frames read -> items, when it is not the reward's fps
+    def interval(rate: float) -> int:  # every interval-th frame is kept at this frame rate (VBench's rule)
+        return max(1, round(rate / rew.target_fps))
+
+    other_rates, sampled = {}, 0  # other_rates: rate of the frames read -> items, where -o fps=rate gives VBench's
     for fps, num_frames, indices in reads:
         indices = [int(i) for i in indices]
-        if fps is None or indices[:: rew.stride] == list(range(0, num_frames, max(1, round(fps / rew.target_fps)))):
+        if fps is None:
+            continue
+        vbench = list(range(0, num_frames, interval(fps)))
+        if indices[:: rew.stride] == vbench:
             continue
         step = indices[1] - indices[0] if len(indices) > 1 else 1
-        if indices == list(range(0, num_frames, step)):  # every step-th frame of the file, from its first
-            other_rates[round(fps / step)] = other_rates.get(round(fps / step), 0) + 1
-        else:
+        rate = fps / step  # of the frames read, when they are every step-th frame of the file
+        if indices == list(range(0, num_frames, step)) and indices[:: interval(rate)] == vbench:
+            other_rates[rate] = other_rates.get(rate, 0) + 1
+        else:  # a sample, or a stride no fps option undoes
             sampled += 1
     notes = [f"note: {rew.spec.name} assumed {rew.fps:g} fps, but {count} {items} were read at {rate:g} fps; "
              f"pass -o fps={rate:g} to score them as VBench does" for rate, count in sorted(other_rates.items())]
     if sampled:
-        notes.append(f"note: {rew.spec.name} was given a sample of the frames of {sampled} {items}; VBench keeps "
-                     f"every round(fps / 8)-th frame of the whole file, so these values are not VBench's "
-                     f"({fix_sampled})")
+        notes.append(f"note: {rew.spec.name} was given other frames than VBench keeps (every round(fps / 8)-th "
+                     f"frame of the whole file) for {sampled} {items}, and no fps option gives VBench's; these "
+                     f"values are not VBench's ({fix_sampled})")
     return notes

@@ -63,7 +63,7 @@ def refuse_oversized_batch(frames: int, size: int, batch_size: int) -> None:
     if free is not None and need > free:
         raise ValueError(f"--size {size}: one batch of {batch_size} clip(s) of {frames} frame(s) at {size}x{size} "
                          f"holds {need / 2**30:,.1f} GiB of pixels, more than the {free / 2**30:.1f} GiB of memory "
-                         f"available; lower --size (or --batch-size)")
+                         f"available; lower --size (or --frames, --batch-size)")
 
 
 def shard_units(index: int, shard_size: int, units: int) -> tuple[int, int]:
@@ -85,7 +85,7 @@ def encode(config: EncodeConfig, out: str | Path, codec: Codec | None = None, pr
         codec = codecs.load(config.codec)
     codec = codec.to(config.device).eval()
     source = make_source(config, codec.spatial_factor)
-    refuse_oversized_batch(source.frames, source.size, config.batch_size)
+    refuse_oversized_batch(source.frames, source.size, min(config.batch_size, len(source)))
     if config.size is None and progress and distributed.rank() == 0:  # the log: which size, and why
         tqdm.write(f"{config.data}: frames of {source.frame_size.reason}", file=sys.stderr)
     text_encoder, text_header = None, None

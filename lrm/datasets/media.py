@@ -17,7 +17,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -128,6 +128,7 @@ def read_clip(
     stride: int = 1,
     size: int | tuple[int, int] | None = None,
     backend: str | None = None,
+    pick: Callable[[int], np.ndarray] | None = None,
 ) -> Clip:
     """Read an image, video or GIF as a clip of float32 pixels (T, 3, H, W) in [0, 1].
 
@@ -136,6 +137,8 @@ def read_clip(
     size: output (H, W) after a short-side resize and centre crop; an int means square; None keeps
         the source resolution.
     backend: video decoder, "decord" or "pyav" (default: see `video_backend`).
+    pick: the frame indices to read given the file's frame count, instead of `frames` / `stride` (a reward that
+        samples frames by its reference's own rule, e.g. VBench's); only those frames are decoded.
     Raises MediaError naming the file for missing, unsupported or undecodable files.
     """
     path = Path(path)
@@ -146,6 +149,7 @@ def read_clip(
     if stride < 1:
         raise ValueError(f"stride must be >= 1, got {stride}")
     decoder = video_backend(backend) if kind == "video" else None
+    chooser = pick or (lambda num_frames: uniform_indices(num_frames, frames, stride))  # frame count -> indices
     if not path.is_file():
         raise MediaError(path, "no such file")
     # Decoders raise many exception types on bad files (OSError, SyntaxError, struct.error,
@@ -154,11 +158,11 @@ def read_clip(
         if kind == "image":
             raw, indices, num_frames, fps = _read_image(path)
         elif kind == "gif":
-            raw, indices, num_frames, fps = _read_gif(path, frames, stride)
+            raw, indices, num_frames, fps = _read_gif(path, chooser)
         elif decoder == "decord":
-            raw, indices, num_frames, fps = _read_video_decord(path, frames, stride)
+            raw, indices, num_frames, fps = _read_video_decord(path, chooser)
         else:
-            raw, indices, num_frames, fps = _read_video_pyav(path, frames, stride)
+            raw, indices, num_frames, fps = _read_video_pyav(path, chooser)
     except MediaError:
         raise
     except Exception as exc:
@@ -260,11 +264,11 @@ def _read_image(path: Path):
     return rgb[None], np.zeros(1, dtype=np.int64), 1, None  # (1, H, W, 3)
 
 
-def _read_gif(path: Path, frames: int | None, stride: int):
+def _read_gif(path: Path, choose: Callable[[int], np.ndarray]):
     with Image.open(path) as img:
         num_frames = getattr(img, "n_frames", 1)
         duration = img.info.get("duration") or 0  # milliseconds per frame
-        indices = uniform_indices(num_frames, frames, stride)
+        indices = choose(num_frames)
         out = []
         for i in indices:
             img.seek(int(i))
@@ -273,21 +277,21 @@ def _read_gif(path: Path, frames: int | None, stride: int):
     return np.stack(out), indices, num_frames, fps  # (T, H, W, 3)
 
 
-def _read_video_decord(path: Path, frames: int | None, stride: int):
+def _read_video_decord(path: Path, choose: Callable[[int], np.ndarray]):
     import decord
 
     reader = decord.VideoReader(str(path), ctx=decord.cpu(0))
     num_frames = len(reader)
     if num_frames == 0:
         raise MediaError(path, "video has no frames")
-    indices = uniform_indices(num_frames, frames, stride)
+    indices = choose(num_frames)
     batch = reader.get_batch(indices.tolist())
     raw = batch.asnumpy() if hasattr(batch, "asnumpy") else np.asarray(batch)  # torch bridge set elsewhere
     fps = float(reader.get_avg_fps()) or None
     return raw, indices, num_frames, fps  # (T, H, W, 3) uint8
 
 
-def _read_video_pyav(path: Path, frames: int | None, stride: int):
+def _read_video_pyav(path: Path, choose: Callable[[int], np.ndarray]):
     import av
 
     with av.open(str(path)) as container:
@@ -298,7 +302,7 @@ def _read_video_pyav(path: Path, frames: int | None, stride: int):
         fps = float(stream.average_rate) if stream.average_rate else None
     if num_frames == 0:
         raise MediaError(path, "video has no frames")
-    indices = uniform_indices(num_frames, frames, stride)
+    indices = choose(num_frames)
     wanted = iter(indices.tolist())
     target = next(wanted)
     out, used, last, decoded = [], [], None, 0

@@ -30,6 +30,7 @@ import math
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import torch
@@ -75,15 +76,25 @@ def held_out_prompts(count: int, frames: int, world: str, exclude: set[str]) -> 
     from lrm.datasets.procedural import caption, sample_attributes, world_config
 
     config = world_config(world, seed=HELD_OUT_SEED, frames=frames, size=64)
-    chosen: dict[str, None] = {}
-    for i in range(100 * count):
-        text = caption(sample_attributes(config, np.random.default_rng((HELD_OUT_SEED, i))))
-        if text not in exclude:
-            chosen.setdefault(text)
-            if len(chosen) == count:
-                return list(chosen)
-    raise ValueError(f"--procedural {count}: only {len(chosen)} distinct captions of the {world} world are not among "
-                     f"the {len(exclude)} the model trained or was tuned on; ask for fewer, or pass --prompts FILE")
+    captions = (caption(sample_attributes(config, np.random.default_rng((HELD_OUT_SEED, i))))
+                for i in range(100 * count))
+    chosen = [text for _, text in first_unseen(captions, exclude, count)]
+    if len(chosen) < count:
+        raise ValueError(f"{count} held-out prompts asked: only {len(chosen)} distinct captions of the {world} world "
+                         f"are not among the {len(exclude)} the model trained or was tuned on; ask for fewer, or "
+                         f"pass a prompts file")
+    return chosen
+
+
+def first_unseen(captions: Iterable[str], seen: set[str], count: int) -> list[tuple[int, str]]:
+    """(position, caption) of the first `count` distinct captions that are not in `seen` (fewer if they run out)."""
+    found: dict[str, int] = {}
+    for position, text in enumerate(captions):
+        if len(found) == count:
+            break
+        if text not in seen and text not in found:
+            found[text] = position
+    return [(position, text) for text, position in found.items()]
 
 
 def evaluation_prompts(run, count: int, frames: int) -> list[str]:

@@ -78,17 +78,30 @@ class GeneratorRun:
 
     def training_captions(self, _depth: int = 0) -> set[str]:
         """Captions of the stores this model trained on: its run's recorded "store" and, for a run started from
-        another (a tuned student's "from"), that run's; empty where none is recorded or a store is gone."""
-        captions: set[str] = set()
-        store = self.setting("store")
-        if store is not None and (Path(store) / "manifest.json").is_file():
-            from lrm.datasets.store import LatentStore
+        another (a tuned student's "from"), that run's; empty where none is recorded, found or readable."""
+        from lrm.datasets.store import LatentStore, StoreError
 
-            captions |= set(LatentStore.open(store).prompts)
-        start = self.run_config.get("from")
-        if start is not None and _depth < 4 and Path(start).exists():
+        captions: set[str] = set()
+        store = self._recorded_path("store", "manifest.json")
+        if store is not None:
+            try:
+                captions |= set(LatentStore.open(store).prompts or ())
+            except StoreError:  # damaged or partly deleted: nothing to hold out
+                pass
+        start = self._recorded_path("from", "")
+        if start is not None and _depth < 4:
             captions |= open_generator_run(start).training_captions(_depth + 1)
         return captions
+
+    def _recorded_path(self, key: str, marker: str) -> Path | None:
+        """A folder the run recorded under `key` that holds `marker`: as recorded, else (a path recorded relative
+        to the folder the command ran in) below one of the run folder's ancestors; None when none exists."""
+        recorded = self.setting(key) if key == "store" else self.run_config.get(key)
+        if recorded is None:
+            return None
+        path = Path(recorded)
+        candidates = [path] if path.is_absolute() else [path, *(a / path for a in self.run_dir.resolve().parents)]
+        return next((c for c in candidates if (c / marker).exists()), None)
 
     def latent_shape(self, size: int | None = None, frames: int | None = None) -> tuple[int, int, int, int]:
         """(T, c, h, w) to sample: from `size` (pixels, square) and `frames` when given, else the recorded

@@ -187,6 +187,7 @@ def load_open_clip(model_name: str, pretrained: str | None, quick_gelu: bool | N
 
     if model_name not in open_clip.list_models():
         raise ValueError(f"unknown open_clip model {model_name!r}; see open_clip.list_models()")
+    quick_gelu = as_flag(quick_gelu, "quick_gelu")
     if quick_gelu is False and open_clip.get_model_config(model_name).get("quick_gelu", False):
         raise ValueError(f"open_clip model {model_name!r} is a QuickGELU configuration; for GELU name the "
                          f"architecture without '-quickgelu', or leave out quick_gelu")
@@ -223,14 +224,28 @@ def load_open_clip(model_name: str, pretrained: str | None, quick_gelu: bool | N
     return model.eval().requires_grad_(False)
 
 
+def as_flag(value, name: str) -> bool | None:
+    """None, a bool, or what `-o NAME=...` gives for one (true/false, 1/0, in any case) -> None or a bool;
+    ValueError naming the option for anything else ("False" as text must not read as True)."""
+    if value is None or isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1"):
+        return True
+    if text in ("false", "0"):
+        return False
+    raise ValueError(f"option {name} takes true or false, got {value!r}")
+
+
 def is_torchscript_archive(path: str | Path) -> bool:
     """True for a TorchScript archive (torch.jit.save; OpenAI's CLIP .pt files): a zip with constants.pkl."""
     import zipfile
 
-    if not zipfile.is_zipfile(path):
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.rsplit("/", 1)[-1] == "constants.pkl" for name in archive.namelist())
+    except zipfile.BadZipFile:  # not a zip, or a damaged one: open_clip's loader names the file
         return False
-    with zipfile.ZipFile(path) as archive:
-        return any(name.rsplit("/", 1)[-1] == "constants.pkl" for name in archive.namelist())
 
 
 def _create_from_openai_archive(model_name: str, path: Path, quick_gelu: bool) -> nn.Module:

@@ -127,7 +127,9 @@ REWARDS: dict[str, RewardEntry] = dict([
         "vbench-aesthetic-quality", "video", differentiable=True, size=224, units="score / 10",
         description="VBench aesthetic quality: LAION aesthetic predictor v1 (linear, CLIP ViT-L/14) / 10 per frame"),
         requires=("open_clip",), weights=("laion_aesthetic_linear_l14", "clip_vit_l14_openai"),
-        options={**FRAMES, **OPEN_CLIP_PRETRAINED, **QUICK_GELU}),
+        options={**FRAMES, **OPEN_CLIP_PRETRAINED,
+                 "quick_gelu": "true/false: QuickGELU towers for a checkpoint path (default true: VBench's backbone "
+                               "is OpenAI's)"}),
     _entry("vbench_dims", "imaging_quality", RewardSpec(
         "imaging-quality", "video", differentiable=True, units="MUSIQ / 100",
         description="VBench imaging quality: MUSIQ (SPAQ) per frame / 100, longer side at most 512"),

@@ -217,6 +217,11 @@ class ViCLIPScore(Reward):
     def __init__(self, model: viclip.ViCLIP):
         self.model = model
 
+    def source_frames(self, num_frames: int) -> np.ndarray:
+        """The frames of a file of `num_frames` it scores (VBench's 8 "middle" ones): `lrm score` decodes only
+        these, and on exactly these `score` picks every one."""
+        return vbench_middle_indices(num_frames, self.model.cfg.frames)
+
     def score(self, pixels: torch.Tensor, prompts: list[str] | None) -> torch.Tensor:
         frames = self.model.cfg.frames
         idx = torch.as_tensor(vbench_middle_indices(pixels.shape[1], frames), device=pixels.device)
