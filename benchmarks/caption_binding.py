@@ -2,8 +2,8 @@
 where its cross-attention looks.
 
 On held-out procedural clips (procedural seed EVAL_SEED = 1 in the teacher's own world, codec, frames, size and
-text settings; benchmarks/teacher.py's folder `eval-<run name>` next to the run when it holds enough clips, else
-`binding-<run name>`):
+text settings; benchmarks/teacher.py's folder `eval-<run name>-<count>` next to the run when one holds enough
+clips, else `binding-<run name>`):
 
   Table 1, loss gaps  the teacher's denoising loss (mean squared error to its own prediction target,
               lrm.diffusion.training_target, as in training) on each probed clip at each --timesteps t, with its
@@ -36,7 +36,7 @@ compression (dct: temporal_factor 1). Writes JSON (--out, atomically) and prints
 
     LRM_CACHE=/tmp/lrm-bench OMP_NUM_THREADS=2 PYTHONPATH=. python benchmarks/caption_binding.py \\
         --out benchmarks/results/caption_binding_video.json
-    ... --run /tmp/s21/vteacher2000 --held-out /tmp/lrm-bench/teachers/eval-video-dit-s1-64px-da42e1e7 \\
+    ... --run /tmp/s21/vteacher2000 --held-out /tmp/lrm-bench/teachers/eval-video-dit-s1-64px-da42e1e7-256 \\
         --out benchmarks/results/caption_binding_video_2000.json
 """
 
@@ -315,8 +315,8 @@ def resolve_run(path: str | Path | None) -> tuple[Path, Path]:
 
 def held_out_store(run: Path, clips: int, held_out: str | None):
     """The held-out store: `held_out` when given, else procedural seed EVAL_SEED clips in the settings of the run's
-    training store: benchmarks/teacher.py's `eval-<run name>` next to the run when it holds at least `clips`, else
-    encoded (or reused) in `binding-<run name>` (the caller uses the first `clips` rows)."""
+    training store: benchmarks/teacher.py's `eval-<run name>-<count>` next to the run when one holds at least
+    `clips`, else encoded (or reused) in `binding-<run name>` (the caller uses the first `clips` rows)."""
     from lrm.datasets.encoding import EncodeConfig, encode
     from lrm.datasets.store import LatentStore
 
@@ -327,10 +327,10 @@ def held_out_store(run: Path, clips: int, held_out: str | None):
     source = training.manifest["source"]
     if training.procedural_world is None or not training.manifest["text"]:
         raise ValueError(f"{run}: trained on {config['store']}, not a captioned procedural store; pass --held-out")
-    folder = run.parent / f"eval-{run.name}"  # benchmarks/teacher.py's: reused when it holds enough clips (its
-    manifest = folder / "manifest.json"  # first `clips` rows are the same clips), never grown: teacher.py owns it
-    if manifest.exists() and int(json.loads(manifest.read_text())["units"]) >= clips:
-        return LatentStore.open(folder)
+    for folder in sorted(run.parent.glob(f"eval-{run.name}-*")):  # benchmarks/teacher.py's (eval-<run>-<count>):
+        manifest = folder / "manifest.json"  # reused when it holds enough clips (its first `clips` rows are the
+        if manifest.exists() and int(json.loads(manifest.read_text())["units"]) >= clips:  # same clips), never grown
+            return LatentStore.open(folder)
     folder = run.parent / f"binding-{run.name}"
     settings = EncodeConfig(f"procedural:{clips}:{training.procedural_world}", codec=training.codec_settings["name"],
                             frames=source["frames"], size=source["size"], text=training.text_encoder_id,

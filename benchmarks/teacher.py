@@ -3,7 +3,8 @@ same run at 10% of its training.
 
 Trains (or, when already cached, reuses) `lrm.generators.embedded_teacher()` and records the wall time of
 encoding the store and of training, and the process's peak resident memory. Then samples, with the
-teacher's 50-step DDIM grid at CFG 4, prompts the teacher never saw (procedural captions of seed 1):
+teacher's 50-step DDIM grid at CFG 4, prompts the teacher never saw (distinct procedural captions of seed 1 that
+are not among its training store's captions; in the simple world about half of seed 1's captions are):
   untrained   the same DiT at initialisation (outputs 0: its samples are x_T / (alpha + sigma) pushed to x0)
   10%         the EMA snapshot of the same run at 10% of its steps (snapshots/)
   teacher     the finished EMA teacher, also at CFG 1 and 7.5
@@ -47,6 +48,7 @@ import torch
 from lrm.datasets.encoding import EncodeConfig, encode
 from lrm.datasets.store import LatentStore
 from lrm.evaluation import alignment, diversity, latent_frechet_distance, pixel_features
+from lrm.evaluation.report import first_unseen
 from lrm.evaluation.rewards import sample_rewards
 from lrm.generators import build_dit, inflate, load_denoiser
 from lrm.generators.embedded import (EMBEDDED, embedded_config, embedded_run_dir, embedded_store, embedded_store_dir,
@@ -192,17 +194,26 @@ def main() -> None:
     kind = "video" if args.video else "image"
     entry = EMBEDDED[kind]
     training, scaled = train(args.video, args.steps, args.standardise)
+    if training["cached"] and args.out.is_file():  # evaluated again: keep the training as measured when it ran
+        earlier = json.loads(args.out.read_text()).get("training", {})
+        if earlier.get("run") == training["run"] and not earlier.get("cached"):
+            training = {**earlier, "evaluated_again": True}
     print(json.dumps(training, indent=1), flush=True)
     run = Path(training["run"])
 
     # held-out real data: prompts, their token embeddings, and real latents (FD reference; floor; ceiling)
-    work = run.parent / f"eval-{embedded_run_dir(args.video).name}"  # shared by the variants
-    count = max(args.prompts, 2 * args.reference)
-    world = LatentStore.open(embedded_store_dir(args.video)).procedural_world  # the world the teacher learnt
+    count = max(4 * args.prompts, 2 * args.reference)
+    work = run.parent / f"eval-{embedded_run_dir(args.video).name}-{count}"  # shared by the variants
+    training_store = LatentStore.open(embedded_store_dir(args.video))
+    world = training_store.procedural_world  # the world the teacher learnt
     held_out = encode(EncodeConfig(f"procedural:{count}:{world}", codec=entry.store.codec, frames=entry.store.frames,
                                    size=entry.store.size, text=entry.store.text, text_length=entry.store.text_length,
                                    seed=EVAL_SEED), work, progress=False)
-    prompt_rows = np.arange(args.prompts)
+    candidates = held_out.prompts[: count - args.reference]  # the rows after them are the FD reference
+    prompt_rows = np.array([row for row, _ in first_unseen(candidates, set(training_store.prompts), args.prompts)])
+    if len(prompt_rows) < args.prompts:
+        parser.error(f"only {len(prompt_rows)} of {len(candidates)} held-out captions are distinct and unseen in "
+                     f"training; lower --prompts")
     prompts = [held_out.prompts[i] for i in prompt_rows]
     text, mask = held_out.text_embeddings(prompt_rows)
     reference = held_out.latents(np.arange(count - args.reference, count))
@@ -250,6 +261,8 @@ def main() -> None:
               "standardised_latents": args.standardise, "training": training,
               "evaluation": {"prompts": args.prompts, "seeds": args.seeds, "reference": args.reference,
                              "eval_seed": EVAL_SEED, "sampler": "DDIM eta 0, 50 steps (999..19)",
+                             "prompt_selection": "the first distinct captions of seed EVAL_SEED's clips that are not "
+                                                 "among the training store's captions",
                              "fd_features": "pooled latent statistics (lrm.fidelity.pooled_latent_features)"},
               "rows": rows, "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                                          "torch": torch.__version__}}
