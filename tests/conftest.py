@@ -12,6 +12,15 @@ os.environ.setdefault("LRM_OFFLINE", "1")
 
 
 @pytest.fixture()
+def exact_float32():
+    """TF32 off on CUDA, so that a GPU and the CPU differ only by summation order (tests/test_cuda*.py)."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+@pytest.fixture()
 def one_thread():
     """torch on one thread for the test: tiny convolutions on a shared 2-core machine run far faster so."""
     threads = torch.get_num_threads()

@@ -24,19 +24,12 @@ from lrm.models import PRESETS, LatentRewardModel, build, needs_text
 from lrm.pixel_path import PixelPathReward
 from lrm.rewards import load as load_reward
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+pytestmark = [pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+              pytest.mark.usefixtures("exact_float32")]  # tests/conftest.py
 
 B, C, H, W, L, D = 2, 4, 16, 16, 5, 8
 TAESD_WEIGHTS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "weights" / "taesd"
 runner = CliRunner(env={"COLUMNS": "300"})
-
-
-@pytest.fixture(autouse=True)
-def exact_float32():
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 @pytest.mark.parametrize("noise_aware", [False, True])

@@ -24,17 +24,9 @@ from lrm.cli.app import app
 
 DEVICE = os.environ.get("LRM_TEST_DEVICE", "cuda")
 pytestmark = [pytest.mark.skipif(DEVICE == "cuda" and not torch.cuda.is_available(), reason="needs a CUDA GPU"),
-              pytest.mark.usefixtures("one_thread")]  # tests/conftest.py
+              pytest.mark.usefixtures("one_thread", "exact_float32")]  # tests/conftest.py
 runner = CliRunner(env={"COLUMNS": "300"})
 TEACHER = ("--preset", "dit-xs", "--size", "64", "--steps", "4", "--batch-size", "4")
-
-
-@pytest.fixture(autouse=True)
-def no_tf32():
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 @pytest.fixture
