@@ -221,6 +221,7 @@ def frame_rate_notes(rew, reads: list[tuple[float | None, int, tuple[int, ...]]]
     Items of unknown frame rate, and those on which the reward keeps VBench's frames, give no note."""
     if not hasattr(rew, "target_fps"):
         return []
+
     def interval(rate: float) -> int:  # every interval-th frame is kept at this frame rate (VBench's rule)
         return max(1, round(rate / rew.target_fps))
 
@@ -233,8 +234,8 @@ def frame_rate_notes(rew, reads: list[tuple[float | None, int, tuple[int, ...]]]
         if indices[:: rew.stride] == vbench:
             continue
         step = indices[1] - indices[0] if len(indices) > 1 else 1
-        rate = fps / step  # of the frames read, when they are every step-th frame of the file
-        if indices == list(range(0, num_frames, step)) and indices[:: interval(rate)] == vbench:
+        rate = fps / max(step, 1)  # of the frames read, when they are every step-th frame of the file
+        if step >= 1 and indices == list(range(0, num_frames, step)) and indices[:: interval(rate)] == vbench:
             other_rates[rate] = other_rates.get(rate, 0) + 1
         else:  # a sample, or a stride no fps option undoes
             sampled += 1
