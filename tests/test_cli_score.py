@@ -259,7 +259,7 @@ def test_frame_rate_notes_name_files_and_store_clips_whose_frames_vbench_would_n
     # every 2nd frame of a 25-fps file (--stride 2): VBench keeps every 3rd, which no fps option gives from them;
     # every frame of a 20.4-fps file: the rate to pass keeps its decimals (fps=20 would keep every 2nd, not 3rd)
     assert frame_rate_notes(reward, [(25.0, 24, tuple(range(0, 24, 2)))], "clip(s)", "FIX") == [sampled]
-    assert frame_rate_notes(reward, [(25.0, 4, (0, 0, 1, 1, 2, 2, 3, 3))], "clip(s)", "FIX") == [sampled]  # --frames 8
+    assert frame_rate_notes(reward, [(25.0, 4, (0, 0, 1, 1, 2, 2, 3, 3))], "clip(s)", "FIX") == [sampled]  # padded: repeats
     assert frame_rate_notes(reward, [(20.4, 24, tuple(range(24)))], "clip(s)", "FIX") == [
         ("note: dynamic-degree assumed 8 fps, but 1 clip(s) were read at 20.4 fps; pass -o fps=20.4 to score them "
          "as VBench does")]
