@@ -327,7 +327,8 @@ def held_out_store(run: Path, clips: int, held_out: str | None):
     source = training.manifest["source"]
     if training.procedural_world is None or not training.manifest["text"]:
         raise ValueError(f"{run}: trained on {config['store']}, not a captioned procedural store; pass --held-out")
-    for folder in sorted(run.parent.glob(f"eval-{run.name}-*")):  # benchmarks/teacher.py's (eval-<run>-<count>):
+    mine = re.compile(rf"eval-{re.escape(run.name)}-\d+")  # benchmarks/teacher.py's (eval-<run>-<count>), not
+    for folder in sorted(f for f in run.parent.iterdir() if mine.fullmatch(f.name)):  # those of a run <run>-b:
         manifest = folder / "manifest.json"  # reused when it holds enough clips (its first `clips` rows are the
         if manifest.exists() and int(json.loads(manifest.read_text())["units"]) >= clips:  # same clips), never grown
             return LatentStore.open(folder)

@@ -208,9 +208,20 @@ def test_a_size_whose_pixels_cannot_fit_is_refused_before_any_work(command, tmp_
     assert not (tmp_path / "s").exists()
 
 
-def test_the_size_check_counts_only_the_clips_a_batch_can_hold(monkeypatch):
+def test_the_size_check_counts_only_the_clips_a_batch_can_hold(monkeypatch, tmp_path):
     from lrm.datasets import encoding
 
+    asked = []
+
+    def record(frames, size, batch_size):
+        asked.append(batch_size)
+        raise KeyboardInterrupt  # stop before any encoding
+
+    with monkeypatch.context() as patched:  # one image with --batch-size 16: a batch holds 1 clip
+        patched.setattr(encoding, "refuse_oversized_batch", record)
+        with pytest.raises(KeyboardInterrupt):
+            encoding.encode(encoding.EncodeConfig("procedural:1", frames=1, size=32, batch_size=16), tmp_path / "s")
+    assert asked == [1]
     monkeypatch.setattr(encoding, "available_memory_bytes", lambda: 4 * 2**30)
     encoding.refuse_oversized_batch(frames=1, size=16384, batch_size=1)  # one 3 GiB image fits
     with pytest.raises(ValueError, match="--size 16384: one batch of 2 clip"):

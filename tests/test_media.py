@@ -173,6 +173,27 @@ def test_video_frames_follow_uniform_sampling(tmp_path, backend):
     assert every.pixels.shape == (24, 3, 16, 16)
 
 
+@pytest.mark.parametrize("backend", ["decord", "pyav", "gif"])
+def test_a_pick_reads_exactly_the_frames_it_names(tmp_path, backend):
+    # pyav dropped a frame picked twice before the end: (0, 3, 3, 7) read as (0, 3, 9, 9)
+    if backend == "decord":
+        pytest.importorskip("decord")
+    if backend == "gif":
+        path = tmp_path / "gray.gif"
+        frames = [Image.fromarray(np.full((48, 64, 3), 10 + GRAY_STEP * i, np.uint8)) for i in range(10)]
+        frames[0].save(path, save_all=True, append_images=frames[1:], duration=100)
+    else:
+        path = make_video(tmp_path / "gray.mp4", frames=10, fps=12)
+    options = {} if backend == "gif" else {"backend": backend}
+    clip = read_clip(path, pick=lambda n: np.array([0, 3, 3, 7, 9, 9]), **options)
+    assert clip.frame_indices == (0, 3, 3, 7, 9, 9)
+    levels = [_gray_level(f) for f in clip.pixels]
+    assert np.allclose(levels, 10 + GRAY_STEP * np.array([0, 3, 3, 7, 9, 9]), atol=2.0), levels
+    for bad in ([5, 2], [3, 20], [-1, 2], []):
+        with pytest.raises(ValueError, match="is not a non-decreasing list in"):
+            read_clip(path, pick=lambda n, bad=bad: np.array(bad, dtype=np.int64), **options)
+
+
 def test_video_backends_agree_on_a_made_video(tmp_path):
     pytest.importorskip("decord")
     path = make_video(tmp_path / "mpeg4.avi", frames=30, codec="mpeg4")

@@ -297,6 +297,8 @@ def test_evaluation_prompts_are_distinct_captions_the_model_never_trained_on(tmp
     monkeypatch.chdir(tmp_path / "tuned")
     seen = set(store.prompts)
     assert open_generator_run(tmp_path / "tuned").training_captions() == seen
+    (tmp_path / "tuned" / "teacher").mkdir()  # an unrelated "teacher" below the current folder is not the one
+    assert open_generator_run(tmp_path / "tuned").training_captions() == seen
     fresh = procedural_prompts(200, 1, seed=HELD_OUT_SEED, world="simple")
     assert set(fresh) & seen  # the test can fail: the fresh seed repeats training captions
     chosen = held_out_prompts(24, 1, "simple", seen)

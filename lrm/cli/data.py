@@ -147,6 +147,8 @@ def frame_rate_notes_of_store(store, reference: str, options: dict, media_root: 
     frames it keeps (dynamic-degree), on the frames a media store holds per clip; [] for other rewards and for
     procedural stores, and when the media are gone or changed (the labels are written already: the notes are
     advice). Reads each file's frame rate and length (one decoded frame per file)."""
+    import numpy as np
+
     from lrm.cli.score import frame_rate_notes
     from lrm.datasets.media import read_clip
     from lrm.datasets.sources import source_from_spec
@@ -162,7 +164,7 @@ def frame_rate_notes_of_store(store, reference: str, options: dict, media_root: 
     reads = []
     for row in store.rows():
         try:
-            clip = read_clip(source.describe(row["unit"]), frames=1)
+            clip = read_clip(source.describe(row["unit"]), pick=lambda n: np.zeros(1, dtype=np.int64))  # 1st frame
         except ValueError:  # MediaError: labelling named it already
             continue
         reads.append((clip.fps, clip.num_frames, row["frame_indices"]))

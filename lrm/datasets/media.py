@@ -138,7 +138,8 @@ def read_clip(
         the source resolution.
     backend: video decoder, "decord" or "pyav" (default: see `video_backend`).
     pick: the frame indices to read given the file's frame count, instead of `frames` / `stride` (a reward that
-        samples frames by its reference's own rule, e.g. VBench's); only those frames are decoded.
+        samples frames by its reference's own rule, e.g. VBench's): non-decreasing, in [0, count), repeats
+        allowed; only those frames are decoded.
     Raises MediaError naming the file for missing, unsupported or undecodable files.
     """
     path = Path(path)
@@ -149,7 +150,7 @@ def read_clip(
     if stride < 1:
         raise ValueError(f"stride must be >= 1, got {stride}")
     decoder = video_backend(backend) if kind == "video" else None
-    chooser = pick or (lambda num_frames: uniform_indices(num_frames, frames, stride))  # frame count -> indices
+    chooser = (lambda n: _checked_pick(pick, n)) if pick else (lambda n: uniform_indices(n, frames, stride))
     if not path.is_file():
         raise MediaError(path, "no such file")
     # Decoders raise many exception types on bad files (OSError, SyntaxError, struct.error,
@@ -257,6 +258,14 @@ def _pil_to_rgb(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"))
 
 
+def _checked_pick(pick: Callable[[int], np.ndarray], num_frames: int) -> np.ndarray:
+    """pick(num_frames) as int64 indices; ValueError unless they are non-decreasing and within the file."""
+    indices = np.asarray(pick(num_frames), dtype=np.int64).reshape(-1)
+    if indices.size == 0 or indices[0] < 0 or indices[-1] >= num_frames or (np.diff(indices) < 0).any():
+        raise ValueError(f"frame pick {indices.tolist()} is not a non-decreasing list in [0, {num_frames})")
+    return indices
+
+
 def _read_image(path: Path):
     with Image.open(path) as img:
         img.load()
@@ -312,12 +321,12 @@ def _read_video_pyav(path: Path, choose: Callable[[int], np.ndarray]):
         for position, frame in enumerate(container.decode(stream)):
             decoded = position + 1
             last = frame
-            if position == target:
+            while target == position:  # a frame picked twice is appended twice
                 out.append(frame.to_ndarray(format="rgb24"))
                 used.append(position)
                 target = next(wanted, None)
-                if target is None:
-                    break
+            if target is None:
+                break
     if last is None:
         raise MediaError(path, "no frame could be decoded")
     if target is not None:

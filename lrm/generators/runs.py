@@ -88,19 +88,23 @@ class GeneratorRun:
                 captions |= set(LatentStore.open(store).prompts or ())
             except StoreError:  # damaged or partly deleted: nothing to hold out
                 pass
-        start = self._recorded_path("from", "")
+        start = self._recorded_path("from", "config.json")
         if start is not None and _depth < 4:
-            captions |= open_generator_run(start).training_captions(_depth + 1)
+            try:
+                captions |= open_generator_run(start).training_captions(_depth + 1)
+            except (OSError, ValueError):  # no longer a generator run: nothing more to hold out
+                pass
         return captions
 
     def _recorded_path(self, key: str, marker: str) -> Path | None:
-        """A folder the run recorded under `key` that holds `marker`: as recorded, else (a path recorded relative
-        to the folder the command ran in) below one of the run folder's ancestors; None when none exists."""
+        """A folder the run recorded under `key` that holds `marker`: as recorded when absolute; a relative one (as
+        typed in the folder the command ran in) below the nearest of the run folder's ancestors that has it, else
+        below the current folder; None when none exists."""
         recorded = self.setting(key) if key == "store" else self.run_config.get(key)
         if recorded is None:
             return None
         path = Path(recorded)
-        candidates = [path] if path.is_absolute() else [path, *(a / path for a in self.run_dir.resolve().parents)]
+        candidates = [path] if path.is_absolute() else [*(a / path for a in self.run_dir.resolve().parents), path]
         return next((c for c in candidates if (c / marker).exists()), None)
 
     def latent_shape(self, size: int | None = None, frames: int | None = None) -> tuple[int, int, int, int]:
