@@ -26,11 +26,12 @@ metrics.json keys (METRIC_KEYS):
 from __future__ import annotations
 
 import html
+import itertools
 import math
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -64,20 +65,21 @@ def _pixel_frames(latent_frames: int, codec_settings: dict) -> int:
 def procedural_prompts(count: int, frames: int, seed: int = PROMPT_SEED, world: str = "full") -> list[str]:
     """Captions of `count` procedural clips of `frames` frames of `world` (lrm.datasets.procedural.WORLDS;
     seeded; motion words only when frames > 1)."""
+    return list(itertools.islice(_captions(seed, frames, world), count))
+
+
+def _captions(seed: int, frames: int, world: str) -> Iterator[str]:
+    """Captions of procedural clips 0, 1, 2, ... of `seed` (motion words only when frames > 1), drawn lazily."""
     from lrm.datasets.procedural import caption, sample_attributes, world_config
 
     config = world_config(world, seed=seed, frames=frames, size=64)
-    return [caption(sample_attributes(config, np.random.default_rng((seed, i)))) for i in range(count)]
+    return (caption(sample_attributes(config, np.random.default_rng((seed, i)))) for i in itertools.count())
 
 
 def held_out_prompts(count: int, frames: int, world: str, exclude: set[str]) -> list[str]:
     """`count` distinct captions of procedural clips of seed HELD_OUT_SEED that are not in `exclude` (what the model
     trained on): a small world repeats captions, so clips of another seed alone would share many with training."""
-    from lrm.datasets.procedural import caption, sample_attributes, world_config
-
-    config = world_config(world, seed=HELD_OUT_SEED, frames=frames, size=64)
-    captions = (caption(sample_attributes(config, np.random.default_rng((HELD_OUT_SEED, i))))
-                for i in range(100 * count))
+    captions = itertools.islice(_captions(HELD_OUT_SEED, frames, world), 100 * count)
     chosen = [text for _, text in first_unseen(captions, exclude, count)]
     if len(chosen) < count:
         raise ValueError(f"{count} held-out prompts asked: only {len(chosen)} distinct captions of the {world} world "

@@ -187,7 +187,6 @@ def load_open_clip(model_name: str, pretrained: str | None, quick_gelu: bool | N
 
     if model_name not in open_clip.list_models():
         raise ValueError(f"unknown open_clip model {model_name!r}; see open_clip.list_models()")
-    quick_gelu = as_flag(quick_gelu, "quick_gelu")
     if quick_gelu is False and open_clip.get_model_config(model_name).get("quick_gelu", False):
         raise ValueError(f"open_clip model {model_name!r} is a QuickGELU configuration; for GELU name the "
                          f"architecture without '-quickgelu', or leave out quick_gelu")
@@ -222,19 +221,6 @@ def load_open_clip(model_name: str, pretrained: str | None, quick_gelu: bool | N
                 f"checkpoint and pass pretrained='/path/to/checkpoint'. Cause: {exc}"
             ) from exc
     return model.eval().requires_grad_(False)
-
-
-def as_flag(value, name: str) -> bool | None:
-    """None, a bool, or what `-o NAME=...` gives for one (true/false, 1/0, in any case) -> None or a bool;
-    ValueError naming the option for anything else ("False" as text must not read as True)."""
-    if value is None or isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("true", "1"):
-        return True
-    if text in ("false", "0"):
-        return False
-    raise ValueError(f"option {name} takes true or false, got {value!r}")
 
 
 def is_torchscript_archive(path: str | Path) -> bool:
