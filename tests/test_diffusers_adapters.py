@@ -44,7 +44,7 @@ from transformers import (  # noqa: E402
 )
 
 from lrm.diffusion.parameterisations import to_x0_eps, training_target  # noqa: E402
-from lrm.diffusion.schedules import FlowSchedule, VPSchedule, shift_sigma  # noqa: E402
+from lrm.diffusion.schedules import FlowSchedule, VPSchedule  # noqa: E402
 from lrm.generators.diffusers_adapters import (  # noqa: E402
     FAMILIES,
     load_diffusers,
@@ -264,9 +264,13 @@ FAMILY_NAMES = ["sd", "sdxl", "sd3", "flux", "wan"]
     (EulerDiscreteScheduler(prediction_type="v_prediction", **VP), "v",
      {"type": "vp", "betas": "scaled-linear", "num_timesteps": 1000}),
     (DDPMScheduler(), "eps", {"type": "vp", "betas": "linear", "num_timesteps": 1000}),
-    (FlowMatchEulerDiscreteScheduler(shift=3.0), "flow", {"type": "flow", "shift": 3.0, "num_timesteps": 1000}),
+    (FlowMatchEulerDiscreteScheduler(shift=3.0), "flow",
+     {"type": "flow", "shift": 3.0, "num_timesteps": 1000, "grid": "scheduler"}),
     (UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=5.0), "flow",
-     {"type": "flow", "shift": 5.0, "num_timesteps": 1000}),
+     {"type": "flow", "shift": 5.0, "num_timesteps": 1000, "grid": "scheduler"}),
+    # a community repo that swapped an EDM model's scheduler for a VP one: sigma bounds, but beta_schedule
+    (EulerDiscreteScheduler(use_karras_sigmas=True, sigma_min=0.002, sigma_max=80.0, **VP), "eps",
+     {"type": "vp", "betas": "scaled-linear", "num_timesteps": 1000}),
 ])
 def test_prediction_and_schedule_from_scheduler_config(scheduler, prediction, schedule):
     saved_json = {**scheduler.config, "_class_name": type(scheduler).__name__}  # as in scheduler_config.json
@@ -278,20 +282,77 @@ def test_prediction_and_schedule_from_scheduler_config(scheduler, prediction, sc
         torch.testing.assert_close(alpha**2, scheduler.alphas_cumprod.double(), rtol=1e-6, atol=0)
 
 
-def test_dynamic_shift_equals_the_flux_schedulers_time_shift():
+def flux_pipeline_timesteps(scheduler, num_steps: int, image_seq_len: int) -> torch.Tensor:
+    """The timesteps FluxPipeline.__call__ samples on, by its own code path: sigmas linspace(1, 1/n, n) and
+    mu = calculate_shift(packed latent tokens, ...) through retrieve_timesteps into (a copy of) its scheduler."""
+    import numpy as np
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
+
+    scheduler = FlowMatchEulerDiscreteScheduler.from_config(scheduler.config)
+    mu = calculate_shift(image_seq_len, scheduler.config.get("base_image_seq_len", 256),
+                         scheduler.config.get("max_image_seq_len", 4096), scheduler.config.get("base_shift", 0.5),
+                         scheduler.config.get("max_shift", 1.15))
+    return retrieve_timesteps(scheduler, num_steps, "cpu", sigmas=np.linspace(1.0, 1 / num_steps, num_steps),
+                              mu=mu)[0]
+
+
+def test_dynamic_shift_equals_the_flux_pipelines_and_its_grid_the_pipelines_timesteps():
     from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
     scheduler = FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER)
     tokens = (128 // 2) ** 2  # 1024 px: 4096 packed tokens
-    mu = calculate_shift(tokens, 256, 4096, 0.5, 1.15)
-    scheduler.set_timesteps(10, mu=mu)
-    config = schedule_config_from_scheduler(scheduler, image_tokens=tokens)
-    assert config["type"] == "flow" and math.isclose(config["shift"], math.exp(1.15))
-    unshifted = torch.linspace(1.0, 1 / 1000, 10, dtype=torch.float64)
-    ours = shift_sigma(unshifted, config["shift"]).float()
-    torch.testing.assert_close(ours, scheduler.sigmas[:-1], rtol=1e-5, atol=1e-6)
+    config = schedule_config_from_scheduler(scheduler, image_tokens=tokens, grid="flux")
+    assert config["type"] == "flow" and config["grid"] == "flux"
+    assert math.isclose(config["shift"], math.exp(calculate_shift(tokens, 256, 4096, 0.5, 1.15)))
+    for n in (1, 4, 28):
+        torch.testing.assert_close(FlowSchedule(**{k: v for k, v in config.items() if k != "type"}).timesteps(n),
+                                   flux_pipeline_timesteps(scheduler, n, tokens), rtol=1e-5, atol=1e-4)
     with pytest.raises(ValueError, match="latent size"):
         schedule_config_from_scheduler(scheduler)
+
+
+@pytest.mark.parametrize("variant", ["dev-1024px", "dev-tiny", "schnell"])
+def test_flux_samples_on_flux_pipelines_grid_and_sd3_on_its_schedulers(pipelines, variant):
+    """The FLUX adapter's sampling grid is the one FluxPipeline samples on (FLUX.1-dev: dynamic shift for the
+    adapter's latent size; FLUX.1-schnell: shift 1), at the step counts users compare (1, 4, 28); SD3's is its
+    scheduler's set_timesteps."""
+    transformer = pipelines("flux").transformer
+    scheduler = FlowMatchEulerDiscreteScheduler(**(FLUX_SCHEDULER if variant.startswith("dev") else dict(shift=1.0)))
+    latent = (SIZE, SIZE) if variant == "dev-tiny" else FAMILIES["flux"].DEFAULT_LATENT_SIZE
+    flux = FAMILIES["flux"](transformer, scheduler, latent_size=latent)
+    sd3 = adapter(pipelines("sd3"), "sd3")
+    for n in (1, 4, 28):
+        expected = flux_pipeline_timesteps(scheduler, n, (latent[0] // 2) * (latent[1] // 2))
+        torch.testing.assert_close(flux.schedule.timesteps(n), expected, rtol=1e-5, atol=1e-4)
+        reference = FlowMatchEulerDiscreteScheduler.from_config(sd3.scheduler_config)
+        reference.set_timesteps(n)
+        torch.testing.assert_close(sd3.schedule.timesteps(n), reference.timesteps, rtol=1e-5, atol=1e-4)
+    assert flux.schedule_config["grid"] == "flux" and sd3.schedule_config["grid"] == "scheduler"
+
+
+# playgroundai/playground-v2.5-1024px-aesthetic scheduler/scheduler_config.json, as published
+EDM_PLAYGROUND = {"_class_name": "EDMDPMSolverMultistepScheduler", "algorithm_type": "dpmsolver++",
+                  "dynamic_thresholding_ratio": 0.995, "euler_at_final": False, "final_sigmas_type": "zero",
+                  "lower_order_final": True, "num_train_timesteps": 1000, "prediction_type": "epsilon", "rho": 7.0,
+                  "sample_max_value": 1.0, "sigma_data": 0.5, "sigma_max": 80.0, "sigma_min": 0.002,
+                  "solver_order": 2, "solver_type": "midpoint", "thresholding": False}
+
+
+@pytest.mark.parametrize("given", ["playground-json", "EDMDPMSolverMultistepScheduler", "EDMEulerScheduler"])
+def test_edm_schedulers_are_refused_naming_the_class(pipelines, given):
+    from diffusers import EDMDPMSolverMultistepScheduler, EDMEulerScheduler
+
+    scheduler = {"playground-json": EDM_PLAYGROUND,
+                 "EDMDPMSolverMultistepScheduler": EDMDPMSolverMultistepScheduler(sigma_data=0.5),
+                 "EDMEulerScheduler": EDMEulerScheduler()}[given]
+    name = "EDMDPMSolverMultistepScheduler" if given == "playground-json" else given
+    expected = f"scheduler {name} is an EDM scheduler .*supports VP \\(DDPM betas\\) and flow-matching schedulers"
+    for read in (prediction_from_scheduler, schedule_config_from_scheduler):
+        with pytest.raises(ValueError, match=expected) as error:
+            read(scheduler)
+        assert "\n" not in str(error.value)
+    with pytest.raises(ValueError, match=expected):  # an SDXL-family pipeline with Playground's scheduler
+        FAMILIES["sdxl"](pipelines("sdxl").unet, scheduler)
 
 
 @pytest.mark.parametrize("change, message", [
@@ -338,7 +399,7 @@ def test_flux_without_guidance_embedding(pipelines):
     torch.manual_seed(0)
     model = FluxTransformer2DModel.from_config({**pipe.transformer.config, "guidance_embeds": False})
     den = FAMILIES["flux"](model, FlowMatchEulerDiscreteScheduler(shift=1.0))
-    assert den.schedule == FlowSchedule(1.0)
+    assert den.schedule == FlowSchedule(1.0, grid="flux")
     x, t = inputs(den)
     text, (tokens, pooled) = reference_text(pipe, "flux")
     packed = FluxPipeline._pack_latents(x[:, 0], 2, C, SIZE, SIZE)
@@ -356,6 +417,21 @@ def test_schedules_per_family(pipelines):
     assert adapter(pipelines("wan"), "wan").schedule == FlowSchedule(3.0)
     flux = adapter(pipelines("flux"), "flux")  # 8 x 8 latents: 16 packed tokens, below base_image_seq_len
     assert math.isclose(flux.schedule.shift, math.exp(0.5 + (1.15 - 0.5) / (4096 - 256) * (16 - 256)))
+
+
+def test_the_sdxl_refiner_is_refused_and_the_base_accepted():
+    """The refiner's UNet reads five time ids (with the aesthetic score) and only the second CLIP's tokens, so its
+    added embedding is pooled + 5 ids with pooled = token width: 2560 = 1280 + 5 * 256 (cross_attention_dim 1280);
+    the base's is 2816 = 1280 + 6 * 256 with 2048-wide tokens. Tiny UNets with those widths, and a tiny refiner."""
+    def sdxl_unet(tokens, time_dim, width):
+        return unet(tokens, addition_embed_type="text_time", addition_time_embed_dim=time_dim,
+                    projection_class_embeddings_input_dim=width)
+
+    for refiner in (sdxl_unet(1280, 256, 2560), sdxl_unet(12, 2, 12 + 5 * 2)):
+        with pytest.raises(ValueError, match="SDXL refiner's .* the refiner is not supported, only the SDXL base"):
+            FAMILIES["sdxl"](refiner, EulerDiscreteScheduler(**VP))
+    base = FAMILIES["sdxl"](sdxl_unet(2048, 256, 2816), EulerDiscreteScheduler(**VP))
+    assert base.pooled_dim == 1280 and base.text_dim == 2048
 
 
 def test_image_models_denoise_clips_frame_by_frame(pipelines):

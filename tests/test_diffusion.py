@@ -11,13 +11,16 @@ How diffusers is configured to mean the same thing as lrm.diffusion:
 - DDPM: variance_type="fixed_small" is the posterior std of Eq. 25; custom timesteps give the same
   "next timestep" as our loops (diffusers' previous_timestep);
 - FlowMatchEulerDiscreteScheduler(shift=...) without dynamic shifting = FlowSchedule(shift=...);
-  stochastic_sampling=True is our few-step re-noising sampler.
+  stochastic_sampling=True is our few-step re-noising sampler; FlowSchedule(grid="flux") is FluxPipeline's
+  sampling grid (its sigmas through diffusers' retrieve_timesteps, with the dynamic shift of calculate_shift).
 diffusers keeps alphas_cumprod in float32, lrm in float64: single steps are compared with diffusers'
 schedulers recomputed in float64 (`_in_float64`, tolerance 1e-9), schedules and whole loops with diffusers
 as shipped (float32, 1e-5..1e-4); our own identities are checked in float64 to 1e-9 or tighter.
 """
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
@@ -123,12 +126,54 @@ def test_flow_shift_and_grid_equal_diffusers(shift):
         torch.testing.assert_close(alpha + sigma, torch.ones_like(alpha), rtol=0, atol=1e-12)
 
 
+FLUX_DEV = {"_class_name": "FlowMatchEulerDiscreteScheduler", "base_image_seq_len": 256, "base_shift": 0.5,
+            "max_image_seq_len": 4096, "max_shift": 1.15, "num_train_timesteps": 1000, "shift": 3.0,
+            "use_dynamic_shifting": True}  # FLUX.1-dev's scheduler/scheduler_config.json
+FLUX_SCHNELL = {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": 1.0,
+                "use_dynamic_shifting": False}  # FLUX.1-schnell's
+
+
+def flux_pipeline_timesteps(config: dict, num_steps: int, image_seq_len: int) -> tuple[torch.Tensor, float]:
+    """(timesteps, mu): the timesteps FluxPipeline.__call__ samples on, by its own code path: sigmas
+    linspace(1, 1/n, n) and mu = calculate_shift(packed latent tokens, ...) through retrieve_timesteps into the
+    scheduler."""
+    import numpy as np
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
+
+    scheduler = diffusers.FlowMatchEulerDiscreteScheduler.from_config(config)
+    sigmas = np.linspace(1.0, 1 / num_steps, num_steps)
+    mu = calculate_shift(image_seq_len, scheduler.config.get("base_image_seq_len", 256),
+                         scheduler.config.get("max_image_seq_len", 4096), scheduler.config.get("base_shift", 0.5),
+                         scheduler.config.get("max_shift", 1.15))
+    timesteps, n = retrieve_timesteps(scheduler, num_steps, "cpu", sigmas=sigmas, mu=mu)
+    assert n == num_steps
+    return timesteps, mu
+
+
+@pytest.mark.parametrize("config, tokens", [(FLUX_DEV, 4096), (FLUX_DEV, 1024), (FLUX_SCHNELL, 4096)],
+                         ids=["dev-1024px", "dev-512px", "schnell"])
+def test_flux_grid_equals_flux_pipelines_timesteps(config, tokens):
+    for n in (1, 4, 28):
+        expected, mu = flux_pipeline_timesteps(config, n, tokens)
+        shift = math.exp(mu) if config["use_dynamic_shifting"] else config["shift"]  # the adapter's flow_shift
+        got = FlowSchedule(shift=shift, grid="flux").timesteps(n)
+        assert got.dtype == expected.dtype == torch.float32
+        torch.testing.assert_close(got, expected, **TOL)
+    # the default grid is the scheduler's own set_timesteps, which FluxPipeline does not use
+    assert not torch.allclose(FlowSchedule(shift=shift).timesteps(28), expected, **TOL)
+
+
 def test_schedule_configs_round_trip_and_refuse_bad_input():
-    for schedule in (VPSchedule(), VPSchedule("scaled-linear"), FlowSchedule(), FlowSchedule(shift=3.0)):
+    for schedule in (VPSchedule(), VPSchedule("scaled-linear"), FlowSchedule(), FlowSchedule(shift=3.0),
+                     FlowSchedule(shift=2.5, grid="flux")):
         assert schedule_from_config(schedule.config()) == schedule
     assert VPSchedule().config() == {"type": "vp", "betas": "linear", "num_timesteps": 1000}
-    assert FlowSchedule().config() == {"type": "flow", "shift": 1.0, "num_timesteps": 1000}
+    assert FlowSchedule().config() == {"type": "flow", "shift": 1.0, "num_timesteps": 1000, "grid": "scheduler"}
     assert schedule_from_config({"type": "flow"}) == FlowSchedule()  # defaults from the dataclass
+    old = schedule_from_config({"type": "flow", "shift": 3.0, "num_timesteps": 1000})  # saved before "grid"
+    assert old.grid == "scheduler" and torch.equal(old.timesteps(4), FlowSchedule(shift=3.0).timesteps(4))
+    with pytest.raises(ValueError, match="unknown flow grid 'karras'"):
+        schedule_from_config({"type": "flow", "grid": "karras"})
     with pytest.raises(ValueError, match="type"):
         schedule_from_config({"type": "ve"})
     with pytest.raises(ValueError, match="unknown keys"):

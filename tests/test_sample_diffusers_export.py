@@ -61,7 +61,7 @@ def test_the_export_records_what_sampling_needs(exported):
     student, prompts, codec, run = exported
     record = json.loads((run / "model" / "lrm.json").read_text())
     assert record["codec_settings"] == codec.settings() and record["text_encoder_id"] == prompts.id
-    assert record["in_channels"] == C and record["options"] == {}
+    assert record["in_channels"] == C and record["options"] == {"dtype": "float32"}
     extra = record["extra"]
     assert extra["student_steps"] == STUDENT_STEPS and extra["timesteps"] == [999, 499]
     assert extra["latent_shape"] == [1, C, SIZE, SIZE]
@@ -172,6 +172,7 @@ def test_an_export_loads_back_with_its_options_codec_and_prompt_encoder(family, 
     come back from lrm.json, and with them the schedule and the outputs."""
     from test_diffusers_adapters import OPTIONS, adapter, inputs
 
+    from lrm.diffusion.schedules import FlowSchedule
     from lrm.generators.diffusers_adapters import load_diffusers_denoiser
     from lrm.generators.diffusers_export import save_diffusers_denoiser
 
@@ -187,10 +188,42 @@ def test_an_export_loads_back_with_its_options_codec_and_prompt_encoder(family, 
     if family == "flux":
         assert back.options()["latent_size"] == list(OPTIONS["flux"]["latent_size"])
         assert load_diffusers_denoiser(str(tmp_path), latent_size=(64, 64)).schedule_config != back.schedule_config
+        # FluxPipeline's grid; a student exported before lrm.json recorded the grid keeps the one it was distilled on
+        assert back.schedule_config["grid"] == "flux"
+        record = json.loads((tmp_path / "lrm.json").read_text())
+        del record["schedule_config"]["grid"]
+        (tmp_path / "lrm.json").write_text(json.dumps(record))
+        older = load_diffusers_denoiser(str(tmp_path))
+        assert older.schedule_config == {**back.schedule_config, "grid": "scheduler"}
+        assert torch.equal(older.schedule.timesteps(4), FlowSchedule(back.schedule.shift).timesteps(4))
     x, t = inputs(original)
     text = torch.randn(x.shape[0], 5, original.text_dim, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(back(x, t, text), original(x, t, text), rtol=0, atol=1e-6)
+
+
+def test_a_bf16_export_comes_back_bf16_and_an_older_lrm_json_float32(tmp_path):
+    """The exported weights' dtype is recorded in lrm.json (options.dtype) and GeneratorRun.load, the path of
+    `lrm sample` / `lrm evaluate`, loads them in it; an lrm.json written before it records none: float32."""
+    from test_diffusers_adapters import adapter
+
+    from lrm.generators.diffusers_export import save_diffusers_denoiser
+    from lrm.generators.runs import open_generator_run
+
+    student = adapter(build_pipeline("sd"), "sd")
+    student.model.to(torch.bfloat16)
+    student.codec_settings, student.text_encoder_id = {"name": "a codec", "channels": C}, "diffusers:/a/pipeline"
+    save_diffusers_denoiser(student, tmp_path / "model", extra={"student_steps": 2, "latent_shape": [1, C, SIZE, SIZE]})
+    back = open_generator_run(tmp_path).load("cpu")
+    assert {p.dtype for p in back.parameters()} == {torch.bfloat16}
+    for name, weight in student.model.state_dict().items():  # the same weights, not a round trip through float32
+        assert torch.equal(back.model.state_dict()[name], weight), name
+    record = json.loads((tmp_path / "model" / "lrm.json").read_text())
+    assert record["options"] == {"dtype": "bfloat16"} and back.options() == student.options()
+
+    del record["options"]["dtype"]  # as lrm.json was written before it recorded the dtype
+    (tmp_path / "model" / "lrm.json").write_text(json.dumps(record))
+    assert {p.dtype for p in open_generator_run(tmp_path).load("cpu").parameters()} == {torch.float32}
 
 
 def test_lrm_tune_and_lrm_distill_refuse_an_exported_diffusers_denoiser(exported, tmp_path):

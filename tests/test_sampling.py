@@ -411,6 +411,45 @@ def test_cli_sample_writes_files_and_is_deterministic(app, run, tmp_path):
 
 
 
+def test_cli_sample_again_into_one_folder_leaves_only_the_new_runs_files(app, run, tmp_path):
+    """A second `lrm sample` with fewer prompts into the same folder: the first run's sample files go (those its
+    index.json listed), files lrm did not write stay."""
+    out = tmp_path / "out"
+    common = ["--steps", "1", "--quiet", "--out", str(out)]
+    first = runner.invoke(app, ["sample", str(run), "--prompt", PROMPTS[0], "--prompt", PROMPTS[1], "--per-prompt",
+                                "3", *common])
+    assert first.exit_code == 0, first.output
+    assert len(list((out / "samples").iterdir())) == 6
+    (out / "notes.txt").write_text("mine")  # files lrm did not write
+    (out / "samples" / "keep.png").write_bytes(b"mine")
+    second = runner.invoke(app, ["sample", str(run), "--prompt", "a blue square", "--per-prompt", "1", *common])
+    assert second.exit_code == 0, second.output
+    index = json.loads((out / "index.json").read_text())
+    assert [(e["prompt"], e["file"]) for e in index["samples"]] == [("a blue square", "samples/0000_seed0.png")]
+    assert sorted(p.name for p in (out / "samples").iterdir()) == ["0000_seed0.png", "keep.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["grid.png", "index.json", "latents.safetensors", "notes.txt",
+                                                     "samples"]
+
+
+def test_an_earlier_index_deletes_only_sample_files_of_lrms_layout(tmp_path):
+    """remove_previous_samples trusts no name the earlier index.json lists beyond lrm's own sample file names."""
+    from lrm.generators.writing import remove_previous_samples
+
+    (tmp_path / "out" / "samples").mkdir(parents=True)
+    for name in ("keep.txt", "out/model.safetensors", "out/samples/0001_seed1.png", "out/samples/0002_seed2.txt"):
+        (tmp_path / name).write_text("not lrm's")
+    (tmp_path / "out" / "samples" / "0003_seed3.png").symlink_to(tmp_path / "keep.txt")
+    listed = ["../keep.txt", "model.safetensors", "/etc/hostname", "samples/../../keep.txt", "samples/0002_seed2.txt",
+              "samples/0003_seed3.png", "samples/0001_seed1.png", "samples/0009_seed9.png"]
+    (tmp_path / "out" / "index.json").write_text(json.dumps({"samples": [{"file": f} for f in listed] + [None]}))
+    assert remove_previous_samples(tmp_path / "out") == [tmp_path / "out" / "samples" / "0001_seed1.png"]
+    assert (tmp_path / "keep.txt").is_file() and (tmp_path / "out" / "model.safetensors").is_file()
+    assert (tmp_path / "out" / "samples" / "0002_seed2.txt").is_file()
+    assert (tmp_path / "out" / "samples" / "0003_seed3.png").is_symlink()
+    (tmp_path / "out" / "index.json").write_text("{not json")  # unreadable: nothing is deleted
+    assert remove_previous_samples(tmp_path / "out") == [] and remove_previous_samples(tmp_path / "none") == []
+
+
 def test_cli_samples_a_student_with_its_few_step_sampler(app, run, tmp_path):
     from safetensors.torch import load_file
 

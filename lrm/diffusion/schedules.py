@@ -9,10 +9,14 @@ Two families behind one interface (`Schedule`):
   FlowMatchEulerDiscreteScheduler feeds its transformer (`timesteps = sigmas * num_train_timesteps`).
   So alpha_sigma(t) is linear in t, and the shift sigma' = shift sigma / (1 + (shift - 1) sigma) acts
   where timesteps are chosen: the sampling grid (`timesteps`) and training draws (`sample_timesteps`).
+  Its `grid` names the reference the sampling grid equals (FLOW_GRIDS): "scheduler" (the default) is
+  diffusers' FlowMatchEulerDiscreteScheduler(shift=...).set_timesteps(n), what StableDiffusion3Pipeline
+  samples on; "flux" is FluxPipeline's: sigmas linspace(1, 1/n, n) shifted once.
 
 Every schedule round-trips through a JSON-able dict (`config()` / `schedule_from_config`), e.g.
 {"type": "vp", "betas": "linear", "num_timesteps": 1000} or {"type": "flow", "shift": 3.0,
-"num_timesteps": 1000}; model checkpoints store that dict.
+"num_timesteps": 1000, "grid": "scheduler"}; model checkpoints store that dict (a flow config saved
+without "grid" reads as "scheduler", the grid it was sampled on).
 
 Sampling grids run from the noisiest timestep down; the step after the last one goes to clean data
 (alpha = 1, sigma = 0, `CLEAN`), as diffusers' DDIMScheduler with set_alpha_to_one=True does.
@@ -121,18 +125,26 @@ def shift_sigma(sigma: torch.Tensor, shift: float) -> torch.Tensor:
     return shift * sigma / (1 + (shift - 1) * sigma)
 
 
+# FlowSchedule.grid: the sampling grid's reference. "scheduler": diffusers' FlowMatchEulerDiscreteScheduler
+# set_timesteps(n) (SD3, Wan, lrm's own flow DiTs); "flux": FluxPipeline's sigmas = linspace(1, 1/n, n), shifted once
+FLOW_GRIDS = ("scheduler", "flux")
+
+
 @dataclass(frozen=True)
 class FlowSchedule:
     """Rectified flow: sigma = t / T, alpha = 1 - sigma, for the model's float timestep t in (0, T]."""
 
     shift: float = 1.0  # timestep shift of the grid and of training draws; SD3 uses 3.0, Wan 5.0
     num_timesteps: int = NUM_TIMESTEPS  # T: the model's timestep is sigma * T (diffusers' convention)
+    grid: str = "scheduler"  # which reference the sampling grid equals (FLOW_GRIDS; see `timesteps`)
 
     def __post_init__(self) -> None:
         if not isinstance(self.shift, (int, float)) or not self.shift > 0:
             raise ValueError(f"flow shift must be > 0, got {self.shift}")
         if not isinstance(self.num_timesteps, int) or self.num_timesteps < 1:
             raise ValueError(f"num_timesteps must be an integer >= 1, got {self.num_timesteps!r}")
+        if self.grid not in FLOW_GRIDS:
+            raise ValueError(f"unknown flow grid {self.grid!r}; choose one of {', '.join(FLOW_GRIDS)}")
 
     def alpha_sigma(self, t: torch.Tensor | int | float,
                     x: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -146,11 +158,17 @@ class FlowSchedule:
         return _shaped(1 - sigma, x), _shaped(sigma, x)
 
     def timesteps(self, num_steps: int) -> torch.Tensor:
-        """(num_steps,) float32 sampling grid, noisiest first, equal to diffusers'
-        FlowMatchEulerDiscreteScheduler(shift=...).set_timesteps(num_steps).timesteps: sigmas evenly spaced
-        from 1 to shift(1/T), shifted, times T. (diffusers shifts its sigma_min twice; kept for parity.)"""
+        """(num_steps,) float32 sampling grid, noisiest first, shifted sigmas times T, equal to
+        - grid "scheduler": diffusers' FlowMatchEulerDiscreteScheduler(shift=...).set_timesteps(num_steps)
+          .timesteps (what StableDiffusion3Pipeline samples on): sigmas evenly spaced from 1 to shift(1/T),
+          then shifted (diffusers shifts its sigma_min twice; kept for parity);
+        - grid "flux": the timesteps FluxPipeline samples on: it passes sigmas = linspace(1, 1/n, n) to the
+          scheduler, which shifts them once (FLUX.1-dev's dynamic shift exp(mu) is this schedule's `shift`)."""
         if num_steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+        if self.grid == "flux":
+            sigmas = shift_sigma(torch.linspace(1.0, 1.0 / num_steps, num_steps, dtype=torch.float64), self.shift)
+            return sigmas.float() * self.num_timesteps  # float32, as diffusers
         sigma_min = shift_sigma(torch.tensor(1.0 / self.num_timesteps, dtype=torch.float64), self.shift)
         sigmas = shift_sigma(torch.linspace(1.0, float(sigma_min), num_steps, dtype=torch.float64), self.shift)
         return sigmas.float() * self.num_timesteps  # float32, as diffusers
@@ -163,7 +181,7 @@ class FlowSchedule:
         return (shift_sigma(u, self.shift) * self.num_timesteps).float().to(device)
 
     def config(self) -> dict:
-        return {"type": "flow", "shift": self.shift, "num_timesteps": self.num_timesteps}
+        return {"type": "flow", "shift": self.shift, "num_timesteps": self.num_timesteps, "grid": self.grid}
 
 
 SCHEDULE_TYPES: dict[str, type] = {"vp": VPSchedule, "flow": FlowSchedule}

@@ -12,7 +12,8 @@ optimisers see its parameters) and mapping lrm's (B, T, c, h, w) to the model's 
 - "sdxl" UNet2DConditionModel with addition_embed_type "text_time" (SDXL base): two CLIPs'
          penultimate tokens concatenated, the second CLIP's pooled projection, and the six time ids
          (original size, crop top-left, target size) computed from the latent size as the pipeline
-         does by default: (H, W, 0, 0, H, W) with H = h * vae_scale_factor.
+         does by default: (H, W, 0, 0, H, W) with H = h * vae_scale_factor. The refiner's UNet (five
+         time ids with an aesthetic score) is refused.
 - "sd3"  SD3Transformer2DModel: flow; CLIP-L + CLIP-G tokens (zero-padded to T5's width) followed by
          T5 tokens, pooled = both CLIPs' pooled projections.
 - "flux" FluxTransformer2DModel: flow; latents packed into 2x2 patches, img ids (row, col) and zero
@@ -31,7 +32,11 @@ schedules; FlowMatchEulerDiscreteScheduler, or any scheduler with use_flow_sigma
 flow_prediction (Wan's UniPC), -> "flow" with `shift` (or `flow_shift`). With use_dynamic_shifting
 (FLUX) the shift depends on the image: shift = exp(mu), mu linear in the number of packed latent
 tokens (FluxPipeline's calculate_shift), computed for the adapter's `latent_size` (default: the
-pipeline's 1024 px). The model's timesteps are lrm's: integers 0..T-1 on VP, sigma * T on flow.
+pipeline's 1024 px). A flow schedule samples on its pipeline's grid: FLUX on FluxPipeline's (sigmas
+linspace(1, 1/n, n), shifted once), the others on the scheduler's set_timesteps grid (FlowSchedule.grid).
+EDM schedulers (sigma_data / sigma_min / sigma_max without beta_schedule: EDMEulerScheduler,
+EDMDPMSolverMultistepScheduler, as Playground v2.5 ships) are refused: lrm has no EDM preconditioning.
+The model's timesteps are lrm's: integers 0..T-1 on VP, sigma * T on flow.
 
 Text conditioning, and why it stays a plain (B, L, D) tensor: SDXL, SD3 and FLUX also need a pooled
 prompt vector. Rather than widening the forward signature, or hiding state in an attribute that a
@@ -93,9 +98,26 @@ def is_flow_scheduler(cfg: dict) -> bool:
             or cfg.get("prediction_type") == "flow_prediction")
 
 
+EDM_KEYS = ("sigma_data", "sigma_min", "sigma_max")  # what an EDM (Karras et al. 2022) scheduler's config sets
+
+
+def refuse_edm(cfg: dict) -> None:
+    """An EDM scheduler (EDMEulerScheduler, EDMDPMSolverMultistepScheduler: Playground v2.5) trains the model with
+    EDM's preconditioning, which lrm does not have: refused. A config that carries beta_schedule is a VP scheduler's
+    (e.g. EulerDiscreteScheduler, whose sigma_min / sigma_max are only its sampler's bounds) and passes."""
+    name = str(cfg.get("_class_name") or "")
+    if "beta_schedule" in cfg or is_flow_scheduler(cfg):
+        return
+    if name.startswith("EDM") or any(cfg.get(key) is not None for key in EDM_KEYS):
+        raise ValueError(f"scheduler {name or '(no _class_name)'} is an EDM scheduler (sigma_data / sigma_min / "
+                         "sigma_max, no beta_schedule), which lrm cannot run: lrm supports VP (DDPM betas) and "
+                         "flow-matching schedulers")
+
+
 def prediction_from_scheduler(scheduler) -> str:
     """The lrm prediction type of a model trained with this scheduler (object or config dict)."""
     cfg = scheduler_dict(scheduler)
+    refuse_edm(cfg)
     if is_flow_scheduler(cfg):
         return "flow"
     name = cfg.get("prediction_type", "epsilon")
@@ -119,13 +141,16 @@ def flow_shift(cfg: dict, image_tokens: int | None = None) -> float:
     return math.exp(mu)
 
 
-def schedule_config_from_scheduler(scheduler, image_tokens: int | None = None) -> dict:
+def schedule_config_from_scheduler(scheduler, image_tokens: int | None = None, grid: str = "scheduler") -> dict:
     """lrm schedule config ({"type": "vp", ...} / {"type": "flow", ...}) of a diffusers scheduler (object or
-    config dict); image_tokens: packed latent tokens, for resolution-dependent shifting."""
+    config dict); image_tokens: packed latent tokens, for resolution-dependent shifting; grid: a flow schedule's
+    sampling grid (lrm.diffusion.schedules.FLOW_GRIDS: "scheduler" as the scheduler's set_timesteps, "flux" as
+    FluxPipeline's), the pipeline's, which the scheduler config does not tell (FLUX.1-schnell's is SD3's)."""
     cfg = scheduler_dict(scheduler)
+    refuse_edm(cfg)
     num_timesteps = int(cfg.get("num_train_timesteps", 1000))
     if is_flow_scheduler(cfg):
-        return {"type": "flow", "shift": flow_shift(cfg, image_tokens), "num_timesteps": num_timesteps}
+        return {"type": "flow", "shift": flow_shift(cfg, image_tokens), "num_timesteps": num_timesteps, "grid": grid}
     if cfg.get("trained_betas") is not None or cfg.get("rescale_betas_zero_snr"):
         raise ValueError("scheduler uses trained_betas or rescale_betas_zero_snr; "
                          "lrm's VP schedules cannot represent them")
@@ -176,7 +201,8 @@ class DiffusersDenoiser(nn.Module):
         self.model = model
         self.scheduler_config = scheduler_dict(scheduler)
         self.prediction = prediction_from_scheduler(self.scheduler_config)  # what the model outputs
-        self.schedule_config = schedule_config_from_scheduler(self.scheduler_config, self._image_tokens())
+        self.schedule_config = schedule_config_from_scheduler(self.scheduler_config, self._image_tokens(),
+                                                              self.flow_grid)
         self.schedule = schedule_from_config(self.schedule_config)
         self.null_text = null_text  # (1, L, D): the negative-prompt conditioning of CFG's unconditional branch
         # what sampling needs beyond the weights (as lrm's DiT records them): the latent space (Codec.settings())
@@ -195,10 +221,12 @@ class DiffusersDenoiser(nn.Module):
         return int(self.model.config.in_channels)
 
     def options(self) -> dict:
-        """The family's constructor extras, as JSON (what an exported student records to be rebuilt the same)."""
-        return {}
+        """What an exported student records to be rebuilt the same (lrm.json "options"), as JSON: "dtype", its
+        weights' dtype (load_diffusers_denoiser loads them in it), and the family's constructor extras."""
+        return {"dtype": str(self.model.dtype).removeprefix("torch.")}  # diffusers' ModelMixin.dtype
 
     pooled_dim = 0  # width of the pooled vector carried as text's first token (0: none)
+    flow_grid = "scheduler"  # a flow schedule's sampling grid: the pipeline's (lrm.diffusion.schedules.FLOW_GRIDS)
 
     def _image_tokens(self) -> int | None:
         """Packed latent tokens for resolution-dependent shifting (FLUX); None elsewhere."""
@@ -294,6 +322,7 @@ class SDXLDenoiser(UNetDenoiser):
 
     family = "sdxl"
     TIME_IDS = 6  # original (h, w), crop top-left (y, x), target (h, w)
+    REFINER_TIME_IDS = 5  # the refiner's: original (h, w), crop top-left (y, x), aesthetic score
 
     def __init__(self, model: nn.Module, scheduler, null_text: torch.Tensor | None = None,
                  vae_scale_factor: int = 8):
@@ -303,14 +332,20 @@ class SDXLDenoiser(UNetDenoiser):
             raise ValueError("SDXLDenoiser needs a UNet with addition_embed_type 'text_time', "
                              f"got {cfg.addition_embed_type!r}")
         self.vae_scale_factor = vae_scale_factor  # latent -> pixel size, for the size time ids
-        time_width = self.TIME_IDS * int(cfg.addition_time_embed_dim)
-        self.pooled_dim = int(cfg.projection_class_embeddings_input_dim) - time_width
+        width, time_dim = int(cfg.projection_class_embeddings_input_dim), int(cfg.addition_time_embed_dim)
+        self.pooled_dim = width - self.TIME_IDS * time_dim
+        # the refiner reads only the second CLIP, so its tokens and its pooled vector have one width:
+        # 2560 = 1280 + 5 * 256 (the base: 2816 = 1280 + 6 * 256 with 2048-wide tokens)
+        if width == self.text_dim + self.REFINER_TIME_IDS * time_dim:
+            raise ValueError(f"SDXLDenoiser: this UNet is an SDXL refiner's (added embedding {width} = pooled "
+                             f"{self.text_dim} + 5 time ids with the aesthetic score); the refiner is not supported, "
+                             "only the SDXL base")
         if not 0 < self.pooled_dim <= self.text_dim:
             raise ValueError(f"SDXLDenoiser: pooled width {self.pooled_dim} from the UNet config is not in "
                              f"1..{self.text_dim}; is this an SDXL refiner (aesthetic score ids)? It is not supported")
 
     def options(self) -> dict:
-        return {"vae_scale_factor": self.vae_scale_factor}
+        return {**super().options(), "vae_scale_factor": self.vae_scale_factor}
 
     def time_ids(self, b: int, h: int, w: int, device, dtype) -> torch.Tensor:
         """(B, 6): the pipeline's default size conditioning, original = target = pixel size, crop (0, 0)."""
@@ -350,6 +385,7 @@ class FluxDenoiser(DiffusersDenoiser):
 
     family = "flux"
     model_class = "FluxTransformer2DModel"
+    flow_grid = "flux"  # FluxPipeline passes sigmas = linspace(1, 1/n, n), shifted once
     DEFAULT_LATENT_SIZE = (128, 128)  # FluxPipeline's default 1024 x 1024 px at the VAE's factor 8
 
     def __init__(self, model: nn.Module, scheduler, null_text: torch.Tensor | None = None,
@@ -367,7 +403,8 @@ class FluxDenoiser(DiffusersDenoiser):
         return int(self.model.config.in_channels) // 4  # the transformer reads 2x2-packed latents
 
     def options(self) -> dict:
-        return {"latent_size": list(self.latent_size), "guidance_scale": self.guidance_scale}
+        return {**super().options(), "latent_size": list(self.latent_size),
+                "guidance_scale": self.guidance_scale}
 
     @property
     def pooled_dim(self) -> int:
@@ -430,7 +467,7 @@ class WanDenoiser(DiffusersDenoiser):
         self.text_length = text_length  # WanPipeline's max_sequence_length: tokens are zero-padded to it
 
     def options(self) -> dict:
-        return {"text_length": self.text_length}
+        return {**super().options(), "text_length": self.text_length}
 
     @property
     def text_dim(self) -> int:
@@ -569,7 +606,9 @@ def load_diffusers_denoiser(source: str, family: str | None = None, subfolder: s
     left unset: load_diffusers sets it from the prompt encoder.
 
     A student exported by lrm (lrm.generators.diffusers_export: the folder holds lrm.json) comes back as it was
-    saved: its recorded options are the defaults, and its codec_settings and text_encoder_id are restored."""
+    saved: in its recorded weights' dtype unless dtype is given (float32 where an older lrm.json records none),
+    its recorded options are the defaults, a flow student samples on its recorded grid (the scheduler's where an
+    older lrm.json records none), and its codec_settings and text_encoder_id are restored."""
     import diffusers
 
     pipeline = PipelineFiles(source)
@@ -584,10 +623,22 @@ def load_diffusers_denoiser(source: str, family: str | None = None, subfolder: s
     sched = scheduler_config(pipeline)
     recorded = exported_record(pipeline)
     options = {**recorded.get("options", {}), **options}
+    saved_dtype = options.pop("dtype", None)  # of the exported weights (DiffusersDenoiser.options)
+    if dtype is None and saved_dtype is not None:
+        dtype = getattr(torch, saved_dtype, None)
+        if not isinstance(dtype, torch.dtype):
+            raise ValueError(f"diffusers pipeline {source!r}: lrm.json records dtype {saved_dtype!r}, not a torch "
+                             "dtype; pass dtype= or correct it (e.g. \"bfloat16\")")
     model = pipeline.load(getattr(diffusers, cls.model_class), folder, dtype)
     if detected == "sdxl" and "vae_scale_factor" not in options and pipeline.has("vae/config.json"):
         options["vae_scale_factor"] = 2 ** (len(pipeline.json("vae/config.json")["block_out_channels"]) - 1)
     denoiser = cls(model, sched, **options)
+    saved = recorded.get("schedule_config") or {}
+    if saved.get("type") == "flow" == denoiser.schedule_config["type"]:
+        # an exported student samples on the grid it was distilled on; one exported before lrm.json recorded the grid
+        # was distilled on the scheduler's (FLUX's grid was the scheduler's then)
+        denoiser.schedule_config = {**denoiser.schedule_config, "grid": saved.get("grid", "scheduler")}
+        denoiser.schedule = schedule_from_config(denoiser.schedule_config)
     denoiser.codec_settings, denoiser.text_encoder_id = recorded.get("codec_settings"), recorded.get("text_encoder_id")
     return denoiser
 

@@ -12,7 +12,7 @@ Layout, the denoiser's part of a pipeline folder (what save_pretrained writes fo
     <dir>/lrm.json                          provenance and how to sample it (below)
 
 lrm.json: {"format": "lrm-diffusers-denoiser", "lrm_version", "family", "prediction", "schedule_config",
-"in_channels" (c of its latents), "options" (the adapter's family extras, e.g. FLUX latent_size),
+"in_channels" (c of its latents), "options" (the weights' dtype and the adapter's family extras, e.g. FLUX latent_size),
 "codec_settings" (the latent space its samples decode in: Codec.settings() of the teacher pipeline's VAE),
 "text_encoder_id" (the lrm.text id of the prompt encoder it reads, "diffusers:<teacher pipeline>"),
 "extra" (the trainer's: student_steps, timesteps, latent_shape, ...)}. codec_settings and text_encoder_id

@@ -132,8 +132,10 @@ class GeneratorRun:
         return (t, self.in_channels, size // factor, size // factor)
 
     def load(self, map_location="cpu"):
-        """The denoiser in eval mode on map_location; a diffusers export behind lrm's adapter (its codec_settings
-        and text_encoder_id restored from lrm.json; null_text is set by sample_run from the prompt encoder)."""
+        """The denoiser in eval mode on map_location; a diffusers export behind lrm's adapter, in the dtype its
+        weights were exported in (lrm.json's options.dtype; float32 where an older lrm.json records none), its
+        codec_settings and text_encoder_id restored from lrm.json (null_text is set by sample_run from the prompt
+        encoder)."""
         if self.kind == DIFFUSERS:
             from lrm.generators.diffusers_adapters import load_diffusers_denoiser
 

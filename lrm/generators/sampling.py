@@ -70,8 +70,9 @@ def generate(denoiser, prompts: Sequence[str], seeds: Sequence[int] | int = 0, *
 def generate_few_step(denoiser, prompts: Sequence[str], seeds: Sequence[int] | int = 0, *,
                       latent_shape: Sequence[int], steps: int = 4, cfg: float = 1.0, codec=None, text_encoder=None,
                       batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = False) -> Samples:
-    """A distilled student's samples (`samplers.sample_few_step` on the trailing grid of `steps` steps: DOLLAR's
-    `STUDENT_TIMESTEPS` for 1, 2 and 4); arguments as in `generate`."""
+    """A distilled student's samples (`samplers.sample_few_step` on its schedule's grid of `steps` steps: on VP the
+    trailing grid, DOLLAR's `STUDENT_TIMESTEPS` for 1, 2 and 4; on flow `FlowSchedule.timesteps`); arguments as in
+    `generate`."""
     _check_steps_cfg(steps, cfg)
     schedule = schedule_from_config(denoiser.schedule_config)
     grid = schedule.timesteps(steps)

@@ -8,12 +8,18 @@ Layout of the folder:
   grid.png                                   rows = prompts, columns = seeds; videos show their middle frame
   latents.safetensors                        "latents" (N, T, c, h, w) float32, row i = sample i
   index.json                                 settings + one entry per sample: prompt, seed, steps, cfg, file, row
+
+Writing into a folder that holds an earlier save_samples first deletes the sample files its index.json lists
+(only names of the layout above), so a run with fewer samples leaves none of the earlier run's behind; every
+other file in the folder is left alone.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import math
+import re
 import textwrap
 from pathlib import Path
 
@@ -24,6 +30,7 @@ from PIL import Image, ImageDraw, ImageFont
 from lrm.io import atomic_write_bytes, atomic_write_json
 
 VIDEO_FORMATS = ("gif", "mp4")
+SAMPLE_FILE = re.compile(r"samples/\d{4,}_seed-?\d+\.(png|gif|mp4)")  # the names save_samples gives sample files
 FPS = 8  # playback rate of written clips
 GRID_MIN_TILE = 128  # tiles are upscaled (nearest) to at least this many pixels on their short side
 GRID_FONT_SIZE = 12
@@ -128,12 +135,38 @@ def grid_png(pixels: torch.Tensor, prompts: list[str], seeds: list[int]) -> byte
 # the folder
 # ---------------------------------------------------------------------------------------------------
 
+def remove_previous_samples(out_dir: str | Path) -> list[Path]:
+    """Delete the sample files an earlier save_samples into out_dir wrote, as its index.json lists them; returns
+    them. Only listed names of save_samples' layout (samples/<i>_seed<seed>.<ext>) that are plain files inside
+    out_dir go: nothing when the index is absent or unreadable, never a file lrm did not write there."""
+    out_dir = Path(out_dir)
+    try:
+        index = json.loads((out_dir / "index.json").read_text())
+    except (OSError, ValueError):  # no earlier run here, or an index.json that is not one lrm wrote
+        return []
+    entries = index.get("samples") if isinstance(index, dict) else None
+    if not isinstance(entries, list):
+        return []
+    root, removed = out_dir.resolve(), []
+    for entry in entries:
+        name = entry.get("file") if isinstance(entry, dict) else None
+        if not isinstance(name, str) or not SAMPLE_FILE.fullmatch(name):
+            continue
+        path = out_dir / name
+        if path.is_file() and not path.is_symlink() and path.resolve().parent == root / "samples":
+            path.unlink()
+            removed.append(path)
+    return removed
+
+
 def save_samples(samples, out_dir: str | Path, settings: dict, video_format: str = "gif") -> dict:
-    """Write `samples` (lrm.generators.sampling.Samples) into out_dir (layout in the module docstring);
-    settings: facts recorded in index.json (run, steps, cfg, sampler, ...). Returns the index."""
+    """Write `samples` (lrm.generators.sampling.Samples) into out_dir (layout in the module docstring), after
+    deleting the sample files of an earlier save_samples there (remove_previous_samples); settings: facts recorded
+    in index.json (run, steps, cfg, sampler, ...). Returns the index."""
     from safetensors.torch import save
 
     out_dir = Path(out_dir)
+    remove_previous_samples(out_dir)
     entries = []
     for i, (prompt, seed) in enumerate(zip(samples.prompts, samples.seeds)):
         data, extension = sample_file_bytes(samples.pixels[i], video_format)
