@@ -136,7 +136,9 @@ def test_a_rerun_resumes_and_equals_the_uninterrupted_run(teachers, tmp_path):
     metrics = tmp_path / "resumed" / "metrics.jsonl"
     lines = [line for line in metrics.read_text().splitlines() if json.loads(line)["step"] != 3
              or json.loads(line)["split"] != "eval"]
-    metrics.write_text("\n".join(lines + [json.dumps({"split": "train", "step": 4, "losses": {}})]) + "\n")
+    # ... and a line the kill cut in half, which used to stop every rerun with a JSON error
+    metrics.write_text("\n".join(lines + [json.dumps({"split": "train", "step": 4, "losses": {}})]) + "\n"
+                       + '{"split": "train", "step": 5, "losses": {"vsd": 0.0')
     result = distill(*common, "--steps", "4", "--out", str(tmp_path / "resumed"))
     assert result.exit_code == 0, result.output
     a, b = (load_file(tmp_path / run / "model" / "model.safetensors") for run in ("straight", "resumed"))

@@ -489,15 +489,34 @@ def test_direct_decodes_selected_frames_of_a_video_and_skips_nan_rewards():
     assert has_grad(roles.module(STUDENT))
 
 
-def test_direct_and_ddpo_with_no_finite_reward_give_a_zero_loss_not_nan():
+def test_with_no_finite_reward_direct_and_ddpo_skip_the_update_alone_and_let_other_terms_learn():
+    """Every reward NaN: the hook's loss is empty. Alone it must not move the student (Adam's momentum would, on a
+    zero loss) and the skip is counted; beside VSD the update goes ahead on VSD's loss."""
+    from lrm.tuning import VSD
+
     b = batch(b=2, frames=3)
     b.prompts = ["bad", "bad"]
-    roles = build_roles(tiny_dit(frames=3), fake_score=False, ema=False)
-    true = TrueReward(codec(), NaNForBadPrompt())
-    for term in (DirectReward(true, (3, C, H, W), steps=1), DDPO(true, (3, C, H, W), steps=2)):
+    for make in (lambda true: DirectReward(true, (3, C, H, W), steps=1),
+                 lambda true: DDPO(true, (3, C, H, W), steps=2)):
+        roles = build_roles(tiny_dit(frames=3), fake_score=False, ema=False, student_lr=1e-3)
+        true = TrueReward(codec(), NaNForBadPrompt())
+        term = make(true)
         loss = term.generator_loss(Step(roles, b, torch.empty(0), torch.Generator().manual_seed(0)))
-        assert loss.numel() > 0 and float(loss.mean()) == 0.0 and loss.requires_grad  # the trainer's mean stays finite
-    assert true.nonfinite == 4
+        assert loss.shape == (0,) and loss.requires_grad
+        good = batch(b=2, frames=3)
+        good.prompts = ["good", "fine"]
+        distiller = Distiller(roles, [term], DistillConfig(latent_shape=(3, C, H, W), student_steps=2))
+        assert not distiller.train_step([good]).skipped  # Adam now has momentum
+        before = copy.deepcopy(roles.module(STUDENT).state_dict())
+        log = distiller.train_step([b])
+        assert log.skipped == [STUDENT] and distiller.skipped[STUDENT] == 1 and distiller.updates[STUDENT] == 1
+        assert all(torch.equal(v, roles.module(STUDENT).state_dict()[k]) for k, v in before.items())
+        assert true.nonfinite == 4  # 2 in the call above, 2 in the skipped step
+        with_vsd = build_roles(tiny_dit(frames=3), ema=False, student_lr=1e-3)
+        distiller = Distiller(with_vsd, [VSD(), make(TrueReward(codec(), NaNForBadPrompt()))],
+                              DistillConfig(latent_shape=(3, C, H, W), student_steps=2))
+        log = distiller.train_step([b])
+        assert STUDENT not in log.skipped and distiller.updates[STUDENT] == 1 and np.isfinite(log.losses["vsd"])
 
 
 # ---------------------------------------------------------------- refusals

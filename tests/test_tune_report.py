@@ -73,6 +73,18 @@ def test_a_run_without_a_surrogate_gets_no_proxy_or_fidelity(tuned, tmp_path):
     assert "(direct)" in page and page.count("data:image/png;base64,") == 3  # two figures, the grid before
 
 
+def test_a_run_whose_every_update_was_skipped_gets_its_report_without_a_losses_figure(tuned, tmp_path):
+    from lrm.tuning.report import write_tune_report
+
+    run = tmp_path / "skipped"
+    shutil.copytree(tuned, run)
+    facts = json.loads((run / "records.json").read_text())
+    facts["losses"] = [{} for _ in facts["losses"]]  # no step logged a loss (e.g. a student whose weights went NaN)
+    (run / "records.json").write_text(json.dumps(facts))
+    page = write_tune_report(run).read_text()
+    assert "<h2>Gold and proxy reward</h2>" in page and "Losses per term" not in page
+
+
 def test_lrm_report_rewrites_a_tuning_runs_report(tuned):
     (tuned / "report.html").unlink()
     result = CliRunner().invoke(lazy_app(), ["report", str(tuned)])

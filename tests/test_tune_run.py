@@ -141,6 +141,11 @@ def test_a_rerun_with_another_setting_is_refused_and_more_steps_continue(teacher
         run_tune(teacher, tmp_path / "run", config(steps=2, distill=("vsd",), lr=1e-2))
     more = run_tune(teacher, tmp_path / "run", config(steps=4, distill=("vsd",)))
     assert [r.step for r in more.records] == [0, 2, 4] and len(more.logs) == 4
+    # fewer steps than the run holds: it used to hand back the 4-step student and record steps 2 in config.json
+    saved = (tmp_path / "run" / "config.json").read_text()
+    with pytest.raises(ValueError, match=r"has already trained 4 steps, more than --steps 2; pass --steps 4 or more"):
+        run_tune(teacher, tmp_path / "run", config(steps=2, distill=("vsd",)))
+    assert (tmp_path / "run" / "config.json").read_text() == saved
 
 
 def test_cd_needs_real_latents_and_no_store_means_no_real_rows(teacher, tmp_path):

@@ -540,6 +540,22 @@ def test_bf16_autocast_runs_and_fp16_is_refused():
         build_roles(tiny_dit(), dtype=torch.float16)
 
 
+def test_bf16_roles_keep_their_trained_weights_float32_so_small_updates_land():
+    """dtype=bfloat16: the frozen teacher is bf16, the weights AdamW updates (student, fake score) and the EMA that
+    follows them stay float32; in bf16 most updates at lr 1e-5 rounded away (4% of the student's weights moved)."""
+    roles = build_roles(tiny_dit(), dtype=torch.bfloat16)
+    assert {p.dtype for p in roles.module(TEACHER).parameters()} == {torch.bfloat16}
+    for name in (STUDENT, EMA, FAKE_SCORE):
+        assert {p.dtype for p in roles.module(name).parameters()} == {torch.float32}, name
+    before = {name: [p.detach().clone() for p in roles.module(name).parameters()] for name in (STUDENT, EMA)}
+    distiller = Distiller(roles, [VSD(), CD()], DistillConfig(latent_shape=(1, C, H, W), autocast="bf16"))
+    for _ in range(2):
+        assert not distiller.train_step([batch()]).skipped
+    for name, old in before.items():
+        moved = sum(int((a != b).sum()) for a, b in zip(old, roles.module(name).parameters()))
+        assert moved > 0.9 * sum(a.numel() for a in old), name
+
+
 def test_bad_setups_fail_before_any_work():
     roles = build_roles(tiny_dit(), fake_score=False)
     with pytest.raises(ValueError, match=r"loss term 'vsd' needs the roles \['fake_score'\]"):

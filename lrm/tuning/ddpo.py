@@ -191,9 +191,7 @@ class DDPO:
             ratio = torch.exp(lp - old)
             clipped = ratio.clamp(1 - self.clip_range, 1 + self.clip_range)
             loss = torch.maximum(-a * ratio, -a * clipped).sum(1)
-        if not bool(keep.any()):  # no finite reward: a zero loss (mean of nothing would be NaN and skip every term)
-            return loss * 0
-        return loss[keep]
+        return loss[keep]  # empty when no reward was finite: the trainer then skips the update unless other terms learn
 
     def _log_probs(self, student: nn.Module, trajectory: Trajectory, batch: Batch) -> torch.Tensor:
         """(B, N) lp_n of the stored steps under the current student (a reused trajectory)."""

@@ -94,8 +94,8 @@ class DirectReward:
         scores = true(x0, prompts)  # (B,) with gradient
         self.samples += step.batch.size
         keep = true.finite(scores)
-        if not bool(keep.any()):  # nothing to learn from: a zero loss, so the other terms still update
-            return x0.flatten(1).sum(1) * 0
+        if not bool(keep.any()):  # nothing to learn from: an empty loss (the update is skipped unless others learn)
+            return x0.flatten(1).sum(1)[:0]
         if not bool(keep.all()):  # masking the scores would still backpropagate 0 x inf = NaN through the bad rows
             rows = keep.nonzero().squeeze(1)
             scores = true(x0[rows], None if prompts is None else [prompts[i] for i in rows.tolist()])

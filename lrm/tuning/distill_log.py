@@ -93,7 +93,12 @@ class Monitor:
         step is one the uninterrupted run evaluates (step 0 or a multiple of eval_every) and its record is missing."""
         path = self.run_dir / METRICS
         if path.is_file():
-            old = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            old = []
+            for line in path.read_text().splitlines():
+                try:
+                    old.append(json.loads(line))
+                except json.JSONDecodeError:  # cut by a killed run, after its last checkpoint: dropped below
+                    break
             self.records = [r for r in old if r["step"] <= self.distiller.step]
         atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in self.records))
         step = self.distiller.step

@@ -75,7 +75,7 @@ def figures_of(run) -> dict[str, bytes]:
     if np.isfinite(curves.fidelity).any() or np.isfinite(alignment).any():
         pngs["fidelity"] = fidelity_figure(curves.steps, curves.fidelity, alignment)
     losses = [step for step in run.facts.get("losses") or [] if isinstance(step, dict)]
-    if losses:
+    if any(losses):  # a run whose every update was skipped logged no loss
         pngs["losses"] = losses_figure(losses)
     return pngs
 

@@ -50,7 +50,8 @@ class Role:
     module: nn.Module
     optimizer: torch.optim.Optimizer | None = None  # None: frozen (or updated by the trainer, as the EMA)
     updates_per_step: int = 1
-    dtype: torch.dtype = torch.float32  # of its weights; autocast decides the compute dtype
+    dtype: torch.dtype = torch.float32  # of its frozen weights and buffers (the ones it trains stay float32: the
+    # optimiser's master copy); autocast decides the compute dtype
 
     def __post_init__(self) -> None:
         if not isinstance(self.updates_per_step, int) or self.updates_per_step < 1:
@@ -60,6 +61,8 @@ class Role:
             raise ValueError(f"role {self.name}: float16 weights are not supported (they overflow in "
                              "distillation); use torch.bfloat16 or torch.float32")
         self.module.to(self.dtype)
+        if self.trainable:  # the weights AdamW updates stay float32: in bfloat16 most updates at lr 1e-5 round away
+            keep_trained_float32(self.module)
         if not self.trainable:  # a trainable module keeps its own requires_grad flags (e.g. a frozen LoRA base)
             self.module.requires_grad_(False)
         self.module.train(self.trainable)
@@ -117,6 +120,15 @@ def frozen_copy(module: nn.Module, shared=()) -> nn.Module:
     return twin.eval()
 
 
+def keep_trained_float32(module: nn.Module, like: nn.Module | None = None) -> None:
+    """Cast to float32 the parameters of `module` that are trained (requires_grad), or, with `like`, those whose
+    counterpart in `like` (the same architecture, e.g. the student of an EMA copy) is trained."""
+    flags = [p.requires_grad for p in (like or module).parameters()]
+    for p, trained in zip(module.parameters(), flags, strict=True):
+        if trained:
+            p.data = p.data.float()
+
+
 def build_roles(teacher: nn.Module, *, student_lr: float = 1e-5, fake_lr: float = 1e-5,
                 fake_score: bool = True, ema: bool = True, discriminator: nn.Module | None = None,
                 discriminator_lr: float = 2e-5, teacher_2d: nn.Module | None = None,
@@ -152,8 +164,9 @@ def build_roles(teacher: nn.Module, *, student_lr: float = 1e-5, fake_lr: float 
     frozen = roles.add(Role(TEACHER, frozen_copy(teacher), dtype=teacher_dtype)).module
     student = copy_of(teacher, frozen, seed=0)  # homogeneous parameterisation: same network, same prediction type
     roles.add(Role(STUDENT, student, adamw(student_lr)(trained(student)), dtype=dtype))
-    if ema:
-        roles.add(Role(EMA, frozen_copy(student, shared=base_of(frozen)), dtype=dtype))
+    if ema:  # it follows the student's trained weights in float32 as well
+        keep_trained_float32(roles.add(Role(EMA, frozen_copy(student, shared=base_of(frozen)), dtype=dtype)).module,
+                             like=student)
     if fake_score:
         fake = copy_of(teacher, frozen, seed=1)
         roles.add(Role(FAKE_SCORE, fake, adamw(fake_lr)(trained(fake)), FAKE_SCORE_UPDATES, dtype))

@@ -9,7 +9,8 @@ Each generator step:
      takes `updates_per_step` updates (Alg. 1 line 13; DOLLAR 5:1, AVDM2 2:1), each on fresh detached
      student samples with the sum of the losses of the terms that train it.
 A non-finite loss or gradient norm skips that role's update (no optimiser step, gradients dropped) and
-is counted.
+is counted; so does an update in which no term had a sample to learn from (a reward hook whose rewards were all
+non-finite returns an empty loss: alone, it would still move the weights along Adam's momentum).
 Compute may run under bf16 autocast (never fp16: its range overflows in distillation).
 Randomness (sampler noise, timesteps, frames) comes from one CPU torch.Generator saved in checkpoints,
 so with a deterministic data function `batches(step)` a resumed run equals an uninterrupted one.
@@ -131,13 +132,14 @@ class Distiller:
                  if needs_sample else torch.empty(0))
         return Step(self.roles, batch, x_hat, self.generator)
 
-    def _generator_losses(self, batch: Batch) -> dict[str, tuple[float, torch.Tensor]]:
+    def _generator_losses(self, batch: Batch) -> dict[str, tuple[float, torch.Tensor, bool]]:
         step = self._step_for(batch, grad=True)
-        return {t.name: (self.weights[t.name], t.generator_loss(step).mean()) for t in self.terms}
+        return {t.name: (self.weights[t.name], *term_mean(t.generator_loss(step))) for t in self.terms}
 
-    def _auxiliary_losses(self, role: str, batch: Batch) -> dict[str, tuple[float, torch.Tensor]]:
+    def _auxiliary_losses(self, role: str, batch: Batch) -> dict[str, tuple[float, torch.Tensor, bool]]:
         step = self._step_for(batch, grad=False)
-        return {role: (1.0, sum(t.auxiliary_loss(role, step).mean() for t in self.terms if role in t.trains))}
+        means = [term_mean(t.auxiliary_loss(role, step)) for t in self.terms if role in t.trains]
+        return {role: (1.0, sum(mean for mean, _ in means), all(empty for _, empty in means))}
 
     def _autocast(self):
         dtype = AUTOCAST[self.config.autocast]
@@ -153,20 +155,21 @@ class Distiller:
         optimizer = role.optimizer
         optimizer.zero_grad(set_to_none=True)
         totals: dict[str, float] = {}
-        finite_loss = True
+        finite_loss, empty = True, True
         for batch in batches:
             with self._autocast():
-                losses = losses_of(batch)  # name -> (weight, mean loss)
-            total = sum(weight * loss for weight, loss in losses.values())
+                losses = losses_of(batch)  # name -> (weight, mean loss, no sample carried a loss)
+            total = sum(weight * loss for weight, loss, _ in losses.values())
+            empty = empty and all(nothing for _, _, nothing in losses.values())
             # every rank stops at the same micro-batch: the terms of the next one may hold collectives (DDPO's
             # gathered advantages), which a rank that stopped alone would never join
             if not all_ranks_agree(bool(torch.isfinite(total))):
                 finite_loss = False
                 break
             (total / len(batches)).backward()
-            for name, (_, loss) in losses.items():  # logged unweighted
+            for name, (_, loss, _) in losses.items():  # logged unweighted
                 totals[name] = totals.get(name, 0.0) + float(loss.detach()) / len(batches)
-        if not finite_loss:
+        if not finite_loss or all_ranks_agree(empty):  # every rank had nothing to learn from: skip alike
             return self._skip(role_name, log)
         totals = mean_over_ranks(totals)  # the losses of the global batch
         average_gradients(role.parameters())
@@ -306,6 +309,12 @@ class Distiller:
 # ---------------------------------------------------------------- data parallel (torchrun)
 # Gradients are averaged by hand after accumulation rather than through a DistributedDataParallel wrapper,
 # so every role stays the plain module the loss terms call (its prediction type, schedule and features).
+
+
+def term_mean(loss: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """A term's per-sample loss (B',) -> (its mean, False); an empty one (no sample carried a loss, e.g. every reward
+    non-finite) -> (a zero that keeps the graph, so the other terms of the update still backpropagate, True)."""
+    return (loss.mean(), False) if loss.numel() else (loss.sum(), True)
 
 
 def all_ranks_agree(ok: bool) -> bool:

@@ -39,8 +39,8 @@ def _json(obj):
 
 def check_settings(run_dir: Path, settings: dict, defaults: dict) -> None:
     """Write RUN/config.json, or, when the folder already holds a run, refuse other settings with one line naming
-    each that differs. settings["tune"]: the TuneConfig fields; defaults: TuneConfig()'s, which fill fields an
-    older run did not record."""
+    each that differs, and fewer steps than its newest checkpoint holds. settings["tune"]: the TuneConfig fields;
+    defaults: TuneConfig()'s, which fill fields an older run did not record."""
     from lrm.config_diff import differences, refuse_other_run
     from lrm.io import atomic_write_json
 
@@ -49,6 +49,11 @@ def check_settings(run_dir: Path, settings: dict, defaults: dict) -> None:
     if path.is_file():
         saved = json.loads(path.read_text())
         refuse_other_run(run_dir, saved, "tune")
+        done = checkpoint_steps(run_dir)
+        steps = settings["tune"]["steps"]
+        if done and done[-1] > steps:  # resuming would train nothing and hand back the longer-trained student
+            raise ValueError(f"tune run {run_dir} has already trained {done[-1]} steps, more than --steps {steps}; "
+                             f"pass --steps {done[-1]} or more to reuse or continue it, or another --out")
 
         def fixed(record: dict) -> dict:
             tune = {**_json(defaults), **record.get("tune", {})}
