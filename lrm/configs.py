@@ -71,6 +71,10 @@ class EncodeConfig:
     batch_size: int = 16  # clips per codec / text / reward call
     device: str = "cpu"  # where the codec, text encoder and rewards run
 
+    def __post_init__(self):
+        if not (isinstance(self.text_length, int) and self.text_length >= 1):
+            raise ValueError(f"text_length must be a positive number of tokens, got {self.text_length!r}")
+
 
 # One default per option: the options FitJob shares with FitConfig (fitting) and EncodeConfig (a new store)
 # take their defaults from there, so `lrm fit`, run_fit and fit_surrogate with a default FitConfig agree

@@ -384,6 +384,18 @@ def split_rows(store, labels: np.ndarray, config: FitConfig) -> tuple[np.ndarray
     return train, val, nan_count
 
 
+def split_facts(store, train_rows: np.ndarray, val_rows: np.ndarray) -> dict:
+    """What the split was made on, for config.json: the store's row count and a digest of the training and
+    validation rows (which follow from the rows' groups, the finite labels, val_fraction and the seeds); a resume
+    on a store whose rows changed would hold out rows the model has trained on."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for rows in (train_rows, val_rows):
+        digest.update(np.asarray(rows, dtype=np.int64).tobytes() + b"|")
+    return {"rows": int(store.manifest["rows"]), "train_val_sha256": digest.hexdigest()[:16]}
+
+
 def _resolved_config(config: FitConfig, store, label: str, model: LatentRewardModel, batch_size: int,
                      sizes: dict) -> dict:
     from lrm import __version__
@@ -411,6 +423,11 @@ def _prepare_out_dir(out_dir: Path, resolved: dict) -> None:
         if diff:
             raise ValueError(f"cannot resume {out_dir}: it was started with other settings ({'; '.join(diff)}). "
                              "Fix: re-run with the same settings, or write to a new --out folder")
+        then, now = old.get("split"), resolved["split"]  # a run older than the split record is not checked
+        if then is not None and then != now:
+            raise ValueError(f"cannot resume {out_dir}: its train/validation split was made on other rows of "
+                             f"{resolved['store']} ({then['rows']} rows then, {now['rows']} now); resuming would "
+                             "validate on rows it trained on. Fix: write to a new --out folder")
     atomic_write_json(config_path, resolved)
 
 
@@ -553,6 +570,11 @@ def _set_up(store, label: str, config: FitConfig, out_dir: Path, resume: bool,
     if (out_dir / "config.json").exists() and not resume:
         raise FileExistsError(f"{out_dir} already holds a fit run; pass resume=True to continue it "
                               "or choose a new output folder")
+    if not store.complete:  # its rows decide the split: a resume after the encode finished would re-split
+        shards = store.manifest
+        raise ValueError(f"store {store.path} is not completely encoded ({len(shards['shards'])} of "
+                         f"{shards['num_shards']} shards); finish it by re-running the same `lrm encode` (or "
+                         "`lrm fit`) that made it, then fit")
     labels = store.label(label)  # KeyError listing the store's labels when absent
     config = with_preset(config, store, label)
     train_rows, val_rows, nan_count = split_rows(store, labels, config)
@@ -592,7 +614,8 @@ def _set_up(store, label: str, config: FitConfig, out_dir: Path, resume: bool,
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
     sizes = {"train_size": int(len(train_rows)), "val_size": int(len(val_rows)), "nan_labels": nan_count,
-             "label_mean": mean, "label_std": std, "label_transform": transform, "label_shift": shift}
+             "label_mean": mean, "label_std": std, "label_transform": transform, "label_shift": shift,
+             "split": split_facts(store, train_rows, val_rows)}
     resolved = _resolved_config(config, store, label, model, batch_size, sizes)
     distributed.barrier()  # every rank has checked out_dir before rank 0 writes into it
     if is_main:

@@ -305,6 +305,55 @@ def test_resume_takes_the_store_path_in_any_spelling_and_refuses_another_column_
     assert LatentStore.open(store).labels == ["colorfulness"]  # refused before labelling the store
 
 
+def test_a_rerun_of_a_fit_killed_while_labelling_finishes_the_column_and_the_hint_names_a_working_command(
+        tmp_path, monkeypatch):
+    """A kill after the first label shard left "covers 1 of 3 shards; finish it with `lrm label STORE NAME`": the
+    same `lrm fit` stopped there, and that command fails for decoded, NAME=REWARD and user-metric columns."""
+    import re
+    import shlex
+
+    from lrm.datasets import store as st
+    from lrm.datasets.store import StoreError
+
+    metric = tmp_path / "m.py"
+    metric.write_text("def level(frames):\n    return float(frames.mean())\n")
+    store = small_store(tmp_path / "store", "--shard-size", "8")  # 3 shards
+    real = st.commit_label_shard
+
+    def killed_at_shard_1(root, name, index, values, bad):
+        if index == 1:
+            raise KeyboardInterrupt  # Ctrl-C once shard 0 of the column is committed
+        real(root, name, index, values, bad)
+
+    def partial(name: str) -> str:
+        """The command the store's error names for the column `name`, a kill left at 1 of 3 shards."""
+        with pytest.raises(StoreError, match=rf"label '{re.escape(name)}' covers 1 of 3 shards") as info:
+            LatentStore.open(store).label(name)
+        return re.search(r"finish it with `([^`]+)`", str(info.value)).group(1)
+
+    fit = ["fit", f"{metric}:level", "--kind", "image", "--input", "uint8", "--label-pixels", "decoded",
+           "--store", store, "--steps", "4", "--batch-size", "8", "--out", str(tmp_path / "run"), "--quiet"]
+    monkeypatch.setattr(st, "commit_label_shard", killed_at_shard_1)
+    assert runner.invoke(app, fit).exit_code == 130
+    hint = partial("level@decoded")
+    assert "--pixels decoded" in hint and "-o kind=image" in hint and "-o input=uint8" in hint, hint
+    monkeypatch.setattr(st, "commit_label_shard", real)
+    again = runner.invoke(app, fit)  # the same command finishes the column, then fits
+    assert again.exit_code == 0, again.output
+    assert LatentStore.open(store).manifest["labels"]["level@decoded"]["complete"]
+    assert (tmp_path / "run" / "report.html").exists()
+
+    monkeypatch.setattr(st, "commit_label_shard", killed_at_shard_1)
+    label = ["label", store, "bright=colorfulness", "--pixels", "decoded", "--quiet"]
+    assert runner.invoke(app, label).exit_code == 130
+    hint = partial("bright")
+    assert shlex.split(hint)[2:] == [store, "bright=colorfulness", "--pixels", "decoded"], hint
+    monkeypatch.setattr(st, "commit_label_shard", real)
+    finished = runner.invoke(app, shlex.split(hint)[1:])  # the hint itself, run as given
+    assert finished.exit_code == 0, finished.output
+    assert np.isfinite(LatentStore.open(store).label("bright")).all()
+
+
 def test_predict_skips_a_still_image_for_a_video_surrogate_and_score_refuses_zero_counts(tmp_path):
     run = tmp_path / "video"
     fitted = runner.invoke(app, ["fit", "temporal-flickering", "--count", "24", "--frames", "3", "--size", "32",

@@ -313,6 +313,37 @@ def test_resume_accepts_runs_from_before_a_setting_existed_and_refuses_changed_s
     assert "steps" not in str(info.value)  # names what changed, not the whole config
 
 
+def test_a_fit_on_an_unfinished_store_is_refused(tmp_path):
+    """A killed encode leaves a store whose rows will still grow: its split would change under a resumed fit."""
+    latents, label = synthetic(240)
+    root = tmp_path / "store"
+    write_store(root, latents, {"synth": label})
+    st.shard_paths(root, 3)["commit"].unlink()  # the last shard not committed, as after a kill
+    st.refresh_manifest(root)
+    with pytest.raises(ValueError, match=r"not completely encoded \(3 of 4 shards\); finish it by re-running the "
+                                         r"same `lrm encode`"):
+        fit_surrogate(st.LatentStore.open(root), "synth", quick(steps=5), tmp_path / "run")
+    assert not (tmp_path / "run" / "config.json").exists()
+
+
+def test_resume_on_a_store_whose_rows_changed_is_refused(tmp_path):
+    """The split is recorded (rows, a digest of the train / validation rows): a resume on other rows would hold
+    out rows the model trained on."""
+    latents, label = synthetic(240)
+    root = tmp_path / "store"
+    config = quick(steps=10, checkpoint_every=5)
+    fit_surrogate(write_store(root, latents[:192], {"synth": label[:192]}), "synth", config, tmp_path / "run")
+    split = json.loads((tmp_path / "run" / "config.json").read_text())["split"]
+    assert split["rows"] == 192 and len(split["train_val_sha256"]) == 16
+    import shutil
+    shutil.rmtree(root)
+    grown = write_store(root, latents, {"synth": label})  # the same path, more rows
+    with pytest.raises(ValueError, match=r"cannot resume .*split was made on other rows of .* \(192 rows then, 240 "
+                                         r"now\).* Fix: write to a new --out folder"):
+        fit_surrogate(grown, "synth", config, tmp_path / "run", resume=True)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["split"] == split  # left as it was
+
+
 def test_progress_bar_shows_steps_loss_and_best_spearman(store, tmp_path, capsys, monkeypatch):
     fit_surrogate(store, "synth", quick(steps=20, eval_every=10), tmp_path / "quiet")
     assert "fit " not in capsys.readouterr().err  # a library call is silent by default

@@ -365,3 +365,25 @@ def test_json_files_write_numpy_and_tensor_scalars_as_numbers(tmp_path):
     assert json.loads(path.read_text()) == {"nan": None, "half": 0.5, "count": 3, "tensor": 2.0, "path": str(tmp_path)}
     atomic_write_json(path, {"half": np.float32(0.5), "count": np.int64(3)})
     assert json.loads(path.read_text()) == {"half": 0.5, "count": 3}
+
+
+@pytest.mark.parametrize("length", [0, -3])
+def test_a_text_length_below_one_is_refused_in_one_line(length, tmp_path):
+    """--text-length 0 stored (n, 0, D) text that failed later; -3 ended in a RuntimeError traceback."""
+    from typer.testing import CliRunner
+
+    from lrm.cli.app import app
+
+    with pytest.raises(ValueError, match=rf"text_length must be a positive number of tokens, got {length}"):
+        EncodeConfig("procedural:4", text="minilm-l6-v2", text_length=length)
+    result = CliRunner(env={"COLUMNS": "300"}).invoke(app, ["encode", "procedural:4", "--text", "minilm-l6-v2",
+                                                            "--text-length", str(length), "--out",
+                                                            str(tmp_path / "s")])
+    assert result.exit_code == 2 and "Invalid value for '--text-length'" in result.output, result.output
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_missing_decoded_column_names_the_command_that_adds_it(reference):
+    with pytest.raises(KeyError, match=rf"has no label 'sharpness@decoded' .*add it with `lrm label {reference} "
+                                       r"sharpness --pixels decoded`"):
+        LatentStore.open(reference).label("sharpness@decoded")

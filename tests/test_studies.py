@@ -209,6 +209,73 @@ def test_read_run_takes_the_direction_from_the_reward_spec(tmp_path):
     assert stops["divergence"].step is not None and stops["divergence"].share_of_peak == pytest.approx(30 / 35)
 
 
+def test_a_metric_tuned_lower_is_better_is_studied_and_reported_so(words_runs, tmp_path):  # noqa: F811
+    """The direction is a fact of the run (records.json "higher_is_better", the loaded reward's, its options
+    included): a user's metric tuned with -o higher_is_better=false was analysed as higher is better."""
+    from lrm.studies.runs import read_run
+
+    metric = tmp_path / "metric.py"
+    metric.write_text("def brightness(pixels):\n    return pixels.float().mean(dim=(1, 2, 3, 4))\n")
+    out = tmp_path / "tuned"
+    tuned = CliRunner().invoke(cli_app(), ["tune", f"{metric}:brightness", "-o", "higher_is_better=false",
+                                           "-o", "differentiable=true", "--method", "direct", "--student",
+                                           str(words_runs / "student"), *TUNE_ARGS, "--out", str(out)])
+    assert tuned.exit_code == 0, tuned.output
+    facts = json.loads((out / "records.json").read_text())
+    assert facts["higher_is_better"] is False
+    assert "(lower is better)" in (out / "report.html").read_text()  # the tune report reads it too
+    study = CliRunner().invoke(cli_app(), ["study", "overopt", "--run", str(out)])
+    assert study.exit_code == 0, study.output
+    metrics = json.loads((out / "study-overopt" / "metrics.json").read_text())
+    golds = {r["step"]: r["gold"] for r in facts["records"]}
+    assert metrics["higher_is_better"] is False and metrics["peak"]["gold"] == pytest.approx(min(golds.values()))
+    # the recorded fact wins over the registry; records without it keep the registry's (or a metric's default)
+    (tmp_path / "brisque").mkdir()
+    (tmp_path / "brisque" / "records.json").write_text(json.dumps({**facts, "reward": "brisque",
+                                                                   "higher_is_better": True}))
+    assert read_run(tmp_path / "brisque").higher_is_better is True
+    del facts["higher_is_better"]
+    (out / "records.json").write_text(json.dumps(facts))
+    assert read_run(out).higher_is_better is True
+
+
+def test_the_comparison_shows_and_records_the_first_seeds_grid_at_the_arms_peak_step(tmp_path):
+    """metrics.json "peak" and the page's caption name the seed-mean curve's peak step; the grids (page and
+    metrics.json) must be of that step too, not of the first seed's own peak."""
+    import base64
+    import io
+    import re
+
+    from PIL import Image
+
+    from lrm.studies.compare import build_arm, write_comparison
+    from lrm.studies.runs import read_run
+
+    golds = {0: [1.0, 3.0, 2.0, 1.5, 1.0], 1: [1.0, 1.2, 1.4, 5.0, 1.0]}  # seed 0 peaks at 1; the mean at 3
+    runs = []
+    for seed, gold in golds.items():
+        run = tmp_path / f"none-seed{seed}"
+        records = [{"step": s, "gold": g, "proxy": g, "distance": 0.1 * s, "diversity": 1.0}
+                   for s, g in enumerate(gold)]
+        for step in range(len(gold)):
+            (run / "evals" / f"step-{step}").mkdir(parents=True)
+            png = io.BytesIO()
+            Image.new("RGB", (2, 2), (seed * 100, step * 50, 0)).save(png, format="PNG")
+            (run / "evals" / f"step-{step}" / "grid.png").write_bytes(png.getvalue())
+        (run / "records.json").write_text(json.dumps({"reward": "colorfulness", "method": "lrm", "records": records}))
+        runs.append(read_run(run))
+    config = StudyConfig()
+    out = write_comparison(tmp_path / "study", [build_arm("none", runs, [0, 1], config)], config, {})
+    arm = json.loads((out / "metrics.json").read_text())["arms"]["none"]
+    assert arm["peak"]["step"] == 3 and arm["seed_peaks"][0]["step"] == 1
+    assert arm["grids"]["peak"] == str(tmp_path / "none-seed0" / "evals" / "step-3" / "grid.png")
+    page = (out / "report.html").read_text()
+    assert re.findall(r"gold peak \(step (\d+)\)", page)[0] == "3"
+    shown = {step for step in range(5) if base64.b64encode((tmp_path / "none-seed0" / "evals" / f"step-{step}" /
+                                                            "grid.png").read_bytes()).decode() in page}
+    assert shown == {0, 3, 4}  # start, the arm's peak, end
+
+
 # ---------------------------------------------------------------- distance
 
 

@@ -70,6 +70,14 @@ def test_launch_two_regularisers_writes_each_run_its_study_and_one_comparison(wo
     # and refuses one of other settings instead of mixing it in
     other = CliRunner().invoke(cli_app(), [*args, "--steps", "3"])
     assert other.exit_code == 2 and "holds a tuning run with steps 2, not 3" in other.output, other.output
+    # ... or one tuned on other prompts (config.json records their hash), refused before a run of a new seed
+    # is tuned: an interrupted launch resumed with other prompts mixed them into one arm
+    other_prompts = [{"a red circle": "a green triangle", "3": "3,4"}.get(a, a) for a in args]
+    prompts = CliRunner().invoke(cli_app(), other_prompts)
+    assert prompts.exit_code == 2, prompts.output
+    assert f"{out / 'runs' / 'kl-seed3'} holds a tuning run with prompts (hash) " in prompts.output
+    assert "(tuned on other --prompt texts); remove it or choose another --out" in prompts.output
+    assert "lrm tune" not in prompts.output and not (out / "runs" / "kl-seed4").exists()
     # ... or one tuned from another generator
     records = out / "runs" / "kl-seed3" / "records.json"
     records.write_text(json.dumps({**json.loads(records.read_text()), "from": "elsewhere"}))
@@ -175,6 +183,32 @@ def test_launch_without_surrogates_fits_them_on_the_student_store_once(student_w
     # a fitted surrogate of other settings is refused instead of being mixed in
     other = CliRunner().invoke(cli_app(), [*args, "--fit-steps", "4"])
     assert other.exit_code == 2 and "holds a surrogate fitted with steps 3, not 4" in other.output, other.output
+
+
+def test_a_launch_killed_while_labelling_the_store_finishes_the_column_when_relaunched(student_with_store,
+                                                                                     monkeypatch):
+    """A kill after the store's first label shard stopped every relaunch with "covers 1 of 2 shards; finish it
+    with `lrm label STORE jpeg-incompressibility@decoded`", a command that fails for a decoded column."""
+    from lrm.datasets import store as st
+    from lrm.datasets.store import LatentStore
+
+    root = student_with_store
+    args = ["study", "overopt", "jpeg-incompressibility", "--launch", "--student", str(root / "student"),
+            "--regularisers", "none", "--seeds", "0", "--fit-steps", "3", *TINY, "--out", str(root / "study")]
+    real = st.commit_label_shard
+
+    def killed_at_shard_1(root_, name, index, values, bad):
+        if index == 1:
+            raise KeyboardInterrupt  # Ctrl-C once shard 0 is committed
+        real(root_, name, index, values, bad)
+
+    monkeypatch.setattr(st, "commit_label_shard", killed_at_shard_1)
+    assert isinstance(CliRunner().invoke(cli_app(), args).exception, (KeyboardInterrupt, SystemExit))
+    assert LatentStore.open(root / "store").manifest["labels"]["jpeg-incompressibility@decoded"]["shards"] == 1
+    monkeypatch.setattr(st, "commit_label_shard", real)
+    again = CliRunner().invoke(cli_app(), args)
+    assert again.exit_code == 0, again.output
+    assert LatentStore.open(root / "store").manifest["labels"]["jpeg-incompressibility@decoded"]["complete"]
 
 
 def test_launch_refuses_a_reward_that_cannot_label_the_store(student_with_store):

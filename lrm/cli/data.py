@@ -48,7 +48,7 @@ def encode(
         "Square side after short-side resize and centre crop (default: 128 for procedural clips, a media "
         "folder's own short side up to 512)."))] = ENCODE["size"],
     text: Annotated[Optional[str], typer.Option(help="Text encoder (lrm.text) for prompt token embeddings.")] = ENCODE["text"],
-    text_length: Annotated[int, typer.Option(help="Tokens kept per prompt (padded / truncated).")] = ENCODE["text_length"],
+    text_length: Annotated[int, typer.Option(min=1, help="Tokens kept per prompt (padded / truncated).")] = ENCODE["text_length"],
     prompts: Annotated[Optional[Path], typer.Option(help="Prompts file for a media folder: one per file, sorted file order.")] = ENCODE["prompts"],
     shard_size: Annotated[int, typer.Option(min=1, help="Source items per shard (unit of commit and resume).")] = ENCODE["shard_size"],
     seed: Annotated[int, typer.Option(help="Seed of procedural clips.")] = ENCODE["seed"],

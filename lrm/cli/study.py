@@ -22,8 +22,10 @@ DEFAULTS = {"fidelity_threshold": 0.7, "fidelity_window": 1, "every": 1, "diverg
 # lrm.studies.launch.LaunchConfig's defaults (tests/test_study_launch.py keeps them equal)
 LAUNCH_DEFAULTS = {"regularisers": "none,kl,concurrent,ensemble", "seeds": "0,1,2", "kl_weight": 0.1,
                    "disagreement_weight": 1.0, "ensemble_size": 2, "fit_steps": None}
-# TuneConfig values a finished run must share to be reused by --launch
-COMPARED = ("steps", "eval_every", "batch_size", "per_prompt", "lr", "kl_weight", "disagreement_weight")
+# TuneConfig values a finished run must share to be reused by --launch: those the launch's options set, the rest
+# of `lrm tune`'s defaults the launch runs with, and the arm's concurrent flag (records.json "config")
+COMPARED = ("steps", "eval_every", "batch_size", "per_prompt", "lr", "kl_weight", "disagreement_weight", "method",
+            "surrogate_lr", "eval_prompts", "gradient_alignment", "noise_aware", "gradient_weight", "concurrent")
 HELP = "Over-optimisation studies of reward-tuning runs: proxy vs gold, the gold peak, early stopping."
 
 
@@ -212,18 +214,26 @@ def _launch(reward, out, study_options, regularisers, seeds, launch_options, sur
         surrogate = surrogate if surrogate is not None else by_seed.get(0)
         ensemble = ensemble or [by_seed[s] for s in range(config.ensemble_size) if s in by_seed]
     given = {k: v for k, v in tune_args.items() if v is not None}  # the rest: `lrm tune`'s defaults
+    generator = tune_args["student"] or tune_args["teacher"]
+    settings = {"reward": reward, "reward_options": {}, "prompts": prompts_hash(tune_args["prompt"], generator)}
+    reuse = {}  # every run folder checked before the first run: a run of other settings refused up front
+    for regulariser in config.regularisers:
+        for seed in config.seeds:
+            folder = plan.run_folder(out, regulariser, seed)
+            options = plan.tune_options(regulariser, config, surrogate, ensemble)
+            made = {**tune_cli.DEFAULTS, "concurrent": False, **given, **options, "method": "lrm"}
+            expected = {**{k: v for k, v in made.items() if k in COMPARED}, "seed": seed}
+            inputs = {"from": str(generator),
+                      "surrogate": str(options["surrogate"]) if options.get("surrogate") else None,
+                      "ensemble": [str(p) for p in options.get("ensemble") or ()]}
+            reuse[folder] = _reusable(folder, expected, inputs, settings)
     arms = []
     for regulariser in config.regularisers:
         runs = []
         for seed in config.seeds:
             folder = plan.run_folder(out, regulariser, seed)
             options = plan.tune_options(regulariser, config, surrogate, ensemble)
-            expected = {**{k: v for k, v in {**tune_cli.DEFAULTS, **given, **options}.items() if k in COMPARED},
-                        "seed": seed}
-            inputs = {"from": str(tune_args["student"] or tune_args["teacher"]),
-                      "surrogate": str(options["surrogate"]) if options.get("surrogate") else None,
-                      "ensemble": [str(p) for p in options.get("ensemble") or ()]}
-            if not _reusable(folder, expected, inputs):
+            if not reuse[folder]:
                 typer.echo(f"[{regulariser}, seed {seed}] lrm tune {reward} -> {folder}", err=True)
                 tune_cli.tune(reward=reward, method="lrm", seed=seed, out=folder, **given, **options)
             run = read_run(folder, reward)
@@ -240,17 +250,49 @@ def _launch(reward, out, study_options, regularisers, seeds, launch_options, sur
     return json.loads((out_dir / "metrics.json").read_text())["verdict"], out_dir
 
 
-def _reusable(folder: Path, expected: dict, inputs: dict) -> bool:
+def prompts_hash(prompt: list[str] | None, generator: Path) -> str:
+    """The hash of the prompts `lrm tune --prompt ...` tunes `generator` on, as its config.json "prompts" records
+    it: the distinct --prompt texts, else the procedural captions of the generator's frames and world."""
+    import hashlib
+
+    from lrm.cli.generate import _prompts
+
+    if prompt:
+        texts = _prompts(prompt, None)
+    else:
+        from lrm.evaluation.report import TUNING_PROMPTS, procedural_prompts
+        from lrm.generators.runs import open_generator_run
+
+        run = open_generator_run(generator)
+        texts = procedural_prompts(TUNING_PROMPTS, run.latent_shape()[0], world=run.procedural_world)
+    return hashlib.sha256("\n".join(texts).encode()).hexdigest()[:12]
+
+
+FIXES = {"prompts": "tuned on other --prompt texts", "reward": "tuned toward another reward",
+         "reward_options": "tuned with other reward options"}
+
+
+def _reusable(folder: Path, expected: dict, inputs: dict, settings: dict | None = None) -> bool:
     """True when `folder` already holds the records of a run with the `expected` TuneConfig values, tuned from the
-    same generator with the same surrogate and ensemble (`inputs`, as records.json names them; a key older records
-    lack is not compared); False when it holds none; another run is refused (one line naming the difference)."""
+    same generator with the same surrogate and ensemble (`inputs`, as records.json names them) and with the same
+    reward and prompts (`settings`, as its config.json records them: the prompts by their hash); a key older
+    records lack is not compared. False when it holds none; another run is refused in one line naming the run,
+    the setting that differs and the fix."""
     records = folder / "records.json"
     if not records.is_file():
         return False
     facts = json.loads(records.read_text())
-    saved = {**facts.get("config", {}), **{k: facts[k] for k in inputs if k in facts}}
-    for key, value in {**expected, **{k: v for k, v in inputs.items() if k in facts}}.items():
+    config = folder / "config.json"
+    made = json.loads(config.read_text()) if config.is_file() else {}
+    saved = {**facts.get("config", {}), **{k: facts[k] for k in inputs if k in facts},
+             **{k: made[k] for k in settings or {} if k in made}}
+    compared = {**{k: v for k, v in expected.items() if k in facts.get("config", {})},
+                **{k: v for k, v in inputs.items() if k in facts},
+                **{k: v for k, v in (settings or {}).items() if k in made}}
+    for key, value in compared.items():
         if saved.get(key) != value:
-            raise ValueError(f"{folder} holds a tuning run with {key} {saved.get(key)!r}, not {value!r}; remove it or "
-                             "choose another --out")
+            what = f"{key} (hash)" if key == "prompts" else key
+            hint = f" ({FIXES[key]})" if key in FIXES else ""
+            raise ValueError(f"{folder} holds a tuning run with {what} {saved.get(key)!r}, not {value!r}{hint}; "
+                             "remove it or choose another --out")
     return True

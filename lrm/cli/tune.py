@@ -286,6 +286,8 @@ def _run(reward_name, reward_options, run_path, distill, student_steps, store_pa
     save_denoiser(result.student, out_dir / "model", extra=extra)
     term = result.term
     facts = {"reward": reward_name, "method": method, "concurrent": concurrent, "from": str(run_path),
+             # the direction it was tuned in, its options' included (-o higher_is_better=false): what a study reads
+             "higher_is_better": bool(true_reward.spec.higher_is_better),
              "surrogate": settings["surrogate"], "ensemble": settings["ensemble"],
              "config": asdict(config), "records": [asdict(r) for r in result.records],
              "seconds_per_step": result.seconds_per_step, "peak_memory_mb": result.peak_memory_mb,

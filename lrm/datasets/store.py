@@ -548,8 +548,12 @@ class LatentStore:
     def _label_entry(self, name: str) -> dict:
         if name not in self.manifest["labels"]:
             known = ", ".join(self.labels) or "none yet"
+            from lrm.datasets.label_names import DECODED_SUFFIX
+
+            # a decoded column is added by its reward with --pixels decoded ("niqe@decoded" names no reward)
+            add = (f"{name[:-len(DECODED_SUFFIX)]} --pixels decoded" if name.endswith(DECODED_SUFFIX) else name)
             raise KeyError(f"store {self.path} has no label {name!r} (labels: {known}); "
-                           f"add it with `lrm label {self.path} {name}`")
+                           f"add it with `lrm label {self.path} {add}`")
         return self.manifest["labels"][name]
 
     def label(self, name: str) -> np.ndarray:
@@ -557,10 +561,31 @@ class LatentStore:
         entry = self._label_entry(name)
         if entry["shards"] < len(self._shards):
             raise StoreError(f"label {name!r} covers {entry['shards']} of {len(self._shards)} shards of "
-                             f"{self.path}; finish it with `lrm label {self.path} {name}`")
+                             f"{self.path}; finish it with `{self.finish_label_command(name)}` (or re-run the "
+                             "`lrm fit` that started it)")
         parts = [read_label_values(label_paths(self.path, name, s["index"])["values"], s["rows"], name, mmap=False)
                  for s in self._shards]
         return np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)
+
+    def finish_label_command(self, name: str) -> str:
+        """The `lrm label` command that resumes column `name` as it was started: its reward (NAME=REWARD where the
+        name is not the reward's default column), its pixels and its reward options (a user metric's kind and
+        input among them)."""
+        import shlex
+
+        from lrm.datasets.label_names import column_name
+
+        try:
+            info = self.label_info(name)
+        except (OSError, ValueError, KeyError):  # no readable label.json: the bare form
+            return f"lrm label {shlex.quote(str(self.path))} {shlex.quote(name)}"
+        reward, pixels = str(info.get("reward", name)), info.get("pixels", "source")
+        words = ["lrm", "label", str(self.path), reward if column_name(reward, pixels) == name else f"{name}={reward}"]
+        if pixels != "source":
+            words += ["--pixels", pixels]
+        for key, value in (info.get("options") or {}).items():
+            words += ["-o", f"{key}={value if isinstance(value, str) else json.dumps(value)}"]
+        return " ".join(shlex.quote(w) for w in words)
 
     def label_info(self, name: str) -> dict:
         """labels/<name>/label.json: the reward, its options and spec, and the pixels it scored."""

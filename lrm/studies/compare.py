@@ -21,7 +21,8 @@ averaged likewise. metrics.json (strict JSON) holds COMPARE_KEYS:
                                        {"alpha", "beta", "rmse", "d_star"}, stops (lrm.studies.report.STOP_COLUMNS
                                        rows), curves {"steps", "gold", "gold_std", "proxy", "d", "distance",
                                        "diversity", "fidelity", "eps_distance", "latent_l2", "frechet",
-                                       "disagreement"} (means over seeds), grids {"start", "peak", "end"} (paths)
+                                       "disagreement"} (means over seeds), grids {"start", "peak", "end"} (paths:
+                                       the first seed's samples; "peak" at the arm's peak step, as report.html)
     launch                             how the runs were launched (steps, eval_every, weights, surrogates)
     config                             the StudyConfig the rules ran with
 """
@@ -141,8 +142,9 @@ def _arm_metrics(arm: Arm) -> dict:
                    "distance": curves.distance.tolist(),
                    "diversity": curves.diversity.tolist(), "fidelity": curves.fidelity.tolist(),
                    "disagreement": curves.disagreement.tolist(), **{key: arm.extra[key].tolist() for key in MONITOR_DISTANCES}},
-        # the first seed's own samples, at its own gold peak
-        "grids": {when: str(path) for when, path in sample_grids(arm.runs[0], arm.seed_peaks[0].step).items()},
+        # the first seed's samples at the arm's gold peak (the seed-mean curve's "peak" step), as report.html shows
+        # them under the caption "gold peak (step N)"
+        "grids": {when: str(path) for when, path in sample_grids(arm.runs[0], study.peak.step).items()},
     }
     return {key: values[key] for key in ARM_KEYS}
 

@@ -19,7 +19,9 @@ class TuningRun:
     path: Path
     reward: str  # the reward the run was tuned toward (its records.json "reward")
     method: str  # lrm, ddpo or direct
-    higher_is_better: bool  # from the reward's registry spec; True for a user's metric (path.py:fn)
+    # the direction the run was tuned in (records.json "higher_is_better", the loaded reward's, its options
+    # included); for records without it, the registry spec's, True for a user's metric (path.py:fn)
+    higher_is_better: bool
     curves: Curves
     surrogate_fidelity: float | None  # the concurrent surrogate's running fidelity at the end (lrm_ft), if any
     facts: dict  # records.json as read
@@ -51,7 +53,9 @@ def read_run(path: str | Path, reward: str | None = None) -> TuningRun:
                          f"tuned toward {reward!r}")
     curves = Curves.from_records(facts)
     fidelity = facts.get("surrogate_fidelity")
-    return TuningRun(path, tuned, str(facts.get("method", "")), higher_is_better(tuned), curves,
+    direction = facts.get("higher_is_better")
+    direction = direction if isinstance(direction, bool) else higher_is_better(tuned)
+    return TuningRun(path, tuned, str(facts.get("method", "")), direction, curves,
                      float(fidelity) if isinstance(fidelity, (int, float)) else None, facts)
 
 
@@ -91,7 +95,8 @@ def sample_grids(run: TuningRun, peak_step: int) -> dict[str, Path]:
 
 def higher_is_better(reward: str) -> bool:
     """The registry spec's direction (reading the registry imports no torch); a user's metric counts as higher
-    is better, as lrm.rewards.custom's default."""
+    is better, as lrm.rewards.custom's default. For a run, read_run prefers the direction its records.json holds
+    (a metric loaded with -o higher_is_better=false); this is the fallback for records without it."""
     from lrm.rewards.registry import REWARDS
 
     return REWARDS[reward].spec.higher_is_better if reward in REWARDS else True

@@ -10,7 +10,8 @@ distilled student records too), else its teacher run's, found where recorded or 
 default preset (image-cnn-stats for an image reward, ~0.2M parameters), up to FitConfig.steps steps with early
 stopping, labels of the decoded latents (`--label-pixels decoded`: what a tuned generator is scored on). The store
 gets the label column REWARD@decoded the first time (labelling decodes every row once); a store that already holds
-it is not labelled again. A surrogate folder that holds a finished fit (report.html) of the same store, label, seed
+it whole is not labelled again (one a kill left partial is finished, shard by shard). A surrogate folder that
+holds a finished fit (report.html) of the same store, label, seed
 and steps is reused without refitting; a finished fit of other settings is refused, and an interrupted one resumes.
 """
 
