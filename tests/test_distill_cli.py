@@ -154,6 +154,24 @@ def test_a_rerun_resumes_and_equals_the_uninterrupted_run(teachers, tmp_path):
     assert fewer.exit_code == 2 and "has already trained 4 steps" in fewer.output and "--steps 4 or" in fewer.output
 
 
+def test_a_teacher_whose_folder_tree_was_copied_finds_its_store_there(teachers, tmp_path):
+    """A copied cache (or project folder) keeps the teacher's store beside it, while its config.json records the
+    store's old absolute path: distillation finds the copy instead of saying the store is gone."""
+    import shutil
+
+    moved = tmp_path / "copied"
+    shutil.copytree(teachers["image"].parent, moved, ignore=shutil.ignore_patterns("video*"))
+    for config in (moved / "image").rglob("config.json"):  # the run's and its model's record the old place, gone
+        config.write_text(config.read_text().replace(str(teachers["image"].parent), str(tmp_path / "gone")))
+    result = distill("--teacher", str(moved / "image"), "--losses", "vsd", "--student-steps", "1", "--steps", "1",
+                     "--batch-size", "2", "--eval-every", "0", "--out", str(tmp_path / "student"))
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "student" / "config.json").read_text())["store"] == str(moved / "image-store")
+    shutil.rmtree(moved / "image-store")  # now it is gone: the error names the recorded path
+    gone = distill("--teacher", str(moved / "image"), "--losses", "vsd", "--steps", "1", "--out", str(tmp_path / "s2"))
+    assert gone.exit_code == 2 and f"is gone ({tmp_path / 'gone' / 'image-store'})" in gone.output, gone.output
+
+
 def test_a_lora_student_trains_adapters_and_exports_merged_weights_that_lrm_sample_reads(teachers, tmp_path):
     pytest.importorskip("peft")
     out = tmp_path / "lora"

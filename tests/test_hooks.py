@@ -312,6 +312,11 @@ def test_lrm_ft_refuses_a_surrogate_that_does_not_fit_the_generator():
         surrogate_role(same_width, student, SHAPE)
     with pytest.raises(ValueError, match="imitates a video reward and the generator makes images"):
         surrogate_role(build_surrogate("video-3d", C), student, SHAPE)
+    of_colour = surrogate()
+    of_colour.info.reward_spec = {"name": "colorfulness", "kind": "image"}
+    with pytest.raises(ValueError, match="imitates 'colorfulness', not the tuned reward 'sharpness'"):
+        surrogate_role(of_colour, student, SHAPE, reward="sharpness")
+    surrogate_role(of_colour, student, SHAPE, reward="colorfulness")
     surrogate_role(surrogate(), student, SHAPE)  # a fitting one passes
 
 
@@ -966,6 +971,11 @@ def test_lrm_tune_refuses_bad_input_with_one_line(words_runs):
     other = build_surrogate("image-cnn-stats", C)
     other.info.codec_settings = codec().settings()
     other.save_pretrained(words_runs / "other-lrm")
+    of_brightness = build_surrogate("image-cnn-stats", 32)  # fits the student, imitates another reward
+    of_brightness.info.codec_settings = json.loads((words_runs / "student" / "model" / "config.json").read_text())[
+        "codec_settings"]
+    of_brightness.info.reward_spec = {"name": "brightness", "kind": "image"}
+    of_brightness.save_pretrained(words_runs / "brightness-lrm")
     student = ["--student", str(words_runs / "student")]
     teacher = ["--teacher", str(words_runs / "teacher")]
     cases = [
@@ -976,6 +986,8 @@ def test_lrm_tune_refuses_bad_input_with_one_line(words_runs):
         (["jpeg-incompressibility", *student, "--method", "direct"], "'jpeg-incompressibility' is not"),
         (["colorfulness", *student], "needs --surrogate DIR"),
         (["colorfulness", *student, "--surrogate", str(words_runs / "other-lrm")], "4-channel latents"),
+        (["colorfulness", *student, "--surrogate", str(words_runs / "brightness-lrm")],
+         "imitates 'brightness', not the tuned reward 'colorfulness'"),
         (["colorfulness", *student, "--method", "ddpo", "--concurrent"], "--concurrent: for --method lrm, not ddpo"),
         (["colorfulness", *student, "--method", "direct", "--noise-aware"], "--noise-aware: for --method lrm"),
         (["colorfulness", *student, "--method", "ddpo", "--gradient-weight", "1"], "--gradient-weight: for --meth"),
@@ -996,6 +1008,21 @@ def test_lrm_tune_refuses_bad_input_with_one_line(words_runs):
         assert result.exit_code == 2, (args, result.output)
         assert message in result.output, (args, result.output)
         assert "Traceback" not in result.output
+
+
+def test_lrm_tune_shows_a_progress_bar_with_the_gold_and_quiet_hides_it(words_runs, monkeypatch):
+    from functools import partial
+
+    from tqdm import tqdm
+    from typer.testing import CliRunner
+
+    monkeypatch.setattr("lrm.tuning.tune.tqdm", partial(tqdm, mininterval=0, miniters=1))  # draw every step
+    args = ["tune", "colorfulness", "--student", str(words_runs / "student"), "--method", "direct", *TUNE_ARGS]
+    shown = CliRunner().invoke(cli_app(), [*args, "--out", str(words_runs / "shown")])
+    assert shown.exit_code == 0, shown.output
+    assert "tune: " in shown.output and "2/2" in shown.output and "gold=" in shown.output and "direct=" in shown.output
+    quiet = CliRunner().invoke(cli_app(), [*args, "--quiet", "--out", str(words_runs / "quiet")])
+    assert quiet.exit_code == 0 and "tune: " not in quiet.output and "gold " in quiet.output, quiet.output
 
 
 def test_lrm_tune_defaults_restate_the_library():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from typer.testing import CliRunner
@@ -67,6 +68,14 @@ def test_launch_two_regularisers_writes_each_run_its_study_and_one_comparison(wo
     # a second launch reuses the finished runs
     again = CliRunner().invoke(cli_app(), args)
     assert again.exit_code == 0 and "lrm tune" not in again.output, again.output
+    # ... and tunes again (resuming at its end) one stopped after records.json, before its grids and report
+    stopped = out / "runs" / "kl-seed3"
+    shutil.rmtree(stopped / "after")
+    (stopped / "report.html").unlink()
+    finished = CliRunner().invoke(cli_app(), args)
+    assert finished.exit_code == 0 and "[kl, seed 3] lrm tune" in finished.output, finished.output
+    assert "[ensemble, seed 3] lrm tune" not in finished.output
+    assert (stopped / "after" / "grid.png").is_file() and (stopped / "report.html").is_file()
     # and refuses one of other settings instead of mixing it in
     other = CliRunner().invoke(cli_app(), [*args, "--steps", "3"])
     assert other.exit_code == 2 and "holds a tuning run with steps 2, not 3" in other.output, other.output
@@ -237,8 +246,10 @@ def test_the_store_to_fit_on_is_found_where_recorded_or_in_a_moved_cache(words_r
         generator_store(words_runs / "student")
     moved = tmp_path / "cache" / "stores" / "image-64px-abc"  # the cache moved under another $LRM_CACHE
     moved.mkdir(parents=True)
+    (moved / "manifest.json").write_text("{}")  # a store is a folder with its manifest
     assert generator_store(words_runs / "student") == moved
     recorded.mkdir(parents=True)  # where the run recorded it comes first
+    (recorded / "manifest.json").write_text("{}")
     assert generator_store(words_runs / "student") == recorded
 
 

@@ -277,7 +277,8 @@ def _reusable(folder: Path, expected: dict, inputs: dict, settings: dict | None 
     same generator with the same surrogate and ensemble (`inputs`, as records.json names them) and with the same
     reward and prompts (`settings`, as its config.json records them: the prompts by their hash); a key older
     records lack is not compared. False when it holds none; another run is refused in one line naming the run,
-    the setting that differs and the fix."""
+    the setting that differs and the fix. A run whose report.html is missing (stopped after writing records.json)
+    is not reusable: tuning it again resumes at its end and writes its grids and report."""
     records = folder / "records.json"
     if not records.is_file():
         return False
@@ -295,4 +296,6 @@ def _reusable(folder: Path, expected: dict, inputs: dict, settings: dict | None 
             hint = f" ({FIXES[key]})" if key in FIXES else ""
             raise ValueError(f"{folder} holds a tuning run with {what} {saved.get(key)!r}, not {value!r}{hint}; "
                              "remove it or choose another --out")
-    return True
+    # `lrm tune` writes records.json, then the before / after grids, then report.html: a run stopped in between
+    # is tuned again, which resumes at its end and writes the rest
+    return (folder / "report.html").is_file()

@@ -89,6 +89,7 @@ def tune(
              "records the cosine of the surrogate's and the gold reward's latent gradients: a backward pass of the "
              "pixel reward per evaluation sample, costly for large pixel rewards).")]
     = not DEFAULTS["gradient_alignment"],
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
 ) -> None:
     """Reward-tune a distilled student with LRM fine-tuning, DDPO-SF or direct reward gradients.
 
@@ -154,7 +155,7 @@ def tune(
                                 batch_size, lr, surrogate_lr, grad_steps, frames, eval_every, per_prompt, seed, out,
                                 device, kl_weight=kl_weight, ensemble=ensemble, disagreement_weight=disagreement_weight,
                                 gradient_alignment=not no_gradient_alignment, noise_aware=noise_aware,
-                                gradient_weight=gradient_weight)
+                                gradient_weight=gradient_weight, progress=not quiet)
     except USER_ERRORS as error:
         exit_with_message(error)
     typer.echo(summary, err=True)
@@ -172,9 +173,9 @@ def _real_store(run, store_path, distill, concurrent):
             raise ValueError("--store feeds CD (--losses cd) and the concurrent surrogate (--concurrent); add one of "
                              "them or drop --store")
         return LatentStore.open(store_path)
-    recorded = run.setting("store")
-    if wanted and recorded is not None and Path(recorded).is_dir():
-        return LatentStore.open(recorded)
+    recorded, found = run.setting("store"), run.store_path()
+    if wanted and found is not None:
+        return LatentStore.open(found)
     if "cd" in distill:
         where = f"its store {recorded} is gone" if recorded is not None else "its config.json records no store"
         raise ValueError(f"--losses cd: CD needs real latents and teacher {run.run_dir}: {where}; pass --store STORE "
@@ -198,7 +199,7 @@ def _run(reward_name, reward_options, run_path, distill, student_steps, store_pa
          concurrent, texts, steps, batch_size, lr, surrogate_lr, grad_steps, frames, eval_every, per_prompt, seed,
          out, device, *, kl_weight=DEFAULTS["kl_weight"], ensemble=None,
          disagreement_weight=DEFAULTS["disagreement_weight"], gradient_alignment=DEFAULTS["gradient_alignment"],
-         noise_aware=DEFAULTS["noise_aware"], gradient_weight=DEFAULTS["gradient_weight"]):
+         noise_aware=DEFAULTS["noise_aware"], gradient_weight=DEFAULTS["gradient_weight"], progress=False):
     import hashlib
     from dataclasses import asdict
 
@@ -278,7 +279,8 @@ def _run(reward_name, reward_options, run_path, distill, student_steps, store_pa
                 "ensemble": [str(path) for path in ensemble or ()],
                 "prompts": hashlib.sha256("\n".join(texts).encode()).hexdigest()[:12]}
     result = run_tuning(model, true_reward, texts, encoder, config, latent_shape=latent_shape, surrogate=surrogate,
-                        store=real, run_dir=out_dir, settings=settings, on_evaluation=write_evaluation)
+                        store=real, run_dir=out_dir, settings=settings, on_evaluation=write_evaluation,
+                        progress=progress)
     extra = {"student_steps": student_steps, "latent_shape": list(latent_shape),
              "procedural_world": run.procedural_world,
              "tuned_with": {"reward": reward_name, "method": method, "distill": list(distill), "steps": steps,

@@ -70,9 +70,9 @@ class GeneratorRun:
         """The procedural world (lrm.datasets.procedural.WORLDS) of the clips it was trained on, from its recorded
         setting or its store's manifest; "full" when neither says (media, or a store that is gone)."""
         world = self.setting("procedural_world")
-        store = self.setting("store")
-        if world is None and store is not None and (Path(store) / "manifest.json").is_file():
-            source = _read_json(Path(store) / "manifest.json").get("source") or {}
+        store = self.store_path()
+        if world is None and store is not None:
+            source = _read_json(store / "manifest.json").get("source") or {}
             world = source.get("world") if source.get("kind") == "procedural" else None
         return world or "full"
 
@@ -82,7 +82,7 @@ class GeneratorRun:
         from lrm.datasets.store import LatentStore, StoreError
 
         captions: set[str] = set()
-        store = self._recorded_path("store", "manifest.json")
+        store = self.store_path()
         if store is not None:
             try:
                 captions |= set(LatentStore.open(store).prompts or ())
@@ -96,15 +96,26 @@ class GeneratorRun:
                 pass
         return captions
 
+    def store_path(self) -> Path | None:
+        """The latent store the run trained on (its recorded "store"), as `_recorded_path` finds it; None when none
+        is recorded or found."""
+        return self._recorded_path("store", "manifest.json")
+
     def _recorded_path(self, key: str, marker: str) -> Path | None:
         """A folder the run recorded under `key` that holds `marker`: as recorded when absolute; a relative one (as
         typed in the folder the command ran in) below the nearest of the run folder's ancestors that has it, else
-        below the current folder; None when none exists."""
+        below the current folder. Where that is gone, the recorded path's tails (longest first) below the run's
+        ancestors: a folder tree moved or copied whole (a copied $LRM_CACHE: teachers/T recorded
+        /old/cache/stores/S, found at /new/cache/stores/S). None when none exists."""
         recorded = self.setting(key) if key == "store" else self.run_config.get(key)
         if recorded is None:
             return None
         path = Path(recorded)
-        candidates = [path] if path.is_absolute() else [*(a / path for a in self.run_dir.resolve().parents), path]
+        ancestors = list(self.run_dir.resolve().parents)
+        parts = path.parts[1:] if path.is_absolute() else path.parts
+        tails = [Path(*parts[-k:]) for k in range(len(parts), 0, -1)]  # the whole relative path first
+        candidates = ([path] if path.is_absolute() else [*(a / path for a in ancestors), path]) + \
+            [a / tail for tail in tails for a in ancestors]
         return next((c for c in candidates if (c / marker).exists()), None)
 
     def latent_shape(self, size: int | None = None, frames: int | None = None) -> tuple[int, int, int, int]:

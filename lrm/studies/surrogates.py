@@ -31,20 +31,25 @@ def surrogate_folder(out: str | Path, seed: int) -> Path:
 
 def generator_store(generator: str | Path) -> Path:
     """The latent store the generator run (a distilled student or a teacher) was trained on: its recorded store,
-    else its teacher run's, each also looked for by folder name in the lrm cache's stores/ (a cache moved to
-    another $LRM_CACHE keeps its folder names); a one-line error naming the fix when none exists."""
+    else its teacher run's, each as GeneratorRun.store_path finds it (also in a moved folder tree) or by folder name
+    in the lrm cache's stores/ (a cache moved to another $LRM_CACHE keeps its folder names); a one-line error naming
+    the fix when none exists."""
     from lrm.generators.embedded import cache_root
     from lrm.generators.runs import open_generator_run
 
     run = open_generator_run(generator)
-    recorded = [run.setting("store")]
+    runs = [run]
     teacher = run.setting("teacher_run")
     if teacher is not None and Path(teacher).is_dir():
-        recorded.append(open_generator_run(teacher).setting("store"))
-    for store in filter(None, recorded):
-        for candidate in (Path(store), cache_root() / "stores" / Path(store).name):
-            if candidate.is_dir():
-                return candidate
+        runs.append(open_generator_run(teacher))
+    found = next(filter(None, (r.store_path() for r in runs)), None)  # as recorded, or in a moved folder tree
+    if found is not None:
+        return found
+    recorded = [r.setting("store") for r in runs]
+    for store in filter(None, recorded):  # a cache moved to another $LRM_CACHE keeps its folder names
+        candidate = cache_root() / "stores" / Path(store).name
+        if (candidate / "manifest.json").is_file():
+            return candidate
     where = f"its store {recorded[0]} is gone" if recorded[0] is not None else "it records no latent store"
     raise FileNotFoundError(f"cannot fit the study's surrogates on the latents of {run.run_dir}: {where}; pass "
                             "--surrogate DIR and --ensemble DIR (repeat) fitted by `lrm fit REWARD`")

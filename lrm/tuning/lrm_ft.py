@@ -62,10 +62,15 @@ class LRMFTLoss(NamedTuple):
     lrm: torch.Tensor | None  # (N,) the concurrent surrogate's squared errors on x | x_hat; None when frozen
 
 
-def check_surrogate(surrogate: LatentRewardModel, student: nn.Module, latent_shape) -> None:
-    """Refuse a surrogate that cannot read the student's samples (T', c, h, w), with one line naming what
-    differs: latent channels, codec settings, text encoder (width or id) or reward kind."""
+def check_surrogate(surrogate: LatentRewardModel, student: nn.Module, latent_shape, reward: str | None = None) -> None:
+    """Refuse a surrogate that cannot read the student's samples (T', c, h, w) or imitates another reward than
+    `reward` (the tuned one's name, when given), with one line naming what differs: the reward, latent channels,
+    codec settings, text encoder (width or id) or reward kind."""
     who = f"LRM fine-tuning: surrogate {surrogate.preset!r}"
+    imitates = (surrogate.info.reward_spec or {}).get("name")
+    if reward is not None and imitates is not None and imitates != reward:
+        raise ValueError(f"{who} imitates {imitates!r}, not the tuned reward {reward!r}: its gradient would tune "
+                         f"toward {imitates!r}; fit a surrogate of {reward!r} (`lrm fit {reward} ...`)")
     channels = int(tuple(latent_shape)[1])
     if surrogate.in_channels != channels:
         raise CodecMismatchError(f"{who} reads {surrogate.in_channels}-channel latents and the generator makes "
@@ -92,10 +97,10 @@ def check_surrogate(surrogate: LatentRewardModel, student: nn.Module, latent_sha
 
 
 def surrogate_role(surrogate: LatentRewardModel, student: nn.Module, latent_shape, concurrent: bool = False,
-                   lr: float = 1e-4) -> Role:
+                   lr: float = 1e-4, reward: str | None = None) -> Role:
     """The "lrm" role: frozen (a fitted surrogate) or with its own AdamW (trained concurrently), after
-    `check_surrogate`."""
-    check_surrogate(surrogate, student, latent_shape)
+    `check_surrogate` (against the tuned reward's name, when given)."""
+    check_surrogate(surrogate, student, latent_shape, reward)
     optimizer = adamw(lr)(list(surrogate.parameters())) if concurrent else None
     return Role(LRM, surrogate, optimizer)
 

@@ -122,12 +122,13 @@ def resolve(job: DistillJob) -> dict:
         frames = teacher.config["dimensions"]["frames"]
         if job.video and frames == 1:
             raise ValueError(f"--video: teacher {job.teacher} is an image model; drop --video or pass a video teacher")
-        store = teacher.setting("store")
-        if store is None:
+        recorded = teacher.setting("store")
+        if recorded is None:
             raise ValueError(f"teacher {job.teacher} records no latent store (\"store\" in its config.json), so there "
                              "is no data to distil on; pass a run of `lrm teacher train`")
-        if not Path(store).is_dir():
-            raise FileNotFoundError(f"the store of teacher {job.teacher} is gone ({store}); restore it or retrain "
+        store = teacher.store_path()  # also where a moved or copied folder tree (a copied cache) holds it
+        if store is None:
+            raise FileNotFoundError(f"the store of teacher {job.teacher} is gone ({recorded}); restore it or retrain "
                                     "the teacher")
         codec, text_id = teacher.config.get("codec_settings"), teacher.config.get("text_encoder_id")
         plan.update(teacher=str(teacher.run_dir), store=str(store))
@@ -293,7 +294,7 @@ def _distill(job: DistillJob, run_dir: Path, progress: bool) -> DistillResult:
     device = distributed.process_device(job.device)
     teacher_path = job.teacher or embedded_teacher(job.video, progress=progress, device=job.device)
     teacher_run = _open_teacher(str(teacher_path), "--teacher")
-    store = LatentStore.open(teacher_run.setting("store"))
+    store = LatentStore.open(teacher_run.store_path() or teacher_run.setting("store"))
     teacher = teacher_run.load(map_location=device)
     latent_shape = tuple(store.latent_shape)
     if latent_shape[1] != teacher.in_channels:

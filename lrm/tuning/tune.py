@@ -37,6 +37,7 @@ from typing import Callable, Sequence
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from lrm.generators.sampling import Samples
 from lrm.text.base import pad_rows
@@ -178,7 +179,7 @@ def tuning_roles(generator: nn.Module, config: TuneConfig, latent_shape, surroga
             raise ValueError("an ensemble's disagreement penalty scores clean samples; leave out noise_aware, or give "
                              "one surrogate")
         for member in surrogate:
-            surrogate_role(member, student, latent_shape)  # checks each member against the student
+            surrogate_role(member, student, latent_shape, reward=true_reward.name)  # checks each member
         roles.add(Role(LRM, SurrogateEnsemble(list(surrogate))))
         return roles
     if surrogate is None:
@@ -192,7 +193,8 @@ def tuning_roles(generator: nn.Module, config: TuneConfig, latent_shape, surroga
             surrogate = build(DEFAULT_PRESETS[true_reward.spec.kind], int(latent_shape[1]),
                               text_dim=getattr(student, "text_dim", None) if true_reward.spec.needs_text else None,
                               noise_aware=config.noise_aware)
-    roles.add(surrogate_role(surrogate, student, latent_shape, concurrent=config.concurrent, lr=config.surrogate_lr))
+    roles.add(surrogate_role(surrogate, student, latent_shape, concurrent=config.concurrent, lr=config.surrogate_lr,
+                             reward=true_reward.name))
     return roles
 
 
@@ -214,7 +216,7 @@ def check_store(store, generator: nn.Module, latent_shape) -> None:
 def tune(generator: nn.Module, true_reward: TrueReward, prompts: Sequence[str], text_encoder, config: TuneConfig,
          *, latent_shape: Sequence[int], surrogate: nn.Module | Sequence[nn.Module] | None = None, store=None,
          run_dir: str | Path | None = None, settings: dict | None = None,
-         on_evaluation: Callable[[int, Samples], None] | None = None) -> TuneResult:
+         on_evaluation: Callable[[int, Samples], None] | None = None, progress: bool = False) -> TuneResult:
     """Tune the student `generator` in place toward `true_reward` (module docstring); with config.distill,
     `generator` is a teacher, left unchanged, and the student is its copy (DOLLAR's VSD + LRM from the start).
     `surrogate`: one fitted surrogate, or a list of two or more (an ensemble). store: a LatentStore of real
@@ -222,7 +224,7 @@ def tune(generator: nn.Module, true_reward: TrueReward, prompts: Sequence[str], 
     evaluation and resume from its newest checkpoint; settings: what else identifies the run beside `config`
     (reward, start run, prompts), which a rerun must keep (lrm.tuning.tune_run). `on_evaluation(step, samples)`
     is called after each monitor evaluation with its samples (to write them; none are kept beyond the first and
-    the last, which a video run could not hold).
+    the last, which a video run could not hold). progress: a bar over the steps with the losses and the last gold.
     Every check runs before any work; the tuned student is result.student."""
     prompts = list(prompts)
     if not prompts:
@@ -283,6 +285,9 @@ def tune(generator: nn.Module, true_reward: TrueReward, prompts: Sequence[str], 
         tune_run.save(run_dir, distiller, monitor.records, logs, term, true_reward, student_extra)
     memory = TrainingMemory()
     memory.start()
+    bar = tqdm(total=config.steps, initial=min(distiller.step, config.steps), desc="tune", unit="step", leave=False,
+               dynamic_ncols=True, disable=not progress)
+    gold = {"gold": f"{monitor.records[-1].gold:.4g}"}
     while distiller.step < config.steps:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -293,9 +298,13 @@ def tune(generator: nn.Module, true_reward: TrueReward, prompts: Sequence[str], 
         if distiller.step % config.eval_every == 0 or distiller.step == config.steps:
             memory.pause()
             evaluate(distiller.step)
+            gold = {"gold": f"{monitor.records[-1].gold:.4g}"}
             if run_dir is not None:
                 tune_run.save(run_dir, distiller, monitor.records, logs, term, true_reward, student_extra)
             memory.resume()
+        bar.update()
+        bar.set_postfix({**{k: f"{v:.3g}" for k, v in logs[-1].losses.items()}, **gold}, refresh=False)
+    bar.close()
     if monitor.last is monitor.first and distiller.step > 0:  # resumed at the end: the final samples again
         monitor.last = monitor.samples()
     seconds = sum(log.seconds for log in logs) / len(logs) if logs else float("nan")
