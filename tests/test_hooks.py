@@ -1010,6 +1010,23 @@ def test_lrm_tune_refuses_bad_input_with_one_line(words_runs):
         assert "Traceback" not in result.output
 
 
+def test_lrm_tune_refuses_to_resume_after_its_start_student_trained_further(words_runs):
+    """The run records a digest of its start's weights: resumed after that student changed (a distill run extended),
+    its distances and KL reference would be measured against other weights."""
+    from safetensors.torch import load_file, save_file
+    from typer.testing import CliRunner
+
+    student = words_runs / "student"
+    args = ["tune", "colorfulness", "--student", str(student), "--method", "direct", *TUNE_ARGS, "--quiet",
+            "--out", str(words_runs / "resumed")]
+    assert CliRunner().invoke(cli_app(), args).exit_code == 0
+    weights = student / "model" / "model.safetensors"
+    state = load_file(weights)
+    save_file({k: v + 1e-3 if v.is_floating_point() else v for k, v in state.items()}, weights)
+    result = CliRunner().invoke(cli_app(), [*args, "--steps", "3"])
+    assert result.exit_code == 2 and "start_weights: saved" in result.output, result.output
+
+
 def test_lrm_tune_shows_a_progress_bar_with_the_gold_and_quiet_hides_it(words_runs, monkeypatch):
     from functools import partial
 

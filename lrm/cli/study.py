@@ -215,7 +215,10 @@ def _launch(reward, out, study_options, regularisers, seeds, launch_options, sur
         ensemble = ensemble or [by_seed[s] for s in range(config.ensemble_size) if s in by_seed]
     given = {k: v for k, v in tune_args.items() if v is not None}  # the rest: `lrm tune`'s defaults
     generator = tune_args["student"] or tune_args["teacher"]
-    settings = {"reward": reward, "reward_options": {}, "prompts": prompts_hash(tune_args["prompt"], generator)}
+    from lrm.generators.runs import open_generator_run
+
+    settings = {"reward": reward, "reward_options": {}, "prompts": prompts_hash(tune_args["prompt"], generator),
+                "start_weights": tune_cli.file_digest(open_generator_run(generator).model_dir / "model.safetensors")}
     reuse = {}  # every run folder checked before the first run: a run of other settings refused up front
     for regulariser in config.regularisers:
         for seed in config.seeds:
@@ -269,7 +272,8 @@ def prompts_hash(prompt: list[str] | None, generator: Path) -> str:
 
 
 FIXES = {"prompts": "tuned on other --prompt texts", "reward": "tuned toward another reward",
-         "reward_options": "tuned with other reward options"}
+         "reward_options": "tuned with other reward options",
+         "start_weights": "tuned from the generator's earlier weights: it has trained further since"}
 
 
 def _reusable(folder: Path, expected: dict, inputs: dict, settings: dict | None = None) -> bool:
@@ -292,7 +296,7 @@ def _reusable(folder: Path, expected: dict, inputs: dict, settings: dict | None 
                 **{k: v for k, v in (settings or {}).items() if k in made}}
     for key, value in compared.items():
         if saved.get(key) != value:
-            what = f"{key} (hash)" if key == "prompts" else key
+            what = f"{key} (hash)" if key in ("prompts", "start_weights") else key
             hint = f" ({FIXES[key]})" if key in FIXES else ""
             raise ValueError(f"{folder} holds a tuning run with {what} {saved.get(key)!r}, not {value!r}{hint}; "
                              "remove it or choose another --out")

@@ -183,6 +183,17 @@ def _real_store(run, store_path, distill, concurrent):
     return None
 
 
+def file_digest(path: Path) -> str:
+    """The first 12 hex digits of the file's sha256, read in 16 MB chunks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()[:12]
+
+
 def embedded_student_run(student_steps: int, device: str, video: bool = False) -> Path:
     """The cached embedded student's run, of clips for a video reward (video=True), else of images; distilled first
     (saying so) when missing."""
@@ -274,6 +285,8 @@ def _run(reward_name, reward_options, run_path, distill, student_steps, store_pa
         save_samples(samples, out_dir / "evals" / f"step-{step}", grid_settings)
 
     settings = {"reward": reward_name, "reward_options": reward_options, "from": str(run.run_dir),
+                # the start's weights: a rerun after that run trained further would measure distances against them
+                "start_weights": file_digest(run.model_dir / "model.safetensors"),
                 "store": str(real.path) if real is not None else None,
                 "surrogate": str(surrogate_path) if surrogate_path is not None else None,
                 "ensemble": [str(path) for path in ensemble or ()],
