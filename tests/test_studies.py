@@ -229,6 +229,9 @@ def test_a_metric_tuned_lower_is_better_is_studied_and_reported_so(words_runs, t
     metrics = json.loads((out / "study-overopt" / "metrics.json").read_text())
     golds = {r["step"]: r["gold"] for r in facts["records"]}
     assert metrics["higher_is_better"] is False and metrics["peak"]["gold"] == pytest.approx(min(golds.values()))
+    # two evaluations after the start: the Gao fit's two parameters pass through both, and the page says so
+    assert metrics["gao_fit"]["points"] == 2
+    assert "Two points fit the two parameters exactly" in (out / "study-overopt" / "report.html").read_text()
     # the recorded fact wins over the registry; records without it keep the registry's (or a metric's default)
     (tmp_path / "brisque").mkdir()
     (tmp_path / "brisque" / "records.json").write_text(json.dumps({**facts, "reward": "brisque",
@@ -367,6 +370,7 @@ def test_lrm_study_overopt_writes_the_report_and_metrics_with_the_documented_key
     assert page.index(metrics["verdict"].split(";")[0]) < page.index("Early stopping")  # the verdict first
     assert page.count("data:image/png;base64,") == 6  # three figures and the start / gold peak / end grids
     assert f"gold peak (step {metrics['peak']['step']})" in page
+    assert metrics["gao_fit"]["points"] == 3 and "Two points fit" not in page
 
     from lrm.cli import app as lazy  # through `lrm`'s lazy command table, as the lead registers it
     from lrm.cli.study import HELP

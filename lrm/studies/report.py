@@ -98,6 +98,8 @@ def _page(run: TuningRun, study: Study, eps_distance_end: float | None) -> str:
     fit_note = (f"gold(d) - gold(0) = d (alpha - beta log d) with d the {fit.distance}; alpha {_fmt(fit.alpha)}, "
                 f"beta {_fmt(fit.beta)}, RMSE {_fmt(fit.rmse)} over {fit.points} evaluations with d > 0; the fitted "
                 f"gold peaks at d* = {_fmt(fit.d_star)}.")
+    if fit.points == 2:  # two parameters through two points: no residual, whatever the curve
+        fit_note += " Two points fit the two parameters exactly, so the RMSE says nothing: evaluate more often."
     if eps_distance_end is not None:
         fit_note += (f" At the end, the KL-like distance mean ||eps_theta - eps_init||^2 on shared noisy latents is "
                      f"{_fmt(eps_distance_end)}.")
