@@ -333,6 +333,8 @@ def _check_config(config: FitConfig) -> None:
                  "eval_batch_size"):
         if getattr(config, name) < 1:
             raise ValueError(f"FitConfig.{name} must be >= 1, got {getattr(config, name)}")
+    if not 0 <= config.lr < math.inf:  # lr 0 holds the model still (a library test's control); `lrm fit --lr` > 0
+        raise ValueError(f"FitConfig.lr (lrm fit --lr) must be >= 0 and finite, got {config.lr}")
     if not 0 <= config.gradient_weight < math.inf:
         raise ValueError(f"FitConfig.gradient_weight must be >= 0 and finite, got {config.gradient_weight}")
     if config.gradient_weight > 0 and config.noise_aware:
@@ -375,11 +377,15 @@ def split_rows(store, labels: np.ndarray, config: FitConfig) -> tuple[np.ndarray
         seed = config.split_seed if config.train_groups_seed is None else config.train_groups_seed
         train = training_subset(store.groups, train, config.train_groups, seed)
     if len(train) < 2 or len(val) < 2:
+        # what `lrm fit` can change: more clips; val_fraction and train_groups only where a caller set them
+        changed = [f"{name}={value}" for name, value in (("val_fraction", config.val_fraction),
+                                                            ("train_groups", config.train_groups))
+                   if value != getattr(FitConfig, name)]
         raise ValueError(
             f"store {store.path} gives {len(train)} training and {len(val)} validation rows with a finite label "
-            f"(val_fraction={config.val_fraction}, train_groups={config.train_groups}, {nan_count} NaN labels); "
-            "a fit needs at least 2 of each: use a larger store, more groups, another val_fraction or a larger "
-            "train_groups"
+            f"({len(store)} rows, {nan_count} NaN labels; whole groups, {config.val_fraction:.0%} held out); a fit "
+            "needs at least 2 of each: fit on more clips (a larger --count, or a --data folder or --store with more "
+            "groups)" + (f", or change {' and '.join(changed)}" if changed else "")
         )
     return train, val, nan_count
 

@@ -40,10 +40,18 @@ class FitOutcome:
     #                                  a torchrun launch (the first one judges the fit and writes the report)
 
 
-def reward_spec(job: FitJob):
-    from lrm.rewards import load
+def reward_spec(job: FitJob, load_model: bool = True):
+    """The RewardSpec of the job's reward. With `load_model=False` a registered reward's spec comes from the
+    registry (its options checked against the factory) without building it: no weights loaded or downloaded,
+    as `lrm fit --dry-run` needs. A user's own metric ("file.py:fn") is loaded either way (its spec is its code's)."""
+    from lrm.rewards import REWARDS, check_options, load
 
-    return load(job.reward, **(job.reward_options or {})).spec
+    options = job.reward_options or {}
+    if not load_model and job.reward in REWARDS:
+        entry = REWARDS[job.reward]
+        check_options(job.reward, entry.factory.resolve(), options)
+        return entry.spec
+    return load(job.reward, **options).spec
 
 
 ENCODE_FIELDS = ("data", "codec", "count", "frames", "size", "text")  # settings of a new store only
@@ -53,11 +61,12 @@ def resolved_job(job: FitJob) -> dict:
     """What `run_fit(job)` would do, as `lrm fit --dry-run` prints it: the job with its defaults
     filled in. With a store, its own codec, latent shape, rows and labels replace the settings of
     a new store, which the job would not use; `label_to_add` says whether the column is missing.
-    Without one, `size_reason` says why the new store gets its frame size."""
-    spec = reward_spec(job)
+    Without one, `size_reason` says why the new store gets its frame size. The reward is not built (no
+    weights are loaded or downloaded): a registered reward's spec is the registry's."""
+    spec = reward_spec(job, load_model=False)
     resolved = {**asdict(job), "run_dir": str(job.run_dir()), "label": job.label_name(),
                 "preset": job.preset or default_preset(spec.kind)}
-    check_job_fits_latents(job, resolved["preset"])  # what the real run would refuse before encoding
+    check_job_fits_latents(job, resolved["preset"], spec)  # what the real run would refuse before encoding
     if job.store:
         store = LatentStore.open(job.store)
         for key in ENCODE_FIELDS:
@@ -69,9 +78,20 @@ def resolved_job(job: FitJob) -> dict:
             check_label_column(store, job.label_name(), job)  # what the real run would refuse
     else:
         config, size = new_store_config(job, spec)
-        resolved.update(data=config.data, frames=config.frames, size=config.size, size_reason=size.reason,
-                        text=config.text)
+        resolved.update(data=config.data, count=data_count(config.data), frames=config.frames, size=config.size,
+                        size_reason=size.reason, text=config.text)
     return resolved
+
+
+def data_count(data: str) -> int | None:
+    """The clips a new store of `data` holds when it is "procedural:N[:WORLD]" (N, not --count, which only
+    applies without --data); None for a media folder (its files are counted when it is encoded)."""
+    from lrm.datasets.sources import PROCEDURAL_PREFIX
+
+    if data.startswith(PROCEDURAL_PREFIX):
+        count = data[len(PROCEDURAL_PREFIX):].partition(":")[0]
+        return int(count) if count.isdigit() else None
+    return None
 
 
 def new_store_size(job: FitJob, spec=None):
@@ -174,10 +194,10 @@ def latent_space(job: FitJob) -> tuple[dict, tuple[int, int]]:
     return settings, (new_store_size(job).size // settings["spatial_factor"],) * 2
 
 
-def check_job_fits_latents(job: FitJob, preset: str) -> None:
+def check_job_fits_latents(job: FitJob, preset: str, spec=None) -> None:
     """Before any encoding or labelling (run_fit, and `lrm fit --dry-run`): refuse, with the fix, a preset
     lrm does not have, hflip in a codec without an exact mirror (the codec is loaded only then), and gradient
-    matching where the reward has no gradient to match."""
+    matching where the reward has no gradient to match (`spec`: the reward's, else it is loaded to read it)."""
     from lrm.fitting import latent_mirror
     from lrm.models import check_preset
 
@@ -190,7 +210,7 @@ def check_job_fits_latents(job: FitJob, preset: str) -> None:
     if not 0 <= job.gradient_weight < math.inf:
         raise ValueError(f"--gradient-weight must be >= 0 and finite, got {job.gradient_weight}")
     if job.gradient_weight > 0:
-        if not reward_spec(job).differentiable:
+        if not (spec or reward_spec(job)).differentiable:
             raise ValueError(f"--gradient-weight matches the reward's gradient, and {job.reward} is not "
                              "differentiable; leave out --gradient-weight")
         if job.label_pixels != "decoded":
@@ -249,7 +269,7 @@ def _run_fit(job: FitJob, progress: bool, resume: bool) -> FitOutcome:
     spec = reward_spec(job)
     run_dir = job.run_dir()
     preset = job.preset or default_preset(spec.kind)
-    check_job_fits_latents(job, preset)
+    check_job_fits_latents(job, preset, spec)
     if resume:
         check_run_fits_job(job, run_dir)
     store, size_reason = prepare_store(job, spec, progress)
@@ -280,6 +300,7 @@ def _run_fit(job: FitJob, progress: bool, resume: bool) -> FitOutcome:
             "gradient_cosine": result.val_metrics.get("gradient_cosine")} if gradients is not None else {}),
     }
     resolved = {**asdict(job), "preset": preset, "label": job.label_name(), "out": str(run_dir),
+                "count": len(store),  # the rows fitted on, not --count (unused with --data or --store)
                 "size": source.get("size"), "size_reason": size_reason}
     fidelity = evaluate(result.model, store, job.label_name(), result.train_indices, result.val_indices,
                         run_dir, history=result.history, config=resolved, summary=summary,

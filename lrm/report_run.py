@@ -49,9 +49,19 @@ def open_run(run_dir: str | Path) -> FittedRun:
                                 "`lrm fit` wrote (its --out, default runs/<label>)")
     try:
         config = json.loads(config_path.read_text())
-        label, store_path, fit = config["label"], Path(config["store"]), config["fit"]
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"{config_path} is damaged ({error}); re-run `lrm fit` into a new --out folder") from None
+    other = not_a_fit_run(run_dir, config)
+    if other:
+        raise ValueError(other)
+    try:
+        label, store_path, fit = config["label"], Path(config["store"]), config["fit"]
+    except (KeyError, TypeError) as error:
+        missing = f"no {error}" if isinstance(error, KeyError) else str(error)
+        raise ValueError(f"{config_path} is damaged ({missing}); re-run `lrm fit` into a new --out folder") from None
+    if not (run_dir / "model" / "config.json").is_file():
+        raise FileNotFoundError(f"{run_dir} is an unfinished fit (no model/ yet): re-run the same `lrm fit` to "
+                                f"resume it, then `lrm report {run_dir}`")
     if not (store_path / "manifest.json").is_file():
         raise FileNotFoundError(f"the store {store_path} that run {run_dir} was fitted on is missing; the baselines "
                                 "are fitted on its training rows, so put it back at that path")
@@ -65,6 +75,39 @@ def open_run(run_dir: str | Path) -> FittedRun:
                          f"training and {recorded[1]} held-out rows recorded, {len(train_rows)} and {len(val_rows)} "
                          "now): its rows or label changed; report on the store the run was fitted on")
     return FittedRun(run_dir, config, store, label, train_rows, val_rows)
+
+
+TAKES = "`lrm report` takes the run folders of `lrm fit` and `lrm tune`"
+
+
+def not_a_fit_run(folder: Path, config) -> str | None:
+    """The one-line refusal for a folder whose config.json belongs to something other than a run of `lrm fit`
+    (a student run of `lrm distill`, a teacher run, a tuning run without records.json, a saved model folder):
+    what the folder is and where its report is; None for a run of `lrm fit` (or a config.json of unknown
+    shape, which open_run calls damaged)."""
+    from lrm.config_diff import run_kind
+
+    if not isinstance(config, dict) or "fit" in config:
+        return None
+    own_report = folder / "report.html"
+    if "job" in config or "teacher" in config:
+        command = "lrm distill" if "job" in config else "lrm teacher train"
+        where = (f"its report is {own_report}, written by `{command}` as it trains" if own_report.is_file() else
+                 f"`{command}` writes its report.html as it trains; re-run the same command to resume it")
+        return f"{folder} holds {run_kind(config)}, not a surrogate run: {where} ({TAKES})"
+    if "tune" in config:
+        return (f"{folder} holds {run_kind(config)} that has not written records.json yet (unfinished): re-run the "
+                f"same `lrm tune` to resume it, then `lrm report {folder}`")
+    kind = config.get("format")
+    if kind == "lrm-surrogate":
+        parent = folder.resolve().parent
+        return (f"{folder} is a saved surrogate (the model/ folder of a `lrm fit` run); pass the run folder that "
+                f"holds it" + (f": lrm report {folder.parent}" if (parent / "config.json").is_file() else "")
+                + f" ({TAKES})")
+    if kind == "lrm-denoiser":
+        return (f"{folder} is a saved generator (a teacher's or student's model folder), which lrm report does not "
+                f"judge: the `lrm teacher train` or `lrm distill` run that wrote it has its own report.html ({TAKES})")
+    return None
 
 
 def label_other_store(run: FittedRun, target: LatentStore, progress: bool = True) -> LatentStore:

@@ -33,6 +33,8 @@ def fitted(tmp_path_factory):
 def test_fit_writes_report_metrics_and_model(fitted):
     run, output = fitted
     assert "held-out Spearman" in output and "report:" in output
+    assert "also picked the best checkpoint and when to stop" in output  # the held-out rows were selected on
+    assert "picked the best checkpoint and early stopping on" in (run / "report.html").read_text()
     assert "encode" in output and "fit image-cnn-stats" in output  # progress bars of encoding and fitting
     for name in ("report.html", "metrics.json", "config.json", "metrics.jsonl", "model/model.safetensors",
                  "model/config.json", "figures/scatter.png", "figures/best_examples.png"):
@@ -379,6 +381,7 @@ def test_fit_help_names_the_recommended_preset_per_reward_kind():
 
     text = " ".join(runner.invoke(app, ["fit", "--help"]).output.replace("│", " ").split())
     assert [kind for kind, preset in DEFAULT_PRESETS.items() if f"{preset} ({kind})" not in text] == []
+    assert "fixed linear warm-up" in text and "stops early after 10 validations" in text  # what --steps bounds
 
 
 def test_ctrl_c_says_how_to_resume(monkeypatch, tmp_path):
@@ -414,3 +417,43 @@ def test_lrm_fit_under_torchrun_encodes_labels_and_fits_a_new_store_with_two_pro
     assert len(LatentStore.open(out / "store")) == 64 and "colorfulness" in LatentStore.open(out / "store").labels
     assert json.loads((out / "config.json").read_text())["world_size"] == 2
     assert (out / "model" / "model.safetensors").is_file() and (out / "report.html").is_file()
+
+
+def test_dry_run_resolves_the_reward_from_the_registry_without_loading_it(monkeypatch):
+    import lrm.rewards
+
+    def no_load(name, **options):
+        raise AssertionError(f"--dry-run loaded {name} (it would read or download its weights)")
+
+    monkeypatch.setattr(lrm.rewards, "load", no_load)
+    result = runner.invoke(app, ["fit", "hpsv2", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    job = json.loads(result.stdout)
+    assert job["preset"] == "text-image-xattn" and job["text"] == "minilm-l6-v2"  # from the registry spec
+    bad = runner.invoke(app, ["fit", "hpsv2", "-o", "frame=2", "--dry-run"])  # options still checked by name
+    assert bad.exit_code != 0 and "no option 'frame'" in bad.output
+
+
+def test_dry_run_and_report_show_the_count_of_the_data_used(tmp_path):
+    job = json.loads(runner.invoke(app, ["fit", "colorfulness", "--data", "procedural:64", "--dry-run"]).stdout)
+    assert job["count"] == 64 and job["data"] == "procedural:64"
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["fit", "colorfulness", "--data", "procedural:40", "--steps", "4", "--size", "32",
+                                 "--batch-size", "16", "--out", str(run)])
+    assert result.exit_code == 0, result.output
+    html = (run / "report.html").read_text()
+    assert "<td>count</td><td>40</td>" in html and "4000" not in html
+
+
+@pytest.mark.parametrize("value", ["-1", "0"])
+def test_fit_refuses_a_learning_rate_not_above_zero_by_its_option(value, tmp_path):
+    result = runner.invoke(app, ["fit", "colorfulness", "--lr", value, "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "Invalid value for '--lr'" in result.output and "above 0" in result.output
+    assert not (tmp_path / "run").exists()  # refused before encoding
+
+
+def test_a_store_too_small_to_split_names_what_the_cli_can_change(tmp_path):
+    result = runner.invoke(app, ["fit", "colorfulness", "--count", "4", "--size", "32", "--steps", "2",
+                                 "--out", str(tmp_path / "run"), "--quiet"])
+    assert result.exit_code != 0 and "a larger --count" in result.output
+    assert "val_fraction" not in result.output and "train_groups" not in result.output  # no such lrm fit options

@@ -48,6 +48,7 @@ def test_score_skips_bad_file_and_matches_library(media, tmp_path):
     assert "broken.png" in result.output and "skipped 1" in result.output
     rows = {r["path"].rsplit("/", 1)[1]: float(r["score"]) for r in _csv(out.read_text())}
     assert set(rows) == {"noise.png", "flat.png", "fade.gif"}
+    assert b"\r" not in out.read_bytes() and out.read_bytes().count(b"\n") == 4  # "\n" line ends, not CRLF
     pixels = torch.from_numpy(np.array(Image.open(media / "noise.png"))).permute(2, 0, 1).float() / 255
     expected = load("jpeg-incompressibility")(pixels[None, None]).item()
     assert rows["noise.png"] == pytest.approx(expected, rel=1e-6)
@@ -117,6 +118,7 @@ def test_score_users_metric_file(media, tmp_path):
                                  "--input", "uint8"])
     assert result.exit_code == 0, result.output
     (row,) = _csv(result.stdout)
+    assert "\r" not in result.stdout  # CSV on stdout too
     assert float(row["score"]) == pytest.approx(128.0)
 
 

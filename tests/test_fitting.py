@@ -583,3 +583,9 @@ def test_frame_pair_surrogate_learns_dynamic_degree(tmp_path):
     config = FitConfig(steps=400, batch_size=32, lr=3e-3, warmup_steps=20, eval_every=50, preset="video-pair-stats")
     result = fit_surrogate(store, "dynamic-degree", config, tmp_path / "run")
     assert result.val_metrics["spearman"] > 0.8, result.val_metrics
+
+
+@pytest.mark.parametrize("lr", [-1.0, float("inf")])
+def test_a_negative_or_non_finite_lr_is_refused_by_name(store, tmp_path, lr):
+    with pytest.raises(ValueError, match="FitConfig.lr"):  # not torch's "Invalid learning rate"
+        fit_surrogate(store, "synth", quick(steps=2, lr=lr), tmp_path / "run")

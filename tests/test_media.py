@@ -301,7 +301,12 @@ def test_prompts_from_csv(tmp_path):
     (tmp_path / "named.csv").write_text('id,Prompt,seed\n1,"a cat, sitting",3\n2,a dog,4\n', encoding="utf-8")
     assert read_prompts(tmp_path / "named.csv") == ["a cat, sitting", "a dog"]
     (tmp_path / "first.csv").write_text("caption_text,score\na tree,1\na house,2\n", encoding="utf-8")
-    assert read_prompts(tmp_path / "first.csv") == ["a tree", "a house"]
+    with pytest.raises(MediaError, match=r"no prompt column: the header row holds \['caption_text', 'score'\]"):
+        read_prompts(tmp_path / "first.csv")  # was read silently from the first column
+    (tmp_path / "caption.csv").write_text("id,Caption\n1,a tree\n2,a house\n", encoding="utf-8")
+    assert read_prompts(tmp_path / "caption.csv") == ["a tree", "a house"]  # the keys .jsonl reads, any case
+    (tmp_path / "text.tsv").write_text("id\ttext\n1\ta tree\n", encoding="utf-8")
+    assert read_prompts(tmp_path / "text.tsv") == ["a tree"]
     assert read_prompts(tmp_path / "first.csv", column="score") == ["1", "2"]
     with pytest.raises(MediaError, match=r"no column 'text'; columns are \['caption_text', 'score'\]"):
         read_prompts(tmp_path / "first.csv", column="text")

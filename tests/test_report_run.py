@@ -130,3 +130,32 @@ def test_a_text_surrogate_is_refused_on_a_store_without_its_text_embeddings(run,
     message = error_line(runner.invoke(app, ["report", str(texty), "--store", str(other), "--quiet"]))
     assert "reads prompts embedded by minilm-l6-v2" in message
     assert f"store {other} holds no text embeddings" in message and "--text minilm-l6-v2" in message
+
+
+def test_other_commands_folders_say_what_they_are_and_where_their_report_is(run, tmp_path):
+    distill = tmp_path / "student"
+    distill.mkdir()
+    (distill / "config.json").write_text(json.dumps({"job": {"teacher": "t", "steps": 2}}))
+    (distill / "report.html").write_text("<html></html>")
+    line = error_line(runner.invoke(app, ["report", str(distill)]))
+    assert "a student run of `lrm distill`" in line and str(distill / "report.html") in line
+    assert "takes the run folders of `lrm fit` and `lrm tune`" in line and "damaged" not in line
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    (teacher / "config.json").write_text(json.dumps({"teacher": {"steps": 2}}))
+    line = error_line(runner.invoke(app, ["report", str(teacher)]))
+    assert "a teacher run of `lrm teacher train`" in line and "damaged" not in line
+    line = error_line(runner.invoke(app, ["report", str(run / "model")]))  # the surrogate's own folder
+    assert "saved surrogate" in line and f"lrm report {run}" in line
+    generator = tmp_path / "generator"
+    generator.mkdir()
+    (generator / "config.json").write_text(json.dumps({"format": "lrm-denoiser", "preset": "x"}))
+    assert "saved generator" in error_line(runner.invoke(app, ["report", str(generator)]))
+
+
+def test_an_unfinished_fit_is_named_with_the_command_that_resumes_it(run, tmp_path):
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(run, unfinished)
+    shutil.rmtree(unfinished / "model")  # killed before the model was saved
+    line = error_line(runner.invoke(app, ["report", str(unfinished)]))
+    assert "unfinished fit" in line and "re-run the same `lrm fit` to resume it" in line

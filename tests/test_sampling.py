@@ -1,6 +1,7 @@
 """Sampling and evaluation of generators: lrm.generators.sampling / runs / writing, lrm.evaluation.report,
 and the `lrm sample` / `lrm evaluate` commands, on a tiny dit-xs at 8 x 8 dct latents."""
 
+import itertools
 import json
 import zlib
 from pathlib import Path
@@ -304,8 +305,21 @@ def test_evaluation_prompts_are_distinct_captions_the_model_never_trained_on(tmp
     chosen = held_out_prompts(24, 1, "simple", seen)
     assert len(set(chosen)) == 24 and not set(chosen) & seen
     assert chosen == list(dict.fromkeys(c for c in fresh if c not in seen))[:24]  # the first such, in order
-    with pytest.raises(ValueError, match="5000 held-out prompts asked: only"):
-        held_out_prompts(5000, 1, "simple", seen)
+    import lrm.evaluation.report as evaluation_report
+
+    real, drawn = evaluation_report._captions, []
+
+    def counted(*args):
+        for text in real(*args):
+            drawn.append(text)
+            yield text
+
+    monkeypatch.setattr(evaluation_report, "_captions", counted)
+    monkeypatch.setattr(evaluation_report, "SATURATED", 2000)
+    with pytest.raises(ValueError, match="5000 held-out prompts asked: only .* distinct captions of the simple world"):
+        held_out_prompts(5000, 1, "simple", seen)  # more than the world has
+    # it stopped once 2,000 draws in a row brought nothing new, not after 100 x 5,000 draws (minutes, silent)
+    assert len(drawn) < 50_000 and len(set(drawn[-2000:]) - set(drawn[:-2000])) == 0
 
 
 def test_evaluate_run_metrics_match_independent_computations(run, tmp_path):
@@ -321,6 +335,9 @@ def test_evaluate_run_metrics_match_independent_computations(run, tmp_path):
     prompts = metrics["prompts"]  # held out: distinct, none among `lrm tune`'s default prompts (no store recorded)
     assert len(set(prompts)) == 2 and not set(prompts) & set(procedural_prompts(16, frames=1))
     assert metrics["n_samples"] == 4 and metrics["sampler"] == "ddim"
+    page = (tmp_path / "eval" / "report.html").read_text()  # Configuration shows the cfg used, not None
+    assert "<td>cfg</td><td>7.5 (the run" in page and "<td>cfg</td><td>None</td>" not in page
+    assert "<td>steps</td><td>2</td>" in page
     # the same samples made directly, and each metric recomputed from them
     samples = generate(open_generator_run(run).load(), *expand_requests(prompts, 2), latent_shape=SHAPE, steps=2,
                        cfg=7.5)

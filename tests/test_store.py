@@ -387,3 +387,33 @@ def test_a_missing_decoded_column_names_the_command_that_adds_it(reference):
     with pytest.raises(KeyError, match=rf"has no label 'sharpness@decoded' .*add it with `lrm label {reference} "
                                        r"sharpness --pixels decoded`"):
         LatentStore.open(reference).label("sharpness@decoded")
+
+
+def _pngs(folder: Path, count: int = 3) -> Path:
+    from PIL import Image
+
+    folder.mkdir()
+    for i in range(count):
+        Image.fromarray(np.full((16, 16, 3), 40 * i, np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
+def test_text_without_prompts_on_media_is_refused_before_writing(tmp_path):
+    media = _pngs(tmp_path / "media")
+    out = tmp_path / "store"
+    with pytest.raises(ValueError, match="have no prompts: pass --prompts FILE"):
+        encode(EncodeConfig(str(media), frames=1, size=16, text="minilm-l6-v2"), out, codec=PoolCodec(),
+               progress=False)
+    assert not out.exists()  # nothing left that would refuse the corrected command
+
+
+def test_a_store_left_with_no_row_is_recreated_with_the_corrected_settings(tmp_path):
+    media = _pngs(tmp_path / "media")
+    out = tmp_path / "store"
+    with pytest.raises(ValueError, match="holds no rows"):  # every image read as 1 frame, the store wants 2
+        encode(EncodeConfig(str(media), frames=2, size=16), out, codec=PoolCodec(), progress=False)
+    assert (out / "manifest.json").is_file() and LatentStore.open(out).manifest["rows"] == 0
+    store = encode(EncodeConfig(str(media), frames=1, size=16), out, codec=PoolCodec(), progress=False)
+    assert len(store) == 3 and store.latent_shape == (1, 3, 4, 4)
+    with pytest.raises(StoreError, match="created with other settings"):  # a store with rows is kept
+        encode(EncodeConfig(str(media), frames=1, size=32), out, codec=PoolCodec(), progress=False)

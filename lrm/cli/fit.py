@@ -21,6 +21,14 @@ DEFAULTS = {f.name: f.default for f in dataclasses.fields(FitJob)}  # one source
 console = Console(stderr=True)
 
 
+def check_lr(value: float) -> float:
+    """--lr above 0 (torch's "Invalid learning rate: -1.0" named no option, and 0 trained nothing); inf and nan
+    are refused by every option (lrm.cli.app.refuse_non_finite)."""
+    if value <= 0:
+        raise typer.BadParameter(f"{value} is not a learning rate; pass a number above 0, e.g. --lr {DEFAULTS['lr']}")
+    return value
+
+
 def register(app: typer.Typer) -> None:
     app.command("fit")(fit)
     app.command("report")(report)
@@ -33,7 +41,10 @@ def fit(
     store: Annotated[Optional[Path], typer.Option(help="Reuse this latent store instead of encoding (labelled if needed).")] = None,
     codec: Annotated[str, typer.Option(help="Latent space of a new store: dct, taef2 or diffusers:<path>.")] = DEFAULTS["codec"],
     model: Annotated[Optional[str], typer.Option(help="Surrogate preset (lrm.models.PRESETS). Default, the recommended one per reward kind: image-cnn-stats (image), text-image-xattn (text-image), video-pair-stats (video), text-video-3d-xattn (text-video).")] = DEFAULTS["preset"],
-    steps: Annotated[int, typer.Option(min=1, help="Optimizer steps.")] = DEFAULTS["steps"],
+    steps: Annotated[int, typer.Option(min=1, help=(
+        "Most optimizer steps: the first 100 are a fixed linear warm-up of the learning rate, then cosine decay; "
+        "validated every 100 steps on the held-out rows, the fit keeps the checkpoint with the best held-out "
+        "Spearman and stops early after 10 validations without a better one."))] = DEFAULTS["steps"],
     out: Annotated[Optional[Path], typer.Option(help="Run directory (default runs/<label>).")] = None,
     count: Annotated[int, typer.Option(min=1, help="Procedural clips when no --data is given.")] = DEFAULTS["count"],
     frames: Annotated[Optional[int], typer.Option(min=1, help="Frames per clip (default 1 for image rewards, 8 for video rewards).")] = None,
@@ -46,7 +57,7 @@ def fit(
         help="source: the reward of the media itself; decoded: the reward of what the latents decode to, which is "
              "what a tuned generator is scored on and what a lossy codec cannot hide from the surrogate.")] = DEFAULTS["label_pixels"],
     batch_size: Annotated[int, typer.Option(min=1, help="Training batch size.")] = DEFAULTS["batch_size"],
-    lr: Annotated[float, typer.Option(help="Peak AdamW learning rate.")] = DEFAULTS["lr"],
+    lr: Annotated[float, typer.Option(callback=check_lr, help="Peak AdamW learning rate (> 0).")] = DEFAULTS["lr"],
     loss: Annotated[str, typer.Option(help="mse (DOLLAR Eq. 10) or ranking (Bradley-Terry).")] = DEFAULTS["loss"],
     label_transform: Annotated[str, typer.Option(
         help="none, log (fit log(label - shift), for right-skewed rewards such as sharpness or dynamic-degree) "
@@ -129,6 +140,8 @@ def fit(
     ridge = outcome.fidelity.baselines["ridge"]
     console.print(f"held-out Spearman {m['spearman']:.3f}, R² {m['r2']:.3f} "
                   f"(ridge baseline {ridge['spearman']:.3f}, {ridge['r2']:.3f}) on {m['n']} samples")
+    console.print("(the held-out rows also picked the best checkpoint and when to stop, so these numbers are "
+                  "slightly optimistic; `lrm report RUN --store OTHER` judges it on rows nothing was chosen on)")
     if gradient_weight > 0:
         cosine = json.loads((outcome.run_dir / "metrics.json").read_text()).get("gradient_cosine")
         if cosine is not None:

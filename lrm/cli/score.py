@@ -181,7 +181,7 @@ def emit_scores(rows: list[dict], out: Path | None) -> None:
     from lrm.io import atomic_write_json, atomic_write_text
 
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=["path", "score", "frames", "prompt"])
+    writer = csv.DictWriter(buf, fieldnames=["path", "score", "frames", "prompt"], lineterminator="\n")  # not CRLF
     writer.writeheader()
     writer.writerows(rows)
     if out is None:

@@ -85,6 +85,11 @@ def encode(config: EncodeConfig, out: str | Path, codec: Codec | None = None, pr
         codec = codecs.load(config.codec)
     codec = codec.to(config.device).eval()
     source = make_source(config, codec.spatial_factor)
+    if config.text and getattr(source, "prompt_list", ...) is None:  # a media folder without a prompts file
+        raise ValueError(f"--text {config.text} embeds each item's prompt, but the media of {config.data} have no "
+                         "prompts: pass --prompts FILE (one prompt per media file, in sorted file order; for lrm "
+                         f"fit, encode with `lrm encode {config.data} --text {config.text} --prompts FILE` and pass "
+                         "--store)")
     refuse_oversized_batch(source.frames, source.size, min(config.batch_size, len(source)))
     if config.size is None and progress and distributed.rank() == 0:  # the log: which size, and why
         tqdm.write(f"{config.data}: frames of {source.frame_size.reason}", file=sys.stderr)
@@ -108,6 +113,9 @@ def encode(config: EncodeConfig, out: str | Path, codec: Codec | None = None, pr
                         "units": len(source), "num_shards": num_shards})
     rank, world = distributed.rank(), distributed.world_size()
     show = progress and rank == 0
+    if rank == 0:
+        drop_empty_store(out, header)
+    distributed.barrier()
     # Every rank checks an existing store first (so all fail alike), rank 0 creates it, then all re-check.
     st.create_or_check(out, header, write=False)
     if rank == 0:
@@ -136,6 +144,37 @@ def encode(config: EncodeConfig, out: str | Path, codec: Codec | None = None, pr
     store = st.LatentStore.open(out)
     st.check_has_rows(store)  # every item unreadable: say which and why, here rather than at labelling
     return store
+
+
+def drop_empty_store(out: Path, header: dict) -> bool:
+    """Remove the store at `out` when it holds no row and was created with other settings than `header`: a run
+    whose every item failed (e.g. --text without --prompts) left nothing to resume, and its settings refused the
+    corrected command. A store with rows is left for create_or_check to compare. -> whether it was removed."""
+    import shutil
+
+    manifest_path = out / st.MANIFEST
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError):
+        return False
+    rows = manifest.get("rows") if isinstance(manifest, dict) else None
+    if rows != 0 or any(shard.get("rows") for shard in manifest.get("shards", [])):
+        return False
+    for record in (out / "shards").glob("shard-*.json"):  # committed after the manifest's last refresh
+        try:
+            if json.loads(record.read_text()).get("rows"):
+                return False
+        except (OSError, ValueError, AttributeError):
+            return False
+    try:
+        st.check_header(manifest, header, out)
+        return False  # the same settings: resume it as usual
+    except st.StoreError:
+        pass
+    manifest_path.unlink()
+    for folder in ("shards", "labels"):
+        shutil.rmtree(out / folder, ignore_errors=True)
+    return True
 
 
 def _read_units(source: Source, units: list[int], expected: tuple, needs_prompt: bool, index: int):

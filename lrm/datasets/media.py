@@ -385,8 +385,8 @@ def iter_clips(
 
 
 def read_prompts(path: str | os.PathLike, column: str | None = None) -> list[str]:
-    """Prompts from a .txt (one per line), .csv / .tsv (column `column`, else "prompt" in any case,
-    else the first column; PartiPrompts.tsv has "Prompt"), .jsonl (key "prompt", "text" or
+    """Prompts from a .txt (one per line), .csv / .tsv (column `column`, else "prompt", "text" or "caption" in
+    any case, else an error naming the columns; PartiPrompts.tsv has "Prompt"), .jsonl (key "prompt", "text" or
     "caption") or .json (a list of strings or of such objects; VBench's "prompt_en" too).
 
     Blank prompts are skipped. Raises MediaError naming the file (and line) on bad content.
@@ -428,9 +428,13 @@ def _prompts_table(path: Path, text: str, column: str | None = None) -> list[str
         if column not in names:
             raise MediaError(path, f"no column {column!r}; columns are {names}")
         position = names.index(column)
-    else:
+    else:  # the keys a .jsonl line is read by, in any case (PartiPrompts.tsv has "Prompt")
         lowered = [n.lower() for n in names]
-        position = lowered.index("prompt") if "prompt" in lowered else 0
+        found = [key for key in PROMPT_KEYS if key in lowered]
+        if not found:
+            raise MediaError(path, f"no prompt column: the header row holds {names}; name the prompts' column "
+                                   f"{' or '.join(repr(k) for k in PROMPT_KEYS)}")
+        position = lowered.index(found[0])
     return [row[position] for row in rows if len(row) > position]
 
 

@@ -42,6 +42,7 @@ from lrm.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 PROMPT_SEED = 7  # procedural prompts `lrm tune` tunes on: captions of clips of this seed (training draws seed 0)
 TUNING_PROMPTS = 16  # how many of them `lrm tune` takes when no prompts are given
 HELD_OUT_SEED = 13  # `lrm evaluate`'s procedural prompts: a seed no training or tuning default draws
+SATURATED = 20_000  # captions drawn in a row without a new one: the world has no more (the simple world's ~2,640)
 REFERENCE_SEED = 11  # procedural reference clips, disjoint from prompts and from training's seed 0
 METRIC_KEYS = ("run", "sampler", "steps", "cfg", "seed", "timesteps", "latent_shape", "prompts", "samples_per_prompt",
                "n_samples", "rewards", "diversity", "frechet", "alignment", "per_prompt", "seconds")
@@ -78,9 +79,10 @@ def _captions(seed: int, frames: int, world: str) -> Iterator[str]:
 
 def held_out_prompts(count: int, frames: int, world: str, exclude: set[str]) -> list[str]:
     """`count` distinct captions of procedural clips of seed HELD_OUT_SEED that are not in `exclude` (what the model
-    trained on): a small world repeats captions, so clips of another seed alone would share many with training."""
+    trained on): a small world repeats captions, so clips of another seed alone would share many with training.
+    The draws stop, and the request is refused, once SATURATED draws in a row bring no new caption."""
     captions = itertools.islice(_captions(HELD_OUT_SEED, frames, world), 100 * count)
-    chosen = [text for _, text in first_unseen(captions, exclude, count)]
+    chosen = [text for _, text in first_unseen(captions, exclude, count, patience=SATURATED)]
     if len(chosen) < count:
         raise ValueError(f"{count} held-out prompts asked: only {len(chosen)} distinct captions of the {world} world "
                          f"are not among the {len(exclude)} the model trained or was tuned on; ask for fewer, or "
@@ -88,14 +90,17 @@ def held_out_prompts(count: int, frames: int, world: str, exclude: set[str]) -> 
     return chosen
 
 
-def first_unseen(captions: Iterable[str], seen: set[str], count: int) -> list[tuple[int, str]]:
-    """(position, caption) of the first `count` distinct captions that are not in `seen` (fewer if they run out)."""
+def first_unseen(captions: Iterable[str], seen: set[str], count: int,
+                 patience: int | None = None) -> list[tuple[int, str]]:
+    """(position, caption) of the first `count` distinct captions that are not in `seen`; fewer if they run out or,
+    with `patience`, once that many captions in a row brought no new one (a small world is exhausted)."""
     found: dict[str, int] = {}
+    last = -1  # position of the last new caption
     for position, text in enumerate(captions):
-        if len(found) == count:
+        if len(found) == count or (patience is not None and position - last > patience):
             break
         if text not in seen and text not in found:
-            found[text] = position
+            found[text] = last = position
     return [(position, text) for text, position in found.items()]
 
 
@@ -269,6 +274,21 @@ def _value(x) -> str | float:
     return x
 
 
+def resolved_options(config: EvaluationConfig, metrics: dict) -> list[list[str]]:
+    """[option, value] rows of the Configuration table: an option left to the run (None) shows the value used,
+    as the facts table does (steps 50, not None), marked as the run's default."""
+    used = {"steps": metrics.get("steps"), "cfg": metrics.get("cfg"),
+            "size": metrics.get("latent_shape") and f"latent shape {tuple(metrics['latent_shape'])}",
+            "frames": metrics.get("latent_shape") and f"latent shape {tuple(metrics['latent_shape'])}"}
+    rows = []
+    for key, value in asdict(config).items():
+        if value is None and used.get(key) is not None:
+            rows.append([key, f"{used[key]} (the run's default)"])
+        else:
+            rows.append([key, str(value)])
+    return rows
+
+
 def report_html(metrics: dict, grid: bytes, config: EvaluationConfig) -> str:
     """The self-contained page: facts, metrics, per-prompt table, the sample grid (inlined PNG)."""
     from lrm.reports.html import CSS, _img, _section, _table
@@ -310,6 +330,6 @@ def report_html(metrics: dict, grid: bytes, config: EvaluationConfig) -> str:
              _section("Samples", "Rows are prompts, columns seeds (a clip shows its middle frame).",
                       _img(grid, "samples")),
              _section("Configuration", "The evaluation's options.",
-                      _table(["option", "value"], [[k, str(v)] for k, v in asdict(config).items()]))]
+                      _table(["option", "value"], resolved_options(config, metrics)))]
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{CSS}</style></head><body>{''.join(parts)}</body></html>")

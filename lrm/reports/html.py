@@ -82,8 +82,10 @@ def _img(png: bytes, alt: str) -> str:
 
 def in_distribution(n_scored: int, n_train: int, store) -> str:
     """The report's scope sentence for a surrogate scored on its own store's held-out rows."""
-    return (f"In distribution: scored on the {n_scored} held-out rows of {store} (groups the fit never saw); the "
-            f"constant and ridge baselines were fitted on its {n_train} training rows, the surrogate's own.")
+    return (f"In distribution: scored on the {n_scored} held-out rows of {store} (groups the fit never trained on, "
+            f"but the ones its validations picked the best checkpoint and early stopping on, so its numbers are "
+            f"slightly optimistic; for rows nothing was chosen on, `lrm report RUN --store OTHER`); the constant and "
+            f"ridge baselines were fitted on its {n_train} training rows, the surrogate's own.")
 
 
 def write_report(run_dir: str | Path, *, fidelity: FidelityReport, history: list[dict], pred, true,
