@@ -27,6 +27,10 @@ and evaluated the same way (results/teacher_<variant>.json):
                    luma channels only (the chroma ones, which carry the layout, keep their scale); samples are
                    mapped back to the codec's latents before FD and decoding (here only: its run folder records
                    the plain codec, so `lrm sample` on it decodes standardised latents as they are)
+  --preset NAME    another DiT size (lrm.generators.dit.DIT_PRESETS), e.g. dit-m1: dit-s1's patch at 5x the parameters
+  --images N       trained on N procedural images of the same world instead of the embedded 2,048 (its store beside
+                   the embedded one); evaluated on the same prompts, so the record counts how many of them its
+                   larger store holds
 
     LRM_CACHE=/tmp/lrm-bench OMP_NUM_THREADS=1 python benchmarks/teacher.py   # fresh cache: trains from scratch
     LRM_CACHE=/tmp/lrm-bench python benchmarks/teacher.py --steps 4500        # a variant
@@ -47,10 +51,11 @@ import torch
 
 from lrm.datasets.encoding import EncodeConfig, encode
 from lrm.datasets.store import LatentStore
-from lrm.evaluation import alignment, diversity, latent_frechet_distance, pixel_features
+from lrm.evaluation import alignment, latent_frechet_distance
+from lrm.evaluation.vendi import pixel_diversity
 from lrm.evaluation.report import first_unseen
 from lrm.evaluation.rewards import sample_rewards
-from lrm.generators import build_dit, inflate, load_denoiser
+from lrm.generators import DIT_PRESETS, build_dit, inflate, load_denoiser
 from lrm.generators.embedded import (EMBEDDED, embedded_config, embedded_run_dir, embedded_store, embedded_store_dir,
                                      embedded_teacher)
 from lrm.generators.training import sample_latents, snapshot_path, snapshot_steps, train_teacher
@@ -89,17 +94,35 @@ class StandardisedStore:
         return getattr(self.store, name)
 
 
-def variant_name(steps: int | None, standardise: str | None) -> str | None:
-    """"steps4500", "standardised", "standardised-luma-steps4500"; None for the embedded teacher itself."""
+def variant_name(steps: int | None, standardise: str | None, images: int | None = None,
+                 preset: str | None = None) -> str | None:
+    """"steps4500", "standardised", "standardised-luma-steps4500", "images8192", "dit-m1"; None for the embedded
+    teacher."""
     scaled = {None: [], "all": ["standardised"], "luma": ["standardised-luma"]}[standardise]
-    return "-".join(scaled + ([f"steps{steps}"] if steps is not None else [])) or None
+    parts = ([preset] if preset is not None else []) + scaled + ([f"images{images}"] if images is not None else []) \
+        + ([f"steps{steps}"] if steps is not None else [])
+    return "-".join(parts) or None
 
 
-def train(video: bool, steps: int | None = None,
-          standardise: str | None = None) -> tuple[dict, StandardisedStore | None]:
+def variant_store_config(images: int | None) -> EncodeConfig:
+    """The embedded image store's settings, with `images` images of the same world instead of its own count."""
+    entry = EMBEDDED["image"].store
+    return entry if images is None else replace(entry, data=f"procedural:{images}:{entry.data.split(':')[2]}")
+
+
+def variant_store(images: int | None) -> LatentStore:
+    """The embedded image store, or one of `images` images of the same world beside it."""
+    if images is None:
+        return embedded_store(progress=True)
+    folder = embedded_store_dir().with_name(f"{embedded_store_dir().name}-images{images}")
+    return encode(variant_store_config(images), folder, progress=True)
+
+
+def train(video: bool, steps: int | None = None, standardise: str | None = None, images: int | None = None,
+          preset: str | None = None) -> tuple[dict, StandardisedStore | None]:
     """Train (or find) the embedded teacher, or a variant of the image teacher; time its store and training
     stages, and the peak memory. Returns the record and, for --standardise, the standardised store."""
-    run, variant, scaled = embedded_run_dir(video), variant_name(steps, standardise), None
+    run, variant, scaled = embedded_run_dir(video), variant_name(steps, standardise, images, preset), None
     if variant is not None:
         run = run.with_name(f"{run.name}-{variant}")
     cached = (run / "model" / "config.json").exists()
@@ -107,9 +130,10 @@ def train(video: bool, steps: int | None = None,
     if variant is None:
         embedded_teacher(video=video, progress=True)
     else:
-        store = embedded_store(progress=True)
+        store = variant_store(images)
         scaled = StandardisedStore(store, standardise) if standardise else None
-        config = replace(EMBEDDED["image"].teacher, steps=steps or EMBEDDED["image"].teacher.steps)
+        embedded = EMBEDDED["image"].teacher
+        config = replace(embedded, steps=steps or embedded.steps, preset=preset or embedded.preset)
         train_teacher(scaled or store, config, run, resume=True, progress=True)
     total = time.perf_counter() - started
     history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -118,7 +142,7 @@ def train(video: bool, steps: int | None = None,
             "store_and_report_s": round(total - train_s, 1) if not cached else None,
             "peak_rss_mb": round(peak_rss_mb(), 1), "steps": history[-1]["step"],
             "final_loss": history[-1]["loss"], "first_loss": history[0]["loss"],
-            "torch_threads": torch.get_num_threads(), "variant": variant}, scaled
+            "torch_threads": torch.get_num_threads(), "variant": variant, "images": images}, scaled
 
 
 def evaluate(name: str, model, prompts: list[str], text, mask, shape, guidance: float, seeds: int, reference,
@@ -134,10 +158,10 @@ def evaluate(name: str, model, prompts: list[str], text, mask, shape, guidance: 
         pixels = codec.decode(latents).clamp(0, 1)  # (N, T, 3, H, W)
     captions = [p for p in prompts for _ in range(seeds)]
     aligned = alignment(pixels, captions)
-    vendi = diversity(pixel_features(pixels), captions)
+    vendi = pixel_diversity(pixels, captions)  # None: a sample is all black (no cosine similarity)
     return {"model": name, "guidance": guidance, "samples": len(captions), "fd": latent_frechet_distance(latents, reference),
-            "color": aligned.color, "shape": aligned.shape, "motion": aligned.motion, "vendi": vendi.mean,
-            "vendi_std": vendi.std, "flicker": temporal_flickering(pixels), "sample_s": round(sample_s, 1)}, pixels
+            "color": aligned.color, "shape": aligned.shape, "motion": aligned.motion,
+            "vendi": None if vendi is None else vendi.mean, "vendi_std": None if vendi is None else vendi.std, "flicker": temporal_flickering(pixels), "sample_s": round(sample_s, 1)}, pixels
 
 
 def temporal_flickering(pixels: torch.Tensor) -> float | None:
@@ -182,18 +206,23 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="variant: the image teacher trained for this many steps")
     parser.add_argument("--standardise", choices=("all", "luma"),
                         help="variant: the image teacher trained on per-channel standardised latents")
+    parser.add_argument("--preset", choices=[name for name in DIT_PRESETS if name != EMBEDDED["image"].teacher.preset],
+                        help="variant: the image teacher at another DiT size")
+    parser.add_argument("--images", type=int, help="variant: the image teacher trained on this many procedural images")
     parser.add_argument("--out", type=Path, help="default: results/teacher.json, results/teacher_<variant>.json")
     args = parser.parse_args()
-    variant = variant_name(args.steps, args.standardise)
+    variant = variant_name(args.steps, args.standardise, args.images, args.preset)
     if variant is not None and args.video:
-        parser.error("--steps and --standardise make variants of the image teacher: leave out --video")
-    if args.steps is not None and args.steps < 1:
-        parser.error(f"--steps must be a positive integer, got {args.steps}")
+        parser.error("--steps, --standardise, --images and --preset make variants of the image teacher: leave out "
+                     "--video")
+    for flag, value in (("--steps", args.steps), ("--images", args.images)):
+        if value is not None and value < 1:
+            parser.error(f"{flag} must be a positive integer, got {value}")
     args.out = args.out or RESULTS / ("teacher.json" if variant is None else f"teacher_{variant}.json")
 
     kind = "video" if args.video else "image"
     entry = EMBEDDED[kind]
-    training, scaled = train(args.video, args.steps, args.standardise)
+    training, scaled = train(args.video, args.steps, args.standardise, args.images, args.preset)
     if training["cached"] and args.out.is_file():  # evaluated again: keep the training as measured when it ran
         earlier = json.loads(args.out.read_text()).get("training", {})
         if earlier.get("run") == training["run"] and not earlier.get("cached"):
@@ -215,6 +244,8 @@ def main() -> None:
         parser.error(f"only {len(prompt_rows)} of {len(candidates)} held-out captions are distinct and unseen in "
                      f"training; lower --prompts")
     prompts = [held_out.prompts[i] for i in prompt_rows]
+    if args.images is not None:  # the same prompts as the embedded teacher's: its larger store holds some of them
+        training["prompts_in_its_store"] = len(set(prompts) & set(variant_store(args.images).prompts))
     text, mask = held_out.text_embeddings(prompt_rows)
     reference = held_out.latents(np.arange(count - args.reference, count))
     second_real = held_out.latents(np.arange(args.reference))
@@ -239,7 +270,7 @@ def main() -> None:
     ten_percent = snapshot_steps(replace(entry.teacher, steps=training["steps"]))[0]
     early = load_denoiser(snapshot_path(run, ten_percent))
     torch.manual_seed(entry.teacher.seed)
-    untrained = build_dit(entry.teacher.preset, shape[1], text.shape[-1], frames=shape[0]).eval()
+    untrained = build_dit(args.preset or entry.teacher.preset, shape[1], text.shape[-1], frames=shape[0]).eval()
     grid = [("real", real_pixels[:GRID_PROMPTS, 0])]
     candidates = [("untrained", untrained, 4.0)]
     init = embedded_config(args.video).init
@@ -256,8 +287,10 @@ def main() -> None:
             for seed in range(2):
                 grid.append((f"{name} s{seed}", pixels[seed::args.seeds][:GRID_PROMPTS, 0]))
 
-    result = {"kind": kind, "store": json.loads(json.dumps(entry.store.__dict__)),
-              "teacher": json.loads(json.dumps(replace(embedded_config(args.video), steps=training["steps"]).__dict__)),
+    store_config = entry.store if args.video else variant_store_config(args.images)
+    result = {"kind": kind, "store": json.loads(json.dumps(store_config.__dict__)),
+              "teacher": json.loads(json.dumps(replace(embedded_config(args.video), steps=training["steps"],
+                                                        preset=args.preset or entry.teacher.preset).__dict__)),
               "standardised_latents": args.standardise, "training": training,
               "evaluation": {"prompts": args.prompts, "seeds": args.seeds, "reference": args.reference,
                              "eval_seed": EVAL_SEED, "sampler": "DDIM eta 0, 50 steps (999..19)",

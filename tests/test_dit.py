@@ -228,7 +228,8 @@ def test_preset_parameter_counts_are_pinned():
                               for frames in (1, 8)) for name in DIT_PRESETS}
     assert counts == {"dit-xs": (286_464, 344_704), "dit-s": (2_672_640, 3_366_144),
                       "dit-s1": (2_647_968, 3_341_472),
-                      "dit-m": (13_711_872, 17_396_224), "dit-b": (180_793_856, 230_403_584)}
+                      "dit-m": (13_711_872, 17_396_224), "dit-m1": (13_662_624, 17_346_976),
+                      "dit-b": (180_793_856, 230_403_584)}
 
 
 def test_real_codec_settings_survive_the_json_round_trip(tmp_path):

@@ -384,5 +384,9 @@ def test_the_benchmarks_standardised_variant_trains_on_unit_channels_and_maps_sa
     assert bench.variant_name(None, None) is None and bench.variant_name(4500, "all") == "standardised-steps4500"
     luma = bench.StandardisedStore(store, "luma")  # the dct split's 26 luma channels; the 6 chroma ones as they are
     assert bench.variant_name(None, "luma") == "standardised-luma"
+    assert bench.variant_name(None, None, images=8192) == "images8192"
+    assert bench.variant_name(4500, None, preset="dit-m1") == "dit-m1-steps4500"
+    assert bench.variant_store_config(8192).data == "procedural:8192:simple"  # the embedded world, more images
+    assert bench.variant_store_config(None) == bench.EMBEDDED["image"].store
     torch.testing.assert_close(luma.latents([0, 1])[:, :, 26:], raw[:2, :, 26:])
     torch.testing.assert_close(luma.latents([0, 1])[:, :, :26], z[:2, :, :26])

@@ -82,7 +82,7 @@ def train(
     size: Annotated[Optional[int], typer.Option(min=1, help=f"With --data: square side in pixels (default {IMAGE.store.size}).")] = None,
     steps: Annotated[Optional[int], typer.Option(
         help=f"Optimizer steps (default {IMAGE.teacher.steps} for images, {VIDEO.teacher.steps} for --video).")] = None,
-    preset: Annotated[Optional[str], typer.Option(help=f"DiT size: dit-xs, dit-s, dit-s1, dit-m, dit-b (default {IMAGE.teacher.preset}).")] = None,
+    preset: Annotated[Optional[str], typer.Option(help=f"DiT size: dit-xs, dit-s, dit-s1, dit-m, dit-m1, dit-b (default {IMAGE.teacher.preset}).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(
         help=f"Global batch (default {IMAGE.teacher.batch_size} for images, {VIDEO.teacher.batch_size} for --video).")] = None,
     init: Annotated[Optional[Path], typer.Option(

@@ -58,6 +58,7 @@ DIT_PRESETS: dict[str, dict] = {
     "dit-s": dict(depth=6, width=128, heads=4, patch=2),  # 2,672,640 image / 3,366,144 video
     "dit-s1": dict(depth=6, width=128, heads=4, patch=1),  # 2,647,968 image / 3,341,472 video: the embedded teachers
     "dit-m": dict(depth=8, width=256, heads=4, patch=2),  # 13,711,872 image / 17,396,224 video: a bigger CPU/GPU teacher
+    "dit-m1": dict(depth=8, width=256, heads=4, patch=1),  # 13,662,624 image / 17,346,976 video: dit-m at patch 1
     "dit-b": dict(depth=12, width=768, heads=12, patch=2),  # 180,793,856 image / 230,403,584 video: GPUs (DiT-B width)
 }
 
