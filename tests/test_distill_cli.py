@@ -159,17 +159,21 @@ def test_a_teacher_whose_folder_tree_was_copied_finds_its_store_there(teachers, 
     store's old absolute path: distillation finds the copy instead of saying the store is gone."""
     import shutil
 
-    moved = tmp_path / "copied"
-    shutil.copytree(teachers["image"].parent, moved, ignore=shutil.ignore_patterns("video*"))
+    root = teachers["image"].parent  # <tmp>/teachers0: image/ and image-store/ side by side
+    moved = tmp_path / "copied" / "teachers-old"  # a name of its own: the original tree is still there
+    shutil.copytree(root, moved, ignore=shutil.ignore_patterns("video*"))
     for config in (moved / "image").rglob("config.json"):  # the run's and its model's record the old place, gone
-        config.write_text(config.read_text().replace(str(teachers["image"].parent), str(tmp_path / "gone")))
+        config.write_text(config.read_text().replace(str(root), str(tmp_path / "gone" / "teachers-old")))
     result = distill("--teacher", str(moved / "image"), "--losses", "vsd", "--student-steps", "1", "--steps", "1",
                      "--batch-size", "2", "--eval-every", "0", "--out", str(tmp_path / "student"))
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "student" / "config.json").read_text())["store"] == str(moved / "image-store")
-    shutil.rmtree(moved / "image-store")  # now it is gone: the error names the recorded path
+    shutil.rmtree(moved / "image-store")  # now it is gone, and a folder of that bare name is not taken for it
+    (tmp_path / "copied" / "image-store").mkdir()
+    (tmp_path / "copied" / "image-store" / "manifest.json").write_text("{}")
     gone = distill("--teacher", str(moved / "image"), "--losses", "vsd", "--steps", "1", "--out", str(tmp_path / "s2"))
-    assert gone.exit_code == 2 and f"is gone ({tmp_path / 'gone' / 'image-store'})" in gone.output, gone.output
+    assert gone.exit_code == 2, gone.output
+    assert f"is gone ({tmp_path / 'gone' / 'teachers-old' / 'image-store'})" in gone.output, gone.output
 
 
 def test_a_lora_student_trains_adapters_and_exports_merged_weights_that_lrm_sample_reads(teachers, tmp_path):

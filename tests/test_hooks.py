@@ -317,6 +317,11 @@ def test_lrm_ft_refuses_a_surrogate_that_does_not_fit_the_generator():
     with pytest.raises(ValueError, match="imitates 'colorfulness', not the tuned reward 'sharpness'"):
         surrogate_role(of_colour, student, SHAPE, reward="sharpness")
     surrogate_role(of_colour, student, SHAPE, reward="colorfulness")
+    of_metric = surrogate()  # a user's metric, typed with another path when fitted than when tuned
+    of_metric.info.reward_spec = {"name": "metrics/m.py:level", "kind": "image"}
+    surrogate_role(of_metric, student, SHAPE, reward="/home/me/metrics/m.py:level")
+    with pytest.raises(ValueError, match="imitates 'metrics/m.py:level', not the tuned reward 'm.py:other'"):
+        surrogate_role(of_metric, student, SHAPE, reward="m.py:other")
     surrogate_role(surrogate(), student, SHAPE)  # a fitting one passes
 
 

@@ -18,7 +18,7 @@ from lrm.datasets.store import LatentStore
 from lrm.generators import load_denoiser
 from lrm.generators.training import TeacherConfig, train_teacher
 from lrm.rewards import load as load_reward
-from lrm.tuning import TrueReward
+from lrm.tuning import TrueReward, tune_run
 from lrm.tuning.trainer import Distiller
 from lrm.tuning.tune import TuneConfig, tune
 
@@ -146,6 +146,9 @@ def test_a_rerun_with_another_setting_is_refused_and_more_steps_continue(teacher
     with pytest.raises(ValueError, match=r"has already trained 4 steps, more than --steps 2; pass --steps 4 or more"):
         run_tune(teacher, tmp_path / "run", config(steps=2, distill=("vsd",)))
     assert (tmp_path / "run" / "config.json").read_text() == saved
+    # a setting lrm records since a run was made is not held against that run: it resumes
+    record = json.loads(saved)
+    tune_run.check_settings(tmp_path / "run", {**record, "start_weights": "0123456789ab"}, asdict(TuneConfig()))
 
 
 def test_cd_needs_real_latents_and_no_store_means_no_real_rows(teacher, tmp_path):

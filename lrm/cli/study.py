@@ -218,7 +218,7 @@ def _launch(reward, out, study_options, regularisers, seeds, launch_options, sur
     from lrm.generators.runs import open_generator_run
 
     settings = {"reward": reward, "reward_options": {}, "prompts": prompts_hash(tune_args["prompt"], generator),
-                "start_weights": tune_cli.file_digest(open_generator_run(generator).model_dir / "model.safetensors")}
+                "start_weights": tune_cli.weights_digest(open_generator_run(generator).model_dir)}
     reuse = {}  # every run folder checked before the first run: a run of other settings refused up front
     for regulariser in config.regularisers:
         for seed in config.seeds:

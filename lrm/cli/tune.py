@@ -183,15 +183,11 @@ def _real_store(run, store_path, distill, concurrent):
     return None
 
 
-def file_digest(path: Path) -> str:
-    """The first 12 hex digits of the file's sha256, read in 16 MB chunks."""
-    import hashlib
+def weights_digest(model_dir: Path) -> str:
+    """The first 12 hex digits of the sha256 of a generator run's model.safetensors (its weights' identity)."""
+    from lrm.weights import sha256_of
 
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 24):
-            digest.update(chunk)
-    return digest.hexdigest()[:12]
+    return sha256_of(model_dir / "model.safetensors")[:12]
 
 
 def embedded_student_run(student_steps: int, device: str, video: bool = False) -> Path:
@@ -286,7 +282,7 @@ def _run(reward_name, reward_options, run_path, distill, student_steps, store_pa
 
     settings = {"reward": reward_name, "reward_options": reward_options, "from": str(run.run_dir),
                 # the start's weights: a rerun after that run trained further would measure distances against them
-                "start_weights": file_digest(run.model_dir / "model.safetensors"),
+                "start_weights": weights_digest(run.model_dir),
                 "store": str(real.path) if real is not None else None,
                 "surrogate": str(surrogate_path) if surrogate_path is not None else None,
                 "ensemble": [str(path) for path in ensemble or ()],

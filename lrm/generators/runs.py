@@ -113,7 +113,8 @@ class GeneratorRun:
         path = Path(recorded)
         ancestors = list(self.run_dir.resolve().parents)
         parts = path.parts[1:] if path.is_absolute() else path.parts
-        tails = [Path(*parts[-k:]) for k in range(len(parts), 0, -1)]  # the whole relative path first
+        # the whole relative path first; at least the last two parts (a bare name like "store" could be another's)
+        tails = [Path(*parts[-k:]) for k in range(len(parts), 1, -1)]
         candidates = ([path] if path.is_absolute() else [*(a / path for a in ancestors), path]) + \
             [a / tail for tail in tails for a in ancestors]
         return next((c for c in candidates if (c / marker).exists()), None)

@@ -35,6 +35,7 @@ instead of x_hat (and is trained on noised merged batches likewise).
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -68,7 +69,7 @@ def check_surrogate(surrogate: LatentRewardModel, student: nn.Module, latent_sha
     codec settings, text encoder (width or id) or reward kind."""
     who = f"LRM fine-tuning: surrogate {surrogate.preset!r}"
     imitates = (surrogate.info.reward_spec or {}).get("name")
-    if reward is not None and imitates is not None and imitates != reward:
+    if reward is not None and imitates is not None and same_reward_name(imitates) != same_reward_name(reward):
         raise ValueError(f"{who} imitates {imitates!r}, not the tuned reward {reward!r}: its gradient would tune "
                          f"toward {imitates!r}; fit a surrogate of {reward!r} (`lrm fit {reward} ...`)")
     channels = int(tuple(latent_shape)[1])
@@ -94,6 +95,13 @@ def check_surrogate(surrogate: LatentRewardModel, student: nn.Module, latent_sha
     if kind.endswith("video") and int(tuple(latent_shape)[0]) == 1:
         raise ValueError(f"{who} imitates a {kind} reward and the generator makes images (1 latent frame); "
                          "use an image surrogate or tune a video generator")
+
+
+def same_reward_name(name: str) -> str:
+    """A reward name as compared across commands: a user's metric, named by its reference as typed (`m.py:fn`,
+    `/abs/m.py:fn`), by its file's name and function; a registered reward as it is."""
+    file, _, function = name.rpartition(":")
+    return f"{Path(file).name}:{function}" if file.endswith(".py") else name
 
 
 def surrogate_role(surrogate: LatentRewardModel, student: nn.Module, latent_shape, concurrent: bool = False,

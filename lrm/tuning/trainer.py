@@ -69,7 +69,7 @@ class DistillConfig:
 class StepLog:
     step: int
     losses: dict[str, float] = field(default_factory=dict)  # "vsd", "cd", ... and "<role>" for auxiliary roles
-    skipped: list[str] = field(default_factory=list)  # roles whose update was skipped (non-finite loss)
+    skipped: list[str] = field(default_factory=list)  # roles whose update was skipped (non-finite, or nothing to learn)
     seconds: float = 0.0
     peak_memory_mb: float | None = None  # CUDA peak allocated during the step (None on the CPU)
 
@@ -101,7 +101,7 @@ class Distiller:
         self.generator = torch.Generator().manual_seed(config.seed + distributed.rank())  # other draws per rank
         self.step = 0
         self.updates = {r.name: 0 for r in roles.trainable()}  # optimiser steps taken per role
-        self.skipped = {r.name: 0 for r in roles.trainable()}  # updates skipped for a non-finite loss
+        self.skipped = {r.name: 0 for r in roles.trainable()}  # updates skipped: non-finite, or nothing to learn
 
     # ---------------------------------------------------------------- one generator step
 

@@ -59,7 +59,8 @@ def check_settings(run_dir: Path, settings: dict, defaults: dict) -> None:
             tune = {**_json(defaults), **record.get("tune", {})}
             return {**record, "tune": {k: v for k, v in tune.items() if k not in GROWABLE}}
 
-        diff = differences(fixed(saved), fixed(settings))
+        # a setting lrm records since the run was made (e.g. start_weights) is not held against it
+        diff = differences(fixed(saved), fixed({k: v for k, v in settings.items() if k in saved or k == "tune"}))
         if diff:
             raise ValueError(f"cannot resume tune run {run_dir}: it was started with other settings "
                              f"({'; '.join(diff)}). Fix: re-run with the same settings, or pass a new --out")
