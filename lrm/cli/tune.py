@@ -311,7 +311,8 @@ def _run(reward_name, reward_options, run_path, distill, student_steps, store_pa
              "losses": [log.losses for log in result.logs],
              "store": settings["store"], "real_rows": getattr(term, "real_rows", 0),
              "checkpoints": [f"checkpoints/step-{s:08d}" for s in checkpoint_steps(out_dir)]}
-    atomic_write_json(out_dir / "records.json", json.loads(json.dumps(facts, default=float)))
+    # strict JSON (NaN as null) that every parser reads; lrm's readers take null as NaN (lrm.studies.overopt.Curves)
+    atomic_write_json(out_dir / "records.json", json.loads(json.dumps(facts, default=float)), strict=True)
     for name, samples in (("before", result.samples_before), ("after", result.samples_after)):
         save_samples(samples, out_dir / name, grid_settings)
     write_tune_report(out_dir)
