@@ -151,6 +151,14 @@ def _history(run: FittedRun) -> list[dict]:
     return records
 
 
+def same_procedural_clips(a: LatentStore, b: LatentStore) -> bool:
+    """True when both stores encode procedural clips of one configuration (seed, world, frames, size) in one latent
+    space: clip i of a seed is the same clip whatever the count, so their first rows are the same data."""
+    source_a, source_b = a.manifest.get("source") or {}, b.manifest.get("source") or {}
+    return (source_a.get("kind") == source_b.get("kind") == "procedural" and source_a.get("config") is not None
+            and source_a.get("config") == source_b.get("config") and a.codec_settings == b.codec_settings)
+
+
 def report_run(run_dir: str | Path, store: str | Path | None = None, out: str | Path | None = None,
                progress: bool = True) -> ReportOutcome:
     """Score the run's surrogate and write report.html, metrics.json and figures/.
@@ -182,6 +190,10 @@ def report_run(run_dir: str | Path, store: str | Path | None = None, out: str | 
     if target.path.resolve() == run.store.path.resolve():
         raise ValueError(f"--store {store} is the store {run.run_dir} was fitted on, so every row would include its "
                          f"training rows; run `lrm report {run.run_dir}` without --store for its held-out report")
+    if same_procedural_clips(target, run.store):
+        raise ValueError(f"--store {store} holds the same procedural clips as the store {run.run_dir} was fitted on "
+                         f"(one seed, world, frames and size: clip i is the same clip in both), so its rows include "
+                         f"training rows; encode another seed (`lrm encode procedural:N --seed 1 ...`)")
     model = LatentRewardModel.from_pretrained(run.run_dir / "model", codec_settings=target.codec_settings)
     if model.text_dim is not None and target.text_encoder_id != model.info.text_encoder_id:
         raise ValueError(f"surrogate {run.run_dir / 'model'} reads prompts embedded by {model.info.text_encoder_id}, "

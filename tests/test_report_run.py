@@ -107,6 +107,10 @@ def test_a_column_computed_otherwise_is_refused_with_the_fix(run, tmp_path, labe
 def test_the_runs_own_store_and_a_folder_that_is_no_run_are_refused(run, tmp_path):
     own = error_line(runner.invoke(app, ["report", str(run), "--store", str(run / "store")]))
     assert "is the store" in own and "without --store" in own
+    # another folder of the same procedural clips (the seed, size and frames the fit's store took; fewer of them)
+    copy = _encode(tmp_path / "same-clips", 16, seed=0)
+    same = error_line(runner.invoke(app, ["report", str(run), "--store", str(copy), "--quiet"]))
+    assert "holds the same procedural clips as the store" in same and "--seed 1" in same
     assert "not a run of `lrm fit`" in error_line(runner.invoke(app, ["report", str(tmp_path), "--quiet"]))
     moved = tmp_path / "moved"
     shutil.copytree(run, moved, ignore=shutil.ignore_patterns("store"))
