@@ -158,13 +158,14 @@ def damaged_run(base_run, tmp_path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def fitted_run(base, tmp_path_factory) -> Path:
+def fitted_run(tmp_path_factory) -> Path:
     """A real `lrm fit` run (config.json, its own store, a 2-step surrogate): what `lrm report` judges. Fitted on
-    a copy of the base store, so that the base store and its copies are other stores to report on."""
+    the base store's settings at another seed, so that the base store and its copies are other stores to report on
+    (a store of the same clips is refused)."""
     folder = tmp_path_factory.mktemp("fitted")
-    own = Path(shutil.copytree(base, folder / "store"))
-    run("fit", "colorfulness", "--store", own, "--steps", 2, "--batch-size", 4, "--out", folder / "run", "--quiet",
-        code=0)
+    run(*ENCODE_BASE, "--seed", 1, "--out", folder / "store", code=0)
+    run("fit", "colorfulness", "--store", folder / "store", "--steps", 2, "--batch-size", 4, "--out", folder / "run",
+        "--quiet", code=0)
     return folder / "run"
 
 
