@@ -191,9 +191,10 @@ def report_run(run_dir: str | Path, store: str | Path | None = None, out: str | 
         raise ValueError(f"--store {store} is the store {run.run_dir} was fitted on, so every row would include its "
                          f"training rows; run `lrm report {run.run_dir}` without --store for its held-out report")
     if same_procedural_clips(target, run.store):
+        other_seed = int(run.store.manifest["source"]["config"].get("seed", 0)) + 1
         raise ValueError(f"--store {store} holds the same procedural clips as the store {run.run_dir} was fitted on "
                          f"(one seed, world, frames and size: clip i is the same clip in both), so its rows include "
-                         f"training rows; encode another seed (`lrm encode procedural:N --seed 1 ...`)")
+                         f"training rows; encode another seed (`lrm encode procedural:N --seed {other_seed} ...`)")
     model = LatentRewardModel.from_pretrained(run.run_dir / "model", codec_settings=target.codec_settings)
     if model.text_dim is not None and target.text_encoder_id != model.info.text_encoder_id:
         raise ValueError(f"surrogate {run.run_dir / 'model'} reads prompts embedded by {model.info.text_encoder_id}, "
