@@ -13,10 +13,11 @@ from rich.console import Console
 from rich.markup import escape
 
 from lrm.cli.options import check_device, parse_options, with_metric_options
-from lrm.configs import FitJob
+from lrm.configs import FitConfig, FitJob
 from lrm.names import not_one_of
 
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(FitJob)}  # one source of truth: FitJob
+FIT = FitConfig()  # the fit's schedule and early stopping, which `lrm fit` does not expose
 
 console = Console(stderr=True)
 
@@ -42,9 +43,10 @@ def fit(
     codec: Annotated[str, typer.Option(help="Latent space of a new store: dct, taef2 or diffusers:<path>.")] = DEFAULTS["codec"],
     model: Annotated[Optional[str], typer.Option(help="Surrogate preset (lrm.models.PRESETS). Default, the recommended one per reward kind: image-cnn-stats (image), text-image-xattn (text-image), video-pair-stats (video), text-video-3d-xattn (text-video).")] = DEFAULTS["preset"],
     steps: Annotated[int, typer.Option(min=1, help=(
-        "Most optimizer steps: the first 100 are a fixed linear warm-up of the learning rate, then cosine decay; "
-        "validated every 100 steps on the held-out rows, the fit keeps the checkpoint with the best held-out "
-        "Spearman and stops early after 10 validations without a better one."))] = DEFAULTS["steps"],
+        f"Most optimizer steps: the first {FIT.warmup_steps} are a fixed linear warm-up of the learning rate, then "
+        f"cosine decay; validated every {FIT.eval_every} steps on the held-out rows, the fit keeps the checkpoint "
+        f"with the best held-out Spearman and stops early after {FIT.patience} validations without a better one."
+        ))] = DEFAULTS["steps"],
     out: Annotated[Optional[Path], typer.Option(help="Run directory (default runs/<label>).")] = None,
     count: Annotated[int, typer.Option(min=1, help="Procedural clips when no --data is given.")] = DEFAULTS["count"],
     frames: Annotated[Optional[int], typer.Option(min=1, help="Frames per clip (default 1 for image rewards, 8 for video rewards).")] = None,

@@ -215,30 +215,32 @@ def _launch(reward, out, study_options, regularisers, seeds, launch_options, sur
         ensemble = ensemble or [by_seed[s] for s in range(config.ensemble_size) if s in by_seed]
     given = {k: v for k, v in tune_args.items() if v is not None}  # the rest: `lrm tune`'s defaults
     generator = tune_args["student"] or tune_args["teacher"]
+    from lrm.cli.generate import _prompts
     from lrm.generators.runs import open_generator_run
 
-    settings = {"reward": reward, "reward_options": {}, "prompts": prompts_hash(tune_args["prompt"], generator),
-                "start_weights": tune_cli.weights_digest(open_generator_run(generator).model_dir)}
+    start = open_generator_run(generator)
+    texts = tune_cli.tuning_prompts(_prompts(tune_args["prompt"], None) if tune_args["prompt"] else None, start)
+    settings = {"reward": reward, "reward_options": {}, "prompts": tune_cli.prompts_digest(texts),
+                "start_weights": tune_cli.weights_digest(start.model_dir)}
+    options = {r: plan.tune_options(r, config, surrogate, ensemble) for r in config.regularisers}
     reuse = {}  # every run folder checked before the first run: a run of other settings refused up front
     for regulariser in config.regularisers:
         for seed in config.seeds:
             folder = plan.run_folder(out, regulariser, seed)
-            options = plan.tune_options(regulariser, config, surrogate, ensemble)
-            made = {**tune_cli.DEFAULTS, "concurrent": False, **given, **options, "method": "lrm"}
+            made = {**tune_cli.DEFAULTS, "concurrent": False, **given, **options[regulariser], "method": "lrm"}
             expected = {**{k: v for k, v in made.items() if k in COMPARED}, "seed": seed}
-            inputs = {"from": str(generator),
-                      "surrogate": str(options["surrogate"]) if options.get("surrogate") else None,
-                      "ensemble": [str(p) for p in options.get("ensemble") or ()]}
+            arm = options[regulariser]
+            inputs = {"from": str(generator), "surrogate": str(arm["surrogate"]) if arm.get("surrogate") else None,
+                      "ensemble": [str(p) for p in arm.get("ensemble") or ()]}
             reuse[folder] = _reusable(folder, expected, inputs, settings)
     arms = []
     for regulariser in config.regularisers:
         runs = []
         for seed in config.seeds:
             folder = plan.run_folder(out, regulariser, seed)
-            options = plan.tune_options(regulariser, config, surrogate, ensemble)
             if not reuse[folder]:
                 typer.echo(f"[{regulariser}, seed {seed}] lrm tune {reward} -> {folder}", err=True)
-                tune_cli.tune(reward=reward, method="lrm", seed=seed, out=folder, **given, **options)
+                tune_cli.tune(reward=reward, method="lrm", seed=seed, out=folder, **given, **options[regulariser])
             run = read_run(folder, reward)
             write_study(folder / "study-overopt", run, analyse(run.curves, study_config), study_config)
             runs.append(run)
@@ -251,24 +253,6 @@ def _launch(reward, out, study_options, regularisers, seeds, launch_options, sur
               "tune_options": {k: (str(v) if isinstance(v, Path) else v) for k, v in given.items()}}
     out_dir = write_comparison(out, arms, study_config, launch)
     return json.loads((out_dir / "metrics.json").read_text())["verdict"], out_dir
-
-
-def prompts_hash(prompt: list[str] | None, generator: Path) -> str:
-    """The hash of the prompts `lrm tune --prompt ...` tunes `generator` on, as its config.json "prompts" records
-    it: the distinct --prompt texts, else the procedural captions of the generator's frames and world."""
-    import hashlib
-
-    from lrm.cli.generate import _prompts
-
-    if prompt:
-        texts = _prompts(prompt, None)
-    else:
-        from lrm.evaluation.report import TUNING_PROMPTS, procedural_prompts
-        from lrm.generators.runs import open_generator_run
-
-        run = open_generator_run(generator)
-        texts = procedural_prompts(TUNING_PROMPTS, run.latent_shape()[0], world=run.procedural_world)
-    return hashlib.sha256("\n".join(texts).encode()).hexdigest()[:12]
 
 
 FIXES = {"prompts": "tuned on other --prompt texts", "reward": "tuned toward another reward",

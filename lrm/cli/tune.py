@@ -183,6 +183,21 @@ def _real_store(run, store_path, distill, concurrent):
     return None
 
 
+def tuning_prompts(texts: list[str] | None, run) -> list[str]:
+    """The prompts `lrm tune` tunes the GeneratorRun `run` on: `texts` (--prompt / --prompts), else the procedural
+    captions of its frames and world."""
+    from lrm.evaluation.report import TUNING_PROMPTS, procedural_prompts
+
+    return texts or procedural_prompts(TUNING_PROMPTS, run.latent_shape()[0], world=run.procedural_world)
+
+
+def prompts_digest(texts: list[str]) -> str:
+    """The first 12 hex digits of the sha256 of the prompts, one per line: how config.json records them."""
+    import hashlib
+
+    return hashlib.sha256("\n".join(texts).encode()).hexdigest()[:12]
+
+
 def weights_digest(model_dir: Path) -> str:
     """The first 12 hex digits of the sha256 of a generator run's model.safetensors (its weights' identity)."""
     from lrm.weights import sha256_of
@@ -207,11 +222,9 @@ def _run(reward_name, reward_options, run_path, distill, student_steps, store_pa
          out, device, *, kl_weight=DEFAULTS["kl_weight"], ensemble=None,
          disagreement_weight=DEFAULTS["disagreement_weight"], gradient_alignment=DEFAULTS["gradient_alignment"],
          noise_aware=DEFAULTS["noise_aware"], gradient_weight=DEFAULTS["gradient_weight"], progress=False):
-    import hashlib
     from dataclasses import asdict
 
     from lrm.codecs import from_settings
-    from lrm.evaluation.report import TUNING_PROMPTS, procedural_prompts
     from lrm.generators.io import save_denoiser
     from lrm.generators.runs import LRM, open_generator_run
     from lrm.generators.writing import save_samples
@@ -272,7 +285,7 @@ def _run(reward_name, reward_options, run_path, distill, student_steps, store_pa
         surrogate = [LatentRewardModel.from_pretrained(path, codec_settings=model.codec_settings, map_location=device)
                      for path in ensemble]
     encoder = load_text(model.text_encoder_id)
-    texts = texts or procedural_prompts(TUNING_PROMPTS, latent_shape[0], world=run.procedural_world)
+    texts = tuning_prompts(texts, run)
     default_parent = Path("runs") if embedded else run.run_dir
     out_dir = Path(out) if out is not None else default_parent / f"tune-{Path(reward_name).stem}-{method}"
     grid_settings = {"run": str(out_dir / "model"), "sampler": "few-step", "steps": student_steps, "cfg": 1.0}
@@ -286,7 +299,7 @@ def _run(reward_name, reward_options, run_path, distill, student_steps, store_pa
                 "store": str(real.path) if real is not None else None,
                 "surrogate": str(surrogate_path) if surrogate_path is not None else None,
                 "ensemble": [str(path) for path in ensemble or ()],
-                "prompts": hashlib.sha256("\n".join(texts).encode()).hexdigest()[:12]}
+                "prompts": prompts_digest(texts)}
     result = run_tuning(model, true_reward, texts, encoder, config, latent_shape=latent_shape, surrogate=surrogate,
                         store=real, run_dir=out_dir, settings=settings, on_evaluation=write_evaluation,
                         progress=progress)
