@@ -132,17 +132,11 @@ def prepare_store(job: FitJob, spec, progress: bool = True) -> tuple[LatentStore
         if progress:  # the log, next to the progress bars: which size, and why
             tqdm.write(f"new store of {config.data}: frames of {size_reason}", file=sys.stderr)
         store = encode(config, job.run_dir() / "store", progress=progress)
-    if label not in store.labels or label_unfinished(store, label):  # a kill mid-labelling: finish the column
+    if label not in store.labels or store.label_unfinished(label):  # a kill mid-labelling: finish the column
         store = add_labels(store.path, [reward_ref], device=job.device, options=job.reward_options,
                            progress=progress, pixels=job.label_pixels)
     check_label_column(store, label, job)
     return store, size_reason
-
-
-def label_unfinished(store: LatentStore, label: str) -> bool:
-    """True when column `label` covers fewer shards than the store holds (labelling was killed); add_labels
-    resumes it shard by shard, and refuses a column computed otherwise (labels/<name>/label.json)."""
-    return store.manifest["labels"][label]["shards"] < len(store.manifest["shards"])
 
 
 def check_label_column(store: LatentStore, label: str, job: FitJob) -> None:

@@ -559,13 +559,18 @@ class LatentStore:
     def label(self, name: str) -> np.ndarray:
         """(N,) float32 label column, NaN where the reward failed."""
         entry = self._label_entry(name)
-        if entry["shards"] < len(self._shards):
+        if self.label_unfinished(name):
             raise StoreError(f"label {name!r} covers {entry['shards']} of {len(self._shards)} shards of "
                              f"{self.path}; finish it with `{self.finish_label_command(name)}` (or re-run the "
                              "`lrm fit` that started it)")
         parts = [read_label_values(label_paths(self.path, name, s["index"])["values"], s["rows"], name, mmap=False)
                  for s in self._shards]
         return np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)
+
+    def label_unfinished(self, name: str) -> bool:
+        """True when column `name` covers fewer shards than the store holds (labelling was stopped); `lrm label`
+        and `lrm fit` resume it shard by shard."""
+        return self._label_entry(name)["shards"] < len(self._shards)
 
     def finish_label_command(self, name: str) -> str:
         """The `lrm label` command that resumes column `name` as it was started: its reward (NAME=REWARD where the
