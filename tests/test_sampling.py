@@ -1,7 +1,6 @@
 """Sampling and evaluation of generators: lrm.generators.sampling / runs / writing, lrm.evaluation.report,
 and the `lrm sample` / `lrm evaluate` commands, on a tiny dit-xs at 8 x 8 dct latents."""
 
-import itertools
 import json
 import zlib
 from pathlib import Path
