@@ -105,6 +105,8 @@ class FitJob:
     augment: str = FitConfig.augment  # "none" or "hflip" (exact latent mirror; mirror-invariant rewards only)
     seed: int = FitConfig.seed  # data, split and training seed
     eval_every: int = FitConfig.eval_every  # steps between validations
+    patience: int = FitConfig.patience  # validations without a better val Spearman before stopping; 0 never
+    warmup_steps: int = FitConfig.warmup_steps  # linear learning-rate warm-up steps (0: none)
     reward_options: dict | None = None  # options of the reward factory (kind/input for user metrics)
     device: str = FitConfig.device  # where encoding, labelling and fitting run
 

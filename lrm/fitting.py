@@ -346,6 +346,8 @@ def _check_config(config: FitConfig) -> None:
                          "train_groups_seed out")
     if config.patience < 0:
         raise ValueError(f"FitConfig.patience must be >= 0 (0: never stop early), got {config.patience}")
+    if config.warmup_steps < 0:
+        raise ValueError(f"FitConfig.warmup_steps must be >= 0 (0: no warm-up), got {config.warmup_steps}")
     if config.noise_aware:
         from lrm.diffusion.schedule import NUM_TIMESTEPS, SCHEDULES
 

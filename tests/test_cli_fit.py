@@ -381,7 +381,8 @@ def test_fit_help_names_the_recommended_preset_per_reward_kind():
 
     text = " ".join(runner.invoke(app, ["fit", "--help"]).output.replace("│", " ").split())
     assert [kind for kind, preset in DEFAULT_PRESETS.items() if f"{preset} ({kind})" not in text] == []
-    assert "fixed linear warm-up" in text and "stops early after 10 validations" in text  # what --steps bounds
+    assert "linear warm-up of the learning rate (--warmup-steps)" in text  # what --steps bounds, and the options
+    assert "stops early when --patience validations bring no better one" in text and "[default: 10]" in text
 
 
 def test_ctrl_c_says_how_to_resume(monkeypatch, tmp_path):
@@ -457,3 +458,15 @@ def test_a_store_too_small_to_split_names_what_the_cli_can_change(tmp_path):
                                  "--out", str(tmp_path / "run"), "--quiet"])
     assert result.exit_code != 0 and "a larger --count" in result.output
     assert "val_fraction" not in result.output and "train_groups" not in result.output  # no such lrm fit options
+
+
+def test_warmup_and_patience_options_reach_the_fit_and_negative_values_are_refused(tmp_path):
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["fit", "jpeg-incompressibility", *TINY, "--warmup-steps", "0", "--patience", "0",
+                                 "--out", str(run), "--quiet"])
+    assert result.exit_code == 0, result.output
+    fit = json.loads((run / "config.json").read_text())["fit"]
+    assert fit["warmup_steps"] == 0 and fit["patience"] == 0
+    for flag in ("--warmup-steps", "--patience"):
+        bad = runner.invoke(app, ["fit", "colorfulness", flag, "-1", "--dry-run"])
+        assert bad.exit_code == 2 and flag in bad.output

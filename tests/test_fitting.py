@@ -480,6 +480,8 @@ def test_train_groups_fit_nested_subsets_against_the_same_validation_rows(store,
         fit_surrogate(store, "synth", quick(train_groups_seed=1), tmp_path / "seed-alone")
     with pytest.raises(ValueError, match="patience must be >= 0"):  # -1 silently meant "never stop early"
         fit_surrogate(store, "synth", quick(patience=-1), tmp_path / "patience")
+    with pytest.raises(ValueError, match="warmup_steps must be >= 0"):  # it used to start the cosine early
+        fit_surrogate(store, "synth", quick(warmup_steps=-5), tmp_path / "warm-up")
     latents, label = synthetic(240)
     label[np.isin(groups, groups[full.train_indices][:8])] = np.nan  # the first 2 training groups: no finite label
     holed = write_store(tmp_path / "holed", latents, {"synth": label})

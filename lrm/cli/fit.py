@@ -13,11 +13,10 @@ from rich.console import Console
 from rich.markup import escape
 
 from lrm.cli.options import check_device, parse_options, with_metric_options
-from lrm.configs import FitConfig, FitJob
+from lrm.configs import FitJob
 from lrm.names import not_one_of
 
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(FitJob)}  # one source of truth: FitJob
-FIT = FitConfig()  # the fit's schedule and early stopping, which `lrm fit` does not expose
 
 console = Console(stderr=True)
 
@@ -43,10 +42,14 @@ def fit(
     codec: Annotated[str, typer.Option(help="Latent space of a new store: dct, taef2 or diffusers:<path>.")] = DEFAULTS["codec"],
     model: Annotated[Optional[str], typer.Option(help="Surrogate preset (lrm.models.PRESETS). Default, the recommended one per reward kind: image-cnn-stats (image), text-image-xattn (text-image), video-pair-stats (video), text-video-3d-xattn (text-video).")] = DEFAULTS["preset"],
     steps: Annotated[int, typer.Option(min=1, help=(
-        f"Most optimizer steps: the first {FIT.warmup_steps} are a fixed linear warm-up of the learning rate, then "
-        f"cosine decay; validated every {FIT.eval_every} steps on the held-out rows, the fit keeps the checkpoint "
-        f"with the best held-out Spearman and stops early after {FIT.patience} validations without a better one."
+        f"Most optimizer steps: a linear warm-up of the learning rate (--warmup-steps), then cosine decay; "
+        f"validated every {DEFAULTS['eval_every']} steps on the held-out rows, the fit keeps the checkpoint with the "
+        f"best held-out Spearman and stops early when --patience validations bring no better one."
         ))] = DEFAULTS["steps"],
+    warmup_steps: Annotated[int, typer.Option(min=0, help="Steps of linear learning-rate warm-up (0: none).")] = DEFAULTS["warmup_steps"],
+    patience: Annotated[int, typer.Option(min=0, help=(
+        "Validations in a row without a better held-out Spearman before the fit stops early (0: never stops "
+        "early; it still keeps the best checkpoint)."))] = DEFAULTS["patience"],
     out: Annotated[Optional[Path], typer.Option(help="Run directory (default runs/<label>).")] = None,
     count: Annotated[int, typer.Option(min=1, help="Procedural clips when no --data is given.")] = DEFAULTS["count"],
     frames: Annotated[Optional[int], typer.Option(min=1, help="Frames per clip (default 1 for image rewards, 8 for video rewards).")] = None,
@@ -127,7 +130,8 @@ def fit(
     job = FitJob(reward=reward, data=data, store=str(store) if store else None, out=str(out) if out else None,
                  label=label, label_pixels=label_pixels, codec=codec, count=count, frames=frames, size=size,
                  text=text, preset=model,
-                 steps=steps, batch_size=batch_size, lr=lr, loss=loss, label_transform=label_transform,
+                 steps=steps, warmup_steps=warmup_steps, patience=patience, batch_size=batch_size, lr=lr, loss=loss,
+                 label_transform=label_transform,
                  noise_aware=noise_aware, gradient_weight=gradient_weight, augment=augment, seed=seed,
                  reward_options=options or None, device=device)
     if dry_run:
