@@ -31,6 +31,11 @@ and evaluated the same way (results/teacher_<variant>.json):
   --images N       trained on N procedural images of the same world instead of the embedded 2,048 (its store beside
                    the embedded one); evaluated on the same prompts, so the record counts how many of them its
                    larger store holds
+  --codec NAME     the same images in another latent space (lrm.codecs), e.g. taef2 (8 x 8 x 32 at 64 px, the dct
+                   latents' shape; needs its weights: $LRM_WEIGHTS); its store and its held-out data beside the
+                   embedded ones, the same prompts, real images decoded by that codec as the ceiling. With --video:
+                   the embedded video teacher's clips in that codec, started from the image teacher of that codec
+                   (the --codec NAME image variant, trained first)
 
     LRM_CACHE=/tmp/lrm-bench OMP_NUM_THREADS=1 python benchmarks/teacher.py   # fresh cache: trains from scratch
     LRM_CACHE=/tmp/lrm-bench python benchmarks/teacher.py --steps 4500        # a variant
@@ -95,42 +100,61 @@ class StandardisedStore:
 
 
 def variant_name(steps: int | None, standardise: str | None, images: int | None = None,
-                 preset: str | None = None) -> str | None:
-    """"steps4500", "standardised", "standardised-luma-steps4500", "images8192", "dit-m1"; None for the embedded
-    teacher."""
+                 preset: str | None = None, codec: str | None = None) -> str | None:
+    """"steps4500", "standardised", "standardised-luma-steps4500", "images8192", "dit-m1", "taef2"; None for the
+    embedded teacher."""
     scaled = {None: [], "all": ["standardised"], "luma": ["standardised-luma"]}[standardise]
-    parts = ([preset] if preset is not None else []) + scaled + ([f"images{images}"] if images is not None else []) \
-        + ([f"steps{steps}"] if steps is not None else [])
+    parts = ([preset] if preset is not None else []) + ([codec] if codec is not None else []) + scaled \
+        + ([f"images{images}"] if images is not None else []) + ([f"steps{steps}"] if steps is not None else [])
     return "-".join(parts) or None
 
 
-def variant_store_config(images: int | None) -> EncodeConfig:
-    """The embedded image store's settings, with `images` images of the same world instead of its own count."""
+def variant_store_config(images: int | None, codec: str | None = None) -> EncodeConfig:
+    """The embedded image store's settings, with `images` images of the same world instead of its own count and
+    latents in `codec` instead of its own."""
     entry = EMBEDDED["image"].store
-    return entry if images is None else replace(entry, data=f"procedural:{images}:{entry.data.split(':')[2]}")
+    entry = entry if images is None else replace(entry, data=f"procedural:{images}:{entry.data.split(':')[2]}")
+    return entry if codec is None else replace(entry, codec=codec)
 
 
-def variant_store(images: int | None) -> LatentStore:
-    """The embedded image store, or one of `images` images of the same world beside it."""
-    if images is None:
-        return embedded_store(progress=True)
-    folder = embedded_store_dir().with_name(f"{embedded_store_dir().name}-images{images}")
-    return encode(variant_store_config(images), folder, progress=True)
+def variant_store(images: int | None, codec: str | None = None, video: bool = False) -> LatentStore:
+    """The embedded image store, or one of `images` images of the same world and/or in `codec` beside it; with
+    video, the embedded video store in `codec` beside it."""
+    if images is None and codec is None:
+        return embedded_store(video, progress=True)
+    suffix = "-".join(([codec] if codec else []) + ([f"images{images}"] if images else []))
+    folder = embedded_store_dir(video).with_name(f"{embedded_store_dir(video).name}-{suffix}")
+    config = replace(EMBEDDED["video"].store, codec=codec) if video else variant_store_config(images, codec)
+    return encode(config, folder, progress=True)
+
+
+def video_init(codec: str | None) -> str | None:
+    """The model folder the video teacher (of `codec`: the --codec image variant's) starts from."""
+    init = embedded_config(video=True).init
+    if codec is None:
+        return init
+    image_run = embedded_run_dir(video=False)
+    return str(image_run.with_name(f"{image_run.name}-{codec}") / "model")
 
 
 def train(video: bool, steps: int | None = None, standardise: str | None = None, images: int | None = None,
-          preset: str | None = None) -> tuple[dict, StandardisedStore | None]:
+          preset: str | None = None, codec: str | None = None) -> tuple[dict, StandardisedStore | None]:
     """Train (or find) the embedded teacher, or a variant of the image teacher; time its store and training
     stages, and the peak memory. Returns the record and, for --standardise, the standardised store."""
-    run, variant, scaled = embedded_run_dir(video), variant_name(steps, standardise, images, preset), None
+    run, variant, scaled = embedded_run_dir(video), variant_name(steps, standardise, images, preset, codec), None
     if variant is not None:
         run = run.with_name(f"{run.name}-{variant}")
     cached = (run / "model" / "config.json").exists()
     started = time.perf_counter()
     if variant is None:
         embedded_teacher(video=video, progress=True)
+    elif video:  # the video teacher in another codec, from the image teacher of that codec
+        if not (Path(video_init(codec)) / "config.json").is_file():
+            train(False, codec=codec)
+        train_teacher(variant_store(None, codec, video=True), replace(embedded_config(video=True), init=video_init(codec)),
+                      run, resume=True, progress=True)
     else:
-        store = variant_store(images)
+        store = variant_store(images, codec)
         scaled = StandardisedStore(store, standardise) if standardise else None
         embedded = EMBEDDED["image"].teacher
         config = replace(embedded, steps=steps or embedded.steps, preset=preset or embedded.preset)
@@ -209,10 +233,15 @@ def main() -> None:
     parser.add_argument("--preset", choices=[name for name in DIT_PRESETS if name != EMBEDDED["image"].teacher.preset],
                         help="variant: the image teacher at another DiT size")
     parser.add_argument("--images", type=int, help="variant: the image teacher trained on this many procedural images")
+    parser.add_argument("--codec", help="variant: the image teacher trained on the same images in this latent space")
     parser.add_argument("--out", type=Path, help="default: results/teacher.json, results/teacher_<variant>.json")
     args = parser.parse_args()
-    variant = variant_name(args.steps, args.standardise, args.images, args.preset)
-    if variant is not None and args.video:
+    if args.codec == EMBEDDED["image"].store.codec:
+        args.codec = None  # the embedded teacher's own
+    if args.standardise is not None and args.codec is not None:
+        parser.error("--standardise rescales the dct codec's luma and chroma channels: leave out --codec")
+    variant = variant_name(args.steps, args.standardise, args.images, args.preset, args.codec)
+    if variant is not None and variant != args.codec and args.video:
         parser.error("--steps, --standardise, --images and --preset make variants of the image teacher: leave out "
                      "--video")
     for flag, value in (("--steps", args.steps), ("--images", args.images)):
@@ -222,7 +251,7 @@ def main() -> None:
 
     kind = "video" if args.video else "image"
     entry = EMBEDDED[kind]
-    training, scaled = train(args.video, args.steps, args.standardise, args.images, args.preset)
+    training, scaled = train(args.video, args.steps, args.standardise, args.images, args.preset, args.codec)
     if training["cached"] and args.out.is_file():  # evaluated again: keep the training as measured when it ran
         earlier = json.loads(args.out.read_text()).get("training", {})
         if earlier.get("run") == training["run"] and not earlier.get("cached"):
@@ -232,10 +261,14 @@ def main() -> None:
 
     # held-out real data: prompts, their token embeddings, and real latents (FD reference; floor; ceiling)
     count = max(4 * args.prompts, 2 * args.reference)
-    work = run.parent / f"eval-{embedded_run_dir(args.video).name}-{count}"  # shared by the variants
-    training_store = LatentStore.open(embedded_store_dir(args.video))
+    codec_name = args.codec or entry.store.codec
+    work = run.parent / f"eval-{embedded_run_dir(args.video).name}-{count}"  # shared by the variants of one codec
+    work = work if args.codec is None else work.with_name(f"{work.name}-{args.codec}")
+    # the captions the prompts are held out from: the embedded store's (a codec variant's store holds the same)
+    training_store = LatentStore.open(embedded_store_dir(args.video) if args.codec is None
+                                      else json.loads((run / "config.json").read_text())["store"])
     world = training_store.procedural_world  # the world the teacher learnt
-    held_out = encode(EncodeConfig(f"procedural:{count}:{world}", codec=entry.store.codec, frames=entry.store.frames,
+    held_out = encode(EncodeConfig(f"procedural:{count}:{world}", codec=codec_name, frames=entry.store.frames,
                                    size=entry.store.size, text=entry.store.text, text_length=entry.store.text_length,
                                    seed=EVAL_SEED), work, progress=False)
     candidates = held_out.prompts[: count - args.reference]  # the rows after them are the FD reference
@@ -273,7 +306,7 @@ def main() -> None:
     untrained = build_dit(args.preset or entry.teacher.preset, shape[1], text.shape[-1], frames=shape[0]).eval()
     grid = [("real", real_pixels[:GRID_PROMPTS, 0])]
     candidates = [("untrained", untrained, 4.0)]
-    init = embedded_config(args.video).init
+    init = video_init(args.codec) if args.video else None
     if init is not None:  # the video teacher's step 0: the image teacher inflated, frame by frame
         candidates.append(("image teacher, inflated", inflate(load_denoiser(init), shape[0]).eval(), 4.0))
     candidates += [(f"10% ({ten_percent} steps)", early, 4.0), ("teacher", teacher, 4.0), ("teacher", teacher, 1.0),
@@ -287,9 +320,9 @@ def main() -> None:
             for seed in range(2):
                 grid.append((f"{name} s{seed}", pixels[seed::args.seeds][:GRID_PROMPTS, 0]))
 
-    store_config = entry.store if args.video else variant_store_config(args.images)
+    store_config = replace(entry.store, codec=codec_name) if args.video else variant_store_config(args.images, args.codec)
     result = {"kind": kind, "store": json.loads(json.dumps(store_config.__dict__)),
-              "teacher": json.loads(json.dumps(replace(embedded_config(args.video), steps=training["steps"],
+              "teacher": json.loads(json.dumps(replace(embedded_config(args.video), steps=training["steps"], init=init,
                                                         preset=args.preset or entry.teacher.preset).__dict__)),
               "standardised_latents": args.standardise, "training": training,
               "evaluation": {"prompts": args.prompts, "seeds": args.seeds, "reference": args.reference,

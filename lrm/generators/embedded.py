@@ -9,10 +9,12 @@ tokens) and the training settings, chosen for the 15-minute budget on this proje
 world (lrm.datasets.procedural.WORLDS: one medium or large shape over a plain or gradient background, no blur,
 noise, flicker or JPEG) is what a teacher this small learns in minutes (colour alignment 0.92 against 0.56 on
 the full world at the same settings, docs/teacher.md). The image teacher is dit-s1 (patch 1: one token per 8x8
-dct block), which binds object colours where patch 2 did not. The video teacher is the same dit-s1 started
-from the image teacher (lrm.generators.dit.inflate: the image model frame by frame, temporal attention behind a
-zero gate), so it inherits the image teacher's binding and spends its budget on time; its cache key includes
-the image teacher's run name, and training it trains the image teacher first when that is missing.
+dct block), which binds object colours where patch 2 did not; the named shapes it draws rarely (0.2 against
+0.8 for real images), a limit of the dct latent space, which the same teacher in taef2 does not have (0.82). The
+video teacher is the same dit-s1 started from the image teacher (lrm.generators.dit.inflate: the image model
+frame by frame, temporal attention behind a zero gate), so it inherits the image teacher's binding and spends
+its budget on time; its cache key includes the image teacher's run name, and training it trains the image
+teacher first when that is missing.
 Measured end to end by benchmarks/teacher.py (docs/teacher.md has the tables and the machine's load).
 
 The run folder lives under the cache, `$LRM_CACHE/teachers/<name>` (default ~/.cache/lrm/teachers), with
