@@ -56,6 +56,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lrm.io import atomic_write_json
+
 REWARDS = ("jpeg-compressibility", "prompt-color", "temporal-flickering")  # non-differentiable, text-image, video
 METHODS = ("lrm", "lrm-frozen", "lrm-warm", "ddpo", "direct")
 FITTED = ("lrm-frozen", "lrm-warm")  # start from the surrogate fitted beforehand
@@ -142,7 +144,7 @@ def worker(args) -> None:
            "nonfinite_rewards": true_reward.nonfinite, "process_seconds": time.perf_counter() - start,
            "surrogate_fidelity": getattr(result.term, "fidelity", None),  # a concurrent surrogate's, last updates
            "surrogate_gradient_cosine": getattr(result.term, "gradient_cosine", None)}
-    (Path(args.run_dir) / RESULT).write_text(json.dumps(out, indent=1, default=float))
+    atomic_write_json(Path(args.run_dir) / RESULT, out)
 
 
 def fit_worker(args) -> None:
@@ -173,7 +175,7 @@ def fit_worker(args) -> None:
            "spearman": metrics["surrogate"]["spearman"], "trust": metrics["trust"],
            "fit_s": None if fitted_before else seconds, "fit_train_s": metrics["fit_seconds"],
            "fitted_before": fitted_before}
-    (Path(args.run_dir) / FIT_RESULT).write_text(json.dumps(out, indent=1, default=float))
+    atomic_write_json(Path(args.run_dir) / FIT_RESULT, out)
 
 
 # ---------------------------------------------------------------- parent: runs, table, figure
@@ -307,7 +309,7 @@ def fit_surrogate(reward: str, student: Path, args, root: Path) -> dict:
     print(f"  surrogate of {reward}: fitting on the student's store into {folder}", flush=True)
     folder.mkdir(parents=True, exist_ok=True)
     measured = measure(command, f"surrogate fit {folder}")
-    process_path.write_text(json.dumps(measured))
+    atomic_write_json(process_path, measured)
     result = json.loads(result_path.read_text())
     spent = "cost unknown (fitted earlier)" if result["fit_s"] is None else f"{result['fit_s']:.0f} s"
     print(f"  surrogate of {reward}: {result['preset']}, {result['steps']} steps, held-out Spearman "
@@ -335,7 +337,7 @@ def run_one(reward: str, label: str, method: str, surrogate_lr: float | None, se
     result = json.loads(result_path.read_text())
     # the worker restarts the kernel's peak mark to isolate its steps, which can lower what os.wait4 reports
     measured["peak_rss_mb"] = max(measured["peak_rss_mb"], result.get("worker_peak_rss_mb") or 0.0)
-    process_path.write_text(json.dumps(measured))
+    atomic_write_json(process_path, measured)
     gains = [r["gold"] - result["records"][0]["gold"] for r in result["records"]]
     print(f"  {run_dir.name}: gain {gains[-1]:+.4g} in {result['train_seconds'][-1]:.0f} s training, "
           f"{measured['wall_s']:.0f} s wall, peak RSS {measured['peak_rss_mb']:.0f} MB", flush=True)
@@ -632,10 +634,10 @@ def main() -> None:
         f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in settings.items()
         if v is not None)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"command": command, "settings": settings,
-                               "students": {reward: str(path) for reward, path in students.items()},
-                               "methods": {m: METHOD_NOTES[m] for m in args.methods}, "rows": rows,
-                               "surrogate_fits": fits, "not_run": skipped, "goal": goals}, indent=1, default=float))
+    atomic_write_json(out, {"command": command, "settings": settings,  # NaN written as null
+                            "students": {reward: str(path) for reward, path in students.items()},
+                            "methods": {m: METHOD_NOTES[m] for m in args.methods}, "rows": rows,
+                            "surrogate_fits": fits, "not_run": skipped, "goal": goals}, strict=True)
     if rows:
         from lrm.rewards import load as load_reward
 
