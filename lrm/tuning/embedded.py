@@ -8,9 +8,9 @@
 STUDENT_JOBS holds both distillations (one DistillJob per kind, the teachers filled in when they run):
 - "image": the embedded image teacher with DOLLAR's VSD + CD on the teacher's own store;
 - "video": the embedded video teacher with AVDM2's ADM (denoising GAN on the video teacher's features) + SDM-2D
-  (frame-level VSD with the embedded image teacher as image teacher), the pair that beat ADM alone in
-  docs/distill.md (AVDM2 benchmark, 3 seeds: frame FD 26.5 ± 5.8 vs 34.5 ± 10.0, colour 0.991 vs 0.705, at the
-  same temporal flickering).
+  (frame-level VSD with the embedded image teacher as image teacher), the pair whose frames follow the caption in
+  docs/distill.md (AVDM2 benchmark, 3 seeds: colour 0.977 vs 0.557 for ADM alone, at a frame FD of 29.0 vs 24.1
+  and temporal flickering of 0.943 vs 0.954).
 
 The run folder is `$LRM_CACHE/students/<name>` (default ~/.cache/lrm/students), with
 <name> = "<kind>-<student_steps>step-<8 hex of the teacher runs' folder names and the distillation settings>":
@@ -24,10 +24,9 @@ Cost on this project's 2-core CPU:
   minutes. The one full run (`lrm tune jpeg-compressibility --concurrent --steps 20`, load average ~7 on the 2
   cores) distilled in 8 min 20 s wall (5.3 s per step under that load), then tuned at 0.75 s per step; 195 s of CPU time for both.
 - video: one ADM + SDM-2D step of the dit-s1 video teacher (8 frames) at batch 8, the image teacher and its 2D fake
-  score on every frame, took a median 7.7-8.6 s in benchmarks/avdm2.py's three seeds (one torch thread, the CPU
-  partly shared with other work), so 60 steps take ~8 minutes; a niced probe under heavier load (another training
-  job on ~1.4 of the 2 cores) took a median 14.2 s per step, peak RSS 2.1 GB. 60 steps are what docs/distill.md's
-  AVDM2 benchmark measured the quality of (this is the same job as its seed-0 run).
+  score on every frame, took 4.7 s (4.6-4.7) in benchmarks/avdm2.py's three seeds (one torch thread), so 60
+  steps take ~5 minutes. 60 steps are what docs/distill.md's AVDM2 benchmark measured the quality of (this is the
+  same job as its seed-0 run).
 """
 
 from __future__ import annotations
@@ -44,7 +43,7 @@ STUDENT_JOBS: dict[str, DistillJob] = {
     # VSD + CD (DOLLAR), 100 steps of 8 (~4 min at 2.3 s/step); fixed-seed logs at 0, 50 and 100; checkpoints every 25
     "image": DistillJob(losses=("vsd", "cd"), steps=100, batch_size=8, eval_every=50, checkpoint_every=25),
     # ADM + SDM-2D (AVDM2) on 8-frame clips, the settings of docs/distill.md's AVDM2 comparison: 60 steps of 8
-    # (~8 min at 8 s/step); fixed-seed logs at 0, 30 and 60; checkpoints every 15
+    # (~5 min at 4.7 s/step); fixed-seed logs at 0, 30 and 60; checkpoints every 15
     "video": DistillJob(video=True, losses=("adm", "sdm2d"), steps=60, batch_size=8, eval_every=30,
                         checkpoint_every=15),
 }
