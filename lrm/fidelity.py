@@ -218,7 +218,10 @@ def _num(value: float) -> str:
 def ranking_problem(surrogate: dict, ridge: dict | None) -> str | None:
     """Why the surrogate cannot be trusted to order samples (what a tuner climbs), or None."""
     s = surrogate["spearman"]
-    if not np.isfinite(s) or s < LOW_SPEARMAN:
+    if not np.isfinite(s):
+        return (f"ranking unmeasured: Spearman is undefined on these {surrogate['n']} rows (too few, or constant "
+                "labels or predictions); judge it on more rows")
+    if s < LOW_SPEARMAN:
         return f"misranks: Spearman {s:.3f} < {LOW_SPEARMAN}"
     if ridge is not None and np.isfinite(ridge["spearman"]) and not s > ridge["spearman"]:
         return (f"ranks no better than ridge on pooled latent statistics (Spearman {s:.3f} vs "
@@ -231,7 +234,10 @@ def level_problem(surrogate: dict, baselines: dict) -> str | None:
     predictor's error and ridge's calibration), or None."""
     r2, cal = surrogate["r2"], surrogate["calibration_error"]
     ridge, constant = baselines.get("ridge"), baselines.get("constant")
-    if not np.isfinite(r2) or r2 < MIN_R2:
+    if not np.isfinite(r2):
+        return (f"level unmeasured: R² is undefined on these {surrogate['n']} rows (too few, or constant labels); "
+                "judge it on more rows")
+    if r2 < MIN_R2:
         return f"mis-levelled: R² {r2:.3f} < {MIN_R2}"
     if ridge is not None and np.isfinite(ridge["r2"]) and not r2 > ridge["r2"]:
         return f"mis-levelled: R² {r2:.3f} not above ridge's {ridge['r2']:.3f}"

@@ -195,6 +195,12 @@ def report_run(run_dir: str | Path, store: str | Path | None = None, out: str | 
         raise ValueError(f"--store {store} holds the same procedural clips as the store {run.run_dir} was fitted on "
                          f"(one seed, world, frames and size: clip i is the same clip in both), so its rows include "
                          f"training rows; encode another seed (`lrm encode procedural:N --seed {other_seed} ...`)")
+    frames, fitted_frames = target.latent_shape[0], run.store.latent_shape[0]
+    if frames != fitted_frames:  # the baselines read pooled features whose length depends on the frame count
+        kind = lambda t: f"clips of {t} frames" if t > 1 else "still images"  # noqa: E731
+        raise ValueError(f"--store {store} holds {kind(frames)} (latent frames), but {run.run_dir} was fitted on "
+                         f"{kind(fitted_frames)}; judge it on a store of {kind(fitted_frames)} (`lrm encode ... "
+                         f"--frames {fitted_frames}`)")
     model = LatentRewardModel.from_pretrained(run.run_dir / "model", codec_settings=target.codec_settings)
     if model.text_dim is not None and target.text_encoder_id != model.info.text_encoder_id:
         raise ValueError(f"surrogate {run.run_dir / 'model'} reads prompts embedded by {model.info.text_encoder_id}, "

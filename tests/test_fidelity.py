@@ -136,6 +136,13 @@ def test_misranking_is_low_trust_and_names_what_else_failed(reward):
     assert report.checks["level"].startswith("mis-levelled: R² -") and report.checks["range"] in report.flags
 
 
+def test_an_undefined_spearman_is_named_unmeasured_not_misranked(reward):
+    true, noise, other = reward
+    report = _judged(np.full_like(true, 2.0), true, true + other)  # constant predictions: Spearman is NaN
+    assert report.trust == "low" and "nan" not in report.verdict
+    assert report.verdict.startswith(f"low trust — ranking unmeasured: Spearman is undefined on these {len(true)} rows")
+
+
 def test_ranking_no_better_than_ridge_is_low_trust(reward):
     true, noise, other = reward
     report = _judged(true + 0.25 * noise, true, true + 0.2 * other)

@@ -120,6 +120,16 @@ def test_the_runs_own_store_and_a_folder_that_is_no_run_are_refused(run, tmp_pat
     assert "put it back at that path" in error_line(runner.invoke(app, ["report", str(moved), "--quiet"]))
 
 
+def test_a_store_of_clips_is_refused_before_labelling_for_a_surrogate_of_still_images(run, tmp_path):
+    clips = tmp_path / "clips"
+    result = runner.invoke(app, ["encode", "procedural:6", "--frames", "4", "--size", "32", "--seed", "7",
+                                 "--out", str(clips), "--quiet"])
+    assert result.exit_code == 0, result.output
+    message = error_line(runner.invoke(app, ["report", str(run), "--store", str(clips), "--quiet"]))
+    assert "holds clips of 4 frames" in message and "fitted on still images" in message and "--frames 1" in message
+    assert not LatentStore.open(clips).labels  # refused before labelling (it used to fail inside sklearn after)
+
+
 def test_a_text_surrogate_is_refused_on_a_store_without_its_text_embeddings(run, tmp_path):
     from lrm.models import build
 
