@@ -291,6 +291,16 @@ def test_score_option_for_a_reward_without_options(tmp_path):
           fix="leave out -o")
 
 
+def test_clips_shorter_than_frames_are_named_with_their_frame_count(tmp_path):
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for k in range(2):  # 3-frame clips, --frames 5
+        frames = [Image.fromarray(np.full((16, 16, 3), 30 * i + k, np.uint8)) for i in range(3)]
+        frames[0].save(folder / f"c{k}.gif", save_all=True, append_images=frames[1:])
+    fails("encode", folder, "--frames", "5", "--size", "16", "--out", tmp_path / "store", "--quiet",
+          names="3 frames, fewer than the 5 of each clip of this store", fix="--frames 3 or fewer")
+
+
 def test_label_unknown_option(store):
     fails("label", store, "sharpness", "-o", "size=3", names="sharpness has no option 'size'", fix="Its options: frames")
 

@@ -470,3 +470,15 @@ def test_warmup_and_patience_options_reach_the_fit_and_negative_values_are_refus
     for flag in ("--warmup-steps", "--patience"):
         bad = runner.invoke(app, ["fit", "colorfulness", flag, "-1", "--dry-run"])
         assert bad.exit_code == 2 and flag in bad.output
+
+
+def test_the_summary_counts_the_rows_whose_label_is_not_finite(tmp_path):
+    metric = tmp_path / "metric.py"
+    metric.write_text("import math\n\ndef sometimes(frames):\n    v = float(frames[..., 0].mean())\n"
+                      "    return math.nan if int(v) % 3 == 0 else v\n")
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["fit", f"{metric}:sometimes", "--kind", "image", "--input", "uint8", *TINY,
+                                 "--out", str(run), "--quiet"])
+    assert result.exit_code == 0, result.output
+    nan = json.loads((run / "metrics.json").read_text())["nan_labels"]
+    assert 0 < nan < 48 and f"{nan} of the store's 48 rows have no finite label" in result.output

@@ -148,8 +148,13 @@ def fit(
                   f"(ridge baseline {ridge['spearman']:.3f}, {ridge['r2']:.3f}) on {m['n']} samples")
     console.print("(the held-out rows also picked the best checkpoint and when to stop, so these numbers are "
                   "slightly optimistic; `lrm report RUN --store OTHER` judges it on rows nothing was chosen on)")
+    metrics = json.loads((outcome.run_dir / "metrics.json").read_text())
+    if metrics.get("nan_labels"):
+        rows = metrics["nan_labels"] + metrics["n_train"] + metrics["n_val"]
+        console.print(f"[yellow]note:[/] {metrics['nan_labels']} of the store's {rows} rows have no finite label (the "
+                      "reward failed on them) and were left out of training and validation")
     if gradient_weight > 0:
-        cosine = json.loads((outcome.run_dir / "metrics.json").read_text()).get("gradient_cosine")
+        cosine = metrics.get("gradient_cosine")
         if cosine is not None:
             console.print(f"held-out gradient cosine {cosine:.3f} (the surrogate's latent gradient against the "
                           "reward's)")

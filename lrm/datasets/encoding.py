@@ -183,6 +183,9 @@ def _read_units(source: Source, units: list[int], expected: tuple, needs_prompt:
     for unit in units:
         try:
             clip = source.read(unit)
+            if clip.pixels.shape[0] < expected[0]:
+                raise ValueError(f"{clip.pixels.shape[0]} frames, fewer than the {expected[0]} of each clip of this "
+                                 f"store; encode into another store with --frames {clip.pixels.shape[0]} or fewer")
             if tuple(clip.pixels.shape) != expected:
                 raise ValueError(f"pixels {tuple(clip.pixels.shape)}, the store holds {expected}; "
                                  "encode clips of another length into another store (--frames)")
