@@ -179,6 +179,10 @@ def test_input_errors_are_clear():
         build("image-cnn", C + 1)(latents)
     with pytest.raises(ValueError, match=r"\(B, T, c, h, w\)"):
         build("image-cnn", C)(latents[:, 0])
+    with pytest.raises(ValueError, match=r"latents are float64 but its weights are float32: pass latents.to\("):
+        build("image-cnn", C)(latents.double())
+    with pytest.raises(ValueError, match="no latents to score"):
+        build("image-cnn", C)(latents[:0])
     with pytest.raises(ValueError, match="noise_aware"):
         build("image-cnn", C)(latents, t=torch.tensor([1, 2]))
     with pytest.raises(ValueError, match="text_dim"):

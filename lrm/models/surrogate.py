@@ -230,6 +230,14 @@ class LatentRewardModel(nn.Module):
             hint = " (images: add a time axis with latents.unsqueeze(1))" if getattr(latents, "ndim", 0) == 4 else ""
             raise ValueError(f"{who}: latents must have shape (B, T, c, h, w), got {shape}{hint}")
         b = latents.shape[0]
+        weights = next(self.parameters()).dtype
+        # conv's own message named no fix ("Input type (double) and bias type (float)"); autocast casts for itself
+        if latents.dtype != weights and not torch.is_autocast_enabled(latents.device.type):
+            raise ValueError(f"{who}: latents are {str(latents.dtype).removeprefix('torch.')} but its weights are "
+                             f"{str(weights).removeprefix('torch.')}: pass latents.to({weights}) (or move the "
+                             f"surrogate: surrogate.to({latents.dtype}) for a floating dtype)")
+        if b == 0:
+            raise ValueError(f"{who}: no latents to score (a batch of 0)")
         if latents.shape[2] != self.in_channels:
             raise ValueError(
                 f"{who}: expects {self.in_channels} latent channels, got {latents.shape[2]} "
