@@ -68,7 +68,10 @@ def resolved_job(job: FitJob) -> dict:
                 "preset": job.preset or default_preset(spec.kind)}
     check_job_fits_latents(job, resolved["preset"], spec)  # what the real run would refuse before encoding
     if job.store:
+        from lrm.datasets.labelling import check_clip_frames
+
         store = LatentStore.open(job.store)
+        check_clip_frames(spec, store)  # what the real run would refuse
         for key in ENCODE_FIELDS:
             del resolved[key]
         resolved["store_has"] = {"rows": len(store), "codec": store.codec_id, "latent_shape": list(store.latent_shape),
@@ -118,13 +121,14 @@ def new_store_config(job: FitJob, spec):
 def prepare_store(job: FitJob, spec, progress: bool = True) -> tuple[LatentStore, str]:
     """Open or encode the store, then make sure it holds the job's label column; -> (store, why its frame size)."""
     from lrm.datasets.encoding import encode
-    from lrm.datasets.labelling import add_labels
+    from lrm.datasets.labelling import add_labels, check_clip_frames
 
     label = job.label_name()
     # An explicit --label names the column as given (without it, decoded labels would get "@decoded" added).
     reward_ref = f"{label}={job.reward}" if job.label or label != job.reward else job.reward
     if job.store:
         store = LatentStore.open(job.store)
+        check_clip_frames(spec, store)
         size_reason = f"size {store.manifest['source'].get('size')}: the store's own (--store)"
     else:
         config, size = new_store_config(job, spec)
@@ -143,11 +147,19 @@ def check_label_column(store: LatentStore, label: str, job: FitJob) -> None:
     """The column `label` must hold what this job asks for: its reward, options and pixels, with at
     least one value; else a ValueError that says what differs or why every row failed."""
     from lrm.config_diff import differences
-    from lrm.datasets.label_names import most_common_failure
+    from lrm.datasets.label_names import as_matched, metric_code_changed, most_common_failure
+    from lrm.rewards.custom import metric_identity
 
     info = store.label_info(label)
     asked = {"reward": job.reward, "options": job.reward_options or {}, "pixels": job.label_pixels}
-    changed = differences({k: info.get(k, {} if k == "options" else None) for k in asked}, asked)
+    metric = metric_identity(job.reward) if "metric" in info else None  # a column labelled with a metric's code
+    if metric:
+        asked["metric"] = metric
+    refusal = metric_code_changed(store.path, label, info, asked)
+    if refusal:
+        raise ValueError(refusal)
+    saved, now = as_matched(info, asked), as_matched(asked, info)  # a user metric by its code, not its spelling
+    changed = differences({k: saved.get(k, {} if k == "options" else None) for k in now}, now)
     if changed:
         raise ValueError(f"column {label!r} of {store.path} was computed otherwise ({'; '.join(changed)}); pick "
                          f"another column with --label, or remove it with `lrm store drop-label {store.path} {label}`")

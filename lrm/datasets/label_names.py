@@ -50,3 +50,26 @@ def check_distinct_columns(texts, pixels: str) -> None:
         raise ValueError(f"column {', '.join(repeated)} is named more than once in {list(texts)}; name each "
                          "column once (NAME=REWARD gives another name)")
 
+
+def as_matched(info: dict, other: dict) -> dict:
+    """A column's label.json (or what a command asks of the column), `info`, as it is compared with `other`: where
+    both record a user metric's code ("metric": file, function, sha256), by that code and not by how its reference
+    is spelled (the reference, and the spec's name and description that repeat it, are left out); else as columns
+    labelled before the code was recorded always were, by the reference as spelled."""
+    if "metric" not in info or "metric" not in other:
+        return {k: v for k, v in info.items() if k != "metric"}
+    matched = {k: v for k, v in info.items() if k != "reward"}
+    if "spec" in info:
+        matched["spec"] = {k: v for k, v in info["spec"].items() if k not in ("name", "description")}
+    return matched
+
+
+def metric_code_changed(store, column: str, old: dict, new: dict) -> str | None:
+    """The refusal, one line, when column `column` of `store` was computed by the same file and function of a user
+    metric as `new` asks for (label.json's "metric"), but that code has changed since; else None."""
+    saved, now = old.get("metric"), new.get("metric")
+    if not (saved and now) or saved["sha256"] == now["sha256"] or {**saved, "sha256": 0} != {**now, "sha256": 0}:
+        return None
+    return (f"column {column!r} of {store}: the code of metric {now['function']} ({now['file'] or now['module']}) "
+            f"changed since the column was computed; remove the column with `lrm store drop-label {store} {column}`, "
+            "or give the new values a new column (lrm fit --label NAME, lrm label STORE NAME=REWARD)")

@@ -43,13 +43,22 @@ def load_labeler(text: str, options: dict | None = None, pixels: str = "source")
 
     A "decoded" label is named "REWARD@decoded" unless "NAME=REWARD" names it."""
     from lrm.rewards import load
+    from lrm.rewards.custom import metric_identity
 
     if pixels not in LABEL_PIXELS:
         raise ValueError(not_one_of("label pixels (--pixels)", pixels, LABEL_PIXELS))
     name, reference = column_name(text, pixels), parse_label(text)[1]
     reward = load(reference, **(options or {}))
-    spec = dataclasses.asdict(reward.spec)
-    return name, reward, {"reward": reference, "options": options or {}, "spec": spec, "pixels": pixels}
+    info = {"reward": reference, "options": options or {}, "spec": dataclasses.asdict(reward.spec), "pixels": pixels}
+    metric = metric_identity(reference)  # a user metric's code: what its column is matched by
+    return name, reward, {**info, "metric": metric} if metric else info
+
+
+def check_clip_frames(spec, store: st.LatentStore) -> None:
+    """Refuse, before any labelling, a video reward on a store of single frames: it would fail on every row."""
+    if spec.is_video and store.manifest["source"].get("frames") == 1:
+        raise ValueError(f"{spec.name} scores clips ({spec.kind}), but {store.path} holds 1 frame per clip; encode a "
+                         "store of clips (lrm encode ... --frames 8) and label that")
 
 
 def score_batch(reward, pixels: torch.Tensor, prompts: list[str | None],
@@ -179,6 +188,8 @@ def add_labels(path: str | Path, rewards: list[str], batch_size: int = 16, devic
         raise ValueError("name at least one reward to label with")
     check_distinct_columns(rewards, pixels)
     labelers = [load_labeler(text, options, pixels) for text in rewards]
+    for _, reward, _ in labelers:
+        check_clip_frames(reward.spec, store)
     if pixels == "decoded":
         read = decoded_reader(path, store.codec().to(device).eval(), device)
     else:

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from lrm.config_diff import differences
+from lrm.datasets.label_names import as_matched, metric_code_changed
 from lrm.io import TMP_SUFFIX, atomic_write_bytes
 
 if TYPE_CHECKING:
@@ -240,11 +241,12 @@ def write_label_info(root: Path, name: str, info: dict) -> None:
         if old["name"] != name:
             raise StoreError(f"label {name!r} would share the folder {folder} with the column {old['name']!r}; "
                              "give the new column another name (NAME=REWARD)")
-        if old != info:
-            changed = "; ".join(differences(old, info))
-            raise StoreError(f"label {name!r} of {root} was computed otherwise ({changed}); give the new column "
-                             f"another name (NAME=REWARD), or remove the old one with "
-                             f"`lrm store drop-label {root} {name}`")
+        saved, now = as_matched(old, info), as_matched(info, old)  # a user metric by its code, not its spelling
+        refusal = metric_code_changed(root, name, old, info)
+        if refusal or saved != now:
+            raise StoreError(refusal or f"label {name!r} of {root} was computed otherwise "
+                             f"({'; '.join(differences(saved, now))}); give the new column another name "
+                             f"(NAME=REWARD), or remove the old one with `lrm store drop-label {root} {name}`")
         return
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, _json_bytes(info))

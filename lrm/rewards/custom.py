@@ -11,6 +11,7 @@ marks a clip it cannot score). No code inside lrm needed:
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import inspect
@@ -79,6 +80,29 @@ def resolve_function(reference: str) -> Callable:
         raise ValueError(f"{reference!r}: {target} has no function {fn_name!r}; it defines: "
                          f"{', '.join(defined) or 'no functions'}")
     return fn
+
+
+def metric_identity(reference: str) -> dict | None:
+    """What computes a user metric, as its label columns record it and are matched by: the file (resolved; for
+    "package.module:fn" the module's source file, None without one), the function and the sha256 of the file's
+    bytes. So "./m.py:fn" and "m.py:fn" are one metric, and an edited m.py another. None for a built-in reward."""
+    match = _REFERENCE.match(reference)
+    if not match:
+        return None
+    target = match["target"]
+    if target.endswith(".py"):
+        path, module = Path(target).expanduser().resolve(), None
+    else:
+        try:
+            found, module = importlib.util.find_spec(target), target
+        except ImportError:  # a parent package is missing
+            found = None
+        if found is None:
+            raise ValueError(f"{reference!r}: no module named {target!r}; make it importable (pip install it, or "
+                             "add its folder to PYTHONPATH)")
+        path = Path(found.origin) if found.has_location and found.origin.endswith(".py") else None
+    return {"file": str(path) if path else None, "module": module, "function": match["fn"],
+            "sha256": hashlib.sha256(path.read_bytes()).hexdigest() if path else None}
 
 
 class MetricError(InputError):

@@ -1,0 +1,118 @@
+"""A user metric's label column is matched by the code that computes it (file, function, sha256 of the file), not
+by how its reference is spelled; a video reward is refused on a store of single frames before any labelling."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from typer.testing import CliRunner
+
+from lrm.cli.app import app
+from lrm.datasets import store as st
+from lrm.datasets.store import LatentStore
+
+runner = CliRunner(env={"COLUMNS": "300"})  # no wrapping of error panels
+LEVEL = "def level(frames):\n    return float(frames.mean())\n"
+CHANGED = "changed since the column was computed"
+
+
+def small_store(path, *extra: str) -> str:
+    made = runner.invoke(app, ["encode", "procedural:8", "--frames", "1", "--size", "32", "--out", str(path),
+                               "--quiet", *extra])
+    assert made.exit_code == 0, made.output
+    return str(path)
+
+
+def label(store: str, reference: str):
+    return runner.invoke(app, ["label", store, reference, "--kind", "image", "--input", "uint8", "--quiet"])
+
+
+def fit(store: str, reference: str, *extra: str):
+    return runner.invoke(app, ["fit", reference, "--kind", "image", "--input", "uint8", "--store", store, *extra])
+
+
+def test_an_edited_metric_is_refused_where_its_old_column_was_reused(tmp_path):
+    metric = tmp_path / "m.py"
+    metric.write_text(LEVEL)
+    store = small_store(tmp_path / "store")
+    assert label(store, f"{metric}:level").exit_code == 0
+    before = LatentStore.open(store).label("level")
+    metric.write_text(LEVEL.replace("return ", "return 100 * "))
+    for result in (label(store, f"{metric}:level"), fit(store, f"{metric}:level", "--dry-run"),
+                   fit(store, f"{metric}:level", "--steps", "2", "--out", str(tmp_path / "run"))):
+        assert result.exit_code != 0 and CHANGED in result.output, result.output
+        assert f"column 'level' of {store}" in result.output and f"lrm store drop-label {store} level" in result.output
+    assert (LatentStore.open(store).label("level") == before).all() and not (tmp_path / "run").exists()
+    # a column labelled before the code was recorded (no "metric" in label.json) is reused as it always was
+    info = tmp_path / "store" / "labels" / "level" / "label.json"
+    info.write_text(json.dumps({k: v for k, v in json.loads(info.read_text()).items() if k != "metric"}))
+    assert label(store, f"{metric}:level").exit_code == 0
+
+
+def test_a_column_a_kill_left_unfinished_resumes_only_with_the_same_code(tmp_path, monkeypatch):
+    metric = tmp_path / "m.py"
+    metric.write_text(LEVEL)
+    store = small_store(tmp_path / "store", "--shard-size", "4")  # 2 shards
+    real = st.commit_label_shard
+
+    def killed_at_shard_1(root, name, index, values, bad):
+        if index == 1:
+            raise KeyboardInterrupt  # stands for a kill once shard 0 of the column is committed
+        real(root, name, index, values, bad)
+
+    monkeypatch.setattr(st, "commit_label_shard", killed_at_shard_1)
+    assert label(store, f"{metric}:level").exit_code != 0
+    monkeypatch.setattr(st, "commit_label_shard", real)
+    assert LatentStore.open(store).label_unfinished("level")
+    metric.write_text(LEVEL.replace("return ", "return 100 * "))
+    refused = label(store, f"{metric}:level")
+    assert refused.exit_code != 0 and CHANGED in refused.output, refused.output
+    assert LatentStore.open(store).manifest["labels"]["level"]["shards"] == 1  # no shard of the new code mixed in
+    metric.write_text(LEVEL)
+    assert label(store, f"{metric}:level").exit_code == 0  # the same code finishes the column
+    assert LatentStore.open(store).manifest["labels"]["level"]["complete"]
+
+
+def test_other_spellings_of_the_same_metric_file_reuse_its_column(tmp_path, monkeypatch):
+    (tmp_path / "m.py").write_text(LEVEL)
+    store = small_store(tmp_path / "store")
+    monkeypatch.chdir(tmp_path)
+    assert label(store, "m.py:level").exit_code == 0
+    for spelling in ("./m.py:level", f"{tmp_path}/m.py:level", "../" + tmp_path.name + "/m.py:level"):
+        again = label(store, spelling)
+        assert again.exit_code == 0, again.output
+        dry = fit(store, spelling, "--dry-run")
+        assert dry.exit_code == 0, dry.output
+    (tmp_path / "other.py").write_text(LEVEL)  # the same code in another file is another metric
+    other = label(store, "other.py:level")
+    assert other.exit_code != 0 and "computed otherwise (metric.file: saved" in other.output, other.output
+
+
+def test_a_module_metric_is_matched_by_its_source_file(tmp_path, monkeypatch):
+    module = tmp_path / "lrm_test_provenance_metric.py"
+    module.write_text(LEVEL)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, module.stem, raising=False)
+    store = small_store(tmp_path / "store")
+    assert label(store, f"{module.stem}:level").exit_code == 0
+    recorded = LatentStore.open(store).label_info("level")["metric"]
+    assert recorded["file"] == str(module.resolve()) and recorded["module"] == module.stem
+    module.write_text(LEVEL.replace("return ", "return 100 * "))
+    refused = label(store, f"{module.stem}:level")
+    assert refused.exit_code != 0 and CHANGED in refused.output, refused.output
+    sys.modules.pop(module.stem, None)
+
+
+def test_a_video_reward_on_a_store_of_single_frames_is_refused_before_labelling(tmp_path):
+    store = small_store(tmp_path / "store")
+    metric = tmp_path / "m.py"
+    metric.write_text("def motion(pixels):\n    return (pixels[:, 1:] - pixels[:, :-1]).abs().mean(dim=(1, 2, 3, 4))\n")
+    for args in (["label", store, "temporal-flickering", "--quiet"],
+                 ["label", store, f"{metric}:motion", "--kind", "video", "--quiet"],
+                 ["fit", "temporal-flickering", "--store", store, "--steps", "2", "--out", str(tmp_path / "run")],
+                 ["fit", "temporal-flickering", "--store", store, "--dry-run"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code != 0 and "scores clips (video)" in result.output, result.output
+        assert f"{store} holds 1 frame per clip" in result.output and "--frames 8" in result.output
+    assert LatentStore.open(store).labels == [] and not any((tmp_path / "store" / "labels").glob("*"))
