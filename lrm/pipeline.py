@@ -71,7 +71,7 @@ def resolved_job(job: FitJob) -> dict:
         from lrm.datasets.labelling import check_clip_frames
 
         store = LatentStore.open(job.store)
-        check_clip_frames(spec, store)  # what the real run would refuse
+        check_clip_frames(spec, store.manifest["source"].get("frames"), store.path)  # what the real run refuses
         for key in ENCODE_FIELDS:
             del resolved[key]
         resolved["store_has"] = {"rows": len(store), "codec": store.codec_id, "latent_shape": list(store.latent_shape),
@@ -128,7 +128,7 @@ def prepare_store(job: FitJob, spec, progress: bool = True) -> tuple[LatentStore
     reward_ref = f"{label}={job.reward}" if job.label or label != job.reward else job.reward
     if job.store:
         store = LatentStore.open(job.store)
-        check_clip_frames(spec, store)
+        check_clip_frames(spec, store.manifest["source"].get("frames"), store.path)
         size_reason = f"size {store.manifest['source'].get('size')}: the store's own (--store)"
     else:
         config, size = new_store_config(job, spec)

@@ -116,3 +116,8 @@ def test_a_video_reward_on_a_store_of_single_frames_is_refused_before_labelling(
         assert result.exit_code != 0 and "scores clips (video)" in result.output, result.output
         assert f"{store} holds 1 frame per clip" in result.output and "--frames 8" in result.output
     assert LatentStore.open(store).labels == [] and not any((tmp_path / "store" / "labels").glob("*"))
+    out = tmp_path / "labelled-while-encoding"
+    result = runner.invoke(app, ["encode", "procedural:4", "--frames", "1", "--size", "32", "--label",
+                                 "temporal-flickering", "--out", str(out), "--quiet"])
+    assert result.exit_code != 0 and f"{out} holds 1 frame per clip" in result.output, result.output
+    assert not (out / "shards").exists() or not any((out / "shards").iterdir())  # refused before encoding

@@ -25,8 +25,8 @@ from lrm.codecs.base import Codec
 from lrm.configs import EncodeConfig  # noqa: F401 - lrm.datasets.encoding.EncodeConfig
 from lrm.datasets import store as st
 from lrm.datasets.label_names import check_distinct_columns
-from lrm.datasets.labelling import (bad_records, batches, label_shards, load_labeler, progress_bar, score_batch,
-                                    source_reader)
+from lrm.datasets.labelling import (bad_records, batches, check_clip_frames, label_shards, load_labeler, progress_bar,
+                                    score_batch, source_reader)
 from lrm.datasets.sources import Source, make_source
 
 def _fit_length(emb: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,6 +105,8 @@ def encode(config: EncodeConfig, out: str | Path, codec: Codec | None = None, pr
         text_header = {"encoder": text_encoder.id, "length": config.text_length, "dim": int(probe.shape[-1])}
     check_distinct_columns(config.labels, "source")
     labelers = [load_labeler(text) for text in config.labels]
+    for _, reward, _ in labelers:
+        check_clip_frames(reward.spec, source.frames, out)
 
     num_shards = math.ceil(len(source) / config.shard_size)
     header = _jsonable({"format_version": st.FORMAT_VERSION, "codec": codec.settings(),

@@ -54,10 +54,11 @@ def load_labeler(text: str, options: dict | None = None, pixels: str = "source")
     return name, reward, {**info, "metric": metric} if metric else info
 
 
-def check_clip_frames(spec, store: st.LatentStore) -> None:
-    """Refuse, before any labelling, a video reward on a store of single frames: it would fail on every row."""
-    if spec.is_video and store.manifest["source"].get("frames") == 1:
-        raise ValueError(f"{spec.name} scores clips ({spec.kind}), but {store.path} holds 1 frame per clip; encode a "
+def check_clip_frames(spec, frames: int | None, store: str | Path) -> None:
+    """Refuse, before any labelling, a video reward on a store of single frames (`frames` per clip): it would fail
+    on every row."""
+    if spec.is_video and frames == 1:
+        raise ValueError(f"{spec.name} scores clips ({spec.kind}), but {store} holds 1 frame per clip; encode a "
                          "store of clips (lrm encode ... --frames 8) and label that")
 
 
@@ -189,7 +190,7 @@ def add_labels(path: str | Path, rewards: list[str], batch_size: int = 16, devic
     check_distinct_columns(rewards, pixels)
     labelers = [load_labeler(text, options, pixels) for text in rewards]
     for _, reward, _ in labelers:
-        check_clip_frames(reward.spec, store)
+        check_clip_frames(reward.spec, store.manifest["source"].get("frames"), store.path)
     if pixels == "decoded":
         read = decoded_reader(path, store.codec().to(device).eval(), device)
     else:
