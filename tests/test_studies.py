@@ -328,9 +328,10 @@ def cli_app():
 
 @pytest.fixture
 def tuned(words_runs):  # noqa: F811
-    """A 3-step concurrent LRM tuning run of the tiny student (records at steps 0..3)."""
+    """A 4-step concurrent LRM tuning run of the tiny student (records at steps 0..4; the student moves from step 1
+    on: step 0's update waits for the fresh surrogate's first step on finite labels)."""
     out = words_runs / "tuned"
-    args = [*TUNE_ARGS, "--steps", "3"]  # the last --steps counts
+    args = [*TUNE_ARGS, "--steps", "4"]  # the last --steps counts
     result = CliRunner().invoke(cli_app(), ["tune", "jpeg-incompressibility", "--student",
                                             str(words_runs / "student"), "--concurrent", *args, "--out", str(out)])
     assert result.exit_code == 0, result.output
@@ -349,7 +350,7 @@ def test_lrm_study_overopt_writes_the_report_and_metrics_with_the_documented_key
     metrics = json.loads(text)
     assert tuple(metrics) == METRIC_KEYS
     records = json.loads((tuned / "records.json").read_text())["records"]
-    assert metrics["curves"]["steps"] == [r["step"] for r in records] == [0, 1, 2, 3]
+    assert metrics["curves"]["steps"] == [r["step"] for r in records] == [0, 1, 2, 3, 4]
     # the monitor records the surrogate's fidelity on its own samples (Spearman vs gold), which the fidelity rule reads
     assert all(-1.0 <= r["fidelity"] <= 1.0 for r in records), records
     assert metrics["reward"] == "jpeg-incompressibility" and metrics["method"] == "lrm"
@@ -359,7 +360,9 @@ def test_lrm_study_overopt_writes_the_report_and_metrics_with_the_documented_key
     assert [s["rule"] for s in metrics["stops"]] == list(RULES)
     assert all(tuple(s) == STOP_COLUMNS for s in metrics["stops"])
     distance = {s["rule"]: s for s in metrics["stops"]}["distance"]
-    assert distance["applied"] and distance["step"] == 1  # the first update moves the student past 1e-9
+    # the first student update (step 1: step 0's waits for the fresh concurrent surrogate's first step on finite
+    # labels) moves the student past 1e-9
+    assert distance["applied"] and distance["step"] == 2
     assert metrics["distance_measure"] == EPS_DISTANCE  # the monitor recorded eps_distance at every evaluation
     assert metrics["curves"]["d"] == pytest.approx([math.sqrt(r["eps_distance"]) for r in records])
     assert metrics["eps_distance_end"] > 0  # the tuned student's noise predictions left its start's

@@ -37,6 +37,15 @@ def with_metric_options(options: dict, rewards: list[str], kind: str | None, inp
     return {**options, **{k: v for k, v in (("kind", kind), ("input", input)) if v is not None}}
 
 
+def check_positive(value: float) -> float:
+    """Typer callback for a rate that must be a finite number > 0 (a learning rate): refused before any work."""
+    import math
+
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise typer.BadParameter(f"must be a finite number > 0, got {value!r}")
+    return value
+
+
 def check_device(value: str) -> str:
     """Typer callback for --device: refuse, before any work, a device this machine does not have."""
     if value == "cpu":  # every machine has one; answered without importing torch

@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 import typer
 
 from lrm.cli.errors import USER_ERRORS, exit_with_message
-from lrm.cli.options import check_device, parse_options
+from lrm.cli.options import check_device, check_positive, parse_options, with_metric_options
 
 METHODS = ("lrm", "ddpo", "direct")  # lrm.tuning.tune.METHODS
 DEFAULTS = {"method": "lrm", "steps": 200, "batch_size": 8, "lr": 1e-5, "surrogate_lr": 1e-4, "eval_every": 20,
@@ -57,12 +57,17 @@ def tune(
                       "1 - cos (a differentiable reward; 0: off).")] = DEFAULTS["gradient_weight"],
     option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="Reward option KEY=VALUE; "
                                                                                 "repeatable.")] = None,
+    kind: Annotated[Optional[str], typer.Option(help="For your own metric: image | text-image | video | "
+                                                     "text-video.")] = None,
+    input: Annotated[Optional[str], typer.Option(help="For your own metric: tensor or uint8.")] = None,
     prompt: Annotated[Optional[list[str]], typer.Option(help="A prompt to tune on; repeatable.")] = None,
     prompts: Annotated[Optional[Path], typer.Option(help="Prompts file (default: procedural captions).")] = None,
     steps: Annotated[int, typer.Option(min=1, help="Generator updates.")] = DEFAULTS["steps"],
     batch_size: Annotated[int, typer.Option(min=1, help="Prompts per update.")] = DEFAULTS["batch_size"],
-    lr: Annotated[float, typer.Option(min=0.0, help="The student's AdamW learning rate.")] = DEFAULTS["lr"],
-    surrogate_lr: Annotated[float, typer.Option(min=0.0, help="The concurrent surrogate's learning rate.")]
+    lr: Annotated[float, typer.Option(callback=check_positive, help="The student's AdamW learning rate (> 0).")]
+    = DEFAULTS["lr"],
+    surrogate_lr: Annotated[float, typer.Option(callback=check_positive, help="The concurrent surrogate's learning "
+                                                                             "rate (> 0).")]
     = DEFAULTS["surrogate_lr"],
     grad_steps: Annotated[Optional[int], typer.Option(min=1, help="ddpo: N steps with log-probs (default 2); "
                                                                   "direct: K steps with gradient (default 1).")] = None,
@@ -73,7 +78,8 @@ def tune(
     per_prompt: Annotated[int, typer.Option(min=2, help="Evaluation samples per prompt.")] = DEFAULTS["per_prompt"],
     seed: Annotated[int, typer.Option(help="Seed of the trainer's draws and the evaluation samples.")]
     = DEFAULTS["seed"],
-    out: Annotated[Optional[Path], typer.Option(help="Output folder (default RUN/tune-REWARD-METHOD).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (default RUN/tune-REWARD-METHOD; your metric "
+                                                     "file.py:fn as tune-file-fn-METHOD).")] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.", callback=check_device)] = "cpu",
     kl_weight: Annotated[float, typer.Option(min=0.0, help="Regulariser: weight of the KL-to-initial penalty "
                                                            "||eps_theta - eps_init||^2 (0: none).")]
@@ -114,6 +120,7 @@ def tune(
       lrm tune colorfulness --student runs/st --method direct
       lrm tune colorfulness --teacher runs/t --losses vsd,cd --concurrent
       lrm tune my_metric.py:score --student runs/st --method ddpo
+      lrm tune my_metric.py:motion --kind video --input uint8 --method ddpo
       lrm tune colorfulness --student runs/st --surrogate c0 --kl-weight 0.1
       lrm tune colorfulness --student runs/st --ensemble c0 --ensemble c1
     """
@@ -144,22 +151,36 @@ def tune(
     from lrm.cli.generate import _prompts
 
     texts = _prompts(prompt, prompts) if (prompt or prompts is not None) else None
-    reward_options = parse_options(option)
+    reward_options = with_metric_options(parse_options(option), [reward], kind, input)
     try:
         names = losses if losses is not None else "vsd"
         distill = tuple(n.strip() for n in names.split(",") if n.strip()) if teacher is not None else ()
         if teacher is not None and not distill:
             raise ValueError("--losses is empty; name the distillation terms, e.g. --losses vsd or vsd,cd")
-        summary, out_dir = _run(reward, reward_options, student or teacher, distill, student_steps or 4, store, method,
-                                surrogate, concurrent, texts, steps,
-                                batch_size, lr, surrogate_lr, grad_steps, frames, eval_every, per_prompt, seed, out,
-                                device, kl_weight=kl_weight, ensemble=ensemble, disagreement_weight=disagreement_weight,
-                                gradient_alignment=not no_gradient_alignment, noise_aware=noise_aware,
-                                gradient_weight=gradient_weight, progress=not quiet)
+        summary, out_dir, failure = _run(
+            reward, reward_options, student or teacher, distill, student_steps or 4, store, method, surrogate,
+            concurrent, texts, steps, batch_size, lr, surrogate_lr, grad_steps, frames, eval_every, per_prompt, seed,
+            out, device, kl_weight=kl_weight, ensemble=ensemble, disagreement_weight=disagreement_weight,
+            gradient_alignment=not no_gradient_alignment, noise_aware=noise_aware, gradient_weight=gradient_weight,
+            progress=not quiet)
     except USER_ERRORS as error:
         exit_with_message(error)
     typer.echo(summary, err=True)
+    if failure is not None:  # every gold reward non-finite: nothing was tuned toward the reward
+        exit_with_message(ValueError(failure))
     typer.echo(f"tuned student, records and grids in {out_dir}", err=True)
+
+
+def default_out_name(reward: str, method: str) -> str:
+    """The default output folder's name: tune-REWARD-METHOD, a metric path/to/file.py:fn as tune-file-fn-METHOD
+    (two functions of one file, or a name with a dot such as hpsv2.1, keep folders of their own)."""
+    from lrm.rewards.custom import is_reference
+
+    if is_reference(reward):
+        target, _, function = reward.rpartition(":")
+        stem = Path(target).stem if target.endswith(".py") else target.rsplit(".", 1)[-1]
+        return f"tune-{stem}-{function}-{method}"
+    return f"tune-{reward.replace('/', '-')}-{method}"
 
 
 def _real_store(run, store_path, distill, concurrent):
@@ -247,6 +268,13 @@ def _run(reward_name, reward_options, run_path, distill, student_steps, store_pa
                           gradient_weight=gradient_weight)
 
     pixel_reward = load_reward(reward_name, **reward_options)
+    from lrm.rewards.custom import is_reference
+
+    if method == "direct" and is_reference(reward_name) and not pixel_reward.spec.differentiable:
+        raise ValueError(f"direct reward gradients need a differentiable reward, and your metric {reward_name!r} is "
+                         "not declared differentiable; if it computes its score from the pixel tensor with torch "
+                         "operations (input tensor), declare it with -o differentiable=true, else tune it through a "
+                         "latent surrogate (--concurrent) or with --method ddpo")
     check_gradient_weight(gradient_weight, concurrent, noise_aware, pixel_reward.spec)  # before a distillation
     embedded = run_path is None
     if embedded:  # the cached embedded student of clips or images, as the reward scores; distilled first when
@@ -287,7 +315,7 @@ def _run(reward_name, reward_options, run_path, distill, student_steps, store_pa
     encoder = load_text(model.text_encoder_id)
     texts = tuning_prompts(texts, run)
     default_parent = Path("runs") if embedded else run.run_dir
-    out_dir = Path(out) if out is not None else default_parent / f"tune-{Path(reward_name).stem}-{method}"
+    out_dir = Path(out) if out is not None else default_parent / default_out_name(reward_name, method)
     grid_settings = {"run": str(out_dir / "model"), "sampler": "few-step", "steps": student_steps, "cfg": 1.0}
 
     def write_evaluation(step, samples):  # every evaluation's samples, as they come (a study's grid at its peak)
@@ -347,4 +375,26 @@ def _run(reward_name, reward_options, run_path, distill, student_steps, store_pa
                     "each)")
     if real is not None and concurrent:
         summary += f"; the surrogate trained on {facts['real_rows']} real latents of {real.path}"
-    return summary, out_dir
+    evaluated = sum(r.nonfinite for r in result.records)
+    notes = []
+    if true_reward.nonfinite or evaluated:
+        notes.append(f"non-finite rewards (NaN or Inf, left out): {true_reward.nonfinite} in training, {evaluated} in "
+                     "the evaluations")
+    if facts["skipped_updates"]:
+        skipped = {}
+        for log in result.logs:
+            for role in log.skipped:
+                skipped[role] = skipped.get(role, 0) + 1
+        why = ("non-finite, nothing to learn from, or, for the student, a concurrent surrogate that has not yet taken "
+               "a step on finite labels" if concurrent else "non-finite, or nothing to learn from")
+        notes.append(f"updates skipped ({why}): {facts['skipped_updates']} "
+                     f"({', '.join(f'{role} {count}' for role, count in skipped.items())})")
+    if notes:
+        summary += "\n" + "; ".join(notes)
+    failure = None
+    if all(r.nonfinite > 0 and not math.isfinite(r.gold) for r in result.records):
+        training = f", and on {true_reward.nonfinite} training samples" if true_reward.nonfinite else ""
+        failure = (f"reward {reward_name!r} was non-finite (NaN or Inf) on every sample the evaluations scored "
+                   f"({evaluated}){training}, so nothing was tuned toward it; fix the metric (or its -o/--kind/--input "
+                   f"options) and tune again (the run's outputs are in {out_dir})")
+    return summary, out_dir, failure

@@ -18,7 +18,9 @@ The surrogate (role "lrm") is either
   latents, when `real`, and detached student samples) with the true reward of the decoded latents and
   takes a step on the MSE between its standardised prediction and the standardised labels (Eq. 10), so it
   follows the student's moving distribution (`real_rows` counts the real latents it trained on). Non-finite
-  labels are counted and masked out. Its fidelity
+  labels are counted and masked out. Until it has taken a step on finite labels (a fresh one, before its first
+  update, or one whose labels were all non-finite so far) the student learns nothing from it: the term's generator
+  loss is empty, so an update with no other term is skipped and counted by the trainer. Its fidelity
   (Spearman of its predictions against the labels of each fresh batch, before its update) is kept in
   `fidelities`; `fidelity` is the mean of the last FIDELITY_WINDOW. A surrogate that was never fitted
   (label statistics mean 0, std 1) takes its label statistics from its first labelled batch. With
@@ -145,6 +147,7 @@ class LRMFineTune:
         self.fidelities: list[float] = []  # Spearman per labelled batch, before the surrogate's update
         self.true_mean = float("nan")  # mean true reward of the student samples of the last labelled batch
         self.real_rows = 0  # real latents (finite labels) the concurrent surrogate trained on so far
+        self._warm: bool | None = None  # the concurrent surrogate was fitted when first read (None: not read yet)
 
     @property
     def fidelity(self) -> float:
@@ -173,11 +176,25 @@ class LRMFineTune:
         return alpha * x + sigma * randn(x.shape, generator, x), t
 
     def generator_loss(self, step: Step) -> torch.Tensor:
+        """(B,) -s z(x_hat); empty (the student learns nothing from this term, and alone its update is skipped
+        and counted) while a concurrent surrogate has never been trained on a finite label (`surrogate_trained`):
+        its gradient would be that of its random initialisation."""
         surrogate = step.roles.module(self.role)
         x, t = self._noised(surrogate, step.x_hat, step.generator)
         with no_param_grad(surrogate):
             z = surrogate(x, step.batch.text, step.batch.text_mask, t=t, standardised=True)  # (B,)
-        return -self._sign(surrogate) * z.float()
+        loss = -self._sign(surrogate) * z.float()
+        if self.concurrent and not self.surrogate_trained(step.roles[self.role]):
+            return loss[:0]  # empty, keeping the graph so that the other terms of the update still backpropagate
+        return loss
+
+    def surrogate_trained(self, role: Role) -> bool:
+        """Whether the concurrent surrogate has learnt from at least one finite label: it had been fitted when this
+        term first read it (warm-started from `lrm fit`, or resumed with label statistics) or its optimiser has
+        taken a step (the trainer steps only on a loss of finite-labelled rows)."""
+        if self._warm is None:
+            self._warm = not _unfitted(role.module)
+        return self._warm or bool(role.optimizer is not None and role.optimizer.state)
 
     def auxiliary_loss(self, role: str, step: Step) -> torch.Tensor:
         """(N,) squared errors on the finite-labelled samples of the merged batch x | x_hat (Alg. 1 line 16)."""
