@@ -143,16 +143,19 @@ def prepare_store(job: FitJob, spec, progress: bool = True) -> tuple[LatentStore
     return store, size_reason
 
 
-def check_label_column(store: LatentStore, label: str, job: FitJob) -> None:
+def check_label_column(store: LatentStore, label: str, job: FitJob, metric: dict | None = None) -> None:
     """The column `label` must hold what this job asks for: its reward, options and pixels, with at
-    least one value; else a ValueError that says what differs or why every row failed."""
+    least one value; else a ValueError that says what differs or why every row failed. A user metric's column must
+    have been computed by `metric` (its recorded code, lrm.rewards.custom.metric_identity), by default the metric's
+    file as it is now."""
     from lrm.config_diff import differences
     from lrm.datasets.label_names import as_matched, metric_code_changed, most_common_failure
     from lrm.rewards.custom import metric_identity
 
     info = store.label_info(label)
     asked = {"reward": job.reward, "options": job.reward_options or {}, "pixels": job.label_pixels}
-    metric = metric_identity(job.reward) if "metric" in info else None  # a column labelled with a metric's code
+    if metric is None and "metric" in info:  # a column labelled with a metric's code
+        metric = metric_identity(job.reward)
     if metric:
         asked["metric"] = metric
     refusal = metric_code_changed(store.path, label, info, asked)

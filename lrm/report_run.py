@@ -116,13 +116,28 @@ def label_other_store(run: FittedRun, target: LatentStore, progress: bool = True
     from lrm.datasets.labelling import add_labels
     from lrm.pipeline import FitJob, check_label_column
 
+    from lrm.rewards.custom import metric_identity
+
     info = run.store.label_info(run.label)
     options = info.get("options") or None
+    fitted = info.get("metric")  # a user metric's code the run's own column was computed by
+    reward = info["reward"]
+    if fitted:  # labelled by that code, wherever the command runs from, and refused if it has changed since
+        reward = f"{fitted['module'] or fitted['file']}:{fitted['function']}"
+        where = fitted["file"] or fitted["module"]
+        if run.label not in target.labels:
+            if fitted["file"] and not Path(fitted["file"]).is_file():
+                raise ValueError(f"metric file {where}, whose labels {run.run_dir} was fitted on, is gone; put it "
+                                 "back to label another store")
+            if metric_identity(reward)["sha256"] != fitted["sha256"]:
+                raise ValueError(f"the code of metric {fitted['function']} ({where}) changed since {run.run_dir} was "
+                                 "fitted on its labels; labels of the new code would judge the surrogate against "
+                                 "another metric: restore that code, or fit a new surrogate")
     if run.label not in target.labels:
-        target = add_labels(target.path, [f"{run.label}={info['reward']}"], options=options,
-                            pixels=info["pixels"], progress=progress)
-    check_label_column(target, run.label, FitJob(reward=info["reward"], reward_options=options,
-                                                 label_pixels=info["pixels"]))
+        target = add_labels(target.path, [f"{run.label}={reward}"], options=options, pixels=info["pixels"],
+                            progress=progress)
+    check_label_column(target, run.label, FitJob(reward=reward, reward_options=options, label_pixels=info["pixels"]),
+                       metric=fitted)
     return target
 
 

@@ -47,12 +47,13 @@ def test_lrm_fit_defaults_are_fitjobs_and_fitjobs_are_fitconfigs():
     job = defaults(FitJob)
     cli = {CLI_FIT_NAMES.get(k, k): v for k, v in cli_defaults(cli_fit.fit).items()}
     shared = set(cli) & set(job)
-    assert {"codec", "size", "preset", "steps", "lr", "batch_size", "loss", "noise_aware", "seed", "device"} <= shared
+    assert {"codec", "size", "preset", "steps", "lr", "batch_size", "loss", "noise_aware", "seed", "device",
+            "patience", "warmup_steps"} <= shared
     assert {k: cli[k] for k in shared} == {k: job[k] for k in shared}
     fit = defaults(FitConfig)
     both = set(job) & set(fit)
-    assert len(both) == 12  # preset steps batch_size lr loss label_transform noise_aware gradient_weight augment seed
-    #                         eval_every device
+    assert len(both) == 14  # preset steps batch_size lr loss label_transform noise_aware gradient_weight augment seed
+    #                         eval_every patience warmup_steps device
     assert {k: job[k] for k in both} == {k: fit[k] for k in both}
     encode = defaults(EncodeConfig)
     assert {k: job[k] for k in ("codec", "size")} == {k: encode[k] for k in ("codec", "size")}

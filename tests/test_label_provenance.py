@@ -121,3 +121,23 @@ def test_a_video_reward_on_a_store_of_single_frames_is_refused_before_labelling(
                                  "temporal-flickering", "--out", str(out), "--quiet"])
     assert result.exit_code != 0 and f"{out} holds 1 frame per clip" in result.output, result.output
     assert not (out / "shards").exists() or not any((out / "shards").iterdir())  # refused before encoding
+
+
+def test_a_report_on_another_store_labels_it_with_the_code_the_run_was_fitted_on(tmp_path, monkeypatch):
+    metric = tmp_path / "m.py"
+    metric.write_text(LEVEL)
+    store = small_store(tmp_path / "store")
+    run = tmp_path / "run"
+    fitted = fit(store, f"{metric}:level", "--steps", "2", "--out", str(run), "--quiet")
+    assert fitted.exit_code == 0, fitted.output
+    labelled = small_store(tmp_path / "other", "--seed", "5")
+    monkeypatch.chdir(tmp_path / "store")  # another folder: the run's recorded file is found all the same
+    result = runner.invoke(app, ["report", str(run), "--store", labelled, "--out", str(tmp_path / "r1"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    metric.write_text(LEVEL.replace("return ", "return 100 * "))  # edited after the fit
+    again = runner.invoke(app, ["report", str(run), "--store", labelled, "--out", str(tmp_path / "r2"), "--quiet"])
+    assert again.exit_code == 0, again.output  # that store's column was computed by the run's code: it still judges
+    fresh = small_store(tmp_path / "fresh", "--seed", "6")
+    refused = runner.invoke(app, ["report", str(run), "--store", fresh, "--quiet"])
+    assert refused.exit_code != 0 and "changed since" in refused.output and "restore that code" in refused.output
+    assert LatentStore.open(fresh).labels == []  # refused before labelling it with the new code

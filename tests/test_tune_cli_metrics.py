@@ -153,6 +153,19 @@ def test_default_out_folders_keep_the_function_and_the_full_reward_name():
     assert default_out_name("jpeg-compressibility", "lrm") == "tune-jpeg-compressibility-lrm"  # as before: resumes
 
 
+def test_a_run_in_the_folder_earlier_versions_named_still_resumes(tmp_path):
+    from lrm.cli.tune import default_out
+
+    assert default_out(tmp_path, "hpsv2.1", "lrm") == tmp_path / "tune-hpsv2.1-lrm"  # nothing there yet
+    earlier = tmp_path / "tune-my_metric-lrm"  # tune-<stem>-METHOD: every function of my_metric.py shared it
+    earlier.mkdir()
+    (earlier / "config.json").write_text(json.dumps({"reward": "my_metric.py:bright"}))
+    assert default_out(tmp_path, "my_metric.py:bright", "lrm") == earlier  # its run: resumed where it is
+    assert default_out(tmp_path, "my_metric.py:scalar", "lrm") == tmp_path / "tune-my_metric-scalar-lrm"
+    (tmp_path / "tune-my_metric-bright-lrm").mkdir()
+    assert default_out(tmp_path, "my_metric.py:bright", "lrm") == tmp_path / "tune-my_metric-bright-lrm"
+
+
 def test_learning_rates_must_be_positive_as_the_help_says(words_runs):
     shown = runner.invoke(cli_app(), ["tune", "--help"]).output
     for flag in ("--lr ", "--surrogate-lr"):

@@ -183,6 +183,21 @@ def default_out_name(reward: str, method: str) -> str:
     return f"tune-{reward.replace('/', '-')}-{method}"
 
 
+def default_out(parent: Path, reward: str, method: str) -> Path:
+    """parent / default_out_name, or the folder earlier versions named tune-<stem>-METHOD when it holds a run of
+    this reward that the new name does not (so such a run still resumes)."""
+    import json
+
+    out, earlier = parent / default_out_name(reward, method), parent / f"tune-{Path(reward).stem}-{method}"
+    if earlier == out or out.exists() or not (earlier / "config.json").is_file():
+        return out
+    try:
+        recorded = json.loads((earlier / "config.json").read_text()).get("reward")
+    except (OSError, ValueError, AttributeError):
+        return out
+    return earlier if recorded == reward else out
+
+
 def _real_store(run, store_path, distill, concurrent):
     """The LatentStore of real latents, or None: --store, else the store the run's config.json records; needed by
     CD (an error without one), used by the concurrent surrogate when there is one."""
@@ -315,7 +330,7 @@ def _run(reward_name, reward_options, run_path, distill, student_steps, store_pa
     encoder = load_text(model.text_encoder_id)
     texts = tuning_prompts(texts, run)
     default_parent = Path("runs") if embedded else run.run_dir
-    out_dir = Path(out) if out is not None else default_parent / default_out_name(reward_name, method)
+    out_dir = Path(out) if out is not None else default_out(default_parent, reward_name, method)
     grid_settings = {"run": str(out_dir / "model"), "sampler": "few-step", "steps": student_steps, "cfg": 1.0}
 
     def write_evaluation(step, samples):  # every evaluation's samples, as they come (a study's grid at its peak)

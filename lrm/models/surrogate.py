@@ -83,6 +83,15 @@ def channel_stats_dim(in_channels: int, per_frame: bool) -> int:
     return (5 if per_frame else 7) * in_channels
 
 
+def autocast_enabled(device_type: str) -> bool:
+    """Whether autocast is on for `device_type` (torch >= 2.4 takes the device type; older releases answer per
+    device through two functions)."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
+
+
 class CodecMismatchError(ValueError):
     """A surrogate was fitted in one latent space and is being used in another."""
 
@@ -232,7 +241,7 @@ class LatentRewardModel(nn.Module):
         b = latents.shape[0]
         weights = next(self.parameters()).dtype
         # conv's own message named no fix ("Input type (double) and bias type (float)"); autocast casts for itself
-        if latents.dtype != weights and not torch.is_autocast_enabled(latents.device.type):
+        if latents.dtype != weights and not autocast_enabled(latents.device.type):
             raise ValueError(f"{who}: latents are {str(latents.dtype).removeprefix('torch.')} but its weights are "
                              f"{str(weights).removeprefix('torch.')}: pass latents.to({weights}) (or move the "
                              f"surrogate: surrogate.to({latents.dtype}) for a floating dtype)")
