@@ -141,3 +141,24 @@ def test_a_report_on_another_store_labels_it_with_the_code_the_run_was_fitted_on
     refused = runner.invoke(app, ["report", str(run), "--store", fresh, "--quiet"])
     assert refused.exit_code != 0 and "changed since" in refused.output and "restore that code" in refused.output
     assert LatentStore.open(fresh).labels == []  # refused before labelling it with the new code
+
+
+def test_under_torchrun_every_process_refuses_changed_code_alike(tmp_path):
+    """Real torchrun, 2 gloo processes: the first one used to refuse alone and the second die at the barrier."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    metric = tmp_path / "m.py"
+    metric.write_text(LEVEL)
+    store = small_store(tmp_path / "store")
+    assert label(store, f"{metric}:level").exit_code == 0
+    metric.write_text(LEVEL.replace("return ", "return 100 * "))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+           "lrm.cli.app", "label", store, f"{metric}:level", "--kind", "image", "--input", "uint8", "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    output = done.stdout + done.stderr
+    assert done.returncode != 0 and output.count(CHANGED) == 2, output[-3000:]  # each process, one line
+    # (torchrun's own launcher still reports the failed processes with its ChildFailedError traceback)
+    assert "Connection closed" not in output and "RuntimeError" not in output, output[-3000:]

@@ -120,6 +120,8 @@ def encode(config: EncodeConfig, out: str | Path, codec: Codec | None = None, pr
     distributed.barrier()
     # Every rank checks an existing store first (so all fail alike), rank 0 creates it, then all re-check.
     st.create_or_check(out, header, write=False)
+    for name, _, info in labelers:
+        st.check_label_info(out, name, info)
     if rank == 0:
         st.create_or_check(out, header, write=True)
         for name, _, info in labelers:

@@ -196,6 +196,8 @@ def add_labels(path: str | Path, rewards: list[str], batch_size: int = 16, devic
     else:
         read = source_reader(source_from_spec(store.manifest["source"], media_root))
     rank, world = distributed.rank(), distributed.world_size()
+    for name, _, info in labelers:  # every process refuses a column computed otherwise, not the first one alone
+        st.check_label_info(path, name, info)
     if rank == 0:
         for name, _, info in labelers:
             st.write_label_info(path, name, info)

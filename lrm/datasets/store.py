@@ -231,8 +231,9 @@ def read_shard_latents(root: Path, index: int, lo: int, hi: int) -> torch.Tensor
         return f.get_slice("latents")[lo:hi]
 
 
-def write_label_info(root: Path, name: str, info: dict) -> None:
-    """Create labels/<name>/label.json (which reward, its spec); must agree with an existing one."""
+def check_label_info(root: Path, name: str, info: dict) -> bool:
+    """Whether labels/<name>/label.json exists, agreeing with `info` (which reward, its spec); a StoreError when it
+    disagrees. Every process of a torchrun launch checks, so that all refuse alike before the first one writes."""
     folder = Path(root) / "labels" / label_folder_name(name)
     path = folder / "label.json"
     info = {**info, "name": name}
@@ -247,9 +248,16 @@ def write_label_info(root: Path, name: str, info: dict) -> None:
             raise StoreError(refusal or f"label {name!r} of {root} was computed otherwise "
                              f"({'; '.join(differences(saved, now))}); give the new column another name "
                              f"(NAME=REWARD), or remove the old one with `lrm store drop-label {root} {name}`")
-        return
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, _json_bytes(info))
+        return True
+    return False
+
+
+def write_label_info(root: Path, name: str, info: dict) -> None:
+    """Create labels/<name>/label.json (which reward, its spec); must agree with an existing one."""
+    if not check_label_info(root, name, info):
+        folder = Path(root) / "labels" / label_folder_name(name)
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(folder / "label.json", _json_bytes({**info, "name": name}))
 
 
 def _moments(values: np.ndarray) -> dict:
