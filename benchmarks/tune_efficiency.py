@@ -30,7 +30,10 @@ the lrm cache), which later fits read instead of labelling again. Per run:
   --device cuda), and its two parts (lrm.tuning.memory.TrainingMemory, Linux): the resident set before the first
   step ("loaded": torch, text encoder, codec, models, alike for every method) and what the training steps added
   to it at their peak ("added": gradients, optimiser states, activations, graphs: what the method costs);
-- diversity after tuning (DOLLAR Eq. 27, Vendi of the decoded pixels per prompt).
+- diversity after tuning (DOLLAR Eq. 27, Vendi of the decoded pixels per prompt);
+- the highest point of the mean gain curve and its update (a run that over-optimises rises, then falls), and beside
+  the JSON, <out>_grids/<reward>.png: the first seed's student sampled (its few-step sampler, the monitor's first
+  prompts, seeds 0-3) from its snapshots at the start, at that highest point and at the end, one row per method.
 The surrogate fit's cost is its own row: seconds of labelling the store with the reward of its decoded latents (only
 when the store lacked that column) plus fitting and validating, the fit process's peak RSS, and its held-out
 fidelity. The fitted rows report their training time without the fit, with the whole fit added ("+ fit"), and with
@@ -56,7 +59,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lrm.io import atomic_write_json
+from lrm.io import atomic_write_bytes, atomic_write_json
 
 REWARDS = ("jpeg-compressibility", "prompt-color", "temporal-flickering")  # non-differentiable, text-image, video
 METHODS = ("lrm", "lrm-frozen", "lrm-warm", "ddpo", "direct")
@@ -91,6 +94,13 @@ def student_run(reward: str, args) -> Path:
     return Path(embedded_student(args.student_steps, video=video, train_if_missing=False))
 
 
+def tuning_prompts(run) -> list[str]:
+    """The prompts a run of `run`'s student tunes on (the CLI's procedural captions); the monitor takes the first."""
+    from lrm.evaluation.report import TUNING_PROMPTS, procedural_prompts
+
+    return procedural_prompts(TUNING_PROMPTS, run.latent_shape()[0], world=run.procedural_world)
+
+
 def worker(args) -> None:
     """Tune the student with one (reward, method, seed) in args.run_dir; write RESULT there. args.surrogate: the
     fitted surrogate (RUN/model) that "lrm-frozen" keeps frozen and "lrm-warm" starts its concurrent one from."""
@@ -99,7 +109,6 @@ def worker(args) -> None:
     import torch
 
     from lrm.codecs import from_settings
-    from lrm.evaluation.report import TUNING_PROMPTS, procedural_prompts
     from lrm.generators.runs import open_generator_run
     from lrm.models import LatentRewardModel
     from lrm.rewards import load as load_reward
@@ -116,7 +125,7 @@ def worker(args) -> None:
     codec = from_settings(model.codec_settings).to(args.device)
     true_reward = TrueReward(codec, load_reward(args.reward))
     encoder = load_text(model.text_encoder_id)
-    prompts = procedural_prompts(TUNING_PROMPTS, latent_shape[0], world=run.procedural_world)
+    prompts = tuning_prompts(run)
     surrogate = None if args.surrogate is None else LatentRewardModel.from_pretrained(
         args.surrogate, codec_settings=model.codec_settings, map_location=args.device)
     surrogate_lr = args.surrogate_lr[0] if args.method in CONCURRENT else TuneConfig.surrogate_lr  # only it trains
@@ -348,9 +357,11 @@ def summarise(runs: list[dict]) -> dict:
     """Mean curves and final numbers over the seeds of one (reward, method)."""
     gains = np.array([[r["gold"] - run["records"][0]["gold"] for r in run["records"]] for run in runs])  # (S, E)
     seconds = np.array([run["train_seconds"] for run in runs])  # (S, E)
-    final = gains[:, -1]
+    final, curve = gains[:, -1], gains.mean(0)
+    peak = int(np.argmax(curve))  # the mean curve's highest point: a run that over-optimises peaks and falls
     return {"seeds": [run["seed"] for run in runs], "steps": [r["step"] for r in runs[0]["records"]],
-            "samples": runs[0]["samples"], "gain_curve_mean": gains.mean(0).tolist(),
+            "samples": runs[0]["samples"], "gain_curve_mean": curve.tolist(),
+            "peak_gain_mean": float(curve[peak]), "peak_step": runs[0]["records"][peak]["step"],
             "gain_curve_min": gains.min(0).tolist(), "gain_curve_max": gains.max(0).tolist(),
             "seconds_curve_mean": seconds.mean(0).tolist(),
             "gold_start": float(np.mean([r["records"][0]["gold"] for r in runs])),
@@ -429,6 +440,59 @@ def goal(lrm: dict, ddpo: dict) -> dict:
                     "memory_ratio_with_fit": fit_memory,
                     "memory_goal_met_with_fit": None if fit_memory is None else fit_memory <= 1 / 3})
     return out
+
+
+def snapshot_grid(run_dir: Path, step: int, prompts: list[str], seeds: int = 4):
+    """(PIL image) the student's samples from the run's snapshot at `step` (lrm sample's grid: rows are prompts,
+    columns seeds 0..seeds-1; clips show their middle frame)."""
+    import io
+
+    from PIL import Image
+
+    from lrm.generators.runs import open_generator_run, sample_run
+    from lrm.generators.sampling import expand_requests
+    from lrm.generators.writing import grid_png
+
+    run = open_generator_run(run_dir / "checkpoints" / f"step-{step:08d}")
+    model = run.load()
+    requested, seed_list = expand_requests(prompts, seeds)
+    samples, _ = sample_run(run, model, requested, seed_list, run.latent_shape())
+    return Image.open(io.BytesIO(grid_png(samples.pixels, samples.prompts, samples.seeds))).convert("RGB")
+
+
+def sample_grids(reward: str, methods: dict, root: Path, prompts: int) -> bytes:
+    """PNG: for each method (a row), its first seed's samples at update 0, at the mean curve's highest point and
+    at the last update, each grid titled with its update and that seed's gold gain there."""
+    import io
+
+    from PIL import Image, ImageDraw
+
+    from lrm.generators.runs import open_generator_run
+
+    rows = []
+    for label, summary in methods.items():
+        run_dir = root / f"{reward}-{label}-s{summary['seeds'][0]}"
+        result = json.loads((run_dir / RESULT).read_text())
+        records, gold = result["records"], {r["step"]: r["gold"] for r in result["records"]}
+        words = tuning_prompts(open_generator_run(result["student"]))[:prompts]  # the monitor's
+        tiles = []
+        for name, step in (("start", 0), ("highest mean gain", summary["peak_step"]), ("end", records[-1]["step"])):
+            grid = snapshot_grid(run_dir, step, words)
+            title = f"{label}, {name}: update {step}, gold gain {gold[step] - gold[0]:+.3g} (seed {result['seed']})"
+            tile = Image.new("RGB", (grid.width, grid.height + 18), "white")
+            tile.paste(grid, (0, 18))
+            ImageDraw.Draw(tile).text((4, 3), title, fill="black")
+            tiles.append(tile)
+        row = Image.new("RGB", (sum(t.width for t in tiles), max(t.height for t in tiles)), "white")
+        for i, tile in enumerate(tiles):
+            row.paste(tile, (sum(t.width for t in tiles[:i]), 0))
+        rows.append(row)
+    sheet = Image.new("RGB", (max(r.width for r in rows), sum(r.height for r in rows)), "white")
+    for i, row in enumerate(rows):
+        sheet.paste(row, (0, sum(r.height for r in rows[:i])))
+    buffer = io.BytesIO()
+    sheet.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def plot(rows: dict, units: dict, path: Path) -> None:
@@ -521,10 +585,11 @@ def parts(summary: dict) -> str:
 
 def table(rows: dict, skipped: list[dict], fits: dict, goals: dict, seeds: int) -> str:
     """The markdown tables of the measured rows, the rows not run, the surrogate fits, and the goal lines."""
-    lines = [f"| reward | method | gold start | gold gain (mean ± sd, {seeds} seeds) | training s | "
+    lines = [f"| reward | method | gold start | gold gain (mean ± sd, {seeds} seeds) | highest mean gain (update) | "
+             "training s | "
              "training s + fit / + fit per run | samples | peak RSS MB | loaded + added by the steps MB | "
              "Vendi before -> after | gradient cosine before -> after |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for reward, methods in rows.items():
         for method, s in methods.items():
             if "fit_s" not in s:
@@ -534,7 +599,7 @@ def table(rows: dict, skipped: list[dict], fits: dict, goals: dict, seeds: int) 
             else:
                 plus = f"{s['train_s_with_fit']:.0f} / {s['train_s_with_fit_share']:.0f} (n = {s['fit_shared_by']})"
             lines.append(f"| {reward} | {method} | {s['gold_start']:.4g} | {s['gain_mean']:+.3g} ± {s['gain_sd']:.2g} "
-                         f"| {s['train_s_mean']:.0f} | {plus} | {s['samples'][-1]} | {s['peak_rss_mb_mean']:.0f} | "
+                         f"| {s['peak_gain_mean']:+.3g} ({s['peak_step']}) | {s['train_s_mean']:.0f} | {plus} | {s['samples'][-1]} | {s['peak_rss_mb_mean']:.0f} | "
                          f"{parts(s)} | {s['diversity_before']:.3f} -> {s['diversity_after']:.3f} | {cosines(s)} |")
     for item in skipped:
         lines.append(f"| {item['reward']} | {item['method']} | not run: {item['reason']} |")
@@ -642,7 +707,10 @@ def main() -> None:
         from lrm.rewards import load as load_reward
 
         plot(rows, {reward: load_reward(reward).spec.units for reward in rows}, out.with_suffix(".png"))
-    print(f"wrote {out}" + (f" and {out.with_suffix('.png')}" if rows else ""))
+        grids = out.with_name(f"{out.stem}_grids")
+        for reward, methods in rows.items():
+            atomic_write_bytes(grids / f"{reward}.png", sample_grids(reward, methods, root, args.eval_prompts))
+    print(f"wrote {out}" + (f", {out.with_suffix('.png')} and {out.stem}_grids/" if rows else ""))
 
 
 if __name__ == "__main__":

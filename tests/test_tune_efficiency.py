@@ -113,6 +113,27 @@ def test_a_worker_refuses_a_surrogate_the_method_does_not_read(bench, words_runs
     assert not (words_runs / "run").exists()
 
 
+def test_the_sample_grids_show_each_method_at_its_start_highest_point_and_end(bench, words_runs):  # noqa: F811
+    import io
+
+    from PIL import Image, ImageChops
+
+    from lrm.generators.runs import open_generator_run
+
+    result, run_dir = tune(bench, words_runs, "ddpo")
+    summary = bench.summarise([{**result, "wall_s": 1.0, "peak_rss_mb": 1.0}])
+    sheet = Image.open(io.BytesIO(bench.sample_grids(REWARD, {"ddpo": summary}, words_runs / "bench", 2)))
+    prompts = bench.tuning_prompts(open_generator_run(words_runs / "student"))[:2]
+    start = bench.snapshot_grid(run_dir, 0, prompts)
+    # one row of three titled grids: update 0, the mean curve's highest point, the last update
+    assert sheet.size == (3 * start.width, start.height + 18)
+    tiles = [sheet.crop((i * start.width, 18, (i + 1) * start.width, 18 + start.height)) for i in range(3)]
+    assert ImageChops.difference(tiles[0], start).getbbox() is None  # the start is the untuned student's samples
+    assert ImageChops.difference(tiles[2], tiles[0]).getbbox() is not None  # two updates at lr 1e-3 changed them
+    peak = summary["peak_step"]
+    assert ImageChops.difference(tiles[1], bench.snapshot_grid(run_dir, peak, prompts)).getbbox() is None
+
+
 def test_rows_that_cannot_run_say_why(bench, words_runs):  # noqa: F811
     student = words_runs / "student"  # records no latent store
     assert "it records no latent store" in bench.no_fit(REWARD, student)
@@ -184,7 +205,8 @@ def test_variants_fit_cost_and_goal_arithmetic(bench):
 
 def test_the_table_shows_the_fit_as_its_own_row_and_the_fitted_times_with_and_without_it(bench):
     base = {"gold_start": 1.0, "gain_mean": 0.5, "gain_sd": 0.1, "train_s_mean": 10.0, "samples": [0, 16],
-            "peak_rss_mb_mean": 900.0, "diversity_before": 1.2, "diversity_after": 1.1}
+            "peak_rss_mb_mean": 900.0, "diversity_before": 1.2, "diversity_after": 1.1, "peak_gain_mean": 0.7,
+            "peak_step": 20}
     rows = {REWARD: {"lrm-slr0.0001": {**base, "loaded_rss_mb_mean": 850.0, "added_rss_mb_mean": 42.4},
                      "lrm-frozen": {**base, "fit_s": 30.0, "train_s_with_fit": 40.0, "train_s_with_fit_share": 15.0,
                                     "fit_shared_by": 6, "gradient_alignment_before": 0.1,
@@ -198,8 +220,9 @@ def test_the_table_shows_the_fit_as_its_own_row_and_the_fitted_times_with_and_wi
                              "gradient_cosine": 0.2497}}
     skipped = [{"reward": "temporal-flickering", "method": "all", "reason": "no video student"}]
     text = bench.table(rows, skipped, fits, {}, 3).splitlines()
-    assert text[2].split(" | ")[5] == "no fit"
-    assert text[3].split(" | ")[4:6] == ["10", "40 / 15 (n = 6)"]
+    assert text[2].split(" | ")[3:6] == ["+0.5 ± 0.1", "+0.7 (20)", "10"]  # final gain, then the curve's peak
+    assert text[2].split(" | ")[6] == "no fit"
+    assert text[3].split(" | ")[5:7] == ["10", "40 / 15 (n = 6)"]
     assert text[2].endswith("| 900 | 850 + 42 | 1.200 -> 1.100 | - |")  # no gradient alignment recorded
     assert text[3].endswith("| 900 | - | 1.200 -> 1.100 | +0.100 -> -0.050 |")  # nor the memory's parts
     assert text[4] == "| temporal-flickering | all | not run: no video student |"
@@ -220,6 +243,20 @@ def test_the_table_shows_the_fit_as_its_own_row_and_the_fitted_times_with_and_wi
     assert "not differentiable" in bench.refusal("jpeg-compressibility", "lrm-warm", 3.0)
     assert bench.refusal("jpeg-compressibility", "lrm-warm", 0.0) is None
     assert bench.refusal("prompt-color", "lrm", 3.0) is None
+
+
+def test_the_summary_keeps_the_peak_of_a_curve_that_rises_and_falls(bench):
+    def run(seed, golds):
+        records = [{"step": 50 * i, "gold": g, "diversity": 1.0} for i, g in enumerate(golds)]
+        return {"seed": seed, "records": records, "train_seconds": [7.0 * i for i in range(len(golds))],
+                "samples": [400 * i for i in range(len(golds))], "wall_s": 30.0, "peak_rss_mb": 1000.0,
+                "cuda_peak_mb": None, "nonfinite_rewards": 0}
+
+    s = bench.summarise([run(0, [1.0, 3.0, 0.0]), run(1, [1.0, 2.0, 0.2])])  # over-optimised: up, then down
+    assert s["gain_mean"] == pytest.approx(-0.9) and s["gain_curve_mean"] == pytest.approx([0.0, 1.5, -0.9])
+    assert (s["peak_gain_mean"], s["peak_step"]) == (pytest.approx(1.5), 50)
+    rising = bench.summarise([run(0, [1.0, 1.2, 1.5])])
+    assert (rising["peak_gain_mean"], rising["peak_step"]) == (pytest.approx(0.5), 100)
 
 
 def test_gradient_alignment_means_leave_out_runs_that_recorded_none(bench):
