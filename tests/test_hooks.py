@@ -962,6 +962,9 @@ def test_lrm_tune_writes_the_tuned_student_records_and_grids(words_runs, reward,
     assert [r["step"] for r in facts["records"]] == [0, 1, 2] and facts["records"][-1]["distance"] > 0
     assert facts["nonfinite_rewards"] == 0 and facts["config"]["steps"] == 2
     assert facts["config"]["noise_aware"] == ("--noise-aware" in method)
+    golds, best = [r["gold"] for r in facts["records"]], facts["best"]  # its rewards are higher-is-better
+    assert best["gold"] == max(golds) and (out / best["checkpoint"] / "model.safetensors").is_file()
+    assert ("best gold" in result.output) == (best["gold"] > golds[-1])
     assert (out / "before" / "grid.png").is_file() and (out / "after" / "grid.png").is_file()
     tuned = open_generator_run(out)
     assert tuned.student_steps == 1 and tuned.latent_shape() == (1, 32, 8, 8)

@@ -359,3 +359,18 @@ def test_lrm_tune_cd_takes_real_latents_from_the_teacher_store_or_store(teacher,
     unread = runner.invoke(cli_app(), ["tune", "colorfulness", "--teacher", str(teacher), "--method", "direct", *ARGS,
                                        "--store", str(other.path)])
     assert unread.exit_code == 2 and "--store feeds CD (--losses cd) and the concurrent surrogate" in unread.output
+
+
+def test_the_best_evaluation_is_the_best_finite_gold_in_the_rewards_direction_with_its_checkpoint(tmp_path):
+    from lrm.tuning.monitor import TuningRecord
+
+    def record(step, gold):
+        return TuningRecord(step=step, gold=gold, proxy=float("nan"), diversity=1.0, distance=0.0, nonfinite=0)
+
+    records = [record(0, 1.0), record(50, 3.0), record(100, float("nan")), record(150, 2.0), record(200, 3.0)]
+    (tmp_path / "checkpoints" / "step-00000050").mkdir(parents=True)
+    best, folder = tune_run.best_evaluation(records, 1.0, tmp_path)
+    assert best.step == 50 and folder == tmp_path / "checkpoints" / "step-00000050"  # the earliest of two equal
+    best, folder = tune_run.best_evaluation(records, -1.0, tmp_path)  # lower is better (niqe, brisque)
+    assert best.step == 0 and folder is None  # no checkpoint kept at that step
+    assert tune_run.best_evaluation([record(0, float("nan"))], 1.0, tmp_path) is None

@@ -105,10 +105,10 @@ def tune(
     ADM + SDM-2D), else the image teacher's (VSD + CD). Writes OUT/model (the tuned student, a generator run),
     OUT/records.json (gold and proxy reward, the surrogate's fidelity and, for a differentiable reward,
     gradient alignment, diversity and distance from the start at fixed seeds, seconds per step, peak
-    memory), OUT/checkpoints/step-N (at every evaluation: a rerun of the same command resumes there),
-    sample grids OUT/before and OUT/after, and each evaluation's samples in OUT/evals/step-N. Regularisers:
-    --kl-weight (KL-to-initial penalty), --ensemble (two or more fitted surrogates: their mean is tuned on,
-    their disagreement penalised).
+    memory), OUT/checkpoints/step-N (at every evaluation: a rerun of the same command resumes there; the
+    summary names the one with the best gold when that is not the last), sample grids OUT/before and
+    OUT/after, and each evaluation's samples in OUT/evals/step-N. Regularisers: --kl-weight (KL-to-initial
+    penalty), --ensemble (two or more fitted surrogates: their mean is tuned on, their disagreement penalised).
 
     Examples:
       lrm tune jpeg-compressibility --concurrent
@@ -272,7 +272,7 @@ def _run(reward_name, reward_options, run_path, distill, student_steps, store_pa
     from lrm.tuning.true_reward import TrueReward
     from lrm.tuning.tune import TuneConfig
     from lrm.tuning.tune import tune as run_tuning
-    from lrm.tuning.tune_run import checkpoint_steps
+    from lrm.tuning.tune_run import best_evaluation, checkpoint_steps
 
     def tune_config(student_steps: int) -> TuneConfig:  # checks the options
         return TuneConfig(method=method, concurrent=concurrent, steps=steps, student_steps=student_steps,
@@ -352,6 +352,7 @@ def _run(reward_name, reward_options, run_path, distill, student_steps, store_pa
                             "from": str(run_path)}}
     save_denoiser(result.student, out_dir / "model", extra=extra)
     term = result.term
+    best = best_evaluation(result.records, true_reward.sign, out_dir)
     facts = {"reward": reward_name, "method": method, "concurrent": concurrent, "from": str(run_path),
              # the direction it was tuned in, its options' included (-o higher_is_better=false): what a study reads
              "higher_is_better": bool(true_reward.spec.higher_is_better),
@@ -366,7 +367,11 @@ def _run(reward_name, reward_options, run_path, distill, student_steps, store_pa
              "surrogate_gradient_cosine": getattr(term, "gradient_cosine", None),
              "losses": [log.losses for log in result.logs],
              "store": settings["store"], "real_rows": getattr(term, "real_rows", 0),
-             "checkpoints": [f"checkpoints/step-{s:08d}" for s in checkpoint_steps(out_dir)]}
+             "checkpoints": [f"checkpoints/step-{s:08d}" for s in checkpoint_steps(out_dir)],
+             # the evaluation with the best gold and its student's checkpoint (null: none kept at that step)
+             "best": None if best is None else {"step": best[0].step, "gold": best[0].gold,
+                                                "checkpoint": None if best[1] is None else
+                                                str(best[1].relative_to(out_dir))}}
     # strict JSON (NaN as null) that every parser reads; lrm's readers take null as NaN (lrm.studies.overopt.Curves)
     atomic_write_json(out_dir / "records.json", json.loads(json.dumps(facts, default=float)), strict=True)
     for name, samples in (("before", result.samples_before), ("after", result.samples_after)):
@@ -390,6 +395,11 @@ def _run(reward_name, reward_options, run_path, distill, student_steps, store_pa
                     "each)")
     if real is not None and concurrent:
         summary += f"; the surrogate trained on {facts['real_rows']} real latents of {real.path}"
+    if best is not None and best[0].step != last.step and best[0].gold != last.gold:
+        record, folder = best
+        where = f"its student: {folder}" if folder is not None else "no checkpoint was kept at that update"
+        summary += (f"\nbest gold {record.gold:.4g} at update {record.step}, not at the end ({where}; the report "
+                    "shows how gold and proxy parted)")
     evaluated = sum(r.nonfinite for r in result.records)
     notes = []
     if true_reward.nonfinite or evaluated:

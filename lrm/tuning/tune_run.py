@@ -17,6 +17,7 @@ uninterrupted run's, records included (tests/test_tune_run.py).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict
 from pathlib import Path
 
@@ -126,3 +127,15 @@ def checkpoint_steps(run_dir: Path) -> list[int]:
     """The steps of the run's saved checkpoints, ascending (each holds a loadable student)."""
     root = Path(run_dir) / "checkpoints"
     return sorted(int(p.name.split("-")[1]) for p in root.glob("step-*") if p.is_dir()) if root.is_dir() else []
+
+
+def best_evaluation(records: list[TuningRecord], sign: float, run_dir: Path) -> tuple[TuningRecord, Path | None] | None:
+    """The evaluation with the best gold reward (sign: +1 higher is better, -1 lower) and the checkpoint folder of
+    its student (None when none was kept at that step); None when no gold was finite. A run that over-optimises
+    has its best before its end: its student is then that checkpoint, not RUN/model."""
+    finite = [r for r in records if math.isfinite(r.gold)]
+    if not finite:
+        return None
+    best = max(finite, key=lambda r: (sign * r.gold, -r.step))  # the earliest of equals
+    folder = Path(run_dir) / "checkpoints" / f"step-{best.step:08d}"
+    return best, (folder if best.step in checkpoint_steps(run_dir) else None)
