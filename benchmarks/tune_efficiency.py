@@ -586,8 +586,7 @@ def parts(summary: dict) -> str:
 def table(rows: dict, skipped: list[dict], fits: dict, goals: dict, seeds: int) -> str:
     """The markdown tables of the measured rows, the rows not run, the surrogate fits, and the goal lines."""
     lines = [f"| reward | method | gold start | gold gain (mean ± sd, {seeds} seeds) | highest mean gain (update) | "
-             "training s | "
-             "training s + fit / + fit per run | samples | peak RSS MB | loaded + added by the steps MB | "
+             "training s | training s + fit / + fit per run | samples | peak RSS MB | loaded + added by the steps MB | "
              "Vendi before -> after | gradient cosine before -> after |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for reward, methods in rows.items():
@@ -599,8 +598,9 @@ def table(rows: dict, skipped: list[dict], fits: dict, goals: dict, seeds: int) 
             else:
                 plus = f"{s['train_s_with_fit']:.0f} / {s['train_s_with_fit_share']:.0f} (n = {s['fit_shared_by']})"
             lines.append(f"| {reward} | {method} | {s['gold_start']:.4g} | {s['gain_mean']:+.3g} ± {s['gain_sd']:.2g} "
-                         f"| {s['peak_gain_mean']:+.3g} ({s['peak_step']}) | {s['train_s_mean']:.0f} | {plus} | {s['samples'][-1]} | {s['peak_rss_mb_mean']:.0f} | "
-                         f"{parts(s)} | {s['diversity_before']:.3f} -> {s['diversity_after']:.3f} | {cosines(s)} |")
+                         f"| {s['peak_gain_mean']:+.3g} ({s['peak_step']}) | {s['train_s_mean']:.0f} | {plus} | "
+                         f"{s['samples'][-1]} | {s['peak_rss_mb_mean']:.0f} | {parts(s)} | "
+                         f"{s['diversity_before']:.3f} -> {s['diversity_after']:.3f} | {cosines(s)} |")
     for item in skipped:
         lines.append(f"| {item['reward']} | {item['method']} | not run: {item['reason']} |")
     if fits:

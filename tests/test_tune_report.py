@@ -52,8 +52,10 @@ def test_lrm_tune_writes_a_report_with_every_section(tuned):
     if facts["added_rss_mb"] is not None:  # Linux: the resident set before the steps and what they added
         assert 0 < facts["loaded_rss_mb"] <= facts["loaded_rss_mb"] + facts["added_rss_mb"] <= facts["peak_rss_mb"]
         assert f"<td>added by the training steps at their peak (MB)</td><td>{_fmt(facts['added_rss_mb'])}" in page
-    # four figures and the two grids, inline: the page stands alone
-    assert page.count("data:image/png;base64,") == 6
+    # four figures and the two grids (three when the best gold came before the end), inline: the page stands alone
+    best_shown = facts["best"]["gold"] != last["gold"]
+    assert page.count("data:image/png;base64,") == 6 + best_shown
+    assert (f"best gold {facts['best']['gold']:.4g}, update {facts['best']['step']}</figcaption>" in page) == best_shown
     assert "src='figures/" not in page and "src=\"figures/" not in page
     assert {p.name for p in (tuned / "figures").iterdir()} == {"rewards.png", "diversity_distance.png",
                                                                  "fidelity.png", "losses.png"}
@@ -67,7 +69,7 @@ def test_a_run_without_a_surrogate_gets_no_proxy_or_fidelity(tuned, tmp_path):
     facts = json.loads((run / "records.json").read_text())
     for record in facts["records"]:
         record["proxy"] = record["fidelity"] = float("nan")
-    facts.update(method="direct", concurrent=False, surrogate_fidelity=None, losses=[])
+    facts.update(method="direct", concurrent=False, surrogate_fidelity=None, losses=[], best=None)
     (run / "records.json").write_text(json.dumps(facts))
     shutil.rmtree(run / "after")
     page = write_tune_report(run).read_text()
@@ -85,6 +87,27 @@ def test_a_run_whose_every_update_was_skipped_gets_its_report_without_a_losses_f
     (run / "records.json").write_text(json.dumps(facts))
     page = write_tune_report(run).read_text()
     assert "<h2>Gold and proxy reward</h2>" in page and "Losses per term" not in page
+
+
+def test_the_samples_at_the_best_gold_join_the_grids_only_when_the_run_ended_below_it(tuned, tmp_path):
+    from lrm.tuning.report import write_tune_report
+
+    run = tmp_path / "peaked"
+    shutil.copytree(tuned, run)
+    facts = json.loads((run / "records.json").read_text())
+    golds = [r["gold"] for r in facts["records"]]
+    for best_step, shown in ((1, True), (2, False)):  # update 1 best (the run ended below it), or the last
+        facts["records"][best_step]["gold"] = max(golds) + 1.0
+        facts["best"] = {"step": best_step, "gold": max(golds) + 1.0, "checkpoint": f"checkpoints/step-{best_step:08d}"}
+        (run / "records.json").write_text(json.dumps(facts))
+        page = write_tune_report(run).read_text()
+        assert (f"best gold {max(golds) + 1.0:.4g}, update 1</figcaption>" in page) == shown
+        assert page.count("data:image/png;base64,") == 6 + shown
+        facts["records"][best_step]["gold"] = golds[best_step]
+    facts["best"] = {"step": 1, "gold": max(golds) + 1.0, "checkpoint": "checkpoints/step-00000001"}
+    (run / "records.json").write_text(json.dumps(facts))
+    shutil.rmtree(run / "evals")  # no samples kept of that evaluation: nothing more to show
+    assert write_tune_report(run).read_text().count("data:image/png;base64,") == 6
 
 
 def test_lrm_report_rewrites_a_tuning_runs_report(tuned):
@@ -118,6 +141,7 @@ def test_only_the_running_fidelity_is_shown_without_a_figure(tuned, tmp_path):
     for record in facts["records"]:
         record.pop("fidelity")  # records of a run that logged only the concurrent surrogate's running fidelity
     facts["surrogate_fidelity"] = 0.75
+    facts.pop("best")  # as a run of an earlier lrm wrote it: no best evaluation named, so no grid of it
     (run / "records.json").write_text(json.dumps(facts))
     page = write_tune_report(run).read_text()
     assert "No per-evaluation fidelity was recorded" in page and "at the end: 0.75." in page

@@ -6,7 +6,8 @@ OUT/figures/*.png), read from what `lrm tune` writes (OUT/records.json, OUT/befo
 
 Sections: the run's facts (reward and its direction, method, seconds per step, peak memory), gold and proxy
 reward against the step, diversity and distance from the start against the step, the surrogate's fidelity
-when recorded, each loss term against the step, and the decoded sample grids at fixed seeds before and after.
+when recorded, each loss term against the step, and the decoded sample grids at fixed seeds before and after
+(and at the best gold's evaluation when the run ended below it).
 A folder without records.json is refused with one line (lrm.studies.runs.read_run reads the folder).
 """
 
@@ -53,17 +54,33 @@ def write_tune_report(run_dir: str | Path) -> Path:
     if "losses" in pngs:
         body.append(_section("Losses per term", "Each term's generator loss and each auxiliary role's loss at every "
                              "step (unweighted).", _img(pngs["losses"], "loss per term against the step")))
-    grids = "".join(f"<figure>{_img(path.read_bytes(), f'samples {name} tuning')}<figcaption>{name}</figcaption>"
-                    "</figure>" for name in GRIDS if (path := run.path / name / "grid.png").is_file())
+    shown = [(name, run.path / name / "grid.png") for name in GRIDS]
+    best = best_grid(run)
+    if best is not None:
+        shown.insert(1, best)
+    grids = "".join(f"<figure>{_img(path.read_bytes(), f'samples: {name}')}<figcaption>{name}</figcaption>"
+                    "</figure>" for name, path in shown if path.is_file())
     if grids:
-        body.append(_section("Samples before and after", "Decoded samples at fixed seeds, before tuning and after "
-                             "the last step (rows: prompts, columns: seeds; a clip shows its middle frame).", grids))
+        body.append(_section("Samples before and after", "Decoded samples at fixed seeds, before tuning, at the "
+                             "evaluation with the best gold when that was not the last (an over-optimised run's "
+                             "best student is its checkpoint there), and after the last step (rows: prompts, "
+                             "columns: seeds; a clip shows its middle frame).", grids))
     if config:
         body.append(_section("Configuration", "The resolved TuneConfig of this run (records.json).",
                              _table(["option", "value"], [[k, v] for k, v in config.items()])))
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>lrm tune: {html.escape(run.reward)}</title>"
             f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>")
     return atomic_write_text(run.path / REPORT, page)
+
+
+def best_grid(run) -> tuple[str, Path] | None:
+    """(caption, OUT/evals/step-N/grid.png) of the evaluation records.json names best ("best") when its gold differs
+    from the last evaluation's; None otherwise, or when `lrm tune` kept no samples of it."""
+    best, curves = run.facts.get("best"), run.curves
+    if not isinstance(best, dict) or best.get("step") == int(curves.steps[-1]) or best.get("gold") == curves.gold[-1]:
+        return None
+    path = run.path / "evals" / f"step-{best['step']}" / "grid.png"
+    return (f"best gold {best['gold']:.4g}, update {best['step']}", path) if path.is_file() else None
 
 
 def figures_of(run) -> dict[str, bytes]:

@@ -129,7 +129,8 @@ def checkpoint_steps(run_dir: Path) -> list[int]:
     return sorted(int(p.name.split("-")[1]) for p in root.glob("step-*") if p.is_dir()) if root.is_dir() else []
 
 
-def best_evaluation(records: list[TuningRecord], sign: float, run_dir: Path) -> tuple[TuningRecord, Path | None] | None:
+def best_evaluation(records: list[TuningRecord], sign: float,
+                    run_dir: Path) -> tuple[TuningRecord, Path | None] | None:
     """The evaluation with the best gold reward (sign: +1 higher is better, -1 lower) and the checkpoint folder of
     its student (None when none was kept at that step); None when no gold was finite. A run that over-optimises
     has its best before its end: its student is then that checkpoint, not RUN/model."""
