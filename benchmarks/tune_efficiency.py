@@ -31,9 +31,10 @@ the lrm cache), which later fits read instead of labelling again. Per run:
   step ("loaded": torch, text encoder, codec, models, alike for every method) and what the training steps added
   to it at their peak ("added": gradients, optimiser states, activations, graphs: what the method costs);
 - diversity after tuning (DOLLAR Eq. 27, Vendi of the decoded pixels per prompt);
-- the highest point of the mean gain curve and its update (a run that over-optimises rises, then falls), and beside
-  the JSON, <out>_grids/<reward>.png: the first seed's student sampled (its few-step sampler, the monitor's first
-  prompts, seeds 0-3) from its snapshots at the start, at that highest point and at the end, one row per method.
+- the best point of the mean gain curve and its update (a run that over-optimises rises, then falls), and beside
+  the JSON, <out>_grids/<reward>.png: the first seed's monitor samples (its prompts and seeds) remade from its
+  snapshots at the start, at that best point and at the end, one row per method.
+Gains are in the reward's better direction (for a lower-is-better reward, how far it fell).
 The surrogate fit's cost is its own row: seconds of labelling the store with the reward of its decoded latents (only
 when the store lacked that column) plus fitting and validating, the fit process's peak RSS, and its held-out
 fidelity. The fitted rows report their training time without the fit, with the whole fit added ("+ fit"), and with
@@ -353,12 +354,15 @@ def run_one(reward: str, label: str, method: str, surrogate_lr: float | None, se
     return {**result, **measured}
 
 
-def summarise(runs: list[dict]) -> dict:
-    """Mean curves and final numbers over the seeds of one (reward, method)."""
-    gains = np.array([[r["gold"] - run["records"][0]["gold"] for r in run["records"]] for run in runs])  # (S, E)
+def summarise(runs: list[dict], sign: float = 1.0) -> dict:
+    """Mean curves and final numbers over the seeds of one (reward, method). Gains are in the reward's better
+    direction (sign: +1 higher is better, -1 lower): a lower-is-better reward's gain is how far it fell."""
+    gains = np.array([[sign * (r["gold"] - run["records"][0]["gold"]) for r in run["records"]]
+                      for run in runs])  # (S, E)
     seconds = np.array([run["train_seconds"] for run in runs])  # (S, E)
     final, curve = gains[:, -1], gains.mean(0)
-    peak = int(np.argmax(curve))  # the mean curve's highest point: a run that over-optimises peaks and falls
+    # the mean curve's best point (a run that over-optimises peaks and falls); NaN evaluations left out
+    peak = int(np.nanargmax(curve)) if np.isfinite(curve).any() else 0
     return {"seeds": [run["seed"] for run in runs], "steps": [r["step"] for r in runs[0]["records"]],
             "samples": runs[0]["samples"], "gain_curve_mean": curve.tolist(),
             "peak_gain_mean": float(curve[peak]), "peak_step": runs[0]["records"][peak]["step"],
@@ -442,9 +446,10 @@ def goal(lrm: dict, ddpo: dict) -> dict:
     return out
 
 
-def snapshot_grid(run_dir: Path, step: int, prompts: list[str], seeds: int = 4):
-    """(PIL image) the student's samples from the run's snapshot at `step` (lrm sample's grid: rows are prompts,
-    columns seeds 0..seeds-1; clips show their middle frame)."""
+def snapshot_grid(run_dir: Path, step: int, prompts: list[str], per_prompt: int, seed: int):
+    """(PIL image) the student's samples from the run's snapshot at `step`, the monitor's (lrm sample's grid: rows
+    are prompts, columns seeds seed..seed + per_prompt - 1; clips show their middle frame); None when the run kept
+    no snapshot there."""
     import io
 
     from PIL import Image
@@ -453,16 +458,20 @@ def snapshot_grid(run_dir: Path, step: int, prompts: list[str], seeds: int = 4):
     from lrm.generators.sampling import expand_requests
     from lrm.generators.writing import grid_png
 
-    run = open_generator_run(run_dir / "checkpoints" / f"step-{step:08d}")
+    snapshot = run_dir / "checkpoints" / f"step-{step:08d}"
+    if not snapshot.is_dir():
+        return None
+    run = open_generator_run(snapshot)
     model = run.load()
-    requested, seed_list = expand_requests(prompts, seeds)
+    requested, seed_list = expand_requests(prompts, per_prompt, seed)
     samples, _ = sample_run(run, model, requested, seed_list, run.latent_shape())
     return Image.open(io.BytesIO(grid_png(samples.pixels, samples.prompts, samples.seeds))).convert("RGB")
 
 
-def sample_grids(reward: str, methods: dict, root: Path, prompts: int) -> bytes:
-    """PNG: for each method (a row), its first seed's samples at update 0, at the mean curve's highest point and
-    at the last update, each grid titled with its update and that seed's gold gain there."""
+def sample_grids(reward: str, methods: dict, root: Path, prompts: int, per_prompt: int) -> bytes:
+    """PNG: for each method (a row), its first seed's monitor samples (`prompts` prompts x `per_prompt` seeds) at
+    update 0, at the mean curve's best point and at the last update, each grid titled with its update and that
+    seed's gold gain there (a snapshot the run no longer holds: a blank tile saying so)."""
     import io
 
     from PIL import Image, ImageDraw
@@ -476,9 +485,11 @@ def sample_grids(reward: str, methods: dict, root: Path, prompts: int) -> bytes:
         records, gold = result["records"], {r["step"]: r["gold"] for r in result["records"]}
         words = tuning_prompts(open_generator_run(result["student"]))[:prompts]  # the monitor's
         tiles = []
-        for name, step in (("start", 0), ("highest mean gain", summary["peak_step"]), ("end", records[-1]["step"])):
-            grid = snapshot_grid(run_dir, step, words)
+        for name, step in (("start", 0), ("best mean gain", summary["peak_step"]), ("end", records[-1]["step"])):
+            grid = snapshot_grid(run_dir, step, words, per_prompt, result["seed"])
             title = f"{label}, {name}: update {step}, gold gain {gold[step] - gold[0]:+.3g} (seed {result['seed']})"
+            if grid is None:
+                grid, title = Image.new("RGB", (256, 64), "white"), f"{title}: no snapshot kept"
             tile = Image.new("RGB", (grid.width, grid.height + 18), "white")
             tile.paste(grid, (0, 18))
             ImageDraw.Draw(tile).text((4, 3), title, fill="black")
@@ -585,7 +596,7 @@ def parts(summary: dict) -> str:
 
 def table(rows: dict, skipped: list[dict], fits: dict, goals: dict, seeds: int) -> str:
     """The markdown tables of the measured rows, the rows not run, the surrogate fits, and the goal lines."""
-    lines = [f"| reward | method | gold start | gold gain (mean ± sd, {seeds} seeds) | highest mean gain (update) | "
+    lines = [f"| reward | method | gold start | gold gain (mean ± sd, {seeds} seeds) | best mean gain (update) | "
              "training s | training s + fit / + fit per run | samples | peak RSS MB | loaded + added by the steps MB | "
              "Vendi before -> after | gradient cosine before -> after |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -646,6 +657,8 @@ def main() -> None:
         except (ValueError, FileNotFoundError) as error:  # lrm.studies.surrogates' one-line refusals
             raise SystemExit(f"error: {error}") from None
         return
+    from lrm.rewards import load as load_reward
+
     out = Path(args.out)
     root = Path(args.runs)
     students, missing = {}, {}  # every reward's student before the first run
@@ -686,7 +699,7 @@ def main() -> None:
             print(f"{reward} / {label}: seeds {args.seeds}", flush=True)
             runs = [run_one(reward, label, method, surrogate_lr, seed, student, args, root, surrogate)
                     for seed in args.seeds]
-            summary = summarise(runs)
+            summary = summarise(runs, 1.0 if load_reward(reward).spec.higher_is_better else -1.0)
             if method in FITTED:
                 summary = with_fit(summary, fits[reward], fits[reward]["shared_by"])
             rows.setdefault(reward, {})[label] = summary
@@ -704,12 +717,11 @@ def main() -> None:
                             "methods": {m: METHOD_NOTES[m] for m in args.methods}, "rows": rows,
                             "surrogate_fits": fits, "not_run": skipped, "goal": goals}, strict=True)
     if rows:
-        from lrm.rewards import load as load_reward
-
         plot(rows, {reward: load_reward(reward).spec.units for reward in rows}, out.with_suffix(".png"))
         grids = out.with_name(f"{out.stem}_grids")
         for reward, methods in rows.items():
-            atomic_write_bytes(grids / f"{reward}.png", sample_grids(reward, methods, root, args.eval_prompts))
+            atomic_write_bytes(grids / f"{reward}.png",
+                               sample_grids(reward, methods, root, args.eval_prompts, args.per_prompt))
     print(f"wrote {out}" + (f", {out.with_suffix('.png')} and {out.stem}_grids/" if rows else ""))
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -122,16 +123,23 @@ def test_the_sample_grids_show_each_method_at_its_start_highest_point_and_end(be
 
     result, run_dir = tune(bench, words_runs, "ddpo")
     summary = bench.summarise([{**result, "wall_s": 1.0, "peak_rss_mb": 1.0}])
-    sheet = Image.open(io.BytesIO(bench.sample_grids(REWARD, {"ddpo": summary}, words_runs / "bench", 2)))
+    sheet = Image.open(io.BytesIO(bench.sample_grids(REWARD, {"ddpo": summary}, words_runs / "bench", 2, 2)))
     prompts = bench.tuning_prompts(open_generator_run(words_runs / "student"))[:2]
-    start = bench.snapshot_grid(run_dir, 0, prompts)
+    start = bench.snapshot_grid(run_dir, 0, prompts, 2, 0)  # the monitor's: 2 prompts x seeds 0, 1 of seed-0 run
     # one row of three titled grids: update 0, the mean curve's highest point, the last update
     assert sheet.size == (3 * start.width, start.height + 18)
     tiles = [sheet.crop((i * start.width, 18, (i + 1) * start.width, 18 + start.height)) for i in range(3)]
     assert ImageChops.difference(tiles[0], start).getbbox() is None  # the start is the untuned student's samples
     assert ImageChops.difference(tiles[2], tiles[0]).getbbox() is not None  # two updates at lr 1e-3 changed them
     peak = summary["peak_step"]
-    assert ImageChops.difference(tiles[1], bench.snapshot_grid(run_dir, peak, prompts)).getbbox() is None
+    assert ImageChops.difference(tiles[1], bench.snapshot_grid(run_dir, peak, prompts, 2, 0)).getbbox() is None
+    # a run seeded 1 is pictured with its own monitor seeds (1, 2), not 0 and 1
+    assert ImageChops.difference(bench.snapshot_grid(run_dir, 0, prompts, 2, 1), start).getbbox() is not None
+    # a run whose snapshots were removed gets its titles and a blank tile, not a traceback at the end of the script
+    shutil.rmtree(run_dir / "checkpoints")
+    assert bench.snapshot_grid(run_dir, 0, prompts, 2, 0) is None
+    blank = Image.open(io.BytesIO(bench.sample_grids(REWARD, {"ddpo": summary}, words_runs / "bench", 2, 2)))
+    assert blank.height < sheet.height
 
 
 def test_rows_that_cannot_run_say_why(bench, words_runs):  # noqa: F811
@@ -257,6 +265,13 @@ def test_the_summary_keeps_the_peak_of_a_curve_that_rises_and_falls(bench):
     assert (s["peak_gain_mean"], s["peak_step"]) == (pytest.approx(1.5), 50)
     rising = bench.summarise([run(0, [1.0, 1.2, 1.5])])
     assert (rising["peak_gain_mean"], rising["peak_step"]) == (pytest.approx(0.5), 100)
+    # an evaluation with no finite gold is not the peak; an all-NaN curve peaks nowhere but at the start
+    gap = bench.summarise([run(0, [1.0, 3.0, float("nan"), 2.0])])
+    assert (gap["peak_gain_mean"], gap["peak_step"]) == (pytest.approx(2.0), 50)
+    assert bench.summarise([run(0, [float("nan")] * 3)])["peak_step"] == 0
+    # a lower-is-better reward (niqe, brisque) gains by falling
+    falling = bench.summarise([run(0, [3.0, 2.5, 0.5])], sign=-1.0)
+    assert falling["gain_mean"] == pytest.approx(2.5) and falling["peak_step"] == 100
 
 
 def test_gradient_alignment_means_leave_out_runs_that_recorded_none(bench):

@@ -398,8 +398,8 @@ def _run(reward_name, reward_options, run_path, distill, student_steps, store_pa
     if best is not None and best[0].step != last.step and best[0].gold != last.gold:
         record, folder = best
         where = f"its student: {folder}" if folder is not None else "no checkpoint was kept at that update"
-        summary += (f"\nbest gold {record.gold:.4g} at update {record.step}, not at the end ({where}; the report "
-                    "shows how gold and proxy parted)")
+        summary += (f"\nbest gold {record.gold:.4g} at update {record.step}, not at the end ({last.gold:.4g}); "
+                    f"{where}")
     evaluated = sum(r.nonfinite for r in result.records)
     notes = []
     if true_reward.nonfinite or evaluated:
