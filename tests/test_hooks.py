@@ -386,6 +386,27 @@ def test_ddpo_log_probs_are_normal_log_densities_of_the_last_n_steps():
     assert has_grad(student.model)
 
 
+def test_ddpo_checkpoints_its_tracked_student_calls_with_the_same_loss_and_gradient():
+    b = batch(b=4)
+    b.prompts = ["p", "p", "q", "q"]
+    losses, gradients = [], []
+    for checkpointed in (False, True):
+        roles = build_roles(GradRecorder(tiny_dit(seed=4)), student_lr=1e-3, fake_score=False, ema=False)
+        recorder = roles.module(STUDENT)  # the student role's copy
+        term = DDPO(TrueReward(codec(), BrightFraction()), SHAPE, steps=4, gradient_checkpointing=checkpointed)
+        loss = term.generator_loss(Step(roles, b, torch.empty(0), torch.Generator().manual_seed(0)))
+        loss.sum().backward()
+        losses.append(loss.detach())
+        gradients.append([p.grad for p in recorder.model.parameters()])
+        # sampling: 4 calls, the last 2 with gradient; checkpointing recomputes those 2 in backward
+        assert len(recorder.calls) == 4 + 2 * checkpointed and recorder.calls[:4] == \
+            [(999, False), (749, False), (499, True), (249, True)]
+    torch.testing.assert_close(losses[1], losses[0])
+    for plain, checkpointed in zip(*gradients):
+        torch.testing.assert_close(checkpointed, plain)
+    assert DDPO(TrueReward(codec(), BrightFraction()), SHAPE).gradient_checkpointing  # the default, as direct's
+
+
 def test_ddpo_advantages_are_normalised_per_prompt_with_a_batch_fallback():
     r = torch.tensor([1.0, 3.0, 10.0, 5.0, float("nan")])
     keep = torch.isfinite(r)

@@ -27,6 +27,12 @@ under the current student on the stored (x_{t_n}, x_{t_{n+1}}) pairs and, with `
 sum_n max(-A r_n, -A clip(r_n, 1 - c, 1 + c)), r_n = exp(lp_n - lp_n^old), lp^old at sampling. On the
 first call r_n = 1 and the gradient is REINFORCE's. The stored trajectory is the last call's (meant for
 accumulation 1) and is not checkpointed, so a resumed run with reuse > 1 re-samples.
+
+Memory: by default (`gradient_checkpointing`) each student call with gradient is wrapped in
+torch.utils.checkpoint, so the graph keeps each tracked step's input and output instead of its activations, and
+backward recomputes one step at a time: the peak holds one step's activations, not N steps', for one more student
+forward per tracked step (ddpo-pytorch gets the same by sampling without gradient and backpropagating each
+timestep's log-prob on its own; the direct baseline checkpoints its K steps likewise).
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from typing import NamedTuple
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from lrm import distributed
 from lrm.diffusion.samplers import Posterior, ddpm_posterior, gaussian_log_prob
@@ -58,18 +65,24 @@ class Trajectory(NamedTuple):
     log_probs: torch.Tensor  # (B, N) Eq. 26 summed over elements, with gradient
 
 
-def posterior(student: nn.Module, x_t: torch.Tensor, t: int, s: int, batch: Batch) -> Posterior:
-    """The student's policy at x_t: q(x_s | x_t, x0 = x0_theta(x_t, t)) (Eq. 25) on its schedule."""
+def posterior(student: nn.Module, x_t: torch.Tensor, t: int, s: int, batch: Batch,
+              checkpointed: bool = False) -> Posterior:
+    """The student's policy at x_t: q(x_s | x_t, x0 = x0_theta(x_t, t)) (Eq. 25) on its schedule. checkpointed: the
+    student call in torch.utils.checkpoint (its activations recomputed in backward; same values and gradients)."""
     schedule, b = schedule_of(student), x_t.shape[0]
     t_b, s_b = torch.full((b,), t, device=x_t.device), torch.full((b,), s, device=x_t.device)
-    x0 = predict(student, x_t, t_b, batch.text, batch.text_mask).x0
+    if checkpointed and torch.is_grad_enabled():
+        x0 = checkpoint(lambda x: predict(student, x, t_b, batch.text, batch.text_mask).x0, x_t, use_reentrant=False)
+    else:
+        x0 = predict(student, x_t, t_b, batch.text, batch.text_mask).x0
     return ddpm_posterior(x_t, x0, *schedule.alpha_sigma(t_b, x_t), *schedule.alpha_sigma(s_b, x_t))
 
 
 def sample_trajectory(student: nn.Module, batch: Batch, latent_shape, steps: int, grad_steps: int,
-                      generator: torch.Generator) -> Trajectory:
+                      generator: torch.Generator, gradient_checkpointing: bool = False) -> Trajectory:
     """Alg. 2 lines 4-9: x_T ~ N(0, I), then `steps` posterior draws down the student's grid to t = 0, the
-    last `grad_steps` with gradient on their means (the inputs x_{t_n} are always detached)."""
+    last `grad_steps` with gradient on their means (the inputs x_{t_n} are always detached), each such student
+    call checkpointed when `gradient_checkpointing`."""
     schedule = schedule_of(student)
     if not isinstance(schedule, VPSchedule):
         raise ValueError("DDPO-SF needs a VP (DDPM) student schedule: on a flow schedule the last step lands on "
@@ -85,7 +98,7 @@ def sample_trajectory(student: nn.Module, batch: Batch, latent_shape, steps: int
     for i in range(steps):
         tracked = i >= steps - grad_steps
         with torch.set_grad_enabled(tracked and torch.is_grad_enabled()):
-            post = posterior(student, x, grid[i], grid[i + 1], batch)
+            post = posterior(student, x, grid[i], grid[i + 1], batch, checkpointed=gradient_checkpointing)
         x_next = (post.mean + post.std * randn(x.shape, generator, x)).detach()
         if tracked:
             inputs.append(x)
@@ -155,7 +168,7 @@ class DDPO:
     trains = ()
 
     def __init__(self, true_reward: TrueReward, latent_shape, steps: int = 4, grad_steps: int | None = None,
-                 clip_range: float | None = None, reuse: int = 1):
+                 clip_range: float | None = None, reuse: int = 1, gradient_checkpointing: bool = True):
         true_reward.check_generator(latent_shape, self.name)
         grad_steps = min(GRAD_STEPS, steps) if grad_steps is None else grad_steps
         if not 1 <= grad_steps <= steps:
@@ -166,6 +179,7 @@ class DDPO:
             raise ValueError(f"DDPO-SF: reuse must be a positive integer, got {reuse!r}")
         self.true_reward, self.latent_shape = true_reward, tuple(int(v) for v in latent_shape)
         self.steps, self.grad_steps, self.clip_range, self.reuse = steps, grad_steps, clip_range, reuse
+        self.gradient_checkpointing = gradient_checkpointing
         self.elements = math.prod(self.latent_shape)  # D: Eq. 26's log-density is divided by it
         self.samples = 0  # decoded and scored samples so far (the cost DDPO pays in rewards)
         self.rewards: list[float] = []  # mean finite true reward of each fresh batch
@@ -196,13 +210,14 @@ class DDPO:
     def _log_probs(self, student: nn.Module, trajectory: Trajectory, batch: Batch) -> torch.Tensor:
         """(B, N) lp_n of the stored steps under the current student (a reused trajectory)."""
         steps = zip(trajectory.inputs, trajectory.outputs, trajectory.timesteps)
-        lp = [gaussian_log_prob(x_s, *posterior(student, x_t, t, s, batch)) for x_t, x_s, (t, s) in steps]
+        lp = [gaussian_log_prob(x_s, *posterior(student, x_t, t, s, batch, checkpointed=self.gradient_checkpointing))
+              for x_t, x_s, (t, s) in steps]
         return torch.stack(lp, dim=1) / self.elements
 
     def _sample(self, student: nn.Module, step: Step):
         batch, true = step.batch, self.true_reward
         trajectory = sample_trajectory(student, batch, self.latent_shape, self.steps, self.grad_steps,
-                                       step.generator)
+                                       step.generator, self.gradient_checkpointing)
         with torch.no_grad():
             rewards = true(trajectory.sample, true.prompts(batch, self.name)).float()  # (B,)
         keep = true.finite(rewards)
