@@ -1035,6 +1035,7 @@ def test_lrm_tune_refuses_bad_input_with_one_line(words_runs):
         (["colorfulness", *teacher, "--concurrent", "--student-steps", "3"], "must be 1, 2 or 4"),
         (["colorfulness", *teacher, "--concurrent", "--losses", ""], "--losses is empty"),
         (["colorfulness", *student, "--method", "ddpo", "--surrogate-lr", "1e-3"], "trains a concurrent surrogate"),
+        (["colorfulness", *student, "--concurrent", "--no-gradient-checkpointing"], "for --method ddpo or direct"),
     ]
     for args, message in cases:
         result = CliRunner().invoke(cli_app(), ["tune", *args, *TUNE_ARGS])
@@ -1073,6 +1074,26 @@ def test_lrm_tune_shows_a_progress_bar_with_the_gold_and_quiet_hides_it(words_ru
     assert "tune: " in shown.output and "2/2" in shown.output and "gold=" in shown.output and "direct=" in shown.output
     quiet = CliRunner().invoke(cli_app(), [*args, "--quiet", "--out", str(words_runs / "quiet")])
     assert quiet.exit_code == 0 and "tune: " not in quiet.output and "gold " in quiet.output, quiet.output
+
+
+def test_gradient_checkpointing_is_the_ddpo_and_direct_terms_choice(words_runs):
+    from typer.testing import CliRunner
+
+    from lrm.tuning.tune import TuneConfig, build_term
+
+    true = TrueReward(codec(), Brightness())
+    for method in ("ddpo", "direct"):
+        for on in (True, False):
+            term = build_term(TuneConfig(method=method, gradient_checkpointing=on), true, SHAPE)
+            assert term.gradient_checkpointing is on
+    with pytest.raises(ValueError, match="method 'lrm' backpropagates through one"):
+        TuneConfig(method="lrm", gradient_checkpointing=False)
+    out = words_runs / "ddpo-plain"
+    result = CliRunner().invoke(cli_app(), ["tune", "colorfulness", "--student", str(words_runs / "student"),
+                                            "--method", "ddpo", "--no-gradient-checkpointing", *TUNE_ARGS,
+                                            "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "records.json").read_text())["config"]["gradient_checkpointing"] is False
 
 
 def test_lrm_tune_defaults_restate_the_library():

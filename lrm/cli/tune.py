@@ -21,7 +21,7 @@ METHODS = ("lrm", "ddpo", "direct")  # lrm.tuning.tune.METHODS
 DEFAULTS = {"method": "lrm", "steps": 200, "batch_size": 8, "lr": 1e-5, "surrogate_lr": 1e-4, "eval_every": 20,
             "per_prompt": 4, "eval_prompts": 4, "seed": 0, "kl_weight": 0.0,
             "disagreement_weight": 1.0, "gradient_alignment": True, "noise_aware": False,
-            "gradient_weight": 0.0}  # lrm.tuning.tune.TuneConfig
+            "gradient_weight": 0.0, "gradient_checkpointing": True}  # lrm.tuning.tune.TuneConfig
 
 
 def register(app: typer.Typer) -> None:
@@ -89,6 +89,11 @@ def tune(
     disagreement_weight: Annotated[float, typer.Option(min=0.0, help="With --ensemble: weight of the members' "
                                                                      "disagreement (std) penalty.")]
     = DEFAULTS["disagreement_weight"],
+    no_gradient_checkpointing: Annotated[bool, typer.Option(
+        "--no-gradient-checkpointing",
+        help="ddpo, direct: keep the activations of the student calls with gradient instead of recomputing them in "
+             "backward (checkpointing, the default, holds one step's at a time for one more forward each): faster, "
+             "more memory.")] = not DEFAULTS["gradient_checkpointing"],
     no_gradient_alignment: Annotated[bool, typer.Option(
         "--no-gradient-alignment",
         help="Do not record the gradient alignment (with a surrogate and a differentiable reward, every evaluation "
@@ -143,6 +148,9 @@ def tune(
                                                 ("--gradient-weight", gradient_weight > 0)) if given]
     if method != "lrm" and surrogate_flags:
         raise typer.BadParameter(f"{' and '.join(surrogate_flags)}: for --method lrm, not {method}")
+    if method == "lrm" and no_gradient_checkpointing:
+        raise typer.BadParameter("for --method ddpo or direct, which backpropagate through several student calls; "
+                                 "lrm backpropagates through one", param_hint="--no-gradient-checkpointing")
     if ensemble and (surrogate is not None or concurrent or method != "lrm" or len(ensemble) < 2):
         raise typer.BadParameter("give two or more fitted surrogates, with --method lrm and without --surrogate or "
                                  "--concurrent", param_hint="--ensemble")
@@ -162,7 +170,7 @@ def tune(
             concurrent, texts, steps, batch_size, lr, surrogate_lr, grad_steps, frames, eval_every, per_prompt, seed,
             out, device, kl_weight=kl_weight, ensemble=ensemble, disagreement_weight=disagreement_weight,
             gradient_alignment=not no_gradient_alignment, noise_aware=noise_aware, gradient_weight=gradient_weight,
-            progress=not quiet)
+            gradient_checkpointing=not no_gradient_checkpointing, progress=not quiet)
     except USER_ERRORS as error:
         exit_with_message(error)
     typer.echo(summary, err=True)
@@ -257,7 +265,8 @@ def _run(reward_name, reward_options, run_path, distill, student_steps, store_pa
          concurrent, texts, steps, batch_size, lr, surrogate_lr, grad_steps, frames, eval_every, per_prompt, seed,
          out, device, *, kl_weight=DEFAULTS["kl_weight"], ensemble=None,
          disagreement_weight=DEFAULTS["disagreement_weight"], gradient_alignment=DEFAULTS["gradient_alignment"],
-         noise_aware=DEFAULTS["noise_aware"], gradient_weight=DEFAULTS["gradient_weight"], progress=False):
+         noise_aware=DEFAULTS["noise_aware"], gradient_weight=DEFAULTS["gradient_weight"],
+         gradient_checkpointing=DEFAULTS["gradient_checkpointing"], progress=False):
     from dataclasses import asdict
 
     from lrm.codecs import from_settings
@@ -280,7 +289,7 @@ def _run(reward_name, reward_options, run_path, distill, student_steps, store_pa
                           frames=frames, distill=distill, eval_every=eval_every, per_prompt=per_prompt, seed=seed,
                           kl_weight=kl_weight, disagreement_weight=disagreement_weight,
                           gradient_alignment=gradient_alignment, noise_aware=noise_aware,
-                          gradient_weight=gradient_weight)
+                          gradient_weight=gradient_weight, gradient_checkpointing=gradient_checkpointing)
 
     pixel_reward = load_reward(reward_name, **reward_options)
     from lrm.rewards.custom import is_reference

@@ -74,6 +74,8 @@ class TuneConfig:
     gradient_weight: float = 0.0  # "lrm", concurrent: its updates also match the reward's latent gradient (lrm_ft)
     grad_steps: int | None = None  # "ddpo": N (default 2); "direct": K (default 1)
     frames: int | None = None  # "direct" on video: latent frames decoded per sample (None: all)
+    gradient_checkpointing: bool = True  # "ddpo", "direct": their student calls with gradient recompute their
+    #                                      activations in backward (one step's held at a time, one more forward each)
     distill: tuple[str, ...] = ()  # start from a teacher and distil alongside: DISTILL_TERMS names (DOLLAR: VSD)
     eval_every: int = 20  # steps between monitor records
     per_prompt: int = 4  # monitor samples per prompt
@@ -111,6 +113,9 @@ class TuneConfig:
                                  f"'lrm' has none, got grad_steps={self.grad_steps!r}")
             if int(self.grad_steps) < 1:
                 raise ValueError(f"grad_steps must be a positive integer, got {self.grad_steps!r}")
+        if not self.gradient_checkpointing and self.method == "lrm":
+            raise ValueError("gradient_checkpointing concerns the student calls DDPO-SF and direct backpropagate "
+                             "through; method 'lrm' backpropagates through one, so there is nothing to turn off")
         if not self.kl_weight >= 0 or not self.disagreement_weight >= 0:
             raise ValueError(f"kl_weight and disagreement_weight must be >= 0, got {self.kl_weight!r} and "
                              f"{self.disagreement_weight!r}")
@@ -142,10 +147,11 @@ def build_term(config: TuneConfig, true_reward: TrueReward, latent_shape, real: 
     """The hook of config.method, checked against the reward and the latent shape before any work; real: the
     concurrent surrogate also trains on the batches' real latents."""
     if config.method == "ddpo":
-        return DDPO(true_reward, latent_shape, steps=config.student_steps, grad_steps=config.grad_steps)
+        return DDPO(true_reward, latent_shape, steps=config.student_steps, grad_steps=config.grad_steps,
+                    gradient_checkpointing=config.gradient_checkpointing)
     if config.method == "direct":
         return DirectReward(true_reward, latent_shape, steps=config.student_steps, grad_steps=config.grad_steps or 1,
-                            frames=config.frames)
+                            frames=config.frames, gradient_checkpointing=config.gradient_checkpointing)
     return LRMFineTune(true_reward if config.concurrent else None, real=real, noise_aware=config.noise_aware,
                        latent_shape=latent_shape, gradient_weight=config.gradient_weight)
 
