@@ -1096,6 +1096,17 @@ def test_gradient_checkpointing_is_the_ddpo_and_direct_terms_choice(words_runs):
     assert json.loads((out / "records.json").read_text())["config"]["gradient_checkpointing"] is False
 
 
+def test_lrm_tune_under_torchrun_is_refused_before_any_work(words_runs, monkeypatch):
+    from typer.testing import CliRunner
+
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it: each process would tune alone into one --out
+    out = words_runs / "ddp"
+    result = CliRunner().invoke(cli_app(), ["tune", "colorfulness", "--student", str(words_runs / "student"),
+                                            "--method", "direct", *TUNE_ARGS, "--out", str(out)])
+    assert result.exit_code == 2 and "does not split its updates over the 2 torchrun processes" in result.output
+    assert "Traceback" not in result.output and not out.exists()
+
+
 def test_lrm_tune_defaults_restate_the_library():
     from lrm.cli import tune as cli
     from lrm.tuning import tune as library

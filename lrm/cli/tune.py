@@ -161,6 +161,12 @@ def tune(
     texts = _prompts(prompt, prompts) if (prompt or prompts is not None) else None
     reward_options = with_metric_options(parse_options(option), [reward], kind, input)
     try:
+        from lrm import distributed
+
+        if distributed.world_size() > 1:  # every process would tune the same batches into the same --out
+            raise ValueError(f"lrm tune runs as one process and does not split its updates over the "
+                             f"{distributed.world_size()} torchrun processes; run it without torchrun (distil with "
+                             "DDP first if you like: torchrun ... -m lrm.cli.app distill, then lrm tune --student)")
         names = losses if losses is not None else "vsd"
         distill = tuple(n.strip() for n in names.split(",") if n.strip()) if teacher is not None else ()
         if teacher is not None and not distill:
