@@ -115,7 +115,6 @@ def label_other_store(run: FittedRun, target: LatentStore, progress: bool = True
     pixels); label it when missing, refuse a column computed otherwise (lrm.pipeline.check_label_column)."""
     from lrm.datasets.labelling import add_labels
     from lrm.pipeline import FitJob, check_label_column
-
     from lrm.rewards.custom import metric_identity
 
     info = run.store.label_info(run.label)

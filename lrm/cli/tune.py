@@ -200,8 +200,6 @@ def default_out_name(reward: str, method: str) -> str:
 def default_out(parent: Path, reward: str, method: str) -> Path:
     """parent / default_out_name, or the folder earlier versions named tune-<stem>-METHOD when it holds a run of
     this reward that the new name does not (so such a run still resumes)."""
-    import json
-
     out, earlier = parent / default_out_name(reward, method), parent / f"tune-{Path(reward).stem}-{method}"
     if earlier == out or out.exists() or not (earlier / "config.json").is_file():
         return out

@@ -117,6 +117,11 @@ def label_folder_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", name)
 
 
+def label_json(root: Path, name: str) -> Path:
+    """labels/<folder>/label.json of column `name`: which reward computed it, its spec, pixels and options."""
+    return Path(root) / "labels" / label_folder_name(name) / "label.json"
+
+
 def label_paths(root: Path, name: str, index: int) -> dict[str, Path]:
     folder = Path(root) / "labels" / label_folder_name(name)
     stem = shard_stem(index)
@@ -234,13 +239,12 @@ def read_shard_latents(root: Path, index: int, lo: int, hi: int) -> torch.Tensor
 def check_label_info(root: Path, name: str, info: dict) -> bool:
     """Whether labels/<name>/label.json exists, agreeing with `info` (which reward, its spec); a StoreError when it
     disagrees. Every process of a torchrun launch checks, so that all refuse alike before the first one writes."""
-    folder = Path(root) / "labels" / label_folder_name(name)
-    path = folder / "label.json"
+    path = label_json(root, name)
     info = {**info, "name": name}
     if path.exists():
         old = {"pixels": "source", **_read_json(path)}  # stores older than decoded labels scored the source
         if old["name"] != name:
-            raise StoreError(f"label {name!r} would share the folder {folder} with the column {old['name']!r}; "
+            raise StoreError(f"label {name!r} would share the folder {path.parent} with the column {old['name']!r}; "
                              "give the new column another name (NAME=REWARD)")
         saved, now = as_matched(old, info), as_matched(info, old)  # a user metric by its code, not its spelling
         refusal = metric_code_changed(root, name, old, info)
@@ -255,9 +259,9 @@ def check_label_info(root: Path, name: str, info: dict) -> bool:
 def write_label_info(root: Path, name: str, info: dict) -> None:
     """Create labels/<name>/label.json (which reward, its spec); must agree with an existing one."""
     if not check_label_info(root, name, info):
-        folder = Path(root) / "labels" / label_folder_name(name)
-        folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(folder / "label.json", _json_bytes({**info, "name": name}))
+        path = label_json(root, name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, _json_bytes({**info, "name": name}))
 
 
 def _moments(values: np.ndarray) -> dict:
@@ -446,7 +450,7 @@ def check_files(root: Path, manifest: dict) -> None:
         if shape[0] != rows:
             raise damaged(paths["tensors"], f"holds {shape[0]} latent rows where its commit record says {rows}")
     for name, done in columns.items():
-        info = root / "labels" / label_folder_name(name) / "label.json"
+        info = label_json(root, name)
         if not info.is_file():
             raise damaged(info, "is missing", column=name)
         for index, rows in listed[:done]:
