@@ -17,7 +17,8 @@ models and decoder are frozen (no parameter gradients), as in tuning.
 Each (path, H) runs in a fresh subprocess: it imports everything both paths need, records its resident memory
 (the idle baseline), builds its models, takes one warm-up step and the timed steps. Peak memory on CPU is
 the child's getrusage(RUSAGE_SELF).ru_maxrss minus that baseline (weights, activations and allocator caches);
-on CUDA torch.cuda.max_memory_allocated (weights and activations). Time is the median of the timed steps
+on CUDA torch.cuda.max_memory_allocated (weights, activations and the workspaces CUDA's libraries keep in
+PyTorch's allocator; those alone are recorded as library_mb). Time is the median of the timed steps
 (`--lrm-steps`, `--pixel-steps`). A CPU child is capped at `--memory-cap-gb` of data (RLIMIT_DATA, so an
 allocation past it fails inside the child, which then reports the config as out of memory instead of the machine's
 OOM killer choosing a victim). A config whose predicted wall time (that of the path's largest H measured so far,
@@ -132,17 +133,35 @@ def build_lrm_reward(channels: int, frames: int, device):
     return surrogate, channels, sum(p.numel() for p in surrogate.parameters())
 
 
+def cuda_library_bytes(device) -> int:
+    """What CUDA's libraries keep in PyTorch's allocator once used (cuBLAS's workspaces, ...): a matrix product and a
+    convolution, forward and backward, on throwaway tensors; the memory still allocated after them. It is part of
+    every CUDA step's peak, whatever the model."""
+    import torch
+
+    a = torch.randn(64, 64, device=device, requires_grad=True)
+    x = torch.randn(1, 8, 16, 16, device=device, requires_grad=True)
+    ((a @ a).sum() + torch.nn.functional.conv2d(x, torch.randn(8, 8, 3, 3, device=device)).sum()).backward()
+    del a, x
+    torch.cuda.synchronize(device)
+    return torch.cuda.memory_allocated(device)
+
+
 def measure(path: str, frames: int, decoder: str, device_name: str, warmup: int, steps: int, threads: int) -> dict:
     """One config: build, `warmup` untimed steps, `steps` timed steps; the facts as a dict."""
     import torch
     import open_clip  # noqa: F401  (imported by both paths, so both baselines hold the same modules)
-    import diffusers  # noqa: F401
     import lrm.models  # noqa: F401
+
+    if device_name == "cpu" or decoder == "sd-vae":  # CUDA's peak is its allocator's, whatever is imported
+        import diffusers  # noqa: F401
 
     torch.set_num_threads(threads)
     device = torch.device(device_name)
     baseline = rss_bytes()
+    library = None
     if device.type == "cuda":
+        library = cuda_library_bytes(device)
         torch.cuda.reset_peak_memory_stats(device)
     channels = 32 if decoder == "taef2" else SD_VAE_CONFIG["latent_channels"]
     if path == "pixel":
@@ -176,6 +195,7 @@ def measure(path: str, frames: int, decoder: str, device_name: str, warmup: int,
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - baseline  # ru_maxrss in KiB on Linux
         measured = "ru_maxrss - idle baseline"
     return {"status": "ok", "peak_mb": peak / 2**20, "memory_measure": measured, "baseline_mb": baseline / 2**20,
+            "library_mb": None if library is None else library / 2**20,
             "step_s": statistics.median(t for t, _ in times), "step_cpu_s": statistics.median(c for _, c in times),
             "steps_s": [t for t, _ in times], "steps_cpu_s": [c for _, c in times], "warmup_s": [t for t, _ in warm],
             "latent_shape":
@@ -255,7 +275,8 @@ def format_row(row: dict) -> str:
     if row["status"] != "ok":
         return f"{row['path']:>5}  H={row['frames']:<3} {row['status']}: {row.get('error', '')}"
     return (f"{row['path']:>5}  H={row['frames']:<3} peak {row['peak_mb']:10.1f} MB  step {row['step_s']:9.3f} s wall, "
-            f"{row['step_cpu_s']:9.3f} s CPU  (child {row['wall_s']:.0f} s)")
+            f"{row['step_cpu_s']:9.3f} s CPU  (child {row['wall_s']:.0f} s)"
+            + (f"  of which CUDA libraries {row['library_mb']:.1f} MB" if row.get("library_mb") is not None else ""))
 
 
 def ratio_table(rows: list[dict]) -> list[dict]:

@@ -1,6 +1,7 @@
 """The tuning half gives the CPU's results on a GPU: teacher training, sampling, distillation (image and video
-terms, bf16 autocast) and the three tuning methods, each run through the CLI on CUDA and on the CPU from the same
-tiny runs (dit-xs, 64-px procedural images, dct latents, MiniLM tokens) and compared.
+terms, bf16 autocast) and the three tuning methods (with their options, and on a video student), each run through
+the CLI on CUDA and on the CPU from the same tiny runs (dit-xs, 64-px procedural images and clips, dct latents,
+MiniLM tokens) and compared.
 
 Skipped without CUDA (CI has none); run on a GPU machine with `python -m pytest tests/test_cuda_tuning.py`.
 LRM_TEST_DEVICE=cpu runs the same comparisons CPU against CPU, which checks the tests themselves where there is no
@@ -72,9 +73,11 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     lrm("teacher", "train", "--data", "procedural:8", *TEACHER, "--device", "cpu", "--out", root / "image", "--quiet")
     lrm("teacher", "train", "--video", "--data", "procedural:4", *TEACHER, "--device", "cpu", "--out", root / "video",
         "--quiet")
-    lrm("distill", "--teacher", root / "image", "--student-steps", "1", "--steps", "2", "--batch-size", "2",
-        "--device", "cpu", "--out", root / "student", "--quiet")
-    return {"image": root / "image", "video": root / "video", "student": root / "student"}
+    for kind in ("image", "video"):
+        lrm("distill", "--teacher", root / kind, "--student-steps", "1", "--steps", "2", "--batch-size", "2",
+            "--device", "cpu", "--out", root / f"{kind}-student", "--quiet")
+    return {"image": root / "image", "video": root / "video", "student": root / "image-student",
+            "video-student": root / "video-student"}
 
 
 def test_teacher_training_on_the_device_gives_the_cpu_teacher(runs, tmp_path, denoiser_devices):
@@ -115,15 +118,33 @@ def test_distillation_on_the_device_logs_the_cpu_losses(runs, kind, losses, tmp_
     assert all(p > 0 for p in peaks) if DEVICE.startswith("cuda") else all(p is None for p in peaks)
 
 
-@pytest.mark.parametrize("method", [("--method", "lrm", "--concurrent"), ("--method", "ddpo"),
-                                    ("--method", "direct")], ids=["lrm", "ddpo", "direct"])
-def test_each_tuning_method_on_the_device_gives_the_cpu_run(runs, method, tmp_path):
+TUNE_VARIANTS = {  # id: (reward, generator: "--student" or "--teacher" and its run, method and its options)
+    "lrm": ("colorfulness", ("--student", "student"), ("--method", "lrm", "--concurrent")),
+    "ddpo": ("colorfulness", ("--student", "student"), ("--method", "ddpo")),
+    "direct": ("colorfulness", ("--student", "student"), ("--method", "direct")),
+    "lrm-matched-kl": ("colorfulness", ("--student", "student"),
+                       ("--method", "lrm", "--concurrent", "--gradient-weight", "1", "--kl-weight", "0.1")),
+    "lrm-noise-aware": ("colorfulness", ("--student", "student"), ("--method", "lrm", "--concurrent", "--noise-aware")),
+    "lrm-distilling": ("colorfulness", ("--teacher", "image"),
+                       ("--method", "lrm", "--concurrent", "--losses", "vsd,cd", "--student-steps", "1")),
+    "video-lrm": ("temporal-flickering", ("--student", "video-student"), ("--method", "lrm", "--concurrent")),
+    "video-ddpo": ("temporal-flickering", ("--student", "video-student"), ("--method", "ddpo")),
+    "video-direct": ("colorfulness", ("--student", "video-student"), ("--method", "direct", "--frames", "2")),
+}  # (no weight-free video reward is differentiable: direct tunes a video student on an image reward's frames)
+
+
+@pytest.mark.parametrize("variant", list(TUNE_VARIANTS))
+def test_each_tuning_method_on_the_device_gives_the_cpu_run(runs, variant, tmp_path):
+    reward, (flag, generator), method = TUNE_VARIANTS[variant]
     for device in ("cpu", DEVICE):
-        lrm("tune", "colorfulness", "--student", runs["student"], *method, "--steps", "2", "--batch-size", "2",
-            "--lr", "1e-3", "--eval-every", "2", "--per-prompt", "2", "--device", device, "--out", tmp_path / device)
+        lrm("tune", reward, flag, runs[generator], *method, "--steps", "2", "--batch-size", "2", "--lr", "1e-3",
+            "--eval-every", "2", "--per-prompt", "2", "--device", device, "--out", tmp_path / device)
     cpu, dev = (json.loads((tmp_path / d / "records.json").read_text()) for d in ("cpu", DEVICE))
     assert len(cpu["losses"]) == 2 and len(cpu["records"]) == 2  # so that close() compares something
-    assert close(cpu["losses"], dev["losses"]), (cpu["losses"], dev["losses"])
+    # DDPO's loss, -sum(A * lp) over a batch whose advantages cancel within each prompt, is a small difference of
+    # O(1) terms: on 8-frame clips it kept 1e-5 of the devices' rounding (-0.000701 vs -0.000715 on an H200)
+    tolerance = {"abs_": 1e-4} if "ddpo" in method else {}
+    assert close(cpu["losses"], dev["losses"], **tolerance), (cpu["losses"], dev["losses"])
     keys = ("step", "gold", "proxy", "diversity", "nonfinite")
     assert close([{k: r[k] for k in keys} for r in cpu["records"]], [{k: r[k] for k in keys} for r in dev["records"]])
     assert dev["records"][-1]["distance"] > 0  # the student moved

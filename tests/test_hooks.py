@@ -818,6 +818,17 @@ def words_student():
     return student, Words()
 
 
+def test_a_concurrent_surrogate_is_built_on_the_students_device():
+    """`lrm tune --concurrent` builds its surrogate beside the student (on an H200 it stayed on the CPU and the
+    first step failed). "meta" stands in for the accelerator."""
+    from lrm.tuning.tune import TuneConfig, tuning_roles
+
+    student = words_student()[0].to("meta")
+    config = TuneConfig(method="lrm", concurrent=True)
+    roles = tuning_roles(student, config, SHAPE, None, TrueReward(codec(), Brightness()))
+    assert {p.device.type for p in roles.module(LRM).parameters()} == {"meta"}
+
+
 @pytest.mark.parametrize("method,concurrent", [("lrm", True), ("lrm", False), ("ddpo", False), ("direct", False)])
 def test_tune_runs_each_method_and_records_at_fixed_seeds(method, concurrent):
     from lrm.tuning.tune import TuneConfig, tune

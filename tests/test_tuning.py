@@ -322,6 +322,21 @@ def test_a_video_student_distils_with_adm_and_sdm2d():
     assert any(not torch.equal(v, roles.module(STUDENT).state_dict()[k]) for k, v in student0.items())
 
 
+def test_every_role_of_a_distill_job_lives_on_the_teachers_device():
+    """build_distiller's roles join the teachers on their device, the head it builds itself too (on an H200 ADM's
+    head stayed on the CPU and `lrm distill --losses adm --device cuda` failed). "meta" stands in for the
+    accelerator: a module left behind here stays on the CPU."""
+    from lrm.configs import DistillJob
+    from lrm.tuning.run import build_distiller
+
+    teacher, image_teacher = tiny_dit(frames=3, seed=1).to("meta"), tiny_dit(frames=1, seed=2).to("meta")
+    job = DistillJob(losses=("vsd", "cd", "adm", "sdm2d"), image_teacher="an image run", seed=0)
+    distiller = build_distiller(job, teacher, (3, C, H, W), image_teacher)
+    devices = {name: {p.device.type for p in distiller.roles.module(name).parameters()}
+               for name in (STUDENT, EMA, FAKE_SCORE, DISCRIMINATOR, TEACHER_2D, FAKE_2D)}
+    assert devices == dict.fromkeys(devices, {"meta"})
+
+
 def test_the_distill_jobs_discriminator_head_is_drawn_from_its_seed_not_the_global_rng():
     """lrm.tuning.run.build_distiller: the same job.seed builds the same head whatever the caller's RNG did
     before (benchmarks rerun over seeds in one process), another seed another head; the global RNG is untouched."""

@@ -187,8 +187,8 @@ def build_distiller(job: DistillJob, teacher, latent_shape, image_teacher=None):
     if "adm" in job.losses:
         with torch.random.fork_rng(devices=[]):  # the head is built on the CPU: only the CPU RNG is forked and seeded,
             torch.random.default_generator.manual_seed(job.seed)  # so a rerun builds the same head, the caller's RNGs
-            # (CPU and accelerators) stay as they were
-            discriminator = discriminator_for(teacher)
+            # (CPU and accelerators) stay as they were; then it joins the teacher on its device
+            discriminator = discriminator_for(teacher).to(next(teacher.parameters()).device)
     roles = build_roles(teacher, student_lr=job.student_lr, fake_lr=job.fake_lr, fake_score="vsd" in job.losses,
                         discriminator=discriminator,
                         discriminator_lr=job.fake_lr, teacher_2d=image_teacher, fake_2d_lr=job.fake_lr,

@@ -198,7 +198,7 @@ def tuning_roles(generator: nn.Module, config: TuneConfig, latent_shape, surroga
             torch.manual_seed(config.seed)
             surrogate = build(DEFAULT_PRESETS[true_reward.spec.kind], int(latent_shape[1]),
                               text_dim=getattr(student, "text_dim", None) if true_reward.spec.needs_text else None,
-                              noise_aware=config.noise_aware)
+                              noise_aware=config.noise_aware).to(next(student.parameters()).device)
     roles.add(surrogate_role(surrogate, student, latent_shape, concurrent=config.concurrent, lr=config.surrogate_lr,
                              reward=true_reward.name))
     return roles
