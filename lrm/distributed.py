@@ -79,6 +79,11 @@ def gather_objects(obj) -> list:
     return gathered
 
 
+def sum_over_ranks(value: int) -> int:
+    """The sum of every rank's `value` (a count), on every rank; `value` in a single process."""
+    return sum(gather_objects(int(value)))
+
+
 def shutdown() -> None:
     if is_initialized():
         dist.destroy_process_group()

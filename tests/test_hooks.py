@@ -1107,17 +1107,6 @@ def test_gradient_checkpointing_is_the_ddpo_and_direct_terms_choice(words_runs):
     assert json.loads((out / "records.json").read_text())["config"]["gradient_checkpointing"] is False
 
 
-def test_lrm_tune_under_torchrun_is_refused_before_any_work(words_runs, monkeypatch):
-    from typer.testing import CliRunner
-
-    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it: each process would tune alone into one --out
-    out = words_runs / "ddp"
-    result = CliRunner().invoke(cli_app(), ["tune", "colorfulness", "--student", str(words_runs / "student"),
-                                            "--method", "direct", *TUNE_ARGS, "--out", str(out)])
-    assert result.exit_code == 2 and "does not split its updates over the 2 torchrun processes" in result.output
-    assert "Traceback" not in result.output and not out.exists()
-
-
 def test_lrm_tune_defaults_restate_the_library():
     from lrm.cli import tune as cli
     from lrm.tuning import tune as library
@@ -1148,6 +1137,92 @@ with open(sys.argv[1] + f"/rank{{rank}}.json", "w") as f:
     json.dump({{"adv": adv.tolist(), "stats": [float(surrogate.label_mean), float(surrogate.label_std)]}}, f)
 distributed.shutdown()
 '''
+
+
+def test_ranks_take_disjoint_slices_of_the_one_process_prompt_batch():
+    from lrm.tuning.tune import prompt_batches
+
+    prompts = ["a red circle", "a blue square", "a green dot"]
+    rows = {p: torch.full((i + 1, 3), float(i)) for i, p in enumerate(prompts)}  # prompts of 1, 2 and 3 tokens
+    one = prompt_batches(prompts, rows, 4, "cpu", rank=0, world=1)
+    ranks = [prompt_batches(prompts, rows, 4, "cpu", rank=r, world=2) for r in range(2)]
+    for step in range(3):
+        whole, parts = one(step)[0], [batches(step)[0] for batches in ranks]
+        assert [p.prompts for p in parts] == [whole.prompts[:2], whole.prompts[2:]]
+        for part, rows_of in zip(parts, (slice(0, 2), slice(2, 4))):  # the same tokens, padded to the part's longest
+            length = part.text.shape[1]
+            assert torch.equal(part.text, whole.text[rows_of, :length])
+            assert torch.equal(part.text_mask, whole.text_mask[rows_of, :length])
+    with pytest.raises(ValueError, match="does not split evenly over 2 processes"):
+        prompt_batches(prompts, rows, 3, "cpu", rank=0, world=2)
+
+
+TUNE_WORKER = '''
+import sys
+from safetensors.torch import save_file
+
+sys.path.insert(0, {tests!r})
+import lrm.tuning.tune
+from lrm import distributed, text
+from lrm.cli.app import main
+from test_sampling import Words
+
+text.ENCODERS[Words.id] = Words  # the tests' word-embedding encoder, as the words_runs fixture registers it
+library = sys.modules["lrm.tuning.tune"]
+tune = library.tune
+
+
+def tune_and_dump(*args, **kwargs):  # every rank's tuned student, to compare the ranks
+    result = tune(*args, **kwargs)
+    save_file(dict(result.student.state_dict()), f"{out}/student.rank{{distributed.rank()}}.safetensors")
+    return result
+
+
+library.tune = tune_and_dump
+sys.argv = ["lrm", *{args!r}]
+main()
+'''
+
+
+def test_lrm_tune_under_torchrun_splits_each_batch_and_rank_0_writes(words_runs):
+    """Real torchrun, 2 CPU processes (gloo), through the CLI (about 20 s): each rank takes half of every update's
+    batch and the gradients are averaged, so both ranks end with the same student; rank 0 alone evaluates, writes
+    and reports; the counters are the ranks' together; a one-process rerun is refused."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+    from typer.testing import CliRunner
+
+    out = words_runs / "ddp"
+    args = ["tune", "colorfulness", "--student", str(words_runs / "student"), "--method", "ddpo", *TUNE_ARGS,
+            "--batch-size", "4", "--out", str(out), "--quiet"]  # the later --batch-size wins: 2 samples per rank
+    script = words_runs / "worker.py"
+    tests = Path(__file__).resolve().parent
+    script.write_text(TUNE_WORKER.format(tests=str(tests), out=str(out), args=args))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(tests.parent)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
+    result = subprocess.run(cmd, cwd=words_runs, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.stderr.count("colorfulness: gold") == 1  # one summary: rank 0's
+    ranks = [load_file(out / f"student.rank{r}.safetensors") for r in range(2)]
+    assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])
+    tuned, start = load_file(out / "model" / "model.safetensors"), load_file(words_runs / "student" / "model" /
+                                                                            "model.safetensors")
+    assert all(torch.equal(tuned[k], ranks[0][k]) for k in tuned)
+    assert any(not torch.equal(tuned[k], start[k]) for k in start)  # it trained
+    facts = json.loads((out / "records.json").read_text())
+    assert facts["world_size"] == 2 and facts["config"]["batch_size"] == 4
+    assert [r["step"] for r in facts["records"]] == [0, 1, 2] and len(facts["losses"]) == 2
+    state = json.loads((out / "checkpoints" / "step-00000002" / "tune.json").read_text())
+    assert state["counters"]["samples"] == 2 * 4  # every rank's samples: 2 updates of the global batch of 4
+    rng = load_file(out / "checkpoints" / "step-00000002" / "rng.safetensors")
+    assert not torch.equal(rng["trainer.rank0"], rng["trainer.rank1"])  # each rank its own noise
+    again = CliRunner().invoke(cli_app(), [*args[:-1], "--steps", "3"])
+    assert again.exit_code == 2 and "written by 2 processes" in again.output
+    assert json.loads((out / "records.json").read_text()) == facts  # the refused rerun changed nothing
 
 
 def test_ddpo_advantages_and_the_concurrent_surrogates_label_stats_are_global_under_torchrun(tmp_path):

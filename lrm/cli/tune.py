@@ -114,6 +114,8 @@ def tune(
     summary names the one with the best gold when that is not the last), sample grids OUT/before and
     OUT/after, and each evaluation's samples in OUT/evals/step-N. Regularisers: --kl-weight (KL-to-initial
     penalty), --ensemble (two or more fitted surrogates: their mean is tuned on, their disagreement penalised).
+    Under torchrun the processes split each update's batch (--batch-size a multiple of their number) and average
+    their gradients; rank 0 evaluates and writes (resume with the same number of processes).
 
     Examples:
       lrm tune jpeg-compressibility --concurrent
@@ -128,6 +130,7 @@ def tune(
       lrm tune my_metric.py:motion --kind video --input uint8 --method ddpo
       lrm tune colorfulness --student runs/st --surrogate c0 --kl-weight 0.1
       lrm tune colorfulness --student runs/st --ensemble c0 --ensemble c1
+      torchrun --nproc_per_node 2 -m lrm.cli.app tune colorfulness --method ddpo
     """
     if student is not None and teacher is not None:
         raise typer.BadParameter("give --student RUN (a distilled student) or --teacher RUN (distil while tuning), "
@@ -163,22 +166,26 @@ def tune(
     try:
         from lrm import distributed
 
-        if distributed.world_size() > 1:  # every process would tune the same batches into the same --out
-            raise ValueError(f"lrm tune runs as one process and does not split its updates over the "
-                             f"{distributed.world_size()} torchrun processes; run it without torchrun (distil with "
-                             "DDP first if you like: torchrun ... -m lrm.cli.app distill, then lrm tune --student)")
         names = losses if losses is not None else "vsd"
         distill = tuple(n.strip() for n in names.split(",") if n.strip()) if teacher is not None else ()
         if teacher is not None and not distill:
             raise ValueError("--losses is empty; name the distillation terms, e.g. --losses vsd or vsd,cd")
-        summary, out_dir, failure = _run(
-            reward, reward_options, student or teacher, distill, student_steps or 4, store, method, surrogate,
-            concurrent, texts, steps, batch_size, lr, surrogate_lr, grad_steps, frames, eval_every, per_prompt, seed,
-            out, device, kl_weight=kl_weight, ensemble=ensemble, disagreement_weight=disagreement_weight,
-            gradient_alignment=not no_gradient_alignment, noise_aware=noise_aware, gradient_weight=gradient_weight,
-            gradient_checkpointing=not no_gradient_checkpointing, progress=not quiet)
+        created_group = distributed.init_from_env(device)  # under torchrun: the ranks split each update's batch
+        try:
+            summary, out_dir, failure = _run(
+                reward, reward_options, student or teacher, distill, student_steps or 4, store, method, surrogate,
+                concurrent, texts, steps, batch_size, lr, surrogate_lr, grad_steps, frames, eval_every, per_prompt,
+                seed, out, str(distributed.process_device(device)), kl_weight=kl_weight, ensemble=ensemble,
+                disagreement_weight=disagreement_weight, gradient_alignment=not no_gradient_alignment,
+                noise_aware=noise_aware, gradient_weight=gradient_weight,
+                gradient_checkpointing=not no_gradient_checkpointing, progress=not quiet)
+        finally:
+            if created_group:
+                distributed.shutdown()
     except USER_ERRORS as error:
         exit_with_message(error)
+    if summary is None:  # a torchrun rank other than 0: rank 0 writes and reports
+        return
     typer.echo(summary, err=True)
     if failure is not None:  # every gold reward non-finite: nothing was tuned toward the reward
         exit_with_message(ValueError(failure))
@@ -256,9 +263,10 @@ def weights_digest(model_dir: Path) -> str:
 def embedded_student_run(student_steps: int, device: str, video: bool = False) -> Path:
     """The cached embedded student's run, of clips for a video reward (video=True), else of images; distilled first
     (saying so) when missing."""
+    from lrm import distributed
     from lrm.tuning.embedded import embedded_student, embedded_student_dir, is_cached, kind
 
-    if not is_cached(student_steps, video):
+    if not is_cached(student_steps, video) and distributed.is_main():
         where = embedded_student_dir(student_steps, video)
         typer.echo(f"distilling the embedded {student_steps}-step {kind(video)} student into {where} (a few minutes, "
                    "once)", err=True)
@@ -273,6 +281,7 @@ def _run(reward_name, reward_options, run_path, distill, student_steps, store_pa
          gradient_checkpointing=DEFAULTS["gradient_checkpointing"], progress=False):
     from dataclasses import asdict
 
+    from lrm import distributed
     from lrm.codecs import from_settings
     from lrm.generators.io import save_denoiser
     from lrm.generators.runs import LRM, open_generator_run
@@ -359,6 +368,8 @@ def _run(reward_name, reward_options, run_path, distill, student_steps, store_pa
     result = run_tuning(model, true_reward, texts, encoder, config, latent_shape=latent_shape, surrogate=surrogate,
                         store=real, run_dir=out_dir, settings=settings, on_evaluation=write_evaluation,
                         progress=progress)
+    if not distributed.is_main():  # rank 0 holds the records and writes every file
+        return None, out_dir, None
     extra = {"student_steps": student_steps, "latent_shape": list(latent_shape),
              "procedural_world": run.procedural_world,
              "tuned_with": {"reward": reward_name, "method": method, "distill": list(distill), "steps": steps,
@@ -370,7 +381,8 @@ def _run(reward_name, reward_options, run_path, distill, student_steps, store_pa
              # the direction it was tuned in, its options' included (-o higher_is_better=false): what a study reads
              "higher_is_better": bool(true_reward.spec.higher_is_better),
              "surrogate": settings["surrogate"], "ensemble": settings["ensemble"],
-             "config": asdict(config), "records": [asdict(r) for r in result.records],
+             "config": asdict(config), "world_size": distributed.world_size(),
+             "records": [asdict(r) for r in result.records],
              "seconds_per_step": result.seconds_per_step, "peak_memory_mb": result.peak_memory_mb,
              "peak_rss_mb": result.peak_rss_mb, "loaded_rss_mb": result.loaded_rss_mb,
              "added_rss_mb": result.added_rss_mb,

@@ -181,7 +181,7 @@ class DDPO:
         self.steps, self.grad_steps, self.clip_range, self.reuse = steps, grad_steps, clip_range, reuse
         self.gradient_checkpointing = gradient_checkpointing
         self.elements = math.prod(self.latent_shape)  # D: Eq. 26's log-density is divided by it
-        self.samples = 0  # decoded and scored samples so far (the cost DDPO pays in rewards)
+        self.samples = 0  # decoded and scored samples so far, every rank's (the cost DDPO pays in rewards)
         self.rewards: list[float] = []  # mean finite true reward of each fresh batch
         self._stored: tuple | None = None  # (trajectory pieces, batch, advantages, keep, old lp) for reuse
         self._uses = 0
@@ -221,7 +221,7 @@ class DDPO:
         with torch.no_grad():
             rewards = true(trajectory.sample, true.prompts(batch, self.name)).float()  # (B,)
         keep = true.finite(rewards)
-        self.samples += batch.size
+        self.samples += batch.size * distributed.world_size()  # every rank's equal share
         if bool(keep.any()):
             self.rewards.append(float(rewards[keep].mean()))
         signed = true.sign * torch.where(keep, rewards, torch.zeros_like(rewards))

@@ -22,6 +22,7 @@ from typing import NamedTuple
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from lrm import distributed
 from lrm.tuning.denoise import predict, randn, schedule_of
 from lrm.tuning.roles import STUDENT
 from lrm.tuning.terms import Step, no_auxiliary
@@ -56,7 +57,7 @@ class DirectReward:
         self.true_reward, self.latent_shape = true_reward, tuple(int(v) for v in latent_shape)
         self.steps, self.grad_steps, self.frames = steps, grad_steps, frames
         self.gradient_checkpointing = gradient_checkpointing
-        self.samples = 0  # decoded and scored samples so far
+        self.samples = 0  # decoded and scored samples so far, every rank's
 
     def sample(self, student, step: Step) -> torch.Tensor:
         """(B, T', c, h, w) the student's sample, with gradient through the last `grad_steps` calls."""
@@ -92,7 +93,7 @@ class DirectReward:
         x0 = self.select_frames(self.sample(step.roles.module(STUDENT), step), step.generator)
         prompts = true.prompts(step.batch, self.name)
         scores = true(x0, prompts)  # (B,) with gradient
-        self.samples += step.batch.size
+        self.samples += step.batch.size * distributed.world_size()  # every rank's equal share
         keep = true.finite(scores)
         if not bool(keep.any()):  # nothing to learn from: an empty loss (the update is skipped unless others learn)
             return x0.flatten(1).sum(1)[:0]

@@ -146,7 +146,7 @@ class LRMFineTune:
         self.trains = (role,) if self.concurrent else ()
         self.fidelities: list[float] = []  # Spearman per labelled batch, before the surrogate's update
         self.true_mean = float("nan")  # mean true reward of the student samples of the last labelled batch
-        self.real_rows = 0  # real latents (finite labels) the concurrent surrogate trained on so far
+        self.real_rows = 0  # real latents (finite labels) the concurrent surrogate trained on so far, every rank's
         self._warm: bool | None = None  # the concurrent surrogate was fitted when first read (None: not read yet)
 
     @property
@@ -224,7 +224,7 @@ class LRMFineTune:
         target = surrogate.standardise(labels)
         keep = keep & torch.isfinite(target)
         if self.needs_real:
-            self.real_rows += int(keep[: parts[0].shape[0]].sum())
+            self.real_rows += distributed.sum_over_ranks(int(keep[: parts[0].shape[0]].sum()))  # every rank's
         repeat = len(parts)
         text, mask = batch.text.repeat(repeat, 1, 1), batch.text_mask.repeat(repeat, 1)
         x, t = self._noised(surrogate, merged, step.generator)

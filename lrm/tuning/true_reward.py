@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from lrm import distributed
 from lrm.pixel_path import PixelPathReward
 from lrm.tuning.denoise import Batch
 
@@ -54,7 +55,8 @@ class TrueReward:
         return self.path(latents, prompts)
 
     def finite(self, scores: torch.Tensor) -> torch.Tensor:
-        """(B,) bool mask of finite scores; the others are counted in `nonfinite`."""
+        """(B,) bool mask of finite scores; the others are counted in `nonfinite` (over every torchrun rank: each
+        calls this for its share of the batch)."""
         mask = torch.isfinite(scores.detach())
-        self.nonfinite += int((~mask).sum())
+        self.nonfinite += distributed.sum_over_ranks(int((~mask).sum()))
         return mask

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from lrm import distributed
 from lrm.generators.sampling import Samples
 from lrm.text.base import pad_rows
 from lrm.tuning import tune_run
@@ -231,7 +232,12 @@ def tune(generator: nn.Module, true_reward: TrueReward, prompts: Sequence[str], 
     (reward, start run, prompts), which a rerun must keep (lrm.tuning.tune_run). `on_evaluation(step, samples)`
     is called after each monitor evaluation with its samples (to write them; none are kept beyond the first and
     the last, which a video run could not hold). progress: a bar over the steps with the losses and the last gold.
-    Every check runs before any work; the tuned student is result.student."""
+    Every check runs before any work; the tuned student is result.student.
+
+    Under torchrun (the process group open) the ranks split each step's batch (batch_size a multiple of their
+    number) and average their gradients; rank 0 alone evaluates, calls on_evaluation, shows the bar and writes
+    (config.json and the checkpoints, into which every rank's RNG streams are gathered), so result.records and
+    the samples are rank 0's; the other ranks return the same student."""
     prompts = list(prompts)
     if not prompts:
         raise ValueError("tune needs at least one prompt")
@@ -256,6 +262,7 @@ def tune(generator: nn.Module, true_reward: TrueReward, prompts: Sequence[str], 
                                                       seed=config.seed),
                           weights={t.name: weights[t.name] for t in terms if t.name in weights})
     device = next(student.parameters()).device
+    main = distributed.is_main()
     if store is not None:
         from lrm.tuning.run import store_batches
 
@@ -263,21 +270,18 @@ def tune(generator: nn.Module, true_reward: TrueReward, prompts: Sequence[str], 
     else:
         # every prompt embedded once, here: a resumed run conditions on the same embeddings (a prompt's embedding
         # moves by ~1e-6 with the prompts it is padded with, so embedding each step's batch would not resume exactly)
-        rows = text_encoder.token_rows(prompts)
-
-        def batches(step: int) -> list[Batch]:
-            pick = torch.randint(len(prompts), (config.batch_size,), generator=torch.Generator().manual_seed(step))
-            chosen = [prompts[i] for i in pick.tolist()]
-            text = pad_rows([rows[p] for p in chosen])
-            return [Batch(text.emb.to(device), text.mask.to(device), prompts=chosen)]
-
+        batches = prompt_batches(prompts, text_encoder.token_rows(prompts), config.batch_size, device)
     if run_dir is not None:
         run_dir = Path(run_dir)
-        tune_run.check_settings(run_dir, {"tune": asdict(config), **(settings or {})}, asdict(TuneConfig()))
+        tune_run.check_settings(run_dir, {"tune": asdict(config), **(settings or {})}, asdict(TuneConfig()),
+                                write=main)
+        distributed.barrier()  # the folder and its config.json exist before any rank checkpoints
     student_extra = {"student_steps": config.student_steps, "latent_shape": list(latent_shape)}
     peak = 0.0  # max over the training steps of CUDA's peak allocation (reset before each step)
 
     def evaluate(step: int) -> None:
+        if not main:  # rank 0 evaluates; the others meet it at the next step's gradient average
+            return
         monitor(step)
         if on_evaluation is not None:
             on_evaluation(step, monitor.last)
@@ -292,8 +296,8 @@ def tune(generator: nn.Module, true_reward: TrueReward, prompts: Sequence[str], 
     memory = TrainingMemory()
     memory.start()
     bar = tqdm(total=config.steps, initial=min(distiller.step, config.steps), desc="tune", unit="step", leave=False,
-               dynamic_ncols=True, disable=not progress)
-    gold = {"gold": f"{monitor.records[-1].gold:.4g}"}
+               dynamic_ncols=True, disable=not progress or not main)
+    gold = {"gold": f"{monitor.records[-1].gold:.4g}"} if monitor.records else {}
     while distiller.step < config.steps:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -304,19 +308,35 @@ def tune(generator: nn.Module, true_reward: TrueReward, prompts: Sequence[str], 
         if distiller.step % config.eval_every == 0 or distiller.step == config.steps:
             memory.pause()
             evaluate(distiller.step)
-            gold = {"gold": f"{monitor.records[-1].gold:.4g}"}
+            gold = {"gold": f"{monitor.records[-1].gold:.4g}"} if monitor.records else {}
             if run_dir is not None:
                 tune_run.save(run_dir, distiller, monitor.records, logs, term, true_reward, student_extra)
             memory.resume()
         bar.update()
         bar.set_postfix({**{k: f"{v:.3g}" for k, v in logs[-1].losses.items()}, **gold}, refresh=False)
     bar.close()
-    if monitor.last is monitor.first and distiller.step > 0:  # resumed at the end: the final samples again
+    if main and monitor.last is monitor.first and distiller.step > 0:  # resumed at the end: the final samples again
         monitor.last = monitor.samples()
     seconds = sum(log.seconds for log in logs) / len(logs) if logs else float("nan")
     return TuneResult(student, monitor.records, logs, seconds, peak if device.type == "cuda" else None,
                       peak_rss_mb(), memory.loaded_mb if memory.added_mb is not None else None, memory.added_mb,
                       term, monitor.first, monitor.last)
+
+
+def prompt_batches(prompts: list[str], rows: dict, batch_size: int, device, rank: int | None = None,
+                   world: int | None = None) -> Callable[[int], list[Batch]]:
+    """batches(step) -> [Batch] of this rank's share of the step's batch_size prompts, drawn with replacement by a
+    generator seeded with the step (the same draw on every rank; torchrun rank r of `world` takes the r-th of
+    `world` equal slices). rows: each prompt's token rows (text_encoder.token_rows(prompts))."""
+    share = distributed.local_slice(batch_size, rank, world)  # ValueError unless batch_size splits evenly
+
+    def batches(step: int) -> list[Batch]:
+        pick = torch.randint(len(prompts), (batch_size,), generator=torch.Generator().manual_seed(step))
+        chosen = [prompts[i] for i in pick.tolist()[share]]
+        text = pad_rows([rows[p] for p in chosen])
+        return [Batch(text.emb.to(device), text.mask.to(device), prompts=chosen)]
+
+    return batches
 
 
 def regularisers(config: TuneConfig, lrm: nn.Module | None) -> list:

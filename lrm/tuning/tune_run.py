@@ -38,10 +38,11 @@ def _json(obj):
     return json.loads(json.dumps(obj, default=float))
 
 
-def check_settings(run_dir: Path, settings: dict, defaults: dict) -> None:
+def check_settings(run_dir: Path, settings: dict, defaults: dict, write: bool = True) -> None:
     """Write RUN/config.json, or, when the folder already holds a run, refuse other settings with one line naming
     each that differs, and fewer steps than its newest checkpoint holds. settings["tune"]: the TuneConfig fields;
-    defaults: TuneConfig()'s, which fill fields an older run did not record."""
+    defaults: TuneConfig()'s, which fill fields an older run did not record. write=False checks only (torchrun
+    ranks other than 0)."""
     from lrm.config_diff import differences, refuse_other_run
     from lrm.io import atomic_write_json
 
@@ -65,8 +66,9 @@ def check_settings(run_dir: Path, settings: dict, defaults: dict) -> None:
         if diff:
             raise ValueError(f"cannot resume tune run {run_dir}: it was started with other settings "
                              f"({'; '.join(diff)}). Fix: re-run with the same settings, or pass a new --out")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path, settings)
+    if write:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, settings)
 
 
 def save(run_dir: Path, distiller: Distiller, records: list[TuningRecord], logs: list[StepLog], term, true_reward,
