@@ -175,6 +175,8 @@ class DistillJob:
     reference_count: int = 128  # reference latents (spread over the store) for the Frechet distance
     checkpoint_every: int = 100  # steps between checkpoints (and after the last step)
     device: str = "cpu"  # where every role runs (cpu, cuda)
+    autocast: str | None = None  # None (float32) or "bf16": the terms' forward passes under bf16 autocast (weights,
+    #                              optimisers and samplers stay float32); like device, a rerun may change it
     out: str | None = None  # run folder; None: runs/student-<losses>-<student_steps>step
 
     def run_dir(self) -> Path:

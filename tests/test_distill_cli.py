@@ -5,6 +5,7 @@ student (ADM + SDM-2D with an image teacher), exact resume, sampling the exporte
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -89,6 +90,24 @@ def test_an_image_student_distils_logs_and_exports(teachers, tmp_path):
     assert saved["student_steps"] == 2 and saved["latent_shape"] == [1, 32, 8, 8] and saved["step"] == 3
     student, teacher = (load_file(p / "model" / "model.safetensors") for p in (out, teachers["image"]))
     assert any(not torch.equal(student[k], teacher[k]) for k in teacher)
+
+
+def test_bf16_distils_in_mixed_precision_and_a_rerun_may_change_it(teachers, tmp_path):
+    """--bf16: the terms' forward passes under bf16 autocast (finite losses other than float32's), recorded in
+    config.json; a float32 rerun with more steps resumes the run (an execution setting, like the device)."""
+    args = ["--teacher", str(teachers["image"]), "--losses", "vsd,cd", "--student-steps", "2", "--eval-every", "0",
+            "--batch-size", "2"]
+    for name, extra in (("fp32", ()), ("bf16", ("--bf16",))):
+        result = distill(*args, "--steps", "2", *extra, "--out", str(tmp_path / name))
+        assert result.exit_code == 0, result.output
+    fp32, bf16 = ([r["losses"] for r in records(tmp_path / name, "train")] for name in ("fp32", "bf16"))
+    assert json.loads((tmp_path / "bf16" / "config.json").read_text())["job"]["autocast"] == "bf16"
+    assert all(math.isfinite(v) for losses in bf16 for v in losses.values())
+    assert bf16 != fp32  # the forward passes ran in bf16
+    again = distill(*args, "--steps", "3", "--out", str(tmp_path / "bf16"))
+    assert again.exit_code == 0, again.output
+    assert [r["losses"] for r in records(tmp_path / "bf16", "train")][:2] == bf16
+    assert [r["step"] for r in records(tmp_path / "bf16", "train")] == [1, 2, 3]
 
 
 def test_the_exported_student_samples_through_lrm_sample_as_the_log_did(teachers, tmp_path):

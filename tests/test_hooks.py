@@ -1107,6 +1107,30 @@ def test_gradient_checkpointing_is_the_ddpo_and_direct_terms_choice(words_runs):
     assert json.loads((out / "records.json").read_text())["config"]["gradient_checkpointing"] is False
 
 
+def test_lrm_tune_bf16_tunes_in_mixed_precision_and_a_rerun_may_change_it(words_runs):
+    """--bf16: the terms' forward passes under bf16 autocast (finite losses other than float32's), recorded in
+    records.json; a float32 rerun with more steps resumes the run (an execution setting, like the device)."""
+    import math
+
+    from typer.testing import CliRunner
+
+    def tune(name, *extra):
+        return CliRunner().invoke(cli_app(), ["tune", "colorfulness", "--student", str(words_runs / "student"),
+                                              "--concurrent", *TUNE_ARGS, *extra, "--out", str(words_runs / name)])
+
+    for name, extra in (("fp32", ()), ("bf16", ("--bf16",))):
+        result = tune(name, *extra)
+        assert result.exit_code == 0, result.output
+    fp32, bf16 = (json.loads((words_runs / name / "records.json").read_text()) for name in ("fp32", "bf16"))
+    assert bf16["config"]["autocast"] == "bf16" and fp32["config"]["autocast"] is None
+    assert all(math.isfinite(v) for losses in bf16["losses"] for v in losses.values())
+    assert bf16["losses"] != fp32["losses"]  # the forward passes ran in bf16
+    again = tune("bf16", "--steps", "3")
+    assert again.exit_code == 0, again.output
+    resumed = json.loads((words_runs / "bf16" / "records.json").read_text())
+    assert resumed["losses"][:2] == bf16["losses"] and len(resumed["losses"]) == 3
+
+
 def test_lrm_tune_defaults_restate_the_library():
     from lrm.cli import tune as cli
     from lrm.tuning import tune as library

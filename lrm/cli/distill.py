@@ -51,6 +51,10 @@ def distill(
         help="Steps between fixed-seed logs: samples, FD, alignment, Vendi (0: none).")] = DEFAULTS["eval_every"],
     checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints.")] = DEFAULTS["checkpoint_every"],
     device: Annotated[str, typer.Option(help="cpu or cuda.", callback=check_device)] = DEFAULTS["device"],
+    bf16: Annotated[bool, typer.Option(
+        "--bf16", help="Mixed precision: the loss terms' forward passes under bf16 autocast (weights, optimisers "
+                       "and samplers stay float32; fp16 is not offered: it overflows in distillation). For GPUs; "
+                       "a rerun may change it.")] = False,
     out: Annotated[Optional[Path], typer.Option(
         help="Run folder (default runs/student-<losses>-<N>step); rerunning it resumes.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
@@ -73,7 +77,7 @@ def distill(
                      student_steps=student_steps, steps=steps, batch_size=batch_size, cd_teacher_steps=cd_teacher_steps,
                      image_teacher=image_teacher, student_lr=lr, fake_lr=fake_lr, seed=seed, lora_rank=lora_rank,
                      eval_every=eval_every, checkpoint_every=checkpoint_every, device=device,
-                     out=str(out) if out else None)
+                     autocast="bf16" if bf16 else None, out=str(out) if out else None)
     try:
         from lrm.tuning.run import distill as run_distill, resolve
 

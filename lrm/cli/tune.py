@@ -21,7 +21,7 @@ METHODS = ("lrm", "ddpo", "direct")  # lrm.tuning.tune.METHODS
 DEFAULTS = {"method": "lrm", "steps": 200, "batch_size": 8, "lr": 1e-5, "surrogate_lr": 1e-4, "eval_every": 20,
             "per_prompt": 4, "eval_prompts": 4, "seed": 0, "kl_weight": 0.0,
             "disagreement_weight": 1.0, "gradient_alignment": True, "noise_aware": False,
-            "gradient_weight": 0.0, "gradient_checkpointing": True}  # lrm.tuning.tune.TuneConfig
+            "gradient_weight": 0.0, "gradient_checkpointing": True, "autocast": None}  # lrm.tuning.tune.TuneConfig
 
 
 def register(app: typer.Typer) -> None:
@@ -100,6 +100,10 @@ def tune(
              "records the cosine of the surrogate's and the gold reward's latent gradients: a backward pass of the "
              "pixel reward per evaluation sample, costly for large pixel rewards).")]
     = not DEFAULTS["gradient_alignment"],
+    bf16: Annotated[bool, typer.Option(
+        "--bf16", help="Mixed precision: the loss terms' forward passes under bf16 autocast (weights, optimisers, "
+                       "samplers and evaluations stay float32). For GPUs; a rerun may change it.")]
+    = DEFAULTS["autocast"] == "bf16",
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
 ) -> None:
     """Reward-tune a distilled student with LRM fine-tuning, DDPO-SF or direct reward gradients.
@@ -178,7 +182,8 @@ def tune(
                 seed, out, str(distributed.process_device(device)), kl_weight=kl_weight, ensemble=ensemble,
                 disagreement_weight=disagreement_weight, gradient_alignment=not no_gradient_alignment,
                 noise_aware=noise_aware, gradient_weight=gradient_weight,
-                gradient_checkpointing=not no_gradient_checkpointing, progress=not quiet)
+                gradient_checkpointing=not no_gradient_checkpointing, autocast="bf16" if bf16 else None,
+                progress=not quiet)
         finally:
             if created_group:
                 distributed.shutdown()
@@ -278,7 +283,7 @@ def _run(reward_name, reward_options, run_path, distill, student_steps, store_pa
          out, device, *, kl_weight=DEFAULTS["kl_weight"], ensemble=None,
          disagreement_weight=DEFAULTS["disagreement_weight"], gradient_alignment=DEFAULTS["gradient_alignment"],
          noise_aware=DEFAULTS["noise_aware"], gradient_weight=DEFAULTS["gradient_weight"],
-         gradient_checkpointing=DEFAULTS["gradient_checkpointing"], progress=False):
+         gradient_checkpointing=DEFAULTS["gradient_checkpointing"], autocast=DEFAULTS["autocast"], progress=False):
     from dataclasses import asdict
 
     from lrm import distributed
@@ -302,7 +307,8 @@ def _run(reward_name, reward_options, run_path, distill, student_steps, store_pa
                           frames=frames, distill=distill, eval_every=eval_every, per_prompt=per_prompt, seed=seed,
                           kl_weight=kl_weight, disagreement_weight=disagreement_weight,
                           gradient_alignment=gradient_alignment, noise_aware=noise_aware,
-                          gradient_weight=gradient_weight, gradient_checkpointing=gradient_checkpointing)
+                          gradient_weight=gradient_weight, gradient_checkpointing=gradient_checkpointing,
+                          autocast=autocast)
 
     pixel_reward = load_reward(reward_name, **reward_options)
     from lrm.rewards.custom import is_reference

@@ -53,7 +53,7 @@ from lrm.tuning.lrm_ft import LRM, LRMFineTune, check_gradient_weight, surrogate
 from lrm.tuning.memory import TrainingMemory, peak_rss_mb
 from lrm.tuning.monitor import TuningMonitor, TuningRecord
 from lrm.tuning.roles import STUDENT, Role, Roles, adamw, build_roles, frozen_copy
-from lrm.tuning.trainer import DistillConfig, Distiller, StepLog
+from lrm.tuning.trainer import AUTOCAST, DistillConfig, Distiller, StepLog
 from lrm.tuning.true_reward import TrueReward
 from lrm.tuning.vsd import VSD
 
@@ -86,10 +86,15 @@ class TuneConfig:
     disagreement_weight: float = 1.0  # with an ensemble of surrogates: weight of their disagreement (std) penalty
     gradient_alignment: bool = True  # monitor: record the surrogate's gradient alignment with a differentiable reward
     #                                  (a backward pass of the pixel reward per monitor sample and evaluation)
+    autocast: str | None = None  # None (float32) or "bf16": the terms' forward passes under bf16 autocast (weights,
+    #                              optimisers, samplers and evaluations stay float32); a rerun may change it
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {list(METHODS)}, got {self.method!r}")
+        if self.autocast not in AUTOCAST:
+            raise ValueError(f"autocast must be one of {list(AUTOCAST)}, got {self.autocast!r} (fp16 is not "
+                             "supported: its range overflows; use bf16)")
         if self.frames is not None and self.method != "direct":
             raise ValueError(f"frames selects the frames that method 'direct' decodes (got {self.method!r})")
         self.distill = tuple(self.distill)
@@ -259,7 +264,7 @@ def tune(generator: nn.Module, true_reward: TrueReward, prompts: Sequence[str], 
     terms = [DISTILL_TERMS[name]() for name in config.distill] + [term] + regularisers(config, lrm)
     weights = {KLPenalty.name: config.kl_weight, Disagreement.name: config.disagreement_weight}
     distiller = Distiller(roles, terms, DistillConfig(latent_shape=latent_shape, student_steps=config.student_steps,
-                                                      seed=config.seed),
+                                                      seed=config.seed, autocast=config.autocast),
                           weights={t.name: weights[t.name] for t in terms if t.name in weights})
     device = next(student.parameters()).device
     main = distributed.is_main()

@@ -30,6 +30,7 @@ from lrm.tuning.trainer import Distiller, StepLog
 CONFIG = "config.json"
 STATE = "tune.json"  # the tuning state a checkpoint adds to the Distiller's
 GROWABLE = ("steps",)  # settings a rerun may change: more steps continue the run
+EXECUTION = ("autocast",)  # how the steps run, which a rerun may change too (like the device)
 # hook counters kept across a resume
 COUNTERS = ("fidelities", "gradient_cosines", "true_mean", "real_rows", "samples", "rewards")
 
@@ -59,7 +60,7 @@ def check_settings(run_dir: Path, settings: dict, defaults: dict, write: bool = 
 
         def fixed(record: dict) -> dict:
             tune = {**_json(defaults), **record.get("tune", {})}
-            return {**record, "tune": {k: v for k, v in tune.items() if k not in GROWABLE}}
+            return {**record, "tune": {k: v for k, v in tune.items() if k not in GROWABLE + EXECUTION}}
 
         # a setting lrm records since the run was made (e.g. start_weights) is not held against it
         diff = differences(fixed(saved), fixed({k: v for k, v in settings.items() if k in saved or k == "tune"}))
