@@ -79,6 +79,12 @@ def gather_objects(obj) -> list:
     return gathered
 
 
+def group_size() -> int:
+    """Processes in the open process group; 1 when none is open (also under torchrun before init_from_env).
+    Work that averages over ranks splits its batches by this, not by $WORLD_SIZE."""
+    return dist.get_world_size() if is_initialized() else 1
+
+
 def sum_over_ranks(value: int) -> int:
     """The sum of every rank's `value` (a count), on every rank; `value` in a single process."""
     return sum(gather_objects(int(value)))

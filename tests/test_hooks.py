@@ -1244,9 +1244,31 @@ def test_lrm_tune_under_torchrun_splits_each_batch_and_rank_0_writes(words_runs)
     assert state["counters"]["samples"] == 2 * 4  # every rank's samples: 2 updates of the global batch of 4
     rng = load_file(out / "checkpoints" / "step-00000002" / "rng.safetensors")
     assert not torch.equal(rng["trainer.rank0"], rng["trainer.rank1"])  # each rank its own noise
+    config = (out / "config.json").read_text()
     again = CliRunner().invoke(cli_app(), [*args[:-1], "--steps", "3"])
-    assert again.exit_code == 2 and "written by 2 processes" in again.output
+    assert again.exit_code == 2 and "written by 2 processes, this run has 1" in again.output
     assert json.loads((out / "records.json").read_text()) == facts  # the refused rerun changed nothing
+    assert (out / "config.json").read_text() == config
+
+
+@pytest.mark.parametrize("case", ["uneven batch", "embedded student missing"])
+def test_lrm_tune_under_torchrun_refuses_what_cannot_split_before_any_work(words_runs, tmp_path, monkeypatch, case):
+    """Two processes (group_size stubbed, no real torchrun): a batch that does not split evenly over them, and
+    an embedded student not distilled yet (the processes would race on its cache folder), get one line, exit 2."""
+    from typer.testing import CliRunner
+
+    from lrm import distributed
+
+    monkeypatch.setattr(distributed, "group_size", lambda: 2)
+    monkeypatch.setenv("LRM_CACHE", str(tmp_path / "cache"))
+    start = ["--student", str(words_runs / "student")] if case == "uneven batch" else []
+    result = CliRunner().invoke(cli_app(), ["tune", "colorfulness", *start, "--method", "ddpo", *TUNE_ARGS,
+                                            "--batch-size", "3" if case == "uneven batch" else "4",
+                                            "--out", str(tmp_path / "run")])
+    message = ("a global batch of 3 does not split evenly over 2 processes" if case == "uneven batch" else
+               "the embedded 4-step image student is not distilled yet, and lrm tune does not distil it under torchrun")
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert "Traceback" not in result.output and not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
 
 
 def test_ddpo_advantages_and_the_concurrent_surrogates_label_stats_are_global_under_torchrun(tmp_path):

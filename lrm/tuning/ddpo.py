@@ -221,7 +221,7 @@ class DDPO:
         with torch.no_grad():
             rewards = true(trajectory.sample, true.prompts(batch, self.name)).float()  # (B,)
         keep = true.finite(rewards)
-        self.samples += batch.size * distributed.world_size()  # every rank's equal share
+        self.samples += batch.size * distributed.group_size()  # every rank's equal share
         if bool(keep.any()):
             self.rewards.append(float(rewards[keep].mean()))
         signed = true.sign * torch.where(keep, rewards, torch.zeros_like(rewards))

@@ -93,7 +93,7 @@ class DirectReward:
         x0 = self.select_frames(self.sample(step.roles.module(STUDENT), step), step.generator)
         prompts = true.prompts(step.batch, self.name)
         scores = true(x0, prompts)  # (B,) with gradient
-        self.samples += step.batch.size * distributed.world_size()  # every rank's equal share
+        self.samples += step.batch.size * distributed.group_size()  # every rank's equal share
         keep = true.finite(scores)
         if not bool(keep.any()):  # nothing to learn from: an empty loss (the update is skipped unless others learn)
             return x0.flatten(1).sum(1)[:0]

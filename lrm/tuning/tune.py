@@ -145,8 +145,8 @@ class TuneResult:
     #                              Linux, or no step run)
     added_rss_mb: float | None  # what the training steps added to it at their peak (evaluations left out)
     term: object  # the hook (its counters: nonfinite rewards, samples, surrogate fidelity)
-    samples_before: Samples  # the monitor's samples before tuning (for grids)
-    samples_after: Samples  # and after
+    samples_before: Samples | None  # the monitor's samples before tuning (for grids; None on torchrun ranks but 0)
+    samples_after: Samples | None  # and after
 
 
 def build_term(config: TuneConfig, true_reward: TrueReward, latent_shape, real: bool = False):
@@ -239,10 +239,12 @@ def tune(generator: nn.Module, true_reward: TrueReward, prompts: Sequence[str], 
     the last, which a video run could not hold). progress: a bar over the steps with the losses and the last gold.
     Every check runs before any work; the tuned student is result.student.
 
-    Under torchrun (the process group open) the ranks split each step's batch (batch_size a multiple of their
-    number) and average their gradients; rank 0 alone evaluates, calls on_evaluation, shows the bar and writes
-    (config.json and the checkpoints, into which every rank's RNG streams are gathered), so result.records and
-    the samples are rank 0's; the other ranks return the same student."""
+    With a torchrun process group open (lrm.distributed.init_from_env) the ranks split each step's batch
+    (batch_size a multiple of their number) and average their gradients; rank 0 alone evaluates, calls
+    on_evaluation, shows the bar and writes (config.json and the checkpoints, into which every rank's RNG streams
+    are gathered), so result.records and the samples are rank 0's; the other ranks return the same student with
+    no records. They wait for rank 0's evaluations at the next collective (the process group's timeout: gloo's
+    30 minutes, nccl's 10 by default)."""
     prompts = list(prompts)
     if not prompts:
         raise ValueError("tune needs at least one prompt")
@@ -256,30 +258,33 @@ def tune(generator: nn.Module, true_reward: TrueReward, prompts: Sequence[str], 
     roles = tuning_roles(generator, config, latent_shape, surrogate, true_reward)
     student = roles.module(STUDENT)
     lrm = roles.module(LRM) if LRM in roles else None
+    world = distributed.group_size()
+    main = world == 1 or distributed.rank() == 0
     monitor = TuningMonitor(student, true_reward, prompts[: config.eval_prompts], text_encoder,
                             latent_shape=latent_shape, steps=config.student_steps, per_prompt=config.per_prompt,
                             seed=config.seed, surrogate=lrm,
                             initial=roles.module(INITIAL) if INITIAL in roles else None,
-                            gradient_alignment=config.gradient_alignment)
+                            gradient_alignment=config.gradient_alignment) if main else None
     terms = [DISTILL_TERMS[name]() for name in config.distill] + [term] + regularisers(config, lrm)
     weights = {KLPenalty.name: config.kl_weight, Disagreement.name: config.disagreement_weight}
     distiller = Distiller(roles, terms, DistillConfig(latent_shape=latent_shape, student_steps=config.student_steps,
                                                       seed=config.seed, autocast=config.autocast),
                           weights={t.name: weights[t.name] for t in terms if t.name in weights})
     device = next(student.parameters()).device
-    main = distributed.is_main()
+    rank = distributed.rank() if world > 1 else 0
     if store is not None:
         from lrm.tuning.run import store_batches
 
-        batches = store_batches(store, config.batch_size, config.seed, device, with_prompts=true_reward.spec.needs_text)
+        batches = store_batches(store, config.batch_size, config.seed, device, with_prompts=true_reward.spec.needs_text,
+                                rank=rank, world=world)
     else:
         # every prompt embedded once, here: a resumed run conditions on the same embeddings (a prompt's embedding
         # moves by ~1e-6 with the prompts it is padded with, so embedding each step's batch would not resume exactly)
-        batches = prompt_batches(prompts, text_encoder.token_rows(prompts), config.batch_size, device)
+        batches = prompt_batches(prompts, text_encoder.token_rows(prompts), config.batch_size, device, rank, world)
     if run_dir is not None:
         run_dir = Path(run_dir)
         tune_run.check_settings(run_dir, {"tune": asdict(config), **(settings or {})}, asdict(TuneConfig()),
-                                write=main)
+                                write=main, world_size=world)
         distributed.barrier()  # the folder and its config.json exist before any rank checkpoints
     student_extra = {"student_steps": config.student_steps, "latent_shape": list(latent_shape)}
     peak = 0.0  # max over the training steps of CUDA's peak allocation (reset before each step)
@@ -294,15 +299,16 @@ def tune(generator: nn.Module, true_reward: TrueReward, prompts: Sequence[str], 
     evaluate(0)  # the starting student's samples (the "before" grid); a resumed run's records come from its checkpoint
     logs: list[StepLog] = []
     resumed = tune_run.resume(run_dir, distiller, term, true_reward) if run_dir is not None else None
+    records = monitor.records if main else []  # rank 0's evaluations (the same list the monitor appends to)
     if resumed is not None:
-        monitor.records, logs = resumed
+        records[:], logs = resumed
     elif run_dir is not None:
-        tune_run.save(run_dir, distiller, monitor.records, logs, term, true_reward, student_extra)
+        tune_run.save(run_dir, distiller, records, logs, term, true_reward, student_extra)
     memory = TrainingMemory()
     memory.start()
     bar = tqdm(total=config.steps, initial=min(distiller.step, config.steps), desc="tune", unit="step", leave=False,
                dynamic_ncols=True, disable=not progress or not main)
-    gold = {"gold": f"{monitor.records[-1].gold:.4g}"} if monitor.records else {}
+    gold = {"gold": f"{records[-1].gold:.4g}"} if records else {}
     while distiller.step < config.steps:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -313,9 +319,9 @@ def tune(generator: nn.Module, true_reward: TrueReward, prompts: Sequence[str], 
         if distiller.step % config.eval_every == 0 or distiller.step == config.steps:
             memory.pause()
             evaluate(distiller.step)
-            gold = {"gold": f"{monitor.records[-1].gold:.4g}"} if monitor.records else {}
+            gold = {"gold": f"{records[-1].gold:.4g}"} if records else {}
             if run_dir is not None:
-                tune_run.save(run_dir, distiller, monitor.records, logs, term, true_reward, student_extra)
+                tune_run.save(run_dir, distiller, records, logs, term, true_reward, student_extra)
             memory.resume()
         bar.update()
         bar.set_postfix({**{k: f"{v:.3g}" for k, v in logs[-1].losses.items()}, **gold}, refresh=False)
@@ -323,9 +329,9 @@ def tune(generator: nn.Module, true_reward: TrueReward, prompts: Sequence[str], 
     if main and monitor.last is monitor.first and distiller.step > 0:  # resumed at the end: the final samples again
         monitor.last = monitor.samples()
     seconds = sum(log.seconds for log in logs) / len(logs) if logs else float("nan")
-    return TuneResult(student, monitor.records, logs, seconds, peak if device.type == "cuda" else None,
+    return TuneResult(student, records, logs, seconds, peak if device.type == "cuda" else None,
                       peak_rss_mb(), memory.loaded_mb if memory.added_mb is not None else None, memory.added_mb,
-                      term, monitor.first, monitor.last)
+                      term, monitor.first if main else None, monitor.last if main else None)
 
 
 def prompt_batches(prompts: list[str], rows: dict, batch_size: int, device, rank: int | None = None,

@@ -39,11 +39,11 @@ def _json(obj):
     return json.loads(json.dumps(obj, default=float))
 
 
-def check_settings(run_dir: Path, settings: dict, defaults: dict, write: bool = True) -> None:
+def check_settings(run_dir: Path, settings: dict, defaults: dict, write: bool = True, world_size: int = 1) -> None:
     """Write RUN/config.json, or, when the folder already holds a run, refuse other settings with one line naming
-    each that differs, and fewer steps than its newest checkpoint holds. settings["tune"]: the TuneConfig fields;
-    defaults: TuneConfig()'s, which fill fields an older run did not record. write=False checks only (torchrun
-    ranks other than 0)."""
+    each that differs, fewer steps than its newest checkpoint holds, and another number of torchrun processes
+    (`world_size`) than wrote it. settings["tune"]: the TuneConfig fields; defaults: TuneConfig()'s, which fill
+    fields an older run did not record. write=False checks only (torchrun ranks other than 0)."""
     from lrm.config_diff import differences, refuse_other_run
     from lrm.io import atomic_write_json
 
@@ -57,6 +57,13 @@ def check_settings(run_dir: Path, settings: dict, defaults: dict, write: bool = 
         if done and done[-1] > steps:  # resuming would train nothing and hand back the longer-trained student
             raise ValueError(f"tune run {run_dir} has already trained {done[-1]} steps, more than --steps {steps}; "
                              f"pass --steps {done[-1]} or more to reuse or continue it, or another --out")
+        newest = latest_checkpoint(run_dir)
+        trainer = newest / "trainer.json" if newest is not None else None
+        if trainer is not None and trainer.is_file():
+            written_by = json.loads(trainer.read_text()).get("world_size", 1)
+            if written_by != world_size:  # each process's RNG streams are in the checkpoint
+                raise ValueError(f"tune run {run_dir} was written by {written_by} processes, this run has "
+                                 f"{world_size}; resume with the same torchrun --nproc_per_node, or pass another --out")
 
         def fixed(record: dict) -> dict:
             tune = {**_json(defaults), **record.get("tune", {})}
