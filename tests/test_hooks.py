@@ -1209,9 +1209,10 @@ main()
 
 
 def test_lrm_tune_under_torchrun_splits_each_batch_and_rank_0_writes(words_runs):
-    """Real torchrun, 2 CPU processes (gloo), through the CLI (about 20 s): each rank takes half of every update's
+    """Real torchrun, 2 CPU processes (gloo), through the CLI (about 45 s): each rank takes half of every update's
     batch and the gradients are averaged, so both ranks end with the same student; rank 0 alone evaluates, writes
-    and reports; the counters are the ranks' together; a one-process rerun is refused."""
+    and reports; the counters are the ranks' together; a run stopped after 1 update and rerun under torchrun ends
+    as the uninterrupted one; a one-process rerun is refused."""
     import os
     import subprocess
     import sys
@@ -1220,17 +1221,26 @@ def test_lrm_tune_under_torchrun_splits_each_batch_and_rank_0_writes(words_runs)
     from safetensors.torch import load_file
     from typer.testing import CliRunner
 
-    out = words_runs / "ddp"
-    args = ["tune", "colorfulness", "--student", str(words_runs / "student"), "--method", "ddpo", *TUNE_ARGS,
-            "--batch-size", "4", "--out", str(out), "--quiet"]  # the later --batch-size wins: 2 samples per rank
-    script = words_runs / "worker.py"
     tests = Path(__file__).resolve().parent
-    script.write_text(TUNE_WORKER.format(tests=str(tests), out=str(out), args=args))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(tests.parent)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
-    result = subprocess.run(cmd, cwd=words_runs, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert result.stderr.count("colorfulness: gold") == 1  # one summary: rank 0's
+
+    def args_of(out, steps):  # the later --batch-size and --steps win over TUNE_ARGS': 2 samples per rank
+        return ["tune", "colorfulness", "--student", str(words_runs / "student"), "--method", "ddpo", *TUNE_ARGS,
+                "--batch-size", "4", "--steps", str(steps), "--out", str(out), "--quiet"]
+
+    def torchrun(out, steps) -> str:
+        script = words_runs / "worker.py"
+        script.write_text(TUNE_WORKER.format(tests=str(tests), out=str(out), args=args_of(out, steps)))
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
+        result = subprocess.run(cmd, cwd=words_runs, env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        return result.stderr
+
+    out, resumed = words_runs / "ddp", words_runs / "ddp-resumed"
+    assert torchrun(out, 2).count("colorfulness: gold") == 1  # one summary: rank 0's
+    torchrun(resumed, 1)
+    torchrun(resumed, 2)
+    args = args_of(out, 2)
     ranks = [load_file(out / f"student.rank{r}.safetensors") for r in range(2)]
     assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])
     tuned, start = load_file(out / "model" / "model.safetensors"), load_file(words_runs / "student" / "model" /
@@ -1244,9 +1254,16 @@ def test_lrm_tune_under_torchrun_splits_each_batch_and_rank_0_writes(words_runs)
     assert state["counters"]["samples"] == 2 * 4  # every rank's samples: 2 updates of the global batch of 4
     rng = load_file(out / "checkpoints" / "step-00000002" / "rng.safetensors")
     assert not torch.equal(rng["trainer.rank0"], rng["trainer.rank1"])  # each rank its own noise
+    rerun = json.loads((resumed / "records.json").read_text())
+    assert rerun["records"] == facts["records"] and rerun["losses"] == facts["losses"]
+    assert json.loads((resumed / "checkpoints" / "step-00000002" / "tune.json").read_text())["counters"] == \
+        state["counters"]
+    for rank in range(2):
+        after = load_file(resumed / f"student.rank{rank}.safetensors")
+        assert all(torch.equal(after[k], ranks[0][k]) for k in after)
     config = (out / "config.json").read_text()
-    again = CliRunner().invoke(cli_app(), [*args[:-1], "--steps", "3"])
-    assert again.exit_code == 2 and "written by 2 processes, this run has 1" in again.output
+    refused = CliRunner().invoke(cli_app(), [*args[:-1], "--steps", "3"])
+    assert refused.exit_code == 2 and "written by 2 processes, this run has 1" in refused.output
     assert json.loads((out / "records.json").read_text()) == facts  # the refused rerun changed nothing
     assert (out / "config.json").read_text() == config
 
