@@ -119,7 +119,8 @@ def tune(
     OUT/after, and each evaluation's samples in OUT/evals/step-N. Regularisers: --kl-weight (KL-to-initial
     penalty), --ensemble (two or more fitted surrogates: their mean is tuned on, their disagreement penalised).
     Under torchrun the processes split each update's batch (--batch-size a multiple of their number) and average
-    their gradients; rank 0 evaluates and writes (resume with the same number of processes).
+    their gradients; rank 0 evaluates and writes (resume with the same number of processes; the embedded
+    student must be distilled first, by one run without torchrun).
 
     Examples:
       lrm tune jpeg-compressibility --concurrent
