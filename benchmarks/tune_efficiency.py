@@ -135,7 +135,8 @@ def worker(args) -> None:
                         batch_size=args.batch_size, lr=args.lr, surrogate_lr=surrogate_lr,
                         eval_every=args.eval_every, per_prompt=args.per_prompt, eval_prompts=args.eval_prompts,
                         seed=args.seed,
-                        gradient_weight=args.surrogate_gradient_weight if args.method in CONCURRENT else 0.0)
+                        gradient_weight=args.surrogate_gradient_weight if args.method in CONCURRENT else 0.0,
+                        prompt_history=args.prompt_history if args.method == "ddpo" else 0)
     settings = {"reward": args.reward, "from": str(run.run_dir), "prompts": prompts,
                 **({} if surrogate is None else {"surrogate": args.surrogate})}
     start = time.perf_counter()
@@ -265,6 +266,7 @@ def finished(run_dir: Path, method: str, seed: int, surrogate_lr: float | None, 
     same_machine = not recorded or (result["device"], result["torch_threads"]) == (args.device, worker_threads())
     return (same_machine and all(saved[k] == v for k, v in wanted.items())
             and saved.get("gradient_weight", 0.0) == weight
+            and saved.get("prompt_history", 0) == (args.prompt_history if method == "ddpo" else 0)
             and result.get("surrogate") == surrogate and Path(result["student"]).resolve() == student.resolve())
 
 
@@ -284,13 +286,17 @@ def common_flags(args) -> list[str]:
             *(["--student", str(args.student)] if args.student else [])]
 
 
-def matched_label(label: str, method: str, gradient_weight: float, surrogate_gradient_weight: float = 0.0) -> str:
-    """A row's label (its runs' folders too), with "-gw<weight>" for a fitted method whose fit matches gradients
-    and "-cgw<weight>" for a concurrent method whose surrogate's updates do."""
+def matched_label(label: str, method: str, gradient_weight: float, surrogate_gradient_weight: float = 0.0,
+                  prompt_history: int = 0) -> str:
+    """A row's label (its runs' folders too), with "-gw<weight>" for a fitted method whose fit matches gradients,
+    "-cgw<weight>" for a concurrent method whose surrogate's updates do and "-h<H>" for DDPO-SF with a per-prompt
+    reward history."""
     if method in FITTED and gradient_weight:
         label = f"{label}-gw{gradient_weight:g}"
     if method in CONCURRENT and surrogate_gradient_weight:
         label = f"{label}-cgw{surrogate_gradient_weight:g}"
+    if method == "ddpo" and prompt_history:
+        label = f"{label}-h{prompt_history}"
     return label
 
 
@@ -341,6 +347,7 @@ def run_one(reward: str, label: str, method: str, surrogate_lr: float | None, se
                "--surrogate-lr", str(surrogate_lr if surrogate_lr is not None else args.surrogate_lr[0]),
                "--per-prompt", str(args.per_prompt), "--eval-prompts", str(args.eval_prompts), *common_flags(args),
                "--surrogate-gradient-weight", str(args.surrogate_gradient_weight),
+               "--prompt-history", str(args.prompt_history),
                *(["--surrogate", surrogate] if surrogate is not None else [])]
     print(f"  {run_dir.name}: running ({args.steps} steps)", flush=True)
     measured = measure(command, f"run {run_dir}")
@@ -556,6 +563,8 @@ def parse(argv=None):
     parser.add_argument("--surrogate-gradient-weight", type=float, default=0.0,
                         help="lrm and lrm-warm: the concurrent surrogate's `lrm tune --gradient-weight` (0: off; "
                              "differentiable rewards only); rows labelled -cgw<W>")
+    parser.add_argument("--prompt-history", type=int, default=0,
+                        help="ddpo: `lrm tune --prompt-history` (ddpo-pytorch's per-prompt stat tracker; 0: off)")
     parser.add_argument("--per-prompt", type=int, default=4, help="monitor samples per prompt")
     parser.add_argument("--eval-prompts", type=int, default=4, help="monitor prompts")
     parser.add_argument("--student-steps", type=int, default=4)
@@ -681,7 +690,8 @@ def main() -> None:
             skipped.append({"reward": reward, "method": "all", "reason": why})
             print(f"{reward}: not run: {why}", flush=True)
             continue
-        chosen = [(matched_label(label, method, args.fit_gradient_weight, args.surrogate_gradient_weight), method, lr)
+        chosen = [(matched_label(label, method, args.fit_gradient_weight, args.surrogate_gradient_weight,
+                                 args.prompt_history), method, lr)
                   for label, method, lr in variants(args.methods, args.surrogate_lr)]
         fitted = [label for label, method, _ in chosen if method in FITTED]
         fit_refused = no_fit(reward, student, args.fit_gradient_weight) if fitted else None
@@ -703,8 +713,9 @@ def main() -> None:
             if method in FITTED:
                 summary = with_fit(summary, fits[reward], fits[reward]["shared_by"])
             rows.setdefault(reward, {})[label] = summary
-    goals = {f"{reward} / {label}": goal(methods[label], methods["ddpo"]) for reward, methods in rows.items()
-             if "ddpo" in methods for label in methods if label.startswith("lrm")}
+    ddpo = matched_label("ddpo", "ddpo", 0.0, 0.0, args.prompt_history)  # the DDPO-SF row LRM-FT is held to
+    goals = {f"{reward} / {label}": goal(methods[label], methods[ddpo]) for reward, methods in rows.items()
+             if ddpo in methods for label in methods if label.startswith("lrm")}
     print("\n" + table(rows, skipped, fits, goals, len(args.seeds)))
     hidden = ("worker", "fit_worker", "reward", "method", "seed", "run_dir", "runs", "surrogate")
     settings = {k: v for k, v in vars(args).items() if k not in hidden}

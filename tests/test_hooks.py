@@ -424,6 +424,67 @@ def test_ddpo_advantages_are_normalised_per_prompt_with_a_batch_fallback():
     assert group_ids(prompt_keys(tokens)) == [0, 1, 0]
 
 
+def ddpo_pytorch_tracker(batches, size):
+    """An independent reference: ddpo-pytorch's PerPromptStatTracker (buffer_size = min_count = size), in numpy
+    with deques, over batches of (prompts, rewards); every batch's advantages."""
+    from collections import deque
+
+    stats, out = {}, []
+    for prompts, rewards in batches:
+        prompts, rewards = np.array(prompts), np.array(rewards, dtype=np.float64)
+        adv = np.empty_like(rewards)
+        for prompt in np.unique(prompts):
+            mine = rewards[prompts == prompt]
+            stats.setdefault(prompt, deque(maxlen=size)).extend(mine)
+            if len(stats[prompt]) < size:
+                mean, std = rewards.mean(), rewards.std() + 1e-6
+            else:
+                mean, std = np.mean(stats[prompt]), np.std(stats[prompt]) + 1e-6
+            adv[prompts == prompt] = (mine - mean) / std
+        out.append(adv)
+    return out
+
+
+def test_ddpo_prompt_history_is_ddpo_pytorchs_per_prompt_stat_tracker():
+    from lrm.tuning.ddpo import tracked_advantages
+
+    g = torch.Generator().manual_seed(0)
+    batches = [(["a", "b", "c", "a"], torch.randn(4, generator=g, dtype=torch.float64).tolist()) for _ in range(5)]
+    history: dict[str, list[float]] = {}
+    ours = [tracked_advantages(torch.tensor(r, dtype=torch.float64), p, torch.ones(4, dtype=torch.bool), history, 3)
+            for p, r in batches]
+    for mine, reference in zip(ours, ddpo_pytorch_tracker(batches, 3)):
+        np.testing.assert_allclose(mine.numpy(), reference, rtol=1e-6)
+    assert {k: len(v) for k, v in history.items()} == {"a": 3, "b": 3, "c": 3}  # the last 3 of each prompt
+    assert history["a"] == [batches[3][1][3], batches[4][1][0], batches[4][1][3]]
+    # "a" (two samples a batch) has 3 rewards from the second batch on, "b" and "c" from the third: before, the
+    # batch's statistics
+    batch_stats = (torch.tensor(batches[1][1]) - torch.tensor(batches[1][1]).mean()) / (
+        torch.tensor(batches[1][1]).std(unbiased=False) + 1e-6)
+    assert torch.allclose(ours[1][[1, 2]].float(), batch_stats[[1, 2]]) and not torch.allclose(
+        ours[1][[0, 3]].float(), batch_stats[[0, 3]])
+    keep = torch.tensor([True, False, True, True])  # a non-finite reward: 0 advantage, kept out of the history
+    before = {k: list(v) for k, v in history.items()}
+    adv = tracked_advantages(torch.tensor([1.0, float("nan"), 2.0, 3.0], dtype=torch.float64), ["a", "b", "c", "a"],
+                             keep, history, 3)
+    assert adv[1] == 0 and history["b"] == before["b"] and history["a"] == before["a"][2:] + [1.0, 3.0]
+
+
+def test_ddpo_with_a_prompt_history_keeps_it_across_updates_and_in_the_tuning_config():
+    from lrm.tuning.tune import TuneConfig, build_term
+
+    true = TrueReward(codec(), BrightFraction())
+    term = build_term(TuneConfig(method="ddpo", prompt_history=2), true, SHAPE)
+    assert term.history == 2 and term.reward_history == {}
+    b = batch(b=4)
+    b.prompts = ["p", "q", "p", "q"]
+    Distiller(student_roles(lr=1e-3), [term], DistillConfig(latent_shape=SHAPE, student_steps=4)).fit(
+        lambda step: [b], num_steps=2)
+    assert {k: len(v) for k, v in term.reward_history.items()} == {"p": 2, "q": 2}
+    with pytest.raises(ValueError, match="prompt_history sets DDPO-SF's per-prompt reward statistics"):
+        TuneConfig(method="direct", prompt_history=2)
+
+
 def test_ddpo_term_is_reinforce_on_the_true_reward_and_skips_nan_rewards():
     roles = student_roles()
     true = TrueReward(codec(), Recording(BrightFraction(), nan_rows=[1]))
@@ -1105,6 +1166,24 @@ def test_gradient_checkpointing_is_the_ddpo_and_direct_terms_choice(words_runs):
                                             "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert json.loads((out / "records.json").read_text())["config"]["gradient_checkpointing"] is False
+
+
+def test_lrm_tune_prompt_history_is_for_ddpo_and_recorded(words_runs):
+    from typer.testing import CliRunner
+
+    def tune(method, out):
+        return CliRunner().invoke(cli_app(), ["tune", "colorfulness", "--student", str(words_runs / "student"),
+                                              "--method", method, "--prompt-history", "2", *TUNE_ARGS,
+                                              "--out", str(words_runs / out)])
+
+    result = tune("ddpo", "tracked")
+    assert result.exit_code == 0, result.output
+    assert json.loads((words_runs / "tracked" / "records.json").read_text())["config"]["prompt_history"] == 2
+    state = json.loads((words_runs / "tracked" / "checkpoints" / "step-00000002" / "tune.json").read_text())
+    history = state["counters"]["reward_history"]  # checkpointed: each prompt's last 2 rewards
+    assert history and set(history) <= {"a red circle", "a blue square"} and all(len(v) <= 2 for v in history.values())
+    refused = tune("direct", "refused")
+    assert refused.exit_code == 2 and "for --method ddpo" in refused.output and not (words_runs / "refused").exists()
 
 
 def test_lrm_tune_bf16_tunes_in_mixed_precision_and_a_rerun_may_change_it(words_runs):

@@ -114,14 +114,18 @@ def test_an_interrupted_tune_resumes_and_equals_the_uninterrupted_run(teacher, t
     assert (tmp_path / "resumed" / "checkpoints" / "step-00000004" / "fake_score.optimizer.safetensors").is_file()
 
 
-def test_a_resumed_run_on_prompts_alone_equals_the_uninterrupted_run(teacher, tmp_path, monkeypatch):
+@pytest.mark.parametrize("method", ["lrm", "ddpo"])
+def test_a_resumed_run_on_prompts_alone_equals_the_uninterrupted_run(teacher, tmp_path, monkeypatch, method):
     """Without a store the batches' prompts are embedded by the run: a prompt's embedding moves by ~1e-6 with the
-    prompts it is padded with, so the run embeds every prompt once before its first step."""
+    prompts it is padded with, so the run embeds every prompt once before its first step. DDPO-SF's per-prompt
+    reward history resumes too."""
     from lrm.text import load as load_text
 
     prompts = ["a red circle", "a green square on a white background",
                "a large blue triangle moving left quickly over a pink gradient background"]
     cfg = config(distill=("vsd",), steps=4, eval_prompts=1)
+    if method == "ddpo":
+        cfg = replace(cfg, method="ddpo", concurrent=False, prompt_history=2)
 
     def run(run_dir):
         model = load_denoiser(teacher / "model")
@@ -133,6 +137,8 @@ def test_a_resumed_run_on_prompts_alone_equals_the_uninterrupted_run(teacher, tm
     a, b = straight.student.state_dict(), resumed.student.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert same([log.losses for log in straight.logs], [log.losses for log in resumed.logs])
+    if method == "ddpo":
+        assert straight.term.reward_history == resumed.term.reward_history and straight.term.reward_history
 
 
 def test_a_rerun_with_another_setting_is_refused_and_more_steps_continue(teacher, tmp_path):

@@ -21,7 +21,8 @@ METHODS = ("lrm", "ddpo", "direct")  # lrm.tuning.tune.METHODS
 DEFAULTS = {"method": "lrm", "steps": 200, "batch_size": 8, "lr": 1e-5, "surrogate_lr": 1e-4, "eval_every": 20,
             "per_prompt": 4, "eval_prompts": 4, "seed": 0, "kl_weight": 0.0,
             "disagreement_weight": 1.0, "gradient_alignment": True, "noise_aware": False,
-            "gradient_weight": 0.0, "gradient_checkpointing": True, "autocast": None}  # lrm.tuning.tune.TuneConfig
+            "gradient_weight": 0.0, "gradient_checkpointing": True, "autocast": None,
+            "prompt_history": 0}  # lrm.tuning.tune.TuneConfig
 
 
 def register(app: typer.Typer) -> None:
@@ -73,6 +74,10 @@ def tune(
                                                                   "direct: K steps with gradient (default 1).")] = None,
     frames: Annotated[Optional[int], typer.Option(min=1, help="direct on video: latent frames decoded per sample "
                                                               "(default: all).")] = None,
+    prompt_history: Annotated[int, typer.Option(
+        min=0, help="ddpo: normalise each reward by its prompt's last H rewards across updates once it has H "
+                    "(ddpo-pytorch's per-prompt stat tracker, 16 there), by the batch's before; 0: within the "
+                    "batch.")] = DEFAULTS["prompt_history"],
     eval_every: Annotated[int, typer.Option(min=1, help="Steps between evaluations at fixed seeds.")]
     = DEFAULTS["eval_every"],
     per_prompt: Annotated[int, typer.Option(min=2, help="Evaluation samples per prompt.")] = DEFAULTS["per_prompt"],
@@ -156,6 +161,9 @@ def tune(
                                                 ("--gradient-weight", gradient_weight > 0)) if given]
     if method != "lrm" and surrogate_flags:
         raise typer.BadParameter(f"{' and '.join(surrogate_flags)}: for --method lrm, not {method}")
+    if method != "ddpo" and prompt_history:
+        raise typer.BadParameter(f"for --method ddpo (its per-prompt reward statistics), not {method}",
+                                 param_hint="--prompt-history")
     if method == "lrm" and no_gradient_checkpointing:
         raise typer.BadParameter("for --method ddpo or direct, which backpropagate through several student calls; "
                                  "lrm backpropagates through one", param_hint="--no-gradient-checkpointing")
@@ -184,7 +192,7 @@ def tune(
                 disagreement_weight=disagreement_weight, gradient_alignment=not no_gradient_alignment,
                 noise_aware=noise_aware, gradient_weight=gradient_weight,
                 gradient_checkpointing=not no_gradient_checkpointing, autocast="bf16" if bf16 else None,
-                progress=not quiet)
+                prompt_history=prompt_history, progress=not quiet)
         finally:
             if created_group:
                 distributed.shutdown()
@@ -288,7 +296,8 @@ def _run(reward_name, reward_options, run_path, distill, student_steps, store_pa
          out, device, *, kl_weight=DEFAULTS["kl_weight"], ensemble=None,
          disagreement_weight=DEFAULTS["disagreement_weight"], gradient_alignment=DEFAULTS["gradient_alignment"],
          noise_aware=DEFAULTS["noise_aware"], gradient_weight=DEFAULTS["gradient_weight"],
-         gradient_checkpointing=DEFAULTS["gradient_checkpointing"], autocast=DEFAULTS["autocast"], progress=False):
+         gradient_checkpointing=DEFAULTS["gradient_checkpointing"], autocast=DEFAULTS["autocast"],
+         prompt_history=DEFAULTS["prompt_history"], progress=False):
     from dataclasses import asdict
 
     from lrm import distributed
@@ -313,7 +322,7 @@ def _run(reward_name, reward_options, run_path, distill, student_steps, store_pa
                           kl_weight=kl_weight, disagreement_weight=disagreement_weight,
                           gradient_alignment=gradient_alignment, noise_aware=noise_aware,
                           gradient_weight=gradient_weight, gradient_checkpointing=gradient_checkpointing,
-                          autocast=autocast)
+                          autocast=autocast, prompt_history=prompt_history)
 
     if distributed.group_size() > 1:  # before any work: each torchrun process takes an equal share of a batch
         distributed.local_slice(batch_size, 0, distributed.group_size())

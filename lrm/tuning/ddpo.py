@@ -13,8 +13,13 @@ read under no_grad) becomes an advantage per prompt:
 (the prompt's text when the batch has `prompts`, else its text tokens; under torchrun the batch is the global one,
 gathered from every rank: `advantages_over_ranks`), falling back to the batch's mean
 and std for a prompt with a single finite-reward sample (ddpo-pytorch's per-prompt tracker likewise falls
-back to global statistics below its minimum count). Non-finite rewards are counted (TrueReward.nonfinite)
-and those samples skipped. The per-sample loss is Alg. 2's
+back to global statistics below its minimum count). With `history` = H > 0 the statistics are instead
+ddpo-pytorch's per-prompt stat tracker's: each prompt keeps its last H finite (signed) rewards across updates,
+this batch's included, and its samples are normalised by that history's mean and std once it holds H rewards,
+by the batch's before (ddpo-pytorch: buffer_size = min_count = 16). With many prompts and small batches a prompt
+rarely repeats within a batch, so the batch fallback compares different prompts' rewards; the history compares
+each sample with its own prompt's. It is checkpointed with the run (`reward_history`). Non-finite rewards are
+counted (TrueReward.nonfinite) and those samples skipped. The per-sample loss is Alg. 2's
 
     L = -A * sum_n lp_n,    lp_n = log p_theta(x_{t_{n+1}} | x_{t_n}, c) / D
 
@@ -37,6 +42,7 @@ timestep's log-prob on its own; the direct baseline checkpoints its K steps like
 
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import NamedTuple
 
@@ -140,15 +146,49 @@ def advantages(rewards: torch.Tensor, groups: list[int], keep: torch.Tensor) -> 
     return out
 
 
-def advantages_over_ranks(rewards: torch.Tensor, keys: list, keep: torch.Tensor) -> torch.Tensor:
+def tracked_advantages(rewards: torch.Tensor, keys: list, keep: torch.Tensor, history: dict[str, list[float]],
+                       size: int) -> torch.Tensor:
+    """(B,) advantages from per-prompt reward histories (ddpo-pytorch's stat tracker; module docstring): each
+    prompt's finite rewards join `history` (updated in place, its last `size` kept), then its samples are normalised
+    by that history's mean and std when it holds `size` rewards, else by the batch's; 0 where `keep` is False."""
+    out = torch.zeros_like(rewards)
+    finite = rewards[keep]
+    if finite.numel() == 0:
+        return out
+    batch_mean, batch_std = finite.mean(), finite.std(unbiased=False)
+    names = [key if isinstance(key, str) else hashlib.sha1(key).hexdigest() for key in keys]  # JSON keys
+    for name in dict.fromkeys(names):
+        members = torch.tensor([n == name for n in names], device=rewards.device) & keep
+        r = rewards[members]
+        if r.numel() == 0:
+            continue
+        past = (history.get(name, []) + r.tolist())[-size:]
+        history[name] = past
+        if len(past) >= size:
+            seen = torch.tensor(past, dtype=rewards.dtype, device=rewards.device)
+            mean, std = seen.mean(), seen.std(unbiased=False)
+        else:
+            mean, std = batch_mean, batch_std
+        out[members] = (r - mean) / (std + ADVANTAGE_EPS)
+    return out
+
+
+def advantages_over_ranks(rewards: torch.Tensor, keys: list, keep: torch.Tensor,
+                          history: dict[str, list[float]] | None = None, size: int = 0) -> torch.Tensor:
     """`advantages` of this rank's samples (B,) computed over the global batch under torchrun: the rewards, prompt
     keys and keep masks of every rank gathered first, as ddpo-pytorch gathers rewards and prompts across
-    processes, so a prompt's statistics count its samples on every rank. One process: advantages of the batch."""
+    processes, so a prompt's statistics count its samples on every rank. One process: advantages of the batch.
+    With `history` and size > 0: `tracked_advantages`, every rank updating its (identical) history alike."""
     parts = distributed.gather_objects((rewards.tolist(), keys, keep.tolist()))
+
+    def normalised(r, k, m):
+        return tracked_advantages(r, k, m, history, size) if history is not None and size > 0 else \
+            advantages(r, group_ids(k), m)
+
     if len(parts) == 1:
-        return advantages(rewards, group_ids(keys), keep)
-    every = advantages(torch.tensor([r for part in parts for r in part[0]], dtype=rewards.dtype),
-                       group_ids([k for part in parts for k in part[1]]),
+        return normalised(rewards, keys, keep)
+    every = normalised(torch.tensor([r for part in parts for r in part[0]], dtype=rewards.dtype),
+                       [k for part in parts for k in part[1]],
                        torch.tensor([k for part in parts for k in part[2]], dtype=torch.bool))
     start = sum(len(part[0]) for part in parts[:distributed.rank()])
     return every[start:start + len(rewards)].to(rewards.device)
@@ -168,7 +208,8 @@ class DDPO:
     trains = ()
 
     def __init__(self, true_reward: TrueReward, latent_shape, steps: int = 4, grad_steps: int | None = None,
-                 clip_range: float | None = None, reuse: int = 1, gradient_checkpointing: bool = True):
+                 clip_range: float | None = None, reuse: int = 1, gradient_checkpointing: bool = True,
+                 history: int = 0):
         true_reward.check_generator(latent_shape, self.name)
         grad_steps = min(GRAD_STEPS, steps) if grad_steps is None else grad_steps
         if not 1 <= grad_steps <= steps:
@@ -177,12 +218,16 @@ class DDPO:
             raise ValueError(f"DDPO-SF: clip_range must be > 0 or None, got {clip_range}")
         if not isinstance(reuse, int) or reuse < 1:
             raise ValueError(f"DDPO-SF: reuse must be a positive integer, got {reuse!r}")
+        if not isinstance(history, int) or history < 0:
+            raise ValueError(f"DDPO-SF: history must be an integer >= 0 (0: the batch's statistics), got {history!r}")
         self.true_reward, self.latent_shape = true_reward, tuple(int(v) for v in latent_shape)
         self.steps, self.grad_steps, self.clip_range, self.reuse = steps, grad_steps, clip_range, reuse
         self.gradient_checkpointing = gradient_checkpointing
         self.elements = math.prod(self.latent_shape)  # D: Eq. 26's log-density is divided by it
         self.samples = 0  # decoded and scored samples so far, every rank's (the cost DDPO pays in rewards)
         self.rewards: list[float] = []  # mean finite true reward of each fresh batch
+        self.history = history  # per-prompt reward history length (0: off)
+        self.reward_history: dict[str, list[float]] = {}  # prompt -> its last `history` finite signed rewards
         self._stored: tuple | None = None  # (trajectory pieces, batch, advantages, keep, old lp) for reuse
         self._uses = 0
 
@@ -225,7 +270,7 @@ class DDPO:
         if bool(keep.any()):
             self.rewards.append(float(rewards[keep].mean()))
         signed = true.sign * torch.where(keep, rewards, torch.zeros_like(rewards))
-        adv = advantages_over_ranks(signed, prompt_keys(batch), keep)
+        adv = advantages_over_ranks(signed, prompt_keys(batch), keep, self.reward_history, self.history)
         old = (trajectory.log_probs / self.elements).detach()
         return trajectory, batch, adv.detach(), keep, old
 

@@ -74,6 +74,8 @@ class TuneConfig:
     surrogate_lr: float = 1e-4  # the concurrent surrogate's AdamW
     gradient_weight: float = 0.0  # "lrm", concurrent: its updates also match the reward's latent gradient (lrm_ft)
     grad_steps: int | None = None  # "ddpo": N (default 2); "direct": K (default 1)
+    prompt_history: int = 0  # "ddpo": normalise by each prompt's last H rewards once it has H (ddpo-pytorch's
+    #                          per-prompt stat tracker, 16 there); 0: by the batch's (lrm.tuning.ddpo)
     frames: int | None = None  # "direct" on video: latent frames decoded per sample (None: all)
     gradient_checkpointing: bool = True  # "ddpo", "direct": their student calls with gradient recompute their
     #                                      activations in backward (one step's held at a time, one more forward each)
@@ -113,6 +115,11 @@ class TuneConfig:
         if self.surrogate_lr != TuneConfig.surrogate_lr and not self.concurrent:
             raise ValueError(f"surrogate_lr {self.surrogate_lr!r} trains a concurrent surrogate: add concurrent "
                              "(--concurrent), or leave it out (a fitted surrogate stays frozen)")
+        if self.prompt_history and self.method != "ddpo":
+            raise ValueError(f"prompt_history sets DDPO-SF's per-prompt reward statistics; method {self.method!r} "
+                             "has none")
+        if not isinstance(self.prompt_history, int) or self.prompt_history < 0:
+            raise ValueError(f"prompt_history must be an integer >= 0, got {self.prompt_history!r}")
         if self.grad_steps is not None:
             if self.method == "lrm":
                 raise ValueError(f"grad_steps sets DDPO's N or direct's K (the sampling steps with gradient); method "
@@ -154,7 +161,7 @@ def build_term(config: TuneConfig, true_reward: TrueReward, latent_shape, real: 
     concurrent surrogate also trains on the batches' real latents."""
     if config.method == "ddpo":
         return DDPO(true_reward, latent_shape, steps=config.student_steps, grad_steps=config.grad_steps,
-                    gradient_checkpointing=config.gradient_checkpointing)
+                    gradient_checkpointing=config.gradient_checkpointing, history=config.prompt_history)
     if config.method == "direct":
         return DirectReward(true_reward, latent_shape, steps=config.student_steps, grad_steps=config.grad_steps or 1,
                             frames=config.frames, gradient_checkpointing=config.gradient_checkpointing)

@@ -32,7 +32,7 @@ STATE = "tune.json"  # the tuning state a checkpoint adds to the Distiller's
 GROWABLE = ("steps",)  # settings a rerun may change: more steps continue the run
 EXECUTION = ("autocast",)  # how the steps run, which a rerun may change too (like the device)
 # hook counters kept across a resume
-COUNTERS = ("fidelities", "gradient_cosines", "true_mean", "real_rows", "samples", "rewards")
+COUNTERS = ("fidelities", "gradient_cosines", "true_mean", "real_rows", "samples", "rewards", "reward_history")
 
 
 def _json(obj):
