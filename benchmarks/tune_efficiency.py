@@ -584,7 +584,10 @@ def parse(argv=None):
     parser.add_argument("--seed", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--run-dir", help=argparse.SUPPRESS)
     parser.add_argument("--surrogate", default=None, help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.prompt_history < 0 or args.prompt_history == 1:
+        parser.error(f"--prompt-history must be 0 (off) or 2 or more, got {args.prompt_history}")
+    return args
 
 
 def cosines(summary: dict) -> str:

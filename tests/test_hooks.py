@@ -483,6 +483,20 @@ def test_ddpo_with_a_prompt_history_keeps_it_across_updates_and_in_the_tuning_co
     assert {k: len(v) for k, v in term.reward_history.items()} == {"p": 2, "q": 2}
     with pytest.raises(ValueError, match="prompt_history sets DDPO-SF's per-prompt reward statistics"):
         TuneConfig(method="direct", prompt_history=2)
+    with pytest.raises(ValueError, match="one reward has no spread"):
+        TuneConfig(method="ddpo", prompt_history=1)
+
+
+def test_the_true_reward_scores_in_float32_inside_the_trainers_bf16_autocast():
+    """The hooks' gold labels (DDPO's rewards, the concurrent surrogate's labels, direct's scores) come from
+    TrueReward, which leaves the trainer's bf16 autocast for the decode and the reward: the same scores as
+    outside it. (In bf16 the dct decode moved jpeg-incompressibility by a tenth of a batch's spread.)"""
+    true = TrueReward(DCTCodec(), load_reward("colorfulness"))
+    latents = torch.randn(4, 1, 32, 8, 8, generator=torch.Generator().manual_seed(0))
+    plain = true(latents, None)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = true(latents, None)
+    assert inside.dtype == torch.float32 and torch.equal(inside, plain)
 
 
 def test_ddpo_term_is_reinforce_on_the_true_reward_and_skips_nan_rewards():

@@ -107,7 +107,8 @@ def tune(
     = not DEFAULTS["gradient_alignment"],
     bf16: Annotated[bool, typer.Option(
         "--bf16", help="Mixed precision: the loss terms' forward passes under bf16 autocast (weights, optimisers, "
-                       "samplers and evaluations stay float32). For GPUs; a rerun may change it.")]
+                       "samplers, the true reward and evaluations stay float32). For GPUs; a rerun may change it "
+                       "(records.json keeps the last run's).")]
     = DEFAULTS["autocast"] == "bf16",
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
 ) -> None:
@@ -161,6 +162,9 @@ def tune(
                                                 ("--gradient-weight", gradient_weight > 0)) if given]
     if method != "lrm" and surrogate_flags:
         raise typer.BadParameter(f"{' and '.join(surrogate_flags)}: for --method lrm, not {method}")
+    if prompt_history == 1:
+        raise typer.BadParameter("must be 0 (off) or 2 or more: one reward has no spread to normalise by",
+                                 param_hint="--prompt-history")
     if method != "ddpo" and prompt_history:
         raise typer.BadParameter(f"for --method ddpo (its per-prompt reward statistics), not {method}",
                                  param_hint="--prompt-history")

@@ -218,8 +218,9 @@ class DDPO:
             raise ValueError(f"DDPO-SF: clip_range must be > 0 or None, got {clip_range}")
         if not isinstance(reuse, int) or reuse < 1:
             raise ValueError(f"DDPO-SF: reuse must be a positive integer, got {reuse!r}")
-        if not isinstance(history, int) or history < 0:
-            raise ValueError(f"DDPO-SF: history must be an integer >= 0 (0: the batch's statistics), got {history!r}")
+        if not isinstance(history, int) or history < 0 or history == 1:
+            raise ValueError(f"DDPO-SF: history must be 0 (the batch's statistics) or an integer >= 2 (one reward has "
+                             f"no spread), got {history!r}")
         self.true_reward, self.latent_shape = true_reward, tuple(int(v) for v in latent_shape)
         self.steps, self.grad_steps, self.clip_range, self.reuse = steps, grad_steps, clip_range, reuse
         self.gradient_checkpointing = gradient_checkpointing

@@ -51,8 +51,11 @@ class TrueReward:
         return list(batch.prompts)
 
     def __call__(self, latents: torch.Tensor, prompts: list[str] | None) -> torch.Tensor:
-        """(B,) scores of latents (B, T', c, h, w); differentiable when the reward is and grad mode is on."""
-        return self.path(latents, prompts)
+        """(B,) scores of latents (B, T', c, h, w); differentiable when the reward is and grad mode is on. Always in
+        float32, also inside the trainer's bf16 autocast: the decode and the reward are the gold standard the hooks
+        learn from (bf16 moved jpeg-incompressibility by a tenth of a batch's spread)."""
+        with torch.autocast(latents.device.type, enabled=False):
+            return self.path(latents.float(), prompts)
 
     def finite(self, scores: torch.Tensor) -> torch.Tensor:
         """(B,) bool mask of finite scores; the others are counted in `nonfinite` (over every torchrun rank: each

@@ -89,7 +89,8 @@ class TuneConfig:
     gradient_alignment: bool = True  # monitor: record the surrogate's gradient alignment with a differentiable reward
     #                                  (a backward pass of the pixel reward per monitor sample and evaluation)
     autocast: str | None = None  # None (float32) or "bf16": the terms' forward passes under bf16 autocast (weights,
-    #                              optimisers, samplers and evaluations stay float32); a rerun may change it
+    #                              optimisers, samplers, the true reward and evaluations stay float32); a rerun may
+    #                              change it
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -118,8 +119,9 @@ class TuneConfig:
         if self.prompt_history and self.method != "ddpo":
             raise ValueError(f"prompt_history sets DDPO-SF's per-prompt reward statistics; method {self.method!r} "
                              "has none")
-        if not isinstance(self.prompt_history, int) or self.prompt_history < 0:
-            raise ValueError(f"prompt_history must be an integer >= 0, got {self.prompt_history!r}")
+        if not isinstance(self.prompt_history, int) or self.prompt_history < 0 or self.prompt_history == 1:
+            raise ValueError(f"prompt_history must be 0 (off) or an integer >= 2 (one reward has no spread), got "
+                             f"{self.prompt_history!r}")
         if self.grad_steps is not None:
             if self.method == "lrm":
                 raise ValueError(f"grad_steps sets DDPO's N or direct's K (the sampling steps with gradient); method "
@@ -135,7 +137,7 @@ class TuneConfig:
         for name in ("steps", "batch_size", "eval_every", "eval_prompts", "student_steps"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        if self.method == "ddpo" and self.batch_size < 2:
+        if self.method == "ddpo" and self.batch_size < 2 and not self.prompt_history:
             raise ValueError("ddpo normalises each reward by its batch's (per prompt, else the whole batch's): with "
                              f"batch_size {self.batch_size} every advantage is 0 and nothing is learnt; use 2 or more")
 
@@ -291,7 +293,7 @@ def tune(generator: nn.Module, true_reward: TrueReward, prompts: Sequence[str], 
     if run_dir is not None:
         run_dir = Path(run_dir)
         tune_run.check_settings(run_dir, {"tune": asdict(config), **(settings or {})}, asdict(TuneConfig()),
-                                write=main, world_size=world)
+                                write=main, world_size=distributed.world_size())  # as the trainer records it
         distributed.barrier()  # the folder and its config.json exist before any rank checkpoints
     student_extra = {"student_steps": config.student_steps, "latent_shape": list(latent_shape)}
     peak = 0.0  # max over the training steps of CUDA's peak allocation (reset before each step)
