@@ -136,7 +136,8 @@ def worker(args) -> None:
                         eval_every=args.eval_every, per_prompt=args.per_prompt, eval_prompts=args.eval_prompts,
                         seed=args.seed,
                         gradient_weight=args.surrogate_gradient_weight if args.method in CONCURRENT else 0.0,
-                        prompt_history=args.prompt_history if args.method == "ddpo" else 0)
+                        prompt_history=args.prompt_history if args.method == "ddpo" else 0,
+                        grad_steps=args.grad_steps if args.method == "ddpo" else None)
     settings = {"reward": args.reward, "from": str(run.run_dir), "prompts": prompts,
                 **({} if surrogate is None else {"surrogate": args.surrogate})}
     start = time.perf_counter()
@@ -267,6 +268,7 @@ def finished(run_dir: Path, method: str, seed: int, surrogate_lr: float | None, 
     return (same_machine and all(saved[k] == v for k, v in wanted.items())
             and saved.get("gradient_weight", 0.0) == weight
             and saved.get("prompt_history", 0) == (args.prompt_history if method == "ddpo" else 0)
+            and saved.get("grad_steps") == (args.grad_steps if method == "ddpo" else None)
             and result.get("surrogate") == surrogate and Path(result["student"]).resolve() == student.resolve())
 
 
@@ -287,16 +289,18 @@ def common_flags(args) -> list[str]:
 
 
 def matched_label(label: str, method: str, gradient_weight: float, surrogate_gradient_weight: float = 0.0,
-                  prompt_history: int = 0) -> str:
+                  prompt_history: int = 0, grad_steps: int | None = None) -> str:
     """A row's label (its runs' folders too), with "-gw<weight>" for a fitted method whose fit matches gradients,
-    "-cgw<weight>" for a concurrent method whose surrogate's updates do and "-h<H>" for DDPO-SF with a per-prompt
-    reward history."""
+    "-cgw<weight>" for a concurrent method whose surrogate's updates do, and for DDPO-SF "-h<H>" with a per-prompt
+    reward history and "-n<N>" with N steps carrying log-probs (not the default 2)."""
     if method in FITTED and gradient_weight:
         label = f"{label}-gw{gradient_weight:g}"
     if method in CONCURRENT and surrogate_gradient_weight:
         label = f"{label}-cgw{surrogate_gradient_weight:g}"
     if method == "ddpo" and prompt_history:
         label = f"{label}-h{prompt_history}"
+    if method == "ddpo" and grad_steps is not None:
+        label = f"{label}-n{grad_steps}"
     return label
 
 
@@ -348,6 +352,7 @@ def run_one(reward: str, label: str, method: str, surrogate_lr: float | None, se
                "--per-prompt", str(args.per_prompt), "--eval-prompts", str(args.eval_prompts), *common_flags(args),
                "--surrogate-gradient-weight", str(args.surrogate_gradient_weight),
                "--prompt-history", str(args.prompt_history),
+               *(["--grad-steps", str(args.grad_steps)] if args.grad_steps is not None else []),
                *(["--surrogate", surrogate] if surrogate is not None else [])]
     print(f"  {run_dir.name}: running ({args.steps} steps)", flush=True)
     measured = measure(command, f"run {run_dir}")
@@ -563,6 +568,8 @@ def parse(argv=None):
     parser.add_argument("--surrogate-gradient-weight", type=float, default=0.0,
                         help="lrm and lrm-warm: the concurrent surrogate's `lrm tune --gradient-weight` (0: off; "
                              "differentiable rewards only); rows labelled -cgw<W>")
+    parser.add_argument("--grad-steps", type=int, default=None,
+                        help="ddpo: `lrm tune --grad-steps` N, the sampling steps with log-probs (default: 2, DOLLAR's)")
     parser.add_argument("--prompt-history", type=int, default=0,
                         help="ddpo: `lrm tune --prompt-history` (ddpo-pytorch's per-prompt stat tracker; 0: off)")
     parser.add_argument("--per-prompt", type=int, default=4, help="monitor samples per prompt")
@@ -694,7 +701,7 @@ def main() -> None:
             print(f"{reward}: not run: {why}", flush=True)
             continue
         chosen = [(matched_label(label, method, args.fit_gradient_weight, args.surrogate_gradient_weight,
-                                 args.prompt_history), method, lr)
+                                 args.prompt_history, args.grad_steps), method, lr)
                   for label, method, lr in variants(args.methods, args.surrogate_lr)]
         fitted = [label for label, method, _ in chosen if method in FITTED]
         fit_refused = no_fit(reward, student, args.fit_gradient_weight) if fitted else None
@@ -716,7 +723,7 @@ def main() -> None:
             if method in FITTED:
                 summary = with_fit(summary, fits[reward], fits[reward]["shared_by"])
             rows.setdefault(reward, {})[label] = summary
-    ddpo = matched_label("ddpo", "ddpo", 0.0, 0.0, args.prompt_history)  # the DDPO-SF row LRM-FT is held to
+    ddpo = matched_label("ddpo", "ddpo", 0.0, 0.0, args.prompt_history, args.grad_steps)  # LRM-FT is held to it
     goals = {f"{reward} / {label}": goal(methods[label], methods[ddpo]) for reward, methods in rows.items()
              if ddpo in methods for label in methods if label.startswith("lrm")}
     print("\n" + table(rows, skipped, fits, goals, len(args.seeds)))

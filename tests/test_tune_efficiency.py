@@ -250,6 +250,7 @@ def test_the_table_shows_the_fit_as_its_own_row_and_the_fitted_times_with_and_wi
         ["lrm-frozen-gw3", "lrm-warm-slr0.001-gw3-cgw3", "lrm-slr0.001-cgw3"]
     assert [bench.matched_label(label, label, 0.0, 0.0, 16) for label in ("ddpo", "lrm-frozen")] == \
         ["ddpo-h16", "lrm-frozen"]  # DDPO-SF with a per-prompt reward history (lrm tune --prompt-history 16)
+    assert bench.matched_label("ddpo", "ddpo", 0.0, 0.0, 16, 4) == "ddpo-h16-n4"  # and log-probs of 4 steps
     assert "not differentiable" in bench.refusal("jpeg-compressibility", "lrm-warm", 3.0)
     assert bench.refusal("jpeg-compressibility", "lrm-warm", 0.0) is None
     assert bench.refusal("prompt-color", "lrm", 3.0) is None
