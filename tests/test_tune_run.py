@@ -157,6 +157,17 @@ def test_a_rerun_with_another_setting_is_refused_and_more_steps_continue(teacher
     tune_run.check_settings(tmp_path / "run", {**record, "start_weights": "0123456789ab"}, asdict(TuneConfig()))
 
 
+def test_ddpo_on_store_batches_groups_its_rewards_by_caption(teacher, tmp_path):
+    """With real data (CD's store) the batches carry the store's captions for DDPO-SF even when the reward reads no
+    text, so its per-prompt statistics key on the caption, not on token bytes that change with each batch's
+    padding."""
+    result = run_tune(teacher, tmp_path / "run", config(method="ddpo", concurrent=False, distill=("vsd", "cd"),
+                                                        prompt_history=2, batch_size=4))
+    history = result.term.reward_history
+    captions = set(LatentStore.open(teacher.parent / "store").prompts)
+    assert history and set(history) <= captions
+
+
 def test_cd_needs_real_latents_and_no_store_means_no_real_rows(teacher, tmp_path):
     with pytest.raises(ValueError, match="CD needs real latents"):
         run_tune(teacher, tmp_path / "cd", config(), store=False)

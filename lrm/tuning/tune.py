@@ -284,8 +284,10 @@ def tune(generator: nn.Module, true_reward: TrueReward, prompts: Sequence[str], 
     if store is not None:
         from lrm.tuning.run import store_batches
 
-        batches = store_batches(store, config.batch_size, config.seed, device, with_prompts=true_reward.spec.needs_text,
-                                rank=rank, world=world)
+        # DDPO-SF groups its rewards by caption (its tokens' bytes would differ with the padding of each batch)
+        batches = store_batches(store, config.batch_size, config.seed, device,
+                                with_prompts=true_reward.spec.needs_text or config.method == "ddpo", rank=rank,
+                                world=world)
     else:
         # every prompt embedded once, here: a resumed run conditions on the same embeddings (a prompt's embedding
         # moves by ~1e-6 with the prompts it is padded with, so embedding each step's batch would not resume exactly)
