@@ -284,11 +284,12 @@ def embedded_student_run(student_steps: int, device: str, video: bool = False) -
     from lrm import distributed
     from lrm.tuning.embedded import embedded_student, embedded_student_dir, is_cached, kind
 
-    if not is_cached(student_steps, video) and distributed.group_size() > 1:
+    cached = is_cached(student_steps, video)
+    if not cached and distributed.group_size() > 1:
         raise ValueError(f"the embedded {student_steps}-step {kind(video)} student is not distilled yet, and lrm tune "
                          "does not distil it under torchrun; run the same lrm tune once without torchrun (it "
                          "distils the student in a few minutes, then tunes), or pass --student RUN")
-    if not is_cached(student_steps, video):
+    if not cached:
         where = embedded_student_dir(student_steps, video)
         typer.echo(f"distilling the embedded {student_steps}-step {kind(video)} student into {where} (a few minutes, "
                    "once)", err=True)
@@ -328,8 +329,7 @@ def _run(reward_name, reward_options, run_path, distill, student_steps, store_pa
                           gradient_weight=gradient_weight, gradient_checkpointing=gradient_checkpointing,
                           autocast=autocast, prompt_history=prompt_history)
 
-    if distributed.group_size() > 1:  # before any work: each torchrun process takes an equal share of a batch
-        distributed.local_slice(batch_size, 0, distributed.group_size())
+    distributed.local_slice(batch_size, 0, distributed.group_size())  # before any work: an equal share per process
     pixel_reward = load_reward(reward_name, **reward_options)
     from lrm.rewards.custom import is_reference
 

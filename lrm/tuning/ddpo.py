@@ -130,20 +130,29 @@ def group_ids(keys: list) -> list[int]:
     return [ids.setdefault(k, len(ids)) for k in keys]
 
 
-def advantages(rewards: torch.Tensor, groups: list[int], keep: torch.Tensor) -> torch.Tensor:
-    """(B,) per-prompt normalised rewards (module docstring); 0 where `keep` is False."""
+def normalised_by_group(rewards: torch.Tensor, groups: list, keep: torch.Tensor, statistics) -> torch.Tensor:
+    """(B,) (r - mean) / (std + eps) within each group (`groups`: one label per sample), with the (mean, std) that
+    statistics(group, its kept rewards, (the batch's mean, std)) gives; 0 where `keep` is False."""
     out = torch.zeros_like(rewards)
     finite = rewards[keep]
     if finite.numel() == 0:
         return out
-    batch_mean, batch_std = finite.mean(), finite.std(unbiased=False)
-    ids = torch.tensor(groups, device=rewards.device)
-    for g in set(groups):
-        members = (ids == g) & keep
+    batch = (finite.mean(), finite.std(unbiased=False))
+    for group in dict.fromkeys(groups):
+        members = torch.tensor([g == group for g in groups], device=rewards.device) & keep
         r = rewards[members]
-        mean, std = (r.mean(), r.std(unbiased=False)) if r.numel() >= 2 else (batch_mean, batch_std)
-        out[members] = (r - mean) / (std + ADVANTAGE_EPS)
+        if r.numel():
+            mean, std = statistics(group, r, batch)
+            out[members] = (r - mean) / (std + ADVANTAGE_EPS)
     return out
+
+
+def advantages(rewards: torch.Tensor, groups: list[int], keep: torch.Tensor) -> torch.Tensor:
+    """(B,) per-prompt normalised rewards (module docstring); 0 where `keep` is False."""
+    def within_batch(group, r, batch):
+        return (r.mean(), r.std(unbiased=False)) if r.numel() >= 2 else batch
+
+    return normalised_by_group(rewards, groups, keep, within_batch)
 
 
 def tracked_advantages(rewards: torch.Tensor, keys: list, keep: torch.Tensor, history: dict[str, list[float]],
@@ -151,26 +160,16 @@ def tracked_advantages(rewards: torch.Tensor, keys: list, keep: torch.Tensor, hi
     """(B,) advantages from per-prompt reward histories (ddpo-pytorch's stat tracker; module docstring): each
     prompt's finite rewards join `history` (updated in place, its last `size` kept), then its samples are normalised
     by that history's mean and std when it holds `size` rewards, else by the batch's; 0 where `keep` is False."""
-    out = torch.zeros_like(rewards)
-    finite = rewards[keep]
-    if finite.numel() == 0:
-        return out
-    batch_mean, batch_std = finite.mean(), finite.std(unbiased=False)
-    names = [key if isinstance(key, str) else hashlib.sha1(key).hexdigest() for key in keys]  # JSON keys
-    for name in dict.fromkeys(names):
-        members = torch.tensor([n == name for n in names], device=rewards.device) & keep
-        r = rewards[members]
-        if r.numel() == 0:
-            continue
+    def from_history(name, r, batch):
         past = (history.get(name, []) + r.tolist())[-size:]
         history[name] = past
-        if len(past) >= size:
-            seen = torch.tensor(past, dtype=rewards.dtype, device=rewards.device)
-            mean, std = seen.mean(), seen.std(unbiased=False)
-        else:
-            mean, std = batch_mean, batch_std
-        out[members] = (r - mean) / (std + ADVANTAGE_EPS)
-    return out
+        if len(past) < size:
+            return batch
+        seen = torch.tensor(past, dtype=rewards.dtype, device=rewards.device)
+        return seen.mean(), seen.std(unbiased=False)
+
+    names = [key if isinstance(key, str) else hashlib.sha1(key).hexdigest() for key in keys]  # JSON keys
+    return normalised_by_group(rewards, names, keep, from_history)
 
 
 def advantages_over_ranks(rewards: torch.Tensor, keys: list, keep: torch.Tensor,

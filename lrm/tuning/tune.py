@@ -268,7 +268,8 @@ def tune(generator: nn.Module, true_reward: TrueReward, prompts: Sequence[str], 
     student = roles.module(STUDENT)
     lrm = roles.module(LRM) if LRM in roles else None
     world = distributed.group_size()
-    main = world == 1 or distributed.rank() == 0
+    rank = distributed.rank() if world > 1 else 0
+    main = rank == 0
     monitor = TuningMonitor(student, true_reward, prompts[: config.eval_prompts], text_encoder,
                             latent_shape=latent_shape, steps=config.student_steps, per_prompt=config.per_prompt,
                             seed=config.seed, surrogate=lrm,
@@ -280,7 +281,6 @@ def tune(generator: nn.Module, true_reward: TrueReward, prompts: Sequence[str], 
                                                       seed=config.seed, autocast=config.autocast),
                           weights={t.name: weights[t.name] for t in terms if t.name in weights})
     device = next(student.parameters()).device
-    rank = distributed.rank() if world > 1 else 0
     if store is not None:
         from lrm.tuning.run import store_batches
 
