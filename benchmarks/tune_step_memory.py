@@ -1,4 +1,5 @@
-"""Memory and time of ONE reward-tuning step (DOLLAR Tab. 8): the latent surrogate against the direct pixel path.
+"""Memory and time of ONE reward-tuning step (DOLLAR Tab. 8): the latent surrogate against the direct pixel path
+and against DDPO-SF's reward side.
 
 One step = forward and backward from a student's x0 latents to the student's parameters, for a clip of H
 frames at 192x320 (latents (1, H, c, 24, 40): c = 32 for taef2, whose shape is also the dct codec's; c = 4 for
@@ -10,6 +11,11 @@ the SD VAE fallback):
          image tower with HPSv2's architecture (open_clip's ViT-H-14 vision config, random init, frozen) ->
          cosine with a fixed unit text embedding (the stand-in for the prompt's HPSv2 text features), mean over
          frames -> -score -> backward
+  ddpo   DDPO-SF (DOLLAR Alg. 2): x0 is the mean of the student's Gaussian step; a sample x ~ N(x0, SIGMA^2) is
+         drawn and scored by the pixel path's decoder and tower WITHOUT gradient (the reward is a number), then
+         -R * log N(x; x0, SIGMA^2) (Eq. 26) -> backward. What the reward side costs a policy-gradient step: the
+         decoder and the tower in memory and their forward pass, no activations kept for backward. (Its student
+         side, N tracked student calls, is not in this benchmark: the stand-in is the same for every path.)
 The student is a stand-in for its last layer: a 1x1 convolution (c -> c channels) applied per frame to fixed
 penultimate features (H, c, 24, 40); its output is x0 and its weight and bias receive the gradient. Reward
 models and decoder are frozen (no parameter gradients), as in tuning.
@@ -19,7 +25,7 @@ Each (path, H) runs in a fresh subprocess: it imports everything both paths need
 the child's getrusage(RUSAGE_SELF).ru_maxrss minus that baseline (weights, activations and allocator caches);
 on CUDA torch.cuda.max_memory_allocated (weights, activations and the workspaces CUDA's libraries keep in
 PyTorch's allocator; those alone are recorded as library_mb). Time is the median of the timed steps
-(`--lrm-steps`, `--pixel-steps`). A CPU child is capped at `--memory-cap-gb` of data (RLIMIT_DATA, so an
+(`--lrm-steps`, `--pixel-steps`, the latter also the ddpo path's). A CPU child is capped at `--memory-cap-gb` of data (RLIMIT_DATA, so an
 allocation past it fails inside the child, which then reports the config as out of memory instead of the machine's
 OOM killer choosing a victim). A config whose predicted wall time (that of the path's largest H measured so far,
 scaled by the frame ratio) would overrun what is left of `--time-budget-s` is skipped and recorded as such;
@@ -49,7 +55,8 @@ HEIGHT, WIDTH = 192, 320  # frame size in pixels
 SPATIAL = 8  # both decoders upsample latents 8x
 CLIP_SIZE = 224  # HPSv2's (ViT-H-14's) input resolution
 TOWER = "ViT-H-14"  # HPSv2's architecture (open_clip config name)
-PATHS = ("lrm", "pixel")
+PATHS = ("lrm", "pixel", "ddpo")
+SIGMA = 0.1  # std of the DDPO path's Gaussian step (its value does not change the cost)
 DECODERS = ("taef2", "sd-vae")
 SD_VAE_CONFIG = dict(  # Stable Diffusion 1.x / 2.x VAE (diffusers AutoencoderKL config), 4 latent channels
     in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, block_out_channels=(128, 256, 512, 512),
@@ -88,7 +95,8 @@ def build_decoder(name: str):
 
 def build_pixel_reward(decoder: str, device):
     """reward(latents (1, H, c, h, w)) -> (1,): decode, resize to CLIP_SIZE, ViT-H-14 tower, cosine with a fixed
-    text embedding, mean over frames. Returns (reward, latent channels, frozen parameter count)."""
+    text embedding, mean over frames. Returns (reward, latent channels, frozen parameter count). The pixel and
+    ddpo paths share it."""
     import torch
     import torch.nn.functional as F
     from open_clip import get_model_config
@@ -164,7 +172,7 @@ def measure(path: str, frames: int, decoder: str, device_name: str, warmup: int,
         library = cuda_library_bytes(device)
         torch.cuda.reset_peak_memory_stats(device)
     channels = 32 if decoder == "taef2" else SD_VAE_CONFIG["latent_channels"]
-    if path == "pixel":
+    if path in ("pixel", "ddpo"):
         reward, channels, frozen = build_pixel_reward(decoder, device)
     else:
         reward, channels, frozen = build_lrm_reward(channels, frames, device)
@@ -173,13 +181,23 @@ def measure(path: str, frames: int, decoder: str, device_name: str, warmup: int,
     student = torch.nn.Conv2d(channels, channels, 1).to(device)  # stand-in for the student's last layer
     features = torch.randn(frames, channels, h, w, device=device)  # its fixed input (the penultimate features)
 
+    def loss_of(x0: torch.Tensor) -> torch.Tensor:
+        """The step's loss from the student's x0 (1, H, c, h, w)."""
+        if path != "ddpo":
+            return -reward(x0).sum()  # L_FT = -R (DOLLAR Eq. 11; the pixel path: ReFL's -R(decode(x0)))
+        from lrm.diffusion.samplers import gaussian_log_prob
+
+        with torch.no_grad():
+            sample = x0 + SIGMA * torch.randn_like(x0)  # x ~ N(x0, SIGMA^2): the student's step, drawn
+            score = reward(sample)  # (1,): decode + tower, no graph kept
+        return -(score * gaussian_log_prob(sample, x0, torch.tensor(SIGMA))).sum()  # Alg. 2: -R log p
+
     def step() -> tuple[float, float]:
         """One step's (wall seconds, this process's CPU seconds)."""
         student.zero_grad(set_to_none=True)
         start, start_cpu = time.perf_counter(), time.process_time()
         x0 = student(features).unsqueeze(0)  # (1, H, c, h, w): the student's x0 latents
-        loss = -reward(x0).sum()  # L_FT = -R (DOLLAR Eq. 11; the pixel path: ReFL's -R(decode(x0)))
-        loss.backward()
+        loss_of(x0).backward()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds, cpu = time.perf_counter() - start, time.process_time() - start_cpu
@@ -200,7 +218,8 @@ def measure(path: str, frames: int, decoder: str, device_name: str, warmup: int,
             "steps_s": [t for t, _ in times], "steps_cpu_s": [c for _, c in times], "warmup_s": [t for t, _ in warm],
             "latent_shape":
             [1, frames, channels, h, w], "frozen_parameters": frozen,
-            "model": surrogate_preset(frames) if path == "lrm" else f"{decoder} decoder + {TOWER} image tower"}
+            "model": surrogate_preset(frames) if path == "lrm" else f"{decoder} decoder + {TOWER} image tower"
+            + (" (no gradient)" if path == "ddpo" else "")}
 
 
 def child_main(args) -> None:
@@ -223,7 +242,7 @@ def child_main(args) -> None:
 def run_child(path: str, frames: int, args) -> dict:
     command = [sys.executable, __file__, "--child", str(frames), "--path", path, "--decoder", args.decoder,
                "--device", args.device, "--steps", str(args.lrm_steps if path == "lrm" else args.pixel_steps),
-               "--warmup", str(args.lrm_warmup if path == "lrm" else args.pixel_warmup),
+               "--warmup", str(args.lrm_warmup if path == "lrm" else args.pixel_warmup),  # ddpo: the pixel path's
                "--threads", str(args.threads),
                "--memory-cap-gb", str(args.memory_cap_gb)]
     start = time.perf_counter()
@@ -279,29 +298,41 @@ def format_row(row: dict) -> str:
             + (f"  of which CUDA libraries {row['library_mb']:.1f} MB" if row.get("library_mb") is not None else ""))
 
 
+def measured_others(rows: list[dict]) -> list[str]:
+    """The paths besides lrm that `rows` measured, in PATHS order: what the LRM step is compared against."""
+    return [path for path in PATHS[1:] if any(r["path"] == path for r in rows)]
+
+
 def ratio_table(rows: list[dict]) -> list[dict]:
     """Per H: each path's peak memory and step time (median wall and CPU seconds), and the LRM step's as a share
-    of the pixel path's (None where either is missing)."""
+    of each other path's (`memory_share_pixel`, `time_share_cpu_ddpo`, ...; None where either is missing)."""
     by = {(r["path"], r["frames"]): r for r in rows}
     table = []
     for frames in sorted({r["frames"] for r in rows}):
-        lrm, pixel = by.get(("lrm", frames), {}), by.get(("pixel", frames), {})
-        both = lrm.get("status") == "ok" and pixel.get("status") == "ok"
-        entry = {"frames": frames, "lrm_status": lrm.get("status"), "pixel_status": pixel.get("status")}
-        for key in ("peak_mb", "step_s", "step_cpu_s"):
-            entry[f"lrm_{key}"], entry[f"pixel_{key}"] = lrm.get(key), pixel.get(key)
-        entry["memory_share"] = lrm["peak_mb"] / pixel["peak_mb"] if both else None
-        entry["time_share_wall"] = lrm["step_s"] / pixel["step_s"] if both else None
-        entry["time_share_cpu"] = lrm["step_cpu_s"] / pixel["step_cpu_s"] if both else None
+        entry = {"frames": frames}
+        for path in ("lrm", *measured_others(rows)):
+            row = by.get((path, frames), {})
+            entry[f"{path}_status"] = row.get("status")
+            for key in ("peak_mb", "step_s", "step_cpu_s"):
+                entry[f"{path}_{key}"] = row.get(key)
+        for other in measured_others(rows):
+            both = entry["lrm_status"] == "ok" and entry[f"{other}_status"] == "ok"
+            for share, key in (("memory_share", "peak_mb"), ("time_share_wall", "step_s"), ("time_share_cpu", "step_cpu_s")):
+                entry[f"{share}_{other}"] = entry[f"lrm_{key}"] / entry[f"{other}_{key}"] if both else None
         table.append(entry)
     return table
 
 
+LABELS = {"pixel": "pixel", "ddpo": "DDPO-SF"}
+
+
 def markdown(table: list[dict], device: str) -> str:
-    """The table of docs/tuning.md. CPU: step times in CPU seconds of the (one-thread) child, which other jobs on a
-    shared machine do not inflate as they do wall time; CUDA: wall seconds."""
+    """The tables of docs/tuning.md: memory, then time, each path's and the LRM step's share of the others'. CPU:
+    step times in CPU seconds of the (one-thread) child, which other jobs on a shared machine do not inflate as they
+    do wall time; CUDA: wall seconds."""
     clock, unit = ("step_cpu_s", "CPU s") if device == "cpu" else ("step_s", "s")
     share = "time_share_cpu" if device == "cpu" else "time_share_wall"
+    others = [path for path in PATHS[1:] if f"{path}_status" in table[0]]
 
     def cell(entry: dict, path: str, key: str, fmt: str) -> str:
         if entry[f"{path}_status"] != "ok":
@@ -311,12 +342,16 @@ def markdown(table: list[dict], device: str) -> str:
     def percent(value) -> str:
         return f"{value:.3%}" if value is not None else "—"
 
-    lines = [f"| H | LRM peak (MB) | pixel peak (MB) | LRM / pixel memory | LRM step ({unit}) | pixel step ({unit}) | "
-             "LRM / pixel time |", "|---|---|---|---|---|---|---|"]
+    header = ["H", "LRM peak (MB)"] + [f"{LABELS[o]} peak (MB)" for o in others] \
+        + [f"LRM / {LABELS[o]} memory" for o in others] + [f"LRM step ({unit})"] \
+        + [f"{LABELS[o]} step ({unit})" for o in others] + [f"LRM / {LABELS[o]} time" for o in others]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in table:
-        memory = f"{cell(r, 'lrm', 'peak_mb', ',.1f')} | {cell(r, 'pixel', 'peak_mb', ',.0f')}"
-        time_ = f"{cell(r, 'lrm', clock, '.3g')} | {cell(r, 'pixel', clock, '.3g')}"
-        lines.append(f"| {r['frames']} | {memory} | {percent(r['memory_share'])} | {time_} | {percent(r[share])} |")
+        cells = [str(r["frames"]), cell(r, "lrm", "peak_mb", ",.1f")] \
+            + [cell(r, o, "peak_mb", ",.0f") for o in others] + [percent(r[f"memory_share_{o}"]) for o in others] \
+            + [cell(r, "lrm", clock, ".3g")] + [cell(r, o, clock, ".3g") for o in others] \
+            + [percent(r[f"{share}_{o}"]) for o in others]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -332,8 +367,8 @@ def main() -> None:
     parser.add_argument("--lrm-steps", type=int, default=10, help="the LRM path's timed steps after one warm-up "
                         "(median reported)")
     parser.add_argument("--lrm-warmup", type=int, default=1, help="the LRM path's untimed steps first")
-    parser.add_argument("--pixel-steps", type=int, default=3, help="the pixel path's timed steps")
-    parser.add_argument("--pixel-warmup", type=int, default=1, help="the pixel path's untimed steps first (0 on a "
+    parser.add_argument("--pixel-steps", type=int, default=3, help="the pixel and ddpo paths' timed steps")
+    parser.add_argument("--pixel-warmup", type=int, default=1, help="the pixel and ddpo paths' untimed steps first (0 on a "
                         "busy CPU: in a trial its first step cost what the next did, 22.5 s vs 22.8 s wall at H = 1)")
     parser.add_argument("--steps", type=int, help=argparse.SUPPRESS)  # internal: a child's timed steps
     parser.add_argument("--warmup", type=int, help=argparse.SUPPRESS)  # internal: a child's untimed steps
@@ -376,8 +411,9 @@ def main() -> None:
         "surrogate": f"{DEFAULT_PRESETS['video']} (H = 1: {DEFAULT_PRESETS['image']})",
         "reward_tower": f"{TOWER} image tower (open_clip config, random init)",
         "student": "1x1 conv stand-in for the student's last layer", "device": args.device,
-        "threads": args.threads, "timed_steps": {"lrm": args.lrm_steps, "pixel": args.pixel_steps},
-        "warmup_steps": {"lrm": args.lrm_warmup, "pixel": args.pixel_warmup},
+        "threads": args.threads, "paths": args.paths, "ddpo_sigma": SIGMA,
+        "timed_steps": {"lrm": args.lrm_steps, "pixel": args.pixel_steps, "ddpo": args.pixel_steps},
+        "warmup_steps": {"lrm": args.lrm_warmup, "pixel": args.pixel_warmup, "ddpo": args.pixel_warmup},
         "frames_order": args.frames, "memory_cap_gb": args.memory_cap_gb,
         "time_budget_s": args.time_budget_s, "torch": torch.__version__, "python": platform.python_version(),
         "machine": platform.machine(), "cpu_count": os.cpu_count(), "rows": rows, "table": table})
