@@ -141,6 +141,21 @@ def build_lrm_reward(channels: int, frames: int, device):
     return surrogate, channels, sum(p.numel() for p in surrogate.parameters())
 
 
+def step_loss(path: str, reward, x0):
+    """One step's loss from the student's x0 (B, H, c, h, w): lrm and pixel -R(x0) (DOLLAR Eq. 11; the pixel path is
+    ReFL's -R(decode(x0))); ddpo -R(x) log N(x; x0, SIGMA^2) with x drawn and R scored without gradient (Alg. 2)."""
+    import torch
+
+    if path != "ddpo":
+        return -reward(x0).sum()
+    from lrm.diffusion.samplers import gaussian_log_prob
+
+    with torch.no_grad():
+        sample = x0 + SIGMA * torch.randn_like(x0)  # x ~ N(x0, SIGMA^2): the student's step, drawn
+        score = reward(sample)  # (B,): decode + tower, no graph kept
+    return -(score * gaussian_log_prob(sample, x0, torch.tensor(SIGMA))).sum()
+
+
 def cuda_library_bytes(device) -> int:
     """What CUDA's libraries keep in PyTorch's allocator once used (cuBLAS's workspaces, ...): a matrix product and a
     convolution, forward and backward, on throwaway tensors; the memory still allocated after them. It is part of
@@ -181,23 +196,12 @@ def measure(path: str, frames: int, decoder: str, device_name: str, warmup: int,
     student = torch.nn.Conv2d(channels, channels, 1).to(device)  # stand-in for the student's last layer
     features = torch.randn(frames, channels, h, w, device=device)  # its fixed input (the penultimate features)
 
-    def loss_of(x0: torch.Tensor) -> torch.Tensor:
-        """The step's loss from the student's x0 (1, H, c, h, w)."""
-        if path != "ddpo":
-            return -reward(x0).sum()  # L_FT = -R (DOLLAR Eq. 11; the pixel path: ReFL's -R(decode(x0)))
-        from lrm.diffusion.samplers import gaussian_log_prob
-
-        with torch.no_grad():
-            sample = x0 + SIGMA * torch.randn_like(x0)  # x ~ N(x0, SIGMA^2): the student's step, drawn
-            score = reward(sample)  # (1,): decode + tower, no graph kept
-        return -(score * gaussian_log_prob(sample, x0, torch.tensor(SIGMA))).sum()  # Alg. 2: -R log p
-
     def step() -> tuple[float, float]:
         """One step's (wall seconds, this process's CPU seconds)."""
         student.zero_grad(set_to_none=True)
         start, start_cpu = time.perf_counter(), time.process_time()
         x0 = student(features).unsqueeze(0)  # (1, H, c, h, w): the student's x0 latents
-        loss_of(x0).backward()
+        step_loss(path, reward, x0).backward()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds, cpu = time.perf_counter() - start, time.process_time() - start_cpu
