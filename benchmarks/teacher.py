@@ -28,6 +28,8 @@ and evaluated the same way (results/teacher_<variant>.json):
                    mapped back to the codec's latents before FD and decoding (here only: its run folder records
                    the plain codec, so `lrm sample` on it decodes standardised latents as they are)
   --preset NAME    another DiT size (lrm.generators.dit.DIT_PRESETS), e.g. dit-m1: dit-s1's patch at 5x the parameters
+  --prediction P   another output parameterisation (lrm.diffusion), e.g. x0: trained on the MSE of x0 instead of
+                   DOLLAR's conjugate v (x0 - eps)
   --images N       trained on N procedural images of the same world instead of the embedded 2,048 (its store beside
                    the embedded one); evaluated on the same prompts, so the record counts how many of them its
                    larger store holds
@@ -100,11 +102,12 @@ class StandardisedStore:
 
 
 def variant_name(steps: int | None, standardise: str | None, images: int | None = None,
-                 preset: str | None = None, codec: str | None = None) -> str | None:
-    """"steps4500", "standardised", "standardised-luma-steps4500", "images8192", "dit-m1", "taef2"; None for the
-    embedded teacher."""
+                 preset: str | None = None, codec: str | None = None, prediction: str | None = None) -> str | None:
+    """"steps4500", "standardised", "standardised-luma-steps4500", "images8192", "dit-m1", "taef2", "x0"; None for
+    the embedded teacher."""
     scaled = {None: [], "all": ["standardised"], "luma": ["standardised-luma"]}[standardise]
-    parts = ([preset] if preset is not None else []) + ([codec] if codec is not None else []) + scaled \
+    parts = ([preset] if preset is not None else []) + ([codec] if codec is not None else []) \
+        + ([prediction] if prediction is not None else []) + scaled \
         + ([f"images{images}"] if images is not None else []) + ([f"steps{steps}"] if steps is not None else [])
     return "-".join(parts) or None
 
@@ -138,10 +141,12 @@ def video_init(codec: str | None) -> str | None:
 
 
 def train(video: bool, steps: int | None = None, standardise: str | None = None, images: int | None = None,
-          preset: str | None = None, codec: str | None = None) -> tuple[dict, StandardisedStore | None]:
+          preset: str | None = None, codec: str | None = None,
+          prediction: str | None = None) -> tuple[dict, StandardisedStore | None]:
     """Train (or find) the embedded teacher, or a variant of the image teacher; time its store and training
     stages, and the peak memory. Returns the record and, for --standardise, the standardised store."""
-    run, variant, scaled = embedded_run_dir(video), variant_name(steps, standardise, images, preset, codec), None
+    run, scaled = embedded_run_dir(video), None
+    variant = variant_name(steps, standardise, images, preset, codec, prediction)
     if variant is not None:
         run = run.with_name(f"{run.name}-{variant}")
     cached = (run / "model" / "config.json").exists()
@@ -157,7 +162,8 @@ def train(video: bool, steps: int | None = None, standardise: str | None = None,
         store = variant_store(images, codec)
         scaled = StandardisedStore(store, standardise) if standardise else None
         embedded = EMBEDDED["image"].teacher
-        config = replace(embedded, steps=steps or embedded.steps, preset=preset or embedded.preset)
+        config = replace(embedded, steps=steps or embedded.steps, preset=preset or embedded.preset,
+                         prediction=prediction or embedded.prediction)
         train_teacher(scaled or store, config, run, resume=True, progress=True)
     total = time.perf_counter() - started
     history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -232,6 +238,8 @@ def main() -> None:
                         help="variant: the image teacher trained on per-channel standardised latents")
     parser.add_argument("--preset", choices=[name for name in DIT_PRESETS if name != EMBEDDED["image"].teacher.preset],
                         help="variant: the image teacher at another DiT size")
+    parser.add_argument("--prediction", choices=("eps", "v", "x0"),
+                        help="variant: the image teacher trained in this output parameterisation")
     parser.add_argument("--images", type=int, help="variant: the image teacher trained on this many procedural images")
     parser.add_argument("--codec", help="variant: the image teacher trained on the same images in this latent space")
     parser.add_argument("--out", type=Path, help="default: results/teacher.json, results/teacher_<variant>.json")
@@ -240,10 +248,10 @@ def main() -> None:
         args.codec = None  # the embedded teacher's own
     if args.standardise is not None and args.codec is not None:
         parser.error("--standardise rescales the dct codec's luma and chroma channels: leave out --codec")
-    variant = variant_name(args.steps, args.standardise, args.images, args.preset, args.codec)
+    variant = variant_name(args.steps, args.standardise, args.images, args.preset, args.codec, args.prediction)
     if variant is not None and variant != args.codec and args.video:
-        parser.error("--steps, --standardise, --images and --preset make variants of the image teacher: leave out "
-                     "--video")
+        parser.error("--steps, --standardise, --images, --preset and --prediction make variants of the image teacher: "
+                     "leave out --video")
     for flag, value in (("--steps", args.steps), ("--images", args.images)):
         if value is not None and value < 1:
             parser.error(f"{flag} must be a positive integer, got {value}")
@@ -251,7 +259,8 @@ def main() -> None:
 
     kind = "video" if args.video else "image"
     entry = EMBEDDED[kind]
-    training, scaled = train(args.video, args.steps, args.standardise, args.images, args.preset, args.codec)
+    training, scaled = train(args.video, args.steps, args.standardise, args.images, args.preset, args.codec,
+                             args.prediction)
     if training["cached"] and args.out.is_file():  # evaluated again: keep the training as measured when it ran
         earlier = json.loads(args.out.read_text()).get("training", {})
         if earlier.get("run") == training["run"] and not earlier.get("cached"):
@@ -323,7 +332,9 @@ def main() -> None:
     store_config = replace(entry.store, codec=codec_name) if args.video else variant_store_config(args.images, args.codec)
     result = {"kind": kind, "store": json.loads(json.dumps(store_config.__dict__)),
               "teacher": json.loads(json.dumps(replace(embedded_config(args.video), steps=training["steps"], init=init,
-                                                        preset=args.preset or entry.teacher.preset).__dict__)),
+                                                        preset=args.preset or entry.teacher.preset,
+                                                        prediction=args.prediction or entry.teacher.prediction
+                                                        ).__dict__)),
               "standardised_latents": args.standardise, "training": training,
               "evaluation": {"prompts": args.prompts, "seeds": args.seeds, "reference": args.reference,
                              "eval_seed": EVAL_SEED, "sampler": "DDIM eta 0, 50 steps (999..19)",

@@ -25,10 +25,11 @@ Each (path, H) runs in a fresh subprocess: it imports everything both paths need
 the child's getrusage(RUSAGE_SELF).ru_maxrss minus that baseline (weights, activations and allocator caches);
 on CUDA torch.cuda.max_memory_allocated (weights, activations and the workspaces CUDA's libraries keep in
 PyTorch's allocator; those alone are recorded as library_mb). Time is the median of the timed steps
-(`--lrm-steps`, `--pixel-steps`, the latter also the ddpo path's). A CPU child is capped at `--memory-cap-gb` of data (RLIMIT_DATA, so an
-allocation past it fails inside the child, which then reports the config as out of memory instead of the machine's
-OOM killer choosing a victim). A config whose predicted wall time (that of the path's largest H measured so far,
-scaled by the frame ratio) would overrun what is left of `--time-budget-s` is skipped and recorded as such;
+(`--lrm-steps`; `--pixel-steps` for the pixel and ddpo paths). A CPU child is capped at `--memory-cap-gb` of data
+(RLIMIT_DATA, so an allocation past it fails inside the child, which then reports the config as out of memory
+instead of the machine's OOM killer choosing a victim). A config whose predicted wall time (that of the path's
+largest H measured so far, scaled by the frame ratio) would overrun what is left of `--time-budget-s` is skipped
+and recorded as such;
 `--frames` may come in any order, so the H that matters most can run first. Prints a table, writes JSON.
 
     LRM_WEIGHTS=../shared/data/weights/taesd OMP_NUM_THREADS=1 python benchmarks/tune_step_memory.py
@@ -321,7 +322,8 @@ def ratio_table(rows: list[dict]) -> list[dict]:
                 entry[f"{path}_{key}"] = row.get(key)
         for other in measured_others(rows):
             both = entry["lrm_status"] == "ok" and entry[f"{other}_status"] == "ok"
-            for share, key in (("memory_share", "peak_mb"), ("time_share_wall", "step_s"), ("time_share_cpu", "step_cpu_s")):
+            for share, key in (("memory_share", "peak_mb"), ("time_share_wall", "step_s"),
+                               ("time_share_cpu", "step_cpu_s")):
                 entry[f"{share}_{other}"] = entry[f"lrm_{key}"] / entry[f"{other}_{key}"] if both else None
         table.append(entry)
     return table

@@ -55,7 +55,8 @@ def row(path, frames, peak, cpu, status="ok"):
 
 def test_the_table_gives_the_lrm_steps_share_of_each_other_path(bench):
     rows = [row("lrm", 1, 20.0, 0.01), row("lrm", 8, 40.0, 0.02), row("pixel", 1, 2000.0, 10.0),
-            {"path": "pixel", "frames": 8, "status": "skipped"}, row("ddpo", 1, 1000.0, 5.0), row("ddpo", 8, 4000.0, 8.0)]
+            {"path": "pixel", "frames": 8, "status": "skipped"}, row("ddpo", 1, 1000.0, 5.0),
+            row("ddpo", 8, 4000.0, 8.0)]
     one, eight = bench.ratio_table(rows)
     assert one["memory_share_pixel"] == pytest.approx(0.01) and one["memory_share_ddpo"] == pytest.approx(0.02)
     assert one["time_share_cpu_ddpo"] == pytest.approx(0.002)
