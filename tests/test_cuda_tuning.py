@@ -28,6 +28,9 @@ pytestmark = [pytest.mark.skipif(DEVICE == "cuda" and not torch.cuda.is_availabl
               pytest.mark.usefixtures("one_thread", "exact_float32")]  # tests/conftest.py
 runner = CliRunner(env={"COLUMNS": "300"})
 TEACHER = ("--preset", "dit-xs", "--size", "64", "--steps", "4", "--batch-size", "4")
+# (run folder, device) of each comparison: distinct folders, so that with LRM_TEST_DEVICE=cpu the second is a run of
+# its own and not a rerun of the first (which would find it finished and compare the CPU run with itself)
+RUNS = (("cpu", "cpu"), ("device", DEVICE))
 
 
 @pytest.fixture
@@ -95,12 +98,12 @@ def test_teacher_training_on_the_device_gives_the_cpu_teacher(runs, tmp_path, de
 
 
 def test_sampling_on_the_device_gives_the_cpu_latents(runs, tmp_path, denoiser_devices):
-    for device in ("cpu", DEVICE):  # index.json does not record the device: the DiT's inputs show where it ran
+    for name, device in RUNS:  # index.json does not record the device: the DiT's inputs show where it ran
         denoiser_devices.clear()
         lrm("sample", runs["image"], "--prompt", "a red circle on a blue background", "--steps", "5",
-            "--per-prompt", "2", "--device", device, "--out", tmp_path / device, "--quiet")
+            "--per-prompt", "2", "--device", device, "--out", tmp_path / name, "--quiet")
         assert denoiser_devices and set(denoiser_devices) == {torch.device(device).type}, device
-    cpu, dev = (load_file(tmp_path / d / "latents.safetensors") for d in ("cpu", DEVICE))
+    cpu, dev = (load_file(tmp_path / name / "latents.safetensors") for name, _ in RUNS)
     assert cpu.keys() and cpu.keys() == dev.keys()
     assert all(torch.allclose(cpu[k], dev[k], rtol=1e-4, atol=1e-4) for k in cpu)
 
@@ -108,12 +111,12 @@ def test_sampling_on_the_device_gives_the_cpu_latents(runs, tmp_path, denoiser_d
 @pytest.mark.parametrize("kind, losses", [("image", "vsd,cd"), ("video", "adm,sdm2d")])
 def test_distillation_on_the_device_logs_the_cpu_losses(runs, kind, losses, tmp_path):
     extra = ("--video", "--image-teacher", runs["image"]) if kind == "video" else ()
-    for device in ("cpu", DEVICE):
+    for name, device in RUNS:
         lrm("distill", "--teacher", runs[kind], *extra, "--losses", losses, "--student-steps", "2", "--steps", "2",
-            "--batch-size", "2", "--eval-every", "2", "--device", device, "--out", tmp_path / device, "--quiet")
-    cpu, dev = train_losses(tmp_path / "cpu"), train_losses(tmp_path / DEVICE)
+            "--batch-size", "2", "--eval-every", "2", "--device", device, "--out", tmp_path / name, "--quiet")
+    cpu, dev = (train_losses(tmp_path / name) for name, _ in RUNS)
     assert len(cpu) == 2 and close(cpu, dev), (cpu, dev)
-    records = [json.loads(line) for line in (tmp_path / DEVICE / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (tmp_path / "device" / "metrics.jsonl").read_text().splitlines()]
     peaks = [r["peak_memory_mb"] for r in records if r["split"] == "train"]
     assert all(p > 0 for p in peaks) if DEVICE.startswith("cuda") else all(p is None for p in peaks)
 
@@ -121,6 +124,7 @@ def test_distillation_on_the_device_logs_the_cpu_losses(runs, kind, losses, tmp_
 TUNE_VARIANTS = {  # id: (reward, generator: "--student" or "--teacher" and its run, method and its options)
     "lrm": ("colorfulness", ("--student", "student"), ("--method", "lrm", "--concurrent")),
     "ddpo": ("colorfulness", ("--student", "student"), ("--method", "ddpo")),
+    "ddpo-prompt-history": ("colorfulness", ("--student", "student"), ("--method", "ddpo", "--prompt-history", "2")),
     "direct": ("colorfulness", ("--student", "student"), ("--method", "direct")),
     "lrm-matched-kl": ("colorfulness", ("--student", "student"),
                        ("--method", "lrm", "--concurrent", "--gradient-weight", "1", "--kl-weight", "0.1")),
@@ -136,10 +140,10 @@ TUNE_VARIANTS = {  # id: (reward, generator: "--student" or "--teacher" and its 
 @pytest.mark.parametrize("variant", list(TUNE_VARIANTS))
 def test_each_tuning_method_on_the_device_gives_the_cpu_run(runs, variant, tmp_path):
     reward, (flag, generator), method = TUNE_VARIANTS[variant]
-    for device in ("cpu", DEVICE):
+    for name, device in RUNS:
         lrm("tune", reward, flag, runs[generator], *method, "--steps", "2", "--batch-size", "2", "--lr", "1e-3",
-            "--eval-every", "2", "--per-prompt", "2", "--device", device, "--out", tmp_path / device)
-    cpu, dev = (json.loads((tmp_path / d / "records.json").read_text()) for d in ("cpu", DEVICE))
+            "--eval-every", "2", "--per-prompt", "2", "--device", device, "--out", tmp_path / name)
+    cpu, dev = (json.loads((tmp_path / name / "records.json").read_text()) for name, _ in RUNS)
     assert len(cpu["losses"]) == 2 and len(cpu["records"]) == 2  # so that close() compares something
     # DDPO's loss, -sum(A * lp) over a batch whose advantages cancel within each prompt, is a small difference of
     # O(1) terms: on 8-frame clips it kept 1e-5 of the devices' rounding (-0.000701 vs -0.000715 on an H200)
@@ -169,3 +173,16 @@ def test_bf16_autocast_distils_with_finite_losses_on_the_device():
     logs = distiller.fit(on_device, 2)
     assert all(math.isfinite(v) for log in logs for v in log.losses.values()), [log.losses for log in logs]
     assert distiller.skipped == {name: 0 for name in distiller.skipped} and distiller.updates["student"] == 2
+
+
+def test_bf16_tuning_on_the_device_evaluates_in_float32(runs, tmp_path):
+    """`lrm tune --bf16` autocasts the training steps only: its evaluations (sampling, decoding, the true reward) stay
+    float32, so the untuned student's first record is the float32 CPU run's, and the steps' losses are finite."""
+    for (name, device), extra in zip(RUNS, ((), ("--bf16",))):
+        lrm("tune", "prompt-color", "--student", runs["student"], "--method", "lrm", "--concurrent", *extra,
+            "--steps", "2", "--batch-size", "2", "--lr", "1e-3", "--eval-every", "2", "--per-prompt", "2",
+            "--device", device, "--out", tmp_path / name)
+    cpu, dev = (json.loads((tmp_path / name / "records.json").read_text()) for name, _ in RUNS)
+    keys = ("step", "gold", "proxy", "diversity")
+    assert close({k: cpu["records"][0][k] for k in keys}, {k: dev["records"][0][k] for k in keys})
+    assert len(dev["losses"]) == 2 and all(math.isfinite(v) for log in dev["losses"] for v in log.values()), dev["losses"]
