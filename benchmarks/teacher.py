@@ -57,6 +57,7 @@ import numpy as np
 import torch
 
 from lrm.datasets.encoding import EncodeConfig, encode
+from lrm.diffusion.parameterisations import PREDICTIONS
 from lrm.datasets.store import LatentStore
 from lrm.evaluation import alignment, latent_frechet_distance
 from lrm.evaluation.vendi import pixel_diversity
@@ -238,7 +239,8 @@ def main() -> None:
                         help="variant: the image teacher trained on per-channel standardised latents")
     parser.add_argument("--preset", choices=[name for name in DIT_PRESETS if name != EMBEDDED["image"].teacher.preset],
                         help="variant: the image teacher at another DiT size")
-    parser.add_argument("--prediction", choices=("eps", "v", "x0"),
+    parser.add_argument("--prediction", choices=[name for name in PREDICTIONS  # flow needs a flow schedule
+                                                 if name not in (EMBEDDED["image"].teacher.prediction, "flow")],
                         help="variant: the image teacher trained in this output parameterisation")
     parser.add_argument("--images", type=int, help="variant: the image teacher trained on this many procedural images")
     parser.add_argument("--codec", help="variant: the image teacher trained on the same images in this latent space")

@@ -20,7 +20,7 @@ The student is a stand-in for its last layer: a 1x1 convolution (c -> c channels
 penultimate features (H, c, 24, 40); its output is x0 and its weight and bias receive the gradient. Reward
 models and decoder are frozen (no parameter gradients), as in tuning.
 
-Each (path, H) runs in a fresh subprocess: it imports everything both paths need, records its resident memory
+Each (path, H) runs in a fresh subprocess: it imports everything the paths need, records its resident memory
 (the idle baseline), builds its models, takes one warm-up step and the timed steps. Peak memory on CPU is
 the child's getrusage(RUSAGE_SELF).ru_maxrss minus that baseline (weights, activations and allocator caches);
 on CUDA torch.cuda.max_memory_allocated (weights, activations and the workspaces CUDA's libraries keep in
@@ -56,7 +56,8 @@ HEIGHT, WIDTH = 192, 320  # frame size in pixels
 SPATIAL = 8  # both decoders upsample latents 8x
 CLIP_SIZE = 224  # HPSv2's (ViT-H-14's) input resolution
 TOWER = "ViT-H-14"  # HPSv2's architecture (open_clip config name)
-PATHS = ("lrm", "pixel", "ddpo")
+PATHS = ("lrm", "pixel", "ddpo")  # lrm first: every other path is what the LRM step is compared against
+LABELS = {"pixel": "pixel", "ddpo": "DDPO-SF"}  # the other paths' names in the table
 SIGMA = 0.1  # std of the DDPO path's Gaussian step (its value does not change the cost)
 DECODERS = ("taef2", "sd-vae")
 SD_VAE_CONFIG = dict(  # Stable Diffusion 1.x / 2.x VAE (diffusers AutoencoderKL config), 4 latent channels
@@ -174,7 +175,8 @@ def cuda_library_bytes(device) -> int:
 def measure(path: str, frames: int, decoder: str, device_name: str, warmup: int, steps: int, threads: int) -> dict:
     """One config: build, `warmup` untimed steps, `steps` timed steps; the facts as a dict."""
     import torch
-    import open_clip  # noqa: F401  (imported by both paths, so both baselines hold the same modules)
+    import open_clip  # noqa: F401  (imported by every path, so every baseline holds the same modules)
+    import lrm.diffusion.samplers  # noqa: F401  (the ddpo path's log-prob)
     import lrm.models  # noqa: F401
 
     if device_name == "cpu" or decoder == "sd-vae":  # CUDA's peak is its allocator's, whatever is imported
@@ -329,13 +331,10 @@ def ratio_table(rows: list[dict]) -> list[dict]:
     return table
 
 
-LABELS = {"pixel": "pixel", "ddpo": "DDPO-SF"}
-
-
 def markdown(table: list[dict], device: str) -> str:
-    """The tables of docs/tuning.md: memory, then time, each path's and the LRM step's share of the others'. CPU:
-    step times in CPU seconds of the (one-thread) child, which other jobs on a shared machine do not inflate as they
-    do wall time; CUDA: wall seconds."""
+    """The table of docs/tuning.md: each path's memory, the LRM step's share of the others', then the same for time.
+    CPU: step times in CPU seconds of the (one-thread) child, which other jobs on a shared machine do not inflate as
+    they do wall time; CUDA: wall seconds."""
     clock, unit = ("step_cpu_s", "CPU s") if device == "cpu" else ("step_s", "s")
     share = "time_share_cpu" if device == "cpu" else "time_share_wall"
     others = [path for path in PATHS[1:] if f"{path}_status" in table[0]]
@@ -374,8 +373,9 @@ def main() -> None:
                         "(median reported)")
     parser.add_argument("--lrm-warmup", type=int, default=1, help="the LRM path's untimed steps first")
     parser.add_argument("--pixel-steps", type=int, default=3, help="the pixel and ddpo paths' timed steps")
-    parser.add_argument("--pixel-warmup", type=int, default=1, help="the pixel and ddpo paths' untimed steps first (0 on a "
-                        "busy CPU: in a trial its first step cost what the next did, 22.5 s vs 22.8 s wall at H = 1)")
+    parser.add_argument("--pixel-warmup", type=int, default=1,
+                        help="the pixel and ddpo paths' untimed steps first (0 on a busy CPU: in a trial the pixel "
+                             "path's first step cost what the next did, 22.5 s vs 22.8 s wall at H = 1)")
     parser.add_argument("--steps", type=int, help=argparse.SUPPRESS)  # internal: a child's timed steps
     parser.add_argument("--warmup", type=int, help=argparse.SUPPRESS)  # internal: a child's untimed steps
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: comparable on shared machines)")
@@ -403,7 +403,7 @@ def main() -> None:
             parser.error("--device cuda: torch sees no CUDA device here; run on a GPU machine or use --device cpu")
     args.decoder = resolve_decoder(args.decoder)
     print(f"decoder {args.decoder}, device {args.device}, {args.threads} thread(s), warm-up + timed steps: lrm "
-          f"{args.lrm_warmup} + {args.lrm_steps}, pixel {args.pixel_warmup} + {args.pixel_steps}", flush=True)
+          f"{args.lrm_warmup} + {args.lrm_steps}, pixel and ddpo {args.pixel_warmup} + {args.pixel_steps}", flush=True)
     rows = sweep(args)
     table = ratio_table(rows)
     print(markdown(table, args.device))

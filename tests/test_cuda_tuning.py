@@ -175,9 +175,10 @@ def test_bf16_autocast_distils_with_finite_losses_on_the_device():
     assert distiller.skipped == {name: 0 for name in distiller.skipped} and distiller.updates["student"] == 2
 
 
-def test_bf16_tuning_on_the_device_evaluates_in_float32(runs, tmp_path):
-    """`lrm tune --bf16` autocasts the training steps only: its evaluations (sampling, decoding, the true reward) stay
-    float32, so the untuned student's first record is the float32 CPU run's, and the steps' losses are finite."""
+def test_bf16_tuning_on_the_device_starts_from_the_float32_evaluation_with_finite_losses(runs, tmp_path):
+    """`lrm tune --bf16` autocasts the training steps only, not the run: its first evaluation (sampling, decoding and
+    the true reward of the untuned student, before any step) is the float32 CPU run's, and its losses are finite.
+    (Later records follow weights trained in bf16, so they differ from the float32 run's by design.)"""
     for (name, device), extra in zip(RUNS, ((), ("--bf16",))):
         lrm("tune", "prompt-color", "--student", runs["student"], "--method", "lrm", "--concurrent", *extra,
             "--steps", "2", "--batch-size", "2", "--lr", "1e-3", "--eval-every", "2", "--per-prompt", "2",
@@ -185,4 +186,5 @@ def test_bf16_tuning_on_the_device_evaluates_in_float32(runs, tmp_path):
     cpu, dev = (json.loads((tmp_path / name / "records.json").read_text()) for name, _ in RUNS)
     keys = ("step", "gold", "proxy", "diversity")
     assert close({k: cpu["records"][0][k] for k in keys}, {k: dev["records"][0][k] for k in keys})
-    assert len(dev["losses"]) == 2 and all(math.isfinite(v) for log in dev["losses"] for v in log.values()), dev["losses"]
+    finite = all(math.isfinite(v) for log in dev["losses"] for v in log.values())
+    assert len(dev["losses"]) == 2 and finite, dev["losses"]
