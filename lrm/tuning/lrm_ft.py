@@ -207,9 +207,8 @@ class LRMFineTune:
         prompts = true.prompts(batch, self.name)
         prompts = prompts * len(parts) if prompts is not None else None
         matching = self.gradient_weight > 0
-        if matching:  # labels and the reward's latent gradient from one decode, in float32 (as TrueReward's)
-            with torch.autocast(merged.device.type, enabled=False):
-                labels, reference = true.path.scored_gradient(merged.float(), prompts)
+        if matching:  # labels and the reward's latent gradient from one decode
+            labels, reference = true.scored_gradient(merged, prompts)
             if reference is None:
                 raise ValueError(f"reward {true.name!r} says it is differentiable but its scores carry no gradient; "
                                  "leave out gradient_weight")

@@ -27,7 +27,7 @@ from lrm.names import unknown_name
 from lrm.tuning.adm import ADM
 from lrm.tuning.cd import CD, GRID_STEPS
 from lrm.tuning.sdm2d import FRAMES as SDM2D_FRAMES, SDM2D
-from lrm.tuning.trainer import AUTOCAST
+from lrm.tuning.trainer import check_autocast
 from lrm.tuning.vsd import VSD
 
 LOSSES = {"vsd": VSD, "cd": CD, "adm": ADM, "sdm2d": SDM2D}
@@ -56,9 +56,7 @@ def check_job(job: DistillJob) -> None:
     for name in job.losses:
         if name not in LOSSES:
             raise KeyError(unknown_name("loss", name, LOSSES, "Pass them comma-separated, e.g. --losses vsd,cd."))
-    if job.autocast not in AUTOCAST:
-        raise ValueError(f"autocast must be one of {list(AUTOCAST)}, got {job.autocast!r} (fp16 is not supported: "
-                         "its range overflows in distillation; use bf16)")
+    check_autocast(job.autocast)
     if len(set(job.losses)) != len(job.losses):
         raise ValueError(f"--losses names a term twice ({','.join(job.losses)}); name each once")
     if job.student_steps not in STUDENT_STEPS:

@@ -37,6 +37,13 @@ DEFAULT_WEIGHTS = {"cd": 0.5}  # beta_CD (DOLLAR Sec. 7.3); every other term 1.0
 AUTOCAST = {None: None, "bf16": torch.bfloat16}
 
 
+def check_autocast(autocast: str | None) -> None:
+    """ValueError unless `autocast` is a key of AUTOCAST (fp16 is refused with the reason)."""
+    if autocast not in AUTOCAST:
+        raise ValueError(f"autocast must be one of {list(AUTOCAST)}, got {autocast!r} (fp16 is not supported: its "
+                         "range overflows in distillation; use bf16)")
+
+
 @dataclass
 class DistillConfig:
     """How the loop runs (the terms carry their own hyper-parameters)."""
@@ -51,9 +58,7 @@ class DistillConfig:
 
     def __post_init__(self) -> None:
         self.latent_shape = tuple(int(v) for v in self.latent_shape)
-        if self.autocast not in AUTOCAST:
-            raise ValueError(f"autocast must be one of {list(AUTOCAST)}, got {self.autocast!r} (fp16 is not "
-                             "supported: use bf16)")
+        check_autocast(self.autocast)
         if not isinstance(self.student_steps, int) or self.student_steps < 1:
             raise ValueError(f"student_steps must be a positive integer (DOLLAR: 1, 2 or 4), "
                              f"got {self.student_steps!r}")

@@ -57,6 +57,13 @@ class TrueReward:
         with torch.autocast(latents.device.type, enabled=False):
             return self.path(latents.float(), prompts)
 
+    def scored_gradient(self, latents: torch.Tensor, prompts: list[str] | None
+                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(scores (B,), d score / d latents (B, T', c, h, w) or None: PixelPathReward.scored_gradient) from one
+        decode, in float32 as __call__."""
+        with torch.autocast(latents.device.type, enabled=False):
+            return self.path.scored_gradient(latents.float(), prompts)
+
     def finite(self, scores: torch.Tensor) -> torch.Tensor:
         """(B,) bool mask of finite scores; the others are counted in `nonfinite` (over every torchrun rank: each
         calls this for its share of the batch)."""

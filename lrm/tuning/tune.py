@@ -53,7 +53,7 @@ from lrm.tuning.lrm_ft import LRM, LRMFineTune, check_gradient_weight, surrogate
 from lrm.tuning.memory import TrainingMemory, peak_rss_mb
 from lrm.tuning.monitor import TuningMonitor, TuningRecord
 from lrm.tuning.roles import STUDENT, Role, Roles, adamw, build_roles, frozen_copy
-from lrm.tuning.trainer import AUTOCAST, DistillConfig, Distiller, StepLog
+from lrm.tuning.trainer import DistillConfig, Distiller, StepLog, check_autocast
 from lrm.tuning.true_reward import TrueReward
 from lrm.tuning.vsd import VSD
 
@@ -95,9 +95,7 @@ class TuneConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {list(METHODS)}, got {self.method!r}")
-        if self.autocast not in AUTOCAST:
-            raise ValueError(f"autocast must be one of {list(AUTOCAST)}, got {self.autocast!r} (fp16 is not "
-                             "supported: its range overflows; use bf16)")
+        check_autocast(self.autocast)
         if self.frames is not None and self.method != "direct":
             raise ValueError(f"frames selects the frames that method 'direct' decodes (got {self.method!r})")
         self.distill = tuple(self.distill)
