@@ -18,6 +18,7 @@ import typer
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
+from lrm.configs import DistillJob
 from lrm.datasets.encoding import EncodeConfig, encode
 from lrm.generators import build_dit, load_denoiser, save_denoiser
 from lrm.generators.training import TeacherConfig, train_teacher
@@ -90,6 +91,37 @@ def test_an_image_student_distils_logs_and_exports(teachers, tmp_path):
     assert saved["student_steps"] == 2 and saved["latent_shape"] == [1, 32, 8, 8] and saved["step"] == 3
     student, teacher = (load_file(p / "model" / "model.safetensors") for p in (out, teachers["image"]))
     assert any(not torch.equal(student[k], teacher[k]) for k in teacher)
+
+
+def test_a_log_of_non_finite_samples_is_recorded_not_raised(teachers, tmp_path, monkeypatch):
+    """A student that makes NaN at one fixed-seed log: the run goes on, that log records NaN measures and how many
+    samples were non-finite (its measures would raise, and a resume would die at the same log again)."""
+    import lrm.tuning.distill_log as distill_log
+
+    real = distill_log.student_latents
+
+    calls: list[int] = []
+
+    def nan_at_step_1(*args):  # the second log: step 1
+        calls.append(1)
+        latents = real(*args)
+        return latents.fill_(float("nan")) if len(calls) == 2 else latents
+
+    monkeypatch.setattr(distill_log, "student_latents", nan_at_step_1)
+    out = tmp_path / "student"
+    result = distill("--teacher", str(teachers["image"]), "--losses", "vsd", "--student-steps", "1", "--steps",
+                     "3", "--eval-every", "1", "--batch-size", "2", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    evals = records(out, "eval")
+    assert [r["step"] for r in evals] == [0, 1, 2, 3]
+    bad = evals[1]
+    job = DistillJob()
+    assert bad["nonfinite"] == job.eval_prompts * job.eval_seeds  # every sample of that log
+    assert math.isnan(bad["frechet"]) and math.isnan(bad["vendi"]) and math.isnan(bad["alignment"]["shape"])
+    assert bad["alignment"]["motion"] is None  # images
+    assert all(r["nonfinite"] == 0 and r["frechet"] >= 0 for r in evals if r is not bad)
+    assert (out / bad["grid"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "nan" in (out / "report.html").read_text().lower()
 
 
 def test_bf16_distils_in_mixed_precision_and_a_rerun_may_change_it(teachers, tmp_path):

@@ -218,6 +218,42 @@ def test_bad_inputs_get_clear_errors():
         LatentDiT(C, D, depth=1, width=36, heads=5, patch=2)
     with pytest.raises(ValueError, match="depth must be a positive integer, got 0"):
         LatentDiT(C, D, depth=0, width=32, heads=2, patch=2)
+    with pytest.raises(ValueError, match="unknown prediction type 'epsilon'"):
+        tiny(prediction="epsilon")  # refused when built, not when first sampled
+    with pytest.raises(ValueError, match="eps model on a flow schedule cannot give x0 at sigma = 1"):
+        tiny(prediction="eps", schedule_config={"type": "flow", "shift": 3.0, "num_timesteps": 1000})
+
+
+def test_a_damaged_saved_model_is_named_with_the_fix_in_one_line(tmp_path):
+    """A truncated weights file, weights of another size, a config without dimensions or not JSON at all: one line
+    naming the file, not safetensors' or torch's multi-line errors."""
+    def damaged(name, change) -> str:
+        folder = save_denoiser(tiny(), tmp_path / name)
+        change(folder)
+        with pytest.raises(ValueError) as caught:
+            load_denoiser(folder)
+        message = str(caught.value)
+        assert "\n" not in message and str(folder) in message and "rerun the command that wrote it" in message
+        return message
+
+    def edit_config(**changes):
+        def change(folder):
+            config = json.loads((folder / "config.json").read_text())
+            config.update(changes)
+            (folder / "config.json").write_text(json.dumps({k: v for k, v in config.items() if v is not None}))
+        return change
+
+    def truncate(folder):
+        path = folder / "model.safetensors"
+        path.write_bytes(path.read_bytes()[:1000])
+
+    assert "cannot be read as safetensors" in damaged("truncated", truncate)
+    wider = damaged("wider", lambda f: edit_config(dimensions={**tiny().dimensions(), "width": 64})(f))
+    assert "does not hold the weights config.json describes" in wider
+    assert "has no \"dimensions\"" in damaged("no-dimensions", edit_config(dimensions=None))
+    assert "do not build a DiT" in damaged("unknown-dimension", edit_config(dimensions={**tiny().dimensions(),
+                                                                                          "colour": 3}))
+    assert "is not valid JSON" in damaged("not-json", lambda f: (f / "config.json").write_text("{'a': 1"))
 
 
 def test_preset_parameter_counts_are_pinned():

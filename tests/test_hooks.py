@@ -358,6 +358,32 @@ def test_noise_aware_lrm_ft_scores_noised_samples():
         LRMFineTune(noise_aware=True).generator_loss(Step(plain, b, x_hat, g))
 
 
+def test_a_frozen_surrogate_is_tuned_in_the_tuned_rewards_direction_not_the_one_it_was_fitted_with():
+    """`lrm fit m.py:fn` then `lrm tune m.py:fn -o higher_is_better=false --surrogate RUN`: the records call lower
+    better, so the student must be pushed down the surrogate even though it was fitted as higher-is-better."""
+    from dataclasses import replace
+
+    from lrm.tuning.tune import TuneConfig, build_term
+
+    class Darkness(Brightness):
+        spec = replace(Brightness.spec, higher_is_better=False)
+
+    roles = student_roles()
+    fitted = surrogate()
+    fitted.info.reward_spec = {"name": "mean-brightness", "kind": "image", "higher_is_better": True}
+    roles.add(surrogate_role(fitted, roles.module(STUDENT), SHAPE, reward="mean-brightness"))
+    b = batch()
+    x_hat = student_sample(roles.module(STUDENT), b, SHAPE, 1, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        z = fitted(x_hat, standardised=True)
+    for reward, s in ((Brightness(), 1.0), (Darkness(), -1.0)):
+        term = build_term(TuneConfig(method="lrm"), TrueReward(codec(), reward), SHAPE)
+        loss = term.generator_loss(Step(roles, b, x_hat, torch.Generator().manual_seed(1)))
+        torch.testing.assert_close(loss.detach(), -s * z.float())
+    with pytest.raises(ValueError, match="contradicts the true reward"):
+        LRMFineTune(TrueReward(codec(), Brightness()), sign=-1.0)
+
+
 # ---------------------------------------------------------------- DDPO-SF
 
 

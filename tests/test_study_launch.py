@@ -113,6 +113,8 @@ def test_launch_refuses_bad_input_with_one_line(words_runs, tmp_path):  # noqa: 
         ([*base, *student, "--regularisers", "concurrent", "--seeds", "0,x", "--out", str(tmp_path)],
          "seeds must be integers"),
         ([*base, *student, "--regularisers", "concurrent"], "--out DIR"),
+        ([*base, *student, "--regularisers", "concurrent", "--lr", "0", "--out", str(tmp_path)],
+         "Invalid value for '--lr': must be a finite number > 0"),  # by typer, not by the first arm's tune
         ([*base, *student, "--run", str(tmp_path), "--out", str(tmp_path)], "give one of them"),
         (["study", "overopt"], "give --run RUN"),
     ]

@@ -337,6 +337,18 @@ def test_every_role_of_a_distill_job_lives_on_the_teachers_device():
     assert devices == dict.fromkeys(devices, {"meta"})
 
 
+def test_a_distill_job_keeps_an_ema_student_only_for_cd():
+    """Only CD reads the EMA student (its target network): a job without CD (AVDM2's adm,sdm2d, VSD alone) neither
+    holds nor updates nor checkpoints a copy of the student."""
+    from lrm.configs import DistillJob
+    from lrm.tuning.run import build_distiller
+
+    teacher = tiny_dit(frames=1, seed=1).to("meta")
+    for losses, has_ema in ((("vsd", "cd"), True), (("cd",), True), (("vsd",), False), (("adm",), False)):
+        distiller = build_distiller(DistillJob(losses=losses), teacher, (1, C, H, W))
+        assert (EMA in distiller.roles) is has_ema, losses
+
+
 def test_the_distill_jobs_discriminator_head_is_drawn_from_its_seed_not_the_global_rng():
     """lrm.tuning.run.build_distiller: the same job.seed builds the same head whatever the caller's RNG did
     before (benchmarks rerun over seeds in one process), another seed another head; the global RNG is untouched."""
@@ -443,6 +455,23 @@ def test_a_checkpoint_written_again_replaces_the_old_one_and_leaves_no_folder_be
     distiller.fit(micro_batches, 0, run_dir=tmp_path)  # step 0 again: the untrained student saved twice
     root = tmp_path / "checkpoints"
     assert sorted(p.name for p in root.iterdir()) == ["latest", "step-00000000"]
+
+
+def test_the_next_save_removes_what_a_killed_save_left_behind(tmp_path):
+    """SIGKILL skips a save's cleanup: its half-written folder, and an older copy of a step set aside for
+    rewriting, stay. The next save removes them, except a set-aside copy of a step whose folder is missing (then
+    the only copy of that checkpoint)."""
+    distiller = make_distiller()
+    distiller.fit(micro_batches, 1, run_dir=tmp_path, checkpoint_every=1)
+    root = tmp_path / "checkpoints"
+    half = root / ".step-00000002.abc123"  # a save of step 2 killed while writing
+    set_aside = root / ".step-00000001.replaced.def456"  # step 1 rewritten, killed after the second rename
+    only_copy = root / ".step-00000007.replaced.ghi789"  # step 7 killed between the two renames
+    for folder in (half, set_aside, only_copy):
+        folder.mkdir()
+        (folder / "student.safetensors").write_bytes(b"x" * 1000)
+    distiller.fit(micro_batches, 2, run_dir=tmp_path, checkpoint_every=1)
+    assert sorted(p.name for p in root.iterdir()) == [only_copy.name, "latest", "step-00000001", "step-00000002"]
 
 
 def test_the_student_exports_as_a_few_step_generator_run(tmp_path):

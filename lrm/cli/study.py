@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 import typer
 
 from lrm.cli.errors import USER_ERRORS, exit_with_message
-from lrm.cli.options import check_device
+from lrm.cli.options import check_device, check_positive
 from lrm.config_diff import refuse_run_folder
 
 # lrm.studies.overopt.StudyConfig's defaults
@@ -96,7 +96,8 @@ def overopt(
                                                              "procedural captions).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(min=1, help="--launch: prompts per update.")] = None,
     per_prompt: Annotated[Optional[int], typer.Option(min=2, help="--launch: evaluation samples per prompt.")] = None,
-    lr: Annotated[Optional[float], typer.Option(min=0.0, help="--launch: the student's learning rate.")] = None,
+    lr: Annotated[Optional[float], typer.Option(callback=check_positive,
+                                                help="--launch: the student's learning rate (> 0).")] = None,
 ) -> None:
     """Analyse a tuning run for over-optimisation, or (--launch) run and compare one per regulariser.
 

@@ -41,6 +41,6 @@ def add_noise(x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, abar: torch.
         raise ValueError(f"add_noise: t must have shape ({x0.shape[0]},), got {tuple(t.shape)}")
     if x0.shape != eps.shape:
         raise ValueError(f"add_noise: x0 {tuple(x0.shape)} and eps {tuple(eps.shape)} must have the same shape")
-    a = abar.to(x0.device)[t.long().to(x0.device)]  # (B,) in abar's precision: 1 - abar at small t needs it
-    a = a.reshape(-1, *([1] * (x0.ndim - 1)))
-    return a.sqrt().to(x0.dtype) * x0 + (1 - a).sqrt().to(x0.dtype) * eps
+    a = abar.cpu()[t.long().cpu()]  # (B,) in abar's precision (1 - abar at small t needs it), on the CPU (MPS has
+    a = a.reshape(-1, *([1] * (x0.ndim - 1)))  # no float64)
+    return a.sqrt().to(x0.device, x0.dtype) * x0 + (1 - a).sqrt().to(x0.device, x0.dtype) * eps

@@ -50,10 +50,11 @@ class Schedule(Protocol):
     def config(self) -> dict: ...
 
 
-def _shaped(values: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor:
-    """values with t's shape (float64) -> as is, or (B, 1, ..., 1) / scalar in x's dtype and device."""
+def _shaped(values: torch.Tensor, x: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+    """values with t's shape (float64, computed on the CPU: MPS has no float64) -> on t's `device` (float32 on
+    MPS), or (B, 1, ..., 1) / scalar in x's dtype and device."""
     if x is None:
-        return values
+        return values.to(device, torch.float32 if device.type == "mps" else values.dtype)
     if values.ndim == 1:
         if values.shape[0] != x.shape[0]:
             raise ValueError(f"timesteps have batch {values.shape[0]} but x has batch {x.shape[0]}")
@@ -95,14 +96,15 @@ class VPSchedule:
         """t: int or (B,) integer timesteps in 0..T-1 -> (alpha, sigma), float64 shaped like t; with x
         (B, ...) given, shaped (B, 1, ..., 1) in x's dtype and device, ready to multiply x."""
         t = torch.as_tensor(t)
+        device, t = t.device, t.cpu()
         if t.is_floating_point() and not torch.equal(t, t.round()):
             raise ValueError("VP timesteps must be integers 0..T-1; got fractional values")
         t = t.long()
         if t.numel() and (t.min() < 0 or t.max() >= self.num_timesteps):
             raise ValueError(f"VP timesteps must lie in 0..{self.num_timesteps - 1}, "
                              f"got {int(t.min())}..{int(t.max())}")
-        abar = self._abar.to(t.device)[t]
-        return _shaped(abar.sqrt(), x), _shaped((1 - abar).sqrt(), x)
+        abar = self._abar[t]
+        return _shaped(abar.sqrt(), x, device), _shaped((1 - abar).sqrt(), x, device)
 
     def timesteps(self, num_steps: int) -> torch.Tensor:
         """(num_steps,) int64 sampling grid, noisiest first (trailing spacing: DOLLAR's grids)."""
@@ -126,7 +128,8 @@ def shift_sigma(sigma: torch.Tensor, shift: float) -> torch.Tensor:
 
 
 # FlowSchedule.grid: the sampling grid's reference. "scheduler": diffusers' FlowMatchEulerDiscreteScheduler
-# set_timesteps(n) (SD3, Wan, lrm's own flow DiTs); "flux": FluxPipeline's sigmas = linspace(1, 1/n, n), shifted once
+# set_timesteps(n) (SD3, lrm's own flow DiTs; Wan, whose pipeline's UniPC solver spaces its steps otherwise: lrm samples
+# it with DDIM / Euler on this grid); "flux": FluxPipeline's sigmas = linspace(1, 1/n, n), shifted once
 FLOW_GRIDS = ("scheduler", "flux")
 
 
@@ -151,11 +154,12 @@ class FlowSchedule:
         """t: float or (B,) model timesteps in [0, T] -> (alpha, sigma) = (1 - t/T, t/T), float64 shaped
         like t; with x (B, ...) given, shaped (B, 1, ..., 1) in x's dtype and device."""
         t = torch.as_tensor(t)
+        device, t = t.device, t.cpu()
         if t.numel() and (t.min() < 0 or t.max() > self.num_timesteps):
             raise ValueError(f"flow timesteps must lie in [0, {self.num_timesteps}], "
                              f"got {float(t.min())}..{float(t.max())}")
         sigma = t.to(torch.float64) / self.num_timesteps
-        return _shaped(1 - sigma, x), _shaped(sigma, x)
+        return _shaped(1 - sigma, x, device), _shaped(sigma, x, device)
 
     def timesteps(self, num_steps: int) -> torch.Tensor:
         """(num_steps,) float32 sampling grid, noisiest first, shifted sigmas times T, equal to

@@ -32,8 +32,9 @@ schedules; FlowMatchEulerDiscreteScheduler, or any scheduler with use_flow_sigma
 flow_prediction (Wan's UniPC), -> "flow" with `shift` (or `flow_shift`). With use_dynamic_shifting
 (FLUX) the shift depends on the image: shift = exp(mu), mu linear in the number of packed latent
 tokens (FluxPipeline's calculate_shift), computed for the adapter's `latent_size` (default: the
-pipeline's 1024 px). A flow schedule samples on its pipeline's grid: FLUX on FluxPipeline's (sigmas
-linspace(1, 1/n, n), shifted once), the others on the scheduler's set_timesteps grid (FlowSchedule.grid).
+pipeline's 1024 px). A flow schedule samples on FluxPipeline's grid for FLUX (sigmas linspace(1, 1/n, n), shifted
+once) and on FlowMatchEulerDiscreteScheduler's set_timesteps grid for the others (FlowSchedule.grid): SD3's own;
+Wan's pipeline samples with UniPC on another spacing, which lrm's DDIM / Euler samplers do not reproduce.
 EDM schedulers (sigma_data / sigma_min / sigma_max without beta_schedule: EDMEulerScheduler,
 EDMDPMSolverMultistepScheduler, as Playground v2.5 ships) are refused: lrm has no EDM preconditioning.
 The model's timesteps are lrm's: integers 0..T-1 on VP, sigma * T on flow.

@@ -43,7 +43,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from lrm.diffusion.schedules import Schedule, schedule_from_config
+from lrm.diffusion.parameterisations import check_prediction
+from lrm.diffusion.schedules import FlowSchedule, Schedule, schedule_from_config
 from lrm.models.timestep import sinusoidal_embedding
 
 DEFAULT_PREDICTION = "conjugate-v"  # DOLLAR Eq. 13: the network regresses x0 - eps
@@ -211,8 +212,11 @@ class LatentDiT(nn.Module):
         self.text_dim = text_dim  # D of the text encoder's tokens
         self.frames = frames  # latent frames of the clips it is made for; 1: an image model (no temporal layers)
         self.depth, self.width, self.heads, self.patch, self.mlp_ratio = depth, width, heads, patch, mlp_ratio
-        self.prediction = prediction  # what the network outputs (a parameterisation lrm.diffusion knows)
+        self.prediction = check_prediction(prediction)  # what the network outputs (a parameterisation lrm.diffusion knows)
         self.schedule_config = dict(schedule_config or DEFAULT_SCHEDULE)  # lrm.diffusion.schedules.schedule_from_config reads it
+        if isinstance(self.schedule, FlowSchedule) and prediction == "eps":  # (also checks the schedule config)
+            raise ValueError("LatentDiT: an eps model on a flow schedule cannot give x0 at sigma = 1 (alpha = 0), where "
+                             "sampling starts; use prediction 'flow' (or 'x0', 'v', 'conjugate-v')")
         self.gradient_checkpointing = gradient_checkpointing  # recompute blocks in backward (less memory, ~30% slower)
         self.codec_settings: dict | None = None  # Codec.settings() of the latents it was trained on (set by the trainer)
         self.text_encoder_id: str | None = None  # lrm.text id of the tokens it was trained on (set by the trainer)

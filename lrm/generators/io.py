@@ -24,6 +24,7 @@ WEIGHTS_NAME = "model.safetensors"
 FORMAT = "lrm-denoiser"
 FORMAT_VERSION = 2  # 2: a video DiT adds its frame positions inside temporal attention only (1: to every token)
 ARCHITECTURE = "latent-dit"  # the only architecture this format holds so far
+DAMAGED = "the folder is damaged: rerun the command that wrote it (`lrm teacher train`, `lrm distill`, `lrm tune`)"
 
 
 class DenoiserMismatchError(ValueError):
@@ -70,7 +71,12 @@ def read_config(directory: str | Path) -> dict:
         if not (directory / name).is_file():
             raise FileNotFoundError(f"{directory / name} not found: a saved denoiser is a folder with {CONFIG_NAME} "
                                     f"and {WEIGHTS_NAME} (written by save_denoiser)")
-    config = json.loads((directory / CONFIG_NAME).read_text())
+    try:
+        config = json.loads((directory / CONFIG_NAME).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{directory / CONFIG_NAME} is not valid JSON ({exc}); {DAMAGED}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{directory / CONFIG_NAME} does not hold a JSON object; {DAMAGED}")
     version = config.get("format_version")
     if config.get("format") != FORMAT or version not in (1, FORMAT_VERSION):
         raise ValueError(f"{directory / CONFIG_NAME} is not an lrm denoiser of format {FORMAT} v{FORMAT_VERSION} "
@@ -117,9 +123,24 @@ def load_denoiser(directory: str | Path, codec_settings: dict | None = None, tex
     if config.get("architecture") != ARCHITECTURE:
         raise ValueError(f"{directory / CONFIG_NAME}: unknown denoiser architecture {config.get('architecture')!r}; "
                          f"this lrm loads {ARCHITECTURE!r}")
+    if not isinstance(config.get("dimensions"), dict):
+        raise ValueError(f"{directory / CONFIG_NAME} has no \"dimensions\" of the model; {DAMAGED}")
     check_compatible(config, codec_settings, text_encoder_id, str(directory))
-    model = LatentDiT(**config["dimensions"])
+    try:
+        model = LatentDiT(**config["dimensions"])
+    except (TypeError, ValueError) as exc:  # an unknown or missing dimension, or a value the DiT refuses
+        raise ValueError(f"{directory / CONFIG_NAME}: its dimensions do not build a DiT ({exc}); {DAMAGED}") from None
     model.preset = config.get("preset")
-    model.load_state_dict(load_file(directory / WEIGHTS_NAME, device=str(map_location)))
+    weights_path = directory / WEIGHTS_NAME
+    try:
+        weights = load_file(weights_path, device=str(map_location))
+    except Exception as exc:  # safetensors' own SafetensorError: a truncated or foreign file
+        raise ValueError(f"{weights_path} cannot be read as safetensors ({exc}); {DAMAGED}") from None
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:  # missing / unexpected keys, or shapes of another model
+        first = " ".join(line.strip() for line in str(exc).strip().splitlines()[:2])
+        raise ValueError(f"{weights_path} does not hold the weights {CONFIG_NAME} describes ({first}); "
+                         f"{DAMAGED}") from None
     model.codec_settings, model.text_encoder_id = config.get("codec_settings"), config.get("text_encoder_id")
     return model.to(map_location).eval()

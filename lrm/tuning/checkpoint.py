@@ -60,6 +60,7 @@ def save_checkpoint(run_dir: str | Path, step: int, modules: dict, optimizers: d
     extra(folder): writes the caller's own files into the checkpoint before it is renamed into place."""
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(root)
     name = f"step-{step:08d}"
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}."))
     try:
@@ -86,6 +87,17 @@ def save_checkpoint(run_dir: str | Path, step: int, modules: dict, optimizers: d
     if replaced is not None:
         shutil.rmtree(replaced)
     return final
+
+
+def _remove_leftovers(root: Path) -> None:
+    """Remove the temporary folders of saves that were killed (SIGKILL skips `finally`): `.step-N.<random>` (a
+    half-written checkpoint) and `.step-N.replaced.<random>` (an older copy of step N set aside), each as large as
+    a checkpoint. A set-aside copy is kept while step-N itself is missing (a kill between the two renames): it is
+    then the only copy of the checkpoint `latest` names."""
+    for folder in root.glob(".step-*"):
+        name = folder.name[1:].split(".", 1)[0]  # "step-00000100"
+        if folder.is_dir() and not (".replaced." in folder.name and not (root / name).is_dir()):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:

@@ -5,7 +5,7 @@ RUN/metrics.jsonl gets one record per generator step and one per fixed-seed log:
     {"split": "train", "step", "losses": {term or role: unweighted loss}, "skipped", "seconds",
      "peak_memory_mb" (CUDA peak of the step, null on the CPU), "peak_rss_mb" (the process's peak resident set)}
     {"split": "eval", "step", "frechet", "alignment": {color, shape, motion} | null, "vendi" | null, "grid",
-     "seconds"}
+     "nonfinite", "seconds"}
 
 A log (at step 0 of a fresh run, every `eval_every` steps and after the last) samples the student with its
 few-step sampler (cfg 1) for the teacher store's first `eval_prompts` distinct prompts (their stored text
@@ -14,7 +14,9 @@ embeddings) at seeds 0 .. eval_seeds - 1, decodes them into RUN/grids/step-NNNNN
 store, prompt alignment (procedural captions only; motion only for clips whose captions name a direction,
 else null) and Vendi per prompt over the decoded pixels. The same seeds, prompts and sampler at every log,
 so the curves and grids compare across training. Logging draws from its own generators only, so it does
-not change the run (exact resume holds).
+not change the run (exact resume holds). A student whose samples hold NaN or Inf ("nonfinite": how many) gets
+NaN measures, recorded, not raised: the run goes on (the trainer skips and counts non-finite updates) and its
+resume does not die at the same log again.
 """
 
 from __future__ import annotations
@@ -148,16 +150,22 @@ class Monitor:
                                   self.distiller.config.student_steps)
         with torch.no_grad():
             pixels = self.codec.decode(latents).clamp(0, 1).float()  # (N, T', 3, H, W)
+        nonfinite = int((~torch.isfinite(latents.flatten(1)).all(1)).sum())
         grid = Path(GRIDS) / f"step-{step:07d}.png"
-        atomic_write_bytes(self.run_dir / grid, grid_png(pixels, self.prompts, self.seeds))
-        aligned = alignment(pixels, self.prompts) if self.procedural else None
-        vendi = pixel_diversity(pixels, self.prompts)
-        record = {"split": "eval", "step": step,
-                  "frechet": latent_frechet_distance(latents, self.reference),
-                  "alignment": ({"color": aligned.color, "shape": aligned.shape, "motion": aligned.motion}
-                                if aligned else None),
-                  "vendi": None if vendi is None else vendi.mean,  # None: a sample is all black
-                  "grid": str(grid), "seconds": time.perf_counter() - start}
+        atomic_write_bytes(self.run_dir / grid, grid_png(pixels.nan_to_num(0.0), self.prompts, self.seeds))
+        nan = float("nan")
+        if nonfinite:  # measures of such samples raise: recorded as NaN instead
+            frechet, vendi = nan, nan
+            shown = ({"color": nan, "shape": nan, "motion": nan if self.latent_shape[0] > 1 else None}
+                     if self.procedural else None)
+        else:
+            aligned = alignment(pixels, self.prompts) if self.procedural else None
+            shown = {"color": aligned.color, "shape": aligned.shape, "motion": aligned.motion} if aligned else None
+            frechet = latent_frechet_distance(latents, self.reference)
+            diversity = pixel_diversity(pixels, self.prompts)
+            vendi = None if diversity is None else diversity.mean  # None: a sample is all black
+        record = {"split": "eval", "step": step, "frechet": frechet, "alignment": shown, "vendi": vendi,
+                  "grid": str(grid), "nonfinite": nonfinite, "seconds": time.perf_counter() - start}
         self._append(record)
         if step:  # the page follows the run
             self.write_report()

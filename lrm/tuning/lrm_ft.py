@@ -8,7 +8,9 @@ in latent space, with no decoder and no pixel reward in the graph:
 z is the surrogate's standardised output, an increasing affine map of R^l (z = (R^l - mean) / std with
 the label statistics it was fitted on; for a surrogate fitted on log labels, of log(R^l - shift)), so
 beta_FT (the trainer's weight of this term, DOLLAR's 1.0) is in standard deviations of the reward and not
-in its units; s = +1 when higher rewards are better, -1 otherwise. The gradient reaches the student through
+in its units; s = +1 when higher rewards are better, -1 otherwise: the tuned reward's direction (`sign`, or the
+true reward's), which may differ from the one the surrogate was fitted with (`-o higher_is_better=false` tunes
+down a surrogate fitted with the default); only a surrogate used alone falls back to its own. The gradient reaches the student through
 x_hat only; the surrogate's parameters never get one.
 
 The surrogate (role "lrm") is either
@@ -130,9 +132,17 @@ class LRMFineTune:
     needs_sample = True
 
     def __init__(self, true_reward: TrueReward | None = None, real: bool = True, noise_aware: bool = False,
-                 t_max: float = NOISE_T_MAX, role: str = LRM, latent_shape=None, gradient_weight: float = 0.0):
+                 t_max: float = NOISE_T_MAX, role: str = LRM, latent_shape=None, gradient_weight: float = 0.0,
+                 sign: float | None = None):
         """latent_shape: the student's (T', c, h, w); with a true reward, one of the wrong kind for it (a video
-        reward for an image generator) is refused here, and so is gradient matching without one."""
+        reward for an image generator) is refused here, and so is gradient matching without one. sign: +1 / -1,
+        the tuned reward's direction for a frozen surrogate (default: the true reward's when given, else the
+        surrogate's own reward_spec)."""
+        if sign is not None and sign not in (1.0, -1.0):
+            raise ValueError(f"{self.name}: sign must be +1 (higher is better) or -1, got {sign!r}")
+        if sign is not None and true_reward is not None and sign != true_reward.sign:
+            raise ValueError(f"{self.name}: sign {sign:+.0f} contradicts the true reward's ({true_reward.sign:+.0f})")
+        self.sign = sign
         if true_reward is not None and latent_shape is not None:
             true_reward.check_generator(latent_shape, self.name)
         check_gradient_weight(gradient_weight, true_reward is not None, noise_aware,
@@ -159,6 +169,8 @@ class LRMFineTune:
         return _recent_mean(self.gradient_cosines)
 
     def _sign(self, surrogate: LatentRewardModel) -> float:
+        if self.sign is not None:
+            return self.sign
         if self.true_reward is not None:
             return self.true_reward.sign
         return 1.0 if (surrogate.info.reward_spec or {}).get("higher_is_better", True) else -1.0

@@ -63,13 +63,15 @@ def check_job(job: DistillJob) -> None:
         raise ValueError(f"--student-steps must be 1, 2 or 4 (DOLLAR's student grids), got {job.student_steps}")
     if not isinstance(job.steps, int) or job.steps < 0:
         raise ValueError(f"--steps must be >= 0 (0 exports the untrained student), got {job.steps}")
-    for name in ("batch_size", "eval_prompts", "checkpoint_every"):
+    for name in ("batch_size", "checkpoint_every"):
         if getattr(job, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(job, name)}")
+    if job.eval_prompts < 1:  # a DistillJob field with no CLI option, as eval_seeds and reference_count
+        raise ValueError(f"eval_prompts must be >= 1, got {job.eval_prompts}")
     if job.eval_every < 0:
         raise ValueError(f"--eval-every must be >= 0 (0: no fixed-seed logs), got {job.eval_every}")
     if job.eval_seeds < 2:
-        raise ValueError(f"--eval-seeds must be >= 2 (Vendi compares a prompt's samples), got {job.eval_seeds}")
+        raise ValueError(f"eval_seeds must be >= 2 (Vendi compares a prompt's samples), got {job.eval_seeds}")
     if job.reference_count < 2:
         raise ValueError(f"reference_count must be >= 2 for the Frechet distance, got {job.reference_count}")
     if not 1 <= job.cd_teacher_steps < GRID_STEPS:
@@ -192,7 +194,7 @@ def build_distiller(job: DistillJob, teacher, latent_shape, image_teacher=None):
             # (CPU and accelerators) stay as they were; then it joins the teacher on its device
             discriminator = discriminator_for(teacher).to(next(teacher.parameters()).device)
     roles = build_roles(teacher, student_lr=job.student_lr, fake_lr=job.fake_lr, fake_score="vsd" in job.losses,
-                        discriminator=discriminator,
+                        ema="cd" in job.losses, discriminator=discriminator,  # the EMA student: CD's target only
                         discriminator_lr=job.fake_lr, teacher_2d=image_teacher, fake_2d_lr=job.fake_lr,
                         lora_rank=job.lora_rank)
     config = DistillConfig(latent_shape=tuple(latent_shape), student_steps=job.student_steps, seed=job.seed,

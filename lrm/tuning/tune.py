@@ -166,7 +166,7 @@ def build_term(config: TuneConfig, true_reward: TrueReward, latent_shape, real: 
         return DirectReward(true_reward, latent_shape, steps=config.student_steps, grad_steps=config.grad_steps or 1,
                             frames=config.frames, gradient_checkpointing=config.gradient_checkpointing)
     return LRMFineTune(true_reward if config.concurrent else None, real=real, noise_aware=config.noise_aware,
-                       latent_shape=latent_shape, gradient_weight=config.gradient_weight)
+                       latent_shape=latent_shape, gradient_weight=config.gradient_weight, sign=true_reward.sign)
 
 
 def tuning_roles(generator: nn.Module, config: TuneConfig, latent_shape, surrogate,
