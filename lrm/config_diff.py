@@ -8,6 +8,25 @@ RUN_KINDS = {"fit": "a surrogate run of `lrm fit`", "teacher": "a teacher run of
              "job": "a student run of `lrm distill`", "tune": "a tuning run of `lrm tune`"}
 
 
+def read_run_config(path):
+    """A run's config.json (`path`); a damaged one is one ValueError naming it and the fix."""
+    from lrm.io import read_json
+
+    return read_json(path, f"start the run over in another --out, or delete {path.parent}")
+
+
+def own_store(recorded, run_dir) -> str | None:
+    """The store path a run recorded, as it is now: run_dir/store, resolved, when the run encoded its own store there
+    (it recorded "<its folder then>/store") and run_dir holds it, so a run folder moved or copied whole keeps its
+    store; else the recorded path as is (None when none)."""
+    from pathlib import Path
+
+    own = Path(run_dir) / "store"
+    if recorded is not None and Path(recorded).name == "store" and (own / "manifest.json").is_file():
+        return str(own.resolve())
+    return recorded
+
+
 def run_kind(saved) -> str | None:
     """What run a config.json's content (`saved`) belongs to (RUN_KINDS' wording); None for anything else."""
     return next((kind for name, kind in RUN_KINDS.items() if name in saved), None) if isinstance(saved, dict) else None

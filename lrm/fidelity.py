@@ -79,10 +79,14 @@ def _spearman(a, b) -> float:
     return float(stats.spearmanr(a, b).statistic)
 
 
+MIN_INTERVAL_N = 10  # below it Fisher's z misstates a rank correlation's spread (4 perfect pairs gave "1.00 to 1.00")
+
+
 def spearman_interval(rho: float, n: int, z: float = 1.96) -> tuple[float, float]:
     """Approximate 95% interval of a Spearman correlation from n samples: Fisher's z with the
-    standard error 1.06 / sqrt(n - 3) of Fieller, Hartley and Pearson (1957)."""
-    if not np.isfinite(rho) or n < 4:
+    standard error 1.06 / sqrt(n - 3) of Fieller, Hartley and Pearson (1957). NaN where that approximation says
+    nothing: fewer than MIN_INTERVAL_N samples, or a perfect |rho| = 1 (its interval would collapse to a point)."""
+    if not np.isfinite(rho) or n < MIN_INTERVAL_N or abs(rho) >= 1:
         return float("nan"), float("nan")
     centre, half = np.arctanh(np.clip(rho, -0.999999, 0.999999)), z * 1.06 / np.sqrt(n - 3)
     return float(np.tanh(centre - half)), float(np.tanh(centre + half))

@@ -78,7 +78,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lrm import distributed
-from lrm.config_diff import differences, refuse_other_run
+from lrm.config_diff import differences, own_store, read_run_config, refuse_other_run
 from lrm.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from lrm.models import LatentRewardModel, build, needs_text
 from lrm.labels import LABEL_TRANSFORM_CHOICES, label_statistics
@@ -299,11 +299,14 @@ def save_checkpoint(folder: Path, step: int, model: nn.Module, best_state: dict,
 
 
 def load_checkpoint(tensors_path: Path, record_path: Path) -> tuple[dict, dict, dict, dict, torch.Tensor]:
-    """-> (model state, best state, optimizer state_dict, record, torch RNG state)."""
-    from safetensors.torch import load_file
+    """-> (model state, best state, optimizer state_dict, record, torch RNG state); a damaged file is one ValueError
+    naming it."""
+    from lrm.io import read_json, read_safetensors
 
-    tensors = load_file(tensors_path)
-    record = json.loads(record_path.read_text())
+    fix = (f"delete {tensors_path.name} and {record_path.name} to resume from the checkpoint before it, or start "
+           "over in another --out")
+    tensors = read_safetensors(tensors_path, fix)
+    record = read_json(record_path, fix)
     model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     best_state = {k[len("best."):]: v for k, v in tensors.items() if k.startswith("best.")}
     return model_state, best_state, _unflatten_optimizer(tensors, record["optimizer"]), record, tensors["rng.torch"]
@@ -418,14 +421,14 @@ def _prepare_out_dir(out_dir: Path, resolved: dict) -> None:
     """Write the resolved config; an existing run (resume) must have been started with the same one."""
     config_path = out_dir / "config.json"
     if config_path.exists():
-        old = json.loads(config_path.read_text())
+        old = read_run_config(config_path)
         refuse_other_run(out_dir, old, "fit")
         # FitConfig fields added after the run started take their defaults, the behaviour it ran with
         defaults = json.loads(json.dumps(asdict(FitConfig())))
         # A run may move between devices (the device is not compared); a store path may be given
         # relative or absolute.
         old["fit"] = {**defaults, **old.get("fit", {}), "device": resolved["fit"]["device"]}
-        old["store"] = str(Path(old.get("store", "")).resolve())
+        old["store"] = str(Path(own_store(old.get("store"), out_dir) or "").resolve())  # a moved run: its own
         keys = ("fit", "label", "store", "codec")
         diff = differences({k: old.get(k) for k in keys}, {k: resolved.get(k) for k in keys})
         if diff:

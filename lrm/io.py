@@ -43,7 +43,25 @@ def new_file_mode() -> int:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write `data` to a temporary file beside `path`, then rename it into place. A path that cannot be written (a
+    folder there, a read-only or missing parent) raises OSError naming `path`, not the temporary file."""
     path = Path(path)
+    try:
+        return _atomic_write_bytes(path, data)
+    except OSError as exc:
+        if exc.strerror is None:  # already ours, or one without an errno
+            raise
+        raise OSError(exc.errno, f"cannot write {path}: {exc.strerror}; pass a file path in a folder you can "
+                                 "write") from exc
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> Path:
+    for folder in (path.parent, *path.parent.parents):  # mkdir would say "File exists" of a file in the way
+        if folder.exists():
+            if not folder.is_dir():
+                raise NotADirectoryError(f"cannot write {path}: {folder} is a file, not a folder; pass a file path "
+                                         "in a folder you can write")
+            break
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.", suffix=TMP_SUFFIX)
     try:
@@ -71,6 +89,29 @@ def atomic_write_json(path: str | Path, obj, strict: bool = False) -> Path:
         obj = finite_or_null(obj)
     text = json.dumps(obj, indent=2, sort_keys=False, default=_json_default, allow_nan=not strict)
     return atomic_write_text(path, text + "\n")
+
+
+def read_json(path: str | Path, fix: str):
+    """The JSON of one of lrm's own files; a damaged one (cut by a full disk, edited by hand) is one ValueError
+    naming the file and `fix`, not the parser's "Expecting value: line 1 column 1"."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is damaged (not JSON: {exc}); {fix}") from None
+
+
+def read_safetensors(path: str | Path, fix: str, device: str = "cpu") -> dict:
+    """The tensors of one of lrm's safetensors files; a damaged one (truncated, foreign) is one ValueError naming it
+    and `fix`, not safetensors' SafetensorError."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path, device=device)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # safetensors' own SafetensorError, or an OSError of a truncated file
+        raise ValueError(f"{path} is damaged (not safetensors: {exc}); {fix}") from None
 
 
 def _json_default(obj):

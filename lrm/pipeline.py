@@ -80,9 +80,15 @@ def resolved_job(job: FitJob) -> dict:
         if not resolved["label_to_add"]:
             check_label_column(store, job.label_name(), job)  # what the real run would refuse
     else:
+        from lrm.codecs import load as load_codec
+        from lrm.datasets.sources import make_source
+
         config, size = new_store_config(job, spec)
+        make_source(config, load_codec(config.codec).spatial_factor, spec.size)  # refuses what the real run would
         resolved.update(data=config.data, count=data_count(config.data), frames=config.frames, size=config.size,
                         size_reason=size.reason, text=config.text)
+    check_out_folder(job.run_dir())
+    check_run_fits_job(job, job.run_dir())
     return resolved
 
 
@@ -172,20 +178,35 @@ def check_label_column(store: LatentStore, label: str, job: FitJob, metric: dict
                          f"the cause, remove it with `lrm store drop-label {store.path} {label}` and fit again")
 
 
+def check_out_folder(run_dir: Path) -> None:
+    """Before any work: an --out without a run's config.json must be new, empty, or hold only the store a fit
+    stopped while encoding wrote; a fit would mix its report, figures and checkpoints into anything else there
+    (a latent store, a media folder whose next `lrm score` would read the figures as media)."""
+    if not run_dir.exists() or (run_dir / "config.json").exists():
+        return
+    if not run_dir.is_dir():
+        raise ValueError(f"--out {run_dir} is a file; pass a folder for the run")
+    if (run_dir / "manifest.json").is_file():
+        raise ValueError(f"--out {run_dir} is a latent store; fit on it with --store {run_dir} and pass another --out")
+    others = sorted(p.name for p in run_dir.iterdir() if p.name != "store")
+    if others:
+        raise ValueError(f"--out {run_dir} holds files that are not a run of `lrm fit` ({', '.join(others[:3])}"
+                         f"{', ...' if len(others) > 3 else ''}); pass a new or empty --out")
+
+
 def check_run_fits_job(job: FitJob, run_dir: Path) -> None:
     """Before any encoding or labelling: an existing run in `run_dir` must fit the same column of the
     same store (fit_surrogate checks the rest of its settings when it resumes)."""
-    import json
-
-    from lrm.config_diff import differences, refuse_other_run
+    from lrm.config_diff import differences, own_store, read_run_config, refuse_other_run
 
     saved = run_dir / "config.json"
     if not saved.exists():
         return
-    old = json.loads(saved.read_text())
+    old = read_run_config(saved)
     refuse_other_run(run_dir, old, "fit")
     store = Path(job.store) if job.store else run_dir / "store"
-    changed = differences({"label": old.get("label"), "store": str(Path(old.get("store", "")).resolve())},
+    changed = differences({"label": old.get("label"),
+                           "store": str(Path(own_store(old.get("store"), run_dir) or "").resolve())},
                           {"label": job.label_name(), "store": str(store.resolve())})
     if changed:
         raise ValueError(f"cannot resume {run_dir}: it was started with other settings ({'; '.join(changed)}). "
@@ -279,6 +300,7 @@ def _run_fit(job: FitJob, progress: bool, resume: bool) -> FitOutcome:
     run_dir = job.run_dir()
     preset = job.preset or default_preset(spec.kind)
     check_job_fits_latents(job, preset, spec)
+    check_out_folder(run_dir)
     if resume:
         check_run_fits_job(job, run_dir)
     store, size_reason = prepare_store(job, spec, progress)

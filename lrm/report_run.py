@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lrm.config_diff import own_store
 from lrm.datasets.store import LatentStore
 from lrm.fidelity import FidelityReport
 
@@ -55,7 +56,7 @@ def open_run(run_dir: str | Path) -> FittedRun:
     if other:
         raise ValueError(other)
     try:
-        label, store_path, fit = config["label"], Path(config["store"]), config["fit"]
+        label, store_path, fit = config["label"], Path(own_store(config["store"], run_dir)), config["fit"]
     except (KeyError, TypeError) as error:
         missing = f"no {error}" if isinstance(error, KeyError) else str(error)
         raise ValueError(f"{config_path} is damaged ({missing}); re-run `lrm fit` into a new --out folder") from None

@@ -257,6 +257,23 @@ def test_teacher_train_refuses_counts_below_one(flag, fix, value, tmp_path):
           names="--size" if flag == "--size" else f"got {value}", fix=fix)
 
 
+def test_dry_run_refuses_what_the_run_would(fitted_run, tmp_path):
+    """--dry-run prints the plan only for input the real run accepts: no clips, no such folder or codec, an --out
+    holding another command's run or other files are refused as the run refuses them (it printed a plan, exit 0)."""
+    (tmp_path / "empty").mkdir()
+    for data, names, fix in (("procedural:0", "procedural:N", "needs N >= 1, got 0"),
+                             (tmp_path / "empty", tmp_path / "empty", "no images or videos"),
+                             (tmp_path / "missing", tmp_path / "missing", "no such file or folder")):
+        fails("fit", "colorfulness", "--data", data, "--out", tmp_path / "r", "--dry-run", names=names, fix=fix)
+        fails("teacher", "train", "--data", data, "--out", tmp_path / "t", "--dry-run", names=names, fix=fix)
+    fails("teacher", "train", "--data", "procedural:8", "--codec", "nosuch", "--dry-run", names="nosuch",
+          fix="Known codecs: dct, taef2")
+    fails("teacher", "train", "--data", "procedural:8", "--out", fitted_run, "--dry-run", names=fitted_run,
+          fix="holds a surrogate run of `lrm fit`, not a teacher run")
+    fails("fit", "colorfulness", "--data", "procedural:8", "--out", fitted_run.parent, "--dry-run",
+          names=fitted_run.parent, fix="holds files that are not a run of `lrm fit`")
+
+
 @pytest.mark.parametrize("flag, value, guess", [("--loss", "rank", "ranking"), ("--label-transform", "logg", "log"),
                                                 ("--label-pixels", "decode", "decoded"), ("--augment", "hflp", "hflip")])
 def test_fit_choice_typo_suggests_the_closest(flag, value, guess, tmp_path):
@@ -388,10 +405,29 @@ def test_score_skips_and_names_a_clip_the_metric_cannot_score(media, metrics, fn
     assert "scored 1 file(s), skipped 1" in result.stderr
 
 
+def test_a_numpy_metric_given_tensors_is_told_about_input_uint8(media, tmp_path):
+    metric = tmp_path / "level.py"
+    metric.write_text("def level(frames):\n    return float(frames.astype('float32').mean())\n")
+    result = run("score", f"{metric}:level", media, code=1)
+    assert "has no attribute 'astype'" in result.stderr and "pass --input uint8" in result.stderr, result.stderr
+    assert run("score", f"{metric}:level", media, "--input", "uint8", code=0)
+
+
 def test_score_json_output_holds_no_nan(media, metrics, tmp_path):
     out = tmp_path / "scores.json"
     run("score", f"{metrics}:nan_if_dark", media, "--input", "uint8", "--out", out, code=0)
     assert [Path(r["path"]).name for r in json.loads(out.read_text())] == ["white.png"]
+
+
+def test_an_out_path_that_cannot_be_written_is_named_not_its_temporary_file(media, metrics, tmp_path):
+    folder = tmp_path / "scores.csv"
+    folder.mkdir()  # a folder where the CSV should go
+    error = message(run("score", f"{metrics}:mean", media, "--input", "uint8", "--out", folder))
+    assert error == f"Error: cannot write {folder}: Is a directory; pass a file path in a folder you can write"
+    blocker = tmp_path / "taken"
+    blocker.write_text("a file, not a folder")
+    error = message(run("score", f"{metrics}:mean", media, "--input", "uint8", "--out", blocker / "s.csv"))
+    assert error.startswith(f"Error: cannot write {blocker / 's.csv'}: {blocker} is a file, not a folder")
 
 
 def test_score_exits_1_when_the_metric_scores_nothing(media, metrics):
@@ -459,6 +495,10 @@ def test_predict_prompts_file_not_utf8(base_run, media, tmp_path):
     fails("predict", base_run, media, "--prompts", path, names=path, fix="save the file as UTF-8")
 
 
+def test_predict_refuses_a_prompt_a_surrogate_of_pixels_would_ignore(base_run, media):
+    fails("predict", base_run, media, "--prompt", "a red car", names="--prompt", fix="reads no text")
+
+
 def test_encode_prompts_file_not_utf8(media, tmp_path):
     path = non_utf8_prompts(tmp_path)
     fails("encode", media, "--prompts", path, "--size", 32, "--out", tmp_path / "s", names=path,
@@ -521,7 +561,12 @@ def test_score_skips_an_image_too_small_for_the_reward(tmp_path):
 
 def test_label_a_store_whose_media_moved(media, tmp_path):
     store = tmp_path / "s"
-    run("encode", media, "--size", 32, "--out", store, "--quiet", code=0)
+    run("encode", Path(shutil.copytree(media, tmp_path / "photos")), "--size", 32, "--out", store, "--quiet", code=0)
+    shutil.move(tmp_path / "photos", tmp_path / "photos-moved")
+    fails("label", store, "sharpness", names=tmp_path / "photos",
+          fix="the store was encoded from it: pass --media-root FOLDER where its files are now, or label the decoded "
+              "latents (--label-pixels decoded)")
+    run("label", store, "sharpness", "--label-pixels", "decoded", "--quiet", code=0)  # the fix given works
     fails("label", store, "sharpness", "--media-root", tmp_path / "moved", names="moved", fix="no such file or folder")
     (tmp_path / "moved").mkdir()
     Image.fromarray(np.full((32, 32, 3), 90, np.uint8)).save(tmp_path / "moved" / "other.png")
@@ -533,6 +578,22 @@ def test_label_a_store_whose_media_moved(media, tmp_path):
     result = run("label", store, "sharpness", "--media-root", tmp_path / "moved", "--quiet", code=0)
     named = [line for line in result.stderr.splitlines() if line.strip().startswith("row ")]
     assert len(named) == 1 and "white.png" in named[0] and "cannot recompute pixels" in named[0], result.stderr
+
+
+def test_a_run_folder_moved_or_copied_whole_keeps_its_own_store(tmp_path):
+    """A fit or teacher run that encoded its own store (RUN/store) recorded that path; moved or copied with it, the run
+    is judged and resumed on RUN/store where it is now, not refused for the path it was encoded at."""
+    run("fit", "colorfulness", "--data", "procedural:8", "--size", 32, "--steps", 2, "--batch-size", 4,
+        "--out", tmp_path / "fit", "--quiet", code=0)
+    shutil.move(tmp_path / "fit", tmp_path / "fit-moved")
+    run("report", tmp_path / "fit-moved", "--out", tmp_path / "judged", code=0)
+    run("fit", "colorfulness", "--data", "procedural:8", "--size", 32, "--steps", 2, "--batch-size", 4,
+        "--out", tmp_path / "fit-moved", "--quiet", code=0)
+    teacher = ["teacher", "train", "--data", "procedural:4", "--size", 32, "--preset", "dit-xs", "--steps", 1,
+               "--batch-size", 2]
+    run(*teacher, "--out", tmp_path / "teacher", code=0)
+    shutil.copytree(tmp_path / "teacher", tmp_path / "teacher-copy")
+    run(*teacher, "--out", tmp_path / "teacher-copy", code=0)
 
 
 def test_encode_where_no_file_can_be_read(broken_media, tmp_path):
@@ -828,6 +889,28 @@ def test_predict_names_the_damaged_run_file(damaged_run, media, damage):
 def test_report_names_the_damaged_run_file(damaged_fitted_run, base, damage, tmp_path):
     path, problem = damage(damaged_fitted_run)
     fails("report", damaged_fitted_run, "--store", base, "--out", tmp_path / "e", names=path, fix=problem)
+
+
+def test_fit_refuses_an_out_folder_that_holds_other_files(base, media, tmp_path):
+    """A fit writes report.html, figures/ and checkpoints/ into --out: not into a media folder (whose next `lrm
+    score` would read the figures as media) nor into a latent store."""
+    folder = Path(shutil.copytree(media, tmp_path / "photos"))
+    fails("fit", "colorfulness", "--store", base, "--out", folder, "--steps", 2, names=folder,
+          fix="holds files that are not a run of `lrm fit` (black.png, white.png); pass a new or empty --out")
+    fails("fit", "colorfulness", "--store", base, "--out", base, "--steps", 2, names=base, fix="is a latent store")
+    assert sorted(p.name for p in folder.iterdir()) == ["black.png", "white.png"]
+
+
+@pytest.mark.parametrize("damaged", ["checkpoint tensors", "checkpoint record", "run config"])
+def test_resuming_a_fit_whose_files_were_cut_short_names_the_file(fitted_run, damaged_fitted_run, damaged):
+    """A full disk or a hand edit: the resumed run says which file and what to do, not safetensors' or json's own
+    error (a traceback, or "Expecting value: line 1 column 1" with no file)."""
+    checkpoint = sorted((damaged_fitted_run / "checkpoints").glob("step-*.json"))[-1]
+    path = {"checkpoint tensors": checkpoint.with_suffix(".safetensors"), "checkpoint record": checkpoint,
+            "run config": damaged_fitted_run / "config.json"}[damaged]
+    path.write_bytes(path.read_bytes()[:40])
+    fails("fit", "colorfulness", "--store", fitted_run.parent / "store", "--steps", 2, "--batch-size", 4,
+          "--out", damaged_fitted_run, "--quiet", names=path, fix="another --out")
 
 
 def test_a_run_saved_with_a_preset_this_lrm_lacks(damaged_run, media):

@@ -120,6 +120,9 @@ def test_score_users_metric_file(media, tmp_path):
     (row,) = _csv(result.stdout)
     assert "\r" not in result.stdout  # CSV on stdout too
     assert float(row["score"]) == pytest.approx(128.0)
+    metric.write_text("def x(frames):\n    return float(frames.mean())\n")  # rich read `brightness.py:x:` as :x:
+    result = runner.invoke(app, ["score", f"{metric}:x", str(media / "flat.png"), "--kind", "image", "--input", "uint8"])
+    assert result.exit_code == 0 and f"{metric}:x: scored 1 file(s)" in result.output, result.output
 
 
 def test_the_lrm_command_prints_bad_input_as_one_message(media, monkeypatch, capsys):

@@ -354,6 +354,22 @@ def test_dry_run_names_the_embedded_teacher_without_training_it(tmp_path, monkey
     assert not (tmp_path / "cache").exists() and not (tmp_path / "run").exists()
 
 
+def test_an_out_holding_another_run_is_refused_before_the_embedded_default_trains(tmp_path, monkeypatch):
+    """`lrm distill` / `lrm tune` with no generator train the embedded teacher or student first (minutes): an --out
+    that holds another command's run is refused before that, not after."""
+    from lrm.cli.app import app
+
+    monkeypatch.setenv("LRM_CACHE", str(tmp_path / "cache"))
+    fit_run = tmp_path / "fit-run"
+    fit_run.mkdir()
+    (fit_run / "config.json").write_text(json.dumps({"fit": {"steps": 2}, "label": "colorfulness"}))
+    for args, wanted in ((["distill"], "not a student run of `lrm distill`"),
+                         (["tune", "colorfulness", "--concurrent"], "not a tuning run of `lrm tune`")):
+        result = CliRunner().invoke(app, [*args, "--out", str(fit_run)])
+        assert result.exit_code == 2 and wanted in result.output, result.output
+    assert not (tmp_path / "cache").exists()  # nothing was trained
+
+
 def test_bad_input_gets_one_line_and_exit_2_before_any_work(teachers, tmp_path):
     student = tmp_path / "student"
     (student / "model").mkdir(parents=True)

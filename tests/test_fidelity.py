@@ -230,6 +230,8 @@ def test_spearman_interval_matches_simulated_sampling_spread():
     low, high = spearman_interval(population, n)
     q_low, q_high = np.quantile(rhos, [0.025, 0.975])
     assert abs(low - q_low) < 0.03 and abs(high - q_high) < 0.03, (low, q_low, high, q_high)
+    for rho, n in ((1.0, 4), (0.5, 6), (-1.0, 40)):  # too few, or a perfect rho: no point interval
+        assert all(np.isnan(spearman_interval(rho, n))), (rho, n)
 
 
 def test_flags_a_held_out_group_the_surrogate_mis_levels():

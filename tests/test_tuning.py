@@ -474,6 +474,19 @@ def test_the_next_save_removes_what_a_killed_save_left_behind(tmp_path):
     assert sorted(p.name for p in root.iterdir()) == [only_copy.name, "latest", "step-00000001", "step-00000002"]
 
 
+@pytest.mark.parametrize("name", ["student.safetensors", "student.optimizer.safetensors", "rng.safetensors",
+                                  "trainer.json"])
+def test_resuming_from_a_checkpoint_cut_short_names_the_file_and_the_fix(tmp_path, name):
+    make_distiller().fit(micro_batches, 1, run_dir=tmp_path, checkpoint_every=1)
+    path = tmp_path / "checkpoints" / "step-00000001" / name
+    path.write_bytes(path.read_bytes()[:30])
+    with pytest.raises(ValueError) as caught:
+        make_distiller().resume(tmp_path)
+    message = str(caught.value)
+    assert message.startswith(f"{path} is damaged") and "\n" not in message
+    assert f"delete {tmp_path / 'checkpoints'} to start the run over" in message
+
+
 def test_the_student_exports_as_a_few_step_generator_run(tmp_path):
     from lrm.generators.runs import open_generator_run
 

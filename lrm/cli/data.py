@@ -22,7 +22,7 @@ from lrm.cli.errors import exit_with_message
 from lrm.cli.options import check_device, parse_options, standalone_app, with_metric_options
 from lrm.configs import EncodeConfig
 
-console = Console(stderr=True)
+console = Console(stderr=True, emoji=False)  # `m.py:x` is a metric, not the :x: emoji
 ENCODE = {f.name: f.default for f in dataclasses.fields(EncodeConfig)}  # one source of truth: EncodeConfig
 
 
@@ -254,7 +254,7 @@ def info(
     if json_out:
         typer.echo(json.dumps(summary, indent=2))
         return
-    out = Console()
+    out = Console(emoji=False)
     head = Table(title=f"latent store {store}", show_header=False)
     head.add_column("field")
     head.add_column("value")

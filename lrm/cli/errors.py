@@ -18,8 +18,13 @@ TRACEBACK_ENV = "LRM_TRACEBACK"
 
 
 def user_message(error: Exception) -> str:
-    """The message of an lrm error; a KeyError's without the quotes str(KeyError) adds."""
-    return str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+    """The message of an lrm error; a KeyError's without the quotes str(KeyError) adds; an OSError of the system's
+    as "<file>: <what went wrong>" (not "[Errno 17] File exists: 'x'")."""
+    if isinstance(error, KeyError) and error.args:
+        return str(error.args[0])
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.filename}: {error.strerror}" if error.filename else error.strerror
+    return str(error)
 
 
 def exit_with_message(error: Exception) -> NoReturn:

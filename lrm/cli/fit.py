@@ -18,7 +18,7 @@ from lrm.names import not_one_of
 
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(FitJob)}  # one source of truth: FitJob
 
-console = Console(stderr=True)
+console = Console(stderr=True, emoji=False)  # `m.py:x` is a metric, not the :x: emoji
 
 
 def check_lr(value: float) -> float:
@@ -246,6 +246,9 @@ def predict(
         from lrm.text import load as load_text
 
         text_encoder = load_text(model.info.text_encoder_id)
+    elif file_prompts[0] is not None:  # it would be ignored: the prediction is the same without it
+        raise typer.BadParameter("this surrogate reads no text (it imitates a reward of pixels alone): leave out "
+                                 "--prompt / --prompts")
     size = model.info.extra.get("size")
     if frames is None:
         spec = model.info.reward_spec or {}

@@ -17,7 +17,7 @@ from rich.markup import escape
 
 from lrm.cli.options import check_device, parse_options, with_metric_options
 
-console = Console(stderr=True)
+console = Console(stderr=True, emoji=False)  # `m.py:x` is a metric, not the :x: emoji
 
 
 def register(app: typer.Typer) -> None:

@@ -14,7 +14,8 @@ import typer
 
 from lrm.cli.errors import USER_ERRORS, exit_with_message
 from lrm.cli.options import check_device, check_positive
-from lrm.config_diff import refuse_run_folder
+from lrm.config_diff import read_run_config, refuse_run_folder
+from lrm.io import read_json
 
 # lrm.studies.overopt.StudyConfig's defaults
 DEFAULTS = {"fidelity_threshold": 0.7, "fidelity_window": 1, "every": 1, "divergence_window": 2,
@@ -271,9 +272,9 @@ def _reusable(folder: Path, expected: dict, inputs: dict, settings: dict | None 
     records = folder / "records.json"
     if not records.is_file():
         return False
-    facts = json.loads(records.read_text())
+    facts = read_json(records, f"delete {folder} to tune that arm again")
     config = folder / "config.json"
-    made = json.loads(config.read_text()) if config.is_file() else {}
+    made = read_run_config(config) if config.is_file() else {}
     saved = {**facts.get("config", {}), **{k: facts[k] for k in inputs if k in facts},
              **{k: made[k] for k in settings or {} if k in made}}
     compared = {**{k: v for k, v in expected.items() if k in facts.get("config", {})},

@@ -64,12 +64,21 @@ def resolve(video: bool, store: Path | None, data: str | None, prompts: Path | N
         encode = EncodeConfig(data, codec=codec, frames=entry.store.frames, size=size or entry.store.size,
                               text=entry.store.text, text_length=entry.store.text_length,
                               prompts=str(prompts) if prompts else None, device=device)
+        from lrm.codecs import load as load_codec
+        from lrm.datasets.sources import make_source
+
+        make_source(encode, load_codec(codec).spatial_factor)  # what encoding would refuse: no clips, no such codec
         run = out or Path("runs") / f"teacher-{Path(data.rstrip('/')).name.replace(':', '-')}"
         plan.update(encode=dataclasses.asdict(encode), store=str(run / "store"), run=str(run))
     else:
         cached = not overrides and out is None  # the embedded teacher itself, which the tuning commands reuse
         plan.update(embedded=True, store=str(embedded_store_dir(video)),
                     run=str(embedded_run_dir(video) if cached else out or Path("runs") / f"teacher-{kind}"))
+    config_path = Path(plan["run"]) / "config.json"
+    if config_path.is_file():  # before any encoding or training: --out holds another command's run
+        from lrm.config_diff import read_run_config, refuse_other_run
+
+        refuse_other_run(config_path.parent, read_run_config(config_path), "teacher")
     return plan
 
 

@@ -244,8 +244,12 @@ def source_from_spec(spec: dict, media_root: str | Path | None = None) -> Source
                                 f"this lrm makes {source.spec}")
         return source
     if spec["kind"] == "media":
+        root = Path(media_root or spec["root"])
+        if not root.exists():  # moved or deleted since encoding
+            raise FileNotFoundError(f"{root}: no such file or folder; the store was encoded from it: pass --media-root "
+                                    "FOLDER where its files are now" + ("" if media_root else ", or label the decoded "
+                                                                        "latents (--label-pixels decoded)"))
         # Prompts are not re-read: every row keeps its own.
-        return MediaSource(media_root or spec["root"], spec["frames"], spec["size"], None,
-                           expected_listing=spec["listing_sha256"])
+        return MediaSource(root, spec["frames"], spec["size"], None, expected_listing=spec["listing_sha256"])
     raise st.StoreError(f"unknown source kind {spec['kind']!r} in the store manifest")
 

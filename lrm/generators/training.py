@@ -45,7 +45,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lrm import distributed
-from lrm.config_diff import refuse_other_run
+from lrm.config_diff import read_run_config, refuse_other_run
 from lrm.configs import RUN_ONLY_FIELDS, TeacherConfig, training_settings  # noqa: F401 (re-exported)
 from lrm.diffusion import samplers
 from lrm.diffusion.parameterisations import check_prediction, training_target
@@ -185,16 +185,16 @@ def _resolved_config(config: TeacherConfig, store, model: LatentDiT, batch_size:
 
 def _prepare_out_dir(out_dir: Path, resolved: dict) -> None:
     """Write config.json; an existing run (resume) must have been started with the same training settings."""
-    from lrm.config_diff import differences
+    from lrm.config_diff import differences, own_store
 
     path = out_dir / "config.json"
     if path.exists():
-        old = json.loads(path.read_text())
+        old = read_run_config(path)
         defaults = training_settings(TeacherConfig())
         saved = {"teacher": {**defaults, **{k: v for k, v in old.get("teacher", {}).items() if k in defaults}},
-                 "store": old.get("store"), "codec": old.get("codec")}
+                 "store": own_store(old.get("store"), out_dir), "codec": old.get("codec")}  # a moved run: its own
         now = {"teacher": {k: v for k, v in resolved["teacher"].items() if k in defaults},
-               "store": resolved["store"], "codec": resolved["codec"]}
+               "store": own_store(resolved["store"], out_dir), "codec": resolved["codec"]}
         diff = differences(saved, now)
         if diff:
             raise ValueError(f"cannot resume teacher run {out_dir}: it was started with other settings "
@@ -285,7 +285,7 @@ def train_teacher(store, config: TeacherConfig, out_dir: str | Path, *, resume: 
     frames, channels = store.latent_shape[0], store.latent_shape[1]
     text_dim = store.text_embeddings([0])[0].shape[-1]
     checkpoints, metrics_path = out_dir / CHECKPOINTS, out_dir / "metrics.jsonl"
-    saved = json.loads((out_dir / "config.json").read_text()) if (out_dir / "config.json").is_file() else None
+    saved = read_run_config(out_dir / "config.json") if (out_dir / "config.json").is_file() else None
     refuse_other_run(out_dir, saved, "teacher")  # before any of its fields is read as a teacher's
     found = latest_checkpoint(checkpoints) if resume else None
     torch.manual_seed(config.seed)
@@ -402,7 +402,7 @@ def is_finished(out_dir: str | Path, config: TeacherConfig) -> bool:
     run = Path(out_dir) / "config.json"
     if not (path.exists() and run.exists()):
         return False
-    saved = json.loads(run.read_text()).get("teacher", {})
+    saved = read_run_config(run).get("teacher", {})
     same = all(saved.get(k) == v for k, v in training_settings(config).items())
     return same and json.loads(path.read_text()).get("extra", {}).get("steps") == config.steps
 

@@ -138,7 +138,11 @@ class MetricReward(Reward):
         try:
             return self.fn(*args)
         except Exception as exc:  # the user's code failed on this input
-            raise MetricError(f"{self.spec.name} raised {type(exc).__name__}: {exc}") from exc
+            hint = ""
+            if self.input == "tensor" and isinstance(exc, AttributeError) and "'Tensor' object" in str(exc):
+                hint = ("; it was given a torch tensor (N, T, 3, H, W) in [0, 1]: for numpy uint8 frames (T, H, W, 3) "
+                        "per clip pass --input uint8 (input='uint8')")
+            raise MetricError(f"{self.spec.name} raised {type(exc).__name__}: {exc}{hint}") from exc
 
     def score(self, pixels: torch.Tensor, prompts: list[str] | None) -> torch.Tensor:
         import torch

@@ -17,7 +17,6 @@ and steps is reused without refitting; a finished fit of other settings is refus
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -114,10 +113,12 @@ def finished_fit(folder: Path, job) -> bool:
     """True when `folder` holds a finished `lrm fit` run (report.html, model/) of the job's store, label, seed,
     steps and gradient weight; False when it holds none or an unfinished one (run_fit resumes it); a finished run
     of other settings is refused (one line naming the first difference)."""
+    from lrm.config_diff import read_run_config
+
     config = folder / "config.json"
     if not ((folder / "report.html").is_file() and (folder / "model").is_dir() and config.is_file()):
         return False
-    saved = json.loads(config.read_text())
+    saved = read_run_config(config)
     fit = saved.get("fit") or {}
     found = {"store": str(Path(saved.get("store", "")).resolve()), "label": saved.get("label"),
              "seed": fit.get("seed"), "steps": fit.get("steps"), "gradient_weight": fit.get("gradient_weight", 0.0)}

@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from lrm.io import atomic_write_text
+from lrm.io import atomic_write_text, read_json, read_safetensors
 from lrm.tuning.lora import adapter_state, load_adapter_state
 
 LATEST = "latest"
@@ -115,16 +115,27 @@ def load_checkpoint(folder: str | Path, modules: dict, optimizers: dict) -> tupl
     """Load weights and optimiser states into the given modules / optimizers (in place, strict);
     returns (rng states, trainer state)."""
     folder = Path(folder)
-    state = json.loads((folder / "trainer.json").read_text())
+    state = read_trainer_state(folder)
     for role, module in modules.items():
         path = folder / f"{role}.safetensors"
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint {folder} has no weights for role {role!r}; was it written by a "
                                     "run with other roles?")
-        weights = load_file(path)
+        weights = read_safetensors(path, checkpoint_fix(folder))
         device = next(iter(module.state_dict().values())).device if module.state_dict() else "cpu"
         load_adapter_state(module, {k: v.to(device) for k, v in weights.items()}, str(path))
     for role, optimizer in optimizers.items():
-        tensors = load_file(folder / f"{role}.optimizer.safetensors")
+        tensors = read_safetensors(folder / f"{role}.optimizer.safetensors", checkpoint_fix(folder))
         optimizer.load_state_dict(_optimizer_state(tensors, state["optimizers"][role]))
-    return load_file(folder / "rng.safetensors"), state
+    return read_safetensors(folder / "rng.safetensors", checkpoint_fix(folder)), state
+
+
+def read_trainer_state(folder: Path) -> dict:
+    """trainer.json of checkpoint `folder`; a damaged one is one ValueError naming it and the fix."""
+    return read_json(folder / "trainer.json", checkpoint_fix(folder))
+
+
+def checkpoint_fix(folder: Path) -> str:
+    """What to do about a damaged file of checkpoint `folder`."""
+    return (f"the checkpoint was cut short (a full disk?); delete {folder.parent} to start the run over, or use "
+            "another --out")

@@ -121,6 +121,11 @@ def resolve(job: DistillJob) -> dict:
 
         require_peft()
     plan = {"job": asdict(job), "run": str(Path(job.run_dir()))}
+    config = Path(job.run_dir()) / "config.json"
+    if config.is_file():  # before the embedded teacher trains (minutes): --out holds another command's run
+        from lrm.config_diff import read_run_config, refuse_other_run
+
+        refuse_other_run(config.parent, read_run_config(config), "job")
     if job.teacher is not None:
         teacher = _open_teacher(job.teacher, "--teacher")
         frames = teacher.config["dimensions"]["frames"]
@@ -243,7 +248,7 @@ def store_batches(store, batch_size: int, seed: int, device, with_prompts: bool 
 def _check_resumable(run_dir: Path, resolved: dict) -> None:
     """A rerun of a run folder (resume) must keep the training fields and the teacher run (the embedded one
     changes folder when its settings change); read by every rank, nothing written."""
-    from lrm.config_diff import differences, refuse_other_run
+    from lrm.config_diff import differences, read_run_config, refuse_other_run
 
     def training(config: dict) -> dict:
         job = config.get("job", {})
@@ -251,7 +256,7 @@ def _check_resumable(run_dir: Path, resolved: dict) -> None:
 
     path = run_dir / "config.json"
     if path.is_file():
-        saved = json.loads(path.read_text())
+        saved = read_run_config(path)
         refuse_other_run(run_dir, saved, "job")
         diff = differences(training(saved), training(resolved))
         if diff:

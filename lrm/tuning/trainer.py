@@ -19,7 +19,6 @@ so with a deterministic data function `batches(step)` a resumed run equals an un
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import Callable, Sequence
 import torch
 
 from lrm import distributed
-from lrm.tuning.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from lrm.tuning.checkpoint import latest_checkpoint, load_checkpoint, read_trainer_state, save_checkpoint
 from lrm.tuning.denoise import Batch, student_sample
 from lrm.tuning.roles import EMA, STUDENT, Roles
 from lrm.tuning.terms import Step, Term
@@ -289,7 +288,7 @@ class Distiller:
         folder = latest_checkpoint(run_dir)
         if folder is None:
             return False
-        saved = json.loads((folder / "trainer.json").read_text())
+        saved = read_trainer_state(folder)
         if saved["terms"] != [t.name for t in self.terms]:
             raise ValueError(f"checkpoint {folder} was written with terms {saved['terms']}, this run has "
                              f"{[t.name for t in self.terms]}; use another run folder")

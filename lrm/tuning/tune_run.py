@@ -23,7 +23,8 @@ from pathlib import Path
 
 from torch import nn
 
-from lrm.tuning.checkpoint import latest_checkpoint
+from lrm.io import read_json
+from lrm.tuning.checkpoint import checkpoint_fix, latest_checkpoint, read_trainer_state
 from lrm.tuning.monitor import TuningRecord
 from lrm.tuning.trainer import Distiller, StepLog
 
@@ -44,13 +45,13 @@ def check_settings(run_dir: Path, settings: dict, defaults: dict, write: bool = 
     each that differs, fewer steps than its newest checkpoint holds, and another number of torchrun processes
     (`world_size`) than wrote it. settings["tune"]: the TuneConfig fields; defaults: TuneConfig()'s, which fill
     fields an older run did not record. write=False checks only (torchrun ranks other than 0)."""
-    from lrm.config_diff import differences, refuse_other_run
+    from lrm.config_diff import differences, read_run_config, refuse_other_run
     from lrm.io import atomic_write_json
 
     settings = _json(settings)
     path = run_dir / CONFIG
     if path.is_file():
-        saved = json.loads(path.read_text())
+        saved = read_run_config(path)
         refuse_other_run(run_dir, saved, "tune")
         done = checkpoint_steps(run_dir)
         steps = settings["tune"]["steps"]
@@ -60,7 +61,7 @@ def check_settings(run_dir: Path, settings: dict, defaults: dict, write: bool = 
         newest = latest_checkpoint(run_dir)
         trainer = newest / "trainer.json" if newest is not None else None
         if trainer is not None and trainer.is_file():
-            written_by = json.loads(trainer.read_text()).get("world_size", 1)
+            written_by = read_trainer_state(newest).get("world_size", 1)
             if written_by != world_size:  # each process's RNG streams are in the checkpoint
                 raise ValueError(f"tune run {run_dir} was written by {written_by} processes, this run has "
                                  f"{world_size}; resume with the same torchrun --nproc_per_node, or pass another --out")
@@ -124,7 +125,7 @@ def resume(run_dir: Path, distiller: Distiller, term, true_reward) -> tuple[list
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {folder} has no {STATE}: it was not written by `lrm tune`; pass a new "
                                 "--out")
-    state = json.loads(path.read_text())
+    state = read_json(path, checkpoint_fix(folder))
     true_reward.nonfinite = state["nonfinite_rewards"]
     for name, value in state["counters"].items():
         setattr(term, name, value)
