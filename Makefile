@@ -2,7 +2,7 @@
 # needs into it, then runs:
 #   make demo              the main job, `lrm fit colorfulness` on the embedded default (core only)
 #   make test              the test suite, `python -m pytest -q` (dev extras + reference packages)
-#   make test ARGS="-x tests/test_cli.py"   pytest with more arguments
+#   make test ARGS="-x tests/test_cli_fit.py"   pytest with more arguments
 # An install leaves a stamp file inside .venv; it is redone only when pyproject.toml is newer than
 # its stamp (or .venv is gone), so a second run with nothing changed goes straight to the job.
 # Why make and not uv or a script: docs/install.md.
