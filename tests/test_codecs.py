@@ -284,6 +284,27 @@ def test_diffusers_latents_are_scaled_like_the_pipelines(tiny_vaes):
         torch.testing.assert_close(wan.encode(clip), (raw - mean) / std)
 
 
+def test_ltx_video_latents_are_normalised_by_its_buffers_like_its_pipeline(tmp_path):
+    """AutoencoderKLLTXVideo keeps latents_mean / latents_std as buffers, not in its config; LTXPipeline normalises
+    with them: (raw - mean) * scaling_factor / std. The codec read only the config and left LTX latents raw."""
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    vae = diffusers.AutoencoderKLLTXVideo(block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
+                                          layers_per_block=(1, 1, 1, 1, 1), decoder_layers_per_block=(1, 1, 1, 1, 1),
+                                          latent_channels=8)
+    vae.latents_mean.copy_(torch.linspace(-1.0, 1.0, 8))
+    vae.latents_std.copy_(torch.linspace(0.5, 2.0, 8))
+    vae.save_pretrained(tmp_path / "ltx")
+    codec = codecs.load(f"diffusers:{tmp_path / 'ltx'}")
+    clip = torch.rand(1, 9, 3, 32, 32)
+    with torch.no_grad():
+        raw = codec.model.encode(clip.transpose(1, 2) * 2 - 1).latent_dist.mode().transpose(1, 2)
+        mean, std = vae.latents_mean.view(8, 1, 1), vae.latents_std.view(8, 1, 1)
+        scaling = codec.model.config.scaling_factor
+        torch.testing.assert_close(codec.encode(clip), (raw - mean) * scaling / std)
+    assert codec.settings()["latent_mean"][:2] == [-1.0, round(-1.0 + 2 / 7, 6)]
+
+
 def test_video_codec_rejects_frame_counts_it_would_truncate(tiny_vaes):
     codec = codecs.load(f"diffusers:{tiny_vaes['wan']}")
     with pytest.raises(ValueError, match="needs 1 \\+ k \\* 4 frames, got 4; sample 1 frames"):

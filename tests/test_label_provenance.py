@@ -123,6 +123,19 @@ def test_a_video_reward_on_a_store_of_single_frames_is_refused_before_labelling(
     assert not (out / "shards").exists() or not any((out / "shards").iterdir())  # refused before encoding
 
 
+def test_clips_shorter_than_a_video_reward_needs_are_refused_before_labelling(tmp_path):
+    """motion-smoothness needs 3 frames, dynamic-degree at -o fps=60 nine: on shorter clips every row would fail
+    (each retried one by one), the column would be all NaN and need `lrm store drop-label` before a relabel."""
+    store = small_store(tmp_path / "store", "--frames", "2")
+    for args, needed in ((["motion-smoothness"], 3), (["dynamic-degree", "-o", "fps=60"], 9)):
+        result = runner.invoke(app, ["label", store, *args, "--quiet"])
+        assert result.exit_code != 0 and f"needs clips of at least {needed} frames" in result.output, result.output
+        assert f"{store} holds 2 per clip" in result.output and f"--frames {needed}" in result.output
+    assert LatentStore.open(store).labels == []
+    result = runner.invoke(app, ["label", store, "temporal-flickering", "--quiet"])  # 2 frames: enough
+    assert result.exit_code == 0 and LatentStore.open(store).labels == ["temporal-flickering"], result.output
+
+
 def test_a_report_on_another_store_labels_it_with_the_code_the_run_was_fitted_on(tmp_path, monkeypatch):
     metric = tmp_path / "m.py"
     metric.write_text(LEVEL)

@@ -94,6 +94,12 @@ def test_sharpness_matches_opencv_laplacian_variance():
         assert reward(as_pixels(rgb)).item() == pytest.approx(cv2.Laplacian(gray_u8, cv2.CV_64F).var(), rel=0.03)
 
 
+def test_sharpness_of_a_frame_too_small_for_its_laplacian_is_an_input_error():
+    with pytest.raises(InputError, match="sharpness: frames must be at least 2x2 pixels, got 1x5"):
+        load("sharpness")(torch.rand(1, 1, 3, 1, 5))  # torch's own "Padding size should be less than ..." before
+    assert torch.isfinite(load("sharpness")(torch.rand(1, 1, 3, 2, 2))).all()
+
+
 def test_sharpness_drops_with_blur():
     rgb = skimage.data.astronaut()
     blurred = cv2.GaussianBlur(rgb, (0, 0), 2)

@@ -163,6 +163,17 @@ def test_too_few_frames_is_a_clear_error(reward, frames, needed):
         reward(torch.rand(1, frames, 3, 16, 16))
 
 
+@pytest.mark.parametrize("reward", [video.DynamicDegree(), video.MotionSmoothness(preset="fast")], ids=lambda r: r.spec.name)
+def test_frames_optical_flow_cannot_take_are_refused_not_crashed_on(reward):
+    """OpenCV's DIS raises on tiny frames and crashes the process (SIGSEGV: no skip can catch it) on elongated ones
+    with a short side under 32 px (12 x 48 medium, 28 x 84 fast): such frames are refused with InputError first."""
+    for h, w in ((6, 12), (12, 48), (28, 84), (84, 28), (10, 10)):
+        with pytest.raises(InputError, match=f"optical flow needs frames .* got {h}x{w}; resize the clip up"):
+            reward(torch.rand(1, 3, 3, h, w))
+    for h, w in ((12, 12), (16, 32), (32, 128)):  # what DIS takes
+        assert torch.isfinite(reward(torch.rand(1, 3, 3, h, w))).all()
+
+
 def test_bad_options_are_clear_errors():
     with pytest.raises(ValueError, match="unknown DIS preset 'slow'"):
         video.MotionSmoothness(preset="slow")

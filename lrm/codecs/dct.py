@@ -4,7 +4,9 @@ Pixels are converted to full-range YCbCr (JPEG / BT.601), cut into 8x8 blocks an
 with the orthonormal DCT-II; the lowest-frequency coefficients of each block, in JPEG zigzag
 order, become the latent channels (Y first, then Cb, then Cr). Dropped coefficients decode as
 zeros. Every step is linear, so the whole codec is two 1x1 convolutions around a pixel
-(un)shuffle: differentiable, fast, on any device and dtype, and encode(decode(z)) == z exactly.
+(un)shuffle: differentiable, fast, on any device and dtype, and encode(decode(z)) == z exactly for latents
+that decode inside [0, 1]. Decoding clamps pixels to [0, 1] (real photos' latents overshoot by a few percent
+at edges), which changes those latents on re-encoding and gives their clamped pixels no gradient.
 
 Mirroring a block left-right maps pixel column j to 7 - j, which multiplies the DCT-II
 coefficient of horizontal frequency v by (-1)^v. So the latents of a mirrored image are the

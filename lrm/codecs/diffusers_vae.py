@@ -8,8 +8,8 @@ Latents come out the way the diffusion model sees them ("already scaled"), follo
 the diffusers pipelines:
 - AutoencoderKL / AutoencoderTiny: z = (raw - shift_factor) * scaling_factor
   (SD: scale 0.18215; FLUX.1: shift 0.1159, scale 0.3611; Tiny: 1 and 0);
-- latents_mean / latents_std in the config (Wan, some SDXL VAEs): z = (raw - mean) * scaling_factor / std,
-  per channel;
+- latents_mean / latents_std in the config (Wan, some SDXL VAEs), or as the model's buffers (LTX-Video):
+  z = (raw - mean) * scaling_factor / std, per channel;
 - AutoencoderKLFlux2: the batch-norm statistics of the 2x2-patchified latent, applied per
   channel and sub-pixel position, so the layout stays 32 x H/8 x W/8.
 The raw latent is the posterior mode (deterministic). decode inverts the scaling. Geometry
@@ -90,6 +90,10 @@ def latent_stats(model: nn.Module, channels: int) -> tuple[torch.Tensor, torch.T
     if config.get("latents_mean") is not None:
         mean = torch.tensor(config["latents_mean"], dtype=torch.float64).reshape(channels, 1, 1)
         std = torch.tensor(config["latents_std"], dtype=torch.float64).reshape(channels, 1, 1)
+        return mean, std, scaling, 1
+    buffers = getattr(model, "latents_mean", None), getattr(model, "latents_std", None)
+    if all(isinstance(b, torch.Tensor) for b in buffers):  # LTX-Video keeps them as buffers, not in its config
+        mean, std = (b.detach().double().reshape(channels, 1, 1) for b in buffers)
         return mean, std, scaling, 1
     shift = float(config.get("shift_factor", None) or 0.0)
     return torch.full((channels, 1, 1), shift, dtype=torch.float64), torch.ones(channels, 1, 1, dtype=torch.float64), scaling, 1

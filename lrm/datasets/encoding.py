@@ -106,7 +106,7 @@ def encode(config: EncodeConfig, out: str | Path, codec: Codec | None = None, pr
     check_distinct_columns(config.labels, "source")
     labelers = [load_labeler(text) for text in config.labels]
     for _, reward, _ in labelers:
-        check_clip_frames(reward.spec, source.frames, out)
+        check_clip_frames(reward.spec, source.frames, out, reward)
 
     num_shards = math.ceil(len(source) / config.shard_size)
     header = _jsonable({"format_version": st.FORMAT_VERSION, "codec": codec.settings(),

@@ -54,12 +54,18 @@ def load_labeler(text: str, options: dict | None = None, pixels: str = "source")
     return name, reward, {**info, "metric": metric} if metric else info
 
 
-def check_clip_frames(spec, frames: int | None, store: str | Path) -> None:
-    """Refuse, before any labelling, a video reward on a store of single frames (`frames` per clip): it would fail
-    on every row."""
+def check_clip_frames(spec, frames: int | None, store: str | Path, reward=None) -> None:
+    """Refuse, before any labelling, a video reward on a store of single frames (`frames` per clip), or on clips
+    shorter than the built `reward` needs (its `min_frames`: motion-smoothness 3, dynamic-degree's at its fps): it
+    would fail on every row."""
     if spec.is_video and frames == 1:
         raise ValueError(f"{spec.name} scores clips ({spec.kind}), but {store} holds 1 frame per clip; encode a "
                          "store of clips (lrm encode ... --frames 8) and label that")
+    needed = getattr(reward, "min_frames", None)
+    if frames is not None and needed is not None and frames < needed:
+        raise ValueError(f"{spec.name} needs clips of at least {needed} frames ({reward.needs_frames_because}), but "
+                         f"{store} holds {frames} per clip; encode a store of longer clips (lrm encode ... --frames "
+                         f"{needed}) and label that")
 
 
 def score_batch(reward, pixels: torch.Tensor, prompts: list[str | None],
@@ -190,7 +196,7 @@ def add_labels(path: str | Path, rewards: list[str], batch_size: int = 16, devic
     check_distinct_columns(rewards, pixels)
     labelers = [load_labeler(text, options, pixels) for text in rewards]
     for _, reward, _ in labelers:
-        check_clip_frames(reward.spec, store.manifest["source"].get("frames"), store.path)
+        check_clip_frames(reward.spec, store.manifest["source"].get("frames"), store.path, reward)
     if pixels == "decoded":
         read = decoded_reader(path, store.codec().to(device).eval(), device)
     else:

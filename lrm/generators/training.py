@@ -146,7 +146,8 @@ def denoising_batch(model: LatentDiT, x0: torch.Tensor, text_mask: torch.Tensor,
 def sample_latents(model: LatentDiT, text: torch.Tensor, text_mask: torch.Tensor, shape: tuple[int, ...],
                    guidance: float = 4.0, steps: int = 50, seed: int = 0) -> torch.Tensor:
     """DDIM (eta = 0) samples of `model` for prompts text (N, L, D) / text_mask (N, L): latents (N, *shape),
-    shape = (T, c, h, w), from noise seeded by `seed` (CPU generator), with CFG `guidance` (the
+    shape = (T, c, h, w), from noise seeded by `seed` (one CPU generator for the whole batch, so row i is not
+    what `lrm sample --seed` draws: that seeds each sample's own generator), with CFG `guidance` (the
     unconditional branch is the all-False mask row the model was trained with). steps = 50 is DOLLAR's
     teacher grid [999, 979, ..., 19] on the default schedule."""
     device = next(model.parameters()).device

@@ -49,6 +49,13 @@ class InputError(ValueError):
     """Pixels or prompts that a reward cannot score; the message says what was expected."""
 
 
+def check_min_side(frames: torch.Tensor, min_side: int, who: str) -> None:
+    """InputError naming `who` when frames (..., H, W) are smaller than min_side on either side."""
+    h, w = frames.shape[-2:]
+    if min(h, w) < min_side:
+        raise InputError(f"{who}: frames must be at least {min_side}x{min_side} pixels, got {h}x{w}; resize them up first")
+
+
 def check_pixels(pixels: torch.Tensor, who: str, atol: float = 1e-3) -> torch.Tensor:
     """Validate (B, T, 3, H, W) float pixels in [0, 1]; returns them unchanged."""
     import torch

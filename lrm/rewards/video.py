@@ -51,9 +51,11 @@ class TemporalFlickering(Reward):
     """
 
     spec = spec_of("temporal-flickering")
+    min_frames = 2  # frames a clip needs (lrm.datasets.labelling checks a store's before labelling it)
+    needs_frames_because = "it compares consecutive frames"
 
     def score(self, pixels: torch.Tensor, prompts: list[str] | None) -> torch.Tensor:
-        check_frame_count(self.spec.name, pixels.shape[1], 2, "it compares consecutive frames")
+        check_frame_count(self.spec.name, pixels.shape[1], self.min_frames, self.needs_frames_because)
         return score_clips(pixels, flicker_score)
 
 
@@ -94,12 +96,11 @@ class DynamicDegree(Reward):
         self.fps = fps
         self.preset = check_preset(preset, self.spec.name)
         self.stride = max(1, round(fps / self.target_fps))  # VBench: interval = max(1, round(fps / 8))
+        self.min_frames = self.stride + 1
+        self.needs_frames_because = f"two frames after keeping every {self.stride}-th frame at fps={self.fps:g}"
 
     def score(self, pixels: torch.Tensor, prompts: list[str] | None) -> torch.Tensor:
-        check_frame_count(
-            self.spec.name, pixels.shape[1], self.stride + 1,
-            f"two frames after keeping every {self.stride}-th frame at fps={self.fps:g}",
-        )
+        check_frame_count(self.spec.name, pixels.shape[1], self.min_frames, self.needs_frames_because)
         return score_clips(pixels[:, :: self.stride], self.score_kept)
 
     def pair_scores(self, frames: np.ndarray) -> np.ndarray:
@@ -147,12 +148,14 @@ class MotionSmoothness(Reward):
     """
 
     spec = spec_of("motion-smoothness")
+    min_frames = 3
+    needs_frames_because = "it predicts frame 1 from frames 0 and 2"
 
     def __init__(self, preset: str = "medium"):
         self.preset = check_preset(preset, self.spec.name)
 
     def score(self, pixels: torch.Tensor, prompts: list[str] | None) -> torch.Tensor:
-        check_frame_count(self.spec.name, pixels.shape[1], 3, "it predicts frame 1 from frames 0 and 2")
+        check_frame_count(self.spec.name, pixels.shape[1], self.min_frames, self.needs_frames_because)
         return score_clips(pixels, self.score_frames)
 
     def score_frames(self, frames: np.ndarray) -> float:
