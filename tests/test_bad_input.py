@@ -495,6 +495,10 @@ def test_predict_prompts_file_not_utf8(base_run, media, tmp_path):
     fails("predict", base_run, media, "--prompts", path, names=path, fix="save the file as UTF-8")
 
 
+def test_an_empty_prompt_is_refused_as_lrm_sample_refuses_it(media):
+    fails("score", "prompt-color", media, "--prompt", " ", names="--prompt", fix="--prompt is empty")
+
+
 def test_predict_refuses_a_prompt_a_surrogate_of_pixels_would_ignore(base_run, media):
     fails("predict", base_run, media, "--prompt", "a red car", names="--prompt", fix="reads no text")
 

@@ -305,6 +305,25 @@ def test_ltx_video_latents_are_normalised_by_its_buffers_like_its_pipeline(tmp_p
     assert codec.settings()["latent_mean"][:2] == [-1.0, round(-1.0 + 2 / 7, 6)]
 
 
+def test_svds_temporal_decoder_decodes_each_clips_frames_together(tmp_path):
+    """AutoencoderKLTemporalDecoder (Stable Video Diffusion) encodes frames as images but decodes a clip's frames
+    together, given their count: decode(z, num_frames). lrm called decode(z) and raised TypeError."""
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    vae = diffusers.AutoencoderKLTemporalDecoder(block_out_channels=(32, 32), latent_channels=4, layers_per_block=1,
+                                                 down_block_types=("DownEncoderBlock2D",) * 2)
+    vae.save_pretrained(tmp_path / "svd")
+    codec = codecs.load(f"diffusers:{tmp_path / 'svd'}")
+    clips = torch.rand(2, 3, 3, 16, 16)
+    latents = codec.encode(clips)
+    with torch.no_grad():
+        pixels = codec.decode(latents)
+        raw = latents[1] / codec.model.config.scaling_factor  # the second clip's (T, c, h, w), unscaled
+        alone = codec.model.decode(raw, num_frames=3).sample  # what SVD's pipeline does per clip
+    assert pixels.shape == clips.shape
+    torch.testing.assert_close(pixels[1], ((alone + 1) / 2).clamp(0, 1))
+
+
 def test_video_codec_rejects_frame_counts_it_would_truncate(tiny_vaes):
     codec = codecs.load(f"diffusers:{tiny_vaes['wan']}")
     with pytest.raises(ValueError, match="needs 1 \\+ k \\* 4 frames, got 4; sample 1 frames"):

@@ -148,6 +148,8 @@ def prompts_per_file(files: list[Path], prompt: str | None, prompts: Path | None
 
     if prompt is not None and prompts is not None:
         raise typer.BadParameter("give either --prompt or --prompts, not both")
+    if prompt is not None and not prompt.strip():
+        raise typer.BadParameter("--prompt is empty; give the text the media were made for")
     if prompts is None:
         return [prompt] * len(files)
     file_prompts = read_prompts(prompts)

@@ -23,6 +23,7 @@ reached (lrm.weights.hub_offline).
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import torch
@@ -91,9 +92,9 @@ def latent_stats(model: nn.Module, channels: int) -> tuple[torch.Tensor, torch.T
         mean = torch.tensor(config["latents_mean"], dtype=torch.float64).reshape(channels, 1, 1)
         std = torch.tensor(config["latents_std"], dtype=torch.float64).reshape(channels, 1, 1)
         return mean, std, scaling, 1
-    buffers = getattr(model, "latents_mean", None), getattr(model, "latents_std", None)
-    if all(isinstance(b, torch.Tensor) for b in buffers):  # LTX-Video keeps them as buffers, not in its config
-        mean, std = (b.detach().double().reshape(channels, 1, 1) for b in buffers)
+    buffers = dict(model.named_buffers(recurse=False))  # not getattr: diffusers warns on config names read so
+    if "latents_mean" in buffers and "latents_std" in buffers:  # LTX-Video keeps them as buffers, not in its config
+        mean, std = (buffers[k].detach().double().reshape(channels, 1, 1) for k in ("latents_mean", "latents_std"))
         return mean, std, scaling, 1
     shift = float(config.get("shift_factor", None) or 0.0)
     return torch.full((channels, 1, 1), shift, dtype=torch.float64), torch.ones(channels, 1, 1, dtype=torch.float64), scaling, 1
@@ -171,8 +172,9 @@ class DiffusersCodec(Codec):
         raw = z * std + mean
         if self.video:
             x = self.model.decode(raw.transpose(1, 2)).sample.transpose(1, 2)  # (B, T, 3, H, W)
-        else:
-            x = self.model.decode(raw.reshape(b * t, c, h, w)).sample  # (B*T, 3, H, W)
+        else:  # SVD's AutoencoderKLTemporalDecoder decodes each clip's frames together: it takes their count
+            frames = {"num_frames": t} if "num_frames" in inspect.signature(self.model.decode).parameters else {}
+            x = self.model.decode(raw.reshape(b * t, c, h, w), **frames).sample  # (B*T, 3, H, W)
         pixels = ((x + 1) / 2).clamp(0, 1).to(latents.dtype)
         return pixels.reshape(b, -1, *pixels.shape[-3:])
 
