@@ -61,7 +61,12 @@ def test_score_json_output_and_frames(media, tmp_path):
                                  "--out", str(out)])
     assert result.exit_code == 0, result.output
     (row,) = json.loads(out.read_text())
-    assert row["frames"] == 3 and 0 < row["score"] < 1
+    # by hand: the GIF's frames are flat levels 0, 40, 80, 120; --frames 3 keeps uniform_indices(4, 3) of them, and
+    # temporal flickering is (255 - mean |level difference| of consecutive kept frames) / 255
+    from lrm.frames import uniform_indices
+
+    kept = 40 * np.asarray(uniform_indices(4, 3))
+    assert row["frames"] == 3 and row["score"] == pytest.approx((255 - np.abs(np.diff(kept)).mean()) / 255, rel=1e-6)
 
 
 def test_a_clip_too_small_for_optical_flow_is_skipped_by_name_and_the_others_scored(media, tmp_path):

@@ -412,12 +412,20 @@ def test_bad_input_gets_one_line_and_exit_2_before_any_work(teachers, tmp_path):
 
 
 def test_the_command_module_imports_no_torch_and_its_defaults_are_the_configs():
-    from lrm.cli.distill import DEFAULTS
-    from lrm.configs import DistillJob
+    import inspect
+
+    from lrm.cli.distill import distill as command
 
     code = "import sys, lrm.cli.distill; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
-    assert DEFAULTS == {f: getattr(DistillJob(), f) for f in DEFAULTS}
+    given = {name: p.default for name, p in inspect.signature(command).parameters.items()}  # what typer passes
+    assert given.pop("quiet") is False and given.pop("dry_run") is False and given.pop("bf16") is False
+    fields = {"lr": "student_lr"}  # `lrm distill` option -> DistillJob field
+    given["losses"] = tuple(given["losses"].split(","))
+    job = DistillJob()
+    assert {fields.get(k, k): v for k, v in given.items()} == {fields.get(k, k): getattr(job, fields.get(k, k))
+                                                                for k in given}
+    assert job.autocast is None  # --bf16 off
     from lrm.tuning.run import LOSSES, build_terms
 
     terms = build_terms(replace(DistillJob(), losses=tuple(LOSSES), cd_teacher_steps=3), latent_frames=2)

@@ -92,6 +92,16 @@ def test_frechet_closed_forms():
     assert gaussian_frechet_distance(mu1, np.diag(s1), mu2, np.diag(s2)) == pytest.approx(expected)
 
 
+def test_frechet_of_fewer_samples_than_dimensions_is_not_biased_below_zero():
+    """16 samples of 96 features (a monitor's few samples): singular covariances whose round-off eigenvalues added
+    their square roots to the cross term, so a set's distance to itself came out -7e-6 (-6.75 at 1e3 scale)."""
+    rng = np.random.default_rng(3)
+    for scale in (1.0, 1e3):
+        a, b = rng.normal(size=(16, 96)) * scale, rng.normal(size=(16, 96)) * scale + scale
+        assert 0.0 <= frechet_distance(a, a) < 1e-9 * scale**2
+        assert frechet_distance(a, b) == pytest.approx(scipy_frechet(a, b), rel=1e-6)
+
+
 def test_latent_frechet_distance_reads_pooled_statistics():
     g = torch.Generator().manual_seed(0)
     latents = torch.randn(40, 1, 4, 8, 8, generator=g)

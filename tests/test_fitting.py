@@ -496,7 +496,7 @@ def test_clear_errors(store, tmp_path):
         fit_surrogate(store, "jpeg", quick(), tmp_path / "a")
     with pytest.raises(ValueError, match="no text embeddings"):
         fit_surrogate(store, "synth", quick(preset="text-image-xattn"), tmp_path / "b")
-    with pytest.raises(ValueError, match="loss"):
+    with pytest.raises(ValueError, match="FitConfig.loss must be one of .*got 'l1'"):
         fit_surrogate(store, "synth", quick(loss="l1"), tmp_path / "c")
     with pytest.raises(ValueError, match="label_transform must be one of.*auto"):
         fit_surrogate(store, "synth", quick(label_transform="sqrt"), tmp_path / "e")

@@ -37,8 +37,21 @@ def test_golden_clips_do_not_drift():
     clip = make_clip(ProceduralConfig(), 1)
     assert clip.caption == ("a large pink square moving left slowly and a large white circle moving down slowly "
                             "over a black plain background, slightly blurry, with JPEG artifacts")
-    assert clip.pixels.mean().item() == pytest.approx(0.26525, abs=1e-3)
-    assert clip.pixels.std().item() == pytest.approx(0.32808, abs=1e-3)
+    # every drawn parameter, exactly: a JPEG quality of 25 instead of 26 or a shape one pixel over moves the
+    # pixels' mean and std by under 7e-4, which the statistics below would not see
+    assert clip.attributes == {
+        "shapes": [{"shape": "square", "color": "pink", "size": "large", "radius": 14.145538735862901,
+                    "center": [39.22313834755683, 35.80053316024754], "motion": "linear", "direction": "left",
+                    "speed": 0.018765637546177365, "shake": 0.0},
+                   {"shape": "circle", "color": "white", "size": "large", "radius": 14.795479521186532,
+                    "center": [40.374472962510126, 46.68069308258836], "motion": "linear", "direction": "down",
+                    "speed": 0.011848491172278274, "shake": 0.0}],
+        "background": {"kind": "flat", "color": "black", "angle": 1.8213512969653631, "period": 8.673460617214227,
+                       "texture_scale": 1, "texture_amplitude": 0.11337154986149463},
+        "blur_sigma": 1.1589602240993455, "noise_std": 0.0, "flicker": 0.0, "jpeg_quality": 26, "frames": 8,
+        "size": [64, 64]}
+    assert clip.pixels.mean().item() == pytest.approx(0.265254, abs=1e-5)  # how they are drawn (OpenCV's rounding
+    assert clip.pixels.std().item() == pytest.approx(0.328079, abs=1e-5)  # may differ by one level across builds)
 
 
 def test_different_index_or_seed_gives_different_clips():
@@ -186,48 +199,36 @@ def _reward_scores(name: str):
     return clips, scores
 
 
-def test_weight_free_rewards_spread_widely():
-    from lrm.rewards import REWARDS, availability
+@pytest.mark.parametrize("name", sorted(WEIGHT_FREE_REWARDS))
+def test_weight_free_rewards_spread_widely(name):
+    from lrm.rewards import availability
 
-    tested = []
-    for name in WEIGHT_FREE_REWARDS:
-        if name not in REWARDS or not availability(name).ready:
-            continue
-        _, scores = _reward_scores(name)
-        finite = scores[np.isfinite(scores)]
-        assert len(finite) >= 60, f"{name}: only {len(finite)} finite scores"
-        assert len(np.unique(np.round(finite, 6))) >= 20, f"{name}: degenerate scores {np.unique(finite)[:10]}"
-        p10, p50, p90 = np.percentile(finite, [10, 50, 90])
-        relative_spread = (p90 - p10) / (abs(p50) + 1e-8)
-        assert relative_spread > 0.1, f"{name}: p10..p90 = {p10:.4g}..{p90:.4g} around {p50:.4g} is too narrow"
-        tested.append(name)
-    assert tested, f"none of {sorted(WEIGHT_FREE_REWARDS)} is registered in lrm.rewards.REWARDS"
+    needs = availability(name)
+    if not needs.ready:  # an optional package of the reward's is missing: say which, do not pass silently
+        pytest.skip(f"{name} needs {', '.join(needs.missing_modules + needs.missing_weights)}")
+    _, scores = _reward_scores(name)
+    finite = scores[np.isfinite(scores)]
+    assert len(finite) >= 60, f"{name}: only {len(finite)} finite scores"
+    assert len(np.unique(np.round(finite, 6))) >= 20, f"{name}: degenerate scores {np.unique(finite)[:10]}"
+    p10, p50, p90 = np.percentile(finite, [10, 50, 90])
+    relative_spread = (p90 - p10) / (abs(p50) + 1e-8)
+    assert relative_spread > 0.1, f"{name}: p10..p90 = {p10:.4g}..{p90:.4g} around {p50:.4g} is too narrow"
 
 
 def test_rewards_follow_the_perturbations_that_drive_them():
     # Independent check that the spread comes from the intended knobs, not from chance.
-    from lrm.rewards import REWARDS
-
-    checked = 0
-    if "sharpness" in REWARDS:
-        clips, scores = _reward_scores("sharpness")
-        blurred = np.array([c.attributes["blur_sigma"] > 1.0 for c in clips])
-        assert np.median(scores[blurred]) < 0.5 * np.median(scores[~blurred])
-        checked += 1
-    if "dynamic-degree" in REWARDS:
-        clips, scores = _reward_scores("dynamic-degree")
-        still = np.array([c.attributes["shapes"][0]["motion"] == "static" and c.attributes["noise_std"] == 0
-                          and c.attributes["flicker"] == 0 for c in clips])
-        fast = np.array([c.attributes["shapes"][0]["speed"] > 0.03 for c in clips])
-        assert still.any() and fast.any()
-        assert scores[still].max() < np.median(scores[fast])
-        checked += 1
-    if "temporal-flickering" in REWARDS:
-        clips, scores = _reward_scores("temporal-flickering")
-        flicker = np.array([c.attributes["flicker"] > 0.05 for c in clips])
-        assert np.median(scores[flicker]) < np.median(scores[~flicker])
-        checked += 1
-    assert checked, "none of sharpness, dynamic-degree, temporal-flickering is registered"
+    clips, scores = _reward_scores("sharpness")
+    blurred = np.array([c.attributes["blur_sigma"] > 1.0 for c in clips])
+    assert np.median(scores[blurred]) < 0.5 * np.median(scores[~blurred])
+    clips, scores = _reward_scores("dynamic-degree")
+    still = np.array([c.attributes["shapes"][0]["motion"] == "static" and c.attributes["noise_std"] == 0
+                      and c.attributes["flicker"] == 0 for c in clips])
+    fast = np.array([c.attributes["shapes"][0]["speed"] > 0.03 for c in clips])
+    assert still.any() and fast.any()
+    assert scores[still].max() < np.median(scores[fast])
+    clips, scores = _reward_scores("temporal-flickering")
+    flicker = np.array([c.attributes["flicker"] > 0.05 for c in clips])
+    assert np.median(scores[flicker]) < np.median(scores[~flicker])
 
 
 

@@ -126,6 +126,16 @@ def test_example_captions_are_wrapped_whole(monkeypatch):
     assert all(len(line) <= figures.CAPTION_CHARS for t in titles for line in t.split("\n")[1:])
 
 
+def test_prompts_with_dollar_signs_are_drawn_as_text_in_the_report_figures():
+    """matplotlib reads $...$ as math: "price $x^$ here" raised a parse error and stopped the report."""
+    from lrm.generators.report import sample_grid
+
+    thumb = np.zeros((8, 8, 3), np.uint8)
+    for prompt in ("price $x^$ here", "a $5 and $6 bill"):
+        assert figures.examples([(thumb, prompt, 1.0, 2.0)], f"best of {prompt}")[:8] == b"\x89PNG\r\n\x1a\n"
+        assert sample_grid(np.stack([thumb, thumb]), [prompt, prompt], 2)[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_a_tall_example_caption_stays_below_the_title_and_inside_the_figure(monkeypatch):
     # a six-line caption next to a two-line one ran into the figure's title (main job, worst examples)
     shown = {}

@@ -150,7 +150,7 @@ def test_gradients_reach_pixels(name):
         ("brisque", torch.full((1, 1, 3, 32, 32), -1.0), None, r"\[0, 1\]"),
         ("niqe", torch.zeros(1, 1, 3, 100, 100), None, "at least 192x192"),
         ("prompt-color", torch.zeros(1, 1, 3, 8, 8), None, "needs prompts"),
-        ("prompt-color", torch.zeros(2, 1, 3, 8, 8), ["a red car"], "2"),
+        ("prompt-color", torch.zeros(2, 1, 3, 8, 8), ["a red car"], "got 1 prompts for a batch of 2"),
     ],
 )
 def test_bad_inputs_raise_clear_input_error(name, pixels, prompts, message):

@@ -262,7 +262,8 @@ class MeanBrightness(nn.Module):
 def test_imaging_quality_core_resizes_and_divides_by_100():
     model = MeanBrightness()
     reward = vbench_dims.ImagingQuality(model)
-    pixels = torch.rand(2, 3, 3, 600, 300, requires_grad=True)
+    levels = torch.tensor([0.2, 0.9]).view(2, 1, 1, 1, 1)  # clips far apart: swapped or averaged scores fail
+    pixels = (levels * torch.rand(2, 3, 3, 600, 300)).requires_grad_()
     scores = reward(pixels)
     assert model.seen == (6, 3, 512, 256)  # all frames of both clips, longer side 512
     torch.testing.assert_close(scores, pixels.detach().mean(dim=(1, 2, 3, 4)), atol=2e-3, rtol=0)

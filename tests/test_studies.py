@@ -29,6 +29,16 @@ def synthetic(n: int = 16, fidelity_drop: bool = True) -> Curves:
 # ---------------------------------------------------------------- analysis
 
 
+def test_gao_curve_is_gao_et_als_rl_form_by_hand():
+    """Gao et al. (2023), the RL form: R(d) = d (alpha - beta log d); at d = 1 it is alpha, at d = e e (alpha - beta),
+    and its maximum sits at d* = exp(alpha / beta - 1) with value beta d*."""
+    e = math.e
+    np.testing.assert_allclose(gao_curve([0.0, 1.0, e, e**2], 2.0, 1.5), [0.0, 2.0, e * 0.5, e**2 * -1.0])
+    d_star = math.exp(2.0 / 1.5 - 1)
+    near = gao_curve(np.array([0.99, 1.0, 1.01]) * d_star, 2.0, 1.5)
+    assert near[1] == pytest.approx(1.5 * d_star) and near[1] > max(near[0], near[2])
+
+
 @pytest.mark.parametrize("alpha,beta", [(2.0, 1.5), (0.3, 0.1), (-0.5, 0.2)])
 def test_gao_fit_recovers_alpha_and_beta(alpha, beta):
     rng = np.random.default_rng(0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -229,7 +230,7 @@ def tiny_t5_folder(tmp_path_factory):
 
 def test_t5_loads_from_a_local_folder(tiny_t5_folder):
     encoder = load(f"t5:{tiny_t5_folder}")
-    assert encoder.id == f"t5:{tiny_t5_folder}" and encoder.dim == 16
+    assert encoder.id == f"t5:{Path(tiny_t5_folder).resolve()}" and encoder.dim == 16
     emb, mask = encoder.encode(PROMPTS)
     lengths = [len(encoder.tokenizer(p)["input_ids"]) for p in PROMPTS]  # words + </s>
     assert emb.shape == (3, max(lengths), 16) and mask.sum(dim=1).tolist() == lengths
@@ -269,7 +270,9 @@ def test_openclip_text_tower_tokens_match_its_pooled_features(tmp_path):
     torch.save(reference.state_dict(), tmp_path / "tiny.bin")
 
     encoder = load(f"openclip:{name}@{tmp_path / 'tiny.bin'}")
-    assert encoder.id == f"openclip:{name}@tiny.bin" and encoder.dim == 32 and encoder.max_length == 77
+    # the id names the weights' absolute path: stores and runs record it and later commands reload it from anywhere
+    assert encoder.id == f"openclip:{name}@{(tmp_path / 'tiny.bin').resolve()}" and encoder.dim == 32
+    assert encoder.max_length == 77 and load(encoder.id).id == encoder.id
     emb, mask = encoder.encode(PROMPTS)
     ids = open_clip.get_tokenizer(name)(PROMPTS)
     lengths = (ids != 0).sum(dim=1)  # SOT + words + EOT, zero padding after

@@ -60,7 +60,7 @@ def sample_grid(frames: np.ndarray, captions: list[str], columns: int) -> bytes:
         ax.axis("off")
     for ax, frame, caption in zip(axes.flat, frames, captions):
         ax.imshow(frame, interpolation="nearest")
-        ax.set_title("\n".join(textwrap.wrap(caption, 28)[:3]), fontsize=5.5)
+        ax.set_title("\n".join(textwrap.wrap(caption, 28)[:3]), fontsize=5.5, parse_math=False)  # "$5" is text
     return _png(fig)
 
 

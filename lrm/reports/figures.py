@@ -116,8 +116,9 @@ def examples(items: list[tuple[np.ndarray, str, float, float]], title: str) -> b
         wspace=gap / side))
     for ax, (image, _, pred, true), caption in zip(axes[0], items, captions):
         ax.imshow(image)
-        ax.set_title("\n".join([f"pred {_value(pred)} / true {_value(true)}", *caption]), fontsize=CAPTION_POINTS)
+        ax.set_title("\n".join([f"pred {_value(pred)} / true {_value(true)}", *caption]), fontsize=CAPTION_POINTS,
+                     parse_math=False)  # a prompt's "$5 and $6" is text, not math markup (which may not parse)
     for ax in axes[0]:
         ax.axis("off")
-    fig.suptitle(title, fontsize=9, y=1 - 0.04 / height, va="top")
+    fig.suptitle(title, fontsize=9, y=1 - 0.04 / height, va="top", parse_math=False)
     return _png(fig, tight=False)

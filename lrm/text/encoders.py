@@ -7,7 +7,8 @@
 - openclip:<model>@<weights file>: an open_clip CLIP text tower; token embeddings = the
   transformer output after ln_final (before pooling and text_projection), up to and including EOT.
 
-Nothing is downloaded: every loader reads local files and says how to get them when they are absent.
+Nothing is downloaded: every loader reads local files and says how to get them when they are absent. A t5 or
+openclip encoder's id (what stores and runs record, and what later commands reload) names its files by absolute path.
 transformers and open_clip are imported inside the loaders.
 """
 
@@ -142,7 +143,7 @@ def load_t5(
         raise FileNotFoundError(f"t5:{folder}: no usable tokenizer files in {path} ({exc}). {fix}") from exc
     model = without_progress_bar(lambda: T5EncoderModel.from_pretrained(path, local_files_only=True))
     check_tokenizer(tokenizer, model.config.vocab_size, f"t5:{folder}")
-    return TransformersTextEncoder(f"t5:{folder}", model, tokenizer, max_length, cache_size, batch_size)
+    return TransformersTextEncoder(f"t5:{path.resolve()}", model, tokenizer, max_length, cache_size, batch_size)
 
 
 class OpenCLIPTextEncoder(TextEncoder):
@@ -204,4 +205,6 @@ def load_openclip(spec: str, cache_size: int = 4096, batch_size: int = 64) -> Op
         )
     model.visual = None  # the text tower is all we need; frees the image tower's memory
     tokenizer = open_clip.get_tokenizer(model_name)
-    return OpenCLIPTextEncoder(f"openclip:{model_name}@{path.name}", model, tokenizer, cache_size, batch_size)
+    # the id is what stores and runs record and later commands reload: the weights' absolute path, so they load from
+    # any folder and two checkpoints of one file name (open_clip_pytorch_model.bin) are two encoders
+    return OpenCLIPTextEncoder(f"openclip:{model_name}@{path.resolve()}", model, tokenizer, cache_size, batch_size)
