@@ -725,9 +725,21 @@ def deleted_label_info(store):
     return path
 
 
+def truncated_commit_record(store):  # `lrm store info` said "done yes" of a store `lrm label` refused
+    path = store / "shards" / "shard-00001.json"
+    path.write_bytes(path.read_bytes()[:5])
+    return path
+
+
+def truncated_label_info(store):
+    path = store / "labels" / "colorfulness" / "label.json"
+    path.write_bytes(path.read_bytes()[:5])
+    return path
+
+
 DAMAGE = [corrupt_manifest, manifest_without_keys, manifest_not_an_object, manifest_with_a_bad_shard_entry,
-          deleted_tensors, truncated_tensors, foreign_tensors, deleted_commit_record, deleted_rows,
-          truncated_label_values, deleted_label_values, deleted_label_info]
+          deleted_tensors, truncated_tensors, foreign_tensors, deleted_commit_record, truncated_commit_record,
+          deleted_rows, truncated_label_values, deleted_label_values, deleted_label_info, truncated_label_info]
 FIX = {"shards": "run the `lrm encode` command that made the store again", "labels": "lrm store drop-label",
        "manifest.json": "encode the data again into a new folder"}
 

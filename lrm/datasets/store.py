@@ -432,7 +432,8 @@ def check_has_rows(store: "LatentStore") -> None:
 
 def check_files(root: Path, manifest: dict) -> None:
     """Every file the manifest counts on is there and whole: each listed shard's tensors (header read),
-    rows and commit record, and each label column's values (header and length read) and commit records.
+    rows and commit record (parsed), and each label column's label.json (parsed), values (header and length read)
+    and commit records.
     A missing or truncated file is a StoreError naming it and the fix, so that no command goes on with
     (or, by rebuilding the manifest, silently drops) what the store has lost."""
     root = Path(root)
@@ -446,6 +447,7 @@ def check_files(root: Path, manifest: dict) -> None:
         for path in paths.values():
             if not path.is_file():
                 raise damaged(path, "is missing")
+        _read_json(paths["commit"])  # a cut record: `lrm store info` said "done" of a store `lrm label` refused
         shape = _latents_shape(paths["tensors"])
         if shape[0] != rows:
             raise damaged(paths["tensors"], f"holds {shape[0]} latent rows where its commit record says {rows}")
@@ -453,6 +455,7 @@ def check_files(root: Path, manifest: dict) -> None:
         info = label_json(root, name)
         if not info.is_file():
             raise damaged(info, "is missing", column=name)
+        _read_json(info)
         for index, rows in listed[:done]:
             paths = label_paths(root, name, index)
             if not paths["commit"].is_file():
