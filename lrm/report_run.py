@@ -39,6 +39,16 @@ class ReportOutcome:
     scope: str  # the sentence saying which rows were scored and where the baselines were fitted
 
 
+def resolution_note(shape, fitted_shape) -> str:
+    """A sentence when the judged latents (T, c, h, w) are of another size than the fitted ones: the surrogate reads
+    any size, so it scores them, but what it learnt at one resolution is then judged at another."""
+    (h, w), (fh, fw) = tuple(shape[-2:]), tuple(fitted_shape[-2:])
+    if (h, w) == (fh, fw):
+        return ""
+    return (f" Its latents are {h} x {w}, the fitted ones {fh} x {fw}: this also judges the surrogate at another "
+            "resolution than it learnt.")
+
+
 def open_run(run_dir: str | Path) -> FittedRun:
     """The run's store, label and split, recomputed from its config.json exactly as the fit drew them."""
     from lrm.fitting import FitConfig, split_rows
@@ -235,7 +245,8 @@ def report_run(run_dir: str | Path, store: str | Path | None = None, out: str | 
     scope = (f"Out of distribution: scored on every row of {target.path} ({len(rows)} rows"
              + (f"; {unlabelled} whose reward failed skipped" if unlabelled else "")
              + f"), a store the surrogate never trained on; the surrogate and both baselines were fitted on the "
-             f"{len(run.train_rows)} training rows of {run.store.path}, so all three are judged on the same rows.")
+             f"{len(run.train_rows)} training rows of {run.store.path}, so all three are judged on the same rows."
+             + resolution_note(target.latent_shape, run.store.latent_shape))
     spec = model.info.reward_spec or {}
     summary = {"reward": model.info.reward_name, "label": run.label, "label_pixels": target.label_pixels(run.label),
                "units": spec.get("units", ""), "codec": target.codec_id, "store": str(target.path),

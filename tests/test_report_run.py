@@ -74,6 +74,20 @@ def test_other_store_is_scored_on_every_row_with_baselines_from_the_runs_trainin
     assert metrics["surrogate"]["spearman"] == pytest.approx(surrogate["spearman"], abs=1e-9)
     page = (run / "eval-other" / "report.html").read_text()
     assert page.index("Verdict:") < page.index("Out of distribution") < page.index("<th>fact</th>")
+    assert "another resolution" not in metrics["scope"]  # both stores are 32 px
+
+
+def test_a_store_of_another_resolution_is_judged_and_says_so(run, tmp_path):
+    """The surrogate reads latents of any size, so a 64-px store of a 32-px fit is scored; the scope says that this
+    also changes the resolution (it passed silently)."""
+    result = runner.invoke(app, ["encode", "procedural:12", "--frames", "1", "--size", "64", "--seed", "9",
+                                 "--out", str(tmp_path / "big"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["report", str(run), "--store", str(tmp_path / "big"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    scope = json.loads((run / "eval-big" / "metrics.json").read_text())["scope"]
+    assert scope.endswith("Its latents are 8 x 8, the fitted ones 4 x 4: this also judges the surrogate at another "
+                          "resolution than it learnt.")
 
 
 def test_without_a_store_the_report_is_the_fits_own_held_out_report(run, tmp_path):
