@@ -495,6 +495,20 @@ def test_predict_prompts_file_not_utf8(base_run, media, tmp_path):
     fails("predict", base_run, media, "--prompts", path, names=path, fix="save the file as UTF-8")
 
 
+def test_a_score_that_is_nan_by_design_is_skipped_with_its_reason(media):
+    """prompt-color is NaN for a prompt that names none of its colours: say so, not only "gave nan"."""
+    result = run("score", "prompt-color", media, "--prompt", "a car", code=1)
+    assert "prompt-color gave nan, not a score: the prompt names none of red, orange, yellow" in result.stderr
+    from lrm.datasets.labelling import score_batch
+    from lrm.rewards import load
+
+    rows = [{"_pos": i, "unit": i, "source": f"clip {i}"} for i in range(2)]
+    values, bad = score_batch(load("prompt-color"), torch.rand(2, 1, 3, 16, 16), ["a red car", "a car"], rows)
+    assert np.isfinite(values[0]) and np.isnan(values[1]) and [b["source"] for b in bad] == ["clip 1"]
+    assert bad[0]["reason"] == "non-finite reward value nan (the prompt names none of red, orange, yellow, green, " \
+                               "blue, purple, pink, brown, black, white, gray)"
+
+
 def test_an_empty_prompt_is_refused_as_lrm_sample_refuses_it(media):
     fails("score", "prompt-color", media, "--prompt", " ", names="--prompt", fix="--prompt is empty")
 

@@ -127,7 +127,8 @@ def score(
             skipped.append((path, _reason(exc)))
             continue
         if not math.isfinite(value):  # a failed score is a skipped item, never a value in the output
-            skipped.append((path, f"{spec.name} gave {value}, not a score"))
+            why = getattr(rew, "nan_means", None) if math.isnan(value) else None
+            skipped.append((path, f"{spec.name} gave {value}, not a score" + (f": {why}" if why else "")))
             continue
         rows.append({"path": str(path), "score": value, "frames": pixels.shape[1], "prompt": text or ""})
         reads.append((clip.fps, clip.num_frames, clip.frame_indices))

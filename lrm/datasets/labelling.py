@@ -96,7 +96,8 @@ def score_batch(reward, pixels: torch.Tensor, prompts: list[str | None],
     bad = []
     for i, row in enumerate(rows):
         if reasons[i] is None and not np.isfinite(values[i]):
-            reasons[i] = f"non-finite reward value {float(values[i])}"
+            why = getattr(reward, "nan_means", None) if np.isnan(values[i]) else None
+            reasons[i] = f"non-finite reward value {float(values[i])}" + (f" ({why})" if why else "")
         if reasons[i] is not None:
             values[i] = np.nan
             bad.append({"row_in_shard": row["_pos"], "unit": row["unit"], "source": row["source"],

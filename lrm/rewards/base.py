@@ -125,6 +125,7 @@ class Reward:
     # metric does from the media file (VBench's adapters); `lrm score` then reads files at their own size with
     # every frame instead of pre-resizing to spec.size and pre-sampling spec.frames (--size / --frames still do)
     reads_whole_media: bool = False
+    nan_means: str | None = None  # why a score may be NaN by design (shown where an item is skipped for it)
 
     def __call__(self, pixels: torch.Tensor, prompts: Sequence[str] | None = None) -> torch.Tensor:
         import torch

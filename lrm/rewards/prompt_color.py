@@ -131,6 +131,7 @@ class PromptColor(FrameReward):
     spec = spec_of("prompt-color")
 
     frame_chunk = 8  # frames scored at once: the (chunk, prototypes, H, W) distances bound memory
+    nan_means = f"the prompt names none of {', '.join(COLOR_NAMES)}"
 
     def score_frames(self, frames: torch.Tensor, prompts: list[str] | None) -> torch.Tensor:
         names = [color_of_prompt(p) for p in prompts]
