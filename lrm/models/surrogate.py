@@ -143,6 +143,11 @@ def _saved_format(config_path: Path) -> str | None:
     return config.get("format") if isinstance(config, dict) else None
 
 
+def _wide(x: torch.Tensor) -> torch.Tensor:
+    """x in float64, on the CPU where its device has no float64 (MPS); gradients follow the move."""
+    return x.cpu().double() if x.device.type == "mps" else x.double()
+
+
 class LatentRewardModel(nn.Module):
     """Backbone (+ text cross-attention) (+ timestep FiLM) -> Linear head -> un-standardise."""
 
@@ -194,8 +199,8 @@ class LatentRewardModel(nn.Module):
         """Standardised outputs z (B,) -> reward units (B,)."""
         if self.label_transform != "log":
             return z * self.label_std + self.label_mean
-        u = z.double() * self.label_std.double() + self.label_mean.double()  # float64: the shift can dwarf the span
-        return (torch.exp(u) + self.label_shift).to(z.dtype)
+        u = _wide(z) * _wide(self.label_std) + _wide(self.label_mean)  # float64: the shift can dwarf the span
+        return (torch.exp(u) + self.label_shift).to(z.device, z.dtype)
 
     def standardise(self, y: torch.Tensor) -> torch.Tensor:
         """Rewards y (B,) -> the standardised scale the network is fitted on; inverse of to_reward_units.
@@ -204,8 +209,8 @@ class LatentRewardModel(nn.Module):
         labels near 1e7 with a span of 200 have y - shift rounded to 0 in float32 (log 0 = -inf)."""
         if self.label_transform != "log":
             return (y - self.label_mean) / self.label_std
-        u = torch.log(y.double() - self.label_shift)
-        return ((u - self.label_mean.double()) / self.label_std.double()).to(y.dtype)
+        u = torch.log(_wide(y) - self.label_shift)
+        return ((u - _wide(self.label_mean)) / _wide(self.label_std)).to(y.device, y.dtype)
 
     # ---------------------------------------------------------------- forward
     def forward(self, latents: torch.Tensor, text: torch.Tensor | None = None,
