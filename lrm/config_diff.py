@@ -57,6 +57,15 @@ def refuse_other_run(folder, saved, key: str) -> None:
         raise ValueError(f"{folder} holds {what}, not {RUN_KINDS[key]}; pass a new --out")
 
 
+def refuse_other_run_in(folder, key: str) -> None:
+    """refuse_other_run on `folder`'s config.json when it has one: before a command does any work for its run."""
+    from pathlib import Path
+
+    config = Path(folder) / "config.json"
+    if config.is_file():
+        refuse_other_run(folder, read_run_config(config), key)
+
+
 def differences(saved, now, path: str = "") -> list[str]:
     """['fit.steps: saved 2000, now 500', ...]: the leaves of two JSON-like records that differ.
 

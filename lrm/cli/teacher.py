@@ -74,11 +74,9 @@ def resolve(video: bool, store: Path | None, data: str | None, prompts: Path | N
         cached = not overrides and out is None  # the embedded teacher itself, which the tuning commands reuse
         plan.update(embedded=True, store=str(embedded_store_dir(video)),
                     run=str(embedded_run_dir(video) if cached else out or Path("runs") / f"teacher-{kind}"))
-    config_path = Path(plan["run"]) / "config.json"
-    if config_path.is_file():  # before any encoding or training: --out holds another command's run
-        from lrm.config_diff import read_run_config, refuse_other_run
+    from lrm.config_diff import refuse_other_run_in
 
-        refuse_other_run(config_path.parent, read_run_config(config_path), "teacher")
+    refuse_other_run_in(plan["run"], "teacher")  # before any encoding or training
     return plan
 
 

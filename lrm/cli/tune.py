@@ -341,10 +341,10 @@ def _run(reward_name, reward_options, run_path, distill, student_steps, store_pa
     check_gradient_weight(gradient_weight, concurrent, noise_aware, pixel_reward.spec)  # before a distillation
     embedded = run_path is None
     planned = Path(out) if out is not None else default_out(Path("runs"), reward_name, method) if embedded else None
-    if planned is not None and (planned / "config.json").is_file():  # before the embedded student distils (minutes)
-        from lrm.config_diff import read_run_config, refuse_other_run
+    if planned is not None:  # before the embedded student distils (minutes)
+        from lrm.config_diff import refuse_other_run_in
 
-        refuse_other_run(planned, read_run_config(planned / "config.json"), "tune")
+        refuse_other_run_in(planned, "tune")
     if embedded:  # the cached embedded student of clips or images, as the reward scores; distilled first when
         tune_config(student_steps)  # missing (every check before)
         if store_path is not None:

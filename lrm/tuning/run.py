@@ -121,11 +121,9 @@ def resolve(job: DistillJob) -> dict:
 
         require_peft()
     plan = {"job": asdict(job), "run": str(Path(job.run_dir()))}
-    config = Path(job.run_dir()) / "config.json"
-    if config.is_file():  # before the embedded teacher trains (minutes): --out holds another command's run
-        from lrm.config_diff import read_run_config, refuse_other_run
+    from lrm.config_diff import refuse_other_run_in
 
-        refuse_other_run(config.parent, read_run_config(config), "job")
+    refuse_other_run_in(job.run_dir(), "job")  # before the embedded teacher trains (minutes)
     if job.teacher is not None:
         teacher = _open_teacher(job.teacher, "--teacher")
         frames = teacher.config["dimensions"]["frames"]
