@@ -38,6 +38,9 @@ and evaluated the same way (results/teacher_<variant>.json):
                    embedded ones, the same prompts, real images decoded by that codec as the ceiling. With --video:
                    the embedded video teacher's clips in that codec, started from the image teacher of that codec
                    (the --codec NAME image variant, trained first)
+  --world NAME     trained on images of another procedural world (lrm.datasets.procedural.WORLDS), e.g. blocks: the
+                   simple world with each object on the dct block grid at a fixed radius per size; its store and its
+                   held-out data (that world's captions and images) beside the embedded ones
 
     LRM_CACHE=/tmp/lrm-bench OMP_NUM_THREADS=1 python benchmarks/teacher.py   # fresh cache: trains from scratch
     LRM_CACHE=/tmp/lrm-bench python benchmarks/teacher.py --steps 4500        # a variant
@@ -57,6 +60,7 @@ import numpy as np
 import torch
 
 from lrm.datasets.encoding import EncodeConfig, encode
+from lrm.datasets.procedural import WORLDS
 from lrm.diffusion.parameterisations import PREDICTIONS
 from lrm.datasets.store import LatentStore
 from lrm.evaluation import alignment, latent_frechet_distance
@@ -103,32 +107,36 @@ class StandardisedStore:
 
 
 def variant_name(steps: int | None, standardise: str | None, images: int | None = None,
-                 preset: str | None = None, codec: str | None = None, prediction: str | None = None) -> str | None:
-    """"steps4500", "standardised", "standardised-luma-steps4500", "images8192", "dit-m1", "taef2", "x0"; None for
-    the embedded teacher."""
+                 preset: str | None = None, codec: str | None = None, prediction: str | None = None,
+                 world: str | None = None) -> str | None:
+    """"steps4500", "standardised", "standardised-luma-steps4500", "images8192", "dit-m1", "taef2", "x0", "blocks";
+    None for the embedded teacher."""
     scaled = {None: [], "all": ["standardised"], "luma": ["standardised-luma"]}[standardise]
     parts = ([preset] if preset is not None else []) + ([codec] if codec is not None else []) \
+        + ([world] if world is not None else []) \
         + ([prediction] if prediction is not None else []) + scaled \
         + ([f"images{images}"] if images is not None else []) + ([f"steps{steps}"] if steps is not None else [])
     return "-".join(parts) or None
 
 
-def variant_store_config(images: int | None, codec: str | None = None) -> EncodeConfig:
-    """The embedded image store's settings, with `images` images of the same world instead of its own count and
-    latents in `codec` instead of its own."""
+def variant_store_config(images: int | None, codec: str | None = None, world: str | None = None) -> EncodeConfig:
+    """The embedded image store's settings, with `images` images instead of its own count, of `world` instead of its
+    own, and latents in `codec` instead of its own."""
     entry = EMBEDDED["image"].store
-    entry = entry if images is None else replace(entry, data=f"procedural:{images}:{entry.data.split(':')[2]}")
+    _, count, own_world = entry.data.split(":")
+    entry = replace(entry, data=f"procedural:{images or count}:{world or own_world}")
     return entry if codec is None else replace(entry, codec=codec)
 
 
-def variant_store(images: int | None, codec: str | None = None, video: bool = False) -> LatentStore:
-    """The embedded image store, or one of `images` images of the same world and/or in `codec` beside it; with
+def variant_store(images: int | None, codec: str | None = None, video: bool = False,
+                  world: str | None = None) -> LatentStore:
+    """The embedded image store, or one of `images` images and/or of `world` and/or in `codec` beside it; with
     video, the embedded video store in `codec` beside it."""
-    if images is None and codec is None:
+    if images is None and codec is None and world is None:
         return embedded_store(video, progress=True)
-    suffix = "-".join(([codec] if codec else []) + ([f"images{images}"] if images else []))
+    suffix = "-".join(([codec] if codec else []) + ([world] if world else []) + ([f"images{images}"] if images else []))
     folder = embedded_store_dir(video).with_name(f"{embedded_store_dir(video).name}-{suffix}")
-    config = replace(EMBEDDED["video"].store, codec=codec) if video else variant_store_config(images, codec)
+    config = replace(EMBEDDED["video"].store, codec=codec) if video else variant_store_config(images, codec, world)
     return encode(config, folder, progress=True)
 
 
@@ -142,12 +150,12 @@ def video_init(codec: str | None) -> str | None:
 
 
 def train(video: bool, steps: int | None = None, standardise: str | None = None, images: int | None = None,
-          preset: str | None = None, codec: str | None = None,
-          prediction: str | None = None) -> tuple[dict, StandardisedStore | None]:
+          preset: str | None = None, codec: str | None = None, prediction: str | None = None,
+          world: str | None = None) -> tuple[dict, StandardisedStore | None]:
     """Train (or find) the embedded teacher, or a variant of the image teacher; time its store and training
     stages, and the peak memory. Returns the record and, for --standardise, the standardised store."""
     run, scaled = embedded_run_dir(video), None
-    variant = variant_name(steps, standardise, images, preset, codec, prediction)
+    variant = variant_name(steps, standardise, images, preset, codec, prediction, world)
     if variant is not None:
         run = run.with_name(f"{run.name}-{variant}")
     cached = (run / "model" / "config.json").exists()
@@ -160,7 +168,7 @@ def train(video: bool, steps: int | None = None, standardise: str | None = None,
         train_teacher(variant_store(None, codec, video=True), replace(embedded_config(video=True), init=video_init(codec)),
                       run, resume=True, progress=True)
     else:
-        store = variant_store(images, codec)
+        store = variant_store(images, codec, world=world)
         scaled = StandardisedStore(store, standardise) if standardise else None
         embedded = EMBEDDED["image"].teacher
         config = replace(embedded, steps=steps or embedded.steps, preset=preset or embedded.preset,
@@ -244,15 +252,19 @@ def main() -> None:
                         help="variant: the image teacher trained in this output parameterisation")
     parser.add_argument("--images", type=int, help="variant: the image teacher trained on this many procedural images")
     parser.add_argument("--codec", help="variant: the image teacher trained on the same images in this latent space")
+    parser.add_argument("--world", choices=[name for name in WORLDS if name != EMBEDDED["image"].store.data.split(":")[2]],
+                        help="variant: the image teacher trained on images of this procedural world")
     parser.add_argument("--out", type=Path, help="default: results/teacher.json, results/teacher_<variant>.json")
     args = parser.parse_args()
     if args.codec == EMBEDDED["image"].store.codec:
         args.codec = None  # the embedded teacher's own
     if args.standardise is not None and args.codec is not None:
         parser.error("--standardise rescales the dct codec's luma and chroma channels: leave out --codec")
-    variant = variant_name(args.steps, args.standardise, args.images, args.preset, args.codec, args.prediction)
+    variant = variant_name(args.steps, args.standardise, args.images, args.preset, args.codec, args.prediction,
+                           args.world)
     if variant is not None and variant != args.codec and args.video:
-        parser.error("--steps, --standardise, --images, --preset and --prediction make variants of the image teacher: "
+        parser.error("--steps, --standardise, --images, --preset, --prediction and --world make variants of the image "
+                     "teacher: "
                      "leave out --video")
     for flag, value in (("--steps", args.steps), ("--images", args.images)):
         if value is not None and value < 1:
@@ -262,7 +274,7 @@ def main() -> None:
     kind = "video" if args.video else "image"
     entry = EMBEDDED[kind]
     training, scaled = train(args.video, args.steps, args.standardise, args.images, args.preset, args.codec,
-                             args.prediction)
+                             args.prediction, args.world)
     if training["cached"] and args.out.is_file():  # evaluated again: keep the training as measured when it ran
         earlier = json.loads(args.out.read_text()).get("training", {})
         if earlier.get("run") == training["run"] and not earlier.get("cached"):
@@ -274,9 +286,10 @@ def main() -> None:
     count = max(4 * args.prompts, 2 * args.reference)
     codec_name = args.codec or entry.store.codec
     work = run.parent / f"eval-{embedded_run_dir(args.video).name}-{count}"  # shared by the variants of one codec
-    work = work if args.codec is None else work.with_name(f"{work.name}-{args.codec}")
-    # the captions the prompts are held out from: the embedded store's (a codec variant's store holds the same)
-    training_store = LatentStore.open(embedded_store_dir(args.video) if args.codec is None
+    work = work.with_name("-".join([work.name] + [name for name in (args.codec, args.world) if name]))
+    # the captions the prompts are held out from: the embedded store's (a codec variant's store holds the same), or
+    # the world variant's own
+    training_store = LatentStore.open(embedded_store_dir(args.video) if args.codec is None and args.world is None
                                       else json.loads((run / "config.json").read_text())["store"])
     world = training_store.procedural_world  # the world the teacher learnt
     held_out = encode(EncodeConfig(f"procedural:{count}:{world}", codec=codec_name, frames=entry.store.frames,
@@ -331,7 +344,8 @@ def main() -> None:
             for seed in range(2):
                 grid.append((f"{name} s{seed}", pixels[seed::args.seeds][:GRID_PROMPTS, 0]))
 
-    store_config = replace(entry.store, codec=codec_name) if args.video else variant_store_config(args.images, args.codec)
+    store_config = (replace(entry.store, codec=codec_name) if args.video
+                    else variant_store_config(args.images, args.codec, args.world))
     result = {"kind": kind, "store": json.loads(json.dumps(store_config.__dict__)),
               "teacher": json.loads(json.dumps(replace(embedded_config(args.video), steps=training["steps"], init=init,
                                                         preset=args.preset or entry.teacher.preset,

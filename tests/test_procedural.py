@@ -246,12 +246,32 @@ def test_simple_world_keeps_one_large_shape_over_a_plain_background():
     assert world_config("full", seed=2) == ProceduralConfig(seed=2)
 
 
+def test_blocks_world_puts_each_shape_on_the_block_grid_at_its_size_radius():
+    from dataclasses import replace
+
+    from lrm.datasets.procedural import SIZES, world_config
+
+    config = world_config("blocks", seed=2, frames=1, size=64)
+    assert config == replace(world_config("simple", seed=2, frames=1, size=64), grid=8, radius_jitter=0.0)
+    for index in range(40):
+        shape = make_clip(config, index).attributes["shapes"][0]
+        assert all(c % 8 == 0 and 16 <= c <= 48 for c in shape["center"]), shape["center"]
+        assert shape["radius"] == pytest.approx(SIZES[shape["size"]] * 64)
+    large = [make_clip(replace(config, size=128), index).attributes["shapes"][0] for index in range(20)]
+    assert all(c % 16 == 0 for shape in large for c in shape["center"])  # the grid scales with the short side
+    simple = [make_clip(world_config("simple", seed=2, frames=1), index).attributes["shapes"][0] for index in range(20)]
+    assert not all(c % 8 == 0 for shape in simple for c in shape["center"])  # grid 0: anywhere
+
+
 def test_unknown_world_and_bad_subsets_are_refused_by_name():
     from lrm.datasets.procedural import world_config
 
-    with pytest.raises(ValueError, match="unknown procedural world 'tiny'; choose one of full, simple"):
+    with pytest.raises(ValueError, match="unknown procedural world 'tiny'; choose one of full, simple, blocks"):
         world_config("tiny")
     with pytest.raises(ValueError, match="ProceduralConfig.sizes must be a non-empty subset"):
         ProceduralConfig(sizes=("huge",))
+    for bad in ({"grid": -8}, {"radius_jitter": 1.0}, {"radius_jitter": -0.1}):
+        with pytest.raises(ValueError, match="grid must be >= 0 and radius_jitter in \\[0, 1\\)"):
+            ProceduralConfig(**bad)
     with pytest.raises(ValueError, match="ProceduralConfig.backgrounds must be a non-empty subset"):
         ProceduralConfig(backgrounds=())

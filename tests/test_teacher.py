@@ -390,6 +390,8 @@ def test_the_benchmarks_standardised_variant_trains_on_unit_channels_and_maps_sa
     assert bench.variant_store_config(None) == bench.EMBEDDED["image"].store
     assert bench.variant_name(None, None, codec="taef2") == "taef2"  # the same images in another latent space
     assert bench.variant_name(None, None, prediction="x0") == "x0"  # trained in another output parameterisation
+    assert bench.variant_name(None, None, world="blocks") == "blocks"  # images of another procedural world
+    assert bench.variant_store_config(None, None, "blocks").data == "procedural:2048:blocks"
     assert bench.variant_store_config(None, "taef2") == replace(bench.EMBEDDED["image"].store, codec="taef2")
     torch.testing.assert_close(luma.latents([0, 1])[:, :, 26:], raw[:2, :, 26:])
     torch.testing.assert_close(luma.latents([0, 1])[:, :, :26], z[:2, :, :26])

@@ -12,7 +12,9 @@ colour words from PALETTE, the main shape's colour first (the prompt-color rewar
 WORLDS names variants of that mix. "full" (the default) is all of it, for fitting surrogates of quality
 rewards. "simple" keeps one medium or large shape over a plain or gradient background, with no blur, noise,
 flicker or JPEG: what a teacher small enough to train on a CPU in minutes can learn to draw, shape included
-(lrm.generators.embedded; docs/teacher.md has the measurements).
+(lrm.generators.embedded; docs/teacher.md has the measurements). "blocks" is the simple world with each object
+centred on the 8-px grid of the dct codec's blocks at a fixed radius per size word, so an outline always cuts
+its blocks the same way (a teacher variant of benchmarks/teacher.py).
 
     clips = ProceduralClips(ProceduralConfig(seed=0, frames=8, size=64), count=1000)
     clip = clips[3]   # Clip: pixels (8, 3, 64, 64) float32 in [0, 1], caption, attributes, group
@@ -76,6 +78,8 @@ class ProceduralConfig:
     jpeg_quality: tuple[int, int] = (5, 95)  # PIL quality range for JPEG artifacts, inclusive
     sizes: tuple[str, ...] = tuple(SIZES)  # size words a shape may take
     backgrounds: tuple[str, ...] = tuple(BACKGROUNDS)  # background kinds a clip may take
+    grid: int = 0  # shapes' mid-clip centres on multiples of this many pixels at a 64 px short side; 0: anywhere
+    radius_jitter: float = 0.15  # a shape's radius is its size's times uniform(1 - jitter, 1 + jitter)
 
     def __post_init__(self):
         if self.frames < 1:
@@ -97,6 +101,9 @@ class ProceduralConfig:
             if not chosen or any(c not in allowed for c in chosen):
                 raise ValueError(f"ProceduralConfig.{name} must be a non-empty subset of {', '.join(allowed)}, "
                                  f"got {chosen!r}")
+        if self.grid < 0 or not 0.0 <= self.radius_jitter < 1.0:
+            raise ValueError(f"ProceduralConfig: grid must be >= 0 and radius_jitter in [0, 1), got {self.grid}, "
+                             f"{self.radius_jitter}")
         lo, hi = self.jpeg_quality
         if not 1 <= lo <= hi <= 95:
             raise ValueError(f"ProceduralConfig.jpeg_quality must satisfy 1 <= low <= high <= 95, got {(lo, hi)}")
@@ -112,6 +119,9 @@ WORLDS: dict[str, dict] = {
     "simple": {"max_shapes": 1, "sizes": ("medium", "large"), "backgrounds": ("flat", "gradient"),
                "blur_probability": 0.0, "noise_probability": 0.0, "flicker_probability": 0.0,
                "jpeg_probability": 0.0},
+    "blocks": {"max_shapes": 1, "sizes": ("medium", "large"), "backgrounds": ("flat", "gradient"),
+               "blur_probability": 0.0, "noise_probability": 0.0, "flicker_probability": 0.0,
+               "jpeg_probability": 0.0, "grid": 8, "radius_jitter": 0.0},
 }
 
 
@@ -193,8 +203,9 @@ def sample_attributes(config: ProceduralConfig, rng: np.random.Generator) -> dic
             "shape": str(rng.choice(SHAPES)),
             "color": str(color),
             "size": size_word,
-            "radius": float(SIZES[size_word] * short * rng.uniform(0.85, 1.15)),
-            "center": [float(rng.uniform(0.25, 0.75) * w), float(rng.uniform(0.25, 0.75) * h)],  # mid-clip (x, y)
+            "radius": float(SIZES[size_word] * short * rng.uniform(1 - config.radius_jitter, 1 + config.radius_jitter)),
+            "center": [_on_grid(rng.uniform(0.25, 0.75) * w, config.grid * short / 64),
+                       _on_grid(rng.uniform(0.25, 0.75) * h, config.grid * short / 64)],  # mid-clip (x, y)
             "motion": motion,
             "direction": direction if motion == "linear" else None,
             "speed": speed,  # short sides per frame
@@ -224,6 +235,11 @@ def sample_attributes(config: ProceduralConfig, rng: np.random.Generator) -> dic
         "frames": frames,
         "size": [h, w],
     }
+
+
+def _on_grid(position: float, step: float) -> float:
+    """position rounded to the nearest multiple of step (pixels); step 0: unchanged."""
+    return float(round(position / step) * step) if step > 0 else float(position)
 
 
 def caption(attributes: dict) -> str:
