@@ -123,7 +123,7 @@ def variant_store_config(images: int | None, codec: str | None = None, world: st
     """The embedded image store's settings, with `images` images instead of its own count, of `world` instead of its
     own, and latents in `codec` instead of its own."""
     entry = EMBEDDED["image"].store
-    _, count, own_world = entry.data.split(":")
+    _, count, own_world = entry.data.split(":")  # procedural:N:WORLD
     entry = replace(entry, data=f"procedural:{images or count}:{world or own_world}")
     return entry if codec is None else replace(entry, codec=codec)
 
@@ -252,7 +252,8 @@ def main() -> None:
                         help="variant: the image teacher trained in this output parameterisation")
     parser.add_argument("--images", type=int, help="variant: the image teacher trained on this many procedural images")
     parser.add_argument("--codec", help="variant: the image teacher trained on the same images in this latent space")
-    parser.add_argument("--world", choices=[name for name in WORLDS if name != EMBEDDED["image"].store.data.split(":")[2]],
+    embedded_world = variant_store_config(None).data.split(":")[2]
+    parser.add_argument("--world", choices=[name for name in WORLDS if name != embedded_world],
                         help="variant: the image teacher trained on images of this procedural world")
     parser.add_argument("--out", type=Path, help="default: results/teacher.json, results/teacher_<variant>.json")
     args = parser.parse_args()
@@ -264,8 +265,7 @@ def main() -> None:
                            args.world)
     if variant is not None and variant != args.codec and args.video:
         parser.error("--steps, --standardise, --images, --preset, --prediction and --world make variants of the image "
-                     "teacher: "
-                     "leave out --video")
+                     "teacher: leave out --video")
     for flag, value in (("--steps", args.steps), ("--images", args.images)):
         if value is not None and value < 1:
             parser.error(f"{flag} must be a positive integer, got {value}")
@@ -301,7 +301,7 @@ def main() -> None:
         parser.error(f"only {len(prompt_rows)} of {len(candidates)} held-out captions are distinct and unseen in "
                      f"training; lower --prompts")
     prompts = [held_out.prompts[i] for i in prompt_rows]
-    if args.images is not None:  # the same prompts as the embedded teacher's: its larger store holds some of them
+    if args.images is not None and args.world is None:  # the embedded teacher's prompts: its larger store holds some
         training["prompts_in_its_store"] = len(set(prompts) & set(variant_store(args.images).prompts))
     text, mask = held_out.text_embeddings(prompt_rows)
     reference = held_out.latents(np.arange(count - args.reference, count))

@@ -257,8 +257,9 @@ def test_blocks_world_puts_each_shape_on_the_block_grid_at_its_size_radius():
         shape = make_clip(config, index).attributes["shapes"][0]
         assert all(c % 8 == 0 and 16 <= c <= 48 for c in shape["center"]), shape["center"]
         assert shape["radius"] == pytest.approx(SIZES[shape["size"]] * 64)
-    large = [make_clip(replace(config, size=128), index).attributes["shapes"][0] for index in range(20)]
-    assert all(c % 16 == 0 for shape in large for c in shape["center"])  # the grid scales with the short side
+    for size in (100, (48, 80)):  # the dct blocks at any size: 8 px
+        shapes = [make_clip(replace(config, size=size), index).attributes["shapes"][0] for index in range(20)]
+        assert all(c % 8 == 0 for shape in shapes for c in shape["center"])
     simple = [make_clip(world_config("simple", seed=2, frames=1), index).attributes["shapes"][0] for index in range(20)]
     assert not all(c % 8 == 0 for shape in simple for c in shape["center"])  # grid 0: anywhere
 

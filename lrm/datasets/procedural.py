@@ -14,7 +14,7 @@ rewards. "simple" keeps one medium or large shape over a plain or gradient backg
 flicker or JPEG: what a teacher small enough to train on a CPU in minutes can learn to draw, shape included
 (lrm.generators.embedded; docs/teacher.md has the measurements). "blocks" is the simple world with each object
 centred on the 8-px grid of the dct codec's blocks at a fixed radius per size word, so an outline always cuts
-its blocks the same way (a teacher variant of benchmarks/teacher.py).
+its blocks the same way in a still image (a teacher variant of benchmarks/teacher.py).
 
     clips = ProceduralClips(ProceduralConfig(seed=0, frames=8, size=64), count=1000)
     clip = clips[3]   # Clip: pixels (8, 3, 64, 64) float32 in [0, 1], caption, attributes, group
@@ -78,7 +78,8 @@ class ProceduralConfig:
     jpeg_quality: tuple[int, int] = (5, 95)  # PIL quality range for JPEG artifacts, inclusive
     sizes: tuple[str, ...] = tuple(SIZES)  # size words a shape may take
     backgrounds: tuple[str, ...] = tuple(BACKGROUNDS)  # background kinds a clip may take
-    grid: int = 0  # shapes' mid-clip centres on multiples of this many pixels at a 64 px short side; 0: anywhere
+    grid: int = 0  # shapes' mid-clip centres on multiples of this many pixels (8: the dct blocks); 0: anywhere.
+    # Moving shapes leave the grid between their mid-clip and other frames.
     radius_jitter: float = 0.15  # a shape's radius is its size's times uniform(1 - jitter, 1 + jitter)
 
     def __post_init__(self):
@@ -204,8 +205,8 @@ def sample_attributes(config: ProceduralConfig, rng: np.random.Generator) -> dic
             "color": str(color),
             "size": size_word,
             "radius": float(SIZES[size_word] * short * rng.uniform(1 - config.radius_jitter, 1 + config.radius_jitter)),
-            "center": [_on_grid(rng.uniform(0.25, 0.75) * w, config.grid * short / 64),
-                       _on_grid(rng.uniform(0.25, 0.75) * h, config.grid * short / 64)],  # mid-clip (x, y)
+            "center": [_on_grid(rng.uniform(0.25, 0.75) * w, config.grid),
+                       _on_grid(rng.uniform(0.25, 0.75) * h, config.grid)],  # mid-clip (x, y)
             "motion": motion,
             "direction": direction if motion == "linear" else None,
             "speed": speed,  # short sides per frame
@@ -237,7 +238,7 @@ def sample_attributes(config: ProceduralConfig, rng: np.random.Generator) -> dic
     }
 
 
-def _on_grid(position: float, step: float) -> float:
+def _on_grid(position: float, step: int) -> float:
     """position rounded to the nearest multiple of step (pixels); step 0: unchanged."""
     return float(round(position / step) * step) if step > 0 else float(position)
 
