@@ -119,6 +119,8 @@ def main() -> None:
                 skipped[name] = str(error).split(" Looked in")[0]  # "weight file '...' (...) not found."
                 print(f"{name}: skipped ({skipped[name]})")
                 continue
+            except KeyError as error:  # no such codec
+                parser.error(str(error.args[0]))
             if latents.shape[-1] * TOKEN != SIZE:
                 parser.error(f"{name} has {latents.shape[-1]} tokens across {SIZE} px; the probe reads 8-px tokens")
             features = {"centre": token_features(latents, centre), "object": token_features(latents, inside),

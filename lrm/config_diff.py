@@ -3,6 +3,8 @@ folder holds another command's run."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 # the key of each command's settings in its run's config.json -> what such a run is
 RUN_KINDS = {"fit": "a surrogate run of `lrm fit`", "teacher": "a teacher run of `lrm teacher train`",
              "job": "a student run of `lrm distill`", "tune": "a tuning run of `lrm tune`"}
@@ -19,8 +21,6 @@ def own_store(recorded, run_dir) -> str | None:
     """The store path a run recorded, as it is now: run_dir/store, resolved, when the run encoded its own store there
     (it recorded "<its folder then>/store") and run_dir holds it, so a run folder moved or copied whole keeps its
     store; else the recorded path as is (None when none)."""
-    from pathlib import Path
-
     own = Path(run_dir) / "store"
     if recorded is not None and Path(recorded).name == "store" and (own / "manifest.json").is_file():
         return str(own.resolve())
@@ -36,7 +36,6 @@ def refuse_run_folder(folder, writes: str) -> None:
     """One-line ValueError when `folder` holds a run of any command (its config.json names one): a command that
     writes `writes` (its report, metrics.json, ...) there would overwrite that run's own files."""
     import json
-    from pathlib import Path
 
     try:
         saved = json.loads((Path(folder) / "config.json").read_text())
@@ -59,8 +58,6 @@ def refuse_other_run(folder, saved, key: str) -> None:
 
 def refuse_other_run_in(folder, key: str) -> None:
     """refuse_other_run on `folder`'s config.json when it has one: before a command does any work for its run."""
-    from pathlib import Path
-
     config = Path(folder) / "config.json"
     if config.is_file():
         refuse_other_run(folder, read_run_config(config), key)

@@ -80,11 +80,10 @@ def resolved_job(job: FitJob) -> dict:
         if not resolved["label_to_add"]:
             check_label_column(store, job.label_name(), job)  # what the real run would refuse
     else:
-        from lrm.codecs import load as load_codec
-        from lrm.datasets.sources import make_source
+        from lrm.datasets.encoding import check_source
 
         config, size = new_store_config(job, spec)
-        make_source(config, load_codec(config.codec).spatial_factor, spec.size)  # refuses what the real run would
+        check_source(config, spec.size)  # refuses what the real run would
         resolved.update(data=config.data, count=data_count(config.data), frames=config.frames, size=config.size,
                         size_reason=size.reason, text=config.text)
     check_out_folder(job.run_dir())

@@ -64,10 +64,9 @@ def resolve(video: bool, store: Path | None, data: str | None, prompts: Path | N
         encode = EncodeConfig(data, codec=codec, frames=entry.store.frames, size=size or entry.store.size,
                               text=entry.store.text, text_length=entry.store.text_length,
                               prompts=str(prompts) if prompts else None, device=device)
-        from lrm.codecs import load as load_codec
-        from lrm.datasets.sources import make_source
+        from lrm.datasets.encoding import check_source
 
-        make_source(encode, load_codec(codec).spatial_factor)  # what encoding would refuse: no clips, no such codec
+        check_source(encode)  # what encoding would refuse: no clips, no such codec
         run = out or Path("runs") / f"teacher-{Path(data.rstrip('/')).name.replace(':', '-')}"
         plan.update(encode=dataclasses.asdict(encode), store=str(run / "store"), run=str(run))
     else:

@@ -66,6 +66,14 @@ def refuse_oversized_batch(frames: int, size: int, batch_size: int) -> None:
                          f"available; lower --size (or --frames, --batch-size)")
 
 
+def check_source(config: EncodeConfig, preferred_size: int | None = None) -> None:
+    """What encode(config) refuses before it encodes anything (an unknown codec; data that are no clips, an empty or
+    missing folder), for a dry run; preferred_size: the reward's, as lrm fit passes it."""
+    from lrm import codecs
+
+    make_source(config, codecs.load(config.codec).spatial_factor, preferred_size)
+
+
 def shard_units(index: int, shard_size: int, units: int) -> tuple[int, int]:
     return index * shard_size, min((index + 1) * shard_size, units)
 
