@@ -22,9 +22,9 @@ and evaluated the same way (results/teacher_<variant>.json):
   --steps N        the embedded settings trained for N steps (the learning rate is constant after warm-up, so
                    the first 2,250 steps are the embedded run's)
   --standardise all | luma
-                   trained on the store's latents standardised per channel ((z - mean) / std over the store: the
-                   luma AC channels' std is 0.3-0.8, the chroma channels' ~2): every channel, or the dct codec's
-                   luma channels only (the chroma ones, which carry the layout, keep their scale); samples are
+                   with --codec dct: trained on the store's dct latents standardised per channel ((z - mean) / std
+                   over the store: the luma AC channels' std is 0.3-0.8, the chroma channels' ~2): every channel, or
+                   the luma channels only (the chroma ones, which carry the layout, keep their scale); samples are
                    mapped back to the codec's latents before FD and decoding (here only: its run folder records
                    the plain codec, so `lrm sample` on it decodes standardised latents as they are)
   --preset NAME    another DiT size (lrm.generators.dit.DIT_PRESETS), e.g. dit-m1: dit-s1's patch at 5x the parameters
@@ -33,8 +33,9 @@ and evaluated the same way (results/teacher_<variant>.json):
   --images N       trained on N procedural images of the same world instead of the embedded 2,048 (its store beside
                    the embedded one); evaluated on the same prompts, so the record counts how many of them its
                    larger store holds
-  --codec NAME     the same images in another latent space (lrm.codecs), e.g. taef2 (8 x 8 x 32 at 64 px, the dct
-                   latents' shape; needs its weights: $LRM_WEIGHTS); its store and its held-out data beside the
+  --codec NAME     the same images in another latent space (lrm.codecs): dct (the embedded default until
+                   2026-12-05; the other variants of it combine with --codec dct) or taef2 (8 x 8 x 32 at 64 px;
+                   needs its weights: $LRM_WEIGHTS); its store and its held-out data beside the
                    embedded ones, the same prompts, real images decoded by that codec as the ceiling. With --video:
                    the embedded video teacher's clips in that codec, started from the image teacher of that codec
                    (the --codec NAME image variant, trained first)
@@ -43,7 +44,7 @@ and evaluated the same way (results/teacher_<variant>.json):
                    held-out data (that world's captions and images) beside the embedded ones
 
     LRM_CACHE=/tmp/lrm-bench OMP_NUM_THREADS=1 python benchmarks/teacher.py   # fresh cache: trains from scratch
-    LRM_CACHE=/tmp/lrm-bench python benchmarks/teacher.py --steps 4500        # a variant
+    LRM_CACHE=/tmp/lrm-bench python benchmarks/teacher.py --codec dct --steps 4500   # a variant
 """
 
 from __future__ import annotations
@@ -109,7 +110,7 @@ class StandardisedStore:
 def variant_name(steps: int | None, standardise: str | None, images: int | None = None,
                  preset: str | None = None, codec: str | None = None, prediction: str | None = None,
                  world: str | None = None) -> str | None:
-    """"steps4500", "standardised", "standardised-luma-steps4500", "images8192", "dit-m1", "taef2", "x0", "blocks";
+    """"dct", "dct-steps4500", "dct-standardised-luma", "dct-images8192", "dit-m1-dct", "taef2", "dct-blocks", ...;
     None for the embedded teacher."""
     scaled = {None: [], "all": ["standardised"], "luma": ["standardised-luma"]}[standardise]
     parts = ([preset] if preset is not None else []) + ([codec] if codec is not None else []) \
@@ -177,7 +178,14 @@ def train(video: bool, steps: int | None = None, standardise: str | None = None,
     total = time.perf_counter() - started
     history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     train_s = history[-1]["elapsed_s"]
+    codec_s = None
+    if not cached and not video and (codec or EMBEDDED["image"].store.codec) == "pae":  # its autoencoder's training
+        from lrm.codecs.pae import default_folder
+        from lrm.codecs.pae_training import METRICS_FILE
+
+        codec_s = json.loads((default_folder() / METRICS_FILE).read_text())["train_s"]
     return {"run": str(run), "cached": cached, "total_s": round(total, 1), "train_s": train_s,
+            "codec_train_s": codec_s,  # part of store_and_report_s (0 or less when the autoencoder was cached)
             "store_and_report_s": round(total - train_s, 1) if not cached else None,
             "peak_rss_mb": round(peak_rss_mb(), 1), "steps": history[-1]["step"],
             "final_loss": history[-1]["loss"], "first_loss": history[0]["loss"],
@@ -259,8 +267,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.codec == EMBEDDED["image"].store.codec:
         args.codec = None  # the embedded teacher's own
-    if args.standardise is not None and args.codec is not None:
-        parser.error("--standardise rescales the dct codec's luma and chroma channels: leave out --codec")
+    if args.standardise is not None and (args.codec or EMBEDDED["image"].store.codec) != "dct":
+        parser.error("--standardise rescales the dct codec's luma and chroma channels: add --codec dct")
     variant = variant_name(args.steps, args.standardise, args.images, args.preset, args.codec, args.prediction,
                            args.world)
     if variant is not None and variant != args.codec and args.video:

@@ -1,6 +1,6 @@
 """Which latent tokens tell the object's shape and colour: a linear probe per latent space.
 
-A teacher draws the named colour in dct and in taef2 alike but the named shape only in taef2
+A teacher draws the named colour in dct and in taef2 alike but the named shape only in taef2 and in pae
 (docs/teacher.md). This asks where each latent space keeps those two attributes. It encodes images of the
 simple world (one object; procedural seed 2, a set no teacher trains on) and fits a logistic regression
 (scikit-learn defaults: L2, C = 1; features standardised on the fitting rows) that reads the object's shape
@@ -12,11 +12,12 @@ simple world (one object; procedural seed 2, a set no teacher trains on) and fit
 fitted on the first --train images and scored on the rest (accuracy; chance 1/6 and 1/11).
 A high centre- or object-token accuracy means a single token of the object carries the attribute, so a
 denoiser can write it token by token; a low one means the attribute lives only in how neighbouring tokens
-fit together. The row "hog" is a weight-free, nonlinear reference that is no latent space: the histogram of
-gradient orientations (skimage, 9 orientations, 2 x 2 cells) of the 24 x 24 pixels around the token, the
-pixels themselves without a codec.
+fit together. The row "hog" is a weight-free, nonlinear reference that is no latent space: each token's HOG
+descriptor of the 24 x 24 pixels around it (lrm.codecs.hog, 9 orientations, 2 x 2 cells), the descriptors pae's
+tokens are trained to predict.
+Each codec row also records the mean round-trip PSNR of the probed images (psnr_db).
 Writes benchmarks/results/token_probe.json and prints a table. taef2 needs its weights ($LRM_WEIGHTS); a
-codec whose weights are missing is skipped with the reason.
+codec whose weights are missing is skipped with the reason; pae is trained on first use (~4 min, cached).
 
     PYTHONPATH=. python benchmarks/token_probe.py --codecs dct hog
     LRM_WEIGHTS=../shared/data/weights/taesd PYTHONPATH=. python benchmarks/token_probe.py
@@ -34,6 +35,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from lrm.codecs import load
+from lrm.codecs.hog import token_hog
 from lrm.datasets.procedural import PALETTE, SHAPES, ProceduralClips, _coverage, world_config
 from lrm.io import atomic_write_json
 from lrm.weights import MissingWeightsError
@@ -41,8 +43,7 @@ from lrm.weights import MissingWeightsError
 RESULTS = Path(__file__).resolve().parent / "results"
 SEED = 2  # procedural seed of the probed images (the embedded teacher trains on seed 0, evaluates on seed 1)
 SIZE = 64  # the embedded teacher's resolution: 8 x 8 tokens
-TOKEN = 8  # pixels per token side (dct and taef2)
-HOG_WINDOW = 24  # pixels around a token's centre that its HOG reference reads
+TOKEN = 8  # pixels per token side (dct, taef2 and pae)
 
 
 def object_tokens(shape: dict, rng: np.random.Generator) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -64,17 +65,6 @@ def token_features(latents: torch.Tensor, tokens: np.ndarray, reach: int = 0) ->
     return np.stack([z[i, :, r:r + side, c:c + side].reshape(-1) for i, (r, c) in enumerate(tokens)])
 
 
-def hog_features(gray: np.ndarray, token: tuple[int, int]) -> np.ndarray:
-    """(H, W) luminance and a token (row, col) -> (36,) HOG of the HOG_WINDOW pixels around the token's centre."""
-    from skimage.feature import hog
-
-    padded = np.pad(gray, HOG_WINDOW, mode="edge")
-    y, x = TOKEN * token[0] + TOKEN // 2 + HOG_WINDOW, TOKEN * token[1] + TOKEN // 2 + HOG_WINDOW
-    half = HOG_WINDOW // 2
-    return hog(padded[y - half:y + half, x - half:x + half], orientations=9, pixels_per_cell=(half, half),
-               cells_per_block=(1, 1))
-
-
 def probe_accuracy(features: np.ndarray, labels: np.ndarray, train: int) -> float:
     """Held-out accuracy of a logistic regression fitted on the first `train` rows (features standardised on them)."""
     mean, std = features[:train].mean(0), features[:train].std(0) + 1e-6
@@ -85,7 +75,7 @@ def probe_accuracy(features: np.ndarray, labels: np.ndarray, train: int) -> floa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--codecs", nargs="+", default=["dct", "taef2", "hog"],
+    parser.add_argument("--codecs", nargs="+", default=["dct", "taef2", "pae", "hog"],
                         help="latent spaces (lrm.codecs names), and hog for the pixel reference")
     parser.add_argument("--images", type=int, default=1536, help="images probed, fitting rows first")
     parser.add_argument("--train", type=int, default=1024, help="images the probes are fitted on; the rest score them")
@@ -106,15 +96,14 @@ def main() -> None:
     rows, skipped = [], {}
     for name in args.codecs:
         if name == "hog":
-            gray = pixels[:, 0].mean(1).numpy()  # (N, H, W)
-            features = {"centre": np.stack([hog_features(g, tuple(t)) for g, t in zip(gray, centre)]),
-                        "object": np.stack([hog_features(g, tuple(t)) for g, t in zip(gray, inside)])}
-            shape = None
+            latents = token_hog(pixels[:, 0])  # (N, 36, H/8, W/8): descriptors in place of latents
         else:
             try:
                 codec = load(name)
                 with torch.no_grad():
                     latents = torch.cat([codec.encode(pixels[i:i + 64]) for i in range(0, args.images, 64)])[:, 0]
+                    decoded = torch.cat([codec.decode(latents[i:i + 64, None]) for i in range(0, args.images, 64)])
+                psnr = (-10 * torch.log10((decoded - pixels).pow(2).mean((1, 2, 3, 4)).clamp_min(1e-10))).mean()
             except MissingWeightsError as error:  # a learned codec without its weights
                 skipped[name] = str(error).split(" Looked in")[0]  # "weight file '...' (...) not found."
                 print(f"{name}: skipped ({skipped[name]})")
@@ -123,10 +112,10 @@ def main() -> None:
                 parser.error(str(error.args[0]))
             if latents.shape[-1] * TOKEN != SIZE:
                 parser.error(f"{name} has {latents.shape[-1]} tokens across {SIZE} px; the probe reads 8-px tokens")
-            features = {"centre": token_features(latents, centre), "object": token_features(latents, inside),
-                        "3x3": token_features(latents, centre, 1), "5x5": token_features(latents, centre, 2)}
-            shape = list(latents.shape[1:])
-        row = {"codec": name, "latent_shape": shape}
+        features = {"centre": token_features(latents, centre), "object": token_features(latents, inside),
+                    "3x3": token_features(latents, centre, 1), "5x5": token_features(latents, centre, 2)}
+        row = {"codec": name, "latent_shape": list(latents.shape[1:]),
+               "psnr_db": None if name == "hog" else round(psnr.item(), 2)}  # round trip of the probed images
         for attribute, y in labels.items():
             for where, x in features.items():
                 row[f"{attribute}_{where}"] = probe_accuracy(x, y, args.train)
@@ -144,7 +133,8 @@ def main() -> None:
     for r in rows:
         for attribute in labels:
             print(f"{r['codec']:6s} {attribute:9s} " + " ".join(f"{fmt(r.get(f'{attribute}_{w}')):>7s}" for w in wheres))
-    print(f"chance: shape {1 / len(SHAPES):.3f}, colour {1 / len(PALETTE):.3f}")
+    print(f"chance: shape {1 / len(SHAPES):.3f}, colour {1 / len(PALETTE):.3f}; round-trip PSNR: "
+          + ", ".join(f"{r['codec']} {r['psnr_db']:.2f} dB" for r in rows if r["psnr_db"] is not None))
 
 
 if __name__ == "__main__":

@@ -187,7 +187,7 @@ class DistillJob:
 @dataclass
 class TeacherConfig:
     preset: str = "dit-s1"  # DiT size, a key of lrm.generators.dit.DIT_PRESETS (dit-s1: 2.6M params, one token per 8x8 latent)
-    steps: int = 2250  # optimizer steps: the embedded image teacher's, 11 min on a 2-core CPU at 8x8 latents
+    steps: int = 2250  # optimizer steps: the embedded image teacher's, ~10 min on a 2-core CPU at 8x8 latents
     batch_size: int = 32  # global batch (split across DDP ranks); capped at the store's size
     lr: float = 1e-3  # AdamW learning rate after warm-up (high for short runs; the EMA smooths it)
     weight_decay: float = 0.0  # AdamW decoupled weight decay (DiT trains without)

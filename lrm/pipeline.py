@@ -105,11 +105,11 @@ def data_count(data: str) -> int | None:
 def new_store_size(job: FitJob, spec=None):
     """FrameSize (side, and why) of the store a job without --store encodes; with the reward's `spec`, a media
     folder takes the reward's preferred size when it has one."""
-    from lrm.codecs import load as load_codec
+    from lrm.codecs import spatial_factor
     from lrm.datasets.sources import choose_frame_size
 
     data = job.data or f"procedural:{job.count}"
-    return choose_frame_size(data, job.size, load_codec(job.codec).spatial_factor, spec.size if spec else None)
+    return choose_frame_size(data, job.size, spatial_factor(job.codec), spec.size if spec else None)
 
 
 def new_store_config(job: FitJob, spec):

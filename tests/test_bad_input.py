@@ -267,7 +267,7 @@ def test_dry_run_refuses_what_the_run_would(fitted_run, tmp_path):
         fails("fit", "colorfulness", "--data", data, "--out", tmp_path / "r", "--dry-run", names=names, fix=fix)
         fails("teacher", "train", "--data", data, "--out", tmp_path / "t", "--dry-run", names=names, fix=fix)
     fails("teacher", "train", "--data", "procedural:8", "--codec", "nosuch", "--dry-run", names="nosuch",
-          fix="Known codecs: dct, taef2")
+          fix="Known codecs: dct, pae, taef2")
     fails("teacher", "train", "--data", "procedural:8", "--out", fitted_run, "--dry-run", names=fitted_run,
           fix="holds a surrogate run of `lrm fit`, not a teacher run")
     fails("fit", "colorfulness", "--data", "procedural:8", "--out", fitted_run.parent, "--dry-run",

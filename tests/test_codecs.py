@@ -68,8 +68,13 @@ def no_weights(monkeypatch, tmp_path):
 # ---- registry -------------------------------------------------------------------------------
 
 
-def test_registry_builds_every_entry(monkeypatch):
+def test_registry_builds_every_entry(monkeypatch, tmp_path):
+    from lrm.codecs import pae
+
     monkeypatch.setenv("LRM_OFFLINE", "1")  # entries whose weights are absent raise instead of downloading
+    monkeypatch.setenv("LRM_CACHE", str(tmp_path))  # pae trains its default here on first use: a tiny one
+    monkeypatch.setattr(pae, "PAE_DEFAULT", pae.PAEConfig(widths=(4, 4, 8), size=32, images=8, steps=2, batch_size=2,
+                                                            min_psnr=0.0))
     if TAESD_WEIGHTS.is_dir():
         monkeypatch.setenv("LRM_WEIGHTS", str(TAESD_WEIGHTS))
     built = []
@@ -85,11 +90,11 @@ def test_registry_builds_every_entry(monkeypatch):
         assert codec.decode(latents).shape == pixels.shape
         assert codec.settings()["name"] == name and codec.codec_id == f"{name}-v{codec.version}"
         built.append(name)
-    assert "dct" in built
+    assert {"dct", "pae"} <= set(built)
 
 
 def test_unknown_codec_lists_known_names():
-    with pytest.raises(KeyError, match="Known codecs: dct, taef2. Or diffusers:"):
+    with pytest.raises(KeyError, match="Known codecs: dct, pae, taef2. Or diffusers:"):
         codecs.load("jpeg")
     with pytest.raises(KeyError, match="unknown codec 'tae2f'; did you mean 'taef2'"):
         codecs.load("tae2f")

@@ -271,6 +271,12 @@ def test_embedded_teacher_is_cached_by_settings(tmp_path, monkeypatch):
     monkeypatch.setitem(embedded.EMBEDDED, "image", replace(embedded.EMBEDDED["image"],
                                                             teacher=replace(default, keep_checkpoints=5)))
     assert embedded.embedded_run_dir() == run  # logging and checkpoint cadence do not change the weights
+    from lrm.codecs import pae
+
+    store = embedded.embedded_store_dir()
+    assert embedded.EMBEDDED["image"].store.codec == "pae" and not (tmp_path / "codecs").exists()  # nothing trained
+    monkeypatch.setattr(pae, "PAE_DEFAULT", replace(pae.PAE_DEFAULT, steps=10))
+    assert embedded.embedded_store_dir() != store and embedded.embedded_run_dir() != run  # another autoencoder
 
 
 def test_embedded_teacher_trains_once_then_reuses_or_resumes(tmp_path, monkeypatch):
@@ -330,6 +336,7 @@ def test_cli_embedded_dry_run_uses_the_cache(tmp_path, monkeypatch):
     video = embedded.EMBEDDED["video"].teacher
     assert plan["teacher"]["steps"] == video.steps and plan["teacher"]["batch_size"] == video.batch_size == 8
     assert plan["teacher"]["init"] == str(embedded.embedded_run_dir() / "model")
+    assert not (tmp_path / "codecs").exists() and not (tmp_path / "stores").exists()  # a plan trains nothing
 
 
 def test_cli_bad_input_is_one_line(store, trained, tmp_path):
@@ -393,5 +400,15 @@ def test_the_benchmarks_standardised_variant_trains_on_unit_channels_and_maps_sa
     assert bench.variant_name(None, None, world="blocks") == "blocks"  # images of another procedural world
     assert bench.variant_store_config(None, None, "blocks").data == "procedural:2048:blocks"
     assert bench.variant_store_config(None, "taef2") == replace(bench.EMBEDDED["image"].store, codec="taef2")
+    # the dct teacher's variants (the embedded default until 2026-12-05): `--codec dct` and one setting, each
+    # recorded in benchmarks/results under the name the benchmark gives it
+    dct_variants = [bench.variant_name(None, None, codec="dct"), bench.variant_name(4500, None, codec="dct"),
+                    bench.variant_name(None, "all", codec="dct"), bench.variant_name(None, "luma", codec="dct"),
+                    bench.variant_name(None, None, 8192, codec="dct"), bench.variant_name(None, None, preset="dit-m1", codec="dct"),
+                    bench.variant_name(None, None, codec="dct", prediction="x0"),
+                    bench.variant_name(None, None, codec="dct", world="blocks")]
+    assert dct_variants == ["dct", "dct-steps4500", "dct-standardised", "dct-standardised-luma", "dct-images8192",
+                            "dit-m1-dct", "dct-x0", "dct-blocks"]
+    assert all((bench.RESULTS / f"teacher_{name}.json").is_file() for name in dct_variants)
     torch.testing.assert_close(luma.latents([0, 1])[:, :, 26:], raw[:2, :, 26:])
     torch.testing.assert_close(luma.latents([0, 1])[:, :, :26], z[:2, :, :26])

@@ -32,11 +32,6 @@ def test_object_token_lies_on_the_object_and_the_centre_token_under_its_centre()
         row, col = inside
         distance = np.hypot(8 * col + 4 - 33, 8 * row + 4 - 28)  # of the token's centre pixel
         assert 0.55 * 18 - 4 <= distance <= 18 + 4 and inside != centre  # on the ring's band, not in its hole
-    gray = np.zeros((64, 64))
-    gray[:, 32:] = 1.0  # one vertical edge
-    features = bench.hog_features(gray, (3, 3))  # window: pixels 16..40, across the edge
-    assert features.shape == (36,) and features.max() > 0
-    assert not bench.hog_features(gray, (3, 7)).any()  # window 48..72 (edge-padded): flat
 
 
 def test_probe_reads_a_label_written_in_the_features_and_not_one_that_is_not():

@@ -42,7 +42,9 @@ def _fail(exc: Exception) -> None:
 def encode(
     data: Annotated[str, typer.Argument(help="procedural:N (procedural:N:simple for the simple world), or a folder (or file) of images / videos.")],
     out: Annotated[Path, typer.Option("--out", help="Store folder (created, or resumed when it exists).")],
-    codec: Annotated[str, typer.Option(help="Latent space: dct (built in), taef2, diffusers:<path>.")] = ENCODE["codec"],
+    codec: Annotated[str, typer.Option(
+        help="Latent space: dct (built in), taef2, pae (lrm's autoencoder of the procedural world), "
+             "diffusers:<path>.")] = ENCODE["codec"],
     frames: Annotated[Optional[int], typer.Option(min=1, help="Frames per clip (default 8; 1 for a folder of images).")] = ENCODE["frames"],
     size: Annotated[Optional[int], typer.Option(min=1, help=(
         "Square side after short-side resize and centre crop (default: 128 for procedural clips, a media "

@@ -39,7 +39,7 @@ def fit(
     reward: Annotated[str, typer.Argument(help="Reward to imitate: a name from `lrm rewards`, or file.py:fn / pkg.module:fn.")],
     data: Annotated[Optional[str], typer.Option(help="Media folder or procedural:N (default: procedural clips).")] = None,
     store: Annotated[Optional[Path], typer.Option(help="Reuse this latent store instead of encoding (labelled if needed).")] = None,
-    codec: Annotated[str, typer.Option(help="Latent space of a new store: dct, taef2 or diffusers:<path>.")] = DEFAULTS["codec"],
+    codec: Annotated[str, typer.Option(help="Latent space of a new store: dct, taef2, pae or diffusers:<path>.")] = DEFAULTS["codec"],
     model: Annotated[Optional[str], typer.Option(help="Surrogate preset (lrm.models.PRESETS). Default, the recommended one per reward kind: image-cnn-stats (image), text-image-xattn (text-image), video-pair-stats (video), text-video-3d-xattn (text-video).")] = DEFAULTS["preset"],
     steps: Annotated[int, typer.Option(min=1, help=(
         f"Most optimizer steps: a linear warm-up of the learning rate (--warmup-steps), then cosine decay; "

@@ -12,7 +12,7 @@ import typer
 from lrm.cli.errors import USER_ERRORS, exit_with_message
 from lrm.cli.options import check_device, standalone_app
 from lrm.generators.embedded import EMBEDDED
-from lrm.configs import TeacherConfig
+from lrm.configs import EncodeConfig, TeacherConfig
 
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(TeacherConfig)}  # one source of truth: TeacherConfig
 IMAGE, VIDEO = EMBEDDED["image"], EMBEDDED["video"]
@@ -29,13 +29,12 @@ def resolve(video: bool, store: Path | None, data: str | None, prompts: Path | N
             steps: int | None, preset: str | None, batch_size: int | None, init: Path | None, out: Path | None,
             device: str) -> dict:
     """What `lrm teacher train` will do: the run folder, where its store comes from, the teacher settings."""
-    from lrm.configs import EncodeConfig
     from lrm.generators.embedded import embedded_config, embedded_run_dir, embedded_store_dir
     from lrm.generators.training import check_config, check_init
 
     if store is not None and data is not None:
         raise ValueError("give either --store or --data, not both")
-    if (prompts is not None or size is not None or codec != IMAGE.store.codec) and data is None:
+    if (prompts is not None or size is not None or codec != EncodeConfig.codec) and data is None:
         raise ValueError("--prompts, --size and --codec describe a store encoded from --data; pass --data FOLDER")
     if init is not None and not init.is_dir():
         raise FileNotFoundError(f"--init {init}: no such folder; pass a teacher run (or its model folder)")
@@ -84,7 +83,9 @@ def train(
     store: Annotated[Optional[Path], typer.Option(help="Latent store with text embeddings to train on.")] = None,
     data: Annotated[Optional[str], typer.Option(help="Media folder (or procedural:N[:simple]) to encode into RUN/store first.")] = None,
     prompts: Annotated[Optional[Path], typer.Option(help="With --data: prompts file, one line per media file in sorted order.")] = None,
-    codec: Annotated[str, typer.Option(help="With --data: latent space (dct, taef2, diffusers:<path>).")] = IMAGE.store.codec,
+    codec: Annotated[str, typer.Option(
+        help="With --data: latent space (dct, taef2, pae: lrm's autoencoder of the procedural world, "
+             "diffusers:<path>).")] = EncodeConfig.codec,
     size: Annotated[Optional[int], typer.Option(min=1, help=f"With --data: square side in pixels (default {IMAGE.store.size}).")] = None,
     steps: Annotated[Optional[int], typer.Option(
         help=f"Optimizer steps (default {IMAGE.teacher.steps} for images, {VIDEO.teacher.steps} for --video).")] = None,
@@ -103,8 +104,9 @@ def train(
     """Train lrm's latent DiT teacher (conjugate-v, DOLLAR Eq. 13) with CFG dropout, EMA and checkpoints.
 
     Without --store or --data it trains the embedded default on procedural captioned images (or clips
-    with --video, starting from the embedded image teacher) in the dct latent space: ~11 minutes on a
-    2-core CPU for images, ~5 more for --video, cached so that later commands reuse it. Writes
+    with --video, starting from the embedded image teacher) in the latent space of lrm's own autoencoder
+    (pae, trained first on the procedural world): ~13 minutes on a 2-core CPU for images, ~6 more for --video,
+    cached so that later commands reuse it. Writes
     RUN/model (the EMA teacher), RUN/report.html, RUN/metrics.jsonl and RUN/checkpoints; re-running
     resumes. Under torchrun it trains with DDP.
 

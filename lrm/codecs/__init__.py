@@ -2,6 +2,7 @@
 
     codec = lrm.codecs.load("dct")                      # built-in, weight-free (the default)
     codec = lrm.codecs.load("taef2")                    # FLUX.2 tiny autoencoder (weights via lrm.weights)
+    codec = lrm.codecs.load("pae")                      # lrm's own autoencoder (trained here on first use)
     codec = lrm.codecs.load("diffusers:stabilityai/sd-vae-ft-mse")  # any diffusers autoencoder
     codec = lrm.codecs.from_settings(store_settings)    # rebuild a recorded latent space, or refuse
 
@@ -29,6 +30,12 @@ def _taef2(**options) -> Codec:
     return TAESDCodec("taef2", **options)
 
 
+def _pae(**options) -> Codec:
+    from lrm.codecs.pae import PAECodec
+
+    return PAECodec(**options)
+
+
 def _diffusers(source: str, **options) -> Codec:
     from lrm.codecs.diffusers_vae import DiffusersCodec
 
@@ -38,6 +45,7 @@ def _diffusers(source: str, **options) -> Codec:
 CODECS: dict[str, Callable[..., Codec]] = {
     "dct": _dct,  # block DCT on YCbCr, 32 x H/8 x W/8, no weights
     "taef2": _taef2,  # TAESD-family tiny autoencoder for the FLUX.2 latent space, 32 x H/8 x W/8
+    "pae": _pae,  # lrm's own autoencoder, trained on procedural images on first use, 16 x H/8 x W/8
 }
 
 
@@ -51,7 +59,10 @@ def load(name: str, **options) -> Codec:
 
 
 def from_settings(settings: dict, **options) -> Codec:
-    """Rebuild the codec that wrote `settings` (Codec.settings()); refuse when the latent space differs."""
+    """Rebuild the codec that wrote `settings` (Codec.settings()); refuse when the latent space differs. A codec
+    whose settings name its weights ("weights": lrm.codecs.pae) is rebuilt from those weights."""
+    if "weights" in settings:
+        options = {"weights": settings["weights"], **options}
     codec = load(settings["name"], **options)
     rebuilt = codec.settings()
     if rebuilt != settings:
@@ -63,4 +74,13 @@ def from_settings(settings: dict, **options) -> Codec:
     return codec
 
 
-__all__ = ["CODECS", "Codec", "from_settings", "load"]
+def spatial_factor(name: str) -> int:
+    """H / h of the codec called `name`, without training lrm's own autoencoder to learn it."""
+    if name == "pae":
+        from lrm.codecs.pae import PAECodec
+
+        return PAECodec.spatial_factor
+    return load(name).spatial_factor
+
+
+__all__ = ["CODECS", "Codec", "from_settings", "load", "spatial_factor"]

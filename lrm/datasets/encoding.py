@@ -71,7 +71,7 @@ def check_source(config: EncodeConfig, preferred_size: int | None = None) -> Non
     missing folder), for a dry run; preferred_size: the reward's, as lrm fit passes it."""
     from lrm import codecs
 
-    make_source(config, codecs.load(config.codec).spatial_factor, preferred_size)
+    make_source(config, codecs.spatial_factor(config.codec), preferred_size)
 
 
 def shard_units(index: int, shard_size: int, units: int) -> tuple[int, int]:

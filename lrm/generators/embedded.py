@@ -1,43 +1,45 @@
-"""The embedded-default teachers: lrm's DiT trained on procedural captioned clips in the dct latent space.
+"""The embedded-default teachers: lrm's DiT trained on procedural captioned clips in the latent space of lrm's
+own autoencoder (lrm.codecs.pae).
 
-    run = embedded_teacher()              # image teacher; trains it (~11 min on a 2-core CPU) if not cached
+    run = embedded_teacher()              # image teacher; trains it (~13 min on a 2-core CPU) if not cached
     model = load_denoiser(run / "model")
     run = embedded_teacher(video=True)    # 8-frame clips with motion, started from the image teacher
 
-Each entry of EMBEDDED fixes the store (procedural clips of the "simple" world, dct codec, all-MiniLM-L6-v2
+Each entry of EMBEDDED fixes the store (procedural clips of the "simple" world, pae codec, all-MiniLM-L6-v2
 tokens) and the training settings, chosen for the 15-minute budget on this project's 2-core CPU. The simple
 world (lrm.datasets.procedural.WORLDS: one medium or large shape over a plain or gradient background, no blur,
 noise, flicker or JPEG) is what a teacher this small learns in minutes (colour alignment 0.92 against 0.56 on
-the full world at the same settings, docs/teacher.md). The image teacher is dit-s1 (patch 1: one token per 8x8
-dct block), which binds object colours where patch 2 did not; the named shapes it draws rarely (0.2 against
-0.8 for real images), a limit of the dct latent space, which the same teacher in taef2 does not have (0.82). The
-video teacher is the same dit-s1 started from the image teacher (lrm.generators.dit.inflate: the image model
-frame by frame, temporal attention behind a zero gate), so it inherits the image teacher's binding and spends
-its budget on time; its cache key includes the image teacher's run name, and training it trains the image
-teacher first when that is missing.
+the full world at the same settings, docs/teacher.md). The latent space is pae, an autoencoder lrm trains on
+that world first (cached in $LRM_CACHE/codecs, shared by both teachers) whose tokens are aligned to HOG shape
+descriptors and their mean colour: in it the teacher draws the shape its caption names, which it did not in the weight-free dct
+space (0.20 of samples; docs/teacher.md, "The latent space"). The image teacher is dit-s1 (patch 1: one token
+per 8 x 8 pixels). The video teacher is the same dit-s1 started from the image teacher
+(lrm.generators.dit.inflate: the image model frame by frame, temporal attention behind a zero gate), so it
+inherits the image teacher's binding and spends its budget on time; its cache key includes the image teacher's
+run name, and training it trains the image teacher first when that is missing.
 Measured end to end by benchmarks/teacher.py (docs/teacher.md has the tables and the machine's load).
 
 The run folder lives under the cache, `$LRM_CACHE/teachers/<name>` (default ~/.cache/lrm/teachers), with
 <name> = "<kind>-<preset>-<size>px-<hash of the store and training settings>", so that changing a
 setting trains a new teacher instead of reusing a stale one; the store goes to
-`$LRM_CACHE/stores/<kind>-<size>px-<hash of its settings>`, shared by teachers of other training settings.
-A run that was interrupted resumes from its newest checkpoint (store encoding resumes per shard).
+`$LRM_CACHE/stores/<kind>-<size>px-<hash of its settings>` (its settings include the autoencoder's), shared by
+teachers of other training settings. A run that was interrupted resumes from its newest checkpoint (the
+autoencoder's training from its own, store encoding per shard).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from lrm.cache import cache_root, settings_digest
 from lrm.configs import EncodeConfig
 from lrm.configs import TeacherConfig, training_settings
 
-CACHE_ENV = "LRM_CACHE"
 TEXT_ENCODER = "minilm-l6-v2"  # the embedded default's text encoder (docs/teacher.md)
 TEXT_LENGTH = 32  # tokens kept per caption: procedural captions take at most 29 MiniLM tokens
+CODEC = "pae"  # lrm's own autoencoder (lrm.codecs.pae), trained on the simple world on first use
 
 
 @dataclass(frozen=True)
@@ -48,30 +50,26 @@ class EmbeddedTeacher:
 
 
 EMBEDDED: dict[str, EmbeddedTeacher] = {
-    # 2,048 images of the simple world at 64 px (8x8x32 latents): 38 s to encode; dit-s1 (one token per 8x8 dct
-    # block), 2,250 steps of 32 = 35 epochs
+    # 2,048 images of the simple world at 64 px (8x8x16 latents); dit-s1 (one token per 8x8 pixels), 2,250 steps
+    # of 32 = 35 epochs
     "image": EmbeddedTeacher(
-        EncodeConfig("procedural:2048:simple", codec="dct", frames=1, size=64, text=TEXT_ENCODER, text_length=TEXT_LENGTH),
+        EncodeConfig("procedural:2048:simple", codec=CODEC, frames=1, size=64, text=TEXT_ENCODER, text_length=TEXT_LENGTH),
         TeacherConfig()),
-    # 1,024 clips of the simple world, 8 frames at 64 px (8x8x8x32 latents), moving shapes; dit-s1 started from the
+    # 1,024 clips of the simple world, 8 frames at 64 px (8x8x8x16 latents), moving shapes; dit-s1 started from the
     # image teacher (inflated: lrm.generators.dit.inflate), 540 steps of 8
     "video": EmbeddedTeacher(
-        EncodeConfig("procedural:1024:simple", codec="dct", frames=8, size=64, text=TEXT_ENCODER, text_length=TEXT_LENGTH),
+        EncodeConfig("procedural:1024:simple", codec=CODEC, frames=8, size=64, text=TEXT_ENCODER, text_length=TEXT_LENGTH),
         TeacherConfig(steps=540, batch_size=8, checkpoint_every=60), from_image_teacher=True),
 }
 
 
-def cache_root() -> Path:
-    """$LRM_CACHE, else ~/.cache/lrm."""
-    return Path(os.environ.get(CACHE_ENV) or "~/.cache/lrm").expanduser()
-
-
-def _digest(settings: dict) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
-
-
 def _store_settings(entry: EmbeddedTeacher) -> dict:
-    return json.loads(json.dumps(asdict(replace(entry.store, device="cpu"))))  # the device changes no latent
+    settings = json.loads(json.dumps(asdict(replace(entry.store, device="cpu"))))  # the device changes no latent
+    if entry.store.codec == "pae":  # its autoencoder's settings, so that another autoencoder gives another store
+        from lrm.codecs.pae import PAE_DEFAULT
+
+        settings["codec_weights"] = PAE_DEFAULT.folder_name()
+    return settings
 
 
 def embedded_run_dir(video: bool = False) -> Path:
@@ -82,7 +80,7 @@ def embedded_run_dir(video: bool = False) -> Path:
     settings = {"store": _store_settings(entry), "teacher": training_settings(entry.teacher)}
     if entry.from_image_teacher:  # its run name carries that teacher's own settings
         settings["starts_from"] = embedded_run_dir(video=False).name
-    return cache_root() / "teachers" / f"{kind}-{entry.teacher.preset}-{entry.store.size}px-{_digest(settings)}"
+    return cache_root() / "teachers" / f"{kind}-{entry.teacher.preset}-{entry.store.size}px-{settings_digest(settings)}"
 
 
 def embedded_config(video: bool = False) -> TeacherConfig:
@@ -97,7 +95,7 @@ def embedded_store_dir(video: bool = False) -> Path:
     """$LRM_CACHE/stores/<kind>-<size>px-<8 hex of the store settings>."""
     kind = "video" if video else "image"
     entry = EMBEDDED[kind]
-    return cache_root() / "stores" / f"{kind}-{entry.store.size}px-{_digest(_store_settings(entry))}"
+    return cache_root() / "stores" / f"{kind}-{entry.store.size}px-{settings_digest(_store_settings(entry))}"
 
 
 def embedded_store(video: bool = False, progress: bool = False, device: str = "cpu"):
@@ -105,6 +103,10 @@ def embedded_store(video: bool = False, progress: bool = False, device: str = "c
     from lrm.datasets.encoding import encode
 
     entry = EMBEDDED["video" if video else "image"]
+    if entry.store.codec == "pae":  # trains lrm's autoencoder first when it is not cached (~4 min), with its bar
+        from lrm.codecs.pae import resolve_folder
+
+        resolve_folder(None, train_if_missing=True, progress=progress)
     return encode(replace(entry.store, device=device), embedded_store_dir(video), progress=progress)
 
 
@@ -123,7 +125,8 @@ def embedded_teacher(video: bool = False, train_if_missing: bool = True, progres
     if not train_if_missing:
         flag = " --video" if video else ""
         raise FileNotFoundError(f"the embedded {kind} teacher is not trained yet ({run}); train it with "
-                                f"`lrm teacher train{flag}` (~11 minutes on a 2-core CPU for images, ~5 more for --video)")
+                                f"`lrm teacher train{flag}` (~13 minutes on a 2-core CPU for images, its autoencoder "
+                                "included, ~6 more for --video)")
     if entry.from_image_teacher:
         embedded_teacher(video=False, progress=progress, device=device)
     store = embedded_store(video, progress, device)

@@ -33,7 +33,7 @@ def generator_store(generator: str | Path) -> Path:
     else its teacher run's, each as GeneratorRun.store_path finds it (also in a moved folder tree) or by folder name
     in the lrm cache's stores/ (a cache moved to another $LRM_CACHE keeps its folder names); a one-line error naming
     the fix when none exists."""
-    from lrm.generators.embedded import cache_root
+    from lrm.cache import cache_root
     from lrm.generators.runs import open_generator_run
 
     run = open_generator_run(generator)

@@ -9,8 +9,8 @@ STUDENT_JOBS holds both distillations (one DistillJob per kind, the teachers fil
 - "image": the embedded image teacher with DOLLAR's VSD + CD on the teacher's own store;
 - "video": the embedded video teacher with AVDM2's ADM (denoising GAN on the video teacher's features) + SDM-2D
   (frame-level VSD with the embedded image teacher as image teacher), the pair whose frames follow the caption in
-  docs/distill.md (AVDM2 benchmark, 3 seeds: colour 0.977 vs 0.557 for ADM alone, at a frame FD of 29.0 vs 24.1
-  and temporal flickering of 0.943 vs 0.954).
+  docs/distill.md (AVDM2 benchmark with the dct teachers, the embedded ones until 2026-12-05, 3 seeds: colour 0.977
+  vs 0.557 for ADM alone, at a frame FD of 29.0 vs 24.1 and temporal flickering of 0.943 vs 0.954).
 
 The run folder is `$LRM_CACHE/students/<name>` (default ~/.cache/lrm/students), with
 <name> = "<kind>-<student_steps>step-<8 hex of the teacher runs' folder names and the distillation settings>":
@@ -18,7 +18,8 @@ each teacher's folder name carries the hash of its own settings (lrm.generators.
 (or, for the video student, a retrained image teacher) with other settings gives a new student instead of a stale
 one. A distillation that was interrupted resumes from its newest checkpoint (lrm.tuning.run.distill).
 
-Cost on this project's 2-core CPU:
+Cost on this project's 2-core CPU (measured with the dct teachers, 32 latent channels; pae's 16 change only the
+DiT's patch embedding and output layer):
 - image: one VSD + CD step of the dit-s1 teacher at batch 8 took 2.3 s (one torch thread, another job on the other
   core; probe: steps 2 -> 8 of `distill` timed in /tmp, 9.3 s for 4 steps after set-up), so 100 steps take ~4
   minutes. The one full run (`lrm tune jpeg-compressibility --concurrent --steps 20`, load average ~7 on the 2
@@ -68,12 +69,13 @@ def student_job(student_steps: int = 4, video: bool = False) -> DistillJob:
 
 def embedded_student_dir(student_steps: int = 4, video: bool = False) -> Path:
     """$LRM_CACHE/students/<image|video>-<student_steps>step-<8 hex of the teacher runs' names and the settings>."""
-    from lrm.generators.embedded import _digest, cache_root, embedded_run_dir
+    from lrm.cache import cache_root, settings_digest
+    from lrm.generators.embedded import embedded_run_dir
 
     job = student_job(student_steps, video)
     if "sdm2d" in job.losses:  # the image teacher by its run name (a path would change with the cache's place)
         job = replace(job, image_teacher=embedded_run_dir(video=False).name)
-    digest = _digest({"teacher_run": embedded_run_dir(video).name, "distill": _training_settings(job)})
+    digest = settings_digest({"teacher_run": embedded_run_dir(video).name, "distill": _training_settings(job)})
     return cache_root() / "students" / f"{kind(video)}-{student_steps}step-{digest}"
 
 

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from lrm.configs import DistillJob
+from lrm.io import read_json
 from lrm.names import unknown_name
 from lrm.tuning.adm import ADM
 from lrm.tuning.cd import CD, GRID_STEPS
@@ -140,13 +141,16 @@ def resolve(job: DistillJob) -> dict:
         codec, text_id = teacher.config.get("codec_settings"), teacher.config.get("text_encoder_id")
         plan.update(teacher=str(teacher.run_dir), store=str(store))
     else:
-        from lrm.codecs import load as load_codec
-
         entry = EMBEDDED["video" if job.video else "image"]
         frames = entry.store.frames
-        codec, text_id = load_codec(entry.store.codec).settings(), entry.store.text
         run = embedded_run_dir(job.video)
-        plan.update(teacher=str(run), embedded=True, trained=(run / "model" / "config.json").is_file())
+        trained = (run / "model" / "config.json").is_file()
+        # the codec it records once trained (before that, its autoencoder may not be trained either: the embedded
+        # image and video teachers share one codec by construction)
+        codec = read_json(run / "model" / "config.json", "retrain it: `lrm teacher train`")["codec_settings"] \
+            if trained else None
+        text_id = entry.store.text
+        plan.update(teacher=str(run), embedded=True, trained=trained)
     if "sdm2d" in job.losses:
         _check_image_teacher(job.image_teacher, frames, codec, text_id)
         plan["image_teacher"] = job.image_teacher
