@@ -35,7 +35,8 @@ Played backwards flips the latent frames, which is the clip played backwards for
 compression (dct: temporal_factor 1). Writes JSON (--out, atomically) and prints the tables.
 
     LRM_CACHE=/tmp/lrm-bench OMP_NUM_THREADS=2 PYTHONPATH=. python benchmarks/caption_binding.py \\
-        --out benchmarks/results/caption_binding_video.json
+        --run $LRM_CACHE/teachers/video-dit-s1-64px-<hash>-dct \\
+        --out benchmarks/results/caption_binding_video.json   # the dct video teacher (teacher.py --video --codec dct)
     ... --run /tmp/s21/vteacher2000 --held-out /tmp/lrm-bench/teachers/eval-video-dit-s1-64px-da42e1e7-256 \\
         --out benchmarks/results/caption_binding_video_2000.json
 """

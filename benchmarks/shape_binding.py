@@ -17,7 +17,9 @@ are not among the teacher's training captions, each object "<size> <colour> <sha
 Writes JSON (--out, atomically) and prints both tables.
 
     LRM_CACHE=/tmp/lrm-bench OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/shape_binding.py \\
-        --out benchmarks/results/shape_binding.json                     # the embedded (dct) image teacher
+        --run $LRM_CACHE/teachers/image-dit-s1-64px-<hash>-dct \\
+        --held-out $LRM_CACHE/teachers/eval-image-dit-s1-64px-<hash>-512-dct \\
+        --out benchmarks/results/shape_binding.json      # the dct teacher (benchmarks/teacher.py --codec dct)
     LRM_CACHE=/tmp/lrm-bench LRM_WEIGHTS=<taef2 weights> OMP_NUM_THREADS=1 PYTHONPATH=. python \\
         benchmarks/shape_binding.py --run $LRM_CACHE/teachers/image-dit-s1-64px-<hash>-taef2 \\
         --held-out $LRM_CACHE/teachers/eval-image-dit-s1-64px-<hash>-512-taef2 \\

@@ -160,6 +160,9 @@ def train(video: bool, steps: int | None = None, standardise: str | None = None,
     if variant is not None:
         run = run.with_name(f"{run.name}-{variant}")
     cached = (run / "model" / "config.json").exists()
+    from lrm.codecs.pae import default_folder, is_trained
+
+    codec_cached = is_trained(default_folder())  # the embedded autoencoder, before this run
     started = time.perf_counter()
     if variant is None:
         embedded_teacher(video=video, progress=True)
@@ -179,13 +182,12 @@ def train(video: bool, steps: int | None = None, standardise: str | None = None,
     history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     train_s = history[-1]["elapsed_s"]
     codec_s = None
-    if not cached and not video and (codec or EMBEDDED["image"].store.codec) == "pae":  # its autoencoder's training
-        from lrm.codecs.pae import default_folder
+    if not codec_cached and is_trained(default_folder()):  # this run trained the autoencoder
         from lrm.codecs.pae_training import METRICS_FILE
 
         codec_s = json.loads((default_folder() / METRICS_FILE).read_text())["train_s"]
     return {"run": str(run), "cached": cached, "total_s": round(total, 1), "train_s": train_s,
-            "codec_train_s": codec_s,  # part of store_and_report_s (0 or less when the autoencoder was cached)
+            "codec_train_s": codec_s,  # part of store_and_report_s; None when the autoencoder was cached
             "store_and_report_s": round(total - train_s, 1) if not cached else None,
             "peak_rss_mb": round(peak_rss_mb(), 1), "steps": history[-1]["step"],
             "final_loss": history[-1]["loss"], "first_loss": history[0]["loss"],

@@ -3,6 +3,7 @@ descriptors on images whose gradients are known by hand, training, resume, loadi
 
 import json
 import math
+import shutil
 from dataclasses import replace
 
 import pytest
@@ -95,8 +96,15 @@ def test_a_resumed_training_equals_an_uninterrupted_one(tiny_folder, tmp_path, m
         pae_training.train_pae(TINY, tmp_path / "run")
     assert (tmp_path / "run" / "checkpoints" / "latest").read_text().strip() == "step-00000003"
     assert not pae.is_trained(tmp_path / "run")
-    monkeypatch.setattr(pae_training, "step_losses", real)
+    resumed = {"n": 0}
+
+    def counted(*args):
+        resumed["n"] += 1
+        return real(*args)
+
+    monkeypatch.setattr(pae_training, "step_losses", counted)
     pae_training.train_pae(TINY, tmp_path / "run")
+    assert resumed["n"] == 3  # steps 3, 4, 5: from the checkpoint, not from the start
     assert (tmp_path / "run" / "model.safetensors").read_bytes() == (tiny_folder / "model.safetensors").read_bytes()
 
 
@@ -168,13 +176,44 @@ def test_missing_and_damaged_weights_are_one_line_errors(tiny_folder, tmp_path, 
     damaged.mkdir()
     (damaged / "config.json").write_text((tiny_folder / "config.json").read_text())
     (damaged / "model.safetensors").write_bytes((tiny_folder / "model.safetensors").read_bytes()[:100])
-    with pytest.raises(ValueError, match=r"model.safetensors is damaged .*delete .*damaged and load the codec again"):
+    with pytest.raises(ValueError, match=r"model.safetensors is damaged .*delete .*damaged: lrm retrains"):
         codecs.load("pae", weights=str(damaged))
     (damaged / "config.json").write_text("{")
     with pytest.raises(ValueError, match=r"config.json is damaged"):
         codecs.load("pae", weights=str(damaged))
     with pytest.raises(ValueError, match=r"PAEConfig: invalid size"):
         pae.PAEConfig(size=30)
+
+
+def test_under_torchrun_only_rank_0_trains_the_default_and_the_others_wait(tmp_path, monkeypatch):
+    monkeypatch.setenv("LRM_CACHE", str(tmp_path))
+    monkeypatch.setattr(pae, "PAE_DEFAULT", TINY)
+    monkeypatch.setenv("RANK", "1")  # torchrun's rank 1, before any process group is open
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    train = pae_training.train_pae
+
+    def rank_0_trains_meanwhile(folder):  # what rank 0 does while rank 1 waits
+        train(TINY, folder)
+
+    def not_on_rank_1(*args, **kwargs):
+        raise AssertionError("rank 1 trained the autoencoder")
+
+    monkeypatch.setattr(pae, "wait_until_trained", rank_0_trains_meanwhile)
+    monkeypatch.setattr(pae_training, "train_pae", not_on_rank_1)
+    assert pae.resolve_folder(None, train_if_missing=True, progress=False) == tmp_path / "codecs" / TINY.folder_name()
+    monkeypatch.undo()
+    with pytest.raises(TimeoutError, match=r"waited 0 s for rank 0 to train the pae autoencoder into .*nowhere"):
+        pae.wait_until_trained(tmp_path / "nowhere", timeout_s=0.0, poll_s=0.01)
+
+
+def test_a_bad_source_is_refused_before_the_codec_trains(tmp_path, monkeypatch):
+    from lrm.configs import EncodeConfig
+    from lrm.datasets.encoding import encode
+
+    monkeypatch.setenv("LRM_CACHE", str(tmp_path))
+    with pytest.raises(FileNotFoundError):
+        encode(EncodeConfig(str(tmp_path / "no-such-folder"), codec="pae"), tmp_path / "store", progress=False)
+    assert not (tmp_path / "codecs").exists()
 
 
 def test_the_default_is_trained_on_first_use_and_its_geometry_known_without_training(tmp_path, monkeypatch):
@@ -188,3 +227,27 @@ def test_the_default_is_trained_on_first_use_and_its_geometry_known_without_trai
     codec = codecs.load("pae")
     assert codec.folder == tmp_path / "codecs" / TINY.folder_name() and pae.is_trained(codec.folder)
     assert codecs.from_settings(codec.settings()).folder == codec.folder
+
+
+def test_a_finished_embedded_teacher_refuses_an_autoencoder_gone_or_retrained(tmp_path, monkeypatch):
+    from lrm.configs import EncodeConfig, TeacherConfig
+    from lrm.generators import embedded
+
+    monkeypatch.setenv("LRM_CACHE", str(tmp_path))
+    monkeypatch.setattr(pae, "PAE_DEFAULT", TINY)
+    tiny = embedded.EmbeddedTeacher(EncodeConfig("procedural:8", codec="pae", frames=1, size=32, text="minilm-l6-v2",
+                                                 text_length=32),
+                                    TeacherConfig(preset="dit-xs", steps=2, batch_size=4, checkpoint_every=2,
+                                                  snapshots=0, report_samples=1))
+    monkeypatch.setitem(embedded.EMBEDDED, "image", tiny)
+    run = embedded.embedded_teacher()  # trains the (tiny) autoencoder, encodes in it, trains the teacher
+    assert embedded.embedded_teacher(train_if_missing=False) == run  # its autoencoder as it was: reused
+    config = run / "model" / "config.json"
+    settings = json.loads(config.read_text())
+    config.write_text(json.dumps({**settings, "codec_settings": {**settings["codec_settings"],
+                                                                 "weights_sha256": "0" * 16}}))
+    with pytest.raises(ValueError, match=r"trained on other weights of pae-.* \(the autoencoder was retrained\); delete"):
+        embedded.embedded_teacher()
+    shutil.rmtree(tmp_path / "codecs")
+    with pytest.raises(FileNotFoundError, match=r"works in the pae autoencoder .*, which is gone; delete"):
+        embedded.embedded_teacher()

@@ -105,7 +105,7 @@ def train(
 
     Without --store or --data it trains the embedded default on procedural captioned images (or clips
     with --video, starting from the embedded image teacher) in the latent space of lrm's own autoencoder
-    (pae, trained first on the procedural world): ~13 minutes on a 2-core CPU for images, ~6 more for --video,
+    (pae, trained first on the procedural world): ~13 minutes on a 2-core CPU for images, ~5 more for --video,
     cached so that later commands reuse it. Writes
     RUN/model (the EMA teacher), RUN/report.html, RUN/metrics.jsonl and RUN/checkpoints; re-running
     resumes. Under torchrun it trains with DDP.

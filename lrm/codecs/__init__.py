@@ -50,7 +50,7 @@ CODECS: dict[str, Callable[..., Codec]] = {
 
 
 def load(name: str, **options) -> Codec:
-    """The codec called `name` ("dct", "taef2", "diffusers:<path-or-id>"); options go to its constructor."""
+    """The codec called `name` ("dct", "taef2", "pae", "diffusers:<path-or-id>"); options go to its constructor."""
     if name.startswith(DIFFUSERS_PREFIX):
         return _diffusers(name[len(DIFFUSERS_PREFIX):], **options)
     if name not in CODECS:

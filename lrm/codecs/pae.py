@@ -68,7 +68,7 @@ class PAEConfig:
     latent_noise: float = 0.2  # z + noise * u * N(0, 1), u ~ U(0, 1) per image: a decoder robust to imprecise latents
     checkpoint_every: int = 250  # steps between resumable checkpoints
     min_psnr: float = 20.0  # dB of its own images after training, else it collapsed and is refused (the default
-    # reaches ~27.5; a collapse to the mean image ~15: the latents shrink under the latent noise)
+    # reaches ~29; a collapse to the mean image ~15: the latents shrink under the latent noise)
 
     def __post_init__(self):
         checks = {"channels": self.channels >= 1, "size": self.size >= 16 and self.size % 8 == 0,
@@ -80,7 +80,9 @@ class PAEConfig:
             raise ValueError(f"PAEConfig: invalid {', '.join(bad)} ({', '.join(f'{n}={getattr(self, n)!r}' for n in bad)})")
 
     def folder_name(self) -> str:
-        return f"pae-{settings_digest(json_settings(self))}"
+        """pae-<8 hex of the settings that change the weights> (not checkpoint_every nor min_psnr)."""
+        weights = {k: v for k, v in json_settings(self).items() if k not in ("checkpoint_every", "min_psnr")}
+        return f"pae-{settings_digest(weights)}"
 
 
 PAE_DEFAULT = PAEConfig()  # the embedded default's latent space
@@ -203,7 +205,21 @@ class PAECodec(Codec):
 
 
 def _retrain(folder: Path) -> str:
-    return f"delete {folder} and load the codec again to retrain it"
+    return (f"delete {folder}: lrm retrains the default autoencoder on its next use (stores and teachers encoded "
+            "with the damaged one must be made again)")
+
+
+def wait_until_trained(folder: Path, timeout_s: float = 3600.0, poll_s: float = 5.0) -> None:
+    """Wait for another process (torchrun's rank 0) to finish training into `folder`; a TimeoutError after
+    timeout_s names the folder."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not is_trained(folder):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {timeout_s:.0f} s for rank 0 to train the pae autoencoder into {folder}; "
+                               "see rank 0's error, or train it first in one process (`lrm teacher train`)")
+        time.sleep(poll_s)
 
 
 def resolve_folder(weights: str | Path | None, train_if_missing: bool, progress: bool) -> Path:
@@ -216,9 +232,10 @@ def resolve_folder(weights: str | Path | None, train_if_missing: bool, progress:
             from lrm import distributed
             from lrm.codecs.pae_training import train_pae
 
-            if distributed.rank() == 0:  # under torchrun one process trains it, the others wait for it
+            if distributed.rank() == 0:  # under torchrun ($RANK, before any process group opens) rank 0 trains it
                 train_pae(PAE_DEFAULT, folder, progress=progress)
-            distributed.barrier()
+            else:
+                wait_until_trained(folder)
     else:
         folder = Path(weights).expanduser()
         if not folder.is_absolute() and len(folder.parts) == 1 and not folder.exists():

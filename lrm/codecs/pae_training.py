@@ -108,8 +108,9 @@ def train_pae(config: PAEConfig, folder: str | Path, progress: bool = False) -> 
     started = time.perf_counter()
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(config.seed)
-    model = TrainingAutoencoder(config).to(memory_format=CHANNELS_LAST)
+    with torch.random.fork_rng(devices=[]):  # seeded initialisation that leaves the caller's RNG as it was
+        torch.manual_seed(config.seed)
+        model = TrainingAutoencoder(config).to(memory_format=CHANNELS_LAST)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0)
     step = 0
     found = latest_checkpoint(folder)
@@ -143,7 +144,8 @@ def train_pae(config: PAEConfig, folder: str | Path, progress: bool = False) -> 
     mean, std, psnr = latent_statistics(model, images)
     if psnr < config.min_psnr:  # the latents shrank under the latent noise and the decoder learnt the mean image
         raise ValueError(f"pae training in {folder} collapsed (reconstruction {psnr:.1f} dB on its own images, "
-                         f"under {config.min_psnr} dB); delete the folder and train with a lower PAEConfig.lr")
+                         f"under {config.min_psnr} dB); delete the folder and run again, or for a PAEConfig of your "
+                         "own lower its lr")
     tensors = {**{f"encoder.{k}": v for k, v in model.encoder.state_dict().items()},
                **{f"decoder.{k}": v for k, v in model.decoder.state_dict().items()},
                "latent_mean": mean, "latent_std": std}

@@ -87,17 +87,19 @@ def encode(config: EncodeConfig, out: str | Path, codec: Codec | None = None, pr
     out = Path(out)
     if config.shard_size < 1 or config.batch_size < 1:
         raise ValueError("shard_size and batch_size must be >= 1")
-    if codec is None:
-        from lrm import codecs
+    from lrm import codecs
 
-        codec = codecs.load(config.codec)
-    codec = codec.to(config.device).eval()
-    source = make_source(config, codec.spatial_factor)
+    # the source first: a bad one is refused before a codec is built (pae trains itself on first use: minutes)
+    source = make_source(config, codec.spatial_factor if codec is not None else codecs.spatial_factor(config.codec))
     if config.text and getattr(source, "prompt_list", ...) is None:  # a media folder without a prompts file
         raise ValueError(f"--text {config.text} embeds each item's prompt, but the media of {config.data} have no "
                          "prompts: pass --prompts FILE (one prompt per media file, in sorted file order; for lrm "
                          f"fit, encode with `lrm encode {config.data} --text {config.text} --prompts FILE` and pass "
                          "--store)")
+    if codec is None:
+        options = {"progress": progress and distributed.rank() == 0} if config.codec == "pae" else {}
+        codec = codecs.load(config.codec, **options)
+    codec = codec.to(config.device).eval()
     refuse_oversized_batch(source.frames, source.size, min(config.batch_size, len(source)))
     if config.size is None and progress and distributed.rank() == 0:  # the log: which size, and why
         tqdm.write(f"{config.data}: frames of {source.frame_size.reason}", file=sys.stderr)

@@ -12,7 +12,7 @@ noise, flicker or JPEG) is what a teacher this small learns in minutes (colour a
 the full world at the same settings, docs/teacher.md). The latent space is pae, an autoencoder lrm trains on
 that world first (cached in $LRM_CACHE/codecs, shared by both teachers) whose tokens are aligned to HOG shape
 descriptors and their mean colour: in it the teacher draws the shape its caption names, which it did not in the weight-free dct
-space (0.20 of samples; docs/teacher.md, "The latent space"). The image teacher is dit-s1 (patch 1: one token
+space (0.20 of samples; docs/teacher.md, "The latent space: lrm's own autoencoder (pae)"). The image teacher is dit-s1 (patch 1: one token
 per 8 x 8 pixels). The video teacher is the same dit-s1 started from the image teacher
 (lrm.generators.dit.inflate: the image model frame by frame, temporal attention behind a zero gate), so it
 inherits the image teacher's binding and spends its budget on time; its cache key includes the image teacher's
@@ -110,6 +110,23 @@ def embedded_store(video: bool = False, progress: bool = False, device: str = "c
     return encode(replace(entry.store, device=device), embedded_store_dir(video), progress=progress)
 
 
+def check_autoencoder(run: Path, store: Path) -> None:
+    """Refuse, naming what to delete, a finished embedded teacher whose pae autoencoder is gone or was retrained
+    since (its cache name keys the autoencoder's settings, not its bits; a retraining can differ in them)."""
+    from lrm.codecs.pae import MODEL_FILE, default_folder, is_trained
+    from lrm.io import read_json
+    from lrm.weights import sha256_of
+
+    folder, fix = default_folder(), f"delete {run} and {store} to train the teacher again on the autoencoder there"
+    if not is_trained(folder):
+        raise FileNotFoundError(f"the embedded teacher {run} works in the pae autoencoder {folder}, which is gone; "
+                                f"{fix.replace(' on the autoencoder there', ' (the autoencoder first)')}")
+    recorded = read_json(run / "model" / "config.json", f"delete {run} to retrain it").get("codec_settings") or {}
+    if recorded.get("weights_sha256") != sha256_of(folder / MODEL_FILE)[:16]:
+        raise ValueError(f"the embedded teacher {run} was trained on other weights of {folder.name} than the ones "
+                         f"cached now (the autoencoder was retrained); {fix}")
+
+
 def embedded_teacher(video: bool = False, train_if_missing: bool = True, progress: bool = False,
                      device: str = "cpu") -> Path:
     """The run folder of the embedded-default teacher (its model in RUN/model), training or resuming it
@@ -121,12 +138,14 @@ def embedded_teacher(video: bool = False, train_if_missing: bool = True, progres
     entry = EMBEDDED[kind]
     run, config = embedded_run_dir(video), embedded_config(video)
     if is_finished(run, config):
+        if entry.store.codec == "pae":
+            check_autoencoder(run, embedded_store_dir(video))
         return run
     if not train_if_missing:
         flag = " --video" if video else ""
         raise FileNotFoundError(f"the embedded {kind} teacher is not trained yet ({run}); train it with "
                                 f"`lrm teacher train{flag}` (~13 minutes on a 2-core CPU for images, its autoencoder "
-                                "included, ~6 more for --video)")
+                                "included, ~5 more for --video)")
     if entry.from_image_teacher:
         embedded_teacher(video=False, progress=progress, device=device)
     store = embedded_store(video, progress, device)

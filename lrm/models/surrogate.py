@@ -41,7 +41,8 @@ WEIGHTS_NAME = "model.safetensors"
 FORMAT = "lrm-surrogate"
 FORMAT_VERSION = 1
 GENERATOR_FORMAT = "lrm-denoiser"  # lrm.generators.io.FORMAT: a teacher's or student's model/config.json
-CODEC_KEYS = ("name", "version", "channels", "spatial_factor", "temporal_factor", "scale")  # must match to load
+# must match to load (weights, weights_sha256: a trained codec's own, lrm.codecs.pae; compared when both record them)
+CODEC_KEYS = ("name", "version", "channels", "spatial_factor", "temporal_factor", "scale", "weights", "weights_sha256")
 LOG_ENERGY_EPS = 1e-4  # floor added to x^2 in the log-energy channels (bounds their gradient by 1 / sqrt(eps))
 
 
