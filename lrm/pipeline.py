@@ -235,9 +235,10 @@ def check_job_fits_latents(job: FitJob, preset: str, spec=None) -> None:
     except KeyError as error:
         raise ValueError(error.args[0]) from None
     if job.augment == "hflip":
-        if not job.store and job.codec == "pae":  # refused like latent_mirror does, without training the codec
-            raise ValueError("codec 'pae' has no exact latent-space mirror (its encoder is not equivariant to flips), "
-                             "so horizontal-flip augmentation is unavailable for it; fit without augmentation")
+        if not job.store and job.codec == "pae":  # refused as latent_mirror would, without training the codec
+            from lrm.codecs.base import no_mirror
+
+            raise ValueError(no_mirror(job.codec))
         latent_mirror(latent_space(job)[0])
     if not 0 <= job.gradient_weight < math.inf:
         raise ValueError(f"--gradient-weight must be >= 0 and finite, got {job.gradient_weight}")

@@ -482,3 +482,10 @@ def test_the_summary_counts_the_rows_whose_label_is_not_finite(tmp_path):
     assert result.exit_code == 0, result.output
     nan = json.loads((run / "metrics.json").read_text())["nan_labels"]
     assert 0 < nan < 48 and f"{nan} of the store's 48 rows have no finite label" in result.output
+
+
+def test_hflip_in_pae_is_refused_without_training_the_codec(tmp_path, monkeypatch):
+    monkeypatch.setenv("LRM_CACHE", str(tmp_path / "cache"))
+    result = runner.invoke(app, ["fit", "colorfulness", *TINY, "--codec", "pae", "--augment", "hflip", "--dry-run"])
+    assert result.exit_code != 0 and "codec 'pae' has no exact latent-space mirror" in result.output
+    assert not (tmp_path / "cache" / "codecs").exists()  # refused before lrm's autoencoder would train

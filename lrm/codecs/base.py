@@ -10,6 +10,12 @@ import torch
 from torch import nn
 
 
+def no_mirror(name: str) -> str:
+    """The refusal of horizontal-flip augmentation in codec `name`, which has no exact latent mirror."""
+    return (f"codec {name!r} has no exact latent-space mirror (its encoder is not equivariant to flips), so "
+            "horizontal-flip augmentation is unavailable for it; fit without augmentation")
+
+
 class Codec(nn.Module):
     """Subclasses set the attributes below and implement `_encode` / `_decode` on one chunk."""
 
@@ -73,10 +79,7 @@ class Codec(nn.Module):
         """(B, T', c, h, w) -> the latents of the left-right mirrored frames, computed from `latents`
         alone (the horizontal-flip augmentation of `FitConfig.augment`). Only codecs whose latent
         space allows an exact mirror implement it; the others refuse."""
-        raise ValueError(
-            f"codec {self.name!r} has no exact latent-space mirror (its encoder is not equivariant to "
-            "flips), so horizontal-flip augmentation is unavailable for it; fit without augmentation"
-        )
+        raise ValueError(no_mirror(self.name))
 
     def _encode(self, pixels: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

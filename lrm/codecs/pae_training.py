@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -149,15 +150,9 @@ def train_pae(config: PAEConfig, folder: str | Path, progress: bool = False) -> 
     tensors = {**{f"encoder.{k}": v for k, v in model.encoder.state_dict().items()},
                **{f"decoder.{k}": v for k, v in model.decoder.state_dict().items()},
                "latent_mean": mean, "latent_std": std}
-    atomic_write_bytes(folder / MODEL_FILE, _safetensors_bytes(tensors))
+    atomic_write_bytes(folder / MODEL_FILE, save({k: v.detach().contiguous() for k, v in tensors.items()}))
     atomic_write_json(folder / METRICS_FILE, {"psnr_db": round(psnr, 2), "train_s": round(time.perf_counter() - started, 1),
                                               "final": {k: round(v.item(), 5) for k, v in terms.items()}})
     atomic_write_json(folder / CONFIG_FILE, json_settings(config))  # last: marks the training finished
     shutil.rmtree(folder / "checkpoints", ignore_errors=True)
     return folder
-
-
-def _safetensors_bytes(tensors: dict[str, torch.Tensor]) -> bytes:
-    from safetensors.torch import save
-
-    return save({k: v.detach().contiguous() for k, v in tensors.items()})
